@@ -1,0 +1,245 @@
+//! The crate's one error type and the kinds callers branch on.
+
+use std::io;
+use std::path::PathBuf;
+
+use oci_spec::image::Digest;
+
+/// The question a caller asks of an error: is it missing, present, locked, ...?
+///
+/// The kinds follow containerd's `errdefs`, so code that ports containerd logic
+/// (retry on `Unavailable`, treat `AlreadyExists` as success) reads the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The blob, ingest or object does not exist.
+    NotFound,
+    /// The blob already exists; for a writer this usually means success.
+    AlreadyExists,
+    /// The resource is busy (an ingest ref locked by another writer); retry later.
+    Unavailable,
+    /// The request cannot proceed in the current state: size or digest mismatch,
+    /// a closed writer, a blob over a size limit.
+    FailedPrecondition,
+    /// The caller's input is malformed.
+    InvalidArgument,
+    /// An I/O error from the filesystem or a source stream.
+    Io,
+    /// Anything else (a bug, or a store-specific failure).
+    Internal,
+}
+
+/// Errors from content stores and their helpers.
+///
+/// Every message names the thing it is about (ref, digest or path) and, for
+/// mismatches, the expected and actual values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No blob with this digest.
+    #[error("content {digest}: not found")]
+    BlobNotFound {
+        /// The missing digest.
+        digest: Digest,
+    },
+    /// No ingest with this ref.
+    #[error("ingest ref {reference:?}: not found")]
+    IngestNotFound {
+        /// The missing ref.
+        reference: String,
+    },
+    /// The blob is already in the store.
+    #[error("content {digest}: already exists")]
+    AlreadyExists {
+        /// The digest that exists.
+        digest: Digest,
+    },
+    /// Another writer (in this process or another) holds the ingest ref.
+    #[error("ingest ref {reference:?}: locked by another writer")]
+    Locked {
+        /// The ref that is locked.
+        reference: String,
+    },
+    /// The committed size is not the expected one.
+    #[error("ingest ref {reference:?}: size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// The ingest ref.
+        reference: String,
+        /// The size the caller expected.
+        expected: u64,
+        /// The size of the data written.
+        actual: u64,
+    },
+    /// The committed digest is not the expected one.
+    #[error("ingest ref {reference:?}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The ingest ref.
+        reference: String,
+        /// The digest the caller expected.
+        expected: Digest,
+        /// The digest of the data written.
+        actual: Digest,
+    },
+    /// A write would go past the size declared when the writer was opened.
+    #[error("ingest ref {reference:?}: write past the expected size of {expected} bytes")]
+    WritePastSize {
+        /// The ingest ref.
+        reference: String,
+        /// The declared size.
+        expected: u64,
+    },
+    /// A blob is larger than the caller's limit.
+    #[error("content {digest}: {size} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// The caller's limit.
+        limit: u64,
+    },
+    /// A source ended before the expected number of bytes.
+    #[error("short read: expected {expected} bytes, got {actual}")]
+    ShortRead {
+        /// Bytes expected from the source.
+        expected: u64,
+        /// Bytes the source produced.
+        actual: u64,
+    },
+    /// The writer was committed or closed; open a new one to continue.
+    #[error("ingest ref {reference:?}: writer is closed")]
+    Closed {
+        /// The ingest ref.
+        reference: String,
+    },
+    /// Malformed input: a bad ref, filter, label or unsupported digest algorithm.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A filesystem operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`open`, `rename`, ...).
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading a caller's source stream failed.
+    #[error("read source: {0}")]
+    Source(#[source] io::Error),
+    /// An error from another layer (a remote pusher, a user's store) with its kind.
+    #[error("{source}")]
+    Other {
+        /// How callers should treat it.
+        kind: ErrorKind,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The kind of this error, for callers that branch on it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BlobNotFound { .. } | Error::IngestNotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::Locked { .. } => ErrorKind::Unavailable,
+            Error::SizeMismatch { .. }
+            | Error::DigestMismatch { .. }
+            | Error::WritePastSize { .. }
+            | Error::TooLarge { .. }
+            | Error::Closed { .. } => ErrorKind::FailedPrecondition,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::Io { .. } | Error::Source(_) | Error::ShortRead { .. } => ErrorKind::Io,
+            Error::Other { kind, .. } => *kind,
+        }
+    }
+
+    /// True when [`kind`](Self::kind) is [`ErrorKind::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == ErrorKind::NotFound
+    }
+
+    /// True when [`kind`](Self::kind) is [`ErrorKind::AlreadyExists`].
+    pub fn is_already_exists(&self) -> bool {
+        self.kind() == ErrorKind::AlreadyExists
+    }
+
+    /// True when [`kind`](Self::kind) is [`ErrorKind::Unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+
+    /// Wraps an error from another layer, keeping the kind callers should see.
+    pub fn other(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Other {
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// An I/O error on `path` while doing `op`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Recovers a content error that travelled through an `io::Error`
+    /// (writers are `AsyncWrite`, whose methods can only return `io::Error`).
+    pub fn from_io(err: io::Error) -> Self {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            match err.into_inner().map(|inner| inner.downcast::<Error>()) {
+                Some(Ok(inner)) => return *inner,
+                _ => unreachable!("checked that the inner error is a content::Error"),
+            }
+        }
+        Error::Source(err)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match err.kind() {
+            ErrorKind::NotFound => io::ErrorKind::NotFound,
+            ErrorKind::AlreadyExists => io::ErrorKind::AlreadyExists,
+            ErrorKind::Unavailable => io::ErrorKind::WouldBlock,
+            ErrorKind::InvalidArgument => io::ErrorKind::InvalidInput,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_error_survives_a_trip_through_io_error() {
+        let err = Error::Locked {
+            reference: "r".into(),
+        };
+        let io_err: io::Error = err.into();
+        assert_eq!(io_err.kind(), io::ErrorKind::WouldBlock);
+        let back = Error::from_io(io_err);
+        assert!(back.is_unavailable(), "{back}");
+    }
+
+    #[test]
+    fn plain_io_error_becomes_source_error() {
+        let back = Error::from_io(io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
+        assert_eq!(back.kind(), ErrorKind::Io);
+        assert!(back.to_string().contains("eof"));
+    }
+}

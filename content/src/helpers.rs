@@ -1,0 +1,233 @@
+//! Conveniences built only on the traits, so every store gets them.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWriteExt};
+
+use crate::reader::ReaderAtStream;
+use crate::{
+    Descriptor, Digest, Error, ErrorKind, Ingester, Labels, Provider, ReaderAt, Result, Writer,
+    WriterOpts,
+};
+
+/// Size of the buffer [`copy`] reuses for every chunk.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// Reads a whole blob into memory, refusing blobs larger than `limit` bytes
+/// before reading any ([`ErrorKind::FailedPrecondition`]).
+pub async fn read_blob<P: Provider + ?Sized>(
+    provider: &P,
+    desc: &Descriptor,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    let reader = provider.reader_at(desc).await?;
+    let size = reader.size();
+    if size > limit {
+        return Err(Error::TooLarge {
+            digest: desc.digest().clone(),
+            size,
+            limit,
+        });
+    }
+    let mut out = vec![0; size as usize];
+    let mut filled = 0;
+    while filled < out.len() {
+        let n = reader.read_at(filled as u64, &mut out[filled..]).await?;
+        if n == 0 {
+            return Err(Error::ShortRead {
+                expected: size,
+                actual: filled as u64,
+            });
+        }
+        filled += n;
+    }
+    Ok(out)
+}
+
+/// Writes `source` into the store as the ingest `opts.reference` and commits it
+/// against the size and digest in `opts`.
+///
+/// A blob that is already present counts as success, whether that is known
+/// when the writer opens or only at commit. A ref held by another writer is
+/// waited for (see [`open_writer`]); an ingest left by an earlier attempt is
+/// resumed.
+pub async fn write_blob<I, R>(ingester: &I, opts: WriterOpts, source: R, labels: Labels) -> Result<()>
+where
+    I: Ingester + ?Sized,
+    R: AsyncRead + Unpin + Send,
+{
+    let (size, digest) = (opts.size, opts.digest.clone());
+    let mut writer = match open_writer(ingester, opts).await {
+        Ok(writer) => writer,
+        Err(err) if err.is_already_exists() => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let mut source = source;
+    copy(
+        writer.as_mut(),
+        CopySource::Stream(&mut source),
+        size,
+        digest.as_ref(),
+        labels,
+    )
+    .await
+}
+
+/// Opens a writer, waiting while another writer holds the ref.
+///
+/// `Unavailable` is retried with jittered exponential backoff (10 ms doubling
+/// to 1 s), forever: cancel by dropping the future, for example with
+/// `tokio::time::timeout`. Other errors return at once.
+pub async fn open_writer<I: Ingester + ?Sized>(
+    ingester: &I,
+    opts: WriterOpts,
+) -> Result<Box<dyn Writer>> {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match ingester.writer(opts.clone()).await {
+            Err(err) if err.kind() == ErrorKind::Unavailable => {
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A uniformly random duration in `[d/2, d]`, so waiters do not move in lockstep.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = d / 2;
+    half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
+}
+
+/// Any seekable async reader.
+pub trait AsyncReadSeek: AsyncRead + AsyncSeek {}
+
+impl<T: AsyncRead + AsyncSeek + ?Sized> AsyncReadSeek for T {}
+
+/// Where [`copy`] reads from, which decides how it skips what the writer has.
+pub enum CopySource<'a> {
+    /// A plain stream: resuming discards the bytes the writer already has.
+    Stream(&'a mut (dyn AsyncRead + Unpin + Send)),
+    /// A seekable stream: resuming seeks to the writer's offset.
+    Seekable(&'a mut (dyn AsyncReadSeek + Unpin + Send)),
+    /// A random-access reader: resuming reads from the writer's offset.
+    ReaderAt(&'a dyn ReaderAt),
+}
+
+/// Copies `source` into `writer` and commits it, resuming at the writer's offset.
+///
+/// If the writer already holds more than `size` bytes it is truncated to 0 first.
+/// A source that ends before `size` is a [`Error::ShortRead`] (nothing
+/// committed); a blob that turns out to exist already is success.
+pub async fn copy(
+    writer: &mut dyn Writer,
+    source: CopySource<'_>,
+    size: Option<u64>,
+    expected: Option<&Digest>,
+    labels: Labels,
+) -> Result<()> {
+    let mut offset = writer.status().await?.offset;
+    if size.is_some_and(|size| offset > size) {
+        writer.truncate(0).await?;
+        offset = 0;
+    }
+    let mut buf = vec![0; COPY_BUFFER];
+    let copied = match source {
+        CopySource::Stream(reader) => {
+            discard(reader, offset, &mut buf).await?;
+            pump(reader, writer, &mut buf).await?
+        }
+        CopySource::Seekable(reader) => {
+            reader
+                .seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(Error::Source)?;
+            pump(reader, writer, &mut buf).await?
+        }
+        CopySource::ReaderAt(reader) => {
+            let mut offset = offset;
+            let mut copied = 0;
+            loop {
+                let n = reader.read_at(offset, &mut buf).await?;
+                if n == 0 {
+                    break copied;
+                }
+                writer.write_all(&buf[..n]).await.map_err(Error::from_io)?;
+                offset += n as u64;
+                copied += n as u64;
+            }
+        }
+    };
+    if let Some(size) = size
+        && offset + copied < size
+    {
+        return Err(Error::ShortRead {
+            expected: size,
+            actual: offset + copied,
+        });
+    }
+    match writer.commit(size, expected, labels).await {
+        Err(err) if err.is_already_exists() => Ok(()),
+        other => other,
+    }
+}
+
+/// Reads and drops `count` bytes; a source shorter than that is a short read.
+async fn discard(
+    reader: &mut (dyn AsyncRead + Unpin + Send),
+    count: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let mut left = count;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = reader.read(&mut buf[..want]).await.map_err(Error::Source)?;
+        if n == 0 {
+            return Err(Error::ShortRead {
+                expected: count,
+                actual: count - left,
+            });
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+async fn pump<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+    writer: &mut dyn Writer,
+    buf: &mut [u8],
+) -> Result<u64> {
+    let mut copied = 0;
+    loop {
+        let n = reader.read(buf).await.map_err(Error::Source)?;
+        if n == 0 {
+            return Ok(copied);
+        }
+        writer.write_all(&buf[..n]).await.map_err(Error::from_io)?;
+        copied += n as u64;
+    }
+}
+
+/// A sequential reader over `reader` from `offset` (for at most `len` bytes).
+pub fn section_reader(reader: Box<dyn ReaderAt>, offset: u64, len: Option<u64>) -> ReaderAtStream {
+    ReaderAtStream::with_range(reader, offset, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100), "{d:?}");
+        }
+    }
+}

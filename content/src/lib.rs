@@ -1,0 +1,274 @@
+//! A content-addressed store that never lies, with containerd's content API.
+//!
+//! A *blob* in a store is complete and verified: it is named by its digest and
+//! its bytes hash to that digest. Anything not yet verified is an *ingest*: bytes
+//! written under a caller-chosen *ref*, which can be resumed (after a crash, a
+//! cancelled download, a killed process), truncated, aborted, or committed. Commit
+//! checks size and digest and only then moves the data into place.
+//!
+//! The API is four small traits, as in containerd:
+//!
+//! | trait | does |
+//! |---|---|
+//! | [`Provider`] | opens a blob for random-access reading ([`ReaderAt`]) |
+//! | [`Ingester`] | opens a [`Writer`] for a ref, resuming where it stopped |
+//! | [`Manager`] | info, label updates, walk, delete of blobs |
+//! | [`IngestManager`] | status, list and abort of ingests |
+//!
+//! [`Store`] is all four. Conveniences built only on the traits live in
+//! [`helpers`] ([`read_blob`], [`write_blob`], [`open_writer`], [`copy`]) and
+//! [`ProviderExt`]. The filesystem implementation is [`local::LocalStore`].
+//!
+//! ```
+//! use ocidist_content::{local::LocalStore, read_blob, sha256_of, write_blob, Labels, WriterOpts};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = LocalStore::open(dir.path())?;
+//!
+//! let data = b"hello, blob";
+//! let digest = sha256_of(data);
+//! let opts = WriterOpts::new("example-ref").size(data.len() as u64).digest(digest.clone());
+//! write_blob(&store, opts, &data[..], Labels::new()).await?;
+//!
+//! let desc = ocidist_content::descriptor(digest.clone(), data.len() as u64);
+//! assert_eq!(read_blob(&store, &desc, 1 << 20).await?, data);
+//! assert!(store.blob_path(&digest).exists());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+pub use oci_spec::image::{Descriptor, Digest, DigestAlgorithm, MediaType};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+mod digester;
+mod error;
+pub mod filters;
+pub mod helpers;
+pub mod local;
+mod reader;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+pub use digester::{Digester, digest_of, sha256_of};
+pub use error::{Error, ErrorKind, Result};
+pub use helpers::{CopySource, copy, open_writer, read_blob, write_blob};
+pub use reader::ReaderAtStream;
+
+/// Labels on a blob: free-form key/value pairs, such as containerd's
+/// `containerd.io/gc.ref.content.*` references used by garbage collection.
+pub type Labels = BTreeMap<String, String>;
+
+/// What a store knows about a committed blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was committed.
+    pub created_at: SystemTime,
+    /// When its labels last changed (the commit time if never).
+    pub updated_at: SystemTime,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+/// The state of an ingest: how far a ref has been written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The ingest ref.
+    pub reference: String,
+    /// Bytes written so far.
+    pub offset: u64,
+    /// The size declared when the writer was opened, if any.
+    pub total: Option<u64>,
+    /// The digest declared when the writer was opened, if any.
+    pub expected: Option<Digest>,
+    /// When the ingest was first opened; unchanged by resumes.
+    pub started_at: SystemTime,
+    /// When bytes were last written.
+    pub updated_at: SystemTime,
+}
+
+/// How to open a writer: the ref, and optional predeclared size and digest.
+///
+/// A predeclared digest that is already in the store makes [`Ingester::writer`]
+/// fail with [`ErrorKind::AlreadyExists`] before any byte is sent; a predeclared
+/// size bounds the writes and both are checked at commit when the commit call
+/// does not give its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterOpts {
+    /// The ingest ref: any non-empty string; the same ref resumes the same ingest.
+    pub reference: String,
+    /// The expected size, if known.
+    pub size: Option<u64>,
+    /// The expected digest, if known; its algorithm is the one the writer hashes with.
+    pub digest: Option<Digest>,
+}
+
+impl WriterOpts {
+    /// Options for `reference`, with nothing predeclared.
+    pub fn new(reference: impl Into<String>) -> Self {
+        WriterOpts {
+            reference: reference.into(),
+            size: None,
+            digest: None,
+        }
+    }
+
+    /// Predeclares the size.
+    pub fn size(mut self, size: u64) -> Self {
+        self.size = Some(size);
+        self
+    }
+
+    /// Predeclares the digest.
+    pub fn digest(mut self, digest: Digest) -> Self {
+        self.digest = Some(digest);
+        self
+    }
+
+    /// Predeclares the size and digest of `desc`.
+    pub fn descriptor(self, desc: &Descriptor) -> Self {
+        self.size(desc.size()).digest(desc.digest().clone())
+    }
+}
+
+/// Random-access reads of one blob.
+///
+/// Reads past the end return only the bytes that exist (`Ok(0)` at or after the end).
+#[async_trait]
+pub trait ReaderAt: Send + Sync {
+    /// The blob's size.
+    fn size(&self) -> u64;
+
+    /// Reads into `buf` from `offset`; returns the number of bytes read, which is
+    /// short only at the end of the blob.
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+
+    /// A sequential reader over the whole blob. Stores without a native stream
+    /// return `Box::pin(ReaderAtStream::new(self))`, which adapts
+    /// [`read_at`](Self::read_at).
+    fn into_async_read(self: Box<Self>) -> Pin<Box<dyn AsyncRead + Send>>;
+}
+
+/// Opens blobs for reading.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// A random-access reader for the blob `desc` names (only its digest is used
+    /// by a local store). Missing: [`ErrorKind::NotFound`].
+    async fn reader_at(&self, desc: &Descriptor) -> Result<Box<dyn ReaderAt>>;
+}
+
+/// Conveniences on every [`Provider`].
+#[async_trait]
+pub trait ProviderExt: Provider {
+    /// A sequential reader over the blob `desc` names.
+    async fn reader(&self, desc: &Descriptor) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
+        Ok(self.reader_at(desc).await?.into_async_read())
+    }
+}
+
+impl<P: Provider + ?Sized> ProviderExt for P {}
+
+/// Opens writers for ingests.
+#[async_trait]
+pub trait Ingester: Send + Sync {
+    /// Opens (or resumes) the ingest `opts.reference`.
+    ///
+    /// Fails with [`ErrorKind::Unavailable`] when another writer holds the ref,
+    /// and with [`ErrorKind::AlreadyExists`] when the predeclared digest is
+    /// already committed.
+    async fn writer(&self, opts: WriterOpts) -> Result<Box<dyn Writer>>;
+}
+
+/// Bytes on their way into the store under one ref.
+///
+/// Write with [`tokio::io::AsyncWriteExt`]. Dropping the writer, or `shutdown()`,
+/// without a commit keeps the ingest for a later resume and releases the ref.
+#[async_trait]
+pub trait Writer: AsyncWrite + Send + Unpin {
+    /// The ingest's status, including bytes written but not yet flushed.
+    async fn status(&mut self) -> Result<Status>;
+
+    /// The running digest of every byte written so far.
+    async fn digest(&mut self) -> Result<Digest>;
+
+    /// Verifies and commits the data as a blob.
+    ///
+    /// `size` and `expected` default to the values predeclared at open. On a
+    /// size or digest mismatch the error is [`ErrorKind::FailedPrecondition`]
+    /// and the ingest keeps its data; if the digest is already in the store the
+    /// error is [`ErrorKind::AlreadyExists`] and the ingest is removed. Either
+    /// way the writer is closed afterwards and the ref released.
+    async fn commit(
+        &mut self,
+        size: Option<u64>,
+        expected: Option<&Digest>,
+        labels: Labels,
+    ) -> Result<()>;
+
+    /// Drops the data past `size` (0: start again with empty data and hash).
+    async fn truncate(&mut self, size: u64) -> Result<()>;
+}
+
+/// Manages committed blobs.
+#[async_trait]
+pub trait Manager: Send + Sync {
+    /// What the store knows about `digest`. Missing: [`ErrorKind::NotFound`].
+    async fn info(&self, digest: &Digest) -> Result<Info>;
+
+    /// Updates the labels of `info.digest`.
+    ///
+    /// With no `fieldpaths` the labels are replaced by `info.labels`; with
+    /// `labels` likewise; with `labels.KEY` only that key is set from
+    /// `info.labels` (or removed if absent there). Returns the new info.
+    async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info>;
+
+    /// Calls `f` for every blob matching any of `filters` (all blobs if empty).
+    /// See [`filters`] for the syntax: `digest==sha256:…`, `labels.KEY==VALUE`, …
+    async fn walk(
+        &self,
+        filters: &[&str],
+        f: &mut (dyn FnMut(Info) -> Result<()> + Send),
+    ) -> Result<()>;
+
+    /// Deletes a blob. Missing: [`ErrorKind::NotFound`].
+    async fn delete(&self, digest: &Digest) -> Result<()>;
+}
+
+/// Manages ingests in progress.
+#[async_trait]
+pub trait IngestManager: Send + Sync {
+    /// The status of the ingest `reference`. Missing: [`ErrorKind::NotFound`].
+    async fn status(&self, reference: &str) -> Result<Status>;
+
+    /// The statuses of the ingests matching any of `filters` (all if empty);
+    /// fields are `ref`, `offset`, `total` and `expected`.
+    async fn list_statuses(&self, filters: &[&str]) -> Result<Vec<Status>>;
+
+    /// Removes the ingest and its data. Missing: [`ErrorKind::NotFound`];
+    /// held by a writer: [`ErrorKind::Unavailable`].
+    async fn abort(&self, reference: &str) -> Result<()>;
+}
+
+/// A complete content store: every trait above.
+pub trait Store: Provider + Ingester + Manager + IngestManager {}
+
+impl<T: Provider + Ingester + Manager + IngestManager + ?Sized> Store for T {}
+
+/// A descriptor for a blob known only by digest and size (media type
+/// `application/octet-stream`), for calls that take a [`Descriptor`].
+pub fn descriptor(digest: Digest, size: u64) -> Descriptor {
+    Descriptor::new(
+        MediaType::Other("application/octet-stream".into()),
+        size,
+        digest,
+    )
+}

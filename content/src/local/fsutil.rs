@@ -1,0 +1,90 @@
+//! Small filesystem helpers: durable replace, directory fsync, timestamps.
+
+use std::fs::{self, File};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{Error, Result};
+
+/// fsyncs a directory, making renames and links inside it durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Replaces `path` with `bytes` atomically (stage beside it, then rename).
+/// With `durable`, the staged file is fsynced before the rename.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let dir = path.parent().expect("store paths always have a parent");
+    let staged = dir.join(unique_name(".stage"));
+    let result = (|| {
+        let mut file = File::create(&staged)?;
+        file.write_all(bytes)?;
+        if durable {
+            file.sync_data()?;
+        }
+        fs::rename(&staged, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&staged);
+        Error::io("replace", path, e)
+    })
+}
+
+/// Reads a file, or `None` if it does not exist.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Removes a file; a missing file is fine.
+pub(crate) fn remove_optional(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// A name no other process or call will pick: `prefix-<pid>-<random>`.
+pub(crate) fn unique_name(prefix: &str) -> String {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{prefix}-{}-{random:016x}", std::process::id())
+}
+
+pub(crate) fn to_nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+pub(crate) fn from_nanos(n: u128) -> SystemTime {
+    let secs = (n / 1_000_000_000) as u64;
+    let nanos = (n % 1_000_000_000) as u32;
+    UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
+/// Runs blocking file work from async code that must not move its borrows to
+/// another thread: in place on a multi-threaded runtime (which moves other tasks
+/// off this worker first), directly otherwise.
+pub(crate) fn blocking_in_place<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Runs blocking work on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::other(crate::ErrorKind::Internal, format!("blocking task: {e}")))?
+}

@@ -1,0 +1,356 @@
+//! One ingest on disk: `ingest/<sha256 of ref>/{data, ingest.json, checkpoint}`.
+//!
+//! `ingest.json` holds the ref, the predeclared size and digest, and the start
+//! time. `data` holds the bytes and carries the writer's `flock`, so the lock
+//! holds across processes and dies with its holder. `checkpoint` holds the
+//! digest state at some offset, so a resume hashes only the tail.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use oci_spec::image::{Digest, DigestAlgorithm};
+use serde::{Deserialize, Serialize};
+
+use super::fsutil::{self, from_nanos, to_nanos};
+use crate::{Digester, Error, Result, Status, WriterOpts, sha256_of};
+
+pub(crate) const DATA: &str = "data";
+const META: &str = "ingest.json";
+const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_MAGIC: &[u8] = b"ocidist-checkpoint-v1\n";
+/// How many bytes before the checkpoint's offset it keeps, to recognise its data.
+const CHECKPOINT_TAIL: usize = 64;
+/// How much data [`hash_file`] reads at a time.
+const HASH_BUFFER: usize = 1 << 20;
+
+/// What `ingest.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Meta {
+    #[serde(rename = "ref")]
+    pub(crate) reference: String,
+    pub(crate) total: Option<u64>,
+    pub(crate) expected: Option<Digest>,
+    pub(crate) started_at_ns: u128,
+}
+
+/// The directory of the ingest `reference` under `ingest_root`.
+pub(crate) fn dir_for(ingest_root: &Path, reference: &str) -> PathBuf {
+    let name = sha256_of(reference.as_bytes());
+    ingest_root.join(name.digest())
+}
+
+/// An ingest whose `data` file this process holds locked.
+#[derive(Debug)]
+pub(crate) struct Locked {
+    pub(crate) dir: PathBuf,
+    pub(crate) meta: Meta,
+    /// Open read-write, positioned at the end; holds the flock.
+    pub(crate) data: File,
+}
+
+/// Opens the ingest for `opts.reference`, creating it if needed, and locks it.
+///
+/// Fails with `Unavailable` when another open file description (this process
+/// or another) holds the lock. Without `create`, a missing ingest is `NotFound`.
+pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -> Result<Locked> {
+    let dir = dir_for(ingest_root, &opts.reference);
+    // A remover renames the directory away while we race to lock it; retry then.
+    for _ in 0..64 {
+        let data_path = dir.join(DATA);
+        let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                create_dir(ingest_root, &dir, opts)?;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::IngestNotFound {
+                    reference: opts.reference.clone(),
+                });
+            }
+            Err(e) => return Err(Error::io("open", &data_path, e)),
+        };
+        match data.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    reference: opts.reference.clone(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &data_path, e)),
+        }
+        if !same_file(&data, &data_path) {
+            continue;
+        }
+        let meta = read_meta(&dir)?;
+        if meta.reference != opts.reference {
+            return Err(Error::other(
+                crate::ErrorKind::Internal,
+                format!(
+                    "ingest {} belongs to ref {:?}, not {:?}",
+                    dir.display(),
+                    meta.reference,
+                    opts.reference
+                ),
+            ));
+        }
+        let mut locked = Locked { dir, meta, data };
+        locked.update_declared(opts)?;
+        return Ok(locked);
+    }
+    Err(Error::Locked {
+        reference: opts.reference.clone(),
+    })
+}
+
+/// Creates the ingest directory complete in a staging name, then renames it
+/// into place so no reader ever sees it half made. Losing the race to another
+/// creator is fine.
+fn create_dir(ingest_root: &Path, dir: &Path, opts: &WriterOpts) -> Result<()> {
+    let staged = ingest_root.join(fsutil::unique_name(".tmp"));
+    let meta = Meta {
+        reference: opts.reference.clone(),
+        total: opts.size,
+        expected: opts.digest.clone(),
+        started_at_ns: to_nanos(SystemTime::now()),
+    };
+    let result = (|| -> io::Result<()> {
+        fs::create_dir(&staged)?;
+        File::create(staged.join(DATA))?;
+        fs::write(staged.join(META), serde_json::to_vec(&meta)?)?;
+        match fs::rename(&staged, dir) {
+            Err(e) if matches!(e.raw_os_error(), Some(ENOTEMPTY | EEXIST)) => {
+                let _ = fs::remove_dir_all(&staged);
+                Ok(())
+            }
+            other => other,
+        }
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_dir_all(&staged);
+        Error::io("create ingest", dir, e)
+    })
+}
+
+/// Linux errno values for "the target directory is there already".
+const ENOTEMPTY: i32 = 39;
+const EEXIST: i32 = 17;
+
+/// True when `file` is still the file at `path` (not unlinked or replaced).
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+pub(crate) fn read_meta(dir: &Path) -> Result<Meta> {
+    let path = dir.join(META);
+    let bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::io(
+            "parse",
+            &path,
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })
+}
+
+impl Locked {
+    /// Records a newly predeclared size or digest (a resume may bring them).
+    fn update_declared(&mut self, opts: &WriterOpts) -> Result<()> {
+        let mut meta = self.meta.clone();
+        if opts.size.is_some() {
+            meta.total = opts.size;
+        }
+        if opts.digest.is_some() {
+            meta.expected = opts.digest.clone();
+        }
+        if meta != self.meta {
+            fsutil::replace_file(&self.dir.join(META), &serde_json::to_vec(&meta).expect("plain data"), false)?;
+            self.meta = meta;
+        }
+        Ok(())
+    }
+
+    /// Brings the digest up to the end of the data: from the checkpoint when it
+    /// agrees with the data, from the start otherwise. Leaves `data` at the end.
+    pub(crate) fn resume_digest(&mut self, algorithm: &DigestAlgorithm) -> Result<(Digester, u64)> {
+        let data_path = self.dir.join(DATA);
+        let len = self
+            .data
+            .metadata()
+            .map_err(|e| Error::io("stat", &data_path, e))?
+            .len();
+        let (mut digester, from) = match self.load_checkpoint(algorithm, len) {
+            Some(found) => found,
+            None => (Digester::new(algorithm)?, 0),
+        };
+        hash_file(&mut self.data, from, len, &mut digester).map_err(|e| Error::io("read", &data_path, e))?;
+        self.data
+            .seek(SeekFrom::Start(len))
+            .map_err(|e| Error::io("seek", &data_path, e))?;
+        Ok((digester, len))
+    }
+
+    fn load_checkpoint(&mut self, algorithm: &DigestAlgorithm, len: u64) -> Option<(Digester, u64)> {
+        let bytes = fs::read(self.dir.join(CHECKPOINT)).ok()?;
+        let checkpoint = Checkpoint::decode(&bytes)?;
+        if checkpoint.algorithm != *algorithm || checkpoint.offset > len {
+            return None;
+        }
+        // The checkpoint only counts if the data still ends the way it did.
+        let tail_start = checkpoint.offset - checkpoint.tail.len() as u64;
+        let mut tail = vec![0; checkpoint.tail.len()];
+        self.data.seek(SeekFrom::Start(tail_start)).ok()?;
+        self.data.read_exact(&mut tail).ok()?;
+        if tail != checkpoint.tail {
+            return None;
+        }
+        let digester = Digester::restore(algorithm, &checkpoint.state).ok()?;
+        Some((digester, checkpoint.offset))
+    }
+
+    /// Saves the digest state at `offset` (the end of the data written so far).
+    pub(crate) fn save_checkpoint(&mut self, digester: &Digester, offset: u64, updated_at: SystemTime) -> Result<()> {
+        let tail_len = offset.min(CHECKPOINT_TAIL as u64) as usize;
+        let mut tail = vec![0; tail_len];
+        let data_path = self.dir.join(DATA);
+        read_at(&self.data, &mut tail, offset - tail_len as u64).map_err(|e| Error::io("read", &data_path, e))?;
+        let checkpoint = Checkpoint {
+            algorithm: digester.algorithm(),
+            offset,
+            state: digester.save(),
+            tail,
+            updated_at_ns: to_nanos(updated_at),
+        };
+        fsutil::replace_file(&self.dir.join(CHECKPOINT), &checkpoint.encode(), false)
+    }
+
+    /// Forgets the checkpoint (after a truncate).
+    pub(crate) fn drop_checkpoint(&self) -> Result<()> {
+        fsutil::remove_optional(&self.dir.join(CHECKPOINT))
+    }
+
+    /// Removes the ingest: renamed away first, so nobody opens it half deleted.
+    pub(crate) fn remove(self) -> Result<()> {
+        remove_dir(&self.dir)
+    }
+}
+
+/// Renames an ingest directory to a `.trash-*` name beside it, then deletes it.
+pub(crate) fn remove_dir(dir: &Path) -> Result<()> {
+    let parent = dir.parent().expect("ingest dirs have a parent");
+    let trash = parent.join(fsutil::unique_name(".trash"));
+    fs::rename(dir, &trash).map_err(|e| Error::io("remove ingest", dir, e))?;
+    fs::remove_dir_all(&trash).map_err(|e| Error::io("remove", &trash, e))
+}
+
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+/// Feeds `file[from..to]` to `digester`.
+pub(crate) fn hash_file(file: &mut File, from: u64, to: u64, digester: &mut Digester) -> io::Result<()> {
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = vec![0; HASH_BUFFER.min((to - from) as usize)];
+    let mut left = to - from;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..want])?;
+        digester.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok(())
+}
+
+/// Reads the status of the ingest in `dir` without locking it.
+pub(crate) fn read_status(dir: &Path) -> Result<Status> {
+    let meta = read_meta(dir)?;
+    let data_path = dir.join(DATA);
+    let stat = fs::metadata(&data_path).map_err(|e| Error::io("stat", &data_path, e))?;
+    let modified = stat.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let checkpoint = fs::read(dir.join(CHECKPOINT))
+        .ok()
+        .and_then(|b| Checkpoint::decode(&b));
+    // The checkpoint's time is exact; the kernel's mtime is coarse and also
+    // moves when buffered bytes reach the file, so it only counts for data
+    // written after the checkpoint (a killed writer).
+    let updated_at = match checkpoint {
+        Some(c) if c.offset == stat.len() => from_nanos(c.updated_at_ns),
+        Some(c) => from_nanos(c.updated_at_ns).max(modified),
+        None => modified,
+    };
+    Ok(Status {
+        reference: meta.reference,
+        offset: stat.len(),
+        total: meta.total,
+        expected: meta.expected,
+        started_at: from_nanos(meta.started_at_ns),
+        updated_at,
+    })
+}
+
+/// A saved digest state: `magic, alg, offset, updated_at, state, tail, sha256`.
+struct Checkpoint {
+    algorithm: DigestAlgorithm,
+    offset: u64,
+    state: Vec<u8>,
+    tail: Vec<u8>,
+    updated_at_ns: u128,
+}
+
+impl Checkpoint {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = CHECKPOINT_MAGIC.to_vec();
+        let alg = self.algorithm.to_string();
+        out.push(alg.len() as u8);
+        out.extend_from_slice(alg.as_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.updated_at_ns.to_le_bytes());
+        out.extend_from_slice(&(self.state.len() as u16).to_le_bytes());
+        out.extend_from_slice(&self.state);
+        out.push(self.tail.len() as u8);
+        out.extend_from_slice(&self.tail);
+        let sum = sha256_of(&out);
+        out.extend_from_slice(sum.digest().as_bytes());
+        out
+    }
+
+    /// Decodes a checkpoint; anything torn or foreign is `None`.
+    fn decode(bytes: &[u8]) -> Option<Checkpoint> {
+        let (body, sum) = bytes.split_at(bytes.len().checked_sub(64)?);
+        if sha256_of(body).digest().as_bytes() != sum {
+            return None;
+        }
+        let mut r = body.strip_prefix(CHECKPOINT_MAGIC)?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, rest) = r.split_at_checked(n)?;
+            r = rest;
+            Some(head)
+        };
+        let alg_len = take(1)?[0] as usize;
+        let algorithm = DigestAlgorithm::from(std::str::from_utf8(take(alg_len)?).ok()?);
+        let offset = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let updated_at_ns = u128::from_le_bytes(take(16)?.try_into().ok()?);
+        let state_len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+        let state = take(state_len)?.to_vec();
+        let tail_len = take(1)?[0] as usize;
+        let tail = take(tail_len)?.to_vec();
+        if tail.len() as u64 > offset {
+            return None;
+        }
+        Some(Checkpoint {
+            algorithm,
+            offset,
+            state,
+            tail,
+            updated_at_ns,
+        })
+    }
+}
+

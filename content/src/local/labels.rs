@@ -1,0 +1,119 @@
+//! Blob labels on disk: `labels/<alg>/<hex>`, one small JSON file per labelled
+//! blob, replaced atomically; updates serialise on a store-wide `flock`.
+
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use oci_spec::image::Digest;
+use serde::{Deserialize, Serialize};
+
+use super::fsutil::{self, from_nanos, to_nanos};
+use crate::{Error, Labels, Result};
+
+/// containerd's limit on one label (key plus value), which we keep.
+const MAX_LABEL_BYTES: usize = 4096;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    updated_at_ns: u128,
+    labels: Labels,
+}
+
+/// Where labels live.
+#[derive(Debug, Clone)]
+pub(crate) struct LabelStore {
+    root: PathBuf,
+}
+
+impl LabelStore {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        LabelStore { root }
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join(digest.algorithm().as_ref())
+            .join(digest.digest())
+    }
+
+    /// The labels of `digest` and when they last changed, if ever set.
+    pub(crate) fn read(&self, digest: &Digest) -> Result<Option<(Labels, SystemTime)>> {
+        let path = self.path(digest);
+        let Some(bytes) = fsutil::read_optional(&path)? else {
+            return Ok(None);
+        };
+        let record: Record = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::io(
+                "parse",
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        Ok(Some((record.labels, from_nanos(record.updated_at_ns))))
+    }
+
+    /// Sets the labels of `digest` (none: removes the record).
+    pub(crate) fn write(&self, digest: &Digest, labels: &Labels, at: SystemTime) -> Result<()> {
+        let path = self.path(digest);
+        if labels.is_empty() {
+            return fsutil::remove_optional(&path);
+        }
+        let dir = path.parent().expect("label paths have a parent");
+        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        let record = Record {
+            updated_at_ns: to_nanos(at),
+            labels: labels.clone(),
+        };
+        fsutil::replace_file(&path, &serde_json::to_vec(&record).expect("plain data"), true)
+    }
+
+    /// Removes the record of a deleted blob.
+    pub(crate) fn remove(&self, digest: &Digest) -> Result<()> {
+        fsutil::remove_optional(&self.path(digest))
+    }
+
+    /// Holds the store-wide update lock until dropped, so read-modify-write
+    /// updates from several processes do not lose each other's keys.
+    pub(crate) fn lock(&self) -> Result<File> {
+        let path = self.root.join(".lock");
+        let file = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        Ok(file)
+    }
+}
+
+/// Checks labels before they are stored.
+pub(crate) fn validate(labels: &Labels) -> Result<()> {
+    for (key, value) in labels {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("label key must not be empty".into()));
+        }
+        if key.len() + value.len() > MAX_LABEL_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "label {key:?}: key and value exceed {MAX_LABEL_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Applies containerd's fieldpath rules for an update of `current` from `wanted`.
+pub(crate) fn apply_update(current: &Labels, wanted: &Labels, fieldpaths: &[&str]) -> Result<Labels> {
+    if fieldpaths.is_empty() || fieldpaths.contains(&"labels") {
+        return Ok(wanted.clone());
+    }
+    let mut next = current.clone();
+    for path in fieldpaths {
+        let Some(key) = path.strip_prefix("labels.") else {
+            return Err(Error::InvalidArgument(format!(
+                "cannot update {path:?}: only labels can be updated"
+            )));
+        };
+        match wanted.get(key) {
+            Some(value) => next.insert(key.to_string(), value.clone()),
+            None => next.remove(key),
+        };
+    }
+    Ok(next)
+}

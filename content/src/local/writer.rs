@@ -1,0 +1,494 @@
+//! The local store's [`Writer`]: buffered on the async side, written and hashed
+//! on the blocking side, checkpointed so a resume hashes only the tail.
+//!
+//! Bytes collect in a 1 MiB buffer; a full buffer goes to a blocking task that
+//! appends and hashes it while the caller fills the next one (two buffers,
+//! reused, no allocation per chunk). Every 64 MiB the task fsyncs the data and
+//! saves the digest state.
+
+use std::fs;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use oci_spec::image::Digest;
+use tokio::io::AsyncWrite;
+use tokio::task::JoinHandle;
+
+use super::LocalStore;
+use super::fsutil;
+use super::ingest::{self, DATA, Locked};
+use super::labels;
+use crate::{Digester, Error, ErrorKind, Labels, Result, Status, Writer};
+
+/// Bytes handed to the blocking side at once.
+const CHUNK: usize = 1 << 20;
+/// Data between durable checkpoints of the digest state.
+const CHECKPOINT_EVERY: u64 = 64 << 20;
+/// Chunks at least this large are hashed on a second thread while being written.
+const PARALLEL_HASH_MIN: usize = 256 << 10;
+
+/// The blocking side: the locked ingest and the digest of its data.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    ingest: Locked,
+    digester: Digester,
+    /// Bytes in the data file, all of them hashed.
+    written: u64,
+    checkpointed: u64,
+    /// Set after a failed write: the file may hold bytes the digest has not seen.
+    poisoned: bool,
+}
+
+impl Sink {
+    pub(crate) fn new(ingest: Locked, digester: Digester, written: u64) -> Self {
+        Sink {
+            ingest,
+            digester,
+            written,
+            checkpointed: written,
+            poisoned: false,
+        }
+    }
+
+    fn data_path(&self) -> std::path::PathBuf {
+        self.ingest.dir.join(DATA)
+    }
+
+    fn append(&mut self, chunk: &[u8], updated_at: SystemTime) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::other(
+                ErrorKind::Io,
+                format!("{}: an earlier write failed", self.data_path().display()),
+            ));
+        }
+        let Sink { ingest, digester, .. } = self;
+        let result = if chunk.len() >= PARALLEL_HASH_MIN {
+            std::thread::scope(|scope| {
+                scope.spawn(|| digester.update(chunk));
+                ingest.data.write_all(chunk)
+            })
+        } else {
+            digester.update(chunk);
+            ingest.data.write_all(chunk)
+        };
+        if let Err(e) = result {
+            self.poisoned = true;
+            return Err(Error::io("write", self.data_path(), e));
+        }
+        self.written += chunk.len() as u64;
+        if self.written - self.checkpointed >= CHECKPOINT_EVERY {
+            self.checkpoint(true, updated_at)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the digest state; with `durable`, after making the data durable,
+    /// so the checkpoint never describes bytes a power loss could take away.
+    fn checkpoint(&mut self, durable: bool, updated_at: SystemTime) -> Result<()> {
+        if self.poisoned {
+            return Ok(());
+        }
+        if durable {
+            self.ingest
+                .data
+                .sync_data()
+                .map_err(|e| Error::io("fsync", self.data_path(), e))?;
+        }
+        self.ingest
+            .save_checkpoint(&self.digester, self.written, updated_at)?;
+        self.checkpointed = self.written;
+        Ok(())
+    }
+
+    fn truncate(&mut self, size: u64) -> Result<()> {
+        let path = self.data_path();
+        self.ingest.drop_checkpoint()?;
+        let data = &mut self.ingest.data;
+        data.set_len(size)
+            .and_then(|()| data.seek(SeekFrom::Start(size)).map(drop))
+            .map_err(|e| Error::io("truncate", &path, e))?;
+        self.digester.reset();
+        ingest::hash_file(data, 0, size, &mut self.digester)
+            .map_err(|e| Error::io("read", &path, e))?;
+        self.written = size;
+        self.checkpointed = 0;
+        self.poisoned = false;
+        Ok(())
+    }
+
+    /// Verifies and moves the data into `blobs/`. See [`Writer::commit`].
+    fn commit(
+        mut self,
+        store: &LocalStore,
+        size: Option<u64>,
+        expected: Option<Digest>,
+        labels: &Labels,
+        updated_at: SystemTime,
+    ) -> Result<Digest> {
+        let reference = self.ingest.meta.reference.clone();
+        let data_path = self.data_path();
+        if self.poisoned {
+            return Err(Error::other(
+                ErrorKind::Io,
+                format!("{}: an earlier write failed; truncate and rewrite", data_path.display()),
+            ));
+        }
+        self.ingest
+            .data
+            .sync_data()
+            .map_err(|e| Error::io("fsync", &data_path, e))?;
+        let mismatch = |sink: &mut Sink, err: Error| {
+            // Keep the data and make the next resume cheap; the lock goes with `sink`.
+            let _ = sink.checkpoint(false, updated_at);
+            Err(err)
+        };
+        if let Some(expected) = size
+            && expected != self.written
+        {
+            let actual = self.written;
+            return mismatch(&mut self, Error::SizeMismatch { reference, expected, actual });
+        }
+        let actual = match &expected {
+            Some(want) if *want.algorithm() != self.digester.algorithm() => {
+                let mut other = Digester::new(want.algorithm())?;
+                ingest::hash_file(&mut self.ingest.data, 0, self.written, &mut other)
+                    .map_err(|e| Error::io("read", &data_path, e))?;
+                other.digest()
+            }
+            _ => self.digester.digest(),
+        };
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return mismatch(&mut self, Error::DigestMismatch { reference, expected, actual });
+        }
+
+        let target = store.blob_path(&actual);
+        let target_dir = target.parent().expect("blob paths have a parent");
+        if target.exists() {
+            self.ingest.remove()?;
+            return Err(Error::AlreadyExists { digest: actual });
+        }
+        fs::create_dir_all(target_dir).map_err(|e| Error::io("create", target_dir, e))?;
+        let created_at = SystemTime::now();
+        let data = &self.ingest.data;
+        data.set_permissions(fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(0o444)))
+            .and_then(|()| data.set_modified(created_at))
+            .map_err(|e| Error::io("set attributes", &data_path, e))?;
+        store.labels.write(&actual, labels, created_at)?;
+        match fs::hard_link(&data_path, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.ingest.remove()?;
+                return Err(Error::AlreadyExists { digest: actual });
+            }
+            Err(e) => return Err(Error::io("link", &target, e)),
+        }
+        fsutil::fsync_dir(target_dir)?;
+        self.ingest.remove()?;
+        Ok(actual)
+    }
+}
+
+fn lock(sink: &Mutex<Sink>) -> MutexGuard<'_, Sink> {
+    sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A writer into a [`LocalStore`] ingest.
+pub struct LocalWriter {
+    store: LocalStore,
+    reference: String,
+    /// `None` once committed, closed or failed; the last holder releases the lock.
+    sink: Option<Arc<Mutex<Sink>>>,
+    /// The chunk being appended; it returns the buffer for reuse.
+    in_flight: Option<JoinHandle<Result<Vec<u8>>>>,
+    closing: Option<JoinHandle<Result<()>>>,
+    /// The digest of a successful commit, still reported by `digest()`.
+    committed: Option<Digest>,
+    buf: Vec<u8>,
+    spare: Vec<u8>,
+    offset: u64,
+    total: Option<u64>,
+    expected: Option<Digest>,
+    started_at: SystemTime,
+    updated_at: SystemTime,
+}
+
+impl std::fmt::Debug for LocalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalWriter")
+            .field("reference", &self.reference)
+            .field("offset", &self.offset)
+            .field("closed", &self.sink.is_none())
+            .finish()
+    }
+}
+
+impl LocalWriter {
+    pub(crate) fn new(store: LocalStore, sink: Sink, status: Status) -> Self {
+        LocalWriter {
+            store,
+            reference: status.reference,
+            sink: Some(Arc::new(Mutex::new(sink))),
+            in_flight: None,
+            closing: None,
+            committed: None,
+            buf: Vec::with_capacity(CHUNK),
+            spare: Vec::new(),
+            offset: status.offset,
+            total: status.total,
+            expected: status.expected,
+            started_at: status.started_at,
+            updated_at: status.updated_at,
+        }
+    }
+
+    fn closed(&self) -> Error {
+        Error::Closed {
+            reference: self.reference.clone(),
+        }
+    }
+
+    fn sink(&self) -> Result<Arc<Mutex<Sink>>> {
+        self.sink.clone().ok_or_else(|| self.closed())
+    }
+
+    /// Waits for the chunk in flight, keeping its buffer as the spare.
+    fn poll_in_flight(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let Some(task) = self.in_flight.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let joined = ready!(Pin::new(task).poll(cx));
+        self.in_flight = None;
+        let result = joined
+            .map_err(|e| Error::other(ErrorKind::Internal, format!("write task: {e}")))
+            .and_then(|r| r);
+        match result {
+            Ok(mut buf) => {
+                buf.clear();
+                self.spare = buf;
+                Poll::Ready(Ok(()))
+            }
+            Err(err) => {
+                // The data on disk is whatever the failed task managed; a reopen
+                // resumes from there.
+                self.sink = None;
+                self.buf.clear();
+                Poll::Ready(Err(err))
+            }
+        }
+    }
+
+    /// Hands the buffer to a blocking task; the spare becomes the buffer.
+    fn submit(&mut self) -> Result<()> {
+        debug_assert!(self.in_flight.is_none());
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let sink = self.sink()?;
+        let mut next = std::mem::take(&mut self.spare);
+        next.reserve(CHUNK);
+        let chunk = std::mem::replace(&mut self.buf, next);
+        let updated_at = self.updated_at;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            lock(&sink).append(&chunk, updated_at)?;
+            Ok(chunk)
+        }));
+        Ok(())
+    }
+
+    /// Gets every buffered byte onto the blocking side and waits for it.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        ready!(self.poll_in_flight(cx))?;
+        if !self.buf.is_empty() {
+            self.submit()?;
+            ready!(self.poll_in_flight(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    async fn drain(&mut self) -> Result<()> {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await
+    }
+
+    /// Runs `f` on the sink on a blocking thread, after draining the buffer.
+    async fn with_sink<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Sink) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.drain().await?;
+        let sink = self.sink()?;
+        fsutil::blocking(move || f(&mut lock(&sink))).await
+    }
+}
+
+impl AsyncWrite for LocalWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.sink.is_none() {
+            return Poll::Ready(Err(this.closed().into()));
+        }
+        if let Some(total) = this.total
+            && this.offset + data.len() as u64 > total
+        {
+            return Poll::Ready(Err(Error::WritePastSize {
+                reference: this.reference.clone(),
+                expected: total,
+            }
+            .into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.buf.len() >= CHUNK {
+            ready!(this.poll_in_flight(cx))?;
+            this.submit()?;
+        }
+        let take = (CHUNK - this.buf.len()).min(data.len());
+        this.buf.extend_from_slice(&data[..take]);
+        this.offset += take as u64;
+        this.updated_at = SystemTime::now();
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.sink.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_drain(cx).map_err(io::Error::from)
+    }
+
+    /// Closes the writer: the data and a checkpoint are saved, the ref released,
+    /// and the ingest stays for a later resume.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.closing.is_none() {
+            if this.sink.is_none() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(this.poll_drain(cx))?;
+            let sink = this.sink.take().expect("checked above");
+            let updated_at = this.updated_at;
+            this.closing = Some(tokio::task::spawn_blocking(move || {
+                lock(&sink).checkpoint(false, updated_at)
+            }));
+        }
+        let task = this.closing.as_mut().expect("set above");
+        let joined = ready!(Pin::new(task).poll(cx));
+        this.closing = None;
+        let result = joined
+            .map_err(|e| Error::other(ErrorKind::Internal, format!("close task: {e}")))
+            .and_then(|r| r);
+        Poll::Ready(result.map_err(io::Error::from))
+    }
+}
+
+impl Drop for LocalWriter {
+    /// Saves what was written (buffered bytes and a checkpoint) in the
+    /// background; the ref stays locked until that is done.
+    fn drop(&mut self) {
+        let Some(sink) = self.sink.take() else {
+            return;
+        };
+        let buf = std::mem::take(&mut self.buf);
+        let updated_at = self.updated_at;
+        let finish = move || {
+            let mut sink = lock(&sink);
+            if !buf.is_empty() {
+                sink.append(&buf, updated_at)?;
+            }
+            sink.checkpoint(false, updated_at)
+        };
+        let in_flight = self.in_flight.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                // After the chunk in flight, so the data stays in order.
+                handle.spawn(async move {
+                    if let Some(task) = in_flight {
+                        let _ = task.await;
+                    }
+                    let _ = tokio::task::spawn_blocking(finish).await;
+                });
+            }
+            Err(_) if in_flight.is_none() => {
+                let _ = finish();
+            }
+            // No runtime to wait on the chunk in flight: leave the data as it is;
+            // a resume rehashes whatever the checkpoint does not cover.
+            Err(_) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Writer for LocalWriter {
+    async fn status(&mut self) -> Result<Status> {
+        if self.sink.is_none() {
+            return Err(self.closed());
+        }
+        Ok(Status {
+            reference: self.reference.clone(),
+            offset: self.offset,
+            total: self.total,
+            expected: self.expected.clone(),
+            started_at: self.started_at,
+            updated_at: self.updated_at,
+        })
+    }
+
+    async fn digest(&mut self) -> Result<Digest> {
+        if let (None, Some(committed)) = (&self.sink, &self.committed) {
+            return Ok(committed.clone());
+        }
+        self.drain().await?;
+        let sink = self.sink()?;
+        let digest = lock(&sink).digester.digest();
+        Ok(digest)
+    }
+
+    async fn commit(
+        &mut self,
+        size: Option<u64>,
+        expected: Option<&Digest>,
+        labels: Labels,
+    ) -> Result<()> {
+        labels::validate(&labels)?;
+        self.drain().await?;
+        let sink = self.sink.take().ok_or_else(|| self.closed())?;
+        let sink = Arc::try_unwrap(sink)
+            .map_err(|_| Error::other(ErrorKind::Internal, "ingest still in use by a write task"))?
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let size = size.or(self.total);
+        let expected = expected.cloned().or_else(|| self.expected.clone());
+        let store = self.store.clone();
+        let updated_at = self.updated_at;
+        let digest =
+            fsutil::blocking(move || sink.commit(&store, size, expected, &labels, updated_at))
+                .await?;
+        self.committed = Some(digest);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, size: u64) -> Result<()> {
+        if size > self.offset {
+            return Err(Error::InvalidArgument(format!(
+                "ingest ref {:?}: cannot truncate to {size} bytes, only {} written",
+                self.reference, self.offset
+            )));
+        }
+        self.with_sink(move |sink| sink.truncate(size)).await?;
+        self.offset = size;
+        self.updated_at = SystemTime::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,542 @@
+//! The conformance suite every content store must pass (feature `testsuite`).
+//!
+//! These are containerd's twelve content-store cases, with its sizes and
+//! semantics, as plain `pub async fn`s that panic on failure. Give each a fresh,
+//! empty store:
+//!
+//! ```no_run
+//! # async fn example() {
+//! use ocidist_content::{local::LocalStore, testsuite};
+//! let dir = tempfile::tempdir().unwrap();
+//! testsuite::writer(&LocalStore::open(dir.path()).unwrap()).await;
+//! # }
+//! ```
+//!
+//! or let [`content_store_suite!`](crate::content_store_suite) write one
+//! `#[tokio::test]` per case from a function that makes a store.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    CopySource, Digest, ErrorKind, Info, Labels, ReaderAt, ReaderAtStream, Result, Status, Store,
+    Writer, WriterOpts, copy, descriptor, read_blob, sha256_of, write_blob,
+};
+
+/// Writes one `#[tokio::test]` per suite case, each with a fresh store from
+/// `$make`: an expression giving `(guard, store)`, where `guard` lives as long
+/// as the test (a temporary directory, say).
+///
+/// ```ignore
+/// fn make_store() -> (tempfile::TempDir, LocalStore) { ... }
+/// ocidist_content::content_store_suite!(make_store());
+/// ```
+#[macro_export]
+macro_rules! content_store_suite {
+    ($make:expr) => {
+        $crate::content_store_suite!(@cases $make;
+            writer, update_status, commit_exists, resume, resume_truncate, resume_discard,
+            resume_copy, resume_copy_seeker, resume_copy_reader_at, small_blob, labels,
+            commit_error_state);
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (_guard, store) = $make;
+                $crate::testsuite::$case(&store).await;
+            }
+        )*
+    };
+}
+
+static SEED: AtomicU64 = AtomicU64::new(1);
+
+/// Deterministic pseudo-random content (a new stream on every call) and its digest.
+pub fn create_content(size: usize) -> (Vec<u8>, Digest) {
+    let mut state = SEED
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        | 1;
+    let mut out = Vec::with_capacity(size + 8);
+    while out.len() < size {
+        // xorshift64*: fast, and plenty random for test data.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(size);
+    let digest = sha256_of(&out);
+    (out, digest)
+}
+
+fn gc_root_labels() -> Labels {
+    Labels::from([(
+        "containerd.io/gc.root".to_string(),
+        format!("{:?}", SystemTime::now()),
+    )])
+}
+
+/// Asserts `t` lies within `[from, to]`.
+fn assert_between(what: &str, t: SystemTime, from: SystemTime, to: SystemTime) {
+    assert!(
+        t >= from && t <= to,
+        "{what} {t:?} is not between {from:?} and {to:?}"
+    );
+}
+
+async fn check_info<S: Store + ?Sized>(
+    store: &S,
+    expected: &Info,
+    created: (SystemTime, SystemTime),
+    updated: (SystemTime, SystemTime),
+) {
+    let info = store.info(&expected.digest).await.expect("info");
+    assert_eq!(info.digest, expected.digest);
+    assert_eq!(info.size, expected.size, "size of {}", expected.digest);
+    assert_between("created_at", info.created_at, created.0, created.1);
+    assert_between("updated_at", info.updated_at, updated.0, updated.1);
+    assert_eq!(info.labels, expected.labels, "labels of {}", expected.digest);
+}
+
+async fn check_content<S: Store + ?Sized>(store: &S, digest: &Digest, content: &[u8]) {
+    let desc = descriptor(digest.clone(), content.len() as u64);
+    let read = read_blob(store, &desc, u64::MAX).await.expect("read blob");
+    assert!(read == content, "content of {digest} differs from what was written");
+}
+
+/// Checks the writer's status and running digest against expectations.
+async fn check_status(
+    writer: &mut dyn Writer,
+    expected: &Status,
+    digest: &Digest,
+    started: (SystemTime, SystemTime),
+    updated: (SystemTime, SystemTime),
+) {
+    let status = writer.status().await.expect("status");
+    assert_eq!(&writer.digest().await.expect("digest"), digest, "running digest");
+    assert_eq!(status.reference, expected.reference);
+    assert_eq!(status.offset, expected.offset, "offset");
+    assert_eq!(status.total, expected.total, "total");
+    assert_eq!(status.expected, expected.expected, "expected digest");
+    assert_between("started_at", status.started_at, started.0, started.1);
+    assert_between("updated_at", status.updated_at, updated.0, updated.1);
+}
+
+async fn open<S: Store + ?Sized>(store: &S, opts: WriterOpts) -> Box<dyn Writer> {
+    let reference = opts.reference.clone();
+    store
+        .writer(opts)
+        .await
+        .unwrap_or_else(|e| panic!("open writer {reference:?}: {e}"))
+}
+
+async fn check_ref_not_available<S: Store + ?Sized>(store: &S, reference: &str) {
+    match store.writer(WriterOpts::new(reference)).await {
+        Ok(_) => panic!("writer opened for {reference:?}, expected it to be in use"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
+    }
+}
+
+fn assert_kind<T>(result: Result<T>, kind: ErrorKind, what: &str) {
+    match result {
+        Ok(_) => panic!("{what}: succeeded, expected {kind:?}"),
+        Err(e) => assert_eq!(e.kind(), kind, "{what}: {e}"),
+    }
+}
+
+/// Writer: five writers (no descriptor, size only, digest only, both, and a
+/// 32 MiB blob fed through a 32-byte buffer) commit and read back.
+pub async fn writer<S: Store + ?Sized>(store: &S) {
+    let cases: Vec<(usize, bool, bool, usize)> = vec![
+        (256, false, false, 256),
+        (256, true, false, 256),
+        (256, false, true, 256),
+        (256, true, true, 256),
+        (32 << 20, true, true, 32),
+    ];
+    for (i, (size, declare_size, declare_digest, chunk)) in cases.into_iter().enumerate() {
+        let (content, digest) = create_content(size);
+        let mut opts = WriterOpts::new(format!("c{}", i + 1));
+        if declare_size {
+            opts = opts.size(size as u64);
+        }
+        if declare_digest {
+            opts = opts.digest(digest.clone());
+        }
+        let mut w = open(store, opts).await;
+        for piece in content.chunks(chunk) {
+            w.write_all(piece).await.expect("write");
+        }
+        let labels = gc_root_labels();
+        let pre = SystemTime::now();
+        w.commit(None, None, labels.clone()).await.expect("commit");
+        let post = SystemTime::now();
+        assert_eq!(w.digest().await.expect("digest after commit"), digest);
+        let info = Info {
+            digest: digest.clone(),
+            size: size as u64,
+            created_at: pre,
+            updated_at: pre,
+            labels,
+        };
+        check_info(store, &info, (pre, post), (pre, post)).await;
+        check_content(store, &digest, &content).await;
+    }
+    assert!(
+        store.list_statuses(&[]).await.expect("list").is_empty(),
+        "committed ingests must be gone"
+    );
+}
+
+/// UpdateStatus: 256 bytes written as 64/128/64; offset and running digest after each.
+pub async fn update_status<S: Store + ?Sized>(store: &S) {
+    let (c1, d1) = create_content(256);
+    let pre_start = SystemTime::now();
+    let mut w = open(store, WriterOpts::new("c1").size(256).digest(d1.clone())).await;
+    let post_start = SystemTime::now();
+    let mut expected = Status {
+        reference: "c1".into(),
+        offset: 0,
+        total: Some(256),
+        expected: Some(d1.clone()),
+        started_at: pre_start,
+        updated_at: pre_start,
+    };
+    let started = (pre_start, post_start);
+    check_status(w.as_mut(), &expected, &sha256_of(b""), started, started).await;
+    for (from, to) in [(0, 64), (64, 192), (192, 256)] {
+        let pre = SystemTime::now();
+        w.write_all(&c1[from..to]).await.expect("write");
+        let post = SystemTime::now();
+        expected.offset = to as u64;
+        check_status(w.as_mut(), &expected, &sha256_of(&c1[..to]), started, (pre, post)).await;
+    }
+    let labels = gc_root_labels();
+    let pre = SystemTime::now();
+    w.commit(None, None, labels.clone()).await.expect("commit");
+    let post = SystemTime::now();
+    let info = Info {
+        digest: d1,
+        size: 256,
+        created_at: pre,
+        updated_at: pre,
+        labels,
+    };
+    check_info(store, &info, (pre, post), (pre, post)).await;
+}
+
+/// CommitExists: the same bytes under two new refs, with and without an
+/// expected digest, fail with AlreadyExists.
+pub async fn commit_exists<S: Store + ?Sized>(store: &S) {
+    let (c1, d1) = create_content(256);
+    write_blob(store, WriterOpts::new("c1").digest(d1.clone()), &c1[..], Labels::new())
+        .await
+        .expect("write blob");
+    for (i, expected) in [Some(&d1), None].into_iter().enumerate() {
+        let mut w = open(store, WriterOpts::new(format!("c1-commitexists-{i}"))).await;
+        w.write_all(&c1).await.expect("write");
+        let result = w.commit(Some(c1.len() as u64), expected, Labels::new()).await;
+        assert_kind(result, ErrorKind::AlreadyExists, &format!("commit {i}"));
+    }
+}
+
+/// Resume: close at half, reopen; the status is identical, timestamps included,
+/// and the rest commits.
+pub async fn resume<S: Store + ?Sized>(store: &S) {
+    let (cb, digest) = create_content(256);
+    let (first, second) = cb.split_at(128);
+    let opts = WriterOpts::new("cb").size(256).digest(digest.clone());
+    let pre_start = SystemTime::now();
+    let mut w1 = open(store, opts.clone()).await;
+    let post_start = SystemTime::now();
+    w1.write_all(first).await.expect("write");
+    let post_update = SystemTime::now();
+    let mut expected = Status {
+        reference: "cb".into(),
+        offset: 128,
+        total: Some(256),
+        expected: Some(digest.clone()),
+        started_at: pre_start,
+        updated_at: pre_start,
+    };
+    let started = (pre_start, post_start);
+    let first_digest = sha256_of(first);
+    check_status(w1.as_mut(), &expected, &first_digest, started, (post_start, post_update)).await;
+    let before_close = w1.status().await.expect("status");
+    w1.shutdown().await.expect("close");
+    drop(w1);
+
+    let mut w2 = open(store, opts).await;
+    let reopened = w2.status().await.expect("status");
+    assert_eq!(reopened, before_close, "status after reopen");
+    check_status(w2.as_mut(), &expected, &first_digest, started, (post_start, post_update)).await;
+
+    let pre = SystemTime::now();
+    w2.write_all(second).await.expect("write");
+    let post = SystemTime::now();
+    expected.offset = 256;
+    check_status(w2.as_mut(), &expected, &digest, started, (pre, post)).await;
+    let pre = SystemTime::now();
+    w2.commit(None, None, Labels::new()).await.expect("commit");
+    let post = SystemTime::now();
+    let info = Info {
+        digest,
+        size: 256,
+        created_at: pre,
+        updated_at: pre,
+        labels: Labels::new(),
+    };
+    check_info(store, &info, (pre, post), (pre, post)).await;
+}
+
+/// How a resume case continues a writer that already holds `written` bytes.
+#[derive(Debug, Clone, Copy)]
+enum Resume {
+    Truncate,
+    Discard,
+    Copy,
+    CopySeeker,
+    CopyReaderAt,
+}
+
+async fn resume_with(w: &mut dyn Writer, how: Resume, b: &[u8], written: usize, d: &Digest) -> Result<()> {
+    let size = Some(b.len() as u64);
+    match how {
+        Resume::Truncate => {
+            w.truncate(0).await?;
+            for piece in b.chunks(1024) {
+                w.write_all(piece).await.map_err(crate::Error::from_io)?;
+            }
+            w.commit(size, Some(d), Labels::new()).await
+        }
+        Resume::Discard => {
+            for piece in b[written..].chunks(1024) {
+                w.write_all(piece).await.map_err(crate::Error::from_io)?;
+            }
+            w.commit(size, Some(d), Labels::new()).await
+        }
+        Resume::Copy => {
+            let mut source = b;
+            copy(w, CopySource::Stream(&mut source), size, Some(d), Labels::new()).await
+        }
+        Resume::CopySeeker => {
+            let mut source = Cursor::new(b.to_vec());
+            copy(w, CopySource::Seekable(&mut source), size, Some(d), Labels::new()).await
+        }
+        Resume::CopyReaderAt => {
+            let source = BytesReaderAt(b.to_vec());
+            copy(w, CopySource::ReaderAt(&source), size, Some(d), Labels::new()).await
+        }
+    }
+}
+
+async fn check_resume<S: Store + ?Sized>(store: &S, how: Resume) {
+    for (i, size) in [500usize, 5000, 50000].into_iter().enumerate() {
+        for (j, cut) in [0.0, 0.1, 0.5, 0.9, 1.0].into_iter().enumerate() {
+            let (b, d) = create_content(size);
+            let limit = (size as f64 * cut) as usize;
+            let reference = format!("ref-{i}-{j}");
+            let opts = WriterOpts::new(reference.clone()).size(size as u64).digest(d.clone());
+            let mut w = open(store, opts.clone()).await;
+            w.write_all(&b[..limit]).await.expect("write");
+            w.shutdown().await.expect("close");
+            drop(w);
+
+            let mut w = open(store, opts).await;
+            let status = w.status().await.expect("status");
+            assert_eq!(status.offset, limit as u64, "{reference}: offset after reopen");
+            let pre = SystemTime::now();
+            resume_with(w.as_mut(), how, &b, limit, &d)
+                .await
+                .unwrap_or_else(|e| panic!("{how:?} {reference}: {e}"));
+            let post = SystemTime::now();
+            drop(w);
+            let info = Info {
+                digest: d.clone(),
+                size: size as u64,
+                created_at: pre,
+                updated_at: pre,
+                labels: Labels::new(),
+            };
+            check_info(store, &info, (pre, post), (pre, post)).await;
+            check_content(store, &d, &b).await;
+        }
+    }
+}
+
+/// ResumeTruncate: reopen, truncate to 0, write everything, commit.
+pub async fn resume_truncate<S: Store + ?Sized>(store: &S) {
+    check_resume(store, Resume::Truncate).await
+}
+
+/// ResumeDiscard: reopen, write only the bytes after the offset, commit.
+pub async fn resume_discard<S: Store + ?Sized>(store: &S) {
+    check_resume(store, Resume::Discard).await
+}
+
+/// ResumeCopy: [`copy`] from a plain stream, which discards up to the offset.
+pub async fn resume_copy<S: Store + ?Sized>(store: &S) {
+    check_resume(store, Resume::Copy).await
+}
+
+/// ResumeCopySeeker: [`copy`] from a seekable stream, which seeks to the offset.
+pub async fn resume_copy_seeker<S: Store + ?Sized>(store: &S) {
+    check_resume(store, Resume::CopySeeker).await
+}
+
+/// ResumeCopyReaderAt: [`copy`] from a [`ReaderAt`], which reads from the offset.
+pub async fn resume_copy_reader_at<S: Store + ?Sized>(store: &S) {
+    check_resume(store, Resume::CopyReaderAt).await
+}
+
+/// SmallBlob: reading past the end of a 6-byte blob yields only the blob.
+pub async fn small_blob<S: Store + ?Sized>(store: &S) {
+    let blob = b"foobar";
+    let digest = sha256_of(blob);
+    let mut w = open(store, WriterOpts::new("small-blob").size(6).digest(digest.clone())).await;
+    w.write_all(blob).await.expect("write");
+    w.commit(Some(6), Some(&digest), Labels::new()).await.expect("commit");
+    let desc = descriptor(digest.clone(), 6);
+    let reader = store.reader_at(&desc).await.expect("reader");
+    assert_eq!(reader.size(), 6);
+    let mut buf = [0u8; 7];
+    let n = reader.read_at(0, &mut buf).await.expect("read_at");
+    assert_eq!(&buf[..n], blob);
+    assert_eq!(reader.read_at(6, &mut buf).await.expect("read at end"), 0);
+    let mut section = ReaderAtStream::with_range(reader, 0, Some(7));
+    let mut read = Vec::new();
+    section.read_to_end(&mut read).await.expect("read section");
+    assert_eq!(sha256_of(&read), digest);
+}
+
+/// Labels: committed labels, then a replace-all update, then a fieldpath update.
+pub async fn labels<S: Store + ?Sized>(store: &S) {
+    let (c1, d1) = create_content(256);
+    let mut w = open(store, WriterOpts::new("c1-checklabels").size(256).digest(d1.clone())).await;
+    w.write_all(&c1).await.expect("write");
+    let root_time = format!("{:?}", SystemTime::now());
+    let mut labels = Labels::from([
+        ("k1".to_string(), "v1".to_string()),
+        ("k2".to_string(), "v2".to_string()),
+        ("containerd.io/gc.root".to_string(), root_time.clone()),
+    ]);
+    let pre_commit = SystemTime::now();
+    w.commit(None, None, labels.clone()).await.expect("commit");
+    let post_commit = SystemTime::now();
+    let committed = (pre_commit, post_commit);
+    let mut info = Info {
+        digest: d1.clone(),
+        size: 256,
+        created_at: pre_commit,
+        updated_at: pre_commit,
+        labels: labels.clone(),
+    };
+    check_info(store, &info, committed, committed).await;
+
+    labels.insert("k1".into(), "newvalue".into());
+    labels.remove("k2");
+    labels.insert("k3".into(), "v3".into());
+    info.labels = labels;
+    let pre = SystemTime::now();
+    let updated = store.update(info.clone(), &[]).await.expect("update");
+    let post = SystemTime::now();
+    assert_eq!(updated.labels, info.labels);
+    check_info(store, &info, committed, (pre, post)).await;
+
+    info.labels = Labels::from([
+        ("k1".to_string(), "v1".to_string()),
+        ("containerd.io/gc.root".to_string(), root_time),
+    ]);
+    let pre = SystemTime::now();
+    store
+        .update(info.clone(), &["labels.k3", "labels.k1"])
+        .await
+        .expect("update fieldpaths");
+    let post = SystemTime::now();
+    check_info(store, &info, committed, (pre, post)).await;
+}
+
+/// CommitErrorState: every failed commit leaves a usable ingest and a released
+/// ref; exists, wrong digest, wrong size, success, exists again.
+pub async fn commit_error_state<S: Store + ?Sized>(store: &S) {
+    let (c1, d1) = create_content(256);
+    let (_, d2) = create_content(256);
+    write_blob(store, WriterOpts::new("c1").digest(d1.clone()), &c1[..], Labels::new())
+        .await
+        .expect("write blob");
+    let reference = "c1-commiterror-state";
+    let len = c1.len() as u64;
+
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    w.write_all(&c1).await.expect("write");
+    check_ref_not_available(store, reference).await;
+    assert_kind(w.commit(Some(len), Some(&d1), Labels::new()).await, ErrorKind::AlreadyExists, "commit existing");
+    drop(w);
+
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    check_ref_not_available(store, reference).await;
+    w.write_all(&c1).await.expect("write");
+    assert_kind(w.commit(Some(len), None, Labels::new()).await, ErrorKind::AlreadyExists, "commit existing, no digest");
+    drop(w);
+
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    check_ref_not_available(store, reference).await;
+    let mut more = c1.clone();
+    more.extend_from_slice(b"more");
+    w.write_all(&more).await.expect("write");
+    assert_kind(w.commit(Some(len + 4), Some(&d2), Labels::new()).await, ErrorKind::FailedPrecondition, "wrong digest");
+    drop(w);
+
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    check_ref_not_available(store, reference).await;
+    assert_eq!(w.status().await.expect("status").offset, len + 4, "data survives a failed commit");
+    assert_kind(w.commit(Some(len), None, Labels::new()).await, ErrorKind::FailedPrecondition, "wrong size");
+    drop(w);
+
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    check_ref_not_available(store, reference).await;
+    w.commit(Some(len + 4), None, Labels::new()).await.expect("commit after errors");
+    drop(w);
+    check_content(store, &sha256_of(&more), &more).await;
+
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    w.write_all(&c1).await.expect("write");
+    check_ref_not_available(store, reference).await;
+    assert_kind(w.commit(Some(len), Some(&d1), Labels::new()).await, ErrorKind::AlreadyExists, "commit existing again");
+    drop(w);
+
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    check_ref_not_available(store, reference).await;
+    w.shutdown().await.expect("close");
+    drop(w);
+    let mut w = open(store, WriterOpts::new(reference)).await;
+    w.shutdown().await.expect("close");
+}
+
+/// An in-memory [`ReaderAt`], for copy sources and tests.
+#[derive(Debug, Clone)]
+pub struct BytesReaderAt(pub Vec<u8>);
+
+#[async_trait]
+impl ReaderAt for BytesReaderAt {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let start = (offset as usize).min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+
+    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+        Box::pin(ReaderAtStream::new(self))
+    }
+}
