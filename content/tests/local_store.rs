@@ -1,0 +1,466 @@
+//! The local store's own promises, beyond containerd's suite: locks across
+//! processes, resume after SIGKILL, checkpoints that never lie, walks, and
+//! properties over any bytes, chunking and interruption point.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ocidist_content::local::LocalStore;
+use ocidist_content::testsuite::create_content;
+use ocidist_content::{
+    CopySource, Digest, DigestAlgorithm, ErrorKind, IngestManager, Ingester, Labels, Manager, Provider,
+    WriterOpts, copy, descriptor, digest_of, read_blob, sha256_of, write_blob,
+};
+use proptest::prelude::*;
+use tokio::io::AsyncWriteExt;
+
+const CHILD_ROLE: &str = "OCIDIST_TEST_CHILD_ROLE";
+const CHILD_ROOT: &str = "OCIDIST_TEST_CHILD_ROOT";
+
+fn store() -> (tempfile::TempDir, LocalStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LocalStore::open(dir.path()).expect("open");
+    (dir, store)
+}
+
+/// The files under `blobs/`, for asserting nothing unverified landed there.
+fn blob_files(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), out);
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root.join("blobs"), &mut out);
+    out
+}
+
+/// Starts this test binary again as a child playing `role` on the store at `root`.
+fn spawn_child(role: &str, root: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, role)
+        .env(CHILD_ROOT, root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child test process")
+}
+
+/// Reads the child's stdout until a line equal to `want`.
+fn wait_for_line(child: &mut Child, want: &str) {
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).unwrap();
+        assert!(n > 0, "child exited before printing {want:?}");
+        if line.trim_end().ends_with(want) {
+            return;
+        }
+    }
+}
+
+/// The child side of the cross-process tests; run only by [`spawn_child`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "runs only as the child process of the cross-process tests"]
+async fn child_process_entry() {
+    let role = std::env::var(CHILD_ROLE).expect("only run as a child");
+    let store = LocalStore::open(std::env::var(CHILD_ROOT).unwrap()).unwrap();
+    match role.as_str() {
+        "hold-lock" => {
+            let _writer = store.writer(WriterOpts::new("shared-ref")).await.unwrap();
+            println!("locked");
+            std::io::stdout().flush().unwrap();
+            // Hold the ref until the parent closes our stdin.
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
+        "slow-writer" => {
+            let (content, digest) = crash_content();
+            let opts = WriterOpts::new("crash-ref").size(content.len() as u64).digest(digest);
+            let mut w = store.writer(opts).await.unwrap();
+            let offset = w.status().await.unwrap().offset as usize;
+            println!("writing");
+            std::io::stdout().flush().unwrap();
+            for piece in content[offset..].chunks(64 << 10) {
+                w.write_all(piece).await.unwrap();
+                w.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            // Never commits: the parent kills us first.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// 24 MiB of fixed content: long enough for the 64 MiB checkpoint interval not
+/// to matter, and several kills at different offsets.
+fn crash_content() -> (Vec<u8>, Digest) {
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let content: Vec<u8> = (0..24 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let digest = sha256_of(&content);
+    (content, digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_process_gets_unavailable_while_first_holds_the_ref() {
+    let (dir, store) = store();
+    let mut child = spawn_child("hold-lock", dir.path());
+    wait_for_line(&mut child, "locked");
+
+    let err = store.writer(WriterOpts::new("shared-ref")).await.err().expect("must be locked");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("shared-ref"), "{err}");
+    let err = store.abort("shared-ref").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "abort of a held ref: {err}");
+
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let w = store.writer(WriterOpts::new("shared-ref")).await;
+    assert!(w.is_ok(), "ref must be free once the other process exits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_with_sigkill_resumes_to_the_right_digest() {
+    let (dir, store) = store();
+    let (content, digest) = crash_content();
+    // Kill the writer three times at growing offsets; each run resumes the last.
+    let mut last_offset = 0;
+    for threshold in [3u64 << 20, 9 << 20, 17 << 20] {
+        let mut child = spawn_child("slow-writer", dir.path());
+        wait_for_line(&mut child, "writing");
+        loop {
+            let offset = store.status("crash-ref").await.map(|s| s.offset).unwrap_or(0);
+            if offset >= threshold {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(blob_files(dir.path()).is_empty(), "nothing may land in blobs/ uncommitted");
+        let status = store.status("crash-ref").await.expect("ingest survives the kill");
+        assert!(status.offset >= last_offset, "offset went back: {} < {last_offset}", status.offset);
+        last_offset = status.offset;
+    }
+
+    let opts = WriterOpts::new("crash-ref").size(content.len() as u64).digest(digest.clone());
+    let mut w = ocidist_content::open_writer(&store, opts).await.unwrap();
+    assert_eq!(w.status().await.unwrap().offset, last_offset);
+    let mut source = std::io::Cursor::new(content.clone());
+    copy(w.as_mut(), CopySource::Seekable(&mut source), Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .expect("resumed copy commits");
+    let read = read_blob(&store, &descriptor(digest.clone(), content.len() as u64), u64::MAX)
+        .await
+        .unwrap();
+    assert!(read == content);
+    assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn checkpoint_that_disagrees_with_the_data_is_ignored() {
+    let (dir, store) = store();
+    let (content, _) = create_content(300_000);
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(&content[..200_000]).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+
+    // Corrupt the data under the checkpoint's tail, as a crash might: the
+    // resumed digest must describe the bytes on disk, not the checkpoint.
+    let ingest_dir = std::fs::read_dir(dir.path().join("ingest")).unwrap().next().unwrap().unwrap().path();
+    let data_path = ingest_dir.join("data");
+    let mut data = std::fs::read(&data_path).unwrap();
+    data[199_999] ^= 0xff;
+    std::fs::write(&data_path, &data).unwrap();
+
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
+
+    // A torn checkpoint file is ignored too.
+    w.shutdown().await.unwrap();
+    drop(w);
+    std::fs::write(ingest_dir.join("checkpoint"), b"ocidist-checkpoint-v1\ngarbage").unwrap();
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
+}
+
+#[tokio::test]
+async fn close_writes_a_checkpoint_that_resumes_exactly() {
+    let (dir, store) = store();
+    let (content, digest) = create_content(3 << 20);
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(&content[..(2 << 20) + 17]).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+    let ingest_dir = std::fs::read_dir(dir.path().join("ingest")).unwrap().next().unwrap().unwrap().path();
+    assert!(ingest_dir.join("checkpoint").exists(), "close must save the digest state");
+
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(&content[(2 << 20) + 17..]).await.unwrap();
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_digest_never_lands_and_keeps_the_ingest() {
+    let (dir, store) = store();
+    let (content, _) = create_content(4096);
+    let wrong = sha256_of(b"something else");
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(&content).await.unwrap();
+    let err = w.commit(None, Some(&wrong), Labels::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    let message = err.to_string();
+    assert!(message.contains(&wrong.to_string()) && message.contains(&sha256_of(&content).to_string()), "{message}");
+    assert!(blob_files(dir.path()).is_empty());
+    assert_eq!(store.status("r").await.unwrap().offset, 4096);
+    // The lock was released: the ref reopens at once.
+    store.writer(WriterOpts::new("r")).await.expect("reopen after failed commit");
+}
+
+#[tokio::test]
+async fn predeclared_size_bounds_writes_and_commit() {
+    let (_dir, store) = store();
+    let mut w = store.writer(WriterOpts::new("r").size(10)).await.unwrap();
+    let err = w.write_all(&[0; 11]).await.unwrap_err();
+    let err = ocidist_content::Error::from_io(err);
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    w.write_all(&[0; 5]).await.unwrap();
+    let err = w.commit(None, None, Labels::new()).await.unwrap_err();
+    assert!(matches!(err, ocidist_content::Error::SizeMismatch { expected: 10, actual: 5, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn predeclared_existing_digest_is_already_exists_at_open() {
+    let (_dir, store) = store();
+    let data = b"exists";
+    let digest = sha256_of(data);
+    write_blob(&store, WriterOpts::new("a").digest(digest.clone()), &data[..], Labels::new()).await.unwrap();
+    let err = store.writer(WriterOpts::new("b").digest(digest.clone())).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    // write_blob treats it as success.
+    write_blob(&store, WriterOpts::new("b").digest(digest), &data[..], Labels::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_things_are_not_found() {
+    let (_dir, store) = store();
+    let digest = sha256_of(b"absent");
+    assert_eq!(store.abort("nope").await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(store.delete(&digest).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(store.info(&digest).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(store.status("nope").await.unwrap_err().kind(), ErrorKind::NotFound);
+    let err = store.reader_at(&descriptor(digest.clone(), 0)).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains(&digest.to_string()));
+}
+
+#[tokio::test]
+async fn abort_removes_the_ingest_and_its_data() {
+    let (dir, store) = store();
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(b"partial").await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+    store.abort("r").await.unwrap();
+    assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ingest")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let w = store.writer(WriterOpts::new("r")).await.unwrap();
+    drop(w);
+}
+
+#[tokio::test]
+async fn blobs_are_read_only_and_labels_survive_reopen() {
+    let (dir, store) = store();
+    let data = b"labelled";
+    let digest = sha256_of(data);
+    let labels = Labels::from([("app".to_string(), "web".to_string())]);
+    write_blob(&store, WriterOpts::new("a"), &data[..], labels.clone()).await.unwrap();
+    let mode = std::fs::metadata(store.blob_path(&digest)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o444);
+    drop(store);
+    let store = LocalStore::open(dir.path()).unwrap();
+    assert_eq!(store.info(&digest).await.unwrap().labels, labels);
+}
+
+#[tokio::test]
+async fn read_blob_refuses_blobs_over_the_limit() {
+    let (_dir, store) = store();
+    let data = vec![1u8; 100];
+    let digest = sha256_of(&data);
+    write_blob(&store, WriterOpts::new("a"), &data[..], Labels::new()).await.unwrap();
+    let err = read_blob(&store, &descriptor(digest, 100), 99).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(err.to_string().contains("limit of 99"), "{err}");
+}
+
+#[tokio::test]
+async fn copy_reports_a_short_source_and_commits_nothing() {
+    let (dir, store) = store();
+    let (content, digest) = create_content(1000);
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    let mut short = &content[..900];
+    let err = copy(w.as_mut(), CopySource::Stream(&mut short), Some(1000), Some(&digest), Labels::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ocidist_content::Error::ShortRead { expected: 1000, actual: 900 }), "{err}");
+    assert!(blob_files(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn commit_with_a_sha512_digest_rehashes_a_sha256_ingest() {
+    let (_dir, store) = store();
+    let data = b"hash me twice";
+    let sha512 = digest_of(&DigestAlgorithm::Sha512, data).unwrap();
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(data).await.unwrap();
+    w.commit(None, Some(&sha512), Labels::new()).await.unwrap();
+    assert_eq!(store.info(&sha512).await.unwrap().size, data.len() as u64);
+}
+
+#[tokio::test]
+async fn walk_filters_over_a_hundred_sha256_and_sha512_blobs() {
+    let (_dir, store) = store();
+    let mut sha512_digests = Vec::new();
+    for i in 0..100u32 {
+        let data = format!("blob number {i}");
+        let alg = if i % 2 == 0 { DigestAlgorithm::Sha256 } else { DigestAlgorithm::Sha512 };
+        let digest = digest_of(&alg, data.as_bytes()).unwrap();
+        if i % 2 == 1 {
+            sha512_digests.push(digest.clone());
+        }
+        let mut labels = Labels::from([("parity".to_string(), (i % 2).to_string())]);
+        if i % 10 == 0 {
+            labels.insert("containerd.io/gc.root".into(), "yes".into());
+        }
+        let opts = WriterOpts::new(format!("walk-{i}")).digest(digest);
+        write_blob(&store, opts, data.as_bytes(), labels).await.unwrap();
+    }
+    let count = |filters: &'static [&'static str]| {
+        let store = store.clone();
+        async move {
+            let mut n = 0;
+            store.walk(filters, &mut |_| { n += 1; Ok(()) }).await.unwrap();
+            n
+        }
+    };
+    assert_eq!(count(&[]).await, 100);
+    assert_eq!(count(&["labels.parity==1"]).await, 50);
+    assert_eq!(count(&["labels.containerd.io/gc.root"]).await, 10);
+    assert_eq!(count(&["labels.parity==0,labels.\"containerd.io/gc.root\"==yes"]).await, 10);
+    assert_eq!(count(&["labels.parity==1", "labels.containerd.io/gc.root"]).await, 60);
+    let one = format!("digest=={}", sha512_digests[3]);
+    let mut seen = Vec::new();
+    store.walk(&[one.as_str()], &mut |info| { seen.push(info.digest); Ok(()) }).await.unwrap();
+    assert_eq!(seen, vec![sha512_digests[3].clone()]);
+    let err = store.walk(&["labels.a~=x"], &mut |_| Ok(())).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[tokio::test]
+async fn list_statuses_filters_by_ref() {
+    let (_dir, store) = store();
+    for name in ["layer-a", "layer-b", "config-c"] {
+        let mut w = store.writer(WriterOpts::new(name).size(10)).await.unwrap();
+        w.write_all(b"12345").await.unwrap();
+        w.shutdown().await.unwrap();
+    }
+    let all = store.list_statuses(&[]).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|s| s.offset == 5 && s.total == Some(10)));
+    let some = store.list_statuses(&["ref==layer-b", "ref==config-c"]).await.unwrap();
+    let names: Vec<_> = some.iter().map(|s| s.reference.as_str()).collect();
+    assert_eq!(names, ["config-c", "layer-b"]);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any bytes, any chunking, interrupted at any point (dropped or closed),
+    /// resume to the same digest and size.
+    #[test]
+    fn any_interrupted_ingest_resumes_to_the_same_blob(
+        data in proptest::collection::vec(any::<u8>(), 0..200_000),
+        chunk in 1usize..70_000,
+        cut in 0.0f64..=1.0,
+        close_cleanly in any::<bool>(),
+        sha512 in any::<bool>(),
+    ) {
+        runtime().block_on(async {
+            let (dir, store) = store();
+            let alg = if sha512 { DigestAlgorithm::Sha512 } else { DigestAlgorithm::Sha256 };
+            let digest = digest_of(&alg, &data).unwrap();
+            let cut = (data.len() as f64 * cut) as usize;
+            let opts = WriterOpts::new("prop").size(data.len() as u64).digest(digest.clone());
+            let mut w = store.writer(opts.clone()).await.unwrap();
+            for piece in data[..cut].chunks(chunk) {
+                w.write_all(piece).await.unwrap();
+            }
+            if close_cleanly {
+                w.shutdown().await.unwrap();
+            }
+            drop(w);
+            // A dropped writer saves in the background: wait for the ref.
+            let mut w = ocidist_content::open_writer(&store, opts).await.unwrap();
+            let offset = w.status().await.unwrap().offset as usize;
+            prop_assert_eq!(offset, cut);
+            prop_assert_eq!(w.digest().await.unwrap(), digest_of(&alg, &data[..cut]).unwrap());
+            for piece in data[cut..].chunks(chunk) {
+                w.write_all(piece).await.unwrap();
+            }
+            w.commit(None, None, Labels::new()).await.unwrap();
+            let info = store.info(&digest).await.unwrap();
+            prop_assert_eq!(info.size, data.len() as u64);
+            prop_assert_eq!(blob_files(dir.path()).len(), 1);
+            Ok(())
+        })?;
+    }
+
+    /// A wrong expected digest never lands in blobs/, whatever the data.
+    #[test]
+    fn wrong_expected_digest_never_lands(
+        data in proptest::collection::vec(any::<u8>(), 0..50_000),
+        flip in any::<usize>(),
+    ) {
+        runtime().block_on(async {
+            let (dir, store) = store();
+            let mut wrong_data = data.clone();
+            if wrong_data.is_empty() {
+                wrong_data.push(0);
+            } else {
+                let i = flip % wrong_data.len();
+                wrong_data[i] ^= 1;
+            }
+            let wrong = sha256_of(&wrong_data);
+            let mut w = store.writer(WriterOpts::new("prop")).await.unwrap();
+            w.write_all(&data).await.unwrap();
+            let err = w.commit(None, Some(&wrong), Labels::new()).await.unwrap_err();
+            prop_assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+            prop_assert!(blob_files(dir.path()).is_empty());
+            Ok(())
+        })?;
+    }
+}
