@@ -1,9 +1,21 @@
 //! ocidist: containerd's distribution layer for Rust programs.
 //!
-//! This facade re-exports the member crates:
+//! This facade re-exports the member crates, so one dependency brings them all:
 //!
 //! - [`content`]: the verified, resumable, content-addressed store
-//!   ([`content::local::LocalStore`] on disk).
-#![doc = include_str!("../README.md")]
+//!   ([`content::local::LocalStore`] on disk), with containerd's `Provider`,
+//!   `Ingester`, `Writer`, `Manager` and `IngestManager` traits.
+//!
+//! ```
+//! use ocidist::content::{local::LocalStore, sha256_of, write_blob, Labels, Manager, WriterOpts};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let store = LocalStore::open(dir.path())?;
+//! write_blob(&store, WriterOpts::new("greeting"), &b"hello"[..], Labels::new()).await?;
+//! assert_eq!(store.info(&sha256_of(b"hello")).await?.size, 5);
+//! # Ok(())
+//! # }
+//! ```
 
 pub use ocidist_content as content;

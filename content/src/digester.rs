@@ -141,7 +141,9 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(
-            digest_of(&DigestAlgorithm::Sha512, b"abc").unwrap().to_string(),
+            digest_of(&DigestAlgorithm::Sha512, b"abc")
+                .unwrap()
+                .to_string(),
             "sha512:ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a\
              2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
         );

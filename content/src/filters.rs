@@ -138,7 +138,10 @@ fn parse_selector<'a>(filter: &str, input: &'a str) -> Result<(Selector, &'a str
         let (v, r) = parse_value(filter, r)?;
         (Op::NotEqual(v), r)
     } else if rest.starts_with("~=") {
-        return Err(invalid(filter, "the regular-expression operator ~= is not supported"));
+        return Err(invalid(
+            filter,
+            "the regular-expression operator ~= is not supported",
+        ));
     } else if rest.is_empty() || rest.starts_with(',') {
         (Op::Present, rest)
     } else {
@@ -156,16 +159,19 @@ fn parse_path<'a>(filter: &str, input: &'a str) -> Result<(Vec<String>, &'a str)
             parse_quoted(filter, rest)?
         } else {
             // A label key runs to the operator: it may hold '.' and '/'.
-            let stop = |c: char| {
-                matches!(c, '=' | '!' | '~' | ',' | ' ') || (!is_map_key && c == '.')
-            };
+            let stop =
+                |c: char| matches!(c, '=' | '!' | '~' | ',' | ' ') || (!is_map_key && c == '.');
             let end = rest.find(stop).unwrap_or(rest.len());
             (rest[..end].to_string(), &rest[end..])
         };
         if component.is_empty() {
             return Err(invalid(filter, "empty field name"));
         }
-        if !is_map_key && !component.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if !is_map_key
+            && !component
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(invalid(filter, &format!("bad field name {component:?}")));
         }
         path.push(component);
@@ -258,7 +264,13 @@ mod tests {
 
     #[test]
     fn malformed_filters_are_invalid_arguments() {
-        for bad in ["name=redis", "name~=re.*", "labels.\"x", "na-me==x", ",name==x"] {
+        for bad in [
+            "name=redis",
+            "name~=re.*",
+            "labels.\"x",
+            "na-me==x",
+            ",name==x",
+        ] {
             let err = Filters::parse(&[bad]).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad}");
             assert!(err.to_string().contains(bad), "{err}");

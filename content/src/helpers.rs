@@ -51,7 +51,12 @@ pub async fn read_blob<P: Provider + ?Sized>(
 /// when the writer opens or only at commit. A ref held by another writer is
 /// waited for (see [`open_writer`]); an ingest left by an earlier attempt is
 /// resumed.
-pub async fn write_blob<I, R>(ingester: &I, opts: WriterOpts, source: R, labels: Labels) -> Result<()>
+pub async fn write_blob<I, R>(
+    ingester: &I,
+    opts: WriterOpts,
+    source: R,
+    labels: Labels,
+) -> Result<()>
 where
     I: Ingester + ?Sized,
     R: AsyncRead + Unpin + Send,
@@ -227,7 +232,10 @@ mod tests {
     fn jitter_stays_within_half_to_full() {
         for _ in 0..100 {
             let d = jitter(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
+                "{d:?}"
+            );
         }
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use ocidist_content::local::LocalStore;
 use ocidist_content::testsuite::create_content;
 use ocidist_content::{
-    CopySource, Digest, DigestAlgorithm, ErrorKind, IngestManager, Ingester, Labels, Manager, Provider,
-    WriterOpts, copy, descriptor, digest_of, read_blob, sha256_of, write_blob,
+    CopySource, Digest, DigestAlgorithm, ErrorKind, IngestManager, Ingester, Labels, Manager,
+    Provider, WriterOpts, copy, descriptor, digest_of, read_blob, sha256_of, write_blob,
 };
 use proptest::prelude::*;
 use tokio::io::AsyncWriteExt;
@@ -45,7 +45,13 @@ fn blob_files(root: &Path) -> Vec<PathBuf> {
 /// Starts this test binary again as a child playing `role` on the store at `root`.
 fn spawn_child(role: &str, root: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_process_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ROLE, role)
         .env(CHILD_ROOT, root)
         .stdin(Stdio::piped())
@@ -86,7 +92,9 @@ async fn child_process_entry() {
         }
         "slow-writer" => {
             let (content, digest) = crash_content();
-            let opts = WriterOpts::new("crash-ref").size(content.len() as u64).digest(digest);
+            let opts = WriterOpts::new("crash-ref")
+                .size(content.len() as u64)
+                .digest(digest);
             let mut w = store.writer(opts).await.unwrap();
             let offset = w.status().await.unwrap().offset as usize;
             println!("writing");
@@ -125,11 +133,19 @@ async fn second_process_gets_unavailable_while_first_holds_the_ref() {
     let mut child = spawn_child("hold-lock", dir.path());
     wait_for_line(&mut child, "locked");
 
-    let err = store.writer(WriterOpts::new("shared-ref")).await.err().expect("must be locked");
+    let err = store
+        .writer(WriterOpts::new("shared-ref"))
+        .await
+        .err()
+        .expect("must be locked");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("shared-ref"), "{err}");
     let err = store.abort("shared-ref").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "abort of a held ref: {err}");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Unavailable,
+        "abort of a held ref: {err}"
+    );
 
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
@@ -147,7 +163,11 @@ async fn ingest_killed_with_sigkill_resumes_to_the_right_digest() {
         let mut child = spawn_child("slow-writer", dir.path());
         wait_for_line(&mut child, "writing");
         loop {
-            let offset = store.status("crash-ref").await.map(|s| s.offset).unwrap_or(0);
+            let offset = store
+                .status("crash-ref")
+                .await
+                .map(|s| s.offset)
+                .unwrap_or(0);
             if offset >= threshold {
                 break;
             }
@@ -155,22 +175,44 @@ async fn ingest_killed_with_sigkill_resumes_to_the_right_digest() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        assert!(blob_files(dir.path()).is_empty(), "nothing may land in blobs/ uncommitted");
-        let status = store.status("crash-ref").await.expect("ingest survives the kill");
-        assert!(status.offset >= last_offset, "offset went back: {} < {last_offset}", status.offset);
+        assert!(
+            blob_files(dir.path()).is_empty(),
+            "nothing may land in blobs/ uncommitted"
+        );
+        let status = store
+            .status("crash-ref")
+            .await
+            .expect("ingest survives the kill");
+        assert!(
+            status.offset >= last_offset,
+            "offset went back: {} < {last_offset}",
+            status.offset
+        );
         last_offset = status.offset;
     }
 
-    let opts = WriterOpts::new("crash-ref").size(content.len() as u64).digest(digest.clone());
+    let opts = WriterOpts::new("crash-ref")
+        .size(content.len() as u64)
+        .digest(digest.clone());
     let mut w = ocidist_content::open_writer(&store, opts).await.unwrap();
     assert_eq!(w.status().await.unwrap().offset, last_offset);
     let mut source = std::io::Cursor::new(content.clone());
-    copy(w.as_mut(), CopySource::Seekable(&mut source), Some(content.len() as u64), Some(&digest), Labels::new())
-        .await
-        .expect("resumed copy commits");
-    let read = read_blob(&store, &descriptor(digest.clone(), content.len() as u64), u64::MAX)
-        .await
-        .unwrap();
+    copy(
+        w.as_mut(),
+        CopySource::Seekable(&mut source),
+        Some(content.len() as u64),
+        Some(&digest),
+        Labels::new(),
+    )
+    .await
+    .expect("resumed copy commits");
+    let read = read_blob(
+        &store,
+        &descriptor(digest.clone(), content.len() as u64),
+        u64::MAX,
+    )
+    .await
+    .unwrap();
     assert!(read == content);
     assert!(store.list_statuses(&[]).await.unwrap().is_empty());
 }
@@ -186,7 +228,12 @@ async fn checkpoint_that_disagrees_with_the_data_is_ignored() {
 
     // Corrupt the data under the checkpoint's tail, as a crash might: the
     // resumed digest must describe the bytes on disk, not the checkpoint.
-    let ingest_dir = std::fs::read_dir(dir.path().join("ingest")).unwrap().next().unwrap().unwrap().path();
+    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let data_path = ingest_dir.join("data");
     let mut data = std::fs::read(&data_path).unwrap();
     data[199_999] ^= 0xff;
@@ -198,7 +245,11 @@ async fn checkpoint_that_disagrees_with_the_data_is_ignored() {
     // A torn checkpoint file is ignored too.
     w.shutdown().await.unwrap();
     drop(w);
-    std::fs::write(ingest_dir.join("checkpoint"), b"ocidist-checkpoint-v1\ngarbage").unwrap();
+    std::fs::write(
+        ingest_dir.join("checkpoint"),
+        b"ocidist-checkpoint-v1\ngarbage",
+    )
+    .unwrap();
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
 }
@@ -211,12 +262,22 @@ async fn close_writes_a_checkpoint_that_resumes_exactly() {
     w.write_all(&content[..(2 << 20) + 17]).await.unwrap();
     w.shutdown().await.unwrap();
     drop(w);
-    let ingest_dir = std::fs::read_dir(dir.path().join("ingest")).unwrap().next().unwrap().unwrap().path();
-    assert!(ingest_dir.join("checkpoint").exists(), "close must save the digest state");
+    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        ingest_dir.join("checkpoint").exists(),
+        "close must save the digest state"
+    );
 
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     w.write_all(&content[(2 << 20) + 17..]).await.unwrap();
-    w.commit(Some(content.len() as u64), Some(&digest), Labels::new()).await.unwrap();
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -226,14 +287,23 @@ async fn wrong_digest_never_lands_and_keeps_the_ingest() {
     let wrong = sha256_of(b"something else");
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     w.write_all(&content).await.unwrap();
-    let err = w.commit(None, Some(&wrong), Labels::new()).await.unwrap_err();
+    let err = w
+        .commit(None, Some(&wrong), Labels::new())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     let message = err.to_string();
-    assert!(message.contains(&wrong.to_string()) && message.contains(&sha256_of(&content).to_string()), "{message}");
+    assert!(
+        message.contains(&wrong.to_string()) && message.contains(&sha256_of(&content).to_string()),
+        "{message}"
+    );
     assert!(blob_files(dir.path()).is_empty());
     assert_eq!(store.status("r").await.unwrap().offset, 4096);
     // The lock was released: the ref reopens at once.
-    store.writer(WriterOpts::new("r")).await.expect("reopen after failed commit");
+    store
+        .writer(WriterOpts::new("r"))
+        .await
+        .expect("reopen after failed commit");
 }
 
 #[tokio::test]
@@ -245,7 +315,17 @@ async fn predeclared_size_bounds_writes_and_commit() {
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
     w.write_all(&[0; 5]).await.unwrap();
     let err = w.commit(None, None, Labels::new()).await.unwrap_err();
-    assert!(matches!(err, ocidist_content::Error::SizeMismatch { expected: 10, actual: 5, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ocidist_content::Error::SizeMismatch {
+                expected: 10,
+                actual: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -253,22 +333,56 @@ async fn predeclared_existing_digest_is_already_exists_at_open() {
     let (_dir, store) = store();
     let data = b"exists";
     let digest = sha256_of(data);
-    write_blob(&store, WriterOpts::new("a").digest(digest.clone()), &data[..], Labels::new()).await.unwrap();
-    let err = store.writer(WriterOpts::new("b").digest(digest.clone())).await.err().unwrap();
+    write_blob(
+        &store,
+        WriterOpts::new("a").digest(digest.clone()),
+        &data[..],
+        Labels::new(),
+    )
+    .await
+    .unwrap();
+    let err = store
+        .writer(WriterOpts::new("b").digest(digest.clone()))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
     // write_blob treats it as success.
-    write_blob(&store, WriterOpts::new("b").digest(digest), &data[..], Labels::new()).await.unwrap();
+    write_blob(
+        &store,
+        WriterOpts::new("b").digest(digest),
+        &data[..],
+        Labels::new(),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
 async fn missing_things_are_not_found() {
     let (_dir, store) = store();
     let digest = sha256_of(b"absent");
-    assert_eq!(store.abort("nope").await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(store.delete(&digest).await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(store.info(&digest).await.unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(store.status("nope").await.unwrap_err().kind(), ErrorKind::NotFound);
-    let err = store.reader_at(&descriptor(digest.clone(), 0)).await.err().unwrap();
+    assert_eq!(
+        store.abort("nope").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        store.delete(&digest).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        store.info(&digest).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        store.status("nope").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let err = store
+        .reader_at(&descriptor(digest.clone(), 0))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.to_string().contains(&digest.to_string()));
 }
@@ -282,7 +396,9 @@ async fn abort_removes_the_ingest_and_its_data() {
     drop(w);
     store.abort("r").await.unwrap();
     assert!(store.list_statuses(&[]).await.unwrap().is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ingest")).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ingest"))
+        .unwrap()
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let w = store.writer(WriterOpts::new("r")).await.unwrap();
     drop(w);
@@ -294,8 +410,13 @@ async fn blobs_are_read_only_and_labels_survive_reopen() {
     let data = b"labelled";
     let digest = sha256_of(data);
     let labels = Labels::from([("app".to_string(), "web".to_string())]);
-    write_blob(&store, WriterOpts::new("a"), &data[..], labels.clone()).await.unwrap();
-    let mode = std::fs::metadata(store.blob_path(&digest)).unwrap().permissions().mode();
+    write_blob(&store, WriterOpts::new("a"), &data[..], labels.clone())
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(store.blob_path(&digest))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o444);
     drop(store);
     let store = LocalStore::open(dir.path()).unwrap();
@@ -307,8 +428,12 @@ async fn read_blob_refuses_blobs_over_the_limit() {
     let (_dir, store) = store();
     let data = vec![1u8; 100];
     let digest = sha256_of(&data);
-    write_blob(&store, WriterOpts::new("a"), &data[..], Labels::new()).await.unwrap();
-    let err = read_blob(&store, &descriptor(digest, 100), 99).await.unwrap_err();
+    write_blob(&store, WriterOpts::new("a"), &data[..], Labels::new())
+        .await
+        .unwrap();
+    let err = read_blob(&store, &descriptor(digest, 100), 99)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     assert!(err.to_string().contains("limit of 99"), "{err}");
 }
@@ -319,10 +444,25 @@ async fn copy_reports_a_short_source_and_commits_nothing() {
     let (content, digest) = create_content(1000);
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     let mut short = &content[..900];
-    let err = copy(w.as_mut(), CopySource::Stream(&mut short), Some(1000), Some(&digest), Labels::new())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ocidist_content::Error::ShortRead { expected: 1000, actual: 900 }), "{err}");
+    let err = copy(
+        w.as_mut(),
+        CopySource::Stream(&mut short),
+        Some(1000),
+        Some(&digest),
+        Labels::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ocidist_content::Error::ShortRead {
+                expected: 1000,
+                actual: 900
+            }
+        ),
+        "{err}"
+    );
     assert!(blob_files(dir.path()).is_empty());
 }
 
@@ -343,7 +483,11 @@ async fn walk_filters_over_a_hundred_sha256_and_sha512_blobs() {
     let mut sha512_digests = Vec::new();
     for i in 0..100u32 {
         let data = format!("blob number {i}");
-        let alg = if i % 2 == 0 { DigestAlgorithm::Sha256 } else { DigestAlgorithm::Sha512 };
+        let alg = if i % 2 == 0 {
+            DigestAlgorithm::Sha256
+        } else {
+            DigestAlgorithm::Sha512
+        };
         let digest = digest_of(&alg, data.as_bytes()).unwrap();
         if i % 2 == 1 {
             sha512_digests.push(digest.clone());
@@ -353,26 +497,49 @@ async fn walk_filters_over_a_hundred_sha256_and_sha512_blobs() {
             labels.insert("containerd.io/gc.root".into(), "yes".into());
         }
         let opts = WriterOpts::new(format!("walk-{i}")).digest(digest);
-        write_blob(&store, opts, data.as_bytes(), labels).await.unwrap();
+        write_blob(&store, opts, data.as_bytes(), labels)
+            .await
+            .unwrap();
     }
     let count = |filters: &'static [&'static str]| {
         let store = store.clone();
         async move {
             let mut n = 0;
-            store.walk(filters, &mut |_| { n += 1; Ok(()) }).await.unwrap();
+            store
+                .walk(filters, &mut |_| {
+                    n += 1;
+                    Ok(())
+                })
+                .await
+                .unwrap();
             n
         }
     };
     assert_eq!(count(&[]).await, 100);
     assert_eq!(count(&["labels.parity==1"]).await, 50);
     assert_eq!(count(&["labels.containerd.io/gc.root"]).await, 10);
-    assert_eq!(count(&["labels.parity==0,labels.\"containerd.io/gc.root\"==yes"]).await, 10);
-    assert_eq!(count(&["labels.parity==1", "labels.containerd.io/gc.root"]).await, 60);
+    assert_eq!(
+        count(&["labels.parity==0,labels.\"containerd.io/gc.root\"==yes"]).await,
+        10
+    );
+    assert_eq!(
+        count(&["labels.parity==1", "labels.containerd.io/gc.root"]).await,
+        60
+    );
     let one = format!("digest=={}", sha512_digests[3]);
     let mut seen = Vec::new();
-    store.walk(&[one.as_str()], &mut |info| { seen.push(info.digest); Ok(()) }).await.unwrap();
+    store
+        .walk(&[one.as_str()], &mut |info| {
+            seen.push(info.digest);
+            Ok(())
+        })
+        .await
+        .unwrap();
     assert_eq!(seen, vec![sha512_digests[3].clone()]);
-    let err = store.walk(&["labels.a~=x"], &mut |_| Ok(())).await.unwrap_err();
+    let err = store
+        .walk(&["labels.a~=x"], &mut |_| Ok(()))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
@@ -387,13 +554,20 @@ async fn list_statuses_filters_by_ref() {
     let all = store.list_statuses(&[]).await.unwrap();
     assert_eq!(all.len(), 3);
     assert!(all.iter().all(|s| s.offset == 5 && s.total == Some(10)));
-    let some = store.list_statuses(&["ref==layer-b", "ref==config-c"]).await.unwrap();
+    let some = store
+        .list_statuses(&["ref==layer-b", "ref==config-c"])
+        .await
+        .unwrap();
     let names: Vec<_> = some.iter().map(|s| s.reference.as_str()).collect();
     assert_eq!(names, ["config-c", "layer-b"]);
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 proptest! {

@@ -170,7 +170,11 @@ impl Locked {
             meta.expected = opts.digest.clone();
         }
         if meta != self.meta {
-            fsutil::replace_file(&self.dir.join(META), &serde_json::to_vec(&meta).expect("plain data"), false)?;
+            fsutil::replace_file(
+                &self.dir.join(META),
+                &serde_json::to_vec(&meta).expect("plain data"),
+                false,
+            )?;
             self.meta = meta;
         }
         Ok(())
@@ -189,14 +193,19 @@ impl Locked {
             Some(found) => found,
             None => (Digester::new(algorithm)?, 0),
         };
-        hash_file(&mut self.data, from, len, &mut digester).map_err(|e| Error::io("read", &data_path, e))?;
+        hash_file(&mut self.data, from, len, &mut digester)
+            .map_err(|e| Error::io("read", &data_path, e))?;
         self.data
             .seek(SeekFrom::Start(len))
             .map_err(|e| Error::io("seek", &data_path, e))?;
         Ok((digester, len))
     }
 
-    fn load_checkpoint(&mut self, algorithm: &DigestAlgorithm, len: u64) -> Option<(Digester, u64)> {
+    fn load_checkpoint(
+        &mut self,
+        algorithm: &DigestAlgorithm,
+        len: u64,
+    ) -> Option<(Digester, u64)> {
         let bytes = fs::read(self.dir.join(CHECKPOINT)).ok()?;
         let checkpoint = Checkpoint::decode(&bytes)?;
         if checkpoint.algorithm != *algorithm || checkpoint.offset > len {
@@ -215,11 +224,17 @@ impl Locked {
     }
 
     /// Saves the digest state at `offset` (the end of the data written so far).
-    pub(crate) fn save_checkpoint(&mut self, digester: &Digester, offset: u64, updated_at: SystemTime) -> Result<()> {
+    pub(crate) fn save_checkpoint(
+        &mut self,
+        digester: &Digester,
+        offset: u64,
+        updated_at: SystemTime,
+    ) -> Result<()> {
         let tail_len = offset.min(CHECKPOINT_TAIL as u64) as usize;
         let mut tail = vec![0; tail_len];
         let data_path = self.dir.join(DATA);
-        read_at(&self.data, &mut tail, offset - tail_len as u64).map_err(|e| Error::io("read", &data_path, e))?;
+        read_at(&self.data, &mut tail, offset - tail_len as u64)
+            .map_err(|e| Error::io("read", &data_path, e))?;
         let checkpoint = Checkpoint {
             algorithm: digester.algorithm(),
             offset,
@@ -255,7 +270,12 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 }
 
 /// Feeds `file[from..to]` to `digester`.
-pub(crate) fn hash_file(file: &mut File, from: u64, to: u64, digester: &mut Digester) -> io::Result<()> {
+pub(crate) fn hash_file(
+    file: &mut File,
+    from: u64,
+    to: u64,
+    digester: &mut Digester,
+) -> io::Result<()> {
     file.seek(SeekFrom::Start(from))?;
     let mut buf = vec![0; HASH_BUFFER.min((to - from) as usize)];
     let mut left = to - from;
@@ -353,4 +373,3 @@ impl Checkpoint {
         })
     }
 }
-

@@ -65,7 +65,11 @@ impl LabelStore {
             updated_at_ns: to_nanos(at),
             labels: labels.clone(),
         };
-        fsutil::replace_file(&path, &serde_json::to_vec(&record).expect("plain data"), true)
+        fsutil::replace_file(
+            &path,
+            &serde_json::to_vec(&record).expect("plain data"),
+            true,
+        )
     }
 
     /// Removes the record of a deleted blob.
@@ -99,7 +103,11 @@ pub(crate) fn validate(labels: &Labels) -> Result<()> {
 }
 
 /// Applies containerd's fieldpath rules for an update of `current` from `wanted`.
-pub(crate) fn apply_update(current: &Labels, wanted: &Labels, fieldpaths: &[&str]) -> Result<Labels> {
+pub(crate) fn apply_update(
+    current: &Labels,
+    wanted: &Labels,
+    fieldpaths: &[&str],
+) -> Result<Labels> {
     if fieldpaths.is_empty() || fieldpaths.contains(&"labels") {
         return Ok(wanted.clone());
     }

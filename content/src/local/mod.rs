@@ -26,7 +26,7 @@ use tokio::io::AsyncRead;
 
 use crate::filters::{Fields, Filters};
 use crate::{
-    Digester, Error, IngestManager, Info, Ingester, Manager, Provider, ReaderAt, Result, Status,
+    Digester, Error, Info, IngestManager, Ingester, Manager, Provider, ReaderAt, Result, Status,
     Writer, WriterOpts,
 };
 
@@ -200,7 +200,9 @@ fn read_dir_optional(dir: &Path) -> Result<Vec<fs::DirEntry>> {
 
 fn validate_reference(reference: &str) -> Result<()> {
     if reference.is_empty() {
-        return Err(Error::InvalidArgument("ingest ref must not be empty".into()));
+        return Err(Error::InvalidArgument(
+            "ingest ref must not be empty".into(),
+        ));
     }
     Ok(())
 }
@@ -251,7 +253,10 @@ impl ReaderAt for LocalReaderAt {
         fsutil::blocking_in_place(|| {
             let mut filled = 0;
             while filled < buf.len() {
-                match self.file.read_at(&mut buf[filled..], offset + filled as u64) {
+                match self
+                    .file
+                    .read_at(&mut buf[filled..], offset + filled as u64)
+                {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -350,7 +355,9 @@ impl Manager for LocalStore {
             let path = store.blob_path(&digest);
             match fs::remove_file(&path) {
                 Ok(()) => store.labels.remove(&digest),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::BlobNotFound { digest }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(Error::BlobNotFound { digest })
+                }
                 Err(e) => Err(Error::io("remove", &path, e)),
             }
         })

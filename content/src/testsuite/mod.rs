@@ -101,13 +101,20 @@ async fn check_info<S: Store + ?Sized>(
     assert_eq!(info.size, expected.size, "size of {}", expected.digest);
     assert_between("created_at", info.created_at, created.0, created.1);
     assert_between("updated_at", info.updated_at, updated.0, updated.1);
-    assert_eq!(info.labels, expected.labels, "labels of {}", expected.digest);
+    assert_eq!(
+        info.labels, expected.labels,
+        "labels of {}",
+        expected.digest
+    );
 }
 
 async fn check_content<S: Store + ?Sized>(store: &S, digest: &Digest, content: &[u8]) {
     let desc = descriptor(digest.clone(), content.len() as u64);
     let read = read_blob(store, &desc, u64::MAX).await.expect("read blob");
-    assert!(read == content, "content of {digest} differs from what was written");
+    assert!(
+        read == content,
+        "content of {digest} differs from what was written"
+    );
 }
 
 /// Checks the writer's status and running digest against expectations.
@@ -119,7 +126,11 @@ async fn check_status(
     updated: (SystemTime, SystemTime),
 ) {
     let status = writer.status().await.expect("status");
-    assert_eq!(&writer.digest().await.expect("digest"), digest, "running digest");
+    assert_eq!(
+        &writer.digest().await.expect("digest"),
+        digest,
+        "running digest"
+    );
     assert_eq!(status.reference, expected.reference);
     assert_eq!(status.offset, expected.offset, "offset");
     assert_eq!(status.total, expected.total, "total");
@@ -215,7 +226,14 @@ pub async fn update_status<S: Store + ?Sized>(store: &S) {
         w.write_all(&c1[from..to]).await.expect("write");
         let post = SystemTime::now();
         expected.offset = to as u64;
-        check_status(w.as_mut(), &expected, &sha256_of(&c1[..to]), started, (pre, post)).await;
+        check_status(
+            w.as_mut(),
+            &expected,
+            &sha256_of(&c1[..to]),
+            started,
+            (pre, post),
+        )
+        .await;
     }
     let labels = gc_root_labels();
     let pre = SystemTime::now();
@@ -235,13 +253,20 @@ pub async fn update_status<S: Store + ?Sized>(store: &S) {
 /// expected digest, fail with AlreadyExists.
 pub async fn commit_exists<S: Store + ?Sized>(store: &S) {
     let (c1, d1) = create_content(256);
-    write_blob(store, WriterOpts::new("c1").digest(d1.clone()), &c1[..], Labels::new())
-        .await
-        .expect("write blob");
+    write_blob(
+        store,
+        WriterOpts::new("c1").digest(d1.clone()),
+        &c1[..],
+        Labels::new(),
+    )
+    .await
+    .expect("write blob");
     for (i, expected) in [Some(&d1), None].into_iter().enumerate() {
         let mut w = open(store, WriterOpts::new(format!("c1-commitexists-{i}"))).await;
         w.write_all(&c1).await.expect("write");
-        let result = w.commit(Some(c1.len() as u64), expected, Labels::new()).await;
+        let result = w
+            .commit(Some(c1.len() as u64), expected, Labels::new())
+            .await;
         assert_kind(result, ErrorKind::AlreadyExists, &format!("commit {i}"));
     }
 }
@@ -267,7 +292,14 @@ pub async fn resume<S: Store + ?Sized>(store: &S) {
     };
     let started = (pre_start, post_start);
     let first_digest = sha256_of(first);
-    check_status(w1.as_mut(), &expected, &first_digest, started, (post_start, post_update)).await;
+    check_status(
+        w1.as_mut(),
+        &expected,
+        &first_digest,
+        started,
+        (post_start, post_update),
+    )
+    .await;
     let before_close = w1.status().await.expect("status");
     w1.shutdown().await.expect("close");
     drop(w1);
@@ -275,7 +307,14 @@ pub async fn resume<S: Store + ?Sized>(store: &S) {
     let mut w2 = open(store, opts).await;
     let reopened = w2.status().await.expect("status");
     assert_eq!(reopened, before_close, "status after reopen");
-    check_status(w2.as_mut(), &expected, &first_digest, started, (post_start, post_update)).await;
+    check_status(
+        w2.as_mut(),
+        &expected,
+        &first_digest,
+        started,
+        (post_start, post_update),
+    )
+    .await;
 
     let pre = SystemTime::now();
     w2.write_all(second).await.expect("write");
@@ -305,7 +344,13 @@ enum Resume {
     CopyReaderAt,
 }
 
-async fn resume_with(w: &mut dyn Writer, how: Resume, b: &[u8], written: usize, d: &Digest) -> Result<()> {
+async fn resume_with(
+    w: &mut dyn Writer,
+    how: Resume,
+    b: &[u8],
+    written: usize,
+    d: &Digest,
+) -> Result<()> {
     let size = Some(b.len() as u64);
     match how {
         Resume::Truncate => {
@@ -323,15 +368,36 @@ async fn resume_with(w: &mut dyn Writer, how: Resume, b: &[u8], written: usize, 
         }
         Resume::Copy => {
             let mut source = b;
-            copy(w, CopySource::Stream(&mut source), size, Some(d), Labels::new()).await
+            copy(
+                w,
+                CopySource::Stream(&mut source),
+                size,
+                Some(d),
+                Labels::new(),
+            )
+            .await
         }
         Resume::CopySeeker => {
             let mut source = Cursor::new(b.to_vec());
-            copy(w, CopySource::Seekable(&mut source), size, Some(d), Labels::new()).await
+            copy(
+                w,
+                CopySource::Seekable(&mut source),
+                size,
+                Some(d),
+                Labels::new(),
+            )
+            .await
         }
         Resume::CopyReaderAt => {
             let source = BytesReaderAt(b.to_vec());
-            copy(w, CopySource::ReaderAt(&source), size, Some(d), Labels::new()).await
+            copy(
+                w,
+                CopySource::ReaderAt(&source),
+                size,
+                Some(d),
+                Labels::new(),
+            )
+            .await
         }
     }
 }
@@ -342,7 +408,9 @@ async fn check_resume<S: Store + ?Sized>(store: &S, how: Resume) {
             let (b, d) = create_content(size);
             let limit = (size as f64 * cut) as usize;
             let reference = format!("ref-{i}-{j}");
-            let opts = WriterOpts::new(reference.clone()).size(size as u64).digest(d.clone());
+            let opts = WriterOpts::new(reference.clone())
+                .size(size as u64)
+                .digest(d.clone());
             let mut w = open(store, opts.clone()).await;
             w.write_all(&b[..limit]).await.expect("write");
             w.shutdown().await.expect("close");
@@ -350,7 +418,10 @@ async fn check_resume<S: Store + ?Sized>(store: &S, how: Resume) {
 
             let mut w = open(store, opts).await;
             let status = w.status().await.expect("status");
-            assert_eq!(status.offset, limit as u64, "{reference}: offset after reopen");
+            assert_eq!(
+                status.offset, limit as u64,
+                "{reference}: offset after reopen"
+            );
             let pre = SystemTime::now();
             resume_with(w.as_mut(), how, &b, limit, &d)
                 .await
@@ -399,9 +470,15 @@ pub async fn resume_copy_reader_at<S: Store + ?Sized>(store: &S) {
 pub async fn small_blob<S: Store + ?Sized>(store: &S) {
     let blob = b"foobar";
     let digest = sha256_of(blob);
-    let mut w = open(store, WriterOpts::new("small-blob").size(6).digest(digest.clone())).await;
+    let mut w = open(
+        store,
+        WriterOpts::new("small-blob").size(6).digest(digest.clone()),
+    )
+    .await;
     w.write_all(blob).await.expect("write");
-    w.commit(Some(6), Some(&digest), Labels::new()).await.expect("commit");
+    w.commit(Some(6), Some(&digest), Labels::new())
+        .await
+        .expect("commit");
     let desc = descriptor(digest.clone(), 6);
     let reader = store.reader_at(&desc).await.expect("reader");
     assert_eq!(reader.size(), 6);
@@ -418,7 +495,13 @@ pub async fn small_blob<S: Store + ?Sized>(store: &S) {
 /// Labels: committed labels, then a replace-all update, then a fieldpath update.
 pub async fn labels<S: Store + ?Sized>(store: &S) {
     let (c1, d1) = create_content(256);
-    let mut w = open(store, WriterOpts::new("c1-checklabels").size(256).digest(d1.clone())).await;
+    let mut w = open(
+        store,
+        WriterOpts::new("c1-checklabels")
+            .size(256)
+            .digest(d1.clone()),
+    )
+    .await;
     w.write_all(&c1).await.expect("write");
     let root_time = format!("{:?}", SystemTime::now());
     let mut labels = Labels::from([
@@ -467,22 +550,35 @@ pub async fn labels<S: Store + ?Sized>(store: &S) {
 pub async fn commit_error_state<S: Store + ?Sized>(store: &S) {
     let (c1, d1) = create_content(256);
     let (_, d2) = create_content(256);
-    write_blob(store, WriterOpts::new("c1").digest(d1.clone()), &c1[..], Labels::new())
-        .await
-        .expect("write blob");
+    write_blob(
+        store,
+        WriterOpts::new("c1").digest(d1.clone()),
+        &c1[..],
+        Labels::new(),
+    )
+    .await
+    .expect("write blob");
     let reference = "c1-commiterror-state";
     let len = c1.len() as u64;
 
     let mut w = open(store, WriterOpts::new(reference)).await;
     w.write_all(&c1).await.expect("write");
     check_ref_not_available(store, reference).await;
-    assert_kind(w.commit(Some(len), Some(&d1), Labels::new()).await, ErrorKind::AlreadyExists, "commit existing");
+    assert_kind(
+        w.commit(Some(len), Some(&d1), Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "commit existing",
+    );
     drop(w);
 
     let mut w = open(store, WriterOpts::new(reference)).await;
     check_ref_not_available(store, reference).await;
     w.write_all(&c1).await.expect("write");
-    assert_kind(w.commit(Some(len), None, Labels::new()).await, ErrorKind::AlreadyExists, "commit existing, no digest");
+    assert_kind(
+        w.commit(Some(len), None, Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "commit existing, no digest",
+    );
     drop(w);
 
     let mut w = open(store, WriterOpts::new(reference)).await;
@@ -490,25 +586,43 @@ pub async fn commit_error_state<S: Store + ?Sized>(store: &S) {
     let mut more = c1.clone();
     more.extend_from_slice(b"more");
     w.write_all(&more).await.expect("write");
-    assert_kind(w.commit(Some(len + 4), Some(&d2), Labels::new()).await, ErrorKind::FailedPrecondition, "wrong digest");
+    assert_kind(
+        w.commit(Some(len + 4), Some(&d2), Labels::new()).await,
+        ErrorKind::FailedPrecondition,
+        "wrong digest",
+    );
     drop(w);
 
     let mut w = open(store, WriterOpts::new(reference)).await;
     check_ref_not_available(store, reference).await;
-    assert_eq!(w.status().await.expect("status").offset, len + 4, "data survives a failed commit");
-    assert_kind(w.commit(Some(len), None, Labels::new()).await, ErrorKind::FailedPrecondition, "wrong size");
+    assert_eq!(
+        w.status().await.expect("status").offset,
+        len + 4,
+        "data survives a failed commit"
+    );
+    assert_kind(
+        w.commit(Some(len), None, Labels::new()).await,
+        ErrorKind::FailedPrecondition,
+        "wrong size",
+    );
     drop(w);
 
     let mut w = open(store, WriterOpts::new(reference)).await;
     check_ref_not_available(store, reference).await;
-    w.commit(Some(len + 4), None, Labels::new()).await.expect("commit after errors");
+    w.commit(Some(len + 4), None, Labels::new())
+        .await
+        .expect("commit after errors");
     drop(w);
     check_content(store, &sha256_of(&more), &more).await;
 
     let mut w = open(store, WriterOpts::new(reference)).await;
     w.write_all(&c1).await.expect("write");
     check_ref_not_available(store, reference).await;
-    assert_kind(w.commit(Some(len), Some(&d1), Labels::new()).await, ErrorKind::AlreadyExists, "commit existing again");
+    assert_kind(
+        w.commit(Some(len), Some(&d1), Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "commit existing again",
+    );
     drop(w);
 
     let mut w = open(store, WriterOpts::new(reference)).await;

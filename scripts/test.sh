@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): installs what the tests need on a
+# fresh Debian machine, then runs the format, lint, doc and test checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use. A missing tool is a failure, never a skip, so
+# install them here rather than let a test find them absent.
+APT_PACKAGES=()
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# Reuse one target directory outside the clone, so repeated runs are fast.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ocidist-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
+echo "== cargo test"
+cargo test --workspace --all-features
