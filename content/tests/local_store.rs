@@ -638,3 +638,37 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn ingest_left_by_a_commit_that_died_after_the_move_restarts_empty() {
+    let (dir, store) = store();
+    let (content, digest) = create_content(10_000);
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(&content).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+    // What a commit leaves if killed between moving the data and removing the
+    // ingest directory: the blob in place, the directory without data.
+    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let blob = store.blob_path(&digest);
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::rename(ingest_dir.join("data"), &blob).unwrap();
+
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    assert_eq!(
+        w.status().await.unwrap().offset,
+        0,
+        "the leftover resumes as an empty ingest"
+    );
+    w.write_all(b"other bytes").await.unwrap();
+    w.commit(None, None, Labels::new()).await.unwrap();
+    assert!(
+        std::fs::read(&blob).unwrap() == content,
+        "the blob must be untouched"
+    );
+}

@@ -34,6 +34,40 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(
     })
 }
 
+/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing
+/// an existing `to` (`renameat2(RENAME_NOREPLACE)`). Filesystems without it
+/// get `link` + `unlink`, which is equally exclusive.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+    };
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        _ => Err(err),
+    }
+}
+
 /// Reads a file, or `None` if it does not exist.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     match fs::read(path) {

@@ -1,9 +1,12 @@
 //! One ingest on disk: `ingest/<sha256 of ref>/{data, ingest.json, checkpoint}`.
 //!
 //! `ingest.json` holds the ref, the predeclared size and digest, and the start
-//! time. `data` holds the bytes and carries the writer's `flock`, so the lock
-//! holds across processes and dies with its holder. `checkpoint` holds the
+//! time; `data` holds the bytes; `lock` carries the writer's `flock`, so the
+//! lock holds across processes and dies with its holder; `checkpoint` holds the
 //! digest state at some offset, so a resume hashes only the tail.
+//!
+//! The lock lives in its own file because commit renames `data` into `blobs/`
+//! while still holding the lock, and removes the directory before releasing it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -18,6 +21,7 @@ use super::fsutil::{self, from_nanos, to_nanos};
 use crate::{Digester, Error, Result, Status, WriterOpts, sha256_of};
 
 pub(crate) const DATA: &str = "data";
+const LOCK: &str = "lock";
 const META: &str = "ingest.json";
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_MAGIC: &[u8] = b"ocidist-checkpoint-v1\n";
@@ -47,8 +51,10 @@ pub(crate) fn dir_for(ingest_root: &Path, reference: &str) -> PathBuf {
 pub(crate) struct Locked {
     pub(crate) dir: PathBuf,
     pub(crate) meta: Meta,
-    /// Open read-write, positioned at the end; holds the flock.
+    /// Open read-write.
     pub(crate) data: File,
+    /// Holds the flock until dropped.
+    _lock: File,
 }
 
 /// Opens the ingest for `opts.reference`, creating it if needed, and locks it.
@@ -59,8 +65,8 @@ pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -
     let dir = dir_for(ingest_root, &opts.reference);
     // A remover renames the directory away while we race to lock it; retry then.
     for _ in 0..64 {
-        let data_path = dir.join(DATA);
-        let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
+        let lock_path = dir.join(LOCK);
+        let lock = match File::open(&lock_path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 create_dir(ingest_root, &dir, opts)?;
@@ -71,21 +77,22 @@ pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -
                     reference: opts.reference.clone(),
                 });
             }
-            Err(e) => return Err(Error::io("open", &data_path, e)),
+            Err(e) => return Err(Error::io("open", &lock_path, e)),
         };
-        match data.try_lock() {
+        match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 return Err(Error::Locked {
                     reference: opts.reference.clone(),
                 });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &data_path, e)),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
-        if !same_file(&data, &data_path) {
+        // Removed (renamed away) between our open and our lock: start over.
+        if !same_file(&lock, &lock_path) {
             continue;
         }
-        let meta = read_meta(&dir)?;
+        let mut meta = read_meta(&dir)?;
         if meta.reference != opts.reference {
             return Err(Error::other(
                 crate::ErrorKind::Internal,
@@ -97,7 +104,27 @@ pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -
                 ),
             ));
         }
-        let mut locked = Locked { dir, meta, data };
+        let data_path = dir.join(DATA);
+        let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
+            Ok(data) => data,
+            // A commit moved the data into blobs/ and died before removing the
+            // directory: what is left is an empty ingest, and it is ours.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(dir.join(CHECKPOINT));
+                meta.started_at_ns = to_nanos(SystemTime::now());
+                write_meta(&dir, &meta)?;
+                File::create_new(&data_path)
+                    .and_then(|_| OpenOptions::new().read(true).write(true).open(&data_path))
+                    .map_err(|e| Error::io("create", &data_path, e))?
+            }
+            Err(e) => return Err(Error::io("open", &data_path, e)),
+        };
+        let mut locked = Locked {
+            dir,
+            meta,
+            data,
+            _lock: lock,
+        };
         locked.update_declared(opts)?;
         return Ok(locked);
     }
@@ -120,6 +147,7 @@ fn create_dir(ingest_root: &Path, dir: &Path, opts: &WriterOpts) -> Result<()> {
     let result = (|| -> io::Result<()> {
         fs::create_dir(&staged)?;
         File::create(staged.join(DATA))?;
+        File::create(staged.join(LOCK))?;
         fs::write(staged.join(META), serde_json::to_vec(&meta)?)?;
         match fs::rename(&staged, dir) {
             Err(e) if matches!(e.raw_os_error(), Some(ENOTEMPTY | EEXIST)) => {
@@ -147,6 +175,11 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
+fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    let bytes = serde_json::to_vec(meta).expect("plain data");
+    fsutil::replace_file(&dir.join(META), &bytes, false)
+}
+
 pub(crate) fn read_meta(dir: &Path) -> Result<Meta> {
     let path = dir.join(META);
     let bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
@@ -170,11 +203,7 @@ impl Locked {
             meta.expected = opts.digest.clone();
         }
         if meta != self.meta {
-            fsutil::replace_file(
-                &self.dir.join(META),
-                &serde_json::to_vec(&meta).expect("plain data"),
-                false,
-            )?;
+            write_meta(&self.dir, &meta)?;
             self.meta = meta;
         }
         Ok(())
@@ -257,7 +286,7 @@ impl Locked {
 }
 
 /// Renames an ingest directory to a `.trash-*` name beside it, then deletes it.
-pub(crate) fn remove_dir(dir: &Path) -> Result<()> {
+fn remove_dir(dir: &Path) -> Result<()> {
     let parent = dir.parent().expect("ingest dirs have a parent");
     let trash = parent.join(fsutil::unique_name(".trash"));
     fs::rename(dir, &trash).map_err(|e| Error::io("remove ingest", dir, e))?;

@@ -144,10 +144,6 @@ impl Sink {
                 ),
             ));
         }
-        self.ingest
-            .data
-            .sync_data()
-            .map_err(|e| Error::io("fsync", &data_path, e))?;
         let mismatch = |sink: &mut Sink, err: Error| {
             // Keep the data and make the next resume cheap; the lock goes with `sink`.
             let _ = sink.checkpoint(false, updated_at);
@@ -195,22 +191,27 @@ impl Sink {
             return Err(Error::AlreadyExists { digest: actual });
         }
         fs::create_dir_all(target_dir).map_err(|e| Error::io("create", target_dir, e))?;
+        // Verified: the blob becomes immutable (read-only, mtime = created_at),
+        // and one fsync makes data and those attributes durable together.
         let created_at = SystemTime::now();
         let data = &self.ingest.data;
-        // Blobs are immutable: read-only, with the commit time as created_at.
         data.set_permissions(fs::Permissions::from_mode(0o444))
             .and_then(|()| data.set_modified(created_at))
-            .map_err(|e| Error::io("set attributes", &data_path, e))?;
+            .and_then(|()| data.sync_all())
+            .map_err(|e| Error::io("fsync", &data_path, e))?;
         store.labels.write(&actual, labels, created_at)?;
-        match fs::hard_link(&data_path, &target) {
+        // Moved, not linked: an ingest must never share an inode with a blob,
+        // or a resume of its ref would append to the blob.
+        match fsutil::rename_noreplace(&data_path, &target) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.ingest.remove()?;
                 return Err(Error::AlreadyExists { digest: actual });
             }
-            Err(e) => return Err(Error::io("link", &target, e)),
+            Err(e) => return Err(Error::io("rename", &target, e)),
         }
         fsutil::fsync_dir(target_dir)?;
+        // Still locked: nobody can open the ingest between the move and this.
         self.ingest.remove()?;
         Ok(actual)
     }
