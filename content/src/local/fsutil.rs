@@ -68,6 +68,62 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Writes `data` as a new read-only file at `target` in one step: an unnamed
+/// `O_TMPFILE` in `target`'s directory, written, timestamped, fsynced, then
+/// linked into place (failing with `AlreadyExists` if `target` exists).
+///
+/// `Ok(false)` means the filesystem cannot do this (no `O_TMPFILE`, no
+/// `/proc`) and nothing was created; the caller takes the ordinary path.
+pub(crate) fn publish_new_file(target: &Path, data: &[u8], mtime: SystemTime) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = target.parent().expect("blob paths have a parent");
+    let file = match fs::OpenOptions::new()
+        .write(true)
+        .mode(0o444)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(file) => file,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    (&file).write_all(data)?;
+    file.set_modified(mtime)?;
+    file.sync_all()?;
+    let source = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
+    let target_c = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // No /proc to name the unnamed file by: nothing was created.
+        Some(libc::ENOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// Reads a file, or `None` if it does not exist.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     match fs::read(path) {

@@ -124,10 +124,12 @@ impl Sink {
         Ok(())
     }
 
-    /// Verifies and moves the data into `blobs/`. See [`Writer::commit`].
+    /// Verifies the data (the file plus `pending`, bytes not yet written) and
+    /// moves it into `blobs/`. See [`Writer::commit`].
     fn commit(
         mut self,
         store: &LocalStore,
+        pending: Vec<u8>,
         size: Option<u64>,
         expected: Option<Digest>,
         labels: &Labels,
@@ -144,17 +146,26 @@ impl Sink {
                 ),
             ));
         }
-        let mismatch = |sink: &mut Sink, err: Error| {
+        // A blob small enough to be all in `pending` is hashed and published
+        // from memory, so the ingest's data file is never written or fsynced.
+        let in_memory = self.written == 0;
+        let pending_digester = self.digester.clone();
+        self.digester.update(&pending);
+        let total = self.written + pending.len() as u64;
+        let mismatch = |sink: &mut Sink, pending: &[u8], err: Error| {
             // Keep the data and make the next resume cheap; the lock goes with `sink`.
+            sink.digester = pending_digester.clone();
+            sink.append(pending, updated_at)?;
             let _ = sink.checkpoint(false, updated_at);
             Err(err)
         };
         if let Some(expected) = size
-            && expected != self.written
+            && expected != total
         {
-            let actual = self.written;
+            let actual = total;
             return mismatch(
                 &mut self,
+                &pending,
                 Error::SizeMismatch {
                     reference,
                     expected,
@@ -167,6 +178,7 @@ impl Sink {
                 let mut other = Digester::new(want.algorithm())?;
                 ingest::hash_file(&mut self.ingest.data, 0, self.written, &mut other)
                     .map_err(|e| Error::io("read", &data_path, e))?;
+                other.update(&pending);
                 other.digest()
             }
             _ => self.digester.digest(),
@@ -176,6 +188,7 @@ impl Sink {
         {
             return mismatch(
                 &mut self,
+                &pending,
                 Error::DigestMismatch {
                     reference,
                     expected,
@@ -191,9 +204,29 @@ impl Sink {
             return Err(Error::AlreadyExists { digest: actual });
         }
         fs::create_dir_all(target_dir).map_err(|e| Error::io("create", target_dir, e))?;
+        let created_at = SystemTime::now();
+        if in_memory {
+            match fsutil::publish_new_file(&target, &pending, created_at) {
+                Ok(true) => {
+                    store.labels.write(&actual, labels, created_at)?;
+                    fsutil::fsync_dir(target_dir)?;
+                    self.ingest.remove()?;
+                    return Ok(actual);
+                }
+                Ok(false) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    self.ingest.remove()?;
+                    return Err(Error::AlreadyExists { digest: actual });
+                }
+                Err(e) => return Err(Error::io("publish", &target, e)),
+            }
+        }
+        self.ingest
+            .data
+            .write_all(&pending)
+            .map_err(|e| Error::io("write", &data_path, e))?;
         // Verified: the blob becomes immutable (read-only, mtime = created_at),
         // and one fsync makes data and those attributes durable together.
-        let created_at = SystemTime::now();
         let data = &self.ingest.data;
         data.set_permissions(fs::Permissions::from_mode(0o444))
             .and_then(|()| data.set_modified(created_at))
@@ -501,8 +534,9 @@ impl Writer for LocalWriter {
         labels: Labels,
     ) -> Result<()> {
         labels::validate(&labels)?;
-        self.drain().await?;
+        std::future::poll_fn(|cx| self.poll_in_flight(cx)).await?;
         let sink = self.sink.take().ok_or_else(|| self.closed())?;
+        let pending = std::mem::take(&mut self.buf);
         let sink = Arc::try_unwrap(sink)
             .map_err(|_| Error::other(ErrorKind::Internal, "ingest still in use by a write task"))?
             .into_inner()
@@ -511,9 +545,10 @@ impl Writer for LocalWriter {
         let expected = expected.cloned().or_else(|| self.expected.clone());
         let store = self.store.clone();
         let updated_at = self.updated_at;
-        let digest =
-            fsutil::blocking(move || sink.commit(&store, size, expected, &labels, updated_at))
-                .await?;
+        let digest = fsutil::blocking(move || {
+            sink.commit(&store, pending, size, expected, &labels, updated_at)
+        })
+        .await?;
         self.committed = Some(digest);
         Ok(())
     }
