@@ -68,59 +68,65 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes `data` as a new read-only file at `target` in one step: an unnamed
-/// `O_TMPFILE` in `target`'s directory, written, timestamped, fsynced, then
-/// linked into place (failing with `AlreadyExists` if `target` exists).
-///
-/// `Ok(false)` means the filesystem cannot do this (no `O_TMPFILE`, no
-/// `/proc`) and nothing was created; the caller takes the ordinary path.
-pub(crate) fn publish_new_file(target: &Path, data: &[u8], mtime: SystemTime) -> io::Result<bool> {
-    use std::ffi::CString;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = target.parent().expect("blob paths have a parent");
-    let file = match fs::OpenOptions::new()
-        .write(true)
-        .mode(0o444)
-        .custom_flags(libc::O_TMPFILE)
-        .open(dir)
-    {
-        Ok(file) => file,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-            ) =>
+/// A durable, read-only file with no name yet (`O_TMPFILE`), linked into place
+/// once its name (the digest) is known and verified.
+pub(crate) struct UnnamedFile(File);
+
+impl UnnamedFile {
+    /// Writes `data` into a new unnamed file in `dir`, with `mtime`, and fsyncs
+    /// it. `Ok(None)`: the filesystem has no `O_TMPFILE`; nothing was created.
+    pub(crate) fn create(dir: &Path, data: &[u8], mtime: SystemTime) -> io::Result<Option<Self>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = match fs::OpenOptions::new()
+            .write(true)
+            .mode(0o444)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
         {
-            return Ok(false);
-        }
-        Err(e) => return Err(e),
-    };
-    (&file).write_all(data)?;
-    file.set_modified(mtime)?;
-    file.sync_all()?;
-    let source = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
-    let target_c = CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            source.as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
+            Ok(file) => file,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        (&file).write_all(data)?;
+        file.set_modified(mtime)?;
+        file.sync_all()?;
+        Ok(Some(UnnamedFile(file)))
     }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        // No /proc to name the unnamed file by: nothing was created.
-        Some(libc::ENOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
-        _ => Err(err),
+
+    /// Gives the file the name `target`, failing with `AlreadyExists` if that
+    /// exists. `Ok(false)`: there is no `/proc` to name it by; nothing changed.
+    pub(crate) fn link(self, target: &Path) -> io::Result<bool> {
+        use std::ffi::CString;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let source = CString::new(format!("/proc/self/fd/{}", self.0.as_raw_fd())).expect("no NUL");
+        let target_c = CString::new(target.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+        // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                source.as_ptr(),
+                libc::AT_FDCWD,
+                target_c.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
+            _ => Err(err),
+        }
     }
 }
 

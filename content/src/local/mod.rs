@@ -84,10 +84,12 @@ impl LocalStore {
 
     /// Where the blob `digest` lives (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.inner
-            .blobs
-            .join(digest.algorithm().as_ref())
-            .join(digest.digest())
+        self.algorithm_dir(digest.algorithm()).join(digest.digest())
+    }
+
+    /// `blobs/<alg>`.
+    fn algorithm_dir(&self, algorithm: &oci_spec::image::DigestAlgorithm) -> PathBuf {
+        self.inner.blobs.join(algorithm.as_ref())
     }
 
     fn ingest_dir(&self, reference: &str) -> PathBuf {

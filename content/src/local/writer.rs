@@ -135,118 +135,158 @@ impl Sink {
         labels: &Labels,
         updated_at: SystemTime,
     ) -> Result<Digest> {
-        let reference = self.ingest.meta.reference.clone();
-        let data_path = self.data_path();
         if self.poisoned {
             return Err(Error::other(
                 ErrorKind::Io,
                 format!(
                     "{}: an earlier write failed; truncate and rewrite",
-                    data_path.display()
+                    self.data_path().display()
                 ),
             ));
         }
-        // A blob small enough to be all in `pending` is hashed and published
-        // from memory, so the ingest's data file is never written or fsynced.
-        let in_memory = self.written == 0;
-        let pending_digester = self.digester.clone();
-        self.digester.update(&pending);
-        let total = self.written + pending.len() as u64;
-        let mismatch = |sink: &mut Sink, pending: &[u8], err: Error| {
-            // Keep the data and make the next resume cheap; the lock goes with `sink`.
-            sink.digester = pending_digester.clone();
-            sink.append(pending, updated_at)?;
-            let _ = sink.checkpoint(false, updated_at);
-            Err(err)
+        let created_at = SystemTime::now();
+        let before_pending = self.digester.clone();
+        // A blob that is all in `pending` never touches the ingest's data file:
+        // it is staged as an unnamed blob file while it is hashed.
+        let staged = if self.written == 0 {
+            self.stage_and_hash(store, &pending, created_at)?
+        } else {
+            self.digester.update(&pending);
+            None
         };
+        let actual = match self.verify(&pending, size, expected) {
+            Ok(actual) => actual,
+            Err(err) => {
+                // Keep the data and make the next resume cheap; the lock goes with `self`.
+                self.digester = before_pending;
+                self.append(&pending, updated_at)?;
+                let _ = self.checkpoint(false, updated_at);
+                return Err(err);
+            }
+        };
+        let target = store.blob_path(&actual);
+        let target_dir = target.parent().expect("blob paths have a parent");
+        let exists = || Error::AlreadyExists {
+            digest: actual.clone(),
+        };
+        if target.exists() {
+            self.ingest.remove()?;
+            return Err(exists());
+        }
+        fs::create_dir_all(target_dir).map_err(|e| Error::io("create", target_dir, e))?;
+        let published = match staged {
+            Some(unnamed) => unnamed.link(&target),
+            None => Ok(false),
+        };
+        let published = match published {
+            Ok(true) => Ok(()),
+            Ok(false) => self.publish_data_file(&pending, &target, &actual, created_at),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists()),
+            Err(e) => Err(Error::io("link", &target, e)),
+        };
+        match published {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                self.ingest.remove()?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        store.labels.write(&actual, labels, created_at)?;
+        fsutil::fsync_dir(target_dir)?;
+        // Still locked: nobody can open the ingest between the move and this.
+        self.ingest.remove()?;
+        Ok(actual)
+    }
+
+    /// Hashes `pending` while writing it to an unnamed, fsynced file in the
+    /// blob directory of the digest's algorithm; `None` where the filesystem
+    /// cannot make unnamed files.
+    fn stage_and_hash(
+        &mut self,
+        store: &LocalStore,
+        pending: &[u8],
+        created_at: SystemTime,
+    ) -> Result<Option<fsutil::UnnamedFile>> {
+        let dir = store.algorithm_dir(&self.digester.algorithm());
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let digester = &mut self.digester;
+        let staged = if pending.len() >= PARALLEL_HASH_MIN {
+            std::thread::scope(|scope| {
+                scope.spawn(|| digester.update(pending));
+                fsutil::UnnamedFile::create(&dir, pending, created_at)
+            })
+        } else {
+            digester.update(pending);
+            fsutil::UnnamedFile::create(&dir, pending, created_at)
+        };
+        staged.map_err(|e| Error::io("stage", &dir, e))
+    }
+
+    /// Checks size and digest of everything written plus `pending` (already
+    /// fed to the digester), returning the digest.
+    fn verify(
+        &mut self,
+        pending: &[u8],
+        size: Option<u64>,
+        expected: Option<Digest>,
+    ) -> Result<Digest> {
+        let reference = &self.ingest.meta.reference;
+        let actual_size = self.written + pending.len() as u64;
         if let Some(expected) = size
-            && expected != total
+            && expected != actual_size
         {
-            let actual = total;
-            return mismatch(
-                &mut self,
-                &pending,
-                Error::SizeMismatch {
-                    reference,
-                    expected,
-                    actual,
-                },
-            );
+            return Err(Error::SizeMismatch {
+                reference: reference.clone(),
+                expected,
+                actual: actual_size,
+            });
         }
         let actual = match &expected {
             Some(want) if *want.algorithm() != self.digester.algorithm() => {
                 let mut other = Digester::new(want.algorithm())?;
                 ingest::hash_file(&mut self.ingest.data, 0, self.written, &mut other)
-                    .map_err(|e| Error::io("read", &data_path, e))?;
-                other.update(&pending);
+                    .map_err(|e| Error::io("read", self.data_path(), e))?;
+                other.update(pending);
                 other.digest()
             }
             _ => self.digester.digest(),
         };
-        if let Some(expected) = expected
-            && expected != actual
-        {
-            return mismatch(
-                &mut self,
-                &pending,
-                Error::DigestMismatch {
-                    reference,
-                    expected,
-                    actual,
-                },
-            );
+        match expected {
+            Some(expected) if expected != actual => Err(Error::DigestMismatch {
+                reference: reference.clone(),
+                expected,
+                actual,
+            }),
+            _ => Ok(actual),
         }
+    }
 
-        let target = store.blob_path(&actual);
-        let target_dir = target.parent().expect("blob paths have a parent");
-        if target.exists() {
-            self.ingest.remove()?;
-            return Err(Error::AlreadyExists { digest: actual });
-        }
-        fs::create_dir_all(target_dir).map_err(|e| Error::io("create", target_dir, e))?;
-        let created_at = SystemTime::now();
-        if in_memory {
-            match fsutil::publish_new_file(&target, &pending, created_at) {
-                Ok(true) => {
-                    store.labels.write(&actual, labels, created_at)?;
-                    fsutil::fsync_dir(target_dir)?;
-                    self.ingest.remove()?;
-                    return Ok(actual);
-                }
-                Ok(false) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    self.ingest.remove()?;
-                    return Err(Error::AlreadyExists { digest: actual });
-                }
-                Err(e) => return Err(Error::io("publish", &target, e)),
-            }
-        }
-        self.ingest
-            .data
-            .write_all(&pending)
-            .map_err(|e| Error::io("write", &data_path, e))?;
-        // Verified: the blob becomes immutable (read-only, mtime = created_at),
-        // and one fsync makes data and those attributes durable together.
-        let data = &self.ingest.data;
-        data.set_permissions(fs::Permissions::from_mode(0o444))
+    /// Completes the data file with `pending`, makes it immutable (read-only,
+    /// mtime = created_at) and durable in one fsync, and moves it to `target`.
+    fn publish_data_file(
+        &mut self,
+        pending: &[u8],
+        target: &std::path::Path,
+        digest: &Digest,
+        created_at: SystemTime,
+    ) -> Result<()> {
+        let data_path = self.data_path();
+        let data = &mut self.ingest.data;
+        data.write_all(pending)
+            .and_then(|()| data.set_permissions(fs::Permissions::from_mode(0o444)))
             .and_then(|()| data.set_modified(created_at))
             .and_then(|()| data.sync_all())
-            .map_err(|e| Error::io("fsync", &data_path, e))?;
-        store.labels.write(&actual, labels, created_at)?;
+            .map_err(|e| Error::io("write", &data_path, e))?;
         // Moved, not linked: an ingest must never share an inode with a blob,
         // or a resume of its ref would append to the blob.
-        match fsutil::rename_noreplace(&data_path, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.ingest.remove()?;
-                return Err(Error::AlreadyExists { digest: actual });
-            }
-            Err(e) => return Err(Error::io("rename", &target, e)),
+        match fsutil::rename_noreplace(&data_path, target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
+                digest: digest.clone(),
+            }),
+            Err(e) => Err(Error::io("rename", target, e)),
         }
-        fsutil::fsync_dir(target_dir)?;
-        // Still locked: nobody can open the ingest between the move and this.
-        self.ingest.remove()?;
-        Ok(actual)
     }
 }
 

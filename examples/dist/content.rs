@@ -1,0 +1,192 @@
+//! Commands on the content store: ingest, active, list, path, get, delete.
+
+use clap::Args;
+use ocidist::content::local::LocalStore;
+use ocidist::content::{
+    CopySource, Digest, IngestManager, Labels, Manager, Provider, WriterOpts, copy, descriptor,
+    open_writer,
+};
+use tokio::io::AsyncWriteExt;
+
+use crate::{CmdResult, Failure, output};
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// The ingest ref: the same ref resumes an interrupted ingest.
+    reference: String,
+    /// The digest the data must have; nothing is committed otherwise.
+    #[arg(long, value_parser = parse_digest)]
+    expected_digest: Option<Digest>,
+    /// The size the data must have, in bytes.
+    #[arg(long)]
+    expected_size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ActiveArgs {
+    /// Filters on ref, e.g. `ref==layer-sha256:…` (any may match).
+    filters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Print digests only, one per line.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Filters such as `labels.KEY==VALUE` or `digest==sha256:…` (any may match).
+    filters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DigestsArgs {
+    /// Blob digests (`sha256:…`).
+    #[arg(required = true, value_parser = parse_digest)]
+    digests: Vec<Digest>,
+}
+
+fn parse_digest(text: &str) -> Result<Digest, String> {
+    Digest::try_from(text).map_err(|e| format!("bad digest {text:?}: {e}"))
+}
+
+/// Reads stdin into the store under `reference`, resuming an earlier attempt:
+/// the bytes the ingest already holds are read from stdin and dropped.
+pub(crate) async fn ingest(store: &LocalStore, args: IngestArgs) -> CmdResult {
+    let what = format!("ingest {}", args.reference);
+    let mut opts = WriterOpts::new(&args.reference);
+    opts.size = args.expected_size;
+    opts.digest = args.expected_digest.clone();
+    let mut writer = match open_writer(store, opts).await {
+        Ok(writer) => writer,
+        // Another process already committed it: concurrent ingests are harmless.
+        Err(e) if e.is_already_exists() => return Ok(()),
+        Err(e) => return Err(Failure::new(what, e)),
+    };
+    let mut stdin = tokio::io::stdin();
+    let result = copy(
+        writer.as_mut(),
+        CopySource::Stream(&mut stdin),
+        args.expected_size,
+        args.expected_digest.as_ref(),
+        Labels::new(),
+    )
+    .await;
+    if let Err(e) = result {
+        // Keep what arrived for the next attempt.
+        let _ = writer.shutdown().await;
+        return Err(Failure::new(what, e));
+    }
+    Ok(())
+}
+
+pub(crate) async fn active(store: &LocalStore, args: ActiveArgs) -> CmdResult {
+    let filters: Vec<&str> = args.filters.iter().map(String::as_str).collect();
+    let statuses = store
+        .list_statuses(&filters)
+        .await
+        .map_err(|e| Failure::new("active", e))?;
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|s| {
+            let total = s.total.map_or_else(|| "?".to_string(), |t| t.to_string());
+            vec![
+                s.reference.clone(),
+                format!("{}/{}", s.offset, total),
+                output::age(s.started_at) + " ago",
+                output::age(s.updated_at) + " ago",
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["REF", "OFFSET/TOTAL", "STARTED", "UPDATED"], &rows)
+    );
+    Ok(())
+}
+
+pub(crate) async fn list(store: &LocalStore, args: ListArgs) -> CmdResult {
+    let filters: Vec<&str> = args.filters.iter().map(String::as_str).collect();
+    let mut infos = Vec::new();
+    store
+        .walk(&filters, &mut |info| {
+            infos.push(info);
+            Ok(())
+        })
+        .await
+        .map_err(|e| Failure::new("list", e))?;
+    infos.sort_by_key(|info| info.digest.to_string());
+    if args.quiet {
+        for info in &infos {
+            println!("{}", info.digest);
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = infos
+        .iter()
+        .map(|info| {
+            let labels: Vec<String> = info
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            vec![
+                info.digest.to_string(),
+                output::size(info.size),
+                output::age(info.created_at),
+                labels.join(","),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["DIGEST", "SIZE", "AGE", "LABELS"], &rows)
+    );
+    Ok(())
+}
+
+pub(crate) async fn path(store: &LocalStore, args: DigestsArgs) -> CmdResult {
+    for digest in &args.digests {
+        store
+            .info(digest)
+            .await
+            .map_err(|e| Failure::new(format!("path {digest}"), e))?;
+        println!("{}", store.blob_path(digest).display());
+    }
+    Ok(())
+}
+
+pub(crate) async fn get(store: &LocalStore, args: DigestsArgs) -> CmdResult {
+    let mut stdout = tokio::io::stdout();
+    for digest in &args.digests {
+        let what = || format!("get {digest}");
+        let reader = store
+            .reader_at(&descriptor(digest.clone(), 0))
+            .await
+            .map_err(|e| Failure::new(what(), e))?;
+        let mut stream = reader.into_async_read();
+        tokio::io::copy(&mut stream, &mut stdout)
+            .await
+            .map_err(|e| Failure::new(what(), e))?;
+    }
+    stdout.flush().await.map_err(|e| Failure::new("get", e))
+}
+
+pub(crate) async fn delete(store: &LocalStore, args: DigestsArgs) -> CmdResult {
+    let mut failed = 0;
+    for digest in &args.digests {
+        match store.delete(digest).await {
+            Ok(()) => println!("{digest}"),
+            // Keep going, as `rm` does, and fail at the end.
+            Err(e) => {
+                eprintln!("dist: delete {digest}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(Failure::new(
+            "delete",
+            format!("{n} of {} digests not deleted", args.digests.len()),
+        )),
+    }
+}
