@@ -3,9 +3,9 @@
 //! The saved state is what makes a resumed ingest cheap: the local store writes it
 //! beside the partial data at checkpoints and, on reopen, hashes only the tail.
 
+use digest::common::hazmat::SerializableState;
 use oci_spec::image::{Digest, DigestAlgorithm};
 use sha2::Digest as _;
-use sha2::digest::common::hazmat::SerializableState;
 
 use crate::{Error, Result};
 

@@ -672,3 +672,34 @@ async fn ingest_left_by_a_commit_that_died_after_the_move_restarts_empty() {
         "the blob must be untouched"
     );
 }
+
+#[tokio::test]
+async fn resume_trusts_a_durable_checkpoint_and_hashes_only_the_tail() {
+    let (dir, store) = store();
+    let (content, digest) = create_content(2 << 20);
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(&content[..1 << 20]).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+    // Change a byte far before the checkpoint's tail window. A resume that
+    // re-hashed the file would see it; one that trusts the checkpoint does not.
+    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let data_path = ingest_dir.join("data");
+    let mut data = std::fs::read(&data_path).unwrap();
+    data[10] ^= 0xff;
+    std::fs::write(&data_path, &data).unwrap();
+
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    assert_eq!(
+        w.digest().await.unwrap(),
+        sha256_of(&content[..1 << 20]),
+        "the digest must come from the checkpoint, not from re-reading the data"
+    );
+    w.write_all(&content[1 << 20..]).await.unwrap();
+    assert_eq!(w.digest().await.unwrap(), digest);
+}

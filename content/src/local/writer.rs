@@ -85,23 +85,22 @@ impl Sink {
         start_writeback(&self.ingest.data, self.written, chunk.len());
         self.written += chunk.len() as u64;
         if self.written - self.checkpointed >= CHECKPOINT_EVERY {
-            self.checkpoint(true, updated_at)?;
+            self.checkpoint(updated_at)?;
         }
         Ok(())
     }
 
-    /// Saves the digest state; with `durable`, after making the data durable,
-    /// so the checkpoint never describes bytes a power loss could take away.
-    fn checkpoint(&mut self, durable: bool, updated_at: SystemTime) -> Result<()> {
+    /// Saves the digest state, after making the data it covers durable, so a
+    /// checkpoint never describes bytes a power loss could take away: a resume
+    /// trusts the data behind a checkpoint and hashes only what follows it.
+    fn checkpoint(&mut self, updated_at: SystemTime) -> Result<()> {
         if self.poisoned {
             return Ok(());
         }
-        if durable {
-            self.ingest
-                .data
-                .sync_data()
-                .map_err(|e| Error::io("fsync", self.data_path(), e))?;
-        }
+        self.ingest
+            .data
+            .sync_data()
+            .map_err(|e| Error::io("fsync", self.data_path(), e))?;
         self.ingest
             .save_checkpoint(&self.digester, self.written, updated_at)?;
         self.checkpointed = self.written;
@@ -160,7 +159,7 @@ impl Sink {
                 // Keep the data and make the next resume cheap; the lock goes with `self`.
                 self.digester = before_pending;
                 self.append(&pending, updated_at)?;
-                let _ = self.checkpoint(false, updated_at);
+                let _ = self.checkpoint(updated_at);
                 return Err(err);
             }
         };
@@ -491,7 +490,7 @@ impl AsyncWrite for LocalWriter {
             let sink = this.sink.take().expect("checked above");
             let updated_at = this.updated_at;
             this.closing = Some(tokio::task::spawn_blocking(move || {
-                lock(&sink).checkpoint(false, updated_at)
+                lock(&sink).checkpoint(updated_at)
             }));
         }
         let task = this.closing.as_mut().expect("set above");
@@ -518,7 +517,7 @@ impl Drop for LocalWriter {
             if !buf.is_empty() {
                 sink.append(&buf, updated_at)?;
             }
-            sink.checkpoint(false, updated_at)
+            sink.checkpoint(updated_at)
         };
         let in_flight = self.in_flight.take();
         match tokio::runtime::Handle::try_current() {
