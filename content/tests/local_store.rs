@@ -42,6 +42,24 @@ fn blob_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The one ingest directory of a store that has exactly one ingest.
+fn only_ingest_dir(root: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "expected one ingest: {dirs:?}");
+    dirs.pop().unwrap()
+}
+
+/// Inverts the byte at `index` of the file at `path`; returns the new content.
+fn flip_byte(path: &Path, index: usize) -> Vec<u8> {
+    let mut data = std::fs::read(path).unwrap();
+    data[index] ^= 0xff;
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
 /// Starts this test binary again as a child playing `role` on the store at `root`.
 fn spawn_child(role: &str, root: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
@@ -228,16 +246,8 @@ async fn checkpoint_that_disagrees_with_the_data_is_ignored() {
 
     // Corrupt the data under the checkpoint's tail, as a crash might: the
     // resumed digest must describe the bytes on disk, not the checkpoint.
-    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let data_path = ingest_dir.join("data");
-    let mut data = std::fs::read(&data_path).unwrap();
-    data[199_999] ^= 0xff;
-    std::fs::write(&data_path, &data).unwrap();
+    let ingest_dir = only_ingest_dir(dir.path());
+    let data = flip_byte(&ingest_dir.join("data"), 199_999);
 
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
@@ -262,12 +272,7 @@ async fn close_writes_a_checkpoint_that_resumes_exactly() {
     w.write_all(&content[..(2 << 20) + 17]).await.unwrap();
     w.shutdown().await.unwrap();
     drop(w);
-    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let ingest_dir = only_ingest_dir(dir.path());
     assert!(
         ingest_dir.join("checkpoint").exists(),
         "close must save the digest state"
@@ -649,12 +654,7 @@ async fn ingest_left_by_a_commit_that_died_after_the_move_restarts_empty() {
     drop(w);
     // What a commit leaves if killed between moving the data and removing the
     // ingest directory: the blob in place, the directory without data.
-    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let ingest_dir = only_ingest_dir(dir.path());
     let blob = store.blob_path(&digest);
     std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
     std::fs::rename(ingest_dir.join("data"), &blob).unwrap();
@@ -683,16 +683,8 @@ async fn resume_trusts_a_durable_checkpoint_and_hashes_only_the_tail() {
     drop(w);
     // Change a byte far before the checkpoint's tail window. A resume that
     // re-hashed the file would see it; one that trusts the checkpoint does not.
-    let ingest_dir = std::fs::read_dir(dir.path().join("ingest"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let data_path = ingest_dir.join("data");
-    let mut data = std::fs::read(&data_path).unwrap();
-    data[10] ^= 0xff;
-    std::fs::write(&data_path, &data).unwrap();
+    let ingest_dir = only_ingest_dir(dir.path());
+    let data = flip_byte(&ingest_dir.join("data"), 10);
 
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     assert_eq!(
