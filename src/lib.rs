@@ -19,3 +19,4 @@
 //! ```
 
 pub use ocidist_content as content;
+pub use ocidist_images as images;

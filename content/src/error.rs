@@ -25,6 +25,8 @@ pub enum ErrorKind {
     InvalidArgument,
     /// An I/O error from the filesystem or a source stream.
     Io,
+    /// The input is valid but not supported (Docker schema 1 manifests, say).
+    Unimplemented,
     /// Anything else (a bug, or a store-specific failure).
     Internal,
 }

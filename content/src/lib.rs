@@ -258,6 +258,61 @@ pub trait IngestManager: Send + Sync {
     async fn abort(&self, reference: &str) -> Result<()>;
 }
 
+/// Forwards the traits through references and shared pointers, so a store can
+/// be lent (`&store`) or shared (`Arc<store>`) wherever one is expected.
+macro_rules! forward_store_traits {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Provider + ?Sized> Provider for $ptr {
+            async fn reader_at(&self, desc: &Descriptor) -> Result<Box<dyn ReaderAt>> {
+                (**self).reader_at(desc).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Ingester + ?Sized> Ingester for $ptr {
+            async fn writer(&self, opts: WriterOpts) -> Result<Box<dyn Writer>> {
+                (**self).writer(opts).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Manager + ?Sized> Manager for $ptr {
+            async fn info(&self, digest: &Digest) -> Result<Info> {
+                (**self).info(digest).await
+            }
+            async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
+                (**self).update(info, fieldpaths).await
+            }
+            async fn walk(
+                &self,
+                filters: &[&str],
+                f: &mut (dyn FnMut(Info) -> Result<()> + Send),
+            ) -> Result<()> {
+                (**self).walk(filters, f).await
+            }
+            async fn delete(&self, digest: &Digest) -> Result<()> {
+                (**self).delete(digest).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: IngestManager + ?Sized> IngestManager for $ptr {
+            async fn status(&self, reference: &str) -> Result<Status> {
+                (**self).status(reference).await
+            }
+            async fn list_statuses(&self, filters: &[&str]) -> Result<Vec<Status>> {
+                (**self).list_statuses(filters).await
+            }
+            async fn abort(&self, reference: &str) -> Result<()> {
+                (**self).abort(reference).await
+            }
+        }
+    )*};
+}
+
+forward_store_traits!(&T, std::sync::Arc<T>, Box<T>);
+
 /// A complete content store: every trait above.
 pub trait Store: Provider + Ingester + Manager + IngestManager {}
 

@@ -684,7 +684,7 @@ async fn resume_trusts_a_durable_checkpoint_and_hashes_only_the_tail() {
     // Change a byte far before the checkpoint's tail window. A resume that
     // re-hashed the file would see it; one that trusts the checkpoint does not.
     let ingest_dir = only_ingest_dir(dir.path());
-    let data = flip_byte(&ingest_dir.join("data"), 10);
+    flip_byte(&ingest_dir.join("data"), 10);
 
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     assert_eq!(

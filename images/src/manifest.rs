@@ -1,0 +1,357 @@
+//! Reading manifests and indexes, validated before they are trusted, and the
+//! questions asked of an image: its manifest for a platform, its config,
+//! diff IDs, chain IDs, size, and whether all its content is present.
+
+use std::collections::HashSet;
+
+use oci_spec::image::{Descriptor, Digest, ImageConfiguration};
+use ocidist_content::{Digester, Provider, read_blob};
+use serde::Deserialize;
+
+use crate::media_types::{self, Kind};
+use crate::platforms::{Matcher, Platform};
+use crate::{Error, Result};
+
+/// Manifests and indexes larger than this are refused before they are read.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// The fields of a manifest or index that decide what it is; parsed leniently
+/// so a document with the other kind's fields can be refused by name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+}
+
+/// A manifest's references: its config and layers, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The manifest's own descriptor.
+    pub descriptor: Descriptor,
+    /// The image config.
+    pub config: Descriptor,
+    /// The layers, base first.
+    pub layers: Vec<Descriptor>,
+}
+
+/// Reads a manifest or index, refusing it before reading if over
+/// [`MAX_MANIFEST_SIZE`], and a Docker schema 1 manifest outright.
+pub async fn read_document<P: Provider + ?Sized>(
+    provider: &P,
+    desc: &Descriptor,
+) -> Result<Vec<u8>> {
+    let media_type = desc.media_type().to_string();
+    if media_types::kind(&media_type) == Kind::Schema1 {
+        return Err(Error::Schema1 {
+            digest: desc.digest().clone(),
+            media_type,
+        });
+    }
+    if desc.size() > MAX_MANIFEST_SIZE {
+        return Err(too_large(desc, desc.size()));
+    }
+    match read_blob(provider, desc, MAX_MANIFEST_SIZE).await {
+        Err(ocidist_content::Error::TooLarge { size, .. }) => Err(too_large(desc, size)),
+        other => Ok(other?),
+    }
+}
+
+fn too_large(desc: &Descriptor, size: u64) -> Error {
+    Error::ManifestTooLarge {
+        digest: desc.digest().clone(),
+        media_type: desc.media_type().to_string(),
+        size,
+        limit: MAX_MANIFEST_SIZE,
+    }
+}
+
+fn invalid(desc: &Descriptor, reason: impl Into<String>) -> Error {
+    Error::InvalidDocument {
+        digest: desc.digest().clone(),
+        media_type: desc.media_type().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Decodes the children named by `body`, the content of `desc`: config and
+/// layers of a manifest, manifests of an index, nothing for anything else.
+///
+/// A document whose fields contradict its media type (a manifest with
+/// `manifests`, an index with `layers` or `config`), or whose own `mediaType`
+/// differs from the descriptor's, is refused.
+pub fn decode_children(desc: &Descriptor, body: &[u8]) -> Result<Vec<Descriptor>> {
+    let kind = media_types::kind(desc.media_type().as_ref());
+    if !matches!(kind, Kind::Manifest | Kind::Index) {
+        return Ok(Vec::new());
+    }
+    let probe: Probe = serde_json::from_slice(body).map_err(|e| invalid(desc, e.to_string()))?;
+    if let Some(declared) = &probe.media_type
+        && media_types::kind(declared) != kind
+    {
+        return Err(invalid(
+            desc,
+            format!("the document says it is {declared:?}"),
+        ));
+    }
+    match kind {
+        Kind::Manifest => {
+            if probe.manifests.is_some() {
+                return Err(invalid(desc, "a manifest must not have \"manifests\""));
+            }
+            let config = probe
+                .config
+                .ok_or_else(|| invalid(desc, "a manifest must have a \"config\""))?;
+            let mut children = vec![config];
+            children.extend(probe.layers.unwrap_or_default());
+            Ok(children)
+        }
+        _ => {
+            if probe.layers.is_some() || probe.config.is_some() {
+                return Err(invalid(
+                    desc,
+                    "an index must not have \"layers\" or \"config\"",
+                ));
+            }
+            Ok(probe.manifests.unwrap_or_default())
+        }
+    }
+}
+
+/// The children of `desc`, read from `provider` when it is a manifest or index.
+pub async fn children<P: Provider + ?Sized>(
+    provider: &P,
+    desc: &Descriptor,
+) -> Result<Vec<Descriptor>> {
+    match media_types::kind(desc.media_type().as_ref()) {
+        Kind::Manifest | Kind::Index | Kind::Schema1 => {
+            let body = read_document(provider, desc).await?;
+            decode_children(desc, &body)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The platform a descriptor declares, normalised.
+pub fn descriptor_platform(desc: &Descriptor) -> Option<Platform> {
+    desc.platform().as_ref().map(Platform::from_oci)
+}
+
+/// Resolves `image` (a manifest, or an index of them, nested or not) to the
+/// manifest that best matches `matcher`.
+///
+/// In an index, manifests that declare a platform must match it; the best
+/// ranked wins, earlier entries winning ties. Entries without a platform are
+/// accepted after every platform match, as containerd does.
+pub async fn manifest<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+    matcher: &dyn Matcher,
+) -> Result<Manifest> {
+    let mut desc = image.clone();
+    // Indexes may nest; a bound keeps a hostile cycle from looping forever.
+    for _ in 0..16 {
+        match media_types::kind(desc.media_type().as_ref()) {
+            Kind::Manifest => {
+                let body = read_document(provider, &desc).await?;
+                let mut children = decode_children(&desc, &body)?.into_iter();
+                let config = children
+                    .next()
+                    .expect("decode_children returns the config first");
+                return Ok(Manifest {
+                    descriptor: desc,
+                    config,
+                    layers: children.collect(),
+                });
+            }
+            Kind::Index => {
+                let body = read_document(provider, &desc).await?;
+                let candidates = decode_children(&desc, &body)?;
+                desc =
+                    best_match(candidates, matcher).ok_or_else(|| Error::NoMatchingManifest {
+                        digest: desc.digest().clone(),
+                        platform: format!("{matcher:?}"),
+                    })?;
+            }
+            Kind::Schema1 => {
+                return Err(Error::Schema1 {
+                    digest: desc.digest().clone(),
+                    media_type: desc.media_type().to_string(),
+                });
+            }
+            _ => return Err(invalid(&desc, "not a manifest or index")),
+        }
+    }
+    Err(invalid(image, "indexes nested more than 16 deep"))
+}
+
+/// The manifest or index in `candidates` that best matches, by rank, then order.
+pub fn best_match(candidates: Vec<Descriptor>, matcher: &dyn Matcher) -> Option<Descriptor> {
+    candidates
+        .into_iter()
+        .filter(|d| {
+            matches!(
+                media_types::kind(d.media_type().as_ref()),
+                Kind::Manifest | Kind::Index
+            )
+        })
+        .filter_map(|d| {
+            let rank = match descriptor_platform(&d) {
+                Some(platform) => matcher.rank(&platform)?,
+                None => usize::MAX,
+            };
+            Some((rank, d))
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, d)| d)
+}
+
+/// The image config of the manifest `image` resolves to for `matcher`.
+pub async fn config<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+    matcher: &dyn Matcher,
+) -> Result<ImageConfiguration> {
+    let manifest = manifest(provider, image, matcher).await?;
+    let body = read_document(provider, &manifest.config).await?;
+    serde_json::from_slice(&body).map_err(|e| invalid(&manifest.config, e.to_string()))
+}
+
+/// The diff IDs (digests of the uncompressed layers) from the image config.
+pub async fn diff_ids<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+    matcher: &dyn Matcher,
+) -> Result<Vec<Digest>> {
+    let config = config(provider, image, matcher).await?;
+    config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| parse_digest(d))
+        .collect()
+}
+
+fn parse_digest(text: &str) -> Result<Digest> {
+    Digest::try_from(text).map_err(|e| Error::InvalidArgument(format!("bad digest {text:?}: {e}")))
+}
+
+/// Chain IDs of a stack of diff IDs: the first is the first diff ID; each next
+/// is `sha256(previous chain ID + " " + diff ID)`, as the OCI spec defines.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match out.last() {
+            None => diff_id.clone(),
+            Some(parent) => {
+                let mut digester = Digester::sha256();
+                digester.update(format!("{parent} {diff_id}").as_bytes());
+                digester.digest()
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// The chain ID of the whole root filesystem (the last chain ID), if any layer.
+pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
+    chain_ids(diff_ids).pop()
+}
+
+/// The sum of the sizes of `image` and every blob it references for
+/// `matcher` (an index counts only its best match), each blob counted once.
+pub async fn size<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+    matcher: &dyn Matcher,
+) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut count = |d: &Descriptor| {
+        if seen.insert(d.digest().clone()) {
+            total += d.size();
+        }
+    };
+    let mut desc = image.clone();
+    while media_types::kind(desc.media_type().as_ref()) == Kind::Index {
+        count(&desc);
+        let body = read_document(provider, &desc).await?;
+        desc = best_match(decode_children(&desc, &body)?, matcher).ok_or_else(|| {
+            Error::NoMatchingManifest {
+                digest: desc.digest().clone(),
+                platform: format!("{matcher:?}"),
+            }
+        })?;
+    }
+    let manifest = manifest(provider, &desc, matcher).await?;
+    count(&manifest.descriptor);
+    count(&manifest.config);
+    manifest.layers.iter().for_each(&mut count);
+    Ok(total)
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    /// The manifest could be resolved (the index and manifest are present).
+    pub manifest_present: bool,
+    /// The blobs the image needs for the platform: config and layers.
+    pub required: Vec<Descriptor>,
+    /// Those of them that are in the store.
+    pub present: Vec<Descriptor>,
+    /// Those that are not.
+    pub missing: Vec<Descriptor>,
+}
+
+impl CheckReport {
+    /// True when the manifest and every required blob are present.
+    pub fn complete(&self) -> bool {
+        self.manifest_present && self.missing.is_empty()
+    }
+}
+
+/// Checks that `image` is complete in `provider` for `matcher`: resolvable to a
+/// manifest, with its config and every layer present.
+pub async fn check<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+    matcher: &dyn Matcher,
+) -> Result<CheckReport> {
+    let manifest = match manifest(provider, image, matcher).await {
+        Ok(manifest) => manifest,
+        Err(Error::Content(e)) if e.is_not_found() => {
+            return Ok(CheckReport {
+                manifest_present: false,
+                required: Vec::new(),
+                present: Vec::new(),
+                missing: vec![image.clone()],
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let required: Vec<Descriptor> = std::iter::once(manifest.config.clone())
+        .chain(manifest.layers.iter().cloned())
+        .collect();
+    let mut present = Vec::new();
+    let mut missing = Vec::new();
+    for desc in &required {
+        match provider.reader_at(desc).await {
+            Ok(_) => present.push(desc.clone()),
+            Err(e) if e.is_not_found() => missing.push(desc.clone()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(CheckReport {
+        manifest_present: true,
+        required,
+        present,
+        missing,
+    })
+}

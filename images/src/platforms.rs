@@ -1,0 +1,476 @@
+//! Platforms (`os/arch[/variant]`): parsing, normalisation, the host's default,
+//! and matchers that rank candidates best first.
+//!
+//! Normalisation makes equal what runtimes treat as equal: `aarch64` is
+//! `arm64`, whose default variant is `v8`; `arm` defaults to `v7`; `x86_64` is
+//! `amd64`, whose `v1` is no variant. Variants matter: an `arm64` host prefers
+//! `arm64/v8`, then runs `arm/v8`…`arm/v5`; an `amd64/v3` host prefers `v3`,
+//! then `v2`, `v1`, then `386`.
+//!
+//! ```
+//! use ocidist_images::platforms::{Matcher, Platform, only};
+//!
+//! let host: Platform = "linux/aarch64".parse().unwrap();
+//! assert_eq!(host.to_string(), "linux/arm64/v8");
+//! let m = only(&host);
+//! let arm7: Platform = "linux/arm/v7".parse().unwrap();
+//! let arm5: Platform = "linux/arm/v5".parse().unwrap();
+//! assert!(m.rank(&host) < m.rank(&arm7) && m.rank(&arm7) < m.rank(&arm5));
+//! assert!(!m.matches(&"linux/amd64".parse().unwrap()));
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, Result};
+
+/// A platform: operating system, CPU architecture and variant, normalised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform {
+    /// `linux`, `windows`, `darwin`, ...
+    pub os: String,
+    /// `amd64`, `arm64`, `arm`, `386`, `ppc64le`, ...
+    pub architecture: String,
+    /// `v8`, `v7`, `v3`, ... or `None`.
+    pub variant: Option<String>,
+}
+
+const KNOWN_OS: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+
+const KNOWN_ARCH: &[&str] = &[
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
+
+impl Platform {
+    /// A platform from its parts, normalised.
+    pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
+        let (architecture, variant) = normalize_arch(architecture, variant.unwrap_or(""));
+        Platform {
+            os: normalize_os(os),
+            architecture,
+            variant,
+        }
+    }
+
+    /// The platform of this process, normalised (`linux/amd64`, `linux/arm64/v8`, ...).
+    pub fn host() -> Self {
+        let arch = match std::env::consts::ARCH {
+            "x86" => "386",
+            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+            "powerpc64" => "ppc64",
+            "powerpc" => "ppc",
+            "loongarch64" => "loong64",
+            other => other,
+        };
+        Platform::new(std::env::consts::OS, arch, None)
+    }
+
+    /// The platform of an OCI descriptor or config.
+    pub fn from_oci(platform: &oci_spec::image::Platform) -> Self {
+        Platform::new(
+            &platform.os().to_string(),
+            &platform.architecture().to_string(),
+            platform.variant().as_deref(),
+        )
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = Error;
+
+    /// Parses `os`, `arch`, `os/arch` or `os/arch/variant`. A single part is an
+    /// OS (with the host's architecture) if it names one, else an architecture
+    /// (with the host's OS).
+    fn from_str(input: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidPlatform {
+            input: input.to_string(),
+            reason: reason.to_string(),
+        };
+        if input.len() > 64 {
+            return Err(invalid("longer than 64 characters"));
+        }
+        let parts: Vec<&str> = input.split('/').collect();
+        for part in &parts {
+            if part.is_empty()
+                || !part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            {
+                return Err(invalid(&format!(
+                    "component {part:?} must be letters, digits, '_', '.' or '-'"
+                )));
+            }
+        }
+        let host = Platform::host();
+        match parts[..] {
+            [one] => {
+                let os = normalize_os(one);
+                if KNOWN_OS.contains(&os.as_str()) {
+                    return Ok(Platform { os, ..host });
+                }
+                let (architecture, variant) = normalize_arch(one, "");
+                if KNOWN_ARCH.contains(&architecture.as_str()) {
+                    return Ok(Platform {
+                        os: host.os,
+                        architecture,
+                        variant,
+                    });
+                }
+                Err(invalid("unknown operating system or architecture"))
+            }
+            [os, arch] => Ok(Platform::new(os, arch, None)),
+            [os, arch, variant] => Ok(Platform::new(os, arch, Some(variant))),
+            _ => Err(invalid("expected os/arch[/variant]")),
+        }
+    }
+}
+
+fn normalize_os(os: &str) -> String {
+    let os = os.to_ascii_lowercase();
+    match os.as_str() {
+        "macos" => "darwin".to_string(),
+        _ => os,
+    }
+}
+
+/// Canonical architecture and variant, as containerd's `normalizeArch`, except
+/// that `arm64`'s default variant is spelled out as `v8`.
+fn normalize_arch(arch: &str, variant: &str) -> (String, Option<String>) {
+    let arch = arch.to_ascii_lowercase();
+    let variant = variant.to_ascii_lowercase();
+    let some = |v: &str| Some(v.to_string());
+    let (arch, variant) = match arch.as_str() {
+        "i386" | "386" => ("386", None),
+        "x86_64" | "x86-64" | "amd64" => match variant.as_str() {
+            "" | "v1" | "1" => ("amd64", None),
+            v if v.starts_with('v') => ("amd64", some(v)),
+            v => ("amd64", Some(format!("v{v}"))),
+        },
+        "aarch64" | "arm64" => match variant.as_str() {
+            "" | "8" | "v8" | "v8.0" => ("arm64", some("v8")),
+            "9" | "9.0" | "v9.0" => ("arm64", some("v9")),
+            v => ("arm64", some(v)),
+        },
+        "armhf" => ("arm", some("v7")),
+        "armel" => ("arm", some("v6")),
+        "arm" => match variant.as_str() {
+            "" | "7" | "v7" => ("arm", some("v7")),
+            "5" | "6" | "8" => ("arm", Some(format!("v{variant}"))),
+            v => ("arm", some(v)),
+        },
+        other => (other, (!variant.is_empty()).then(|| variant.clone())),
+    };
+    (arch.to_string(), variant)
+}
+
+/// Decides which platforms a caller accepts and which it prefers.
+pub trait Matcher: Send + Sync + fmt::Debug {
+    /// Where `platform` ranks: `Some(0)` is the best match, larger is worse,
+    /// `None` is no match.
+    fn rank(&self, platform: &Platform) -> Option<usize>;
+
+    /// True when `platform` is accepted.
+    fn matches(&self, platform: &Platform) -> bool {
+        self.rank(platform).is_some()
+    }
+}
+
+impl<M: Matcher + ?Sized> Matcher for &M {
+    fn rank(&self, platform: &Platform) -> Option<usize> {
+        (**self).rank(platform)
+    }
+}
+
+impl<M: Matcher + ?Sized> Matcher for std::sync::Arc<M> {
+    fn rank(&self, platform: &Platform) -> Option<usize> {
+        (**self).rank(platform)
+    }
+}
+
+impl<M: Matcher + ?Sized> Matcher for Box<M> {
+    fn rank(&self, platform: &Platform) -> Option<usize> {
+        (**self).rank(platform)
+    }
+}
+
+/// Accepts the listed platforms, preferring earlier ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ordered {
+    platforms: Vec<Platform>,
+}
+
+impl Ordered {
+    /// Accepts `platforms` (normalised), best first.
+    pub fn new(platforms: Vec<Platform>) -> Self {
+        Ordered { platforms }
+    }
+
+    /// The accepted platforms, best first.
+    pub fn platforms(&self) -> &[Platform] {
+        &self.platforms
+    }
+}
+
+impl Matcher for Ordered {
+    fn rank(&self, platform: &Platform) -> Option<usize> {
+        self.platforms.iter().position(|p| p == platform)
+    }
+}
+
+/// Accepts every platform, all equal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct All;
+
+impl Matcher for All {
+    fn rank(&self, _: &Platform) -> Option<usize> {
+        Some(0)
+    }
+}
+
+/// Accepts `platform` and what it can also run, best first: `arm64/vN` also
+/// runs `arm/vN` down to `arm/v5`; `arm/vN` runs older arm variants down to
+/// `v5`; `amd64/vN` runs older levels, then `386`.
+pub fn only(platform: &Platform) -> Ordered {
+    Ordered::new(compatible(platform))
+}
+
+/// Accepts exactly `platform`.
+pub fn only_strict(platform: &Platform) -> Ordered {
+    Ordered::new(vec![platform.clone()])
+}
+
+/// Accepts every platform.
+pub fn all() -> All {
+    All
+}
+
+fn variant_number(variant: &Option<String>) -> Option<u32> {
+    variant.as_deref()?.strip_prefix('v')?.parse().ok()
+}
+
+fn compatible(platform: &Platform) -> Vec<Platform> {
+    let mut out = vec![platform.clone()];
+    let with = |arch: &str, variant: Option<String>| Platform {
+        os: platform.os.clone(),
+        architecture: arch.to_string(),
+        variant,
+    };
+    match platform.architecture.as_str() {
+        "amd64" => {
+            let level = variant_number(&platform.variant).unwrap_or(1);
+            for lower in (2..level).rev() {
+                out.push(with("amd64", Some(format!("v{lower}"))));
+            }
+            if level > 1 {
+                out.push(with("amd64", None));
+            }
+            out.push(with("386", None));
+        }
+        "arm" => {
+            if let Some(version) = variant_number(&platform.variant) {
+                for lower in (5..version).rev() {
+                    out.push(with("arm", Some(format!("v{lower}"))));
+                }
+            }
+        }
+        "arm64" => {
+            let version = variant_number(&platform.variant).unwrap_or(8).min(8);
+            for lower in (5..=version).rev() {
+                out.push(with("arm", Some(format!("v{lower}"))));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Platform {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn parse_normalises_and_formats() {
+        let cases = [
+            ("linux/amd64", "linux/amd64"),
+            ("Linux/x86_64", "linux/amd64"),
+            ("linux/x86-64", "linux/amd64"),
+            ("linux/amd64/v1", "linux/amd64"),
+            ("linux/amd64/v3", "linux/amd64/v3"),
+            ("linux/i386", "linux/386"),
+            ("linux/aarch64", "linux/arm64/v8"),
+            ("linux/arm64", "linux/arm64/v8"),
+            ("linux/arm64/v8", "linux/arm64/v8"),
+            ("linux/arm64/8", "linux/arm64/v8"),
+            ("linux/arm64/v9.0", "linux/arm64/v9"),
+            ("linux/arm", "linux/arm/v7"),
+            ("linux/arm/7", "linux/arm/v7"),
+            ("linux/arm/v6", "linux/arm/v6"),
+            ("linux/arm/5", "linux/arm/v5"),
+            ("linux/armhf", "linux/arm/v7"),
+            ("linux/armel", "linux/arm/v6"),
+            ("macOS/arm64", "darwin/arm64/v8"),
+            ("windows/amd64", "windows/amd64"),
+            ("linux/ppc64le", "linux/ppc64le"),
+            ("linux/s390x", "linux/s390x"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(p(input).to_string(), want, "{input}");
+            assert_eq!(p(want), p(input), "formatting round-trips for {input}");
+        }
+    }
+
+    #[test]
+    fn one_part_is_an_os_or_an_architecture() {
+        let host = Platform::host();
+        let linux = p("linux");
+        assert_eq!(
+            (linux.os.as_str(), &linux.architecture),
+            ("linux", &host.architecture)
+        );
+        let arm = p("aarch64");
+        assert_eq!(
+            (arm.os.as_str(), arm.architecture.as_str()),
+            (host.os.as_str(), "arm64")
+        );
+        let err = "plan10".parse::<Platform>().unwrap_err();
+        assert!(err.to_string().contains("plan10"), "{err}");
+    }
+
+    #[test]
+    fn malformed_specifiers_are_invalid() {
+        for bad in [
+            "",
+            "linux/",
+            "/amd64",
+            "linux/amd64/v8/x",
+            "linux/*",
+            "linux/am d64",
+            &"x".repeat(65),
+        ] {
+            let err = bad.parse::<Platform>().unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_is_normalised() {
+        let host = Platform::host();
+        assert_eq!(p(&host.to_string()), host);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(host.to_string(), format!("{}/amd64", std::env::consts::OS));
+        }
+    }
+
+    #[test]
+    fn arm64_ranks_its_own_variant_first_then_arm_newest_first() {
+        let m = only(&p("linux/arm64"));
+        let order: Vec<String> = m.platforms().iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "linux/arm64/v8",
+                "linux/arm/v8",
+                "linux/arm/v7",
+                "linux/arm/v6",
+                "linux/arm/v5"
+            ]
+        );
+        assert!(m.matches(&p("linux/aarch64")));
+        assert!(!m.matches(&p("linux/amd64")));
+        assert!(!m.matches(&p("windows/arm64")));
+    }
+
+    #[test]
+    fn arm_accepts_older_variants_only() {
+        let m = only(&p("linux/arm/v7"));
+        assert!(m.matches(&p("linux/arm/v6")) && m.matches(&p("linux/arm/v5")));
+        assert!(!m.matches(&p("linux/arm/v8")));
+        assert!(!m.matches(&p("linux/arm64")));
+        assert!(m.rank(&p("linux/arm")) < m.rank(&p("linux/arm/v6")));
+    }
+
+    #[test]
+    fn amd64_levels_fall_back_to_386() {
+        let m = only(&p("linux/amd64/v3"));
+        let order: Vec<String> = m.platforms().iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "linux/amd64/v3",
+                "linux/amd64/v2",
+                "linux/amd64",
+                "linux/386"
+            ]
+        );
+        let plain = only(&p("linux/amd64"));
+        assert!(plain.matches(&p("linux/386")));
+        assert!(
+            !plain.matches(&p("linux/amd64/v2")),
+            "a v1 host cannot run v2"
+        );
+    }
+
+    #[test]
+    fn strict_and_all() {
+        let strict = only_strict(&p("linux/arm64"));
+        assert!(strict.matches(&p("linux/arm64/v8")));
+        assert!(!strict.matches(&p("linux/arm/v7")));
+        assert!(all().matches(&p("plan9/386")));
+    }
+}

@@ -1,0 +1,185 @@
+//! Handlers that compose, in the style of tower's middleware: each wraps an
+//! inner handler and changes what it returns.
+//!
+//! ```text
+//! set_children_labels(store,            // record GC references on each parent
+//!     limit_manifests(1, &host,         // keep the best manifest of an index
+//!         filter_platforms(&host,       // drop manifests for other platforms
+//!             children_handler(store)))) // decode children from the store
+//! ```
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use oci_spec::image::Descriptor;
+use ocidist_content::{Info, Labels, Manager, Provider};
+
+use crate::Result;
+use crate::handler::{Flow, Handler};
+use crate::manifest::{self, descriptor_platform};
+use crate::media_types::{self, Kind};
+use crate::platforms::Matcher;
+
+/// Decodes each descriptor's children from a provider; see [`children_handler`].
+#[derive(Debug, Clone)]
+pub struct ChildrenHandler<P> {
+    provider: P,
+}
+
+/// A handler whose children are those the manifest or index names (read from
+/// `provider`); other descriptors have none.
+pub fn children_handler<P: Provider>(provider: P) -> ChildrenHandler<P> {
+    ChildrenHandler { provider }
+}
+
+#[async_trait]
+impl<P: Provider> Handler for ChildrenHandler<P> {
+    async fn handle(&self, desc: &Descriptor) -> Result<Flow> {
+        Ok(Flow::Children(
+            manifest::children(&self.provider, desc).await?,
+        ))
+    }
+}
+
+/// Drops children for other platforms; see [`filter_platforms`].
+#[derive(Debug, Clone)]
+pub struct FilterPlatforms<H, M> {
+    inner: H,
+    matcher: M,
+}
+
+/// Wraps `inner` so that children declaring a platform `matcher` rejects are
+/// dropped; children that declare none are kept.
+pub fn filter_platforms<H: Handler, M: Matcher>(matcher: M, inner: H) -> FilterPlatforms<H, M> {
+    FilterPlatforms { inner, matcher }
+}
+
+#[async_trait]
+impl<H: Handler, M: Matcher> Handler for FilterPlatforms<H, M> {
+    async fn handle(&self, desc: &Descriptor) -> Result<Flow> {
+        Ok(match self.inner.handle(desc).await? {
+            Flow::Children(children) => Flow::Children(
+                children
+                    .into_iter()
+                    .filter(|child| {
+                        descriptor_platform(child).is_none_or(|p| self.matcher.matches(&p))
+                    })
+                    .collect(),
+            ),
+            other => other,
+        })
+    }
+}
+
+/// Keeps the best manifests of an index; see [`limit_manifests`].
+#[derive(Debug, Clone)]
+pub struct LimitManifests<H, M> {
+    inner: H,
+    matcher: M,
+    limit: usize,
+}
+
+/// Wraps `inner` so that an index's children are ordered best match first
+/// (by `matcher`; no platform, or no match, last; ties keep their order) and
+/// only the first `limit` are kept (all if `limit` is 0).
+pub fn limit_manifests<H: Handler, M: Matcher>(
+    limit: usize,
+    matcher: M,
+    inner: H,
+) -> LimitManifests<H, M> {
+    LimitManifests {
+        inner,
+        matcher,
+        limit,
+    }
+}
+
+#[async_trait]
+impl<H: Handler, M: Matcher> Handler for LimitManifests<H, M> {
+    async fn handle(&self, desc: &Descriptor) -> Result<Flow> {
+        let flow = self.inner.handle(desc).await?;
+        let Flow::Children(mut children) = flow else {
+            return Ok(flow);
+        };
+        if media_types::kind(desc.media_type().as_ref()) == Kind::Index {
+            children.sort_by_key(|child| {
+                descriptor_platform(child)
+                    .and_then(|p| self.matcher.rank(&p))
+                    .unwrap_or(usize::MAX)
+            });
+            if self.limit > 0 {
+                children.truncate(self.limit);
+            }
+        }
+        Ok(Flow::Children(children))
+    }
+}
+
+/// Records each parent's children as GC labels; see [`set_children_labels`].
+#[derive(Debug, Clone)]
+pub struct SetChildrenLabels<H, S> {
+    inner: H,
+    manager: S,
+}
+
+/// Wraps `inner` so that the children it returns are recorded on the parent
+/// blob as containerd's GC reference labels, which keep them alive:
+/// `containerd.io/gc.ref.content.config` for a config,
+/// `containerd.io/gc.ref.content.m.<n>` for manifests,
+/// `containerd.io/gc.ref.content.l.<n>` for layers and
+/// `containerd.io/gc.ref.content.<n>` for anything else.
+pub fn set_children_labels<H: Handler, S: Manager>(
+    manager: S,
+    inner: H,
+) -> SetChildrenLabels<H, S> {
+    SetChildrenLabels { inner, manager }
+}
+
+/// The GC labels naming `children` of one parent, as containerd writes them.
+pub fn children_labels(children: &[Descriptor]) -> Labels {
+    let mut labels = Labels::new();
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for child in children {
+        let prefix = match media_types::kind(child.media_type().as_ref()) {
+            Kind::Config => {
+                labels.insert(GC_REF_CONFIG.to_string(), child.digest().to_string());
+                continue;
+            }
+            Kind::Manifest | Kind::Index => "containerd.io/gc.ref.content.m.",
+            Kind::Layer => "containerd.io/gc.ref.content.l.",
+            _ => "containerd.io/gc.ref.content.",
+        };
+        let n = counts.entry(prefix).or_default();
+        labels.insert(format!("{prefix}{n}"), child.digest().to_string());
+        *n += 1;
+    }
+    labels
+}
+
+/// The label that names a manifest's config.
+pub const GC_REF_CONFIG: &str = "containerd.io/gc.ref.content.config";
+/// Every content GC reference label starts with this.
+pub const GC_REF_CONTENT_PREFIX: &str = "containerd.io/gc.ref.content.";
+
+#[async_trait]
+impl<H: Handler, S: Manager> Handler for SetChildrenLabels<H, S> {
+    async fn handle(&self, desc: &Descriptor) -> Result<Flow> {
+        let flow = self.inner.handle(desc).await?;
+        if let Flow::Children(children) = &flow
+            && !children.is_empty()
+        {
+            let labels = children_labels(children);
+            let fieldpaths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let fieldpaths: Vec<&str> = fieldpaths.iter().map(String::as_str).collect();
+            let info = Info {
+                digest: desc.digest().clone(),
+                size: desc.size(),
+                created_at: SystemTime::UNIX_EPOCH,
+                updated_at: SystemTime::UNIX_EPOCH,
+                labels,
+            };
+            self.manager.update(info, &fieldpaths).await?;
+        }
+        Ok(flow)
+    }
+}
