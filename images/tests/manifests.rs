@@ -1,0 +1,160 @@
+//! Resolving images: the manifest for a platform, config, diff IDs, chain IDs,
+//! size and completeness, over images built in a real store.
+
+mod common;
+
+use common::{Flavor, image, index, multi_platform, store};
+use ocidist_content::{Manager, sha256_of};
+use ocidist_images::platforms::{Platform, all, only, only_strict};
+use ocidist_images::{ErrorKind, chain_id, chain_ids, check, config, diff_ids, manifest, size};
+
+fn platform(s: &str) -> Platform {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_index_resolves_to_the_best_manifest_for_the_platform() {
+    for flavor in [Flavor::Oci, Flavor::Docker] {
+        let (_dir, store) = store();
+        let (idx, images) = multi_platform(&store, flavor).await;
+        let cases = [
+            ("linux/amd64", 0),
+            ("linux/arm64", 1),
+            ("linux/aarch64", 1),
+            ("linux/arm/v7", 2),
+            ("linux/arm/v8", 2),
+        ];
+        for (host, want) in cases {
+            let m = manifest(&store, &idx, &only(&platform(host)))
+                .await
+                .unwrap();
+            assert_eq!(
+                m.descriptor.digest(),
+                images[want].manifest.digest(),
+                "{flavor:?} {host}"
+            );
+            assert_eq!(m.config, images[want].config);
+            assert_eq!(m.layers, images[want].layers);
+        }
+        let err = manifest(&store, &idx, &only(&platform("linux/arm/v6")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::NotFound,
+            "an arm/v6 host cannot run arm/v7: {err}"
+        );
+        let err = manifest(&store, &idx, &only(&platform("linux/s390x")))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(&idx.digest().to_string()), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn an_exact_variant_beats_an_older_compatible_one() {
+    let (_dir, store) = store();
+    let v6 = image(&store, Flavor::Oci, "linux/arm/v6", 1).await;
+    let v7 = image(&store, Flavor::Oci, "linux/arm/v7", 1).await;
+    let idx = index(
+        &store,
+        Flavor::Oci,
+        &[v6.manifest.clone(), v7.manifest.clone()],
+    )
+    .await;
+    let m = manifest(&store, &idx, &only(&platform("linux/arm/v7")))
+        .await
+        .unwrap();
+    assert_eq!(m.descriptor.digest(), v7.manifest.digest());
+    let m = manifest(&store, &idx, &only(&platform("linux/arm/v6")))
+        .await
+        .unwrap();
+    assert_eq!(m.descriptor.digest(), v6.manifest.digest());
+    let err = manifest(&store, &idx, &only_strict(&platform("linux/arm/v5")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn nested_indexes_and_plain_manifests_resolve() {
+    let (_dir, store) = store();
+    let (inner, images) = multi_platform(&store, Flavor::Oci).await;
+    let mut inner_desc = inner.clone();
+    inner_desc.set_platform(None);
+    let outer = index(&store, Flavor::Oci, &[inner_desc]).await;
+    let m = manifest(&store, &outer, &only(&platform("linux/arm64")))
+        .await
+        .unwrap();
+    assert_eq!(m.descriptor.digest(), images[1].manifest.digest());
+    let m = manifest(&store, &images[0].manifest, &all()).await.unwrap();
+    assert_eq!(m.layers.len(), 2);
+}
+
+#[tokio::test]
+async fn config_and_diff_ids_come_from_the_platforms_config() {
+    let (_dir, store) = store();
+    let (idx, images) = multi_platform(&store, Flavor::Docker).await;
+    let host = only(&platform("linux/arm64"));
+    let config = config(&store, &idx, &host).await.unwrap();
+    assert_eq!(config.architecture().to_string(), "arm64");
+    let ids: Vec<String> = diff_ids(&store, &idx, &host)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(ids, images[1].diff_ids);
+}
+
+#[test]
+fn chain_ids_follow_the_oci_definition() {
+    let a = sha256_of(b"a");
+    let b = sha256_of(b"b");
+    let c = sha256_of(b"c");
+    let ab = sha256_of(format!("{a} {b}").as_bytes());
+    let abc = sha256_of(format!("{ab} {c}").as_bytes());
+    assert_eq!(
+        chain_ids(&[a.clone(), b.clone(), c.clone()]),
+        vec![a.clone(), ab, abc]
+    );
+    assert_eq!(chain_id(&[a.clone()]), Some(a));
+    assert_eq!(chain_id(&[]), None);
+}
+
+#[tokio::test]
+async fn size_sums_index_manifest_config_and_layers_once() {
+    let (_dir, store) = store();
+    let (idx, images) = multi_platform(&store, Flavor::Oci).await;
+    let arm64 = &images[1];
+    let want = idx.size()
+        + arm64.manifest.size()
+        + arm64.config.size()
+        + arm64.layers.iter().map(|l| l.size()).sum::<u64>();
+    assert_eq!(
+        size(&store, &idx, &only(&platform("linux/arm64")))
+            .await
+            .unwrap(),
+        want
+    );
+}
+
+#[tokio::test]
+async fn check_reports_missing_blobs() {
+    let (_dir, store) = store();
+    let (idx, images) = multi_platform(&store, Flavor::Oci).await;
+    let host = only(&platform("linux/amd64"));
+    let report = check(&store, &idx, &host).await.unwrap();
+    assert!(report.complete());
+    assert_eq!(report.required.len(), 3);
+
+    store.delete(images[0].layers[1].digest()).await.unwrap();
+    let report = check(&store, &idx, &host).await.unwrap();
+    assert!(!report.complete());
+    assert_eq!(report.missing, vec![images[0].layers[1].clone()]);
+    assert_eq!(report.present.len(), 2);
+
+    store.delete(images[0].manifest.digest()).await.unwrap();
+    let report = check(&store, &idx, &host).await.unwrap();
+    assert!(!report.manifest_present && !report.complete());
+}
