@@ -1,5 +1,5 @@
 //! Image graphs: handlers that walk them, the manifests and indexes they are
-//! made of, platforms, and (to come) the image store.
+//! made of, platforms, and the image store that names them.
 //!
 //! An image is a graph of descriptors: index → manifests → config and layers.
 //! A [`Handler`] does something with one descriptor and returns its
@@ -41,6 +41,7 @@ mod handler;
 pub mod manifest;
 pub mod media_types;
 pub mod platforms;
+pub mod store;
 pub mod wrappers;
 
 pub use error::{Error, ErrorKind, Result};
@@ -49,4 +50,5 @@ pub use manifest::{
     CheckReport, Manifest, chain_id, chain_ids, check, config, diff_ids, manifest, size,
 };
 pub use platforms::{Matcher, Platform};
+pub use store::{DbImageStore, Image, ImageStore};
 pub use wrappers::{children_handler, filter_platforms, limit_manifests, set_children_labels};

@@ -118,7 +118,7 @@ fn chain_ids_follow_the_oci_definition() {
         chain_ids(&[a.clone(), b.clone(), c.clone()]),
         vec![a.clone(), ab, abc]
     );
-    assert_eq!(chain_id(&[a.clone()]), Some(a));
+    assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a));
     assert_eq!(chain_id(&[]), None);
 }
 

@@ -1,0 +1,361 @@
+//! The image store: names mapped to the descriptors they point at.
+//!
+//! [`ImageStore`] is the trait; [`DbImageStore`] keeps images in a redb
+//! database (crash-safe, copy-on-write B-trees) opened in redb's multi-writer
+//! mode, so several processes may use the same root at once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use oci_spec::image::{Descriptor, Digest};
+use ocidist_content::Labels;
+use ocidist_content::filters::{Fields, Filters};
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, ErrorKind, Result};
+
+/// A named image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    /// Its name, usually a reference such as `docker.io/library/redis:7`.
+    pub name: String,
+    /// The manifest or index it points at.
+    pub target: Descriptor,
+    /// Free-form labels.
+    pub labels: Labels,
+    /// When it was created (set by the store).
+    pub created_at: SystemTime,
+    /// When it was last updated (set by the store).
+    pub updated_at: SystemTime,
+}
+
+impl Image {
+    /// An image to create: `name` pointing at `target`, no labels.
+    pub fn new(name: impl Into<String>, target: Descriptor) -> Self {
+        Image {
+            name: name.into(),
+            target,
+            labels: Labels::new(),
+            created_at: UNIX_EPOCH,
+            updated_at: UNIX_EPOCH,
+        }
+    }
+}
+
+impl Fields for Image {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["name"] => Some(self.name.clone()),
+            ["target", "digest"] => Some(self.target.digest().to_string()),
+            ["target", "mediatype"] | ["target", "media_type"] => {
+                Some(self.target.media_type().to_string())
+            }
+            ["labels", key] => self.labels.get(*key).cloned(),
+            _ => None,
+        }
+    }
+}
+
+/// Names to image targets, as containerd's image service.
+#[async_trait]
+pub trait ImageStore: Send + Sync {
+    /// The image `name`. Missing: [`ErrorKind::NotFound`].
+    async fn get(&self, name: &str) -> Result<Image>;
+
+    /// The images matching any of `filters` (all if empty), by name. Fields:
+    /// `name`, `target.digest`, `target.mediatype`, `labels.KEY`.
+    async fn list(&self, filters: &[&str]) -> Result<Vec<Image>>;
+
+    /// Creates an image; its timestamps are set to now. A name in use is
+    /// [`ErrorKind::AlreadyExists`]; an invalid image [`ErrorKind::InvalidArgument`].
+    async fn create(&self, image: Image) -> Result<Image>;
+
+    /// Updates an image. With no `fieldpaths` the target and labels are
+    /// replaced; otherwise only `target`, `labels` or `labels.KEY`.
+    async fn update(&self, image: Image, fieldpaths: &[&str]) -> Result<Image>;
+
+    /// Deletes an image. Missing: [`ErrorKind::NotFound`].
+    async fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// Checks an image before it is stored: a name, and a target with a digest,
+/// a size and a media type.
+pub fn validate(image: &Image) -> Result<()> {
+    let invalid = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "image {:?}: {why}",
+            image.name
+        )))
+    };
+    if image.name.trim().is_empty() {
+        return invalid("the name must not be empty");
+    }
+    if Digest::try_from(image.target.digest().to_string()).is_err() {
+        return invalid("the target digest is invalid");
+    }
+    if image.target.size() == 0 {
+        return invalid("the target size must be greater than zero");
+    }
+    if image.target.media_type().to_string().is_empty() {
+        return invalid("the target media type must be set");
+    }
+    Ok(())
+}
+
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+
+/// What is stored per name.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    target: Descriptor,
+    labels: Labels,
+    created_at_ns: u128,
+    updated_at_ns: u128,
+}
+
+fn nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+fn from_nanos(n: u128) -> SystemTime {
+    UNIX_EPOCH + Duration::new((n / 1_000_000_000) as u64, (n % 1_000_000_000) as u32)
+}
+
+impl Record {
+    fn into_image(self, name: String) -> Image {
+        Image {
+            name,
+            target: self.target,
+            labels: self.labels,
+            created_at: from_nanos(self.created_at_ns),
+            updated_at: from_nanos(self.updated_at_ns),
+        }
+    }
+
+    fn of(image: &Image) -> Vec<u8> {
+        serde_json::to_vec(&Record {
+            target: image.target.clone(),
+            labels: image.labels.clone(),
+            created_at_ns: nanos(image.created_at),
+            updated_at_ns: nanos(image.updated_at),
+        })
+        .expect("plain data")
+    }
+}
+
+/// An [`ImageStore`] in a redb database file (`<root>/images.redb`, say).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct DbImageStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for DbImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbImageStore").finish_non_exhaustive()
+    }
+}
+
+fn db_error(e: impl Into<redb::Error>) -> Error {
+    let e: redb::Error = e.into();
+    Error::other(ErrorKind::Io, format!("image database: {e}"))
+}
+
+impl DbImageStore {
+    /// Opens (creating if needed) the database at `path`, shared with any other
+    /// process that opens it the same way.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::other(ErrorKind::Io, format!("create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| Error::other(ErrorKind::Io, format!("open {}: {e}", path.display())))?;
+        Ok(DbImageStore { db: Arc::new(db) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| Error::other(ErrorKind::Internal, format!("image store task: {e}")))?
+    }
+
+    /// Runs `change` on the current record of `name` in one write transaction.
+    fn write(
+        db: &Database,
+        name: &str,
+        change: impl FnOnce(Option<Image>) -> Result<Option<Image>>,
+    ) -> Result<Option<Image>> {
+        let txn = db.begin_write().map_err(db_error)?;
+        let result = {
+            let mut table = txn.open_table(IMAGES).map_err(db_error)?;
+            let current = table
+                .get(name)
+                .map_err(db_error)?
+                .map(|v| decode(name, v.value()))
+                .transpose()?;
+            let next = change(current)?;
+            match &next {
+                Some(image) => {
+                    table
+                        .insert(name, Record::of(image).as_slice())
+                        .map_err(db_error)?;
+                }
+                None => {
+                    table.remove(name).map_err(db_error)?;
+                }
+            }
+            next
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(result)
+    }
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<Image> {
+    let record: Record = serde_json::from_slice(bytes).map_err(|e| {
+        Error::other(
+            ErrorKind::Io,
+            format!("image {name:?}: corrupt record: {e}"),
+        )
+    })?;
+    Ok(record.into_image(name.to_string()))
+}
+
+fn not_found(name: &str) -> Error {
+    Error::ImageNotFound {
+        name: name.to_string(),
+    }
+}
+
+#[async_trait]
+impl ImageStore for DbImageStore {
+    async fn get(&self, name: &str) -> Result<Image> {
+        let name = name.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_error)?;
+            let table = match txn.open_table(IMAGES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_found(&name)),
+                Err(e) => return Err(db_error(e)),
+            };
+            let found = table.get(name.as_str()).map_err(db_error)?;
+            match found {
+                Some(value) => decode(&name, value.value()),
+                None => Err(not_found(&name)),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, filters: &[&str]) -> Result<Vec<Image>> {
+        let filters = Filters::parse(filters)?;
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(db_error)?;
+            let table = match txn.open_table(IMAGES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db_error(e)),
+            };
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(db_error)? {
+                let (name, value) = entry.map_err(db_error)?;
+                let image = decode(name.value(), value.value())?;
+                if filters.matches(&image) {
+                    out.push(image);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create(&self, image: Image) -> Result<Image> {
+        validate(&image)?;
+        self.blocking(move |db| {
+            let name = image.name.clone();
+            let created = Self::write(db, &name, |current| {
+                if current.is_some() {
+                    return Err(Error::ImageExists { name: name.clone() });
+                }
+                let now = SystemTime::now();
+                Ok(Some(Image {
+                    created_at: now,
+                    updated_at: now,
+                    ..image
+                }))
+            })?;
+            Ok(created.expect("create always writes an image"))
+        })
+        .await
+    }
+
+    async fn update(&self, image: Image, fieldpaths: &[&str]) -> Result<Image> {
+        if image.name.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "image name must not be empty".into(),
+            ));
+        }
+        let fieldpaths: Vec<String> = fieldpaths.iter().map(|s| s.to_string()).collect();
+        self.blocking(move |db| {
+            let name = image.name.clone();
+            let updated = Self::write(db, &name, |current| {
+                let current = current.ok_or_else(|| not_found(&name))?;
+                let mut next = current.clone();
+                if fieldpaths.is_empty() {
+                    next.target = image.target.clone();
+                    next.labels = image.labels.clone();
+                }
+                for path in &fieldpaths {
+                    match path.as_str() {
+                        "target" => next.target = image.target.clone(),
+                        "labels" => next.labels = image.labels.clone(),
+                        other => match other.strip_prefix("labels.") {
+                            Some(key) => match image.labels.get(key) {
+                                Some(value) => {
+                                    next.labels.insert(key.to_string(), value.clone());
+                                }
+                                None => {
+                                    next.labels.remove(key);
+                                }
+                            },
+                            None => {
+                                return Err(Error::InvalidArgument(format!(
+                                    "image {name:?}: cannot update field {other:?}"
+                                )));
+                            }
+                        },
+                    }
+                }
+                validate(&next)?;
+                next.updated_at = SystemTime::now();
+                Ok(Some(next))
+            })?;
+            Ok(updated.expect("update always writes an image"))
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.blocking(move |db| {
+            Self::write(db, &name, |current| match current {
+                Some(_) => Ok(None),
+                None => Err(not_found(&name)),
+            })
+            .map(drop)
+        })
+        .await
+    }
+}

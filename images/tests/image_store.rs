@@ -1,0 +1,221 @@
+//! The image store: containerd's create/update/delete/list cases, validation,
+//! persistence, and two processes sharing one database.
+
+use std::process::Command;
+use std::time::SystemTime;
+
+use oci_spec::image::{Descriptor, MediaType};
+use ocidist_content::{Labels, sha256_of};
+use ocidist_images::{DbImageStore, ErrorKind, Image, ImageStore};
+
+const CHILD_DB: &str = "OCIDIST_TEST_IMAGE_DB";
+
+fn target(seed: &str) -> Descriptor {
+    Descriptor::new(MediaType::ImageIndex, 100, sha256_of(seed.as_bytes()))
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn db() -> (tempfile::TempDir, DbImageStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DbImageStore::open(dir.path().join("images.redb")).unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn create_get_update_delete() {
+    let (_dir, store) = db();
+    let before = SystemTime::now();
+    let mut image = Image::new("docker.io/library/redis:7", target("a"));
+    image.labels = labels(&[("foo", "bar"), ("baz", "boo")]);
+    let created = store.create(image.clone()).await.unwrap();
+    assert!(created.created_at >= before && created.created_at == created.updated_at);
+    assert_eq!(store.get(&image.name).await.unwrap(), created);
+
+    let err = store.create(image.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+
+    // Touch: an update with nothing changed moves only updated_at.
+    let touched = store.update(created.clone(), &[]).await.unwrap();
+    assert_eq!(touched.created_at, created.created_at);
+    assert!(touched.updated_at > created.updated_at);
+    assert_eq!(touched.labels, created.labels);
+
+    // Replace every label.
+    let mut change = touched.clone();
+    change.labels = labels(&[("for", "bar")]);
+    let replaced = store.update(change.clone(), &["labels"]).await.unwrap();
+    assert_eq!(replaced.labels, labels(&[("for", "bar")]));
+
+    // One label by fieldpath: set one, remove one.
+    change.labels = labels(&[("new", "1")]);
+    let one = store
+        .update(change.clone(), &["labels.new", "labels.for"])
+        .await
+        .unwrap();
+    assert_eq!(one.labels, labels(&[("new", "1")]));
+
+    // The target by fieldpath leaves the labels.
+    change.target = target("b");
+    change.labels = Labels::new();
+    let retargeted = store.update(change.clone(), &["target"]).await.unwrap();
+    assert_eq!(retargeted.target, target("b"));
+    assert_eq!(retargeted.labels, labels(&[("new", "1")]));
+
+    // No fieldpaths: target and labels replaced.
+    let all = store.update(change.clone(), &[]).await.unwrap();
+    assert!(all.labels.is_empty());
+
+    let err = store.update(change.clone(), &["name"]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+
+    store.delete(&image.name).await.unwrap();
+    assert_eq!(
+        store.get(&image.name).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        store.delete(&image.name).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        store.update(change, &[]).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn invalid_images_are_refused() {
+    let (_dir, store) = db();
+    let cases = [
+        ("empty name", Image::new("", target("a"))),
+        ("blank name", Image::new("  ", target("a"))),
+        (
+            "size zero",
+            Image::new(
+                "x",
+                Descriptor::new(MediaType::ImageIndex, 0, sha256_of(b"a")),
+            ),
+        ),
+        (
+            "no media type",
+            Image::new(
+                "x",
+                Descriptor::new(MediaType::Other(String::new()), 10, sha256_of(b"a")),
+            ),
+        ),
+    ];
+    for (what, image) in cases {
+        let err = store.create(image).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{what}: {err}");
+    }
+    // An update that would make a valid image invalid is refused too.
+    let image = store.create(Image::new("ok", target("a"))).await.unwrap();
+    let mut broken = image.clone();
+    broken.target = Descriptor::new(MediaType::ImageIndex, 0, sha256_of(b"a"));
+    assert_eq!(
+        store.update(broken, &["target"]).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        store.get("ok").await.unwrap(),
+        image,
+        "a refused update changes nothing"
+    );
+    let invalid_digest: Result<oci_spec::image::Digest, _> = "sha256:xyz".parse();
+    assert!(
+        invalid_digest.is_err(),
+        "oci-spec refuses bad digests before they reach us"
+    );
+}
+
+#[tokio::test]
+async fn list_filters_on_name_target_and_labels() {
+    let (_dir, store) = db();
+    for (name, seed, label) in [("a:1", "t1", "x"), ("b:1", "t2", "y"), ("c:1", "t1", "x")] {
+        let mut image = Image::new(name, target(seed));
+        image.labels = labels(&[("group", label)]);
+        store.create(image).await.unwrap();
+    }
+    let names = |images: Vec<Image>| images.into_iter().map(|i| i.name).collect::<Vec<_>>();
+    assert_eq!(names(store.list(&[]).await.unwrap()), ["a:1", "b:1", "c:1"]);
+    assert_eq!(names(store.list(&["name==b:1"]).await.unwrap()), ["b:1"]);
+    assert_eq!(
+        names(store.list(&["labels.group==x"]).await.unwrap()),
+        ["a:1", "c:1"]
+    );
+    let by_digest = format!("target.digest=={}", target("t2").digest());
+    assert_eq!(
+        names(store.list(&[by_digest.as_str()]).await.unwrap()),
+        ["b:1"]
+    );
+    let by_type = format!("target.mediatype=={}", MediaType::ImageIndex);
+    assert_eq!(store.list(&[by_type.as_str()]).await.unwrap().len(), 3);
+    assert_eq!(
+        names(store.list(&["name==a:1", "labels.group==y"]).await.unwrap()),
+        ["a:1", "b:1"]
+    );
+    assert_eq!(store.list(&["name=="]).await.unwrap().len(), 0);
+    assert_eq!(
+        store.list(&["name~=a"]).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn images_survive_reopening_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("images.redb");
+    let created = {
+        let store = DbImageStore::open(&path).unwrap();
+        store.create(Image::new("kept", target("k"))).await.unwrap()
+    };
+    let store = DbImageStore::open(&path).unwrap();
+    assert_eq!(store.get("kept").await.unwrap(), created);
+}
+
+/// The child side of the two-process test; run only by it.
+#[tokio::test]
+#[ignore = "runs only as the child process of the two-process test"]
+async fn child_process_entry() {
+    let path = std::env::var(CHILD_DB).expect("only run as a child");
+    let store = DbImageStore::open(path).unwrap();
+    for i in 0..40 {
+        store
+            .create(Image::new(format!("child-{i}"), target(&format!("c{i}"))))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("images.redb");
+    let store = DbImageStore::open(&path).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_process_entry",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DB, &path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for i in 0..40 {
+        store
+            .create(Image::new(format!("parent-{i}"), target(&format!("p{i}"))))
+            .await
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "the child's writes failed");
+    let all = store.list(&[]).await.unwrap();
+    assert_eq!(all.len(), 80, "both processes' images are there");
+}
