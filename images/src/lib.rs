@@ -37,6 +37,7 @@
 //! ```
 
 mod error;
+pub mod gc;
 mod handler;
 pub mod manifest;
 pub mod media_types;
@@ -45,6 +46,7 @@ pub mod store;
 pub mod wrappers;
 
 pub use error::{Error, ErrorKind, Result};
+pub use gc::{GcOptions, GcReport, gc};
 pub use handler::{Chain, Flow, Handler, HandlerFn, dispatch, handler_fn, handlers, walk};
 pub use manifest::{
     CheckReport, Manifest, chain_id, chain_ids, check, config, diff_ids, manifest, size,

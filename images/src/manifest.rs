@@ -124,6 +124,23 @@ pub fn decode_children(desc: &Descriptor, body: &[u8]) -> Result<Vec<Descriptor>
     }
 }
 
+/// The media type a manifest or index says it has, or, when it does not say,
+/// what its fields make it (`manifests`: an OCI index; `config`: an OCI
+/// manifest). `None` for anything that is not such a JSON document.
+pub fn sniff_media_type(body: &[u8]) -> Option<String> {
+    let probe: Probe = serde_json::from_slice(body).ok()?;
+    if let Some(media_type) = probe.media_type {
+        return Some(media_type);
+    }
+    if probe.manifests.is_some() {
+        Some(media_types::OCI_INDEX.to_string())
+    } else if probe.config.is_some() {
+        Some(media_types::OCI_MANIFEST.to_string())
+    } else {
+        None
+    }
+}
+
 /// The children of `desc`, read from `provider` when it is a manifest or index.
 pub async fn children<P: Provider + ?Sized>(
     provider: &P,

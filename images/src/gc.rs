@@ -1,0 +1,209 @@
+//! Garbage collection of content no image needs.
+//!
+//! Mark: start from every image's target (and every blob labelled
+//! `containerd.io/gc.root`), follow each blob's `containerd.io/gc.ref.content.*`
+//! labels, or, for a blob without them, decode it as a manifest or index.
+//! Sweep: delete every unmarked blob older than the grace period, and every
+//! ingest untouched for longer than the ingest age limit. An ingest a writer
+//! holds is never removed: aborting it answers `Unavailable`, and it is skipped.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use oci_spec::image::{Descriptor, Digest, MediaType};
+use ocidist_content::{Info, IngestManager, Manager, Provider};
+
+use crate::Result;
+use crate::manifest::{self, MAX_MANIFEST_SIZE};
+use crate::media_types::{self, Kind};
+use crate::store::ImageStore;
+use crate::wrappers::GC_REF_CONTENT_PREFIX;
+
+/// The label that makes a blob a root of its own.
+pub const GC_ROOT: &str = "containerd.io/gc.root";
+
+/// How a collection runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Report what would be removed, remove nothing.
+    pub dry_run: bool,
+    /// Unreferenced blobs younger than this are kept: a pull records its image
+    /// only once every blob is in, and its blobs must survive until then.
+    pub grace: Duration,
+    /// Ingests not written for this long are aborted; `None` keeps them all.
+    pub ingest_max_age: Option<Duration>,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            grace: Duration::from_secs(15 * 60),
+            ingest_max_age: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// What a collection removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed, with their sizes.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Refs of the ingests removed.
+    pub ingests: Vec<String>,
+    /// Blobs kept because something references them.
+    pub reachable: usize,
+}
+
+impl GcReport {
+    /// Bytes freed by the removed blobs.
+    pub fn bytes(&self) -> u64 {
+        self.blobs.iter().map(|(_, size)| size).sum()
+    }
+}
+
+/// Collects the content in `content` that no image in `images` needs.
+pub async fn gc<S, I>(content: &S, images: &I, opts: &GcOptions) -> Result<GcReport>
+where
+    S: Provider + Manager + IngestManager + ?Sized,
+    I: ImageStore + ?Sized,
+{
+    let mut infos = HashMap::new();
+    content
+        .walk(&[], &mut |info| {
+            infos.insert(info.digest.clone(), info);
+            Ok(())
+        })
+        .await?;
+
+    let mut queue: VecDeque<(Digest, Option<String>)> = VecDeque::new();
+    for image in images.list(&[]).await? {
+        queue.push_back((
+            image.target.digest().clone(),
+            Some(image.target.media_type().to_string()),
+        ));
+    }
+    for info in infos.values().filter(|i| i.labels.contains_key(GC_ROOT)) {
+        queue.push_back((info.digest.clone(), None));
+    }
+
+    let mut marked = HashSet::new();
+    while let Some((digest, media_type)) = queue.pop_front() {
+        if !marked.insert(digest.clone()) {
+            continue;
+        }
+        let Some(info) = infos.get(&digest) else {
+            continue;
+        };
+        queue.extend(references(content, info, media_type).await?);
+    }
+
+    let now = SystemTime::now();
+    let mut report = GcReport {
+        reachable: marked.len(),
+        ..GcReport::default()
+    };
+    let mut unmarked: Vec<&Info> = infos
+        .values()
+        .filter(|i| !marked.contains(&i.digest))
+        .collect();
+    unmarked.sort_by_key(|i| i.digest.to_string());
+    for info in unmarked {
+        let age = now
+            .duration_since(info.created_at)
+            .unwrap_or(Duration::ZERO);
+        if age < opts.grace {
+            continue;
+        }
+        if !opts.dry_run {
+            match content.delete(&info.digest).await {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        report.blobs.push((info.digest.clone(), info.size));
+    }
+
+    if let Some(max_age) = opts.ingest_max_age {
+        for status in content.list_statuses(&[]).await? {
+            let idle = now
+                .duration_since(status.updated_at)
+                .unwrap_or(Duration::ZERO);
+            if idle < max_age {
+                continue;
+            }
+            if !opts.dry_run {
+                match content.abort(&status.reference).await {
+                    Ok(()) => {}
+                    // Being written, or gone already: not ours to remove.
+                    Err(e) if e.is_unavailable() || e.is_not_found() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            report.ingests.push(status.reference);
+        }
+    }
+    Ok(report)
+}
+
+/// The blobs `info` references: from its GC labels if it has any, otherwise
+/// by decoding it as a manifest or index (sniffing the type when unknown).
+async fn references<S: Provider + ?Sized>(
+    content: &S,
+    info: &Info,
+    media_type: Option<String>,
+) -> Result<Vec<(Digest, Option<String>)>> {
+    let from_labels: Vec<(Digest, Option<String>)> = info
+        .labels
+        .iter()
+        .filter_map(|(key, value)| {
+            let kind = key.strip_prefix(GC_REF_CONTENT_PREFIX)?;
+            let digest = Digest::try_from(value.as_str()).ok()?;
+            // The label says what the child is; configs and layers have no
+            // children, so they need not be read to find out.
+            let hint = if kind == "config" {
+                Some(media_types::OCI_CONFIG.to_string())
+            } else if kind.starts_with("l.") {
+                Some(media_types::OCI_LAYER.to_string())
+            } else {
+                None
+            };
+            Some((digest, hint))
+        })
+        .collect();
+    if !from_labels.is_empty() {
+        return Ok(from_labels);
+    }
+    if info.size > MAX_MANIFEST_SIZE {
+        return Ok(Vec::new());
+    }
+    let media_type = match media_type {
+        Some(media_type) => media_type,
+        None => {
+            let desc = ocidist_content::descriptor(info.digest.clone(), info.size);
+            let body = ocidist_content::read_blob(content, &desc, MAX_MANIFEST_SIZE).await?;
+            match manifest::sniff_media_type(&body) {
+                Some(media_type) => media_type,
+                None => return Ok(Vec::new()),
+            }
+        }
+    };
+    if !matches!(media_types::kind(&media_type), Kind::Manifest | Kind::Index) {
+        return Ok(Vec::new());
+    }
+    let desc = Descriptor::new(
+        MediaType::from(media_type.as_str()),
+        info.size,
+        info.digest.clone(),
+    );
+    // A blob that does not decode references nothing; it must not stop the collection.
+    let children = match manifest::children(content, &desc).await {
+        Ok(children) => children,
+        Err(e) if e.kind() == crate::ErrorKind::InvalidArgument => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(children
+        .into_iter()
+        .map(|c| (c.digest().clone(), Some(c.media_type().to_string())))
+        .collect())
+}

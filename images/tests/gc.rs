@@ -1,0 +1,164 @@
+//! Garbage collection over real images in a real store.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Flavor, image, multi_platform, put, store};
+use ocidist_content::{IngestManager, Ingester, Labels, Manager, WriterOpts};
+use ocidist_images::{
+    DbImageStore, GcOptions, Image, ImageStore, children_handler, gc, set_children_labels, walk,
+};
+use tokio::io::AsyncWriteExt;
+
+fn now() -> GcOptions {
+    GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        ingest_max_age: None,
+    }
+}
+
+async fn blobs(store: &impl Manager) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    store
+        .walk(&[], &mut |info| {
+            out.insert(info.digest.to_string());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    out
+}
+
+fn images_db(dir: &tempfile::TempDir) -> DbImageStore {
+    DbImageStore::open(dir.path().join("images.redb")).unwrap()
+}
+
+#[tokio::test]
+async fn unreferenced_blobs_go_and_referenced_ones_stay() {
+    for labelled in [false, true] {
+        let (dir, store) = store();
+        let images = images_db(&dir);
+        let (idx, platforms) = multi_platform(&store, Flavor::Oci).await;
+        // A platform the index lacks, so its blobs share nothing with it.
+        let lone = image(&store, Flavor::Docker, "linux/s390x", 2).await;
+        if labelled {
+            let label = set_children_labels(store.clone(), children_handler(store.clone()));
+            walk(&label, &[idx.clone(), lone.manifest.clone()])
+                .await
+                .unwrap();
+        }
+        images
+            .create(Image::new("multi:1", idx.clone()))
+            .await
+            .unwrap();
+        images
+            .create(Image::new("lone:1", lone.manifest.clone()))
+            .await
+            .unwrap();
+        let stray = put(&store, "application/octet-stream", b"nobody needs me").await;
+        let everything = blobs(&store).await;
+
+        // A dry run says what would go, and removes nothing.
+        let dry = gc(
+            &store,
+            &images,
+            &GcOptions {
+                dry_run: true,
+                ..now()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            dry.blobs,
+            vec![(stray.digest().clone(), stray.size())],
+            "labelled: {labelled}"
+        );
+        assert_eq!(blobs(&store).await, everything);
+
+        let report = gc(&store, &images, &now()).await.unwrap();
+        assert_eq!(report.blobs, dry.blobs);
+        assert_eq!(report.reachable, everything.len() - 1);
+
+        // Without its name, the lone image's blobs go; the multi-platform one stays whole.
+        images.delete("lone:1").await.unwrap();
+        let report = gc(&store, &images, &now()).await.unwrap();
+        let gone: BTreeSet<String> = report.blobs.iter().map(|(d, _)| d.to_string()).collect();
+        let lone_blobs: BTreeSet<String> = std::iter::once(&lone.manifest)
+            .chain(std::iter::once(&lone.config))
+            .chain(&lone.layers)
+            .map(|d| d.digest().to_string())
+            .collect();
+        assert_eq!(gone, lone_blobs, "labelled: {labelled}");
+        for platform in &platforms {
+            assert!(store.info(platform.layers[1].digest()).await.is_ok());
+        }
+        assert!(store.info(idx.digest()).await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn gc_root_label_keeps_a_blob_and_the_grace_period_keeps_fresh_ones() {
+    let (dir, store) = store();
+    let images = images_db(&dir);
+    let rooted = put(&store, "application/octet-stream", b"pinned").await;
+    let mut info = store.info(rooted.digest()).await.unwrap();
+    info.labels = Labels::from([("containerd.io/gc.root".to_string(), "yes".to_string())]);
+    store
+        .update(info, &["labels.containerd.io/gc.root"])
+        .await
+        .unwrap();
+    let fresh = put(&store, "application/octet-stream", b"just fetched").await;
+
+    let report = gc(
+        &store,
+        &images,
+        &GcOptions {
+            grace: Duration::from_secs(3600),
+            ..now()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.blobs.is_empty(),
+        "nothing older than the grace period: {report:?}"
+    );
+    let report = gc(&store, &images, &now()).await.unwrap();
+    assert_eq!(report.blobs, vec![(fresh.digest().clone(), fresh.size())]);
+    assert!(store.info(rooted.digest()).await.is_ok());
+}
+
+#[tokio::test]
+async fn stale_ingests_go_but_one_being_written_never_does() {
+    let (dir, store) = store();
+    let images = images_db(&dir);
+    let mut stale = store.writer(WriterOpts::new("stale")).await.unwrap();
+    stale.write_all(b"old partial").await.unwrap();
+    stale.shutdown().await.unwrap();
+    drop(stale);
+    let mut active = store.writer(WriterOpts::new("active")).await.unwrap();
+    active.write_all(b"in progress").await.unwrap();
+    active.flush().await.unwrap();
+
+    let opts = GcOptions {
+        ingest_max_age: Some(Duration::ZERO),
+        ..now()
+    };
+    let report = gc(&store, &images, &opts).await.unwrap();
+    assert_eq!(report.ingests, vec!["stale".to_string()]);
+    let left: Vec<String> = store
+        .list_statuses(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.reference)
+        .collect();
+    assert_eq!(left, ["active"]);
+    // The writer still works and commits.
+    active.write_all(b" and done").await.unwrap();
+    active.commit(None, None, Labels::new()).await.unwrap();
+}
