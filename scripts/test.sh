@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use. A missing tool is a failure, never a skip, so
 # install them here rather than let a test find them absent.
-APT_PACKAGES=()
+#   docker-registry: the real CNCF distribution registry the remotes tests run.
+APT_PACKAGES=(docker-registry)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -14,8 +15,18 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    # Keep the packages' own services (a registry on :5000) from starting:
+    # the tests start their own, on loopback, and stop them.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod +x "$policy"
+        added_policy=1
+    fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+    if [ -n "$added_policy" ]; then $SUDO rm -f "$policy"; fi
 fi
 
 # Reuse one target directory outside the clone, so repeated runs are fast.

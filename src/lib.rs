@@ -5,6 +5,10 @@
 //! - [`content`]: the verified, resumable, content-addressed store
 //!   ([`content::local::LocalStore`] on disk), with containerd's `Provider`,
 //!   `Ingester`, `Writer`, `Manager` and `IngestManager` traits.
+//! - [`images`]: handlers (`walk`, `dispatch`) and their wrappers, manifests,
+//!   platforms, the image store and garbage collection.
+//! - [`remotes`]: image references, and a test kit that runs a real registry
+//!   (the registry client is in progress).
 //!
 //! ```
 //! use ocidist::content::{local::LocalStore, sha256_of, write_blob, Labels, Manager, WriterOpts};
@@ -20,3 +24,4 @@
 
 pub use ocidist_content as content;
 pub use ocidist_images as images;
+pub use ocidist_remotes as remotes;
