@@ -17,6 +17,35 @@ pub enum Error {
     /// From the content store.
     #[error(transparent)]
     Content(#[from] ocidist_content::Error),
+    /// The registry could not be reached, or the connection broke.
+    #[error("{url}: {source}")]
+    Connect {
+        /// What was being requested.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry answered with an unexpected status.
+    #[error("{method} {url}: {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Status {
+        /// The request method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+        /// The start of the response body (registries explain errors there).
+        body: String,
+    },
+    /// The registry's bytes or headers contradict what was asked for.
+    #[error("{url}: {reason}")]
+    Protocol {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
@@ -28,6 +57,15 @@ impl Error {
         match self {
             Error::InvalidReference { .. } => ErrorKind::InvalidArgument,
             Error::Content(e) => e.kind(),
+            Error::Connect { .. } => ErrorKind::Unavailable,
+            Error::Status { status, .. } => match status.as_u16() {
+                404 => ErrorKind::NotFound,
+                400 | 405 | 415 => ErrorKind::InvalidArgument,
+                401 | 403 => ErrorKind::FailedPrecondition,
+                408 | 429 | 500..=599 => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+            Error::Protocol { .. } => ErrorKind::FailedPrecondition,
         }
     }
 }

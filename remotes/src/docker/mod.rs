@@ -1,0 +1,389 @@
+//! The Docker registry v2 / OCI distribution client.
+//!
+//! Plain HTTP is used for `localhost`, `127.0.0.0/8` and `::1`, as Docker
+//! does, and HTTPS elsewhere (TLS, authentication and hosts configuration are
+//! still to come; an HTTPS registry is an error for now).
+
+mod fetcher;
+mod pusher;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use futures::StreamExt;
+use oci_spec::image::{Descriptor, Digest, MediaType};
+use ocidist_content::Digester;
+use reqwest::{Method, StatusCode, header};
+
+pub use fetcher::DockerFetcher;
+pub use pusher::DockerPusher;
+
+use crate::{Error, Fetcher, Pusher, Reference, Resolver, Result};
+
+/// What `resolve` accepts, most specific first: Docker and OCI manifests and indexes.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, */*;q=0.8";
+
+/// Manifests larger than this are refused without being read.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// When to speak plain HTTP instead of HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlainHttp {
+    /// For loopback hosts only (`localhost`, `127.0.0.0/8`, `::1`), as Docker does.
+    #[default]
+    Loopback,
+    /// Always (`--plain-http`).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// A [`Resolver`] for registries speaking the distribution API.
+#[derive(Debug, Clone)]
+pub struct DockerResolver {
+    client: reqwest::Client,
+    plain_http: PlainHttp,
+}
+
+impl Default for DockerResolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DockerResolver {
+    /// A resolver with default settings.
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("a client with no TLS settings always builds");
+        DockerResolver {
+            client,
+            plain_http: PlainHttp::default(),
+        }
+    }
+
+    /// Chooses when to use plain HTTP.
+    pub fn plain_http(mut self, plain_http: PlainHttp) -> Self {
+        self.plain_http = plain_http;
+        self
+    }
+
+    fn scheme(&self, host: &str) -> &'static str {
+        let plain = match self.plain_http {
+            PlainHttp::Always => true,
+            PlainHttp::Never => false,
+            PlainHttp::Loopback => is_loopback(host),
+        };
+        if plain { "http" } else { "https" }
+    }
+
+    /// `scheme://host/v2/<repository>`.
+    fn base(&self, reference: &Reference) -> Repository {
+        let host = reference.api_host();
+        Repository {
+            client: self.client.clone(),
+            base: format!(
+                "{}://{host}/v2/{}",
+                self.scheme(host),
+                reference.repository()
+            ),
+        }
+    }
+
+    /// The descriptor of `object` (a tag or digest) in the repository of
+    /// `reference`, and the body when it had to be read to be known.
+    async fn resolve_object(&self, reference: &Reference) -> Result<Descriptor> {
+        let repo = self.base(reference);
+        let object = reference.object();
+        let manifest_url = format!("{}/manifests/{object}", repo.base);
+        let head = repo
+            .send(Method::HEAD, &manifest_url, |r| {
+                r.header(header::ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        match (head.status(), reference.digest()) {
+            (StatusCode::OK, None) => {
+                let headers = head.headers();
+                let digest = header_str(headers, "docker-content-digest")
+                    .and_then(|d| Digest::try_from(d).ok());
+                let size = header_str(headers, header::CONTENT_LENGTH.as_str())
+                    .and_then(|s| s.parse().ok());
+                let media_type =
+                    header_str(headers, header::CONTENT_TYPE.as_str()).map(base_media_type);
+                if let (Some(digest), Some(size), Some(media_type)) = (digest, size, media_type) {
+                    return Ok(Descriptor::new(
+                        MediaType::from(media_type.as_str()),
+                        size,
+                        digest,
+                    ));
+                }
+                // Headers missing: fetch the manifest and hash it ourselves.
+                repo.get_manifest(&manifest_url, None).await
+            }
+            // A digest reference: the bytes are hashed, never the header believed.
+            (StatusCode::OK, Some(digest)) => repo.get_manifest(&manifest_url, Some(digest)).await,
+            // Not a manifest; a digest may name a blob. (A registry may answer
+            // 500 rather than 404 when the digest is a blob that is no manifest.)
+            (_, Some(digest)) => {
+                let blob_url = format!("{}/blobs/{digest}", repo.base);
+                let blob_head = repo.send(Method::HEAD, &blob_url, |r| r).await?;
+                if blob_head.status() != StatusCode::OK {
+                    return check_status(Method::HEAD, &manifest_url, head, &[StatusCode::OK])
+                        .await
+                        .map(|_| unreachable!("a non-200 status is an error"));
+                }
+                let size = header_str(blob_head.headers(), header::CONTENT_LENGTH.as_str())
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| Error::Protocol {
+                        url: blob_url.clone(),
+                        reason: "no Content-Length for a blob".into(),
+                    })?;
+                Ok(Descriptor::new(
+                    MediaType::Other("application/octet-stream".into()),
+                    size,
+                    digest.clone(),
+                ))
+            }
+            _ => check_status(Method::HEAD, &manifest_url, head, &[StatusCode::OK])
+                .await
+                .map(|_| unreachable!("a non-200 status is an error")),
+        }
+    }
+}
+
+#[async_trait]
+impl Resolver for DockerResolver {
+    async fn resolve(&self, reference: &str) -> Result<(String, Descriptor)> {
+        let parsed: Reference = reference.parse()?;
+        let desc = self.resolve_object(&parsed).await?;
+        Ok((parsed.to_string(), desc))
+    }
+
+    async fn fetcher(&self, reference: &str) -> Result<Box<dyn Fetcher>> {
+        let parsed: Reference = reference.parse()?;
+        Ok(Box::new(DockerFetcher::new(self.base(&parsed))))
+    }
+
+    async fn pusher(&self, reference: &str) -> Result<Box<dyn Pusher>> {
+        let parsed: Reference = reference.parse()?;
+        Ok(Box::new(DockerPusher::new(
+            self.base(&parsed),
+            parsed,
+            Arc::new(Mutex::new(Default::default())),
+        )))
+    }
+}
+
+/// Fetches the raw manifest or blob `object` (a tag or digest) of the
+/// repository `locator`, as containerd's `dist fetch-object`. A `mediatype:`
+/// hint in `hints` overrides the type the registry reports.
+pub async fn fetch_object(
+    resolver: &DockerResolver,
+    locator: &str,
+    object: &str,
+    hints: &[&str],
+) -> Result<(Descriptor, crate::ByteStream)> {
+    let base: Reference = locator.parse()?;
+    let reference = base.with_object(object)?;
+    let mut desc = resolver.resolve_object(&reference).await?;
+    if let Some(media_type) = hints.iter().find_map(|h| h.strip_prefix("mediatype:")) {
+        desc.set_media_type(MediaType::from(media_type));
+    }
+    let fetcher = DockerFetcher::new(resolver.base(&reference));
+    let stream = fetcher.fetch(&desc, 0).await?;
+    Ok((desc, stream))
+}
+
+/// One repository's API root and the client to reach it.
+#[derive(Debug, Clone)]
+pub(crate) struct Repository {
+    pub(crate) client: reqwest::Client,
+    pub(crate) base: String,
+}
+
+impl Repository {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        build(self.client.request(method, url))
+            .send()
+            .await
+            .map_err(|source| Error::Connect {
+                url: url.to_string(),
+                source,
+            })
+    }
+
+    /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`]), hashes it, and checks
+    /// it against `expected` when given.
+    async fn get_manifest(&self, url: &str, expected: Option<&Digest>) -> Result<Descriptor> {
+        let response = self
+            .send(Method::GET, url, |r| {
+                r.header(header::ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        let response = check_status(Method::GET, url, response, &[StatusCode::OK]).await?;
+        let media_type =
+            header_str(response.headers(), header::CONTENT_TYPE.as_str()).map(base_media_type);
+        let body = read_limited(url, response, MAX_MANIFEST_SIZE).await?;
+        let algorithm = expected.map_or(oci_spec::image::DigestAlgorithm::Sha256, |d| {
+            d.algorithm().clone()
+        });
+        let mut digester = Digester::new(&algorithm)?;
+        digester.update(&body);
+        let actual = digester.digest();
+        if let Some(expected) = expected
+            && *expected != actual
+        {
+            return Err(Error::Protocol {
+                url: url.to_string(),
+                reason: format!("digest mismatch: expected {expected}, got {actual}"),
+            });
+        }
+        let media_type = media_type
+            .or_else(|| sniff_media_type(&body))
+            .ok_or_else(|| Error::Protocol {
+                url: url.to_string(),
+                reason: "no media type in the response or the document".into(),
+            })?;
+        Ok(Descriptor::new(
+            MediaType::from(media_type.as_str()),
+            body.len() as u64,
+            actual,
+        ))
+    }
+}
+
+/// Reads a body, refusing one over `limit` bytes (by header, then by count).
+pub(crate) async fn read_limited(
+    url: &str,
+    response: reqwest::Response,
+    limit: u64,
+) -> Result<bytes::Bytes> {
+    let too_large = || Error::Protocol {
+        url: url.to_string(),
+        reason: format!("response over the limit of {limit} bytes"),
+    };
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| Error::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Passes `response` through if its status is one of `ok`, else turns it into
+/// an error quoting the start of the body.
+pub(crate) async fn check_status(
+    method: Method,
+    url: &str,
+    response: reqwest::Response,
+    ok: &[StatusCode],
+) -> Result<reqwest::Response> {
+    let status = response.status();
+    if ok.contains(&status) {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.trim().chars().take(300).collect();
+    Err(Error::Status {
+        method: method.to_string(),
+        url: url.to_string(),
+        status,
+        body,
+    })
+}
+
+fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok().filter(|s| !s.is_empty())
+}
+
+/// `type/subtype` without parameters.
+fn base_media_type(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The `mediaType` a JSON document declares, if any.
+fn sniff_media_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(body).ok()?.media_type
+}
+
+/// True for `localhost`, `127.0.0.0/8` and `::1`, with or without a port.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_get_plain_http() {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "registry-1.docker.io",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "[::2]:5000",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+        let resolver = DockerResolver::new();
+        assert_eq!(resolver.scheme("127.0.0.1:5000"), "http");
+        assert_eq!(resolver.scheme("ghcr.io"), "https");
+        assert_eq!(
+            resolver
+                .clone()
+                .plain_http(PlainHttp::Always)
+                .scheme("ghcr.io"),
+            "http"
+        );
+        assert_eq!(
+            resolver.plain_http(PlainHttp::Never).scheme("localhost"),
+            "https"
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! Pushing blobs and manifests: a push is an ingest whose commit uploads.
+//!
+//! The bytes are spooled to an unnamed temporary file while they are hashed;
+//! commit checks size and digest locally first, so wrong bytes never leave the
+//! machine, then uploads: a blob with `POST` + one `PUT`, a manifest with one
+//! `PUT`. Chunked uploads and cross-repository mounts are still to come.
+
+use std::collections::HashSet;
+use std::io::SeekFrom;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use oci_spec::image::{Descriptor, Digest};
+use ocidist_content::{Digester, Error as ContentError, Labels, Status, Writer};
+use reqwest::{Method, StatusCode, header};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite};
+
+use super::{MAX_MANIFEST_SIZE, Repository, check_status};
+use crate::{Error, Pusher, Reference, Result};
+
+/// A [`Pusher`] for one repository.
+///
+/// Manifests are pushed by digest, except the one the reference pins with
+/// `name:tag@digest`, which is pushed by its tag; with `name:tag` alone every
+/// manifest goes to the tag (push the root last), as containerd does.
+#[derive(Debug, Clone)]
+pub struct DockerPusher {
+    repo: Repository,
+    reference: Reference,
+    in_flight: Arc<Mutex<HashSet<Digest>>>,
+}
+
+impl DockerPusher {
+    pub(crate) fn new(
+        repo: Repository,
+        reference: Reference,
+        in_flight: Arc<Mutex<HashSet<Digest>>>,
+    ) -> Self {
+        DockerPusher {
+            repo,
+            reference,
+            in_flight,
+        }
+    }
+
+    fn manifest_object(&self, digest: &Digest) -> String {
+        match (self.reference.digest(), self.reference.tag()) {
+            (Some(pinned), Some(tag)) if pinned == digest => tag.to_string(),
+            (Some(_), _) | (None, None) => digest.to_string(),
+            (None, Some(tag)) => tag.to_string(),
+        }
+    }
+}
+
+fn is_manifest(desc: &Descriptor) -> bool {
+    let media_type = desc.media_type().to_string();
+    media_type.contains("manifest") || media_type.ends_with("image.index.v1+json")
+}
+
+/// Removes a digest from the pusher's in-flight set when the push ends.
+#[derive(Debug)]
+struct InFlight {
+    set: Arc<Mutex<HashSet<Digest>>>,
+    digest: Digest,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+    }
+}
+
+#[async_trait]
+impl Pusher for DockerPusher {
+    async fn push(&self, desc: &Descriptor) -> Result<Box<dyn Writer>> {
+        let manifest = is_manifest(desc);
+        let kind = if manifest { "manifests" } else { "blobs" };
+        let url = format!("{}/{kind}/{}", self.repo.base, desc.digest());
+        let media_type = desc.media_type().to_string();
+        let head = self
+            .repo
+            .send(Method::HEAD, &url, |r| {
+                r.header(header::ACCEPT, media_type.as_str())
+            })
+            .await?;
+        match head.status() {
+            StatusCode::OK => {
+                return Err(ContentError::AlreadyExists {
+                    digest: desc.digest().clone(),
+                }
+                .into());
+            }
+            StatusCode::NOT_FOUND => {}
+            _ => {
+                check_status(Method::HEAD, &url, head, &[StatusCode::OK]).await?;
+            }
+        }
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(desc.digest().clone())
+        {
+            return Err(ContentError::Locked {
+                reference: format!("push {}", desc.digest()),
+            }
+            .into());
+        }
+        let guard = InFlight {
+            set: self.in_flight.clone(),
+            digest: desc.digest().clone(),
+        };
+        let spool = tempfile::tempfile()
+            .map_err(|e| ContentError::io("create", std::env::temp_dir(), e))?;
+        let target = if manifest {
+            Target::Manifest {
+                url: format!(
+                    "{}/manifests/{}",
+                    self.repo.base,
+                    self.manifest_object(desc.digest())
+                ),
+            }
+        } else {
+            Target::Blob {
+                uploads: format!("{}/blobs/uploads/", self.repo.base),
+            }
+        };
+        let now = SystemTime::now();
+        Ok(Box::new(PushWriter {
+            repo: self.repo.clone(),
+            target,
+            desc: desc.clone(),
+            spool: tokio::fs::File::from_std(spool),
+            digester: Digester::new(desc.digest().algorithm())?,
+            written: 0,
+            started_at: now,
+            updated_at: now,
+            closed: false,
+            _in_flight: guard,
+        }))
+    }
+}
+
+#[derive(Debug)]
+enum Target {
+    Blob { uploads: String },
+    Manifest { url: String },
+}
+
+/// The writer [`DockerPusher::push`] returns.
+#[derive(Debug)]
+struct PushWriter {
+    repo: Repository,
+    target: Target,
+    desc: Descriptor,
+    spool: tokio::fs::File,
+    digester: Digester,
+    written: u64,
+    started_at: SystemTime,
+    updated_at: SystemTime,
+    closed: bool,
+    _in_flight: InFlight,
+}
+
+impl PushWriter {
+    fn reference(&self) -> String {
+        format!("push {}", self.desc.digest())
+    }
+
+    async fn upload(&mut self) -> Result<()> {
+        self.spool
+            .seek(SeekFrom::Start(0))
+            .await
+            .map_err(ContentError::Source)?;
+        match &self.target {
+            Target::Manifest { url } => {
+                let mut body = Vec::with_capacity(self.written as usize);
+                (&mut self.spool)
+                    .take(MAX_MANIFEST_SIZE)
+                    .read_to_end(&mut body)
+                    .await
+                    .map_err(ContentError::Source)?;
+                let media_type = self.desc.media_type().to_string();
+                let response = self
+                    .repo
+                    .send(Method::PUT, url, |r| {
+                        r.header(header::CONTENT_TYPE, media_type).body(body)
+                    })
+                    .await?;
+                check_status(
+                    Method::PUT,
+                    url,
+                    response,
+                    &[StatusCode::CREATED, StatusCode::OK],
+                )
+                .await?;
+            }
+            Target::Blob { uploads } => {
+                let response = self.repo.send(Method::POST, uploads, |r| r).await?;
+                let response =
+                    check_status(Method::POST, uploads, response, &[StatusCode::ACCEPTED]).await?;
+                let location = response
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| Error::Protocol {
+                        url: uploads.clone(),
+                        reason: "no Location for the upload".into(),
+                    })?;
+                let mut url = reqwest::Url::parse(uploads)
+                    .and_then(|base| base.join(location))
+                    .map_err(|e| Error::Protocol {
+                        url: uploads.clone(),
+                        reason: format!("bad upload Location {location:?}: {e}"),
+                    })?;
+                url.query_pairs_mut()
+                    .append_pair("digest", self.desc.digest().as_ref());
+                let file = self.spool.try_clone().await.map_err(ContentError::Source)?;
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    file,
+                    1 << 20,
+                ));
+                let size = self.written;
+                let url_text = url.to_string();
+                let response = self
+                    .repo
+                    .send(Method::PUT, &url_text, |r| {
+                        r.header(header::CONTENT_TYPE, "application/octet-stream")
+                            .header(header::CONTENT_LENGTH, size)
+                            .body(body)
+                    })
+                    .await?;
+                check_status(Method::PUT, &url_text, response, &[StatusCode::CREATED]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remote(err: Error) -> ContentError {
+    match err {
+        Error::Content(e) => e,
+        other => ContentError::other(other.kind(), other),
+    }
+}
+
+impl AsyncWrite for PushWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Err(ContentError::Closed {
+                reference: this.reference(),
+            }
+            .into()));
+        }
+        if this.written + buf.len() as u64 > this.desc.size() {
+            return Poll::Ready(Err(ContentError::WritePastSize {
+                reference: this.reference(),
+                expected: this.desc.size(),
+            }
+            .into()));
+        }
+        let n = ready!(Pin::new(&mut this.spool).poll_write(cx, buf))?;
+        this.digester.update(&buf[..n]);
+        this.written += n as u64;
+        this.updated_at = SystemTime::now();
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().spool).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().spool).poll_flush(cx)
+    }
+}
+
+#[async_trait]
+impl Writer for PushWriter {
+    async fn status(&mut self) -> ocidist_content::Result<Status> {
+        Ok(Status {
+            reference: self.reference(),
+            offset: self.written,
+            total: Some(self.desc.size()),
+            expected: Some(self.desc.digest().clone()),
+            started_at: self.started_at,
+            updated_at: self.updated_at,
+        })
+    }
+
+    async fn digest(&mut self) -> ocidist_content::Result<Digest> {
+        Ok(self.digester.digest())
+    }
+
+    async fn commit(
+        &mut self,
+        size: Option<u64>,
+        expected: Option<&Digest>,
+        _labels: Labels,
+    ) -> ocidist_content::Result<()> {
+        if self.closed {
+            return Err(ContentError::Closed {
+                reference: self.reference(),
+            });
+        }
+        self.closed = true;
+        let want_size = size.unwrap_or(self.desc.size());
+        if self.written != want_size || self.written != self.desc.size() {
+            return Err(ContentError::SizeMismatch {
+                reference: self.reference(),
+                expected: want_size,
+                actual: self.written,
+            });
+        }
+        let actual = self.digester.digest();
+        let want = expected.unwrap_or(self.desc.digest());
+        if actual != *want || actual != *self.desc.digest() {
+            return Err(ContentError::DigestMismatch {
+                reference: self.reference(),
+                expected: want.clone(),
+                actual,
+            });
+        }
+        use tokio::io::AsyncWriteExt;
+        self.spool.flush().await.map_err(ContentError::Source)?;
+        self.upload().await.map_err(remote)
+    }
+
+    async fn truncate(&mut self, size: u64) -> ocidist_content::Result<()> {
+        if size != 0 {
+            return Err(ContentError::InvalidArgument(format!(
+                "{}: a push can only be truncated to 0",
+                self.reference()
+            )));
+        }
+        self.spool.set_len(0).await.map_err(ContentError::Source)?;
+        self.spool
+            .seek(SeekFrom::Start(0))
+            .await
+            .map_err(ContentError::Source)?;
+        self.digester.reset();
+        self.written = 0;
+        Ok(())
+    }
+}
