@@ -246,7 +246,7 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
     let (desc, stream) = fetch_object(
         &resolver,
         &repo,
-        &layer.digest().to_string(),
+        layer.digest().as_ref(),
         &["mediatype:application/x-test"],
     )
     .await
