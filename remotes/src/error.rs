@@ -17,6 +17,9 @@ pub enum Error {
     /// From the content store.
     #[error(transparent)]
     Content(#[from] ocidist_content::Error),
+    /// From image handling (manifests, handlers, the image store).
+    #[error(transparent)]
+    Images(#[from] ocidist_images::Error),
     /// The registry could not be reached, or the connection broke.
     #[error("{url}: {source}")]
     Connect {
@@ -57,6 +60,7 @@ impl Error {
         match self {
             Error::InvalidReference { .. } => ErrorKind::InvalidArgument,
             Error::Content(e) => e.kind(),
+            Error::Images(e) => e.kind(),
             Error::Connect { .. } => ErrorKind::Unavailable,
             Error::Status { status, .. } => match status.as_u16() {
                 404 => ErrorKind::NotFound,

@@ -9,9 +9,10 @@
 //!
 //! Done so far: references, resolve (HEAD, GET-and-hash fallback, digest
 //! references verified), fetch (streaming, ranged resume), `fetch_object`,
-//! monolithic push of blobs and manifests over plain HTTP without auth. Still
-//! to come: TLS, auth, hosts configuration and mirrors, retries, chunked and
-//! cross-repository push, parallel ranged fetch, the fetch handler.
+//! monolithic push of blobs and manifests over plain HTTP without auth, and
+//! the resumable [`fetch_handler`] / [`fetch_image`] pipeline. Still to come:
+//! TLS, auth, hosts configuration and mirrors, retries with backoff, chunked
+//! and cross-repository push, parallel ranged fetch of large blobs.
 
 use std::pin::Pin;
 
@@ -23,11 +24,13 @@ use ocidist_content::Writer;
 
 pub mod docker;
 mod error;
+pub mod fetch;
 pub mod reference;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use error::{Error, ErrorKind, Result};
+pub use fetch::{FetchEvent, fetch_handler, fetch_image, ingest_ref};
 pub use reference::Reference;
 
 /// A stream of bytes from a registry.
@@ -54,6 +57,20 @@ pub trait Fetcher: Send + Sync {
     /// The stream is not verified: callers write it through a content
     /// [`Writer`], which verifies size and digest at commit.
     async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream>;
+}
+
+#[async_trait]
+impl<F: Fetcher + ?Sized> Fetcher for Box<F> {
+    async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
+        (**self).fetch(desc, offset).await
+    }
+}
+
+#[async_trait]
+impl<F: Fetcher + ?Sized> Fetcher for std::sync::Arc<F> {
+    async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
+        (**self).fetch(desc, offset).await
+    }
 }
 
 /// Writes blobs and manifests.

@@ -2,78 +2,15 @@
 //! here (OCI and Docker media types, a multi-platform index), resolve them,
 //! fetch them back byte for byte.
 
+mod common;
+
+use common::{blob, image, push_all, push_multi, registry};
 use futures::TryStreamExt;
-use oci_spec::image::{Descriptor, MediaType};
+use oci_spec::image::Descriptor;
 use ocidist_content::{ErrorKind, Labels, sha256_of};
 use ocidist_remotes::docker::{DockerResolver, fetch_object};
-use ocidist_remotes::testkit::Registry;
-use ocidist_remotes::{Fetcher, Pusher, Resolver};
-use serde_json::json;
+use ocidist_remotes::{Fetcher, Resolver};
 use tokio::io::AsyncWriteExt;
-
-/// A blob to push: its descriptor and bytes.
-struct Blob {
-    desc: Descriptor,
-    bytes: Vec<u8>,
-}
-
-fn blob(media_type: &str, bytes: Vec<u8>) -> Blob {
-    let desc = Descriptor::new(
-        MediaType::from(media_type),
-        bytes.len() as u64,
-        sha256_of(&bytes),
-    );
-    Blob { desc, bytes }
-}
-
-/// Layers, config, manifest (children first) for one platform.
-fn image(docker: bool, platform: &str, layer_size: usize) -> Vec<Blob> {
-    let (manifest_type, config_type, layer_type) = if docker {
-        (
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.docker.container.image.v1+json",
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        )
-    } else {
-        (
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.oci.image.config.v1+json",
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        )
-    };
-    let layer_bytes: Vec<u8> = (0..layer_size)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ platform.len() as u8)
-        .collect();
-    let layer = blob(layer_type, layer_bytes);
-    let (os, arch) = platform.split_once('/').unwrap();
-    let config = blob(
-        config_type,
-        json!({"os": os, "architecture": arch, "rootfs": {"type": "layers", "diff_ids": [sha256_of(platform.as_bytes()).to_string()]}})
-            .to_string()
-            .into_bytes(),
-    );
-    let manifest = blob(
-        manifest_type,
-        json!({"schemaVersion": 2, "mediaType": manifest_type, "config": config.desc, "layers": [layer.desc]})
-            .to_string()
-            .into_bytes(),
-    );
-    vec![layer, config, manifest]
-}
-
-async fn push_all(pusher: &dyn Pusher, blobs: &[Blob]) {
-    for b in blobs {
-        let mut w = match pusher.push(&b.desc).await {
-            Ok(w) => w,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("push {}: {e}", b.desc.digest()),
-        };
-        w.write_all(&b.bytes).await.unwrap();
-        w.commit(None, None, Labels::new())
-            .await
-            .unwrap_or_else(|e| panic!("commit {}: {e}", b.desc.digest()));
-    }
-}
 
 async fn fetch_all(fetcher: &dyn Fetcher, desc: &Descriptor, offset: u64) -> Vec<u8> {
     let chunks: Vec<bytes::Bytes> = fetcher
@@ -84,10 +21,6 @@ async fn fetch_all(fetcher: &dyn Fetcher, desc: &Descriptor, offset: u64) -> Vec
         .await
         .unwrap();
     chunks.concat()
-}
-
-fn registry() -> Registry {
-    Registry::start().expect("the registry must start (apt-get install docker-registry)")
 }
 
 #[tokio::test]
@@ -134,35 +67,15 @@ async fn a_multi_platform_index_round_trips_and_digest_references_are_verified()
     let registry = registry();
     let resolver = DockerResolver::new();
     let repo = format!("{}/test/multi", registry.host());
-    let mut all = Vec::new();
-    let mut manifests = Vec::new();
-    for platform in ["linux/amd64", "linux/arm64"] {
-        let blobs = image(false, platform, 10_000);
-        let mut manifest = blobs[2].desc.clone();
-        let (os, arch) = platform.split_once('/').unwrap();
-        manifest.set_platform(Some(
-            oci_spec::image::PlatformBuilder::default()
-                .os(os)
-                .architecture(arch)
-                .build()
-                .unwrap(),
-        ));
-        manifests.push(manifest);
-        all.extend(blobs);
-    }
-    let index = blob(
-        "application/vnd.oci.image.index.v1+json",
-        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})
-            .to_string()
-            .into_bytes(),
-    );
-    let pusher = resolver
-        .pusher(&format!("{repo}:latest@{}", index.desc.digest()))
-        .await
-        .unwrap();
-    push_all(pusher.as_ref(), &all).await;
-    push_all(pusher.as_ref(), std::slice::from_ref(&index)).await;
-
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &repo,
+        "latest",
+    )
+    .await;
+    let index = &pushed[6];
+    let manifests = [&pushed[2].desc, &pushed[5].desc];
+    let all = &pushed[..6];
     let (_, by_tag) = resolver.resolve(&format!("{repo}:latest")).await.unwrap();
     assert_eq!(by_tag.digest(), index.desc.digest());
     let (_, by_digest) = resolver

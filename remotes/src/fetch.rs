@@ -1,0 +1,226 @@
+//! Fetching an image's content into a content store, resumably.
+//!
+//! [`fetch_handler`] is an image [`Handler`] that writes each descriptor's
+//! bytes into the store under a stable ingest ref (`layer-<digest>`,
+//! `manifest-<digest>`, ...), so a restarted fetch resumes mid-blob; content
+//! already present is skipped; two fetches of one digest (tasks or processes)
+//! do the work once, because the store's lock on the ref makes the second wait
+//! and then find the blob committed. [`fetch_image`] runs the whole pipeline.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use oci_spec::image::Descriptor;
+use ocidist_content::{
+    ErrorKind, IngestManager, Ingester, Labels, Manager, Provider, WriterOpts, open_writer,
+};
+use ocidist_images::media_types::{self, Kind};
+use ocidist_images::platforms::Matcher;
+use ocidist_images::{
+    Flow, Handler, Image, ImageStore, children_handler, dispatch, filter_platforms, handlers,
+    limit_manifests, set_children_labels,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{Fetcher, Resolver, Result};
+
+/// How many times one blob's download is resumed after a broken stream.
+const RESUMES: usize = 3;
+
+/// What happened to one descriptor during a fetch, for progress displays.
+/// Byte progress is in the store's ingest statuses (`IngestManager`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchEvent {
+    /// The content was already in the store.
+    Exists(Descriptor),
+    /// Downloading started (or resumed at `offset`).
+    Started {
+        /// The content.
+        desc: Descriptor,
+        /// Bytes the store already had.
+        offset: u64,
+    },
+    /// Downloaded, verified and committed.
+    Done(Descriptor),
+}
+
+/// The stable ingest ref of a descriptor: `<kind>-<digest>`.
+pub fn ingest_ref(desc: &Descriptor) -> String {
+    let kind = match media_types::kind(desc.media_type().as_ref()) {
+        Kind::Manifest => "manifest",
+        Kind::Index => "index",
+        Kind::Config => "config",
+        Kind::Layer => "layer",
+        Kind::Schema1 | Kind::Unknown => "unknown",
+    };
+    format!("{kind}-{}", desc.digest())
+}
+
+/// Writes each descriptor's content into a store; see [`fetch_handler`].
+pub struct FetchHandler<S, F> {
+    store: S,
+    fetcher: F,
+    events: Option<UnboundedSender<FetchEvent>>,
+}
+
+/// A handler that fetches each descriptor into `store` (it returns no
+/// children: chain it before [`children_handler`]).
+pub fn fetch_handler<S: Ingester, F: Fetcher>(store: S, fetcher: F) -> FetchHandler<S, F> {
+    FetchHandler {
+        store,
+        fetcher,
+        events: None,
+    }
+}
+
+impl<S, F> FetchHandler<S, F> {
+    /// Sends a [`FetchEvent`] for each descriptor to `events`.
+    pub fn with_events(mut self, events: UnboundedSender<FetchEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, event: FetchEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+}
+
+impl<S: Ingester, F: Fetcher> FetchHandler<S, F> {
+    /// Fetches `desc`; `Ok(false)` if it was already present.
+    async fn fetch(&self, desc: &Descriptor) -> Result<bool> {
+        let opts = WriterOpts::new(ingest_ref(desc)).descriptor(desc);
+        let mut writer = match open_writer(&self.store, opts).await {
+            Ok(writer) => writer,
+            Err(e) if e.is_already_exists() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut offset = writer.status().await?.offset;
+        if offset > desc.size() {
+            writer.truncate(0).await?;
+            offset = 0;
+        }
+        self.emit(FetchEvent::Started {
+            desc: desc.clone(),
+            offset,
+        });
+        let mut resumes = 0;
+        loop {
+            match self.download(writer.as_mut(), desc, offset).await {
+                Ok(()) => break,
+                // A broken stream: go on from what the store has.
+                Err(e) if e.kind() == ErrorKind::Unavailable && resumes < RESUMES => {
+                    resumes += 1;
+                    offset = writer.status().await?.offset;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match writer
+            .commit(Some(desc.size()), Some(desc.digest()), Labels::new())
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_already_exists() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn download(
+        &self,
+        writer: &mut dyn ocidist_content::Writer,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> Result<()> {
+        if offset == desc.size() {
+            return Ok(());
+        }
+        let mut stream = self.fetcher.fetch(desc, offset).await?;
+        while let Some(chunk) = stream.next().await {
+            writer
+                .write_all(&chunk?)
+                .await
+                .map_err(ocidist_content::Error::from_io)?;
+        }
+        writer
+            .flush()
+            .await
+            .map_err(ocidist_content::Error::from_io)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<S: Ingester, F: Fetcher> Handler for FetchHandler<S, F> {
+    async fn handle(&self, desc: &Descriptor) -> ocidist_images::Result<Flow> {
+        if media_types::is_non_distributable(desc.media_type().as_ref()) {
+            // Foreign layers are not the registry's to serve.
+            return Ok(Flow::leaf());
+        }
+        let fetched = self.fetch(desc).await.map_err(|e| {
+            let what = ingest_ref(desc)
+                .split('-')
+                .next()
+                .unwrap_or("blob")
+                .to_string();
+            ocidist_images::Error::other(e.kind(), format!("{what} {}: {e}", desc.digest()))
+        })?;
+        self.emit(if fetched {
+            FetchEvent::Done(desc.clone())
+        } else {
+            FetchEvent::Exists(desc.clone())
+        });
+        Ok(Flow::leaf())
+    }
+}
+
+/// Fetches the image `reference` names into `store` and records its name in
+/// `images`: resolve, then dispatch (at most `limit` blobs at once) a
+/// pipeline that fetches each descriptor, keeps the platforms `matcher`
+/// accepts (only the best `manifests_per_index` of each index; 0 for all),
+/// and labels parents with their children for garbage collection.
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_image<R, S, I, M>(
+    resolver: &R,
+    store: &S,
+    images: &I,
+    reference: &str,
+    matcher: M,
+    manifests_per_index: usize,
+    limit: Option<usize>,
+    events: Option<UnboundedSender<FetchEvent>>,
+) -> Result<Image>
+where
+    R: Resolver + ?Sized,
+    S: Provider + Ingester + Manager + IngestManager + Clone + 'static,
+    I: ImageStore + ?Sized,
+    M: Matcher + Clone + 'static,
+{
+    let (name, target) = resolver.resolve(reference).await?;
+    let fetcher = resolver.fetcher(&name).await?;
+    let mut fetch = fetch_handler(store.clone(), fetcher);
+    if let Some(events) = events {
+        fetch = fetch.with_events(events);
+    }
+    let children = set_children_labels(
+        store.clone(),
+        limit_manifests(
+            manifests_per_index,
+            matcher.clone(),
+            filter_platforms(matcher, children_handler(store.clone())),
+        ),
+    );
+    let pipeline = handlers(vec![Arc::new(fetch), Arc::new(children)]);
+    dispatch(&pipeline, limit, std::slice::from_ref(&target)).await?;
+    let image = Image::new(name.clone(), target);
+    match images.create(image.clone()).await {
+        Ok(created) => Ok(created),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            Ok(images.update(image, &["target"]).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

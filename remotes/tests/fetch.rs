@@ -1,0 +1,215 @@
+//! Fetching images from the real registry into a real store: platform
+//! selection, skipping what is present, resuming a half-written blob, and two
+//! fetches of one image at once.
+
+mod common;
+
+use common::{push_multi, registry};
+use ocidist_content::local::LocalStore;
+use ocidist_content::{IngestManager, Ingester, Manager, WriterOpts};
+use ocidist_images::platforms::{Platform, all, only};
+use ocidist_images::{DbImageStore, ImageStore, check};
+use ocidist_remotes::docker::DockerResolver;
+use ocidist_remotes::{FetchEvent, Resolver, fetch_image, ingest_ref};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+fn stores() -> (tempfile::TempDir, LocalStore, DbImageStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let images = DbImageStore::open(dir.path().join("images.redb")).unwrap();
+    (dir, store, images)
+}
+
+fn arm64() -> Platform {
+    "linux/arm64".parse().unwrap()
+}
+
+#[tokio::test]
+async fn fetch_takes_one_platform_records_the_name_and_skips_what_it_has() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/multi", registry.host());
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &repo,
+        "1",
+    )
+    .await;
+    let (amd64_layer, arm64_layer, index) = (&pushed[0], &pushed[3], &pushed[6]);
+
+    let (_dir, store, images) = stores();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reference = format!("{repo}:1");
+    let image = fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &reference,
+        only(&arm64()),
+        1,
+        Some(4),
+        Some(tx),
+    )
+    .await
+    .unwrap();
+    assert_eq!(image.name, reference);
+    assert_eq!(image.target.digest(), index.desc.digest());
+    assert_eq!(images.get(&reference).await.unwrap().target, image.target);
+    assert!(
+        check(&store, &image.target, &only(&arm64()))
+            .await
+            .unwrap()
+            .complete()
+    );
+    assert!(store.info(arm64_layer.desc.digest()).await.is_ok());
+    assert!(
+        store
+            .info(amd64_layer.desc.digest())
+            .await
+            .unwrap_err()
+            .is_not_found(),
+        "the other platform is not fetched"
+    );
+    let mut done = 0;
+    while let Ok(event) = rx.try_recv() {
+        done += matches!(event, FetchEvent::Done(_)) as usize;
+    }
+    assert_eq!(done, 4, "index, manifest, config, layer");
+    // The index records its children for garbage collection.
+    let labels = store.info(index.desc.digest()).await.unwrap().labels;
+    assert!(
+        labels
+            .keys()
+            .any(|k| k.starts_with("containerd.io/gc.ref.content.m.")),
+        "{labels:?}"
+    );
+
+    // Again: everything is there already.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &reference,
+        only(&arm64()),
+        1,
+        Some(4),
+        Some(tx),
+    )
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        events.push(event);
+    }
+    assert!(
+        events.iter().all(|e| matches!(e, FetchEvent::Exists(_))) && events.len() == 4,
+        "{events:?}"
+    );
+
+    // All platforms.
+    fetch_image(&resolver, &store, &images, &reference, all(), 0, None, None)
+        .await
+        .unwrap();
+    assert!(store.info(amd64_layer.desc.digest()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_half_written_layer_resumes_where_it_stopped() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/resume", registry.host());
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &repo,
+        "1",
+    )
+    .await;
+    let layer = &pushed[3];
+
+    let (_dir, store, images) = stores();
+    // What an interrupted fetch leaves: the first half, under the stable ref.
+    let half = layer.bytes.len() / 2;
+    let mut w = store
+        .writer(WriterOpts::new(ingest_ref(&layer.desc)).descriptor(&layer.desc))
+        .await
+        .unwrap();
+    w.write_all(&layer.bytes[..half]).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &format!("{repo}:1"),
+        only(&arm64()),
+        1,
+        None,
+        Some(tx),
+    )
+    .await
+    .unwrap();
+    let mut resumed_at = None;
+    while let Ok(event) = rx.try_recv() {
+        if let FetchEvent::Started { desc, offset } = event
+            && desc.digest() == layer.desc.digest()
+        {
+            resumed_at = Some(offset);
+        }
+    }
+    assert_eq!(resumed_at, Some(half as u64));
+    assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+    assert_eq!(
+        store.info(layer.desc.digest()).await.unwrap().size,
+        layer.bytes.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fetches_of_one_image_at_once_both_succeed() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/race", registry.host());
+    push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &repo,
+        "1",
+    )
+    .await;
+    let (_dir, store, images) = stores();
+    let reference = format!("{repo}:1");
+    let a = fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &reference,
+        all(),
+        0,
+        Some(2),
+        None,
+    );
+    let b = fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &reference,
+        all(),
+        0,
+        Some(2),
+        None,
+    );
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(a.unwrap().target, b.unwrap().target);
+    let mut blobs = 0;
+    store
+        .walk(&[], &mut |_| {
+            blobs += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(blobs, 7);
+}
