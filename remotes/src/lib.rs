@@ -25,12 +25,14 @@ use ocidist_content::Writer;
 pub mod docker;
 mod error;
 pub mod fetch;
+pub mod push;
 pub mod reference;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use error::{Error, ErrorKind, Result};
 pub use fetch::{FetchEvent, fetch_handler, fetch_image, ingest_ref};
+pub use push::{push_image, push_order};
 pub use reference::Reference;
 
 /// A stream of bytes from a registry.

@@ -213,3 +213,61 @@ async fn two_fetches_of_one_image_at_once_both_succeed() {
         .unwrap();
     assert_eq!(blobs, 7);
 }
+
+#[tokio::test]
+async fn an_image_pushed_from_one_store_is_fetched_into_another_unchanged() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/copy", registry.host());
+    // Put an image into store A by fetching it from a first repository...
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &repo,
+        "src",
+    )
+    .await;
+    let index = &pushed[6].desc;
+    let (_a, store_a, images_a) = stores();
+    fetch_image(
+        &resolver,
+        &store_a,
+        &images_a,
+        &format!("{repo}:src"),
+        all(),
+        0,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    // ...push it from A to another repository, children first...
+    let other = format!("{}/test/copied:v1", registry.host());
+    let sent = ocidist_remotes::push_image(&resolver, &store_a, &other, index, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.last().map(|d| d.digest()),
+        Some(index.digest()),
+        "the index goes last"
+    );
+    assert_eq!(sent.len(), 7);
+    // ...and fetch it into B: the same bytes, the same digests.
+    let (_b, store_b, images_b) = stores();
+    let image = fetch_image(&resolver, &store_b, &images_b, &other, all(), 0, None, None)
+        .await
+        .unwrap();
+    assert_eq!(image.target.digest(), index.digest());
+    for blob in &pushed {
+        assert_eq!(
+            store_b.info(blob.desc.digest()).await.unwrap().size,
+            blob.bytes.len() as u64
+        );
+    }
+    // Pushing again sends nothing.
+    assert!(
+        ocidist_remotes::push_image(&resolver, &store_a, &other, index, 4)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -1,0 +1,98 @@
+//! Pushing an image from a content store: children before parents, the
+//! root last, so a registry never holds a manifest whose content is missing.
+
+use futures::{StreamExt, TryStreamExt};
+use oci_spec::image::Descriptor;
+use ocidist_content::{CopySource, Labels, Provider, copy};
+use ocidist_images::manifest;
+
+use crate::{Resolver, Result};
+
+/// Every descriptor under (and including) `root` in push order: each one's
+/// children before it, each digest once.
+pub async fn push_order<P: Provider + ?Sized>(
+    store: &P,
+    root: &Descriptor,
+) -> Result<Vec<Descriptor>> {
+    let mut order: Vec<Descriptor> = Vec::new();
+    // (descriptor, children already expanded)
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((desc, expanded)) = stack.pop() {
+        if order.iter().any(|d| d.digest() == desc.digest()) {
+            continue;
+        }
+        if expanded {
+            order.push(desc);
+            continue;
+        }
+        let children = manifest::children(store, &desc).await?;
+        stack.push((desc, true));
+        stack.extend(children.into_iter().rev().map(|c| (c, false)));
+    }
+    Ok(order)
+}
+
+/// Pushes the image `target` from `store` to `reference` (`name:tag`), blobs
+/// `limit` at a time, then manifests, the root last under the tag. Content the
+/// registry has already is skipped. Returns the descriptors pushed.
+pub async fn push_image<R, P>(
+    resolver: &R,
+    store: &P,
+    reference: &str,
+    target: &Descriptor,
+    limit: usize,
+) -> Result<Vec<Descriptor>>
+where
+    R: Resolver + ?Sized,
+    P: Provider + ?Sized,
+{
+    let parsed: crate::Reference = reference.parse()?;
+    let pinned = format!(
+        "{}:{}@{}",
+        parsed.name(),
+        parsed.tag().unwrap_or("latest"),
+        target.digest()
+    );
+    let pusher = resolver.pusher(&pinned).await?;
+    let order = push_order(store, target).await?;
+    let is_manifest = |d: &Descriptor| {
+        matches!(
+            ocidist_images::media_types::kind(d.media_type().as_ref()),
+            ocidist_images::media_types::Kind::Manifest | ocidist_images::media_types::Kind::Index
+        )
+    };
+    let (manifests, blobs): (Vec<_>, Vec<_>) = order.into_iter().partition(is_manifest);
+    let push_one = |desc: Descriptor| {
+        let pusher = &pusher;
+        async move {
+            let mut writer = match pusher.push(&desc).await {
+                Ok(writer) => writer,
+                Err(e) if e.kind() == ocidist_content::ErrorKind::AlreadyExists => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let reader = store.reader_at(&desc).await?;
+            copy(
+                writer.as_mut(),
+                CopySource::ReaderAt(reader.as_ref()),
+                Some(desc.size()),
+                Some(desc.digest()),
+                Labels::new(),
+            )
+            .await?;
+            Ok(Some(desc))
+        }
+    };
+    let mut pushed: Vec<Descriptor> = futures::stream::iter(blobs)
+        .map(push_one)
+        .buffer_unordered(limit.max(1))
+        .try_filter_map(|d| async move { Ok(d) })
+        .try_collect()
+        .await?;
+    // Manifests in order: an index only after the manifests it lists.
+    for desc in manifests {
+        if let Some(desc) = push_one(desc).await? {
+            pushed.push(desc);
+        }
+    }
+    Ok(pushed)
+}
