@@ -1,7 +1,8 @@
 //! `dist`: containerd's original distribution tool, on ocidist's public API.
 //!
-//! Commands that work on the content store (`ingest`, `active`, `list`, `path`,
-//! `get`, `delete`) compose in shell pipelines, as the original did:
+//! Commands on the content store (`ingest`, `active`, `list`, `path`, `get`,
+//! `delete`), on registries (`fetch-object`, `fetch`, `push`) and on images
+//! (`images`, `prune`) compose in shell pipelines, as the original did:
 //!
 //! ```text
 //! dist ingest my-ref --expected-digest sha256:… --expected-size 1234 < blob
@@ -11,6 +12,7 @@
 //! Errors print one line, `dist: <what>: <cause>`, and exit 1; usage errors exit 2.
 
 mod content;
+mod image;
 mod output;
 
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ocidist::content::local::LocalStore;
+use ocidist::images::{DbImageStore, Platform};
 
 /// containerd's distribution primitives: ingest, inspect and manage content.
 #[derive(Debug, Parser)]
@@ -34,6 +37,12 @@ struct Cli {
     /// Give up after this long (e.g. 30s, 5m, 1h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Speak plain HTTP to every registry (loopback registries always get it).
+    #[arg(long, global = true)]
+    plain_http: bool,
+    /// The platform to fetch and inspect: os/arch[/variant]. Default: this host's.
+    #[arg(long, global = true, value_parser = parse_platform)]
+    platform: Option<Platform>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +61,27 @@ enum Command {
     Get(content::DigestsArgs),
     /// Delete blobs.
     Delete(content::DigestsArgs),
+    /// Write the raw manifest or blob a tag or digest names to stdout.
+    FetchObject(image::FetchObjectArgs),
+    /// Fetch all content of an image into the store and record its name.
+    Fetch(image::FetchArgs),
+    /// Push an image from the store to a registry.
+    Push(image::PushArgs),
+    /// List images: REF TYPE DIGEST SIZE PLATFORMS; `check` and `rm` them.
+    Images(image::ImagesArgs),
+    /// Remove content no image needs, and stale ingests.
+    Prune(image::PruneArgs),
+}
+
+/// The stores under the root: content in `content/`, image names in `images.redb`.
+pub(crate) struct Stores {
+    pub(crate) content: LocalStore,
+    pub(crate) images: DbImageStore,
+}
+
+fn parse_platform(text: &str) -> Result<Platform, String> {
+    text.parse()
+        .map_err(|e: ocidist::images::Error| e.to_string())
 }
 
 fn default_root() -> PathBuf {
@@ -110,15 +140,32 @@ type CmdResult = Result<(), Failure>;
 
 async fn run(cli: Cli) -> CmdResult {
     let root = cli.root.clone().unwrap_or_else(default_root);
-    let store = LocalStore::open(&root)
-        .map_err(|e| Failure::new(format!("open store {}", root.display()), e))?;
+    let open = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+        Failure::new(format!("open {what} {}", root.display()), e)
+    };
+    let stores = Stores {
+        content: LocalStore::open(root.join("content"))
+            .map_err(|e| open("content store in", e.into()))?,
+        images: DbImageStore::open(root.join("images.redb"))
+            .map_err(|e| open("image store in", e.into()))?,
+    };
+    let remote = image::Remote {
+        plain_http: cli.plain_http,
+        platform: cli.platform.clone().unwrap_or_else(Platform::host),
+    };
+    let store = &stores.content;
     match cli.command {
-        Command::Ingest(args) => content::ingest(&store, args).await,
-        Command::Active(args) => content::active(&store, args).await,
-        Command::List(args) => content::list(&store, args).await,
-        Command::Path(args) => content::path(&store, args).await,
-        Command::Get(args) => content::get(&store, args).await,
-        Command::Delete(args) => content::delete(&store, args).await,
+        Command::Ingest(args) => content::ingest(store, args).await,
+        Command::Active(args) => content::active(store, args).await,
+        Command::List(args) => content::list(store, args).await,
+        Command::Path(args) => content::path(store, args).await,
+        Command::Get(args) => content::get(store, args).await,
+        Command::Delete(args) => content::delete(store, args).await,
+        Command::FetchObject(args) => image::fetch_object_cmd(&remote, args).await,
+        Command::Fetch(args) => image::fetch(&stores, &remote, args).await,
+        Command::Push(args) => image::push(&stores, &remote, args).await,
+        Command::Images(args) => image::images(&stores, &remote, args).await,
+        Command::Prune(args) => image::prune(&stores, args).await,
     }
 }
 

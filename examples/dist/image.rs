@@ -1,0 +1,373 @@
+//! Commands on images and registries: fetch-object, fetch, push, images, prune.
+
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use ocidist::content::{Digest, Manager, descriptor, read_blob};
+use ocidist::images::platforms::{self, Matcher, Platform};
+use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
+use ocidist::remotes::docker::{DockerResolver, PlainHttp, fetch_object};
+use ocidist::remotes::{FetchEvent, fetch_image, push_image};
+use tokio::io::AsyncWriteExt;
+
+use crate::{CmdResult, Failure, Stores, output};
+
+#[derive(Debug, Args)]
+pub(crate) struct FetchObjectArgs {
+    /// The repository: `[host[:port]/]path`.
+    locator: String,
+    /// A tag or digest.
+    object: String,
+    /// Hints such as `mediatype:application/vnd.oci.image.manifest.v1+json`.
+    hints: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FetchArgs {
+    /// The image: `[host[:port]/]path[:tag][@digest]`.
+    reference: String,
+    /// Fetch every platform, not only `--platform`'s.
+    #[arg(long)]
+    all_platforms: bool,
+    /// Blobs fetched at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PushArgs {
+    /// Where to push: `[host[:port]/]path[:tag]`.
+    reference: String,
+    /// The local image to push (a name in the image store, or the digest of a
+    /// manifest or index in the content store); default: `reference`.
+    local: Option<String>,
+    /// Blobs pushed at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImagesArgs {
+    #[command(subcommand)]
+    command: Option<ImagesCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// Say whether each image (or the ones named) is complete, or what it lacks.
+    Check {
+        /// Image names (all if none).
+        names: Vec<String>,
+    },
+    /// Remove image names (the content stays until `dist prune`).
+    Rm {
+        /// Image names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PruneArgs {
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Platform and transport settings shared by the registry commands.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    pub(crate) plain_http: bool,
+    pub(crate) platform: Platform,
+}
+
+impl Remote {
+    fn resolver(&self) -> DockerResolver {
+        let plain = if self.plain_http {
+            PlainHttp::Always
+        } else {
+            PlainHttp::Loopback
+        };
+        DockerResolver::new().plain_http(plain)
+    }
+}
+
+pub(crate) async fn fetch_object_cmd(remote: &Remote, args: FetchObjectArgs) -> CmdResult {
+    let what = format!("fetch-object {} {}", args.locator, args.object);
+    let hints: Vec<&str> = args.hints.iter().map(String::as_str).collect();
+    let (_, mut stream) = fetch_object(&remote.resolver(), &args.locator, &args.object, &hints)
+        .await
+        .map_err(|e| Failure::new(what.clone(), e))?;
+    let mut stdout = tokio::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Failure::new(what.clone(), e))?;
+        stdout
+            .write_all(&chunk)
+            .await
+            .map_err(|e| Failure::new(what.clone(), e))?;
+    }
+    stdout.flush().await.map_err(|e| Failure::new(what, e))
+}
+
+pub(crate) async fn fetch(stores: &Stores, remote: &Remote, args: FetchArgs) -> CmdResult {
+    let what = format!("fetch {}", args.reference);
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let quiet = args.quiet;
+    let printer = tokio::spawn(async move {
+        let mut total = 0u64;
+        while let Some(event) = rx.recv().await {
+            let (desc, state) = match &event {
+                FetchEvent::Started { desc, offset } if *offset > 0 => {
+                    (desc, format!("resuming at {}", output::size(*offset)))
+                }
+                FetchEvent::Started { desc, .. } => (desc, "downloading".to_string()),
+                FetchEvent::Done(desc) => {
+                    total += desc.size();
+                    (desc, format!("done {}", output::size(desc.size())))
+                }
+                FetchEvent::Exists(desc) => (desc, "exists".to_string()),
+            };
+            if !quiet {
+                println!("{}: {state}", ocidist::remotes::ingest_ref(desc));
+            }
+        }
+        total
+    });
+    let resolver = remote.resolver();
+    let matcher: Box<dyn Matcher> = if args.all_platforms {
+        Box::new(platforms::all())
+    } else {
+        Box::new(platforms::only(&remote.platform))
+    };
+    let per_index = if args.all_platforms { 0 } else { 1 };
+    let result = fetch_image(
+        &resolver,
+        &stores.content,
+        &stores.images,
+        &args.reference,
+        std::sync::Arc::<dyn Matcher>::from(matcher),
+        per_index,
+        Some(args.concurrency),
+        Some(tx),
+    )
+    .await;
+    let total = printer.await.unwrap_or(0);
+    let image = result.map_err(|e| Failure::new(what, e))?;
+    if !args.quiet {
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "elapsed: {elapsed:.2} s total: {} ({}/s)",
+            output::size(total),
+            output::size((total as f64 / elapsed.max(1e-9)) as u64)
+        );
+        println!("{} {}", image.name, image.target.digest());
+    }
+    Ok(())
+}
+
+pub(crate) async fn push(stores: &Stores, remote: &Remote, args: PushArgs) -> CmdResult {
+    let what = format!("push {}", args.reference);
+    let local = args.local.clone().unwrap_or_else(|| args.reference.clone());
+    let target = local_target(stores, &local)
+        .await
+        .map_err(|e| Failure::new(what.clone(), e))?;
+    let pushed = push_image(
+        &remote.resolver(),
+        &stores.content,
+        &args.reference,
+        &target,
+        args.concurrency,
+    )
+    .await
+    .map_err(|e| Failure::new(what, e))?;
+    for desc in &pushed {
+        println!(
+            "{}: pushed {}",
+            ocidist::remotes::ingest_ref(desc),
+            output::size(desc.size())
+        );
+    }
+    println!("{} {}", args.reference, target.digest());
+    Ok(())
+}
+
+/// The descriptor an image name (or a manifest digest) points at.
+async fn local_target(
+    stores: &Stores,
+    local: &str,
+) -> Result<ocidist::content::Descriptor, Box<dyn std::error::Error + Send + Sync>> {
+    if let Ok(digest) = Digest::try_from(local) {
+        let info = stores.content.info(&digest).await?;
+        let body = read_blob(
+            &stores.content,
+            &descriptor(digest.clone(), info.size),
+            manifest::MAX_MANIFEST_SIZE,
+        )
+        .await?;
+        let media_type = manifest::sniff_media_type(&body)
+            .ok_or_else(|| format!("{digest} is not a manifest or index"))?;
+        return Ok(ocidist::content::Descriptor::new(
+            media_type.as_str().into(),
+            info.size,
+            digest,
+        ));
+    }
+    // Accept the name as given or normalised (`redis` is `docker.io/library/redis:latest`).
+    match stores.images.get(local).await {
+        Ok(image) => Ok(image.target),
+        Err(e) if e.kind() == ocidist::content::ErrorKind::NotFound => {
+            let normalised: ocidist::remotes::Reference = local.parse()?;
+            Ok(stores.images.get(&normalised.to_string()).await?.target)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn images(stores: &Stores, remote: &Remote, args: ImagesArgs) -> CmdResult {
+    match args.command {
+        None => list_images(stores, remote).await,
+        Some(ImagesCommand::Check { names }) => check_images(stores, remote, names).await,
+        Some(ImagesCommand::Rm { names }) => {
+            for name in names {
+                stores
+                    .images
+                    .delete(&name)
+                    .await
+                    .map_err(|e| Failure::new(format!("images rm {name}"), e))?;
+                println!("{name}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list_images(stores: &Stores, remote: &Remote) -> CmdResult {
+    let images = stores
+        .images
+        .list(&[])
+        .await
+        .map_err(|e| Failure::new("images", e))?;
+    let matcher = platforms::only(&remote.platform);
+    let mut rows = Vec::new();
+    for image in images {
+        let target = &image.target;
+        let kind = match media_types::kind(target.media_type().as_ref()) {
+            media_types::Kind::Index => "index",
+            media_types::Kind::Manifest => "manifest",
+            _ => "other",
+        };
+        let total = size(&stores.content, target, &matcher)
+            .await
+            .map_or_else(|_| "-".to_string(), output::size);
+        rows.push(vec![
+            image.name.clone(),
+            kind.to_string(),
+            target.digest().to_string(),
+            total,
+            image_platforms(stores, &image).await.join(","),
+        ]);
+    }
+    print!(
+        "{}",
+        output::table(&["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS"], &rows)
+    );
+    Ok(())
+}
+
+/// The platforms an image offers: its index's entries, or its config's.
+async fn image_platforms(stores: &Stores, image: &Image) -> Vec<String> {
+    match manifest::children(&stores.content, &image.target).await {
+        Ok(children)
+            if media_types::kind(image.target.media_type().as_ref())
+                == media_types::Kind::Index =>
+        {
+            children
+                .iter()
+                .filter_map(manifest::descriptor_platform)
+                .map(|p| p.to_string())
+                .collect()
+        }
+        _ => match ocidist::images::config(&stores.content, &image.target, &platforms::all()).await
+        {
+            Ok(config) => vec![
+                Platform::new(
+                    &config.os().to_string(),
+                    &config.architecture().to_string(),
+                    config.variant().as_deref(),
+                )
+                .to_string(),
+            ],
+            Err(_) => Vec::new(),
+        },
+    }
+}
+
+async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> CmdResult {
+    let mut images = stores
+        .images
+        .list(&[])
+        .await
+        .map_err(|e| Failure::new("images check", e))?;
+    if !names.is_empty() {
+        images.retain(|i| names.contains(&i.name));
+    }
+    let matcher = platforms::only(&remote.platform);
+    let mut incomplete = 0;
+    for image in images {
+        let report = check(&stores.content, &image.target, &matcher)
+            .await
+            .map_err(|e| Failure::new(format!("images check {}", image.name), e))?;
+        if report.complete() {
+            println!("{}: complete ({} blobs)", image.name, report.required.len());
+        } else {
+            incomplete += 1;
+            let missing: Vec<String> = report
+                .missing
+                .iter()
+                .map(|d| d.digest().to_string())
+                .collect();
+            println!("{}: incomplete, missing {}", image.name, missing.join(" "));
+        }
+    }
+    match incomplete {
+        0 => Ok(()),
+        n => Err(Failure::new(
+            "images check",
+            format!("{n} incomplete image(s)"),
+        )),
+    }
+}
+
+pub(crate) async fn prune(stores: &Stores, args: PruneArgs) -> CmdResult {
+    let opts = GcOptions {
+        dry_run: args.dry_run,
+        ..GcOptions::default()
+    };
+    let report = gc(&stores.content, &stores.images, &opts)
+        .await
+        .map_err(|e| Failure::new("prune", e))?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for (digest, size) in &report.blobs {
+        println!("{verb} {digest} {}", output::size(*size));
+    }
+    for reference in &report.ingests {
+        println!("{verb} ingest {reference}");
+    }
+    println!(
+        "{verb} {} blobs ({}) and {} ingests; {} blobs in use",
+        report.blobs.len(),
+        output::size(report.bytes()),
+        report.ingests.len(),
+        report.reachable
+    );
+    Ok(())
+}

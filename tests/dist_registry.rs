@@ -1,0 +1,167 @@
+//! End-to-end tests of the `dist` example's registry and image commands,
+//! against the real registry the test kit starts.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use ocidist::content::sha256_of;
+use ocidist::remotes::testkit::Registry;
+
+fn dist_binary() -> PathBuf {
+    let deps = std::env::current_exe().expect("test binary path");
+    let binary = deps
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("examples/dist");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test`",
+        binary.display()
+    );
+    binary
+}
+
+fn dist(root: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(dist_binary())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dist");
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().expect("wait for dist")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "dist failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Ingests `bytes` into the store at `root`; returns its descriptor as JSON.
+fn ingest(root: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let digest = sha256_of(bytes).to_string();
+    let size = bytes.len().to_string();
+    ok(dist(
+        root,
+        &[
+            "ingest",
+            &format!("build-{digest}"),
+            "--expected-digest",
+            &digest,
+            "--expected-size",
+            &size,
+        ],
+        bytes,
+    ));
+    serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+}
+
+#[test]
+fn push_fetch_list_check_and_prune_an_image() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let layer_bytes: Vec<u8> = (0..500_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    let layer = ingest(
+        &builder,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &layer_bytes,
+    );
+    let config = ingest(
+        &builder,
+        "application/vnd.oci.image.config.v1+json",
+        br#"{"architecture":"arm64","variant":"v8","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    );
+    let manifest_bytes = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [layer],
+    })
+    .to_string();
+    let manifest = ingest(
+        &builder,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest_bytes.as_bytes(),
+    );
+    let manifest_digest = manifest["digest"].as_str().unwrap();
+
+    let reference = format!("{}/e2e/app:1", registry.host());
+    let pushed = ok(dist(&builder, &["push", &reference, manifest_digest], b""));
+    assert!(
+        pushed.contains("layer-sha256:") && pushed.trim_end().ends_with(manifest_digest),
+        "{pushed}"
+    );
+
+    let store = dir.path().join("store");
+    let fetched = ok(dist(&store, &["fetch", &reference], b""));
+    assert!(fetched.contains("elapsed:"), "{fetched}");
+    assert!(
+        fetched
+            .lines()
+            .filter(|l| l.ends_with("downloading"))
+            .count()
+            == 3,
+        "{fetched}"
+    );
+    let again = ok(dist(&store, &["fetch", &reference], b""));
+    assert_eq!(
+        again.lines().filter(|l| l.ends_with(": exists")).count(),
+        3,
+        "{again}"
+    );
+
+    let images = ok(dist(&store, &["images"], b""));
+    let row = images
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .unwrap_or_else(|| panic!("{images}"));
+    assert!(
+        row.contains("manifest") && row.contains(manifest_digest) && row.contains("linux/arm64/v8"),
+        "{row}"
+    );
+    assert!(ok(dist(&store, &["images", "check"], b"")).contains("complete"));
+
+    let object = dist(
+        &store,
+        &["fetch-object", &format!("{}/e2e/app", registry.host()), "1"],
+        b"",
+    );
+    assert_eq!(sha256_of(&object.stdout).to_string(), manifest_digest);
+
+    // Without its name, prune takes the image's content (past the grace period: none yet).
+    ok(dist(&store, &["images", "rm", &reference], b""));
+    let dry = ok(dist(&store, &["prune", "--dry-run"], b""));
+    assert!(
+        dry.contains("would remove 0 blobs"),
+        "fresh blobs are in their grace period: {dry}"
+    );
+    let check = dist(&store, &["images", "check", &reference], b"");
+    assert!(check.status.success());
+
+    // Errors name the thing and the cause, and exit 1.
+    let missing = dist(
+        &store,
+        &["fetch", &format!("{}/e2e/app:nope", registry.host())],
+        b"",
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.starts_with(&format!("dist: fetch {}/e2e/app:nope: ", registry.host()))
+            && stderr.contains("404"),
+        "{stderr}"
+    );
+}
