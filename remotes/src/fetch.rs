@@ -67,7 +67,14 @@ pub struct FetchHandler<S, F> {
 
 /// A handler that fetches each descriptor into `store` (it returns no
 /// children: chain it before [`children_handler`]).
-pub fn fetch_handler<S: Ingester, F: Fetcher>(store: S, fetcher: F) -> FetchHandler<S, F> {
+///
+/// Bytes that do not match the descriptor are never committed: the error
+/// names the digest, expected and actual, and the ingest is aborted so the
+/// next attempt starts clean rather than resuming the bad bytes.
+pub fn fetch_handler<S: Ingester + IngestManager, F: Fetcher>(
+    store: S,
+    fetcher: F,
+) -> FetchHandler<S, F> {
     FetchHandler {
         store,
         fetcher,
@@ -89,10 +96,11 @@ impl<S, F> FetchHandler<S, F> {
     }
 }
 
-impl<S: Ingester, F: Fetcher> FetchHandler<S, F> {
+impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
     /// Fetches `desc`; `Ok(false)` if it was already present.
     async fn fetch(&self, desc: &Descriptor) -> Result<bool> {
-        let opts = WriterOpts::new(ingest_ref(desc)).descriptor(desc);
+        let reference = ingest_ref(desc);
+        let opts = WriterOpts::new(&reference).descriptor(desc);
         let mut writer = match open_writer(&self.store, opts).await {
             Ok(writer) => writer,
             Err(e) if e.is_already_exists() => return Ok(false),
@@ -125,7 +133,14 @@ impl<S: Ingester, F: Fetcher> FetchHandler<S, F> {
         {
             Ok(()) => Ok(true),
             Err(e) if e.is_already_exists() => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                if matches!(e, ocidist_content::Error::DigestMismatch { .. }) {
+                    // The bytes are wrong: resuming them could never succeed.
+                    drop(writer);
+                    let _ = self.store.abort(&reference).await;
+                }
+                Err(e.into())
+            }
         }
     }
 
@@ -154,7 +169,7 @@ impl<S: Ingester, F: Fetcher> FetchHandler<S, F> {
 }
 
 #[async_trait]
-impl<S: Ingester, F: Fetcher> Handler for FetchHandler<S, F> {
+impl<S: Ingester + IngestManager, F: Fetcher> Handler for FetchHandler<S, F> {
     async fn handle(&self, desc: &Descriptor) -> ocidist_images::Result<Flow> {
         if media_types::is_non_distributable(desc.media_type().as_ref()) {
             // Foreign layers are not the registry's to serve.

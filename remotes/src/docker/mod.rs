@@ -9,6 +9,7 @@ mod pusher;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -30,6 +31,39 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.
 
 /// Manifests larger than this are refused without being read.
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// How many times an idempotent request is tried.
+pub const ATTEMPTS: u32 = 5;
+
+/// The longest wait between attempts, whatever `Retry-After` asks.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by registries).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+/// A uniformly random duration in `[d/2, d]`, so clients do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = d / 2;
+    half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
+}
 
 /// When to speak plain HTTP instead of HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -210,7 +244,43 @@ pub(crate) struct Repository {
 }
 
 impl Repository {
+    /// Sends an idempotent request (GET, HEAD), retrying what a busy or flaky
+    /// registry answers (408, 429, 500, 502, 503, 504, broken connections)
+    /// with jittered exponential backoff, honouring `Retry-After`, at most
+    /// [`ATTEMPTS`] times.
     pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=ATTEMPTS {
+            let last = attempt == ATTEMPTS;
+            match build(self.client.request(method.clone(), url)).send().await {
+                Ok(response) if last || !retryable(response.status()) => return Ok(response),
+                Ok(response) => {
+                    let wait = retry_after(&response).unwrap_or_else(|| jitter(backoff));
+                    tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
+                }
+                Err(source)
+                    if last
+                        || !(source.is_connect() || source.is_timeout() || source.is_request()) =>
+                {
+                    return Err(Error::Connect {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+                Err(_) => tokio::time::sleep(jitter(backoff)).await,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        unreachable!("the last attempt always returns")
+    }
+
+    /// Sends a request once (uploads, whose bodies cannot be replayed).
+    pub(crate) async fn send_once(
         &self,
         method: Method,
         url: &str,

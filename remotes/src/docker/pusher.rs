@@ -189,7 +189,7 @@ impl PushWriter {
                 let media_type = self.desc.media_type().to_string();
                 let response = self
                     .repo
-                    .send(Method::PUT, url, |r| {
+                    .send_once(Method::PUT, url, |r| {
                         r.header(header::CONTENT_TYPE, media_type).body(body)
                     })
                     .await?;
@@ -202,7 +202,7 @@ impl PushWriter {
                 .await?;
             }
             Target::Blob { uploads } => {
-                let response = self.repo.send(Method::POST, uploads, |r| r).await?;
+                let response = self.repo.send_once(Method::POST, uploads, |r| r).await?;
                 let response =
                     check_status(Method::POST, uploads, response, &[StatusCode::ACCEPTED]).await?;
                 let location = response
@@ -230,7 +230,7 @@ impl PushWriter {
                 let url_text = url.to_string();
                 let response = self
                     .repo
-                    .send(Method::PUT, &url_text, |r| {
+                    .send_once(Method::PUT, &url_text, |r| {
                         r.header(header::CONTENT_TYPE, "application/octet-stream")
                             .header(header::CONTENT_LENGTH, size)
                             .body(body)

@@ -11,6 +11,10 @@
 //! println!("push to {}/test/image:1", registry.host());
 //! ```
 
+mod proxy;
+
+pub use proxy::{Fault, FaultProxy};
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

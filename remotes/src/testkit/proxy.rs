@@ -1,0 +1,234 @@
+//! A fault-injecting HTTP proxy in front of the real registry: a real registry
+//! cannot misbehave on demand, so this one answers 429 or 503, cuts a response
+//! short, flips a byte, or drips it slowly, for the requests a rule names.
+//!
+//! It speaks just enough HTTP/1.1: one request per connection (it forwards
+//! with `Connection: close`), which every client handles.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What to do to a request a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status instead of forwarding (with `Retry-After:
+    /// <seconds>` when given).
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The `Retry-After` header, in seconds.
+        retry_after: Option<u64>,
+    },
+    /// Forward, but close the connection after this many bytes of the body.
+    CutAfter(u64),
+    /// Forward, inverting the body byte at this offset.
+    FlipByte(u64),
+    /// Forward, sending the body `chunk` bytes at a time with `delay` between.
+    Drip {
+        /// Bytes per write.
+        chunk: usize,
+        /// Pause between writes.
+        delay: Duration,
+    },
+}
+
+#[derive(Debug)]
+struct Rule {
+    method: Option<String>,
+    path_contains: String,
+    remaining: usize,
+    fault: Fault,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    rules: Mutex<Vec<Rule>>,
+    requests: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// A running proxy; stopped when dropped.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a random 127.0.0.1 port in front of `upstream`.
+    pub fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let accept_shared = shared.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accept_shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let shared = accept_shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(stream, upstream, &shared);
+                });
+            }
+        });
+        Ok(FaultProxy {
+            addr,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Applies `fault` to the next `times` requests whose path contains
+    /// `path_contains` (and whose method is `method`, if given). Rules are
+    /// tried in the order they were added.
+    pub fn add(&self, method: Option<&str>, path_contains: &str, times: usize, fault: Fault) {
+        self.shared
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Rule {
+                method: method.map(str::to_string),
+                path_contains: path_contains.to_string(),
+                remaining: times,
+                fault,
+            });
+    }
+
+    /// `127.0.0.1:PORT`, to use in references instead of the registry's.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// How many requests the proxy has received.
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn take_fault(shared: &Shared, method: &str, path: &str) -> Option<Fault> {
+    let mut rules = shared.rules.lock().unwrap_or_else(|p| p.into_inner());
+    let rule = rules.iter_mut().find(|r| {
+        r.remaining > 0
+            && path.contains(&r.path_contains)
+            && r.method.as_deref().is_none_or(|m| m == method)
+    })?;
+    rule.remaining -= 1;
+    Some(rule.fault.clone())
+}
+
+/// Reads an HTTP head (up to the blank line): its lines.
+fn read_head(reader: &mut impl BufRead) -> io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.is_empty() {
+            return Ok(lines);
+        }
+        lines.push(line);
+    }
+}
+
+fn content_length(head: &[String]) -> u64 {
+    head.iter()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let head = read_head(&mut reader)?;
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let mut request_line = head.first().cloned().unwrap_or_default();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let path = parts.next().unwrap_or_default().to_string();
+    let mut body = vec![0; content_length(&head) as usize];
+    reader.read_exact(&mut body)?;
+    let mut client = client;
+    let fault = take_fault(shared, &method, &path);
+    if let Some(Fault::Status {
+        status,
+        retry_after,
+    }) = fault
+    {
+        let retry = retry_after.map_or(String::new(), |s| format!("Retry-After: {s}\r\n"));
+        write!(
+            client,
+            "HTTP/1.1 {status} Injected\r\nContent-Length: 0\r\nConnection: close\r\n{retry}\r\n"
+        )?;
+        return client.shutdown(Shutdown::Both);
+    }
+
+    let mut server = TcpStream::connect(upstream)?;
+    request_line.push_str("\r\n");
+    server.write_all(request_line.as_bytes())?;
+    for line in head.iter().skip(1) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            write!(server, "{line}\r\n")?;
+        }
+    }
+    server.write_all(b"Connection: close\r\n\r\n")?;
+    server.write_all(&body)?;
+
+    let mut upstream_reader = BufReader::new(server);
+    let response_head = read_head(&mut upstream_reader)?;
+    for line in &response_head {
+        write!(client, "{line}\r\n")?;
+    }
+    client.write_all(b"\r\n")?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = upstream_reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &mut buf[..n];
+        match &fault {
+            Some(Fault::CutAfter(limit)) if offset + n as u64 > *limit => {
+                let keep = (*limit - offset) as usize;
+                client.write_all(&chunk[..keep])?;
+                return client.shutdown(Shutdown::Both);
+            }
+            Some(Fault::FlipByte(at)) if (offset..offset + n as u64).contains(at) => {
+                chunk[(*at - offset) as usize] ^= 0xff;
+                client.write_all(chunk)?;
+            }
+            Some(Fault::Drip { chunk: size, delay }) => {
+                for piece in chunk.chunks((*size).max(1)) {
+                    client.write_all(piece)?;
+                    client.flush()?;
+                    std::thread::sleep(*delay);
+                }
+            }
+            _ => client.write_all(chunk)?,
+        }
+        offset += n as u64;
+    }
+    client.shutdown(Shutdown::Both)
+}

@@ -1,0 +1,222 @@
+//! A misbehaving registry: the real one behind a fault-injecting proxy. Every
+//! fault ends in success by retry or resume, or in a typed error with nothing
+//! wrong committed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{push_multi, registry};
+use ocidist_content::local::LocalStore;
+use ocidist_content::{ErrorKind, IngestManager, Manager};
+use ocidist_images::DbImageStore;
+use ocidist_images::platforms::{Platform, only};
+use ocidist_remotes::docker::DockerResolver;
+use ocidist_remotes::testkit::{Fault, FaultProxy};
+use ocidist_remotes::{Resolver, fetch_image};
+
+fn stores() -> (tempfile::TempDir, LocalStore, DbImageStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let images = DbImageStore::open(dir.path().join("images.redb")).unwrap();
+    (dir, store, images)
+}
+
+fn arm64() -> Platform {
+    "linux/arm64".parse().unwrap()
+}
+
+/// A registry with a two-platform image, and a proxy in front of it.
+async fn setup(
+    repo: &str,
+) -> (
+    ocidist_remotes::testkit::Registry,
+    FaultProxy,
+    Vec<common::Blob>,
+) {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let full = format!("{}/{repo}", registry.host());
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &full,
+        "1",
+    )
+    .await;
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    (registry, proxy, pushed)
+}
+
+#[tokio::test]
+async fn too_many_requests_then_success_is_retried_honouring_retry_after() {
+    let (_registry, proxy, pushed) = setup("faults/429").await;
+    proxy.add(
+        Some("HEAD"),
+        "/manifests/1",
+        2,
+        Fault::Status {
+            status: 429,
+            retry_after: Some(1),
+        },
+    );
+    let started = Instant::now();
+    let (_, desc) = DockerResolver::new()
+        .resolve(&format!("{}/faults/429:1", proxy.host()))
+        .await
+        .unwrap();
+    assert_eq!(desc.digest(), pushed[6].desc.digest());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After: 1 was honoured twice"
+    );
+    assert_eq!(proxy.requests(), 3);
+}
+
+#[tokio::test]
+async fn a_storm_of_503_ends_in_a_typed_error_in_bounded_time() {
+    let (_registry, proxy, _) = setup("faults/503").await;
+    proxy.add(
+        None,
+        "/manifests/",
+        usize::MAX,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let started = Instant::now();
+    let err = DockerResolver::new()
+        .resolve(&format!("{}/faults/503:1", proxy.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(proxy.requests(), ocidist_remotes::docker::ATTEMPTS as usize);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_connection_cut_mid_layer_resumes_with_range() {
+    let (_registry, proxy, pushed) = setup("faults/cut").await;
+    let layer = &pushed[3];
+    proxy.add(
+        Some("GET"),
+        &format!("/blobs/{}", layer.desc.digest()),
+        2,
+        Fault::CutAfter(70_000),
+    );
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/cut:1", proxy.host());
+    fetch_image(
+        &DockerResolver::new(),
+        &store,
+        &images,
+        &reference,
+        only(&arm64()),
+        1,
+        None,
+        None,
+    )
+    .await
+    .expect("two cuts are resumed");
+    assert_eq!(
+        store.info(layer.desc.digest()).await.unwrap().size,
+        layer.bytes.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_a_digest_mismatch_and_nothing_is_committed() {
+    let (_registry, proxy, pushed) = setup("faults/flip").await;
+    let layer = &pushed[3];
+    proxy.add(
+        Some("GET"),
+        &format!("/blobs/{}", layer.desc.digest()),
+        1,
+        Fault::FlipByte(12_345),
+    );
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/flip:1", proxy.host());
+    let resolver = DockerResolver::new();
+    let err = fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &reference,
+        only(&arm64()),
+        1,
+        None,
+        None,
+    )
+    .await
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("digest mismatch") && message.contains(&layer.desc.digest().to_string()),
+        "{message}"
+    );
+    assert!(
+        store
+            .info(layer.desc.digest())
+            .await
+            .unwrap_err()
+            .is_not_found(),
+        "the bad bytes are not committed"
+    );
+    let left: Vec<String> = store
+        .list_statuses(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.reference)
+        .collect();
+    assert!(
+        !left.contains(&ocidist_remotes::ingest_ref(&layer.desc)),
+        "and not kept to resume from: {left:?}"
+    );
+    // The next fetch (the registry behaves now) succeeds.
+    fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &reference,
+        only(&arm64()),
+        1,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(store.info(layer.desc.digest()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_slow_drip_still_completes() {
+    let (_registry, proxy, pushed) = setup("faults/drip").await;
+    let layer = &pushed[3];
+    let drip = Fault::Drip {
+        chunk: 16 << 10,
+        delay: Duration::from_millis(2),
+    };
+    proxy.add(
+        Some("GET"),
+        &format!("/blobs/{}", layer.desc.digest()),
+        1,
+        drip,
+    );
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/drip:1", proxy.host());
+    fetch_image(
+        &DockerResolver::new(),
+        &store,
+        &images,
+        &reference,
+        only(&arm64()),
+        1,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(store.info(layer.desc.digest()).await.is_ok());
+}
