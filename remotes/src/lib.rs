@@ -9,10 +9,11 @@
 //!
 //! Done so far: references, resolve (HEAD, GET-and-hash fallback, digest
 //! references verified), fetch (streaming, ranged resume), `fetch_object`,
-//! monolithic push of blobs and manifests over plain HTTP without auth, and
-//! the resumable [`fetch_handler`] / [`fetch_image`] pipeline. Still to come:
-//! TLS, auth, hosts configuration and mirrors, retries with backoff, chunked
-//! and cross-repository push, parallel ranged fetch of large blobs.
+//! monolithic push of blobs and manifests, retries with backoff and
+//! `Retry-After` for idempotent requests, the resumable [`fetch_handler`] /
+//! [`fetch_image`] pipeline and [`push_image`]; plain HTTP only. Still to come:
+//! TLS, auth, hosts configuration and mirrors, chunked and cross-repository
+//! push, parallel ranged fetch of large blobs.
 
 use std::pin::Pin;
 
