@@ -1,13 +1,14 @@
 //! The Docker registry v2 / OCI distribution client.
 //!
 //! Plain HTTP is used for `localhost`, `127.0.0.0/8` and `::1`, as Docker
-//! does, and HTTPS elsewhere (TLS, authentication and hosts configuration are
-//! still to come; an HTTPS registry is an error for now).
+//! does, and HTTPS (rustls, the system's roots plus any CA files given)
+//! elsewhere. Authentication and hosts configuration are still to come.
 
 mod fetcher;
 mod pusher;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +66,12 @@ fn jitter(d: Duration) -> Duration {
     half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
 }
 
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+}
+
 /// When to speak plain HTTP instead of HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlainHttp {
@@ -93,11 +100,9 @@ impl Default for DockerResolver {
 impl DockerResolver {
     /// A resolver with default settings.
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(30))
+        let client = client_builder()
             .build()
-            .expect("a client with no TLS settings always builds");
+            .expect("a client with default TLS settings always builds");
         DockerResolver {
             client,
             plain_http: PlainHttp::default(),
@@ -108,6 +113,31 @@ impl DockerResolver {
     pub fn plain_http(mut self, plain_http: PlainHttp) -> Self {
         self.plain_http = plain_http;
         self
+    }
+
+    /// Trusts the CA certificates in the PEM files `ca_files` beside the
+    /// system's, and with `skip_verify` accepts any certificate (for test
+    /// registries only: it lets anyone in the middle read and change the data;
+    /// digests still catch changed content).
+    pub fn tls(mut self, ca_files: &[PathBuf], skip_verify: bool) -> Result<Self> {
+        let mut builder = client_builder().danger_accept_invalid_certs(skip_verify);
+        for path in ca_files {
+            let pem = std::fs::read(path)
+                .map_err(|e| ocidist_content::Error::io("read CA file", path, e))?;
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| Error::Connect {
+                    url: path.display().to_string(),
+                    source,
+                })?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        self.client = builder.build().map_err(|source| Error::Connect {
+            url: "TLS configuration".into(),
+            source,
+        })?;
+        Ok(self)
     }
 
     fn scheme(&self, host: &str) -> &'static str {
