@@ -4,6 +4,7 @@
 //! does, and HTTPS (rustls, the system's roots plus any CA files given)
 //! elsewhere. Authentication and hosts configuration are still to come.
 
+pub mod auth;
 mod fetcher;
 mod pusher;
 
@@ -89,6 +90,7 @@ pub enum PlainHttp {
 pub struct DockerResolver {
     client: reqwest::Client,
     plain_http: PlainHttp,
+    authorizer: auth::Authorizer,
 }
 
 impl Default for DockerResolver {
@@ -106,7 +108,16 @@ impl DockerResolver {
         DockerResolver {
             client,
             plain_http: PlainHttp::default(),
+            authorizer: auth::Authorizer::new(Arc::new(auth::Anonymous)),
         }
+    }
+
+    /// Answers registries' authentication challenges with `credentials`
+    /// (basic auth, or bearer tokens from the registry's token service, cached
+    /// per host and scope and shared by every request of this resolver).
+    pub fn credentials(mut self, credentials: Arc<dyn auth::Credentials>) -> Self {
+        self.authorizer = auth::Authorizer::new(credentials);
+        self
     }
 
     /// Chooses when to use plain HTTP.
@@ -159,6 +170,9 @@ impl DockerResolver {
                 self.scheme(host),
                 reference.repository()
             ),
+            host: host.to_string(),
+            repository: reference.repository().to_string(),
+            authorizer: self.authorizer.clone(),
         }
     }
 
@@ -271,6 +285,9 @@ pub async fn fetch_object(
 pub(crate) struct Repository {
     pub(crate) client: reqwest::Client,
     pub(crate) base: String,
+    host: String,
+    repository: String,
+    authorizer: auth::Authorizer,
 }
 
 impl Repository {
@@ -284,14 +301,41 @@ impl Repository {
         url: &str,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
+        let scope = self.scope(&method);
         let mut backoff = Duration::from_millis(100);
+        let mut answered_challenge = false;
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
-            match build(self.client.request(method.clone(), url)).send().await {
+            let mut request = build(self.client.request(method.clone(), url));
+            if let Some(authorization) = self.authorizer.cached(&self.host, &scope) {
+                request = request.header(header::AUTHORIZATION, authorization);
+            }
+            match request.send().await {
+                // Challenged: answer once (a second 401 means the answer is refused).
+                Ok(response)
+                    if response.status() == StatusCode::UNAUTHORIZED
+                        && !answered_challenge
+                        && !last =>
+                {
+                    answered_challenge = true;
+                    let challenge =
+                        header_str(response.headers(), header::WWW_AUTHENTICATE.as_str())
+                            .unwrap_or_default()
+                            .to_string();
+                    if self
+                        .authorizer
+                        .answer(&self.client, &self.host, &scope, &challenge)
+                        .await?
+                        .is_none()
+                    {
+                        return Ok(response);
+                    }
+                }
                 Ok(response) if last || !retryable(response.status()) => return Ok(response),
                 Ok(response) => {
                     let wait = retry_after(&response).unwrap_or_else(|| jitter(backoff));
                     tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(source)
                     if last
@@ -302,11 +346,23 @@ impl Repository {
                         source,
                     });
                 }
-                Err(_) => tokio::time::sleep(jitter(backoff)).await,
+                Err(_) => {
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         unreachable!("the last attempt always returns")
+    }
+
+    /// The token scope a request needs: pull for reads, pull and push otherwise.
+    fn scope(&self, method: &Method) -> String {
+        let actions = if *method == Method::GET || *method == Method::HEAD {
+            "pull"
+        } else {
+            "pull,push"
+        };
+        format!("repository:{}:{actions}", self.repository)
     }
 
     /// Sends a request once (uploads, whose bodies cannot be replayed).
@@ -316,13 +372,15 @@ impl Repository {
         url: &str,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        build(self.client.request(method, url))
-            .send()
-            .await
-            .map_err(|source| Error::Connect {
-                url: url.to_string(),
-                source,
-            })
+        let scope = self.scope(&method);
+        let mut request = build(self.client.request(method, url));
+        if let Some(authorization) = self.authorizer.cached(&self.host, &scope) {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        request.send().await.map_err(|source| Error::Connect {
+            url: url.to_string(),
+            source,
+        })
     }
 
     /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`]), hashes it, and checks

@@ -187,10 +187,12 @@ impl PushWriter {
                     .await
                     .map_err(ContentError::Source)?;
                 let media_type = self.desc.media_type().to_string();
+                // Idempotent, and the body is small: retried and authorised like a read.
                 let response = self
                     .repo
-                    .send_once(Method::PUT, url, |r| {
-                        r.header(header::CONTENT_TYPE, media_type).body(body)
+                    .send(Method::PUT, url, |r| {
+                        r.header(header::CONTENT_TYPE, media_type.as_str())
+                            .body(body.clone())
                     })
                     .await?;
                 check_status(
@@ -202,7 +204,9 @@ impl PushWriter {
                 .await?;
             }
             Target::Blob { uploads } => {
-                let response = self.repo.send_once(Method::POST, uploads, |r| r).await?;
+                // No body: safe to retry, and where a push token is obtained; the PUT
+                // that streams the blob (and cannot be replayed) then reuses it.
+                let response = self.repo.send(Method::POST, uploads, |r| r).await?;
                 let response =
                     check_status(Method::POST, uploads, response, &[StatusCode::ACCEPTED]).await?;
                 let location = response

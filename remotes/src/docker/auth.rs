@@ -1,0 +1,396 @@
+//! Registry authentication: `WWW-Authenticate` challenges, basic auth, and
+//! bearer tokens (anonymous or with credentials) cached per host and scope.
+//!
+//! Credentials come from a [`Credentials`] provider the caller chooses; they
+//! are only ever sent to the host they belong to: a request that redirects
+//! elsewhere (a blob served from object storage) goes without them, because
+//! reqwest drops `Authorization` on cross-host redirects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{self, HeaderValue};
+
+use crate::{Error, Result};
+
+/// A user name and secret (password or identity token) for one registry host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The user name (empty with an identity token).
+    pub username: String,
+    /// The password or token.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Finds credentials for a registry host (`ghcr.io`, `localhost:5000`).
+pub trait Credentials: Send + Sync + std::fmt::Debug {
+    /// The credential for `host`, if any.
+    fn get(&self, host: &str) -> Option<Credential>;
+}
+
+/// No credentials: anonymous access only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Anonymous;
+
+impl Credentials for Anonymous {
+    fn get(&self, _: &str) -> Option<Credential> {
+        None
+    }
+}
+
+/// Credentials given by the caller, per host.
+#[derive(Debug, Clone, Default)]
+pub struct StaticCredentials(pub HashMap<String, Credential>);
+
+impl Credentials for StaticCredentials {
+    fn get(&self, host: &str) -> Option<Credential> {
+        self.0.get(host).cloned()
+    }
+}
+
+/// One challenge from a `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// `basic` or `bearer` (lowercased).
+    pub scheme: String,
+    /// Its parameters (`realm`, `service`, `scope`, ...), keys lowercased.
+    pub params: HashMap<String, String>,
+}
+
+/// Parses a `WWW-Authenticate` value: one or more challenges, each a scheme
+/// then `key=value` or `key="quoted value"` pairs separated by commas.
+pub fn parse_challenges(value: &str) -> Vec<Challenge> {
+    let mut challenges: Vec<Challenge> = Vec::new();
+    let mut rest = value.trim();
+    while !rest.is_empty() {
+        // A token followed by '=' is a parameter of the current challenge;
+        // otherwise it starts a new challenge.
+        let token_end = rest
+            .find(|c: char| c == '=' || c == ',' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let token = &rest[..token_end];
+        let after = rest[token_end..].trim_start();
+        if let Some(value_part) = after.strip_prefix('=')
+            && let Some(current) = challenges.last_mut()
+        {
+            let (value, remaining) = parse_value(value_part.trim_start());
+            current.params.insert(token.to_ascii_lowercase(), value);
+            rest = remaining.trim_start().trim_start_matches(',').trim_start();
+        } else {
+            if !token.is_empty() {
+                challenges.push(Challenge {
+                    scheme: token.to_ascii_lowercase(),
+                    params: HashMap::new(),
+                });
+            }
+            rest = after.trim_start_matches(',').trim_start();
+            if token.is_empty() && after.len() == rest.len() {
+                break;
+            }
+        }
+    }
+    challenges
+}
+
+fn parse_value(input: &str) -> (String, &str) {
+    if let Some(quoted) = input.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => return (out, &quoted[i + 1..]),
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        out.push(escaped);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        (out, "")
+    } else {
+        let end = input.find(',').unwrap_or(input.len());
+        (input[..end].trim().to_string(), &input[end..])
+    }
+}
+
+fn basic(credential: &Credential) -> String {
+    format!(
+        "Basic {}",
+        base64(format!("{}:{}", credential.username, credential.secret).as_bytes())
+    )
+}
+
+fn base64(data: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> shift & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A cached `Authorization` value and when it stops being good.
+#[derive(Debug, Clone)]
+struct Cached {
+    header: String,
+    until: Instant,
+}
+
+/// Answers challenges for one client: credentials plus a token cache shared
+/// by every request (and clone) of that client.
+#[derive(Debug, Clone)]
+pub(crate) struct Authorizer {
+    credentials: Arc<dyn Credentials>,
+    /// (host, scope) to the header to send.
+    cache: Arc<Mutex<HashMap<(String, String), Cached>>>,
+    /// One token fetch at a time per client, so concurrent requests that meet
+    /// the same challenge share one token rather than each asking.
+    fetching: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Tokens without `expires_in` last this long (the distribution spec's default).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+impl Authorizer {
+    pub(crate) fn new(credentials: Arc<dyn Credentials>) -> Self {
+        Authorizer {
+            credentials,
+            cache: Arc::default(),
+            fetching: Arc::default(),
+        }
+    }
+
+    /// The cached `Authorization` for `host` and `scope`, if still good.
+    pub(crate) fn cached(&self, host: &str, scope: &str) -> Option<HeaderValue> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = cache.get(&(host.to_string(), scope.to_string()))?;
+        (cached.until > Instant::now()).then(|| HeaderValue::from_str(&cached.header).ok())?
+    }
+
+    /// Answers a 401's challenges for `host` and `scope`; `None` if none can
+    /// be answered (no supported scheme, or basic auth without credentials).
+    pub(crate) async fn answer(
+        &self,
+        client: &reqwest::Client,
+        host: &str,
+        scope: &str,
+        www_authenticate: &str,
+    ) -> Result<Option<HeaderValue>> {
+        let _one_at_a_time = self.fetching.lock().await;
+        if let Some(cached) = self.cached(host, scope) {
+            return Ok(Some(cached));
+        }
+        let credential = self.credentials.get(host);
+        let challenges = parse_challenges(www_authenticate);
+        let (header, lifetime) =
+            if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+                let (token, lifetime) = self
+                    .token(client, bearer, scope, credential.as_ref())
+                    .await?;
+                (format!("Bearer {token}"), lifetime)
+            } else if challenges.iter().any(|c| c.scheme == "basic") {
+                match &credential {
+                    Some(credential) => (basic(credential), Duration::from_secs(24 * 3600)),
+                    None => return Ok(None),
+                }
+            } else {
+                return Ok(None);
+            };
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            (host.to_string(), scope.to_string()),
+            Cached {
+                header: header.clone(),
+                // Renew a little early so a token does not expire in flight.
+                until: Instant::now()
+                    + lifetime
+                        .saturating_sub(Duration::from_secs(5))
+                        .max(Duration::from_secs(1)),
+            },
+        );
+        Ok(HeaderValue::from_str(&header).ok())
+    }
+
+    /// Gets a bearer token from the challenge's realm: with credentials by the
+    /// OAuth2 password grant (POST), falling back to GET with basic auth;
+    /// anonymously by GET.
+    async fn token(
+        &self,
+        client: &reqwest::Client,
+        challenge: &Challenge,
+        scope: &str,
+        credential: Option<&Credential>,
+    ) -> Result<(String, Duration)> {
+        let realm = challenge
+            .params
+            .get("realm")
+            .ok_or_else(|| Error::Protocol {
+                url: "WWW-Authenticate".into(),
+                reason: "a bearer challenge without a realm".into(),
+            })?;
+        let service = challenge.params.get("service").cloned().unwrap_or_default();
+        let scope = challenge
+            .params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| scope.to_string());
+        let mut response = None;
+        if let Some(credential) = credential {
+            let form = [
+                ("grant_type", "password"),
+                ("service", service.as_str()),
+                ("scope", scope.as_str()),
+                ("client_id", "ocidist"),
+                ("username", credential.username.as_str()),
+                ("password", credential.secret.as_str()),
+            ];
+            let body: String = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            let post = client
+                .post(realm)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .map_err(|source| Error::Connect {
+                    url: realm.clone(),
+                    source,
+                })?;
+            // Token servers without OAuth2 answer 404 or 405: use GET instead.
+            if post.status().is_success() {
+                response = Some(post);
+            }
+        }
+        let response = match response {
+            Some(response) => response,
+            None => {
+                let separator = if realm.contains('?') { '&' } else { '?' };
+                let url = format!(
+                    "{realm}{separator}service={}&scope={}",
+                    urlencode(&service),
+                    urlencode(&scope)
+                );
+                let mut get = client.get(url);
+                if let Some(credential) = credential {
+                    get = get.header(header::AUTHORIZATION, basic(credential));
+                }
+                get.send().await.map_err(|source| Error::Connect {
+                    url: realm.clone(),
+                    source,
+                })?
+            }
+        };
+        let response = super::check_status(
+            reqwest::Method::GET,
+            realm,
+            response,
+            &[reqwest::StatusCode::OK],
+        )
+        .await?;
+        let body = super::read_limited(realm, response, 1 << 20).await?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
+            url: realm.clone(),
+            reason: format!("bad token response: {e}"),
+        })?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .ok_or_else(|| Error::Protocol {
+                url: realm.clone(),
+                reason: "no token in the response".into(),
+            })?;
+        let lifetime = parsed
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        Ok((token, lifetime))
+    }
+}
+
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_and_basic_challenges() {
+        let c = parse_challenges(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/redis:pull""#,
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, "bearer");
+        assert_eq!(c[0].params["realm"], "https://auth.docker.io/token");
+        assert_eq!(c[0].params["scope"], "repository:library/redis:pull");
+        let c = parse_challenges(r#"Basic realm="basic-realm", Bearer realm="x",service=y"#);
+        assert_eq!(
+            c.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(),
+            ["basic", "bearer"]
+        );
+        assert_eq!(c[1].params["service"], "y");
+        let c = parse_challenges(r#"Bearer realm="a \"quoted\" realm, with comma""#);
+        assert_eq!(c[0].params["realm"], r#"a "quoted" realm, with comma"#);
+        assert!(parse_challenges("").is_empty());
+    }
+
+    #[test]
+    fn base64_and_urlencoding() {
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(
+            urlencode("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+    }
+
+    #[test]
+    fn credentials_are_not_printed() {
+        let c = Credential {
+            username: "me".into(),
+            secret: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
