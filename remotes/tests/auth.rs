@@ -1,4 +1,5 @@
-//! Authentication against the real registry: htpasswd basic auth.
+//! Authentication against the real registry: htpasswd basic auth, and bearer
+//! tokens from the test kit's token service.
 
 mod common;
 
@@ -10,7 +11,8 @@ use ocidist_content::ErrorKind;
 use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::docker::auth::{Credential, StaticCredentials};
-use ocidist_remotes::testkit::{Registry, find_binary};
+use ocidist_remotes::testkit::{Registry, TokenServer, find_binary};
+use tokio::io::AsyncWriteExt;
 
 fn resolver_for(host: &str, username: &str, secret: &str) -> DockerResolver {
     let credential = Credential {
@@ -63,4 +65,56 @@ async fn basic_auth_with_htpasswd() {
     let elsewhere = resolver_for("other.example:5000", "alice", "s3cret");
     let err = elsewhere.resolve(&format!("{repo}:1")).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_a_token_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start("bob", "pa55").unwrap();
+    let registry = Registry::start_binary(
+        &find_binary().unwrap(),
+        &tokens.registry_config(dir.path()).unwrap(),
+    )
+    .unwrap();
+    let repo = format!("{}/tokens/app", registry.host());
+    let blobs = image(false, "linux/arm64", 50_000);
+
+    // Anonymous tokens grant pull only: a push is refused.
+    let anonymous = DockerResolver::new();
+    let pusher = anonymous.pusher(&format!("{repo}:1")).await.unwrap();
+    let mut w = pusher
+        .push(&blobs[0].desc)
+        .await
+        .expect("HEAD with a pull token works");
+    w.write_all(&blobs[0].bytes).await.unwrap();
+    let err = w
+        .commit(None, None, ocidist_content::Labels::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+
+    // With credentials: push, then pull back, one token per scope.
+    let bob = resolver_for(&registry.host(), "bob", "pa55");
+    let pusher = bob.pusher(&format!("{repo}:1")).await.unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+    let before = tokens.requests();
+    let (_, desc) = bob.resolve(&format!("{repo}:1")).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    let fetcher = bob.fetcher(&format!("{repo}:1")).await.unwrap();
+    for blob in &blobs {
+        let chunks: Vec<bytes::Bytes> =
+            futures::TryStreamExt::try_collect(fetcher.fetch(&blob.desc, 0).await.unwrap())
+                .await
+                .unwrap();
+        assert_eq!(chunks.concat(), blob.bytes);
+    }
+    assert!(
+        tokens.requests() - before <= 1,
+        "the pull token is cached: {} requests",
+        tokens.requests() - before
+    );
+
+    // Anonymous pull works too, with its own token.
+    let (_, desc) = anonymous.resolve(&format!("{repo}:1")).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
 }

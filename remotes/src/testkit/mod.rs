@@ -12,8 +12,10 @@
 //! ```
 
 mod proxy;
+mod token;
 
 pub use proxy::{Fault, FaultProxy};
+pub use token::{ISSUER, SERVICE, TokenServer};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,310 @@
+//! A token service for the registry's `auth: token` mode: it signs JWTs
+//! (ES256, with the certificate in `x5c`) with a key generated at start, and
+//! the registry trusts that certificate through `rootcertbundle`.
+//!
+//! Anonymous clients get `pull`; clients with the configured user and
+//! password (by basic auth on GET, or the OAuth2 password grant on POST) get
+//! what they ask for.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rcgen::{CertificateParams, KeyPair, SigningKey};
+
+/// The `issuer` the registry must trust.
+pub const ISSUER: &str = "ocidist-test-issuer";
+/// The `service` (token audience) of the registry.
+pub const SERVICE: &str = "ocidist-test-registry";
+
+struct State {
+    key: KeyPair,
+    cert_der: Vec<u8>,
+    user: String,
+    password: String,
+    requests: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// A running token service; stopped when dropped.
+pub struct TokenServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    cert_pem: String,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TokenServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenServer {
+    /// Starts a token service on a random 127.0.0.1 port that grants push to
+    /// `user` with `password`.
+    pub fn start(user: &str, password: &str) -> io::Result<TokenServer> {
+        let key = KeyPair::generate().map_err(io::Error::other)?;
+        let params = CertificateParams::new(vec!["ocidist-test-token".to_string()])
+            .map_err(io::Error::other)?;
+        let cert = params.self_signed(&key).map_err(io::Error::other)?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            key,
+            cert_der: cert.der().to_vec(),
+            user: user.to_string(),
+            password: password.to_string(),
+            requests: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let serve_state = state.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if serve_state.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    let _ = serve(stream, &serve_state);
+                }
+            }
+        });
+        Ok(TokenServer {
+            addr,
+            state,
+            cert_pem: cert.pem(),
+            thread: Some(thread),
+        })
+    }
+
+    /// The registry configuration section that trusts this service; the
+    /// certificate bundle is written into `dir`.
+    pub fn registry_config(&self, dir: &Path) -> io::Result<String> {
+        let bundle = dir.join("token-ca.pem");
+        std::fs::write(&bundle, &self.cert_pem)?;
+        Ok(format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            self.addr,
+            bundle.display()
+        ))
+    }
+
+    /// How many tokens were asked for.
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let request_line = head.first().cloned().unwrap_or_default();
+    let header = |name: &str| {
+        head.iter()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let query = request_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|target| target.split_once('?'))
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default();
+    // GET: parameters in the query, credentials by basic auth. POST: a form.
+    let mut params = parse_form(&query);
+    let mut authenticated = header("authorization")
+        .and_then(|v| v.strip_prefix("Basic ").map(str::to_string))
+        .is_some_and(|b| {
+            b == base64(
+                format!("{}:{}", state.user, state.password).as_bytes(),
+                false,
+            )
+        });
+    if request_line.starts_with("POST") {
+        params = parse_form(&String::from_utf8_lossy(&body));
+        authenticated = params
+            .iter()
+            .any(|(k, v)| k == "username" && *v == state.user)
+            && params
+                .iter()
+                .any(|(k, v)| k == "password" && *v == state.password);
+    }
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let scope = params
+        .iter()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let access: Vec<String> = scope
+        .split(' ')
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            let granted: Vec<String> = actions
+                .split(',')
+                .filter(|a| authenticated || *a == "pull")
+                .map(|a| format!("\"{a}\""))
+                .collect();
+            Some(format!(
+                r#"{{"type":"{kind}","name":"{name}","actions":[{}]}}"#,
+                granted.join(",")
+            ))
+        })
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let header_json = format!(
+        r#"{{"typ":"JWT","alg":"ES256","x5c":["{}"]}}"#,
+        base64(&state.cert_der, false)
+    );
+    let claims = format!(
+        r#"{{"iss":"{ISSUER}","sub":"{}","aud":"{SERVICE}","exp":{},"nbf":{},"iat":{now},"jti":"{now}-{}","access":[{}]}}"#,
+        if authenticated {
+            state.user.as_str()
+        } else {
+            ""
+        },
+        now + 300,
+        now.saturating_sub(10),
+        state.requests.load(Ordering::SeqCst),
+        access.join(",")
+    );
+    let signing_input = format!(
+        "{}.{}",
+        base64(header_json.as_bytes(), true),
+        base64(claims.as_bytes(), true)
+    );
+    let der = state
+        .key
+        .sign(signing_input.as_bytes())
+        .map_err(io::Error::other)?;
+    let token = format!("{signing_input}.{}", base64(&der_to_fixed(&der)?, true));
+    let response = format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":300}}"#);
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}",
+        response.len()
+    )?;
+    stream.flush()
+}
+
+fn parse_form(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An ASN.1 DER ECDSA signature as JWS wants it: r and s, 32 bytes each.
+fn der_to_fixed(der: &[u8]) -> io::Result<Vec<u8>> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected ECDSA signature encoding",
+        )
+    };
+    let mut rest = der.get(2..).ok_or_else(bad)?;
+    let mut out = Vec::with_capacity(64);
+    for _ in 0..2 {
+        if rest.first() != Some(&0x02) {
+            return Err(bad());
+        }
+        let len = *rest.get(1).ok_or_else(bad)? as usize;
+        let int = rest.get(2..2 + len).ok_or_else(bad)?;
+        let int = &int[int.iter().take_while(|b| **b == 0).count()..];
+        if int.len() > 32 {
+            return Err(bad());
+        }
+        out.extend(std::iter::repeat_n(0, 32 - int.len()));
+        out.extend_from_slice(int);
+        rest = &rest[2 + len..];
+    }
+    Ok(out)
+}
+
+fn base64(data: &[u8], url: bool) -> String {
+    let table: &[u8; 64] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(table[(n >> shift & 63) as usize] as char);
+            } else if !url {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
