@@ -5,6 +5,7 @@
 //! elsewhere. Authentication and hosts configuration are still to come.
 
 pub mod auth;
+pub mod config;
 mod fetcher;
 mod pusher;
 
