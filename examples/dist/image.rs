@@ -7,6 +7,7 @@ use futures::StreamExt;
 use ocidist::content::{Digest, Manager, descriptor, read_blob};
 use ocidist::images::platforms::{self, Matcher, Platform};
 use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
+use ocidist::remotes::docker::config::DockerConfig;
 use ocidist::remotes::docker::{DockerResolver, PlainHttp, fetch_object};
 use ocidist::remotes::{FetchEvent, fetch_image, push_image};
 use tokio::io::AsyncWriteExt;
@@ -92,7 +93,11 @@ impl Remote {
         } else {
             PlainHttp::Loopback
         };
-        DockerResolver::new().plain_http(plain)
+        // Docker's own credentials (config.json, helpers), as `docker pull` uses.
+        let credentials = DockerConfig::load_default().unwrap_or_default();
+        DockerResolver::new()
+            .plain_http(plain)
+            .credentials(std::sync::Arc::new(credentials))
     }
 }
 
