@@ -83,6 +83,7 @@ pub(crate) struct PruneArgs {
 #[derive(Debug, Clone)]
 pub(crate) struct Remote {
     pub(crate) plain_http: bool,
+    pub(crate) hosts_dir: Option<std::path::PathBuf>,
     pub(crate) platform: Platform,
 }
 
@@ -95,9 +96,13 @@ impl Remote {
         };
         // Docker's own credentials (config.json, helpers), as `docker pull` uses.
         let credentials = DockerConfig::load_default().unwrap_or_default();
-        DockerResolver::new()
+        let resolver = DockerResolver::new()
             .plain_http(plain)
-            .credentials(std::sync::Arc::new(credentials))
+            .credentials(std::sync::Arc::new(credentials));
+        match &self.hosts_dir {
+            Some(dir) => resolver.hosts_dir(dir),
+            None => resolver,
+        }
     }
 }
 

@@ -40,6 +40,10 @@ struct Cli {
     /// Speak plain HTTP to every registry (loopback registries always get it).
     #[arg(long, global = true)]
     plain_http: bool,
+    /// containerd-style registry hosts configuration: DIR/<registry>/hosts.toml
+    /// (mirrors, capabilities, CA files, headers).
+    #[arg(long, global = true, value_name = "DIR")]
+    hosts_dir: Option<PathBuf>,
     /// The platform to fetch and inspect: os/arch[/variant]. Default: this host's.
     #[arg(long, global = true, value_parser = parse_platform)]
     platform: Option<Platform>,
@@ -151,6 +155,7 @@ async fn run(cli: Cli) -> CmdResult {
     };
     let remote = image::Remote {
         plain_http: cli.plain_http,
+        hosts_dir: cli.hosts_dir.clone(),
         platform: cli.platform.clone().unwrap_or_else(Platform::host),
     };
     let store = &stores.content;

@@ -12,15 +12,16 @@ use reqwest::{Method, StatusCode, header};
 use super::{Repository, check_status};
 use crate::{ByteStream, Error, Fetcher, Result};
 
-/// A [`Fetcher`] for one repository.
+/// A [`Fetcher`] for one repository, trying its endpoints (mirrors, then the
+/// upstream) in order.
 #[derive(Debug, Clone)]
 pub struct DockerFetcher {
-    repo: Repository,
+    repos: Vec<Repository>,
 }
 
 impl DockerFetcher {
-    pub(crate) fn new(repo: Repository) -> Self {
-        DockerFetcher { repo }
+    pub(crate) fn new(repos: Vec<Repository>) -> Self {
+        DockerFetcher { repos }
     }
 }
 
@@ -32,67 +33,78 @@ fn is_manifest(desc: &Descriptor) -> bool {
 #[async_trait]
 impl Fetcher for DockerFetcher {
     async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
-        let kind = if is_manifest(desc) {
-            "manifests"
-        } else {
-            "blobs"
-        };
-        let url = format!("{}/{kind}/{}", self.repo.base, desc.digest());
-        let media_type = desc.media_type().to_string();
-        let response = self
-            .repo
-            .send(Method::GET, &url, |r| {
-                let r = r.header(header::ACCEPT, media_type.as_str());
-                if offset > 0 {
-                    r.header(header::RANGE, format!("bytes={offset}-"))
-                } else {
-                    r
-                }
-            })
-            .await?;
-        let response = check_status(
-            Method::GET,
-            &url,
-            response,
-            &[StatusCode::OK, StatusCode::PARTIAL_CONTENT],
-        )
-        .await?;
-        // A server that ignores Range sends everything: drop what we have.
-        let skip = match response.status() {
-            StatusCode::PARTIAL_CONTENT => {
-                let range = response
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                let start = range
-                    .strip_prefix("bytes ")
-                    .and_then(|r| r.split('-').next())
-                    .and_then(|s| s.parse::<u64>().ok());
-                if start != Some(offset) {
-                    return Err(Error::Protocol {
-                        url,
-                        reason: format!(
-                            "asked for bytes from {offset}, got Content-Range {range:?}"
-                        ),
-                    });
-                }
-                0
+        let mut last = None;
+        for repo in &self.repos {
+            match fetch_from(repo, desc, offset).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
             }
-            _ => offset,
-        };
-        let stream_url = url.clone();
-        let stream = response.bytes_stream().map(move |chunk| {
-            chunk.map_err(|source| Error::Connect {
-                url: stream_url.clone(),
-                source,
-            })
-        });
-        Ok(Box::pin(Skip {
-            inner: Box::pin(stream),
-            remaining: skip,
+        }
+        Err(last.unwrap_or_else(|| Error::Protocol {
+            url: desc.digest().to_string(),
+            reason: "no host to fetch from".into(),
         }))
     }
+}
+
+async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
+    let kind = if is_manifest(desc) {
+        "manifests"
+    } else {
+        "blobs"
+    };
+    let url = format!("{}/{kind}/{}", repo.base, desc.digest());
+    let media_type = desc.media_type().to_string();
+    let response = repo
+        .send(Method::GET, &url, |r| {
+            let r = r.header(header::ACCEPT, media_type.as_str());
+            if offset > 0 {
+                r.header(header::RANGE, format!("bytes={offset}-"))
+            } else {
+                r
+            }
+        })
+        .await?;
+    let response = check_status(
+        Method::GET,
+        &url,
+        response,
+        &[StatusCode::OK, StatusCode::PARTIAL_CONTENT],
+    )
+    .await?;
+    // A server that ignores Range sends everything: drop what we have.
+    let skip = match response.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let range = response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let start = range
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split('-').next())
+                .and_then(|s| s.parse::<u64>().ok());
+            if start != Some(offset) {
+                return Err(Error::Protocol {
+                    url,
+                    reason: format!("asked for bytes from {offset}, got Content-Range {range:?}"),
+                });
+            }
+            0
+        }
+        _ => offset,
+    };
+    let stream_url = url.clone();
+    let stream = response.bytes_stream().map(move |chunk| {
+        chunk.map_err(|source| Error::Connect {
+            url: stream_url.clone(),
+            source,
+        })
+    });
+    Ok(Box::pin(Skip {
+        inner: Box::pin(stream),
+        remaining: skip,
+    }))
 }
 
 /// Drops the first `remaining` bytes of a stream.

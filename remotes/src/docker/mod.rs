@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 mod fetcher;
+pub mod hosts;
 mod pusher;
 
 use std::net::IpAddr;
@@ -92,6 +93,7 @@ pub struct DockerResolver {
     client: reqwest::Client,
     plain_http: PlainHttp,
     authorizer: auth::Authorizer,
+    hosts_dir: Option<PathBuf>,
 }
 
 impl Default for DockerResolver {
@@ -110,7 +112,15 @@ impl DockerResolver {
             client,
             plain_http: PlainHttp::default(),
             authorizer: auth::Authorizer::new(Arc::new(auth::Anonymous)),
+            hosts_dir: None,
         }
+    }
+
+    /// Reads per-registry mirrors and settings from containerd's layout,
+    /// `<dir>/<registry>/hosts.toml` (see [`hosts`]).
+    pub fn hosts_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.hosts_dir = Some(dir.into());
+        self
     }
 
     /// Answers registries' authentication challenges with `credentials`
@@ -132,23 +142,7 @@ impl DockerResolver {
     /// registries only: it lets anyone in the middle read and change the data;
     /// digests still catch changed content).
     pub fn tls(mut self, ca_files: &[PathBuf], skip_verify: bool) -> Result<Self> {
-        let mut builder = client_builder().danger_accept_invalid_certs(skip_verify);
-        for path in ca_files {
-            let pem = std::fs::read(path)
-                .map_err(|e| ocidist_content::Error::io("read CA file", path, e))?;
-            for cert in
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| Error::Connect {
-                    url: path.display().to_string(),
-                    source,
-                })?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        self.client = builder.build().map_err(|source| Error::Connect {
-            url: "TLS configuration".into(),
-            source,
-        })?;
+        self.client = tls_client(ca_files, skip_verify)?;
         Ok(self)
     }
 
@@ -161,26 +155,86 @@ impl DockerResolver {
         if plain { "http" } else { "https" }
     }
 
-    /// `scheme://host/v2/<repository>`.
-    fn base(&self, reference: &Reference) -> Repository {
+    /// The repository of `reference` at every endpoint that can do what
+    /// `can` asks, in the order to try them: mirrors, then the upstream.
+    fn repositories(
+        &self,
+        reference: &Reference,
+        can: fn(&hosts::Capabilities) -> bool,
+    ) -> Result<Vec<Repository>> {
         let host = reference.api_host();
-        Repository {
-            client: self.client.clone(),
-            base: format!(
-                "{}://{host}/v2/{}",
-                self.scheme(host),
-                reference.repository()
-            ),
-            host: host.to_string(),
-            repository: reference.repository().to_string(),
-            authorizer: self.authorizer.clone(),
+        let upstream = format!("{}://{host}", self.scheme(host));
+        let endpoints = match &self.hosts_dir {
+            Some(dir) => hosts::endpoints(dir, reference.registry(), &upstream)?,
+            None => vec![hosts::Endpoint::upstream(upstream)],
+        };
+        let mut out = Vec::new();
+        for endpoint in endpoints.into_iter().filter(|e| can(&e.capabilities)) {
+            let client = if endpoint.ca_files.is_empty() && !endpoint.skip_verify {
+                self.client.clone()
+            } else {
+                tls_client(&endpoint.ca_files, endpoint.skip_verify)?
+            };
+            out.push(Repository {
+                client,
+                base: format!("{}/{}", endpoint.api_root(), reference.repository()),
+                host: endpoint.host().to_string(),
+                repository: reference.repository().to_string(),
+                authorizer: self.authorizer.clone(),
+                headers: endpoint.headers.clone(),
+            });
         }
+        if out.is_empty() {
+            return Err(Error::Protocol {
+                url: reference.registry().to_string(),
+                reason: "no configured host can do this (check capabilities in hosts.toml)".into(),
+            });
+        }
+        Ok(out)
     }
 
-    /// The descriptor of `object` (a tag or digest) in the repository of
-    /// `reference`, and the body when it had to be read to be known.
+    /// The first repository that can push.
+    fn push_repository(&self, reference: &Reference) -> Result<Repository> {
+        Ok(self.repositories(reference, |c| c.push)?.remove(0))
+    }
+
+    /// Resolves at each endpoint that can, in order; the last error if none can.
     async fn resolve_object(&self, reference: &Reference) -> Result<Descriptor> {
-        let repo = self.base(reference);
+        let mut last = None;
+        for repo in self.repositories(reference, |c| c.resolve)? {
+            match self.resolve_in(&repo, reference).await {
+                Ok(desc) => return Ok(desc),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("repositories() is never empty"))
+    }
+}
+
+/// A client trusting `ca_files` beside the system's roots (or anything, with `skip_verify`).
+fn tls_client(ca_files: &[PathBuf], skip_verify: bool) -> Result<reqwest::Client> {
+    let mut builder = client_builder().danger_accept_invalid_certs(skip_verify);
+    for path in ca_files {
+        let pem =
+            std::fs::read(path).map_err(|e| ocidist_content::Error::io("read CA file", path, e))?;
+        for cert in
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| Error::Connect {
+                url: path.display().to_string(),
+                source,
+            })?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|source| Error::Connect {
+        url: "TLS configuration".into(),
+        source,
+    })
+}
+
+impl DockerResolver {
+    /// The descriptor of `object` (a tag or digest) in `repo`.
+    async fn resolve_in(&self, repo: &Repository, reference: &Reference) -> Result<Descriptor> {
         let object = reference.object();
         let manifest_url = format!("{}/manifests/{object}", repo.base);
         let head = repo
@@ -248,13 +302,15 @@ impl Resolver for DockerResolver {
 
     async fn fetcher(&self, reference: &str) -> Result<Box<dyn Fetcher>> {
         let parsed: Reference = reference.parse()?;
-        Ok(Box::new(DockerFetcher::new(self.base(&parsed))))
+        Ok(Box::new(DockerFetcher::new(
+            self.repositories(&parsed, |c| c.pull)?,
+        )))
     }
 
     async fn pusher(&self, reference: &str) -> Result<Box<dyn Pusher>> {
         let parsed: Reference = reference.parse()?;
         Ok(Box::new(DockerPusher::new(
-            self.base(&parsed),
+            self.push_repository(&parsed)?,
             parsed,
             Arc::new(Mutex::new(Default::default())),
         )))
@@ -276,7 +332,7 @@ pub async fn fetch_object(
     if let Some(media_type) = hints.iter().find_map(|h| h.strip_prefix("mediatype:")) {
         desc.set_media_type(MediaType::from(media_type));
     }
-    let fetcher = DockerFetcher::new(resolver.base(&reference));
+    let fetcher = DockerFetcher::new(resolver.repositories(&reference, |c| c.pull)?);
     let stream = fetcher.fetch(&desc, 0).await?;
     Ok((desc, stream))
 }
@@ -289,6 +345,8 @@ pub(crate) struct Repository {
     host: String,
     repository: String,
     authorizer: auth::Authorizer,
+    /// Sent with every request (from hosts.toml).
+    headers: Vec<(String, String)>,
 }
 
 impl Repository {
@@ -307,7 +365,7 @@ impl Repository {
         let mut answered_challenge = false;
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
-            let mut request = build(self.client.request(method.clone(), url));
+            let mut request = self.with_headers(build(self.client.request(method.clone(), url)));
             if let Some(authorization) = self.authorizer.cached(&self.host, &scope) {
                 request = request.header(header::AUTHORIZATION, authorization);
             }
@@ -356,6 +414,13 @@ impl Repository {
         unreachable!("the last attempt always returns")
     }
 
+    fn with_headers(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        request
+    }
+
     /// The token scope a request needs: pull for reads, pull and push otherwise.
     fn scope(&self, method: &Method) -> String {
         let actions = if *method == Method::GET || *method == Method::HEAD {
@@ -374,7 +439,7 @@ impl Repository {
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
-        let mut request = build(self.client.request(method, url));
+        let mut request = self.with_headers(build(self.client.request(method, url)));
         if let Some(authorization) = self.authorizer.cached(&self.host, &scope) {
             request = request.header(header::AUTHORIZATION, authorization);
         }

@@ -1,0 +1,65 @@
+//! containerd's hosts.toml: mirrors tried first, then the upstream; pushes go
+//! only where `push` is allowed.
+
+mod common;
+
+use common::{image, push_all, registry};
+use ocidist_remotes::Resolver;
+use ocidist_remotes::docker::DockerResolver;
+use ocidist_remotes::testkit::get_status;
+
+#[tokio::test]
+async fn mirrors_first_then_the_upstream_and_pushes_to_the_upstream() {
+    let mirror = registry();
+    let upstream = registry();
+    let plain = DockerResolver::new();
+    let blobs = image(false, "linux/amd64", 2000);
+    // Only the mirror has the image.
+    let pusher = plain
+        .pusher(&format!("{}/lib/app:1", mirror.host()))
+        .await
+        .unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+
+    // A dead mirror first (a port nobody listens on), then the live one.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    let dir = hosts.path().join(upstream.host());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{up}\"\n\n[host.\"http://{dead}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"http://{mirror}\".header]\n    x-ocidist-test = \"1\"\n",
+            up = upstream.host(),
+            mirror = mirror.host(),
+        ),
+    )
+    .unwrap();
+    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let reference = format!("{}/lib/app:1", upstream.host());
+    let (_, desc) = resolver
+        .resolve(&reference)
+        .await
+        .expect("served by the mirror");
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    let fetcher = resolver.fetcher(&reference).await.unwrap();
+    let chunks: Vec<bytes::Bytes> =
+        futures::TryStreamExt::try_collect(fetcher.fetch(&blobs[0].desc, 0).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(chunks.concat(), blobs[0].bytes);
+
+    // Pushing goes to the upstream, the only host allowed to take pushes.
+    let other = image(false, "linux/s390x", 1000);
+    let pusher = resolver
+        .pusher(&format!("{}/lib/other:1", upstream.host()))
+        .await
+        .unwrap();
+    push_all(pusher.as_ref(), &other).await;
+    let path = format!("/v2/lib/other/blobs/{}", other[0].desc.digest());
+    assert_eq!(get_status(upstream.addr(), &path).unwrap(), 200);
+    assert_eq!(get_status(mirror.addr(), &path).unwrap(), 404);
+}
