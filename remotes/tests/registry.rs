@@ -175,3 +175,27 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("missing"), "{err}");
 }
+
+#[tokio::test]
+async fn a_large_blob_is_pushed_in_chunks_and_fetched_back() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/large", registry.host());
+    // Over the 64 MiB single-PUT limit: 5 PATCH chunks of 16 MiB.
+    let bytes: Vec<u8> = (0..(70u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let big = blob("application/vnd.oci.image.layer.v1.tar", bytes);
+    // Through a counting proxy: HEAD, POST, 5 PATCH and the closing PUT.
+    let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
+    let pusher = resolver
+        .pusher(&format!("{}/test/large:x", proxy.host()))
+        .await
+        .unwrap();
+    push_all(pusher.as_ref(), std::slice::from_ref(&big)).await;
+    assert_eq!(proxy.requests(), 8, "a chunked upload");
+    let fetcher = resolver.fetcher(&format!("{repo}:x")).await.unwrap();
+    let back = fetch_all(fetcher.as_ref(), &big.desc, 0).await;
+    assert_eq!(back.len(), big.bytes.len());
+    assert!(sha256_of(&back) == *big.desc.digest());
+}

@@ -2,8 +2,9 @@
 //!
 //! The bytes are spooled to an unnamed temporary file while they are hashed;
 //! commit checks size and digest locally first, so wrong bytes never leave the
-//! machine, then uploads: a blob with `POST` + one `PUT`, a manifest with one
-//! `PUT`. Chunked uploads and cross-repository mounts are still to come.
+//! machine, then uploads: a blob with `POST` and one streamed `PUT` (up to
+//! 64 MiB) or `PATCH` chunks of 16 MiB and a closing `PUT`; a manifest with one
+//! `PUT`. Cross-repository mounts are still to come.
 
 use std::collections::HashSet;
 use std::io::SeekFrom;
@@ -209,20 +210,53 @@ impl PushWriter {
                 let response = self.repo.send(Method::POST, uploads, |r| r).await?;
                 let response =
                     check_status(Method::POST, uploads, response, &[StatusCode::ACCEPTED]).await?;
-                let location = response
-                    .headers()
-                    .get(header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| Error::Protocol {
-                        url: uploads.clone(),
-                        reason: "no Location for the upload".into(),
-                    })?;
-                let mut url = reqwest::Url::parse(uploads)
-                    .and_then(|base| base.join(location))
-                    .map_err(|e| Error::Protocol {
-                        url: uploads.clone(),
-                        reason: format!("bad upload Location {location:?}: {e}"),
-                    })?;
+                let mut url = upload_location(uploads, &response)?;
+                if self.written > MONOLITHIC_MAX {
+                    // Large blobs go in chunks, each a request of its own, so a
+                    // proxy's body limit or a slow link never has to carry it all.
+                    let mut offset = 0;
+                    while offset < self.written {
+                        let len = CHUNK.min(self.written - offset);
+                        let mut chunk = vec![0; len as usize];
+                        self.spool
+                            .read_exact(&mut chunk)
+                            .await
+                            .map_err(ContentError::Source)?;
+                        let url_text = url.to_string();
+                        let response = self
+                            .repo
+                            .send_once(Method::PATCH, &url_text, |r| {
+                                r.header(header::CONTENT_TYPE, "application/octet-stream")
+                                    .header(
+                                        header::CONTENT_RANGE,
+                                        format!("{offset}-{}", offset + len - 1),
+                                    )
+                                    .header(header::CONTENT_LENGTH, len)
+                                    .body(chunk)
+                            })
+                            .await?;
+                        let response = check_status(
+                            Method::PATCH,
+                            &url_text,
+                            response,
+                            &[StatusCode::ACCEPTED],
+                        )
+                        .await?;
+                        url = upload_location(&url_text, &response)?;
+                        offset += len;
+                    }
+                    url.query_pairs_mut()
+                        .append_pair("digest", self.desc.digest().as_ref());
+                    let url_text = url.to_string();
+                    let response = self
+                        .repo
+                        .send_once(Method::PUT, &url_text, |r| {
+                            r.header(header::CONTENT_LENGTH, 0)
+                        })
+                        .await?;
+                    check_status(Method::PUT, &url_text, response, &[StatusCode::CREATED]).await?;
+                    return Ok(());
+                }
                 url.query_pairs_mut()
                     .append_pair("digest", self.desc.digest().as_ref());
                 let file = self.spool.try_clone().await.map_err(ContentError::Source)?;
@@ -245,6 +279,29 @@ impl PushWriter {
         }
         Ok(())
     }
+}
+
+/// Blobs up to this size go in one `PUT`; larger ones in `PATCH` chunks.
+const MONOLITHIC_MAX: u64 = 64 << 20;
+/// The size of each `PATCH` chunk.
+const CHUNK: u64 = 16 << 20;
+
+/// The absolute URL of the upload session a response's `Location` names.
+fn upload_location(request_url: &str, response: &reqwest::Response) -> Result<reqwest::Url> {
+    let location = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Error::Protocol {
+            url: request_url.to_string(),
+            reason: "no Location for the upload".into(),
+        })?;
+    reqwest::Url::parse(request_url)
+        .and_then(|base| base.join(location))
+        .map_err(|e| Error::Protocol {
+            url: request_url.to_string(),
+            reason: format!("bad upload Location {location:?}: {e}"),
+        })
 }
 
 fn remote(err: Error) -> ContentError {
