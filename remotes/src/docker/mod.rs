@@ -69,10 +69,17 @@ fn jitter(d: Duration) -> Duration {
     half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
 }
 
+/// Give up on a connection that is not established in this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Give up on a response that sends nothing for this long (the stream is then
+/// resumed from where it stopped, by the fetch handler).
+const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(IDLE_READ_TIMEOUT)
 }
 
 /// When to speak plain HTTP instead of HTTPS.
