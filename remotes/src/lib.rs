@@ -9,11 +9,12 @@
 //!
 //! Done so far: references, resolve (HEAD, GET-and-hash fallback, digest
 //! references verified), fetch (streaming, ranged resume), `fetch_object`,
-//! monolithic push of blobs and manifests, retries with backoff and
-//! `Retry-After` for idempotent requests, the resumable [`fetch_handler`] /
-//! [`fetch_image`] pipeline and [`push_image`]; plain HTTP only. Still to come:
-//! TLS, auth, hosts configuration and mirrors, chunked and cross-repository
-//! push, parallel ranged fetch of large blobs.
+//! push (monolithic or chunked), retries with backoff and `Retry-After`,
+//! timeouts, TLS with extra CAs, basic and bearer-token auth with credentials
+//! from Docker's config, containerd's `hosts.toml` (mirrors, capabilities),
+//! the resumable [`fetch_handler`] / [`fetch_image`] pipeline and
+//! [`push_image`]. Still to come: cross-repository mounts and parallel ranged
+//! fetch of large blobs.
 
 use std::pin::Pin;
 
