@@ -289,32 +289,12 @@ async fn list_images(stores: &Stores, remote: &Remote) -> CmdResult {
     Ok(())
 }
 
-/// The platforms an image offers: its index's entries, or its config's.
+/// The platforms an image offers, as `os/arch[/variant]`.
 async fn image_platforms(stores: &Stores, image: &Image) -> Vec<String> {
-    match manifest::children(&stores.content, &image.target).await {
-        Ok(children)
-            if media_types::kind(image.target.media_type().as_ref())
-                == media_types::Kind::Index =>
-        {
-            children
-                .iter()
-                .filter_map(manifest::descriptor_platform)
-                .map(|p| p.to_string())
-                .collect()
-        }
-        _ => match ocidist::images::config(&stores.content, &image.target, &platforms::all()).await
-        {
-            Ok(config) => vec![
-                Platform::new(
-                    &config.os().to_string(),
-                    &config.architecture().to_string(),
-                    config.variant().as_deref(),
-                )
-                .to_string(),
-            ],
-            Err(_) => Vec::new(),
-        },
-    }
+    manifest::platforms(&stores.content, &image.target)
+        .await
+        .map(|list| list.iter().map(ToString::to_string).collect())
+        .unwrap_or_default()
 }
 
 async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> CmdResult {

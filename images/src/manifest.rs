@@ -80,47 +80,67 @@ fn invalid(desc: &Descriptor, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Checks that a document's fields agree with the media type it is read as,
+/// as containerd's `validateMediaType` does (its fix for the
+/// ambiguous-manifest advisory): a manifest must not have `manifests` or
+/// declare an index type; an index must not have `config` or `layers` or
+/// declare a manifest type; anything with `fsLayers` is Docker schema 1. A key
+/// counts as present whatever its value (`"manifests": []` included).
+pub fn validate_document(body: &[u8], media_type: &str) -> std::result::Result<(), String> {
+    let doc: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if doc.contains_key("fsLayers") {
+        return Err("Docker schema 1 is not supported".into());
+    }
+    let declared = media_types::kind(
+        doc.get("mediaType")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default(),
+    );
+    match media_types::kind(media_type) {
+        Kind::Manifest if doc.contains_key("manifests") || declared == Kind::Index => Err(format!(
+            "expected a manifest but found an index ({media_type})"
+        )),
+        Kind::Index
+            if doc.contains_key("config")
+                || doc.contains_key("layers")
+                || declared == Kind::Manifest =>
+        {
+            Err(format!(
+                "expected an index but found a manifest ({media_type})"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Decodes the children named by `body`, the content of `desc`: config and
 /// layers of a manifest, manifests of an index, nothing for anything else.
-///
-/// A document whose fields contradict its media type (a manifest with
-/// `manifests`, an index with `layers` or `config`), or whose own `mediaType`
-/// differs from the descriptor's, is refused.
+/// The document is validated first (see [`validate_document`]).
 pub fn decode_children(desc: &Descriptor, body: &[u8]) -> Result<Vec<Descriptor>> {
     let kind = media_types::kind(desc.media_type().as_ref());
     if !matches!(kind, Kind::Manifest | Kind::Index) {
         return Ok(Vec::new());
     }
-    let probe: Probe = serde_json::from_slice(body).map_err(|e| invalid(desc, e.to_string()))?;
-    if let Some(declared) = &probe.media_type
-        && media_types::kind(declared) != kind
-    {
-        return Err(invalid(
-            desc,
-            format!("the document says it is {declared:?}"),
-        ));
+    if let Err(reason) = validate_document(body, desc.media_type().as_ref()) {
+        if reason.contains("schema 1") {
+            return Err(Error::Schema1 {
+                digest: desc.digest().clone(),
+                media_type: desc.media_type().to_string(),
+            });
+        }
+        return Err(invalid(desc, reason));
     }
-    match kind {
-        Kind::Manifest => {
-            if probe.manifests.is_some() {
-                return Err(invalid(desc, "a manifest must not have \"manifests\""));
-            }
-            let config = probe
-                .config
-                .ok_or_else(|| invalid(desc, "a manifest must have a \"config\""))?;
-            let mut children = vec![config];
-            children.extend(probe.layers.unwrap_or_default());
-            Ok(children)
-        }
-        _ => {
-            if probe.layers.is_some() || probe.config.is_some() {
-                return Err(invalid(
-                    desc,
-                    "an index must not have \"layers\" or \"config\"",
-                ));
-            }
-            Ok(probe.manifests.unwrap_or_default())
-        }
+    let probe: Probe = serde_json::from_slice(body).map_err(|e| invalid(desc, e.to_string()))?;
+    if kind == Kind::Manifest {
+        let config = probe
+            .config
+            .ok_or_else(|| invalid(desc, "a manifest must have a \"config\""))?;
+        let mut children = vec![config];
+        children.extend(probe.layers.unwrap_or_default());
+        Ok(children)
+    } else {
+        Ok(probe.manifests.unwrap_or_default())
     }
 }
 
@@ -190,8 +210,9 @@ pub async fn manifest<P: Provider + ?Sized>(
             Kind::Index => {
                 let body = read_document(provider, &desc).await?;
                 let candidates = decode_children(&desc, &body)?;
-                desc =
-                    best_match(candidates, matcher).ok_or_else(|| Error::NoMatchingManifest {
+                desc = choose(provider, candidates, matcher)
+                    .await?
+                    .ok_or_else(|| Error::NoMatchingManifest {
                         digest: desc.digest().clone(),
                         platform: format!("{matcher:?}"),
                     })?;
@@ -206,6 +227,93 @@ pub async fn manifest<P: Provider + ?Sized>(
         }
     }
     Err(invalid(image, "indexes nested more than 16 deep"))
+}
+
+/// Like [`best_match`], but a manifest that declares no platform is judged by
+/// its config's platform (read from `provider`), as containerd does.
+async fn choose<P: Provider + ?Sized>(
+    provider: &P,
+    candidates: Vec<Descriptor>,
+    matcher: &dyn Matcher,
+) -> Result<Option<Descriptor>> {
+    let mut kept = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let undeclared_manifest = candidate.platform().is_none()
+            && media_types::kind(candidate.media_type().as_ref()) == Kind::Manifest;
+        if undeclared_manifest
+            && let Some(platform) = config_platform(provider, &candidate).await?
+            && !matcher.matches(&platform)
+        {
+            continue;
+        }
+        kept.push(candidate);
+    }
+    Ok(best_match(kept, matcher))
+}
+
+/// The platform a manifest's config declares (`os`, `architecture`, `variant`).
+pub async fn config_platform<P: Provider + ?Sized>(
+    provider: &P,
+    manifest: &Descriptor,
+) -> Result<Option<Platform>> {
+    let body = read_document(provider, manifest).await?;
+    let children = decode_children(manifest, &body)?;
+    let Some(config) = children.first() else {
+        return Ok(None);
+    };
+    let body = read_document(provider, config).await?;
+    #[derive(Deserialize)]
+    struct ConfigPlatform {
+        os: Option<String>,
+        architecture: Option<String>,
+        variant: Option<String>,
+    }
+    let parsed: ConfigPlatform =
+        serde_json::from_slice(&body).map_err(|e| invalid(config, e.to_string()))?;
+    Ok(match (parsed.os, parsed.architecture) {
+        (Some(os), Some(arch)) => Some(Platform::new(&os, &arch, parsed.variant.as_deref())),
+        _ => None,
+    })
+}
+
+/// The platforms an image offers: the platforms its index entries declare
+/// (nested indexes included; `unknown/unknown` entries, such as build
+/// attestations, skipped), or, for a manifest, its config's platform.
+pub async fn platforms<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+) -> Result<Vec<Platform>> {
+    let mut out: Vec<Platform> = Vec::new();
+    let mut stack = vec![image.clone()];
+    while let Some(desc) = stack.pop() {
+        match media_types::kind(desc.media_type().as_ref()) {
+            Kind::Index => {
+                let body = read_document(provider, &desc).await?;
+                let mut nested = Vec::new();
+                for child in decode_children(&desc, &body)? {
+                    match descriptor_platform(&child) {
+                        Some(p) if p.os == "unknown" || p.architecture == "unknown" => {}
+                        Some(p) => {
+                            if !out.contains(&p) {
+                                out.push(p);
+                            }
+                        }
+                        None => nested.push(child),
+                    }
+                }
+                stack.extend(nested.into_iter().rev());
+            }
+            Kind::Manifest => {
+                if let Some(p) = config_platform(provider, &desc).await?
+                    && !out.contains(&p)
+                {
+                    out.push(p);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// The manifest or index in `candidates` that best matches, by rank, then order.
@@ -300,12 +408,12 @@ pub async fn size<P: Provider + ?Sized>(
     while media_types::kind(desc.media_type().as_ref()) == Kind::Index {
         count(&desc);
         let body = read_document(provider, &desc).await?;
-        desc = best_match(decode_children(&desc, &body)?, matcher).ok_or_else(|| {
-            Error::NoMatchingManifest {
+        desc = choose(provider, decode_children(&desc, &body)?, matcher)
+            .await?
+            .ok_or_else(|| Error::NoMatchingManifest {
                 digest: desc.digest().clone(),
                 platform: format!("{matcher:?}"),
-            }
-        })?;
+            })?;
     }
     let manifest = manifest(provider, &desc, matcher).await?;
     count(&manifest.descriptor);

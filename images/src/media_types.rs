@@ -33,6 +33,18 @@ pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.ta
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 /// Docker foreign layer (Windows base layers), fetched from its URLs if at all.
 pub const DOCKER_LAYER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+/// Docker layer, zstd.
+pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+/// Docker foreign layer, uncompressed.
+pub const DOCKER_LAYER_FOREIGN_TAR: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar";
+/// EROFS layer.
+pub const EROFS_LAYER: &str = "application/vnd.erofs.layer.v1";
+/// containerd checkpoint config (a config kind for GC labels).
+pub const CONTAINERD_CHECKPOINT_CONFIG: &str =
+    "application/vnd.containerd.container.checkpoint.config.v1+proto";
+/// containerd CRIU checkpoint (a config kind for GC labels).
+pub const CONTAINERD_CHECKPOINT_CRIU: &str =
+    "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 /// Docker schema 1 manifest: refused.
 pub const DOCKER_SCHEMA1_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v1+json";
 /// Docker schema 1 signed manifest: refused.
@@ -66,17 +78,25 @@ pub fn kind(media_type: &str) -> Kind {
     match base.as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => Kind::Manifest,
         OCI_INDEX | DOCKER_MANIFEST_LIST => Kind::Index,
-        OCI_CONFIG | DOCKER_CONFIG => Kind::Config,
+        OCI_CONFIG | DOCKER_CONFIG | CONTAINERD_CHECKPOINT_CONFIG | CONTAINERD_CHECKPOINT_CRIU => {
+            Kind::Config
+        }
         DOCKER_SCHEMA1_MANIFEST | DOCKER_SCHEMA1_SIGNED => Kind::Schema1,
-        OCI_LAYER
-        | OCI_LAYER_GZIP
-        | OCI_LAYER_ZSTD
-        | OCI_LAYER_NONDISTRIBUTABLE
-        | OCI_LAYER_NONDISTRIBUTABLE_GZIP
-        | OCI_LAYER_NONDISTRIBUTABLE_ZSTD
-        | DOCKER_LAYER
-        | DOCKER_LAYER_GZIP
-        | DOCKER_LAYER_FOREIGN => Kind::Layer,
+        // As containerd: any OCI layer type, and Docker's by their base type.
+        layer if layer.starts_with("application/vnd.oci.image.layer.") => Kind::Layer,
+        layer
+            if matches!(
+                layer.split('+').next().unwrap_or_default(),
+                DOCKER_LAYER
+                    | DOCKER_LAYER_GZIP
+                    | DOCKER_LAYER_ZSTD
+                    | DOCKER_LAYER_FOREIGN
+                    | DOCKER_LAYER_FOREIGN_TAR
+                    | EROFS_LAYER
+            ) =>
+        {
+            Kind::Layer
+        }
         _ => Kind::Unknown,
     }
 }
@@ -100,6 +120,13 @@ mod tests {
         assert_eq!(kind(DOCKER_CONFIG), Kind::Config);
         assert_eq!(kind(OCI_LAYER_ZSTD), Kind::Layer);
         assert_eq!(kind(DOCKER_LAYER_FOREIGN), Kind::Layer);
+        assert_eq!(kind(DOCKER_LAYER_ZSTD), Kind::Layer);
+        assert_eq!(
+            kind("application/vnd.oci.image.layer.v1.tar+encrypted"),
+            Kind::Layer
+        );
+        assert_eq!(kind(EROFS_LAYER), Kind::Layer);
+        assert_eq!(kind(CONTAINERD_CHECKPOINT_CONFIG), Kind::Config);
         assert_eq!(kind(DOCKER_SCHEMA1_SIGNED), Kind::Schema1);
         assert_eq!(kind("application/vnd.in-toto+json"), Kind::Unknown);
     }

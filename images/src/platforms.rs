@@ -296,6 +296,42 @@ pub fn all() -> All {
     All
 }
 
+/// Accepts every platform of `platform`'s operating system, the exact
+/// architecture and variant first (containerd's `OnlyOS`).
+pub fn only_os(platform: &Platform) -> OnlyOs {
+    OnlyOs(platform.clone())
+}
+
+/// See [`only_os`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlyOs(Platform);
+
+impl Matcher for OnlyOs {
+    fn rank(&self, platform: &Platform) -> Option<usize> {
+        if platform.os != self.0.os {
+            None
+        } else if *platform == self.0 {
+            Some(0)
+        } else {
+            Some(1)
+        }
+    }
+}
+
+/// The (major, highest minor) pairs an arm64 variant can run, best first.
+fn arm64_ranges(variant: &str) -> Option<Vec<(u32, u32)>> {
+    let v = variant.strip_prefix('v')?;
+    let (major, minor) = match v.split_once('.') {
+        Some((major, minor)) => (major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?),
+        None => (v.parse::<u32>().ok()?, 0),
+    };
+    match (major, minor) {
+        (8, minor @ 0..=9) => Some(vec![(8, minor)]),
+        (9, minor @ 0..=7) => Some(vec![(9, minor), (8, (minor + 5).min(9))]),
+        _ => None,
+    }
+}
+
 fn variant_number(variant: &Option<String>) -> Option<u32> {
     variant.as_deref()?.strip_prefix('v')?.parse().ok()
 }
@@ -326,8 +362,24 @@ fn compatible(platform: &Platform) -> Vec<Platform> {
             }
         }
         "arm64" => {
-            let version = variant_number(&platform.variant).unwrap_or(8).min(8);
-            for lower in (5..=version).rev() {
+            // containerd's table: a v9.x core also runs v8 up to a paired minor.
+            out.truncate(0);
+            let variant = platform.variant.as_deref().unwrap_or("v8");
+            let Some(ranges) = arm64_ranges(variant) else {
+                // A variant containerd does not know: itself only.
+                return vec![platform.clone()];
+            };
+            for (major, max_minor) in ranges {
+                for minor in (0..=max_minor).rev() {
+                    let v = if minor == 0 {
+                        format!("v{major}")
+                    } else {
+                        format!("v{major}.{minor}")
+                    };
+                    out.push(with("arm64", Some(v)));
+                }
+            }
+            for lower in (5..=8).rev() {
                 out.push(with("arm", Some(format!("v{lower}"))));
             }
         }

@@ -54,6 +54,7 @@ impl Fields for Image {
                 Some(self.target.media_type().to_string())
             }
             ["labels", key] => self.labels.get(*key).cloned(),
+            ["annotations", key] => self.target.annotations().as_ref()?.get(*key).cloned(),
             _ => None,
         }
     }
@@ -66,7 +67,8 @@ pub trait ImageStore: Send + Sync {
     async fn get(&self, name: &str) -> Result<Image>;
 
     /// The images matching any of `filters` (all if empty), by name. Fields:
-    /// `name`, `target.digest`, `target.mediatype`, `labels.KEY`.
+    /// `name`, `target.digest`, `target.mediatype`, `labels.KEY`,
+    /// `annotations.KEY`.
     async fn list(&self, filters: &[&str]) -> Result<Vec<Image>>;
 
     /// Creates an image; its timestamps are set to now. A name in use is
@@ -74,7 +76,8 @@ pub trait ImageStore: Send + Sync {
     async fn create(&self, image: Image) -> Result<Image>;
 
     /// Updates an image. With no `fieldpaths` the target and labels are
-    /// replaced; otherwise only `target`, `labels` or `labels.KEY`.
+    /// replaced; otherwise only `target`, `labels`, `labels.KEY`,
+    /// `annotations` or `annotations.KEY` (the target's annotations).
     async fn update(&self, image: Image, fieldpaths: &[&str]) -> Result<Image>;
 
     /// Deletes an image. Missing: [`ErrorKind::NotFound`].
@@ -93,6 +96,14 @@ pub fn validate(image: &Image) -> Result<()> {
     if image.name.trim().is_empty() {
         return invalid("the name must not be empty");
     }
+    for (key, value) in &image.labels {
+        if key.len() + value.len() > MAX_LABEL_BYTES {
+            return invalid(&format!(
+                "label {:?}: key and value exceed {MAX_LABEL_BYTES} bytes",
+                key.chars().take(64).collect::<String>()
+            ));
+        }
+    }
     if Digest::try_from(image.target.digest().to_string()).is_err() {
         return invalid("the target digest is invalid");
     }
@@ -106,6 +117,9 @@ pub fn validate(image: &Image) -> Result<()> {
 }
 
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+
+/// containerd's limit on one label (key plus value).
+const MAX_LABEL_BYTES: usize = 4096;
 
 /// What is stored per name.
 #[derive(Serialize, Deserialize)]
@@ -321,6 +335,25 @@ impl ImageStore for DbImageStore {
                     match path.as_str() {
                         "target" => next.target = image.target.clone(),
                         "labels" => next.labels = image.labels.clone(),
+                        "annotations" => {
+                            next.target
+                                .set_annotations(image.target.annotations().clone());
+                        }
+                        other if other.starts_with("annotations.") => {
+                            let key = &other["annotations.".len()..];
+                            let mut annotations =
+                                next.target.annotations().clone().unwrap_or_default();
+                            match image.target.annotations().as_ref().and_then(|a| a.get(key)) {
+                                Some(value) => {
+                                    annotations.insert(key.to_string(), value.clone());
+                                }
+                                None => {
+                                    annotations.remove(key);
+                                }
+                            }
+                            next.target
+                                .set_annotations((!annotations.is_empty()).then_some(annotations));
+                        }
                         other => match other.strip_prefix("labels.") {
                             Some(key) => match image.labels.get(key) {
                                 Some(value) => {

@@ -81,7 +81,10 @@ pub struct LimitManifests<H, M> {
 
 /// Wraps `inner` so that an index's children are ordered best match first
 /// (by `matcher`; no platform, or no match, last; ties keep their order) and
-/// only the first `limit` are kept (all if `limit` is 0).
+/// only the first `limit` are kept (all if `limit` is 0). It orders and cuts;
+/// it does not drop non-matching platforms (compose with
+/// [`filter_platforms`]). An index left with nothing when a limit is set is
+/// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound): no match for the platform.
 pub fn limit_manifests<H: Handler, M: Matcher>(
     limit: usize,
     matcher: M,
@@ -108,6 +111,12 @@ impl<H: Handler, M: Matcher> Handler for LimitManifests<H, M> {
                     .unwrap_or(usize::MAX)
             });
             if self.limit > 0 {
+                if children.is_empty() {
+                    return Err(crate::Error::NoMatchingManifest {
+                        digest: desc.digest().clone(),
+                        platform: format!("{:?}", self.matcher),
+                    });
+                }
                 children.truncate(self.limit);
             }
         }
@@ -124,10 +133,10 @@ pub struct SetChildrenLabels<H, S> {
 
 /// Wraps `inner` so that the children it returns are recorded on the parent
 /// blob as containerd's GC reference labels, which keep them alive:
-/// `containerd.io/gc.ref.content.config` for a config,
-/// `containerd.io/gc.ref.content.m.<n>` for manifests,
+/// `containerd.io/gc.ref.content.config` for a config (`config1`, ... for
+/// more), `containerd.io/gc.ref.content.m.<n>` for manifests,
 /// `containerd.io/gc.ref.content.l.<n>` for layers and
-/// `containerd.io/gc.ref.content.<n>` for anything else.
+/// `containerd.io/gc.ref.content.<n>` for anything else, nested indexes included.
 pub fn set_children_labels<H: Handler, S: Manager>(
     manager: S,
     inner: H,
@@ -141,16 +150,19 @@ pub fn children_labels(children: &[Descriptor]) -> Labels {
     let mut counts = std::collections::HashMap::<&str, usize>::new();
     for child in children {
         let prefix = match media_types::kind(child.media_type().as_ref()) {
-            Kind::Config => {
-                labels.insert(GC_REF_CONFIG.to_string(), child.digest().to_string());
-                continue;
-            }
-            Kind::Manifest | Kind::Index => "containerd.io/gc.ref.content.m.",
+            Kind::Config => GC_REF_CONFIG,
+            Kind::Manifest => "containerd.io/gc.ref.content.m.",
             Kind::Layer => "containerd.io/gc.ref.content.l.",
             _ => "containerd.io/gc.ref.content.",
         };
         let n = counts.entry(prefix).or_default();
-        labels.insert(format!("{prefix}{n}"), child.digest().to_string());
+        // A prefix ending in '.' always takes its number; `config` only from the second.
+        let key = if *n > 0 || prefix.ends_with('.') {
+            format!("{prefix}{n}")
+        } else {
+            prefix.to_string()
+        };
+        labels.insert(key, child.digest().to_string());
         *n += 1;
     }
     labels
