@@ -657,7 +657,7 @@ async fn children_gc_labels_follow_containerd_names() {
     let (_dir, store) = store();
     let m1 = image(&store, Flavor::Oci, "linux/amd64", 2).await;
     let m2 = image(&store, Flavor::Docker, "linux/arm64", 1).await;
-    let nested = common::index(&store, Flavor::Oci, &[m1.manifest.clone()]).await;
+    let nested = common::index(&store, Flavor::Oci, std::slice::from_ref(&m1.manifest)).await;
     let odd = put(&store, "application/vnd.example+json", b"{}").await;
     let labels = children_labels(&[
         m1.manifest.clone(),
