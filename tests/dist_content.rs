@@ -1,50 +1,11 @@
 //! End-to-end tests of the `dist` example's content commands, run as a real
 //! process against a real store, the way a shell pipeline uses them.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::{dist, stderr, stdout};
 
 use ocidist::content::sha256_of;
-
-/// The `dist` binary `cargo test` built beside this test.
-fn dist_binary() -> PathBuf {
-    let deps = std::env::current_exe().expect("test binary path");
-    let profile_dir = deps
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("dist");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with `cargo test` (which builds examples)",
-        binary.display()
-    );
-    binary
-}
-
-fn dist(root: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(dist_binary())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run dist");
-    // A command may exit before reading all of stdin; that is not our failure.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().expect("wait for dist")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn ingest_resumes_verifies_and_the_store_is_managed_from_the_shell() {

@@ -1,41 +1,15 @@
 //! End-to-end tests of the `dist` example's registry and image commands,
 //! against the real registry the test kit starts.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::dist;
 
 use ocidist::content::sha256_of;
 use ocidist::remotes::testkit::Registry;
-
-fn dist_binary() -> PathBuf {
-    let deps = std::env::current_exe().expect("test binary path");
-    let binary = deps
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join("examples/dist");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with `cargo test`",
-        binary.display()
-    );
-    binary
-}
-
-fn dist(root: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(dist_binary())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run dist");
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().expect("wait for dist")
-}
 
 fn ok(out: Output) -> String {
     assert!(

@@ -99,8 +99,9 @@ pub async fn open_writer<I: Ingester + ?Sized>(
     }
 }
 
-/// A uniformly random duration in `[d/2, d]`, so waiters do not move in lockstep.
-fn jitter(d: Duration) -> Duration {
+/// A uniformly random duration in `[d/2, d]`, so waiters (and retrying
+/// clients) do not move in lockstep.
+pub fn jitter(d: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let random = std::collections::hash_map::RandomState::new()
         .build_hasher()

@@ -6,21 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{push_multi, registry};
-use ocidist_content::local::LocalStore;
+use common::{push_multi, registry, stores};
 use ocidist_content::{ErrorKind, IngestManager, Manager};
-use ocidist_images::DbImageStore;
 use ocidist_images::platforms::{Platform, only};
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::testkit::{Fault, FaultProxy};
 use ocidist_remotes::{Resolver, fetch_image};
-
-fn stores() -> (tempfile::TempDir, LocalStore, DbImageStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().join("content")).unwrap();
-    let images = DbImageStore::open(dir.path().join("images.redb")).unwrap();
-    (dir, store, images)
-}
 
 fn arm64() -> Platform {
     "linux/arm64".parse().unwrap()

@@ -4,22 +4,14 @@
 
 mod common;
 
-use common::{push_multi, registry};
-use ocidist_content::local::LocalStore;
+use common::{push_multi, registry, stores};
 use ocidist_content::{IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, all, only};
-use ocidist_images::{DbImageStore, ImageStore, check};
+use ocidist_images::{ImageStore, check};
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::{FetchEvent, Resolver, fetch_image, ingest_ref};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-
-fn stores() -> (tempfile::TempDir, LocalStore, DbImageStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().join("content")).unwrap();
-    let images = DbImageStore::open(dir.path().join("images.redb")).unwrap();
-    (dir, store, images)
-}
 
 fn arm64() -> Platform {
     "linux/arm64".parse().unwrap()

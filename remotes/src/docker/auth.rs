@@ -131,8 +131,13 @@ fn basic(credential: &Credential) -> String {
     )
 }
 
-fn base64(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Standard base64 with padding, or (with `url`) the unpadded URL-safe form.
+pub(crate) fn base64_encode(data: &[u8], url: bool) -> String {
+    let table: &[u8; 64] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -143,13 +148,17 @@ fn base64(data: &[u8]) -> String {
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
-                out.push(TABLE[(n >> shift & 63) as usize] as char);
-            } else {
+                out.push(table[(n >> shift & 63) as usize] as char);
+            } else if !url {
                 out.push('=');
             }
         }
     }
     out
+}
+
+fn base64(data: &[u8]) -> String {
+    base64_encode(data, false)
 }
 
 /// A cached `Authorization` value and when it stops being good.

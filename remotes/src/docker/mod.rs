@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use oci_spec::image::{Descriptor, Digest, MediaType};
 use ocidist_content::Digester;
+use ocidist_content::helpers::jitter;
 use reqwest::{Method, StatusCode, header};
 
 pub use fetcher::DockerFetcher;
@@ -57,16 +58,6 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(seconds))
-}
-
-/// A uniformly random duration in `[d/2, d]`, so clients do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let half = d / 2;
-    half + Duration::from_nanos(random % (half.as_nanos() as u64 + 1))
 }
 
 /// Give up on a connection that is not established in this long.

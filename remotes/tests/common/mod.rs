@@ -9,6 +9,18 @@ use ocidist_remotes::testkit::Registry;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+/// A fresh content store and image store in a temporary directory.
+pub fn stores() -> (
+    tempfile::TempDir,
+    ocidist_content::local::LocalStore,
+    ocidist_images::DbImageStore,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ocidist_content::local::LocalStore::open(dir.path().join("content")).unwrap();
+    let images = ocidist_images::DbImageStore::open(dir.path().join("images.redb")).unwrap();
+    (dir, store, images)
+}
+
 pub fn registry() -> Registry {
     Registry::start().expect("the registry must start (apt-get install docker-registry)")
 }

@@ -1,0 +1,47 @@
+//! Running the built `dist` example as a real process.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `dist` binary `cargo test` built beside this test.
+pub fn dist_binary() -> PathBuf {
+    let deps = std::env::current_exe().expect("test binary path");
+    let binary = deps
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("examples/dist");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo test` (which builds examples) or `cargo build --example dist`",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs `dist --root ROOT ARGS...` with `stdin`, and waits for it.
+pub fn dist(root: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(dist_binary())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dist");
+    // A command may exit before reading all of stdin; that is not our failure.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().expect("wait for dist")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
