@@ -695,3 +695,64 @@ async fn resume_trusts_a_durable_checkpoint_and_hashes_only_the_tail() {
     w.write_all(&content[1 << 20..]).await.unwrap();
     assert_eq!(w.digest().await.unwrap(), digest);
 }
+
+#[tokio::test]
+async fn an_emptied_ingest_json_or_a_missing_lock_file_does_not_strand_the_ref() {
+    let (dir, store) = store();
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(b"partial").await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+    let ingest_dir = only_ingest_dir(dir.path());
+    // What a power loss can leave of a file that was never fsynced.
+    std::fs::write(ingest_dir.join("ingest.json"), b"").unwrap();
+    assert!(
+        store.list_statuses(&[]).await.unwrap().is_empty(),
+        "listing skips it"
+    );
+    let mut w = store
+        .writer(WriterOpts::new("r"))
+        .await
+        .expect("the writer rewrites ingest.json");
+    assert_eq!(w.status().await.unwrap().offset, 7, "the data is kept");
+    w.shutdown().await.unwrap();
+    drop(w);
+    assert_eq!(store.status("r").await.unwrap().offset, 7);
+
+    std::fs::remove_file(ingest_dir.join("lock")).unwrap();
+    let w = store
+        .writer(WriterOpts::new("r"))
+        .await
+        .expect("a missing lock file is recreated");
+    drop(w);
+}
+
+#[tokio::test]
+async fn ingest_data_still_linked_to_a_blob_is_never_written_through() {
+    let (dir, store) = store();
+    let (content, digest) = create_content(5000);
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    w.write_all(&content).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+    // What a link-then-unlink commit killed between the two leaves.
+    let data = only_ingest_dir(dir.path()).join("data");
+    let blob = store.blob_path(&digest);
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::hard_link(&data, &blob).unwrap();
+
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    assert_eq!(
+        w.status().await.unwrap().offset,
+        0,
+        "a fresh ingest, not the blob's inode"
+    );
+    w.write_all(b"new bytes").await.unwrap();
+    w.truncate(0).await.unwrap();
+    w.write_all(b"other").await.unwrap();
+    drop(w);
+    assert!(
+        std::fs::read(&blob).unwrap() == content,
+        "the blob is untouched"
+    );
+}

@@ -10,7 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -68,6 +68,12 @@ pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -
         let lock_path = dir.join(LOCK);
         let lock = match File::open(&lock_path) {
             Ok(file) => file,
+            // An ingest directory without its lock file (made by hand, or by
+            // an older layout): give it one.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir.join(META).exists() => {
+                File::create(&lock_path).map_err(|e| Error::io("create", &lock_path, e))?;
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 create_dir(ingest_root, &dir, opts)?;
                 continue;
@@ -92,7 +98,28 @@ pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -
         if !same_file(&lock, &lock_path) {
             continue;
         }
-        let mut meta = read_meta(&dir)?;
+        let mut meta = match read_meta(&dir) {
+            Ok(meta) => meta,
+            // ingest.json is not fsynced (the data's fsync at commit is what
+            // matters); after a power loss it may be empty. We hold the lock,
+            // so we may write it again from what the caller tells us.
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::NotFound
+                ) =>
+            {
+                let meta = Meta {
+                    reference: opts.reference.clone(),
+                    total: opts.size,
+                    expected: opts.digest.clone(),
+                    started_at_ns: to_nanos(SystemTime::now()),
+                };
+                write_meta(&dir, &meta)?;
+                meta
+            }
+            Err(e) => return Err(e),
+        };
         if meta.reference != opts.reference {
             return Err(Error::other(
                 crate::ErrorKind::Internal,
@@ -105,7 +132,17 @@ pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -
             ));
         }
         let data_path = dir.join(DATA);
-        let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
+        let data = match open_data(&data_path) {
+            // Still linked into blobs/ (a link-and-unlink commit killed halfway):
+            // never write to a blob's inode; start this ingest afresh.
+            Ok(data) if data.metadata().is_ok_and(|m| m.nlink() > 1) => {
+                drop(data);
+                fs::remove_file(&data_path).map_err(|e| Error::io("remove", &data_path, e))?;
+                let _ = fs::remove_file(dir.join(CHECKPOINT));
+                File::create_new(&data_path)
+                    .and_then(|_| open_data(&data_path))
+                    .map_err(|e| Error::io("create", &data_path, e))?
+            }
             Ok(data) => data,
             // A commit moved the data into blobs/ and died before removing the
             // directory: what is left is an empty ingest, and it is ours.
@@ -114,7 +151,7 @@ pub(crate) fn open_locked(ingest_root: &Path, opts: &WriterOpts, create: bool) -
                 meta.started_at_ns = to_nanos(SystemTime::now());
                 write_meta(&dir, &meta)?;
                 File::create_new(&data_path)
-                    .and_then(|_| OpenOptions::new().read(true).write(true).open(&data_path))
+                    .and_then(|_| open_data(&data_path))
                     .map_err(|e| Error::io("create", &data_path, e))?
             }
             Err(e) => return Err(Error::io("open", &data_path, e)),
@@ -163,9 +200,20 @@ fn create_dir(ingest_root: &Path, dir: &Path, opts: &WriterOpts) -> Result<()> {
     })
 }
 
-/// Linux errno values for "the target directory is there already".
-const ENOTEMPTY: i32 = 39;
-const EEXIST: i32 = 17;
+use libc::{EEXIST, ENOTEMPTY};
+
+/// Opens an ingest's data read-write. A commit makes the data read-only just
+/// before moving it; if it died in between, the file is made writable again
+/// (it is still ours: it was never published).
+fn open_data(path: &Path) -> io::Result<File> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+            OpenOptions::new().read(true).write(true).open(path)
+        }
+        other => other,
+    }
+}
 
 /// True when `file` is still the file at `path` (not unlinked or replaced).
 fn same_file(file: &File, path: &Path) -> bool {
@@ -290,7 +338,10 @@ fn remove_dir(dir: &Path) -> Result<()> {
     let parent = dir.parent().expect("ingest dirs have a parent");
     let trash = parent.join(fsutil::unique_name(".trash"));
     fs::rename(dir, &trash).map_err(|e| Error::io("remove ingest", dir, e))?;
-    fs::remove_dir_all(&trash).map_err(|e| Error::io("remove", &trash, e))
+    // The ingest is gone once renamed; what is left is cleanup, which another
+    // process opening the store may be doing at the same time.
+    let _ = fs::remove_dir_all(&trash);
+    Ok(())
 }
 
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -6,11 +6,11 @@
 //! <root>/ingest/<sha256(ref)>/      one ingest: data, ingest.json, checkpoint
 //! ```
 //!
-//! Commit fsyncs the data, verifies size and digest, links the file into
-//! `blobs/` and fsyncs the directory, so after a crash at any instant a blob in
-//! `blobs/` is complete and verified and anything else is an ingest that
-//! resumes. Ingest refs are locked with `flock` on the data file, which holds
-//! between processes as well as within one.
+//! Commit verifies size and digest, fsyncs the data, moves it into `blobs/`
+//! (a rename that never replaces) and fsyncs the directory, so after a crash at
+//! any instant a blob in `blobs/` is complete and verified and anything else is
+//! an ingest that resumes. Ingest refs are locked with `flock` on the ingest's
+//! `lock` file, which holds between processes as well as within one.
 
 use std::fs::{self, File};
 use std::io;
@@ -90,6 +90,16 @@ impl LocalStore {
     /// `blobs/<alg>`.
     fn algorithm_dir(&self, algorithm: &oci_spec::image::DigestAlgorithm) -> PathBuf {
         self.inner.blobs.join(algorithm.as_ref())
+    }
+
+    /// Creates `blobs/<alg>` if it is missing, durably (its entry in `blobs/`
+    /// is fsynced the first time).
+    fn ensure_algorithm_dir(&self, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        fsutil::fsync_dir(&self.inner.blobs)
     }
 
     fn ingest_dir(&self, reference: &str) -> PathBuf {
@@ -183,8 +193,8 @@ fn clear_staging_leftovers(ingest_root: &Path) {
             .ok()
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|age| age > STALE_STAGING);
-        // A trash dir is never reused; a staging dir may be another process's, being made.
-        if name.starts_with(".trash-") || (name.starts_with(".tmp-") && stale) {
+        // Another process may be making a staging dir, or emptying a trash dir, now.
+        if (name.starts_with(".trash-") || name.starts_with(".tmp-")) && stale {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -393,8 +403,13 @@ impl IngestManager for LocalStore {
                 match ingest::read_status(&entry.path()) {
                     Ok(status) if filters.matches(&status) => found.push(status),
                     Ok(_) => {}
-                    // Committed or aborted while we listed.
-                    Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                    // Committed or aborted while we listed, or an ingest.json a
+                    // power loss emptied (its next writer rewrites it).
+                    Err(Error::Io { source, .. })
+                        if matches!(
+                            source.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::InvalidData
+                        ) => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -69,15 +69,7 @@ impl Sink {
         let Sink {
             ingest, digester, ..
         } = self;
-        let result = if chunk.len() >= PARALLEL_HASH_MIN {
-            std::thread::scope(|scope| {
-                scope.spawn(|| digester.update(chunk));
-                ingest.data.write_all(chunk)
-            })
-        } else {
-            digester.update(chunk);
-            ingest.data.write_all(chunk)
-        };
+        let result = hash_while(digester, chunk, || ingest.data.write_all(chunk));
         if let Err(e) = result {
             self.poisoned = true;
             return Err(Error::io("write", self.data_path(), e));
@@ -109,6 +101,8 @@ impl Sink {
 
     fn truncate(&mut self, size: u64) -> Result<()> {
         let path = self.data_path();
+        // Until it has all succeeded, the file and the digest may disagree.
+        self.poisoned = true;
         self.ingest.drop_checkpoint()?;
         let data = &mut self.ingest.data;
         data.set_len(size)
@@ -158,6 +152,11 @@ impl Sink {
             Err(err) => {
                 // Keep the data and make the next resume cheap; the lock goes with `self`.
                 self.digester = before_pending;
+                let written = self.written;
+                self.ingest
+                    .data
+                    .seek(SeekFrom::Start(written))
+                    .map_err(|e| Error::io("seek", self.data_path(), e))?;
                 self.append(&pending, updated_at)?;
                 let _ = self.checkpoint(updated_at);
                 return Err(err);
@@ -172,16 +171,19 @@ impl Sink {
             self.ingest.remove()?;
             return Err(exists());
         }
-        fs::create_dir_all(target_dir).map_err(|e| Error::io("create", target_dir, e))?;
+        store.ensure_algorithm_dir(target_dir)?;
+        // Labels first: a crash after publishing must not leave the blob
+        // without them (a retry would find it present and stop there).
+        store.labels.write(&actual, labels, created_at)?;
         let published = match staged {
             Some(unnamed) => unnamed.link(&target),
             None => Ok(false),
         };
         let published = match published {
             Ok(true) => Ok(()),
-            Ok(false) => self.publish_data_file(&pending, &target, &actual, created_at),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists()),
-            Err(e) => Err(Error::io("link", &target, e)),
+            // No unnamed file, or it could not be linked: the ordinary way.
+            Ok(false) | Err(_) => self.publish_data_file(&pending, &target, &actual, created_at),
         };
         match published {
             Ok(()) => {}
@@ -191,7 +193,6 @@ impl Sink {
             }
             Err(e) => return Err(e),
         }
-        store.labels.write(&actual, labels, created_at)?;
         fsutil::fsync_dir(target_dir)?;
         // Still locked: nobody can open the ingest between the move and this.
         self.ingest.remove()?;
@@ -208,18 +209,13 @@ impl Sink {
         created_at: SystemTime,
     ) -> Result<Option<fsutil::UnnamedFile>> {
         let dir = store.algorithm_dir(&self.digester.algorithm());
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-        let digester = &mut self.digester;
-        let staged = if pending.len() >= PARALLEL_HASH_MIN {
-            std::thread::scope(|scope| {
-                scope.spawn(|| digester.update(pending));
-                fsutil::UnnamedFile::create(&dir, pending, created_at)
-            })
-        } else {
-            digester.update(pending);
+        store.ensure_algorithm_dir(&dir)?;
+        let staged = hash_while(&mut self.digester, pending, || {
             fsutil::UnnamedFile::create(&dir, pending, created_at)
-        };
-        staged.map_err(|e| Error::io("stage", &dir, e))
+        });
+        // Staging is an optimisation: if it fails, the ordinary path writes
+        // the bytes through the ingest's data file instead.
+        Ok(staged.unwrap_or(None))
     }
 
     /// Checks size and digest of everything written plus `pending` (already
@@ -303,6 +299,39 @@ fn start_writeback(file: &fs::File, offset: u64, len: usize) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
+}
+
+/// Feeds `chunk` to `digester` on a second thread while `work` runs here, for
+/// chunks big enough to pay for the thread; in line otherwise, or when no
+/// thread can be had.
+fn hash_while<T>(digester: &mut Digester, chunk: &[u8], work: impl FnOnce() -> T) -> T {
+    if chunk.len() < PARALLEL_HASH_MIN {
+        digester.update(chunk);
+        return work();
+    }
+    std::thread::scope(|scope| {
+        // The hashing thread works on a copy (a few hundred bytes of state)
+        // and hands it back, so a failed spawn leaves ours to use in line.
+        let mut copy = digester.clone();
+        let spawned = std::thread::Builder::new().spawn_scoped(scope, move || {
+            copy.update(chunk);
+            copy
+        });
+        match spawned {
+            Ok(handle) => {
+                let result = work();
+                match handle.join() {
+                    Ok(updated) => *digester = updated,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                result
+            }
+            Err(_) => {
+                digester.update(chunk);
+                work()
+            }
+        }
+    })
 }
 
 fn lock(sink: &Mutex<Sink>) -> MutexGuard<'_, Sink> {
@@ -425,16 +454,6 @@ impl LocalWriter {
     async fn drain(&mut self) -> Result<()> {
         std::future::poll_fn(|cx| self.poll_drain(cx)).await
     }
-
-    /// Runs `f` on the sink on a blocking thread, after draining the buffer.
-    async fn with_sink<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut Sink) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.drain().await?;
-        let sink = self.sink()?;
-        fsutil::blocking(move || f(&mut lock(&sink))).await
-    }
 }
 
 impl AsyncWrite for LocalWriter {
@@ -524,8 +543,12 @@ impl Drop for LocalWriter {
             Ok(handle) => {
                 // After the chunk in flight, so the data stays in order.
                 handle.spawn(async move {
-                    if let Some(task) = in_flight {
-                        let _ = task.await;
+                    // A failed chunk leaves a gap: appending after it would
+                    // put later bytes in the wrong place.
+                    if let Some(task) = in_flight
+                        && !matches!(task.await, Ok(Ok(_)))
+                    {
+                        return;
                     }
                     let _ = tokio::task::spawn_blocking(finish).await;
                 });
@@ -599,9 +622,16 @@ impl Writer for LocalWriter {
                 self.reference, self.offset
             )));
         }
-        self.with_sink(move |sink| sink.truncate(size)).await?;
+        self.drain().await?;
+        let sink = self.sink()?;
+        // Tracked like a chunk in flight, so that if this future is dropped,
+        // whatever comes next still waits for the truncation to finish.
         self.offset = size;
         self.updated_at = SystemTime::now();
-        Ok(())
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            lock(&sink).truncate(size)?;
+            Ok(Vec::new())
+        }));
+        std::future::poll_fn(|cx| self.poll_in_flight(cx)).await
     }
 }
