@@ -150,15 +150,16 @@ impl Sink {
         let actual = match self.verify(&pending, size, expected) {
             Ok(actual) => actual,
             Err(err) => {
-                // Keep the data and make the next resume cheap; the lock goes with `self`.
+                // Keep the data and make the next resume cheap, as far as
+                // possible; the mismatch stays the error reported. The lock
+                // goes with `self`.
                 self.digester = before_pending;
                 let written = self.written;
-                self.ingest
-                    .data
-                    .seek(SeekFrom::Start(written))
-                    .map_err(|e| Error::io("seek", self.data_path(), e))?;
-                self.append(&pending, updated_at)?;
-                let _ = self.checkpoint(updated_at);
+                let kept = self.ingest.data.seek(SeekFrom::Start(written)).is_ok()
+                    && self.append(&pending, updated_at).is_ok();
+                if kept {
+                    let _ = self.checkpoint(updated_at);
+                }
                 return Err(err);
             }
         };
