@@ -7,8 +7,10 @@
 //!   `Ingester`, `Writer`, `Manager` and `IngestManager` traits.
 //! - [`images`]: handlers (`walk`, `dispatch`) and their wrappers, manifests,
 //!   platforms, the image store and garbage collection.
-//! - [`remotes`]: image references, and a test kit that runs a real registry
-//!   (the registry client is in progress).
+//! - [`remotes`]: image references, the registry client (resolve, fetch,
+//!   push) and a test kit that runs a real registry.
+//! - [`snapshot`]: snapshotters (native, overlay), safe layer apply and unpack.
+//! - [`pull`]: fetch and unpack, overlapped: what `ctr pull` does.
 //!
 //! ```
 //! use ocidist::content::{local::LocalStore, sha256_of, write_blob, Labels, Manager, WriterOpts};
@@ -25,3 +27,6 @@
 pub use ocidist_content as content;
 pub use ocidist_images as images;
 pub use ocidist_remotes as remotes;
+pub use ocidist_snapshot as snapshot;
+
+pub mod pull;

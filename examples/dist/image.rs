@@ -88,7 +88,7 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
-    fn resolver(&self) -> DockerResolver {
+    pub(crate) fn resolver(&self) -> DockerResolver {
         let plain = if self.plain_http {
             PlainHttp::Always
         } else {
@@ -207,7 +207,7 @@ pub(crate) async fn push(stores: &Stores, remote: &Remote, args: PushArgs) -> Cm
 }
 
 /// The descriptor an image name (or a manifest digest) points at.
-async fn local_target(
+pub(crate) async fn local_target(
     stores: &Stores,
     local: &str,
 ) -> Result<ocidist::content::Descriptor, Box<dyn std::error::Error + Send + Sync>> {

@@ -14,6 +14,7 @@
 mod content;
 mod image;
 mod output;
+mod rootfs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,8 +48,21 @@ struct Cli {
     /// The platform to fetch and inspect: os/arch[/variant]. Default: this host's.
     #[arg(long, global = true, value_parser = parse_platform)]
     platform: Option<Platform>,
+    /// How images become filesystems. Default: overlay where it can mount
+    /// (root, a kernel with overlayfs), else native.
+    #[arg(long, global = true, value_enum)]
+    snapshotter: Option<SnapshotterKind>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The snapshotters `--snapshotter` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SnapshotterKind {
+    /// overlayfs layers, one directory of changes per layer.
+    Overlay,
+    /// A full copy of the tree per layer; works anywhere.
+    Native,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +89,12 @@ enum Command {
     Images(image::ImagesArgs),
     /// Remove content no image needs, and stale ingests.
     Prune(image::PruneArgs),
+    /// Fetch an image and unpack it into snapshots, overlapped.
+    Pull(rootfs::PullArgs),
+    /// Apply a layer read from stdin to a directory; prints its diff ID.
+    Apply(rootfs::ApplyArgs),
+    /// Mount (or copy) an image's filesystem at a directory.
+    Rootfs(rootfs::RootfsArgs),
 }
 
 /// The stores under the root: content in `content/`, image names in `images.redb`.
@@ -159,6 +179,27 @@ async fn run(cli: Cli) -> CmdResult {
         platform: cli.platform.clone().unwrap_or_else(Platform::host),
     };
     let store = &stores.content;
+    let kind = cli
+        .snapshotter
+        .unwrap_or(if ocidist::snapshot::overlay::supported() {
+            SnapshotterKind::Overlay
+        } else {
+            SnapshotterKind::Native
+        });
+    let snapshotter = || -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
+        let dir = root.join("snapshots");
+        let opened: Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, _> = match kind {
+            SnapshotterKind::Overlay => {
+                ocidist::snapshot::overlay::OverlaySnapshotter::open(dir.join("overlay"))
+                    .map(|s| std::sync::Arc::new(s) as _)
+            }
+            SnapshotterKind::Native => {
+                ocidist::snapshot::native::NativeSnapshotter::open(dir.join("native"))
+                    .map(|s| std::sync::Arc::new(s) as _)
+            }
+        };
+        opened.map_err(|e| open("snapshotter in", e.into()))
+    };
     match cli.command {
         Command::Ingest(args) => content::ingest(store, args).await,
         Command::Active(args) => content::active(store, args).await,
@@ -171,6 +212,9 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Push(args) => image::push(&stores, &remote, args).await,
         Command::Images(args) => image::images(&stores, &remote, args).await,
         Command::Prune(args) => image::prune(&stores, args).await,
+        Command::Pull(args) => rootfs::pull_cmd(&stores, &remote, &snapshotter()?, args).await,
+        Command::Apply(args) => rootfs::apply_cmd(args).await,
+        Command::Rootfs(args) => rootfs::rootfs_cmd(&stores, &remote, &snapshotter()?, args).await,
     }
 }
 

@@ -215,7 +215,41 @@ where
     M: Matcher + Clone + 'static,
 {
     let (name, target) = resolver.resolve(reference).await?;
-    let fetcher = resolver.fetcher(&name).await?;
+    fetch_resolved(
+        resolver,
+        store,
+        images,
+        &name,
+        target,
+        matcher,
+        manifests_per_index,
+        limit,
+        events,
+    )
+    .await
+}
+
+/// [`fetch_image`] for an image already resolved to `name` and `target`
+/// (a caller that needs the descriptor first, to unpack while it fetches).
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_resolved<R, S, I, M>(
+    resolver: &R,
+    store: &S,
+    images: &I,
+    name: &str,
+    target: Descriptor,
+    matcher: M,
+    manifests_per_index: usize,
+    limit: Option<usize>,
+    events: Option<UnboundedSender<FetchEvent>>,
+) -> Result<Image>
+where
+    R: Resolver + ?Sized,
+    S: Provider + Ingester + Manager + IngestManager + Clone + 'static,
+    I: ImageStore + ?Sized,
+    M: Matcher + Clone + 'static,
+{
+    let fetcher = resolver.fetcher(name).await?;
     let mut fetch = fetch_handler(store.clone(), fetcher);
     if let Some(events) = events {
         fetch = fetch.with_events(events);
@@ -230,7 +264,7 @@ where
     );
     let pipeline = handlers(vec![Arc::new(fetch), Arc::new(children)]);
     dispatch(&pipeline, limit, std::slice::from_ref(&target)).await?;
-    let image = Image::new(name.clone(), target);
+    let image = Image::new(name.to_string(), target);
     match images.create(image.clone()).await {
         Ok(created) => Ok(created),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {

@@ -33,7 +33,7 @@ pub mod reference;
 pub mod testkit;
 
 pub use error::{Error, ErrorKind, Result};
-pub use fetch::{FetchEvent, fetch_handler, fetch_image, ingest_ref};
+pub use fetch::{FetchEvent, fetch_handler, fetch_image, fetch_resolved, ingest_ref};
 pub use push::{push_image, push_order};
 pub use reference::Reference;
 

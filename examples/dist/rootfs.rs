@@ -1,0 +1,227 @@
+//! Commands that make filesystems: pull (fetch + unpack), apply, rootfs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use ocidist::images::platforms::{self, Matcher};
+use ocidist::pull::{PullEvent, PullOptions, pull};
+use ocidist::remotes::{FetchEvent, ingest_ref};
+use ocidist::snapshot::apply::{ApplyOptions, apply_layer};
+use ocidist::snapshot::mount::{self, ApplyTarget};
+use ocidist::snapshot::{Labels, Snapshotter, UnpackEvent, UnpackOptions, copy_tree, unpack};
+
+use crate::image::{Remote, local_target};
+use crate::{CmdResult, Failure, Stores, output};
+
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// The image: `[host[:port]/]path[:tag][@digest]`.
+    reference: String,
+    /// Blobs fetched at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// The directory to apply the layer (read from stdin) to.
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RootfsArgs {
+    /// The image (a name in the image store, or a manifest digest); not with --unmount.
+    #[arg(required_unless_present = "unmount")]
+    reference: Option<String>,
+    /// Where the filesystem goes.
+    #[arg(required_unless_present = "unmount")]
+    dest: Option<PathBuf>,
+    /// Make DEST a plain copy of the filesystem instead of a mounted snapshot.
+    #[arg(long, conflicts_with = "unmount")]
+    copy: bool,
+    /// Unmount the rootfs at this directory and remove its snapshot.
+    #[arg(long, value_name = "DEST")]
+    unmount: Option<PathBuf>,
+}
+
+fn layer_ref(desc: &ocidist::content::Descriptor) -> String {
+    format!("layer-{}", desc.digest())
+}
+
+fn describe(event: &PullEvent, total: &mut u64) -> Option<String> {
+    Some(match event {
+        PullEvent::Resolved(desc) => format!("{}: resolved", ingest_ref(desc)),
+        PullEvent::Fetch(FetchEvent::Started { desc, offset }) if *offset > 0 => format!(
+            "{}: resuming at {}/{}",
+            ingest_ref(desc),
+            output::size(*offset),
+            output::size(desc.size())
+        ),
+        PullEvent::Fetch(FetchEvent::Started { desc, .. }) => {
+            format!(
+                "{}: downloading {}",
+                ingest_ref(desc),
+                output::size(desc.size())
+            )
+        }
+        PullEvent::Fetch(FetchEvent::Done(desc)) => {
+            *total += desc.size();
+            format!("{}: done {}", ingest_ref(desc), output::size(desc.size()))
+        }
+        PullEvent::Fetch(FetchEvent::Exists(desc)) => format!("{}: exists", ingest_ref(desc)),
+        PullEvent::Unpack(UnpackEvent::Unpacking { layer }) => {
+            format!("{}: unpacking", layer_ref(layer))
+        }
+        PullEvent::Unpack(UnpackEvent::Unpacked { layer, seconds, .. }) => {
+            format!("{}: unpacked in {seconds:.2} s", layer_ref(layer))
+        }
+        PullEvent::Unpack(UnpackEvent::Exists { layer, .. }) => {
+            format!("{}: already unpacked", layer_ref(layer))
+        }
+        _ => return None,
+    })
+}
+
+pub(crate) async fn pull_cmd(
+    stores: &Stores,
+    remote: &Remote,
+    snapshotter: &Arc<dyn Snapshotter>,
+    args: PullArgs,
+) -> CmdResult {
+    let what = format!("pull {}", args.reference);
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let quiet = args.quiet;
+    let printer = tokio::spawn(async move {
+        let mut total = 0u64;
+        while let Some(event) = rx.recv().await {
+            if let Some(line) = describe(&event, &mut total)
+                && !quiet
+            {
+                println!("{line}");
+            }
+        }
+        total
+    });
+    let matcher: Arc<dyn Matcher> = Arc::new(platforms::only(&remote.platform));
+    let options = PullOptions {
+        matcher,
+        limit: Some(args.concurrency),
+        unpack: UnpackOptions::default(),
+        events: Some(tx),
+    };
+    let result = pull(
+        &remote.resolver(),
+        &stores.content,
+        &stores.images,
+        snapshotter,
+        &args.reference,
+        options,
+    )
+    .await;
+    let total = printer.await.unwrap_or(0);
+    let pulled = result.map_err(|e| Failure::new(what, e))?;
+    if !quiet {
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "elapsed: {elapsed:.2} s total: {} ({}/s)",
+            output::size(total),
+            output::size((total as f64 / elapsed.max(1e-9)) as u64)
+        );
+        println!("{} {}", pulled.image.name, pulled.image.target.digest());
+        println!("unpacked: {}", pulled.chain_id);
+    }
+    Ok(())
+}
+
+pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
+    let what = format!("apply {}", args.dir.display());
+    std::fs::create_dir_all(&args.dir).map_err(|e| Failure::new(what.clone(), e))?;
+    let applied = apply_layer(
+        &ApplyTarget::Tree(args.dir.clone()),
+        tokio::io::stdin(),
+        None,
+        ApplyOptions::default(),
+    )
+    .await
+    .map_err(|e| Failure::new(what, e))?;
+    for warning in &applied.warnings {
+        eprintln!("dist: apply: {warning}");
+    }
+    println!("{}", applied.diff_id);
+    Ok(())
+}
+
+/// The snapshot key of the rootfs mounted at `dest`.
+fn rootfs_key(dest: &std::path::Path) -> String {
+    let dest = std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf());
+    format!("rootfs:{}", dest.display())
+}
+
+pub(crate) async fn rootfs_cmd(
+    stores: &Stores,
+    remote: &Remote,
+    snapshotter: &Arc<dyn Snapshotter>,
+    args: RootfsArgs,
+) -> CmdResult {
+    if let Some(dest) = &args.unmount {
+        let what = format!("rootfs --unmount {}", dest.display());
+        let key = rootfs_key(dest);
+        mount::unmount(dest).map_err(|e| Failure::new(what.clone(), e))?;
+        snapshotter
+            .remove(&key)
+            .await
+            .map_err(|e| Failure::new(what, e))?;
+        return Ok(());
+    }
+    let (Some(reference), Some(dest)) = (args.reference, args.dest) else {
+        return Err(Failure::new("rootfs", "REF and DEST are required"));
+    };
+    let what = format!("rootfs {reference} {}", dest.display());
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
+    let target = local_target(stores, &reference).await.map_err(fail)?;
+    let matcher = platforms::only(&remote.platform);
+    let chain = unpack(
+        &target,
+        &stores.content,
+        snapshotter,
+        &matcher,
+        UnpackOptions::default(),
+    )
+    .await
+    .map_err(|e| fail(e.into()))?;
+    std::fs::create_dir_all(&dest).map_err(|e| fail(e.into()))?;
+    if args.copy {
+        let mounts = snapshotter
+            .mounts(chain.as_ref())
+            .await
+            .map_err(|e| fail(e.into()))?;
+        match &mounts[..] {
+            [m] if m.kind == "bind" => copy_tree(&m.source, &dest).map_err(|e| fail(e.into()))?,
+            _ => {
+                let scratch = tempfile::tempdir().map_err(|e| fail(e.into()))?;
+                mount::mount_all(&mounts, scratch.path()).map_err(|e| fail(e.into()))?;
+                let copied = copy_tree(scratch.path(), &dest);
+                let unmounted = mount::unmount(scratch.path());
+                copied.and(unmounted).map_err(|e| fail(e.into()))?;
+            }
+        }
+    } else {
+        let key = rootfs_key(&dest);
+        let mounts = snapshotter
+            .prepare(&key, Some(chain.as_ref()), Labels::new())
+            .await
+            .map_err(|e| fail(e.into()))?;
+        if let Err(e) = mount::mount_all(&mounts, &dest) {
+            let _ = snapshotter.remove(&key).await;
+            return Err(fail(e.into()));
+        }
+    }
+    println!("{}", dest.display());
+    Ok(())
+}

@@ -1,0 +1,707 @@
+//! Applying a layer: a (compressed) tar stream written into a directory.
+//!
+//! [`apply_layer`] decompresses while it reads, hashes the uncompressed tar as
+//! it goes (the result is the layer's *diff ID*), and writes each entry with
+//! the path resolved beneath the target (see `resolve`): symlinks, hardlinks,
+//! whiteouts and `..` cannot reach outside it. What a layer can hold:
+//!
+//! - regular files (GNU sparse ones stay sparse), directories, symlinks,
+//!   hardlinks, character and block devices, fifos;
+//! - owners, modes with setuid/setgid/sticky (set after the owner, never on a
+//!   symlink), `SCHILY.xattr.*` extended attributes, modification times
+//!   (directories last, so their children do not change them);
+//! - whiteouts: `.wh.NAME` deletes `NAME`, `.wh..wh..opq` empties its
+//!   directory of everything lower layers put there. Applied to a
+//!   [`ApplyTarget::Tree`] they delete; applied to an
+//!   [`ApplyTarget::OverlayUpper`] they are recorded as overlayfs does (a 0/0
+//!   character device; the `overlay.opaque` xattr).
+//!
+//! Without root, device nodes and ownership are skipped with a warning.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
+use sha2::{Digest as _, Sha256};
+
+use crate::mount::ApplyTarget;
+use crate::{Error, Result};
+
+mod decompress;
+mod resolve;
+
+pub use decompress::Compression;
+
+/// What applying a layer found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// `sha256:<hex>` of the uncompressed tar: the layer's diff ID.
+    pub diff_id: oci_spec::image::Digest,
+    /// Bytes of uncompressed tar read.
+    pub tar_size: u64,
+    /// Entries in the tar.
+    pub entries: u64,
+    /// Things skipped, once per kind (device nodes or owners without root).
+    pub warnings: Vec<String>,
+}
+
+/// Options for [`apply_layer`].
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Set owners and create device nodes. Defaults to whether we run as root.
+    pub privileged: bool,
+    /// The xattr that marks an opaque directory in overlay mode.
+    pub opaque_xattr: String,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            privileged: rustix::process::geteuid().is_root(),
+            opaque_xattr: crate::overlay::opaque_xattr().to_string(),
+        }
+    }
+}
+
+/// Applies the layer in `reader` (compressed per `media_type`, or detected
+/// from its first bytes when `media_type` is `None` or unknown) to `target`,
+/// on a blocking thread. Returns the diff ID.
+///
+/// ```
+/// use ocidist_snapshot::apply::{apply_layer, ApplyOptions};
+/// use ocidist_snapshot::mount::ApplyTarget;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut tar = tar::Builder::new(Vec::new());
+/// let mut header = tar::Header::new_gnu();
+/// header.set_size(5);
+/// header.set_mode(0o644);
+/// tar.append_data(&mut header, "etc/greeting", &b"hello"[..])?;
+/// let layer = tar.into_inner()?;
+///
+/// let root = tempfile::tempdir()?;
+/// let target = ApplyTarget::Tree(root.path().to_path_buf());
+/// let applied = apply_layer(&target, std::io::Cursor::new(layer.clone()), None, ApplyOptions::default()).await?;
+/// assert_eq!(applied.diff_id, ocidist_content::sha256_of(&layer));
+/// assert_eq!(std::fs::read(root.path().join("etc/greeting"))?, b"hello");
+/// # Ok(())
+/// # }
+/// ```
+pub async fn apply_layer<R>(
+    target: &ApplyTarget,
+    reader: R,
+    media_type: Option<&str>,
+    options: ApplyOptions,
+) -> Result<Applied>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    let reader = tokio_util::io::SyncIoBridge::new(reader);
+    let target = target.clone();
+    let compression = media_type.and_then(Compression::from_media_type);
+    tokio::task::spawn_blocking(move || apply_layer_sync(&target, reader, compression, &options))
+        .await
+        .map_err(|e| Error::Layer(format!("apply task: {e}")))?
+}
+
+/// [`apply_layer`] on the calling thread, from a blocking reader.
+pub fn apply_layer_sync(
+    target: &ApplyTarget,
+    reader: impl Read + Send,
+    compression: Option<Compression>,
+    options: &ApplyOptions,
+) -> Result<Applied> {
+    let tar = decompress::decompressed(reader, compression)?;
+    let hashing = HashingReader {
+        inner: tar,
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let (root, lowers, overlay) = match target {
+        ApplyTarget::Tree(root) => (root.clone(), Vec::new(), false),
+        ApplyTarget::OverlayUpper { upper, lowers } => (upper.clone(), lowers.clone(), true),
+    };
+    let mut applier = Applier {
+        root: resolve::Root::open(&root, &lowers, options.privileged)?,
+        overlay,
+        options: options.clone(),
+        created: HashSet::new(),
+        dir_times: Vec::new(),
+        buffer: vec![0u8; 256 * 1024],
+        skipped_devices: 0,
+        entries: 0,
+    };
+    let mut archive = tar::Archive::new(hashing);
+    {
+        let entries = archive
+            .entries()
+            .map_err(|e| Error::Layer(format!("tar: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::Layer(format!("tar: {e}")))?;
+            applier.entry(entry)?;
+        }
+    }
+    applier.finish_dirs()?;
+    // The tar may end with padding the entry reader never asked for; the
+    // diff ID covers every byte.
+    let mut hashing = archive.into_inner();
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::Layer(format!("read: {e}")))?;
+    let hex = hex(&hashing.hasher.finalize());
+    let diff_id = format!("sha256:{hex}")
+        .parse()
+        .map_err(|e| Error::Layer(format!("diff ID: {e}")))?;
+    let mut warnings = Vec::new();
+    if applier.skipped_devices > 0 {
+        warnings.push(format!(
+            "{} device nodes skipped: creating them needs root",
+            applier.skipped_devices
+        ));
+    }
+    if !options.privileged {
+        warnings.push("owners not set: changing them needs root".into());
+    }
+    Ok(Applied {
+        diff_id,
+        tar_size: hashing.count,
+        entries: applier.entries,
+        warnings,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Metadata of one entry, with PAX records applied.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Timespec,
+    atime: Timespec,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn parse_time(value: &str) -> Option<Timespec> {
+    let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
+    let tv_sec: i64 = secs.parse().ok()?;
+    let mut nanos = String::from(frac);
+    nanos.truncate(9);
+    while nanos.len() < 9 {
+        nanos.push('0');
+    }
+    let tv_nsec: i64 = nanos.parse().ok()?;
+    Some(Timespec {
+        tv_sec,
+        tv_nsec: tv_nsec as _,
+    })
+}
+
+fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
+    let header = entry.header();
+    let bad = |what: &str, e: io::Error| Error::Layer(format!("tar entry: bad {what}: {e}"));
+    // An empty numeric field is 0, as GNU tar and Go's archive/tar read it.
+    let number = |value: io::Result<u64>, raw: &[u8], what: &str| match value {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(e) => Err(bad(what, e)),
+    };
+    let old = header.as_old();
+    let mtime = Timespec {
+        tv_sec: number(header.mtime(), &old.mtime, "mtime")? as i64,
+        tv_nsec: 0,
+    };
+    let mut meta = Meta {
+        mode: number(header.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777,
+        uid: number(header.uid(), &old.uid, "uid")? as u32,
+        gid: number(header.gid(), &old.gid, "gid")? as u32,
+        mtime,
+        atime: mtime,
+        xattrs: Vec::new(),
+    };
+    let mut atime = None;
+    if let Some(pax) = entry
+        .pax_extensions()
+        .map_err(|e| Error::Layer(format!("tar entry: bad PAX header: {e}")))?
+    {
+        for ext in pax {
+            let ext = ext.map_err(|e| Error::Layer(format!("tar entry: bad PAX record: {e}")))?;
+            let Ok(key) = ext.key() else { continue };
+            let value = ext.value().ok();
+            match key {
+                "mtime" => {
+                    if let Some(t) = value.and_then(parse_time) {
+                        meta.mtime = t;
+                    }
+                }
+                "atime" => atime = value.and_then(parse_time),
+                "uid" => {
+                    if let Some(v) = value.and_then(|v| v.parse().ok()) {
+                        meta.uid = v;
+                    }
+                }
+                "gid" => {
+                    if let Some(v) = value.and_then(|v| v.parse().ok()) {
+                        meta.gid = v;
+                    }
+                }
+                _ => {
+                    if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                        meta.xattrs
+                            .push((name.to_string(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    meta.atime = atime.unwrap_or(meta.mtime);
+    Ok(meta)
+}
+
+struct Applier {
+    root: resolve::Root,
+    overlay: bool,
+    options: ApplyOptions,
+    /// Paths this layer wrote: an opaque whiteout spares them.
+    created: HashSet<PathBuf>,
+    /// Directory times, set last so their children do not change them.
+    dir_times: Vec<(PathBuf, Meta)>,
+    buffer: Vec<u8>,
+    skipped_devices: u64,
+    entries: u64,
+}
+
+fn split(rel: &Path) -> (PathBuf, &OsStr) {
+    let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+    (parent, rel.file_name().unwrap_or_default())
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(rustix::io::Errno) -> Error + 'a {
+    move |e| Error::io(op, path, e)
+}
+
+/// A descriptor of `fd` that can be read (the cache holds `O_PATH` ones).
+fn readable_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+impl Applier {
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        self.entries += 1;
+        let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
+            &entry.path_bytes()[..],
+        ) as &OsStr);
+        let rel = resolve::clean(&raw_name)?;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            return Ok(());
+        }
+        let meta = meta_of(&mut entry)?;
+        if rel.as_os_str().is_empty() {
+            // The root directory itself: only its metadata.
+            if kind.is_dir() {
+                self.set_dir_meta(Path::new(""), meta)?;
+            }
+            return Ok(());
+        }
+        let (parent, name) = split(&rel);
+        let name_bytes = std::os::unix::ffi::OsStrExt::as_bytes(name);
+        if let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
+            return self.whiteout(&parent, hidden);
+        }
+        let path = self.root.path.join(&rel);
+        let privileged = self.options.privileged;
+        let overlay = self.overlay;
+        let dirfd = self.root.dir(&parent)?;
+        // Whatever is at the name goes, unless a directory meets a directory.
+        let existing = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW).ok();
+        let mut replaced_whiteout = false;
+        let mut removed = false;
+        if let Some(st) = &existing {
+            let is_dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
+            if !(is_dir && kind.is_dir()) {
+                replaced_whiteout =
+                    overlay && (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0;
+                resolve::remove_at(dirfd, name).map_err(io_err("remove", &path))?;
+                removed = is_dir;
+            }
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                if existing.is_none() || removed || replaced_whiteout {
+                    rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700))
+                        .map_err(io_err("mkdir", &path))?;
+                }
+                if replaced_whiteout {
+                    // A deleted directory made again must not show the old one.
+                    set_xattr_at(dirfd, name, &self.options.opaque_xattr, b"y")
+                        .map_err(io_err("setxattr", &path))?;
+                }
+                if removed {
+                    self.root.invalidate();
+                }
+                self.created.insert(rel.clone());
+                self.set_dir_meta(&rel, meta)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let fd = rustix::fs::openat(
+                    dirfd,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(io_err("create", &path))?;
+                let mut file = std::fs::File::from(fd);
+                let sparse = kind == tar::EntryType::GNUSparse;
+                let size = entry.size();
+                copy_data(&mut entry, &mut file, &mut self.buffer, sparse, size, &path)?;
+                if privileged {
+                    rustix::fs::fchown(
+                        &file,
+                        Some(Uid::from_raw(meta.uid)),
+                        Some(Gid::from_raw(meta.gid)),
+                    )
+                    .map_err(io_err("chown", &path))?;
+                }
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
+                    .map_err(io_err("chmod", &path))?;
+                for (key, value) in &meta.xattrs {
+                    set_xattr_fd(file.as_fd(), key, value, privileged)
+                        .map_err(io_err("setxattr", &path))?;
+                }
+                rustix::fs::futimens(&file, &times(&meta)).map_err(io_err("utimes", &path))?;
+                self.created.insert(rel);
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| {
+                        Error::Layer(format!("symlink {:?} without a target", rel.display()))
+                    })?
+                    .into_owned();
+                rustix::fs::symlinkat(&target[..], dirfd, name)
+                    .map_err(io_err("symlink", &path))?;
+                self.set_meta_at(&parent, name, &path, &meta, false)?;
+                // A directory seen before may now be a symlink.
+                self.root.invalidate();
+                self.created.insert(rel);
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| {
+                        Error::Layer(format!("hardlink {:?} without a target", rel.display()))
+                    })?
+                    .into_owned();
+                let target_rel = resolve::clean(Path::new(
+                    std::os::unix::ffi::OsStrExt::from_bytes(&target[..]) as &OsStr,
+                ))?;
+                if target_rel.as_os_str().is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "hardlink {:?} to the root",
+                        rel.display()
+                    )));
+                }
+                let (target_parent, target_name) = split(&target_rel);
+                let target_dir = self.root.existing_dir(&target_parent)?.ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "hardlink {:?}: target {:?} does not exist",
+                        rel.display(),
+                        target_rel.display()
+                    ))
+                })?;
+                let dirfd = self.root.dir(&parent)?;
+                rustix::fs::linkat(
+                    target_dir.as_fd(),
+                    target_name,
+                    dirfd,
+                    name,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| {
+                    if e == rustix::io::Errno::NOENT {
+                        Error::InvalidArgument(format!(
+                            "hardlink {:?}: target {:?} does not exist",
+                            rel.display(),
+                            target_rel.display()
+                        ))
+                    } else {
+                        Error::io("link", &path, e)
+                    }
+                })?;
+                self.created.insert(rel);
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (file_type, dev) = match kind {
+                    tar::EntryType::Fifo => (FileType::Fifo, 0),
+                    _ => {
+                        let header = entry.header();
+                        let major = header.device_major().ok().flatten().unwrap_or(0);
+                        let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                        let ft = if kind == tar::EntryType::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                };
+                if file_type != FileType::Fifo && !privileged {
+                    self.skipped_devices += 1;
+                    return Ok(());
+                }
+                rustix::fs::mknodat(dirfd, name, file_type, Mode::from_raw_mode(0o600), dev)
+                    .map_err(io_err("mknod", &path))?;
+                self.set_meta_at(&parent, name, &path, &meta, true)?;
+                self.created.insert(rel);
+            }
+            other => {
+                return Err(Error::Layer(format!(
+                    "entry {:?}: unsupported tar entry type {other:?}",
+                    rel.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner, mode (after the owner), xattrs and times of a non-regular,
+    /// non-directory entry, by name in its parent.
+    fn set_meta_at(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        path: &Path,
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
+        let privileged = self.options.privileged;
+        let dirfd = self.root.dir(parent)?;
+        if privileged {
+            rustix::fs::chownat(
+                dirfd,
+                name,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(io_err("chown", path))?;
+        }
+        if chmod {
+            rustix::fs::chmodat(
+                dirfd,
+                name,
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )
+            .map_err(io_err("chmod", path))?;
+        }
+        for (key, value) in &meta.xattrs {
+            match set_xattr_at(dirfd, name, key, value) {
+                Ok(()) => {}
+                // user.* xattrs cannot go on symlinks or devices.
+                Err(rustix::io::Errno::PERM) | Err(rustix::io::Errno::OPNOTSUPP) if !privileged => {
+                }
+                Err(e) => return Err(Error::io("setxattr", path, e)),
+            }
+        }
+        rustix::fs::utimensat(dirfd, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io_err("utimes", path))
+    }
+
+    /// Owner, mode and xattrs of a directory now; its times at the end.
+    fn set_dir_meta(&mut self, rel: &Path, meta: Meta) -> Result<()> {
+        let path = self.root.path.join(rel);
+        let privileged = self.options.privileged;
+        let fd = self.root.dir(rel)?;
+        let dir = readable_dir(fd).map_err(io_err("open", &path))?;
+        if privileged {
+            rustix::fs::fchown(
+                &dir,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(io_err("chown", &path))?;
+        }
+        // Without root we must keep write access to fill the directory.
+        let mode = if privileged {
+            meta.mode
+        } else {
+            meta.mode | 0o700
+        };
+        rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(io_err("chmod", &path))?;
+        for (key, value) in &meta.xattrs {
+            set_xattr_fd(dir.as_fd(), key, value, privileged).map_err(io_err("setxattr", &path))?;
+        }
+        self.dir_times.push((rel.to_path_buf(), meta));
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dir_times);
+        for (rel, meta) in dirs.iter().rev() {
+            let path = self.root.path.join(rel);
+            let Some(fd) = self.root.existing_dir(rel)? else {
+                continue; // removed by a later entry
+            };
+            let dir = readable_dir(fd.as_fd()).map_err(io_err("open", &path))?;
+            if !self.options.privileged {
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(meta.mode))
+                    .map_err(io_err("chmod", &path))?;
+            }
+            rustix::fs::futimens(&dir, &times(meta)).map_err(io_err("utimes", &path))?;
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, parent: &Path, hidden: &[u8]) -> Result<()> {
+        let path = self.root.path.join(parent);
+        if hidden == b".wh..opq" {
+            if self.overlay {
+                let dirfd = self.root.dir(parent)?;
+                let dir = readable_dir(dirfd).map_err(io_err("open", &path))?;
+                rustix::fs::fsetxattr(
+                    &dir,
+                    self.options.opaque_xattr.as_str(),
+                    b"y",
+                    XattrFlags::empty(),
+                )
+                .map_err(io_err("setxattr", &path))?;
+            } else if let Some(dirfd) = self.root.existing_dir(parent)? {
+                let dir = readable_dir(dirfd.as_fd()).map_err(io_err("open", &path))?;
+                let created = &self.created;
+                resolve::clear_dir(dir.as_fd(), &|name| created.contains(&parent.join(name)))
+                    .map_err(io_err("remove", &path))?;
+                self.root.invalidate();
+            }
+            return Ok(());
+        }
+        if hidden.starts_with(b".wh.") {
+            // Other `.wh..wh.` names are aufs bookkeeping, not deletions.
+            return Ok(());
+        }
+        let name: &OsStr = std::os::unix::ffi::OsStrExt::from_bytes(hidden);
+        if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
+            return Err(Error::InvalidArgument(format!(
+                "whiteout {:?} names nothing to delete",
+                path.join(format!(".wh.{}", name.to_string_lossy()))
+                    .display()
+            )));
+        }
+        let target = path.join(name);
+        if self.overlay {
+            let privileged = self.options.privileged;
+            let dirfd = self.root.dir(parent)?;
+            resolve::remove_at(dirfd, name).map_err(io_err("remove", &target))?;
+            if privileged {
+                rustix::fs::mknodat(dirfd, name, FileType::CharacterDevice, Mode::empty(), 0)
+                    .map_err(io_err("mknod", &target))?;
+            } else {
+                self.skipped_devices += 1;
+            }
+        } else if let Some(dirfd) = self.root.existing_dir(parent)? {
+            resolve::remove_at(dirfd.as_fd(), name).map_err(io_err("remove", &target))?;
+        }
+        self.root.invalidate();
+        Ok(())
+    }
+}
+
+fn times(meta: &Meta) -> Timestamps {
+    Timestamps {
+        last_access: meta.atime,
+        last_modification: meta.mtime,
+    }
+}
+
+/// Sets an xattr on a regular file or directory; without root, names other
+/// than `user.*` are skipped (the kernel would refuse them).
+fn set_xattr_fd(
+    fd: BorrowedFd<'_>,
+    key: &str,
+    value: &[u8],
+    privileged: bool,
+) -> rustix::io::Result<()> {
+    match rustix::fs::fsetxattr(fd, key, value, XattrFlags::empty()) {
+        Err(rustix::io::Errno::PERM) | Err(rustix::io::Errno::OPNOTSUPP) if !privileged => Ok(()),
+        other => other,
+    }
+}
+
+/// Sets an xattr on `name` in `dir` without following it: through the
+/// directory's `/proc/self/fd` link, so no path outside the root is walked.
+fn set_xattr_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    key: &str,
+    value: &[u8],
+) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    path.push(name);
+    rustix::fs::lsetxattr(&path, key, value, XattrFlags::empty())
+}
+
+/// Copies an entry's data; for a sparse entry, runs of zeros become holes.
+/// A failed read is the layer's fault ([`Error::Layer`]); a failed write, the disk's.
+fn copy_data(
+    src: &mut impl Read,
+    dst: &mut std::fs::File,
+    buffer: &mut [u8],
+    sparse: bool,
+    size: u64,
+    path: &Path,
+) -> Result<()> {
+    use std::io::Seek;
+    let write_error = |e| Error::io("write", path, e);
+    let mut holes = false;
+    loop {
+        let n = match src.read(buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Layer(format!("{}: read: {e}", path.display()))),
+        };
+        if sparse && buffer[..n].iter().all(|b| *b == 0) {
+            dst.seek(io::SeekFrom::Current(n as i64))
+                .map_err(write_error)?;
+            holes = true;
+        } else {
+            dst.write_all(&buffer[..n]).map_err(write_error)?;
+        }
+    }
+    if holes {
+        dst.set_len(size).map_err(write_error)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Paths resolved beneath a root: nothing a layer names can reach outside it.
+//!
+//! Every lookup goes through `openat2(2)` with `RESOLVE_IN_ROOT`, so the kernel
+//! treats the root as `/`: absolute symlinks and `..` in symlink targets stay
+//! inside, magic links are refused. Entry names themselves may not hold `..`
+//! at all. The final component of an entry is never followed: it is created,
+//! replaced or removed with `*at` calls on its parent's descriptor.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::{Error, Result};
+
+/// A tar entry name made relative and checked: no `..`, no empty result
+/// except for the root itself.
+pub(crate) fn clean(name: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in name.components() {
+        match component {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                return Err(Error::InvalidArgument(format!(
+                    "layer entry {:?}: `..` is refused",
+                    name.display()
+                )));
+            }
+            Component::Normal(part) => out.push(part),
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Opens `rel` (a directory) beneath `root`, following symlinks as if `root`
+/// were `/`.
+pub(crate) fn open_dir_in(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    let rel: &Path = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve_flags(),
+    )
+}
+
+/// Owner and mode for a parent directory the layer did not list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DirMeta {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// The root being written, with a small cache of parent directories.
+pub(crate) struct Root {
+    pub(crate) path: PathBuf,
+    pub(crate) fd: OwnedFd,
+    /// Directories a parent's metadata is copied from when the layer does not
+    /// list it (overlay lowers, newest first).
+    lowers: Vec<OwnedFd>,
+    cache: HashMap<PathBuf, OwnedFd>,
+    privileged: bool,
+}
+
+impl Root {
+    pub(crate) fn open(path: &Path, lowers: &[PathBuf], privileged: bool) -> Result<Self> {
+        let open = |p: &Path| {
+            rustix::fs::open(
+                p,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io("open", p, e))
+        };
+        Ok(Root {
+            path: path.to_path_buf(),
+            fd: open(path)?,
+            lowers: lowers.iter().map(|p| open(p)).collect::<Result<_>>()?,
+            cache: HashMap::new(),
+            privileged,
+        })
+    }
+
+    /// Forgets cached directories: something was removed or replaced.
+    pub(crate) fn invalidate(&mut self) {
+        self.cache.clear();
+    }
+
+    /// The directory `rel`, made (with its missing ancestors) if it does not
+    /// exist. A missing ancestor takes its owner and mode from the newest
+    /// lower that has it, else root-owned 0755.
+    pub(crate) fn dir(&mut self, rel: &Path) -> Result<BorrowedFd<'_>> {
+        if !self.cache.contains_key(rel) {
+            let fd = match open_dir_in(self.fd.as_fd(), rel) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => self.make_parents(rel)?,
+                Err(Errno::NOTDIR) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "layer entry under {:?}: a parent is not a directory",
+                        rel.display()
+                    )));
+                }
+                Err(e) => return Err(Error::io("open", self.path.join(rel), e)),
+            };
+            if self.cache.len() > 256 {
+                self.cache.clear();
+            }
+            self.cache.insert(rel.to_path_buf(), fd);
+        }
+        Ok(self.cache[rel].as_fd())
+    }
+
+    /// The directory `rel` if it exists (no creation).
+    pub(crate) fn existing_dir(&self, rel: &Path) -> Result<Option<OwnedFd>> {
+        match open_dir_in(self.fd.as_fd(), rel) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+            Err(e) => Err(Error::io("open", self.path.join(rel), e)),
+        }
+    }
+
+    fn make_parents(&mut self, rel: &Path) -> Result<OwnedFd> {
+        let mut current = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("dup", &self.path, e))?;
+        let mut prefix = PathBuf::new();
+        for part in rel.iter() {
+            prefix.push(part);
+            match open_dir_in(self.fd.as_fd(), &prefix) {
+                Ok(fd) => current = fd,
+                Err(Errno::NOENT) => {
+                    let meta = self.lower_meta(&prefix);
+                    mkdir_with(current.as_fd(), part, meta, self.privileged)
+                        .map_err(|e| Error::io("mkdir", self.path.join(&prefix), e))?;
+                    current = open_dir_in(self.fd.as_fd(), &prefix)
+                        .map_err(|e| Error::io("open", self.path.join(&prefix), e))?;
+                }
+                Err(Errno::NOTDIR) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "layer entry under {:?}: {:?} is not a directory",
+                        rel.display(),
+                        prefix.display()
+                    )));
+                }
+                Err(e) => return Err(Error::io("open", self.path.join(&prefix), e)),
+            }
+        }
+        Ok(current)
+    }
+
+    fn lower_meta(&self, rel: &Path) -> DirMeta {
+        for lower in &self.lowers {
+            if let Ok(st) = rustix::fs::statat(lower.as_fd(), rel, AtFlags::SYMLINK_NOFOLLOW)
+                && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
+            {
+                return DirMeta {
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                };
+            }
+        }
+        DirMeta {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+fn mkdir_with(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    meta: DirMeta,
+    privileged: bool,
+) -> rustix::io::Result<()> {
+    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
+    if privileged {
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    rustix::fs::chmodat(
+        parent,
+        name,
+        Mode::from_raw_mode(meta.mode | if privileged { 0 } else { 0o700 }),
+        AtFlags::empty(),
+    )
+}
+
+/// Removes `name` in `parent`, recursively for a directory; missing is fine.
+pub(crate) fn remove_at(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => remove_dir_at(parent, name),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_dir_at(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    let dir = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    clear_dir(dir.as_fd(), &|_| false)?;
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+/// Removes every entry of `dir` for which `keep` is false.
+pub(crate) fn clear_dir(
+    dir: BorrowedFd<'_>,
+    keep: &dyn Fn(&OsStr) -> bool,
+) -> rustix::io::Result<()> {
+    let mut names = Vec::new();
+    {
+        let mut reader = rustix::fs::Dir::read_from(dir)?;
+        while let Some(entry) = reader.read() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            names.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string());
+        }
+    }
+    for name in names {
+        if !keep(&name) {
+            remove_at(dir, &name)?;
+        }
+    }
+    Ok(())
+}

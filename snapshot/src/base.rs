@@ -1,0 +1,176 @@
+//! What both snapshotters share: the layout of their root, the metadata
+//! database, and the operations that only touch metadata.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ocidist_content::filters::Filters;
+
+use crate::metadata::{MetaStore, Record};
+use crate::{Error, Info, Kind, Labels, Result, Usage, tree};
+
+/// `<root>/metadata.redb` and `<root>/snapshots/<id>/`.
+pub(crate) struct Base {
+    pub(crate) root: PathBuf,
+    pub(crate) meta: MetaStore,
+    closed: AtomicBool,
+}
+
+impl Base {
+    pub(crate) fn open(root: &Path) -> Result<Arc<Self>> {
+        let snapshots = root.join("snapshots");
+        std::fs::create_dir_all(&snapshots).map_err(|e| Error::io("mkdir", &snapshots, e))?;
+        let meta = MetaStore::open(&root.join("metadata.redb"))?;
+        let base = Arc::new(Base {
+            root: root.to_path_buf(),
+            meta,
+            closed: AtomicBool::new(false),
+        });
+        base.remove_staging_leftovers();
+        Ok(base)
+    }
+
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    pub(crate) fn dir(&self, id: u64) -> PathBuf {
+        self.snapshots_dir().join(id.to_string())
+    }
+
+    /// A fresh staging directory for a snapshot being made.
+    pub(crate) fn staging(&self) -> Result<PathBuf> {
+        let dir = tempfile_name(&self.snapshots_dir(), "new-");
+        std::fs::create_dir(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Creates the record for `key` and moves `staging` to its id directory,
+    /// in one metadata transaction; on failure the staging directory goes.
+    pub(crate) fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+        staging: &Path,
+    ) -> Result<(Record, Vec<u64>)> {
+        self.check_open()?;
+        let result = self.meta.create(key, parent, kind, labels, |id| {
+            let dir = self.dir(id);
+            // The id is ours alone (the write transaction is exclusive), so
+            // anything already there is a crash's orphan.
+            tree::remove_tree(&dir)?;
+            std::fs::rename(staging, &dir).map_err(|e| Error::io("rename", &dir, e))?;
+            tree::sync_dir(&self.snapshots_dir())
+        });
+        if result.is_err() {
+            let _ = tree::remove_tree(staging);
+        }
+        result
+    }
+
+    /// Removes `key` from the metadata, then its directory.
+    pub(crate) fn remove(&self, key: &str) -> Result<()> {
+        self.check_open()?;
+        let record = self.meta.remove(key)?;
+        let dir = self.dir(record.id);
+        let doomed = tempfile_name(&self.snapshots_dir(), "rm-");
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => tree::remove_tree(&doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("rename", &dir, e)),
+        }
+    }
+
+    pub(crate) fn stat(&self, key: &str) -> Result<Info> {
+        self.check_open()?;
+        Ok(self.meta.get(key)?.0.info(key))
+    }
+
+    pub(crate) fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
+        self.check_open()?;
+        self.meta.update(&info, fieldpaths)
+    }
+
+    /// Committed snapshots report what was measured at commit; others are
+    /// measured now (`dir` is the part that belongs to the snapshot).
+    pub(crate) fn usage(&self, key: &str, own_dir: impl Fn(u64) -> PathBuf) -> Result<Usage> {
+        self.check_open()?;
+        let (record, _) = self.meta.get(key)?;
+        let (size, inodes) = match record.usage {
+            Some(u) => u,
+            None => tree::usage(&own_dir(record.id))?,
+        };
+        Ok(Usage { size, inodes })
+    }
+
+    pub(crate) fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
+        self.check_open()?;
+        let filters = Filters::parse(filters).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(self
+            .meta
+            .list()?
+            .into_iter()
+            .map(|(key, record)| record.info(&key))
+            .filter(|info| filters.matches(info))
+            .collect())
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::precondition("", "snapshotter is closed"));
+        }
+        Ok(())
+    }
+
+    /// Staging and removal directories older than an hour belong to crashed
+    /// processes; younger ones may be another process's work in progress.
+    fn remove_staging_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(self.snapshots_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with("new-") || name.starts_with("rm-")) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600);
+            if old {
+                let _ = tree::remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// `dir/<prefix><unique>`: pid, time and a counter keep processes and threads apart.
+pub(crate) fn tempfile_name(dir: &Path, prefix: &str) -> PathBuf {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    dir.join(format!("{prefix}{}-{nanos:x}-{n}", std::process::id()))
+}
+
+/// Runs blocking snapshot work off the async reactor.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Metadata(format!("snapshot task: {e}")))?
+}

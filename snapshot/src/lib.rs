@@ -1,0 +1,251 @@
+//! Snapshotters, layer apply and image unpack: how a pulled image becomes a
+//! root filesystem.
+//!
+//! - [`Snapshotter`] is containerd's snapshot model: a snapshot is *active*
+//!   (writable, being built), a *view* (read-only, throwaway) or *committed*
+//!   (immutable, a parent for others). Keys of all three share one namespace.
+//!   [`native::NativeSnapshotter`] copies the parent for each child;
+//!   [`overlay::OverlaySnapshotter`] stacks directories with overlayfs.
+//! - [`apply`] writes one layer (gzip, zstd or plain tar) into a directory
+//!   with every path resolved beneath it, and returns its diff ID.
+//! - [`unpack()`] applies an image's layers into snapshots named by their
+//!   [`chain IDs`](ocidist_images::manifest::chain_ids), skipping the ones
+//!   already there.
+//!
+//! ```
+//! use ocidist_snapshot::{Labels, Snapshotter, native::NativeSnapshotter};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let snapshotter = NativeSnapshotter::open(dir.path())?;
+//! let mounts = snapshotter.prepare("layer-1", None, Labels::new()).await?;
+//! // Without a mount, the directory itself: fill it with a layer.
+//! let root = ocidist_snapshot::mount::writable_dir(&mounts).expect("a bind mount");
+//! std::fs::write(root.join("hello"), "world")?;
+//! snapshotter.commit("base", "layer-1", Labels::new()).await?;
+//! let info = snapshotter.stat("base").await?;
+//! assert_eq!(info.kind, ocidist_snapshot::Kind::Committed);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+pub mod apply;
+mod base;
+mod error;
+mod metadata;
+pub mod mount;
+pub mod native;
+pub mod overlay;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+mod tree;
+mod unpack;
+
+pub use error::{Error, ErrorKind, Result};
+pub use mount::Mount;
+pub use tree::copy_tree;
+pub use unpack::{UNCOMPRESSED_LABEL, UnpackEvent, UnpackOptions, unpack};
+
+/// Labels on a snapshot: free-form metadata, also used by garbage collection.
+pub type Labels = BTreeMap<String, String>;
+
+/// The state of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Read-only, made from a committed parent; never committed.
+    View,
+    /// Writable; becomes committed with [`Snapshotter::commit`].
+    Active,
+    /// Immutable; the parent of other snapshots.
+    Committed,
+}
+
+impl Kind {
+    /// The name used in filters and listings (`view`, `active`, `committed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a snapshotter knows of one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Its key (for active snapshots and views) or name (for committed ones).
+    pub name: String,
+    /// The committed snapshot it was made from, if any.
+    pub parent: Option<String>,
+    /// Active, view or committed.
+    pub kind: Kind,
+    /// Labels set at prepare, commit or update.
+    pub labels: Labels,
+    /// When it was created (prepared, or committed for committed snapshots).
+    pub created: SystemTime,
+    /// When it last changed.
+    pub updated: SystemTime,
+}
+
+impl ocidist_content::filters::Fields for Info {
+    fn field(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["name"] => Some(self.name.clone()),
+            ["parent"] => self.parent.clone(),
+            ["kind"] => Some(self.kind.as_str().to_string()),
+            ["labels", key] => self.labels.get(*key).cloned(),
+            _ => None,
+        }
+    }
+}
+
+/// Disk used by a snapshot itself (not its parents).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of disk in use (allocated blocks).
+    pub size: u64,
+    /// Number of inodes.
+    pub inodes: u64,
+}
+
+/// Options for [`Snapshotter::commit`] beyond the name and key.
+#[derive(Debug, Clone, Default)]
+pub struct CommitOpts {
+    /// Labels for the committed snapshot.
+    pub labels: Labels,
+    /// A parent for a snapshot prepared without one ("rebase"): its content is
+    /// then the diff on top of this parent. Only snapshotters whose
+    /// [`Snapshotter::can_rebase`] is true accept it.
+    pub parent: Option<String>,
+}
+
+/// containerd's snapshotter: a store of layered filesystem snapshots.
+///
+/// Contract, shared by every implementation (and checked by
+/// [`testsuite`](crate::testsuite) when the `testsuite` feature is on):
+/// - keys of active, view and committed snapshots share one namespace; a
+///   duplicate is [`ErrorKind::AlreadyExists`];
+/// - a parent must exist and be committed, else [`ErrorKind::NotFound`] or
+///   [`ErrorKind::FailedPrecondition`];
+/// - only an active snapshot can be committed;
+/// - removing a snapshot that has children is [`ErrorKind::FailedPrecondition`].
+///
+/// ```
+/// use ocidist_snapshot::{Labels, Snapshotter, overlay::OverlaySnapshotter};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let snapshotter = OverlaySnapshotter::open(dir.path())?;
+/// snapshotter.prepare("a", None, Labels::new()).await?;
+/// snapshotter.commit("base", "a", Labels::new()).await?;
+/// let mounts = snapshotter.prepare("b", Some("base"), Labels::new()).await?;
+/// // One parent and a writable layer: an overlay mount.
+/// assert_eq!(mounts[0].kind, "overlay");
+/// let err = snapshotter.remove("base").await.unwrap_err();
+/// assert_eq!(err.kind(), ocidist_snapshot::ErrorKind::FailedPrecondition);
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait]
+pub trait Snapshotter: Send + Sync {
+    /// The snapshot named `key`.
+    async fn stat(&self, key: &str) -> Result<Info>;
+
+    /// Replaces the labels of `info.name` with `info.labels`; with
+    /// `fieldpaths` (`labels`, `labels.KEY`), changes only those.
+    async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info>;
+
+    /// Disk used by `key` itself.
+    async fn usage(&self, key: &str) -> Result<Usage>;
+
+    /// How to mount `key` (active or view).
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
+
+    /// A new writable snapshot `key` on top of the committed `parent`.
+    async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
+
+    /// A new read-only snapshot `key` of the committed `parent`.
+    async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
+
+    /// Makes the active snapshot `key` the committed snapshot `name`.
+    async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        self.commit_with(
+            name,
+            key,
+            CommitOpts {
+                labels,
+                parent: None,
+            },
+        )
+        .await
+    }
+
+    /// [`commit`](Self::commit) with all options.
+    async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()>;
+
+    /// Removes `key`; a snapshot with children cannot be removed.
+    async fn remove(&self, key: &str) -> Result<()>;
+
+    /// Every snapshot matching any of `filters` (containerd's syntax over the
+    /// fields `name`, `parent`, `kind` and `labels.KEY`); all when empty.
+    async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>>;
+
+    /// Releases resources; later calls may fail. Closing twice is harmless.
+    async fn close(&self) -> Result<()>;
+
+    /// Whether [`CommitOpts::parent`] is supported.
+    fn can_rebase(&self) -> bool {
+        false
+    }
+}
+
+/// Forwarding impl so `Arc<dyn Snapshotter>` and friends are snapshotters.
+#[async_trait]
+impl<T: Snapshotter + ?Sized> Snapshotter for std::sync::Arc<T> {
+    async fn stat(&self, key: &str) -> Result<Info> {
+        (**self).stat(key).await
+    }
+    async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
+        (**self).update(info, fieldpaths).await
+    }
+    async fn usage(&self, key: &str) -> Result<Usage> {
+        (**self).usage(key).await
+    }
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        (**self).mounts(key).await
+    }
+    async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        (**self).prepare(key, parent, labels).await
+    }
+    async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        (**self).view(key, parent, labels).await
+    }
+    async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
+        (**self).commit_with(name, key, opts).await
+    }
+    async fn remove(&self, key: &str) -> Result<()> {
+        (**self).remove(key).await
+    }
+    async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
+        (**self).walk(filters).await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+    fn can_rebase(&self) -> bool {
+        (**self).can_rebase()
+    }
+}

@@ -1,0 +1,354 @@
+//! Snapshot metadata in a redb database, shared by both snapshotters.
+//!
+//! One table maps every key (active, view and committed share a namespace) to
+//! a record with the numeric id that names the snapshot's directory. Write
+//! transactions are exclusive, also across processes, so an id handed out
+//! inside one belongs to nobody else: a directory already at that id is an
+//! orphan of a crash and may be replaced.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Info, Kind, Labels, Result};
+
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// What the database keeps of one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) id: u64,
+    pub(crate) kind: Kind,
+    pub(crate) parent: Option<String>,
+    #[serde(default)]
+    pub(crate) labels: Labels,
+    pub(crate) created_ns: u128,
+    pub(crate) updated_ns: u128,
+    /// Disk usage, measured at commit (committed snapshots only).
+    #[serde(default)]
+    pub(crate) usage: Option<(u64, u64)>,
+}
+
+impl Record {
+    pub(crate) fn info(&self, name: &str) -> Info {
+        Info {
+            name: name.to_string(),
+            parent: self.parent.clone(),
+            kind: self.kind,
+            labels: self.labels.clone(),
+            created: from_ns(self.created_ns),
+            updated: from_ns(self.updated_ns),
+        }
+    }
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn from_ns(ns: u128) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns.min(u64::MAX as u128) as u64)
+}
+
+fn db_error(e: impl Into<redb::Error>) -> Error {
+    Error::Metadata(e.into().to_string())
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Record> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Metadata(format!("snapshot {key:?}: corrupt record: {e}")))
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidArgument("empty snapshot key".into()));
+    }
+    Ok(())
+}
+
+/// The metadata database.
+pub(crate) struct MetaStore {
+    db: Database,
+}
+
+type Table<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+fn lookup(table: &Table<'_>, key: &str) -> Result<Option<Record>> {
+    match table.get(key).map_err(db_error)? {
+        Some(v) => decode(key, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The ids of `parent` and its ancestors, nearest first.
+fn parent_ids(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    parent: Option<&str>,
+) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    let mut next = parent.map(str::to_string);
+    while let Some(name) = next {
+        let record = match table.get(name.as_str()).map_err(db_error)? {
+            Some(v) => decode(&name, v.value())?,
+            None => return Err(Error::NotFound { key: name }),
+        };
+        ids.push(record.id);
+        next = record.parent;
+        if ids.len() > 100_000 {
+            return Err(Error::Metadata("parent chain loops".into()));
+        }
+    }
+    Ok(ids)
+}
+
+impl MetaStore {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| Error::Metadata(format!("open {}: {e}", path.display())))?;
+        Ok(MetaStore { db })
+    }
+
+    /// The record of `key` and the ids of its parents, nearest first.
+    pub(crate) fn get(&self, key: &str) -> Result<(Record, Vec<u64>)> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = match txn.open_table(SNAPSHOTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(Error::NotFound { key: key.into() });
+            }
+            Err(e) => return Err(db_error(e)),
+        };
+        let record = match table.get(key).map_err(db_error)? {
+            Some(v) => decode(key, v.value())?,
+            None => return Err(Error::NotFound { key: key.into() }),
+        };
+        let parents = parent_ids(&table, record.parent.as_deref())?;
+        Ok((record, parents))
+    }
+
+    /// The id of the committed snapshot `parent` and its ancestors' ids,
+    /// checked but not reserved: a caller copies from them before
+    /// [`create`](Self::create) checks again.
+    pub(crate) fn committed_parent(&self, parent: &str) -> Result<Vec<u64>> {
+        let (record, mut ids) = self.get(parent)?;
+        if record.kind != Kind::Committed {
+            return Err(Error::precondition(parent, "parent is not committed"));
+        }
+        ids.insert(0, record.id);
+        Ok(ids)
+    }
+
+    /// Adds an active snapshot or view `key` and runs `place(id)` (which moves
+    /// its directory into place) inside the same transaction.
+    pub(crate) fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+        place: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<(Record, Vec<u64>)> {
+        validate_key(key)?;
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let (record, parents) = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+            if lookup(&table, key)?.is_some() {
+                return Err(Error::AlreadyExists { key: key.into() });
+            }
+            let parents = match parent {
+                None => Vec::new(),
+                Some(p) => {
+                    let Some(rec) = lookup(&table, p)? else {
+                        return Err(Error::NotFound { key: p.into() });
+                    };
+                    if rec.kind != Kind::Committed {
+                        return Err(Error::precondition(p, "parent is not committed"));
+                    }
+                    parent_ids(&table, Some(p))?
+                }
+            };
+            let mut counters = txn.open_table(COUNTERS).map_err(db_error)?;
+            let id = counters
+                .get("next_id")
+                .map_err(db_error)?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            counters.insert("next_id", id + 1).map_err(db_error)?;
+            let now = now_ns();
+            let record = Record {
+                id,
+                kind,
+                parent: parent.map(str::to_string),
+                labels,
+                created_ns: now,
+                updated_ns: now,
+                usage: None,
+            };
+            table
+                .insert(key, encode(&record).as_slice())
+                .map_err(db_error)?;
+            place(id)?;
+            (record, parents)
+        };
+        txn.commit().map_err(db_error)?;
+        Ok((record, parents))
+    }
+
+    /// Turns the active `key` into the committed `name`.
+    pub(crate) fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: Labels,
+        parent: Option<&str>,
+        usage: (u64, u64),
+    ) -> Result<Record> {
+        validate_key(name)?;
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let record = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+            let Some(mut record) = lookup(&table, key)? else {
+                return Err(Error::NotFound { key: key.into() });
+            };
+            if record.kind != Kind::Active {
+                return Err(Error::precondition(
+                    key,
+                    format!(
+                        "only an active snapshot can be committed, not a {}",
+                        record.kind
+                    ),
+                ));
+            }
+            if lookup(&table, name)?.is_some() {
+                return Err(Error::AlreadyExists { key: name.into() });
+            }
+            if let Some(p) = parent {
+                match &record.parent {
+                    Some(existing) if existing != p => {
+                        return Err(Error::precondition(
+                            key,
+                            format!(
+                                "parent {existing:?} was set at prepare; cannot commit onto {p:?}"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let Some(rec) = lookup(&table, p)? else {
+                            return Err(Error::NotFound { key: p.into() });
+                        };
+                        if rec.kind != Kind::Committed {
+                            return Err(Error::precondition(p, "parent is not committed"));
+                        }
+                        record.parent = Some(p.to_string());
+                    }
+                }
+            }
+            table.remove(key).map_err(db_error)?;
+            let now = now_ns();
+            record.kind = Kind::Committed;
+            record.created_ns = now;
+            record.updated_ns = now;
+            record.usage = Some(usage);
+            // Labels given at commit replace those of the active snapshot.
+            record.labels = labels;
+            table
+                .insert(name, encode(&record).as_slice())
+                .map_err(db_error)?;
+            record
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(record)
+    }
+
+    /// Removes `key` if nothing names it as parent; returns its record.
+    pub(crate) fn remove(&self, key: &str) -> Result<Record> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let record = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+            let Some(record) = lookup(&table, key)? else {
+                return Err(Error::NotFound { key: key.into() });
+            };
+            for entry in table.iter().map_err(db_error)? {
+                let (child, value) = entry.map_err(db_error)?;
+                let child_record = decode(child.value(), value.value())?;
+                if child_record.parent.as_deref() == Some(key) {
+                    return Err(Error::precondition(
+                        key,
+                        format!("cannot remove: snapshot {:?} is its child", child.value()),
+                    ));
+                }
+            }
+            table.remove(key).map_err(db_error)?;
+            record
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(record)
+    }
+
+    /// Replaces labels (all, or those `fieldpaths` name) of `info.name`.
+    pub(crate) fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let out = {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+            let Some(mut record) = lookup(&table, &info.name)? else {
+                return Err(Error::NotFound {
+                    key: info.name.clone(),
+                });
+            };
+            if fieldpaths.is_empty() {
+                record.labels = info.labels.clone();
+            }
+            for path in fieldpaths {
+                if *path == "labels" {
+                    record.labels = info.labels.clone();
+                } else if let Some(key) = path.strip_prefix("labels.") {
+                    match info.labels.get(key) {
+                        Some(v) => record.labels.insert(key.to_string(), v.clone()),
+                        None => record.labels.remove(key),
+                    };
+                } else {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot update field {path:?} of snapshot {:?}",
+                        info.name
+                    )));
+                }
+            }
+            record.updated_ns = now_ns();
+            table
+                .insert(info.name.as_str(), encode(&record).as_slice())
+                .map_err(db_error)?;
+            record.info(&info.name)
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(out)
+    }
+
+    /// Every snapshot, with its record.
+    pub(crate) fn list(&self) -> Result<Vec<(String, Record)>> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = match txn.open_table(SNAPSHOTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_error(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            out.push((key.value().to_string(), decode(key.value(), value.value())?));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,256 @@
+//! The overlay snapshotter: each snapshot keeps only its own changes in
+//! `<root>/snapshots/<id>/fs` (with `work/` for overlayfs), and a mount stacks
+//! it on its parents' `fs` directories. Whiteouts are stored the overlay way:
+//! a 0/0 character device for a deleted name, the `overlay.opaque` xattr for
+//! a directory that hides its lower layers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::base::{Base, blocking};
+use crate::native::sync_tree;
+use crate::{CommitOpts, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage, tree};
+
+/// Snapshots as overlayfs layers under `<root>/snapshots/<id>/fs`.
+#[derive(Clone)]
+pub struct OverlaySnapshotter {
+    base: Arc<Base>,
+    options: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for OverlaySnapshotter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlaySnapshotter")
+            .field("root", &self.base.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether this process must use the `user.overlay.*` xattrs (an
+/// unprivileged mount) rather than `trusted.overlay.*`.
+pub fn needs_userxattr() -> bool {
+    !rustix::process::geteuid().is_root()
+}
+
+/// The xattr that marks an opaque directory for our overlay mounts.
+pub fn opaque_xattr() -> &'static str {
+    if needs_userxattr() {
+        "user.overlay.opaque"
+    } else {
+        "trusted.overlay.opaque"
+    }
+}
+
+/// Whether overlayfs can be mounted here: the kernel knows it and we are root.
+pub fn supported() -> bool {
+    let known = std::fs::read_to_string("/proc/filesystems")
+        .map(|f| f.lines().any(|l| l.trim_end().ends_with("\toverlay")))
+        .unwrap_or(false);
+    known && rustix::process::geteuid().is_root()
+}
+
+impl OverlaySnapshotter {
+    /// Opens (creating if needed) an overlay snapshotter rooted at `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let mut options = Vec::new();
+        // Without index=off, a layer mounted by two overlays at once (two
+        // containers of one image) fails on kernels that default it on.
+        if Path::new("/sys/module/overlay/parameters/index").exists() {
+            options.push("index=off".to_string());
+        }
+        if needs_userxattr() {
+            options.push("userxattr".to_string());
+        }
+        Ok(OverlaySnapshotter {
+            base: Base::open(root.as_ref())?,
+            options: Arc::new(options),
+        })
+    }
+
+    fn upper(base: &Base, id: u64) -> PathBuf {
+        base.dir(id).join("fs")
+    }
+
+    fn mounts_of(
+        base: &Base,
+        options: &[String],
+        kind: Kind,
+        id: u64,
+        parents: &[u64],
+    ) -> Vec<Mount> {
+        let lowerdir = |ids: &mut dyn Iterator<Item = u64>| {
+            let dirs: Vec<String> = ids
+                .map(|id| Self::upper(base, id).to_string_lossy().into_owned())
+                .collect();
+            format!("lowerdir={}", dirs.join(":"))
+        };
+        match kind {
+            Kind::Active if parents.is_empty() => vec![Mount::bind(Self::upper(base, id), false)],
+            Kind::Active => {
+                let mut opts = options.to_vec();
+                opts.push(format!("workdir={}", base.dir(id).join("work").display()));
+                opts.push(format!("upperdir={}", Self::upper(base, id).display()));
+                opts.push(lowerdir(&mut parents.iter().copied()));
+                vec![Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    options: opts,
+                }]
+            }
+            Kind::View if parents.is_empty() => vec![Mount::bind(Self::upper(base, id), true)],
+            Kind::View if parents.len() == 1 => {
+                vec![Mount::bind(Self::upper(base, parents[0]), true)]
+            }
+            Kind::View => vec![Self::readonly_overlay(
+                options,
+                lowerdir(&mut parents.iter().copied()),
+            )],
+            Kind::Committed if parents.is_empty() => vec![Mount::bind(Self::upper(base, id), true)],
+            Kind::Committed => {
+                let mut ids = std::iter::once(id).chain(parents.iter().copied());
+                vec![Self::readonly_overlay(options, lowerdir(&mut ids))]
+            }
+        }
+    }
+
+    fn readonly_overlay(options: &[String], lowerdir: String) -> Mount {
+        let mut opts = vec!["ro".to_string()];
+        opts.extend(options.iter().cloned());
+        opts.push(lowerdir);
+        Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: opts,
+        }
+    }
+
+    async fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        let base = self.base.clone();
+        let options = self.options.clone();
+        let key = key.to_string();
+        let parent = parent.map(str::to_string);
+        blocking(move || {
+            base.check_open()?;
+            let staging = base.staging()?;
+            for sub in ["fs", "work"] {
+                let dir = staging.join(sub);
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    let _ = tree::remove_tree(&staging);
+                    return Err(Error::io("mkdir", dir, e));
+                }
+            }
+            // The root of a layer is 0755 unless the layer says otherwise.
+            let _ = std::fs::set_permissions(
+                staging.join("fs"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            );
+            let (record, parents) = base.create(&key, parent.as_deref(), kind, labels, &staging)?;
+            Ok(Self::mounts_of(&base, &options, kind, record.id, &parents))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Snapshotter for OverlaySnapshotter {
+    async fn stat(&self, key: &str) -> Result<Info> {
+        let base = self.base.clone();
+        let key = key.to_string();
+        blocking(move || base.stat(&key)).await
+    }
+
+    async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
+        let base = self.base.clone();
+        let fieldpaths: Vec<String> = fieldpaths.iter().map(|s| s.to_string()).collect();
+        blocking(move || {
+            let paths: Vec<&str> = fieldpaths.iter().map(String::as_str).collect();
+            base.update(info, &paths)
+        })
+        .await
+    }
+
+    async fn usage(&self, key: &str) -> Result<Usage> {
+        let base = self.base.clone();
+        let key = key.to_string();
+        blocking(move || base.usage(&key, |id| Self::upper(&base, id))).await
+    }
+
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let base = self.base.clone();
+        let options = self.options.clone();
+        let key = key.to_string();
+        blocking(move || {
+            base.check_open()?;
+            let (record, parents) = base.meta.get(&key)?;
+            Ok(Self::mounts_of(
+                &base,
+                &options,
+                record.kind,
+                record.id,
+                &parents,
+            ))
+        })
+        .await
+    }
+
+    async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        self.create(key, parent, Kind::Active, labels).await
+    }
+
+    async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        self.create(key, parent, Kind::View, labels).await
+    }
+
+    async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
+        let base = self.base.clone();
+        let (name, key) = (name.to_string(), key.to_string());
+        blocking(move || {
+            base.check_open()?;
+            let (record, _) = base.meta.get(&key)?;
+            let upper = Self::upper(&base, record.id);
+            let usage = if record.kind == Kind::Active {
+                sync_tree(&upper)?;
+                tree::usage(&upper)?
+            } else {
+                (0, 0)
+            };
+            base.meta
+                .commit(&name, &key, opts.labels, opts.parent.as_deref(), usage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &str) -> Result<()> {
+        let base = self.base.clone();
+        let key = key.to_string();
+        blocking(move || base.remove(&key)).await
+    }
+
+    async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
+        let base = self.base.clone();
+        let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+        blocking(move || {
+            let f: Vec<&str> = filters.iter().map(String::as_str).collect();
+            base.walk(&f)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.base.close();
+        Ok(())
+    }
+
+    fn can_rebase(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,273 @@
+//! Layer apply: every kind of entry a real layer holds, whiteouts in both
+//! modes, compression, diff IDs, and refusals.
+
+mod common;
+
+use std::io::Cursor;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use common::{Entry, gzip, tar_of, tree};
+use ocidist_content::sha256_of;
+use ocidist_snapshot::ErrorKind;
+use ocidist_snapshot::apply::{ApplyOptions, Compression, apply_layer_sync};
+use ocidist_snapshot::mount::ApplyTarget;
+
+fn apply_tree(
+    root: &std::path::Path,
+    layer: &[u8],
+) -> ocidist_snapshot::Result<ocidist_snapshot::apply::Applied> {
+    apply_layer_sync(
+        &ApplyTarget::Tree(root.to_path_buf()),
+        Cursor::new(layer.to_vec()),
+        None,
+        &ApplyOptions::default(),
+    )
+}
+
+#[test]
+fn every_entry_kind_is_written_with_its_metadata() {
+    let root = tempfile::tempdir().unwrap();
+    let layer = tar_of(&[
+        Entry::Dir("etc", 0o755),
+        Entry::File("etc/hostname", b"box", 0o644),
+        Entry::Owned("usr/bin/su", b"su", 0o4755, 1000, 1001),
+        Entry::Symlink("etc/motd", "/etc/hostname"),
+        Entry::Link("etc/hostname2", "etc/hostname"),
+        Entry::Char("dev/null", 1, 3),
+        Entry::Fifo("run/pipe"),
+        Entry::Xattr("bin/ping", b"ping", "user.note", b"\x00\x01bin"),
+        Entry::Dir("tmp", 0o1777),
+    ]);
+    let applied = apply_tree(root.path(), &layer).unwrap();
+    assert_eq!(applied.diff_id, sha256_of(&layer));
+    assert_eq!(applied.tar_size, layer.len() as u64);
+    let r = root.path();
+    assert_eq!(std::fs::read(r.join("etc/hostname")).unwrap(), b"box");
+    let su = std::fs::metadata(r.join("usr/bin/su")).unwrap();
+    assert_eq!(su.mode() & 0o7777, 0o4755, "setuid survives the chown");
+    assert_eq!((su.uid(), su.gid()), (1000, 1001));
+    assert_eq!(
+        std::fs::read_link(r.join("etc/motd")).unwrap().to_str(),
+        Some("/etc/hostname")
+    );
+    assert_eq!(
+        std::fs::metadata(r.join("etc/hostname2")).unwrap().ino(),
+        std::fs::metadata(r.join("etc/hostname")).unwrap().ino()
+    );
+    let null = std::fs::metadata(r.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    assert!(
+        std::fs::metadata(r.join("run/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(r.join("bin/ping"), "user.note", &mut value[..]).unwrap();
+    assert_eq!(&value[..n], b"\x00\x01bin");
+    assert_eq!(
+        std::fs::metadata(r.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    assert_eq!(
+        std::fs::metadata(r.join("etc")).unwrap().mtime(),
+        1_700_000_000,
+        "directory times set last"
+    );
+}
+
+#[test]
+fn gzip_and_zstd_layers_give_the_diff_id_of_the_tar() {
+    let layer = tar_of(&[Entry::File("a", b"alpha", 0o644)]);
+    for (compressed, compression) in [
+        (gzip(&layer), Some(Compression::Gzip)),
+        (gzip(&layer), None),
+        (zstd::encode_all(&layer[..], 3).unwrap(), None),
+        (
+            zstd::encode_all(&layer[..], 3).unwrap(),
+            Some(Compression::Zstd),
+        ),
+        (layer.clone(), None),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let applied = apply_layer_sync(
+            &ApplyTarget::Tree(root.path().to_path_buf()),
+            Cursor::new(compressed),
+            compression,
+            &ApplyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(applied.diff_id, sha256_of(&layer));
+        assert_eq!(std::fs::read(root.path().join("a")).unwrap(), b"alpha");
+    }
+}
+
+#[test]
+fn media_types_name_their_compression() {
+    assert_eq!(
+        Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
+        Some(Compression::Gzip)
+    );
+    assert_eq!(
+        Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        Some(Compression::Gzip)
+    );
+    assert_eq!(
+        Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+        Some(Compression::Zstd)
+    );
+    assert_eq!(
+        Compression::from_media_type("application/vnd.oci.image.layer.v1.tar"),
+        Some(Compression::None)
+    );
+    assert_eq!(
+        Compression::from_media_type("application/octet-stream"),
+        None
+    );
+}
+
+#[test]
+fn whiteouts_delete_on_a_tree_and_opaque_spares_the_same_layer() {
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::File("etc/issue", b"old", 0o644),
+            Entry::File("etc/keep", b"keep", 0o644),
+            Entry::File("opt/app/old1", b"1", 0o644),
+            Entry::File("opt/app/old2", b"2", 0o644),
+            Entry::File("usr/share/doc/bash/README", b"r", 0o644),
+        ]),
+    )
+    .unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::File("etc/.wh.issue", b"", 0o644),
+            Entry::File("usr/share/doc/.wh.bash", b"", 0o644),
+            Entry::File("opt/app/new", b"n", 0o644),
+            Entry::File("opt/app/.wh..wh..opq", b"", 0o644),
+        ]),
+    )
+    .unwrap();
+    let t = tree(root.path());
+    assert!(!t.contains_key("etc/issue"));
+    assert!(t.contains_key("etc/keep"));
+    assert!(!t.contains_key("usr/share/doc/bash"));
+    assert!(
+        t.contains_key("opt/app/new"),
+        "opaque spares entries of its own layer: {t:?}"
+    );
+    assert!(!t.contains_key("opt/app/old1") && !t.contains_key("opt/app/old2"));
+}
+
+#[test]
+fn whiteouts_become_overlay_markers_on_an_upper_dir() {
+    let lower = tempfile::tempdir().unwrap();
+    apply_tree(
+        lower.path(),
+        &tar_of(&[Entry::Dir("srv", 0o750), Entry::File("srv/a", b"a", 0o644)]),
+    )
+    .unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    let target = ApplyTarget::OverlayUpper {
+        upper: upper.path().to_path_buf(),
+        lowers: vec![lower.path().to_path_buf()],
+    };
+    let layer = tar_of(&[
+        Entry::File("srv/.wh.a", b"", 0o644),
+        Entry::File("srv/sub/file", b"f", 0o644),
+        Entry::File("srv/sub/.wh..wh..opq", b"", 0o644),
+    ]);
+    apply_layer_sync(&target, Cursor::new(layer), None, &ApplyOptions::default()).unwrap();
+    let a = std::fs::symlink_metadata(upper.path().join("srv/a")).unwrap();
+    assert!(
+        a.file_type().is_char_device() && a.rdev() == 0,
+        "whiteout is a 0/0 char device"
+    );
+    let srv = std::fs::metadata(upper.path().join("srv")).unwrap();
+    assert_eq!(
+        srv.mode() & 0o7777,
+        0o750,
+        "a parent missing from the layer copies the lower's mode"
+    );
+    let mut v = [0u8; 4];
+    let n = rustix::fs::getxattr(
+        upper.path().join("srv/sub"),
+        ocidist_snapshot::overlay::opaque_xattr(),
+        &mut v[..],
+    )
+    .unwrap();
+    assert_eq!(&v[..n], b"y");
+    assert_eq!(
+        std::fs::read(upper.path().join("srv/sub/file")).unwrap(),
+        b"f"
+    );
+}
+
+#[test]
+fn replacing_kinds_removes_what_was_there() {
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::File("etc/motd", b"file", 0o644),
+            Entry::Dir("usr/local/games", 0o755),
+            Entry::File("usr/local/games/x", b"x", 0o644),
+        ]),
+    )
+    .unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::Symlink("etc/motd", "issue"),
+            Entry::File("usr/local/games", b"now a file", 0o644),
+        ]),
+    )
+    .unwrap();
+    assert!(
+        std::fs::symlink_metadata(root.path().join("etc/motd"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("usr/local/games")).unwrap(),
+        b"now a file"
+    );
+}
+
+#[test]
+fn long_pax_names_apply() {
+    let root = tempfile::tempdir().unwrap();
+    let long = format!("opt/{}/file", "d".repeat(150));
+    apply_tree(root.path(), &tar_of(&[Entry::File(&long, b"deep", 0o644)])).unwrap();
+    assert_eq!(std::fs::read(root.path().join(&long)).unwrap(), b"deep");
+}
+
+#[test]
+fn dot_dot_in_a_name_is_refused_and_writes_nothing_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.as_ustar_mut().unwrap().name[..13].copy_from_slice(b"../escaped.tx");
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &b"x"[..]).unwrap();
+    let err = apply_tree(&root, &b.into_inner().unwrap()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(!dir.path().join("escaped.tx").exists());
+}
+
+#[test]
+fn a_truncated_layer_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let layer = gzip(&tar_of(&[Entry::File("a", &[7u8; 100_000], 0o644)]));
+    let err = apply_tree(root.path(), &layer[..layer.len() / 2]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}

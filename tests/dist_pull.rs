@@ -1,0 +1,313 @@
+//! End-to-end tests of `dist pull`, `rootfs` and `apply`: a layered image
+//! pushed to the real registry, pulled and unpacked by the built binary.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{dist, dist_binary};
+use ocidist::content::sha256_of;
+use ocidist::remotes::testkit::{Fault, FaultProxy, Registry};
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "dist failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, name, data).unwrap();
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Two layers: a base, then a change, a deletion and a setuid file.
+fn layer_tars(big: usize) -> Vec<Vec<u8>> {
+    let mut base = tar::Builder::new(Vec::new());
+    file(&mut base, "etc/issue", b"v1\n", 0o644);
+    file(&mut base, "etc/obsolete", b"x", 0o644);
+    // Incompressible, so the gzip layer is as big as the file.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..big)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect();
+    file(&mut base, "opt/blob", &noise, 0o644);
+    let mut top = tar::Builder::new(Vec::new());
+    file(&mut top, "etc/issue", b"v2\n", 0o644);
+    file(&mut top, "etc/.wh.obsolete", b"", 0o644);
+    file(&mut top, "usr/bin/tool", b"#!/bin/sh\n", 0o4755);
+    vec![base.into_inner().unwrap(), top.into_inner().unwrap()]
+}
+
+/// Ingests `bytes` into the store at `root`; returns its descriptor as JSON.
+fn ingest(root: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let digest = sha256_of(bytes).to_string();
+    let size = bytes.len().to_string();
+    ok(dist(
+        root,
+        &[
+            "ingest",
+            &format!("build-{digest}"),
+            "--expected-digest",
+            &digest,
+            "--expected-size",
+            &size,
+        ],
+        bytes,
+    ));
+    serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+}
+
+/// Builds the image with `dist ingest` and pushes it with `dist push`.
+fn push_image(registry_host: &str, work: &Path, big: usize) -> String {
+    let builder = work.join("builder");
+    let tars = layer_tars(big);
+    let layers: Vec<_> = tars
+        .iter()
+        .map(|t| {
+            ingest(
+                &builder,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &gzip(t),
+            )
+        })
+        .collect();
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
+    let config = serde_json::json!({
+        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = ingest(
+        &builder,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    );
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": layers,
+    })
+    .to_string();
+    let manifest = ingest(
+        &builder,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.as_bytes(),
+    );
+    let reference = format!("{registry_host}/e2e/rootfs:1");
+    ok(dist(
+        &builder,
+        &["push", &reference, manifest["digest"].as_str().unwrap()],
+        b"",
+    ));
+    reference
+}
+
+fn check_tree(root: &Path) {
+    assert_eq!(std::fs::read(root.join("etc/issue")).unwrap(), b"v2\n");
+    assert!(
+        !root.join("etc/obsolete").exists(),
+        "the whiteout deleted it"
+    );
+    let tool = std::fs::metadata(root.join("usr/bin/tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o4755);
+}
+
+fn pull_and_mount(snapshotter: &str) {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_image(&registry.host(), work.path(), 100_000);
+    let root = work.path().join("store");
+    let out = ok(dist(
+        &root,
+        &["--snapshotter", snapshotter, "pull", &reference],
+        b"",
+    ));
+    assert!(
+        out.contains(": unpacking") && out.contains(": unpacked in"),
+        "{out}"
+    );
+    assert!(
+        out.contains("elapsed: ") && out.contains("unpacked: sha256:"),
+        "{out}"
+    );
+
+    // A second pull finds everything.
+    let again = ok(dist(
+        &root,
+        &["--snapshotter", snapshotter, "pull", &reference],
+        b"",
+    ));
+    assert!(
+        again.contains("already unpacked") && !again.contains(": unpacking"),
+        "{again}"
+    );
+
+    let mnt = work.path().join("mnt");
+    ok(dist(
+        &root,
+        &[
+            "--snapshotter",
+            snapshotter,
+            "rootfs",
+            &reference,
+            mnt.to_str().unwrap(),
+        ],
+        b"",
+    ));
+    check_tree(&mnt);
+    // The rootfs is writable and its writes stay in its snapshot.
+    std::fs::write(mnt.join("etc/new"), b"mine").unwrap();
+    ok(dist(
+        &root,
+        &[
+            "--snapshotter",
+            snapshotter,
+            "rootfs",
+            "--unmount",
+            mnt.to_str().unwrap(),
+        ],
+        b"",
+    ));
+    assert!(!mnt.join("etc/issue").exists(), "unmounted");
+
+    let copy = work.path().join("copy");
+    ok(dist(
+        &root,
+        &[
+            "--snapshotter",
+            snapshotter,
+            "rootfs",
+            "--copy",
+            &reference,
+            copy.to_str().unwrap(),
+        ],
+        b"",
+    ));
+    check_tree(&copy);
+    assert!(
+        !copy.join("etc/new").exists(),
+        "the removed rootfs's writes are gone"
+    );
+}
+
+#[test]
+fn pull_unpacks_and_rootfs_mounts_with_overlay() {
+    pull_and_mount("overlay");
+}
+
+#[test]
+fn pull_unpacks_and_rootfs_mounts_with_native() {
+    pull_and_mount("native");
+}
+
+#[test]
+fn apply_reads_a_layer_from_stdin_and_prints_its_diff_id() {
+    let work = tempfile::tempdir().unwrap();
+    let tars = layer_tars(1000);
+    let dir = work.path().join("tree");
+    let first = ok(dist(
+        &work.path().join("s"),
+        &["apply", dir.to_str().unwrap()],
+        &gzip(&tars[0]),
+    ));
+    assert_eq!(first.trim(), sha256_of(&tars[0]).to_string());
+    let second = ok(dist(
+        &work.path().join("s"),
+        &["apply", dir.to_str().unwrap()],
+        &tars[1],
+    ));
+    assert_eq!(second.trim(), sha256_of(&tars[1]).to_string());
+    check_tree(&dir);
+    let bad = dist(
+        &work.path().join("s"),
+        &["apply", dir.to_str().unwrap()],
+        b"\x1f\x8bnot gzip at all",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).starts_with("dist: apply "),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn a_pull_killed_mid_layer_resumes_on_rerun() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    push_image(&registry.host(), work.path(), 8 << 20);
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    // Blob bodies trickle, so the kill lands mid-layer.
+    proxy.add(
+        Some("GET"),
+        "/blobs/sha256:",
+        usize::MAX,
+        Fault::Drip {
+            chunk: 64 * 1024,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let reference = format!("{}/e2e/rootfs:1", proxy.host());
+    let root = work.path().join("store");
+    let mut child = Command::new(dist_binary())
+        .args(["--root", root.to_str().unwrap(), "pull", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active = ok(dist(&root, &["active"], b""));
+        let partial = active.lines().any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.split('/').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        });
+        if partial {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ingest progressed: {active}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = ok(dist(&root, &["pull", &reference], b""));
+    assert!(out.contains("resuming at"), "{out}");
+    let mnt = work.path().join("copy");
+    ok(dist(
+        &root,
+        &["rootfs", "--copy", &reference, mnt.to_str().unwrap()],
+        b"",
+    ));
+    check_tree(&mnt);
+    assert_eq!(
+        std::fs::metadata(mnt.join("opt/blob")).unwrap().len(),
+        8 << 20
+    );
+}
