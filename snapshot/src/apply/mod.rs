@@ -621,7 +621,11 @@ impl Applier {
         let target = path.join(name);
         if self.overlay {
             let privileged = self.options.privileged;
-            let dirfd = self.root.dir(parent)?;
+            // A whiteout under a file, or of a name no layer below has,
+            // hides nothing.
+            let Some(dirfd) = self.root.whiteout_dir(parent)? else {
+                return Ok(());
+            };
             resolve::remove_at(dirfd, name).map_err(io_err("remove", &target))?;
             if privileged {
                 rustix::fs::mknodat(dirfd, name, FileType::CharacterDevice, Mode::empty(), 0)

@@ -132,6 +132,28 @@ impl Root {
         }
     }
 
+    /// The directory a whiteout under `rel` goes in, on an overlay upper
+    /// directory: `None` when there is nothing to hide (`rel` is a non-directory
+    /// here, or exists in no lower), else the directory, made if needed.
+    pub(crate) fn whiteout_dir(&mut self, rel: &Path) -> Result<Option<BorrowedFd<'_>>> {
+        match open_dir_in(self.fd.as_fd(), rel) {
+            Ok(_) => self.dir(rel).map(Some),
+            Err(Errno::NOTDIR) => Ok(None),
+            Err(Errno::NOENT) => {
+                let in_a_lower = self
+                    .lowers
+                    .iter()
+                    .any(|lower| open_dir_in(lower.as_fd(), rel).is_ok());
+                if in_a_lower {
+                    self.dir(rel).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+            Err(e) => Err(Error::io("open", self.path.join(rel), e)),
+        }
+    }
+
     fn make_parents(&mut self, rel: &Path) -> Result<OwnedFd> {
         let mut current = self
             .fd
