@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The main job on a machine without internet: a real registry on loopback, an
-# image built here and pushed to it, then fetched into a fresh store with
-# progress, listed and checked; containerd's fetch-object | ingest pipeline;
-# and an interrupted ingest that resumes. (Unpacking arrives with the
-# snapshotters.) On a machine with internet, try instead:
-#   cargo run --release --example dist -- fetch docker.io/library/redis:latest
+# image of two layers built here and pushed to it, then pulled (fetched and
+# unpacked into snapshots) into a fresh store with progress, listed, checked and
+# mounted as a root filesystem; containerd's fetch-object | ingest pipeline;
+# and an interrupted ingest that resumes. On a machine with internet, try:
+#   cargo run --release --example dist -- pull docker.io/library/redis:latest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ocidist-target}"
@@ -56,11 +56,16 @@ done
 host="127.0.0.1:$port"
 echo "registry: $host (pid $registry_pid)"
 
-# Build a small image by hand into a first store: one layer, config, manifest.
+# Build a small image by hand into a first store: two layers (the second
+# changes a file and deletes one with a whiteout), config, manifest.
 export OCIDIST_ROOT="$work/builder"
-mkdir -p "$work/rootfs/etc" && echo "hello from ocidist" > "$work/rootfs/etc/motd"
+mkdir -p "$work/rootfs/etc" && echo "hello from layer 1" > "$work/rootfs/etc/motd"
 head -c $((4 << 20)) /dev/urandom > "$work/rootfs/etc/random.bin"
 tar -C "$work/rootfs" -cf "$work/layer.tar" . && gzip -kn "$work/layer.tar"
+mkdir -p "$work/rootfs2/etc" && echo "hello from ocidist (layer 2)" > "$work/rootfs2/etc/motd"
+touch "$work/rootfs2/etc/.wh.random.bin"
+tar -C "$work/rootfs2" -cf "$work/layer2.tar" . && gzip -kn "$work/layer2.tar"
+case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
 ingest() {  # FILE MEDIA-TYPE -> prints a descriptor as JSON
     local digest size
     digest="sha256:$(sha256sum "$1" | cut -d' ' -f1)"; size=$(stat -c %s "$1")
@@ -68,25 +73,40 @@ ingest() {  # FILE MEDIA-TYPE -> prints a descriptor as JSON
     printf '{"mediaType":"%s","digest":"%s","size":%s}' "$2" "$digest" "$size"
 }
 layer=$(ingest "$work/layer.tar.gz" application/vnd.oci.image.layer.v1.tar+gzip)
+layer2=$(ingest "$work/layer2.tar.gz" application/vnd.oci.image.layer.v1.tar+gzip)
 diff_id="sha256:$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["%s"]},"config":{"Cmd":["cat","/etc/motd"]}}' \
-    "$diff_id" > "$work/config.json"
+diff_id2="sha256:$(sha256sum "$work/layer2.tar" | cut -d' ' -f1)"
+printf '{"architecture":"%s","os":"linux","rootfs":{"type":"layers","diff_ids":["%s","%s"]},"config":{"Cmd":["cat","/etc/motd"]}}' \
+    "$arch" "$diff_id" "$diff_id2" > "$work/config.json"
 config=$(ingest "$work/config.json" application/vnd.oci.image.config.v1+json)
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s]}' \
-    "$config" "$layer" > "$work/manifest.json"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s,%s]}' \
+    "$config" "$layer" "$layer2" > "$work/manifest.json"
 manifest_digest=$(ingest "$work/manifest.json" application/vnd.oci.image.manifest.v1+json | jq -r .digest)
 
 echo; echo "\$ dist push $host/demo/hello:1 $manifest_digest"
 "$dist" push "$host/demo/hello:1" "$manifest_digest"
 
-# A fresh store fetches it back, with progress.
+# A fresh store pulls it: fetch and unpack overlapped, with progress.
 export OCIDIST_ROOT="$work/store"
-echo; echo "\$ dist fetch $host/demo/hello:1"
-"$dist" fetch "$host/demo/hello:1"
+echo; echo "\$ dist pull $host/demo/hello:1"
+"$dist" pull "$host/demo/hello:1"
 echo; echo "\$ dist images"
 "$dist" images
 echo; echo "\$ dist images check"
 "$dist" images check
+
+# The image's root filesystem: a writable snapshot mounted (as root), or a copy.
+if [ "$(id -u)" -eq 0 ]; then
+    echo; echo "\$ dist rootfs $host/demo/hello:1 \$work/mnt && cat \$work/mnt/etc/motd && ls \$work/mnt/etc"
+    "$dist" rootfs "$host/demo/hello:1" "$work/mnt"
+    cat "$work/mnt/etc/motd"; ls "$work/mnt/etc"
+    echo "\$ dist rootfs --unmount \$work/mnt"
+    "$dist" rootfs --unmount "$work/mnt"
+else
+    echo; echo "\$ dist rootfs --copy $host/demo/hello:1 \$work/copy && cat \$work/copy/etc/motd"
+    "$dist" rootfs --copy "$host/demo/hello:1" "$work/copy"
+    cat "$work/copy/etc/motd"; ls "$work/copy/etc"
+fi
 
 echo; echo "\$ dist fetch-object $host/demo/hello 1 | sha256sum   # equals the digest above"
 "$dist" fetch-object "$host/demo/hello" 1 | sha256sum

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use. A missing tool is a failure, never a skip, so
 # install them here rather than let a test find them absent.
 #   docker-registry: the real CNCF distribution registry the remotes tests run.
-APT_PACKAGES=(docker-registry)
+#   skopeo, umoci: the interop tests build, copy and unpack images with them.
+APT_PACKAGES=(docker-registry skopeo umoci)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -13,6 +13,7 @@
 
 mod content;
 mod image;
+mod layout;
 mod output;
 mod rootfs;
 
@@ -95,6 +96,10 @@ enum Command {
     Apply(rootfs::ApplyArgs),
     /// Mount (or copy) an image's filesystem at a directory.
     Rootfs(rootfs::RootfsArgs),
+    /// Write an image into an OCI image layout (read by skopeo, umoci).
+    Export(layout::ExportArgs),
+    /// Read the images of an OCI image layout into the stores.
+    Import(layout::ImportArgs),
 }
 
 /// The stores under the root: content in `content/`, image names in `images.redb`.
@@ -214,6 +219,8 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Prune(args) => image::prune(&stores, args).await,
         Command::Pull(args) => rootfs::pull_cmd(&stores, &remote, &snapshotter()?, args).await,
         Command::Apply(args) => rootfs::apply_cmd(args).await,
+        Command::Export(args) => layout::export(&stores, args).await,
+        Command::Import(args) => layout::import(&stores, args).await,
         Command::Rootfs(args) => rootfs::rootfs_cmd(&stores, &remote, &snapshotter()?, args).await,
     }
 }

@@ -1,0 +1,191 @@
+//! OCI image layouts: `export` writes one that skopeo and umoci read;
+//! `import` reads one they wrote.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use ocidist::content::{Descriptor, Digest, Labels, Manager, WriterOpts, write_blob};
+use ocidist::images::media_types::{self, Kind};
+use ocidist::images::{Image, ImageStore, children_handler, manifest, set_children_labels, walk};
+
+use crate::image::local_target;
+use crate::{CmdResult, Failure, Stores};
+
+/// The annotation that names an image in a layout's `index.json`.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The image (a name in the image store, or a manifest digest).
+    reference: String,
+    /// The layout directory (created, or added to).
+    dir: PathBuf,
+    /// The name in the layout (`skopeo inspect oci:DIR:NAME`); default: the
+    /// reference's tag, else the reference.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The layout directory.
+    dir: PathBuf,
+    /// Prefix for the image names (`PREFIX` + the layout's ref name).
+    #[arg(long, default_value = "")]
+    prefix: String,
+}
+
+fn blob_file(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join("blobs")
+        .join(digest.algorithm().as_ref())
+        .join(digest.digest())
+}
+
+/// `desc` and everything it references that the store has; a manifest's own
+/// children must all be present, an index's missing platforms are left out.
+async fn reachable(
+    stores: &Stores,
+    root: &Descriptor,
+) -> Result<Vec<Descriptor>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut out = Vec::new();
+    let mut queue = vec![root.clone()];
+    while let Some(desc) = queue.pop() {
+        let kind = media_types::kind(desc.media_type().as_ref());
+        if matches!(kind, Kind::Manifest | Kind::Index) {
+            for child in manifest::children(&stores.content, &desc).await? {
+                let child_kind = media_types::kind(child.media_type().as_ref());
+                let present = stores.content.info(child.digest()).await.is_ok();
+                if !present
+                    && kind == Kind::Index
+                    && matches!(child_kind, Kind::Manifest | Kind::Index)
+                {
+                    continue;
+                }
+                queue.push(child);
+            }
+        }
+        out.push(desc);
+    }
+    Ok(out)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
+    let what = format!("export {} {}", args.reference, args.dir.display());
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
+    let target = local_target(stores, &args.reference).await.map_err(fail)?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        match args.reference.parse::<ocidist::remotes::Reference>() {
+            Ok(r) if r.tag().is_some() => r.tag().unwrap_or_default().to_string(),
+            _ => args.reference.clone(),
+        }
+    });
+    let blobs = reachable(stores, &target).await.map_err(fail)?;
+    for desc in &blobs {
+        let dest = blob_file(&args.dir, desc.digest());
+        if dest.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(dest.parent().unwrap_or(&args.dir)).map_err(|e| fail(e.into()))?;
+        let tmp = dest.with_extension("tmp");
+        std::fs::copy(stores.content.blob_path(desc.digest()), &tmp).map_err(|e| fail(e.into()))?;
+        std::fs::rename(&tmp, &dest).map_err(|e| fail(e.into()))?;
+    }
+    write_atomically(
+        &args.dir.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .map_err(|e| fail(e.into()))?;
+    let index_path = args.dir.join("index.json");
+    let mut index: serde_json::Value = match std::fs::read(&index_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| fail(e.into()))?,
+        Err(_) => serde_json::json!({"schemaVersion": 2, "manifests": []}),
+    };
+    let mut entry = serde_json::to_value(&target).map_err(|e| fail(e.into()))?;
+    entry["annotations"] = serde_json::json!({ REF_NAME: name });
+    let manifests = index["manifests"]
+        .as_array_mut()
+        .ok_or_else(|| fail("index.json has no manifests array".into()))?;
+    // One entry per name: a re-export replaces it.
+    manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(name.as_str()));
+    manifests.push(entry);
+    if index.get("mediaType").is_none() {
+        index["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
+    }
+    let bytes = serde_json::to_vec_pretty(&index).map_err(|e| fail(e.into()))?;
+    write_atomically(&index_path, &bytes).map_err(|e| fail(e.into()))?;
+    println!("{} {} ({} blobs)", name, target.digest(), blobs.len());
+    Ok(())
+}
+
+pub(crate) async fn import(stores: &Stores, args: ImportArgs) -> CmdResult {
+    let what = format!("import {}", args.dir.display());
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(args.dir.join("index.json")).map_err(|e| fail(e.into()))?,
+    )
+    .map_err(|e| fail(e.into()))?;
+    // Every blob, verified by the store against the digest its name claims.
+    let blobs_dir = args.dir.join("blobs");
+    for algorithm in std::fs::read_dir(&blobs_dir).map_err(|e| fail(e.into()))? {
+        let algorithm = algorithm.map_err(|e| fail(e.into()))?;
+        for blob in std::fs::read_dir(algorithm.path()).map_err(|e| fail(e.into()))? {
+            let blob = blob.map_err(|e| fail(e.into()))?;
+            let digest: Digest = format!(
+                "{}:{}",
+                algorithm.file_name().to_string_lossy(),
+                blob.file_name().to_string_lossy()
+            )
+            .parse()
+            .map_err(|e: oci_spec::OciSpecError| fail(e.into()))?;
+            let file = tokio::fs::File::open(blob.path())
+                .await
+                .map_err(|e| fail(e.into()))?;
+            let size = file.metadata().await.map_err(|e| fail(e.into()))?.len();
+            let opts = WriterOpts::new(format!("import-{digest}"))
+                .size(size)
+                .digest(digest);
+            write_blob(&stores.content, opts, file, Labels::new())
+                .await
+                .map_err(|e| fail(e.into()))?;
+        }
+    }
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    for entry in manifests {
+        let desc: Descriptor = serde_json::from_value(entry.clone()).map_err(|e| fail(e.into()))?;
+        // Parents labelled with their children, as a fetch leaves them, so
+        // garbage collection keeps what the image needs.
+        let labeller = set_children_labels(
+            stores.content.clone(),
+            children_handler(stores.content.clone()),
+        );
+        walk(&labeller, std::slice::from_ref(&desc))
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let Some(name) = entry["annotations"][REF_NAME].as_str() else {
+            println!("(unnamed) {}", desc.digest());
+            continue;
+        };
+        let name = format!("{}{name}", args.prefix);
+        let image = Image::new(name.clone(), desc.clone());
+        match stores.images.create(image.clone()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ocidist::content::ErrorKind::AlreadyExists => {
+                stores
+                    .images
+                    .update(image, &["target"])
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+            }
+            Err(e) => return Err(fail(e.into())),
+        }
+        println!("{name} {}", desc.digest());
+    }
+    Ok(())
+}
