@@ -1,0 +1,1 @@
+//! The snapshotter conformance suite (containerd's cases); filled in below.
