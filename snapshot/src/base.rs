@@ -43,6 +43,10 @@ impl Base {
     pub(crate) fn staging(&self) -> Result<PathBuf> {
         let dir = tempfile_name(&self.snapshots_dir(), "new-");
         std::fs::create_dir(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+        // A snapshot's root is 0755 whatever the umask; a parent's copy or a
+        // layer's root entry may change it.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| Error::io("chmod", &dir, e))?;
         Ok(dir)
     }
 

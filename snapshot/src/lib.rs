@@ -104,7 +104,9 @@ impl ocidist_content::filters::Fields for Info {
     fn field(&self, path: &[&str]) -> Option<String> {
         match path {
             ["name"] => Some(self.name.clone()),
-            ["parent"] => self.parent.clone(),
+            // containerd's parent is always present, empty for none, so
+            // `parent!=""` selects snapshots that have one.
+            ["parent"] => Some(self.parent.clone().unwrap_or_default()),
             ["kind"] => Some(self.kind.as_str().to_string()),
             ["labels", key] => self.labels.get(*key).cloned(),
             _ => None,
