@@ -349,7 +349,9 @@ impl Applier {
                 replaced_whiteout =
                     overlay && (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0;
                 resolve::remove_at(dirfd, name).map_err(io_err("remove", &path))?;
-                removed = is_dir;
+                // Cached directories under this name (through a symlink it
+                // was, say) are stale from here on.
+                removed = true;
             }
         }
         match kind {
@@ -368,6 +370,7 @@ impl Applier {
                 }
                 self.created.insert(rel.clone());
                 self.set_dir_meta(&rel, meta)?;
+                return Ok(());
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let fd = rustix::fs::openat(
@@ -491,6 +494,9 @@ impl Applier {
                     rel.display()
                 )));
             }
+        }
+        if removed {
+            self.root.invalidate();
         }
         Ok(())
     }

@@ -47,13 +47,21 @@ pub(crate) fn open_dir_in(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Resul
     } else {
         rel
     };
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        resolve_flags(),
-    )
+    let mut attempts = 0;
+    loop {
+        match rustix::fs::openat2(
+            root,
+            rel,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve_flags(),
+        ) {
+            // The kernel asks for a retry when a rename or mount elsewhere
+            // raced a `..` walk under RESOLVE_IN_ROOT.
+            Err(Errno::AGAIN) if attempts < 16 => attempts += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Owner and mode for a parent directory the layer did not list.
