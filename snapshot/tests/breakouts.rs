@@ -718,9 +718,10 @@ fn hardlink_relative_long() {
     );
 }
 
-/// 10. A hardlink target through a symlink via a missing directory and `..`:
+/// 10. A hardlink target through a symlink via a missing directory and `..` is refused.
+///
 /// containerd cleans the symlink's text and links the root's passwd; the kernel
-/// (RESOLVE_IN_ROOT, as at run time) finds `upandout` missing, so we refuse.
+/// (RESOLVE_IN_ROOT, as at run time) finds `upandout` missing.
 #[test]
 fn hardlink_relative_up_and_out() {
     run_case(
