@@ -76,50 +76,76 @@ impl Base {
     }
 
     /// Removes `key` from the metadata, then its directory.
-    pub(crate) fn remove(&self, key: &str) -> Result<()> {
-        self.check_open()?;
-        let record = self.meta.remove(key)?;
-        let dir = self.dir(record.id);
-        let doomed = tempfile_name(&self.snapshots_dir(), "rm-");
-        match std::fs::rename(&dir, &doomed) {
-            Ok(()) => tree::remove_tree(&doomed),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("rename", &dir, e)),
-        }
+    pub(crate) async fn remove(self: &Arc<Self>, key: &str) -> Result<()> {
+        let key = key.to_string();
+        self.run(move |base| {
+            let record = base.meta.remove(&key)?;
+            let dir = base.dir(record.id);
+            let doomed = tempfile_name(&base.snapshots_dir(), "rm-");
+            match std::fs::rename(&dir, &doomed) {
+                Ok(()) => tree::remove_tree(&doomed),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("rename", &dir, e)),
+            }
+        })
+        .await
     }
 
-    pub(crate) fn stat(&self, key: &str) -> Result<Info> {
-        self.check_open()?;
-        Ok(self.meta.get(key)?.0.info(key))
+    pub(crate) async fn stat(self: &Arc<Self>, key: &str) -> Result<Info> {
+        let key = key.to_string();
+        self.run(move |base| Ok(base.meta.get(&key)?.0.info(&key)))
+            .await
     }
 
-    pub(crate) fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
-        self.check_open()?;
-        self.meta.update(&info, fieldpaths)
+    pub(crate) async fn update(self: &Arc<Self>, info: Info, fieldpaths: &[&str]) -> Result<Info> {
+        let fieldpaths: Vec<String> = fieldpaths.iter().map(|s| s.to_string()).collect();
+        self.run(move |base| {
+            let paths: Vec<&str> = fieldpaths.iter().map(String::as_str).collect();
+            base.meta.update(&info, &paths)
+        })
+        .await
     }
 
     /// Committed snapshots report what was measured at commit; others are
-    /// measured now (`dir` is the part that belongs to the snapshot).
-    pub(crate) fn usage(&self, key: &str, own_dir: impl Fn(u64) -> PathBuf) -> Result<Usage> {
-        self.check_open()?;
-        let (record, _) = self.meta.get(key)?;
-        let (size, inodes) = match record.usage {
-            Some(u) => u,
-            None => tree::usage(&own_dir(record.id))?,
-        };
-        Ok(Usage { size, inodes })
+    /// measured now, in `<id>/<own>` (the part that belongs to the snapshot).
+    pub(crate) async fn usage(self: &Arc<Self>, key: &str, own: &'static str) -> Result<Usage> {
+        let key = key.to_string();
+        self.run(move |base| {
+            let (record, _) = base.meta.get(&key)?;
+            let (size, inodes) = match record.usage {
+                Some(u) => u,
+                None => tree::usage(&base.dir(record.id).join(own))?,
+            };
+            Ok(Usage { size, inodes })
+        })
+        .await
     }
 
-    pub(crate) fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
-        self.check_open()?;
+    pub(crate) async fn walk(self: &Arc<Self>, filters: &[&str]) -> Result<Vec<Info>> {
         let filters = Filters::parse(filters).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        Ok(self
-            .meta
-            .list()?
-            .into_iter()
-            .map(|(key, record)| record.info(&key))
-            .filter(|info| filters.matches(info))
-            .collect())
+        self.run(move |base| {
+            Ok(base
+                .meta
+                .list()?
+                .into_iter()
+                .map(|(key, record)| record.info(&key))
+                .filter(|info| filters.matches(info))
+                .collect())
+        })
+        .await
+    }
+
+    /// Runs `f` on a blocking thread (metadata and filesystem work), if open.
+    pub(crate) async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Base) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let base = self.clone();
+        blocking(move || {
+            base.check_open()?;
+            f(&base)
+        })
+        .await
     }
 
     pub(crate) fn close(&self) {
@@ -171,9 +197,7 @@ pub(crate) fn tempfile_name(dir: &Path, prefix: &str) -> PathBuf {
 }
 
 /// Runs blocking snapshot work off the async reactor.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Metadata(format!("snapshot task: {e}")))?

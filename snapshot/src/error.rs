@@ -129,6 +129,15 @@ impl Error {
         }
     }
 
+    /// Names the layer blob a malformed-layer error came from.
+    pub(crate) fn in_layer(self, layer: &ocidist_content::Digest) -> Self {
+        match self {
+            Error::Layer(msg) => Error::Layer(format!("{layer}: {msg}")),
+            Error::InvalidArgument(msg) => Error::InvalidArgument(format!("layer {layer}: {msg}")),
+            other => other,
+        }
+    }
+
     pub(crate) fn precondition(key: &str, reason: impl Into<String>) -> Self {
         Error::FailedPrecondition {
             key: key.to_string(),

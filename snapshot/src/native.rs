@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::base::{Base, blocking};
+use crate::base::Base;
 use crate::{CommitOpts, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage, tree};
 
 /// Snapshots as plain directories under `<root>/snapshots/<id>`.
@@ -34,9 +34,10 @@ impl NativeSnapshotter {
 
     /// The directory holding the snapshot `key` (whatever its kind).
     pub async fn path(&self, key: &str) -> Result<PathBuf> {
-        let base = self.base.clone();
         let key = key.to_string();
-        blocking(move || Ok(base.dir(base.meta.get(&key)?.0.id))).await
+        self.base
+            .run(move |base| Ok(base.dir(base.meta.get(&key)?.0.id)))
+            .await
     }
 
     async fn create(
@@ -46,66 +47,54 @@ impl NativeSnapshotter {
         kind: Kind,
         labels: Labels,
     ) -> Result<Vec<Mount>> {
-        let base = self.base.clone();
         let key = key.to_string();
         let parent = parent.map(str::to_string);
-        blocking(move || {
-            base.check_open()?;
-            let staging = base.staging()?;
-            let filled = match &parent {
-                Some(p) => base
-                    .meta
-                    .committed_parent(p)
-                    .and_then(|ids| tree::copy_tree(&base.dir(ids[0]), &staging)),
-                None => Ok(()),
-            };
-            if let Err(e) = filled {
-                let _ = tree::remove_tree(&staging);
-                return Err(e);
-            }
-            let (record, _) = base.create(&key, parent.as_deref(), kind, labels, &staging)?;
-            Ok(vec![Mount::bind(base.dir(record.id), kind == Kind::View)])
-        })
-        .await
+        self.base
+            .run(move |base| {
+                let staging = base.staging()?;
+                let filled = match &parent {
+                    Some(p) => base
+                        .meta
+                        .committed_parent(p)
+                        .and_then(|ids| tree::copy_tree(&base.dir(ids[0]), &staging)),
+                    None => Ok(()),
+                };
+                if let Err(e) = filled {
+                    let _ = tree::remove_tree(&staging);
+                    return Err(e);
+                }
+                let (record, _) = base.create(&key, parent.as_deref(), kind, labels, &staging)?;
+                Ok(vec![Mount::bind(base.dir(record.id), kind == Kind::View)])
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl Snapshotter for NativeSnapshotter {
     async fn stat(&self, key: &str) -> Result<Info> {
-        let base = self.base.clone();
-        let key = key.to_string();
-        blocking(move || base.stat(&key)).await
+        self.base.stat(key).await
     }
 
     async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
-        let base = self.base.clone();
-        let fieldpaths: Vec<String> = fieldpaths.iter().map(|s| s.to_string()).collect();
-        blocking(move || {
-            let paths: Vec<&str> = fieldpaths.iter().map(String::as_str).collect();
-            base.update(info, &paths)
-        })
-        .await
+        self.base.update(info, fieldpaths).await
     }
 
     async fn usage(&self, key: &str) -> Result<Usage> {
-        let base = self.base.clone();
-        let key = key.to_string();
-        blocking(move || base.usage(&key, |id| base.dir(id))).await
+        self.base.usage(key, "").await
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let base = self.base.clone();
         let key = key.to_string();
-        blocking(move || {
-            base.check_open()?;
-            let (record, _) = base.meta.get(&key)?;
-            Ok(vec![Mount::bind(
-                base.dir(record.id),
-                record.kind != Kind::Active,
-            )])
-        })
-        .await
+        self.base
+            .run(move |base| {
+                let (record, _) = base.meta.get(&key)?;
+                Ok(vec![Mount::bind(
+                    base.dir(record.id),
+                    record.kind != Kind::Active,
+                )])
+            })
+            .await
     }
 
     async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
@@ -122,38 +111,29 @@ impl Snapshotter for NativeSnapshotter {
                 "the native snapshotter cannot set a parent at commit: its snapshots are full copies".into(),
             ));
         }
-        let base = self.base.clone();
         let (name, key) = (name.to_string(), key.to_string());
-        blocking(move || {
-            base.check_open()?;
-            let (record, _) = base.meta.get(&key)?;
-            let dir = base.dir(record.id);
-            let usage = if record.kind == Kind::Active {
-                sync_tree(&dir)?;
-                tree::usage(&dir)?
-            } else {
-                (0, 0)
-            };
-            base.meta.commit(&name, &key, opts.labels, None, usage)?;
-            Ok(())
-        })
-        .await
+        self.base
+            .run(move |base| {
+                let (record, _) = base.meta.get(&key)?;
+                let dir = base.dir(record.id);
+                let usage = if record.kind == Kind::Active {
+                    sync_tree(&dir)?;
+                    tree::usage(&dir)?
+                } else {
+                    (0, 0)
+                };
+                base.meta.commit(&name, &key, opts.labels, None, usage)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn remove(&self, key: &str) -> Result<()> {
-        let base = self.base.clone();
-        let key = key.to_string();
-        blocking(move || base.remove(&key)).await
+        self.base.remove(key).await
     }
 
     async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
-        let base = self.base.clone();
-        let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
-        blocking(move || {
-            let f: Vec<&str> = filters.iter().map(String::as_str).collect();
-            base.walk(&f)
-        })
-        .await
+        self.base.walk(filters).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::base::{Base, blocking};
+use crate::base::Base;
 use crate::native::sync_tree;
 use crate::{CommitOpts, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage, tree};
 
@@ -133,72 +133,65 @@ impl OverlaySnapshotter {
         kind: Kind,
         labels: Labels,
     ) -> Result<Vec<Mount>> {
-        let base = self.base.clone();
         let options = self.options.clone();
         let key = key.to_string();
         let parent = parent.map(str::to_string);
-        blocking(move || {
-            base.check_open()?;
-            let staging = base.staging()?;
-            for sub in ["fs", "work"] {
-                let dir = staging.join(sub);
-                if let Err(e) = std::fs::create_dir(&dir) {
-                    let _ = tree::remove_tree(&staging);
-                    return Err(Error::io("mkdir", dir, e));
+        self.base
+            .run(move |base| {
+                let staging = base.staging()?;
+                for sub in ["fs", "work"] {
+                    let dir = staging.join(sub);
+                    if let Err(e) = std::fs::create_dir(&dir) {
+                        let _ = tree::remove_tree(&staging);
+                        return Err(Error::io("mkdir", dir, e));
+                    }
                 }
-            }
-            // The root of a layer is 0755 unless the layer says otherwise.
-            let _ = std::fs::set_permissions(
-                staging.join("fs"),
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            );
-            let (record, parents) = base.create(&key, parent.as_deref(), kind, labels, &staging)?;
-            Ok(Self::mounts_of(&base, &options, kind, record.id, &parents))
-        })
-        .await
+                // The root of a layer is 0755 unless the layer says otherwise.
+                let fs = staging.join("fs");
+                if let Err(e) = std::fs::set_permissions(
+                    &fs,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                ) {
+                    let _ = tree::remove_tree(&staging);
+                    return Err(Error::io("chmod", fs, e));
+                }
+                let (record, parents) =
+                    base.create(&key, parent.as_deref(), kind, labels, &staging)?;
+                Ok(Self::mounts_of(base, &options, kind, record.id, &parents))
+            })
+            .await
     }
 }
 
 #[async_trait]
 impl Snapshotter for OverlaySnapshotter {
     async fn stat(&self, key: &str) -> Result<Info> {
-        let base = self.base.clone();
-        let key = key.to_string();
-        blocking(move || base.stat(&key)).await
+        self.base.stat(key).await
     }
 
     async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
-        let base = self.base.clone();
-        let fieldpaths: Vec<String> = fieldpaths.iter().map(|s| s.to_string()).collect();
-        blocking(move || {
-            let paths: Vec<&str> = fieldpaths.iter().map(String::as_str).collect();
-            base.update(info, &paths)
-        })
-        .await
+        self.base.update(info, fieldpaths).await
     }
 
     async fn usage(&self, key: &str) -> Result<Usage> {
-        let base = self.base.clone();
-        let key = key.to_string();
-        blocking(move || base.usage(&key, |id| Self::upper(&base, id))).await
+        self.base.usage(key, "fs").await
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let base = self.base.clone();
         let options = self.options.clone();
         let key = key.to_string();
-        blocking(move || {
-            base.check_open()?;
-            let (record, parents) = base.meta.get(&key)?;
-            Ok(Self::mounts_of(
-                &base,
-                &options,
-                record.kind,
-                record.id,
-                &parents,
-            ))
-        })
-        .await
+        self.base
+            .run(move |base| {
+                let (record, parents) = base.meta.get(&key)?;
+                Ok(Self::mounts_of(
+                    base,
+                    &options,
+                    record.kind,
+                    record.id,
+                    &parents,
+                ))
+            })
+            .await
     }
 
     async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
@@ -210,39 +203,30 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
-        let base = self.base.clone();
         let (name, key) = (name.to_string(), key.to_string());
-        blocking(move || {
-            base.check_open()?;
-            let (record, _) = base.meta.get(&key)?;
-            let upper = Self::upper(&base, record.id);
-            let usage = if record.kind == Kind::Active {
-                sync_tree(&upper)?;
-                tree::usage(&upper)?
-            } else {
-                (0, 0)
-            };
-            base.meta
-                .commit(&name, &key, opts.labels, opts.parent.as_deref(), usage)?;
-            Ok(())
-        })
-        .await
+        self.base
+            .run(move |base| {
+                let (record, _) = base.meta.get(&key)?;
+                let upper = Self::upper(base, record.id);
+                let usage = if record.kind == Kind::Active {
+                    sync_tree(&upper)?;
+                    tree::usage(&upper)?
+                } else {
+                    (0, 0)
+                };
+                base.meta
+                    .commit(&name, &key, opts.labels, opts.parent.as_deref(), usage)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn remove(&self, key: &str) -> Result<()> {
-        let base = self.base.clone();
-        let key = key.to_string();
-        blocking(move || base.remove(&key)).await
+        self.base.remove(key).await
     }
 
     async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
-        let base = self.base.clone();
-        let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
-        blocking(move || {
-            let f: Vec<&str> = filters.iter().map(String::as_str).collect();
-            base.walk(&f)
-        })
-        .await
+        self.base.walk(filters).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -169,7 +169,8 @@ where
             Some(layer.media_type().as_ref()),
             options.apply.clone(),
         )
-        .await?;
+        .await
+        .map_err(|e| e.in_layer(layer.digest()))?;
         if &applied.diff_id != diff_id {
             return Err(Error::DiffIdMismatch {
                 layer: layer.digest().to_string(),

@@ -24,8 +24,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use ocidist_content::Digester;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
-use sha2::{Digest as _, Sha256};
 
 use crate::mount::ApplyTarget;
 use crate::{Error, Result};
@@ -117,7 +117,7 @@ pub fn apply_layer_sync(
     let tar = decompress::decompressed(reader, compression)?;
     let hashing = HashingReader {
         inner: tar,
-        hasher: Sha256::new(),
+        hasher: Digester::sha256(),
         count: 0,
     };
     let (root, lowers, overlay) = match target {
@@ -149,10 +149,7 @@ pub fn apply_layer_sync(
     // diff ID covers every byte.
     let mut hashing = archive.into_inner();
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::Layer(format!("read: {e}")))?;
-    let hex = hex(&hashing.hasher.finalize());
-    let diff_id = format!("sha256:{hex}")
-        .parse()
-        .map_err(|e| Error::Layer(format!("diff ID: {e}")))?;
+    let diff_id = hashing.hasher.digest();
     let mut warnings = Vec::new();
     if applier.skipped_devices > 0 {
         warnings.push(format!(
@@ -171,13 +168,9 @@ pub fn apply_layer_sync(
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Digester,
     count: u64,
 }
 
