@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # install them here rather than let a test find them absent.
 #   docker-registry: the real CNCF distribution registry the remotes tests run.
 #   skopeo, umoci: the interop tests build, copy and unpack images with them.
-APT_PACKAGES=(docker-registry skopeo umoci)
+#   jq: the end-to-end test runs containerd's fetch-object | jq | xargs pipeline.
+APT_PACKAGES=(docker-registry skopeo umoci jq)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -154,6 +154,14 @@ fn pull_and_mount(snapshotter: &str) {
         out.contains("elapsed: ") && out.contains("unpacked: sha256:"),
         "{out}"
     );
+    assert!(
+        out.contains(": done |++++++++++| "),
+        "a plain bar per blob: {out}"
+    );
+    assert!(
+        !out.contains('\x1b'),
+        "no escape codes off a terminal: {out}"
+    );
 
     // A second pull finds everything.
     let again = ok(dist(
@@ -212,6 +220,36 @@ fn pull_and_mount(snapshotter: &str) {
         !copy.join("etc/new").exists(),
         "the removed rootfs's writes are gone"
     );
+
+    // prune keeps the layers of recorded images, and removes them once the
+    // image is forgotten.
+    let with = |args: &[&str]| {
+        let mut all = vec!["--snapshotter", snapshotter];
+        all.extend_from_slice(args);
+        ok(dist(&root, &all, b""))
+    };
+    let kept = with(&["prune"]);
+    assert!(
+        kept.contains(&format!("removed 0 {snapshotter} snapshots; 2 in use")),
+        "{kept}"
+    );
+    with(&["images", "rm", &reference]);
+    let dry = with(&["prune", "--dry-run"]);
+    assert!(
+        dry.contains(&format!("would remove 2 {snapshotter} snapshots")),
+        "{dry}"
+    );
+    let pruned = with(&["prune", "--grace", "0s"]);
+    assert!(
+        pruned.contains(&format!("removed 2 {snapshotter} snapshots; 0 in use"))
+            && pruned.contains("removed 4 blobs"),
+        "{pruned}"
+    );
+    // Nothing left: the next pull downloads and unpacks again, and --quiet
+    // (before or after the command) prints nothing.
+    assert_eq!(with(&["pull", "--quiet", &reference]), "");
+    assert_eq!(with(&["-q", "pull", &reference]), "");
+    assert_eq!(with(&["list", "-q"]).lines().count(), 4);
 }
 
 #[test]
@@ -309,5 +347,124 @@ fn a_pull_killed_mid_layer_resumes_on_rerun() {
     assert_eq!(
         std::fs::metadata(mnt.join("opt/blob")).unwrap().len(),
         8 << 20
+    );
+}
+
+/// The bytes in the store's running ingests, from `dist active`.
+fn ingested(root: &Path) -> u64 {
+    ok(dist(root, &["active"], b""))
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)?
+                .split('/')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Sends `signal` to a pull once it has written bytes, and returns how the
+/// pull ended.
+fn interrupt_pull(root: &Path, reference: &str, signal: libc::c_int) -> Output {
+    let before = ingested(root);
+    let child = Command::new(dist_binary())
+        .args(["--root", root.to_str().unwrap(), "pull", reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ingested(root) <= before {
+        assert!(Instant::now() < deadline, "the pull wrote nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: the pid is our own child's, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_interrupted_pull_exits_at_once_and_resumes() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    push_image(&registry.host(), work.path(), 8 << 20);
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    proxy.add(
+        Some("GET"),
+        "/blobs/sha256:",
+        usize::MAX,
+        Fault::Drip {
+            chunk: 64 * 1024,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let reference = format!("{}/e2e/rootfs:1", proxy.host());
+    let root = work.path().join("store");
+    for (signal, status, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let stopped = interrupt_pull(&root, &reference, signal);
+        let stderr = String::from_utf8_lossy(&stopped.stderr);
+        assert_eq!(stopped.status.code(), Some(status), "{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {name}; ingests are kept")),
+            "{stderr}"
+        );
+    }
+    let active = ok(dist(&root, &["active"], b""));
+    assert!(
+        active.contains("layer-sha256:"),
+        "the ingest stays: {active}"
+    );
+    let out = ok(dist(&root, &["pull", &reference], b""));
+    assert!(out.contains("resuming at"), "{out}");
+    assert_eq!(
+        ok(dist(&root, &["active"], b"")).lines().count(),
+        1,
+        "only the header left"
+    );
+    let copy = work.path().join("copy");
+    ok(dist(
+        &root,
+        &["rootfs", "--copy", &reference, copy.to_str().unwrap()],
+        b"",
+    ));
+    check_tree(&copy);
+}
+
+#[test]
+fn a_pull_on_a_terminal_draws_live_bars() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_image(&registry.host(), work.path(), 100_000);
+    let root = work.path().join("store");
+    // `script` (util-linux) runs the pull on a pseudo-terminal.
+    let command = format!(
+        "stty cols 100 rows 40; {} --root {} pull {}",
+        dist_binary().display(),
+        root.display(),
+        reference
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) must run (apt-get install bsdutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\x1b["),
+        "bars are redrawn in place: {text:?}"
+    );
+    assert!(
+        text.contains("|++++++++++|") && text.contains("unpacked") && text.contains("elapsed: "),
+        "{text:?}"
     );
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::dist;
 
@@ -85,7 +85,7 @@ fn push_fetch_list_check_and_prune_an_image() {
     assert!(
         fetched
             .lines()
-            .filter(|l| l.ends_with("downloading"))
+            .filter(|l| l.contains(": downloading |----------| 0 B/"))
             .count()
             == 3,
         "{fetched}"
@@ -114,6 +114,44 @@ fn push_fetch_list_check_and_prune_an_image() {
         b"",
     );
     assert_eq!(sha256_of(&object.stdout).to_string(), manifest_digest);
+
+    // containerd's original pipeline, as written for the shell: every layer
+    // fetched and ingested in parallel, keyed by digest. Each layer is listed
+    // twice, so two downloads of one blob race; both must succeed.
+    let piped = dir.path().join("piped");
+    let pipeline = r#"
+        set -euo pipefail
+        dist() { "$DIST" --root "$ROOT" "$@"; }
+        export -f dist
+        dist fetch-object "$REPO" 1 |
+            jq -r '.layers[] | "\(.digest) \(.size)", "\(.digest) \(.size)"' |
+            xargs -P10 -n2 bash -c 'dist fetch-object "$REPO" "$0" | dist ingest --expected-digest "$0" --expected-size "$1" "layer-$0"'
+        dist list -q
+    "#;
+    let out = Command::new("bash")
+        .args(["-c", pipeline])
+        .env("DIST", common::dist_binary())
+        .env("ROOT", &piped)
+        .env("REPO", format!("{}/e2e/app", registry.host()))
+        .output()
+        .expect("bash runs (jq: apt-get install jq)");
+    let listed = ok(out);
+    let mut listed: Vec<&str> = listed.lines().collect();
+    listed.sort_unstable();
+    let manifest_json: serde_json::Value = serde_json::from_str(&manifest_bytes).unwrap();
+    let mut layers: Vec<&str> = manifest_json["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    layers.sort_unstable();
+    assert_eq!(listed, layers, "each layer once, verified");
+    assert_eq!(
+        ok(dist(&piped, &["active"], b"")).lines().count(),
+        1,
+        "no ingest left behind"
+    );
 
     // Without its name, prune takes the image's content (past the grace period: none yet).
     ok(dist(&store, &["images", "rm", &reference], b""));

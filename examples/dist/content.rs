@@ -30,9 +30,6 @@ pub(crate) struct ActiveArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
-    /// Print digests only, one per line.
-    #[arg(short, long)]
-    quiet: bool,
     /// Filters such as `labels.KEY==VALUE` or `digest==sha256:…` (any may match).
     filters: Vec<String>,
 }
@@ -114,7 +111,8 @@ pub(crate) async fn list(store: &LocalStore, args: ListArgs) -> CmdResult {
         .await
         .map_err(|e| Failure::new("list", e))?;
     infos.sort_by_key(|info| info.digest.to_string());
-    if args.quiet {
+    // `list -q` is the global --quiet: digests only, for `xargs dist delete`.
+    if output::quiet() {
         for info in &infos {
             println!("{}", info.digest);
         }
@@ -174,7 +172,7 @@ pub(crate) async fn delete(store: &LocalStore, args: DigestsArgs) -> CmdResult {
     let mut failed = 0;
     for digest in &args.digests {
         match store.delete(digest).await {
-            Ok(()) => println!("{digest}"),
+            Ok(()) => output::report!("{digest}"),
             // Keep going, as `rm` does, and fail at the end.
             Err(e) => {
                 eprintln!("dist: delete {digest}: {e}");

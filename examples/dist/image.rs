@@ -1,6 +1,7 @@
 //! Commands on images and registries: fetch-object, fetch, push, images, prune.
 
-use std::time::Instant;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -9,10 +10,14 @@ use ocidist::images::platforms::{self, Matcher, Platform};
 use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
 use ocidist::remotes::docker::config::DockerConfig;
 use ocidist::remotes::docker::{DockerResolver, PlainHttp, fetch_object};
-use ocidist::remotes::{FetchEvent, fetch_image, push_image};
+use ocidist::remotes::{fetch_image, push_image};
+use ocidist::snapshot::Snapshotter;
+use ocidist::snapshot::gc::{PruneOptions, image_chain_ids};
 use tokio::io::AsyncWriteExt;
 
-use crate::{CmdResult, Failure, Stores, output};
+use crate::output::{self, report};
+use crate::progress::Progress;
+use crate::{CmdResult, Failure, Stores};
 
 #[derive(Debug, Args)]
 pub(crate) struct FetchObjectArgs {
@@ -34,9 +39,6 @@ pub(crate) struct FetchArgs {
     /// Blobs fetched at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Print nothing but errors.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +79,10 @@ pub(crate) struct PruneArgs {
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Keep unreferenced blobs, and the snapshots of unpacks in progress,
+    /// younger than this: a pull in another process may still need them.
+    #[arg(long, default_value = "15m", value_parser = crate::parse_duration)]
+    grace: std::time::Duration,
 }
 
 /// Platform and transport settings shared by the registry commands.
@@ -125,29 +131,7 @@ pub(crate) async fn fetch_object_cmd(remote: &Remote, args: FetchObjectArgs) -> 
 
 pub(crate) async fn fetch(stores: &Stores, remote: &Remote, args: FetchArgs) -> CmdResult {
     let what = format!("fetch {}", args.reference);
-    let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let quiet = args.quiet;
-    let printer = tokio::spawn(async move {
-        let mut total = 0u64;
-        while let Some(event) = rx.recv().await {
-            let (desc, state) = match &event {
-                FetchEvent::Started { desc, offset } if *offset > 0 => {
-                    (desc, format!("resuming at {}", output::size(*offset)))
-                }
-                FetchEvent::Started { desc, .. } => (desc, "downloading".to_string()),
-                FetchEvent::Done(desc) => {
-                    total += desc.size();
-                    (desc, format!("done {}", output::size(desc.size())))
-                }
-                FetchEvent::Exists(desc) => (desc, "exists".to_string()),
-            };
-            if !quiet {
-                println!("{}: {state}", ocidist::remotes::ingest_ref(desc));
-            }
-        }
-        total
-    });
+    let progress = Progress::start(&stores.content);
     let resolver = remote.resolver();
     let matcher: Box<dyn Matcher> = if args.all_platforms {
         Box::new(platforms::all())
@@ -163,20 +147,12 @@ pub(crate) async fn fetch(stores: &Stores, remote: &Remote, args: FetchArgs) -> 
         std::sync::Arc::<dyn Matcher>::from(matcher),
         per_index,
         Some(args.concurrency),
-        Some(tx),
+        Some(progress.fetch_events()),
     )
     .await;
-    let total = printer.await.unwrap_or(0);
+    progress.finish().await;
     let image = result.map_err(|e| Failure::new(what, e))?;
-    if !args.quiet {
-        let elapsed = started.elapsed().as_secs_f64();
-        println!(
-            "elapsed: {elapsed:.2} s total: {} ({}/s)",
-            output::size(total),
-            output::size((total as f64 / elapsed.max(1e-9)) as u64)
-        );
-        println!("{} {}", image.name, image.target.digest());
-    }
+    report!("{} {}", image.name, image.target.digest());
     Ok(())
 }
 
@@ -196,13 +172,13 @@ pub(crate) async fn push(stores: &Stores, remote: &Remote, args: PushArgs) -> Cm
     .await
     .map_err(|e| Failure::new(what, e))?;
     for desc in &pushed {
-        println!(
+        report!(
             "{}: pushed {}",
             ocidist::remotes::ingest_ref(desc),
             output::size(desc.size())
         );
     }
-    println!("{} {}", args.reference, target.digest());
+    report!("{} {}", args.reference, target.digest());
     Ok(())
 }
 
@@ -249,7 +225,7 @@ pub(crate) async fn images(stores: &Stores, remote: &Remote, args: ImagesArgs) -
                     .delete(&name)
                     .await
                     .map_err(|e| Failure::new(format!("images rm {name}"), e))?;
-                println!("{name}");
+                report!("{name}");
             }
             Ok(())
         }
@@ -333,26 +309,63 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
     }
 }
 
-pub(crate) async fn prune(stores: &Stores, args: PruneArgs) -> CmdResult {
-    let opts = GcOptions {
-        dry_run: args.dry_run,
-        ..GcOptions::default()
-    };
-    let report = gc(&stores.content, &stores.images, &opts)
-        .await
-        .map_err(|e| Failure::new("prune", e))?;
+pub(crate) async fn prune(
+    stores: &Stores,
+    snapshotters: &[(&str, Arc<dyn Snapshotter>)],
+    args: PruneArgs,
+) -> CmdResult {
     let verb = if args.dry_run {
         "would remove"
     } else {
         "removed"
     };
+    // Snapshots first: the layers of every image stay, whatever its platform.
+    if !snapshotters.is_empty() {
+        let images = stores
+            .images
+            .list(&[])
+            .await
+            .map_err(|e| Failure::new("prune", e))?;
+        let mut keep = HashSet::new();
+        for image in &images {
+            let chains = image_chain_ids(&stores.content, &image.target)
+                .await
+                .map_err(|e| Failure::new(format!("prune: image {}", image.name), e))?;
+            keep.extend(chains.iter().map(ToString::to_string));
+        }
+        let opts = PruneOptions {
+            dry_run: args.dry_run,
+            grace: args.grace,
+        };
+        for (name, snapshotter) in snapshotters {
+            let pruned = ocidist::snapshot::gc::prune(snapshotter.as_ref(), &keep, &opts)
+                .await
+                .map_err(|e| Failure::new(format!("prune {name} snapshots"), e))?;
+            for info in &pruned.removed {
+                report!("{verb} {name} snapshot {}", info.name);
+            }
+            report!(
+                "{verb} {} {name} snapshots; {} in use",
+                pruned.removed.len(),
+                pruned.kept
+            );
+        }
+    }
+    let opts = GcOptions {
+        dry_run: args.dry_run,
+        grace: args.grace,
+        ..GcOptions::default()
+    };
+    let report = gc(&stores.content, &stores.images, &opts)
+        .await
+        .map_err(|e| Failure::new("prune", e))?;
     for (digest, size) in &report.blobs {
-        println!("{verb} {digest} {}", output::size(*size));
+        report!("{verb} {digest} {}", output::size(*size));
     }
     for reference in &report.ingests {
-        println!("{verb} ingest {reference}");
+        report!("{verb} ingest {reference}");
     }
-    println!(
+    report!(
         "{verb} {} blobs ({}) and {} ingests; {} blobs in use",
         report.blobs.len(),
         output::size(report.bytes()),

@@ -9,6 +9,7 @@ use ocidist::images::media_types::{self, Kind};
 use ocidist::images::{Image, ImageStore, children_handler, manifest, set_children_labels, walk};
 
 use crate::image::local_target;
+use crate::output::report;
 use crate::{CmdResult, Failure, Stores};
 
 /// The annotation that names an image in a layout's `index.json`.
@@ -120,7 +121,7 @@ pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
     }
     let bytes = serde_json::to_vec_pretty(&index).map_err(|e| fail(e.into()))?;
     write_atomically(&index_path, &bytes).map_err(|e| fail(e.into()))?;
-    println!("{} {} ({} blobs)", name, target.digest(), blobs.len());
+    report!("{} {} ({} blobs)", name, target.digest(), blobs.len());
     Ok(())
 }
 
@@ -169,7 +170,7 @@ pub(crate) async fn import(stores: &Stores, args: ImportArgs) -> CmdResult {
             .await
             .map_err(|e| fail(e.into()))?;
         let Some(name) = entry["annotations"][REF_NAME].as_str() else {
-            println!("(unnamed) {}", desc.digest());
+            report!("(unnamed) {}", desc.digest());
             continue;
         };
         let name = format!("{}{name}", args.prefix);
@@ -185,7 +186,7 @@ pub(crate) async fn import(stores: &Stores, args: ImportArgs) -> CmdResult {
             }
             Err(e) => return Err(fail(e.into())),
         }
-        println!("{name} {}", desc.digest());
+        report!("{name} {}", desc.digest());
     }
     Ok(())
 }

@@ -10,11 +10,14 @@
 //! ```
 //!
 //! Errors print one line, `dist: <what>: <cause>`, and exit 1; usage errors exit 2.
+//! Ctrl-C or SIGTERM stops at once (exit 130 or 143) and leaves the ingests
+//! in the store, so the next run resumes them.
 
 mod content;
 mod image;
 mod layout;
 mod output;
+mod progress;
 mod rootfs;
 
 use std::path::PathBuf;
@@ -36,6 +39,11 @@ struct Cli {
     /// Print debugging details on errors.
     #[arg(long, global = true)]
     debug: bool,
+    /// Print nothing but errors and a command's answer (`get`, `path`,
+    /// `fetch-object`, `active`, `images`, `apply`'s diff ID); `list -q`
+    /// prints digests only.
+    #[arg(long, short, global = true)]
+    quiet: bool,
     /// Give up after this long (e.g. 30s, 5m, 1h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -128,7 +136,7 @@ fn default_root() -> PathBuf {
     data.join("ocidist")
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(text.len()),
@@ -191,20 +199,21 @@ async fn run(cli: Cli) -> CmdResult {
         } else {
             SnapshotterKind::Native
         });
-    let snapshotter = || -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
-        let dir = root.join("snapshots");
-        let opened: Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, _> = match kind {
-            SnapshotterKind::Overlay => {
-                ocidist::snapshot::overlay::OverlaySnapshotter::open(dir.join("overlay"))
-                    .map(|s| std::sync::Arc::new(s) as _)
-            }
-            SnapshotterKind::Native => {
-                ocidist::snapshot::native::NativeSnapshotter::open(dir.join("native"))
-                    .map(|s| std::sync::Arc::new(s) as _)
-            }
+    let snapshotter =
+        |kind| -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
+            let dir = root.join("snapshots");
+            let opened: Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, _> = match kind {
+                SnapshotterKind::Overlay => {
+                    ocidist::snapshot::overlay::OverlaySnapshotter::open(dir.join("overlay"))
+                        .map(|s| std::sync::Arc::new(s) as _)
+                }
+                SnapshotterKind::Native => {
+                    ocidist::snapshot::native::NativeSnapshotter::open(dir.join("native"))
+                        .map(|s| std::sync::Arc::new(s) as _)
+                }
+            };
+            opened.map_err(|e| open("snapshotter in", e.into()))
         };
-        opened.map_err(|e| open("snapshotter in", e.into()))
-    };
     match cli.command {
         Command::Ingest(args) => content::ingest(store, args).await,
         Command::Active(args) => content::active(store, args).await,
@@ -216,18 +225,55 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Fetch(args) => image::fetch(&stores, &remote, args).await,
         Command::Push(args) => image::push(&stores, &remote, args).await,
         Command::Images(args) => image::images(&stores, &remote, args).await,
-        Command::Prune(args) => image::prune(&stores, args).await,
-        Command::Pull(args) => rootfs::pull_cmd(&stores, &remote, &snapshotter()?, args).await,
+        Command::Prune(args) => {
+            // Every snapshotter that has been used, whichever --snapshotter says.
+            let mut snapshotters = Vec::new();
+            for (name, kind) in [
+                ("overlay", SnapshotterKind::Overlay),
+                ("native", SnapshotterKind::Native),
+            ] {
+                if root.join("snapshots").join(name).exists() {
+                    snapshotters.push((name, snapshotter(kind)?));
+                }
+            }
+            image::prune(&stores, &snapshotters, args).await
+        }
+        Command::Pull(args) => rootfs::pull_cmd(&stores, &remote, &snapshotter(kind)?, args).await,
         Command::Apply(args) => rootfs::apply_cmd(args).await,
         Command::Export(args) => layout::export(&stores, args).await,
         Command::Import(args) => layout::import(&stores, args).await,
-        Command::Rootfs(args) => rootfs::rootfs_cmd(&stores, &remote, &snapshotter()?, args).await,
+        Command::Rootfs(args) => {
+            rootfs::rootfs_cmd(&stores, &remote, &snapshotter(kind)?, args).await
+        }
+    }
+}
+
+/// Why a command stopped early.
+enum Stop {
+    Failed(Failure),
+    /// A signal: the exit status and the signal's name.
+    Interrupted(u8, &'static str),
+}
+
+/// Waits for SIGINT or SIGTERM; returns the exit status it asks for (128 + signal).
+async fn interrupted() -> (u8, &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => (130, "SIGINT"),
+        _ = terminate.recv() => (143, "SIGTERM"),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let debug = cli.debug;
+    output::set_quiet(cli.quiet);
     let timeout = cli.timeout;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -240,18 +286,34 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match timeout {
-            Some(limit) => tokio::time::timeout(limit, run(cli))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::new("dist", format!("timed out after {limit:?}")))
-                }),
-            None => run(cli).await,
+        let work = async move {
+            match timeout {
+                Some(limit) => tokio::time::timeout(limit, run(cli))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::new("dist", format!("timed out after {limit:?}")))
+                    }),
+                None => run(cli).await,
+            }
+        };
+        // Dropping the command's future stops it between writes: what was
+        // written stays in the ingests, and the locks go with the process.
+        tokio::select! {
+            result = work => result.map_err(Stop::Failed),
+            (status, name) = interrupted() => Err(Stop::Interrupted(status, name)),
         }
     });
+    // Blocking writes still running must not hold the exit up for long.
+    runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
+        Err(Stop::Interrupted(status, name)) => {
+            eprintln!(
+                "dist: interrupted by {name}; ingests are kept and the next run resumes them"
+            );
+            ExitCode::from(status)
+        }
+        Err(Stop::Failed(failure)) => {
             eprintln!("dist: {}: {}", failure.what, failure.cause);
             if debug {
                 eprintln!("{:?}", failure.cause);

@@ -1,6 +1,29 @@
 //! Plain-text formatting shared by the commands.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Sets `--quiet`: progress and reports are not printed, errors still are.
+pub(crate) fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether `--quiet` was given.
+pub(crate) fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// `println!` unless `--quiet`: for reports, not for a command's answer.
+macro_rules! report {
+    ($($arg:tt)*) => {
+        if !$crate::output::quiet() {
+            println!($($arg)*);
+        }
+    };
+}
+pub(crate) use report;
 
 /// `12.1 MiB`-style sizes.
 pub(crate) fn size(bytes: u64) -> String {

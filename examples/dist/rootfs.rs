@@ -2,18 +2,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::Args;
 use ocidist::images::platforms::{self, Matcher};
-use ocidist::pull::{PullEvent, PullOptions, pull};
-use ocidist::remotes::{FetchEvent, ingest_ref};
+use ocidist::pull::{PullOptions, pull};
 use ocidist::snapshot::apply::{ApplyOptions, apply_layer};
 use ocidist::snapshot::mount::{self, ApplyTarget};
-use ocidist::snapshot::{Labels, Snapshotter, UnpackEvent, UnpackOptions, copy_tree, unpack};
+use ocidist::snapshot::{Labels, Snapshotter, UnpackOptions, copy_tree, unpack};
 
 use crate::image::{Remote, local_target};
-use crate::{CmdResult, Failure, Stores, output};
+use crate::output::report;
+use crate::progress::Progress;
+use crate::{CmdResult, Failure, Stores};
 
 #[derive(Debug, Args)]
 pub(crate) struct PullArgs {
@@ -22,9 +22,6 @@ pub(crate) struct PullArgs {
     /// Blobs fetched at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Print nothing but errors.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -49,44 +46,6 @@ pub(crate) struct RootfsArgs {
     unmount: Option<PathBuf>,
 }
 
-fn layer_ref(desc: &ocidist::content::Descriptor) -> String {
-    format!("layer-{}", desc.digest())
-}
-
-fn describe(event: &PullEvent, total: &mut u64) -> Option<String> {
-    Some(match event {
-        PullEvent::Resolved(desc) => format!("{}: resolved", ingest_ref(desc)),
-        PullEvent::Fetch(FetchEvent::Started { desc, offset }) if *offset > 0 => format!(
-            "{}: resuming at {}/{}",
-            ingest_ref(desc),
-            output::size(*offset),
-            output::size(desc.size())
-        ),
-        PullEvent::Fetch(FetchEvent::Started { desc, .. }) => {
-            format!(
-                "{}: downloading {}",
-                ingest_ref(desc),
-                output::size(desc.size())
-            )
-        }
-        PullEvent::Fetch(FetchEvent::Done(desc)) => {
-            *total += desc.size();
-            format!("{}: done {}", ingest_ref(desc), output::size(desc.size()))
-        }
-        PullEvent::Fetch(FetchEvent::Exists(desc)) => format!("{}: exists", ingest_ref(desc)),
-        PullEvent::Unpack(UnpackEvent::Unpacking { layer }) => {
-            format!("{}: unpacking", layer_ref(layer))
-        }
-        PullEvent::Unpack(UnpackEvent::Unpacked { layer, seconds, .. }) => {
-            format!("{}: unpacked in {seconds:.2} s", layer_ref(layer))
-        }
-        PullEvent::Unpack(UnpackEvent::Exists { layer, .. }) => {
-            format!("{}: already unpacked", layer_ref(layer))
-        }
-        _ => return None,
-    })
-}
-
 pub(crate) async fn pull_cmd(
     stores: &Stores,
     remote: &Remote,
@@ -94,26 +53,13 @@ pub(crate) async fn pull_cmd(
     args: PullArgs,
 ) -> CmdResult {
     let what = format!("pull {}", args.reference);
-    let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let quiet = args.quiet;
-    let printer = tokio::spawn(async move {
-        let mut total = 0u64;
-        while let Some(event) = rx.recv().await {
-            if let Some(line) = describe(&event, &mut total)
-                && !quiet
-            {
-                println!("{line}");
-            }
-        }
-        total
-    });
+    let progress = Progress::start(&stores.content);
     let matcher: Arc<dyn Matcher> = Arc::new(platforms::only(&remote.platform));
     let options = PullOptions {
         matcher,
         limit: Some(args.concurrency),
         unpack: UnpackOptions::default(),
-        events: Some(tx),
+        events: Some(progress.events()),
     };
     let result = pull(
         &remote.resolver(),
@@ -124,18 +70,10 @@ pub(crate) async fn pull_cmd(
         options,
     )
     .await;
-    let total = printer.await.unwrap_or(0);
+    progress.finish().await;
     let pulled = result.map_err(|e| Failure::new(what, e))?;
-    if !quiet {
-        let elapsed = started.elapsed().as_secs_f64();
-        println!(
-            "elapsed: {elapsed:.2} s total: {} ({}/s)",
-            output::size(total),
-            output::size((total as f64 / elapsed.max(1e-9)) as u64)
-        );
-        println!("{} {}", pulled.image.name, pulled.image.target.digest());
-        println!("unpacked: {}", pulled.chain_id);
-    }
+    report!("{} {}", pulled.image.name, pulled.image.target.digest());
+    report!("unpacked: {}", pulled.chain_id);
     Ok(())
 }
 
@@ -222,6 +160,6 @@ pub(crate) async fn rootfs_cmd(
             return Err(fail(e.into()));
         }
     }
-    println!("{}", dest.display());
+    report!("{}", dest.display());
     Ok(())
 }

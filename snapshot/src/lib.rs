@@ -37,6 +37,7 @@ use async_trait::async_trait;
 pub mod apply;
 mod base;
 mod error;
+pub mod gc;
 mod metadata;
 pub mod mount;
 pub mod native;
@@ -49,7 +50,7 @@ mod unpack;
 pub use error::{Error, ErrorKind, Result};
 pub use mount::Mount;
 pub use tree::copy_tree;
-pub use unpack::{UNCOMPRESSED_LABEL, UnpackEvent, UnpackOptions, unpack};
+pub use unpack::{EXTRACT_KEY_PREFIX, UNCOMPRESSED_LABEL, UnpackEvent, UnpackOptions, unpack};
 
 /// Labels on a snapshot: free-form metadata, also used by garbage collection.
 pub type Labels = BTreeMap<String, String>;

@@ -44,6 +44,11 @@ pub enum UnpackEvent {
     },
 }
 
+/// How the keys of the active snapshots [`unpack`] applies layers into begin:
+/// `extract-<chain ID>-<random>`. [`gc::prune`](crate::gc::prune) removes
+/// old ones, left by an unpack that was killed.
+pub const EXTRACT_KEY_PREFIX: &str = "extract-";
+
 /// Options for [`unpack`].
 #[derive(Debug, Clone, Default)]
 pub struct UnpackOptions {
@@ -152,9 +157,12 @@ where
     P: Provider + ?Sized,
     S: Snapshotter + ?Sized,
 {
-    let key = tempfile_name(std::path::Path::new(""), &format!("extract-{chain_id}-"))
-        .to_string_lossy()
-        .into_owned();
+    let key = tempfile_name(
+        std::path::Path::new(""),
+        &format!("{EXTRACT_KEY_PREFIX}{chain_id}-"),
+    )
+    .to_string_lossy()
+    .into_owned();
     let mounts = match snapshotter.prepare(&key, parent, Labels::new()).await {
         Ok(mounts) => mounts,
         Err(e) if e.is_already_exists() => return Ok(()),

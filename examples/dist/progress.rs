@@ -1,0 +1,281 @@
+//! Progress of fetches and pulls, drawn from the events and ingest statuses
+//! the library supplies: live bars on a terminal (indicatif), plain lines
+//! otherwise (one per state change, never an escape code), nothing when quiet.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ocidist::content::local::LocalStore;
+use ocidist::content::{Descriptor, IngestManager};
+use ocidist::pull::PullEvent;
+use ocidist::remotes::{FetchEvent, ingest_ref};
+use ocidist::snapshot::UnpackEvent;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+
+use crate::output;
+
+/// How often live bars read the store's ingest statuses.
+const TICK: Duration = Duration::from_millis(100);
+/// Width of the `|+++---|` bar in plain lines.
+const BAR_WIDTH: u64 = 10;
+
+/// A running progress display; feed it through [`Progress::events`] or
+/// [`Progress::fetch_events`], then [`Progress::finish`] it.
+pub(crate) struct Progress {
+    events: UnboundedSender<PullEvent>,
+    task: JoinHandle<u64>,
+    started: Instant,
+}
+
+impl Progress {
+    /// Starts the display: live if stdout is a terminal, plain lines if not,
+    /// silent under `--quiet`. `store` supplies the byte counts of live bars.
+    pub(crate) fn start(store: &LocalStore) -> Self {
+        let (events, rx) = unbounded_channel();
+        let display = if output::quiet() {
+            Display::Quiet
+        } else if std::io::stdout().is_terminal() {
+            Display::Live(Live::new())
+        } else {
+            Display::Plain
+        };
+        let task = tokio::spawn(display.run(rx, store.clone()));
+        Progress {
+            events,
+            task,
+            started: Instant::now(),
+        }
+    }
+
+    /// The sender a pull reports to.
+    pub(crate) fn events(&self) -> UnboundedSender<PullEvent> {
+        self.events.clone()
+    }
+
+    /// A sender for a plain fetch's events.
+    pub(crate) fn fetch_events(&self) -> UnboundedSender<FetchEvent> {
+        let (tx, mut rx) = unbounded_channel();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let _ = events.send(PullEvent::Fetch(event));
+            }
+        });
+        tx
+    }
+
+    /// Waits for the display to draw the last event (every sender must be
+    /// gone), then prints the footer: `elapsed: 1.6 s total: 51.2 MiB (32.0 MiB/s)`.
+    pub(crate) async fn finish(self) {
+        drop(self.events);
+        let total = self.task.await.unwrap_or(0);
+        if output::quiet() {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        println!(
+            "elapsed: {elapsed:.1} s total: {} ({}/s)",
+            output::size(total),
+            output::size((total as f64 / elapsed.max(1e-9)) as u64)
+        );
+    }
+}
+
+enum Display {
+    Quiet,
+    Plain,
+    Live(Live),
+}
+
+impl Display {
+    /// Draws events until every sender is dropped; returns the bytes downloaded.
+    async fn run(mut self, mut rx: UnboundedReceiver<PullEvent>, store: LocalStore) -> u64 {
+        let mut total = 0;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    let Some(event) = event else { break };
+                    if let PullEvent::Fetch(FetchEvent::Done(desc)) = &event {
+                        total += desc.size();
+                    }
+                    match &mut self {
+                        Display::Quiet => {}
+                        Display::Plain => {
+                            if let Some(line) = plain_line(&event) {
+                                println!("{line}");
+                            }
+                        }
+                        Display::Live(live) => live.event(&event),
+                    }
+                }
+                _ = tick.tick(), if matches!(self, Display::Live(_)) => {
+                    if let (Display::Live(live), Ok(statuses)) =
+                        (&mut self, store.list_statuses(&[]).await)
+                    {
+                        for status in statuses {
+                            if let Some(bar) = live.bars.get(&status.reference) {
+                                bar.set_position(status.offset);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Display::Live(live) = self {
+            for bar in live.bars.values() {
+                bar.abandon();
+            }
+        }
+        total
+    }
+}
+
+/// `|+++-------| 12.1 MiB/50.2 MiB`
+fn bar_text(done: u64, size: u64) -> String {
+    let filled = (done.min(size) * BAR_WIDTH)
+        .checked_div(size)
+        .unwrap_or(BAR_WIDTH);
+    format!(
+        "|{}{}| {}/{}",
+        "+".repeat(filled as usize),
+        "-".repeat((BAR_WIDTH - filled) as usize),
+        output::size(done),
+        output::size(size)
+    )
+}
+
+fn layer_ref(desc: &Descriptor) -> String {
+    format!("layer-{}", desc.digest())
+}
+
+/// One plain line per state change; the refs are whole, so they can be grepped.
+fn plain_line(event: &PullEvent) -> Option<String> {
+    Some(match event {
+        PullEvent::Resolved(desc) => format!("{}: resolved", ingest_ref(desc)),
+        PullEvent::Fetch(FetchEvent::Started { desc, offset }) if *offset > 0 => format!(
+            "{}: resuming at {} {}",
+            ingest_ref(desc),
+            output::size(*offset),
+            bar_text(*offset, desc.size())
+        ),
+        PullEvent::Fetch(FetchEvent::Started { desc, .. }) => format!(
+            "{}: downloading {}",
+            ingest_ref(desc),
+            bar_text(0, desc.size())
+        ),
+        PullEvent::Fetch(FetchEvent::Done(desc)) => format!(
+            "{}: done {}",
+            ingest_ref(desc),
+            bar_text(desc.size(), desc.size())
+        ),
+        PullEvent::Fetch(FetchEvent::Exists(desc)) => format!("{}: exists", ingest_ref(desc)),
+        PullEvent::Unpack(UnpackEvent::Unpacking { layer }) => {
+            format!("{}: unpacking", layer_ref(layer))
+        }
+        PullEvent::Unpack(UnpackEvent::Unpacked { layer, seconds, .. }) => {
+            format!("{}: unpacked in {seconds:.2} s", layer_ref(layer))
+        }
+        PullEvent::Unpack(UnpackEvent::Exists { layer, .. }) => {
+            format!("{}: already unpacked", layer_ref(layer))
+        }
+        _ => return None,
+    })
+}
+
+/// Live bars, one per blob, keyed by ingest ref; a layer's unpack states
+/// show on its download bar.
+struct Live {
+    multi: MultiProgress,
+    bars: HashMap<String, ProgressBar>,
+    style: ProgressStyle,
+}
+
+impl Live {
+    fn new() -> Self {
+        let style = ProgressStyle::with_template(
+            "{prefix}: {msg:11} |{bar:10}| {binary_bytes}/{binary_total_bytes}",
+        )
+        .expect("a valid template")
+        .progress_chars("+-");
+        Live {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            bars: HashMap::new(),
+            style,
+        }
+    }
+
+    /// The bar of `reference`, made on first use, sized `size`.
+    fn bar(&mut self, reference: String, size: u64) -> &ProgressBar {
+        let (multi, style) = (&self.multi, &self.style);
+        self.bars.entry(reference).or_insert_with_key(|reference| {
+            let bar = multi.add(ProgressBar::new(size).with_style(style.clone()));
+            bar.set_prefix(short_ref(reference));
+            bar
+        })
+    }
+
+    fn event(&mut self, event: &PullEvent) {
+        let (desc, reference, state, position) = match event {
+            PullEvent::Resolved(desc) => (desc, ingest_ref(desc), "resolved", Some(0)),
+            PullEvent::Fetch(FetchEvent::Started { desc, offset }) => {
+                (desc, ingest_ref(desc), "downloading", Some(*offset))
+            }
+            PullEvent::Fetch(FetchEvent::Done(desc)) => {
+                (desc, ingest_ref(desc), "done", Some(desc.size()))
+            }
+            PullEvent::Fetch(FetchEvent::Exists(desc)) => {
+                (desc, ingest_ref(desc), "exists", Some(desc.size()))
+            }
+            PullEvent::Unpack(UnpackEvent::Unpacking { layer }) => {
+                (layer, layer_ref(layer), "unpacking", None)
+            }
+            PullEvent::Unpack(UnpackEvent::Unpacked { layer, .. }) => {
+                (layer, layer_ref(layer), "unpacked", Some(layer.size()))
+            }
+            PullEvent::Unpack(UnpackEvent::Exists { layer, .. }) => {
+                (layer, layer_ref(layer), "unpacked", Some(layer.size()))
+            }
+            _ => return,
+        };
+        let bar = self.bar(reference, desc.size());
+        bar.set_message(state);
+        if let Some(position) = position {
+            bar.set_position(position);
+        }
+    }
+}
+
+/// `layer-sha256:0123456789ab…`: enough of the digest to tell blobs apart
+/// and keep a line within 80 columns.
+fn short_ref(reference: &str) -> String {
+    match reference.split_once(':') {
+        Some((head, hex)) if hex.len() > 12 => format!("{head}:{}…", &hex[..12]),
+        _ => reference.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_fill_in_tenths() {
+        assert_eq!(bar_text(0, 100), "|----------| 0 B/100 B");
+        assert_eq!(bar_text(55, 100), "|+++++-----| 55 B/100 B");
+        assert_eq!(bar_text(100, 100), "|++++++++++| 100 B/100 B");
+        assert_eq!(bar_text(0, 0), "|++++++++++| 0 B/0 B");
+    }
+
+    #[test]
+    fn short_refs_keep_twelve_hex_digits() {
+        assert_eq!(
+            short_ref("layer-sha256:0123456789abcdef0123"),
+            "layer-sha256:0123456789ab…"
+        );
+        assert_eq!(short_ref("weird"), "weird");
+    }
+}

@@ -1,0 +1,158 @@
+//! Garbage collection of snapshots: remove what no image needs.
+//!
+//! A committed snapshot is kept when its name is in the caller's keep set
+//! (usually [`image_chain_ids`] of every image in the image store), or when a
+//! kept or active snapshot stands on it. Active snapshots are the caller's
+//! (a mounted rootfs, a container's writable layer) and are kept, except the
+//! temporary ones [`unpack`](crate::unpack()) prepares: those older than the
+//! grace period belong to an unpack that was killed, and are removed.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use ocidist_content::{Descriptor, Digest, Provider};
+use ocidist_images::manifest;
+use ocidist_images::platforms;
+
+use crate::unpack::EXTRACT_KEY_PREFIX;
+use crate::{Info, Kind, Result, Snapshotter};
+
+/// Options for [`prune`].
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Report what would be removed, remove nothing.
+    pub dry_run: bool,
+    /// Unpack's temporary snapshots younger than this are kept: an unpack
+    /// in another process may still be writing them.
+    pub grace: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            grace: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// What [`prune`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    /// The snapshots removed, children before their parents.
+    pub removed: Vec<Info>,
+    /// How many snapshots were kept.
+    pub kept: usize,
+}
+
+/// Removes the snapshots of `snapshotter` that neither `keep` names nor
+/// anything kept stands on; see the [module docs](self) for the rules.
+///
+/// ```
+/// use std::collections::HashSet;
+/// use ocidist_snapshot::{Labels, Snapshotter, native::NativeSnapshotter};
+/// use ocidist_snapshot::gc::{PruneOptions, prune};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let snapshotter = NativeSnapshotter::open(dir.path())?;
+/// snapshotter.prepare("a", None, Labels::new()).await?;
+/// snapshotter.commit("layer-a", "a", Labels::new()).await?;
+/// let report = prune(&snapshotter, &HashSet::new(), &PruneOptions::default()).await?;
+/// assert_eq!(report.removed[0].name, "layer-a");
+/// # Ok(())
+/// # }
+/// ```
+pub async fn prune<S: Snapshotter + ?Sized>(
+    snapshotter: &S,
+    keep: &HashSet<String>,
+    opts: &PruneOptions,
+) -> Result<PruneReport> {
+    let all = snapshotter.walk(&[]).await?;
+    let now = SystemTime::now();
+    let abandoned = |info: &Info| {
+        info.kind != Kind::Committed
+            && info.name.starts_with(EXTRACT_KEY_PREFIX)
+            && now.duration_since(info.updated).unwrap_or(Duration::ZERO) >= opts.grace
+    };
+    let by_name: HashMap<&str, &Info> = all.iter().map(|i| (i.name.as_str(), i)).collect();
+    // Mark: the roots, then everything beneath them.
+    let mut kept: HashSet<&str> = HashSet::new();
+    for info in &all {
+        let root = if info.kind == Kind::Committed {
+            keep.contains(&info.name)
+        } else {
+            !abandoned(info)
+        };
+        let mut next = root.then_some(info);
+        while let Some(current) = next {
+            if !kept.insert(current.name.as_str()) {
+                break;
+            }
+            next = current
+                .parent
+                .as_deref()
+                .and_then(|parent| by_name.get(parent).copied());
+        }
+    }
+    // Sweep: children first, so no removal meets a snapshot with children.
+    let mut doomed: Vec<&Info> = all
+        .iter()
+        .filter(|i| !kept.contains(i.name.as_str()))
+        .collect();
+    let depth = |info: &Info| {
+        let mut depth = 0usize;
+        let mut parent = info.parent.as_deref();
+        while let Some(p) = parent {
+            depth += 1;
+            parent = by_name.get(p).and_then(|i| i.parent.as_deref());
+        }
+        depth
+    };
+    doomed.sort_by_key(|info| std::cmp::Reverse(depth(info)));
+    let mut report = PruneReport {
+        removed: Vec::with_capacity(doomed.len()),
+        kept: kept.len(),
+    };
+    for info in doomed {
+        if !opts.dry_run {
+            match snapshotter.remove(&info.name).await {
+                Ok(()) => {}
+                // Removed meanwhile by someone else: the goal is met.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        report.removed.push(info.clone());
+    }
+    Ok(report)
+}
+
+/// The chain IDs of every layer of every platform of `image` whose manifest
+/// and config are in `provider`: the snapshots an unpack of it makes.
+/// Platforms not fetched are skipped.
+pub async fn image_chain_ids<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+) -> Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    let offered = match manifest::platforms(provider, image).await {
+        Ok(offered) => offered,
+        Err(e) if e.kind() == ocidist_content::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for platform in offered {
+        match manifest::diff_ids(provider, image, &platforms::only_strict(&platform)).await {
+            Ok(diff_ids) => {
+                for chain_id in manifest::chain_ids(&diff_ids) {
+                    if !out.contains(&chain_id) {
+                        out.push(chain_id);
+                    }
+                }
+            }
+            Err(e) if e.kind() == ocidist_content::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,118 @@
+//! Snapshot garbage collection: what is kept, what goes, in which order.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Entry, store_image, tar_of};
+use ocidist_content::local::LocalStore;
+use ocidist_images::manifest::chain_ids;
+use ocidist_snapshot::gc::{PruneOptions, image_chain_ids, prune};
+use ocidist_snapshot::native::NativeSnapshotter;
+use ocidist_snapshot::{EXTRACT_KEY_PREFIX, Labels, Snapshotter, UnpackOptions, unpack};
+
+async fn committed(s: &NativeSnapshotter, name: &str, parent: Option<&str>) {
+    let key = format!("{name}-key");
+    s.prepare(&key, parent, Labels::new()).await.unwrap();
+    s.commit(name, &key, Labels::new()).await.unwrap();
+}
+
+fn names(report: &ocidist_snapshot::gc::PruneReport) -> Vec<&str> {
+    report.removed.iter().map(|i| i.name.as_str()).collect()
+}
+
+async fn exists(s: &NativeSnapshotter, name: &str) -> bool {
+    match s.stat(name).await {
+        Ok(_) => true,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => panic!("stat {name}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn keeps_named_their_parents_and_active_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = NativeSnapshotter::open(dir.path()).unwrap();
+    // a <- b <- c, and d <- e, and f alone.
+    committed(&s, "a", None).await;
+    committed(&s, "b", Some("a")).await;
+    committed(&s, "c", Some("b")).await;
+    committed(&s, "d", None).await;
+    committed(&s, "e", Some("d")).await;
+    committed(&s, "f", None).await;
+    // A mounted rootfs on e: the user's, so e and d stay.
+    s.prepare("rootfs:/mnt/x", Some("e"), Labels::new())
+        .await
+        .unwrap();
+    // An unpack killed mid-layer left this one.
+    let stale = format!("{EXTRACT_KEY_PREFIX}sha256:00-abc");
+    s.prepare(&stale, Some("c"), Labels::new()).await.unwrap();
+
+    let keep: HashSet<String> = ["b".to_string()].into();
+    let young = prune(&s, &keep, &PruneOptions::default()).await.unwrap();
+    // Within the grace period the extraction may still be running: it keeps c.
+    assert_eq!(names(&young), ["f"]);
+    assert!(exists(&s, "c").await && exists(&s, &stale).await);
+
+    let opts = PruneOptions {
+        dry_run: true,
+        grace: Duration::ZERO,
+    };
+    let dry = prune(&s, &keep, &opts).await.unwrap();
+    assert_eq!(
+        names(&dry),
+        [stale.as_str(), "c"],
+        "children before parents"
+    );
+    assert!(exists(&s, &stale).await, "a dry run removes nothing");
+
+    let opts = PruneOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+    };
+    let report = prune(&s, &keep, &opts).await.unwrap();
+    assert_eq!(names(&report), [stale.as_str(), "c"]);
+    for gone in [stale.as_str(), "c", "f"] {
+        assert!(!exists(&s, gone).await, "{gone} should be gone");
+    }
+    for kept in ["a", "b", "d", "e", "rootfs:/mnt/x"] {
+        assert!(exists(&s, kept).await, "{kept} should be kept");
+    }
+    assert_eq!(report.kept, 5);
+}
+
+#[tokio::test]
+async fn an_unpacked_image_keeps_all_its_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let s = NativeSnapshotter::open(dir.path().join("snapshots")).unwrap();
+    let tars = vec![
+        tar_of(&[Entry::File("a", b"1", 0o644)]),
+        tar_of(&[Entry::File("b", b"2", 0o644)]),
+        tar_of(&[Entry::File("c", b"3", 0o644)]),
+    ];
+    let image = store_image(&store, &tars).await;
+    let matcher = ocidist_images::platforms::only(&"linux/amd64".parse().unwrap());
+    let top = unpack(&image, &store, &s, &matcher, UnpackOptions::default())
+        .await
+        .unwrap();
+    committed(&s, "unrelated", None).await;
+
+    let chains = image_chain_ids(&store, &image).await.unwrap();
+    let diff_ids: Vec<_> = tars.iter().map(|t| ocidist_content::sha256_of(t)).collect();
+    assert_eq!(chains, chain_ids(&diff_ids));
+    assert_eq!(chains.last(), Some(&top));
+
+    let keep: HashSet<String> = chains.iter().map(ToString::to_string).collect();
+    let report = prune(&s, &keep, &PruneOptions::default()).await.unwrap();
+    assert_eq!(names(&report), ["unrelated"]);
+    assert_eq!(report.kept, 3);
+
+    // With the image forgotten, everything goes, top layer first.
+    let report = prune(&s, &HashSet::new(), &PruneOptions::default())
+        .await
+        .unwrap();
+    let expected: Vec<String> = chains.iter().rev().map(ToString::to_string).collect();
+    assert_eq!(names(&report), expected);
+}
