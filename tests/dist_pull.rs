@@ -320,12 +320,15 @@ fn a_pull_killed_mid_layer_resumes_on_rerun() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let active = ok(dist(&root, &["active"], b""));
+        // The big layer, part-written: a small blob seen part-written may be
+        // committed before the kill lands.
         let partial = active.lines().any(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.split('/').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| n > 0)
+            let Some((offset, total)) = l.split_whitespace().nth(1).and_then(|p| p.split_once('/'))
+            else {
+                return false;
+            };
+            offset.parse::<u64>().is_ok_and(|n| n > 0)
+                && total.parse::<u64>().is_ok_and(|n| n >= 1 << 20)
         });
         if partial {
             break;
@@ -350,18 +353,16 @@ fn a_pull_killed_mid_layer_resumes_on_rerun() {
     );
 }
 
-/// The bytes in the store's running ingests, from `dist active`.
+/// The bytes written so far into the running ingests of big (≥ 1 MiB)
+/// blobs, from `dist active`: small blobs may commit before a signal lands.
 fn ingested(root: &Path) -> u64 {
     ok(dist(root, &["active"], b""))
         .lines()
         .skip(1)
         .filter_map(|l| {
-            l.split_whitespace()
-                .nth(1)?
-                .split('/')
-                .next()?
-                .parse::<u64>()
-                .ok()
+            let (offset, total) = l.split_whitespace().nth(1)?.split_once('/')?;
+            let total: u64 = total.parse().ok()?;
+            (total >= 1 << 20).then(|| offset.parse::<u64>().ok())?
         })
         .sum()
 }
