@@ -2,20 +2,32 @@
 //!
 //! The fetch runs as [`remotes::fetch_resolved`](crate::remotes::fetch_resolved)
 //! does; the unpack starts at once, reading the store through a provider that
-//! waits for each blob to be committed. Layer *n* is applied while layers
-//! *n+1…* are still downloading.
+//! waits for each blob. A blob still downloading is read from its ingest as
+//! it grows ([`IngestManager::ingest_reader_at`]), so a layer is applied while
+//! its own bytes arrive, not only after the layers below it; a store that
+//! cannot do that makes the unpack wait for the commit. Layer *n* is applied
+//! while layers *n+1…* are still downloading.
+//!
+//! Reading bytes before their digest is checked is safe here: the unpack
+//! commits a layer's snapshot only when the diff ID of what it applied
+//! matches the image config, and a fetch that fails fails the pull.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::content::{Descriptor, Digest, IngestManager, Ingester, Manager, Provider, ReaderAt};
+use crate::content::{
+    Descriptor, Digest, ErrorKind, IngestManager, Ingester, Manager, Provider, ReaderAt,
+    ReaderAtStream,
+};
 use crate::images::platforms::Matcher;
 use crate::images::{Image, ImageStore};
-use crate::remotes::{FetchEvent, Resolver, fetch_resolved};
+use crate::remotes::{FetchEvent, Resolver, fetch_resolved, ingest_ref};
 use crate::snapshot::{Snapshotter, UnpackEvent, UnpackOptions, unpack};
 
 /// Progress of a [`pull`], as data.
@@ -112,9 +124,9 @@ where
         let send = send.clone();
         async move {
             while let Some(event) = fetch_rx.recv().await {
-                if let FetchEvent::Done(_) | FetchEvent::Exists(_) = &event {
-                    arrivals.arrived();
-                }
+                // A start lets a waiting reader follow the ingest; a commit
+                // lets it read the blob.
+                arrivals.arrived();
                 send(PullEvent::Fetch(event));
             }
         }
@@ -187,14 +199,15 @@ impl Arrivals {
     }
 }
 
-/// A provider that waits for blobs the fetch has not committed yet.
+/// A provider that waits for blobs the fetch has not committed yet, and
+/// follows the ingests of those it has started.
 struct WaitingProvider<S> {
     store: S,
     arrivals: Arc<Arrivals>,
 }
 
 #[async_trait]
-impl<S: Provider> Provider for WaitingProvider<S> {
+impl<S: Provider + IngestManager + Clone + 'static> Provider for WaitingProvider<S> {
     async fn reader_at(&self, desc: &Descriptor) -> crate::content::Result<Box<dyn ReaderAt>> {
         loop {
             let notified = self.arrivals.notify.notified();
@@ -203,11 +216,86 @@ impl<S: Provider> Provider for WaitingProvider<S> {
             notified.as_mut().enable();
             match self.store.reader_at(desc).await {
                 Ok(reader) => return Ok(reader),
-                Err(e) if e.is_not_found() && !self.arrivals.finished.load(Ordering::SeqCst) => {
-                    notified.await;
-                }
+                Err(e) if e.is_not_found() && !self.arrivals.finished.load(Ordering::SeqCst) => {}
                 Err(e) => return Err(e),
             }
+            match self.store.ingest_reader_at(&ingest_ref(desc)).await {
+                Ok(ingest) => {
+                    return Ok(Box::new(Following {
+                        ingest,
+                        desc: desc.clone(),
+                        arrivals: self.arrivals.clone(),
+                    }));
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unimplemented) => {}
+                Err(e) => return Err(e),
+            }
+            notified.await;
         }
+    }
+}
+
+/// How long a reader that caught up with a download waits before looking again.
+const FOLLOW_POLL: Duration = Duration::from_millis(2);
+
+/// Reads a blob's ingest as the fetch writes it, waiting at its end until
+/// the blob is whole.
+struct Following {
+    ingest: Box<dyn ReaderAt>,
+    desc: Descriptor,
+    arrivals: Arc<Arrivals>,
+}
+
+#[async_trait]
+impl ReaderAt for Following {
+    fn size(&self) -> u64 {
+        self.desc.size()
+    }
+
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> crate::content::Result<usize> {
+        let size = self.desc.size();
+        let want = buf.len().min(size.saturating_sub(offset) as usize);
+        let mut filled = 0;
+        // Full reads only: a short one would mean the end of the blob.
+        while filled < want {
+            let n = self
+                .ingest
+                .read_at(offset + filled as u64, &mut buf[filled..want])
+                .await?;
+            filled += n;
+            if n > 0 {
+                continue;
+            }
+            if self.arrivals.finished.load(Ordering::SeqCst) {
+                // The fetch is over. Committed: the renamed file has every
+                // byte, so a last read finds them; else the download failed.
+                let n = self
+                    .ingest
+                    .read_at(offset + filled as u64, &mut buf[filled..want])
+                    .await?;
+                if n == 0 {
+                    return Err(crate::content::Error::other(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "{}: the download stopped at {} of {size} bytes",
+                            self.desc.digest(),
+                            offset + filled as u64
+                        ),
+                    ));
+                }
+                filled += n;
+                continue;
+            }
+            let notified = self.arrivals.notify.notified();
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+        }
+        Ok(filled)
+    }
+
+    fn into_async_read(self: Box<Self>) -> Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+        Box::pin(ReaderAtStream::new(self))
     }
 }

@@ -164,4 +164,41 @@ fn a_layout_written_by_skopeo_is_imported_and_unpacks() {
         b"",
     ));
     assert_eq!(std::fs::read(rootfs.join("etc/motd")).unwrap(), b"hello\n");
+
+    // `unpack` reads the layout in place, as `umoci unpack` does.
+    let files = |dir: &std::path::Path| {
+        let out = Command::new("find").arg(dir).output().unwrap();
+        let mut lines: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let before = files(&copied);
+    let direct = work.path().join("direct");
+    let layout = format!("{}:copied", copied.display());
+    let first = ok(dist(&direct, &["unpack", &layout], b""));
+    assert!(first.contains(": unpacking"), "{first}");
+    let chain = first
+        .lines()
+        .find_map(|l| l.strip_prefix("unpacked: "))
+        .unwrap_or_else(|| panic!("{first}"));
+    let again = ok(dist(&direct, &["unpack", &layout], b""));
+    assert!(
+        again.contains("already unpacked") && again.contains(&format!("unpacked: {chain}")),
+        "{again}"
+    );
+    assert_eq!(files(&copied), before, "the layout is left as it was");
+    let missing = dist(
+        &direct,
+        &["unpack", &format!("{}:nope", copied.display())],
+        b"",
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no image named \"nope\""),
+        "{missing:?}"
+    );
 }

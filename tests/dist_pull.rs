@@ -424,6 +424,17 @@ fn an_interrupted_pull_exits_at_once_and_resumes() {
     );
     let out = ok(dist(&root, &["pull", &reference], b""));
     assert!(out.contains("resuming at"), "{out}");
+    // The big layer is applied from its ingest while it downloads.
+    let big = out
+        .lines()
+        .find_map(|l| l.split_once(": resuming at").map(|(r, _)| r.to_string()))
+        .unwrap();
+    let unpacking = out.find(&format!("{big}: unpacking")).expect(&out);
+    let done = out.find(&format!("{big}: done")).expect(&out);
+    assert!(
+        unpacking < done,
+        "unpack overlaps the layer's own download: {out}"
+    );
     assert_eq!(
         ok(dist(&root, &["active"], b"")).lines().count(),
         1,

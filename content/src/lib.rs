@@ -256,6 +256,20 @@ pub trait IngestManager: Send + Sync {
     /// Removes the ingest and its data. Missing: [`ErrorKind::NotFound`];
     /// held by a writer: [`ErrorKind::Unavailable`].
     async fn abort(&self, reference: &str) -> Result<()>;
+
+    /// A reader of the bytes written so far into the ingest `reference`, for
+    /// consumers that start on a blob before it is committed (an unpack
+    /// overlapping its fetch). It also sees later writes: `size()` is the
+    /// length when opened, and `read_at` past it returns whatever exists by
+    /// then. The bytes are unverified until the commit. Missing:
+    /// [`ErrorKind::NotFound`]; stores that cannot do this return
+    /// [`ErrorKind::Unimplemented`], the default.
+    async fn ingest_reader_at(&self, reference: &str) -> Result<Box<dyn ReaderAt>> {
+        Err(Error::other(
+            ErrorKind::Unimplemented,
+            format!("ingest ref {reference:?}: this store cannot read ingests in progress"),
+        ))
+    }
 }
 
 /// Forwards the traits through references and shared pointers, so a store can
@@ -306,6 +320,9 @@ macro_rules! forward_store_traits {
             }
             async fn abort(&self, reference: &str) -> Result<()> {
                 (**self).abort(reference).await
+            }
+            async fn ingest_reader_at(&self, reference: &str) -> Result<Box<dyn ReaderAt>> {
+                (**self).ingest_reader_at(reference).await
             }
         }
     )*};

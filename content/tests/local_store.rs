@@ -756,3 +756,36 @@ async fn ingest_data_still_linked_to_a_blob_is_never_written_through() {
         "the blob is untouched"
     );
 }
+
+#[tokio::test]
+async fn an_ingest_can_be_read_while_it_is_written_and_after_its_commit() {
+    let (_dir, store) = store();
+    let missing = store.ingest_reader_at("nobody").await.err().unwrap();
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+
+    let (content, digest) = create_content(1 << 20);
+    let mut w = store.writer(WriterOpts::new("growing")).await.unwrap();
+    w.write_all(&content[..1000]).await.unwrap();
+    w.flush().await.unwrap();
+    let reader = store.ingest_reader_at("growing").await.unwrap();
+    assert_eq!(reader.size(), 1000, "the length when opened");
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(reader.read_at(0, &mut buf).await.unwrap(), 1000);
+    assert_eq!(&buf[..1000], &content[..1000]);
+
+    // Later writes show through the same reader, past its size.
+    w.write_all(&content[1000..]).await.unwrap();
+    w.flush().await.unwrap();
+    assert_eq!(reader.read_at(1000, &mut buf).await.unwrap(), 4096);
+    assert_eq!(&buf[..], &content[1000..5096]);
+
+    // After the commit the reader still reads every byte: the file moved.
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap();
+    let tail = content.len() as u64 - 100;
+    assert_eq!(reader.read_at(tail, &mut buf).await.unwrap(), 100);
+    assert_eq!(&buf[..100], &content[content.len() - 100..]);
+    let gone = store.ingest_reader_at("growing").await.err().unwrap();
+    assert_eq!(gone.kind(), ErrorKind::NotFound);
+}

@@ -131,7 +131,7 @@ pub(crate) async fn fetch_object_cmd(remote: &Remote, args: FetchObjectArgs) -> 
 
 pub(crate) async fn fetch(stores: &Stores, remote: &Remote, args: FetchArgs) -> CmdResult {
     let what = format!("fetch {}", args.reference);
-    let progress = Progress::start(&stores.content);
+    let progress = Progress::start(Some(&stores.content));
     let resolver = remote.resolver();
     let matcher: Box<dyn Matcher> = if args.all_platforms {
         Box::new(platforms::all())

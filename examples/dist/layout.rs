@@ -1,12 +1,19 @@
 //! OCI image layouts: `export` writes one that skopeo and umoci read;
-//! `import` reads one they wrote.
+//! `import` reads one they wrote; `unpack` unpacks an image straight from one
+//! (as `umoci unpack` does), without copying its blobs into the store.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use ocidist::content::{Descriptor, Digest, Labels, Manager, WriterOpts, write_blob};
+use std::sync::Arc;
+
+use ocidist::content::{
+    Descriptor, Digest, Labels, Manager, Provider, ReaderAt, WriterOpts, write_blob,
+};
 use ocidist::images::media_types::{self, Kind};
+use ocidist::images::platforms::{self, Platform};
 use ocidist::images::{Image, ImageStore, children_handler, manifest, set_children_labels, walk};
+use ocidist::snapshot::{Snapshotter, UnpackOptions, unpack};
 
 use crate::image::local_target;
 use crate::output::report;
@@ -25,6 +32,13 @@ pub(crate) struct ExportArgs {
     /// reference's tag, else the reference.
     #[arg(long)]
     name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UnpackArgs {
+    /// `DIR[:NAME]`: the layout, and the image's ref name in its `index.json`
+    /// (optional when it holds one image).
+    layout: String,
 }
 
 #[derive(Debug, Args)]
@@ -188,5 +202,124 @@ pub(crate) async fn import(stores: &Stores, args: ImportArgs) -> CmdResult {
         }
         report!("{name} {}", desc.digest());
     }
+    Ok(())
+}
+
+/// Reads blobs straight from a layout's `blobs/<alg>/<hex>`. Layers are
+/// checked by the unpack against the config's diff IDs.
+struct LayoutProvider {
+    dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl Provider for LayoutProvider {
+    async fn reader_at(&self, desc: &Descriptor) -> ocidist::content::Result<Box<dyn ReaderAt>> {
+        let path = blob_file(&self.dir, desc.digest());
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ocidist::content::Error::BlobNotFound {
+                    digest: desc.digest().clone(),
+                });
+            }
+            Err(e) => return Err(ocidist::content::Error::io("open", path, e)),
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| ocidist::content::Error::io("stat", &path, e))?
+            .len();
+        Ok(Box::new(FileReaderAt { file, size, path }))
+    }
+}
+
+struct FileReaderAt {
+    file: std::fs::File,
+    size: u64,
+    path: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl ReaderAt for FileReaderAt {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist::content::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf.len().min(self.size.saturating_sub(offset) as usize);
+        let mut filled = 0;
+        while filled < want {
+            match self
+                .file
+                .read_at(&mut buf[filled..want], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ocidist::content::Error::io("read", &self.path, e)),
+            }
+        }
+        Ok(filled)
+    }
+
+    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+        Box::pin(tokio::fs::File::from_std(self.file))
+    }
+}
+
+/// `DIR[:NAME]`: the name is after the last `:` when what follows has no `/`.
+fn split_layout(text: &str) -> (PathBuf, Option<String>) {
+    match text.rsplit_once(':') {
+        Some((dir, name)) if !name.contains('/') && !dir.is_empty() => {
+            (PathBuf::from(dir), Some(name.to_string()))
+        }
+        _ => (PathBuf::from(text), None),
+    }
+}
+
+pub(crate) async fn unpack_cmd(
+    snapshotter: &Arc<dyn Snapshotter>,
+    platform: &Platform,
+    args: UnpackArgs,
+) -> CmdResult {
+    let what = format!("unpack {}", args.layout);
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
+    let (dir, name) = split_layout(&args.layout);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).map_err(|e| fail(e.into()))?)
+            .map_err(|e| fail(e.into()))?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let entry = match &name {
+        Some(name) => manifests
+            .iter()
+            .find(|m| m["annotations"][REF_NAME].as_str() == Some(name.as_str())),
+        None if manifests.len() == 1 => manifests.first(),
+        None => {
+            return Err(fail(
+                "the layout holds several images: name one, DIR:NAME".into(),
+            ));
+        }
+    }
+    .ok_or_else(|| {
+        let name = name.as_deref().unwrap_or_default();
+        fail(format!("no image named {name:?} in its index.json").into())
+    })?;
+    let desc: Descriptor = serde_json::from_value(entry.clone()).map_err(|e| fail(e.into()))?;
+    let progress = crate::progress::Progress::start(None);
+    let options = UnpackOptions {
+        events: Some(progress.unpack_events()),
+        ..UnpackOptions::default()
+    };
+    let chain_id = unpack(
+        &desc,
+        &LayoutProvider { dir },
+        snapshotter.as_ref(),
+        &platforms::only(platform),
+        options,
+    )
+    .await;
+    progress.finish().await;
+    let chain_id = chain_id.map_err(|e| fail(e.into()))?;
+    report!("unpacked: {chain_id}");
     Ok(())
 }

@@ -108,6 +108,9 @@ enum Command {
     Export(layout::ExportArgs),
     /// Read the images of an OCI image layout into the stores.
     Import(layout::ImportArgs),
+    /// Unpack an image straight from an OCI image layout into snapshots
+    /// (like `umoci unpack`); prints the chain ID to mount.
+    Unpack(layout::UnpackArgs),
 }
 
 /// The stores under the root: content in `content/`, image names in `images.redb`.
@@ -242,6 +245,9 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Apply(args) => rootfs::apply_cmd(args).await,
         Command::Export(args) => layout::export(&stores, args).await,
         Command::Import(args) => layout::import(&stores, args).await,
+        Command::Unpack(args) => {
+            layout::unpack_cmd(&snapshotter(kind)?, &remote.platform, args).await
+        }
         Command::Rootfs(args) => {
             rootfs::rootfs_cmd(&stores, &remote, &snapshotter(kind)?, args).await
         }

@@ -32,8 +32,9 @@ pub(crate) struct Progress {
 
 impl Progress {
     /// Starts the display: live if stdout is a terminal, plain lines if not,
-    /// silent under `--quiet`. `store` supplies the byte counts of live bars.
-    pub(crate) fn start(store: &LocalStore) -> Self {
+    /// silent under `--quiet`. `store` supplies the byte counts of live bars
+    /// (none: an unpack, with no downloads).
+    pub(crate) fn start(store: Option<&LocalStore>) -> Self {
         let (events, rx) = unbounded_channel();
         let display = if output::quiet() {
             Display::Quiet
@@ -42,7 +43,7 @@ impl Progress {
         } else {
             Display::Plain
         };
-        let task = tokio::spawn(display.run(rx, store.clone()));
+        let task = tokio::spawn(display.run(rx, store.cloned()));
         Progress {
             events,
             task,
@@ -53,6 +54,18 @@ impl Progress {
     /// The sender a pull reports to.
     pub(crate) fn events(&self) -> UnboundedSender<PullEvent> {
         self.events.clone()
+    }
+
+    /// A sender for an unpack's events.
+    pub(crate) fn unpack_events(&self) -> UnboundedSender<UnpackEvent> {
+        let (tx, mut rx) = unbounded_channel();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let _ = events.send(PullEvent::Unpack(event));
+            }
+        });
+        tx
     }
 
     /// A sender for a plain fetch's events.
@@ -92,7 +105,7 @@ enum Display {
 
 impl Display {
     /// Draws events until every sender is dropped; returns the bytes downloaded.
-    async fn run(mut self, mut rx: UnboundedReceiver<PullEvent>, store: LocalStore) -> u64 {
+    async fn run(mut self, mut rx: UnboundedReceiver<PullEvent>, store: Option<LocalStore>) -> u64 {
         let mut total = 0;
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -112,7 +125,8 @@ impl Display {
                         Display::Live(live) => live.event(&event),
                     }
                 }
-                _ = tick.tick(), if matches!(self, Display::Live(_)) => {
+                _ = tick.tick(), if matches!(self, Display::Live(_)) && store.is_some() => {
+                    let Some(store) = &store else { continue };
                     if let (Display::Live(live), Ok(statuses)) =
                         (&mut self, store.list_statuses(&[]).await)
                     {

@@ -53,7 +53,7 @@ pub(crate) async fn pull_cmd(
     args: PullArgs,
 ) -> CmdResult {
     let what = format!("pull {}", args.reference);
-    let progress = Progress::start(&stores.content);
+    let progress = Progress::start(Some(&stores.content));
     let matcher: Arc<dyn Matcher> = Arc::new(platforms::only(&remote.platform));
     let options = PullOptions {
         matcher,

@@ -248,6 +248,8 @@ pub struct LocalReaderAt {
     file: File,
     size: u64,
     path: PathBuf,
+    /// An ingest being written: reads are not bounded by `size`.
+    grows: bool,
 }
 
 #[async_trait]
@@ -257,10 +259,14 @@ impl ReaderAt for LocalReaderAt {
     }
 
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.size || buf.is_empty() {
+        if (offset >= self.size && !self.grows) || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min((self.size - offset) as usize);
+        let want = if self.grows {
+            buf.len()
+        } else {
+            buf.len().min((self.size - offset) as usize)
+        };
         let buf = &mut buf[..want];
         fsutil::blocking_in_place(|| {
             let mut filled = 0;
@@ -301,7 +307,12 @@ impl Provider for LocalStore {
                 .metadata()
                 .map_err(|e| Error::io("stat", &path, e))?
                 .len();
-            Ok(LocalReaderAt { file, size, path })
+            Ok(LocalReaderAt {
+                file,
+                size,
+                path,
+                grows: false,
+            })
         })
         .await?;
         Ok(Box::new(reader))
@@ -379,6 +390,35 @@ impl Manager for LocalStore {
 
 #[async_trait]
 impl IngestManager for LocalStore {
+    async fn ingest_reader_at(&self, reference: &str) -> Result<Box<dyn ReaderAt>> {
+        validate_reference(reference)?;
+        let path = self.ingest_dir(reference).join(ingest::DATA);
+        let reference = reference.to_string();
+        let reader = fsutil::blocking(move || {
+            // The file keeps its inode through the commit's rename, so a
+            // reader opened now reads the committed blob to its end.
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::IngestNotFound { reference });
+                }
+                Err(e) => return Err(Error::io("open", &path, e)),
+            };
+            let size = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            Ok(LocalReaderAt {
+                file,
+                size,
+                path,
+                grows: true,
+            })
+        })
+        .await?;
+        Ok(Box::new(reader))
+    }
+
     async fn status(&self, reference: &str) -> Result<Status> {
         let dir = self.ingest_dir(reference);
         let reference = reference.to_string();
