@@ -23,6 +23,7 @@ use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use ocidist_content::Digester;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
@@ -114,12 +115,127 @@ pub fn apply_layer_sync(
     compression: Option<Compression>,
     options: &ApplyOptions,
 ) -> Result<Applied> {
-    let tar = decompress::decompressed(reader, compression)?;
-    let hashing = HashingReader {
-        inner: tar,
-        hasher: Digester::sha256(),
-        count: 0,
-    };
+    let mut tar = decompress::decompressed(reader, compression)?;
+    // Two stages on two threads: this one parses the tar and writes the
+    // files; the other decompresses and hashes (the diff ID) ahead of it.
+    std::thread::scope(|scope| {
+        let (chunks_tx, chunks_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_AHEAD);
+        let (spent_tx, spent_rx) = mpsc::channel::<Vec<u8>>();
+        let producer = std::thread::Builder::new()
+            .name("layer-inflate".into())
+            .spawn_scoped(scope, move || produce_chunks(&mut tar, &chunks_tx, &spent_rx))
+            .map_err(|e| Error::Layer(format!("start the decompressing thread: {e}")))?;
+        let chunks = ChunkReader {
+            chunks: chunks_rx,
+            spent: spent_tx,
+            current: Vec::new(),
+            position: 0,
+        };
+        let written = write_entries(target, chunks, options);
+        // The producer stops once the reader is gone (its sends fail).
+        let (diff_id, tar_size) = producer
+            .join()
+            .map_err(|_| Error::Layer("the decompressing thread panicked".into()))?;
+        let (entries, warnings) = written?;
+        Ok(Applied {
+            diff_id,
+            tar_size,
+            entries,
+            warnings,
+        })
+    })
+}
+
+/// How many decompressed chunks may wait for the tar reader.
+const CHUNKS_AHEAD: usize = 4;
+/// The size of a decompressed chunk.
+const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Decompresses `tar` into chunks, hashing them, until its end or until the
+/// reader hangs up; returns the diff ID and the byte count.
+fn produce_chunks(
+    tar: &mut dyn Read,
+    chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spent: &mpsc::Receiver<Vec<u8>>,
+) -> (oci_spec::image::Digest, u64) {
+    let mut hasher = Digester::sha256();
+    let mut count = 0u64;
+    loop {
+        let mut chunk = spent.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK_SIZE, 0);
+        let mut filled = 0;
+        let result = loop {
+            match tar.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled == chunk.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        chunk.truncate(filled);
+        hasher.update(&chunk);
+        count += filled as u64;
+        let end = filled == 0 || result.is_err();
+        let message = match result {
+            Ok(()) if filled == 0 => None,
+            Ok(()) => Some(Ok(chunk)),
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(message) = message
+            && chunks.send(message).is_err()
+        {
+            break;
+        }
+        if end {
+            break;
+        }
+    }
+    (hasher.digest(), count)
+}
+
+/// Reads the chunks the decompressing thread sends, returning each spent
+/// buffer for reuse.
+struct ChunkReader {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    spent: mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    let spent = std::mem::replace(&mut self.current, chunk);
+                    let _ = self.spent.send(spent);
+                    self.position = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The producer is done: the end of the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// Parses the tar from `tar` and writes its entries under `target`, then
+/// reads it to its end (the diff ID covers the padding too); returns the
+/// entry count and the warnings.
+fn write_entries(
+    target: &ApplyTarget,
+    tar: impl Read,
+    options: &ApplyOptions,
+) -> Result<(u64, Vec<String>)> {
     let (root, lowers, overlay) = match target {
         ApplyTarget::Tree(root) => (root.clone(), Vec::new(), false),
         ApplyTarget::OverlayUpper { upper, lowers } => (upper.clone(), lowers.clone(), true),
@@ -134,7 +250,7 @@ pub fn apply_layer_sync(
         skipped_devices: 0,
         entries: 0,
     };
-    let mut archive = tar::Archive::new(hashing);
+    let mut archive = tar::Archive::new(tar);
     {
         let entries = archive
             .entries()
@@ -147,9 +263,8 @@ pub fn apply_layer_sync(
     applier.finish_dirs()?;
     // The tar may end with padding the entry reader never asked for; the
     // diff ID covers every byte.
-    let mut hashing = archive.into_inner();
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::Layer(format!("read: {e}")))?;
-    let diff_id = hashing.hasher.digest();
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| Error::Layer(format!("read: {e}")))?;
     let mut warnings = Vec::new();
     if applier.skipped_devices > 0 {
         warnings.push(format!(
@@ -160,27 +275,7 @@ pub fn apply_layer_sync(
     if !options.privileged {
         warnings.push("owners not set: changing them needs root".into());
     }
-    Ok(Applied {
-        diff_id,
-        tar_size: hashing.count,
-        entries: applier.entries,
-        warnings,
-    })
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Digester,
-    count: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
+    Ok((applier.entries, warnings))
 }
 
 /// Metadata of one entry, with PAX records applied.
