@@ -123,7 +123,9 @@ pub fn apply_layer_sync(
         let (spent_tx, spent_rx) = mpsc::channel::<Vec<u8>>();
         let producer = std::thread::Builder::new()
             .name("layer-inflate".into())
-            .spawn_scoped(scope, move || produce_chunks(&mut tar, &chunks_tx, &spent_rx))
+            .spawn_scoped(scope, move || {
+                produce_chunks(&mut tar, &chunks_tx, &spent_rx)
+            })
             .map_err(|e| Error::Layer(format!("start the decompressing thread: {e}")))?;
         let chunks = ChunkReader {
             chunks: chunks_rx,
