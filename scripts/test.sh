@@ -43,3 +43,6 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 echo "== cargo test"
 cargo test --workspace --all-features
+# The unit tests inside the dist example (plain `cargo test` only builds it,
+# which is what the end-to-end tests above run).
+cargo test --example dist
