@@ -214,6 +214,14 @@ struct LayoutProvider {
 #[async_trait::async_trait]
 impl Provider for LayoutProvider {
     async fn reader_at(&self, desc: &Descriptor) -> ocidist::content::Result<Box<dyn ReaderAt>> {
+        // Off the reactor: opening and reading files blocks (dist's runtime
+        // is multi-threaded, so block_in_place is allowed).
+        tokio::task::block_in_place(|| self.open(desc))
+    }
+}
+
+impl LayoutProvider {
+    fn open(&self, desc: &Descriptor) -> ocidist::content::Result<Box<dyn ReaderAt>> {
         let path = blob_file(&self.dir, desc.digest());
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
@@ -245,13 +253,24 @@ impl ReaderAt for FileReaderAt {
     }
 
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist::content::Result<usize> {
-        use std::os::unix::fs::FileExt;
         let want = buf.len().min(self.size.saturating_sub(offset) as usize);
+        tokio::task::block_in_place(|| self.read_full(offset, &mut buf[..want]))
+    }
+
+    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+        Box::pin(tokio::fs::File::from_std(self.file))
+    }
+}
+
+impl FileReaderAt {
+    /// Fills `buf` from `offset`, short only at the end of the file.
+    fn read_full(&self, offset: u64, buf: &mut [u8]) -> ocidist::content::Result<usize> {
+        use std::os::unix::fs::FileExt;
         let mut filled = 0;
-        while filled < want {
+        while filled < buf.len() {
             match self
                 .file
-                .read_at(&mut buf[filled..want], offset + filled as u64)
+                .read_at(&mut buf[filled..], offset + filled as u64)
             {
                 Ok(0) => break,
                 Ok(n) => filled += n,
@@ -260,10 +279,6 @@ impl ReaderAt for FileReaderAt {
             }
         }
         Ok(filled)
-    }
-
-    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
-        Box::pin(tokio::fs::File::from_std(self.file))
     }
 }
 

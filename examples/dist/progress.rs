@@ -22,8 +22,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// Width of the `|+++---|` bar in plain lines.
 const BAR_WIDTH: u64 = 10;
 
-/// A running progress display; feed it through [`Progress::events`] or
-/// [`Progress::fetch_events`], then [`Progress::finish`] it.
+/// A running progress display; feed it through [`Progress::events`],
+/// [`Progress::fetch_events`] or [`Progress::unpack_events`], then
+/// [`Progress::finish`] it.
 pub(crate) struct Progress {
     events: UnboundedSender<PullEvent>,
     task: JoinHandle<u64>,
@@ -58,23 +59,21 @@ impl Progress {
 
     /// A sender for an unpack's events.
     pub(crate) fn unpack_events(&self) -> UnboundedSender<UnpackEvent> {
-        let (tx, mut rx) = unbounded_channel();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                let _ = events.send(PullEvent::Unpack(event));
-            }
-        });
-        tx
+        self.forwarder(PullEvent::Unpack)
     }
 
     /// A sender for a plain fetch's events.
     pub(crate) fn fetch_events(&self) -> UnboundedSender<FetchEvent> {
+        self.forwarder(PullEvent::Fetch)
+    }
+
+    /// A sender whose events reach the display wrapped by `wrap`.
+    fn forwarder<E: Send + 'static>(&self, wrap: fn(E) -> PullEvent) -> UnboundedSender<E> {
         let (tx, mut rx) = unbounded_channel();
         let events = self.events.clone();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                let _ = events.send(PullEvent::Fetch(event));
+                let _ = events.send(wrap(event));
             }
         });
         tx
