@@ -9,7 +9,7 @@ use ocidist::content::{Digest, Manager, descriptor, read_blob};
 use ocidist::images::platforms::{self, Matcher, Platform};
 use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
 use ocidist::remotes::docker::config::DockerConfig;
-use ocidist::remotes::docker::{DockerResolver, PlainHttp, fetch_object};
+use ocidist::remotes::docker::{DockerResolver, PlainHttp, RangedFetch, fetch_object};
 use ocidist::remotes::{fetch_image, push_image};
 use ocidist::snapshot::Snapshotter;
 use ocidist::snapshot::gc::{PruneOptions, image_chain_ids};
@@ -90,6 +90,8 @@ pub(crate) struct PruneArgs {
 pub(crate) struct Remote {
     pub(crate) plain_http: bool,
     pub(crate) hosts_dir: Option<std::path::PathBuf>,
+    /// `--ranges`: parallel ranged requests per large blob.
+    pub(crate) ranges: Option<usize>,
     pub(crate) platform: Platform,
 }
 
@@ -102,9 +104,16 @@ impl Remote {
         };
         // Docker's own credentials (config.json, helpers), as `docker pull` uses.
         let credentials = DockerConfig::load_default().unwrap_or_default();
-        let resolver = DockerResolver::new()
+        let mut resolver = DockerResolver::new()
             .plain_http(plain)
             .credentials(std::sync::Arc::new(credentials));
+        if let Some(parallel) = self.ranges {
+            resolver = resolver.ranged_fetch(RangedFetch {
+                parallel,
+                loopback: true,
+                ..RangedFetch::default()
+            });
+        }
         match &self.hosts_dir {
             Some(dir) => resolver.hosts_dir(dir),
             None => resolver,

@@ -54,6 +54,11 @@ struct Cli {
     /// (mirrors, capabilities, CA files, headers).
     #[arg(long, global = true, value_name = "DIR")]
     hosts_dir: Option<PathBuf>,
+    /// Fetch each blob of 64 MiB or more as N parallel 4 MiB ranged requests
+    /// (1: one request per blob). Default: 4 for remote registries, 1 for
+    /// loopback ones, where one stream is never the bottleneck.
+    #[arg(long, global = true, value_name = "N")]
+    ranges: Option<usize>,
     /// The platform to fetch and inspect: os/arch[/variant]. Default: this host's.
     #[arg(long, global = true, value_parser = parse_platform)]
     platform: Option<Platform>,
@@ -192,6 +197,7 @@ async fn run(cli: Cli) -> CmdResult {
     let remote = image::Remote {
         plain_http: cli.plain_http,
         hosts_dir: cli.hosts_dir.clone(),
+        ranges: cli.ranges,
         platform: cli.platform.clone().unwrap_or_else(Platform::host),
     };
     let store = &stores.content;

@@ -24,7 +24,8 @@ use ocidist_images::{
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::{Fetcher, Resolver, Result};
+use crate::source::source_labels;
+use crate::{Fetcher, Reference, Resolver, Result};
 
 /// How many times one blob's download is resumed after a broken stream.
 const RESUMES: usize = 3;
@@ -63,6 +64,7 @@ pub struct FetchHandler<S, F> {
     store: S,
     fetcher: F,
     events: Option<UnboundedSender<FetchEvent>>,
+    labels: Labels,
 }
 
 /// A handler that fetches each descriptor into `store` (it returns no
@@ -79,6 +81,7 @@ pub fn fetch_handler<S: Ingester + IngestManager, F: Fetcher>(
         store,
         fetcher,
         events: None,
+        labels: Labels::new(),
     }
 }
 
@@ -86,6 +89,14 @@ impl<S, F> FetchHandler<S, F> {
     /// Sends a [`FetchEvent`] for each descriptor to `events`.
     pub fn with_events(mut self, events: UnboundedSender<FetchEvent>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// Gives every blob this handler commits `labels`, such as the
+    /// distribution source ([`crate::source::source_labels`])
+    /// that lets a later push mount the blob instead of uploading it.
+    pub fn with_labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
         self
     }
 
@@ -128,7 +139,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             }
         }
         match writer
-            .commit(Some(desc.size()), Some(desc.digest()), Labels::new())
+            .commit(Some(desc.size()), Some(desc.digest()), self.labels.clone())
             .await
         {
             Ok(()) => Ok(true),
@@ -196,7 +207,8 @@ impl<S: Ingester + IngestManager, F: Fetcher> Handler for FetchHandler<S, F> {
 /// `images`: resolve, then dispatch (at most `limit` blobs at once) a
 /// pipeline that fetches each descriptor, keeps the platforms `matcher`
 /// accepts (only the best `manifests_per_index` of each index; 0 for all),
-/// and labels parents with their children for garbage collection.
+/// labels parents with their children for garbage collection, and labels
+/// each blob it commits with the repository it came from (see [`source`](crate::source)).
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch_image<R, S, I, M>(
     resolver: &R,
@@ -251,6 +263,9 @@ where
 {
     let fetcher = resolver.fetcher(name).await?;
     let mut fetch = fetch_handler(store.clone(), fetcher);
+    if let Ok(reference) = name.parse::<Reference>() {
+        fetch = fetch.with_labels(source_labels(&reference));
+    }
     if let Some(events) = events {
         fetch = fetch.with_events(events);
     }

@@ -13,8 +13,8 @@
 //! timeouts, TLS with extra CAs, basic and bearer-token auth with credentials
 //! from Docker's config, containerd's `hosts.toml` (mirrors, capabilities),
 //! the resumable [`fetch_handler`] / [`fetch_image`] pipeline and
-//! [`push_image`]. Still to come: cross-repository mounts and parallel ranged
-//! fetch of large blobs.
+//! [`push_image`] with cross-repository mounts from the [`source`] labels a
+//! fetch records. Still to come: parallel ranged fetch of large blobs.
 
 use std::pin::Pin;
 
@@ -29,6 +29,7 @@ mod error;
 pub mod fetch;
 pub mod push;
 pub mod reference;
+pub mod source;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

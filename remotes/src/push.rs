@@ -3,9 +3,10 @@
 
 use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::Descriptor;
-use ocidist_content::{CopySource, Labels, Provider, copy};
+use ocidist_content::{CopySource, Labels, Manager, Provider, copy};
 use ocidist_images::manifest;
 
+use crate::source::annotate_sources;
 use crate::{Resolver, Result};
 
 /// Every descriptor under (and including) `root` in push order: each one's
@@ -34,7 +35,10 @@ pub async fn push_order<P: Provider + ?Sized>(
 
 /// Pushes the image `target` from `store` to `reference` (`name:tag`), blobs
 /// `limit` at a time, then manifests, the root last under the tag. Content the
-/// registry has already is skipped. Returns the descriptors pushed.
+/// registry has already is skipped; a blob whose distribution-source label
+/// (see [`source`](crate::source)) names another repository of the same
+/// registry is mounted from there rather than uploaded. Returns the
+/// descriptors uploaded (not those the registry had or mounted).
 pub async fn push_image<R, P>(
     resolver: &R,
     store: &P,
@@ -44,7 +48,7 @@ pub async fn push_image<R, P>(
 ) -> Result<Vec<Descriptor>>
 where
     R: Resolver + ?Sized,
-    P: Provider + ?Sized,
+    P: Provider + Manager + ?Sized,
 {
     let parsed: crate::Reference = reference.parse()?;
     let pinned = format!(
@@ -65,7 +69,9 @@ where
     let push_one = |desc: Descriptor| {
         let pusher = &pusher;
         async move {
-            let mut writer = match pusher.push(&desc).await {
+            // The pusher finds mount sources in the annotations.
+            let annotated = annotate_sources(store, &desc).await;
+            let mut writer = match pusher.push(&annotated).await {
                 Ok(writer) => writer,
                 Err(e) if e.kind() == ocidist_content::ErrorKind::AlreadyExists => return Ok(None),
                 Err(e) => return Err(e),

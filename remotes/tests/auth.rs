@@ -11,7 +11,7 @@ use ocidist_content::ErrorKind;
 use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::docker::auth::{Credential, StaticCredentials};
-use ocidist_remotes::testkit::{Registry, TokenServer, find_binary};
+use ocidist_remotes::testkit::{Fault, FaultProxy, Registry, TokenServer, find_binary};
 use tokio::io::AsyncWriteExt;
 
 fn resolver_for(host: &str, username: &str, secret: &str) -> DockerResolver {
@@ -25,8 +25,8 @@ fn resolver_for(host: &str, username: &str, secret: &str) -> DockerResolver {
     )]))))
 }
 
-#[tokio::test]
-async fn basic_auth_with_htpasswd() {
+/// The registry with htpasswd basic auth for alice (password `s3cret`).
+fn htpasswd_registry() -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().unwrap();
     let hash = bcrypt::hash("s3cret", 5).unwrap();
     std::fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
@@ -35,6 +35,12 @@ async fn basic_auth_with_htpasswd() {
         dir.path().join("htpasswd").display()
     );
     let registry = Registry::start_binary(&find_binary().unwrap(), &config).unwrap();
+    (dir, registry)
+}
+
+#[tokio::test]
+async fn basic_auth_with_htpasswd() {
+    let (_dir, registry) = htpasswd_registry();
     let repo = format!("{}/private/app", registry.host());
     let blobs = image(false, "linux/amd64", 5000);
 
@@ -117,4 +123,68 @@ async fn bearer_tokens_from_a_token_service() {
     // Anonymous pull works too, with its own token.
     let (_, desc) = anonymous.resolve(&format!("{repo}:1")).await.unwrap();
     assert_eq!(desc.digest(), blobs[2].desc.digest());
+}
+
+#[tokio::test]
+async fn credentials_never_follow_a_redirect_to_another_host() {
+    // A private registry whose blob GETs redirect (as to a storage service)
+    // to a second, public registry holding the same blobs.
+    let (_dir, private) = htpasswd_registry();
+    let storage = common::registry();
+    let private_proxy = FaultProxy::start(private.addr()).unwrap();
+    let storage_proxy = FaultProxy::start(storage.addr()).unwrap();
+    let blobs = image(false, "linux/amd64", 50_000);
+    let layer = &blobs[0];
+    let alice = resolver_for(&private_proxy.host(), "alice", "s3cret");
+    push_all(
+        alice
+            .pusher(&format!("{}/private/app:1", private_proxy.host()))
+            .await
+            .unwrap()
+            .as_ref(),
+        &blobs,
+    )
+    .await;
+    push_all(
+        DockerResolver::new()
+            .pusher(&format!("{}/public/app:1", storage.host()))
+            .await
+            .unwrap()
+            .as_ref(),
+        &blobs,
+    )
+    .await;
+    let location = format!(
+        "http://{}/v2/public/app/blobs/{}",
+        storage_proxy.host(),
+        layer.desc.digest()
+    );
+    private_proxy.add(
+        Some("GET"),
+        &format!("/blobs/{}", layer.desc.digest()),
+        1,
+        Fault::Redirect(location),
+    );
+
+    let fetcher = alice
+        .fetcher(&format!("{}/private/app:1", private_proxy.host()))
+        .await
+        .unwrap();
+    assert!(common::fetch_all(fetcher.as_ref(), &layer.desc, 0).await == layer.bytes);
+
+    // The registry got alice's password; the storage host never saw it.
+    let asked = private_proxy.log();
+    assert!(
+        asked
+            .iter()
+            .any(|l| l.starts_with("GET /v2/private/app/blobs/")
+                && l.ends_with("authorization=Basic")),
+        "{asked:#?}"
+    );
+    let served = storage_proxy.log();
+    assert_eq!(served.len(), 1, "{served:#?}");
+    assert!(
+        served[0].starts_with("GET /v2/public/app/blobs/") && !served[0].contains("authorization"),
+        "{served:#?}"
+    );
 }

@@ -4,24 +4,12 @@
 
 mod common;
 
-use common::{blob, image, push_all, push_multi, registry};
+use common::{blob, fetch_all, image, push_all, push_multi, registry};
 use futures::TryStreamExt;
-use oci_spec::image::Descriptor;
 use ocidist_content::{ErrorKind, Labels, sha256_of};
+use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::{DockerResolver, fetch_object};
-use ocidist_remotes::{Fetcher, Resolver};
 use tokio::io::AsyncWriteExt;
-
-async fn fetch_all(fetcher: &dyn Fetcher, desc: &Descriptor, offset: u64) -> Vec<u8> {
-    let chunks: Vec<bytes::Bytes> = fetcher
-        .fetch(desc, offset)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    chunks.concat()
-}
 
 #[tokio::test]
 async fn push_resolve_and_fetch_back_byte_identical() {

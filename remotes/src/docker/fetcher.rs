@@ -1,27 +1,115 @@
-//! Fetching blobs and manifests, from an offset.
+//! Fetching blobs and manifests, from an offset; a large blob as parallel
+//! ranged requests, handed on in order.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use oci_spec::image::Descriptor;
 use reqwest::{Method, StatusCode, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Repository, check_status};
 use crate::{ByteStream, Error, Fetcher, Result};
+
+/// How a large blob is fetched as parallel ranged requests, as containerd 2.1
+/// does: the blob is cut into `chunk_size` ranges, `parallel` of them are in
+/// flight at once, and they are handed on in order (the first one as it
+/// arrives), so the writer hashes one stream. Memory is bounded: at most
+/// `parallel + 1` chunks per blob, and at most `blobs` blobs fetched this way at
+/// once (the others use one request). A registry that ignores `Range` gets one
+/// request.
+///
+/// By default this is used for remote registries only: over loopback one
+/// stream already runs at memory speed, and holding chunks costs copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangedFetch {
+    /// Bytes per request.
+    pub chunk_size: u64,
+    /// Requests in flight for one blob; 1 turns ranged fetching off.
+    pub parallel: usize,
+    /// Blobs with fewer bytes left to fetch go in one request.
+    pub min_size: u64,
+    /// Blobs fetched in ranges at once, per resolver.
+    pub blobs: usize,
+    /// Also for registries on a loopback address.
+    pub loopback: bool,
+}
+
+impl Default for RangedFetch {
+    /// 4 MiB chunks, 4 in flight, for blobs of 64 MiB and more, one blob at a
+    /// time: at most 20 MiB of buffers.
+    fn default() -> Self {
+        RangedFetch {
+            chunk_size: 4 << 20,
+            parallel: 4,
+            min_size: 64 << 20,
+            blobs: 1,
+            loopback: false,
+        }
+    }
+}
+
+impl RangedFetch {
+    /// Ranged fetching turned off: every blob in one request.
+    pub const OFF: RangedFetch = RangedFetch {
+        chunk_size: u64::MAX,
+        parallel: 1,
+        min_size: u64::MAX,
+        blobs: 0,
+        loopback: false,
+    };
+
+    fn enabled(&self) -> bool {
+        self.parallel > 1 && self.blobs > 0 && self.chunk_size > 0
+    }
+}
+
+/// The ranged-fetch settings and the blob slots, shared by every fetcher of
+/// one resolver.
+#[derive(Debug, Clone)]
+pub(crate) struct Ranged {
+    settings: RangedFetch,
+    slots: Arc<Semaphore>,
+}
+
+impl Ranged {
+    pub(crate) fn new(settings: RangedFetch) -> Self {
+        Ranged {
+            settings,
+            slots: Arc::new(Semaphore::new(settings.blobs)),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> RangedFetch {
+        self.settings
+    }
+
+    /// A slot for a blob with `remaining` bytes to fetch, if it is large
+    /// enough and a slot is free.
+    fn slot(&self, remaining: u64) -> Option<OwnedSemaphorePermit> {
+        let settings = &self.settings;
+        if !settings.enabled() || remaining < settings.min_size.max(2 * settings.chunk_size) {
+            return None;
+        }
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
 
 /// A [`Fetcher`] for one repository, trying its endpoints (mirrors, then the
 /// upstream) in order.
 #[derive(Debug, Clone)]
 pub struct DockerFetcher {
     repos: Vec<Repository>,
+    ranged: Ranged,
 }
 
 impl DockerFetcher {
-    pub(crate) fn new(repos: Vec<Repository>) -> Self {
-        DockerFetcher { repos }
+    pub(crate) fn new(repos: Vec<Repository>, ranged: Ranged) -> Self {
+        DockerFetcher { repos, ranged }
     }
 }
 
@@ -34,8 +122,22 @@ fn is_manifest(desc: &Descriptor) -> bool {
 impl Fetcher for DockerFetcher {
     async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
         let mut last = None;
+        let ranged_for = |repo: &Repository| self.ranged.settings.loopback || !repo.is_loopback();
+        let slot = if is_manifest(desc) || !self.repos.iter().any(ranged_for) {
+            None
+        } else {
+            self.ranged
+                .slot(desc.size().saturating_sub(offset))
+                .map(Arc::new)
+        };
         for repo in &self.repos {
-            match fetch_from(repo, desc, offset).await {
+            let fetched = match &slot {
+                Some(slot) if ranged_for(repo) => {
+                    fetch_ranged(repo, desc, offset, self.ranged.settings, slot).await
+                }
+                _ => fetch_from(repo, desc, offset).await,
+            };
+            match fetched {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = Some(e),
             }
@@ -47,64 +149,262 @@ impl Fetcher for DockerFetcher {
     }
 }
 
-async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
+fn object_url(repo: &Repository, desc: &Descriptor) -> String {
     let kind = if is_manifest(desc) {
         "manifests"
     } else {
         "blobs"
     };
-    let url = format!("{}/{kind}/{}", repo.base, desc.digest());
+    format!("{}/{kind}/{}", repo.base, desc.digest())
+}
+
+/// GETs `url` from byte `start` (to `end`, exclusive, if given); the response
+/// is 206 with a `Content-Range` from `start`, or 200 with everything.
+async fn get_range(
+    repo: &Repository,
+    url: &str,
+    desc: &Descriptor,
+    start: u64,
+    end: Option<u64>,
+) -> Result<reqwest::Response> {
     let media_type = desc.media_type().to_string();
+    let range = match end {
+        Some(end) => Some(format!("bytes={start}-{}", end - 1)),
+        None if start > 0 => Some(format!("bytes={start}-")),
+        None => None,
+    };
     let response = repo
-        .send(Method::GET, &url, |r| {
+        .send(Method::GET, url, |r| {
             let r = r.header(header::ACCEPT, media_type.as_str());
-            if offset > 0 {
-                r.header(header::RANGE, format!("bytes={offset}-"))
-            } else {
-                r
+            match &range {
+                Some(range) => r.header(header::RANGE, range.as_str()),
+                None => r,
             }
         })
         .await?;
     let response = check_status(
         Method::GET,
-        &url,
+        url,
         response,
         &[StatusCode::OK, StatusCode::PARTIAL_CONTENT],
     )
     .await?;
-    // A server that ignores Range sends everything: drop what we have.
-    let skip = match response.status() {
-        StatusCode::PARTIAL_CONTENT => {
-            let range = response
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            let start = range
-                .strip_prefix("bytes ")
-                .and_then(|r| r.split('-').next())
-                .and_then(|s| s.parse::<u64>().ok());
-            if start != Some(offset) {
-                return Err(Error::Protocol {
-                    url,
-                    reason: format!("asked for bytes from {offset}, got Content-Range {range:?}"),
-                });
-            }
-            0
+    if response.status() == StatusCode::PARTIAL_CONTENT {
+        let content_range = response
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let first = content_range
+            .strip_prefix("bytes ")
+            .and_then(|r| r.split('-').next())
+            .and_then(|s| s.parse::<u64>().ok());
+        if first != Some(start) {
+            return Err(Error::Protocol {
+                url: url.to_string(),
+                reason: format!(
+                    "asked for bytes from {start}, got Content-Range {content_range:?}"
+                ),
+            });
         }
+    }
+    Ok(response)
+}
+
+async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
+    let url = object_url(repo, desc);
+    let response = get_range(repo, &url, desc, offset, None).await?;
+    Ok(whole_body(url, response, offset))
+}
+
+/// The body of a response to a GET from `offset`: as it is if the server
+/// honoured the range; without the first `offset` bytes if it sent everything.
+fn whole_body(url: String, response: reqwest::Response, offset: u64) -> ByteStream {
+    let skip = match response.status() {
+        StatusCode::PARTIAL_CONTENT => 0,
         _ => offset,
     };
-    let stream_url = url.clone();
+    let stream_url = url;
     let stream = response.bytes_stream().map(move |chunk| {
         chunk.map_err(|source| Error::Connect {
             url: stream_url.clone(),
             source,
         })
     });
-    Ok(Box::pin(Skip {
+    Box::pin(Skip {
         inner: Box::pin(stream),
         remaining: skip,
-    }))
+    })
+}
+
+/// The pieces of one range's body, all `end - start` bytes of it.
+async fn range_body(
+    url: &str,
+    mut response: reqwest::Response,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Bytes>> {
+    let mut pieces = Vec::new();
+    let mut received = 0u64;
+    while let Some(piece) = response.chunk().await.map_err(|source| Error::Connect {
+        url: url.to_string(),
+        source,
+    })? {
+        received += piece.len() as u64;
+        if received > end - start {
+            return Err(Error::Protocol {
+                url: url.to_string(),
+                reason: format!("range {start}-{} sent more than asked", end - 1),
+            });
+        }
+        pieces.push(piece);
+    }
+    if received != end - start {
+        return Err(Error::Protocol {
+            url: url.to_string(),
+            reason: format!(
+                "range {start}-{} ended after {received} of {} bytes",
+                end - 1,
+                end - start
+            ),
+        });
+    }
+    Ok(pieces)
+}
+
+/// Fetches `desc` from `offset` as parallel ranged requests, in order. A
+/// server that answers the first range with everything (no range support)
+/// gets the single-request path instead.
+async fn fetch_ranged(
+    repo: &Repository,
+    desc: &Descriptor,
+    offset: u64,
+    settings: RangedFetch,
+    slot: &Arc<OwnedSemaphorePermit>,
+) -> Result<ByteStream> {
+    let url = object_url(repo, desc);
+    let size = desc.size();
+    let chunk = settings.chunk_size;
+    let first_end = offset.saturating_add(chunk).min(size);
+    let response = get_range(repo, &url, desc, offset, Some(first_end)).await?;
+    if response.status() != StatusCode::PARTIAL_CONTENT {
+        return Ok(whole_body(url, response, offset));
+    }
+    let first = Exact {
+        inner: Box::pin(response.bytes_stream()),
+        url: url.clone(),
+        start: offset,
+        end: first_end,
+        received: 0,
+    };
+    let ranges: Vec<(u64, u64)> = (first_end..size)
+        .step_by(chunk as usize)
+        .map(|start| (start, start.saturating_add(chunk).min(size)))
+        .collect();
+    let (repo, desc) = (repo.clone(), desc.clone());
+    // The slot goes with the stream: the blob holds it until it is dropped.
+    let slot = slot.clone();
+    let ahead = futures::stream::iter(ranges)
+        .map(move |(start, end)| {
+            let (repo, desc, url) = (repo.clone(), desc.clone(), url.clone());
+            async move {
+                let response = get_range(&repo, &url, &desc, start, Some(end)).await?;
+                if response.status() != StatusCode::PARTIAL_CONTENT {
+                    return Err(Error::Protocol {
+                        url,
+                        reason: format!("range {start}-{} answered without a range", end - 1),
+                    });
+                }
+                range_body(&url, response, start, end).await
+            }
+        })
+        .buffered(settings.parallel - 1);
+    // A task runs the later ranges while the first one streams, handing each
+    // on (in order) when the one before it has been taken.
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let driver = tokio::spawn(async move {
+        let _slot = slot;
+        let mut ahead = std::pin::pin!(ahead);
+        while let Some(range) = ahead.next().await {
+            let failed = range.is_err();
+            if sender.send(range).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let rest = futures::stream::unfold(
+        (receiver, AbortOnDrop(driver)),
+        |(mut receiver, driver)| async move {
+            let range = receiver.recv().await?;
+            Some((range, (receiver, driver)))
+        },
+    )
+    .map_ok(|pieces| futures::stream::iter(pieces.into_iter().map(Ok)))
+    .try_flatten();
+    Ok(Box::pin(first.chain(rest)))
+}
+
+/// Stops a task when the stream that owns it is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One range's body, passed on as it arrives, failing if it holds more or
+/// fewer than the `end - start` bytes asked for.
+struct Exact {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    url: String,
+    start: u64,
+    end: u64,
+    received: u64,
+}
+
+impl Exact {
+    fn wrong_length(&self, what: &str) -> Error {
+        Error::Protocol {
+            url: self.url.clone(),
+            reason: format!(
+                "range {}-{} {what} ({} of {} bytes)",
+                self.start,
+                self.end - 1,
+                self.received,
+                self.end - self.start
+            ),
+        }
+    }
+}
+
+impl Stream for Exact {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        Poll::Ready(match ready!(polled) {
+            Some(Ok(piece)) => {
+                self.received += piece.len() as u64;
+                if self.received > self.end - self.start {
+                    Some(Err(self.wrong_length("sent more than asked")))
+                } else {
+                    Some(Ok(piece))
+                }
+            }
+            Some(Err(source)) => Some(Err(Error::Connect {
+                url: self.url.clone(),
+                source,
+            })),
+            None if self.received < self.end - self.start => {
+                // Reported once: a stream ends after its error.
+                let err = self.wrong_length("ended early");
+                self.received = self.end - self.start;
+                Some(Err(err))
+            }
+            None => None,
+        })
+    }
 }
 
 /// Drops the first `remaining` bytes of a stream.

@@ -23,7 +23,7 @@ use ocidist_content::Digester;
 use ocidist_content::helpers::jitter;
 use reqwest::{Method, StatusCode, header};
 
-pub use fetcher::DockerFetcher;
+pub use fetcher::{DockerFetcher, RangedFetch};
 pub use pusher::DockerPusher;
 
 use crate::{Error, Fetcher, Pusher, Reference, Resolver, Result};
@@ -92,6 +92,7 @@ pub struct DockerResolver {
     plain_http: PlainHttp,
     authorizer: auth::Authorizer,
     hosts_dir: Option<PathBuf>,
+    ranged: fetcher::Ranged,
 }
 
 impl Default for DockerResolver {
@@ -111,7 +112,20 @@ impl DockerResolver {
             plain_http: PlainHttp::default(),
             authorizer: auth::Authorizer::new(Arc::new(auth::Anonymous)),
             hosts_dir: None,
+            ranged: fetcher::Ranged::new(RangedFetch::default()),
         }
+    }
+
+    /// Sets how large blobs are fetched in parallel ranged requests
+    /// ([`RangedFetch::OFF`] for one request per blob).
+    pub fn ranged_fetch(mut self, settings: RangedFetch) -> Self {
+        self.ranged = fetcher::Ranged::new(settings);
+        self
+    }
+
+    /// The ranged-fetch settings in use.
+    pub fn ranged_fetch_settings(&self) -> RangedFetch {
+        self.ranged.settings()
     }
 
     /// Reads per-registry mirrors and settings from containerd's layout,
@@ -302,6 +316,7 @@ impl Resolver for DockerResolver {
         let parsed: Reference = reference.parse()?;
         Ok(Box::new(DockerFetcher::new(
             self.repositories(&parsed, |c| c.pull)?,
+            self.ranged.clone(),
         )))
     }
 
@@ -330,7 +345,10 @@ pub async fn fetch_object(
     if let Some(media_type) = hints.iter().find_map(|h| h.strip_prefix("mediatype:")) {
         desc.set_media_type(MediaType::from(media_type));
     }
-    let fetcher = DockerFetcher::new(resolver.repositories(&reference, |c| c.pull)?);
+    let fetcher = DockerFetcher::new(
+        resolver.repositories(&reference, |c| c.pull)?,
+        resolver.ranged.clone(),
+    );
     let stream = fetcher.fetch(&desc, 0).await?;
     Ok((desc, stream))
 }
@@ -348,6 +366,11 @@ pub(crate) struct Repository {
 }
 
 impl Repository {
+    /// Whether the registry is on a loopback address.
+    pub(crate) fn is_loopback(&self) -> bool {
+        is_loopback(&self.host)
+    }
+
     /// Sends an idempotent request (GET, HEAD), retrying what a busy or flaky
     /// registry answers (408, 429, 500, 502, 503, 504, broken connections)
     /// with jittered exponential backoff, honouring `Retry-After`, at most

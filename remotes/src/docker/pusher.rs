@@ -4,7 +4,10 @@
 //! commit checks size and digest locally first, so wrong bytes never leave the
 //! machine, then uploads: a blob with `POST` and one streamed `PUT` (up to
 //! 64 MiB) or `PATCH` chunks of 16 MiB and a closing `PUT`; a manifest with one
-//! `PUT`. Cross-repository mounts are still to come.
+//! `PUT`. A blob whose descriptor names a source repository on the same
+//! registry (the `containerd.io/distribution.source.<registry>` annotation,
+//! see [`source`](crate::source)) is first offered as a cross-repository
+//! mount: `POST …/blobs/uploads/?mount=<digest>&from=<repository>`.
 
 use std::collections::HashSet;
 use std::io::SeekFrom;
@@ -20,6 +23,7 @@ use reqwest::{Method, StatusCode, header};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite};
 
 use super::{MAX_MANIFEST_SIZE, Repository, check_status};
+use crate::source::source_repositories;
 use crate::{Error, Pusher, Reference, Result};
 
 /// A [`Pusher`] for one repository.
@@ -53,6 +57,55 @@ impl DockerPusher {
             (Some(_), _) | (None, None) => digest.to_string(),
             (None, Some(tag)) => tag.to_string(),
         }
+    }
+}
+
+/// What offering a blob as a cross-repository mount came to.
+#[derive(Debug)]
+enum Mount {
+    /// The registry linked the blob into the repository: nothing to upload.
+    Mounted,
+    /// It did not, but opened an upload session, to be used for the upload.
+    Session(reqwest::Url),
+    /// No source to mount from, or no source answered.
+    NotMounted,
+}
+
+impl DockerPusher {
+    /// Asks the registry to mount `desc` from each source repository its
+    /// annotations name on this registry, until one answers.
+    async fn try_mount(&self, desc: &Descriptor) -> Mount {
+        let Some(annotations) = desc.annotations() else {
+            return Mount::NotMounted;
+        };
+        let sources = source_repositories(annotations, self.reference.registry());
+        let uploads = format!("{}/blobs/uploads/", self.repo.base);
+        for from in sources
+            .iter()
+            .filter(|r| r.as_str() != self.reference.repository())
+        {
+            let Ok(mut url) = reqwest::Url::parse(&uploads) else {
+                return Mount::NotMounted;
+            };
+            url.query_pairs_mut()
+                .append_pair("mount", desc.digest().as_ref())
+                .append_pair("from", from);
+            let url = url.to_string();
+            // A failed mount is only a missed shortcut: the upload follows.
+            let Ok(response) = self.repo.send(Method::POST, &url, |r| r).await else {
+                continue;
+            };
+            match response.status() {
+                StatusCode::CREATED => return Mount::Mounted,
+                StatusCode::ACCEPTED => {
+                    if let Ok(session) = upload_location(&url, &response) {
+                        return Mount::Session(session);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Mount::NotMounted
     }
 }
 
@@ -117,6 +170,20 @@ impl Pusher for DockerPusher {
             set: self.in_flight.clone(),
             digest: desc.digest().clone(),
         };
+        let mut session = None;
+        if !manifest {
+            match self.try_mount(desc).await {
+                // As containerd: a mounted blob is one the registry has.
+                Mount::Mounted => {
+                    return Err(ContentError::AlreadyExists {
+                        digest: desc.digest().clone(),
+                    }
+                    .into());
+                }
+                Mount::Session(url) => session = Some(url),
+                Mount::NotMounted => {}
+            }
+        }
         let spool = tempfile::tempfile()
             .map_err(|e| ContentError::io("create", std::env::temp_dir(), e))?;
         let target = if manifest {
@@ -130,6 +197,7 @@ impl Pusher for DockerPusher {
         } else {
             Target::Blob {
                 uploads: format!("{}/blobs/uploads/", self.repo.base),
+                session,
             }
         };
         let now = SystemTime::now();
@@ -150,8 +218,14 @@ impl Pusher for DockerPusher {
 
 #[derive(Debug)]
 enum Target {
-    Blob { uploads: String },
-    Manifest { url: String },
+    /// A blob goes to `uploads`, or to the `session` a refused mount opened.
+    Blob {
+        uploads: String,
+        session: Option<reqwest::Url>,
+    },
+    Manifest {
+        url: String,
+    },
 }
 
 /// The writer [`DockerPusher::push`] returns.
@@ -204,13 +278,20 @@ impl PushWriter {
                 )
                 .await?;
             }
-            Target::Blob { uploads } => {
-                // No body: safe to retry, and where a push token is obtained; the PUT
-                // that streams the blob (and cannot be replayed) then reuses it.
-                let response = self.repo.send(Method::POST, uploads, |r| r).await?;
-                let response =
-                    check_status(Method::POST, uploads, response, &[StatusCode::ACCEPTED]).await?;
-                let mut url = upload_location(uploads, &response)?;
+            Target::Blob { uploads, session } => {
+                let mut url = match session {
+                    Some(session) => session.clone(),
+                    None => {
+                        // No body: safe to retry, and where a push token is obtained;
+                        // the PUT that streams the blob (and cannot be replayed) then
+                        // reuses it.
+                        let response = self.repo.send(Method::POST, uploads, |r| r).await?;
+                        let response =
+                            check_status(Method::POST, uploads, response, &[StatusCode::ACCEPTED])
+                                .await?;
+                        upload_location(uploads, &response)?
+                    }
+                };
                 if self.written > MONOLITHIC_MAX {
                     // Large blobs go in chunks, each a request of its own, so a
                     // proxy's body limit or a slow link never has to carry it all.

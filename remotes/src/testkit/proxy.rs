@@ -27,6 +27,8 @@ pub enum Fault {
     CutAfter(u64),
     /// Forward, inverting the body byte at this offset.
     FlipByte(u64),
+    /// Answer `307 Temporary Redirect` to this URL instead of forwarding.
+    Redirect(String),
     /// Forward, sending the body `chunk` bytes at a time with `delay` between.
     Drip {
         /// Bytes per write.
@@ -48,6 +50,7 @@ struct Rule {
 struct Shared {
     rules: Mutex<Vec<Rule>>,
     requests: AtomicUsize,
+    log: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
 
@@ -110,6 +113,17 @@ impl FaultProxy {
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
     }
+
+    /// Every request received so far, in order: `METHOD target`, followed by
+    /// ` range=<value>` when the request had a `Range` header and
+    /// ` authorization=<scheme>` when it had an `Authorization` header.
+    pub fn log(&self) -> Vec<String> {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -167,6 +181,21 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
     let path = parts.next().unwrap_or_default().to_string();
+    let header = |name: &str| {
+        head.iter()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let range = header("range").map_or(String::new(), |v| format!(" range={v}"));
+    let authorization = header("authorization").map_or(String::new(), |v| {
+        format!(" authorization={}", v.split(' ').next().unwrap_or_default())
+    });
+    shared
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(format!("{method} {path}{range}{authorization}"));
     let mut body = vec![0; content_length(&head) as usize];
     reader.read_exact(&mut body)?;
     let mut client = client;
@@ -180,6 +209,13 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
         write!(
             client,
             "HTTP/1.1 {status} Injected\r\nContent-Length: 0\r\nConnection: close\r\n{retry}\r\n"
+        )?;
+        return client.shutdown(Shutdown::Both);
+    }
+    if let Some(Fault::Redirect(location)) = &fault {
+        write!(
+            client,
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
         return client.shutdown(Shutdown::Both);
     }

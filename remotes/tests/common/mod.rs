@@ -9,6 +9,23 @@ use ocidist_remotes::testkit::Registry;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+/// Everything `fetcher` sends for `desc` from `offset` on.
+pub async fn fetch_all(
+    fetcher: &dyn ocidist_remotes::Fetcher,
+    desc: &Descriptor,
+    offset: u64,
+) -> Vec<u8> {
+    use futures::TryStreamExt;
+    let pieces: Vec<bytes::Bytes> = fetcher
+        .fetch(desc, offset)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    pieces.concat()
+}
+
 /// A fresh content store and image store in a temporary directory.
 pub fn stores() -> (
     tempfile::TempDir,
@@ -26,6 +43,7 @@ pub fn registry() -> Registry {
 }
 
 /// A blob to push: its descriptor and bytes.
+#[derive(Clone)]
 pub struct Blob {
     pub desc: Descriptor,
     pub bytes: Vec<u8>,

@@ -1,0 +1,125 @@
+//! Cross-repository mounts against the real registry: a fetch records where
+//! each blob came from, and a push to another repository of the same registry
+//! mounts the blobs instead of uploading them; a source that lacks the blob
+//! falls back to an upload through the session the refused mount opened.
+
+mod common;
+
+use common::{fetch_all, image, push_all, registry, stores};
+use ocidist_content::{Labels, Manager};
+use ocidist_images::platforms::all;
+use ocidist_remotes::docker::DockerResolver;
+use ocidist_remotes::source::source_label_key;
+use ocidist_remotes::testkit::FaultProxy;
+use ocidist_remotes::{Resolver, fetch_image, push_image};
+use tokio::io::AsyncWriteExt;
+
+fn uploads(log: &[String]) -> Vec<&String> {
+    log.iter()
+        .filter(|l| l.contains("/blobs/uploads/") && !l.starts_with("HEAD"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fetched_image_pushed_to_another_repository_is_mounted_not_uploaded() {
+    let registry = registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let host = proxy.host();
+    let blobs = image(false, "linux/amd64", 300_000);
+    let (layer, config, manifest) = (&blobs[0], &blobs[1], &blobs[2]);
+    let source = format!("{host}/team/source:v1");
+    let pusher = resolver
+        .pusher(&format!("{source}@{}", manifest.desc.digest()))
+        .await
+        .unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+
+    let (_dir, store, images) = stores();
+    let fetched = fetch_image(&resolver, &store, &images, &source, all(), 0, None, None)
+        .await
+        .unwrap();
+    for blob in [layer, config, manifest] {
+        let labels = store.info(blob.desc.digest()).await.unwrap().labels;
+        assert_eq!(
+            labels.get(&source_label_key(&host)).map(String::as_str),
+            Some("team/source"),
+            "{}: {labels:?}",
+            blob.desc.digest()
+        );
+    }
+
+    let before = proxy.log().len();
+    let target = format!("{host}/team/target:v2");
+    let pushed = push_image(&resolver, &store, &target, &fetched.target, 2)
+        .await
+        .unwrap();
+    let log = proxy.log()[before..].to_vec();
+    // Only the manifest went up; both blobs were mounted from team/source.
+    assert_eq!(
+        pushed.iter().map(|d| d.digest()).collect::<Vec<_>>(),
+        [manifest.desc.digest()]
+    );
+    let posts = uploads(&log);
+    assert_eq!(posts.len(), 2, "{log:#?}");
+    for post in posts {
+        assert!(
+            post.starts_with("POST /v2/team/target/blobs/uploads/?mount=sha256%3A")
+                && post.ends_with("&from=team%2Fsource"),
+            "{post}"
+        );
+    }
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("PUT /v2/team/target/blobs"))
+    );
+
+    let fetcher = resolver.fetcher(&target).await.unwrap();
+    for blob in &blobs {
+        assert!(
+            fetch_all(fetcher.as_ref(), &blob.desc, 0).await == blob.bytes,
+            "{}",
+            blob.desc.digest()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_mount_uploads_through_the_session_it_opened() {
+    let registry = registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let host = proxy.host();
+    let blobs = image(false, "linux/amd64", 100_000);
+    let layer = &blobs[0];
+    // The named source repository does not exist: the registry answers 202.
+    let mut desc = layer.desc.clone();
+    desc.set_annotations(Some(
+        [(source_label_key(&host), "nowhere/else".to_string())].into(),
+    ));
+    let pusher = resolver
+        .pusher(&format!("{host}/team/app:v1"))
+        .await
+        .unwrap();
+    let mut writer = pusher.push(&desc).await.unwrap();
+    writer.write_all(&layer.bytes).await.unwrap();
+    writer
+        .commit(Some(desc.size()), Some(desc.digest()), Labels::new())
+        .await
+        .unwrap();
+
+    let log = proxy.log();
+    let posts: Vec<_> = log.iter().filter(|l| l.starts_with("POST")).collect();
+    assert_eq!(posts.len(), 1, "one POST, the mount: {log:#?}");
+    assert!(posts[0].contains("&from=nowhere%2Felse"), "{}", posts[0]);
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("PUT /v2/team/app/blobs/uploads/")),
+        "{log:#?}"
+    );
+    let fetcher = resolver
+        .fetcher(&format!("{host}/team/app:v1"))
+        .await
+        .unwrap();
+    assert!(fetch_all(fetcher.as_ref(), &layer.desc, 0).await == layer.bytes);
+}

@@ -1,0 +1,190 @@
+//! Large blobs fetched as parallel ranged requests from the real registry,
+//! behind the fault proxy that records each request's `Range`: the bytes
+//! arrive whole and in order, a resume starts its ranges at the offset, one
+//! blob at a time is fetched this way, and a cut or corrupted range ends in a
+//! resumed download or a digest mismatch with nothing committed.
+
+mod common;
+
+use common::{Blob, blob, push_all, registry, stores};
+use ocidist_content::{ErrorKind, IngestManager, Manager};
+use ocidist_images::Handler;
+use ocidist_remotes::docker::{DockerResolver, RangedFetch};
+use ocidist_remotes::testkit::{Fault, FaultProxy, Registry};
+use ocidist_remotes::{Fetcher, Resolver, fetch_handler};
+
+const CHUNK: u64 = 256 << 10;
+
+fn settings() -> RangedFetch {
+    RangedFetch {
+        chunk_size: CHUNK,
+        parallel: 3,
+        min_size: 1 << 20,
+        blobs: 1,
+        loopback: true,
+    }
+}
+
+fn layer(size: usize, seed: u32) -> Blob {
+    let bytes = (0..size)
+        .map(|i| {
+            ((i as u32) ^ seed.wrapping_mul(0x9e37_79b9))
+                .wrapping_mul(2654435761)
+                .to_le_bytes()[2]
+        })
+        .collect();
+    blob("application/vnd.oci.image.layer.v1.tar", bytes)
+}
+
+/// A registry holding `blobs` in `repo`, and a proxy in front of it.
+async fn setup(repo: &str, blobs: &[Blob]) -> (Registry, FaultProxy) {
+    let registry = registry();
+    let pusher = DockerResolver::new()
+        .pusher(&format!("{}/{repo}:x", registry.host()))
+        .await
+        .unwrap();
+    push_all(pusher.as_ref(), blobs).await;
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    (registry, proxy)
+}
+
+async fn fetch_blob(fetcher: &dyn Fetcher, blob: &Blob, offset: u64) -> Vec<u8> {
+    common::fetch_all(fetcher, &blob.desc, offset).await
+}
+
+/// The `Range` values of the GETs of `blob` in the proxy's log, sorted.
+fn ranges_of(proxy: &FaultProxy, blob: &Blob) -> Vec<String> {
+    let digest = blob.desc.digest().to_string();
+    let mut ranges: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("GET ") && l.contains(&digest))
+        .map(|l| {
+            l.split_once(" range=")
+                .map_or(String::new(), |(_, r)| r.to_string())
+        })
+        .collect();
+    ranges.sort_by_key(|r| {
+        r.trim_start_matches("bytes=")
+            .split('-')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+    });
+    ranges
+}
+
+fn expected_ranges(from: u64, size: u64) -> Vec<String> {
+    (from..size)
+        .step_by(CHUNK as usize)
+        .map(|start| format!("bytes={start}-{}", (start + CHUNK).min(size) - 1))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_large_blob_arrives_whole_from_parallel_ranges_and_resumes_at_its_offset() {
+    let (big, small) = (layer(3 << 20 | 12_345, 1), layer(500_000, 2));
+    let (_registry, proxy) = setup("ranged/app", &[big.clone(), small.clone()]).await;
+    let resolver = DockerResolver::new().ranged_fetch(settings());
+    let fetcher = resolver
+        .fetcher(&format!("{}/ranged/app:x", proxy.host()))
+        .await
+        .unwrap();
+
+    assert!(fetch_blob(fetcher.as_ref(), &big, 0).await == big.bytes);
+    let size = big.desc.size();
+    assert_eq!(ranges_of(&proxy, &big), expected_ranges(0, size));
+
+    // A resume: the ranges start at the offset, not at a chunk boundary.
+    let log_before = proxy.log().len();
+    let offset = 1_000_001;
+    assert!(fetch_blob(fetcher.as_ref(), &big, offset).await == big.bytes[offset as usize..]);
+    let resumed: Vec<String> = proxy.log()[log_before..]
+        .iter()
+        .filter_map(|l| l.split_once(" range=").map(|(_, r)| r.to_string()))
+        .collect();
+    assert_eq!(resumed.len(), expected_ranges(offset, size).len());
+    assert!(resumed.contains(&format!("bytes={offset}-{}", offset + CHUNK - 1)));
+
+    // Below the threshold: one request, no Range.
+    assert!(fetch_blob(fetcher.as_ref(), &small, 0).await == small.bytes);
+    assert_eq!(ranges_of(&proxy, &small), [String::new()]);
+
+    // The default leaves loopback registries to one request per blob.
+    let plain = DockerResolver::new()
+        .fetcher(&format!("{}/ranged/app:x", proxy.host()))
+        .await
+        .unwrap();
+    let log_before = proxy.log().len();
+    assert!(fetch_blob(plain.as_ref(), &big, 0).await == big.bytes);
+    assert!(
+        proxy.log()[log_before..]
+            .iter()
+            .all(|l| !l.contains(" range=")),
+        "{:#?}",
+        &proxy.log()[log_before..]
+    );
+}
+
+#[tokio::test]
+async fn one_blob_at_a_time_is_fetched_in_ranges() {
+    let (a, b) = (layer(2 << 20, 3), layer(2 << 20, 4));
+    let (_registry, proxy) = setup("ranged/two", &[a.clone(), b.clone()]).await;
+    let resolver = DockerResolver::new().ranged_fetch(settings());
+    let fetcher = resolver
+        .fetcher(&format!("{}/ranged/two:x", proxy.host()))
+        .await
+        .unwrap();
+    let (got_a, got_b) = tokio::join!(
+        fetch_blob(fetcher.as_ref(), &a, 0),
+        fetch_blob(fetcher.as_ref(), &b, 0)
+    );
+    assert!(got_a == a.bytes && got_b == b.bytes);
+    let mut shapes = [ranges_of(&proxy, &a).len(), ranges_of(&proxy, &b).len()];
+    shapes.sort();
+    assert_eq!(shapes, [1, (2 << 20) / CHUNK as usize]);
+}
+
+#[tokio::test]
+async fn a_cut_range_resumes_and_a_corrupted_range_is_never_committed() {
+    let (cut, flipped) = (layer(2 << 20, 5), layer(2 << 20, 6));
+    let (_registry, proxy) = setup("ranged/faults", &[cut.clone(), flipped.clone()]).await;
+    let resolver = DockerResolver::new().ranged_fetch(settings());
+    let fetcher = resolver
+        .fetcher(&format!("{}/ranged/faults:x", proxy.host()))
+        .await
+        .unwrap();
+    let (_dir, store, _images) = stores();
+    let handler = fetch_handler(store.clone(), fetcher);
+
+    proxy.add(
+        Some("GET"),
+        &cut.desc.digest().to_string(),
+        1,
+        Fault::CutAfter(100_000),
+    );
+    handler.handle(&cut.desc).await.unwrap();
+    assert_eq!(
+        store.info(cut.desc.digest()).await.unwrap().size,
+        cut.desc.size()
+    );
+    // The download went on from the 100,000 bytes the cut range delivered.
+    let ranges = ranges_of(&proxy, &cut);
+    assert!(
+        ranges.iter().any(|r| r.starts_with("bytes=100000-")),
+        "{ranges:#?}"
+    );
+
+    proxy.add(
+        Some("GET"),
+        &flipped.desc.digest().to_string(),
+        1,
+        Fault::FlipByte(10),
+    );
+    let err = handler.handle(&flipped.desc).await.unwrap_err();
+    assert!(err.to_string().contains("digest"), "{err}");
+    assert_eq!(
+        store.info(flipped.desc.digest()).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+}
