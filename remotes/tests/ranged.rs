@@ -158,7 +158,7 @@ async fn a_cut_range_resumes_and_a_corrupted_range_is_never_committed() {
 
     proxy.add(
         Some("GET"),
-        &cut.desc.digest().to_string(),
+        cut.desc.digest().as_ref(),
         1,
         Fault::CutAfter(100_000),
     );
@@ -176,7 +176,7 @@ async fn a_cut_range_resumes_and_a_corrupted_range_is_never_committed() {
 
     proxy.add(
         Some("GET"),
-        &flipped.desc.digest().to_string(),
+        flipped.desc.digest().as_ref(),
         1,
         Fault::FlipByte(10),
     );
