@@ -92,7 +92,9 @@ impl Ranged {
     /// enough and a slot is free.
     fn slot(&self, remaining: u64) -> Option<OwnedSemaphorePermit> {
         let settings = &self.settings;
-        if !settings.enabled() || remaining < settings.min_size.max(2 * settings.chunk_size) {
+        if !settings.enabled()
+            || remaining < settings.min_size.max(settings.chunk_size.saturating_mul(2))
+        {
             return None;
         }
         self.slots.clone().try_acquire_owned().ok()
