@@ -4,19 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::dist;
+use common::{dist, gzip, ingest, ok};
 use ocidist::content::sha256_of;
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn tool(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
@@ -24,31 +15,6 @@ fn tool(program: &str, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("{program} must be installed (apt-get install {program}): {e}"));
     ok(out)
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn ingest(root: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    let digest = sha256_of(bytes).to_string();
-    let size = bytes.len().to_string();
-    ok(dist(
-        root,
-        &[
-            "ingest",
-            &format!("build-{digest}"),
-            "--expected-digest",
-            &digest,
-            "--expected-size",
-            &size,
-        ],
-        bytes,
-    ));
-    serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
 }
 
 /// A one-layer image in the store at `root`; returns the manifest digest.

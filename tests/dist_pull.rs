@@ -8,18 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dist, dist_binary};
+use common::{dist, dist_binary, gzip, ingest, ok};
 use ocidist::content::sha256_of;
 use ocidist::remotes::testkit::{Fault, FaultProxy, Registry};
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "dist failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32) {
     let mut h = tar::Header::new_gnu();
@@ -28,13 +19,6 @@ fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32) {
     h.set_mode(mode);
     h.set_mtime(1_700_000_000);
     b.append_data(&mut h, name, data).unwrap();
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 /// Two layers: a base, then a change, a deletion and a setuid file.
@@ -61,24 +45,6 @@ fn layer_tars(big: usize) -> Vec<Vec<u8>> {
 }
 
 /// Ingests `bytes` into the store at `root`; returns its descriptor as JSON.
-fn ingest(root: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    let digest = sha256_of(bytes).to_string();
-    let size = bytes.len().to_string();
-    ok(dist(
-        root,
-        &[
-            "ingest",
-            &format!("build-{digest}"),
-            "--expected-digest",
-            &digest,
-            "--expected-size",
-            &size,
-        ],
-        bytes,
-    ));
-    serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
-}
-
 /// Builds the image with `dist ingest` and pushes it with `dist push`.
 fn push_image(registry_host: &str, work: &Path, big: usize) -> String {
     let builder = work.join("builder");

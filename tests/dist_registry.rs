@@ -3,42 +3,14 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::dist;
+use common::{dist, ingest, ok};
 
 use ocidist::content::sha256_of;
 use ocidist::remotes::testkit::Registry;
 
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "dist failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Ingests `bytes` into the store at `root`; returns its descriptor as JSON.
-fn ingest(root: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    let digest = sha256_of(bytes).to_string();
-    let size = bytes.len().to_string();
-    ok(dist(
-        root,
-        &[
-            "ingest",
-            &format!("build-{digest}"),
-            "--expected-digest",
-            &digest,
-            "--expected-size",
-            &size,
-        ],
-        bytes,
-    ));
-    serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
-}
-
 #[test]
 fn push_fetch_list_check_and_prune_an_image() {
     let registry =

@@ -45,3 +45,40 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// The stdout of a command that must have succeeded; its stderr otherwise.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `data`, gzip-compressed.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Ingests `bytes` with `dist ingest` (verified against their digest and
+/// size); returns their descriptor as JSON.
+pub fn ingest(root: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let digest = ocidist::content::sha256_of(bytes).to_string();
+    let size = bytes.len().to_string();
+    ok(dist(
+        root,
+        &[
+            "ingest",
+            &format!("build-{digest}"),
+            "--expected-digest",
+            &digest,
+            "--expected-size",
+            &size,
+        ],
+        bytes,
+    ));
+    serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+}

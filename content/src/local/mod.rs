@@ -252,6 +252,35 @@ pub struct LocalReaderAt {
     grows: bool,
 }
 
+impl LocalReaderAt {
+    /// Opens `path` off the reactor; a missing file is `not_found()`.
+    async fn open(
+        path: PathBuf,
+        grows: bool,
+        not_found: impl FnOnce() -> Error + Send + 'static,
+    ) -> Result<Box<dyn ReaderAt>> {
+        let reader = fsutil::blocking(move || {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+                Err(e) => return Err(Error::io("open", &path, e)),
+            };
+            let size = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            Ok(LocalReaderAt {
+                file,
+                size,
+                path,
+                grows,
+            })
+        })
+        .await?;
+        Ok(Box::new(reader))
+    }
+}
+
 #[async_trait]
 impl ReaderAt for LocalReaderAt {
     fn size(&self) -> u64 {
@@ -293,29 +322,11 @@ impl ReaderAt for LocalReaderAt {
 #[async_trait]
 impl Provider for LocalStore {
     async fn reader_at(&self, desc: &Descriptor) -> Result<Box<dyn ReaderAt>> {
-        let path = self.blob_path(desc.digest());
         let digest = desc.digest().clone();
-        let reader = fsutil::blocking(move || {
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(Error::BlobNotFound { digest });
-                }
-                Err(e) => return Err(Error::io("open", &path, e)),
-            };
-            let size = file
-                .metadata()
-                .map_err(|e| Error::io("stat", &path, e))?
-                .len();
-            Ok(LocalReaderAt {
-                file,
-                size,
-                path,
-                grows: false,
-            })
+        LocalReaderAt::open(self.blob_path(desc.digest()), false, move || {
+            Error::BlobNotFound { digest }
         })
-        .await?;
-        Ok(Box::new(reader))
+        .await
     }
 }
 
@@ -394,29 +405,9 @@ impl IngestManager for LocalStore {
         validate_reference(reference)?;
         let path = self.ingest_dir(reference).join(ingest::DATA);
         let reference = reference.to_string();
-        let reader = fsutil::blocking(move || {
-            // The file keeps its inode through the commit's rename, so a
-            // reader opened now reads the committed blob to its end.
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(Error::IngestNotFound { reference });
-                }
-                Err(e) => return Err(Error::io("open", &path, e)),
-            };
-            let size = file
-                .metadata()
-                .map_err(|e| Error::io("stat", &path, e))?
-                .len();
-            Ok(LocalReaderAt {
-                file,
-                size,
-                path,
-                grows: true,
-            })
-        })
-        .await?;
-        Ok(Box::new(reader))
+        // The file keeps its inode through the commit's rename, so a reader
+        // opened now reads the committed blob to its end.
+        LocalReaderAt::open(path, true, move || Error::IngestNotFound { reference }).await
     }
 
     async fn status(&self, reference: &str) -> Result<Status> {
