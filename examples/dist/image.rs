@@ -93,9 +93,19 @@ pub(crate) struct Remote {
     /// `--ranges`: parallel ranged requests per large blob.
     pub(crate) ranges: Option<usize>,
     pub(crate) platform: Platform,
+    /// `--unpack-concurrency`: layers applied at once (overlay).
+    pub(crate) unpack_concurrency: usize,
 }
 
 impl Remote {
+    /// Unpack options with `--unpack-concurrency`.
+    pub(crate) fn unpack_options(&self) -> ocidist::snapshot::UnpackOptions {
+        ocidist::snapshot::UnpackOptions {
+            concurrency: self.unpack_concurrency,
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn resolver(&self) -> DockerResolver {
         let plain = if self.plain_http {
             PlainHttp::Always

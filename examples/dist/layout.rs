@@ -11,7 +11,7 @@ use ocidist::content::{
     Descriptor, Digest, Labels, Manager, Provider, ReaderAt, WriterOpts, write_blob,
 };
 use ocidist::images::media_types::{self, Kind};
-use ocidist::images::platforms::{self, Platform};
+use ocidist::images::platforms;
 use ocidist::images::{Image, ImageStore, children_handler, manifest, set_children_labels, walk};
 use ocidist::snapshot::{Snapshotter, UnpackOptions, unpack};
 
@@ -294,9 +294,10 @@ fn split_layout(text: &str) -> (PathBuf, Option<String>) {
 
 pub(crate) async fn unpack_cmd(
     snapshotter: &Arc<dyn Snapshotter>,
-    platform: &Platform,
+    remote: &crate::image::Remote,
     args: UnpackArgs,
 ) -> CmdResult {
+    let platform = &remote.platform;
     let what = format!("unpack {}", args.layout);
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let (dir, name) = split_layout(&args.layout);
@@ -323,7 +324,7 @@ pub(crate) async fn unpack_cmd(
     let progress = crate::progress::Progress::start(None);
     let options = UnpackOptions {
         events: Some(progress.unpack_events()),
-        ..UnpackOptions::default()
+        ..remote.unpack_options()
     };
     let chain_id = unpack(
         &desc,

@@ -66,6 +66,10 @@ struct Cli {
     /// (root, a kernel with overlayfs), else native.
     #[arg(long, global = true, value_enum)]
     snapshotter: Option<SnapshotterKind>,
+    /// How many layers `pull`, `unpack` and `rootfs` apply at once on the
+    /// overlay snapshotter (each layer is its own directory there).
+    #[arg(long, global = true, value_name = "N", default_value_t = 3)]
+    unpack_concurrency: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -199,6 +203,7 @@ async fn run(cli: Cli) -> CmdResult {
         hosts_dir: cli.hosts_dir.clone(),
         ranges: cli.ranges,
         platform: cli.platform.clone().unwrap_or_else(Platform::host),
+        unpack_concurrency: cli.unpack_concurrency,
     };
     let store = &stores.content;
     let kind = cli
@@ -251,9 +256,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Apply(args) => rootfs::apply_cmd(args).await,
         Command::Export(args) => layout::export(&stores, args).await,
         Command::Import(args) => layout::import(&stores, args).await,
-        Command::Unpack(args) => {
-            layout::unpack_cmd(&snapshotter(kind)?, &remote.platform, args).await
-        }
+        Command::Unpack(args) => layout::unpack_cmd(&snapshotter(kind)?, &remote, args).await,
         Command::Rootfs(args) => {
             rootfs::rootfs_cmd(&stores, &remote, &snapshotter(kind)?, args).await
         }

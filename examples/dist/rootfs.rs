@@ -8,7 +8,7 @@ use ocidist::images::platforms::{self, Matcher};
 use ocidist::pull::{PullOptions, pull};
 use ocidist::snapshot::apply::{ApplyOptions, apply_layer};
 use ocidist::snapshot::mount::{self, ApplyTarget};
-use ocidist::snapshot::{Labels, Snapshotter, UnpackOptions, copy_tree, unpack};
+use ocidist::snapshot::{Labels, Snapshotter, copy_tree, unpack};
 
 use crate::image::{Remote, local_target};
 use crate::output::report;
@@ -58,7 +58,7 @@ pub(crate) async fn pull_cmd(
     let options = PullOptions {
         matcher,
         limit: Some(args.concurrency),
-        unpack: UnpackOptions::default(),
+        unpack: remote.unpack_options(),
         events: Some(progress.events()),
     };
     let result = pull(
@@ -129,7 +129,7 @@ pub(crate) async fn rootfs_cmd(
         &stores.content,
         snapshotter,
         &matcher,
-        UnpackOptions::default(),
+        remote.unpack_options(),
     )
     .await
     .map_err(|e| fail(e.into()))?;

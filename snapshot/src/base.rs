@@ -7,8 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ocidist_content::filters::Filters;
 
-use crate::metadata::{MetaStore, Record};
-use crate::{Error, Info, Kind, Labels, Result, Usage, tree};
+use crate::metadata::{Commit, MetaStore, NewSnapshot, Record};
+use crate::{CommitRequest, Error, Info, Kind, Labels, PrepareRequest, Result, Usage, tree};
+
+/// A snapshot's directory, made and filled in `staging`, waiting for its
+/// record.
+struct Staged {
+    pub(crate) key: String,
+    pub(crate) parent: Option<String>,
+    pub(crate) kind: Kind,
+    pub(crate) labels: Labels,
+    pub(crate) staging: PathBuf,
+}
 
 /// `<root>/metadata.redb` and `<root>/snapshots/<id>/`.
 pub(crate) struct Base {
@@ -50,29 +60,111 @@ impl Base {
         Ok(dir)
     }
 
-    /// Creates the record for `key` and moves `staging` to its id directory,
-    /// in one metadata transaction; on failure the staging directory goes.
-    pub(crate) fn create(
+    /// Makes a staging directory for each request, fills it with
+    /// `fill(base, parent, staging)`, then creates them all with
+    /// [`create_all`](Self::create_all).
+    pub(crate) fn stage_and_create_all(
         &self,
-        key: &str,
-        parent: Option<&str>,
+        requests: Vec<PrepareRequest>,
         kind: Kind,
-        labels: Labels,
-        staging: &Path,
-    ) -> Result<(Record, Vec<u64>)> {
+        fill: impl Fn(&Base, Option<&str>, &Path) -> Result<()>,
+    ) -> Result<Vec<(Record, Vec<u64>)>> {
+        let mut staged: Vec<Staged> = Vec::with_capacity(requests.len());
+        for request in requests {
+            let filled = self.staging().and_then(|staging| {
+                match fill(self, request.parent.as_deref(), &staging) {
+                    Ok(()) => Ok(staging),
+                    Err(e) => {
+                        let _ = tree::remove_tree(&staging);
+                        Err(e)
+                    }
+                }
+            });
+            match filled {
+                Ok(staging) => staged.push(Staged {
+                    key: request.key,
+                    parent: request.parent,
+                    kind,
+                    labels: request.labels,
+                    staging,
+                }),
+                Err(e) => {
+                    for s in &staged {
+                        let _ = tree::remove_tree(&s.staging);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.create_all(staged)
+    }
+
+    /// Creates the records of `staged` and moves each staging directory to its
+    /// id directory, in one metadata transaction with one sync of
+    /// `snapshots/`: all or none. On failure the directories go.
+    fn create_all(&self, staged: Vec<Staged>) -> Result<Vec<(Record, Vec<u64>)>> {
         self.check_open()?;
-        let result = self.meta.create(key, parent, kind, labels, |id| {
-            let dir = self.dir(id);
-            // The id is ours alone (the write transaction is exclusive), so
-            // anything already there is a crash's orphan.
-            tree::remove_tree(&dir)?;
-            std::fs::rename(staging, &dir).map_err(|e| Error::io("rename", &dir, e))?;
-            tree::sync_dir(&self.snapshots_dir())
-        });
+        let new = staged
+            .iter()
+            .map(|s| NewSnapshot {
+                key: &s.key,
+                parent: s.parent.as_deref(),
+                kind: s.kind,
+                labels: s.labels.clone(),
+            })
+            .collect();
+        let mut placed = Vec::new();
+        let result = self.meta.create_all(
+            new,
+            |index, id| {
+                let dir = self.dir(id);
+                // The id is ours alone (the write transaction is exclusive),
+                // so anything already there is a crash's orphan.
+                tree::remove_tree(&dir)?;
+                std::fs::rename(&staged[index].staging, &dir)
+                    .map_err(|e| Error::io("rename", &dir, e))?;
+                placed.push(dir);
+                Ok(())
+            },
+            || tree::sync_dir(&self.snapshots_dir()),
+        );
         if result.is_err() {
-            let _ = tree::remove_tree(staging);
+            for dir in placed.iter().chain(staged.iter().map(|s| &s.staging)) {
+                let _ = tree::remove_tree(dir);
+            }
         }
         result
+    }
+
+    /// Commits every request in order, in one metadata transaction after one
+    /// `syncfs` (so the content is on disk before any record says committed):
+    /// all or none. `own` is the part of a snapshot's directory whose usage
+    /// is recorded.
+    pub(crate) fn commit_all(&self, requests: Vec<CommitRequest>, own: &str) -> Result<()> {
+        self.check_open()?;
+        let mut usages = Vec::with_capacity(requests.len());
+        for request in &requests {
+            let (record, _) = self.meta.get(&request.key)?;
+            usages.push(if record.kind == Kind::Active {
+                tree::usage(&self.dir(record.id).join(own))?
+            } else {
+                (0, 0)
+            });
+        }
+        sync_filesystem(&self.snapshots_dir())?;
+        let commits = requests
+            .iter()
+            .zip(usages)
+            .map(|(request, usage)| Commit {
+                name: &request.name,
+                key: &request.key,
+                labels: request.opts.labels.clone(),
+                parent: request.opts.parent.as_deref(),
+                usage,
+            })
+            .collect();
+        self.meta.commit_all(commits)?;
+        Ok(())
     }
 
     /// Removes `key` from the metadata, then its directory.
@@ -201,4 +293,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Metadata(format!("snapshot task: {e}")))?
+}
+
+/// Flushes the filesystem holding `dir` (one `syncfs`), so committed
+/// snapshots survive a crash with their content.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
+    let f = std::fs::File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+    rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", dir, e))
+}
+
+/// The one request [`Base::stage_and_create_all`] gets for a `prepare` or `view`.
+pub(crate) fn one_request(key: &str, parent: Option<&str>, labels: Labels) -> Vec<PrepareRequest> {
+    vec![PrepareRequest {
+        key: key.to_string(),
+        parent: parent.map(str::to_string),
+        labels,
+    }]
 }

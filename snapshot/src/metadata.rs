@@ -111,6 +111,83 @@ fn parent_ids(
     Ok(ids)
 }
 
+/// A snapshot [`MetaStore::create_all`] adds.
+pub(crate) struct NewSnapshot<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) parent: Option<&'a str>,
+    pub(crate) kind: Kind,
+    pub(crate) labels: Labels,
+}
+
+/// One commit for [`MetaStore::commit_all`]: the active `key` becomes the
+/// committed `name`.
+pub(crate) struct Commit<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) labels: Labels,
+    /// Set only for a snapshot prepared without one.
+    pub(crate) parent: Option<&'a str>,
+    /// Disk usage measured before the commit.
+    pub(crate) usage: (u64, u64),
+}
+
+fn commit_in(table: &mut Table<'_>, commit: Commit<'_>) -> Result<Record> {
+    let Commit {
+        name,
+        key,
+        labels,
+        parent,
+        usage,
+    } = commit;
+    let Some(mut record) = lookup(table, key)? else {
+        return Err(Error::NotFound { key: key.into() });
+    };
+    if record.kind != Kind::Active {
+        return Err(Error::precondition(
+            key,
+            format!(
+                "only an active snapshot can be committed, not a {}",
+                record.kind
+            ),
+        ));
+    }
+    if lookup(table, name)?.is_some() {
+        return Err(Error::AlreadyExists { key: name.into() });
+    }
+    if let Some(p) = parent {
+        match &record.parent {
+            Some(existing) if existing != p => {
+                return Err(Error::precondition(
+                    key,
+                    format!("parent {existing:?} was set at prepare; cannot commit onto {p:?}"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let Some(rec) = lookup(table, p)? else {
+                    return Err(Error::NotFound { key: p.into() });
+                };
+                if rec.kind != Kind::Committed {
+                    return Err(Error::precondition(p, "parent is not committed"));
+                }
+                record.parent = Some(p.to_string());
+            }
+        }
+    }
+    table.remove(key).map_err(db_error)?;
+    let now = now_ns();
+    record.kind = Kind::Committed;
+    record.created_ns = now;
+    record.updated_ns = now;
+    record.usage = Some(usage);
+    // Labels given at commit replace those of the active snapshot.
+    record.labels = labels;
+    table
+        .insert(name, encode(&record).as_slice())
+        .map_err(db_error)?;
+    Ok(record)
+}
+
 impl MetaStore {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let db = Database::builder()
@@ -150,127 +227,86 @@ impl MetaStore {
         Ok(ids)
     }
 
-    /// Adds an active snapshot or view `key` and runs `place(id)` (which moves
-    /// its directory into place) inside the same transaction.
-    pub(crate) fn create(
+    /// Adds every snapshot of `all` (active snapshots or views) in one
+    /// transaction: all or none. Runs `place(index, id)` for each (which moves
+    /// its directory into place), then `finish()`, before committing.
+    pub(crate) fn create_all(
         &self,
-        key: &str,
-        parent: Option<&str>,
-        kind: Kind,
-        labels: Labels,
-        place: impl FnOnce(u64) -> Result<()>,
-    ) -> Result<(Record, Vec<u64>)> {
-        validate_key(key)?;
+        all: Vec<NewSnapshot<'_>>,
+        mut place: impl FnMut(usize, u64) -> Result<()>,
+        finish: impl FnOnce() -> Result<()>,
+    ) -> Result<Vec<(Record, Vec<u64>)>> {
+        for new in &all {
+            validate_key(new.key)?;
+        }
         let txn = self.db.begin_write().map_err(db_error)?;
-        let (record, parents) = {
+        let mut created = Vec::with_capacity(all.len());
+        {
             let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
-            if lookup(&table, key)?.is_some() {
-                return Err(Error::AlreadyExists { key: key.into() });
-            }
-            let parents = match parent {
-                None => Vec::new(),
-                Some(p) => {
-                    let Some(rec) = lookup(&table, p)? else {
-                        return Err(Error::NotFound { key: p.into() });
-                    };
-                    if rec.kind != Kind::Committed {
-                        return Err(Error::precondition(p, "parent is not committed"));
-                    }
-                    parent_ids(&table, Some(p))?
-                }
-            };
             let mut counters = txn.open_table(COUNTERS).map_err(db_error)?;
-            let id = counters
-                .get("next_id")
-                .map_err(db_error)?
-                .map(|v| v.value())
-                .unwrap_or(1);
-            counters.insert("next_id", id + 1).map_err(db_error)?;
-            let now = now_ns();
-            let record = Record {
-                id,
-                kind,
-                parent: parent.map(str::to_string),
-                labels,
-                created_ns: now,
-                updated_ns: now,
-                usage: None,
-            };
-            table
-                .insert(key, encode(&record).as_slice())
-                .map_err(db_error)?;
-            place(id)?;
-            (record, parents)
-        };
-        txn.commit().map_err(db_error)?;
-        Ok((record, parents))
-    }
-
-    /// Turns the active `key` into the committed `name`.
-    pub(crate) fn commit(
-        &self,
-        name: &str,
-        key: &str,
-        labels: Labels,
-        parent: Option<&str>,
-        usage: (u64, u64),
-    ) -> Result<Record> {
-        validate_key(name)?;
-        let txn = self.db.begin_write().map_err(db_error)?;
-        let record = {
-            let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
-            let Some(mut record) = lookup(&table, key)? else {
-                return Err(Error::NotFound { key: key.into() });
-            };
-            if record.kind != Kind::Active {
-                return Err(Error::precondition(
-                    key,
-                    format!(
-                        "only an active snapshot can be committed, not a {}",
-                        record.kind
-                    ),
-                ));
-            }
-            if lookup(&table, name)?.is_some() {
-                return Err(Error::AlreadyExists { key: name.into() });
-            }
-            if let Some(p) = parent {
-                match &record.parent {
-                    Some(existing) if existing != p => {
-                        return Err(Error::precondition(
-                            key,
-                            format!(
-                                "parent {existing:?} was set at prepare; cannot commit onto {p:?}"
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
+            for (index, new) in all.into_iter().enumerate() {
+                if lookup(&table, new.key)?.is_some() {
+                    return Err(Error::AlreadyExists {
+                        key: new.key.into(),
+                    });
+                }
+                let parents = match new.parent {
+                    None => Vec::new(),
+                    Some(p) => {
                         let Some(rec) = lookup(&table, p)? else {
                             return Err(Error::NotFound { key: p.into() });
                         };
                         if rec.kind != Kind::Committed {
                             return Err(Error::precondition(p, "parent is not committed"));
                         }
-                        record.parent = Some(p.to_string());
+                        parent_ids(&table, Some(p))?
                     }
-                }
+                };
+                let id = counters
+                    .get("next_id")
+                    .map_err(db_error)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
+                counters.insert("next_id", id + 1).map_err(db_error)?;
+                let now = now_ns();
+                let record = Record {
+                    id,
+                    kind: new.kind,
+                    parent: new.parent.map(str::to_string),
+                    labels: new.labels,
+                    created_ns: now,
+                    updated_ns: now,
+                    usage: None,
+                };
+                table
+                    .insert(new.key, encode(&record).as_slice())
+                    .map_err(db_error)?;
+                place(index, id)?;
+                created.push((record, parents));
             }
-            table.remove(key).map_err(db_error)?;
-            let now = now_ns();
-            record.kind = Kind::Committed;
-            record.created_ns = now;
-            record.updated_ns = now;
-            record.usage = Some(usage);
-            // Labels given at commit replace those of the active snapshot.
-            record.labels = labels;
-            table
-                .insert(name, encode(&record).as_slice())
-                .map_err(db_error)?;
-            record
-        };
+        }
+        finish()?;
         txn.commit().map_err(db_error)?;
-        Ok(record)
+        Ok(created)
+    }
+
+    /// Turns the active snapshots into committed ones, in order, in one
+    /// transaction: all or none. A later one may name an earlier one as its
+    /// parent.
+    pub(crate) fn commit_all(&self, all: Vec<Commit<'_>>) -> Result<Vec<Record>> {
+        for commit in &all {
+            validate_key(commit.name)?;
+        }
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let mut committed = Vec::with_capacity(all.len());
+        {
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+            for commit in all {
+                committed.push(commit_in(&mut table, commit)?);
+            }
+        }
+        txn.commit().map_err(db_error)?;
+        Ok(committed)
     }
 
     /// Removes `key` if nothing names it as parent; returns its record.

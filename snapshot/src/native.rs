@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::base::Base;
-use crate::{CommitOpts, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage, tree};
+use crate::base::{Base, one_request};
+use crate::{
+    CommitOpts, CommitRequest, Error, Info, Kind, Labels, Mount, PrepareRequest, Result,
+    Snapshotter, Usage, tree,
+};
 
 /// Snapshots as plain directories under `<root>/snapshots/<id>`.
 #[derive(Clone)]
@@ -40,31 +43,29 @@ impl NativeSnapshotter {
             .await
     }
 
-    async fn create(
+    /// Fills a staging directory with a copy of `parent`, if any.
+    fn fill(base: &Base, parent: Option<&str>, staging: &Path) -> Result<()> {
+        match parent {
+            Some(p) => {
+                let ids = base.meta.committed_parent(p)?;
+                tree::copy_tree(&base.dir(ids[0]), staging)
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create_all(
         &self,
-        key: &str,
-        parent: Option<&str>,
+        requests: Vec<PrepareRequest>,
         kind: Kind,
-        labels: Labels,
-    ) -> Result<Vec<Mount>> {
-        let key = key.to_string();
-        let parent = parent.map(str::to_string);
+    ) -> Result<Vec<Vec<Mount>>> {
         self.base
             .run(move |base| {
-                let staging = base.staging()?;
-                let filled = match &parent {
-                    Some(p) => base
-                        .meta
-                        .committed_parent(p)
-                        .and_then(|ids| tree::copy_tree(&base.dir(ids[0]), &staging)),
-                    None => Ok(()),
-                };
-                if let Err(e) = filled {
-                    let _ = tree::remove_tree(&staging);
-                    return Err(e);
-                }
-                let (record, _) = base.create(&key, parent.as_deref(), kind, labels, &staging)?;
-                Ok(vec![Mount::bind(base.dir(record.id), kind == Kind::View)])
+                let created = base.stage_and_create_all(requests, kind, Self::fill)?;
+                Ok(created
+                    .into_iter()
+                    .map(|(record, _)| vec![Mount::bind(base.dir(record.id), kind == Kind::View)])
+                    .collect())
             })
             .await
     }
@@ -98,33 +99,40 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::Active, labels).await
+        let mut mounts = self
+            .create_all(one_request(key, parent, labels), Kind::Active)
+            .await?;
+        Ok(mounts.remove(0))
     }
 
     async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::View, labels).await
+        let mut mounts = self
+            .create_all(one_request(key, parent, labels), Kind::View)
+            .await?;
+        Ok(mounts.remove(0))
     }
 
     async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
-        if opts.parent.is_some() {
+        self.commit_all(vec![CommitRequest {
+            name: name.to_string(),
+            key: key.to_string(),
+            opts,
+        }])
+        .await
+    }
+
+    async fn prepare_all(&self, requests: Vec<PrepareRequest>) -> Result<Vec<Vec<Mount>>> {
+        self.create_all(requests, Kind::Active).await
+    }
+
+    async fn commit_all(&self, requests: Vec<CommitRequest>) -> Result<()> {
+        if requests.iter().any(|r| r.opts.parent.is_some()) {
             return Err(Error::Unimplemented(
                 "the native snapshotter cannot set a parent at commit: its snapshots are full copies".into(),
             ));
         }
-        let (name, key) = (name.to_string(), key.to_string());
         self.base
-            .run(move |base| {
-                let (record, _) = base.meta.get(&key)?;
-                let dir = base.dir(record.id);
-                let usage = if record.kind == Kind::Active {
-                    sync_tree(&dir)?;
-                    tree::usage(&dir)?
-                } else {
-                    (0, 0)
-                };
-                base.meta.commit(&name, &key, opts.labels, None, usage)?;
-                Ok(())
-            })
+            .run(move |base| base.commit_all(requests, ""))
             .await
     }
 
@@ -140,11 +148,4 @@ impl Snapshotter for NativeSnapshotter {
         self.base.close();
         Ok(())
     }
-}
-
-/// Flushes the filesystem holding `dir`, so a committed snapshot survives a
-/// crash with its content.
-pub(crate) fn sync_tree(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir).map_err(|e| Error::io("open", dir, e))?;
-    rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", dir, e))
 }

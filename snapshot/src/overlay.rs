@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::base::Base;
-use crate::native::sync_tree;
-use crate::{CommitOpts, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage, tree};
+use crate::base::{Base, one_request};
+use crate::{
+    CommitOpts, CommitRequest, Error, Info, Kind, Labels, Mount, PrepareRequest, Result,
+    Snapshotter, Usage,
+};
 
 /// Snapshots as overlayfs layers under `<root>/snapshots/<id>/fs`.
 #[derive(Clone)]
@@ -126,38 +128,34 @@ impl OverlaySnapshotter {
         }
     }
 
-    async fn create(
+    /// Fills a staging directory: empty `fs/` (0755) and `work/`.
+    fn fill(staging: &Path) -> Result<()> {
+        for sub in ["fs", "work"] {
+            let dir = staging.join(sub);
+            std::fs::create_dir(&dir).map_err(|e| Error::io("mkdir", dir, e))?;
+        }
+        // The root of a layer is 0755 unless the layer says otherwise.
+        let fs = staging.join("fs");
+        std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| Error::io("chmod", fs, e))
+    }
+
+    async fn create_all(
         &self,
-        key: &str,
-        parent: Option<&str>,
+        requests: Vec<PrepareRequest>,
         kind: Kind,
-        labels: Labels,
-    ) -> Result<Vec<Mount>> {
+    ) -> Result<Vec<Vec<Mount>>> {
         let options = self.options.clone();
-        let key = key.to_string();
-        let parent = parent.map(str::to_string);
         self.base
             .run(move |base| {
-                let staging = base.staging()?;
-                for sub in ["fs", "work"] {
-                    let dir = staging.join(sub);
-                    if let Err(e) = std::fs::create_dir(&dir) {
-                        let _ = tree::remove_tree(&staging);
-                        return Err(Error::io("mkdir", dir, e));
-                    }
-                }
-                // The root of a layer is 0755 unless the layer says otherwise.
-                let fs = staging.join("fs");
-                if let Err(e) = std::fs::set_permissions(
-                    &fs,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
-                ) {
-                    let _ = tree::remove_tree(&staging);
-                    return Err(Error::io("chmod", fs, e));
-                }
-                let (record, parents) =
-                    base.create(&key, parent.as_deref(), kind, labels, &staging)?;
-                Ok(Self::mounts_of(base, &options, kind, record.id, &parents))
+                let created =
+                    base.stage_and_create_all(requests, kind, |_, _, staging| Self::fill(staging))?;
+                Ok(created
+                    .into_iter()
+                    .map(|(record, parents)| {
+                        Self::mounts_of(base, &options, kind, record.id, &parents)
+                    })
+                    .collect())
             })
             .await
     }
@@ -195,29 +193,35 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::Active, labels).await
+        let mut mounts = self
+            .create_all(one_request(key, parent, labels), Kind::Active)
+            .await?;
+        Ok(mounts.remove(0))
     }
 
     async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        self.create(key, parent, Kind::View, labels).await
+        let mut mounts = self
+            .create_all(one_request(key, parent, labels), Kind::View)
+            .await?;
+        Ok(mounts.remove(0))
     }
 
     async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
-        let (name, key) = (name.to_string(), key.to_string());
+        self.commit_all(vec![CommitRequest {
+            name: name.to_string(),
+            key: key.to_string(),
+            opts,
+        }])
+        .await
+    }
+
+    async fn prepare_all(&self, requests: Vec<PrepareRequest>) -> Result<Vec<Vec<Mount>>> {
+        self.create_all(requests, Kind::Active).await
+    }
+
+    async fn commit_all(&self, requests: Vec<CommitRequest>) -> Result<()> {
         self.base
-            .run(move |base| {
-                let (record, _) = base.meta.get(&key)?;
-                let upper = Self::upper(base, record.id);
-                let usage = if record.kind == Kind::Active {
-                    sync_tree(&upper)?;
-                    tree::usage(&upper)?
-                } else {
-                    (0, 0)
-                };
-                base.meta
-                    .commit(&name, &key, opts.labels, opts.parent.as_deref(), usage)?;
-                Ok(())
-            })
+            .run(move |base| base.commit_all(requests, "fs"))
             .await
     }
 

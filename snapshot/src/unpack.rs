@@ -1,17 +1,20 @@
 //! Unpack: an image's layers applied, in order, into snapshots named by their
 //! chain IDs, so the top one is the image's root filesystem.
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
+
+use futures::StreamExt;
 
 use ocidist_content::{Descriptor, Digest, Provider, ProviderExt};
 use ocidist_images::manifest;
 use ocidist_images::platforms::Matcher;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::apply::{ApplyOptions, apply_layer};
+use crate::apply::{ApplyOptions, LowersReady, apply_layer, apply_layer_over};
 use crate::base::tempfile_name;
 use crate::mount::ApplyTarget;
-use crate::{Error, Labels, Result, Snapshotter};
+use crate::{CommitOpts, CommitRequest, Error, Labels, PrepareRequest, Result, Snapshotter};
 
 /// The label containerd's garbage collector reads to keep a layer's
 /// uncompressed digest with its snapshot.
@@ -50,7 +53,7 @@ pub enum UnpackEvent {
 pub const EXTRACT_KEY_PREFIX: &str = "extract-";
 
 /// Options for [`unpack`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UnpackOptions {
     /// How to apply layers (privileges, overlay xattrs).
     pub apply: ApplyOptions,
@@ -58,6 +61,21 @@ pub struct UnpackOptions {
     pub events: Option<UnboundedSender<UnpackEvent>>,
     /// Labels for every committed layer snapshot (a GC root, say).
     pub labels: Labels,
+    /// How many layers are applied at once on a snapshotter that can rebase
+    /// (overlay), where each layer's diff is its own directory. 1 applies
+    /// them one after another. Default 3.
+    pub concurrency: usize,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        UnpackOptions {
+            apply: ApplyOptions::default(),
+            events: None,
+            labels: Labels::new(),
+            concurrency: 3,
+        }
+    }
 }
 
 /// Unpacks the image `image` (a manifest, or an index resolved with
@@ -70,6 +88,15 @@ pub struct UnpackOptions {
 /// first, its snapshot is used and ours removed, so concurrent unpacks of one
 /// image both succeed. A diff ID that does not match the image config fails
 /// with [`Error::DiffIdMismatch`] and commits nothing.
+///
+/// On a snapshotter that [can rebase](Snapshotter::can_rebase) (overlay),
+/// the missing layers are prepared together without parents, applied up to
+/// [`UnpackOptions::concurrency`] at a time (a layer waits for the ones below
+/// only if it must look at them: a parent directory its tar does not list, a
+/// whiteout in a directory only they have), and committed in order onto
+/// their parents, every layer ready at that moment in one
+/// [`commit_all`](Snapshotter::commit_all): one `syncfs` and one metadata
+/// transaction for the batch.
 pub async fn unpack<P, S>(
     image: &Descriptor,
     provider: &P,
@@ -119,6 +146,21 @@ where
             chain_id: chain_ids[i].clone(),
         });
     }
+    let layers = Layers {
+        descriptors: layers,
+        diff_ids: &diff_ids,
+        chain_ids: &chain_ids,
+    };
+    if first_missing < layers.descriptors.len()
+        && snapshotter.can_rebase()
+        && unpack_rebased(provider, snapshotter, &layers, first_missing, &options).await?
+    {
+        return Ok(chain_ids[chain_ids.len() - 1].clone());
+    }
+    let Layers {
+        descriptors: layers,
+        ..
+    } = layers;
     for i in first_missing..layers.len() {
         let started = Instant::now();
         send(UnpackEvent::Unpacking {
@@ -144,6 +186,305 @@ where
     Ok(chain_ids[chain_ids.len() - 1].clone())
 }
 
+/// An image's layers with their diff IDs and chain IDs, index for index.
+struct Layers<'a> {
+    descriptors: &'a [Descriptor],
+    diff_ids: &'a [Digest],
+    chain_ids: &'a [Digest],
+}
+
+fn extract_key(chain_id: &Digest) -> String {
+    tempfile_name(
+        std::path::Path::new(""),
+        &format!("{EXTRACT_KEY_PREFIX}{chain_id}-"),
+    )
+    .to_string_lossy()
+    .into_owned()
+}
+
+/// Which of the layers being applied at once are done, so a layer can wait
+/// for the ones below it.
+#[derive(Default)]
+struct AppliedSoFar {
+    state: Mutex<AppliedState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct AppliedState {
+    done: Vec<bool>,
+    /// Layers `0..prefix` are all done.
+    prefix: usize,
+    failed: bool,
+}
+
+impl AppliedSoFar {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AppliedState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn mark(&self, layer: usize, ok: bool) {
+        let mut state = self.lock();
+        if !ok {
+            state.failed = true;
+        } else {
+            if state.done.len() <= layer {
+                state.done.resize(layer + 1, false);
+            }
+            state.done[layer] = true;
+            while state.done.get(state.prefix) == Some(&true) {
+                state.prefix += 1;
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    fn fail(&self) {
+        self.mark(usize::MAX, false);
+    }
+
+    fn failed(&self) -> bool {
+        self.lock().failed
+    }
+
+    /// Blocks until layers `0..layer` are done; an error if one failed.
+    fn wait_below(&self, layer: usize) -> Result<()> {
+        let mut state = self.lock();
+        loop {
+            if state.failed {
+                return Err(Error::Layer("a layer below failed".into()));
+            }
+            if state.prefix >= layer {
+                return Ok(());
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// The parallel unpack for snapshotters that can rebase. Returns false,
+/// having changed nothing, when their mounts are not the expected writable
+/// directories (the caller then unpacks layer by layer).
+async fn unpack_rebased<P, S>(
+    provider: &P,
+    snapshotter: &S,
+    layers: &Layers<'_>,
+    first: usize,
+    options: &UnpackOptions,
+) -> Result<bool>
+where
+    P: Provider + ?Sized,
+    S: Snapshotter + ?Sized,
+{
+    let count = layers.descriptors.len() - first;
+    let keys: Vec<String> = layers.chain_ids[first..].iter().map(extract_key).collect();
+    // The first missing layer stands on its committed parent; the others are
+    // prepared alone and get theirs at commit.
+    let requests = keys
+        .iter()
+        .enumerate()
+        .map(|(j, key)| PrepareRequest {
+            key: key.clone(),
+            parent: (j == 0)
+                .then(|| first.checked_sub(1))
+                .flatten()
+                .map(|p| layers.chain_ids[p].to_string()),
+            labels: Labels::new(),
+        })
+        .collect();
+    let remove_all = |keys: Vec<String>| async move {
+        for key in keys {
+            let _ = snapshotter.remove(&key).await;
+        }
+    };
+    let all_mounts = match snapshotter.prepare_all(requests).await {
+        Ok(all) => all,
+        Err(e) => {
+            remove_all(keys).await;
+            return Err(e);
+        }
+    };
+    // Layer j is an overlay upper directory over layers j-1, ..., 0 and the
+    // committed parent's layers.
+    let mut targets = Vec::with_capacity(count);
+    let mut lowers = Vec::new();
+    for (j, mounts) in all_mounts.iter().enumerate() {
+        let target = match ApplyTarget::from_mounts(mounts) {
+            Ok(ApplyTarget::Tree(upper)) if j > 0 => ApplyTarget::OverlayUpper {
+                upper,
+                lowers: lowers.clone(),
+            },
+            Ok(target) if j == 0 => target,
+            _ => {
+                remove_all(keys).await;
+                return Ok(false);
+            }
+        };
+        let (upper, below) = match &target {
+            ApplyTarget::Tree(upper) => (upper, &[][..]),
+            ApplyTarget::OverlayUpper { upper, lowers } => (upper, &lowers[..]),
+        };
+        lowers = std::iter::once(upper.clone())
+            .chain(below.iter().cloned())
+            .collect();
+        targets.push(target);
+    }
+
+    let send = |event: UnpackEvent| {
+        if let Some(events) = &options.events {
+            let _ = events.send(event);
+        }
+    };
+    let applied = Arc::new(AppliedSoFar::default());
+    let apply_one = |j: usize| {
+        let applied = applied.clone();
+        let target = &targets[j];
+        async move {
+            let i = first + j;
+            let layer = &layers.descriptors[i];
+            let started = Instant::now();
+            if applied.failed() {
+                return Err(Error::Layer("a layer below failed".into()));
+            }
+            send(UnpackEvent::Unpacking {
+                layer: layer.clone(),
+            });
+            let lowers_ready = (j > 0).then(|| {
+                let applied = applied.clone();
+                Arc::new(move || applied.wait_below(j)) as LowersReady
+            });
+            let result = async {
+                let reader = provider.reader(layer).await?;
+                let done = apply_layer_over(
+                    target,
+                    reader,
+                    Some(layer.media_type().as_ref()),
+                    options.apply.clone(),
+                    lowers_ready,
+                )
+                .await
+                .map_err(|e| e.in_layer(layer.digest()))?;
+                check_diff_id(layer, &layers.diff_ids[i], &done.diff_id)
+            }
+            .await;
+            applied.mark(j, result.is_ok());
+            result.map(|()| started)
+        }
+    };
+
+    // Applied layers go to the committer in order; it commits whatever has
+    // arrived as one batch.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let applier = async {
+        let mut results = futures::stream::iter(0..count)
+            .map(apply_one)
+            .buffered(options.concurrency.max(1));
+        let mut first_error = None;
+        let mut j = 0;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(started) if first_error.is_none() => {
+                    let _ = ready_tx.send((j, started));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    applied.fail();
+                    first_error.get_or_insert(e);
+                }
+            }
+            j += 1;
+        }
+        drop(ready_tx);
+        first_error.map_or(Ok(()), Err)
+    };
+    let mut committed = 0usize;
+    let committer = async {
+        while let Some(next) = ready_rx.recv().await {
+            let mut batch = vec![next];
+            while let Ok(more) = ready_rx.try_recv() {
+                batch.push(more);
+            }
+            let requests: Vec<CommitRequest> = batch
+                .iter()
+                .map(|&(j, _)| {
+                    let i = first + j;
+                    let mut labels = options.labels.clone();
+                    labels.insert(UNCOMPRESSED_LABEL.into(), layers.diff_ids[i].to_string());
+                    CommitRequest {
+                        name: layers.chain_ids[i].to_string(),
+                        key: keys[j].clone(),
+                        opts: CommitOpts {
+                            labels,
+                            parent: (j > 0).then(|| layers.chain_ids[i - 1].to_string()),
+                        },
+                    }
+                })
+                .collect();
+            if let Err(e) = commit_batch(snapshotter, requests).await {
+                applied.fail();
+                return Err(e);
+            }
+            committed += batch.len();
+            for (j, started) in batch {
+                send(UnpackEvent::Unpacked {
+                    layer: layers.descriptors[first + j].clone(),
+                    chain_id: layers.chain_ids[first + j].clone(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        Ok(())
+    };
+    let (applied_result, committed_result) = futures::join!(applier, committer);
+    if let Err(e) = committed_result.and(applied_result) {
+        remove_all(keys[committed..].to_vec()).await;
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Commits `requests` together; if one name is already there (another
+/// unpack of the same image got there first), commits them one by one,
+/// using the other unpack's snapshot for those names and dropping ours.
+async fn commit_batch<S: Snapshotter + ?Sized>(
+    snapshotter: &S,
+    requests: Vec<CommitRequest>,
+) -> Result<()> {
+    match snapshotter.commit_all(requests.clone()).await {
+        Err(e) if e.is_already_exists() => {}
+        other => return other,
+    }
+    for request in requests {
+        match snapshotter
+            .commit_with(&request.name, &request.key, request.opts)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                let _ = snapshotter.remove(&request.key).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn check_diff_id(layer: &Descriptor, expected: &Digest, actual: &Digest) -> Result<()> {
+    if actual != expected {
+        return Err(Error::DiffIdMismatch {
+            layer: layer.digest().to_string(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}
+
 async fn unpack_layer<P, S>(
     provider: &P,
     snapshotter: &S,
@@ -157,12 +498,7 @@ where
     P: Provider + ?Sized,
     S: Snapshotter + ?Sized,
 {
-    let key = tempfile_name(
-        std::path::Path::new(""),
-        &format!("{EXTRACT_KEY_PREFIX}{chain_id}-"),
-    )
-    .to_string_lossy()
-    .into_owned();
+    let key = extract_key(chain_id);
     let mounts = match snapshotter.prepare(&key, parent, Labels::new()).await {
         Ok(mounts) => mounts,
         Err(e) if e.is_already_exists() => return Ok(()),
@@ -179,13 +515,7 @@ where
         )
         .await
         .map_err(|e| e.in_layer(layer.digest()))?;
-        if &applied.diff_id != diff_id {
-            return Err(Error::DiffIdMismatch {
-                layer: layer.digest().to_string(),
-                expected: diff_id.to_string(),
-                actual: applied.diff_id.to_string(),
-            });
-        }
+        check_diff_id(layer, diff_id, &applied.diff_id)?;
         let mut labels = options.labels.clone();
         labels.insert(UNCOMPRESSED_LABEL.into(), diff_id.to_string());
         snapshotter.commit(chain_id.as_ref(), &key, labels).await

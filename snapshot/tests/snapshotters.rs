@@ -1,12 +1,15 @@
 //! The snapshot model's rules, for both snapshotters: one key namespace,
 //! committed parents only, commit only what is active, no removal under
-//! children, rebase rules, walk filters, label updates, and a 128-layer mount.
+//! children, rebase rules, walk filters, label updates, batches that are all
+//! or nothing, and a 128-layer mount.
 
 use std::path::Path;
 
 use ocidist_snapshot::native::NativeSnapshotter;
 use ocidist_snapshot::overlay::OverlaySnapshotter;
-use ocidist_snapshot::{CommitOpts, ErrorKind, Info, Kind, Labels, Snapshotter, mount};
+use ocidist_snapshot::{
+    CommitOpts, CommitRequest, ErrorKind, Info, Kind, Labels, PrepareRequest, Snapshotter, mount,
+};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -195,4 +198,125 @@ async fn one_hundred_twenty_eight_overlay_layers_mount() {
             i.to_string()
         );
     }
+}
+
+fn prepare_request(key: &str, parent: Option<&str>) -> PrepareRequest {
+    PrepareRequest {
+        key: key.into(),
+        parent: parent.map(str::to_string),
+        labels: Labels::new(),
+    }
+}
+
+fn commit_request(name: &str, key: &str, parent: Option<&str>) -> CommitRequest {
+    CommitRequest {
+        name: name.into(),
+        key: key.into(),
+        opts: CommitOpts {
+            labels: Labels::new(),
+            parent: parent.map(str::to_string),
+        },
+    }
+}
+
+async fn batches_are_all_or_nothing<S: Snapshotter>(s: &S) {
+    let names = |infos: Vec<Info>| {
+        let mut names: Vec<String> = infos.into_iter().map(|i| i.name).collect();
+        names.sort();
+        names
+    };
+    s.prepare("taken", None, Labels::new()).await.unwrap();
+    // A duplicate key in the middle: nothing is prepared.
+    let err = s
+        .prepare_all(vec![
+            prepare_request("p1", None),
+            prepare_request("taken", None),
+            prepare_request("p3", None),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(names(s.walk(&[]).await.unwrap()), ["taken"]);
+
+    let mounts = s
+        .prepare_all(vec![
+            prepare_request("p1", None),
+            prepare_request("p2", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(mounts.len(), 2);
+    let p1 = mount::writable_dir(&mounts[0]).expect("a writable directory");
+    std::fs::write(p1.join("one"), "1").unwrap();
+
+    // A name already taken in the middle: nothing is committed.
+    s.commit("c-taken", "taken", Labels::new()).await.unwrap();
+    let err = s
+        .commit_all(vec![
+            commit_request("c1", "p1", None),
+            commit_request("c-taken", "p2", None),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(s.stat("p1").await.unwrap().kind, Kind::Active);
+    assert!(s.stat("c1").await.unwrap_err().is_not_found());
+
+    s.commit_all(vec![
+        commit_request("c1", "p1", None),
+        commit_request("c2", "p2", None),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        names(s.walk(&["kind==committed"]).await.unwrap()),
+        ["c-taken", "c1", "c2"]
+    );
+    let view = s.view("v", Some("c1"), Labels::new()).await.unwrap();
+    let target = tempfile::tempdir().unwrap();
+    mount::mount_all(&view, target.path()).unwrap();
+    let content = std::fs::read_to_string(target.path().join("one"));
+    mount::unmount(target.path()).unwrap();
+    assert_eq!(content.unwrap(), "1");
+}
+
+#[tokio::test]
+async fn native_batches_are_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    batches_are_all_or_nothing(&NativeSnapshotter::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn overlay_batches_are_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = OverlaySnapshotter::open(dir.path()).unwrap();
+    batches_are_all_or_nothing(&s).await;
+    // A batch that rebases: each commit stands on the one before it.
+    let mounts = s
+        .prepare_all(vec![
+            prepare_request("r1", None),
+            prepare_request("r2", None),
+        ])
+        .await
+        .unwrap();
+    std::fs::write(mount::writable_dir(&mounts[1]).unwrap().join("two"), "2").unwrap();
+    s.commit_all(vec![
+        commit_request("base-1", "r1", Some("c1")),
+        commit_request("base-2", "r2", Some("base-1")),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.stat("base-2").await.unwrap().parent.as_deref(),
+        Some("base-1")
+    );
+    let view = s.view("v2", Some("base-2"), Labels::new()).await.unwrap();
+    let target = tempfile::tempdir().unwrap();
+    mount::mount_all(&view, target.path()).unwrap();
+    let both = (
+        std::fs::read_to_string(target.path().join("one")),
+        std::fs::read_to_string(target.path().join("two")),
+    );
+    mount::unmount(target.path()).unwrap();
+    assert_eq!((both.0.unwrap(), both.1.unwrap()), ("1".into(), "2".into()));
 }

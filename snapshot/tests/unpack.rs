@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{Entry, store_image, tar_of, tree};
@@ -11,7 +12,9 @@ use ocidist_images::manifest::chain_ids;
 use ocidist_images::platforms::Platform;
 use ocidist_snapshot::native::NativeSnapshotter;
 use ocidist_snapshot::overlay::OverlaySnapshotter;
-use ocidist_snapshot::{ErrorKind, Kind, Labels, Snapshotter, UnpackOptions, mount, unpack};
+use ocidist_snapshot::{
+    ErrorKind, Kind, Labels, Snapshotter, UnpackEvent, UnpackOptions, mount, unpack,
+};
 
 fn layers() -> Vec<Vec<u8>> {
     vec![
@@ -66,21 +69,8 @@ async fn unpacks_and_resumes<S: Snapshotter>(snapshotter: S) {
     };
     let tars = layers();
     let image = store_image(&store, &tars).await;
-    let chain = chain_ids(
-        &tars
-            .iter()
-            .map(|t| ocidist_content::sha256_of(t))
-            .collect::<Vec<_>>(),
-    );
-    let top = unpack(
-        &image,
-        &store,
-        &snapshotter,
-        &matcher(),
-        UnpackOptions::default(),
-    )
-    .await
-    .unwrap();
+    let chain = chain_of(&tars);
+    let top = unpack_default(&image, &store, &snapshotter).await.unwrap();
     assert_eq!(&top, chain.last().unwrap());
     let info = snapshotter.stat(top.as_ref()).await.unwrap();
     assert_eq!(info.kind, Kind::Committed);
@@ -108,15 +98,7 @@ async fn unpacks_and_resumes<S: Snapshotter>(snapshotter: S) {
 
     // Losing the top layer: the rerun applies only it.
     snapshotter.remove(top.as_ref()).await.unwrap();
-    unpack(
-        &image,
-        &store,
-        &snapshotter,
-        &matcher(),
-        UnpackOptions::default(),
-    )
-    .await
-    .unwrap();
+    unpack_default(&image, &store, &snapshotter).await.unwrap();
     check_rootfs(&snapshotter, top.as_ref()).await;
     let active = snapshotter.walk(&["kind==active"]).await.unwrap();
     assert!(
@@ -138,40 +120,24 @@ async fn overlay_unpack_resumes_and_builds_the_rootfs() {
 }
 
 #[tokio::test]
-async fn a_wrong_diff_id_commits_nothing() {
+async fn a_wrong_diff_id_commits_nothing_native() {
+    let dir = tempfile::tempdir().unwrap();
+    wrong_diff_id_commits_nothing(NativeSnapshotter::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_wrong_diff_id_commits_nothing_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    wrong_diff_id_commits_nothing(OverlaySnapshotter::open(dir.path()).unwrap()).await;
+}
+
+async fn wrong_diff_id_commits_nothing<S: Snapshotter>(snapshotter: S) {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path().join("content")).unwrap();
-    let snapshotter = OverlaySnapshotter::open(dir.path().join("snap")).unwrap();
     let tars = layers();
-    // The config lists the diff IDs of other tars.
+    // The config lists the diff IDs in the other order.
     let image = store_image(&store, &tars).await;
-    // The same config, with the layers swapped.
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &ocidist_content::read_blob(&store, &image, 1 << 20)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let mut wrong = manifest.clone();
-    wrong["layers"] = serde_json::Value::Array(vec![
-        manifest["layers"][1].clone(),
-        manifest["layers"][0].clone(),
-    ]);
-    let bytes = serde_json::to_vec(&wrong).unwrap();
-    let digest = ocidist_content::sha256_of(&bytes);
-    ocidist_content::write_blob(
-        &store,
-        ocidist_content::WriterOpts::new("wrong"),
-        &bytes[..],
-        Labels::new(),
-    )
-    .await
-    .unwrap();
-    let wrong_desc: ocidist_content::Descriptor = serde_json::from_value(serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": digest.to_string(), "size": bytes.len()
-    }))
-    .unwrap();
+    let wrong_desc = with_layers_reordered(&store, &image, &[1, 0]).await;
     let err = unpack(
         &wrong_desc,
         &store,
@@ -224,4 +190,231 @@ async fn two_unpacks_of_one_image_at_once_both_succeed() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Layers whose overlay apply must look at the layers below: a parent
+/// directory the tar does not list, whiteouts in directories only lower
+/// layers have, whiteouts under a file or of nothing.
+fn layers_that_look_below() -> Vec<Vec<u8>> {
+    // A big file first, so the layers above start long before the
+    // directories they depend on exist.
+    let big = vec![7u8; 2 << 20];
+    vec![
+        tar_of(&[
+            Entry::File("big", &big, 0o644),
+            Entry::Dir("opt", 0o750),
+            Entry::File("opt/a", b"a", 0o644),
+            Entry::Dir("srv", 0o755),
+            Entry::File("srv/gone", b"g", 0o644),
+            Entry::File("srv/kept", b"k", 0o644),
+            Entry::Dir("var", 0o755),
+            Entry::Dir("var/lib", 0o711),
+            Entry::File("var/lib/old", b"o", 0o644),
+            Entry::File("etc/issue", b"v1", 0o644),
+        ]),
+        tar_of(&[Entry::File("x/one", b"1", 0o600)]),
+        tar_of(&[Entry::File("opt/b", b"b", 0o644)]),
+        tar_of(&[Entry::File("srv/.wh.gone", b"", 0o644)]),
+        tar_of(&[
+            Entry::File("var/lib/.wh..wh..opq", b"", 0o644),
+            Entry::File("var/lib/new", b"n", 0o644),
+        ]),
+        tar_of(&[
+            Entry::File("etc/issue/.wh.x", b"", 0o644),
+            Entry::File("nowhere/.wh.y", b"", 0o644),
+            Entry::File("z", b"z", 0o644),
+        ]),
+    ]
+}
+
+async fn rootfs_of<S: Snapshotter>(snapshotter: &S, top: &str) -> BTreeMap<String, String> {
+    let mounts = snapshotter
+        .view("tree-view", Some(top), Labels::new())
+        .await
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    mount::mount_all(&mounts, target.path()).unwrap();
+    let t = tree(target.path());
+    mount::unmount(target.path()).unwrap();
+    snapshotter.remove("tree-view").await.unwrap();
+    t
+}
+
+#[tokio::test]
+async fn overlay_parallel_unpack_builds_what_native_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let image = store_image(&store, &layers_that_look_below()).await;
+    let native = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+    let top = unpack(
+        &image,
+        &store,
+        &native,
+        &matcher(),
+        UnpackOptions::default(),
+    )
+    .await
+    .unwrap();
+    let expected = rootfs_of(&native, top.as_ref()).await;
+    assert_eq!(expected["opt"], "dir 750 0:0");
+    assert_eq!(expected["var/lib"], "dir 711 0:0");
+    assert!(expected.contains_key("opt/b") && expected.contains_key("var/lib/new"));
+    assert!(!expected.contains_key("srv/gone") && !expected.contains_key("var/lib/old"));
+    assert!(expected["etc/issue"].starts_with("file:v1"), "{expected:?}");
+    assert!(!expected.contains_key("nowhere"), "{expected:?}");
+
+    let second_layer = image_layers(&store, &image).await[1].clone();
+    for concurrency in [1, 3, 6] {
+        let overlay =
+            OverlaySnapshotter::open(dir.path().join(format!("overlay-{concurrency}"))).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let options = UnpackOptions {
+            events: Some(tx),
+            concurrency,
+            ..Default::default()
+        };
+        let overlay_top = unpack(&image, &store, &overlay, &matcher(), options)
+            .await
+            .unwrap();
+        assert_eq!(overlay_top, top);
+        assert_eq!(
+            rootfs_of(&overlay, top.as_ref()).await,
+            expected,
+            "concurrency {concurrency}"
+        );
+        // Every layer committed onto the one below, nothing left active.
+        let committed = overlay.walk(&["kind==committed"]).await.unwrap();
+        assert_eq!(committed.len(), 6);
+        assert!(overlay.walk(&["kind==active"]).await.unwrap().is_empty());
+        let info = overlay.stat(top.as_ref()).await.unwrap();
+        assert!(info.parent.is_some());
+
+        let mut events = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            events.push(event);
+        }
+        let position =
+            |wanted: &dyn Fn(&UnpackEvent) -> bool| events.iter().position(wanted).unwrap();
+        let second_starts =
+            position(&|e| matches!(e, UnpackEvent::Unpacking { layer } if *layer == second_layer));
+        let first_done = position(&|e| matches!(e, UnpackEvent::Unpacked { .. }));
+        if concurrency > 1 {
+            assert!(
+                second_starts < first_done,
+                "layer 2 starts while layer 1 is applied: {events:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_parallel_unpack_that_fails_midway_leaves_no_active_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let snapshotter = OverlaySnapshotter::open(dir.path().join("snap")).unwrap();
+    let tars = layers_that_look_below();
+    let image = store_image(&store, &tars).await;
+    // Layers 3 and 4 swapped: their diff IDs mismatch.
+    let wrong_desc = with_layers_reordered(&store, &image, &[0, 1, 2, 4, 3, 5]).await;
+    let err = unpack(
+        &wrong_desc,
+        &store,
+        &snapshotter,
+        &matcher(),
+        UnpackOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("diff ID mismatch"), "{err}");
+    assert!(
+        snapshotter
+            .walk(&["kind==active"])
+            .await
+            .unwrap()
+            .is_empty(),
+        "every extraction snapshot is removed"
+    );
+    let chain = chain_of(&tars);
+    for info in snapshotter.walk(&[]).await.unwrap() {
+        assert!(
+            info.name == chain[0].as_ref()
+                || info.name == chain[1].as_ref()
+                || info.name == chain[2].as_ref(),
+            "only layers below the bad one may be committed: {info:?}"
+        );
+    }
+    // The right image then unpacks, reusing whatever was committed.
+    let top = unpack_default(&image, &store, &snapshotter).await.unwrap();
+    assert_eq!(&top, chain.last().unwrap());
+    assert_eq!(snapshotter.walk(&[]).await.unwrap().len(), 6);
+}
+
+async fn image_layers(
+    store: &LocalStore,
+    image: &ocidist_content::Descriptor,
+) -> Vec<ocidist_content::Descriptor> {
+    let bytes = ocidist_content::read_blob(store, image, 1 << 20)
+        .await
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    serde_json::from_value(manifest["layers"].clone()).unwrap()
+}
+
+/// Stores a copy of `image`'s manifest with its layers in `order` (the config,
+/// and so the diff IDs, unchanged); returns its descriptor.
+async fn with_layers_reordered(
+    store: &LocalStore,
+    image: &ocidist_content::Descriptor,
+    order: &[usize],
+) -> ocidist_content::Descriptor {
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &ocidist_content::read_blob(store, image, 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let mut reordered = manifest.clone();
+    reordered["layers"] = order
+        .iter()
+        .map(|&i| manifest["layers"][i].clone())
+        .collect();
+    let bytes = serde_json::to_vec(&reordered).unwrap();
+    ocidist_content::write_blob(
+        store,
+        ocidist_content::WriterOpts::new("reordered"),
+        &bytes[..],
+        Labels::new(),
+    )
+    .await
+    .unwrap();
+    serde_json::from_value(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": ocidist_content::sha256_of(&bytes).to_string(),
+        "size": bytes.len()
+    }))
+    .unwrap()
+}
+
+async fn unpack_default<S: Snapshotter>(
+    image: &ocidist_content::Descriptor,
+    store: &LocalStore,
+    snapshotter: &S,
+) -> ocidist_snapshot::Result<ocidist_content::Digest> {
+    unpack(
+        image,
+        store,
+        snapshotter,
+        &matcher(),
+        UnpackOptions::default(),
+    )
+    .await
+}
+
+fn chain_of(tars: &[Vec<u8>]) -> Vec<ocidist_content::Digest> {
+    chain_ids(
+        &tars
+            .iter()
+            .map(|t| ocidist_content::sha256_of(t))
+            .collect::<Vec<_>>(),
+    )
 }

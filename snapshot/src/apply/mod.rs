@@ -34,6 +34,8 @@ use crate::{Error, Result};
 mod decompress;
 mod resolve;
 
+pub(crate) use resolve::LowersReady;
+
 pub use decompress::Compression;
 
 /// What applying a layer found.
@@ -100,10 +102,26 @@ pub async fn apply_layer<R>(
 where
     R: tokio::io::AsyncRead + Send + Unpin + 'static,
 {
+    apply_layer_over(target, reader, media_type, options, None).await
+}
+
+/// [`apply_layer`] onto lowers that may still be being written: the first
+/// look at them (a parent the layer does not list, a whiteout in a directory
+/// only they have) waits for `lowers_ready`.
+pub(crate) async fn apply_layer_over<R>(
+    target: &ApplyTarget,
+    reader: R,
+    media_type: Option<&str>,
+    options: ApplyOptions,
+    lowers_ready: Option<LowersReady>,
+) -> Result<Applied>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
     let reader = tokio_util::io::SyncIoBridge::new(reader);
     let target = target.clone();
     let compression = media_type.and_then(Compression::from_media_type);
-    tokio::task::spawn_blocking(move || apply_layer_sync(&target, reader, compression, &options))
+    tokio::task::spawn_blocking(move || apply(&target, reader, compression, &options, lowers_ready))
         .await
         .map_err(|e| Error::Layer(format!("apply task: {e}")))?
 }
@@ -114,6 +132,16 @@ pub fn apply_layer_sync(
     reader: impl Read + Send,
     compression: Option<Compression>,
     options: &ApplyOptions,
+) -> Result<Applied> {
+    apply(target, reader, compression, options, None)
+}
+
+fn apply(
+    target: &ApplyTarget,
+    reader: impl Read + Send,
+    compression: Option<Compression>,
+    options: &ApplyOptions,
+    lowers_ready: Option<LowersReady>,
 ) -> Result<Applied> {
     let mut tar = decompress::decompressed(reader, compression)?;
     // Two stages on two threads: this one parses the tar and writes the
@@ -133,7 +161,7 @@ pub fn apply_layer_sync(
             current: Vec::new(),
             position: 0,
         };
-        let written = write_entries(target, chunks, options);
+        let written = write_entries(target, chunks, options, lowers_ready);
         // The producer stops once the reader is gone (its sends fail).
         let (diff_id, tar_size) = producer
             .join()
@@ -237,13 +265,14 @@ fn write_entries(
     target: &ApplyTarget,
     tar: impl Read,
     options: &ApplyOptions,
+    lowers_ready: Option<LowersReady>,
 ) -> Result<(u64, Vec<String>)> {
     let (root, lowers, overlay) = match target {
         ApplyTarget::Tree(root) => (root.clone(), Vec::new(), false),
         ApplyTarget::OverlayUpper { upper, lowers } => (upper.clone(), lowers.clone(), true),
     };
     let mut applier = Applier {
-        root: resolve::Root::open(&root, &lowers, options.privileged)?,
+        root: resolve::Root::open(&root, &lowers, lowers_ready, options.privileged)?,
         overlay,
         options: options.clone(),
         created: HashSet::new(),

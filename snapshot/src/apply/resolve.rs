@@ -77,29 +77,61 @@ pub(crate) struct Root {
     pub(crate) path: PathBuf,
     pub(crate) fd: OwnedFd,
     /// Directories a parent's metadata is copied from when the layer does not
-    /// list it (overlay lowers, newest first).
-    lowers: Vec<OwnedFd>,
+    /// list it (overlay lowers, newest first); opened at first use, since
+    /// most layers never look.
+    lower_paths: Vec<PathBuf>,
+    lowers: Option<Vec<OwnedFd>>,
+    /// Blocks until the lowers are complete (they may still be being applied
+    /// when this layer starts); called once, before the first look.
+    lowers_ready: Option<LowersReady>,
     cache: HashMap<PathBuf, OwnedFd>,
     privileged: bool,
 }
 
+/// Waits until the lower layers are fully applied; an error if one failed.
+pub(crate) type LowersReady = std::sync::Arc<dyn Fn() -> Result<()> + Send + Sync>;
+
+fn open_path(p: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        p,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", p, e))
+}
+
 impl Root {
-    pub(crate) fn open(path: &Path, lowers: &[PathBuf], privileged: bool) -> Result<Self> {
-        let open = |p: &Path| {
-            rustix::fs::open(
-                p,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| Error::io("open", p, e))
-        };
+    pub(crate) fn open(
+        path: &Path,
+        lowers: &[PathBuf],
+        lowers_ready: Option<LowersReady>,
+        privileged: bool,
+    ) -> Result<Self> {
         Ok(Root {
             path: path.to_path_buf(),
-            fd: open(path)?,
-            lowers: lowers.iter().map(|p| open(p)).collect::<Result<_>>()?,
+            fd: open_path(path)?,
+            lower_paths: lowers.to_vec(),
+            lowers: None,
+            lowers_ready,
             cache: HashMap::new(),
             privileged,
         })
+    }
+
+    /// The lower directories, complete.
+    fn lowers(&mut self) -> Result<&[OwnedFd]> {
+        if self.lowers.is_none() {
+            if let Some(ready) = self.lowers_ready.take() {
+                ready()?;
+            }
+            let fds = self
+                .lower_paths
+                .iter()
+                .map(|p| open_path(p))
+                .collect::<Result<_>>()?;
+            self.lowers = Some(fds);
+        }
+        Ok(self.lowers.as_deref().unwrap_or_default())
     }
 
     /// Forgets cached directories: something was removed or replaced.
@@ -149,7 +181,7 @@ impl Root {
             Err(Errno::NOTDIR) => Ok(None),
             Err(Errno::NOENT) => {
                 let in_a_lower = self
-                    .lowers
+                    .lowers()?
                     .iter()
                     .any(|lower| open_dir_in(lower.as_fd(), rel).is_ok());
                 if in_a_lower {
@@ -173,7 +205,7 @@ impl Root {
             match open_dir_in(self.fd.as_fd(), &prefix) {
                 Ok(fd) => current = fd,
                 Err(Errno::NOENT) => {
-                    let meta = self.lower_meta(&prefix);
+                    let meta = self.lower_meta(&prefix)?;
                     mkdir_with(current.as_fd(), part, meta, self.privileged)
                         .map_err(|e| Error::io("mkdir", self.path.join(&prefix), e))?;
                     current = open_dir_in(self.fd.as_fd(), &prefix)
@@ -192,23 +224,23 @@ impl Root {
         Ok(current)
     }
 
-    fn lower_meta(&self, rel: &Path) -> DirMeta {
-        for lower in &self.lowers {
+    fn lower_meta(&mut self, rel: &Path) -> Result<DirMeta> {
+        for lower in self.lowers()? {
             if let Ok(st) = rustix::fs::statat(lower.as_fd(), rel, AtFlags::SYMLINK_NOFOLLOW)
                 && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
             {
-                return DirMeta {
+                return Ok(DirMeta {
                     mode: st.st_mode & 0o7777,
                     uid: st.st_uid,
                     gid: st.st_gid,
-                };
+                });
             }
         }
-        DirMeta {
+        Ok(DirMeta {
             mode: 0o755,
             uid: 0,
             gid: 0,
-        }
+        })
     }
 }
 
