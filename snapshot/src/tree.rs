@@ -3,20 +3,30 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Seek};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, Gid, Mode, Timespec, Timestamps, Uid};
+use rustix::fs::{AtFlags, CWD, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 
 use crate::{Error, Result};
 
 /// Copies the tree `src` into the existing directory `dst`, keeping owners,
 /// modes, xattrs, hardlinks, devices and times. Files are cloned (reflink)
 /// or copied in the kernel with `copy_file_range` where the filesystem can.
+///
+/// One thread walks the tree, making directories, links and devices; the
+/// regular files are then copied by one thread per core (the copy is the
+/// kernel's CPU time, and a layer holds many small files); directory times
+/// and modes are set last.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    let mut links = HashMap::new();
-    copy_dir_contents(src, dst, &mut links)?;
+    let mut plan = CopyPlan::default();
+    plan.walk(src, dst)?;
+    copy_files(&plan.files)?;
+    for (from, to, meta) in plan.dirs.iter().rev() {
+        copy_metadata(from, to, meta)?;
+    }
     copy_metadata(
         src,
         dst,
@@ -24,71 +34,243 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     )
 }
 
-fn copy_dir_contents(
-    src: &Path,
-    dst: &Path,
-    links: &mut HashMap<(u64, u64), std::path::PathBuf>,
-) -> Result<()> {
-    let entries = fs::read_dir(src).map_err(|e| Error::io("read dir", src, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("read dir", src, e))?;
-        let from = entry.path();
-        let to = dst.join(entry.file_name());
-        let meta = fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, e))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            fs::create_dir(&to).map_err(|e| Error::io("mkdir", &to, e))?;
-            copy_dir_contents(&from, &to, links)?;
-            copy_metadata(&from, &to, &meta)?;
-            continue;
-        }
-        if meta.nlink() > 1 {
-            if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                fs::hard_link(first, &to).map_err(|e| Error::io("link", &to, e))?;
+/// What the walk of [`copy_tree`] leaves for later: regular files to copy,
+/// directories whose metadata to set (parents first).
+#[derive(Default)]
+struct CopyPlan {
+    files: Vec<(PathBuf, PathBuf)>,
+    dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+impl CopyPlan {
+    fn walk(&mut self, src: &Path, dst: &Path) -> Result<()> {
+        let entries = fs::read_dir(src).map_err(|e| Error::io("read dir", src, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read dir", src, e))?;
+            let from = entry.path();
+            let to = dst.join(entry.file_name());
+            let ft = entry.file_type().map_err(|e| Error::io("stat", &from, e))?;
+            if ft.is_dir() {
+                let meta = fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, e))?;
+                fs::create_dir(&to).map_err(|e| Error::io("mkdir", &to, e))?;
+                self.walk(&from, &to)?;
+                self.dirs.push((from, to, meta));
                 continue;
             }
-            links.insert((meta.dev(), meta.ino()), to.clone());
+            if ft.is_file() {
+                self.files.push((from, to));
+                continue;
+            }
+            let meta = fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, e))?;
+            if meta.nlink() > 1 && self.linked(&meta, &to)? {
+                continue;
+            }
+            if ft.is_symlink() {
+                let target = fs::read_link(&from).map_err(|e| Error::io("readlink", &from, e))?;
+                std::os::unix::fs::symlink(&target, &to)
+                    .map_err(|e| Error::io("symlink", &to, e))?;
+            } else {
+                let file_type = rustix::fs::FileType::from_raw_mode(meta.mode());
+                rustix::fs::mknodat(
+                    CWD,
+                    &to,
+                    file_type,
+                    Mode::from_raw_mode(meta.mode() & 0o7777),
+                    meta.rdev(),
+                )
+                .map_err(|e| Error::io("mknod", &to, e))?;
+            }
+            copy_metadata(&from, &to, &meta)?;
         }
-        if ft.is_symlink() {
-            let target = fs::read_link(&from).map_err(|e| Error::io("readlink", &from, e))?;
-            std::os::unix::fs::symlink(&target, &to).map_err(|e| Error::io("symlink", &to, e))?;
-        } else if ft.is_file() {
-            copy_file(&from, &to, &meta)?;
-        } else {
-            let file_type = rustix::fs::FileType::from_raw_mode(meta.mode());
-            rustix::fs::mknodat(
-                CWD,
-                &to,
-                file_type,
-                Mode::from_raw_mode(meta.mode() & 0o7777),
-                meta.rdev(),
-            )
-            .map_err(|e| Error::io("mknod", &to, e))?;
+        Ok(())
+    }
+
+    /// Links `to` to the copy of the inode of `meta` if one was made (true);
+    /// else remembers `to` as that copy (false).
+    fn linked(&mut self, meta: &fs::Metadata, to: &Path) -> Result<bool> {
+        if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+            fs::hard_link(first, to).map_err(|e| Error::io("link", to, e))?;
+            return Ok(true);
         }
-        copy_metadata(&from, &to, &meta)?;
+        self.links
+            .insert((meta.dev(), meta.ino()), to.to_path_buf());
+        Ok(false)
+    }
+}
+
+/// Copies the regular files of `files`, on one thread per core when there
+/// are enough of them. Hardlinked files are set aside, then copied once per
+/// inode and linked, on this thread.
+fn copy_files(files: &[(PathBuf, PathBuf)]) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    let hardlinked = if threads <= 1 || files.len() < 64 {
+        let mut hardlinked = Vec::new();
+        for (i, (from, to)) in files.iter().enumerate() {
+            if let Some(inode) = copy_file(from, to, false)? {
+                hardlinked.push((i, inode));
+            }
+        }
+        hardlinked
+    } else {
+        copy_files_in_parallel(files, threads)?
+    };
+    let mut links: HashMap<(u64, u64), &Path> = HashMap::new();
+    for (i, inode) in hardlinked {
+        let (from, to) = &files[i];
+        match links.get(&inode) {
+            Some(first) => fs::hard_link(first, to).map_err(|e| Error::io("link", to, e))?,
+            None => {
+                copy_file(from, to, true)?;
+                links.insert(inode, to);
+            }
+        }
     }
     Ok(())
 }
 
-fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<()> {
-    let src = File::open(from).map_err(|e| Error::io("open", from, e))?;
-    let dst = File::create_new(to).map_err(|e| Error::io("create", to, e))?;
-    if rustix::fs::ioctl_ficlone(&dst, &src).is_ok() {
-        return Ok(());
+/// [`copy_files`] on `threads` threads; returns the hardlinked files left.
+fn copy_files_in_parallel(
+    files: &[(PathBuf, PathBuf)],
+    threads: usize,
+) -> Result<Vec<(usize, (u64, u64))>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let outcome = std::sync::Mutex::new((Vec::new(), None));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((from, to)) = files.get(i) else {
+                        break;
+                    };
+                    let copied = copy_file(from, to, false);
+                    let mut outcome = outcome.lock().unwrap_or_else(|p| p.into_inner());
+                    match copied {
+                        Ok(None) => {}
+                        Ok(Some(inode)) => outcome.0.push((i, inode)),
+                        Err(e) => {
+                            // Stop everyone: the rest is moot.
+                            next.store(files.len(), Ordering::Relaxed);
+                            outcome.1.get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (mut hardlinked, failed) = outcome.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = failed {
+        return Err(e);
     }
-    let mut left = meta.len();
-    while left > 0 {
-        match rustix::fs::copy_file_range(&src, None, &dst, None, left.min(1 << 30) as usize) {
-            Ok(0) => break,
-            Ok(n) => left -= n as u64,
-            Err(_) => {
-                // Filesystems without copy_file_range: copy through userspace.
-                let mut src = File::open(from).map_err(|e| Error::io("open", from, e))?;
-                let mut dst = File::create(to).map_err(|e| Error::io("create", to, e))?;
-                io::copy(&mut src, &mut dst).map_err(|e| Error::io("copy", to, e))?;
-                return Ok(());
+    hardlinked.sort_unstable();
+    Ok(hardlinked)
+}
+
+/// Copies one regular file with its owner, mode, xattrs and times, through
+/// its descriptors (no path walks after the two opens). A file with other
+/// hardlinks is left alone unless `linked_too`: its inode is returned.
+fn copy_file(from: &Path, to: &Path, linked_too: bool) -> Result<Option<(u64, u64)>> {
+    let src = rustix::fs::open(
+        from,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", from, e))?;
+    let st = rustix::fs::fstat(&src).map_err(|e| Error::io("stat", from, e))?;
+    if st.st_nlink > 1 && !linked_too {
+        return Ok(Some((st.st_dev, st.st_ino)));
+    }
+    let dst = rustix::fs::open(
+        to,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| Error::io("create", to, e))?;
+    if rustix::fs::ioctl_ficlone(&dst, &src).is_err() {
+        let mut left = st.st_size as u64;
+        while left > 0 {
+            match rustix::fs::copy_file_range(&src, None, &dst, None, left.min(1 << 30) as usize) {
+                Ok(0) => break,
+                Ok(n) => left -= n as u64,
+                Err(_) => {
+                    // Filesystems without copy_file_range: copy through userspace.
+                    let mut reader = File::from(src);
+                    let mut writer = File::from(dst);
+                    reader
+                        .seek(io::SeekFrom::Start(0))
+                        .and_then(|_| writer.seek(io::SeekFrom::Start(0)))
+                        .and_then(|_| writer.set_len(0))
+                        .and_then(|_| io::copy(&mut reader, &mut writer))
+                        .map_err(|e| Error::io("copy", to, e))?;
+                    finish_file(&reader, &writer, &st, to)?;
+                    return Ok(None);
+                }
             }
         }
+    }
+    finish_file(&src, &dst, &st, to)?;
+    Ok(None)
+}
+
+/// Owner, then mode (chown clears setuid), xattrs, then times, on the copy.
+fn finish_file(src: impl AsFd, dst: impl AsFd, st: &rustix::fs::Stat, to: &Path) -> Result<()> {
+    let (src, dst) = (src.as_fd(), dst.as_fd());
+    if rustix::process::geteuid().is_root() {
+        rustix::fs::fchown(
+            dst,
+            Some(Uid::from_raw(st.st_uid)),
+            Some(Gid::from_raw(st.st_gid)),
+        )
+        .map_err(|e| Error::io("chown", to, e))?;
+    }
+    rustix::fs::fchmod(dst, Mode::from_raw_mode(st.st_mode & 0o7777))
+        .map_err(|e| Error::io("chmod", to, e))?;
+    copy_fd_xattrs(src, dst, to)?;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    };
+    rustix::fs::futimens(dst, &times).map_err(|e| Error::io("utimes", to, e))
+}
+
+fn copy_fd_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, to: &Path) -> Result<()> {
+    let mut names = vec![0u8; 1024];
+    let n = match rustix::fs::flistxattr(src, &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::RANGE) => {
+            let size =
+                rustix::fs::flistxattr_query(src).map_err(|e| Error::io("listxattr", to, e))?;
+            names.resize(size, 0);
+            rustix::fs::flistxattr(src, &mut names[..])
+                .map_err(|e| Error::io("listxattr", to, e))?
+        }
+        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(Error::io("listxattr", to, e)),
+    };
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name);
+        let size = match rustix::fs::fgetxattr_query(src, name) {
+            Ok(size) => size,
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(Error::io("getxattr", to, e)),
+        };
+        let mut value = vec![0u8; size];
+        let n = rustix::fs::fgetxattr(src, name, &mut value[..])
+            .map_err(|e| Error::io("getxattr", to, e))?;
+        rustix::fs::fsetxattr(dst, name, &value[..n], rustix::fs::XattrFlags::empty())
+            .map_err(|e| Error::io("setxattr", to, e))?;
     }
     Ok(())
 }
