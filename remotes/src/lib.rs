@@ -5,7 +5,7 @@
 //! bytes, from an offset) and a [`Pusher`] (a content [`Writer`] per
 //! descriptor, so pushing is ingesting). [`docker::DockerResolver`] speaks the
 //! Docker registry v2 / OCI distribution API. Behind the `testkit` feature,
-//! [`testkit`] runs the real CNCF registry on loopback for tests.
+//! the `testkit` module runs the real CNCF registry on loopback for tests.
 //!
 //! Done so far: references, resolve (HEAD, GET-and-hash fallback, digest
 //! references verified), fetch (streaming, ranged resume), `fetch_object`,
@@ -14,7 +14,8 @@
 //! from Docker's config, containerd's `hosts.toml` (mirrors, capabilities),
 //! the resumable [`fetch_handler`] / [`fetch_image`] pipeline and
 //! [`push_image`] with cross-repository mounts from the [`source`] labels a
-//! fetch records. Still to come: parallel ranged fetch of large blobs.
+//! fetch records, and parallel ranged fetch of large blobs
+//! ([`docker::RangedFetch`]).
 
 use std::pin::Pin;
 

@@ -160,7 +160,7 @@ pub struct CommitRequest {
 /// containerd's snapshotter: a store of layered filesystem snapshots.
 ///
 /// Contract, shared by every implementation (and checked by
-/// [`testsuite`](crate::testsuite) when the `testsuite` feature is on):
+/// the `testsuite` module when the `testsuite` feature is on):
 /// - keys of active, view and committed snapshots share one namespace; a
 ///   duplicate is [`ErrorKind::AlreadyExists`];
 /// - a parent must exist and be committed, else [`ErrorKind::NotFound`] or

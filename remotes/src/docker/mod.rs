@@ -2,7 +2,8 @@
 //!
 //! Plain HTTP is used for `localhost`, `127.0.0.0/8` and `::1`, as Docker
 //! does, and HTTPS (rustls, the system's roots plus any CA files given)
-//! elsewhere. Authentication and hosts configuration are still to come.
+//! elsewhere. Authentication is in [`auth`] and [`config`], containerd's
+//! `hosts.toml` (mirrors, capabilities) in [`hosts`].
 
 pub mod auth;
 pub mod config;
