@@ -148,15 +148,14 @@ fn copy_files_in_parallel(
                     let Some((from, to)) = files.get(i) else {
                         break;
                     };
-                    let copied = copy_file(from, to, false);
-                    let mut outcome = outcome.lock().unwrap_or_else(|p| p.into_inner());
-                    match copied {
+                    let lock = || outcome.lock().unwrap_or_else(|p| p.into_inner());
+                    match copy_file(from, to, false) {
                         Ok(None) => {}
-                        Ok(Some(inode)) => outcome.0.push((i, inode)),
+                        Ok(Some(inode)) => lock().0.push((i, inode)),
                         Err(e) => {
                             // Stop everyone: the rest is moot.
                             next.store(files.len(), Ordering::Relaxed);
-                            outcome.1.get_or_insert(e);
+                            lock().1.get_or_insert(e);
                             break;
                         }
                     }

@@ -146,21 +146,24 @@ where
             chain_id: chain_ids[i].clone(),
         });
     }
-    let layers = Layers {
+    let image_layers = Layers {
         descriptors: layers,
         diff_ids: &diff_ids,
         chain_ids: &chain_ids,
     };
-    if first_missing < layers.descriptors.len()
+    if first_missing < layers.len()
         && snapshotter.can_rebase()
-        && unpack_rebased(provider, snapshotter, &layers, first_missing, &options).await?
+        && unpack_rebased(
+            provider,
+            snapshotter,
+            &image_layers,
+            first_missing,
+            &options,
+        )
+        .await?
     {
         return Ok(chain_ids[chain_ids.len() - 1].clone());
     }
-    let Layers {
-        descriptors: layers,
-        ..
-    } = layers;
     for i in first_missing..layers.len() {
         let started = Instant::now();
         send(UnpackEvent::Unpacking {
@@ -254,7 +257,9 @@ impl AppliedSoFar {
         let mut state = self.lock();
         loop {
             if state.failed {
-                return Err(Error::Layer("a layer below failed".into()));
+                return Err(Error::Layer(
+                    "stopped: another layer of this unpack failed".into(),
+                ));
             }
             if state.prefix >= layer {
                 return Ok(());
@@ -349,7 +354,9 @@ where
             let layer = &layers.descriptors[i];
             let started = Instant::now();
             if applied.failed() {
-                return Err(Error::Layer("a layer below failed".into()));
+                return Err(Error::Layer(
+                    "stopped: another layer of this unpack failed".into(),
+                ));
             }
             send(UnpackEvent::Unpacking {
                 layer: layer.clone(),

@@ -267,12 +267,12 @@ fn write_entries(
     options: &ApplyOptions,
     lowers_ready: Option<LowersReady>,
 ) -> Result<(u64, Vec<String>)> {
-    let (root, lowers, overlay) = match target {
-        ApplyTarget::Tree(root) => (root.clone(), Vec::new(), false),
-        ApplyTarget::OverlayUpper { upper, lowers } => (upper.clone(), lowers.clone(), true),
+    let (root, lowers, overlay): (&Path, &[PathBuf], bool) = match target {
+        ApplyTarget::Tree(root) => (root, &[], false),
+        ApplyTarget::OverlayUpper { upper, lowers } => (upper, lowers, true),
     };
     let mut applier = Applier {
-        root: resolve::Root::open(&root, &lowers, lowers_ready, options.privileged)?,
+        root: resolve::Root::open(root, lowers, lowers_ready, options.privileged)?,
         overlay,
         options: options.clone(),
         created: HashSet::new(),
