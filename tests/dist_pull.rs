@@ -211,11 +211,19 @@ fn pull_and_mount(snapshotter: &str) {
             && pruned.contains("removed 4 blobs"),
         "{pruned}"
     );
-    // Nothing left: the next pull downloads and unpacks again, and --quiet
-    // (before or after the command) prints nothing.
-    assert_eq!(with(&["pull", "--quiet", &reference]), "");
+    // Nothing left: the next pull downloads and unpacks again (this time
+    // without flushing commits), and --quiet (before or after the command)
+    // prints nothing.
+    let writeback = ["--snapshot-durability", "writeback"];
+    assert_eq!(
+        with(&[&writeback[..], &["pull", "--quiet", &reference]].concat()),
+        ""
+    );
     assert_eq!(with(&["-q", "pull", &reference]), "");
     assert_eq!(with(&["list", "-q"]).lines().count(), 4);
+    let again = work.path().join("again");
+    with(&["rootfs", "--copy", &reference, again.to_str().unwrap()]);
+    check_tree(&again);
 }
 
 #[test]

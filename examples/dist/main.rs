@@ -70,8 +70,22 @@ struct Cli {
     /// overlay snapshotter (each layer is its own directory there).
     #[arg(long, global = true, value_name = "N", default_value_t = 3)]
     unpack_concurrency: usize,
+    /// Whether snapshot commits wait for the disk. `writeback` skips the
+    /// flush, as containerd does: far faster on native, but a power loss
+    /// may leave committed layers with empty files.
+    #[arg(long, global = true, value_enum, default_value_t = DurabilityArg::Synced)]
+    snapshot_durability: DurabilityArg,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The choices of `--snapshot-durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DurabilityArg {
+    /// Flush the filesystem before each commit is recorded.
+    Synced,
+    /// Let the kernel write snapshots back in its own time.
+    Writeback,
 }
 
 /// The snapshotters `--snapshotter` offers.
@@ -213,18 +227,26 @@ async fn run(cli: Cli) -> CmdResult {
         } else {
             SnapshotterKind::Native
         });
+    let durability = match cli.snapshot_durability {
+        DurabilityArg::Synced => ocidist::snapshot::Durability::Synced,
+        DurabilityArg::Writeback => ocidist::snapshot::Durability::Writeback,
+    };
     let snapshotter =
         |kind| -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
             let dir = root.join("snapshots");
             let opened: Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, _> = match kind {
                 SnapshotterKind::Overlay => {
-                    ocidist::snapshot::overlay::OverlaySnapshotter::open(dir.join("overlay"))
-                        .map(|s| std::sync::Arc::new(s) as _)
+                    ocidist::snapshot::overlay::OverlaySnapshotter::open_with(
+                        dir.join("overlay"),
+                        durability,
+                    )
+                    .map(|s| std::sync::Arc::new(s) as _)
                 }
-                SnapshotterKind::Native => {
-                    ocidist::snapshot::native::NativeSnapshotter::open(dir.join("native"))
-                        .map(|s| std::sync::Arc::new(s) as _)
-                }
+                SnapshotterKind::Native => ocidist::snapshot::native::NativeSnapshotter::open_with(
+                    dir.join("native"),
+                    durability,
+                )
+                .map(|s| std::sync::Arc::new(s) as _),
             };
             opened.map_err(|e| open("snapshotter in", e.into()))
         };

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ocidist_content::filters::Filters;
 
 use crate::metadata::{Commit, MetaStore, NewSnapshot, Record};
-use crate::{CommitRequest, Error, Info, Kind, Labels, PrepareRequest, Result, Usage, tree};
+use crate::{
+    CommitRequest, Durability, Error, Info, Kind, Labels, PrepareRequest, Result, Usage, tree,
+};
 
 /// A snapshot's directory, made and filled in `staging`, waiting for its
 /// record.
@@ -24,17 +26,19 @@ struct Staged {
 pub(crate) struct Base {
     pub(crate) root: PathBuf,
     pub(crate) meta: MetaStore,
+    durability: Durability,
     closed: AtomicBool,
 }
 
 impl Base {
-    pub(crate) fn open(root: &Path) -> Result<Arc<Self>> {
+    pub(crate) fn open(root: &Path, durability: Durability) -> Result<Arc<Self>> {
         let snapshots = root.join("snapshots");
         std::fs::create_dir_all(&snapshots).map_err(|e| Error::io("mkdir", &snapshots, e))?;
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
         let base = Arc::new(Base {
             root: root.to_path_buf(),
             meta,
+            durability,
             closed: AtomicBool::new(false),
         });
         base.remove_staging_leftovers();
@@ -101,7 +105,8 @@ impl Base {
 
     /// Creates the records of `staged` and moves each staging directory to its
     /// id directory, in one metadata transaction with one sync of
-    /// `snapshots/`: all or none. On failure the directories go.
+    /// `snapshots/` (when [`Durability::Synced`]): all or none. On failure
+    /// the directories go.
     fn create_all(&self, staged: Vec<Staged>) -> Result<Vec<(Record, Vec<u64>)>> {
         self.check_open()?;
         let new = staged
@@ -126,7 +131,10 @@ impl Base {
                 placed.push(dir);
                 Ok(())
             },
-            || tree::sync_dir(&self.snapshots_dir()),
+            || match self.durability {
+                Durability::Synced => tree::sync_dir(&self.snapshots_dir()),
+                Durability::Writeback => Ok(()),
+            },
         );
         if result.is_err() {
             for dir in placed.iter().chain(staged.iter().map(|s| &s.staging)) {
@@ -137,8 +145,8 @@ impl Base {
     }
 
     /// Commits every request in order, in one metadata transaction after one
-    /// `syncfs` (so the content is on disk before any record says committed):
-    /// all or none. `own` is the part of a snapshot's directory whose usage
+    /// `syncfs` (when [`Durability::Synced`], so the content is on disk
+    /// before any record says committed): all or none. `own` is the part of a snapshot's directory whose usage
     /// is recorded.
     pub(crate) fn commit_all(&self, requests: Vec<CommitRequest>, own: &str) -> Result<()> {
         self.check_open()?;
@@ -151,7 +159,9 @@ impl Base {
                 (0, 0)
             });
         }
-        sync_filesystem(&self.snapshots_dir())?;
+        if self.durability == Durability::Synced {
+            sync_filesystem(&self.snapshots_dir())?;
+        }
         let commits = requests
             .iter()
             .zip(usages)

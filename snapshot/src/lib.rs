@@ -124,6 +124,26 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// When a built-in snapshotter's work reaches the disk; chosen when it is
+/// opened (`open_with`).
+///
+/// The metadata database is crash-safe either way; this is about the files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// A commit flushes the filesystem (`syncfs`) before its record says
+    /// committed, and a prepare syncs its new directory's entry: after a
+    /// crash or power loss, every committed snapshot is whole.
+    #[default]
+    Synced,
+    /// Nothing is flushed: files reach the disk when the kernel writes them
+    /// back, as with containerd's snapshotters. Much faster for the native
+    /// snapshotter, whose every layer copies its parent; but after a power
+    /// loss a committed snapshot may hold empty or short files, and must be
+    /// removed by hand. For machines that are rebuilt, not recovered (CI
+    /// runners, build caches).
+    Writeback,
+}
+
 /// Options for [`Snapshotter::commit`] beyond the name and key.
 #[derive(Debug, Clone, Default)]
 pub struct CommitOpts {

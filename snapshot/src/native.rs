@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use crate::base::{Base, one_request};
 use crate::{
-    CommitOpts, CommitRequest, Error, Info, Kind, Labels, Mount, PrepareRequest, Result,
-    Snapshotter, Usage, tree,
+    CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount, PrepareRequest,
+    Result, Snapshotter, Usage, tree,
 };
 
 /// Snapshots as plain directories under `<root>/snapshots/<id>`.
@@ -28,10 +28,30 @@ impl std::fmt::Debug for NativeSnapshotter {
 }
 
 impl NativeSnapshotter {
-    /// Opens (creating if needed) a native snapshotter rooted at `root`.
+    /// Opens (creating if needed) a native snapshotter rooted at `root`,
+    /// with [`Durability::Synced`] commits.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(root, Durability::Synced)
+    }
+
+    /// Opens (creating if needed) a native snapshotter rooted at `root`
+    /// whose commits are as durable as `durability` says.
+    ///
+    /// ```
+    /// use ocidist_snapshot::{Durability, Labels, Snapshotter, native::NativeSnapshotter};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// // A CI cache: rebuilt after a crash, so no flush per commit.
+    /// let snapshotter = NativeSnapshotter::open_with(dir.path(), Durability::Writeback)?;
+    /// snapshotter.prepare("a", None, Labels::new()).await?;
+    /// snapshotter.commit("base", "a", Labels::new()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn open_with(root: impl AsRef<Path>, durability: Durability) -> Result<Self> {
         Ok(NativeSnapshotter {
-            base: Base::open(root.as_ref())?,
+            base: Base::open(root.as_ref(), durability)?,
         })
     }
 

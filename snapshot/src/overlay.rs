@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use crate::base::{Base, one_request};
 use crate::{
-    CommitOpts, CommitRequest, Error, Info, Kind, Labels, Mount, PrepareRequest, Result,
-    Snapshotter, Usage,
+    CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount, PrepareRequest,
+    Result, Snapshotter, Usage,
 };
 
 /// Snapshots as overlayfs layers under `<root>/snapshots/<id>/fs`.
@@ -54,8 +54,15 @@ pub fn supported() -> bool {
 }
 
 impl OverlaySnapshotter {
-    /// Opens (creating if needed) an overlay snapshotter rooted at `root`.
+    /// Opens (creating if needed) an overlay snapshotter rooted at `root`,
+    /// with [`Durability::Synced`] commits.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(root, Durability::Synced)
+    }
+
+    /// Opens (creating if needed) an overlay snapshotter rooted at `root`
+    /// whose commits are as durable as `durability` says.
+    pub fn open_with(root: impl AsRef<Path>, durability: Durability) -> Result<Self> {
         let mut options = Vec::new();
         // Without index=off, a layer mounted by two overlays at once (two
         // containers of one image) fails on kernels that default it on.
@@ -66,7 +73,7 @@ impl OverlaySnapshotter {
             options.push("userxattr".to_string());
         }
         Ok(OverlaySnapshotter {
-            base: Base::open(root.as_ref())?,
+            base: Base::open(root.as_ref(), durability)?,
             options: Arc::new(options),
         })
     }

@@ -7,6 +7,7 @@ use std::io::{self, Seek};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, CWD, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 
@@ -107,16 +108,20 @@ fn copy_files(files: &[(PathBuf, PathBuf)]) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1)
         .min(4);
+    let copier = FileCopier {
+        may_clone: AtomicBool::new(true),
+        as_root: rustix::process::geteuid().is_root(),
+    };
     let hardlinked = if threads <= 1 || files.len() < 64 {
         let mut hardlinked = Vec::new();
         for (i, (from, to)) in files.iter().enumerate() {
-            if let Some(inode) = copy_file(from, to, false)? {
+            if let Some(inode) = copier.copy(from, to, false)? {
                 hardlinked.push((i, inode));
             }
         }
         hardlinked
     } else {
-        copy_files_in_parallel(files, threads)?
+        copy_files_in_parallel(&copier, files, threads)?
     };
     let mut links: HashMap<(u64, u64), &Path> = HashMap::new();
     for (i, inode) in hardlinked {
@@ -124,7 +129,7 @@ fn copy_files(files: &[(PathBuf, PathBuf)]) -> Result<()> {
         match links.get(&inode) {
             Some(first) => fs::hard_link(first, to).map_err(|e| Error::io("link", to, e))?,
             None => {
-                copy_file(from, to, true)?;
+                copier.copy(from, to, true)?;
                 links.insert(inode, to);
             }
         }
@@ -134,10 +139,11 @@ fn copy_files(files: &[(PathBuf, PathBuf)]) -> Result<()> {
 
 /// [`copy_files`] on `threads` threads; returns the hardlinked files left.
 fn copy_files_in_parallel(
+    copier: &FileCopier,
     files: &[(PathBuf, PathBuf)],
     threads: usize,
 ) -> Result<Vec<(usize, (u64, u64))>> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     let next = AtomicUsize::new(0);
     let outcome = std::sync::Mutex::new((Vec::new(), None));
     std::thread::scope(|scope| {
@@ -149,7 +155,7 @@ fn copy_files_in_parallel(
                         break;
                     };
                     let lock = || outcome.lock().unwrap_or_else(|p| p.into_inner());
-                    match copy_file(from, to, false) {
+                    match copier.copy(from, to, false) {
                         Ok(None) => {}
                         Ok(Some(inode)) => lock().0.push((i, inode)),
                         Err(e) => {
@@ -171,56 +177,88 @@ fn copy_files_in_parallel(
     Ok(hardlinked)
 }
 
-/// Copies one regular file with its owner, mode, xattrs and times, through
-/// its descriptors (no path walks after the two opens). A file with other
-/// hardlinks is left alone unless `linked_too`: its inode is returned.
-fn copy_file(from: &Path, to: &Path, linked_too: bool) -> Result<Option<(u64, u64)>> {
-    let src = rustix::fs::open(
-        from,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("open", from, e))?;
-    let st = rustix::fs::fstat(&src).map_err(|e| Error::io("stat", from, e))?;
-    if st.st_nlink > 1 && !linked_too {
-        return Ok(Some((st.st_dev, st.st_ino)));
-    }
-    let dst = rustix::fs::open(
-        to,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| Error::io("create", to, e))?;
-    if rustix::fs::ioctl_ficlone(&dst, &src).is_err() {
-        let mut left = st.st_size as u64;
-        while left > 0 {
-            match rustix::fs::copy_file_range(&src, None, &dst, None, left.min(1 << 30) as usize) {
-                Ok(0) => break,
-                Ok(n) => left -= n as u64,
+/// Copies regular files for one [`copy_tree`], remembering what it learnt of
+/// the filesystem and the process.
+struct FileCopier {
+    /// False once a clone failed: the filesystem has no reflinks, so the
+    /// other files go straight to `copy_file_range`.
+    may_clone: AtomicBool,
+    /// Whether owners can be copied.
+    as_root: bool,
+}
+
+impl FileCopier {
+    /// Copies one regular file with its owner, mode, xattrs and times, through
+    /// its descriptors (no path walks after the two opens). A file with other
+    /// hardlinks is left alone unless `linked_too`: its inode is returned.
+    fn copy(&self, from: &Path, to: &Path, linked_too: bool) -> Result<Option<(u64, u64)>> {
+        let src = rustix::fs::open(
+            from,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("open", from, e))?;
+        let st = rustix::fs::fstat(&src).map_err(|e| Error::io("stat", from, e))?;
+        if st.st_nlink > 1 && !linked_too {
+            return Ok(Some((st.st_dev, st.st_ino)));
+        }
+        let dst = rustix::fs::open(
+            to,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| Error::io("create", to, e))?;
+        let cloned = self.may_clone.load(Ordering::Relaxed)
+            && match rustix::fs::ioctl_ficlone(&dst, &src) {
+                Ok(()) => true,
                 Err(_) => {
-                    // Filesystems without copy_file_range: copy through userspace.
-                    let mut reader = File::from(src);
-                    let mut writer = File::from(dst);
-                    reader
-                        .seek(io::SeekFrom::Start(0))
-                        .and_then(|_| writer.seek(io::SeekFrom::Start(0)))
-                        .and_then(|_| writer.set_len(0))
-                        .and_then(|_| io::copy(&mut reader, &mut writer))
-                        .map_err(|e| Error::io("copy", to, e))?;
-                    finish_file(&reader, &writer, &st, to)?;
-                    return Ok(None);
+                    self.may_clone.store(false, Ordering::Relaxed);
+                    false
+                }
+            };
+        if !cloned {
+            let mut left = st.st_size as u64;
+            while left > 0 {
+                match rustix::fs::copy_file_range(
+                    &src,
+                    None,
+                    &dst,
+                    None,
+                    left.min(1 << 30) as usize,
+                ) {
+                    Ok(0) => break,
+                    Ok(n) => left -= n as u64,
+                    Err(_) => {
+                        // Filesystems without copy_file_range: copy through userspace.
+                        let mut reader = File::from(src);
+                        let mut writer = File::from(dst);
+                        reader
+                            .seek(io::SeekFrom::Start(0))
+                            .and_then(|_| writer.seek(io::SeekFrom::Start(0)))
+                            .and_then(|_| writer.set_len(0))
+                            .and_then(|_| io::copy(&mut reader, &mut writer))
+                            .map_err(|e| Error::io("copy", to, e))?;
+                        finish_file(&reader, &writer, &st, to, self.as_root)?;
+                        return Ok(None);
+                    }
                 }
             }
         }
+        finish_file(&src, &dst, &st, to, self.as_root)?;
+        Ok(None)
     }
-    finish_file(&src, &dst, &st, to)?;
-    Ok(None)
 }
 
 /// Owner, then mode (chown clears setuid), xattrs, then times, on the copy.
-fn finish_file(src: impl AsFd, dst: impl AsFd, st: &rustix::fs::Stat, to: &Path) -> Result<()> {
+fn finish_file(
+    src: impl AsFd,
+    dst: impl AsFd,
+    st: &rustix::fs::Stat,
+    to: &Path,
+    as_root: bool,
+) -> Result<()> {
     let (src, dst) = (src.as_fd(), dst.as_fd());
-    if rustix::process::geteuid().is_root() {
+    if as_root {
         rustix::fs::fchown(
             dst,
             Some(Uid::from_raw(st.st_uid)),

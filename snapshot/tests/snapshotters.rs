@@ -8,7 +8,8 @@ use std::path::Path;
 use ocidist_snapshot::native::NativeSnapshotter;
 use ocidist_snapshot::overlay::OverlaySnapshotter;
 use ocidist_snapshot::{
-    CommitOpts, CommitRequest, ErrorKind, Info, Kind, Labels, PrepareRequest, Snapshotter, mount,
+    CommitOpts, CommitRequest, Durability, ErrorKind, Info, Kind, Labels, PrepareRequest,
+    Snapshotter, mount,
 };
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -115,6 +116,27 @@ async fn native_follows_the_snapshot_rules() {
 async fn overlay_follows_the_snapshot_rules() {
     let dir = tempfile::tempdir().unwrap();
     rules(&OverlaySnapshotter::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn writeback_snapshotters_follow_the_same_rules() {
+    // Writeback only skips flushes: every rule and batch outcome is the same.
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    rules(&NativeSnapshotter::open_with(dirs[0].path(), Durability::Writeback).unwrap()).await;
+    rules(&OverlaySnapshotter::open_with(dirs[1].path(), Durability::Writeback).unwrap()).await;
+    batches_are_all_or_nothing(
+        &NativeSnapshotter::open_with(dirs[2].path(), Durability::Writeback).unwrap(),
+    )
+    .await;
+    batches_are_all_or_nothing(
+        &OverlaySnapshotter::open_with(dirs[3].path(), Durability::Writeback).unwrap(),
+    )
+    .await;
+    // What a writeback snapshotter committed is there when reopened synced.
+    let s = NativeSnapshotter::open(dirs[2].path()).unwrap();
+    assert_eq!(s.stat("c1").await.unwrap().kind, Kind::Committed);
+    let one = s.path("c1").await.unwrap().join("one");
+    assert_eq!(std::fs::read_to_string(one).unwrap(), "1");
 }
 
 #[tokio::test]
