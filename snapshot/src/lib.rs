@@ -261,8 +261,9 @@ pub trait Snapshotter: Send + Sync {
     /// Commits several active snapshots, in order: a later one may name an
     /// earlier one as its [`CommitOpts::parent`].
     ///
-    /// The built-in snapshotters flush their content once (`syncfs`) and
-    /// commit every record in one transaction, all or none; this default
+    /// The built-in snapshotters flush their content once (`syncfs`, unless
+    /// opened with [`Durability::Writeback`]) and commit every record in one
+    /// transaction, all or none; this default
     /// commits them one at a time and stops at the first error.
     async fn commit_all(&self, requests: Vec<CommitRequest>) -> Result<()> {
         for request in requests {
