@@ -763,7 +763,9 @@ async fn an_ingest_can_be_read_while_it_is_written_and_after_its_commit() {
     let missing = store.ingest_reader_at("nobody").await.err().unwrap();
     assert_eq!(missing.kind(), ErrorKind::NotFound);
 
-    let (content, digest) = create_content(1 << 20);
+    // 48 MiB: the writer drops pages 32 MiB behind its end from the page
+    // cache, so the reader reads those back from disk.
+    let (content, digest) = create_content(48 << 20);
     let mut w = store.writer(WriterOpts::new("growing")).await.unwrap();
     w.write_all(&content[..1000]).await.unwrap();
     w.flush().await.unwrap();
@@ -778,6 +780,14 @@ async fn an_ingest_can_be_read_while_it_is_written_and_after_its_commit() {
     w.flush().await.unwrap();
     assert_eq!(reader.read_at(1000, &mut buf).await.unwrap(), 4096);
     assert_eq!(&buf[..], &content[1000..5096]);
+    let mut whole = vec![0u8; content.len()];
+    let mut at = 0;
+    while at < whole.len() {
+        let n = reader.read_at(at as u64, &mut whole[at..]).await.unwrap();
+        assert!(n > 0, "short at {at}");
+        at += n;
+    }
+    assert!(whole == content, "every byte reads back before the commit");
 
     // After the commit the reader still reads every byte: the file moved.
     w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
