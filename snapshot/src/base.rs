@@ -146,8 +146,8 @@ impl Base {
 
     /// Commits every request in order, in one metadata transaction after one
     /// `syncfs` (when [`Durability::Synced`], so the content is on disk
-    /// before any record says committed): all or none. `own` is the part of a snapshot's directory whose usage
-    /// is recorded.
+    /// before any record says committed): all or none. `own` is the part of
+    /// a snapshot's directory whose usage is recorded.
     pub(crate) fn commit_all(&self, requests: Vec<CommitRequest>, own: &str) -> Result<()> {
         self.check_open()?;
         let mut usages = Vec::with_capacity(requests.len());

@@ -181,7 +181,8 @@ fn copy_files_in_parallel(
 /// the filesystem and the process.
 struct FileCopier {
     /// False once a clone failed: the filesystem has no reflinks, so the
-    /// other files go straight to `copy_file_range`.
+    /// other files go straight to `copy_file_range` (which still shares
+    /// extents where the filesystem can, so a wrong guess costs nothing).
     may_clone: AtomicBool,
     /// Whether owners can be copied.
     as_root: bool,
