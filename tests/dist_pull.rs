@@ -266,14 +266,14 @@ fn apply_reads_a_layer_from_stdin_and_prints_its_diff_id() {
     );
 }
 
-#[test]
-fn a_pull_killed_mid_layer_resumes_on_rerun() {
+/// A registry holding an image with an 8 MiB layer, behind a proxy that
+/// trickles blob bodies so a kill lands mid-layer; returns both (alive until
+/// dropped) and the image's reference through the proxy.
+fn dripping_registry(work: &std::path::Path) -> (Registry, FaultProxy, String) {
     let registry =
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
-    let work = tempfile::tempdir().unwrap();
-    push_image(&registry.host(), work.path(), 8 << 20);
+    push_image(&registry.host(), work, 8 << 20);
     let proxy = FaultProxy::start(registry.addr()).unwrap();
-    // Blob bodies trickle, so the kill lands mid-layer.
     proxy.add(
         Some("GET"),
         "/blobs/sha256:",
@@ -284,6 +284,13 @@ fn a_pull_killed_mid_layer_resumes_on_rerun() {
         },
     );
     let reference = format!("{}/e2e/rootfs:1", proxy.host());
+    (registry, proxy, reference)
+}
+
+#[test]
+fn a_pull_killed_mid_layer_resumes_on_rerun() {
+    let work = tempfile::tempdir().unwrap();
+    let (_registry, _proxy, reference) = dripping_registry(work.path());
     let root = work.path().join("store");
     let mut child = Command::new(dist_binary())
         .args(["--root", root.to_str().unwrap(), "pull", &reference])
@@ -352,21 +359,8 @@ fn interrupt_pull(root: &Path, reference: &str, signal: libc::c_int) -> Output {
 
 #[test]
 fn an_interrupted_pull_exits_at_once_and_resumes() {
-    let registry =
-        Registry::start().expect("the registry must start (apt-get install docker-registry)");
     let work = tempfile::tempdir().unwrap();
-    push_image(&registry.host(), work.path(), 8 << 20);
-    let proxy = FaultProxy::start(registry.addr()).unwrap();
-    proxy.add(
-        Some("GET"),
-        "/blobs/sha256:",
-        usize::MAX,
-        Fault::Drip {
-            chunk: 64 * 1024,
-            delay: Duration::from_millis(20),
-        },
-    );
-    let reference = format!("{}/e2e/rootfs:1", proxy.host());
+    let (_registry, _proxy, reference) = dripping_registry(work.path());
     let root = work.path().join("store");
     for (signal, status, name) in [
         (libc::SIGINT, 130, "SIGINT"),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use std::sync::Arc;
 
+use ocidist::content::local::LocalReaderAt;
 use ocidist::content::{
     Descriptor, Digest, Labels, Manager, Provider, ReaderAt, WriterOpts, write_blob,
 };
@@ -214,71 +215,7 @@ struct LayoutProvider {
 #[async_trait::async_trait]
 impl Provider for LayoutProvider {
     async fn reader_at(&self, desc: &Descriptor) -> ocidist::content::Result<Box<dyn ReaderAt>> {
-        // Off the reactor: opening and reading files blocks (dist's runtime
-        // is multi-threaded, so block_in_place is allowed).
-        tokio::task::block_in_place(|| self.open(desc))
-    }
-}
-
-impl LayoutProvider {
-    fn open(&self, desc: &Descriptor) -> ocidist::content::Result<Box<dyn ReaderAt>> {
-        let path = blob_file(&self.dir, desc.digest());
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ocidist::content::Error::BlobNotFound {
-                    digest: desc.digest().clone(),
-                });
-            }
-            Err(e) => return Err(ocidist::content::Error::io("open", path, e)),
-        };
-        let size = file
-            .metadata()
-            .map_err(|e| ocidist::content::Error::io("stat", &path, e))?
-            .len();
-        Ok(Box::new(FileReaderAt { file, size, path }))
-    }
-}
-
-struct FileReaderAt {
-    file: std::fs::File,
-    size: u64,
-    path: PathBuf,
-}
-
-#[async_trait::async_trait]
-impl ReaderAt for FileReaderAt {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist::content::Result<usize> {
-        let want = buf.len().min(self.size.saturating_sub(offset) as usize);
-        tokio::task::block_in_place(|| self.read_full(offset, &mut buf[..want]))
-    }
-
-    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
-        Box::pin(tokio::fs::File::from_std(self.file))
-    }
-}
-
-impl FileReaderAt {
-    /// Fills `buf` from `offset`, short only at the end of the file.
-    fn read_full(&self, offset: u64, buf: &mut [u8]) -> ocidist::content::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self
-                .file
-                .read_at(&mut buf[filled..], offset + filled as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ocidist::content::Error::io("read", &self.path, e)),
-            }
-        }
-        Ok(filled)
+        LocalReaderAt::open_blob(blob_file(&self.dir, desc.digest()), desc.digest()).await
     }
 }
 

@@ -253,6 +253,14 @@ pub struct LocalReaderAt {
 }
 
 impl LocalReaderAt {
+    /// Opens the file of blob `digest` at `path`, outside any store (an OCI
+    /// layout's `blobs/<alg>/<hex>`, say), off the reactor; a missing file
+    /// is [`Error::BlobNotFound`]. Its bytes are not verified here.
+    pub async fn open_blob(path: PathBuf, digest: &Digest) -> Result<Box<dyn ReaderAt>> {
+        let digest = digest.clone();
+        Self::open(path, false, move || Error::BlobNotFound { digest }).await
+    }
+
     /// Opens `path` off the reactor; a missing file is `not_found()`.
     async fn open(
         path: PathBuf,
@@ -322,11 +330,7 @@ impl ReaderAt for LocalReaderAt {
 #[async_trait]
 impl Provider for LocalStore {
     async fn reader_at(&self, desc: &Descriptor) -> Result<Box<dyn ReaderAt>> {
-        let digest = desc.digest().clone();
-        LocalReaderAt::open(self.blob_path(desc.digest()), false, move || {
-            Error::BlobNotFound { digest }
-        })
-        .await
+        LocalReaderAt::open_blob(self.blob_path(desc.digest()), desc.digest()).await
     }
 }
 
