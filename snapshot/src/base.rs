@@ -65,25 +65,25 @@ impl Base {
     }
 
     /// Makes a staging directory for each request, fills it with
-    /// `fill(base, parent, staging)`, then creates them all with
+    /// `fill(base, request, staging)`, then creates them all with
     /// [`create_all`](Self::create_all).
     pub(crate) fn stage_and_create_all(
         &self,
         requests: Vec<PrepareRequest>,
         kind: Kind,
-        fill: impl Fn(&Base, Option<&str>, &Path) -> Result<()>,
+        fill: impl Fn(&Base, &PrepareRequest, &Path) -> Result<()>,
     ) -> Result<Vec<(Record, Vec<u64>)>> {
         let mut staged: Vec<Staged> = Vec::with_capacity(requests.len());
         for request in requests {
-            let filled = self.staging().and_then(|staging| {
-                match fill(self, request.parent.as_deref(), &staging) {
+            let filled = self
+                .staging()
+                .and_then(|staging| match fill(self, &request, &staging) {
                     Ok(()) => Ok(staging),
                     Err(e) => {
                         let _ = tree::remove_tree(&staging);
                         Err(e)
                     }
-                }
-            });
+                });
             match filled {
                 Ok(staging) => staged.push(Staged {
                     key: request.key,

@@ -4,7 +4,8 @@
 //! - [`Snapshotter`] is containerd's snapshot model: a snapshot is *active*
 //!   (writable, being built), a *view* (read-only, throwaway) or *committed*
 //!   (immutable, a parent for others). Keys of all three share one namespace.
-//!   [`native::NativeSnapshotter`] copies the parent for each child;
+//!   [`native::NativeSnapshotter`] copies the parent for each child (or
+//!   hard-links its files, for a child only a layer apply writes);
 //!   [`overlay::OverlaySnapshotter`] stacks directories with overlayfs.
 //! - [`apply`] writes one layer (gzip, zstd or plain tar) into a directory
 //!   with every path resolved beneath it, and returns its diff ID.
@@ -54,6 +55,19 @@ pub use unpack::{EXTRACT_KEY_PREFIX, UNCOMPRESSED_LABEL, UnpackEvent, UnpackOpti
 
 /// Labels on a snapshot: free-form metadata, also used by garbage collection.
 pub type Labels = BTreeMap<String, String>;
+
+/// A hint on [`Snapshotter::prepare`], set to `true`: the caller will write
+/// the new active snapshot only by applying layers into it (which replaces
+/// or removes entries, never writes into an existing file or changes its
+/// metadata), then commit or remove it. [`unpack()`] sets it.
+///
+/// The native snapshotter then shares the parent's files with the new
+/// snapshot by hard link instead of copying them, since neither side will
+/// ever change them: a layer costs its own size, not its parent's (OSTree
+/// checks out its immutable objects the same way). Its directories are
+/// still made anew. Other snapshotters ignore the hint. A prepare without it
+/// (a container's root filesystem, say) always gets a full copy.
+pub const APPLY_ONLY_LABEL: &str = "ocidist.io/snapshot.apply-only";
 
 /// The state of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

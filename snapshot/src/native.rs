@@ -1,6 +1,9 @@
 //! The native snapshotter: every snapshot is a full directory tree, made by
 //! copying its parent (reflinks or in-kernel copies where the filesystem
-//! offers them). Works anywhere, needs no mounts; costs a copy per layer.
+//! offers them). Works anywhere, needs no mounts. A snapshot prepared for a
+//! layer apply ([`APPLY_ONLY_LABEL`], as [`unpack`](crate::unpack()) does)
+//! shares its parent's files by hard link instead, so unpacking a layer costs
+//! its own size; every other prepare copies.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,8 +12,8 @@ use async_trait::async_trait;
 
 use crate::base::{Base, one_request};
 use crate::{
-    CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount, PrepareRequest,
-    Result, Snapshotter, Usage, tree,
+    APPLY_ONLY_LABEL, CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount,
+    PrepareRequest, Result, Snapshotter, Usage, tree,
 };
 
 /// Snapshots as plain directories under `<root>/snapshots/<id>`.
@@ -63,14 +66,18 @@ impl NativeSnapshotter {
             .await
     }
 
-    /// Fills a staging directory with a copy of `parent`, if any.
-    fn fill(base: &Base, parent: Option<&str>, staging: &Path) -> Result<()> {
-        match parent {
-            Some(p) => {
-                let ids = base.meta.committed_parent(p)?;
-                tree::copy_tree(&base.dir(ids[0]), staging)
-            }
-            None => Ok(()),
+    /// Fills a staging directory with a copy of the request's parent, if
+    /// any: its files shared by hard link when the request carries
+    /// [`APPLY_ONLY_LABEL`].
+    fn fill(base: &Base, request: &PrepareRequest, staging: &Path) -> Result<()> {
+        let Some(parent) = &request.parent else {
+            return Ok(());
+        };
+        let ids = base.meta.committed_parent(parent)?;
+        if request.labels.get(APPLY_ONLY_LABEL).map(String::as_str) == Some("true") {
+            tree::share_tree(&base.dir(ids[0]), staging)
+        } else {
+            tree::copy_tree(&base.dir(ids[0]), staging)
         }
     }
 

@@ -22,7 +22,26 @@ use crate::{Error, Result};
 /// kernel's CPU time, and a layer holds many small files); directory times
 /// and modes are set last.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    let mut plan = CopyPlan::default();
+    fill_tree(src, dst, false)
+}
+
+/// [`copy_tree`] that shares `src`'s files instead of copying them: the
+/// directories are made anew, everything else is hard-linked to `src`'s
+/// inode (as OSTree checks out its immutable objects). Only for a `dst` whose
+/// entries will be replaced, never written in place, and a `src` that never
+/// changes: see [`APPLY_ONLY_LABEL`](crate::APPLY_ONLY_LABEL).
+///
+/// An inode that can take no more links (`EMLINK`), or that the filesystem
+/// will not link, is copied instead.
+pub(crate) fn share_tree(src: &Path, dst: &Path) -> Result<()> {
+    fill_tree(src, dst, true)
+}
+
+fn fill_tree(src: &Path, dst: &Path, share: bool) -> Result<()> {
+    let mut plan = CopyPlan {
+        share,
+        ..CopyPlan::default()
+    };
     plan.walk(src, dst)?;
     copy_files(&plan.files)?;
     for (from, to, meta) in plan.dirs.iter().rev() {
@@ -39,6 +58,8 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 /// directories whose metadata to set (parents first).
 #[derive(Default)]
 struct CopyPlan {
+    /// Link rather than copy what is not a directory ([`share_tree`]).
+    share: bool,
     files: Vec<(PathBuf, PathBuf)>,
     dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
     links: HashMap<(u64, u64), PathBuf>,
@@ -57,6 +78,9 @@ impl CopyPlan {
                 fs::create_dir(&to).map_err(|e| Error::io("mkdir", &to, e))?;
                 self.walk(&from, &to)?;
                 self.dirs.push((from, to, meta));
+                continue;
+            }
+            if self.share && shared(&from, &to)? {
                 continue;
             }
             if ft.is_file() {
@@ -97,6 +121,19 @@ impl CopyPlan {
         self.links
             .insert((meta.dev(), meta.ino()), to.to_path_buf());
         Ok(false)
+    }
+}
+
+/// Hard-links `to` to the inode of `from` (true), or says it must be copied
+/// (false): the inode has all the links the filesystem allows, or the
+/// filesystem will not link it. Never follows a symlink: the link is to the
+/// symlink itself.
+fn shared(from: &Path, to: &Path) -> Result<bool> {
+    use rustix::io::Errno;
+    match rustix::fs::linkat(CWD, from, CWD, to, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::MLINK | Errno::PERM | Errno::XDEV | Errno::OPNOTSUPP) => Ok(false),
+        Err(e) => Err(Error::io("link", to, e)),
     }
 }
 

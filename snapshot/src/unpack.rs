@@ -14,7 +14,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::apply::{ApplyOptions, LowersReady, apply_layer, apply_layer_over};
 use crate::base::tempfile_name;
 use crate::mount::ApplyTarget;
-use crate::{CommitOpts, CommitRequest, Error, Labels, PrepareRequest, Result, Snapshotter};
+use crate::{
+    APPLY_ONLY_LABEL, CommitOpts, CommitRequest, Error, Labels, PrepareRequest, Result, Snapshotter,
+};
 
 /// The label containerd's garbage collector reads to keep a layer's
 /// uncompressed digest with its snapshot.
@@ -83,8 +85,8 @@ impl Default for UnpackOptions {
 /// the top layer, the snapshot to `prepare` or `view` a root filesystem on.
 ///
 /// Layers whose snapshot exists are skipped, so a rerun after a crash resumes.
-/// Each layer is applied into an active snapshot with a unique key and
-/// committed under its chain ID; if another process committed that chain ID
+/// Each layer is applied into an active snapshot with a unique key (prepared
+/// with [`APPLY_ONLY_LABEL`]) and committed under its chain ID; if another process committed that chain ID
 /// first, its snapshot is used and ours removed, so concurrent unpacks of one
 /// image both succeed. A diff ID that does not match the image config fails
 /// with [`Error::DiffIdMismatch`] and commits nothing.
@@ -196,6 +198,12 @@ struct Layers<'a> {
     chain_ids: &'a [Digest],
 }
 
+/// The labels of the active snapshots layers are applied into: nothing
+/// but the promise that only [`apply_layer`] writes them.
+fn apply_only() -> Labels {
+    Labels::from([(APPLY_ONLY_LABEL.to_string(), "true".to_string())])
+}
+
 fn extract_key(chain_id: &Digest) -> String {
     tempfile_name(
         std::path::Path::new(""),
@@ -299,7 +307,7 @@ where
                 .then(|| first.checked_sub(1))
                 .flatten()
                 .map(|p| layers.chain_ids[p].to_string()),
-            labels: Labels::new(),
+            labels: apply_only(),
         })
         .collect();
     let remove_all = |keys: Vec<String>| async move {
@@ -506,7 +514,7 @@ where
     S: Snapshotter + ?Sized,
 {
     let key = extract_key(chain_id);
-    let mounts = match snapshotter.prepare(&key, parent, Labels::new()).await {
+    let mounts = match snapshotter.prepare(&key, parent, apply_only()).await {
         Ok(mounts) => mounts,
         Err(e) if e.is_already_exists() => return Ok(()),
         Err(e) => return Err(e),

@@ -119,6 +119,138 @@ async fn overlay_unpack_resumes_and_builds_the_rootfs() {
     unpacks_and_resumes(OverlaySnapshotter::open(dir.path()).unwrap()).await;
 }
 
+/// Every entry under `root` with what must not change in a committed
+/// snapshot: `tree`'s line, the inode, the mtime and the `user.test` xattr.
+fn fingerprint(root: &std::path::Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    tree(root)
+        .into_iter()
+        .map(|(rel, line)| {
+            let path = root.join(&rel);
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let mut value = [0u8; 64];
+            let xattr = rustix::fs::lgetxattr(&path, "user.test", &mut value[..])
+                .map(|n| String::from_utf8_lossy(&value[..n]).into_owned())
+                .unwrap_or_default();
+            let line = format!(
+                "{line} ino={} mtime={}.{} xattr={xattr}",
+                m.ino(),
+                m.mtime(),
+                m.mtime_nsec()
+            );
+            (rel, line)
+        })
+        .collect()
+}
+
+fn inode(path: std::path::PathBuf) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path).unwrap())
+}
+
+/// A native unpack shares the files of the layer below by hard link (the
+/// `APPLY_ONLY_LABEL` hint); applying the next layer replaces entries and
+/// never changes the layer below. A container's snapshot, prepared without
+/// the hint, gets copies.
+#[tokio::test]
+async fn native_unpack_shares_unchanged_files_and_never_changes_the_layer_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let native = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+    let base = tar_of(&[
+        Entry::Dir("etc", 0o755),
+        Entry::File("etc/kept", b"k", 0o644),
+        Entry::Link("etc/kept-link", "etc/kept"),
+        Entry::File("etc/replaced", b"old", 0o644),
+        Entry::File("etc/chmodded", b"c", 0o644),
+        Entry::File("etc/gone", b"g", 0o644),
+        Entry::Symlink("etc/sym", "kept"),
+        Entry::Fifo("etc/fifo"),
+        Entry::Xattr("etc/attr", b"a", "user.test", b"before"),
+        Entry::Dir("opq", 0o755),
+        Entry::File("opq/old", b"o", 0o644),
+    ]);
+    let top = tar_of(&[
+        Entry::File("etc/replaced", b"new", 0o600),
+        // Same bytes, new mode: the entry is replaced, not chmodded in place.
+        Entry::File("etc/chmodded", b"c", 0o600),
+        Entry::Xattr("etc/attr", b"a", "user.test", b"after"),
+        Entry::File("etc/.wh.gone", b"", 0o644),
+        Entry::Link("etc/late-link", "etc/kept"),
+        Entry::Dir("etc", 0o700),
+        Entry::File("opq/.wh..wh..opq", b"", 0o644),
+        Entry::File("opq/new", b"n", 0o644),
+    ]);
+    let chain = chain_of(&[base.clone(), top.clone()]);
+    // The base alone first, to look at its snapshot before the top goes on.
+    let base_image = store_image(&store, std::slice::from_ref(&base)).await;
+    unpack_default(&base_image, &store, &native).await.unwrap();
+    let below = native.path(chain[0].as_ref()).await.unwrap();
+    let before = fingerprint(&below);
+    assert_eq!(before.len(), 11, "{before:?}");
+
+    let image = store_image(&store, &[base, top]).await;
+    unpack_default(&image, &store, &native).await.unwrap();
+    assert_eq!(fingerprint(&below), before, "the layer below changed");
+    let above = native.path(chain[1].as_ref()).await.unwrap();
+    assert_eq!(inode(above.join("etc/kept")), inode(below.join("etc/kept")));
+    assert_eq!(inode(above.join("etc/sym")), inode(below.join("etc/sym")));
+    assert_eq!(inode(above.join("etc/fifo")), inode(below.join("etc/fifo")));
+    assert_eq!(
+        inode(above.join("etc/kept-link")),
+        inode(above.join("etc/kept")),
+        "a hardlink group stays one group"
+    );
+    assert_eq!(
+        inode(above.join("etc/late-link")),
+        inode(below.join("etc/kept"))
+    );
+    for replaced in ["etc", "etc/replaced", "etc/chmodded", "etc/attr", "opq"] {
+        assert_ne!(
+            inode(above.join(replaced)),
+            inode(below.join(replaced)),
+            "{replaced}"
+        );
+    }
+    let t = tree(&above);
+    assert_eq!(t["etc"], "dir 700 0:0");
+    assert_eq!(t["etc/replaced"], "file:new 600 0:0");
+    assert_eq!(t["etc/chmodded"], "file:c 600 0:0");
+    assert!(
+        !t.contains_key("etc/gone") && !t.contains_key("opq/old"),
+        "{t:?}"
+    );
+    assert_eq!(t["opq/new"], "file:n 644 0:0");
+    assert_eq!(
+        fingerprint(&above)["etc/attr"]
+            .split_once("xattr=")
+            .unwrap()
+            .1,
+        "after"
+    );
+
+    // A container's snapshot is a copy: writing into it changes nothing below.
+    let top_before = fingerprint(&above);
+    let mounts = native
+        .prepare("container", Some(chain[1].as_ref()), Labels::new())
+        .await
+        .unwrap();
+    let root = mount::writable_dir(&mounts).unwrap();
+    assert_ne!(inode(root.join("etc/kept")), inode(above.join("etc/kept")));
+    std::fs::write(root.join("etc/kept"), b"written in place").unwrap();
+    std::fs::set_permissions(
+        root.join("etc/late-link"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(fingerprint(&above), top_before);
+    assert_eq!(fingerprint(&below), before);
+    assert_eq!(
+        tree(&root)["etc/kept-link"],
+        "file:written in place 600 0:0",
+        "the copy keeps its hardlink group"
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_diff_id_commits_nothing_native() {
     let dir = tempfile::tempdir().unwrap();
