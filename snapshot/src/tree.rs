@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use rustix::fs::{AtFlags, CWD, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 
@@ -22,7 +23,9 @@ use crate::{Error, Result};
 /// kernel's CPU time, and a layer holds many small files); directory times
 /// and modes are set last.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    fill_tree(src, dst, false)
+    let mut plan = CopyPlan::default();
+    plan.walk(src, dst)?;
+    plan.finish(src, dst)
 }
 
 /// [`copy_tree`] that shares `src`'s files instead of copying them: the
@@ -31,35 +34,175 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 /// entries will be replaced, never written in place, and a `src` that never
 /// changes: see [`APPLY_ONLY_LABEL`](crate::APPLY_ONLY_LABEL).
 ///
-/// An inode that can take no more links (`EMLINK`), or that the filesystem
-/// will not link, is copied instead.
+/// One thread per core takes directories from a shared queue, makes their
+/// subdirectories and links their other entries through the two
+/// directories' descriptors, without walking paths. An inode that can take no more links (`EMLINK`), or
+/// that the filesystem will not link, is copied instead. Directory metadata
+/// is set last, parents first.
 pub(crate) fn share_tree(src: &Path, dst: &Path) -> Result<()> {
-    fill_tree(src, dst, true)
-}
-
-fn fill_tree(src: &Path, dst: &Path, share: bool) -> Result<()> {
+    let walk = SharingWalk {
+        state: Mutex::new(SharingState {
+            queue: vec![(src.to_path_buf(), dst.to_path_buf())],
+            ..SharingState::default()
+        }),
+        changed: Condvar::new(),
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..worker_threads() {
+            scope.spawn(|| walk.work());
+        }
+    });
+    let state = walk.state.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = state.failed {
+        return Err(e);
+    }
     let mut plan = CopyPlan {
-        share,
+        dirs: state.dirs,
         ..CopyPlan::default()
     };
-    plan.walk(src, dst)?;
-    copy_files(&plan.files)?;
-    for (from, to, meta) in plan.dirs.iter().rev() {
-        copy_metadata(from, to, meta)?;
+    plan.dirs.sort_by_key(|(_, to, _)| to.components().count());
+    for (from, to, is_file) in state.unshared {
+        plan.copy_entry(from, to, is_file)?;
     }
-    copy_metadata(
-        src,
-        dst,
-        &fs::symlink_metadata(src).map_err(|e| Error::io("stat", src, e))?,
-    )
+    plan.finish(src, dst)
+}
+
+/// The walkers of one [`share_tree`] and what they share.
+struct SharingWalk {
+    state: Mutex<SharingState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SharingState {
+    /// Directories made but not yet read: (source, copy).
+    queue: Vec<(PathBuf, PathBuf)>,
+    /// Walkers reading one now.
+    busy: usize,
+    /// Every directory made, for [`CopyPlan::finish`].
+    dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
+    /// Entries that could not be linked: (source, copy, is a regular file).
+    unshared: Vec<(PathBuf, PathBuf, bool)>,
+    failed: Option<Error>,
+}
+
+/// What [`share_dir`] found in one directory.
+#[derive(Default)]
+struct SharedDir {
+    dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
+    unshared: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+impl SharingWalk {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes directories until none is left and no walker can add one, or
+    /// one failed.
+    fn work(&self) {
+        let mut state = self.lock();
+        while state.failed.is_none() {
+            let Some((src, dst)) = state.queue.pop() else {
+                if state.busy == 0 {
+                    break;
+                }
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            state.busy += 1;
+            drop(state);
+            let result = share_dir(&src, &dst);
+            state = self.lock();
+            state.busy -= 1;
+            match result {
+                Ok(found) => {
+                    state.queue.extend(
+                        found
+                            .dirs
+                            .iter()
+                            .map(|(from, to, _)| (from.clone(), to.clone())),
+                    );
+                    state.dirs.extend(found.dirs);
+                    state.unshared.extend(found.unshared);
+                }
+                Err(e) => {
+                    state.failed.get_or_insert(e);
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// Makes the subdirectories of `src` in `dst` and links its other entries
+/// there.
+fn share_dir(src: &Path, dst: &Path) -> Result<SharedDir> {
+    use rustix::fs::FileType;
+    use rustix::io::Errno;
+    let open = |path: &Path| {
+        rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("open", path, e))
+    };
+    let (src_fd, dst_fd) = (open(src)?, open(dst)?);
+    let mut found = SharedDir::default();
+    let mut entries =
+        rustix::fs::Dir::read_from(&src_fd).map_err(|e| Error::io("read dir", src, e))?;
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(|e| Error::io("read dir", src, e))?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let paths = || {
+            let name =
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes());
+            (src.join(name), dst.join(name))
+        };
+        let mut file_type = entry.file_type();
+        if file_type == FileType::Unknown {
+            let st = rustix::fs::statat(&src_fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| Error::io("stat", paths().0, e))?;
+            file_type = FileType::from_raw_mode(st.st_mode);
+        }
+        if file_type == FileType::Directory {
+            let (from, to) = paths();
+            rustix::fs::mkdirat(&dst_fd, name, Mode::from_raw_mode(0o700))
+                .map_err(|e| Error::io("mkdir", &to, e))?;
+            let meta = fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, e))?;
+            found.dirs.push((from, to, meta));
+            continue;
+        }
+        match rustix::fs::linkat(&src_fd, name, &dst_fd, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::MLINK | Errno::PERM | Errno::XDEV | Errno::OPNOTSUPP) => {
+                let (from, to) = paths();
+                found
+                    .unshared
+                    .push((from, to, file_type == FileType::RegularFile));
+            }
+            Err(e) => return Err(Error::io("link", paths().1, e)),
+        }
+    }
+    Ok(found)
+}
+
+/// How many threads tree copies use: one per core, at most four.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4)
 }
 
 /// What the walk of [`copy_tree`] leaves for later: regular files to copy,
 /// directories whose metadata to set (parents first).
 #[derive(Default)]
 struct CopyPlan {
-    /// Link rather than copy what is not a directory ([`share_tree`]).
-    share: bool,
     files: Vec<(PathBuf, PathBuf)>,
     dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
     links: HashMap<(u64, u64), PathBuf>,
@@ -76,39 +219,54 @@ impl CopyPlan {
             if ft.is_dir() {
                 let meta = fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, e))?;
                 fs::create_dir(&to).map_err(|e| Error::io("mkdir", &to, e))?;
+                self.dirs.push((from.clone(), to.clone(), meta));
                 self.walk(&from, &to)?;
-                self.dirs.push((from, to, meta));
                 continue;
             }
-            if self.share && shared(&from, &to)? {
-                continue;
-            }
-            if ft.is_file() {
-                self.files.push((from, to));
-                continue;
-            }
-            let meta = fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, e))?;
-            if meta.nlink() > 1 && self.linked(&meta, &to)? {
-                continue;
-            }
-            if ft.is_symlink() {
-                let target = fs::read_link(&from).map_err(|e| Error::io("readlink", &from, e))?;
-                std::os::unix::fs::symlink(&target, &to)
-                    .map_err(|e| Error::io("symlink", &to, e))?;
-            } else {
-                let file_type = rustix::fs::FileType::from_raw_mode(meta.mode());
-                rustix::fs::mknodat(
-                    CWD,
-                    &to,
-                    file_type,
-                    Mode::from_raw_mode(meta.mode() & 0o7777),
-                    meta.rdev(),
-                )
-                .map_err(|e| Error::io("mknod", &to, e))?;
-            }
-            copy_metadata(&from, &to, &meta)?;
+            self.copy_entry(from, to, ft.is_file())?;
         }
         Ok(())
+    }
+
+    /// Copies a non-directory; a regular file is left for [`copy_files`].
+    fn copy_entry(&mut self, from: PathBuf, to: PathBuf, is_file: bool) -> Result<()> {
+        if is_file {
+            self.files.push((from, to));
+            return Ok(());
+        }
+        let meta = fs::symlink_metadata(&from).map_err(|e| Error::io("stat", &from, e))?;
+        if meta.nlink() > 1 && self.linked(&meta, &to)? {
+            return Ok(());
+        }
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&from).map_err(|e| Error::io("readlink", &from, e))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(|e| Error::io("symlink", &to, e))?;
+        } else {
+            let file_type = rustix::fs::FileType::from_raw_mode(meta.mode());
+            rustix::fs::mknodat(
+                CWD,
+                &to,
+                file_type,
+                Mode::from_raw_mode(meta.mode() & 0o7777),
+                meta.rdev(),
+            )
+            .map_err(|e| Error::io("mknod", &to, e))?;
+        }
+        copy_metadata(&from, &to, &meta)
+    }
+
+    /// Copies the files left, then sets the metadata of the directories
+    /// (parents first) and of `dst` itself.
+    fn finish(&mut self, src: &Path, dst: &Path) -> Result<()> {
+        copy_files(&self.files)?;
+        for (from, to, meta) in &self.dirs {
+            copy_metadata(from, to, meta)?;
+        }
+        copy_metadata(
+            src,
+            dst,
+            &fs::symlink_metadata(src).map_err(|e| Error::io("stat", src, e))?,
+        )
     }
 
     /// Links `to` to the copy of the inode of `meta` if one was made (true);
@@ -124,27 +282,11 @@ impl CopyPlan {
     }
 }
 
-/// Hard-links `to` to the inode of `from` (true), or says it must be copied
-/// (false): the inode has all the links the filesystem allows, or the
-/// filesystem will not link it. Never follows a symlink: the link is to the
-/// symlink itself.
-fn shared(from: &Path, to: &Path) -> Result<bool> {
-    use rustix::io::Errno;
-    match rustix::fs::linkat(CWD, from, CWD, to, AtFlags::empty()) {
-        Ok(()) => Ok(true),
-        Err(Errno::MLINK | Errno::PERM | Errno::XDEV | Errno::OPNOTSUPP) => Ok(false),
-        Err(e) => Err(Error::io("link", to, e)),
-    }
-}
-
 /// Copies the regular files of `files`, on one thread per core when there
 /// are enough of them. Hardlinked files are set aside, then copied once per
 /// inode and linked, on this thread.
 fn copy_files(files: &[(PathBuf, PathBuf)]) -> Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(4);
+    let threads = worker_threads();
     let copier = FileCopier {
         may_clone: AtomicBool::new(true),
         as_root: rustix::process::geteuid().is_root(),

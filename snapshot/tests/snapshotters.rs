@@ -3,7 +3,11 @@
 //! children, rebase rules, walk filters, label updates, batches that are all
 //! or nothing, and a 128-layer mount.
 
+mod common;
+
 use std::path::Path;
+
+use common::full_tree;
 
 use ocidist_snapshot::native::NativeSnapshotter;
 use ocidist_snapshot::overlay::OverlaySnapshotter;
@@ -137,6 +141,122 @@ async fn writeback_snapshotters_follow_the_same_rules() {
     assert_eq!(s.stat("c1").await.unwrap().kind, Kind::Committed);
     let one = s.path("c1").await.unwrap().join("one");
     assert_eq!(std::fs::read_to_string(one).unwrap(), "1");
+}
+
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path).unwrap())
+}
+
+#[tokio::test]
+async fn native_apply_only_prepares_share_files_and_build_what_a_copy_builds() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = NativeSnapshotter::open(dir.path()).unwrap();
+    let mounts = s.prepare("fill", None, Labels::new()).await.unwrap();
+    let root = mount::writable_dir(&mounts).unwrap();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let time = |path: &Path, secs: i64| {
+        let t = rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: 5,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            path,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    };
+    // Wide (40 siblings, so walkers share the work) and deep.
+    for i in 0..40 {
+        let d = root.join(format!("wide/d{i:02}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), format!("{i}")).unwrap();
+        time(&d.join("f"), 1_600_000_000 + i);
+        time(&d, 1_500_000_000 + i);
+    }
+    let deep = root.join("a/b/c");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("setuid"), b"s").unwrap();
+    rustix::fs::chown(
+        deep.join("setuid"),
+        Some(rustix::fs::Uid::from_raw(1000)),
+        Some(rustix::fs::Gid::from_raw(1000)),
+    )
+    .unwrap();
+    mode(&deep.join("setuid"), 0o4755);
+    std::fs::hard_link(deep.join("setuid"), root.join("a/setuid-link")).unwrap();
+    std::os::unix::fs::symlink("b/c/setuid", root.join("a/sym")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("a/fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("a/null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        root.join("a/b"),
+        "user.x",
+        b"dir",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    time(&root.join("a/sym"), 1_400_000_000);
+    time(&deep, 1_300_000_000);
+    mode(&deep, 0o750);
+    mode(&root.join("a/b"), 0o500);
+    time(&root.join("a/b"), 1_200_000_000);
+    s.commit("base", "fill", Labels::new()).await.unwrap();
+    let base = s.path("base").await.unwrap();
+    let expected = full_tree(&base);
+    assert_eq!(expected.len(), 80 + 1 + 8, "{expected:?}");
+    assert!(expected["a/b"].ends_with("user.x=dir"), "{expected:?}");
+
+    let apply_only = labels(&[(ocidist_snapshot::APPLY_ONLY_LABEL, "true")]);
+    let shared =
+        mount::writable_dir(&s.prepare("shared", Some("base"), apply_only).await.unwrap()).unwrap();
+    let copied = mount::writable_dir(
+        &s.prepare("copied", Some("base"), Labels::new())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(full_tree(&shared), expected);
+    assert_eq!(full_tree(&copied), expected);
+    for file in [
+        "a/b/c/setuid",
+        "a/setuid-link",
+        "a/sym",
+        "a/fifo",
+        "a/null",
+        "wide/d07/f",
+    ] {
+        assert_eq!(inode(&shared.join(file)), inode(&base.join(file)), "{file}");
+        assert_ne!(inode(&copied.join(file)), inode(&base.join(file)), "{file}");
+    }
+    for dir in ["", "a", "a/b", "a/b/c", "wide/d07"] {
+        assert_ne!(inode(&shared.join(dir)), inode(&base.join(dir)), "{dir}");
+    }
+    assert_eq!(
+        inode(&copied.join("a/setuid-link")),
+        inode(&copied.join("a/b/c/setuid"))
+    );
 }
 
 #[tokio::test]

@@ -92,6 +92,31 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// [`tree`] with what else a copy keeps: each entry's mtime and `user.*`
+/// xattrs.
+pub fn full_tree(root: &Path) -> BTreeMap<String, String> {
+    tree(root)
+        .into_iter()
+        .map(|(rel, line)| {
+            let path = root.join(&rel);
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let mut names = vec![0u8; 1024];
+            let n = rustix::fs::llistxattr(&path, &mut names[..]).unwrap_or(0);
+            let mut xattrs = String::new();
+            for name in names[..n].split(|b| *b == 0) {
+                let name = String::from_utf8_lossy(name);
+                if name.starts_with("user.") {
+                    let mut value = vec![0u8; 1024];
+                    let n = rustix::fs::lgetxattr(&path, &*name, &mut value[..]).unwrap();
+                    xattrs += &format!(" {name}={}", String::from_utf8_lossy(&value[..n]));
+                }
+            }
+            let line = format!("{line} mtime={}.{}{xattrs}", m.mtime(), m.mtime_nsec());
+            (rel, line)
+        })
+        .collect()
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
