@@ -71,7 +71,7 @@ struct Cli {
     #[arg(long, global = true, value_name = "N", default_value_t = 3)]
     unpack_concurrency: usize,
     /// Whether snapshot commits wait for the disk. `writeback` skips the
-    /// flush, as containerd does: far faster on native, but a power loss
+    /// flush, as containerd does: faster, most on native, but a power loss
     /// may leave committed layers with empty files.
     #[arg(long, global = true, value_enum, default_value_t = DurabilityArg::Synced)]
     snapshot_durability: DurabilityArg,
@@ -93,7 +93,8 @@ enum DurabilityArg {
 enum SnapshotterKind {
     /// overlayfs layers, one directory of changes per layer.
     Overlay,
-    /// A full copy of the tree per layer; works anywhere.
+    /// A full tree per layer (unchanged files hard-linked to the layer
+    /// below when unpacking); works anywhere.
     Native,
 }
 
