@@ -1,8 +1,8 @@
 //! The conformance suite every snapshotter must pass (feature `testsuite`).
 //!
 //! These are containerd's 21 snapshotter cases (`core/snapshots/testsuite`),
-//! with its layers, keys and semantics, as plain `pub async fn`s that panic on
-//! failure. Each takes a fresh, empty snapshotter and an empty scratch
+//! with its layers, keys and semantics, and one of ours
+//! ([`apply_only_prepare`]), as plain `pub async fn`s that panic on failure. Each takes a fresh, empty snapshotter and an empty scratch
 //! directory for mount points and expected trees:
 //!
 //! ```no_run
@@ -61,7 +61,8 @@ macro_rules! snapshotter_suite {
             remove, walk, layer_file_update, remove_directory_in_lower_layer, chown,
             directory_permission_on_commit, remove_intermediate_snapshot,
             deleted_files_in_child_snapshot, move_file_from_lower_layer, view_readonly,
-            stat_in_walk, close_twice, root_permission, rename, mount_128_layers);
+            stat_in_walk, close_twice, root_permission, rename, mount_128_layers,
+            apply_only_prepare);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -1440,4 +1441,92 @@ pub async fn mount_128_layers<S: Snapshotter + ?Sized>(snapshotter: &S, work: &P
     let mounted = Mounted::new(&mounts, Path::new(&full));
     check_directory_equal(&flat, Path::new(&full));
     mounted.unmount();
+}
+
+/// ApplyOnlyPrepare (ours, not containerd's): a snapshot prepared with
+/// [`APPLY_ONLY_LABEL`](crate::APPLY_ONLY_LABEL) and written only by
+/// [`apply_layer`](crate::apply::apply_layer) through its mount holds the
+/// layer's changes — a file replaced with new bytes and mode, one whited
+/// out, a hardlink to a lower file, a directory's mode changed, a directory
+/// made opaque — and its parent keeps exactly its own tree, hardlinks
+/// included. (The new hardlink's target has no other link: through an
+/// overlay mount without `index=on`, linking to one of a lower hardlink
+/// group splits the group, which is overlayfs's rule, not the snapshotter's.) A snapshotter
+/// that ignores the hint passes; one that shares its parent's files must
+/// share them safely.
+pub async fn apply_only_prepare<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
+    clear_umask();
+    let lower = [
+        create_dir("/etc", 0o755),
+        create_file("/etc/kept", b"kept", 0o644),
+        create_file("/etc/replaced", b"old", 0o644),
+        create_file("/etc/gone", b"gone", 0o644),
+        hard_link("/etc/kept", "/etc/kept-link"),
+        create_file("/etc/single", b"single", 0o644),
+        create_dir("/opq", 0o755),
+        create_file("/opq/old", b"old", 0o644),
+    ];
+    // The layer, and what it does to a tree.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut entry = |kind: tar::EntryType, path: &str, mode: u32, data: &[u8], link: &str| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_mtime(1_700_000_000);
+        if link.is_empty() {
+            tar.append_data(&mut header, path, data)
+        } else {
+            tar.append_link(&mut header, path, link)
+        }
+        .unwrap_or_else(|e| panic!("tar entry {path}: {e}"));
+    };
+    entry(tar::EntryType::Regular, "etc/replaced", 0o600, b"new", "");
+    entry(tar::EntryType::Regular, "etc/.wh.gone", 0o644, b"", "");
+    entry(
+        tar::EntryType::Link,
+        "etc/late-link",
+        0o644,
+        b"",
+        "etc/single",
+    );
+    entry(tar::EntryType::Directory, "etc", 0o700, b"", "");
+    entry(tar::EntryType::Regular, "opq/.wh..wh..opq", 0o644, b"", "");
+    entry(tar::EntryType::Regular, "opq/new", 0o644, b"new", "");
+    let layer = tar.into_inner().expect("finish the tar");
+    let upper = [
+        create_file("/etc/replaced", b"new", 0o600),
+        remove_all("/etc/gone"),
+        hard_link("/etc/single", "/etc/late-link"),
+        create_dir("/etc", 0o700),
+        remove_all("/opq/old"),
+        create_file("/opq/new", b"new", 0o644),
+    ];
+
+    let (parent, _) = create_snapshot(snapshotter, None, work, &lower).await;
+    let key = format!("apply-only-{}", unique());
+    let mut hint = gc_labels();
+    hint.insert(crate::APPLY_ONLY_LABEL.to_string(), "true".to_string());
+    let mounts = prepare_ok(snapshotter, &key, Some(&parent), hint).await;
+    let dir = scratch_dir(work, "apply");
+    let mounted = Mounted::new(&mounts, &dir);
+    crate::apply::apply_layer(
+        &mount::ApplyTarget::Tree(dir.clone()),
+        std::io::Cursor::new(layer),
+        None,
+        crate::apply::ApplyOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply the layer through {}: {e}", dir.display()));
+    mounted.unmount();
+    remove_mount_point(&dir);
+    let name = format!("applied-{}", unique());
+    commit_ok(snapshotter, &name, &key, gc_labels()).await;
+
+    let flat = scratch_dir(work, "flat");
+    apply_ops(&flat, &lower);
+    check_snapshot(snapshotter, work, &parent, &flat).await;
+    apply_ops(&flat, &upper);
+    check_snapshot(snapshotter, work, &name, &flat).await;
+    remove_tree(&flat);
 }
