@@ -152,9 +152,9 @@ pub enum Durability {
     /// Nothing is flushed: files reach the disk when the kernel writes them
     /// back, as with containerd's snapshotters. Faster (a quarter less time
     /// for a native unpack of many layers, each a full tree); but after a
-    /// power loss a committed snapshot may hold empty or short files, and must be
-    /// removed by hand. For machines that are rebuilt, not recovered (CI
-    /// runners, build caches).
+    /// power loss a committed snapshot may hold empty or short files, and
+    /// must be removed by hand. For machines that are rebuilt, not recovered
+    /// (CI runners, build caches).
     Writeback,
 }
 
