@@ -125,6 +125,47 @@ async fn child_process_entry() {
             // Never commits: the parent kills us first.
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
+        "size-limited-writer" => {
+            // SAFETY: plain calls that change only this child process: writes
+            // past the limit then fail with EFBIG instead of raising SIGXFSZ.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit {
+                    rlim_cur: SIZE_LIMIT,
+                    rlim_max: SIZE_LIMIT,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+            }
+            let (content, digest) = size_limited_content();
+            let opts = WriterOpts::new("limited-ref")
+                .size(content.len() as u64)
+                .digest(digest.clone());
+            let mut w = store.writer(opts).await.unwrap();
+            let mut failure = None;
+            let mut accepted = 0;
+            for piece in content.chunks(64 << 10) {
+                if let Err(e) = w.write_all(piece).await {
+                    failure = Some(e.to_string());
+                    break;
+                }
+                accepted += piece.len();
+            }
+            println!("accepted: {accepted}");
+            let failure = match failure {
+                Some(failure) => failure,
+                None => w
+                    .commit(Some(content.len() as u64), Some(&digest), Labels::new())
+                    .await
+                    .expect_err("a write past the size limit must fail")
+                    .to_string(),
+            };
+            println!("failed: {failure}");
+            drop(w);
+            // The failed writer has let go of the ref.
+            let w = store.writer(WriterOpts::new("limited-ref")).await;
+            println!("reopened: {}", w.is_ok());
+            std::io::stdout().flush().unwrap();
+        }
         other => panic!("unknown child role {other}"),
     }
 }
@@ -132,8 +173,13 @@ async fn child_process_entry() {
 /// 24 MiB of fixed content: long enough for the 64 MiB checkpoint interval not
 /// to matter, and several kills at different offsets.
 fn crash_content() -> (Vec<u8>, Digest) {
-    let mut state = 0x1234_5678_9abc_def1u64;
-    let content: Vec<u8> = (0..24 << 20)
+    fixed_content(24 << 20, 0x1234_5678_9abc_def1)
+}
+
+/// `len` pseudo-random bytes, the same for the same seed in every process.
+fn fixed_content(len: usize, seed: u64) -> (Vec<u8>, Digest) {
+    let mut state = seed;
+    let content: Vec<u8> = (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
@@ -262,6 +308,150 @@ async fn checkpoint_that_disagrees_with_the_data_is_ignored() {
     .unwrap();
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
+}
+
+/// The file size limit of the `size-limited-writer` child.
+const SIZE_LIMIT: u64 = 20 << 20;
+
+fn size_limited_content() -> (Vec<u8>, Digest) {
+    fixed_content(40 << 20, 0x0f1e_2d3c_4b5a_6978)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_written_behind_that_fails_is_reported_with_its_file_and_the_ingest_resumes() {
+    let (dir, store) = store();
+    // A child whose files may not grow past 20 MiB writes 40 MiB: the chunk
+    // written behind at 20 MiB fails with EFBIG, on its own thread.
+    let child = spawn_child("size-limited-writer", dir.path());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "child failed: {stdout}");
+    let failure = stdout
+        .lines()
+        .find_map(|l| l.split_once("failed: ").map(|(_, failure)| failure))
+        .unwrap_or_else(|| panic!("no failure reported: {stdout}"));
+    assert!(
+        failure.starts_with("write ") && failure.contains("/data: File too large"),
+        "the error names the write, the ingest's data file and the cause: {failure}"
+    );
+    assert!(stdout.contains("reopened: true"), "{stdout}");
+    // Reported by the writes that follow the failed chunk, not only at the
+    // commit: a few chunks (buffered, hashing, written behind) past the limit.
+    let accepted: u64 = stdout
+        .lines()
+        .find_map(|l| l.split_once("accepted: ").map(|(_, n)| n.parse().unwrap()))
+        .unwrap();
+    assert!(
+        accepted <= SIZE_LIMIT + (4 << 20),
+        "writes went on to {accepted} bytes after the write at {SIZE_LIMIT} failed"
+    );
+    assert!(
+        blob_files(dir.path()).is_empty(),
+        "nothing may be committed"
+    );
+
+    // The data on disk is a prefix of the content, and a resume completes it.
+    let (content, digest) = size_limited_content();
+    let opts = WriterOpts::new("limited-ref")
+        .size(content.len() as u64)
+        .digest(digest.clone());
+    let mut w = store.writer(opts).await.unwrap();
+    let offset = w.status().await.unwrap().offset as usize;
+    assert!(
+        offset > 0 && offset as u64 <= SIZE_LIMIT,
+        "resumes from what the child wrote before the limit: {offset}"
+    );
+    w.write_all(&content[offset..]).await.unwrap();
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap();
+    let read = read_blob(&store, &descriptor(digest, content.len() as u64), u64::MAX)
+        .await
+        .unwrap();
+    assert!(read == content);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_ingest_resumed_at_an_odd_offset_lands_exactly_and_bypasses_the_page_cache() {
+    let (dir, store) = store();
+    // Past the size at which a writer takes 4 MiB chunks (128 MiB), resumed at
+    // an odd offset and ending at one, so every way of writing runs: buffered
+    // pieces, direct 1 MiB and 4 MiB chunks written behind, a buffered tail.
+    let (content, digest) = fixed_content((130 << 20) + 12_345, 0x5eed);
+    let head = (5 << 20) + 777;
+    let mut w = store.writer(WriterOpts::new("large-ref")).await.unwrap();
+    for piece in content[..head].chunks(65_521) {
+        w.write_all(piece).await.unwrap();
+    }
+    w.shutdown().await.unwrap();
+    drop(w);
+    let opts = WriterOpts::new("large-ref")
+        .size(content.len() as u64)
+        .digest(digest.clone());
+    let mut w = store.writer(opts).await.unwrap();
+    assert_eq!(w.status().await.unwrap().offset, head as u64);
+    for piece in content[head..].chunks(100_003) {
+        w.write_all(piece).await.unwrap();
+    }
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap();
+
+    let blob = dir
+        .path()
+        .join("blobs")
+        .join("sha256")
+        .join(digest.digest());
+    // Before anything reads it: the direct chunks never entered the page
+    // cache. Through the page cache, at least the last 32 MiB would still be
+    // there (pages are dropped only that far behind the end). On tmpfs,
+    // everything is page cache.
+    if !is_tmpfs(dir.path()) {
+        let resident = resident_bytes(&blob);
+        assert!(
+            resident < 16 << 20,
+            "{resident} bytes of the blob are in the page cache"
+        );
+    }
+    assert!(std::fs::read(&blob).unwrap() == content);
+}
+
+fn is_tmpfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path; `stat` is written by the call.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        assert_eq!(libc::statfs(c.as_ptr(), &mut stat), 0);
+        stat.f_type == libc::TMPFS_MAGIC
+    }
+}
+
+/// How much of the file at `path` is in the page cache (`mincore`).
+fn resident_bytes(path: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: `sysconf` reads no memory.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: a read-only shared mapping of an open file, only inspected with
+    // `mincore` (which reads no page) and unmapped before returning; `vec`
+    // holds one byte per page of the mapping.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+    }
+    vec.iter().filter(|&&b| b & 1 == 1).count() as u64 * page as u64
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ use crate::{
     Writer, WriterOpts,
 };
 
+mod direct;
 mod fsutil;
 mod ingest;
 mod labels;
@@ -174,7 +175,7 @@ impl LocalStore {
             offset: written,
             ..status
         };
-        let sink = writer::Sink::new(locked, digester, written);
+        let sink = writer::Sink::new(locked, digester, written)?;
         Ok(LocalWriter::new(self.clone(), sink, status))
     }
 }
