@@ -429,6 +429,12 @@ fn is_tmpfs(path: &Path) -> bool {
 
 /// How much of the file at `path` is in the page cache (`mincore`).
 fn resident_bytes(path: &Path) -> u64 {
+    let len = std::fs::metadata(path).unwrap().len();
+    resident_bytes_in(path, 0..len)
+}
+
+/// How much of `range` of the file at `path` is in the page cache.
+fn resident_bytes_in(path: &Path, range: std::ops::Range<u64>) -> u64 {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).unwrap();
     let len = file.metadata().unwrap().len() as usize;
@@ -447,11 +453,17 @@ fn resident_bytes(path: &Path) -> u64 {
             file.as_raw_fd(),
             0,
         );
-        assert_ne!(map, libc::MAP_FAILED);
+        assert_ne!(
+            map,
+            libc::MAP_FAILED,
+            "mmap {path:?} ({len} bytes): {}",
+            std::io::Error::last_os_error()
+        );
         assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0);
         libc::munmap(map, len);
     }
-    vec.iter().filter(|&&b| b & 1 == 1).count() as u64 * page as u64
+    let pages = range.start as usize / page..(range.end as usize).div_ceil(page);
+    vec[pages].iter().filter(|&&b| b & 1 == 1).count() as u64 * page as u64
 }
 
 #[tokio::test]
@@ -988,4 +1000,48 @@ async fn an_ingest_can_be_read_while_it_is_written_and_after_its_commit() {
     assert_eq!(&buf[..100], &content[content.len() - 100..]);
     let gone = store.ingest_reader_at("growing").await.err().unwrap();
     assert_eq!(gone.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_read_as_it_grows_goes_through_the_page_cache_until_its_reader_goes() {
+    let (dir, store) = store();
+    let (content, digest) = create_content(40 << 20);
+    let half = 20 << 20;
+    let mut w = store.writer(WriterOpts::new("followed")).await.unwrap();
+    let reader = store.ingest_reader_at("followed").await.unwrap();
+    w.write_all(&content[..half]).await.unwrap();
+    w.flush().await.unwrap();
+    let data = only_ingest_dir(dir.path()).join("data");
+    // A pull unpacks a layer from its ingest as it downloads: the chunks it
+    // is about to read stay in the page cache for it.
+    let resident = resident_bytes_in(&data, 0..half as u64);
+    assert!(
+        resident >= 16 << 20,
+        "only {resident} bytes of the followed part are in the page cache"
+    );
+    let mut buf = vec![0u8; 1 << 20];
+    reader
+        .read_at(half as u64 - (1 << 20), &mut buf)
+        .await
+        .unwrap();
+    assert!(buf[..] == content[half - (1 << 20)..half]);
+
+    // Without a reader, whole chunks bypass it again.
+    drop(reader);
+    w.write_all(&content[half..]).await.unwrap();
+    w.flush().await.unwrap();
+    if !is_tmpfs(dir.path()) {
+        let resident = resident_bytes_in(&data, (half as u64 + (1 << 20))..content.len() as u64);
+        assert!(
+            resident < 4 << 20,
+            "{resident} bytes written with no reader are in the page cache"
+        );
+    }
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap();
+    let read = read_blob(&store, &descriptor(digest, content.len() as u64), u64::MAX)
+        .await
+        .unwrap();
+    assert!(read == content);
 }

@@ -12,12 +12,14 @@
 //! an ingest that resumes. Ingest refs are locked with `flock` on the ingest's
 //! `lock` file, which holds between processes as well as within one.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -55,6 +57,10 @@ struct Paths {
     root: PathBuf,
     blobs: PathBuf,
     ingest: PathBuf,
+    /// Readers of each ingest's data in this process, by its path: a writer
+    /// whose ingest is being read as it grows keeps its pages in the page
+    /// cache for them (see [`direct`]).
+    followers: Mutex<HashMap<PathBuf, Arc<AtomicUsize>>>,
 }
 
 impl LocalStore {
@@ -66,6 +72,7 @@ impl LocalStore {
             blobs: root.join("blobs"),
             ingest: root.join("ingest"),
             root,
+            followers: Mutex::default(),
         };
         let label_root = paths.root.join("labels");
         for dir in [&paths.blobs, &paths.ingest, &label_root] {
@@ -105,6 +112,19 @@ impl LocalStore {
 
     fn ingest_dir(&self, reference: &str) -> PathBuf {
         ingest::dir_for(&self.inner.ingest, reference)
+    }
+
+    /// The count of this process's readers of the ingest data at `path`,
+    /// shared by its writer and readers.
+    fn followers(&self, path: &Path) -> Arc<AtomicUsize> {
+        let mut all = self
+            .inner
+            .followers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Counts nobody holds any more go; there are a few at most.
+        all.retain(|_, count| Arc::strong_count(count) > 1);
+        all.entry(path.to_path_buf()).or_default().clone()
     }
 
     fn info_blocking(&self, digest: &Digest) -> Result<Info> {
@@ -175,7 +195,8 @@ impl LocalStore {
             offset: written,
             ..status
         };
-        let sink = writer::Sink::new(locked, digester, written)?;
+        let followers = self.followers(&locked.dir.join(ingest::DATA));
+        let sink = writer::Sink::new(locked, digester, written, followers)?;
         Ok(LocalWriter::new(self.clone(), sink, status))
     }
 }
@@ -251,6 +272,25 @@ pub struct LocalReaderAt {
     path: PathBuf,
     /// An ingest being written: reads are not bounded by `size`.
     grows: bool,
+    /// Counts this reader among its ingest's followers while it lives.
+    following: Option<Following>,
+}
+
+/// One reader counted among an ingest's followers, until dropped.
+#[derive(Debug)]
+struct Following(Arc<AtomicUsize>);
+
+impl Following {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Following(count)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LocalReaderAt {
@@ -259,7 +299,8 @@ impl LocalReaderAt {
     /// is [`Error::BlobNotFound`]. Its bytes are not verified here.
     pub async fn open_blob(path: PathBuf, digest: &Digest) -> Result<Box<dyn ReaderAt>> {
         let digest = digest.clone();
-        Self::open(path, false, move || Error::BlobNotFound { digest }).await
+        let reader = Self::open(path, false, move || Error::BlobNotFound { digest }).await?;
+        Ok(Box::new(reader))
     }
 
     /// Opens `path` off the reactor; a missing file is `not_found()`.
@@ -267,8 +308,8 @@ impl LocalReaderAt {
         path: PathBuf,
         grows: bool,
         not_found: impl FnOnce() -> Error + Send + 'static,
-    ) -> Result<Box<dyn ReaderAt>> {
-        let reader = fsutil::blocking(move || {
+    ) -> Result<LocalReaderAt> {
+        fsutil::blocking(move || {
             let file = match File::open(&path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
@@ -283,10 +324,10 @@ impl LocalReaderAt {
                 size,
                 path,
                 grows,
+                following: None,
             })
         })
-        .await?;
-        Ok(Box::new(reader))
+        .await
     }
 }
 
@@ -409,10 +450,14 @@ impl IngestManager for LocalStore {
     async fn ingest_reader_at(&self, reference: &str) -> Result<Box<dyn ReaderAt>> {
         validate_reference(reference)?;
         let path = self.ingest_dir(reference).join(ingest::DATA);
+        let following = Following::new(self.followers(&path));
         let reference = reference.to_string();
         // The file keeps its inode through the commit's rename, so a reader
         // opened now reads the committed blob to its end.
-        LocalReaderAt::open(path, true, move || Error::IngestNotFound { reference }).await
+        let mut reader =
+            LocalReaderAt::open(path, true, move || Error::IngestNotFound { reference }).await?;
+        reader.following = Some(following);
+        Ok(Box::new(reader))
     }
 
     async fn status(&self, reference: &str) -> Result<Status> {
