@@ -15,8 +15,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
 
 /// Alignment of offsets, lengths and memory for direct writes: the largest
 /// logical block size in common use, so it suits every device.
@@ -111,7 +111,7 @@ impl DirectFile {
     /// written (not eligible, or refused), never a partial failure.
     pub(crate) fn write_prefix(
         &mut self,
-        path: &Path,
+        data: &File,
         chunk: &[u8],
         offset: u64,
     ) -> io::Result<usize> {
@@ -126,17 +126,20 @@ impl DirectFile {
             DirectFile::Refused => return Ok(0),
             DirectFile::Open(file) => file,
             DirectFile::Untried => {
+                // Reopened through the descriptor, so it is the same inode
+                // whatever happened to the path (a dup would share the
+                // buffered descriptor's flags). Any failure here only means
+                // writing through the page cache.
                 match OpenOptions::new()
                     .write(true)
                     .custom_flags(libc::O_DIRECT)
-                    .open(path)
+                    .open(format!("/proc/self/fd/{}", data.as_raw_fd()))
                 {
                     Ok(file) => *self = DirectFile::Open(file),
-                    Err(e) if refused(&e) => {
+                    Err(_) => {
                         *self = DirectFile::Refused;
                         return Ok(0);
                     }
-                    Err(e) => return Err(e),
                 }
                 let DirectFile::Open(file) = self else {
                     unreachable!("just opened")
@@ -193,11 +196,11 @@ mod tests {
     fn aligned_chunks_go_direct_and_the_rest_is_left_to_the_caller() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
-        File::create(&path).unwrap();
+        let data = File::create(&path).unwrap();
         let mut direct = DirectFile::default();
         let mut buf = ChunkBuf::with_capacity(4 * ALIGN);
         buf.fill(&[1; 2 * ALIGN + 100]);
-        let written = direct.write_prefix(&path, buf.as_slice(), 0).unwrap();
+        let written = direct.write_prefix(&data, buf.as_slice(), 0).unwrap();
         // On a filesystem without O_DIRECT (tmpfs before Linux 6.6) nothing
         // goes direct, and that is remembered.
         match direct {
@@ -208,9 +211,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), written as u64);
         // Misaligned offsets and memory are never tried.
         let mut fresh = DirectFile::default();
-        assert_eq!(fresh.write_prefix(&path, buf.as_slice(), 100).unwrap(), 0);
+        assert_eq!(fresh.write_prefix(&data, buf.as_slice(), 100).unwrap(), 0);
         assert_eq!(
-            fresh.write_prefix(&path, &buf.as_slice()[1..], 0).unwrap(),
+            fresh.write_prefix(&data, &buf.as_slice()[1..], 0).unwrap(),
             0
         );
         assert!(matches!(fresh, DirectFile::Untried));

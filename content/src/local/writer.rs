@@ -108,7 +108,7 @@ impl WriteTarget {
     /// early and, far behind the end, dropped.
     fn write(&mut self, chunk: &[u8], offset: u64, direct: bool) -> io::Result<()> {
         let direct_len = if direct {
-            self.direct.write_prefix(&self.path, chunk, offset)?
+            self.direct.write_prefix(&self.data, chunk, offset)?
         } else {
             0
         };
@@ -293,7 +293,11 @@ impl Sink {
         };
         let (target, buf, result) = match handle.join() {
             Ok(behind) => behind,
-            Err(panic) => std::panic::resume_unwind(panic),
+            Err(panic) => {
+                // `written` counts a chunk that may not be in the file.
+                self.poisoned = true;
+                std::panic::resume_unwind(panic)
+            }
         };
         let path = target.path.clone();
         self.target = Some(target);
@@ -333,8 +337,25 @@ impl Sink {
 
     fn truncate(&mut self, size: u64) -> Result<()> {
         let path = self.data_path();
-        // A failed write behind does not matter: its bytes are cut off anyway.
-        let _ = self.settle();
+        if self.settle().is_err() {
+            // A failed write behind may have left the file short of `size`;
+            // extending it would put zeros where the caller's bytes were.
+            let len = self
+                .ingest
+                .data
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            if len < size {
+                return Err(Error::other(
+                    ErrorKind::Io,
+                    format!(
+                        "{}: a write before offset {size} failed; truncate to {len} or less",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         // Until it has all succeeded, the file and the digest may disagree.
         self.poisoned = true;
         self.ingest.drop_checkpoint()?;
@@ -708,8 +729,11 @@ impl LocalWriter {
             .and_then(|r| r);
         match result {
             Ok(mut buf) => {
-                buf.clear();
-                self.spare = buf;
+                // A settle or truncate hands back no buffer: keep the spare.
+                if buf.capacity() > 0 {
+                    buf.clear();
+                    self.spare = buf;
+                }
                 Poll::Ready(Ok(()))
             }
             Err(err) => {
