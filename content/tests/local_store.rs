@@ -12,7 +12,7 @@ use ocidist_content::local::LocalStore;
 use ocidist_content::testsuite::create_content;
 use ocidist_content::{
     CopySource, Digest, DigestAlgorithm, ErrorKind, IngestManager, Ingester, Labels, Manager,
-    Provider, WriterOpts, copy, descriptor, digest_of, read_blob, sha256_of, write_blob,
+    Provider, Writer, WriterOpts, copy, descriptor, digest_of, read_blob, sha256_of, write_blob,
 };
 use proptest::prelude::*;
 use tokio::io::AsyncWriteExt;
@@ -310,6 +310,23 @@ async fn checkpoint_that_disagrees_with_the_data_is_ignored() {
     assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
 }
 
+/// Commits what `w` wrote as `content`, and checks the blob reads back whole.
+async fn commit_and_read_back(
+    mut w: Box<dyn Writer>,
+    store: &LocalStore,
+    content: &[u8],
+    digest: Digest,
+) {
+    let size = content.len() as u64;
+    w.commit(Some(size), Some(&digest), Labels::new())
+        .await
+        .unwrap();
+    let read = read_blob(store, &descriptor(digest, size), u64::MAX)
+        .await
+        .unwrap();
+    assert!(read == content);
+}
+
 /// The file size limit of the `size-limited-writer` child.
 const SIZE_LIMIT: u64 = 20 << 20;
 
@@ -362,13 +379,7 @@ async fn a_chunk_written_behind_that_fails_is_reported_with_its_file_and_the_ing
         "resumes from what the child wrote before the limit: {offset}"
     );
     w.write_all(&content[offset..]).await.unwrap();
-    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
-        .await
-        .unwrap();
-    let read = read_blob(&store, &descriptor(digest, content.len() as u64), u64::MAX)
-        .await
-        .unwrap();
-    assert!(read == content);
+    commit_and_read_back(w, &store, &content, digest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1037,11 +1048,5 @@ async fn an_ingest_read_as_it_grows_goes_through_the_page_cache_until_its_reader
             "{resident} bytes written with no reader are in the page cache"
         );
     }
-    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
-        .await
-        .unwrap();
-    let read = read_blob(&store, &descriptor(digest, content.len() as u64), u64::MAX)
-        .await
-        .unwrap();
-    assert!(read == content);
+    commit_and_read_back(w, &store, &content, digest).await;
 }

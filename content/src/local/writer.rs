@@ -99,7 +99,6 @@ struct WriteTarget {
     data: fs::File,
     /// The same file again, opened for direct I/O at the first aligned chunk.
     direct: DirectFile,
-    path: std::path::PathBuf,
 }
 
 impl WriteTarget {
@@ -172,16 +171,14 @@ impl Sink {
         if let Some(target) = self.target.take() {
             return Ok(target);
         }
-        let path = self.data_path();
         let data = self
             .ingest
             .data
             .try_clone()
-            .map_err(|e| Error::io("open", &path, e))?;
+            .map_err(|e| Error::io("open", self.data_path(), e))?;
         Ok(WriteTarget {
             data,
             direct: DirectFile::default(),
-            path,
         })
     }
 
@@ -299,13 +296,12 @@ impl Sink {
                 std::panic::resume_unwind(panic)
             }
         };
-        let path = target.path.clone();
         self.target = Some(target);
         match result {
             Ok(()) => Ok(buf),
             Err(e) => {
                 self.poisoned = true;
-                Err(Error::io("write", path, e))
+                Err(Error::io("write", self.data_path(), e))
             }
         }
     }
