@@ -6,7 +6,6 @@
 //! write into a snapshot without mounting it.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, UnmountFlags};
@@ -73,71 +72,129 @@ impl Mount {
             }
             return Ok(());
         }
-        let (data, _dir) = compact_overlay_options(data)?;
-        let data = CString::new(data.join(","))
-            .map_err(|_| Error::InvalidArgument("mount option holds a NUL byte".into()))?;
-        rustix::mount::mount(
-            &self.source,
-            target,
-            self.kind.as_str(),
-            flags,
-            Some(data.as_c_str()),
-        )
-        .map_err(mount_error)
+        let mount_data = |data: &str| {
+            CString::new(data)
+                .map_err(|_| Error::InvalidArgument("mount option holds a NUL byte".into()))
+        };
+        let joined = data.join(",");
+        if joined.len() <= MAX_MOUNT_DATA {
+            let data = mount_data(&joined)?;
+            return rustix::mount::mount(
+                &self.source,
+                target,
+                self.kind.as_str(),
+                flags,
+                Some(data.as_c_str()),
+            )
+            .map_err(mount_error);
+        }
+        // The kernel would silently cut the options at a page, dropping the
+        // bottom layers or naming a wrong directory: shorten them instead,
+        // relative to a working directory of the mounting thread's own.
+        let (dir, relative) = relative_overlay_options(&data)?;
+        if relative.len() > MAX_MOUNT_DATA {
+            return Err(Error::InvalidArgument(format!(
+                "{} mount at {}: its options take {} bytes even relative to {}, and mount(2) \
+                 takes at most {MAX_MOUNT_DATA}",
+                self.kind,
+                target.display(),
+                relative.len(),
+                dir.display()
+            )));
+        }
+        let data = mount_data(&relative)?;
+        let target = std::path::absolute(target).map_err(|e| Error::io("resolve", target, e))?;
+        in_directory(&dir, || {
+            rustix::mount::mount(
+                &self.source,
+                &target,
+                self.kind.as_str(),
+                flags,
+                Some(data.as_c_str()),
+            )
+            .map_err(|e| Error::io("mount", &target, e))
+        })
     }
 }
 
-/// The page-size limit on `mount(2)` data, less a margin.
-const MAX_MOUNT_DATA: usize = 4000;
+/// The most data `mount(2)` reads: one page (4 KiB on every Linux
+/// architecture at least), its terminating NUL included.
+const MAX_MOUNT_DATA: usize = 4095;
 
-/// Shortens overlay paths through `/proc/self/fd/N` of their common parent
-/// when the options would not fit in one page (128 layers, say). The kernel
-/// resolves the paths during `mount(2)`, so the returned directory handle only
-/// has to live until then.
-fn compact_overlay_options(data: Vec<String>) -> Result<(Vec<String>, Option<std::fs::File>)> {
-    if data.iter().map(|d| d.len() + 1).sum::<usize>() <= MAX_MOUNT_DATA {
-        return Ok((data, None));
-    }
-    let mut paths: Vec<&str> = Vec::new();
-    for option in &data {
-        for key in ["lowerdir=", "upperdir=", "workdir="] {
-            if let Some(value) = option.strip_prefix(key) {
-                paths.extend(value.split(':'));
-            }
-        }
-    }
+/// The options that name directories; their values are `:`-separated lists.
+const OVERLAY_PATH_OPTIONS: [&str; 3] = ["lowerdir=", "upperdir=", "workdir="];
+
+/// Rewrites overlay options with their directories relative to the deepest
+/// directory they all share, which it returns. containerd shortens them the
+/// same way; 200 layers then take about 1.5 KiB (10 KiB as absolute paths
+/// under `/var/lib/ocidist`).
+fn relative_overlay_options(data: &[String]) -> Result<(PathBuf, String)> {
+    let paths: Vec<&Path> = data
+        .iter()
+        .filter_map(|option| {
+            OVERLAY_PATH_OPTIONS
+                .iter()
+                .find_map(|key| option.strip_prefix(key))
+        })
+        .flat_map(|value| value.split(':'))
+        .map(Path::new)
+        .collect();
     let Some(first) = paths.first() else {
-        return Ok((data, None));
+        return Err(Error::InvalidArgument(format!(
+            "mount options take {} bytes, more than mount(2) takes ({MAX_MOUNT_DATA}), \
+             and name no overlay directory to shorten",
+            data.join(",").len()
+        )));
     };
-    let mut common = Path::new(first)
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .to_path_buf();
-    while !paths.iter().all(|p| Path::new(p).starts_with(&common)) {
-        if !common.pop() {
-            break;
-        }
+    if let Some(relative) = paths.iter().find(|p| !p.is_absolute()) {
+        return Err(Error::InvalidArgument(format!(
+            "overlay directory {} is not absolute",
+            relative.display()
+        )));
     }
-    let dir = std::fs::File::open(&common).map_err(|e| Error::io("open", &common, e))?;
-    let prefix = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    let common = common.to_string_lossy().trim_end_matches('/').to_string();
-    let shorten = |p: &str| match p.strip_prefix(&common) {
-        Some(rest) => format!("{prefix}{rest}"),
-        None => p.to_string(),
+    let mut common = first.parent().unwrap_or(Path::new("/")).to_path_buf();
+    while !paths.iter().all(|p| p.starts_with(&common)) && common.pop() {}
+    let relative = |p: &str| -> String {
+        match Path::new(p).strip_prefix(&common) {
+            Ok(rest) if !rest.as_os_str().is_empty() => rest.to_string_lossy().into_owned(),
+            _ => ".".to_string(),
+        }
     };
-    let data = data
+    let options: Vec<String> = data
         .iter()
         .map(|option| {
-            for key in ["lowerdir=", "upperdir=", "workdir="] {
+            for key in OVERLAY_PATH_OPTIONS {
                 if let Some(value) = option.strip_prefix(key) {
-                    let joined: Vec<String> = value.split(':').map(shorten).collect();
-                    return format!("{key}{}", joined.join(":"));
+                    let dirs: Vec<String> = value.split(':').map(relative).collect();
+                    return format!("{key}{}", dirs.join(":"));
                 }
             }
             option.clone()
         })
         .collect();
-    Ok((data, Some(dir)))
+    Ok((common, options.join(",")))
+}
+
+/// Runs `work` on a thread of its own whose working directory is `dir`: the
+/// thread unshares its filesystem context first, so the process's working
+/// directory, which other threads rely on, never changes.
+fn in_directory<T: Send>(dir: &Path, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new().spawn_scoped(scope, || {
+            // SAFETY: unsharing only the filesystem context (root, working
+            // directory, umask) of this thread; its file descriptors stay shared.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+                .map_err(|e| Error::io("unshare the working directory of a thread for", dir, e))?;
+            rustix::process::chdir(dir).map_err(|e| Error::io("chdir", dir, e))?;
+            work()
+        });
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(Error::io("start a mount thread for", dir, e)),
+        }
+    })
 }
 
 /// Mounts `mounts` at `target`, in order.
@@ -202,5 +259,45 @@ impl ApplyTarget {
         Err(Error::InvalidArgument(format!(
             "cannot apply into mounts {mounts:?}: not a writable bind or overlay"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_are_made_relative_to_the_deepest_directory_they_share() {
+        let data = [
+            "index=off",
+            "lowerdir=/var/lib/s/snapshots/3/fs:/var/lib/s/snapshots/12/fs:/var/lib/s/snapshots",
+            "upperdir=/var/lib/s/snapshots/40/fs",
+            "workdir=/var/lib/s/snapshots/40/work",
+        ]
+        .map(String::from);
+        let (dir, relative) = relative_overlay_options(&data).unwrap();
+        assert_eq!(dir, Path::new("/var/lib/s/snapshots"));
+        assert_eq!(
+            relative,
+            "index=off,lowerdir=3/fs:12/fs:.,upperdir=40/fs,workdir=40/work"
+        );
+    }
+
+    #[test]
+    fn options_too_long_even_when_relative_are_refused_before_the_kernel_can_cut_them() {
+        // Layers in unrelated directories share only `/`.
+        let lowers: Vec<String> = (0..300)
+            .map(|i| format!("/layer-directory-{i:04}/fs"))
+            .collect();
+        let overlay = Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec!["ro".into(), format!("lowerdir={}", lowers.join(":"))],
+        };
+        let err = overlay.mount(Path::new("/nonexistent-target")).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("mount(2) takes at most 4095"), "{message}");
+        assert!(message.contains("/nonexistent-target"), "{message}");
     }
 }
