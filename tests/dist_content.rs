@@ -73,3 +73,31 @@ fn usage_errors_exit_two() {
     let out = dist(dir.path(), &["path", "not-a-digest"], b"");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// On a full disk the image store may not open (nor be created); the content
+/// commands, which a user needs then to see and free space, do not use it.
+#[test]
+fn content_commands_run_without_an_image_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Something that is not a database where the image store would be.
+    std::fs::create_dir(root.join("images.redb")).unwrap();
+    let blob = b"content without images";
+    let digest = sha256_of(blob).to_string();
+
+    let out = dist(root, &["ingest", "r1", "--expected-digest", &digest], blob);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&dist(root, &["list", "-q"], b"")).trim(), digest);
+    assert_eq!(dist(root, &["get", &digest], b"").stdout, blob);
+    assert!(dist(root, &["active"], b"").status.success());
+    let out = dist(root, &["delete", &digest], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = dist(root, &["images"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("dist: open image store in"),
+        "{}",
+        stderr(&out)
+    );
+}

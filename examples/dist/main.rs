@@ -207,11 +207,16 @@ async fn run(cli: Cli) -> CmdResult {
     let open = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
         Failure::new(format!("open {what} {}", root.display()), e)
     };
-    let stores = Stores {
-        content: LocalStore::open(root.join("content"))
-            .map_err(|e| open("content store in", e.into()))?,
-        images: DbImageStore::open(root.join("images.redb"))
-            .map_err(|e| open("image store in", e.into()))?,
+    // Each command opens only the stores it uses: on a full disk, creating
+    // an image store must not keep `active`, `list` or `delete` from running.
+    let content_store =
+        || LocalStore::open(root.join("content")).map_err(|e| open("content store in", e.into()));
+    let stores = || -> Result<Stores, Failure> {
+        Ok(Stores {
+            content: content_store()?,
+            images: DbImageStore::open(root.join("images.redb"))
+                .map_err(|e| open("image store in", e.into()))?,
+        })
     };
     let remote = image::Remote {
         plain_http: cli.plain_http,
@@ -220,7 +225,6 @@ async fn run(cli: Cli) -> CmdResult {
         platform: cli.platform.clone().unwrap_or_else(Platform::host),
         unpack_concurrency: cli.unpack_concurrency,
     };
-    let store = &stores.content;
     let kind = cli
         .snapshotter
         .unwrap_or(if ocidist::snapshot::overlay::supported() {
@@ -252,16 +256,16 @@ async fn run(cli: Cli) -> CmdResult {
             opened.map_err(|e| open("snapshotter in", e.into()))
         };
     match cli.command {
-        Command::Ingest(args) => content::ingest(store, args).await,
-        Command::Active(args) => content::active(store, args).await,
-        Command::List(args) => content::list(store, args).await,
-        Command::Path(args) => content::path(store, args).await,
-        Command::Get(args) => content::get(store, args).await,
-        Command::Delete(args) => content::delete(store, args).await,
+        Command::Ingest(args) => content::ingest(&content_store()?, args).await,
+        Command::Active(args) => content::active(&content_store()?, args).await,
+        Command::List(args) => content::list(&content_store()?, args).await,
+        Command::Path(args) => content::path(&content_store()?, args).await,
+        Command::Get(args) => content::get(&content_store()?, args).await,
+        Command::Delete(args) => content::delete(&content_store()?, args).await,
         Command::FetchObject(args) => image::fetch_object_cmd(&remote, args).await,
-        Command::Fetch(args) => image::fetch(&stores, &remote, args).await,
-        Command::Push(args) => image::push(&stores, &remote, args).await,
-        Command::Images(args) => image::images(&stores, &remote, args).await,
+        Command::Fetch(args) => image::fetch(&stores()?, &remote, args).await,
+        Command::Push(args) => image::push(&stores()?, &remote, args).await,
+        Command::Images(args) => image::images(&stores()?, &remote, args).await,
         Command::Prune(args) => {
             // Every snapshotter that has been used, whichever --snapshotter says.
             let mut snapshotters = Vec::new();
@@ -273,15 +277,17 @@ async fn run(cli: Cli) -> CmdResult {
                     snapshotters.push((name, snapshotter(kind)?));
                 }
             }
-            image::prune(&stores, &snapshotters, args).await
+            image::prune(&stores()?, &snapshotters, args).await
         }
-        Command::Pull(args) => rootfs::pull_cmd(&stores, &remote, &snapshotter(kind)?, args).await,
+        Command::Pull(args) => {
+            rootfs::pull_cmd(&stores()?, &remote, &snapshotter(kind)?, args).await
+        }
         Command::Apply(args) => rootfs::apply_cmd(args).await,
-        Command::Export(args) => layout::export(&stores, args).await,
-        Command::Import(args) => layout::import(&stores, args).await,
+        Command::Export(args) => layout::export(&stores()?, args).await,
+        Command::Import(args) => layout::import(&stores()?, args).await,
         Command::Unpack(args) => layout::unpack_cmd(&snapshotter(kind)?, &remote, args).await,
         Command::Rootfs(args) => {
-            rootfs::rootfs_cmd(&stores, &remote, &snapshotter(kind)?, args).await
+            rootfs::rootfs_cmd(&stores()?, &remote, &snapshotter(kind)?, args).await
         }
     }
 }
