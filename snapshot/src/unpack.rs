@@ -418,6 +418,9 @@ where
         first_error.map_or(Ok(()), Err)
     };
     let mut committed = 0usize;
+    // Snapshots of ours whose names the other unpack committed first: layers
+    // above them, applied over their directories, may still read them.
+    let mut lost = Vec::new();
     let committer = async {
         while let Some(next) = ready_rx.recv().await {
             let mut batch = vec![next];
@@ -440,9 +443,12 @@ where
                     }
                 })
                 .collect();
-            if let Err(e) = commit_batch(snapshotter, requests).await {
-                applied.fail();
-                return Err(e);
+            match commit_batch(snapshotter, requests).await {
+                Ok(keys) => lost.extend(keys),
+                Err(e) => {
+                    applied.fail();
+                    return Err(e);
+                }
             }
             committed += batch.len();
             for (j, started) in batch {
@@ -456,37 +462,38 @@ where
         Ok(())
     };
     let (applied_result, committed_result) = futures::join!(applier, committer);
-    if let Err(e) = committed_result.and(applied_result) {
-        remove_all(keys[committed..].to_vec()).await;
-        return Err(e);
+    let result = committed_result.and(applied_result);
+    if result.is_err() {
+        lost.extend_from_slice(&keys[committed..]);
     }
-    Ok(true)
+    remove_all(lost).await;
+    result.map(|()| true)
 }
 
 /// Commits `requests` together; if one name is already there (another
 /// unpack of the same image got there first), commits them one by one,
-/// using the other unpack's snapshot for those names and dropping ours.
+/// using the other unpack's snapshot for those names. Returns the keys of
+/// ours that lost, for the caller to remove.
 async fn commit_batch<S: Snapshotter + ?Sized>(
     snapshotter: &S,
     requests: Vec<CommitRequest>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     match snapshotter.commit_all(requests.clone()).await {
         Err(e) if e.is_already_exists() => {}
-        other => return other,
+        other => return other.map(|()| Vec::new()),
     }
+    let mut lost = Vec::new();
     for request in requests {
         match snapshotter
             .commit_with(&request.name, &request.key, request.opts)
             .await
         {
             Ok(()) => {}
-            Err(e) if e.is_already_exists() => {
-                let _ = snapshotter.remove(&request.key).await;
-            }
+            Err(e) if e.is_already_exists() => lost.push(request.key),
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(lost)
 }
 
 fn check_diff_id(layer: &Descriptor, expected: &Digest, actual: &Digest) -> Result<()> {

@@ -311,6 +311,57 @@ async fn two_unpacks_of_one_image_at_once_both_succeed() {
     );
 }
 
+/// Many layers, each writing into a directory only the first one lists: each
+/// layer's apply looks at the layers below it, while the unpack commits them.
+fn a_tall_image_that_looks_below() -> Vec<Vec<u8>> {
+    let names: Vec<String> = (0..40).map(|i| format!("shared/{i:02}")).collect();
+    let mut tars = vec![tar_of(&[Entry::Dir("shared", 0o750)])];
+    tars.extend(
+        names
+            .iter()
+            .map(|name| tar_of(&[Entry::File(name, name.as_bytes(), 0o644)])),
+    );
+    tars
+}
+
+/// When the other unpack commits a layer first, ours is dropped; not while
+/// layers above it, applied over it, may still be looking at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unpack_that_loses_a_commit_race_keeps_its_layer_until_the_layers_above_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let tars = a_tall_image_that_looks_below();
+    let image = store_image(&store, &tars).await;
+    let platform = matcher();
+    for round in 0..6 {
+        let snapshotter =
+            OverlaySnapshotter::open(dir.path().join(format!("snap-{round}"))).unwrap();
+        let options = || UnpackOptions {
+            concurrency: 8,
+            ..Default::default()
+        };
+        let (a, b) = tokio::join!(
+            unpack(&image, &store, &snapshotter, &platform, options()),
+            unpack(&image, &store, &snapshotter, &platform, options()),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a, b);
+        let committed = snapshotter.walk(&["kind==committed"]).await.unwrap();
+        assert_eq!(committed.len(), tars.len(), "round {round}");
+        assert!(
+            snapshotter
+                .walk(&["kind==active"])
+                .await
+                .unwrap()
+                .is_empty(),
+            "round {round}: nothing left active"
+        );
+        let t = rootfs_of(&snapshotter, a.as_ref()).await;
+        assert_eq!(t["shared"], "dir 750 0:0", "round {round}");
+        assert_eq!(t.len(), tars.len(), "round {round}: {t:?}");
+    }
+}
+
 /// Layers whose overlay apply must look at the layers below: a parent
 /// directory the tar does not list, whiteouts in directories only lower
 /// layers have, whiteouts under a file or of nothing.
