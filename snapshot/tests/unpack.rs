@@ -35,6 +35,14 @@ fn layers() -> Vec<Vec<u8>> {
     ]
 }
 
+async fn no_active<S: Snapshotter + ?Sized>(snapshotter: &S) -> bool {
+    snapshotter
+        .walk(&["kind==active"])
+        .await
+        .unwrap()
+        .is_empty()
+}
+
 fn matcher() -> ocidist_images::platforms::Ordered {
     ocidist_images::platforms::only(&"linux/amd64".parse::<Platform>().unwrap())
 }
@@ -302,13 +310,7 @@ async fn two_unpacks_of_one_image_at_once_both_succeed() {
         snapshotter.walk(&["kind==committed"]).await.unwrap().len(),
         2
     );
-    assert!(
-        snapshotter
-            .walk(&["kind==active"])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(no_active(&snapshotter).await);
 }
 
 /// Many layers, each writing into a directory only the first one lists: each
@@ -349,11 +351,7 @@ async fn an_unpack_that_loses_a_commit_race_keeps_its_layer_until_the_layers_abo
         let committed = snapshotter.walk(&["kind==committed"]).await.unwrap();
         assert_eq!(committed.len(), tars.len(), "round {round}");
         assert!(
-            snapshotter
-                .walk(&["kind==active"])
-                .await
-                .unwrap()
-                .is_empty(),
+            no_active(&snapshotter).await,
             "round {round}: nothing left active"
         );
         let t = rootfs_of(&snapshotter, a.as_ref()).await;
@@ -455,7 +453,7 @@ async fn overlay_parallel_unpack_builds_what_native_builds() {
         // Every layer committed onto the one below, nothing left active.
         let committed = overlay.walk(&["kind==committed"]).await.unwrap();
         assert_eq!(committed.len(), 6);
-        assert!(overlay.walk(&["kind==active"]).await.unwrap().is_empty());
+        assert!(no_active(&overlay).await);
         let info = overlay.stat(top.as_ref()).await.unwrap();
         assert!(info.parent.is_some());
 
@@ -497,11 +495,7 @@ async fn a_parallel_unpack_that_fails_midway_leaves_no_active_snapshot() {
     .unwrap_err();
     assert!(err.to_string().contains("diff ID mismatch"), "{err}");
     assert!(
-        snapshotter
-            .walk(&["kind==active"])
-            .await
-            .unwrap()
-            .is_empty(),
+        no_active(&snapshotter).await,
         "every extraction snapshot is removed"
     );
     let chain = chain_of(&tars);
