@@ -125,6 +125,38 @@ async fn bearer_tokens_from_a_token_service() {
     assert_eq!(desc.digest(), blobs[2].desc.digest());
 }
 
+/// A token the registry stops honouring before its `expires_in` is over
+/// (skewed clocks, a registry that revokes) is not offered again: the
+/// client asks for a new one.
+#[tokio::test]
+async fn a_cached_token_the_registry_refuses_is_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start("bob", "pa55").unwrap();
+    let registry = Registry::start_binary(
+        &find_binary().unwrap(),
+        &tokens.registry_config(dir.path()).unwrap(),
+    )
+    .unwrap();
+    let reference = format!("{}/tokens/app:1", registry.host());
+    let blobs = image(false, "linux/amd64", 5000);
+    let bob = resolver_for(&registry.host(), "bob", "pa55");
+    push_all(bob.pusher(&reference).await.unwrap().as_ref(), &blobs).await;
+
+    // Honoured for about 3 s (past the registry's 60 s leeway); cached for 300.
+    tokens.set_signed_lifetime(-57);
+    let carol = DockerResolver::new();
+    let (_, desc) = carol.resolve(&reference).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    let before = tokens.requests();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let (_, desc) = carol
+        .resolve(&reference)
+        .await
+        .expect("a refused token is replaced");
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    assert_eq!(tokens.requests() - before, 1, "one new token");
+}
+
 #[tokio::test]
 async fn credentials_never_follow_a_redirect_to_another_host() {
     // A private registry whose blob GETs redirect (as to a storage service)

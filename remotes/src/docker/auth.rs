@@ -208,15 +208,21 @@ impl Authorizer {
 
     /// Answers a 401's challenges for `host` and `scope`; `None` if none can
     /// be answered (no supported scheme, or basic auth without credentials).
+    /// `refused` is what the challenged request sent: never offered again,
+    /// even before it expires (a registry may stop honouring a token early),
+    /// while a different cached answer (another request's, newer) is reused.
     pub(crate) async fn answer(
         &self,
         client: &reqwest::Client,
         host: &str,
         scope: &str,
         www_authenticate: &str,
+        refused: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>> {
         let _one_at_a_time = self.fetching.lock().await;
-        if let Some(cached) = self.cached(host, scope) {
+        if let Some(cached) = self.cached(host, scope)
+            && Some(&cached) != refused
+        {
             return Ok(Some(cached));
         }
         let credential = self.credentials.get(host);

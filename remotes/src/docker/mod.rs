@@ -388,7 +388,8 @@ impl Repository {
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
             let mut request = self.with_headers(build(self.client.request(method.clone(), url)));
-            if let Some(authorization) = self.authorizer.cached(&self.host, &scope) {
+            let sent = self.authorizer.cached(&self.host, &scope);
+            if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
             }
             match request.send().await {
@@ -405,7 +406,7 @@ impl Repository {
                             .to_string();
                     if self
                         .authorizer
-                        .answer(&self.client, &self.host, &scope, &challenge)
+                        .answer(&self.client, &self.host, &scope, &challenge, sent.as_ref())
                         .await?
                         .is_none()
                     {

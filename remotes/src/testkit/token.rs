@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,8 +27,13 @@ struct State {
     user: String,
     password: String,
     requests: AtomicUsize,
+    /// Seconds from issue to the `exp` claim of new tokens.
+    signed_lifetime: AtomicI64,
     stop: AtomicBool,
 }
+
+/// What tokens answer as `expires_in`, and by default sign as their life.
+const EXPIRES_IN: i64 = 300;
 
 /// A running token service; stopped when dropped.
 pub struct TokenServer {
@@ -62,6 +67,7 @@ impl TokenServer {
             user: user.to_string(),
             password: password.to_string(),
             requests: AtomicUsize::new(0),
+            signed_lifetime: AtomicI64::new(EXPIRES_IN),
             stop: AtomicBool::new(false),
         });
         let serve_state = state.clone();
@@ -98,6 +104,15 @@ impl TokenServer {
     /// How many tokens were asked for.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Makes the tokens issued from now on expire (their `exp` claim) this
+    /// many seconds after issue, negative for the past, while their
+    /// `expires_in` still promises 300: a service whose clock runs ahead of
+    /// the client's, or a registry that stops honouring tokens early. The
+    /// registry adds a leeway for clock skew (60 s for distribution 2.8).
+    pub fn set_signed_lifetime(&self, seconds: i64) {
+        self.state.signed_lifetime.store(seconds, Ordering::SeqCst);
     }
 }
 
@@ -186,7 +201,8 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         .collect();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .map_or(0, |d| d.as_secs() as i64);
+    let expires = now + state.signed_lifetime.load(Ordering::SeqCst);
     let header_json = format!(
         r#"{{"typ":"JWT","alg":"ES256","x5c":["{}"]}}"#,
         base64(&state.cert_der, false)
@@ -198,8 +214,8 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         } else {
             ""
         },
-        now + 300,
-        now.saturating_sub(10),
+        expires,
+        now.min(expires) - 10,
         state.requests.load(Ordering::SeqCst),
         access.join(",")
     );
@@ -213,7 +229,8 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         .sign(signing_input.as_bytes())
         .map_err(io::Error::other)?;
     let token = format!("{signing_input}.{}", base64(&der_to_fixed(&der)?, true));
-    let response = format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":300}}"#);
+    let response =
+        format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":{EXPIRES_IN}}}"#);
     let mut stream = stream;
     write!(
         stream,
