@@ -38,6 +38,19 @@ fn htpasswd_registry() -> (tempfile::TempDir, Registry) {
     (dir, registry)
 }
 
+/// The registry with `auth: token`, trusting a token service that grants
+/// push to bob (password `pa55`).
+fn token_registry() -> (tempfile::TempDir, TokenServer, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start("bob", "pa55").unwrap();
+    let registry = Registry::start_binary(
+        &find_binary().unwrap(),
+        &tokens.registry_config(dir.path()).unwrap(),
+    )
+    .unwrap();
+    (dir, tokens, registry)
+}
+
 #[tokio::test]
 async fn basic_auth_with_htpasswd() {
     let (_dir, registry) = htpasswd_registry();
@@ -75,13 +88,7 @@ async fn basic_auth_with_htpasswd() {
 
 #[tokio::test]
 async fn bearer_tokens_from_a_token_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = TokenServer::start("bob", "pa55").unwrap();
-    let registry = Registry::start_binary(
-        &find_binary().unwrap(),
-        &tokens.registry_config(dir.path()).unwrap(),
-    )
-    .unwrap();
+    let (_dir, tokens, registry) = token_registry();
     let repo = format!("{}/tokens/app", registry.host());
     let blobs = image(false, "linux/arm64", 50_000);
 
@@ -130,13 +137,7 @@ async fn bearer_tokens_from_a_token_service() {
 /// client asks for a new one.
 #[tokio::test]
 async fn a_cached_token_the_registry_refuses_is_renewed() {
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = TokenServer::start("bob", "pa55").unwrap();
-    let registry = Registry::start_binary(
-        &find_binary().unwrap(),
-        &tokens.registry_config(dir.path()).unwrap(),
-    )
-    .unwrap();
+    let (_dir, tokens, registry) = token_registry();
     let reference = format!("{}/tokens/app:1", registry.host());
     let blobs = image(false, "linux/amd64", 5000);
     let bob = resolver_for(&registry.host(), "bob", "pa55");
