@@ -50,6 +50,45 @@ async fn push_resolve_and_fetch_back_byte_identical() {
     }
 }
 
+/// A manifest the repository has already is still put under a new tag, and
+/// a tag that names another image is moved; only a tag that already names
+/// this manifest is left alone.
+#[tokio::test]
+async fn pushing_a_manifest_the_repository_has_still_sets_the_tag() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/tags", registry.host());
+    let first = image(false, "linux/amd64", 1000);
+    let second = image(false, "linux/arm64", 2000);
+    let push = async |tag: &str, blobs: &[common::Blob]| {
+        let pusher = resolver.pusher(&format!("{repo}:{tag}")).await.unwrap();
+        push_all(pusher.as_ref(), blobs).await;
+    };
+    let tagged = async |tag: &str| {
+        let (_, desc) = resolver.resolve(&format!("{repo}:{tag}")).await.unwrap();
+        desc.digest().clone()
+    };
+    push("a", &first).await;
+    push("b", &first).await;
+    assert_eq!(tagged("b").await, *first[2].desc.digest(), "a second tag");
+    push("a", &second).await;
+    assert_eq!(
+        tagged("a").await,
+        *second[2].desc.digest(),
+        "a tag moved on"
+    );
+    push("a", &first).await;
+    assert_eq!(tagged("a").await, *first[2].desc.digest(), "and back");
+
+    let pusher = resolver.pusher(&format!("{repo}:a")).await.unwrap();
+    let err = pusher
+        .push(&first[2].desc)
+        .await
+        .err()
+        .expect("already tagged");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+}
+
 #[tokio::test]
 async fn a_multi_platform_index_round_trips_and_digest_references_are_verified() {
     let registry = registry();

@@ -134,8 +134,12 @@ impl Drop for InFlight {
 impl Pusher for DockerPusher {
     async fn push(&self, desc: &Descriptor) -> Result<Box<dyn Writer>> {
         let manifest = is_manifest(desc);
-        let kind = if manifest { "manifests" } else { "blobs" };
-        let url = format!("{}/{kind}/{}", self.repo.base, desc.digest());
+        let (kind, object) = if manifest {
+            ("manifests", self.manifest_object(desc.digest()))
+        } else {
+            ("blobs", desc.digest().to_string())
+        };
+        let url = format!("{}/{kind}/{object}", self.repo.base);
         let media_type = desc.media_type().to_string();
         let head = self
             .repo
@@ -144,13 +148,19 @@ impl Pusher for DockerPusher {
             })
             .await?;
         match head.status() {
-            StatusCode::OK => {
+            // A tag is there already only if it names this very manifest;
+            // otherwise (another image, or no digest said) it is put again.
+            StatusCode::OK
+                if object == desc.digest().as_ref()
+                    || super::header_str(head.headers(), "docker-content-digest")
+                        == Some(desc.digest().as_ref()) =>
+            {
                 return Err(ContentError::AlreadyExists {
                     digest: desc.digest().clone(),
                 }
                 .into());
             }
-            StatusCode::NOT_FOUND => {}
+            StatusCode::OK | StatusCode::NOT_FOUND => {}
             _ => {
                 check_status(Method::HEAD, &url, head, &[StatusCode::OK]).await?;
             }
@@ -188,11 +198,7 @@ impl Pusher for DockerPusher {
             .map_err(|e| ContentError::io("create", std::env::temp_dir(), e))?;
         let target = if manifest {
             Target::Manifest {
-                url: format!(
-                    "{}/manifests/{}",
-                    self.repo.base,
-                    self.manifest_object(desc.digest())
-                ),
+                url: format!("{}/manifests/{object}", self.repo.base),
             }
         } else {
             Target::Blob {
