@@ -81,8 +81,8 @@ pub(crate) struct PruneArgs {
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Keep unreferenced blobs, and the snapshots of unpacks in progress,
-    /// younger than this: a pull in another process may still need them.
+    /// Keep unreferenced blobs and snapshots younger than this: a pull in
+    /// another process may still need them, its image not yet named.
     #[arg(long, default_value = "15m", value_parser = crate::parse_duration)]
     grace: std::time::Duration,
 }
@@ -366,7 +366,7 @@ pub(crate) async fn prune(
                 report!("{verb} {name} snapshot {}", info.name);
             }
             report!(
-                "{verb} {} {name} snapshots; {} in use",
+                "{verb} {} {name} snapshots; {} kept",
                 pruned.removed.len(),
                 pruned.kept
             );

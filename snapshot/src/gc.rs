@@ -1,11 +1,18 @@
 //! Garbage collection of snapshots: remove what no image needs.
 //!
 //! A committed snapshot is kept when its name is in the caller's keep set
-//! (usually [`image_chain_ids`] of every image in the image store), or when a
-//! kept or active snapshot stands on it. Active snapshots are the caller's
-//! (a mounted rootfs, a container's writable layer) and are kept, except the
+//! (usually [`image_chain_ids`] of every image in the image store), when it
+//! is younger than the grace period (an unpack in another process may be
+//! committing the layers above it, its image not yet named), or when a kept
+//! or active snapshot stands on it. Active snapshots are the caller's (a
+//! mounted rootfs, a container's writable layer) and are kept, except the
 //! temporary ones [`unpack`](crate::unpack()) prepares: those older than the
-//! grace period belong to an unpack that was killed, and are removed.
+//! grace period belong to an unpack that was killed, and are removed. A
+//! snapshot that gains a child while the sweep runs is kept too.
+//!
+//! containerd protects a pull in progress with a lease; this crate has no
+//! leases, and the grace period does that work, as it does for blobs in
+//! [`ocidist_images::gc`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -22,8 +29,9 @@ use crate::{Info, Kind, Result, Snapshotter};
 pub struct PruneOptions {
     /// Report what would be removed, remove nothing.
     pub dry_run: bool,
-    /// Unpack's temporary snapshots younger than this are kept: an unpack
-    /// in another process may still be writing them.
+    /// Snapshots younger than this (since their last update) are kept: an
+    /// unpack in another process may still be writing them, or committing
+    /// the layers above them.
     pub grace: Duration,
 }
 
@@ -58,7 +66,12 @@ pub struct PruneReport {
 /// let snapshotter = NativeSnapshotter::open(dir.path())?;
 /// snapshotter.prepare("a", None, Labels::new()).await?;
 /// snapshotter.commit("layer-a", "a", Labels::new()).await?;
+/// // Young snapshots are kept (an unpack may be using them)...
 /// let report = prune(&snapshotter, &HashSet::new(), &PruneOptions::default()).await?;
+/// assert!(report.removed.is_empty());
+/// // ...until the grace period is over.
+/// let past_grace = PruneOptions { grace: std::time::Duration::ZERO, ..Default::default() };
+/// let report = prune(&snapshotter, &HashSet::new(), &past_grace).await?;
 /// assert_eq!(report.removed[0].name, "layer-a");
 /// # Ok(())
 /// # }
@@ -70,19 +83,17 @@ pub async fn prune<S: Snapshotter + ?Sized>(
 ) -> Result<PruneReport> {
     let all = snapshotter.walk(&[]).await?;
     let now = SystemTime::now();
-    let abandoned = |info: &Info| {
-        info.kind != Kind::Committed
-            && info.name.starts_with(EXTRACT_KEY_PREFIX)
-            && now.duration_since(info.updated).unwrap_or(Duration::ZERO) >= opts.grace
-    };
+    let young =
+        |info: &Info| now.duration_since(info.updated).unwrap_or(Duration::ZERO) < opts.grace;
     let by_name: HashMap<&str, &Info> = all.iter().map(|i| (i.name.as_str(), i)).collect();
     // Mark: the roots, then everything beneath them.
     let mut kept: HashSet<&str> = HashSet::new();
     for info in &all {
         let root = if info.kind == Kind::Committed {
-            keep.contains(&info.name)
+            keep.contains(&info.name) || young(info)
         } else {
-            !abandoned(info)
+            // Active snapshots are their owner's, but for an unpack's abandoned ones.
+            !info.name.starts_with(EXTRACT_KEY_PREFIX) || young(info)
         };
         let mut next = root.then_some(info);
         while let Some(current) = next {
@@ -120,6 +131,12 @@ pub async fn prune<S: Snapshotter + ?Sized>(
                 Ok(()) => {}
                 // Removed meanwhile by someone else: the goal is met.
                 Err(e) if e.is_not_found() => continue,
+                // A child appeared since the walk (or its parent's did, refused
+                // just before): someone is using it now.
+                Err(e) if e.kind() == crate::ErrorKind::FailedPrecondition => {
+                    report.kept += 1;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
