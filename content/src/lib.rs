@@ -180,7 +180,10 @@ impl<P: Provider + ?Sized> ProviderExt for P {}
 /// Opens writers for ingests.
 #[async_trait]
 pub trait Ingester: Send + Sync {
-    /// Opens (or resumes) the ingest `opts.reference`.
+    /// Opens (or resumes) the ingest `opts.reference`. A resume that
+    /// predeclares another size or digest than the ingest has may start it
+    /// over (the local store does, as containerd's does): check
+    /// [`Writer::status`] for the offset to write from.
     ///
     /// Fails with [`ErrorKind::Unavailable`] when another writer holds the ref,
     /// and with [`ErrorKind::AlreadyExists`] when the predeclared digest is

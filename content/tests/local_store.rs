@@ -498,6 +498,50 @@ async fn close_writes_a_checkpoint_that_resumes_exactly() {
         .unwrap();
 }
 
+/// A ref reopened for other content (another size or digest than the one
+/// recorded) starts over: the bytes written belong to the old content.
+#[tokio::test]
+async fn a_ref_reopened_for_other_content_starts_over() {
+    let (_dir, store) = store();
+    let (old, old_digest) = create_content(3000);
+    let (new, new_digest) = fixed_content(2000, 7);
+    let declared = |size: usize, digest: &Digest| {
+        WriterOpts::new("r")
+            .size(size as u64)
+            .digest(digest.clone())
+    };
+    let mut w = store.writer(declared(3000, &old_digest)).await.unwrap();
+    w.write_all(&old[..1000]).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+
+    // The same declaration resumes.
+    let mut w = store.writer(declared(3000, &old_digest)).await.unwrap();
+    assert_eq!(w.status().await.unwrap().offset, 1000);
+    w.shutdown().await.unwrap();
+    // Another digest, or another size, starts from nothing.
+    for opts in [
+        declared(2000, &new_digest),
+        WriterOpts::new("r").size(2001),
+        WriterOpts::new("r").size(2000).digest(new_digest.clone()),
+    ] {
+        let mut w = store.writer(opts.clone()).await.unwrap();
+        let status = w.status().await.unwrap();
+        assert_eq!((status.offset, status.total), (0, opts.size), "{opts:?}");
+        w.write_all(&new[..500]).await.unwrap();
+        w.shutdown().await.unwrap();
+    }
+    // The last declaration agreed with the one before: it resumed at 500.
+    let mut w = store.writer(declared(2000, &new_digest)).await.unwrap();
+    assert_eq!(w.status().await.unwrap().offset, 500);
+    w.write_all(&new[500..]).await.unwrap();
+    w.commit(None, None, Labels::new()).await.unwrap();
+    let blob = read_blob(&store, &descriptor(new_digest, 2000), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(blob, new);
+}
+
 #[tokio::test]
 async fn wrong_digest_never_lands_and_keeps_the_ingest() {
     let (dir, store) = store();

@@ -242,8 +242,22 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Meta> {
 
 impl Locked {
     /// Records a newly predeclared size or digest (a resume may bring them).
+    /// One that contradicts the recorded one means the ref now names other
+    /// content, to which the bytes written so far do not belong: the ingest
+    /// starts over, empty, as containerd's does.
     fn update_declared(&mut self, opts: &WriterOpts) -> Result<()> {
         let mut meta = self.meta.clone();
+        let other_size = matches!((meta.total, opts.size), (Some(was), Some(now)) if was != now);
+        let other_digest =
+            matches!((&meta.expected, &opts.digest), (Some(was), Some(now)) if was != now);
+        if other_size || other_digest {
+            self.drop_checkpoint()?;
+            let data_path = self.dir.join(DATA);
+            self.data
+                .set_len(0)
+                .map_err(|e| Error::io("truncate", &data_path, e))?;
+            meta.started_at_ns = to_nanos(SystemTime::now());
+        }
         if opts.size.is_some() {
             meta.total = opts.size;
         }
