@@ -12,7 +12,7 @@
 //!
 //! containerd protects a pull in progress with a lease; this crate has no
 //! leases, and the grace period does that work, as it does for blobs in
-//! [`ocidist_images::gc`].
+//! [`ocidist_images::gc()`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
