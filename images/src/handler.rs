@@ -8,7 +8,25 @@ use futures::future::{BoxFuture, try_join_all};
 use oci_spec::image::Descriptor;
 use tokio::sync::Semaphore;
 
-use crate::Result;
+use crate::{Error, Result};
+
+/// How many levels of descriptors [`walk`] and [`dispatch`] follow: an image
+/// is at most a few (an index, its manifests, their blobs; an index of
+/// indexes now and then). A deeper graph is hostile or broken, and following
+/// it would only exhaust the stack.
+pub const MAX_DEPTH: usize = 32;
+
+/// Fails if the children of `parent`, at `depth`, would be one level too deep.
+fn check_depth(parent: &Descriptor, depth: usize) -> Result<()> {
+    if depth < MAX_DEPTH {
+        return Ok(());
+    }
+    Err(Error::InvalidDocument {
+        digest: parent.digest().clone(),
+        media_type: parent.media_type().to_string(),
+        reason: format!("its children are more than {MAX_DEPTH} levels deep"),
+    })
+}
 
 /// What a handler says about a descriptor.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,20 +149,25 @@ impl Handler for Chain {
 }
 
 /// Runs `handler` depth first over `descs` and their children, one at a time.
+///
+/// Fails with [`Error::InvalidDocument`] on a graph more than [`MAX_DEPTH`]
+/// levels deep.
 pub async fn walk<H: Handler + ?Sized>(handler: &H, descs: &[Descriptor]) -> Result<()> {
-    walk_boxed(handler, descs).await
+    walk_boxed(handler, descs, 1).await
 }
 
 fn walk_boxed<'a, H: Handler + ?Sized>(
     handler: &'a H,
     descs: &'a [Descriptor],
+    depth: usize,
 ) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         for desc in descs {
             if let Flow::Children(children) = handler.handle(desc).await?
                 && !children.is_empty()
             {
-                walk_boxed(handler, &children).await?;
+                check_depth(desc, depth)?;
+                walk_boxed(handler, &children, depth + 1).await?;
             }
         }
         Ok(())
@@ -158,20 +181,22 @@ fn walk_boxed<'a, H: Handler + ?Sized>(
 /// deep graph cannot deadlock. The first error cancels everything still
 /// running and is the error returned. Siblings share the caller's task: I/O
 /// overlaps; CPU-heavy handlers should use `spawn_blocking`, as the content
-/// store does for hashing and writing.
+/// store does for hashing and writing. Like [`walk`], it refuses a graph
+/// more than [`MAX_DEPTH`] levels deep.
 pub async fn dispatch<H: Handler + ?Sized>(
     handler: &H,
     limit: Option<usize>,
     descs: &[Descriptor],
 ) -> Result<()> {
     let slots = limit.map(|n| Semaphore::new(n.max(1)));
-    dispatch_boxed(handler, slots.as_ref(), descs).await
+    dispatch_boxed(handler, slots.as_ref(), descs, 1).await
 }
 
 fn dispatch_boxed<'a, H: Handler + ?Sized>(
     handler: &'a H,
     slots: Option<&'a Semaphore>,
     descs: &'a [Descriptor],
+    depth: usize,
 ) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         let siblings = descs.iter().map(|desc| async move {
@@ -189,7 +214,8 @@ fn dispatch_boxed<'a, H: Handler + ?Sized>(
             };
             match flow {
                 Flow::Children(children) if !children.is_empty() => {
-                    dispatch_boxed(handler, slots, &children).await
+                    check_depth(desc, depth)?;
+                    dispatch_boxed(handler, slots, &children, depth + 1).await
                 }
                 _ => Ok(()),
             }

@@ -47,7 +47,9 @@ pub mod wrappers;
 
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
-pub use handler::{Chain, Flow, Handler, HandlerFn, dispatch, handler_fn, handlers, walk};
+pub use handler::{
+    Chain, Flow, Handler, HandlerFn, MAX_DEPTH, dispatch, handler_fn, handlers, walk,
+};
 pub use manifest::{
     CheckReport, Manifest, chain_id, chain_ids, check, config, diff_ids, manifest, size,
 };

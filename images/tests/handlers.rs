@@ -13,8 +13,8 @@ use oci_spec::image::{Descriptor, MediaType};
 use ocidist_content::{Manager, descriptor, sha256_of};
 use ocidist_images::platforms::{Platform, only};
 use ocidist_images::{
-    Error, ErrorKind, Flow, Handler, children_handler, dispatch, filter_platforms, handler_fn,
-    handlers, limit_manifests, set_children_labels, walk,
+    Error, ErrorKind, Flow, Handler, MAX_DEPTH, children_handler, dispatch, filter_platforms,
+    handler_fn, handlers, limit_manifests, set_children_labels, walk,
 };
 use proptest::prelude::*;
 
@@ -194,8 +194,14 @@ async fn dispatch_never_exceeds_its_limit_and_uses_it() {
 #[tokio::test]
 async fn dispatch_with_limit_one_does_not_deadlock_on_a_deep_chain() {
     let graph = Graph {
-        children: (0..200)
-            .map(|i| if i < 199 { vec![i + 1] } else { vec![] })
+        children: (0..MAX_DEPTH)
+            .map(|i| {
+                if i + 1 < MAX_DEPTH {
+                    vec![i + 1]
+                } else {
+                    vec![]
+                }
+            })
             .collect(),
     };
     let handler = handler_fn(|desc| {
@@ -209,6 +215,36 @@ async fn dispatch_with_limit_one_does_not_deadlock_on_a_deep_chain() {
     .await
     .expect("a limit of one must not deadlock")
     .unwrap();
+}
+
+/// A hostile registry can serve an endless chain of indexes, each naming the
+/// next: following it would overflow the stack (20,000 levels did). Both ways
+/// stop at [`MAX_DEPTH`] levels with an error naming the last descriptor.
+#[tokio::test]
+async fn an_endless_chain_of_children_is_refused_at_the_depth_limit() {
+    let calls = AtomicUsize::new(0);
+    let handler = handler_fn(|desc| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let child = Graph::desc(Graph::node(&desc) + 1);
+        async move { Ok(Flow::Children(vec![child])) }
+    });
+    let deepest = Graph::desc(MAX_DEPTH - 1);
+    for limit in [None, Some(1), Some(8)] {
+        calls.store(0, Ordering::SeqCst);
+        let result = match limit {
+            None => walk(&handler, &[Graph::desc(0)]).await,
+            Some(_) => dispatch(&handler, limit, &[Graph::desc(0)]).await,
+        };
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::InvalidDocument { .. }), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(deepest.digest().as_ref()) && message.contains("32 levels"),
+            "{message}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), MAX_DEPTH, "{limit:?}");
+    }
 }
 
 /// Counts how many sibling futures were dropped before finishing.
