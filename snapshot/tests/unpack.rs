@@ -396,13 +396,22 @@ fn layers_that_look_below() -> Vec<Vec<u8>> {
 }
 
 async fn rootfs_of<S: Snapshotter>(snapshotter: &S, top: &str) -> BTreeMap<String, String> {
+    listed_rootfs_of(snapshotter, top, tree).await
+}
+
+/// The tree of the root filesystem `top` as `list` describes it.
+async fn listed_rootfs_of<S: Snapshotter>(
+    snapshotter: &S,
+    top: &str,
+    list: fn(&std::path::Path) -> BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mounts = snapshotter
         .view("tree-view", Some(top), Labels::new())
         .await
         .unwrap();
     let target = tempfile::tempdir().unwrap();
     mount::mount_all(&mounts, target.path()).unwrap();
-    let t = tree(target.path());
+    let t = list(target.path());
     mount::unmount(target.path()).unwrap();
     snapshotter.remove("tree-view").await.unwrap();
     t
@@ -581,4 +590,123 @@ fn chain_of(tars: &[Vec<u8>]) -> Vec<ocidist_content::Digest> {
             .map(|t| ocidist_content::sha256_of(t))
             .collect::<Vec<_>>(),
     )
+}
+
+/// Layers that hardlink to entries only a lower layer has. overlayfs copies
+/// such a file up before it links; applied straight into the upper
+/// directory, the unpack must do the same.
+fn layers_that_link_below() -> Vec<Vec<u8>> {
+    vec![
+        tar_of(&[
+            Entry::Dir("bin", 0o755),
+            Entry::Owned("bin/tool", b"#!tool", 0o751, 7, 8),
+            Entry::Xattr("bin/labelled", b"l", "user.origin", b"lower"),
+            Entry::Symlink("bin/sh", "tool"),
+            Entry::Fifo("bin/pipe"),
+            Entry::Dir("etc", 0o755),
+            Entry::File("etc/gone", b"g", 0o644),
+        ]),
+        tar_of(&[
+            Entry::Link("tool2", "bin/tool"),
+            Entry::Link("usr/labelled", "bin/labelled"),
+            Entry::Link("sh2", "bin/sh"),
+            Entry::Link("pipe2", "bin/pipe"),
+        ]),
+    ]
+}
+
+#[tokio::test]
+async fn hardlinks_to_lower_layers_copy_the_target_up_as_overlayfs_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let image = store_image(&store, &layers_that_link_below()).await;
+    let native = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+    let top = unpack_default(&image, &store, &native).await.unwrap();
+    let expected = rootfs_of(&native, top.as_ref()).await;
+    assert!(expected.contains_key("tool2") && expected.contains_key("pipe2"));
+    let expected_full = listed_rootfs_of(&native, top.as_ref(), full_tree).await;
+
+    let overlay = OverlaySnapshotter::open(dir.path().join("overlay")).unwrap();
+    let top = unpack_default(&image, &store, &overlay).await.unwrap();
+    let mounts = overlay
+        .view("linked", Some(top.as_ref()), Labels::new())
+        .await
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    mount::mount_all(&mounts, target.path()).unwrap();
+    let root = target.path();
+    let full = full_tree(root);
+    let links: Vec<(u64, u64, u64, u64)> = [
+        ("tool2", "bin/tool"),
+        ("usr/labelled", "bin/labelled"),
+        ("sh2", "bin/sh"),
+        ("pipe2", "bin/pipe"),
+    ]
+    .iter()
+    .map(|(link, original)| {
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::symlink_metadata(root.join(link)).unwrap();
+        let b = std::fs::symlink_metadata(root.join(original)).unwrap();
+        (a.ino(), b.ino(), a.nlink(), b.nlink())
+    })
+    .collect();
+    mount::unmount(root).unwrap();
+    overlay.remove("linked").await.unwrap();
+
+    assert_eq!(rootfs_of(&overlay, top.as_ref()).await, expected);
+    for (link_ino, original_ino, link_nlink, original_nlink) in links {
+        assert_eq!(link_ino, original_ino, "one inode");
+        assert_eq!((link_nlink, original_nlink), (2, 2));
+    }
+    // What the copy kept beyond the tree: times and user xattrs.
+    for copied in ["bin/tool", "bin/labelled", "bin/sh", "bin/pipe"] {
+        assert_eq!(full[copied], expected_full[copied], "{copied}");
+    }
+    assert!(
+        full["usr/labelled"].ends_with("user.origin=lower"),
+        "{full:?}"
+    );
+}
+
+/// A link to something the merged view does not show fails, on both
+/// snapshotters: whited out below, or under a directory this layer made
+/// opaque.
+#[tokio::test]
+async fn hardlinks_to_hidden_lower_entries_fail_on_both_snapshotters() {
+    let base = || {
+        tar_of(&[
+            Entry::Dir("etc", 0o755),
+            Entry::File("etc/gone", b"g", 0o644),
+        ])
+    };
+    let cases = [
+        vec![
+            base(),
+            tar_of(&[Entry::File("etc/.wh.gone", b"", 0o644)]),
+            tar_of(&[Entry::Link("link", "etc/gone")]),
+        ],
+        vec![
+            base(),
+            tar_of(&[
+                Entry::File("etc/.wh..wh..opq", b"", 0o644),
+                Entry::Link("link", "etc/gone"),
+            ]),
+        ],
+    ];
+    for (i, tars) in cases.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("content")).unwrap();
+        let image = store_image(&store, tars).await;
+        let native = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+        let overlay = OverlaySnapshotter::open(dir.path().join("overlay")).unwrap();
+        for err in [
+            unpack_default(&image, &store, &native).await.unwrap_err(),
+            unpack_default(&image, &store, &overlay).await.unwrap_err(),
+        ] {
+            assert!(
+                err.to_string().contains("does not exist"),
+                "case {i}: {err}"
+            );
+        }
+    }
 }

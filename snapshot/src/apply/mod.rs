@@ -31,6 +31,7 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid
 use crate::mount::ApplyTarget;
 use crate::{Error, Result};
 
+mod copy_up;
 mod decompress;
 mod resolve;
 
@@ -417,6 +418,19 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(rustix::io::Errno) ->
     move |e| Error::io(op, path, e)
 }
 
+/// Creates the regular file `name` in `dir`, private until its metadata is
+/// set; never through an existing entry.
+fn create_new_file(dir: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<std::fs::File> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map(std::fs::File::from)
+    .map_err(io_err("create", path))
+}
+
 /// A descriptor of `fd` that can be read (the cache holds `O_PATH` ones).
 fn readable_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat(
@@ -492,36 +506,11 @@ impl Applier {
                 return Ok(());
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let fd = rustix::fs::openat(
-                    dirfd,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(io_err("create", &path))?;
-                let mut file = std::fs::File::from(fd);
+                let mut file = create_new_file(dirfd, name, &path)?;
                 let sparse = kind == tar::EntryType::GNUSparse;
                 let size = entry.size();
                 copy_data(&mut entry, &mut file, &mut self.buffer, sparse, size, &path)?;
-                if privileged {
-                    rustix::fs::fchown(
-                        &file,
-                        Some(Uid::from_raw(meta.uid)),
-                        Some(Gid::from_raw(meta.gid)),
-                    )
-                    .map_err(io_err("chown", &path))?;
-                }
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))
-                    .map_err(io_err("chmod", &path))?;
-                for (key, value) in &meta.xattrs {
-                    set_xattr_fd(file.as_fd(), key, value, privileged)
-                        .map_err(io_err("setxattr", &path))?;
-                }
-                rustix::fs::futimens(&file, &times(&meta)).map_err(io_err("utimes", &path))?;
+                self.set_file_meta(&file, &meta, &path)?;
                 self.created.insert(rel);
             }
             tar::EntryType::Symlink => {
@@ -554,14 +543,30 @@ impl Applier {
                         rel.display()
                     )));
                 }
-                let (target_parent, target_name) = split(&target_rel);
-                let target_dir = self.root.existing_dir(&target_parent)?.ok_or_else(|| {
+                let missing = || {
                     Error::InvalidArgument(format!(
                         "hardlink {:?}: target {:?} does not exist",
                         rel.display(),
                         target_rel.display()
                     ))
-                })?;
+                };
+                if overlay {
+                    match self
+                        .root
+                        .link_source(&target_rel, &self.options.opaque_xattr)?
+                    {
+                        resolve::LinkSource::Upper => {}
+                        resolve::LinkSource::Lower(dir) => {
+                            self.copy_up(dir.as_fd(), &target_rel)?
+                        }
+                        resolve::LinkSource::Missing => return Err(missing()),
+                    }
+                }
+                let (target_parent, target_name) = split(&target_rel);
+                let target_dir = self
+                    .root
+                    .existing_dir(&target_parent)?
+                    .ok_or_else(missing)?;
                 let dirfd = self.root.dir(&parent)?;
                 rustix::fs::linkat(
                     target_dir.as_fd(),
@@ -572,11 +577,7 @@ impl Applier {
                 )
                 .map_err(|e| {
                     if e == rustix::io::Errno::NOENT {
-                        Error::InvalidArgument(format!(
-                            "hardlink {:?}: target {:?} does not exist",
-                            rel.display(),
-                            target_rel.display()
-                        ))
+                        missing()
                     } else {
                         Error::io("link", &path, e)
                     }
@@ -618,6 +619,24 @@ impl Applier {
             self.root.invalidate();
         }
         Ok(())
+    }
+
+    /// Owner, mode (after the owner), xattrs and times of a regular file.
+    fn set_file_meta(&self, file: &std::fs::File, meta: &Meta, path: &Path) -> Result<()> {
+        let privileged = self.options.privileged;
+        if privileged {
+            rustix::fs::fchown(
+                file,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(io_err("chown", path))?;
+        }
+        rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(io_err("chmod", path))?;
+        for (key, value) in &meta.xattrs {
+            set_xattr_fd(file.as_fd(), key, value, privileged).map_err(io_err("setxattr", path))?;
+        }
+        rustix::fs::futimens(file, &times(meta)).map_err(io_err("utimes", path))
     }
 
     /// Owner, mode (after the owner), xattrs and times of a non-regular,

@@ -244,6 +244,93 @@ impl Root {
     }
 }
 
+/// Where the target of a hardlink is, on an overlay upper directory.
+pub(crate) enum LinkSource {
+    /// In the upper directory (this layer wrote it): link to it there.
+    Upper,
+    /// Only in a lower layer, in this directory of it: copy it up first, as
+    /// overlayfs does before it links.
+    Lower(OwnedFd),
+    /// Nowhere in the merged view: absent, whited out, hidden by an opaque
+    /// directory, or behind a non-directory (a symlink is not followed: a
+    /// hardlink names an entry, not where a symlink leads).
+    Missing,
+}
+
+/// What one layer says about a path.
+enum Look {
+    /// It has the entry; here is its parent directory.
+    Found(OwnedFd),
+    /// It hides the entry from the layers below it.
+    Hidden,
+    /// It says nothing: ask the layer below.
+    Absent,
+}
+
+/// Looks `rel` up in one layer, without following symlinks.
+fn look(layer: BorrowedFd<'_>, rel: &Path, opaque_xattr: &str) -> rustix::io::Result<Look> {
+    let parts: Vec<&OsStr> = rel.iter().collect();
+    let mut dir = rustix::io::dup(layer)?;
+    let mut opaque = false;
+    for (i, part) in parts.iter().enumerate() {
+        let st = match rustix::fs::statat(&dir, *part, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(if opaque { Look::Hidden } else { Look::Absent }),
+            Err(e) => return Err(e),
+        };
+        let kind = st.st_mode & libc::S_IFMT;
+        let whiteout = kind == libc::S_IFCHR && st.st_rdev == 0;
+        if i + 1 == parts.len() {
+            // A directory cannot be linked to; neither can a whiteout.
+            return Ok(if whiteout || kind == libc::S_IFDIR {
+                Look::Hidden
+            } else {
+                Look::Found(dir)
+            });
+        }
+        if kind != libc::S_IFDIR {
+            return Ok(Look::Hidden);
+        }
+        dir = rustix::fs::openat(
+            &dir,
+            *part,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut value = [0u8; 1];
+        opaque |= matches!(
+            rustix::fs::fgetxattr(&dir, opaque_xattr, &mut value),
+            Ok(1) if value == *b"y"
+        );
+    }
+    Ok(Look::Absent)
+}
+
+impl Root {
+    /// Finds the target `rel` of a hardlink in the merged view of this upper
+    /// directory over its lowers (newest first). `opaque_xattr` marks
+    /// opaque directories.
+    pub(crate) fn link_source(&mut self, rel: &Path, opaque_xattr: &str) -> Result<LinkSource> {
+        let error = |e| Error::io("look up", self.path.join(rel), e);
+        match look(self.fd.as_fd(), rel, opaque_xattr).map_err(error)? {
+            Look::Found(_) => return Ok(LinkSource::Upper),
+            Look::Hidden => return Ok(LinkSource::Missing),
+            Look::Absent => {}
+        }
+        let path = self.path.join(rel);
+        for lower in self.lowers()? {
+            match look(lower.as_fd(), rel, opaque_xattr)
+                .map_err(|e| Error::io("look up", &path, e))?
+            {
+                Look::Found(dir) => return Ok(LinkSource::Lower(dir)),
+                Look::Hidden => return Ok(LinkSource::Missing),
+                Look::Absent => {}
+            }
+        }
+        Ok(LinkSource::Missing)
+    }
+}
+
 fn mkdir_with(
     parent: BorrowedFd<'_>,
     name: &OsStr,
