@@ -271,3 +271,74 @@ fn a_truncated_layer_is_an_error() {
     let err = apply_tree(root.path(), &layer[..layer.len() / 2]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
+
+/// A tar whose first member is an extension record (`kind`) holding
+/// `content` (`size` bytes), then a file: made as it is read, never held whole.
+fn extension_record_then_a_file(
+    kind: tar::EntryType,
+    content: impl std::io::Read,
+    size: u64,
+) -> impl std::io::Read {
+    use std::io::Read;
+    let mut record = tar::Header::new_gnu();
+    record.set_path("././@LongLink").unwrap();
+    record.set_entry_type(kind);
+    record.set_size(size);
+    record.set_mode(0o644);
+    record.set_cksum();
+    let padding = (512 - size % 512) % 512;
+    let rest = tar_of(&[Entry::File("after", b"a", 0o644)]);
+    Cursor::new(record.as_bytes().to_vec())
+        .chain(content.take(size))
+        .chain(std::io::repeat(0).take(padding))
+        .chain(Cursor::new(rest))
+}
+
+/// One PAX record, `"<length> <key>=<value>\n"`, its length counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // space, '=', newline
+    let mut length = body + 1;
+    while length != body + length.to_string().len() {
+        length = body + length.to_string().len();
+    }
+    let mut out = format!("{length} {key}=").into_bytes();
+    out.extend_from_slice(value);
+    out.push(b'\n');
+    out
+}
+
+/// A PAX record or GNU long name of 256 MiB is refused after at most a few
+/// MiB are read: the parser would hold it all in memory (Go's archive/tar,
+/// containerd's, refuses such records over 1 MiB). A 1 MiB PAX record applies.
+#[test]
+fn huge_extension_records_are_refused_before_they_are_buffered() {
+    fn apply(
+        root: &std::path::Path,
+        layer: impl std::io::Read + Send + 'static,
+    ) -> ocidist_snapshot::Result<ocidist_snapshot::apply::Applied> {
+        apply_layer_sync(
+            &ApplyTarget::Tree(root.to_path_buf()),
+            layer,
+            Some(Compression::None),
+            &ApplyOptions::default(),
+        )
+    }
+    for kind in [
+        tar::EntryType::XHeader,
+        tar::EntryType::GNULongName,
+        tar::EntryType::GNULongLink,
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let layer = extension_record_then_a_file(kind, std::io::repeat(b'a'), 256 << 20);
+        let err = apply(root.path(), layer).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{kind:?}: {err}");
+        assert!(err.to_string().contains("over 4 MiB"), "{kind:?}: {err}");
+        assert!(!root.path().join("after").exists());
+    }
+    let root = tempfile::tempdir().unwrap();
+    let comment = pax_record("comment", &vec![b'c'; 1 << 20]);
+    let size = comment.len() as u64;
+    let layer = extension_record_then_a_file(tar::EntryType::XHeader, Cursor::new(comment), size);
+    apply(root.path(), layer).unwrap();
+    assert_eq!(std::fs::read(root.path().join("after")).unwrap(), b"a");
+}

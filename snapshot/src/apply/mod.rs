@@ -18,11 +18,13 @@
 //!
 //! Without root, device nodes and ownership are skipped with a warning.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::mpsc;
 
 use ocidist_content::Digester;
@@ -259,6 +261,39 @@ impl Read for ChunkReader {
     }
 }
 
+/// The most the tar parser may read between two entries: headers, PAX
+/// records, GNU long names. Go's `archive/tar` (containerd's) refuses a PAX
+/// record or long name over 1 MiB; without a bound, a 4.6 MB gzipped layer
+/// made the parser buffer a 1 GiB PAX record.
+const MAX_TAR_METADATA: u64 = 4 << 20;
+
+/// A reader that, while its budget is set, fails once the budget is spent.
+struct Budgeted<R> {
+    inner: R,
+    budget: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.budget.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "headers and extension records of one entry over {} MiB",
+                    MAX_TAR_METADATA >> 20
+                ),
+            ));
+        }
+        let limit = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..limit])?;
+        self.budget.set(Some(left - n as u64));
+        Ok(n)
+    }
+}
+
 /// Parses the tar from `tar` and writes its entries under `target`, then
 /// reads it to its end (the diff ID covers the padding too); returns the
 /// entry count and the warnings.
@@ -282,14 +317,29 @@ fn write_entries(
         skipped_devices: 0,
         entries: 0,
     };
-    let mut archive = tar::Archive::new(tar);
+    let budget = Rc::new(Cell::new(None));
+    let mut archive = tar::Archive::new(Budgeted {
+        inner: tar,
+        budget: budget.clone(),
+    });
     {
-        let entries = archive
+        let mut entries = archive
             .entries()
             .map_err(|e| Error::Layer(format!("tar: {e}")))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::Layer(format!("tar: {e}")))?;
-            applier.entry(entry)?;
+        loop {
+            // The parser reads headers and extension records on its own;
+            // entry data is read below, outside the budget.
+            budget.set(Some(MAX_TAR_METADATA));
+            let next = entries.next();
+            budget.set(None);
+            let Some(entry) = next else {
+                break;
+            };
+            let mut entry = entry.map_err(|e| Error::Layer(format!("tar: {e}")))?;
+            applier.entry(&mut entry)?;
+            // Data an entry's kind has no use for (a directory's, say).
+            io::copy(&mut entry, &mut io::sink())
+                .map_err(|e| Error::Layer(format!("read: {e}")))?;
         }
     }
     applier.finish_dirs()?;
@@ -442,7 +492,7 @@ fn readable_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
 }
 
 impl Applier {
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         self.entries += 1;
         let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
             &entry.path_bytes()[..],
@@ -455,7 +505,7 @@ impl Applier {
         ) {
             return Ok(());
         }
-        let meta = meta_of(&mut entry)?;
+        let meta = meta_of(entry)?;
         if rel.as_os_str().is_empty() {
             // The root directory itself: only its metadata.
             if kind.is_dir() {
@@ -509,7 +559,7 @@ impl Applier {
                 let mut file = create_new_file(dirfd, name, &path)?;
                 let sparse = kind == tar::EntryType::GNUSparse;
                 let size = entry.size();
-                copy_data(&mut entry, &mut file, &mut self.buffer, sparse, size, &path)?;
+                copy_data(entry, &mut file, &mut self.buffer, sparse, size, &path)?;
                 self.set_file_meta(&file, &meta, &path)?;
                 self.created.insert(rel);
             }
