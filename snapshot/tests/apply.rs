@@ -342,3 +342,38 @@ fn huge_extension_records_are_refused_before_they_are_buffered() {
     apply(root.path(), layer).unwrap();
     assert_eq!(std::fs::read(root.path().join("after")).unwrap(), b"a");
 }
+
+/// A GNU sparse file of `real_size` bytes whose only data is its last byte.
+fn sparse_layer(real_size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("holes").unwrap();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_size(1);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    gnu.sparse[0].set_offset(real_size - 1);
+    gnu.sparse[0].set_length(1);
+    header.set_cksum();
+    let mut layer = header.as_bytes().to_vec();
+    layer.push(b'z');
+    layer.resize(1024 + 1024, 0);
+    layer
+}
+
+/// Holes are read as zeros, so a sparse file is bounded (64 GiB): a tiny
+/// layer must not keep an unpack busy for hours. Below that, holes stay holes.
+#[test]
+fn sparse_files_keep_their_holes_and_huge_ones_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(root.path(), &sparse_layer(64 << 20)).unwrap();
+    let holes = std::fs::metadata(root.path().join("holes")).unwrap();
+    assert_eq!(holes.len(), 64 << 20);
+    assert!(holes.blocks() * 512 < 1 << 20, "{} blocks", holes.blocks());
+
+    let root = tempfile::tempdir().unwrap();
+    let err = apply_tree(root.path(), &sparse_layer(1 << 40)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("over the 64 GiB"), "{err}");
+    assert!(!root.path().join("holes").exists());
+}

@@ -267,6 +267,12 @@ impl Read for ChunkReader {
 /// made the parser buffer a 1 GiB PAX record.
 const MAX_TAR_METADATA: u64 = 4 << 20;
 
+/// The largest sparse file written. The `tar` crate hands out a sparse
+/// file's holes as zeros to read (Go's `archive/tar` seeks over them), so a
+/// 10 KB layer declaring a 16 TiB file would keep an unpack busy for an hour;
+/// this bounds that to seconds.
+const MAX_SPARSE_SIZE: u64 = 64 << 30;
+
 /// A reader that, while its budget is set, fails once the budget is spent.
 struct Budgeted<R> {
     inner: R,
@@ -506,6 +512,14 @@ impl Applier {
             return Ok(());
         }
         let meta = meta_of(entry)?;
+        if kind == tar::EntryType::GNUSparse && entry.size() > MAX_SPARSE_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "sparse file {:?} of {} bytes: over the {} GiB this unpacker writes",
+                rel.display(),
+                entry.size(),
+                MAX_SPARSE_SIZE >> 30
+            )));
+        }
         if rel.as_os_str().is_empty() {
             // The root directory itself: only its metadata.
             if kind.is_dir() {
