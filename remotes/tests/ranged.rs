@@ -125,6 +125,32 @@ async fn a_large_blob_arrives_whole_from_parallel_ranges_and_resumes_at_its_offs
     );
 }
 
+/// A descriptor that claims far more than the blob (2^62 bytes, a hostile
+/// manifest) ends in an error once the registry has no more, not in a list of
+/// 2^40 ranges.
+#[tokio::test]
+async fn a_descriptor_claiming_an_absurd_size_fails_cleanly() {
+    let big = layer(2 << 20, 5);
+    let (_registry, proxy) = setup("ranged/liar", std::slice::from_ref(&big)).await;
+    let resolver = DockerResolver::new().ranged_fetch(settings());
+    let fetcher = resolver
+        .fetcher(&format!("{}/ranged/liar:x", proxy.host()))
+        .await
+        .unwrap();
+    let mut liar = big.desc.clone();
+    liar.set_size(1 << 62);
+    let fetched = async {
+        let stream = fetcher.fetch(&liar, 0).await?;
+        futures::TryStreamExt::try_collect::<Vec<bytes::Bytes>>(stream).await
+    };
+    let err = tokio::time::timeout(std::time::Duration::from_secs(30), fetched)
+        .await
+        .expect("ends by itself")
+        .unwrap_err();
+    // The first range past the blob's end is refused.
+    assert!(err.to_string().contains("416"), "{err}");
+}
+
 #[tokio::test]
 async fn one_blob_at_a_time_is_fetched_in_ranges() {
     let (a, b) = (layer(2 << 20, 3), layer(2 << 20, 4));

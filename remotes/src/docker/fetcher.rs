@@ -299,10 +299,11 @@ async fn fetch_ranged(
         end: first_end,
         received: 0,
     };
-    let ranges: Vec<(u64, u64)> = (first_end..size)
-        .step_by(chunk as usize)
-        .map(|start| (start, start.saturating_add(chunk).min(size)))
-        .collect();
+    // Made as they are asked for: the size is the descriptor's word, and a
+    // hostile one (2^62 bytes) must not become a list of 2^40 ranges.
+    let ranges = (first_end..size)
+        .step_by(usize::try_from(chunk).unwrap_or(usize::MAX))
+        .map(move |start| (start, start.saturating_add(chunk).min(size)));
     let (repo, desc) = (repo.clone(), desc.clone());
     // The slot goes with the stream: the blob holds it until it is dropped.
     let slot = slot.clone();
