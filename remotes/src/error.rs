@@ -21,7 +21,7 @@ pub enum Error {
     #[error(transparent)]
     Images(#[from] ocidist_images::Error),
     /// The registry could not be reached, or the connection broke.
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", connect_cause(source))]
     Connect {
         /// What was being requested.
         url: String,
@@ -71,5 +71,31 @@ impl Error {
             },
             Error::Protocol { .. } => ErrorKind::FailedPrecondition,
         }
+    }
+}
+
+/// What went wrong with a request, down to its root cause ("cannot connect:
+/// Connection refused (os error 111)"): reqwest's own message names only the
+/// URL, which the error says already.
+fn connect_cause(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else if error.is_body() || error.is_decode() {
+        "the response broke off"
+    } else {
+        "the request failed"
+    };
+    let mut innermost = None;
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        innermost = Some(next);
+        cause = next.source();
+    }
+    match innermost {
+        Some(root) if !error.is_timeout() => format!("{what}: {root}"),
+        _ => what.to_string(),
     }
 }

@@ -211,3 +211,23 @@ async fn a_slow_drip_still_completes() {
     .unwrap();
     assert!(store.info(layer.desc.digest()).await.is_ok());
 }
+
+/// A registry nobody listens for: retried, then `Unavailable`, and the
+/// message says why, not only which URL.
+#[tokio::test]
+async fn an_unreachable_registry_is_unavailable_and_says_why() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let err = DockerResolver::new()
+        .resolve(&format!("127.0.0.1:{port}/nobody/home:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot connect: Connection refused"),
+        "{err}"
+    );
+}
