@@ -65,9 +65,14 @@ impl Mount {
         if self.kind == "bind" || flags.contains(MountFlags::BIND) {
             rustix::mount::mount(&self.source, target, "", flags | MountFlags::BIND, None)
                 .map_err(mount_error)?;
-            if flags.contains(MountFlags::RDONLY) {
-                // A bind mount ignores MS_RDONLY until remounted.
-                rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
+            // A bind mount ignores these until it is remounted with them.
+            let per_mount = flags
+                & (MountFlags::RDONLY
+                    | MountFlags::NOSUID
+                    | MountFlags::NODEV
+                    | MountFlags::NOEXEC);
+            if !per_mount.is_empty() {
+                rustix::mount::mount_remount(target, MountFlags::BIND | per_mount, "")
                     .map_err(mount_error)?;
             }
             return Ok(());

@@ -377,3 +377,60 @@ fn sparse_files_keep_their_holes_and_huge_ones_are_refused() {
     assert!(err.to_string().contains("over the 64 GiB"), "{err}");
     assert!(!root.path().join("holes").exists());
 }
+
+/// An opaque whiteout listed after the directories this layer wrote under
+/// it still hides what the lower layers had in them, at any depth, as
+/// overlayfs does (containerd's applier walks the whole directory).
+#[test]
+fn an_opaque_whiteout_after_the_layers_own_entries_hides_the_lower_ones_at_any_depth() {
+    let root = tempfile::tempdir().unwrap();
+    let lower = tar_of(&[
+        Entry::Dir("a", 0o755),
+        Entry::Dir("a/b", 0o755),
+        Entry::File("a/b/old", b"old", 0o644),
+        Entry::File("a/c", b"c", 0o644),
+    ]);
+    apply_tree(root.path(), &lower).unwrap();
+    let upper = tar_of(&[
+        Entry::Dir("a", 0o755),
+        Entry::Dir("a/b", 0o755),
+        Entry::File("a/b/new", b"new", 0o644),
+        Entry::File("a/.wh..wh..opq", b"", 0o644),
+    ]);
+    apply_tree(root.path(), &upper).unwrap();
+    let t = tree(root.path());
+    let names: Vec<&str> = t.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "a/b", "a/b/new"], "{t:?}");
+}
+
+/// A `user.*` xattr on a symlink is refused by the kernel even for root
+/// (they go only on files and directories); containerd skips it with a
+/// warning, and so does apply, where it used to fail the layer.
+#[test]
+fn a_user_xattr_on_a_symlink_is_skipped_with_a_warning() {
+    let root = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.user.note", &b"v"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_path("link").unwrap();
+    h.set_link_name("target").unwrap();
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_cksum();
+    b.append(&h, std::io::empty()).unwrap();
+    let applied = apply_tree(root.path(), &b.into_inner().unwrap()).unwrap();
+    assert_eq!(
+        std::fs::read_link(root.path().join("link")).unwrap(),
+        std::path::Path::new("target")
+    );
+    assert!(
+        applied
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("1 extended attributes skipped")),
+        "{:?}",
+        applied.warnings
+    );
+}

@@ -301,6 +301,29 @@ impl Drop for Mounted<'_> {
     }
 }
 
+/// `nosuid`, `nodev` and `noexec` on a bind mount hold, as `ro` does: the
+/// kernel ignores them on the bind itself and needs a remount.
+#[test]
+fn bind_mount_flags_hold() {
+    use rustix::fs::StatVfsMountFlags as F;
+    let source = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let mut bind = mount::Mount::bind(source.path(), true);
+    bind.options
+        .extend(["nosuid", "nodev", "noexec"].map(String::from));
+    mount::mount_all(&[bind], target.path()).unwrap();
+    let _guard = Mounted(target.path());
+    let flags = rustix::fs::statvfs(target.path()).unwrap().f_flag;
+    for (flag, name) in [
+        (F::RDONLY, "ro"),
+        (F::NOSUID, "nosuid"),
+        (F::NODEV, "nodev"),
+        (F::NOEXEC, "noexec"),
+    ] {
+        assert!(flags.contains(flag), "{name} missing: {flags:?}");
+    }
+}
+
 #[tokio::test]
 async fn two_hundred_overlay_layers_mount_whole() {
     const LAYERS: usize = 200;

@@ -50,7 +50,8 @@ pub struct Applied {
     pub tar_size: u64,
     /// Entries in the tar.
     pub entries: u64,
-    /// Things skipped, once per kind (device nodes or owners without root).
+    /// Things skipped, once per kind (device nodes or owners without root,
+    /// extended attributes the target does not take).
     pub warnings: Vec<String>,
 }
 
@@ -321,6 +322,7 @@ fn write_entries(
         dir_times: Vec::new(),
         buffer: vec![0u8; 256 * 1024],
         skipped_devices: 0,
+        skipped_xattrs: Cell::new(0),
         entries: 0,
     };
     let budget = Rc::new(Cell::new(None));
@@ -358,6 +360,12 @@ fn write_entries(
         warnings.push(format!(
             "{} device nodes skipped: creating them needs root",
             applier.skipped_devices
+        ));
+    }
+    if applier.skipped_xattrs.get() > 0 {
+        warnings.push(format!(
+            "{} extended attributes skipped: the filesystem or the entry's kind does not take them",
+            applier.skipped_xattrs.get()
         ));
     }
     if !options.privileged {
@@ -462,6 +470,8 @@ struct Applier {
     dir_times: Vec<(PathBuf, Meta)>,
     buffer: Vec<u8>,
     skipped_devices: u64,
+    /// Extended attributes the target refused in ways containerd tolerates.
+    skipped_xattrs: Cell<u64>,
     entries: u64,
 }
 
@@ -698,7 +708,15 @@ impl Applier {
         }
         rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(io_err("chmod", path))?;
         for (key, value) in &meta.xattrs {
-            set_xattr_fd(file.as_fd(), key, value, privileged).map_err(io_err("setxattr", path))?;
+            let set = rustix::fs::fsetxattr(file, key, value, XattrFlags::empty());
+            xattr_set(
+                set,
+                key,
+                true,
+                self.options.privileged,
+                &self.skipped_xattrs,
+            )
+            .map_err(io_err("setxattr", path))?;
         }
         rustix::fs::futimens(file, &times(meta)).map_err(io_err("utimes", path))
     }
@@ -735,13 +753,9 @@ impl Applier {
             .map_err(io_err("chmod", path))?;
         }
         for (key, value) in &meta.xattrs {
-            match set_xattr_at(dirfd, name, key, value) {
-                Ok(()) => {}
-                // user.* xattrs cannot go on symlinks or devices.
-                Err(rustix::io::Errno::PERM) | Err(rustix::io::Errno::OPNOTSUPP) if !privileged => {
-                }
-                Err(e) => return Err(Error::io("setxattr", path, e)),
-            }
+            let set = set_xattr_at(dirfd, name, key, value);
+            xattr_set(set, key, false, privileged, &self.skipped_xattrs)
+                .map_err(io_err("setxattr", path))?;
         }
         rustix::fs::utimensat(dirfd, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(io_err("utimes", path))
@@ -769,7 +783,15 @@ impl Applier {
         };
         rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(io_err("chmod", &path))?;
         for (key, value) in &meta.xattrs {
-            set_xattr_fd(dir.as_fd(), key, value, privileged).map_err(io_err("setxattr", &path))?;
+            let set = rustix::fs::fsetxattr(&dir, key, value, XattrFlags::empty());
+            xattr_set(
+                set,
+                key,
+                true,
+                self.options.privileged,
+                &self.skipped_xattrs,
+            )
+            .map_err(io_err("setxattr", &path))?;
         }
         self.dir_times.push((rel.to_path_buf(), meta));
         Ok(())
@@ -808,7 +830,7 @@ impl Applier {
             } else if let Some(dirfd) = self.root.existing_dir(parent)? {
                 let dir = readable_dir(dirfd.as_fd()).map_err(io_err("open", &path))?;
                 let created = &self.created;
-                resolve::clear_dir(dir.as_fd(), &|name| created.contains(&parent.join(name)))
+                resolve::clear_dir(dir.as_fd(), parent, &|path| created.contains(path))
                     .map_err(io_err("remove", &path))?;
                 self.root.invalidate();
             }
@@ -856,18 +878,26 @@ fn times(meta: &Meta) -> Timestamps {
     }
 }
 
-/// Sets an xattr on a regular file or directory; without root, names other
-/// than `user.*` are skipped (the kernel would refuse them).
-fn set_xattr_fd(
-    fd: BorrowedFd<'_>,
+/// The outcome of setting xattr `key` on an entry (`file_or_dir`, or a
+/// symlink or device). Refusals containerd skips with a warning are counted
+/// in `skipped` and skipped: a filesystem without that kind of xattr
+/// (EOPNOTSUPP), a `user.*` one on a symlink or device (the kernel takes them
+/// only on files and directories), and, without root, any refused.
+fn xattr_set(
+    set: rustix::io::Result<()>,
     key: &str,
-    value: &[u8],
+    file_or_dir: bool,
     privileged: bool,
+    skipped: &Cell<u64>,
 ) -> rustix::io::Result<()> {
-    match rustix::fs::fsetxattr(fd, key, value, XattrFlags::empty()) {
-        Err(rustix::io::Errno::PERM) | Err(rustix::io::Errno::OPNOTSUPP) if !privileged => Ok(()),
-        other => other,
+    use rustix::io::Errno;
+    match set {
+        Err(Errno::OPNOTSUPP) => {}
+        Err(Errno::PERM) if !privileged || (!file_or_dir && key.starts_with("user.")) => {}
+        other => return other,
     }
+    skipped.set(skipped.get() + 1);
+    Ok(())
 }
 
 /// Sets an xattr on `name` in `dir` without following it: through the

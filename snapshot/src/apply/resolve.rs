@@ -371,14 +371,16 @@ fn remove_dir_at(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()>
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    clear_dir(dir.as_fd(), &|_| false)?;
+    clear_dir(dir.as_fd(), Path::new(""), &|_| false)?;
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
 }
 
-/// Removes every entry of `dir` for which `keep` is false.
+/// Removes every entry of `dir` (at `rel`) for which `keep` is false, at any
+/// depth: a kept directory is cleared in turn of what `keep` refuses.
 pub(crate) fn clear_dir(
     dir: BorrowedFd<'_>,
-    keep: &dyn Fn(&OsStr) -> bool,
+    rel: &Path,
+    keep: &dyn Fn(&Path) -> bool,
 ) -> rustix::io::Result<()> {
     let mut names = Vec::new();
     {
@@ -393,8 +395,20 @@ pub(crate) fn clear_dir(
         }
     }
     for name in names {
-        if !keep(&name) {
+        let child = rel.join(&name);
+        if !keep(&child) {
             remove_at(dir, &name)?;
+            continue;
+        }
+        let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
+            let sub = rustix::fs::openat(
+                dir,
+                &name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            clear_dir(sub.as_fd(), &child, keep)?;
         }
     }
     Ok(())
