@@ -695,6 +695,22 @@ impl Applier {
         Ok(())
     }
 
+    /// The xattrs of a regular file or directory, through its descriptor.
+    fn set_xattrs_fd(&self, fd: BorrowedFd<'_>, meta: &Meta, path: &Path) -> Result<()> {
+        for (key, value) in &meta.xattrs {
+            let set = rustix::fs::fsetxattr(fd, key, value, XattrFlags::empty());
+            xattr_set(
+                set,
+                key,
+                true,
+                self.options.privileged,
+                &self.skipped_xattrs,
+            )
+            .map_err(io_err("setxattr", path))?;
+        }
+        Ok(())
+    }
+
     /// Owner, mode (after the owner), xattrs and times of a regular file.
     fn set_file_meta(&self, file: &std::fs::File, meta: &Meta, path: &Path) -> Result<()> {
         let privileged = self.options.privileged;
@@ -707,17 +723,7 @@ impl Applier {
             .map_err(io_err("chown", path))?;
         }
         rustix::fs::fchmod(file, Mode::from_raw_mode(meta.mode)).map_err(io_err("chmod", path))?;
-        for (key, value) in &meta.xattrs {
-            let set = rustix::fs::fsetxattr(file, key, value, XattrFlags::empty());
-            xattr_set(
-                set,
-                key,
-                true,
-                self.options.privileged,
-                &self.skipped_xattrs,
-            )
-            .map_err(io_err("setxattr", path))?;
-        }
+        self.set_xattrs_fd(file.as_fd(), meta, path)?;
         rustix::fs::futimens(file, &times(meta)).map_err(io_err("utimes", path))
     }
 
@@ -782,17 +788,7 @@ impl Applier {
             meta.mode | 0o700
         };
         rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(io_err("chmod", &path))?;
-        for (key, value) in &meta.xattrs {
-            let set = rustix::fs::fsetxattr(&dir, key, value, XattrFlags::empty());
-            xattr_set(
-                set,
-                key,
-                true,
-                self.options.privileged,
-                &self.skipped_xattrs,
-            )
-            .map_err(io_err("setxattr", &path))?;
-        }
+        self.set_xattrs_fd(dir.as_fd(), &meta, &path)?;
         self.dir_times.push((rel.to_path_buf(), meta));
         Ok(())
     }
