@@ -146,6 +146,18 @@ where
     Ok(report)
 }
 
+/// What a content reference label names (`config`, `l.0`, ...; empty for
+/// the bare key), or `None` for another label. containerd takes the bare
+/// `containerd.io/gc.ref.content` and any key under it after `.` or `/`.
+fn gc_ref_content_kind(key: &str) -> Option<&str> {
+    let bare = GC_REF_CONTENT_PREFIX.trim_end_matches('.');
+    let rest = key.strip_prefix(bare)?;
+    if rest.is_empty() {
+        return Some("");
+    }
+    rest.strip_prefix('.').or_else(|| rest.strip_prefix('/'))
+}
+
 /// The blobs `info` references: from its GC labels if it has any, otherwise
 /// by decoding it as a manifest or index (sniffing the type when unknown).
 async fn references<S: Provider + ?Sized>(
@@ -157,7 +169,7 @@ async fn references<S: Provider + ?Sized>(
         .labels
         .iter()
         .filter_map(|(key, value)| {
-            let kind = key.strip_prefix(GC_REF_CONTENT_PREFIX)?;
+            let kind = gc_ref_content_kind(key)?;
             let digest = Digest::try_from(value.as_str()).ok()?;
             // The label says what the child is; configs and layers have no
             // children, so they need not be read to find out.

@@ -132,6 +132,51 @@ async fn gc_root_label_keeps_a_blob_and_the_grace_period_keeps_fresh_ones() {
     assert!(store.info(rooted.digest()).await.is_ok());
 }
 
+/// A root's references count in every form containerd reads: the bare
+/// `containerd.io/gc.ref.content` key, and keys under it after `.` or `/`.
+#[tokio::test]
+async fn every_form_of_content_reference_label_keeps_its_blob() {
+    let (dir, store) = store();
+    let images = images_db(&dir);
+    let keys = [
+        "containerd.io/gc.ref.content",
+        "containerd.io/gc.ref.content.l.0",
+        "containerd.io/gc.ref.content/blob",
+    ];
+    let mut children = Vec::new();
+    let mut labels = Labels::from([("containerd.io/gc.root".to_string(), "yes".to_string())]);
+    for (i, key) in keys.iter().enumerate() {
+        let child = put(
+            &store,
+            "application/octet-stream",
+            format!("child {i}").as_bytes(),
+        )
+        .await;
+        labels.insert(key.to_string(), child.digest().to_string());
+        children.push(child);
+    }
+    let unrelated = put(&store, "application/octet-stream", b"unrelated").await;
+    let root = put(&store, "application/octet-stream", b"root").await;
+    let mut info = store.info(root.digest()).await.unwrap();
+    let fieldpaths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+    info.labels = labels;
+    let fieldpaths: Vec<&str> = fieldpaths.iter().map(String::as_str).collect();
+    store.update(info, &fieldpaths).await.unwrap();
+
+    let report = gc(&store, &images, &now()).await.unwrap();
+    assert_eq!(
+        report.blobs,
+        vec![(unrelated.digest().clone(), unrelated.size())]
+    );
+    for child in &children {
+        assert!(
+            store.info(child.digest()).await.is_ok(),
+            "{}",
+            child.digest()
+        );
+    }
+}
+
 #[tokio::test]
 async fn stale_ingests_go_but_one_being_written_never_does() {
     let (dir, store) = store();
