@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ocidist_content::filters::Filters;
 
@@ -261,8 +262,7 @@ impl Base {
         Ok(())
     }
 
-    /// Staging and removal directories older than an hour belong to crashed
-    /// processes; younger ones may be another process's work in progress.
+    /// Removes the staging and removal directories crashed processes left.
     fn remove_staging_leftovers(&self) {
         let Ok(entries) = std::fs::read_dir(self.snapshots_dir()) else {
             return;
@@ -270,32 +270,64 @@ impl Base {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if !(name.starts_with("new-") || name.starts_with("rm-")) {
+            let Some(rest) = name
+                .strip_prefix("new-")
+                .or_else(|| name.strip_prefix("rm-"))
+            else {
                 continue;
-            }
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() > 3600);
-            if old {
+            };
+            let modified = || entry.metadata().and_then(|m| m.modified()).ok();
+            if is_leftover(rest, modified) {
                 let _ = tree::remove_tree(&entry.path());
             }
         }
     }
 }
 
-/// `dir/<prefix><unique>`: pid, time and a counter keep processes and threads apart.
+/// Whether a staging or removal directory named `<prefix><rest>` (see
+/// [`tempfile_name`]) is a crashed process's: made over an hour ago by a
+/// process no longer running. Its mtime cannot tell: a snapshot copied from
+/// its parent takes the parent's. Names without a time (older versions) fall
+/// back to `modified`.
+fn is_leftover(rest: &str, modified: impl FnOnce() -> Option<SystemTime>) -> bool {
+    const AGE: Duration = Duration::from_secs(3600);
+    let parts: Vec<&str> = rest.split('-').collect();
+    if let [pid, secs, _, _] = parts[..]
+        && let (Ok(pid), Ok(secs)) = (pid.parse::<i32>(), secs.parse::<u64>())
+    {
+        let made = UNIX_EPOCH + Duration::from_secs(secs);
+        let old = SystemTime::now()
+            .duration_since(made)
+            .is_ok_and(|age| age > AGE);
+        let running = rustix::process::Pid::from_raw(pid).is_some_and(|pid| {
+            !matches!(
+                rustix::process::test_kill_process(pid),
+                Err(rustix::io::Errno::SRCH)
+            )
+        });
+        return old && !running;
+    }
+    modified()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > AGE)
+}
+
+/// `dir/<prefix><pid>-<seconds>-<nanos>-<counter>`: the pid, the time and a
+/// counter keep processes and threads apart, and tell a crashed process's
+/// leftovers from work in progress.
 pub(crate) fn tempfile_name(dir: &Path, prefix: &str) -> PathBuf {
     use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    dir.join(format!("{prefix}{}-{nanos:x}-{n}", std::process::id()))
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    dir.join(format!(
+        "{prefix}{}-{}-{:x}-{n}",
+        std::process::id(),
+        now.as_secs(),
+        now.subsec_nanos()
+    ))
 }
 
 /// Runs blocking snapshot work off the async reactor.
@@ -319,4 +351,46 @@ pub(crate) fn one_request(key: &str, parent: Option<&str>, labels: Labels) -> Ve
         parent: parent.map(str::to_string),
         labels,
     }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pid no process has: a child's, once it has exited and been reaped.
+    fn gone_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn a_leftover_is_old_and_its_process_gone_whatever_its_mtime() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let two_hours_ago = now - 7200;
+        let (alive, gone) = (std::process::id(), gone_pid());
+        let recent_mtime = || Some(SystemTime::now());
+        let old_mtime = || Some(SystemTime::now() - Duration::from_secs(7200));
+        // An old mtime (copied from a parent) says nothing.
+        assert!(!is_leftover(&format!("{gone}-{now}-1f-0"), old_mtime));
+        assert!(!is_leftover(
+            &format!("{alive}-{two_hours_ago}-1f-0"),
+            old_mtime
+        ));
+        assert!(is_leftover(
+            &format!("{gone}-{two_hours_ago}-1f-0"),
+            recent_mtime
+        ));
+        // Names of older versions: by mtime.
+        assert!(is_leftover(&format!("{alive}-1f-0"), old_mtime));
+        assert!(!is_leftover(&format!("{alive}-1f-0"), recent_mtime));
+        // And the names made now are read back.
+        let name = tempfile_name(Path::new(""), "new-");
+        let rest = name.to_str().unwrap().strip_prefix("new-").unwrap();
+        assert!(!is_leftover(rest, old_mtime), "{rest}");
+    }
 }
