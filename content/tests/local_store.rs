@@ -1094,3 +1094,43 @@ async fn an_ingest_read_as_it_grows_goes_through_the_page_cache_until_its_reader
     }
     commit_and_read_back(w, &store, &content, digest).await;
 }
+
+/// Two commits of one blob at once, with different labels: the blob keeps
+/// the labels of the commit that succeeded; the other, `AlreadyExists`,
+/// changes nothing (containerd's metadata store rules the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_commits_of_one_blob_the_labels_of_the_one_that_published_stay() {
+    let (_dir, store) = store();
+    for round in 0..40u32 {
+        let content = format!("shared content {round}").into_bytes();
+        let digest = sha256_of(&content);
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let commit = |who: &'static str| {
+            let (store, content, barrier) = (store.clone(), content.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let mut w = store
+                    .writer(WriterOpts::new(format!("{who}-{round}")))
+                    .await
+                    .unwrap();
+                w.write_all(&content).await.unwrap();
+                barrier.wait().await;
+                let labels = Labels::from([("committer".to_string(), who.to_string())]);
+                w.commit(None, None, labels).await.map(|()| who)
+            })
+        };
+        let (a, b) = (commit("a"), commit("b"));
+        let outcomes = [a.await.unwrap(), b.await.unwrap()];
+        let winners: Vec<&str> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok().copied())
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        for outcome in &outcomes {
+            if let Err(e) = outcome {
+                assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+            }
+        }
+        let info = store.info(&digest).await.unwrap();
+        assert_eq!(info.labels["committer"], winners[0], "round {round}");
+    }
+}

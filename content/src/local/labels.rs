@@ -55,9 +55,21 @@ impl LabelStore {
 
     /// Sets the labels of `digest` (none: removes the record).
     pub(crate) fn write(&self, digest: &Digest, labels: &Labels, at: SystemTime) -> Result<()> {
+        self.stage(digest, labels, at)?.install()
+    }
+
+    /// Writes the labels of `digest` durably under a staging name, for
+    /// [`StagedLabels::install`] to put in place quickly (a commit does
+    /// that under the store-wide lock, where an fsync would serialise commits).
+    pub(crate) fn stage(
+        &self,
+        digest: &Digest,
+        labels: &Labels,
+        at: SystemTime,
+    ) -> Result<StagedLabels> {
         let path = self.path(digest);
         if labels.is_empty() {
-            return fsutil::remove_optional(&path);
+            return Ok(StagedLabels { path, staged: None });
         }
         let dir = path.parent().expect("label paths have a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
@@ -65,11 +77,19 @@ impl LabelStore {
             updated_at_ns: to_nanos(at),
             labels: labels.clone(),
         };
-        fsutil::replace_file(
-            &path,
-            &serde_json::to_vec(&record).expect("plain data"),
-            true,
-        )
+        let staged = dir.join(fsutil::unique_name(".stage"));
+        let staged_labels = StagedLabels {
+            path,
+            staged: Some(staged.clone()),
+        };
+        let bytes = serde_json::to_vec(&record).expect("plain data");
+        File::create(&staged)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_data()
+            })
+            .map_err(|e| Error::io("write", &staged, e))?;
+        Ok(staged_labels)
     }
 
     /// Removes the record of a deleted blob.
@@ -84,6 +104,35 @@ impl LabelStore {
         let file = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
         file.lock().map_err(|e| Error::io("lock", &path, e))?;
         Ok(file)
+    }
+}
+
+/// Labels ready to be put in place; removed unless installed.
+#[derive(Debug)]
+pub(crate) struct StagedLabels {
+    path: PathBuf,
+    /// `None`: no labels, so installing removes the record.
+    staged: Option<PathBuf>,
+}
+
+impl StagedLabels {
+    /// Puts the labels in place (one rename), or removes the record.
+    pub(crate) fn install(mut self) -> Result<()> {
+        match self.staged.take() {
+            None => fsutil::remove_optional(&self.path),
+            Some(staged) => fs::rename(&staged, &self.path).map_err(|e| {
+                let _ = fs::remove_file(&staged);
+                Error::io("replace", &self.path, e)
+            }),
+        }
+    }
+}
+
+impl Drop for StagedLabels {
+    fn drop(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            let _ = fs::remove_file(staged);
+        }
     }
 }
 

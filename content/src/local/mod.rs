@@ -433,6 +433,9 @@ impl Manager for LocalStore {
         let digest = digest.clone();
         fsutil::blocking(move || {
             let path = store.blob_path(&digest);
+            // Under the lock a commit publishes under: its labels are never
+            // removed with the blob before it.
+            let _lock = store.labels.lock()?;
             match fs::remove_file(&path) {
                 Ok(()) => store.labels.remove(&digest),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -424,19 +424,36 @@ impl Sink {
             return Err(exists());
         }
         store.ensure_algorithm_dir(target_dir)?;
+        // Data and labels are made durable before the lock, which is
+        // store-wide...
+        if staged.is_none() {
+            self.complete_data_file(pending, created_at)?;
+        }
+        let staged_labels = store.labels.stage(&actual, labels, created_at)?;
+        // ...and held while the name is checked, the labels written and the
+        // blob published: of two commits of one blob, only the one that
+        // publishes writes its labels, and a delete never takes new labels.
+        let lock = store.labels.lock()?;
+        if target.exists() {
+            drop(lock);
+            self.ingest.remove()?;
+            return Err(exists());
+        }
         // Labels first: a crash after publishing must not leave the blob
         // without them (a retry would find it present and stop there).
-        store.labels.write(&actual, labels, created_at)?;
+        staged_labels.install()?;
         let published = match staged {
-            Some(unnamed) => unnamed.link(&target),
-            None => Ok(false),
+            Some(unnamed) => match unnamed.link(&target) {
+                Ok(true) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists()),
+                // It could not be linked: the ordinary way, data and all.
+                Ok(false) | Err(_) => self
+                    .complete_data_file(pending, created_at)
+                    .and_then(|()| self.rename_data_file(&target, &actual)),
+            },
+            None => self.rename_data_file(&target, &actual),
         };
-        let published = match published {
-            Ok(true) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists()),
-            // No unnamed file, or it could not be linked: the ordinary way.
-            Ok(false) | Err(_) => self.publish_data_file(pending, &target, &actual, created_at),
-        };
+        drop(lock);
         match published {
             Ok(()) => {}
             Err(e) if e.is_already_exists() => {
@@ -509,22 +526,21 @@ impl Sink {
         }
     }
 
-    /// Completes the data file with `pending`, makes it immutable (read-only,
-    /// mtime = created_at) and durable in one fsync, and moves it to `target`.
-    fn publish_data_file(
-        &mut self,
-        pending: &[u8],
-        target: &std::path::Path,
-        digest: &Digest,
-        created_at: SystemTime,
-    ) -> Result<()> {
+    /// Completes the data file with `pending` and makes it immutable
+    /// (read-only, mtime = created_at) and durable in one fsync.
+    fn complete_data_file(&mut self, pending: &[u8], created_at: SystemTime) -> Result<()> {
         let data_path = self.data_path();
         self.write_in_line(pending, self.written)?;
         let data = &mut self.ingest.data;
         data.set_permissions(fs::Permissions::from_mode(0o444))
             .and_then(|()| data.set_modified(created_at))
             .and_then(|()| data.sync_all())
-            .map_err(|e| Error::io("write", &data_path, e))?;
+            .map_err(|e| Error::io("write", &data_path, e))
+    }
+
+    /// Moves the completed data file to `target`.
+    fn rename_data_file(&self, target: &std::path::Path, digest: &Digest) -> Result<()> {
+        let data_path = self.data_path();
         // Moved, not linked: an ingest must never share an inode with a blob,
         // or a resume of its ref would append to the blob.
         match fsutil::rename_noreplace(&data_path, target) {
