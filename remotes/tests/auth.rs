@@ -27,6 +27,14 @@ fn resolver_for(host: &str, username: &str, secret: &str) -> DockerResolver {
 
 /// The registry with htpasswd basic auth for alice (password `s3cret`).
 fn htpasswd_registry() -> (tempfile::TempDir, Registry) {
+    let (dir, config) = htpasswd_config();
+    let registry = Registry::start_binary(&find_binary().unwrap(), &config).unwrap();
+    (dir, registry)
+}
+
+/// The `auth:` section for alice (password `s3cret`), and the directory
+/// holding its htpasswd file.
+fn htpasswd_config() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let hash = bcrypt::hash("s3cret", 5).unwrap();
     std::fs::write(dir.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
@@ -34,8 +42,7 @@ fn htpasswd_registry() -> (tempfile::TempDir, Registry) {
         "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
         dir.path().join("htpasswd").display()
     );
-    let registry = Registry::start_binary(&find_binary().unwrap(), &config).unwrap();
-    (dir, registry)
+    (dir, config)
 }
 
 /// The registry with `auth: token`, trusting a token service that grants
@@ -156,6 +163,37 @@ async fn a_cached_token_the_registry_refuses_is_renewed() {
         .expect("a refused token is replaced");
     assert_eq!(desc.digest(), blobs[2].desc.digest());
     assert_eq!(tokens.requests() - before, 1, "one new token");
+}
+
+/// An upload `Location` on another host (the registry's `http.host`, as
+/// behind a proxy or with uploads stored elsewhere) never gets the
+/// registry's credentials, as containerd's pusher drops them there.
+#[tokio::test]
+async fn credentials_never_go_to_an_upload_location_on_another_host() {
+    let (_dir, config) = htpasswd_config();
+    // Whatever lies at the advertised host: here a proxy to nowhere that logs.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let elsewhere = FaultProxy::start(nowhere).unwrap();
+    let registry =
+        Registry::start_advertising(&config, &format!("http://{}", elsewhere.host())).unwrap();
+    let alice = resolver_for(&registry.host(), "alice", "s3cret");
+    let pusher = alice
+        .pusher(&format!("{}/private/app:1", registry.host()))
+        .await
+        .unwrap();
+    let layer = &image(false, "linux/amd64", 5000)[0];
+    let mut w = pusher.push(&layer.desc).await.unwrap();
+    w.write_all(&layer.bytes).await.unwrap();
+    let _ = w.commit(None, None, ocidist_content::Labels::new()).await;
+    let log = elsewhere.log();
+    assert!(!log.is_empty(), "the upload went to the advertised host");
+    assert!(
+        log.iter().all(|line| !line.contains("authorization=")),
+        "{log:#?}"
+    );
 }
 
 #[tokio::test]

@@ -388,7 +388,7 @@ impl Repository {
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
             let mut request = self.with_headers(build(self.client.request(method.clone(), url)));
-            let sent = self.authorizer.cached(&self.host, &scope);
+            let sent = self.authorization_for(url, &scope);
             if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
             }
@@ -437,6 +437,26 @@ impl Repository {
         unreachable!("the last attempt always returns")
     }
 
+    /// The cached credentials for a request to `url`, only if it goes where
+    /// they were given: the registry's own scheme, host and port. An upload
+    /// `Location` elsewhere (storage behind the registry, a proxy) gets none,
+    /// as containerd drops its authorizer there; over plain HTTP it would
+    /// give them away.
+    fn authorization_for(&self, url: &str, scope: &str) -> Option<header::HeaderValue> {
+        let origin = |u: &str| {
+            reqwest::Url::parse(u).ok().map(|u| {
+                (
+                    u.scheme().to_string(),
+                    u.host_str().map(str::to_string),
+                    u.port_or_known_default(),
+                )
+            })
+        };
+        let same = origin(url).is_some() && origin(url) == origin(&self.base);
+        same.then(|| self.authorizer.cached(&self.host, scope))
+            .flatten()
+    }
+
     fn with_headers(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
@@ -463,7 +483,7 @@ impl Repository {
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
         let mut request = self.with_headers(build(self.client.request(method, url)));
-        if let Some(authorization) = self.authorizer.cached(&self.host, &scope) {
+        if let Some(authorization) = self.authorization_for(url, &scope) {
             request = request.header(header::AUTHORIZATION, authorization);
         }
         request.send().await.map_err(|source| Error::Connect {

@@ -75,6 +75,18 @@ impl Registry {
         Self::start_with(binary, extra_config, "")
     }
 
+    /// Starts the registry found on PATH with `extra_config` (as for
+    /// [`start_binary`](Self::start_binary)), telling clients that its URLs
+    /// are on `advertised` (its `http.host`: `Location` headers point there,
+    /// as a registry behind a proxy or with upload storage elsewhere does).
+    pub fn start_advertising(extra_config: &str, advertised: &str) -> io::Result<Registry> {
+        Self::start_with(
+            &find_binary()?,
+            extra_config,
+            &format!("  host: {advertised}\n"),
+        )
+    }
+
     /// `extra_http` is added inside the `http:` section (indented two spaces).
     fn start_with(binary: &Path, extra_config: &str, extra_http: &str) -> io::Result<Registry> {
         if !binary.is_file() {
