@@ -196,6 +196,37 @@ async fn credentials_never_go_to_an_upload_location_on_another_host() {
     );
 }
 
+/// An upload cannot be replayed after a 401, so once its token has expired
+/// the next request carries a new one, asked for before it is sent.
+#[tokio::test]
+async fn an_upload_outliving_its_token_renews_it_before_the_next_request() {
+    let (_dir, tokens, registry) = token_registry();
+    // Good for a second in our cache (5 s are kept in hand), 300 s for the registry.
+    tokens.set_expires_in(6);
+    let bob = resolver_for(&registry.host(), "bob", "pa55");
+    let pusher = bob
+        .pusher(&format!("{}/tokens/slow:1", registry.host()))
+        .await
+        .unwrap();
+    let layer = &image(false, "linux/amd64", 50_000)[0];
+    // Named as mountable from a repository that lacks it: the registry
+    // answers the mount with an upload session, opened (and its push token
+    // obtained) here, and used at the commit.
+    let mut desc = layer.desc.clone();
+    desc.set_annotations(Some(std::collections::HashMap::from([(
+        ocidist_remotes::source::source_label_key(&registry.host()),
+        "tokens/elsewhere".to_string(),
+    )])));
+    let mut w = pusher.push(&desc).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let before = tokens.requests();
+    w.write_all(&layer.bytes).await.unwrap();
+    w.commit(None, None, ocidist_content::Labels::new())
+        .await
+        .expect("the upload finishes with a renewed token");
+    assert!(tokens.requests() > before, "a new token was asked for");
+}
+
 #[tokio::test]
 async fn credentials_never_follow_a_redirect_to_another_host() {
     // A private registry whose blob GETs redirect (as to a storage service)

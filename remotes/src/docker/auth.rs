@@ -178,6 +178,9 @@ pub(crate) struct Authorizer {
     /// One token fetch at a time per client, so concurrent requests that meet
     /// the same challenge share one token rather than each asking.
     fetching: Arc<tokio::sync::Mutex<()>>,
+    /// The last challenge of each host, to renew an expired token before a
+    /// request rather than after its 401 (an upload cannot be sent twice).
+    challenges: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// Tokens without `expires_in` last this long (the distribution spec's default).
@@ -196,7 +199,39 @@ impl Authorizer {
             credentials,
             cache: Arc::default(),
             fetching: Arc::default(),
+            challenges: Arc::default(),
         }
+    }
+
+    /// The `Authorization` for a request to `host` needing `scope`: the
+    /// cached one while good; once it has expired, if the host challenged
+    /// before, a new answer to that challenge, asked for this scope.
+    pub(crate) async fn authorization(
+        &self,
+        client: &reqwest::Client,
+        host: &str,
+        scope: &str,
+    ) -> Result<Option<HeaderValue>> {
+        if let Some(cached) = self.cached(host, scope) {
+            return Ok(Some(cached));
+        }
+        let challenge = self
+            .challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned();
+        let Some(challenge) = challenge else {
+            return Ok(None);
+        };
+        // The challenge named the scope of the request that met it; this one
+        // asks for its own.
+        let mut challenges = parse_challenges(&challenge);
+        for c in &mut challenges {
+            c.params.remove("scope");
+        }
+        self.answer_parsed(client, host, scope, challenges, None)
+            .await
     }
 
     /// The cached `Authorization` for `host` and `scope`, if still good.
@@ -219,6 +254,24 @@ impl Authorizer {
         www_authenticate: &str,
         refused: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>> {
+        self.challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), www_authenticate.to_string());
+        let challenges = parse_challenges(www_authenticate);
+        self.answer_parsed(client, host, scope, challenges, refused)
+            .await
+    }
+
+    /// [`answer`](Self::answer) for challenges already parsed.
+    async fn answer_parsed(
+        &self,
+        client: &reqwest::Client,
+        host: &str,
+        scope: &str,
+        challenges: Vec<Challenge>,
+        refused: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>> {
         let _one_at_a_time = self.fetching.lock().await;
         if let Some(cached) = self.cached(host, scope)
             && Some(&cached) != refused
@@ -226,7 +279,6 @@ impl Authorizer {
             return Ok(Some(cached));
         }
         let credential = self.credentials.get(host);
-        let challenges = parse_challenges(www_authenticate);
         let (header, lifetime) =
             if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
                 let (token, lifetime) = self

@@ -388,7 +388,7 @@ impl Repository {
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
             let mut request = self.with_headers(build(self.client.request(method.clone(), url)));
-            let sent = self.authorization_for(url, &scope);
+            let sent = self.authorization_for(url, &scope).await?;
             if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
             }
@@ -437,12 +437,17 @@ impl Repository {
         unreachable!("the last attempt always returns")
     }
 
-    /// The cached credentials for a request to `url`, only if it goes where
-    /// they were given: the registry's own scheme, host and port. An upload
-    /// `Location` elsewhere (storage behind the registry, a proxy) gets none,
-    /// as containerd drops its authorizer there; over plain HTTP it would
-    /// give them away.
-    fn authorization_for(&self, url: &str, scope: &str) -> Option<header::HeaderValue> {
+    /// The credentials for a request to `url` (cached, or renewed from the
+    /// host's last challenge once expired, so an upload's later chunks never
+    /// go without them), only if it goes where they were given: the
+    /// registry's own scheme, host and port. An upload `Location` elsewhere
+    /// (storage behind the registry, a proxy) gets none, as containerd drops
+    /// its authorizer there; over plain HTTP it would give them away.
+    async fn authorization_for(
+        &self,
+        url: &str,
+        scope: &str,
+    ) -> Result<Option<header::HeaderValue>> {
         let origin = |u: &str| {
             reqwest::Url::parse(u).ok().map(|u| {
                 (
@@ -452,9 +457,12 @@ impl Repository {
                 )
             })
         };
-        let same = origin(url).is_some() && origin(url) == origin(&self.base);
-        same.then(|| self.authorizer.cached(&self.host, scope))
-            .flatten()
+        if origin(url).is_none() || origin(url) != origin(&self.base) {
+            return Ok(None);
+        }
+        self.authorizer
+            .authorization(&self.client, &self.host, scope)
+            .await
     }
 
     fn with_headers(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -483,7 +491,7 @@ impl Repository {
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
         let mut request = self.with_headers(build(self.client.request(method, url)));
-        if let Some(authorization) = self.authorization_for(url, &scope) {
+        if let Some(authorization) = self.authorization_for(url, &scope).await? {
             request = request.header(header::AUTHORIZATION, authorization);
         }
         request.send().await.map_err(|source| Error::Connect {

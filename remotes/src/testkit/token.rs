@@ -29,6 +29,8 @@ struct State {
     requests: AtomicUsize,
     /// Seconds from issue to the `exp` claim of new tokens.
     signed_lifetime: AtomicI64,
+    /// What new tokens say as `expires_in`.
+    expires_in: AtomicI64,
     stop: AtomicBool,
 }
 
@@ -68,6 +70,7 @@ impl TokenServer {
             password: password.to_string(),
             requests: AtomicUsize::new(0),
             signed_lifetime: AtomicI64::new(EXPIRES_IN),
+            expires_in: AtomicI64::new(EXPIRES_IN),
             stop: AtomicBool::new(false),
         });
         let serve_state = state.clone();
@@ -113,6 +116,12 @@ impl TokenServer {
     /// registry adds a leeway for clock skew (60 s for distribution 2.8).
     pub fn set_signed_lifetime(&self, seconds: i64) {
         self.state.signed_lifetime.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Makes the tokens issued from now on say `expires_in: seconds` (they
+    /// stay valid for the registry as long as before).
+    pub fn set_expires_in(&self, seconds: i64) {
+        self.state.expires_in.store(seconds, Ordering::SeqCst);
     }
 }
 
@@ -229,8 +238,9 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         .sign(signing_input.as_bytes())
         .map_err(io::Error::other)?;
     let token = format!("{signing_input}.{}", base64(&der_to_fixed(&der)?, true));
+    let expires_in = state.expires_in.load(Ordering::SeqCst);
     let response =
-        format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":{EXPIRES_IN}}}"#);
+        format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":{expires_in}}}"#);
     let mut stream = stream;
     write!(
         stream,
