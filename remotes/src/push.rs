@@ -65,7 +65,12 @@ where
             ocidist_images::media_types::Kind::Manifest | ocidist_images::media_types::Kind::Index
         )
     };
-    let (manifests, blobs): (Vec<_>, Vec<_>) = order.into_iter().partition(is_manifest);
+    // Non-distributable (foreign) layers live where their `urls` say and
+    // are not in the store: skipped, as `ctr push` does by default.
+    let (manifests, blobs): (Vec<_>, Vec<_>) = order
+        .into_iter()
+        .filter(|d| !ocidist_images::media_types::is_non_distributable(d.media_type().as_ref()))
+        .partition(is_manifest);
     let push_one = |desc: Descriptor| {
         let pusher = &pusher;
         async move {

@@ -123,3 +123,56 @@ async fn a_refused_mount_uploads_through_the_session_it_opened() {
         .unwrap();
     assert!(fetch_all(fetcher.as_ref(), &layer.desc, 0).await == layer.bytes);
 }
+
+/// A non-distributable (foreign) layer is not pushed, as `ctr push` skips
+/// it by default: it is not in the store, and its `urls` say where it lives.
+#[tokio::test]
+async fn non_distributable_layers_are_not_pushed() {
+    // The registry takes manifests naming foreign layers by URL only when
+    // told which URLs it trusts.
+    let registry = ocidist_remotes::testkit::Registry::start_binary(
+        &ocidist_remotes::testkit::find_binary().unwrap(),
+        "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n",
+    )
+    .unwrap();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let (_dir, store, _images) = stores();
+    let blobs = image(true, "windows/amd64", 4000);
+    let (layer, config) = (&blobs[0], &blobs[1]);
+    let mut foreign = common::blob(
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        b"a Windows base layer, served elsewhere".to_vec(),
+    )
+    .desc;
+    foreign.set_urls(Some(vec!["https://example.invalid/base.tar.gz".into()]));
+    let manifest_type = "application/vnd.docker.distribution.manifest.v2+json";
+    let manifest = common::blob(
+        manifest_type,
+        serde_json::json!({"schemaVersion": 2, "mediaType": manifest_type,
+            "config": config.desc, "layers": [foreign, layer.desc]})
+        .to_string()
+        .into_bytes(),
+    );
+    for blob in [layer, config, &manifest] {
+        ocidist_content::write_blob(
+            &store,
+            ocidist_content::WriterOpts::new("w").descriptor(&blob.desc),
+            &blob.bytes[..],
+            Labels::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let resolver = DockerResolver::new();
+    let target = format!("{}/team/windows:1", proxy.host());
+    let result = push_image(&resolver, &store, &target, &manifest.desc, 2).await;
+    let log = proxy.log();
+    let foreign_digest = foreign.digest().to_string().replace(':', "%3A");
+    assert!(
+        log.iter()
+            .all(|l| !l.contains(foreign.digest().as_ref()) && !l.contains(&foreign_digest)),
+        "{log:#?}"
+    );
+    let pushed = result.expect("the rest is pushed");
+    assert!(pushed.iter().all(|d| d.digest() != foreign.digest()));
+}
