@@ -63,3 +63,48 @@ async fn mirrors_first_then_the_upstream_and_pushes_to_the_upstream() {
     assert_eq!(get_status(upstream.addr(), &path).unwrap(), 200);
     assert_eq!(get_status(mirror.addr(), &path).unwrap(), 404);
 }
+
+/// A pull-only mirror serves references by digest (their bytes are checked)
+/// but not by tag, which needs `resolve`: containerd's rule, and the usual
+/// air-gapped setup, here with the upstream unreachable.
+#[tokio::test]
+async fn a_pull_only_mirror_serves_digests_but_not_tags() {
+    let mirror = registry();
+    let blobs = image(false, "linux/amd64", 2000);
+    let pusher = DockerResolver::new()
+        .pusher(&format!("{}/lib/app:1", mirror.host()))
+        .await
+        .unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    let upstream = format!("{dead}");
+    let dir = hosts.path().join(&upstream);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{upstream}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\"]\n",
+            mirror = mirror.host(),
+        ),
+    )
+    .unwrap();
+    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let manifest = &blobs[2].desc;
+    let (_, desc) = resolver
+        .resolve(&format!("{upstream}/lib/app@{}", manifest.digest()))
+        .await
+        .expect("the mirror serves the digest");
+    assert_eq!(desc.digest(), manifest.digest());
+    let err = resolver
+        .resolve(&format!("{upstream}/lib/app:1"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot connect"),
+        "only the dead upstream resolves tags: {err}"
+    );
+}

@@ -212,9 +212,17 @@ impl DockerResolver {
     }
 
     /// Resolves at each endpoint that can, in order; the last error if none can.
+    /// A tag needs the `resolve` capability; a digest only `pull`, as in
+    /// containerd: its bytes are checked, so any mirror may serve it (an
+    /// air-gapped pull-only mirror is the usual case).
     async fn resolve_object(&self, reference: &Reference) -> Result<Descriptor> {
+        let can: fn(&hosts::Capabilities) -> bool = if reference.digest().is_some() {
+            |c| c.pull
+        } else {
+            |c| c.resolve
+        };
         let mut last = None;
-        for repo in self.repositories(reference, |c| c.resolve)? {
+        for repo in self.repositories(reference, can)? {
             match self.resolve_in(&repo, reference).await {
                 Ok(desc) => return Ok(desc),
                 Err(e) => last = Some(e),
