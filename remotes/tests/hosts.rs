@@ -8,36 +8,51 @@ use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::testkit::get_status;
 
-#[tokio::test]
-async fn mirrors_first_then_the_upstream_and_pushes_to_the_upstream() {
+/// A registry holding `lib/app:1`, and that image's blobs.
+async fn mirror_with_image() -> (ocidist_remotes::testkit::Registry, Vec<common::Blob>) {
     let mirror = registry();
-    let upstream = registry();
-    let plain = DockerResolver::new();
     let blobs = image(false, "linux/amd64", 2000);
-    // Only the mirror has the image.
-    let pusher = plain
+    let pusher = DockerResolver::new()
         .pusher(&format!("{}/lib/app:1", mirror.host()))
         .await
         .unwrap();
     push_all(pusher.as_ref(), &blobs).await;
+    (mirror, blobs)
+}
 
-    // A dead mirror first (a port nobody listens on), then the live one.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+/// An address nobody listens on.
+fn dead_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
+        .unwrap()
+}
+
+/// A hosts directory with `hosts_toml` for `host`.
+fn hosts_dir_with(host: &str, hosts_toml: &str) -> tempfile::TempDir {
     let hosts = tempfile::tempdir().unwrap();
-    let dir = hosts.path().join(upstream.host());
+    let dir = hosts.path().join(host);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("hosts.toml"),
-        format!(
+    std::fs::write(dir.join("hosts.toml"), hosts_toml).unwrap();
+    hosts
+}
+
+#[tokio::test]
+async fn mirrors_first_then_the_upstream_and_pushes_to_the_upstream() {
+    // Only the mirror has the image.
+    let (mirror, blobs) = mirror_with_image().await;
+    let upstream = registry();
+
+    // A dead mirror first (a port nobody listens on), then the live one.
+    let dead = dead_address();
+    let hosts = hosts_dir_with(
+        &upstream.host(),
+        &format!(
             "server = \"http://{up}\"\n\n[host.\"http://{dead}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"http://{mirror}\".header]\n    x-ocidist-test = \"1\"\n",
             up = upstream.host(),
             mirror = mirror.host(),
         ),
-    )
-    .unwrap();
+    );
     let resolver = DockerResolver::new().hosts_dir(hosts.path());
     let reference = format!("{}/lib/app:1", upstream.host());
     let (_, desc) = resolver
@@ -69,29 +84,15 @@ async fn mirrors_first_then_the_upstream_and_pushes_to_the_upstream() {
 /// air-gapped setup, here with the upstream unreachable.
 #[tokio::test]
 async fn a_pull_only_mirror_serves_digests_but_not_tags() {
-    let mirror = registry();
-    let blobs = image(false, "linux/amd64", 2000);
-    let pusher = DockerResolver::new()
-        .pusher(&format!("{}/lib/app:1", mirror.host()))
-        .await
-        .unwrap();
-    push_all(pusher.as_ref(), &blobs).await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let hosts = tempfile::tempdir().unwrap();
-    let upstream = format!("{dead}");
-    let dir = hosts.path().join(&upstream);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("hosts.toml"),
-        format!(
+    let (mirror, blobs) = mirror_with_image().await;
+    let upstream = dead_address().to_string();
+    let hosts = hosts_dir_with(
+        &upstream,
+        &format!(
             "server = \"http://{upstream}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\"]\n",
             mirror = mirror.host(),
         ),
-    )
-    .unwrap();
+    );
     let resolver = DockerResolver::new().hosts_dir(hosts.path());
     let manifest = &blobs[2].desc;
     let (_, desc) = resolver
