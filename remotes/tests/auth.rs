@@ -227,6 +227,38 @@ async fn an_upload_outliving_its_token_renews_it_before_the_next_request() {
     assert!(tokens.requests() > before, "a new token was asked for");
 }
 
+/// An identity token (no user name; what `docker login` stores as
+/// `identitytoken`) is sent by the OAuth2 refresh-token grant, as containerd
+/// does; the password grant would be refused.
+#[tokio::test]
+async fn an_identity_token_is_exchanged_by_the_refresh_token_grant() {
+    let (_dir, tokens, registry) = token_registry();
+    tokens.set_identity_token("id-token-for-bob");
+    let with_token = resolver_for(&registry.host(), "", "id-token-for-bob");
+    let reference = format!("{}/tokens/identity:1", registry.host());
+    let blobs = image(false, "linux/amd64", 3000);
+    push_all(
+        with_token.pusher(&reference).await.unwrap().as_ref(),
+        &blobs,
+    )
+    .await;
+    let (_, desc) = with_token.resolve(&reference).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+
+    let wrong = resolver_for(&registry.host(), "", "not-the-token");
+    let pusher = wrong
+        .pusher(&format!("{}/tokens/other:1", registry.host()))
+        .await
+        .unwrap();
+    let mut w = pusher.push(&blobs[0].desc).await.unwrap();
+    w.write_all(&blobs[0].bytes).await.unwrap();
+    let err = w
+        .commit(None, None, ocidist_content::Labels::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+}
+
 #[tokio::test]
 async fn credentials_never_follow_a_redirect_to_another_host() {
     // A private registry whose blob GETs redirect (as to a storage service)

@@ -331,15 +331,27 @@ impl Authorizer {
             .cloned()
             .unwrap_or_else(|| scope.to_string());
         let mut response = None;
+        // No user name: an identity token (`docker login` with a token, ACR),
+        // which only the OAuth2 refresh-token grant takes, as in containerd.
+        let identity_token = credential.filter(|c| c.username.is_empty());
         if let Some(credential) = credential {
-            let form = [
-                ("grant_type", "password"),
-                ("service", service.as_str()),
-                ("scope", scope.as_str()),
-                ("client_id", "ocidist"),
-                ("username", credential.username.as_str()),
-                ("password", credential.secret.as_str()),
-            ];
+            let form: Vec<(&str, &str)> = match identity_token {
+                Some(token) => vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.secret.as_str()),
+                    ("service", service.as_str()),
+                    ("scope", scope.as_str()),
+                    ("client_id", "ocidist"),
+                ],
+                None => vec![
+                    ("grant_type", "password"),
+                    ("service", service.as_str()),
+                    ("scope", scope.as_str()),
+                    ("client_id", "ocidist"),
+                    ("username", credential.username.as_str()),
+                    ("password", credential.secret.as_str()),
+                ],
+            };
             let body: String = form
                 .iter()
                 .map(|(k, v)| format!("{k}={}", urlencode(v)))
@@ -355,8 +367,9 @@ impl Authorizer {
                     url: realm.clone(),
                     source,
                 })?;
-            // Token servers without OAuth2 answer 404 or 405: use GET instead.
-            if post.status().is_success() {
+            // Token servers without OAuth2 answer 404 or 405: use GET instead
+            // (with a password; an identity token is good for nothing else).
+            if post.status().is_success() || identity_token.is_some() {
                 response = Some(post);
             }
         }

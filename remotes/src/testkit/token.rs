@@ -26,6 +26,8 @@ struct State {
     cert_der: Vec<u8>,
     user: String,
     password: String,
+    /// An identity token granting what `user` gets, by the refresh-token grant.
+    identity_token: std::sync::Mutex<Option<String>>,
     requests: AtomicUsize,
     /// Seconds from issue to the `exp` claim of new tokens.
     signed_lifetime: AtomicI64,
@@ -68,6 +70,7 @@ impl TokenServer {
             cert_der: cert.der().to_vec(),
             user: user.to_string(),
             password: password.to_string(),
+            identity_token: std::sync::Mutex::new(None),
             requests: AtomicUsize::new(0),
             signed_lifetime: AtomicI64::new(EXPIRES_IN),
             expires_in: AtomicI64::new(EXPIRES_IN),
@@ -116,6 +119,16 @@ impl TokenServer {
     /// registry adds a leeway for clock skew (60 s for distribution 2.8).
     pub fn set_signed_lifetime(&self, seconds: i64) {
         self.state.signed_lifetime.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Accepts `token` as an identity token of the user (what `docker login`
+    /// stores as `identitytoken`), by the OAuth2 refresh-token grant only.
+    pub fn set_identity_token(&self, token: &str) {
+        *self
+            .state
+            .identity_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(token.to_string());
     }
 
     /// Makes the tokens issued from now on say `expires_in: seconds` (they
@@ -179,12 +192,26 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         });
     if request_line.starts_with("POST") {
         params = parse_form(&String::from_utf8_lossy(&body));
-        authenticated = params
-            .iter()
-            .any(|(k, v)| k == "username" && *v == state.user)
-            && params
+        let param = |name: &str| {
+            params
                 .iter()
-                .any(|(k, v)| k == "password" && *v == state.password);
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let identity = state
+            .identity_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        authenticated = match param("grant_type") {
+            Some("refresh_token") => {
+                identity.is_some() && param("refresh_token") == identity.as_deref()
+            }
+            _ => {
+                param("username") == Some(state.user.as_str())
+                    && param("password") == Some(state.password.as_str())
+            }
+        };
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
     let scope = params
