@@ -101,17 +101,7 @@ async fn bearer_tokens_from_a_token_service() {
 
     // Anonymous tokens grant pull only: a push is refused.
     let anonymous = DockerResolver::new();
-    let pusher = anonymous.pusher(&format!("{repo}:1")).await.unwrap();
-    let mut w = pusher
-        .push(&blobs[0].desc)
-        .await
-        .expect("HEAD with a pull token works");
-    w.write_all(&blobs[0].bytes).await.unwrap();
-    let err = w
-        .commit(None, None, ocidist_content::Labels::new())
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("401"), "{err}");
+    assert_push_refused(&anonymous, &format!("{repo}:1"), &blobs[0]).await;
 
     // With credentials: push, then pull back, one token per scope.
     let bob = resolver_for(&registry.host(), "bob", "pa55");
@@ -246,12 +236,19 @@ async fn an_identity_token_is_exchanged_by_the_refresh_token_grant() {
     assert_eq!(desc.digest(), blobs[2].desc.digest());
 
     let wrong = resolver_for(&registry.host(), "", "not-the-token");
-    let pusher = wrong
-        .pusher(&format!("{}/tokens/other:1", registry.host()))
+    let other = format!("{}/tokens/other:1", registry.host());
+    assert_push_refused(&wrong, &other, &blobs[0]).await;
+}
+
+/// Pushing `blob` to `reference` gets as far as the upload, which is refused
+/// (a pull-only token).
+async fn assert_push_refused(resolver: &DockerResolver, reference: &str, blob: &common::Blob) {
+    let pusher = resolver.pusher(reference).await.unwrap();
+    let mut w = pusher
+        .push(&blob.desc)
         .await
-        .unwrap();
-    let mut w = pusher.push(&blobs[0].desc).await.unwrap();
-    w.write_all(&blobs[0].bytes).await.unwrap();
+        .expect("HEAD with a pull token works");
+    w.write_all(&blob.bytes).await.unwrap();
     let err = w
         .commit(None, None, ocidist_content::Labels::new())
         .await
