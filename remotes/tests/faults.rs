@@ -231,3 +231,56 @@ async fn an_unreachable_registry_is_unavailable_and_says_why() {
         "{err}"
     );
 }
+
+/// A registry that refuses HEAD on manifests (405) is asked with GET, by tag
+/// and by digest, as containerd does.
+#[tokio::test]
+async fn a_registry_refusing_head_on_manifests_is_asked_with_get() {
+    let (_registry, proxy, pushed) = setup("faults/405").await;
+    proxy.add(
+        Some("HEAD"),
+        "/manifests/",
+        usize::MAX,
+        Fault::Status {
+            status: 405,
+            retry_after: None,
+        },
+    );
+    let index = &pushed[6].desc;
+    for reference in [
+        format!("{}/faults/405:1", proxy.host()),
+        format!("{}/faults/405@{}", proxy.host(), index.digest()),
+    ] {
+        let (_, desc) = DockerResolver::new().resolve(&reference).await.unwrap();
+        assert_eq!((desc.digest(), desc.size()), (index.digest(), index.size()));
+        assert_eq!(desc.media_type(), index.media_type(), "{reference}");
+    }
+}
+
+/// A manifest digest met by a failure other than "not found" is reported as
+/// that failure, not resolved as an untyped blob (containerd asks for blobs
+/// only after a 404).
+#[tokio::test]
+async fn a_digest_is_looked_for_among_blobs_only_when_no_manifest_has_it() {
+    let (_registry, proxy, pushed) = setup("faults/403").await;
+    proxy.add(
+        Some("HEAD"),
+        "/manifests/",
+        usize::MAX,
+        Fault::Status {
+            status: 403,
+            retry_after: None,
+        },
+    );
+    let index = &pushed[6].desc;
+    let err = DockerResolver::new()
+        .resolve(&format!("{}/faults/403@{}", proxy.host(), index.digest()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    assert!(
+        proxy.log().iter().all(|l| !l.contains("/blobs/")),
+        "{:#?}",
+        proxy.log()
+    );
+}

@@ -264,6 +264,10 @@ impl DockerResolver {
             })
             .await?;
         match (head.status(), reference.digest()) {
+            // Some registries refuse HEAD on manifests: GET and hash it.
+            (StatusCode::METHOD_NOT_ALLOWED, digest) => {
+                repo.get_manifest(&manifest_url, digest).await
+            }
             (StatusCode::OK, None) => {
                 let headers = head.headers();
                 let digest = header_str(headers, "docker-content-digest")
@@ -284,9 +288,11 @@ impl DockerResolver {
             }
             // A digest reference: the bytes are hashed, never the header believed.
             (StatusCode::OK, Some(digest)) => repo.get_manifest(&manifest_url, Some(digest)).await,
-            // Not a manifest; a digest may name a blob. (A registry may answer
-            // 500 rather than 404 when the digest is a blob that is no manifest.)
-            (_, Some(digest)) => {
+            // Not a manifest; a digest may name a blob. (The distribution
+            // registry answers 500, not 404, when the digest is a blob that is
+            // no manifest.) Other failures are not asked about blobs: a 503
+            // must not turn a manifest into an untyped blob descriptor.
+            (StatusCode::NOT_FOUND | StatusCode::INTERNAL_SERVER_ERROR, Some(digest)) => {
                 let blob_url = format!("{}/blobs/{digest}", repo.base);
                 let blob_head = repo.send(Method::HEAD, &blob_url, |r| r).await?;
                 if blob_head.status() != StatusCode::OK {
