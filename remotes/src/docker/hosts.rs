@@ -12,9 +12,13 @@
 //!     x-team = "build"
 //! ```
 //!
-//! Mirrors are tried in order, then the upstream. An endpoint's URL may carry a
-//! path prefix (`https://mirror/prefix` serves `/prefix/v2/...`), or set
-//! `override_path = true` when the URL already ends where `/v2` would be.
+//! Mirrors are tried in order, then the upstream. As in containerd, a host
+//! without `capabilities` may do everything, pushes included (list them for a
+//! mirror that must only serve pulls), capability names are read in any case,
+//! and a host written without a scheme is `https://`. An endpoint's URL may
+//! carry a path prefix (`https://mirror/prefix` serves `/prefix/v2/...`), end
+//! in `/v2` itself, or set `override_path = true` when it already ends where
+//! `/v2` would be.
 
 use std::path::{Path, PathBuf};
 
@@ -41,13 +45,27 @@ impl Capabilities {
         push: true,
     };
 
-    fn parse(names: &[String]) -> Capabilities {
-        let has = |n: &str| names.iter().any(|c| c == n);
-        Capabilities {
-            pull: has("pull"),
-            resolve: has("resolve"),
-            push: has("push"),
+    /// Reads `capabilities = [...]`, in any case, as containerd does; an
+    /// unknown name is an error rather than a capability silently lost.
+    fn parse(names: &[String]) -> std::result::Result<Capabilities, String> {
+        let mut out = Capabilities {
+            pull: false,
+            resolve: false,
+            push: false,
+        };
+        for name in names {
+            match name.to_ascii_lowercase().as_str() {
+                "pull" => out.pull = true,
+                "resolve" => out.resolve = true,
+                "push" => out.push = true,
+                _ => {
+                    return Err(format!(
+                        "unknown capability {name:?} (pull, resolve and push are known)"
+                    ));
+                }
+            }
         }
+        Ok(out)
     }
 }
 
@@ -81,9 +99,10 @@ impl Endpoint {
         }
     }
 
-    /// The API root: `<url>/v2` (or `<url>` with `override_path`).
+    /// The API root: `<url>/v2`, or `<url>` with `override_path` or when the
+    /// URL already ends in `/v2`.
     pub fn api_root(&self) -> String {
-        if self.override_path {
+        if self.override_path || self.url.ends_with("/v2") {
             self.url.clone()
         } else {
             format!("{}/v2", self.url)
@@ -104,6 +123,8 @@ impl Endpoint {
 struct File {
     server: Option<String>,
     capabilities: Option<Vec<String>>,
+    #[serde(default)]
+    override_path: bool,
     ca: Option<OneOrMany>,
     skip_verify: Option<bool>,
     #[serde(default)]
@@ -193,16 +214,14 @@ pub fn parse(
         let entry: HostEntry = entry
             .try_into()
             .map_err(|e: toml::de::Error| format!("host {url:?}: {e}"))?;
+        let capabilities = match entry.capabilities.as_deref() {
+            // containerd's default for a host entry too.
+            None => Capabilities::ALL,
+            Some(names) => Capabilities::parse(names).map_err(|e| format!("host {url:?}: {e}"))?,
+        };
         out.push(Endpoint {
-            url: url.trim_end_matches('/').to_string(),
-            capabilities: entry.capabilities.as_deref().map_or(
-                Capabilities {
-                    pull: true,
-                    resolve: true,
-                    push: false,
-                },
-                Capabilities::parse,
-            ),
+            url: endpoint_url(&url),
+            capabilities,
             ca_files: entry.ca.map(|c| c.paths(base)).unwrap_or_default(),
             skip_verify: entry.skip_verify.unwrap_or(false),
             headers: headers(entry.header),
@@ -210,18 +229,30 @@ pub fn parse(
         });
     }
     let server = file.server.unwrap_or_else(|| default_upstream.to_string());
+    let capabilities = match file.capabilities.as_deref() {
+        None => Capabilities::ALL,
+        Some(names) => Capabilities::parse(names)?,
+    };
     out.push(Endpoint {
-        url: server.trim_end_matches('/').to_string(),
-        capabilities: file
-            .capabilities
-            .as_deref()
-            .map_or(Capabilities::ALL, Capabilities::parse),
+        url: endpoint_url(&server),
+        capabilities,
         ca_files: file.ca.map(|c| c.paths(base)).unwrap_or_default(),
         skip_verify: file.skip_verify.unwrap_or(false),
         headers: headers(file.header),
-        override_path: false,
+        override_path: file.override_path,
     });
     Ok(out)
+}
+
+/// A host or server as written, with `https://` when it names no scheme
+/// (containerd's default) and no trailing slash.
+fn endpoint_url(written: &str) -> String {
+    let url = written.trim_end_matches('/');
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +322,55 @@ server = "https://registry-1.docker.io"
         assert_eq!(eps[1].host(), "a-mirror.local:5000");
         assert_eq!(eps[1].api_root(), "http://a-mirror.local:5000/prefix/v2");
         assert_eq!(eps[2].capabilities, Capabilities::ALL);
+    }
+
+    /// containerd's reading of what its users write: no scheme means https,
+    /// a URL ending in `/v2` is the API root, capabilities in any case (an
+    /// unknown one is an error), every capability when none are listed, and
+    /// `override_path` at the top level.
+    #[test]
+    fn hosts_files_read_as_containerd_reads_them() {
+        let text = r#"
+server = "registry.example.com/v2"
+
+[host."mirror.example.com:5000"]
+
+[host."http://cache.local/v2/"]
+  capabilities = ["Pull", "RESOLVE"]
+"#;
+        let eps = parse(text, Path::new("/h"), "https://docker.io").unwrap();
+        let roots: Vec<String> = eps.iter().map(Endpoint::api_root).collect();
+        assert_eq!(
+            roots,
+            [
+                "https://mirror.example.com:5000/v2",
+                "http://cache.local/v2",
+                "https://registry.example.com/v2"
+            ]
+        );
+        assert_eq!(eps[0].capabilities, Capabilities::ALL);
+        assert_eq!(
+            eps[1].capabilities,
+            Capabilities {
+                pull: true,
+                resolve: true,
+                push: false
+            }
+        );
+        let err = parse(
+            "[host.\"https://m\"]\n  capabilities = [\"pul\"]\n",
+            Path::new("/h"),
+            "https://docker.io",
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown capability \"pul\""), "{err}");
+        let eps = parse(
+            "server = \"https://proxy.example.com/api\"\noverride_path = true\n",
+            Path::new("/h"),
+            "https://docker.io",
+        )
+        .unwrap();
+        assert_eq!(eps[0].api_root(), "https://proxy.example.com/api");
     }
 
     #[test]
