@@ -109,3 +109,42 @@ async fn a_pull_only_mirror_serves_digests_but_not_tags() {
         "only the dead upstream resolves tags: {err}"
     );
 }
+
+/// A failing mirror is passed over at once, not retried with backoff on
+/// every request (containerd retries only on the last endpoint); the
+/// upstream, last, still is.
+#[tokio::test]
+async fn a_failing_mirror_is_asked_once_per_request() {
+    let (upstream, blobs) = mirror_with_image().await;
+    let busy = registry();
+    let mirror = ocidist_remotes::testkit::FaultProxy::start(busy.addr()).unwrap();
+    mirror.add(
+        None,
+        "/v2/",
+        usize::MAX,
+        ocidist_remotes::testkit::Fault::Status {
+            status: 503,
+            retry_after: Some(5),
+        },
+    );
+    let hosts = hosts_dir_with(
+        &upstream.host(),
+        &format!(
+            "server = \"http://{up}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            up = upstream.host(),
+            mirror = mirror.host(),
+        ),
+    );
+    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let reference = format!("{}/lib/app:1", upstream.host());
+    let (_, desc) = resolver.resolve(&reference).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    assert_eq!(mirror.requests(), 1, "{:#?}", mirror.log());
+    let fetcher = resolver.fetcher(&reference).await.unwrap();
+    let chunks: Vec<bytes::Bytes> =
+        futures::TryStreamExt::try_collect(fetcher.fetch(&blobs[0].desc, 0).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(chunks.concat(), blobs[0].bytes);
+    assert_eq!(mirror.requests(), 2, "{:#?}", mirror.log());
+}

@@ -195,7 +195,11 @@ impl DockerResolver {
                 repository: reference.repository().to_string(),
                 authorizer: self.authorizer.clone(),
                 headers: endpoint.headers.clone(),
+                retry: false,
             });
+        }
+        if let Some(last) = out.last_mut() {
+            last.retry = true;
         }
         if out.is_empty() {
             return Err(Error::Protocol {
@@ -206,9 +210,12 @@ impl DockerResolver {
         Ok(out)
     }
 
-    /// The first repository that can push.
+    /// The first repository that can push; the only one a push uses, so it
+    /// retries.
     fn push_repository(&self, reference: &Reference) -> Result<Repository> {
-        Ok(self.repositories(reference, |c| c.push)?.remove(0))
+        let mut repo = self.repositories(reference, |c| c.push)?.remove(0);
+        repo.retry = true;
+        Ok(repo)
     }
 
     /// Resolves at each endpoint that can, in order; the last error if none can.
@@ -378,6 +385,10 @@ pub(crate) struct Repository {
     authorizer: auth::Authorizer,
     /// Sent with every request (from hosts.toml).
     headers: Vec<(String, String)>,
+    /// Retry busy answers and broken connections here: only on the last
+    /// endpoint, as containerd does; a mirror that fails is passed over at
+    /// once, not retried with backoff on every request.
+    retry: bool,
 }
 
 impl Repository {
@@ -389,7 +400,8 @@ impl Repository {
     /// Sends an idempotent request (GET, HEAD), retrying what a busy or flaky
     /// registry answers (408, 429, 500, 502, 503, 504, broken connections)
     /// with jittered exponential backoff, honouring `Retry-After`, at most
-    /// [`ATTEMPTS`] times.
+    /// [`ATTEMPTS`] times; on a mirror before the last endpoint, not at all
+    /// (the caller moves on to the next).
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -427,7 +439,9 @@ impl Repository {
                         return Ok(response);
                     }
                 }
-                Ok(response) if last || !retryable(response.status()) => return Ok(response),
+                Ok(response) if last || !self.retry || !retryable(response.status()) => {
+                    return Ok(response);
+                }
                 Ok(response) => {
                     let wait = retry_after(&response).unwrap_or_else(|| jitter(backoff));
                     tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
@@ -435,6 +449,7 @@ impl Repository {
                 }
                 Err(source)
                     if last
+                        || !self.retry
                         || !(source.is_connect() || source.is_timeout() || source.is_request()) =>
                 {
                     return Err(Error::Connect {
