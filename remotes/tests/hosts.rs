@@ -55,17 +55,7 @@ async fn mirrors_first_then_the_upstream_and_pushes_to_the_upstream() {
     );
     let resolver = DockerResolver::new().hosts_dir(hosts.path());
     let reference = format!("{}/lib/app:1", upstream.host());
-    let (_, desc) = resolver
-        .resolve(&reference)
-        .await
-        .expect("served by the mirror");
-    assert_eq!(desc.digest(), blobs[2].desc.digest());
-    let fetcher = resolver.fetcher(&reference).await.unwrap();
-    let chunks: Vec<bytes::Bytes> =
-        futures::TryStreamExt::try_collect(fetcher.fetch(&blobs[0].desc, 0).await.unwrap())
-            .await
-            .unwrap();
-    assert_eq!(chunks.concat(), blobs[0].bytes);
+    resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
 
     // Pushing goes to the upstream, the only host allowed to take pushes.
     let other = image(false, "linux/s390x", 1000);
@@ -137,14 +127,23 @@ async fn a_failing_mirror_is_asked_once_per_request() {
     );
     let resolver = DockerResolver::new().hosts_dir(hosts.path());
     let reference = format!("{}/lib/app:1", upstream.host());
-    let (_, desc) = resolver.resolve(&reference).await.unwrap();
+    resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
+    // One HEAD of the manifest, one GET of the layer.
+    assert_eq!(mirror.requests(), 2, "{:#?}", mirror.log());
+}
+
+/// Resolves `reference` to the image of `blobs` and fetches its layer.
+async fn resolve_and_fetch_a_layer(
+    resolver: &DockerResolver,
+    reference: &str,
+    blobs: &[common::Blob],
+) {
+    let (_, desc) = resolver.resolve(reference).await.unwrap();
     assert_eq!(desc.digest(), blobs[2].desc.digest());
-    assert_eq!(mirror.requests(), 1, "{:#?}", mirror.log());
-    let fetcher = resolver.fetcher(&reference).await.unwrap();
+    let fetcher = resolver.fetcher(reference).await.unwrap();
     let chunks: Vec<bytes::Bytes> =
         futures::TryStreamExt::try_collect(fetcher.fetch(&blobs[0].desc, 0).await.unwrap())
             .await
             .unwrap();
     assert_eq!(chunks.concat(), blobs[0].bytes);
-    assert_eq!(mirror.requests(), 2, "{:#?}", mirror.log());
 }
