@@ -50,15 +50,47 @@ fn retryable(status: StatusCode) -> bool {
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by registries).
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let seconds: u64 = response
-        .headers()
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds))
+    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    retry_after_value(value.trim(), std::time::SystemTime::now())
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (`Sun, 06 Nov 1994
+/// 08:49:37 GMT`), which is waited for from `now` (not at all if past).
+fn retry_after_value(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(http_date_seconds(value)?);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// Seconds since the epoch of an IMF-fixdate (RFC 9110), the only HTTP-date
+/// form senders may generate.
+fn http_date_seconds(value: &str) -> Option<u64> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_weekday, day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [hour, minute, second] = hms[..] else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
 /// Give up on a connection that is not established in this long.
@@ -655,6 +687,27 @@ fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_770);
+        assert_eq!(retry_after_value("7", now), Some(Duration::from_secs(7)));
+        // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example).
+        assert_eq!(
+            retry_after_value("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after_value("Sat, 01 Jan 1994 00:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date past waits nothing"
+        );
+        assert_eq!(
+            http_date_seconds("Sat, 29 Feb 2020 00:00:00 GMT"),
+            Some(1_582_934_400)
+        );
+        assert_eq!(retry_after_value("soon", now), None);
+    }
 
     #[test]
     fn loopback_hosts_get_plain_http() {
