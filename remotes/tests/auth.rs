@@ -256,6 +256,52 @@ async fn assert_push_refused(resolver: &DockerResolver, reference: &str, blob: &
     assert!(err.to_string().contains("401"), "{err}");
 }
 
+/// A 401 from where a redirect led (storage that wants credentials of its
+/// own) is not answered with the registry's: the fetch fails with that 401,
+/// and the other host never sees them, though they would have opened it.
+#[tokio::test]
+async fn a_challenge_from_a_redirect_target_is_not_answered() {
+    let (_dir, private) = htpasswd_registry();
+    let (_dir2, storage) = htpasswd_registry();
+    let private_proxy = FaultProxy::start(private.addr()).unwrap();
+    let storage_proxy = FaultProxy::start(storage.addr()).unwrap();
+    let blobs = image(false, "linux/amd64", 5000);
+    let layer = &blobs[0];
+    for host in [private_proxy.host(), storage_proxy.host()] {
+        let alice = resolver_for(&host, "alice", "s3cret");
+        let pusher = alice.pusher(&format!("{host}/app/x:1")).await.unwrap();
+        push_all(pusher.as_ref(), &blobs).await;
+    }
+    let before = storage_proxy.log().len();
+    private_proxy.add(
+        Some("GET"),
+        &format!("/blobs/{}", layer.desc.digest()),
+        1,
+        Fault::Redirect(format!(
+            "http://{}/v2/app/x/blobs/{}",
+            storage_proxy.host(),
+            layer.desc.digest()
+        )),
+    );
+    let alice = resolver_for(&private_proxy.host(), "alice", "s3cret");
+    let fetcher = alice
+        .fetcher(&format!("{}/app/x:1", private_proxy.host()))
+        .await
+        .unwrap();
+    let fetched = async {
+        let stream = fetcher.fetch(&layer.desc, 0).await?;
+        futures::TryStreamExt::try_collect::<Vec<bytes::Bytes>>(stream).await
+    };
+    let err = fetched.await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    let log = &storage_proxy.log()[before..];
+    assert!(!log.is_empty());
+    assert!(
+        log.iter().all(|l| !l.contains("authorization=")),
+        "{log:#?}"
+    );
+}
+
 #[tokio::test]
 async fn credentials_never_follow_a_redirect_to_another_host() {
     // A private registry whose blob GETs redirect (as to a storage service)

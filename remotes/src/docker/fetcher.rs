@@ -304,7 +304,9 @@ async fn fetch_ranged(
     let ranges = (first_end..size)
         .step_by(usize::try_from(chunk).unwrap_or(usize::MAX))
         .map(move |start| (start, start.saturating_add(chunk).min(size)));
-    let (repo, desc) = (repo.clone(), desc.clone());
+    // The blob is now this endpoint's to serve: its later ranges are
+    // retried here even on a mirror, since there is no moving on mid-blob.
+    let (repo, desc) = (repo.committed(), desc.clone());
     // The slot goes with the stream: the blob holds it until it is dropped.
     let slot = slot.clone();
     let ahead = futures::stream::iter(ranges)

@@ -424,6 +424,15 @@ pub(crate) struct Repository {
 }
 
 impl Repository {
+    /// This repository, retrying as the last endpoint does: for requests
+    /// that cannot move on to another endpoint.
+    pub(crate) fn committed(&self) -> Repository {
+        Repository {
+            retry: true,
+            ..self.clone()
+        }
+    }
+
     /// Whether the registry is on a loopback address.
     pub(crate) fn is_loopback(&self) -> bool {
         is_loopback(&self.host)
@@ -452,10 +461,13 @@ impl Repository {
             }
             match request.send().await {
                 // Challenged: answer once (a second 401 means the answer is refused).
+                // Only the registry's own challenge: a 401 from where a
+                // redirect led must not get its credentials, nor be kept.
                 Ok(response)
                     if response.status() == StatusCode::UNAUTHORIZED
                         && !answered_challenge
-                        && !last =>
+                        && !last
+                        && same_origin(response.url().as_str(), &self.base) =>
                 {
                     answered_challenge = true;
                     let challenge =
@@ -509,21 +521,16 @@ impl Repository {
         url: &str,
         scope: &str,
     ) -> Result<Option<header::HeaderValue>> {
-        let origin = |u: &str| {
-            reqwest::Url::parse(u).ok().map(|u| {
-                (
-                    u.scheme().to_string(),
-                    u.host_str().map(str::to_string),
-                    u.port_or_known_default(),
-                )
-            })
-        };
-        if origin(url).is_none() || origin(url) != origin(&self.base) {
+        if !same_origin(url, &self.base) {
             return Ok(None);
         }
-        self.authorizer
+        // A renewal that fails leaves the request to go without; its 401,
+        // if it gets one, is answered (or reported) the usual way.
+        Ok(self
+            .authorizer
             .authorization(&self.client, &self.host, scope)
             .await
+            .unwrap_or(None))
     }
 
     fn with_headers(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -653,6 +660,20 @@ pub(crate) async fn check_status(
 
 fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().filter(|s| !s.is_empty())
+}
+
+/// Whether two URLs have the same scheme, host and port (and both parse).
+fn same_origin(a: &str, b: &str) -> bool {
+    let origin = |u: &str| {
+        reqwest::Url::parse(u).ok().map(|u| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        })
+    };
+    origin(a).is_some() && origin(a) == origin(b)
 }
 
 /// `type/subtype` without parameters.

@@ -15,8 +15,10 @@ use crate::{Error, Result};
 /// The most `listxattr(2)` and `getxattr(2)` hand back.
 const XATTR_MAX: usize = 64 << 10;
 
-/// Extended attributes of overlayfs's own, which describe a layer, not a file.
-const OVERLAY_PREFIX: &str = "trusted.overlay.";
+/// Extended attributes not copied up, as overlayfs does not: its own (they
+/// describe a layer, not a file; `user.overlay.` in rootless mode) and the
+/// SELinux label, which the host's policy gives every file.
+const NOT_COPIED: [&str; 3] = ["trusted.overlay.", "user.overlay.", "security.selinux"];
 
 impl Applier {
     /// Copies `rel`, found in the lower directory `lower_dir`, into the upper
@@ -115,7 +117,7 @@ fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         let Ok(key) = std::str::from_utf8(raw) else {
             continue;
         };
-        if key.starts_with(OVERLAY_PREFIX) {
+        if NOT_COPIED.iter().any(|prefix| key.starts_with(prefix)) {
             continue;
         }
         let mut value = vec![0u8; XATTR_MAX];
