@@ -1134,3 +1134,27 @@ async fn of_two_commits_of_one_blob_the_labels_of_the_one_that_published_stay() 
         assert_eq!(info.labels["committer"], winners[0], "round {round}");
     }
 }
+
+/// Labels a crashed commit staged but never installed go when the store is
+/// next opened, an hour on; fresh ones (another process's commit) stay.
+#[test]
+fn staged_labels_left_by_a_crash_are_cleared_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    LocalStore::open(dir.path()).unwrap();
+    let labels = dir.path().join("labels/sha256");
+    std::fs::create_dir_all(&labels).unwrap();
+    let (old, fresh) = (labels.join(".stage-1-old"), labels.join(".stage-2-fresh"));
+    for path in [&old, &fresh] {
+        std::fs::write(path, b"{}").unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    LocalStore::open(dir.path()).unwrap();
+    assert!(!old.exists(), "the crash's leftover is gone");
+    assert!(fresh.exists(), "a fresh one may be a commit in progress");
+}

@@ -79,6 +79,12 @@ impl LocalStore {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         }
         clear_staging_leftovers(&paths.ingest);
+        // Labels staged by a commit that crashed before installing them.
+        if let Ok(algorithms) = fs::read_dir(&label_root) {
+            for dir in algorithms.flatten().filter(|e| e.path().is_dir()) {
+                clear_staging_leftovers(&dir.path());
+            }
+        }
         Ok(LocalStore {
             inner: Arc::new(paths),
             labels: LabelStore::new(label_root),
@@ -201,9 +207,10 @@ impl LocalStore {
     }
 }
 
-/// Removes `.tmp-*` and `.trash-*` directories that crashed processes left.
-fn clear_staging_leftovers(ingest_root: &Path) {
-    let Ok(entries) = fs::read_dir(ingest_root) else {
+/// Removes what crashed processes left in `dir`, an hour on: `.tmp-*` and
+/// `.trash-*` ingest directories, `.stage-*` label files.
+fn clear_staging_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
@@ -216,8 +223,16 @@ fn clear_staging_leftovers(ingest_root: &Path) {
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|age| age > STALE_STAGING);
         // Another process may be making a staging dir, or emptying a trash dir, now.
-        if (name.starts_with(".trash-") || name.starts_with(".tmp-")) && stale {
-            let _ = fs::remove_dir_all(entry.path());
+        let staging = [".trash-", ".tmp-", ".stage-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
+        if staging && stale {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
         }
     }
 }
