@@ -128,8 +128,15 @@ async fn a_failing_mirror_is_asked_once_per_request() {
     let resolver = DockerResolver::new().hosts_dir(hosts.path());
     let reference = format!("{}/lib/app:1", upstream.host());
     resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
-    // One HEAD of the manifest, one GET of the layer.
+    // One HEAD of the manifest, one GET of the layer, each naming the
+    // registry it is for, as containerd does for mirrors.
     assert_eq!(mirror.requests(), 2, "{:#?}", mirror.log());
+    let ns = format!("ns={}", upstream.host().replace(':', "%3A"));
+    assert!(
+        mirror.log().iter().all(|l| l.contains(&ns)),
+        "{:#?}",
+        mirror.log()
+    );
 }
 
 /// Resolves `reference` to the image of `blobs` and fetches its layer.

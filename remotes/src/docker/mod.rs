@@ -228,6 +228,8 @@ impl DockerResolver {
                 authorizer: self.authorizer.clone(),
                 headers: endpoint.headers.clone(),
                 retry: false,
+                namespace: is_mirror(endpoint.host(), reference.registry())
+                    .then(|| reference.registry().to_string()),
             });
         }
         if let Some(last) = out.last_mut() {
@@ -421,6 +423,9 @@ pub(crate) struct Repository {
     /// endpoint, as containerd does; a mirror that fails is passed over at
     /// once, not retried with backoff on every request.
     retry: bool,
+    /// On a mirror, the registry the request is for, sent as `?ns=` so a
+    /// mirror of several registries knows which (containerd does the same).
+    namespace: Option<String>,
 }
 
 impl Repository {
@@ -454,7 +459,9 @@ impl Repository {
         let mut answered_challenge = false;
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
-            let mut request = self.with_headers(build(self.client.request(method.clone(), url)));
+            let target = self.with_namespace(url);
+            let mut request =
+                self.with_headers(build(self.client.request(method.clone(), &target)));
             let sent = self.authorization_for(url, &scope).await?;
             if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
@@ -540,6 +547,21 @@ impl Repository {
         request
     }
 
+    /// `url`, with `?ns=<registry>` when it goes to this endpoint and the
+    /// endpoint is a mirror.
+    fn with_namespace(&self, url: &str) -> String {
+        let Some(namespace) = &self.namespace else {
+            return url.to_string();
+        };
+        match reqwest::Url::parse(url) {
+            Ok(mut parsed) if same_origin(url, &self.base) => {
+                parsed.query_pairs_mut().append_pair("ns", namespace);
+                parsed.to_string()
+            }
+            _ => url.to_string(),
+        }
+    }
+
     /// The token scope a request needs: pull for reads, pull and push otherwise.
     fn scope(&self, method: &Method) -> String {
         let actions = if *method == Method::GET || *method == Method::HEAD {
@@ -558,7 +580,8 @@ impl Repository {
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
-        let mut request = self.with_headers(build(self.client.request(method, url)));
+        let target = self.with_namespace(url);
+        let mut request = self.with_headers(build(self.client.request(method, &target)));
         if let Some(authorization) = self.authorization_for(url, &scope).await? {
             request = request.header(header::AUTHORIZATION, authorization);
         }
@@ -660,6 +683,12 @@ pub(crate) async fn check_status(
 
 fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().filter(|s| !s.is_empty())
+}
+
+/// Whether `host` serves `registry` as a mirror rather than being it
+/// (`registry-1.docker.io` is `docker.io` itself), as containerd decides.
+fn is_mirror(host: &str, registry: &str) -> bool {
+    host != registry && !(registry == "docker.io" && host == "registry-1.docker.io")
 }
 
 /// Whether two URLs have the same scheme, host and port (and both parse).
