@@ -1,9 +1,13 @@
 //! Garbage collection of content no image needs.
 //!
-//! Mark: start from every image's target (and every blob labelled
-//! `containerd.io/gc.root`), follow each blob's `containerd.io/gc.ref.content.*`
-//! labels, or, for a blob without them, decode it as a manifest or index.
-//! Sweep: delete every unmarked blob older than the grace period, and every
+//! Mark: start from every image's target, every blob labelled
+//! `containerd.io/gc.root`, and every blob created or updated within the
+//! grace period; follow each blob's `containerd.io/gc.ref.content.*` labels,
+//! or, for a blob without them, decode it as a manifest or index. A young
+//! blob is a root because a pull in progress has not named its image yet: the
+//! manifest it just fetched, or found and relabelled, must keep the older
+//! layers it reuses (containerd's pulls hold a lease for this).
+//! Sweep: delete every unmarked blob (all older than the grace period), and every
 //! ingest untouched for longer than the ingest age limit. An ingest a writer
 //! holds is never removed: aborting it answers `Unavailable`, and it is skipped.
 
@@ -51,7 +55,8 @@ pub struct GcReport {
     pub blobs: Vec<(Digest, u64)>,
     /// Refs of the ingests removed.
     pub ingests: Vec<String>,
-    /// Blobs kept because something references them.
+    /// Blobs kept: referenced from an image or a root, or young (and what
+    /// they reference).
     pub reachable: usize,
 }
 
@@ -83,7 +88,16 @@ where
             Some(image.target.media_type().to_string()),
         ));
     }
-    for info in infos.values().filter(|i| i.labels.contains_key(GC_ROOT)) {
+    let now = SystemTime::now();
+    let young = |info: &Info| {
+        now.duration_since(info.created_at.max(info.updated_at))
+            .unwrap_or(Duration::ZERO)
+            < opts.grace
+    };
+    for info in infos
+        .values()
+        .filter(|i| i.labels.contains_key(GC_ROOT) || young(i))
+    {
         queue.push_back((info.digest.clone(), None));
     }
 
@@ -98,7 +112,6 @@ where
         queue.extend(references(content, info, media_type).await?);
     }
 
-    let now = SystemTime::now();
     let mut report = GcReport {
         reachable: marked.len(),
         ..GcReport::default()
@@ -109,12 +122,6 @@ where
         .collect();
     unmarked.sort_by_key(|i| i.digest.to_string());
     for info in unmarked {
-        let age = now
-            .duration_since(info.created_at)
-            .unwrap_or(Duration::ZERO);
-        if age < opts.grace {
-            continue;
-        }
         if !opts.dry_run {
             match content.delete(&info.digest).await {
                 Err(e) if !e.is_not_found() => return Err(e.into()),

@@ -177,6 +177,61 @@ async fn every_form_of_content_reference_label_keeps_its_blob() {
     }
 }
 
+/// Makes a blob look committed two hours ago.
+fn age_two_hours(dir: &tempfile::TempDir, digest: &ocidist_content::Digest) {
+    let path = dir.path().join("blobs/sha256").join(digest.digest());
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+}
+
+/// A pull that reuses old layers no image names (their image was removed)
+/// has not named its own image yet; the manifest it has just fetched or
+/// relabelled is young, and keeps what it references, however old.
+#[tokio::test]
+async fn a_young_manifest_keeps_the_old_blobs_it_references() {
+    let (dir, store) = store();
+    let images = images_db(&dir);
+    let layer = put(
+        &store,
+        "application/vnd.oci.image.layer.v1.tar",
+        b"old layer",
+    )
+    .await;
+    let config = put(&store, "application/vnd.oci.image.config.v1+json", b"{}").await;
+    let orphan = put(&store, "application/octet-stream", b"old and unreferenced").await;
+    for old in [&layer, &config, &orphan] {
+        age_two_hours(&dir, old.digest());
+    }
+    let manifest_json = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [layer],
+    });
+    let manifest = put(
+        &store,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest_json.to_string().as_bytes(),
+    )
+    .await;
+
+    let hour = GcOptions {
+        grace: Duration::from_secs(3600),
+        ..now()
+    };
+    let report = gc(&store, &images, &hour).await.unwrap();
+    assert_eq!(report.blobs, vec![(orphan.digest().clone(), orphan.size())]);
+    for kept in [&layer, &config, &manifest] {
+        assert!(store.info(kept.digest()).await.is_ok(), "{}", kept.digest());
+    }
+    // Once the manifest is old too, nothing holds them.
+    age_two_hours(&dir, manifest.digest());
+    let report = gc(&store, &images, &hour).await.unwrap();
+    assert_eq!(report.blobs.len(), 3, "{report:?}");
+}
+
 #[tokio::test]
 async fn stale_ingests_go_but_one_being_written_never_does() {
     let (dir, store) = store();
