@@ -3,7 +3,7 @@
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{Error, Result};
@@ -15,10 +15,9 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Replaces `path` with `bytes` atomically (stage beside it, then rename).
-/// With `durable`, the staged file is fsynced before the rename.
-pub(crate) fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let dir = path.parent().expect("store paths always have a parent");
+/// Writes `bytes` to a new file under a unique `.stage-*` name in `dir`,
+/// fsynced when `durable`, and returns its path (nothing is left on error).
+pub(crate) fn stage_file(dir: &Path, bytes: &[u8], durable: bool) -> Result<PathBuf> {
     let staged = dir.join(unique_name(".stage"));
     let result = (|| {
         let mut file = File::create(&staged)?;
@@ -26,9 +25,20 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(
         if durable {
             file.sync_data()?;
         }
-        fs::rename(&staged, path)
+        Ok(())
     })();
-    result.map_err(|e| {
+    result.map(|()| staged.clone()).map_err(|e| {
+        let _ = fs::remove_file(&staged);
+        Error::io("write", &staged, e)
+    })
+}
+
+/// Replaces `path` with `bytes` atomically (staged beside it, then renamed),
+/// without an fsync.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("store paths always have a parent");
+    let staged = stage_file(dir, bytes, false)?;
+    fs::rename(&staged, path).map_err(|e| {
         let _ = fs::remove_file(&staged);
         Error::io("replace", path, e)
     })

@@ -225,7 +225,7 @@ fn same_file(file: &File, path: &Path) -> bool {
 
 fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
     let bytes = serde_json::to_vec(meta).expect("plain data");
-    fsutil::replace_file(&dir.join(META), &bytes, false)
+    fsutil::replace_file(&dir.join(META), &bytes)
 }
 
 pub(crate) fn read_meta(dir: &Path) -> Result<Meta> {
@@ -333,7 +333,7 @@ impl Locked {
             tail,
             updated_at_ns: to_nanos(updated_at),
         };
-        fsutil::replace_file(&self.dir.join(CHECKPOINT), &checkpoint.encode(), false)
+        fsutil::replace_file(&self.dir.join(CHECKPOINT), &checkpoint.encode())
     }
 
     /// Forgets the checkpoint (after a truncate).

@@ -77,19 +77,12 @@ impl LabelStore {
             updated_at_ns: to_nanos(at),
             labels: labels.clone(),
         };
-        let staged = dir.join(fsutil::unique_name(".stage"));
-        let staged_labels = StagedLabels {
-            path,
-            staged: Some(staged.clone()),
-        };
         let bytes = serde_json::to_vec(&record).expect("plain data");
-        File::create(&staged)
-            .and_then(|mut file| {
-                std::io::Write::write_all(&mut file, &bytes)?;
-                file.sync_data()
-            })
-            .map_err(|e| Error::io("write", &staged, e))?;
-        Ok(staged_labels)
+        let staged = fsutil::stage_file(dir, &bytes, true)?;
+        Ok(StagedLabels {
+            path,
+            staged: Some(staged),
+        })
     }
 
     /// Removes the record of a deleted blob.
