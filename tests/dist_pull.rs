@@ -329,6 +329,90 @@ fn a_pull_killed_mid_layer_resumes_on_rerun() {
     );
 }
 
+/// containerd protects a pull with a lease; `dist` does too. A prune with no
+/// grace period at all, run while a pull is mid-layer, leaves everything the
+/// pull has committed or is applying; once a pull is killed, its lease
+/// expires and the next prune takes what it left.
+#[test]
+fn a_prune_during_a_pull_keeps_what_the_pull_relies_on() {
+    let work = tempfile::tempdir().unwrap();
+    let (_registry, _proxy, reference) = dripping_registry(work.path());
+    let root = work.path().join("store");
+    let root_arg = root.to_str().unwrap();
+    let pull = Command::new(dist_binary())
+        .args([
+            "--root",
+            root_arg,
+            "--snapshotter",
+            "native",
+            "pull",
+            &reference,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ingested(&root) == 0 {
+        assert!(Instant::now() < deadline, "the big layer never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The manifest, the config and the small layers are in, not yet named.
+    let prune = |args: &[&str]| {
+        let mut all = vec!["--snapshotter", "native", "prune", "--grace", "0s"];
+        all.extend_from_slice(args);
+        ok(dist(&root, &all, b""))
+    };
+    for _ in 0..3 {
+        let pruned = prune(&[]);
+        assert!(
+            pruned.contains("removed 0 native snapshots") && pruned.contains("removed 0 blobs"),
+            "{pruned}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pulled = pull.wait_with_output().unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    ok(dist(&root, &["images", "check"], b""));
+    let copy = work.path().join("copy");
+    ok(dist(
+        &root,
+        &[
+            "--snapshotter",
+            "native",
+            "rootfs",
+            "--copy",
+            &reference,
+            copy.to_str().unwrap(),
+        ],
+        b"",
+    ));
+    check_tree(&copy);
+
+    // A killed pull's lease dies with it: the next prune takes its leftovers.
+    let other = work.path().join("other");
+    let mut killed = Command::new(dist_binary())
+        .args(["--root", other.to_str().unwrap(), "pull", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ingested(&other) == 0 {
+        assert!(Instant::now() < deadline, "the big layer never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let pruned = ok(dist(&other, &["prune", "--grace", "0s"], b""));
+    assert!(pruned.contains("removed 1 expired leases"), "{pruned}");
+    assert!(!pruned.contains("removed 0 blobs"), "{pruned}");
+}
+
 /// The bytes written so far into the running ingests of big (≥ 1 MiB)
 /// blobs, from `dist active`: small blobs may commit before a signal lands.
 fn ingested(root: &Path) -> u64 {

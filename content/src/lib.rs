@@ -50,6 +50,7 @@ mod digester;
 mod error;
 pub mod filters;
 pub mod helpers;
+pub mod lease;
 pub mod local;
 mod reader;
 #[cfg(feature = "testsuite")]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
+use ocidist::content::lease::{Lease, LeasedStore, Leases};
 use ocidist::content::{Digest, Manager, descriptor, read_blob};
 use ocidist::images::platforms::{self, Matcher, Platform};
 use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
@@ -81,8 +82,8 @@ pub(crate) struct PruneArgs {
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Keep unreferenced blobs and snapshots younger than this: a pull in
-    /// another process may still need them, its image not yet named.
+    /// Keep unreferenced blobs and snapshots younger than this: a program
+    /// that takes no lease may still need them (dist's own commands take one).
     #[arg(long, default_value = "15m", value_parser = crate::parse_duration)]
     grace: std::time::Duration,
 }
@@ -150,8 +151,14 @@ pub(crate) async fn fetch_object_cmd(remote: &Remote, args: FetchObjectArgs) -> 
     stdout.flush().await.map_err(|e| Failure::new(what, e))
 }
 
-pub(crate) async fn fetch(stores: &Stores, remote: &Remote, args: FetchArgs) -> CmdResult {
+pub(crate) async fn fetch(
+    stores: &Stores,
+    lease: Lease,
+    remote: &Remote,
+    args: FetchArgs,
+) -> CmdResult {
     let what = format!("fetch {}", args.reference);
+    let content = LeasedStore::new(stores.content.clone(), lease);
     let progress = Progress::start(Some(&stores.content));
     let resolver = remote.resolver();
     let matcher: Box<dyn Matcher> = if args.all_platforms {
@@ -162,7 +169,7 @@ pub(crate) async fn fetch(stores: &Stores, remote: &Remote, args: FetchArgs) -> 
     let per_index = if args.all_platforms { 0 } else { 1 };
     let result = fetch_image(
         &resolver,
-        &stores.content,
+        &content,
         &stores.images,
         &args.reference,
         std::sync::Arc::<dyn Matcher>::from(matcher),
@@ -332,6 +339,7 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
 
 pub(crate) async fn prune(
     stores: &Stores,
+    leases: &Leases,
     snapshotters: &[(&str, Arc<dyn Snapshotter>)],
     args: PruneArgs,
 ) -> CmdResult {
@@ -340,6 +348,14 @@ pub(crate) async fn prune(
     } else {
         "removed"
     };
+    // Held from before the images are read until the last removal: what a
+    // pull running meanwhile relies on is kept, however young or old.
+    let held = leases
+        .hold()
+        .map_err(|e| Failure::new("prune: leases", e))?;
+    if held.expired() > 0 {
+        report!("removed {} expired leases", held.expired());
+    }
     // Snapshots first: the layers of every image stay, whatever its platform.
     if !snapshotters.is_empty() {
         let images = stores
@@ -354,6 +370,7 @@ pub(crate) async fn prune(
                 .map_err(|e| Failure::new(format!("prune: image {}", image.name), e))?;
             keep.extend(chains.iter().map(ToString::to_string));
         }
+        keep.extend(held.snapshots().iter().cloned());
         let opts = PruneOptions {
             dry_run: args.dry_run,
             grace: args.grace,
@@ -375,6 +392,7 @@ pub(crate) async fn prune(
     let opts = GcOptions {
         dry_run: args.dry_run,
         grace: args.grace,
+        roots: held.content().clone(),
         ..GcOptions::default()
     };
     let report = gc(&stores.content, &stores.images, &opts)
@@ -393,5 +411,6 @@ pub(crate) async fn prune(
         report.ingests.len(),
         report.reachable
     );
+    drop(held);
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use std::sync::Arc;
 
+use ocidist::content::lease::{Lease, LeasedStore};
 use ocidist::content::local::LocalReaderAt;
 use ocidist::content::{
     Descriptor, Digest, Labels, Manager, Provider, ReaderAt, WriterOpts, write_blob,
@@ -14,6 +15,7 @@ use ocidist::content::{
 use ocidist::images::media_types::{self, Kind};
 use ocidist::images::platforms;
 use ocidist::images::{Image, ImageStore, children_handler, manifest, set_children_labels, walk};
+use ocidist::snapshot::lease::LeasedSnapshotter;
 use ocidist::snapshot::{Snapshotter, UnpackOptions, unpack};
 
 use crate::image::local_target;
@@ -140,8 +142,9 @@ pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
     Ok(())
 }
 
-pub(crate) async fn import(stores: &Stores, args: ImportArgs) -> CmdResult {
+pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> CmdResult {
     let what = format!("import {}", args.dir.display());
+    let content = LeasedStore::new(stores.content.clone(), lease);
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let index: serde_json::Value = serde_json::from_slice(
         &std::fs::read(args.dir.join("index.json")).map_err(|e| fail(e.into()))?,
@@ -167,7 +170,7 @@ pub(crate) async fn import(stores: &Stores, args: ImportArgs) -> CmdResult {
             let opts = WriterOpts::new(format!("import-{digest}"))
                 .size(size)
                 .digest(digest);
-            write_blob(&stores.content, opts, file, Labels::new())
+            write_blob(&content, opts, file, Labels::new())
                 .await
                 .map_err(|e| fail(e.into()))?;
         }
@@ -177,10 +180,7 @@ pub(crate) async fn import(stores: &Stores, args: ImportArgs) -> CmdResult {
         let desc: Descriptor = serde_json::from_value(entry.clone()).map_err(|e| fail(e.into()))?;
         // Parents labelled with their children, as a fetch leaves them, so
         // garbage collection keeps what the image needs.
-        let labeller = set_children_labels(
-            stores.content.clone(),
-            children_handler(stores.content.clone()),
-        );
+        let labeller = set_children_labels(content.clone(), children_handler(content.clone()));
         walk(&labeller, std::slice::from_ref(&desc))
             .await
             .map_err(|e| fail(e.into()))?;
@@ -231,9 +231,11 @@ fn split_layout(text: &str) -> (PathBuf, Option<String>) {
 
 pub(crate) async fn unpack_cmd(
     snapshotter: &Arc<dyn Snapshotter>,
+    lease: Lease,
     remote: &crate::image::Remote,
     args: UnpackArgs,
 ) -> CmdResult {
+    let snapshotter = &LeasedSnapshotter::new(snapshotter.clone(), lease);
     let platform = &remote.platform;
     let what = format!("unpack {}", args.layout);
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
@@ -266,7 +268,7 @@ pub(crate) async fn unpack_cmd(
     let chain_id = unpack(
         &desc,
         &LayoutProvider { dir },
-        snapshotter.as_ref(),
+        snapshotter,
         &platforms::only(platform),
         options,
     )

@@ -25,6 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ocidist::content::lease::Leases;
 use ocidist::content::local::LocalStore;
 use ocidist::images::{DbImageStore, Platform};
 
@@ -120,7 +121,8 @@ enum Command {
     Push(image::PushArgs),
     /// List images: REF TYPE DIGEST SIZE PLATFORMS; `check` and `rm` them.
     Images(image::ImagesArgs),
-    /// Remove content no image needs, and stale ingests.
+    /// Remove content and snapshots no image needs, and stale ingests; what a
+    /// running fetch, pull or unpack holds (its lease) stays.
     Prune(image::PruneArgs),
     /// Fetch an image and unpack it into snapshots, overlapped.
     Pull(rootfs::PullArgs),
@@ -218,6 +220,15 @@ async fn run(cli: Cli) -> CmdResult {
                 .map_err(|e| open("image store in", e.into()))?,
         })
     };
+    // What a fetch, pull or unpack relies on stays through a `dist prune`
+    // in another process for as long as the command runs.
+    let lease = || async {
+        let leases = Leases::open(root.join("leases")).map_err(|e| open("leases in", e.into()))?;
+        leases
+            .acquire()
+            .await
+            .map_err(|e| open("a lease in", e.into()))
+    };
     let remote = image::Remote {
         plain_http: cli.plain_http,
         hosts_dir: cli.hosts_dir.clone(),
@@ -263,7 +274,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Get(args) => content::get(&content_store()?, args).await,
         Command::Delete(args) => content::delete(&content_store()?, args).await,
         Command::FetchObject(args) => image::fetch_object_cmd(&remote, args).await,
-        Command::Fetch(args) => image::fetch(&stores()?, &remote, args).await,
+        Command::Fetch(args) => image::fetch(&stores()?, lease().await?, &remote, args).await,
         Command::Push(args) => image::push(&stores()?, &remote, args).await,
         Command::Images(args) => image::images(&stores()?, &remote, args).await,
         Command::Prune(args) => {
@@ -277,17 +288,35 @@ async fn run(cli: Cli) -> CmdResult {
                     snapshotters.push((name, snapshotter(kind)?));
                 }
             }
-            image::prune(&stores()?, &snapshotters, args).await
+            let leases =
+                Leases::open(root.join("leases")).map_err(|e| open("leases in", e.into()))?;
+            image::prune(&stores()?, &leases, &snapshotters, args).await
         }
         Command::Pull(args) => {
-            rootfs::pull_cmd(&stores()?, &remote, &snapshotter(kind)?, args).await
+            rootfs::pull_cmd(
+                &stores()?,
+                lease().await?,
+                &remote,
+                &snapshotter(kind)?,
+                args,
+            )
+            .await
         }
         Command::Apply(args) => rootfs::apply_cmd(args).await,
         Command::Export(args) => layout::export(&stores()?, args).await,
-        Command::Import(args) => layout::import(&stores()?, args).await,
-        Command::Unpack(args) => layout::unpack_cmd(&snapshotter(kind)?, &remote, args).await,
+        Command::Import(args) => layout::import(&stores()?, lease().await?, args).await,
+        Command::Unpack(args) => {
+            layout::unpack_cmd(&snapshotter(kind)?, lease().await?, &remote, args).await
+        }
         Command::Rootfs(args) => {
-            rootfs::rootfs_cmd(&stores()?, &remote, &snapshotter(kind)?, args).await
+            rootfs::rootfs_cmd(
+                &stores()?,
+                lease().await?,
+                &remote,
+                &snapshotter(kind)?,
+                args,
+            )
+            .await
         }
     }
 }

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use ocidist::content::lease::{Lease, LeasedStore};
 use ocidist::images::platforms::{self, Matcher};
 use ocidist::pull::{PullOptions, pull};
 use ocidist::snapshot::apply::{ApplyOptions, apply_layer};
+use ocidist::snapshot::lease::LeasedSnapshotter;
 use ocidist::snapshot::mount::{self, ApplyTarget};
 use ocidist::snapshot::{Labels, Snapshotter, copy_tree, unpack};
 
@@ -48,10 +50,13 @@ pub(crate) struct RootfsArgs {
 
 pub(crate) async fn pull_cmd(
     stores: &Stores,
+    lease: Lease,
     remote: &Remote,
     snapshotter: &Arc<dyn Snapshotter>,
     args: PullArgs,
 ) -> CmdResult {
+    let content = LeasedStore::new(stores.content.clone(), lease.clone());
+    let snapshotter = LeasedSnapshotter::new(snapshotter.clone(), lease);
     let what = format!("pull {}", args.reference);
     let progress = Progress::start(Some(&stores.content));
     let matcher: Arc<dyn Matcher> = Arc::new(platforms::only(&remote.platform));
@@ -63,9 +68,9 @@ pub(crate) async fn pull_cmd(
     };
     let result = pull(
         &remote.resolver(),
-        &stores.content,
+        &content,
         &stores.images,
-        snapshotter,
+        &snapshotter,
         &args.reference,
         options,
     )
@@ -103,10 +108,13 @@ fn rootfs_key(dest: &std::path::Path) -> String {
 
 pub(crate) async fn rootfs_cmd(
     stores: &Stores,
+    lease: Lease,
     remote: &Remote,
     snapshotter: &Arc<dyn Snapshotter>,
     args: RootfsArgs,
 ) -> CmdResult {
+    let content = LeasedStore::new(stores.content.clone(), lease.clone());
+    let snapshotter = &LeasedSnapshotter::new(snapshotter.clone(), lease);
     if let Some(dest) = &args.unmount {
         let what = format!("rootfs --unmount {}", dest.display());
         let key = rootfs_key(dest);
@@ -126,7 +134,7 @@ pub(crate) async fn rootfs_cmd(
     let matcher = platforms::only(&remote.platform);
     let chain = unpack(
         &target,
-        &stores.content,
+        &content,
         snapshotter,
         &matcher,
         remote.unpack_options(),

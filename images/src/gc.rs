@@ -6,7 +6,10 @@
 //! or, for a blob without them, decode it as a manifest or index. A young
 //! blob is a root because a pull in progress has not named its image yet: the
 //! manifest it just fetched, or found and relabelled, must keep the older
-//! layers it reuses (containerd's pulls hold a lease for this).
+//! layers it reuses (containerd's pulls hold a lease for this). The caller's
+//! own roots ([`GcOptions::roots`]) are marked too: the blobs the live leases
+//! hold ([`ocidist_content::lease`]), which keeps a pull's blobs however long
+//! it runs.
 //! Sweep: delete every unmarked blob (all older than the grace period), and every
 //! ingest untouched for longer than the ingest age limit. An ingest a writer
 //! holds is never removed: aborting it answers `Unavailable`, and it is skipped.
@@ -36,6 +39,10 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Ingests not written for this long are aborted; `None` keeps them all.
     pub ingest_max_age: Option<Duration>,
+    /// More roots, kept with all they reference, such as the blobs the live
+    /// leases hold ([`Held::content`](ocidist_content::lease::Held::content));
+    /// hold them until the collection returns.
+    pub roots: HashSet<Digest>,
 }
 
 impl Default for GcOptions {
@@ -44,6 +51,7 @@ impl Default for GcOptions {
             dry_run: false,
             grace: Duration::from_secs(15 * 60),
             ingest_max_age: Some(Duration::from_secs(24 * 3600)),
+            roots: HashSet::new(),
         }
     }
 }
@@ -100,6 +108,7 @@ where
     {
         queue.push_back((info.digest.clone(), None));
     }
+    queue.extend(opts.roots.iter().map(|digest| (digest.clone(), None)));
 
     let mut marked = HashSet::new();
     while let Some((digest, media_type)) = queue.pop_front() {

@@ -17,6 +17,7 @@ fn now() -> GcOptions {
         dry_run: false,
         grace: Duration::ZERO,
         ingest_max_age: None,
+        ..GcOptions::default()
     }
 }
 
@@ -261,4 +262,47 @@ async fn stale_ingests_go_but_one_being_written_never_does() {
     // The writer still works and commits.
     active.write_all(b" and done").await.unwrap();
     active.commit(None, None, Labels::new()).await.unwrap();
+}
+
+/// A pull in another process holds a lease on the manifest it fetched and the
+/// layers it found already there; a collection given the leases' blobs as
+/// roots keeps them and what they reference, with no grace period at all.
+#[tokio::test]
+async fn leased_blobs_are_roots() {
+    let (dir, store) = store();
+    let images = images_db(&dir);
+    let pulled = image(&store, Flavor::Oci, "linux/amd64", 2).await;
+    let leases = ocidist_content::lease::Leases::open(dir.path().join("leases")).unwrap();
+    let lease = leases.acquire().await.unwrap();
+    lease.add_content(pulled.manifest.digest()).await.unwrap();
+
+    let held = leases.hold().unwrap();
+    let report = gc(
+        &store,
+        &images,
+        &GcOptions {
+            roots: held.content().clone(),
+            ..now()
+        },
+    )
+    .await
+    .unwrap();
+    drop(held);
+    assert!(report.blobs.is_empty(), "{report:?}");
+    assert_eq!(report.reachable, 2 + pulled.layers.len());
+
+    // The lease ends (the pull named its image, or died): nothing holds them.
+    drop(lease);
+    let held = leases.hold().unwrap();
+    let report = gc(
+        &store,
+        &images,
+        &GcOptions {
+            roots: held.content().clone(),
+            ..now()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.blobs.len(), 2 + pulled.layers.len());
 }

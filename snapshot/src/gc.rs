@@ -10,8 +10,12 @@
 //! grace period belong to an unpack that was killed, and are removed. A
 //! snapshot that gains a child while the sweep runs is kept too.
 //!
-//! containerd protects a pull in progress with a lease; this crate has no
-//! leases, and the grace period does that work, as it does for blobs in
+//! A snapshot `keep` names is kept whatever its kind, so an unpack that
+//! takes a lease ([`lease::LeasedSnapshotter`](crate::lease::LeasedSnapshotter))
+//! is safe however long it runs when the caller adds the snapshots the live
+//! leases hold ([`Leases::hold`](ocidist_content::lease::Leases::hold)) and
+//! holds them until the prune returns, as containerd protects a pull with a
+//! lease. The grace period covers unpacks without one, as it does for blobs in
 //! [`ocidist_images::gc()`].
 
 use std::collections::{HashMap, HashSet};
@@ -53,8 +57,9 @@ pub struct PruneReport {
     pub kept: usize,
 }
 
-/// Removes the snapshots of `snapshotter` that neither `keep` names nor
-/// anything kept stands on; see the [module docs](self) for the rules.
+/// Removes the snapshots of `snapshotter` that neither `keep` names (active
+/// or committed) nor anything kept stands on; see the [module docs](self)
+/// for the rules.
 ///
 /// ```
 /// use std::collections::HashSet;
@@ -89,12 +94,10 @@ pub async fn prune<S: Snapshotter + ?Sized>(
     // Mark: the roots, then everything beneath them.
     let mut kept: HashSet<&str> = HashSet::new();
     for info in &all {
-        let root = if info.kind == Kind::Committed {
-            keep.contains(&info.name) || young(info)
-        } else {
+        let root = keep.contains(&info.name)
+            || young(info)
             // Active snapshots are their owner's, but for an unpack's abandoned ones.
-            !info.name.starts_with(EXTRACT_KEY_PREFIX) || young(info)
-        };
+            || (info.kind != Kind::Committed && !info.name.starts_with(EXTRACT_KEY_PREFIX));
         let mut next = root.then_some(info);
         while let Some(current) = next {
             if !kept.insert(current.name.as_str()) {

@@ -39,6 +39,7 @@ pub mod apply;
 mod base;
 mod error;
 pub mod gc;
+pub mod lease;
 mod metadata;
 pub mod mount;
 pub mod native;
@@ -303,46 +304,53 @@ pub trait Snapshotter: Send + Sync {
     }
 }
 
-/// Forwarding impl so `Arc<dyn Snapshotter>` and friends are snapshotters.
-#[async_trait]
-impl<T: Snapshotter + ?Sized> Snapshotter for std::sync::Arc<T> {
-    async fn stat(&self, key: &str) -> Result<Info> {
-        (**self).stat(key).await
-    }
-    async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
-        (**self).update(info, fieldpaths).await
-    }
-    async fn usage(&self, key: &str) -> Result<Usage> {
-        (**self).usage(key).await
-    }
-    async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        (**self).mounts(key).await
-    }
-    async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        (**self).prepare(key, parent, labels).await
-    }
-    async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
-        (**self).view(key, parent, labels).await
-    }
-    async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
-        (**self).commit_with(name, key, opts).await
-    }
-    async fn prepare_all(&self, requests: Vec<PrepareRequest>) -> Result<Vec<Vec<Mount>>> {
-        (**self).prepare_all(requests).await
-    }
-    async fn commit_all(&self, requests: Vec<CommitRequest>) -> Result<()> {
-        (**self).commit_all(requests).await
-    }
-    async fn remove(&self, key: &str) -> Result<()> {
-        (**self).remove(key).await
-    }
-    async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
-        (**self).walk(filters).await
-    }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
-    }
-    fn can_rebase(&self) -> bool {
-        (**self).can_rebase()
-    }
+/// Forwards the trait through shared pointers and references, so
+/// `Arc<dyn Snapshotter>` is a snapshotter and one can be lent (`&snapshotter`).
+macro_rules! forward_snapshotter {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Snapshotter + ?Sized> Snapshotter for $ptr {
+            async fn stat(&self, key: &str) -> Result<Info> {
+                (**self).stat(key).await
+            }
+            async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
+                (**self).update(info, fieldpaths).await
+            }
+            async fn usage(&self, key: &str) -> Result<Usage> {
+                (**self).usage(key).await
+            }
+            async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+                (**self).mounts(key).await
+            }
+            async fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+                (**self).prepare(key, parent, labels).await
+            }
+            async fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+                (**self).view(key, parent, labels).await
+            }
+            async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
+                (**self).commit_with(name, key, opts).await
+            }
+            async fn prepare_all(&self, requests: Vec<PrepareRequest>) -> Result<Vec<Vec<Mount>>> {
+                (**self).prepare_all(requests).await
+            }
+            async fn commit_all(&self, requests: Vec<CommitRequest>) -> Result<()> {
+                (**self).commit_all(requests).await
+            }
+            async fn remove(&self, key: &str) -> Result<()> {
+                (**self).remove(key).await
+            }
+            async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
+                (**self).walk(filters).await
+            }
+            async fn close(&self) -> Result<()> {
+                (**self).close().await
+            }
+            fn can_rebase(&self) -> bool {
+                (**self).can_rebase()
+            }
 }
+    )*};
+}
+
+forward_snapshotter!(std::sync::Arc<T>, &T, Box<T>);

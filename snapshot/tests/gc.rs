@@ -74,6 +74,21 @@ async fn keeps_named_their_parents_and_active_snapshots() {
         dry_run: false,
         grace: Duration::ZERO,
     };
+    // An unpack's extract snapshot that a live lease holds stays, however
+    // old, and keeps what it stands on.
+    let leased: HashSet<String> = ["b".to_string(), stale.clone()].into();
+    let dry = prune(
+        &s,
+        &leased,
+        &PruneOptions {
+            dry_run: true,
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(&dry), ["f"]);
+
     let report = prune(&s, &keep, &opts).await.unwrap();
     assert_eq!(names(&report), [stale.as_str(), "c", "f"]);
     for gone in [stale.as_str(), "c", "f"] {

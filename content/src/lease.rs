@@ -1,0 +1,556 @@
+//! Leases: what a running operation relies on, kept from garbage collection
+//! until the operation ends, across processes.
+//!
+//! A pull commits its blobs and snapshots before it names its image, and it
+//! relies on blobs already in the store; a collection running meanwhile sees
+//! all of them unreferenced. The grace period of the collectors covers pulls
+//! shorter than itself; a lease covers any pull, however long, and expires the
+//! moment its owner ends, so a killed pull's leftovers need not wait out the
+//! grace period. containerd keeps its leases in its metadata database; these
+//! are files, so separate processes can share a store:
+//!
+//! - A [`Lease`] is a file in the lease directory, locked (`flock`) by its
+//!   owner for as long as the lease lives, listing one [`Resource`] per line.
+//!   When the owner drops it, or dies, the lock goes and the lease is dead.
+//! - The owner records a resource *before* it creates it or relies on it
+//!   being there ([`Lease::add`]), under a shared lock on the directory.
+//! - A collector takes the directory's exclusive lock ([`Leases::hold`]) for
+//!   the whole of its mark and sweep, reading every live lease and removing
+//!   the dead ones. An add therefore either came before the hold (and the
+//!   collector keeps the resource) or waits until the sweep is over (and the
+//!   owner's own check then sees whether the resource survived).
+//!
+//! [`LeasedStore`] wraps a content store so that every blob opened through it
+//! is recorded in a lease; `ocidist_snapshot` has the same for snapshotters.
+//!
+//! ```
+//! use ocidist_content::lease::{Leases, LeasedStore};
+//! use ocidist_content::{local::LocalStore, sha256_of, write_blob, Labels, WriterOpts};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let leases = Leases::open(dir.path().join("leases"))?;
+//! let store = LocalStore::open(dir.path().join("content"))?;
+//!
+//! let lease = leases.acquire().await?;
+//! let leased = LeasedStore::new(store.clone(), lease.clone());
+//! let data = b"a layer";
+//! let opts = WriterOpts::new("layer").digest(sha256_of(data));
+//! write_blob(&leased, opts, &data[..], Labels::new()).await?;
+//!
+//! // A collector holding the leases sees the blob as in use...
+//! assert!(leases.hold()?.content().contains(&sha256_of(data)));
+//! // ...until the lease ends.
+//! drop((leased, lease));
+//! assert!(leases.hold()?.content().is_empty());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use crate::{
+    Descriptor, Digest, Error, ErrorKind, Info, IngestManager, Ingester, Manager, Provider,
+    ReaderAt, Result, Status, Writer, WriterOpts,
+};
+
+/// The directory lock's file name; lease files are every other entry.
+const LOCK_FILE: &str = ".lock";
+
+/// One thing a lease keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// A blob, with everything it references.
+    Content(Digest),
+    /// A snapshot (committed or active) by name or key, with its parents.
+    Snapshot(String),
+}
+
+impl Resource {
+    /// The resource as one line of a lease file. Snapshot keys may hold any
+    /// character, so `\` and newlines are escaped.
+    fn line(&self) -> String {
+        match self {
+            Resource::Content(digest) => format!("content {digest}\n"),
+            Resource::Snapshot(key) => {
+                let escaped = key.replace('\\', "\\\\").replace('\n', "\\n");
+                format!("snapshot {escaped}\n")
+            }
+        }
+    }
+
+    /// Parses a line written by [`line`](Self::line) (without its newline);
+    /// `None` for anything else, such as a kind a newer version records.
+    fn parse(line: &str) -> Option<Resource> {
+        let (kind, value) = line.split_once(' ')?;
+        match kind {
+            "content" => Digest::try_from(value).ok().map(Resource::Content),
+            "snapshot" => {
+                let mut key = String::with_capacity(value.len());
+                let mut chars = value.chars();
+                while let Some(c) = chars.next() {
+                    match (c, c == '\\') {
+                        (_, true) => match chars.next()? {
+                            'n' => key.push('\n'),
+                            '\\' => key.push('\\'),
+                            _ => return None,
+                        },
+                        (c, false) => key.push(c),
+                    }
+                }
+                Some(Resource::Snapshot(key))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A directory of leases: where owners take them and collectors read them.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    dir: PathBuf,
+}
+
+impl Leases {
+    /// Opens the lease directory `dir`, creating it if needed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Leases> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        Ok(Leases { dir })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes a new lease, empty, alive until the last clone of it is dropped
+    /// (or the process ends). Waits while a collector holds the leases.
+    pub async fn acquire(&self) -> Result<Lease> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = format!(
+            "{}-{}-{}-{}",
+            std::process::id(),
+            now.as_secs(),
+            now.subsec_nanos(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.dir.join(&id);
+        // Created and locked under the shared lock: a collector never sees
+        // a lease file that is not locked yet and takes it for a dead one.
+        let _shared = self.lock_shared().await?;
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        file.lock().map_err(|e| Error::io("lock", &path, e))?;
+        Ok(Lease {
+            inner: Arc::new(LeaseInner {
+                leases: self.clone(),
+                id,
+                path,
+                file,
+                recorded: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Holds every lease still for a collection: takes the directory's
+    /// exclusive lock (waiting for adds in progress), removes the leases
+    /// whose owners are gone and reads the others. No lease takes a resource
+    /// until the returned [`Held`] is dropped, so hold it from before the
+    /// collection decides what to keep until its last removal.
+    ///
+    /// This blocks: call it from a blocking context, or accept a brief block
+    /// of the async runtime. Do not await adds of your own leases while
+    /// holding it: they wait for it.
+    pub fn hold(&self) -> Result<Held> {
+        let path = self.dir.join(LOCK_FILE);
+        let lock = open_lock(&path)?;
+        lock.lock().map_err(|e| Error::io("lock", &path, e))?;
+        let mut held = Held {
+            content: HashSet::new(),
+            snapshots: HashSet::new(),
+            live: 0,
+            expired: 0,
+            _lock: lock,
+        };
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read", &self.dir, e))?;
+            if entry.file_name() == LOCK_FILE {
+                continue;
+            }
+            let path = entry.path();
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                // Ended since the listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("open", &path, e)),
+            };
+            match file.try_lock() {
+                Ok(()) => {
+                    // Nobody holds it: its owner is gone.
+                    match fs::remove_file(&path) {
+                        Ok(()) => held.expired += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("remove", &path, e)),
+                    }
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+            }
+            let mut text = String::new();
+            file.read_to_string(&mut text)
+                .map_err(|e| Error::io("read", &path, e))?;
+            held.live += 1;
+            // Every add completed before we took the lock, so every line is
+            // whole; a line without its newline would be a torn write.
+            for line in text.split_inclusive('\n') {
+                let Some(line) = line.strip_suffix('\n') else {
+                    continue;
+                };
+                match Resource::parse(line) {
+                    Some(Resource::Content(digest)) => {
+                        held.content.insert(digest);
+                    }
+                    Some(Resource::Snapshot(key)) => {
+                        held.snapshots.insert(key);
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// The directory's lock, shared: taken at once if no collector holds
+    /// it, else waited for on a blocking thread.
+    async fn lock_shared(&self) -> Result<File> {
+        let path = self.dir.join(LOCK_FILE);
+        let lock = open_lock(&path)?;
+        match lock.try_lock_shared() {
+            Ok(()) => Ok(lock),
+            Err(TryLockError::WouldBlock) => tokio::task::spawn_blocking(move || {
+                lock.lock_shared()
+                    .map(|()| lock)
+                    .map_err(|e| Error::io("lock", &path, e))
+            })
+            .await
+            .map_err(|e| Error::other(ErrorKind::Internal, e))?,
+            Err(TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+        }
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))
+}
+
+/// What the live leases keep, for a collection; holds the leases still (no
+/// lease takes a resource) until dropped. See [`Leases::hold`].
+#[derive(Debug)]
+pub struct Held {
+    content: HashSet<Digest>,
+    snapshots: HashSet<String>,
+    live: usize,
+    expired: usize,
+    _lock: File,
+}
+
+impl Held {
+    /// The blobs live leases keep (each with what it references).
+    pub fn content(&self) -> &HashSet<Digest> {
+        &self.content
+    }
+
+    /// The snapshots live leases keep (each with its parents).
+    pub fn snapshots(&self) -> &HashSet<String> {
+        &self.snapshots
+    }
+
+    /// How many leases are alive.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// How many dead leases (their owners gone) were removed.
+    pub fn expired(&self) -> usize {
+        self.expired
+    }
+}
+
+/// A lease: resources kept from collection while it lives. Clones share it;
+/// it ends when the last one is dropped.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    inner: Arc<LeaseInner>,
+}
+
+#[derive(Debug)]
+struct LeaseInner {
+    leases: Leases,
+    id: String,
+    path: PathBuf,
+    /// Open for appending, locked for the lease's life.
+    file: File,
+    /// What is in the file already, so repeated adds cost nothing.
+    recorded: Mutex<HashSet<Resource>>,
+}
+
+impl Lease {
+    /// The lease's identifier (its file name).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Records `resource`, before the caller creates it or relies on it
+    /// existing. Waits while a collector holds the leases.
+    pub async fn add(&self, resource: Resource) -> Result<()> {
+        if self.recorded().contains(&resource) {
+            return Ok(());
+        }
+        let _shared = self.inner.leases.lock_shared().await?;
+        // One write of a whole line, appended: concurrent adds do not mix.
+        (&self.inner.file)
+            .write_all(resource.line().as_bytes())
+            .map_err(|e| Error::io("write", &self.inner.path, e))?;
+        self.recorded().insert(resource);
+        Ok(())
+    }
+
+    /// Records a blob; see [`add`](Self::add).
+    pub async fn add_content(&self, digest: &Digest) -> Result<()> {
+        self.add(Resource::Content(digest.clone())).await
+    }
+
+    fn recorded(&self) -> std::sync::MutexGuard<'_, HashSet<Resource>> {
+        self.inner
+            .recorded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for LeaseInner {
+    fn drop(&mut self) {
+        // Unlinked while still locked, so no collector counts it as expired;
+        // a collector that opened it just before sees it alive, harmlessly.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A content store that records in a [`Lease`] every blob opened through it
+/// (for writing with a declared digest, for reading, or by [`Manager::info`]),
+/// before the store is asked: a fetch that finds a blob present, or commits
+/// a new one, keeps it for as long as the lease lives.
+///
+/// Blobs written without a declared digest are not recorded; the
+/// collectors' grace period covers them.
+#[derive(Debug, Clone)]
+pub struct LeasedStore<S> {
+    inner: S,
+    lease: Lease,
+}
+
+impl<S> LeasedStore<S> {
+    /// Wraps `inner`, recording in `lease`.
+    pub fn new(inner: S, lease: Lease) -> Self {
+        LeasedStore { inner, lease }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+#[async_trait]
+impl<S: Provider> Provider for LeasedStore<S> {
+    async fn reader_at(&self, desc: &Descriptor) -> Result<Box<dyn ReaderAt>> {
+        self.lease.add_content(desc.digest()).await?;
+        self.inner.reader_at(desc).await
+    }
+}
+
+#[async_trait]
+impl<S: Ingester> Ingester for LeasedStore<S> {
+    async fn writer(&self, opts: WriterOpts) -> Result<Box<dyn Writer>> {
+        if let Some(digest) = &opts.digest {
+            self.lease.add_content(digest).await?;
+        }
+        self.inner.writer(opts).await
+    }
+}
+
+#[async_trait]
+impl<S: Manager> Manager for LeasedStore<S> {
+    async fn info(&self, digest: &Digest) -> Result<Info> {
+        self.lease.add_content(digest).await?;
+        self.inner.info(digest).await
+    }
+    async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
+        self.inner.update(info, fieldpaths).await
+    }
+    async fn walk(
+        &self,
+        filters: &[&str],
+        f: &mut (dyn FnMut(Info) -> Result<()> + Send),
+    ) -> Result<()> {
+        self.inner.walk(filters, f).await
+    }
+    async fn delete(&self, digest: &Digest) -> Result<()> {
+        self.inner.delete(digest).await
+    }
+}
+
+#[async_trait]
+impl<S: IngestManager> IngestManager for LeasedStore<S> {
+    async fn status(&self, reference: &str) -> Result<Status> {
+        self.inner.status(reference).await
+    }
+    async fn list_statuses(&self, filters: &[&str]) -> Result<Vec<Status>> {
+        self.inner.list_statuses(filters).await
+    }
+    async fn abort(&self, reference: &str) -> Result<()> {
+        self.inner.abort(reference).await
+    }
+    async fn ingest_reader_at(&self, reference: &str) -> Result<Box<dyn ReaderAt>> {
+        self.inner.ingest_reader_at(reference).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_lines_round_trip() {
+        for resource in [
+            Resource::Content(crate::sha256_of(b"x")),
+            Resource::Snapshot("plain".into()),
+            Resource::Snapshot("with\nnewline and \\n backslash\\".into()),
+        ] {
+            let line = resource.line();
+            assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+            assert_eq!(
+                Resource::parse(line.strip_suffix('\n').unwrap()),
+                Some(resource)
+            );
+        }
+        assert_eq!(Resource::parse("volume x"), None);
+        assert_eq!(Resource::parse("snapshot bad\\q"), None);
+    }
+
+    fn digest(n: u8) -> Digest {
+        crate::sha256_of(&[n])
+    }
+
+    #[tokio::test]
+    async fn a_lease_keeps_until_its_last_clone_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::open(dir.path()).unwrap();
+        let lease = leases.acquire().await.unwrap();
+        let other = leases.acquire().await.unwrap();
+        lease.add_content(&digest(1)).await.unwrap();
+        lease.add_content(&digest(1)).await.unwrap();
+        other
+            .add(Resource::Snapshot("extract-1".into()))
+            .await
+            .unwrap();
+        let clone = lease.clone();
+        drop(lease);
+        {
+            let held = leases.hold().unwrap();
+            assert_eq!(held.live(), 2);
+            assert_eq!(held.content(), &HashSet::from([digest(1)]));
+            assert_eq!(held.snapshots(), &HashSet::from(["extract-1".to_string()]));
+        }
+        drop((clone, other));
+        let held = leases.hold().unwrap();
+        assert_eq!((held.live(), held.expired()), (0, 0));
+        assert!(held.content().is_empty() && held.snapshots().is_empty());
+    }
+
+    /// A lease whose owner died: its file stays, but nobody holds its lock.
+    #[tokio::test]
+    async fn a_dead_owners_lease_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::open(dir.path()).unwrap();
+        let path = dir.path().join("4242-1-2-3");
+        fs::write(&path, Resource::Content(digest(7)).line()).unwrap();
+        // Held by another process (a live owner) first: one process that
+        // takes the lock and becomes `sleep`, so killing it frees the lock.
+        let mut owner = std::process::Command::new("sh")
+            .args(["-c", "exec 9>>\"$0\" && flock -x 9 && exec sleep 30"])
+            .arg(&path)
+            .spawn()
+            .expect("sh and flock(1), from util-linux, run the other process");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while File::open(&path).unwrap().try_lock().is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock never took the lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        {
+            let held = leases.hold().unwrap();
+            assert_eq!((held.live(), held.expired()), (1, 0));
+            assert!(held.content().contains(&digest(7)));
+        }
+        owner.kill().unwrap();
+        owner.wait().unwrap();
+        let held = leases.hold().unwrap();
+        assert_eq!((held.live(), held.expired()), (0, 1));
+        assert!(held.content().is_empty());
+        assert!(!path.exists(), "the dead lease is removed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adds_wait_while_a_collector_holds_the_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::open(dir.path()).unwrap();
+        let lease = leases.acquire().await.unwrap();
+        let held = leases.hold().unwrap();
+        let add = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.add_content(&digest(3)).await }
+        });
+        let acquire = tokio::spawn({
+            let leases = leases.clone();
+            async move { leases.acquire().await.map(|_| ()) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!add.is_finished() && !acquire.is_finished());
+        let recorded = fs::read_to_string(dir.path().join(lease.id())).unwrap();
+        assert_eq!(recorded, "", "nothing is recorded while held");
+        drop(held);
+        add.await.unwrap().unwrap();
+        acquire.await.unwrap().unwrap();
+        assert!(leases.hold().unwrap().content().contains(&digest(3)));
+    }
+}
