@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dist, stderr, stdout};
+use common::{dist, ok, stderr, stdout};
 
 use ocidist::content::sha256_of;
 
@@ -72,6 +72,76 @@ fn usage_errors_exit_two() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = dist(dir.path(), &["path", "not-a-digest"], b"");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = dist(
+        dir.path(),
+        &["--timeout", "99999999999999999999h", "list"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("out of range"), "{}", stderr(&out));
+    // `dist list -q | xargs dist delete` on an empty store.
+    let out = dist(dir.path(), &["delete"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A broken Docker config is not ignored in silence (the user would only
+/// see a 401 later), nor fatal (anonymous pulls need no credentials).
+#[test]
+fn a_broken_docker_config_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), b"{").unwrap();
+    let out = std::process::Command::new(common::dist_binary())
+        .env("DOCKER_CONFIG", dir.path())
+        .args(["--root", dir.path().join("store").to_str().unwrap()])
+        .args(["--timeout", "300ms", "fetch", "127.0.0.1:1/x:1"])
+        .output()
+        .unwrap();
+    let stderr = stderr(&out);
+    assert!(
+        stderr.contains("warning: Docker credentials not loaded")
+            && stderr.contains(&format!("{}", dir.path().join("config.json").display())),
+        "{stderr}"
+    );
+}
+
+/// `dist list | head -1` ends dist as it ends a C or Go program: silently, by
+/// SIGPIPE, not with a panic or an error message.
+#[test]
+fn a_closed_stdout_ends_dist_by_sigpipe() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = b"one blob";
+    let digest = sha256_of(blob).to_string();
+    ok(dist(
+        dir.path(),
+        &["ingest", "r", "--expected-digest", &digest],
+        blob,
+    ));
+    let root = ["--root".to_string(), dir.path().display().to_string()];
+    for command in [&["path"][..], &["get"][..]] {
+        let mut args = root.to_vec();
+        args.extend(command.iter().map(|c| c.to_string()));
+        // Far more than a pipe holds, so dist is still writing when it closes.
+        args.extend(std::iter::repeat_n(digest.clone(), 20_000));
+        let mut child = std::process::Command::new(common::dist_binary())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = Vec::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_until(b'b', &mut first)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{command:?}: {out:?}"
+        );
+        assert_eq!(stderr(&out), "", "{command:?}");
+    }
 }
 
 /// On a full disk the image store may not open (nor be created); the content

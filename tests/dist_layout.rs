@@ -147,14 +147,17 @@ fn a_layout_written_by_skopeo_is_imported_and_unpacks() {
     let layout = format!("{}:copied", copied.display());
     let first = ok(dist(&direct, &["unpack", &layout], b""));
     assert!(first.contains(": unpacking"), "{first}");
-    let chain = first
-        .lines()
-        .find_map(|l| l.strip_prefix("unpacked: "))
-        .unwrap_or_else(|| panic!("{first}"));
+    let chain = first.lines().last().unwrap();
+    assert!(chain.starts_with("sha256:"), "the chain ID, last: {first}");
     let again = ok(dist(&direct, &["unpack", &layout], b""));
     assert!(
-        again.contains("already unpacked") && again.contains(&format!("unpacked: {chain}")),
+        again.contains("already unpacked") && again.ends_with(&format!("\n{chain}\n")),
         "{again}"
+    );
+    // With --quiet, the answer alone.
+    assert_eq!(
+        ok(dist(&direct, &["-q", "unpack", &layout], b"")),
+        format!("{chain}\n")
     );
     assert_eq!(files(&copied), before, "the layout is left as it was");
     let missing = dist(
@@ -166,5 +169,81 @@ fn a_layout_written_by_skopeo_is_imported_and_unpacks() {
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("no image named \"nope\""),
         "{missing:?}"
+    );
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(
+        empty.join("index.json"),
+        br#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+    let nothing = dist(&direct, &["unpack", empty.to_str().unwrap()], b"");
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("no images in"),
+        "{nothing:?}"
+    );
+
+    // A name shaped like a digest (`app:1`: any `alg:encoded` parses as one)
+    // is a name; `path` refuses it as a digest.
+    let builder = work.path().join("builder");
+    let named = work.path().join("named");
+    let export = |name: &str| {
+        ok(dist(
+            &builder,
+            &["export", &digest, named.to_str().unwrap(), "--name", name],
+            b"",
+        ))
+    };
+    export("app:1");
+    export("docker.io/library/app:2");
+    // What an interrupted export leaves, and a stray file: skipped, said.
+    std::fs::write(named.join("blobs/sha256/0123.tmp"), b"partial").unwrap();
+    std::fs::write(named.join("blobs/README"), b"not a blob").unwrap();
+    let imported = dist(&root, &["import", named.to_str().unwrap()], b"");
+    assert!(imported.status.success(), "{imported:?}");
+    let warnings = String::from_utf8_lossy(&imported.stderr);
+    assert!(
+        warnings.contains("skipping")
+            && warnings.contains("0123.tmp")
+            && warnings.contains("README"),
+        "{warnings}"
+    );
+    let app = work.path().join("app");
+    ok(dist(
+        &root,
+        &["rootfs", "--copy", "app:1", app.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(std::fs::read(app.join("etc/motd")).unwrap(), b"hello\n");
+    let path = dist(&root, &["path", "app:1"], b"");
+    assert_eq!(path.status.code(), Some(2), "{path:?}");
+    assert!(
+        String::from_utf8_lossy(&path.stderr).contains("unknown algorithm app"),
+        "{path:?}"
+    );
+
+    // -q images: the names alone, for xargs.
+    let mut names: Vec<String> = ok(dist(&root, &["-q", "images"], b""))
+        .lines()
+        .map(String::from)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app:1", "copied", "docker.io/library/app:2"]);
+
+    // Names are normalised as everywhere else; a missing one fails check and
+    // rm, which goes on with the others.
+    assert!(ok(dist(&root, &["images", "check", "app:2"], b"")).contains("complete"));
+    let rm = dist(&root, &["images", "rm", "nosuch", "app:2"], b"");
+    assert_eq!(rm.status.code(), Some(1), "{rm:?}");
+    assert!(
+        String::from_utf8_lossy(&rm.stderr).contains("images rm nosuch"),
+        "{rm:?}"
+    );
+    let check = dist(&root, &["images", "check", "app:2", "copied"], b"");
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        out.contains("app:2: ") && out.contains("not found") && out.contains("copied: complete"),
+        "{out}"
     );
 }

@@ -168,6 +168,21 @@ fn pull_and_mount(snapshotter: &str) {
     ));
     assert!(!mnt.join("etc/issue").exists(), "unmounted");
 
+    // Unmounted by hand (or by a reboot): --unmount still removes the
+    // snapshot, so the same directory can be used again.
+    let rootfs = |args: &[&str]| {
+        let mut all = vec!["--snapshotter", snapshotter, "rootfs"];
+        all.extend_from_slice(args);
+        ok(dist(&root, &all, b""))
+    };
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    let c_mnt = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; the mount is this test's own.
+    assert_eq!(unsafe { libc::umount2(c_mnt.as_ptr(), 0) }, 0);
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+
     let copy = work.path().join("copy");
     ok(dist(
         &root,

@@ -133,7 +133,11 @@ fn push_fetch_list_check_and_prune_an_image() {
         "fresh blobs are in their grace period: {dry}"
     );
     let check = dist(&store, &["images", "check", &reference], b"");
-    assert!(check.status.success());
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "a removed name is not complete"
+    );
 
     // Errors name the thing and the cause, and exit 1.
     let missing = dist(

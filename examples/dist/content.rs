@@ -3,8 +3,8 @@
 use clap::Args;
 use ocidist::content::local::LocalStore;
 use ocidist::content::{
-    CopySource, Digest, IngestManager, Labels, Manager, Provider, WriterOpts, copy, descriptor,
-    open_writer,
+    CopySource, Digest, DigestAlgorithm, IngestManager, Labels, Manager, Provider, WriterOpts,
+    copy, descriptor, open_writer,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -35,14 +35,30 @@ pub(crate) struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    /// Blob digests (`sha256:…`); none is not an error, so that
+    /// `dist list -q | xargs dist delete` is fine on an empty store.
+    #[arg(value_parser = parse_digest)]
+    digests: Vec<Digest>,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct DigestsArgs {
     /// Blob digests (`sha256:…`).
     #[arg(required = true, value_parser = parse_digest)]
     digests: Vec<Digest>,
 }
 
-fn parse_digest(text: &str) -> Result<Digest, String> {
-    Digest::try_from(text).map_err(|e| format!("bad digest {text:?}: {e}"))
+/// A digest of an algorithm a store can hash: `redis:latest` has the form of
+/// a digest (any `alg:encoded`), but is not one, as go-digest's `Parse` says.
+pub(crate) fn parse_digest(text: &str) -> Result<Digest, String> {
+    let digest = Digest::try_from(text).map_err(|e| format!("bad digest {text:?}: {e}"))?;
+    match digest.algorithm() {
+        DigestAlgorithm::Sha256 | DigestAlgorithm::Sha384 | DigestAlgorithm::Sha512 => Ok(digest),
+        other => Err(format!(
+            "bad digest {text:?}: unknown algorithm {other} (sha256, sha384 or sha512)"
+        )),
+    }
 }
 
 /// Reads stdin into the store under `reference`, resuming an earlier attempt:
@@ -93,7 +109,7 @@ pub(crate) async fn active(store: &LocalStore, args: ActiveArgs) -> CmdResult {
             ]
         })
         .collect();
-    print!(
+    crate::output::out!(
         "{}",
         output::table(&["REF", "OFFSET/TOTAL", "STARTED", "UPDATED"], &rows)
     );
@@ -114,7 +130,7 @@ pub(crate) async fn list(store: &LocalStore, args: ListArgs) -> CmdResult {
     // `list -q` is the global --quiet: digests only, for `xargs dist delete`.
     if output::quiet() {
         for info in &infos {
-            println!("{}", info.digest);
+            crate::output::outln!("{}", info.digest);
         }
         return Ok(());
     }
@@ -134,7 +150,7 @@ pub(crate) async fn list(store: &LocalStore, args: ListArgs) -> CmdResult {
             ]
         })
         .collect();
-    print!(
+    crate::output::out!(
         "{}",
         output::table(&["DIGEST", "SIZE", "AGE", "LABELS"], &rows)
     );
@@ -147,13 +163,13 @@ pub(crate) async fn path(store: &LocalStore, args: DigestsArgs) -> CmdResult {
             .info(digest)
             .await
             .map_err(|e| Failure::new(format!("path {digest}"), e))?;
-        println!("{}", store.blob_path(digest).display());
+        crate::output::outln!("{}", store.blob_path(digest).display());
     }
     Ok(())
 }
 
 pub(crate) async fn get(store: &LocalStore, args: DigestsArgs) -> CmdResult {
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = crate::output::stdout();
     for digest in &args.digests {
         let what = || format!("get {digest}");
         let reader = store
@@ -168,23 +184,9 @@ pub(crate) async fn get(store: &LocalStore, args: DigestsArgs) -> CmdResult {
     stdout.flush().await.map_err(|e| Failure::new("get", e))
 }
 
-pub(crate) async fn delete(store: &LocalStore, args: DigestsArgs) -> CmdResult {
-    let mut failed = 0;
-    for digest in &args.digests {
-        match store.delete(digest).await {
-            Ok(()) => output::report!("{digest}"),
-            // Keep going, as `rm` does, and fail at the end.
-            Err(e) => {
-                eprintln!("dist: delete {digest}: {e}");
-                failed += 1;
-            }
-        }
-    }
-    match failed {
-        0 => Ok(()),
-        n => Err(Failure::new(
-            "delete",
-            format!("{n} of {} digests not deleted", args.digests.len()),
-        )),
-    }
+pub(crate) async fn delete(store: &LocalStore, args: DeleteArgs) -> CmdResult {
+    crate::remove_each("delete", &args.digests, async |digest| {
+        store.delete(digest).await.map(|()| digest.to_string())
+    })
+    .await
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use ocidist::content::lease::{Lease, LeasedStore, Leases};
-use ocidist::content::{Digest, Manager, descriptor, read_blob};
+use ocidist::content::{Manager, descriptor, read_blob};
 use ocidist::images::platforms::{self, Matcher, Platform};
 use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
 use ocidist::remotes::docker::config::DockerConfig;
@@ -116,7 +116,12 @@ impl Remote {
             PlainHttp::Loopback
         };
         // Docker's own credentials (config.json, helpers), as `docker pull` uses.
-        let credentials = DockerConfig::load_default().unwrap_or_default();
+        // A broken one is said, as Docker says it, and the pull goes on
+        // anonymously rather than fail where no credentials are needed.
+        let credentials = DockerConfig::load_default().unwrap_or_else(|e| {
+            eprintln!("dist: warning: Docker credentials not loaded: {e}");
+            DockerConfig::default()
+        });
         let mut resolver = DockerResolver::new()
             .plain_http(plain)
             .credentials(std::sync::Arc::new(credentials));
@@ -140,7 +145,7 @@ pub(crate) async fn fetch_object_cmd(remote: &Remote, args: FetchObjectArgs) -> 
     let (_, mut stream) = fetch_object(&remote.resolver(), &args.locator, &args.object, &hints)
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = crate::output::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Failure::new(what.clone(), e))?;
         stdout
@@ -215,7 +220,7 @@ pub(crate) async fn local_target(
     stores: &Stores,
     local: &str,
 ) -> Result<ocidist::content::Descriptor, Box<dyn std::error::Error + Send + Sync>> {
-    if let Ok(digest) = Digest::try_from(local) {
+    if let Ok(digest) = crate::content::parse_digest(local) {
         let info = stores.content.info(&digest).await?;
         let body = read_blob(
             &stores.content,
@@ -231,12 +236,23 @@ pub(crate) async fn local_target(
             digest,
         ));
     }
-    // Accept the name as given or normalised (`redis` is `docker.io/library/redis:latest`).
-    match stores.images.get(local).await {
-        Ok(image) => Ok(image.target),
+    Ok(find_image(stores, local).await?.target)
+}
+
+/// The image named `name` as given or normalised (`redis` is
+/// `docker.io/library/redis:latest`).
+async fn find_image(
+    stores: &Stores,
+    name: &str,
+) -> Result<Image, Box<dyn std::error::Error + Send + Sync>> {
+    match stores.images.get(name).await {
+        Ok(image) => Ok(image),
         Err(e) if e.kind() == ocidist::content::ErrorKind::NotFound => {
-            let normalised: ocidist::remotes::Reference = local.parse()?;
-            Ok(stores.images.get(&normalised.to_string()).await?.target)
+            // Not a valid reference either: the store's "not found" says more.
+            let Ok(normalised) = name.parse::<ocidist::remotes::Reference>() else {
+                return Err(e.into());
+            };
+            Ok(stores.images.get(&normalised.to_string()).await?)
         }
         Err(e) => Err(e.into()),
     }
@@ -247,15 +263,12 @@ pub(crate) async fn images(stores: &Stores, remote: &Remote, args: ImagesArgs) -
         None => list_images(stores, remote).await,
         Some(ImagesCommand::Check { names }) => check_images(stores, remote, names).await,
         Some(ImagesCommand::Rm { names }) => {
-            for name in names {
-                stores
-                    .images
-                    .delete(&name)
-                    .await
-                    .map_err(|e| Failure::new(format!("images rm {name}"), e))?;
-                report!("{name}");
-            }
-            Ok(())
+            crate::remove_each("images rm", &names, async |name| {
+                let image = find_image(stores, name).await?;
+                stores.images.delete(&image.name).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(image.name)
+            })
+            .await
         }
     }
 }
@@ -266,6 +279,13 @@ async fn list_images(stores: &Stores, remote: &Remote) -> CmdResult {
         .list(&[])
         .await
         .map_err(|e| Failure::new("images", e))?;
+    if output::quiet() {
+        // The names alone, for `xargs`, as `ctr images ls -q` prints them.
+        for image in images {
+            output::outln!("{}", image.name);
+        }
+        return Ok(());
+    }
     let matcher = platforms::only(&remote.platform);
     let mut rows = Vec::new();
     for image in images {
@@ -286,7 +306,7 @@ async fn list_images(stores: &Stores, remote: &Remote) -> CmdResult {
             image_platforms(stores, &image).await.join(","),
         ]);
     }
-    print!(
+    output::out!(
         "{}",
         output::table(&["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS"], &rows)
     );
@@ -302,22 +322,34 @@ async fn image_platforms(stores: &Stores, image: &Image) -> Vec<String> {
 }
 
 async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> CmdResult {
-    let mut images = stores
-        .images
-        .list(&[])
-        .await
-        .map_err(|e| Failure::new("images check", e))?;
-    if !names.is_empty() {
-        images.retain(|i| names.contains(&i.name));
-    }
-    let matcher = platforms::only(&remote.platform);
     let mut incomplete = 0;
+    let images = if names.is_empty() {
+        stores
+            .images
+            .list(&[])
+            .await
+            .map_err(|e| Failure::new("images check", e))?
+    } else {
+        let mut found = Vec::new();
+        for name in &names {
+            match find_image(stores, name).await {
+                Ok(image) => found.push(image),
+                // A name that is not there is not a complete image.
+                Err(e) => {
+                    output::outln!("{name}: {e}");
+                    incomplete += 1;
+                }
+            }
+        }
+        found
+    };
+    let matcher = platforms::only(&remote.platform);
     for image in images {
         let report = check(&stores.content, &image.target, &matcher)
             .await
             .map_err(|e| Failure::new(format!("images check {}", image.name), e))?;
         if report.complete() {
-            println!("{}: complete ({} blobs)", image.name, report.required.len());
+            output::outln!("{}: complete ({} blobs)", image.name, report.required.len());
         } else {
             incomplete += 1;
             let missing: Vec<String> = report
@@ -325,14 +357,14 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
                 .iter()
                 .map(|d| d.digest().to_string())
                 .collect();
-            println!("{}: incomplete, missing {}", image.name, missing.join(" "));
+            output::outln!("{}: incomplete, missing {}", image.name, missing.join(" "));
         }
     }
     match incomplete {
         0 => Ok(()),
         n => Err(Failure::new(
             "images check",
-            format!("{n} incomplete image(s)"),
+            format!("{n} image(s) incomplete or missing"),
         )),
     }
 }

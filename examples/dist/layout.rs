@@ -152,17 +152,35 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
     .map_err(|e| fail(e.into()))?;
     // Every blob, verified by the store against the digest its name claims.
     let blobs_dir = args.dir.join("blobs");
+    // Anything else there (an export's `.tmp` left by a crash, a stray
+    // file) is not a blob: said and skipped. A blob the images need and the
+    // layout lacks fails the labelling walk below.
+    let skip =
+        |path: &Path, why: &str| eprintln!("dist: import: skipping {}: {why}", path.display());
     for algorithm in std::fs::read_dir(&blobs_dir).map_err(|e| fail(e.into()))? {
         let algorithm = algorithm.map_err(|e| fail(e.into()))?;
+        if !algorithm.file_type().map_err(|e| fail(e.into()))?.is_dir() {
+            skip(&algorithm.path(), "not a directory of blobs");
+            continue;
+        }
         for blob in std::fs::read_dir(algorithm.path()).map_err(|e| fail(e.into()))? {
             let blob = blob.map_err(|e| fail(e.into()))?;
-            let digest: Digest = format!(
+            let name = format!(
                 "{}:{}",
                 algorithm.file_name().to_string_lossy(),
                 blob.file_name().to_string_lossy()
-            )
-            .parse()
-            .map_err(|e: oci_spec::OciSpecError| fail(e.into()))?;
+            );
+            let digest = match crate::content::parse_digest(&name) {
+                Ok(digest) if blob.file_type().map_err(|e| fail(e.into()))?.is_file() => digest,
+                Ok(_) => {
+                    skip(&blob.path(), "not a file");
+                    continue;
+                }
+                Err(why) => {
+                    skip(&blob.path(), &why);
+                    continue;
+                }
+            };
             let file = tokio::fs::File::open(blob.path())
                 .await
                 .map_err(|e| fail(e.into()))?;
@@ -249,6 +267,11 @@ pub(crate) async fn unpack_cmd(
             .iter()
             .find(|m| m["annotations"][REF_NAME].as_str() == Some(name.as_str())),
         None if manifests.len() == 1 => manifests.first(),
+        None if manifests.is_empty() => {
+            return Err(fail(
+                format!("no images in {}", dir.join("index.json").display()).into(),
+            ));
+        }
         None => {
             return Err(fail(
                 "the layout holds several images: name one, DIR:NAME".into(),
@@ -275,6 +298,7 @@ pub(crate) async fn unpack_cmd(
     .await;
     progress.finish().await;
     let chain_id = chain_id.map_err(|e| fail(e.into()))?;
-    report!("unpacked: {chain_id}");
+    // The answer, even with --quiet, as `apply` prints its diff ID.
+    crate::output::outln!("{chain_id}");
     Ok(())
 }

@@ -112,7 +112,7 @@ enum Command {
     /// Write the content of each blob to stdout.
     Get(content::DigestsArgs),
     /// Delete blobs.
-    Delete(content::DigestsArgs),
+    Delete(content::DeleteArgs),
     /// Write the raw manifest or blob a tag or digest names to stdout.
     FetchObject(image::FetchObjectArgs),
     /// Fetch all content of an image into the store and record its name.
@@ -135,7 +135,9 @@ enum Command {
     /// Read the images of an OCI image layout into the stores.
     Import(layout::ImportArgs),
     /// Unpack an image straight from an OCI image layout into snapshots
-    /// (like `umoci unpack`); prints the chain ID to mount.
+    /// (like `umoci unpack`); prints the chain ID to mount. No image is
+    /// recorded, so `prune` takes the snapshots once `--grace` is over:
+    /// `import` the layout to keep them.
     Unpack(layout::UnpackArgs),
 }
 
@@ -180,7 +182,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("bad duration unit in {text:?} (use ms, s, m or h)")),
     };
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration {text:?} out of range"))
 }
 
 /// A failure to report: what was being done, and why it failed.
@@ -203,6 +205,36 @@ impl Failure {
 }
 
 type CmdResult = Result<(), Failure>;
+
+/// Removes each item, going on past failures (each said on stderr) as `rm`
+/// does, and fails at the end if any failed.
+async fn remove_each<T, E>(
+    what: &str,
+    items: &[T],
+    mut remove: impl AsyncFnMut(&T) -> Result<String, E>,
+) -> CmdResult
+where
+    T: std::fmt::Display,
+    E: std::fmt::Display,
+{
+    let mut failed = 0;
+    for item in items {
+        match remove(item).await {
+            Ok(removed) => output::report!("{removed}"),
+            Err(e) => {
+                eprintln!("dist: {what} {item}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(Failure::new(
+            what,
+            format!("{n} of {} not removed", items.len()),
+        )),
+    }
+}
 
 async fn run(cli: Cli) -> CmdResult {
     let root = cli.root.clone().unwrap_or_else(default_root);
@@ -364,7 +396,10 @@ fn main() -> ExitCode {
                 Some(limit) => tokio::time::timeout(limit, run(cli))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(Failure::new("dist", format!("timed out after {limit:?}")))
+                        Err(Failure::new(
+                            "--timeout",
+                            format!("timed out after {limit:?}"),
+                        ))
                     }),
                 None => run(cli).await,
             }

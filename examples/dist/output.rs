@@ -1,6 +1,8 @@
 //! Plain-text formatting shared by the commands.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -19,11 +21,87 @@ pub(crate) fn quiet() -> bool {
 macro_rules! report {
     ($($arg:tt)*) => {
         if !$crate::output::quiet() {
-            println!($($arg)*);
+            $crate::output::outln!($($arg)*);
         }
     };
 }
 pub(crate) use report;
+
+/// `println!` that ends the process as a C or Go program's ends when stdout
+/// is a closed pipe (`dist list | head -1`): silently, by SIGPIPE.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// `print!` as [`outln!`] does it.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
+
+/// Writes to stdout; see [`outln!`].
+pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        stdout_failed(e);
+    }
+}
+
+/// A write to stdout failed: a closed pipe ends the process as SIGPIPE
+/// would (Rust ignores the signal, so the write fails instead); anything
+/// else (a full disk) is reported.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // SAFETY: restoring a signal's default action and raising it have no
+        // preconditions; the default action of SIGPIPE ends the process.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+    eprintln!("dist: write to stdout: {e}");
+    std::process::exit(1)
+}
+
+/// Async stdout for streamed answers (`get`, `fetch-object`): a closed
+/// pipe ends the process as [`outln!`] does.
+pub(crate) struct Stdout(tokio::io::Stdout);
+
+/// See [`Stdout`].
+pub(crate) fn stdout() -> Stdout {
+    Stdout(tokio::io::stdout())
+}
+
+fn checked<T>(result: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+    match result {
+        Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => stdout_failed(e),
+        other => other,
+    }
+}
+
+impl tokio::io::AsyncWrite for Stdout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        checked(Pin::new(&mut self.0).poll_write(cx, buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        checked(Pin::new(&mut self.0).poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        checked(Pin::new(&mut self.0).poll_shutdown(cx))
+    }
+}
 
 /// `12.1 MiB`-style sizes.
 pub(crate) fn size(bytes: u64) -> String {

@@ -88,7 +88,7 @@ impl Progress {
             return;
         }
         let elapsed = self.started.elapsed().as_secs_f64();
-        println!(
+        crate::output::outln!(
             "elapsed: {elapsed:.1} s total: {} ({}/s)",
             output::size(total),
             output::size((total as f64 / elapsed.max(1e-9)) as u64)
@@ -118,7 +118,7 @@ impl Display {
                         Display::Quiet => {}
                         Display::Plain => {
                             if let Some(line) = plain_line(&event) {
-                                println!("{line}");
+                                crate::output::outln!("{line}");
                             }
                         }
                         Display::Live(live) => live.event(&event),

@@ -96,7 +96,7 @@ pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
     for warning in &applied.warnings {
         eprintln!("dist: apply: {warning}");
     }
-    println!("{}", applied.diff_id);
+    crate::output::outln!("{}", applied.diff_id);
     Ok(())
 }
 
@@ -118,7 +118,14 @@ pub(crate) async fn rootfs_cmd(
     if let Some(dest) = &args.unmount {
         let what = format!("rootfs --unmount {}", dest.display());
         let key = rootfs_key(dest);
-        mount::unmount(dest).map_err(|e| Failure::new(what.clone(), e))?;
+        match mount::unmount(dest) {
+            Ok(()) => {}
+            // Unmounted already (by hand, or by a reboot): the snapshot must
+            // still go, or nothing would ever remove it.
+            Err(ocidist::snapshot::Error::Io { source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(Failure::new(what, e)),
+        }
         snapshotter
             .remove(&key)
             .await

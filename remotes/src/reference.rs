@@ -144,6 +144,11 @@ impl FromStr for Reference {
             Some((first, path)) if looks_like_host(first) => (first.to_string(), path.to_string()),
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
+        if !valid_host(&registry) {
+            return Err(invalid(&format!(
+                "bad registry {registry:?}: a host name or address, with an optional :port"
+            )));
+        }
         let registry = if registry == "index.docker.io" {
             DOCKER_HUB.to_string()
         } else {
@@ -183,6 +188,44 @@ impl FromStr for Reference {
 /// is `localhost`.
 fn looks_like_host(first: &str) -> bool {
     first.contains('.') || first.contains(':') || first == "localhost"
+}
+
+/// Docker's domain grammar: components of letters and digits with inner
+/// hyphens, joined by '.', or a bracketed IPv6 address; then `:port`
+/// optionally. (`./layout` is a path, not a registry called `.`.)
+fn valid_host(host: &str) -> bool {
+    let (name_ok, port) = if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((address, rest)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port = match rest {
+            "" => None,
+            rest => match rest.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        let address_ok =
+            !address.is_empty() && address.chars().all(|c| c.is_ascii_hexdigit() || c == ':');
+        (address_ok, port)
+    } else {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        (name.split('.').all(valid_domain_component), port)
+    };
+    name_ok && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn valid_domain_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    !bytes.is_empty()
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
 }
 
 fn valid_tag(tag: &str) -> bool {
@@ -232,6 +275,19 @@ mod tests {
 
     fn parse(s: &str) -> Reference {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn hosts_by_docker_grammar() {
+        for (input, registry) in [
+            ("localhost:5000/a", "localhost:5000"),
+            ("127.0.0.1:5000/a", "127.0.0.1:5000"),
+            ("[::1]:5000/a", "[::1]:5000"),
+            ("[fe80::1]/a", "[fe80::1]"),
+            ("Registry-1.Example.com/a", "Registry-1.Example.com"),
+        ] {
+            assert_eq!(parse(input).registry(), registry, "{input}");
+        }
     }
 
     #[test]
@@ -304,6 +360,13 @@ mod tests {
             "a..b",
             "a_-b",
             &format!("example.com/{}", "a".repeat(250)),
+            "./layout",
+            "../x",
+            "-bad.example.com/x",
+            "example.com:/x",
+            "example.com:50a/x",
+            "[::1/x",
+            "[fe80::1]5000/x",
         ] {
             let err = bad.parse::<Reference>().unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");

@@ -195,6 +195,13 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
     let bytes: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     assert_eq!(bytes.concat(), blobs[0].bytes);
 
+    // A tag in the locator beside the object: refused before any request.
+    let Err(err) = fetch_object(&resolver, &format!("{repo}:v1"), "latest", &[]).await else {
+        panic!("a locator with a tag is refused");
+    };
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains(":v1"), "{err}");
+
     let err = resolver
         .resolve(&format!("{repo}:missing"))
         .await

@@ -70,7 +70,10 @@ impl DockerConfig {
                 )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            )),
         }
     }
 

@@ -388,7 +388,9 @@ impl Resolver for DockerResolver {
 
 /// Fetches the raw manifest or blob `object` (a tag or digest) of the
 /// repository `locator`, as containerd's `dist fetch-object`. A `mediatype:`
-/// hint in `hints` overrides the type the registry reports.
+/// hint in `hints` overrides the type the registry reports. A locator with
+/// a tag or digest of its own is refused ([`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)):
+/// which of the two objects was meant is not for us to guess.
 pub async fn fetch_object(
     resolver: &DockerResolver,
     locator: &str,
@@ -396,6 +398,16 @@ pub async fn fetch_object(
     hints: &[&str],
 ) -> Result<(Descriptor, crate::ByteStream)> {
     let base: Reference = locator.parse()?;
+    // Parsing supplies `latest`; what was written is what counts.
+    let last_segment = locator.rsplit('/').next().unwrap_or(locator);
+    if locator.contains('@') || last_segment.contains(':') {
+        return Err(Error::InvalidReference {
+            input: locator.to_string(),
+            reason: format!(
+                "a locator names a repository only; give the tag or digest as the object, not {object:?} beside it"
+            ),
+        });
+    }
     let reference = base.with_object(object)?;
     let mut desc = resolver.resolve_object(&reference).await?;
     if let Some(media_type) = hints.iter().find_map(|h| h.strip_prefix("mediatype:")) {
