@@ -43,6 +43,8 @@ impl Base {
             closed: AtomicBool::new(false),
         });
         base.remove_staging_leftovers();
+        // Best effort, as for staging leftovers: a failure here costs space only.
+        let _ = base.remove_orphan_dirs();
         Ok(base)
     }
 
@@ -281,6 +283,48 @@ impl Base {
                 let _ = tree::remove_tree(&entry.path());
             }
         }
+    }
+}
+
+impl Base {
+    /// Removes the snapshot directories no record names: what a process
+    /// killed inside [`remove`](Self::remove), between dropping the record
+    /// and moving the directory away, leaves for good (its id is never
+    /// handed out again). Looked for without a lock first, as opening is
+    /// frequent and orphans rare; then confirmed and moved away under the
+    /// metadata's write lock, where no create is half done.
+    fn remove_orphan_dirs(&self) -> Result<()> {
+        let numbered = || -> Result<Vec<(u64, PathBuf)>> {
+            let dir = self.snapshots_dir();
+            let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
+            Ok(entries
+                .flatten()
+                .filter_map(|entry| {
+                    let id = entry.file_name().to_str()?.parse::<u64>().ok()?;
+                    Some((id, entry.path()))
+                })
+                .collect())
+        };
+        let known: std::collections::HashSet<u64> =
+            self.meta.list()?.into_iter().map(|(_, r)| r.id).collect();
+        if numbered()?.iter().all(|(id, _)| known.contains(id)) {
+            return Ok(());
+        }
+        let mut doomed = Vec::new();
+        self.meta.with_ids_held(|ids| {
+            for (id, path) in numbered()? {
+                if !ids.contains(&id) {
+                    let away = tempfile_name(&self.snapshots_dir(), "rm-");
+                    std::fs::rename(&path, &away).map_err(|e| Error::io("rename", &path, e))?;
+                    doomed.push(away);
+                }
+            }
+            Ok(())
+        })?;
+        for dir in doomed {
+            tree::remove_tree(&dir)?;
+        }
+        Ok(())
     }
 }
 

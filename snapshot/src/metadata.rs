@@ -387,4 +387,26 @@ impl MetaStore {
         }
         Ok(out)
     }
+
+    /// Calls `sweep` with the id of every snapshot while holding a write
+    /// transaction (exclusive across processes), so that no create is
+    /// between placing a directory and recording it meanwhile. Nothing is
+    /// written: the transaction is aborted.
+    pub(crate) fn with_ids_held(
+        &self,
+        sweep: impl FnOnce(&std::collections::HashSet<u64>) -> Result<()>,
+    ) -> Result<()> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let mut ids = std::collections::HashSet::new();
+        {
+            let table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+            for entry in table.iter().map_err(db_error)? {
+                let (key, value) = entry.map_err(db_error)?;
+                ids.insert(decode(key.value(), value.value())?.id);
+            }
+        }
+        let swept = sweep(&ids);
+        txn.abort().map_err(db_error)?;
+        swept
+    }
 }

@@ -491,3 +491,65 @@ async fn overlay_batches_are_all_or_nothing() {
     mount::unmount(target.path()).unwrap();
     assert_eq!((both.0.unwrap(), both.1.unwrap()), ("1".into(), "2".into()));
 }
+
+/// The numbered snapshot directories under `root/snapshots`.
+fn numbered_dirs(root: &Path) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.parse::<u64>().is_ok())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A process killed inside `remove`, after the record went and before the
+/// directory did, leaves a directory nothing names; the next open removes it
+/// and nothing else.
+#[tokio::test]
+async fn a_directory_a_killed_remove_left_goes_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s = NativeSnapshotter::open(root).unwrap();
+    for key in ["doomed", "kept"] {
+        let mounts = s
+            .prepare(&format!("{key}-active"), None, Labels::new())
+            .await
+            .unwrap();
+        std::fs::write(mounts[0].source.join("file"), key).unwrap();
+        s.commit(key, &format!("{key}-active"), Labels::new())
+            .await
+            .unwrap();
+    }
+    let before = numbered_dirs(root);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let doomed_dir = before
+        .iter()
+        .map(|id| root.join("snapshots").join(id))
+        .find(|d| std::fs::read(d.join("file")).unwrap() == b"doomed")
+        .unwrap();
+    // Keep a copy to put back, as the kill would have left it.
+    let copy = root.join("copy");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&doomed_dir)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    s.remove("doomed").await.unwrap();
+    std::fs::rename(&copy, &doomed_dir).unwrap();
+    drop(s);
+
+    let s = NativeSnapshotter::open(root).unwrap();
+    assert!(!doomed_dir.exists(), "the orphan is removed");
+    assert_eq!(numbered_dirs(root).len(), 1);
+    let mounts = s.view("look", Some("kept"), Labels::new()).await.unwrap();
+    assert_eq!(
+        std::fs::read(mounts[0].source.join("file")).unwrap(),
+        b"kept"
+    );
+}
