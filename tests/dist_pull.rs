@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{dist, dist_binary, gzip, ingest, ok};
@@ -313,20 +313,7 @@ fn a_pull_killed_mid_layer_resumes_on_rerun() {
     let work = tempfile::tempdir().unwrap();
     let (_registry, _proxy, reference) = dripping_registry(work.path());
     let root = work.path().join("store");
-    let mut child = Command::new(dist_binary())
-        .args(["--root", root.to_str().unwrap(), "pull", &reference])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ingested(&root) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the big layer's ingest never progressed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = pull_mid_layer(&root, &[], &reference, Stdio::null());
     child.kill().unwrap();
     child.wait().unwrap();
     let out = ok(dist(&root, &["pull", &reference], b""));
@@ -353,33 +340,19 @@ fn a_prune_during_a_pull_keeps_what_the_pull_relies_on() {
     let work = tempfile::tempdir().unwrap();
     let (_registry, _proxy, reference) = dripping_registry(work.path());
     let root = work.path().join("store");
-    let root_arg = root.to_str().unwrap();
-    let pull = Command::new(dist_binary())
-        .args([
-            "--root",
-            root_arg,
-            "--snapshotter",
-            "native",
-            "pull",
-            &reference,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ingested(&root) == 0 {
-        assert!(Instant::now() < deadline, "the big layer never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pull = pull_mid_layer(
+        &root,
+        &["--snapshotter", "native"],
+        &reference,
+        Stdio::piped(),
+    );
     // The manifest, the config and the small layers are in, not yet named.
-    let prune = |args: &[&str]| {
-        let mut all = vec!["--snapshotter", "native", "prune", "--grace", "0s"];
-        all.extend_from_slice(args);
-        ok(dist(&root, &all, b""))
-    };
     for _ in 0..3 {
-        let pruned = prune(&[]);
+        let pruned = ok(dist(
+            &root,
+            &["--snapshotter", "native", "prune", "--grace", "0s"],
+            b"",
+        ));
         assert!(
             pruned.contains("removed 0 native snapshots") && pruned.contains("removed 0 blobs"),
             "{pruned}"
@@ -410,17 +383,7 @@ fn a_prune_during_a_pull_keeps_what_the_pull_relies_on() {
 
     // A killed pull's lease dies with it: the next prune takes its leftovers.
     let other = work.path().join("other");
-    let mut killed = Command::new(dist_binary())
-        .args(["--root", other.to_str().unwrap(), "pull", &reference])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ingested(&other) == 0 {
-        assert!(Instant::now() < deadline, "the big layer never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut killed = pull_mid_layer(&other, &[], &reference, Stdio::null());
     killed.kill().unwrap();
     killed.wait().unwrap();
     let pruned = ok(dist(&other, &["prune", "--grace", "0s"], b""));
@@ -442,21 +405,33 @@ fn ingested(root: &Path) -> u64 {
         .sum()
 }
 
-/// Sends `signal` to a pull once it has written bytes, and returns how the
-/// pull ended.
-fn interrupt_pull(root: &Path, reference: &str, signal: libc::c_int) -> Output {
+/// Starts `dist [args] pull reference` and returns it once it has written
+/// bytes of a big layer beyond what `root`'s ingests held before.
+fn pull_mid_layer(root: &Path, args: &[&str], reference: &str, stderr: Stdio) -> Child {
     let before = ingested(root);
     let child = Command::new(dist_binary())
-        .args(["--root", root.to_str().unwrap(), "pull", reference])
+        .args(["--root", root.to_str().unwrap()])
+        .args(args)
+        .args(["pull", reference])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while ingested(root) <= before {
-        assert!(Instant::now() < deadline, "the pull wrote nothing");
+        assert!(
+            Instant::now() < deadline,
+            "the big layer's ingest never progressed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+/// Sends `signal` to a pull once it has written bytes, and returns how the
+/// pull ended.
+fn interrupt_pull(root: &Path, reference: &str, signal: libc::c_int) -> Output {
+    let child = pull_mid_layer(root, &[], reference, Stdio::piped());
     // SAFETY: the pid is our own child's, which has not been waited for.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
     child.wait_with_output().unwrap()

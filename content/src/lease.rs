@@ -97,13 +97,14 @@ impl Resource {
                 let mut key = String::with_capacity(value.len());
                 let mut chars = value.chars();
                 while let Some(c) = chars.next() {
-                    match (c, c == '\\') {
-                        (_, true) => match chars.next()? {
-                            'n' => key.push('\n'),
-                            '\\' => key.push('\\'),
-                            _ => return None,
-                        },
-                        (c, false) => key.push(c),
+                    if c != '\\' {
+                        key.push(c);
+                        continue;
+                    }
+                    match chars.next()? {
+                        'n' => key.push('\n'),
+                        '\\' => key.push('\\'),
+                        _ => return None,
                     }
                 }
                 Some(Resource::Snapshot(key))

@@ -382,9 +382,14 @@ pub(crate) async fn prune(
     };
     // Held from before the images are read until the last removal: what a
     // pull running meanwhile relies on is kept, however young or old.
-    let held = leases
-        .hold()
-        .map_err(|e| Failure::new("prune: leases", e))?;
+    // hold() waits for the lock: off the async workers.
+    let held = tokio::task::spawn_blocking({
+        let leases = leases.clone();
+        move || leases.hold()
+    })
+    .await
+    .map_err(|e| Failure::new("prune: leases", e))?
+    .map_err(|e| Failure::new("prune: leases", e))?;
     if held.expired() > 0 {
         report!("removed {} expired leases", held.expired());
     }

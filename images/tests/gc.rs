@@ -276,33 +276,20 @@ async fn leased_blobs_are_roots() {
     let lease = leases.acquire().await.unwrap();
     lease.add_content(pulled.manifest.digest()).await.unwrap();
 
-    let held = leases.hold().unwrap();
-    let report = gc(
-        &store,
-        &images,
-        &GcOptions {
-            roots: held.content().clone(),
-            ..now()
-        },
-    )
-    .await
-    .unwrap();
-    drop(held);
+    // As a collector does: the live leases' blobs are roots, held throughout.
+    let collect = async || {
+        let held = leases.hold().unwrap();
+        let roots = held.content().clone();
+        gc(&store, &images, &GcOptions { roots, ..now() })
+            .await
+            .unwrap()
+    };
+    let report = collect().await;
     assert!(report.blobs.is_empty(), "{report:?}");
     assert_eq!(report.reachable, 2 + pulled.layers.len());
 
     // The lease ends (the pull named its image, or died): nothing holds them.
     drop(lease);
-    let held = leases.hold().unwrap();
-    let report = gc(
-        &store,
-        &images,
-        &GcOptions {
-            roots: held.content().clone(),
-            ..now()
-        },
-    )
-    .await
-    .unwrap();
+    let report = collect().await;
     assert_eq!(report.blobs.len(), 2 + pulled.layers.len());
 }
