@@ -3,30 +3,27 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{dist, ingest, ok};
 
 use ocidist::content::sha256_of;
-use ocidist::remotes::testkit::Registry;
+use ocidist::remotes::testkit::{Registry, TestCertificates};
 
-/// Ingests `bytes` into the store at `root`; returns its descriptor as JSON.
-#[test]
-fn push_fetch_list_check_and_prune_an_image() {
-    let registry =
-        Registry::start().expect("the registry must start (apt-get install docker-registry)");
-    let dir = tempfile::tempdir().unwrap();
-    let builder = dir.path().join("builder");
+/// Ingests a one-layer arm64 image into the store at `builder`; returns
+/// its manifest's digest and bytes.
+fn build_image(builder: &Path) -> (String, String) {
     let layer_bytes: Vec<u8> = (0..500_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
         .collect();
     let layer = ingest(
-        &builder,
+        builder,
         "application/vnd.oci.image.layer.v1.tar+gzip",
         &layer_bytes,
     );
     let config = ingest(
-        &builder,
+        builder,
         "application/vnd.oci.image.config.v1+json",
         br#"{"architecture":"arm64","variant":"v8","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
     );
@@ -38,11 +35,22 @@ fn push_fetch_list_check_and_prune_an_image() {
     })
     .to_string();
     let manifest = ingest(
-        &builder,
+        builder,
         "application/vnd.oci.image.manifest.v1+json",
         manifest_bytes.as_bytes(),
     );
-    let manifest_digest = manifest["digest"].as_str().unwrap();
+    let digest = manifest["digest"].as_str().unwrap().to_string();
+    (digest, manifest_bytes)
+}
+
+#[test]
+fn push_fetch_list_check_and_prune_an_image() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let (manifest_digest, manifest_bytes) = build_image(&builder);
+    let manifest_digest = manifest_digest.as_str();
 
     let reference = format!("{}/e2e/app:1", registry.host());
     let pushed = ok(dist(&builder, &["push", &reference, manifest_digest], b""));
@@ -151,5 +159,91 @@ fn push_fetch_list_check_and_prune_an_image() {
         stderr.starts_with(&format!("dist: fetch {}/e2e/app:nope: ", registry.host()))
             && stderr.contains("404"),
         "{stderr}"
+    );
+    assert!(
+        !common::stdout(&missing).contains("elapsed:"),
+        "no success footer on a failure: {}",
+        common::stdout(&missing)
+    );
+}
+
+/// ctr's TLS flags against a registry that requires client certificates:
+/// `--tlscacert`, `--tlscert`, `--tlskey`, `-k`, and Docker's certs.d
+/// layout through `--hosts-dir`.
+#[test]
+fn tls_flags_reach_a_registry_that_requires_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCertificates::write(dir.path()).unwrap();
+    let registry = Registry::start_tls_requiring_client_certs(&certs)
+        .expect("the registry must start (apt-get install docker-registry)");
+    let builder = dir.path().join("builder");
+    let (manifest_digest, _) = build_image(&builder);
+    // A loopback registry, spoken to over HTTPS because TLS flags are given.
+    let reference = format!("{}/mtls/app:1", registry.host());
+    let ca = certs.ca.to_str().unwrap();
+    let cert = certs.client_cert.to_str().unwrap();
+    let key = certs.client_key.to_str().unwrap();
+    let tls = ["--tlscacert", ca, "--tlscert", cert, "--tlskey", key];
+
+    let pushed = ok(dist(
+        &builder,
+        &[&tls[..], &["push", &reference, &manifest_digest]].concat(),
+        b"",
+    ));
+    assert!(pushed.trim_end().ends_with(&manifest_digest), "{pushed}");
+
+    let store = dir.path().join("store");
+    let refused = dist(&store, &["--tlscacert", ca, "fetch", &reference], b"");
+    assert_eq!(refused.status.code(), Some(1), "no client certificate");
+    let said = common::stderr(&refused);
+    assert!(
+        said.contains("BadCertificate") || said.contains("CertificateRequired"),
+        "the TLS alert is said: {said}"
+    );
+    ok(dist(
+        &store,
+        &[
+            "-k",
+            "--tlscert",
+            cert,
+            "--tlskey",
+            key,
+            "fetch",
+            &reference,
+        ],
+        b"",
+    ));
+    let listed = ok(dist(&store, &["images", "-q"], b""));
+    assert_eq!(listed.trim(), reference);
+
+    let certs_d = dir.path().join("certs.d");
+    certs
+        .write_docker_certs_dir(&certs_d.join(registry.host()))
+        .unwrap();
+    let object = dist(
+        &dir.path().join("other"),
+        &[
+            "--hosts-dir",
+            certs_d.to_str().unwrap(),
+            "fetch-object",
+            &format!("{}/mtls/app", registry.host()),
+            "1",
+        ],
+        b"",
+    );
+    assert_eq!(sha256_of(&object.stdout).to_string(), manifest_digest);
+
+    let usage = dist(&store, &["--tlskey", key, "list"], b"");
+    assert_eq!(usage.status.code(), Some(2), "--tlskey needs --tlscert");
+    let unreadable = dist(
+        &store,
+        &["--tlscacert", "/nonexistent.pem", "fetch", &reference],
+        b"",
+    );
+    assert_eq!(unreadable.status.code(), Some(1));
+    assert!(
+        common::stderr(&unreadable).contains("/nonexistent.pem"),
+        "{}",
+        common::stderr(&unreadable)
     );
 }

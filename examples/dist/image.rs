@@ -93,11 +93,22 @@ pub(crate) struct PruneArgs {
 pub(crate) struct Remote {
     pub(crate) plain_http: bool,
     pub(crate) hosts_dir: Option<std::path::PathBuf>,
+    /// `--tlscacert`, `--tlscert`, `--tlskey`, `--skip-verify`.
+    pub(crate) tls: Tls,
     /// `--ranges`: parallel ranged requests per large blob.
     pub(crate) ranges: Option<usize>,
     pub(crate) platform: Platform,
     /// `--unpack-concurrency`: layers applied at once (overlay).
     pub(crate) unpack_concurrency: usize,
+}
+
+/// TLS settings for every registry (a hosts directory adds per-host ones).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tls {
+    pub(crate) ca_files: Vec<std::path::PathBuf>,
+    pub(crate) cert: Option<std::path::PathBuf>,
+    pub(crate) key: Option<std::path::PathBuf>,
+    pub(crate) skip_verify: bool,
 }
 
 impl Remote {
@@ -109,7 +120,8 @@ impl Remote {
         }
     }
 
-    pub(crate) fn resolver(&self) -> DockerResolver {
+    /// The resolver for these settings; fails when a TLS file is unusable.
+    pub(crate) fn resolver(&self) -> Result<DockerResolver, Failure> {
         let plain = if self.plain_http {
             PlainHttp::Always
         } else {
@@ -132,17 +144,27 @@ impl Remote {
                 ..RangedFetch::default()
             });
         }
-        match &self.hosts_dir {
+        if !self.tls.ca_files.is_empty() || self.tls.skip_verify {
+            resolver = resolver
+                .tls(&self.tls.ca_files, self.tls.skip_verify)
+                .map_err(|e| Failure::new("TLS settings", e))?;
+        }
+        if let Some(cert) = &self.tls.cert {
+            resolver = resolver
+                .client_certificate(cert, self.tls.key.as_deref())
+                .map_err(|e| Failure::new("TLS settings", e))?;
+        }
+        Ok(match &self.hosts_dir {
             Some(dir) => resolver.hosts_dir(dir),
             None => resolver,
-        }
+        })
     }
 }
 
 pub(crate) async fn fetch_object_cmd(remote: &Remote, args: FetchObjectArgs) -> CmdResult {
     let what = format!("fetch-object {} {}", args.locator, args.object);
     let hints: Vec<&str> = args.hints.iter().map(String::as_str).collect();
-    let (_, mut stream) = fetch_object(&remote.resolver(), &args.locator, &args.object, &hints)
+    let (_, mut stream) = fetch_object(&remote.resolver()?, &args.locator, &args.object, &hints)
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;
     let mut stdout = crate::output::stdout();
@@ -164,8 +186,8 @@ pub(crate) async fn fetch(
 ) -> CmdResult {
     let what = format!("fetch {}", args.reference);
     let content = LeasedStore::new(stores.content.clone(), lease);
+    let resolver = remote.resolver()?;
     let progress = Progress::start(Some(&stores.content));
-    let resolver = remote.resolver();
     let matcher: Box<dyn Matcher> = if args.all_platforms {
         Box::new(platforms::all())
     } else {
@@ -183,7 +205,7 @@ pub(crate) async fn fetch(
         Some(progress.fetch_events()),
     )
     .await;
-    progress.finish().await;
+    progress.finish(result.is_ok()).await;
     let image = result.map_err(|e| Failure::new(what, e))?;
     report!("{} {}", image.name, image.target.digest());
     Ok(())
@@ -196,7 +218,7 @@ pub(crate) async fn push(stores: &Stores, remote: &Remote, args: PushArgs) -> Cm
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;
     let pushed = push_image(
-        &remote.resolver(),
+        &remote.resolver()?,
         &stores.content,
         &args.reference,
         &target,

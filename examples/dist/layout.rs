@@ -296,7 +296,7 @@ pub(crate) async fn unpack_cmd(
         options,
     )
     .await;
-    progress.finish().await;
+    progress.finish(chain_id.is_ok()).await;
     let chain_id = chain_id.map_err(|e| fail(e.into()))?;
     // The answer, even with --quiet, as `apply` prints its diff ID.
     crate::output::outln!("{chain_id}");

@@ -52,9 +52,23 @@ struct Cli {
     #[arg(long, global = true)]
     plain_http: bool,
     /// containerd-style registry hosts configuration: DIR/<registry>/hosts.toml
-    /// (mirrors, capabilities, CA files, headers).
+    /// (mirrors, capabilities, CA files, client certificates, headers), or
+    /// Docker's certs.d layout (DIR/<registry>/*.crt, *.cert, *.key).
     #[arg(long, global = true, value_name = "DIR")]
     hosts_dir: Option<PathBuf>,
+    /// Trust the CA certificates in this PEM file too (repeatable).
+    #[arg(long, global = true, value_name = "FILE")]
+    tlscacert: Vec<PathBuf>,
+    /// Present this client certificate (PEM) to registries that ask for one.
+    #[arg(long, global = true, value_name = "FILE")]
+    tlscert: Option<PathBuf>,
+    /// The private key of --tlscert, when it is not in the same file.
+    #[arg(long, global = true, value_name = "FILE", requires = "tlscert")]
+    tlskey: Option<PathBuf>,
+    /// Accept any registry certificate (for test registries: digests still
+    /// catch changed content, but anyone in the middle can read it).
+    #[arg(long, short = 'k', global = true)]
+    skip_verify: bool,
     /// Fetch each blob of 64 MiB or more as N parallel 4 MiB ranged requests
     /// (1: one request per blob). Default: 4 for remote registries, 1 for
     /// loopback ones, where one stream is never the bottleneck.
@@ -264,6 +278,12 @@ async fn run(cli: Cli) -> CmdResult {
     let remote = image::Remote {
         plain_http: cli.plain_http,
         hosts_dir: cli.hosts_dir.clone(),
+        tls: image::Tls {
+            ca_files: cli.tlscacert.clone(),
+            cert: cli.tlscert.clone(),
+            key: cli.tlskey.clone(),
+            skip_verify: cli.skip_verify,
+        },
         ranges: cli.ranges,
         platform: cli.platform.clone().unwrap_or_else(Platform::host),
         unpack_concurrency: cli.unpack_concurrency,

@@ -80,11 +80,12 @@ impl Progress {
     }
 
     /// Waits for the display to draw the last event (every sender must be
-    /// gone), then prints the footer: `elapsed: 1.6 s total: 51.2 MiB (32.0 MiB/s)`.
-    pub(crate) async fn finish(self) {
+    /// gone), then, if the work `succeeded`, prints the footer: `elapsed:
+    /// 1.6 s total: 51.2 MiB (32.0 MiB/s)` (a failure is said on stderr only).
+    pub(crate) async fn finish(self, succeeded: bool) {
         drop(self.events);
         let total = self.task.await.unwrap_or(0);
-        if output::quiet() {
+        if output::quiet() || !succeeded {
             return;
         }
         let elapsed = self.started.elapsed().as_secs_f64();

@@ -58,6 +58,7 @@ pub(crate) async fn pull_cmd(
     let content = LeasedStore::new(stores.content.clone(), lease.clone());
     let snapshotter = LeasedSnapshotter::new(snapshotter.clone(), lease);
     let what = format!("pull {}", args.reference);
+    let resolver = remote.resolver()?;
     let progress = Progress::start(Some(&stores.content));
     let matcher: Arc<dyn Matcher> = Arc::new(platforms::only(&remote.platform));
     let options = PullOptions {
@@ -67,7 +68,7 @@ pub(crate) async fn pull_cmd(
         events: Some(progress.events()),
     };
     let result = pull(
-        &remote.resolver(),
+        &resolver,
         &content,
         &stores.images,
         &snapshotter,
@@ -75,7 +76,7 @@ pub(crate) async fn pull_cmd(
         options,
     )
     .await;
-    progress.finish().await;
+    progress.finish(result.is_ok()).await;
     let pulled = result.map_err(|e| Failure::new(what, e))?;
     report!("{} {}", pulled.image.name, pulled.image.target.digest());
     report!("unpacked: {}", pulled.chain_id);

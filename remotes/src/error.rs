@@ -41,6 +41,14 @@ pub enum Error {
         /// The start of the response body (registries explain errors there).
         body: String,
     },
+    /// A CA or client certificate file that cannot be read or used.
+    #[error("{}: {reason}", path.display())]
+    TlsConfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The registry's bytes or headers contradict what was asked for.
     #[error("{url}: {reason}")]
     Protocol {
@@ -62,6 +70,7 @@ impl Error {
             Error::Content(e) => e.kind(),
             Error::Images(e) => e.kind(),
             Error::Connect { .. } => ErrorKind::Unavailable,
+            Error::TlsConfig { .. } => ErrorKind::InvalidArgument,
             Error::Status { status, .. } => match status.as_u16() {
                 404 => ErrorKind::NotFound,
                 400 | 405 | 415 => ErrorKind::InvalidArgument,

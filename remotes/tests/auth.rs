@@ -6,11 +6,12 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{image, push_all};
+use common::{fetch_all, image, push_all};
 use ocidist_content::ErrorKind;
 use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::docker::auth::{Credential, StaticCredentials};
+use ocidist_remotes::source::source_label_key;
 use ocidist_remotes::testkit::{Fault, FaultProxy, Registry, TokenServer, find_binary};
 use tokio::io::AsyncWriteExt;
 
@@ -127,6 +128,46 @@ async fn bearer_tokens_from_a_token_service() {
     // Anonymous pull works too, with its own token.
     let (_, desc) = anonymous.resolve(&format!("{repo}:1")).await.unwrap();
     assert_eq!(desc.digest(), blobs[2].desc.digest());
+}
+
+/// A mount needs pull on the source repository as well as push on the
+/// target: the registry's challenge lists both, separated by a space, and
+/// the token is asked for with one `scope` parameter each (the token
+/// specification's form; the test kit's token service reads it strictly).
+#[tokio::test]
+async fn a_mount_under_token_auth_asks_for_each_scope() {
+    let (_dir, _tokens, registry) = token_registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let host = proxy.host();
+    let bob = resolver_for(&host, "bob", "pa55");
+    let blobs = image(false, "linux/arm64", 50_000);
+    let layer = &blobs[0];
+    let pusher = bob.pusher(&format!("{host}/team/source:1")).await.unwrap();
+    push_all(pusher.as_ref(), std::slice::from_ref(layer)).await;
+
+    let mut desc = layer.desc.clone();
+    desc.set_annotations(Some(
+        [(source_label_key(&host), "team/source".to_string())].into(),
+    ));
+    let before = proxy.log().len();
+    let pusher = bob.pusher(&format!("{host}/team/target:1")).await.unwrap();
+    let err = pusher.push(&desc).await.err().expect("mounted");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    let log = proxy.log()[before..].to_vec();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST /v2/team/target/blobs/uploads/?mount=")),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.starts_with("PUT ")),
+        "nothing uploaded: {log:#?}"
+    );
+    let fetcher = bob.fetcher(&format!("{host}/team/target:1")).await.unwrap();
+    assert_eq!(
+        fetch_all(fetcher.as_ref(), &layer.desc, 0).await,
+        layer.bytes
+    );
 }
 
 /// A token the registry stops honouring before its `expires_in` is over

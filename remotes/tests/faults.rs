@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{push_multi, registry, stores};
+use common::{fetch_all, push_multi, registry, stores};
 use ocidist_content::{ErrorKind, IngestManager, Manager};
 use ocidist_images::platforms::{Platform, only};
 use ocidist_remotes::docker::DockerResolver;
@@ -283,4 +283,43 @@ async fn a_digest_is_looked_for_among_blobs_only_when_no_manifest_has_it() {
         "{:#?}",
         proxy.log()
     );
+}
+
+/// Registries that answer 200 or 204 where the specification says 201 or
+/// 202 (containerd accepts these too) still take a push, whole and right.
+#[tokio::test]
+async fn a_push_accepts_the_statuses_registries_really_send() {
+    let registry = registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    proxy.add(
+        Some("POST"),
+        "/blobs/uploads/",
+        100,
+        Fault::ReplaceStatus(200),
+    );
+    proxy.add(
+        Some("PUT"),
+        "/blobs/uploads/",
+        100,
+        Fault::ReplaceStatus(204),
+    );
+    proxy.add(Some("PUT"), "/manifests/", 100, Fault::ReplaceStatus(200));
+    let resolver = DockerResolver::new();
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &format!("{}/lenient/app", proxy.host()),
+        "1",
+    )
+    .await;
+    let puts = proxy.log().iter().filter(|l| l.starts_with("PUT ")).count();
+    assert_eq!(puts, pushed.len(), "every blob and manifest went through");
+
+    // Read back from the registry itself: every object is there.
+    let repo = format!("{}/lenient/app", registry.host());
+    let (_, index) = resolver.resolve(&format!("{repo}:1")).await.unwrap();
+    assert_eq!(index.digest(), pushed.last().unwrap().desc.digest());
+    let fetcher = resolver.fetcher(&repo).await.unwrap();
+    for blob in &pushed {
+        assert_eq!(fetch_all(fetcher.as_ref(), &blob.desc, 0).await, blob.bytes);
+    }
 }

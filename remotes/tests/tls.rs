@@ -1,49 +1,28 @@
 //! HTTPS to the real registry with a certificate from a CA generated here:
-//! refused without the CA, accepted with it.
+//! refused without the CA, accepted with it; and a registry that requires
+//! client certificates (mutual TLS), configured as containerd and Docker
+//! users already do.
 
 mod common;
 
-use std::path::Path;
-
-use common::{image, push_all};
+use common::{fetch_all, image, push_all};
 use ocidist_content::ErrorKind;
 use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::{DockerResolver, PlainHttp};
 use ocidist_remotes::testkit::Registry;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-
-/// Writes `ca.pem`, `server.pem` and `server.key` (for 127.0.0.1) into `dir`.
-fn make_certificates(dir: &Path) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let server_cert = params.signed_by(&server_key, &issuer).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server_cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-}
+use ocidist_remotes::testkit::TestCertificates;
 
 #[tokio::test]
 async fn https_needs_the_ca_and_works_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    make_certificates(dir.path());
-    let registry = Registry::start_tls(
-        &dir.path().join("server.pem"),
-        &dir.path().join("server.key"),
-    )
-    .expect("the registry must start with TLS (apt-get install docker-registry)");
+    let certs = TestCertificates::write(dir.path()).unwrap();
+    let registry = Registry::start_tls(&certs.server_cert, &certs.server_key)
+        .expect("the registry must start with TLS (apt-get install docker-registry)");
     let repo = format!("{}/tls/app", registry.host());
 
     let trusting = DockerResolver::new()
         .plain_http(PlainHttp::Never)
-        .tls(&[dir.path().join("ca.pem")], false)
+        .tls(std::slice::from_ref(&certs.ca), false)
         .unwrap();
     let blobs = image(false, "linux/amd64", 1000);
     let pusher = trusting.pusher(&format!("{repo}:1")).await.unwrap();
@@ -65,4 +44,81 @@ async fn https_needs_the_ca_and_works_with_it() {
         .tls(&[], true)
         .unwrap();
     assert!(careless.resolve(&format!("{repo}:1")).await.is_ok());
+}
+
+/// A registry that requires client certificates: refused with the CA alone;
+/// served with the certificate given to the resolver, in a `hosts.toml`
+/// (`client` pair, the `host_port_` directory form) or in Docker's
+/// `certs.d` layout (`ca.crt`, `client.cert`, `client.key`).
+#[tokio::test]
+async fn client_certificates_from_every_place_users_keep_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCertificates::write(dir.path()).unwrap();
+    let registry = Registry::start_tls_requiring_client_certs(&certs)
+        .expect("the registry must start with TLS (apt-get install docker-registry)");
+    let host = registry.host();
+    let reference = format!("{host}/mtls/app:1");
+
+    // TLS settings on the resolver: HTTPS for this loopback registry.
+    let anonymous = DockerResolver::new()
+        .tls(std::slice::from_ref(&certs.ca), false)
+        .unwrap();
+    let err = anonymous.resolve(&reference).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+
+    let with_cert = anonymous
+        .clone()
+        .client_certificate(&certs.client_cert, Some(&certs.client_key))
+        .unwrap();
+    let blobs = image(false, "linux/amd64", 1000);
+    push_all(with_cert.pusher(&reference).await.unwrap().as_ref(), &blobs).await;
+    let (_, desc) = with_cert.resolve(&reference).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+
+    // Docker's certs.d: no hosts.toml, files by their extensions; they also
+    // say that this loopback registry speaks TLS.
+    let certs_d = tempfile::tempdir().unwrap();
+    let host_dir = certs_d.path().join(&host);
+    certs.write_docker_certs_dir(&host_dir).unwrap();
+    let docker_layout = DockerResolver::new().hosts_dir(certs_d.path());
+    let fetcher = docker_layout.fetcher(&reference).await.unwrap();
+    let layer = fetch_all(fetcher.as_ref(), &blobs[0].desc, 0).await;
+    assert_eq!(layer, blobs[0].bytes);
+    // Without the client certificate the same directory is refused.
+    std::fs::remove_file(host_dir.join("client.cert")).unwrap();
+    let err = DockerResolver::new()
+        .hosts_dir(certs_d.path())
+        .resolve(&reference)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+
+    // containerd's hosts.toml, in the `host_port_` directory, which is
+    // looked at first; paths relative to the file.
+    let hosts = tempfile::tempdir().unwrap();
+    let (ip, port) = host.rsplit_once(':').unwrap();
+    let toml_dir = hosts.path().join(format!("{ip}_{port}_"));
+    std::fs::create_dir(&toml_dir).unwrap();
+    for name in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::copy(dir.path().join(name), toml_dir.join(name)).unwrap();
+    }
+    std::fs::write(
+        toml_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{host}\"\nca = \"ca.pem\"\nclient = [[\"client.pem\", \"client.key\"]]\ndial_timeout = \"5s\"\n"
+        ),
+    )
+    .unwrap();
+    let containerd_layout = DockerResolver::new().hosts_dir(hosts.path());
+    let (_, desc) = containerd_layout.resolve(&reference).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+
+    // A key that is no PEM is a configuration error naming the file.
+    let broken_key = dir.path().join("broken.key");
+    std::fs::write(&broken_key, "not a key").unwrap();
+    let err = DockerResolver::new()
+        .client_certificate(&certs.client_cert, Some(&broken_key))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("client.pem"), "{err}");
 }

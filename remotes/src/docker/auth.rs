@@ -330,28 +330,30 @@ impl Authorizer {
             .get("scope")
             .cloned()
             .unwrap_or_else(|| scope.to_string());
+        // The challenge lists scopes separated by spaces (a mount asks for the
+        // source's pull too); the token spec wants each as a `scope` parameter.
+        let scopes: Vec<(&str, &str)> = scope.split_whitespace().map(|s| ("scope", s)).collect();
         let mut response = None;
         // No user name: an identity token (`docker login` with a token, ACR),
         // which only the OAuth2 refresh-token grant takes, as in containerd.
         let identity_token = credential.filter(|c| c.username.is_empty());
         if let Some(credential) = credential {
-            let form: Vec<(&str, &str)> = match identity_token {
+            let mut form: Vec<(&str, &str)> = match identity_token {
                 Some(token) => vec![
                     ("grant_type", "refresh_token"),
                     ("refresh_token", token.secret.as_str()),
                     ("service", service.as_str()),
-                    ("scope", scope.as_str()),
                     ("client_id", "ocidist"),
                 ],
                 None => vec![
                     ("grant_type", "password"),
                     ("service", service.as_str()),
-                    ("scope", scope.as_str()),
                     ("client_id", "ocidist"),
                     ("username", credential.username.as_str()),
                     ("password", credential.secret.as_str()),
                 ],
             };
+            form.extend(&scopes);
             let body: String = form
                 .iter()
                 .map(|(k, v)| format!("{k}={}", urlencode(v)))
@@ -377,11 +379,10 @@ impl Authorizer {
             Some(response) => response,
             None => {
                 let separator = if realm.contains('?') { '&' } else { '?' };
-                let url = format!(
-                    "{realm}{separator}service={}&scope={}",
-                    urlencode(&service),
-                    urlencode(&scope)
-                );
+                let mut url = format!("{realm}{separator}service={}", urlencode(&service));
+                for (name, value) in &scopes {
+                    url.push_str(&format!("&{name}={}", urlencode(value)));
+                }
                 let mut get = client.get(url);
                 if let Some(credential) = credential {
                     get = get.header(header::AUTHORIZATION, basic(credential));

@@ -1,5 +1,5 @@
 //! Per-registry host configuration in containerd's layout:
-//! `<hosts_dir>/<registry>/hosts.toml` (or `<hosts_dir>/_default/hosts.toml`).
+//! `<hosts_dir>/<registry>/hosts.toml`.
 //!
 //! ```toml
 //! server = "https://registry-1.docker.io"     # the upstream (optional)
@@ -7,10 +7,28 @@
 //! [host."https://mirror.example.com"]         # tried first, in file order
 //!   capabilities = ["pull", "resolve"]
 //!   ca = "/etc/certs/mirror.pem"              # or a list of files
+//!   client = [["/etc/certs/me.cert", "/etc/certs/me.key"]]
 //!   skip_verify = false
+//!   dial_timeout = "5s"
 //!   [host."https://mirror.example.com".header]
 //!     x-team = "build"
 //! ```
+//!
+//! The directory for a registry is the first that exists of
+//! `<hosts_dir>/<host>_<port>_` (for a registry with a port),
+//! `<hosts_dir>/<host:port>` and `<hosts_dir>/_default`, as containerd looks.
+//! A directory without a `hosts.toml` (or with an empty one) is read in
+//! Docker's `certs.d` layout, so `/etc/docker/certs.d` works as it is:
+//! `*.crt` files are CA certificates, and each `*.cert` file is a client
+//! certificate whose key is the `*.key` file of the same name (or inside the
+//! `.cert` file when there is none). Such files make the registry's default
+//! scheme HTTPS, for loopback registries too.
+//!
+//! `client` is a file holding a certificate and its key, a list of such
+//! files, or a list of `[certificate, key]` pairs. One client certificate is
+//! presented per host: the first listed (the TLS library offers one).
+//! `dial_timeout` is a Go duration (`500ms`, `1m30s`) bounding how long a
+//! connection may take to open.
 //!
 //! Mirrors are tried in order, then the upstream. As in containerd, a host
 //! without `capabilities` may do everything, pushes included (list them for a
@@ -21,6 +39,7 @@
 //! `/v2` would be.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -78,12 +97,25 @@ pub struct Endpoint {
     pub capabilities: Capabilities,
     /// Extra CA certificates (PEM files).
     pub ca_files: Vec<PathBuf>,
+    /// Client certificates for TLS client authentication; the first is used.
+    pub client_certs: Vec<ClientCert>,
     /// Accept any certificate.
     pub skip_verify: bool,
+    /// How long opening a connection may take (the resolver's default when `None`).
+    pub dial_timeout: Option<Duration>,
     /// Headers sent with every request.
     pub headers: Vec<(String, String)>,
     /// The URL is the API root itself: do not append `/v2`.
     pub override_path: bool,
+}
+
+/// A client certificate presented to a registry that asks for one (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientCert {
+    /// PEM certificate (and chain); it also holds the private key when `key` is `None`.
+    pub cert: PathBuf,
+    /// The PEM private key, when it is in a file of its own.
+    pub key: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -93,10 +125,21 @@ impl Endpoint {
             url,
             capabilities: Capabilities::ALL,
             ca_files: Vec::new(),
+            client_certs: Vec::new(),
             skip_verify: false,
+            dial_timeout: None,
             headers: Vec::new(),
             override_path: false,
         }
+    }
+
+    /// True when the endpoint asks for a connection of its own: CA files, a
+    /// client certificate, no verification or a dial timeout.
+    pub fn has_connection_settings(&self) -> bool {
+        !self.ca_files.is_empty()
+            || !self.client_certs.is_empty()
+            || self.skip_verify
+            || self.dial_timeout.is_some()
     }
 
     /// The API root: `<url>/v2`, or `<url>` with `override_path` or when the
@@ -122,26 +165,87 @@ impl Endpoint {
 #[derive(Debug, Default, Deserialize)]
 struct File {
     server: Option<String>,
-    capabilities: Option<Vec<String>>,
-    #[serde(default)]
-    override_path: bool,
-    ca: Option<OneOrMany>,
-    skip_verify: Option<bool>,
-    #[serde(default)]
-    header: toml::Table,
+    #[serde(flatten)]
+    settings: HostEntry,
     #[serde(default)]
     host: toml::Table,
 }
 
+/// What the top level (for the upstream) and each `[host."…"]` may set.
 #[derive(Debug, Default, Deserialize)]
 struct HostEntry {
     capabilities: Option<Vec<String>>,
     ca: Option<OneOrMany>,
+    client: Option<ClientField>,
     skip_verify: Option<bool>,
+    dial_timeout: Option<String>,
     #[serde(default)]
     header: toml::Table,
     #[serde(default)]
     override_path: bool,
+}
+
+impl HostEntry {
+    /// The endpoint at `url` (as written) configured by this entry; paths
+    /// are relative to `base`.
+    fn endpoint(self, url: &str, base: &Path) -> std::result::Result<Endpoint, String> {
+        let capabilities = match self.capabilities.as_deref() {
+            // containerd's default, for host entries and the upstream alike.
+            None => Capabilities::ALL,
+            Some(names) => Capabilities::parse(names)?,
+        };
+        let dial_timeout = self
+            .dial_timeout
+            .as_deref()
+            .map(|d| parse_go_duration(d).map_err(|e| format!("dial_timeout {d:?}: {e}")))
+            .transpose()?;
+        Ok(Endpoint {
+            url: endpoint_url(url),
+            capabilities,
+            ca_files: self.ca.map(|c| c.paths(base)).unwrap_or_default(),
+            client_certs: match self.client {
+                Some(client) => client.certs(base)?,
+                None => Vec::new(),
+            },
+            skip_verify: self.skip_verify.unwrap_or(false),
+            dial_timeout,
+            headers: headers(self.header),
+            override_path: self.override_path,
+        })
+    }
+}
+
+/// `client = "both.pem"`, `["a.pem", "b.pem"]` or `[["a.cert", "a.key"]]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ClientField {
+    One(String),
+    Many(Vec<OneOrMany>),
+}
+
+impl ClientField {
+    fn certs(self, base: &Path) -> std::result::Result<Vec<ClientCert>, String> {
+        let items = match self {
+            ClientField::One(one) => vec![OneOrMany::One(one)],
+            ClientField::Many(many) => many,
+        };
+        items
+            .into_iter()
+            .map(|item| match item {
+                OneOrMany::One(both) => Ok(ClientCert {
+                    cert: base.join(both),
+                    key: None,
+                }),
+                OneOrMany::Many(pair) => match <[String; 2]>::try_from(pair) {
+                    Ok([cert, key]) => Ok(ClientCert {
+                        cert: base.join(cert),
+                        key: Some(base.join(key)),
+                    }),
+                    Err(pair) => Err(format!("client: {pair:?} is not a [certificate, key] pair")),
+                },
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,28 +285,89 @@ fn headers(table: toml::Table) -> Vec<(String, String)> {
 
 /// Reads the endpoints for `registry` (`docker.io`, `localhost:5000`) from
 /// `hosts_dir`, ending with the upstream; `default_upstream` is used when the
-/// file names no `server` (or there is no file).
+/// file names no `server` (or there is no file). A directory in Docker's
+/// `certs.d` layout configures the upstream's TLS.
 pub fn endpoints(
     hosts_dir: &Path,
     registry: &str,
     default_upstream: &str,
 ) -> Result<Vec<Endpoint>> {
-    let dir = [hosts_dir.join(registry), hosts_dir.join("_default")]
-        .into_iter()
-        .find(|d| d.join("hosts.toml").is_file());
-    let Some(dir) = dir else {
+    let Some(dir) = host_dir(hosts_dir, registry) else {
         return Ok(vec![Endpoint::upstream(default_upstream.to_string())]);
     };
     let path = dir.join("hosts.toml");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| ocidist_content::Error::io("read", &path, e))?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ocidist_content::Error::io("read", &path, e).into()),
+    };
+    if text.trim().is_empty() {
+        return cert_files(&dir, default_upstream);
+    }
     parse(&text, &dir, default_upstream).map_err(|reason| Error::Protocol {
         url: path.display().to_string(),
         reason,
     })
 }
 
-/// Parses a `hosts.toml`; relative CA paths are taken from `base`.
+/// The first directory that exists for `registry`: `<host>_<port>_` (the
+/// form that is also a valid Windows file name), `<host:port>`, `_default`.
+fn host_dir(hosts_dir: &Path, registry: &str) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some((host, port)) = registry.rsplit_once(':')
+        && !host.is_empty()
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+    {
+        candidates.push(hosts_dir.join(format!("{host}_{port}_")));
+    }
+    candidates.push(hosts_dir.join(registry));
+    candidates.push(hosts_dir.join("_default"));
+    candidates.into_iter().find(|dir| dir.is_dir())
+}
+
+/// The upstream configured by Docker's `certs.d` files in `dir`: `*.crt`
+/// are CAs, `*.cert` client certificates with keys in `*.key` beside them.
+fn cert_files(dir: &Path, default_upstream: &str) -> Result<Vec<Endpoint>> {
+    let read_error = |e| ocidist_content::Error::io("read directory", dir, e);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        if !entry.file_type().map_err(read_error)?.is_dir() {
+            names.push(entry.file_name());
+        }
+    }
+    // In name order, as Docker and containerd read them.
+    names.sort();
+    let mut upstream = Endpoint::upstream(default_upstream.to_string());
+    // Certificates for a registry say it speaks TLS, loopback ones included.
+    let certificates = names.iter().any(|n| {
+        let n = Path::new(n);
+        n.extension().is_some_and(|e| e == "crt" || e == "cert")
+    });
+    if let Some(rest) = upstream.url.strip_prefix("http://")
+        && certificates
+    {
+        upstream.url = format!("https://{rest}");
+    }
+    for name in names {
+        let path = dir.join(&name);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("crt") => upstream.ca_files.push(path),
+            Some("cert") => {
+                let key = path.with_extension("key");
+                upstream.client_certs.push(ClientCert {
+                    key: key.is_file().then_some(key),
+                    cert: path,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(vec![upstream])
+}
+
+/// Parses a `hosts.toml`; relative CA and client paths are taken from `base`.
 pub fn parse(
     text: &str,
     base: &Path,
@@ -214,34 +379,52 @@ pub fn parse(
         let entry: HostEntry = entry
             .try_into()
             .map_err(|e: toml::de::Error| format!("host {url:?}: {e}"))?;
-        let capabilities = match entry.capabilities.as_deref() {
-            // containerd's default for a host entry too.
-            None => Capabilities::ALL,
-            Some(names) => Capabilities::parse(names).map_err(|e| format!("host {url:?}: {e}"))?,
-        };
-        out.push(Endpoint {
-            url: endpoint_url(&url),
-            capabilities,
-            ca_files: entry.ca.map(|c| c.paths(base)).unwrap_or_default(),
-            skip_verify: entry.skip_verify.unwrap_or(false),
-            headers: headers(entry.header),
-            override_path: entry.override_path,
-        });
+        out.push(
+            entry
+                .endpoint(&url, base)
+                .map_err(|e| format!("host {url:?}: {e}"))?,
+        );
     }
     let server = file.server.unwrap_or_else(|| default_upstream.to_string());
-    let capabilities = match file.capabilities.as_deref() {
-        None => Capabilities::ALL,
-        Some(names) => Capabilities::parse(names)?,
-    };
-    out.push(Endpoint {
-        url: endpoint_url(&server),
-        capabilities,
-        ca_files: file.ca.map(|c| c.paths(base)).unwrap_or_default(),
-        skip_verify: file.skip_verify.unwrap_or(false),
-        headers: headers(file.header),
-        override_path: file.override_path,
-    });
+    out.push(file.settings.endpoint(&server, base)?);
     Ok(out)
+}
+
+/// A Go duration as containerd reads `dial_timeout`: numbers with units
+/// (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), as in `300ms` or `1m30s`.
+fn parse_go_duration(text: &str) -> std::result::Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut seconds = 0.0_f64;
+    if rest.is_empty() {
+        return Err("empty".into());
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or("a number without a unit")?;
+        let number: f64 = rest[..number_end]
+            .parse()
+            .map_err(|_| "expected a number".to_string())?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => return Err(format!("unknown unit {unit:?}")),
+        };
+        seconds += number * scale;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
 
 /// A host or server as written, with `https://` when it names no scheme
@@ -371,6 +554,123 @@ server = "registry.example.com/v2"
         )
         .unwrap();
         assert_eq!(eps[0].api_root(), "https://proxy.example.com/api");
+    }
+
+    /// containerd's three forms of `client`, and `dial_timeout` as a Go duration.
+    #[test]
+    fn client_certificates_and_dial_timeouts() {
+        let text = r#"
+client = "both.pem"
+dial_timeout = "1m30s"
+
+[host."https://a"]
+  client = ["/abs/one.pem", "two.pem"]
+  dial_timeout = "250ms"
+
+[host."https://b"]
+  client = [["b.cert", "b.key"]]
+"#;
+        let eps = parse(text, Path::new("/h"), "https://up").unwrap();
+        let cert = |c: &str, k: Option<&str>| ClientCert {
+            cert: PathBuf::from(c),
+            key: k.map(PathBuf::from),
+        };
+        assert_eq!(
+            eps[0].client_certs,
+            [cert("/abs/one.pem", None), cert("/h/two.pem", None)]
+        );
+        assert_eq!(eps[0].dial_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(eps[1].client_certs, [cert("/h/b.cert", Some("/h/b.key"))]);
+        assert_eq!(eps[1].dial_timeout, None);
+        assert!(eps[1].has_connection_settings());
+        assert_eq!(eps[2].url, "https://up");
+        assert_eq!(eps[2].client_certs, [cert("/h/both.pem", None)]);
+        assert_eq!(eps[2].dial_timeout, Some(Duration::from_secs(90)));
+
+        let err = parse(
+            "[host.\"https://a\"]\n  client = [[\"a\", \"b\", \"c\"]]\n",
+            Path::new("/h"),
+            "https://up",
+        )
+        .unwrap_err();
+        assert!(err.contains("not a [certificate, key] pair"), "{err}");
+        let err = parse("dial_timeout = \"5\"\n", Path::new("/h"), "https://up").unwrap_err();
+        assert!(err.contains("dial_timeout \"5\""), "{err}");
+    }
+
+    #[test]
+    fn go_durations() {
+        for (text, want) in [
+            ("0", Duration::ZERO),
+            ("300ms", Duration::from_millis(300)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2h45m", Duration::from_secs(2 * 3600 + 45 * 60)),
+            ("10us", Duration::from_micros(10)),
+            ("7µs", Duration::from_micros(7)),
+        ] {
+            assert_eq!(parse_go_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "5", "-1s", "1d", "s", "1..2s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} must not parse");
+        }
+    }
+
+    /// A directory without a `hosts.toml` is Docker's `certs.d`: CAs and
+    /// client pairs for the upstream, which speaks TLS. `host_port_` is looked at before
+    /// `host:port`, and an existing directory wins over `_default` even
+    /// without a `hosts.toml`.
+    #[test]
+    fn docker_certs_directories() {
+        let hosts = tempfile::tempdir().unwrap();
+        let dir = hosts.path().join("reg.example:5000");
+        std::fs::create_dir_all(dir.join("sub.crt")).unwrap();
+        for name in ["b.crt", "a.crt", "me.cert", "me.key", "solo.cert", "README"] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        std::fs::create_dir_all(hosts.path().join("_default")).unwrap();
+        std::fs::write(
+            hosts.path().join("_default/hosts.toml"),
+            "server = \"https://elsewhere\"",
+        )
+        .unwrap();
+        let eps = endpoints(hosts.path(), "reg.example:5000", "http://reg.example:5000").unwrap();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(
+            eps[0].url, "https://reg.example:5000",
+            "certificates mean TLS"
+        );
+        assert_eq!(eps[0].ca_files, [dir.join("a.crt"), dir.join("b.crt")]);
+        assert_eq!(
+            eps[0].client_certs,
+            [
+                ClientCert {
+                    cert: dir.join("me.cert"),
+                    key: Some(dir.join("me.key"))
+                },
+                ClientCert {
+                    cert: dir.join("solo.cert"),
+                    key: None
+                }
+            ]
+        );
+
+        // An empty hosts.toml is no configuration either.
+        std::fs::write(dir.join("hosts.toml"), "\n").unwrap();
+        let eps = endpoints(hosts.path(), "reg.example:5000", "https://x").unwrap();
+        assert_eq!(eps[0].ca_files.len(), 2);
+
+        let windows_form = hosts.path().join("reg.example_5000_");
+        std::fs::create_dir_all(&windows_form).unwrap();
+        std::fs::write(
+            windows_form.join("hosts.toml"),
+            "server = \"https://first\"",
+        )
+        .unwrap();
+        let eps = endpoints(hosts.path(), "reg.example:5000", "https://x").unwrap();
+        assert_eq!(eps[0].url, "https://first");
+
+        let eps = endpoints(hosts.path(), "other.example", "https://other.example").unwrap();
+        assert_eq!(eps[0].url, "https://elsewhere");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The Docker registry v2 / OCI distribution client.
 //!
 //! Plain HTTP is used for `localhost`, `127.0.0.0/8` and `::1`, as Docker
-//! does, and HTTPS (rustls, the system's roots plus any CA files given)
-//! elsewhere. Authentication is in [`auth`] and [`config`], containerd's
+//! does, unless TLS settings (CA files, a client certificate, `skip_verify`)
+//! are given for the resolver or in a Docker `certs.d` directory; HTTPS
+//! (rustls, the system's roots plus any CA files given) elsewhere. containerd
+//! tries HTTPS first and falls back to HTTP there; we do not guess: a scheme
+//! written in `hosts.toml` is used as written. Authentication is in [`auth`] and [`config`], containerd's
 //! `hosts.toml` (mirrors, capabilities) in [`hosts`].
 
 pub mod auth;
@@ -11,8 +14,9 @@ mod fetcher;
 pub mod hosts;
 mod pusher;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,7 +113,8 @@ fn client_builder() -> reqwest::ClientBuilder {
 /// When to speak plain HTTP instead of HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlainHttp {
-    /// For loopback hosts only (`localhost`, `127.0.0.0/8`, `::1`), as Docker does.
+    /// For loopback hosts only (`localhost`, `127.0.0.0/8`, `::1`), as Docker
+    /// does, unless TLS settings are given for them.
     #[default]
     Loopback,
     /// Always (`--plain-http`).
@@ -118,10 +123,78 @@ pub enum PlainHttp {
     Never,
 }
 
+/// What an HTTP client is built from: the TLS and connection settings of
+/// the resolver, or of an endpoint in `hosts.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct Connection {
+    ca_files: Vec<PathBuf>,
+    client_cert: Option<hosts::ClientCert>,
+    skip_verify: bool,
+    dial_timeout: Option<Duration>,
+}
+
+impl Connection {
+    /// True when any TLS setting is given.
+    fn has_tls(&self) -> bool {
+        !self.ca_files.is_empty() || self.client_cert.is_some() || self.skip_verify
+    }
+
+    /// A client with these settings. Unreadable or malformed files are an
+    /// [`Error::TlsConfig`] naming the file.
+    fn client(&self) -> Result<reqwest::Client> {
+        let mut builder = client_builder().danger_accept_invalid_certs(self.skip_verify);
+        if let Some(timeout) = self.dial_timeout {
+            builder = builder.connect_timeout(timeout);
+        }
+        for path in &self.ca_files {
+            let pem = read_tls_file(path)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| tls_config_error(path, e))?;
+            if certs.is_empty() {
+                return Err(tls_config_error(path, "no PEM certificate in the file"));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(client) = &self.client_cert {
+            // reqwest takes the key and the certificates as one PEM text.
+            let mut pem = read_tls_file(&client.cert)?;
+            if let Some(key) = &client.key {
+                pem.push(b'\n');
+                pem.extend(read_tls_file(key)?);
+            }
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|e| tls_config_error(&client.cert, e))?;
+            builder = builder.identity(identity);
+        }
+        builder.build().map_err(|source| Error::Connect {
+            url: "TLS configuration".into(),
+            source,
+        })
+    }
+}
+
+fn read_tls_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| tls_config_error(path, e))
+}
+
+fn tls_config_error(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::TlsConfig {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
 /// A [`Resolver`] for registries speaking the distribution API.
 #[derive(Debug, Clone)]
 pub struct DockerResolver {
+    /// The client for endpoints without settings of their own, built from `defaults`.
     client: reqwest::Client,
+    defaults: Connection,
+    /// Clients for endpoints with TLS or dial settings of their own, kept
+    /// so that every fetcher of an endpoint shares its connections.
+    clients: Arc<Mutex<HashMap<Connection, reqwest::Client>>>,
     plain_http: PlainHttp,
     authorizer: auth::Authorizer,
     hosts_dir: Option<PathBuf>,
@@ -142,6 +215,8 @@ impl DockerResolver {
             .expect("a client with default TLS settings always builds");
         DockerResolver {
             client,
+            defaults: Connection::default(),
+            clients: Arc::default(),
             plain_http: PlainHttp::default(),
             authorizer: auth::Authorizer::new(Arc::new(auth::Anonymous)),
             hosts_dir: None,
@@ -185,17 +260,75 @@ impl DockerResolver {
     /// Trusts the CA certificates in the PEM files `ca_files` beside the
     /// system's, and with `skip_verify` accepts any certificate (for test
     /// registries only: it lets anyone in the middle read and change the data;
-    /// digests still catch changed content).
+    /// digests still catch changed content). Endpoints in `hosts.toml` add
+    /// their own CA files to these.
+    ///
+    /// A file that cannot be read or holds no certificate is an
+    /// [`Error::TlsConfig`] ([`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)).
     pub fn tls(mut self, ca_files: &[PathBuf], skip_verify: bool) -> Result<Self> {
-        self.client = tls_client(ca_files, skip_verify)?;
+        self.defaults.ca_files = ca_files.to_vec();
+        self.defaults.skip_verify = skip_verify;
+        self.rebuild_client()?;
         Ok(self)
+    }
+
+    /// Presents the client certificate `cert` (PEM, with its key inside, or
+    /// the key in the PEM file `key`) to registries that ask for one (mutual
+    /// TLS), unless an endpoint in `hosts.toml` names its own.
+    pub fn client_certificate(mut self, cert: &Path, key: Option<&Path>) -> Result<Self> {
+        self.defaults.client_cert = Some(hosts::ClientCert {
+            cert: cert.to_path_buf(),
+            key: key.map(Path::to_path_buf),
+        });
+        self.rebuild_client()?;
+        Ok(self)
+    }
+
+    fn rebuild_client(&mut self) -> Result<()> {
+        self.client = self.defaults.client()?;
+        self.clients = Arc::default();
+        Ok(())
+    }
+
+    /// The client for `endpoint`: the resolver's, or one with the endpoint's
+    /// TLS and dial settings added to the resolver's, built once.
+    fn client_for(&self, endpoint: &hosts::Endpoint) -> Result<reqwest::Client> {
+        if !endpoint.has_connection_settings() {
+            return Ok(self.client.clone());
+        }
+        let connection = Connection {
+            ca_files: [&self.defaults.ca_files[..], &endpoint.ca_files[..]].concat(),
+            client_cert: endpoint
+                .client_certs
+                .first()
+                .or(self.defaults.client_cert.as_ref())
+                .cloned(),
+            skip_verify: self.defaults.skip_verify || endpoint.skip_verify,
+            dial_timeout: endpoint.dial_timeout.or(self.defaults.dial_timeout),
+        };
+        if let Some(client) = self
+            .clients
+            .lock()
+            .expect("no panics while held")
+            .get(&connection)
+        {
+            return Ok(client.clone());
+        }
+        // Built outside the lock: it reads files. Two racing builds both work.
+        let client = connection.client()?;
+        self.clients
+            .lock()
+            .expect("no panics while held")
+            .insert(connection, client.clone());
+        Ok(client)
     }
 
     fn scheme(&self, host: &str) -> &'static str {
         let plain = match self.plain_http {
             PlainHttp::Always => true,
             PlainHttp::Never => false,
-            PlainHttp::Loopback => is_loopback(host),
+            // TLS settings given for the resolver say the registry speaks TLS.
+            PlainHttp::Loopback => is_loopback(host) && !self.defaults.has_tls(),
         };
         if plain { "http" } else { "https" }
     }
@@ -215,13 +348,8 @@ impl DockerResolver {
         };
         let mut out = Vec::new();
         for endpoint in endpoints.into_iter().filter(|e| can(&e.capabilities)) {
-            let client = if endpoint.ca_files.is_empty() && !endpoint.skip_verify {
-                self.client.clone()
-            } else {
-                tls_client(&endpoint.ca_files, endpoint.skip_verify)?
-            };
             out.push(Repository {
-                client,
+                client: self.client_for(&endpoint)?,
                 base: format!("{}/{}", endpoint.api_root(), reference.repository()),
                 host: endpoint.host().to_string(),
                 repository: reference.repository().to_string(),
@@ -271,27 +399,6 @@ impl DockerResolver {
         }
         Err(last.expect("repositories() is never empty"))
     }
-}
-
-/// A client trusting `ca_files` beside the system's roots (or anything, with `skip_verify`).
-fn tls_client(ca_files: &[PathBuf], skip_verify: bool) -> Result<reqwest::Client> {
-    let mut builder = client_builder().danger_accept_invalid_certs(skip_verify);
-    for path in ca_files {
-        let pem =
-            std::fs::read(path).map_err(|e| ocidist_content::Error::io("read CA file", path, e))?;
-        for cert in
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| Error::Connect {
-                url: path.display().to_string(),
-                source,
-            })?
-        {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|source| Error::Connect {
-        url: "TLS configuration".into(),
-        source,
-    })
 }
 
 impl DockerResolver {
@@ -801,8 +908,14 @@ mod tests {
             "http"
         );
         assert_eq!(
-            resolver.plain_http(PlainHttp::Never).scheme("localhost"),
+            resolver
+                .clone()
+                .plain_http(PlainHttp::Never)
+                .scheme("localhost"),
             "https"
         );
+        // TLS settings say a loopback registry speaks TLS.
+        let tls = resolver.tls(&[], true).unwrap();
+        assert_eq!(tls.scheme("127.0.0.1:5000"), "https");
     }
 }

@@ -276,13 +276,7 @@ impl PushWriter {
                             .body(body.clone())
                     })
                     .await?;
-                check_status(
-                    Method::PUT,
-                    url,
-                    response,
-                    &[StatusCode::CREATED, StatusCode::OK],
-                )
-                .await?;
+                check_status(Method::PUT, url, response, DONE).await?;
             }
             Target::Blob { uploads, session } => {
                 let mut url = match session {
@@ -293,8 +287,7 @@ impl PushWriter {
                         // reuses it.
                         let response = self.repo.send(Method::POST, uploads, |r| r).await?;
                         let response =
-                            check_status(Method::POST, uploads, response, &[StatusCode::ACCEPTED])
-                                .await?;
+                            check_status(Method::POST, uploads, response, CONTINUE).await?;
                         upload_location(uploads, &response)?
                     }
                 };
@@ -322,13 +315,8 @@ impl PushWriter {
                                     .body(chunk)
                             })
                             .await?;
-                        let response = check_status(
-                            Method::PATCH,
-                            &url_text,
-                            response,
-                            &[StatusCode::ACCEPTED],
-                        )
-                        .await?;
+                        let response =
+                            check_status(Method::PATCH, &url_text, response, CONTINUE).await?;
                         url = upload_location(&url_text, &response)?;
                         offset += len;
                     }
@@ -341,7 +329,7 @@ impl PushWriter {
                             r.header(header::CONTENT_LENGTH, 0)
                         })
                         .await?;
-                    check_status(Method::PUT, &url_text, response, &[StatusCode::CREATED]).await?;
+                    check_status(Method::PUT, &url_text, response, DONE).await?;
                     return Ok(());
                 }
                 url.query_pairs_mut()
@@ -361,7 +349,7 @@ impl PushWriter {
                             .body(body)
                     })
                     .await?;
-                check_status(Method::PUT, &url_text, response, &[StatusCode::CREATED]).await?;
+                check_status(Method::PUT, &url_text, response, DONE).await?;
             }
         }
         Ok(())
@@ -370,6 +358,17 @@ impl PushWriter {
 
 /// Blobs up to this size go in one `PUT`; larger ones in `PATCH` chunks.
 const MONOLITHIC_MAX: u64 = 64 << 20;
+/// Answers that let an upload go on (POST, PATCH): the specification says
+/// 202; some registries say 200 or 204, and containerd accepts them too.
+const CONTINUE: &[StatusCode] = &[StatusCode::ACCEPTED, StatusCode::OK, StatusCode::NO_CONTENT];
+/// Answers that end an upload or a manifest PUT: 201 by the specification,
+/// 200, 202 or 204 from some registries (as containerd accepts).
+const DONE: &[StatusCode] = &[
+    StatusCode::CREATED,
+    StatusCode::OK,
+    StatusCode::ACCEPTED,
+    StatusCode::NO_CONTENT,
+];
 /// The size of each `PATCH` chunk.
 const CHUNK: u64 = 16 << 20;
 

@@ -11,9 +11,11 @@
 //! println!("push to {}/test/image:1", registry.host());
 //! ```
 
+mod certs;
 mod proxy;
 mod token;
 
+pub use certs::TestCertificates;
 pub use proxy::{Fault, FaultProxy};
 pub use token::{ISSUER, SERVICE, TokenServer};
 
@@ -61,10 +63,17 @@ impl Registry {
     /// Starts the registry found on PATH serving HTTPS with the PEM
     /// certificate and key at `cert` and `key`.
     pub fn start_tls(cert: &Path, key: &Path) -> io::Result<Registry> {
+        Self::start_with(&find_binary()?, "", &tls_config(cert, key))
+    }
+
+    /// Starts the registry found on PATH serving HTTPS with `certs`' server
+    /// certificate, refusing clients that present no certificate signed by
+    /// `certs`' CA (mutual TLS).
+    pub fn start_tls_requiring_client_certs(certs: &TestCertificates) -> io::Result<Registry> {
         let tls = format!(
-            "  tls:\n    certificate: {}\n    key: {}\n",
-            cert.display(),
-            key.display()
+            "{}    clientcas:\n      - {}\n",
+            tls_config(&certs.server_cert, &certs.server_key),
+            certs.ca.display()
         );
         Self::start_with(&find_binary()?, "", &tls)
     }
@@ -178,6 +187,15 @@ fn config_yaml(dir: &Path, addr: SocketAddr, extra: &str, extra_http: &str) -> S
 }
 
 /// Waits until `GET /v2/` answers (200, or 401 when auth is configured).
+/// The `tls:` lines of the `http:` section for a certificate and key.
+fn tls_config(cert: &Path, key: &Path) -> String {
+    format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
 fn wait_ready(child: &mut Child, addr: SocketAddr) -> io::Result<()> {
     let started = Instant::now();
     loop {

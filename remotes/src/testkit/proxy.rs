@@ -29,6 +29,10 @@ pub enum Fault {
     FlipByte(u64),
     /// Answer `307 Temporary Redirect` to this URL instead of forwarding.
     Redirect(String),
+    /// Forward, but answer with this status instead of the registry's (same
+    /// headers and body): a registry that says 200 or 204 where the
+    /// specification says 201 or 202.
+    ReplaceStatus(u16),
     /// Forward, sending the body `chunk` bytes at a time with `delay` between.
     Drip {
         /// Bytes per write.
@@ -232,7 +236,12 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
     server.write_all(&body)?;
 
     let mut upstream_reader = BufReader::new(server);
-    let response_head = read_head(&mut upstream_reader)?;
+    let mut response_head = read_head(&mut upstream_reader)?;
+    if let (Some(Fault::ReplaceStatus(status)), Some(status_line)) =
+        (&fault, response_head.first_mut())
+    {
+        *status_line = format!("HTTP/1.1 {status} Replaced");
+    }
     for line in &response_head {
         write!(client, "{line}\r\n")?;
     }

@@ -214,13 +214,12 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         };
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
-    let scope = params
+    // One scope per `scope` parameter, as the token specification says
+    // (not split on spaces: a client must split the challenge's list).
+    let access: Vec<String> = params
         .iter()
-        .find(|(k, _)| k == "scope")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let access: Vec<String> = scope
-        .split(' ')
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
         .filter_map(|s| {
             let mut parts = s.splitn(3, ':');
             let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
