@@ -131,12 +131,25 @@ async fn bearer_tokens_from_a_token_service() {
 }
 
 /// A mount needs pull on the source repository as well as push on the
-/// target: the registry's challenge lists both, separated by a space, and
-/// the token is asked for with one `scope` parameter each (the token
-/// specification's form; the test kit's token service reads it strictly).
+/// target: the registry's challenge lists both, separated by a space. The
+/// OAuth2 form sends them in one `scope`, the GET form one `scope`
+/// parameter each; the test kit's token service reads each form strictly.
 #[tokio::test]
-async fn a_mount_under_token_auth_asks_for_each_scope() {
-    let (_dir, _tokens, registry) = token_registry();
+async fn a_mount_under_token_auth_asks_for_each_scope_by_oauth() {
+    mount_under_token_auth(false).await;
+}
+
+/// As above, with a token service that refuses the OAuth2 form: GET.
+#[tokio::test]
+async fn a_mount_under_token_auth_asks_for_each_scope_by_get() {
+    mount_under_token_auth(true).await;
+}
+
+async fn mount_under_token_auth(refuse_oauth: bool) {
+    let (_dir, tokens, registry) = token_registry();
+    if refuse_oauth {
+        tokens.refuse_oauth();
+    }
     let proxy = FaultProxy::start(registry.addr()).unwrap();
     let host = proxy.host();
     let bob = resolver_for(&host, "bob", "pa55");

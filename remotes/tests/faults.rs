@@ -303,7 +303,7 @@ async fn a_push_accepts_the_statuses_registries_really_send() {
         100,
         Fault::ReplaceStatus(204),
     );
-    proxy.add(Some("PUT"), "/manifests/", 100, Fault::ReplaceStatus(200));
+    proxy.add(Some("PUT"), "/manifests/", 100, Fault::ReplaceStatus(204));
     let resolver = DockerResolver::new();
     let pushed = push_multi(
         async |r: &str| resolver.pusher(r).await.unwrap(),
@@ -313,6 +313,12 @@ async fn a_push_accepts_the_statuses_registries_really_send() {
     .await;
     let puts = proxy.log().iter().filter(|l| l.starts_with("PUT ")).count();
     assert_eq!(puts, pushed.len(), "every blob and manifest went through");
+    let blob_count = pushed.len() - 3;
+    assert_eq!(
+        proxy.faults_applied(),
+        2 * blob_count + 3,
+        "each blob's POST and PUT and each manifest's PUT answered otherwise"
+    );
 
     // Read back from the registry itself: every object is there.
     let repo = format!("{}/lenient/app", registry.host());

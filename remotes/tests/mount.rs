@@ -10,7 +10,7 @@ use ocidist_content::{Labels, Manager};
 use ocidist_images::platforms::all;
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::source::source_label_key;
-use ocidist_remotes::testkit::FaultProxy;
+use ocidist_remotes::testkit::{Fault, FaultProxy};
 use ocidist_remotes::{Resolver, fetch_image, push_image};
 use tokio::io::AsyncWriteExt;
 
@@ -86,8 +86,22 @@ async fn a_fetched_image_pushed_to_another_repository_is_mounted_not_uploaded() 
 
 #[tokio::test]
 async fn a_refused_mount_uploads_through_the_session_it_opened() {
+    refused_mount(None).await;
+}
+
+/// Some registries open the session with 200 instead of 202.
+#[tokio::test]
+async fn a_refused_mount_answered_200_uploads_through_its_session() {
+    refused_mount(Some(200)).await;
+}
+
+/// A mount the registry refuses (answered `status` instead of its own 202).
+async fn refused_mount(status: Option<u16>) {
     let registry = registry();
     let proxy = FaultProxy::start(registry.addr()).unwrap();
+    if let Some(status) = status {
+        proxy.add(Some("POST"), "mount=", 1, Fault::ReplaceStatus(status));
+    }
     let resolver = DockerResolver::new();
     let host = proxy.host();
     let blobs = image(false, "linux/amd64", 100_000);
@@ -111,6 +125,7 @@ async fn a_refused_mount_uploads_through_the_session_it_opened() {
     let log = proxy.log();
     let posts: Vec<_> = log.iter().filter(|l| l.starts_with("POST")).collect();
     assert_eq!(posts.len(), 1, "one POST, the mount: {log:#?}");
+    assert_eq!(proxy.faults_applied(), usize::from(status.is_some()));
     assert!(posts[0].contains("&from=nowhere%2Felse"), "{}", posts[0]);
     assert!(
         log.iter()

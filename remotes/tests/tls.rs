@@ -120,5 +120,15 @@ async fn client_certificates_from_every_place_users_keep_them() {
         .client_certificate(&certs.client_cert, Some(&broken_key))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
-    assert!(err.to_string().contains("client.pem"), "{err}");
+    assert!(err.to_string().contains("broken.key"), "{err}");
+    // A key that is not the certificate's (rustls checks when building).
+    let err = DockerResolver::new()
+        .client_certificate(&certs.client_cert, Some(&certs.server_key))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("client.pem") && said.contains("server.key"),
+        "{said}"
+    );
 }

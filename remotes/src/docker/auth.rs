@@ -331,8 +331,9 @@ impl Authorizer {
             .cloned()
             .unwrap_or_else(|| scope.to_string());
         // The challenge lists scopes separated by spaces (a mount asks for the
-        // source's pull too); the token spec wants each as a `scope` parameter.
-        let scopes: Vec<(&str, &str)> = scope.split_whitespace().map(|s| ("scope", s)).collect();
+        // source's pull too). The OAuth2 form takes them so, in one `scope`
+        // (RFC 6749); the GET form one `scope` parameter each (the token
+        // specification), as containerd sends them.
         let mut response = None;
         // No user name: an identity token (`docker login` with a token, ACR),
         // which only the OAuth2 refresh-token grant takes, as in containerd.
@@ -353,7 +354,9 @@ impl Authorizer {
                     ("password", credential.secret.as_str()),
                 ],
             };
-            form.extend(&scopes);
+            if !scope.is_empty() {
+                form.push(("scope", scope.as_str()));
+            }
             let body: String = form
                 .iter()
                 .map(|(k, v)| format!("{k}={}", urlencode(v)))
@@ -380,8 +383,8 @@ impl Authorizer {
             None => {
                 let separator = if realm.contains('?') { '&' } else { '?' };
                 let mut url = format!("{realm}{separator}service={}", urlencode(&service));
-                for (name, value) in &scopes {
-                    url.push_str(&format!("&{name}={}", urlencode(value)));
+                for one in scope.split_whitespace() {
+                    url.push_str(&format!("&scope={}", urlencode(one)));
                 }
                 let mut get = client.get(url);
                 if let Some(credential) = credential {

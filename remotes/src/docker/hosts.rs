@@ -21,14 +21,21 @@
 //! Docker's `certs.d` layout, so `/etc/docker/certs.d` works as it is:
 //! `*.crt` files are CA certificates, and each `*.cert` file is a client
 //! certificate whose key is the `*.key` file of the same name (or inside the
-//! `.cert` file when there is none). Such files make the registry's default
-//! scheme HTTPS, for loopback registries too.
+//! `.cert` file when there is none).
+//!
+//! Certificates or `skip_verify = true` for an upstream that names no
+//! `server` (a `certs.d` directory, or a `hosts.toml` without `server`) make
+//! it HTTPS where it would otherwise be plain HTTP (a loopback registry, or
+//! plain HTTP asked for everywhere): such settings say the registry speaks
+//! TLS. containerd tries HTTPS first there and falls back to HTTP; we do not
+//! fall back. A host's `skip_verify` wins over the resolver's, either way.
 //!
 //! `client` is a file holding a certificate and its key, a list of such
 //! files, or a list of `[certificate, key]` pairs. One client certificate is
 //! presented per host: the first listed (the TLS library offers one).
-//! `dial_timeout` is a Go duration (`500ms`, `1m30s`) bounding how long a
-//! connection may take to open.
+//! `dial_timeout` is a Go duration (`500ms`, `1m30s`; zero is no limit)
+//! bounding how long a connection may take to open; unlike Go's dialer
+//! timeout it also covers the TLS handshake.
 //!
 //! Mirrors are tried in order, then the upstream. As in containerd, a host
 //! without `capabilities` may do everything, pushes included (list them for a
@@ -99,8 +106,9 @@ pub struct Endpoint {
     pub ca_files: Vec<PathBuf>,
     /// Client certificates for TLS client authentication; the first is used.
     pub client_certs: Vec<ClientCert>,
-    /// Accept any certificate.
-    pub skip_verify: bool,
+    /// Accept any certificate (`Some(true)`), or verify even when the
+    /// resolver is told not to (`Some(false)`); `None` follows the resolver.
+    pub skip_verify: Option<bool>,
     /// How long opening a connection may take (the resolver's default when `None`).
     pub dial_timeout: Option<Duration>,
     /// Headers sent with every request.
@@ -126,10 +134,25 @@ impl Endpoint {
             capabilities: Capabilities::ALL,
             ca_files: Vec::new(),
             client_certs: Vec::new(),
-            skip_verify: false,
+            skip_verify: None,
             dial_timeout: None,
             headers: Vec::new(),
             override_path: false,
+        }
+    }
+
+    /// An upstream taken by default as plain HTTP (a loopback registry, or
+    /// `--plain-http`) but given certificates or `skip_verify` speaks
+    /// HTTPS: such settings say the registry speaks TLS. (containerd tries
+    /// HTTPS first and falls back to HTTP; we do not guess.)
+    fn speak_tls_if_configured(&mut self) {
+        let tls = !self.ca_files.is_empty()
+            || !self.client_certs.is_empty()
+            || self.skip_verify == Some(true);
+        if let Some(rest) = self.url.strip_prefix("http://")
+            && tls
+        {
+            self.url = format!("https://{rest}");
         }
     }
 
@@ -138,7 +161,7 @@ impl Endpoint {
     pub fn has_connection_settings(&self) -> bool {
         !self.ca_files.is_empty()
             || !self.client_certs.is_empty()
-            || self.skip_verify
+            || self.skip_verify.is_some()
             || self.dial_timeout.is_some()
     }
 
@@ -198,7 +221,9 @@ impl HostEntry {
             .dial_timeout
             .as_deref()
             .map(|d| parse_go_duration(d).map_err(|e| format!("dial_timeout {d:?}: {e}")))
-            .transpose()?;
+            .transpose()?
+            // Zero is no limit, as for Go's dialer.
+            .filter(|d| !d.is_zero());
         Ok(Endpoint {
             url: endpoint_url(url),
             capabilities,
@@ -207,7 +232,7 @@ impl HostEntry {
                 Some(client) => client.certs(base)?,
                 None => Vec::new(),
             },
-            skip_verify: self.skip_verify.unwrap_or(false),
+            skip_verify: self.skip_verify,
             dial_timeout,
             headers: headers(self.header),
             override_path: self.override_path,
@@ -292,7 +317,7 @@ pub fn endpoints(
     registry: &str,
     default_upstream: &str,
 ) -> Result<Vec<Endpoint>> {
-    let Some(dir) = host_dir(hosts_dir, registry) else {
+    let Some(dir) = host_dir(hosts_dir, registry)? else {
         return Ok(vec![Endpoint::upstream(default_upstream.to_string())]);
     };
     let path = dir.join("hosts.toml");
@@ -312,7 +337,7 @@ pub fn endpoints(
 
 /// The first directory that exists for `registry`: `<host>_<port>_` (the
 /// form that is also a valid Windows file name), `<host:port>`, `_default`.
-fn host_dir(hosts_dir: &Path, registry: &str) -> Option<PathBuf> {
+fn host_dir(hosts_dir: &Path, registry: &str) -> Result<Option<PathBuf>> {
     let mut candidates = Vec::new();
     if let Some((host, port)) = registry.rsplit_once(':')
         && !host.is_empty()
@@ -323,7 +348,16 @@ fn host_dir(hosts_dir: &Path, registry: &str) -> Option<PathBuf> {
     }
     candidates.push(hosts_dir.join(registry));
     candidates.push(hosts_dir.join("_default"));
-    candidates.into_iter().find(|dir| dir.is_dir())
+    for candidate in candidates {
+        match std::fs::metadata(&candidate) {
+            Ok(_) => return Ok(Some(candidate)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Unreadable is not absent: falling through to `_default` would
+            // use another registry's settings in silence.
+            Err(e) => return Err(ocidist_content::Error::io("stat", &candidate, e).into()),
+        }
+    }
+    Ok(None)
 }
 
 /// The upstream configured by Docker's `certs.d` files in `dir`: `*.crt`
@@ -340,16 +374,6 @@ fn cert_files(dir: &Path, default_upstream: &str) -> Result<Vec<Endpoint>> {
     // In name order, as Docker and containerd read them.
     names.sort();
     let mut upstream = Endpoint::upstream(default_upstream.to_string());
-    // Certificates for a registry say it speaks TLS, loopback ones included.
-    let certificates = names.iter().any(|n| {
-        let n = Path::new(n);
-        n.extension().is_some_and(|e| e == "crt" || e == "cert")
-    });
-    if let Some(rest) = upstream.url.strip_prefix("http://")
-        && certificates
-    {
-        upstream.url = format!("https://{rest}");
-    }
     for name in names {
         let path = dir.join(&name);
         match path.extension().and_then(|e| e.to_str()) {
@@ -364,6 +388,7 @@ fn cert_files(dir: &Path, default_upstream: &str) -> Result<Vec<Endpoint>> {
             _ => {}
         }
     }
+    upstream.speak_tls_if_configured();
     Ok(vec![upstream])
 }
 
@@ -385,8 +410,13 @@ pub fn parse(
                 .map_err(|e| format!("host {url:?}: {e}"))?,
         );
     }
+    let written = file.server.is_some();
     let server = file.server.unwrap_or_else(|| default_upstream.to_string());
-    out.push(file.settings.endpoint(&server, base)?);
+    let mut upstream = file.settings.endpoint(&server, base)?;
+    if !written {
+        upstream.speak_tls_if_configured();
+    }
+    out.push(upstream);
     Ok(out)
 }
 
@@ -501,7 +531,8 @@ server = "https://registry-1.docker.io"
                 push: false
             }
         );
-        assert!(eps[1].skip_verify);
+        assert_eq!(eps[1].skip_verify, Some(true));
+        assert_eq!(eps[0].skip_verify, None);
         assert_eq!(eps[1].host(), "a-mirror.local:5000");
         assert_eq!(eps[1].api_root(), "http://a-mirror.local:5000/prefix/v2");
         assert_eq!(eps[2].capabilities, Capabilities::ALL);
@@ -596,6 +627,30 @@ dial_timeout = "1m30s"
         assert!(err.contains("not a [certificate, key] pair"), "{err}");
         let err = parse("dial_timeout = \"5\"\n", Path::new("/h"), "https://up").unwrap_err();
         assert!(err.contains("dial_timeout \"5\""), "{err}");
+        // Zero is no limit, as in Go.
+        let eps = parse("dial_timeout = \"0s\"\n", Path::new("/h"), "https://up").unwrap();
+        assert_eq!(eps[0].dial_timeout, None);
+    }
+
+    /// An upstream taken as plain HTTP by default turns HTTPS when the file
+    /// gives it certificates or `skip_verify`; a written `server` stays as
+    /// written.
+    #[test]
+    fn certificates_for_a_default_upstream_mean_https() {
+        let base = Path::new("/h");
+        let eps = parse("ca = \"ca.pem\"\n", base, "http://localhost:5000").unwrap();
+        assert_eq!(eps[0].url, "https://localhost:5000");
+        let eps = parse("skip_verify = true\n", base, "http://localhost:5000").unwrap();
+        assert_eq!(eps[0].url, "https://localhost:5000");
+        let eps = parse("skip_verify = false\n", base, "http://localhost:5000").unwrap();
+        assert_eq!(eps[0].url, "http://localhost:5000");
+        let eps = parse(
+            "server = \"http://localhost:5000\"\nca = \"ca.pem\"\n",
+            base,
+            "http://localhost:5000",
+        )
+        .unwrap();
+        assert_eq!(eps[0].url, "http://localhost:5000");
     }
 
     #[test]
@@ -671,6 +726,12 @@ dial_timeout = "1m30s"
 
         let eps = endpoints(hosts.path(), "other.example", "https://other.example").unwrap();
         assert_eq!(eps[0].url, "https://elsewhere");
+
+        // A file where a registry's directory belongs is an error, not
+        // `_default` in silence (as containerd fails on it).
+        std::fs::write(hosts.path().join("odd.example"), "").unwrap();
+        let err = endpoints(hosts.path(), "odd.example", "https://odd.example").unwrap_err();
+        assert!(err.to_string().contains("odd.example"), "{err}");
     }
 
     #[test]

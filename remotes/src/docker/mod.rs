@@ -139,8 +139,28 @@ impl Connection {
         !self.ca_files.is_empty() || self.client_cert.is_some() || self.skip_verify
     }
 
-    /// A client with these settings. Unreadable or malformed files are an
-    /// [`Error::TlsConfig`] naming the file.
+    /// The files the client is built from.
+    fn files(&self) -> impl Iterator<Item = &Path> {
+        let client = self
+            .client_cert
+            .iter()
+            .flat_map(|c| std::iter::once(c.cert.as_path()).chain(c.key.as_deref()));
+        self.ca_files.iter().map(PathBuf::as_path).chain(client)
+    }
+
+    /// What the files are now (modification time and length), to notice a
+    /// certificate rotated in place.
+    fn file_stamps(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        self.files()
+            .map(|f| {
+                let meta = std::fs::metadata(f).ok()?;
+                Some((meta.modified().ok()?, meta.len()))
+            })
+            .collect()
+    }
+
+    /// A client with these settings. Unreadable, malformed or mismatched
+    /// files are an [`Error::TlsConfig`] naming them.
     fn client(&self) -> Result<reqwest::Client> {
         let mut builder = client_builder().danger_accept_invalid_certs(self.skip_verify);
         if let Some(timeout) = self.dial_timeout {
@@ -165,14 +185,34 @@ impl Connection {
                 pem.extend(read_tls_file(key)?);
             }
             let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|e| tls_config_error(&client.cert, e))?;
+                reqwest::Identity::from_pem(&pem).map_err(|e| client_cert_error(client, e))?;
             builder = builder.identity(identity);
         }
-        builder.build().map_err(|source| Error::Connect {
-            url: "TLS configuration".into(),
-            source,
+        builder.build().map_err(|source| match &self.client_cert {
+            // rustls checks here that the key is the certificate's.
+            Some(client) => client_cert_error(client, source),
+            None => Error::Connect {
+                url: "TLS configuration".into(),
+                source,
+            },
         })
     }
+}
+
+/// A client certificate (and key) that cannot be used; the reason is the
+/// whole chain of causes (reqwest's own message is only "builder error").
+fn client_cert_error(client: &hosts::ClientCert, cause: reqwest::Error) -> Error {
+    let with_key = client
+        .key
+        .as_ref()
+        .map_or(String::new(), |k| format!("with the key {}: ", k.display()));
+    let mut reason = format!("{with_key}{cause}");
+    let mut source = std::error::Error::source(&cause);
+    while let Some(next) = source {
+        reason.push_str(&format!(": {next}"));
+        source = next.source();
+    }
+    tls_config_error(&client.cert, reason)
 }
 
 fn read_tls_file(path: &Path) -> Result<Vec<u8>> {
@@ -186,6 +226,13 @@ fn tls_config_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A client built for an endpoint, and what its files were then.
+#[derive(Debug, Clone)]
+struct CachedClient {
+    client: reqwest::Client,
+    stamps: Vec<Option<(std::time::SystemTime, u64)>>,
+}
+
 /// A [`Resolver`] for registries speaking the distribution API.
 #[derive(Debug, Clone)]
 pub struct DockerResolver {
@@ -193,8 +240,9 @@ pub struct DockerResolver {
     client: reqwest::Client,
     defaults: Connection,
     /// Clients for endpoints with TLS or dial settings of their own, kept
-    /// so that every fetcher of an endpoint shares its connections.
-    clients: Arc<Mutex<HashMap<Connection, reqwest::Client>>>,
+    /// so that every fetcher of an endpoint shares its connections, with
+    /// the stamps of the files they were built from.
+    clients: Arc<Mutex<HashMap<Connection, CachedClient>>>,
     plain_http: PlainHttp,
     authorizer: auth::Authorizer,
     hosts_dir: Option<PathBuf>,
@@ -291,36 +339,53 @@ impl DockerResolver {
     }
 
     /// The client for `endpoint`: the resolver's, or one with the endpoint's
-    /// TLS and dial settings added to the resolver's, built once.
+    /// TLS and dial settings merged with the resolver's, built once (again
+    /// when one of its files changed).
     fn client_for(&self, endpoint: &hosts::Endpoint) -> Result<reqwest::Client> {
-        if !endpoint.has_connection_settings() {
+        let Some(connection) = self.connection_for(endpoint) else {
             return Ok(self.client.clone());
+        };
+        let stamps = connection.file_stamps();
+        let cached = self
+            .clients
+            .lock()
+            .expect("no panics while held")
+            .get(&connection)
+            .filter(|c| c.stamps == stamps)
+            .map(|c| c.client.clone());
+        if let Some(client) = cached {
+            return Ok(client);
         }
-        let connection = Connection {
+        // Built outside the lock: it reads files. Two racing builds both work.
+        let client = connection.client()?;
+        let entry = CachedClient {
+            client: client.clone(),
+            stamps,
+        };
+        self.clients
+            .lock()
+            .expect("no panics while held")
+            .insert(connection, entry);
+        Ok(client)
+    }
+
+    /// The settings for `endpoint`, when it has any of its own: its CA files
+    /// beside the resolver's, its first client certificate or else the
+    /// resolver's, its `skip_verify` and dial timeout where it sets them.
+    fn connection_for(&self, endpoint: &hosts::Endpoint) -> Option<Connection> {
+        if !endpoint.has_connection_settings() {
+            return None;
+        }
+        Some(Connection {
             ca_files: [&self.defaults.ca_files[..], &endpoint.ca_files[..]].concat(),
             client_cert: endpoint
                 .client_certs
                 .first()
                 .or(self.defaults.client_cert.as_ref())
                 .cloned(),
-            skip_verify: self.defaults.skip_verify || endpoint.skip_verify,
+            skip_verify: endpoint.skip_verify.unwrap_or(self.defaults.skip_verify),
             dial_timeout: endpoint.dial_timeout.or(self.defaults.dial_timeout),
-        };
-        if let Some(client) = self
-            .clients
-            .lock()
-            .expect("no panics while held")
-            .get(&connection)
-        {
-            return Ok(client.clone());
-        }
-        // Built outside the lock: it reads files. Two racing builds both work.
-        let client = connection.client()?;
-        self.clients
-            .lock()
-            .expect("no panics while held")
-            .insert(connection, client.clone());
-        Ok(client)
+        })
     }
 
     fn scheme(&self, host: &str) -> &'static str {
@@ -917,5 +982,80 @@ mod tests {
         // TLS settings say a loopback registry speaks TLS.
         let tls = resolver.tls(&[], true).unwrap();
         assert_eq!(tls.scheme("127.0.0.1:5000"), "https");
+    }
+
+    /// An endpoint's settings merge with the resolver's as containerd's
+    /// host settings do with its defaults: CA files add up, the endpoint's
+    /// client certificate and `skip_verify` win where given.
+    #[test]
+    fn endpoint_settings_merge_with_the_resolver_settings() {
+        let mut resolver = DockerResolver::new();
+        resolver.defaults = Connection {
+            ca_files: vec!["/r/ca.pem".into()],
+            client_cert: Some(hosts::ClientCert {
+                cert: "/r/me.pem".into(),
+                key: None,
+            }),
+            skip_verify: true,
+            dial_timeout: None,
+        };
+        let mut endpoint = hosts::Endpoint::upstream("https://r".into());
+        assert_eq!(
+            resolver.connection_for(&endpoint),
+            None,
+            "the resolver's client"
+        );
+
+        endpoint.ca_files = vec!["/h/ca.pem".into()];
+        let merged = resolver.connection_for(&endpoint).unwrap();
+        assert_eq!(
+            merged.ca_files,
+            [PathBuf::from("/r/ca.pem"), "/h/ca.pem".into()]
+        );
+        assert_eq!(merged.client_cert, resolver.defaults.client_cert);
+        assert!(merged.skip_verify);
+
+        let own = hosts::ClientCert {
+            cert: "/h/c.cert".into(),
+            key: Some("/h/c.key".into()),
+        };
+        endpoint.client_certs = vec![own.clone()];
+        endpoint.skip_verify = Some(false);
+        endpoint.dial_timeout = Some(Duration::from_secs(3));
+        let merged = resolver.connection_for(&endpoint).unwrap();
+        assert_eq!(merged.client_cert, Some(own));
+        assert!(!merged.skip_verify, "the host's skip_verify = false wins");
+        assert_eq!(merged.dial_timeout, Some(Duration::from_secs(3)));
+    }
+
+    /// A client is built once per settings, and again when a file it was
+    /// built from changes (a certificate rotated in place).
+    #[test]
+    fn endpoint_clients_are_kept_until_their_files_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("trusted.pem");
+        let certs = crate::testkit::TestCertificates::write(dir.path()).unwrap();
+        std::fs::copy(&certs.ca, &ca).unwrap();
+        let resolver = DockerResolver::new();
+        let mut endpoint = hosts::Endpoint::upstream("https://r".into());
+        endpoint.ca_files = vec![ca.clone()];
+        resolver.client_for(&endpoint).unwrap();
+        let stamps = |r: &DockerResolver| {
+            let clients = r.clients.lock().unwrap();
+            assert_eq!(clients.len(), 1);
+            clients.values().next().unwrap().stamps.clone()
+        };
+        let first = stamps(&resolver);
+        resolver.client_for(&endpoint).unwrap();
+        assert_eq!(stamps(&resolver), first, "kept");
+        // Another CA, longer, in the same file.
+        let both = [
+            std::fs::read(&certs.ca).unwrap(),
+            std::fs::read(&certs.ca).unwrap(),
+        ]
+        .concat();
+        std::fs::write(&ca, both).unwrap();
+        resolver.client_for(&endpoint).unwrap();
+        assert_ne!(stamps(&resolver), first, "rebuilt");
     }
 }

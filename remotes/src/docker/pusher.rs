@@ -97,7 +97,8 @@ impl DockerPusher {
             };
             match response.status() {
                 StatusCode::CREATED => return Mount::Mounted,
-                StatusCode::ACCEPTED => {
+                // Refused, with an upload session opened instead.
+                status if CONTINUE.contains(&status) => {
                     if let Ok(session) = upload_location(&url, &response) {
                         return Mount::Session(session);
                     }
@@ -362,13 +363,8 @@ const MONOLITHIC_MAX: u64 = 64 << 20;
 /// 202; some registries say 200 or 204, and containerd accepts them too.
 const CONTINUE: &[StatusCode] = &[StatusCode::ACCEPTED, StatusCode::OK, StatusCode::NO_CONTENT];
 /// Answers that end an upload or a manifest PUT: 201 by the specification,
-/// 200, 202 or 204 from some registries (as containerd accepts).
-const DONE: &[StatusCode] = &[
-    StatusCode::CREATED,
-    StatusCode::OK,
-    StatusCode::ACCEPTED,
-    StatusCode::NO_CONTENT,
-];
+/// 200 or 204 from some registries (as containerd accepts).
+const DONE: &[StatusCode] = &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT];
 /// The size of each `PATCH` chunk.
 const CHUNK: u64 = 16 << 20;
 

@@ -54,6 +54,7 @@ struct Rule {
 struct Shared {
     rules: Mutex<Vec<Rule>>,
     requests: AtomicUsize,
+    faults_applied: AtomicUsize,
     log: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
@@ -118,6 +119,11 @@ impl FaultProxy {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// How many requests a fault rule has been applied to.
+    pub fn faults_applied(&self) -> usize {
+        self.shared.faults_applied.load(Ordering::SeqCst)
+    }
+
     /// Every request received so far, in order: `METHOD target`, followed by
     /// ` range=<value>` when the request had a `Range` header and
     /// ` authorization=<scheme>` when it had an `Authorization` header.
@@ -149,6 +155,7 @@ fn take_fault(shared: &Shared, method: &str, path: &str) -> Option<Fault> {
             && r.method.as_deref().is_none_or(|m| m == method)
     })?;
     rule.remaining -= 1;
+    shared.faults_applied.fetch_add(1, Ordering::SeqCst);
     Some(rule.fault.clone())
 }
 

@@ -33,6 +33,8 @@ struct State {
     signed_lifetime: AtomicI64,
     /// What new tokens say as `expires_in`.
     expires_in: AtomicI64,
+    /// Answer OAuth2 POSTs with 404, as token services without OAuth2 do.
+    refuse_oauth: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -74,6 +76,7 @@ impl TokenServer {
             requests: AtomicUsize::new(0),
             signed_lifetime: AtomicI64::new(EXPIRES_IN),
             expires_in: AtomicI64::new(EXPIRES_IN),
+            refuse_oauth: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let serve_state = state.clone();
@@ -136,6 +139,12 @@ impl TokenServer {
     pub fn set_expires_in(&self, seconds: i64) {
         self.state.expires_in.store(seconds, Ordering::SeqCst);
     }
+
+    /// Answers the OAuth2 form (POST) with 404 from now on, as token
+    /// services that only know the GET form do; clients must then GET.
+    pub fn refuse_oauth(&self) {
+        self.state.refuse_oauth.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for TokenServer {
@@ -190,7 +199,16 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
                 false,
             )
         });
-    if request_line.starts_with("POST") {
+    let oauth = request_line.starts_with("POST");
+    if oauth && state.refuse_oauth.load(Ordering::SeqCst) {
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return stream.flush();
+    }
+    if oauth {
         params = parse_form(&String::from_utf8_lossy(&body));
         let param = |name: &str| {
             params
@@ -214,12 +232,22 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         };
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
-    // One scope per `scope` parameter, as the token specification says
-    // (not split on spaces: a client must split the challenge's list).
-    let access: Vec<String> = params
+    // Read strictly, as each form is specified: the OAuth2 form has one
+    // space-separated `scope` (RFC 6749; a second is ignored, as Go's
+    // `FormValue` does), the GET form one `scope` parameter per scope (the
+    // distribution token specification).
+    let mut scopes: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k == "scope")
         .map(|(_, v)| v.as_str())
+        .collect();
+    if oauth {
+        scopes = scopes
+            .first()
+            .map_or(Vec::new(), |s| s.split(' ').collect());
+    }
+    let access: Vec<String> = scopes
+        .into_iter()
         .filter_map(|s| {
             let mut parts = s.splitn(3, ':');
             let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
