@@ -17,6 +17,26 @@ fn arm64() -> Platform {
     "linux/arm64".parse().unwrap()
 }
 
+/// Fetches the arm64 image of `reference` into the stores.
+async fn fetch_arm64(
+    resolver: &DockerResolver,
+    store: &ocidist_content::local::LocalStore,
+    images: &ocidist_images::DbImageStore,
+    reference: &str,
+) -> ocidist_remotes::Result<ocidist_images::Image> {
+    fetch_image(
+        resolver,
+        store,
+        images,
+        reference,
+        only(&arm64()),
+        1,
+        None,
+        None,
+    )
+    .await
+}
+
 /// A registry with a two-platform image, and a proxy in front of it.
 async fn setup(
     repo: &str,
@@ -98,18 +118,9 @@ async fn a_connection_cut_mid_layer_resumes_with_range() {
     );
     let (_dir, store, images) = stores();
     let reference = format!("{}/faults/cut:1", proxy.host());
-    fetch_image(
-        &DockerResolver::new(),
-        &store,
-        &images,
-        &reference,
-        only(&arm64()),
-        1,
-        None,
-        None,
-    )
-    .await
-    .expect("two cuts are resumed");
+    fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .expect("two cuts are resumed");
     assert_eq!(
         store.info(layer.desc.digest()).await.unwrap().size,
         layer.bytes.len() as u64
@@ -129,18 +140,9 @@ async fn a_flipped_byte_is_a_digest_mismatch_and_nothing_is_committed() {
     let (_dir, store, images) = stores();
     let reference = format!("{}/faults/flip:1", proxy.host());
     let resolver = DockerResolver::new();
-    let err = fetch_image(
-        &resolver,
-        &store,
-        &images,
-        &reference,
-        only(&arm64()),
-        1,
-        None,
-        None,
-    )
-    .await
-    .unwrap_err();
+    let err = fetch_arm64(&resolver, &store, &images, &reference)
+        .await
+        .unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("digest mismatch") && message.contains(&layer.desc.digest().to_string()),
@@ -166,18 +168,9 @@ async fn a_flipped_byte_is_a_digest_mismatch_and_nothing_is_committed() {
         "and not kept to resume from: {left:?}"
     );
     // The next fetch (the registry behaves now) succeeds.
-    fetch_image(
-        &resolver,
-        &store,
-        &images,
-        &reference,
-        only(&arm64()),
-        1,
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    fetch_arm64(&resolver, &store, &images, &reference)
+        .await
+        .unwrap();
     assert!(store.info(layer.desc.digest()).await.is_ok());
 }
 
@@ -197,18 +190,9 @@ async fn a_slow_drip_still_completes() {
     );
     let (_dir, store, images) = stores();
     let reference = format!("{}/faults/drip:1", proxy.host());
-    fetch_image(
-        &DockerResolver::new(),
-        &store,
-        &images,
-        &reference,
-        only(&arm64()),
-        1,
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .unwrap();
     assert!(store.info(layer.desc.digest()).await.is_ok());
 }
 
@@ -328,4 +312,49 @@ async fn a_push_accepts_the_statuses_registries_really_send() {
     for blob in &pushed {
         assert_eq!(fetch_all(fetcher.as_ref(), &blob.desc, 0).await, blob.bytes);
     }
+}
+
+/// A registry that goes silent mid-layer (the connection open, nothing
+/// sent) is given up on after the idle-read timeout, and the download
+/// resumes from the bytes already written rather than waiting on it.
+#[tokio::test]
+async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
+    let (_registry, proxy, pushed) = setup("faults/stall").await;
+    let layer = &pushed[3];
+    let blob_path = format!("/blobs/{}", layer.desc.digest());
+    let hold = Duration::from_secs(20);
+    proxy.add(
+        Some("GET"),
+        &blob_path,
+        1,
+        Fault::Stall {
+            after: 70_000,
+            hold,
+        },
+    );
+    let resolver = DockerResolver::new()
+        .timeouts(Duration::from_secs(5), Duration::from_millis(500))
+        .unwrap();
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/stall:1", proxy.host());
+    let started = Instant::now();
+    fetch_arm64(&resolver, &store, &images, &reference)
+        .await
+        .expect("the stalled download is resumed");
+    assert!(
+        started.elapsed() < hold / 2,
+        "given up on by the timeout, not when the server closed: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        store.info(layer.desc.digest()).await.unwrap().size,
+        layer.bytes.len() as u64
+    );
+    let gets: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("GET") && l.contains(&blob_path))
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:#?}");
+    assert!(gets[1].contains("range=bytes=70000-"), "{gets:#?}");
 }

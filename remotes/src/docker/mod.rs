@@ -97,18 +97,12 @@ fn http_date_seconds(value: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
-/// Give up on a connection that is not established in this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Give up on a response that sends nothing for this long (the stream is then
-/// resumed from where it stopped, by the fetch handler).
-const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(IDLE_READ_TIMEOUT)
-}
+/// By default, give up on a connection that is not established (TLS
+/// handshake included) in this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// By default, give up on a response that sends nothing for this long (the
+/// stream is then resumed from where it stopped, by the fetch handler).
+pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// When to speak plain HTTP instead of HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,7 +124,10 @@ struct Connection {
     ca_files: Vec<PathBuf>,
     client_cert: Option<hosts::ClientCert>,
     skip_verify: bool,
+    /// [`CONNECT_TIMEOUT`] when `None`.
     dial_timeout: Option<Duration>,
+    /// [`IDLE_READ_TIMEOUT`] when `None`.
+    idle_read_timeout: Option<Duration>,
 }
 
 impl Connection {
@@ -162,10 +159,11 @@ impl Connection {
     /// A client with these settings. Unreadable, malformed or mismatched
     /// files are an [`Error::TlsConfig`] naming them.
     fn client(&self) -> Result<reqwest::Client> {
-        let mut builder = client_builder().danger_accept_invalid_certs(self.skip_verify);
-        if let Some(timeout) = self.dial_timeout {
-            builder = builder.connect_timeout(timeout);
-        }
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(self.dial_timeout.unwrap_or(CONNECT_TIMEOUT))
+            .read_timeout(self.idle_read_timeout.unwrap_or(IDLE_READ_TIMEOUT))
+            .danger_accept_invalid_certs(self.skip_verify);
         for path in &self.ca_files {
             let pem = read_tls_file(path)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -258,9 +256,9 @@ impl Default for DockerResolver {
 impl DockerResolver {
     /// A resolver with default settings.
     pub fn new() -> Self {
-        let client = client_builder()
-            .build()
-            .expect("a client with default TLS settings always builds");
+        let client = Connection::default()
+            .client()
+            .expect("a client with default settings always builds");
         DockerResolver {
             client,
             defaults: Connection::default(),
@@ -332,6 +330,19 @@ impl DockerResolver {
         Ok(self)
     }
 
+    /// Gives up on opening a connection (TLS handshake included) after
+    /// `connect` ([`CONNECT_TIMEOUT`] by default; a host's `dial_timeout`
+    /// wins) and on a response that sends nothing for `idle_read`
+    /// ([`IDLE_READ_TIMEOUT`] by default). A blob download that goes idle
+    /// ends in [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable),
+    /// and the fetch handler resumes it from the bytes already written.
+    pub fn timeouts(mut self, connect: Duration, idle_read: Duration) -> Result<Self> {
+        self.defaults.dial_timeout = Some(connect);
+        self.defaults.idle_read_timeout = Some(idle_read);
+        self.rebuild_client()?;
+        Ok(self)
+    }
+
     fn rebuild_client(&mut self) -> Result<()> {
         self.client = self.defaults.client()?;
         self.clients = Arc::default();
@@ -385,6 +396,7 @@ impl DockerResolver {
                 .cloned(),
             skip_verify: endpoint.skip_verify.unwrap_or(self.defaults.skip_verify),
             dial_timeout: endpoint.dial_timeout.or(self.defaults.dial_timeout),
+            idle_read_timeout: self.defaults.idle_read_timeout,
         })
     }
 
@@ -998,6 +1010,7 @@ mod tests {
             }),
             skip_verify: true,
             dial_timeout: None,
+            idle_read_timeout: None,
         };
         let mut endpoint = hosts::Endpoint::upstream("https://r".into());
         assert_eq!(

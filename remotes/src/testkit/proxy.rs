@@ -33,6 +33,14 @@ pub enum Fault {
     /// headers and body): a registry that says 200 or 204 where the
     /// specification says 201 or 202.
     ReplaceStatus(u16),
+    /// Forward `after` bytes of the body, then send nothing more for `hold`
+    /// with the connection open (a stalled server), then close it.
+    Stall {
+        /// Bytes of the body sent first.
+        after: u64,
+        /// How long the connection then stays silent.
+        hold: Duration,
+    },
     /// Forward, sending the body `chunk` bytes at a time with `delay` between.
     Drip {
         /// Bytes per write.
@@ -265,6 +273,13 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
             Some(Fault::CutAfter(limit)) if offset + n as u64 > *limit => {
                 let keep = (*limit - offset) as usize;
                 client.write_all(&chunk[..keep])?;
+                return client.shutdown(Shutdown::Both);
+            }
+            Some(Fault::Stall { after, hold }) if offset + n as u64 > *after => {
+                let keep = (*after - offset) as usize;
+                client.write_all(&chunk[..keep])?;
+                client.flush()?;
+                std::thread::sleep(*hold);
                 return client.shutdown(Shutdown::Both);
             }
             Some(Fault::FlipByte(at)) if (offset..offset + n as u64).contains(at) => {
