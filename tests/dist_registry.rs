@@ -9,7 +9,7 @@ use std::process::Command;
 use common::{dist, ingest, ok};
 
 use ocidist::content::sha256_of;
-use ocidist::remotes::testkit::{Registry, TestCertificates};
+use ocidist::remotes::testkit::{Registry, TestCertificates, TokenServer, find_binary};
 
 /// Ingests a one-layer arm64 image into the store at `builder`; returns
 /// its manifest's digest and bytes.
@@ -246,4 +246,50 @@ fn tls_flags_reach_a_registry_that_requires_client_certificates() {
         "{}",
         common::stderr(&unreadable)
     );
+}
+
+/// ctr's `--user`: a registry behind a token service takes a push with the
+/// right USER:PASSWORD only; a malformed one is a usage error.
+#[test]
+fn user_flag_authenticates_a_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start("bob", "pa55").unwrap();
+    let registry = Registry::start_binary(
+        &find_binary().expect("apt-get install docker-registry"),
+        &tokens.registry_config(dir.path()).unwrap(),
+    )
+    .expect("the registry must start (apt-get install docker-registry)");
+    let builder = dir.path().join("builder");
+    let (manifest_digest, _) = build_image(&builder);
+    let reference = format!("{}/private/app:1", registry.host());
+    let push = |user: Option<&str>| {
+        let mut args = Vec::new();
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        args.extend(["push", &reference, &manifest_digest]);
+        dist(&builder, &args, b"")
+    };
+
+    let anonymous = push(None);
+    assert_eq!(
+        anonymous.status.code(),
+        Some(1),
+        "anonymous tokens only pull"
+    );
+    assert!(
+        common::stderr(&anonymous).contains("401"),
+        "{}",
+        common::stderr(&anonymous)
+    );
+    assert_eq!(push(Some("bob:wrong")).status.code(), Some(1));
+    assert_eq!(
+        push(Some("bob")).status.code(),
+        Some(2),
+        "no password: usage"
+    );
+    let pushed = ok(push(Some("bob:pa55")));
+    assert!(pushed.trim_end().ends_with(&manifest_digest), "{pushed}");
+    // Pulling needs no credentials here: anonymous tokens grant pull.
+    ok(dist(&dir.path().join("store"), &["fetch", &reference], b""));
 }

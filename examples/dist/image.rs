@@ -9,6 +9,7 @@ use ocidist::content::lease::{Lease, LeasedStore, Leases};
 use ocidist::content::{Manager, descriptor, read_blob};
 use ocidist::images::platforms::{self, Matcher, Platform};
 use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
+use ocidist::remotes::docker::auth::{Credential, Credentials};
 use ocidist::remotes::docker::config::DockerConfig;
 use ocidist::remotes::docker::{DockerResolver, PlainHttp, RangedFetch, fetch_object};
 use ocidist::remotes::{fetch_image, push_image};
@@ -95,11 +96,25 @@ pub(crate) struct Remote {
     pub(crate) hosts_dir: Option<std::path::PathBuf>,
     /// `--tlscacert`, `--tlscert`, `--tlskey`, `--skip-verify`.
     pub(crate) tls: Tls,
+    /// `--user`: credentials for every registry, instead of Docker's.
+    pub(crate) user: Option<(String, String)>,
     /// `--ranges`: parallel ranged requests per large blob.
     pub(crate) ranges: Option<usize>,
     pub(crate) platform: Platform,
     /// `--unpack-concurrency`: layers applied at once (overlay).
     pub(crate) unpack_concurrency: usize,
+}
+
+/// `--user`: one credential for every registry the command talks to, as
+/// ctr's `--user` (they still go only to each registry's own origin and its
+/// token service).
+#[derive(Debug)]
+struct EveryRegistry(Credential);
+
+impl Credentials for EveryRegistry {
+    fn get(&self, _host: &str) -> Option<Credential> {
+        Some(self.0.clone())
+    }
 }
 
 /// TLS settings for every registry (a hosts directory adds per-host ones).
@@ -127,16 +142,22 @@ impl Remote {
         } else {
             PlainHttp::Loopback
         };
-        // Docker's own credentials (config.json, helpers), as `docker pull` uses.
-        // A broken one is said, as Docker says it, and the pull goes on
-        // anonymously rather than fail where no credentials are needed.
-        let credentials = DockerConfig::load_default().unwrap_or_else(|e| {
-            eprintln!("dist: warning: Docker credentials not loaded: {e}");
-            DockerConfig::default()
-        });
+        let credentials: Arc<dyn Credentials> = match &self.user {
+            Some((username, secret)) => Arc::new(EveryRegistry(Credential {
+                username: username.clone(),
+                secret: secret.clone(),
+            })),
+            // Docker's own credentials (config.json, helpers), as `docker pull`
+            // uses. A broken one is said, as Docker says it, and the pull goes
+            // on anonymously rather than fail where no credentials are needed.
+            None => Arc::new(DockerConfig::load_default().unwrap_or_else(|e| {
+                eprintln!("dist: warning: Docker credentials not loaded: {e}");
+                DockerConfig::default()
+            })),
+        };
         let mut resolver = DockerResolver::new()
             .plain_http(plain)
-            .credentials(std::sync::Arc::new(credentials));
+            .credentials(credentials);
         if let Some(parallel) = self.ranges {
             resolver = resolver.ranged_fetch(RangedFetch {
                 parallel,

@@ -48,9 +48,15 @@ struct Cli {
     /// Give up after this long (e.g. 30s, 5m, 1h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Speak plain HTTP to every registry (loopback registries always get it).
+    /// Speak plain HTTP to every registry (loopback registries get it
+    /// unless TLS flags or certificates in --hosts-dir are given for them).
     #[arg(long, global = true)]
     plain_http: bool,
+    /// Registry credentials, USER:PASSWORD, for every registry the command
+    /// talks to, instead of Docker's config.json (ctr's --user; dist does
+    /// not prompt for a missing password).
+    #[arg(long, short = 'u', global = true, value_name = "USER:PASSWORD", value_parser = parse_user)]
+    user: Option<(String, String)>,
     /// containerd-style registry hosts configuration: DIR/<registry>/hosts.toml
     /// (mirrors, capabilities, CA files, client certificates, headers), or
     /// Docker's certs.d layout (DIR/<registry>/*.crt, *.cert, *.key).
@@ -181,6 +187,14 @@ fn default_root() -> PathBuf {
     data.join("ocidist")
 }
 
+/// `--user`: `USER:PASSWORD`, split at the first colon (passwords may hold more).
+fn parse_user(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Ok((user.to_string(), password.to_string())),
+        _ => Err("expected USER:PASSWORD".to_string()),
+    }
+}
+
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -278,6 +292,7 @@ async fn run(cli: Cli) -> CmdResult {
     let remote = image::Remote {
         plain_http: cli.plain_http,
         hosts_dir: cli.hosts_dir.clone(),
+        user: cli.user.clone(),
         tls: image::Tls {
             ca_files: cli.tlscacert.clone(),
             cert: cli.tlscert.clone(),
