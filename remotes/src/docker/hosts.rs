@@ -142,7 +142,7 @@ impl Endpoint {
     }
 
     /// An upstream taken by default as plain HTTP (a loopback registry, or
-    /// `--plain-http`) but given certificates or `skip_verify` speaks
+    /// [`PlainHttp::Always`](super::PlainHttp::Always)) but given certificates or `skip_verify` speaks
     /// HTTPS: such settings say the registry speaks TLS. (containerd tries
     /// HTTPS first and falls back to HTTP; we do not guess.)
     fn speak_tls_if_configured(&mut self) {

@@ -2,11 +2,13 @@
 //!
 //! Plain HTTP is used for `localhost`, `127.0.0.0/8` and `::1`, as Docker
 //! does, unless TLS settings (CA files, a client certificate, `skip_verify`)
-//! are given for the resolver or in a Docker `certs.d` directory; HTTPS
-//! (rustls, the system's roots plus any CA files given) elsewhere. containerd
-//! tries HTTPS first and falls back to HTTP there; we do not guess: a scheme
-//! written in `hosts.toml` is used as written. Authentication is in [`auth`] and [`config`], containerd's
-//! `hosts.toml` (mirrors, capabilities) in [`hosts`].
+//! are given for the resolver or for the registry in the hosts directory;
+//! HTTPS (rustls, the system's roots plus any CA files given) elsewhere.
+//! containerd tries HTTPS first and falls back to HTTP there; we do not
+//! guess, and a scheme written in `hosts.toml` is used as written.
+//!
+//! Authentication is in [`auth`] and [`config`]; containerd's `hosts.toml`
+//! (mirrors, capabilities, TLS) and Docker's `certs.d` in [`hosts`].
 
 pub mod auth;
 pub mod config;
@@ -161,9 +163,16 @@ impl Connection {
     fn client(&self) -> Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(self.dial_timeout.unwrap_or(CONNECT_TIMEOUT))
-            .read_timeout(self.idle_read_timeout.unwrap_or(IDLE_READ_TIMEOUT))
             .danger_accept_invalid_certs(self.skip_verify);
+        // Zero is no limit (reqwest's zero would time out every attempt).
+        let connect = self.dial_timeout.unwrap_or(CONNECT_TIMEOUT);
+        if !connect.is_zero() {
+            builder = builder.connect_timeout(connect);
+        }
+        let idle_read = self.idle_read_timeout.unwrap_or(IDLE_READ_TIMEOUT);
+        if !idle_read.is_zero() {
+            builder = builder.read_timeout(idle_read);
+        }
         for path in &self.ca_files {
             let pem = read_tls_file(path)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -333,9 +342,10 @@ impl DockerResolver {
     /// Gives up on opening a connection (TLS handshake included) after
     /// `connect` ([`CONNECT_TIMEOUT`] by default; a host's `dial_timeout`
     /// wins) and on a response that sends nothing for `idle_read`
-    /// ([`IDLE_READ_TIMEOUT`] by default). A blob download that goes idle
-    /// ends in [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable),
-    /// and the fetch handler resumes it from the bytes already written.
+    /// ([`IDLE_READ_TIMEOUT`] by default); zero is no limit. A blob
+    /// download that goes idle ends in
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), and the
+    /// fetch handler resumes it from the bytes already written.
     pub fn timeouts(mut self, connect: Duration, idle_read: Duration) -> Result<Self> {
         self.defaults.dial_timeout = Some(connect);
         self.defaults.idle_read_timeout = Some(idle_read);
