@@ -91,6 +91,24 @@ fn push_image(registry_host: &str, work: &Path, big: usize) -> String {
     reference
 }
 
+/// Copies the rootfs of `reference` out of the `snapshotter` of the store
+/// at `root` into `dest`, and checks the copy.
+fn copy_and_check_rootfs(root: &Path, snapshotter: &str, reference: &str, dest: &Path) {
+    ok(dist(
+        root,
+        &[
+            "--snapshotter",
+            snapshotter,
+            "rootfs",
+            "--copy",
+            reference,
+            dest.to_str().unwrap(),
+        ],
+        b"",
+    ));
+    check_tree(dest);
+}
+
 fn check_tree(root: &Path) {
     assert_eq!(std::fs::read(root.join("etc/issue")).unwrap(), b"v2\n");
     assert!(
@@ -184,19 +202,7 @@ fn pull_and_mount(snapshotter: &str) {
     rootfs(&["--unmount", mnt.to_str().unwrap()]);
 
     let copy = work.path().join("copy");
-    ok(dist(
-        &root,
-        &[
-            "--snapshotter",
-            snapshotter,
-            "rootfs",
-            "--copy",
-            &reference,
-            copy.to_str().unwrap(),
-        ],
-        b"",
-    ));
-    check_tree(&copy);
+    copy_and_check_rootfs(&root, snapshotter, &reference, &copy);
     assert!(
         !copy.join("etc/new").exists(),
         "the removed rootfs's writes are gone"
@@ -367,19 +373,7 @@ fn a_prune_during_a_pull_keeps_what_the_pull_relies_on() {
     );
     ok(dist(&root, &["images", "check"], b""));
     let copy = work.path().join("copy");
-    ok(dist(
-        &root,
-        &[
-            "--snapshotter",
-            "native",
-            "rootfs",
-            "--copy",
-            &reference,
-            copy.to_str().unwrap(),
-        ],
-        b"",
-    ));
-    check_tree(&copy);
+    copy_and_check_rootfs(&root, "native", &reference, &copy);
 
     // A killed pull's lease dies with it: the next prune takes its leftovers.
     let other = work.path().join("other");

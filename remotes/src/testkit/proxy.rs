@@ -270,16 +270,15 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
         }
         let chunk = &mut buf[..n];
         match &fault {
-            Some(Fault::CutAfter(limit)) if offset + n as u64 > *limit => {
+            Some(Fault::CutAfter(limit) | Fault::Stall { after: limit, .. })
+                if offset + n as u64 > *limit =>
+            {
                 let keep = (*limit - offset) as usize;
                 client.write_all(&chunk[..keep])?;
-                return client.shutdown(Shutdown::Both);
-            }
-            Some(Fault::Stall { after, hold }) if offset + n as u64 > *after => {
-                let keep = (*after - offset) as usize;
-                client.write_all(&chunk[..keep])?;
-                client.flush()?;
-                std::thread::sleep(*hold);
+                if let Some(Fault::Stall { hold, .. }) = &fault {
+                    client.flush()?;
+                    std::thread::sleep(*hold);
+                }
                 return client.shutdown(Shutdown::Both);
             }
             Some(Fault::FlipByte(at)) if (offset..offset + n as u64).contains(at) => {
