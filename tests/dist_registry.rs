@@ -248,6 +248,77 @@ fn tls_flags_reach_a_registry_that_requires_client_certificates() {
     );
 }
 
+/// On a machine with no CA certificates of its own (a minimal container),
+/// plain-HTTP registries and registries whose CA is given still work, and
+/// any other HTTPS registry is a clear error, not a crash.
+#[test]
+fn a_machine_without_ca_certificates_still_reaches_registries_it_can_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCertificates::write(dir.path()).unwrap();
+    let plain =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let tls = Registry::start_tls(&certs.server_cert, &certs.server_key)
+        .expect("the registry must start (apt-get install docker-registry)");
+    let builder = dir.path().join("builder");
+    let (manifest_digest, _) = build_image(&builder);
+    let ca = certs.ca.to_str().unwrap();
+    let plain_ref = format!("{}/bare/app:1", plain.host());
+    let tls_ref = format!("{}/bare/app:1", tls.host());
+    ok(dist(&builder, &["push", &plain_ref, &manifest_digest], b""));
+    ok(dist(
+        &builder,
+        &["--tlscacert", ca, "push", &tls_ref, &manifest_digest],
+        b"",
+    ));
+
+    // The system's certificates are where rustls looks: nowhere, here.
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let no_roots = [
+        ("SSL_CERT_FILE", empty.join("none.pem")),
+        ("SSL_CERT_DIR", empty.clone()),
+    ];
+    let no_roots: Vec<(&str, &Path)> = no_roots.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let store = dir.path().join("store");
+    ok(common::dist_with_env(
+        &store,
+        &no_roots,
+        &["fetch", &plain_ref],
+        b"",
+    ));
+    ok(common::dist_with_env(
+        &store,
+        &no_roots,
+        &["--tlscacert", ca, "fetch", &tls_ref],
+        b"",
+    ));
+    let listed = ok(dist(&store, &["images", "-q"], b""));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    // HTTPS without a CA to check the registry against.
+    let hosts = dir.path().join("hosts");
+    std::fs::create_dir_all(hosts.join(tls.host())).unwrap();
+    std::fs::write(
+        hosts.join(tls.host()).join("hosts.toml"),
+        format!("server = \"https://{}\"\n", tls.host()),
+    )
+    .unwrap();
+    let untrusted = common::dist_with_env(
+        &dir.path().join("other"),
+        &no_roots,
+        &["--hosts-dir", hosts.to_str().unwrap(), "fetch", &tls_ref],
+        b"",
+    );
+    assert_eq!(
+        untrusted.status.code(),
+        Some(1),
+        "{}",
+        common::stderr(&untrusted)
+    );
+    let said = common::stderr(&untrusted);
+    assert!(said.contains("UnknownIssuer"), "{said}");
+}
+
 /// ctr's `--user`: a registry behind a token service takes a push with the
 /// right USER:PASSWORD only; a malformed one is a usage error.
 #[test]

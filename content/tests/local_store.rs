@@ -427,6 +427,104 @@ async fn a_large_ingest_resumed_at_an_odd_offset_lands_exactly_and_bypasses_the_
     assert!(std::fs::read(&blob).unwrap() == content);
 }
 
+/// Writes `piece` of `content` at the writer's offset, counting it.
+async fn write_piece(w: &mut Box<dyn Writer>, content: &[u8], written: &mut usize, len: usize) {
+    let end = (*written + len).min(content.len());
+    w.write_all(&content[*written..end]).await.unwrap();
+    *written = end;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_streaming_together_hash_as_bytes_arrive_and_every_digest_holds() {
+    let (dir, store) = store();
+    // One more stream than cores: while they all stream, each hashes its
+    // chunks as the bytes arrive; alone, a writer hashes them on the blocking
+    // side. Every way between the two is crossed below, at odd offsets.
+    let streams = std::thread::available_parallelism().unwrap().get().max(2) + 1;
+    let contents: Vec<(Vec<u8>, Digest)> = (0..streams)
+        .map(|i| fixed_content((7 << 20) + 1_001 * i, 0xabc0 + i as u64))
+        .collect();
+    let opts = |i: usize| WriterOpts::new(format!("stream-{i}"));
+    let mut writers = Vec::new();
+    for i in 0..streams {
+        writers.push(store.writer(opts(i)).await.unwrap());
+    }
+    let mut written = vec![0usize; streams];
+    // The first writer streams alone for a while...
+    write_piece(
+        &mut writers[0],
+        &contents[0].0,
+        &mut written[0],
+        (2 << 20) + 500_000,
+    )
+    .await;
+    // ...then all of them, in turns, in pieces that do not divide a chunk.
+    while written.iter().any(|&n| n < 4 << 20) {
+        for i in 0..streams {
+            write_piece(&mut writers[i], &contents[i].0, &mut written[i], 100_003).await;
+        }
+    }
+    // Mid-stream, every way out of hashing on arrival keeps the digest: a
+    // digest query...
+    let (content, _) = &contents[1];
+    assert_eq!(
+        writers[1].digest().await.unwrap(),
+        sha256_of(&content[..written[1]])
+    );
+    // ...a truncation to an odd offset, then more writing...
+    let (content, _) = &contents[2];
+    writers[2].truncate(1_234_567).await.unwrap();
+    written[2] = 1_234_567;
+    write_piece(&mut writers[2], content, &mut written[2], 3 << 20).await;
+    // ...a commit against the wrong digest, which keeps every byte...
+    let (content, digest) = &contents[0];
+    write_piece(&mut writers[0], content, &mut written[0], content.len()).await;
+    let wrong = sha256_of(b"not this");
+    let err = writers[0]
+        .commit(None, Some(&wrong), Labels::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    let mut w = store.writer(opts(0)).await.unwrap();
+    assert_eq!(w.status().await.unwrap().offset, content.len() as u64);
+    assert_eq!(w.digest().await.unwrap(), *digest);
+    writers[0] = w;
+    // ...and a writer dropped mid-chunk, resumed.
+    let last = streams - 1;
+    write_piece(
+        &mut writers[last],
+        &contents[last].0,
+        &mut written[last],
+        77_777,
+    )
+    .await;
+    drop(writers.pop());
+    // A dropped writer saves in the background: this waits for its ref.
+    let mut resumed = ocidist_content::open_writer(&store, opts(last))
+        .await
+        .unwrap();
+    assert_eq!(resumed.status().await.unwrap().offset, written[last] as u64);
+    assert_eq!(
+        resumed.digest().await.unwrap(),
+        sha256_of(&contents[last].0[..written[last]])
+    );
+    writers.push(resumed);
+
+    // They finish one by one, the rest streaming on: the last ones stream
+    // alone again.
+    let mut writers: Vec<_> = writers.into_iter().enumerate().collect();
+    while let Some((i, mut w)) = writers.pop() {
+        for (j, other) in writers.iter_mut() {
+            write_piece(other, &contents[*j].0, &mut written[*j], 1_500_007).await;
+        }
+        let (content, digest) = &contents[i];
+        let rest = content.len() - written[i];
+        write_piece(&mut w, content, &mut written[i], rest).await;
+        commit_and_read_back(w, &store, content, digest.clone()).await;
+    }
+    assert_eq!(blob_files(dir.path()).len(), streams);
+}
+
 fn is_tmpfs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();

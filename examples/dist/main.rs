@@ -410,7 +410,25 @@ async fn interrupted() -> (u8, &'static str) {
     }
 }
 
+/// Tells glibc's allocator to keep memory it is given back for reuse instead
+/// of returning it to the kernel (by unmapping large blocks and trimming the
+/// heap): fetching, a stream's buffers come and go by the megabyte, and
+/// every page handed back costs a fault and a zeroing when it is needed
+/// again. On the benchmark VM, a bulk:8x64m fetch took 6,800-7,100 page
+/// faults with this and 8,600-11,600 without, and zeroing pages had been 12 %
+/// of its CPU samples. A library leaves this choice to its program.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let debug = cli.debug;
     output::set_quiet(cli.quiet);

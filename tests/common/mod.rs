@@ -24,7 +24,13 @@ pub fn dist_binary() -> PathBuf {
 
 /// Runs `dist --root ROOT ARGS...` with `stdin`, and waits for it.
 pub fn dist(root: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    dist_with_env(root, &[], args, stdin)
+}
+
+/// [`dist`] with extra environment variables.
+pub fn dist_with_env(root: &Path, env: &[(&str, &Path)], args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(dist_binary())
+        .envs(env.iter().copied())
         .arg("--root")
         .arg(root)
         .args(args)

@@ -160,7 +160,27 @@ impl Connection {
 
     /// A client with these settings. Unreadable, malformed or mismatched
     /// files are an [`Error::TlsConfig`] naming them.
+    ///
+    /// A machine with no CA certificates of its own (a minimal container
+    /// without `ca-certificates`) still gets a client: plain HTTP works, and
+    /// HTTPS works for registries whose CA is given; any other fails its
+    /// handshake with an unknown issuer, naming the URL.
     fn client(&self) -> Result<reqwest::Client> {
+        match self.builder(true)?.build() {
+            Ok(client) => Ok(client),
+            // Only the system's roots differ between the two builds: if the
+            // second works, the first failed for the lack of them.
+            Err(_) if self.ca_files.is_empty() && !self.skip_verify => self
+                .builder(false)?
+                .build()
+                .map_err(|e| self.build_error(e)),
+            Err(e) => Err(self.build_error(e)),
+        }
+    }
+
+    /// A client builder with these settings, trusting the system's CA
+    /// certificates too when `system_roots`.
+    fn builder(&self, system_roots: bool) -> Result<reqwest::ClientBuilder> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(self.skip_verify);
@@ -173,6 +193,7 @@ impl Connection {
         if !idle_read.is_zero() {
             builder = builder.read_timeout(idle_read);
         }
+        let mut roots = Vec::new();
         for path in &self.ca_files {
             let pem = read_tls_file(path)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -180,10 +201,13 @@ impl Connection {
             if certs.is_empty() {
                 return Err(tls_config_error(path, "no PEM certificate in the file"));
             }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            roots.extend(certs);
         }
+        builder = if system_roots {
+            builder.tls_certs_merge(roots)
+        } else {
+            builder.tls_certs_only(roots)
+        };
         if let Some(client) = &self.client_cert {
             // reqwest takes the key and the certificates as one PEM text.
             let mut pem = read_tls_file(&client.cert)?;
@@ -195,14 +219,19 @@ impl Connection {
                 reqwest::Identity::from_pem(&pem).map_err(|e| client_cert_error(client, e))?;
             builder = builder.identity(identity);
         }
-        builder.build().map_err(|source| match &self.client_cert {
-            // rustls checks here that the key is the certificate's.
+        Ok(builder)
+    }
+
+    /// The error for a client that would not build.
+    fn build_error(&self, source: reqwest::Error) -> Error {
+        match &self.client_cert {
+            // rustls checks at build time that the key is the certificate's.
             Some(client) => client_cert_error(client, source),
             None => Error::Connect {
                 url: "TLS configuration".into(),
                 source,
             },
-        })
+        }
     }
 }
 
