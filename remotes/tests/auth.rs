@@ -11,6 +11,7 @@ use ocidist_content::ErrorKind;
 use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::docker::auth::{Credential, StaticCredentials};
+use ocidist_remotes::docker::config::DockerConfig;
 use ocidist_remotes::source::source_label_key;
 use ocidist_remotes::testkit::{Fault, FaultProxy, Registry, TokenServer, find_binary};
 use tokio::io::AsyncWriteExt;
@@ -92,6 +93,63 @@ async fn basic_auth_with_htpasswd() {
     let elsewhere = resolver_for("other.example:5000", "alice", "s3cret");
     let err = elsewhere.resolve(&format!("{repo}:1")).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
+}
+
+/// A credential helper is a process and may take its time (a keychain
+/// prompt, a cloud login): the runtime that asked goes on with its other
+/// work meanwhile, even a single-threaded one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_credential_helper_does_not_hold_up_the_runtime() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (_dir, registry) = htpasswd_registry();
+    let repo = format!("{}/private/app", registry.host());
+    let blobs = image(false, "linux/amd64", 5000);
+    let alice = resolver_for(&registry.host(), "alice", "s3cret");
+    push_all(
+        alice.pusher(&format!("{repo}:1")).await.unwrap().as_ref(),
+        &blobs,
+    )
+    .await;
+
+    let helpers = tempfile::tempdir().unwrap();
+    let helper = helpers.path().join("docker-credential-slow");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\nread server\nsleep 1\necho '{\"Username\":\"alice\",\"Secret\":\"s3cret\"}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = DockerConfig::parse(br#"{"credsStore": "slow"}"#)
+        .unwrap()
+        .helper_dir(helpers.path());
+    let resolver = DockerResolver::new().credentials(Arc::new(config));
+
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let (_, desc) = resolver.resolve(&format!("{repo}:1")).await.unwrap();
+    let took = started.elapsed();
+    ticker.abort();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "the helper was asked"
+    );
+    // Blocked, the only thread would have ticked a few times at most.
+    let ticks = ticks.load(Ordering::Relaxed);
+    assert!(
+        ticks >= 20,
+        "{ticks} ticks of 20 ms while resolving took {took:?}"
+    );
 }
 
 #[tokio::test]

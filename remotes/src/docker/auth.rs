@@ -34,7 +34,8 @@ impl std::fmt::Debug for Credential {
 
 /// Finds credentials for a registry host (`ghcr.io`, `localhost:5000`).
 pub trait Credentials: Send + Sync + std::fmt::Debug {
-    /// The credential for `host`, if any.
+    /// The credential for `host`, if any. It may block (run a helper, read
+    /// a file): the resolver calls it on a blocking thread.
     fn get(&self, host: &str) -> Option<Credential>;
 }
 
@@ -263,6 +264,22 @@ impl Authorizer {
             .await
     }
 
+    /// The credential for `host`, looked up on a blocking thread: a
+    /// credential helper is a process, and may take its time (a keychain
+    /// prompt, a cloud login) without holding up the runtime.
+    async fn credential_for(&self, host: &str) -> Result<Option<Credential>> {
+        let credentials = self.credentials.clone();
+        let owned = host.to_string();
+        match tokio::task::spawn_blocking(move || credentials.get(&owned)).await {
+            Ok(credential) => Ok(credential),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Content(ocidist_content::Error::other(
+                ocidist_content::ErrorKind::Unavailable,
+                format!("credentials for {host}: {e}"),
+            ))),
+        }
+    }
+
     /// [`answer`](Self::answer) for challenges already parsed.
     async fn answer_parsed(
         &self,
@@ -278,7 +295,7 @@ impl Authorizer {
         {
             return Ok(Some(cached));
         }
-        let credential = self.credentials.get(host);
+        let credential = self.credential_for(host).await?;
         let (header, lifetime) =
             if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
                 let (token, lifetime) = self
