@@ -168,12 +168,13 @@ impl Connection {
     fn client(&self) -> Result<reqwest::Client> {
         match self.builder(true)?.build() {
             Ok(client) => Ok(client),
-            // Only the system's roots differ between the two builds: if the
-            // second works, the first failed for the lack of them.
-            Err(_) if self.ca_files.is_empty() && !self.skip_verify => self
-                .builder(false)?
-                .build()
-                .map_err(|e| self.build_error(e)),
+            // Only for the lack of system roots: any other failure (a bad
+            // key) is reported, never traded for a client that trusts nothing.
+            Err(e) if lacks_system_roots(&e) && self.ca_files.is_empty() && !self.skip_verify => {
+                self.builder(false)?
+                    .build()
+                    .map_err(|e| self.build_error(e))
+            }
             Err(e) => Err(self.build_error(e)),
         }
     }
@@ -233,6 +234,19 @@ impl Connection {
             },
         }
     }
+}
+
+/// Whether building a client failed because the machine has no CA
+/// certificates of its own (rustls-platform-verifier's words for it).
+fn lacks_system_roots(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().contains("No CA certificates were loaded") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A client certificate (and key) that cannot be used; the reason is the
