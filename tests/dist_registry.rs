@@ -317,6 +317,7 @@ fn a_machine_without_ca_certificates_still_reaches_registries_it_can_trust() {
     );
     let said = common::stderr(&untrusted);
     assert!(said.contains("UnknownIssuer"), "{said}");
+    assert!(said.contains("no CA certificates of its own"), "{said}");
 }
 
 /// ctr's `--user`: a registry behind a token service takes a push with the

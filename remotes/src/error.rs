@@ -1,5 +1,7 @@
 //! The crate's error type; its kinds are the content crate's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub use ocidist_content::ErrorKind;
 
 /// Errors from references, registries and transfers.
@@ -104,7 +106,22 @@ fn connect_cause(error: &reqwest::Error) -> String {
         cause = next.source();
     }
     match innermost {
-        Some(root) if !error.is_timeout() => format!("{what}: {root}"),
+        Some(root) if !error.is_timeout() => {
+            let root = root.to_string();
+            // The one certificate error a missing `ca-certificates` explains.
+            let hint = if root.contains("UnknownIssuer") && NO_SYSTEM_ROOTS.load(Ordering::Relaxed)
+            {
+                " (this machine has no CA certificates of its own: install \
+                 ca-certificates, or give the registry's CA)"
+            } else {
+                ""
+            };
+            format!("{what}: {root}{hint}")
+        }
         _ => what.to_string(),
     }
 }
+
+/// Set once a client had to be built without system CA certificates, because
+/// the machine has none: a certificate it then cannot verify says why.
+pub(crate) static NO_SYSTEM_ROOTS: AtomicBool = AtomicBool::new(false);

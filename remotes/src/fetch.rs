@@ -8,6 +8,7 @@
 //! and then find the blob committed. [`fetch_image`] runs the whole pipeline.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -25,6 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::source::source_labels;
+use crate::task::AbortOnDrop;
 use crate::{Fetcher, Reference, Resolver, Result};
 
 /// How many times one blob's download is resumed after a broken stream.
@@ -65,6 +67,8 @@ pub struct FetchHandler<S, F> {
     fetcher: F,
     events: Option<UnboundedSender<FetchEvent>>,
     labels: Labels,
+    /// Downloads of this handler streaming now.
+    streaming: Arc<AtomicUsize>,
 }
 
 /// A handler that fetches each descriptor into `store` (it returns no
@@ -82,6 +86,7 @@ pub fn fetch_handler<S: Ingester + IngestManager, F: Fetcher>(
         fetcher,
         events: None,
         labels: Labels::new(),
+        streaming: Arc::default(),
     }
 }
 
@@ -128,7 +133,9 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
         });
         let mut resumes = 0;
         loop {
-            match self.download(writer.as_mut(), desc, offset).await {
+            let (returned, downloaded) = self.download(writer, desc, offset).await?;
+            writer = returned;
+            match downloaded {
                 Ok(()) => break,
                 // A broken stream: go on from what the store has.
                 Err(e) if e.kind() == ErrorKind::Unavailable && resumes < RESUMES => {
@@ -155,16 +162,49 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
         }
     }
 
+    /// Streams `desc` from `offset` into `writer`. Hands the writer back with
+    /// how the stream went; the outer error is a failed request, before any
+    /// byte.
+    ///
+    /// While other downloads of this handler stream, the copy runs on a task
+    /// of its own: [`dispatch`] polls all its handlers in one task, where
+    /// blobs downloading together would all be copied and hashed on one
+    /// thread (bulk:8x64m fetch: 0.55 s instead of 0.60 s). A download that
+    /// starts alone stays in the caller's task, where its hand-offs to the
+    /// store's hashing thread are quickest (big:1g: 1.07 s, spawned 1.2 s).
     async fn download(
         &self,
-        writer: &mut dyn ocidist_content::Writer,
+        writer: Box<dyn ocidist_content::Writer>,
         desc: &Descriptor,
         offset: u64,
-    ) -> Result<()> {
+    ) -> Result<(Box<dyn ocidist_content::Writer>, Result<()>)> {
         if offset == desc.size() {
-            return Ok(());
+            return Ok((writer, Ok(())));
         }
-        let mut stream = self.fetcher.fetch(desc, offset).await?;
+        let stream = self.fetcher.fetch(desc, offset).await?;
+        let streaming = Streaming::start(&self.streaming);
+        if streaming.alone {
+            return Ok(copy_stream(writer, stream).await);
+        }
+        AbortOnDrop::spawn(copy_stream(writer, stream))
+            .join()
+            .await
+            .ok_or_else(|| {
+                ocidist_content::Error::other(
+                    ErrorKind::Unavailable,
+                    format!("copying {}: the runtime is shutting down", desc.digest()),
+                )
+                .into()
+            })
+    }
+}
+
+/// Writes every chunk of `stream` into `writer` and flushes it.
+async fn copy_stream(
+    mut writer: Box<dyn ocidist_content::Writer>,
+    mut stream: crate::ByteStream,
+) -> (Box<dyn ocidist_content::Writer>, Result<()>) {
+    let copied = async {
         while let Some(chunk) = stream.next().await {
             writer
                 .write_all(&chunk?)
@@ -176,6 +216,31 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             .await
             .map_err(ocidist_content::Error::from_io)?;
         Ok(())
+    }
+    .await;
+    (writer, copied)
+}
+
+/// One download counted in its handler's `streaming` while it lives.
+struct Streaming<'a> {
+    count: &'a AtomicUsize,
+    /// No other download of the handler streamed when this one started.
+    alone: bool,
+}
+
+impl<'a> Streaming<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        Streaming {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -31,6 +31,7 @@ pub mod fetch;
 pub mod push;
 pub mod reference;
 pub mod source;
+mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

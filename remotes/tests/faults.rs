@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{fetch_all, push_multi, registry, stores};
-use ocidist_content::{ErrorKind, IngestManager, Manager};
+use ocidist_content::{ErrorKind, IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, only};
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::testkit::{Fault, FaultProxy};
@@ -357,4 +357,56 @@ async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
         .collect();
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(gets[1].contains("range=bytes=70000-"), "{gets:#?}");
+}
+
+/// A fetch dropped while its blobs stream (a timeout, a sibling's failure)
+/// stops them all: the downloads that ran on tasks of their own are stopped
+/// with it, and release their ingests at once, not when their streams end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_dropped_mid_stream_releases_every_ingest_it_held() {
+    let (_registry, proxy, pushed) = setup("faults/dropped").await;
+    let (layer, config) = (&pushed[3], &pushed[4]);
+    // Both stream for seconds: 4 bytes of the config, 4 KiB of the layer,
+    // every 200 ms.
+    for (blob, chunk) in [(config, 4), (layer, 4 << 10)] {
+        let drip = Fault::Drip {
+            chunk,
+            delay: Duration::from_millis(200),
+        };
+        proxy.add(
+            Some("GET"),
+            &format!("/blobs/{}", blob.desc.digest()),
+            1,
+            drip,
+        );
+    }
+    let (_dir, store, images) = stores();
+    let resolver = DockerResolver::new();
+    let reference = format!("{}/faults/dropped:1", proxy.host());
+    let refs = [layer, config].map(|b| ocidist_remotes::ingest_ref(&b.desc));
+    let mut fetch = Box::pin(fetch_arm64(&resolver, &store, &images, &reference));
+    let both_streaming = async {
+        while !(store.status(&refs[0]).await.is_ok() && store.status(&refs[1]).await.is_ok()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Past their response headers, into the drip.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    tokio::select! {
+        fetched = &mut fetch => panic!("the fetch ended while dripping: {fetched:?}"),
+        () = both_streaming => {}
+    }
+    drop(fetch);
+    for reference in &refs {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let writer = loop {
+            match store.writer(WriterOpts::new(reference)).await {
+                Err(e) if e.kind() == ErrorKind::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                opened => break opened,
+            }
+        };
+        writer.unwrap_or_else(|e| panic!("{reference} still held after the fetch went: {e}"));
+    }
 }

@@ -13,6 +13,7 @@ use reqwest::{Method, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Repository, check_status};
+use crate::task::AbortOnDrop;
 use crate::{ByteStream, Error, Fetcher, Result};
 
 /// How a large blob is fetched as parallel ranged requests, as containerd 2.1
@@ -327,7 +328,7 @@ async fn fetch_ranged(
     // A task runs the later ranges while the first one streams, handing each
     // on (in order) when the one before it has been taken.
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    let driver = tokio::spawn(async move {
+    let driver = AbortOnDrop::spawn(async move {
         let _slot = slot;
         let mut ahead = std::pin::pin!(ahead);
         while let Some(range) = ahead.next().await {
@@ -337,25 +338,13 @@ async fn fetch_ranged(
             }
         }
     });
-    let rest = futures::stream::unfold(
-        (receiver, AbortOnDrop(driver)),
-        |(mut receiver, driver)| async move {
-            let range = receiver.recv().await?;
-            Some((range, (receiver, driver)))
-        },
-    )
+    let rest = futures::stream::unfold((receiver, driver), |(mut receiver, driver)| async move {
+        let range = receiver.recv().await?;
+        Some((range, (receiver, driver)))
+    })
     .map_ok(|pieces| futures::stream::iter(pieces.into_iter().map(Ok)))
     .try_flatten();
     Ok(Box::pin(first.chain(rest)))
-}
-
-/// Stops a task when the stream that owns it is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// One range's body, passed on as it arrives, failing if it holds more or

@@ -164,13 +164,15 @@ impl Connection {
     /// A machine with no CA certificates of its own (a minimal container
     /// without `ca-certificates`) still gets a client: plain HTTP works, and
     /// HTTPS works for registries whose CA is given; any other fails its
-    /// handshake with an unknown issuer, naming the URL.
+    /// handshake with an unknown issuer, naming the URL and saying that the
+    /// machine has no CA certificates.
     fn client(&self) -> Result<reqwest::Client> {
         match self.builder(true)?.build() {
             Ok(client) => Ok(client),
             // Only for the lack of system roots: any other failure (a bad
             // key) is reported, never traded for a client that trusts nothing.
             Err(e) if lacks_system_roots(&e) && self.ca_files.is_empty() && !self.skip_verify => {
+                crate::error::NO_SYSTEM_ROOTS.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.builder(false)?
                     .build()
                     .map_err(|e| self.build_error(e))
