@@ -112,7 +112,7 @@ fn connect_cause(error: &reqwest::Error) -> String {
             let hint = if root.contains("UnknownIssuer") && NO_SYSTEM_ROOTS.load(Ordering::Relaxed)
             {
                 " (this machine has no CA certificates of its own: install \
-                 ca-certificates, or give the registry's CA)"
+                 ca-certificates, or trust the registry's CA explicitly)"
             } else {
                 ""
             };
@@ -123,5 +123,6 @@ fn connect_cause(error: &reqwest::Error) -> String {
 }
 
 /// Set once a client had to be built without system CA certificates, because
-/// the machine has none: a certificate it then cannot verify says why.
+/// the machine has none: a certificate it then cannot verify says why. It is
+/// process-wide because the system's certificates are the machine's.
 pub(crate) static NO_SYSTEM_ROOTS: AtomicBool = AtomicBool::new(false);

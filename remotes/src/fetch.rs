@@ -163,8 +163,9 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
     }
 
     /// Streams `desc` from `offset` into `writer`. Hands the writer back with
-    /// how the stream went; the outer error is a failed request, before any
-    /// byte.
+    /// how the request and the stream went (a failed request is resumed like
+    /// a broken stream); the outer error means the writer is gone with the
+    /// task that held it, as the runtime shuts down.
     ///
     /// While other downloads of this handler stream, the copy runs on a task
     /// of its own: [`dispatch`] polls all its handlers in one task, where
@@ -181,9 +182,12 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
         if offset == desc.size() {
             return Ok((writer, Ok(())));
         }
-        let stream = self.fetcher.fetch(desc, offset).await?;
+        let stream = match self.fetcher.fetch(desc, offset).await {
+            Ok(stream) => stream,
+            Err(e) => return Ok((writer, Err(e))),
+        };
         let streaming = Streaming::start(&self.streaming);
-        if streaming.alone {
+        if streaming.alone || !runs_in_parallel() {
             return Ok(copy_stream(writer, stream).await);
         }
         AbortOnDrop::spawn(copy_stream(writer, stream))
@@ -197,6 +201,14 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
                 .into()
             })
     }
+}
+
+/// Whether a spawned task may run beside the caller: not on a current-thread
+/// runtime (nor outside Tokio, for a store and fetcher that need none).
+fn runs_in_parallel() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread
+    })
 }
 
 /// Writes every chunk of `stream` into `writer` and flushes it.

@@ -37,6 +37,23 @@ async fn fetch_arm64(
     .await
 }
 
+/// The GET requests the proxy saw for paths containing `path`, in order.
+fn gets_of(proxy: &FaultProxy, path: &str) -> Vec<String> {
+    proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("GET") && l.contains(path))
+        .collect()
+}
+
+/// Checks that `blob` is committed in `store`, whole.
+async fn assert_whole(store: &ocidist_content::local::LocalStore, blob: &common::Blob) {
+    assert_eq!(
+        store.info(blob.desc.digest()).await.unwrap().size,
+        blob.bytes.len() as u64
+    );
+}
+
 /// A registry with a two-platform image, and a proxy in front of it.
 async fn setup(
     repo: &str,
@@ -121,10 +138,32 @@ async fn a_connection_cut_mid_layer_resumes_with_range() {
     fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
         .await
         .expect("two cuts are resumed");
-    assert_eq!(
-        store.info(layer.desc.digest()).await.unwrap().size,
-        layer.bytes.len() as u64
-    );
+    assert_whole(&store, layer).await;
+}
+
+/// A download cut short whose resuming request then fails (the registry
+/// restarting: 503 on every retry of it) is resumed once more, not given up.
+#[tokio::test]
+async fn a_resume_whose_request_fails_is_resumed_again() {
+    let (_registry, proxy, pushed) = setup("faults/cut-then-503").await;
+    let layer = &pushed[3];
+    let blob_path = format!("/blobs/{}", layer.desc.digest());
+    proxy.add(Some("GET"), &blob_path, 1, Fault::CutAfter(70_000));
+    // Every attempt of the first resume's request.
+    let unavailable = Fault::Status {
+        status: 503,
+        retry_after: None,
+    };
+    proxy.add(Some("GET"), &blob_path, 5, unavailable);
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/cut-then-503:1", proxy.host());
+    fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .expect("resumed after the failed request");
+    assert_whole(&store, layer).await;
+    let gets = gets_of(&proxy, &blob_path);
+    assert_eq!(gets.len(), 7, "{gets:#?}");
+    assert!(gets[6].contains("range=bytes=70000-"), "{gets:#?}");
 }
 
 #[tokio::test]
@@ -346,15 +385,8 @@ async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
         "given up on by the timeout, not when the server closed: {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        store.info(layer.desc.digest()).await.unwrap().size,
-        layer.bytes.len() as u64
-    );
-    let gets: Vec<String> = proxy
-        .log()
-        .into_iter()
-        .filter(|l| l.starts_with("GET") && l.contains(&blob_path))
-        .collect();
+    assert_whole(&store, layer).await;
+    let gets = gets_of(&proxy, &blob_path);
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(gets[1].contains("range=bytes=70000-"), "{gets:#?}");
 }
@@ -386,11 +418,12 @@ async fn a_fetch_dropped_mid_stream_releases_every_ingest_it_held() {
     let refs = [layer, config].map(|b| ocidist_remotes::ingest_ref(&b.desc));
     let mut fetch = Box::pin(fetch_arm64(&resolver, &store, &images, &reference));
     let both_streaming = async {
-        while !(store.status(&refs[0]).await.is_ok() && store.status(&refs[1]).await.is_ok()) {
+        while gets_of(&proxy, "/blobs/").len() < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Past their response headers, into the drip.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Past their response headers, into the drip: the second to start
+        // found the first streaming, and runs on a task of its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     };
     tokio::select! {
         fetched = &mut fetch => panic!("the fetch ended while dripping: {fetched:?}"),
