@@ -68,7 +68,7 @@ pub struct FetchHandler<S, F> {
     events: Option<UnboundedSender<FetchEvent>>,
     labels: Labels,
     /// Downloads of this handler streaming now.
-    streaming: Arc<AtomicUsize>,
+    streaming: AtomicUsize,
 }
 
 /// A handler that fetches each descriptor into `store` (it returns no
@@ -86,7 +86,7 @@ pub fn fetch_handler<S: Ingester + IngestManager, F: Fetcher>(
         fetcher,
         events: None,
         labels: Labels::new(),
-        streaming: Arc::default(),
+        streaming: AtomicUsize::new(0),
     }
 }
 
