@@ -170,9 +170,10 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
     /// While other downloads of this handler stream, the copy runs on a task
     /// of its own: [`dispatch`] polls all its handlers in one task, where
     /// blobs downloading together would all be copied and hashed on one
-    /// thread (bulk:8x64m fetch: 0.55 s instead of 0.60 s). A download that
-    /// starts alone stays in the caller's task, where its hand-offs to the
-    /// store's hashing thread are quickest (big:1g: 1.07 s, spawned 1.2 s).
+    /// thread (bulk:8x64m fetch: 0.56 s instead of 0.62 s, medians of 5). A
+    /// download that starts alone stays in the caller's task, where its
+    /// hand-offs to the store's hashing thread are quickest (big:1g: 1.07 s,
+    /// spawned 1.20 s, medians of 8).
     async fn download(
         &self,
         writer: Box<dyn ocidist_content::Writer>,
