@@ -48,8 +48,10 @@ struct Cli {
     /// Give up after this long (e.g. 30s, 5m, 1h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Speak plain HTTP to every registry (loopback registries get it
-    /// unless TLS flags or certificates in --hosts-dir are given for them).
+    /// Speak plain HTTP to every registry. Without it, a loopback registry
+    /// gets plain HTTP if it speaks that and HTTPS (its certificate
+    /// unchecked) if it speaks TLS, as with Docker and containerd; TLS flags
+    /// or certificates in --hosts-dir make it HTTPS, checked.
     #[arg(long, global = true)]
     plain_http: bool,
     /// Registry credentials, USER:PASSWORD, for every registry the command

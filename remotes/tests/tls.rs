@@ -9,8 +9,8 @@ use common::{fetch_all, image, push_all};
 use ocidist_content::ErrorKind;
 use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::{DockerResolver, PlainHttp};
-use ocidist_remotes::testkit::Registry;
 use ocidist_remotes::testkit::TestCertificates;
+use ocidist_remotes::testkit::{FaultProxy, Registry};
 
 #[tokio::test]
 async fn https_needs_the_ca_and_works_with_it() {
@@ -44,6 +44,53 @@ async fn https_needs_the_ca_and_works_with_it() {
         .tls(&[], true)
         .unwrap();
     assert!(careless.resolve(&format!("{repo}:1")).await.is_ok());
+}
+
+/// A loopback registry is spoken to as Docker and containerd speak to one,
+/// with no settings at all: over HTTPS, its certificate unchecked, when it
+/// speaks TLS; in plain HTTP when it answers in plain HTTP, which one
+/// request settles for the whole resolver. A `server` written in
+/// `hosts.toml` is used as written, its certificate checked.
+#[tokio::test]
+async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCertificates::write(dir.path()).unwrap();
+    let tls = Registry::start_tls(&certs.server_cert, &certs.server_key)
+        .expect("the registry must start with TLS (apt-get install docker-registry)");
+    let plain =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let proxy = FaultProxy::start(plain.addr()).unwrap();
+    let blobs = image(false, "linux/amd64", 1000);
+    for host in [tls.host(), proxy.host()] {
+        let reference = format!("{host}/settled/app:1");
+        let resolver = DockerResolver::new();
+        push_all(resolver.pusher(&reference).await.unwrap().as_ref(), &blobs).await;
+        let (_, desc) = resolver.resolve(&reference).await.unwrap();
+        assert_eq!(desc.digest(), blobs[2].desc.digest(), "{host}");
+        let fetcher = resolver.fetcher(&reference).await.unwrap();
+        let layer = fetch_all(fetcher.as_ref(), &blobs[0].desc, 0).await;
+        assert_eq!(layer, blobs[0].bytes, "{host}");
+    }
+    // Plain HTTP is asked first: a plain registry never sees TLS, and one
+    // question settles it for the resolver.
+    assert_eq!(proxy.tls_handshakes(), 0);
+    let asked = proxy.log().iter().filter(|l| *l == "GET /v2/").count();
+    assert_eq!(asked, 1, "{:#?}", proxy.log());
+
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir(hosts.path().join(tls.host())).unwrap();
+    std::fs::write(
+        hosts.path().join(tls.host()).join("hosts.toml"),
+        format!("server = \"https://{}\"\n", tls.host()),
+    )
+    .unwrap();
+    let err = DockerResolver::new()
+        .hosts_dir(hosts.path())
+        .resolve(&format!("{}/settled/app:1", tls.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
 }
 
 /// A registry that requires client certificates: refused with the CA alone;

@@ -25,10 +25,11 @@
 //!
 //! Certificates or `skip_verify = true` for an upstream that names no
 //! `server` (a `certs.d` directory, or a `hosts.toml` without `server`) make
-//! it HTTPS where it would otherwise be plain HTTP (a loopback registry, or
-//! plain HTTP asked for everywhere): such settings say the registry speaks
-//! TLS. containerd tries HTTPS first there and falls back to HTTP; we do not
-//! fall back. A host's `skip_verify` wins over the resolver's, either way.
+//! it HTTPS where it would otherwise be plain HTTP (plain HTTP asked for
+//! everywhere) or settled by asking (a loopback registry): such settings say
+//! the registry speaks TLS. containerd tries HTTPS first there and falls back
+//! to HTTP; we do not fall back. A host's `skip_verify` wins over the
+//! resolver's, either way.
 //!
 //! `client` is a file holding a certificate and its key, a list of such
 //! files, or a list of `[certificate, key]` pairs. One client certificate is
@@ -115,6 +116,11 @@ pub struct Endpoint {
     pub headers: Vec<(String, String)>,
     /// The URL is the API root itself: do not append `/v2`.
     pub override_path: bool,
+    /// The upstream the resolver supplied (no hosts file, or one that names
+    /// no `server`): the resolver may still settle how to speak to it (a
+    /// loopback registry's HTTPS or plain HTTP). False for a URL written in
+    /// a hosts file, which is used as written.
+    pub default_upstream: bool,
 }
 
 /// A client certificate presented to a registry that asks for one (mutual TLS).
@@ -127,7 +133,7 @@ pub struct ClientCert {
 }
 
 impl Endpoint {
-    /// The upstream with default settings.
+    /// The resolver's default upstream, with default settings.
     pub fn upstream(url: String) -> Self {
         Endpoint {
             url,
@@ -138,13 +144,14 @@ impl Endpoint {
             dial_timeout: None,
             headers: Vec::new(),
             override_path: false,
+            default_upstream: true,
         }
     }
 
     /// An upstream taken by default as plain HTTP (a loopback registry, or
     /// [`PlainHttp::Always`](super::PlainHttp::Always)) but given certificates or `skip_verify` speaks
     /// HTTPS: such settings say the registry speaks TLS. (containerd tries
-    /// HTTPS first and falls back to HTTP; we do not guess.)
+    /// HTTPS first and falls back to HTTP; we take the settings at their word.)
     fn speak_tls_if_configured(&mut self) {
         let tls = !self.ca_files.is_empty()
             || !self.client_certs.is_empty()
@@ -236,6 +243,7 @@ impl HostEntry {
             dial_timeout,
             headers: headers(self.header),
             override_path: self.override_path,
+            default_upstream: false,
         })
     }
 }
@@ -414,6 +422,7 @@ pub fn parse(
     let server = file.server.unwrap_or_else(|| default_upstream.to_string());
     let mut upstream = file.settings.endpoint(&server, base)?;
     if !written {
+        upstream.default_upstream = true;
         upstream.speak_tls_if_configured();
     }
     out.push(upstream);
@@ -536,6 +545,7 @@ server = "https://registry-1.docker.io"
         assert_eq!(eps[1].host(), "a-mirror.local:5000");
         assert_eq!(eps[1].api_root(), "http://a-mirror.local:5000/prefix/v2");
         assert_eq!(eps[2].capabilities, Capabilities::ALL);
+        assert!(eps.iter().all(|e| !e.default_upstream), "all written");
     }
 
     /// containerd's reading of what its users write: no scheme means https,
@@ -644,6 +654,7 @@ dial_timeout = "1m30s"
         assert_eq!(eps[0].url, "https://localhost:5000");
         let eps = parse("skip_verify = false\n", base, "http://localhost:5000").unwrap();
         assert_eq!(eps[0].url, "http://localhost:5000");
+        assert!(eps[0].default_upstream, "no server written");
         let eps = parse(
             "server = \"http://localhost:5000\"\nca = \"ca.pem\"\n",
             base,
@@ -651,6 +662,10 @@ dial_timeout = "1m30s"
         )
         .unwrap();
         assert_eq!(eps[0].url, "http://localhost:5000");
+        assert!(
+            !eps[0].default_upstream,
+            "a server written is used as written"
+        );
     }
 
     #[test]

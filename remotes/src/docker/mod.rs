@@ -1,11 +1,14 @@
 //! The Docker registry v2 / OCI distribution client.
 //!
-//! Plain HTTP is used for `localhost`, `127.0.0.0/8` and `::1`, as Docker
-//! does, unless TLS settings (CA files, a client certificate, `skip_verify`)
-//! are given for the resolver or for the registry in the hosts directory;
-//! HTTPS (rustls, the system's roots plus any CA files given) elsewhere.
-//! containerd tries HTTPS first and falls back to HTTP there; we do not
-//! guess, and a scheme written in `hosts.toml` is used as written.
+//! A loopback registry (`localhost`, `127.0.0.0/8`, `::1`) is spoken to as
+//! Docker and containerd speak to one: over HTTPS, without checking its
+//! certificate, if it speaks TLS, and in plain HTTP if it answers in plain
+//! HTTP (port 80 is plain HTTP at once). One `GET /v2/` settles which, once
+//! per resolver and registry. TLS settings (CA files, a client certificate,
+//! `skip_verify`) given for the resolver or for the registry in the hosts
+//! directory make it HTTPS, checked as they say; a scheme written in
+//! `hosts.toml` is used as written. Elsewhere, HTTPS (rustls, the system's
+//! roots plus any CA files given).
 //!
 //! Authentication is in [`auth`] and [`config`]; containerd's `hosts.toml`
 //! (mirrors, capabilities, TLS) and Docker's `certs.d` in [`hosts`].
@@ -106,11 +109,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// stream is then resumed from where it stopped, by the fetch handler).
 pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long each of the (at most two) requests settling a loopback
+/// registry's protocol may take: Go's TLS handshake timeout, which is what
+/// containerd waits before it falls back to plain HTTP.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// When to speak plain HTTP instead of HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlainHttp {
-    /// For loopback hosts only (`localhost`, `127.0.0.0/8`, `::1`), as Docker
-    /// does, unless TLS settings are given for them.
+    /// For loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) that speak it,
+    /// as Docker and containerd do; those that speak TLS get HTTPS without
+    /// their certificate being checked. Port 80 is plain HTTP at once. TLS
+    /// settings given for the host make it HTTPS, checked as they say.
     #[default]
     Loopback,
     /// Always (`--plain-http`).
@@ -296,9 +306,22 @@ pub struct DockerResolver {
     /// the stamps of the files they were built from.
     clients: Arc<Mutex<HashMap<Connection, CachedClient>>>,
     plain_http: PlainHttp,
+    /// What each loopback registry was found to speak (true: TLS), shared by
+    /// clones so that one request settles it.
+    loopback_tls: Arc<Mutex<HashMap<String, bool>>>,
     authorizer: auth::Authorizer,
     hosts_dir: Option<PathBuf>,
     ranged: fetcher::Ranged,
+}
+
+/// How the upstream of a registry is spoken to when no hosts file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+    /// HTTPS without checking the certificate, or plain HTTP if the registry
+    /// answers in it: a loopback registry.
+    Settle,
 }
 
 impl Default for DockerResolver {
@@ -318,6 +341,7 @@ impl DockerResolver {
             defaults: Connection::default(),
             clients: Arc::default(),
             plain_http: PlainHttp::default(),
+            loopback_tls: Arc::default(),
             authorizer: auth::Authorizer::new(Arc::new(auth::Anonymous)),
             hosts_dir: None,
             ranged: fetcher::Ranged::new(RangedFetch::default()),
@@ -455,29 +479,120 @@ impl DockerResolver {
         })
     }
 
-    fn scheme(&self, host: &str) -> &'static str {
-        let plain = match self.plain_http {
-            PlainHttp::Always => true,
-            PlainHttp::Never => false,
+    fn scheme(&self, host: &str) -> Scheme {
+        match self.plain_http {
+            PlainHttp::Always => Scheme::Http,
+            PlainHttp::Never => Scheme::Https,
             // TLS settings given for the resolver say the registry speaks TLS.
-            PlainHttp::Loopback => is_loopback(host) && !self.defaults.has_tls(),
+            PlainHttp::Loopback if !is_loopback(host) || self.defaults.has_tls() => Scheme::Https,
+            PlainHttp::Loopback if port_of(host) == Some("80") => Scheme::Http,
+            PlainHttp::Loopback => Scheme::Settle,
+        }
+    }
+
+    /// Makes `upstream` (a loopback registry's default upstream, plain HTTP
+    /// as it comes) HTTPS without checking the certificate if the registry
+    /// speaks TLS, which is asked once per registry and resolver; a registry
+    /// that answers neither way (it is down) is left in plain HTTP for the
+    /// request itself to report, and asked again next time.
+    async fn settle_loopback(&self, upstream: &mut hosts::Endpoint) -> Result<()> {
+        let host = upstream.host().to_string();
+        let mut over_tls = upstream.clone();
+        over_tls.url = format!("https://{host}");
+        over_tls.skip_verify = Some(true);
+        let known = self
+            .loopback_tls
+            .lock()
+            .expect("no panics while held")
+            .get(&host)
+            .copied();
+        let speaks_tls = match known {
+            Some(known) => known,
+            None => {
+                let found = self.speaks_tls(upstream, &over_tls).await?;
+                if let Some(found) = found {
+                    self.loopback_tls
+                        .lock()
+                        .expect("no panics while held")
+                        .insert(host, found);
+                }
+                found.unwrap_or(false)
+            }
         };
-        if plain { "http" } else { "https" }
+        if speaks_tls {
+            *upstream = over_tls;
+        }
+        Ok(())
+    }
+
+    /// Whether the registry at `plain` (the same at `over_tls`) speaks TLS;
+    /// `None` when it answers neither. Plain HTTP is asked first, so that a
+    /// plain registry never starts TLS (whose first handshake in a process
+    /// costs ~20 ms, seeding the TLS library's random generator): any answer
+    /// but 400 settles it. A 400 (what Go and nginx answer plain HTTP with
+    /// on a TLS port), a broken or refused connection, or no answer in
+    /// [`SETTLE_TIMEOUT`] is followed by a `GET /v2/` over TLS, where any
+    /// answer settles TLS.
+    async fn speaks_tls(
+        &self,
+        plain: &hosts::Endpoint,
+        over_tls: &hosts::Endpoint,
+    ) -> Result<Option<bool>> {
+        async fn answer(client: reqwest::Client, url: String) -> reqwest::Result<StatusCode> {
+            let response = client.get(&url).timeout(SETTLE_TIMEOUT).send().await?;
+            let status = response.status();
+            // Read, so that the connection is kept for the requests to come.
+            let _ = read_limited(&url, response, MAX_MANIFEST_SIZE).await;
+            Ok(status)
+        }
+        let plain_answer = answer(self.client_for(plain)?, format!("{}/", plain.api_root())).await;
+        let answered_plain = match plain_answer {
+            Ok(status) if status != StatusCode::BAD_REQUEST => return Ok(Some(false)),
+            Ok(_) => true,
+            // Nobody listens on the port, in either protocol.
+            Err(e) if is_refused(&e) && port_of(plain.host()).is_some() => return Ok(None),
+            Err(_) => false,
+        };
+        let tls_answer = answer(
+            self.client_for(over_tls)?,
+            format!("{}/", over_tls.api_root()),
+        )
+        .await;
+        Ok(match tls_answer {
+            Ok(_) => Some(true),
+            Err(_) if answered_plain => Some(false),
+            Err(_) => None,
+        })
     }
 
     /// The repository of `reference` at every endpoint that can do what
     /// `can` asks, in the order to try them: mirrors, then the upstream.
-    fn repositories(
+    async fn repositories(
         &self,
         reference: &Reference,
         can: fn(&hosts::Capabilities) -> bool,
     ) -> Result<Vec<Repository>> {
         let host = reference.api_host();
-        let upstream = format!("{}://{host}", self.scheme(host));
-        let endpoints = match &self.hosts_dir {
-            Some(dir) => hosts::endpoints(dir, reference.registry(), &upstream)?,
-            None => vec![hosts::Endpoint::upstream(upstream)],
+        let scheme = self.scheme(host);
+        let upstream = match scheme {
+            Scheme::Https => format!("https://{host}"),
+            Scheme::Http | Scheme::Settle => format!("http://{host}"),
         };
+        let mut endpoints = match &self.hosts_dir {
+            Some(dir) => hosts::endpoints(dir, reference.registry(), &upstream)?,
+            None => vec![hosts::Endpoint::upstream(upstream.clone())],
+        };
+        // Unless the hosts directory said how (certificates made it HTTPS;
+        // `skip_verify = false` keeps it as it is).
+        if scheme == Scheme::Settle
+            && let Some(last) = endpoints.last_mut()
+            && last.default_upstream
+            && last.url == upstream
+            && last.skip_verify.is_none()
+            && can(&last.capabilities)
+        {
+            self.settle_loopback(last).await?;
+        }
         let mut out = Vec::new();
         for endpoint in endpoints.into_iter().filter(|e| can(&e.capabilities)) {
             out.push(Repository {
@@ -506,8 +621,8 @@ impl DockerResolver {
 
     /// The first repository that can push; the only one a push uses, so it
     /// retries.
-    fn push_repository(&self, reference: &Reference) -> Result<Repository> {
-        let mut repo = self.repositories(reference, |c| c.push)?.remove(0);
+    async fn push_repository(&self, reference: &Reference) -> Result<Repository> {
+        let mut repo = self.repositories(reference, |c| c.push).await?.remove(0);
         repo.retry = true;
         Ok(repo)
     }
@@ -523,7 +638,7 @@ impl DockerResolver {
             |c| c.resolve
         };
         let mut last = None;
-        for repo in self.repositories(reference, can)? {
+        for repo in self.repositories(reference, can).await? {
             match self.resolve_in(&repo, reference).await {
                 Ok(desc) => return Ok(desc),
                 Err(e) => last = Some(e),
@@ -610,7 +725,7 @@ impl Resolver for DockerResolver {
     async fn fetcher(&self, reference: &str) -> Result<Box<dyn Fetcher>> {
         let parsed: Reference = reference.parse()?;
         Ok(Box::new(DockerFetcher::new(
-            self.repositories(&parsed, |c| c.pull)?,
+            self.repositories(&parsed, |c| c.pull).await?,
             self.ranged.clone(),
         )))
     }
@@ -618,7 +733,7 @@ impl Resolver for DockerResolver {
     async fn pusher(&self, reference: &str) -> Result<Box<dyn Pusher>> {
         let parsed: Reference = reference.parse()?;
         Ok(Box::new(DockerPusher::new(
-            self.push_repository(&parsed)?,
+            self.push_repository(&parsed).await?,
             parsed,
             Arc::new(Mutex::new(Default::default())),
         )))
@@ -653,7 +768,7 @@ pub async fn fetch_object(
         desc.set_media_type(MediaType::from(media_type));
     }
     let fetcher = DockerFetcher::new(
-        resolver.repositories(&reference, |c| c.pull)?,
+        resolver.repositories(&reference, |c| c.pull).await?,
         resolver.ranged.clone(),
     );
     let stream = fetcher.fetch(&desc, 0).await?;
@@ -976,6 +1091,29 @@ fn sniff_media_type(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Probe>(body).ok()?.media_type
 }
 
+/// The port of `host[:port]` (`[v6]:port`), if written.
+fn port_of(host: &str) -> Option<&str> {
+    let rest = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host,
+    };
+    rest.rsplit_once(':').map(|(_, port)| port)
+}
+
+/// Whether the connection was refused (nothing listens on the port).
+fn is_refused(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// True for `localhost`, `127.0.0.0/8` and `::1`, with or without a port.
 fn is_loopback(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
@@ -1011,7 +1149,7 @@ mod tests {
     }
 
     #[test]
-    fn loopback_hosts_get_plain_http() {
+    fn loopback_hosts_settle_their_protocol() {
         for host in [
             "localhost",
             "localhost:5000",
@@ -1030,25 +1168,37 @@ mod tests {
             assert!(!is_loopback(host), "{host}");
         }
         let resolver = DockerResolver::new();
-        assert_eq!(resolver.scheme("127.0.0.1:5000"), "http");
-        assert_eq!(resolver.scheme("ghcr.io"), "https");
+        assert_eq!(resolver.scheme("127.0.0.1:5000"), Scheme::Settle);
+        assert_eq!(resolver.scheme("localhost"), Scheme::Settle);
+        assert_eq!(resolver.scheme("[::1]:443"), Scheme::Settle);
+        assert_eq!(resolver.scheme("localhost:80"), Scheme::Http);
+        assert_eq!(resolver.scheme("ghcr.io"), Scheme::Https);
+        assert_eq!(resolver.scheme("example.com:80"), Scheme::Https);
         assert_eq!(
             resolver
                 .clone()
                 .plain_http(PlainHttp::Always)
                 .scheme("ghcr.io"),
-            "http"
+            Scheme::Http
         );
         assert_eq!(
             resolver
                 .clone()
                 .plain_http(PlainHttp::Never)
                 .scheme("localhost"),
-            "https"
+            Scheme::Https
         );
         // TLS settings say a loopback registry speaks TLS.
         let tls = resolver.tls(&[], true).unwrap();
-        assert_eq!(tls.scheme("127.0.0.1:5000"), "https");
+        assert_eq!(tls.scheme("127.0.0.1:5000"), Scheme::Https);
+    }
+
+    #[test]
+    fn ports_of_hosts() {
+        assert_eq!(port_of("localhost:5000"), Some("5000"));
+        assert_eq!(port_of("localhost"), None);
+        assert_eq!(port_of("[::1]:80"), Some("80"));
+        assert_eq!(port_of("[::1]"), None);
     }
 
     /// An endpoint's settings merge with the resolver's as containerd's

@@ -63,6 +63,7 @@ struct Shared {
     rules: Mutex<Vec<Rule>>,
     requests: AtomicUsize,
     faults_applied: AtomicUsize,
+    tls_handshakes: AtomicUsize,
     log: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
@@ -125,6 +126,12 @@ impl FaultProxy {
     /// How many requests the proxy has received.
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many TLS handshakes the proxy was sent; each is answered in plain
+    /// HTTP, as a Go server answers one, and counted apart from requests.
+    pub fn tls_handshakes(&self) -> usize {
+        self.shared.tls_handshakes.load(Ordering::SeqCst)
     }
 
     /// How many requests a fault rule has been applied to.
@@ -191,9 +198,22 @@ fn content_length(head: &[String]) -> u64 {
         .unwrap_or(0)
 }
 
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(client.try_clone()?);
+    // A TLS handshake (a client finding out whether we speak TLS) gets the
+    // plain-HTTP answer a Go server gives one; it is no request.
+    if reader.fill_buf()?.first() == Some(&TLS_HANDSHAKE_RECORD) {
+        shared.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+        let mut client = client;
+        client.write_all(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return client.shutdown(Shutdown::Both);
+    }
     let head = read_head(&mut reader)?;
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let mut request_line = head.first().cloned().unwrap_or_default();
