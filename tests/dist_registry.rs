@@ -294,6 +294,14 @@ fn a_machine_without_ca_certificates_still_reaches_registries_it_can_trust() {
     ));
     let listed = ok(dist(&store, &["images", "-q"], b""));
     assert_eq!(listed.lines().count(), 2, "{listed}");
+    // A loopback registry with no flags at all, as with ctr and docker:
+    // HTTPS with its certificate unchecked, since it speaks TLS.
+    ok(common::dist_with_env(
+        &dir.path().join("flagless"),
+        &no_roots,
+        &["fetch", &tls_ref],
+        b"",
+    ));
 
     // HTTPS without a CA to check the registry against.
     let hosts = dir.path().join("hosts");
