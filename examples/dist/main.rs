@@ -49,9 +49,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
     /// Speak plain HTTP to every registry. Without it, a loopback registry
-    /// gets plain HTTP if it speaks that and HTTPS (its certificate
-    /// unchecked) if it speaks TLS, as with Docker and containerd; TLS flags
-    /// or certificates in --hosts-dir make it HTTPS, checked.
+    /// gets HTTPS with its certificate unchecked, or plain HTTP on port 80 or
+    /// on another port where it speaks that, as with containerd; TLS flags
+    /// or certificates in --hosts-dir make it HTTPS as they say.
     #[arg(long, global = true)]
     plain_http: bool,
     /// Registry credentials, USER:PASSWORD, for every registry the command

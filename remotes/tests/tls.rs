@@ -10,7 +10,7 @@ use ocidist_content::ErrorKind;
 use ocidist_remotes::Resolver;
 use ocidist_remotes::docker::{DockerResolver, PlainHttp};
 use ocidist_remotes::testkit::TestCertificates;
-use ocidist_remotes::testkit::{FaultProxy, Registry};
+use ocidist_remotes::testkit::{Fault, FaultProxy, Registry};
 
 #[tokio::test]
 async fn https_needs_the_ca_and_works_with_it() {
@@ -46,11 +46,11 @@ async fn https_needs_the_ca_and_works_with_it() {
     assert!(careless.resolve(&format!("{repo}:1")).await.is_ok());
 }
 
-/// A loopback registry is spoken to as Docker and containerd speak to one,
-/// with no settings at all: over HTTPS, its certificate unchecked, when it
-/// speaks TLS; in plain HTTP when it answers in plain HTTP, which one
-/// request settles for the whole resolver. A `server` written in
-/// `hosts.toml` is used as written, its certificate checked.
+/// A loopback registry on a port of its own is spoken to as containerd
+/// speaks to one, with no settings at all: over HTTPS, its certificate
+/// unchecked, when it speaks TLS; in plain HTTP when it answers in plain
+/// HTTP, which one request settles for the whole resolver. Settings in
+/// `hosts.toml` are taken at their word.
 #[tokio::test]
 async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,20 +77,60 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
     let asked = proxy.log().iter().filter(|l| *l == "GET /v2/").count();
     assert_eq!(asked, 1, "{:#?}", proxy.log());
 
-    let hosts = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hosts.path().join(tls.host())).unwrap();
-    std::fs::write(
-        hosts.path().join(tls.host()).join("hosts.toml"),
+    // A plain registry answering 400 (as a TLS port answers plain HTTP) is
+    // asked over TLS, and answers that in plain HTTP: plain HTTP it is.
+    let odd = FaultProxy::start(plain.addr()).unwrap();
+    let bad_request = Fault::Status {
+        status: 400,
+        retry_after: None,
+    };
+    odd.add(Some("GET"), "/v2/", 1, bad_request);
+    let reference = format!("{}/settled/app:1", odd.host());
+    let (_, desc) = DockerResolver::new().resolve(&reference).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    assert_eq!(odd.tls_handshakes(), 1);
+
+    // Told how in hosts.toml: a `server` is used as written, and
+    // `skip_verify = false` alone keeps the certificate checked; both
+    // refuse a certificate from a CA nobody trusts.
+    for hosts_toml in [
         format!("server = \"https://{}\"\n", tls.host()),
-    )
-    .unwrap();
+        "skip_verify = false\n".into(),
+    ] {
+        let hosts = tempfile::tempdir().unwrap();
+        std::fs::create_dir(hosts.path().join(tls.host())).unwrap();
+        std::fs::write(
+            hosts.path().join(tls.host()).join("hosts.toml"),
+            &hosts_toml,
+        )
+        .unwrap();
+        let err = DockerResolver::new()
+            .hosts_dir(hosts.path())
+            .resolve(&format!("{}/settled/app:1", tls.host()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{hosts_toml}: {err}");
+        assert!(
+            format!("{err:?}").contains("UnknownIssuer"),
+            "{hosts_toml}: {err:?}"
+        );
+    }
+
+    // A registry that wants a client certificate answers plain HTTP with a
+    // 400 and refuses the handshake: it speaks TLS, and the error says what
+    // the handshake lacked, not that plain HTTP went to a TLS port.
+    let mtls = Registry::start_tls_requiring_client_certs(&certs)
+        .expect("the registry must start with TLS (apt-get install docker-registry)");
     let err = DockerResolver::new()
-        .hosts_dir(hosts.path())
-        .resolve(&format!("{}/settled/app:1", tls.host()))
+        .resolve(&format!("{}/settled/app:1", mtls.host()))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+    let said = format!("{err:?}");
+    assert!(
+        said.contains("https://")
+            && (said.contains("CertificateRequired") || said.contains("BadCertificate")),
+        "{said}"
+    );
 }
 
 /// A registry that requires client certificates: refused with the CA alone;

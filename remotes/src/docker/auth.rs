@@ -169,6 +169,31 @@ struct Cached {
     until: Instant,
 }
 
+/// The clients token requests go out on.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenClients {
+    /// The registry's own client.
+    pub(crate) registry: reqwest::Client,
+    /// A client that checks certificates, for a realm on a host that is not
+    /// loopback, when the registry's own does not check them only because
+    /// the registry is a loopback one.
+    pub(crate) elsewhere: Option<reqwest::Client>,
+}
+
+impl TokenClients {
+    /// The client for a token request to `realm`.
+    fn for_realm(&self, realm: &str) -> &reqwest::Client {
+        let loopback = reqwest::Url::parse(realm)
+            .ok()
+            .and_then(|url| url.host_str().map(super::is_loopback))
+            .unwrap_or(false);
+        match &self.elsewhere {
+            Some(checked) if !loopback => checked,
+            _ => &self.registry,
+        }
+    }
+}
+
 /// Answers challenges for one client: credentials plus a token cache shared
 /// by every request (and clone) of that client.
 #[derive(Debug, Clone)]
@@ -209,7 +234,7 @@ impl Authorizer {
     /// before, a new answer to that challenge, asked for this scope.
     pub(crate) async fn authorization(
         &self,
-        client: &reqwest::Client,
+        clients: &TokenClients,
         host: &str,
         scope: &str,
     ) -> Result<Option<HeaderValue>> {
@@ -231,7 +256,7 @@ impl Authorizer {
         for c in &mut challenges {
             c.params.remove("scope");
         }
-        self.answer_parsed(client, host, scope, challenges, None)
+        self.answer_parsed(clients, host, scope, challenges, None)
             .await
     }
 
@@ -249,7 +274,7 @@ impl Authorizer {
     /// while a different cached answer (another request's, newer) is reused.
     pub(crate) async fn answer(
         &self,
-        client: &reqwest::Client,
+        clients: &TokenClients,
         host: &str,
         scope: &str,
         www_authenticate: &str,
@@ -260,7 +285,7 @@ impl Authorizer {
             .unwrap_or_else(|p| p.into_inner())
             .insert(host.to_string(), www_authenticate.to_string());
         let challenges = parse_challenges(www_authenticate);
-        self.answer_parsed(client, host, scope, challenges, refused)
+        self.answer_parsed(clients, host, scope, challenges, refused)
             .await
     }
 
@@ -283,7 +308,7 @@ impl Authorizer {
     /// [`answer`](Self::answer) for challenges already parsed.
     async fn answer_parsed(
         &self,
-        client: &reqwest::Client,
+        clients: &TokenClients,
         host: &str,
         scope: &str,
         challenges: Vec<Challenge>,
@@ -299,7 +324,7 @@ impl Authorizer {
         let (header, lifetime) =
             if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
                 let (token, lifetime) = self
-                    .token(client, bearer, scope, credential.as_ref())
+                    .token(clients, bearer, scope, credential.as_ref())
                     .await?;
                 (format!("Bearer {token}"), lifetime)
             } else if challenges.iter().any(|c| c.scheme == "basic") {
@@ -329,7 +354,7 @@ impl Authorizer {
     /// anonymously by GET.
     async fn token(
         &self,
-        client: &reqwest::Client,
+        clients: &TokenClients,
         challenge: &Challenge,
         scope: &str,
         credential: Option<&Credential>,
@@ -341,6 +366,7 @@ impl Authorizer {
                 url: "WWW-Authenticate".into(),
                 reason: "a bearer challenge without a realm".into(),
             })?;
+        let client = clients.for_realm(realm);
         let service = challenge.params.get("service").cloned().unwrap_or_default();
         let scope = challenge
             .params
@@ -454,6 +480,31 @@ fn urlencode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token service on another machine gets the checked client when the
+    /// registry's own is unchecked because the registry is local; one on a
+    /// loopback host (or any, when there is no such client) the registry's.
+    #[test]
+    fn token_requests_elsewhere_go_out_checked() {
+        let clients = TokenClients {
+            registry: reqwest::Client::new(),
+            elsewhere: Some(reqwest::Client::new()),
+        };
+        let is_registry = |realm| std::ptr::eq(clients.for_realm(realm), &clients.registry);
+        assert!(is_registry("https://127.0.0.1:5001/token"));
+        assert!(is_registry("https://localhost/token"));
+        assert!(is_registry("https://[::1]:5001/token"));
+        assert!(!is_registry("https://auth.example.com/token"));
+        assert!(!is_registry("https://10.0.0.1/token"));
+        let plain = TokenClients {
+            elsewhere: None,
+            ..clients.clone()
+        };
+        assert!(std::ptr::eq(
+            plain.for_realm("https://auth.example.com/token"),
+            &plain.registry
+        ));
+    }
 
     #[test]
     fn parses_bearer_and_basic_challenges() {

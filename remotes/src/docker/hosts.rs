@@ -26,10 +26,12 @@
 //! Certificates or `skip_verify = true` for an upstream that names no
 //! `server` (a `certs.d` directory, or a `hosts.toml` without `server`) make
 //! it HTTPS where it would otherwise be plain HTTP (plain HTTP asked for
-//! everywhere) or settled by asking (a loopback registry): such settings say
-//! the registry speaks TLS. containerd tries HTTPS first there and falls back
-//! to HTTP; we do not fall back. A host's `skip_verify` wins over the
-//! resolver's, either way.
+//! everywhere) or settled by asking (a loopback registry with a port): such
+//! settings say the registry speaks TLS, and certificates are then checked
+//! as they say. containerd tries HTTPS first there and falls back to HTTP;
+//! we do not fall back. A host's `skip_verify` wins over the resolver's,
+//! either way; `skip_verify = false` alone asks a loopback registry's
+//! certificate to be checked if it speaks TLS.
 //!
 //! `client` is a file holding a certificate and its key, a list of such
 //! files, or a list of `[certificate, key]` pairs. One client certificate is
@@ -148,10 +150,11 @@ impl Endpoint {
         }
     }
 
-    /// An upstream taken by default as plain HTTP (a loopback registry, or
-    /// [`PlainHttp::Always`](super::PlainHttp::Always)) but given certificates or `skip_verify` speaks
-    /// HTTPS: such settings say the registry speaks TLS. (containerd tries
-    /// HTTPS first and falls back to HTTP; we take the settings at their word.)
+    /// An upstream taken by default as plain HTTP (a loopback registry with
+    /// a port, to be settled, or [`PlainHttp::Always`](super::PlainHttp::Always)) but given certificates
+    /// or `skip_verify = true` speaks HTTPS: such settings say the registry
+    /// speaks TLS. (containerd tries HTTPS first and falls back to HTTP; we
+    /// take the settings at their word.)
     fn speak_tls_if_configured(&mut self) {
         let tls = !self.ca_files.is_empty()
             || !self.client_certs.is_empty()

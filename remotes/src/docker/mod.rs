@@ -1,14 +1,16 @@
 //! The Docker registry v2 / OCI distribution client.
 //!
-//! A loopback registry (`localhost`, `127.0.0.0/8`, `::1`) is spoken to as
-//! Docker and containerd speak to one: over HTTPS, without checking its
-//! certificate, if it speaks TLS, and in plain HTTP if it answers in plain
-//! HTTP (port 80 is plain HTTP at once). One `GET /v2/` settles which, once
-//! per resolver and registry. TLS settings (CA files, a client certificate,
-//! `skip_verify`) given for the resolver or for the registry in the hosts
-//! directory make it HTTPS, checked as they say; a scheme written in
-//! `hosts.toml` is used as written. Elsewhere, HTTPS (rustls, the system's
-//! roots plus any CA files given).
+//! A loopback registry (`localhost`, `127.0.0.1`, `::1`) with no settings
+//! is spoken to as containerd speaks to one: with no port or port 443, over
+//! HTTPS without checking its certificate; on port 80, in plain HTTP; on any
+//! other port, in whichever it speaks, which one `GET /v2/` (or two) settles
+//! once per resolver and registry: plain HTTP if it speaks that, else HTTPS,
+//! unchecked. Its token service, if not on a loopback host too, is still
+//! checked. TLS settings (CA files, a client certificate, `skip_verify`)
+//! given for the resolver or for the registry in the hosts directory make
+//! it HTTPS, checked as they say; a scheme written in `hosts.toml` is used
+//! as written. Elsewhere, HTTPS (rustls, the system's roots plus any CA
+//! files given).
 //!
 //! Authentication is in [`auth`] and [`config`]; containerd's `hosts.toml`
 //! (mirrors, capabilities, TLS) and Docker's `certs.d` in [`hosts`].
@@ -110,17 +112,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long each of the (at most two) requests settling a loopback
-/// registry's protocol may take: Go's TLS handshake timeout, which is what
-/// containerd waits before it falls back to plain HTTP.
+/// registry's protocol may take (our limit; Go's TLS handshake timeout).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// When to speak plain HTTP instead of HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlainHttp {
-    /// For loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) that speak it,
-    /// as Docker and containerd do; those that speak TLS get HTTPS without
-    /// their certificate being checked. Port 80 is plain HTTP at once. TLS
-    /// settings given for the host make it HTTPS, checked as they say.
+    /// For loopback hosts (`localhost`, `127.0.0.0/8`, `::1`) on port 80,
+    /// or on another port that is not 443 if they answer in it, as
+    /// containerd does; the others get HTTPS without their certificate being
+    /// checked. TLS settings given for the host make it HTTPS, checked as
+    /// they say.
     #[default]
     Loopback,
     /// Always (`--plain-http`).
@@ -319,8 +321,11 @@ pub struct DockerResolver {
 enum Scheme {
     Http,
     Https,
-    /// HTTPS without checking the certificate, or plain HTTP if the registry
-    /// answers in it: a loopback registry.
+    /// HTTPS without checking the certificate: a loopback registry with no
+    /// port or port 443.
+    HttpsUnchecked,
+    /// Plain HTTP if the registry speaks it, else HTTPS without checking
+    /// the certificate: a loopback registry on another port.
     Settle,
 }
 
@@ -485,21 +490,26 @@ impl DockerResolver {
             PlainHttp::Never => Scheme::Https,
             // TLS settings given for the resolver say the registry speaks TLS.
             PlainHttp::Loopback if !is_loopback(host) || self.defaults.has_tls() => Scheme::Https,
-            PlainHttp::Loopback if port_of(host) == Some("80") => Scheme::Http,
-            PlainHttp::Loopback => Scheme::Settle,
+            PlainHttp::Loopback => match port_of(host) {
+                Some("80") => Scheme::Http,
+                None | Some("443") => Scheme::HttpsUnchecked,
+                Some(_) => Scheme::Settle,
+            },
         }
     }
 
     /// Makes `upstream` (a loopback registry's default upstream, plain HTTP
-    /// as it comes) HTTPS without checking the certificate if the registry
-    /// speaks TLS, which is asked once per registry and resolver; a registry
-    /// that answers neither way (it is down) is left in plain HTTP for the
-    /// request itself to report, and asked again next time.
-    async fn settle_loopback(&self, upstream: &mut hosts::Endpoint) -> Result<()> {
+    /// as it comes) HTTPS if the registry speaks TLS, asked once per
+    /// registry and resolver; the certificate is checked only if the hosts
+    /// directory says `skip_verify = false`. True when it became HTTPS
+    /// unchecked. A registry that answers neither way (it is down) is left
+    /// in plain HTTP for the request itself to report, and asked again next
+    /// time.
+    async fn settle_loopback(&self, upstream: &mut hosts::Endpoint) -> Result<bool> {
         let host = upstream.host().to_string();
         let mut over_tls = upstream.clone();
         over_tls.url = format!("https://{host}");
-        over_tls.skip_verify = Some(true);
+        over_tls.skip_verify = Some(upstream.skip_verify.unwrap_or(true));
         let known = self
             .loopback_tls
             .lock()
@@ -519,38 +529,48 @@ impl DockerResolver {
                 found.unwrap_or(false)
             }
         };
-        if speaks_tls {
-            *upstream = over_tls;
+        if !speaks_tls {
+            return Ok(false);
         }
-        Ok(())
+        *upstream = over_tls;
+        Ok(upstream.skip_verify == Some(true))
     }
 
     /// Whether the registry at `plain` (the same at `over_tls`) speaks TLS;
     /// `None` when it answers neither. Plain HTTP is asked first, so that a
     /// plain registry never starts TLS (whose first handshake in a process
-    /// costs ~20 ms, seeding the TLS library's random generator): any answer
-    /// but 400 settles it. A 400 (what Go and nginx answer plain HTTP with
-    /// on a TLS port), a broken or refused connection, or no answer in
-    /// [`SETTLE_TIMEOUT`] is followed by a `GET /v2/` over TLS, where any
-    /// answer settles TLS.
+    /// costs ~20 ms, seeding the TLS library's random generator): an answer
+    /// other than 400 settles it, unless it came by a redirect to HTTPS on
+    /// the same host (nginx's answer to plain HTTP on its TLS port). A 400
+    /// (Go's and nginx's other answer to plain HTTP on a TLS port), a broken
+    /// connection or no answer in [`SETTLE_TIMEOUT`] is followed by a
+    /// `GET /v2/` over TLS: any answer settles TLS, and so does a failed
+    /// handshake after a 400 (a registry wanting a client certificate, say:
+    /// the request then reports why), unless the handshake was answered in
+    /// plain HTTP.
     async fn speaks_tls(
         &self,
         plain: &hosts::Endpoint,
         over_tls: &hosts::Endpoint,
     ) -> Result<Option<bool>> {
-        async fn answer(client: reqwest::Client, url: String) -> reqwest::Result<StatusCode> {
+        /// The status and final URL of a `GET`, its body read so that the
+        /// connection is kept for the requests to come.
+        async fn answer(
+            client: reqwest::Client,
+            url: String,
+        ) -> reqwest::Result<(StatusCode, reqwest::Url)> {
             let response = client.get(&url).timeout(SETTLE_TIMEOUT).send().await?;
-            let status = response.status();
-            // Read, so that the connection is kept for the requests to come.
+            let answered = (response.status(), response.url().clone());
             let _ = read_limited(&url, response, MAX_MANIFEST_SIZE).await;
-            Ok(status)
+            Ok(answered)
         }
         let plain_answer = answer(self.client_for(plain)?, format!("{}/", plain.api_root())).await;
         let answered_plain = match plain_answer {
-            Ok(status) if status != StatusCode::BAD_REQUEST => return Ok(Some(false)),
+            Ok((_, at)) if same_origin(at.as_str(), &over_tls.url) => return Ok(Some(true)),
+            Ok((status, _)) if status != StatusCode::BAD_REQUEST => return Ok(Some(false)),
             Ok(_) => true,
             // Nobody listens on the port, in either protocol.
-            Err(e) if is_refused(&e) && port_of(plain.host()).is_some() => return Ok(None),
+            Err(e) if is_refused(&e) => return Ok(None),
             Err(_) => false,
         };
         let tls_answer = answer(
@@ -560,7 +580,8 @@ impl DockerResolver {
         .await;
         Ok(match tls_answer {
             Ok(_) => Some(true),
-            Err(_) if answered_plain => Some(false),
+            Err(e) if answered_plain && answered_in_plain_http(&e) => Some(false),
+            Err(_) if answered_plain => Some(true),
             Err(_) => None,
         })
     }
@@ -575,28 +596,52 @@ impl DockerResolver {
         let host = reference.api_host();
         let scheme = self.scheme(host);
         let upstream = match scheme {
-            Scheme::Https => format!("https://{host}"),
+            Scheme::Https | Scheme::HttpsUnchecked => format!("https://{host}"),
             Scheme::Http | Scheme::Settle => format!("http://{host}"),
         };
         let mut endpoints = match &self.hosts_dir {
             Some(dir) => hosts::endpoints(dir, reference.registry(), &upstream)?,
             None => vec![hosts::Endpoint::upstream(upstream.clone())],
         };
-        // Unless the hosts directory said how (certificates made it HTTPS;
-        // `skip_verify = false` keeps it as it is).
-        if scheme == Scheme::Settle
-            && let Some(last) = endpoints.last_mut()
+        // A loopback upstream, unless the hosts directory set how to reach
+        // it (certificates made it HTTPS, checked; `skip_verify = false`
+        // asks for the certificate to be checked).
+        let mut unchecked_upstream = false;
+        if let Some(last) = endpoints.last_mut()
             && last.default_upstream
             && last.url == upstream
-            && last.skip_verify.is_none()
             && can(&last.capabilities)
         {
-            self.settle_loopback(last).await?;
+            match scheme {
+                Scheme::HttpsUnchecked
+                    if last.skip_verify.is_none()
+                        && last.ca_files.is_empty()
+                        && last.client_certs.is_empty() =>
+                {
+                    last.skip_verify = Some(true);
+                    unchecked_upstream = true;
+                }
+                Scheme::Settle => unchecked_upstream = self.settle_loopback(last).await?,
+                _ => {}
+            }
         }
+        let count = endpoints.len();
         let mut out = Vec::new();
-        for endpoint in endpoints.into_iter().filter(|e| can(&e.capabilities)) {
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            if !can(&endpoint.capabilities) {
+                continue;
+            }
+            let client = self.client_for(&endpoint)?;
+            let unchecked = unchecked_upstream && i + 1 == count;
             out.push(Repository {
-                client: self.client_for(&endpoint)?,
+                tokens: auth::TokenClients {
+                    registry: client.clone(),
+                    // Checked, with the resolver's settings: credentials for
+                    // a token service on another machine are not sent over
+                    // TLS left unchecked only because the registry is local.
+                    elsewhere: unchecked.then(|| self.client.clone()),
+                },
+                client,
                 base: format!("{}/{}", endpoint.api_root(), reference.repository()),
                 host: endpoint.host().to_string(),
                 repository: reference.repository().to_string(),
@@ -779,6 +824,8 @@ pub async fn fetch_object(
 #[derive(Debug, Clone)]
 pub(crate) struct Repository {
     pub(crate) client: reqwest::Client,
+    /// Where token requests go out.
+    tokens: auth::TokenClients,
     pub(crate) base: String,
     host: String,
     repository: String,
@@ -849,7 +896,7 @@ impl Repository {
                             .to_string();
                     if self
                         .authorizer
-                        .answer(&self.client, &self.host, &scope, &challenge, sent.as_ref())
+                        .answer(&self.tokens, &self.host, &scope, &challenge, sent.as_ref())
                         .await?
                         .is_none()
                     {
@@ -901,7 +948,7 @@ impl Repository {
         // if it gets one, is answered (or reported) the usual way.
         Ok(self
             .authorizer
-            .authorization(&self.client, &self.host, scope)
+            .authorization(&self.tokens, &self.host, scope)
             .await
             .unwrap_or(None))
     }
@@ -1100,6 +1147,19 @@ fn port_of(host: &str) -> Option<&str> {
     rest.rsplit_once(':').map(|(_, port)| port)
 }
 
+/// Whether a TLS handshake failed because the server answered in plain
+/// HTTP (rustls reads `HTTP/1.1 400` as a record of no known type).
+fn answered_in_plain_http(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().contains("InvalidContentType") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Whether the connection was refused (nothing listens on the port).
 fn is_refused(error: &reqwest::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -1169,8 +1229,8 @@ mod tests {
         }
         let resolver = DockerResolver::new();
         assert_eq!(resolver.scheme("127.0.0.1:5000"), Scheme::Settle);
-        assert_eq!(resolver.scheme("localhost"), Scheme::Settle);
-        assert_eq!(resolver.scheme("[::1]:443"), Scheme::Settle);
+        assert_eq!(resolver.scheme("localhost"), Scheme::HttpsUnchecked);
+        assert_eq!(resolver.scheme("[::1]:443"), Scheme::HttpsUnchecked);
         assert_eq!(resolver.scheme("localhost:80"), Scheme::Http);
         assert_eq!(resolver.scheme("ghcr.io"), Scheme::Https);
         assert_eq!(resolver.scheme("example.com:80"), Scheme::Https);
