@@ -253,9 +253,19 @@ impl Connection {
 /// Whether building a client failed because the machine has no CA
 /// certificates of its own (rustls-platform-verifier's words for it).
 fn lacks_system_roots(error: &reqwest::Error) -> bool {
-    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    any_cause(error, |e| {
+        e.to_string().contains("No CA certificates were loaded")
+    })
+}
+
+/// Whether `error` or any of its causes is what `is` looks for.
+fn any_cause(
+    error: &reqwest::Error,
+    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
-        if e.to_string().contains("No CA certificates were loaded") {
+        if is(e) {
             return true;
         }
         cause = e.source();
@@ -1150,28 +1160,15 @@ fn port_of(host: &str) -> Option<&str> {
 /// Whether a TLS handshake failed because the server answered in plain
 /// HTTP (rustls reads `HTTP/1.1 400` as a record of no known type).
 fn answered_in_plain_http(error: &reqwest::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if e.to_string().contains("InvalidContentType") {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    any_cause(error, |e| e.to_string().contains("InvalidContentType"))
 }
 
 /// Whether the connection was refused (nothing listens on the port).
 fn is_refused(error: &reqwest::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
+    any_cause(error, |e| {
+        e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    })
 }
 
 /// True for `localhost`, `127.0.0.0/8` and `::1`, with or without a port.
