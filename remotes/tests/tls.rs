@@ -76,6 +76,16 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
     assert_eq!(proxy.tls_handshakes(), 0);
     let asked = proxy.log().iter().filter(|l| *l == "GET /v2/").count();
     assert_eq!(asked, 1, "{:#?}", proxy.log());
+    // Calls that start together wait for the one question.
+    let together = FaultProxy::start(plain.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let reference = format!("{}/settled/app:1", together.host());
+    let resolves = (0..4).map(|_| resolver.resolve(&reference));
+    for resolved in futures::future::join_all(resolves).await {
+        assert_eq!(resolved.unwrap().1.digest(), blobs[2].desc.digest());
+    }
+    let asked = together.log().iter().filter(|l| *l == "GET /v2/").count();
+    assert_eq!(asked, 1, "{:#?}", together.log());
 
     // A plain registry answering 400 (as a TLS port answers plain HTTP) is
     // asked over TLS, and answers that in plain HTTP: plain HTTP it is.

@@ -53,9 +53,18 @@ impl LabelStore {
         Ok(Some((record.labels, from_nanos(record.updated_at_ns))))
     }
 
-    /// Sets the labels of `digest` (none: removes the record).
+    /// Sets the labels of `digest` (none: removes the record), durably.
     pub(crate) fn write(&self, digest: &Digest, labels: &Labels, at: SystemTime) -> Result<()> {
-        self.stage(digest, labels, at)?.install()
+        if self.stage(digest, labels, at)?.install()? {
+            self.sync_dir(digest)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the installs and removals of labels of `digest`'s algorithm
+    /// durable.
+    pub(crate) fn sync_dir(&self, digest: &Digest) -> Result<()> {
+        fsutil::fsync_dir(&self.root.join(digest.algorithm().as_ref()))
     }
 
     /// Writes the labels of `digest` durably under a staging name, for
@@ -109,14 +118,23 @@ pub(crate) struct StagedLabels {
 }
 
 impl StagedLabels {
-    /// Puts the labels in place (one rename), or removes the record.
-    pub(crate) fn install(mut self) -> Result<()> {
+    /// Puts the labels in place (one rename), or removes the record. Returns
+    /// whether the labels directory changed: the caller makes that durable
+    /// with [`LabelStore::sync_dir`], outside any lock.
+    pub(crate) fn install(mut self) -> Result<bool> {
         match self.staged.take() {
-            None => fsutil::remove_optional(&self.path),
-            Some(staged) => fs::rename(&staged, &self.path).map_err(|e| {
-                let _ = fs::remove_file(&staged);
-                Error::io("replace", &self.path, e)
-            }),
+            None => match fs::remove_file(&self.path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(Error::io("remove", &self.path, e)),
+            },
+            Some(staged) => match fs::rename(&staged, &self.path) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    let _ = fs::remove_file(&staged);
+                    Err(Error::io("replace", &self.path, e))
+                }
+            },
         }
     }
 }

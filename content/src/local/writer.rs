@@ -488,9 +488,16 @@ impl Sink {
             self.ingest.remove()?;
             return Err(exists());
         }
-        // Labels first: a crash after publishing must not leave the blob
-        // without them (a retry would find it present and stop there).
-        staged_labels.install()?;
+        // Labels first, durable before the blob's name is: a blob that lost
+        // them in a crash would stay without them (a retry finds it present),
+        // its `gc.root` or distribution source gone. Fsynced here, not after publishing: a filesystem that
+        // syncs one directory at a time (btrfs's log tree, ext4's fast
+        // commits) could persist the name, through another commit's fsync of
+        // `blobs/`, without the labels. It costs nothing measurable
+        // (BENCHMARKS.md, thirteenth session).
+        if staged_labels.install()? {
+            store.labels.sync_dir(&actual)?;
+        }
         let published = match staged {
             Some(unnamed) => match unnamed.link(&target) {
                 Ok(true) => Ok(()),

@@ -320,7 +320,7 @@ pub struct DockerResolver {
     plain_http: PlainHttp,
     /// What each loopback registry was found to speak (true: TLS), shared by
     /// clones so that one request settles it.
-    loopback_tls: Arc<Mutex<HashMap<String, bool>>>,
+    loopback_tls: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>>,
     authorizer: auth::Authorizer,
     hosts_dir: Option<PathBuf>,
     ranged: fetcher::Ranged,
@@ -520,24 +520,29 @@ impl DockerResolver {
         let mut over_tls = upstream.clone();
         over_tls.url = format!("https://{host}");
         over_tls.skip_verify = Some(upstream.skip_verify.unwrap_or(true));
-        let known = self
+        let settled = self
             .loopback_tls
             .lock()
             .expect("no panics while held")
-            .get(&host)
-            .copied();
-        let speaks_tls = match known {
-            Some(known) => known,
-            None => {
-                let found = self.speaks_tls(upstream, &over_tls).await?;
-                if let Some(found) = found {
-                    self.loopback_tls
-                        .lock()
-                        .expect("no panics while held")
-                        .insert(host, found);
+            .entry(host)
+            .or_default()
+            .clone();
+        // Concurrent first calls wait for one question. A registry that
+        // answers nothing is not settled (`Err(None)`): the request itself
+        // reports it, and the next call asks again.
+        let answer = settled
+            .get_or_try_init(|| async {
+                match self.speaks_tls(upstream, &over_tls).await {
+                    Ok(Some(found)) => Ok(found),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
                 }
-                found.unwrap_or(false)
-            }
+            })
+            .await;
+        let speaks_tls = match answer {
+            Ok(found) => *found,
+            Err(None) => false,
+            Err(Some(e)) => return Err(e),
         };
         if !speaks_tls {
             return Ok(false);
