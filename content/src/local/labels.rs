@@ -119,8 +119,8 @@ pub(crate) struct StagedLabels {
 
 impl StagedLabels {
     /// Puts the labels in place (one rename), or removes the record. Returns
-    /// whether the labels directory changed: the caller makes that durable
-    /// with [`LabelStore::sync_dir`], outside any lock.
+    /// whether the labels directory changed, which the caller makes durable
+    /// with [`LabelStore::sync_dir`] (a commit does so after its lock).
     pub(crate) fn install(mut self) -> Result<bool> {
         match self.staged.take() {
             None => match fs::remove_file(&self.path) {
