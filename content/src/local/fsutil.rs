@@ -149,11 +149,12 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Removes a file; a missing file is fine.
-pub(crate) fn remove_optional(path: &Path) -> Result<()> {
+/// Removes a file; a missing file is fine. Returns whether there was one.
+pub(crate) fn remove_optional(path: &Path) -> Result<bool> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("remove", path, e)),
     }
 }
 

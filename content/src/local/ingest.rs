@@ -338,7 +338,7 @@ impl Locked {
 
     /// Forgets the checkpoint (after a truncate).
     pub(crate) fn drop_checkpoint(&self) -> Result<()> {
-        fsutil::remove_optional(&self.dir.join(CHECKPOINT))
+        fsutil::remove_optional(&self.dir.join(CHECKPOINT)).map(drop)
     }
 
     /// Removes the ingest: renamed away first, so nobody opens it half deleted.

@@ -96,7 +96,7 @@ impl LabelStore {
 
     /// Removes the record of a deleted blob.
     pub(crate) fn remove(&self, digest: &Digest) -> Result<()> {
-        fsutil::remove_optional(&self.path(digest))
+        fsutil::remove_optional(&self.path(digest)).map(drop)
     }
 
     /// Holds the store-wide update lock until dropped, so read-modify-write
@@ -123,11 +123,7 @@ impl StagedLabels {
     /// with [`LabelStore::sync_dir`] (a commit does so after its lock).
     pub(crate) fn install(mut self) -> Result<bool> {
         match self.staged.take() {
-            None => match fs::remove_file(&self.path) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(Error::io("remove", &self.path, e)),
-            },
+            None => fsutil::remove_optional(&self.path),
             Some(staged) => match fs::rename(&staged, &self.path) {
                 Ok(()) => Ok(true),
                 Err(e) => {

@@ -517,7 +517,7 @@ impl Sink {
         // another commit's fsync of `blobs/` takes the name along in between
         // (a crash in that instant leaves the blob without its labels, as a
         // crash between containerd's commit and its metadata update does).
-        // Under the lock this cost many:200 0.03 s; here nothing measurable:
+        // Under the lock this cost many:200 0.02-0.03 s; here nothing measurable:
         // on a journal that commits everything at once, the second fsync
         // finds nothing left to do (BENCHMARKS.md, thirteenth session).
         if labels_changed {
