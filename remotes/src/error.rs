@@ -31,6 +31,16 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// The registry ended the TLS session with a fatal alert, after the
+    /// handshake: how a TLS 1.3 registry refuses a client certificate, or
+    /// the lack of one (`CertificateRequired`, `BadCertificate`, …).
+    #[error("{url}: the registry ended the TLS session: {alert}")]
+    TlsAlert {
+        /// What was being requested.
+        url: String,
+        /// The alert, as rustls words it ("received fatal alert: …").
+        alert: String,
+    },
     /// The registry answered with an unexpected status.
     #[error("{method} {url}: {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
     Status {
@@ -73,6 +83,8 @@ impl Error {
             Error::Images(e) => e.kind(),
             Error::Connect { .. } => ErrorKind::Unavailable,
             Error::TlsConfig { .. } => ErrorKind::InvalidArgument,
+            // Like 401 and 403: asking again is refused again.
+            Error::TlsAlert { .. } => ErrorKind::FailedPrecondition,
             Error::Status { status, .. } => match status.as_u16() {
                 404 => ErrorKind::NotFound,
                 400 | 405 | 415 => ErrorKind::InvalidArgument,

@@ -34,8 +34,9 @@
 //! certificate to be checked if it speaks TLS.
 //!
 //! `client` is a file holding a certificate and its key, a list of such
-//! files, or a list of `[certificate, key]` pairs. One client certificate is
-//! presented per host: the first listed (the TLS library offers one).
+//! files, or a list of `[certificate, key]` pairs. A registry that asks for
+//! a client certificate gets one, chosen as Go chooses: the first whose
+//! chain comes from a CA the registry names as acceptable, else the first.
 //! `dial_timeout` is a Go duration (`500ms`, `1m30s`; zero is no limit)
 //! bounding how long a connection may take to open; unlike Go's dialer
 //! timeout it also covers the TLS handshake.
@@ -107,7 +108,8 @@ pub struct Endpoint {
     pub capabilities: Capabilities,
     /// Extra CA certificates (PEM files).
     pub ca_files: Vec<PathBuf>,
-    /// Client certificates for TLS client authentication; the first is used.
+    /// Client certificates for TLS client authentication, in the order
+    /// they are considered.
     pub client_certs: Vec<ClientCert>,
     /// Accept any certificate (`Some(true)`), or verify even when the
     /// resolver is told not to (`Some(false)`); `None` follows the resolver.

@@ -20,6 +20,7 @@ pub mod config;
 mod fetcher;
 pub mod hosts;
 mod pusher;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -136,7 +137,9 @@ pub enum PlainHttp {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct Connection {
     ca_files: Vec<PathBuf>,
-    client_cert: Option<hosts::ClientCert>,
+    /// Presented one at a time: the first the registry's acceptable CAs
+    /// name, else the first.
+    client_certs: Vec<hosts::ClientCert>,
     skip_verify: bool,
     /// [`CONNECT_TIMEOUT`] when `None`.
     dial_timeout: Option<Duration>,
@@ -147,13 +150,13 @@ struct Connection {
 impl Connection {
     /// True when any TLS setting is given.
     fn has_tls(&self) -> bool {
-        !self.ca_files.is_empty() || self.client_cert.is_some() || self.skip_verify
+        !self.ca_files.is_empty() || !self.client_certs.is_empty() || self.skip_verify
     }
 
     /// The files the client is built from.
     fn files(&self) -> impl Iterator<Item = &Path> {
         let client = self
-            .client_cert
+            .client_certs
             .iter()
             .flat_map(|c| std::iter::once(c.cert.as_path()).chain(c.key.as_deref()));
         self.ca_files.iter().map(PathBuf::as_path).chain(client)
@@ -169,141 +172,12 @@ impl Connection {
             })
             .collect()
     }
-
-    /// A client with these settings. Unreadable, malformed or mismatched
-    /// files are an [`Error::TlsConfig`] naming them.
-    ///
-    /// A machine with no CA certificates of its own (a minimal container
-    /// without `ca-certificates`) still gets a client: plain HTTP works, and
-    /// HTTPS works for registries whose CA is given; any other fails its
-    /// handshake with an unknown issuer, naming the URL and saying that the
-    /// machine has no CA certificates.
-    fn client(&self) -> Result<reqwest::Client> {
-        match self.builder(true)?.build() {
-            Ok(client) => Ok(client),
-            // Only for the lack of system roots: any other failure (a bad
-            // key) is reported, never traded for a client that trusts nothing.
-            Err(e) if lacks_system_roots(&e) && self.ca_files.is_empty() && !self.skip_verify => {
-                crate::error::NO_SYSTEM_ROOTS.store(true, std::sync::atomic::Ordering::Relaxed);
-                self.builder(false)?
-                    .build()
-                    .map_err(|e| self.build_error(e))
-            }
-            Err(e) => Err(self.build_error(e)),
-        }
-    }
-
-    /// A client builder with these settings, trusting the system's CA
-    /// certificates too when `system_roots`.
-    fn builder(&self, system_roots: bool) -> Result<reqwest::ClientBuilder> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
-            .danger_accept_invalid_certs(self.skip_verify);
-        // Zero is no limit (reqwest's zero would time out every attempt).
-        let connect = self.dial_timeout.unwrap_or(CONNECT_TIMEOUT);
-        if !connect.is_zero() {
-            builder = builder.connect_timeout(connect);
-        }
-        let idle_read = self.idle_read_timeout.unwrap_or(IDLE_READ_TIMEOUT);
-        if !idle_read.is_zero() {
-            builder = builder.read_timeout(idle_read);
-        }
-        let mut roots = Vec::new();
-        for path in &self.ca_files {
-            let pem = read_tls_file(path)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| tls_config_error(path, e))?;
-            if certs.is_empty() {
-                return Err(tls_config_error(path, "no PEM certificate in the file"));
-            }
-            roots.extend(certs);
-        }
-        builder = if system_roots {
-            builder.tls_certs_merge(roots)
-        } else {
-            builder.tls_certs_only(roots)
-        };
-        if let Some(client) = &self.client_cert {
-            // reqwest takes the key and the certificates as one PEM text.
-            let mut pem = read_tls_file(&client.cert)?;
-            if let Some(key) = &client.key {
-                pem.push(b'\n');
-                pem.extend(read_tls_file(key)?);
-            }
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|e| client_cert_error(client, e))?;
-            builder = builder.identity(identity);
-        }
-        Ok(builder)
-    }
-
-    /// The error for a client that would not build.
-    fn build_error(&self, source: reqwest::Error) -> Error {
-        match &self.client_cert {
-            // rustls checks at build time that the key is the certificate's.
-            Some(client) => client_cert_error(client, source),
-            None => Error::Connect {
-                url: "TLS configuration".into(),
-                source,
-            },
-        }
-    }
-}
-
-/// Whether building a client failed because the machine has no CA
-/// certificates of its own (rustls-platform-verifier's words for it).
-fn lacks_system_roots(error: &reqwest::Error) -> bool {
-    any_cause(error, |e| {
-        e.to_string().contains("No CA certificates were loaded")
-    })
-}
-
-/// Whether `error` or any of its causes is what `is` looks for.
-fn any_cause(
-    error: &reqwest::Error,
-    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
-) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        if is(e) {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
-
-/// A client certificate (and key) that cannot be used; the reason is the
-/// whole chain of causes (reqwest's own message is only "builder error").
-fn client_cert_error(client: &hosts::ClientCert, cause: reqwest::Error) -> Error {
-    let with_key = client
-        .key
-        .as_ref()
-        .map_or(String::new(), |k| format!("with the key {}: ", k.display()));
-    let mut reason = format!("{with_key}{cause}");
-    let mut source = std::error::Error::source(&cause);
-    while let Some(next) = source {
-        reason.push_str(&format!(": {next}"));
-        source = next.source();
-    }
-    tls_config_error(&client.cert, reason)
-}
-
-fn read_tls_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| tls_config_error(path, e))
-}
-
-fn tls_config_error(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::TlsConfig {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
 }
 
 /// A client built for an endpoint, and what its files were then.
 #[derive(Debug, Clone)]
 struct CachedClient {
-    client: reqwest::Client,
+    client: tls::HttpClient,
     stamps: Vec<Option<(std::time::SystemTime, u64)>>,
 }
 
@@ -311,7 +185,7 @@ struct CachedClient {
 #[derive(Debug, Clone)]
 pub struct DockerResolver {
     /// The client for endpoints without settings of their own, built from `defaults`.
-    client: reqwest::Client,
+    client: tls::HttpClient,
     defaults: Connection,
     /// Clients for endpoints with TLS or dial settings of their own, kept
     /// so that every fetcher of an endpoint shares its connections, with
@@ -415,10 +289,10 @@ impl DockerResolver {
     /// the key in the PEM file `key`) to registries that ask for one (mutual
     /// TLS), unless an endpoint in `hosts.toml` names its own.
     pub fn client_certificate(mut self, cert: &Path, key: Option<&Path>) -> Result<Self> {
-        self.defaults.client_cert = Some(hosts::ClientCert {
+        self.defaults.client_certs = vec![hosts::ClientCert {
             cert: cert.to_path_buf(),
             key: key.map(Path::to_path_buf),
-        });
+        }];
         self.rebuild_client()?;
         Ok(self)
     }
@@ -446,7 +320,7 @@ impl DockerResolver {
     /// The client for `endpoint`: the resolver's, or one with the endpoint's
     /// TLS and dial settings merged with the resolver's, built once (again
     /// when one of its files changed).
-    fn client_for(&self, endpoint: &hosts::Endpoint) -> Result<reqwest::Client> {
+    fn client_for(&self, endpoint: &hosts::Endpoint) -> Result<tls::HttpClient> {
         let Some(connection) = self.connection_for(endpoint) else {
             return Ok(self.client.clone());
         };
@@ -475,7 +349,7 @@ impl DockerResolver {
     }
 
     /// The settings for `endpoint`, when it has any of its own: its CA files
-    /// beside the resolver's, its first client certificate or else the
+    /// beside the resolver's, its client certificates or else the
     /// resolver's, its `skip_verify` and dial timeout where it sets them.
     fn connection_for(&self, endpoint: &hosts::Endpoint) -> Option<Connection> {
         if !endpoint.has_connection_settings() {
@@ -483,11 +357,11 @@ impl DockerResolver {
         }
         Some(Connection {
             ca_files: [&self.defaults.ca_files[..], &endpoint.ca_files[..]].concat(),
-            client_cert: endpoint
-                .client_certs
-                .first()
-                .or(self.defaults.client_cert.as_ref())
-                .cloned(),
+            client_certs: if endpoint.client_certs.is_empty() {
+                self.defaults.client_certs.clone()
+            } else {
+                endpoint.client_certs.clone()
+            },
             skip_verify: endpoint.skip_verify.unwrap_or(self.defaults.skip_verify),
             dial_timeout: endpoint.dial_timeout.or(self.defaults.dial_timeout),
             idle_read_timeout: self.defaults.idle_read_timeout,
@@ -579,7 +453,11 @@ impl DockerResolver {
             let _ = read_limited(&url, response, MAX_MANIFEST_SIZE).await;
             Ok(answered)
         }
-        let plain_answer = answer(self.client_for(plain)?, format!("{}/", plain.api_root())).await;
+        let plain_answer = answer(
+            self.client_for(plain)?.http,
+            format!("{}/", plain.api_root()),
+        )
+        .await;
         let answered_plain = match plain_answer {
             Ok((_, at)) if same_origin(at.as_str(), &over_tls.url) => return Ok(Some(true)),
             Ok((status, _)) if status != StatusCode::BAD_REQUEST => return Ok(Some(false)),
@@ -589,7 +467,7 @@ impl DockerResolver {
             Err(_) => false,
         };
         let tls_answer = answer(
-            self.client_for(over_tls)?,
+            self.client_for(over_tls)?.http,
             format!("{}/", over_tls.api_root()),
         )
         .await;
@@ -650,11 +528,11 @@ impl DockerResolver {
             let unchecked = unchecked_upstream && i + 1 == count;
             out.push(Repository {
                 tokens: auth::TokenClients {
-                    registry: client.clone(),
+                    registry: client.http.clone(),
                     // Checked, with the resolver's settings: credentials for
                     // a token service on another machine are not sent over
                     // TLS left unchecked only because the registry is local.
-                    elsewhere: unchecked.then(|| self.client.clone()),
+                    elsewhere: unchecked.then(|| self.client.http.clone()),
                 },
                 client,
                 base: format!("{}/{}", endpoint.api_root(), reference.repository()),
@@ -838,7 +716,7 @@ pub async fn fetch_object(
 /// One repository's API root and the client to reach it.
 #[derive(Debug, Clone)]
 pub(crate) struct Repository {
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: tls::HttpClient,
     /// Where token requests go out.
     tokens: auth::TokenClients,
     pub(crate) base: String,
@@ -885,11 +763,12 @@ impl Repository {
         let scope = self.scope(&method);
         let mut backoff = Duration::from_millis(100);
         let mut answered_challenge = false;
+        let mut may_probe = true;
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
             let target = self.with_namespace(url);
             let mut request =
-                self.with_headers(build(self.client.request(method.clone(), &target)));
+                self.with_headers(build(self.client.http.request(method.clone(), &target)));
             let sent = self.authorization_for(url, &scope).await?;
             if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
@@ -926,23 +805,41 @@ impl Repository {
                     tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                Err(source)
-                    if last
-                        || !self.retry
-                        || !(source.is_connect() || source.is_timeout() || source.is_request()) =>
-                {
-                    return Err(Error::Connect {
-                        url: url.to_string(),
-                        source,
-                    });
-                }
-                Err(_) => {
+                Err(source) => {
+                    let broken = source.is_connect() || source.is_timeout() || source.is_request();
+                    let error = self.request_error(url, source, &mut may_probe).await;
+                    if last || !self.retry || !broken || matches!(error, Error::TlsAlert { .. }) {
+                        return Err(error);
+                    }
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
         unreachable!("the last attempt always returns")
+    }
+
+    /// The error for a request to `url` that failed. A TLS alert that
+    /// ended it is named; so is one that ended its connection before the
+    /// request went out (the HTTP client then says only that the
+    /// connection closed), learnt on a session of our own, opened while
+    /// `may_probe` (once per request).
+    async fn request_error(
+        &self,
+        url: &str,
+        source: reqwest::Error,
+        may_probe: &mut bool,
+    ) -> Error {
+        let mut alert = tls::fatal_alert(&source);
+        if alert.is_none() && *may_probe && tls::closed_before_sending(&source) {
+            *may_probe = false;
+            alert = self.client.alert_after_handshake(url).await;
+        }
+        let url = url.to_string();
+        match alert {
+            Some(alert) => Error::TlsAlert { url, alert },
+            None => Error::Connect { url, source },
+        }
     }
 
     /// The credentials for a request to `url` (cached, or renewed from the
@@ -1009,14 +906,14 @@ impl Repository {
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
         let target = self.with_namespace(url);
-        let mut request = self.with_headers(build(self.client.request(method, &target)));
+        let mut request = self.with_headers(build(self.client.http.request(method, &target)));
         if let Some(authorization) = self.authorization_for(url, &scope).await? {
             request = request.header(header::AUTHORIZATION, authorization);
         }
-        request.send().await.map_err(|source| Error::Connect {
-            url: url.to_string(),
-            source,
-        })
+        match request.send().await {
+            Ok(response) => Ok(response),
+            Err(source) => Err(self.request_error(url, source, &mut true).await),
+        }
     }
 
     /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`]), hashes it, and checks
@@ -1176,6 +1073,21 @@ fn is_refused(error: &reqwest::Error) -> bool {
     })
 }
 
+/// `error` and its causes, outermost first.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}
+
+/// Whether `error` or any of its causes is what `is` looks for.
+fn any_cause(
+    error: &reqwest::Error,
+    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    causes(error).any(is)
+}
+
 /// True for `localhost`, `127.0.0.0/8` and `::1`, with or without a port.
 fn is_loopback(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
@@ -1271,10 +1183,10 @@ mod tests {
         let mut resolver = DockerResolver::new();
         resolver.defaults = Connection {
             ca_files: vec!["/r/ca.pem".into()],
-            client_cert: Some(hosts::ClientCert {
+            client_certs: vec![hosts::ClientCert {
                 cert: "/r/me.pem".into(),
                 key: None,
-            }),
+            }],
             skip_verify: true,
             dial_timeout: None,
             idle_read_timeout: None,
@@ -1292,7 +1204,7 @@ mod tests {
             merged.ca_files,
             [PathBuf::from("/r/ca.pem"), "/h/ca.pem".into()]
         );
-        assert_eq!(merged.client_cert, resolver.defaults.client_cert);
+        assert_eq!(merged.client_certs, resolver.defaults.client_certs);
         assert!(merged.skip_verify);
 
         let own = hosts::ClientCert {
@@ -1303,7 +1215,7 @@ mod tests {
         endpoint.skip_verify = Some(false);
         endpoint.dial_timeout = Some(Duration::from_secs(3));
         let merged = resolver.connection_for(&endpoint).unwrap();
-        assert_eq!(merged.client_cert, Some(own));
+        assert_eq!(merged.client_certs, [own]);
         assert!(!merged.skip_verify, "the host's skip_verify = false wins");
         assert_eq!(merged.dial_timeout, Some(Duration::from_secs(3)));
     }

@@ -4,7 +4,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
 };
 
 /// PEM files written by [`TestCertificates::write`]: a CA, a server
@@ -62,6 +63,16 @@ fn generate() -> Result<[String; 5], rcgen::Error> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // A name of its own, as real CAs have: a TLS server lists the CAs it
+    // accepts client certificates from by name.
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!("ocidist test CA {}-{unique}", std::process::id()),
+    );
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
 

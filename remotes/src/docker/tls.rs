@@ -1,0 +1,505 @@
+//! TLS for registry clients.
+//!
+//! The rustls configuration is built here and handed to reqwest ready-made,
+//! so that the same settings can open a session of our own. A TLS 1.3
+//! registry refuses a client certificate (or its absence) with an alert
+//! sent after the client's side of the handshake is done; the HTTP client
+//! may read that alert before its request goes out, and then reports only
+//! that the connection closed. A session of our own, read once, names the
+//! alert.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::{CONNECT_TIMEOUT, Connection, IDLE_READ_TIMEOUT, any_cause, causes, hosts};
+use crate::error::{Error, NO_SYSTEM_ROOTS, Result};
+
+/// How long a session opened to learn why the registry ended another may
+/// wait for the registry's alert (it comes right after the handshake).
+const ALERT_WAIT: Duration = Duration::from_secs(2);
+
+/// An HTTP client and the TLS configuration it was built with.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpClient {
+    pub(crate) http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl HttpClient {
+    /// The fatal alert the HTTPS registry at `url` ends a new session with,
+    /// right after the handshake and before any request, if it does so
+    /// within [`ALERT_WAIT`]. `None` when the session cannot be opened
+    /// (the request's own error says why) or stays open.
+    pub(crate) async fn alert_after_handshake(&self, url: &str) -> Option<String> {
+        let url = reqwest::Url::parse(url).ok()?;
+        if url.scheme() != "https" {
+            return None;
+        }
+        let port = url.port_or_known_default()?;
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_string()).ok()?,
+        };
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let session = async {
+            let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+            let mut tls = connector.connect(server_name, tcp).await.ok()?;
+            let mut byte = [0u8; 1];
+            match tokio::io::AsyncReadExt::read(&mut tls, &mut byte).await {
+                Err(e) => fatal_alert_in_io(&e),
+                Ok(_) => None,
+            }
+        };
+        tokio::time::timeout(ALERT_WAIT, session)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// The fatal alert a request failed on, if a TLS alert ended it.
+pub(crate) fn fatal_alert(error: &reqwest::Error) -> Option<String> {
+    causes(error).find_map(|e| {
+        // `io::Error::source` skips the error it wraps: look inside.
+        match e.downcast_ref::<std::io::Error>() {
+            Some(io) => fatal_alert_in_io(io),
+            None => e.downcast_ref::<rustls::Error>().and_then(alert_text),
+        }
+    })
+}
+
+/// Whether a request failed before it was sent, because its new connection
+/// closed first (the HTTP client's "connection was not ready").
+pub(crate) fn closed_before_sending(error: &reqwest::Error) -> bool {
+    any_cause(error, |e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+    })
+}
+
+fn fatal_alert_in_io(error: &std::io::Error) -> Option<String> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(alert_text)
+}
+
+fn alert_text(error: &rustls::Error) -> Option<String> {
+    matches!(error, rustls::Error::AlertReceived(_)).then(|| error.to_string())
+}
+
+impl Connection {
+    /// A client with these settings. Unreadable, malformed or mismatched
+    /// files are an [`Error::TlsConfig`] naming them.
+    ///
+    /// A machine with no CA certificates of its own (a minimal container
+    /// without `ca-certificates`) still gets a client: plain HTTP works, and
+    /// HTTPS works for registries whose CA is given; any other fails its
+    /// handshake with an unknown issuer, naming the URL and saying that the
+    /// machine has no CA certificates.
+    pub(super) fn client(&self) -> Result<HttpClient> {
+        let tls = Arc::new(self.tls_config()?);
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
+        // Zero is no limit (reqwest's zero would time out every attempt).
+        let connect = self.dial_timeout.unwrap_or(CONNECT_TIMEOUT);
+        if !connect.is_zero() {
+            builder = builder.connect_timeout(connect);
+        }
+        let idle_read = self.idle_read_timeout.unwrap_or(IDLE_READ_TIMEOUT);
+        if !idle_read.is_zero() {
+            builder = builder.read_timeout(idle_read);
+        }
+        let http = builder.build().map_err(|source| Error::Connect {
+            url: "TLS configuration".into(),
+            source,
+        })?;
+        Ok(HttpClient { http, tls })
+    }
+
+    /// The TLS configuration: the system's CA certificates and those of
+    /// the CA files (only the latter on a machine that has none), or no
+    /// checking at all with `skip_verify`; the client certificate if any;
+    /// HTTP/1.1.
+    fn tls_config(&self) -> Result<rustls::ClientConfig> {
+        // A provider the program installed wins, as with reqwest's own.
+        let provider = CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        let roots = self.ca_certificates()?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_config_error(Path::new("TLS configuration"), e))?;
+        let builder = if self.skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        } else {
+            match rustls_platform_verifier::Verifier::new_with_extra_roots(roots.clone(), provider)
+            {
+                Ok(verifier) => builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier)),
+                // Only when nothing at all is trusted (no CA files either):
+                // any other failure is reported.
+                Err(e) if e.to_string().contains("No CA certificates were loaded") => {
+                    NO_SYSTEM_ROOTS.store(true, Ordering::Relaxed);
+                    builder.with_root_certificates(RootCertStore::empty())
+                }
+                Err(e) => return Err(tls_config_error(Path::new("system CA certificates"), e)),
+            }
+        };
+        let mut config = if self.client_certs.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let certificates = self
+                .client_certs
+                .iter()
+                .map(|client| ClientCertificate::read(client, builder.crypto_provider()))
+                .collect::<Result<_>>()?;
+            builder.with_client_cert_resolver(Arc::new(ClientCertificates(certificates)))
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// The certificates of the CA files, each checked to be usable as a
+    /// root (an error names the file).
+    fn ca_certificates(&self) -> Result<Vec<CertificateDer<'static>>> {
+        let mut roots = Vec::new();
+        for path in &self.ca_files {
+            let pem = read_tls_file(path)?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| tls_config_error(path, e))?;
+            if certs.is_empty() {
+                return Err(tls_config_error(path, "no PEM certificate in the file"));
+            }
+            for cert in &certs {
+                RootCertStore::empty()
+                    .add(cert.clone())
+                    .map_err(|e| tls_config_error(path, e))?;
+            }
+            roots.extend(certs);
+        }
+        Ok(roots)
+    }
+}
+
+/// A client certificate, its key, and the issuers in its chain.
+#[derive(Debug)]
+struct ClientCertificate {
+    key: Arc<CertifiedKey>,
+    issuers: Vec<Vec<u8>>,
+}
+
+impl ClientCertificate {
+    /// The certificate chain of `client` and its key (from its own file,
+    /// or from the certificate's), checked to belong together.
+    fn read(client: &hosts::ClientCert, provider: &CryptoProvider) -> Result<ClientCertificate> {
+        let pem = read_tls_file(&client.cert)?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| tls_config_error(&client.cert, e))?;
+        if chain.is_empty() {
+            return Err(tls_config_error(
+                &client.cert,
+                "no PEM certificate in the file",
+            ));
+        }
+        let key = match &client.key {
+            Some(path) => PrivateKeyDer::from_pem_slice(&read_tls_file(path)?)
+                .map_err(|e| tls_config_error(path, format!("no usable PEM private key: {e}")))?,
+            None => PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                tls_config_error(
+                    &client.cert,
+                    format!("no usable PEM private key in the file: {e}"),
+                )
+            })?,
+        };
+        let issuers = chain
+            .iter()
+            .filter_map(|cert| issuer_of(cert).map(<[u8]>::to_vec))
+            .collect();
+        let key = CertifiedKey::from_der(chain, key, provider)
+            .map_err(|e| client_cert_error(client, e))?;
+        Ok(ClientCertificate {
+            key: Arc::new(key),
+            issuers,
+        })
+    }
+}
+
+/// Chooses the client certificate to present as Go (and so Docker and
+/// containerd) does: the first whose chain was issued by a CA the registry
+/// names as acceptable and whose key can sign as it asks, else the first.
+#[derive(Debug)]
+struct ClientCertificates(Vec<ClientCertificate>);
+
+impl ResolvesClientCert for ClientCertificates {
+    fn resolve(
+        &self,
+        acceptable_cas: &[&[u8]],
+        schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        let acceptable = |c: &ClientCertificate| {
+            c.key.key.choose_scheme(schemes).is_some()
+                && (acceptable_cas.is_empty()
+                    || c.issuers.iter().any(|i| acceptable_cas.contains(&&i[..])))
+        };
+        self.0
+            .iter()
+            .find(|c| acceptable(c))
+            .or(self.0.first())
+            .map(|c| c.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// The issuer of a DER certificate, as encoded (a `Name`, tag and length
+/// included, as a TLS server lists its acceptable CAs).
+fn issuer_of(cert: &[u8]) -> Option<&[u8]> {
+    let (certificate, _) = der_element(cert)?;
+    let (mut tbs, _) = der_element(certificate.contents)?;
+    let mut next = || {
+        let (element, rest) = der_element(tbs.contents)?;
+        tbs.contents = rest;
+        Some(element)
+    };
+    let mut element = next()?;
+    // The version is an explicit [0], absent in version 1 certificates.
+    if element.tag == 0xa0 {
+        element = next()?;
+    }
+    let _serial = element;
+    let _signature_algorithm = next()?;
+    Some(next()?.whole)
+}
+
+/// A DER element: its tag, its whole encoding and its contents.
+#[derive(Clone, Copy)]
+struct DerElement<'a> {
+    tag: u8,
+    whole: &'a [u8],
+    contents: &'a [u8],
+}
+
+/// The DER element `der` starts with, and what follows it. Only the
+/// low-numbered tags certificates use.
+fn der_element(der: &[u8]) -> Option<(DerElement<'_>, &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let length = bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        (length, rest)
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let header = der.len() - rest.len();
+    let element = DerElement {
+        tag,
+        whole: &der[..header + length],
+        contents: &rest[..length],
+    };
+    Some((element, &rest[length..]))
+}
+
+/// A client certificate (and key) that cannot be used.
+fn client_cert_error(client: &hosts::ClientCert, cause: impl std::fmt::Display) -> Error {
+    let with_key = client
+        .key
+        .as_ref()
+        .map_or(String::new(), |k| format!("with the key {}: ", k.display()));
+    tls_config_error(&client.cert, format!("{with_key}{cause}"))
+}
+
+fn read_tls_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| tls_config_error(path, e))
+}
+
+fn tls_config_error(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::TlsConfig {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Accepts any server certificate (`skip_verify`), still checking that the
+/// server holds the key of the certificate it shows.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{Registry, TestCertificates};
+
+    /// A session of our own names the alert a registry wanting a client
+    /// certificate ends it with, and finds none when the certificate is
+    /// given (the registry then waits for a request).
+    #[tokio::test]
+    async fn a_session_of_our_own_names_the_alert_that_ended_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCertificates::write(dir.path()).unwrap();
+        let registry = Registry::start_tls_requiring_client_certs(&certs)
+            .expect("the registry must start (apt-get install docker-registry)");
+        let url = format!("https://{}/v2/", registry.host());
+        let without_cert = Connection {
+            ca_files: vec![certs.ca.clone()],
+            ..Connection::default()
+        };
+        let alert = without_cert
+            .client()
+            .unwrap()
+            .alert_after_handshake(&url)
+            .await;
+        let alert = alert.expect("the registry ends the session");
+        assert!(
+            alert.starts_with("received fatal alert: ")
+                && (alert.contains("CertificateRequired") || alert.contains("BadCertificate")),
+            "{alert}"
+        );
+
+        let with_cert = Connection {
+            client_certs: vec![hosts::ClientCert {
+                cert: certs.client_cert.clone(),
+                key: Some(certs.client_key.clone()),
+            }],
+            ..without_cert
+        };
+        assert_eq!(
+            with_cert
+                .client()
+                .unwrap()
+                .alert_after_handshake(&url)
+                .await,
+            None
+        );
+        // Only HTTPS is asked.
+        let plain = format!("http://{}/v2/", registry.host());
+        assert_eq!(
+            with_cert
+                .client()
+                .unwrap()
+                .alert_after_handshake(&plain)
+                .await,
+            None
+        );
+    }
+
+    /// The issuer is read from a certificate's DER as the CA's name; a
+    /// truncated certificate has none (and no panic).
+    #[test]
+    fn the_issuer_of_a_certificate_is_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCertificates::write(dir.path()).unwrap();
+        let der =
+            |path: &Path| CertificateDer::from_pem_slice(&std::fs::read(path).unwrap()).unwrap();
+        let (ca, client) = (der(&certs.ca), der(&certs.client_cert));
+        // The CA is self-signed: its issuer is its own name.
+        let ca_name = issuer_of(&ca).expect("an issuer");
+        assert_eq!(issuer_of(&client), Some(ca_name));
+        assert_eq!(ca_name[0], 0x30, "a Name is a SEQUENCE, tag included");
+        assert!(
+            String::from_utf8_lossy(ca_name).contains("ocidist test CA"),
+            "{ca_name:?}"
+        );
+        for end in 0..client.len() {
+            assert_eq!(issuer_of(&client[..end]), None, "{end} bytes");
+        }
+    }
+
+    /// `skip_verify` accepts a certificate nobody vouches for; without it,
+    /// the same registry is refused (the CA is unknown).
+    #[tokio::test]
+    async fn skip_verify_accepts_any_certificate_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCertificates::write(dir.path()).unwrap();
+        let registry = Registry::start_tls(&certs.server_cert, &certs.server_key)
+            .expect("the registry must start (apt-get install docker-registry)");
+        let url = format!("https://{}/v2/", registry.host());
+        let unchecked = Connection {
+            skip_verify: true,
+            ..Connection::default()
+        };
+        let answer = unchecked.client().unwrap().http.get(&url).send().await;
+        assert_eq!(answer.unwrap().status(), reqwest::StatusCode::OK);
+        let checked = Connection::default().client().unwrap();
+        let refused = checked.http.get(&url).send().await.unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("UnknownIssuer"),
+            "{refused:?}"
+        );
+    }
+}
