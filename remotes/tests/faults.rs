@@ -11,7 +11,7 @@ use ocidist_content::{ErrorKind, IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, only};
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::testkit::{Fault, FaultProxy};
-use ocidist_remotes::{Resolver, fetch_image};
+use ocidist_remotes::{Error, Resolver, fetch_image};
 
 fn arm64() -> Platform {
     "linux/arm64".parse().unwrap()
@@ -315,6 +315,62 @@ async fn a_digest_is_looked_for_among_blobs_only_when_no_manifest_has_it() {
         "{:#?}",
         proxy.log()
     );
+    // The GET asked to explain the 403 was answered with the manifest:
+    // dropped, and the error keeps the HEAD's status with no body.
+    assert!(
+        matches!(&err, Error::Status { method, status, body, .. }
+            if method == "HEAD" && status.as_u16() == 403 && body.is_empty()),
+        "{err:?}"
+    );
+    assert!(
+        proxy
+            .log()
+            .iter()
+            .any(|l| l.starts_with("GET ") && l.contains("/manifests/")),
+        "{:#?}",
+        proxy.log()
+    );
+}
+
+/// A 403 to a `HEAD` has no body to say why: a `GET` of the same URL that
+/// is refused too lends the error its body, as containerd does, both when
+/// resolving and in a push's check for what the registry has.
+#[tokio::test]
+async fn a_refused_head_is_explained_by_the_body_of_a_refused_get() {
+    let (_registry, proxy, pushed) = setup("faults/denied").await;
+    let denied = r#"{"errors":[{"code":"DENIED","message":"key vault access denied"}]}"#;
+    for method in ["HEAD", "GET"] {
+        for path in ["/manifests/1", "/blobs/"] {
+            let fault = Fault::Answer {
+                status: 403,
+                body: denied.into(),
+            };
+            proxy.add(Some(method), path, usize::MAX, fault);
+        }
+    }
+    let explained = |err: &Error| {
+        let said = err.to_string();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{said}");
+        assert!(
+            said.starts_with("HEAD ") && said.contains("403") && said.contains("key vault"),
+            "{said}"
+        );
+    };
+    let resolver = DockerResolver::new();
+    let err = resolver
+        .resolve(&format!("{}/faults/denied:1", proxy.host()))
+        .await
+        .unwrap_err();
+    explained(&err);
+
+    let pusher = resolver
+        .pusher(&format!("{}/faults/denied:2", proxy.host()))
+        .await
+        .unwrap();
+    match pusher.push(&pushed[0].desc).await {
+        Err(err) => explained(&err),
+        Ok(_) => panic!("a refused existence check refuses the push"),
+    }
 }
 
 /// Registries that answer 200 or 204 where the specification says 201 or

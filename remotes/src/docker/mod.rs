@@ -629,9 +629,7 @@ impl DockerResolver {
                 let blob_url = format!("{}/blobs/{digest}", repo.base);
                 let blob_head = repo.send(Method::HEAD, &blob_url, |r| r).await?;
                 if blob_head.status() != StatusCode::OK {
-                    return check_status(Method::HEAD, &manifest_url, head, &[StatusCode::OK])
-                        .await
-                        .map(|_| unreachable!("a non-200 status is an error"));
+                    return Err(repo.head_error(&manifest_url, head, MANIFEST_ACCEPT).await);
                 }
                 let size = header_str(blob_head.headers(), header::CONTENT_LENGTH.as_str())
                     .and_then(|s| s.parse().ok())
@@ -645,9 +643,7 @@ impl DockerResolver {
                     digest.clone(),
                 ))
             }
-            _ => check_status(Method::HEAD, &manifest_url, head, &[StatusCode::OK])
-                .await
-                .map(|_| unreachable!("a non-200 status is an error")),
+            _ => Err(repo.head_error(&manifest_url, head, MANIFEST_ACCEPT).await),
         }
     }
 }
@@ -842,6 +838,48 @@ impl Repository {
         }
     }
 
+    /// The error for a `HEAD` of `url` that `head` answered with a status
+    /// other than 200. A 403 has no body to say why, so it is asked again
+    /// with a `GET` (`accept` as the `HEAD` had it); if that too is a 403,
+    /// its body explains the `HEAD`'s error, as containerd does. Any other
+    /// answer to the `GET` (a body that may be a whole blob included) is
+    /// dropped unread.
+    pub(crate) async fn head_error(
+        &self,
+        url: &str,
+        head: reqwest::Response,
+        accept: &str,
+    ) -> Error {
+        let status = head.status();
+        let error = match check_status(Method::HEAD, url, head, &[StatusCode::OK]).await {
+            Err(error) => error,
+            Ok(_) => unreachable!("only a status other than 200 is an error here"),
+        };
+        if status != StatusCode::FORBIDDEN {
+            return error;
+        }
+        let get = self
+            .send(Method::GET, url, |r| r.header(header::ACCEPT, accept))
+            .await;
+        match (error, get) {
+            (
+                Error::Status {
+                    method,
+                    url,
+                    status,
+                    ..
+                },
+                Ok(get),
+            ) if get.status() == StatusCode::FORBIDDEN => Error::Status {
+                method,
+                url,
+                status,
+                body: error_body(get).await,
+            },
+            (error, _) => error,
+        }
+    }
+
     /// The credentials for a request to `url` (cached, or renewed from the
     /// host's last challenge once expired, so an upload's later chunks never
     /// go without them), only if it goes where they were given: the
@@ -996,14 +1034,32 @@ pub(crate) async fn check_status(
     if ok.contains(&status) {
         return Ok(response);
     }
-    let body = response.text().await.unwrap_or_default();
-    let body: String = body.trim().chars().take(300).collect();
     Err(Error::Status {
         method: method.to_string(),
         url: url.to_string(),
         status,
-        body,
+        body: error_body(response).await,
     })
+}
+
+/// The start of an error response's body, where registries explain: at
+/// most 300 characters, read from at most 4 KiB (an error body of any size
+/// is not waited for).
+async fn error_body(mut response: reqwest::Response) -> String {
+    const READ_AT_MOST: usize = 4096;
+    let mut body = Vec::new();
+    while body.len() < READ_AT_MOST {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(READ_AT_MOST);
+    String::from_utf8_lossy(&body)
+        .trim()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str> {

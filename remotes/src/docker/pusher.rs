@@ -162,9 +162,7 @@ impl Pusher for DockerPusher {
                 .into());
             }
             StatusCode::OK | StatusCode::NOT_FOUND => {}
-            _ => {
-                check_status(Method::HEAD, &url, head, &[StatusCode::OK]).await?;
-            }
+            _ => return Err(self.repo.head_error(&url, head, &media_type).await),
         }
         if !self
             .in_flight

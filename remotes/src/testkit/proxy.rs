@@ -23,6 +23,14 @@ pub enum Fault {
         /// The `Retry-After` header, in seconds.
         retry_after: Option<u64>,
     },
+    /// Answer with this status and body (a registry's JSON error, say)
+    /// instead of forwarding; a `HEAD` gets the headers alone.
+    Answer {
+        /// The HTTP status.
+        status: u16,
+        /// The body.
+        body: String,
+    },
     /// Forward, but close the connection after this many bytes of the body.
     CutAfter(u64),
     /// Forward, inverting the body byte at this offset.
@@ -249,6 +257,17 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
             client,
             "HTTP/1.1 {status} Injected\r\nContent-Length: 0\r\nConnection: close\r\n{retry}\r\n"
         )?;
+        return client.shutdown(Shutdown::Both);
+    }
+    if let Some(Fault::Answer { status, body }) = &fault {
+        write!(
+            client,
+            "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        if method != "HEAD" {
+            client.write_all(body.as_bytes())?;
+        }
         return client.shutdown(Shutdown::Both);
     }
     if let Some(Fault::Redirect(location)) = &fault {
