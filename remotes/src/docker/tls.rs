@@ -39,8 +39,19 @@ impl HttpClient {
     /// The fatal alert the HTTPS registry at `url` ends a new session with,
     /// right after the handshake and before any request, if it does so
     /// within [`ALERT_WAIT`]. `None` when the session cannot be opened
-    /// (the request's own error says why) or stays open.
+    /// (the request's own error says why) or stays open, and when a proxy
+    /// is set in the environment: requests go through it, and this session
+    /// would not.
     pub(crate) async fn alert_after_handshake(&self, url: &str) -> Option<String> {
+        if proxy_in_environment() {
+            return None;
+        }
+        self.read_alert(url).await
+    }
+
+    /// [`alert_after_handshake`](Self::alert_after_handshake), whatever the
+    /// environment says.
+    async fn read_alert(&self, url: &str) -> Option<String> {
         let url = reqwest::Url::parse(url).ok()?;
         if url.scheme() != "https" {
             return None;
@@ -69,6 +80,14 @@ impl HttpClient {
             .ok()
             .flatten()
     }
+}
+
+/// Whether the environment names a proxy for HTTPS (reqwest's, and
+/// Docker's, variables).
+fn proxy_in_environment() -> bool {
+    ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// The fatal alert a request failed on, if a TLS alert ended it.
@@ -419,11 +438,7 @@ mod tests {
             ca_files: vec![certs.ca.clone()],
             ..Connection::default()
         };
-        let alert = without_cert
-            .client()
-            .unwrap()
-            .alert_after_handshake(&url)
-            .await;
+        let alert = without_cert.client().unwrap().read_alert(&url).await;
         let alert = alert.expect("the registry ends the session");
         assert!(
             alert.starts_with("received fatal alert: ")
@@ -438,24 +453,10 @@ mod tests {
             }],
             ..without_cert
         };
-        assert_eq!(
-            with_cert
-                .client()
-                .unwrap()
-                .alert_after_handshake(&url)
-                .await,
-            None
-        );
+        assert_eq!(with_cert.client().unwrap().read_alert(&url).await, None);
         // Only HTTPS is asked.
         let plain = format!("http://{}/v2/", registry.host());
-        assert_eq!(
-            with_cert
-                .client()
-                .unwrap()
-                .alert_after_handshake(&plain)
-                .await,
-            None
-        );
+        assert_eq!(with_cert.client().unwrap().read_alert(&plain).await, None);
     }
 
     /// The issuer is read from a certificate's DER as the CA's name; a
