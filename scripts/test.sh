@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 #   docker-registry: the real CNCF distribution registry the remotes tests run.
 #   skopeo, umoci: the interop tests build, copy and unpack images with them.
 #   jq: the end-to-end test runs containerd's fetch-object | jq | xargs pipeline.
-APT_PACKAGES=(docker-registry skopeo umoci jq)
+#   openssl: a TLS test makes an X.509 version 1 certificate with it.
+APT_PACKAGES=(docker-registry skopeo umoci jq openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -31,9 +31,9 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
-    /// The registry ended the TLS session with a fatal alert, after the
-    /// handshake: how a TLS 1.3 registry refuses a client certificate, or
-    /// the lack of one (`CertificateRequired`, `BadCertificate`, …).
+    /// The registry refused the client certificate, or the lack of one,
+    /// with a fatal TLS alert (`CertificateRequired`, `BadCertificate`,
+    /// `UnknownCA`, …).
     #[error("{url}: the registry ended the TLS session: {alert}")]
     TlsAlert {
         /// What was being requested.

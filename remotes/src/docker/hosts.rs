@@ -35,8 +35,9 @@
 //!
 //! `client` is a file holding a certificate and its key, a list of such
 //! files, or a list of `[certificate, key]` pairs. A registry that asks for
-//! a client certificate gets one, chosen as Go chooses: the first whose
-//! chain comes from a CA the registry names as acceptable, else the first.
+//! a client certificate gets one chosen as Go chooses: the first whose chain
+//! comes from a CA the registry names as acceptable (any, if it names
+//! none), or none if no certificate is such.
 //! `dial_timeout` is a Go duration (`500ms`, `1m30s`; zero is no limit)
 //! bounding how long a connection may take to open; unlike Go's dialer
 //! timeout it also covers the TLS handshake.

@@ -137,8 +137,7 @@ pub enum PlainHttp {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct Connection {
     ca_files: Vec<PathBuf>,
-    /// Presented one at a time: the first the registry's acceptable CAs
-    /// name, else the first.
+    /// The one presented is chosen as Go chooses (see `tls.rs`).
     client_certs: Vec<hosts::ClientCert>,
     skip_verify: bool,
     /// [`CONNECT_TIMEOUT`] when `None`.
@@ -749,7 +748,8 @@ impl Repository {
     /// registry answers (408, 429, 500, 502, 503, 504, broken connections)
     /// with jittered exponential backoff, honouring `Retry-After`, at most
     /// [`ATTEMPTS`] times; on a mirror before the last endpoint, not at all
-    /// (the caller moves on to the next).
+    /// (the caller moves on to the next). A TLS alert refusing the client
+    /// certificate is not retried: it would be refused again.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -829,7 +829,9 @@ impl Repository {
         let mut alert = tls::fatal_alert(&source);
         if alert.is_none() && *may_probe && tls::closed_before_sending(&source) {
             *may_probe = false;
-            alert = self.client.alert_after_handshake(url).await;
+            // Where the request went: a redirect may have led elsewhere.
+            let went_to = source.url().map_or(url, reqwest::Url::as_str);
+            alert = self.client.alert_after_handshake(went_to).await;
         }
         let url = url.to_string();
         match alert {

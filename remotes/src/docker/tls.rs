@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
@@ -36,8 +36,9 @@ pub(crate) struct HttpClient {
 }
 
 impl HttpClient {
-    /// The fatal alert the HTTPS registry at `url` ends a new session with,
-    /// right after the handshake and before any request, if it does so
+    /// The fatal alert refusing the client certificate (or its absence)
+    /// that the HTTPS registry at `url` ends a new session with, in the
+    /// handshake or right after it and before any request, if it does so
     /// within [`ALERT_WAIT`]. `None` when the session cannot be opened
     /// (the request's own error says why) or stays open, and when a proxy
     /// is set in the environment: requests go through it, and this session
@@ -68,7 +69,11 @@ impl HttpClient {
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let session = async {
             let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
-            let mut tls = connector.connect(server_name, tcp).await.ok()?;
+            // A refusal can come during the handshake too (TLS 1.2).
+            let mut tls = match connector.connect(server_name, tcp).await {
+                Ok(tls) => tls,
+                Err(e) => return fatal_alert_in_io(&e),
+            };
             let mut byte = [0u8; 1];
             match tokio::io::AsyncReadExt::read(&mut tls, &mut byte).await {
                 Err(e) => fatal_alert_in_io(&e),
@@ -90,7 +95,8 @@ fn proxy_in_environment() -> bool {
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
-/// The fatal alert a request failed on, if a TLS alert ended it.
+/// The fatal alert a request failed on, if a TLS alert refusing the
+/// client certificate (or its absence) ended it.
 pub(crate) fn fatal_alert(error: &reqwest::Error) -> Option<String> {
     causes(error).find_map(|e| {
         // `io::Error::source` skips the error it wraps: look inside.
@@ -117,8 +123,27 @@ fn fatal_alert_in_io(error: &std::io::Error) -> Option<String> {
         .and_then(alert_text)
 }
 
+/// The text of a fatal alert by which a server refuses the client's
+/// certificate or its absence; other alerts (an overloaded server's
+/// `InternalError`, say) are left to be retried as broken connections.
 fn alert_text(error: &rustls::Error) -> Option<String> {
-    matches!(error, rustls::Error::AlertReceived(_)).then(|| error.to_string())
+    use rustls::AlertDescription as A;
+    let rustls::Error::AlertReceived(alert) = error else {
+        return None;
+    };
+    matches!(
+        alert,
+        A::NoCertificate
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateRequired
+    )
+    .then(|| error.to_string())
 }
 
 impl Connection {
@@ -167,7 +192,7 @@ impl Connection {
         let builder = if self.skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate))
         } else {
             match rustls_platform_verifier::Verifier::new_with_extra_roots(roots.clone(), provider)
             {
@@ -265,8 +290,9 @@ impl ClientCertificate {
 }
 
 /// Chooses the client certificate to present as Go (and so Docker and
-/// containerd) does: the first whose chain was issued by a CA the registry
-/// names as acceptable and whose key can sign as it asks, else the first.
+/// containerd) does: the first whose key can sign as the registry asks and,
+/// if the registry names the CAs it accepts, whose chain one of them issued;
+/// none if no certificate is such (the registry then says what it lacks).
 #[derive(Debug)]
 struct ClientCertificates(Vec<ClientCertificate>);
 
@@ -281,11 +307,7 @@ impl ResolvesClientCert for ClientCertificates {
                 && (acceptable_cas.is_empty()
                     || c.issuers.iter().any(|i| acceptable_cas.contains(&&i[..])))
         };
-        self.0
-            .iter()
-            .find(|c| acceptable(c))
-            .or(self.0.first())
-            .map(|c| c.key.clone())
+        self.0.iter().find(|c| acceptable(c)).map(|c| c.key.clone())
     }
 
     fn has_certs(&self) -> bool {
@@ -369,10 +391,13 @@ fn tls_config_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Accepts any server certificate (`skip_verify`), still checking that the
-/// server holds the key of the certificate it shows.
+/// Accepts any server certificate and handshake signature (`skip_verify`),
+/// as reqwest's own setting and Go's `InsecureSkipVerify` do: webpki would
+/// refuse to parse some home-made certificates (X.509 v1, unknown critical
+/// extensions) before checking a signature, and with nothing vouching for
+/// the certificate its signature proves nothing.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+struct AnyCertificate;
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -388,34 +413,39 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        Ok(HandshakeSignatureValid::assertion())
     }
 
     fn verify_tls13_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        Ok(HandshakeSignatureValid::assertion())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        use SignatureScheme as S;
+        vec![
+            S::RSA_PKCS1_SHA1,
+            S::ECDSA_SHA1_Legacy,
+            S::RSA_PKCS1_SHA256,
+            S::ECDSA_NISTP256_SHA256,
+            S::RSA_PKCS1_SHA384,
+            S::ECDSA_NISTP384_SHA384,
+            S::RSA_PKCS1_SHA512,
+            S::ECDSA_NISTP521_SHA512,
+            S::RSA_PSS_SHA256,
+            S::RSA_PSS_SHA384,
+            S::RSA_PSS_SHA512,
+            S::ED25519,
+            S::ED448,
+        ]
     }
 }
 
@@ -453,10 +483,14 @@ mod tests {
             }],
             ..without_cert
         };
-        assert_eq!(with_cert.client().unwrap().read_alert(&url).await, None);
+        let client = with_cert.client().unwrap();
+        assert_eq!(client.read_alert(&url).await, None);
+        // The session stayed open because the certificate was taken.
+        let answer = client.http.get(&url).send().await.unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::OK);
         // Only HTTPS is asked.
         let plain = format!("http://{}/v2/", registry.host());
-        assert_eq!(with_cert.client().unwrap().read_alert(&plain).await, None);
+        assert_eq!(client.read_alert(&plain).await, None);
     }
 
     /// The issuer is read from a certificate's DER as the CA's name; a
@@ -479,6 +513,148 @@ mod tests {
         for end in 0..client.len() {
             assert_eq!(issuer_of(&client[..end]), None, "{end} bytes");
         }
+    }
+
+    /// The certificate presented is the first from a CA the registry
+    /// names, any when it names none, and none when none is from a CA it
+    /// names (Go's choice).
+    #[test]
+    fn the_client_certificate_presented_is_chosen_by_the_registrys_cas() {
+        let (ours, foreign) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ours = TestCertificates::write(ours.path()).unwrap();
+        let foreign = TestCertificates::write(foreign.path()).unwrap();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let read = |certs: &TestCertificates| {
+            let client = hosts::ClientCert {
+                cert: certs.client_cert.clone(),
+                key: Some(certs.client_key.clone()),
+            };
+            ClientCertificate::read(&client, &provider).unwrap()
+        };
+        let ca_name = |certs: &TestCertificates| {
+            let der = CertificateDer::from_pem_slice(&std::fs::read(&certs.ca).unwrap()).unwrap();
+            issuer_of(&der).unwrap().to_vec()
+        };
+        let our_leaf = read(&ours).key.cert[0].clone();
+        let foreign_leaf = read(&foreign).key.cert[0].clone();
+        let chooser = ClientCertificates(vec![read(&foreign), read(&ours)]);
+        let schemes = [
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            SignatureScheme::ED25519,
+        ];
+        let presented = |cas: &[&[u8]]| chooser.resolve(cas, &schemes).map(|k| k.cert[0].clone());
+
+        assert_eq!(presented(&[&ca_name(&ours)]), Some(our_leaf));
+        assert_eq!(
+            presented(&[]),
+            Some(foreign_leaf),
+            "the first, when no CA is named"
+        );
+        assert_eq!(presented(&[b"\x30\x00"]), None, "none from a named CA");
+        // A key that cannot sign as the registry asks is passed over.
+        assert!(
+            chooser
+                .resolve(&[], &[SignatureScheme::RSA_PSS_SHA256])
+                .is_none()
+        );
+    }
+
+    /// A client certificate's DER, made once.
+    static CLIENT_DER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCertificates::write(dir.path()).unwrap();
+        let pem = std::fs::read(&certs.client_cert).unwrap();
+        CertificateDer::from_pem_slice(&pem).unwrap().to_vec()
+    });
+
+    proptest::proptest! {
+        /// A certificate with bytes changed anywhere (lengths, tags) never
+        /// makes the DER walk panic or reach outside the bytes it is given.
+        #[test]
+        fn the_issuer_walk_stays_inside_changed_certificates(
+            changes in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                1..6,
+            ),
+        ) {
+            let mut der = CLIENT_DER.clone();
+            for (at, byte) in changes {
+                let at = at.index(der.len());
+                der[at] = byte;
+            }
+            if let Some(issuer) = issuer_of(&der) {
+                let inside = der.as_ptr_range();
+                let found = issuer.as_ptr_range();
+                proptest::prop_assert!(inside.start <= found.start && found.end <= inside.end);
+            }
+        }
+    }
+
+    /// A self-signed X.509 version 1 certificate for `localhost` and its
+    /// key, as `openssl x509 -req` makes one without extensions (home-made
+    /// registry certificates often are such).
+    fn version_1_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (key, request, cert) = (dir.join("v1.key"), dir.join("v1.csr"), dir.join("v1.pem"));
+        let path = |p: &std::path::PathBuf| p.to_str().unwrap().to_string();
+        for args in [
+            vec![
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &path(&key),
+            ],
+            vec![
+                "req",
+                "-new",
+                "-key",
+                &path(&key),
+                "-subj",
+                "/CN=localhost",
+                "-out",
+                &path(&request),
+            ],
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                &path(&request),
+                "-signkey",
+                &path(&key),
+                "-days",
+                "2",
+                "-out",
+                &path(&cert),
+            ],
+        ] {
+            let out = std::process::Command::new("openssl")
+                .args(&args)
+                .output()
+                .expect("openssl makes the certificate (apt-get install openssl)");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        }
+        (cert, key)
+    }
+
+    /// `skip_verify` takes a certificate webpki cannot even parse (version
+    /// 1), as Go's `InsecureSkipVerify` does; its issuer is read all the same.
+    #[tokio::test]
+    async fn skip_verify_takes_a_version_1_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = version_1_certificate(dir.path());
+        let der = CertificateDer::from_pem_slice(&std::fs::read(&cert).unwrap()).unwrap();
+        assert!(issuer_of(&der).is_some());
+        let registry = Registry::start_tls(&cert, &key)
+            .expect("the registry must start (apt-get install docker-registry)");
+        let unchecked = Connection {
+            skip_verify: true,
+            ..Connection::default()
+        };
+        let url = format!("https://{}/v2/", registry.host());
+        let answer = unchecked.client().unwrap().http.get(&url).send().await;
+        assert_eq!(answer.unwrap().status(), reqwest::StatusCode::OK);
     }
 
     /// `skip_verify` accepts a certificate nobody vouches for; without it,
