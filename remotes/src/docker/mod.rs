@@ -853,32 +853,20 @@ impl Repository {
         accept: &str,
     ) -> Error {
         let status = head.status();
-        let error = match check_status(Method::HEAD, url, head, &[StatusCode::OK]).await {
-            Err(error) => error,
-            Ok(_) => unreachable!("only a status other than 200 is an error here"),
-        };
-        if status != StatusCode::FORBIDDEN {
-            return error;
+        let mut body = error_body(head).await;
+        if status == StatusCode::FORBIDDEN
+            && let Ok(get) = self
+                .send(Method::GET, url, |r| r.header(header::ACCEPT, accept))
+                .await
+            && get.status() == StatusCode::FORBIDDEN
+        {
+            body = error_body(get).await;
         }
-        let get = self
-            .send(Method::GET, url, |r| r.header(header::ACCEPT, accept))
-            .await;
-        match (error, get) {
-            (
-                Error::Status {
-                    method,
-                    url,
-                    status,
-                    ..
-                },
-                Ok(get),
-            ) if get.status() == StatusCode::FORBIDDEN => Error::Status {
-                method,
-                url,
-                status,
-                body: error_body(get).await,
-            },
-            (error, _) => error,
+        Error::Status {
+            method: Method::HEAD.to_string(),
+            url: url.to_string(),
+            status,
+            body,
         }
     }
 

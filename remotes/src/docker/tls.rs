@@ -227,13 +227,7 @@ impl Connection {
     fn ca_certificates(&self) -> Result<Vec<CertificateDer<'static>>> {
         let mut roots = Vec::new();
         for path in &self.ca_files {
-            let pem = read_tls_file(path)?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| tls_config_error(path, e))?;
-            if certs.is_empty() {
-                return Err(tls_config_error(path, "no PEM certificate in the file"));
-            }
+            let certs = certificates_in(path, &read_tls_file(path)?)?;
             for cert in &certs {
                 RootCertStore::empty()
                     .add(cert.clone())
@@ -257,15 +251,7 @@ impl ClientCertificate {
     /// or from the certificate's), checked to belong together.
     fn read(client: &hosts::ClientCert, provider: &CryptoProvider) -> Result<ClientCertificate> {
         let pem = read_tls_file(&client.cert)?;
-        let chain = CertificateDer::pem_slice_iter(&pem)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| tls_config_error(&client.cert, e))?;
-        if chain.is_empty() {
-            return Err(tls_config_error(
-                &client.cert,
-                "no PEM certificate in the file",
-            ));
-        }
+        let chain = certificates_in(&client.cert, &pem)?;
         let key = match &client.key {
             Some(path) => PrivateKeyDer::from_pem_slice(&read_tls_file(path)?)
                 .map_err(|e| tls_config_error(path, format!("no usable PEM private key: {e}")))?,
@@ -378,6 +364,17 @@ fn client_cert_error(client: &hosts::ClientCert, cause: impl std::fmt::Display) 
         .as_ref()
         .map_or(String::new(), |k| format!("with the key {}: ", k.display()));
     tls_config_error(&client.cert, format!("{with_key}{cause}"))
+}
+
+/// The PEM certificates of `pem`, read from `path`: at least one.
+fn certificates_in(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls_config_error(path, e))?;
+    if certs.is_empty() {
+        return Err(tls_config_error(path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
 }
 
 fn read_tls_file(path: &Path) -> Result<Vec<u8>> {
