@@ -248,28 +248,69 @@ fn tls_flags_reach_a_registry_that_requires_client_certificates() {
     );
 }
 
+/// A plain-HTTP and a TLS registry (its certificates from a generated CA),
+/// each holding one image pushed from a builder store.
+struct PlainAndTls {
+    dir: tempfile::TempDir,
+    certs: TestCertificates,
+    plain_ref: String,
+    tls_ref: String,
+    _plain: Registry,
+    tls: Registry,
+}
+
+impl PlainAndTls {
+    fn with_image(name: &str) -> PlainAndTls {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCertificates::write(dir.path()).unwrap();
+        let plain =
+            Registry::start().expect("the registry must start (apt-get install docker-registry)");
+        let tls = Registry::start_tls(&certs.server_cert, &certs.server_key)
+            .expect("the registry must start (apt-get install docker-registry)");
+        let builder = dir.path().join("builder");
+        let (manifest_digest, _) = build_image(&builder);
+        let plain_ref = format!("{}/{name}", plain.host());
+        let tls_ref = format!("{}/{name}", tls.host());
+        ok(dist(&builder, &["push", &plain_ref, &manifest_digest], b""));
+        let ca = certs.ca.to_str().unwrap();
+        ok(dist(
+            &builder,
+            &["--tlscacert", ca, "push", &tls_ref, &manifest_digest],
+            b"",
+        ));
+        PlainAndTls {
+            dir,
+            certs,
+            plain_ref,
+            tls_ref,
+            _plain: plain,
+            tls,
+        }
+    }
+
+    /// A hosts directory that makes the TLS registry HTTPS with its
+    /// certificate checked (a loopback registry is otherwise unchecked).
+    fn hosts_dir_verifying_tls(&self) -> std::path::PathBuf {
+        let hosts = self.dir.path().join("hosts");
+        let host = self.tls.host();
+        std::fs::create_dir_all(hosts.join(&host)).unwrap();
+        std::fs::write(
+            hosts.join(&host).join("hosts.toml"),
+            format!("server = \"https://{host}\"\n"),
+        )
+        .unwrap();
+        hosts
+    }
+}
+
 /// On a machine with no CA certificates of its own (a minimal container),
 /// plain-HTTP registries and registries whose CA is given still work, and
 /// any other HTTPS registry is a clear error, not a crash.
 #[test]
 fn a_machine_without_ca_certificates_still_reaches_registries_it_can_trust() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = TestCertificates::write(dir.path()).unwrap();
-    let plain =
-        Registry::start().expect("the registry must start (apt-get install docker-registry)");
-    let tls = Registry::start_tls(&certs.server_cert, &certs.server_key)
-        .expect("the registry must start (apt-get install docker-registry)");
-    let builder = dir.path().join("builder");
-    let (manifest_digest, _) = build_image(&builder);
-    let ca = certs.ca.to_str().unwrap();
-    let plain_ref = format!("{}/bare/app:1", plain.host());
-    let tls_ref = format!("{}/bare/app:1", tls.host());
-    ok(dist(&builder, &["push", &plain_ref, &manifest_digest], b""));
-    ok(dist(
-        &builder,
-        &["--tlscacert", ca, "push", &tls_ref, &manifest_digest],
-        b"",
-    ));
+    let both = PlainAndTls::with_image("bare/app:1");
+    let (dir, ca) = (&both.dir, both.certs.ca.to_str().unwrap());
+    let (plain_ref, tls_ref) = (both.plain_ref.as_str(), both.tls_ref.as_str());
 
     // The system's certificates are where rustls looks: nowhere, here.
     let empty = dir.path().join("no-certs");
@@ -283,13 +324,13 @@ fn a_machine_without_ca_certificates_still_reaches_registries_it_can_trust() {
     ok(common::dist_with_env(
         &store,
         &no_roots,
-        &["fetch", &plain_ref],
+        &["fetch", plain_ref],
         b"",
     ));
     ok(common::dist_with_env(
         &store,
         &no_roots,
-        &["--tlscacert", ca, "fetch", &tls_ref],
+        &["--tlscacert", ca, "fetch", tls_ref],
         b"",
     ));
     let listed = ok(dist(&store, &["images", "-q"], b""));
@@ -299,22 +340,16 @@ fn a_machine_without_ca_certificates_still_reaches_registries_it_can_trust() {
     ok(common::dist_with_env(
         &dir.path().join("flagless"),
         &no_roots,
-        &["fetch", &tls_ref],
+        &["fetch", tls_ref],
         b"",
     ));
 
     // HTTPS without a CA to check the registry against.
-    let hosts = dir.path().join("hosts");
-    std::fs::create_dir_all(hosts.join(tls.host())).unwrap();
-    std::fs::write(
-        hosts.join(tls.host()).join("hosts.toml"),
-        format!("server = \"https://{}\"\n", tls.host()),
-    )
-    .unwrap();
+    let hosts = both.hosts_dir_verifying_tls();
     let untrusted = common::dist_with_env(
         &dir.path().join("other"),
         &no_roots,
-        &["--hosts-dir", hosts.to_str().unwrap(), "fetch", &tls_ref],
+        &["--hosts-dir", hosts.to_str().unwrap(), "fetch", tls_ref],
         b"",
     );
     assert_eq!(
@@ -326,6 +361,83 @@ fn a_machine_without_ca_certificates_still_reaches_registries_it_can_trust() {
     let said = common::stderr(&untrusted);
     assert!(said.contains("UnknownIssuer"), "{said}");
     assert!(said.contains("no CA certificates of its own"), "{said}");
+}
+
+/// The system's CA certificates are read to check a certificate, and only
+/// then: a fetch from a plain-HTTP registry never opens them (here a FIFO
+/// nobody writes to, where an open would hang), and an HTTPS registry whose
+/// CA is among them is trusted with no flags.
+#[test]
+fn system_ca_certificates_are_read_only_to_check_a_certificate() {
+    let both = PlainAndTls::with_image("lazy/app:1");
+    let (dir, certs) = (&both.dir, &both.certs);
+
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir(&empty).unwrap();
+    let fifo = dir.path().join("certs.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let mut fetch = Command::new(common::dist_binary())
+        .env("SSL_CERT_FILE", &fifo)
+        .env("SSL_CERT_DIR", &empty)
+        .arg("--root")
+        .arg(dir.path().join("plain"))
+        .args(["-q", "fetch", &both.plain_ref])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dist");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = fetch.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            fetch.kill().unwrap();
+            fetch.wait().unwrap();
+            panic!("a plain-HTTP fetch opened the system's CA certificates (SSL_CERT_FILE)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+
+    // The registry's CA as the system's only one, and verification asked for.
+    let hosts = both.hosts_dir_verifying_tls();
+    let hosts_dir = [
+        "--hosts-dir",
+        hosts.to_str().unwrap(),
+        "fetch",
+        &both.tls_ref,
+    ];
+    let system_ca = [
+        ("SSL_CERT_FILE", certs.ca.as_path()),
+        ("SSL_CERT_DIR", &empty),
+    ];
+    ok(common::dist_with_env(
+        &dir.path().join("trusted"),
+        &system_ca,
+        &hosts_dir,
+        b"",
+    ));
+    // Without it, the same registry is refused.
+    let other_ca = [
+        ("SSL_CERT_FILE", certs.client_cert.as_path()),
+        ("SSL_CERT_DIR", &empty),
+    ];
+    let refused = common::dist_with_env(&dir.path().join("untrusted"), &other_ca, &hosts_dir, b"");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "{}",
+        common::stderr(&refused)
+    );
+    assert!(
+        common::stderr(&refused).contains("UnknownIssuer"),
+        "{}",
+        common::stderr(&refused)
+    );
 }
 
 /// ctr's `--user`: a registry behind a token service takes a push with the

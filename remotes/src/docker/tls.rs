@@ -9,10 +9,11 @@
 //! alert.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hyper_util::client::proxy::matcher::Matcher;
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -40,11 +41,11 @@ impl HttpClient {
     /// that the HTTPS registry at `url` ends a new session with, in the
     /// handshake or right after it and before any request, if it does so
     /// within [`ALERT_WAIT`]. `None` when the session cannot be opened
-    /// (the request's own error says why) or stays open, and when a proxy
-    /// is set in the environment: requests go through it, and this session
-    /// would not.
+    /// (the request's own error says why) or stays open, and when the
+    /// request went through a proxy (the environment's, as reqwest reads
+    /// it), which this session would not.
     pub(crate) async fn alert_after_handshake(&self, url: &str) -> Option<String> {
-        if proxy_in_environment() {
+        if proxied(&Matcher::from_system(), url) {
             return None;
         }
         self.read_alert(url).await
@@ -87,12 +88,14 @@ impl HttpClient {
     }
 }
 
-/// Whether the environment names a proxy for HTTPS (reqwest's, and
-/// Docker's, variables).
-fn proxy_in_environment() -> bool {
-    ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+/// Whether `matcher` (reqwest's, from the environment: `HTTPS_PROXY`,
+/// `ALL_PROXY`, `NO_PROXY`...) sends requests for `url` through a proxy;
+/// `true` when that cannot be told.
+fn proxied(matcher: &Matcher, url: &str) -> bool {
+    match url.parse::<hyper::Uri>() {
+        Ok(uri) => matcher.intercept(&uri).is_some(),
+        Err(_) => true,
+    }
 }
 
 /// The fatal alert a request failed on, if a TLS alert refusing the
@@ -176,10 +179,9 @@ impl Connection {
         Ok(HttpClient { http, tls })
     }
 
-    /// The TLS configuration: the system's CA certificates and those of
-    /// the CA files (only the latter on a machine that has none), or no
-    /// checking at all with `skip_verify`; the client certificate if any;
-    /// HTTP/1.1.
+    /// The TLS configuration: the system's CA certificates (read at the
+    /// first handshake) and those of the CA files, or no checking at all
+    /// with `skip_verify`; the client certificate if any; HTTP/1.1.
     fn tls_config(&self) -> Result<rustls::ClientConfig> {
         // A provider the program installed wins, as with reqwest's own.
         let provider = CryptoProvider::get_default()
@@ -189,25 +191,14 @@ impl Connection {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_config_error(Path::new("TLS configuration"), e))?;
-        let builder = if self.skip_verify {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        let verifier: Arc<dyn ServerCertVerifier> = if self.skip_verify {
+            Arc::new(AnyCertificate)
         } else {
-            match rustls_platform_verifier::Verifier::new_with_extra_roots(roots.clone(), provider)
-            {
-                Ok(verifier) => builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(verifier)),
-                // Only when nothing at all is trusted (no CA files either):
-                // any other failure is reported.
-                Err(e) if e.to_string().contains("No CA certificates were loaded") => {
-                    NO_SYSTEM_ROOTS.store(true, Ordering::Relaxed);
-                    builder.with_root_certificates(RootCertStore::empty())
-                }
-                Err(e) => return Err(tls_config_error(Path::new("system CA certificates"), e)),
-            }
+            Arc::new(SystemAndGivenRoots::new(roots, provider))
         };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
         let mut config = if self.client_certs.is_empty() {
             builder.with_no_client_auth()
         } else {
@@ -388,6 +379,108 @@ fn tls_config_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Checks server certificates with the platform's verifier against the
+/// system's CA certificates and the given ones, loading the system's at the
+/// first certificate to check: a client that only speaks plain HTTP (to a
+/// loopback registry, say) never reads them (about 150 files; 2-3 ms of
+/// every `dist` command on the benchmark machine).
+#[derive(Debug)]
+struct SystemAndGivenRoots {
+    given: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+    loaded: OnceLock<std::result::Result<Arc<dyn ServerCertVerifier>, rustls::Error>>,
+}
+
+impl SystemAndGivenRoots {
+    fn new(given: Vec<CertificateDer<'static>>, provider: Arc<CryptoProvider>) -> Self {
+        SystemAndGivenRoots {
+            given,
+            provider,
+            loaded: OnceLock::new(),
+        }
+    }
+
+    fn verifier(&self) -> std::result::Result<&Arc<dyn ServerCertVerifier>, rustls::Error> {
+        self.loaded
+            .get_or_init(|| {
+                let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(
+                    self.given.iter().cloned(),
+                    self.provider.clone(),
+                );
+                match verifier {
+                    Ok(verifier) => Ok(Arc::new(verifier) as Arc<dyn ServerCertVerifier>),
+                    // Nothing at all is trusted (no CA files either): every
+                    // certificate has an unknown issuer, and the error says
+                    // that the machine has no CA certificates.
+                    Err(e) if e.to_string().contains("No CA certificates were loaded") => {
+                        NO_SYSTEM_ROOTS.store(true, Ordering::Relaxed);
+                        Err(rustls::Error::InvalidCertificate(
+                            rustls::CertificateError::UnknownIssuer,
+                        ))
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl ServerCertVerifier for SystemAndGivenRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    // Handshake signatures need no roots: checked with the provider's
+    // algorithms, as the platform's verifier does.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Accepts any server certificate and handshake signature (`skip_verify`),
 /// as reqwest's own setting and Go's `InsecureSkipVerify` do: webpki would
 /// refuse to parse some home-made certificates (X.509 v1, unknown critical
@@ -488,6 +581,27 @@ mod tests {
         // Only HTTPS is asked.
         let plain = format!("http://{}/v2/", registry.host());
         assert_eq!(client.read_alert(&plain).await, None);
+    }
+
+    /// A registry the proxy settings exempt (`NO_PROXY`) is reached
+    /// directly, so its alert can be read; any other goes through the proxy.
+    #[test]
+    fn registries_exempt_from_the_proxy_are_not_proxied() {
+        let matcher = Matcher::builder()
+            .https("http://proxy.example:3128")
+            .no("127.0.0.1,.internal.example")
+            .build();
+        assert!(!proxied(&matcher, "https://127.0.0.1:5443/v2/"));
+        assert!(!proxied(
+            &matcher,
+            "https://registry.internal.example/v2/app/blobs/sha256:00"
+        ));
+        assert!(proxied(&matcher, "https://registry.example/v2/"));
+        // Plain HTTP has no proxy here, and nothing to read an alert from.
+        assert!(!proxied(&matcher, "http://registry.example/v2/"));
+        assert!(proxied(&matcher, "not a url"));
+        let none = Matcher::builder().build();
+        assert!(!proxied(&none, "https://registry.example/v2/"));
     }
 
     /// The issuer is read from a certificate's DER as the CA's name; a
