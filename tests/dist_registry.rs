@@ -380,15 +380,20 @@ fn system_ca_certificates_are_read_only_to_check_a_certificate() {
         .status()
         .expect("run mkfifo");
     assert!(made.success());
+    // rustls-native-certs opens SSL_CERT_FILE without checking that it is a
+    // regular file, so reading it would block here.
+    let stderr_path = dir.path().join("plain-fetch.stderr");
     let mut fetch = Command::new(common::dist_binary())
         .env("SSL_CERT_FILE", &fifo)
         .env("SSL_CERT_DIR", &empty)
         .arg("--root")
         .arg(dir.path().join("plain"))
         .args(["-q", "fetch", &both.plain_ref])
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .expect("run dist");
+    let said = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
         if let Some(status) = fetch.try_wait().unwrap() {
@@ -397,11 +402,15 @@ fn system_ca_certificates_are_read_only_to_check_a_certificate() {
         if std::time::Instant::now() > deadline {
             fetch.kill().unwrap();
             fetch.wait().unwrap();
-            panic!("a plain-HTTP fetch opened the system's CA certificates (SSL_CERT_FILE)");
+            panic!(
+                "a plain-HTTP fetch did not end in 60 s: it opened the system's CA \
+                 certificates (SSL_CERT_FILE), or stalled; it said: {}",
+                said()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert!(status.success(), "{status}");
+    assert!(status.success(), "{status}: {}", said());
 
     // The registry's CA as the system's only one, and verification asked for.
     let hosts = both.hosts_dir_verifying_tls();

@@ -583,6 +583,25 @@ mod tests {
         assert_eq!(client.read_alert(&plain).await, None);
     }
 
+    /// The lazy verifier offers the platform verifier's signature schemes,
+    /// before it has loaded anything.
+    #[test]
+    fn the_lazy_verifier_offers_the_platform_verifiers_schemes() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCertificates::write(dir.path()).unwrap();
+        let ca = certificates_in(&certs.ca, &std::fs::read(&certs.ca).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let platform =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(ca.clone(), provider.clone())
+                .unwrap();
+        let lazy = SystemAndGivenRoots::new(ca, provider);
+        assert_eq!(
+            lazy.supported_verify_schemes(),
+            platform.supported_verify_schemes()
+        );
+        assert!(lazy.loaded.get().is_none());
+    }
+
     /// A registry the proxy settings exempt (`NO_PROXY`) is reached
     /// directly, so its alert can be read; any other goes through the proxy.
     #[test]
