@@ -134,7 +134,8 @@ fn connect_cause(error: &reqwest::Error) -> String {
     }
 }
 
-/// Set once a client had to be built without system CA certificates, because
-/// the machine has none: a certificate it then cannot verify says why. It is
-/// process-wide because the system's certificates are the machine's.
+/// Set once a client, about to check a certificate, found that the machine
+/// has no CA certificates of its own: a certificate it then cannot verify
+/// says why. It is process-wide because the system's certificates are the
+/// machine's.
 pub(crate) static NO_SYSTEM_ROOTS: AtomicBool = AtomicBool::new(false);

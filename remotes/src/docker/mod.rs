@@ -1108,12 +1108,12 @@ fn port_of(host: &str) -> Option<&str> {
 /// Whether a TLS handshake failed because the server answered in plain
 /// HTTP (rustls reads `HTTP/1.1 400` as a record of no known type).
 fn answered_in_plain_http(error: &reqwest::Error) -> bool {
-    any_cause(error, |e| e.to_string().contains("InvalidContentType"))
+    causes(error).any(|e| e.to_string().contains("InvalidContentType"))
 }
 
 /// Whether the connection was refused (nothing listens on the port).
 fn is_refused(error: &reqwest::Error) -> bool {
-    any_cause(error, |e| {
+    causes(error).any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
     })
@@ -1124,14 +1124,6 @@ fn causes<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(Some(error), |e| e.source())
-}
-
-/// Whether `error` or any of its causes is what `is` looks for.
-fn any_cause(
-    error: &reqwest::Error,
-    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
-) -> bool {
-    causes(error).any(is)
 }
 
 /// True for `localhost`, `127.0.0.0/8` and `::1`, with or without a port.

@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{CONNECT_TIMEOUT, Connection, IDLE_READ_TIMEOUT, any_cause, causes, hosts};
+use super::{CONNECT_TIMEOUT, Connection, IDLE_READ_TIMEOUT, causes, hosts};
 use crate::error::{Error, NO_SYSTEM_ROOTS, Result};
 
 /// How long a session opened to learn why the registry ended another may
@@ -113,7 +113,7 @@ pub(crate) fn fatal_alert(error: &reqwest::Error) -> Option<String> {
 /// Whether a request failed before it was sent, because its new connection
 /// closed first (the HTTP client's "connection was not ready").
 pub(crate) fn closed_before_sending(error: &reqwest::Error) -> bool {
-    any_cause(error, |e| {
+    causes(error).any(|e| {
         e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
     })
@@ -544,6 +544,11 @@ mod tests {
     use super::*;
     use crate::testkit::{Registry, TestCertificates};
 
+    /// The first certificate of the PEM file at `path`.
+    fn der_of(path: &Path) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
     /// A session of our own names the alert a registry wanting a client
     /// certificate ends it with, and finds none when the certificate is
     /// given (the registry then waits for a request).
@@ -629,9 +634,7 @@ mod tests {
     fn the_issuer_of_a_certificate_is_its_ca() {
         let dir = tempfile::tempdir().unwrap();
         let certs = TestCertificates::write(dir.path()).unwrap();
-        let der =
-            |path: &Path| CertificateDer::from_pem_slice(&std::fs::read(path).unwrap()).unwrap();
-        let (ca, client) = (der(&certs.ca), der(&certs.client_cert));
+        let (ca, client) = (der_of(&certs.ca), der_of(&certs.client_cert));
         // The CA is self-signed: its issuer is its own name.
         let ca_name = issuer_of(&ca).expect("an issuer");
         assert_eq!(issuer_of(&client), Some(ca_name));
@@ -661,10 +664,7 @@ mod tests {
             };
             ClientCertificate::read(&client, &provider).unwrap()
         };
-        let ca_name = |certs: &TestCertificates| {
-            let der = CertificateDer::from_pem_slice(&std::fs::read(&certs.ca).unwrap()).unwrap();
-            issuer_of(&der).unwrap().to_vec()
-        };
+        let ca_name = |certs: &TestCertificates| issuer_of(&der_of(&certs.ca)).unwrap().to_vec();
         let our_leaf = read(&ours).key.cert[0].clone();
         let foreign_leaf = read(&foreign).key.cert[0].clone();
         let chooser = ClientCertificates(vec![read(&foreign), read(&ours)]);
@@ -693,8 +693,7 @@ mod tests {
     static CLIENT_DER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
         let dir = tempfile::tempdir().unwrap();
         let certs = TestCertificates::write(dir.path()).unwrap();
-        let pem = std::fs::read(&certs.client_cert).unwrap();
-        CertificateDer::from_pem_slice(&pem).unwrap().to_vec()
+        der_of(&certs.client_cert).to_vec()
     });
 
     proptest::proptest! {
@@ -774,8 +773,7 @@ mod tests {
     async fn skip_verify_takes_a_version_1_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = version_1_certificate(dir.path());
-        let der = CertificateDer::from_pem_slice(&std::fs::read(&cert).unwrap()).unwrap();
-        assert!(issuer_of(&der).is_some());
+        assert!(issuer_of(&der_of(&cert)).is_some());
         let registry = Registry::start_tls(&cert, &key)
             .expect("the registry must start (apt-get install docker-registry)");
         let unchecked = Connection {
