@@ -75,9 +75,10 @@ impl Digester {
     /// Large inputs are fed a piece at a time, each next piece's cache lines
     /// requested ahead while the current one is hashed: bytes another core
     /// has just written (a chunk handed over by the thread that received it)
-    /// otherwise reach the hash a line at a time, and SHA-256 of them ran at
-    /// 1.34-1.37 GB/s on the benchmark machine against 1.58-1.59 GB/s fed
-    /// this way (BENCHMARKS.md, sixteenth session).
+    /// otherwise reach the hash a line at a time: SHA-256 of 4 MiB chunks
+    /// handed over ran at 1.17 GiB/s on the benchmark machine, and at
+    /// 1.51 GiB/s fed this way (`cargo bench --bench digest_handoff`;
+    /// BENCHMARKS.md, sixteenth session).
     pub fn update(&mut self, data: &[u8]) {
         if data.len() < 2 * PREFETCH_PIECE {
             return self.update_piece(data);
