@@ -1,26 +1,40 @@
-//! SHA-256 of chunks another thread has just written, as the local store's
-//! hashing thread sees them (the receiving thread fills a chunk, the hashing
-//! thread hashes it): [`Digester::update`], which requests each next piece's
-//! cache lines ahead of the hash, beside the `sha2` crate fed the whole chunk,
-//! and beside `sha2` on a chunk this thread wrote itself (the hot floor).
+//! SHA-256 of 4 MiB chunks as the local store's hashing thread sees them: a
+//! second thread fills the next chunk while this one hashes the last chunk it
+//! handed over. [`Digester::update_handed_over`], which requests each next
+//! piece into the cache while it hashes the current one, beside
+//! [`Digester::update`]; and, as a control with the same second thread busy
+//! beside it, both on a chunk this thread filled itself.
 //!
 //! Run: `cargo bench --bench digest_handoff`.
 
+use std::hint::black_box;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ocidist::content::Digester;
-use sha2::Digest as _;
 
 /// The local store's chunk for a large ingest.
 const CHUNK: usize = 4 << 20;
 
-/// Hashes `iters` chunks, each written by a second thread just before it is
-/// handed over (three buffers go round, as in the store); returns the time
-/// spent hashing only.
-fn hash_handed_over(iters: u64, mut hash: impl FnMut(&[u8])) -> Duration {
-    let (filled_tx, filled_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+/// A way of feeding bytes to a [`Digester`].
+type Feed = fn(&mut Digester, &[u8]);
+
+/// Which chunk the hashing thread hashes.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The one the second thread has just filled and handed over.
+    HandedOver,
+    /// One this thread filled itself (untimed), the second thread filling
+    /// and handing over chunks all the same.
+    Own,
+}
+
+/// Hashes `iters` chunks from `source`; returns the time spent hashing only.
+/// Three buffers go round, as in the store; the hand-over is a rendezvous,
+/// so each chunk was being filled while the one before it was hashed.
+fn hash_chunks(iters: u64, source: Source, mut hash: impl FnMut(&[u8])) -> Duration {
+    let (filled_tx, filled_rx) = mpsc::sync_channel::<Vec<u8>>(0);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     for _ in 0..3 {
         free_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
@@ -36,11 +50,19 @@ fn hash_handed_over(iters: u64, mut hash: impl FnMut(&[u8])) -> Duration {
             }
         }
     });
+    let mut own = vec![0u8; CHUNK];
     let mut hashing = Duration::ZERO;
-    for _ in 0..iters {
+    for i in 0..iters {
         let chunk = filled_rx.recv().expect("producer alive");
+        let bytes = match source {
+            Source::HandedOver => &chunk,
+            Source::Own => {
+                own.fill(i as u8 ^ 0xa5);
+                &own
+            }
+        };
         let started = Instant::now();
-        hash(&chunk);
+        hash(bytes);
         hashing += started.elapsed();
         // The producer may have finished and gone: nothing left to refill.
         let _ = free_tx.send(chunk);
@@ -50,22 +72,26 @@ fn hash_handed_over(iters: u64, mut hash: impl FnMut(&[u8])) -> Duration {
 }
 
 fn handoff(c: &mut Criterion) {
-    let mut group = c.benchmark_group("sha256_of_a_handed_over_4MiB_chunk");
+    let mut group = c.benchmark_group("sha256_of_4MiB_chunks");
     group.throughput(Throughput::Bytes(CHUNK as u64));
     group.measurement_time(Duration::from_secs(5));
-    group.bench_function("digester", |b| {
-        let mut digester = Digester::sha256();
-        b.iter_custom(|iters| hash_handed_over(iters, |chunk| digester.update(chunk)));
-    });
-    group.bench_function("sha2_whole_chunk", |b| {
-        let mut hasher = sha2::Sha256::new();
-        b.iter_custom(|iters| hash_handed_over(iters, |chunk| hasher.update(chunk)));
-    });
-    group.bench_function("sha2_own_chunk_floor", |b| {
-        let chunk = vec![0x5au8; CHUNK];
-        let mut hasher = sha2::Sha256::new();
-        b.iter(|| hasher.update(std::hint::black_box(&chunk)));
-    });
+    let methods: [(&str, Feed); 2] = [
+        ("update", Digester::update),
+        ("update_handed_over", Digester::update_handed_over),
+    ];
+    for (source, source_name) in [(Source::HandedOver, "handed_over"), (Source::Own, "own")] {
+        for (method_name, method) in methods {
+            group.bench_function(format!("{source_name}/{method_name}"), |b| {
+                let mut digester = Digester::sha256();
+                b.iter_custom(|iters| {
+                    hash_chunks(iters, source, |chunk| {
+                        method(&mut digester, chunk);
+                        black_box(&digester);
+                    })
+                });
+            });
+        }
+    }
     group.finish();
 }
 

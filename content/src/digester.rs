@@ -9,17 +9,26 @@ use sha2::Digest as _;
 
 use crate::{Error, Result};
 
-/// How much of a large input [`Digester::update`] requests ahead of the hash.
+/// How much of an input [`Digester::update_handed_over`] requests into the
+/// cache ahead of the hash. On the benchmark machine, SHA-256 of 4 MiB
+/// chunks another thread had just filled ran at 1.11-1.19 GiB/s fed whole
+/// and 1.49-1.50 GiB/s fed this way; of chunks this thread filled, 1.59-1.63
+/// GiB/s whole and 1.53-1.57 this way (`cargo bench --bench
+/// digest_handoff`; BENCHMARKS.md, sixteenth session).
 const PREFETCH_PIECE: usize = 16 << 10;
 
 /// Asks the CPU to bring `bytes` into its cache, without waiting for them.
 fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
+    {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch is a hint that reads nothing into the program and
-        // never faults; the address is inside `bytes` anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        /// The cache line size of x86_64 CPUs.
+        const CACHE_LINE: usize = 64;
+        for line in bytes.chunks(CACHE_LINE) {
+            // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has.
+            // A prefetch only hints at the cache; it never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bytes;
@@ -70,23 +79,27 @@ impl Digester {
         }
     }
 
-    /// Feeds bytes.
-    ///
-    /// Large inputs are fed a piece at a time, each next piece's cache lines
-    /// requested ahead while the current one is hashed: bytes another core
-    /// has just written (a chunk handed over by the thread that received it)
-    /// otherwise reach the hash a line at a time: SHA-256 of 4 MiB chunks
-    /// handed over ran at 1.17 GiB/s on the benchmark machine, and at
-    /// 1.51 GiB/s fed this way (`cargo bench --bench digest_handoff`;
-    /// BENCHMARKS.md, sixteenth session).
+    /// Feeds bytes. The digest is the same however the input is split
+    /// across calls.
     pub fn update(&mut self, data: &[u8]) {
+        self.update_piece(data);
+    }
+
+    /// Feeds bytes another thread has just written, such as a chunk handed
+    /// over by the thread that received it; the digest is the same as with
+    /// [`Digester::update`].
+    ///
+    /// Those bytes are in the other core's cache, and a hash loop fetches
+    /// them a line at a time: this feeds them piece by piece, requesting each
+    /// next piece into the cache while the current one is hashed. On bytes
+    /// already in this core's cache that costs a few percent, which is why
+    /// `update` does not do it.
+    pub fn update_handed_over(&mut self, data: &[u8]) {
+        // An input of fewer than two pieces has nothing to request ahead.
         if data.len() < 2 * PREFETCH_PIECE {
             return self.update_piece(data);
         }
         let mut pieces = data.chunks(PREFETCH_PIECE).peekable();
-        if let Some(first) = pieces.peek() {
-            prefetch(first);
-        }
         while let Some(piece) = pieces.next() {
             if let Some(next) = pieces.peek() {
                 prefetch(next);
@@ -204,14 +217,23 @@ mod tests {
         ] {
             let bytes = &data[..len];
             let mut sha256 = Digester::sha256();
-            sha256.update(bytes);
+            sha256.update_handed_over(bytes);
+            // A partial block already buffered shifts every piece's alignment.
+            let mut after_a_byte = Digester::sha256();
+            after_a_byte.update(&bytes[..len.min(1)]);
+            after_a_byte.update_handed_over(&bytes[len.min(1)..]);
+            assert_eq!(
+                after_a_byte.digest(),
+                sha256.digest(),
+                "split after 1 of {len}"
+            );
             assert_eq!(
                 sha256.digest().digest(),
                 hex(&sha2::Sha256::digest(bytes)),
                 "sha256 of {len} bytes"
             );
             let mut sha512 = Digester::new(&DigestAlgorithm::Sha512).unwrap();
-            sha512.update(bytes);
+            sha512.update_handed_over(bytes);
             assert_eq!(
                 sha512.digest().digest(),
                 hex(&sha2::Sha512::digest(bytes)),

@@ -239,7 +239,8 @@ impl Sink {
             return Ok(chunk);
         }
         self.check_not_poisoned()?;
-        self.digester.update(chunk.as_slice());
+        // The chunk was filled on the async side, on another core.
+        self.digester.update_handed_over(chunk.as_slice());
         let offset = self.written;
         self.written += chunk.len() as u64;
         // From here until the write succeeds, the digest is ahead of the file.
@@ -445,7 +446,7 @@ impl Sink {
         } else {
             match pending_hashed {
                 Some(state) => self.digester = state,
-                None => self.digester.update(pending),
+                None => self.digester.update_handed_over(pending),
             }
             None
         };
@@ -660,7 +661,7 @@ fn drop_written(file: &fs::File, offset: u64, len: u64) {
 /// thread can be had.
 fn hash_while<T>(digester: &mut Digester, chunk: &[u8], work: impl FnOnce() -> T) -> T {
     if chunk.len() < PARALLEL_HASH_MIN {
-        digester.update(chunk);
+        digester.update_handed_over(chunk);
         return work();
     }
     std::thread::scope(|scope| {
@@ -668,7 +669,7 @@ fn hash_while<T>(digester: &mut Digester, chunk: &[u8], work: impl FnOnce() -> T
         // and hands it back, so a failed spawn leaves ours to use in line.
         let mut copy = digester.clone();
         let spawned = std::thread::Builder::new().spawn_scoped(scope, move || {
-            copy.update(chunk);
+            copy.update_handed_over(chunk);
             copy
         });
         match spawned {
@@ -681,7 +682,7 @@ fn hash_while<T>(digester: &mut Digester, chunk: &[u8], work: impl FnOnce() -> T
                 result
             }
             Err(_) => {
-                digester.update(chunk);
+                digester.update_handed_over(chunk);
                 work()
             }
         }
