@@ -82,14 +82,18 @@ impl Digester {
     /// Feeds bytes. The digest is the same however the input is split
     /// across calls.
     pub fn update(&mut self, data: &[u8]) {
-        self.update_piece(data);
+        match &mut self.state {
+            State::Sha256(h) => h.update(data),
+            State::Sha384(h) => h.update(data),
+            State::Sha512(h) => h.update(data),
+        }
     }
 
     /// Feeds bytes another thread has just written, such as a chunk handed
     /// over by the thread that received it; the digest is the same as with
     /// [`Digester::update`].
     ///
-    /// Those bytes are in the other core's cache, and a hash loop fetches
+    /// Those bytes are likely in the other core's cache, and a hash loop fetches
     /// them a line at a time: this feeds them piece by piece, requesting each
     /// next piece into the cache while the current one is hashed. On bytes
     /// already in this core's cache that costs a few percent, which is why
@@ -97,22 +101,14 @@ impl Digester {
     pub fn update_handed_over(&mut self, data: &[u8]) {
         // An input of fewer than two pieces has nothing to request ahead.
         if data.len() < 2 * PREFETCH_PIECE {
-            return self.update_piece(data);
+            return self.update(data);
         }
         let mut pieces = data.chunks(PREFETCH_PIECE).peekable();
         while let Some(piece) = pieces.next() {
             if let Some(next) = pieces.peek() {
                 prefetch(next);
             }
-            self.update_piece(piece);
-        }
-    }
-
-    fn update_piece(&mut self, data: &[u8]) {
-        match &mut self.state {
-            State::Sha256(h) => h.update(data),
-            State::Sha384(h) => h.update(data),
-            State::Sha512(h) => h.update(data),
+            self.update(piece);
         }
     }
 
