@@ -434,3 +434,204 @@ fn a_user_xattr_on_a_symlink_is_skipped_with_a_warning() {
         applied.warnings
     );
 }
+
+fn apply_upper(
+    upper: &std::path::Path,
+    lower: &std::path::Path,
+    layer: &[u8],
+    options: &ApplyOptions,
+) -> ocidist_snapshot::apply::Applied {
+    let target = ApplyTarget::OverlayUpper {
+        upper: upper.to_path_buf(),
+        lowers: vec![lower.to_path_buf()],
+    };
+    apply_layer_sync(&target, Cursor::new(layer.to_vec()), None, options).unwrap()
+}
+
+fn is_opaque(dir: &std::path::Path) -> bool {
+    let mut v = [0u8; 4];
+    matches!(
+        rustix::fs::lgetxattr(dir, ocidist_snapshot::overlay::opaque_xattr(), &mut v[..]),
+        Ok(1) if v[0] == b'y'
+    )
+}
+
+/// A layer that writes a file and then a directory of one name leaves an
+/// empty directory on a tree; on an overlay upper that directory must be
+/// opaque, or the lower layer's directory of that name shows through.
+#[test]
+fn a_directory_replacing_the_layers_own_file_hides_the_lower_directory() {
+    let lower = tempfile::tempdir().unwrap();
+    apply_tree(
+        lower.path(),
+        &tar_of(&[Entry::Dir("d", 0o755), Entry::File("d/old", b"old", 0o644)]),
+    )
+    .unwrap();
+    let layer = tar_of(&[
+        Entry::File("d", b"briefly a file", 0o644),
+        Entry::Dir("d", 0o755),
+        Entry::Symlink("e", "d"),
+        Entry::Dir("e", 0o755),
+    ]);
+    let upper = tempfile::tempdir().unwrap();
+    apply_upper(upper.path(), lower.path(), &layer, &ApplyOptions::default());
+    assert!(is_opaque(&upper.path().join("d")), "a file replaced");
+    assert!(is_opaque(&upper.path().join("e")), "a symlink replaced");
+
+    // The same layer on a copy of the tree: the directory is empty.
+    apply_tree(lower.path(), &layer).unwrap();
+    assert!(!lower.path().join("d/old").exists());
+}
+
+/// An opaque whiteout spares what the layer wrote under parents it did not
+/// list (`a/b` of `a/b/new`), as overlayfs does; only the lower's entries go.
+#[test]
+fn an_opaque_whiteout_spares_the_layers_files_under_unlisted_parents() {
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::Dir("a", 0o755),
+            Entry::Dir("a/b", 0o755),
+            Entry::File("a/b/old", b"old", 0o644),
+            Entry::File("a/c", b"c", 0o644),
+        ]),
+    )
+    .unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::File("a/b/new", b"new", 0o644),
+            Entry::File("a/.wh..wh..opq", b"", 0o644),
+        ]),
+    )
+    .unwrap();
+    let t = tree(root.path());
+    let names: Vec<&str> = t.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "a/b", "a/b/new"], "{t:?}");
+}
+
+/// A directory the layer listed and then replaced with a symlink does not
+/// pass its mode on to where the symlink points.
+#[test]
+fn a_directory_replaced_by_a_symlink_leaves_the_symlinks_target_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let options = ApplyOptions {
+        privileged: false,
+        ..ApplyOptions::default()
+    };
+    apply_layer_sync(
+        &ApplyTarget::Tree(root.path().to_path_buf()),
+        Cursor::new(tar_of(&[
+            Entry::Dir("a", 0o700),
+            Entry::Dir("b", 0o755),
+            Entry::Symlink("a", "b"),
+        ])),
+        None,
+        &options,
+    )
+    .unwrap();
+    let b = std::fs::symlink_metadata(root.path().join("b")).unwrap();
+    assert_eq!(b.mode() & 0o7777, 0o755);
+    assert!(
+        std::fs::symlink_metadata(root.path().join("a"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+/// A parent made on an upper directory copies its mode from the lower
+/// layer, resolving the lower's symlinks inside the lower, never on the host.
+#[test]
+fn a_parents_metadata_never_comes_from_the_host() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir(host.path().join("x")).unwrap();
+    std::fs::set_permissions(
+        host.path().join("x"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let lower = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(host.path(), lower.path().join("a")).unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    apply_upper(
+        upper.path(),
+        lower.path(),
+        &tar_of(&[Entry::File("a/x/f", b"f", 0o644)]),
+        &ApplyOptions::default(),
+    );
+    let x = std::fs::metadata(upper.path().join("a/x")).unwrap();
+    assert_eq!(x.mode() & 0o7777, 0o755, "the host's 0711 was copied");
+}
+
+/// overlayfs's own xattrs in a layer (a redirect, an opaque mark) would
+/// steer the mount away from what the layers say: never applied.
+#[test]
+fn overlay_xattrs_in_a_layer_are_not_applied() {
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.trusted.overlay.redirect", &b"/elsewhere"[..]),
+        ("SCHILY.xattr.user.overlay.opaque", &b"y"[..]),
+        ("SCHILY.xattr.user.kept", &b"v"[..]),
+    ])
+    .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, "srv", &[][..]).unwrap();
+    let applied = apply_upper(
+        upper.path(),
+        lower.path(),
+        &b.into_inner().unwrap(),
+        &ApplyOptions {
+            // The opaque mark this test looks for is the one a layer cannot set.
+            opaque_xattr: "trusted.overlay.opaque".into(),
+            ..ApplyOptions::default()
+        },
+    );
+    let srv = upper.path().join("srv");
+    let mut v = [0u8; 16];
+    for key in ["trusted.overlay.redirect", "user.overlay.opaque"] {
+        assert!(
+            rustix::fs::lgetxattr(&srv, key, &mut v[..]).is_err(),
+            "{key} was applied"
+        );
+    }
+    assert_eq!(
+        rustix::fs::lgetxattr(&srv, "user.kept", &mut v[..]).unwrap(),
+        1
+    );
+    assert!(
+        applied
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("2 overlayfs extended attributes")),
+        "{:?}",
+        applied.warnings
+    );
+}
+
+/// Without root a whiteout is still made (Linux lets anyone make the 0/0
+/// character device), where it used to be skipped like a device node and
+/// the deleted file came back.
+#[test]
+fn whiteouts_are_made_without_root_too() {
+    let lower = tempfile::tempdir().unwrap();
+    apply_tree(lower.path(), &tar_of(&[Entry::File("srv/a", b"a", 0o644)])).unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    apply_upper(
+        upper.path(),
+        lower.path(),
+        &tar_of(&[Entry::File("srv/.wh.a", b"", 0o644)]),
+        &ApplyOptions {
+            privileged: false,
+            ..ApplyOptions::default()
+        },
+    );
+    let a = std::fs::symlink_metadata(upper.path().join("srv/a")).unwrap();
+    assert!(a.file_type().is_char_device() && a.rdev() == 0);
+}

@@ -43,6 +43,7 @@ impl Applier {
                 tv_nsec: st.st_atime_nsec as _,
             },
             xattrs: xattrs(&source_path)?,
+            dropped_xattrs: 0,
         };
         let dirfd = self.root.dir(&parent)?;
         match st.st_mode & libc::S_IFMT {

@@ -323,6 +323,7 @@ fn write_entries(
         buffer: vec![0u8; 256 * 1024],
         skipped_devices: 0,
         skipped_xattrs: Cell::new(0),
+        dropped_xattrs: 0,
         entries: 0,
     };
     let budget = Rc::new(Cell::new(None));
@@ -368,6 +369,12 @@ fn write_entries(
             applier.skipped_xattrs.get()
         ));
     }
+    if applier.dropped_xattrs > 0 {
+        warnings.push(format!(
+            "{} overlayfs extended attributes (trusted.overlay.*, user.overlay.*) in the layer not applied",
+            applier.dropped_xattrs
+        ));
+    }
     if !options.privileged {
         warnings.push("owners not set: changing them needs root".into());
     }
@@ -382,7 +389,15 @@ struct Meta {
     mtime: Timespec,
     atime: Timespec,
     xattrs: Vec<(String, Vec<u8>)>,
+    /// overlayfs's own xattrs the entry carried, not applied.
+    dropped_xattrs: u64,
 }
+
+/// overlayfs's own xattrs (`redirect`, `opaque`, `origin`, `metacopy`...):
+/// from a layer they would steer the mount, so that the rootfs differed from
+/// what the layers say; they are never applied. (An opaque directory is said
+/// with `.wh..wh..opq`.)
+const OVERLAY_PRIVATE: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 
 fn parse_time(value: &str) -> Option<Timespec> {
     let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
@@ -420,6 +435,7 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
         mtime,
         atime: mtime,
         xattrs: Vec::new(),
+        dropped_xattrs: 0,
     };
     let mut atime = None;
     if let Some(pax) = entry
@@ -449,8 +465,12 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
                 }
                 _ => {
                     if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                        meta.xattrs
-                            .push((name.to_string(), ext.value_bytes().to_vec()));
+                        if OVERLAY_PRIVATE.iter().any(|p| name.starts_with(p)) {
+                            meta.dropped_xattrs += 1;
+                        } else {
+                            meta.xattrs
+                                .push((name.to_string(), ext.value_bytes().to_vec()));
+                        }
                     }
                 }
             }
@@ -472,6 +492,8 @@ struct Applier {
     skipped_devices: u64,
     /// Extended attributes the target refused in ways containerd tolerates.
     skipped_xattrs: Cell<u64>,
+    /// overlayfs xattrs the layer carried, never applied.
+    dropped_xattrs: u64,
     entries: u64,
 }
 
@@ -522,6 +544,7 @@ impl Applier {
             return Ok(());
         }
         let meta = meta_of(entry)?;
+        self.dropped_xattrs += meta.dropped_xattrs;
         if kind == tar::EntryType::GNUSparse && entry.size() > MAX_SPARSE_SIZE {
             return Err(Error::InvalidArgument(format!(
                 "sparse file {:?} of {} bytes: over the {} GiB this unpacker writes",
@@ -548,13 +571,10 @@ impl Applier {
         let dirfd = self.root.dir(&parent)?;
         // Whatever is at the name goes, unless a directory meets a directory.
         let existing = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW).ok();
-        let mut replaced_whiteout = false;
         let mut removed = false;
         if let Some(st) = &existing {
             let is_dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
             if !(is_dir && kind.is_dir()) {
-                replaced_whiteout =
-                    overlay && (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0;
                 resolve::remove_at(dirfd, name).map_err(io_err("remove", &path))?;
                 // Cached directories under this name (through a symlink it
                 // was, say) are stale from here on.
@@ -563,19 +583,21 @@ impl Applier {
         }
         match kind {
             tar::EntryType::Directory => {
-                if existing.is_none() || removed || replaced_whiteout {
+                if existing.is_none() || removed {
                     rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700))
                         .map_err(io_err("mkdir", &path))?;
                 }
-                if replaced_whiteout {
-                    // A deleted directory made again must not show the old one.
+                if overlay && removed {
+                    // A directory made where this layer deleted something (a
+                    // whiteout, or its own file or symlink of that name) must
+                    // not show a lower layer's directory of that name.
                     set_xattr_at(dirfd, name, &self.options.opaque_xattr, b"y")
                         .map_err(io_err("setxattr", &path))?;
                 }
                 if removed {
                     self.root.invalidate();
                 }
-                self.created.insert(rel.clone());
+                self.record_created(&rel);
                 self.set_dir_meta(&rel, meta)?;
                 return Ok(());
             }
@@ -585,7 +607,7 @@ impl Applier {
                 let size = entry.size();
                 copy_data(entry, &mut file, &mut self.buffer, sparse, size, &path)?;
                 self.set_file_meta(&file, &meta, &path)?;
-                self.created.insert(rel);
+                self.record_created(&rel);
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -599,7 +621,7 @@ impl Applier {
                 self.set_meta_at(&parent, name, &path, &meta, false)?;
                 // A directory seen before may now be a symlink.
                 self.root.invalidate();
-                self.created.insert(rel);
+                self.record_created(&rel);
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -656,7 +678,7 @@ impl Applier {
                         Error::io("link", &path, e)
                     }
                 })?;
-                self.created.insert(rel);
+                self.record_created(&rel);
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (file_type, dev) = match kind {
@@ -680,7 +702,7 @@ impl Applier {
                 rustix::fs::mknodat(dirfd, name, file_type, Mode::from_raw_mode(0o600), dev)
                     .map_err(io_err("mknod", &path))?;
                 self.set_meta_at(&parent, name, &path, &meta, true)?;
-                self.created.insert(rel);
+                self.record_created(&rel);
             }
             other => {
                 return Err(Error::Layer(format!(
@@ -793,12 +815,27 @@ impl Applier {
         Ok(())
     }
 
+    /// Notes `rel` and its ancestors as written by this layer, so an opaque
+    /// whiteout spares them: a parent the layer did not list (`a/b` of
+    /// `a/b/new`) holds what it did list.
+    fn record_created(&mut self, rel: &Path) {
+        let mut path = Some(rel);
+        while let Some(p) = path.filter(|p| !p.as_os_str().is_empty()) {
+            if !self.created.insert(p.to_path_buf()) {
+                break; // its ancestors are in already
+            }
+            path = p.parent();
+        }
+    }
+
     fn finish_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.dir_times);
         for (rel, meta) in dirs.iter().rev() {
             let path = self.root.path.join(rel);
-            let Some(fd) = self.root.existing_dir(rel)? else {
-                continue; // removed by a later entry
+            // Not through a symlink: a later entry may have made a name on the
+            // way a symlink, and its target is not this directory.
+            let Some(fd) = self.root.unmoved_dir(rel)? else {
+                continue; // removed or replaced by a later entry
             };
             let dir = readable_dir(fd.as_fd()).map_err(io_err("open", &path))?;
             if !self.options.privileged {
@@ -853,11 +890,17 @@ impl Applier {
                 return Ok(());
             };
             resolve::remove_at(dirfd, name).map_err(io_err("remove", &target))?;
-            if privileged {
-                rustix::fs::mknodat(dirfd, name, FileType::CharacterDevice, Mode::empty(), 0)
-                    .map_err(io_err("mknod", &target))?;
-            } else {
-                self.skipped_devices += 1;
+            // Linux lets anyone make a 0/0 character device (a whiteout)
+            // since 5.8. Without it the lower file would show again, so a
+            // refusal fails the layer rather than being skipped like a device.
+            match rustix::fs::mknodat(dirfd, name, FileType::CharacterDevice, Mode::empty(), 0) {
+                Err(rustix::io::Errno::PERM) if !privileged => {
+                    return Err(Error::Unimplemented(format!(
+                        "whiteout {}: making it (a 0/0 character device) needs root or Linux 5.8",
+                        target.display()
+                    )));
+                }
+                other => other.map_err(io_err("mknod", &target))?,
             }
         } else if let Some(dirfd) = self.root.existing_dir(parent)? {
             resolve::remove_at(dirfd.as_fd(), name).map_err(io_err("remove", &target))?;

@@ -72,6 +72,15 @@ pub(crate) struct DirMeta {
     pub(crate) gid: u32,
 }
 
+impl DirMeta {
+    /// For a directory no lower has: root's, 0755.
+    const DEFAULT: DirMeta = DirMeta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+}
+
 /// The root being written, with a small cache of parent directories.
 pub(crate) struct Root {
     pub(crate) path: PathBuf,
@@ -172,6 +181,27 @@ impl Root {
         }
     }
 
+    /// The directory `rel` if it exists and is reached without following a
+    /// symlink anywhere on the way.
+    pub(crate) fn unmoved_dir(&self, rel: &Path) -> Result<Option<OwnedFd>> {
+        let path: &Path = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        match rustix::fs::openat2(
+            self.fd.as_fd(),
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(None),
+            Err(e) => Err(Error::io("open", self.path.join(rel), e)),
+        }
+    }
+
     /// The directory a whiteout under `rel` goes in, on an overlay upper
     /// directory: `None` when there is nothing to hide (`rel` is a non-directory
     /// here, or exists in no lower), else the directory, made if needed.
@@ -225,8 +255,16 @@ impl Root {
     }
 
     fn lower_meta(&mut self, rel: &Path) -> Result<DirMeta> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Ok(DirMeta::DEFAULT);
+        };
         for lower in self.lowers()? {
-            if let Ok(st) = rustix::fs::statat(lower.as_fd(), rel, AtFlags::SYMLINK_NOFOLLOW)
+            // The parent is resolved inside the lower, as a symlink in a layer
+            // means it; the host's directories are never looked at.
+            let Ok(dir) = open_dir_in(lower.as_fd(), parent) else {
+                continue;
+            };
+            if let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
                 && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
             {
                 return Ok(DirMeta {
@@ -236,11 +274,7 @@ impl Root {
                 });
             }
         }
-        Ok(DirMeta {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        })
+        Ok(DirMeta::DEFAULT)
     }
 }
 
