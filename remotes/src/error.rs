@@ -61,6 +61,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A blob's download stopped short of what was asked for, cleanly (a
+    /// range that ended early, a later range answered with the whole blob):
+    /// resumable from what the store has, like a broken connection.
+    #[error("{url}: {reason}")]
+    Interrupted {
+        /// The request's URL.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
     /// The registry's bytes or headers contradict what was asked for.
     #[error("{url}: {reason}")]
     Protocol {
@@ -81,7 +91,7 @@ impl Error {
             Error::InvalidReference { .. } => ErrorKind::InvalidArgument,
             Error::Content(e) => e.kind(),
             Error::Images(e) => e.kind(),
-            Error::Connect { .. } => ErrorKind::Unavailable,
+            Error::Connect { .. } | Error::Interrupted { .. } => ErrorKind::Unavailable,
             Error::TlsConfig { .. } => ErrorKind::InvalidArgument,
             // Like 401 and 403: asking again is refused again.
             Error::TlsAlert { .. } => ErrorKind::FailedPrecondition,

@@ -29,7 +29,9 @@ use crate::source::source_labels;
 use crate::task::AbortOnDrop;
 use crate::{Fetcher, Reference, Resolver, Result};
 
-/// How many times one blob's download is resumed after a broken stream.
+/// How many times in a row one blob's download is resumed after a broken
+/// stream without having got any further (a resume that brought bytes
+/// starts the count again).
 const RESUMES: usize = 3;
 
 /// What happened to one descriptor during a fetch, for progress displays.
@@ -138,9 +140,15 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             match downloaded {
                 Ok(()) => break,
                 // A broken stream: go on from what the store has.
-                Err(e) if e.kind() == ErrorKind::Unavailable && resumes < RESUMES => {
-                    resumes += 1;
-                    offset = writer.status().await?.offset;
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    let now = writer.status().await?.offset;
+                    // Only attempts that got nowhere count: a large blob on
+                    // a flaky link may break many times and still finish.
+                    resumes = if now > offset { 0 } else { resumes + 1 };
+                    if resumes > RESUMES {
+                        return Err(e);
+                    }
+                    offset = now;
                 }
                 Err(e) => return Err(e),
             }

@@ -150,6 +150,63 @@ async fn a_connection_cut_mid_layer_resumes_with_range() {
     assert_whole(&store, layer).await;
 }
 
+/// A layer cut again and again, each time a little further on, still
+/// arrives: only resumes that bring nothing are limited.
+#[tokio::test]
+async fn a_download_cut_many_times_keeps_resuming_while_it_gets_further() {
+    let (_registry, proxy, pushed) = setup("faults/cut-often").await;
+    let layer = &pushed[3];
+    let blob_path = format!("/blobs/{}", layer.desc.digest());
+    proxy.add(Some("GET"), &blob_path, 6, Fault::CutAfter(30_000));
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/cut-often:1", proxy.host());
+    fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .expect("six cuts, each after 30,000 more bytes, are resumed");
+    assert_whole(&store, layer).await;
+    let gets = gets_of(&proxy, &blob_path);
+    assert_eq!(gets.len(), 7, "{gets:#?}");
+    assert!(gets[6].contains("range=bytes=180000-"), "{gets:#?}");
+}
+
+/// A tag that only has a Docker schema 1 manifest (signed, or served as
+/// `text/plain` as some registries do) is refused by name at resolve, not
+/// reported later as a digest mismatch.
+#[tokio::test]
+async fn a_schema1_manifest_is_refused_by_name_at_resolve() {
+    let (_registry, proxy, _pushed) = setup("faults/schema1").await;
+    let body = r#"{"schemaVersion": 1, "name": "faults/schema1", "tag": "old", "fsLayers": []}"#;
+    let resolver = DockerResolver::new();
+    for content_type in [
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "text/plain; charset=utf-8",
+    ] {
+        proxy.add(
+            None,
+            "/manifests/old",
+            2,
+            Fault::AnswerAs {
+                status: 200,
+                content_type: content_type.into(),
+                body: body.into(),
+            },
+        );
+        let err = resolver
+            .resolve(&format!("{}/faults/schema1:old", proxy.host()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Unimplemented,
+            "{content_type}: {err}"
+        );
+        assert!(
+            err.to_string().contains("schema 1"),
+            "{content_type}: {err}"
+        );
+    }
+}
+
 /// A download cut short whose resuming request then fails (the registry
 /// restarting: 503 on every retry of it) is resumed once more, not given up.
 #[tokio::test]

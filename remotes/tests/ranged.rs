@@ -2,7 +2,8 @@
 //! behind the fault proxy that records each request's `Range`: the bytes
 //! arrive whole and in order, a resume starts its ranges at the offset, one
 //! blob at a time is fetched this way, and a cut or corrupted range ends in a
-//! resumed download or a digest mismatch with nothing committed.
+//! resumed download or a digest mismatch with nothing committed; a later
+//! range answered with the whole blob is resumed in one request.
 
 mod common;
 
@@ -213,4 +214,96 @@ async fn a_cut_range_resumes_and_a_corrupted_range_is_never_committed() {
         ErrorKind::NotFound
     );
     assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+}
+
+/// A CDN may honour `Range` for the first requests of a blob and drop it for
+/// a later one (a cache miss), answering 200 with everything. The download
+/// is resumed from what the store has, in one request, and that endpoint
+/// gets no more ranged requests; the blob is committed whole.
+#[tokio::test]
+async fn a_later_range_answered_with_the_whole_blob_is_resumed_in_one_request() {
+    let big = layer(2 << 20, 7);
+    let (_registry, proxy) = setup("ranged/dropped", std::slice::from_ref(&big)).await;
+    let resolver = DockerResolver::new().ranged_fetch(settings());
+    let fetcher = resolver
+        .fetcher(&format!("{}/ranged/dropped:x", proxy.host()))
+        .await
+        .unwrap();
+    let (_dir, store, _images) = stores();
+    let reference = format!("{}/ranged/dropped:x", proxy.host());
+    let handler = fetch_handler(store.clone(), resolver.fetcher(&reference).await.unwrap());
+
+    proxy.add(
+        Some("GET"),
+        big.desc.digest().as_ref(),
+        100,
+        Fault::IgnoreRangeFrom(2 * CHUNK),
+    );
+    handler.handle(&big.desc).await.unwrap();
+    assert_eq!(
+        store.info(big.desc.digest()).await.unwrap().size,
+        big.desc.size()
+    );
+    let ranges = ranges_of(&proxy, &big);
+    // Ranges up to the refused one, then one open-ended request from where
+    // the store was.
+    let open_ended: Vec<&String> = ranges.iter().filter(|r| r.ends_with('-')).collect();
+    assert_eq!(open_ended.len(), 1, "{ranges:#?}");
+    let resumed_at: u64 = open_ended[0]
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!((CHUNK..=2 * CHUNK).contains(&resumed_at), "{ranges:#?}");
+    assert!(ranges.contains(&format!("bytes=0-{}", CHUNK - 1)));
+
+    // Later blobs from that endpoint, by any fetcher of the resolver: one
+    // request each.
+    let log_before = proxy.log().len();
+    assert!(fetch_blob(fetcher.as_ref(), &big, 0).await == big.bytes);
+    let later: Vec<String> = proxy.log()[log_before..].to_vec();
+    assert_eq!(later.len(), 1, "{later:#?}");
+    assert!(!later[0].contains(" range="), "{later:#?}");
+}
+
+/// While the reader of a blob is slow to take the ranges fetched ahead,
+/// they keep being read: none goes idle past the read timeout just because
+/// it waits its turn.
+#[tokio::test]
+async fn ranges_waiting_their_turn_are_not_timed_out_by_a_slow_reader() {
+    use futures::StreamExt;
+    let big = layer(8 * CHUNK as usize, 8);
+    let (_registry, proxy) = setup("ranged/slow-reader", std::slice::from_ref(&big)).await;
+    // The first range and the next three arrive over about 80 ms each; the
+    // later ones over about 320 ms (16 KiB every 20 ms), so a range is
+    // still mid-body when the reader stalls.
+    let drip = |chunk, ms| Fault::Drip {
+        chunk,
+        delay: std::time::Duration::from_millis(ms),
+    };
+    let digest = big.desc.digest().to_string();
+    proxy.add(Some("GET"), &digest, 4, drip(32 << 10, 10));
+    proxy.add(Some("GET"), &digest, 100, drip(16 << 10, 20));
+    let idle = std::time::Duration::from_millis(300);
+    let resolver = DockerResolver::new()
+        .timeouts(std::time::Duration::from_secs(5), idle)
+        .unwrap()
+        .ranged_fetch(settings());
+    let fetcher = resolver
+        .fetcher(&format!("{}/ranged/slow-reader:x", proxy.host()))
+        .await
+        .unwrap();
+    let mut stream = fetcher.fetch(&big.desc, 0).await.unwrap();
+    let mut bytes = Vec::new();
+    // Past the first range, whose own body (read by us) must not be left
+    // unread across the stall.
+    while (bytes.len() as u64) <= CHUNK {
+        bytes.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    // The reader stalls for four idle timeouts.
+    tokio::time::sleep(idle * 4).await;
+    while let Some(piece) = stream.next().await {
+        bytes.extend_from_slice(&piece.expect("a range that waited its turn"));
+    }
+    assert!(bytes == big.bytes);
 }

@@ -1,8 +1,9 @@
 //! Fetching blobs and manifests, from an offset; a large blob as parallel
 //! ranged requests, handed on in order.
 
+use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
@@ -75,6 +76,10 @@ impl RangedFetch {
 pub(crate) struct Ranged {
     settings: RangedFetch,
     slots: Arc<Semaphore>,
+    /// Endpoints (API roots) that once answered a later range with the
+    /// whole blob: a CDN that drops `Range` now and then. They get one
+    /// request per blob from then on.
+    refused: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Ranged {
@@ -82,7 +87,25 @@ impl Ranged {
         Ranged {
             settings,
             slots: Arc::new(Semaphore::new(settings.blobs)),
+            refused: Arc::default(),
         }
+    }
+
+    /// Whether blobs from `repo` may be fetched in ranges.
+    fn serves(&self, repo: &Repository) -> bool {
+        (self.settings.loopback || !repo.is_loopback())
+            && !self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&repo.base)
+    }
+
+    fn refuse(&self, repo: &Repository) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(repo.base.clone());
     }
 
     pub(crate) fn settings(&self) -> RangedFetch {
@@ -125,7 +148,7 @@ fn is_manifest(desc: &Descriptor) -> bool {
 impl Fetcher for DockerFetcher {
     async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
         let mut last = None;
-        let ranged_for = |repo: &Repository| self.ranged.settings.loopback || !repo.is_loopback();
+        let ranged_for = |repo: &Repository| self.ranged.serves(repo);
         let slot = if is_manifest(desc) || !self.repos.iter().any(ranged_for) {
             None
         } else {
@@ -136,7 +159,7 @@ impl Fetcher for DockerFetcher {
         for repo in &self.repos {
             let fetched = match &slot {
                 Some(slot) if ranged_for(repo) => {
-                    fetch_ranged(repo, desc, offset, self.ranged.settings, slot).await
+                    fetch_ranged(repo, desc, offset, &self.ranged, slot).await
                 }
                 _ => fetch_from(repo, desc, offset).await,
             };
@@ -263,7 +286,7 @@ async fn range_body(
         pieces.push(piece);
     }
     if received != end - start {
-        return Err(Error::Protocol {
+        return Err(Error::Interrupted {
             url: url.to_string(),
             reason: format!(
                 "range {start}-{} ended after {received} of {} bytes",
@@ -282,9 +305,10 @@ async fn fetch_ranged(
     repo: &Repository,
     desc: &Descriptor,
     offset: u64,
-    settings: RangedFetch,
+    ranged: &Ranged,
     slot: &Arc<OwnedSemaphorePermit>,
 ) -> Result<ByteStream> {
+    let settings = ranged.settings;
     let url = object_url(repo, desc);
     let size = desc.size();
     let chunk = settings.chunk_size;
@@ -307,22 +331,34 @@ async fn fetch_ranged(
         .map(move |start| (start, start.saturating_add(chunk).min(size)));
     // The blob is now this endpoint's to serve: its later ranges are
     // retried here even on a mirror, since there is no moving on mid-blob.
-    let (repo, desc) = (repo.committed(), desc.clone());
+    let (repo, desc, ranged) = (repo.committed(), desc.clone(), ranged.clone());
     // The slot goes with the stream: the blob holds it until it is dropped.
     let slot = slot.clone();
     let ahead = futures::stream::iter(ranges)
         .map(move |(start, end)| {
-            let (repo, desc, url) = (repo.clone(), desc.clone(), url.clone());
-            async move {
+            let (repo, desc, url, ranged) =
+                (repo.clone(), desc.clone(), url.clone(), ranged.clone());
+            let shutting_down = Error::Interrupted {
+                url: url.clone(),
+                reason: format!("range {start}-{}: the runtime is shutting down", end - 1),
+            };
+            // Each range is read on a task of its own, so its body keeps
+            // being read (and its idle-read timeout is not running against
+            // it) while the driver waits to hand an earlier range on.
+            let task = AbortOnDrop::spawn(async move {
                 let response = get_range(&repo, &url, &desc, start, Some(end)).await?;
                 if response.status() != StatusCode::PARTIAL_CONTENT {
-                    return Err(Error::Protocol {
+                    // The first range was honoured, this one not: the fetch
+                    // is resumed from what the store has, in one request.
+                    ranged.refuse(&repo);
+                    return Err(Error::Interrupted {
                         url,
                         reason: format!("range {start}-{} answered without a range", end - 1),
                     });
                 }
                 range_body(&url, response, start, end).await
-            }
+            });
+            async move { task.join().await.unwrap_or(Err(shutting_down)) }
         })
         .buffered(settings.parallel - 1);
     // A task runs the later ranges while the first one streams, handing each
@@ -358,17 +394,14 @@ struct Exact {
 }
 
 impl Exact {
-    fn wrong_length(&self, what: &str) -> Error {
-        Error::Protocol {
-            url: self.url.clone(),
-            reason: format!(
-                "range {}-{} {what} ({} of {} bytes)",
-                self.start,
-                self.end - 1,
-                self.received,
-                self.end - self.start
-            ),
-        }
+    fn wrong_length(&self, what: &str) -> String {
+        format!(
+            "range {}-{} {what} ({} of {} bytes)",
+            self.start,
+            self.end - 1,
+            self.received,
+            self.end - self.start
+        )
     }
 }
 
@@ -381,7 +414,10 @@ impl Stream for Exact {
             Some(Ok(piece)) => {
                 self.received += piece.len() as u64;
                 if self.received > self.end - self.start {
-                    Some(Err(self.wrong_length("sent more than asked")))
+                    Some(Err(Error::Protocol {
+                        url: self.url.clone(),
+                        reason: self.wrong_length("sent more than asked"),
+                    }))
                 } else {
                     Some(Ok(piece))
                 }
@@ -392,7 +428,10 @@ impl Stream for Exact {
             })),
             None if self.received < self.end - self.start => {
                 // Reported once: a stream ends after its error.
-                let err = self.wrong_length("ended early");
+                let err = Error::Interrupted {
+                    url: self.url.clone(),
+                    reason: self.wrong_length("ended early"),
+                };
                 self.received = self.end - self.start;
                 Some(Err(err))
             }

@@ -34,6 +34,7 @@ use futures::StreamExt;
 use oci_spec::image::{Descriptor, Digest, MediaType};
 use ocidist_content::Digester;
 use ocidist_content::helpers::jitter;
+use ocidist_images::media_types;
 use reqwest::{Method, StatusCode, header};
 
 pub use fetcher::{DockerFetcher, RangedFetch};
@@ -577,7 +578,10 @@ impl DockerResolver {
         let mut last = None;
         for repo in self.repositories(reference, can).await? {
             match self.resolve_in(&repo, reference).await {
-                Ok(desc) => return Ok(desc),
+                Ok(desc) => {
+                    refuse_schema1(Some(desc.media_type().as_ref()), desc.digest())?;
+                    return Ok(desc);
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -607,7 +611,7 @@ impl DockerResolver {
                 let size = header_str(headers, header::CONTENT_LENGTH.as_str())
                     .and_then(|s| s.parse().ok());
                 let media_type =
-                    header_str(headers, header::CONTENT_TYPE.as_str()).map(base_media_type);
+                    header_str(headers, header::CONTENT_TYPE.as_str()).map(manifest_media_type);
                 if let (Some(digest), Some(size), Some(media_type)) = (digest, size, media_type) {
                     return Ok(Descriptor::new(
                         MediaType::from(media_type.as_str()),
@@ -954,7 +958,7 @@ impl Repository {
             .await?;
         let response = check_status(Method::GET, url, response, &[StatusCode::OK]).await?;
         let media_type =
-            header_str(response.headers(), header::CONTENT_TYPE.as_str()).map(base_media_type);
+            header_str(response.headers(), header::CONTENT_TYPE.as_str()).map(manifest_media_type);
         let body = read_limited(url, response, MAX_MANIFEST_SIZE).await?;
         let algorithm = expected.map_or(oci_spec::image::DigestAlgorithm::Sha256, |d| {
             d.algorithm().clone()
@@ -962,6 +966,7 @@ impl Repository {
         let mut digester = Digester::new(&algorithm)?;
         digester.update(&body);
         let actual = digester.digest();
+        refuse_schema1(media_type.as_deref(), expected.unwrap_or(&actual))?;
         if let Some(expected) = expected
             && *expected != actual
         {
@@ -1077,13 +1082,31 @@ fn same_origin(a: &str, b: &str) -> bool {
 }
 
 /// `type/subtype` without parameters.
-fn base_media_type(value: &str) -> String {
-    value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+/// The media type of a manifest response's `Content-Type`, parameters
+/// dropped. `text/plain` is read as a schema 1 manifest, as containerd reads
+/// it: registries that serve only schema 1 have been seen to say that.
+fn manifest_media_type(value: &str) -> String {
+    let base = value.split(';').next().unwrap_or_default().trim();
+    if base.eq_ignore_ascii_case("text/plain") {
+        return media_types::DOCKER_SCHEMA1_MANIFEST.to_string();
+    }
+    base.to_string()
+}
+
+/// Refuses a Docker schema 1 manifest by its media type, before its bytes
+/// are checked: a signed one's digest covers its payload only, so it would
+/// otherwise fail as a digest mismatch.
+fn refuse_schema1(media_type: Option<&str>, digest: &Digest) -> Result<()> {
+    match media_type {
+        Some(media_type) if media_types::kind(media_type) == media_types::Kind::Schema1 => {
+            Err(ocidist_images::Error::Schema1 {
+                digest: digest.clone(),
+                media_type: media_type.to_string(),
+            }
+            .into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The `mediaType` a JSON document declares, if any.

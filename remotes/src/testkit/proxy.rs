@@ -31,6 +31,16 @@ pub enum Fault {
         /// The body.
         body: String,
     },
+    /// Like [`Fault::Answer`], with this `Content-Type` (a schema 1
+    /// manifest, a registry that says `text/plain`).
+    AnswerAs {
+        /// The HTTP status.
+        status: u16,
+        /// The `Content-Type` header.
+        content_type: String,
+        /// The body.
+        body: String,
+    },
     /// Forward, but close the connection after this many bytes of the body.
     CutAfter(u64),
     /// Forward, inverting the body byte at this offset.
@@ -49,6 +59,11 @@ pub enum Fault {
         /// How long the connection then stays silent.
         hold: Duration,
     },
+    /// Forward without the request's `Range` header when it asks for bytes
+    /// from this offset on, so the registry sends the whole blob with 200: a
+    /// CDN that drops `Range` now and then. Requests for earlier bytes go
+    /// through unchanged (each still uses up one of the rule's times).
+    IgnoreRangeFrom(u64),
     /// Forward, sending the body `chunk` bytes at a time with `delay` between.
     Drip {
         /// Bytes per write.
@@ -259,10 +274,19 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
         )?;
         return client.shutdown(Shutdown::Both);
     }
-    if let Some(Fault::Answer { status, body }) = &fault {
+    let answer = match &fault {
+        Some(Fault::Answer { status, body }) => Some((*status, "application/json", body)),
+        Some(Fault::AnswerAs {
+            status,
+            content_type,
+            body,
+        }) => Some((*status, content_type.as_str(), body)),
+        _ => None,
+    };
+    if let Some((status, content_type, body)) = answer {
         write!(
             client,
-            "HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status} Injected\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )?;
         if method != "HEAD" {
@@ -281,8 +305,23 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
     let mut server = TcpStream::connect(upstream)?;
     request_line.push_str("\r\n");
     server.write_all(request_line.as_bytes())?;
+    let range_start = header("range").and_then(|v| {
+        v.strip_prefix("bytes=")?
+            .split('-')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    let drop_range = matches!(
+        (&fault, range_start),
+        (Some(Fault::IgnoreRangeFrom(from)), Some(start)) if start >= *from
+    );
     for line in head.iter().skip(1) {
-        if !line.to_ascii_lowercase().starts_with("connection:") {
+        let lower = line.to_ascii_lowercase();
+        if drop_range && lower.starts_with("range:") {
+            continue;
+        }
+        if !lower.starts_with("connection:") {
             write!(server, "{line}\r\n")?;
         }
     }
