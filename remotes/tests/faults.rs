@@ -169,6 +169,24 @@ async fn a_download_cut_many_times_keeps_resuming_while_it_gets_further() {
     assert!(gets[6].contains("range=bytes=180000-"), "{gets:#?}");
 }
 
+/// Resolving a digest reference GETs the manifest to check its bytes; the
+/// fetch that follows uses those bytes instead of asking again (on Docker
+/// Hub every manifest GET counts against the pull limit).
+#[tokio::test]
+async fn a_digest_reference_costs_one_get_of_its_manifest() {
+    let (_registry, proxy, pushed) = setup("faults/pinned").await;
+    let index = pushed.last().unwrap();
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/pinned@{}", proxy.host(), index.desc.digest());
+    fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .unwrap();
+    assert_whole(&store, index).await;
+    let manifest_path = format!("/manifests/{}", index.desc.digest());
+    let gets = gets_of(&proxy, &manifest_path);
+    assert_eq!(gets.len(), 1, "{:#?}", proxy.log());
+}
+
 /// A tag that only has a Docker schema 1 manifest (signed, or served as
 /// `text/plain` as some registries do) is refused by name at resolve, not
 /// reported later as a digest mismatch.

@@ -1,7 +1,7 @@
 //! Fetching blobs and manifests, from an offset; a large blob as parallel
 //! ranged requests, handed on in order.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use oci_spec::image::Descriptor;
+use oci_spec::image::{Descriptor, Digest};
 use reqwest::{Method, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -125,17 +125,59 @@ impl Ranged {
     }
 }
 
+/// Manifests a resolve had to GET (to check a digest reference, or for
+/// headers the registry left out), kept for the first fetch of their digest:
+/// on Docker Hub every manifest GET counts against the pull limit, and one
+/// pull should cost one. At most [`Resolved::KEPT`] of at most
+/// [`Resolved::KEPT_SIZE`] bytes, the oldest dropped; a fetch takes its entry.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Resolved(Arc<Mutex<VecDeque<(Digest, Bytes)>>>);
+
+impl Resolved {
+    const KEPT: usize = 8;
+    /// Larger manifests (rare: an image's is a few KB) are not kept, so a
+    /// long-lived resolver holds at most 2 MiB this way.
+    const KEPT_SIZE: usize = 256 << 10;
+
+    /// Keeps `bytes`, whose digest is `digest` (checked by the caller).
+    pub(crate) fn keep(&self, digest: &Digest, bytes: Bytes) {
+        if bytes.len() > Self::KEPT_SIZE {
+            return;
+        }
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|(d, _)| d != digest);
+        if kept.len() == Self::KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((digest.clone(), bytes));
+    }
+
+    /// The kept bytes of `desc`, if its digest and size are those kept.
+    fn take(&self, desc: &Descriptor) -> Option<Bytes> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = kept
+            .iter()
+            .position(|(d, b)| d == desc.digest() && b.len() as u64 == desc.size())?;
+        kept.remove(at).map(|(_, bytes)| bytes)
+    }
+}
+
 /// A [`Fetcher`] for one repository, trying its endpoints (mirrors, then the
 /// upstream) in order.
 #[derive(Debug, Clone)]
 pub struct DockerFetcher {
     repos: Vec<Repository>,
     ranged: Ranged,
+    resolved: Resolved,
 }
 
 impl DockerFetcher {
-    pub(crate) fn new(repos: Vec<Repository>, ranged: Ranged) -> Self {
-        DockerFetcher { repos, ranged }
+    pub(crate) fn new(repos: Vec<Repository>, ranged: Ranged, resolved: Resolved) -> Self {
+        DockerFetcher {
+            repos,
+            ranged,
+            resolved,
+        }
     }
 }
 
@@ -147,6 +189,16 @@ fn is_manifest(desc: &Descriptor) -> bool {
 #[async_trait]
 impl Fetcher for DockerFetcher {
     async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
+        if let Some(bytes) = self.resolved.take(desc) {
+            let rest = bytes.slice(
+                usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len())..,
+            );
+            return Ok(Box::pin(futures::stream::iter(
+                (!rest.is_empty()).then_some(Ok(rest)),
+            )));
+        }
         let mut last = None;
         let ranged_for = |repo: &Repository| self.ranged.serves(repo);
         let slot = if is_manifest(desc) || !self.repos.iter().any(ranged_for) {
@@ -463,5 +515,41 @@ impl Stream for Skip {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::image::MediaType;
+
+    use super::*;
+
+    fn manifest(n: usize) -> (Descriptor, Bytes) {
+        let bytes = Bytes::from(format!("{{\"n\":{n}}}"));
+        let digest = ocidist_content::sha256_of(&bytes);
+        let desc = Descriptor::new(MediaType::ImageManifest, bytes.len() as u64, digest);
+        (desc, bytes)
+    }
+
+    #[test]
+    fn resolved_manifests_are_bounded_and_taken_once() {
+        let resolved = Resolved::default();
+        let all: Vec<_> = (0..=Resolved::KEPT).map(manifest).collect();
+        for (desc, bytes) in &all {
+            resolved.keep(desc.digest(), bytes.clone());
+        }
+        assert_eq!(resolved.take(&all[0].0), None, "the oldest was dropped");
+        let (last, bytes) = &all[Resolved::KEPT];
+        let mut wrong_size = last.clone();
+        wrong_size.set_size(last.size() + 1);
+        assert_eq!(resolved.take(&wrong_size), None);
+        assert_eq!(resolved.take(last).as_ref(), Some(bytes));
+        assert_eq!(resolved.take(last), None, "taken once");
+
+        let big = Bytes::from(vec![b' '; Resolved::KEPT_SIZE + 1]);
+        let digest = ocidist_content::sha256_of(&big);
+        resolved.keep(&digest, big.clone());
+        let desc = Descriptor::new(MediaType::ImageManifest, big.len() as u64, digest);
+        assert_eq!(resolved.take(&desc), None, "too large to keep");
     }
 }

@@ -198,6 +198,8 @@ pub struct DockerResolver {
     authorizer: auth::Authorizer,
     hosts_dir: Option<PathBuf>,
     ranged: fetcher::Ranged,
+    /// Manifests resolving had to GET, for the first fetch of each.
+    resolved: fetcher::Resolved,
 }
 
 /// How the upstream of a registry is spoken to when no hosts file says.
@@ -234,6 +236,7 @@ impl DockerResolver {
             authorizer: auth::Authorizer::new(Arc::new(auth::Anonymous)),
             hosts_dir: None,
             ranged: fetcher::Ranged::new(RangedFetch::default()),
+            resolved: fetcher::Resolved::default(),
         }
     }
 
@@ -602,7 +605,8 @@ impl DockerResolver {
         match (head.status(), reference.digest()) {
             // Some registries refuse HEAD on manifests: GET and hash it.
             (StatusCode::METHOD_NOT_ALLOWED, digest) => {
-                repo.get_manifest(&manifest_url, digest).await
+                repo.get_manifest(&manifest_url, digest, &self.resolved)
+                    .await
             }
             (StatusCode::OK, None) => {
                 let headers = head.headers();
@@ -620,10 +624,13 @@ impl DockerResolver {
                     ));
                 }
                 // Headers missing: fetch the manifest and hash it ourselves.
-                repo.get_manifest(&manifest_url, None).await
+                repo.get_manifest(&manifest_url, None, &self.resolved).await
             }
             // A digest reference: the bytes are hashed, never the header believed.
-            (StatusCode::OK, Some(digest)) => repo.get_manifest(&manifest_url, Some(digest)).await,
+            (StatusCode::OK, Some(digest)) => {
+                repo.get_manifest(&manifest_url, Some(digest), &self.resolved)
+                    .await
+            }
             // Not a manifest; a digest may name a blob. (The distribution
             // registry answers 500, not 404, when the digest is a blob that is
             // no manifest.) Other failures are not asked about blobs: a 503
@@ -664,6 +671,7 @@ impl Resolver for DockerResolver {
         Ok(Box::new(DockerFetcher::new(
             self.repositories(&parsed, |c| c.pull).await?,
             self.ranged.clone(),
+            self.resolved.clone(),
         )))
     }
 
@@ -707,6 +715,7 @@ pub async fn fetch_object(
     let fetcher = DockerFetcher::new(
         resolver.repositories(&reference, |c| c.pull).await?,
         resolver.ranged.clone(),
+        resolver.resolved.clone(),
     );
     let stream = fetcher.fetch(&desc, 0).await?;
     Ok((desc, stream))
@@ -948,9 +957,15 @@ impl Repository {
         }
     }
 
-    /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`]), hashes it, and checks
-    /// it against `expected` when given.
-    async fn get_manifest(&self, url: &str, expected: Option<&Digest>) -> Result<Descriptor> {
+    /// GETs a manifest (at most [`MAX_MANIFEST_SIZE`]), hashes it, checks it
+    /// against `expected` when given, and keeps its bytes in `resolved` for
+    /// the fetch that follows.
+    async fn get_manifest(
+        &self,
+        url: &str,
+        expected: Option<&Digest>,
+        resolved: &fetcher::Resolved,
+    ) -> Result<Descriptor> {
         let response = self
             .send(Method::GET, url, |r| {
                 r.header(header::ACCEPT, MANIFEST_ACCEPT)
@@ -981,11 +996,13 @@ impl Repository {
                 url: url.to_string(),
                 reason: "no media type in the response or the document".into(),
             })?;
-        Ok(Descriptor::new(
+        let desc = Descriptor::new(
             MediaType::from(media_type.as_str()),
             body.len() as u64,
             actual,
-        ))
+        );
+        resolved.keep(desc.digest(), body);
+        Ok(desc)
     }
 }
 
