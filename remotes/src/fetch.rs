@@ -30,8 +30,8 @@ use crate::task::AbortOnDrop;
 use crate::{Fetcher, Reference, Resolver, Result};
 
 /// How many times in a row one blob's download is resumed after a broken
-/// stream without having got any further (a resume that brought bytes
-/// starts the count again).
+/// stream that brought no bytes: the fourth such attempt ends the fetch. An
+/// attempt that brought bytes starts the count again.
 const RESUMES: usize = 3;
 
 /// What happened to one descriptor during a fetch, for progress displays.

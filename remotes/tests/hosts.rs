@@ -154,3 +154,42 @@ async fn resolve_and_fetch_a_layer(
             .unwrap();
     assert_eq!(chunks.concat(), blobs[0].bytes);
 }
+
+/// A mirror that serves a Docker schema 1 manifest: the refusal names it,
+/// instead of the upstream's "not found" hiding it.
+#[tokio::test]
+async fn a_schema1_manifest_on_a_mirror_is_the_error_reported() {
+    use ocidist_remotes::testkit::{Fault, FaultProxy};
+    let (mirror, _blobs) = mirror_with_image().await;
+    let proxy = FaultProxy::start(mirror.addr()).unwrap();
+    proxy.add(
+        None,
+        "/manifests/old",
+        2,
+        Fault::AnswerAs {
+            status: 200,
+            content_type: "text/plain".into(),
+            body: r#"{"schemaVersion": 1, "name": "lib/app", "tag": "old"}"#.into(),
+        },
+    );
+    let upstream = registry();
+    let hosts = hosts_dir_with(
+        &upstream.host(),
+        &format!(
+            "server = \"http://{up}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            up = upstream.host(),
+            mirror = proxy.host(),
+        ),
+    );
+    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let err = resolver
+        .resolve(&format!("{}/lib/app:old", upstream.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ocidist_content::ErrorKind::Unimplemented,
+        "{err}"
+    );
+    assert!(err.to_string().contains("schema 1"), "{err}");
+}

@@ -541,6 +541,31 @@ fn a_directory_replaced_by_a_symlink_leaves_the_symlinks_target_alone() {
     );
 }
 
+/// A directory a layer lists through a symlink a lower layer made (`lib`
+/// -> `usr/lib`, as merged-/usr images have) still gets its times at the end.
+#[test]
+fn a_directory_listed_through_a_symlink_gets_its_times() {
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::Dir("usr/lib", 0o755),
+            Entry::Symlink("lib", "usr/lib"),
+        ]),
+    )
+    .unwrap();
+    apply_tree(
+        root.path(),
+        &tar_of(&[
+            Entry::Dir("lib/x86_64", 0o755),
+            Entry::File("lib/x86_64/libz.so", b"z", 0o644),
+        ]),
+    )
+    .unwrap();
+    let dir = std::fs::metadata(root.path().join("usr/lib/x86_64")).unwrap();
+    assert_eq!(dir.mtime(), 1_700_000_000, "the layer's time, not now");
+}
+
 /// A parent made on an upper directory copies its mode from the lower
 /// layer, resolving the lower's symlinks inside the lower, never on the host.
 #[test]

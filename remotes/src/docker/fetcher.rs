@@ -1,10 +1,11 @@
 //! Fetching blobs and manifests, from an offset; a large blob as parallel
 //! ranged requests, handed on in order.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,16 +71,19 @@ impl RangedFetch {
     }
 }
 
+/// How long an endpoint that broke a ranged fetch gets one request per blob.
+const RANGES_REFUSED_FOR: Duration = Duration::from_secs(10 * 60);
+
 /// The ranged-fetch settings and the blob slots, shared by every fetcher of
 /// one resolver.
 #[derive(Debug, Clone)]
 pub(crate) struct Ranged {
     settings: RangedFetch,
     slots: Arc<Semaphore>,
-    /// Endpoints (API roots) that once answered a later range with the
-    /// whole blob: a CDN that drops `Range` now and then. They get one
-    /// request per blob from then on.
-    refused: Arc<Mutex<HashSet<String>>>,
+    /// Endpoint hosts that lately answered a later range with the whole
+    /// blob or with fewer bytes than asked (a CDN that drops `Range` now and
+    /// then), and when: they get one request per blob for [`RANGES_REFUSED_FOR`].
+    refused: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Ranged {
@@ -93,19 +97,19 @@ impl Ranged {
 
     /// Whether blobs from `repo` may be fetched in ranges.
     fn serves(&self, repo: &Repository) -> bool {
-        (self.settings.loopback || !repo.is_loopback())
-            && !self
-                .refused
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&repo.base)
+        if !self.settings.loopback && repo.is_loopback() {
+            return false;
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.retain(|_, at| at.elapsed() < RANGES_REFUSED_FOR);
+        !refused.contains_key(repo.host())
     }
 
     fn refuse(&self, repo: &Repository) {
         self.refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(repo.base.clone());
+            .insert(repo.host().to_string(), Instant::now());
     }
 
     pub(crate) fn settings(&self) -> RangedFetch {
@@ -408,7 +412,12 @@ async fn fetch_ranged(
                         reason: format!("range {start}-{} answered without a range", end - 1),
                     });
                 }
-                range_body(&url, response, start, end).await
+                let body = range_body(&url, response, start, end).await;
+                if matches!(body, Err(Error::Interrupted { .. })) {
+                    // Short ranges would cost a resume each.
+                    ranged.refuse(&repo);
+                }
+                body
             });
             async move { task.join().await.unwrap_or(Err(shutting_down)) }
         })

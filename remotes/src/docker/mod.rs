@@ -585,6 +585,9 @@ impl DockerResolver {
                     refuse_schema1(Some(desc.media_type().as_ref()), desc.digest())?;
                     return Ok(desc);
                 }
+                // What the image is, not where it was asked: no other
+                // endpoint's answer would explain it better.
+                Err(e @ Error::Images(ocidist_images::Error::Schema1 { .. })) => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
@@ -750,6 +753,11 @@ impl Repository {
             retry: true,
             ..self.clone()
         }
+    }
+
+    /// The endpoint's `host[:port]`.
+    pub(crate) fn host(&self) -> &str {
+        &self.host
     }
 
     /// Whether the registry is on a loopback address.

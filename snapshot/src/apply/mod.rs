@@ -19,9 +19,10 @@
 //! Without root, device nodes and ownership are skipped with a warning.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
+use std::ops::Bound;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -318,7 +319,7 @@ fn write_entries(
         root: resolve::Root::open(root, lowers, lowers_ready, options.privileged)?,
         overlay,
         options: options.clone(),
-        created: HashSet::new(),
+        created: BTreeSet::new(),
         dir_times: Vec::new(),
         buffer: vec![0u8; 256 * 1024],
         skipped_devices: 0,
@@ -485,9 +486,11 @@ struct Applier {
     overlay: bool,
     options: ApplyOptions,
     /// Paths this layer wrote: an opaque whiteout spares them.
-    created: HashSet<PathBuf>,
+    created: BTreeSet<PathBuf>,
     /// Directory times, set last so their children do not change them.
-    dir_times: Vec<(PathBuf, Meta)>,
+    /// With each directory's device and inode, so that one a later entry
+    /// replaced (by a symlink, say) is told apart.
+    dir_times: Vec<(PathBuf, Meta, (u64, u64))>,
     buffer: Vec<u8>,
     skipped_devices: u64,
     /// Extended attributes the target refused in ways containerd tolerates.
@@ -597,7 +600,7 @@ impl Applier {
                 if removed {
                     self.root.invalidate();
                 }
-                self.record_created(&rel);
+                self.created.insert(rel.clone());
                 self.set_dir_meta(&rel, meta)?;
                 return Ok(());
             }
@@ -607,7 +610,7 @@ impl Applier {
                 let size = entry.size();
                 copy_data(entry, &mut file, &mut self.buffer, sparse, size, &path)?;
                 self.set_file_meta(&file, &meta, &path)?;
-                self.record_created(&rel);
+                self.created.insert(rel.clone());
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -621,7 +624,7 @@ impl Applier {
                 self.set_meta_at(&parent, name, &path, &meta, false)?;
                 // A directory seen before may now be a symlink.
                 self.root.invalidate();
-                self.record_created(&rel);
+                self.created.insert(rel.clone());
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -678,7 +681,7 @@ impl Applier {
                         Error::io("link", &path, e)
                     }
                 })?;
-                self.record_created(&rel);
+                self.created.insert(rel.clone());
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (file_type, dev) = match kind {
@@ -702,7 +705,7 @@ impl Applier {
                 rustix::fs::mknodat(dirfd, name, file_type, Mode::from_raw_mode(0o600), dev)
                     .map_err(io_err("mknod", &path))?;
                 self.set_meta_at(&parent, name, &path, &meta, true)?;
-                self.record_created(&rel);
+                self.created.insert(rel.clone());
             }
             other => {
                 return Err(Error::Layer(format!(
@@ -811,33 +814,27 @@ impl Applier {
         };
         rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(io_err("chmod", &path))?;
         self.set_xattrs_fd(dir.as_fd(), &meta, &path)?;
-        self.dir_times.push((rel.to_path_buf(), meta));
+        let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
+        self.dir_times
+            .push((rel.to_path_buf(), meta, (st.st_dev, st.st_ino)));
         Ok(())
-    }
-
-    /// Notes `rel` and its ancestors as written by this layer, so an opaque
-    /// whiteout spares them: a parent the layer did not list (`a/b` of
-    /// `a/b/new`) holds what it did list.
-    fn record_created(&mut self, rel: &Path) {
-        let mut path = Some(rel);
-        while let Some(p) = path.filter(|p| !p.as_os_str().is_empty()) {
-            if !self.created.insert(p.to_path_buf()) {
-                break; // its ancestors are in already
-            }
-            path = p.parent();
-        }
     }
 
     fn finish_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.dir_times);
-        for (rel, meta) in dirs.iter().rev() {
+        for (rel, meta, id) in dirs.iter().rev() {
             let path = self.root.path.join(rel);
-            // Not through a symlink: a later entry may have made a name on the
-            // way a symlink, and its target is not this directory.
-            let Some(fd) = self.root.unmoved_dir(rel)? else {
-                continue; // removed or replaced by a later entry
+            let Some(fd) = self.root.existing_dir(rel)? else {
+                continue; // removed by a later entry
             };
             let dir = readable_dir(fd.as_fd()).map_err(io_err("open", &path))?;
+            // A later entry may have replaced it with a symlink (to another
+            // directory, or to `/`): only the directory the entry made or
+            // found gets its metadata.
+            let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
+            if (st.st_dev, st.st_ino) != *id {
+                continue;
+            }
             if !self.options.privileged {
                 rustix::fs::fchmod(&dir, Mode::from_raw_mode(meta.mode))
                     .map_err(io_err("chmod", &path))?;
@@ -863,8 +860,16 @@ impl Applier {
             } else if let Some(dirfd) = self.root.existing_dir(parent)? {
                 let dir = readable_dir(dirfd.as_fd()).map_err(io_err("open", &path))?;
                 let created = &self.created;
-                resolve::clear_dir(dir.as_fd(), parent, &|path| created.contains(path))
-                    .map_err(io_err("remove", &path))?;
+                // What the layer wrote goes on, and so do the parents of what
+                // it wrote, listed or not (`a/b` of `a/b/new`), as on
+                // overlayfs. A path's descendants sort right after it.
+                let keep = |path: &Path| {
+                    created
+                        .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
+                        .next()
+                        .is_some_and(|p| p.starts_with(path))
+                };
+                resolve::clear_dir(dir.as_fd(), parent, &keep).map_err(io_err("remove", &path))?;
                 self.root.invalidate();
             }
             return Ok(());

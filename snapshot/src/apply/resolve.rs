@@ -181,27 +181,6 @@ impl Root {
         }
     }
 
-    /// The directory `rel` if it exists and is reached without following a
-    /// symlink anywhere on the way.
-    pub(crate) fn unmoved_dir(&self, rel: &Path) -> Result<Option<OwnedFd>> {
-        let path: &Path = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
-        match rustix::fs::openat2(
-            self.fd.as_fd(),
-            path,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(None),
-            Err(e) => Err(Error::io("open", self.path.join(rel), e)),
-        }
-    }
-
     /// The directory a whiteout under `rel` goes in, on an overlay upper
     /// directory: `None` when there is nothing to hide (`rel` is a non-directory
     /// here, or exists in no lower), else the directory, made if needed.
