@@ -1106,7 +1106,6 @@ fn same_origin(a: &str, b: &str) -> bool {
     origin(a).is_some() && origin(a) == origin(b)
 }
 
-/// `type/subtype` without parameters.
 /// The media type of a manifest response's `Content-Type`, parameters
 /// dropped. `text/plain` is read as a schema 1 manifest, as containerd reads
 /// it: registries that serve only schema 1 have been seen to say that.

@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec};
 
-use super::{Applier, Meta, create_new_file, io_err, split};
+use super::{Applier, Meta, OVERLAY_PRIVATE, create_new_file, io_err, split};
 use crate::{Error, Result};
 
 /// The most `listxattr(2)` and `getxattr(2)` hand back.
 const XATTR_MAX: usize = 64 << 10;
 
-/// Extended attributes not copied up, as overlayfs does not: its own (they
-/// describe a layer, not a file; `user.overlay.` in rootless mode) and the
-/// SELinux label, which the host's policy gives every file.
-const NOT_COPIED: [&str; 3] = ["trusted.overlay.", "user.overlay.", "security.selinux"];
+/// Extended attributes not copied up, besides overlayfs's own
+/// ([`OVERLAY_PRIVATE`]: they describe a layer, not a file), as overlayfs
+/// does not: the SELinux label, which the host's policy gives every file.
+const NOT_COPIED: &str = "security.selinux";
 
 impl Applier {
     /// Copies `rel`, found in the lower directory `lower_dir`, into the upper
@@ -118,7 +118,7 @@ fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         let Ok(key) = std::str::from_utf8(raw) else {
             continue;
         };
-        if NOT_COPIED.iter().any(|prefix| key.starts_with(prefix)) {
+        if key.starts_with(NOT_COPIED) || OVERLAY_PRIVATE.iter().any(|p| key.starts_with(p)) {
             continue;
         }
         let mut value = vec![0u8; XATTR_MAX];

@@ -610,7 +610,7 @@ impl Applier {
                 let size = entry.size();
                 copy_data(entry, &mut file, &mut self.buffer, sparse, size, &path)?;
                 self.set_file_meta(&file, &meta, &path)?;
-                self.created.insert(rel.clone());
+                self.created.insert(rel);
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -624,7 +624,7 @@ impl Applier {
                 self.set_meta_at(&parent, name, &path, &meta, false)?;
                 // A directory seen before may now be a symlink.
                 self.root.invalidate();
-                self.created.insert(rel.clone());
+                self.created.insert(rel);
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -681,7 +681,7 @@ impl Applier {
                         Error::io("link", &path, e)
                     }
                 })?;
-                self.created.insert(rel.clone());
+                self.created.insert(rel);
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (file_type, dev) = match kind {
@@ -705,7 +705,7 @@ impl Applier {
                 rustix::fs::mknodat(dirfd, name, file_type, Mode::from_raw_mode(0o600), dev)
                     .map_err(io_err("mknod", &path))?;
                 self.set_meta_at(&parent, name, &path, &meta, true)?;
-                self.created.insert(rel.clone());
+                self.created.insert(rel);
             }
             other => {
                 return Err(Error::Layer(format!(
