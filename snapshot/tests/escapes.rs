@@ -8,6 +8,7 @@ use std::path::Path;
 
 use ocidist_snapshot::apply::{ApplyOptions, Compression, apply_layer_sync};
 use ocidist_snapshot::mount::ApplyTarget;
+use proptest::prelude::*;
 
 enum E<'a> {
     File(&'a str, &'a [u8]),
@@ -253,4 +254,108 @@ fn dot_dot_in_names_is_refused() {
     assert!(!applied);
     let (_dir, applied) = run(|_, _| {}, &[E::File("a/../../etc/passwd", b"pwned")]);
     assert!(!applied);
+}
+
+/// Name parts a hostile layer is made of.
+const PARTS: [&str; 7] = ["etc", "passwd", "up", "hostetc", "..", ".", ""];
+/// Where its symlinks and hardlinks point.
+const TARGETS: [&str; 10] = [
+    "/",
+    "/etc",
+    "..",
+    "../..",
+    "../../etc/passwd",
+    "up",
+    "/..",
+    "hostetc",
+    "hostetc/passwd",
+    "etc/passwd",
+];
+
+#[derive(Debug, Clone)]
+enum Hostile {
+    File(String),
+    Dir(String),
+    Symlink(String, usize),
+    Link(String, usize),
+}
+
+fn hostile_name() -> impl Strategy<Value = String> {
+    (
+        any::<bool>(),
+        proptest::collection::vec(proptest::sample::select(&PARTS[..]), 1..4),
+        proptest::option::of(prop_oneof![Just(".wh."), Just(".wh..wh..opq")]),
+    )
+        .prop_map(|(absolute, parts, whiteout)| {
+            let mut name = parts.join("/");
+            if let Some(prefix) = whiteout {
+                name = match name.rsplit_once('/') {
+                    Some((dir, last)) if prefix == ".wh." => format!("{dir}/.wh.{last}"),
+                    Some((dir, _)) => format!("{dir}/{prefix}"),
+                    None if prefix == ".wh." => format!(".wh.{name}"),
+                    None => prefix.to_string(),
+                };
+            }
+            if absolute { format!("/{name}") } else { name }
+        })
+}
+
+fn hostile_entry() -> impl Strategy<Value = Hostile> {
+    prop_oneof![
+        hostile_name().prop_map(Hostile::File),
+        hostile_name().prop_map(Hostile::Dir),
+        (hostile_name(), 0..TARGETS.len()).prop_map(|(n, t)| Hostile::Symlink(n, t)),
+        (hostile_name(), 0..TARGETS.len()).prop_map(|(n, t)| Hostile::Link(n, t)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Whatever a layer holds, applied to a tree or to an overlay upper
+    /// directory (whose lower has a symlink to the host), nothing outside
+    /// the root changes: not the host's files, not the lower layer.
+    #[test]
+    fn no_layer_changes_anything_outside_its_root(
+        entries in proptest::collection::vec(hostile_entry(), 1..10),
+        overlay in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let lower = dir.path().join("lower");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), b"sentinel").unwrap();
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::write(lower.join("etc/passwd"), b"lower").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("etc"), lower.join("hostetc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("etc"), root.join("hostetc")).unwrap();
+        let list: Vec<E<'_>> = entries
+            .iter()
+            .map(|e| match e {
+                Hostile::File(n) => E::File(n, b"pwned"),
+                Hostile::Dir(n) => E::Dir(n),
+                Hostile::Symlink(n, t) => E::Symlink(n, TARGETS[*t]),
+                Hostile::Link(n, t) => E::Link(n, TARGETS[*t]),
+            })
+            .collect();
+        let target = if overlay {
+            ApplyTarget::OverlayUpper { upper: root.clone(), lowers: vec![lower.clone()] }
+        } else {
+            ApplyTarget::Tree(root.clone())
+        };
+        let before = snapshot_outside(dir.path(), &root);
+        // Applied or refused, both are fine; a panic is not.
+        let _ = apply_layer_sync(
+            &target,
+            Cursor::new(tar_of(&list)),
+            Some(Compression::None),
+            &ApplyOptions::default(),
+        );
+        prop_assert_eq!(snapshot_outside(dir.path(), &root), before);
+    }
 }

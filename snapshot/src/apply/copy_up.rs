@@ -18,7 +18,7 @@ const XATTR_MAX: usize = 64 << 10;
 /// Extended attributes not copied up, besides overlayfs's own
 /// ([`OVERLAY_PRIVATE`]: they describe a layer, not a file), as overlayfs
 /// does not: the SELinux label, which the host's policy gives every file.
-const NOT_COPIED: &str = "security.selinux";
+pub(super) const NOT_COPIED: &str = "security.selinux";
 
 impl Applier {
     /// Copies `rel`, found in the lower directory `lower_dir`, into the upper
@@ -90,7 +90,8 @@ impl Applier {
                 )));
             }
         }
-        self.created.insert(rel.to_path_buf());
+        // Not recorded as written: an opaque whiteout later in the layer
+        // hides the copy, as it hides the lower file on a whole tree.
         Ok(())
     }
 }
@@ -98,7 +99,7 @@ impl Applier {
 /// `name` in `dir` as a path the kernel resolves through the descriptor, so
 /// nothing outside the layer is walked and the last component is not followed
 /// by the `l*xattr` calls.
-fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
+pub(super) fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
     let mut path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     path.push(name);
     path
@@ -106,7 +107,7 @@ fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
 
 /// The extended attributes of the entry at `path` (not followed), but
 /// overlayfs's own.
-fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+pub(super) fn xattrs(path: &Path) -> Result<super::Xattrs> {
     let mut names = vec![0u8; XATTR_MAX];
     let listed = match rustix::fs::llistxattr(path, &mut names) {
         Ok(n) => n,

@@ -315,15 +315,25 @@ fn write_entries(
         ApplyTarget::Tree(root) => (root, &[], false),
         ApplyTarget::OverlayUpper { upper, lowers } => (upper, lowers, true),
     };
+    let skipped_xattrs = Rc::new(Cell::new(0));
     let mut applier = Applier {
-        root: resolve::Root::open(root, lowers, lowers_ready, options.privileged)?,
+        root: resolve::Root::open(
+            root,
+            lowers,
+            lowers_ready,
+            options.privileged,
+            overlay.then_some(options.opaque_xattr.as_str()),
+            Rc::clone(&skipped_xattrs),
+        )?,
         overlay,
         options: options.clone(),
         created: BTreeSet::new(),
         dir_times: Vec::new(),
+        removed_dirs: Vec::new(),
+        whiteouts: Vec::new(),
         buffer: vec![0u8; 256 * 1024],
         skipped_devices: 0,
-        skipped_xattrs: Cell::new(0),
+        skipped_xattrs,
         dropped_xattrs: 0,
         entries: 0,
     };
@@ -352,6 +362,7 @@ fn write_entries(
                 .map_err(|e| Error::Layer(format!("read: {e}")))?;
         }
     }
+    applier.drop_needless_whiteouts()?;
     applier.finish_dirs()?;
     // The tar may end with padding the entry reader never asked for; the
     // diff ID covers every byte.
@@ -382,6 +393,9 @@ fn write_entries(
     Ok((applier.entries, warnings))
 }
 
+/// Extended attributes: name, value.
+type Xattrs = Vec<(String, Vec<u8>)>;
+
 /// Metadata of one entry, with PAX records applied.
 struct Meta {
     mode: u32,
@@ -389,7 +403,7 @@ struct Meta {
     gid: u32,
     mtime: Timespec,
     atime: Timespec,
-    xattrs: Vec<(String, Vec<u8>)>,
+    xattrs: Xattrs,
     /// overlayfs's own xattrs the entry carried, not applied.
     dropped_xattrs: u64,
 }
@@ -491,10 +505,16 @@ struct Applier {
     /// With each directory's device and inode, so that one a later entry
     /// replaced (by a symlink, say) is told apart.
     dir_times: Vec<(PathBuf, Meta, (u64, u64))>,
+    /// Whiteouts made on an overlay upper directory, to be checked at the
+    /// end against what the lowers show.
+    whiteouts: Vec<PathBuf>,
+    /// Directories removed by the entry being written (device, inode).
+    removed_dirs: Vec<(u64, u64)>,
     buffer: Vec<u8>,
     skipped_devices: u64,
-    /// Extended attributes the target refused in ways containerd tolerates.
-    skipped_xattrs: Cell<u64>,
+    /// Extended attributes the target refused in ways containerd tolerates
+    /// (shared with `root`, which copies them onto the parents it makes).
+    skipped_xattrs: Rc<Cell<u64>>,
     /// overlayfs xattrs the layer carried, never applied.
     dropped_xattrs: u64,
     entries: u64,
@@ -534,6 +554,20 @@ fn readable_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
 
 impl Applier {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        let written = self.write_entry(entry);
+        if !self.removed_dirs.is_empty() {
+            // What was noted about a removed directory is forgotten now,
+            // before its inode number can be given to a new directory.
+            let removed: std::collections::HashSet<_> = self.removed_dirs.drain(..).collect();
+            self.dir_times.retain(|(.., id)| !removed.contains(id));
+            self.root
+                .pending_modes
+                .retain(|(.., id)| !removed.contains(id));
+        }
+        written
+    }
+
+    fn write_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         self.entries += 1;
         let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
             &entry.path_bytes()[..],
@@ -578,7 +612,8 @@ impl Applier {
         if let Some(st) = &existing {
             let is_dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
             if !(is_dir && kind.is_dir()) {
-                resolve::remove_at(dirfd, name).map_err(io_err("remove", &path))?;
+                resolve::remove_at(dirfd, name, &mut self.removed_dirs)
+                    .map_err(io_err("remove", &path))?;
                 // Cached directories under this name (through a symlink it
                 // was, say) are stale from here on.
                 removed = true;
@@ -736,6 +771,46 @@ impl Applier {
         Ok(())
     }
 
+    /// A directory entry met a directory: the entry says all its xattrs, as
+    /// a file entry does, so those it does not list go (they would be gone
+    /// on overlay, where the entry makes a new upper directory). The SELinux
+    /// label is the host's, and overlayfs's own xattrs are the upper
+    /// directory's: both stay.
+    fn remove_unlisted_xattrs(&self, dir: BorrowedFd<'_>, meta: &Meta, path: &Path) -> Result<()> {
+        let mut names = vec![0u8; 4096];
+        let listed = match rustix::fs::flistxattr(dir, &mut names) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+            Err(rustix::io::Errno::RANGE) => {
+                let size = rustix::fs::flistxattr(dir, &mut [0u8; 0][..])
+                    .map_err(io_err("list xattrs of", path))?;
+                names.resize(size, 0);
+                rustix::fs::flistxattr(dir, &mut names).map_err(io_err("list xattrs of", path))?
+            }
+            Err(e) => return Err(Error::io("list xattrs of", path, e)),
+        };
+        for raw in names[..listed].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let Ok(key) = std::str::from_utf8(raw) else {
+                continue;
+            };
+            let kept = key == copy_up::NOT_COPIED
+                || OVERLAY_PRIVATE.iter().any(|p| key.starts_with(p))
+                || meta.xattrs.iter().any(|(listed, _)| listed == key);
+            if !kept {
+                let removed = rustix::fs::fremovexattr(dir, key);
+                xattr_set(
+                    removed,
+                    key,
+                    true,
+                    self.options.privileged,
+                    &self.skipped_xattrs,
+                )
+                .map_err(io_err("removexattr", path))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Owner, mode (after the owner), xattrs and times of a regular file.
     fn set_file_meta(&self, file: &std::fs::File, meta: &Meta, path: &Path) -> Result<()> {
         let privileged = self.options.privileged;
@@ -813,6 +888,7 @@ impl Applier {
             meta.mode | 0o700
         };
         rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(io_err("chmod", &path))?;
+        self.remove_unlisted_xattrs(dir.as_fd(), &meta, &path)?;
         self.set_xattrs_fd(dir.as_fd(), &meta, &path)?;
         let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
         self.dir_times
@@ -821,6 +897,23 @@ impl Applier {
     }
 
     fn finish_dirs(&mut self) -> Result<()> {
+        // Parents made for entries, unless an entry of their own set them.
+        let pending = std::mem::take(&mut self.root.pending_modes);
+        for (rel, mode, id) in pending.iter().rev() {
+            if self.dir_times.iter().any(|(listed, ..)| listed == rel) {
+                continue;
+            }
+            let path = self.root.path.join(rel);
+            let Some(fd) = self.root.existing_dir(rel)? else {
+                continue;
+            };
+            let dir = readable_dir(fd.as_fd()).map_err(io_err("open", &path))?;
+            let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
+            if (st.st_dev, st.st_ino) == *id {
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
+                    .map_err(io_err("chmod", &path))?;
+            }
+        }
         let dirs = std::mem::take(&mut self.dir_times);
         for (rel, meta, id) in dirs.iter().rev() {
             let path = self.root.path.join(rel);
@@ -847,9 +940,28 @@ impl Applier {
     fn whiteout(&mut self, parent: &Path, hidden: &[u8]) -> Result<()> {
         let path = self.root.path.join(parent);
         if hidden == b".wh..opq" {
-            if self.overlay {
-                let dirfd = self.root.dir(parent)?;
-                let dir = readable_dir(dirfd).map_err(io_err("open", &path))?;
+            // Made if missing, as containerd does.
+            let dirfd = self.root.dir(parent)?;
+            let dir = readable_dir(dirfd).map_err(io_err("open", &path))?;
+            let created = &self.created;
+            // What the layer wrote goes on, and so do the parents of what it
+            // wrote, listed or not (`a/b` of `a/b/new`), as on overlayfs. A
+            // path's descendants sort right after it. On an overlay upper
+            // directory the rest came from below (a file copied up to be
+            // hardlinked) or hid what is below (a whiteout): the opaque mark
+            // hides those now.
+            let keep = |path: &Path| {
+                created
+                    .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
+                    .next()
+                    .is_some_and(|p| p.starts_with(path))
+            };
+            resolve::clear_dir(dir.as_fd(), parent, &keep, &mut self.removed_dirs)
+                .map_err(io_err("remove", &path))?;
+            self.root.invalidate();
+            if self.overlay && parent.as_os_str().is_empty() {
+                self.opaque_upper_root()?;
+            } else if self.overlay {
                 rustix::fs::fsetxattr(
                     &dir,
                     self.options.opaque_xattr.as_str(),
@@ -857,20 +969,6 @@ impl Applier {
                     XattrFlags::empty(),
                 )
                 .map_err(io_err("setxattr", &path))?;
-            } else if let Some(dirfd) = self.root.existing_dir(parent)? {
-                let dir = readable_dir(dirfd.as_fd()).map_err(io_err("open", &path))?;
-                let created = &self.created;
-                // What the layer wrote goes on, and so do the parents of what
-                // it wrote, listed or not (`a/b` of `a/b/new`), as on
-                // overlayfs. A path's descendants sort right after it.
-                let keep = |path: &Path| {
-                    created
-                        .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
-                        .next()
-                        .is_some_and(|p| p.starts_with(path))
-                };
-                resolve::clear_dir(dir.as_fd(), parent, &keep).map_err(io_err("remove", &path))?;
-                self.root.invalidate();
             }
             return Ok(());
         }
@@ -894,24 +992,92 @@ impl Applier {
             let Some(dirfd) = self.root.whiteout_dir(parent)? else {
                 return Ok(());
             };
-            resolve::remove_at(dirfd, name).map_err(io_err("remove", &target))?;
-            // Linux lets anyone make a 0/0 character device (a whiteout)
-            // since 5.8. Without it the lower file would show again, so a
-            // refusal fails the layer rather than being skipped like a device.
-            match rustix::fs::mknodat(dirfd, name, FileType::CharacterDevice, Mode::empty(), 0) {
-                Err(rustix::io::Errno::PERM) if !privileged => {
-                    return Err(Error::Unimplemented(format!(
-                        "whiteout {}: making it (a 0/0 character device) needs root or Linux 5.8",
-                        target.display()
-                    )));
-                }
-                other => other.map_err(io_err("mknod", &target))?,
-            }
+            resolve::remove_at(dirfd, name, &mut self.removed_dirs)
+                .map_err(io_err("remove", &target))?;
+            make_whiteout(dirfd, name, &target, privileged)?;
+            self.whiteouts.push(parent.join(name));
         } else if let Some(dirfd) = self.root.existing_dir(parent)? {
-            resolve::remove_at(dirfd.as_fd(), name).map_err(io_err("remove", &target))?;
+            resolve::remove_at(dirfd.as_fd(), name, &mut self.removed_dirs)
+                .map_err(io_err("remove", &target))?;
         }
         self.root.invalidate();
         Ok(())
+    }
+}
+
+impl Applier {
+    /// overlayfs lists a whiteout in a directory no lower has (it filters
+    /// them only where it merges), and it cannot be looked up there, so the
+    /// whiteouts that hide nothing go. Checked at the end: the lowers may
+    /// still be being applied while this layer is, and most layers never
+    /// wait for them.
+    fn drop_needless_whiteouts(&mut self) -> Result<()> {
+        for rel in std::mem::take(&mut self.whiteouts) {
+            let (parent, name) = split(&rel);
+            let path = self.root.path.join(&rel);
+            let Some(dir) = self.root.existing_dir(&parent)? else {
+                continue;
+            };
+            let still_a_whiteout = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && st.st_rdev == 0);
+            if still_a_whiteout && !self.root.lowers_show(&rel)? {
+                rustix::fs::unlinkat(&dir, name, AtFlags::empty())
+                    .map_err(io_err("remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An opaque whiteout for the root of an overlay upper directory.
+    /// overlayfs ignores the opaque xattr on a layer's root, so every name
+    /// the lowers have there gets a whiteout instead, and the layer's own
+    /// directories there become opaque: the merged view is then what a whole
+    /// tree shows after the opaque whiteout empties its root.
+    fn opaque_upper_root(&mut self) -> Result<()> {
+        let root = self.root.path.clone();
+        let mut names = BTreeSet::new();
+        for lower in self.root.lowers()? {
+            let dir = readable_dir(lower.as_fd()).map_err(io_err("open", &root))?;
+            let reader = rustix::fs::Dir::read_from(&dir).map_err(io_err("read", &root))?;
+            for entry in reader {
+                let entry = entry.map_err(io_err("read", &root))?;
+                let name = entry.file_name().to_bytes();
+                if name != b"." && name != b".." {
+                    names.insert(std::ffi::OsString::from(
+                        <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
+                    ));
+                }
+            }
+        }
+        let privileged = self.options.privileged;
+        let upper = self.root.fd.as_fd();
+        for name in names {
+            let path = self.root.path.join(&name);
+            match rustix::fs::statat(upper, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(rustix::io::Errno::NOENT) => make_whiteout(upper, &name, &path, privileged)?,
+                Ok(st) if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR => {
+                    set_xattr_at(upper, &name, &self.options.opaque_xattr, b"y")
+                        .map_err(io_err("setxattr", &path))?;
+                }
+                Ok(_) => {} // the layer's own file: it stays
+                Err(e) => return Err(Error::io("stat", &path, e)),
+            }
+        }
+        self.root.invalidate();
+        Ok(())
+    }
+}
+
+/// Makes the whiteout `name` (a 0/0 character device) in `dir`. Linux lets
+/// anyone make one since 5.8. Without it the lower file would show again, so
+/// a refusal fails the layer rather than being skipped like a device.
+fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr, path: &Path, privileged: bool) -> Result<()> {
+    match rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0) {
+        Err(rustix::io::Errno::PERM) if !privileged => Err(Error::Unimplemented(format!(
+            "whiteout {}: making it (a 0/0 character device) needs root or Linux 5.8",
+            path.display()
+        ))),
+        other => other.map_err(io_err("mknod", path)),
     }
 }
 

@@ -6,10 +6,12 @@
 //! at all. The final component of an entry is never followed: it is created,
 //! replaced or removed with `*at` calls on its parent's descriptor.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -95,6 +97,28 @@ pub(crate) struct Root {
     lowers_ready: Option<LowersReady>,
     cache: HashMap<PathBuf, OwnedFd>,
     privileged: bool,
+    /// On an overlay upper directory, the xattr that marks a directory
+    /// opaque; `None` on a whole tree.
+    opaque_xattr: Option<String>,
+    /// Parents made without root, kept writable (`0700` added) while the
+    /// layer fills them: each with the mode it gets at the end, and its
+    /// device and inode.
+    pub(crate) pending_modes: Vec<(PathBuf, u32, (u64, u64))>,
+    /// Extended attributes refused in ways that are skipped (`xattr_set`).
+    skipped_xattrs: Rc<Cell<u64>>,
+}
+
+/// An entry found in a layer by [`Root::below`].
+pub(crate) struct Found {
+    /// Its parent directory in that layer.
+    pub(crate) dir: OwnedFd,
+    pub(crate) stat: rustix::fs::Stat,
+}
+
+impl Found {
+    fn is_dir(&self) -> bool {
+        (self.stat.st_mode & libc::S_IFMT) == libc::S_IFDIR
+    }
 }
 
 /// Waits until the lower layers are fully applied; an error if one failed.
@@ -115,6 +139,8 @@ impl Root {
         lowers: &[PathBuf],
         lowers_ready: Option<LowersReady>,
         privileged: bool,
+        opaque_xattr: Option<&str>,
+        skipped_xattrs: Rc<Cell<u64>>,
     ) -> Result<Self> {
         Ok(Root {
             path: path.to_path_buf(),
@@ -124,11 +150,14 @@ impl Root {
             lowers_ready,
             cache: HashMap::new(),
             privileged,
+            opaque_xattr: opaque_xattr.map(str::to_string),
+            pending_modes: Vec::new(),
+            skipped_xattrs,
         })
     }
 
     /// The lower directories, complete.
-    fn lowers(&mut self) -> Result<&[OwnedFd]> {
+    pub(crate) fn lowers(&mut self) -> Result<&[OwnedFd]> {
         if self.lowers.is_none() {
             if let Some(ready) = self.lowers_ready.take() {
                 ready()?;
@@ -149,19 +178,15 @@ impl Root {
     }
 
     /// The directory `rel`, made (with its missing ancestors) if it does not
-    /// exist. A missing ancestor takes its owner and mode from the newest
-    /// lower that has it, else root-owned 0755.
+    /// exist. A missing ancestor takes its owner and mode from the directory
+    /// of that name the lowers show, else root-owned 0755. An ancestor that is
+    /// a file, device or whiteout is replaced by such a directory, as a
+    /// directory entry of that name would replace it (see `make_parents`).
     pub(crate) fn dir(&mut self, rel: &Path) -> Result<BorrowedFd<'_>> {
         if !self.cache.contains_key(rel) {
             let fd = match open_dir_in(self.fd.as_fd(), rel) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) => self.make_parents(rel)?,
-                Err(Errno::NOTDIR) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "layer entry under {:?}: a parent is not a directory",
-                        rel.display()
-                    )));
-                }
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => self.make_parents(rel)?,
                 Err(e) => return Err(Error::io("open", self.path.join(rel), e)),
             };
             if self.cache.len() > 256 {
@@ -189,10 +214,7 @@ impl Root {
             Ok(_) => self.dir(rel).map(Some),
             Err(Errno::NOTDIR) => Ok(None),
             Err(Errno::NOENT) => {
-                let in_a_lower = self
-                    .lowers()?
-                    .iter()
-                    .any(|lower| open_dir_in(lower.as_fd(), rel).is_ok());
+                let in_a_lower = self.below(rel)?.is_some_and(|found| found.is_dir());
                 if in_a_lower {
                     self.dir(rel).map(Some)
                 } else {
@@ -214,18 +236,28 @@ impl Root {
             match open_dir_in(self.fd.as_fd(), &prefix) {
                 Ok(fd) => current = fd,
                 Err(Errno::NOENT) => {
-                    let meta = self.lower_meta(&prefix)?;
+                    let (meta, xattrs) = self.lower_meta(&prefix)?;
                     mkdir_with(current.as_fd(), part, meta, self.privileged)
                         .map_err(|e| Error::io("mkdir", self.path.join(&prefix), e))?;
+                    for (key, value) in &xattrs {
+                        let set = super::set_xattr_at(current.as_fd(), part, key, value);
+                        super::xattr_set(set, key, true, self.privileged, &self.skipped_xattrs)
+                            .map_err(|e| Error::io("setxattr", self.path.join(&prefix), e))?;
+                    }
                     current = open_dir_in(self.fd.as_fd(), &prefix)
                         .map_err(|e| Error::io("open", self.path.join(&prefix), e))?;
+                    if !self.privileged && meta.mode & 0o700 != 0o700 {
+                        let st = rustix::fs::fstat(&current)
+                            .map_err(|e| Error::io("stat", self.path.join(&prefix), e))?;
+                        self.pending_modes.push((
+                            prefix.clone(),
+                            meta.mode,
+                            (st.st_dev, st.st_ino),
+                        ));
+                    }
                 }
                 Err(Errno::NOTDIR) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "layer entry under {:?}: {:?} is not a directory",
-                        rel.display(),
-                        prefix.display()
-                    )));
+                    current = self.replace_with_dir(current.as_fd(), part, &prefix, rel)?;
                 }
                 Err(e) => return Err(Error::io("open", self.path.join(&prefix), e)),
             }
@@ -233,28 +265,148 @@ impl Root {
         Ok(current)
     }
 
-    fn lower_meta(&mut self, rel: &Path) -> Result<DirMeta> {
-        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            return Ok(DirMeta::DEFAULT);
-        };
-        for lower in self.lowers()? {
-            // The parent is resolved inside the lower, as a symlink in a layer
-            // means it; the host's directories are never looked at.
-            let Ok(dir) = open_dir_in(lower.as_fd(), parent) else {
-                continue;
-            };
-            if let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                && (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
-            {
-                return Ok(DirMeta {
-                    mode: st.st_mode & 0o7777,
-                    uid: st.st_uid,
-                    gid: st.st_gid,
-                });
-            }
+    /// `name` in `parent` (at `prefix`) is in the way of the directory an
+    /// entry under `rel` needs. A file, device or whiteout there goes, as a
+    /// directory entry of that name would replace it: tar's "the later entry
+    /// wins", and what overlayfs shows when a lower layer's file is under a
+    /// new upper directory. Native and overlay agree on it. A symlink that
+    /// leads to no directory is the layer's error.
+    fn replace_with_dir(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        prefix: &Path,
+        rel: &Path,
+    ) -> Result<OwnedFd> {
+        let path = self.path.join(prefix);
+        let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::io("stat", &path, e))?;
+        if (st.st_mode & libc::S_IFMT) == libc::S_IFLNK {
+            return Err(Error::InvalidArgument(format!(
+                "layer entry under {:?}: {:?} is a symlink to no directory",
+                rel.display(),
+                prefix.display()
+            )));
         }
-        Ok(DirMeta::DEFAULT)
+        // Never a directory (that would have been opened), so nothing to note.
+        remove_at(parent, name, &mut Vec::new()).map_err(|e| Error::io("remove", &path, e))?;
+        mkdir_with(parent, name, DirMeta::DEFAULT, self.privileged)
+            .map_err(|e| Error::io("mkdir", &path, e))?;
+        if let Some(xattr) = &self.opaque_xattr {
+            // What the layer deleted or replaced here must not show through
+            // from a lower directory of that name.
+            let dir = rustix::fs::openat(
+                parent,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io("open", &path, e))?;
+            rustix::fs::fsetxattr(&dir, xattr.as_str(), b"y", rustix::fs::XattrFlags::empty())
+                .map_err(|e| Error::io("setxattr", &path, e))?;
+        }
+        open_dir_in(self.fd.as_fd(), prefix).map_err(|e| Error::io("open", &path, e))
     }
+
+    /// Owner, mode and xattrs (but overlayfs's own) for a parent made in the
+    /// upper directory: those of the directory the lowers show there, as a
+    /// mounted overlay would copy it up.
+    fn lower_meta(&mut self, rel: &Path) -> Result<(DirMeta, super::Xattrs)> {
+        let Some(found) = self.below(rel)?.filter(Found::is_dir) else {
+            return Ok((DirMeta::DEFAULT, Vec::new()));
+        };
+        let name = rel.file_name().unwrap_or_default();
+        let xattrs = super::copy_up::xattrs(&super::copy_up::proc_path(found.dir.as_fd(), name))?;
+        let st = found.stat;
+        let meta = DirMeta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        };
+        Ok((meta, xattrs))
+    }
+
+    /// What overlayfs would show at `rel` for this upper directory over its
+    /// lowers: the entry of the newest layer that has it, unless a whiteout,
+    /// a non-directory or an opaque directory above it hides it. Names are
+    /// matched, never followed: overlayfs merges directories by name, and a
+    /// symlink in a layer leads nowhere here (least of all to the host).
+    /// `None` on a whole tree, which has no lowers.
+    pub(crate) fn below(&mut self, rel: &Path) -> Result<Option<Found>> {
+        self.merged(rel, true)
+    }
+
+    /// Whether the lowers show an entry at `rel`, whatever the upper
+    /// directory has at that name (a whiteout, say); the upper directory's
+    /// opaque directories above it still hide them.
+    pub(crate) fn lowers_show(&mut self, rel: &Path) -> Result<bool> {
+        Ok(self.merged(rel, false)?.is_some())
+    }
+
+    fn merged(&mut self, rel: &Path, upper_entry: bool) -> Result<Option<Found>> {
+        let Some(opaque_xattr) = self.opaque_xattr.clone() else {
+            return Ok(None);
+        };
+        let path = self.path.join(rel);
+        let error = |e| Error::io("look up", &path, e);
+        // Each layer's directory at the prefix walked so far, newest first,
+        // and whether it is the upper directory's.
+        let mut dirs = vec![(rustix::io::dup(&self.fd).map_err(error)?, true)];
+        for lower in self.lowers()? {
+            dirs.push((rustix::io::dup(lower).map_err(error)?, false));
+        }
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let mut next = Vec::new();
+            for (dir, upper) in dirs {
+                if last && upper && !upper_entry {
+                    continue;
+                }
+                let st = match rustix::fs::statat(&dir, *part, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(error(e)),
+                };
+                let kind = st.st_mode & libc::S_IFMT;
+                if kind == libc::S_IFCHR && st.st_rdev == 0 {
+                    break; // a whiteout: nothing of this name below
+                }
+                if last {
+                    return Ok(Some(Found { dir, stat: st }));
+                }
+                if kind != libc::S_IFDIR {
+                    break; // a non-directory hides the directories below it
+                }
+                let sub = rustix::fs::openat(
+                    &dir,
+                    *part,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(error)?;
+                let opaque = is_opaque(sub.as_fd(), &opaque_xattr);
+                next.push((sub, upper));
+                if opaque {
+                    break;
+                }
+            }
+            if next.is_empty() {
+                return Ok(None);
+            }
+            dirs = next;
+        }
+        Ok(None)
+    }
+}
+
+/// Whether the directory `dir` (opened for reading) carries `opaque_xattr`.
+fn is_opaque(dir: BorrowedFd<'_>, opaque_xattr: &str) -> bool {
+    let mut value = [0u8; 1];
+    matches!(
+        rustix::fs::fgetxattr(dir, opaque_xattr, &mut value),
+        Ok(1) if value == *b"y"
+    )
 }
 
 /// Where the target of a hardlink is, on an overlay upper directory.
@@ -310,11 +462,7 @@ fn look(layer: BorrowedFd<'_>, rel: &Path, opaque_xattr: &str) -> rustix::io::Re
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let mut value = [0u8; 1];
-        opaque |= matches!(
-            rustix::fs::fgetxattr(&dir, opaque_xattr, &mut value),
-            Ok(1) if value == *b"y"
-        );
+        opaque |= is_opaque(dir.as_fd(), opaque_xattr);
     }
     Ok(Look::Absent)
 }
@@ -324,7 +472,8 @@ impl Root {
     /// directory over its lowers (newest first). `opaque_xattr` marks
     /// opaque directories.
     pub(crate) fn link_source(&mut self, rel: &Path, opaque_xattr: &str) -> Result<LinkSource> {
-        let error = |e| Error::io("look up", self.path.join(rel), e);
+        let path = self.path.join(rel);
+        let error = |e| Error::io("look up", &path, e);
         match look(self.fd.as_fd(), rel, opaque_xattr).map_err(error)? {
             Look::Found(_) => return Ok(LinkSource::Upper),
             Look::Hidden => return Ok(LinkSource::Missing),
@@ -369,31 +518,46 @@ fn mkdir_with(
 }
 
 /// Removes `name` in `parent`, recursively for a directory; missing is fine.
-pub(crate) fn remove_at(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+/// Each directory removed is added to `removed` (device, inode), so what was
+/// noted about it can be forgotten before its inode number is used again.
+pub(crate) fn remove_at(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    removed: &mut Vec<(u64, u64)>,
+) -> rustix::io::Result<()> {
     match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => remove_dir_at(parent, name),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => remove_dir_at(parent, name, removed),
         Err(e) => Err(e),
     }
 }
 
-fn remove_dir_at(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+fn remove_dir_at(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    removed: &mut Vec<(u64, u64)>,
+) -> rustix::io::Result<()> {
     let dir = rustix::fs::openat(
         parent,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    clear_dir(dir.as_fd(), Path::new(""), &|_| false)?;
-    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+    let st = rustix::fs::fstat(&dir)?;
+    clear_dir(dir.as_fd(), Path::new(""), &|_| false, removed)?;
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
+    removed.push((st.st_dev, st.st_ino));
+    Ok(())
 }
 
 /// Removes every entry of `dir` (at `rel`) for which `keep` is false, at any
 /// depth: a kept directory is cleared in turn of what `keep` refuses.
+/// Directories removed are added to `removed`, as by [`remove_at`].
 pub(crate) fn clear_dir(
     dir: BorrowedFd<'_>,
     rel: &Path,
     keep: &dyn Fn(&Path) -> bool,
+    removed: &mut Vec<(u64, u64)>,
 ) -> rustix::io::Result<()> {
     let mut names = Vec::new();
     {
@@ -410,7 +574,7 @@ pub(crate) fn clear_dir(
     for name in names {
         let child = rel.join(&name);
         if !keep(&child) {
-            remove_at(dir, &name)?;
+            remove_at(dir, &name, removed)?;
             continue;
         }
         let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
@@ -421,7 +585,7 @@ pub(crate) fn clear_dir(
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
-            clear_dir(sub.as_fd(), &child, keep)?;
+            clear_dir(sub.as_fd(), &child, keep, removed)?;
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use std::path::Path;
 /// One tar entry to write.
 pub enum Entry<'a> {
     Dir(&'a str, u32),
+    OwnedDir(&'a str, u32, u32, u32),
     File(&'a str, &'a [u8], u32),
     Owned(&'a str, &'a [u8], u32, u32, u32),
     Symlink(&'a str, &'a str),
@@ -15,6 +16,8 @@ pub enum Entry<'a> {
     Char(&'a str, u32, u32),
     Fifo(&'a str),
     Xattr(&'a str, &'a [u8], &'a str, &'a [u8]),
+    /// Any entry, preceded by a PAX record giving it the xattr `key`.
+    WithXattr(Box<Entry<'a>>, &'a str, &'a [u8]),
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -32,9 +35,22 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 pub fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
+        append(&mut b, e);
+    }
+    b.into_inner().unwrap()
+}
+
+fn append(b: &mut tar::Builder<Vec<u8>>, e: &Entry<'_>) {
+    {
         match e {
             Entry::Dir(name, mode) => {
                 let mut h = header(tar::EntryType::Directory, *mode, 0);
+                b.append_data(&mut h, name, &[][..]).unwrap();
+            }
+            Entry::OwnedDir(name, mode, uid, gid) => {
+                let mut h = header(tar::EntryType::Directory, *mode, 0);
+                h.set_uid(*uid as u64);
+                h.set_gid(*gid as u64);
                 b.append_data(&mut h, name, &[][..]).unwrap();
             }
             Entry::File(name, data, mode) => {
@@ -72,9 +88,14 @@ pub fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
                 let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
                 b.append_data(&mut h, name, *data).unwrap();
             }
+            Entry::WithXattr(inner, key, value) => {
+                let record = format!("SCHILY.xattr.{key}");
+                b.append_pax_extensions([(record.as_str(), *value)])
+                    .unwrap();
+                append(b, inner);
+            }
         }
     }
-    b.into_inner().unwrap()
 }
 
 /// gzip of `data`.
@@ -100,21 +121,38 @@ pub fn full_tree(root: &Path) -> BTreeMap<String, String> {
         .map(|(rel, line)| {
             let path = root.join(&rel);
             let m = std::fs::symlink_metadata(&path).unwrap();
-            let mut names = vec![0u8; 1024];
-            let n = rustix::fs::llistxattr(&path, &mut names[..]).unwrap_or(0);
-            let mut xattrs = String::new();
-            for name in names[..n].split(|b| *b == 0) {
-                let name = String::from_utf8_lossy(name);
-                if name.starts_with("user.") {
-                    let mut value = vec![0u8; 1024];
-                    let n = rustix::fs::lgetxattr(&path, &*name, &mut value[..]).unwrap();
-                    xattrs += &format!(" {name}={}", String::from_utf8_lossy(&value[..n]));
-                }
-            }
+            let xattrs = user_xattrs(&path);
             let line = format!("{line} mtime={}.{}{xattrs}", m.mtime(), m.mtime_nsec());
             (rel, line)
         })
         .collect()
+}
+
+/// [`tree`] with each entry's `user.*` xattrs.
+pub fn xattr_tree(root: &Path) -> BTreeMap<String, String> {
+    tree(root)
+        .into_iter()
+        .map(|(rel, line)| {
+            let xattrs = user_xattrs(&root.join(&rel));
+            (rel, format!("{line}{xattrs}"))
+        })
+        .collect()
+}
+
+/// ` name=value` for each `user.*` xattr of `path` (not followed).
+fn user_xattrs(path: &Path) -> String {
+    let mut names = vec![0u8; 1024];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap_or(0);
+    let mut xattrs = String::new();
+    for name in names[..n].split(|b| *b == 0) {
+        let name = String::from_utf8_lossy(name);
+        if name.starts_with("user.") {
+            let mut value = vec![0u8; 1024];
+            let n = rustix::fs::lgetxattr(path, &*name, &mut value[..]).unwrap();
+            xattrs += &format!(" {name}={}", String::from_utf8_lossy(&value[..n]));
+        }
+    }
+    xattrs
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
