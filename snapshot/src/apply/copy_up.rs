@@ -108,14 +108,13 @@ pub(super) fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
 /// The extended attributes of the entry at `path` (not followed), but
 /// overlayfs's own.
 pub(super) fn xattrs(path: &Path) -> Result<super::Xattrs> {
-    let mut names = vec![0u8; XATTR_MAX];
-    let listed = match rustix::fs::llistxattr(path, &mut names) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => 0,
-        Err(e) => return Err(Error::io("list xattrs of", path, e)),
-    };
+    let names = super::xattr_names(
+        || rustix::fs::llistxattr_query(path),
+        |buf| rustix::fs::llistxattr(path, buf),
+    )
+    .map_err(|e| Error::io("list xattrs of", path, e))?;
     let mut out = Vec::new();
-    for raw in names[..listed].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let Ok(key) = std::str::from_utf8(raw) else {
             continue;
         };

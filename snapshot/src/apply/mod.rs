@@ -393,6 +393,35 @@ fn write_entries(
     Ok((applier.entries, warnings))
 }
 
+/// The NUL-separated xattr names `list` (a `*listxattr(2)`) gives: their
+/// size asked with `query` first, since most entries have none; none where
+/// the filesystem has no xattrs.
+fn xattr_names(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    loop {
+        let size = match query() {
+            Ok(size) => size,
+            Err(rustix::io::Errno::NOTSUP) => 0,
+            Err(e) => return Err(e),
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut names = vec![0u8; size];
+        match list(&mut names) {
+            Ok(n) => {
+                names.truncate(n);
+                return Ok(names);
+            }
+            // One was added in between: ask again.
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Extended attributes: name, value.
 type Xattrs = Vec<(String, Vec<u8>)>;
 
@@ -777,19 +806,12 @@ impl Applier {
     /// label is the host's, and overlayfs's own xattrs are the upper
     /// directory's: both stay.
     fn remove_unlisted_xattrs(&self, dir: BorrowedFd<'_>, meta: &Meta, path: &Path) -> Result<()> {
-        let mut names = vec![0u8; 4096];
-        let listed = match rustix::fs::flistxattr(dir, &mut names) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::NOTSUP) => return Ok(()),
-            Err(rustix::io::Errno::RANGE) => {
-                let size = rustix::fs::flistxattr(dir, &mut [0u8; 0][..])
-                    .map_err(io_err("list xattrs of", path))?;
-                names.resize(size, 0);
-                rustix::fs::flistxattr(dir, &mut names).map_err(io_err("list xattrs of", path))?
-            }
-            Err(e) => return Err(Error::io("list xattrs of", path, e)),
-        };
-        for raw in names[..listed].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let names = xattr_names(
+            || rustix::fs::flistxattr_query(dir),
+            |buf| rustix::fs::flistxattr(dir, buf),
+        )
+        .map_err(io_err("list xattrs of", path))?;
+        for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
             let Ok(key) = std::str::from_utf8(raw) else {
                 continue;
             };

@@ -344,17 +344,21 @@ impl Root {
     }
 
     fn merged(&mut self, rel: &Path, upper_entry: bool) -> Result<Option<Found>> {
-        let Some(opaque_xattr) = self.opaque_xattr.clone() else {
+        if self.opaque_xattr.is_none() {
             return Ok(None);
-        };
+        }
+        self.lowers()?;
+        let opaque_xattr = self.opaque_xattr.as_deref().unwrap_or_default();
+        let lowers = self.lowers.as_deref().unwrap_or_default();
         let path = self.path.join(rel);
         let error = |e| Error::io("look up", &path, e);
         // Each layer's directory at the prefix walked so far, newest first,
-        // and whether it is the upper directory's.
-        let mut dirs = vec![(rustix::io::dup(&self.fd).map_err(error)?, true)];
-        for lower in self.lowers()? {
-            dirs.push((rustix::io::dup(lower).map_err(error)?, false));
-        }
+        // and whether it is the upper directory's. The layers' own roots are
+        // borrowed; only the directories opened below them are owned.
+        let mut dirs: Vec<(Layered<'_>, bool)> = std::iter::once((self.fd.as_fd(), true))
+            .chain(lowers.iter().map(|lower| (lower.as_fd(), false)))
+            .map(|(fd, upper)| (Layered::Root(fd), upper))
+            .collect();
         let parts: Vec<&OsStr> = rel.iter().collect();
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
@@ -363,7 +367,7 @@ impl Root {
                 if last && upper && !upper_entry {
                     continue;
                 }
-                let st = match rustix::fs::statat(&dir, *part, AtFlags::SYMLINK_NOFOLLOW) {
+                let st = match rustix::fs::statat(dir.as_fd(), *part, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) => st,
                     Err(Errno::NOENT) => continue,
                     Err(e) => return Err(error(e)),
@@ -373,20 +377,24 @@ impl Root {
                     break; // a whiteout: nothing of this name below
                 }
                 if last {
+                    let dir = match dir {
+                        Layered::Root(fd) => rustix::io::dup(fd).map_err(error)?,
+                        Layered::Opened(fd) => fd,
+                    };
                     return Ok(Some(Found { dir, stat: st }));
                 }
                 if kind != libc::S_IFDIR {
                     break; // a non-directory hides the directories below it
                 }
                 let sub = rustix::fs::openat(
-                    &dir,
+                    dir.as_fd(),
                     *part,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(error)?;
-                let opaque = is_opaque(sub.as_fd(), &opaque_xattr);
-                next.push((sub, upper));
+                let opaque = is_opaque(sub.as_fd(), opaque_xattr);
+                next.push((Layered::Opened(sub), upper));
                 if opaque {
                     break;
                 }
@@ -397,6 +405,23 @@ impl Root {
             dirs = next;
         }
         Ok(None)
+    }
+}
+
+/// A layer's directory in [`Root::merged`]'s walk.
+enum Layered<'a> {
+    /// The layer's root, held by [`Root`].
+    Root(BorrowedFd<'a>),
+    /// A directory opened beneath it.
+    Opened(OwnedFd),
+}
+
+impl Layered<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Layered::Root(fd) => *fd,
+            Layered::Opened(fd) => fd.as_fd(),
+        }
     }
 }
 
