@@ -660,3 +660,33 @@ fn whiteouts_are_made_without_root_too() {
     let a = std::fs::symlink_metadata(upper.path().join("srv/a")).unwrap();
     assert!(a.file_type().is_char_device() && a.rdev() == 0);
 }
+
+/// At the end of a layer, whiteouts that hide nothing are dropped from an
+/// overlay upper directory. One found through a symlink the layer put where
+/// a directory was is another whiteout, and still hides a lower file.
+#[test]
+fn a_whiteout_reached_through_a_later_symlink_is_not_dropped() {
+    let lower = tempfile::tempdir().unwrap();
+    apply_tree(
+        lower.path(),
+        &tar_of(&[
+            Entry::File("x/n", b"x", 0o644),
+            Entry::File("y/n", b"y", 0o644),
+        ]),
+    )
+    .unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    apply_upper(
+        upper.path(),
+        lower.path(),
+        &tar_of(&[
+            Entry::File("x/.wh.n", b"", 0o644),
+            Entry::File("y/.wh.n", b"", 0o644),
+            Entry::Symlink("x", "y"),
+        ]),
+        &ApplyOptions::default(),
+    );
+    let t = tree(upper.path());
+    assert_eq!(t["y/n"], "char:0 0 0:0", "{t:?}");
+    assert_eq!(t["x"], "symlink->y 777 0:0", "{t:?}");
+}

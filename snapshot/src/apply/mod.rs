@@ -19,7 +19,7 @@
 //! Without root, device nodes and ownership are skipped with a warning.
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::ops::Bound;
@@ -316,6 +316,7 @@ fn write_entries(
         ApplyTarget::OverlayUpper { upper, lowers } => (upper, lowers, true),
     };
     let skipped_xattrs = Rc::new(Cell::new(0));
+    let clock = Rc::new(Cell::new(0));
     let mut applier = Applier {
         root: resolve::Root::open(
             root,
@@ -324,11 +325,14 @@ fn write_entries(
             options.privileged,
             overlay.then_some(options.opaque_xattr.as_str()),
             Rc::clone(&skipped_xattrs),
+            Rc::clone(&clock),
         )?,
         overlay,
         options: options.clone(),
         created: BTreeSet::new(),
         dir_times: Vec::new(),
+        clock,
+        removed_at: HashMap::new(),
         removed_dirs: Vec::new(),
         whiteouts: Vec::new(),
         buffer: vec![0u8; 256 * 1024],
@@ -533,11 +537,18 @@ struct Applier {
     /// Directory times, set last so their children do not change them.
     /// With each directory's device and inode, so that one a later entry
     /// replaced (by a symlink, say) is told apart.
-    dir_times: Vec<(PathBuf, Meta, (u64, u64))>,
+    /// And when it was noted (`clock`).
+    dir_times: Vec<(PathBuf, Meta, (u64, u64), u64)>,
+    /// Orders notes about directories (`dir_times`, the root's
+    /// `pending_modes`) against directories' removals.
+    clock: Rc<Cell<u64>>,
+    /// Directories removed (device, inode), with when they last were.
+    removed_at: HashMap<(u64, u64), u64>,
     /// Whiteouts made on an overlay upper directory, to be checked at the
     /// end against what the lowers show.
     whiteouts: Vec<PathBuf>,
-    /// Directories removed by the entry being written (device, inode).
+    /// Directories removed by the last removal (device, inode), until noted
+    /// in `removed_at`.
     removed_dirs: Vec<(u64, u64)>,
     buffer: Vec<u8>,
     skipped_devices: u64,
@@ -583,20 +594,6 @@ fn readable_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
 
 impl Applier {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let written = self.write_entry(entry);
-        if !self.removed_dirs.is_empty() {
-            // What was noted about a removed directory is forgotten now,
-            // before its inode number can be given to a new directory.
-            let removed: std::collections::HashSet<_> = self.removed_dirs.drain(..).collect();
-            self.dir_times.retain(|(.., id)| !removed.contains(id));
-            self.root
-                .pending_modes
-                .retain(|(.., id)| !removed.contains(id));
-        }
-        written
-    }
-
-    fn write_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         self.entries += 1;
         let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
             &entry.path_bytes()[..],
@@ -643,6 +640,7 @@ impl Applier {
             if !(is_dir && kind.is_dir()) {
                 resolve::remove_at(dirfd, name, &mut self.removed_dirs)
                     .map_err(io_err("remove", &path))?;
+                note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
                 // Cached directories under this name (through a symlink it
                 // was, say) are stale from here on.
                 removed = true;
@@ -913,31 +911,23 @@ impl Applier {
         self.remove_unlisted_xattrs(dir.as_fd(), &meta, &path)?;
         self.set_xattrs_fd(dir.as_fd(), &meta, &path)?;
         let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
+        let noted = tick(&self.clock);
         self.dir_times
-            .push((rel.to_path_buf(), meta, (st.st_dev, st.st_ino)));
+            .push((rel.to_path_buf(), meta, (st.st_dev, st.st_ino), noted));
         Ok(())
     }
 
     fn finish_dirs(&mut self) -> Result<()> {
-        // Parents made for entries, unless an entry of their own set them.
-        let pending = std::mem::take(&mut self.root.pending_modes);
-        for (rel, mode, id) in pending.iter().rev() {
-            if self.dir_times.iter().any(|(listed, ..)| listed == rel) {
-                continue;
-            }
-            let path = self.root.path.join(rel);
-            let Some(fd) = self.root.existing_dir(rel)? else {
-                continue;
-            };
-            let dir = readable_dir(fd.as_fd()).map_err(io_err("open", &path))?;
-            let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
-            if (st.st_dev, st.st_ino) == *id {
-                rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
-                    .map_err(io_err("chmod", &path))?;
-            }
-        }
+        let removed_at = std::mem::take(&mut self.removed_at);
+        // Noted before the directory was removed: a later directory may
+        // have its inode number, and gets nothing.
+        let stale = |id: &(u64, u64), noted: u64| removed_at.get(id).is_some_and(|&at| at > noted);
         let dirs = std::mem::take(&mut self.dir_times);
-        for (rel, meta, id) in dirs.iter().rev() {
+        let mut listed = std::collections::HashSet::new();
+        for (rel, meta, id, noted) in dirs.iter().rev() {
+            if stale(id, *noted) {
+                continue;
+            }
             let path = self.root.path.join(rel);
             let Some(fd) = self.root.existing_dir(rel)? else {
                 continue; // removed by a later entry
@@ -950,11 +940,31 @@ impl Applier {
             if (st.st_dev, st.st_ino) != *id {
                 continue;
             }
+            listed.insert(*id);
             if !self.options.privileged {
                 rustix::fs::fchmod(&dir, Mode::from_raw_mode(meta.mode))
                     .map_err(io_err("chmod", &path))?;
             }
             rustix::fs::futimens(&dir, &times(meta)).map_err(io_err("utimes", &path))?;
+        }
+        // Then the parents made for entries (without root), unless an entry
+        // of their own set them: last, since the mode a parent gets may shut
+        // its owner out of the directories beneath it.
+        let pending = std::mem::take(&mut self.root.pending_modes);
+        for (rel, mode, id, noted) in pending.iter().rev() {
+            if listed.contains(id) || stale(id, *noted) {
+                continue;
+            }
+            let path = self.root.path.join(rel);
+            let Some(fd) = self.root.existing_dir(rel)? else {
+                continue;
+            };
+            let dir = readable_dir(fd.as_fd()).map_err(io_err("open", &path))?;
+            let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
+            if (st.st_dev, st.st_ino) == *id {
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
+                    .map_err(io_err("chmod", &path))?;
+            }
         }
         Ok(())
     }
@@ -980,6 +990,7 @@ impl Applier {
             };
             resolve::clear_dir(dir.as_fd(), parent, &keep, &mut self.removed_dirs)
                 .map_err(io_err("remove", &path))?;
+            note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
             self.root.invalidate();
             if self.overlay && parent.as_os_str().is_empty() {
                 self.opaque_upper_root()?;
@@ -1016,11 +1027,13 @@ impl Applier {
             };
             resolve::remove_at(dirfd, name, &mut self.removed_dirs)
                 .map_err(io_err("remove", &target))?;
+            note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
             make_whiteout(dirfd, name, &target, privileged)?;
             self.whiteouts.push(parent.join(name));
         } else if let Some(dirfd) = self.root.existing_dir(parent)? {
             resolve::remove_at(dirfd.as_fd(), name, &mut self.removed_dirs)
                 .map_err(io_err("remove", &target))?;
+            note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
         }
         self.root.invalidate();
         Ok(())
@@ -1037,7 +1050,10 @@ impl Applier {
         for rel in std::mem::take(&mut self.whiteouts) {
             let (parent, name) = split(&rel);
             let path = self.root.path.join(&rel);
-            let Some(dir) = self.root.existing_dir(&parent)? else {
+            // Through a symlink (the layer replaced a directory on the way),
+            // the name found is not the one made, nor what the lowers show
+            // there by name: such a whiteout stays.
+            let Ok(dir) = resolve::open_dir_exact(self.root.fd.as_fd(), &parent) else {
                 continue;
             };
             let still_a_whiteout = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -1087,6 +1103,25 @@ impl Applier {
         }
         self.root.invalidate();
         Ok(())
+    }
+}
+
+/// The next time on `clock`.
+fn tick(clock: &Cell<u64>) -> u64 {
+    let now = clock.get() + 1;
+    clock.set(now);
+    now
+}
+
+/// Notes the directories a removal reported in `removed` as removed now.
+fn note_removed(
+    removed: &mut Vec<(u64, u64)>,
+    removed_at: &mut HashMap<(u64, u64), u64>,
+    clock: &Cell<u64>,
+) {
+    if !removed.is_empty() {
+        let now = tick(clock);
+        removed_at.extend(removed.drain(..).map(|id| (id, now)));
     }
 }
 

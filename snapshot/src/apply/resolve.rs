@@ -44,6 +44,19 @@ fn resolve_flags() -> ResolveFlags {
 /// Opens `rel` (a directory) beneath `root`, following symlinks as if `root`
 /// were `/`.
 pub(crate) fn open_dir_in(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    open_dir_with(root, rel, resolve_flags())
+}
+
+/// Opens `rel` (a directory) beneath `root` only if no symlink is on the way.
+pub(crate) fn open_dir_exact(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    open_dir_with(root, rel, resolve_flags() | ResolveFlags::NO_SYMLINKS)
+}
+
+fn open_dir_with(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    flags: ResolveFlags,
+) -> rustix::io::Result<OwnedFd> {
     let rel: &Path = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -56,7 +69,7 @@ pub(crate) fn open_dir_in(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Resul
             rel,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            resolve_flags(),
+            flags,
         ) {
             // The kernel asks for a retry when a rename or mount elsewhere
             // raced a `..` walk under RESOLVE_IN_ROOT.
@@ -101,9 +114,13 @@ pub(crate) struct Root {
     /// opaque; `None` on a whole tree.
     opaque_xattr: Option<String>,
     /// Parents made without root, kept writable (`0700` added) while the
-    /// layer fills them: each with the mode it gets at the end, and its
-    /// device and inode.
-    pub(crate) pending_modes: Vec<(PathBuf, u32, (u64, u64))>,
+    /// layer fills them: each with the mode it gets at the end, its device
+    /// and inode, and when it was noted (see `clock`).
+    pub(crate) pending_modes: Vec<(PathBuf, u32, (u64, u64), u64)>,
+    /// Orders what is noted about directories against their removals,
+    /// shared with the applier: a note older than its directory's removal
+    /// is stale even when a new directory gets the inode number.
+    clock: Rc<Cell<u64>>,
     /// Extended attributes refused in ways that are skipped (`xattr_set`).
     skipped_xattrs: Rc<Cell<u64>>,
 }
@@ -141,6 +158,7 @@ impl Root {
         privileged: bool,
         opaque_xattr: Option<&str>,
         skipped_xattrs: Rc<Cell<u64>>,
+        clock: Rc<Cell<u64>>,
     ) -> Result<Self> {
         Ok(Root {
             path: path.to_path_buf(),
@@ -152,6 +170,7 @@ impl Root {
             privileged,
             opaque_xattr: opaque_xattr.map(str::to_string),
             pending_modes: Vec::new(),
+            clock,
             skipped_xattrs,
         })
     }
@@ -253,6 +272,7 @@ impl Root {
                             prefix.clone(),
                             meta.mode,
                             (st.st_dev, st.st_ino),
+                            super::tick(&self.clock),
                         ));
                     }
                 }
