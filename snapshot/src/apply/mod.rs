@@ -19,7 +19,7 @@
 //! Without root, device nodes and ownership are skipped with a warning.
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::ops::Bound;
@@ -331,9 +331,8 @@ fn write_entries(
         options: options.clone(),
         created: BTreeSet::new(),
         dir_times: Vec::new(),
+        removed: resolve::Removals::new(Rc::clone(&clock)),
         clock,
-        removed_at: HashMap::new(),
-        removed_dirs: Vec::new(),
         whiteouts: Vec::new(),
         buffer: vec![0u8; 256 * 1024],
         skipped_devices: 0,
@@ -542,14 +541,10 @@ struct Applier {
     /// Orders notes about directories (`dir_times`, the root's
     /// `pending_modes`) against directories' removals.
     clock: Rc<Cell<u64>>,
-    /// Directories removed (device, inode), with when they last were.
-    removed_at: HashMap<(u64, u64), u64>,
+    removed: resolve::Removals,
     /// Whiteouts made on an overlay upper directory, to be checked at the
     /// end against what the lowers show.
     whiteouts: Vec<PathBuf>,
-    /// Directories removed by the last removal (device, inode), until noted
-    /// in `removed_at`.
-    removed_dirs: Vec<(u64, u64)>,
     buffer: Vec<u8>,
     skipped_devices: u64,
     /// Extended attributes the target refused in ways containerd tolerates
@@ -638,9 +633,8 @@ impl Applier {
         if let Some(st) = &existing {
             let is_dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
             if !(is_dir && kind.is_dir()) {
-                resolve::remove_at(dirfd, name, &mut self.removed_dirs)
+                resolve::remove_at(dirfd, name, &mut self.removed)
                     .map_err(io_err("remove", &path))?;
-                note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
                 // Cached directories under this name (through a symlink it
                 // was, say) are stale from here on.
                 removed = true;
@@ -911,17 +905,17 @@ impl Applier {
         self.remove_unlisted_xattrs(dir.as_fd(), &meta, &path)?;
         self.set_xattrs_fd(dir.as_fd(), &meta, &path)?;
         let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
-        let noted = tick(&self.clock);
+        let noted = resolve::tick(&self.clock);
         self.dir_times
             .push((rel.to_path_buf(), meta, (st.st_dev, st.st_ino), noted));
         Ok(())
     }
 
     fn finish_dirs(&mut self) -> Result<()> {
-        let removed_at = std::mem::take(&mut self.removed_at);
         // Noted before the directory was removed: a later directory may
         // have its inode number, and gets nothing.
-        let stale = |id: &(u64, u64), noted: u64| removed_at.get(id).is_some_and(|&at| at > noted);
+        let removed = &self.removed;
+        let stale = |id: &(u64, u64), noted: u64| removed.since(id, noted);
         let dirs = std::mem::take(&mut self.dir_times);
         let mut listed = std::collections::HashSet::new();
         for (rel, meta, id, noted) in dirs.iter().rev() {
@@ -988,9 +982,8 @@ impl Applier {
                     .next()
                     .is_some_and(|p| p.starts_with(path))
             };
-            resolve::clear_dir(dir.as_fd(), parent, &keep, &mut self.removed_dirs)
+            resolve::clear_dir(dir.as_fd(), parent, &keep, &mut self.removed)
                 .map_err(io_err("remove", &path))?;
-            note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
             self.root.invalidate();
             if self.overlay && parent.as_os_str().is_empty() {
                 self.opaque_upper_root()?;
@@ -1025,15 +1018,13 @@ impl Applier {
             let Some(dirfd) = self.root.whiteout_dir(parent)? else {
                 return Ok(());
             };
-            resolve::remove_at(dirfd, name, &mut self.removed_dirs)
+            resolve::remove_at(dirfd, name, &mut self.removed)
                 .map_err(io_err("remove", &target))?;
-            note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
             make_whiteout(dirfd, name, &target, privileged)?;
             self.whiteouts.push(parent.join(name));
         } else if let Some(dirfd) = self.root.existing_dir(parent)? {
-            resolve::remove_at(dirfd.as_fd(), name, &mut self.removed_dirs)
+            resolve::remove_at(dirfd.as_fd(), name, &mut self.removed)
                 .map_err(io_err("remove", &target))?;
-            note_removed(&mut self.removed_dirs, &mut self.removed_at, &self.clock);
         }
         self.root.invalidate();
         Ok(())
@@ -1072,21 +1063,7 @@ impl Applier {
     /// directories there become opaque: the merged view is then what a whole
     /// tree shows after the opaque whiteout empties its root.
     fn opaque_upper_root(&mut self) -> Result<()> {
-        let root = self.root.path.clone();
-        let mut names = BTreeSet::new();
-        for lower in self.root.lowers()? {
-            let dir = readable_dir(lower.as_fd()).map_err(io_err("open", &root))?;
-            let reader = rustix::fs::Dir::read_from(&dir).map_err(io_err("read", &root))?;
-            for entry in reader {
-                let entry = entry.map_err(io_err("read", &root))?;
-                let name = entry.file_name().to_bytes();
-                if name != b"." && name != b".." {
-                    names.insert(std::ffi::OsString::from(
-                        <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
-                    ));
-                }
-            }
-        }
+        let names = self.root.lower_root_names()?;
         let privileged = self.options.privileged;
         let upper = self.root.fd.as_fd();
         for name in names {
@@ -1103,25 +1080,6 @@ impl Applier {
         }
         self.root.invalidate();
         Ok(())
-    }
-}
-
-/// The next time on `clock`.
-fn tick(clock: &Cell<u64>) -> u64 {
-    let now = clock.get() + 1;
-    clock.set(now);
-    now
-}
-
-/// Notes the directories a removal reported in `removed` as removed now.
-fn note_removed(
-    removed: &mut Vec<(u64, u64)>,
-    removed_at: &mut HashMap<(u64, u64), u64>,
-    clock: &Cell<u64>,
-) {
-    if !removed.is_empty() {
-        let now = tick(clock);
-        removed_at.extend(removed.drain(..).map(|id| (id, now)));
     }
 }
 

@@ -7,8 +7,8 @@
 //! replaced or removed with `*at` calls on its parent's descriptor.
 
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -123,6 +123,40 @@ pub(crate) struct Root {
     clock: Rc<Cell<u64>>,
     /// Extended attributes refused in ways that are skipped (`xattr_set`).
     skipped_xattrs: Rc<Cell<u64>>,
+}
+
+/// Directories removed while a layer is written, each with when it last was
+/// (`clock`): a note about a directory taken before its removal is stale,
+/// even when a new directory gets its inode number.
+pub(crate) struct Removals {
+    clock: Rc<Cell<u64>>,
+    at: HashMap<(u64, u64), u64>,
+}
+
+impl Removals {
+    pub(crate) fn new(clock: Rc<Cell<u64>>) -> Self {
+        Removals {
+            clock,
+            at: HashMap::new(),
+        }
+    }
+
+    fn note(&mut self, id: (u64, u64)) {
+        self.at.insert(id, tick(&self.clock));
+    }
+
+    /// Whether the directory `id` was removed after `noted`.
+    pub(crate) fn since(&self, id: &(u64, u64), noted: u64) -> bool {
+        self.at.get(id).is_some_and(|&at| at > noted)
+    }
+}
+
+/// The next time on `clock`, which orders notes about directories against
+/// their removals.
+pub(crate) fn tick(clock: &Cell<u64>) -> u64 {
+    let now = clock.get() + 1;
+    clock.set(now);
+    now
 }
 
 /// An entry found in a layer by [`Root::below`].
@@ -272,7 +306,7 @@ impl Root {
                             prefix.clone(),
                             meta.mode,
                             (st.st_dev, st.st_ino),
-                            super::tick(&self.clock),
+                            tick(&self.clock),
                         ));
                     }
                 }
@@ -308,8 +342,9 @@ impl Root {
                 prefix.display()
             )));
         }
-        // Never a directory (that would have been opened), so nothing to note.
-        remove_at(parent, name, &mut Vec::new()).map_err(|e| Error::io("remove", &path, e))?;
+        // Never a directory: that would have been opened.
+        rustix::fs::unlinkat(parent, name, AtFlags::empty())
+            .map_err(|e| Error::io("remove", &path, e))?;
         mkdir_with(parent, name, DirMeta::DEFAULT, self.privileged)
             .map_err(|e| Error::io("mkdir", &path, e))?;
         if let Some(xattr) = &self.opaque_xattr {
@@ -344,6 +379,32 @@ impl Root {
             gid: st.st_gid,
         };
         Ok((meta, xattrs))
+    }
+
+    /// Every name at the root of any lower.
+    pub(crate) fn lower_root_names(&mut self) -> Result<BTreeSet<OsString>> {
+        self.lowers()?;
+        let lowers = self.lowers.as_deref().unwrap_or_default();
+        let mut names = BTreeSet::new();
+        for (lower, path) in lowers.iter().zip(&self.lower_paths) {
+            let error = |e| Error::io("read", path, e);
+            let dir = rustix::fs::openat(
+                lower,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(error)?;
+            for entry in rustix::fs::Dir::read_from(&dir).map_err(error)? {
+                let name = entry.map_err(error)?.file_name().to_bytes().to_vec();
+                if name != b"." && name != b".." {
+                    names.insert(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                        name,
+                    ));
+                }
+            }
+        }
+        Ok(names)
     }
 
     /// What overlayfs would show at `rel` for this upper directory over its
@@ -563,12 +624,11 @@ fn mkdir_with(
 }
 
 /// Removes `name` in `parent`, recursively for a directory; missing is fine.
-/// Each directory removed is added to `removed` (device, inode), so what was
-/// noted about it can be forgotten before its inode number is used again.
+/// Each directory removed is noted in `removed`.
 pub(crate) fn remove_at(
     parent: BorrowedFd<'_>,
     name: &OsStr,
-    removed: &mut Vec<(u64, u64)>,
+    removed: &mut Removals,
 ) -> rustix::io::Result<()> {
     match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
@@ -580,7 +640,7 @@ pub(crate) fn remove_at(
 fn remove_dir_at(
     parent: BorrowedFd<'_>,
     name: &OsStr,
-    removed: &mut Vec<(u64, u64)>,
+    removed: &mut Removals,
 ) -> rustix::io::Result<()> {
     let dir = rustix::fs::openat(
         parent,
@@ -591,18 +651,18 @@ fn remove_dir_at(
     let st = rustix::fs::fstat(&dir)?;
     clear_dir(dir.as_fd(), Path::new(""), &|_| false, removed)?;
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
-    removed.push((st.st_dev, st.st_ino));
+    removed.note((st.st_dev, st.st_ino));
     Ok(())
 }
 
 /// Removes every entry of `dir` (at `rel`) for which `keep` is false, at any
 /// depth: a kept directory is cleared in turn of what `keep` refuses.
-/// Directories removed are added to `removed`, as by [`remove_at`].
+/// Directories removed are noted in `removed`, as by [`remove_at`].
 pub(crate) fn clear_dir(
     dir: BorrowedFd<'_>,
     rel: &Path,
     keep: &dyn Fn(&Path) -> bool,
-    removed: &mut Vec<(u64, u64)>,
+    removed: &mut Removals,
 ) -> rustix::io::Result<()> {
     let mut names = Vec::new();
     {
