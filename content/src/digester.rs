@@ -112,6 +112,58 @@ impl Digester {
         }
     }
 
+    /// Feeds `a_data` to `a` and `b_data` to `b`, as two [`Digester::update`]s
+    /// would, hashing both at once where the CPU allows: two SHA-256 streams
+    /// with their rounds interleaved run about 1.75 times as fast as one after
+    /// the other (x86 SHA extensions). Inputs of other algorithms, and what
+    /// one input has beyond the other, are hashed one at a time.
+    ///
+    /// ```
+    /// use ocidist_content::{Digester, sha256_of};
+    ///
+    /// let (mut a, mut b) = (Digester::sha256(), Digester::sha256());
+    /// Digester::update_pair(&mut a, &[1; 5000], &mut b, &[2; 3000]);
+    /// assert_eq!(a.digest(), sha256_of(&[1; 5000]));
+    /// assert_eq!(b.digest(), sha256_of(&[2; 3000]));
+    /// ```
+    pub fn update_pair(a: &mut Digester, a_data: &[u8], b: &mut Digester, b_data: &[u8]) {
+        let (State::Sha256(a_hash), State::Sha256(b_hash)) = (&mut a.state, &mut b.state) else {
+            a.update(a_data);
+            b.update(b_data);
+            return;
+        };
+        if !crate::sha256_pair::available() {
+            a_hash.update(a_data);
+            b_hash.update(b_data);
+            return;
+        }
+        let a_rest = complete_block(a_hash, a_data);
+        let b_rest = complete_block(b_hash, b_data);
+        let (a_blocks, _) = a_rest.as_chunks::<SHA256_BLOCK>();
+        let (b_blocks, _) = b_rest.as_chunks::<SHA256_BLOCK>();
+        let blocks = a_blocks.len().min(b_blocks.len());
+        if blocks > 0 {
+            let mut a_core = sha256_blocks(a_hash);
+            let mut b_core = sha256_blocks(b_hash);
+            // As in `update_handed_over`: each next piece of both inputs is
+            // requested while the current ones are hashed.
+            const PIECE_BLOCKS: usize = PREFETCH_PIECE / SHA256_BLOCK;
+            let mut a_pieces = a_blocks[..blocks].chunks(PIECE_BLOCKS).peekable();
+            let mut b_pieces = b_blocks[..blocks].chunks(PIECE_BLOCKS).peekable();
+            while let (Some(a_piece), Some(b_piece)) = (a_pieces.next(), b_pieces.next()) {
+                if let (Some(a_next), Some(b_next)) = (a_pieces.peek(), b_pieces.peek()) {
+                    prefetch(a_next.as_flattened());
+                    prefetch(b_next.as_flattened());
+                }
+                crate::sha256_pair::compress_pair(&mut a_core, a_piece, &mut b_core, b_piece);
+            }
+            set_sha256_blocks(a_hash, &a_core);
+            set_sha256_blocks(b_hash, &b_core);
+        }
+        a_hash.update(&a_rest[blocks * SHA256_BLOCK..]);
+        b_hash.update(&b_rest[blocks * SHA256_BLOCK..]);
+    }
+
     /// The digest of everything fed so far; the digester can keep going.
     pub fn digest(&self) -> Digest {
         let (alg, bytes): (&str, Vec<u8>) = match &self.state {
@@ -152,6 +204,49 @@ impl Digester {
             .map(|state| Digester { state })
             .ok_or_else(|| Error::InvalidArgument(format!("bad saved {algorithm} digest state")))
     }
+}
+
+/// SHA-256's block size.
+const SHA256_BLOCK: usize = 64;
+
+// `sha2::Sha256`'s saved state (`SerializableState`): the eight state words
+// (little-endian), the count of blocks hashed (little-endian u64), then the
+// buffered partial block as its length and 64 bytes. A change of this layout
+// fails the tests of `update_pair`.
+const SAVED_BLOCKS_AT: usize = 32;
+const SAVED_BUFFERED_AT: usize = 40;
+
+/// Feeds `hash` as much of `data` as completes its buffered partial block;
+/// returns the rest, which starts on a block boundary.
+fn complete_block<'a>(hash: &mut sha2::Sha256, data: &'a [u8]) -> &'a [u8] {
+    let buffered = usize::from(hash.serialize()[SAVED_BUFFERED_AT]);
+    let head = ((SHA256_BLOCK - buffered) % SHA256_BLOCK).min(data.len());
+    hash.update(&data[..head]);
+    &data[head..]
+}
+
+/// The state of `hash`, which has no partial block buffered.
+fn sha256_blocks(hash: &sha2::Sha256) -> crate::sha256_pair::Sha256Blocks {
+    let saved = hash.serialize();
+    debug_assert_eq!(saved[SAVED_BUFFERED_AT], 0, "on a block boundary");
+    let word = |i: usize| u32::from_le_bytes(saved[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+    let blocks = saved[SAVED_BLOCKS_AT..SAVED_BUFFERED_AT]
+        .try_into()
+        .expect("8 bytes");
+    crate::sha256_pair::Sha256Blocks {
+        state: std::array::from_fn(word),
+        blocks: u64::from_le_bytes(blocks),
+    }
+}
+
+/// Sets the state of `hash`, which has no partial block buffered.
+fn set_sha256_blocks(hash: &mut sha2::Sha256, core: &crate::sha256_pair::Sha256Blocks) {
+    let mut saved = hash.serialize();
+    for (i, word) in core.state.iter().enumerate() {
+        saved[4 * i..4 * i + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    saved[SAVED_BLOCKS_AT..SAVED_BUFFERED_AT].copy_from_slice(&core.blocks.to_le_bytes());
+    *hash = sha2::Sha256::deserialize(&saved).expect("a state saved by sha2 itself, words changed");
 }
 
 /// The digest of `data` in `algorithm`.
@@ -239,12 +334,80 @@ mod tests {
     }
 
     #[test]
+    fn pairs_hash_as_two_updates() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        // Lengths around block boundaries, with and without a partial block
+        // buffered before, and one input much longer than the other.
+        for (a_before, a_len, b_before, b_len) in [
+            (0, 0, 0, 0),
+            (0, 64, 0, 64),
+            (0, 65_536, 0, 65_536),
+            (1, 65_536, 63, 65_535),
+            (0, 70_000 - 5, 5, 100),
+            (17, 129, 0, 70_000 - 1),
+            (64, 1000, 128, 1000),
+        ] {
+            let (mut a, mut b) = (Digester::sha256(), Digester::sha256());
+            a.update(&data[..a_before]);
+            b.update(&data[..b_before]);
+            let a_data = &data[a_before..a_before + a_len];
+            let b_data = &data[b_before..b_before + b_len];
+            Digester::update_pair(&mut a, a_data, &mut b, b_data);
+            let case = (a_before, a_len, b_before, b_len);
+            assert_eq!(
+                a.digest(),
+                sha256_of(&data[..a_before + a_len]),
+                "a {case:?}"
+            );
+            assert_eq!(
+                b.digest(),
+                sha256_of(&data[..b_before + b_len]),
+                "b {case:?}"
+            );
+            // The states carry on, saved and restored, as any other.
+            a.update(b"tail");
+            let resumed = Digester::restore(&DigestAlgorithm::Sha256, &a.save()).unwrap();
+            let mut whole = data[..a_before + a_len].to_vec();
+            whole.extend_from_slice(b"tail");
+            assert_eq!(resumed.digest(), sha256_of(&whole), "a resumed {case:?}");
+        }
+    }
+
+    #[test]
+    fn pairs_of_other_algorithms_hash_one_at_a_time() {
+        let mut a = Digester::new(&DigestAlgorithm::Sha512).unwrap();
+        let mut b = Digester::sha256();
+        Digester::update_pair(&mut a, &[3; 1000], &mut b, &[4; 1000]);
+        assert_eq!(
+            a.digest(),
+            digest_of(&DigestAlgorithm::Sha512, &[3; 1000]).unwrap()
+        );
+        assert_eq!(b.digest(), sha256_of(&[4; 1000]));
+    }
+
+    #[test]
     fn unsupported_algorithm_is_invalid_argument() {
         let err = Digester::new(&DigestAlgorithm::from("md5")).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
     }
 
     proptest! {
+        #[test]
+        fn pairs_match_single_updates(
+            a_data in proptest::collection::vec(any::<u8>(), 0..2000),
+            b_data in proptest::collection::vec(any::<u8>(), 0..2000),
+            a_cut in 0usize..2000,
+            b_cut in 0usize..2000,
+        ) {
+            let (a_cut, b_cut) = (a_cut.min(a_data.len()), b_cut.min(b_data.len()));
+            let (mut a, mut b) = (Digester::sha256(), Digester::sha256());
+            a.update(&a_data[..a_cut]);
+            b.update(&b_data[..b_cut]);
+            Digester::update_pair(&mut a, &a_data[a_cut..], &mut b, &b_data[b_cut..]);
+            prop_assert_eq!(a.digest(), sha256_of(&a_data));
+            prop_assert_eq!(b.digest(), sha256_of(&b_data));
+        }
+
         #[test]
         fn saved_state_resumes_to_the_same_digest(
             data in proptest::collection::vec(any::<u8>(), 0..600),

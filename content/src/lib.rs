@@ -53,6 +53,7 @@ pub mod helpers;
 pub mod lease;
 pub mod local;
 mod reader;
+mod sha256_pair;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 

@@ -435,11 +435,12 @@ async fn write_piece(w: &mut Box<dyn Writer>, content: &[u8], written: &mut usiz
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writers_streaming_together_hash_as_bytes_arrive_and_every_digest_holds() {
+async fn writers_streaming_together_hash_their_chunks_in_pairs_and_every_digest_holds() {
     let (dir, store) = store();
-    // One more stream than cores: while they all stream, each hashes its
-    // chunks as the bytes arrive; alone, a writer hashes them on the blocking
-    // side. Every way between the two is crossed below, at odd offsets.
+    // One more stream than cores: while they all stream, their chunks are
+    // hashed two at a time, one writer's with another's; alone, a writer
+    // hashes its own beside the write. Every way between the two is crossed
+    // below, at odd offsets.
     let streams = std::thread::available_parallelism().unwrap().get().max(2) + 1;
     let contents: Vec<(Vec<u8>, Digest)> = (0..streams)
         .map(|i| fixed_content((7 << 20) + 1_001 * i, 0xabc0 + i as u64))
@@ -464,7 +465,7 @@ async fn writers_streaming_together_hash_as_bytes_arrive_and_every_digest_holds(
             write_piece(&mut writers[i], &contents[i].0, &mut written[i], 100_003).await;
         }
     }
-    // Mid-stream, every way out of hashing on arrival keeps the digest: a
+    // Mid-stream, every way out of hashing in pairs keeps the digest: a
     // digest query...
     let (content, _) = &contents[1];
     assert_eq!(

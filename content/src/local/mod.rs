@@ -36,6 +36,7 @@ mod direct;
 mod fsutil;
 mod ingest;
 mod labels;
+mod pairing;
 mod writer;
 
 pub use writer::LocalWriter;

@@ -8,9 +8,10 @@
 //! writing overlap, in three buffers reused for the whole ingest. (Chunks
 //! bound for the page cache are written in line instead, hashed meanwhile on
 //! a second thread, in two buffers.) While at least as many writers stream
-//! as there are cores, each hashes its bytes as they arrive instead, and the
-//! blocking task only writes (see `LocalWriter::decide_hashing`). Every 64 MiB the
-//! data is fsynced and the digest state saved.
+//! as there are cores, the blocking task instead hashes each chunk together
+//! with another writer's, and then writes it (see `LocalWriter::decide_hashing`
+//! and [`super::pairing`]). Every 64 MiB the data is fsynced and the digest
+//! state saved.
 //!
 //! Whole aligned chunks are written with direct I/O (see [`super::direct`]):
 //! a blob is not read until it is unpacked, so the page cache would only cost
@@ -39,6 +40,7 @@ use super::direct::{ChunkBuf, DirectFile};
 use super::fsutil;
 use super::ingest::{self, DATA, Locked};
 use super::labels;
+use super::pairing;
 use crate::{Digester, Error, ErrorKind, Labels, Result, Status, Writer};
 
 /// Bytes handed to the blocking side at once...
@@ -129,12 +131,15 @@ impl WriteTarget {
     }
 }
 
-/// The bytes a commit finds still buffered, and the digest state after them
-/// if the writer hashed them as they arrived.
+/// Where a chunk handed to the sink is hashed.
 #[derive(Debug)]
-struct Pending {
-    bytes: ChunkBuf,
-    hashed: Option<Digester>,
+enum Hashing {
+    /// By the task that appends it, together with another ingest's chunk
+    /// (see [`pairing`]); `wait` says whether other ingests stream that may
+    /// bring one.
+    Paired { wait: bool },
+    /// By the sink, beside the write.
+    BySink,
 }
 
 /// What a write-behind thread hands back: the target, the chunk's buffer for
@@ -217,16 +222,20 @@ impl Sink {
     /// meanwhile on a second thread, in two buffers, not three: a copy into
     /// the page cache is quick, and a pull writes eight layers at once.
     ///
-    /// A chunk the writer hashed as it arrived comes with `hashed`, the digest
-    /// state after it; it is written in line, as the writer is already busy
-    /// filling (and hashing) the next one.
+    /// A chunk to be hashed with another writer's (`Hashing::Paired`) is
+    /// written in line once hashed, while the writer fills the next one.
     fn append(
         &mut self,
         chunk: ChunkBuf,
-        hashed: Option<Digester>,
+        hashing: Hashing,
         updated_at: SystemTime,
     ) -> Result<ChunkBuf> {
-        if let Some(state) = hashed {
+        if let Hashing::Paired { wait } = hashing {
+            self.check_not_poisoned()?;
+            let (state, chunk) = pairing::hash_paired(self.digester.clone(), chunk, wait)
+                .ok_or_else(|| {
+                    Error::other(ErrorKind::Internal, "the thread hashing a chunk died")
+                })?;
             self.append_hashed(chunk.as_slice(), state, updated_at)?;
             return Ok(chunk);
         }
@@ -416,7 +425,7 @@ impl Sink {
     fn commit(
         mut self,
         store: &LocalStore,
-        pending: Pending,
+        pending: ChunkBuf,
         size: Option<u64>,
         expected: Option<Digest>,
         labels: &Labels,
@@ -433,10 +442,6 @@ impl Sink {
             ));
         }
         let created_at = SystemTime::now();
-        let Pending {
-            bytes: pending,
-            hashed: pending_hashed,
-        } = pending;
         let pending = pending.as_slice();
         let before_pending = self.digester.clone();
         // A blob that is all in `pending` never touches the ingest's data file:
@@ -444,10 +449,7 @@ impl Sink {
         let staged = if self.written == 0 {
             self.stage_and_hash(store, pending, created_at)?
         } else {
-            match pending_hashed {
-                Some(state) => self.digester = state,
-                None => self.digester.update_handed_over(pending),
-            }
+            self.digester.update_handed_over(pending);
             None
         };
         let actual = match self.verify(pending, size, expected) {
@@ -749,9 +751,6 @@ pub struct LocalWriter {
     /// Held from the first chunk handed over: counts the writers streaming
     /// data at once, which decides where chunks are hashed.
     streaming: Option<Slot>,
-    /// While chunks are hashed as they arrive: the digest state after every
-    /// byte handed to this writer, `buf` included.
-    ahead: Option<Digester>,
     /// A chunk was handed over since the last flush: it may still be being
     /// written behind.
     unsettled: bool,
@@ -788,7 +787,6 @@ impl LocalWriter {
             spare: ChunkBuf::empty(),
             big_chunks: None,
             streaming: None,
-            ahead: None,
             offset: status.offset,
             total: status.total,
             expected: status.expected,
@@ -832,7 +830,6 @@ impl LocalWriter {
                 self.sink = None;
                 self.big_chunks = None;
                 self.streaming = None;
-                self.ahead = None;
                 self.buf.clear();
                 Poll::Ready(Err(err))
             }
@@ -875,44 +872,36 @@ impl LocalWriter {
         if next.capacity() != capacity {
             next = ChunkBuf::with_capacity(capacity);
         }
-        let hashed = self.decide_hashing(&sink);
+        let hashing = self.decide_hashing();
         let chunk = std::mem::replace(&mut self.buf, next);
         self.unsettled = true;
         let updated_at = self.updated_at;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            lock(&sink).append(chunk, hashed, updated_at)
+            lock(&sink).append(chunk, hashing, updated_at)
         }));
         Ok(())
     }
 
-    /// Decides, at each chunk handed over, where the next ones are hashed, and
-    /// returns the digest state after the buffered chunk if it is hashed here.
+    /// Decides, at each chunk handed over, where it is hashed.
     ///
     /// With at least as many writers streaming as the machine has cores, every
-    /// core is kept busy across streams, and each chunk is best hashed as its
-    /// bytes arrive, still in this core's cache. A lone stream instead hashes
-    /// each chunk on another thread while this one fills the next: a pipeline
-    /// within the stream. (bulk:8x64m fetch, eight streams: 0.578 s hashed
-    /// here against 0.633 s pipelined, medians of 5; big:1g, one stream,
-    /// took 0.18 s longer hashed here.)
-    fn decide_hashing(&mut self, sink: &Mutex<Sink>) -> Option<Digester> {
+    /// core is kept busy across streams, and each chunk is hashed together
+    /// with another writer's, which takes about 0.57 times as long as hashing
+    /// both alone (bulk:8x64m fetch, eight streams: 0.53 CPU s against 0.63
+    /// hashed as the bytes arrived, medians of 5; BENCHMARKS.md, nineteenth
+    /// session). A lone stream instead hashes each chunk on another thread
+    /// while this one fills the next: a pipeline within the stream (big:1g,
+    /// one stream, took 0.18 s longer hashed as the bytes arrived).
+    fn decide_hashing(&mut self) -> Hashing {
         if self.streaming.is_none() {
             self.streaming = Slot::try_acquire(&STREAMING_WRITERS, usize::MAX);
         }
         let streams = STREAMING_WRITERS.load(std::sync::atomic::Ordering::Acquire);
-        let hash_here = streams >= cores();
-        match (self.ahead.as_mut(), hash_here) {
-            (Some(_), true) => self.ahead.clone(),
-            (Some(_), false) => self.ahead.take(),
-            (None, true) => {
-                // Nothing is in flight: the sink's digest covers every byte
-                // before the buffer.
-                let mut state = lock(sink).digester.clone();
-                state.update(self.buf.as_slice());
-                self.ahead = Some(state.clone());
-                Some(state)
-            }
-            (None, false) => None,
+        if streams >= cores() {
+            // On one core a lone stream has no partner to wait for.
+            Hashing::Paired { wait: streams > 1 }
+        } else {
+            Hashing::BySink
         }
     }
 
@@ -967,9 +956,6 @@ impl AsyncWrite for LocalWriter {
         }
         let take = (this.chunk_len() - this.buf.len()).min(data.len());
         this.buf.fill(&data[..take]);
-        if let Some(state) = this.ahead.as_mut() {
-            state.update(&data[..take]);
-        }
         this.offset += take as u64;
         this.updated_at = SystemTime::now();
         Poll::Ready(Ok(take))
@@ -995,7 +981,6 @@ impl AsyncWrite for LocalWriter {
             let sink = this.sink.take().expect("checked above");
             this.big_chunks = None;
             this.streaming = None;
-            this.ahead = None;
             let updated_at = this.updated_at;
             this.closing = Some(tokio::task::spawn_blocking(move || {
                 lock(&sink).checkpoint(updated_at)
@@ -1023,7 +1008,7 @@ impl Drop for LocalWriter {
         let finish = move || {
             let mut sink = lock(&sink);
             if !buf.is_empty() {
-                sink.append(buf, None, updated_at)?;
+                sink.append(buf, Hashing::BySink, updated_at)?;
             }
             sink.checkpoint(updated_at)
         };
@@ -1090,10 +1075,7 @@ impl Writer for LocalWriter {
         self.big_chunks = None;
         self.streaming = None;
         self.spare = ChunkBuf::empty();
-        let pending = Pending {
-            bytes: std::mem::replace(&mut self.buf, ChunkBuf::empty()),
-            hashed: self.ahead.take(),
-        };
+        let pending = std::mem::replace(&mut self.buf, ChunkBuf::empty());
         let sink = Arc::try_unwrap(sink)
             .map_err(|_| Error::other(ErrorKind::Internal, "ingest still in use by a write task"))?
             .into_inner()
@@ -1119,8 +1101,6 @@ impl Writer for LocalWriter {
         }
         self.drain().await?;
         let sink = self.sink()?;
-        // The sink rehashes what stays; hashing here resumes at a later chunk.
-        self.ahead = None;
         // Tracked like a chunk in flight, so that if this future is dropped,
         // whatever comes next still waits for the truncation to finish.
         self.offset = size;
