@@ -5,6 +5,10 @@
 //! [`Digester::update`]; and, as a control with the same second thread busy
 //! beside it, both on a chunk this thread filled itself.
 //!
+//! A second group hashes two ingests' 1 MiB chunks, one after the other
+//! against [`Digester::update_pair`], which interleaves the two SHA-256
+//! streams.
+//!
 //! Run: `cargo bench --bench digest_handoff`.
 
 use std::hint::black_box;
@@ -95,5 +99,31 @@ fn handoff(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, handoff);
+/// The local store's chunk for an ingest of up to 128 MiB.
+const PAIRED_CHUNK: usize = 1 << 20;
+
+fn pairs(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sha256_of_two_1MiB_chunks");
+    group.throughput(Throughput::Bytes(2 * PAIRED_CHUNK as u64));
+    let a_chunk = vec![0x5au8; PAIRED_CHUNK];
+    let b_chunk = vec![0xa5u8; PAIRED_CHUNK];
+    group.bench_function("one_after_the_other", |b| {
+        let (mut a, mut b_digester) = (Digester::sha256(), Digester::sha256());
+        b.iter(|| {
+            a.update(&a_chunk);
+            b_digester.update(&b_chunk);
+            black_box((&a, &b_digester));
+        });
+    });
+    group.bench_function("update_pair", |b| {
+        let (mut a, mut b_digester) = (Digester::sha256(), Digester::sha256());
+        b.iter(|| {
+            Digester::update_pair(&mut a, &a_chunk, &mut b_digester, &b_chunk);
+            black_box((&a, &b_digester));
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, handoff, pairs);
 criterion_main!(benches);
