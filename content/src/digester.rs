@@ -127,16 +127,40 @@ impl Digester {
     /// assert_eq!(b.digest(), sha256_of(&[2; 3000]));
     /// ```
     pub fn update_pair(a: &mut Digester, a_data: &[u8], b: &mut Digester, b_data: &[u8]) {
-        let (State::Sha256(a_hash), State::Sha256(b_hash)) = (&mut a.state, &mut b.state) else {
-            a.update(a_data);
-            b.update(b_data);
-            return;
-        };
-        if !crate::sha256_pair::available() {
-            a_hash.update(a_data);
-            b_hash.update(b_data);
-            return;
+        let (a_done, b_done) = Self::update_pair_blocks(a, a_data, b, b_data);
+        // What one input has beyond the other was, like the rest, most
+        // likely filled on another core.
+        a.update_handed_over(&a_data[a_done..]);
+        b.update_handed_over(&b_data[b_done..]);
+    }
+
+    /// Whether [`Digester::update_pair`] hashes this digester's input
+    /// together with another's on this CPU (SHA-256 with the x86 SHA
+    /// extensions), rather than one after the other.
+    pub fn pairs(&self) -> bool {
+        matches!(self.state, State::Sha256(_)) && Self::pairs_on_this_cpu()
+    }
+
+    /// Whether [`Digester::update_pair`] hashes two SHA-256 inputs together
+    /// on this CPU (the x86 SHA extensions).
+    pub fn pairs_on_this_cpu() -> bool {
+        crate::sha256_pair::available()
+    }
+
+    /// Hashes what of the two inputs can be hashed together; returns how
+    /// much of each that was.
+    fn update_pair_blocks(
+        a: &mut Digester,
+        a_data: &[u8],
+        b: &mut Digester,
+        b_data: &[u8],
+    ) -> (usize, usize) {
+        if !a.pairs() || !b.pairs() {
+            return (0, 0);
         }
+        let (State::Sha256(a_hash), State::Sha256(b_hash)) = (&mut a.state, &mut b.state) else {
+            unreachable!("both checked above");
+        };
         let a_rest = complete_block(a_hash, a_data);
         let b_rest = complete_block(b_hash, b_data);
         let (a_blocks, _) = a_rest.as_chunks::<SHA256_BLOCK>();
@@ -160,8 +184,11 @@ impl Digester {
             set_sha256_blocks(a_hash, &a_core);
             set_sha256_blocks(b_hash, &b_core);
         }
-        a_hash.update(&a_rest[blocks * SHA256_BLOCK..]);
-        b_hash.update(&b_rest[blocks * SHA256_BLOCK..]);
+        let paired = blocks * SHA256_BLOCK;
+        (
+            a_data.len() - a_rest.len() + paired,
+            b_data.len() - b_rest.len() + paired,
+        )
     }
 
     /// The digest of everything fed so far; the digester can keep going.
@@ -211,8 +238,8 @@ const SHA256_BLOCK: usize = 64;
 
 // `sha2::Sha256`'s saved state (`SerializableState`): the eight state words
 // (little-endian), the count of blocks hashed (little-endian u64), then the
-// buffered partial block as its length and 64 bytes. A change of this layout
-// fails the tests of `update_pair`.
+// buffered partial block as its length (one byte) and up to 63 bytes. A change
+// of this layout fails `saved_state_layout_is_what_pairs_read`, on any CPU.
 const SAVED_BLOCKS_AT: usize = 32;
 const SAVED_BUFFERED_AT: usize = 40;
 
@@ -371,6 +398,32 @@ mod tests {
             whole.extend_from_slice(b"tail");
             assert_eq!(resumed.digest(), sha256_of(&whole), "a resumed {case:?}");
         }
+    }
+
+    #[test]
+    fn saved_state_layout_is_what_pairs_read() {
+        let data: Vec<u8> = (0..200u8).collect();
+        let mut hash = sha2::Sha256::new();
+        hash.update(&data[..130]);
+        // 130 bytes: two blocks hashed, two bytes buffered.
+        assert_eq!(complete_block(&mut hash, &data[130..]), &data[192..]);
+        let mut expected = crate::sha256_pair::Sha256Blocks {
+            state: [
+                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+                0x5be0cd19,
+            ],
+            blocks: 0,
+        };
+        let (blocks, _) = data[..192].as_chunks::<SHA256_BLOCK>();
+        sha2::block_api::compress256(&mut expected.state, blocks);
+        let core = sha256_blocks(&hash);
+        assert_eq!((core.state, core.blocks), (expected.state, 3));
+        // Written back, the state carries on to the right digest.
+        expected.blocks = 3;
+        let mut fresh = sha2::Sha256::new();
+        set_sha256_blocks(&mut fresh, &expected);
+        fresh.update(&data[192..]);
+        assert_eq!(hex(&fresh.finalize()), sha256_of(&data).digest());
     }
 
     #[test]

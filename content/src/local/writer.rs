@@ -94,6 +94,8 @@ pub(crate) struct Sink {
     followers: Arc<AtomicUsize>,
     /// Held from the first chunk written behind until the sink goes.
     write_behind_slot: Option<Slot>,
+    /// Whether this ingest's next chunks wait for a partner to be hashed with.
+    patience: pairing::Patience,
 }
 
 /// The data file's writing side, handed to a write-behind thread and back.
@@ -135,9 +137,9 @@ impl WriteTarget {
 #[derive(Debug)]
 enum Hashing {
     /// By the task that appends it, together with another ingest's chunk
-    /// (see [`pairing`]); `wait` says whether other ingests stream that may
+    /// (see [`pairing`]); `others` says whether other ingests stream that may
     /// bring one.
-    Paired { wait: bool },
+    Paired { others: bool },
     /// By the sink, beside the write.
     BySink,
 }
@@ -175,6 +177,7 @@ impl Sink {
             target: None,
             followers,
             write_behind_slot: None,
+            patience: pairing::Patience::default(),
         };
         sink.target = Some(sink.take_target()?);
         Ok(sink)
@@ -230,9 +233,14 @@ impl Sink {
         hashing: Hashing,
         updated_at: SystemTime,
     ) -> Result<ChunkBuf> {
-        if let Hashing::Paired { wait } = hashing {
+        // A digest other than SHA-256 is hashed beside the write, as for a
+        // lone stream.
+        if let Hashing::Paired { others } = hashing
+            && self.digester.pairs()
+        {
             self.check_not_poisoned()?;
-            let (state, chunk) = pairing::hash_paired(self.digester.clone(), chunk, wait)
+            let digester = self.digester.clone();
+            let (state, chunk) = pairing::hash_paired(digester, chunk, others, &mut self.patience)
                 .ok_or_else(|| {
                     Error::other(ErrorKind::Internal, "the thread hashing a chunk died")
                 })?;
@@ -897,9 +905,13 @@ impl LocalWriter {
             self.streaming = Slot::try_acquire(&STREAMING_WRITERS, usize::MAX);
         }
         let streams = STREAMING_WRITERS.load(std::sync::atomic::Ordering::Acquire);
-        if streams >= cores() {
+        // Without the SHA extensions a pair is hashed one after the other,
+        // and the pipeline within each stream does better.
+        if streams >= cores() && Digester::pairs_on_this_cpu() {
             // On one core a lone stream has no partner to wait for.
-            Hashing::Paired { wait: streams > 1 }
+            Hashing::Paired {
+                others: streams > 1,
+            }
         } else {
             Hashing::BySink
         }
