@@ -8,8 +8,9 @@
 //! writing overlap, in three buffers reused for the whole ingest. (Chunks
 //! bound for the page cache are written in line instead, hashed meanwhile on
 //! a second thread, in two buffers.) While at least as many writers stream
-//! as there are cores, the blocking task instead hashes each chunk together
-//! with another writer's, and then writes it (see `LocalWriter::decide_hashing`
+//! as there are cores, and the CPU has the SHA extensions, the blocking task
+//! instead hashes each SHA-256 chunk together with another writer's, and
+//! then writes it (see `LocalWriter::decide_hashing`
 //! and [`super::pairing`]). Every 64 MiB the data is fsynced and the digest
 //! state saved.
 //!
