@@ -91,6 +91,10 @@ impl Error {
             Error::InvalidReference { .. } => ErrorKind::InvalidArgument,
             Error::Content(e) => e.kind(),
             Error::Images(e) => e.kind(),
+            // Asking again would be refused again, as for a TLS alert.
+            Error::Connect { source, .. } if crate::docker::tls::certificate_rejected(source) => {
+                ErrorKind::FailedPrecondition
+            }
             Error::Connect { .. } | Error::Interrupted { .. } => ErrorKind::Unavailable,
             Error::TlsConfig { .. } => ErrorKind::InvalidArgument,
             // Like 401 and 403: asking again is refused again.

@@ -139,8 +139,13 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             writer = returned;
             match downloaded {
                 Ok(()) => break,
-                // A broken stream: go on from what the store has.
-                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                // A broken stream: go on from what the store has. Not a
+                // rate limit: the request was retried as long as the
+                // registry allowed, and asking at once would count again.
+                Err(e)
+                    if e.kind() == ErrorKind::Unavailable
+                        && !matches!(&e, crate::Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS) =>
+                {
                     let now = writer.status().await?.offset;
                     // Only attempts that got nowhere count: a large blob on
                     // a flaky link may break many times and still finish.

@@ -106,6 +106,35 @@ async fn too_many_requests_then_success_is_retried_honouring_retry_after() {
     assert_eq!(requests_to(&proxy, "/manifests/1"), 3);
 }
 
+/// A rate limit that asks for more patience than a retry waits
+/// (`Retry-After: 120`) is answered at once with the 429, not asked again
+/// early: neither by the request's retries nor by the fetch resuming.
+#[tokio::test]
+async fn a_rate_limit_longer_than_a_retry_waits_is_not_asked_again() {
+    let (_registry, proxy, pushed) = setup("faults/429-long").await;
+    let long = Fault::Status {
+        status: 429,
+        retry_after: Some(120),
+    };
+    proxy.add(Some("HEAD"), "/manifests/1", 1, long.clone());
+    let reference = format!("{}/faults/429-long:1", proxy.host());
+    let err = DockerResolver::new().resolve(&reference).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("429"), "{err}");
+    assert_eq!(requests_to(&proxy, "/manifests/1"), 1);
+
+    let layer = &pushed[3];
+    let blob_path = format!("/blobs/{}", layer.desc.digest());
+    proxy.add(Some("GET"), &blob_path, usize::MAX, long);
+    let (_dir, store, images) = stores();
+    let err = fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("429"), "{err}");
+    assert_eq!(gets_of(&proxy, &blob_path).len(), 1);
+    assert!(store.info(layer.desc.digest()).await.is_err());
+}
+
 #[tokio::test]
 async fn a_storm_of_503_ends_in_a_typed_error_in_bounded_time() {
     let (_registry, proxy, _) = setup("faults/503").await;

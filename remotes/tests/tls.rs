@@ -11,6 +11,30 @@ use ocidist_remotes::docker::{DockerResolver, PlainHttp};
 use ocidist_remotes::testkit::TestCertificates;
 use ocidist_remotes::testkit::{Fault, FaultProxy, Registry};
 use ocidist_remotes::{Error, Resolver};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A TCP relay on 127.0.0.1 to `to` that counts the connections made
+/// through it (TLS passes through untouched). It stops with the test's
+/// runtime.
+async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
 
 #[tokio::test]
 async fn https_needs_the_ca_and_works_with_it() {
@@ -30,14 +54,21 @@ async fn https_needs_the_ca_and_works_with_it() {
     let (_, desc) = trusting.resolve(&format!("{repo}:1")).await.unwrap();
     assert_eq!(desc.digest(), blobs[2].desc.digest());
 
+    // A certificate nobody trusts is refused, and not asked again: every
+    // attempt would be refused the same way.
+    let (relay, connections) = counting_relay(registry.addr()).await;
     let stranger = DockerResolver::new().plain_http(PlainHttp::Never);
-    let err = stranger.resolve(&format!("{repo}:1")).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let err = stranger
+        .resolve(&format!("{relay}/tls/app:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
     let chain = format!("{:?}", err);
     assert!(
         chain.to_lowercase().contains("certificate"),
         "the cause names the certificate: {chain}"
     );
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "tried once");
 
     let careless = DockerResolver::new()
         .plain_http(PlainHttp::Never)
@@ -119,7 +150,11 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
             .resolve(&format!("{}/settled/app:1", tls.host()))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unavailable, "{hosts_toml}: {err}");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::FailedPrecondition,
+            "{hosts_toml}: {err}"
+        );
         assert!(
             format!("{err:?}").contains("UnknownIssuer"),
             "{hosts_toml}: {err:?}"

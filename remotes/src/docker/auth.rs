@@ -163,10 +163,20 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// A cached `Authorization` value and when it stops being good.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Cached {
     header: String,
     until: Instant,
+}
+
+/// Never the header itself: it holds a password or a token.
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("header", &"<redacted>")
+            .field("until", &self.until)
+            .finish()
+    }
 }
 
 /// The clients token requests go out on.
@@ -194,23 +204,53 @@ impl TokenClients {
     }
 }
 
+/// Whose turn it is to fetch one (host, scope)'s token.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
 /// Answers challenges for one client: credentials plus a token cache shared
 /// by every request (and clone) of that client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Authorizer {
     credentials: Arc<dyn Credentials>,
     /// (host, scope) to the header to send.
     cache: Arc<Mutex<HashMap<(String, String), Cached>>>,
-    /// One token fetch at a time per client, so concurrent requests that meet
-    /// the same challenge share one token rather than each asking.
-    fetching: Arc<tokio::sync::Mutex<()>>,
+    /// One token fetch at a time per (host, scope), so concurrent requests
+    /// that meet the same challenge share one token rather than each asking,
+    /// while a slow token server holds up only its own host's requests.
+    fetching: Arc<Mutex<HashMap<(String, String), Turn>>>,
     /// The last challenge of each host, to renew an expired token before a
     /// request rather than after its 401 (an upload cannot be sent twice).
     challenges: Arc<Mutex<HashMap<String, String>>>,
 }
 
-/// Tokens without `expires_in` last this long (the distribution spec's default).
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("Authorizer")
+            .field("credentials", &self.credentials)
+            .field("cached", &cache.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tokens without `expires_in` (or with 0) last this long (the distribution
+/// spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A token is kept at most this long, whatever its `expires_in` says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A token request (connection, answer and body) that takes longer than this
+/// fails: it holds up every request waiting for that host's token.
+const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a token response's `expires_in` lets it be kept.
+fn token_lifetime(expires_in: Option<u64>) -> Duration {
+    match expires_in {
+        None | Some(0) => DEFAULT_TOKEN_LIFETIME,
+        Some(seconds) => Duration::from_secs(seconds).min(MAX_TOKEN_LIFETIME),
+    }
+}
 
 #[derive(serde::Deserialize)]
 struct TokenResponse {
@@ -280,11 +320,18 @@ impl Authorizer {
         www_authenticate: &str,
         refused: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>> {
-        self.challenges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(host.to_string(), www_authenticate.to_string());
         let challenges = parse_challenges(www_authenticate);
+        // Only a challenge that can be answered is kept for renewals: a 401
+        // without one (or with an unknown scheme) must not replace it.
+        if challenges
+            .iter()
+            .any(|c| c.scheme == "bearer" || c.scheme == "basic")
+        {
+            self.challenges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(host.to_string(), www_authenticate.to_string());
+        }
         self.answer_parsed(clients, host, scope, challenges, refused)
             .await
     }
@@ -314,29 +361,37 @@ impl Authorizer {
         challenges: Vec<Challenge>,
         refused: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>> {
-        let _one_at_a_time = self.fetching.lock().await;
+        let bearer = challenges.iter().find(|c| c.scheme == "bearer");
+        if bearer.is_none() && !challenges.iter().any(|c| c.scheme == "basic") {
+            return Ok(None);
+        }
+        let key = (host.to_string(), scope.to_string());
+        let turn = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _one_at_a_time = turn.lock().await;
         if let Some(cached) = self.cached(host, scope)
             && Some(&cached) != refused
         {
             return Ok(Some(cached));
         }
         let credential = self.credential_for(host).await?;
-        let (header, lifetime) =
-            if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+        let (header, lifetime) = match (bearer, &credential) {
+            (Some(bearer), _) => {
                 let (token, lifetime) = self
                     .token(clients, bearer, scope, credential.as_ref())
                     .await?;
                 (format!("Bearer {token}"), lifetime)
-            } else if challenges.iter().any(|c| c.scheme == "basic") {
-                match &credential {
-                    Some(credential) => (basic(credential), Duration::from_secs(24 * 3600)),
-                    None => return Ok(None),
-                }
-            } else {
-                return Ok(None);
-            };
+            }
+            (None, Some(credential)) => (basic(credential), MAX_TOKEN_LIFETIME),
+            (None, None) => return Ok(None),
+        };
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            (host.to_string(), scope.to_string()),
+            key,
             Cached {
                 header: header.clone(),
                 // Renew a little early so a token does not expire in flight.
@@ -407,6 +462,7 @@ impl Authorizer {
                 .join("&");
             let post = client
                 .post(realm)
+                .timeout(TOKEN_REQUEST_TIMEOUT)
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(body)
                 .send()
@@ -429,7 +485,7 @@ impl Authorizer {
                 for one in scope.split_whitespace() {
                     url.push_str(&format!("&scope={}", urlencode(one)));
                 }
-                let mut get = client.get(url);
+                let mut get = client.get(url).timeout(TOKEN_REQUEST_TIMEOUT);
                 if let Some(credential) = credential {
                     get = get.header(header::AUTHORIZATION, basic(credential));
                 }
@@ -458,10 +514,7 @@ impl Authorizer {
                 url: realm.clone(),
                 reason: "no token in the response".into(),
             })?;
-        let lifetime = parsed
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
-        Ok((token, lifetime))
+        Ok((token, token_lifetime(parsed.expires_in)))
     }
 }
 
@@ -544,5 +597,75 @@ mod tests {
             secret: "hunter2".into(),
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Neither a cached basic header nor a cached token is printed.
+    #[test]
+    fn an_authorizer_does_not_print_what_it_caches() {
+        let authorizer = Authorizer::new(Arc::new(Anonymous));
+        let basic_header = basic(&Credential {
+            username: "me".into(),
+            secret: "hunter2".into(),
+        });
+        for header in [basic_header, "Bearer s3cr3t-t0ken".to_string()] {
+            authorizer.cache.lock().unwrap().insert(
+                ("registry.example".into(), "repository:a:pull".into()),
+                Cached {
+                    header: header.clone(),
+                    until: Instant::now() + DEFAULT_TOKEN_LIFETIME,
+                },
+            );
+            let printed = format!("{authorizer:?}");
+            assert!(printed.contains("registry.example"), "{printed}");
+            let secret = header.split(' ').nth(1).unwrap();
+            assert!(!printed.contains(secret), "{printed}");
+        }
+    }
+
+    /// A token is kept as long as `expires_in` says, 60 s without it (or
+    /// with 0), and never longer than a day: an absurd value must not
+    /// overflow the clock.
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        assert_eq!(token_lifetime(Some(300)), Duration::from_secs(300));
+        assert_eq!(token_lifetime(None), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(Some(0)), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(Some(u64::MAX)), MAX_TOKEN_LIFETIME);
+        let _ = Instant::now() + token_lifetime(Some(u64::MAX));
+    }
+
+    /// A 401 without a challenge we can answer neither is answered nor
+    /// replaces the host's last good challenge (kept to renew tokens).
+    #[tokio::test]
+    async fn an_unanswerable_challenge_does_not_replace_a_good_one() {
+        let authorizer = Authorizer::new(Arc::new(Anonymous));
+        let clients = TokenClients {
+            registry: reqwest::Client::new(),
+            elsewhere: None,
+        };
+        let good = r#"Bearer realm="https://auth.example/token",service="r""#;
+        authorizer
+            .challenges
+            .lock()
+            .unwrap()
+            .insert("registry.example".into(), good.into());
+        for unanswerable in ["", "Negotiate", "Mutual realm=\"x\""] {
+            let answer = authorizer
+                .answer(
+                    &clients,
+                    "registry.example",
+                    "repository:a:pull",
+                    unanswerable,
+                    None,
+                )
+                .await
+                .unwrap();
+            assert!(answer.is_none(), "{unanswerable:?}");
+            assert_eq!(
+                authorizer.challenges.lock().unwrap()["registry.example"],
+                good,
+                "{unanswerable:?}"
+            );
+        }
     }
 }

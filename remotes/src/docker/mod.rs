@@ -20,7 +20,7 @@ pub mod config;
 mod fetcher;
 pub mod hosts;
 mod pusher;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -96,6 +96,15 @@ fn http_date_seconds(value: &str) -> Option<u64> {
     let [hour, minute, second] = hms[..] else {
         return None;
     };
+    // Out-of-range fields are not a date (and would overflow below).
+    if !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || !(0..24).contains(&hour)
+        || !(0..60).contains(&minute)
+        || !(0..=60).contains(&second)
+    {
+        return None;
+    }
     // Days from the civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -801,10 +810,7 @@ impl Repository {
                         && same_origin(response.url().as_str(), &self.base) =>
                 {
                     answered_challenge = true;
-                    let challenge =
-                        header_str(response.headers(), header::WWW_AUTHENTICATE.as_str())
-                            .unwrap_or_default()
-                            .to_string();
+                    let challenge = challenges(response.headers());
                     if self
                         .authorizer
                         .answer(&self.tokens, &self.host, &scope, &challenge, sent.as_ref())
@@ -818,14 +824,25 @@ impl Repository {
                     return Ok(response);
                 }
                 Ok(response) => {
-                    let wait = retry_after(&response).unwrap_or_else(|| jitter(backoff));
-                    tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
+                    let wait = match retry_after(&response) {
+                        // Asked to come back later than we wait: asking
+                        // sooner would only be refused again (and count
+                        // against a rate limit), so the answer stands.
+                        Some(asked) if asked > MAX_RETRY_WAIT => return Ok(response),
+                        Some(asked) => asked,
+                        None => jitter(backoff),
+                    };
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(source) => {
                     let broken = source.is_connect() || source.is_timeout() || source.is_request();
                     let error = self.request_error(url, source, &mut may_probe).await;
-                    if last || !self.retry || !broken || matches!(error, Error::TlsAlert { .. }) {
+                    // A refused certificate or a TLS alert would be the
+                    // same on every attempt.
+                    let refused = matches!(error, Error::TlsAlert { .. })
+                        || matches!(&error, Error::Connect { source, .. } if tls::certificate_rejected(source));
+                    if last || !self.retry || !broken || refused {
                         return Err(error);
                     }
                     tokio::time::sleep(jitter(backoff)).await;
@@ -1082,6 +1099,18 @@ async fn error_body(mut response: reqwest::Response) -> String {
         .collect()
 }
 
+/// Every challenge of a 401, in one list: a proxy's `Basic` challenge may
+/// come in a header of its own before the registry's `Bearer` one.
+fn challenges(headers: &header::HeaderMap) -> String {
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .filter(|value| !value.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().filter(|s| !s.is_empty())
 }
@@ -1205,6 +1234,41 @@ mod tests {
             Some(1_582_934_400)
         );
         assert_eq!(retry_after_value("soon", now), None);
+        // Fields out of range are not a date, and overflow nothing.
+        for absurd in [
+            "Sun, 06 Nov 9223372036854775807 08:49:37 GMT",
+            "Sun, 06 Nov 1994 9223372036854775807:49:37 GMT",
+            "Sun, 99 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:61:37 GMT",
+        ] {
+            assert_eq!(http_date_seconds(absurd), None, "{absurd}");
+        }
+    }
+
+    /// Every `WWW-Authenticate` header counts: a proxy's `Basic` may come
+    /// in a header of its own before the registry's `Bearer`.
+    #[test]
+    fn challenges_of_every_header_are_read() {
+        let mut headers = header::HeaderMap::new();
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(r#"Basic realm="proxy""#),
+        );
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(""),
+        );
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(
+                r#"Bearer realm="https://auth.example/token",service="r""#,
+            ),
+        );
+        let parsed = auth::parse_challenges(&challenges(&headers));
+        let schemes: Vec<_> = parsed.iter().map(|c| c.scheme.as_str()).collect();
+        assert_eq!(schemes, ["basic", "bearer"]);
+        assert_eq!(parsed[1].params["service"], "r");
+        assert_eq!(challenges(&header::HeaderMap::new()), "");
     }
 
     #[test]

@@ -73,11 +73,11 @@ impl HttpClient {
             // A refusal can come during the handshake too (TLS 1.2).
             let mut tls = match connector.connect(server_name, tcp).await {
                 Ok(tls) => tls,
-                Err(e) => return fatal_alert_in_io(&e),
+                Err(e) => return rustls_error(&e).and_then(alert_text),
             };
             let mut byte = [0u8; 1];
             match tokio::io::AsyncReadExt::read(&mut tls, &mut byte).await {
-                Err(e) => fatal_alert_in_io(&e),
+                Err(e) => rustls_error(&e).and_then(alert_text),
                 Ok(_) => None,
             }
         };
@@ -101,13 +101,26 @@ fn proxied(matcher: &Matcher, url: &str) -> bool {
 /// The fatal alert a request failed on, if a TLS alert refusing the
 /// client certificate (or its absence) ended it.
 pub(crate) fn fatal_alert(error: &reqwest::Error) -> Option<String> {
-    causes(error).find_map(|e| {
-        // `io::Error::source` skips the error it wraps: look inside.
-        match e.downcast_ref::<std::io::Error>() {
-            Some(io) => fatal_alert_in_io(io),
-            None => e.downcast_ref::<rustls::Error>().and_then(alert_text),
+    causes(error).find_map(|e| rustls_error(e).and_then(alert_text))
+}
+
+/// The TLS error `error` is, or wraps in I/O errors (one inside another, as
+/// the connector hands them on): `io::Error::source` skips the error it
+/// wraps, so the chain of causes alone never reaches it.
+fn rustls_error<'a>(mut error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
-    })
+        error = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+}
+
+/// Whether a request failed because the server's certificate was refused
+/// (an unknown issuer, a wrong name, expired): another attempt would be
+/// refused the same way.
+pub(crate) fn certificate_rejected(error: &reqwest::Error) -> bool {
+    causes(error).any(|e| matches!(rustls_error(e), Some(rustls::Error::InvalidCertificate(_))))
 }
 
 /// Whether a request failed before it was sent, because its new connection
@@ -117,13 +130,6 @@ pub(crate) fn closed_before_sending(error: &reqwest::Error) -> bool {
         e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
     })
-}
-
-fn fatal_alert_in_io(error: &std::io::Error) -> Option<String> {
-    error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .and_then(alert_text)
 }
 
 /// The text of a fatal alert by which a server refuses the client's
