@@ -16,6 +16,7 @@ use oci_spec::image::Descriptor;
 use ocidist_content::{
     ErrorKind, IngestManager, Ingester, Labels, Manager, Provider, WriterOpts, open_writer,
 };
+use ocidist_images::manifest::MAX_MANIFEST_SIZE;
 use ocidist_images::media_types::{self, Kind};
 use ocidist_images::platforms::Matcher;
 use ocidist_images::{
@@ -117,6 +118,20 @@ impl<S, F> FetchHandler<S, F> {
 impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
     /// Fetches `desc`; `Ok(false)` if it was already present.
     async fn fetch(&self, desc: &Descriptor) -> Result<bool> {
+        // A manifest's size is known before its bytes: one too large to be
+        // read later is not downloaded either.
+        let media_type = desc.media_type().to_string();
+        if matches!(media_types::kind(&media_type), Kind::Manifest | Kind::Index)
+            && desc.size() > MAX_MANIFEST_SIZE
+        {
+            return Err(ocidist_images::Error::ManifestTooLarge {
+                digest: desc.digest().clone(),
+                media_type,
+                size: desc.size(),
+                limit: MAX_MANIFEST_SIZE,
+            }
+            .into());
+        }
         let reference = ingest_ref(desc);
         let opts = WriterOpts::new(&reference).descriptor(desc);
         let mut writer = match open_writer(&self.store, opts).await {

@@ -34,7 +34,9 @@ pub async fn push_order<P: Provider + ?Sized>(
 }
 
 /// Pushes the image `target` from `store` to `reference` (`name:tag`), blobs
-/// `limit` at a time, then manifests, the root last under the tag. Content the
+/// `limit` at a time, then manifests, the root last under the tag (`latest`
+/// when the reference has neither a tag nor a digest; by digest only, and
+/// no tag moved, for `name@digest`, whose digest must be `target`'s). Content the
 /// registry has already is skipped; a blob whose distribution-source label
 /// (see [`source`](crate::source)) names another repository of the same
 /// registry is mounted from there rather than uploaded. Returns the
@@ -51,12 +53,21 @@ where
     P: Provider + Manager + ?Sized,
 {
     let parsed: crate::Reference = reference.parse()?;
-    let pinned = format!(
-        "{}:{}@{}",
-        parsed.name(),
-        parsed.tag().unwrap_or("latest"),
-        target.digest()
-    );
+    if let Some(digest) = parsed.digest()
+        && digest != target.digest()
+    {
+        return Err(crate::Error::InvalidReference {
+            input: reference.to_string(),
+            reason: format!("its digest is not the pushed image's ({})", target.digest()),
+        });
+    }
+    // By digest alone, every manifest goes by digest and no tag moves; with
+    // neither a tag nor a digest, the tag is `latest`, as Docker's.
+    let pinned = match (parsed.tag(), parsed.digest()) {
+        (Some(tag), _) => format!("{}:{tag}@{}", parsed.name(), target.digest()),
+        (None, Some(_)) => format!("{}@{}", parsed.name(), target.digest()),
+        (None, None) => format!("{}:latest@{}", parsed.name(), target.digest()),
+    };
     let pusher = resolver.pusher(&pinned).await?;
     let order = push_order(store, target).await?;
     let is_manifest = |d: &Descriptor| {

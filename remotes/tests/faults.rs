@@ -135,6 +135,30 @@ async fn a_rate_limit_longer_than_a_retry_waits_is_not_asked_again() {
     assert!(store.info(layer.desc.digest()).await.is_err());
 }
 
+/// A tag whose manifest the registry says is larger than any manifest may
+/// be is refused at resolve, before anything downloads it.
+#[tokio::test]
+async fn a_manifest_said_to_be_too_large_is_refused_at_resolve() {
+    let (_registry, proxy, _) = setup("faults/huge").await;
+    let claimed = (5u64 << 20).to_string();
+    proxy.add(
+        Some("HEAD"),
+        "/manifests/1",
+        1,
+        Fault::SetHeader {
+            name: "Content-Length".into(),
+            value: claimed.clone(),
+        },
+    );
+    let err = DockerResolver::new()
+        .resolve(&format!("{}/faults/huge:1", proxy.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains(&claimed), "{err}");
+    assert_eq!(requests_to(&proxy, "/manifests/1"), 1, "{:#?}", proxy.log());
+}
+
 #[tokio::test]
 async fn a_storm_of_503_ends_in_a_typed_error_in_bounded_time() {
     let (_registry, proxy, _) = setup("faults/503").await;

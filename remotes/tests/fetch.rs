@@ -206,24 +206,29 @@ async fn two_fetches_of_one_image_at_once_both_succeed() {
     assert_eq!(blobs, 7);
 }
 
-#[tokio::test]
-async fn an_image_pushed_from_one_store_is_fetched_into_another_unchanged() {
-    let registry = registry();
-    let resolver = DockerResolver::new();
-    let repo = format!("{}/test/copy", registry.host());
-    // Put an image into store A by fetching it from a first repository...
+/// Pushes a two-platform image to `repo:src` and fetches all of it into a
+/// fresh store: the blobs pushed (the index last), and the store.
+async fn fetched_from(
+    resolver: &DockerResolver,
+    registry: &ocidist_remotes::testkit::Registry,
+    repo: &str,
+) -> (
+    Vec<common::Blob>,
+    tempfile::TempDir,
+    ocidist_content::local::LocalStore,
+) {
+    let repo = format!("{}/{repo}", registry.host());
     let pushed = push_multi(
         async |r: &str| resolver.pusher(r).await.unwrap(),
         &repo,
         "src",
     )
     .await;
-    let index = &pushed[6].desc;
-    let (_a, store_a, images_a) = stores();
+    let (dir, store, images) = stores();
     fetch_image(
-        &resolver,
-        &store_a,
-        &images_a,
+        resolver,
+        &store,
+        &images,
         &format!("{repo}:src"),
         all(),
         0,
@@ -232,6 +237,16 @@ async fn an_image_pushed_from_one_store_is_fetched_into_another_unchanged() {
     )
     .await
     .unwrap();
+    (pushed, dir, store)
+}
+
+#[tokio::test]
+async fn an_image_pushed_from_one_store_is_fetched_into_another_unchanged() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    // Put an image into store A by fetching it from a first repository...
+    let (pushed, _a, store_a) = fetched_from(&resolver, &registry, "test/copy").await;
+    let index = &pushed[6].desc;
     // ...push it from A to another repository, children first...
     let other = format!("{}/test/copied:v1", registry.host());
     let sent = ocidist_remotes::push_image(&resolver, &store_a, &other, index, 4)
@@ -263,5 +278,49 @@ async fn an_image_pushed_from_one_store_is_fetched_into_another_unchanged() {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A push to `name@digest` puts every manifest by digest and moves no tag
+/// (not even `latest`); a digest that is not the image's is refused before
+/// anything is sent.
+#[tokio::test]
+async fn a_push_by_digest_moves_no_tag_and_must_name_the_image() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let (pushed, _a, store) = fetched_from(&resolver, &registry, "test/pinned-src").await;
+    let index = &pushed[6].desc;
+
+    let other = format!("{}/test/pinned", registry.host());
+    let wrong = format!("{other}@{}", pushed[0].desc.digest());
+    let err = ocidist_remotes::push_image(&resolver, &store, &wrong, index, 4)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ocidist_content::ErrorKind::InvalidArgument,
+        "{err}"
+    );
+    assert!(err.to_string().contains(&wrong), "{err}");
+    let nothing = resolver
+        .resolve(&format!("{other}@{}", index.digest()))
+        .await;
+    assert!(nothing.is_err(), "nothing was pushed: {nothing:?}");
+
+    let by_digest = format!("{other}@{}", index.digest());
+    let sent = ocidist_remotes::push_image(&resolver, &store, &by_digest, index, 4)
+        .await
+        .unwrap();
+    assert_eq!(sent.last().map(|d| d.digest()), Some(index.digest()));
+    let (_, resolved) = resolver.resolve(&by_digest).await.unwrap();
+    assert_eq!(resolved.digest(), index.digest());
+    let latest = resolver
+        .resolve(&format!("{other}:latest"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        latest.kind(),
+        ocidist_content::ErrorKind::NotFound,
+        "{latest}"
     );
 }

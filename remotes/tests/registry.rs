@@ -243,3 +243,63 @@ async fn a_large_blob_is_pushed_in_chunks_and_fetched_back() {
     assert_eq!(back.len(), big.bytes.len());
     assert!(sha256_of(&back) == *big.desc.digest());
 }
+
+/// A layer whose media type says "manifest" (OPA's policy layers do) is a
+/// blob: pushed to and fetched from `/blobs/`, not `/manifests/`.
+#[tokio::test]
+async fn a_layer_type_that_says_manifest_is_still_a_blob() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let reference = format!("{}/test/policy:v1", registry.host());
+    let layer = blob(
+        "application/vnd.cncf.openpolicyagent.manifest.layer.v1+json",
+        br#"{"revision":"1","roots":[""]}"#.to_vec(),
+    );
+    let pusher = resolver.pusher(&reference).await.unwrap();
+    push_all(pusher.as_ref(), std::slice::from_ref(&layer)).await;
+    let fetcher = resolver.fetcher(&reference).await.unwrap();
+    assert_eq!(
+        fetch_all(fetcher.as_ref(), &layer.desc, 0).await,
+        layer.bytes
+    );
+    // It is in the registry as a blob.
+    let (_, found) = resolver
+        .resolve(&format!(
+            "{}/test/policy@{}",
+            registry.host(),
+            layer.desc.digest()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(found.size(), layer.desc.size());
+}
+
+/// A manifest larger than registries accept is refused before anything is
+/// sent, never uploaded cut short.
+#[tokio::test]
+async fn a_manifest_over_the_limit_is_refused_before_it_is_sent() {
+    let registry = registry();
+    let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let reference = format!("{}/test/huge:v1", proxy.host());
+    let mut huge = b"{\"schemaVersion\":2,\"annotations\":{\"pad\":\"".to_vec();
+    huge.resize(5 << 20, b'x');
+    huge.extend_from_slice(b"\"}}");
+    let manifest = blob("application/vnd.oci.image.manifest.v1+json", huge);
+    let pusher = resolver.pusher(&reference).await.unwrap();
+    let err = match pusher.push(&manifest.desc).await {
+        Ok(_) => panic!("a {} byte manifest was accepted", manifest.bytes.len()),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(
+        err.to_string().contains(&manifest.bytes.len().to_string()),
+        "{err}"
+    );
+    let sent: Vec<_> = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("/manifests/"))
+        .collect();
+    assert!(sent.is_empty(), "{sent:#?}");
+}

@@ -3,9 +3,10 @@
 //! `docker-credential-<name> get`.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -37,12 +38,32 @@ struct AuthEntry {
 }
 
 /// [`Credentials`] from a Docker `config.json`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DockerConfig {
     config: ConfigFile,
     /// Where to look for `docker-credential-*` helpers; `None`: `PATH`.
     helper_dir: Option<PathBuf>,
+    /// How long a helper may take before it is killed.
+    helper_timeout: Duration,
 }
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            config: ConfigFile::default(),
+            helper_dir: None,
+            helper_timeout: HELPER_TIMEOUT,
+        }
+    }
+}
+
+/// By default, a credential helper that has not answered in this long is
+/// killed (and gives no credential): long enough for a cloud login, not
+/// forever.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A helper's answer is a small JSON object; more than this is not read.
+const HELPER_OUTPUT_LIMIT: u64 = 64 << 10;
 
 /// Docker Hub's key in `config.json`.
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -81,8 +102,15 @@ impl DockerConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         Ok(DockerConfig {
             config: serde_json::from_slice(bytes)?,
-            helper_dir: None,
+            ..Self::default()
         })
+    }
+
+    /// Kills a credential helper that has not answered in `timeout` (by
+    /// default [`HELPER_TIMEOUT`]); the host then has no credential.
+    pub fn helper_timeout(mut self, timeout: Duration) -> Self {
+        self.helper_timeout = timeout;
+        self
     }
 
     /// Looks for credential helpers in `dir` instead of on `PATH`.
@@ -127,7 +155,14 @@ impl DockerConfig {
         Some(Credential { username, secret })
     }
 
+    /// Runs `docker-credential-<helper> get` for `host`: on `PATH` (or in
+    /// the helper directory), never a path the configuration spells out;
+    /// killed after the timeout, its answer read up to a limit, and always
+    /// waited for.
     fn run_helper(&self, helper: &str, host: &str) -> Option<Credential> {
+        if helper.is_empty() || helper.contains(['/', '\\', '\0']) {
+            return None;
+        }
         let program = format!("docker-credential-{helper}");
         let program = match &self.helper_dir {
             Some(dir) => dir.join(program),
@@ -145,9 +180,29 @@ impl DockerConfig {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        child.stdin.take()?.write_all(server.as_bytes()).ok()?;
-        let output = child.wait_with_output().ok()?;
-        if !output.status.success() {
+        let deadline = Instant::now() + self.helper_timeout;
+        // Read on a thread of its own, so a helper that never closes its
+        // output cannot outlast the deadline.
+        let (sender, answer) = std::sync::mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let read = stdout.take(HELPER_OUTPUT_LIMIT + 1).read_to_end(&mut out);
+                let _ = sender.send(read.map(|_| out));
+            });
+        }
+        // A helper may exit without reading: then this write fails, and the
+        // helper is still waited for below.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(server.as_bytes());
+        }
+        let output = answer
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+            .and_then(Result::ok);
+        let status = wait_until(&mut child, deadline)?;
+        let output = output.filter(|out| out.len() as u64 <= HELPER_OUTPUT_LIMIT)?;
+        if !status.success() {
             return None;
         }
         #[derive(Deserialize)]
@@ -156,7 +211,7 @@ impl DockerConfig {
             username: String,
             secret: String,
         }
-        let parsed: HelperOutput = serde_json::from_slice(&output.stdout).ok()?;
+        let parsed: HelperOutput = serde_json::from_slice(&output).ok()?;
         // Docker's convention: the user name `<token>` means an identity token.
         let username = if parsed.username == "<token>" {
             String::new()
@@ -170,9 +225,40 @@ impl DockerConfig {
     }
 }
 
+/// The child's exit status once it has exited, or `None` if it was still
+/// running at `deadline` (it is then killed, and reaped).
+fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 impl Credentials for DockerConfig {
     fn get(&self, host: &str) -> Option<Credential> {
-        if let Some(helper) = self.config.cred_helpers.get(host) {
+        // Docker Hub's helper may be listed under any of its names.
+        let helper = if is_docker_hub(host) {
+            [
+                "docker.io",
+                "index.docker.io",
+                "registry-1.docker.io",
+                DOCKER_HUB_KEY,
+            ]
+            .iter()
+            .find_map(|name| self.config.cred_helpers.get(*name))
+        } else {
+            self.config.cred_helpers.get(host)
+        };
+        if let Some(helper) = helper {
             return self.run_helper(helper, host);
         }
         self.lookup_auths(host).or_else(|| {
@@ -291,5 +377,87 @@ mod tests {
         std::fs::write(dir.path().join("bad.json"), b"{").unwrap();
         let err = DockerConfig::load(&dir.path().join("bad.json")).unwrap_err();
         assert!(err.to_string().contains("bad.json"), "{err}");
+    }
+
+    /// Writes an executable `docker-credential-<name>` shell script.
+    fn helper_script(dir: &Path, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!("docker-credential-{name}"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    const ANSWER: &str = r#"read server; echo '{"ServerURL":"x","Username":"alice","Secret":"s"}'"#;
+
+    /// A helper name is a name: one that is a path (`sub/evil`, `../x`) is
+    /// not run, though the same script under a plain name is.
+    #[test]
+    fn a_helper_named_by_a_path_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        helper_script(dir.path(), "sub/evil", ANSWER);
+        helper_script(dir.path(), "plain", ANSWER);
+        let config = |store: &str| {
+            DockerConfig::parse(format!(r#"{{"credsStore": "{store}"}}"#).as_bytes())
+                .unwrap()
+                .helper_dir(dir.path())
+        };
+        assert!(config("plain").get("registry.example").is_some());
+        assert!(config("sub/evil").get("registry.example").is_none());
+    }
+
+    /// A helper that hangs is killed at the timeout; one that answers too
+    /// much is not believed.
+    #[test]
+    fn a_hung_or_babbling_helper_gives_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        helper_script(dir.path(), "hung", &format!("sleep 30; {ANSWER}"));
+        let secret = "x".repeat(HELPER_OUTPUT_LIMIT as usize);
+        helper_script(
+            dir.path(),
+            "babbling",
+            &format!(r#"read server; echo '{{"Username":"alice","Secret":"{secret}"}}'"#),
+        );
+        let config = |store: &str| {
+            DockerConfig::parse(format!(r#"{{"credsStore": "{store}"}}"#).as_bytes())
+                .unwrap()
+                .helper_dir(dir.path())
+                .helper_timeout(Duration::from_millis(300))
+        };
+        let started = Instant::now();
+        assert!(config("hung").get("registry.example").is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "killed at the timeout, not waited for: {:?}",
+            started.elapsed()
+        );
+        assert!(config("babbling").get("registry.example").is_none());
+    }
+
+    /// Docker Hub's helper is found under any of Hub's names, and asked
+    /// about Hub by its `config.json` key.
+    #[test]
+    fn docker_hub_helpers_are_found_by_any_of_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        helper_script(
+            dir.path(),
+            "hub",
+            r#"read server; [ "$server" = "https://index.docker.io/v1/" ] && echo '{"Username":"alice","Secret":"hub"}'"#,
+        );
+        for name in [
+            "docker.io",
+            "index.docker.io",
+            "https://index.docker.io/v1/",
+        ] {
+            let config = DockerConfig::parse(
+                format!(r#"{{"credHelpers": {{"{name}": "hub"}}}}"#).as_bytes(),
+            )
+            .unwrap()
+            .helper_dir(dir.path());
+            let c = config
+                .get("registry-1.docker.io")
+                .unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(c.secret, "hub", "{name}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use oci_spec::image::{Descriptor, Digest};
 use reqwest::{Method, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::pusher::is_manifest;
 use super::{Repository, check_status};
 use crate::task::AbortOnDrop;
 use crate::{ByteStream, Error, Fetcher, Result};
@@ -183,11 +184,6 @@ impl DockerFetcher {
             resolved,
         }
     }
-}
-
-fn is_manifest(desc: &Descriptor) -> bool {
-    let media_type = desc.media_type().to_string();
-    media_type.contains("manifest") || media_type.ends_with("image.index.v1+json")
 }
 
 #[async_trait]

@@ -629,6 +629,16 @@ impl DockerResolver {
                 let media_type =
                     header_str(headers, header::CONTENT_TYPE.as_str()).map(manifest_media_type);
                 if let (Some(digest), Some(size), Some(media_type)) = (digest, size, media_type) {
+                    // Refused before anything streams it into a store.
+                    if size > MAX_MANIFEST_SIZE {
+                        return Err(ocidist_images::Error::ManifestTooLarge {
+                            digest,
+                            media_type,
+                            size,
+                            limit: MAX_MANIFEST_SIZE,
+                        }
+                        .into());
+                    }
                     return Ok(Descriptor::new(
                         MediaType::from(media_type.as_str()),
                         size,

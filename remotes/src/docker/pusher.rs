@@ -110,9 +110,30 @@ impl DockerPusher {
     }
 }
 
-fn is_manifest(desc: &Descriptor) -> bool {
-    let media_type = desc.media_type().to_string();
-    media_type.contains("manifest") || media_type.ends_with("image.index.v1+json")
+/// Whether `desc` goes to `/manifests/` (an image manifest or index, OCI or
+/// Docker, schema 1 too), by its exact media type: a layer type may say
+/// "manifest" too.
+pub(crate) fn is_manifest(desc: &Descriptor) -> bool {
+    use ocidist_images::media_types::{Kind, kind};
+    matches!(
+        kind(desc.media_type().as_ref()),
+        Kind::Manifest | Kind::Index | Kind::Schema1
+    )
+}
+
+/// Registries accept manifests up to [`MAX_MANIFEST_SIZE`]; a larger one is
+/// refused here, before anything is sent, rather than cut short.
+fn refuse_oversized_manifest(digest: &Digest, size: u64) -> Result<()> {
+    if size <= MAX_MANIFEST_SIZE {
+        return Ok(());
+    }
+    Err(ContentError::other(
+        ocidist_content::ErrorKind::InvalidArgument,
+        format!(
+            "manifest {digest} is {size} bytes, over the {MAX_MANIFEST_SIZE} registries accept"
+        ),
+    )
+    .into())
 }
 
 /// Removes a digest from the pusher's in-flight set when the push ends.
@@ -135,6 +156,9 @@ impl Drop for InFlight {
 impl Pusher for DockerPusher {
     async fn push(&self, desc: &Descriptor) -> Result<Box<dyn Writer>> {
         let manifest = is_manifest(desc);
+        if manifest {
+            refuse_oversized_manifest(desc.digest(), desc.size())?;
+        }
         let (kind, object) = if manifest {
             ("manifests", self.manifest_object(desc.digest()))
         } else {
@@ -260,6 +284,7 @@ impl PushWriter {
             .map_err(ContentError::Source)?;
         match &self.target {
             Target::Manifest { url } => {
+                refuse_oversized_manifest(self.desc.digest(), self.written)?;
                 let mut body = Vec::with_capacity(self.written as usize);
                 (&mut self.spool)
                     .take(MAX_MANIFEST_SIZE)

@@ -47,6 +47,14 @@ pub enum Fault {
     FlipByte(u64),
     /// Answer `307 Temporary Redirect` to this URL instead of forwarding.
     Redirect(String),
+    /// Forward, with this response header set to `value` (replacing the
+    /// registry's): a HEAD that claims a size, a digest header that lies.
+    SetHeader {
+        /// The header's name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
     /// Forward, but answer with this status instead of the registry's (same
     /// headers and body): a registry that says 200 or 204 where the
     /// specification says 201 or 202.
@@ -334,6 +342,11 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
         (&fault, response_head.first_mut())
     {
         *status_line = format!("HTTP/1.1 {status} Replaced");
+    }
+    if let Some(Fault::SetHeader { name, value }) = &fault {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        response_head.retain(|line| !line.to_ascii_lowercase().starts_with(&prefix));
+        response_head.push(format!("{name}: {value}"));
     }
     for line in &response_head {
         write!(client, "{line}\r\n")?;
