@@ -115,6 +115,30 @@ impl<S, F> FetchHandler<S, F> {
     }
 }
 
+/// The fetches under way in this process, by ingest ref.
+static FLIGHTS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Waits for this process's other fetches of `reference` to end, and holds
+/// it (until the guard drops) so that later ones wait for this one. Keyed by
+/// ingest ref alone: a fetch into another store waits too, then downloads.
+async fn join_flight(reference: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    let flight = {
+        let mut flights = FLIGHTS.lock().unwrap_or_else(|p| p.into_inner());
+        flights.retain(|_, flight| flight.strong_count() > 0);
+        match flights.get(reference).and_then(std::sync::Weak::upgrade) {
+            Some(flight) => flight,
+            None => {
+                let flight = Arc::new(tokio::sync::Mutex::new(()));
+                flights.insert(reference.to_string(), Arc::downgrade(&flight));
+                flight
+            }
+        }
+    };
+    flight.lock_owned().await
+}
+
 impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
     /// Fetches `desc`; `Ok(false)` if it was already present.
     async fn fetch(&self, desc: &Descriptor) -> Result<bool> {
@@ -133,6 +157,10 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             .into());
         }
         let reference = ingest_ref(desc);
+        // One download of a digest at a time in this process: the others
+        // wait here, woken as it ends, and then find it committed (or take
+        // over what it left). Across processes the store's lock does this.
+        let _flight = join_flight(&reference).await;
         let opts = WriterOpts::new(&reference).descriptor(desc);
         let mut writer = match open_writer(&self.store, opts).await {
             Ok(writer) => writer,

@@ -160,19 +160,22 @@ async fn a_half_written_layer_resumes_where_it_stopped() {
     );
 }
 
+/// Two fetches of one image into one store at once both succeed, and
+/// every blob is downloaded once: the second waits for the first's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_fetches_of_one_image_at_once_both_succeed() {
     let registry = registry();
     let resolver = DockerResolver::new();
     let repo = format!("{}/test/race", registry.host());
-    push_multi(
+    let pushed = push_multi(
         async |r: &str| resolver.pusher(r).await.unwrap(),
         &repo,
         "1",
     )
     .await;
+    let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
     let (_dir, store, images) = stores();
-    let reference = format!("{repo}:1");
+    let reference = format!("{}/test/race:1", proxy.host());
     let a = fetch_image(
         &resolver,
         &store,
@@ -195,6 +198,15 @@ async fn two_fetches_of_one_image_at_once_both_succeed() {
     );
     let (a, b) = tokio::join!(a, b);
     assert_eq!(a.unwrap().target, b.unwrap().target);
+    // Each blob but the index (resolved by each fetch) was asked for once.
+    for blob in &pushed[..pushed.len() - 1] {
+        let asked = proxy
+            .log()
+            .iter()
+            .filter(|l| l.starts_with("GET") && l.contains(blob.desc.digest().as_ref()))
+            .count();
+        assert_eq!(asked, 1, "{}: {:#?}", blob.desc.digest(), proxy.log());
+    }
     let mut blobs = 0;
     store
         .walk(&[], &mut |_| {
