@@ -142,6 +142,20 @@ async fn existing_content_concurrent_pushes_and_wrong_bytes() {
         .err()
         .expect("the second must be refused");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    // So through another pusher of the same resolver (another tag of the
+    // image), while one to another repository goes ahead.
+    let another = resolver.pusher(&format!("{repo}:y")).await.unwrap();
+    let err = another
+        .push(&layer.desc)
+        .await
+        .err()
+        .expect("a second pusher's push must be refused too");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let elsewhere = resolver
+        .pusher(&format!("{}/test/rules-elsewhere:x", registry.host()))
+        .await
+        .unwrap();
+    drop(elsewhere.push(&layer.desc).await.unwrap());
     first.write_all(&layer.bytes).await.unwrap();
     first.commit(None, None, Labels::new()).await.unwrap();
     drop(first);

@@ -209,6 +209,9 @@ pub struct DockerResolver {
     ranged: fetcher::Ranged,
     /// Manifests resolving had to GET, for the first fetch of each.
     resolved: fetcher::Resolved,
+    /// The pushes under way through any of this resolver's pushers, by
+    /// repository and digest: a second push of one blob is `Unavailable`.
+    pushing: pusher::Pushing,
 }
 
 /// How the upstream of a registry is spoken to when no hosts file says.
@@ -246,6 +249,7 @@ impl DockerResolver {
             hosts_dir: None,
             ranged: fetcher::Ranged::new(RangedFetch::default()),
             resolved: fetcher::Resolved::default(),
+            pushing: pusher::Pushing::default(),
         }
     }
 
@@ -702,7 +706,7 @@ impl Resolver for DockerResolver {
         Ok(Box::new(DockerPusher::new(
             self.push_repository(&parsed).await?,
             parsed,
-            Arc::new(Mutex::new(Default::default())),
+            self.pushing.clone(),
         )))
     }
 }

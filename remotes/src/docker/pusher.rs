@@ -35,15 +35,11 @@ use crate::{Error, Pusher, Reference, Result};
 pub struct DockerPusher {
     repo: Repository,
     reference: Reference,
-    in_flight: Arc<Mutex<HashSet<Digest>>>,
+    in_flight: Pushing,
 }
 
 impl DockerPusher {
-    pub(crate) fn new(
-        repo: Repository,
-        reference: Reference,
-        in_flight: Arc<Mutex<HashSet<Digest>>>,
-    ) -> Self {
+    pub(crate) fn new(repo: Repository, reference: Reference, in_flight: Pushing) -> Self {
         DockerPusher {
             repo,
             reference,
@@ -136,11 +132,15 @@ fn refuse_oversized_manifest(digest: &Digest, size: u64) -> Result<()> {
     .into())
 }
 
-/// Removes a digest from the pusher's in-flight set when the push ends.
+/// The pushes under way through a resolver's pushers: each repository's
+/// URL and digest.
+pub(crate) type Pushing = Arc<Mutex<HashSet<(String, Digest)>>>;
+
+/// Removes a push from the resolver's set of pushes under way when it ends.
 #[derive(Debug)]
 struct InFlight {
-    set: Arc<Mutex<HashSet<Digest>>>,
-    digest: Digest,
+    set: Pushing,
+    key: (String, Digest),
 }
 
 impl Drop for InFlight {
@@ -148,7 +148,7 @@ impl Drop for InFlight {
         self.set
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.digest);
+            .remove(&self.key);
     }
 }
 
@@ -188,11 +188,12 @@ impl Pusher for DockerPusher {
             StatusCode::OK | StatusCode::NOT_FOUND => {}
             _ => return Err(self.repo.head_error(&url, head, &media_type).await),
         }
+        let key = (self.repo.base.clone(), desc.digest().clone());
         if !self
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(desc.digest().clone())
+            .insert(key.clone())
         {
             return Err(ContentError::Locked {
                 reference: format!("push {}", desc.digest()),
@@ -201,7 +202,7 @@ impl Pusher for DockerPusher {
         }
         let guard = InFlight {
             set: self.in_flight.clone(),
-            digest: desc.digest().clone(),
+            key,
         };
         let mut session = None;
         if !manifest {
