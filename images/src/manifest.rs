@@ -54,13 +54,20 @@ pub async fn read_document<P: Provider + ?Sized>(
             media_type,
         });
     }
-    if desc.size() > MAX_MANIFEST_SIZE {
-        return Err(too_large(desc, desc.size()));
-    }
+    refuse_oversized(desc)?;
     match read_blob(provider, desc, MAX_MANIFEST_SIZE).await {
         Err(ocidist_content::Error::TooLarge { size, .. }) => Err(too_large(desc, size)),
         other => Ok(other?),
     }
+}
+
+/// Refuses a manifest or index by the size its descriptor declares, over
+/// [`MAX_MANIFEST_SIZE`], before anything downloads or reads it.
+pub fn refuse_oversized(desc: &Descriptor) -> Result<()> {
+    if desc.size() > MAX_MANIFEST_SIZE {
+        return Err(too_large(desc, desc.size()));
+    }
+    Ok(())
 }
 
 fn too_large(desc: &Descriptor, size: u64) -> Error {

@@ -16,7 +16,6 @@ use oci_spec::image::Descriptor;
 use ocidist_content::{
     ErrorKind, IngestManager, Ingester, Labels, Manager, Provider, WriterOpts, open_writer,
 };
-use ocidist_images::manifest::MAX_MANIFEST_SIZE;
 use ocidist_images::media_types::{self, Kind};
 use ocidist_images::platforms::Matcher;
 use ocidist_images::{
@@ -115,6 +114,11 @@ impl<S, F> FetchHandler<S, F> {
     }
 }
 
+/// Whether the registry answered 429 Too Many Requests.
+fn rate_limited(error: &crate::Error) -> bool {
+    matches!(error, crate::Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+}
+
 /// The fetches under way in this process, by ingest ref.
 static FLIGHTS: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
@@ -144,17 +148,11 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
     async fn fetch(&self, desc: &Descriptor) -> Result<bool> {
         // A manifest's size is known before its bytes: one too large to be
         // read later is not downloaded either.
-        let media_type = desc.media_type().to_string();
-        if matches!(media_types::kind(&media_type), Kind::Manifest | Kind::Index)
-            && desc.size() > MAX_MANIFEST_SIZE
-        {
-            return Err(ocidist_images::Error::ManifestTooLarge {
-                digest: desc.digest().clone(),
-                media_type,
-                size: desc.size(),
-                limit: MAX_MANIFEST_SIZE,
-            }
-            .into());
+        if matches!(
+            media_types::kind(desc.media_type().as_ref()),
+            Kind::Manifest | Kind::Index
+        ) {
+            ocidist_images::manifest::refuse_oversized(desc)?;
         }
         let reference = ingest_ref(desc);
         // One download of a digest at a time in this process: the others
@@ -185,10 +183,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
                 // A broken stream: go on from what the store has. Not a
                 // rate limit: the request was retried as long as the
                 // registry allowed, and asking at once would count again.
-                Err(e)
-                    if e.kind() == ErrorKind::Unavailable
-                        && !matches!(&e, crate::Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS) =>
-                {
+                Err(e) if e.kind() == ErrorKind::Unavailable && !rate_limited(&e) => {
                     let now = writer.status().await?.offset;
                     // Only attempts that got nowhere count: a large blob on
                     // a flaky link may break many times and still finish.

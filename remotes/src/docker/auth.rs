@@ -323,10 +323,7 @@ impl Authorizer {
         let challenges = parse_challenges(www_authenticate);
         // Only a challenge that can be answered is kept for renewals: a 401
         // without one (or with an unknown scheme) must not replace it.
-        if challenges
-            .iter()
-            .any(|c| c.scheme == "bearer" || c.scheme == "basic")
-        {
+        if answerable(&challenges) {
             self.challenges
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -361,10 +358,10 @@ impl Authorizer {
         challenges: Vec<Challenge>,
         refused: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>> {
-        let bearer = challenges.iter().find(|c| c.scheme == "bearer");
-        if bearer.is_none() && !challenges.iter().any(|c| c.scheme == "basic") {
+        if !answerable(&challenges) {
             return Ok(None);
         }
+        let bearer = challenges.iter().find(|c| c.scheme == "bearer");
         let key = (host.to_string(), scope.to_string());
         let turn = self
             .fetching
@@ -516,6 +513,13 @@ impl Authorizer {
             })?;
         Ok((token, token_lifetime(parsed.expires_in)))
     }
+}
+
+/// Whether any of `challenges` is of a scheme we answer (bearer, basic).
+fn answerable(challenges: &[Challenge]) -> bool {
+    challenges
+        .iter()
+        .any(|c| c.scheme == "bearer" || c.scheme == "basic")
 }
 
 fn urlencode(value: &str) -> String {

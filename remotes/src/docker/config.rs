@@ -199,9 +199,15 @@ impl DockerConfig {
         let output = answer
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .ok()
-            .and_then(Result::ok);
+            .and_then(Result::ok)
+            .filter(|out| out.len() as u64 <= HELPER_OUTPUT_LIMIT);
+        let Some(output) = output else {
+            // No answer in time, or too much of one: nothing to wait for.
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
         let status = wait_until(&mut child, deadline)?;
-        let output = output.filter(|out| out.len() as u64 <= HELPER_OUTPUT_LIMIT)?;
         if !status.success() {
             return None;
         }

@@ -633,21 +633,10 @@ impl DockerResolver {
                 let media_type =
                     header_str(headers, header::CONTENT_TYPE.as_str()).map(manifest_media_type);
                 if let (Some(digest), Some(size), Some(media_type)) = (digest, size, media_type) {
+                    let desc = Descriptor::new(MediaType::from(media_type.as_str()), size, digest);
                     // Refused before anything streams it into a store.
-                    if size > MAX_MANIFEST_SIZE {
-                        return Err(ocidist_images::Error::ManifestTooLarge {
-                            digest,
-                            media_type,
-                            size,
-                            limit: MAX_MANIFEST_SIZE,
-                        }
-                        .into());
-                    }
-                    return Ok(Descriptor::new(
-                        MediaType::from(media_type.as_str()),
-                        size,
-                        digest,
-                    ));
+                    ocidist_images::manifest::refuse_oversized(&desc)?;
+                    return Ok(desc);
                 }
                 // Headers missing: fetch the manifest and hash it ourselves.
                 repo.get_manifest(&manifest_url, None, &self.resolved).await
@@ -854,8 +843,7 @@ impl Repository {
                     let error = self.request_error(url, source, &mut may_probe).await;
                     // A refused certificate or a TLS alert would be the
                     // same on every attempt.
-                    let refused = matches!(error, Error::TlsAlert { .. })
-                        || matches!(&error, Error::Connect { source, .. } if tls::certificate_rejected(source));
+                    let refused = error.kind() == crate::ErrorKind::FailedPrecondition;
                     if last || !self.retry || !broken || refused {
                         return Err(error);
                     }
