@@ -85,6 +85,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the registry answered 429 Too Many Requests: it was asked as
+    /// often as it allowed, and asking again at once would count again.
+    pub(crate) fn rate_limited(&self) -> bool {
+        matches!(self, Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+    }
+
     /// The kind of this error, for callers that branch on it.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -114,11 +114,6 @@ impl<S, F> FetchHandler<S, F> {
     }
 }
 
-/// Whether the registry answered 429 Too Many Requests.
-fn rate_limited(error: &crate::Error) -> bool {
-    matches!(error, crate::Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
-}
-
 /// The fetches under way in this process, by ingest ref.
 static FLIGHTS: std::sync::LazyLock<
     std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
@@ -183,7 +178,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
                 // A broken stream: go on from what the store has. Not a
                 // rate limit: the request was retried as long as the
                 // registry allowed, and asking at once would count again.
-                Err(e) if e.kind() == ErrorKind::Unavailable && !rate_limited(&e) => {
+                Err(e) if e.kind() == ErrorKind::Unavailable && !e.rate_limited() => {
                     let now = writer.status().await?.offset;
                     // Only attempts that got nowhere count: a large blob on
                     // a flaky link may break many times and still finish.

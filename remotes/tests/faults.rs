@@ -6,12 +6,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fetch_all, push_multi, registry, stores};
+use common::{fetch_all, image, push_all, push_multi, registry, stores};
+use futures::StreamExt;
 use ocidist_content::{ErrorKind, IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, only};
-use ocidist_remotes::docker::DockerResolver;
+use ocidist_remotes::docker::{DockerResolver, fetch_object};
 use ocidist_remotes::testkit::{Fault, FaultProxy};
 use ocidist_remotes::{Error, Resolver, fetch_image};
+use tokio::io::AsyncWriteExt;
 
 fn arm64() -> Platform {
     "linux/arm64".parse().unwrap()
@@ -240,6 +242,43 @@ async fn a_digest_reference_costs_one_get_of_its_manifest() {
     assert_eq!(gets.len(), 1, "{:#?}", proxy.log());
 }
 
+/// A digest reference is held to the manifest's bytes, never to what the
+/// registry's headers say: a flipped byte fails the resolve (the registry's
+/// own `Docker-Content-Digest` still naming the digest asked for), and
+/// nothing is fetched or stored.
+#[tokio::test]
+async fn a_digest_reference_is_held_to_its_bytes_not_to_the_headers() {
+    let (_registry, proxy, pushed) = setup("faults/pinned-wrong").await;
+    let index = pushed.last().unwrap();
+    let manifest_path = format!("/manifests/{}", index.desc.digest());
+    proxy.add(Some("GET"), &manifest_path, 1, Fault::FlipByte(20));
+    let (_dir, store, images) = stores();
+    let reference = format!(
+        "{}/faults/pinned-wrong@{}",
+        proxy.host(),
+        index.desc.digest()
+    );
+    let err = fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("digest mismatch") && message.contains(&index.desc.digest().to_string()),
+        "{message}"
+    );
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert_eq!(proxy.faults_applied(), 1);
+    assert!(gets_of(&proxy, "/blobs/").is_empty(), "{:#?}", proxy.log());
+    assert!(
+        store
+            .info(index.desc.digest())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+}
+
 /// A tag that only has a Docker schema 1 manifest (signed, or served as
 /// `text/plain` as some registries do) is refused by name at resolve, not
 /// reported later as a digest mismatch.
@@ -276,6 +315,61 @@ async fn a_schema1_manifest_is_refused_by_name_at_resolve() {
             "{content_type}: {err}"
         );
     }
+}
+
+/// A body that ends cleanly before the blob does (a `Content-Length` that
+/// says less, as from a proxy that cut it short) is resumed from where it
+/// ended, not found short at commit.
+#[tokio::test]
+async fn a_body_that_ends_early_but_cleanly_is_resumed() {
+    let (_registry, proxy, pushed) = setup("faults/short").await;
+    let layer = &pushed[3];
+    let blob_path = format!("/blobs/{}", layer.desc.digest());
+    let short = Fault::SetHeader {
+        name: "Content-Length".into(),
+        value: "70000".into(),
+    };
+    proxy.add(Some("GET"), &blob_path, 1, short);
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/short:1", proxy.host());
+    fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .expect("the short body is resumed");
+    assert_whole(&store, layer).await;
+    let gets = gets_of(&proxy, &blob_path);
+    assert_eq!(gets.len(), 2, "{gets:#?}");
+    assert!(gets[1].contains("range=bytes=70000-"), "{gets:#?}");
+}
+
+/// `fetch_object` hands bytes on as they arrive, with no store to check them
+/// at commit: a flipped byte, in a blob or in a tag's manifest, ends its
+/// stream in a digest mismatch once every byte has passed.
+#[tokio::test]
+async fn fetch_object_ends_in_a_digest_mismatch_when_a_byte_is_wrong() {
+    let (_registry, proxy, pushed) = setup("faults/object").await;
+    let (layer, index) = (&pushed[3], pushed.last().unwrap());
+    let locator = format!("{}/faults/object", proxy.host());
+    let resolver = DockerResolver::new();
+    for (object, blob, path) in [
+        (layer.desc.digest().to_string(), layer, "/blobs/"),
+        ("1".to_string(), index, "/manifests/sha256:"),
+    ] {
+        proxy.add(Some("GET"), path, 1, Fault::FlipByte(100));
+        let (_, stream) = fetch_object(&resolver, &locator, &object, &[])
+            .await
+            .unwrap();
+        let passed: Vec<_> = stream.collect().await;
+        let (last, before) = passed.split_last().unwrap();
+        let err = last.as_ref().unwrap_err();
+        assert!(
+            err.to_string().contains("digest mismatch"),
+            "{object}: {err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{object}: {err}");
+        let handed_on: usize = before.iter().map(|p| p.as_ref().unwrap().len()).sum();
+        assert_eq!(handed_on, blob.bytes.len(), "{object}");
+    }
+    assert_eq!(proxy.faults_applied(), 2);
 }
 
 /// A download cut short whose resuming request then fails (the registry
@@ -544,6 +638,74 @@ async fn a_push_accepts_the_statuses_registries_really_send() {
     for blob in &pushed {
         assert_eq!(fetch_all(fetcher.as_ref(), &blob.desc, 0).await, blob.bytes);
     }
+}
+
+/// An upload that fails on its way (here a 503 for the `PUT` that carries
+/// the blob) is sent again through a new session; one that keeps failing
+/// ends, after three attempts, in a typed error.
+#[tokio::test]
+async fn a_failed_upload_is_sent_again_through_a_new_session() {
+    let registry = registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/faults/upload", proxy.host());
+    let unavailable = Fault::Status {
+        status: 503,
+        retry_after: None,
+    };
+    let blobs = image(false, "linux/amd64", 100_000);
+    let layer = &blobs[0];
+    let pusher = resolver.pusher(&format!("{repo}:1")).await.unwrap();
+    proxy.add(Some("PUT"), "/blobs/uploads/", 1, unavailable.clone());
+    push_all(pusher.as_ref(), std::slice::from_ref(layer)).await;
+    let posts = |log: &[String]| log.iter().filter(|l| l.starts_with("POST ")).count();
+    assert_eq!(posts(&proxy.log()), 2, "{:#?}", proxy.log());
+    let fetcher = resolver.fetcher(&repo).await.unwrap();
+    assert_eq!(
+        fetch_all(fetcher.as_ref(), &layer.desc, 0).await,
+        layer.bytes
+    );
+
+    let config = &blobs[1];
+    proxy.add(Some("PUT"), "/blobs/uploads/", 3, unavailable);
+    let before = proxy.log().len();
+    let mut writer = pusher.push(&config.desc).await.unwrap();
+    writer.write_all(&config.bytes).await.unwrap();
+    let err = writer
+        .commit(None, None, ocidist_content::Labels::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("503"), "{err}");
+    let log = proxy.log()[before..].to_vec();
+    assert_eq!(posts(&log), 3, "{log:#?}");
+    assert_eq!(proxy.faults_applied(), 4);
+}
+
+/// An upload the registry took whose answer was lost on the way back is
+/// not sent again: the registry is asked whether it has the blob first.
+#[tokio::test]
+async fn an_upload_whose_answer_was_lost_is_found_not_sent_again() {
+    let registry = registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/faults/lost-answer", proxy.host());
+    let layer = &image(false, "linux/amd64", 100_000)[0];
+    let pusher = resolver.pusher(&format!("{repo}:1")).await.unwrap();
+    proxy.add(Some("PUT"), "/blobs/uploads/", 1, Fault::DropAnswer);
+    push_all(pusher.as_ref(), std::slice::from_ref(layer)).await;
+    let log = proxy.log();
+    let sent = |method: &str| log.iter().filter(|l| l.starts_with(method)).count();
+    assert_eq!((sent("POST "), sent("PUT ")), (1, 1), "{log:#?}");
+    assert!(
+        log.last().unwrap().starts_with("HEAD ") && log.last().unwrap().contains("/blobs/sha256:"),
+        "{log:#?}"
+    );
+    let fetcher = resolver.fetcher(&repo).await.unwrap();
+    assert_eq!(
+        fetch_all(fetcher.as_ref(), &layer.desc, 0).await,
+        layer.bytes
+    );
 }
 
 /// A registry that goes silent mid-layer (the connection open, nothing

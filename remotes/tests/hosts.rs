@@ -139,6 +139,75 @@ async fn a_failing_mirror_is_asked_once_per_request() {
     );
 }
 
+/// The value of header `name` in a request head, if sent.
+fn header_in(head: &[String], name: &str) -> Option<String> {
+    head.iter()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Mirrors are asked in the file's order, the upstream only when none
+/// answers; each endpoint's `header` table goes with every request to it
+/// and to no other endpoint.
+#[tokio::test]
+async fn mirrors_are_asked_in_order_each_with_its_own_headers() {
+    use ocidist_remotes::testkit::{Fault, FaultProxy};
+    let (mirror, blobs) = mirror_with_image().await;
+    let (upstream, _) = mirror_with_image().await;
+    let first = FaultProxy::start(mirror.addr()).unwrap();
+    let second = FaultProxy::start(mirror.addr()).unwrap();
+    let last = FaultProxy::start(upstream.addr()).unwrap();
+    let hosts = hosts_dir_with(
+        &last.host(),
+        &format!(
+            "server = \"http://{last}\"\n[header]\n  x-endpoint = \"upstream\"\n\n\
+             [host.\"http://{first}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+             [host.\"http://{first}\".header]\n  x-endpoint = \"first\"\n  x-list = [\"a\", \"b\"]\n\n\
+             [host.\"http://{second}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+             [host.\"http://{second}\".header]\n  x-endpoint = \"second\"\n",
+            last = last.host(),
+            first = first.host(),
+            second = second.host(),
+        ),
+    );
+    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let reference = format!("{}/lib/app:1", last.host());
+    resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
+    assert_eq!(first.requests(), 2, "{:#?}", first.log());
+    assert_eq!((second.requests(), last.requests()), (0, 0));
+    for head in first.heads() {
+        assert_eq!(header_in(&head, "x-endpoint").as_deref(), Some("first"));
+        let list: Vec<&String> = head.iter().filter(|l| l.starts_with("x-list:")).collect();
+        assert_eq!(list.len(), 2, "each value of a list is sent: {head:#?}");
+    }
+
+    // The first mirror fails: the second answers, with its own header.
+    let fail_every_request = |proxy: &FaultProxy| {
+        let unavailable = Fault::Status {
+            status: 503,
+            retry_after: None,
+        };
+        proxy.add(None, "/v2/", usize::MAX, unavailable);
+    };
+    fail_every_request(&first);
+    resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
+    assert_eq!(second.requests(), 2, "{:#?}", second.log());
+    assert_eq!(last.requests(), 0);
+    for head in second.heads() {
+        assert_eq!(header_in(&head, "x-endpoint").as_deref(), Some("second"));
+        assert_eq!(header_in(&head, "x-list"), None);
+    }
+
+    // Both fail: the upstream answers, with the top level's header.
+    fail_every_request(&second);
+    resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
+    assert_eq!(last.requests(), 2, "{:#?}", last.log());
+    for head in last.heads() {
+        assert_eq!(header_in(&head, "x-endpoint").as_deref(), Some("upstream"));
+    }
+}
+
 /// Resolves `reference` to the image of `blobs` and fetches its layer.
 async fn resolve_and_fetch_a_layer(
     resolver: &DockerResolver,

@@ -141,8 +141,9 @@ async fn refused_mount(status: Option<u16>) {
 
 /// A non-distributable (foreign) layer is not pushed, as `ctr push` skips
 /// it by default: it is not in the store, and its `urls` say where it lives.
+/// Nor is it fetched: the image pulls without it, as containerd's does.
 #[tokio::test]
-async fn non_distributable_layers_are_not_pushed() {
+async fn non_distributable_layers_are_neither_pushed_nor_fetched() {
     // The registry takes manifests naming foreign layers by URL only when
     // told which URLs it trusts.
     let registry = ocidist_remotes::testkit::Registry::start_binary(
@@ -190,4 +191,25 @@ async fn non_distributable_layers_are_not_pushed() {
     );
     let pushed = result.expect("the rest is pushed");
     assert!(pushed.iter().all(|d| d.digest() != foreign.digest()));
+
+    let before = log.len();
+    let (_dir, fetched, images) = stores();
+    fetch_image(&resolver, &fetched, &images, &target, all(), 0, None, None)
+        .await
+        .expect("fetched without the foreign layer");
+    for blob in [layer, config, &manifest] {
+        assert!(fetched.info(blob.desc.digest()).await.is_ok());
+    }
+    assert!(
+        fetched
+            .info(foreign.digest())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    let log = proxy.log()[before..].to_vec();
+    assert!(
+        log.iter().all(|l| !l.contains(foreign.digest().as_ref())),
+        "{log:#?}"
+    );
 }

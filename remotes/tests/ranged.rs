@@ -127,8 +127,8 @@ async fn a_large_blob_arrives_whole_from_parallel_ranges_and_resumes_at_its_offs
 }
 
 /// A descriptor that claims far more than the blob (2^62 bytes, a hostile
-/// manifest) ends in an error once the registry has no more, not in a list of
-/// 2^40 ranges.
+/// manifest) ends in an error at the first range, whose `Content-Range`
+/// gives the blob's real size, not in a list of 2^40 ranges.
 #[tokio::test]
 async fn a_descriptor_claiming_an_absurd_size_fails_cleanly() {
     let big = layer(2 << 20, 5);
@@ -148,8 +148,13 @@ async fn a_descriptor_claiming_an_absurd_size_fails_cleanly() {
         .await
         .expect("ends by itself")
         .unwrap_err();
-    // The first range past the blob's end is refused.
-    assert!(err.to_string().contains("416"), "{err}");
+    assert!(
+        err.to_string().contains("the registry's is 2097152"),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    let ranges = proxy.log().iter().filter(|l| l.contains(" range=")).count();
+    assert_eq!(ranges, 1, "{:#?}", proxy.log());
 }
 
 #[tokio::test]

@@ -4,12 +4,13 @@
 
 mod common;
 
-use common::{blob, fetch_all, image, push_all, push_multi, registry};
+use common::{Blob, blob, fetch_all, image, push_all, push_multi, push_multi_as, registry, stores};
 use futures::TryStreamExt;
-use ocidist_content::{ErrorKind, Labels, sha256_of};
-use ocidist_remotes::Resolver;
+use ocidist_content::{ErrorKind, Labels, Manager, sha256_of};
+use ocidist_images::platforms::{Platform, all, only};
 use ocidist_remotes::docker::{DockerResolver, fetch_object};
 use ocidist_remotes::testkit::Fault;
+use ocidist_remotes::{Resolver, fetch_image};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -124,6 +125,64 @@ async fn a_multi_platform_index_round_trips_and_digest_references_are_verified()
         .await
         .unwrap();
     assert_eq!(layer.size(), all[0].desc.size());
+}
+
+/// A Docker manifest list of schema 2 manifests: resolved by tag with its
+/// own media type, and fetched through the image pipeline, one platform or
+/// all, byte for byte.
+#[tokio::test]
+async fn a_docker_manifest_list_round_trips_through_the_fetch_pipeline() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/docker-list", registry.host());
+    let pushed = push_multi_as(
+        true,
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &repo,
+        "1",
+    )
+    .await;
+    let list = &pushed[6];
+    let reference = format!("{repo}:1");
+    let (_, desc) = resolver.resolve(&reference).await.unwrap();
+    assert_eq!(desc.digest(), list.desc.digest());
+    assert_eq!(
+        desc.media_type().to_string(),
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+
+    let (_dir, store, images) = stores();
+    let arm64: Platform = "linux/arm64".parse().unwrap();
+    fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &reference,
+        only(&arm64),
+        1,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let has = async |blob: &Blob| store.info(blob.desc.digest()).await.is_ok();
+    // The arm64 image (pushed second) and the list; not the amd64 image.
+    for blob in &pushed[3..] {
+        assert!(has(blob).await, "{}", blob.desc.media_type());
+    }
+    for blob in &pushed[..3] {
+        assert!(!has(blob).await, "{}", blob.desc.media_type());
+    }
+
+    fetch_image(&resolver, &store, &images, &reference, all(), 0, None, None)
+        .await
+        .unwrap();
+    for blob in &pushed {
+        let bytes = ocidist_content::read_blob(&store, &blob.desc, 1 << 20)
+            .await
+            .unwrap();
+        assert!(bytes == blob.bytes, "{}", blob.desc.media_type());
+    }
 }
 
 #[tokio::test]

@@ -273,45 +273,82 @@ async fn get_range(
             .get(header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let first = content_range
-            .strip_prefix("bytes ")
-            .and_then(|r| r.split('-').next())
-            .and_then(|s| s.parse::<u64>().ok());
-        if first != Some(start) {
+        if let Err(reason) = check_content_range(content_range, start, end, desc.size()) {
             return Err(Error::Protocol {
                 url: url.to_string(),
-                reason: format!(
-                    "asked for bytes from {start}, got Content-Range {content_range:?}"
-                ),
+                reason,
             });
         }
     }
     Ok(response)
 }
 
+/// Checks a 206's `Content-Range` (`bytes FIRST-LAST/TOTAL`) against a
+/// request for bytes `start` to `end` (exclusive; the blob's end if `None`)
+/// of a blob of `size` bytes. A shorter range than asked is allowed (the
+/// body's length is checked as it arrives, and a short one is resumed); a
+/// range from elsewhere, or a blob of another size, is not.
+fn check_content_range(
+    content_range: &str,
+    start: u64,
+    end: Option<u64>,
+    size: u64,
+) -> std::result::Result<(), String> {
+    let parsed = content_range.strip_prefix("bytes ").and_then(|range| {
+        let (span, total) = range.split_once('/')?;
+        let (first, last) = span.split_once('-')?;
+        let total = match total {
+            "*" => None,
+            total => Some(total.parse::<u64>().ok()?),
+        };
+        Some((first.parse::<u64>().ok()?, last.parse::<u64>().ok()?, total))
+    });
+    let asked_end = end.unwrap_or(size);
+    match parsed {
+        None => Err(format!(
+            "asked for bytes from {start}, got no valid Content-Range ({content_range:?})"
+        )),
+        Some((first, _, _)) if first != start => Err(format!(
+            "asked for bytes from {start}, got Content-Range {content_range:?}"
+        )),
+        Some((_, last, _)) if last < start || last >= asked_end => Err(format!(
+            "asked for bytes {start}-{}, got Content-Range {content_range:?}",
+            asked_end.saturating_sub(1)
+        )),
+        Some((_, _, Some(total))) if total != size => Err(format!(
+            "the blob is {size} bytes, the registry's is {total} (Content-Range {content_range:?})"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
     let url = object_url(repo, desc);
     let response = get_range(repo, &url, desc, offset, None).await?;
-    Ok(whole_body(url, response, offset))
+    Ok(whole_body(url, response, offset, desc.size()))
 }
 
-/// The body of a response to a GET from `offset`: as it is if the server
-/// honoured the range; without the first `offset` bytes if it sent everything.
-fn whole_body(url: String, response: reqwest::Response, offset: u64) -> ByteStream {
-    let skip = match response.status() {
-        StatusCode::PARTIAL_CONTENT => 0,
-        _ => offset,
+/// The body of a response to a GET of a `size`-byte blob from `offset`: as
+/// it is if the server honoured the range; without the first `offset` bytes
+/// if it sent everything. A body that ends cleanly before the blob does (a
+/// proxy's early end of a chunked body) fails as [`Error::Interrupted`], so
+/// it is resumed rather than found short at commit; one with more bytes than
+/// the blob fails too.
+fn whole_body(url: String, response: reqwest::Response, offset: u64, size: u64) -> ByteStream {
+    let start = match response.status() {
+        StatusCode::PARTIAL_CONTENT => offset,
+        _ => 0,
     };
-    let stream_url = url;
-    let stream = response.bytes_stream().map(move |chunk| {
-        chunk.map_err(|source| Error::Connect {
-            url: stream_url.clone(),
-            source,
-        })
-    });
+    let body = Exact {
+        inner: Box::pin(response.bytes_stream()),
+        url,
+        start,
+        end: size,
+        received: 0,
+    };
     Box::pin(Skip {
-        inner: Box::pin(stream),
-        remaining: skip,
+        inner: Box::pin(body),
+        remaining: offset - start,
     })
 }
 
@@ -367,7 +404,7 @@ async fn fetch_ranged(
     let first_end = offset.saturating_add(chunk).min(size);
     let response = get_range(repo, &url, desc, offset, Some(first_end)).await?;
     if response.status() != StatusCode::PARTIAL_CONTENT {
-        return Ok(whole_body(url, response, offset));
+        return Ok(whole_body(url, response, offset, size));
     }
     let first = Exact {
         inner: Box::pin(response.bytes_stream()),
@@ -440,8 +477,8 @@ async fn fetch_ranged(
     Ok(Box::pin(first.chain(rest)))
 }
 
-/// One range's body, passed on as it arrives, failing if it holds more or
-/// fewer than the `end - start` bytes asked for.
+/// A body of bytes `start` to `end` (exclusive), passed on as it arrives,
+/// failing if it holds more or fewer bytes than that.
 struct Exact {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     url: String,
@@ -451,13 +488,17 @@ struct Exact {
 }
 
 impl Exact {
+    fn expected(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
     fn wrong_length(&self, what: &str) -> String {
         format!(
-            "range {}-{} {what} ({} of {} bytes)",
+            "bytes {}-{} {what} ({} of {} bytes)",
             self.start,
-            self.end - 1,
+            self.end.saturating_sub(1),
             self.received,
-            self.end - self.start
+            self.expected()
         )
     }
 }
@@ -470,7 +511,7 @@ impl Stream for Exact {
         Poll::Ready(match ready!(polled) {
             Some(Ok(piece)) => {
                 self.received += piece.len() as u64;
-                if self.received > self.end - self.start {
+                if self.received > self.expected() {
                     Some(Err(Error::Protocol {
                         url: self.url.clone(),
                         reason: self.wrong_length("sent more than asked"),
@@ -483,17 +524,92 @@ impl Stream for Exact {
                 url: self.url.clone(),
                 source,
             })),
-            None if self.received < self.end - self.start => {
+            None if self.received < self.expected() => {
                 // Reported once: a stream ends after its error.
                 let err = Error::Interrupted {
                     url: self.url.clone(),
                     reason: self.wrong_length("ended early"),
                 };
-                self.received = self.end - self.start;
+                self.received = self.expected();
                 Some(Err(err))
             }
             None => None,
         })
+    }
+}
+
+/// `stream`, the bytes of `desc`, checked as they pass: more bytes than
+/// its size fail at once, and the end of the stream becomes an error if
+/// they were fewer, or of another digest. For callers that hand bytes on as
+/// they arrive (`fetch-object` to stdout), where no store checks them at
+/// commit; `what` names the object in errors.
+pub(crate) fn verified(stream: ByteStream, desc: &Descriptor, what: String) -> Result<ByteStream> {
+    let digester = ocidist_content::Digester::new(desc.digest().algorithm())?;
+    Ok(Box::pin(Verified {
+        inner: stream,
+        digester: Some(digester),
+        desc: desc.clone(),
+        received: 0,
+        what,
+    }))
+}
+
+struct Verified {
+    inner: ByteStream,
+    /// Taken when the stream has ended or failed.
+    digester: Option<ocidist_content::Digester>,
+    desc: Descriptor,
+    received: u64,
+    what: String,
+}
+
+impl Verified {
+    fn fail(&mut self, reason: String) -> Poll<Option<Result<Bytes>>> {
+        self.digester = None;
+        Poll::Ready(Some(Err(Error::Protocol {
+            url: self.what.clone(),
+            reason,
+        })))
+    }
+}
+
+impl Stream for Verified {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(digester) = this.digester.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let size = this.desc.size();
+        match ready!(this.inner.as_mut().poll_next(cx)) {
+            Some(Ok(chunk)) => {
+                this.received += chunk.len() as u64;
+                if this.received > size {
+                    return this.fail(format!("more than the {size} bytes expected"));
+                }
+                digester.update(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Some(Err(e)) => {
+                this.digester = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                let actual = digester.digest();
+                let expected = this.desc.digest();
+                if this.received < size {
+                    this.fail(format!("ended after {} of {size} bytes", this.received))
+                } else if &actual != expected {
+                    this.fail(format!(
+                        "digest mismatch: expected {expected}, got {actual}"
+                    ))
+                } else {
+                    this.digester = None;
+                    Poll::Ready(None)
+                }
+            }
+        }
     }
 }
 
@@ -534,6 +650,63 @@ mod tests {
         let digest = ocidist_content::sha256_of(&bytes);
         let desc = Descriptor::new(MediaType::ImageManifest, bytes.len() as u64, digest);
         (desc, bytes)
+    }
+
+    #[test]
+    fn a_content_range_must_be_the_range_asked_for_of_a_blob_of_this_size() {
+        let check = |range: &str, start, end| check_content_range(range, start, end, 1000);
+        assert_eq!(check("bytes 0-99/1000", 0, Some(100)), Ok(()));
+        assert_eq!(check("bytes 500-999/1000", 500, None), Ok(()));
+        assert_eq!(check("bytes 500-999/*", 500, None), Ok(()));
+        // Shorter than asked: the body's length decides, and it is resumed.
+        assert_eq!(check("bytes 0-49/1000", 0, Some(100)), Ok(()));
+        for (range, start, end, says) in [
+            ("bytes 1-100/1000", 0, Some(100), "from 0"),
+            ("bytes 0-100/1000", 0, Some(100), "bytes 0-99"),
+            ("bytes 500-1000/1000", 500, None, "bytes 500-999"),
+            ("bytes 500-400/1000", 500, None, "bytes 500-999"),
+            ("bytes 0-99/2000", 0, Some(100), "the registry's is 2000"),
+            ("bytes 0-99", 0, Some(100), "no valid"),
+            ("items 0-99/1000", 0, Some(100), "no valid"),
+            ("", 0, Some(100), "no valid"),
+        ] {
+            let reason = check(range, start, end).unwrap_err();
+            assert!(reason.contains(says), "{range:?}: {reason}");
+        }
+    }
+
+    async fn passed_through(desc: &Descriptor, pieces: &[&str]) -> Vec<Result<Bytes>> {
+        let pieces: Vec<Result<Bytes>> = pieces
+            .iter()
+            .map(|p| Ok(Bytes::copy_from_slice(p.as_bytes())))
+            .collect();
+        let stream = futures::stream::iter(pieces);
+        let checked = verified(Box::pin(stream), desc, "the object".into()).unwrap();
+        checked.collect().await
+    }
+
+    #[tokio::test]
+    async fn a_verified_stream_ends_in_an_error_unless_size_and_digest_match() {
+        let desc = Descriptor::new(
+            MediaType::ImageLayer,
+            6,
+            ocidist_content::sha256_of(b"abcdef"),
+        );
+        let passed = passed_through(&desc, &["abc", "def"]).await;
+        assert_eq!(passed.len(), 2);
+        assert!(passed.iter().all(Result::is_ok));
+
+        for (pieces, says) in [
+            (&["abc", "deF"][..], "digest mismatch"),
+            (&["abc"][..], "ended after 3 of 6 bytes"),
+            (&["abc", "defg"][..], "more than the 6 bytes"),
+        ] {
+            let mut passed = passed_through(&desc, pieces).await;
+            let last = passed.pop().unwrap().unwrap_err();
+            assert!(last.to_string().contains(says), "{last}");
+            assert!(last.to_string().contains("the object"), "{last}");
+            assert!(passed.iter().all(Result::is_ok), "only the end fails");
+        }
     }
 
     #[test]

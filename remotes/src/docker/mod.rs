@@ -705,6 +705,10 @@ impl Resolver for DockerResolver {
 /// hint in `hints` overrides the type the registry reports. A locator with
 /// a tag or digest of its own is refused ([`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)):
 /// which of the two objects was meant is not for us to guess.
+///
+/// The stream is checked as it passes: bytes that are not the object's size
+/// and digest (for a tag, the digest the registry gave) end it in an error,
+/// after what came before has been handed on.
 pub async fn fetch_object(
     resolver: &DockerResolver,
     locator: &str,
@@ -732,7 +736,10 @@ pub async fn fetch_object(
         resolver.ranged.clone(),
         resolver.resolved.clone(),
     );
-    let stream = fetcher.fetch(&desc, 0).await?;
+    // Handed on as it arrives, with no store to check it at commit: the
+    // stream checks itself, and a tag's digest (the registry's word) is
+    // held to its bytes too.
+    let stream = fetcher::verified(fetcher.fetch(&desc, 0).await?, &desc, reference.to_string())?;
     Ok((desc, stream))
 }
 
@@ -965,7 +972,8 @@ impl Repository {
         format!("repository:{}:{actions}", self.repository)
     }
 
-    /// Sends a request once (uploads, whose bodies cannot be replayed).
+    /// Sends a request once (uploads, whose streamed bodies cannot be
+    /// replayed: the pusher starts a failed upload again as a whole).
     pub(crate) async fn send_once(
         &self,
         method: Method,

@@ -14,10 +14,11 @@ use std::io::SeekFrom;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use oci_spec::image::{Descriptor, Digest};
+use ocidist_content::helpers::jitter;
 use ocidist_content::{Digester, Error as ContentError, Labels, Status, Writer};
 use reqwest::{Method, StatusCode, header};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite};
@@ -279,13 +280,13 @@ impl PushWriter {
     }
 
     async fn upload(&mut self) -> Result<()> {
-        self.spool
-            .seek(SeekFrom::Start(0))
-            .await
-            .map_err(ContentError::Source)?;
         match &self.target {
             Target::Manifest { url } => {
                 refuse_oversized_manifest(self.desc.digest(), self.written)?;
+                self.spool
+                    .seek(SeekFrom::Start(0))
+                    .await
+                    .map_err(ContentError::Source)?;
                 let mut body = Vec::with_capacity(self.written as usize);
                 (&mut self.spool)
                     .take(MAX_MANIFEST_SIZE)
@@ -304,79 +305,122 @@ impl PushWriter {
                 check_status(Method::PUT, url, response, DONE).await?;
             }
             Target::Blob { uploads, session } => {
-                let mut url = match session {
-                    Some(session) => session.clone(),
-                    None => {
-                        // No body: safe to retry, and where a push token is obtained;
-                        // the PUT that streams the blob (and cannot be replayed) then
-                        // reuses it.
-                        let response = self.repo.send(Method::POST, uploads, |r| r).await?;
-                        let response =
-                            check_status(Method::POST, uploads, response, CONTINUE).await?;
-                        upload_location(uploads, &response)?
-                    }
-                };
-                if self.written > MONOLITHIC_MAX {
-                    // Large blobs go in chunks, each a request of its own, so a
-                    // proxy's body limit or a slow link never has to carry it all.
-                    let mut offset = 0;
-                    while offset < self.written {
-                        let len = CHUNK.min(self.written - offset);
-                        let mut chunk = vec![0; len as usize];
-                        self.spool
-                            .read_exact(&mut chunk)
-                            .await
-                            .map_err(ContentError::Source)?;
-                        let url_text = url.to_string();
-                        let response = self
-                            .repo
-                            .send_once(Method::PATCH, &url_text, |r| {
-                                r.header(header::CONTENT_TYPE, "application/octet-stream")
-                                    .header(
-                                        header::CONTENT_RANGE,
-                                        format!("{offset}-{}", offset + len - 1),
-                                    )
-                                    .header(header::CONTENT_LENGTH, len)
-                                    .body(chunk)
-                            })
-                            .await?;
-                        let response =
-                            check_status(Method::PATCH, &url_text, response, CONTINUE).await?;
-                        url = upload_location(&url_text, &response)?;
-                        offset += len;
-                    }
-                    url.query_pairs_mut()
-                        .append_pair("digest", self.desc.digest().as_ref());
-                    let url_text = url.to_string();
-                    let response = self
-                        .repo
-                        .send_once(Method::PUT, &url_text, |r| {
-                            r.header(header::CONTENT_LENGTH, 0)
-                        })
-                        .await?;
-                    check_status(Method::PUT, &url_text, response, DONE).await?;
-                    return Ok(());
-                }
-                url.query_pairs_mut()
-                    .append_pair("digest", self.desc.digest().as_ref());
-                let file = self.spool.try_clone().await.map_err(ContentError::Source)?;
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                    file,
-                    1 << 20,
-                ));
-                let size = self.written;
+                let (uploads, session) = (uploads.clone(), session.clone());
+                self.upload_blob_retrying(&uploads, session).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads the blob, again through a new session (at most
+    /// [`UPLOAD_ATTEMPTS`] in all) when an attempt fails in a way another
+    /// might not: a broken connection, a 5xx, a 408. The blob is spooled, so
+    /// it is sent again from its start; a registry that has it by then (an
+    /// answer lost on its way back) is asked first. A rate limit is not
+    /// asked again. The first attempt uses the `session` a refused mount
+    /// opened, if any.
+    async fn upload_blob_retrying(
+        &mut self,
+        uploads: &str,
+        mut session: Option<reqwest::Url>,
+    ) -> Result<()> {
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 1;
+        loop {
+            let error = match self.upload_blob(uploads, session.take()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let again = error.kind() == crate::ErrorKind::Unavailable && !error.rate_limited();
+            if attempt == UPLOAD_ATTEMPTS || !again {
+                return Err(error);
+            }
+            attempt += 1;
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff *= 2;
+            let blob = format!("{}/blobs/{}", self.repo.base, self.desc.digest());
+            if let Ok(head) = self.repo.send(Method::HEAD, &blob, |r| r).await
+                && head.status() == StatusCode::OK
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One attempt at uploading the blob: through `session`, or a new one
+    /// from `uploads`; in one `PUT`, or `PATCH` chunks for a large blob.
+    async fn upload_blob(&mut self, uploads: &str, session: Option<reqwest::Url>) -> Result<()> {
+        self.spool
+            .seek(SeekFrom::Start(0))
+            .await
+            .map_err(ContentError::Source)?;
+        let mut url = match session {
+            Some(session) => session,
+            None => {
+                // No body: safe to retry, and where a push token is obtained;
+                // the PUT that streams the blob (and cannot be replayed) then
+                // reuses it.
+                let response = self.repo.send(Method::POST, uploads, |r| r).await?;
+                let response = check_status(Method::POST, uploads, response, CONTINUE).await?;
+                upload_location(uploads, &response)?
+            }
+        };
+        if self.written > MONOLITHIC_MAX {
+            // Large blobs go in chunks, each a request of its own, so a
+            // proxy's body limit or a slow link never has to carry it all.
+            let mut offset = 0;
+            while offset < self.written {
+                let len = CHUNK.min(self.written - offset);
+                let mut chunk = vec![0; len as usize];
+                self.spool
+                    .read_exact(&mut chunk)
+                    .await
+                    .map_err(ContentError::Source)?;
                 let url_text = url.to_string();
                 let response = self
                     .repo
-                    .send_once(Method::PUT, &url_text, |r| {
+                    .send_once(Method::PATCH, &url_text, |r| {
                         r.header(header::CONTENT_TYPE, "application/octet-stream")
-                            .header(header::CONTENT_LENGTH, size)
-                            .body(body)
+                            .header(
+                                header::CONTENT_RANGE,
+                                format!("{offset}-{}", offset + len - 1),
+                            )
+                            .header(header::CONTENT_LENGTH, len)
+                            .body(chunk)
                     })
                     .await?;
-                check_status(Method::PUT, &url_text, response, DONE).await?;
+                let response = check_status(Method::PATCH, &url_text, response, CONTINUE).await?;
+                url = upload_location(&url_text, &response)?;
+                offset += len;
             }
+            url.query_pairs_mut()
+                .append_pair("digest", self.desc.digest().as_ref());
+            let url_text = url.to_string();
+            let response = self
+                .repo
+                .send_once(Method::PUT, &url_text, |r| {
+                    r.header(header::CONTENT_LENGTH, 0)
+                })
+                .await?;
+            check_status(Method::PUT, &url_text, response, DONE).await?;
+            return Ok(());
         }
+        url.query_pairs_mut()
+            .append_pair("digest", self.desc.digest().as_ref());
+        let file = self.spool.try_clone().await.map_err(ContentError::Source)?;
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let size = self.written;
+        let url_text = url.to_string();
+        let response = self
+            .repo
+            .send_once(Method::PUT, &url_text, |r| {
+                r.header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, size)
+                    .body(body)
+            })
+            .await?;
+        check_status(Method::PUT, &url_text, response, DONE).await?;
         Ok(())
     }
 }
@@ -389,6 +433,8 @@ const CONTINUE: &[StatusCode] = &[StatusCode::ACCEPTED, StatusCode::OK, StatusCo
 /// Answers that end an upload or a manifest PUT: 201 by the specification,
 /// 200 or 204 from some registries (as containerd accepts).
 const DONE: &[StatusCode] = &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT];
+/// Attempts at uploading one blob, each through a session of its own.
+const UPLOAD_ATTEMPTS: u32 = 3;
 /// The size of each `PATCH` chunk.
 const CHUNK: u64 = 16 << 20;
 

@@ -59,6 +59,9 @@ pub enum Fault {
     /// headers and body): a registry that says 200 or 204 where the
     /// specification says 201 or 202.
     ReplaceStatus(u16),
+    /// Forward the request, then close the connection without answering:
+    /// the registry did the work, and its answer was lost on the way back.
+    DropAnswer,
     /// Forward `after` bytes of the body, then send nothing more for `hold`
     /// with the connection open (a stalled server), then close it.
     Stall {
@@ -96,6 +99,7 @@ struct Shared {
     faults_applied: AtomicUsize,
     tls_handshakes: AtomicUsize,
     log: Mutex<Vec<String>>,
+    heads: Mutex<Vec<Vec<String>>>,
     stop: AtomicBool,
 }
 
@@ -157,6 +161,16 @@ impl FaultProxy {
     /// How many requests the proxy has received.
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every request's head as received, in order: the request line, then
+    /// its header lines (`Name: value`), to check what a client sent.
+    pub fn heads(&self) -> Vec<Vec<String>> {
+        self.shared
+            .heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// How many TLS handshakes the proxy was sent; each is answered in plain
@@ -266,6 +280,11 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(format!("{method} {path}{range}{authorization}"));
+    shared
+        .heads
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(head.clone());
     let mut body = vec![0; content_length(&head) as usize];
     reader.read_exact(&mut body)?;
     let mut client = client;
@@ -338,6 +357,9 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
 
     let mut upstream_reader = BufReader::new(server);
     let mut response_head = read_head(&mut upstream_reader)?;
+    if let Some(Fault::DropAnswer) = &fault {
+        return client.shutdown(Shutdown::Both);
+    }
     if let (Some(Fault::ReplaceStatus(status)), Some(status_line)) =
         (&fault, response_head.first_mut())
     {

@@ -119,10 +119,21 @@ pub async fn push_multi(
     repo: &str,
     tag: &str,
 ) -> Vec<Blob> {
+    push_multi_as(false, pusher_for, repo, tag).await
+}
+
+/// [`push_multi`] with Docker media types (a manifest list of schema 2
+/// manifests) when `docker`, OCI ones otherwise.
+pub async fn push_multi_as(
+    docker: bool,
+    pusher_for: impl AsyncFn(&str) -> Box<dyn Pusher>,
+    repo: &str,
+    tag: &str,
+) -> Vec<Blob> {
     let mut all = Vec::new();
     let mut manifests = Vec::new();
     for platform in ["linux/amd64", "linux/arm64"] {
-        let blobs = image(false, platform, 200_000);
+        let blobs = image(docker, platform, 200_000);
         let mut manifest = blobs[2].desc.clone();
         let (os, arch) = platform.split_once('/').unwrap();
         manifest.set_platform(Some(
@@ -135,9 +146,14 @@ pub async fn push_multi(
         manifests.push(manifest);
         all.extend(blobs);
     }
+    let index_type = if docker {
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    } else {
+        "application/vnd.oci.image.index.v1+json"
+    };
     let index = blob(
-        "application/vnd.oci.image.index.v1+json",
-        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})
+        index_type,
+        json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests})
             .to_string()
             .into_bytes(),
     );
