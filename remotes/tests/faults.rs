@@ -680,6 +680,10 @@ async fn a_failed_upload_is_sent_again_through_a_new_session() {
     let log = proxy.log()[before..].to_vec();
     assert_eq!(posts(&log), 3, "{log:#?}");
     assert_eq!(proxy.faults_applied(), 4);
+    // Each failed session let go of; the registry asked once more at the end.
+    let deletes = log.iter().filter(|l| l.starts_with("DELETE ")).count();
+    assert_eq!(deletes, 3, "{log:#?}");
+    assert!(log.last().unwrap().starts_with("HEAD "), "{log:#?}");
 }
 
 /// An upload the registry took whose answer was lost on the way back is

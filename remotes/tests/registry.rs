@@ -269,6 +269,27 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
     let bytes: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     assert_eq!(bytes.concat(), blobs[0].bytes);
 
+    // A hint of another manifest type: the manifest's own bytes, by
+    // digest, under the hinted type.
+    let oci = image(false, "linux/arm64", 1000);
+    let pusher = resolver.pusher(&format!("{repo}:oci")).await.unwrap();
+    push_all(pusher.as_ref(), &oci).await;
+    let manifest = &oci[2];
+    let (desc, stream) = fetch_object(
+        &resolver,
+        &repo,
+        manifest.desc.digest().as_ref(),
+        &["mediatype:application/vnd.oci.image.index.v1+json"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        desc.media_type().to_string(),
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let bytes: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+    assert_eq!(bytes.concat(), manifest.bytes);
+
     // A tag in the locator beside the object: refused before any request.
     let Err(err) = fetch_object(&resolver, &format!("{repo}:v1"), "latest", &[]).await else {
         panic!("a locator with a tag is refused");
@@ -285,7 +306,7 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
 }
 
 #[tokio::test]
-async fn a_large_blob_is_pushed_in_chunks_and_fetched_back() {
+async fn a_large_blob_is_pushed_in_chunks_started_again_after_a_failed_one_and_fetched_back() {
     let registry = registry();
     let resolver = DockerResolver::new();
     let repo = format!("{}/test/large", registry.host());
@@ -296,21 +317,32 @@ async fn a_large_blob_is_pushed_in_chunks_and_fetched_back() {
     let big = blob("application/vnd.oci.image.layer.v1.tar", bytes);
     // Through a counting proxy: HEAD, POST, 5 PATCH and the closing PUT,
     // answered 204 and 200 as some registries do instead of 202 and 201.
+    // The second PATCH fails once (503): its session is let go of (DELETE),
+    // the registry asked whether it has the blob (HEAD), and the upload
+    // starts again through a new session (POST, 5 PATCH, PUT).
     let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
-    proxy.add(
-        Some("PATCH"),
-        "/blobs/uploads/",
-        5,
-        Fault::ReplaceStatus(204),
-    );
+    let patch = |times, fault| proxy.add(Some("PATCH"), "/blobs/uploads/", times, fault);
+    patch(1, Fault::ReplaceStatus(204));
+    let unavailable = Fault::Status {
+        status: 503,
+        retry_after: None,
+    };
+    patch(1, unavailable);
+    patch(5, Fault::ReplaceStatus(204));
     proxy.add(Some("PUT"), "/blobs/uploads/", 1, Fault::ReplaceStatus(200));
     let pusher = resolver
         .pusher(&format!("{}/test/large:x", proxy.host()))
         .await
         .unwrap();
     push_all(pusher.as_ref(), std::slice::from_ref(&big)).await;
-    let blob_requests = proxy.log().iter().filter(|l| l.contains("/blobs/")).count();
-    assert_eq!(blob_requests, 8, "a chunked upload: {:#?}", proxy.log());
+    let blob_requests: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("/blobs/"))
+        .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+        .collect();
+    let expected = "HEAD POST PATCH PATCH DELETE HEAD POST PATCH PATCH PATCH PATCH PATCH PUT";
+    assert_eq!(blob_requests.join(" "), expected, "{:#?}", proxy.log());
     let fetcher = resolver.fetcher(&format!("{repo}:x")).await.unwrap();
     let back = fetch_all(fetcher.as_ref(), &big.desc, 0).await;
     assert_eq!(back.len(), big.bytes.len());

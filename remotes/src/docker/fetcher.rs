@@ -245,7 +245,12 @@ async fn get_range(
     start: u64,
     end: Option<u64>,
 ) -> Result<reqwest::Response> {
-    let media_type = desc.media_type().to_string();
+    // Anything, the descriptor's type first, as containerd asks: the bytes
+    // are checked by digest anyway, and a registry that picks what to send
+    // by `Accept` must not refuse for a type it did not expect (a
+    // `mediatype:` hint). The distribution registry serves digests whatever
+    // `Accept` says.
+    let accept = format!("{}, */*", desc.media_type());
     let range = match end {
         Some(end) => Some(format!("bytes={start}-{}", end - 1)),
         None if start > 0 => Some(format!("bytes={start}-")),
@@ -253,7 +258,7 @@ async fn get_range(
     };
     let response = repo
         .send(Method::GET, url, |r| {
-            let r = r.header(header::ACCEPT, media_type.as_str());
+            let r = r.header(header::ACCEPT, accept.as_str());
             match &range {
                 Some(range) => r.header(header::RANGE, range.as_str()),
                 None => r,

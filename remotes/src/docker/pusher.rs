@@ -17,6 +17,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use oci_spec::image::{Descriptor, Digest};
 use ocidist_content::helpers::jitter;
 use ocidist_content::{Digester, Error as ContentError, Labels, Status, Writer};
@@ -313,12 +314,13 @@ impl PushWriter {
     }
 
     /// Uploads the blob, again through a new session (at most
-    /// [`UPLOAD_ATTEMPTS`] in all) when an attempt fails in a way another
-    /// might not: a broken connection, a 5xx, a 408. The blob is spooled, so
-    /// it is sent again from its start; a registry that has it by then (an
-    /// answer lost on its way back) is asked first. A rate limit is not
-    /// asked again. The first attempt uses the `session` a refused mount
-    /// opened, if any.
+    /// [`UPLOAD_ATTEMPTS`] in all) when the request carrying its bytes fails
+    /// in a way another might not ([`worth_another_attempt`]). The blob is
+    /// spooled, so it is sent again from its start; the failed attempt's
+    /// session is let go of, and the registry is asked whether it has the
+    /// blob after all (an answer lost on its way back) before each new
+    /// attempt and before giving up. The first attempt uses the `session` a
+    /// refused mount opened, if any.
     async fn upload_blob_retrying(
         &mut self,
         uploads: &str,
@@ -327,55 +329,95 @@ impl PushWriter {
         let mut backoff = Duration::from_millis(250);
         let mut attempt = 1;
         loop {
-            let error = match self.upload_blob(uploads, session.take()).await {
+            let failed = match self.upload_blob(uploads, session.take()).await {
                 Ok(()) => return Ok(()),
-                Err(e) => e,
+                Err(failed) => failed,
             };
-            let again = error.kind() == crate::ErrorKind::Unavailable && !error.rate_limited();
-            if attempt == UPLOAD_ATTEMPTS || !again {
-                return Err(error);
-            }
-            attempt += 1;
+            let Some(abandoned) = failed
+                .session
+                .filter(|_| worth_another_attempt(&failed.error))
+            else {
+                return Err(failed.error);
+            };
+            // Best effort: a registry keeps a session's bytes until it is
+            // cancelled or collected.
+            let _ = self
+                .repo
+                .send_once(Method::DELETE, abandoned.as_str(), |r| r)
+                .await;
             tokio::time::sleep(jitter(backoff)).await;
             backoff *= 2;
-            let blob = format!("{}/blobs/{}", self.repo.base, self.desc.digest());
-            if let Ok(head) = self.repo.send(Method::HEAD, &blob, |r| r).await
-                && head.status() == StatusCode::OK
-            {
+            if self.registry_has_blob().await {
                 return Ok(());
             }
+            if attempt == UPLOAD_ATTEMPTS {
+                return Err(failed.error);
+            }
+            attempt += 1;
         }
     }
 
+    /// Whether the registry has the blob (a failed `HEAD` says no).
+    async fn registry_has_blob(&self) -> bool {
+        let blob = format!("{}/blobs/{}", self.repo.base, self.desc.digest());
+        matches!(
+            self.repo.send(Method::HEAD, &blob, |r| r).await,
+            Ok(head) if head.status() == StatusCode::OK
+        )
+    }
+
     /// One attempt at uploading the blob: through `session`, or a new one
-    /// from `uploads`; in one `PUT`, or `PATCH` chunks for a large blob.
-    async fn upload_blob(&mut self, uploads: &str, session: Option<reqwest::Url>) -> Result<()> {
-        self.spool
-            .seek(SeekFrom::Start(0))
-            .await
-            .map_err(ContentError::Source)?;
+    /// from `uploads`; in one `PUT`, or `PATCH` chunks for a large blob. The
+    /// spool is read at positions, never through its file offset, so a body
+    /// of an earlier attempt still being dropped cannot move what this one
+    /// reads.
+    async fn upload_blob(
+        &mut self,
+        uploads: &str,
+        session: Option<reqwest::Url>,
+    ) -> std::result::Result<(), FailedUpload> {
+        let early = |error: Error| FailedUpload {
+            error,
+            session: None,
+        };
         let mut url = match session {
             Some(session) => session,
             None => {
-                // No body: safe to retry, and where a push token is obtained;
-                // the PUT that streams the blob (and cannot be replayed) then
-                // reuses it.
-                let response = self.repo.send(Method::POST, uploads, |r| r).await?;
-                let response = check_status(Method::POST, uploads, response, CONTINUE).await?;
-                upload_location(uploads, &response)?
+                // No body: retried by `send` itself, and where a push token
+                // is obtained; the requests that stream the blob (and cannot
+                // be replayed) then reuse it.
+                let response = self
+                    .repo
+                    .send(Method::POST, uploads, |r| r)
+                    .await
+                    .map_err(early)?;
+                let response = check_status(Method::POST, uploads, response, CONTINUE)
+                    .await
+                    .map_err(early)?;
+                upload_location(uploads, &response).map_err(early)?
             }
         };
-        if self.written > MONOLITHIC_MAX {
+        let spool = self
+            .spool
+            .try_clone()
+            .await
+            .map_err(|e| early(ContentError::Source(e).into()))?;
+        let spool = Arc::new(spool.into_std().await);
+        let size = self.written;
+        let session = url.clone();
+        let failed = |error: Error| FailedUpload {
+            error,
+            session: Some(session.clone()),
+        };
+        if size > MONOLITHIC_MAX {
             // Large blobs go in chunks, each a request of its own, so a
             // proxy's body limit or a slow link never has to carry it all.
             let mut offset = 0;
-            while offset < self.written {
-                let len = CHUNK.min(self.written - offset);
-                let mut chunk = vec![0; len as usize];
-                self.spool
-                    .read_exact(&mut chunk)
+            while offset < size {
+                let len = CHUNK.min(size - offset);
+                let chunk = read_spool_at(spool.clone(), offset, len as usize)
                     .await
-                    .map_err(ContentError::Source)?;
+                    .map_err(&failed)?;
                 let url_text = url.to_string();
                 let response = self
                     .repo
@@ -388,9 +430,12 @@ impl PushWriter {
                             .header(header::CONTENT_LENGTH, len)
                             .body(chunk)
                     })
-                    .await?;
-                let response = check_status(Method::PATCH, &url_text, response, CONTINUE).await?;
-                url = upload_location(&url_text, &response)?;
+                    .await
+                    .map_err(&failed)?;
+                let response = check_status(Method::PATCH, &url_text, response, CONTINUE)
+                    .await
+                    .map_err(&failed)?;
+                url = upload_location(&url_text, &response).map_err(&failed)?;
                 offset += len;
             }
             url.query_pairs_mut()
@@ -401,16 +446,30 @@ impl PushWriter {
                 .send_once(Method::PUT, &url_text, |r| {
                     r.header(header::CONTENT_LENGTH, 0)
                 })
-                .await?;
-            check_status(Method::PUT, &url_text, response, DONE).await?;
+                .await
+                .map_err(&failed)?;
+            check_status(Method::PUT, &url_text, response, DONE)
+                .await
+                .map_err(&failed)?;
             return Ok(());
         }
         url.query_pairs_mut()
             .append_pair("digest", self.desc.digest().as_ref());
-        let file = self.spool.try_clone().await.map_err(ContentError::Source)?;
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-        let size = self.written;
+        let pieces = futures::stream::unfold(0, move |offset| {
+            let spool = spool.clone();
+            async move {
+                if offset >= size {
+                    return None;
+                }
+                let len = (size - offset).min(PUT_PIECE);
+                match read_spool_at(spool, offset, len as usize).await {
+                    Ok(piece) => Some((Ok(piece), offset + len)),
+                    // The stream ends after its error.
+                    Err(e) => Some((Err(e), size)),
+                }
+            }
+        });
+        let body = reqwest::Body::wrap_stream(pieces);
         let url_text = url.to_string();
         let response = self
             .repo
@@ -419,10 +478,50 @@ impl PushWriter {
                     .header(header::CONTENT_LENGTH, size)
                     .body(body)
             })
-            .await?;
-        check_status(Method::PUT, &url_text, response, DONE).await?;
+            .await
+            .map_err(&failed)?;
+        check_status(Method::PUT, &url_text, response, DONE)
+            .await
+            .map_err(&failed)?;
         Ok(())
     }
+}
+
+/// How one attempt at uploading a blob failed.
+struct FailedUpload {
+    error: Error,
+    /// The session the attempt had opened, if it got that far.
+    session: Option<reqwest::Url>,
+}
+
+/// Whether an upload request that carried a blob's bytes failed in a way
+/// another attempt might not: a broken connection, or the statuses `send`
+/// retries (408, 500, 502, 503, 504), but not a rate limit, whose answer
+/// stands.
+fn worth_another_attempt(error: &Error) -> bool {
+    match error {
+        Error::Status { status, .. } => {
+            super::retryable(*status) && *status != StatusCode::TOO_MANY_REQUESTS
+        }
+        Error::Connect { .. } | Error::Interrupted { .. } => {
+            error.kind() == crate::ErrorKind::Unavailable
+        }
+        _ => false,
+    }
+}
+
+/// Reads `len` bytes of the spool at `offset`, on a blocking thread.
+async fn read_spool_at(spool: Arc<std::fs::File>, offset: u64, len: usize) -> Result<Bytes> {
+    let read = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; len];
+        spool
+            .read_exact_at(&mut buf, offset)
+            .map(|()| Bytes::from(buf))
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    Ok(read.map_err(ContentError::Source)?)
 }
 
 /// Blobs up to this size go in one `PUT`; larger ones in `PATCH` chunks.
@@ -435,6 +534,8 @@ const CONTINUE: &[StatusCode] = &[StatusCode::ACCEPTED, StatusCode::OK, StatusCo
 const DONE: &[StatusCode] = &[StatusCode::CREATED, StatusCode::OK, StatusCode::NO_CONTENT];
 /// Attempts at uploading one blob, each through a session of its own.
 const UPLOAD_ATTEMPTS: u32 = 3;
+/// The pieces a single `PUT`'s body is read from the spool in.
+const PUT_PIECE: u64 = 1 << 20;
 /// The size of each `PATCH` chunk.
 const CHUNK: u64 = 16 << 20;
 
