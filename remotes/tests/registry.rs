@@ -306,10 +306,9 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
 }
 
 #[tokio::test]
-async fn a_large_blob_is_pushed_in_chunks_started_again_after_a_failed_one_and_fetched_back() {
+async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetched_back() {
     let registry = registry();
     let resolver = DockerResolver::new();
-    let repo = format!("{}/test/large", registry.host());
     // Over the 64 MiB single-PUT limit: 5 PATCH chunks of 16 MiB.
     let bytes: Vec<u8> = (0..(70u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
@@ -317,36 +316,69 @@ async fn a_large_blob_is_pushed_in_chunks_started_again_after_a_failed_one_and_f
     let big = blob("application/vnd.oci.image.layer.v1.tar", bytes);
     // Through a counting proxy: HEAD, POST, 5 PATCH and the closing PUT,
     // answered 204 and 200 as some registries do instead of 202 and 201.
-    // The second PATCH fails once (503): its session is let go of (DELETE),
-    // the registry asked whether it has the blob (HEAD), and the upload
-    // starts again through a new session (POST, 5 PATCH, PUT).
+    // The second PATCH fails once (503), each time; `then` more follow.
     let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
-    let patch = |times, fault| proxy.add(Some("PATCH"), "/blobs/uploads/", times, fault);
-    patch(1, Fault::ReplaceStatus(204));
-    let unavailable = Fault::Status {
-        status: 503,
-        retry_after: None,
+    let chunks_with_the_second_failing = |then| {
+        let patch = |times, fault| proxy.add(Some("PATCH"), "/blobs/uploads/", times, fault);
+        patch(1, Fault::ReplaceStatus(204));
+        let unavailable = Fault::Status {
+            status: 503,
+            retry_after: None,
+        };
+        patch(1, unavailable);
+        patch(then, Fault::ReplaceStatus(204));
+        proxy.add(Some("PUT"), "/blobs/uploads/", 1, Fault::ReplaceStatus(200));
     };
-    patch(1, unavailable);
-    patch(5, Fault::ReplaceStatus(204));
-    proxy.add(Some("PUT"), "/blobs/uploads/", 1, Fault::ReplaceStatus(200));
-    let pusher = resolver
-        .pusher(&format!("{}/test/large:x", proxy.host()))
-        .await
-        .unwrap();
-    push_all(pusher.as_ref(), std::slice::from_ref(&big)).await;
-    let blob_requests: Vec<String> = proxy
-        .log()
-        .into_iter()
-        .filter(|l| l.contains("/blobs/"))
-        .map(|l| l.split(' ').next().unwrap_or_default().to_string())
-        .collect();
-    let expected = "HEAD POST PATCH PATCH DELETE HEAD POST PATCH PATCH PATCH PATCH PATCH PUT";
-    assert_eq!(blob_requests.join(" "), expected, "{:#?}", proxy.log());
-    let fetcher = resolver.fetcher(&format!("{repo}:x")).await.unwrap();
-    let back = fetch_all(fetcher.as_ref(), &big.desc, 0).await;
-    assert_eq!(back.len(), big.bytes.len());
-    assert!(sha256_of(&back) == *big.desc.digest());
+    let pushed_to = async |repo: &str| {
+        let before = proxy.log().len();
+        let pusher = resolver
+            .pusher(&format!("{}/{repo}:x", proxy.host()))
+            .await
+            .unwrap();
+        push_all(pusher.as_ref(), std::slice::from_ref(&big)).await;
+        let fetcher = resolver
+            .fetcher(&format!("{}/{repo}:x", registry.host()))
+            .await
+            .unwrap();
+        let back = fetch_all(fetcher.as_ref(), &big.desc, 0).await;
+        assert!(back.len() == big.bytes.len() && sha256_of(&back) == *big.desc.digest());
+        let methods: Vec<String> = proxy.log()[before..]
+            .iter()
+            .filter(|l| l.contains("/blobs/"))
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect();
+        methods.join(" ")
+    };
+
+    // The session is asked what it has (GET: the first 16 MiB), and the
+    // upload goes on from there.
+    chunks_with_the_second_failing(4);
+    assert_eq!(
+        pushed_to("test/large").await,
+        "HEAD POST PATCH PATCH GET PATCH PATCH PATCH PATCH PUT",
+        "{:#?}",
+        proxy.log()
+    );
+
+    // A session that cannot say is let go of (DELETE), the registry asked
+    // whether it has the blob (HEAD), and the upload starts again through a
+    // new session.
+    chunks_with_the_second_failing(5);
+    proxy.add(
+        Some("GET"),
+        "/blobs/uploads/",
+        1,
+        Fault::Answer {
+            status: 404,
+            body: String::new(),
+        },
+    );
+    assert_eq!(
+        pushed_to("test/large-again").await,
+        "HEAD POST PATCH PATCH GET DELETE HEAD POST PATCH PATCH PATCH PATCH PATCH PUT",
+        "{:#?}",
+        proxy.log()
+    );
 }
 
 /// A layer whose media type says "manifest" (OPA's policy layers do) is a

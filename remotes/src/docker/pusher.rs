@@ -366,6 +366,24 @@ impl PushWriter {
         )
     }
 
+    /// How far the upload session at `url` has got: the bytes it has (by
+    /// its `Range: 0-<last>`) and the URL to go on at; `None` if it cannot
+    /// say. The distribution registry says `0-0` for nothing, read so here
+    /// (one byte would be refused at the next chunk, and start again).
+    async fn session_status(&self, url: &str) -> Option<(u64, reqwest::Url)> {
+        let response = self.repo.send(Method::GET, url, |r| r).await.ok()?;
+        if response.status() != StatusCode::NO_CONTENT {
+            return None;
+        }
+        let range = super::header_str(response.headers(), header::RANGE.as_str())?;
+        let received = match range.split_once('-')? {
+            ("0", "0") => 0,
+            ("0", last) => last.parse::<u64>().ok()?.checked_add(1)?,
+            _ => return None,
+        };
+        Some((received, upload_location(url, &response).ok()?))
+    }
+
     /// One attempt at uploading the blob: through `session`, or a new one
     /// from `uploads`; in one `PUT`, or `PATCH` chunks for a large blob. The
     /// spool is read at positions, never through its file offset, so a body
@@ -404,39 +422,56 @@ impl PushWriter {
             .map_err(|e| early(ContentError::Source(e).into()))?;
         let spool = Arc::new(spool.into_std().await);
         let size = self.written;
-        let session = url.clone();
-        let failed = |error: Error| FailedUpload {
+        // The session as the last answer named it, to be let go of.
+        let failed = |error: Error, at: &reqwest::Url| FailedUpload {
             error,
-            session: Some(session.clone()),
+            session: Some(at.clone()),
         };
         if size > MONOLITHIC_MAX {
             // Large blobs go in chunks, each a request of its own, so a
             // proxy's body limit or a slow link never has to carry it all.
+            // A chunk that fails goes on from what the session says it has.
             let mut offset = 0;
+            let mut resumes = 0;
             while offset < size {
                 let len = CHUNK.min(size - offset);
-                let chunk = read_spool_at(spool.clone(), offset, len as usize)
-                    .await
-                    .map_err(&failed)?;
                 let url_text = url.to_string();
-                let response = self
-                    .repo
-                    .send_once(Method::PATCH, &url_text, |r| {
-                        r.header(header::CONTENT_TYPE, "application/octet-stream")
-                            .header(
-                                header::CONTENT_RANGE,
-                                format!("{offset}-{}", offset + len - 1),
-                            )
-                            .header(header::CONTENT_LENGTH, len)
-                            .body(chunk)
-                    })
-                    .await
-                    .map_err(&failed)?;
-                let response = check_status(Method::PATCH, &url_text, response, CONTINUE)
-                    .await
-                    .map_err(&failed)?;
-                url = upload_location(&url_text, &response).map_err(&failed)?;
-                offset += len;
+                let sent = async {
+                    let chunk = read_spool_at(spool.clone(), offset, len as usize).await?;
+                    let response = self
+                        .repo
+                        .send_once(Method::PATCH, &url_text, |r| {
+                            r.header(header::CONTENT_TYPE, "application/octet-stream")
+                                .header(
+                                    header::CONTENT_RANGE,
+                                    format!("{offset}-{}", offset + len - 1),
+                                )
+                                .header(header::CONTENT_LENGTH, len)
+                                .body(chunk)
+                        })
+                        .await?;
+                    let response =
+                        check_status(Method::PATCH, &url_text, response, CONTINUE).await?;
+                    upload_location(&url_text, &response)
+                }
+                .await;
+                match sent {
+                    Ok(next) => {
+                        url = next;
+                        offset += len;
+                    }
+                    Err(error) if worth_another_attempt(&error) && resumes < SESSION_RESUMES => {
+                        resumes += 1;
+                        match self.session_status(&url_text).await {
+                            Some((received, next)) if received <= size => {
+                                url = next;
+                                offset = received;
+                            }
+                            _ => return Err(failed(error, &url)),
+                        }
+                    }
+                    Err(error) => return Err(failed(error, &url)),
+                }
             }
             url.query_pairs_mut()
                 .append_pair("digest", self.desc.digest().as_ref());
@@ -447,10 +482,10 @@ impl PushWriter {
                     r.header(header::CONTENT_LENGTH, 0)
                 })
                 .await
-                .map_err(&failed)?;
+                .map_err(|e| failed(e, &url))?;
             check_status(Method::PUT, &url_text, response, DONE)
                 .await
-                .map_err(&failed)?;
+                .map_err(|e| failed(e, &url))?;
             return Ok(());
         }
         url.query_pairs_mut()
@@ -479,10 +514,10 @@ impl PushWriter {
                     .body(body)
             })
             .await
-            .map_err(&failed)?;
+            .map_err(|e| failed(e, &url))?;
         check_status(Method::PUT, &url_text, response, DONE)
             .await
-            .map_err(&failed)?;
+            .map_err(|e| failed(e, &url))?;
         Ok(())
     }
 }
@@ -536,6 +571,9 @@ const DONE: &[StatusCode] = &[StatusCode::CREATED, StatusCode::OK, StatusCode::N
 const UPLOAD_ATTEMPTS: u32 = 3;
 /// The pieces a single `PUT`'s body is read from the spool in.
 const PUT_PIECE: u64 = 1 << 20;
+/// Times one attempt's chunked upload goes on from what its session has
+/// after a chunk fails, before the attempt is given up.
+const SESSION_RESUMES: u32 = 3;
 /// The size of each `PATCH` chunk.
 const CHUNK: u64 = 16 << 20;
 
