@@ -553,7 +553,8 @@ pub(crate) fn verified(stream: ByteStream, desc: &Descriptor, what: String) -> R
     Ok(Box::pin(Verified {
         inner: stream,
         digester: Some(digester),
-        desc: desc.clone(),
+        size: desc.size(),
+        expected: desc.digest().clone(),
         received: 0,
         what,
     }))
@@ -563,7 +564,8 @@ struct Verified {
     inner: ByteStream,
     /// Taken when the stream has ended or failed.
     digester: Option<ocidist_content::Digester>,
-    desc: Descriptor,
+    size: u64,
+    expected: Digest,
     received: u64,
     what: String,
 }
@@ -586,7 +588,7 @@ impl Stream for Verified {
         let Some(digester) = this.digester.as_mut() else {
             return Poll::Ready(None);
         };
-        let size = this.desc.size();
+        let size = this.size;
         match ready!(this.inner.as_mut().poll_next(cx)) {
             Some(Ok(chunk)) => {
                 this.received += chunk.len() as u64;
@@ -602,10 +604,10 @@ impl Stream for Verified {
             }
             None => {
                 let actual = digester.digest();
-                let expected = this.desc.digest();
                 if this.received < size {
                     this.fail(format!("ended after {} of {size} bytes", this.received))
-                } else if &actual != expected {
+                } else if actual != this.expected {
+                    let expected = &this.expected;
                     this.fail(format!(
                         "digest mismatch: expected {expected}, got {actual}"
                     ))

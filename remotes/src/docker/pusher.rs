@@ -556,7 +556,7 @@ async fn read_spool_at(spool: Arc<std::fs::File>, offset: u64, len: usize) -> Re
     })
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    Ok(read.map_err(ContentError::Source)?)
+    read.map_err(|e| ContentError::Source(e).into())
 }
 
 /// Blobs up to this size go in one `PUT`; larger ones in `PATCH` chunks.
