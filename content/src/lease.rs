@@ -331,8 +331,10 @@ impl Lease {
         }
         let _shared = self.inner.leases.lock_shared().await?;
         // One write of a whole line, appended: concurrent adds do not mix.
+        // It opens with a newline too: a line a failed write left torn (a
+        // full disk) then ends there instead of swallowing this one.
         (&self.inner.file)
-            .write_all(resource.line().as_bytes())
+            .write_all(format!("\n{}", resource.line()).as_bytes())
             .map_err(|e| Error::io("write", &self.inner.path, e))?;
         self.recorded().insert(resource);
         Ok(())
@@ -494,6 +496,18 @@ mod tests {
         let held = leases.hold().unwrap();
         assert_eq!((held.live(), held.expired()), (0, 0));
         assert!(held.content().is_empty() && held.snapshots().is_empty());
+    }
+
+    /// A record a failed write left torn costs only itself.
+    #[tokio::test]
+    async fn a_torn_record_does_not_swallow_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::open(dir.path()).unwrap();
+        let lease = leases.acquire().await.unwrap();
+        (&lease.inner.file).write_all(b"content sha2").unwrap();
+        lease.add_content(&digest(3)).await.unwrap();
+        let held = leases.hold().unwrap();
+        assert_eq!(held.content(), &HashSet::from([digest(3)]));
     }
 
     /// A lease whose owner died: its file stays, but nobody holds its lock.

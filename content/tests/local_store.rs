@@ -923,6 +923,35 @@ async fn list_statuses_filters_by_ref() {
     assert_eq!(names, ["config-c", "layer-b"]);
 }
 
+/// Stray files where the store keeps directories (a README, `.DS_Store`)
+/// are not content, and do not stop a walk or a listing (or, with them, GC).
+#[tokio::test]
+async fn stray_files_beside_blobs_and_ingests_are_passed_over() {
+    let (dir, store) = store();
+    let digest = sha256_of(b"blob");
+    let opts = WriterOpts::new("a").digest(digest.clone());
+    write_blob(&store, opts, &b"blob"[..], Labels::new())
+        .await
+        .unwrap();
+    let mut w = store.writer(WriterOpts::new("busy")).await.unwrap();
+    w.write_all(b"12345").await.unwrap();
+    w.shutdown().await.unwrap();
+    std::fs::write(dir.path().join("blobs/README"), b"stray").unwrap();
+    std::fs::write(dir.path().join("ingest/junk"), b"stray").unwrap();
+    let mut walked = Vec::new();
+    store
+        .walk(&[], &mut |info| {
+            walked.push(info.digest.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(walked, [digest]);
+    let statuses = store.list_statuses(&[]).await.unwrap();
+    let refs: Vec<_> = statuses.iter().map(|s| s.reference.as_str()).collect();
+    assert_eq!(refs, ["busy"]);
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1154,6 +1183,28 @@ async fn an_ingest_can_be_read_while_it_is_written_and_after_its_commit() {
     assert_eq!(&buf[..100], &content[content.len() - 100..]);
     let gone = store.ingest_reader_at("growing").await.err().unwrap();
     assert_eq!(gone.kind(), ErrorKind::NotFound);
+}
+
+/// A blob small enough to be committed from the writer's buffer, never
+/// flushed, still reaches a reader that followed its ingest.
+#[tokio::test]
+async fn a_follower_reads_a_small_blob_committed_from_the_writers_buffer() {
+    let (_dir, store) = store();
+    let (content, digest) = create_content(100 << 10);
+    let mut w = store.writer(WriterOpts::new("small")).await.unwrap();
+    let reader = store.ingest_reader_at("small").await.unwrap();
+    w.write_all(&content).await.unwrap();
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap();
+    let mut whole = vec![0u8; content.len()];
+    let mut at = 0;
+    while at < whole.len() {
+        let n = reader.read_at(at as u64, &mut whole[at..]).await.unwrap();
+        assert!(n > 0, "the reader found {at} bytes of {}", content.len());
+        at += n;
+    }
+    assert!(whole == content);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -388,9 +388,17 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
     };
     let matcher = platforms::only(&remote.platform);
     for image in images {
-        let report = check(&stores.content, &image.target, &matcher)
-            .await
-            .map_err(|e| Failure::new(format!("images check {}", image.name), e))?;
+        let report = match check(&stores.content, &image.target, &matcher).await {
+            Ok(report) => report,
+            // Nothing for this platform (or a document gone): said, and the
+            // check goes on to the next image.
+            Err(e) if e.kind() == ocidist::content::ErrorKind::NotFound => {
+                output::outln!("{}: incomplete, {e}", image.name);
+                incomplete += 1;
+                continue;
+            }
+            Err(e) => return Err(Failure::new(format!("images check {}", image.name), e)),
+        };
         if report.complete() {
             output::outln!("{}: complete ({} blobs)", image.name, report.required.len());
         } else {

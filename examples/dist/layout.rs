@@ -91,7 +91,31 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Copies each blob file to its place in a layout, durably before the
+/// `index.json` that names them: staged, fsynced, renamed, the directories
+/// fsynced. A blob already there is kept.
+fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for (source, dest) in copies {
+        if dest.exists() {
+            continue;
+        }
+        let dir = dest.parent().expect("blob files have a parent");
+        std::fs::create_dir_all(dir)?;
+        let tmp = dest.with_extension("tmp");
+        std::fs::copy(source, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dest)?;
+        dirs.insert(dir.to_path_buf());
+    }
+    for dir in dirs {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
@@ -105,16 +129,20 @@ pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
         }
     });
     let blobs = reachable(stores, &target).await.map_err(fail)?;
-    for desc in &blobs {
-        let dest = blob_file(&args.dir, desc.digest());
-        if dest.exists() {
-            continue;
-        }
-        std::fs::create_dir_all(dest.parent().unwrap_or(&args.dir)).map_err(|e| fail(e.into()))?;
-        let tmp = dest.with_extension("tmp");
-        std::fs::copy(stores.content.blob_path(desc.digest()), &tmp).map_err(|e| fail(e.into()))?;
-        std::fs::rename(&tmp, &dest).map_err(|e| fail(e.into()))?;
-    }
+    let copies: Vec<_> = blobs
+        .iter()
+        .map(|desc| {
+            (
+                stores.content.blob_path(desc.digest()),
+                blob_file(&args.dir, desc.digest()),
+            )
+        })
+        .collect();
+    // Off the runtime, so a Ctrl-C is seen while gigabytes copy.
+    tokio::task::spawn_blocking(move || copy_blobs(&copies))
+        .await
+        .map_err(|e| fail(e.into()))?
+        .map_err(|e| fail(e.into()))?;
     write_atomically(
         &args.dir.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,
@@ -130,7 +158,19 @@ pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
     let manifests = index["manifests"]
         .as_array_mut()
         .ok_or_else(|| fail("index.json has no manifests array".into()))?;
-    // One entry per name: a re-export replaces it.
+    // One entry per name: a re-export replaces it, said when it named
+    // another image (`--name` keeps both).
+    let digest = target.digest().to_string();
+    for m in manifests.iter() {
+        if m["annotations"][REF_NAME].as_str() == Some(name.as_str())
+            && m["digest"].as_str() != Some(digest.as_str())
+        {
+            eprintln!(
+                "dist: export: {name} named {} in the layout; it now names {digest}",
+                m["digest"].as_str().unwrap_or("?")
+            );
+        }
+    }
     manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(name.as_str()));
     manifests.push(entry);
     if index.get("mediaType").is_none() {

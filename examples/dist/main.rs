@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Errors print one line, `dist: <what>: <cause>`, and exit 1; usage errors exit 2.
-//! Ctrl-C or SIGTERM stops at once (exit 130 or 143) and leaves the ingests
-//! in the store, so the next run resumes them.
+//! Ctrl-C or SIGTERM stops at once (dist ends by the signal, as a shell
+//! expects: `$?` is 130 or 143) and leaves the ingests in the store, so the
+//! next run resumes them.
 
 mod content;
 mod image;
@@ -161,6 +162,17 @@ enum Command {
     /// recorded, so `prune` takes the snapshots once `--grace` is over:
     /// `import` the layout to keep them.
     Unpack(layout::UnpackArgs),
+}
+
+impl Command {
+    /// Whether the command writes ingests, which an interrupted run leaves
+    /// for the next to resume.
+    fn ingests(&self) -> bool {
+        matches!(
+            self,
+            Command::Ingest(_) | Command::Fetch(_) | Command::Pull(_) | Command::Import(_)
+        )
+    }
 }
 
 /// The stores under the root: content in `content/`, image names in `images.redb`.
@@ -393,12 +405,12 @@ async fn run(cli: Cli) -> CmdResult {
 /// Why a command stopped early.
 enum Stop {
     Failed(Failure),
-    /// A signal: the exit status and the signal's name.
-    Interrupted(u8, &'static str),
+    /// A signal: its number and name.
+    Interrupted(libc::c_int, &'static str),
 }
 
-/// Waits for SIGINT or SIGTERM; returns the exit status it asks for (128 + signal).
-async fn interrupted() -> (u8, &'static str) {
+/// Waits for SIGINT or SIGTERM; returns which came.
+async fn interrupted() -> (libc::c_int, &'static str) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),
@@ -407,8 +419,8 @@ async fn interrupted() -> (u8, &'static str) {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = interrupt.recv() => (130, "SIGINT"),
-        _ = terminate.recv() => (143, "SIGTERM"),
+        _ = interrupt.recv() => (libc::SIGINT, "SIGINT"),
+        _ = terminate.recv() => (libc::SIGTERM, "SIGTERM"),
     }
 }
 
@@ -435,6 +447,7 @@ fn main() -> ExitCode {
     let debug = cli.debug;
     output::set_quiet(cli.quiet);
     let timeout = cli.timeout;
+    let ingests = cli.command.ingests();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -463,18 +476,22 @@ fn main() -> ExitCode {
         // written stays in the ingests, and the locks go with the process.
         tokio::select! {
             result = work => result.map_err(Stop::Failed),
-            (status, name) = interrupted() => Err(Stop::Interrupted(status, name)),
+            (signal, name) = interrupted() => Err(Stop::Interrupted(signal, name)),
         }
     });
     // Blocking writes still running must not hold the exit up for long.
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Stop::Interrupted(status, name)) => {
-            eprintln!(
-                "dist: interrupted by {name}; ingests are kept and the next run resumes them"
-            );
-            ExitCode::from(status)
+        Err(Stop::Interrupted(signal, name)) => {
+            let kept = if ingests {
+                "; ingests are kept and the next run resumes them"
+            } else {
+                ""
+            };
+            eprintln!("dist: interrupted by {name}{kept}");
+            output::die_by(signal);
+            ExitCode::from(128 + signal as u8)
         }
         Err(Stop::Failed(failure)) => {
             eprintln!("dist: {}: {}", failure.what, failure.cause);

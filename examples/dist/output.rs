@@ -58,15 +58,24 @@ pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
 /// else (a full disk) is reported.
 fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        // SAFETY: restoring a signal's default action and raising it have no
-        // preconditions; the default action of SIGPIPE ends the process.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            libc::raise(libc::SIGPIPE);
-        }
+        die_by(libc::SIGPIPE);
     }
     eprintln!("dist: write to stdout: {e}");
     std::process::exit(1)
+}
+
+/// Ends the process by `signal`, its default action restored first (the
+/// runtime's handler, or Rust's ignoring SIGPIPE, out of the way), so the
+/// parent sees what happened: a shell running dist in a loop stops at a
+/// Ctrl-C too, where a plain exit, even with status 130, would tell it the
+/// signal was dealt with. Returns only if the signal does not end processes.
+pub(crate) fn die_by(signal: libc::c_int) {
+    // SAFETY: restoring a signal's default action and raising it have no
+    // preconditions.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
 }
 
 /// Async stdout for streamed answers (`get`, `fetch-object`): a closed

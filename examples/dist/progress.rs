@@ -97,6 +97,28 @@ impl Progress {
     }
 }
 
+/// The bytes a run downloaded: of a resumed blob, only what it lacked.
+#[derive(Default)]
+struct Downloaded {
+    total: u64,
+    resumed_at: std::collections::HashMap<ocidist::content::Digest, u64>,
+}
+
+impl Downloaded {
+    fn note(&mut self, event: &PullEvent) {
+        match event {
+            PullEvent::Fetch(FetchEvent::Started { desc, offset }) if *offset > 0 => {
+                self.resumed_at.insert(desc.digest().clone(), *offset);
+            }
+            PullEvent::Fetch(FetchEvent::Done(desc)) => {
+                let held = self.resumed_at.remove(desc.digest()).unwrap_or(0);
+                self.total += desc.size().saturating_sub(held);
+            }
+            _ => {}
+        }
+    }
+}
+
 enum Display {
     Quiet,
     Plain,
@@ -106,15 +128,13 @@ enum Display {
 impl Display {
     /// Draws events until every sender is dropped; returns the bytes downloaded.
     async fn run(mut self, mut rx: UnboundedReceiver<PullEvent>, store: Option<LocalStore>) -> u64 {
-        let mut total = 0;
+        let mut downloaded = Downloaded::default();
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 event = rx.recv() => {
                     let Some(event) = event else { break };
-                    if let PullEvent::Fetch(FetchEvent::Done(desc)) = &event {
-                        total += desc.size();
-                    }
+                    downloaded.note(&event);
                     match &mut self {
                         Display::Quiet => {}
                         Display::Plain => {
@@ -144,7 +164,7 @@ impl Display {
                 bar.abandon();
             }
         }
-        total
+        downloaded.total
     }
 }
 
@@ -282,6 +302,28 @@ mod tests {
         assert_eq!(bar_text(55, 100), "|+++++-----| 55 B/100 B");
         assert_eq!(bar_text(100, 100), "|++++++++++| 100 B/100 B");
         assert_eq!(bar_text(0, 0), "|++++++++++| 0 B/0 B");
+    }
+
+    #[test]
+    fn a_resumed_blob_counts_only_what_it_lacked() {
+        let blob =
+            |n: u8, size| ocidist::content::descriptor(ocidist::content::sha256_of(&[n]), size);
+        let mut downloaded = Downloaded::default();
+        for event in [
+            FetchEvent::Started {
+                desc: blob(1, 1000),
+                offset: 600,
+            },
+            FetchEvent::Started {
+                desc: blob(2, 50),
+                offset: 0,
+            },
+            FetchEvent::Done(blob(2, 50)),
+            FetchEvent::Done(blob(1, 1000)),
+        ] {
+            downloaded.note(&PullEvent::Fetch(event));
+        }
+        assert_eq!(downloaded.total, 400 + 50);
     }
 
     #[test]

@@ -35,10 +35,10 @@ pub(crate) struct ApplyArgs {
 #[derive(Debug, Args)]
 pub(crate) struct RootfsArgs {
     /// The image (a name in the image store, or a manifest digest); not with --unmount.
-    #[arg(required_unless_present = "unmount")]
+    #[arg(required_unless_present = "unmount", conflicts_with = "unmount")]
     reference: Option<String>,
     /// Where the filesystem goes.
-    #[arg(required_unless_present = "unmount")]
+    #[arg(required_unless_present = "unmount", conflicts_with = "unmount")]
     dest: Option<PathBuf>,
     /// Make DEST a plain copy of the filesystem instead of a mounted snapshot.
     #[arg(long, conflicts_with = "unmount")]
@@ -101,6 +101,25 @@ pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
     Ok(())
 }
 
+/// A temporary directory to mount a snapshot at, unmounted and removed when
+/// dropped.
+struct ScratchMount(PathBuf);
+
+impl ScratchMount {
+    fn new() -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ScratchMount(tempfile::tempdir()?.keep()))
+    }
+}
+
+impl Drop for ScratchMount {
+    fn drop(&mut self) {
+        // Lazily: a copy still reading it keeps what it has open. Removed
+        // only if empty: never a tree still mounted there.
+        let _ = mount::unmount(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// The snapshot key of the rootfs mounted at `dest`.
 fn rootfs_key(dest: &std::path::Path) -> String {
     let dest = std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf());
@@ -119,12 +138,31 @@ pub(crate) async fn rootfs_cmd(
     if let Some(dest) = &args.unmount {
         let what = format!("rootfs --unmount {}", dest.display());
         let key = rootfs_key(dest);
-        match mount::unmount(dest) {
+        // Ours, or nothing is touched: a mistyped path must not take down a
+        // filesystem this store never mounted.
+        match snapshotter.stat(&key).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                return Err(Failure::new(
+                    what,
+                    format!(
+                        "no rootfs of this store is mounted there (another --root or --snapshotter?): {e}"
+                    ),
+                ));
+            }
+            Err(e) => return Err(Failure::new(what, e)),
+        }
+        let unmounting = dest.clone();
+        let unmounted = tokio::task::spawn_blocking(move || mount::unmount_all(&unmounting))
+            .await
+            .map_err(|e| Failure::new(what.clone(), e))?;
+        match unmounted {
             Ok(()) => {}
             // Unmounted already (by hand, or by a reboot): the snapshot must
             // still go, or nothing would ever remove it.
             Err(ocidist::snapshot::Error::Io { source, .. })
                 if source.raw_os_error() == Some(libc::EINVAL) => {}
+            // In use (EBUSY): mounted it stays, and so does its snapshot.
             Err(e) => return Err(Failure::new(what, e)),
         }
         snapshotter
@@ -138,6 +176,13 @@ pub(crate) async fn rootfs_cmd(
     };
     let what = format!("rootfs {reference} {}", dest.display());
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
+    // Said before the unpack, not after it: a copy never merges into what
+    // is there.
+    if args.copy && std::fs::read_dir(&dest).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(fail(
+            "DEST is not empty (a copy goes into a new or empty directory)".into(),
+        ));
+    }
     let target = local_target(stores, &reference).await.map_err(fail)?;
     let matcher = platforms::only(&remote.platform);
     let chain = unpack(
@@ -155,16 +200,21 @@ pub(crate) async fn rootfs_cmd(
             .mounts(chain.as_ref())
             .await
             .map_err(|e| fail(e.into()))?;
-        match &mounts[..] {
-            [m] if m.kind == "bind" => copy_tree(&m.source, &dest).map_err(|e| fail(e.into()))?,
+        let (source, _scratch) = match &mounts[..] {
+            [m] if m.kind == "bind" => (m.source.clone(), None),
             _ => {
-                let scratch = tempfile::tempdir().map_err(|e| fail(e.into()))?;
-                mount::mount_all(&mounts, scratch.path()).map_err(|e| fail(e.into()))?;
-                let copied = copy_tree(scratch.path(), &dest);
-                let unmounted = mount::unmount(scratch.path());
-                copied.and(unmounted).map_err(|e| fail(e.into()))?;
+                let scratch = ScratchMount::new().map_err(fail)?;
+                mount::mount_all(&mounts, &scratch.0).map_err(|e| fail(e.into()))?;
+                (scratch.0.clone(), Some(scratch))
             }
-        }
+        };
+        // Off the runtime, so a Ctrl-C is seen while it copies; the scratch
+        // mount goes when this is dropped, copied or not.
+        let into = dest.clone();
+        tokio::task::spawn_blocking(move || copy_tree(&source, &into))
+            .await
+            .map_err(|e| fail(e.into()))?
+            .map_err(|e| fail(e.into()))?;
     } else {
         let key = rootfs_key(&dest);
         let mounts = snapshotter

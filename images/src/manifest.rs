@@ -221,7 +221,7 @@ pub async fn manifest<P: Provider + ?Sized>(
                     .await?
                     .ok_or_else(|| Error::NoMatchingManifest {
                         digest: desc.digest().clone(),
-                        platform: format!("{matcher:?}"),
+                        platform: matcher.describe(),
                     })?;
             }
             Kind::Schema1 => {
@@ -419,7 +419,7 @@ pub async fn size<P: Provider + ?Sized>(
             .await?
             .ok_or_else(|| Error::NoMatchingManifest {
                 digest: desc.digest().clone(),
-                platform: format!("{matcher:?}"),
+                platform: matcher.describe(),
             })?;
     }
     let manifest = manifest(provider, &desc, matcher).await?;

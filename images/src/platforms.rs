@@ -225,11 +225,21 @@ pub trait Matcher: Send + Sync + fmt::Debug {
     fn matches(&self, platform: &Platform) -> bool {
         self.rank(platform).is_some()
     }
+
+    /// What is accepted, for people (error messages): `linux/amd64 (or
+    /// linux/386)`. The default is the `Debug` form.
+    fn describe(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 impl<M: Matcher + ?Sized> Matcher for &M {
     fn rank(&self, platform: &Platform) -> Option<usize> {
         (**self).rank(platform)
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
     }
 }
 
@@ -237,11 +247,19 @@ impl<M: Matcher + ?Sized> Matcher for std::sync::Arc<M> {
     fn rank(&self, platform: &Platform) -> Option<usize> {
         (**self).rank(platform)
     }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 impl<M: Matcher + ?Sized> Matcher for Box<M> {
     fn rank(&self, platform: &Platform) -> Option<usize> {
         (**self).rank(platform)
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
     }
 }
 
@@ -267,6 +285,17 @@ impl Matcher for Ordered {
     fn rank(&self, platform: &Platform) -> Option<usize> {
         self.platforms.iter().position(|p| p == platform)
     }
+
+    fn describe(&self) -> String {
+        match self.platforms.split_first() {
+            None => "no platform".into(),
+            Some((first, [])) => first.to_string(),
+            Some((first, rest)) => {
+                let rest: Vec<_> = rest.iter().map(Platform::to_string).collect();
+                format!("{first} (or {})", rest.join(", "))
+            }
+        }
+    }
 }
 
 /// Accepts every platform, all equal.
@@ -276,6 +305,10 @@ pub struct All;
 impl Matcher for All {
     fn rank(&self, _: &Platform) -> Option<usize> {
         Some(0)
+    }
+
+    fn describe(&self) -> String {
+        "any platform".into()
     }
 }
 
@@ -315,6 +348,10 @@ impl Matcher for OnlyOs {
         } else {
             Some(1)
         }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (any architecture)", self.0.os)
     }
 }
 
@@ -394,6 +431,25 @@ mod tests {
 
     fn p(s: &str) -> Platform {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// Errors name platforms as people write them, not as Rust prints them.
+    #[test]
+    fn matchers_describe_what_they_accept() {
+        assert_eq!(only_strict(&p("linux/s390x")).describe(), "linux/s390x");
+        assert_eq!(
+            only(&p("linux/amd64")).describe(),
+            "linux/amd64 (or linux/386)"
+        );
+        assert_eq!(
+            std::sync::Arc::new(only(&p("linux/arm/v6"))).describe(),
+            "linux/arm/v6 (or linux/arm/v5)"
+        );
+        assert_eq!(all().describe(), "any platform");
+        assert_eq!(
+            only_os(&p("windows/amd64")).describe(),
+            "windows (any architecture)"
+        );
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl<H: Handler, M: Matcher> Handler for LimitManifests<H, M> {
                 if children.is_empty() {
                     return Err(crate::Error::NoMatchingManifest {
                         digest: desc.digest().clone(),
-                        platform: format!("{:?}", self.matcher),
+                        platform: self.matcher.describe(),
                     });
                 }
                 children.truncate(self.limit);

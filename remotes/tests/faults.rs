@@ -490,7 +490,7 @@ async fn an_unreachable_registry_is_unavailable_and_says_why() {
 /// and by digest, as containerd does.
 #[tokio::test]
 async fn a_registry_refusing_head_on_manifests_is_asked_with_get() {
-    let (_registry, proxy, pushed) = setup("faults/405").await;
+    let (registry, proxy, pushed) = setup("faults/405").await;
     proxy.add(
         Some("HEAD"),
         "/manifests/",
@@ -509,6 +509,54 @@ async fn a_registry_refusing_head_on_manifests_is_asked_with_get() {
         assert_eq!((desc.digest(), desc.size()), (index.digest(), index.size()));
         assert_eq!(desc.media_type(), index.media_type(), "{reference}");
     }
+    // A push there checks its manifests with HEAD too: refused, they are put.
+    let resolver = DockerResolver::new();
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &format!("{}/faults/405-push", proxy.host()),
+        "2",
+    )
+    .await;
+    let index = &pushed[6].desc;
+    let (_, desc) = DockerResolver::new()
+        .resolve(&format!("{}/faults/405-push:2", registry.host()))
+        .await
+        .unwrap();
+    assert_eq!(desc.digest(), index.digest());
+    let puts = proxy
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("PUT ") && l.contains("/faults/405-push/manifests/"))
+        .count();
+    assert_eq!(puts, 3, "two manifests and the index: {:#?}", proxy.log());
+}
+
+/// A HEAD answer saying a manifest has no bytes (a proxy's, over HTTP/2)
+/// says nothing: the manifest is fetched and measured instead.
+#[tokio::test]
+async fn a_manifest_said_to_be_empty_is_fetched_to_be_measured() {
+    let (_registry, proxy, pushed) = setup("faults/empty").await;
+    proxy.add(
+        Some("HEAD"),
+        "/manifests/1",
+        1,
+        Fault::SetHeader {
+            name: "Content-Length".into(),
+            value: "0".into(),
+        },
+    );
+    let index = &pushed[6].desc;
+    let (_, desc) = DockerResolver::new()
+        .resolve(&format!("{}/faults/empty:1", proxy.host()))
+        .await
+        .unwrap();
+    assert_eq!((desc.digest(), desc.size()), (index.digest(), index.size()));
+    assert_eq!(
+        gets_of(&proxy, "/manifests/1").len(),
+        1,
+        "{:#?}",
+        proxy.log()
+    );
 }
 
 /// A manifest digest met by a failure other than "not found" is reported as

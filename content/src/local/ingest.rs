@@ -273,7 +273,12 @@ impl Locked {
 
     /// Brings the digest up to the end of the data: from the checkpoint when it
     /// agrees with the data, from the start otherwise. Leaves `data` at the end.
-    pub(crate) fn resume_digest(&mut self, algorithm: &DigestAlgorithm) -> Result<(Digester, u64)> {
+    /// Returns the digest, the data's length, and how much of it a checkpoint
+    /// vouches for (known durable; what follows may only be in the page cache).
+    pub(crate) fn resume_digest(
+        &mut self,
+        algorithm: &DigestAlgorithm,
+    ) -> Result<(Digester, u64, u64)> {
         let data_path = self.dir.join(DATA);
         let len = self
             .data
@@ -289,7 +294,7 @@ impl Locked {
         self.data
             .seek(SeekFrom::Start(len))
             .map_err(|e| Error::io("seek", &data_path, e))?;
-        Ok((digester, len))
+        Ok((digester, len, from))
     }
 
     fn load_checkpoint(
@@ -336,13 +341,17 @@ impl Locked {
         fsutil::replace_file(&self.dir.join(CHECKPOINT), &checkpoint.encode())
     }
 
-    /// Forgets the checkpoint (after a truncate).
+    /// Forgets the checkpoint (after a truncate), durably: one brought back
+    /// by a power loss would vouch for bytes the data no longer holds.
     pub(crate) fn drop_checkpoint(&self) -> Result<()> {
-        fsutil::remove_optional(&self.dir.join(CHECKPOINT)).map(drop)
+        if fsutil::remove_optional(&self.dir.join(CHECKPOINT))? {
+            fsutil::fsync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Removes the ingest: renamed away first, so nobody opens it half deleted.
-    pub(crate) fn remove(self) -> Result<()> {
+    pub(crate) fn remove(&self) -> Result<()> {
         remove_dir(&self.dir)
     }
 }

@@ -162,9 +162,13 @@ impl LocalStore {
     fn walk_blocking(&self, filters: &Filters) -> Result<Vec<Info>> {
         let mut found = Vec::new();
         for alg_dir in read_dir_optional(&self.inner.blobs)? {
+            // A stray file beside the algorithms' directories holds no blobs.
             let Some(alg) = alg_dir.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
+            if !is_dir(&alg_dir) {
+                continue;
+            }
             for entry in read_dir_optional(&alg_dir.path())? {
                 let Some(hex) = entry.file_name().to_str().map(str::to_owned) else {
                     continue;
@@ -197,13 +201,13 @@ impl LocalStore {
                 d.algorithm().clone()
             });
         let mut locked = locked;
-        let (digester, written) = locked.resume_digest(&algorithm)?;
+        let (digester, written, durable) = locked.resume_digest(&algorithm)?;
         let status = Status {
             offset: written,
             ..status
         };
         let followers = self.followers(&locked.dir.join(ingest::DATA));
-        let sink = writer::Sink::new(locked, digester, written, followers)?;
+        let sink = writer::Sink::new(locked, digester, written, durable, followers)?;
         Ok(LocalWriter::new(self.clone(), sink, status))
     }
 }
@@ -236,6 +240,11 @@ fn clear_staging_leftovers(dir: &Path) {
             };
         }
     }
+}
+
+/// Whether `entry` is a directory (not following a symlink).
+fn is_dir(entry: &fs::DirEntry) -> bool {
+    entry.file_type().is_ok_and(|t| t.is_dir())
 }
 
 fn read_dir_optional(dir: &Path) -> Result<Vec<fs::DirEntry>> {
@@ -497,7 +506,8 @@ impl IngestManager for LocalStore {
         fsutil::blocking(move || {
             let mut found = Vec::new();
             for entry in read_dir_optional(&root)? {
-                if entry.file_name().to_string_lossy().starts_with('.') {
+                // Staging and trash (dot names) and stray files are no ingests.
+                if entry.file_name().to_string_lossy().starts_with('.') || !is_dir(&entry) {
                     continue;
                 }
                 match ingest::read_status(&entry.path()) {

@@ -85,9 +85,14 @@ pub(crate) struct Sink {
     /// Bytes hashed and handed to the data file; the last chunk may still be
     /// being written behind (see [`Sink::settle`]).
     written: u64,
+    /// Bytes known durable: those a checkpoint vouches for.
     checkpointed: u64,
     /// Set after a failed write: the file may hold bytes the digest has not seen.
     poisoned: bool,
+    /// Set after a failed sync: bytes past `checkpointed` may be only in the
+    /// page cache, in pages now clean that will never be written, and no
+    /// later fsync would say so. The sink cuts the data back when it goes.
+    sync_failed: bool,
     /// Where chunks are written; `None` while a write-behind thread has it.
     target: Option<WriteTarget>,
     /// Readers of this ingest in the process, reading it as it grows: while
@@ -106,6 +111,9 @@ struct WriteTarget {
     data: fs::File,
     /// The same file again, opened for direct I/O at the first aligned chunk.
     direct: DirectFile,
+    /// Whether waiting for written pages to reach the disk failed (see
+    /// [`Sink::sync_failed`]).
+    sync_failed: bool,
 }
 
 impl WriteTarget {
@@ -128,7 +136,8 @@ impl WriteTarget {
         let end = offset + chunk.len() as u64;
         if end / DROP_STEP > offset / DROP_STEP && end >= DROP_BEHIND + DROP_STEP {
             let upto = (end / DROP_STEP) * DROP_STEP - DROP_BEHIND;
-            drop_written(&self.data, upto - DROP_STEP, DROP_STEP);
+            drop_written(&self.data, upto - DROP_STEP, DROP_STEP)
+                .inspect_err(|_| self.sync_failed = true)?;
         }
         Ok(())
     }
@@ -153,6 +162,25 @@ type Behind = (WriteTarget, ChunkBuf, io::Result<()>);
 #[derive(Debug, Default)]
 struct WriteBehind(Option<std::thread::JoinHandle<Behind>>);
 
+impl Drop for Sink {
+    /// After a failed sync, keeps only the bytes a checkpoint made durable: a
+    /// resume would hash the rest from the page cache and trust it. (After a
+    /// failed write, the bytes before it are as good as ever: a writeback
+    /// error nobody has seen yet is reported to the next fsync, whoever opens
+    /// the file.)
+    fn drop(&mut self) {
+        // The chunk still being written first, or it could land beyond the cut.
+        if let Some(handle) = self.behind.0.take()
+            && let Ok((target, _, _)) = handle.join()
+        {
+            self.target = Some(target);
+        }
+        if self.sync_failed || self.target.as_ref().is_some_and(|t| t.sync_failed) {
+            let _ = self.ingest.data.set_len(self.checkpointed);
+        }
+    }
+}
+
 impl Drop for WriteBehind {
     fn drop(&mut self) {
         if let Some(handle) = self.0.take() {
@@ -162,10 +190,13 @@ impl Drop for WriteBehind {
 }
 
 impl Sink {
+    /// A sink appending to `ingest`, whose data holds `written` bytes, of
+    /// which a checkpoint vouches for the first `durable`.
     pub(crate) fn new(
         ingest: Locked,
         digester: Digester,
         written: u64,
+        durable: u64,
         followers: Arc<AtomicUsize>,
     ) -> Result<Self> {
         let mut sink = Sink {
@@ -173,8 +204,9 @@ impl Sink {
             ingest,
             digester,
             written,
-            checkpointed: written,
+            checkpointed: durable,
             poisoned: false,
+            sync_failed: false,
             target: None,
             followers,
             write_behind_slot: None,
@@ -198,6 +230,7 @@ impl Sink {
         Ok(WriteTarget {
             data,
             direct: DirectFile::default(),
+            sync_failed: false,
         })
     }
 
@@ -382,10 +415,11 @@ impl Sink {
         if self.poisoned {
             return Ok(());
         }
-        self.ingest
-            .data
-            .sync_data()
-            .map_err(|e| Error::io("fsync", self.data_path(), e))?;
+        if let Err(e) = sync_data_file(&self.ingest.data, &self.ingest.dir, false) {
+            self.poisoned = true;
+            self.sync_failed = true;
+            return Err(Error::io("fsync", self.data_path(), e));
+        }
         self.ingest
             .save_checkpoint(&self.digester, self.written, updated_at)?;
         self.checkpointed = self.written;
@@ -454,8 +488,10 @@ impl Sink {
         let pending = pending.as_slice();
         let before_pending = self.digester.clone();
         // A blob that is all in `pending` never touches the ingest's data file:
-        // it is staged as an unnamed blob file while it is hashed.
-        let staged = if self.written == 0 {
+        // it is staged as an unnamed blob file while it is hashed. Not while a
+        // reader follows the ingest: it holds the data file, and must find
+        // the bytes there.
+        let staged = if self.written == 0 && self.direct_allowed() {
             self.stage_and_hash(store, pending, created_at)?
         } else {
             self.digester.update_handed_over(pending);
@@ -607,8 +643,13 @@ impl Sink {
         let data = &mut self.ingest.data;
         data.set_permissions(fs::Permissions::from_mode(0o444))
             .and_then(|()| data.set_modified(created_at))
-            .and_then(|()| data.sync_all())
-            .map_err(|e| Error::io("write", &data_path, e))
+            .map_err(|e| Error::io("write", &data_path, e))?;
+        if let Err(e) = sync_data_file(data, &self.ingest.dir, true) {
+            self.poisoned = true;
+            self.sync_failed = true;
+            return Err(Error::io("fsync", &data_path, e));
+        }
+        Ok(())
     }
 
     /// Moves the completed data file to `target`.
@@ -623,6 +664,21 @@ impl Sink {
             }),
             Err(e) => Err(Error::io("rename", target, e)),
         }
+    }
+}
+
+/// Flushes an ingest's data file (`all`: with its metadata), or fails as a
+/// unit test asks for the ingest directory `dir`.
+fn sync_data_file(file: &fs::File, dir: &std::path::Path, all: bool) -> io::Result<()> {
+    #[cfg(test)]
+    if tests::sync_fails(dir) {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    let _ = dir;
+    if all {
+        file.sync_all()
+    } else {
+        file.sync_data()
     }
 }
 
@@ -644,17 +700,19 @@ fn start_writeback(file: &fs::File, offset: u64, len: usize) {
 
 /// Waits for a range written long ago to reach the disk, then drops its pages
 /// from the page cache (a reader of the ingest reads them back from disk).
-fn drop_written(file: &fs::File, offset: u64, len: u64) {
+///
+/// A failed wait is an error: since Linux 4.14 it reports the file's writeback
+/// errors and marks them seen, so the fsync at the next checkpoint or commit
+/// would succeed, and the failed pages are clean by then, never to be written.
+fn drop_written(file: &fs::File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let (fd, offset, len) = (
         file.as_raw_fd(),
         offset as libc::off64_t,
         len as libc::off64_t,
     );
-    // SAFETY: plain syscalls on a file descriptor we own; they read no memory.
-    // Both are advisory: `DONTNEED` drops only clean pages, so a failed wait
-    // leaves dirty pages in place for the fsync, and nothing is lost.
-    unsafe {
+    // SAFETY: a plain syscall on a file descriptor we own; it reads no memory.
+    let waited = unsafe {
         libc::sync_file_range(
             fd,
             offset,
@@ -662,9 +720,16 @@ fn drop_written(file: &fs::File, offset: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WAIT_BEFORE
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
+        )
+    };
+    if waited != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above. Advisory: `DONTNEED` drops only clean pages.
+    unsafe {
         libc::posix_fadvise(fd, offset, len, libc::POSIX_FADV_DONTNEED);
     }
+    Ok(())
 }
 
 /// Feeds `chunk` to `digester` on a second thread while `work` runs here, for
@@ -1123,5 +1188,126 @@ impl Writer for LocalWriter {
             Ok(ChunkBuf::empty())
         }));
         std::future::poll_fn(|cx| self.poll_in_flight(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use tokio::io::AsyncWriteExt;
+
+    use crate::local::LocalStore;
+    use crate::{WriterOpts, sha256_of};
+
+    /// Ingest directories under these roots fail every fsync of their data.
+    static FAILING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn sync_fails(dir: &Path) -> bool {
+        let failing = FAILING.lock().unwrap_or_else(|p| p.into_inner());
+        failing.iter().any(|root| dir.starts_with(root))
+    }
+
+    fn fail_syncs_under(root: &Path, fail: bool) {
+        let mut failing = FAILING.lock().unwrap_or_else(|p| p.into_inner());
+        failing.retain(|r| r != root);
+        if fail {
+            failing.push(root.to_path_buf());
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4099) as u8).collect()
+    }
+
+    async fn write_some(store: &LocalStore, bytes: &[u8]) -> std::io::Result<u64> {
+        let mut writer = crate::open_writer(&store, WriterOpts::new("blob"))
+            .await
+            .unwrap();
+        let offset = writer.status().await.unwrap().offset;
+        let end = bytes.len().min(offset as usize + (80 << 20));
+        let written = async {
+            writer.write_all(&bytes[offset as usize..end]).await?;
+            // Checkpointed now, not as the writer goes, in the background.
+            writer.shutdown().await
+        }
+        .await;
+        written.map(|()| offset)
+    }
+
+    /// A failed fsync at a checkpoint loses the bytes since the last one
+    /// (the pages that failed are clean, and no later fsync says so): the
+    /// next writer resumes from that checkpoint, not from the file's end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_checkpoint_sync_resumes_from_the_last_durable_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let bytes = data(2 * (80 << 20));
+        // The first 80 MiB, checkpointed at their end.
+        assert_eq!(write_some(&store, &bytes).await.unwrap(), 0);
+        fail_syncs_under(dir.path(), true);
+        let failed = write_some(&store, &bytes).await;
+        fail_syncs_under(dir.path(), false);
+        assert!(failed.is_err(), "the checkpoint's fsync failed: {failed:?}");
+        let mut writer = crate::open_writer(&store, WriterOpts::new("blob"))
+            .await
+            .unwrap();
+        let resumed = writer.status().await.unwrap().offset;
+        // The next 80 MiB failed at their checkpoint, 64 MiB on.
+        assert_eq!(
+            resumed,
+            80 << 20,
+            "resumed past the last durable checkpoint"
+        );
+        writer.write_all(&bytes[resumed as usize..]).await.unwrap();
+        let digest = sha256_of(&bytes);
+        writer
+            .commit(Some(bytes.len() as u64), Some(&digest), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), bytes);
+    }
+
+    /// A failed fsync at commit publishes nothing and leaves nothing a
+    /// resume would trust.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_sync_publishes_nothing_and_keeps_nothing_unsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let bytes = data(10 << 20);
+        let digest = sha256_of(&bytes);
+        let mut writer = crate::open_writer(&store, WriterOpts::new("blob"))
+            .await
+            .unwrap();
+        writer.write_all(&bytes).await.unwrap();
+        writer.flush().await.unwrap();
+        fail_syncs_under(dir.path(), true);
+        let committed = writer
+            .commit(Some(bytes.len() as u64), Some(&digest), Default::default())
+            .await;
+        fail_syncs_under(dir.path(), false);
+        assert!(committed.is_err(), "{committed:?}");
+        drop(writer);
+        assert!(!store.blob_path(&digest).exists());
+        let mut writer = crate::open_writer(&store, WriterOpts::new("blob"))
+            .await
+            .unwrap();
+        assert_eq!(writer.status().await.unwrap().offset, 0);
+        writer.write_all(&bytes).await.unwrap();
+        writer
+            .commit(Some(bytes.len() as u64), Some(&digest), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&digest)).unwrap(), bytes);
+    }
+
+    /// A failed wait for writeback is reported: it marks the file's error
+    /// seen, so no later fsync would.
+    #[test]
+    fn a_failed_writeback_wait_is_an_error() {
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
+        assert!(super::drop_written(&file, 0, 4096).is_err());
     }
 }

@@ -438,17 +438,19 @@ impl Authorizer {
                 Some(token) => vec![
                     ("grant_type", "refresh_token"),
                     ("refresh_token", token.secret.as_str()),
-                    ("service", service.as_str()),
                     ("client_id", "ocidist"),
                 ],
                 None => vec![
                     ("grant_type", "password"),
-                    ("service", service.as_str()),
                     ("client_id", "ocidist"),
                     ("username", credential.username.as_str()),
                     ("password", credential.secret.as_str()),
                 ],
             };
+            // A challenge without a service gets none back, as from containerd.
+            if !service.is_empty() {
+                form.push(("service", service.as_str()));
+            }
             if !scope.is_empty() {
                 form.push(("scope", scope.as_str()));
             }
@@ -477,10 +479,17 @@ impl Authorizer {
         let response = match response {
             Some(response) => response,
             None => {
-                let separator = if realm.contains('?') { '&' } else { '?' };
-                let mut url = format!("{realm}{separator}service={}", urlencode(&service));
+                let mut query = Vec::new();
+                if !service.is_empty() {
+                    query.push(format!("service={}", urlencode(&service)));
+                }
                 for one in scope.split_whitespace() {
-                    url.push_str(&format!("&scope={}", urlencode(one)));
+                    query.push(format!("scope={}", urlencode(one)));
+                }
+                let mut url = realm.clone();
+                if !query.is_empty() {
+                    url.push(if realm.contains('?') { '&' } else { '?' });
+                    url.push_str(&query.join("&"));
                 }
                 let mut get = client.get(url).timeout(TOKEN_REQUEST_TIMEOUT);
                 if let Some(credential) = credential {

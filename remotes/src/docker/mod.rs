@@ -628,8 +628,11 @@ impl DockerResolver {
                 let headers = head.headers();
                 let digest = header_str(headers, "docker-content-digest")
                     .and_then(|d| Digest::try_from(d).ok());
+                // No manifest is empty: a length of 0 is a proxy's HEAD
+                // answer that says nothing (some answer so over HTTP/2).
                 let size = header_str(headers, header::CONTENT_LENGTH.as_str())
-                    .and_then(|s| s.parse().ok());
+                    .and_then(|s| s.parse().ok())
+                    .filter(|&size: &u64| size > 0);
                 let media_type =
                     header_str(headers, header::CONTENT_TYPE.as_str()).map(manifest_media_type);
                 if let (Some(digest), Some(size), Some(media_type)) = (digest, size, media_type) {
@@ -797,6 +800,19 @@ impl Repository {
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
+        self.send_scoped(method, url, &scope, build).await
+    }
+
+    /// [`send`](Self::send), with a token for `scope` (a cross-repository
+    /// mount asks for pull on its source too).
+    pub(crate) async fn send_scoped(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let scope = scope.to_string();
         let mut backoff = Duration::from_millis(100);
         let mut answered_challenge = false;
         let mut may_probe = true;
@@ -809,7 +825,11 @@ impl Repository {
             if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
             }
-            match request.send().await {
+            let answer = match request.send().await {
+                Ok(response) => self.follow_handed_back(&method, response, &build).await,
+                Err(e) => Err(e),
+            };
+            match answer {
                 // Challenged: answer once (a second 401 means the answer is refused).
                 // Only the registry's own challenge: a 401 from where a
                 // redirect led must not get its credentials, nor be kept.
@@ -860,6 +880,34 @@ impl Repository {
             }
         }
         unreachable!("the last attempt always returns")
+    }
+
+    /// Follows a redirect the client handed back rather than carry
+    /// credentials to another host (see `tls::redirect_policy`): asked anew,
+    /// with the request's own headers (`build`: a range, what it accepts) and
+    /// neither the registry's credentials nor its configured headers.
+    async fn follow_handed_back(
+        &self,
+        method: &Method,
+        response: reqwest::Response,
+        build: &impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        if !response.status().is_redirection() {
+            return Ok(response);
+        }
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| response.url().join(l).ok());
+        match location {
+            Some(location) => {
+                build(self.client.http.request(method.clone(), location))
+                    .send()
+                    .await
+            }
+            None => Ok(response),
+        }
     }
 
     /// The error for a request to `url` that failed. A TLS alert that
@@ -963,7 +1011,7 @@ impl Repository {
     }
 
     /// The token scope a request needs: pull for reads, pull and push otherwise.
-    fn scope(&self, method: &Method) -> String {
+    pub(crate) fn scope(&self, method: &Method) -> String {
         let actions = if *method == Method::GET || *method == Method::HEAD {
             "pull"
         } else {

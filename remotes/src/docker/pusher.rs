@@ -89,8 +89,16 @@ impl DockerPusher {
                 .append_pair("mount", desc.digest().as_ref())
                 .append_pair("from", from);
             let url = url.to_string();
+            // A token that may read the source as well, as containerd asks
+            // for: otherwise the registry challenges for it (one more round
+            // trip), or, quietly, opens an upload instead of mounting.
+            let scope = format!("{} repository:{from}:pull", self.repo.scope(&Method::POST));
             // A failed mount is only a missed shortcut: the upload follows.
-            let Ok(response) = self.repo.send(Method::POST, &url, |r| r).await else {
+            let Ok(response) = self
+                .repo
+                .send_scoped(Method::POST, &url, &scope, |r| r)
+                .await
+            else {
                 continue;
             };
             match response.status() {
@@ -188,6 +196,10 @@ impl Pusher for DockerPusher {
                 .into());
             }
             StatusCode::OK | StatusCode::NOT_FOUND => {}
+            // Some registries refuse HEAD on manifests (resolving falls back
+            // to GET there too): not known to be there, and a PUT of a
+            // manifest is idempotent.
+            StatusCode::METHOD_NOT_ALLOWED if manifest => {}
             _ => return Err(self.repo.head_error(&url, head, &media_type).await),
         }
         let key = (self.repo.base.clone(), desc.digest().clone());

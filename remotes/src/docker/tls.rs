@@ -155,6 +155,41 @@ fn alert_text(error: &rustls::Error) -> Option<String> {
     .then(|| error.to_string())
 }
 
+/// Redirects a request follows at most, as reqwest's default policy.
+const MAX_REDIRECTS: usize = 10;
+
+/// Redirects are followed as reqwest's default policy follows them, but a
+/// hop that would carry credentials to another host is handed back to the
+/// caller instead ([`super::Repository::follow_handed_back`]), which asks
+/// it anew without them. reqwest gives every hop the first request's
+/// headers and takes credentials off only when a hop changes origin from
+/// the one before it: a chain that left the registry for a storage host
+/// and then moved within that host would carry the registry's credentials
+/// there (and a presigned URL refuses a second authorization anyway).
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let origin = |u: &reqwest::Url| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        };
+        let previous = attempt.previous();
+        if previous.len() > MAX_REDIRECTS {
+            return attempt.error("too many redirects");
+        }
+        match (previous.first(), previous.last()) {
+            (Some(first), Some(last))
+                if origin(last) != origin(first) && origin(attempt.url()) == origin(last) =>
+            {
+                attempt.stop()
+            }
+            _ => attempt.follow(),
+        }
+    })
+}
+
 impl Connection {
     /// A client with these settings. Unreadable, malformed or mismatched
     /// files are an [`Error::TlsConfig`] naming them.
@@ -168,6 +203,7 @@ impl Connection {
         let tls = Arc::new(self.tls_config()?);
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect_policy())
             .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
         // Zero is no limit (reqwest's zero would time out every attempt).
         let connect = self.dial_timeout.unwrap_or(CONNECT_TIMEOUT);
