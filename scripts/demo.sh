@@ -30,6 +30,9 @@ work=$(mktemp -d)
 registry_pid=""
 cleanup() {
     if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi
+    # A step that failed between `rootfs` and `--unmount` leaves the rootfs
+    # mounted: taken off first, so removing $work never reaches into it.
+    if mountpoint -q "$work/mnt" 2>/dev/null; then umount -l "$work/mnt" || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
