@@ -1,8 +1,9 @@
 //! The conformance suite every content store must pass (feature `testsuite`).
 //!
 //! These are containerd's twelve content-store cases, with its sizes and
-//! semantics, as plain `pub async fn`s that panic on failure. Give each a fresh,
-//! empty store:
+//! semantics, and three on what the traits promise beyond them ([`delete`],
+//! [`abort`], [`walk`]), as plain `pub async fn`s that panic on failure. Give
+//! each a fresh, empty store:
 //!
 //! ```no_run
 //! # async fn example() {
@@ -44,7 +45,7 @@ macro_rules! content_store_suite {
         $crate::content_store_suite!(@cases $make;
             writer, update_status, commit_exists, resume, resume_truncate, resume_discard,
             resume_copy, resume_copy_seeker, resume_copy_reader_at, small_blob, labels,
-            commit_error_state);
+            commit_error_state, delete, abort, walk);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -665,4 +666,122 @@ impl ReaderAt for BytesReaderAt {
     fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
         Box::pin(ReaderAtStream::new(self))
     }
+}
+
+/// Delete: a deleted blob is gone to `info`, `reader_at` and a second delete
+/// (NotFound), and can be written again.
+pub async fn delete<S: Store + ?Sized>(store: &S) {
+    let (c1, d1) = create_content(1024);
+    let desc = descriptor(d1.clone(), c1.len() as u64);
+    let write = || {
+        write_blob(
+            store,
+            WriterOpts::new("d1").digest(d1.clone()),
+            &c1[..],
+            Labels::new(),
+        )
+    };
+    write().await.expect("write blob");
+    store.info(&d1).await.expect("info");
+    store.delete(&d1).await.expect("delete");
+    assert_kind(
+        store.info(&d1).await,
+        ErrorKind::NotFound,
+        "info after delete",
+    );
+    assert_kind(
+        store.reader_at(&desc).await,
+        ErrorKind::NotFound,
+        "read after delete",
+    );
+    assert_kind(
+        store.delete(&d1).await,
+        ErrorKind::NotFound,
+        "second delete",
+    );
+    write().await.expect("write again");
+    check_content(store, &d1, &c1).await;
+}
+
+/// Abort: an ingest held by a writer is Unavailable to abort; once let go,
+/// abort removes it (status and listing NotFound, a new writer starts at 0),
+/// and a second abort is NotFound.
+pub async fn abort<S: Store + ?Sized>(store: &S) {
+    let (c1, _) = create_content(4096);
+    let mut w = open(store, WriterOpts::new("a1")).await;
+    w.write_all(&c1).await.expect("write");
+    assert_kind(
+        store.abort("a1").await,
+        ErrorKind::Unavailable,
+        "abort while written",
+    );
+    w.shutdown().await.expect("close");
+    drop(w);
+    let listed = store.list_statuses(&[]).await.expect("list statuses");
+    assert!(listed.iter().any(|s| s.reference == "a1"), "{listed:?}");
+    // A store may let a dropped writer go in the background, briefly.
+    let mut tries = 0;
+    loop {
+        match store.abort("a1").await {
+            Err(e) if e.kind() == ErrorKind::Unavailable && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            result => break result.expect("abort"),
+        }
+    }
+    assert_kind(
+        store.status("a1").await,
+        ErrorKind::NotFound,
+        "status after abort",
+    );
+    let listed = store.list_statuses(&[]).await.expect("list statuses");
+    assert!(listed.iter().all(|s| s.reference != "a1"), "{listed:?}");
+    assert_kind(store.abort("a1").await, ErrorKind::NotFound, "second abort");
+    let mut w = open(store, WriterOpts::new("a1")).await;
+    assert_eq!(w.status().await.expect("status").offset, 0, "starts over");
+}
+
+/// Walk: every blob once, with its size; a label filter picks the blobs
+/// that carry it.
+pub async fn walk<S: Store + ?Sized>(store: &S) {
+    let mut written = Vec::new();
+    for (i, label) in ["a", "b", "a"].into_iter().enumerate() {
+        let (content, digest) = create_content(100 + i);
+        let labels = Labels::from([("group".to_string(), label.to_string())]);
+        write_blob(
+            store,
+            WriterOpts::new(format!("w{i}")).digest(digest.clone()),
+            &content[..],
+            labels,
+        )
+        .await
+        .expect("write blob");
+        written.push((digest, content.len() as u64, label));
+    }
+    let walked = |filters: &'static [&'static str]| async move {
+        let mut found = Vec::new();
+        store
+            .walk(filters, &mut |info| {
+                found.push((info.digest.to_string(), info.size));
+                Ok(())
+            })
+            .await
+            .expect("walk");
+        found.sort();
+        found
+    };
+    let mut all: Vec<_> = written
+        .iter()
+        .map(|(d, n, _)| (d.to_string(), *n))
+        .collect();
+    all.sort();
+    assert_eq!(walked(&[]).await, all);
+    let mut group_a: Vec<_> = written
+        .iter()
+        .filter(|(_, _, label)| *label == "a")
+        .map(|(d, n, _)| (d.to_string(), *n))
+        .collect();
+    group_a.sort();
+    assert_eq!(walked(&["labels.group==a"]).await, group_a);
 }
