@@ -175,6 +175,7 @@ fn pull_and_mount(snapshotter: &str) {
     // The rootfs is writable and its writes stay in its snapshot.
     std::fs::write(mnt.join("etc/new"), b"mine").unwrap();
     refuses_to_unmount_what_is_busy_or_not_its_own(&root, snapshotter, &mnt, work.path());
+    unmounts_only_what_it_mounted(&root, snapshotter, &reference, work.path());
     ok(dist(
         &root,
         &[
@@ -255,6 +256,56 @@ fn pull_and_mount(snapshotter: &str) {
     check_tree(&again);
 }
 
+/// A tmpfs of the test's own, holding `file`.
+struct Tmpfs(std::ffi::CString);
+
+impl Tmpfs {
+    fn with_a_file(dir: &Path) -> Tmpfs {
+        std::fs::create_dir(dir).unwrap();
+        let c_dir = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        // SAFETY: valid C strings.
+        let mounted = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                c_dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(mounted, 0, "{}", std::io::Error::last_os_error());
+        std::fs::write(dir.join("file"), b"kept").unwrap();
+        Tmpfs(c_dir)
+    }
+
+    /// Whether it was still mounted, to be taken off.
+    fn unmount(self) -> bool {
+        // SAFETY: a valid C string; the mount is this test's own.
+        unsafe { libc::umount2(self.0.as_ptr(), 0) == 0 }
+    }
+}
+
+/// A rootfs mounted over a mount point: `--unmount` takes off the rootfs
+/// only, and what was mounted there before shows again.
+fn unmounts_only_what_it_mounted(root: &Path, snapshotter: &str, reference: &str, work: &Path) {
+    let under = work.join("under");
+    let tmpfs = Tmpfs::with_a_file(&under);
+    let rootfs = |args: &[&str]| {
+        let mut all = vec!["--snapshotter", snapshotter, "rootfs"];
+        all.extend_from_slice(args);
+        dist(root, &all, b"")
+    };
+    let over = rootfs(&[reference, under.to_str().unwrap()]);
+    let hidden = !under.join("file").exists() && under.join("etc/issue").exists();
+    let off = rootfs(&["--unmount", under.to_str().unwrap()]);
+    let shows_again = under.join("file").exists();
+    let tmpfs_left = tmpfs.unmount();
+    assert!(over.status.success(), "{}", stderr(&over));
+    assert!(hidden, "the rootfs was mounted over the tmpfs");
+    assert!(off.status.success(), "{}", stderr(&off));
+    assert!(shows_again && tmpfs_left, "the tmpfs stays mounted");
+}
+
 /// `rootfs --unmount` takes down only a rootfs of its store, and not while
 /// a process works inside it: either way it fails and leaves all as it was.
 fn refuses_to_unmount_what_is_busy_or_not_its_own(
@@ -289,24 +340,10 @@ fn refuses_to_unmount_what_is_busy_or_not_its_own(
     assert!(mnt.join("etc/issue").exists(), "still mounted");
 
     let other = work.join("not-ours");
-    std::fs::create_dir(&other).unwrap();
-    let c_other = std::ffi::CString::new(other.to_str().unwrap()).unwrap();
-    // SAFETY: valid C strings; the mount is this test's own.
-    let mounted = unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            c_other.as_ptr(),
-            c"tmpfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(mounted, 0, "{}", std::io::Error::last_os_error());
-    std::fs::write(other.join("file"), b"kept").unwrap();
+    let tmpfs = Tmpfs::with_a_file(&other);
     let refused = unmount(&other);
     let still_there = other.join("file").exists();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::umount2(c_other.as_ptr(), 0) }, 0);
+    assert!(tmpfs.unmount());
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     assert!(
         stderr(&refused).contains("no rootfs of this store"),

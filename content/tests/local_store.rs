@@ -938,6 +938,11 @@ async fn stray_files_beside_blobs_and_ingests_are_passed_over() {
     w.shutdown().await.unwrap();
     std::fs::write(dir.path().join("blobs/README"), b"stray").unwrap();
     std::fs::write(dir.path().join("ingest/junk"), b"stray").unwrap();
+    // An algorithm's directory kept elsewhere, linked in, is walked as ever.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join("sha256");
+    std::fs::rename(dir.path().join("blobs/sha256"), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, dir.path().join("blobs/sha256")).unwrap();
     let mut walked = Vec::new();
     store
         .walk(&[], &mut |info| {

@@ -140,8 +140,8 @@ pub(crate) async fn rootfs_cmd(
         let key = rootfs_key(dest);
         // Ours, or nothing is touched: a mistyped path must not take down a
         // filesystem this store never mounted.
-        match snapshotter.stat(&key).await {
-            Ok(_) => {}
+        let mounts = match snapshotter.mounts(&key).await {
+            Ok(mounts) => mounts.len().max(1),
             Err(e) if e.is_not_found() => {
                 return Err(Failure::new(
                     what,
@@ -151,11 +151,14 @@ pub(crate) async fn rootfs_cmd(
                 ));
             }
             Err(e) => return Err(Failure::new(what, e)),
-        }
+        };
+        // Only what `rootfs` mounted there: a filesystem DEST was the mount
+        // point of before stays.
         let unmounting = dest.clone();
-        let unmounted = tokio::task::spawn_blocking(move || mount::unmount_all(&unmounting))
-            .await
-            .map_err(|e| Failure::new(what.clone(), e))?;
+        let unmounted =
+            tokio::task::spawn_blocking(move || mount::unmount_unless_busy(&unmounting, mounts))
+                .await
+                .map_err(|e| Failure::new(what.clone(), e))?;
         match unmounted {
             Ok(()) => {}
             // Unmounted already (by hand, or by a reboot): the snapshot must

@@ -44,7 +44,7 @@ pub enum Error {
         reason: String,
     },
     /// No manifest in an index matches the platform.
-    #[error("{digest}: no manifest for platform {platform}")]
+    #[error("{digest}: no manifest for {platform}")]
     NoMatchingManifest {
         /// The index.
         digest: Digest,

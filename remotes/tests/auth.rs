@@ -423,6 +423,7 @@ async fn credentials_never_follow_a_redirect_to_another_host() {
     let storage = common::registry();
     let private_proxy = FaultProxy::start(private.addr()).unwrap();
     let storage_proxy = FaultProxy::start(storage.addr()).unwrap();
+    let cdn_proxy = FaultProxy::start(storage.addr()).unwrap();
     let blobs = image(false, "linux/amd64", 50_000);
     let layer = &blobs[0];
     let alice = resolver_for(&private_proxy.host(), "alice", "s3cret");
@@ -444,20 +445,27 @@ async fn credentials_never_follow_a_redirect_to_another_host() {
         &blobs,
     )
     .await;
-    let location = format!(
-        "http://{}/v2/public/app/blobs/{}",
-        storage_proxy.host(),
-        layer.desc.digest()
-    );
-    // Two hops: the storage host redirects within itself once more, and
-    // every hop carries the first request's headers unless taken off.
+    let at = |proxy: &FaultProxy| {
+        format!(
+            "http://{}/v2/public/app/blobs/{}",
+            proxy.host(),
+            layer.desc.digest()
+        )
+    };
+    // Four hops: the storage host redirects within itself, then to a CDN,
+    // which does the same; every hop carries the first request's headers
+    // unless taken off.
     private_proxy.add(
         Some("GET"),
         &format!("/blobs/{}", layer.desc.digest()),
         1,
-        Fault::Redirect(format!("{location}?hop=1")),
+        Fault::Redirect(format!("{}?hop=1", at(&storage_proxy))),
     );
-    storage_proxy.add(Some("GET"), "hop=1", 1, Fault::Redirect(location));
+    let hop = |n| Fault::Redirect(format!("{}?hop={n}", at(&storage_proxy)));
+    storage_proxy.add(Some("GET"), "hop=1", 1, hop(2));
+    let to_cdn = Fault::Redirect(format!("{}?hop=3", at(&cdn_proxy)));
+    storage_proxy.add(Some("GET"), "hop=2", 1, to_cdn);
+    cdn_proxy.add(Some("GET"), "hop=3", 1, Fault::Redirect(at(&cdn_proxy)));
 
     let fetcher = alice
         .fetcher(&format!("{}/private/app:1", private_proxy.host()))
@@ -474,8 +482,9 @@ async fn credentials_never_follow_a_redirect_to_another_host() {
                 && l.ends_with("authorization=Basic")),
         "{asked:#?}"
     );
-    let served = storage_proxy.log();
-    assert_eq!(served.len(), 2, "{served:#?}");
+    let mut served = storage_proxy.log();
+    served.extend(cdn_proxy.log());
+    assert_eq!(served.len(), 4, "{served:#?}");
     assert!(
         served
             .iter()

@@ -216,32 +216,30 @@ pub fn unmount(target: &Path) -> Result<()> {
         .map_err(|e| Error::io("unmount", target, e))
 }
 
-/// Unmounts everything mounted at `target`, as a runtime takes a container's
-/// root filesystem down: not lazily, so a mount still in use (a process
-/// working inside it) stays, and is an error (`EBUSY`), instead of vanishing
-/// from view while its files are removed under that process. A busy mount is
-/// asked again for half a second first, as containerd asks, for a process
-/// that is just exiting. A `target` with nothing mounted is an error
-/// (`EINVAL`).
-pub fn unmount_all(target: &Path) -> Result<()> {
+/// Unmounts the last `count` mounts at `target` (those [`mount_all`] made
+/// there; whatever was mounted at `target` before stays), as a runtime takes
+/// a container's root filesystem down: not lazily, so a mount still in use
+/// (a process working inside it) stays, and is an error (`EBUSY`), instead of
+/// vanishing from view while its files are removed under that process. A
+/// busy mount is asked again for half a second first, as containerd asks,
+/// for a process that is just exiting. A `target` with nothing mounted is an
+/// error (`EINVAL`).
+pub fn unmount_unless_busy(target: &Path, count: usize) -> Result<()> {
     const BUSY_TRIES: u32 = 10;
-    let mut unmounted = false;
-    let mut busy = 0;
-    loop {
-        match rustix::mount::unmount(target, UnmountFlags::empty()) {
-            Ok(()) => {
-                unmounted = true;
-                busy = 0;
+    for _ in 0..count {
+        let mut busy = 0;
+        loop {
+            match rustix::mount::unmount(target, UnmountFlags::empty()) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::BUSY) if busy < BUSY_TRIES => {
+                    busy += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(Error::io("unmount", target, e)),
             }
-            // Nothing (more) mounted there.
-            Err(rustix::io::Errno::INVAL) if unmounted => return Ok(()),
-            Err(rustix::io::Errno::BUSY) if busy < BUSY_TRIES => {
-                busy += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => return Err(Error::io("unmount", target, e)),
         }
     }
+    Ok(())
 }
 
 /// The directory of a single writable bind mount, for callers that fill a

@@ -242,9 +242,10 @@ fn clear_staging_leftovers(dir: &Path) {
     }
 }
 
-/// Whether `entry` is a directory (not following a symlink).
+/// Whether `entry` is a directory, or a symlink to one (a `blobs/sha256`
+/// kept on another disk).
 fn is_dir(entry: &fs::DirEntry) -> bool {
-    entry.file_type().is_ok_and(|t| t.is_dir())
+    fs::metadata(entry.path()).is_ok_and(|m| m.is_dir())
 }
 
 fn read_dir_optional(dir: &Path) -> Result<Vec<fs::DirEntry>> {

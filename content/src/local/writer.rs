@@ -93,6 +93,8 @@ pub(crate) struct Sink {
     /// page cache, in pages now clean that will never be written, and no
     /// later fsync would say so. The sink cuts the data back when it goes.
     sync_failed: bool,
+    /// Set once the data file has become the committed blob.
+    published: bool,
     /// Where chunks are written; `None` while a write-behind thread has it.
     target: Option<WriteTarget>,
     /// Readers of this ingest in the process, reading it as it grows: while
@@ -175,7 +177,7 @@ impl Drop for Sink {
         {
             self.target = Some(target);
         }
-        if self.sync_failed || self.target.as_ref().is_some_and(|t| t.sync_failed) {
+        if self.lost_unsynced() && !self.published {
             let _ = self.ingest.data.set_len(self.checkpointed);
         }
     }
@@ -207,6 +209,7 @@ impl Sink {
             checkpointed: durable,
             poisoned: false,
             sync_failed: false,
+            published: false,
             target: None,
             followers,
             write_behind_slot: None,
@@ -232,6 +235,12 @@ impl Sink {
             direct: DirectFile::default(),
             sync_failed: false,
         })
+    }
+
+    /// Whether a sync failed, here or on the write target, since the data
+    /// was last known durable.
+    fn lost_unsynced(&self) -> bool {
+        self.sync_failed || self.target.as_ref().is_some_and(|t| t.sync_failed)
     }
 
     fn data_path(&self) -> std::path::PathBuf {
@@ -428,6 +437,7 @@ impl Sink {
 
     fn truncate(&mut self, size: u64) -> Result<()> {
         let path = self.data_path();
+        let durable = self.checkpointed;
         if self.settle().is_err() {
             // A failed write behind may have left the file short of `size`;
             // extending it would put zeros where the caller's bytes were.
@@ -460,6 +470,14 @@ impl Sink {
         self.written = size;
         self.checkpointed = 0;
         self.poisoned = false;
+        // Bytes up to a checkpoint were synced before any sync failed; past
+        // it, a failed sync's lost pages may still be here.
+        if size <= durable {
+            self.sync_failed = false;
+            if let Some(target) = self.target.as_mut() {
+                target.sync_failed = false;
+            }
+        }
         Ok(())
     }
 
@@ -475,11 +493,11 @@ impl Sink {
         updated_at: SystemTime,
     ) -> Result<Digest> {
         self.settle()?;
-        if self.poisoned {
+        if self.poisoned || self.lost_unsynced() {
             return Err(Error::other(
                 ErrorKind::Io,
                 format!(
-                    "{}: an earlier write failed; truncate and rewrite",
+                    "{}: an earlier write or sync failed; truncate and rewrite",
                     self.data_path().display()
                 ),
             ));
@@ -559,6 +577,8 @@ impl Sink {
             }
             Err(e) => return Err(e),
         }
+        // The data file is the blob now: nothing may cut it back.
+        self.published = true;
         // The labels' directory before the blob's, outside the lock: a
         // filesystem that syncs one directory at a time (btrfs's log tree,
         // ext4's fast commits) then has the labels durable first, unless

@@ -278,8 +278,8 @@ pub async fn commit_exists<S: Store + ?Sized>(store: &S) {
     }
 }
 
-/// Resume: close at half, reopen; the status is identical, timestamps included,
-/// and the rest commits.
+/// Resume: close at half, reopen; the status is the same (`updated_at`
+/// within the time of the writes), and the rest commits.
 pub async fn resume<S: Store + ?Sized>(store: &S) {
     let (cb, digest) = create_content(256);
     let (first, second) = cb.split_at(128);
@@ -313,8 +313,8 @@ pub async fn resume<S: Store + ?Sized>(store: &S) {
 
     let mut w2 = open(store, opts).await;
     let reopened = w2.status().await.expect("status");
-    // All but `updated_at`, which a store may keep at a coarser grain (a
-    // file's mtime, as containerd's does): checked against its range below.
+    // All but `updated_at`, which a store may keep otherwise (containerd's
+    // takes a file's mtime): checked against the writes' time below.
     let reopened = Status {
         updated_at: before_close.updated_at,
         ..reopened

@@ -892,22 +892,27 @@ impl Repository {
         response: reqwest::Response,
         build: &impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> reqwest::Result<reqwest::Response> {
-        if !response.status().is_redirection() {
-            return Ok(response);
-        }
-        let location = response
-            .headers()
-            .get(header::LOCATION)
-            .and_then(|l| l.to_str().ok())
-            .and_then(|l| response.url().join(l).ok());
-        match location {
-            Some(location) => {
-                build(self.client.http.request(method.clone(), location))
-                    .send()
-                    .await
+        let mut response = response;
+        // The client hands a hop back again whenever one leaves an origin
+        // and moves within the next, credentials or not: followed here,
+        // within the client's own budget of hops.
+        for _ in 0..tls::MAX_REDIRECTS {
+            if !response.status().is_redirection() {
+                break;
             }
-            None => Ok(response),
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| response.url().join(l).ok());
+            let Some(location) = location else {
+                break;
+            };
+            response = build(self.client.http.request(method.clone(), location))
+                .send()
+                .await?;
         }
+        Ok(response)
     }
 
     /// The error for a request to `url` that failed. A TLS alert that

@@ -156,7 +156,7 @@ fn alert_text(error: &rustls::Error) -> Option<String> {
 }
 
 /// Redirects a request follows at most, as reqwest's default policy.
-const MAX_REDIRECTS: usize = 10;
+pub(super) const MAX_REDIRECTS: usize = 10;
 
 /// Redirects are followed as reqwest's default policy follows them, but a
 /// hop that would carry credentials to another host is handed back to the
