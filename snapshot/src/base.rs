@@ -35,6 +35,14 @@ impl Base {
     pub(crate) fn open(root: &Path, durability: Durability) -> Result<Arc<Self>> {
         let snapshots = root.join("snapshots");
         std::fs::create_dir_all(&snapshots).map_err(|e| Error::io("mkdir", &snapshots, e))?;
+        // Private to their owner, made so or made so now: snapshots hold what
+        // images put there, setuid binaries and device nodes included, which
+        // no other user may reach through these paths (containerd's
+        // CVE-2021-41103). A mounted rootfs is reached at its mount point.
+        for dir in [root, snapshots.as_path()] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| Error::io("chmod", dir, e))?;
+        }
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
         let base = Arc::new(Base {
             root: root.to_path_buf(),

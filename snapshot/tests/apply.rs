@@ -345,19 +345,28 @@ fn huge_extension_records_are_refused_before_they_are_buffered() {
 
 /// A GNU sparse file of `real_size` bytes whose only data is its last byte.
 fn sparse_layer(real_size: u64) -> Vec<u8> {
-    let mut header = tar::Header::new_gnu();
-    header.set_path("holes").unwrap();
-    header.set_entry_type(tar::EntryType::GNUSparse);
-    header.set_mode(0o644);
-    header.set_size(1);
-    let gnu = header.as_gnu_mut().unwrap();
-    gnu.set_real_size(real_size);
-    gnu.sparse[0].set_offset(real_size - 1);
-    gnu.sparse[0].set_length(1);
-    header.set_cksum();
-    let mut layer = header.as_bytes().to_vec();
-    layer.push(b'z');
-    layer.resize(1024 + 1024, 0);
+    sparse_files(&[("holes", real_size)])
+}
+
+/// GNU sparse files, each of its size, whose only data is its last byte.
+fn sparse_files(files: &[(&str, u64)]) -> Vec<u8> {
+    let mut layer = Vec::new();
+    for (name, real_size) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(name).unwrap();
+        header.set_entry_type(tar::EntryType::GNUSparse);
+        header.set_mode(0o644);
+        header.set_size(1);
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.set_real_size(*real_size);
+        gnu.sparse[0].set_offset(real_size - 1);
+        gnu.sparse[0].set_length(1);
+        header.set_cksum();
+        layer.extend_from_slice(header.as_bytes());
+        layer.push(b'z');
+        layer.resize(layer.len() + 511, 0);
+    }
+    layer.resize(layer.len() + 1024, 0);
     layer
 }
 
@@ -376,6 +385,66 @@ fn sparse_files_keep_their_holes_and_huge_ones_are_refused() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(err.to_string().contains("over the 64 GiB"), "{err}");
     assert!(!root.path().join("holes").exists());
+
+    // The bound is the layer's: a second file under it alone, past it
+    // with the first, is refused before its holes are read.
+    let root = tempfile::tempdir().unwrap();
+    let layer = sparse_files(&[("small", 1 << 20), ("second", (64 << 30) - (512 << 10))]);
+    let err = apply_tree(root.path(), &layer).unwrap_err();
+    assert!(err.to_string().contains("\"second\""), "{err}");
+    assert!(!root.path().join("second").exists());
+}
+
+/// A whiteout of a directory tree deeper than removal goes is refused, not
+/// followed down until the stack gives out (symlinks let a few entries
+/// build trees tens of thousands of levels deep); an ordinary deep tree goes.
+#[test]
+fn a_whiteout_of_a_tree_too_deep_is_refused_and_an_ordinary_one_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let deep = |top: &str, levels: usize| {
+        let mut path = root.path().join(top);
+        for _ in 0..levels {
+            path.push("a");
+        }
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("f"), b"bottom").unwrap();
+    };
+    deep("ordinary", 100);
+    deep("abyss", 600);
+    apply_tree(
+        root.path(),
+        &tar_of(&[Entry::File(".wh.ordinary", b"", 0o644)]),
+    )
+    .unwrap();
+    assert!(!root.path().join("ordinary").exists());
+    let err = apply_tree(
+        root.path(),
+        &tar_of(&[Entry::File(".wh.abyss", b"", 0o644)]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("too long"), "{err}");
+}
+
+/// A directory listed twice (tars merged by a build tool) takes the last
+/// entry's mode and times, as with containerd.
+#[test]
+fn a_directory_listed_twice_takes_the_last_entrys_times() {
+    let root = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (mtime, mode) in [(1_000_000, 0o755), (2_000_000, 0o700)] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_path("twice").unwrap();
+        h.set_size(0);
+        h.set_mode(mode);
+        h.set_mtime(mtime);
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+    }
+    apply_tree(root.path(), &b.into_inner().unwrap()).unwrap();
+    let meta = std::fs::metadata(root.path().join("twice")).unwrap();
+    assert_eq!(meta.mtime(), 2_000_000);
+    assert_eq!(meta.mode() & 0o7777, 0o700);
 }
 
 /// An opaque whiteout listed after the directories this layer wrote under

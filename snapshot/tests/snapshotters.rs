@@ -110,6 +110,35 @@ async fn rules<S: Snapshotter>(s: &S) {
     assert!(s.stat("x").await.is_err(), "closed");
 }
 
+/// A snapshotter's directories are its owner's alone, whether it made them
+/// or found them open to all: what images put in snapshots (setuid
+/// binaries, device nodes) is not for other users (CVE-2021-41103).
+#[test]
+fn snapshot_directories_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for made in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let native = dir.path().join("native");
+        let overlay = dir.path().join("overlay");
+        if !made {
+            for root in [&native, &overlay] {
+                std::fs::create_dir_all(root.join("snapshots")).unwrap();
+                for d in [root.clone(), root.join("snapshots")] {
+                    std::fs::set_permissions(&d, PermissionsExt::from_mode(0o755)).unwrap();
+                }
+            }
+        }
+        drop(NativeSnapshotter::open(&native).unwrap());
+        drop(OverlaySnapshotter::open(&overlay).unwrap());
+        for root in [&native, &overlay] {
+            for d in [root.clone(), root.join("snapshots")] {
+                assert_eq!(mode(&d), 0o700, "{} (made: {made})", d.display());
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn native_follows_the_snapshot_rules() {
     let dir = tempfile::tempdir().unwrap();

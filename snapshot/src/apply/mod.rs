@@ -269,10 +269,11 @@ impl Read for ChunkReader {
 /// made the parser buffer a 1 GiB PAX record.
 const MAX_TAR_METADATA: u64 = 4 << 20;
 
-/// The largest sparse file written. The `tar` crate hands out a sparse
-/// file's holes as zeros to read (Go's `archive/tar` seeks over them), so a
-/// 10 KB layer declaring a 16 TiB file would keep an unpack busy for an hour;
-/// this bounds that to seconds.
+/// The most a layer's sparse files may add up to, holes included. The `tar`
+/// crate hands out a sparse file's holes as zeros to read (Go's
+/// `archive/tar` seeks over them), so a 10 KB layer declaring a 16 TiB file,
+/// or many of 64 GiB, would keep an unpack busy for hours; this bounds that
+/// to seconds.
 const MAX_SPARSE_SIZE: u64 = 64 << 30;
 
 /// A reader that, while its budget is set, fails once the budget is spent.
@@ -339,6 +340,7 @@ fn write_entries(
         skipped_xattrs,
         dropped_xattrs: 0,
         entries: 0,
+        sparse_size: 0,
     };
     let budget = Rc::new(Cell::new(None));
     let mut archive = tar::Archive::new(Budgeted {
@@ -427,6 +429,12 @@ fn xattr_names(
 
 /// Extended attributes: name, value.
 type Xattrs = Vec<(String, Vec<u8>)>;
+
+/// What a directory gets after its children: its mode (without root) and times.
+struct DirTimes {
+    mode: u32,
+    times: Timestamps,
+}
 
 /// Metadata of one entry, with PAX records applied.
 struct Meta {
@@ -537,7 +545,9 @@ struct Applier {
     /// With each directory's device and inode, so that one a later entry
     /// replaced (by a symlink, say) is told apart.
     /// And when it was noted (`clock`).
-    dir_times: Vec<(PathBuf, Meta, (u64, u64), u64)>,
+    /// Only the mode and times are kept: a directory's xattrs (up to 4 MiB
+    /// each) are set already, and would pile up over a layer's directories.
+    dir_times: Vec<(PathBuf, DirTimes, (u64, u64), u64)>,
     /// Orders notes about directories (`dir_times`, the root's
     /// `pending_modes`) against directories' removals.
     clock: Rc<Cell<u64>>,
@@ -553,6 +563,8 @@ struct Applier {
     /// overlayfs xattrs the layer carried, never applied.
     dropped_xattrs: u64,
     entries: u64,
+    /// The sizes of the layer's sparse files so far, holes included.
+    sparse_size: u64,
 }
 
 fn split(rel: &Path) -> (PathBuf, &OsStr) {
@@ -603,13 +615,18 @@ impl Applier {
         }
         let meta = meta_of(entry)?;
         self.dropped_xattrs += meta.dropped_xattrs;
-        if kind == tar::EntryType::GNUSparse && entry.size() > MAX_SPARSE_SIZE {
-            return Err(Error::InvalidArgument(format!(
-                "sparse file {:?} of {} bytes: over the {} GiB this unpacker writes",
-                rel.display(),
-                entry.size(),
-                MAX_SPARSE_SIZE >> 30
-            )));
+        if kind == tar::EntryType::GNUSparse {
+            // Per layer, not per file: a thousand sparse headers of 64 GiB
+            // each would take as long as one of 64 TiB.
+            self.sparse_size = self.sparse_size.saturating_add(entry.size());
+            if self.sparse_size > MAX_SPARSE_SIZE {
+                return Err(Error::InvalidArgument(format!(
+                    "sparse file {:?} of {} bytes: over the {} GiB of sparse files this unpacker writes per layer",
+                    rel.display(),
+                    entry.size(),
+                    MAX_SPARSE_SIZE >> 30
+                )));
+            }
         }
         if rel.as_os_str().is_empty() {
             // The root directory itself: only its metadata.
@@ -906,8 +923,12 @@ impl Applier {
         self.set_xattrs_fd(dir.as_fd(), &meta, &path)?;
         let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
         let noted = resolve::tick(&self.clock);
+        let kept = DirTimes {
+            mode: meta.mode,
+            times: times(&meta),
+        };
         self.dir_times
-            .push((rel.to_path_buf(), meta, (st.st_dev, st.st_ino), noted));
+            .push((rel.to_path_buf(), kept, (st.st_dev, st.st_ino), noted));
         Ok(())
     }
 
@@ -934,12 +955,16 @@ impl Applier {
             if (st.st_dev, st.st_ino) != *id {
                 continue;
             }
-            listed.insert(*id);
+            // Listed twice (merged tars): the last entry wins, as in
+            // containerd; going backwards, that is the first one met.
+            if !listed.insert(*id) {
+                continue;
+            }
             if !self.options.privileged {
                 rustix::fs::fchmod(&dir, Mode::from_raw_mode(meta.mode))
                     .map_err(io_err("chmod", &path))?;
             }
-            rustix::fs::futimens(&dir, &times(meta)).map_err(io_err("utimes", &path))?;
+            rustix::fs::futimens(&dir, &meta.times).map_err(io_err("utimes", &path))?;
         }
         // Then the parents made for entries (without root), unless an entry
         // of their own set them: last, since the mode a parent gets may shut

@@ -623,16 +623,33 @@ fn mkdir_with(
     )
 }
 
+/// How deep a directory tree removal goes: each level holds a descriptor
+/// and a few stack frames, and a layer can reach trees far deeper than a
+/// path can spell by symlinks (about 80,000 levels in 45 entries), where
+/// the blocking thread's stack would overflow and abort the process. Real
+/// trees stop at tens of levels.
+const MAX_REMOVE_DEPTH: usize = 512;
+
 /// Removes `name` in `parent`, recursively for a directory; missing is fine.
-/// Each directory removed is noted in `removed`.
+/// Each directory removed is noted in `removed`. A tree deeper than
+/// [`MAX_REMOVE_DEPTH`] is refused (`ENAMETOOLONG`), not removed.
 pub(crate) fn remove_at(
     parent: BorrowedFd<'_>,
     name: &OsStr,
     removed: &mut Removals,
 ) -> rustix::io::Result<()> {
+    remove_below(parent, name, removed, 0)
+}
+
+fn remove_below(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    removed: &mut Removals,
+    depth: usize,
+) -> rustix::io::Result<()> {
     match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => remove_dir_at(parent, name, removed),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => remove_dir_at(parent, name, removed, depth),
         Err(e) => Err(e),
     }
 }
@@ -641,7 +658,11 @@ fn remove_dir_at(
     parent: BorrowedFd<'_>,
     name: &OsStr,
     removed: &mut Removals,
+    depth: usize,
 ) -> rustix::io::Result<()> {
+    if depth >= MAX_REMOVE_DEPTH {
+        return Err(Errno::NAMETOOLONG);
+    }
     let dir = rustix::fs::openat(
         parent,
         name,
@@ -649,7 +670,7 @@ fn remove_dir_at(
         Mode::empty(),
     )?;
     let st = rustix::fs::fstat(&dir)?;
-    clear_dir(dir.as_fd(), Path::new(""), &|_| false, removed)?;
+    clear_below(dir.as_fd(), Path::new(""), &|_| false, removed, depth + 1)?;
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
     removed.note((st.st_dev, st.st_ino));
     Ok(())
@@ -664,6 +685,19 @@ pub(crate) fn clear_dir(
     keep: &dyn Fn(&Path) -> bool,
     removed: &mut Removals,
 ) -> rustix::io::Result<()> {
+    clear_below(dir, rel, keep, removed, 0)
+}
+
+fn clear_below(
+    dir: BorrowedFd<'_>,
+    rel: &Path,
+    keep: &dyn Fn(&Path) -> bool,
+    removed: &mut Removals,
+    depth: usize,
+) -> rustix::io::Result<()> {
+    if depth >= MAX_REMOVE_DEPTH {
+        return Err(Errno::NAMETOOLONG);
+    }
     let mut names = Vec::new();
     {
         let mut reader = rustix::fs::Dir::read_from(dir)?;
@@ -679,7 +713,7 @@ pub(crate) fn clear_dir(
     for name in names {
         let child = rel.join(&name);
         if !keep(&child) {
-            remove_at(dir, &name, removed)?;
+            remove_below(dir, &name, removed, depth)?;
             continue;
         }
         let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
@@ -690,7 +724,7 @@ pub(crate) fn clear_dir(
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
-            clear_dir(sub.as_fd(), &child, keep, removed)?;
+            clear_below(sub.as_fd(), &child, keep, removed, depth + 1)?;
         }
     }
     Ok(())
