@@ -89,6 +89,9 @@ fn gzip_and_zstd_layers_give_the_diff_id_of_the_tar() {
             Some(Compression::Zstd),
         ),
         (layer.clone(), None),
+        // Mislabelled, either way: the stream's magic decides, as in containerd.
+        (layer.clone(), Some(Compression::Gzip)),
+        (gzip(&layer), Some(Compression::None)),
     ] {
         let root = tempfile::tempdir().unwrap();
         let applied = apply_layer_sync(

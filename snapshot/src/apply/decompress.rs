@@ -48,21 +48,21 @@ impl Compression {
 
 const READ_BUFFER: usize = 256 * 1024;
 
-/// The uncompressed tar stream of `reader`: by `compression` when known, else
-/// by its magic bytes.
+/// The uncompressed tar stream of `reader`, by its magic bytes, as
+/// containerd's `DecompressStream` decides: a layer whose media type (or
+/// `expected`) says gzip but that is stored plain, or the reverse, unpacks
+/// as it does there. `expected` counts only for an empty stream.
 pub(crate) fn decompressed<'a>(
     reader: impl Read + Send + 'a,
-    compression: Option<Compression>,
+    expected: Option<Compression>,
 ) -> Result<Box<dyn Read + Send + 'a>> {
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-    let compression = match compression {
-        Some(c) => c,
-        None => {
-            let head = reader
-                .fill_buf()
-                .map_err(|e| Error::Layer(format!("read: {e}")))?;
-            Compression::detect(head)
-        }
+    let head = reader
+        .fill_buf()
+        .map_err(|e| Error::Layer(format!("read: {e}")))?;
+    let compression = match (head.is_empty(), expected) {
+        (true, Some(expected)) => expected,
+        _ => Compression::detect(head),
     };
     Ok(match compression {
         Compression::None => Box::new(reader),

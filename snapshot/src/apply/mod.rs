@@ -74,8 +74,8 @@ impl Default for ApplyOptions {
     }
 }
 
-/// Applies the layer in `reader` (compressed per `media_type`, or detected
-/// from its first bytes when `media_type` is `None` or unknown) to `target`,
+/// Applies the layer in `reader` (gzip, zstd or plain, as its first bytes
+/// show, whatever `media_type` says, as containerd decides) to `target`,
 /// on a blocking thread. Returns the diff ID.
 ///
 /// ```
@@ -131,7 +131,9 @@ where
         .map_err(|e| Error::Layer(format!("apply task: {e}")))?
 }
 
-/// [`apply_layer`] on the calling thread, from a blocking reader.
+/// [`apply_layer`] on the calling thread, from a blocking reader; the
+/// stream's first bytes decide its compression, `compression` only that of
+/// an empty stream.
 pub fn apply_layer_sync(
     target: &ApplyTarget,
     reader: impl Read + Send,
