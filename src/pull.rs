@@ -113,6 +113,9 @@ where
     let (name, target) = resolver.resolve(reference).await?;
     send(PullEvent::Resolved(target.clone()));
     let arrivals = Arc::new(Arrivals::default());
+    // Dropped before the fetch ends (the caller gave up), readers following
+    // an ingest stop instead of waiting for bytes that will not come.
+    let _finish_on_drop = FinishOnDrop(arrivals.clone());
     let waiting = WaitingProvider {
         store: store.clone(),
         arrivals: arrivals.clone(),
@@ -159,6 +162,14 @@ where
     };
     let mut unpack_options = options.unpack.clone();
     unpack_options.events = Some(unpack_tx);
+    // Every blob committed and verified, an unpack that failed while they
+    // downloaded is tried once more from the store: what it read may have
+    // been another pull's download that then failed its check (a shared
+    // layer's ingest), or a blob that was not there yet.
+    let again = {
+        let (again_options, target, matcher) = (unpack_options.clone(), &target, &options.matcher);
+        move || async move { unpack(target, store, snapshotter, matcher, again_options).await }
+    };
     let unpacking = unpack(
         &target,
         &waiting,
@@ -168,17 +179,48 @@ where
     );
 
     let both = async {
-        // A failed fetch explains a failed unpack (its blob never came), so
-        // it is the error to report.
-        let (fetched, unpacked) = tokio::join!(fetch, unpacking);
-        let image = fetched?;
-        Ok::<_, PullError>(Pulled {
-            image,
-            chain_id: unpacked?,
-        })
+        tokio::pin!(fetch, unpacking);
+        tokio::select! {
+            // A failed fetch explains a failed unpack (its blob never came),
+            // so it is the error to report. The unpack is awaited all the
+            // same, never dropped: it cleans up after itself.
+            fetched = &mut fetch => {
+                let unpacked = unpacking.await;
+                let image = fetched?;
+                let chain_id = match unpacked {
+                    Ok(chain_id) => chain_id,
+                    Err(_) => again().await?,
+                };
+                Ok::<_, PullError>(Pulled { image, chain_id })
+            }
+            unpacked = &mut unpacking => match unpacked {
+                Ok(chain_id) => Ok(Pulled { image: fetch.await?, chain_id }),
+                // A layer that will not unpack (a bad tar, a wrong diff ID,
+                // a full disk): the rest of the download is not waited for.
+                // Its ingests stay, for a pull that retries to resume. An
+                // unpack that failed because a blob did not come defers to
+                // the fetch, which says why.
+                Err(e) if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) => {
+                    Err(PullError::Unpack(e))
+                }
+                Err(_) => {
+                    let image = fetch.await?;
+                    Ok(Pulled { image, chain_id: again().await? })
+                }
+            },
+        }
     };
     let (result, (), ()) = tokio::join!(both, forward, forward_unpack);
     result
+}
+
+/// Ends the fetch's arrivals when dropped; see [`Arrivals::finish`].
+struct FinishOnDrop(Arc<Arrivals>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 /// Wakes readers waiting for a blob when the fetch commits one, or ends.

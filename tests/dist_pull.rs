@@ -22,22 +22,25 @@ fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32) {
     b.append_data(&mut h, name, data).unwrap();
 }
 
-/// Two layers: a base, then a change, a deletion and a setuid file.
-fn layer_tars(big: usize) -> Vec<Vec<u8>> {
-    let mut base = tar::Builder::new(Vec::new());
-    file(&mut base, "etc/issue", b"v1\n", 0o644);
-    file(&mut base, "etc/obsolete", b"x", 0o644);
-    // Incompressible, so the gzip layer is as big as the file.
+/// `len` incompressible bytes, so a gzip layer is as big as its file.
+fn noise(len: usize) -> Vec<u8> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..big)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             (state >> 32) as u8
         })
-        .collect();
-    file(&mut base, "opt/blob", &noise, 0o644);
+        .collect()
+}
+
+/// Two layers: a base, then a change, a deletion and a setuid file.
+fn layer_tars(big: usize) -> Vec<Vec<u8>> {
+    let mut base = tar::Builder::new(Vec::new());
+    file(&mut base, "etc/issue", b"v1\n", 0o644);
+    file(&mut base, "etc/obsolete", b"x", 0o644);
+    file(&mut base, "opt/blob", &noise(big), 0o644);
     let mut top = tar::Builder::new(Vec::new());
     file(&mut top, "etc/issue", b"v2\n", 0o644);
     file(&mut top, "etc/.wh.obsolete", b"", 0o644);
@@ -45,11 +48,24 @@ fn layer_tars(big: usize) -> Vec<Vec<u8>> {
     vec![base.into_inner().unwrap(), top.into_inner().unwrap()]
 }
 
-/// Ingests `bytes` into the store at `root`; returns its descriptor as JSON.
-/// Builds the image with `dist ingest` and pushes it with `dist push`.
+/// Builds the image of `layer_tars(big)` with `dist ingest` and pushes it
+/// with `dist push`.
 fn push_image(registry_host: &str, work: &Path, big: usize) -> String {
-    let builder = work.join("builder");
     let tars = layer_tars(big);
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
+    push_layers(registry_host, work, &tars, &diff_ids, "e2e/rootfs:1")
+}
+
+/// Pushes an image of the gzipped `tars` as `name` whose config says
+/// `diff_ids` (right or wrong); returns its reference.
+fn push_layers(
+    registry_host: &str,
+    work: &Path,
+    tars: &[Vec<u8>],
+    diff_ids: &[String],
+    name: &str,
+) -> String {
+    let builder = work.join("builder");
     let layers: Vec<_> = tars
         .iter()
         .map(|t| {
@@ -60,7 +76,6 @@ fn push_image(registry_host: &str, work: &Path, big: usize) -> String {
             )
         })
         .collect();
-    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
     let config = serde_json::json!({
         "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
         "os": "linux",
@@ -83,7 +98,7 @@ fn push_image(registry_host: &str, work: &Path, big: usize) -> String {
         "application/vnd.oci.image.manifest.v1+json",
         manifest.as_bytes(),
     );
-    let reference = format!("{registry_host}/e2e/rootfs:1");
+    let reference = format!("{registry_host}/{name}");
     ok(dist(
         &builder,
         &["push", &reference, manifest["digest"].as_str().unwrap()],
@@ -529,6 +544,131 @@ fn interrupt_pull(root: &Path, reference: &str, signal: libc::c_int) -> Output {
     // SAFETY: the pid is our own child's, which has not been waited for.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
     child.wait_with_output().unwrap()
+}
+
+/// A layer that will not unpack (here, its diff ID is not the config's)
+/// fails the pull at once: the layer still downloading above it is not
+/// waited for, and its ingest stays for a later pull to resume.
+#[test]
+fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let mut bad = tar::Builder::new(Vec::new());
+    file(&mut bad, "small", b"x", 0o644);
+    let mut big = tar::Builder::new(Vec::new());
+    file(&mut big, "big", &noise(8 << 20), 0o644);
+    let tars = [bad.into_inner().unwrap(), big.into_inner().unwrap()];
+    let diff_ids = [
+        sha256_of(b"not this layer").to_string(),
+        sha256_of(&tars[1]).to_string(),
+    ];
+    push_layers(&registry.host(), work.path(), &tars, &diff_ids, "e2e/bad:1");
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    proxy.add(
+        Some("GET"),
+        "/blobs/sha256:",
+        usize::MAX,
+        Fault::Drip {
+            chunk: 64 * 1024,
+            delay: Duration::from_millis(20),
+        },
+    );
+    let root = work.path().join("store");
+    for snapshotter in ["overlay", "native"] {
+        let reference = format!("{}/e2e/bad:1", proxy.host());
+        let pulled = dist(
+            &root,
+            &["--snapshotter", snapshotter, "pull", &reference],
+            b"",
+        );
+        let said = stderr(&pulled);
+        assert_eq!(pulled.status.code(), Some(1), "{said}");
+        assert!(said.contains("diff ID"), "{snapshotter}: {said}");
+        let active = ok(dist(&root, &["active"], b""));
+        assert!(
+            active.contains(&format!("layer-{}", sha256_of(&gzip(&tars[1])))),
+            "{snapshotter}: the big layer was still downloading, and stays: {active}"
+        );
+    }
+}
+
+/// A pull dropped while its layers apply (a caller's timeout) leaves no
+/// thread behind waiting for bytes or for a layer below: the runtime it ran
+/// on shuts down at once, as it must for a program that embeds the library.
+#[test]
+fn a_pull_dropped_midway_leaves_no_thread_waiting() {
+    use ocidist::content::local::LocalStore;
+    use ocidist::images::{DbImageStore, Platform, platforms};
+    use ocidist::pull::{PullOptions, pull};
+    use ocidist::remotes::docker::DockerResolver;
+    use ocidist::snapshot::overlay::OverlaySnapshotter;
+
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    // Layer 1 writes into `d` without listing it: it waits for layer 0,
+    // whose download stalls after its first MiB.
+    let mut base = tar::Builder::new(Vec::new());
+    file(&mut base, "d/big", &noise(4 << 20), 0o644);
+    let mut top = tar::Builder::new(Vec::new());
+    file(&mut top, "d/f", b"x", 0o644);
+    let tars = [base.into_inner().unwrap(), top.into_inner().unwrap()];
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
+    push_layers(
+        &registry.host(),
+        work.path(),
+        &tars,
+        &diff_ids,
+        "e2e/dropped:1",
+    );
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    proxy.add(
+        Some("GET"),
+        &format!("/blobs/{}", sha256_of(&gzip(&tars[0]))),
+        1,
+        Fault::Stall {
+            after: 1 << 20,
+            hold: Duration::from_secs(60),
+        },
+    );
+    let reference = format!("{}/e2e/dropped:1", proxy.host());
+    let root = work.path().join("store");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = LocalStore::open(root.join("content")).unwrap();
+        let images = DbImageStore::open(root.join("images.redb")).unwrap();
+        let snapshotter = OverlaySnapshotter::open(root.join("overlay")).unwrap();
+        let options = PullOptions {
+            matcher: platforms::only(&Platform::host()),
+            limit: Some(8),
+            unpack: Default::default(),
+            events: None,
+        };
+        let resolver = DockerResolver::new();
+        let pulling = pull(
+            &resolver,
+            &store,
+            &images,
+            &snapshotter,
+            &reference,
+            options,
+        );
+        let stopped = tokio::time::timeout(Duration::from_secs(2), pulling).await;
+        assert!(stopped.is_err(), "the pull finished: {stopped:?}");
+    });
+    let (done, shut_down) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        let _ = done.send(());
+    });
+    assert!(
+        shut_down.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "threads of the dropped pull kept its runtime from shutting down"
+    );
 }
 
 #[test]

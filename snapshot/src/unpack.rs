@@ -227,6 +227,9 @@ struct AppliedState {
     /// Layers `0..prefix` are all done.
     prefix: usize,
     failed: bool,
+    /// The layer that failed first, whose error is the one to report (the
+    /// others may only have been stopped because of it).
+    first_failure: Option<usize>,
 }
 
 impl AppliedSoFar {
@@ -239,6 +242,9 @@ impl AppliedSoFar {
     fn mark(&self, layer: usize, ok: bool) {
         let mut state = self.lock();
         if !ok {
+            if !state.failed && layer != usize::MAX {
+                state.first_failure = Some(layer);
+            }
             state.failed = true;
         } else {
             if state.done.len() <= layer {
@@ -260,6 +266,10 @@ impl AppliedSoFar {
         self.lock().failed
     }
 
+    fn first_failure(&self) -> Option<usize> {
+        self.lock().first_failure
+    }
+
     /// Blocks until layers `0..layer` are done; an error if one failed.
     fn wait_below(&self, layer: usize) -> Result<()> {
         let mut state = self.lock();
@@ -277,6 +287,36 @@ impl AppliedSoFar {
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+    }
+}
+
+/// Marks the unpack failed when dropped, which is harmless once it is over.
+struct FailOnDrop(Arc<AppliedSoFar>);
+
+impl Drop for FailOnDrop {
+    fn drop(&mut self) {
+        self.0.fail();
+    }
+}
+
+/// A layer's bytes, which stop (an error) once another layer has failed.
+struct StopWhenFailed<R> {
+    inner: R,
+    applied: Arc<AppliedSoFar>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StopWhenFailed<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.applied.failed() {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "stopped: another layer of this unpack failed",
+            )));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -354,6 +394,9 @@ where
         }
     };
     let applied = Arc::new(AppliedSoFar::default());
+    // Dropped before the end (the caller gave up), the layers still being
+    // applied on blocking threads stop too, and none waits for lowers forever.
+    let _stop_on_drop = FailOnDrop(applied.clone());
     let apply_one = |j: usize| {
         let applied = applied.clone();
         let target = &targets[j];
@@ -374,7 +417,12 @@ where
                 Arc::new(move || applied.wait_below(j)) as LowersReady
             });
             let result = async {
-                let reader = provider.reader(layer).await?;
+                // Once any layer fails, the others stop reading: a layer
+                // still downloading is not waited for to the end.
+                let reader = StopWhenFailed {
+                    inner: provider.reader(layer).await?,
+                    applied: applied.clone(),
+                };
                 let done = apply_layer_over(
                     target,
                     reader,
@@ -409,7 +457,11 @@ where
                 Ok(_) => {}
                 Err(e) => {
                     applied.fail();
-                    first_error.get_or_insert(e);
+                    if applied.first_failure() == Some(j) {
+                        first_error = Some(e);
+                    } else {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
             j += 1;
