@@ -3,8 +3,9 @@
 //!
 //! A pull commits its blobs and snapshots before it names its image, and it
 //! relies on blobs already in the store; a collection running meanwhile sees
-//! all of them unreferenced. The grace period of the collectors covers pulls
-//! shorter than itself; a lease covers any pull, however long, and expires the
+//! all of them unreferenced. The grace period of the collectors covers the
+//! blobs a pull writes, while it is shorter than the period, but not old blobs
+//! it finds present and reuses; a lease covers both, however long, and expires the
 //! moment its owner ends, so a killed pull's leftovers need not wait out the
 //! grace period. containerd keeps its leases in its metadata database; these
 //! are files, so separate processes can share a store:

@@ -9,7 +9,10 @@
 //! layers it reuses (containerd's pulls hold a lease for this). The caller's
 //! own roots ([`GcOptions::roots`]) are marked too: the blobs the live leases
 //! hold ([`ocidist_content::lease`]), which keeps a pull's blobs however long
-//! it runs.
+//! it runs. The grace period alone does not make a collection safe beside a
+//! pull: an old, unreferenced layer the pull found present (and so skipped)
+//! is not young, and may go between the collection's walk and the pull's
+//! naming of its image. Pass the leases' roots when pulls may run.
 //! Sweep: delete every unmarked blob (all older than the grace period), and every
 //! ingest untouched for longer than the ingest age limit. An ingest a writer
 //! holds is never removed: aborting it answers `Unavailable`, and it is skipped.
@@ -95,6 +98,12 @@ where
             image.target.digest().clone(),
             Some(image.target.media_type().to_string()),
         ));
+        // What the image's own labels pin (a signature, an SBOM), as
+        // containerd follows them.
+        queue.extend(image.labels.iter().filter_map(|(key, value)| {
+            gc_ref_content_kind(key)?;
+            Some((Digest::try_from(value.as_str()).ok()?, None))
+        }));
     }
     let now = SystemTime::now();
     let young = |info: &Info| {
@@ -209,7 +218,12 @@ async fn references<S: Provider + ?Sized>(
         Some(media_type) => media_type,
         None => {
             let desc = ocidist_content::descriptor(info.digest.clone(), info.size);
-            let body = ocidist_content::read_blob(content, &desc, MAX_MANIFEST_SIZE).await?;
+            let body = match ocidist_content::read_blob(content, &desc, MAX_MANIFEST_SIZE).await {
+                Ok(body) => body,
+                // Deleted since the walk: nothing to follow.
+                Err(e) if e.is_not_found() => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
             match manifest::sniff_media_type(&body) {
                 Some(media_type) => media_type,
                 None => return Ok(Vec::new()),
@@ -224,10 +238,21 @@ async fn references<S: Provider + ?Sized>(
         info.size,
         info.digest.clone(),
     );
-    // A blob that does not decode references nothing; it must not stop the collection.
+    // A blob that does not decode (or is a schema 1 manifest under an OCI
+    // type), or that a concurrent delete took, references nothing; it must
+    // not stop the collection.
     let children = match manifest::children(content, &desc).await {
         Ok(children) => children,
-        Err(e) if e.kind() == crate::ErrorKind::InvalidArgument => Vec::new(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                crate::ErrorKind::InvalidArgument
+                    | crate::ErrorKind::Unimplemented
+                    | crate::ErrorKind::NotFound
+            ) =>
+        {
+            Vec::new()
+        }
         Err(e) => return Err(e),
     };
     Ok(children

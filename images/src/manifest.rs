@@ -237,7 +237,10 @@ pub async fn manifest<P: Provider + ?Sized>(
 }
 
 /// Like [`best_match`], but a manifest that declares no platform is judged by
-/// its config's platform (read from `provider`), as containerd does.
+/// its config's platform (read from `provider`), as containerd does: a
+/// config that names none is no platform (only [`All`](crate::platforms::All)
+/// takes it), and a manifest the store does not have (a pull limited to the
+/// best platform leaves the others out) is no candidate.
 async fn choose<P: Provider + ?Sized>(
     provider: &P,
     candidates: Vec<Descriptor>,
@@ -247,11 +250,15 @@ async fn choose<P: Provider + ?Sized>(
     for candidate in candidates {
         let undeclared_manifest = candidate.platform().is_none()
             && media_types::kind(candidate.media_type().as_ref()) == Kind::Manifest;
-        if undeclared_manifest
-            && let Some(platform) = config_platform(provider, &candidate).await?
-            && !matcher.matches(&platform)
-        {
-            continue;
+        if undeclared_manifest {
+            let platform = match config_platform(provider, &candidate).await {
+                Ok(platform) => platform.unwrap_or_else(|| Platform::new("", "", None)),
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if !matcher.matches(&platform) {
+                continue;
+            }
         }
         kept.push(candidate);
     }
@@ -311,7 +318,19 @@ pub async fn platforms<P: Provider + ?Sized>(
                 stack.extend(nested.into_iter().rev());
             }
             Kind::Manifest => {
-                if let Some(p) = config_platform(provider, &desc).await?
+                let platform = match config_platform(provider, &desc).await {
+                    Ok(platform) => platform,
+                    // An index's manifest the store does not have (left out
+                    // by a pull of one platform) offers nothing here.
+                    Err(e)
+                        if e.kind() == crate::ErrorKind::NotFound
+                            && desc.digest() != image.digest() =>
+                    {
+                        None
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(p) = platform
                     && !out.contains(&p)
                 {
                     out.push(p);

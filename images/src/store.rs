@@ -383,11 +383,17 @@ impl ImageStore for DbImageStore {
     async fn delete(&self, name: &str) -> Result<()> {
         let name = name.to_string();
         self.blocking(move |db| {
-            Self::write(db, &name, |current| match current {
-                Some(_) => Ok(None),
-                None => Err(not_found(&name)),
-            })
-            .map(drop)
+            // Not decoded first: a record this build cannot read (written by
+            // another version) can still be deleted.
+            let txn = db.begin_write().map_err(db_error)?;
+            let removed = {
+                let mut table = txn.open_table(IMAGES).map_err(db_error)?;
+                table.remove(name.as_str()).map_err(db_error)?.is_some()
+            };
+            if !removed {
+                return Err(not_found(&name));
+            }
+            txn.commit().map_err(db_error)
         })
         .await
     }

@@ -133,6 +133,41 @@ async fn gc_root_label_keeps_a_blob_and_the_grace_period_keeps_fresh_ones() {
     assert!(store.info(rooted.digest()).await.is_ok());
 }
 
+/// An image's own content-reference labels keep what they name (a
+/// signature, an SBOM), as containerd follows them; and an image whose target
+/// will not decode (a schema 1 body under an OCI type) keeps its target but
+/// does not stop the collection.
+#[tokio::test]
+async fn image_labels_keep_their_blobs_and_an_undecodable_target_stops_nothing() {
+    let (dir, store) = store();
+    let images = images_db(&dir);
+    let lone = image(&store, Flavor::Oci, "linux/amd64", 1).await;
+    let signature = put(&store, "application/octet-stream", b"signature").await;
+    let mut signed = Image::new("signed:1", lone.manifest.clone());
+    signed.labels.insert(
+        "containerd.io/gc.ref.content.sig".into(),
+        signature.digest().to_string(),
+    );
+    images.create(signed).await.unwrap();
+    let schema1 = br#"{"schemaVersion":1,"name":"x","tag":"1","fsLayers":[],"history":[]}"#;
+    let odd = put(
+        &store,
+        "application/vnd.oci.image.manifest.v1+json",
+        schema1,
+    )
+    .await;
+    images
+        .create(Image::new("odd:1", odd.clone()))
+        .await
+        .unwrap();
+    let stray = put(&store, "application/octet-stream", b"nobody's").await;
+
+    let report = gc(&store, &images, &now()).await.unwrap();
+    assert_eq!(report.blobs, vec![(stray.digest().clone(), stray.size())]);
+    assert!(store.info(signature.digest()).await.is_ok());
+    assert!(store.info(odd.digest()).await.is_ok());
+}
+
 /// A root's references count in every form containerd reads: the bare
 /// `containerd.io/gc.ref.content` key, and keys under it after `.` or `/`.
 #[tokio::test]

@@ -219,3 +219,44 @@ async fn two_processes_share_one_database() {
     let all = store.list(&[]).await.unwrap();
     assert_eq!(all.len(), 80, "both processes' images are there");
 }
+
+/// A record this build cannot decode (written by another version) can be
+/// deleted, and the store is whole again.
+#[tokio::test]
+async fn a_record_that_does_not_decode_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("images.redb");
+    let store = DbImageStore::open(&path).unwrap();
+    store
+        .create(Image::new("odd:1", target("odd")))
+        .await
+        .unwrap();
+    store
+        .create(Image::new("fine:1", target("fine")))
+        .await
+        .unwrap();
+    drop(store);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("images");
+            let mut table = txn.open_table(table).unwrap();
+            table.insert("odd:1", &b"\xff not a record"[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = DbImageStore::open(&path).unwrap();
+    assert!(store.list(&[]).await.is_err(), "the odd record is seen");
+    store.delete("odd:1").await.unwrap();
+    let names: Vec<String> = store
+        .list(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["fine:1"]);
+    let err = store.delete("odd:1").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}

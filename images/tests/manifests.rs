@@ -51,6 +51,59 @@ async fn an_index_resolves_to_the_best_manifest_for_the_platform() {
     }
 }
 
+/// An index entry that declares no platform is judged by its config, which
+/// must be there to judge it: one the store lacks (a pull limited to one
+/// platform left it out) is passed over, not an error; one whose config names
+/// no platform is no candidate for a platform (containerd's choice).
+#[tokio::test]
+async fn undeclared_manifests_are_judged_by_their_configs_when_there() {
+    use ocidist_images::manifest::platforms;
+    let (dir, store) = store();
+    let amd64 = image(&store, Flavor::Oci, "linux/amd64", 1).await;
+    // Its config says nothing of a platform: an artifact, say.
+    let bare = common::put(&store, "application/vnd.oci.image.config.v1+json", b"{}").await;
+    let artifact_body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": bare,
+        "layers": [],
+    });
+    let artifact = common::put(
+        &store,
+        "application/vnd.oci.image.manifest.v1+json",
+        artifact_body.to_string().as_bytes(),
+    )
+    .await;
+    let absent = image(&store, Flavor::Oci, "linux/arm64/v8", 1).await;
+    let mut undeclared = absent.manifest.clone();
+    undeclared.set_platform(None);
+    let idx = index(
+        &store,
+        Flavor::Oci,
+        &[amd64.manifest.clone(), undeclared.clone(), artifact],
+    )
+    .await;
+    store.delete(undeclared.digest()).await.unwrap();
+
+    let chosen = manifest(&store, &idx, &only(&platform("linux/amd64")))
+        .await
+        .unwrap();
+    assert_eq!(chosen.descriptor.digest(), amd64.manifest.digest());
+    let err = manifest(&store, &idx, &only(&platform("linux/s390x")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        err.to_string().contains("no manifest for linux/s390x"),
+        "{err}"
+    );
+    assert_eq!(
+        platforms(&store, &idx).await.unwrap(),
+        [platform("linux/amd64")]
+    );
+    drop(dir);
+}
+
 #[tokio::test]
 async fn an_exact_variant_beats_an_older_compatible_one() {
     let (_dir, store) = store();
