@@ -261,6 +261,15 @@ impl<S: Provider + IngestManager + Clone + 'static> Provider for WaitingProvider
                 Err(e) if e.is_not_found() && !self.arrivals.finished.load(Ordering::SeqCst) => {}
                 Err(e) => return Err(e),
             }
+            // Only a layer is read as it downloads: its bytes are checked by
+            // its diff ID before anything is committed from them. A manifest
+            // or config is small, and read once verified (committed).
+            if crate::images::media_types::kind(desc.media_type().as_ref())
+                != crate::images::media_types::Kind::Layer
+            {
+                notified.await;
+                continue;
+            }
             match self.store.ingest_reader_at(&ingest_ref(desc)).await {
                 Ok(ingest) => {
                     return Ok(Box::new(Following {
