@@ -166,6 +166,8 @@ where
     // downloaded is tried once more from the store: what it read may have
     // been another pull's download that then failed its check (a shared
     // layer's ingest), or a blob that was not there yet.
+    // It holds a sender of unpack events: called at most once, it goes with
+    // `both`, so the forwarding of unpack events below can end.
     let again = {
         let (again_options, target, matcher) = (unpack_options.clone(), &target, &options.matcher);
         move || async move { unpack(target, store, snapshotter, matcher, again_options).await }
@@ -196,13 +198,21 @@ where
             unpacked = &mut unpacking => match unpacked {
                 Ok(chain_id) => Ok(Pulled { image: fetch.await?, chain_id }),
                 // A layer that will not unpack (a bad tar, a wrong diff ID,
-                // a full disk): the rest of the download is not waited for.
-                // Its ingests stay, for a pull that retries to resume. An
-                // unpack that failed because a blob did not come defers to
-                // the fetch, which says why.
+                // a full disk): the rest of the download is not waited for,
+                // beyond a moment for the fetch to say what it knows: bytes
+                // the registry got wrong fail the unpack as the layer's
+                // download ends, and the fetch's check a moment later, with
+                // the better error. Its ingests stay, for a retry to resume.
                 Err(e) if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) => {
-                    Err(PullError::Unpack(e))
+                    match tokio::time::timeout(FETCH_GRACE, &mut fetch).await {
+                        Err(_) => Err(PullError::Unpack(e)),
+                        Ok(fetched) => {
+                            let image = fetched?;
+                            Ok(Pulled { image, chain_id: again().await? })
+                        }
+                    }
                 }
+                // A blob that did not come: the fetch says why.
                 Err(_) => {
                     let image = fetch.await?;
                     Ok(Pulled { image, chain_id: again().await? })
@@ -213,6 +223,10 @@ where
     let (result, (), ()) = tokio::join!(both, forward, forward_unpack);
     result
 }
+
+/// How long a pull whose unpack failed waits for the fetch to fail too, with
+/// an error that explains the unpack's (bytes the registry got wrong).
+const FETCH_GRACE: Duration = Duration::from_secs(2);
 
 /// Ends the fetch's arrivals when dropped; see [`Arrivals::finish`].
 struct FinishOnDrop(Arc<Arrivals>);

@@ -557,7 +557,8 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
     let mut bad = tar::Builder::new(Vec::new());
     file(&mut bad, "small", b"x", 0o644);
     let mut big = tar::Builder::new(Vec::new());
-    file(&mut big, "big", &noise(8 << 20), 0o644);
+    // Eight seconds of dripping: more than both pulls wait for the fetch.
+    file(&mut big, "big", &noise(24 << 20), 0o644);
     let tars = [bad.into_inner().unwrap(), big.into_inner().unwrap()];
     let diff_ids = [
         sha256_of(b"not this layer").to_string(),
@@ -593,6 +594,57 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
     }
 }
 
+/// Pushes the image of `tars` (with their own diff IDs) as `name`, and
+/// starts a proxy in front of the registry that does `fault` to the first
+/// layer's blob `times` times.
+fn faulty_first_layer(
+    registry: &Registry,
+    work: &Path,
+    tars: &[Vec<u8>],
+    name: &str,
+    times: usize,
+    fault: Fault,
+) -> FaultProxy {
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
+    push_layers(&registry.host(), work, tars, &diff_ids, name);
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let first = format!("/blobs/{}", sha256_of(&gzip(&tars[0])));
+    proxy.add(Some("GET"), &first, times, fault);
+    proxy
+}
+
+/// Bytes the registry got wrong fail the unpack as soon as they are read,
+/// but the pull reports the fetch's error, which says what happened.
+#[test]
+fn a_corrupt_download_is_reported_as_the_fetchs_digest_mismatch() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let tars = layer_tars(100_000);
+    let flip = Fault::FlipByte(50_000);
+    let proxy = faulty_first_layer(
+        &registry,
+        work.path(),
+        &tars,
+        "e2e/flipped:1",
+        usize::MAX,
+        flip,
+    );
+    let root = work.path().join("store");
+    let reference = format!("{}/e2e/flipped:1", proxy.host());
+    let pulled = dist(
+        &root,
+        &["--snapshotter", "overlay", "pull", &reference],
+        b"",
+    );
+    let said = stderr(&pulled);
+    assert_eq!(pulled.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("digest mismatch") && !said.contains("diff ID"),
+        "{said}"
+    );
+}
+
 /// A pull dropped while its layers apply (a caller's timeout) leaves no
 /// thread behind waiting for bytes or for a layer below: the runtime it ran
 /// on shuts down at once, as it must for a program that embeds the library.
@@ -614,24 +666,11 @@ fn a_pull_dropped_midway_leaves_no_thread_waiting() {
     let mut top = tar::Builder::new(Vec::new());
     file(&mut top, "d/f", b"x", 0o644);
     let tars = [base.into_inner().unwrap(), top.into_inner().unwrap()];
-    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
-    push_layers(
-        &registry.host(),
-        work.path(),
-        &tars,
-        &diff_ids,
-        "e2e/dropped:1",
-    );
-    let proxy = FaultProxy::start(registry.addr()).unwrap();
-    proxy.add(
-        Some("GET"),
-        &format!("/blobs/{}", sha256_of(&gzip(&tars[0]))),
-        1,
-        Fault::Stall {
-            after: 1 << 20,
-            hold: Duration::from_secs(60),
-        },
-    );
+    let stall = Fault::Stall {
+        after: 1 << 20,
+        hold: Duration::from_secs(60),
+    };
+    let proxy = faulty_first_layer(&registry, work.path(), &tars, "e2e/dropped:1", 1, stall);
     let reference = format!("{}/e2e/dropped:1", proxy.host());
     let root = work.path().join("store");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -141,7 +141,7 @@ pub(crate) async fn rootfs_cmd(
         // Ours, or nothing is touched: a mistyped path must not take down a
         // filesystem this store never mounted.
         let mounts = match snapshotter.mounts(&key).await {
-            Ok(mounts) => mounts.len().max(1),
+            Ok(mounts) => mounts.len(),
             Err(e) if e.is_not_found() => {
                 return Err(Failure::new(
                     what,

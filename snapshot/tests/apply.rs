@@ -106,6 +106,44 @@ fn gzip_and_zstd_layers_give_the_diff_id_of_the_tar() {
     }
 }
 
+/// The first bytes decide as containerd's `DetectCompression` does: gzip's
+/// magic with its deflate method, a zstd frame or a skippable frame before
+/// one (pzstd writes one), however few bytes each read hands over.
+#[test]
+fn compression_is_told_by_the_first_bytes_even_from_a_trickle() {
+    /// A reader handing over one byte at a time, as a pipe may.
+    struct Trickle(Cursor<Vec<u8>>);
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let one = buf.len().min(1);
+            self.0.read(&mut buf[..one])
+        }
+    }
+    assert_eq!(
+        Compression::detect(&[0x1f, 0x8b, 0x08, 0]),
+        Compression::Gzip
+    );
+    assert_eq!(
+        Compression::detect(&[0x1f, 0x8b, 0x00, 0]),
+        Compression::None
+    );
+    let layer = tar_of(&[Entry::File("a", b"alpha", 0o644)]);
+    let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+    skippable.extend(zstd::encode_all(&layer[..], 3).unwrap());
+    assert_eq!(Compression::detect(&skippable), Compression::Zstd);
+    for stream in [gzip(&layer), skippable] {
+        let root = tempfile::tempdir().unwrap();
+        let applied = apply_layer_sync(
+            &ApplyTarget::Tree(root.path().to_path_buf()),
+            Trickle(Cursor::new(stream)),
+            Some(Compression::None),
+            &ApplyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(applied.diff_id, sha256_of(&layer));
+    }
+}
+
 #[test]
 fn media_types_name_their_compression() {
     assert_eq!(
