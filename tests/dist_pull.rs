@@ -559,10 +559,19 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
     let mut big = tar::Builder::new(Vec::new());
     // Eight seconds of dripping: more than both pulls wait for the fetch.
     file(&mut big, "big", &noise(24 << 20), 0o644);
-    let tars = [bad.into_inner().unwrap(), big.into_inner().unwrap()];
+    // Fetched one blob at a time, its download starts only after the big
+    // one's: its unpack, waiting for bytes to exist, must hear of the failure.
+    let mut last = tar::Builder::new(Vec::new());
+    file(&mut last, "last", b"z", 0o644);
+    let tars = [
+        bad.into_inner().unwrap(),
+        big.into_inner().unwrap(),
+        last.into_inner().unwrap(),
+    ];
     let diff_ids = [
         sha256_of(b"not this layer").to_string(),
         sha256_of(&tars[1]).to_string(),
+        sha256_of(&tars[2]).to_string(),
     ];
     push_layers(&registry.host(), work.path(), &tars, &diff_ids, "e2e/bad:1");
     let proxy = FaultProxy::start(registry.addr()).unwrap();
@@ -580,7 +589,14 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
         let reference = format!("{}/e2e/bad:1", proxy.host());
         let pulled = dist(
             &root,
-            &["--snapshotter", snapshotter, "pull", &reference],
+            &[
+                "--snapshotter",
+                snapshotter,
+                "pull",
+                "--concurrency",
+                "1",
+                &reference,
+            ],
             b"",
         );
         let said = stderr(&pulled);

@@ -219,6 +219,9 @@ fn extract_key(chain_id: &Digest) -> String {
 struct AppliedSoFar {
     state: Mutex<AppliedState>,
     changed: Condvar,
+    /// Wakes the async side (a layer waiting for its bytes to exist) when
+    /// a layer fails.
+    failure: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -246,6 +249,7 @@ impl AppliedSoFar {
                 state.first_failure = Some(layer);
             }
             state.failed = true;
+            self.failure.notify_waiters();
         } else {
             if state.done.len() <= layer {
                 state.done.resize(layer + 1, false);
@@ -268,6 +272,20 @@ impl AppliedSoFar {
 
     fn first_failure(&self) -> Option<usize> {
         self.lock().first_failure
+    }
+
+    /// Returns once a layer has failed.
+    async fn failed_yet(&self) {
+        loop {
+            let notified = self.failure.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a failure in between is not missed.
+            notified.as_mut().enable();
+            if self.failed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Blocks until layers `0..layer` are done; an error if one failed.
@@ -419,8 +437,18 @@ where
             let result = async {
                 // Once any layer fails, the others stop reading: a layer
                 // still downloading is not waited for to the end.
+                // A layer whose download has not started yet waits for it
+                // only until another layer fails.
+                let reader = tokio::select! {
+                    reader = provider.reader(layer) => reader?,
+                    () = applied.failed_yet() => {
+                        return Err(Error::Layer(
+                            "stopped: another layer of this unpack failed".into(),
+                        ));
+                    }
+                };
                 let reader = StopWhenFailed {
-                    inner: provider.reader(layer).await?,
+                    inner: reader,
                     applied: applied.clone(),
                 };
                 let done = apply_layer_over(
