@@ -165,9 +165,9 @@ where
     // Every blob committed and verified, an unpack that failed while they
     // downloaded is tried once more from the store: what it read may have
     // been another pull's download that then failed its check (a shared
-    // layer's ingest), or a blob that was not there yet.
-    // It holds a sender of unpack events: called at most once, it goes with
-    // `both`, so the forwarding of unpack events below can end.
+    // layer's ingest), or a blob that was not there yet. It holds a sender
+    // of unpack events: called at most once, it goes with `both`, so the
+    // forwarding of unpack events below can end.
     let again = {
         let (again_options, target, matcher) = (unpack_options.clone(), &target, &options.matcher);
         move || async move { unpack(target, store, snapshotter, matcher, again_options).await }
@@ -195,29 +195,29 @@ where
                 };
                 Ok::<_, PullError>(Pulled { image, chain_id })
             }
-            unpacked = &mut unpacking => match unpacked {
-                Ok(chain_id) => Ok(Pulled { image: fetch.await?, chain_id }),
-                // A layer that will not unpack (a bad tar, a wrong diff ID,
-                // a full disk): the rest of the download is not waited for,
-                // beyond a moment for the fetch to say what it knows: bytes
-                // the registry got wrong fail the unpack as the layer's
-                // download ends, and the fetch's check a moment later, with
-                // the better error. Its ingests stay, for a retry to resume.
-                Err(e) if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) => {
+            unpacked = &mut unpacking => {
+                let failed = match unpacked {
+                    Ok(chain_id) => return Ok(Pulled { image: fetch.await?, chain_id }),
+                    Err(e) => e,
+                };
+                let fetched = if matches!(failed.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) {
+                    // A blob that did not come: the fetch says why.
+                    fetch.await
+                } else {
+                    // A layer that will not unpack (a bad tar, a wrong diff
+                    // ID, a full disk): the rest of the download is not
+                    // waited for, beyond a moment for the fetch to say what
+                    // it knows: bytes the registry got wrong fail the unpack
+                    // as the layer's download ends, and the fetch's check a
+                    // moment later, with the better error. Its ingests stay,
+                    // for a retry to resume.
                     match tokio::time::timeout(FETCH_GRACE, &mut fetch).await {
-                        Err(_) => Err(PullError::Unpack(e)),
-                        Ok(fetched) => {
-                            let image = fetched?;
-                            Ok(Pulled { image, chain_id: again().await? })
-                        }
+                        Ok(fetched) => fetched,
+                        Err(_) => return Err(PullError::Unpack(failed)),
                     }
-                }
-                // A blob that did not come: the fetch says why.
-                Err(_) => {
-                    let image = fetch.await?;
-                    Ok(Pulled { image, chain_id: again().await? })
-                }
-            },
+                };
+                Ok(Pulled { image: fetched?, chain_id: again().await? })
+            }
         }
     };
     let (result, (), ()) = tokio::join!(both, forward, forward_unpack);

@@ -408,13 +408,9 @@ fn apply_reads_a_layer_from_stdin_and_prints_its_diff_id() {
     );
 }
 
-/// A registry holding an image with an 8 MiB layer, behind a proxy that
-/// trickles blob bodies so a kill lands mid-layer; returns both (alive until
-/// dropped) and the image's reference through the proxy.
-fn dripping_registry(work: &std::path::Path) -> (Registry, FaultProxy, String) {
-    let registry =
-        Registry::start().expect("the registry must start (apt-get install docker-registry)");
-    push_image(&registry.host(), work, 8 << 20);
+/// A proxy in front of `registry` that trickles every blob body (64 KiB
+/// every 20 ms), so a download lasts long enough to act on mid-layer.
+fn dripping_proxy(registry: &Registry) -> FaultProxy {
     let proxy = FaultProxy::start(registry.addr()).unwrap();
     proxy.add(
         Some("GET"),
@@ -425,6 +421,17 @@ fn dripping_registry(work: &std::path::Path) -> (Registry, FaultProxy, String) {
             delay: Duration::from_millis(20),
         },
     );
+    proxy
+}
+
+/// A registry holding an image with an 8 MiB layer, behind a proxy that
+/// trickles blob bodies so a kill lands mid-layer; returns both (alive until
+/// dropped) and the image's reference through the proxy.
+fn dripping_registry(work: &std::path::Path) -> (Registry, FaultProxy, String) {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    push_image(&registry.host(), work, 8 << 20);
+    let proxy = dripping_proxy(&registry);
     let reference = format!("{}/e2e/rootfs:1", proxy.host());
     (registry, proxy, reference)
 }
@@ -574,16 +581,7 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
         sha256_of(&tars[2]).to_string(),
     ];
     push_layers(&registry.host(), work.path(), &tars, &diff_ids, "e2e/bad:1");
-    let proxy = FaultProxy::start(registry.addr()).unwrap();
-    proxy.add(
-        Some("GET"),
-        "/blobs/sha256:",
-        usize::MAX,
-        Fault::Drip {
-            chunk: 64 * 1024,
-            delay: Duration::from_millis(20),
-        },
-    );
+    let proxy = dripping_proxy(&registry);
     let root = work.path().join("store");
     for snapshotter in ["overlay", "native"] {
         let reference = format!("{}/e2e/bad:1", proxy.host());

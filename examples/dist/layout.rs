@@ -99,21 +99,30 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `index.json` that names them: staged, fsynced, renamed, the directories
 /// fsynced. A blob already there is kept.
 fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+    // Errors name the file they are about.
+    let at = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{path}: {e}"))
+    };
     let mut dirs = std::collections::BTreeSet::new();
     for (source, dest) in copies {
         if dest.exists() {
             continue;
         }
         let dir = dest.parent().expect("blob files have a parent");
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(at(dir))?;
         let tmp = dest.with_extension("tmp");
-        std::fs::copy(source, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
+        std::fs::copy(source, &tmp).map_err(at(source))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, dest))
+            .map_err(at(dest))?;
         dirs.insert(dir.to_path_buf());
     }
     for dir in dirs {
-        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at(&dir))?;
     }
     Ok(())
 }
