@@ -25,7 +25,7 @@ use crate::content::{
     Descriptor, Digest, ErrorKind, IngestManager, Ingester, Manager, Provider, ReaderAt,
     ReaderAtStream,
 };
-use crate::images::platforms::Matcher;
+use crate::images::platforms::{self, Matcher};
 use crate::images::{Image, ImageStore};
 use crate::remotes::{FetchEvent, Resolver, fetch_resolved, ingest_ref};
 use crate::snapshot::{Snapshotter, UnpackEvent, UnpackOptions, unpack};
@@ -77,6 +77,10 @@ impl PullError {
 pub struct PullOptions<M> {
     /// The platforms to fetch; the best one is unpacked.
     pub matcher: M,
+    /// Fetch every manifest of an index, whatever its platform (as `ctr pull
+    /// --all-platforms`); only `matcher`'s best is still unpacked. With
+    /// `false`, an index yields only `matcher`'s best manifest.
+    pub all_platforms: bool,
     /// Blobs fetched at once (`None`: no limit).
     pub limit: Option<usize>,
     /// Options for the unpack (its events are replaced by `events`).
@@ -134,6 +138,11 @@ where
             }
         }
     };
+    let (fetch_matcher, manifests_per_index): (Arc<dyn Matcher>, usize) = if options.all_platforms {
+        (Arc::new(platforms::all()), 0)
+    } else {
+        (Arc::new(options.matcher.clone()), 1)
+    };
     let fetch = async {
         let result = fetch_resolved(
             resolver,
@@ -141,8 +150,8 @@ where
             images,
             &name,
             target.clone(),
-            options.matcher.clone(),
-            1,
+            fetch_matcher,
+            manifests_per_index,
             options.limit,
             Some(fetch_tx),
         )

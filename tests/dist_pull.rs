@@ -66,23 +66,42 @@ fn push_layers(
     name: &str,
 ) -> String {
     let builder = work.join("builder");
+    let manifest = build_manifest(&builder, tars, diff_ids, &host_architecture());
+    push_built(&builder, registry_host, name, &manifest)
+}
+
+/// This machine's architecture as OCI spells it.
+fn host_architecture() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
+}
+
+/// Ingests a linux/`architecture` image of the gzipped `tars` into the
+/// store at `builder`; returns its manifest's descriptor.
+fn build_manifest(
+    builder: &Path,
+    tars: &[Vec<u8>],
+    diff_ids: &[String],
+    architecture: &str,
+) -> serde_json::Value {
     let layers: Vec<_> = tars
         .iter()
         .map(|t| {
             ingest(
-                &builder,
+                builder,
                 "application/vnd.oci.image.layer.v1.tar+gzip",
                 &gzip(t),
             )
         })
         .collect();
     let config = serde_json::json!({
-        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        "architecture": architecture,
         "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let config = ingest(
-        &builder,
+        builder,
         "application/vnd.oci.image.config.v1+json",
         config.to_string().as_bytes(),
     );
@@ -93,15 +112,20 @@ fn push_layers(
         "layers": layers,
     })
     .to_string();
-    let manifest = ingest(
-        &builder,
+    ingest(
+        builder,
         "application/vnd.oci.image.manifest.v1+json",
         manifest.as_bytes(),
-    );
+    )
+}
+
+/// Pushes `root` (a manifest or index in the store at `builder`) as `name`;
+/// returns its reference.
+fn push_built(builder: &Path, registry_host: &str, name: &str, root: &serde_json::Value) -> String {
     let reference = format!("{registry_host}/{name}");
     ok(dist(
-        &builder,
-        &["push", &reference, manifest["digest"].as_str().unwrap()],
+        builder,
+        &["push", &reference, root["digest"].as_str().unwrap()],
         b"",
     ));
     reference
@@ -376,6 +400,95 @@ fn pull_unpacks_and_rootfs_mounts_with_overlay() {
 #[test]
 fn pull_unpacks_and_rootfs_mounts_with_native() {
     pull_and_mount("native");
+}
+
+#[test]
+fn pull_all_platforms_fetches_every_platform_and_unpacks_the_hosts() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let tars = layer_tars(10_000);
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
+    let host = build_manifest(&builder, &tars, &diff_ids, &host_architecture());
+    let other_architecture = if host_architecture() == "s390x" {
+        "riscv64"
+    } else {
+        "s390x"
+    };
+    let mut other_tar = tar::Builder::new(Vec::new());
+    file(&mut other_tar, "etc/issue", b"elsewhere\n", 0o644);
+    let other_tar = other_tar.into_inner().unwrap();
+    let other = build_manifest(
+        &builder,
+        std::slice::from_ref(&other_tar),
+        &[sha256_of(&other_tar).to_string()],
+        other_architecture,
+    );
+    let other_layer = sha256_of(&gzip(&other_tar)).to_string();
+    let entry = |manifest: &serde_json::Value, architecture: &str| {
+        let mut entry = manifest.clone();
+        entry["platform"] = serde_json::json!({"os": "linux", "architecture": architecture});
+        entry
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&other, other_architecture), entry(&host, &host_architecture())],
+    })
+    .to_string();
+    let index = ingest(
+        &builder,
+        "application/vnd.oci.image.index.v1+json",
+        index.as_bytes(),
+    );
+    let reference = push_built(&builder, &registry.host(), "e2e/multi:1", &index);
+
+    // Without the flag, the other platform's blobs stay in the registry.
+    let one = work.path().join("one");
+    ok(dist(&one, &["pull", &reference], b""));
+    let listed = ok(dist(&one, &["list", "-q"], b""));
+    assert!(
+        !listed.contains(other["digest"].as_str().unwrap()),
+        "{listed}"
+    );
+    assert!(!listed.contains(&other_layer), "{listed}");
+
+    let all = work.path().join("all");
+    let out = ok(dist(&all, &["pull", "--all-platforms", &reference], b""));
+    assert!(out.contains("unpacked: sha256:"), "{out}");
+    let listed = ok(dist(&all, &["list", "-q"], b""));
+    assert!(
+        listed.contains(other["digest"].as_str().unwrap()),
+        "{listed}"
+    );
+    assert!(listed.contains(&other_layer), "{listed}");
+    let other_platform = format!("linux/{other_architecture}");
+    let check_other = |root: &Path| {
+        dist(
+            root,
+            &["--platform", &other_platform, "images", "check"],
+            b"",
+        )
+    };
+    assert!(
+        !check_other(&one).status.success(),
+        "only the host's platform was pulled"
+    );
+    assert!(
+        ok(check_other(&all)).contains(": complete"),
+        "every platform is present"
+    );
+    // Only the host's platform was unpacked: its two layers.
+    let kept = ok(dist(&all, &["prune", "--dry-run"], b""));
+    assert!(kept.contains("snapshots; 2 kept"), "{kept}");
+    let copy = work.path().join("copy");
+    ok(dist(
+        &all,
+        &["rootfs", "--copy", &reference, copy.to_str().unwrap()],
+        b"",
+    ));
+    check_tree(&copy);
 }
 
 #[test]
@@ -697,6 +810,7 @@ fn a_pull_dropped_midway_leaves_no_thread_waiting() {
         let snapshotter = OverlaySnapshotter::open(root.join("overlay")).unwrap();
         let options = PullOptions {
             matcher: platforms::only(&Platform::host()),
+            all_platforms: false,
             limit: Some(8),
             unpack: Default::default(),
             events: None,

@@ -24,6 +24,9 @@ pub(crate) struct PullArgs {
     /// Blobs fetched at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Fetch every platform of an index; only `--platform`'s is unpacked.
+    #[arg(long)]
+    all_platforms: bool,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +66,7 @@ pub(crate) async fn pull_cmd(
     let matcher: Arc<dyn Matcher> = Arc::new(platforms::only(&remote.platform));
     let options = PullOptions {
         matcher,
+        all_platforms: args.all_platforms,
         limit: Some(args.concurrency),
         unpack: remote.unpack_options(),
         events: Some(progress.events()),
