@@ -27,7 +27,7 @@ use crate::content::{
 };
 use crate::images::platforms::{self, Matcher};
 use crate::images::{Image, ImageStore};
-use crate::remotes::{FetchEvent, Resolver, fetch_resolved, ingest_ref};
+use crate::remotes::{FetchEvent, Resolver, fetch_content, ingest_ref, record_image};
 use crate::snapshot::{Snapshotter, UnpackEvent, UnpackOptions, unpack};
 
 /// Progress of a [`pull`], as data.
@@ -72,8 +72,9 @@ impl PullError {
     }
 }
 
-/// Options for [`pull`].
+/// Options for [`pull`]: [`PullOptions::new`], then the setters.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PullOptions<M> {
     /// The platforms to fetch; the best one is unpacked.
     pub matcher: M,
@@ -89,8 +90,47 @@ pub struct PullOptions<M> {
     pub events: Option<UnboundedSender<PullEvent>>,
 }
 
-/// Fetches `reference` into `store`, records it in `images`, and unpacks it
-/// into `snapshotter`, the unpack overlapping the fetch.
+impl<M> PullOptions<M> {
+    /// Options that fetch and unpack `matcher`'s best platform, with no
+    /// limit on blobs fetched at once, default unpack options and no events.
+    pub fn new(matcher: M) -> Self {
+        PullOptions {
+            matcher,
+            all_platforms: false,
+            limit: None,
+            unpack: UnpackOptions::default(),
+            events: None,
+        }
+    }
+
+    /// Fetches every platform of an index (only the matcher's best is unpacked).
+    pub fn all_platforms(mut self, all: bool) -> Self {
+        self.all_platforms = all;
+        self
+    }
+
+    /// Fetches at most `limit` blobs at once.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Unpacks with `unpack` (its events are replaced by the pull's).
+    pub fn unpack(mut self, unpack: UnpackOptions) -> Self {
+        self.unpack = unpack;
+        self
+    }
+
+    /// Reports progress to `events`.
+    pub fn events(mut self, events: UnboundedSender<PullEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+}
+
+/// Fetches `reference` into `store` and unpacks it into `snapshotter`, the
+/// unpack overlapping the fetch; then records it in `images`. A pull that
+/// fails names nothing: an existing name keeps its target.
 pub async fn pull<R, S, I, N, M>(
     resolver: &R,
     store: &S,
@@ -144,10 +184,9 @@ where
         (Arc::new(options.matcher.clone()), 1)
     };
     let fetch = async {
-        let result = fetch_resolved(
+        let result = fetch_content(
             resolver,
             store,
-            images,
             &name,
             target.clone(),
             fetch_matcher,
@@ -197,16 +236,18 @@ where
             // same, never dropped: it cleans up after itself.
             fetched = &mut fetch => {
                 let unpacked = unpacking.await;
-                let image = fetched?;
-                let chain_id = match unpacked {
-                    Ok(chain_id) => chain_id,
-                    Err(_) => again().await?,
-                };
-                Ok::<_, PullError>(Pulled { image, chain_id })
+                fetched?;
+                match unpacked {
+                    Ok(chain_id) => Ok::<_, PullError>(chain_id),
+                    Err(_) => Ok(again().await?),
+                }
             }
             unpacked = &mut unpacking => {
                 let failed = match unpacked {
-                    Ok(chain_id) => return Ok(Pulled { image: fetch.await?, chain_id }),
+                    Ok(chain_id) => {
+                        fetch.await?;
+                        return Ok(chain_id);
+                    }
                     Err(e) => e,
                 };
                 let fetched = if matches!(failed.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) {
@@ -225,12 +266,17 @@ where
                         Err(_) => return Err(PullError::Unpack(failed)),
                     }
                 };
-                Ok(Pulled { image: fetched?, chain_id: again().await? })
+                fetched?;
+                Ok(again().await?)
             }
         }
     };
-    let (result, (), ()) = tokio::join!(both, forward, forward_unpack);
-    result
+    let (unpacked, (), ()) = tokio::join!(both, forward, forward_unpack);
+    let chain_id = unpacked?;
+    // Named only once fetched and unpacked, as containerd does: a failed
+    // pull leaves an existing name where it pointed.
+    let image = record_image(images, &name, target).await?;
+    Ok(Pulled { image, chain_id })
 }
 
 /// How long a pull whose unpack failed waits for the fetch to fail too, with

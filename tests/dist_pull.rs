@@ -721,6 +721,44 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
     }
 }
 
+#[test]
+fn a_failed_pull_names_nothing_and_moves_no_name() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let tars = layer_tars(1000);
+    let wrong = [
+        sha256_of(b"not this layer").to_string(),
+        sha256_of(&tars[1]).to_string(),
+    ];
+    let root = work.path().join("store");
+    let target_of = |reference: &str| {
+        let listed = ok(dist(&root, &["images"], b""));
+        listed
+            .lines()
+            .find(|row| row.starts_with(reference))
+            .map(|row| {
+                row.split_whitespace()
+                    .find(|w| w.starts_with("sha256:"))
+                    .unwrap()
+                    .to_string()
+            })
+    };
+
+    let fresh = push_layers(&registry.host(), work.path(), &tars, &wrong, "e2e/fresh:1");
+    let failed = dist(&root, &["pull", &fresh], b"");
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert_eq!(target_of(&fresh), None, "a failed pull names nothing");
+
+    let moving = push_image(&registry.host(), work.path(), 1000);
+    ok(dist(&root, &["pull", &moving], b""));
+    let good = target_of(&moving).expect("a pulled image is named");
+    push_layers(&registry.host(), work.path(), &tars, &wrong, "e2e/rootfs:1");
+    let failed = dist(&root, &["pull", &moving], b"");
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert_eq!(target_of(&moving), Some(good), "the name keeps its target");
+}
+
 /// Pushes the image of `tars` (with their own diff IDs) as `name`, and
 /// starts a proxy in front of the registry that does `fault` to the first
 /// layer's blob `times` times.
@@ -808,13 +846,7 @@ fn a_pull_dropped_midway_leaves_no_thread_waiting() {
         let store = LocalStore::open(root.join("content")).unwrap();
         let images = DbImageStore::open(root.join("images.redb")).unwrap();
         let snapshotter = OverlaySnapshotter::open(root.join("overlay")).unwrap();
-        let options = PullOptions {
-            matcher: platforms::only(&Platform::host()),
-            all_platforms: false,
-            limit: Some(8),
-            unpack: Default::default(),
-            events: None,
-        };
+        let options = PullOptions::new(platforms::only(&Platform::host())).limit(8);
         let resolver = DockerResolver::new();
         let pulling = pull(
             &resolver,

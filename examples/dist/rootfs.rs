@@ -64,13 +64,11 @@ pub(crate) async fn pull_cmd(
     let resolver = remote.resolver()?;
     let progress = Progress::start(Some(&stores.content));
     let matcher: Arc<dyn Matcher> = Arc::new(platforms::only(&remote.platform));
-    let options = PullOptions {
-        matcher,
-        all_platforms: args.all_platforms,
-        limit: Some(args.concurrency),
-        unpack: remote.unpack_options(),
-        events: Some(progress.events()),
-    };
+    let options = PullOptions::new(matcher)
+        .all_platforms(args.all_platforms)
+        .limit(args.concurrency)
+        .unpack(remote.unpack_options())
+        .events(progress.events());
     let result = pull(
         &resolver,
         &content,

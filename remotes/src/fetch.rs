@@ -385,6 +385,40 @@ where
     I: ImageStore + ?Sized,
     M: Matcher + Clone + 'static,
 {
+    fetch_content(
+        resolver,
+        store,
+        name,
+        target.clone(),
+        matcher,
+        manifests_per_index,
+        limit,
+        events,
+    )
+    .await?;
+    record_image(images, name, target).await
+}
+
+/// The fetch of [`fetch_resolved`] without recording the image: a caller
+/// that has more to do before the name may point at `target` (an unpack,
+/// as `ocidist::pull` does) records it afterwards with
+/// [`record_image`].
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_content<R, S, M>(
+    resolver: &R,
+    store: &S,
+    name: &str,
+    target: Descriptor,
+    matcher: M,
+    manifests_per_index: usize,
+    limit: Option<usize>,
+    events: Option<UnboundedSender<FetchEvent>>,
+) -> Result<()>
+where
+    R: Resolver + ?Sized,
+    S: Provider + Ingester + Manager + IngestManager + Clone + 'static,
+    M: Matcher + Clone + 'static,
+{
     let fetcher = resolver.fetcher(name).await?;
     let mut fetch = fetch_handler(store.clone(), fetcher);
     if let Ok(reference) = name.parse::<Reference>() {
@@ -403,6 +437,15 @@ where
     );
     let pipeline = handlers(vec![Arc::new(fetch), Arc::new(children)]);
     dispatch(&pipeline, limit, std::slice::from_ref(&target)).await?;
+    Ok(())
+}
+
+/// Points the image `name` at `target` in `images`, creating the record or
+/// moving an existing one.
+pub async fn record_image<I>(images: &I, name: &str, target: Descriptor) -> Result<Image>
+where
+    I: ImageStore + ?Sized,
+{
     let image = Image::new(name.to_string(), target);
     match images.create(image.clone()).await {
         Ok(created) => Ok(created),

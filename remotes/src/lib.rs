@@ -36,7 +36,9 @@ mod task;
 pub mod testkit;
 
 pub use error::{Error, ErrorKind, Result};
-pub use fetch::{FetchEvent, fetch_handler, fetch_image, fetch_resolved, ingest_ref};
+pub use fetch::{
+    FetchEvent, fetch_content, fetch_handler, fetch_image, fetch_resolved, ingest_ref, record_image,
+};
 pub use push::{push_image, push_order};
 pub use reference::Reference;
 
