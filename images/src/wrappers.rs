@@ -2,11 +2,16 @@
 //! inner handler and changes what it returns.
 //!
 //! ```text
-//! set_children_labels(store,            // record GC references on each parent
-//!     limit_manifests(1, &host,         // keep the best manifest of an index
-//!         filter_platforms(&host,       // drop manifests for other platforms
-//!             children_handler(store)))) // decode children from the store
+//! limit_manifests(1, &host,                 // keep the best manifest of an index
+//!     filter_platforms(&host,               // drop manifests for other platforms
+//!         set_children_labels(store,        // record GC references on each parent
+//!             children_handler(store))))    // decode children from the store
 //! ```
+//!
+//! Labels go on inside the filters, as containerd puts them: an index
+//! records every manifest, fetched or not. Outside them, a later fetch of
+//! another platform would replace the label of the first, and garbage
+//! collection would take that platform's blobs.
 
 use std::time::SystemTime;
 
@@ -137,6 +142,8 @@ pub struct SetChildrenLabels<H, S> {
 /// more), `containerd.io/gc.ref.content.m.<n>` for manifests,
 /// `containerd.io/gc.ref.content.l.<n>` for layers and
 /// `containerd.io/gc.ref.content.<n>` for anything else, nested indexes included.
+/// The labels replace the parent's earlier ones, so wrap the handler that
+/// returns *all* the children, below any filter (see the [module](self) docs).
 pub fn set_children_labels<H: Handler, S: Manager>(
     manager: S,
     inner: H,

@@ -427,12 +427,16 @@ where
     if let Some(events) = events {
         fetch = fetch.with_events(events);
     }
-    let children = set_children_labels(
-        store.clone(),
-        limit_manifests(
-            manifests_per_index,
-            matcher.clone(),
-            filter_platforms(matcher, children_handler(store.clone())),
+    // Every manifest of an index is labelled, fetched or not, as containerd
+    // labels them: labels of only the fetched one would be replaced by a
+    // later fetch of another platform, and garbage collection would then
+    // take the first platform's blobs while the image still names the index.
+    let children = limit_manifests(
+        manifests_per_index,
+        matcher.clone(),
+        filter_platforms(
+            matcher,
+            set_children_labels(store.clone(), children_handler(store.clone())),
         ),
     );
     let pipeline = handlers(vec![Arc::new(fetch), Arc::new(children)]);

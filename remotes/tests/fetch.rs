@@ -7,9 +7,10 @@ mod common;
 use common::{push_multi, registry, stores};
 use ocidist_content::{IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, all, only};
-use ocidist_images::{ImageStore, check};
+use ocidist_images::{GcOptions, ImageStore, check, gc};
 use ocidist_remotes::docker::DockerResolver;
 use ocidist_remotes::{FetchEvent, Resolver, fetch_image, ingest_ref};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -105,6 +106,50 @@ async fn fetch_takes_one_platform_records_the_name_and_skips_what_it_has() {
         .await
         .unwrap();
     assert!(store.info(amd64_layer.desc.digest()).await.is_ok());
+}
+
+#[tokio::test]
+async fn fetching_a_second_platform_keeps_the_first_from_garbage_collection() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let repo = format!("{}/test/twoplatforms", registry.host());
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &repo,
+        "1",
+    )
+    .await;
+    let (dir, store, images) = stores();
+    let reference = format!("{repo}:1");
+    let amd64: Platform = "linux/amd64".parse().unwrap();
+    for platform in [&amd64, &arm64()] {
+        fetch_image(
+            &resolver,
+            &store,
+            &images,
+            &reference,
+            only(platform),
+            1,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let report = gc(&store, &images, &options).await.unwrap();
+    for blob in &pushed {
+        assert!(
+            store.info(blob.desc.digest()).await.is_ok(),
+            "{} ({}) was collected: {report:?}",
+            blob.desc.digest(),
+            blob.desc.media_type()
+        );
+    }
+    drop(dir);
 }
 
 #[tokio::test]
