@@ -247,3 +247,155 @@ fn a_layout_written_by_skopeo_is_imported_and_unpacks() {
         "{out}"
     );
 }
+
+/// The entries of the layout at `dir`: (ref name, containerd's name, digest).
+fn entries(dir: &Path) -> Vec<(Option<String>, Option<String>, String)> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let annotation = |key: &str| m["annotations"][key].as_str().map(String::from);
+            (
+                annotation("org.opencontainers.image.ref.name"),
+                annotation("io.containerd.image.name"),
+                m["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_layout_with_some_platforms_imports_and_whole_names_survive_the_round_trip() {
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let digest = build(&builder);
+    let size = std::fs::metadata(ok(dist(&builder, &["path", &digest], b"")).trim())
+        .unwrap()
+        .len();
+    let host = std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64");
+    // Another platform's manifest, which this store never had: a one-platform
+    // fetch of a multi-platform image, as `docker save` writes them too.
+    let absent = sha256_of(b"the other platform's manifest").to_string();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": absent,
+             "size": 500, "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+             "size": size, "platform": {"os": "linux", "architecture": host}},
+        ],
+    });
+    let index = ingest(
+        &builder,
+        "application/vnd.oci.image.index.v1+json",
+        index.to_string().as_bytes(),
+    )["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sparse = work.path().join("sparse");
+    ok(dist(
+        &builder,
+        &[
+            "export",
+            &index,
+            sparse.to_str().unwrap(),
+            "--name",
+            "multi",
+        ],
+        b"",
+    ));
+    let root = work.path().join("store");
+    let imported = ok(dist(&root, &["import", sparse.to_str().unwrap()], b""));
+    assert!(imported.starts_with("multi sha256:"), "{imported}");
+    assert!(ok(dist(&root, &["images", "check", "multi"], b"")).contains("multi: complete"));
+
+    // Two images whose tags are both `latest`, named by containerd's
+    // annotation as `ctr export` and `docker save` write them.
+    let saved = work.path().join("saved");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sparse.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"][0].clone();
+    let named = |name: &str| {
+        let mut entry = entry.clone();
+        entry["annotations"] = serde_json::json!({
+            "org.opencontainers.image.ref.name": "latest",
+            "io.containerd.image.name": name,
+        });
+        entry
+    };
+    index["manifests"] = serde_json::json!([
+        named("docker.io/library/a:latest"),
+        named("docker.io/library/b:latest")
+    ]);
+    Command::new("cp")
+        .args(["-a", sparse.to_str().unwrap(), saved.to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::fs::write(saved.join("index.json"), index.to_string()).unwrap();
+    let two = work.path().join("two");
+    ok(dist(&two, &["import", saved.to_str().unwrap()], b""));
+    let mut names: Vec<String> = ok(dist(&two, &["-q", "images"], b""))
+        .lines()
+        .map(String::from)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["docker.io/library/a:latest", "docker.io/library/b:latest"]
+    );
+
+    // Exported by name, both stay, each with its tag and whole name; a
+    // digest's entry is unnamed.
+    let again = work.path().join("again");
+    for image in ["docker.io/library/a:latest", "b", &index_digest(&saved)] {
+        ok(dist(&two, &["export", image, again.to_str().unwrap()], b""));
+    }
+    let mut written = entries(&again);
+    written.sort();
+    let target = index_digest(&saved);
+    assert_eq!(
+        written,
+        [
+            (None, None, target.clone()),
+            (
+                Some("latest".into()),
+                Some("docker.io/library/a:latest".into()),
+                target.clone()
+            ),
+            (
+                Some("latest".into()),
+                Some("docker.io/library/b:latest".into()),
+                target.clone()
+            ),
+        ]
+    );
+    // skopeo finds them by ref name as it always did...
+    tool(
+        "skopeo",
+        &["inspect", &format!("oci:{}:latest", again.display())],
+    );
+    // ...and `unpack` by either name, split at the first colon as skopeo does.
+    let direct = work.path().join("direct");
+    let chain = ok(dist(
+        &direct,
+        &[
+            "-q",
+            "unpack",
+            &format!("{}:docker.io/library/b:latest", again.display()),
+        ],
+        b"",
+    ));
+    assert!(chain.starts_with("sha256:"), "{chain}");
+}
+
+/// The digest of the first image in the layout at `dir`.
+fn index_digest(dir: &Path) -> String {
+    entries(dir)[0].2.clone()
+}

@@ -284,7 +284,7 @@ pub(crate) async fn local_target(
 
 /// The image named `name` as given or normalised (`redis` is
 /// `docker.io/library/redis:latest`).
-async fn find_image(
+pub(crate) async fn find_image(
     stores: &Stores,
     name: &str,
 ) -> Result<Image, Box<dyn std::error::Error + Send + Sync>> {

@@ -14,16 +14,30 @@ use ocidist::content::{
 };
 use ocidist::images::media_types::{self, Kind};
 use ocidist::images::platforms;
-use ocidist::images::{Image, ImageStore, children_handler, manifest, set_children_labels, walk};
+use ocidist::images::{
+    Flow, Handler, Image, ImageStore, children_handler, manifest, set_children_labels, walk,
+};
 use ocidist::snapshot::lease::LeasedSnapshotter;
 use ocidist::snapshot::{Snapshotter, UnpackOptions, unpack};
 
-use crate::image::local_target;
+use crate::image::{find_image, local_target};
 use crate::output::report;
 use crate::{CmdResult, Failure, Stores};
 
 /// The annotation that names an image in a layout's `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation containerd and `docker save` add beside [`REF_NAME`] (which
+/// they give the tag alone): the image's whole name.
+const IMAGE_NAME: &str = "io.containerd.image.name";
+
+/// The name an `index.json` entry gives its image: containerd's whole name,
+/// else the OCI ref name.
+fn entry_name(entry: &serde_json::Value) -> Option<&str> {
+    let annotations = &entry["annotations"];
+    annotations[IMAGE_NAME]
+        .as_str()
+        .or_else(|| annotations[REF_NAME].as_str())
+}
 
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
@@ -32,7 +46,8 @@ pub(crate) struct ExportArgs {
     /// The layout directory (created, or added to).
     dir: PathBuf,
     /// The name in the layout (`skopeo inspect oci:DIR:NAME`); default: the
-    /// reference's tag, else the reference.
+    /// image's tag, with its whole name beside it as containerd writes it
+    /// (`io.containerd.image.name`); none for a digest.
     #[arg(long)]
     name: Option<String>,
 }
@@ -131,12 +146,23 @@ pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
     let what = format!("export {} {}", args.reference, args.dir.display());
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let target = local_target(stores, &args.reference).await.map_err(fail)?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        match args.reference.parse::<ocidist::remotes::Reference>() {
-            Ok(r) if r.tag().is_some() => r.tag().unwrap_or_default().to_string(),
-            _ => args.reference.clone(),
+    // (ref name, whole name): `--name` as given; an image's tag and name; a
+    // digest, nothing (its entry unnamed, as OCI allows).
+    let (ref_name, image_name) = match &args.name {
+        Some(name) => (Some(name.clone()), None),
+        None if crate::content::parse_digest(&args.reference).is_ok() => (None, None),
+        None => {
+            let image = find_image(stores, &args.reference).await.map_err(fail)?;
+            let tag = match image.name.parse::<ocidist::remotes::Reference>() {
+                Ok(r) => r.tag().map(str::to_string),
+                Err(_) => None,
+            };
+            (
+                Some(tag.unwrap_or_else(|| image.name.clone())),
+                Some(image.name),
+            )
         }
-    });
+    };
     let blobs = reachable(stores, &target).await.map_err(fail)?;
     let copies: Vec<_> = blobs
         .iter()
@@ -163,31 +189,49 @@ pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
         Err(_) => serde_json::json!({"schemaVersion": 2, "manifests": []}),
     };
     let mut entry = serde_json::to_value(&target).map_err(|e| fail(e.into()))?;
-    entry["annotations"] = serde_json::json!({ REF_NAME: name });
+    if !entry["annotations"].is_object() {
+        entry["annotations"] = serde_json::json!({});
+    }
+    if let Some(ref_name) = &ref_name {
+        entry["annotations"][REF_NAME] = ref_name.as_str().into();
+    }
+    if let Some(image_name) = &image_name {
+        entry["annotations"][IMAGE_NAME] = image_name.as_str().into();
+    }
     let manifests = index["manifests"]
         .as_array_mut()
         .ok_or_else(|| fail("index.json has no manifests array".into()))?;
     // One entry per name: a re-export replaces it, said when it named
-    // another image (`--name` keeps both).
+    // another image (`--name` keeps both). An unnamed entry replaces only
+    // itself.
     let digest = target.digest().to_string();
-    for m in manifests.iter() {
-        if m["annotations"][REF_NAME].as_str() == Some(name.as_str())
-            && m["digest"].as_str() != Some(digest.as_str())
-        {
+    let name = entry_name(&entry).map(str::to_string);
+    let replaced = |m: &serde_json::Value| match &name {
+        Some(name) => entry_name(m) == Some(name.as_str()),
+        None => entry_name(m).is_none() && m["digest"].as_str() == Some(digest.as_str()),
+    };
+    for m in manifests.iter().filter(|m| replaced(m)) {
+        if m["digest"].as_str() != Some(digest.as_str()) {
             eprintln!(
-                "dist: export: {name} named {} in the layout; it now names {digest}",
+                "dist: export: {} named {} in the layout; it now names {digest}",
+                name.as_deref().unwrap_or_default(),
                 m["digest"].as_str().unwrap_or("?")
             );
         }
     }
-    manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(name.as_str()));
+    manifests.retain(|m| !replaced(m));
     manifests.push(entry);
     if index.get("mediaType").is_none() {
         index["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
     }
     let bytes = serde_json::to_vec_pretty(&index).map_err(|e| fail(e.into()))?;
     write_atomically(&index_path, &bytes).map_err(|e| fail(e.into()))?;
-    report!("{} {} ({} blobs)", name, target.digest(), blobs.len());
+    report!(
+        "{} {} ({} blobs)",
+        name.as_deref().unwrap_or("(unnamed)"),
+        target.digest(),
+        blobs.len()
+    );
     Ok(())
 }
 
@@ -247,11 +291,17 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
         let desc: Descriptor = serde_json::from_value(entry.clone()).map_err(|e| fail(e.into()))?;
         // Parents labelled with their children, as a fetch leaves them, so
         // garbage collection keeps what the image needs.
-        let labeller = set_children_labels(content.clone(), children_handler(content.clone()));
+        // Only the platforms the layout holds are walked: an index's other
+        // manifests may be missing (a one-platform fetch, exported), as the
+        // layout spec allows. A manifest's own blobs may not.
+        let labeller = PresentManifests {
+            inner: set_children_labels(content.clone(), children_handler(content.clone())),
+            store: content.clone(),
+        };
         walk(&labeller, std::slice::from_ref(&desc))
             .await
             .map_err(|e| fail(e.into()))?;
-        let Some(name) = entry["annotations"][REF_NAME].as_str() else {
+        let Some(name) = entry_name(&entry) else {
             report!("(unnamed) {}", desc.digest());
             continue;
         };
@@ -273,6 +323,34 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
     Ok(())
 }
 
+/// Drops the manifests of an index that the store lacks.
+struct PresentManifests<H, S> {
+    inner: H,
+    store: S,
+}
+
+#[async_trait::async_trait]
+impl<H: Handler, S: Manager> Handler for PresentManifests<H, S> {
+    async fn handle(&self, desc: &Descriptor) -> ocidist::images::Result<Flow> {
+        let flow = self.inner.handle(desc).await?;
+        let Flow::Children(children) = flow else {
+            return Ok(flow);
+        };
+        if media_types::kind(desc.media_type().as_ref()) != Kind::Index {
+            return Ok(Flow::Children(children));
+        }
+        let mut present = Vec::with_capacity(children.len());
+        for child in children {
+            match self.store.info(child.digest()).await {
+                Ok(_) => present.push(child),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Flow::Children(present))
+    }
+}
+
 /// Reads blobs straight from a layout's `blobs/<alg>/<hex>`. Layers are
 /// checked by the unpack against the config's diff IDs.
 struct LayoutProvider {
@@ -286,10 +364,11 @@ impl Provider for LayoutProvider {
     }
 }
 
-/// `DIR[:NAME]`: the name is after the last `:` when what follows has no `/`.
+/// `DIR[:NAME]`, split at the first `:` as skopeo's `oci:` transport does
+/// (a name may hold colons and slashes; a directory may not hold a colon).
 fn split_layout(text: &str) -> (PathBuf, Option<String>) {
-    match text.rsplit_once(':') {
-        Some((dir, name)) if !name.contains('/') && !dir.is_empty() => {
+    match text.split_once(':') {
+        Some((dir, name)) if !dir.is_empty() && !name.is_empty() => {
             (PathBuf::from(dir), Some(name.to_string()))
         }
         _ => (PathBuf::from(text), None),
@@ -312,9 +391,10 @@ pub(crate) async fn unpack_cmd(
             .map_err(|e| fail(e.into()))?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let entry = match &name {
-        Some(name) => manifests
-            .iter()
-            .find(|m| m["annotations"][REF_NAME].as_str() == Some(name.as_str())),
+        Some(name) => manifests.iter().find(|m| {
+            m["annotations"][REF_NAME].as_str() == Some(name.as_str())
+                || entry_name(m) == Some(name.as_str())
+        }),
         None if manifests.len() == 1 => manifests.first(),
         None if manifests.is_empty() => {
             return Err(fail(
