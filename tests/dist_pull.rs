@@ -492,6 +492,62 @@ fn pull_all_platforms_fetches_every_platform_and_unpacks_the_hosts() {
 }
 
 #[test]
+fn root_in_a_user_namespace_pulls_and_mounts_with_user_xattrs() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let mut base = tar::Builder::new(Vec::new());
+    file(&mut base, "d/a", b"hidden by the next layer", 0o644);
+    let mut null = tar::Header::new_gnu();
+    null.set_entry_type(tar::EntryType::Char);
+    null.set_device_major(1).unwrap();
+    null.set_device_minor(3).unwrap();
+    null.set_mode(0o666);
+    null.set_size(0);
+    base.append_data(&mut null, "dev/null", &b""[..]).unwrap();
+    let mut top = tar::Builder::new(Vec::new());
+    file(&mut top, "d/.wh..wh..opq", b"", 0o644);
+    file(&mut top, "d/b", b"seen", 0o644);
+    let tars = [base.into_inner().unwrap(), top.into_inner().unwrap()];
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_of(t).to_string()).collect();
+    let reference = push_layers(
+        &registry.host(),
+        work.path(),
+        &tars,
+        &diff_ids,
+        "e2e/userns:1",
+    );
+    let root = work.path().join("store");
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // Root mapped to root, in a user and mount namespace of its own: the
+    // mount goes with the namespace when the shell ends.
+    let script = r#"
+        set -eu
+        dist() { "$DIST" --root "$ROOT" --snapshotter overlay "$@"; }
+        dist pull "$REF"
+        dist rootfs "$REF" "$MNT"
+        ls "$MNT/d"
+        test ! -e "$MNT/dev/null" && echo "no device"
+        grep -q userxattr /proc/self/mounts && echo "userxattr"
+    "#;
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "bash", "-c", script])
+        .env("DIST", dist_binary())
+        .env("ROOT", &root)
+        .env("REF", &reference)
+        .env("MNT", &mnt)
+        .output()
+        .expect("unshare runs (apt-get install util-linux)");
+    let said = ok(out);
+    assert!(said.contains("b\nno device\nuserxattr\n"), "{said}");
+    assert!(
+        !said.contains("\na\n"),
+        "the opaque directory hides the lower d/a: {said}"
+    );
+}
+
+#[test]
 fn apply_reads_a_layer_from_stdin_and_prints_its_diff_id() {
     let work = tempfile::tempdir().unwrap();
     let tars = layer_tars(1000);

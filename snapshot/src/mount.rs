@@ -202,6 +202,25 @@ fn in_directory<T: Send>(dir: &Path, work: impl FnOnce() -> Result<T> + Send) ->
     })
 }
 
+/// Whether this process runs in a user namespace other than the initial one
+/// (rootless containers, `unshare --user`, Kubernetes' `hostUsers: false`):
+/// its root may not create device nodes nor set `trusted.*` xattrs, and
+/// mounts overlayfs only with `userxattr`. Read from `/proc/self/uid_map`,
+/// as containerd's `userns.RunningInUserNS` does; once per process.
+pub fn running_in_user_namespace() -> bool {
+    static IN_USERNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN_USERNS.get_or_init(|| match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => !is_initial_uid_map(&map),
+        Err(_) => false,
+    })
+}
+
+/// Whether `uid_map` maps every id to itself, as the initial namespace's does.
+fn is_initial_uid_map(uid_map: &str) -> bool {
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
+}
+
 /// Mounts `mounts` at `target`, in order.
 pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
     for m in mounts {
@@ -295,6 +314,18 @@ impl ApplyTarget {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_whole_identity_map_is_the_initial_namespace() {
+        assert!(super::is_initial_uid_map(
+            "         0          0 4294967295\n"
+        ));
+        assert!(!super::is_initial_uid_map(
+            "         0          0          1\n"
+        ));
+        assert!(!super::is_initial_uid_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!super::is_initial_uid_map(""));
+    }
+
     use super::*;
 
     #[test]

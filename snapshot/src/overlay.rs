@@ -31,9 +31,10 @@ impl std::fmt::Debug for OverlaySnapshotter {
 }
 
 /// Whether this process must use the `user.overlay.*` xattrs (an
-/// unprivileged mount) rather than `trusted.overlay.*`.
+/// unprivileged mount, or root in a user namespace, which may not set
+/// `trusted.*`: containerd's `NeedsUserXAttr`) rather than `trusted.overlay.*`.
 pub fn needs_userxattr() -> bool {
-    !rustix::process::geteuid().is_root()
+    !rustix::process::geteuid().is_root() || crate::mount::running_in_user_namespace()
 }
 
 /// The xattr that marks an opaque directory for our overlay mounts.

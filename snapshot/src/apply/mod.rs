@@ -378,7 +378,7 @@ fn write_entries(
     let mut warnings = Vec::new();
     if applier.skipped_devices > 0 {
         warnings.push(format!(
-            "{} device nodes skipped: creating them needs root",
+            "{} device nodes skipped: creating them needs root outside a user namespace",
             applier.skipped_devices
         ));
     }
@@ -773,7 +773,11 @@ impl Applier {
                         (ft, rustix::fs::makedev(major, minor))
                     }
                 };
-                if file_type != FileType::Fifo && !privileged {
+                // Not in a user namespace either, whose root may not make
+                // devices: skipped, as containerd skips them there.
+                if file_type != FileType::Fifo
+                    && (!privileged || crate::mount::running_in_user_namespace())
+                {
                     self.skipped_devices += 1;
                     return Ok(());
                 }
