@@ -41,6 +41,11 @@ pub async fn push_order<P: Provider + ?Sized>(
 /// (see [`source`](crate::source)) names another repository of the same
 /// registry is mounted from there rather than uploaded. Returns the
 /// descriptors uploaded (not those the registry had or mounted).
+///
+/// `target` must say it is a manifest or an index
+/// ([`ErrorKind::InvalidArgument`](ocidist_content::ErrorKind::InvalidArgument)
+/// otherwise). A blob another push through the same resolver is uploading
+/// (two images sharing layers, pushed at once) is waited for, not refused.
 pub async fn push_image<R, P>(
     resolver: &R,
     store: &P,
@@ -68,14 +73,27 @@ where
         (None, Some(_)) => format!("{}@{}", parsed.name(), target.digest()),
         (None, None) => format!("{}:latest@{}", parsed.name(), target.digest()),
     };
-    let pusher = resolver.pusher(&pinned).await?;
-    let order = push_order(store, target).await?;
     let is_manifest = |d: &Descriptor| {
         matches!(
             ocidist_images::media_types::kind(d.media_type().as_ref()),
             ocidist_images::media_types::Kind::Manifest | ocidist_images::media_types::Kind::Index
         )
     };
+    // A blob would be uploaded and no name set: a descriptor made without
+    // the manifest's media type, most likely.
+    if !is_manifest(target) {
+        return Err(ocidist_images::Error::other(
+            ocidist_content::ErrorKind::InvalidArgument,
+            format!(
+                "{} is pushed as an image, but its media type {} is not a manifest's or an index's",
+                target.digest(),
+                target.media_type()
+            ),
+        )
+        .into());
+    }
+    let pusher = resolver.pusher(&pinned).await?;
+    let order = push_order(store, target).await?;
     // Non-distributable (foreign) layers live where their `urls` say and
     // are not in the store: skipped, as `ctr push` does by default.
     let (manifests, blobs): (Vec<_>, Vec<_>) = order
@@ -87,10 +105,20 @@ where
         async move {
             // The pusher finds mount sources in the annotations.
             let annotated = annotate_sources(store, &desc).await;
-            let mut writer = match pusher.push(&annotated).await {
-                Ok(writer) => writer,
-                Err(e) if e.kind() == ocidist_content::ErrorKind::AlreadyExists => return Ok(None),
-                Err(e) => return Err(e),
+            let mut writer = loop {
+                match pusher.push(&annotated).await {
+                    Ok(writer) => break writer,
+                    Err(e) if e.kind() == ocidist_content::ErrorKind::AlreadyExists => {
+                        return Ok(None);
+                    }
+                    // Another push of this resolver has the blob in flight
+                    // (two images sharing a layer, pushed at once): its turn
+                    // ends, then the registry has the blob, or this one goes.
+                    Err(crate::Error::Content(ocidist_content::Error::Locked { .. })) => {
+                        tokio::time::sleep(LOCKED_POLL).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             };
             let reader = store.reader_at(&desc).await?;
             copy(
@@ -118,3 +146,6 @@ where
     }
     Ok(pushed)
 }
+
+/// How often a push waits for another push of the same blob to end.
+const LOCKED_POLL: std::time::Duration = std::time::Duration::from_millis(50);

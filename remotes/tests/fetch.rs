@@ -381,3 +381,36 @@ async fn a_push_by_digest_moves_no_tag_and_must_name_the_image() {
         "{latest}"
     );
 }
+
+#[tokio::test]
+async fn two_images_sharing_blobs_push_at_once_and_a_blob_is_not_an_image() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let (pushed, _dir, store) = fetched_from(&resolver, &registry, "test/shared-src").await;
+    let index = &pushed[6].desc;
+    let repo = format!("{}/test/shared", registry.host());
+    // Every blob is in both: one push waits for the other's upload of it.
+    let (first, second) = (format!("{repo}:1"), format!("{repo}:2"));
+    let (one, two) = tokio::join!(
+        ocidist_remotes::push_image(&resolver, &store, &first, index, 4),
+        ocidist_remotes::push_image(&resolver, &store, &second, index, 4),
+    );
+    one.unwrap();
+    two.unwrap();
+    for tag in ["1", "2"] {
+        let (_, resolved) = resolver.resolve(&format!("{repo}:{tag}")).await.unwrap();
+        assert_eq!(resolved.digest(), index.digest());
+    }
+
+    // The index's bytes described as a plain blob would be uploaded and
+    // named nowhere: refused before anything is sent.
+    let plain = ocidist_content::descriptor(index.digest().clone(), index.size());
+    let err = ocidist_remotes::push_image(&resolver, &store, &format!("{repo}:3"), &plain, 4)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ocidist_content::ErrorKind::InvalidArgument,
+        "{err}"
+    );
+}

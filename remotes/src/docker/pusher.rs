@@ -200,6 +200,11 @@ impl Pusher for DockerPusher {
             // to GET there too): not known to be there, and a PUT of a
             // manifest is idempotent.
             StatusCode::METHOD_NOT_ALLOWED if manifest => {}
+            // A token for pulling may be refused on a repository that does
+            // not exist yet, where pushing is allowed: not known to be
+            // there, and the push asks for its own scope (containerd goes on
+            // the same way).
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {}
             _ => return Err(self.repo.head_error(&url, head, &media_type).await),
         }
         let key = (self.repo.base.clone(), desc.digest().clone());
@@ -445,8 +450,9 @@ impl PushWriter {
             // A chunk that fails goes on from what the session says it has.
             let mut offset = 0;
             let mut resumes = 0;
+            let mut chunk = CHUNK;
             while offset < size {
-                let len = CHUNK.min(size - offset);
+                let len = chunk.min(size - offset);
                 let url_text = url.to_string();
                 let sent = async {
                     let chunk = read_spool_at(spool.clone(), offset, len as usize).await?;
@@ -471,6 +477,19 @@ impl PushWriter {
                     Ok(next) => {
                         url = next;
                         offset += len;
+                    }
+                    // A registry that takes smaller chunks only (GHCR: 4 MiB)
+                    // says 416 or 413: smaller chunks, from what the session
+                    // has, as the specification says to ask after a 416.
+                    Err(error) if chunk > MIN_CHUNK && too_large(&error) => {
+                        chunk /= 4;
+                        match self.session_status(&url_text).await {
+                            Some((received, next)) if received <= size => {
+                                url = next;
+                                offset = received;
+                            }
+                            _ => return Err(failed(error, &url)),
+                        }
                     }
                     Err(error) if worth_another_attempt(&error) && resumes < SESSION_RESUMES => {
                         resumes += 1;
@@ -557,6 +576,16 @@ fn worth_another_attempt(error: &Error) -> bool {
     }
 }
 
+/// Whether a chunk was refused for its size: 416 (GHCR's answer to a chunk
+/// over its 4 MiB limit) or 413.
+fn too_large(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Status { status, .. }
+            if *status == StatusCode::RANGE_NOT_SATISFIABLE || *status == StatusCode::PAYLOAD_TOO_LARGE
+    )
+}
+
 /// Reads `len` bytes of the spool at `offset`, on a blocking thread.
 async fn read_spool_at(spool: Arc<std::fs::File>, offset: u64, len: usize) -> Result<Bytes> {
     let read = tokio::task::spawn_blocking(move || {
@@ -586,8 +615,10 @@ const PUT_PIECE: u64 = 1 << 20;
 /// Times one attempt's chunked upload goes on from what its session has
 /// after a chunk fails, before the attempt is given up.
 const SESSION_RESUMES: u32 = 3;
-/// The size of each `PATCH` chunk.
+/// The size of each `PATCH` chunk, at first.
 const CHUNK: u64 = 16 << 20;
+/// The smallest a refused chunk is cut to (16, then 4, then 1 MiB).
+const MIN_CHUNK: u64 = 1 << 20;
 
 /// The absolute URL of the upload session a response's `Location` names.
 fn upload_location(request_url: &str, response: &reqwest::Response) -> Result<reqwest::Url> {
