@@ -104,6 +104,31 @@ fn a_broken_docker_config_is_reported() {
     );
 }
 
+/// An empty `DOCKER_CONFIG` is unset, as for Docker: `~/.docker` is read,
+/// not a `config.json` in the working directory.
+#[test]
+fn an_empty_docker_config_variable_means_the_home_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".docker")).unwrap();
+    std::fs::write(dir.path().join(".docker/config.json"), b"{").unwrap();
+    let out = std::process::Command::new(common::dist_binary())
+        .env("DOCKER_CONFIG", "")
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .args(["--root", dir.path().join("store").to_str().unwrap()])
+        .args(["--timeout", "300ms", "fetch", "127.0.0.1:1/x:1"])
+        .output()
+        .unwrap();
+    let stderr = stderr(&out);
+    assert!(
+        stderr.contains(&format!(
+            "{}",
+            dir.path().join(".docker/config.json").display()
+        )),
+        "{stderr}"
+    );
+}
+
 /// `dist list | head -1` ends dist as it ends a C or Go program: silently, by
 /// SIGPIPE, not with a panic or an error message.
 #[test]

@@ -9,7 +9,7 @@ use ocidist::content::lease::{Lease, LeasedStore, Leases};
 use ocidist::content::{Manager, descriptor, read_blob};
 use ocidist::images::platforms::{self, Matcher, Platform};
 use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
-use ocidist::remotes::docker::auth::{Credential, Credentials};
+use ocidist::remotes::docker::auth::{Credential, Credentials, CredentialsError};
 use ocidist::remotes::docker::config::DockerConfig;
 use ocidist::remotes::docker::{DockerResolver, PlainHttp, RangedFetch, fetch_object};
 use ocidist::remotes::{fetch_image, push_image};
@@ -112,8 +112,8 @@ pub(crate) struct Remote {
 struct EveryRegistry(Credential);
 
 impl Credentials for EveryRegistry {
-    fn get(&self, _host: &str) -> Option<Credential> {
-        Some(self.0.clone())
+    fn get(&self, _host: &str) -> Result<Option<Credential>, CredentialsError> {
+        Ok(Some(self.0.clone()))
     }
 }
 

@@ -131,6 +131,32 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
     assert_eq!(desc.digest(), blobs[2].desc.digest());
     assert_eq!(odd.tls_handshakes(), 1);
 
+    // An `http://` host written with TLS settings (containerd's "bypass TLS
+    // verification" example) is asked whether it speaks TLS: the TLS
+    // registry over HTTPS, the plain one over plain HTTP.
+    for (registry, expect_tls) in [(tls.host(), true), (proxy.host(), false)] {
+        let hosts = tempfile::tempdir().unwrap();
+        std::fs::create_dir(hosts.path().join(&registry)).unwrap();
+        let hosts_toml = format!(
+            "server = \"https://unused.invalid\"\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
+        );
+        std::fs::write(hosts.path().join(&registry).join("hosts.toml"), hosts_toml).unwrap();
+        let handshakes = proxy.tls_handshakes();
+        let (_, desc) = DockerResolver::new()
+            .hosts_dir(hosts.path())
+            .resolve(&format!("{registry}/settled/app:1"))
+            .await
+            .unwrap_or_else(|e| panic!("{registry}: {e:?}"));
+        assert_eq!(desc.digest(), blobs[2].desc.digest());
+        if !expect_tls {
+            assert_eq!(
+                proxy.tls_handshakes(),
+                handshakes,
+                "plain HTTP is asked first"
+            );
+        }
+    }
+
     // Told how in hosts.toml: a `server` is used as written, and
     // `skip_verify = false` alone keeps the certificate checked; both
     // refuse a certificate from a CA nobody trusts.

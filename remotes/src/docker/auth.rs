@@ -32,11 +32,20 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// Why credentials for a host could not be looked up: a credential helper
+/// that is missing, failed or did not answer. A lookup that finds nothing
+/// is `Ok(None)`, not this.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CredentialsError(pub String);
+
 /// Finds credentials for a registry host (`ghcr.io`, `localhost:5000`).
 pub trait Credentials: Send + Sync + std::fmt::Debug {
     /// The credential for `host`, if any. It may block (run a helper, read
-    /// a file): the resolver calls it on a blocking thread.
-    fn get(&self, host: &str) -> Option<Credential>;
+    /// a file): the resolver calls it on a blocking thread. An error fails
+    /// the request that needed the credential, as Docker fails a pull whose
+    /// credential helper fails, rather than going on anonymously.
+    fn get(&self, host: &str) -> std::result::Result<Option<Credential>, CredentialsError>;
 }
 
 /// No credentials: anonymous access only.
@@ -44,8 +53,8 @@ pub trait Credentials: Send + Sync + std::fmt::Debug {
 pub struct Anonymous;
 
 impl Credentials for Anonymous {
-    fn get(&self, _: &str) -> Option<Credential> {
-        None
+    fn get(&self, _: &str) -> std::result::Result<Option<Credential>, CredentialsError> {
+        Ok(None)
     }
 }
 
@@ -54,8 +63,8 @@ impl Credentials for Anonymous {
 pub struct StaticCredentials(pub HashMap<String, Credential>);
 
 impl Credentials for StaticCredentials {
-    fn get(&self, host: &str) -> Option<Credential> {
-        self.0.get(host).cloned()
+    fn get(&self, host: &str) -> std::result::Result<Option<Credential>, CredentialsError> {
+        Ok(self.0.get(host).cloned())
     }
 }
 
@@ -340,7 +349,12 @@ impl Authorizer {
         let credentials = self.credentials.clone();
         let owned = host.to_string();
         match tokio::task::spawn_blocking(move || credentials.get(&owned)).await {
-            Ok(credential) => Ok(credential),
+            // An empty secret is no credential (containerd goes anonymous).
+            Ok(Ok(credential)) => Ok(credential.filter(|c| !c.secret.is_empty())),
+            Ok(Err(e)) => Err(Error::Content(ocidist_content::Error::other(
+                ocidist_content::ErrorKind::FailedPrecondition,
+                format!("credentials for {host}: {e}"),
+            ))),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(Error::Content(ocidist_content::Error::other(
                 ocidist_content::ErrorKind::Unavailable,

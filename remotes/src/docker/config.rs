@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::auth::{Credential, Credentials};
+use super::auth::{Credential, Credentials, CredentialsError};
 
 /// The parts of `config.json` that hold credentials.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -72,7 +72,9 @@ impl DockerConfig {
     /// Loads `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`; a
     /// missing file is an empty configuration.
     pub fn load_default() -> std::io::Result<Self> {
+        // An empty DOCKER_CONFIG is unset, as for Docker.
         let dir = std::env::var_os("DOCKER_CONFIG")
+            .filter(|dir| !dir.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
         match dir {
@@ -127,6 +129,16 @@ impl DockerConfig {
             format!("https://{host}/v1/"),
             format!("https://{host}/v2/"),
         ];
+        // Any other spelling of the host (`https://host/`, `host/v2`), as
+        // Docker's `ConvertToHostname` reads keys: no scheme, nothing after
+        // the first `/`.
+        let hostname = |key: &str| {
+            let rest = key
+                .strip_prefix("https://")
+                .or_else(|| key.strip_prefix("http://"))
+                .unwrap_or(key);
+            rest.split('/').next().unwrap_or(rest).to_string()
+        };
         let entry = keys
             .iter()
             .find_map(|k| self.config.auths.get(k))
@@ -134,6 +146,17 @@ impl DockerConfig {
                 is_docker_hub(host)
                     .then(|| self.config.auths.get(DOCKER_HUB_KEY))
                     .flatten()
+            })
+            .or_else(|| {
+                let mut others: Vec<_> = self
+                    .config
+                    .auths
+                    .iter()
+                    .filter(|(key, _)| hostname(key) == host)
+                    .collect();
+                // The same answer whatever the map's order.
+                others.sort_by(|a, b| a.0.cmp(b.0));
+                others.first().map(|(_, entry)| *entry)
             })?;
         if let Some(token) = &entry.identitytoken {
             return Some(Credential {
@@ -158,10 +181,20 @@ impl DockerConfig {
     /// Runs `docker-credential-<helper> get` for `host`: on `PATH` (or in
     /// the helper directory), never a path the configuration spells out;
     /// killed after the timeout, its answer read up to a limit, and always
-    /// waited for.
-    fn run_helper(&self, helper: &str, host: &str) -> Option<Credential> {
+    /// waited for. "credentials not found" (the helpers' protocol) is
+    /// `Ok(None)`; a helper that is missing, fails otherwise, says nothing
+    /// in time or answers what is not a credential is an error, as for
+    /// Docker.
+    fn run_helper(&self, helper: &str, host: &str) -> HelperResult {
+        let fail = |why: String| {
+            Err(CredentialsError(format!(
+                "docker-credential-{helper}: {why}"
+            )))
+        };
         if helper.is_empty() || helper.contains(['/', '\\', '\0']) {
-            return None;
+            return Err(CredentialsError(format!(
+                "credential helper {helper:?} is not a name: not run"
+            )));
         }
         let program = format!("docker-credential-{helper}");
         let program = match &self.helper_dir {
@@ -173,13 +206,22 @@ impl DockerConfig {
         } else {
             host.to_string()
         };
-        let mut child = Command::new(program)
+        let mut child = match Command::new(&program)
             .arg("get")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .ok()?;
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fail(
+                    "not found on PATH (install it, or take it out of config.json's credsStore or credHelpers)"
+                        .into(),
+                );
+            }
+            Err(e) => return fail(e.to_string()),
+        };
         let deadline = Instant::now() + self.helper_timeout;
         // Read on a thread of its own, so a helper that never closes its
         // output cannot outlast the deadline.
@@ -199,40 +241,61 @@ impl DockerConfig {
         let output = answer
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .ok()
-            .and_then(Result::ok)
-            .filter(|out| out.len() as u64 <= HELPER_OUTPUT_LIMIT);
-        let Some(output) = output else {
-            // No answer in time, or too much of one: nothing to wait for.
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
+            .and_then(Result::ok);
+        let output = match output {
+            Some(out) if out.len() as u64 <= HELPER_OUTPUT_LIMIT => out,
+            // Too much of an answer, or none in time: nothing to wait for.
+            too_much_or_none => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return fail(match too_much_or_none {
+                    Some(_) => format!("answered more than {HELPER_OUTPUT_LIMIT} bytes"),
+                    None => format!("no answer in {:?}", self.helper_timeout),
+                });
+            }
         };
-        let status = wait_until(&mut child, deadline)?;
+        let Some(status) = wait_until(&mut child, deadline) else {
+            return fail(format!("did not exit in {:?}", self.helper_timeout));
+        };
+        let said = String::from_utf8_lossy(&output);
+        let said = said.trim();
         if !status.success() {
-            return None;
+            // The helpers' own words for "nothing stored for this server".
+            if said.contains("credentials not found") {
+                return Ok(None);
+            }
+            let said: String = said.chars().take(300).collect();
+            return fail(format!("get {server}: {status}: {said}"));
         }
+        // Go's decoder, which Docker uses, ignores the case of field names
+        // and takes a missing one as empty.
         #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
         struct HelperOutput {
-            username: String,
-            secret: String,
+            #[serde(default, alias = "Username", alias = "username")]
+            username_any: String,
+            #[serde(default, alias = "Secret", alias = "secret")]
+            secret_any: String,
         }
-        let parsed: HelperOutput = serde_json::from_slice(&output).ok()?;
+        let parsed: HelperOutput = match serde_json::from_slice(&output) {
+            Ok(parsed) => parsed,
+            Err(e) => return fail(format!("get {server}: not a credential ({e})")),
+        };
         // Docker's convention: the user name `<token>` means an identity token.
-        let username = if parsed.username == "<token>" {
+        let username = if parsed.username_any == "<token>" {
             String::new()
         } else {
-            parsed.username
+            parsed.username_any
         };
-        Some(Credential {
+        Ok(Some(Credential {
             username,
-            secret: parsed.secret,
-        })
+            secret: parsed.secret_any,
+        }))
     }
 }
 
-/// The child's exit status once it has exited, or `None` if it was still
-/// running at `deadline` (it is then killed, and reaped).
+/// What a credential lookup gives.
+type HelperResult = Result<Option<Credential>, CredentialsError>;
+
 fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Option<ExitStatus> {
     loop {
         match child.try_wait() {
@@ -250,7 +313,7 @@ fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Option<Exit
 }
 
 impl Credentials for DockerConfig {
-    fn get(&self, host: &str) -> Option<Credential> {
+    fn get(&self, host: &str) -> HelperResult {
         // Docker Hub's helper may be listed under any of its names.
         let helper = if is_docker_hub(host) {
             [
@@ -267,12 +330,13 @@ impl Credentials for DockerConfig {
         if let Some(helper) = helper {
             return self.run_helper(helper, host);
         }
-        self.lookup_auths(host).or_else(|| {
-            self.config
-                .creds_store
-                .as_deref()
-                .and_then(|store| self.run_helper(store, host))
-        })
+        if let Some(found) = self.lookup_auths(host) {
+            return Ok(Some(found));
+        }
+        match self.config.creds_store.as_deref() {
+            Some(store) => self.run_helper(store, host),
+            None => Ok(None),
+        }
     }
 }
 
@@ -321,11 +385,16 @@ mod tests {
                 "https://index.docker.io/v1/": {"auth": "aHViOmh1YnBhc3M="},
                 "localhost:5000": {"username": "u", "password": "p"},
                 "https://ghcr.io": {"auth": "Z2g6dG9rZW46d2l0aDpjb2xvbnM="},
-                "quay.io": {"identitytoken": "idtok"}
+                "quay.io": {"identitytoken": "idtok"},
+                "https://kube.example/": {"auth": "azpz"},
+                "http://reg.example:5000/v2/": {"auth": "cjpz"}
             }}"#,
         )
         .unwrap();
-        let get = |h: &str| config.get(h).map(|c| (c.username, c.secret));
+        let get = |h: &str| config.get(h).unwrap().map(|c| (c.username, c.secret));
+        // Keys as kubectl and others write them: a trailing slash, a path.
+        assert_eq!(get("kube.example"), Some(("k".into(), "s".into())));
+        assert_eq!(get("reg.example:5000"), Some(("r".into(), "s".into())));
         assert_eq!(get("docker.io"), Some(("hub".into(), "hubpass".into())));
         assert_eq!(
             get("registry-1.docker.io"),
@@ -347,7 +416,7 @@ mod tests {
         let helper = dir.path().join("docker-credential-fake");
         std::fs::write(
             &helper,
-            "#!/bin/sh\nread server\ncase \"$server\" in\n  registry.example) echo '{\"ServerURL\":\"x\",\"Username\":\"alice\",\"Secret\":\"from-helper\"}' ;;\n  *) echo 'credentials not found' >&2; exit 1 ;;\nesac\n",
+            "#!/bin/sh\nread server\ncase \"$server\" in\n  registry.example) echo '{\"ServerURL\":\"x\",\"Username\":\"alice\",\"Secret\":\"from-helper\"}' ;;\n  lower.example) echo '{\"username\":\"bob\",\"secret\":\"lower\"}' ;;\n  broken.example) echo 'token expired: run login'; exit 1 ;;\n  *) echo 'credentials not found in native keychain'; exit 1 ;;\nesac\n",
         )
         .unwrap();
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -356,18 +425,26 @@ mod tests {
         )
         .unwrap()
         .helper_dir(dir.path());
-        let c = config.get("registry.example").unwrap();
+        let c = config.get("registry.example").unwrap().unwrap();
         assert_eq!(
             (c.username.as_str(), c.secret.as_str()),
             ("alice", "from-helper")
         );
+        let c = config.get("lower.example").unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.secret.as_str()), ("bob", "lower"));
         assert!(
-            config.get("unknown.example").is_none(),
+            config.get("unknown.example").unwrap().is_none(),
             "the helper says not found"
         );
+        let failed = config.get("broken.example").unwrap_err().to_string();
         assert!(
-            config.get("other.example").is_none(),
-            "a missing helper gives nothing"
+            failed.contains("docker-credential-fake") && failed.contains("token expired"),
+            "a failing helper is an error that says why: {failed}"
+        );
+        let missing = config.get("other.example").unwrap_err().to_string();
+        assert!(
+            missing.contains("docker-credential-missing") && missing.contains("not found"),
+            "a missing helper is an error: {missing}"
         );
     }
 
@@ -378,6 +455,7 @@ mod tests {
             DockerConfig::load(&dir.path().join("none.json"))
                 .unwrap()
                 .get("x")
+                .unwrap()
                 .is_none()
         );
         std::fs::write(dir.path().join("bad.json"), b"{").unwrap();
@@ -408,14 +486,14 @@ mod tests {
                 .unwrap()
                 .helper_dir(dir.path())
         };
-        assert!(config("plain").get("registry.example").is_some());
-        assert!(config("sub/evil").get("registry.example").is_none());
+        assert!(config("plain").get("registry.example").unwrap().is_some());
+        assert!(config("sub/evil").get("registry.example").is_err());
     }
 
     /// A helper that hangs is killed at the timeout; one that answers too
-    /// much is not believed.
+    /// much is not believed: both are errors.
     #[test]
-    fn a_hung_or_babbling_helper_gives_nothing() {
+    fn a_hung_or_babbling_helper_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         helper_script(dir.path(), "hung", &format!("sleep 30; {ANSWER}"));
         let secret = "x".repeat(HELPER_OUTPUT_LIMIT as usize);
@@ -431,13 +509,13 @@ mod tests {
                 .helper_timeout(Duration::from_millis(300))
         };
         let started = Instant::now();
-        assert!(config("hung").get("registry.example").is_none());
+        assert!(config("hung").get("registry.example").is_err());
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "killed at the timeout, not waited for: {:?}",
             started.elapsed()
         );
-        assert!(config("babbling").get("registry.example").is_none());
+        assert!(config("babbling").get("registry.example").is_err());
     }
 
     /// Docker Hub's helper is found under any of Hub's names, and asked
@@ -462,6 +540,7 @@ mod tests {
             .helper_dir(dir.path());
             let c = config
                 .get("registry-1.docker.io")
+                .unwrap()
                 .unwrap_or_else(|| panic!("{name}"));
             assert_eq!(c.secret, "hub", "{name}");
         }

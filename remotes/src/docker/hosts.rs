@@ -78,6 +78,8 @@ impl Capabilities {
 
     /// Reads `capabilities = [...]`, in any case, as containerd does; an
     /// unknown name is an error rather than a capability silently lost.
+    /// `referrers` (containerd 2.2's) is known, and means nothing here: we
+    /// do not ask registries for referrers.
     fn parse(names: &[String]) -> std::result::Result<Capabilities, String> {
         let mut out = Capabilities {
             pull: false,
@@ -89,9 +91,10 @@ impl Capabilities {
                 "pull" => out.pull = true,
                 "resolve" => out.resolve = true,
                 "push" => out.push = true,
+                "referrers" => {}
                 _ => {
                     return Err(format!(
-                        "unknown capability {name:?} (pull, resolve and push are known)"
+                        "unknown capability {name:?} (pull, resolve, push and referrers are known)"
                     ));
                 }
             }
@@ -169,6 +172,20 @@ impl Endpoint {
         }
     }
 
+    /// True for an `http://` URL written with TLS settings (CA files, a
+    /// client certificate, `skip_verify = true`) on a port other than 80:
+    /// containerd tries HTTPS there first, then plain HTTP.
+    pub fn wants_tls_over_http(&self) -> bool {
+        let tls = !self.ca_files.is_empty()
+            || !self.client_certs.is_empty()
+            || self.skip_verify == Some(true);
+        let port_80 = self
+            .host()
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port == "80");
+        tls && !port_80 && self.url.starts_with("http://")
+    }
+
     /// True when the endpoint asks for a connection of its own: CA files, a
     /// client certificate, no verification or a dial timeout.
     pub fn has_connection_settings(&self) -> bool {
@@ -226,8 +243,10 @@ impl HostEntry {
     /// are relative to `base`.
     fn endpoint(self, url: &str, base: &Path) -> std::result::Result<Endpoint, String> {
         let capabilities = match self.capabilities.as_deref() {
-            // containerd's default, for host entries and the upstream alike.
+            // containerd's default, for host entries and the upstream alike;
+            // an empty list is no list there too.
             None => Capabilities::ALL,
+            Some([]) => Capabilities::ALL,
             Some(names) => Capabilities::parse(names)?,
         };
         let dial_timeout = self
@@ -485,6 +504,33 @@ fn endpoint_url(written: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn referrers_and_an_empty_list_are_capabilities_containerd_takes() {
+        let base = Path::new("/etc/containerd/certs.d/r");
+        let with_referrers = parse(
+            "[host.\"https://m\"]\ncapabilities = [\"pull\", \"resolve\", \"referrers\"]\n",
+            base,
+            "https://r",
+        )
+        .unwrap();
+        assert_eq!(
+            with_referrers[0].capabilities,
+            Capabilities {
+                pull: true,
+                resolve: true,
+                push: false
+            }
+        );
+        let empty = parse(
+            "server = \"https://x\"\ncapabilities = []\n",
+            base,
+            "https://r",
+        )
+        .unwrap();
+        assert_eq!(empty[0].capabilities, Capabilities::ALL);
+        assert!(parse("capabilities = [\"fly\"]\n", base, "https://r").is_err());
+    }
+
     use super::*;
 
     #[test]

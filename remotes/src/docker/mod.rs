@@ -201,8 +201,9 @@ pub struct DockerResolver {
     /// the stamps of the files they were built from.
     clients: Arc<Mutex<HashMap<Connection, CachedClient>>>,
     plain_http: PlainHttp,
-    /// What each loopback registry was found to speak (true: TLS), shared by
-    /// clones so that one request settles it.
+    /// What each loopback registry (by host) or `http://` URL written with
+    /// TLS settings (by URL) was found to speak (true: TLS), shared by clones
+    /// so that one request settles it.
     loopback_tls: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>>,
     authorizer: auth::Authorizer,
     hosts_dir: Option<PathBuf>,
@@ -441,6 +442,37 @@ impl DockerResolver {
         Ok(upstream.skip_verify == Some(true))
     }
 
+    /// Makes `endpoint` (an `http://` URL written in a hosts file with TLS
+    /// settings) HTTPS if the registry there speaks TLS, asked once per URL
+    /// and resolver, as containerd tries HTTPS first for such a host and
+    /// falls back to plain HTTP. Its certificate is checked as written.
+    async fn settle_written(&self, endpoint: &mut hosts::Endpoint) -> Result<()> {
+        let mut over_tls = endpoint.clone();
+        over_tls.url = endpoint.url.replacen("http://", "https://", 1);
+        let settled = self
+            .loopback_tls
+            .lock()
+            .expect("no panics while held")
+            .entry(endpoint.url.clone())
+            .or_default()
+            .clone();
+        let answer = settled
+            .get_or_try_init(|| async {
+                match self.speaks_tls(endpoint, &over_tls).await {
+                    Ok(Some(found)) => Ok(found),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        match answer {
+            Ok(true) => *endpoint = over_tls,
+            Ok(false) | Err(None) => {}
+            Err(Some(e)) => return Err(e),
+        }
+        Ok(())
+    }
+
     /// Whether the registry at `plain` (the same at `over_tls`) speaks TLS;
     /// `None` when it answers neither. Plain HTTP is asked first, so that a
     /// plain registry never starts TLS (whose first handshake in a process
@@ -536,9 +568,12 @@ impl DockerResolver {
         }
         let count = endpoints.len();
         let mut out = Vec::new();
-        for (i, endpoint) in endpoints.into_iter().enumerate() {
+        for (i, mut endpoint) in endpoints.into_iter().enumerate() {
             if !can(&endpoint.capabilities) {
                 continue;
+            }
+            if endpoint.wants_tls_over_http() {
+                self.settle_written(&mut endpoint).await?;
             }
             let client = self.client_for(&endpoint)?;
             let unchecked = unchecked_upstream && i + 1 == count;
