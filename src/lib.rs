@@ -8,7 +8,8 @@
 //! - [`images`]: handlers (`walk`, `dispatch`) and their wrappers, manifests,
 //!   platforms, the image store and garbage collection.
 //! - [`remotes`]: image references, the registry client (resolve, fetch,
-//!   push) and a test kit that runs a real registry.
+//!   push) and, behind the `testkit` feature, a test kit that runs a real
+//!   registry.
 //! - [`snapshot`]: snapshotters (native, overlay), safe layer apply and unpack.
 //! - [`pull`]: fetch and unpack, overlapped: what `ctr pull` does.
 //!

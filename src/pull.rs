@@ -131,6 +131,50 @@ impl<M> PullOptions<M> {
 /// Fetches `reference` into `store` and unpacks it into `snapshotter`, the
 /// unpack overlapping the fetch; then records it in `images`. A pull that
 /// fails names nothing: an existing name keeps its target.
+///
+/// What `ctr pull` does, with credentials from Docker's `config.json` and
+/// progress as data:
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ocidist::content::local::LocalStore;
+/// use ocidist::images::{platforms, DbImageStore};
+/// use ocidist::pull::{pull, PullEvent, PullOptions};
+/// use ocidist::remotes::docker::{config::DockerConfig, DockerResolver};
+/// use ocidist::snapshot::overlay::OverlaySnapshotter;
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let root = std::path::Path::new("/var/lib/myruntime");
+/// let store = LocalStore::open(root.join("content"))?;
+/// let images = DbImageStore::open(root.join("images.redb"))?;
+/// let snapshotter = OverlaySnapshotter::open(root.join("snapshots"))?;
+/// let resolver = DockerResolver::new().credentials(Arc::new(DockerConfig::load_default()?));
+///
+/// let (events, mut progress) = tokio::sync::mpsc::unbounded_channel();
+/// tokio::spawn(async move {
+///     while let Some(event) = progress.recv().await {
+///         if let PullEvent::Unpack(event) = event {
+///             eprintln!("{event:?}");
+///         }
+///     }
+/// });
+/// let options = PullOptions::new(platforms::only(&platforms::Platform::host()))
+///     .limit(8)
+///     .events(events);
+/// let pulled = pull(&resolver, &store, &images, &snapshotter, "redis:latest", options).await?;
+/// // A container's root filesystem: an active snapshot on the top layer.
+/// let key = "my-container";
+/// let mounts = ocidist::snapshot::Snapshotter::prepare(
+///     &snapshotter,
+///     key,
+///     Some(&pulled.chain_id.to_string()),
+///     Default::default(),
+/// )
+/// .await?;
+/// # let _ = mounts;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn pull<R, S, I, N, M>(
     resolver: &R,
     store: &S,

@@ -161,6 +161,26 @@ pub trait ReaderAt: Send + Sync {
 }
 
 /// Opens blobs for reading.
+///
+/// ```
+/// use ocidist_content::{local::LocalStore, sha256_of, write_blob, Labels, Provider, WriterOpts};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = LocalStore::open(dir.path())?;
+/// let data = b"0123456789";
+/// let digest = sha256_of(data);
+/// write_blob(&store, WriterOpts::new("r").digest(digest.clone()), &data[..], Labels::new()).await?;
+///
+/// // Random access: four bytes from offset 3; reads stop at the end.
+/// let reader = store.reader_at(&ocidist_content::descriptor(digest, 10)).await?;
+/// let mut buf = [0; 4];
+/// assert_eq!(reader.read_at(3, &mut buf).await?, 4);
+/// assert_eq!(&buf, b"3456");
+/// assert_eq!(reader.read_at(8, &mut buf).await?, 2);
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// A random-access reader for the blob `desc` names (only its digest is used
@@ -180,6 +200,35 @@ pub trait ProviderExt: Provider {
 impl<P: Provider + ?Sized> ProviderExt for P {}
 
 /// Opens writers for ingests.
+///
+/// A download that stops (a dropped writer, a killed process) resumes from
+/// what the ingest holds:
+///
+/// ```
+/// use ocidist_content::{local::LocalStore, sha256_of, Ingester, Labels, WriterOpts};
+/// use tokio::io::AsyncWriteExt;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = LocalStore::open(dir.path())?;
+/// let data = b"a layer, downloaded in two goes";
+/// let opts = WriterOpts::new("layer-1").size(data.len() as u64).digest(sha256_of(data));
+///
+/// let mut first = store.writer(opts.clone()).await?;
+/// first.write_all(&data[..8]).await?;
+/// // The connection broke: keep what came. (A dropped writer saves it in the
+/// // background, holding the ref until then; a killed process, up to its
+/// // last checkpoint.)
+/// first.shutdown().await?;
+///
+/// let mut again = store.writer(opts).await?;
+/// let offset = again.status().await?.offset as usize;
+/// assert_eq!(offset, 8);
+/// again.write_all(&data[offset..]).await?;
+/// again.commit(None, None, Labels::new()).await?; // size and digest checked
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait Ingester: Send + Sync {
     /// Opens (or resumes) the ingest `opts.reference`. A resume that
@@ -197,6 +246,30 @@ pub trait Ingester: Send + Sync {
 ///
 /// Write with [`tokio::io::AsyncWriteExt`]. Dropping the writer, or `shutdown()`,
 /// without a commit keeps the ingest for a later resume and releases the ref.
+///
+/// ```
+/// use ocidist_content::{local::LocalStore, sha256_of, ErrorKind, Ingester, Labels, WriterOpts};
+/// use tokio::io::AsyncWriteExt;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = LocalStore::open(dir.path())?;
+/// let mut writer = store.writer(WriterOpts::new("config-1")).await?;
+/// writer.write_all(b"wrong bytes").await?;
+/// // Bytes that do not hash to the digest expected are never committed...
+/// let want = sha256_of(b"{}");
+/// let err = writer.commit(None, Some(&want), Labels::new()).await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+///
+/// // ...and the ingest starts again from nothing with `truncate(0)`.
+/// let mut writer = store.writer(WriterOpts::new("config-1")).await?;
+/// writer.truncate(0).await?;
+/// writer.write_all(b"{}").await?;
+/// assert_eq!(writer.digest().await?, want);
+/// writer.commit(None, Some(&want), Labels::new()).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait Writer: AsyncWrite + Send + Unpin {
     /// The ingest's status, including bytes written but not yet flushed.
@@ -224,6 +297,33 @@ pub trait Writer: AsyncWrite + Send + Unpin {
 }
 
 /// Manages committed blobs.
+///
+/// ```
+/// use ocidist_content::{local::LocalStore, sha256_of, write_blob, Labels, Manager, WriterOpts};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = LocalStore::open(dir.path())?;
+/// let digest = sha256_of(b"kept");
+/// write_blob(&store, WriterOpts::new("r").digest(digest.clone()), &b"kept"[..], Labels::new()).await?;
+///
+/// // Set one label, leaving any others as they are.
+/// let mut info = store.info(&digest).await?;
+/// info.labels.insert("containerd.io/gc.root".into(), "2026-11-24".into());
+/// store.update(info, &["labels.containerd.io/gc.root"]).await?;
+///
+/// let mut roots = Vec::new();
+/// store.walk(&["labels.\"containerd.io/gc.root\""], &mut |info| {
+///     roots.push(info.digest);
+///     Ok(())
+/// }).await?;
+/// assert_eq!(roots, [digest.clone()]);
+///
+/// store.delete(&digest).await?;
+/// assert!(store.info(&digest).await.unwrap_err().is_not_found());
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait Manager: Send + Sync {
     /// What the store knows about `digest`. Missing: [`ErrorKind::NotFound`].
@@ -249,6 +349,25 @@ pub trait Manager: Send + Sync {
 }
 
 /// Manages ingests in progress.
+///
+/// ```
+/// use ocidist_content::{local::LocalStore, IngestManager, Ingester, WriterOpts};
+/// use tokio::io::AsyncWriteExt;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = LocalStore::open(dir.path())?;
+/// let mut writer = store.writer(WriterOpts::new("layer-sha256:abc").size(100)).await?;
+/// writer.write_all(&[0; 40]).await?;
+/// writer.shutdown().await?;
+///
+/// let active = store.list_statuses(&["ref==layer-sha256:abc"]).await?;
+/// assert_eq!((active[0].offset, active[0].total), (40, Some(100)));
+/// store.abort("layer-sha256:abc").await?;
+/// assert!(store.list_statuses(&[]).await?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait IngestManager: Send + Sync {
     /// The status of the ingest `reference`. Missing: [`ErrorKind::NotFound`].

@@ -61,6 +61,31 @@ impl Fields for Image {
 }
 
 /// Names to image targets, as containerd's image service.
+///
+/// ```
+/// use ocidist_content::{sha256_of, Descriptor, MediaType};
+/// use ocidist_images::{DbImageStore, Image, ImageStore};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let images = DbImageStore::open(dir.path().join("images.redb"))?;
+/// let v1 = Descriptor::new(MediaType::ImageIndex, 500, sha256_of(b"v1"));
+/// let v2 = Descriptor::new(MediaType::ImageIndex, 500, sha256_of(b"v2"));
+/// let name = "docker.io/library/redis:latest";
+/// images.create(Image::new(name.to_string(), v1)).await?;
+///
+/// // A new pull of the tag moves the name; nothing else changes.
+/// images.update(Image::new(name.to_string(), v2.clone()), &["target"]).await?;
+/// assert_eq!(images.get(name).await?.target, v2);
+/// let found = images.list(&[&format!("target.digest=={}", v2.digest())]).await?;
+/// assert_eq!(found.len(), 1);
+///
+/// images.delete(name).await?;
+/// let gone = images.get(name).await.unwrap_err();
+/// assert_eq!(gone.kind(), ocidist_content::ErrorKind::NotFound);
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait ImageStore: Send + Sync {
     /// The image `name`. Missing: [`ErrorKind::NotFound`].

@@ -7,15 +7,58 @@
 //! Docker registry v2 / OCI distribution API. Behind the `testkit` feature,
 //! the `testkit` module runs the real CNCF registry on loopback for tests.
 //!
-//! Done so far: references, resolve (HEAD, GET-and-hash fallback, digest
-//! references verified), fetch (streaming, ranged resume), `fetch_object`,
-//! push (monolithic or chunked), retries with backoff and `Retry-After`,
-//! timeouts, TLS with extra CAs, basic and bearer-token auth with credentials
-//! from Docker's config, containerd's `hosts.toml` (mirrors, capabilities),
-//! the resumable [`fetch_handler`] / [`fetch_image`] pipeline and
-//! [`push_image`] with cross-repository mounts from the [`source`] labels a
-//! fetch records, and parallel ranged fetch of large blobs
-//! ([`docker::RangedFetch`]).
+//! [`fetch_image`] runs the resumable fetch pipeline (parallel, a ref per
+//! blob so a restarted fetch resumes mid-layer), [`push_image`] pushes an
+//! image children first, mounting blobs from other repositories of the same
+//! registry where a fetch recorded their [`source`].
+//!
+//! ```
+//! use futures::TryStreamExt;
+//! use ocidist_content::{sha256_of, Descriptor, Labels, MediaType};
+//! use ocidist_remotes::{docker::DockerResolver, testkit::Registry, Resolver};
+//! use tokio::io::AsyncWriteExt;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The real CNCF registry on loopback (`apt-get install docker-registry`).
+//! let registry = Registry::start()?;
+//! let resolver = DockerResolver::new();
+//! let reference = format!("{}/demo/app:1", registry.host());
+//!
+//! // Pushing is ingesting: a writer per descriptor, verified at commit.
+//! let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+//! let config = (Descriptor::new(MediaType::ImageConfig, config.len() as u64, sha256_of(config)), &config[..]);
+//! let manifest = serde_json::json!({
+//!     "schemaVersion": 2,
+//!     "mediaType": "application/vnd.oci.image.manifest.v1+json",
+//!     "config": config.0,
+//!     "layers": [],
+//! })
+//! .to_string();
+//! let manifest_desc =
+//!     Descriptor::new(MediaType::ImageManifest, manifest.len() as u64, sha256_of(manifest.as_bytes()));
+//! let pusher = resolver.pusher(&reference).await?;
+//! for (desc, bytes) in [config, (manifest_desc.clone(), manifest.as_bytes())] {
+//!     let mut writer = pusher.push(&desc).await?;
+//!     writer.write_all(bytes).await?;
+//!     writer.commit(None, None, Labels::new()).await?;
+//! }
+//!
+//! // The tag resolves to the manifest; its bytes come back unchanged.
+//! let (name, desc) = resolver.resolve(&reference).await?;
+//! assert_eq!(desc.digest(), manifest_desc.digest());
+//! let fetcher = resolver.fetcher(&name).await?;
+//! let fetched = fetcher
+//!     .fetch(&desc, 0)
+//!     .await?
+//!     .try_fold(Vec::new(), |mut all, bytes| async move {
+//!         all.extend_from_slice(&bytes);
+//!         Ok(all)
+//!     })
+//!     .await?;
+//! assert_eq!(fetched, manifest.as_bytes());
+//! # Ok(())
+//! # }
+//! ```
 
 use std::pin::Pin;
 
@@ -45,7 +88,8 @@ pub use reference::Reference;
 /// A stream of bytes from a registry.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
-/// Finds what a reference names and gives access to its content.
+/// Finds what a reference names and gives access to its content. The
+/// [crate](crate) example resolves, fetches and pushes with all three traits.
 #[async_trait]
 pub trait Resolver: Send + Sync {
     /// The normalised name and the descriptor of the manifest or index that
@@ -59,7 +103,7 @@ pub trait Resolver: Send + Sync {
     async fn pusher(&self, reference: &str) -> Result<Box<dyn Pusher>>;
 }
 
-/// Reads blobs and manifests.
+/// Reads blobs and manifests (see the [crate](crate) example).
 #[async_trait]
 pub trait Fetcher: Send + Sync {
     /// The content `desc` names, from byte `offset` on (0 for all of it).
@@ -82,7 +126,7 @@ impl<F: Fetcher + ?Sized> Fetcher for std::sync::Arc<F> {
     }
 }
 
-/// Writes blobs and manifests.
+/// Writes blobs and manifests (see the [crate](crate) example).
 #[async_trait]
 pub trait Pusher: Send + Sync {
     /// A writer for `desc`: write its bytes and commit. Content already in the
