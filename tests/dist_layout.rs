@@ -399,3 +399,41 @@ fn a_layout_with_some_platforms_imports_and_whole_names_survive_the_round_trip()
 fn index_digest(dir: &Path) -> String {
     entries(dir)[0].2.clone()
 }
+
+/// A layout blob with the right size and the wrong bytes fails the import,
+/// and once the file is put right the import succeeds: the bad bytes were not
+/// kept to be resumed.
+#[test]
+fn a_corrupt_layout_blob_fails_and_the_repaired_layout_imports() {
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let digest = build(&builder);
+    let layout = work.path().join("layout");
+    ok(dist(
+        &builder,
+        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
+        b"",
+    ));
+    let manifest_file = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let good = std::fs::read(&manifest_file).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::set_permissions(
+        &manifest_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::write(&manifest_file, &bad).unwrap();
+    let root = work.path().join("store");
+    let failed = dist(&root, &["import", layout.to_str().unwrap()], b"");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("digest"),
+        "{failed:?}"
+    );
+    std::fs::write(&manifest_file, &good).unwrap();
+    let imported = ok(dist(&root, &["import", layout.to_str().unwrap()], b""));
+    assert!(imported.starts_with("app sha256:"), "{imported}");
+}

@@ -129,7 +129,10 @@ pub enum CopySource<'a> {
 ///
 /// If the writer already holds more than `size` bytes it is truncated to 0 first.
 /// A source that ends before `size` is a [`Error::ShortRead`] (nothing
-/// committed); a blob that turns out to exist already is success.
+/// committed, the bytes kept to resume); bytes that do not hash to
+/// `expected` are a [`Error::DigestMismatch`], and the ingest is emptied so
+/// that the next attempt starts over; a blob that turns out to exist
+/// already is success.
 pub async fn copy(
     writer: &mut dyn Writer,
     source: CopySource<'_>,
@@ -176,6 +179,23 @@ pub async fn copy(
             expected: size,
             actual: offset + copied,
         });
+    }
+    // Bytes that hash wrong are not kept for a resume: the next attempt
+    // would resume them and fail the same way (a source fixed since, or a
+    // resumed prefix that was the wrong one). The fetch pipeline aborts such
+    // an ingest for the same reason.
+    if let Some(expected) = expected {
+        let actual = writer.digest().await?;
+        // (Another algorithm than the writer's is checked by the commit.)
+        if actual.algorithm() == expected.algorithm() && actual != *expected {
+            let reference = writer.status().await?.reference;
+            writer.truncate(0).await?;
+            return Err(Error::DigestMismatch {
+                reference,
+                expected: expected.clone(),
+                actual,
+            });
+        }
     }
     match writer.commit(size, expected, labels).await {
         Err(err) if err.is_already_exists() => Ok(()),
