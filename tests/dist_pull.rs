@@ -243,6 +243,27 @@ fn pull_and_mount(snapshotter: &str) {
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     rootfs(&["--unmount", mnt.to_str().unwrap()]);
 
+    // Unmounted by hand and another filesystem mounted there since: that
+    // one stays, and the snapshot goes.
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    // SAFETY: a valid C string; the mount is this test's own.
+    assert_eq!(unsafe { libc::umount2(c_mnt.as_ptr(), 0) }, 0);
+    std::fs::remove_dir(&mnt).unwrap();
+    let tmpfs = Tmpfs::with_a_file(&mnt);
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+    assert_eq!(std::fs::read(mnt.join("file")).unwrap(), b"kept");
+    assert!(tmpfs.unmount(), "the tmpfs was left mounted");
+    // Gone with a reboot, its directory too (a rootfs under /run): the
+    // snapshot still goes, and the directory can be used again.
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::umount2(c_mnt.as_ptr(), 0) }, 0);
+    std::fs::remove_dir(&mnt).unwrap();
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+    std::fs::create_dir(&mnt).unwrap();
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+
     let copy = work.path().join("copy");
     copy_and_check_rootfs(&root, snapshotter, &reference, &copy);
     assert!(

@@ -143,7 +143,7 @@ pub(crate) async fn rootfs_cmd(
         // Ours, or nothing is touched: a mistyped path must not take down a
         // filesystem this store never mounted.
         let mounts = match snapshotter.mounts(&key).await {
-            Ok(mounts) => mounts.len(),
+            Ok(mounts) => mounts,
             Err(e) if e.is_not_found() => {
                 return Err(Failure::new(
                     what,
@@ -154,22 +154,34 @@ pub(crate) async fn rootfs_cmd(
             }
             Err(e) => return Err(Failure::new(what, e)),
         };
-        // Only what `rootfs` mounted there: a filesystem DEST was the mount
-        // point of before stays.
+        // Only what `rootfs` mounted there, and only if it is still on top:
+        // unmounted already (by hand, a reboot, a crash before the mount),
+        // or DEST gone, the snapshot must still go, or nothing would ever
+        // remove it, while a filesystem mounted at DEST (before, or since)
+        // stays.
         let unmounting = dest.clone();
-        let unmounted =
-            tokio::task::spawn_blocking(move || mount::unmount_unless_busy(&unmounting, mounts))
-                .await
-                .map_err(|e| Failure::new(what.clone(), e))?;
-        match unmounted {
-            Ok(()) => {}
-            // Unmounted already (by hand, or by a reboot): the snapshot must
-            // still go, or nothing would ever remove it.
-            Err(ocidist::snapshot::Error::Io { source, .. })
-                if source.raw_os_error() == Some(libc::EINVAL) => {}
-            // In use (EBUSY): mounted it stays, and so does its snapshot.
-            Err(e) => return Err(Failure::new(what, e)),
-        }
+        let unmounted = tokio::task::spawn_blocking(move || {
+            let ours = match mounts.last() {
+                Some(top) => match mount::is_topmost(&unmounting, top) {
+                    Ok(ours) => ours,
+                    Err(ocidist::snapshot::Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        false
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => false,
+            };
+            if ours {
+                mount::unmount_unless_busy(&unmounting, mounts.len())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Failure::new(what.clone(), e))?;
+        // In use (EBUSY): mounted it stays, and so does its snapshot.
+        unmounted.map_err(|e| Failure::new(what.clone(), e))?;
         snapshotter
             .remove(&key)
             .await

@@ -261,6 +261,122 @@ pub fn unmount_unless_busy(target: &Path, count: usize) -> Result<()> {
     Ok(())
 }
 
+/// Whether the topmost mount at `target` is `mount` (the last of the mounts
+/// a snapshot gave, as [`mount_all`] made them there), read from
+/// `/proc/self/mountinfo`: an overlay with `mount`'s upper directory, or a
+/// bind of `mount`'s source. False when nothing, or something else, is
+/// mounted there: a mount gone with a reboot, or another filesystem a caller
+/// must not take down.
+pub fn is_topmost(target: &Path, mount: &Mount) -> Result<bool> {
+    let target = std::fs::canonicalize(target).map_err(|e| Error::io("stat", target, e))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    let Some(top) = mountinfo
+        .lines()
+        .rev()
+        .filter_map(MountInfo::parse)
+        .find(|m| m.mount_point == target)
+    else {
+        return Ok(false);
+    };
+    Ok(match mount.kind.as_str() {
+        "overlay" => {
+            let Some(upper) = mount.option("upperdir") else {
+                // A read-only overlay: its lower directories say which.
+                return Ok(top.fs_type == "overlay"
+                    && mount.option("lowerdir").is_some_and(|lower| {
+                        top.option("lowerdir")
+                            .is_some_and(|shown| same_dirs(lower, shown))
+                    }));
+            };
+            top.fs_type == "overlay"
+                && top
+                    .option("upperdir")
+                    .is_some_and(|shown| same_dirs(upper, shown))
+        }
+        _ => {
+            // A bind shows the device of its source and the source's path
+            // within that filesystem.
+            use std::os::unix::fs::MetadataExt;
+            let Ok(source) = std::fs::metadata(&mount.source) else {
+                return Ok(false);
+            };
+            let dev = source.dev();
+            let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+            top.device == (major, minor)
+                && mount
+                    .source
+                    .ends_with(top.root.strip_prefix("/").unwrap_or(&top.root))
+        }
+    })
+}
+
+/// Whether `ours` (as the snapshotter wrote it) and `shown` (as mountinfo
+/// shows it: relative when [`Mount::mount`] shortened it) name the same
+/// directories.
+fn same_dirs(ours: &str, shown: &str) -> bool {
+    let ours: Vec<&str> = ours.split(':').collect();
+    let shown: Vec<&str> = shown.split(':').collect();
+    ours.len() == shown.len()
+        && ours.iter().zip(&shown).all(|(ours, shown)| {
+            // `.`: the directory a shortened option was made relative to.
+            *ours == *shown || *shown == "." || Path::new(ours).ends_with(shown)
+        })
+}
+
+/// One line of `/proc/self/mountinfo`, the fields [`is_topmost`] reads.
+struct MountInfo {
+    device: (u32, u32),
+    root: PathBuf,
+    mount_point: PathBuf,
+    fs_type: String,
+    super_options: String,
+}
+
+impl MountInfo {
+    fn parse(line: &str) -> Option<MountInfo> {
+        let (fields, rest) = line.split_once(" - ")?;
+        let fields: Vec<&str> = fields.split(' ').collect();
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        let rest: Vec<&str> = rest.split(' ').collect();
+        Some(MountInfo {
+            device: (major.parse().ok()?, minor.parse().ok()?),
+            root: PathBuf::from(unescape(fields.get(3)?)),
+            mount_point: PathBuf::from(unescape(fields.get(4)?)),
+            fs_type: rest.first()?.to_string(),
+            super_options: rest.get(2).map(|o| unescape(o)).unwrap_or_default(),
+        })
+    }
+
+    fn option(&self, name: &str) -> Option<&str> {
+        self.super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`,
+/// `\134`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = field
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The directory of a single writable bind mount, for callers that fill a
 /// snapshot without mounting it.
 pub fn writable_dir(mounts: &[Mount]) -> Option<PathBuf> {
@@ -314,6 +430,21 @@ impl ApplyTarget {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mountinfo_lines_are_read_with_their_escapes() {
+        let line = r"36 35 0:52 /snap\040shots/4/fs /run/my\040root rw,relatime shared:1 - overlay overlay rw,lowerdir=3/fs:2/fs,upperdir=40/fs,workdir=40/work";
+        let info = super::MountInfo::parse(line).unwrap();
+        assert_eq!(info.device, (0, 52));
+        assert_eq!(info.root, Path::new("/snap shots/4/fs"));
+        assert_eq!(info.mount_point, Path::new("/run/my root"));
+        assert_eq!(info.fs_type, "overlay");
+        assert_eq!(info.option("upperdir"), Some("40/fs"));
+        assert!(super::same_dirs("/var/lib/s/snapshots/40/fs", "40/fs"));
+        assert!(!super::same_dirs("/var/lib/s/snapshots/41/fs", "40/fs"));
+        assert!(super::same_dirs("/s/3/fs:/s/2/fs", "3/fs:2/fs"));
+        assert!(!super::same_dirs("/s/3/fs", "3/fs:2/fs"));
+    }
+
     #[test]
     fn only_the_whole_identity_map_is_the_initial_namespace() {
         assert!(super::is_initial_uid_map(
