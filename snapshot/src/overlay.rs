@@ -136,8 +136,10 @@ impl OverlaySnapshotter {
         }
     }
 
-    /// Fills a staging directory: empty `fs/` (0755) and `work/`.
-    fn fill(staging: &Path) -> Result<()> {
+    /// Fills a staging directory: empty `fs/` (0755, owned as the parent's
+    /// root is, as containerd makes it: the upper directory is the root a
+    /// mount shows) and `work/`.
+    fn fill(base: &Base, request: &PrepareRequest, staging: &Path) -> Result<()> {
         for sub in ["fs", "work"] {
             let dir = staging.join(sub);
             std::fs::create_dir(&dir).map_err(|e| Error::io("mkdir", dir, e))?;
@@ -145,7 +147,20 @@ impl OverlaySnapshotter {
         // The root of a layer is 0755 unless the layer says otherwise.
         let fs = staging.join("fs");
         std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(|e| Error::io("chmod", fs, e))
+            .map_err(|e| Error::io("chmod", &fs, e))?;
+        if let Some(parent) = &request.parent {
+            use std::os::unix::fs::MetadataExt;
+            let ids = base.meta.committed_parent(parent)?;
+            let parent_fs = Self::upper(base, ids[0]);
+            let owner =
+                std::fs::metadata(&parent_fs).map_err(|e| Error::io("stat", &parent_fs, e))?;
+            let made = std::fs::metadata(&fs).map_err(|e| Error::io("stat", &fs, e))?;
+            if (owner.uid(), owner.gid()) != (made.uid(), made.gid()) {
+                std::os::unix::fs::lchown(&fs, Some(owner.uid()), Some(owner.gid()))
+                    .map_err(|e| Error::io("chown", &fs, e))?;
+            }
+        }
+        Ok(())
     }
 
     async fn create_all(
@@ -156,8 +171,7 @@ impl OverlaySnapshotter {
         let options = self.options.clone();
         self.base
             .run(move |base| {
-                let created =
-                    base.stage_and_create_all(requests, kind, |_, _, staging| Self::fill(staging))?;
+                let created = base.stage_and_create_all(requests, kind, Self::fill)?;
                 Ok(created
                     .into_iter()
                     .map(|(record, parents)| {

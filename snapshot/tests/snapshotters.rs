@@ -582,3 +582,64 @@ async fn a_directory_a_killed_remove_left_goes_at_the_next_open() {
         b"kept"
     );
 }
+
+/// Sets or clears the immutable flag of `path` (root, on ext4).
+fn set_immutable(path: &Path, on: bool) {
+    let file = std::fs::File::open(path).unwrap();
+    let flags = rustix::fs::ioctl_getflags(&file).unwrap();
+    let flags = if on {
+        flags | rustix::fs::IFlags::IMMUTABLE
+    } else {
+        flags - rustix::fs::IFlags::IMMUTABLE
+    };
+    rustix::fs::ioctl_setflags(&file, flags).unwrap();
+}
+
+/// A snapshot whose directory will not go is removed all the same: its
+/// record is gone, the removal said done, and the leftover swept by the
+/// next open once it can go.
+#[tokio::test]
+async fn a_directory_that_will_not_go_does_not_fail_a_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("native");
+    let s = NativeSnapshotter::open(&root).unwrap();
+    let mounts = s.prepare("a", None, Labels::new()).await.unwrap();
+    let fs = mount::writable_dir(&mounts).unwrap();
+    let stuck = fs.join("stuck");
+    std::fs::write(&stuck, b"x").unwrap();
+    set_immutable(&stuck, true);
+    s.commit("c", "a", Labels::new()).await.unwrap();
+
+    let removed = s.remove("c").await;
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for leftover in &leftovers {
+        let stuck = leftover.join("stuck");
+        if stuck.exists() {
+            set_immutable(&stuck, false);
+        }
+    }
+    removed.unwrap();
+    assert!(s.stat("c").await.unwrap_err().kind() == ErrorKind::NotFound);
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+/// An overlay layer's upper directory is owned as its parent's root is, as
+/// containerd makes it: a mount shows the upper directory as `/`.
+#[tokio::test]
+async fn an_overlay_root_keeps_its_parents_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = OverlaySnapshotter::open(dir.path().join("overlay")).unwrap();
+    let mounts = s.prepare("a", None, Labels::new()).await.unwrap();
+    let base = mount::writable_dir(&mounts).unwrap();
+    std::os::unix::fs::chown(&base, Some(1000), Some(1001)).unwrap();
+    s.commit("base", "a", Labels::new()).await.unwrap();
+    let mounts = s.prepare("b", Some("base"), Labels::new()).await.unwrap();
+    let upper = mounts[0].option("upperdir").unwrap();
+    let owner = std::fs::metadata(upper).unwrap();
+    assert_eq!((owner.uid(), owner.gid()), (1000, 1001));
+}
