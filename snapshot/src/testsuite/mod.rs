@@ -1,8 +1,10 @@
 //! The conformance suite every snapshotter must pass (feature `testsuite`).
 //!
 //! These are containerd's 21 snapshotter cases (`core/snapshots/testsuite`),
-//! with its layers, keys and semantics, and one of ours
-//! ([`apply_only_prepare`]), as plain `pub async fn`s that panic on failure. Each takes a fresh, empty snapshotter and an empty scratch
+//! with its layers, keys and semantics, and four of ours
+//! ([`apply_only_prepare`], and the trait's own contract:
+//! [`contract_errors`], [`mounts_are_what_prepare_gave`],
+//! [`usage_of_what_was_written`]), as plain `pub async fn`s that panic on failure. Each takes a fresh, empty snapshotter and an empty scratch
 //! directory for mount points and expected trees:
 //!
 //! ```no_run
@@ -62,7 +64,8 @@ macro_rules! snapshotter_suite {
             directory_permission_on_commit, remove_intermediate_snapshot,
             deleted_files_in_child_snapshot, move_file_from_lower_layer, view_readonly,
             stat_in_walk, close_twice, root_permission, rename, mount_128_layers,
-            apply_only_prepare);
+            apply_only_prepare, contract_errors, mounts_are_what_prepare_gave,
+            usage_of_what_was_written);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -1529,4 +1532,189 @@ pub async fn apply_only_prepare<S: Snapshotter + ?Sized>(snapshotter: &S, work: 
     apply_ops(&flat, &upper);
     check_snapshot(snapshotter, work, &name, &flat).await;
     remove_tree(&flat);
+}
+
+/// The [`Snapshotter`] contract's errors, each of the kind the trait names:
+/// a key in use (of any kind) is `AlreadyExists`; a parent that is missing
+/// `NotFound`, one that is not committed `FailedPrecondition`; committing
+/// anything but an active snapshot `FailedPrecondition`, onto a name in use
+/// `AlreadyExists`; a missing key `NotFound` for every call that names one;
+/// an unknown field path `InvalidArgument`. Nothing a refused call names is
+/// left behind.
+pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
+    let s = snapshotter;
+    let active = key(work, "active");
+    let missing = key(work, "missing");
+    s.prepare(&active, None, Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare {active:?}: {e}"));
+    expect_error(
+        s.prepare(&active, None, Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "prepare of an active key",
+    );
+    let refused = key(work, "refused");
+    expect_error(
+        s.prepare(&refused, Some(&active), Labels::new()).await,
+        ErrorKind::FailedPrecondition,
+        "prepare on a parent that is not committed",
+    );
+    expect_error(
+        s.prepare(&refused, Some(&missing), Labels::new()).await,
+        ErrorKind::NotFound,
+        "prepare on a missing parent",
+    );
+    expect_error(
+        s.view(&refused, Some(&missing), Labels::new()).await,
+        ErrorKind::NotFound,
+        "view of a missing parent",
+    );
+    expect_error(
+        s.stat(&refused).await,
+        ErrorKind::NotFound,
+        "stat of a key whose prepare was refused",
+    );
+
+    let committed = key(work, "committed");
+    commit_ok(s, &committed, &active, Labels::new()).await;
+    expect_error(
+        s.commit(&key(work, "again"), &committed, Labels::new())
+            .await,
+        ErrorKind::FailedPrecondition,
+        "commit of a committed snapshot",
+    );
+    expect_error(
+        s.prepare(&committed, None, Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "prepare of a committed name",
+    );
+    let view = key(work, "view");
+    s.view(&view, Some(&committed), Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("view {view:?}: {e}"));
+    expect_error(
+        s.commit(&key(work, "from-view"), &view, Labels::new())
+            .await,
+        ErrorKind::FailedPrecondition,
+        "commit of a view",
+    );
+    let other = key(work, "other");
+    s.prepare(&other, None, Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare {other:?}: {e}"));
+    expect_error(
+        s.commit(&committed, &other, Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "commit onto a name in use",
+    );
+    assert_eq!(
+        stat_ok(s, &other).await.kind,
+        Kind::Active,
+        "a refused commit leaves its key active"
+    );
+
+    expect_error(
+        s.stat(&missing).await,
+        ErrorKind::NotFound,
+        "stat of a missing key",
+    );
+    expect_error(
+        s.usage(&missing).await,
+        ErrorKind::NotFound,
+        "usage of a missing key",
+    );
+    expect_error(
+        s.mounts(&missing).await,
+        ErrorKind::NotFound,
+        "mounts of a missing key",
+    );
+    expect_error(
+        s.remove(&missing).await,
+        ErrorKind::NotFound,
+        "remove of a missing key",
+    );
+    let mut info = stat_ok(s, &committed).await;
+    info.name = missing.clone();
+    expect_error(
+        s.update(info, &[]).await,
+        ErrorKind::NotFound,
+        "update of a missing key",
+    );
+    let info = stat_ok(s, &committed).await;
+    expect_error(
+        s.update(info, &["parent"]).await,
+        ErrorKind::InvalidArgument,
+        "update of a field that is not labels",
+    );
+
+    for key in [&view, &other, &committed] {
+        s.remove(key)
+            .await
+            .unwrap_or_else(|e| panic!("remove {key:?}: {e}"));
+    }
+    let left = s.walk(&[]).await.unwrap_or_else(|e| panic!("walk: {e}"));
+    assert!(left.is_empty(), "nothing left: {left:?}");
+}
+
+/// `mounts` of an active snapshot or a view gives what its prepare or view
+/// gave, and keeps giving it.
+pub async fn mounts_are_what_prepare_gave<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
+    let s = snapshotter;
+    let (base, parent) = (key(work, "base"), key(work, "layer"));
+    s.prepare(&base, None, Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare {base:?}: {e}"));
+    commit_ok(s, &parent, &base, Labels::new()).await;
+    let active = key(work, "active");
+    let view = key(work, "view");
+    let prepared = s
+        .prepare(&active, Some(&parent), Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare {active:?}: {e}"));
+    let viewed = s
+        .view(&view, Some(&parent), Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("view {view:?}: {e}"));
+    for (key, gave) in [(&active, &prepared), (&view, &viewed)] {
+        for _ in 0..2 {
+            let again = s
+                .mounts(key)
+                .await
+                .unwrap_or_else(|e| panic!("mounts {key:?}: {e}"));
+            assert_eq!(&again, gave, "mounts of {key:?}");
+        }
+    }
+    assert!(
+        viewed.iter().any(Mount::is_readonly),
+        "a view mounts read-only: {viewed:?}"
+    );
+}
+
+/// `usage` of an active snapshot counts what was written into it: a file's
+/// blocks and inode, a hard link to it not twice.
+pub async fn usage_of_what_was_written<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
+    let s = snapshotter;
+    let (active, mounted) = prepare_mount(s, work, "active", None).await;
+    let before = s
+        .usage(&active)
+        .await
+        .unwrap_or_else(|e| panic!("usage {active:?}: {e}"));
+    // The key is the directory it is mounted at.
+    let root = Path::new(&active);
+    let data = vec![7u8; 1 << 20];
+    std::fs::write(root.join("one"), &data).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::hard_link(root.join("one"), root.join("two")).unwrap_or_else(|e| panic!("link: {e}"));
+    let file = std::fs::File::open(root.join("one")).unwrap_or_else(|e| panic!("open: {e}"));
+    file.sync_all().unwrap_or_else(|e| panic!("fsync: {e}"));
+    mounted.unmount();
+    let after = s
+        .usage(&active)
+        .await
+        .unwrap_or_else(|e| panic!("usage {active:?}: {e}"));
+    assert_eq!(after.inodes, before.inodes + 1, "one inode, linked twice");
+    let grew = after.size - before.size;
+    assert!(
+        (1 << 20..2 << 20).contains(&grew),
+        "1 MiB written, counted once: grew by {grew} bytes"
+    );
 }
