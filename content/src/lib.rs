@@ -275,7 +275,10 @@ pub trait Writer: AsyncWrite + Send + Unpin {
     /// The ingest's status, including bytes written but not yet flushed.
     async fn status(&mut self) -> Result<Status>;
 
-    /// The running digest of every byte written so far.
+    /// The running digest of every byte written so far; after a commit,
+    /// the blob's (the local store's writer also after a commit that found
+    /// the blob already there, so a caller that wrote content of unknown
+    /// digest learns which it was).
     async fn digest(&mut self) -> Result<Digest>;
 
     /// Verifies and commits the data as a blob.

@@ -1313,3 +1313,29 @@ fn staged_labels_left_by_a_crash_are_cleared_at_open() {
     assert!(!old.exists(), "the crash's leftover is gone");
     assert!(fresh.exists(), "a fresh one may be a commit in progress");
 }
+
+/// Content of unknown digest, written twice: the second writer's commit finds
+/// the blob there, and can still say which blob that was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_finds_the_blob_still_says_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let data = b"cached build output";
+    for round in 0..2 {
+        let mut writer = ocidist_content::Ingester::writer(
+            &store,
+            ocidist_content::WriterOpts::new(format!("cache-{round}")),
+        )
+        .await
+        .unwrap();
+        writer.write_all(data).await.unwrap();
+        let committed = writer
+            .commit(None, None, ocidist_content::Labels::new())
+            .await;
+        assert_eq!(committed.is_ok(), round == 0, "{committed:?}");
+        assert_eq!(
+            writer.digest().await.unwrap(),
+            ocidist_content::sha256_of(data)
+        );
+    }
+}

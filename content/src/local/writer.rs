@@ -1182,12 +1182,22 @@ impl Writer for LocalWriter {
         let expected = expected.cloned().or_else(|| self.expected.clone());
         let store = self.store.clone();
         let updated_at = self.updated_at;
-        let digest = fsutil::blocking(move || {
+        let committed = fsutil::blocking(move || {
             sink.commit(&store, pending, size, expected, &labels, updated_at)
         })
-        .await?;
-        self.committed = Some(digest);
-        Ok(())
+        .await;
+        match committed {
+            Ok(digest) => {
+                self.committed = Some(digest);
+                Ok(())
+            }
+            // The blob is there, so `digest()` can still say which.
+            Err(Error::AlreadyExists { digest }) => {
+                self.committed = Some(digest.clone());
+                Err(Error::AlreadyExists { digest })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn truncate(&mut self, size: u64) -> Result<()> {
