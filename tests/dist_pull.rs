@@ -560,6 +560,12 @@ fn root_in_a_user_namespace_pulls_and_mounts_with_user_xattrs() {
         .env("MNT", &mnt)
         .output()
         .expect("unshare runs (apt-get install util-linux)");
+    let warned = stderr(&out);
+    assert!(
+        warned.contains("dist: warning: layer-sha256:")
+            && warned.contains("1 device nodes skipped"),
+        "the skipped device is said: {warned}"
+    );
     let said = ok(out);
     assert!(said.contains("b\nno device\nuserxattr\n"), "{said}");
     assert!(

@@ -135,6 +135,19 @@ impl Display {
                 event = rx.recv() => {
                     let Some(event) = event else { break };
                     downloaded.note(&event);
+                    // What a layer's apply skipped, said once per layer (not
+                    // under --quiet, which keeps to errors and answers).
+                    if let PullEvent::Unpack(UnpackEvent::Unpacked { layer, warnings, .. }) = &event
+                        && !matches!(self, Display::Quiet)
+                    {
+                        for warning in warnings {
+                            let line = format!("dist: warning: {}: {warning}", layer_ref(layer));
+                            match &self {
+                                Display::Live(live) => live.multi.suspend(|| eprintln!("{line}")),
+                                _ => eprintln!("{line}"),
+                            }
+                        }
+                    }
                     match &mut self {
                         Display::Quiet => {}
                         Display::Plain => {

@@ -46,6 +46,10 @@ pub enum UnpackEvent {
         chain_id: Digest,
         /// How long applying and committing took.
         seconds: f64,
+        /// What applying it skipped, once per kind (owners and devices
+        /// without root, xattrs the filesystem refuses): see
+        /// [`Applied::warnings`](crate::apply::Applied::warnings).
+        warnings: Vec<String>,
     },
 }
 
@@ -172,7 +176,7 @@ where
             layer: layers[i].clone(),
         });
         let parent = i.checked_sub(1).map(|p| chain_ids[p].to_string());
-        unpack_layer(
+        let warnings = unpack_layer(
             provider,
             snapshotter,
             &layers[i],
@@ -186,6 +190,7 @@ where
             layer: layers[i].clone(),
             chain_id: chain_ids[i].clone(),
             seconds: started.elapsed().as_secs_f64(),
+            warnings,
         });
     }
     Ok(chain_ids[chain_ids.len() - 1].clone())
@@ -460,17 +465,19 @@ where
                 )
                 .await
                 .map_err(|e| e.in_layer(layer.digest()))?;
-                check_diff_id(layer, &layers.diff_ids[i], &done.diff_id)
+                check_diff_id(layer, &layers.diff_ids[i], &done.diff_id)?;
+                Ok(done.warnings)
             }
             .await;
             applied.mark(j, result.is_ok());
-            result.map(|()| started)
+            result.map(|warnings| (started, warnings))
         }
     };
 
     // Applied layers go to the committer in order; it commits whatever has
     // arrived as one batch.
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, Instant, Vec<String>)>();
     let applier = async {
         let mut results = futures::stream::iter(0..count)
             .map(apply_one)
@@ -479,8 +486,8 @@ where
         let mut j = 0;
         while let Some(result) = results.next().await {
             match result {
-                Ok(started) if first_error.is_none() => {
-                    let _ = ready_tx.send((j, started));
+                Ok((started, warnings)) if first_error.is_none() => {
+                    let _ = ready_tx.send((j, started, warnings));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -509,7 +516,7 @@ where
             }
             let requests: Vec<CommitRequest> = batch
                 .iter()
-                .map(|&(j, _)| {
+                .map(|&(j, _, _)| {
                     let i = first + j;
                     let mut labels = options.labels.clone();
                     labels.insert(UNCOMPRESSED_LABEL.into(), layers.diff_ids[i].to_string());
@@ -531,11 +538,12 @@ where
                 }
             }
             committed += batch.len();
-            for (j, started) in batch {
+            for (j, started, warnings) in batch {
                 send(UnpackEvent::Unpacked {
                     layer: layers.descriptors[first + j].clone(),
                     chain_id: layers.chain_ids[first + j].clone(),
                     seconds: started.elapsed().as_secs_f64(),
+                    warnings,
                 });
             }
         }
@@ -595,7 +603,7 @@ async fn unpack_layer<P, S>(
     chain_id: &Digest,
     parent: Option<&str>,
     options: &UnpackOptions,
-) -> Result<()>
+) -> Result<Vec<String>>
 where
     P: Provider + ?Sized,
     S: Snapshotter + ?Sized,
@@ -603,10 +611,10 @@ where
     let key = extract_key(chain_id);
     let mounts = match snapshotter.prepare(&key, parent, apply_only()).await {
         Ok(mounts) => mounts,
-        Err(e) if e.is_already_exists() => return Ok(()),
+        Err(e) if e.is_already_exists() => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let result = async {
+    let result: Result<Vec<String>> = async {
         let target = ApplyTarget::from_mounts(&mounts)?;
         let reader = provider.reader(layer).await?;
         let applied = apply_layer(
@@ -620,15 +628,16 @@ where
         check_diff_id(layer, diff_id, &applied.diff_id)?;
         let mut labels = options.labels.clone();
         labels.insert(UNCOMPRESSED_LABEL.into(), diff_id.to_string());
-        snapshotter.commit(chain_id.as_ref(), &key, labels).await
+        snapshotter.commit(chain_id.as_ref(), &key, labels).await?;
+        Ok(applied.warnings)
     }
     .await;
     match result {
-        Ok(()) => Ok(()),
+        Ok(warnings) => Ok(warnings),
         // Another unpack of the same image got there first: use its layer.
         Err(e) if e.is_already_exists() => {
             let _ = snapshotter.remove(&key).await;
-            Ok(())
+            Ok(Vec::new())
         }
         Err(e) => {
             let _ = snapshotter.remove(&key).await;
