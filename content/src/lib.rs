@@ -43,6 +43,9 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+/// The OCI types this API speaks (descriptors, manifests, platforms), at the
+/// version it was built with, for callers that build images.
+pub use oci_spec;
 pub use oci_spec::image::{Descriptor, Digest, DigestAlgorithm, MediaType};
 use tokio::io::{AsyncRead, AsyncWrite};
 

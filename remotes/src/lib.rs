@@ -84,6 +84,8 @@ pub use fetch::{
 };
 pub use push::{push_image, push_order};
 pub use reference::Reference;
+/// The status type of [`Error::Status`], for matching on it.
+pub use reqwest::StatusCode;
 
 /// A stream of bytes from a registry.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;

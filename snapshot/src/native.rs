@@ -32,7 +32,9 @@ impl std::fmt::Debug for NativeSnapshotter {
 
 impl NativeSnapshotter {
     /// Opens (creating if needed) a native snapshotter rooted at `root`,
-    /// with [`Durability::Synced`] commits.
+    /// with [`Durability::Synced`] commits. `root` is the snapshotter's own:
+    /// it and its `snapshots/` are made private to their owner (0700), and
+    /// what a crash left there is removed.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(root, Durability::Synced)
     }

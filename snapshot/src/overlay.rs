@@ -56,7 +56,9 @@ pub fn supported() -> bool {
 
 impl OverlaySnapshotter {
     /// Opens (creating if needed) an overlay snapshotter rooted at `root`,
-    /// with [`Durability::Synced`] commits.
+    /// with [`Durability::Synced`] commits. `root` is the snapshotter's own:
+    /// it and its `snapshots/` are made private to their owner (0700), and
+    /// what a crash left there is removed.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(root, Durability::Synced)
     }
