@@ -165,7 +165,13 @@ async fn bearer_tokens_from_a_token_service() {
     // With credentials: push, then pull back, one token per scope.
     let bob = resolver_for(&registry.host(), "bob", "pa55");
     let pusher = bob.pusher(&format!("{repo}:1")).await.unwrap();
+    let before = tokens.requests();
     push_all(pusher.as_ref(), &blobs).await;
+    assert_eq!(
+        tokens.requests() - before,
+        1,
+        "one token (pull and push) serves the existence checks and the uploads"
+    );
     let before = tokens.requests();
     let (_, desc) = bob.resolve(&format!("{repo}:1")).await.unwrap();
     assert_eq!(desc.digest(), blobs[2].desc.digest());

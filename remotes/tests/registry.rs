@@ -400,33 +400,6 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
     );
 }
 
-/// A registry that refuses the existence check (403 on HEAD, as a token
-/// for pulling from a repository not yet there may be refused) still takes
-/// the push.
-#[tokio::test]
-async fn a_refused_existence_check_does_not_stop_the_push() {
-    let registry = registry();
-    let resolver = DockerResolver::new();
-    let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
-    let forbidden = || {
-        Fault::Answer {
-        status: 403,
-        body: r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#.into(),
-    }
-    };
-    proxy.add(Some("HEAD"), "/blobs/", 1, forbidden());
-    proxy.add(Some("HEAD"), "/manifests/", 1, forbidden());
-    let blobs = image(false, "linux/amd64", 1000);
-    let reference = format!("{}/test/new:1", proxy.host());
-    let pusher = resolver.pusher(&reference).await.unwrap();
-    push_all(pusher.as_ref(), &blobs).await;
-    let (_, resolved) = resolver
-        .resolve(&format!("{}/test/new:1", registry.host()))
-        .await
-        .unwrap();
-    assert_eq!(resolved.digest(), blobs[2].desc.digest());
-}
-
 /// A layer whose media type says "manifest" (OPA's policy layers do) is a
 /// blob: pushed to and fetched from `/blobs/`, not `/manifests/`.
 #[tokio::test]

@@ -434,11 +434,13 @@ impl Authorizer {
             })?;
         let client = clients.for_realm(realm);
         let service = challenge.params.get("service").cloned().unwrap_or_default();
-        let scope = challenge
-            .params
-            .get("scope")
-            .cloned()
-            .unwrap_or_else(|| scope.to_string());
+        // The challenge's scopes (what this request needs) with the ones
+        // asked for (what the operation will need: a push's check asks for
+        // push too), merged as containerd's `GetTokenScopes` merges them.
+        let scope = match challenge.params.get("scope") {
+            Some(challenged) => merge_scopes(challenged, scope),
+            None => scope.to_string(),
+        };
         // The challenge lists scopes separated by spaces (a mount asks for the
         // source's pull too). The OAuth2 form takes them so, in one `scope`
         // (RFC 6749); the GET form one `scope` parameter each (the token
@@ -557,8 +559,57 @@ fn urlencode(value: &str) -> String {
         .collect()
 }
 
+/// The scopes of `a` and `b` (each space-separated `type:name:actions`),
+/// one per resource with the union of its actions, in order: what a token
+/// for both must grant.
+fn merge_scopes(a: &str, b: &str) -> String {
+    let mut merged: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        std::collections::BTreeMap::new();
+    let mut other = Vec::new();
+    for scope in a.split_whitespace().chain(b.split_whitespace()) {
+        match scope.rsplit_once(':') {
+            Some((resource, actions)) if resource.contains(':') => {
+                merged
+                    .entry(resource)
+                    .or_default()
+                    .extend(actions.split(','));
+            }
+            _ if !other.contains(&scope) => other.push(scope),
+            _ => {}
+        }
+    }
+    let mut out: Vec<String> = merged
+        .into_iter()
+        .map(|(resource, actions)| {
+            let actions: Vec<&str> = actions.into_iter().filter(|a| !a.is_empty()).collect();
+            format!("{resource}:{}", actions.join(","))
+        })
+        .collect();
+    out.extend(other.into_iter().map(str::to_string));
+    out.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scopes_merge_per_resource() {
+        assert_eq!(
+            super::merge_scopes("repository:a/b:pull", "repository:a/b:pull,push"),
+            "repository:a/b:pull,push"
+        );
+        assert_eq!(
+            super::merge_scopes(
+                "repository:src:pull repository:dst:pull,push",
+                "repository:dst:push"
+            ),
+            "repository:dst:pull,push repository:src:pull"
+        );
+        assert_eq!(
+            super::merge_scopes("registry:catalog:*", "registry:catalog:*"),
+            "registry:catalog:*"
+        );
+    }
+
     use super::*;
 
     /// A token service on another machine gets the checked client when the

@@ -176,9 +176,14 @@ impl Pusher for DockerPusher {
         };
         let url = format!("{}/{kind}/{object}", self.repo.base);
         let media_type = desc.media_type().to_string();
+        // Asked with the push's own scope (pull and push), as containerd and
+        // skopeo ask for the whole push: one token serves the check and the
+        // upload, and a token service that grants no pull-only token on a
+        // repository not there yet still lets its owner push.
+        let push_scope = self.repo.scope(&Method::POST);
         let head = self
             .repo
-            .send(Method::HEAD, &url, |r| {
+            .send_scoped(Method::HEAD, &url, &push_scope, |r| {
                 r.header(header::ACCEPT, media_type.as_str())
             })
             .await?;
@@ -200,11 +205,6 @@ impl Pusher for DockerPusher {
             // to GET there too): not known to be there, and a PUT of a
             // manifest is idempotent.
             StatusCode::METHOD_NOT_ALLOWED if manifest => {}
-            // A token for pulling may be refused on a repository that does
-            // not exist yet, where pushing is allowed: not known to be
-            // there, and the push asks for its own scope (containerd goes on
-            // the same way).
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {}
             _ => return Err(self.repo.head_error(&url, head, &media_type).await),
         }
         let key = (self.repo.base.clone(), desc.digest().clone());
