@@ -3,7 +3,8 @@
 //! offers them). Works anywhere, needs no mounts. A snapshot prepared for a
 //! layer apply ([`APPLY_ONLY_LABEL`], as [`unpack`](crate::unpack()) does)
 //! shares its parent's files by hard link instead, so unpacking a layer costs
-//! its own size; every other prepare copies.
+//! its own size; every other prepare copies. A view is its parent's tree,
+//! bound read-only, as in containerd: nothing is copied.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,11 +61,18 @@ impl NativeSnapshotter {
         })
     }
 
-    /// The directory holding the snapshot `key` (whatever its kind).
+    /// The directory holding the snapshot `key` (whatever its kind; a view
+    /// with a parent is its parent's directory, which it must not change).
     pub async fn path(&self, key: &str) -> Result<PathBuf> {
         let key = key.to_string();
         self.base
-            .run(move |base| Ok(base.dir(base.meta.get(&key)?.0.id)))
+            .run(move |base| {
+                let (record, parents) = base.meta.get(&key)?;
+                Ok(match (record.kind, parents.first()) {
+                    (Kind::View, Some(parent)) => base.dir(*parent),
+                    _ => base.dir(record.id),
+                })
+            })
             .await
     }
 
@@ -90,13 +98,33 @@ impl NativeSnapshotter {
     ) -> Result<Vec<Vec<Mount>>> {
         self.base
             .run(move |base| {
-                let created = base.stage_and_create_all(requests, kind, Self::fill)?;
+                // A view is its parent, read-only, as containerd's native
+                // snapshotter binds it: nothing to copy.
+                let created =
+                    base.stage_and_create_all(requests, kind, |base, request, staging| {
+                        if kind == Kind::View {
+                            Ok(())
+                        } else {
+                            Self::fill(base, request, staging)
+                        }
+                    })?;
                 Ok(created
                     .into_iter()
-                    .map(|(record, _)| vec![Mount::bind(base.dir(record.id), kind == Kind::View)])
+                    .map(|(record, parents)| {
+                        Self::mounts_of(base, record.kind, record.id, &parents)
+                    })
                     .collect())
             })
             .await
+    }
+
+    /// A bind of the snapshot's directory (read-only unless active), or for
+    /// a view with a parent, of the parent's.
+    fn mounts_of(base: &Base, kind: Kind, id: u64, parents: &[u64]) -> Vec<Mount> {
+        match (kind, parents.first()) {
+            (Kind::View, Some(parent)) => vec![Mount::bind(base.dir(*parent), true)],
+            _ => vec![Mount::bind(base.dir(id), kind != Kind::Active)],
+        }
     }
 }
 
@@ -118,11 +146,8 @@ impl Snapshotter for NativeSnapshotter {
         let key = key.to_string();
         self.base
             .run(move |base| {
-                let (record, _) = base.meta.get(&key)?;
-                Ok(vec![Mount::bind(
-                    base.dir(record.id),
-                    record.kind != Kind::Active,
-                )])
+                let (record, parents) = base.meta.get(&key)?;
+                Ok(Self::mounts_of(base, record.kind, record.id, &parents))
             })
             .await
     }

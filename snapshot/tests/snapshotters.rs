@@ -643,3 +643,31 @@ async fn an_overlay_root_keeps_its_parents_owner() {
     let owner = std::fs::metadata(upper).unwrap();
     assert_eq!((owner.uid(), owner.gid()), (1000, 1001));
 }
+
+/// A native view copies nothing: it is its parent's tree, bound read-only,
+/// as containerd's native snapshotter makes it, and uses no disk of its own.
+#[tokio::test]
+async fn a_native_view_is_its_parent_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+    let mounts = s.prepare("a", None, Labels::new()).await.unwrap();
+    let fs = mount::writable_dir(&mounts).unwrap();
+    std::fs::write(fs.join("big"), vec![1u8; 1 << 20]).unwrap();
+    s.commit("base", "a", Labels::new()).await.unwrap();
+    let base = s.path("base").await.unwrap();
+
+    let viewed = s.view("v", Some("base"), Labels::new()).await.unwrap();
+    assert_eq!(viewed, s.mounts("v").await.unwrap());
+    assert_eq!(viewed.len(), 1);
+    assert!(viewed[0].is_readonly(), "{viewed:?}");
+    assert_eq!(
+        inode(&viewed[0].source.join("big")),
+        inode(&base.join("big"))
+    );
+    assert!(s.usage("v").await.unwrap().size < 64 << 10);
+    assert_eq!(s.path("v").await.unwrap(), base);
+    let err = s.remove("base").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    s.remove("v").await.unwrap();
+    assert!(base.join("big").exists(), "the parent stays whole");
+}
