@@ -1,7 +1,8 @@
 //! Pull: fetch an image and unpack it, overlapped.
 //!
-//! The fetch runs as [`remotes::fetch_resolved`](crate::remotes::fetch_resolved)
-//! does; the unpack starts at once, reading the store through a provider that
+//! The fetch runs as [`remotes::fetch_content`](crate::remotes::fetch_content)
+//! does (the image named only once the unpack is done too); the unpack
+//! starts at once, reading the store through a provider that
 //! waits for each blob. A blob still downloading is read from its ingest as
 //! it grows ([`IngestManager::ingest_reader_at`]), so a layer is applied while
 //! its own bytes arrive, not only after the layers below it; a store that

@@ -243,6 +243,31 @@ fn pull_and_mount(snapshotter: &str) {
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     rootfs(&["--unmount", mnt.to_str().unwrap()]);
 
+    // Covered by another filesystem mounted over it: refused, and both stay
+    // until that one is taken off.
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    let cover = Tmpfs::over(&mnt);
+    let covered = dist(
+        &root,
+        &[
+            "--snapshotter",
+            snapshotter,
+            "rootfs",
+            "--unmount",
+            mnt.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(covered.status.code(), Some(1), "{}", stderr(&covered));
+    assert!(
+        stderr(&covered).contains("mounted over the rootfs"),
+        "{}",
+        stderr(&covered)
+    );
+    assert!(cover.unmount(), "the covering tmpfs stays");
+    assert!(mnt.join("etc/issue").exists(), "the rootfs stays");
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+
     // Unmounted by hand and another filesystem mounted there since: that
     // one stays, and the snapshot goes.
     rootfs(&[&reference, mnt.to_str().unwrap()]);
@@ -322,6 +347,11 @@ struct Tmpfs(std::ffi::CString);
 impl Tmpfs {
     fn with_a_file(dir: &Path) -> Tmpfs {
         std::fs::create_dir(dir).unwrap();
+        Tmpfs::over(dir)
+    }
+
+    /// A tmpfs mounted over `dir` (an existing directory), holding `file`.
+    fn over(dir: &Path) -> Tmpfs {
         let c_dir = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
         // SAFETY: valid C strings.
         let mounted = unsafe {

@@ -129,13 +129,18 @@ pub enum CopySource<'a> {
 ///
 /// If the writer already holds more than `size` bytes it is truncated to 0 first.
 /// A source that ends before `size` is a [`Error::ShortRead`] (nothing
-/// committed, the bytes kept to resume); bytes that do not hash to
-/// `expected` are a [`Error::DigestMismatch`], and the ingest is emptied so
-/// that the next attempt starts over; a blob that turns out to exist
+/// committed, the bytes kept to resume); a blob that turns out to exist
 /// already is success.
+///
+/// A resumed ingest whose whole `size` then hashes wrong kept bytes that
+/// were not the source's (an earlier, wrong source, since put right): it is
+/// emptied and, from a source that can be read again (`Seekable`,
+/// `ReaderAt`), copied once more from the start; from a `Stream` the
+/// mismatch is returned, the ingest empty for the next attempt. Otherwise a
+/// mismatch keeps the bytes, as [`Writer::commit`] says.
 pub async fn copy(
     writer: &mut dyn Writer,
-    source: CopySource<'_>,
+    mut source: CopySource<'_>,
     size: Option<u64>,
     expected: Option<&Digest>,
     labels: Labels,
@@ -146,23 +151,68 @@ pub async fn copy(
         offset = 0;
     }
     let mut buf = vec![0; COPY_BUFFER];
-    let copied = match source {
+    let copied = copy_from(writer, &mut source, offset, &mut buf).await?;
+    let short = |copied: u64, offset: u64| match size {
+        Some(size) if offset + copied < size => Err(Error::ShortRead {
+            expected: size,
+            actual: offset + copied,
+        }),
+        _ => Ok(()),
+    };
+    short(copied, offset)?;
+    // Checked before the commit only for a resumed ingest known complete:
+    // asking a fresh writer its digest would write out what a small blob's
+    // commit stages without a data file.
+    if offset > 0
+        && size.is_some_and(|size| offset + copied == size)
+        && let Some(expected) = expected
+    {
+        let actual = writer.digest().await?;
+        // (Another algorithm than the writer's is checked by the commit.)
+        if actual.algorithm() == expected.algorithm() && actual != *expected {
+            writer.truncate(0).await?;
+            if matches!(source, CopySource::Stream(_)) {
+                return Err(Error::DigestMismatch {
+                    reference: writer.status().await?.reference,
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            let copied = copy_from(writer, &mut source, 0, &mut buf).await?;
+            short(copied, 0)?;
+        }
+    }
+    match writer.commit(size, expected, labels).await {
+        Err(err) if err.is_already_exists() => Ok(()),
+        other => other,
+    }
+}
+
+/// Copies what `source` has from `offset` on into `writer`; returns the
+/// bytes copied.
+async fn copy_from(
+    writer: &mut dyn Writer,
+    source: &mut CopySource<'_>,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<u64> {
+    Ok(match source {
         CopySource::Stream(reader) => {
-            discard(reader, offset, &mut buf).await?;
-            pump(reader, writer, &mut buf).await?
+            discard(*reader, offset, buf).await?;
+            pump(*reader, writer, buf).await?
         }
         CopySource::Seekable(reader) => {
             reader
                 .seek(std::io::SeekFrom::Start(offset))
                 .await
                 .map_err(Error::Source)?;
-            pump(reader, writer, &mut buf).await?
+            pump(*reader, writer, buf).await?
         }
         CopySource::ReaderAt(reader) => {
             let mut offset = offset;
             let mut copied = 0;
             loop {
-                let n = reader.read_at(offset, &mut buf).await?;
+                let n = reader.read_at(offset, buf).await?;
                 if n == 0 {
                     break copied;
                 }
@@ -171,36 +221,7 @@ pub async fn copy(
                 copied += n as u64;
             }
         }
-    };
-    if let Some(size) = size
-        && offset + copied < size
-    {
-        return Err(Error::ShortRead {
-            expected: size,
-            actual: offset + copied,
-        });
-    }
-    // Bytes that hash wrong are not kept for a resume: the next attempt
-    // would resume them and fail the same way (a source fixed since, or a
-    // resumed prefix that was the wrong one). The fetch pipeline aborts such
-    // an ingest for the same reason.
-    if let Some(expected) = expected {
-        let actual = writer.digest().await?;
-        // (Another algorithm than the writer's is checked by the commit.)
-        if actual.algorithm() == expected.algorithm() && actual != *expected {
-            let reference = writer.status().await?.reference;
-            writer.truncate(0).await?;
-            return Err(Error::DigestMismatch {
-                reference,
-                expected: expected.clone(),
-                actual,
-            });
-        }
-    }
-    match writer.commit(size, expected, labels).await {
-        Err(err) if err.is_already_exists() => Ok(()),
-        other => other,
-    }
+    })
 }
 
 /// Reads and drops `count` bytes; a source shorter than that is a short read.

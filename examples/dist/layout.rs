@@ -10,7 +10,8 @@ use std::sync::Arc;
 use ocidist::content::lease::{Lease, LeasedStore};
 use ocidist::content::local::LocalReaderAt;
 use ocidist::content::{
-    Descriptor, Digest, Labels, Manager, Provider, ReaderAt, WriterOpts, write_blob,
+    CopySource, Descriptor, Digest, Labels, Manager, Provider, ReaderAt, WriterOpts, copy,
+    open_writer,
 };
 use ocidist::images::media_types::{self, Kind};
 use ocidist::images::platforms;
@@ -274,16 +275,29 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
                     continue;
                 }
             };
-            let file = tokio::fs::File::open(blob.path())
+            let mut file = tokio::fs::File::open(blob.path())
                 .await
                 .map_err(|e| fail(e.into()))?;
             let size = file.metadata().await.map_err(|e| fail(e.into()))?.len();
             let opts = WriterOpts::new(format!("import-{digest}"))
                 .size(size)
-                .digest(digest);
-            write_blob(&content, opts, file, Labels::new())
-                .await
-                .map_err(|e| fail(e.into()))?;
+                .digest(digest.clone());
+            let mut writer = match open_writer(&content, opts).await {
+                Ok(writer) => writer,
+                Err(e) if e.is_already_exists() => continue,
+                Err(e) => return Err(fail(e.into())),
+            };
+            // Seekable: what an earlier import of a wrong file left is read
+            // again from the file as it is now.
+            copy(
+                writer.as_mut(),
+                CopySource::Seekable(&mut file),
+                Some(size),
+                Some(&digest),
+                Labels::new(),
+            )
+            .await
+            .map_err(|e| fail(e.into()))?;
         }
     }
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
@@ -339,13 +353,24 @@ impl<H: Handler, S: Manager> Handler for PresentManifests<H, S> {
         if media_types::kind(desc.media_type().as_ref()) != Kind::Index {
             return Ok(Flow::Children(children));
         }
-        let mut present = Vec::with_capacity(children.len());
+        let listed = children.len();
+        let mut present = Vec::with_capacity(listed);
         for child in children {
             match self.store.info(child.digest()).await {
                 Ok(_) => present.push(child),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        // Some platforms may be missing; all of them is no image.
+        if present.is_empty() && listed > 0 {
+            return Err(ocidist::images::Error::other(
+                ocidist::content::ErrorKind::NotFound,
+                format!(
+                    "index {}: none of its {listed} manifests is in the layout",
+                    desc.digest()
+                ),
+            ));
         }
         Ok(Flow::Children(present))
     }
@@ -365,8 +390,13 @@ impl Provider for LayoutProvider {
 }
 
 /// `DIR[:NAME]`, split at the first `:` as skopeo's `oci:` transport does
-/// (a name may hold colons and slashes; a directory may not hold a colon).
+/// (a name may hold colons and slashes), unless the whole text is a layout.
 fn split_layout(text: &str) -> (PathBuf, Option<String>) {
+    // A layout directory whose own name holds a colon (a timestamp) is
+    // taken whole.
+    if Path::new(text).join("index.json").is_file() {
+        return (PathBuf::from(text), None);
+    }
     match text.split_once(':') {
         Some((dir, name)) if !dir.is_empty() && !name.is_empty() => {
             (PathBuf::from(dir), Some(name.to_string()))
@@ -391,10 +421,28 @@ pub(crate) async fn unpack_cmd(
             .map_err(|e| fail(e.into()))?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let entry = match &name {
-        Some(name) => manifests.iter().find(|m| {
-            m["annotations"][REF_NAME].as_str() == Some(name.as_str())
-                || entry_name(m) == Some(name.as_str())
-        }),
+        Some(name) => {
+            let named: Vec<&serde_json::Value> = manifests
+                .iter()
+                .filter(|m| {
+                    m["annotations"][REF_NAME].as_str() == Some(name.as_str())
+                        || entry_name(m) == Some(name.as_str())
+                })
+                .collect();
+            // Two images tagged alike (`latest`): the whole name says which.
+            if let [_, _, ..] = named.as_slice() {
+                let names: Vec<&str> = named.iter().filter_map(|m| entry_name(m)).collect();
+                return Err(fail(
+                    format!(
+                        "{name:?} names {} images here: say which ({})",
+                        named.len(),
+                        names.join(", ")
+                    )
+                    .into(),
+                ));
+            }
+            named.first().copied()
+        }
         None if manifests.len() == 1 => manifests.first(),
         None if manifests.is_empty() => {
             return Err(fail(

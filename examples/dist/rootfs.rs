@@ -1,6 +1,6 @@
 //! Commands that make filesystems: pull (fetch + unpack), apply, rootfs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
@@ -124,7 +124,22 @@ impl Drop for ScratchMount {
 
 /// The snapshot key of the rootfs mounted at `dest`.
 fn rootfs_key(dest: &std::path::Path) -> String {
-    let dest = std::fs::canonicalize(dest).unwrap_or_else(|_| dest.to_path_buf());
+    // A DEST that is gone (a reboot took it) names the same key through its
+    // parent, or at least as an absolute path.
+    let dest = std::fs::canonicalize(dest)
+        .or_else(|e| match (dest.parent(), dest.file_name()) {
+            (Some(parent), Some(name)) => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                std::fs::canonicalize(parent).map(|p| p.join(name))
+            }
+            _ => Err(e),
+        })
+        .or_else(|_| std::path::absolute(dest))
+        .unwrap_or_else(|_| dest.to_path_buf());
     format!("rootfs:{}", dest.display())
 }
 
@@ -161,22 +176,29 @@ pub(crate) async fn rootfs_cmd(
         // stays.
         let unmounting = dest.clone();
         let unmounted = tokio::task::spawn_blocking(move || {
-            let ours = match mounts.last() {
-                Some(top) => match mount::is_topmost(&unmounting, top) {
-                    Ok(ours) => ours,
+            let at = match mounts.last() {
+                Some(top) => match mount::mounted_at(&unmounting, top) {
+                    Ok(at) => at,
                     Err(ocidist::snapshot::Error::Io { source, .. })
                         if source.kind() == std::io::ErrorKind::NotFound =>
                     {
-                        false
+                        mount::MountedAt::Absent
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.to_string()),
                 },
-                None => false,
+                None => mount::MountedAt::Absent,
             };
-            if ours {
-                mount::unmount_unless_busy(&unmounting, mounts.len())?;
+            match at {
+                mount::MountedAt::Top => {
+                    mount::unmount_unless_busy(&unmounting, mounts.len()).map_err(|e| e.to_string())
+                }
+                // Its files must stay while it is mounted, even out of sight.
+                mount::MountedAt::Covered => Err(format!(
+                    "another filesystem is mounted over the rootfs at {}: unmount it first",
+                    unmounting.display()
+                )),
+                mount::MountedAt::Absent => Ok(()),
             }
-            Ok(())
         })
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;

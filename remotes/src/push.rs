@@ -105,6 +105,7 @@ where
         async move {
             // The pusher finds mount sources in the annotations.
             let annotated = annotate_sources(store, &desc).await;
+            let mut wait = LOCKED_POLL;
             let mut writer = loop {
                 match pusher.push(&annotated).await {
                     Ok(writer) => break writer,
@@ -115,7 +116,8 @@ where
                     // (two images sharing a layer, pushed at once): its turn
                     // ends, then the registry has the blob, or this one goes.
                     Err(crate::Error::Content(ocidist_content::Error::Locked { .. })) => {
-                        tokio::time::sleep(LOCKED_POLL).await;
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(LOCKED_POLL_MAX);
                     }
                     Err(e) => return Err(e),
                 }
@@ -147,5 +149,9 @@ where
     Ok(pushed)
 }
 
-/// How often a push waits for another push of the same blob to end.
+/// How long a push first waits for another push of the same blob to end;
+/// the wait doubles up to [`LOCKED_POLL_MAX`]. (Asking costs no request: the
+/// pusher refuses before it asks the registry anything.)
 const LOCKED_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// The longest single wait for another push of the same blob.
+const LOCKED_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(1);

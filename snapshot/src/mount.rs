@@ -261,53 +261,61 @@ pub fn unmount_unless_busy(target: &Path, count: usize) -> Result<()> {
     Ok(())
 }
 
-/// Whether the topmost mount at `target` is `mount` (the last of the mounts
-/// a snapshot gave, as [`mount_all`] made them there), read from
-/// `/proc/self/mountinfo`: an overlay with `mount`'s upper directory, or a
-/// bind of `mount`'s source. False when nothing, or something else, is
-/// mounted there: a mount gone with a reboot, or another filesystem a caller
-/// must not take down.
-pub fn is_topmost(target: &Path, mount: &Mount) -> Result<bool> {
+/// Where `mount` (the last of the mounts a snapshot gave, as [`mount_all`]
+/// made them) is among the mounts at a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountedAt {
+    /// The topmost mount there: unmounting the directory takes it down.
+    Top,
+    /// There, under another filesystem mounted over it since.
+    Covered,
+    /// Not there: unmounted already (by hand, a reboot), or never mounted.
+    Absent,
+}
+
+/// Where `mount` is among the mounts at `target`, read from
+/// `/proc/self/mountinfo`: an overlay with `mount`'s upper (or, read-only,
+/// lower) directories, or a bind of `mount`'s source. A caller unmounts
+/// `target` only when it is [`MountedAt::Top`]: another filesystem there
+/// must not be taken down, nor a snapshot removed while still mounted under
+/// one.
+pub fn mounted_at(target: &Path, mount: &Mount) -> Result<MountedAt> {
     let target = std::fs::canonicalize(target).map_err(|e| Error::io("stat", target, e))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
-    let Some(top) = mountinfo
-        .lines()
-        .rev()
-        .filter_map(MountInfo::parse)
-        .find(|m| m.mount_point == target)
-    else {
-        return Ok(false);
-    };
-    Ok(match mount.kind.as_str() {
+    let source = std::fs::canonicalize(&mount.source).unwrap_or_else(|_| mount.source.clone());
+    let is_ours = |shown: &MountInfo| match mount.kind.as_str() {
         "overlay" => {
-            let Some(upper) = mount.option("upperdir") else {
-                // A read-only overlay: its lower directories say which.
-                return Ok(top.fs_type == "overlay"
-                    && mount.option("lowerdir").is_some_and(|lower| {
-                        top.option("lowerdir")
-                            .is_some_and(|shown| same_dirs(lower, shown))
-                    }));
-            };
-            top.fs_type == "overlay"
-                && top
-                    .option("upperdir")
-                    .is_some_and(|shown| same_dirs(upper, shown))
+            shown.fs_type == "overlay"
+                && match mount.option("upperdir") {
+                    Some(upper) => shown
+                        .option("upperdir")
+                        .is_some_and(|s| same_dirs(upper, s)),
+                    None => {
+                        shown.option("upperdir").is_none()
+                            && mount.option("lowerdir").is_some_and(|lower| {
+                                shown
+                                    .option("lowerdir")
+                                    .is_some_and(|s| same_dirs(lower, s))
+                            })
+                    }
+                }
         }
+        // A bind shows the source's path within its filesystem.
         _ => {
-            // A bind shows the device of its source and the source's path
-            // within that filesystem.
-            use std::os::unix::fs::MetadataExt;
-            let Ok(source) = std::fs::metadata(&mount.source) else {
-                return Ok(false);
-            };
-            let dev = source.dev();
-            let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
-            top.device == (major, minor)
-                && mount
-                    .source
-                    .ends_with(top.root.strip_prefix("/").unwrap_or(&top.root))
+            let root = shown.root.strip_prefix("/").unwrap_or(&shown.root);
+            !root.as_os_str().is_empty() && source.ends_with(root)
         }
+    };
+    let at: Vec<MountInfo> = mountinfo
+        .lines()
+        .filter_map(MountInfo::parse)
+        .filter(|m| m.mount_point == target)
+        .collect();
+    Ok(match at.iter().rposition(is_ours) {
+        Some(i) if i + 1 == at.len() => MountedAt::Top,
+        Some(_) => MountedAt::Covered,
+        None => MountedAt::Absent,
     })
 }
 
@@ -324,9 +332,8 @@ fn same_dirs(ours: &str, shown: &str) -> bool {
         })
 }
 
-/// One line of `/proc/self/mountinfo`, the fields [`is_topmost`] reads.
+/// One line of `/proc/self/mountinfo`, the fields [`mounted_at`] reads.
 struct MountInfo {
-    device: (u32, u32),
     root: PathBuf,
     mount_point: PathBuf,
     fs_type: String,
@@ -337,10 +344,8 @@ impl MountInfo {
     fn parse(line: &str) -> Option<MountInfo> {
         let (fields, rest) = line.split_once(" - ")?;
         let fields: Vec<&str> = fields.split(' ').collect();
-        let (major, minor) = fields.get(2)?.split_once(':')?;
         let rest: Vec<&str> = rest.split(' ').collect();
         Some(MountInfo {
-            device: (major.parse().ok()?, minor.parse().ok()?),
             root: PathBuf::from(unescape(fields.get(3)?)),
             mount_point: PathBuf::from(unescape(fields.get(4)?)),
             fs_type: rest.first()?.to_string(),
@@ -434,7 +439,6 @@ mod tests {
     fn mountinfo_lines_are_read_with_their_escapes() {
         let line = r"36 35 0:52 /snap\040shots/4/fs /run/my\040root rw,relatime shared:1 - overlay overlay rw,lowerdir=3/fs:2/fs,upperdir=40/fs,workdir=40/work";
         let info = super::MountInfo::parse(line).unwrap();
-        assert_eq!(info.device, (0, 52));
         assert_eq!(info.root, Path::new("/snap shots/4/fs"));
         assert_eq!(info.mount_point, Path::new("/run/my root"));
         assert_eq!(info.fs_type, "overlay");

@@ -560,8 +560,8 @@ fn urlencode(value: &str) -> String {
 }
 
 /// The scopes of `a` and `b` (each space-separated `type:name:actions`),
-/// one per resource with the union of its actions, in order: what a token
-/// for both must grant.
+/// one per resource with the union of its actions, sorted by resource: what
+/// a token for both must grant.
 fn merge_scopes(a: &str, b: &str) -> String {
     let mut merged: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
         std::collections::BTreeMap::new();

@@ -58,8 +58,8 @@ impl Default for DockerConfig {
 }
 
 /// By default, a credential helper that has not answered in this long is
-/// killed (and gives no credential): long enough for a cloud login, not
-/// forever.
+/// killed (an error for the request that needed it): long enough for a
+/// cloud login, not forever.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A helper's answer is a small JSON object; more than this is not read.
@@ -109,7 +109,7 @@ impl DockerConfig {
     }
 
     /// Kills a credential helper that has not answered in `timeout` (by
-    /// default [`HELPER_TIMEOUT`]); the host then has no credential.
+    /// default [`HELPER_TIMEOUT`]); the request that needed it then fails.
     pub fn helper_timeout(mut self, timeout: Duration) -> Self {
         self.helper_timeout = timeout;
         self

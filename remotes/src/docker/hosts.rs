@@ -173,12 +173,13 @@ impl Endpoint {
     }
 
     /// True for an `http://` URL written with TLS settings (CA files, a
-    /// client certificate, `skip_verify = true`) on a port other than 80:
+    /// client certificate, `skip_verify` either way) on a port other than 80:
     /// containerd tries HTTPS there first, then plain HTTP.
     pub fn wants_tls_over_http(&self) -> bool {
+        // `skip_verify` written either way says TLS, as containerd reads it.
         let tls = !self.ca_files.is_empty()
             || !self.client_certs.is_empty()
-            || self.skip_verify == Some(true);
+            || self.skip_verify.is_some();
         let port_80 = self
             .host()
             .rsplit_once(':')

@@ -176,6 +176,24 @@ impl Pusher for DockerPusher {
         };
         let url = format!("{}/{kind}/{object}", self.repo.base);
         let media_type = desc.media_type().to_string();
+        // Taken before anything is asked of the registry: a push waiting
+        // for another's upload of this blob costs no request.
+        let key = (self.repo.base.clone(), desc.digest().clone());
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return Err(ContentError::Locked {
+                reference: format!("push {}", desc.digest()),
+            }
+            .into());
+        }
+        let guard = InFlight {
+            set: self.in_flight.clone(),
+            key,
+        };
         // Asked with the push's own scope (pull and push), as containerd and
         // skopeo ask for the whole push: one token serves the check and the
         // upload, and a token service that grants no pull-only token on a
@@ -207,22 +225,6 @@ impl Pusher for DockerPusher {
             StatusCode::METHOD_NOT_ALLOWED if manifest => {}
             _ => return Err(self.repo.head_error(&url, head, &media_type).await),
         }
-        let key = (self.repo.base.clone(), desc.digest().clone());
-        if !self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone())
-        {
-            return Err(ContentError::Locked {
-                reference: format!("push {}", desc.digest()),
-            }
-            .into());
-        }
-        let guard = InFlight {
-            set: self.in_flight.clone(),
-            key,
-        };
         let mut session = None;
         if !manifest {
             match self.try_mount(desc).await {
