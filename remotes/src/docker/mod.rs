@@ -411,31 +411,7 @@ impl DockerResolver {
         let mut over_tls = upstream.clone();
         over_tls.url = format!("https://{host}");
         over_tls.skip_verify = Some(upstream.skip_verify.unwrap_or(true));
-        let settled = self
-            .loopback_tls
-            .lock()
-            .expect("no panics while held")
-            .entry(host)
-            .or_default()
-            .clone();
-        // Concurrent first calls wait for one question. A registry that
-        // answers nothing is not settled (`Err(None)`): the request itself
-        // reports it, and the next call asks again.
-        let answer = settled
-            .get_or_try_init(|| async {
-                match self.speaks_tls(upstream, &over_tls).await {
-                    Ok(Some(found)) => Ok(found),
-                    Ok(None) => Err(None),
-                    Err(e) => Err(Some(e)),
-                }
-            })
-            .await;
-        let speaks_tls = match answer {
-            Ok(found) => *found,
-            Err(None) => false,
-            Err(Some(e)) => return Err(e),
-        };
-        if !speaks_tls {
+        if !self.settled_tls(host, upstream, &over_tls).await? {
             return Ok(false);
         }
         *upstream = over_tls;
@@ -449,16 +425,35 @@ impl DockerResolver {
     async fn settle_written(&self, endpoint: &mut hosts::Endpoint) -> Result<()> {
         let mut over_tls = endpoint.clone();
         over_tls.url = endpoint.url.replacen("http://", "https://", 1);
+        if self
+            .settled_tls(endpoint.url.clone(), endpoint, &over_tls)
+            .await?
+        {
+            *endpoint = over_tls;
+        }
+        Ok(())
+    }
+
+    /// [`speaks_tls`](Self::speaks_tls), asked once per `key` and resolver:
+    /// concurrent first calls wait for one question. A registry that
+    /// answers nothing is not settled: false, for the request itself to
+    /// report, and the next call asks again.
+    async fn settled_tls(
+        &self,
+        key: String,
+        plain: &hosts::Endpoint,
+        over_tls: &hosts::Endpoint,
+    ) -> Result<bool> {
         let settled = self
             .loopback_tls
             .lock()
             .expect("no panics while held")
-            .entry(endpoint.url.clone())
+            .entry(key)
             .or_default()
             .clone();
         let answer = settled
             .get_or_try_init(|| async {
-                match self.speaks_tls(endpoint, &over_tls).await {
+                match self.speaks_tls(plain, over_tls).await {
                     Ok(Some(found)) => Ok(found),
                     Ok(None) => Err(None),
                     Err(e) => Err(Some(e)),
@@ -466,11 +461,10 @@ impl DockerResolver {
             })
             .await;
         match answer {
-            Ok(true) => *endpoint = over_tls,
-            Ok(false) | Err(None) => {}
-            Err(Some(e)) => return Err(e),
+            Ok(found) => Ok(*found),
+            Err(None) => Ok(false),
+            Err(Some(e)) => Err(e),
         }
-        Ok(())
     }
 
     /// Whether the registry at `plain` (the same at `over_tls`) speaks TLS;
