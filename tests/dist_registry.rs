@@ -494,3 +494,23 @@ fn user_flag_authenticates_a_push() {
     // Pulling needs no credentials here: anonymous tokens grant pull.
     ok(dist(&dir.path().join("store"), &["fetch", &reference], b""));
 }
+
+/// A push spools blobs on the store's disk: a temporary directory that is
+/// missing (or a small tmpfs) does not stop it.
+#[test]
+fn a_push_spools_on_the_stores_disk_not_in_tmp() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let (manifest_digest, _) = build_image(&builder);
+    let reference = format!("{}/e2e/spooled:1", registry.host());
+    let pushed = common::dist_with_env(
+        &builder,
+        &[("TMPDIR", Path::new("/nonexistent/tmp"))],
+        &["push", &reference, &manifest_digest],
+        b"",
+    );
+    let pushed = ok(pushed);
+    assert!(pushed.trim_end().ends_with(&manifest_digest), "{pushed}");
+}

@@ -238,8 +238,10 @@ pub(crate) async fn push(stores: &Stores, remote: &Remote, args: PushArgs) -> Cm
     let target = local_target(stores, &local)
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;
+    // Blobs are spooled on the store's disk, not in a /tmp that may be memory.
+    let resolver = remote.resolver()?.spool_dir(stores.content.root());
     let pushed = push_image(
-        &remote.resolver()?,
+        &resolver,
         &stores.content,
         &args.reference,
         &target,

@@ -213,6 +213,8 @@ pub struct DockerResolver {
     /// The pushes under way through any of this resolver's pushers, by
     /// repository and digest: a second push of one blob is `Unavailable`.
     pushing: pusher::Pushing,
+    /// Where pushed blobs are spooled (`None`: the system's temporary directory).
+    spool_dir: Option<PathBuf>,
 }
 
 /// How the upstream of a registry is spoken to when no hosts file says.
@@ -251,6 +253,7 @@ impl DockerResolver {
             ranged: fetcher::Ranged::new(RangedFetch::default()),
             resolved: fetcher::Resolved::default(),
             pushing: pusher::Pushing::default(),
+            spool_dir: None,
         }
     }
 
@@ -264,6 +267,16 @@ impl DockerResolver {
     /// The ranged-fetch settings in use.
     pub fn ranged_fetch_settings(&self) -> RangedFetch {
         self.ranged.settings()
+    }
+
+    /// Spools the blobs a pusher's writers receive in `dir` (an unnamed file
+    /// each, gone when the push ends) instead of the system's temporary
+    /// directory, which may be a tmpfs in memory: a push holds up to as
+    /// many whole blobs there as it uploads at once. Put it on the disk the
+    /// content store is on.
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
     }
 
     /// Reads per-registry mirrors and settings from containerd's layout,
@@ -728,6 +741,7 @@ impl Resolver for DockerResolver {
             self.push_repository(&parsed).await?,
             parsed,
             self.pushing.clone(),
+            self.spool_dir.clone(),
         )))
     }
 }

@@ -38,14 +38,21 @@ pub struct DockerPusher {
     repo: Repository,
     reference: Reference,
     in_flight: Pushing,
+    spool_dir: Option<std::path::PathBuf>,
 }
 
 impl DockerPusher {
-    pub(crate) fn new(repo: Repository, reference: Reference, in_flight: Pushing) -> Self {
+    pub(crate) fn new(
+        repo: Repository,
+        reference: Reference,
+        in_flight: Pushing,
+        spool_dir: Option<std::path::PathBuf>,
+    ) -> Self {
         DockerPusher {
             repo,
             reference,
             in_flight,
+            spool_dir,
         }
     }
 
@@ -239,8 +246,11 @@ impl Pusher for DockerPusher {
                 Mount::NotMounted => {}
             }
         }
-        let spool = tempfile::tempfile()
-            .map_err(|e| ContentError::io("create", std::env::temp_dir(), e))?;
+        let spool = match &self.spool_dir {
+            Some(dir) => tempfile::tempfile_in(dir).map_err(|e| ContentError::io("create", dir, e)),
+            None => tempfile::tempfile()
+                .map_err(|e| ContentError::io("create", std::env::temp_dir(), e)),
+        }?;
         let target = if manifest {
             Target::Manifest {
                 url: format!("{}/manifests/{object}", self.repo.base),
