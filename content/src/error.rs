@@ -27,6 +27,11 @@ pub enum ErrorKind {
     Io,
     /// The input is valid but not supported (Docker schema 1 manifests, say).
     Unimplemented,
+    /// No credentials, or ones refused (a registry's 401): log in.
+    Unauthenticated,
+    /// Credentials accepted, the operation not allowed to them (a registry's
+    /// 403).
+    PermissionDenied,
     /// Anything else (a bug, or a store-specific failure).
     Internal,
 }

@@ -540,6 +540,16 @@ mod tests {
         }
         owner.kill().unwrap();
         owner.wait().unwrap();
+        // The shell may die while flock(1), its child sharing the locked
+        // file, is still exiting: the lock is free once that is gone too.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while File::open(&path).unwrap().try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock never came free"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let held = leases.hold().unwrap();
         assert_eq!((held.live(), held.expired()), (0, 1));
         assert!(held.content().is_empty());

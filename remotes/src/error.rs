@@ -103,12 +103,13 @@ impl Error {
             }
             Error::Connect { .. } | Error::Interrupted { .. } => ErrorKind::Unavailable,
             Error::TlsConfig { .. } => ErrorKind::InvalidArgument,
-            // Like 401 and 403: asking again is refused again.
+            // Asking again is refused again.
             Error::TlsAlert { .. } => ErrorKind::FailedPrecondition,
             Error::Status { status, .. } => match status.as_u16() {
                 404 => ErrorKind::NotFound,
                 400 | 405 | 415 => ErrorKind::InvalidArgument,
-                401 | 403 => ErrorKind::FailedPrecondition,
+                401 => ErrorKind::Unauthenticated,
+                403 => ErrorKind::PermissionDenied,
                 408 | 429 | 500..=599 => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },

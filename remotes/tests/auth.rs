@@ -74,7 +74,7 @@ async fn basic_auth_with_htpasswd() {
         .await
         .err()
         .expect("anonymous push refused");
-    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
     assert!(err.to_string().contains("401"), "{err}");
 
     // With the right password: push, resolve and fetch.

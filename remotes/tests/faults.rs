@@ -620,7 +620,7 @@ async fn a_refused_head_is_explained_by_the_body_of_a_refused_get() {
     }
     let explained = |err: &Error| {
         let said = err.to_string();
-        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{said}");
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{said}");
         assert!(
             said.starts_with("HEAD ") && said.contains("403") && said.contains("key vault"),
             "{said}"
