@@ -1198,11 +1198,37 @@ async fn error_body(mut response: reqwest::Response) -> String {
         }
     }
     body.truncate(READ_AT_MOST);
-    String::from_utf8_lossy(&body)
-        .trim()
-        .chars()
-        .take(300)
-        .collect()
+    let text = spec_errors(&body).unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    text.trim().chars().take(300).collect()
+}
+
+/// The distribution specification's error body, `{"errors": [{"code",
+/// "message", "detail"}]}`, as `CODE: message` lines joined by `; `; `None`
+/// for any other body, quoted as it is.
+fn spec_errors(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<SpecError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SpecError {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let parsed: Body = serde_json::from_slice(body).ok()?;
+    let said: Vec<String> = parsed
+        .errors
+        .into_iter()
+        .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+            (false, false) => format!("{}: {}", e.code, e.message),
+            (false, true) => e.code,
+            _ => e.message,
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!said.is_empty()).then(|| said.join("; "))
 }
 
 /// Every challenge of a 401, in one list: a proxy's `Basic` challenge may
@@ -1319,6 +1345,17 @@ fn is_loopback(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_specifications_error_bodies_are_said_plainly() {
+        let body = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied","detail":[{"Type":"repository"}]},{"code":"UNAUTHORIZED","message":""}]}"#;
+        assert_eq!(
+            spec_errors(body).as_deref(),
+            Some("DENIED: requested access to the resource is denied; UNAUTHORIZED")
+        );
+        assert_eq!(spec_errors(b"<html>502</html>"), None);
+        assert_eq!(spec_errors(br#"{"errors":[]}"#), None);
+    }
+
     use super::*;
 
     #[test]
