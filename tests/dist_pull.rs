@@ -604,6 +604,57 @@ fn root_in_a_user_namespace_pulls_and_mounts_with_user_xattrs() {
     );
 }
 
+/// A store reached through a bind mount (a container's volume): its rootfs
+/// binds show their sources by the volume's own path, and `--unmount` must
+/// still know them for its own, not remove a snapshot that is mounted.
+#[test]
+fn a_store_in_a_bind_mounted_volume_unmounts_its_rootfs() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_image(&registry.host(), work.path(), 1000);
+    let (real, volume) = (work.path().join("real"), work.path().join("volume"));
+    std::fs::create_dir(&real).unwrap();
+    std::fs::create_dir(&volume).unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let (c_real, c_volume) = (c(&real), c(&volume));
+    // SAFETY: valid C strings; the mount is this test's own.
+    let bound = unsafe {
+        libc::mount(
+            c_real.as_ptr(),
+            c_volume.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(bound, 0, "{}", std::io::Error::last_os_error());
+    let mnt = work.path().join("mnt");
+    let run = |args: &[&str]| {
+        dist(
+            &volume,
+            &[&["--snapshotter", "native"][..], args].concat(),
+            b"",
+        )
+    };
+    ok(run(&["pull", &reference]));
+    ok(run(&["rootfs", &reference, mnt.to_str().unwrap()]));
+    check_tree(&mnt);
+    let unmounted = run(&["rootfs", "--unmount", mnt.to_str().unwrap()]);
+    let still_mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&format!(" {} ", mnt.display()));
+    if still_mounted {
+        let c_mnt = c(&mnt);
+        // SAFETY: as above.
+        unsafe { libc::umount2(c_mnt.as_ptr(), libc::MNT_DETACH) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::umount2(c_volume.as_ptr(), libc::MNT_DETACH) };
+    ok(unmounted);
+    assert!(!still_mounted, "the rootfs was left mounted");
+}
+
 #[test]
 fn apply_reads_a_layer_from_stdin_and_prints_its_diff_id() {
     let work = tempfile::tempdir().unwrap();

@@ -6,8 +6,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWriteExt}
 
 use crate::reader::ReaderAtStream;
 use crate::{
-    Descriptor, Digest, Error, ErrorKind, Ingester, Labels, Provider, ReaderAt, Result, Writer,
-    WriterOpts,
+    Descriptor, Digest, Digester, Error, ErrorKind, Ingester, Labels, Provider, ReaderAt, Result,
+    Writer, WriterOpts,
 };
 
 /// Size of the buffer [`copy`] reuses for every chunk.
@@ -132,12 +132,13 @@ pub enum CopySource<'a> {
 /// committed, the bytes kept to resume); a blob that turns out to exist
 /// already is success.
 ///
-/// A resumed ingest whose whole `size` then hashes wrong kept bytes that
-/// were not the source's (an earlier, wrong source, since put right): it is
-/// emptied and, from a source that can be read again (`Seekable`,
-/// `ReaderAt`), copied once more from the start; from a `Stream` the
-/// mismatch is returned, the ingest empty for the next attempt. Otherwise a
-/// mismatch keeps the bytes, as [`Writer::commit`] says.
+/// A resumed ingest may hold bytes that are not the source's (an earlier,
+/// wrong source, since put right). From a `Stream`, the bytes skipped are
+/// hashed on the way and compared with what the ingest holds: if they
+/// differ, the ingest is emptied and the error says so, for the next attempt
+/// to start over. From a source that can be read again (`Seekable`,
+/// `ReaderAt`), a whole `size` that hashes wrong is copied once more from the
+/// start. Otherwise a mismatch keeps the bytes, as [`Writer::commit`] says.
 pub async fn copy(
     writer: &mut dyn Writer,
     mut source: CopySource<'_>,
@@ -198,7 +199,30 @@ async fn copy_from(
 ) -> Result<u64> {
     Ok(match source {
         CopySource::Stream(reader) => {
-            discard(*reader, offset, buf).await?;
+            // What the stream has before `offset` is read anyway: hashed, it
+            // says whether the ingest holds those very bytes.
+            let held = match offset {
+                0 => None,
+                _ => Some(writer.digest().await?),
+            };
+            let mut prefix = match &held {
+                Some(held) => Some(Digester::new(held.algorithm())?),
+                None => None,
+            };
+            discard(*reader, offset, buf, &mut prefix).await?;
+            if let (Some(held), Some(prefix)) = (held, prefix)
+                && prefix.digest() != held
+            {
+                let reference = writer.status().await?.reference;
+                writer.truncate(0).await?;
+                return Err(Error::other(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "ingest ref {reference:?}: the {offset} bytes it held are not this \
+                         source's first {offset}; emptied, to start over on the next attempt"
+                    ),
+                ));
+            }
             pump(*reader, writer, buf).await?
         }
         CopySource::Seekable(reader) => {
@@ -229,6 +253,7 @@ async fn discard(
     reader: &mut (dyn AsyncRead + Unpin + Send),
     count: u64,
     buf: &mut [u8],
+    hashed: &mut Option<Digester>,
 ) -> Result<()> {
     let mut left = count;
     while left > 0 {
@@ -239,6 +264,9 @@ async fn discard(
                 expected: count,
                 actual: count - left,
             });
+        }
+        if let Some(digester) = hashed {
+            digester.update(&buf[..n]);
         }
         left -= n as u64;
     }

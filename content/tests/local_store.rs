@@ -1340,43 +1340,47 @@ async fn a_commit_that_finds_the_blob_still_says_its_digest() {
     }
 }
 
-/// A resumed ingest whose bytes hash wrong once complete is emptied: from a
-/// stream the mismatch is said and the next attempt starts over; a fresh
-/// ingest keeps its bytes as `Writer::commit` says.
+/// A resumed ingest whose bytes are not the source's is emptied: from a
+/// stream the mismatch is said (the prefix it held hashed as it is skipped,
+/// with or without a size) and the next attempt starts over; a fresh ingest
+/// keeps its bytes as `Writer::commit` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_ingest_that_hashes_wrong_starts_over() {
     use ocidist_content::{CopySource, ErrorKind, IngestManager, Labels, WriterOpts, copy};
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path()).unwrap();
-    let good = b"the right bytes".to_vec();
-    let mut bad = good.clone();
-    bad[0] ^= 1;
-    let digest = ocidist_content::sha256_of(&good);
-    let opts = WriterOpts::new("r")
-        .size(good.len() as u64)
-        .digest(digest.clone());
-    let attempt = |bytes: Vec<u8>| {
-        let store = &store;
-        let opts = opts.clone();
-        let digest = digest.clone();
-        async move {
-            let mut writer = ocidist_content::open_writer(store, opts).await.unwrap();
-            let mut stream: &[u8] = &bytes;
-            copy(
-                writer.as_mut(),
-                CopySource::Stream(&mut stream),
-                Some(bytes.len() as u64),
-                Some(&digest),
-                Labels::new(),
-            )
-            .await
+    for sized in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let good = b"the right bytes".to_vec();
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        let digest = ocidist_content::sha256_of(&good);
+        let mut opts = WriterOpts::new("r").digest(digest.clone());
+        if sized {
+            opts = opts.size(good.len() as u64);
         }
-    };
-    let kept = attempt(bad.clone()).await.unwrap_err();
-    assert_eq!(kept.kind(), ErrorKind::FailedPrecondition, "{kept}");
-    assert_eq!(store.status("r").await.unwrap().offset, good.len() as u64);
-    let emptied = attempt(good.clone()).await.unwrap_err();
-    assert_eq!(emptied.kind(), ErrorKind::FailedPrecondition, "{emptied}");
-    assert_eq!(store.status("r").await.unwrap().offset, 0);
-    attempt(good).await.unwrap();
+        let attempt = |bytes: Vec<u8>| {
+            let store = &store;
+            let opts = opts.clone();
+            let digest = digest.clone();
+            async move {
+                let mut writer = ocidist_content::open_writer(store, opts).await.unwrap();
+                let mut stream: &[u8] = &bytes;
+                copy(
+                    writer.as_mut(),
+                    CopySource::Stream(&mut stream),
+                    sized.then_some(bytes.len() as u64),
+                    Some(&digest),
+                    Labels::new(),
+                )
+                .await
+            }
+        };
+        let kept = attempt(bad.clone()).await.unwrap_err();
+        assert_eq!(kept.kind(), ErrorKind::FailedPrecondition, "{kept}");
+        assert_eq!(store.status("r").await.unwrap().offset, good.len() as u64);
+        let emptied = attempt(good.clone()).await.unwrap_err();
+        assert_eq!(emptied.kind(), ErrorKind::FailedPrecondition, "{emptied}");
+        assert_eq!(store.status("r").await.unwrap().offset, 0, "sized: {sized}");
+        attempt(good).await.unwrap();
+    }
 }

@@ -311,6 +311,7 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
         let labeller = PresentManifests {
             inner: set_children_labels(content.clone(), children_handler(content.clone())),
             store: content.clone(),
+            top: desc.digest().clone(),
         };
         walk(&labeller, std::slice::from_ref(&desc))
             .await
@@ -341,6 +342,8 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
 struct PresentManifests<H, S> {
     inner: H,
     store: S,
+    /// The image's own index, which must keep some manifest.
+    top: Digest,
 }
 
 #[async_trait::async_trait]
@@ -362,8 +365,8 @@ impl<H: Handler, S: Manager> Handler for PresentManifests<H, S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Some platforms may be missing; all of them is no image.
-        if present.is_empty() && listed > 0 {
+        // Some platforms may be missing; all of an image's is no image.
+        if present.is_empty() && listed > 0 && desc.digest() == &self.top {
             return Err(ocidist::images::Error::other(
                 ocidist::content::ErrorKind::NotFound,
                 format!(
@@ -430,7 +433,9 @@ pub(crate) async fn unpack_cmd(
                 })
                 .collect();
             // Two images tagged alike (`latest`): the whole name says which.
-            if let [_, _, ..] = named.as_slice() {
+            let targets: std::collections::BTreeSet<&str> =
+                named.iter().filter_map(|m| m["digest"].as_str()).collect();
+            if targets.len() > 1 {
                 let names: Vec<&str> = named.iter().filter_map(|m| entry_name(m)).collect();
                 return Err(fail(
                     format!(

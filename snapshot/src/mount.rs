@@ -283,7 +283,20 @@ pub fn mounted_at(target: &Path, mount: &Mount) -> Result<MountedAt> {
     let target = std::fs::canonicalize(target).map_err(|e| Error::io("stat", target, e))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    let all: Vec<MountInfo> = mountinfo.lines().filter_map(MountInfo::parse).collect();
+    // A bind shows its source as a path within the source's filesystem, on
+    // that filesystem's device: found through the mount the source is
+    // reached by (a store in a bind-mounted volume, a btrfs subvolume).
     let source = std::fs::canonicalize(&mount.source).unwrap_or_else(|_| mount.source.clone());
+    let bind_of = all
+        .iter()
+        .rev()
+        .filter(|m| source.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count())
+        .and_then(|host| {
+            let rest = source.strip_prefix(&host.mount_point).ok()?;
+            Some((host.device.clone(), host.root.join(rest)))
+        });
     let is_ours = |shown: &MountInfo| match mount.kind.as_str() {
         "overlay" => {
             shown.fs_type == "overlay"
@@ -301,21 +314,19 @@ pub fn mounted_at(target: &Path, mount: &Mount) -> Result<MountedAt> {
                     }
                 }
         }
-        // A bind shows the source's path within its filesystem.
-        _ => {
-            let root = shown.root.strip_prefix("/").unwrap_or(&shown.root);
-            !root.as_os_str().is_empty() && source.ends_with(root)
-        }
+        _ => bind_of
+            .as_ref()
+            .is_some_and(|(device, root)| shown.device == *device && shown.root == *root),
     };
-    let at: Vec<MountInfo> = mountinfo
-        .lines()
-        .filter_map(MountInfo::parse)
-        .filter(|m| m.mount_point == target)
-        .collect();
-    Ok(match at.iter().rposition(is_ours) {
-        Some(i) if i + 1 == at.len() => MountedAt::Top,
-        Some(_) => MountedAt::Covered,
-        None => MountedAt::Absent,
+    let at: Vec<&MountInfo> = all.iter().filter(|m| m.mount_point == target).collect();
+    let Some(ours) = at.iter().rev().find(|m| is_ours(m)) else {
+        return Ok(MountedAt::Absent);
+    };
+    // Covered when something is mounted on top of it there.
+    Ok(if at.iter().any(|m| m.parent == ours.id) {
+        MountedAt::Covered
+    } else {
+        MountedAt::Top
     })
 }
 
@@ -334,6 +345,9 @@ fn same_dirs(ours: &str, shown: &str) -> bool {
 
 /// One line of `/proc/self/mountinfo`, the fields [`mounted_at`] reads.
 struct MountInfo {
+    id: u64,
+    parent: u64,
+    device: String,
     root: PathBuf,
     mount_point: PathBuf,
     fs_type: String,
@@ -346,6 +360,9 @@ impl MountInfo {
         let fields: Vec<&str> = fields.split(' ').collect();
         let rest: Vec<&str> = rest.split(' ').collect();
         Some(MountInfo {
+            id: fields.first()?.parse().ok()?,
+            parent: fields.get(1)?.parse().ok()?,
+            device: fields.get(2)?.to_string(),
             root: PathBuf::from(unescape(fields.get(3)?)),
             mount_point: PathBuf::from(unescape(fields.get(4)?)),
             fs_type: rest.first()?.to_string(),
@@ -439,6 +456,10 @@ mod tests {
     fn mountinfo_lines_are_read_with_their_escapes() {
         let line = r"36 35 0:52 /snap\040shots/4/fs /run/my\040root rw,relatime shared:1 - overlay overlay rw,lowerdir=3/fs:2/fs,upperdir=40/fs,workdir=40/work";
         let info = super::MountInfo::parse(line).unwrap();
+        assert_eq!(
+            (info.id, info.parent, info.device.as_str()),
+            (36, 35, "0:52")
+        );
         assert_eq!(info.root, Path::new("/snap shots/4/fs"));
         assert_eq!(info.mount_point, Path::new("/run/my root"));
         assert_eq!(info.fs_type, "overlay");
