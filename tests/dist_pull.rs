@@ -533,13 +533,7 @@ fn pull_all_platforms_fetches_every_platform_and_unpacks_the_hosts() {
     // Only the host's platform was unpacked: its two layers.
     let kept = ok(dist(&all, &["prune", "--dry-run"], b""));
     assert!(kept.contains("snapshots; 2 kept"), "{kept}");
-    let copy = work.path().join("copy");
-    ok(dist(
-        &all,
-        &["rootfs", "--copy", &reference, copy.to_str().unwrap()],
-        b"",
-    ));
-    check_tree(&copy);
+    copy_and_check_rootfs(&all, "overlay", &reference, &work.path().join("copy"));
 }
 
 #[test]
@@ -1072,13 +1066,7 @@ fn an_interrupted_pull_exits_at_once_and_resumes() {
         1,
         "only the header left"
     );
-    let copy = work.path().join("copy");
-    ok(dist(
-        &root,
-        &["rootfs", "--copy", &reference, copy.to_str().unwrap()],
-        b"",
-    ));
-    check_tree(&copy);
+    copy_and_check_rootfs(&root, "overlay", &reference, &work.path().join("copy"));
 }
 
 #[test]
