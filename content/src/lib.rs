@@ -67,6 +67,8 @@ pub use reader::ReaderAtStream;
 
 /// Labels on a blob: free-form key/value pairs, such as containerd's
 /// `containerd.io/gc.ref.content.*` references used by garbage collection.
+/// A key with an empty value is not stored: setting a label to `""` removes
+/// it, as in containerd.
 pub type Labels = BTreeMap<String, String>;
 
 /// What a store knows about a committed blob.
@@ -339,7 +341,8 @@ pub trait Manager: Send + Sync {
     ///
     /// With no `fieldpaths` the labels are replaced by `info.labels`; with
     /// `labels` likewise; with `labels.KEY` only that key is set from
-    /// `info.labels` (or removed if absent there). Returns the new info.
+    /// `info.labels` (or removed if absent there). A label whose value is
+    /// empty is removed, as containerd does. Returns the new info.
     async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info>;
 
     /// Calls `f` for every blob matching any of `filters` (all blobs if empty).

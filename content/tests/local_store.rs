@@ -1314,6 +1314,54 @@ fn staged_labels_left_by_a_crash_are_cleared_at_open() {
     assert!(fresh.exists(), "a fresh one may be a commit in progress");
 }
 
+/// A commit that died between moving its data into `blobs/` and removing
+/// its ingest directory left a directory no listing shows: the next open
+/// removes it an hour on, and leaves a fresh one and one a writer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_a_killed_commit_emptied_is_cleared_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let mut dirs = Vec::new();
+    let mut held = None;
+    for name in ["old", "fresh", "held"] {
+        let mut writer = ocidist_content::Ingester::writer(
+            &store,
+            ocidist_content::WriterOpts::new(format!("emptied-{name}")),
+        )
+        .await
+        .unwrap();
+        writer.write_all(name.as_bytes()).await.unwrap();
+        let ingests: Vec<_> = std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !dirs.contains(p))
+            .collect();
+        let [ingest] = &ingests[..] else {
+            panic!("one new ingest directory: {ingests:?}")
+        };
+        if name == "held" {
+            held = Some(writer);
+        } else {
+            writer.shutdown().await.unwrap();
+            drop(writer);
+        }
+        std::fs::remove_file(ingest.join("data")).unwrap();
+        if name != "fresh" {
+            let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+            std::fs::File::open(ingest)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        dirs.push(ingest.clone());
+    }
+    LocalStore::open(dir.path()).unwrap();
+    assert!(!dirs[0].exists(), "the emptied ingest is gone");
+    assert!(dirs[1].exists(), "a fresh one may be a commit in progress");
+    assert!(dirs[2].exists(), "one a writer holds stays");
+    drop(held);
+}
+
 /// Content of unknown digest, written twice: the second writer's commit finds
 /// the blob there, and can still say which blob that was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

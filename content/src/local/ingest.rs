@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use oci_spec::image::{Digest, DigestAlgorithm};
 use serde::{Deserialize, Serialize};
@@ -353,6 +353,42 @@ impl Locked {
     /// Removes the ingest: renamed away first, so nobody opens it half deleted.
     pub(crate) fn remove(&self) -> Result<()> {
         remove_dir(&self.dir)
+    }
+}
+
+/// Removes the ingest directories that a commit emptied (it moved `data`
+/// into `blobs/`) and died before removing, once `older_than` has passed
+/// since. They hold no bytes and no listing shows them, so nothing else
+/// would. Each is removed under its lock; a directory a writer holds stays.
+pub(crate) fn clear_emptied(ingest_root: &Path, older_than: Duration) {
+    let Ok(entries) = fs::read_dir(ingest_root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let emptied = !entry.file_name().to_string_lossy().starts_with('.')
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+            && fs::symlink_metadata(dir.join(DATA))
+                .is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
+        let old = || {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age > older_than)
+        };
+        if !emptied || !old() {
+            continue;
+        }
+        let Ok(lock) = File::open(dir.join(LOCK)) else {
+            continue;
+        };
+        // Locked, and still the directory we looked at, still without data.
+        if lock.try_lock().is_ok() && same_file(&lock, &dir.join(LOCK)) && !dir.join(DATA).exists()
+        {
+            let _ = remove_dir(&dir);
+        }
     }
 }
 

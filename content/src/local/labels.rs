@@ -77,6 +77,12 @@ impl LabelStore {
         at: SystemTime,
     ) -> Result<StagedLabels> {
         let path = self.path(digest);
+        // An empty value is no label, as in containerd: setting one removes it.
+        let labels: Labels = labels
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
         if labels.is_empty() {
             return Ok(StagedLabels { path, staged: None });
         }
@@ -84,7 +90,7 @@ impl LabelStore {
         fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let record = Record {
             updated_at_ns: to_nanos(at),
-            labels: labels.clone(),
+            labels,
         };
         let bytes = serde_json::to_vec(&record).expect("plain data");
         let staged = fsutil::stage_file(dir, &bytes, true)?;

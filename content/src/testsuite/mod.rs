@@ -505,7 +505,8 @@ pub async fn small_blob<S: Store + ?Sized>(store: &S) {
     assert_eq!(sha256_of(&read), digest);
 }
 
-/// Labels: committed labels, then a replace-all update, then a fieldpath update.
+/// Labels: committed labels, then a replace-all update, then a fieldpath update,
+/// then empty values, which remove their labels.
 pub async fn labels<S: Store + ?Sized>(store: &S) {
     let (c1, d1) = create_content(256);
     let mut w = open(
@@ -556,6 +557,29 @@ pub async fn labels<S: Store + ?Sized>(store: &S) {
         .expect("update fieldpaths");
     let post = SystemTime::now();
     check_info(store, &info, committed, (pre, post)).await;
+
+    // An empty value removes its label, by fieldpath or by replacement.
+    let mut emptied = info.clone();
+    emptied.labels.insert("k1".into(), String::new());
+    let pre = SystemTime::now();
+    let updated = store
+        .update(emptied.clone(), &["labels.k1"])
+        .await
+        .expect("update to an empty value");
+    let post = SystemTime::now();
+    info.labels.remove("k1");
+    assert_eq!(
+        updated.labels, info.labels,
+        "an empty label value removes it"
+    );
+    check_info(store, &info, committed, (pre, post)).await;
+    emptied.labels = Labels::from([("k4".to_string(), String::new())]);
+    let updated = store.update(emptied, &[]).await.expect("replace");
+    assert_eq!(
+        updated.labels,
+        Labels::new(),
+        "an empty label value is no label"
+    );
 }
 
 /// CommitErrorState: every failed commit leaves a usable ingest and a released
