@@ -103,25 +103,6 @@ pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
     Ok(())
 }
 
-/// A temporary directory to mount a snapshot at, unmounted and removed when
-/// dropped.
-struct ScratchMount(PathBuf);
-
-impl ScratchMount {
-    fn new() -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(ScratchMount(tempfile::tempdir()?.keep()))
-    }
-}
-
-impl Drop for ScratchMount {
-    fn drop(&mut self) {
-        // Lazily: a copy still reading it keeps what it has open. Removed
-        // only if empty: never a tree still mounted there.
-        let _ = mount::unmount(&self.0);
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// The snapshot key of the rootfs mounted at `dest`.
 fn rootfs_key(dest: &std::path::Path) -> String {
     // A DEST that is gone (a reboot took it) names the same key through its
@@ -239,21 +220,17 @@ pub(crate) async fn rootfs_cmd(
             .mounts(chain.as_ref())
             .await
             .map_err(|e| fail(e.into()))?;
-        let (source, _scratch) = match &mounts[..] {
-            [m] if m.kind == "bind" => (m.source.clone(), None),
-            _ => {
-                let scratch = ScratchMount::new().map_err(fail)?;
-                mount::mount_all(&mounts, &scratch.0).map_err(|e| fail(e.into()))?;
-                (scratch.0.clone(), Some(scratch))
-            }
-        };
-        // Off the runtime, so a Ctrl-C is seen while it copies; the scratch
-        // mount goes when this is dropped, copied or not.
+        // Off the runtime, so a Ctrl-C is seen while it copies. A mount to
+        // read through is made where only the copy sees it, and goes with
+        // the copy, even with a killed process.
         let into = dest.clone();
-        tokio::task::spawn_blocking(move || copy_tree(&source, &into))
-            .await
-            .map_err(|e| fail(e.into()))?
-            .map_err(|e| fail(e.into()))?;
+        tokio::task::spawn_blocking(move || match &mounts[..] {
+            [m] if m.kind == "bind" => copy_tree(&m.source, &into),
+            _ => mount::with_temp_mount(&mounts, |root| copy_tree(root, &into))?,
+        })
+        .await
+        .map_err(|e| fail(e.into()))?
+        .map_err(|e| fail(e.into()))?;
     } else {
         let key = rootfs_key(&dest);
         let mounts = snapshotter

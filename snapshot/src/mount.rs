@@ -229,6 +229,89 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Mounts `mounts` at a new temporary directory, runs `work` with its path,
+/// then takes the mount and the directory away, as containerd's
+/// `mount.WithTempMount` does for a caller that reads a snapshot.
+///
+/// The mount is made in a mount namespace of its own, on a thread of its own
+/// that runs `work`; the namespace receives the host's mounts but sends none
+/// back. Nobody else sees the mount, and it goes with the thread even when
+/// the process is killed midway, where an ordinary temporary mount would be
+/// left behind. Where no namespace may be made (a seccomp profile that
+/// forbids `unshare`), the mount is made where everyone sees it and
+/// unmounted when `work` returns.
+///
+/// ```no_run
+/// # fn demo(mounts: &[ocidist_snapshot::Mount]) -> ocidist_snapshot::Result<()> {
+/// let names = ocidist_snapshot::mount::with_temp_mount(mounts, |root| {
+///     std::fs::read_dir(root).map(|entries| entries.count())
+/// })??;
+/// # Ok(())
+/// # }
+/// ```
+pub fn with_temp_mount<T: Send>(
+    mounts: &[Mount],
+    work: impl FnOnce(&Path) -> T + Send,
+) -> Result<T> {
+    with_temp_mount_in(&std::env::temp_dir(), mounts, work)
+}
+
+/// [`with_temp_mount`] with its temporary directory made in `parent`.
+pub fn with_temp_mount_in<T: Send>(
+    parent: &Path,
+    mounts: &[Mount],
+    work: impl FnOnce(&Path) -> T + Send,
+) -> Result<T> {
+    let dir = temp_mount_dir(parent)?;
+    let outcome = std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new().spawn_scoped(scope, || {
+            // SAFETY: unsharing only this thread's mount namespace (and so
+            // its filesystem context); its file descriptors stay shared.
+            // Failing that, the mount is shared, as any other.
+            let _ = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+                .and_then(|()| {
+                    rustix::mount::mount_change(
+                        "/",
+                        rustix::mount::MountPropagationFlags::DOWNSTREAM
+                            | rustix::mount::MountPropagationFlags::REC,
+                    )
+                });
+            let mounted = mount_all(mounts, &dir).map(|()| work(&dir));
+            // Gone with the namespace anyway; at once, and from a shared one.
+            let _ = unmount(&dir);
+            mounted
+        });
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(Error::io("start a mount thread for", &dir, e)),
+        }
+    });
+    let _ = std::fs::remove_dir(&dir);
+    outcome
+}
+
+/// A new empty directory in `parent`, for this process alone, to mount at.
+fn temp_mount_dir(parent: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let dir = parent.join(format!(
+            "ocidist-mount-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            // Left by an earlier process of the same id.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("create", &dir, e)),
+        }
+    }
+}
+
 /// Unmounts `target` (lazily, so a busy mount does not block the caller).
 pub fn unmount(target: &Path) -> Result<()> {
     rustix::mount::unmount(target, UnmountFlags::DETACH)

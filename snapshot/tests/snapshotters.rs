@@ -353,6 +353,54 @@ fn bind_mount_flags_hold() {
     }
 }
 
+/// A temporary mount is seen by its work alone (not from the process's
+/// main thread, so not by the host), so a killed process cannot leave it
+/// behind; once the work returns, mount and directory are gone. Its
+/// directory is made under a shared mount, as systemd makes `/`: mounts
+/// there propagate to every peer unless the work's namespace stops them.
+#[test]
+fn a_temp_mount_is_seen_only_by_its_work_and_goes_with_it() {
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("hello"), "world").unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    rustix::mount::mount(
+        "tmpfs",
+        shared.path(),
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let _guard = Mounted(shared.path());
+    rustix::mount::mount_change(shared.path(), rustix::mount::MountPropagationFlags::SHARED)
+        .unwrap();
+    let listed = |mountinfo: &str, dir: &Path| {
+        let field = format!(" {} ", dir.display());
+        std::fs::read_to_string(mountinfo)
+            .unwrap()
+            .lines()
+            .any(|line| line.contains(&field))
+    };
+    let (root, read, seen_by_work, seen_by_process) = mount::with_temp_mount_in(
+        shared.path(),
+        &[mount::Mount::bind(source.path(), true)],
+        |root| {
+            (
+                root.to_path_buf(),
+                std::fs::read_to_string(root.join("hello")).unwrap(),
+                listed("/proc/thread-self/mountinfo", root),
+                listed("/proc/self/mountinfo", root),
+            )
+        },
+    )
+    .unwrap();
+    assert_eq!(read, "world");
+    assert!(seen_by_work, "the work reads through the mount");
+    assert!(!seen_by_process, "nobody else sees it");
+    assert!(!root.exists(), "the directory goes with the mount");
+    assert!(!listed("/proc/self/mountinfo", &root));
+}
+
 #[tokio::test]
 async fn two_hundred_overlay_layers_mount_whole() {
     const LAYERS: usize = 200;
