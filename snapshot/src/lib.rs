@@ -225,7 +225,9 @@ pub trait Snapshotter: Send + Sync {
     async fn stat(&self, key: &str) -> Result<Info>;
 
     /// Replaces the labels of `info.name` with `info.labels`; with
-    /// `fieldpaths` (`labels`, `labels.KEY`), changes only those.
+    /// `fieldpaths` (`labels`, `labels.KEY`), changes only those. A label
+    /// whose value is empty is removed (as in containerd), here and in the
+    /// labels given to `prepare`, `view` and `commit`.
     async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info>;
 
     /// Disk used by `key` itself.

@@ -65,6 +65,12 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Record> {
         .map_err(|e| Error::Metadata(format!("snapshot {key:?}: corrupt record: {e}")))
 }
 
+/// Labels as stored: an empty value is no label, as in containerd.
+fn without_empty(mut labels: Labels) -> Labels {
+    labels.retain(|_, value| !value.is_empty());
+    labels
+}
+
 fn encode(record: &Record) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
 }
@@ -181,7 +187,7 @@ fn commit_in(table: &mut Table<'_>, commit: Commit<'_>) -> Result<Record> {
     record.updated_ns = now;
     record.usage = Some(usage);
     // Labels given at commit replace those of the active snapshot.
-    record.labels = labels;
+    record.labels = without_empty(labels);
     table
         .insert(name, encode(&record).as_slice())
         .map_err(db_error)?;
@@ -273,7 +279,7 @@ impl MetaStore {
                     id,
                     kind: new.kind,
                     parent: new.parent.map(str::to_string),
-                    labels: new.labels,
+                    labels: without_empty(new.labels),
                     created_ns: now,
                     updated_ns: now,
                     usage: None,
@@ -362,6 +368,7 @@ impl MetaStore {
                     )));
                 }
             }
+            record.labels = without_empty(std::mem::take(&mut record.labels));
             record.updated_ns = now_ns();
             table
                 .insert(info.name.as_str(), encode(&record).as_slice())

@@ -894,8 +894,8 @@ async fn base_test_snapshots<S: Snapshotter + ?Sized>(snapshotter: &S) {
 /// equals updated at first (created is the commit time for committed ones);
 /// update without fieldpaths replaces all labels, ignores a changed parent and
 /// sets updated to now; `labels.KEY` sets one label (deleting it when absent
-/// from the input) and leaves the rest; `labels` replaces them all; any
-/// other fieldpath (`parent`) is InvalidArgument.
+/// from the input) and leaves the rest; `labels` replaces them all; an empty
+/// value deletes its label; any other fieldpath (`parent`) is InvalidArgument.
 pub async fn update<S: Snapshotter + ?Sized>(snapshotter: &S, _work: &Path) {
     clear_umask();
     let t1 = SystemTime::now();
@@ -970,6 +970,15 @@ pub async fn update<S: Snapshotter + ?Sized>(snapshotter: &S, _work: &Path) {
             st.labels, expected,
             "{name}: fieldpath labels must replace all labels"
         );
+
+        st.labels = labels(&[("l4", ""), ("l5", "")]);
+        st = update_ok(snapshotter, st, &["labels.l4", "labels.l5"]).await;
+        let expected = labels(&[(GC_ROOT, root_time.as_str())]);
+        assert_eq!(
+            st.labels, expected,
+            "{name}: an empty value must remove its label, and set none"
+        );
+        assert_eq!(stat_ok(snapshotter, name).await.labels, expected);
 
         st.parent = Some("doesnotexist".to_string());
         expect_error(
