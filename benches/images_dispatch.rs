@@ -8,7 +8,7 @@ use oci_spec::image::Descriptor;
 use ocidist::content::{descriptor, sha256_of};
 use ocidist::images::{Flow, dispatch, handler_fn, walk};
 
-/// A tree of 1000 nodes: 1 root, 9 children, each with 111 leaves
+/// A tree of 1000 nodes: 1 root, 9 children, each with 110 leaves
 /// (1 + 9 + 9 × 110 = 1000), the shape of an index over manifests over layers.
 fn graph() -> (Descriptor, Vec<Vec<Descriptor>>) {
     let desc = |i: usize| descriptor(sha256_of(&i.to_le_bytes()), i as u64);

@@ -9,6 +9,7 @@ use oci_spec::image::Digest;
 ///
 /// The kinds follow containerd's `errdefs`, so code that ports containerd logic
 /// (retry on `Unavailable`, treat `AlreadyExists` as success) reads the same.
+/// [`ErrorKind::Io`] is ours: containerd would say `Unknown` or `Internal`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {

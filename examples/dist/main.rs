@@ -1,8 +1,10 @@
 //! `dist`: containerd's original distribution tool, on ocidist's public API.
 //!
 //! Commands on the content store (`ingest`, `active`, `list`, `path`, `get`,
-//! `delete`), on registries (`fetch-object`, `fetch`, `push`) and on images
-//! (`images`, `prune`) compose in shell pipelines, as the original did:
+//! `delete`), on registries (`fetch-object`, `fetch`, `push`, `pull`), on
+//! images (`images`, `prune`), on snapshots (`apply`, `rootfs`) and on OCI
+//! layouts (`export`, `import`, `unpack`) compose in shell pipelines, as the
+//! original's did:
 //!
 //! ```text
 //! dist ingest my-ref --expected-digest sha256:… --expected-size 1234 < blob
@@ -42,17 +44,19 @@ struct Cli {
     #[arg(long, global = true)]
     debug: bool,
     /// Print nothing but errors and a command's answer (`get`, `path`,
-    /// `fetch-object`, `active`, `images`, `apply`'s diff ID); `list -q`
-    /// prints digests only.
+    /// `fetch-object`, `active`, `images` and `images check`, `apply`'s diff
+    /// ID, `unpack`'s chain ID); `list -q` prints digests only.
     #[arg(long, short, global = true)]
     quiet: bool,
     /// Give up after this long (e.g. 30s, 5m, 1h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Speak plain HTTP to every registry. Without it, a loopback registry
-    /// gets HTTPS with its certificate unchecked, or plain HTTP on port 80 or
-    /// on another port where it speaks that, as with containerd; TLS flags
-    /// or certificates in --hosts-dir make it HTTPS as they say.
+    /// Speak plain HTTP to every registry not given TLS settings of its own
+    /// (certificates or `skip_verify = true` in --hosts-dir still make that
+    /// one HTTPS). Without it, a loopback registry gets HTTPS with its
+    /// certificate unchecked, or plain HTTP on port 80 or on another port
+    /// where it speaks that, as with containerd; TLS flags or certificates in
+    /// --hosts-dir make it HTTPS as they say.
     #[arg(long, global = true)]
     plain_http: bool,
     /// Registry credentials, USER:PASSWORD, for every registry the command
@@ -138,14 +142,15 @@ enum Command {
     Delete(content::DeleteArgs),
     /// Write the raw manifest or blob a tag or digest names to stdout.
     FetchObject(image::FetchObjectArgs),
-    /// Fetch all content of an image into the store and record its name.
+    /// Fetch the content of an image (the --platform's, or every platform's
+    /// with --all-platforms) into the store and record its name.
     Fetch(image::FetchArgs),
     /// Push an image from the store to a registry.
     Push(image::PushArgs),
     /// List images: REF TYPE DIGEST SIZE PLATFORMS; `check` and `rm` them.
     Images(image::ImagesArgs),
     /// Remove content and snapshots no image needs, and stale ingests; what a
-    /// running fetch, pull or unpack holds (its lease) stays.
+    /// running fetch, pull, unpack, import or rootfs holds (its lease) stays.
     Prune(image::PruneArgs),
     /// Fetch an image and unpack it into snapshots, overlapped.
     Pull(rootfs::PullArgs),

@@ -312,9 +312,10 @@ impl Matcher for All {
     }
 }
 
-/// Accepts `platform` and what it can also run, best first: `arm64/vN` also
-/// runs `arm/vN` down to `arm/v5`; `arm/vN` runs older arm variants down to
-/// `v5`; `amd64/vN` runs older levels, then `386`.
+/// Accepts `platform` and what it can also run, best first: arm64 runs its
+/// lower arm64 variants (containerd's table), then `arm/v8` down to
+/// `arm/v5`; `arm/vN` runs older arm variants down to `v5`; `amd64/vN` runs
+/// older levels, then `386`.
 pub fn only(platform: &Platform) -> Ordered {
     Ordered::new(compatible(platform))
 }

@@ -133,6 +133,7 @@ impl<F: Fetcher + ?Sized> Fetcher for std::sync::Arc<F> {
 pub trait Pusher: Send + Sync {
     /// A writer for `desc`: write its bytes and commit. Content already in the
     /// registry is [`ErrorKind::AlreadyExists`]; the same descriptor being
-    /// pushed through this pusher already is [`ErrorKind::Unavailable`].
+    /// pushed already, through any pusher of the same resolver, is
+    /// [`ErrorKind::Unavailable`].
     async fn push(&self, desc: &Descriptor) -> Result<Box<dyn Writer>>;
 }

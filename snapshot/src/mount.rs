@@ -242,10 +242,12 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
 /// unmounted when `work` returns.
 ///
 /// ```no_run
-/// # fn demo(mounts: &[ocidist_snapshot::Mount]) -> ocidist_snapshot::Result<()> {
-/// let names = ocidist_snapshot::mount::with_temp_mount(mounts, |root| {
+/// # fn demo(mounts: &[ocidist_snapshot::Mount]) -> Result<(), Box<dyn std::error::Error>> {
+/// // Mount errors are the outer `Result`, the work's own the inner one.
+/// let entries = ocidist_snapshot::mount::with_temp_mount(mounts, |root| {
 ///     std::fs::read_dir(root).map(|entries| entries.count())
 /// })??;
+/// println!("{entries} entries at the snapshot's root");
 /// # Ok(())
 /// # }
 /// ```

@@ -54,7 +54,7 @@ pub enum UnpackEvent {
 }
 
 /// How the keys of the active snapshots [`unpack`] applies layers into begin:
-/// `extract-<chain ID>-<random>`. [`gc::prune`](crate::gc::prune) removes
+/// `extract-<chain ID>-<pid>-<time>-<n>`. [`gc::prune`](crate::gc::prune) removes
 /// old ones, left by an unpack that was killed.
 pub const EXTRACT_KEY_PREFIX: &str = "extract-";
 

@@ -3,8 +3,10 @@
 //!
 //! Credentials come from a [`Credentials`] provider the caller chooses; they
 //! are only ever sent to the host they belong to: a request that redirects
-//! elsewhere (a blob served from object storage) goes without them, because
-//! reqwest drops `Authorization` on cross-host redirects.
+//! elsewhere (a blob served from object storage) goes without them. reqwest
+//! drops `Authorization` only on a redirect to another host than the hop
+//! before, so the client's redirect policy hands every hop to another
+//! origin back, and the resolver follows it itself, without credentials.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! The Docker registry v2 / OCI distribution client.
 //!
-//! A loopback registry (`localhost`, `127.0.0.1`, `::1`) with no settings
+//! A loopback registry (`localhost`, `127.0.0.0/8`, `::1`) with no settings
 //! is spoken to as containerd speaks to one: with no port or port 443, over
 //! HTTPS without checking its certificate; on port 80, in plain HTTP; on any
 //! other port, in whichever it speaks, which one `GET /v2/` (or two) settles
@@ -9,7 +9,9 @@
 //! checked. TLS settings (CA files, a client certificate, `skip_verify`)
 //! given for the resolver or for the registry in the hosts directory make
 //! it HTTPS, checked as they say; a scheme written in `hosts.toml` is used
-//! as written. Elsewhere, HTTPS (rustls, the system's roots plus any CA
+//! as written, except an `http://` host written with TLS settings on a port
+//! other than 80, which is settled as a loopback one is (containerd's
+//! "bypass TLS verification" configuration). Elsewhere, HTTPS (rustls, the system's roots plus any CA
 //! files given).
 //!
 //! Authentication is in [`auth`] and [`config`]; containerd's `hosts.toml`
@@ -830,9 +832,11 @@ impl Repository {
         is_loopback(&self.host)
     }
 
-    /// Sends an idempotent request (GET, HEAD), retrying what a busy or flaky
-    /// registry answers (408, 429, 500, 502, 503, 504, broken connections)
-    /// with jittered exponential backoff, honouring `Retry-After`, at most
+    /// Sends a request that may be sent again (GET, HEAD, an upload's or a
+    /// mount's POST, a manifest's PUT: `build` makes it anew for each
+    /// attempt), retrying what a busy or flaky registry answers (408, 429,
+    /// 500, 502, 503, 504, broken connections) with jittered exponential
+    /// backoff, honouring a `Retry-After` of up to 10 s, at most
     /// [`ATTEMPTS`] times; on a mirror before the last endpoint, not at all
     /// (the caller moves on to the next). A TLS alert refusing the client
     /// certificate is not retried: it would be refused again.
