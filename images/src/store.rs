@@ -203,19 +203,81 @@ fn db_error(e: impl Into<redb::Error>) -> Error {
     Error::other(ErrorKind::Io, format!("image database: {e}"))
 }
 
+/// Opens the redb database at `path` in redb's multi-writer mode (shared
+/// with any other process that opens it the same way), creating it if
+/// needed, and its directory too.
+///
+/// redb creates a database in place and writes its magic number last, and
+/// refuses a file without one: a process killed while creating it would
+/// leave a file that no later open accepts. Here a database is created
+/// whole under a temporary name and renamed into place, under a lock file
+/// beside it (`.<name>.lock`). A file that such a killed creation left (its
+/// magic number still zeros, or empty) is replaced the same way; a file
+/// with any other contents is left for redb to judge. The snapshotters keep
+/// their metadata through this too.
+pub fn open_shared_database(path: &Path) -> std::io::Result<Database> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    if half_made(path)? {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let lock = std::fs::File::create(dir.join(format!(".{name}.lock")))?;
+        lock.lock()?;
+        // Another process may have made it while we waited.
+        if half_made(path)? {
+            // Databases are staged only under the lock: any other staged one
+            // was left by a process killed while it made it.
+            let prefix = format!(".{name}.tmp-");
+            for entry in std::fs::read_dir(dir)?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            let staged = dir.join(format!("{prefix}{}", std::process::id()));
+            let made = Database::builder()
+                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+                .create(&staged)
+                .map_err(std::io::Error::other)
+                .and_then(|db| {
+                    drop(db);
+                    std::fs::File::open(&staged)?.sync_all()?;
+                    std::fs::rename(&staged, path)?;
+                    std::fs::File::open(dir)?.sync_all()
+                });
+            if made.is_err() {
+                let _ = std::fs::remove_file(&staged);
+            }
+            made?;
+        }
+    }
+    Database::builder()
+        .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+        .create(path)
+        .map_err(std::io::Error::other)
+}
+
+/// Whether the database at `path` is missing, or was never finished: empty,
+/// or its magic number (redb's first nine bytes, written last) still zeros.
+fn half_made(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let mut magic = Vec::with_capacity(9);
+    (&mut file).take(9).read_to_end(&mut magic)?;
+    Ok(magic.iter().all(|&b| b == 0))
+}
+
 impl DbImageStore {
     /// Opens (creating if needed) the database at `path`, shared with any other
-    /// process that opens it the same way.
+    /// process that opens it the same way ([`open_shared_database`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::other(ErrorKind::Io, format!("create {}: {e}", dir.display()))
-            })?;
-        }
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .create(path)
+        let db = open_shared_database(path)
             .map_err(|e| Error::other(ErrorKind::Io, format!("open {}: {e}", path.display())))?;
         Ok(DbImageStore { db: Arc::new(db) })
     }

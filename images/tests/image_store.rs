@@ -260,3 +260,60 @@ async fn a_record_that_does_not_decode_can_be_deleted() {
     let err = store.delete("odd:1").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+/// A process killed while redb created the database left a file redb
+/// refuses ever after (its magic number is written last): such a file, or
+/// an empty one, is made anew; a file that is something else is refused,
+/// never replaced.
+#[tokio::test]
+async fn a_database_a_killed_creation_left_is_made_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = dir.path().join("made.redb");
+    drop(DbImageStore::open(&made).unwrap());
+    let mut half_made = std::fs::read(&made).unwrap();
+    half_made[..9].fill(0);
+    let leftovers = [
+        ("no-magic.redb", half_made),
+        ("zeros.redb", vec![0; 73728]),
+        ("empty.redb", Vec::new()),
+    ];
+    for (name, bytes) in leftovers {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let store = DbImageStore::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        store.create(Image::new("a:1", target(name))).await.unwrap();
+        drop(store);
+        let reopened = DbImageStore::open(&path).unwrap();
+        assert_eq!(reopened.get("a:1").await.unwrap().target, target(name));
+    }
+    let foreign = dir.path().join("foreign.redb");
+    std::fs::write(&foreign, b"some file that is not a database").unwrap();
+    let err = DbImageStore::open(&foreign).unwrap_err();
+    assert!(err.to_string().contains("Not a redb database"), "{err}");
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        b"some file that is not a database"
+    );
+}
+
+/// Threads that open one new database at once all get the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_opens_share_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("images.redb");
+    let opened: Vec<DbImageStore> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| DbImageStore::open(&path).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, store) in opened.iter().enumerate() {
+        store
+            .create(Image::new(format!("a:{i}"), target("x")))
+            .await
+            .unwrap();
+    }
+    for store in &opened {
+        assert_eq!(store.list(&[]).await.unwrap().len(), opened.len());
+    }
+}

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Info, Kind, Labels, Result};
@@ -196,9 +196,7 @@ fn commit_in(table: &mut Table<'_>, commit: Commit<'_>) -> Result<Record> {
 
 impl MetaStore {
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let db = Database::builder()
-            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .create(path)
+        let db = ocidist_images::store::open_shared_database(path)
             .map_err(|e| Error::Metadata(format!("open {}: {e}", path.display())))?;
         Ok(MetaStore { db })
     }
