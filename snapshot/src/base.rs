@@ -33,6 +33,9 @@ pub(crate) struct Base {
 
 impl Base {
     pub(crate) fn open(root: &Path, durability: Durability) -> Result<Arc<Self>> {
+        // Mounts name directories under the root, and the kernel takes them
+        // from wherever the mounting thread stands: they must be absolute.
+        let root = &std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
         let snapshots = root.join("snapshots");
         std::fs::create_dir_all(&snapshots).map_err(|e| Error::io("mkdir", &snapshots, e))?;
         // Private to their owner, made so or made so now: snapshots hold what

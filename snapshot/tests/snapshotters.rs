@@ -322,6 +322,43 @@ async fn a_parent_at_commit_only_when_none_was_set_at_prepare() {
     assert_eq!(err.kind(), ErrorKind::Unimplemented, "{err}");
 }
 
+/// A root given as a relative path still yields mounts that name absolute
+/// directories: the kernel would read relative ones from wherever the
+/// mounting process stands (a `dist --root store` run from elsewhere).
+#[tokio::test]
+async fn a_relative_root_gives_absolute_mounts() {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let relative = dir
+        .path()
+        .strip_prefix(std::env::current_dir().unwrap())
+        .unwrap_or(dir.path());
+    assert!(relative.is_relative(), "{}", relative.display());
+    let overlay = OverlaySnapshotter::open(relative.join("overlay")).unwrap();
+    let native = NativeSnapshotter::open(relative.join("native")).unwrap();
+    let mut mounts = Vec::new();
+    for s in [&overlay as &dyn Snapshotter, &native] {
+        s.prepare("a", None, Labels::new()).await.unwrap();
+        s.commit("c", "a", Labels::new()).await.unwrap();
+        mounts.extend(s.prepare("b", Some("c"), Labels::new()).await.unwrap());
+        mounts.extend(s.view("v", Some("c"), Labels::new()).await.unwrap());
+    }
+    for m in &mounts {
+        let dirs = m
+            .options
+            .iter()
+            .filter_map(|o| o.split_once('='))
+            .filter(|(k, _)| ["lowerdir", "upperdir", "workdir"].contains(k));
+        for (_, value) in dirs {
+            for d in value.split(':') {
+                assert!(Path::new(d).is_absolute(), "{m:?}");
+            }
+        }
+        if m.kind == "bind" {
+            assert!(m.source.is_absolute(), "{m:?}");
+        }
+    }
+}
+
 struct Mounted<'a>(&'a Path);
 
 impl Drop for Mounted<'_> {
