@@ -284,6 +284,7 @@ where
                 fetched?;
                 match unpacked {
                     Ok(chain_id) => Ok::<_, PullError>(chain_id),
+                    Err(e) if !may_read_better(&e) => Err(PullError::Unpack(e)),
                     Err(_) => Ok(again().await?),
                 }
             }
@@ -312,6 +313,9 @@ where
                     }
                 };
                 fetched?;
+                if !may_read_better(&failed) {
+                    return Err(PullError::Unpack(failed));
+                }
                 Ok(again().await?)
             }
         }
@@ -322,6 +326,19 @@ where
     // pull leaves an existing name where it pointed.
     let image = record_image(images, &name, target).await?;
     Ok(Pulled { image, chain_id })
+}
+
+/// Whether an unpack that failed while its blobs downloaded may succeed once
+/// it reads them again, verified, from the store: it failed on what it read
+/// (a broken tar, a wrong diff ID, a blob not there yet), not on where it
+/// writes. A full disk or a failing snapshot database would fail it again,
+/// and report a later, lesser error than the first (a database that
+/// refuses every write after the one that failed).
+fn may_read_better(failed: &crate::snapshot::Error) -> bool {
+    !matches!(
+        failed,
+        crate::snapshot::Error::Io { .. } | crate::snapshot::Error::Metadata(_)
+    )
 }
 
 /// How long a pull whose unpack failed waits for the fetch to fail too, with

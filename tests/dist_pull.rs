@@ -598,6 +598,75 @@ fn root_in_a_user_namespace_pulls_and_mounts_with_user_xattrs() {
     );
 }
 
+/// A tmpfs of a given size, the test's own, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        SmallDisk(dir.to_path_buf()).remount(0, size)
+    }
+
+    fn remount(self, flags: libc::c_ulong, size: &str) -> SmallDisk {
+        let dir = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        let data = std::ffi::CString::new(format!("size={size}")).unwrap();
+        // SAFETY: valid C strings; the mount is this test's own.
+        let mounted = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(mounted, 0, "{}", std::io::Error::last_os_error());
+        self
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let dir = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A disk that fills while a layer unpacks (its blobs fitted) fails the
+/// pull with the full disk's own error, not with what a database said
+/// after it, and not after unpacking once more for nothing; and it gives
+/// back the room its half-unpacked layer took, even when the snapshot
+/// database has none left to record that in. Once there is room, the same
+/// pull finishes and builds the right tree.
+#[test]
+fn a_disk_that_fills_during_unpack_says_so_and_the_rerun_finishes() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_image(&registry.host(), work.path(), 8 << 20);
+    let disk = SmallDisk::mount(&work.path().join("small"), "12m");
+    let root = disk.0.join("store");
+    ok(dist(&root, &["fetch", &reference], b""));
+    let full = dist(&root, &["pull", &reference], b"");
+    assert!(!full.status.success(), "the rootfs cannot fit");
+    let said = stderr(&full);
+    assert!(said.contains("No space left on device"), "{said}");
+    assert!(!said.contains("Previous I/O error"), "{said}");
+    // The failed unpack's snapshot gave its room back: the image can go,
+    // and a prune takes its blobs and the snapshot's record.
+    ok(dist(&root, &["images", "rm", &reference], b""));
+    let pruned = ok(dist(&root, &["prune", "--grace", "0s"], b""));
+    assert!(
+        pruned.contains("removed 2 overlay snapshots") && pruned.contains("removed 4 blobs"),
+        "{pruned}"
+    );
+    let _disk = disk.remount(libc::MS_REMOUNT, "64m");
+    ok(dist(&root, &["pull", &reference], b""));
+    ok(dist(&root, &["images", "check"], b""));
+    copy_and_check_rootfs(&root, "overlay", &reference, &work.path().join("copy"));
+}
+
 /// A store reached through a bind mount (a container's volume): its rootfs
 /// binds show their sources by the volume's own path, and `--unmount` must
 /// still know them for its own, not remove a snapshot that is mounted.

@@ -447,7 +447,13 @@ pub(crate) async fn prune(
         report!("removed {} expired leases", held.expired());
     }
     // Snapshots first: the layers of every image stay, whatever its platform.
-    if !snapshotters.is_empty() {
+    // Their failure does not keep the blobs from going: on a full disk the
+    // snapshot database cannot record a removal, and the blobs are the room
+    // it needs.
+    let snapshots_pruned = async {
+        if snapshotters.is_empty() {
+            return Ok(());
+        }
         let images = stores
             .images
             .list(&[])
@@ -478,7 +484,9 @@ pub(crate) async fn prune(
                 pruned.kept
             );
         }
+        Ok(())
     }
+    .await;
     let opts = GcOptions {
         dry_run: args.dry_run,
         grace: args.grace,
@@ -502,5 +510,5 @@ pub(crate) async fn prune(
         report.reachable
     );
     drop(held);
-    Ok(())
+    snapshots_pruned
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ocidist_content::filters::Filters;
 
-use crate::metadata::{Commit, MetaStore, NewSnapshot, Record};
+use crate::metadata::{self, Commit, MetaStore, NewSnapshot, Record};
 use crate::{
     CommitRequest, Durability, Error, Info, Kind, Labels, PrepareRequest, Result, Usage, tree,
 };
@@ -199,11 +199,32 @@ impl Base {
     pub(crate) async fn remove(self: &Arc<Self>, key: &str) -> Result<()> {
         let key = key.to_string();
         self.run(move |base| {
-            let record = base.meta.remove(&key)?;
-            let dir = base.dir(record.id);
-            let doomed = tempfile_name(&base.snapshots_dir(), "rm-");
-            if std::fs::rename(&dir, &doomed).is_ok() {
-                let _ = tree::remove_tree(&doomed);
+            let remove_dir = |id: u64| {
+                let doomed = tempfile_name(&base.snapshots_dir(), "rm-");
+                if std::fs::rename(base.dir(id), &doomed).is_ok() {
+                    let _ = tree::remove_tree(&doomed);
+                }
+            };
+            // Read first: after a write that failed, the database answers
+            // nothing more in this process.
+            let (before, _) = base.meta.get(&key)?;
+            match base.meta.remove(&key) {
+                Ok(record) => remove_dir(record.id),
+                // No room to record the removal on a full disk. An active
+                // snapshot's directory (a failed unpack's) is the room, and
+                // nothing else reads it (parents are committed): it goes
+                // now, and its record at the next removal.
+                Err(Error::Io { source, .. })
+                    if metadata::is_full(&source) && before.kind == Kind::Active =>
+                {
+                    remove_dir(before.id);
+                    return Err(Error::io(
+                        "record the removal (its directory is gone, to make room) in",
+                        "snapshot metadata",
+                        source,
+                    ));
+                }
+                Err(e) => return Err(e),
             }
             Ok(())
         })

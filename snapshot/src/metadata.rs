@@ -57,7 +57,21 @@ fn from_ns(ns: u128) -> SystemTime {
 }
 
 fn db_error(e: impl Into<redb::Error>) -> Error {
-    Error::Metadata(e.into().to_string())
+    match e.into() {
+        // Said as what it is, for callers that can make room.
+        redb::Error::Io(source) if is_full(&source) => {
+            Error::io("write", "snapshot metadata", source)
+        }
+        other => Error::Metadata(other.to_string()),
+    }
+}
+
+/// Whether `e` says the disk (or the user's quota) is full.
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Record> {
