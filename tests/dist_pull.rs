@@ -243,6 +243,33 @@ fn pull_and_mount(snapshotter: &str) {
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     rootfs(&["--unmount", mnt.to_str().unwrap()]);
 
+    // Unmounted by hand (or a `rootfs` killed before it mounted), then
+    // mounted again at the same directory: the same snapshot, its writes
+    // kept. Mounted there still: refused.
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    std::fs::write(mnt.join("etc/kept"), b"mine").unwrap();
+    // SAFETY: a valid C string; the mount is this test's own.
+    assert_eq!(unsafe { libc::umount2(c_mnt.as_ptr(), 0) }, 0);
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
+    assert_eq!(std::fs::read(mnt.join("etc/kept")).unwrap(), b"mine");
+    let twice = dist(
+        &root,
+        &[
+            "--snapshotter",
+            snapshotter,
+            "rootfs",
+            &reference,
+            mnt.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        !twice.status.success() && stderr(&twice).contains("mounted at DEST already"),
+        "{}",
+        stderr(&twice)
+    );
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+
     // Covered by another filesystem mounted over it: refused, and both stay
     // until that one is taken off.
     rootfs(&[&reference, mnt.to_str().unwrap()]);

@@ -103,6 +103,34 @@ pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
     Ok(())
 }
 
+/// The mounts of the rootfs snapshot `key` that DEST already has, to mount
+/// again: one a `rootfs` killed before it mounted left, or one unmounted by
+/// hand or by a reboot, whose writes are kept. Refused when it is mounted
+/// there still, or is of another image than `chain`.
+async fn existing_rootfs(
+    snapshotter: &dyn Snapshotter,
+    key: &str,
+    chain: &str,
+    dest: &Path,
+) -> Result<Vec<mount::Mount>, Box<dyn std::error::Error + Send + Sync>> {
+    let info = snapshotter.stat(key).await?;
+    let mounts = snapshotter.mounts(key).await?;
+    let Some(first) = mounts.first() else {
+        return Err(format!("rootfs snapshot {key} has no mounts").into());
+    };
+    if mount::mounted_at(dest, first)? != mount::MountedAt::Absent {
+        return Err("a rootfs is mounted at DEST already".into());
+    }
+    if info.parent.as_deref() != Some(chain) {
+        return Err(
+            "DEST has the rootfs of another image, not mounted: `dist rootfs --unmount DEST` \
+             removes it (and what was written into it)"
+                .into(),
+        );
+    }
+    Ok(mounts)
+}
+
 /// The snapshot key of the rootfs mounted at `dest`.
 fn rootfs_key(dest: &std::path::Path) -> String {
     // A DEST that is gone (a reboot took it) names the same key through its
@@ -233,12 +261,24 @@ pub(crate) async fn rootfs_cmd(
         .map_err(|e| fail(e.into()))?;
     } else {
         let key = rootfs_key(&dest);
-        let mounts = snapshotter
+        let (mounts, made) = match snapshotter
             .prepare(&key, Some(chain.as_ref()), Labels::new())
             .await
-            .map_err(|e| fail(e.into()))?;
+        {
+            Ok(mounts) => (mounts, true),
+            Err(e) if e.is_already_exists() => (
+                existing_rootfs(snapshotter, &key, chain.as_ref(), &dest)
+                    .await
+                    .map_err(fail)?,
+                false,
+            ),
+            Err(e) => return Err(fail(e.into())),
+        };
         if let Err(e) = mount::mount_all(&mounts, &dest) {
-            let _ = snapshotter.remove(&key).await;
+            // One made before (with what was written into it) stays.
+            if made {
+                let _ = snapshotter.remove(&key).await;
+            }
             return Err(fail(e.into()));
         }
     }
