@@ -1138,6 +1138,9 @@ fn an_interrupted_pull_exits_at_once_and_resumes() {
             stderr.contains(&format!("interrupted by {name}; ingests are kept")),
             "{stderr}"
         );
+        // Its half-applied layers went with it (they cannot be resumed).
+        let left = ok(dist(&root, &["prune", "--dry-run", "--grace", "0s"], b""));
+        assert!(!left.contains("snapshot extract-"), "{left}");
     }
     let active = ok(dist(&root, &["active"], b""));
     assert!(

@@ -350,7 +350,9 @@ async fn run(cli: Cli) -> CmdResult {
                 )
                 .map(|s| std::sync::Arc::new(s) as _),
             };
-            opened.map_err(|e| open("snapshotter in", e.into()))
+            let opened = opened.map_err(|e| open("snapshotter in", e.into()))?;
+            let _ = OPENED_SNAPSHOTTER.set(opened.clone());
+            Ok(opened)
         };
     match cli.command {
         Command::Ingest(args) => content::ingest(&content_store()?, args).await,
@@ -406,6 +408,11 @@ async fn run(cli: Cli) -> CmdResult {
         }
     }
 }
+
+/// The snapshotter the command opened, for [`main`] to remove the
+/// extractions it left unfinished when a signal stopped it.
+static OPENED_SNAPSHOTTER: std::sync::OnceLock<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>> =
+    std::sync::OnceLock::new();
 
 /// Why a command stopped early.
 enum Stop {
@@ -484,6 +491,21 @@ fn main() -> ExitCode {
             (signal, name) = interrupted() => Err(Stop::Interrupted(signal, name)),
         }
     });
+    // Layers half applied when a signal dropped the command's unpack: an
+    // unpack removes them itself only when it fails. Dropped, its layers
+    // stop at their next read.
+    if let (Err(Stop::Interrupted(..)), Some(snapshotter)) = (&result, OPENED_SNAPSHOTTER.get()) {
+        let removed = runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                ocidist::snapshot::remove_own_extractions(snapshotter.as_ref()),
+            )
+            .await
+        });
+        if let Ok(Err(e)) = removed {
+            eprintln!("dist: remove unfinished extractions: {e}");
+        }
+    }
     // Blocking writes still running must not hold the exit up for long.
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {

@@ -52,7 +52,10 @@ mod unpack;
 pub use error::{Error, ErrorKind, Result};
 pub use mount::Mount;
 pub use tree::copy_tree;
-pub use unpack::{EXTRACT_KEY_PREFIX, UNCOMPRESSED_LABEL, UnpackEvent, UnpackOptions, unpack};
+pub use unpack::{
+    EXTRACT_KEY_PREFIX, UNCOMPRESSED_LABEL, UnpackEvent, UnpackOptions, remove_own_extractions,
+    unpack,
+};
 
 /// Labels on a snapshot: free-form metadata, also used by garbage collection.
 pub type Labels = BTreeMap<String, String>;

@@ -15,7 +15,8 @@ use crate::apply::{ApplyOptions, LowersReady, apply_layer, apply_layer_over};
 use crate::base::tempfile_name;
 use crate::mount::ApplyTarget;
 use crate::{
-    APPLY_ONLY_LABEL, CommitOpts, CommitRequest, Error, Labels, PrepareRequest, Result, Snapshotter,
+    APPLY_ONLY_LABEL, CommitOpts, CommitRequest, Error, Kind, Labels, PrepareRequest, Result,
+    Snapshotter,
 };
 
 /// The label containerd's garbage collector reads to keep a layer's
@@ -207,6 +208,35 @@ struct Layers<'a> {
 /// but the promise that only [`apply_layer`] writes them.
 fn apply_only() -> Labels {
     Labels::from([(APPLY_ONLY_LABEL.to_string(), "true".to_string())])
+}
+
+/// Removes the active snapshots that unpacks of this process made and did
+/// not finish (their keys carry its process ID); returns how many went.
+///
+/// An unpack cleans up after itself when it fails, but not when its future
+/// is dropped: no async work runs on a drop. A program that stops unpacks
+/// that way (dist on SIGINT) calls this before it exits, as containerd's
+/// unpacker removes its extraction when its context is cancelled. Run it
+/// only once the unpacks of this process have stopped.
+pub async fn remove_own_extractions<S: Snapshotter + ?Sized>(snapshotter: &S) -> Result<usize> {
+    let pid = std::process::id().to_string();
+    let mut removed = 0;
+    for info in snapshotter.walk(&[]).await? {
+        let ours = info
+            .name
+            .strip_prefix(EXTRACT_KEY_PREFIX)
+            // <chain ID>-<pid>-<secs>-<nanos>-<n>
+            .and_then(|rest| rest.rsplitn(5, '-').nth(3))
+            .is_some_and(|owner| owner == pid);
+        if ours && info.kind == Kind::Active {
+            match snapshotter.remove(&info.name).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn extract_key(chain_id: &Digest) -> String {
