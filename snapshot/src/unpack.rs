@@ -226,7 +226,7 @@ pub async fn remove_own_extractions<S: Snapshotter + ?Sized>(snapshotter: &S) ->
             .name
             .strip_prefix(EXTRACT_KEY_PREFIX)
             // <chain ID>-<pid>-<secs>-<nanos>-<n>
-            .and_then(|rest| rest.rsplitn(5, '-').nth(3))
+            .and_then(|rest| rest.rsplit('-').nth(3))
             .is_some_and(|owner| owner == pid);
         if ours && info.kind == Kind::Active {
             match snapshotter.remove(&info.name).await {
