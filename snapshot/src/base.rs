@@ -33,11 +33,16 @@ pub(crate) struct Base {
 
 impl Base {
     pub(crate) fn open(root: &Path, durability: Durability) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(root.join("snapshots"))
+            .map_err(|e| Error::io("mkdir", root.join("snapshots"), e))?;
         // Mounts name directories under the root, and the kernel takes them
         // from wherever the mounting thread stands: they must be absolute.
-        let root = &std::path::absolute(root).map_err(|e| Error::io("resolve", root, e))?;
+        // And one name for each: a mount is known for ours by the paths in
+        // its options, so a root reached through a symlink or `..` must read
+        // as the same root (else a mounted rootfs looks unmounted, and its
+        // snapshot is removed under it).
+        let root = &std::fs::canonicalize(root).map_err(|e| Error::io("resolve", root, e))?;
         let snapshots = root.join("snapshots");
-        std::fs::create_dir_all(&snapshots).map_err(|e| Error::io("mkdir", &snapshots, e))?;
         // Private to their owner, made so or made so now: snapshots hold what
         // images put there, setuid binaries and device nodes included, which
         // no other user may reach through these paths (containerd's

@@ -359,6 +359,33 @@ async fn a_relative_root_gives_absolute_mounts() {
     }
 }
 
+/// A root reached by another name (a symlink, a `..`) gives the same
+/// mounts: a mount is known for a snapshot's by the paths it names, and a
+/// rootfs mounted under one name must not look unmounted under another.
+#[tokio::test]
+async fn a_root_reached_by_another_name_gives_the_same_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    let link = dir.path().join("link");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let dotted = dir.path().join("link/../real");
+    let first = OverlaySnapshotter::open(&real).unwrap();
+    first.prepare("a", None, Labels::new()).await.unwrap();
+    first.commit("c", "a", Labels::new()).await.unwrap();
+    let mounts = first.prepare("b", Some("c"), Labels::new()).await.unwrap();
+    drop(first);
+    for other in [&link, &dotted] {
+        let again = OverlaySnapshotter::open(other).unwrap();
+        assert_eq!(
+            again.mounts("b").await.unwrap(),
+            mounts,
+            "{}",
+            other.display()
+        );
+    }
+}
+
 struct Mounted<'a>(&'a Path);
 
 impl Drop for Mounted<'_> {
