@@ -594,11 +594,105 @@ pub(crate) fn usage(root: &Path) -> Result<(u64, u64)> {
 
 /// Removes `path` and everything under it; a missing path is fine.
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", path, e)),
+    let error = |e: io::Error| Error::io("remove", path, e);
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(error(e)),
+        Ok(meta) if !meta.is_dir() => return fs::remove_file(path).map_err(error),
+        Ok(_) => {}
     }
+    remove_tree_iteratively(path).map_err(|e| error(e.into()))?;
+    match fs::remove_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(error(e)),
+        _ => Ok(()),
+    }
+}
+
+/// A directory being emptied: its name in its parent, its subdirectories
+/// not yet removed, and whether it was read again already.
+struct Emptying {
+    name: std::ffi::CString,
+    subdirs: Vec<std::ffi::CString>,
+    reread: bool,
+}
+
+/// Empties the directory `path`, however deep its tree, with one directory
+/// open at a time and no recursion: it goes down by name and back up by
+/// `..`. std's `remove_dir_all` recurses, a stack frame and a descriptor per
+/// level, and a layer's symlinks can build a tree 16,000 levels deep in
+/// 80 KB: that overflowed a thread's stack and aborted the process. Its
+/// symlinks are removed, never followed.
+fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut current = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
+    let mut trail = vec![Emptying {
+        name: std::ffi::CString::default(),
+        subdirs: empty_but_subdirs(&current)?,
+        reread: false,
+    }];
+    loop {
+        let top = trail
+            .last_mut()
+            .expect("the trail holds the root until the end");
+        if let Some(subdir) = top.subdirs.pop() {
+            current = rustix::fs::openat(&current, subdir.as_c_str(), flags, Mode::empty())?;
+            let subdirs = empty_but_subdirs(&current)?;
+            trail.push(Emptying {
+                name: subdir,
+                subdirs,
+                reread: false,
+            });
+            continue;
+        }
+        let done = trail.pop().expect("just looked at");
+        if trail.is_empty() {
+            return Ok(());
+        }
+        let parent = rustix::fs::openat(&current, c"..", flags, Mode::empty())?;
+        match rustix::fs::unlinkat(&parent, done.name.as_c_str(), AtFlags::REMOVEDIR) {
+            // An entry a reader missed while its directory changed under it
+            // (unspecified by POSIX): read it once more.
+            Err(rustix::io::Errno::NOTEMPTY) if !done.reread => {
+                let subdirs = empty_but_subdirs(&current)?;
+                trail.push(Emptying {
+                    name: done.name,
+                    subdirs,
+                    reread: true,
+                });
+                continue;
+            }
+            removed => removed?,
+        }
+        current = parent;
+    }
+}
+
+/// Removes every entry of the open directory `dir` but its subdirectories,
+/// and returns their names.
+fn empty_but_subdirs(dir: &std::os::fd::OwnedFd) -> rustix::io::Result<Vec<std::ffi::CString>> {
+    let mut subdirs = Vec::new();
+    let mut entries = rustix::fs::Dir::read_from(dir)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            rustix::fs::FileType::Directory => true,
+            rustix::fs::FileType::Unknown => {
+                rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode & libc::S_IFMT
+                    == libc::S_IFDIR
+            }
+            _ => false,
+        };
+        if is_dir {
+            subdirs.push(name.to_owned());
+        } else {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+        }
+    }
+    Ok(subdirs)
 }
 
 /// fsyncs a directory, so a rename into it survives a crash.

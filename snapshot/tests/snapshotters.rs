@@ -386,6 +386,40 @@ async fn a_root_reached_by_another_name_gives_the_same_mounts() {
     }
 }
 
+/// A snapshot whose tree is 20,000 levels deep (a layer's symlinks can
+/// build one from 80 KB) is removed, files and symlinks at every level,
+/// without overflowing the removing thread's stack (the process aborted).
+#[tokio::test]
+async fn a_snapshot_twenty_thousand_levels_deep_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = NativeSnapshotter::open(dir.path()).unwrap();
+    let mounts = s.prepare("deep", None, Labels::new()).await.unwrap();
+    let top = mounts[0].source.clone();
+    let flags = rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY;
+    let mode = rustix::fs::Mode::from_raw_mode(0o755);
+    let mut level = rustix::fs::open(&top, flags, mode).unwrap();
+    for _ in 0..20_000 {
+        rustix::fs::mkdirat(&level, "d", mode).unwrap();
+        let file = rustix::fs::openat(
+            &level,
+            "f",
+            rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
+            mode,
+        )
+        .unwrap();
+        drop(file);
+        rustix::fs::symlinkat("/", &level, "to-root").unwrap();
+        level = rustix::fs::openat(&level, "d", flags, mode).unwrap();
+    }
+    drop(level);
+    s.remove("deep").await.unwrap();
+    assert!(!top.exists(), "the tree is gone");
+    assert!(
+        std::fs::read_dir("/").unwrap().next().is_some(),
+        "and / is not"
+    );
+}
+
 struct Mounted<'a>(&'a Path);
 
 impl Drop for Mounted<'_> {
