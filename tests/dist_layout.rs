@@ -444,3 +444,95 @@ fn a_corrupt_layout_blob_fails_and_the_repaired_layout_imports() {
     let imported = ok(dist(&root, &["import", layout.to_str().unwrap()], b""));
     assert!(imported.starts_with("app sha256:"), "{imported}");
 }
+
+/// `unpack` reads a layout the way umoci does, not trusting its files: a
+/// manifest whose bytes are not its digest's, a blob of another size than
+/// its descriptor says, a blob that is a symlink to `/dev/zero`, and an
+/// `index.json` that is one, are each refused, at once, with what is
+/// wrong; the good layout unpacks.
+#[test]
+fn unpack_refuses_a_layout_whose_files_are_not_what_they_claim() {
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let digest = build(&builder);
+    let layout = work.path().join("layout");
+    ok(dist(
+        &builder,
+        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
+        b"",
+    ));
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
+    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let root = work.path().join("store");
+    let source = format!("{}:app", layout.display());
+    let unpack = || {
+        let started = std::time::Instant::now();
+        let out = dist(&root, &["unpack", &source], b"");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        out
+    };
+    let refused = |why: &str| {
+        let out = unpack();
+        assert_eq!(out.status.code(), Some(1), "{why}: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Replaces a file, kept writable, and returns a guard that puts it back.
+    let swap = |path: &Path, with: &dyn Fn(&Path)| {
+        let saved = work.path().join("saved");
+        std::fs::rename(path, &saved).unwrap();
+        with(path);
+        saved
+    };
+    let restore = |path: &Path, saved: &Path| {
+        let _ = std::fs::remove_file(path);
+        std::fs::rename(saved, path).unwrap();
+    };
+
+    let manifest_file = blob(&digest);
+    let mut other = manifest.clone();
+    other["annotations"] = serde_json::json!({"evil": "yes"});
+    let saved = swap(&manifest_file, &|p| {
+        std::fs::write(p, other.to_string()).unwrap();
+    });
+    let said = refused("a manifest of other bytes");
+    assert!(said.contains(&format!("layout blob {digest}")), "{said}");
+    restore(&manifest_file, &saved);
+
+    let saved = swap(&layer, &|p| {
+        std::fs::write(p, b"short").unwrap();
+    });
+    let said = refused("a layer of another size");
+    assert!(
+        said.contains("5 bytes, where its descriptor says"),
+        "{said}"
+    );
+    restore(&layer, &saved);
+
+    let saved = swap(&layer, &|p| {
+        std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+    });
+    let said = refused("a layer that is a symlink");
+    assert!(said.contains("layout blob"), "{said}");
+    restore(&layer, &saved);
+
+    let index = layout.join("index.json");
+    let saved = swap(&index, &|p| {
+        std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+    });
+    let said = refused("an index.json that is /dev/zero");
+    assert!(said.contains("is not a regular file"), "{said}");
+    let imported = dist(&root, &["import", layout.to_str().unwrap()], b"");
+    assert!(
+        String::from_utf8_lossy(&imported.stderr).contains("is not a regular file"),
+        "{imported:?}"
+    );
+    restore(&index, &saved);
+
+    ok(unpack());
+}

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use ocidist::content::lease::{Lease, LeasedStore};
 use ocidist::content::local::LocalReaderAt;
 use ocidist::content::{
-    CopySource, Descriptor, Digest, Labels, Manager, Provider, ReaderAt, WriterOpts, copy,
-    open_writer,
+    CopySource, Descriptor, Digest, ErrorKind, Labels, Manager, Provider, ReaderAt, WriterOpts,
+    copy, open_writer,
 };
+use ocidist::images::manifest::MAX_MANIFEST_SIZE;
 use ocidist::images::media_types::{self, Kind};
 use ocidist::images::platforms;
 use ocidist::images::{
@@ -185,9 +186,12 @@ pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
     )
     .map_err(|e| fail(e.into()))?;
     let index_path = args.dir.join("index.json");
-    let mut index: serde_json::Value = match std::fs::read(&index_path) {
+    let mut index: serde_json::Value = match read_layout_file(&index_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| fail(e.into()))?,
-        Err(_) => serde_json::json!({"schemaVersion": 2, "manifests": []}),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            serde_json::json!({"schemaVersion": 2, "manifests": []})
+        }
+        Err(e) => return Err(fail(e.into())),
     };
     let mut entry = serde_json::to_value(&target).map_err(|e| fail(e.into()))?;
     if !entry["annotations"].is_object() {
@@ -241,7 +245,7 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
     let content = LeasedStore::new(stores.content.clone(), lease);
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(args.dir.join("index.json")).map_err(|e| fail(e.into()))?,
+        &read_layout_file(&args.dir.join("index.json")).map_err(|e| fail(e.into()))?,
     )
     .map_err(|e| fail(e.into()))?;
     // Every blob, verified by the store against the digest its name claims.
@@ -387,9 +391,100 @@ struct LayoutProvider {
 
 #[async_trait::async_trait]
 impl Provider for LayoutProvider {
+    /// A layout's blob, checked first as umoci checks it: a regular file
+    /// (not a symlink, a FIFO or `/dev/zero`) of the descriptor's size, and,
+    /// up to the manifest size limit (manifests, configs), of its digest. A
+    /// layer's bytes are checked by its diff ID as it unpacks, and the
+    /// config that lists that diff ID by its digest.
     async fn reader_at(&self, desc: &Descriptor) -> ocidist::content::Result<Box<dyn ReaderAt>> {
-        LocalReaderAt::open_blob(blob_file(&self.dir, desc.digest()), desc.digest()).await
+        let path = blob_file(&self.dir, desc.digest());
+        let (checked, desc_copy) = (path.clone(), desc.clone());
+        tokio::task::spawn_blocking(move || check_layout_blob(&checked, &desc_copy))
+            .await
+            .map_err(|e| ocidist::content::Error::other(ErrorKind::Internal, e))??;
+        LocalReaderAt::open_blob(path, desc.digest()).await
     }
+}
+
+/// Opens `path` if it is a regular file, never blocking on a FIFO, and
+/// without following a symlink when `follow` is false.
+fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | nofollow)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// A layout's `index.json` (or another of its small files): a regular file
+/// of at most the manifest size limit, not whatever a symlink points at
+/// (`/dev/zero` would be read until memory runs out).
+fn read_layout_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path, true)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_SIZE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than {MAX_MANIFEST_SIZE} bytes",
+                path.display()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Checks the layout blob at `path` against `desc` (see
+/// [`LayoutProvider::reader_at`]).
+fn check_layout_blob(path: &Path, desc: &Descriptor) -> ocidist::content::Result<()> {
+    let refused = |why: String| {
+        ocidist::content::Error::other(
+            ErrorKind::FailedPrecondition,
+            format!("layout blob {}: {why}", desc.digest()),
+        )
+    };
+    let file = match open_regular(path, false) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ocidist::content::Error::BlobNotFound {
+                digest: desc.digest().clone(),
+            });
+        }
+        Err(e) => return Err(refused(e.to_string())),
+    };
+    let size = file.metadata().map_err(|e| refused(e.to_string()))?.len();
+    if size != desc.size() {
+        return Err(refused(format!(
+            "{size} bytes, where its descriptor says {}",
+            desc.size()
+        )));
+    }
+    if size <= MAX_MANIFEST_SIZE {
+        use std::io::Read;
+        let mut digester = ocidist::content::Digester::new(desc.digest().algorithm())
+            .map_err(|e| refused(e.to_string()))?;
+        let mut bytes = Vec::new();
+        (&file)
+            .take(size)
+            .read_to_end(&mut bytes)
+            .map_err(|e| refused(e.to_string()))?;
+        digester.update(&bytes);
+        let actual = digester.digest();
+        if &actual != desc.digest() {
+            return Err(refused(format!("its bytes hash to {actual}")));
+        }
+    }
+    Ok(())
 }
 
 /// `DIR[:NAME]`, split at the first `:` as skopeo's `oci:` transport does
@@ -419,9 +514,10 @@ pub(crate) async fn unpack_cmd(
     let what = format!("unpack {}", args.layout);
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let (dir, name) = split_layout(&args.layout);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).map_err(|e| fail(e.into()))?)
-            .map_err(|e| fail(e.into()))?;
+    let index: serde_json::Value = serde_json::from_slice(
+        &read_layout_file(&dir.join("index.json")).map_err(|e| fail(e.into()))?,
+    )
+    .map_err(|e| fail(e.into()))?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let entry = match &name {
         Some(name) => {
