@@ -5,7 +5,7 @@
 //! the path resolved beneath the target (see `resolve`): symlinks, hardlinks,
 //! whiteouts and `..` cannot reach outside it. What a layer can hold:
 //!
-//! - regular files (GNU sparse ones stay sparse), directories, symlinks,
+//! - regular files (GNU sparse ones stay sparse; PAX sparse ones are refused), directories, symlinks,
 //!   hardlinks, character and block devices, fifos;
 //! - owners, modes with setuid/setgid/sticky (set after the owner, never on a
 //!   symlink), `SCHILY.xattr.*` extended attributes, modification times
@@ -520,6 +520,16 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
                         meta.gid = v;
                     }
                 }
+                // PAX sparse files (GNU 0.0, 0.1, 1.0): their data is a map
+                // and packed pieces, under another name. Written as they
+                // stand they would build another tree than Go's reader
+                // (containerd's) builds from the same diff ID: refused.
+                _ if key.starts_with("GNU.sparse.") => {
+                    return Err(Error::Unimplemented(format!(
+                        "tar entry: PAX sparse file ({key}); GNU's old sparse \
+                         format (tar --sparse --format=gnu) is applied"
+                    )));
+                }
                 _ => {
                     if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                         if OVERLAY_PRIVATE.iter().any(|p| name.starts_with(p)) {
@@ -604,17 +614,19 @@ fn readable_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
 impl Applier {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         self.entries += 1;
-        let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
-            &entry.path_bytes()[..],
-        ) as &OsStr);
-        let rel = resolve::clean(&raw_name)?;
         let kind = entry.header().entry_type();
+        // Before the name is judged: a global header's name names nothing
+        // (tar writers put anything there), and containerd skips it.
         if matches!(
             kind,
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
         ) {
             return Ok(());
         }
+        let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
+            &entry.path_bytes()[..],
+        ) as &OsStr);
+        let rel = resolve::clean(&raw_name)?;
         let meta = meta_of(entry)?;
         self.dropped_xattrs += meta.dropped_xattrs;
         if kind == tar::EntryType::GNUSparse {
