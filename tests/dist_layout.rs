@@ -536,3 +536,69 @@ fn unpack_refuses_a_layout_whose_files_are_not_what_they_claim() {
 
     ok(unpack());
 }
+
+/// An index that lists one index 300 times, each listing the manifest 300
+/// times (90,000 visits, each writing labels, without care), imports at
+/// once: each document is walked once. A name with control characters
+/// (an escape sequence, a forged line) is not taken; the image stays,
+/// unnamed.
+#[test]
+fn import_walks_each_document_once_and_takes_only_names_that_are_names() {
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let digest = build(&builder);
+    let layout = work.path().join("layout");
+    ok(dist(
+        &builder,
+        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
+        b"",
+    ));
+    let index_path = layout.join("index.json");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut manifest = index["manifests"][0].clone();
+    manifest["annotations"] = serde_json::json!({});
+    let child = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": vec![manifest; 300],
+    })
+    .to_string();
+    let child_digest = sha256_of(child.as_bytes()).to_string();
+    std::fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(child_digest.trim_start_matches("sha256:")),
+        &child,
+    )
+    .unwrap();
+    let entry = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": child_digest,
+        "size": child.len(),
+    });
+    let mut named = entry.clone();
+    named["annotations"] =
+        serde_json::json!({"org.opencontainers.image.ref.name": "evil\u{1b}[2J\nforged 1"});
+    let mut entries = vec![entry; 299];
+    entries.push(named);
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": entries});
+    std::fs::write(&index_path, top.to_string()).unwrap();
+
+    let root = work.path().join("store");
+    let started = std::time::Instant::now();
+    let out = dist(&root, &["import", layout.to_str().unwrap()], b"");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("left unnamed"), "{said}");
+    let images = ok(dist(&root, &["images"], b""));
+    assert!(
+        !images.contains("evil") && !images.contains('\x1b'),
+        "{images}"
+    );
+}

@@ -305,6 +305,10 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
         }
     }
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    // Each document is walked once, however often indexes list it: a
+    // layout of a few KB can list one index a thousand times, each listing
+    // one manifest a thousand times.
+    let walked = std::sync::Mutex::new(std::collections::HashSet::new());
     for entry in manifests {
         let desc: Descriptor = serde_json::from_value(entry.clone()).map_err(|e| fail(e.into()))?;
         // Parents labelled with their children, as a fetch leaves them, so
@@ -316,6 +320,7 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
             inner: set_children_labels(content.clone(), children_handler(content.clone())),
             store: content.clone(),
             top: desc.digest().clone(),
+            walked: &walked,
         };
         walk(&labeller, std::slice::from_ref(&desc))
             .await
@@ -324,6 +329,15 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
             report!("(unnamed) {}", desc.digest());
             continue;
         };
+        // A name is printed and stored: no escape sequences, no line breaks.
+        if name.chars().any(char::is_control) || name.len() > MAX_IMAGE_NAME {
+            eprintln!(
+                "dist: import: {} left unnamed: its name is not a name ({} bytes, or with control characters)",
+                desc.digest(),
+                name.len()
+            );
+            continue;
+        }
         let name = format!("{}{name}", args.prefix);
         let image = Image::new(name.clone(), desc.clone());
         match stores.images.create(image.clone()).await {
@@ -343,16 +357,29 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
 }
 
 /// Drops the manifests of an index that the store lacks.
-struct PresentManifests<H, S> {
+struct PresentManifests<'w, H, S> {
     inner: H,
     store: S,
     /// The image's own index, which must keep some manifest.
     top: Digest,
+    /// The documents walked already, by this walk or an earlier one.
+    walked: &'w std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
 
+/// The longest image name import takes (a reference is far shorter).
+const MAX_IMAGE_NAME: usize = 4096;
+
 #[async_trait::async_trait]
-impl<H: Handler, S: Manager> Handler for PresentManifests<H, S> {
+impl<H: Handler, S: Manager> Handler for PresentManifests<'_, H, S> {
     async fn handle(&self, desc: &Descriptor) -> ocidist::images::Result<Flow> {
+        let first_time = self
+            .walked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(desc.digest().clone());
+        if !first_time {
+            return Ok(Flow::Skip);
+        }
         let flow = self.inner.handle(desc).await?;
         let Flow::Children(children) = flow else {
             return Ok(flow);
