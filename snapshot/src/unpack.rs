@@ -54,6 +54,12 @@ pub enum UnpackEvent {
     },
 }
 
+/// The most layers an image [`unpack`] takes may have. Real images have
+/// tens (Docker once stopped at 127; overlayfs stacks at most 500); a
+/// manifest of 4 MiB can list 20,000, all one blob, and the overlay
+/// unpack's lower directories grow with the square of their number.
+pub const MAX_LAYERS: usize = 1000;
+
 /// How the keys of the active snapshots [`unpack`] applies layers into begin:
 /// `extract-<chain ID>-<pid>-<time>-<n>`. [`gc::prune`](crate::gc::prune) removes
 /// old ones, left by an unpack that was killed.
@@ -130,6 +136,13 @@ where
         return Err(Error::InvalidArgument(format!(
             "image {}: no layers",
             image.digest()
+        )));
+    }
+    if layers.len() > MAX_LAYERS {
+        return Err(Error::InvalidArgument(format!(
+            "image {}: {} layers, more than the {MAX_LAYERS} unpack takes",
+            image.digest(),
+            layers.len()
         )));
     }
     let chain_ids = manifest::chain_ids(&diff_ids);
