@@ -316,12 +316,16 @@ fn pull_and_mount(snapshotter: &str) {
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     rootfs(&["--unmount", mnt.to_str().unwrap()]);
 
-    let copy = work.path().join("copy");
+    // Made private, with the parent made for it: the image's setuid tool
+    // is no other user's to run.
+    let copy = work.path().join("private/copy");
     copy_and_check_rootfs(&root, snapshotter, &reference, &copy);
     assert!(
         !copy.join("etc/new").exists(),
         "the removed rootfs's writes are gone"
     );
+    let private = std::fs::metadata(work.path().join("private")).unwrap();
+    assert_eq!(private.mode() & 0o777, 0o700);
 
     // prune keeps the layers of recorded images, and removes them once the
     // image is forgotten.

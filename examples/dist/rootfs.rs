@@ -40,7 +40,10 @@ pub(crate) struct RootfsArgs {
     /// The image (a name in the image store, or a manifest digest); not with --unmount.
     #[arg(required_unless_present = "unmount", conflicts_with = "unmount")]
     reference: Option<String>,
-    /// Where the filesystem goes.
+    /// Where the filesystem goes. Made if missing, with any missing parents,
+    /// mode 0700: an image's setuid files and devices are reachable through
+    /// it, so a DEST of your own making belongs in a directory only you can
+    /// enter (as containerd keeps its rootfs mounts).
     #[arg(required_unless_present = "unmount", conflicts_with = "unmount")]
     dest: Option<PathBuf>,
     /// Make DEST a plain copy of the filesystem instead of a mounted snapshot.
@@ -242,7 +245,12 @@ pub(crate) async fn rootfs_cmd(
     )
     .await
     .map_err(|e| fail(e.into()))?;
-    std::fs::create_dir_all(&dest).map_err(|e| fail(e.into()))?;
+    // Made private, as containerd's are: an image's setuid binaries and
+    // device nodes are no one else's to reach (CVE-2021-41091). A DEST the
+    // caller made is left as the caller made it.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dest)
+        .map_err(|e| fail(e.into()))?;
     if args.copy {
         let mounts = snapshotter
             .mounts(chain.as_ref())
