@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Seek};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -397,36 +397,68 @@ impl FileCopier {
                 }
             };
         if !cloned {
-            let mut left = st.st_size as u64;
-            while left > 0 {
-                match rustix::fs::copy_file_range(
-                    &src,
-                    None,
-                    &dst,
-                    None,
-                    left.min(1 << 30) as usize,
-                ) {
-                    Ok(0) => break,
-                    Ok(n) => left -= n as u64,
-                    Err(_) => {
-                        // Filesystems without copy_file_range: copy through userspace.
-                        let mut reader = File::from(src);
-                        let mut writer = File::from(dst);
-                        reader
-                            .seek(io::SeekFrom::Start(0))
-                            .and_then(|_| writer.seek(io::SeekFrom::Start(0)))
-                            .and_then(|_| writer.set_len(0))
-                            .and_then(|_| io::copy(&mut reader, &mut writer))
-                            .map_err(|e| Error::io("copy", to, e))?;
-                        finish_file(&reader, &writer, &st, to, self.as_root)?;
-                        return Ok(None);
-                    }
-                }
-            }
+            copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)
+                .map_err(|e| Error::io("copy", to, e))?;
         }
         finish_file(&src, &dst, &st, to, self.as_root)?;
         Ok(None)
     }
+}
+
+/// Copies the `size` bytes of `src` into the empty file `dst`, its data
+/// only: holes stay holes (a layer's sparse file of 64 GiB and a few KB of
+/// data must not become 64 GiB of disk in a copy). In the kernel
+/// (`copy_file_range`) where the filesystem can, else through a buffer.
+pub(crate) fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let mut offset = 0;
+    while offset < size {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(offset)) {
+            Ok(data) => data,
+            // Nothing but a hole from here to the end.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(src, SeekFrom::Hole(data))?.min(size);
+        copy_range(src, dst, data, hole.saturating_sub(data))?;
+        offset = hole.max(data + 1);
+    }
+    rustix::fs::ftruncate(dst, size)?;
+    Ok(())
+}
+
+/// Copies `len` bytes at `offset` of `src` to the same offset of `dst`.
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (mut from, mut to) = (offset, offset);
+    let end = offset + len;
+    while from < end {
+        let want = (end - from).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), want) {
+            // The file shrank under us: what is left is zeros.
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // Filesystems without copy_file_range: through a buffer.
+            Err(_) => {
+                use std::os::unix::fs::FileExt;
+                let (src, dst) = (
+                    File::from(src.try_clone_to_owned()?),
+                    File::from(dst.try_clone_to_owned()?),
+                );
+                let mut buf = vec![0; (end - from).min(1 << 20) as usize];
+                while from < end {
+                    let want = (end - from).min(buf.len() as u64) as usize;
+                    let n = src.read_at(&mut buf[..want], from)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    dst.write_all_at(&buf[..n], from)?;
+                    from += n as u64;
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Owner, then mode (chown clears setuid), xattrs, then times, on the copy.

@@ -847,3 +847,50 @@ fn pax_sparse_files_are_refused_and_global_header_names_ignored() {
     apply_tree(root.path(), &b.into_inner().unwrap()).unwrap();
     assert_eq!(std::fs::read(root.path().join("kept")).unwrap(), b"ok");
 }
+
+/// A sparse file of 1 GiB with 3 bytes of data.
+fn sparse_file(path: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(1 << 30).unwrap();
+    file.write_all_at(b"END", (1 << 30) - 3).unwrap();
+}
+
+fn assert_sparse_copy(path: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let meta = std::fs::metadata(path).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "{} keeps its holes: {} bytes on disk",
+        path.display(),
+        meta.blocks() * 512
+    );
+    let mut end = [0; 3];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut end, (1 << 30) - 3)
+        .unwrap();
+    assert_eq!(&end, b"END");
+}
+
+/// A sparse lower file copied up into an upper directory (a hardlink to it
+/// in a later layer) keeps its holes, as overlayfs's own copy-up does; and
+/// so does a copy of a tree (a native prepare, `rootfs --copy`).
+#[test]
+fn copies_keep_a_sparse_files_holes() {
+    let lower = tempfile::tempdir().unwrap();
+    sparse_file(&lower.path().join("big"));
+    let upper = tempfile::tempdir().unwrap();
+    let target = ApplyTarget::OverlayUpper {
+        upper: upper.path().to_path_buf(),
+        lowers: vec![lower.path().to_path_buf()],
+    };
+    let layer = tar_of(&[Entry::Link("link", "big")]);
+    apply_layer_sync(&target, Cursor::new(layer), None, &ApplyOptions::default()).unwrap();
+    assert_sparse_copy(&upper.path().join("big"));
+
+    let copy = tempfile::tempdir().unwrap();
+    ocidist_snapshot::copy_tree(lower.path(), copy.path()).unwrap();
+    assert_sparse_copy(&copy.path().join("big"));
+}

@@ -55,9 +55,13 @@ impl Applier {
                     Mode::empty(),
                 )
                 .map_err(io_err("open", &source_path))?;
-                let mut copy = create_new_file(dirfd, name, &path)?;
-                std::io::copy(&mut std::fs::File::from(source), &mut copy)
-                    .map_err(|e| Error::io("copy up", &path, e))?;
+                let copy = create_new_file(dirfd, name, &path)?;
+                crate::tree::copy_data(
+                    std::os::fd::AsFd::as_fd(&source),
+                    std::os::fd::AsFd::as_fd(&copy),
+                    st.st_size as u64,
+                )
+                .map_err(|e| Error::io("copy up", &path, e))?;
                 self.set_file_meta(&copy, &meta, &path)?;
             }
             libc::S_IFLNK => {
