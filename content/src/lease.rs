@@ -185,6 +185,7 @@ impl Leases {
         let mut held = Held {
             content: HashSet::new(),
             snapshots: HashSet::new(),
+            abandoned: HashSet::new(),
             live: 0,
             expired: 0,
             _lock: lock,
@@ -204,7 +205,18 @@ impl Leases {
             };
             match file.try_lock() {
                 Ok(()) => {
-                    // Nobody holds it: its owner is gone.
+                    // Nobody holds it: its owner is gone. What it made is
+                    // left for the collection to judge.
+                    let mut text = String::new();
+                    if file.read_to_string(&mut text).is_ok() {
+                        held.abandoned
+                            .extend(text.lines().filter_map(Resource::parse).filter_map(
+                                |r| match r {
+                                    Resource::Snapshot(key) => Some(key),
+                                    Resource::Content(_) => None,
+                                },
+                            ));
+                    }
                     match fs::remove_file(&path) {
                         Ok(()) => held.expired += 1,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -273,6 +285,7 @@ fn open_lock(path: &Path) -> Result<File> {
 pub struct Held {
     content: HashSet<Digest>,
     snapshots: HashSet<String>,
+    abandoned: HashSet<String>,
     live: usize,
     expired: usize,
     _lock: File,
@@ -287,6 +300,13 @@ impl Held {
     /// The snapshots live leases keep (each with its parents).
     pub fn snapshots(&self) -> &HashSet<String> {
         &self.snapshots
+    }
+
+    /// The snapshots the leases whose owners are gone had used (found
+    /// expired and removed by this hold): a killed unpack's extractions,
+    /// which no one will finish.
+    pub fn abandoned_snapshots(&self) -> &HashSet<String> {
+        &self.abandoned
     }
 
     /// How many leases are alive.

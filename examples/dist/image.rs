@@ -470,6 +470,7 @@ pub(crate) async fn prune(
         let opts = PruneOptions {
             dry_run: args.dry_run,
             grace: args.grace,
+            abandoned: held.abandoned_snapshots().clone(),
         };
         for (name, snapshotter) in snapshotters {
             let pruned = ocidist::snapshot::gc::prune(snapshotter.as_ref(), &keep, &opts)

@@ -37,6 +37,11 @@ pub struct PruneOptions {
     /// unpack in another process may still be writing them, or committing
     /// the layers above them.
     pub grace: Duration,
+    /// Snapshots whose user is known to be gone (those of the leases a
+    /// collection found expired,
+    /// [`Held::abandoned_snapshots`](ocidist_content::lease::Held::abandoned_snapshots)):
+    /// the unpack extractions among them go whatever their age.
+    pub abandoned: HashSet<String>,
 }
 
 impl Default for PruneOptions {
@@ -44,6 +49,7 @@ impl Default for PruneOptions {
         PruneOptions {
             dry_run: false,
             grace: Duration::from_secs(15 * 60),
+            abandoned: HashSet::new(),
         }
     }
 }
@@ -88,8 +94,15 @@ pub async fn prune<S: Snapshotter + ?Sized>(
 ) -> Result<PruneReport> {
     let all = snapshotter.walk(&[]).await?;
     let now = SystemTime::now();
-    let young =
-        |info: &Info| now.duration_since(info.updated).unwrap_or(Duration::ZERO) < opts.grace;
+    // An extraction whose unpack is gone will never be finished.
+    let abandoned = |info: &Info| {
+        info.kind == Kind::Active
+            && info.name.starts_with(EXTRACT_KEY_PREFIX)
+            && opts.abandoned.contains(&info.name)
+    };
+    let young = |info: &Info| {
+        now.duration_since(info.updated).unwrap_or(Duration::ZERO) < opts.grace && !abandoned(info)
+    };
     let by_name: HashMap<&str, &Info> = all.iter().map(|i| (i.name.as_str(), i)).collect();
     // Mark: the roots, then everything beneath them.
     let mut kept: HashSet<&str> = HashSet::new();

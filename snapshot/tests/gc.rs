@@ -61,6 +61,7 @@ async fn keeps_named_their_parents_and_active_snapshots() {
     let opts = PruneOptions {
         dry_run: true,
         grace: Duration::ZERO,
+        ..Default::default()
     };
     let dry = prune(&s, &keep, &opts).await.unwrap();
     assert_eq!(
@@ -73,6 +74,7 @@ async fn keeps_named_their_parents_and_active_snapshots() {
     let opts = PruneOptions {
         dry_run: false,
         grace: Duration::ZERO,
+        ..Default::default()
     };
     // An unpack's extract snapshot that a live lease holds stays, however
     // old, and keeps what it stands on.
@@ -126,6 +128,7 @@ async fn an_unpacked_image_keeps_all_its_layers() {
     let past_grace = PruneOptions {
         dry_run: false,
         grace: Duration::ZERO,
+        ..Default::default()
     };
     let report = prune(&s, &keep, &past_grace).await.unwrap();
     assert_eq!(names(&report), ["unrelated"]);
@@ -135,4 +138,26 @@ async fn an_unpacked_image_keeps_all_its_layers() {
     let report = prune(&s, &HashSet::new(), &past_grace).await.unwrap();
     let expected: Vec<String> = chains.iter().rev().map(ToString::to_string).collect();
     assert_eq!(names(&report), expected);
+}
+
+/// The extractions of a lease found expired (its unpack killed) go at
+/// once, young as they are; what else that lease named, and other young
+/// snapshots, wait out the grace period.
+#[tokio::test]
+async fn an_abandoned_extraction_goes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = NativeSnapshotter::open(dir.path()).unwrap();
+    committed(&s, "layer", None).await;
+    let abandoned = format!("{EXTRACT_KEY_PREFIX}sha256:00-1-2-3-0");
+    let running = format!("{EXTRACT_KEY_PREFIX}sha256:00-4-5-6-0");
+    for key in [&abandoned, &running] {
+        s.prepare(key, Some("layer"), Labels::new()).await.unwrap();
+    }
+    let opts = PruneOptions {
+        abandoned: [abandoned.clone(), "layer".to_string()].into(),
+        ..Default::default()
+    };
+    let report = prune(&s, &HashSet::new(), &opts).await.unwrap();
+    assert_eq!(names(&report), [abandoned.as_str()]);
+    assert!(exists(&s, &running).await && exists(&s, "layer").await);
 }
