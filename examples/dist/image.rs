@@ -232,10 +232,21 @@ pub(crate) async fn fetch(
     Ok(())
 }
 
-pub(crate) async fn push(stores: &Stores, remote: &Remote, args: PushArgs) -> CmdResult {
+pub(crate) async fn push(
+    stores: &Stores,
+    lease: Lease,
+    remote: &Remote,
+    args: PushArgs,
+) -> CmdResult {
     let what = format!("push {}", args.reference);
     let local = args.local.clone().unwrap_or_else(|| args.reference.clone());
     let target = local_target(stores, &local)
+        .await
+        .map_err(|e| Failure::new(what.clone(), e))?;
+    // What it reads stays through a prune in another process (an image
+    // removed meanwhile, content past its grace period).
+    lease
+        .add_content(target.digest())
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;
     // Blobs are spooled on the store's disk, not in a /tmp that may be memory.

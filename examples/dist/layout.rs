@@ -144,10 +144,15 @@ fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn export(stores: &Stores, args: ExportArgs) -> CmdResult {
+pub(crate) async fn export(stores: &Stores, lease: Lease, args: ExportArgs) -> CmdResult {
     let what = format!("export {} {}", args.reference, args.dir.display());
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let target = local_target(stores, &args.reference).await.map_err(fail)?;
+    // What it copies stays through a prune in another process.
+    lease
+        .add_content(target.digest())
+        .await
+        .map_err(|e| fail(e.into()))?;
     // (ref name, whole name): `--name` as given; an image's tag and name; a
     // digest, nothing (its entry unnamed, as OCI allows).
     let (ref_name, image_name) = match &args.name {

@@ -150,7 +150,8 @@ enum Command {
     /// List images: REF TYPE DIGEST SIZE PLATFORMS; `check` and `rm` them.
     Images(image::ImagesArgs),
     /// Remove content and snapshots no image needs, and stale ingests; what a
-    /// running fetch, pull, unpack, import or rootfs holds (its lease) stays.
+    /// running fetch, pull, unpack, import, rootfs, push or export holds (its
+    /// lease) stays.
     Prune(image::PruneArgs),
     /// Fetch an image and unpack it into snapshots, overlapped.
     Pull(rootfs::PullArgs),
@@ -363,7 +364,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Delete(args) => content::delete(&content_store()?, args).await,
         Command::FetchObject(args) => image::fetch_object_cmd(&remote, args).await,
         Command::Fetch(args) => image::fetch(&stores()?, lease().await?, &remote, args).await,
-        Command::Push(args) => image::push(&stores()?, &remote, args).await,
+        Command::Push(args) => image::push(&stores()?, lease().await?, &remote, args).await,
         Command::Images(args) => image::images(&stores()?, &remote, args).await,
         Command::Prune(args) => {
             // Every snapshotter that has been used, whichever --snapshotter says.
@@ -391,7 +392,7 @@ async fn run(cli: Cli) -> CmdResult {
             .await
         }
         Command::Apply(args) => rootfs::apply_cmd(args).await,
-        Command::Export(args) => layout::export(&stores()?, args).await,
+        Command::Export(args) => layout::export(&stores()?, lease().await?, args).await,
         Command::Import(args) => layout::import(&stores()?, lease().await?, args).await,
         Command::Unpack(args) => {
             layout::unpack_cmd(&snapshotter(kind)?, lease().await?, &remote, args).await
