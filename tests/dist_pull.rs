@@ -873,7 +873,15 @@ fn a_prune_during_a_pull_keeps_what_the_pull_relies_on() {
     let mut killed = pull_mid_layer(&other, &[], &reference, Stdio::null());
     killed.kill().unwrap();
     killed.wait().unwrap();
-    // Its extractions at once, young as they are (no one will finish them)...
+    // A dry run says so and keeps the dead lease, for the real prune to
+    // know what it abandoned...
+    let dry = ok(dist(&other, &["prune", "--dry-run"], b""));
+    assert!(
+        dry.contains("would remove 1 expired leases")
+            && dry.contains("would remove overlay snapshot extract-"),
+        "{dry}"
+    );
+    // ...its extractions at once, young as they are (no one will finish them)...
     let pruned = ok(dist(&other, &["prune"], b""));
     assert!(
         pruned.contains("removed 1 expired leases")

@@ -179,6 +179,17 @@ impl Leases {
     /// of the async runtime. Do not await adds of your own leases while
     /// holding it: they wait for it.
     pub fn hold(&self) -> Result<Held> {
+        self.hold_with(true)
+    }
+
+    /// [`hold`](Self::hold) for a dry run: the leases whose owners are gone
+    /// are counted and read, not removed, so the collection that follows
+    /// still knows what they abandoned.
+    pub fn hold_keeping_expired(&self) -> Result<Held> {
+        self.hold_with(false)
+    }
+
+    fn hold_with(&self, remove_expired: bool) -> Result<Held> {
         let path = self.dir.join(LOCK_FILE);
         let lock = open_lock(&path)?;
         lock.lock().map_err(|e| Error::io("lock", &path, e))?;
@@ -216,6 +227,10 @@ impl Leases {
                                     Resource::Content(_) => None,
                                 },
                             ));
+                    }
+                    if !remove_expired {
+                        held.expired += 1;
+                        continue;
                     }
                     match fs::remove_file(&path) {
                         Ok(()) => held.expired += 1,
@@ -314,7 +329,8 @@ impl Held {
         self.live
     }
 
-    /// How many dead leases (their owners gone) were removed.
+    /// How many dead leases (their owners gone) were removed, or, held by
+    /// [`Leases::hold_keeping_expired`], found and kept.
     pub fn expired(&self) -> usize {
         self.expired
     }

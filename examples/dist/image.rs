@@ -447,15 +447,22 @@ pub(crate) async fn prune(
     // Held from before the images are read until the last removal: what a
     // pull running meanwhile relies on is kept, however young or old.
     // hold() waits for the lock: off the async workers.
+    let dry_run = args.dry_run;
     let held = tokio::task::spawn_blocking({
         let leases = leases.clone();
-        move || leases.hold()
+        move || {
+            if dry_run {
+                leases.hold_keeping_expired()
+            } else {
+                leases.hold()
+            }
+        }
     })
     .await
     .map_err(|e| Failure::new("prune: leases", e))?
     .map_err(|e| Failure::new("prune: leases", e))?;
     if held.expired() > 0 {
-        report!("removed {} expired leases", held.expired());
+        report!("{verb} {} expired leases", held.expired());
     }
     // Snapshots first: the layers of every image stay, whatever its platform.
     // Their failure does not keep the blobs from going: on a full disk the

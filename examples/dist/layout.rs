@@ -367,8 +367,9 @@ struct PresentManifests<'w, H, S> {
     store: S,
     /// The image's own index, which must keep some manifest.
     top: Digest,
-    /// The documents walked already, by this walk or an earlier one.
-    walked: &'w std::sync::Mutex<std::collections::HashSet<Digest>>,
+    /// The documents walked already, by this walk or an earlier one, and
+    /// whether as an image's own index.
+    walked: &'w std::sync::Mutex<std::collections::HashSet<(Digest, bool)>>,
 }
 
 /// The longest image name import takes (a reference is far shorter).
@@ -377,11 +378,13 @@ const MAX_IMAGE_NAME: usize = 4096;
 #[async_trait::async_trait]
 impl<H: Handler, S: Manager> Handler for PresentManifests<'_, H, S> {
     async fn handle(&self, desc: &Descriptor) -> ocidist::images::Result<Flow> {
+        // The image's own index is judged once as such (it must keep a
+        // manifest), even when it was walked as another's child before.
         let first_time = self
             .walked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(desc.digest().clone());
+            .insert((desc.digest().clone(), desc.digest() == &self.top));
         if !first_time {
             return Ok(Flow::Skip);
         }
@@ -456,21 +459,22 @@ fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// A layout's `index.json` (or another of its small files): a regular file
-/// of at most the manifest size limit, not whatever a symlink points at
-/// (`/dev/zero` would be read until memory runs out).
+/// The largest `index.json` a layout may have: far more than a manifest
+/// (a layout keeps many tags), far less than memory.
+const MAX_INDEX_SIZE: u64 = 64 << 20;
+
+/// A layout's `index.json`: a regular file of at most [`MAX_INDEX_SIZE`],
+/// not whatever a symlink points at (`/dev/zero` would be read until memory
+/// runs out).
 fn read_layout_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let file = open_regular(path, true)?;
     let mut bytes = Vec::new();
-    file.take(MAX_MANIFEST_SIZE + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+    file.take(MAX_INDEX_SIZE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_INDEX_SIZE {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!(
-                "{} is larger than {MAX_MANIFEST_SIZE} bytes",
-                path.display()
-            ),
+            format!("{} is larger than {MAX_INDEX_SIZE} bytes", path.display()),
         ));
     }
     Ok(bytes)

@@ -40,10 +40,11 @@ pub(crate) struct RootfsArgs {
     /// The image (a name in the image store, or a manifest digest); not with --unmount.
     #[arg(required_unless_present = "unmount", conflicts_with = "unmount")]
     reference: Option<String>,
-    /// Where the filesystem goes. Made if missing, with any missing parents,
-    /// mode 0700: an image's setuid files and devices are reachable through
-    /// it, so a DEST of your own making belongs in a directory only you can
-    /// enter (as containerd keeps its rootfs mounts).
+    /// Where the filesystem goes. Made if missing; the parents made for it
+    /// are mode 0700. An image's setuid files and devices are reachable
+    /// through DEST (whose own mode becomes the image root's), so it
+    /// belongs in a directory only you can enter, as containerd keeps its
+    /// rootfs mounts.
     #[arg(required_unless_present = "unmount", conflicts_with = "unmount")]
     dest: Option<PathBuf>,
     /// Make DEST a plain copy of the filesystem instead of a mounted snapshot.
@@ -245,9 +246,10 @@ pub(crate) async fn rootfs_cmd(
     )
     .await
     .map_err(|e| fail(e.into()))?;
-    // Made private, as containerd's are: an image's setuid binaries and
-    // device nodes are no one else's to reach (CVE-2021-41091). A DEST the
-    // caller made is left as the caller made it.
+    // The parents made for it private, as containerd's are: an image's
+    // setuid binaries and device nodes are no one else's to reach
+    // (CVE-2021-41091). DEST's own mode becomes the image root's (copied, or
+    // shown by the mount); parents the caller made are left as they are.
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(&dest)
         .map_err(|e| fail(e.into()))?;

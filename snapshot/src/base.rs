@@ -200,7 +200,10 @@ impl Base {
     /// is gone the removal has happened: a directory that will not go (a
     /// full disk, an immutable file) is left for the next open to sweep, as
     /// an orphan or an `rm-` leftover, rather than reported for a key that
-    /// no longer exists (containerd logs it too).
+    /// no longer exists (containerd logs it too). The one exception: an
+    /// active snapshot whose record a full disk has no room to remove loses
+    /// its directory first, and keeps its record, in error, until the next
+    /// removal.
     pub(crate) async fn remove(self: &Arc<Self>, key: &str) -> Result<()> {
         let key = key.to_string();
         self.run(move |base| {
@@ -212,7 +215,7 @@ impl Base {
             };
             // Read first: after a write that failed, the database answers
             // nothing more in this process.
-            let (before, _) = base.meta.get(&key)?;
+            let before = base.meta.record(&key)?;
             match base.meta.remove(&key) {
                 Ok(record) => remove_dir(record.id),
                 // No room to record the removal on a full disk. An active

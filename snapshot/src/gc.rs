@@ -7,8 +7,9 @@
 //! or active snapshot stands on it. Active snapshots are the caller's (a
 //! mounted rootfs, a container's writable layer) and are kept, except the
 //! temporary ones [`unpack`](crate::unpack()) prepares: those older than the
-//! grace period belong to an unpack that was killed, and are removed. A
-//! snapshot that gains a child while the sweep runs is kept too.
+//! grace period belong to an unpack that was killed, and are removed, and so
+//! are those a lease found dead names ([`PruneOptions::abandoned`]), young
+//! or not. A snapshot that gains a child while the sweep runs is kept too.
 //!
 //! A snapshot `keep` names is kept whatever its kind, so an unpack that
 //! takes a lease ([`lease::LeasedSnapshotter`](crate::lease::LeasedSnapshotter))

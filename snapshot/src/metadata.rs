@@ -215,6 +215,22 @@ impl MetaStore {
         Ok(MetaStore { db })
     }
 
+    /// The record of `key` alone (its parents not looked up).
+    pub(crate) fn record(&self, key: &str) -> Result<Record> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = match txn.open_table(SNAPSHOTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(Error::NotFound { key: key.into() });
+            }
+            Err(e) => return Err(db_error(e)),
+        };
+        match table.get(key).map_err(db_error)? {
+            Some(v) => decode(key, v.value()),
+            None => Err(Error::NotFound { key: key.into() }),
+        }
+    }
+
     /// The record of `key` and the ids of its parents, nearest first.
     pub(crate) fn get(&self, key: &str) -> Result<(Record, Vec<u64>)> {
         let txn = self.db.begin_read().map_err(db_error)?;

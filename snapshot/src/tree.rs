@@ -434,11 +434,11 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, offset: u64, len: u64) -
     while from < end {
         let want = (end - from).min(1 << 30) as usize;
         match rustix::fs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), want) {
-            // The file shrank under us: what is left is zeros.
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            // Filesystems without copy_file_range: through a buffer.
-            Err(_) => {
+            Ok(n) if n > 0 => {}
+            // Filesystems without copy_file_range, or that answer 0 where
+            // they will not copy (FUSE, older kernels): through a buffer,
+            // which stops only at the file's real end.
+            Ok(_) | Err(_) => {
                 use std::os::unix::fs::FileExt;
                 let (src, dst) = (
                     File::from(src.try_clone_to_owned()?),
@@ -644,8 +644,15 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
 /// not yet removed, and whether it was read again already.
 struct Emptying {
     name: std::ffi::CString,
+    /// Its device and inode: the `..` that leads back to it must be it.
+    id: (u64, u64),
     subdirs: Vec<std::ffi::CString>,
     reread: bool,
+}
+
+fn id_of(dir: &std::os::fd::OwnedFd) -> rustix::io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(dir)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Empties the directory `path`, however deep its tree, with one directory
@@ -659,6 +666,7 @@ fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
     let mut current = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
     let mut trail = vec![Emptying {
         name: std::ffi::CString::default(),
+        id: id_of(&current)?,
         subdirs: empty_but_subdirs(&current)?,
         reread: false,
     }];
@@ -671,6 +679,7 @@ fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
             let subdirs = empty_but_subdirs(&current)?;
             trail.push(Emptying {
                 name: subdir,
+                id: id_of(&current)?,
                 subdirs,
                 reread: false,
             });
@@ -681,6 +690,10 @@ fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
             return Ok(());
         }
         let parent = rustix::fs::openat(&current, c"..", flags, Mode::empty())?;
+        // Moved out of the tree meanwhile: `..` is someone else's directory.
+        if Some(id_of(&parent)?) != trail.last().map(|up| up.id) {
+            return Err(rustix::io::Errno::STALE);
+        }
         match rustix::fs::unlinkat(&parent, done.name.as_c_str(), AtFlags::REMOVEDIR) {
             // An entry a reader missed while its directory changed under it
             // (unspecified by POSIX): read it once more.
@@ -688,6 +701,7 @@ fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
                 let subdirs = empty_but_subdirs(&current)?;
                 trail.push(Emptying {
                     name: done.name,
+                    id: done.id,
                     subdirs,
                     reread: true,
                 });

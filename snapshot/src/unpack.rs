@@ -224,41 +224,62 @@ fn apply_only() -> Labels {
 }
 
 /// Removes the active snapshots that unpacks of this process made and did
-/// not finish (their keys carry its process ID); returns how many went.
+/// not finish; returns how many went.
 ///
 /// An unpack cleans up after itself when it fails, but not when its future
 /// is dropped: no async work runs on a drop. A program that stops unpacks
 /// that way (dist on SIGINT) calls this before it exits, as containerd's
-/// unpacker removes its extraction when its context is cancelled. Run it
-/// only once the unpacks of this process have stopped.
+/// unpacker removes its extraction when its context is cancelled. The keys
+/// are those this process made (kept in memory, not told by the process
+/// ID in them, which another PID namespace may share). Run it only once the
+/// unpacks of this process have stopped.
 pub async fn remove_own_extractions<S: Snapshotter + ?Sized>(snapshotter: &S) -> Result<usize> {
-    let pid = std::process::id().to_string();
+    let unfinished: Vec<String> = made_here().iter().cloned().collect();
     let mut removed = 0;
-    for info in snapshotter.walk(&[]).await? {
-        let ours = info
-            .name
-            .strip_prefix(EXTRACT_KEY_PREFIX)
-            // <chain ID>-<pid>-<secs>-<nanos>-<n>
-            .and_then(|rest| rest.rsplit('-').nth(3))
-            .is_some_and(|owner| owner == pid);
-        if ours && info.kind == Kind::Active {
-            match snapshotter.remove(&info.name).await {
-                Ok(()) => removed += 1,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
+    for key in &unfinished {
+        match snapshotter.stat(key).await {
+            Ok(info) if info.kind == Kind::Active => {}
+            // Committed under its chain ID, removed, or never prepared.
+            _ => continue,
+        }
+        match snapshotter.remove(key).await {
+            Ok(()) => removed += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
     }
+    forget(&unfinished);
     Ok(removed)
 }
 
+/// The extraction keys this process made whose unpack has not ended.
+fn made_here() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    static MADE_HERE: Mutex<std::collections::BTreeSet<String>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    MADE_HERE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forgets `keys` once their unpack has ended (committed or removed them);
+/// a dropped unpack never gets here, and [`remove_own_extractions`] finds
+/// its keys.
+fn forget(keys: &[String]) {
+    let mut made = made_here();
+    for key in keys {
+        made.remove(key);
+    }
+}
+
 fn extract_key(chain_id: &Digest) -> String {
-    tempfile_name(
+    let key = tempfile_name(
         std::path::Path::new(""),
         &format!("{EXTRACT_KEY_PREFIX}{chain_id}-"),
     )
     .to_string_lossy()
-    .into_owned()
+    .into_owned();
+    made_here().insert(key.clone());
+    key
 }
 
 /// Which of the layers being applied at once are done, so a layer can wait
@@ -416,10 +437,11 @@ where
             labels: apply_only(),
         })
         .collect();
-    let remove_all = |keys: Vec<String>| async move {
-        for key in keys {
-            let _ = snapshotter.remove(&key).await;
+    let remove_all = |removed: Vec<String>| async move {
+        for key in &removed {
+            let _ = snapshotter.remove(key).await;
         }
+        forget(&removed);
     };
     let all_mounts = match snapshotter.prepare_all(requests).await {
         Ok(all) => all,
@@ -598,6 +620,7 @@ where
         lost.extend_from_slice(&keys[committed..]);
     }
     remove_all(lost).await;
+    forget(&keys);
     result.map(|()| true)
 }
 
@@ -654,8 +677,14 @@ where
     let key = extract_key(chain_id);
     let mounts = match snapshotter.prepare(&key, parent, apply_only()).await {
         Ok(mounts) => mounts,
-        Err(e) if e.is_already_exists() => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(e) => {
+            forget(std::slice::from_ref(&key));
+            return if e.is_already_exists() {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
+        }
     };
     let result: Result<Vec<String>> = async {
         let target = ApplyTarget::from_mounts(&mounts)?;
@@ -675,7 +704,7 @@ where
         Ok(applied.warnings)
     }
     .await;
-    match result {
+    let ended = match result {
         Ok(warnings) => Ok(warnings),
         // Another unpack of the same image got there first: use its layer.
         Err(e) if e.is_already_exists() => {
@@ -686,5 +715,7 @@ where
             let _ = snapshotter.remove(&key).await;
             Err(e)
         }
-    }
+    };
+    forget(std::slice::from_ref(&key));
+    ended
 }
