@@ -217,22 +217,24 @@ impl MetaStore {
 
     /// The record of `key` alone (its parents not looked up).
     pub(crate) fn record(&self, key: &str) -> Result<Record> {
-        let txn = self.db.begin_read().map_err(db_error)?;
-        let table = match txn.open_table(SNAPSHOTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                return Err(Error::NotFound { key: key.into() });
-            }
-            Err(e) => return Err(db_error(e)),
-        };
-        match table.get(key).map_err(db_error)? {
-            Some(v) => decode(key, v.value()),
-            None => Err(Error::NotFound { key: key.into() }),
-        }
+        self.read_record(key, |_, record| Ok(record))
     }
 
     /// The record of `key` and the ids of its parents, nearest first.
     pub(crate) fn get(&self, key: &str) -> Result<(Record, Vec<u64>)> {
+        self.read_record(key, |table, record| {
+            let parents = parent_ids(table, record.parent.as_deref())?;
+            Ok((record, parents))
+        })
+    }
+
+    /// Reads the record of `key` in a read transaction, and hands it to
+    /// `then` with the table; a missing key is `NotFound`.
+    fn read_record<T>(
+        &self,
+        key: &str,
+        then: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>, Record) -> Result<T>,
+    ) -> Result<T> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = match txn.open_table(SNAPSHOTS) {
             Ok(t) => t,
@@ -245,8 +247,7 @@ impl MetaStore {
             Some(v) => decode(key, v.value())?,
             None => return Err(Error::NotFound { key: key.into() }),
         };
-        let parents = parent_ids(&table, record.parent.as_deref())?;
-        Ok((record, parents))
+        then(&table, record)
     }
 
     /// The id of the committed snapshot `parent` and its ancestors' ids,
