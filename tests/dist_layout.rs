@@ -402,6 +402,20 @@ fn a_layout_with_some_platforms_imports_and_whole_names_survive_the_round_trip()
     assert_eq!(by_tag, chain);
 }
 
+/// The image of [`build`], exported as `app` into `work/layout`; returns
+/// its manifest digest and the layout.
+fn exported_app(work: &Path) -> (String, std::path::PathBuf) {
+    let builder = work.join("builder");
+    let digest = build(&builder);
+    let layout = work.join("layout");
+    ok(dist(
+        &builder,
+        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
+        b"",
+    ));
+    (digest, layout)
+}
+
 /// The digest of the first image in the layout at `dir`.
 fn index_digest(dir: &Path) -> String {
     entries(dir)[0].2.clone()
@@ -413,14 +427,7 @@ fn index_digest(dir: &Path) -> String {
 #[test]
 fn a_corrupt_layout_blob_fails_and_the_repaired_layout_imports() {
     let work = tempfile::tempdir().unwrap();
-    let builder = work.path().join("builder");
-    let digest = build(&builder);
-    let layout = work.path().join("layout");
-    ok(dist(
-        &builder,
-        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
-        b"",
-    ));
+    let (digest, layout) = exported_app(work.path());
     let manifest_file = layout
         .join("blobs/sha256")
         .join(digest.trim_start_matches("sha256:"));
@@ -453,14 +460,7 @@ fn a_corrupt_layout_blob_fails_and_the_repaired_layout_imports() {
 #[test]
 fn unpack_refuses_a_layout_whose_files_are_not_what_they_claim() {
     let work = tempfile::tempdir().unwrap();
-    let builder = work.path().join("builder");
-    let digest = build(&builder);
-    let layout = work.path().join("layout");
-    ok(dist(
-        &builder,
-        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
-        b"",
-    ));
+    let (digest, layout) = exported_app(work.path());
     let blob = |digest: &str| {
         layout
             .join("blobs/sha256")
@@ -545,14 +545,7 @@ fn unpack_refuses_a_layout_whose_files_are_not_what_they_claim() {
 #[test]
 fn import_walks_each_document_once_and_takes_only_names_that_are_names() {
     let work = tempfile::tempdir().unwrap();
-    let builder = work.path().join("builder");
-    let digest = build(&builder);
-    let layout = work.path().join("layout");
-    ok(dist(
-        &builder,
-        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
-        b"",
-    ));
+    let (_, layout) = exported_app(work.path());
     let index_path = layout.join("index.json");
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();

@@ -227,8 +227,8 @@ impl Base {
                 {
                     remove_dir(before.id);
                     return Err(Error::io(
-                        "record the removal (its directory is gone, to make room) in",
-                        "snapshot metadata",
+                        "remove (its directory went, to make room; its record stays) snapshot",
+                        &key,
                         source,
                     ));
                 }

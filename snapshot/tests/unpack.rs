@@ -715,29 +715,15 @@ async fn hardlinks_to_hidden_lower_entries_fail_on_both_snapshotters() {
 /// 20,000, all one blob) is refused before anything is prepared.
 #[tokio::test]
 async fn an_image_of_too_many_layers_is_refused_at_once() {
-    use ocidist_content::{Labels, WriterOpts, sha256_of, write_blob};
+    use ocidist_content::sha256_of;
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path().join("content")).unwrap();
     let snapshotter = OverlaySnapshotter::open(dir.path().join("snap")).unwrap();
-    let put = |bytes: Vec<u8>, media_type: &'static str| {
-        let store = store.clone();
-        async move {
-            let digest = sha256_of(&bytes);
-            write_blob(
-                &store,
-                WriterOpts::new(format!("t-{digest}")),
-                &bytes[..],
-                Labels::new(),
-            )
-            .await
-            .unwrap();
-            serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": bytes.len()})
-        }
-    };
     let tar = layers().remove(0);
-    let layer = put(
-        common::gzip(&tar),
+    let layer = common::put(
+        &store,
         "application/vnd.oci.image.layer.v1.tar+gzip",
+        &common::gzip(&tar),
     )
     .await;
     let count = ocidist_snapshot::MAX_LAYERS + 1;
@@ -745,9 +731,10 @@ async fn an_image_of_too_many_layers_is_refused_at_once() {
         "architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": vec![sha256_of(&tar).to_string(); count]},
     });
-    let config = put(
-        config.to_string().into_bytes(),
+    let config = common::put(
+        &store,
         "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
     )
     .await;
     let manifest = serde_json::json!({
@@ -756,9 +743,10 @@ async fn an_image_of_too_many_layers_is_refused_at_once() {
         "config": config,
         "layers": vec![layer; count],
     });
-    let manifest = put(
-        manifest.to_string().into_bytes(),
+    let manifest = common::put(
+        &store,
         "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
     )
     .await;
     let image: ocidist_content::Descriptor = serde_json::from_value(manifest).unwrap();

@@ -193,27 +193,31 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
 
 /// Writes an OCI image of the given uncompressed layer tars (gzipped) into
 /// `store`; returns the manifest's descriptor.
+/// Writes `bytes` into `store`; returns its descriptor as JSON.
+#[allow(dead_code)] // Not every test crate that shares this module uses it.
+pub async fn put(
+    store: &ocidist_content::local::LocalStore,
+    media_type: &str,
+    bytes: &[u8],
+) -> serde_json::Value {
+    use ocidist_content::{Labels, WriterOpts, sha256_of, write_blob};
+    let digest = sha256_of(bytes);
+    write_blob(
+        store,
+        WriterOpts::new(format!("test-{digest}")),
+        bytes,
+        Labels::new(),
+    )
+    .await
+    .unwrap();
+    serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": bytes.len()})
+}
+
 pub async fn store_image(
     store: &ocidist_content::local::LocalStore,
     tars: &[Vec<u8>],
 ) -> ocidist_content::Descriptor {
-    use ocidist_content::{Labels, WriterOpts, sha256_of, write_blob};
-    async fn put(
-        store: &ocidist_content::local::LocalStore,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> serde_json::Value {
-        let digest = sha256_of(bytes);
-        write_blob(
-            store,
-            WriterOpts::new(format!("test-{digest}")),
-            bytes,
-            Labels::new(),
-        )
-        .await
-        .unwrap();
-        serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": bytes.len()})
-    }
+    use ocidist_content::sha256_of;
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for tar in tars {
