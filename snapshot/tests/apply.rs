@@ -287,6 +287,82 @@ fn long_pax_names_apply() {
     assert_eq!(std::fs::read(root.path().join(&long)).unwrap(), b"deep");
 }
 
+/// Each name or symlink target of 4 KB adds 2,000 levels to the tree a
+/// symlink leads into, so a small layer could build one tens of thousands
+/// of levels deep, every lookup in it walking them all. A path beneath the
+/// root past 4,096 bytes (`PATH_MAX`, where containerd's path strings stop
+/// too) is refused, its name quoted short.
+#[test]
+fn an_entry_resolved_past_path_max_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let chain = vec!["a"; 1500].join("/");
+    let first = format!("d/{chain}/f");
+    let beyond = format!("s/{chain}/f");
+    let layer = tar_of(&[
+        Entry::File(&first, b"x", 0o644),
+        Entry::Symlink("s", &format!("d/{chain}")),
+        Entry::File(&beyond, b"x", 0o644),
+    ]);
+    let err = apply_tree(root.path(), &layer).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let message = err.to_string();
+    assert!(message.contains("longer than 4096 bytes"), "{message}");
+    assert!(message.len() < 600, "{message}");
+    assert_eq!(std::fs::read(root.path().join(&first)).unwrap(), b"x");
+}
+
+/// Symlinks whose targets walk back and forth (`a/../a/..`) make the kernel
+/// walk up to 40 targets of 2,000 names for one lookup, whatever the tree's
+/// depth. A lookup may walk 16,384 names, counted through the symlinks it
+/// follows, however often they were looked up before.
+#[test]
+fn a_lookup_walking_too_many_names_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let back_and_forth = "/../a".repeat(800);
+    let targets: Vec<String> = (1..=11)
+        .map(|k| match k {
+            1 => format!("a{back_and_forth}"),
+            k => format!("l{}{back_and_forth}", k - 1),
+        })
+        .collect();
+    let names: Vec<String> = (1..=11).map(|k| format!("l{k}")).collect();
+    let mut entries = vec![Entry::Dir("a", 0o755)];
+    entries.extend(
+        names
+            .iter()
+            .zip(&targets)
+            .map(|(n, t)| Entry::Symlink(n, t)),
+    );
+    // l10 walks 16,011 names, l11 17,612.
+    entries.push(Entry::File("l10/within", b"x", 0o644));
+    let layer = tar_of(&entries);
+    apply_tree(root.path(), &layer).unwrap();
+    assert_eq!(std::fs::read(root.path().join("a/within")).unwrap(), b"x");
+
+    entries.push(Entry::File("l11/beyond", b"x", 0o644));
+    let layer = tar_of(&entries);
+    let root = tempfile::tempdir().unwrap();
+    let err = apply_tree(root.path(), &layer).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("16384 names"), "{err}");
+    assert!(!root.path().join("a/beyond").exists());
+}
+
+/// A parent that is a symlink to nothing is the layer's error, said as
+/// such (not "File exists" from making a directory over the link).
+#[test]
+fn a_dangling_symlink_parent_is_the_layers_error() {
+    let root = tempfile::tempdir().unwrap();
+    let layer = tar_of(&[
+        Entry::Symlink("up", "nowhere"),
+        Entry::File("up/file", b"x", 0o644),
+    ]);
+    let err = apply_tree(root.path(), &layer).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("symlink to no directory"), "{err}");
+    assert!(!root.path().join("nowhere").exists());
+}
+
 #[test]
 fn dot_dot_in_a_name_is_refused_and_writes_nothing_outside() {
     let dir = tempfile::tempdir().unwrap();

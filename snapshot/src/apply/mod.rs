@@ -709,8 +709,8 @@ impl Applier {
                 rustix::fs::symlinkat(&target[..], dirfd, name)
                     .map_err(io_err("symlink", &path))?;
                 self.set_meta_at(&parent, name, &path, &meta, false)?;
-                // A directory seen before may now be a symlink.
-                self.root.invalidate();
+                // Nothing was at the name unless it was removed (below): no
+                // cached lookup went through it.
                 self.created.insert(rel);
             }
             tar::EntryType::Link => {

@@ -1,15 +1,22 @@
 //! Paths resolved beneath a root: nothing a layer names can reach outside it.
 //!
-//! Every lookup goes through `openat2(2)` with `RESOLVE_IN_ROOT`, so the kernel
-//! treats the root as `/`: absolute symlinks and `..` in symlink targets stay
-//! inside, magic links are refused. Entry names themselves may not hold `..`
-//! at all. The final component of an entry is never followed: it is created,
+//! A lookup treats the root as `/`: absolute symlinks and `..` in symlink
+//! targets stay inside. A name with no symlink on the way is one `openat2(2)`
+//! that follows none (`RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`). A name with one
+//! is walked here a directory at a time, each symlink read and its target
+//! walked in turn: the kernel would follow up to 40 nested targets of 4 KB
+//! each, tens of thousands of names for one lookup, for every entry of a
+//! layer that names them. Here each symlink's resolution is remembered, and
+//! a lookup has a budget ([`MAX_LOOKUP_STEPS`]), so a layer's cost stays in
+//! proportion to its size. Entry names themselves may not hold `..` at all.
+//! The final component of an entry is never followed: it is created,
 //! replaced or removed with `*at` calls on its parent's descriptor.
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
@@ -37,26 +44,25 @@ pub(crate) fn clean(name: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn resolve_flags() -> ResolveFlags {
-    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
-}
+/// How many names one lookup through symlinks may walk, their targets'
+/// names (and each `..`) included. Real layers take tens; a path of 4,096
+/// bytes has at most 2,048 names.
+const MAX_LOOKUP_STEPS: usize = 16_384;
 
-/// Opens `rel` (a directory) beneath `root`, following symlinks as if `root`
-/// were `/`.
-pub(crate) fn open_dir_in(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Result<OwnedFd> {
-    open_dir_with(root, rel, resolve_flags())
-}
+/// How many symlinks one lookup may follow: Linux's own limit.
+const MAX_FOLLOWS: usize = 40;
 
-/// Opens `rel` (a directory) beneath `root` only if no symlink is on the way.
+/// The longest path beneath the root a directory may resolve to: `PATH_MAX`,
+/// which containerd's path strings cannot exceed either. It bounds how deep
+/// a layer can build its tree.
+const MAX_RESOLVED_LEN: usize = 4096;
+
+/// How many symlink resolutions [`Root`] remembers before it starts afresh.
+const MAX_REMEMBERED_LINKS: usize = 1024;
+
+/// Opens `rel` (a directory) beneath `root` only if no symlink is on the way:
+/// `ELOOP` if there is one.
 pub(crate) fn open_dir_exact(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Result<OwnedFd> {
-    open_dir_with(root, rel, resolve_flags() | ResolveFlags::NO_SYMLINKS)
-}
-
-fn open_dir_with(
-    root: BorrowedFd<'_>,
-    rel: &Path,
-    flags: ResolveFlags,
-) -> rustix::io::Result<OwnedFd> {
     let rel: &Path = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -69,7 +75,7 @@ fn open_dir_with(
             rel,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            flags,
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS,
         ) {
             // The kernel asks for a retry when a rename or mount elsewhere
             // raced a `..` walk under RESOLVE_IN_ROOT.
@@ -109,6 +115,10 @@ pub(crate) struct Root {
     /// when this layer starts); called once, before the first look.
     lowers_ready: Option<LowersReady>,
     cache: HashMap<PathBuf, OwnedFd>,
+    /// Where each symlink met in a lookup leads (its path with no symlink in
+    /// it) and what walking there cost, by the symlink's own such path.
+    /// Forgotten with `cache`, when something is removed or replaced.
+    links: HashMap<PathBuf, (PathBuf, Walked)>,
     privileged: bool,
     /// On an overlay upper directory, the xattr that marks a directory
     /// opaque; `None` on a whole tree.
@@ -201,6 +211,7 @@ impl Root {
             lowers: None,
             lowers_ready,
             cache: HashMap::new(),
+            links: HashMap::new(),
             privileged,
             opaque_xattr: opaque_xattr.map(str::to_string),
             pending_modes: Vec::new(),
@@ -225,9 +236,132 @@ impl Root {
         Ok(self.lowers.as_deref().unwrap_or_default())
     }
 
-    /// Forgets cached directories: something was removed or replaced.
+    /// Forgets cached directories and symlink resolutions: something was
+    /// removed or replaced.
     pub(crate) fn invalidate(&mut self) {
         self.cache.clear();
+        self.links.clear();
+    }
+
+    /// The error of a failed lookup of `rel`, see [`lookup_error`].
+    fn lookup_error(&self, rel: &Path, e: Errno) -> Error {
+        lookup_error(&self.path, rel, e)
+    }
+
+    /// Opens the directory `rel` beneath the root, following symlinks as if
+    /// the root were `/` (see the module's documentation).
+    pub(crate) fn open_dir(&mut self, rel: &Path) -> rustix::io::Result<OwnedFd> {
+        match open_dir_exact(self.fd.as_fd(), rel) {
+            Err(Errno::LOOP) => self.resolve(rel).map(|(dir, _)| dir),
+            other => other,
+        }
+    }
+
+    /// Walks `rel` a name at a time from the root, reading each symlink and
+    /// walking its target (from the root if absolute; `..` stops at the
+    /// root), and remembers where each symlink led and what walking it cost.
+    /// `ELOOP` past [`MAX_LOOKUP_STEPS`] names or [`MAX_FOLLOWS`] symlinks,
+    /// counted as if nothing were remembered, so that what resolves does
+    /// not depend on what was looked up before; `ENAMETOOLONG` for a
+    /// directory deeper than [`MAX_RESOLVED_LEN`] bytes of path; as the
+    /// kernel answers for its own limits. Returns the directory and its
+    /// path with no symlink in it.
+    fn resolve(&mut self, rel: &Path) -> rustix::io::Result<(OwnedFd, PathBuf)> {
+        enum Step {
+            Name(OsString),
+            Up,
+            /// The target of the symlink `link` is walked: remember where it
+            /// led, and the cost counted since (`steps`, `follows` then).
+            Led {
+                link: PathBuf,
+                steps: usize,
+                follows: usize,
+            },
+        }
+        let mut todo: Vec<Step> = rel
+            .iter()
+            .rev()
+            .map(|name| Step::Name(name.to_os_string()))
+            .collect();
+        let mut dir = rustix::io::dup(self.fd.as_fd())?;
+        let mut path = PathBuf::new();
+        let mut cost = Walked::default();
+        while let Some(step) = todo.pop() {
+            let name = match step {
+                Step::Led {
+                    link,
+                    steps,
+                    follows,
+                } => {
+                    if self.links.len() >= MAX_REMEMBERED_LINKS {
+                        self.links.clear();
+                    }
+                    let walked = Walked {
+                        steps: cost.steps - steps,
+                        follows: cost.follows - follows,
+                    };
+                    self.links.insert(link, (path.clone(), walked));
+                    continue;
+                }
+                Step::Up => {
+                    cost.add(Walked::STEP)?;
+                    if path.pop() {
+                        dir = rustix::fs::openat(
+                            &dir,
+                            "..",
+                            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                    }
+                    continue;
+                }
+                Step::Name(name) => name,
+            };
+            cost.add(Walked::STEP)?;
+            match open_child_dir(dir.as_fd(), &name) {
+                Ok(child) => {
+                    dir = child;
+                    path.push(&name);
+                    if path.as_os_str().len() > MAX_RESOLVED_LEN {
+                        return Err(Errno::NAMETOOLONG);
+                    }
+                }
+                Err(Errno::LOOP) => {
+                    let link = path.join(&name);
+                    if let Some((led, walked)) = self.links.get(&link) {
+                        cost.add(*walked)?;
+                        dir = open_dir_exact(self.fd.as_fd(), led)?;
+                        path.clone_from(led);
+                        continue;
+                    }
+                    let (steps, follows) = (cost.steps, cost.follows);
+                    cost.add(Walked::FOLLOW)?;
+                    let target = rustix::fs::readlinkat(&dir, &name, Vec::new())?;
+                    let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+                    if target.as_os_str().is_empty() {
+                        return Err(Errno::NOENT);
+                    }
+                    if target.has_root() {
+                        dir = rustix::io::dup(self.fd.as_fd())?;
+                        path.clear();
+                    }
+                    todo.push(Step::Led {
+                        link,
+                        steps,
+                        follows,
+                    });
+                    for part in target.components().rev() {
+                        match part {
+                            Component::Normal(name) => todo.push(Step::Name(name.to_os_string())),
+                            Component::ParentDir => todo.push(Step::Up),
+                            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((dir, path))
     }
 
     /// The directory `rel`, made (with its missing ancestors) if it does not
@@ -237,10 +371,10 @@ impl Root {
     /// directory entry of that name would replace it (see `make_parents`).
     pub(crate) fn dir(&mut self, rel: &Path) -> Result<BorrowedFd<'_>> {
         if !self.cache.contains_key(rel) {
-            let fd = match open_dir_in(self.fd.as_fd(), rel) {
+            let fd = match self.open_dir(rel) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => self.make_parents(rel)?,
-                Err(e) => return Err(Error::io("open", self.path.join(rel), e)),
+                Err(e) => return Err(self.lookup_error(rel, e)),
             };
             if self.cache.len() > 256 {
                 self.cache.clear();
@@ -251,11 +385,11 @@ impl Root {
     }
 
     /// The directory `rel` if it exists (no creation).
-    pub(crate) fn existing_dir(&self, rel: &Path) -> Result<Option<OwnedFd>> {
-        match open_dir_in(self.fd.as_fd(), rel) {
+    pub(crate) fn existing_dir(&mut self, rel: &Path) -> Result<Option<OwnedFd>> {
+        match self.open_dir(rel) {
             Ok(fd) => Ok(Some(fd)),
             Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
-            Err(e) => Err(Error::io("open", self.path.join(rel), e)),
+            Err(e) => Err(self.lookup_error(rel, e)),
         }
     }
 
@@ -263,7 +397,7 @@ impl Root {
     /// directory: `None` when there is nothing to hide (`rel` is a non-directory
     /// here, or exists in no lower), else the directory, made if needed.
     pub(crate) fn whiteout_dir(&mut self, rel: &Path) -> Result<Option<BorrowedFd<'_>>> {
-        match open_dir_in(self.fd.as_fd(), rel) {
+        match self.open_dir(rel) {
             Ok(_) => self.dir(rel).map(Some),
             Err(Errno::NOTDIR) => Ok(None),
             Err(Errno::NOENT) => {
@@ -274,35 +408,78 @@ impl Root {
                     Ok(None)
                 }
             }
-            Err(e) => Err(Error::io("open", self.path.join(rel), e)),
+            Err(e) => Err(self.lookup_error(rel, e)),
         }
     }
 
+    /// Makes the missing directories of `rel`, walking down one name at a
+    /// time from the directory it last reached: resolving every prefix from
+    /// the root instead costs the depth squared, and a layer's names and
+    /// symlinks can reach tens of thousands of levels. Only a symlink on the
+    /// way is resolved from the root again (beneath it, as it must be).
     fn make_parents(&mut self, rel: &Path) -> Result<OwnedFd> {
+        if self.opaque_xattr.is_some() {
+            self.lowers()?;
+        }
+        let mut below = self
+            .merged_walk_owned()
+            .map_err(|e| Error::io("dup", &self.path, e))?;
         let mut current = self
             .fd
             .try_clone()
             .map_err(|e| Error::io("dup", &self.path, e))?;
         let mut prefix = PathBuf::new();
+        let mut pending_modes = Vec::new();
+        let root_path = self.path.clone();
+        // How long `current`'s path with no symlink in it is.
+        let mut resolved_len = 0;
         for part in rel.iter() {
             prefix.push(part);
-            match open_dir_in(self.fd.as_fd(), &prefix) {
+            resolved_len += usize::from(resolved_len > 0) + part.len();
+            if resolved_len > MAX_RESOLVED_LEN {
+                // Made here, a tree would be deeper than any lookup may go.
+                return Err(lookup_error(&root_path, &prefix, Errno::NAMETOOLONG));
+            }
+            let at = || root_path.join(&prefix);
+            match open_child_dir(current.as_fd(), part) {
                 Ok(fd) => current = fd,
+                Err(Errno::LOOP) => {
+                    current = match self.resolve(&prefix) {
+                        Ok((fd, path)) => {
+                            resolved_len = path.as_os_str().len();
+                            fd
+                        }
+                        Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
+                            return Err(Error::InvalidArgument(format!(
+                                "layer entry under {}: {} is a symlink to no directory",
+                                abbreviated(rel),
+                                abbreviated(&prefix)
+                            )));
+                        }
+                        Err(e) => return Err(lookup_error(&root_path, &prefix, e)),
+                    }
+                }
                 Err(Errno::NOENT) => {
-                    let (meta, xattrs) = self.lower_meta(&prefix)?;
+                    let found = match &below {
+                        Some(walk) => walk
+                            .entry(part, true)
+                            .map_err(|e| Error::io("look up", at(), e))?,
+                        None => None,
+                    };
+                    let (meta, xattrs) = lower_meta(found, part)?;
                     mkdir_with(current.as_fd(), part, meta, self.privileged)
-                        .map_err(|e| Error::io("mkdir", self.path.join(&prefix), e))?;
+                        .map_err(|e| Error::io("mkdir", at(), e))?;
                     for (key, value) in &xattrs {
                         let set = super::set_xattr_at(current.as_fd(), part, key, value);
                         super::xattr_set(set, key, true, self.privileged, &self.skipped_xattrs)
-                            .map_err(|e| Error::io("setxattr", self.path.join(&prefix), e))?;
+                            .map_err(|e| Error::io("setxattr", at(), e))?;
                     }
-                    current = open_dir_in(self.fd.as_fd(), &prefix)
-                        .map_err(|e| Error::io("open", self.path.join(&prefix), e))?;
+                    current = open_child_dir(current.as_fd(), part)
+                        .map_err(|e| Error::io("open", at(), e))?;
                     if !self.privileged && meta.mode & 0o700 != 0o700 {
-                        let st = rustix::fs::fstat(&current)
-                            .map_err(|e| Error::io("stat", self.path.join(&prefix), e))?;
-                        self.pending_modes.push((
+                        let st =
+                            rustix::fs::fstat(&current).map_err(|e| Error::io("stat", at(), e))?;
+                        pending_modes.push((
                             prefix.clone(),
                             meta.mode,
                             (st.st_dev, st.st_ino),
@@ -313,9 +490,16 @@ impl Root {
                 Err(Errno::NOTDIR) => {
                     current = self.replace_with_dir(current.as_fd(), part, &prefix, rel)?;
                 }
-                Err(e) => return Err(Error::io("open", self.path.join(&prefix), e)),
+                Err(e) => return Err(lookup_error(&root_path, &prefix, e)),
+            }
+            // After the upper directory changed: the walk sees what it made.
+            if let Some(walk) = &mut below {
+                walk.descend(part)
+                    .map_err(|e| Error::io("look up", at(), e))?;
             }
         }
+        drop(below);
+        self.pending_modes.extend(pending_modes);
         Ok(current)
     }
 
@@ -323,10 +507,9 @@ impl Root {
     /// entry under `rel` needs. A file, device or whiteout there goes, as a
     /// directory entry of that name would replace it: tar's "the later entry
     /// wins", and what overlayfs shows when a lower layer's file is under a
-    /// new upper directory. Native and overlay agree on it. A symlink that
-    /// leads to no directory is the layer's error.
+    /// new upper directory. Native and overlay agree on it.
     fn replace_with_dir(
-        &mut self,
+        &self,
         parent: BorrowedFd<'_>,
         name: &OsStr,
         prefix: &Path,
@@ -337,9 +520,9 @@ impl Root {
             .map_err(|e| Error::io("stat", &path, e))?;
         if (st.st_mode & libc::S_IFMT) == libc::S_IFLNK {
             return Err(Error::InvalidArgument(format!(
-                "layer entry under {:?}: {:?} is a symlink to no directory",
-                rel.display(),
-                prefix.display()
+                "layer entry under {}: {} is a symlink to no directory",
+                abbreviated(rel),
+                abbreviated(prefix)
             )));
         }
         // Never a directory: that would have been opened.
@@ -360,25 +543,7 @@ impl Root {
             rustix::fs::fsetxattr(&dir, xattr.as_str(), b"y", rustix::fs::XattrFlags::empty())
                 .map_err(|e| Error::io("setxattr", &path, e))?;
         }
-        open_dir_in(self.fd.as_fd(), prefix).map_err(|e| Error::io("open", &path, e))
-    }
-
-    /// Owner, mode and xattrs (but overlayfs's own) for a parent made in the
-    /// upper directory: those of the directory the lowers show there, as a
-    /// mounted overlay would copy it up.
-    fn lower_meta(&mut self, rel: &Path) -> Result<(DirMeta, super::Xattrs)> {
-        let Some(found) = self.below(rel)?.filter(Found::is_dir) else {
-            return Ok((DirMeta::DEFAULT, Vec::new()));
-        };
-        let name = rel.file_name().unwrap_or_default();
-        let xattrs = super::copy_up::xattrs(&super::copy_up::proc_path(found.dir.as_fd(), name))?;
-        let st = found.stat;
-        let meta = DirMeta {
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-        };
-        Ok((meta, xattrs))
+        open_child_dir(parent, name).map_err(|e| Error::io("open", &path, e))
     }
 
     /// Every name at the root of any lower.
@@ -429,67 +594,217 @@ impl Root {
             return Ok(None);
         }
         self.lowers()?;
-        let opaque_xattr = self.opaque_xattr.as_deref().unwrap_or_default();
-        let lowers = self.lowers.as_deref().unwrap_or_default();
         let path = self.path.join(rel);
         let error = |e| Error::io("look up", &path, e);
-        // Each layer's directory at the prefix walked so far, newest first,
-        // and whether it is the upper directory's. The layers' own roots are
-        // borrowed; only the directories opened below them are owned.
-        let mut dirs: Vec<(Layered<'_>, bool)> = std::iter::once((self.fd.as_fd(), true))
-            .chain(lowers.iter().map(|lower| (lower.as_fd(), false)))
-            .map(|(fd, upper)| (Layered::Root(fd), upper))
-            .collect();
+        let Some(mut walk) = self.merged_walk() else {
+            return Ok(None);
+        };
         let parts: Vec<&OsStr> = rel.iter().collect();
-        for (i, part) in parts.iter().enumerate() {
-            let last = i + 1 == parts.len();
-            let mut next = Vec::new();
-            for (dir, upper) in dirs {
-                if last && upper && !upper_entry {
-                    continue;
-                }
-                let st = match rustix::fs::statat(dir.as_fd(), *part, AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => st,
-                    Err(Errno::NOENT) => continue,
-                    Err(e) => return Err(error(e)),
-                };
-                let kind = st.st_mode & libc::S_IFMT;
-                if kind == libc::S_IFCHR && st.st_rdev == 0 {
-                    break; // a whiteout: nothing of this name below
-                }
-                if last {
-                    let dir = match dir {
-                        Layered::Root(fd) => rustix::io::dup(fd).map_err(error)?,
-                        Layered::Opened(fd) => fd,
-                    };
-                    return Ok(Some(Found { dir, stat: st }));
-                }
-                if kind != libc::S_IFDIR {
-                    break; // a non-directory hides the directories below it
-                }
-                let sub = rustix::fs::openat(
-                    dir.as_fd(),
-                    *part,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(error)?;
-                let opaque = is_opaque(sub.as_fd(), opaque_xattr);
-                next.push((Layered::Opened(sub), upper));
-                if opaque {
-                    break;
-                }
-            }
-            if next.is_empty() {
+        let Some((last, above)) = parts.split_last() else {
+            return Ok(None);
+        };
+        for part in above {
+            if !walk.descend(part).map_err(error)? {
                 return Ok(None);
             }
-            dirs = next;
         }
-        Ok(None)
+        walk.entry(last, upper_entry).map_err(error)
+    }
+
+    /// A walk of the merged view from its root, or `None` on a whole tree;
+    /// the lowers must have been opened (`lowers`).
+    fn merged_walk(&self) -> Option<MergedWalk<'_>> {
+        let opaque_xattr = self.opaque_xattr.clone()?;
+        let dirs = self
+            .layer_roots()
+            .map(|(fd, upper)| (Layered::Root(fd), upper))
+            .collect();
+        Some(MergedWalk { dirs, opaque_xattr })
+    }
+
+    /// [`Root::merged_walk`] on descriptors of its own, which leaves the
+    /// root free to change while the walk goes on.
+    fn merged_walk_owned(&self) -> rustix::io::Result<Option<MergedWalk<'static>>> {
+        let Some(opaque_xattr) = self.opaque_xattr.clone() else {
+            return Ok(None);
+        };
+        let dirs = self
+            .layer_roots()
+            .map(|(fd, upper)| Ok((Layered::Opened(rustix::io::dup(fd)?), upper)))
+            .collect::<rustix::io::Result<_>>()?;
+        Ok(Some(MergedWalk { dirs, opaque_xattr }))
+    }
+
+    /// The upper directory's root, then the lowers' (if opened), each with
+    /// whether it is the upper one.
+    fn layer_roots(&self) -> impl Iterator<Item = (BorrowedFd<'_>, bool)> {
+        let lowers = self.lowers.as_deref().unwrap_or_default();
+        std::iter::once((self.fd.as_fd(), true))
+            .chain(lowers.iter().map(|lower| (lower.as_fd(), false)))
     }
 }
 
-/// A layer's directory in [`Root::merged`]'s walk.
+/// What a lookup through symlinks has walked, against its limits.
+#[derive(Debug, Default, Clone, Copy)]
+struct Walked {
+    steps: usize,
+    follows: usize,
+}
+
+impl Walked {
+    /// One name (or `..`) walked.
+    const STEP: Walked = Walked {
+        steps: 1,
+        follows: 0,
+    };
+    /// One symlink followed.
+    const FOLLOW: Walked = Walked {
+        steps: 0,
+        follows: 1,
+    };
+
+    /// Counts `more`; `ELOOP` past [`MAX_LOOKUP_STEPS`] or [`MAX_FOLLOWS`].
+    fn add(&mut self, more: Walked) -> rustix::io::Result<()> {
+        self.steps += more.steps;
+        self.follows += more.follows;
+        if self.steps > MAX_LOOKUP_STEPS || self.follows > MAX_FOLLOWS {
+            return Err(Errno::LOOP);
+        }
+        Ok(())
+    }
+}
+
+/// The error of a failed lookup of `rel` beneath `root`: past a lookup's
+/// limits it is the layer's fault, and says so without quoting a path of
+/// thousands of names whole.
+fn lookup_error(root: &Path, rel: &Path, e: Errno) -> Error {
+    let limit = match e {
+        Errno::LOOP => format!("more than {MAX_FOLLOWS} symlinks or {MAX_LOOKUP_STEPS} names"),
+        Errno::NAMETOOLONG => {
+            format!("a name longer than 255 bytes or a path longer than {MAX_RESOLVED_LEN} bytes")
+        }
+        e => return Error::io("open", root.join(rel), e),
+    };
+    Error::Layer(format!(
+        "entry under {}: resolving it takes {limit}",
+        abbreviated(rel)
+    ))
+}
+
+/// `path` quoted, its middle left out when it is long.
+fn abbreviated(path: &Path) -> String {
+    const KEEP: usize = 100;
+    let text = path.to_string_lossy();
+    if text.len() <= 2 * KEEP + 20 {
+        return format!("{text:?}");
+    }
+    let head = text.char_indices().nth(KEEP).map_or(text.len(), |(i, _)| i);
+    let tail = text
+        .char_indices()
+        .rev()
+        .nth(KEEP - 1)
+        .map_or(0, |(i, _)| i);
+    format!(
+        "\"{}…({} bytes)…{}\"",
+        &text[..head],
+        text.len(),
+        &text[tail..]
+    )
+}
+
+/// Owner, mode and xattrs (but overlayfs's own) for a parent made in the
+/// upper directory: those of the directory the lowers show there (`found`,
+/// named `name`), as a mounted overlay would copy it up.
+fn lower_meta(found: Option<Found>, name: &OsStr) -> Result<(DirMeta, super::Xattrs)> {
+    let Some(found) = found.filter(Found::is_dir) else {
+        return Ok((DirMeta::DEFAULT, Vec::new()));
+    };
+    let xattrs = super::copy_up::xattrs(&super::copy_up::proc_path(found.dir.as_fd(), name))?;
+    let st = found.stat;
+    let meta = DirMeta {
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+    };
+    Ok((meta, xattrs))
+}
+
+/// Opens the directory `name` in `parent` without following a symlink:
+/// `ELOOP` if it is one, `ENOTDIR` if it is no directory.
+fn open_child_dir(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        parent,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+    )
+}
+
+/// The merged view of an upper directory over its lowers, walked by name one
+/// directory at a time, as overlayfs merges them: each layer's directory at
+/// the prefix walked so far, newest first.
+struct MergedWalk<'a> {
+    /// With whether it is the upper directory's.
+    dirs: Vec<(Layered<'a>, bool)>,
+    opaque_xattr: String,
+}
+
+impl MergedWalk<'_> {
+    /// The entry `name` of the merged directory reached so far: the newest
+    /// layer's, unless a whiteout hides it; the upper directory's own entry
+    /// counts only with `upper_entry`.
+    fn entry(&self, name: &OsStr, upper_entry: bool) -> rustix::io::Result<Option<Found>> {
+        for (dir, upper) in &self.dirs {
+            if *upper && !upper_entry {
+                continue;
+            }
+            let stat = match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            if (stat.st_mode & libc::S_IFMT) == libc::S_IFCHR && stat.st_rdev == 0 {
+                return Ok(None); // a whiteout: nothing of this name below
+            }
+            let dir = rustix::io::dup(dir.as_fd())?;
+            return Ok(Some(Found { dir, stat }));
+        }
+        Ok(None)
+    }
+
+    /// Goes down into the merged directory `name`; false once no layer has
+    /// a directory there (a non-directory, a whiteout or an opaque directory
+    /// hides the lower layers' directories below it).
+    fn descend(&mut self, name: &OsStr) -> rustix::io::Result<bool> {
+        let mut next = Vec::new();
+        for (dir, upper) in &self.dirs {
+            let st = match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            if (st.st_mode & libc::S_IFMT) != libc::S_IFDIR {
+                break; // a whiteout or non-directory hides what is below
+            }
+            let sub = rustix::fs::openat(
+                dir.as_fd(),
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let opaque = is_opaque(sub.as_fd(), &self.opaque_xattr);
+            next.push((Layered::Opened(sub), *upper));
+            if opaque {
+                break;
+            }
+        }
+        self.dirs = next;
+        Ok(!self.dirs.is_empty())
+    }
+}
+
+/// A layer's directory in a [`MergedWalk`].
 enum Layered<'a> {
     /// The layer's root, held by [`Root`].
     Root(BorrowedFd<'a>),
@@ -728,4 +1043,127 @@ fn clear_below(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn root_at(path: &Path) -> Root {
+        let zero = || Rc::new(Cell::new(0));
+        Root::open(path, &[], None, false, None, zero(), zero()).unwrap()
+    }
+
+    /// What a lookup of `rel` found: the directory's device and inode, or
+    /// the error.
+    fn found(opened: rustix::io::Result<OwnedFd>) -> std::result::Result<(u64, u64), Errno> {
+        opened.map(|fd| {
+            let st = rustix::fs::fstat(&fd).unwrap();
+            (st.st_dev, st.st_ino)
+        })
+    }
+
+    #[test]
+    fn lookups_through_symlinks_find_what_the_kernel_finds_in_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path();
+        std::fs::create_dir_all(top.join("a/b/c")).unwrap();
+        std::fs::create_dir(top.join("d")).unwrap();
+        std::fs::write(top.join("a/file"), b"").unwrap();
+        for (name, target) in [
+            ("abs", "/a/b"),
+            ("rel", "a/b/../b/c"),
+            ("up", "../../../a"),
+            ("chain1", "abs/c"),
+            ("chain2", "chain1/.."),
+            ("dot", "."),
+            ("root", "/"),
+            ("loop1", "loop2"),
+            ("loop2", "loop1"),
+            ("dangling", "nope"),
+            ("tofile", "a/file"),
+            ("a/b/back", "../../d"),
+            ("a/b/c/deep", "../../../../../../chain2/c"),
+        ] {
+            symlink(target, top.join(name)).unwrap();
+        }
+        let mut root = root_at(top);
+        for rel in [
+            "abs",
+            "abs/c",
+            "rel",
+            "up",
+            "up/b/c",
+            "chain1",
+            "chain2",
+            "chain2/c",
+            "dot/dot/a/b",
+            "root/root/a",
+            "a/b/back",
+            "a/b/c/deep",
+            "rel/deep/deep",
+            "loop1",
+            "dangling",
+            "dangling/x",
+            "tofile",
+            "a/b/nope",
+        ] {
+            let kernel = found(rustix::fs::openat2(
+                &root.fd,
+                rel,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT,
+            ));
+            assert_eq!(found(root.open_dir(Path::new(rel))), kernel, "{rel}");
+            // And again, through what the first lookup remembered.
+            assert_eq!(found(root.open_dir(Path::new(rel))), kernel, "{rel}, again");
+        }
+    }
+
+    #[test]
+    fn a_symlink_is_read_once_until_something_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path();
+        std::fs::create_dir_all(top.join("a/b")).unwrap();
+        std::fs::create_dir(top.join("elsewhere")).unwrap();
+        symlink("a", top.join("l")).unwrap();
+        let mut root = root_at(top);
+        let first = found(root.open_dir(Path::new("l/b"))).unwrap();
+        // Changed behind the root's back, the symlink is not read again...
+        std::fs::remove_file(top.join("l")).unwrap();
+        symlink("elsewhere", top.join("l")).unwrap();
+        assert_eq!(found(root.open_dir(Path::new("l/b"))), Ok(first));
+        // ...until the root is told something was removed.
+        root.invalidate();
+        assert_eq!(found(root.open_dir(Path::new("l/b"))), Err(Errno::NOENT));
+    }
+
+    #[test]
+    fn the_lookup_budget_counts_what_was_remembered_as_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path();
+        std::fs::create_dir(top.join("a")).unwrap();
+        // Each symlink walks 1 + 2 * 800 names more than the one it names:
+        // l10 takes 16,011 names, l11 17,612.
+        let back_and_forth = "/../a".repeat(800);
+        symlink(format!("a{back_and_forth}"), top.join("l1")).unwrap();
+        for k in 2..=11 {
+            symlink(
+                format!("l{}{back_and_forth}", k - 1),
+                top.join(format!("l{k}")),
+            )
+            .unwrap();
+        }
+        let mut root = root_at(top);
+        let a = found(root.open_dir(Path::new("a"))).unwrap();
+        assert_eq!(found(root.open_dir(Path::new("l10"))), Ok(a));
+        assert_eq!(found(root.open_dir(Path::new("l11"))), Err(Errno::LOOP));
+        // l10 is remembered now; l11 costs as much as before all the same.
+        assert_eq!(found(root.open_dir(Path::new("l10"))), Ok(a));
+        assert_eq!(found(root.open_dir(Path::new("l11"))), Err(Errno::LOOP));
+        root.invalidate();
+        assert_eq!(found(root.open_dir(Path::new("l11"))), Err(Errno::LOOP));
+    }
 }
