@@ -177,6 +177,32 @@ fn a_layout_written_by_skopeo_is_imported_and_unpacks() {
         br#"{"schemaVersion":2,"manifests":[]}"#,
     )
     .unwrap();
+    // A directory whose oci-layout file does not say it is a layout of the
+    // version we read is not read as one (umoci and containerd refuse it).
+    let unread = |oci_layout: Option<&str>, said: &str| {
+        if let Some(text) = oci_layout {
+            std::fs::write(empty.join("oci-layout"), text).unwrap();
+        }
+        for command in ["unpack", "import"] {
+            let out = dist(&direct, &[command, empty.to_str().unwrap()], b"");
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(said),
+                "{out:?}"
+            );
+        }
+    };
+    unread(None, "it has no oci-layout file");
+    unread(
+        Some(r#"{"imageLayoutVersion":"2.0.0"}"#),
+        r#"image layout version "2.0.0", where this program reads "1.0.0""#,
+    );
+    unread(Some("{}"), "no imageLayoutVersion in it");
+    std::fs::write(
+        empty.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     let nothing = dist(&direct, &["unpack", empty.to_str().unwrap()], b"");
     assert!(
         String::from_utf8_lossy(&nothing.stderr).contains("no images in"),

@@ -187,7 +187,7 @@ pub(crate) async fn export(stores: &Stores, lease: Lease, args: ExportArgs) -> C
         .map_err(|e| fail(e.into()))?;
     write_atomically(
         &args.dir.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        format!(r#"{{"imageLayoutVersion":"{LAYOUT_VERSION}"}}"#).as_bytes(),
     )
     .map_err(|e| fail(e.into()))?;
     let index_path = args.dir.join("index.json");
@@ -249,10 +249,7 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
     let what = format!("import {}", args.dir.display());
     let content = LeasedStore::new(stores.content.clone(), lease);
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
-    let index: serde_json::Value = serde_json::from_slice(
-        &read_layout_file(&args.dir.join("index.json")).map_err(|e| fail(e.into()))?,
-    )
-    .map_err(|e| fail(e.into()))?;
+    let index = read_layout_index(&args.dir).map_err(fail)?;
     // Every blob, verified by the store against the digest its name claims.
     let blobs_dir = args.dir.join("blobs");
     // Anything else there (an export's `.tmp` left by a crash, a stray
@@ -459,6 +456,47 @@ fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// The layout version this program reads and writes.
+const LAYOUT_VERSION: &str = "1.0.0";
+
+/// The `index.json` of the OCI layout `dir`, once its `oci-layout` file
+/// says it is one of [`LAYOUT_VERSION`]: as umoci and containerd's importer
+/// do, a directory that does not say so is not read as one.
+fn read_layout_index(
+    dir: &Path,
+) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+    let marker = dir.join("oci-layout");
+    let version = match read_layout_file(&marker) {
+        Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["imageLayoutVersion"].as_str().map(str::to_string)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{} is not an OCI image layout: it has no oci-layout file",
+                dir.display()
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match version.as_deref() {
+        Some(LAYOUT_VERSION) => {}
+        Some(other) => {
+            return Err(format!(
+                "{}: image layout version {other:?}, where this program reads {LAYOUT_VERSION:?}",
+                marker.display()
+            )
+            .into());
+        }
+        None => {
+            return Err(format!("{}: no imageLayoutVersion in it", marker.display()).into());
+        }
+    }
+    Ok(serde_json::from_slice(&read_layout_file(
+        &dir.join("index.json"),
+    )?)?)
+}
+
 /// The largest `index.json` a layout may have: far more than a manifest
 /// (a layout keeps many tags), far less than memory.
 const MAX_INDEX_SIZE: u64 = 64 << 20;
@@ -550,10 +588,7 @@ pub(crate) async fn unpack_cmd(
     let what = format!("unpack {}", args.layout);
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let (dir, name) = split_layout(&args.layout);
-    let index: serde_json::Value = serde_json::from_slice(
-        &read_layout_file(&dir.join("index.json")).map_err(|e| fail(e.into()))?,
-    )
-    .map_err(|e| fail(e.into()))?;
+    let index = read_layout_index(&dir).map_err(fail)?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let entry = match &name {
         Some(name) => {

@@ -6,7 +6,7 @@ mod common;
 use std::io::Cursor;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use common::{Entry, gzip, tar_of, tree};
+use common::{Entry, gzip, tar_of, tree, xattr_tree};
 use ocidist_content::sha256_of;
 use ocidist_snapshot::ErrorKind;
 use ocidist_snapshot::apply::{ApplyOptions, Compression, apply_layer_sync};
@@ -361,6 +361,31 @@ fn a_dangling_symlink_parent_is_the_layers_error() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(err.to_string().contains("symlink to no directory"), "{err}");
     assert!(!root.path().join("nowhere").exists());
+}
+
+/// The kernel answers an empty or over-long xattr name with ERANGE
+/// ("Numerical result out of range"); the layer's error says what is wrong.
+#[test]
+fn an_xattr_name_the_kernel_cannot_take_is_the_layers_error() {
+    let long = "user.".to_string() + &"x".repeat(251);
+    for name in ["", long.as_str()] {
+        let root = tempfile::tempdir().unwrap();
+        let layer = tar_of(&[Entry::Xattr("f", b"x", name, b"v")]);
+        let err = apply_tree(root.path(), &layer).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let expected = format!("an xattr name of {} bytes", name.len());
+        assert!(err.to_string().contains(&expected), "{err}");
+    }
+    // 255 bytes is the most there is room for.
+    let root = tempfile::tempdir().unwrap();
+    let longest = &long[..255];
+    apply_tree(
+        root.path(),
+        &tar_of(&[Entry::Xattr("f", b"x", longest, b"v")]),
+    )
+    .unwrap();
+    let tree = xattr_tree(root.path());
+    assert!(tree["f"].ends_with(&format!(" {longest}=v")), "{tree:?}");
 }
 
 #[test]

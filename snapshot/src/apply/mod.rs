@@ -271,6 +271,9 @@ impl Read for ChunkReader {
 /// made the parser buffer a 1 GiB PAX record.
 const MAX_TAR_METADATA: u64 = 4 << 20;
 
+/// The longest xattr name Linux takes (`XATTR_NAME_MAX`).
+const XATTR_NAME_MAX: usize = 255;
+
 /// The most a layer's sparse files may add up to, holes included. The `tar`
 /// crate hands out a sparse file's holes as zeros to read (Go's
 /// `archive/tar` seeks over them), so a 10 KB layer declaring a 16 TiB file,
@@ -532,6 +535,15 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
                 }
                 _ => {
                     if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                        // The kernel's own answer (ERANGE) would name no
+                        // cause.
+                        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+                            return Err(Error::Layer(format!(
+                                "tar entry: an xattr name of {} bytes (1 to \
+                                 {XATTR_NAME_MAX} are allowed)",
+                                name.len()
+                            )));
+                        }
                         if OVERLAY_PRIVATE.iter().any(|p| name.starts_with(p)) {
                             meta.dropped_xattrs += 1;
                         } else {
