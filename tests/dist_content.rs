@@ -36,6 +36,8 @@ fn ingest_resumes_verifies_and_the_store_is_managed_from_the_shell() {
         active.contains("r1") && active.contains("1000000/3000000"),
         "{active}"
     );
+    // Quiet, the refs alone, for scripts.
+    assert_eq!(stdout(&dist(root, &["-q", "active"], b"")), "r1\n");
 
     // The full stream resumes and commits.
     let out = dist(root, &ingest, &blob);

@@ -97,6 +97,13 @@ pub(crate) async fn active(store: &LocalStore, args: ActiveArgs) -> CmdResult {
         .list_statuses(&filters)
         .await
         .map_err(|e| Failure::new("active", e))?;
+    if output::quiet() {
+        // The refs alone, as `list -q` prints digests and `images -q` names.
+        for status in &statuses {
+            crate::output::outln!("{}", status.reference);
+        }
+        return Ok(());
+    }
     let rows: Vec<Vec<String>> = statuses
         .iter()
         .map(|s| {

@@ -45,7 +45,8 @@ struct Cli {
     debug: bool,
     /// Print nothing but errors and a command's answer (`get`, `path`,
     /// `fetch-object`, `active`, `images` and `images check`, `apply`'s diff
-    /// ID, `unpack`'s chain ID); `list -q` prints digests only.
+    /// ID, `unpack`'s chain ID); `list -q` prints digests only, `active -q`
+    /// refs only, `images -q` names only.
     #[arg(long, short, global = true)]
     quiet: bool,
     /// Give up after this long (e.g. 30s, 5m, 1h).
