@@ -9,6 +9,12 @@
   loops N OUT      one directory, 39 nested symlinks whose targets walk
                    `a/..` back and forth, then N directories through them
   names N OUT      N files, each under a 2,000-level chain of its own
+  reopen N OUT     a 2,047-level directory D with D/s -> ., q -> D, then N
+                   files under q/s/s/.../s (39 of them): each lookup reopens
+                   D 40 times, and more while its parents are made
+  churn N OUT      l1..l10 (l10 walks 16,011 names), then N times a file
+                   under l10 and a file written twice (a replacement, which
+                   forgets every remembered resolution)
 """
 import io
 import sys
@@ -56,6 +62,21 @@ def main():
     elif kind == "names":
         for i in range(count):
             add(f"p{i}/{CHAIN}/f")
+    elif kind == "reopen":
+        deep = "/".join(["a"] * 2047)
+        add(deep + "/s", tarfile.SYMTYPE, ".")
+        add("q", tarfile.SYMTYPE, deep)
+        for i in range(count):
+            add("q/" + "s/" * 39 + f"y{i}/f")
+    elif kind == "churn":
+        add("a/", tarfile.DIRTYPE)
+        add("l1", tarfile.SYMTYPE, "a" + "/../a" * 800)
+        for k in range(2, 11):
+            add(f"l{k}", tarfile.SYMTYPE, f"l{k - 1}" + "/../a" * 800)
+        for i in range(count):
+            add(f"l10/x{i}/f")
+            add("junk")
+            add("junk")
     else:
         sys.exit(__doc__)
     tar.close()

@@ -366,6 +366,11 @@ fn write_entries(
                 break;
             };
             let mut entry = entry.map_err(|e| Error::Layer(format!("tar: {e}")))?;
+            // Lookups through symlinks may work in proportion to the bytes
+            // read so far.
+            applier
+                .root
+                .allow_work_for(entry.raw_header_position() + 512);
             applier.entry(&mut entry)?;
             // Data an entry's kind has no use for (a directory's, say).
             io::copy(&mut entry, &mut io::sink())
@@ -726,6 +731,11 @@ impl Applier {
                 self.created.insert(rel);
             }
             tar::EntryType::Link => {
+                if removed {
+                    // The target is looked up below: not through what the
+                    // removal made stale.
+                    self.root.invalidate();
+                }
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| {

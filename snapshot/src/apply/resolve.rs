@@ -6,9 +6,11 @@
 //! is walked here a directory at a time, each symlink read and its target
 //! walked in turn: the kernel would follow up to 40 nested targets of 4 KB
 //! each, tens of thousands of names for one lookup, for every entry of a
-//! layer that names them. Here each symlink's resolution is remembered, and
-//! a lookup has a budget ([`MAX_LOOKUP_STEPS`]), so a layer's cost stays in
-//! proportion to its size. Entry names themselves may not hold `..` at all.
+//! layer that names them. Here each symlink's resolution is remembered, a
+//! lookup has a budget ([`MAX_LOOKUP_STEPS`]), and all of a layer's lookups
+//! through symlinks share an allowance in proportion to its size
+//! ([`Root::allow_work_for`]), which bounds what they cost whatever empties
+//! the remembered resolutions. Entry names themselves may not hold `..` at all.
 //! The final component of an entry is never followed: it is created,
 //! replaced or removed with `*at` calls on its parent's descriptor.
 
@@ -52,10 +54,15 @@ const MAX_LOOKUP_STEPS: usize = 16_384;
 /// How many symlinks one lookup may follow: Linux's own limit.
 const MAX_FOLLOWS: usize = 40;
 
-/// The longest path beneath the root a directory may resolve to: `PATH_MAX`,
-/// which containerd's path strings cannot exceed either. It bounds how deep
-/// a layer can build its tree.
+/// A path beneath the root a directory resolves to must be shorter:
+/// `PATH_MAX`, which containerd's path strings cannot reach either (nor the
+/// kernel's own path arguments). It bounds how deep a layer can build its
+/// tree.
 const MAX_RESOLVED_LEN: usize = 4096;
+
+/// What lookups through symlinks may do for any layer, however small
+/// ([`Root::allow_work_for`]): about a second of directories opened.
+const WORK_FOR_ANY_LAYER: u64 = 1_000_000;
 
 /// How many symlink resolutions [`Root`] remembers before it starts afresh.
 const MAX_REMEMBERED_LINKS: usize = 1024;
@@ -117,8 +124,16 @@ pub(crate) struct Root {
     cache: HashMap<PathBuf, OwnedFd>,
     /// Where each symlink met in a lookup leads (its path with no symlink in
     /// it) and what walking there cost, by the symlink's own such path.
-    /// Forgotten with `cache`, when something is removed or replaced.
+    /// Forgotten when something is removed or replaced (`invalidate`).
     links: HashMap<PathBuf, (PathBuf, Walked)>,
+    /// Directories opened and symlinks read by lookups through symlinks so
+    /// far, remembered ones reopened included, against what the layer's
+    /// size allows ([`Root::allow_work_for`]): whatever empties the
+    /// remembered resolutions, a layer's cost stays in proportion to it.
+    work: u64,
+    work_allowed: u64,
+    /// Set when a lookup failed for want of `work_allowed`.
+    out_of_work: bool,
     privileged: bool,
     /// On an overlay upper directory, the xattr that marks a directory
     /// opaque; `None` on a whole tree.
@@ -212,6 +227,9 @@ impl Root {
             lowers_ready,
             cache: HashMap::new(),
             links: HashMap::new(),
+            work: 0,
+            work_allowed: WORK_FOR_ANY_LAYER,
+            out_of_work: false,
             privileged,
             opaque_xattr: opaque_xattr.map(str::to_string),
             pending_modes: Vec::new(),
@@ -243,9 +261,44 @@ impl Root {
         self.links.clear();
     }
 
-    /// The error of a failed lookup of `rel`, see [`lookup_error`].
+    /// Lets lookups through symlinks open a directory or read a symlink
+    /// once per byte of the layer read so far (`layer_bytes`), beyond
+    /// [`WORK_FOR_ANY_LAYER`]. Real layers use a small part of it.
+    pub(crate) fn allow_work_for(&mut self, layer_bytes: u64) {
+        self.work_allowed = WORK_FOR_ANY_LAYER.saturating_add(layer_bytes);
+        self.out_of_work = false;
+    }
+
+    /// Counts `steps` of a lookup's work; `ELOOP` past what is allowed.
+    fn charge(&mut self, steps: usize) -> rustix::io::Result<()> {
+        self.work = self.work.saturating_add(steps as u64);
+        if self.work > self.work_allowed {
+            self.out_of_work = true;
+            return Err(Errno::LOOP);
+        }
+        Ok(())
+    }
+
+    /// The error of a failed lookup of `rel`: past a lookup's limits or the
+    /// layer's allowance it is the layer's fault, and says so without
+    /// quoting a path of thousands of names whole.
     fn lookup_error(&self, rel: &Path, e: Errno) -> Error {
-        lookup_error(&self.path, rel, e)
+        let limit = match e {
+            Errno::LOOP if self.out_of_work => format!(
+                "more lookups through symlinks than the layer's size allows ({} directories \
+                 opened or symlinks read, {} allowed)",
+                self.work, self.work_allowed
+            ),
+            Errno::LOOP => format!("more than {MAX_FOLLOWS} symlinks or {MAX_LOOKUP_STEPS} names"),
+            Errno::NAMETOOLONG => format!(
+                "a name longer than 255 bytes or a path of {MAX_RESOLVED_LEN} bytes or more"
+            ),
+            e => return Error::io("open", self.path.join(rel), e),
+        };
+        Error::Layer(format!(
+            "entry under {}: resolving it takes {limit}",
+            abbreviated(rel)
+        ))
     }
 
     /// Opens the directory `rel` beneath the root, following symlinks as if
@@ -306,6 +359,7 @@ impl Root {
                 Step::Up => {
                     cost.add(Walked::STEP)?;
                     if path.pop() {
+                        self.charge(1)?;
                         dir = rustix::fs::openat(
                             &dir,
                             "..",
@@ -318,24 +372,28 @@ impl Root {
                 Step::Name(name) => name,
             };
             cost.add(Walked::STEP)?;
+            self.charge(1)?;
             match open_child_dir(dir.as_fd(), &name) {
                 Ok(child) => {
                     dir = child;
                     path.push(&name);
-                    if path.as_os_str().len() > MAX_RESOLVED_LEN {
+                    if path.as_os_str().len() >= MAX_RESOLVED_LEN {
                         return Err(Errno::NAMETOOLONG);
                     }
                 }
                 Err(Errno::LOOP) => {
                     let link = path.join(&name);
-                    if let Some((led, walked)) = self.links.get(&link) {
-                        cost.add(*walked)?;
-                        dir = open_dir_exact(self.fd.as_fd(), led)?;
-                        path.clone_from(led);
+                    if let Some((led, walked)) = self.links.get(&link).cloned() {
+                        cost.add(walked)?;
+                        // The kernel walks every name of it again.
+                        self.charge(led.iter().count().max(1))?;
+                        dir = open_dir_exact(self.fd.as_fd(), &led)?;
+                        path = led;
                         continue;
                     }
                     let (steps, follows) = (cost.steps, cost.follows);
                     cost.add(Walked::FOLLOW)?;
+                    self.charge(1)?;
                     let target = rustix::fs::readlinkat(&dir, &name, Vec::new())?;
                     let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
                     if target.as_os_str().is_empty() {
@@ -433,15 +491,19 @@ impl Root {
         let root_path = self.path.clone();
         // How long `current`'s path with no symlink in it is.
         let mut resolved_len = 0;
-        for part in rel.iter() {
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        for (i, part) in parts.iter().copied().enumerate() {
             prefix.push(part);
-            resolved_len += usize::from(resolved_len > 0) + part.len();
-            if resolved_len > MAX_RESOLVED_LEN {
-                // Made here, a tree would be deeper than any lookup may go.
-                return Err(lookup_error(&root_path, &prefix, Errno::NAMETOOLONG));
-            }
             let at = || root_path.join(&prefix);
-            match open_child_dir(current.as_fd(), part) {
+            let opened = open_child_dir(current.as_fd(), part);
+            if !matches!(opened, Err(Errno::LOOP)) {
+                resolved_len += usize::from(resolved_len > 0) + part.len();
+                if resolved_len >= MAX_RESOLVED_LEN {
+                    // Made here, a tree would be deeper than lookups may go.
+                    return Err(self.lookup_error(&prefix, Errno::NAMETOOLONG));
+                }
+            }
+            match opened {
                 Ok(fd) => current = fd,
                 Err(Errno::LOOP) => {
                     current = match self.resolve(&prefix) {
@@ -456,7 +518,7 @@ impl Root {
                                 abbreviated(&prefix)
                             )));
                         }
-                        Err(e) => return Err(lookup_error(&root_path, &prefix, e)),
+                        Err(e) => return Err(self.lookup_error(&prefix, e)),
                     }
                 }
                 Err(Errno::NOENT) => {
@@ -490,10 +552,12 @@ impl Root {
                 Err(Errno::NOTDIR) => {
                     current = self.replace_with_dir(current.as_fd(), part, &prefix, rel)?;
                 }
-                Err(e) => return Err(lookup_error(&root_path, &prefix, e)),
+                Err(e) => return Err(self.lookup_error(&prefix, e)),
             }
             // After the upper directory changed: the walk sees what it made.
-            if let Some(walk) = &mut below {
+            // (Not into the last: nothing below it is looked at, and a lower
+            // directory of that name may not be readable to us.)
+            if let Some(walk) = below.as_mut().filter(|_| i + 1 < parts.len()) {
                 walk.descend(part)
                     .map_err(|e| Error::io("look up", at(), e))?;
             }
@@ -672,23 +736,6 @@ impl Walked {
         }
         Ok(())
     }
-}
-
-/// The error of a failed lookup of `rel` beneath `root`: past a lookup's
-/// limits it is the layer's fault, and says so without quoting a path of
-/// thousands of names whole.
-fn lookup_error(root: &Path, rel: &Path, e: Errno) -> Error {
-    let limit = match e {
-        Errno::LOOP => format!("more than {MAX_FOLLOWS} symlinks or {MAX_LOOKUP_STEPS} names"),
-        Errno::NAMETOOLONG => {
-            format!("a name longer than 255 bytes or a path longer than {MAX_RESOLVED_LEN} bytes")
-        }
-        e => return Error::io("open", root.join(rel), e),
-    };
-    Error::Layer(format!(
-        "entry under {}: resolving it takes {limit}",
-        abbreviated(rel)
-    ))
 }
 
 /// `path` quoted, its middle left out when it is long.
@@ -1138,6 +1185,28 @@ mod tests {
         // ...until the root is told something was removed.
         root.invalidate();
         assert_eq!(found(root.open_dir(Path::new("l/b"))), Err(Errno::NOENT));
+    }
+
+    #[test]
+    fn lookups_through_symlinks_stop_at_the_layers_allowance() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path();
+        std::fs::create_dir(top.join("a")).unwrap();
+        // 1,602 directories opened or symlinks read for each fresh lookup.
+        symlink(format!("a{}", "/../a".repeat(800)), top.join("l")).unwrap();
+        let mut root = root_at(top);
+        root.work_allowed = 5_000;
+        let a = found(root.open_dir(Path::new("a"))).unwrap();
+        for _ in 0..3 {
+            assert_eq!(found(root.open_dir(Path::new("l"))), Ok(a));
+            root.invalidate(); // as a removal would: walked afresh
+        }
+        assert_eq!(found(root.open_dir(Path::new("l"))), Err(Errno::LOOP));
+        let said = root.lookup_error(Path::new("l/x"), Errno::LOOP).to_string();
+        assert!(said.contains("than the layer's size allows"), "{said}");
+        // More of the layer read, more allowed.
+        root.allow_work_for(0);
+        assert_eq!(found(root.open_dir(Path::new("l"))), Ok(a));
     }
 
     #[test]
