@@ -351,6 +351,23 @@ fn a_lookup_walking_too_many_names_is_refused() {
     assert!(!root.path().join("a/beyond").exists());
 }
 
+/// A hardlink that replaces a symlink looks its target up afresh: through
+/// the removed symlink, the target is gone (a remembered resolution would
+/// still find it).
+#[test]
+fn a_hardlinks_target_is_not_found_through_the_symlink_it_replaced() {
+    let root = tempfile::tempdir().unwrap();
+    let layer = tar_of(&[
+        Entry::File("d/y/f", b"x", 0o644),
+        Entry::Symlink("X", "d"),
+        Entry::Symlink("L", "X/y"),
+        Entry::File("L/g", b"x", 0o644),
+        Entry::Link("X", "L/f"),
+    ]);
+    let err = apply_tree(root.path(), &layer).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
 /// A parent that is a symlink to nothing is the layer's error, said as
 /// such (not "File exists" from making a directory over the link).
 #[test]
