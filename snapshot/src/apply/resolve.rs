@@ -305,7 +305,12 @@ impl Root {
     /// the root were `/` (see the module's documentation).
     pub(crate) fn open_dir(&mut self, rel: &Path) -> rustix::io::Result<OwnedFd> {
         match open_dir_exact(self.fd.as_fd(), rel) {
-            Err(Errno::LOOP) => self.resolve(rel).map(|(dir, _)| dir),
+            Err(Errno::LOOP) => {
+                let root = rustix::io::dup(self.fd.as_fd())?;
+                let start = (root, PathBuf::new());
+                self.resolve(start, rel, &mut Walked::default())
+                    .map(|(dir, _)| dir)
+            }
             other => other,
         }
     }
@@ -317,9 +322,16 @@ impl Root {
     /// counted as if nothing were remembered, so that what resolves does
     /// not depend on what was looked up before; `ENAMETOOLONG` for a
     /// directory deeper than [`MAX_RESOLVED_LEN`] bytes of path; as the
-    /// kernel answers for its own limits. Returns the directory and its
-    /// path with no symlink in it.
-    fn resolve(&mut self, rel: &Path) -> rustix::io::Result<(OwnedFd, PathBuf)> {
+    /// kernel answers for its own limits. Walks from `start` (a directory
+    /// and its path with no symlink in it; the root and an empty path for a
+    /// whole lookup), adding to `cost`, what the lookup walked before it.
+    /// Returns the directory and its path with no symlink in it.
+    fn resolve(
+        &mut self,
+        start: (OwnedFd, PathBuf),
+        rel: &Path,
+        cost: &mut Walked,
+    ) -> rustix::io::Result<(OwnedFd, PathBuf)> {
         enum Step {
             Name(OsString),
             Up,
@@ -336,9 +348,7 @@ impl Root {
             .rev()
             .map(|name| Step::Name(name.to_os_string()))
             .collect();
-        let mut dir = rustix::io::dup(self.fd.as_fd())?;
-        let mut path = PathBuf::new();
-        let mut cost = Walked::default();
+        let (mut dir, mut path) = start;
         while let Some(step) = todo.pop() {
             let name = match step {
                 Step::Led {
@@ -489,26 +499,35 @@ impl Root {
         let mut prefix = PathBuf::new();
         let mut pending_modes = Vec::new();
         let root_path = self.path.clone();
-        // How long `current`'s path with no symlink in it is.
-        let mut resolved_len = 0;
+        // `current`'s path with no symlink in it, and what the walk to it
+        // cost, as a lookup of `prefix` from the root would count it.
+        let mut resolved = PathBuf::new();
+        let mut cost = Walked::default();
         let parts: Vec<&OsStr> = rel.iter().collect();
         for (i, part) in parts.iter().copied().enumerate() {
             prefix.push(part);
             let at = || root_path.join(&prefix);
             let opened = open_child_dir(current.as_fd(), part);
             if !matches!(opened, Err(Errno::LOOP)) {
-                resolved_len += usize::from(resolved_len > 0) + part.len();
-                if resolved_len >= MAX_RESOLVED_LEN {
+                resolved.push(part);
+                if resolved.as_os_str().len() >= MAX_RESOLVED_LEN {
                     // Made here, a tree would be deeper than lookups may go.
                     return Err(self.lookup_error(&prefix, Errno::NAMETOOLONG));
                 }
+                cost.add(Walked::STEP)
+                    .map_err(|e| self.lookup_error(&prefix, e))?;
             }
             match opened {
                 Ok(fd) => current = fd,
                 Err(Errno::LOOP) => {
-                    current = match self.resolve(&prefix) {
+                    // Only the symlink is walked, from where the walk is:
+                    // what led here is not resolved again.
+                    let start = rustix::io::dup(&current).map_err(|e| Error::io("dup", at(), e))?;
+                    let walked =
+                        self.resolve((start, resolved.clone()), Path::new(part), &mut cost);
+                    current = match walked {
                         Ok((fd, path)) => {
-                            resolved_len = path.as_os_str().len();
+                            resolved = path;
                             fd
                         }
                         Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
