@@ -398,6 +398,46 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
         "{:#?}",
         proxy.log()
     );
+
+    // A registry that asks for chunks of at least 30 MiB when it opens the
+    // session (`OCI-Chunk-Min-Length`) gets 30, 30 and the last 10 MiB.
+    let chunk_min = |bytes: u64| {
+        let header = Fault::SetHeader {
+            name: "OCI-Chunk-Min-Length".into(),
+            value: bytes.to_string(),
+        };
+        proxy.add(Some("POST"), "/blobs/uploads/", 1, header);
+    };
+    chunk_min(30 << 20);
+    let before = proxy.heads().len();
+    assert_eq!(
+        pushed_to("test/large-chunk-min").await,
+        "HEAD POST PATCH PATCH PATCH PUT",
+        "{:#?}",
+        proxy.log()
+    );
+    let patch_lengths: Vec<String> = proxy.heads()[before..]
+        .iter()
+        .filter(|head| head[0].starts_with("PATCH "))
+        .filter_map(|head| {
+            let length = head
+                .iter()
+                .find(|line| line.to_ascii_lowercase().starts_with("content-length:"))?;
+            Some(length[15..].trim().to_string())
+        })
+        .collect();
+    let mib = |n: u64| (n << 20).to_string();
+    assert_eq!(patch_lengths, [mib(30), mib(30), mib(10)]);
+
+    // One asking for more than a chunk is let be held in memory gets the
+    // blob in one streamed PUT.
+    chunk_min(100 << 20);
+    assert_eq!(
+        pushed_to("test/large-chunk-min-huge").await,
+        "HEAD POST PUT",
+        "{:#?}",
+        proxy.log()
+    );
 }
 
 /// A layer whose media type says "manifest" (OPA's policy layers do) is a

@@ -742,6 +742,64 @@ fn an_opaque_whiteout_spares_the_layers_files_under_unlisted_parents() {
     assert_eq!(names, ["a", "a/b", "a/b/new"], "{t:?}");
 }
 
+/// An opaque whiteout reached through a symlink spares what the layer wrote
+/// in that directory under its own name, as containerd does (it notes
+/// resolved paths); on a whole tree the lower's entries go, on an overlay
+/// upper directory the opaque mark hides them.
+#[test]
+fn an_opaque_whiteout_through_a_symlink_spares_the_layers_own_files() {
+    let lower = tempfile::tempdir().unwrap();
+    let old = tar_of(&[
+        Entry::Dir("real", 0o755),
+        Entry::File("real/old", b"o", 0o644),
+    ]);
+    apply_tree(lower.path(), &old).unwrap();
+    let layer = tar_of(&[
+        Entry::File("real/new", b"n", 0o644),
+        Entry::Dir("real/sub", 0o755),
+        Entry::Symlink("link", "/real"),
+        Entry::File("link/.wh..wh..opq", b"", 0o644),
+    ]);
+    let upper = tempfile::tempdir().unwrap();
+    apply_upper(upper.path(), lower.path(), &layer, &ApplyOptions::default());
+    let t = tree(upper.path());
+    let names: Vec<&str> = t.keys().map(String::as_str).collect();
+    assert_eq!(names, ["link", "real", "real/new", "real/sub"], "{t:?}");
+    assert!(is_opaque(&upper.path().join("real")));
+
+    apply_tree(lower.path(), &layer).unwrap();
+    let t = tree(lower.path());
+    let names: Vec<&str> = t.keys().map(String::as_str).collect();
+    assert_eq!(names, ["link", "real", "real/new", "real/sub"], "{t:?}");
+}
+
+/// An opaque whiteout in a symlink to `/` hides the whole lower on an
+/// overlay upper directory: overlayfs ignores the opaque mark on the upper
+/// root itself, so each lower name there is hidden instead.
+#[test]
+fn an_opaque_whiteout_through_a_symlink_to_the_root_hides_the_lower_root() {
+    let lower = tempfile::tempdir().unwrap();
+    apply_tree(
+        lower.path(),
+        &tar_of(&[Entry::File("x", b"x", 0o644), Entry::Dir("d", 0o755)]),
+    )
+    .unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    apply_upper(
+        upper.path(),
+        lower.path(),
+        &tar_of(&[
+            Entry::Symlink("l", "/"),
+            Entry::File("l/.wh..wh..opq", b"", 0o644),
+        ]),
+        &ApplyOptions::default(),
+    );
+    let t = tree(upper.path());
+    assert_eq!(t["x"], "char:0 0 0:0", "{t:?}");
+    assert_eq!(t["d"], "char:0 0 0:0", "{t:?}");
+    assert!(t["l"].starts_with("symlink->"), "{t:?}");
+}
+
 /// A directory the layer listed and then replaced with a symlink does not
 /// pass its mode on to where the symlink points.
 #[test]

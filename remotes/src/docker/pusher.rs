@@ -3,8 +3,9 @@
 //! The bytes are spooled to an unnamed temporary file while they are hashed;
 //! commit checks size and digest locally first, so wrong bytes never leave the
 //! machine, then uploads: a blob with `POST` and one streamed `PUT` (up to
-//! 64 MiB) or `PATCH` chunks of 16 MiB and a closing `PUT`; a manifest with one
-//! `PUT`. A blob whose descriptor names a source repository on the same
+//! 64 MiB) or `PATCH` chunks of 16 MiB (at least the registry's
+//! `OCI-Chunk-Min-Length`, up to 64 MiB; past that, one streamed `PUT`) and a
+//! closing `PUT`; a manifest with one `PUT`. A blob whose descriptor names a source repository on the same
 //! registry (the `containerd.io/distribution.source.<registry>` annotation,
 //! see [`source`](crate::source)) is first offered as a cross-repository
 //! mount: `POST …/blobs/uploads/?mount=<digest>&from=<repository>`.
@@ -71,7 +72,7 @@ enum Mount {
     /// The registry linked the blob into the repository: nothing to upload.
     Mounted,
     /// It did not, but opened an upload session, to be used for the upload.
-    Session(reqwest::Url),
+    Session(Session),
     /// No source to mount from, or no source answered.
     NotMounted,
 }
@@ -112,7 +113,7 @@ impl DockerPusher {
                 StatusCode::CREATED => return Mount::Mounted,
                 // Refused, with an upload session opened instead.
                 status if CONTINUE.contains(&status) => {
-                    if let Ok(session) = upload_location(&url, &response) {
+                    if let Ok(session) = Session::opened(&url, &response) {
                         return Mount::Session(session);
                     }
                 }
@@ -242,7 +243,7 @@ impl Pusher for DockerPusher {
                     }
                     .into());
                 }
-                Mount::Session(url) => session = Some(url),
+                Mount::Session(opened) => session = Some(opened),
                 Mount::NotMounted => {}
             }
         }
@@ -282,7 +283,7 @@ enum Target {
     /// A blob goes to `uploads`, or to the `session` a refused mount opened.
     Blob {
         uploads: String,
-        session: Option<reqwest::Url>,
+        session: Option<Session>,
     },
     Manifest {
         url: String,
@@ -353,7 +354,7 @@ impl PushWriter {
     async fn upload_blob_retrying(
         &mut self,
         uploads: &str,
-        mut session: Option<reqwest::Url>,
+        mut session: Option<Session>,
     ) -> Result<()> {
         let mut backoff = Duration::from_millis(250);
         let mut attempt = 1;
@@ -421,13 +422,13 @@ impl PushWriter {
     async fn upload_blob(
         &mut self,
         uploads: &str,
-        session: Option<reqwest::Url>,
+        session: Option<Session>,
     ) -> std::result::Result<(), FailedUpload> {
         let early = |error: Error| FailedUpload {
             error,
             session: None,
         };
-        let mut url = match session {
+        let Session { mut url, chunk_min } = match session {
             Some(session) => session,
             None => {
                 // No body: retried by `send` itself, and where a push token
@@ -441,7 +442,7 @@ impl PushWriter {
                 let response = check_status(Method::POST, uploads, response, CONTINUE)
                     .await
                     .map_err(early)?;
-                upload_location(uploads, &response).map_err(early)?
+                Session::opened(uploads, &response).map_err(early)?
             }
         };
         let spool = self
@@ -456,13 +457,17 @@ impl PushWriter {
             error,
             session: Some(at.clone()),
         };
-        if size > MONOLITHIC_MAX {
+        // A registry may ask for chunks of at least some size, all but the
+        // last (`OCI-Chunk-Min-Length`); one larger than a chunk is let be
+        // held in memory gets the blob in one streamed `PUT` instead.
+        let smallest_chunk = MIN_CHUNK.max(chunk_min.unwrap_or(0));
+        if size > MONOLITHIC_MAX && smallest_chunk <= MAX_CHUNK {
             // Large blobs go in chunks, each a request of its own, so a
             // proxy's body limit or a slow link never has to carry it all.
             // A chunk that fails goes on from what the session says it has.
             let mut offset = 0;
             let mut resumes = 0;
-            let mut chunk = CHUNK;
+            let mut chunk = CHUNK.max(smallest_chunk);
             while offset < size {
                 let len = chunk.min(size - offset);
                 let url_text = url.to_string();
@@ -493,8 +498,8 @@ impl PushWriter {
                     // A registry that takes smaller chunks only (GHCR: 4 MiB)
                     // says 416 or 413: smaller chunks, from what the session
                     // has, as the specification says to ask after a 416.
-                    Err(error) if chunk > MIN_CHUNK && too_large(&error) => {
-                        chunk /= 4;
+                    Err(error) if chunk > smallest_chunk && too_large(&error) => {
+                        chunk = (chunk / 4).max(smallest_chunk);
                         match self.session_status(&url_text).await {
                             Some((received, next)) if received <= size => {
                                 url = next;
@@ -631,6 +636,29 @@ const SESSION_RESUMES: u32 = 3;
 const CHUNK: u64 = 16 << 20;
 /// The smallest a refused chunk is cut to (16, then 4, then 1 MiB).
 const MIN_CHUNK: u64 = 1 << 20;
+/// The largest chunk sent (each is read into memory whole), whatever size
+/// the registry asks chunks to be at least.
+const MAX_CHUNK: u64 = 64 << 20;
+
+/// An upload session the registry opened: where it goes on, and the
+/// smallest chunk it takes, if it said (`OCI-Chunk-Min-Length`, OCI
+/// distribution 1.1).
+#[derive(Debug, Clone)]
+struct Session {
+    url: reqwest::Url,
+    chunk_min: Option<u64>,
+}
+
+impl Session {
+    /// The session a `POST` to `request_url` opened.
+    fn opened(request_url: &str, response: &reqwest::Response) -> Result<Session> {
+        Ok(Session {
+            url: upload_location(request_url, response)?,
+            chunk_min: super::header_str(response.headers(), "oci-chunk-min-length")
+                .and_then(|v| v.trim().parse().ok()),
+        })
+    }
+}
 
 /// The absolute URL of the upload session a response's `Location` names.
 fn upload_location(request_url: &str, response: &reqwest::Response) -> Result<reqwest::Url> {

@@ -568,7 +568,8 @@ struct Applier {
     root: resolve::Root,
     overlay: bool,
     options: ApplyOptions,
-    /// Paths this layer wrote: an opaque whiteout spares them.
+    /// Paths this layer wrote, with no symlink in them: an opaque whiteout
+    /// spares them.
     created: BTreeSet<PathBuf>,
     /// Directory times, set last so their children do not change them.
     /// With each directory's device and inode, so that one a later entry
@@ -674,7 +675,10 @@ impl Applier {
         let path = self.root.path.join(&rel);
         let privileged = self.options.privileged;
         let overlay = self.overlay;
-        let dirfd = self.root.dir(&parent)?;
+        let (dirfd, resolved_parent) = self.root.dir_resolved(&parent)?;
+        // Noted by where it is, not by the name the layer used: an opaque
+        // whiteout reached through another name spares it too.
+        let written = resolved_parent.join(name);
         // Whatever is at the name goes, unless a directory meets a directory.
         let existing = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW).ok();
         let mut removed = false;
@@ -704,7 +708,7 @@ impl Applier {
                 if removed {
                     self.root.invalidate();
                 }
-                self.created.insert(rel.clone());
+                self.created.insert(written);
                 self.set_dir_meta(&rel, meta)?;
                 return Ok(());
             }
@@ -714,7 +718,7 @@ impl Applier {
                 let size = entry.size();
                 copy_data(entry, &mut file, &mut self.buffer, sparse, size, &path)?;
                 self.set_file_meta(&file, &meta, &path)?;
-                self.created.insert(rel);
+                self.created.insert(written);
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -728,7 +732,7 @@ impl Applier {
                 self.set_meta_at(&parent, name, &path, &meta, false)?;
                 // Nothing was at the name unless it was removed (below): no
                 // cached lookup went through it.
-                self.created.insert(rel);
+                self.created.insert(written);
             }
             tar::EntryType::Link => {
                 if removed {
@@ -790,7 +794,7 @@ impl Applier {
                         Error::io("link", &path, e)
                     }
                 })?;
-                self.created.insert(rel);
+                self.created.insert(written);
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (file_type, dev) = match kind {
@@ -818,7 +822,7 @@ impl Applier {
                 rustix::fs::mknodat(dirfd, name, file_type, Mode::from_raw_mode(0o600), dev)
                     .map_err(io_err("mknod", &path))?;
                 self.set_meta_at(&parent, name, &path, &meta, true)?;
-                self.created.insert(rel);
+                self.created.insert(written);
             }
             other => {
                 return Err(Error::Layer(format!(
@@ -1032,8 +1036,9 @@ impl Applier {
         let path = self.root.path.join(parent);
         if hidden == b".wh..opq" {
             // Made if missing, as containerd does.
-            let dirfd = self.root.dir(parent)?;
+            let (dirfd, resolved) = self.root.dir_resolved(parent)?;
             let dir = readable_dir(dirfd).map_err(io_err("open", &path))?;
+            let resolved = resolved.to_path_buf();
             let created = &self.created;
             // What the layer wrote goes on, and so do the parents of what it
             // wrote, listed or not (`a/b` of `a/b/new`), as on overlayfs. A
@@ -1047,10 +1052,10 @@ impl Applier {
                     .next()
                     .is_some_and(|p| p.starts_with(path))
             };
-            resolve::clear_dir(dir.as_fd(), parent, &keep, &mut self.removed)
+            resolve::clear_dir(dir.as_fd(), &resolved, &keep, &mut self.removed)
                 .map_err(io_err("remove", &path))?;
             self.root.invalidate();
-            if self.overlay && parent.as_os_str().is_empty() {
+            if self.overlay && resolved.as_os_str().is_empty() {
                 self.opaque_upper_root()?;
             } else if self.overlay {
                 rustix::fs::fsetxattr(

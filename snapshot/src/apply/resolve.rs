@@ -121,7 +121,9 @@ pub(crate) struct Root {
     /// Blocks until the lowers are complete (they may still be being applied
     /// when this layer starts); called once, before the first look.
     lowers_ready: Option<LowersReady>,
-    cache: HashMap<PathBuf, OwnedFd>,
+    /// Parent directories by the name a layer used, each with its path with
+    /// no symlink in it.
+    cache: HashMap<PathBuf, (OwnedFd, PathBuf)>,
     /// Where each symlink met in a lookup leads (its path with no symlink in
     /// it) and what walking there cost, by the symlink's own such path.
     /// Forgotten when something is removed or replaced (`invalidate`).
@@ -304,14 +306,19 @@ impl Root {
     /// Opens the directory `rel` beneath the root, following symlinks as if
     /// the root were `/` (see the module's documentation).
     pub(crate) fn open_dir(&mut self, rel: &Path) -> rustix::io::Result<OwnedFd> {
+        self.open_dir_resolved(rel).map(|(dir, _)| dir)
+    }
+
+    /// [`Root::open_dir`], with the directory's path with no symlink in it.
+    fn open_dir_resolved(&mut self, rel: &Path) -> rustix::io::Result<(OwnedFd, PathBuf)> {
         match open_dir_exact(self.fd.as_fd(), rel) {
+            Ok(dir) => Ok((dir, rel.to_path_buf())),
             Err(Errno::LOOP) => {
                 let root = rustix::io::dup(self.fd.as_fd())?;
                 let start = (root, PathBuf::new());
                 self.resolve(start, rel, &mut Walked::default())
-                    .map(|(dir, _)| dir)
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -438,18 +445,25 @@ impl Root {
     /// a file, device or whiteout is replaced by such a directory, as a
     /// directory entry of that name would replace it (see `make_parents`).
     pub(crate) fn dir(&mut self, rel: &Path) -> Result<BorrowedFd<'_>> {
+        self.dir_resolved(rel).map(|(dir, _)| dir)
+    }
+
+    /// [`Root::dir`], with the directory's path with no symlink in it: what
+    /// names the same directory however a layer reaches it.
+    pub(crate) fn dir_resolved(&mut self, rel: &Path) -> Result<(BorrowedFd<'_>, &Path)> {
         if !self.cache.contains_key(rel) {
-            let fd = match self.open_dir(rel) {
-                Ok(fd) => fd,
+            let found = match self.open_dir_resolved(rel) {
+                Ok(found) => found,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => self.make_parents(rel)?,
                 Err(e) => return Err(self.lookup_error(rel, e)),
             };
             if self.cache.len() > 256 {
                 self.cache.clear();
             }
-            self.cache.insert(rel.to_path_buf(), fd);
+            self.cache.insert(rel.to_path_buf(), found);
         }
-        Ok(self.cache[rel].as_fd())
+        let (dir, resolved) = &self.cache[rel];
+        Ok((dir.as_fd(), resolved))
     }
 
     /// The directory `rel` if it exists (no creation).
@@ -485,7 +499,7 @@ impl Root {
     /// the root instead costs the depth squared, and a layer's names and
     /// symlinks can reach tens of thousands of levels. Only a symlink on the
     /// way is resolved from the root again (beneath it, as it must be).
-    fn make_parents(&mut self, rel: &Path) -> Result<OwnedFd> {
+    fn make_parents(&mut self, rel: &Path) -> Result<(OwnedFd, PathBuf)> {
         if self.opaque_xattr.is_some() {
             self.lowers()?;
         }
@@ -583,7 +597,7 @@ impl Root {
         }
         drop(below);
         self.pending_modes.extend(pending_modes);
-        Ok(current)
+        Ok((current, resolved))
     }
 
     /// `name` in `parent` (at `prefix`) is in the way of the directory an
