@@ -715,23 +715,45 @@ async fn a_failed_upload_is_sent_again_through_a_new_session() {
     );
 
     let config = &blobs[1];
+    // The config's failed push: its error and the requests it made.
+    let failed_push = async || {
+        let before = proxy.log().len();
+        let mut writer = pusher.push(&config.desc).await.unwrap();
+        writer.write_all(&config.bytes).await.unwrap();
+        let err = writer
+            .commit(None, None, ocidist_content::Labels::new())
+            .await
+            .unwrap_err();
+        (err, proxy.log()[before..].to_vec())
+    };
     proxy.add(Some("PUT"), "/blobs/uploads/", 3, unavailable);
-    let before = proxy.log().len();
-    let mut writer = pusher.push(&config.desc).await.unwrap();
-    writer.write_all(&config.bytes).await.unwrap();
-    let err = writer
-        .commit(None, None, ocidist_content::Labels::new())
-        .await
-        .unwrap_err();
+    let (err, log) = failed_push().await;
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("503"), "{err}");
-    let log = proxy.log()[before..].to_vec();
     assert_eq!(posts(&log), 3, "{log:#?}");
     assert_eq!(proxy.faults_applied(), 4);
     // Each failed session let go of; the registry asked once more at the end.
-    let deletes = log.iter().filter(|l| l.starts_with("DELETE ")).count();
-    assert_eq!(deletes, 3, "{log:#?}");
+    let deletes = |log: &[String]| log.iter().filter(|l| l.starts_with("DELETE ")).count();
+    assert_eq!(deletes(&log), 3, "{log:#?}");
     assert!(log.last().unwrap().starts_with("HEAD "), "{log:#?}");
+
+    // A refusal another attempt would not change ends the push at once, and
+    // its session is let go of all the same.
+    let refused = Fault::Answer {
+        status: 400,
+        body: r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"no"}]}"#.into(),
+    };
+    proxy.add(Some("PUT"), "/blobs/uploads/", 1, refused);
+    let (err, log) = failed_push().await;
+    assert!(err.to_string().contains("400"), "{err}");
+    assert_eq!((posts(&log), deletes(&log)), (1, 1), "{log:#?}");
+    let session = log[log.len() - 2].split(' ').nth(1).unwrap();
+    assert!(
+        log.last()
+            .unwrap()
+            .starts_with(&format!("DELETE {session}")),
+        "the refused session let go of: {log:#?}"
+    );
 }
 
 /// An upload the registry took whose answer was lost on the way back is

@@ -346,9 +346,10 @@ impl PushWriter {
     /// Uploads the blob, again through a new session (at most
     /// [`UPLOAD_ATTEMPTS`] in all) when the request carrying its bytes fails
     /// in a way another might not ([`worth_another_attempt`]). The blob is
-    /// spooled, so it is sent again from its start; the failed attempt's
-    /// session is let go of, and the registry is asked whether it has the
-    /// blob after all (an answer lost on its way back) before each new
+    /// spooled, so it is sent again from its start. Every failed attempt's
+    /// session is let go of (`DELETE`), whatever the failure. After one that
+    /// is worth another attempt, the registry is asked whether it has the
+    /// blob after all (an answer lost on its way back), before each new
     /// attempt and before giving up. The first attempt uses the `session` a
     /// refused mount opened, if any.
     async fn upload_blob_retrying(
@@ -363,18 +364,19 @@ impl PushWriter {
                 Ok(()) => return Ok(()),
                 Err(failed) => failed,
             };
-            let Some(abandoned) = failed
-                .session
-                .filter(|_| worth_another_attempt(&failed.error))
-            else {
+            // Let go of whatever the attempt ends with, given up or not. Best
+            // effort: a registry keeps a session's bytes until it is
+            // cancelled or collected (the distribution registry: a week).
+            let Some(abandoned) = failed.session else {
                 return Err(failed.error);
             };
-            // Best effort: a registry keeps a session's bytes until it is
-            // cancelled or collected.
             let _ = self
                 .repo
                 .send_once(Method::DELETE, abandoned.as_str(), |r| r)
                 .await;
+            if !worth_another_attempt(&failed.error) {
+                return Err(failed.error);
+            }
             tokio::time::sleep(jitter(backoff)).await;
             backoff *= 2;
             if self.registry_has_blob().await {
