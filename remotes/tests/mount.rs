@@ -95,6 +95,28 @@ async fn a_refused_mount_answered_200_uploads_through_its_session() {
     refused_mount(Some(200)).await;
 }
 
+/// A pusher to `team/app` on `host`, and the layer's descriptor naming a
+/// source repository that does not exist there: its mount is refused with a
+/// session (202).
+async fn pusher_and_sourced_desc(
+    resolver: &DockerResolver,
+    host: &str,
+    layer: &common::Blob,
+) -> (
+    Box<dyn ocidist_remotes::Pusher>,
+    oci_spec::image::Descriptor,
+) {
+    let mut desc = layer.desc.clone();
+    desc.set_annotations(Some(
+        [(source_label_key(host), "nowhere/else".to_string())].into(),
+    ));
+    let pusher = resolver
+        .pusher(&format!("{host}/team/app:v1"))
+        .await
+        .unwrap();
+    (pusher, desc)
+}
+
 /// A mount the registry refuses (answered `status` instead of its own 202).
 async fn refused_mount(status: Option<u16>) {
     let registry = registry();
@@ -106,15 +128,7 @@ async fn refused_mount(status: Option<u16>) {
     let host = proxy.host();
     let blobs = image(false, "linux/amd64", 100_000);
     let layer = &blobs[0];
-    // The named source repository does not exist: the registry answers 202.
-    let mut desc = layer.desc.clone();
-    desc.set_annotations(Some(
-        [(source_label_key(&host), "nowhere/else".to_string())].into(),
-    ));
-    let pusher = resolver
-        .pusher(&format!("{host}/team/app:v1"))
-        .await
-        .unwrap();
+    let (pusher, desc) = pusher_and_sourced_desc(&resolver, &host, layer).await;
     let mut writer = pusher.push(&desc).await.unwrap();
     writer.write_all(&layer.bytes).await.unwrap();
     writer
@@ -137,6 +151,59 @@ async fn refused_mount(status: Option<u16>) {
         .await
         .unwrap();
     assert!(fetch_all(fetcher.as_ref(), &layer.desc, 0).await == layer.bytes);
+}
+
+/// The session a refused mount opened is let go of (`DELETE`) when no
+/// upload uses it: a commit refused for wrong bytes, or a writer dropped.
+#[tokio::test]
+async fn a_refused_mounts_session_no_upload_used_is_let_go_of() {
+    let registry = registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let host = proxy.host();
+    let layer = &image(false, "linux/amd64", 100_000)[0];
+    let (pusher, desc) = pusher_and_sourced_desc(&resolver, &host, layer).await;
+    let deletes = || {
+        let log = proxy.log();
+        log.iter()
+            .filter(|l| l.starts_with("DELETE /v2/team/app/blobs/uploads/"))
+            .count()
+    };
+    let let_go_of = async |expected: usize| {
+        for _ in 0..100 {
+            if deletes() >= expected {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(deletes(), expected, "{:#?}", proxy.log());
+    };
+
+    let mut wrong = layer.bytes.clone();
+    wrong[0] ^= 1;
+    let mut writer = pusher.push(&desc).await.unwrap();
+    writer.write_all(&wrong).await.unwrap();
+    let err = writer
+        .commit(Some(desc.size()), Some(desc.digest()), Labels::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ocidist_content::ErrorKind::FailedPrecondition,
+        "{err}"
+    );
+    drop(writer);
+    let_go_of(1).await;
+
+    let writer = pusher.push(&desc).await.unwrap();
+    drop(writer);
+    let_go_of(2).await;
+    let log = proxy.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("PUT ") || l.starts_with("PATCH ")),
+        "nothing uploaded: {log:#?}"
+    );
 }
 
 /// A non-distributable (foreign) layer is not pushed, as `ctr push` skips

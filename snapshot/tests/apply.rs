@@ -773,6 +773,37 @@ fn an_opaque_whiteout_through_a_symlink_spares_the_layers_own_files() {
     assert_eq!(names, ["link", "real", "real/new", "real/sub"], "{t:?}");
 }
 
+/// An entry whose parent is reached through the very symlink it replaces
+/// (`a/l -> .`, then `a/l/l`, that is `a/l`) is made where its parent was
+/// found, as containerd resolves the parent once: not in a directory made
+/// anew under the old name. Its metadata goes on it, and an opaque whiteout
+/// spares it as the layer's own.
+#[test]
+fn an_entry_replacing_the_symlink_its_parent_went_through_is_made_where_the_parent_was() {
+    for (last, expected) in [
+        (Entry::Link("a/l/l", "a/t"), "file:t 644 0:0"),
+        (Entry::Dir("a/l/l", 0o750), "dir 750 0:0"),
+        (Entry::Symlink("a/l/l", "t"), "symlink->t 777 0:0"),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        apply_tree(
+            root.path(),
+            &tar_of(&[
+                Entry::Dir("a", 0o755),
+                Entry::File("a/t", b"t", 0o644),
+                Entry::Symlink("a/l", "."),
+                last,
+                Entry::File("a/.wh..wh..opq", b"", 0o644),
+            ]),
+        )
+        .unwrap();
+        let t = tree(root.path());
+        let names: Vec<&str> = t.keys().map(String::as_str).collect();
+        assert_eq!(names, ["a", "a/l", "a/t"], "{t:?}");
+        assert_eq!(t["a/l"], expected, "{t:?}");
+    }
+}
+
 /// An opaque whiteout in a symlink to `/` hides the whole lower on an
 /// overlay upper directory: overlayfs ignores the opaque mark on the upper
 /// root itself, so each lower name there is hidden instead.

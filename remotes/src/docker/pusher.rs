@@ -311,7 +311,7 @@ impl PushWriter {
     }
 
     async fn upload(&mut self) -> Result<()> {
-        match &self.target {
+        match &mut self.target {
             Target::Manifest { url } => {
                 refuse_oversized_manifest(self.desc.digest(), self.written)?;
                 self.spool
@@ -336,7 +336,8 @@ impl PushWriter {
                 check_status(Method::PUT, url, response, DONE).await?;
             }
             Target::Blob { uploads, session } => {
-                let (uploads, session) = (uploads.clone(), session.clone());
+                // Taken: from here the upload lets go of it if it fails.
+                let (uploads, session) = (uploads.clone(), session.take());
                 self.upload_blob_retrying(&uploads, session).await?;
             }
         }
@@ -447,18 +448,18 @@ impl PushWriter {
                 Session::opened(uploads, &response).map_err(early)?
             }
         };
-        let spool = self
-            .spool
-            .try_clone()
-            .await
-            .map_err(|e| early(ContentError::Source(e).into()))?;
-        let spool = Arc::new(spool.into_std().await);
-        let size = self.written;
         // The session as the last answer named it, to be let go of.
         let failed = |error: Error, at: &reqwest::Url| FailedUpload {
             error,
             session: Some(at.clone()),
         };
+        let spool = self
+            .spool
+            .try_clone()
+            .await
+            .map_err(|e| failed(ContentError::Source(e).into(), &url))?;
+        let spool = Arc::new(spool.into_std().await);
+        let size = self.written;
         // A registry may ask for chunks of at least some size, all but the
         // last (`OCI-Chunk-Min-Length`); one larger than a chunk is let be
         // held in memory gets the blob in one streamed `PUT` instead.
@@ -523,9 +524,7 @@ impl PushWriter {
                     Err(error) => return Err(failed(error, &url)),
                 }
             }
-            url.query_pairs_mut()
-                .append_pair("digest", self.desc.digest().as_ref());
-            let url_text = url.to_string();
+            let url_text = closing_url(&url, self.desc.digest());
             let response = self
                 .repo
                 .send_once(Method::PUT, &url_text, |r| {
@@ -538,8 +537,6 @@ impl PushWriter {
                 .map_err(|e| failed(e, &url))?;
             return Ok(());
         }
-        url.query_pairs_mut()
-            .append_pair("digest", self.desc.digest().as_ref());
         let pieces = futures::stream::unfold(0, move |offset| {
             let spool = spool.clone();
             async move {
@@ -555,7 +552,7 @@ impl PushWriter {
             }
         });
         let body = reqwest::Body::wrap_stream(pieces);
-        let url_text = url.to_string();
+        let url_text = closing_url(&url, self.desc.digest());
         let response = self
             .repo
             .send_once(Method::PUT, &url_text, |r| {
@@ -636,7 +633,8 @@ const PUT_PIECE: u64 = 1 << 20;
 const SESSION_RESUMES: u32 = 3;
 /// The size of each `PATCH` chunk, at first.
 const CHUNK: u64 = 16 << 20;
-/// The smallest a refused chunk is cut to (16, then 4, then 1 MiB).
+/// The smallest a refused chunk is cut to (16, then 4, then 1 MiB), unless
+/// the registry asked for larger ones (`OCI-Chunk-Min-Length`).
 const MIN_CHUNK: u64 = 1 << 20;
 /// The largest chunk sent (each is read into memory whole), whatever size
 /// the registry asks chunks to be at least.
@@ -662,6 +660,14 @@ impl Session {
     }
 }
 
+/// The `PUT` that closes the upload session at `session` with the blob's
+/// digest; the session itself, to be let go of, keeps its own URL.
+fn closing_url(session: &reqwest::Url, digest: &Digest) -> String {
+    let mut url = session.clone();
+    url.query_pairs_mut().append_pair("digest", digest.as_ref());
+    url.to_string()
+}
+
 /// The absolute URL of the upload session a response's `Location` names.
 fn upload_location(request_url: &str, response: &reqwest::Response) -> Result<reqwest::Url> {
     let location = response
@@ -684,6 +690,29 @@ fn remote(err: Error) -> ContentError {
     match err {
         Error::Content(e) => e,
         other => ContentError::other(other.kind(), other),
+    }
+}
+
+impl Drop for PushWriter {
+    /// A session a refused mount opened and no upload used (the writer
+    /// dropped, or its commit refused before uploading) is let go of, in
+    /// the background when a runtime is there to do it: the registry would
+    /// keep it until it collects stale uploads.
+    fn drop(&mut self) {
+        let Target::Blob {
+            session: Some(session),
+            ..
+        } = &mut self.target
+        else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (repo, url) = (self.repo.clone(), session.url.to_string());
+        runtime.spawn(async move {
+            let _ = repo.send_once(Method::DELETE, &url, |r| r).await;
+        });
     }
 }
 

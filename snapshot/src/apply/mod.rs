@@ -675,10 +675,13 @@ impl Applier {
         let path = self.root.path.join(&rel);
         let privileged = self.options.privileged;
         let overlay = self.overlay;
-        let (dirfd, resolved_parent) = self.root.dir_resolved(&parent)?;
-        // Noted by where it is, not by the name the layer used: an opaque
-        // whiteout reached through another name spares it too.
-        let written = resolved_parent.join(name);
+        let (dirfd, resolved) = self.root.dir_resolved(&parent)?;
+        // The parent is found again by where it is, not by the name the
+        // layer used: that name may lead through what this entry replaces.
+        // And what is written is noted so: an opaque whiteout reached
+        // through another name spares it too.
+        let parent_at = resolved.to_path_buf();
+        let written = parent_at.join(name);
         // Whatever is at the name goes, unless a directory meets a directory.
         let existing = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW).ok();
         let mut removed = false;
@@ -708,8 +711,8 @@ impl Applier {
                 if removed {
                     self.root.invalidate();
                 }
+                self.set_dir_meta(&written, meta)?;
                 self.created.insert(written);
-                self.set_dir_meta(&rel, meta)?;
                 return Ok(());
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -729,7 +732,7 @@ impl Applier {
                     .into_owned();
                 rustix::fs::symlinkat(&target[..], dirfd, name)
                     .map_err(io_err("symlink", &path))?;
-                self.set_meta_at(&parent, name, &path, &meta, false)?;
+                self.set_meta_at(&parent_at, name, &path, &meta, false)?;
                 // Nothing was at the name unless it was removed (below): no
                 // cached lookup went through it.
                 self.created.insert(written);
@@ -779,7 +782,7 @@ impl Applier {
                     .root
                     .existing_dir(&target_parent)?
                     .ok_or_else(missing)?;
-                let dirfd = self.root.dir(&parent)?;
+                let dirfd = self.root.dir(&parent_at)?;
                 rustix::fs::linkat(
                     target_dir.as_fd(),
                     target_name,
@@ -821,7 +824,7 @@ impl Applier {
                 }
                 rustix::fs::mknodat(dirfd, name, file_type, Mode::from_raw_mode(0o600), dev)
                     .map_err(io_err("mknod", &path))?;
-                self.set_meta_at(&parent, name, &path, &meta, true)?;
+                self.set_meta_at(&parent_at, name, &path, &meta, true)?;
                 self.created.insert(written);
             }
             other => {
