@@ -1084,22 +1084,28 @@ impl Applier {
             )));
         }
         let target = path.join(name);
-        if self.overlay {
+        let removed = if self.overlay {
             let privileged = self.options.privileged;
             // A whiteout under a file, or of a name no layer below has,
             // hides nothing.
             let Some(dirfd) = self.root.whiteout_dir(parent)? else {
                 return Ok(());
             };
-            resolve::remove_at(dirfd, name, &mut self.removed)
+            let removed = resolve::remove_at(dirfd, name, &mut self.removed)
                 .map_err(io_err("remove", &target))?;
             make_whiteout(dirfd, name, &target, privileged)?;
             self.whiteouts.push(parent.join(name));
+            removed
         } else if let Some(dirfd) = self.root.existing_dir(parent)? {
             resolve::remove_at(dirfd.as_fd(), name, &mut self.removed)
-                .map_err(io_err("remove", &target))?;
+                .map_err(io_err("remove", &target))?
+        } else {
+            false
+        };
+        // Only a removal can make a remembered lookup stale.
+        if removed {
+            self.root.invalidate();
         }
-        self.root.invalidate();
         Ok(())
     }
 }

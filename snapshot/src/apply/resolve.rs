@@ -1027,12 +1027,13 @@ const MAX_REMOVE_DEPTH: usize = 512;
 
 /// Removes `name` in `parent`, recursively for a directory; missing is fine.
 /// Each directory removed is noted in `removed`. A tree deeper than
-/// [`MAX_REMOVE_DEPTH`] is refused (`ENAMETOOLONG`), not removed.
+/// [`MAX_REMOVE_DEPTH`] is refused (`ENAMETOOLONG`), not removed. Whether
+/// anything was there: if not, no lookup went through it.
 pub(crate) fn remove_at(
     parent: BorrowedFd<'_>,
     name: &OsStr,
     removed: &mut Removals,
-) -> rustix::io::Result<()> {
+) -> rustix::io::Result<bool> {
     remove_below(parent, name, removed, 0)
 }
 
@@ -1041,10 +1042,13 @@ fn remove_below(
     name: &OsStr,
     removed: &mut Removals,
     depth: usize,
-) -> rustix::io::Result<()> {
+) -> rustix::io::Result<bool> {
     match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => remove_dir_at(parent, name, removed, depth),
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {
+            remove_dir_at(parent, name, removed, depth).map(|()| true)
+        }
         Err(e) => Err(e),
     }
 }
