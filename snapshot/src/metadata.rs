@@ -1,7 +1,9 @@
 //! Snapshot metadata in a redb database, shared by both snapshotters.
 //!
 //! One table maps every key (active, view and committed share a namespace) to
-//! a record with the numeric id that names the snapshot's directory. Write
+//! a record with the numeric id that names the snapshot's directory; another
+//! lists each snapshot's children (parent, child), so that a removal asks
+//! only whether its key has any rather than reading every record. Write
 //! transactions are exclusive, also across processes, so an id handed out
 //! inside one belongs to nobody else: a directory already at that id is an
 //! orphan of a crash and may be replaced.
@@ -16,6 +18,41 @@ use crate::{Error, Info, Kind, Labels, Result};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// (parent, child) for every snapshot with a parent.
+const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("children");
+/// In `COUNTERS`: the `next_id` as of which `CHILDREN` lists every
+/// snapshot's parent. A database written before the table existed, or
+/// since by a version that does not keep it (its creations move `next_id`
+/// on), gets the list built again before it is relied on.
+const CHILDREN_LISTED: &str = "children_listed";
+const NEXT_ID: &str = "next_id";
+
+/// Opens `CHILDREN` in `txn`, built again from the records first unless it
+/// is known complete (see [`CHILDREN_LISTED`]).
+fn children_table(txn: &redb::WriteTransaction) -> Result<Children<'_>> {
+    let mut counters = txn.open_table(COUNTERS).map_err(db_error)?;
+    let counter = |name| -> Result<Option<u64>> {
+        Ok(counters.get(name).map_err(db_error)?.map(|v| v.value()))
+    };
+    let next_id = counter(NEXT_ID)?.unwrap_or(1);
+    let mut children = txn.open_table(CHILDREN).map_err(db_error)?;
+    if counter(CHILDREN_LISTED)? != Some(next_id) {
+        children.retain(|_, ()| false).map_err(db_error)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+        for entry in table.iter().map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            if let Some(parent) = decode(key.value(), value.value())?.parent {
+                children
+                    .insert((parent.as_str(), key.value()), ())
+                    .map_err(db_error)?;
+            }
+        }
+        counters
+            .insert(CHILDREN_LISTED, next_id)
+            .map_err(db_error)?;
+    }
+    Ok(children)
+}
 
 /// What the database keeps of one snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +139,18 @@ pub(crate) struct MetaStore {
 }
 
 type Table<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+type Children<'t> = redb::Table<'t, (&'static str, &'static str), ()>;
+
+/// A child of `parent`, if it has any.
+fn first_child(children: &Children<'_>, parent: &str) -> Result<Option<String>> {
+    let mut range = children.range((parent, "")..).map_err(db_error)?;
+    let Some(entry) = range.next() else {
+        return Ok(None);
+    };
+    let (key, _) = entry.map_err(db_error)?;
+    let (of, child) = key.value();
+    Ok((of == parent).then(|| child.to_string()))
+}
 
 fn lookup(table: &Table<'_>, key: &str) -> Result<Option<Record>> {
     match table.get(key).map_err(db_error)? {
@@ -151,7 +200,11 @@ pub(crate) struct Commit<'a> {
     pub(crate) usage: (u64, u64),
 }
 
-fn commit_in(table: &mut Table<'_>, commit: Commit<'_>) -> Result<Record> {
+fn commit_in(
+    table: &mut Table<'_>,
+    children: &mut Children<'_>,
+    commit: Commit<'_>,
+) -> Result<Record> {
     let Commit {
         name,
         key,
@@ -195,6 +248,10 @@ fn commit_in(table: &mut Table<'_>, commit: Commit<'_>) -> Result<Record> {
         }
     }
     table.remove(key).map_err(db_error)?;
+    if let Some(p) = &record.parent {
+        children.remove((p.as_str(), key)).map_err(db_error)?;
+        children.insert((p.as_str(), name), ()).map_err(db_error)?;
+    }
     let now = now_ns();
     record.kind = Kind::Committed;
     record.created_ns = now;
@@ -277,6 +334,8 @@ impl MetaStore {
         let txn = self.db.begin_write().map_err(db_error)?;
         let mut created = Vec::with_capacity(all.len());
         {
+            // First: it opens the other tables to build the list if need be.
+            let mut children = children_table(&txn)?;
             let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
             let mut counters = txn.open_table(COUNTERS).map_err(db_error)?;
             for (index, new) in all.into_iter().enumerate() {
@@ -298,11 +357,13 @@ impl MetaStore {
                     }
                 };
                 let id = counters
-                    .get("next_id")
+                    .get(NEXT_ID)
                     .map_err(db_error)?
                     .map(|v| v.value())
                     .unwrap_or(1);
-                counters.insert("next_id", id + 1).map_err(db_error)?;
+                counters.insert(NEXT_ID, id + 1).map_err(db_error)?;
+                // The list goes on being complete: this snapshot is in it below.
+                counters.insert(CHILDREN_LISTED, id + 1).map_err(db_error)?;
                 let now = now_ns();
                 let record = Record {
                     id,
@@ -316,6 +377,9 @@ impl MetaStore {
                 table
                     .insert(new.key, encode(&record).as_slice())
                     .map_err(db_error)?;
+                if let Some(p) = new.parent {
+                    children.insert((p, new.key), ()).map_err(db_error)?;
+                }
                 place(index, id)?;
                 created.push((record, parents));
             }
@@ -335,9 +399,10 @@ impl MetaStore {
         let txn = self.db.begin_write().map_err(db_error)?;
         let mut committed = Vec::with_capacity(all.len());
         {
+            let mut children = children_table(&txn)?;
             let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
             for commit in all {
-                committed.push(commit_in(&mut table, commit)?);
+                committed.push(commit_in(&mut table, &mut children, commit)?);
             }
         }
         txn.commit().map_err(db_error)?;
@@ -348,21 +413,21 @@ impl MetaStore {
     pub(crate) fn remove(&self, key: &str) -> Result<Record> {
         let txn = self.db.begin_write().map_err(db_error)?;
         let record = {
+            let mut children = children_table(&txn)?;
             let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
             let Some(record) = lookup(&table, key)? else {
                 return Err(Error::NotFound { key: key.into() });
             };
-            for entry in table.iter().map_err(db_error)? {
-                let (child, value) = entry.map_err(db_error)?;
-                let child_record = decode(child.value(), value.value())?;
-                if child_record.parent.as_deref() == Some(key) {
-                    return Err(Error::precondition(
-                        key,
-                        format!("cannot remove: snapshot {:?} is its child", child.value()),
-                    ));
-                }
+            if let Some(child) = first_child(&children, key)? {
+                return Err(Error::precondition(
+                    key,
+                    format!("cannot remove: snapshot {child:?} is its child"),
+                ));
             }
             table.remove(key).map_err(db_error)?;
+            if let Some(p) = &record.parent {
+                children.remove((p.as_str(), key)).map_err(db_error)?;
+            }
             record
         };
         txn.commit().map_err(db_error)?;
@@ -444,5 +509,103 @@ impl MetaStore {
         let swept = sweep(&ids);
         txn.abort().map_err(db_error)?;
         swept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `key` (with `parent`) and moves `next_id` on, as a version
+    /// that keeps no list of children does.
+    fn write_as_before(db: &Database, key: &str, id: u64, kind: Kind, parent: Option<&str>) {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(SNAPSHOTS).unwrap();
+            let record = Record {
+                id,
+                kind,
+                parent: parent.map(str::to_string),
+                labels: Labels::new(),
+                created_ns: 0,
+                updated_ns: 0,
+                usage: None,
+            };
+            table.insert(key, encode(&record).as_slice()).unwrap();
+            let mut counters = txn.open_table(COUNTERS).unwrap();
+            counters.insert(NEXT_ID, id + 1).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    /// A database written before snapshots' children were listed, or
+    /// written since by such a version, gets the list built again before a
+    /// removal relies on it: a parent with a child still cannot go.
+    #[test]
+    fn children_written_by_a_version_without_the_list_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.db");
+        {
+            let db = ocidist_images::store::open_shared_database(&path).unwrap();
+            write_as_before(&db, "base", 1, Kind::Committed, None);
+            write_as_before(&db, "child", 2, Kind::Active, Some("base"));
+        }
+        let store = MetaStore::open(&path).unwrap();
+        let refused = |key| match store.remove(key) {
+            Err(Error::FailedPrecondition { reason, .. }) => reason,
+            other => panic!("{key}: {other:?}"),
+        };
+        assert!(refused("base").contains("\"child\""));
+        store.remove("child").unwrap();
+        // The list is complete now; an older version adds a child again.
+        write_as_before(&store.db, "late", 3, Kind::Active, Some("base"));
+        assert!(refused("base").contains("\"late\""));
+        store.remove("late").unwrap();
+        store.remove("base").unwrap();
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    /// The list follows a commit's new name, and a removal.
+    #[test]
+    fn children_follow_commits_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("metadata.db")).unwrap();
+        let new = |key, parent| NewSnapshot {
+            key,
+            parent,
+            kind: Kind::Active,
+            labels: Labels::new(),
+        };
+        let commit = |name, key| Commit {
+            name,
+            key,
+            labels: Labels::new(),
+            parent: None,
+            usage: (0, 0),
+        };
+        let create = |snapshot| store.create_all(vec![snapshot], |_, _| Ok(()), || Ok(()));
+        create(new("a-active", None)).unwrap();
+        store.commit_all(vec![commit("a", "a-active")]).unwrap();
+        create(new("b-active", Some("a"))).unwrap();
+        store.commit_all(vec![commit("b", "b-active")]).unwrap();
+        create(new("c", Some("b"))).unwrap();
+        let child_of = |key| match store.remove(key) {
+            Err(Error::FailedPrecondition { reason, .. }) => reason,
+            other => panic!("{key}: {other:?}"),
+        };
+        assert!(child_of("a").contains("\"b\""));
+        assert!(child_of("b").contains("\"c\""));
+        store.remove("c").unwrap();
+        store.remove("b").unwrap();
+        store.remove("a").unwrap();
+        // Siblings whose names extend the parent's are not its children.
+        create(new("p-active", None)).unwrap();
+        store.commit_all(vec![commit("p", "p-active")]).unwrap();
+        create(new("p2", None)).unwrap();
+        create(new("q", Some("p"))).unwrap();
+        assert!(child_of("p").contains("\"q\""));
+        store.remove("p2").unwrap();
+        store.remove("q").unwrap();
+        store.remove("p").unwrap();
     }
 }
