@@ -46,6 +46,15 @@ def main():
             prev = f"s{k}"
         return prev
 
+    def loop_chain(links, ups):
+        # l1 -> a/../a/..., each next one through the last: every lookup
+        # under the last walks them all.
+        add("a/", tarfile.DIRTYPE)
+        add("l1", tarfile.SYMTYPE, "a" + "/../a" * ups)
+        for k in range(2, links + 1):
+            add(f"l{k}", tarfile.SYMTYPE, f"l{k - 1}" + "/../a" * ups)
+        return f"l{links}"
+
     if kind == "chain":
         chain(count)
     elif kind == "wide":
@@ -53,12 +62,9 @@ def main():
         for i in range(count):
             add(f"{last}/x{i}/", tarfile.DIRTYPE)
     elif kind == "loops":
-        add("a/", tarfile.DIRTYPE)
-        add("l1", tarfile.SYMTYPE, "a" + "/../a" * 815)
-        for k in range(2, 40):
-            add(f"l{k}", tarfile.SYMTYPE, f"l{k - 1}" + "/../a" * 815)
+        last = loop_chain(39, 815)
         for i in range(count):
-            add(f"l39/x{i}/", tarfile.DIRTYPE)
+            add(f"{last}/x{i}/", tarfile.DIRTYPE)
     elif kind == "names":
         for i in range(count):
             add(f"p{i}/{CHAIN}/f")
@@ -69,12 +75,9 @@ def main():
         for i in range(count):
             add("q/" + "s/" * 39 + f"y{i}/f")
     elif kind == "churn":
-        add("a/", tarfile.DIRTYPE)
-        add("l1", tarfile.SYMTYPE, "a" + "/../a" * 800)
-        for k in range(2, 11):
-            add(f"l{k}", tarfile.SYMTYPE, f"l{k - 1}" + "/../a" * 800)
+        last = loop_chain(10, 800)
         for i in range(count):
-            add(f"l10/x{i}/f")
+            add(f"{last}/x{i}/f")
             add("junk")
             add("junk")
     else:

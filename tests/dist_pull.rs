@@ -199,42 +199,23 @@ fn pull_and_mount(snapshotter: &str) {
     );
 
     let mnt = work.path().join("mnt");
-    ok(dist(
-        &root,
-        &[
-            "--snapshotter",
-            snapshotter,
-            "rootfs",
-            &reference,
-            mnt.to_str().unwrap(),
-        ],
-        b"",
-    ));
+    let try_rootfs = |args: &[&str]| {
+        let mut all = vec!["--snapshotter", snapshotter, "rootfs"];
+        all.extend_from_slice(args);
+        dist(&root, &all, b"")
+    };
+    let rootfs = |args: &[&str]| ok(try_rootfs(args));
+    rootfs(&[&reference, mnt.to_str().unwrap()]);
     check_tree(&mnt);
     // The rootfs is writable and its writes stay in its snapshot.
     std::fs::write(mnt.join("etc/new"), b"mine").unwrap();
     refuses_to_unmount_what_is_busy_or_not_its_own(&root, snapshotter, &mnt, work.path());
     unmounts_only_what_it_mounted(&root, snapshotter, &reference, work.path());
-    ok(dist(
-        &root,
-        &[
-            "--snapshotter",
-            snapshotter,
-            "rootfs",
-            "--unmount",
-            mnt.to_str().unwrap(),
-        ],
-        b"",
-    ));
+    rootfs(&["--unmount", mnt.to_str().unwrap()]);
     assert!(!mnt.join("etc/issue").exists(), "unmounted");
 
     // Unmounted by hand (or by a reboot): --unmount still removes the
     // snapshot, so the same directory can be used again.
-    let rootfs = |args: &[&str]| {
-        let mut all = vec!["--snapshotter", snapshotter, "rootfs"];
-        all.extend_from_slice(args);
-        ok(dist(&root, &all, b""))
-    };
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     let c_mnt = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
     // SAFETY: a valid C string; the mount is this test's own.
@@ -252,17 +233,7 @@ fn pull_and_mount(snapshotter: &str) {
     assert_eq!(unsafe { libc::umount2(c_mnt.as_ptr(), 0) }, 0);
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     assert_eq!(std::fs::read(mnt.join("etc/kept")).unwrap(), b"mine");
-    let twice = dist(
-        &root,
-        &[
-            "--snapshotter",
-            snapshotter,
-            "rootfs",
-            &reference,
-            mnt.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let twice = try_rootfs(&[&reference, mnt.to_str().unwrap()]);
     assert!(
         !twice.status.success() && stderr(&twice).contains("mounted at DEST already"),
         "{}",
@@ -274,17 +245,7 @@ fn pull_and_mount(snapshotter: &str) {
     // until that one is taken off.
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     let cover = Tmpfs::over(&mnt);
-    let covered = dist(
-        &root,
-        &[
-            "--snapshotter",
-            snapshotter,
-            "rootfs",
-            "--unmount",
-            mnt.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let covered = try_rootfs(&["--unmount", mnt.to_str().unwrap()]);
     assert_eq!(covered.status.code(), Some(1), "{}", stderr(&covered));
     assert!(
         stderr(&covered).contains("mounted over the rootfs"),

@@ -24,6 +24,16 @@ fn apply_tree(
     )
 }
 
+/// Applies `layer` onto `root`, which must refuse it as the layer's fault
+/// (InvalidArgument) saying `says`; the error's message.
+fn assert_refused(root: &std::path::Path, layer: &[u8], says: &str) -> String {
+    let err = apply_tree(root, layer).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let message = err.to_string();
+    assert!(message.contains(says), "{message}");
+    message
+}
+
 #[test]
 fn every_entry_kind_is_written_with_its_metadata() {
     let root = tempfile::tempdir().unwrap();
@@ -303,13 +313,7 @@ fn an_entry_resolved_past_path_max_is_refused() {
         Entry::Symlink("s", &format!("d/{chain}")),
         Entry::File(&beyond, b"x", 0o644),
     ]);
-    let err = apply_tree(root.path(), &layer).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
-    let message = err.to_string();
-    assert!(
-        message.contains("a path of 4096 bytes or more"),
-        "{message}"
-    );
+    let message = assert_refused(root.path(), &layer, "a path of 4096 bytes or more");
     assert!(message.len() < 600, "{message}");
     assert_eq!(std::fs::read(root.path().join(&first)).unwrap(), b"x");
 }
@@ -345,9 +349,7 @@ fn a_lookup_walking_too_many_names_is_refused() {
     entries.push(Entry::File("l11/beyond", b"x", 0o644));
     let layer = tar_of(&entries);
     let root = tempfile::tempdir().unwrap();
-    let err = apply_tree(root.path(), &layer).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
-    assert!(err.to_string().contains("16384 names"), "{err}");
+    assert_refused(root.path(), &layer, "16384 names");
     assert!(!root.path().join("a/beyond").exists());
 }
 
@@ -377,9 +379,7 @@ fn a_dangling_symlink_parent_is_the_layers_error() {
         Entry::Symlink("up", "nowhere"),
         Entry::File("up/file", b"x", 0o644),
     ]);
-    let err = apply_tree(root.path(), &layer).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
-    assert!(err.to_string().contains("symlink to no directory"), "{err}");
+    assert_refused(root.path(), &layer, "symlink to no directory");
     assert!(!root.path().join("nowhere").exists());
 }
 
@@ -391,10 +391,8 @@ fn an_xattr_name_the_kernel_cannot_take_is_the_layers_error() {
     for name in ["", long.as_str()] {
         let root = tempfile::tempdir().unwrap();
         let layer = tar_of(&[Entry::Xattr("f", b"x", name, b"v")]);
-        let err = apply_tree(root.path(), &layer).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         let expected = format!("an xattr name of {} bytes", name.len());
-        assert!(err.to_string().contains(&expected), "{err}");
+        assert_refused(root.path(), &layer, &expected);
     }
     // 255 bytes is the most there is room for.
     let root = tempfile::tempdir().unwrap();
