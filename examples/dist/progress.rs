@@ -220,6 +220,9 @@ fn plain_line(event: &PullEvent) -> Option<String> {
             bar_text(desc.size(), desc.size())
         ),
         PullEvent::Fetch(FetchEvent::Exists(desc)) => format!("{}: exists", ingest_ref(desc)),
+        PullEvent::Fetch(FetchEvent::Waiting(desc)) => {
+            format!("{}: waiting for another writer", ingest_ref(desc))
+        }
         PullEvent::Unpack(UnpackEvent::Unpacking { layer }) => {
             format!("{}: unpacking", layer_ref(layer))
         }
@@ -276,6 +279,10 @@ impl Live {
             }
             PullEvent::Fetch(FetchEvent::Exists(desc)) => {
                 (desc, ingest_ref(desc), "exists", Some(desc.size()))
+            }
+            // The other writer's bytes show through the ingest statuses.
+            PullEvent::Fetch(FetchEvent::Waiting(desc)) => {
+                (desc, ingest_ref(desc), "waiting", None)
             }
             PullEvent::Unpack(UnpackEvent::Unpacking { layer }) => {
                 (layer, layer_ref(layer), "unpacking", None)

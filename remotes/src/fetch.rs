@@ -37,9 +37,15 @@ const RESUMES: usize = 3;
 /// What happened to one descriptor during a fetch, for progress displays.
 /// Byte progress is in the store's ingest statuses (`IngestManager`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum FetchEvent {
     /// The content was already in the store.
     Exists(Descriptor),
+    /// Another writer (another process, or another handler on the same
+    /// store) holds the ingest ref: this fetch waits for it to commit, or to
+    /// let go so this one resumes what it wrote. Its bytes show in the
+    /// store's ingest status of the ref meanwhile. Sent once per descriptor.
+    Waiting(Descriptor),
     /// Downloading started (or resumed at `offset`).
     Started {
         /// The content.
@@ -139,6 +145,23 @@ async fn join_flight(reference: &str) -> tokio::sync::OwnedMutexGuard<()> {
 }
 
 impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
+    /// Opens the ingest's writer; when another writer holds the ref, says
+    /// so (a wait may be long: a whole layer's download elsewhere) and
+    /// waits.
+    async fn open_writer(
+        &self,
+        opts: WriterOpts,
+        desc: &Descriptor,
+    ) -> ocidist_content::Result<Box<dyn ocidist_content::Writer>> {
+        match self.store.writer(opts.clone()).await {
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                self.emit(FetchEvent::Waiting(desc.clone()));
+                open_writer(&self.store, opts).await
+            }
+            other => other,
+        }
+    }
+
     /// Fetches `desc`; `Ok(false)` if it was already present.
     async fn fetch(&self, desc: &Descriptor) -> Result<bool> {
         // A manifest's size is known before its bytes: one too large to be
@@ -155,7 +178,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
         // over what it left). Across processes the store's lock does this.
         let _flight = join_flight(&reference).await;
         let opts = WriterOpts::new(&reference).descriptor(desc);
-        let mut writer = match open_writer(&self.store, opts).await {
+        let mut writer = match self.open_writer(opts, desc).await {
             Ok(writer) => writer,
             Err(e) if e.is_already_exists() => return Ok(false),
             Err(e) => return Err(e.into()),

@@ -205,6 +205,134 @@ async fn a_half_written_layer_resumes_where_it_stopped() {
     );
 }
 
+/// A layer whose ref another writer holds (another process, as far as the
+/// fetch can tell) is waited for, and said to be: when that writer commits,
+/// the fetch finds the layer there and never downloads it; when it lets go,
+/// the fetch resumes from what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_another_writer_holds_is_waited_for_and_said() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let pushed = push_multi(
+        async |r: &str| resolver.pusher(r).await.unwrap(),
+        &format!("{}/test/held", registry.host()),
+        "1",
+    )
+    .await;
+    let (committed, let_go) = (&pushed[0], &pushed[3]);
+    let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
+
+    let (_dir, store, images) = stores();
+    let mut held = Vec::new();
+    for layer in [committed, let_go] {
+        let mut w = store
+            .writer(WriterOpts::new(ingest_ref(&layer.desc)).descriptor(&layer.desc))
+            .await
+            .unwrap();
+        w.write_all(&layer.bytes[..layer.bytes.len() / 2])
+            .await
+            .unwrap();
+        held.push(w);
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reference = format!("{}/test/held:1", proxy.host());
+    let fetch = tokio::spawn({
+        let (resolver, store, images) = (resolver.clone(), store.clone(), images.clone());
+        async move {
+            fetch_image(
+                &resolver,
+                &store,
+                &images,
+                &reference,
+                all(),
+                0,
+                None,
+                Some(tx),
+            )
+            .await
+        }
+    });
+    let mut events = Vec::new();
+    let mut waiting = 0;
+    while waiting < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("no Waiting event for a held layer within 30 s")
+            .expect("the fetch ended while its layers were held");
+        waiting += matches!(event, FetchEvent::Waiting(_)) as usize;
+        events.push(event);
+    }
+    // Held, the fetch finishes nothing that needs them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fetch.is_finished());
+
+    let mut w = held.remove(0);
+    w.write_all(&committed.bytes[committed.bytes.len() / 2..])
+        .await
+        .unwrap();
+    w.commit(
+        Some(committed.desc.size()),
+        Some(committed.desc.digest()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    for mut w in held {
+        w.shutdown().await.unwrap();
+    }
+    fetch.await.unwrap().unwrap();
+    while let Some(event) = rx.recv().await {
+        events.push(event);
+    }
+
+    let of = |layer: &common::Blob| -> Vec<FetchEvent> {
+        events
+            .iter()
+            .filter(|e| match e {
+                FetchEvent::Exists(d) | FetchEvent::Waiting(d) | FetchEvent::Done(d) => {
+                    d.digest() == layer.desc.digest()
+                }
+                FetchEvent::Started { desc, .. } => desc.digest() == layer.desc.digest(),
+                _ => false,
+            })
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        of(committed),
+        [
+            FetchEvent::Waiting(committed.desc.clone()),
+            FetchEvent::Exists(committed.desc.clone())
+        ]
+    );
+    assert_eq!(
+        of(let_go),
+        [
+            FetchEvent::Waiting(let_go.desc.clone()),
+            FetchEvent::Started {
+                desc: let_go.desc.clone(),
+                offset: let_go.bytes.len() as u64 / 2
+            },
+            FetchEvent::Done(let_go.desc.clone())
+        ]
+    );
+    let asked = |layer: &common::Blob| {
+        proxy
+            .log()
+            .iter()
+            .filter(|l| l.starts_with("GET") && l.contains(layer.desc.digest().as_ref()))
+            .count()
+    };
+    assert_eq!(asked(committed), 0, "{:#?}", proxy.log());
+    assert_eq!(asked(let_go), 1, "{:#?}", proxy.log());
+    assert_eq!(
+        store.info(let_go.desc.digest()).await.unwrap().size,
+        let_go.desc.size()
+    );
+    assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+}
+
 /// Two fetches of one image into one store at once both succeed, and
 /// every blob is downloaded once: the second waits for the first's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
