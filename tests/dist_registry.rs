@@ -495,10 +495,10 @@ fn user_flag_authenticates_a_push() {
     ok(dist(&dir.path().join("store"), &["fetch", &reference], b""));
 }
 
-/// A push spools blobs on the store's disk: a temporary directory that is
-/// missing (or a small tmpfs) does not stop it.
+/// A push uploads blobs from the store where they are, with no copy: a
+/// temporary directory that is missing (or a small tmpfs) does not stop it.
 #[test]
-fn a_push_spools_on_the_stores_disk_not_in_tmp() {
+fn a_push_needs_no_temporary_directory() {
     let registry =
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
     let dir = tempfile::tempdir().unwrap();

@@ -249,8 +249,8 @@ pub(crate) async fn push(
         .add_content(target.digest())
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;
-    // Blobs are spooled on the store's disk, not in a /tmp that may be memory.
-    let resolver = remote.resolver()?.spool_dir(stores.content.root());
+    // Blobs go from the store as they are: no copy, in /tmp or elsewhere.
+    let resolver = remote.resolver()?;
     let pushed = push_image(
         &resolver,
         &stores.content,

@@ -66,7 +66,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use oci_spec::image::Descriptor;
-use ocidist_content::Writer;
+use ocidist_content::{Provider, Writer};
 
 pub mod docker;
 mod error;
@@ -136,4 +136,31 @@ pub trait Pusher: Send + Sync {
     /// pushed already, through any pusher of the same resolver, is
     /// [`ErrorKind::Unavailable`].
     async fn push(&self, desc: &Descriptor) -> Result<Box<dyn Writer>>;
+
+    /// Pushes `desc` with its bytes read from `provider` (asked only if the
+    /// registry lacks them); `Ok(false)` if the registry had it already.
+    /// Bytes that are not `desc`'s are never stored, as through
+    /// [`push`](Self::push)'s writer. Refused the same way as `push` while
+    /// another push has `desc`.
+    ///
+    /// The default writes the provider's blob through `push`'s writer; a
+    /// pusher that can upload from where the bytes are overrides it (the
+    /// registry's pusher reads them at positions and keeps no copy).
+    async fn push_from(&self, desc: &Descriptor, provider: &dyn Provider) -> Result<bool> {
+        let mut writer = match self.push(desc).await {
+            Ok(writer) => writer,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let reader = provider.reader_at(desc).await?;
+        ocidist_content::copy(
+            writer.as_mut(),
+            ocidist_content::CopySource::ReaderAt(reader.as_ref()),
+            Some(desc.size()),
+            Some(desc.digest()),
+            ocidist_content::Labels::new(),
+        )
+        .await?;
+        Ok(true)
+    }
 }

@@ -3,7 +3,7 @@
 
 use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::Descriptor;
-use ocidist_content::{CopySource, Labels, Manager, Provider, copy};
+use ocidist_content::{Manager, Provider};
 use ocidist_images::manifest;
 
 use crate::source::annotate_sources;
@@ -105,13 +105,12 @@ where
         async move {
             // The pusher finds mount sources in the annotations.
             let annotated = annotate_sources(store, &desc).await;
+            let provider: &dyn Provider = &store;
             let mut wait = LOCKED_POLL;
-            let mut writer = loop {
-                match pusher.push(&annotated).await {
-                    Ok(writer) => break writer,
-                    Err(e) if e.kind() == ocidist_content::ErrorKind::AlreadyExists => {
-                        return Ok(None);
-                    }
+            loop {
+                match pusher.push_from(&annotated, provider).await {
+                    Ok(true) => return Ok(Some(desc)),
+                    Ok(false) => return Ok(None),
                     // Another push of this resolver has the blob in flight
                     // (two images sharing a layer, pushed at once): its turn
                     // ends, then the registry has the blob, or this one goes.
@@ -121,17 +120,7 @@ where
                     }
                     Err(e) => return Err(e),
                 }
-            };
-            let reader = store.reader_at(&desc).await?;
-            copy(
-                writer.as_mut(),
-                CopySource::ReaderAt(reader.as_ref()),
-                Some(desc.size()),
-                Some(desc.digest()),
-                Labels::new(),
-            )
-            .await?;
-            Ok(Some(desc))
+            }
         }
     };
     let mut pushed: Vec<Descriptor> = futures::stream::iter(blobs)

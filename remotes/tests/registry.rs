@@ -309,12 +309,12 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
 async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetched_back() {
     let registry = registry();
     let resolver = DockerResolver::new();
-    // Over the 64 MiB single-PUT limit: 5 PATCH chunks of 16 MiB.
+    // Over the 64 MiB single-PUT limit: PATCH chunks of 64 and 6 MiB.
     let bytes: Vec<u8> = (0..(70u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
     let big = blob("application/vnd.oci.image.layer.v1.tar", bytes);
-    // Through a counting proxy: HEAD, POST, 5 PATCH and the closing PUT,
+    // Through a counting proxy: HEAD, POST, 2 PATCH and the closing PUT,
     // answered 204 and 200 as some registries do instead of 202 and 201.
     // The second PATCH fails once (503), each time; `then` more follow.
     let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
@@ -350,12 +350,12 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
         methods.join(" ")
     };
 
-    // The session is asked what it has (GET: the first 16 MiB), and the
+    // The session is asked what it has (GET: the first 64 MiB), and the
     // upload goes on from there.
-    chunks_with_the_second_failing(4);
+    chunks_with_the_second_failing(1);
     assert_eq!(
         pushed_to("test/large").await,
-        "HEAD POST PATCH PATCH GET PATCH PATCH PATCH PATCH PUT",
+        "HEAD POST PATCH PATCH GET PATCH PUT",
         "{:#?}",
         proxy.log()
     );
@@ -363,7 +363,7 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
     // A session that cannot say is let go of (DELETE), the registry asked
     // whether it has the blob (HEAD), and the upload starts again through a
     // new session.
-    chunks_with_the_second_failing(5);
+    chunks_with_the_second_failing(2);
     proxy.add(
         Some("GET"),
         "/blobs/uploads/",
@@ -375,17 +375,18 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
     );
     assert_eq!(
         pushed_to("test/large-again").await,
-        "HEAD POST PATCH PATCH GET DELETE HEAD POST PATCH PATCH PATCH PATCH PATCH PUT",
+        "HEAD POST PATCH PATCH GET DELETE HEAD POST PATCH PATCH PUT",
         "{:#?}",
         proxy.log()
     );
 
-    // A registry that takes 4 MiB chunks at most (GHCR) refuses the first
-    // with 416: the session is asked what it has, and 4 MiB chunks follow.
+    // A registry that takes 4 MiB chunks at most (GHCR) refuses 64 MiB and
+    // then 16 with 416: each time the session is asked what it has, and 4 MiB
+    // chunks follow.
     proxy.add(
         Some("PATCH"),
         "/blobs/uploads/",
-        1,
+        2,
         Fault::Answer {
             status: 416,
             body: r#"{"errors":[{"code":"RANGE_INVALID","message":"the request body is too large and exceeds the maximum permissible limit of 4.00MiB"}]}"#.into(),
@@ -394,13 +395,13 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
     let patches = format!("{}PUT", "PATCH ".repeat(18));
     assert_eq!(
         pushed_to("test/large-ghcr").await,
-        format!("HEAD POST PATCH GET {patches}"),
+        format!("HEAD POST PATCH GET PATCH GET {patches}"),
         "{:#?}",
         proxy.log()
     );
 
-    // A registry that asks for chunks of at least 30 MiB when it opens the
-    // session (`OCI-Chunk-Min-Length`) gets 30, 30 and the last 10 MiB.
+    // A registry that asks for chunks of at least 68 MiB when it opens the
+    // session (`OCI-Chunk-Min-Length`) gets 68 and the last 2 MiB.
     let chunk_min = |bytes: u64| {
         let header = Fault::SetHeader {
             name: "OCI-Chunk-Min-Length".into(),
@@ -408,11 +409,11 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
         };
         proxy.add(Some("POST"), "/blobs/uploads/", 1, header);
     };
-    chunk_min(30 << 20);
+    chunk_min(68 << 20);
     let before = proxy.heads().len();
     assert_eq!(
         pushed_to("test/large-chunk-min").await,
-        "HEAD POST PATCH PATCH PATCH PUT",
+        "HEAD POST PATCH PATCH PUT",
         "{:#?}",
         proxy.log()
     );
@@ -427,16 +428,177 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
         })
         .collect();
     let mib = |n: u64| (n << 20).to_string();
-    assert_eq!(patch_lengths, [mib(30), mib(30), mib(10)]);
+    assert_eq!(patch_lengths, [mib(68), mib(2)]);
 
-    // One asking for more than a chunk is let be held in memory gets the
-    // blob in one streamed PUT.
+    // One asking for chunks larger than the blob gets it in one streamed
+    // PUT.
     chunk_min(100 << 20);
     assert_eq!(
         pushed_to("test/large-chunk-min-huge").await,
         "HEAD POST PUT",
         "{:#?}",
         proxy.log()
+    );
+}
+
+/// A provider lending blobs from memory, counting the readers it opens.
+struct Lender {
+    blobs: std::collections::HashMap<ocidist_content::Digest, Vec<u8>>,
+    opened: std::sync::atomic::AtomicUsize,
+}
+
+impl Lender {
+    /// Lends `bytes` as the blob of each `(blob, bytes)`.
+    fn new<'a>(lent: impl IntoIterator<Item = (&'a Blob, Vec<u8>)>) -> Lender {
+        Lender {
+            blobs: lent
+                .into_iter()
+                .map(|(b, bytes)| (b.desc.digest().clone(), bytes))
+                .collect(),
+            opened: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ocidist_content::Provider for Lender {
+    async fn reader_at(
+        &self,
+        desc: &ocidist_content::Descriptor,
+    ) -> ocidist_content::Result<Box<dyn ocidist_content::ReaderAt>> {
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let bytes = self.blobs.get(desc.digest()).expect("a lent blob").clone();
+        Ok(Box::new(Lent(bytes)))
+    }
+}
+
+struct Lent(Vec<u8>);
+
+#[async_trait::async_trait]
+impl ocidist_content::ReaderAt for Lent {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist_content::Result<usize> {
+        let rest = self.0.get(offset as usize..).unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+
+    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+        Box::pin(std::io::Cursor::new(self.0))
+    }
+}
+
+/// A push from a provider reads the blob where it is, with no spooled copy
+/// (the resolver's spool directory does not even exist), and hashes it as
+/// it goes: bytes that are not the blob's never complete an upload, in one
+/// `PUT` or in chunks; a chunk sent again after a failure is hashed once;
+/// and a blob the registry has is not read at all.
+#[tokio::test]
+async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
+    let registry = registry();
+    let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new().spool_dir("/nonexistent/ocidist-spool");
+    let pusher = resolver
+        .pusher(&format!("{}/test/lent:x", proxy.host()))
+        .await
+        .unwrap();
+    let layer = "application/vnd.oci.image.layer.v1.tar";
+    let small = blob(layer, vec![5; 4096]);
+    // Over the 64 MiB single-PUT limit: PATCH chunks of 64 and 6 MiB.
+    let large = blob(
+        layer,
+        (0..(70u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect(),
+    );
+    let in_registry = |b: &Blob| {
+        let path = format!("/v2/test/lent/blobs/{}", b.desc.digest());
+        ocidist_remotes::testkit::get_status(registry.addr(), &path).unwrap() == 200
+    };
+    let methods_since = |before: usize| {
+        proxy.log()[before..]
+            .iter()
+            .filter(|l| l.contains("/blobs/"))
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // A writer would need the spool.
+    assert!(pusher.push(&small.desc).await.is_err());
+
+    // The last byte wrong: everything else is sent before it is known.
+    let last_flipped = |b: &Blob| {
+        let mut bytes = b.bytes.clone();
+        *bytes.last_mut().unwrap() ^= 1;
+        bytes
+    };
+    let wrong = Lender::new([
+        (&small, last_flipped(&small)),
+        (&large, last_flipped(&large)),
+    ]);
+    for b in [&small, &large] {
+        let before = proxy.log().len();
+        let err = pusher.push_from(&b.desc, &wrong).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ocidist_remotes::Error::Content(ocidist_content::Error::DigestMismatch { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(!in_registry(b), "{}", b.desc.digest());
+        let methods = methods_since(before);
+        assert!(methods.ends_with("DELETE"), "let go of: {methods}");
+        if b.desc.size() > 64 << 20 {
+            assert_eq!(methods, "HEAD POST PATCH PATCH DELETE");
+        }
+    }
+    let short = Lender::new([(&small, small.bytes[1..].to_vec())]);
+    let err = pusher.push_from(&small.desc, &short).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ocidist_remotes::Error::Content(ocidist_content::Error::SizeMismatch { .. })
+        ),
+        "{err:?}"
+    );
+
+    // The right bytes, with the second chunk failing once (503): the
+    // session says it has the first, and the second is sent again.
+    let right = Lender::new([(&small, small.bytes.clone()), (&large, large.bytes.clone())]);
+    let patch = |fault| proxy.add(Some("PATCH"), "/blobs/uploads/", 1, fault);
+    patch(Fault::ReplaceStatus(202));
+    patch(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
+    for b in [&small, &large] {
+        let before = proxy.log().len();
+        assert!(pusher.push_from(&b.desc, &right).await.unwrap());
+        assert!(in_registry(b), "{}", b.desc.digest());
+        if b.desc.size() > 64 << 20 {
+            assert_eq!(methods_since(before), "HEAD POST PATCH PATCH GET PATCH PUT");
+        }
+        let fetcher = resolver
+            .fetcher(&format!("{}/test/lent:x", registry.host()))
+            .await
+            .unwrap();
+        assert!(fetch_all(fetcher.as_ref(), &b.desc, 0).await == b.bytes);
+    }
+    // There now: the registry is asked, the provider is not.
+    let opened = right.opened.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(opened, 2);
+    for b in [&small, &large] {
+        assert!(!pusher.push_from(&b.desc, &right).await.unwrap());
+    }
+    assert_eq!(
+        right.opened.load(std::sync::atomic::Ordering::SeqCst),
+        opened
     );
 }
 
