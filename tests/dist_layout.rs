@@ -621,3 +621,131 @@ fn import_walks_each_document_once_and_takes_only_names_that_are_names() {
         "{images}"
     );
 }
+
+/// Names an export stages files under cannot be planted: a symlink out of
+/// the layout where an older `dist` staged a blob, `index.json` or
+/// `oci-layout` is neither written through nor made the file, and the
+/// blobs and index land as files of their own.
+#[test]
+fn an_export_never_writes_through_a_name_planted_in_the_layout() {
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let digest = build(&builder);
+    let layout = work.path().join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let outside = work.path().join("precious");
+    std::fs::write(&outside, "precious\n").unwrap();
+    let hex = digest.trim_start_matches("sha256:");
+    for planted in [
+        blobs.join(format!("{hex}.tmp")),
+        layout.join("index.tmp"),
+        layout.join("oci-layout.tmp"),
+    ] {
+        std::os::unix::fs::symlink(&outside, planted).unwrap();
+    }
+    ok(dist(
+        &builder,
+        &["export", &digest, layout.to_str().unwrap(), "--name", "app"],
+        b"",
+    ));
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n");
+    for file in [
+        blobs.join(hex),
+        layout.join("index.json"),
+        layout.join("oci-layout"),
+    ] {
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        assert!(meta.file_type().is_file(), "{}: {meta:?}", file.display());
+    }
+    assert_eq!(
+        sha256_of(&std::fs::read(blobs.join(hex)).unwrap()).to_string(),
+        digest
+    );
+    assert_eq!(entries(&layout), [(Some("app".into()), None, digest)]);
+}
+
+/// Exports into one layout at once each keep their name: the index is read
+/// and rewritten by one export at a time.
+#[test]
+fn exports_into_one_layout_at_once_all_keep_their_names() {
+    let work = tempfile::tempdir().unwrap();
+    let (digest, layout) = exported_app(work.path());
+    let builder = work.path().join("builder");
+    for round in 0..3 {
+        let names: Vec<String> = (0..8).map(|n| format!("r{round}-{n}")).collect();
+        let exports: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (builder, layout, digest) = (builder.clone(), layout.clone(), digest.clone());
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    dist(
+                        &builder,
+                        &[
+                            "-q",
+                            "export",
+                            &digest,
+                            layout.to_str().unwrap(),
+                            "--name",
+                            &name,
+                        ],
+                        b"",
+                    )
+                })
+            })
+            .collect();
+        for export in exports {
+            ok(export.join().unwrap());
+        }
+        let named: Vec<Option<String>> = entries(&layout).into_iter().map(|e| e.0).collect();
+        for name in &names {
+            assert!(
+                named.contains(&Some(name.clone())),
+                "{name} lost: {named:?}"
+            );
+        }
+    }
+    assert_eq!(entries(&layout).len(), 1 + 3 * 8);
+}
+
+/// A layout that lacks a layer its manifest lists is refused at import,
+/// naming the layer, and no image is recorded; with the layer back it
+/// imports.
+#[test]
+fn an_import_of_a_layout_missing_a_layer_fails_naming_it() {
+    let work = tempfile::tempdir().unwrap();
+    let (digest, layout) = exported_app(work.path());
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer_file = layout
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let aside = work.path().join("layer");
+    std::fs::rename(&layer_file, &aside).unwrap();
+    let root = work.path().join("store");
+    let failed = dist(&root, &["import", layout.to_str().unwrap()], b"");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains(&layer) && stderr.contains("not in the layout"),
+        "{stderr}"
+    );
+    let images = ok(dist(&root, &["-q", "images"], b""));
+    assert!(!images.contains("app"), "{images}");
+
+    std::fs::rename(&aside, &layer_file).unwrap();
+    let imported = ok(dist(&root, &["import", layout.to_str().unwrap()], b""));
+    assert!(imported.starts_with("app sha256:"), "{imported}");
+}

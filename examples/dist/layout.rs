@@ -104,12 +104,27 @@ async fn reachable(
     Ok(out)
 }
 
+/// A new file of a unique name in `dir`, for staging what will be renamed
+/// into place: made with `O_EXCL`, so a name planted there (a symlink out of
+/// the layout, another export's file) is never written through.
+fn staged_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)
+}
+
+/// Writes `bytes` as `path`: staged, fsynced, renamed, the directory fsynced.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut staged = staged_in(dir)?;
+    staged.write_all(bytes)?;
+    // As a plain write would leave it under the usual umask, for readers
+    // other than its writer.
+    staged
+        .as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    staged.as_file().sync_all()?;
+    staged.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Copies each blob file to its place in a layout, durably before the
@@ -128,11 +143,16 @@ fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
         }
         let dir = dest.parent().expect("blob files have a parent");
         std::fs::create_dir_all(dir).map_err(at(dir))?;
-        let tmp = dest.with_extension("tmp");
-        std::fs::copy(source, &tmp).map_err(at(source))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, dest))
+        let mut staged = staged_in(dir).map_err(at(dir))?;
+        std::fs::File::open(source)
+            .and_then(|mut from| std::io::copy(&mut from, staged.as_file_mut()))
+            .map_err(at(source))?;
+        // Read-only, as blobs in the store are.
+        staged
+            .as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .and_then(|()| staged.as_file().sync_all())
+            .and_then(|()| staged.persist(dest).map(drop).map_err(|e| e.error))
             .map_err(at(dest))?;
         dirs.insert(dir.to_path_buf());
     }
@@ -185,11 +205,30 @@ pub(crate) async fn export(stores: &Stores, lease: Lease, args: ExportArgs) -> C
         .await
         .map_err(|e| fail(e.into()))?
         .map_err(|e| fail(e.into()))?;
+    // One export at a time reads and rewrites a layout's index.json, so two
+    // at once both keep their names: a lock on the layout directory itself
+    // (flock; no file added to the layout), held to the end.
+    let _layout_lock = {
+        let dir = args.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir_file = std::fs::File::open(&dir)?;
+            dir_file.lock()?;
+            Ok::<_, std::io::Error>(dir_file)
+        })
+        .await
+        .map_err(|e| fail(e.into()))?
+        .map_err(|e| fail(format!("lock {}: {e}", args.dir.display()).into()))?
+    };
+    let written = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| fail(format!("{path}: {e}").into())
+    };
+    let layout_file = args.dir.join("oci-layout");
     write_atomically(
-        &args.dir.join("oci-layout"),
+        &layout_file,
         format!(r#"{{"imageLayoutVersion":"{LAYOUT_VERSION}"}}"#).as_bytes(),
     )
-    .map_err(|e| fail(e.into()))?;
+    .map_err(written(&layout_file))?;
     let index_path = args.dir.join("index.json");
     let mut index: serde_json::Value = match read_layout_file(&index_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| fail(e.into()))?,
@@ -235,7 +274,7 @@ pub(crate) async fn export(stores: &Stores, lease: Lease, args: ExportArgs) -> C
         index["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
     }
     let bytes = serde_json::to_vec_pretty(&index).map_err(|e| fail(e.into()))?;
-    write_atomically(&index_path, &bytes).map_err(|e| fail(e.into()))?;
+    write_atomically(&index_path, &bytes).map_err(written(&index_path))?;
     report!(
         "{} {} ({} blobs)",
         name.as_deref().unwrap_or("(unnamed)"),
@@ -384,6 +423,28 @@ impl<H: Handler, S: Manager> Handler for PresentManifests<'_, H, S> {
             .insert((desc.digest().clone(), desc.digest() == &self.top));
         if !first_time {
             return Ok(Flow::Skip);
+        }
+        // A manifest's config and layers must all be there (foreign layers
+        // excepted: they live where their URLs say); the labelling walk
+        // reads manifests only, so the others are looked for here.
+        let media_type = desc.media_type().as_ref();
+        if !matches!(media_types::kind(media_type), Kind::Manifest | Kind::Index)
+            && !media_types::is_non_distributable(media_type)
+        {
+            match self.store.info(desc.digest()).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {
+                    return Err(ocidist::images::Error::other(
+                        ocidist::content::ErrorKind::NotFound,
+                        format!(
+                            "blob {} ({media_type}) of image {} is not in the layout",
+                            desc.digest(),
+                            self.top
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let flow = self.inner.handle(desc).await?;
         let Flow::Children(children) = flow else {
