@@ -432,6 +432,24 @@ fn a_truncated_layer_is_an_error() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
 
+/// A header the parser cannot read is refused with its bytes quoted, but
+/// escaped: a layer's name or number field cannot send escape sequences to
+/// the terminal that shows the error.
+#[test]
+fn a_broken_header_is_quoted_without_its_control_characters() {
+    let root = tempfile::tempdir().unwrap();
+    let mut header = [0u8; 512];
+    let name = b"\x1b[2J\x1b]0;PWNED\x07evil";
+    header[..name.len()].copy_from_slice(name);
+    let checksum = b"\x1b[31mRED";
+    header[148..148 + checksum.len()].copy_from_slice(checksum);
+    let mut layer = header.to_vec();
+    layer.extend_from_slice(&[0u8; 1024]);
+    let message = assert_refused(root.path(), &layer, "tar: ");
+    assert!(!message.chars().any(char::is_control), "{message:?}");
+    assert!(message.contains(r"\u{1b}[31mRED"), "{message}");
+}
+
 /// A tar whose first member is an extension record (`kind`) holding
 /// `content` (`size` bytes), then a file: made as it is read, never held whole.
 fn extension_record_then_a_file(

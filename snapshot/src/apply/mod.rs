@@ -353,9 +353,7 @@ fn write_entries(
         budget: budget.clone(),
     });
     {
-        let mut entries = archive
-            .entries()
-            .map_err(|e| Error::Layer(format!("tar: {e}")))?;
+        let mut entries = archive.entries().map_err(tar_error)?;
         loop {
             // The parser reads headers and extension records on its own;
             // entry data is read below, outside the budget.
@@ -365,7 +363,7 @@ fn write_entries(
             let Some(entry) = next else {
                 break;
             };
-            let mut entry = entry.map_err(|e| Error::Layer(format!("tar: {e}")))?;
+            let mut entry = entry.map_err(tar_error)?;
             // Lookups through symlinks may work in proportion to the bytes
             // read so far.
             applier
@@ -1250,4 +1248,19 @@ fn copy_data(
         dst.set_len(size).map_err(write_error)?;
     }
     Ok(())
+}
+
+/// The tar parser's error as a layer's: its message may quote a header's
+/// bytes (a name, a number field), so control characters are escaped and a
+/// hostile layer cannot drive the terminal that shows it.
+fn tar_error(e: std::io::Error) -> Error {
+    let mut message = String::from("tar: ");
+    for c in e.to_string().chars() {
+        if c.is_control() {
+            message.extend(c.escape_debug());
+        } else {
+            message.push(c);
+        }
+    }
+    Error::Layer(message)
 }
