@@ -148,7 +148,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
     /// Opens the ingest's writer; when another writer holds the ref, says
     /// so (a wait may be long: a whole layer's download elsewhere) and
     /// waits.
-    async fn open_writer(
+    async fn open_ingest(
         &self,
         opts: WriterOpts,
         desc: &Descriptor,
@@ -178,7 +178,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
         // over what it left). Across processes the store's lock does this.
         let _flight = join_flight(&reference).await;
         let opts = WriterOpts::new(&reference).descriptor(desc);
-        let mut writer = match self.open_writer(opts, desc).await {
+        let mut writer = match self.open_ingest(opts, desc).await {
             Ok(writer) => writer,
             Err(e) if e.is_already_exists() => return Ok(false),
             Err(e) => return Err(e.into()),

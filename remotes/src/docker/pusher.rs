@@ -458,8 +458,12 @@ impl Source {
             return None;
         };
         let hashed = checked.hashed.lock().unwrap_or_else(|p| p.into_inner());
+        // Asked after every piece: the digest is worked out at the end only.
+        if hashed.1 != size {
+            return None;
+        }
         let actual = hashed.0.digest();
-        (hashed.1 == size && actual != checked.expected).then(|| ContentError::DigestMismatch {
+        (actual != checked.expected).then(|| ContentError::DigestMismatch {
             reference: checked.reference.clone(),
             expected: checked.expected.clone(),
             actual,
