@@ -14,18 +14,35 @@ use ocidist::remotes::testkit::{Registry, TestCertificates, TokenServer, find_bi
 /// Ingests a one-layer arm64 image into the store at `builder`; returns
 /// its manifest's digest and bytes.
 fn build_image(builder: &Path) -> (String, String) {
+    build_image_for(builder, "arm64", Some("v8"))
+}
+
+/// Ingests a one-layer image for `architecture` (linux) into the store at
+/// `builder`; returns its manifest's digest and bytes.
+fn build_image_for(builder: &Path, architecture: &str, variant: Option<&str>) -> (String, String) {
+    // A layer of its own per architecture.
+    let seed = sha256_of(architecture.as_bytes()).to_string();
+    let seed = seed.as_bytes();
     let layer_bytes: Vec<u8> = (0..500_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8 ^ seed[i as usize % seed.len()])
         .collect();
     let layer = ingest(
         builder,
         "application/vnd.oci.image.layer.v1.tar+gzip",
         &layer_bytes,
     );
+    let mut config = serde_json::json!({
+        "architecture": architecture,
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    if let Some(variant) = variant {
+        config["variant"] = variant.into();
+    }
     let config = ingest(
         builder,
         "application/vnd.oci.image.config.v1+json",
-        br#"{"architecture":"arm64","variant":"v8","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        config.to_string().as_bytes(),
     );
     let manifest_bytes = serde_json::json!({
         "schemaVersion": 2,
@@ -513,4 +530,91 @@ fn a_push_needs_no_temporary_directory() {
     );
     let pushed = ok(pushed);
     assert!(pushed.trim_end().ends_with(&manifest_digest), "{pushed}");
+}
+
+/// As `ctr push --platform`: what a one-platform fetch of an index keeps can
+/// be pushed as that platform's manifest; without `--platform` the push
+/// fails, saying so, and a platform the index lacks is named in the error.
+#[test]
+fn a_push_with_a_platform_sends_that_platforms_manifest_of_an_index() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let (arm64, arm64_bytes) = build_image_for(&builder, "arm64", Some("v8"));
+    let (amd64, amd64_bytes) = build_image_for(&builder, "amd64", None);
+    let entry = |digest: &str, bytes: &str, architecture: &str| {
+        let mut platform = serde_json::json!({"os": "linux", "architecture": architecture});
+        if architecture == "arm64" {
+            platform["variant"] = "v8".into();
+        }
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": bytes.len(),
+            "platform": platform,
+        })
+    };
+    let index_bytes = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&amd64, &amd64_bytes, "amd64"), entry(&arm64, &arm64_bytes, "arm64")],
+    })
+    .to_string();
+    let index = ingest(
+        &builder,
+        "application/vnd.oci.image.index.v1+json",
+        index_bytes.as_bytes(),
+    );
+    let index = index["digest"].as_str().unwrap();
+    let both = format!("{}/e2e/multi:1", registry.host());
+    ok(dist(&builder, &["push", &both, index], b""));
+
+    let store = dir.path().join("store");
+    ok(dist(
+        &store,
+        &["--platform", "linux/arm64", "fetch", &both],
+        b"",
+    ));
+
+    let whole = format!("{}/e2e/whole:1", registry.host());
+    let refused = dist(&store, &["push", &whole, &both], b"");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&amd64) && stderr.contains("push that platform alone with --platform"),
+        "{stderr}"
+    );
+
+    let one = format!("{}/e2e/one:1", registry.host());
+    let pushed = ok(dist(
+        &store,
+        &["--platform", "linux/arm64", "push", &one, &both],
+        b"",
+    ));
+    assert!(pushed.trim_end().ends_with(&arm64), "{pushed}");
+    let object = dist(
+        &store,
+        &["fetch-object", &format!("{}/e2e/one", registry.host()), "1"],
+        b"",
+    );
+    assert_eq!(String::from_utf8_lossy(&object.stdout), arm64_bytes);
+
+    let absent = dist(
+        &store,
+        &["--platform", "linux/s390x", "push", &one, &both],
+        b"",
+    );
+    assert_eq!(absent.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&absent.stderr);
+    assert!(stderr.contains("linux/s390x"), "{stderr}");
+
+    // A manifest is pushed as it is: --platform changes nothing for it.
+    let plain = format!("{}/e2e/plain:1", registry.host());
+    let pushed = ok(dist(
+        &builder,
+        &["--platform", "linux/s390x", "push", &plain, &amd64],
+        b"",
+    ));
+    assert!(pushed.trim_end().ends_with(&amd64), "{pushed}");
 }

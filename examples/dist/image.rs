@@ -101,6 +101,8 @@ pub(crate) struct Remote {
     /// `--ranges`: parallel ranged requests per large blob.
     pub(crate) ranges: Option<usize>,
     pub(crate) platform: Platform,
+    /// Whether `--platform` was given (`platform` is the host's if not).
+    pub(crate) platform_given: bool,
     /// `--unpack-concurrency`: layers applied at once (overlay).
     pub(crate) unpack_concurrency: usize,
 }
@@ -240,9 +242,20 @@ pub(crate) async fn push(
 ) -> CmdResult {
     let what = format!("push {}", args.reference);
     let local = args.local.clone().unwrap_or_else(|| args.reference.clone());
-    let target = local_target(stores, &local)
+    let mut target = local_target(stores, &local)
         .await
         .map_err(|e| Failure::new(what.clone(), e))?;
+    let is_index = ocidist::images::media_types::kind(target.media_type().as_ref())
+        == ocidist::images::media_types::Kind::Index;
+    // As `ctr push --platform`: an index's manifest for that platform goes
+    // alone, under the tag. A one-platform fetch of an index can be pushed
+    // no other way: the index lists manifests the store does not hold.
+    if remote.platform_given && is_index {
+        target = manifest::manifest(&stores.content, &target, &platforms::only(&remote.platform))
+            .await
+            .map_err(|e| Failure::new(what.clone(), e))?
+            .descriptor;
+    }
     // What it reads stays through a prune in another process (an image
     // removed meanwhile, content past its grace period).
     lease
@@ -259,7 +272,16 @@ pub(crate) async fn push(
         args.concurrency,
     )
     .await
-    .map_err(|e| Failure::new(what, e))?;
+    .map_err(|e| {
+        if is_index && !remote.platform_given && e.kind() == ocidist::content::ErrorKind::NotFound {
+            // What a one-platform fetch of an index leaves: say the way out.
+            let hint = "the store holds only part of this index (a fetch without \
+                        --all-platforms keeps one platform's manifest): push that \
+                        platform alone with --platform, or fetch --all-platforms first";
+            return Failure::new(what.clone(), format!("{e}; {hint}"));
+        }
+        Failure::new(what.clone(), e)
+    })?;
     for desc in &pushed {
         report!(
             "{}: pushed {}",

@@ -88,7 +88,8 @@ struct Cli {
     /// loopback ones, where one stream is never the bottleneck.
     #[arg(long, global = true, value_name = "N")]
     ranges: Option<usize>,
-    /// The platform to fetch and inspect: os/arch[/variant]. Default: this host's.
+    /// The platform to fetch and inspect: os/arch[/variant]. Default: this
+    /// host's. `push` pushes only this platform's manifest of an index.
     #[arg(long, global = true, value_parser = parse_platform)]
     platform: Option<Platform>,
     /// How images become filesystems. Default: overlay where it can mount
@@ -322,6 +323,7 @@ async fn run(cli: Cli) -> CmdResult {
         },
         ranges: cli.ranges,
         platform: cli.platform.clone().unwrap_or_else(Platform::host),
+        platform_given: cli.platform.is_some(),
         unpack_concurrency: cli.unpack_concurrency,
     };
     let kind = cli
