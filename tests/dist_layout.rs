@@ -159,6 +159,34 @@ fn a_layout_written_by_skopeo_is_imported_and_unpacks() {
         ok(dist(&direct, &["-q", "unpack", &layout], b"")),
         format!("{chain}\n")
     );
+    // The chain ID is what `rootfs` takes to show what was unpacked; a
+    // digest that is neither a snapshot nor an image is refused.
+    let unpacked = work.path().join("unpacked");
+    ok(dist(
+        &direct,
+        &["rootfs", "--copy", chain, unpacked.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(
+        std::fs::read(unpacked.join("etc/motd")).unwrap(),
+        b"hello\n"
+    );
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let refused = dist(
+        &direct,
+        &[
+            "rootfs",
+            "--copy",
+            &unknown,
+            work.path().join("none").to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("rootfs {unknown}")),
+        "{refused:?}"
+    );
     assert_eq!(files(&copied), before, "the layout is left as it was");
     let missing = dist(
         &direct,

@@ -166,9 +166,9 @@ enum Command {
     /// Read the images of an OCI image layout into the stores.
     Import(layout::ImportArgs),
     /// Unpack an image straight from an OCI image layout into snapshots
-    /// (like `umoci unpack`); prints the chain ID to mount. No image is
-    /// recorded, so `prune` takes the snapshots once `--grace` is over:
-    /// `import` the layout to keep them.
+    /// (like `umoci unpack`); prints the chain ID, which `rootfs` mounts. No
+    /// image is recorded, so `prune` takes the snapshots once `--grace` is
+    /// over: `import` the layout to keep them.
     Unpack(layout::UnpackArgs),
 }
 

@@ -37,7 +37,8 @@ pub(crate) struct ApplyArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RootfsArgs {
-    /// The image (a name in the image store, or a manifest digest); not with --unmount.
+    /// The image (a name in the image store, a manifest digest, or the chain
+    /// ID `unpack` printed); not with --unmount.
     #[arg(required_unless_present = "unmount", conflicts_with = "unmount")]
     reference: Option<String>,
     /// Where the filesystem goes. Made if missing; the parents made for it
@@ -133,6 +134,14 @@ async fn existing_rootfs(
         );
     }
     Ok(mounts)
+}
+
+/// `reference` itself, when it is the key of a committed snapshot (what
+/// `unpack` prints): no image needs to be named for it.
+async fn committed_snapshot(snapshotter: &dyn Snapshotter, reference: &str) -> Option<String> {
+    crate::content::parse_digest(reference).ok()?;
+    let info = snapshotter.stat(reference).await.ok()?;
+    (info.kind == ocidist::snapshot::Kind::Committed).then(|| reference.to_string())
 }
 
 /// The snapshot key of the rootfs mounted at `dest`.
@@ -235,17 +244,23 @@ pub(crate) async fn rootfs_cmd(
             "DEST is not empty (a copy goes into a new or empty directory)".into(),
         ));
     }
-    let target = local_target(stores, &reference).await.map_err(fail)?;
-    let matcher = platforms::only(&remote.platform);
-    let chain = unpack(
-        &target,
-        &content,
-        snapshotter,
-        &matcher,
-        remote.unpack_options(),
-    )
-    .await
-    .map_err(|e| fail(e.into()))?;
+    let chain = match local_target(stores, &reference).await {
+        Ok(target) => unpack(
+            &target,
+            &content,
+            snapshotter,
+            &platforms::only(&remote.platform),
+            remote.unpack_options(),
+        )
+        .await
+        .map_err(|e| fail(e.into()))?
+        .to_string(),
+        // The chain ID `unpack` printed: its committed snapshot, as it is.
+        Err(e) => match committed_snapshot(snapshotter, &reference).await {
+            Some(chain) => chain,
+            None => return Err(fail(e)),
+        },
+    };
     // The parents made for it private, as containerd's are: an image's
     // setuid binaries and device nodes are no one else's to reach
     // (CVE-2021-41091). DEST's own mode becomes the image root's (copied, or
@@ -255,7 +270,7 @@ pub(crate) async fn rootfs_cmd(
         .map_err(|e| fail(e.into()))?;
     if args.copy {
         let mounts = snapshotter
-            .mounts(chain.as_ref())
+            .mounts(&chain)
             .await
             .map_err(|e| fail(e.into()))?;
         // Off the runtime, so a Ctrl-C is seen while it copies. A mount to
@@ -272,12 +287,12 @@ pub(crate) async fn rootfs_cmd(
     } else {
         let key = rootfs_key(&dest);
         let (mounts, made) = match snapshotter
-            .prepare(&key, Some(chain.as_ref()), Labels::new())
+            .prepare(&key, Some(chain.as_str()), Labels::new())
             .await
         {
             Ok(mounts) => (mounts, true),
             Err(e) if e.is_already_exists() => (
-                existing_rootfs(snapshotter, &key, chain.as_ref(), &dest)
+                existing_rootfs(snapshotter, &key, &chain, &dest)
                     .await
                     .map_err(fail)?,
                 false,
