@@ -1,7 +1,8 @@
 //! Streaming digests (sha256, sha384, sha512) whose state can be saved and restored.
 //!
-//! The saved state is what makes a resumed ingest cheap: the local store writes it
-//! beside the partial data at checkpoints and, on reopen, hashes only the tail.
+//! The local store writes the saved state beside the partial data at
+//! checkpoints; a resume hashes the data again and compares, so data changed
+//! behind a checkpoint is found before anything is committed.
 
 use digest::common::hazmat::SerializableState;
 use oci_spec::image::{Digest, DigestAlgorithm};

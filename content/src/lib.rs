@@ -238,8 +238,9 @@ impl<P: Provider + ?Sized> ProviderExt for P {}
 pub trait Ingester: Send + Sync {
     /// Opens (or resumes) the ingest `opts.reference`. A resume that
     /// predeclares another size or digest than the ingest has may start it
-    /// over (the local store does, as containerd's does): check
-    /// [`Writer::status`] for the offset to write from.
+    /// over (the local store does, as containerd's does), and so may one
+    /// that finds the data changed since it was written (the local store
+    /// does): check [`Writer::status`] for the offset to write from.
     ///
     /// Fails with [`ErrorKind::Unavailable`] when another writer holds the ref,
     /// and with [`ErrorKind::AlreadyExists`] when the predeclared digest is

@@ -282,32 +282,60 @@ async fn ingest_killed_with_sigkill_resumes_to_the_right_digest() {
 }
 
 #[tokio::test]
-async fn checkpoint_that_disagrees_with_the_data_is_ignored() {
+async fn data_changed_behind_its_checkpoint_starts_the_ingest_over() {
     let (dir, store) = store();
-    let (content, _) = create_content(300_000);
+    let (content, digest) = create_content(300_000);
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    let started = w.status().await.unwrap().started_at;
     w.write_all(&content[..200_000]).await.unwrap();
     w.shutdown().await.unwrap();
     drop(w);
 
-    // Corrupt the data under the checkpoint's tail, as a crash might: the
-    // resumed digest must describe the bytes on disk, not the checkpoint.
+    // Damage far before the checkpoint's offset, as a bad disk or a hand
+    // might: resuming those bytes would commit other bytes than were
+    // received under the right digest, so the ingest starts over.
     let ingest_dir = only_ingest_dir(dir.path());
-    let data = flip_byte(&ingest_dir.join("data"), 199_999);
-
+    flip_byte(&ingest_dir.join("data"), 10);
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
-    assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
-
-    // A torn checkpoint file is ignored too.
+    let status = w.status().await.unwrap();
+    assert_eq!(status.offset, 0, "nothing of the changed data is kept");
+    assert!(status.started_at > started, "a new start: {status:?}");
+    assert_eq!(std::fs::metadata(ingest_dir.join("data")).unwrap().len(), 0);
+    assert_eq!(w.digest().await.unwrap(), sha256_of(b""));
+    w.write_all(&content[..200_000]).await.unwrap();
     w.shutdown().await.unwrap();
     drop(w);
+
+    // Damage just before the offset too (the bytes the old format kept a
+    // copy of).
+    flip_byte(&ingest_dir.join("data"), 199_999);
+    let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    assert_eq!(w.status().await.unwrap().offset, 0);
+    w.write_all(&content[..200_000]).await.unwrap();
+    w.shutdown().await.unwrap();
+    drop(w);
+
+    // A torn checkpoint vouches for nothing: the data is hashed as it is.
     std::fs::write(
         ingest_dir.join("checkpoint"),
         b"ocidist-checkpoint-v1\ngarbage",
     )
     .unwrap();
+    let data = flip_byte(&ingest_dir.join("data"), 10);
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+    assert_eq!(w.status().await.unwrap().offset, 200_000);
     assert_eq!(w.digest().await.unwrap(), sha256_of(&data));
+    // ...so the commit finds the damage, and nothing is committed.
+    w.write_all(&content[200_000..]).await.unwrap();
+    let err = w
+        .commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ocidist_content::Error::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(store.info(&digest).await.unwrap_err().is_not_found());
 }
 
 /// Commits what `w` wrote as `content`, and checks the blob reads back whole.
@@ -1064,26 +1092,24 @@ async fn ingest_left_by_a_commit_that_died_after_the_move_restarts_empty() {
 }
 
 #[tokio::test]
-async fn resume_trusts_a_durable_checkpoint_and_hashes_only_the_tail() {
+async fn an_intact_resume_continues_from_its_checkpoint() {
     let (dir, store) = store();
     let (content, digest) = create_content(2 << 20);
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
     w.write_all(&content[..1 << 20]).await.unwrap();
     w.shutdown().await.unwrap();
     drop(w);
-    // Change a byte far before the checkpoint's tail window. A resume that
-    // re-hashed the file would see it; one that trusts the checkpoint does not.
     let ingest_dir = only_ingest_dir(dir.path());
-    flip_byte(&ingest_dir.join("data"), 10);
+    assert!(ingest_dir.join("checkpoint").exists());
 
     let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
-    assert_eq!(
-        w.digest().await.unwrap(),
-        sha256_of(&content[..1 << 20]),
-        "the digest must come from the checkpoint, not from re-reading the data"
-    );
+    assert_eq!(w.status().await.unwrap().offset, 1 << 20);
+    assert_eq!(w.digest().await.unwrap(), sha256_of(&content[..1 << 20]));
     w.write_all(&content[1 << 20..]).await.unwrap();
     assert_eq!(w.digest().await.unwrap(), digest);
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -165,44 +165,63 @@ async fn a_half_written_layer_resumes_where_it_stopped() {
     .await;
     let layer = &pushed[3];
 
-    let (_dir, store, images) = stores();
-    // What an interrupted fetch leaves: the first half, under the stable ref.
     let half = layer.bytes.len() / 2;
-    let mut w = store
-        .writer(WriterOpts::new(ingest_ref(&layer.desc)).descriptor(&layer.desc))
+    // The offset the layer's download started at, after `damage` to what an
+    // interrupted fetch left (the first half, under the stable ref).
+    let resumed_at = async |damage: &dyn Fn(&std::path::Path)| {
+        let (dir, store, images) = stores();
+        let mut w = store
+            .writer(WriterOpts::new(ingest_ref(&layer.desc)).descriptor(&layer.desc))
+            .await
+            .unwrap();
+        w.write_all(&layer.bytes[..half]).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let ingests = dir.path().join("content/ingest");
+        for entry in std::fs::read_dir(&ingests).unwrap() {
+            let data = entry.unwrap().path().join("data");
+            if data.exists() {
+                damage(&data);
+            }
+        }
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        fetch_image(
+            &resolver,
+            &store,
+            &images,
+            &format!("{repo}:1"),
+            only(&arm64()),
+            1,
+            None,
+            Some(tx),
+        )
         .await
         .unwrap();
-    w.write_all(&layer.bytes[..half]).await.unwrap();
-    w.shutdown().await.unwrap();
-    drop(w);
-
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    fetch_image(
-        &resolver,
-        &store,
-        &images,
-        &format!("{repo}:1"),
-        only(&arm64()),
-        1,
-        None,
-        Some(tx),
-    )
-    .await
-    .unwrap();
-    let mut resumed_at = None;
-    while let Ok(event) = rx.try_recv() {
-        if let FetchEvent::Started { desc, offset } = event
-            && desc.digest() == layer.desc.digest()
-        {
-            resumed_at = Some(offset);
+        let mut resumed_at = None;
+        while let Ok(event) = rx.try_recv() {
+            if let FetchEvent::Started { desc, offset } = event
+                && desc.digest() == layer.desc.digest()
+            {
+                resumed_at = Some(offset);
+            }
         }
-    }
-    assert_eq!(resumed_at, Some(half as u64));
-    assert!(store.list_statuses(&[]).await.unwrap().is_empty());
-    assert_eq!(
-        store.info(layer.desc.digest()).await.unwrap().size,
-        layer.bytes.len() as u64
-    );
+        assert!(store.list_statuses(&[]).await.unwrap().is_empty());
+        let committed = ocidist_content::read_blob(&store, &layer.desc, u64::MAX)
+            .await
+            .unwrap();
+        assert!(committed == layer.bytes, "the layer's own bytes");
+        resumed_at
+    };
+    assert_eq!(resumed_at(&|_| {}).await, Some(half as u64));
+    // A byte changed on disk since (a bad disk): the half is not trusted,
+    // and the layer is downloaded whole rather than committed wrong.
+    let flip = |data: &std::path::Path| {
+        let mut bytes = std::fs::read(data).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(data, bytes).unwrap();
+    };
+    assert_eq!(resumed_at(&flip).await, Some(0));
 }
 
 /// A layer whose ref another writer holds (another process, as far as the

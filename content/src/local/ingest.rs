@@ -3,7 +3,8 @@
 //! `ingest.json` holds the ref, the predeclared size and digest, and the start
 //! time; `data` holds the bytes; `lock` carries the writer's `flock`, so the
 //! lock holds across processes and dies with its holder; `checkpoint` holds the
-//! digest state at some offset, so a resume hashes only the tail.
+//! digest state at an offset up to which the data is known durable, which a
+//! resume checks the data against.
 //!
 //! The lock lives in its own file because commit renames `data` into `blobs/`
 //! while still holding the lock, and removes the directory before releasing it.
@@ -25,7 +26,9 @@ const LOCK: &str = "lock";
 const META: &str = "ingest.json";
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_MAGIC: &[u8] = b"ocidist-checkpoint-v1\n";
-/// How many bytes before the checkpoint's offset it keeps, to recognise its data.
+/// How many bytes before the checkpoint's offset it keeps. Unread now (a
+/// resume hashes the whole data and compares the state); still written, for
+/// the older builds that recognise their data by it.
 const CHECKPOINT_TAIL: usize = 64;
 /// How much data [`hash_file`] reads at a time.
 const HASH_BUFFER: usize = 1 << 20;
@@ -251,11 +254,7 @@ impl Locked {
         let other_digest =
             matches!((&meta.expected, &opts.digest), (Some(was), Some(now)) if was != now);
         if other_size || other_digest {
-            self.drop_checkpoint()?;
-            let data_path = self.dir.join(DATA);
-            self.data
-                .set_len(0)
-                .map_err(|e| Error::io("truncate", &data_path, e))?;
+            self.empty_data()?;
             meta.started_at_ns = to_nanos(SystemTime::now());
         }
         if opts.size.is_some() {
@@ -271,10 +270,15 @@ impl Locked {
         Ok(())
     }
 
-    /// Brings the digest up to the end of the data: from the checkpoint when it
-    /// agrees with the data, from the start otherwise. Leaves `data` at the end.
-    /// Returns the digest, the data's length, and how much of it a checkpoint
-    /// vouches for (known durable; what follows may only be in the page cache).
+    /// Brings the digest up to the end of the data, which is read whole, as
+    /// containerd's resume reads it: a checkpoint saves no reading, it vouches
+    /// for what was written. Data that no longer hashes to the checkpoint's
+    /// state at its offset was changed after it was written (a bad disk,
+    /// someone's hand), so none of it is trusted: the ingest starts over,
+    /// empty, rather than commit bytes other than those received or fail the
+    /// commit that follows. Leaves `data` at the end. Returns the digest, the
+    /// data's length, and how much of it a checkpoint vouches for (known
+    /// durable; what follows may only be in the page cache).
     pub(crate) fn resume_digest(
         &mut self,
         algorithm: &DigestAlgorithm,
@@ -285,38 +289,46 @@ impl Locked {
             .metadata()
             .map_err(|e| Error::io("stat", &data_path, e))?
             .len();
-        let (mut digester, from) = match self.load_checkpoint(algorithm, len) {
-            Some(found) => found,
-            None => (Digester::new(algorithm)?, 0),
-        };
-        hash_file(&mut self.data, from, len, &mut digester)
+        let mut digester = Digester::new(algorithm)?;
+        let mut durable = 0;
+        if let Some((state, offset)) = self.load_checkpoint(algorithm, len) {
+            hash_file(&mut self.data, 0, offset, &mut digester)
+                .map_err(|e| Error::io("read", &data_path, e))?;
+            if digester.save() != state {
+                self.empty_data()?;
+                let mut meta = self.meta.clone();
+                meta.started_at_ns = to_nanos(SystemTime::now());
+                write_meta(&self.dir, &meta)?;
+                self.meta = meta;
+                return Ok((Digester::new(algorithm)?, 0, 0));
+            }
+            durable = offset;
+        }
+        hash_file(&mut self.data, durable, len, &mut digester)
             .map_err(|e| Error::io("read", &data_path, e))?;
         self.data
             .seek(SeekFrom::Start(len))
             .map_err(|e| Error::io("seek", &data_path, e))?;
-        Ok((digester, len, from))
+        Ok((digester, len, durable))
     }
 
-    fn load_checkpoint(
-        &mut self,
-        algorithm: &DigestAlgorithm,
-        len: u64,
-    ) -> Option<(Digester, u64)> {
+    /// The checkpoint's saved digest state and offset, if it is whole, of
+    /// `algorithm`, and within the data. (A torn one vouches for nothing;
+    /// the data is hashed all the same.)
+    fn load_checkpoint(&self, algorithm: &DigestAlgorithm, len: u64) -> Option<(Vec<u8>, u64)> {
         let bytes = fs::read(self.dir.join(CHECKPOINT)).ok()?;
         let checkpoint = Checkpoint::decode(&bytes)?;
-        if checkpoint.algorithm != *algorithm || checkpoint.offset > len {
-            return None;
-        }
-        // The checkpoint only counts if the data still ends the way it did.
-        let tail_start = checkpoint.offset - checkpoint.tail.len() as u64;
-        let mut tail = vec![0; checkpoint.tail.len()];
-        self.data.seek(SeekFrom::Start(tail_start)).ok()?;
-        self.data.read_exact(&mut tail).ok()?;
-        if tail != checkpoint.tail {
-            return None;
-        }
-        let digester = Digester::restore(algorithm, &checkpoint.state).ok()?;
-        Some((digester, checkpoint.offset))
+        (checkpoint.algorithm == *algorithm && checkpoint.offset <= len)
+            .then_some((checkpoint.state, checkpoint.offset))
+    }
+
+    /// Empties the data and forgets its checkpoint.
+    fn empty_data(&mut self) -> Result<()> {
+        self.drop_checkpoint()?;
+        let data_path = self.dir.join(DATA);
+        self.data
+            .set_len(0)
+            .map_err(|e| Error::io("truncate", &data_path, e))
     }
 
     /// Saves the digest state at `offset` (the end of the data written so far).

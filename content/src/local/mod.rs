@@ -204,9 +204,10 @@ impl LocalStore {
             });
         let mut locked = locked;
         let (digester, written, durable) = locked.resume_digest(&algorithm)?;
+        // Read again: a resume that found the data damaged started it over.
         let status = Status {
             offset: written,
-            ..status
+            ..ingest::read_status(&locked.dir)?
         };
         let followers = self.followers(&locked.dir.join(ingest::DATA));
         let sink = writer::Sink::new(locked, digester, written, durable, followers)?;

@@ -1,5 +1,6 @@
 //! The local store's [`Writer`]: buffered on the async side, hashed and
-//! written on the blocking side, checkpointed so a resume hashes only the tail.
+//! written on the blocking side, checkpointed so a resume can tell that the
+//! data is still what was written.
 //!
 //! Bytes collect in an aligned 1 MiB buffer (4 MiB for a large ingest, see
 //! [`BIG_CHUNK`]); a full buffer goes to a blocking task that hashes it while
@@ -418,7 +419,8 @@ impl Sink {
 
     /// Saves the digest state, after making the data it covers durable, so a
     /// checkpoint never describes bytes a power loss could take away: a resume
-    /// trusts the data behind a checkpoint and hashes only what follows it.
+    /// whose data no longer hashes to it starts over, and a failed sync cuts
+    /// the data back to it.
     fn checkpoint(&mut self, updated_at: SystemTime) -> Result<()> {
         self.settle()?;
         if self.poisoned {
