@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -16,12 +17,23 @@ use super::auth::{Credential, Credentials, CredentialsError};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ConfigFile {
-    #[serde(default)]
-    auths: HashMap<String, AuthEntry>,
+    // Go's decoder, which Docker's tools use, takes a JSON `null` for an
+    // empty map or string, and they write `null`s (no `omitempty`).
+    #[serde(default, deserialize_with = "null_as_default")]
+    auths: HashMap<String, Option<AuthEntry>>,
     #[serde(default)]
     creds_store: Option<String>,
-    #[serde(default)]
-    cred_helpers: HashMap<String, String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    cred_helpers: HashMap<String, Option<String>>,
+}
+
+/// `T`'s default for a JSON `null`, as Go's decoder reads it.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,6 +76,9 @@ pub const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A helper's answer is a small JSON object; more than this is not read.
 const HELPER_OUTPUT_LIMIT: u64 = 64 << 10;
+
+/// How much of a helper's stderr is kept to explain its failure.
+const HELPER_STDERR_LIMIT: u64 = 4 << 10;
 
 /// Docker Hub's key in `config.json`.
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -139,43 +154,49 @@ impl DockerConfig {
                 .unwrap_or(key);
             rest.split('/').next().unwrap_or(rest).to_string()
         };
+        let auths = &self.config.auths;
         let entry = keys
             .iter()
-            .find_map(|k| self.config.auths.get(k))
+            .find_map(|k| auths.get(k))
             .or_else(|| {
                 is_docker_hub(host)
-                    .then(|| self.config.auths.get(DOCKER_HUB_KEY))
+                    .then(|| auths.get(DOCKER_HUB_KEY))
                     .flatten()
             })
             .or_else(|| {
-                let mut others: Vec<_> = self
-                    .config
-                    .auths
+                let mut others: Vec<_> = auths
                     .iter()
                     .filter(|(key, _)| hostname(key) == host)
                     .collect();
                 // The same answer whatever the map's order.
                 others.sort_by(|a, b| a.0.cmp(b.0));
                 others.first().map(|(_, entry)| *entry)
-            })?;
-        if let Some(token) = &entry.identitytoken {
+            })?
+            .as_ref()?;
+        // As Docker reads an entry: a non-empty identity token wins; else a
+        // non-empty `auth` is decoded over `username` and `password` (which
+        // `docker login` leaves stale beside it).
+        let nonempty = |field: &Option<String>| field.clone().filter(|v| !v.is_empty());
+        if let Some(token) = nonempty(&entry.identitytoken) {
             return Some(Credential {
                 username: String::new(),
-                secret: token.clone(),
+                secret: token,
             });
         }
-        if let (Some(username), Some(password)) = (&entry.username, &entry.password) {
-            return Some(Credential {
-                username: username.clone(),
-                secret: password.clone(),
-            });
+        if let Some(auth) = nonempty(&entry.auth) {
+            let decoded = decode_base64(&auth)?;
+            let (username, secret) = String::from_utf8(decoded)
+                .ok()?
+                .split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))?;
+            return Some(Credential { username, secret });
         }
-        let decoded = decode_base64(entry.auth.as_deref()?)?;
-        let (username, secret) = String::from_utf8(decoded)
-            .ok()?
-            .split_once(':')
-            .map(|(u, p)| (u.to_string(), p.to_string()))?;
-        Some(Credential { username, secret })
+        let username = nonempty(&entry.username);
+        let password = nonempty(&entry.password);
+        (username.is_some() || password.is_some()).then(|| Credential {
+            username: username.unwrap_or_default(),
+            secret: password.unwrap_or_default(),
+        })
     }
 
     /// Runs `docker-credential-<helper> get` for `host`: on `PATH` (or in
@@ -206,13 +227,27 @@ impl DockerConfig {
         } else {
             host.to_string()
         };
-        let mut child = match Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .arg("get")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-        {
+            .stderr(Stdio::piped())
+            // A group of its own, so a kill takes what it started too (a
+            // shell script's `sleep`, which would hold its output open).
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // A helper outlives no process that asked it: killed with us (a
+        // `--timeout`, a Ctrl-C) rather than left hanging.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return fail(
@@ -233,6 +268,19 @@ impl DockerConfig {
                 let _ = sender.send(read.map(|_| out));
             });
         }
+        // What it says on stderr explains a failure that stdout does not.
+        let (sender, complaint) = std::sync::mpsc::channel();
+        if let Some(mut stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = (&mut stderr)
+                    .take(HELPER_STDERR_LIMIT)
+                    .read_to_end(&mut out);
+                let _ = sender.send(out);
+                // The rest is drained, so a talkative helper never blocks.
+                let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+            });
+        }
         // A helper may exit without reading: then this write fails, and the
         // helper is still waited for below.
         if let Some(mut stdin) = child.stdin.take() {
@@ -246,8 +294,7 @@ impl DockerConfig {
             Some(out) if out.len() as u64 <= HELPER_OUTPUT_LIMIT => out,
             // Too much of an answer, or none in time: nothing to wait for.
             too_much_or_none => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 return fail(match too_much_or_none {
                     Some(_) => format!("answered more than {HELPER_OUTPUT_LIMIT} bytes"),
                     None => format!("no answer in {:?}", self.helper_timeout),
@@ -264,6 +311,17 @@ impl DockerConfig {
             if said.contains("credentials not found") {
                 return Ok(None);
             }
+            // Its stderr, if it wrote any in a moment (a child of its own
+            // may still hold the pipe: not waited for).
+            let complained = complaint
+                .recv_timeout(Duration::from_millis(100))
+                .unwrap_or_default();
+            let complained = String::from_utf8_lossy(&complained);
+            let said = [said, complained.trim()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" / ");
             let said: String = said.chars().take(300).collect();
             return fail(format!("get {server}: {status}: {said}"));
         }
@@ -304,12 +362,25 @@ fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Option<Exit
                 std::thread::sleep(Duration::from_millis(5));
             }
             Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(child);
                 return None;
             }
         }
     }
+}
+
+/// Kills a helper and whatever it started (its process group, made for it
+/// at spawn), and reaps it.
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(group) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: a plain system call; the group is the helper's own (its
+        // pid, not yet reaped, so not reused).
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Credentials for DockerConfig {
@@ -327,13 +398,23 @@ impl Credentials for DockerConfig {
         } else {
             self.config.cred_helpers.get(host)
         };
+        // An empty helper name (or `null`) is no helper, as for Docker: a
+        // `credHelpers` entry so blanked means the file's `auths` for that
+        // host, a blank `credsStore` the file's `auths` for every host
+        // (the usual way round a broken helper).
+        fn named(helper: Option<&str>) -> Option<&str> {
+            helper.filter(|name| !name.is_empty())
+        }
         if let Some(helper) = helper {
-            return self.run_helper(helper, host);
+            return match named(helper.as_deref()) {
+                Some(helper) => self.run_helper(helper, host),
+                None => Ok(self.lookup_auths(host)),
+            };
         }
         if let Some(found) = self.lookup_auths(host) {
             return Ok(Some(found));
         }
-        match self.config.creds_store.as_deref() {
+        match named(self.config.creds_store.as_deref()) {
             Some(store) => self.run_helper(store, host),
             None => Ok(None),
         }
@@ -516,6 +597,102 @@ mod tests {
             started.elapsed()
         );
         assert!(config("babbling").get("registry.example").is_err());
+
+        // What a hung helper started goes with it.
+        let started_pid = dir.path().join("started.pid");
+        helper_script(
+            dir.path(),
+            "parent",
+            &format!("sleep 30 & echo $! > {}; wait", started_pid.display()),
+        );
+        assert!(config("parent").get("registry.example").is_err());
+        let pid = std::fs::read_to_string(&started_pid).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Gone, or a zombie waiting for whoever adopted it to reap it.
+        while std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+            assert!(Instant::now() < deadline, "{stat} still runs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn blank_helper_names_and_nulls_are_read_as_docker_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |json: &str| {
+            DockerConfig::parse(json.as_bytes())
+                .unwrap_or_else(|e| panic!("{json}: {e}"))
+                .helper_dir(dir.path())
+        };
+        let get = |config: &DockerConfig, host: &str| {
+            config
+                .get(host)
+                .unwrap_or_else(|e| panic!("{host}: {e}"))
+                .map(|c| (c.username, c.secret))
+        };
+        let alice = Some(("alice".to_string(), "s3cret".to_string()));
+        // "alice:s3cret"
+        let auth = "YWxpY2U6czNjcmV0";
+
+        // A blank credsStore (the way round a broken one) is the file.
+        let config = parse(&format!(
+            r#"{{"credsStore": "", "auths": {{"r.example": {{"auth": "{auth}"}}}}}}"#
+        ));
+        assert_eq!(get(&config, "r.example"), alice);
+        assert_eq!(get(&config, "other.example"), None);
+        // So is a blank or null credHelpers entry, for its host: the file,
+        // not the credsStore.
+        for blank in [r#""""#, "null"] {
+            let config = parse(&format!(
+                r#"{{"credsStore": "missing", "credHelpers": {{"r.example": {blank}}},
+                    "auths": {{"r.example": {{"auth": "{auth}"}}}}}}"#
+            ));
+            assert_eq!(get(&config, "r.example"), alice, "{blank}");
+        }
+
+        // Nulls where Go tools write them: nothing there.
+        let config = parse(r#"{"auths": null, "credHelpers": null, "credsStore": null}"#);
+        assert_eq!(get(&config, "r.example"), None);
+        let config = parse(&format!(
+            r#"{{"auths": {{"x.example": null, "r.example": {{"auth": "{auth}", "identitytoken": null}}}}}}"#
+        ));
+        assert_eq!(get(&config, "x.example"), None);
+        assert_eq!(get(&config, "r.example"), alice);
+
+        // `auth` is decoded over stale or blank fields beside it, and a
+        // blank identity token is none.
+        for beside in [
+            r#""identitytoken": """#,
+            r#""username": "", "password": """#,
+            r#""username": "alice", "password": "old""#,
+        ] {
+            let config = parse(&format!(
+                r#"{{"auths": {{"r.example": {{"auth": "{auth}", {beside}}}}}}}"#
+            ));
+            assert_eq!(get(&config, "r.example"), alice, "{beside}");
+        }
+        let config = parse(r#"{"auths": {"r.example": {"auth": "", "identitytoken": "tok"}}}"#);
+        assert_eq!(
+            get(&config, "r.example"),
+            Some((String::new(), "tok".into()))
+        );
+        let config = parse(r#"{"auths": {"r.example": {"username": "", "password": ""}}}"#);
+        assert_eq!(get(&config, "r.example"), None);
+    }
+
+    #[test]
+    fn a_failing_helper_is_quoted_from_its_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        helper_script(
+            dir.path(),
+            "quiet",
+            "read server; echo 'error getting credentials: keychain locked' >&2; exit 3",
+        );
+        let config = DockerConfig::parse(br#"{"credsStore": "quiet"}"#)
+            .unwrap()
+            .helper_dir(dir.path());
+        let err = config.get("r.example").unwrap_err().to_string();
+        assert!(err.contains("keychain locked"), "{err}");
     }
 
     /// Docker Hub's helper is found under any of Hub's names, and asked
