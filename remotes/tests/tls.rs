@@ -8,8 +8,8 @@ mod common;
 use common::{fetch_all, image, push_all};
 use ocidist_content::ErrorKind;
 use ocidist_remotes::docker::{DockerResolver, PlainHttp};
-use ocidist_remotes::testkit::TestCertificates;
 use ocidist_remotes::testkit::{Fault, FaultProxy, Registry};
+use ocidist_remotes::testkit::{TestCertificates, write_self_signed_server};
 use ocidist_remotes::{Error, Resolver};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +75,43 @@ async fn https_needs_the_ca_and_works_with_it() {
         .tls(&[], true)
         .unwrap();
     assert!(careless.resolve(&format!("{repo}:1")).await.is_ok());
+}
+
+/// A registry whose certificate is self-signed and a CA's too (`openssl req
+/// -x509`, as Docker's guide makes one) is trusted when that certificate is
+/// given as the CA, as Go and curl trust it; one for another name still is
+/// not.
+#[tokio::test]
+async fn a_self_signed_certificate_given_as_its_own_ca_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_self_signed_server(dir.path(), &["localhost", "127.0.0.1"]).unwrap();
+    let registry = Registry::start_tls(&cert, &key)
+        .expect("the registry must start with TLS (apt-get install docker-registry)");
+    let repo = format!("{}/tls/self", registry.host());
+    let trusting = DockerResolver::new()
+        .plain_http(PlainHttp::Never)
+        .tls(std::slice::from_ref(&cert), false)
+        .unwrap();
+    let blobs = image(false, "linux/amd64", 1000);
+    let pusher = trusting.pusher(&format!("{repo}:1")).await.unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+    let (_, desc) = trusting.resolve(&format!("{repo}:1")).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+
+    let other = tempfile::tempdir().unwrap();
+    let (elsewhere, elsewhere_key) =
+        write_self_signed_server(other.path(), &["registry.example"]).unwrap();
+    let misnamed = Registry::start_tls(&elsewhere, &elsewhere_key)
+        .expect("the registry must start with TLS (apt-get install docker-registry)");
+    let err = DockerResolver::new()
+        .plain_http(PlainHttp::Never)
+        .tls(&[elsewhere], false)
+        .unwrap()
+        .resolve(&format!("{}/tls/self:1", misnamed.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
 }
 
 /// A loopback registry on a port of its own is spoken to as containerd

@@ -337,21 +337,22 @@ impl ResolvesClientCert for ClientCertificates {
 /// The issuer of a DER certificate, as encoded (a `Name`, tag and length
 /// included, as a TLS server lists its acceptable CAs).
 fn issuer_of(cert: &[u8]) -> Option<&[u8]> {
+    Some(der_element(from_issuer(cert)?)?.0.whole)
+}
+
+/// The fields of a DER certificate's to-be-signed part from its issuer on
+/// (issuer, validity, subject...).
+fn from_issuer(cert: &[u8]) -> Option<&[u8]> {
     let (certificate, _) = der_element(cert)?;
-    let (mut tbs, _) = der_element(certificate.contents)?;
-    let mut next = || {
-        let (element, rest) = der_element(tbs.contents)?;
-        tbs.contents = rest;
-        Some(element)
-    };
-    let mut element = next()?;
+    let (tbs, _) = der_element(certificate.contents)?;
+    let (mut element, mut rest) = der_element(tbs.contents)?;
     // The version is an explicit [0], absent in version 1 certificates.
     if element.tag == 0xa0 {
-        element = next()?;
+        (element, rest) = der_element(rest)?;
     }
     let _serial = element;
-    let _signature_algorithm = next()?;
-    Some(next()?.whole)
+    let (_signature_algorithm, rest) = der_element(rest)?;
+    Some(rest)
 }
 
 /// A DER element: its tag, its whole encoding and its contents.
@@ -477,13 +478,27 @@ impl ServerCertVerifier for SystemAndGivenRoots {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.verifier()?.verify_server_cert(
+        let verified = self.verifier()?.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )
+        );
+        match verified {
+            // A self-signed certificate made as `openssl req -x509` makes
+            // it (a CA too), presented by the registry and given as its
+            // CA file: trusted as itself, as Go's verifier and curl trust
+            // it, where webpki refuses a CA as the end of a chain. Its
+            // name and dates are still checked.
+            Err(e)
+                if is_ca_used_as_end_entity(&e)
+                    && self.given.iter().any(|given| given[..] == end_entity[..]) =>
+            {
+                trusted_as_itself(end_entity, server_name, now)
+            }
+            verified => verified,
+        }
     }
 
     // Handshake signatures need no roots: checked with the provider's
@@ -521,6 +536,90 @@ impl ServerCertVerifier for SystemAndGivenRoots {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Whether webpki refused a certificate for being a CA's at the end of the
+/// chain.
+fn is_ca_used_as_end_entity(error: &rustls::Error) -> bool {
+    match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => matches!(
+            other.0.downcast_ref::<webpki::Error>(),
+            Some(webpki::Error::CaUsedAsEndEntity)
+        ),
+        _ => false,
+    }
+}
+
+/// Checks a certificate trusted byte for byte for `server_name` and `now`.
+fn trusted_as_itself(
+    cert: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> std::result::Result<ServerCertVerified, rustls::Error> {
+    let bad = rustls::Error::InvalidCertificate;
+    let parsed = webpki::EndEntityCert::try_from(cert)
+        .map_err(|_| bad(rustls::CertificateError::BadEncoding))?;
+    parsed
+        .verify_is_valid_for_subject_name(server_name)
+        .map_err(|_| bad(rustls::CertificateError::NotValidForName))?;
+    let (not_before, not_after) =
+        validity_of(cert).ok_or(bad(rustls::CertificateError::BadEncoding))?;
+    let now = now.as_secs();
+    if now < not_before {
+        return Err(bad(rustls::CertificateError::NotValidYet));
+    }
+    if now > not_after {
+        return Err(bad(rustls::CertificateError::Expired));
+    }
+    Ok(ServerCertVerified::assertion())
+}
+
+/// A DER certificate's validity: not before, not after, in Unix seconds.
+fn validity_of(cert: &[u8]) -> Option<(u64, u64)> {
+    let (_issuer, rest) = der_element(from_issuer(cert)?)?;
+    let (validity, _) = der_element(rest)?;
+    let (not_before, after) = der_element(validity.contents)?;
+    let (not_after, _) = der_element(after)?;
+    Some((der_time(not_before)?, der_time(not_after)?))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`), as certificates must write them, in Unix seconds.
+fn der_time(element: DerElement<'_>) -> Option<u64> {
+    let text = std::str::from_utf8(element.contents).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    let (year, rest) = match (element.tag, digits.len()) {
+        (0x17, 12) => {
+            let yy: u64 = digits[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        (0x18, 14) => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    if !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let field = |at: usize| rest[at..at + 2].parse::<u64>().ok();
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    if year < 1970 {
+        return Some(0);
+    }
+    // Days since the epoch of a civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 /// Accepts any server certificate and handshake signature (`skip_verify`),
@@ -688,6 +787,41 @@ mod tests {
         for end in 0..client.len() {
             assert_eq!(issuer_of(&client[..end]), None, "{end} bytes");
         }
+    }
+
+    #[test]
+    fn certificate_times_are_read_as_unix_seconds() {
+        let time = |tag: u8, text: &str| {
+            der_time(DerElement {
+                tag,
+                whole: &[],
+                contents: text.as_bytes(),
+            })
+        };
+        assert_eq!(time(0x17, "250101000000Z"), Some(1_735_689_600));
+        assert_eq!(time(0x18, "20491231235959Z"), Some(2_524_607_999));
+        assert_eq!(time(0x18, "20000229123015Z"), Some(951_827_415));
+        assert_eq!(
+            time(0x17, "690101000000Z"),
+            Some(0),
+            "1969: before the epoch"
+        );
+        for bad in [
+            "250101000000",
+            "2501010000Z",
+            "251301000000Z",
+            "25010100000aZ",
+        ] {
+            assert_eq!(time(0x17, bad), None, "{bad}");
+        }
+        assert_eq!(time(0x18, "250101000000Z"), None, "a UTCTime's length");
+        // rcgen's defaults: 1975-01-01 to 4096-01-01.
+        let dir = tempfile::tempdir().unwrap();
+        let certs = TestCertificates::write(dir.path()).unwrap();
+        assert_eq!(
+            validity_of(&der_of(&certs.ca)),
+            Some((157_766_400, 67_090_118_400))
+        );
     }
 
     /// The certificate presented is the first from a CA the registry

@@ -58,6 +58,31 @@ impl TestCertificates {
     }
 }
 
+/// Writes a self-signed server certificate that is also a CA's (basic
+/// constraints `CA:TRUE`), as `openssl req -x509` makes one and Docker's
+/// guide to a registry of one's own has users make, for `names` (DNS names
+/// or IP addresses), into `dir` as `self-signed.pem` and `self-signed.key`;
+/// returns their paths.
+pub fn write_self_signed_server(dir: &Path, names: &[&str]) -> io::Result<(PathBuf, PathBuf)> {
+    let generate = || -> Result<(String, String), rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("registry"),
+        );
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (cert, key) = generate().map_err(io::Error::other)?;
+    let paths = (dir.join("self-signed.pem"), dir.join("self-signed.key"));
+    std::fs::write(&paths.0, cert)?;
+    std::fs::write(&paths.1, key)?;
+    Ok(paths)
+}
+
 /// The PEM texts, in the order of [`TestCertificates`]' fields.
 fn generate() -> Result<[String; 5], rcgen::Error> {
     let ca_key = KeyPair::generate()?;

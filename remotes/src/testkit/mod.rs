@@ -15,7 +15,7 @@ mod certs;
 mod proxy;
 mod token;
 
-pub use certs::TestCertificates;
+pub use certs::{TestCertificates, write_self_signed_server};
 pub use proxy::{Fault, FaultProxy};
 pub use token::{ISSUER, SERVICE, TokenServer};
 
