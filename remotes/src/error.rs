@@ -146,6 +146,10 @@ fn connect_cause(error: &reqwest::Error) -> String {
             {
                 " (this machine has no CA certificates of its own: install \
                  ca-certificates, or trust the registry's CA explicitly)"
+            } else if root.contains("InvalidContentType") {
+                // What rustls makes of an HTTP answer to its hello.
+                " (the server seems to speak plain HTTP, not HTTPS: use plain \
+                 HTTP for it, as `server = \"http://…\"` in its hosts.toml)"
             } else {
                 ""
             };

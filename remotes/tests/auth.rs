@@ -412,7 +412,9 @@ async fn a_challenge_from_a_redirect_target_is_not_answered() {
         futures::TryStreamExt::try_collect::<Vec<bytes::Bytes>>(stream).await
     };
     let err = fetched.await.unwrap_err();
-    assert!(err.to_string().contains("401"), "{err}");
+    // Said by the storage, and named so, by its origin alone.
+    let said_by = format!("(redirected to http://{}): 401", storage_proxy.host());
+    assert!(err.to_string().contains(&said_by), "{err}");
     let log = &storage_proxy.log()[before..];
     assert!(!log.is_empty());
     assert!(

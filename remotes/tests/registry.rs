@@ -269,6 +269,37 @@ async fn fetch_object_streams_manifests_by_tag_and_blobs_by_digest() {
     let bytes: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     assert_eq!(bytes.concat(), blobs[0].bytes);
 
+    // The registry answers a blob's digest under manifests/ with 500:
+    // asked once, then the blob, with no backoff in between.
+    let proxy = ocidist_remotes::testkit::FaultProxy::start(registry.addr()).unwrap();
+    let proxied = format!("{}/library/redis", proxy.host());
+    let (_, stream) = fetch_object(&resolver, &proxied, layer.digest().as_ref(), &[])
+        .await
+        .unwrap();
+    let bytes: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+    assert_eq!(bytes.concat(), blobs[0].bytes);
+    let asked: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|line| line != "GET /v2/")
+        .map(|line| {
+            line.split(" /v2/library/redis/")
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let digest = layer.digest();
+    assert_eq!(
+        asked,
+        [
+            format!("HEAD manifests/{digest}"),
+            format!("HEAD blobs/{digest}"),
+            format!("GET blobs/{digest}"),
+        ],
+        "{:?}",
+        proxy.log()
+    );
+
     // A hint of another manifest type: the manifest's own bytes, by
     // digest, under the hinted type.
     let oci = image(false, "linux/arm64", 1000);

@@ -224,6 +224,24 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
         );
     }
 
+    // Told HTTPS for a registry that speaks plain HTTP: the error says so.
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir(hosts.path().join(plain.host())).unwrap();
+    std::fs::write(
+        hosts.path().join(plain.host()).join("hosts.toml"),
+        format!("server = \"https://{}\"\n", plain.host()),
+    )
+    .unwrap();
+    let err = DockerResolver::new()
+        .hosts_dir(hosts.path())
+        .resolve(&format!("{}/settled/app:1", plain.host()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("seems to speak plain HTTP"),
+        "{err}"
+    );
+
     // A registry that wants a client certificate answers plain HTTP with a
     // 400 and refuses the handshake: it speaks TLS, and the error says what
     // the handshake lacked, not that plain HTTP went to a TLS port.

@@ -495,7 +495,7 @@ impl Authorizer {
             }
         }
         let response = match response {
-            Some(response) => response,
+            Some(response) => (reqwest::Method::POST, response),
             None => {
                 let mut query = Vec::new();
                 if !service.is_empty() {
@@ -513,19 +513,16 @@ impl Authorizer {
                 if let Some(credential) = credential {
                     get = get.header(header::AUTHORIZATION, basic(credential));
                 }
-                get.send().await.map_err(|source| Error::Connect {
+                let response = get.send().await.map_err(|source| Error::Connect {
                     url: realm.clone(),
                     source,
-                })?
+                })?;
+                (reqwest::Method::GET, response)
             }
         };
-        let response = super::check_status(
-            reqwest::Method::GET,
-            realm,
-            response,
-            &[reqwest::StatusCode::OK],
-        )
-        .await?;
+        let (method, response) = response;
+        let response =
+            super::check_status(method, realm, response, &[reqwest::StatusCode::OK]).await?;
         let body = super::read_limited(realm, response, 1 << 20).await?;
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
             url: realm.clone(),

@@ -657,11 +657,34 @@ impl DockerResolver {
     async fn resolve_in(&self, repo: &Repository, reference: &Reference) -> Result<Descriptor> {
         let object = reference.object();
         let manifest_url = format!("{}/manifests/{object}", repo.base);
-        let head = repo
-            .send(Method::HEAD, &manifest_url, |r| {
+        let head_manifest = async |repo: &Repository| {
+            repo.send(Method::HEAD, &manifest_url, |r| {
                 r.header(header::ACCEPT, MANIFEST_ACCEPT)
             })
-            .await?;
+            .await
+        };
+        let head = if reference.digest().is_some() {
+            // The distribution registry answers a digest that names a blob
+            // with 500: asked once, that costs no backoff (a `fetch-object`
+            // of a layer waited 1.3 s for it). Other busy answers and broken
+            // connections are asked again, as always.
+            match head_manifest(&Repository {
+                retry: false,
+                ..repo.clone()
+            })
+            .await
+            {
+                Ok(head)
+                    if head.status() == StatusCode::INTERNAL_SERVER_ERROR
+                        || !retryable(head.status()) =>
+                {
+                    head
+                }
+                _ => head_manifest(repo).await?,
+            }
+        } else {
+            head_manifest(repo).await?
+        };
         match (head.status(), reference.digest()) {
             // Some registries refuse HEAD on manifests: GET and hash it.
             (StatusCode::METHOD_NOT_ALLOWED, digest) => {
@@ -1181,9 +1204,19 @@ pub(crate) async fn check_status(
     if ok.contains(&status) {
         return Ok(response);
     }
+    // Said by where a redirect led (storage behind the registry, whose
+    // signed URL has expired, say): named by its origin only, as the rest
+    // of its URL may be a credential.
+    let answered_by = response.url();
+    let url = if same_origin(answered_by.as_str(), url) {
+        url.to_string()
+    } else {
+        let origin = answered_by.origin().ascii_serialization();
+        format!("{url} (redirected to {origin})")
+    };
     Err(Error::Status {
         method: method.to_string(),
-        url: url.to_string(),
+        url,
         status,
         body: error_body(response).await,
     })
