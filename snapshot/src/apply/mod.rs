@@ -462,15 +462,32 @@ struct Meta {
 /// with `.wh..wh..opq`.)
 const OVERLAY_PRIVATE: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 
+/// A PAX time (`[-]seconds[.fraction]`): the sign applies to the fraction
+/// too, as Go's archive/tar reads it (`-1.5` is 1.5 s before the epoch).
 fn parse_time(value: &str) -> Option<Timespec> {
-    let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
-    let tv_sec: i64 = secs.parse().ok()?;
+    let (negative, magnitude) = match value.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, value.strip_prefix('+').unwrap_or(value)),
+    };
+    let (secs, frac) = magnitude.split_once('.').unwrap_or((magnitude, ""));
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
     let mut nanos = String::from(frac);
     nanos.truncate(9);
     while nanos.len() < 9 {
         nanos.push('0');
     }
-    let tv_nsec: i64 = nanos.parse().ok()?;
+    let nanos: i64 = nanos.parse().ok()?;
+    let (tv_sec, tv_nsec) = match (negative, nanos) {
+        (false, _) => (secs, nanos),
+        (true, 0) => (-secs, 0),
+        (true, _) => (-secs - 1, 1_000_000_000 - nanos),
+    };
     Some(Timespec {
         tv_sec,
         tv_nsec: tv_nsec as _,
@@ -1263,4 +1280,27 @@ fn tar_error(e: std::io::Error) -> Error {
         }
     }
     Error::Layer(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn pax_times_carry_their_sign_into_the_fraction() {
+        let time = |text: &str| parse_time(text).map(|t| (t.tv_sec, t.tv_nsec as i64));
+        assert_eq!(time("1600000000"), Some((1_600_000_000, 0)));
+        assert_eq!(time("1.25"), Some((1, 250_000_000)));
+        assert_eq!(time("0.000000001"), Some((0, 1)));
+        assert_eq!(time("1.1234567899"), Some((1, 123_456_789)), "past ns: cut");
+        assert_eq!(time("-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(time("-0.5"), Some((-1, 500_000_000)));
+        assert_eq!(time("-100.25"), Some((-101, 750_000_000)));
+        assert_eq!(time("-3"), Some((-3, 0)));
+        assert_eq!(time("-3.0"), Some((-3, 0)));
+        assert_eq!(time("+1.5"), Some((1, 500_000_000)));
+        for bad in ["", "-", ".5", "1.-5", "1.5x", "x", "--1", "+-1", "-+1"] {
+            assert_eq!(time(bad), None, "{bad:?}");
+        }
+    }
 }
