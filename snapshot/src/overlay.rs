@@ -138,9 +138,9 @@ impl OverlaySnapshotter {
         }
     }
 
-    /// Fills a staging directory: empty `fs/` (0755, owned as the parent's
-    /// root is, as containerd makes it: the upper directory is the root a
-    /// mount shows) and `work/`.
+    /// Fills a staging directory: empty `fs/` (0755, or owned and moded as
+    /// the parent's root is: the upper directory is the root a mount shows;
+    /// containerd passes on the owner only) and `work/`.
     fn fill(base: &Base, request: &PrepareRequest, staging: &Path) -> Result<()> {
         for sub in ["fs", "work"] {
             let dir = staging.join(sub);
@@ -160,6 +160,16 @@ impl OverlaySnapshotter {
             if (owner.uid(), owner.gid()) != (made.uid(), made.gid()) {
                 std::os::unix::fs::lchown(&fs, Some(owner.uid()), Some(owner.gid()))
                     .map_err(|e| Error::io("chown", &fs, e))?;
+            }
+            // After the chown, which clears set-id bits. Without root, the
+            // owner keeps the write access a container's writes need.
+            let mut mode = owner.mode() & 0o7777;
+            if !rustix::process::geteuid().is_root() {
+                mode |= 0o700;
+            }
+            if mode != made.mode() & 0o7777 {
+                std::fs::set_permissions(&fs, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(|e| Error::io("chmod", &fs, e))?;
             }
         }
         Ok(())

@@ -773,21 +773,24 @@ async fn a_directory_that_will_not_go_does_not_fail_a_removal() {
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
 
-/// An overlay layer's upper directory is owned as its parent's root is, as
-/// containerd makes it: a mount shows the upper directory as `/`.
+/// An overlay layer's upper directory is owned and moded as its parent's
+/// root is (containerd passes on the owner): a mount shows the upper
+/// directory as `/`.
 #[tokio::test]
-async fn an_overlay_root_keeps_its_parents_owner() {
-    use std::os::unix::fs::MetadataExt;
+async fn an_overlay_root_keeps_its_parents_owner_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = tempfile::tempdir().unwrap();
     let s = OverlaySnapshotter::open(dir.path().join("overlay")).unwrap();
     let mounts = s.prepare("a", None, Labels::new()).await.unwrap();
     let base = mount::writable_dir(&mounts).unwrap();
     std::os::unix::fs::chown(&base, Some(1000), Some(1001)).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o750)).unwrap();
     s.commit("base", "a", Labels::new()).await.unwrap();
     let mounts = s.prepare("b", Some("base"), Labels::new()).await.unwrap();
     let upper = mounts[0].option("upperdir").unwrap();
-    let owner = std::fs::metadata(upper).unwrap();
-    assert_eq!((owner.uid(), owner.gid()), (1000, 1001));
+    let root = std::fs::metadata(upper).unwrap();
+    assert_eq!((root.uid(), root.gid()), (1000, 1001));
+    assert_eq!(root.mode() & 0o7777, 0o750);
 }
 
 /// A native view copies nothing: it is its parent's tree, bound read-only,

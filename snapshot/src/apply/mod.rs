@@ -346,6 +346,7 @@ fn write_entries(
         dropped_xattrs: 0,
         entries: 0,
         sparse_size: 0,
+        root_listed: false,
     };
     let budget = Rc::new(Cell::new(None));
     let mut archive = tar::Archive::new(Budgeted {
@@ -376,6 +377,7 @@ fn write_entries(
         }
     }
     applier.drop_needless_whiteouts()?;
+    applier.inherit_root()?;
     applier.finish_dirs()?;
     // The tar may end with padding the entry reader never asked for; the
     // diff ID covers every byte.
@@ -610,6 +612,8 @@ struct Applier {
     entries: u64,
     /// The sizes of the layer's sparse files so far, holes included.
     sparse_size: u64,
+    /// The layer listed the root directory (`./`), setting its owner and mode.
+    root_listed: bool,
 }
 
 fn split(rel: &Path) -> (PathBuf, &OsStr) {
@@ -679,6 +683,7 @@ impl Applier {
             // The root directory itself: only its metadata.
             if kind.is_dir() {
                 self.set_dir_meta(Path::new(""), meta)?;
+                self.root_listed = true;
             }
             return Ok(());
         }
@@ -961,26 +966,54 @@ impl Applier {
     }
 
     /// Owner, mode and xattrs of a directory now; its times at the end.
+    /// On an overlay upper directory over lowers, a root the layer did not
+    /// list takes the owner and mode of the root below, as every other
+    /// directory the layer does not list keeps them: overlayfs shows the
+    /// upper directory's root as the image's, and a tree unpacked whole
+    /// (native, umoci) keeps what an earlier layer's `./` said.
+    fn inherit_root(&mut self) -> Result<()> {
+        if !self.overlay || self.root_listed {
+            return Ok(());
+        }
+        let Some(below) = self.root.lowers()?.first() else {
+            return Ok(());
+        };
+        let st = rustix::fs::fstat(below).map_err(io_err("stat", &self.root.path))?;
+        let path = self.root.path.clone();
+        let dir = readable_dir(self.root.fd.as_fd()).map_err(io_err("open", &path))?;
+        // The mode exactly, with or without root: nothing more is written
+        // into it.
+        self.set_owner_and_mode(&dir, st.st_uid, st.st_gid, st.st_mode & 0o7777, &path)
+    }
+
+    /// Sets a directory's owner (with root) and mode.
+    fn set_owner_and_mode(
+        &self,
+        dir: &OwnedFd,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        path: &Path,
+    ) -> Result<()> {
+        if self.options.privileged {
+            rustix::fs::fchown(dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(io_err("chown", path))?;
+        }
+        rustix::fs::fchmod(dir, Mode::from_raw_mode(mode)).map_err(io_err("chmod", path))
+    }
+
     fn set_dir_meta(&mut self, rel: &Path, meta: Meta) -> Result<()> {
         let path = self.root.path.join(rel);
         let privileged = self.options.privileged;
         let fd = self.root.dir(rel)?;
         let dir = readable_dir(fd).map_err(io_err("open", &path))?;
-        if privileged {
-            rustix::fs::fchown(
-                &dir,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-            )
-            .map_err(io_err("chown", &path))?;
-        }
         // Without root we must keep write access to fill the directory.
         let mode = if privileged {
             meta.mode
         } else {
             meta.mode | 0o700
         };
-        rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(io_err("chmod", &path))?;
+        self.set_owner_and_mode(&dir, meta.uid, meta.gid, mode, &path)?;
         self.remove_unlisted_xattrs(dir.as_fd(), &meta, &path)?;
         self.set_xattrs_fd(dir.as_fd(), &meta, &path)?;
         let st = rustix::fs::fstat(&dir).map_err(io_err("stat", &path))?;
@@ -1288,7 +1321,7 @@ mod tests {
 
     #[test]
     fn pax_times_carry_their_sign_into_the_fraction() {
-        let time = |text: &str| parse_time(text).map(|t| (t.tv_sec, t.tv_nsec as i64));
+        let time = |text: &str| parse_time(text).map(|t| (t.tv_sec, t.tv_nsec));
         assert_eq!(time("1600000000"), Some((1_600_000_000, 0)));
         assert_eq!(time("1.25"), Some((1, 250_000_000)));
         assert_eq!(time("0.000000001"), Some((0, 1)));
