@@ -36,6 +36,19 @@ async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, connections)
 }
 
+/// The error resolving `host/settled/app:1` with `hosts_toml` as the
+/// host's `hosts.toml`; the resolve must fail.
+async fn refused_with_hosts_toml(host: &str, hosts_toml: &str) -> Error {
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir(hosts.path().join(host)).unwrap();
+    std::fs::write(hosts.path().join(host).join("hosts.toml"), hosts_toml).unwrap();
+    DockerResolver::new()
+        .hosts_dir(hosts.path())
+        .resolve(&format!("{host}/settled/app:1"))
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn https_needs_the_ca_and_works_with_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,18 +214,7 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
         format!("server = \"https://{}\"\n", tls.host()),
         "skip_verify = false\n".into(),
     ] {
-        let hosts = tempfile::tempdir().unwrap();
-        std::fs::create_dir(hosts.path().join(tls.host())).unwrap();
-        std::fs::write(
-            hosts.path().join(tls.host()).join("hosts.toml"),
-            &hosts_toml,
-        )
-        .unwrap();
-        let err = DockerResolver::new()
-            .hosts_dir(hosts.path())
-            .resolve(&format!("{}/settled/app:1", tls.host()))
-            .await
-            .unwrap_err();
+        let err = refused_with_hosts_toml(&tls.host(), &hosts_toml).await;
         assert_eq!(
             err.kind(),
             ErrorKind::FailedPrecondition,
@@ -225,18 +227,8 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
     }
 
     // Told HTTPS for a registry that speaks plain HTTP: the error says so.
-    let hosts = tempfile::tempdir().unwrap();
-    std::fs::create_dir(hosts.path().join(plain.host())).unwrap();
-    std::fs::write(
-        hosts.path().join(plain.host()).join("hosts.toml"),
-        format!("server = \"https://{}\"\n", plain.host()),
-    )
-    .unwrap();
-    let err = DockerResolver::new()
-        .hosts_dir(hosts.path())
-        .resolve(&format!("{}/settled/app:1", plain.host()))
-        .await
-        .unwrap_err();
+    let hosts_toml = format!("server = \"https://{}\"\n", plain.host());
+    let err = refused_with_hosts_toml(&plain.host(), &hosts_toml).await;
     assert!(
         err.to_string().contains("seems to speak plain HTTP"),
         "{err}"

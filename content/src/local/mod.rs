@@ -194,17 +194,16 @@ impl LocalStore {
     }
 
     fn open_writer_blocking(&self, opts: WriterOpts) -> Result<LocalWriter> {
-        let locked = ingest::open_locked(&self.inner.ingest, &opts, true)?;
-        let status = ingest::read_status(&locked.dir)?;
-        let algorithm = status
+        let mut locked = ingest::open_locked(&self.inner.ingest, &opts, true)?;
+        let algorithm = locked
+            .meta
             .expected
             .as_ref()
             .map_or(oci_spec::image::DigestAlgorithm::Sha256, |d| {
                 d.algorithm().clone()
             });
-        let mut locked = locked;
         let (digester, written, durable) = locked.resume_digest(&algorithm)?;
-        // Read again: a resume that found the data damaged started it over.
+        // Read after the resume, which may have started the data over.
         let status = Status {
             offset: written,
             ..ingest::read_status(&locked.dir)?
