@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 #   skopeo, umoci: the interop tests build, copy and unpack images with them.
 #   jq: the end-to-end test runs containerd's fetch-object | jq | xargs pipeline.
 #   openssl: a TLS test makes an X.509 version 1 certificate with it.
-APT_PACKAGES=(docker-registry skopeo umoci jq openssl)
+#   e2fsprogs: snapshot tests make a small ext4 of their own (its link limit).
+APT_PACKAGES=(docker-registry skopeo umoci jq openssl e2fsprogs)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

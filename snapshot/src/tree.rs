@@ -36,9 +36,12 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 ///
 /// One thread per core takes directories from a shared queue, makes their
 /// subdirectories and links their other entries through the two
-/// directories' descriptors, without walking paths. An inode that can take no more links (`EMLINK`), or
-/// that the filesystem will not link, is copied instead. Directory metadata
-/// is set last, parents first.
+/// directories' descriptors, without walking paths. An inode that the
+/// filesystem will not link is copied instead; one that can take no more
+/// links (`EMLINK`: ext4 stops at 65,000, and busybox's 400 names reach it
+/// after some 160 snapshots) is copied once, and all of its names in `dst`
+/// are pointed at the copy, so a hardlink group stays one inode. Directory
+/// metadata is set last, parents first.
 pub(crate) fn share_tree(src: &Path, dst: &Path) -> Result<()> {
     let walk = SharingWalk {
         state: Mutex::new(SharingState {
@@ -61,10 +64,104 @@ pub(crate) fn share_tree(src: &Path, dst: &Path) -> Result<()> {
         ..CopyPlan::default()
     };
     plan.dirs.sort_by_key(|(_, to, _)| to.components().count());
+    // Each full inode, with one of its copied names: the rest of its names
+    // were linked before it filled up, and go to the copy too.
+    let mut full: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    for (from, to) in &state.full {
+        let meta = fs::symlink_metadata(from).map_err(|e| Error::io("stat", from, e))?;
+        full.entry((meta.dev(), meta.ino()))
+            .or_insert_with(|| to.clone());
+    }
     for (from, to, is_file) in state.unshared {
         plan.copy_entry(from, to, is_file)?;
     }
+    copy_files(&std::mem::take(&mut plan.files))?;
+    for (inode, copy) in &full {
+        repoint(dst, *inode, copy)?;
+    }
     plan.finish(src, dst)
+}
+
+/// Gives the names under `root` of the inode of `name` an inode of their own,
+/// a copy of it: the inode can take no more links, being shared with other
+/// trees (see [`share_tree`]), and a new name must join its group. The
+/// times of the directories it touches are kept.
+pub(crate) fn unshare(root: &Path, name: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(name).map_err(|e| Error::io("stat", name, e))?;
+    let root_meta = fs::symlink_metadata(root).map_err(|e| Error::io("stat", root, e))?;
+    // The copy is made beside the root's entries: a name of its own there,
+    // removed once the group's names hold it.
+    let copy = (0u32..)
+        .map(|n| root.join(format!(".ocidist-unshare-{}-{n}", meta.ino())))
+        .find(|path| fs::symlink_metadata(path).is_err())
+        .expect("some name is free");
+    let copied = if meta.file_type().is_file() {
+        let copier = FileCopier {
+            may_clone: AtomicBool::new(true),
+            as_root: rustix::process::geteuid().is_root(),
+        };
+        copier.copy(name, &copy, true).map(|_| ())
+    } else {
+        CopyPlan::default().copy_entry(name.to_path_buf(), copy.clone(), false)
+    };
+    let repointed = copied.and_then(|()| repoint(root, (meta.dev(), meta.ino()), &copy));
+    let removed = fs::remove_file(&copy).map_err(|e| Error::io("remove", &copy, e));
+    repointed?;
+    removed?;
+    set_times(root, &root_meta)
+}
+
+/// Points every name under `root` of the inode `shared` (device, inode) at
+/// the inode of `copy` instead, keeping the times of the directories it
+/// changes.
+fn repoint(root: &Path, shared: (u64, u64), copy: &Path) -> Result<()> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let mut before = None;
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("read dir", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read dir", &dir, e))?;
+            let path = entry.path();
+            let file_type = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+            if file_type.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if entry.ino() != shared.1 {
+                continue;
+            }
+            let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+            if (meta.dev(), meta.ino()) != shared {
+                continue;
+            }
+            if before.is_none() {
+                before = Some(fs::symlink_metadata(&dir).map_err(|e| Error::io("stat", &dir, e))?);
+            }
+            fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            fs::hard_link(copy, &path).map_err(|e| Error::io("link", &path, e))?;
+        }
+        if let Some(before) = before {
+            set_times(&dir, &before)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the access and modification times of `path` (not followed) to
+/// those in `meta`.
+fn set_times(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: meta.atime(),
+            tv_nsec: meta.atime_nsec() as _,
+        },
+        last_modification: Timespec {
+            tv_sec: meta.mtime(),
+            tv_nsec: meta.mtime_nsec() as _,
+        },
+    };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| Error::io("utimes", path, e))
 }
 
 /// The walkers of one [`share_tree`] and what they share.
@@ -83,6 +180,8 @@ struct SharingState {
     dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
     /// Entries that could not be linked: (source, copy, is a regular file).
     unshared: Vec<(PathBuf, PathBuf, bool)>,
+    /// Those of them whose inode could take no more links: (source, copy).
+    full: Vec<(PathBuf, PathBuf)>,
     failed: Option<Error>,
 }
 
@@ -91,6 +190,7 @@ struct SharingState {
 struct SharedDir {
     dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
     unshared: Vec<(PathBuf, PathBuf, bool)>,
+    full: Vec<(PathBuf, PathBuf)>,
 }
 
 impl SharingWalk {
@@ -125,6 +225,7 @@ impl SharingWalk {
                     );
                     state.dirs.extend(found.dirs);
                     state.unshared.extend(found.unshared);
+                    state.full.extend(found.full);
                 }
                 Err(e) => {
                     state.failed.get_or_insert(e);
@@ -179,8 +280,11 @@ fn share_dir(src: &Path, dst: &Path) -> Result<SharedDir> {
         }
         match rustix::fs::linkat(&src_fd, name, &dst_fd, name, AtFlags::empty()) {
             Ok(()) => {}
-            Err(Errno::MLINK | Errno::PERM | Errno::XDEV | Errno::OPNOTSUPP) => {
+            Err(e @ (Errno::MLINK | Errno::PERM | Errno::XDEV | Errno::OPNOTSUPP)) => {
                 let (from, to) = paths();
+                if e == Errno::MLINK {
+                    found.full.push((from.clone(), to.clone()));
+                }
                 found
                     .unshared
                     .push((from, to, file_type == FileType::RegularFile));
@@ -543,18 +647,7 @@ fn copy_metadata(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<()> {
             .map_err(|e| Error::io("chmod", to, e))?;
     }
     copy_xattrs(from, to)?;
-    let times = Timestamps {
-        last_access: Timespec {
-            tv_sec: meta.atime(),
-            tv_nsec: meta.atime_nsec() as _,
-        },
-        last_modification: Timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec() as _,
-        },
-    };
-    rustix::fs::utimensat(CWD, to, &times, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| Error::io("utimes", to, e))
+    set_times(to, meta)
 }
 
 fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {

@@ -288,6 +288,185 @@ async fn native_apply_only_prepares_share_files_and_build_what_a_copy_builds() {
     );
 }
 
+/// An ext4 filesystem of the test's own, made in a file and mounted on a
+/// loop device: its inodes take at most 65,000 links (`EXT4_LINK_MAX`),
+/// whatever filesystem the machine's temporary directory is. Unmounted on
+/// drop, which frees the loop device (`mount -o loop` sets it to clear).
+struct Ext4(tempfile::TempDir);
+
+impl Ext4 {
+    fn mount() -> Ext4 {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let run = |program: &str, args: &[&std::ffi::OsStr], package: &str| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}: install the Debian package {package}"));
+            assert!(out.status.success(), "{program}: {out:?}");
+        };
+        run(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), image.as_ref()],
+            "e2fsprogs",
+        );
+        let mnt = dir.path().join("mnt");
+        run(
+            "mount",
+            &["-o".as_ref(), "loop".as_ref(), image.as_ref(), mnt.as_ref()],
+            "mount",
+        );
+        Ext4(dir)
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.0.path().join("mnt")
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = mount::unmount(&self.path());
+    }
+}
+
+/// Makes `bin/busybox` and `names - 1` more names of its inode, spread over
+/// four directories with times of their own, as busybox's applets are; the
+/// names, relative to `root`.
+fn link_group(root: &Path, names: usize) -> Vec<String> {
+    std::fs::create_dir(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/busybox"), b"one program, many names").unwrap();
+    for i in 0..4 {
+        std::fs::create_dir(root.join(format!("d{i}"))).unwrap();
+    }
+    let mut all = vec!["bin/busybox".to_string()];
+    for i in 1..names {
+        let name = format!("d{}/applet{i}", i % 4);
+        std::fs::hard_link(root.join("bin/busybox"), root.join(&name)).unwrap();
+        all.push(name);
+    }
+    for (i, dir) in ["d0", "d1", "d2", "d3", "bin"].iter().enumerate() {
+        let t = rustix::fs::Timespec {
+            tv_sec: 1_500_000_000 + i as i64,
+            tv_nsec: 7,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            root.join(dir),
+            &times,
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+    }
+    all
+}
+
+fn links(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::nlink(&std::fs::symlink_metadata(path).unwrap())
+}
+
+/// Asserts that every one of `names` under `root` is one inode, not
+/// `other`, with exactly those names; returns it.
+fn one_inode(root: &Path, names: &[String], other: u64) -> u64 {
+    let group = inode(&root.join(&names[0]));
+    assert_ne!(group, other, "the group still shares the full inode");
+    for name in names {
+        assert_eq!(inode(&root.join(name)), group, "{name} left its group");
+    }
+    assert_eq!(links(&root.join(&names[0])), names.len() as u64);
+    group
+}
+
+/// A hardlink group whose inode fills up (ext4 takes 65,000 links) while an
+/// apply-only native snapshot shares its parent's files stays one group
+/// there: all of its names go to one copy, not some to the parent's inode
+/// and the rest to a copy; the parent's inode keeps only its own names, and
+/// the directories their times.
+#[tokio::test]
+async fn a_hardlink_group_that_fills_its_shared_inode_stays_one_inode() {
+    const NAMES: usize = 40_000;
+    let fs = Ext4::mount();
+    let s = NativeSnapshotter::open(fs.path().join("snapshots")).unwrap();
+    let fill = mount::writable_dir(&s.prepare("fill", None, Labels::new()).await.unwrap()).unwrap();
+    let names = link_group(&fill, NAMES);
+    s.commit("base", "fill", Labels::new()).await.unwrap();
+    let base = s.path("base").await.unwrap();
+    let apply_only = labels(&[(ocidist_snapshot::APPLY_ONLY_LABEL, "true")]);
+    let shared =
+        mount::writable_dir(&s.prepare("shared", Some("base"), apply_only).await.unwrap()).unwrap();
+    one_inode(&shared, &names, inode(&base.join("bin/busybox")));
+    assert_eq!(links(&base.join("bin/busybox")), NAMES as u64);
+    assert_eq!(full_tree(&shared), full_tree(&base));
+}
+
+/// A layer that links a new name to an inode its native snapshot shares with
+/// its parent, when that inode takes no more links, gives the snapshot's
+/// names of it a copy of their own, which takes the new name too; the
+/// directories the layer did not list keep their times.
+#[tokio::test]
+async fn a_layer_linking_to_a_full_shared_inode_gets_a_copy_of_its_own() {
+    use ocidist_snapshot::apply::{ApplyOptions, apply_layer_sync};
+    // Twice this is ext4's limit: the prepare links them all, the layer's
+    // link is one too many.
+    const NAMES: usize = 32_500;
+    let fs = Ext4::mount();
+    let s = NativeSnapshotter::open(fs.path().join("snapshots")).unwrap();
+    let fill = mount::writable_dir(&s.prepare("fill", None, Labels::new()).await.unwrap()).unwrap();
+    let mut names = link_group(&fill, NAMES);
+    s.commit("base", "fill", Labels::new()).await.unwrap();
+    let base = s.path("base").await.unwrap();
+    let apply_only = labels(&[(ocidist_snapshot::APPLY_ONLY_LABEL, "true")]);
+    let shared =
+        mount::writable_dir(&s.prepare("shared", Some("base"), apply_only).await.unwrap()).unwrap();
+    let full = inode(&base.join("bin/busybox"));
+    assert_eq!(inode(&shared.join("d3/applet3")), full, "shared as ever");
+    assert_eq!(links(&base.join("bin/busybox")), 2 * NAMES as u64);
+
+    let mtime = |path: &Path| std::fs::symlink_metadata(path).unwrap().modified().unwrap();
+    let root_time = mtime(&shared);
+    let layer = common::tar_of(&[common::Entry::Link("bin/sh", "bin/busybox")]);
+    apply_layer_sync(
+        &mount::ApplyTarget::Tree(shared.clone()),
+        std::io::Cursor::new(layer),
+        None,
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    names.push("bin/sh".to_string());
+    one_inode(&shared, &names, full);
+    assert_eq!(links(&base.join("bin/busybox")), NAMES as u64);
+    assert_eq!(
+        std::fs::read(shared.join("bin/sh")).unwrap(),
+        b"one program, many names"
+    );
+    let mut expected = full_tree(&base);
+    let mut found = full_tree(&shared);
+    // The layer wrote bin/ (a new name, and its time): all else is as it was.
+    for tree in [&mut expected, &mut found] {
+        tree.remove("bin");
+        tree.remove("bin/sh");
+    }
+    assert_eq!(found, expected);
+    assert_eq!(mtime(&shared), root_time, "the root keeps its time");
+    assert!(
+        std::fs::read_dir(&shared).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with('.')),
+        "the copy's own name is gone"
+    );
+}
+
 #[tokio::test]
 async fn a_parent_at_commit_only_when_none_was_set_at_prepare() {
     let dir = tempfile::tempdir().unwrap();

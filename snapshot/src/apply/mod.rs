@@ -334,6 +334,7 @@ fn write_entries(
             Rc::clone(&clock),
         )?,
         overlay,
+        tree_root: (!overlay).then(|| root.to_path_buf()),
         options: options.clone(),
         created: BTreeSet::new(),
         dir_times: Vec::new(),
@@ -584,6 +585,8 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
 struct Applier {
     root: resolve::Root,
     overlay: bool,
+    /// The tree's path, when the target is a whole tree.
+    tree_root: Option<PathBuf>,
     options: ApplyOptions,
     /// Paths this layer wrote, with no symlink in them: an opaque whiteout
     /// spares them.
@@ -802,15 +805,31 @@ impl Applier {
                     .root
                     .existing_dir(&target_parent)?
                     .ok_or_else(missing)?;
-                let dirfd = self.root.dir(&parent_at)?;
-                rustix::fs::linkat(
-                    target_dir.as_fd(),
-                    target_name,
-                    dirfd,
-                    name,
-                    AtFlags::empty(),
-                )
-                .map_err(|e| {
+                let link = |root: &mut resolve::Root| -> Result<rustix::io::Result<()>> {
+                    let dirfd = root.dir(&parent_at)?;
+                    Ok(rustix::fs::linkat(
+                        target_dir.as_fd(),
+                        target_name,
+                        dirfd,
+                        name,
+                        AtFlags::empty(),
+                    ))
+                };
+                let mut linked = link(&mut self.root)?;
+                // A native snapshot shares its parent's inodes; one shared by
+                // enough snapshots takes no more links. Its names here get a
+                // copy of their own, which takes this one too.
+                if let (Err(rustix::io::Errno::MLINK), Some(tree)) = (linked, &self.tree_root) {
+                    // By a path with no symlink in it: the tree is this
+                    // layer's alone while it is applied.
+                    let parent = self
+                        .root
+                        .existing_dir_path(&target_parent)?
+                        .ok_or_else(missing)?;
+                    crate::tree::unshare(tree, &tree.join(parent).join(target_name))?;
+                    linked = link(&mut self.root)?;
+                }
+                linked.map_err(|e| {
                     if e == rustix::io::Errno::NOENT {
                         missing()
                     } else {

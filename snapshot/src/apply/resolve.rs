@@ -475,6 +475,15 @@ impl Root {
         }
     }
 
+    /// The path of the directory `rel` with no symlink in it, if it exists.
+    pub(crate) fn existing_dir_path(&mut self, rel: &Path) -> Result<Option<PathBuf>> {
+        match self.open_dir_resolved(rel) {
+            Ok((_, resolved)) => Ok(Some(resolved)),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+            Err(e) => Err(self.lookup_error(rel, e)),
+        }
+    }
+
     /// The directory a whiteout under `rel` goes in, on an overlay upper
     /// directory: `None` when there is nothing to hide (`rel` is a non-directory
     /// here, or exists in no lower), else the directory, made if needed.
