@@ -208,6 +208,72 @@ async fn mirrors_are_asked_in_order_each_with_its_own_headers() {
     }
 }
 
+/// A redirect chain that leaves the registry (for a storage host, then a
+/// CDN, each moving within itself) takes the endpoint's configured headers
+/// to every hop, as Go's client (so containerd) sends them, but never a
+/// configured header that holds credentials.
+#[tokio::test]
+async fn configured_headers_follow_redirects_but_configured_credentials_do_not() {
+    use ocidist_remotes::testkit::{Fault, FaultProxy};
+    let (registry, blobs) = mirror_with_image().await;
+    let front = FaultProxy::start(registry.addr()).unwrap();
+    let storage = FaultProxy::start(registry.addr()).unwrap();
+    let cdn = FaultProxy::start(registry.addr()).unwrap();
+    let layer = &blobs[0];
+    let at = |proxy: &FaultProxy, hop: usize| {
+        let digest = layer.desc.digest();
+        Fault::Redirect(format!(
+            "http://{}/v2/lib/app/blobs/{digest}?hop={hop}",
+            proxy.host()
+        ))
+    };
+    front.add(
+        Some("GET"),
+        &format!("/blobs/{}", layer.desc.digest()),
+        1,
+        at(&storage, 1),
+    );
+    storage.add(Some("GET"), "hop=1", 1, at(&storage, 2));
+    storage.add(Some("GET"), "hop=2", 1, at(&cdn, 3));
+    cdn.add(Some("GET"), "hop=3", 1, at(&cdn, 4));
+    let hosts = hosts_dir_with(
+        &front.host(),
+        &format!(
+            "server = \"http://{}\"\n[header]\n  x-tenant = \"blue\"\n  \
+             authorization = \"Bearer configured\"\n",
+            front.host()
+        ),
+    );
+    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let fetcher = resolver
+        .fetcher(&format!("{}/lib/app:1", front.host()))
+        .await
+        .unwrap();
+    assert!(common::fetch_all(fetcher.as_ref(), &layer.desc, 0).await == layer.bytes);
+
+    let front_heads = front.heads();
+    assert_eq!(front_heads.len(), 1, "{:#?}", front.log());
+    assert_eq!(
+        header_in(&front_heads[0], "x-tenant").as_deref(),
+        Some("blue")
+    );
+    assert_eq!(
+        header_in(&front_heads[0], "authorization").as_deref(),
+        Some("Bearer configured")
+    );
+    let mut hops = storage.heads();
+    hops.extend(cdn.heads());
+    assert_eq!(hops.len(), 4, "{:#?} {:#?}", storage.log(), cdn.log());
+    for head in &hops {
+        assert_eq!(
+            header_in(head, "x-tenant").as_deref(),
+            Some("blue"),
+            "{head:#?}"
+        );
+        assert_eq!(header_in(head, "authorization"), None, "{head:#?}");
+    }
+}
+
 /// Resolves `reference` to the image of `blobs` and fetches its layer.
 async fn resolve_and_fetch_a_layer(
     resolver: &DockerResolver,

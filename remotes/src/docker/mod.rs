@@ -954,8 +954,11 @@ impl Repository {
 
     /// Follows a redirect the client handed back rather than carry
     /// credentials to another host (see `tls::redirect_policy`): asked anew,
-    /// with the request's own headers (`build`: a range, what it accepts) and
-    /// neither the registry's credentials nor its configured headers.
+    /// with the request's own headers (`build`: a range, what it accepts)
+    /// and the endpoint's configured headers, as every hop the client
+    /// follows itself gets them (and as Go's client, so containerd, sends
+    /// them), but never the registry's credentials, nor a configured header
+    /// that is one (`Authorization`, `Cookie`, …) to another origin.
     async fn follow_handed_back(
         &self,
         method: &Method,
@@ -978,9 +981,14 @@ impl Repository {
             let Some(location) = location else {
                 break;
             };
-            response = build(self.client.http.request(method.clone(), location))
-                .send()
-                .await?;
+            let elsewhere = !same_origin(location.as_str(), &self.base);
+            let mut request = build(self.client.http.request(method.clone(), location));
+            for (name, value) in &self.headers {
+                if !(elsewhere && is_sensitive_header(name)) {
+                    request = request.header(name.as_str(), value.as_str());
+                }
+            }
+            response = request.send().await?;
         }
         Ok(response)
     }
@@ -1063,6 +1071,7 @@ impl Repository {
             .unwrap_or(None))
     }
 
+    /// Adds the endpoint's configured headers.
     fn with_headers(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
@@ -1288,6 +1297,20 @@ fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str>
 /// (`registry-1.docker.io` is `docker.io` itself), as containerd decides.
 fn is_mirror(host: &str, registry: &str) -> bool {
     host != registry && !(registry == "docker.io" && host == "registry-1.docker.io")
+}
+
+/// Whether a header holds credentials, so never goes to another origin:
+/// those reqwest (and Go's client) take off a redirect that changes origin.
+fn is_sensitive_header(name: &str) -> bool {
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "cookie2",
+        "www-authenticate",
+    ]
+    .iter()
+    .any(|sensitive| name.eq_ignore_ascii_case(sensitive))
 }
 
 /// Whether two URLs have the same scheme, host and port (and both parse).
