@@ -67,15 +67,20 @@ pub enum Kind {
     Unknown,
 }
 
-/// Classifies a media type, ignoring parameters (`;…`) and case.
-pub fn kind(media_type: &str) -> Kind {
-    let base = media_type
+/// A media type without its parameters (`;…`), in lower case: the form the
+/// constants here are compared with.
+pub fn base(media_type: &str) -> String {
+    media_type
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
-    match base.as_str() {
+        .to_ascii_lowercase()
+}
+
+/// Classifies a media type, ignoring parameters (`;…`) and case.
+pub fn kind(media_type: &str) -> Kind {
+    match base(media_type).as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => Kind::Manifest,
         OCI_INDEX | DOCKER_MANIFEST_LIST => Kind::Index,
         OCI_CONFIG | DOCKER_CONFIG | CONTAINERD_CHECKPOINT_CONFIG | CONTAINERD_CHECKPOINT_CRIU => {

@@ -19,6 +19,28 @@ use crate::{
     Snapshotter,
 };
 
+/// Whether a layer of this media type is a tar, plain or compressed in a way
+/// the applier reads: containerd's applier finds no stream processor for any
+/// other (an encrypted layer, EROFS, an artifact's blobs) and refuses it,
+/// where reading it as a tar would fail midway or unpack nonsense.
+fn is_tar_layer(media_type: &str) -> bool {
+    use ocidist_images::media_types::*;
+    [
+        OCI_LAYER,
+        OCI_LAYER_GZIP,
+        OCI_LAYER_ZSTD,
+        OCI_LAYER_NONDISTRIBUTABLE,
+        OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+        OCI_LAYER_NONDISTRIBUTABLE_ZSTD,
+        DOCKER_LAYER,
+        DOCKER_LAYER_GZIP,
+        DOCKER_LAYER_ZSTD,
+        DOCKER_LAYER_FOREIGN,
+        DOCKER_LAYER_FOREIGN_TAR,
+    ]
+    .contains(&base(media_type).as_str())
+}
+
 /// The label containerd's garbage collector reads to keep a layer's
 /// uncompressed digest with its snapshot.
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
@@ -143,6 +165,16 @@ where
             "image {}: {} layers, more than the {MAX_LAYERS} unpack takes",
             image.digest(),
             layers.len()
+        )));
+    }
+    if let Some(layer) = layers
+        .iter()
+        .find(|l| !is_tar_layer(l.media_type().as_ref()))
+    {
+        return Err(Error::Unimplemented(format!(
+            "layer {}: media type {:?} is not a tar layer (plain, gzip or zstd) that unpack applies",
+            layer.digest(),
+            layer.media_type().as_ref()
         )));
     }
     let chain_ids = manifest::chain_ids(&diff_ids);

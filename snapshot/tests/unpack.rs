@@ -282,6 +282,42 @@ async fn wrong_diff_id_commits_nothing<S: Snapshotter>(snapshotter: S) {
     );
 }
 
+/// A layer that is not a tar the applier reads (encrypted, an artifact's
+/// blob) is refused before anything is applied, as containerd's applier
+/// finds no stream processor for it; Docker's and OCI's tar types, plain or
+/// compressed, all unpack.
+#[tokio::test]
+async fn layers_that_are_not_tars_are_refused_and_docker_and_oci_ones_unpack() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let snapshotter = NativeSnapshotter::open(dir.path().join("snap")).unwrap();
+    let image = store_image(&store, &layers()).await;
+    for refused in [
+        "application/vnd.oci.image.layer.v1.tar+encrypted",
+        "application/vnd.wasm.content.layer.v1+wasm",
+        "application/vnd.erofs.layer.v1",
+    ] {
+        let edited = with_manifest_edited(&store, &image, |m| {
+            m["layers"][1]["mediaType"] = refused.into();
+        })
+        .await;
+        let err = unpack_default(&edited, &store, &snapshotter)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unimplemented, "{err}");
+        assert!(err.to_string().contains(refused), "{err}");
+        assert!(snapshotter.walk(&[]).await.unwrap().is_empty(), "{err}");
+    }
+    let docker = with_manifest_edited(&store, &image, |m| {
+        m["layers"][0]["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar".into();
+        m["layers"][1]["mediaType"] =
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip".into();
+    })
+    .await;
+    let top = unpack_default(&docker, &store, &snapshotter).await.unwrap();
+    assert_eq!(&top, chain_of(&layers()).last().unwrap());
+}
+
 #[tokio::test]
 async fn two_unpacks_of_one_image_at_once_both_succeed() {
     let dir = tempfile::tempdir().unwrap();
@@ -540,21 +576,31 @@ async fn with_layers_reordered(
     image: &ocidist_content::Descriptor,
     order: &[usize],
 ) -> ocidist_content::Descriptor {
-    let manifest: serde_json::Value = serde_json::from_slice(
+    with_manifest_edited(store, image, |manifest| {
+        let layers = manifest["layers"].clone();
+        manifest["layers"] = order.iter().map(|&i| layers[i].clone()).collect();
+    })
+    .await
+}
+
+/// Stores a copy of `image`'s manifest as `edit` leaves it; returns its
+/// descriptor.
+async fn with_manifest_edited(
+    store: &LocalStore,
+    image: &ocidist_content::Descriptor,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> ocidist_content::Descriptor {
+    let mut manifest: serde_json::Value = serde_json::from_slice(
         &ocidist_content::read_blob(store, image, 1 << 20)
             .await
             .unwrap(),
     )
     .unwrap();
-    let mut reordered = manifest.clone();
-    reordered["layers"] = order
-        .iter()
-        .map(|&i| manifest["layers"][i].clone())
-        .collect();
-    let bytes = serde_json::to_vec(&reordered).unwrap();
+    edit(&mut manifest);
+    let bytes = serde_json::to_vec(&manifest).unwrap();
     ocidist_content::write_blob(
         store,
-        ocidist_content::WriterOpts::new("reordered"),
+        ocidist_content::WriterOpts::new("edited"),
         &bytes[..],
         Labels::new(),
     )
