@@ -267,7 +267,7 @@ impl HostEntry {
             },
             skip_verify: self.skip_verify,
             dial_timeout,
-            headers: headers(self.header),
+            headers: headers(self.header)?,
             override_path: self.override_path,
             default_upstream: false,
         })
@@ -325,21 +325,41 @@ impl OneOrMany {
     }
 }
 
-/// Header values may be a string or a list of strings.
-fn headers(table: toml::Table) -> Vec<(String, String)> {
+/// Header values may be a string or a list of strings; anything else, or a
+/// name or value HTTP cannot carry, is the file's error (containerd refuses
+/// such a file too, instead of sending requests without the header).
+fn headers(table: toml::Table) -> std::result::Result<Vec<(String, String)>, String> {
+    use reqwest::header::{HeaderName, HeaderValue};
     let mut out = Vec::new();
     for (name, value) in table {
-        match value {
-            toml::Value::String(v) => out.push((name, v)),
-            toml::Value::Array(values) => out.extend(
-                values
-                    .into_iter()
-                    .filter_map(|v| v.as_str().map(|s| (name.clone(), s.to_string()))),
-            ),
-            _ => {}
+        let values = match value {
+            toml::Value::String(v) => vec![toml::Value::String(v)],
+            toml::Value::Array(values) => values,
+            other => vec![other],
+        };
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("header {name:?}: not a valid HTTP header name"));
+        }
+        for value in values {
+            match value {
+                toml::Value::String(v) if HeaderValue::from_str(&v).is_ok() => {
+                    out.push((name.clone(), v))
+                }
+                toml::Value::String(v) => {
+                    return Err(format!(
+                        "header {name:?}: {v:?} is not a valid HTTP header value"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "header {name:?}: a value of type {} is not a string or a list of strings",
+                        other.type_str()
+                    ));
+                }
+            }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Reads the endpoints for `registry` (`docker.io`, `localhost:5000`) from
@@ -530,6 +550,32 @@ mod tests {
         .unwrap();
         assert_eq!(empty[0].capabilities, Capabilities::ALL);
         assert!(parse("capabilities = [\"fly\"]\n", base, "https://r").is_err());
+    }
+
+    #[test]
+    fn headers_that_are_not_strings_or_not_http_are_the_files_error() {
+        let base = Path::new("/etc/hosts.d/r");
+        for (header, says) in [
+            ("x-n = 5", "x-n\": a value of type integer is not a string"),
+            ("x-list = [\"a\", 2]", "x-list\": a value of type integer"),
+            ("x-t = { a = \"b\" }", "x-t\": a value of type table"),
+            ("\"x y\" = \"v\"", "\"x y\": not a valid HTTP header name"),
+            (
+                "x-nl = \"a\\nb\"",
+                "\"a\\nb\" is not a valid HTTP header value",
+            ),
+        ] {
+            let text = format!("server = \"https://r\"\n[header]\n{header}\n");
+            let err = parse(&text, base, "https://r").unwrap_err();
+            assert!(err.contains(says), "{header}: {err}");
+        }
+        let fine = parse(
+            "server = \"https://r\"\n[header]\nx-a = \"1\"\nx-b = []\n",
+            base,
+            "https://r",
+        )
+        .unwrap();
+        assert_eq!(fine[0].headers, vec![("x-a".into(), "1".into())]);
     }
 
     use super::*;
