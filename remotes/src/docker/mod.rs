@@ -889,8 +889,10 @@ impl Repository {
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
             let target = self.with_namespace(url);
-            let mut request =
-                self.with_headers(build(self.client.http.request(method.clone(), &target)));
+            let mut request = self.with_headers(
+                &target,
+                build(self.client.http.request(method.clone(), &target)),
+            );
             let sent = self.authorization_for(url, &scope).await?;
             if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
@@ -981,14 +983,8 @@ impl Repository {
             let Some(location) = location else {
                 break;
             };
-            let elsewhere = !same_origin(location.as_str(), &self.base);
-            let mut request = build(self.client.http.request(method.clone(), location));
-            for (name, value) in &self.headers {
-                if !(elsewhere && is_sensitive_header(name)) {
-                    request = request.header(name.as_str(), value.as_str());
-                }
-            }
-            response = request.send().await?;
+            let request = build(self.client.http.request(method.clone(), location.clone()));
+            response = self.with_headers(location.as_str(), request).send().await?;
         }
         Ok(response)
     }
@@ -1071,10 +1067,19 @@ impl Repository {
             .unwrap_or(None))
     }
 
-    /// Adds the endpoint's configured headers.
-    fn with_headers(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    /// Adds the endpoint's configured headers to a request for `url`; those
+    /// that hold credentials only when `url` is on the endpoint's origin (an
+    /// upload's `Location` or a redirect may lead elsewhere).
+    fn with_headers(
+        &self,
+        url: &str,
+        mut request: reqwest::RequestBuilder,
+    ) -> reqwest::RequestBuilder {
+        let elsewhere = !same_origin(url, &self.base);
         for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.as_str());
+            if !(elsewhere && is_sensitive_header(name)) {
+                request = request.header(name.as_str(), value.as_str());
+            }
         }
         request
     }
@@ -1114,7 +1119,8 @@ impl Repository {
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
         let target = self.with_namespace(url);
-        let mut request = self.with_headers(build(self.client.http.request(method, &target)));
+        let mut request =
+            self.with_headers(&target, build(self.client.http.request(method, &target)));
         if let Some(authorization) = self.authorization_for(url, &scope).await? {
             request = request.header(header::AUTHORIZATION, authorization);
         }
