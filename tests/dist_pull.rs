@@ -1122,6 +1122,12 @@ fn an_interrupted_pull_exits_at_once_and_resumes() {
         let left = ok(dist(&root, &["prune", "--dry-run", "--grace", "0s"], b""));
         assert!(!left.contains("snapshot extract-"), "{left}");
     }
+    // `--timeout` drops the command as a signal does: the same cleanup.
+    let timed_out = dist(&root, &["--timeout", "2s", "pull", &reference], b"");
+    let stderr = String::from_utf8_lossy(&timed_out.stderr);
+    assert!(stderr.contains("--timeout: timed out after 2s"), "{stderr}");
+    let left = ok(dist(&root, &["prune", "--dry-run", "--grace", "0s"], b""));
+    assert!(!left.contains("snapshot extract-"), "{left}");
     let active = ok(dist(&root, &["active"], b""));
     assert!(
         active.contains("layer-sha256:"),

@@ -421,6 +421,8 @@ static OPENED_SNAPSHOTTER: std::sync::OnceLock<std::sync::Arc<dyn ocidist::snaps
 /// Why a command stopped early.
 enum Stop {
     Failed(Failure),
+    /// `--timeout` dropped the command.
+    TimedOut(Failure),
     /// A signal: its number and name.
     Interrupted(libc::c_int, &'static str),
 }
@@ -477,28 +479,28 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let work = async move {
             match timeout {
-                Some(limit) => tokio::time::timeout(limit, run(cli))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Failure::new(
-                            "--timeout",
-                            format!("timed out after {limit:?}"),
-                        ))
-                    }),
-                None => run(cli).await,
+                Some(limit) => match tokio::time::timeout(limit, run(cli)).await {
+                    Ok(result) => result.map_err(Stop::Failed),
+                    Err(_) => Err(Stop::TimedOut(Failure::new(
+                        "--timeout",
+                        format!("timed out after {limit:?}"),
+                    ))),
+                },
+                None => run(cli).await.map_err(Stop::Failed),
             }
         };
         // Dropping the command's future stops it between writes: what was
         // written stays in the ingests, and the locks go with the process.
         tokio::select! {
-            result = work => result.map_err(Stop::Failed),
+            result = work => result,
             (signal, name) = interrupted() => Err(Stop::Interrupted(signal, name)),
         }
     });
-    // Layers half applied when a signal dropped the command's unpack: an
-    // unpack removes them itself only when it fails. Dropped, its layers
-    // stop at their next read.
-    if let (Err(Stop::Interrupted(..)), Some(snapshotter)) = (&result, OPENED_SNAPSHOTTER.get()) {
+    // Layers half applied when a signal or the timeout dropped the
+    // command's unpack: an unpack removes them itself only when it fails.
+    // Dropped, its layers stop at their next read.
+    let dropped = matches!(result, Err(Stop::Interrupted(..) | Stop::TimedOut(_)));
+    if let (true, Some(snapshotter)) = (dropped, OPENED_SNAPSHOTTER.get()) {
         let removed = runtime.block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(5),
@@ -524,7 +526,7 @@ fn main() -> ExitCode {
             output::die_by(signal);
             ExitCode::from(128 + signal as u8)
         }
-        Err(Stop::Failed(failure)) => {
+        Err(Stop::Failed(failure) | Stop::TimedOut(failure)) => {
             eprintln!("dist: {}: {}", failure.what, failure.cause);
             if debug {
                 eprintln!("{:?}", failure.cause);
