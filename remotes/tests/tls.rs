@@ -57,15 +57,7 @@ async fn https_needs_the_ca_and_works_with_it() {
         .expect("the registry must start with TLS (apt-get install docker-registry)");
     let repo = format!("{}/tls/app", registry.host());
 
-    let trusting = DockerResolver::new()
-        .plain_http(PlainHttp::Never)
-        .tls(std::slice::from_ref(&certs.ca), false)
-        .unwrap();
-    let blobs = image(false, "linux/amd64", 1000);
-    let pusher = trusting.pusher(&format!("{repo}:1")).await.unwrap();
-    push_all(pusher.as_ref(), &blobs).await;
-    let (_, desc) = trusting.resolve(&format!("{repo}:1")).await.unwrap();
-    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    push_and_resolve_trusting(&certs.ca, &repo).await;
 
     // A certificate nobody trusts is refused, and not asked again: every
     // attempt would be refused the same way.
@@ -101,15 +93,7 @@ async fn a_self_signed_certificate_given_as_its_own_ca_is_trusted() {
     let registry = Registry::start_tls(&cert, &key)
         .expect("the registry must start with TLS (apt-get install docker-registry)");
     let repo = format!("{}/tls/self", registry.host());
-    let trusting = DockerResolver::new()
-        .plain_http(PlainHttp::Never)
-        .tls(std::slice::from_ref(&cert), false)
-        .unwrap();
-    let blobs = image(false, "linux/amd64", 1000);
-    let pusher = trusting.pusher(&format!("{repo}:1")).await.unwrap();
-    push_all(pusher.as_ref(), &blobs).await;
-    let (_, desc) = trusting.resolve(&format!("{repo}:1")).await.unwrap();
-    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    push_and_resolve_trusting(&cert, &repo).await;
 
     let other = tempfile::tempdir().unwrap();
     let (elsewhere, elsewhere_key) =
@@ -361,4 +345,18 @@ async fn client_certificates_from_every_place_users_keep_them() {
         said.contains("client.pem") && said.contains("server.key"),
         "{said}"
     );
+}
+
+/// Pushes an image to `repo:1` and resolves it back, over HTTPS only,
+/// trusting `ca` alone.
+async fn push_and_resolve_trusting(ca: &std::path::Path, repo: &str) {
+    let trusting = DockerResolver::new()
+        .plain_http(PlainHttp::Never)
+        .tls(&[ca.to_path_buf()], false)
+        .unwrap();
+    let blobs = image(false, "linux/amd64", 1000);
+    let pusher = trusting.pusher(&format!("{repo}:1")).await.unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+    let (_, desc) = trusting.resolve(&format!("{repo}:1")).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
 }

@@ -172,6 +172,26 @@ async fn writeback_snapshotters_follow_the_same_rules() {
     assert_eq!(std::fs::read_to_string(one).unwrap(), "1");
 }
 
+/// Sets the access and modification times of `path` (not followed) to
+/// `secs` seconds and 5 ns.
+fn set_time(path: &Path, secs: i64) {
+    let t = rustix::fs::Timespec {
+        tv_sec: secs,
+        tv_nsec: 5,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
 fn inode(path: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path).unwrap())
 }
@@ -186,30 +206,13 @@ async fn native_apply_only_prepares_share_files_and_build_what_a_copy_builds() {
     let mode = |path: &Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    let time = |path: &Path, secs: i64| {
-        let t = rustix::fs::Timespec {
-            tv_sec: secs,
-            tv_nsec: 5,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: t,
-            last_modification: t,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            path,
-            &times,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
-    };
     // Wide (40 siblings, so walkers share the work) and deep.
     for i in 0..40 {
         let d = root.join(format!("wide/d{i:02}"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("f"), format!("{i}")).unwrap();
-        time(&d.join("f"), 1_600_000_000 + i);
-        time(&d, 1_500_000_000 + i);
+        set_time(&d.join("f"), 1_600_000_000 + i);
+        set_time(&d, 1_500_000_000 + i);
     }
     let deep = root.join("a/b/c");
     std::fs::create_dir_all(&deep).unwrap();
@@ -246,11 +249,11 @@ async fn native_apply_only_prepares_share_files_and_build_what_a_copy_builds() {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
-    time(&root.join("a/sym"), 1_400_000_000);
-    time(&deep, 1_300_000_000);
+    set_time(&root.join("a/sym"), 1_400_000_000);
+    set_time(&deep, 1_300_000_000);
     mode(&deep, 0o750);
     mode(&root.join("a/b"), 0o500);
-    time(&root.join("a/b"), 1_200_000_000);
+    set_time(&root.join("a/b"), 1_200_000_000);
     s.commit("base", "fill", Labels::new()).await.unwrap();
     let base = s.path("base").await.unwrap();
     let expected = full_tree(&base);
@@ -351,21 +354,7 @@ fn link_group(root: &Path, names: usize) -> Vec<String> {
         all.push(name);
     }
     for (i, dir) in ["d0", "d1", "d2", "d3", "bin"].iter().enumerate() {
-        let t = rustix::fs::Timespec {
-            tv_sec: 1_500_000_000 + i as i64,
-            tv_nsec: 7,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: t,
-            last_modification: t,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            root.join(dir),
-            &times,
-            rustix::fs::AtFlags::empty(),
-        )
-        .unwrap();
+        set_time(&root.join(dir), 1_500_000_000 + i as i64);
     }
     all
 }

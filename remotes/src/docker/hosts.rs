@@ -333,9 +333,8 @@ fn headers(table: toml::Table) -> std::result::Result<Vec<(String, String)>, Str
     let mut out = Vec::new();
     for (name, value) in table {
         let values = match value {
-            toml::Value::String(v) => vec![toml::Value::String(v)],
             toml::Value::Array(values) => values,
-            other => vec![other],
+            one => vec![one],
         };
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(format!("header {name:?}: not a valid HTTP header name"));
