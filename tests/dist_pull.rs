@@ -590,47 +590,67 @@ fn root_in_a_user_namespace_pulls_and_mounts_with_user_xattrs() {
     );
 }
 
+/// mount(2) of `source` (of `fstype`, with `data`) at `target`, this
+/// test's own; it must succeed.
+fn mount_at(
+    source: &std::ffi::CStr,
+    target: &Path,
+    fstype: Option<&std::ffi::CStr>,
+    flags: libc::c_ulong,
+    data: Option<&std::ffi::CStr>,
+) {
+    let target = std::ffi::CString::new(target.to_str().unwrap()).unwrap();
+    // SAFETY: valid C strings or nulls.
+    let mounted = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.map_or(std::ptr::null(), |t| t.as_ptr()),
+            flags,
+            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    assert_eq!(mounted, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// A mount this test made at a directory, unmounted when dropped.
+struct OwnMount(std::path::PathBuf);
+
+impl Drop for OwnMount {
+    fn drop(&mut self) {
+        let dir = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; the mount is this test's own.
+        unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 /// A tmpfs of a given size, the test's own, unmounted when dropped.
-struct SmallDisk(std::path::PathBuf);
+struct SmallDisk(OwnMount);
 
 impl SmallDisk {
     fn mount(dir: &Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(dir).unwrap();
-        SmallDisk(dir.to_path_buf()).remount(0, size)
+        SmallDisk(OwnMount(dir.to_path_buf())).remount(0, size)
     }
 
     fn remount(self, flags: libc::c_ulong, size: &str) -> SmallDisk {
-        let dir = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
         let data = std::ffi::CString::new(format!("size={size}")).unwrap();
-        // SAFETY: valid C strings; the mount is this test's own.
-        let mounted = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                dir.as_ptr(),
-                c"tmpfs".as_ptr(),
-                flags,
-                data.as_ptr().cast(),
-            )
-        };
-        assert_eq!(mounted, 0, "{}", std::io::Error::last_os_error());
+        mount_at(c"tmpfs", &self.0.0, Some(c"tmpfs"), flags, Some(&data));
         self
     }
-}
 
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let dir = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
-        // SAFETY: as above.
-        unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+    fn path(&self) -> &Path {
+        &self.0.0
     }
 }
 
 /// A disk that fills while a layer unpacks (its blobs fitted) fails the
 /// pull with the full disk's own error, not with what a database said
 /// after it, and not after unpacking once more for nothing; and it gives
-/// back the room its half-unpacked layer took, even when the snapshot
-/// database has none left to record that in. Once there is room, the same
-/// pull finishes and builds the right tree.
+/// back the room its half-unpacked layers took, even when the snapshot
+/// database has none left to record that in (their records go at the next
+/// open), however often it is retried. Once there is room, the same pull
+/// finishes and builds the right tree.
 #[test]
 fn a_disk_that_fills_during_unpack_says_so_and_the_rerun_finishes() {
     let registry =
@@ -638,25 +658,117 @@ fn a_disk_that_fills_during_unpack_says_so_and_the_rerun_finishes() {
     let work = tempfile::tempdir().unwrap();
     let reference = push_image(&registry.host(), work.path(), 8 << 20);
     let disk = SmallDisk::mount(&work.path().join("small"), "12m");
-    let root = disk.0.join("store");
+    let root = disk.path().join("store");
     ok(dist(&root, &["fetch", &reference], b""));
     let full = dist(&root, &["pull", &reference], b"");
     assert!(!full.status.success(), "the rootfs cannot fit");
     let said = stderr(&full);
     assert!(said.contains("No space left on device"), "{said}");
     assert!(!said.contains("Previous I/O error"), "{said}");
-    // The failed unpack's snapshot gave its room back: the image can go,
-    // and a prune takes its blobs and the snapshot's record.
+    for _ in 0..2 {
+        let again = stderr(&dist(&root, &["pull", &reference], b""));
+        assert!(again.contains("No space left on device"), "{again}");
+    }
+    // The failed unpacks' snapshots gave their room back, every one, and
+    // their records are gone: nothing is left for a prune but the blobs.
+    let dirs = root.join("snapshots/overlay/snapshots");
+    let left: Vec<_> = std::fs::read_dir(&dirs).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
     ok(dist(&root, &["images", "rm", &reference], b""));
     let pruned = ok(dist(&root, &["prune", "--grace", "0s"], b""));
     assert!(
-        pruned.contains("removed 2 overlay snapshots") && pruned.contains("removed 4 blobs"),
+        pruned.contains("removed 0 overlay snapshots; 0 kept")
+            && pruned.contains("removed 4 blobs"),
         "{pruned}"
     );
     let _disk = disk.remount(libc::MS_REMOUNT, "64m");
     ok(dist(&root, &["pull", &reference], b""));
     ok(dist(&root, &["images", "check"], b""));
     copy_and_check_rootfs(&root, "overlay", &reference, &work.path().join("copy"));
+}
+
+/// A pull that must wait for a prune in another process (it holds the
+/// leases while it decides) says so, and goes on once the prune is done.
+#[test]
+fn a_pull_waiting_for_a_prune_says_so() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_image(&registry.host(), work.path(), 1000);
+    let root = work.path().join("store");
+    std::fs::create_dir_all(root.join("leases")).unwrap();
+    // What a prune holds, stopped (SIGSTOP) or slow.
+    let prune = std::fs::File::create(root.join("leases/.lock")).unwrap();
+    prune.lock().unwrap();
+    let mut pull = Command::new(dist_binary())
+        .arg("--root")
+        .arg(&root)
+        .args(["pull", &reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = pull.try_wait().unwrap().is_none();
+    drop(prune);
+    let out = pull.wait_with_output().unwrap();
+    let said = stderr(&out);
+    assert!(waiting && out.status.success(), "{said}");
+    assert!(
+        said.contains("waiting for a prune in another process"),
+        "{said}"
+    );
+}
+
+/// A read-only bind mount of `source` at `at`, the test's own.
+fn read_only_view(source: &Path, at: &Path) -> OwnMount {
+    std::fs::create_dir_all(at).unwrap();
+    let source = std::ffi::CString::new(source.to_str().unwrap()).unwrap();
+    mount_at(&source, at, None, libc::MS_BIND, None);
+    let view = OwnMount(at.to_path_buf());
+    let read_only = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    mount_at(&source, at, None, read_only, None);
+    view
+}
+
+/// A store that cannot be written (a read-only mount; as well another
+/// user's) can still be read: its images listed and checked, a prune's dry
+/// run made, its blobs read. A change fails saying why, and changes nothing.
+#[test]
+fn a_read_only_store_can_be_read_and_says_why_it_cannot_be_changed() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_image(&registry.host(), work.path(), 1000);
+    let root = work.path().join("store");
+    ok(dist(&root, &["pull", &reference], b""));
+    let view = read_only_view(&root, &work.path().join("read-only"));
+    let read_only = view.0.clone();
+
+    let images = ok(dist(&read_only, &["images"], b""));
+    assert!(images.contains(&reference), "{images}");
+    let checked = ok(dist(&read_only, &["images", "check"], b""));
+    assert!(checked.contains("complete"), "{checked}");
+    let would = ok(dist(
+        &read_only,
+        &["prune", "--dry-run", "--grace", "0s"],
+        b"",
+    ));
+    assert!(
+        would.contains("would remove 0 overlay snapshots")
+            && would.contains("would remove 0 blobs"),
+        "{would}"
+    );
+    let listed = ok(dist(&read_only, &["list", "-q"], b""));
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+
+    let refused = dist(&read_only, &["images", "rm", &reference], b"");
+    assert!(!refused.status.success());
+    let said = stderr(&refused);
+    assert!(said.contains("read-only"), "{said}");
+    drop(view);
+    let images = ok(dist(&root, &["images"], b""));
+    assert!(images.contains(&reference), "{images}");
 }
 
 /// A store reached through a bind mount (a container's volume): its rootfs

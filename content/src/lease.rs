@@ -285,12 +285,21 @@ impl Leases {
     }
 }
 
+/// The lock file at `path`, made if needed; read-only where it may not be
+/// written (a store on a read-only mount, another user's), which locks as
+/// well: a collection's dry run reads such a store.
 fn open_lock(path: &Path) -> Result<File> {
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
+        .or_else(|e| match e.kind() {
+            io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
+                File::open(path).map_err(|_| e)
+            }
+            _ => Err(e),
+        })
         .map_err(|e| Error::io("open", path, e))
 }
 

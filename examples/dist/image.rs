@@ -524,6 +524,20 @@ pub(crate) async fn prune(
                 pruned.removed.len(),
                 pruned.kept
             );
+            let cleanup = &pruned.cleanup;
+            for key in &cleanup.records {
+                report!("{verb} {name} record {key} (its directory was gone)");
+            }
+            for (path, size) in &cleanup.dirs {
+                report!(
+                    "{verb} {name} leftover {} ({})",
+                    path.display(),
+                    output::size(*size)
+                );
+            }
+            for (path, why) in &cleanup.failed {
+                report!("could not remove {name} leftover {}: {why}", path.display());
+            }
         }
         Ok(())
     }

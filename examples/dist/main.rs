@@ -306,10 +306,21 @@ async fn run(cli: Cli) -> CmdResult {
     // in another process for as long as the command runs.
     let lease = || async {
         let leases = Leases::open(root.join("leases")).map_err(|e| open("leases in", e.into()))?;
-        leases
-            .acquire()
-            .await
-            .map_err(|e| open("a lease in", e.into()))
+        let acquired = leases.acquire();
+        tokio::pin!(acquired);
+        // A prune holds the leases while it decides and removes: said, so
+        // a wait behind a stopped one is not a silent hang.
+        let acquired = tokio::select! {
+            acquired = &mut acquired => acquired,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                eprintln!(
+                    "dist: waiting for a prune in another process (it holds {})",
+                    leases.path().join(".lock").display()
+                );
+                acquired.await
+            }
+        };
+        acquired.map_err(|e| open("a lease in", e.into()))
     };
     let remote = image::Remote {
         plain_http: cli.plain_http,
@@ -355,7 +366,7 @@ async fn run(cli: Cli) -> CmdResult {
                 .map(|s| std::sync::Arc::new(s) as _),
             };
             let opened = opened.map_err(|e| open("snapshotter in", e.into()))?;
-            let _ = OPENED_SNAPSHOTTER.set(opened.clone());
+            *OPENED_SNAPSHOTTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened.clone());
             Ok(opened)
         };
     match cli.command {
@@ -414,9 +425,11 @@ async fn run(cli: Cli) -> CmdResult {
 }
 
 /// The snapshotter the command opened, for [`main`] to remove the
-/// extractions it left unfinished when a signal stopped it.
-static OPENED_SNAPSHOTTER: std::sync::OnceLock<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>> =
-    std::sync::OnceLock::new();
+/// extractions it left unfinished when a signal stopped it, and to close.
+#[allow(clippy::type_complexity)]
+static OPENED_SNAPSHOTTER: std::sync::Mutex<
+    Option<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>>,
+> = std::sync::Mutex::new(None);
 
 /// Why a command stopped early.
 enum Stop {
@@ -500,7 +513,11 @@ fn main() -> ExitCode {
     // command's unpack: an unpack removes them itself only when it fails.
     // Dropped, its layers stop at their next read.
     let dropped = matches!(result, Err(Stop::Interrupted(..) | Stop::TimedOut(_)));
-    if let (true, Some(snapshotter)) = (dropped, OPENED_SNAPSHOTTER.get()) {
+    let snapshotter = OPENED_SNAPSHOTTER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let (true, Some(snapshotter)) = (dropped, &snapshotter) {
         let removed = runtime.block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(5),
@@ -514,6 +531,9 @@ fn main() -> ExitCode {
     }
     // Blocking writes still running must not hold the exit up for long.
     runtime.shutdown_timeout(Duration::from_secs(2));
+    // Closed, its database is left clean: another process opens it without
+    // a repair, and one that may not write it can read it.
+    drop(snapshotter);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Stop::Interrupted(signal, name)) => {

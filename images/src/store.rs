@@ -189,7 +189,7 @@ impl Record {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct DbImageStore {
-    db: Arc<Database>,
+    db: Arc<SharedDatabase>,
 }
 
 impl std::fmt::Debug for DbImageStore {
@@ -205,7 +205,9 @@ fn db_error(e: impl Into<redb::Error>) -> Error {
 
 /// Opens the redb database at `path` in redb's multi-writer mode (shared
 /// with any other process that opens it the same way), creating it if
-/// needed, and its directory too.
+/// needed, and its directory too. A database this process may not write (on
+/// a read-only mount, or another user's) is opened for reading only: see
+/// [`SharedDatabase`].
 ///
 /// redb creates a database in place and writes its magic number last, and
 /// refuses a file without one: a process killed while creating it would
@@ -215,7 +217,7 @@ fn db_error(e: impl Into<redb::Error>) -> Error {
 /// magic number still zeros, or empty) is replaced the same way; a file
 /// with any other contents is left for redb to judge. The snapshotters keep
 /// their metadata through this too.
-pub fn open_shared_database(path: &Path) -> std::io::Result<Database> {
+pub fn open_shared_database(path: &Path) -> std::io::Result<SharedDatabase> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -252,10 +254,56 @@ pub fn open_shared_database(path: &Path) -> std::io::Result<Database> {
             made?;
         }
     }
-    Database::builder()
-        .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-        .create(path)
-        .map_err(std::io::Error::other)
+    let mut builder = Database::builder();
+    builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+    match builder.create(path) {
+        Ok(db) => Ok(SharedDatabase::Writable(db)),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            let db = builder
+                .open_read_only(path)
+                .map_err(std::io::Error::other)?;
+            Ok(SharedDatabase::ReadOnly(db, e.kind()))
+        }
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+/// A database [`open_shared_database`] opened: for reading and writing, or,
+/// where this process may not write the file, for reading only (and why).
+/// Reading a store needs no write access: listing the images of a store on
+/// a read-only mount works, and only a change fails.
+pub enum SharedDatabase {
+    /// Opened for reading and writing.
+    Writable(Database),
+    /// Opened for reading only: writing the file failed so.
+    ReadOnly(redb::ReadOnlyDatabase, std::io::ErrorKind),
+}
+
+impl SharedDatabase {
+    /// Begins a read transaction.
+    pub fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::Error> {
+        Ok(match self {
+            SharedDatabase::Writable(db) => db.begin_read()?,
+            SharedDatabase::ReadOnly(db, _) => db.begin_read()?,
+        })
+    }
+
+    /// Begins a write transaction; an I/O error (of the kind that made it
+    /// read-only) when the database was opened for reading only.
+    pub fn begin_write(&self) -> std::result::Result<redb::WriteTransaction, redb::Error> {
+        match self {
+            SharedDatabase::Writable(db) => Ok(db.begin_write()?),
+            SharedDatabase::ReadOnly(_, why) => Err(redb::Error::Io(std::io::Error::new(
+                *why,
+                "the database was opened read-only (the store cannot be written)",
+            ))),
+        }
+    }
 }
 
 /// Whether the database at `path` is missing, or was never finished: empty,
@@ -284,7 +332,7 @@ impl DbImageStore {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&SharedDatabase) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
@@ -294,7 +342,7 @@ impl DbImageStore {
 
     /// Runs `change` on the current record of `name` in one write transaction.
     fn write(
-        db: &Database,
+        db: &SharedDatabase,
         name: &str,
         change: impl FnOnce(Option<Image>) -> Result<Option<Image>>,
     ) -> Result<Option<Image>> {

@@ -1,27 +1,42 @@
 //! What both snapshotters share: the layout of their root, the metadata
 //! database, and the operations that only touch metadata.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ocidist_content::filters::Filters;
 
 use crate::metadata::{self, Commit, MetaStore, NewSnapshot, Record};
 use crate::{
-    CommitRequest, Durability, Error, Info, Kind, Labels, PrepareRequest, Result, Usage, tree,
+    Cleanup, CommitRequest, Durability, Error, Info, Kind, Labels, PrepareRequest, Result, Usage,
+    tree,
 };
 
 /// A snapshot's directory, made and filled in `staging`, waiting for its
 /// record.
 struct Staged {
-    pub(crate) key: String,
-    pub(crate) parent: Option<String>,
-    pub(crate) kind: Kind,
-    pub(crate) labels: Labels,
-    pub(crate) staging: PathBuf,
+    key: String,
+    parent: Option<String>,
+    kind: Kind,
+    labels: Labels,
+    staging: StagingDir,
 }
+
+/// A staging directory (`snapshots/new-…`), with the lock its maker holds
+/// on it until it is placed or removed. The lock, not a pid, tells a sweeper
+/// that its maker is gone: pids mean nothing across pid namespaces (a
+/// process in a container is pid 2 there, and the host's pid 2 never dies).
+pub(crate) struct StagingDir {
+    pub(crate) path: PathBuf,
+    _held: Option<std::fs::File>,
+}
+
+/// How long a staging directory may stand unlocked: its maker locks it just
+/// after making it.
+const STAGING_LOCK_WINDOW: Duration = Duration::from_secs(60);
 
 /// `<root>/metadata.redb` and `<root>/snapshots/<id>/`.
 pub(crate) struct Base {
@@ -29,6 +44,11 @@ pub(crate) struct Base {
     pub(crate) meta: MetaStore,
     durability: Durability,
     closed: AtomicBool,
+    /// The ids of the active snapshots this process made and has not
+    /// committed or removed, by key: after a write fails on a full disk the
+    /// database answers nothing more in this process, and a failed unpack
+    /// must still give their room back.
+    own_active: Mutex<HashMap<String, u64>>,
 }
 
 impl Base {
@@ -48,8 +68,14 @@ impl Base {
         // no other user may reach through these paths (containerd's
         // CVE-2021-41103). A mounted rootfs is reached at its mount point.
         for dir in [root, snapshots.as_path()] {
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .map_err(|e| Error::io("chmod", dir, e))?;
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            // Left alone when right already: a store on a read-only mount
+            // can still be read.
+            let mode = std::fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+            if mode.mode() & 0o7777 != 0o700 {
+                std::fs::set_permissions(dir, PermissionsExt::from_mode(0o700))
+                    .map_err(|e| Error::io("chmod", dir, e))?;
+            }
         }
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
         let base = Arc::new(Base {
@@ -57,10 +83,11 @@ impl Base {
             meta,
             durability,
             closed: AtomicBool::new(false),
+            own_active: Mutex::new(HashMap::new()),
         });
-        base.remove_staging_leftovers();
-        // Best effort, as for staging leftovers: a failure here costs space only.
-        let _ = base.remove_orphan_dirs();
+        // Best effort: a failure here costs space only (and a read-only
+        // store can still be read).
+        let _ = base.clean_up(false);
         Ok(base)
     }
 
@@ -72,15 +99,22 @@ impl Base {
         self.snapshots_dir().join(id.to_string())
     }
 
-    /// A fresh staging directory for a snapshot being made.
-    pub(crate) fn staging(&self) -> Result<PathBuf> {
+    /// A fresh staging directory for a snapshot being made, locked.
+    fn staging(&self) -> Result<StagingDir> {
         let dir = tempfile_name(&self.snapshots_dir(), "new-");
         std::fs::create_dir(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+        let staging = StagingDir {
+            _held: lock(&dir),
+            path: dir,
+        };
         // A snapshot's root is 0755 whatever the umask; a parent's copy or a
         // layer's root entry may change it.
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(|e| Error::io("chmod", &dir, e))?;
-        Ok(dir)
+        std::fs::set_permissions(
+            &staging.path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| Error::io("chmod", &staging.path, e))?;
+        Ok(staging)
     }
 
     /// Makes a staging directory for each request, fills it with
@@ -94,15 +128,15 @@ impl Base {
     ) -> Result<Vec<(Record, Vec<u64>)>> {
         let mut staged: Vec<Staged> = Vec::with_capacity(requests.len());
         for request in requests {
-            let filled = self
-                .staging()
-                .and_then(|staging| match fill(self, &request, &staging) {
-                    Ok(()) => Ok(staging),
-                    Err(e) => {
-                        let _ = tree::remove_tree(&staging);
-                        Err(e)
-                    }
-                });
+            let filled =
+                self.staging()
+                    .and_then(|staging| match fill(self, &request, &staging.path) {
+                        Ok(()) => Ok(staging),
+                        Err(e) => {
+                            let _ = tree::remove_tree(&staging.path);
+                            Err(e)
+                        }
+                    });
             match filled {
                 Ok(staging) => staged.push(Staged {
                     key: request.key,
@@ -113,7 +147,7 @@ impl Base {
                 }),
                 Err(e) => {
                     for s in &staged {
-                        let _ = tree::remove_tree(&s.staging);
+                        let _ = tree::remove_tree(&s.staging.path);
                     }
                     return Err(e);
                 }
@@ -145,7 +179,7 @@ impl Base {
                 // The id is ours alone (the write transaction is exclusive),
                 // so anything already there is a crash's orphan.
                 tree::remove_tree(&dir)?;
-                std::fs::rename(&staged[index].staging, &dir)
+                std::fs::rename(&staged[index].staging.path, &dir)
                     .map_err(|e| Error::io("rename", &dir, e))?;
                 placed.push(dir);
                 Ok(())
@@ -155,12 +189,30 @@ impl Base {
                 Durability::Writeback => Ok(()),
             },
         );
-        if result.is_err() {
-            for dir in placed.iter().chain(staged.iter().map(|s| &s.staging)) {
-                let _ = tree::remove_tree(dir);
+        match &result {
+            Ok(created) => {
+                let mut own = self.own_active.lock().unwrap_or_else(|p| p.into_inner());
+                for (s, (record, _)) in staged.iter().zip(created) {
+                    if s.kind == Kind::Active {
+                        own.insert(s.key.clone(), record.id);
+                    }
+                }
+            }
+            Err(_) => {
+                for dir in placed.iter().chain(staged.iter().map(|s| &s.staging.path)) {
+                    let _ = tree::remove_tree(dir);
+                }
             }
         }
         result
+    }
+
+    /// Forgets `keys` as active snapshots of this process.
+    fn disown(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) {
+        let mut own = self.own_active.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            own.remove(key.as_ref());
+        }
     }
 
     /// Commits every request in order, in one metadata transaction after one
@@ -193,50 +245,81 @@ impl Base {
             })
             .collect();
         self.meta.commit_all(commits)?;
+        self.disown(requests.iter().map(|r| &r.key));
         Ok(())
     }
 
     /// Removes `key` from the metadata, then its directory. Once the record
     /// is gone the removal has happened: a directory that will not go (a
-    /// full disk, an immutable file) is left for the next open to sweep, as
-    /// an orphan or an `rm-` leftover, rather than reported for a key that
-    /// no longer exists (containerd logs it too). The one exception: an
-    /// active snapshot whose record a full disk has no room to remove loses
-    /// its directory first, and keeps its record, in error, until the next
-    /// removal.
+    /// full disk, an immutable file) is left for [`clean_up`](Self::clean_up)
+    /// (the next open, or a prune) to sweep, as an orphan or an `rm-`
+    /// leftover, rather than reported for a key that no longer exists
+    /// (containerd logs it too). The one exception: an active snapshot whose
+    /// record a full disk has no room to remove loses its directory first,
+    /// and keeps its record, in error, until the next clean-up drops it.
     pub(crate) async fn remove(self: &Arc<Self>, key: &str) -> Result<()> {
         let key = key.to_string();
         self.run(move |base| {
-            let remove_dir = |id: u64| {
-                let doomed = tempfile_name(&base.snapshots_dir(), "rm-");
-                if std::fs::rename(base.dir(id), &doomed).is_ok() {
-                    let _ = tree::remove_tree(&doomed);
-                }
+            // An active snapshot's directory (a failed unpack's) is the room
+            // a full disk lacks, and nothing else reads it (parents are
+            // committed): it goes even when its record cannot.
+            let make_room = |id: u64, source| {
+                base.remove_dir(id);
+                base.disown([&key]);
+                Err(Error::io(
+                    "remove (its directory went, to make room; its record stays) snapshot",
+                    &key,
+                    source,
+                ))
             };
             // Read first: after a write that failed, the database answers
             // nothing more in this process.
-            let before = base.meta.record(&key)?;
+            let before = match base.meta.record(&key) {
+                Ok(record) => record,
+                Err(e) => {
+                    let own = base.own_active.lock().unwrap_or_else(|p| p.into_inner());
+                    return match own.get(&key).copied() {
+                        Some(id) if !e.is_not_found() => {
+                            drop(own);
+                            make_room(id, std::io::Error::other(e.to_string()))
+                        }
+                        _ => Err(e),
+                    };
+                }
+            };
             match base.meta.remove(&key) {
-                Ok(record) => remove_dir(record.id),
-                // No room to record the removal on a full disk. An active
-                // snapshot's directory (a failed unpack's) is the room, and
-                // nothing else reads it (parents are committed): it goes
-                // now, and its record at the next removal.
+                Ok(record) => {
+                    base.disown([&key]);
+                    base.remove_dir(record.id);
+                    Ok(())
+                }
                 Err(Error::Io { source, .. })
                     if metadata::is_full(&source) && before.kind == Kind::Active =>
                 {
-                    remove_dir(before.id);
-                    return Err(Error::io(
-                        "remove (its directory went, to make room; its record stays) snapshot",
-                        &key,
-                        source,
-                    ));
+                    make_room(before.id, source)
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             }
-            Ok(())
         })
         .await
+    }
+
+    /// Removes the directory of snapshot `id`, whose record is gone or
+    /// going; best effort (what stays is [`clean_up`](Self::clean_up)'s).
+    fn remove_dir(&self, id: u64) {
+        let dir = self.dir(id);
+        // Locked for as long as it is being removed, so that sweepers leave
+        // it to us.
+        let _held = lock(&dir);
+        // Moved out of the way first, so that a kill halfway leaves an
+        // `rm-` leftover, not half a snapshot under its id.
+        let doomed = tempfile_name(&self.snapshots_dir(), "rm-");
+        let _ = match std::fs::rename(&dir, &doomed) {
+            Ok(()) => tree::remove_tree(&doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            // A full directory may have no room for a new name.
+            Err(_) => tree::remove_tree(&dir),
+        };
     }
 
     pub(crate) async fn stat(self: &Arc<Self>, key: &str) -> Result<Info> {
@@ -307,76 +390,186 @@ impl Base {
         Ok(())
     }
 
-    /// Removes the staging and removal directories crashed processes left.
-    fn remove_staging_leftovers(&self) {
-        let Ok(entries) = std::fs::read_dir(self.snapshots_dir()) else {
-            return;
+    pub(crate) async fn cleanup(self: &Arc<Self>, dry_run: bool) -> Result<Cleanup> {
+        self.run(move |base| base.clean_up(dry_run)).await
+    }
+
+    /// Removes (with `dry_run`, finds) what killed or failed operations left:
+    /// active records whose directory is gone, then `rm-` directories
+    /// (a removal's, its record gone already), staging directories no live
+    /// process holds, and id directories no record names. Writes only when
+    /// there is something to remove.
+    pub(crate) fn clean_up(&self, dry_run: bool) -> Result<Cleanup> {
+        let mut found = Cleanup::default();
+        let gone = |record: &Record| {
+            matches!(std::fs::symlink_metadata(self.dir(record.id)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound)
         };
-        for entry in entries.flatten() {
+        let records = self.meta.list()?;
+        let known: HashSet<u64> = records.iter().map(|(_, r)| r.id).collect();
+        if records
+            .iter()
+            .any(|(_, r)| r.kind == Kind::Active && gone(r))
+        {
+            found.records = if dry_run {
+                let dirless = records
+                    .iter()
+                    .filter(|(_, r)| r.kind == Kind::Active && gone(r));
+                dirless.map(|(key, _)| key.clone()).collect()
+            } else {
+                self.meta.remove_active_where(gone)?
+            };
+        }
+
+        let snapshots = self.snapshots_dir();
+        let entries: Vec<_> = std::fs::read_dir(&snapshots)
+            .map_err(|e| Error::io("read", &snapshots, e))?
+            .flatten()
+            .collect();
+        // (where it is reported, where it is removed from)
+        let mut doomed: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut orphans = false;
+        for entry in &entries {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let Some(rest) = name
-                .strip_prefix("new-")
-                .or_else(|| name.strip_prefix("rm-"))
-            else {
-                continue;
-            };
             let modified = || entry.metadata().and_then(|m| m.modified()).ok();
-            if is_leftover(rest, modified) {
-                let _ = tree::remove_tree(&entry.path());
+            // A removal's record is gone already: it goes unless its
+            // remover is at it.
+            let leftover = if name.starts_with("rm-") {
+                is_held(&entry.path()) != Some(true)
+            } else if let Some(rest) = name.strip_prefix("new-") {
+                is_abandoned_staging(&entry.path(), rest, modified)
+            } else {
+                orphans |= name.parse::<u64>().is_ok_and(|id| !known.contains(&id));
+                false
+            };
+            if leftover {
+                doomed.push((entry.path(), entry.path()));
             }
         }
+        if orphans {
+            doomed.extend(self.orphan_dirs(dry_run)?);
+        }
+        for (path, from) in doomed {
+            // Gone meanwhile: another process swept it.
+            if std::fs::symlink_metadata(&from).is_err() {
+                continue;
+            }
+            let size = tree::usage(&from).map_or(0, |(size, _)| size);
+            if dry_run {
+                found.dirs.push((path, size));
+                continue;
+            }
+            match tree::remove_tree(&from) {
+                Ok(()) => found.dirs.push((path, size)),
+                Err(e) => found.failed.push((path, e.to_string())),
+            }
+        }
+        Ok(found)
     }
-}
 
-impl Base {
-    /// Removes the snapshot directories no record names: what a process
-    /// killed inside [`remove`](Self::remove), between dropping the record
-    /// and moving the directory away, leaves for good (its id is never
-    /// handed out again). Looked for without a lock first, as opening is
-    /// frequent and orphans rare; then confirmed and moved away under the
-    /// metadata's write lock, where no create is half done.
-    fn remove_orphan_dirs(&self) -> Result<()> {
-        let numbered = || -> Result<Vec<(u64, PathBuf)>> {
+    /// The snapshot directories no record names, with where each is to be
+    /// removed from: what a process killed inside [`remove`](Self::remove),
+    /// between dropping the record and moving the directory away, leaves
+    /// for good (its id is never handed out again). Unless `dry_run`, they
+    /// are confirmed, and moved to `rm-` names, under the metadata's write
+    /// lock, where no create is half done (a directory is placed before its
+    /// record is written).
+    fn orphan_dirs(&self, dry_run: bool) -> Result<Vec<(PathBuf, PathBuf)>> {
+        let numbered = |ids: &HashSet<u64>| -> Result<Vec<PathBuf>> {
             let dir = self.snapshots_dir();
             let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
             Ok(entries
                 .flatten()
-                .filter_map(|entry| {
-                    let id = entry.file_name().to_str()?.parse::<u64>().ok()?;
-                    Some((id, entry.path()))
+                .filter(|entry| {
+                    let name = entry.file_name();
+                    let id = name.to_str().and_then(|name| name.parse::<u64>().ok());
+                    id.is_some_and(|id| !ids.contains(&id))
                 })
+                .map(|entry| entry.path())
                 .collect())
         };
-        let known: std::collections::HashSet<u64> =
-            self.meta.list()?.into_iter().map(|(_, r)| r.id).collect();
-        if numbered()?.iter().all(|(id, _)| known.contains(id)) {
-            return Ok(());
+        if dry_run {
+            let ids = self.meta.list()?.into_iter().map(|(_, r)| r.id).collect();
+            return Ok(numbered(&ids)?
+                .into_iter()
+                .map(|p| (p.clone(), p))
+                .collect());
         }
-        let mut doomed = Vec::new();
+        let mut moved = Vec::new();
         self.meta.with_ids_held(|ids| {
-            for (id, path) in numbered()? {
-                if !ids.contains(&id) {
-                    let away = tempfile_name(&self.snapshots_dir(), "rm-");
-                    std::fs::rename(&path, &away).map_err(|e| Error::io("rename", &path, e))?;
-                    doomed.push(away);
-                }
+            for path in numbered(ids)? {
+                let away = tempfile_name(&self.snapshots_dir(), "rm-");
+                std::fs::rename(&path, &away).map_err(|e| Error::io("rename", &path, e))?;
+                moved.push((path, away));
             }
             Ok(())
         })?;
-        for dir in doomed {
-            tree::remove_tree(&dir)?;
-        }
-        Ok(())
+        Ok(moved)
     }
 }
 
-/// Whether a staging or removal directory named `<prefix><rest>` (see
-/// [`tempfile_name`]) is a crashed process's: made over an hour ago by a
-/// process no longer running. Its mtime cannot tell: a snapshot copied from
-/// its parent takes the parent's. Names without a time (older versions) fall
-/// back to `modified`.
-fn is_leftover(rest: &str, modified: impl FnOnce() -> Option<SystemTime>) -> bool {
+/// Whether the staging directory `path` (named `new-<rest>`, see
+/// [`tempfile_name`]) was left by a maker that is gone: made over
+/// [`STAGING_LOCK_WINDOW`] ago, and no one holds its lock. Where the
+/// filesystem has no locks, the rule of versions before them:
+/// [`made_by_a_dead_process_an_hour_ago`].
+fn is_abandoned_staging(
+    path: &Path,
+    rest: &str,
+    modified: impl Fn() -> Option<SystemTime>,
+) -> bool {
+    let made = name_time(rest).or_else(&modified);
+    let young = made
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age <= STAGING_LOCK_WINDOW);
+    if young {
+        return false;
+    }
+    match is_held(path) {
+        Some(held) => !held,
+        None => made_by_a_dead_process_an_hour_ago(rest, modified),
+    }
+}
+
+/// The directory `dir`, open and locked (`flock`, exclusive) until dropped,
+/// or `None` where the filesystem has no locks (then sweepers fall back on
+/// names and pids).
+fn lock(dir: &Path) -> Option<std::fs::File> {
+    let file = std::fs::File::open(dir).ok()?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
+    Some(file)
+}
+
+/// Whether a live process holds the lock on the directory `path`; `None`
+/// when that cannot be told.
+fn is_held(path: &Path) -> Option<bool> {
+    let dir = std::fs::File::open(path).ok()?;
+    // Taken, the lock goes with `dir`, at once.
+    match rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Some(false),
+        Err(rustix::io::Errno::WOULDBLOCK) => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// The time in a name [`tempfile_name`] made (after its prefix).
+fn name_time(rest: &str) -> Option<SystemTime> {
+    match rest.split('-').collect::<Vec<_>>()[..] {
+        [_pid, secs, _, _] => Some(UNIX_EPOCH + Duration::from_secs(secs.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// Whether a staging directory named `<prefix><rest>` (see
+/// [`tempfile_name`]) is a crashed process's by its name: made over an hour
+/// ago by a process no longer running (in this pid namespace). Its mtime
+/// cannot tell: a snapshot copied from its parent takes the parent's. Names
+/// without a time (older versions) fall back to `modified`.
+fn made_by_a_dead_process_an_hour_ago(
+    rest: &str,
+    modified: impl FnOnce() -> Option<SystemTime>,
+) -> bool {
     const AGE: Duration = Duration::from_secs(3600);
     let parts: Vec<&str> = rest.split('-').collect();
     if let [pid, secs, _, _] = parts[..]
@@ -463,21 +656,33 @@ mod tests {
         let recent_mtime = || Some(SystemTime::now());
         let old_mtime = || Some(SystemTime::now() - Duration::from_secs(7200));
         // An old mtime (copied from a parent) says nothing.
-        assert!(!is_leftover(&format!("{gone}-{now}-1f-0"), old_mtime));
-        assert!(!is_leftover(
+        assert!(!made_by_a_dead_process_an_hour_ago(
+            &format!("{gone}-{now}-1f-0"),
+            old_mtime
+        ));
+        assert!(!made_by_a_dead_process_an_hour_ago(
             &format!("{alive}-{two_hours_ago}-1f-0"),
             old_mtime
         ));
-        assert!(is_leftover(
+        assert!(made_by_a_dead_process_an_hour_ago(
             &format!("{gone}-{two_hours_ago}-1f-0"),
             recent_mtime
         ));
         // Names of older versions: by mtime.
-        assert!(is_leftover(&format!("{alive}-1f-0"), old_mtime));
-        assert!(!is_leftover(&format!("{alive}-1f-0"), recent_mtime));
+        assert!(made_by_a_dead_process_an_hour_ago(
+            &format!("{alive}-1f-0"),
+            old_mtime
+        ));
+        assert!(!made_by_a_dead_process_an_hour_ago(
+            &format!("{alive}-1f-0"),
+            recent_mtime
+        ));
         // And the names made now are read back.
         let name = tempfile_name(Path::new(""), "new-");
         let rest = name.to_str().unwrap().strip_prefix("new-").unwrap();
-        assert!(!is_leftover(rest, old_mtime), "{rest}");
+        assert!(
+            !made_by_a_dead_process_an_hour_ago(rest, old_mtime),
+            "{rest}"
+        );
     }
 }

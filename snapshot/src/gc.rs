@@ -10,6 +10,8 @@
 //! grace period belong to an unpack that was killed, and are removed, and so
 //! are those a lease found dead names ([`PruneOptions::abandoned`]), young
 //! or not. A snapshot that gains a child while the sweep runs is kept too.
+//! Last, the snapshotter's [`cleanup`](Snapshotter::cleanup) sweeps what
+//! killed or failed operations left that no snapshot owns.
 //!
 //! A snapshot `keep` names is kept whatever its kind, so an unpack that
 //! takes a lease ([`lease::LeasedSnapshotter`](crate::lease::LeasedSnapshotter))
@@ -27,7 +29,7 @@ use ocidist_images::manifest;
 use ocidist_images::platforms;
 
 use crate::unpack::EXTRACT_KEY_PREFIX;
-use crate::{Info, Kind, Result, Snapshotter};
+use crate::{Cleanup, Info, Kind, Result, Snapshotter};
 
 /// Options for [`prune`].
 #[derive(Debug, Clone)]
@@ -62,6 +64,9 @@ pub struct PruneReport {
     pub removed: Vec<Info>,
     /// How many snapshots were kept.
     pub kept: usize,
+    /// What the snapshotter's [`cleanup`](Snapshotter::cleanup) removed
+    /// after: storage no snapshot owns.
+    pub cleanup: Cleanup,
 }
 
 /// Removes the snapshots of `snapshotter` that neither `keep` names (active
@@ -141,6 +146,7 @@ pub async fn prune<S: Snapshotter + ?Sized>(
     let mut report = PruneReport {
         removed: Vec::with_capacity(doomed.len()),
         kept: kept.len(),
+        cleanup: Cleanup::default(),
     };
     for info in doomed {
         if !opts.dry_run {
@@ -159,6 +165,8 @@ pub async fn prune<S: Snapshotter + ?Sized>(
         }
         report.removed.push(info.clone());
     }
+    // Last, so that what these removals could not take goes too.
+    report.cleanup = snapshotter.cleanup(opts.dry_run).await?;
     Ok(report)
 }
 

@@ -131,4 +131,7 @@ impl<S: Snapshotter> Snapshotter for LeasedSnapshotter<S> {
     fn can_rebase(&self) -> bool {
         self.inner.can_rebase()
     }
+    async fn cleanup(&self, dry_run: bool) -> Result<crate::Cleanup> {
+        self.inner.cleanup(dry_run).await
+    }
 }

@@ -31,6 +31,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -307,6 +308,28 @@ pub trait Snapshotter: Send + Sync {
     fn can_rebase(&self) -> bool {
         false
     }
+
+    /// Removes what killed or failed operations left in this snapshotter's
+    /// storage that no snapshot owns (containerd's `Cleanup`); with
+    /// `dry_run`, only reports it. Snapshots themselves are
+    /// [`gc::prune`]'s, which calls this last. This default finds nothing.
+    async fn cleanup(&self, dry_run: bool) -> Result<Cleanup> {
+        let _ = dry_run;
+        Ok(Cleanup::default())
+    }
+}
+
+/// What [`Snapshotter::cleanup`] removed or, in a dry run, would remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Directories no snapshot owns, and their size in bytes: a killed
+    /// removal's, a killed prepare's staging copy.
+    pub dirs: Vec<(PathBuf, u64)>,
+    /// Active snapshots whose directory is gone, whose records were dropped:
+    /// a failed unpack's, when a full disk had no room to record the removal.
+    pub records: Vec<String>,
+    /// Directories that would not go, and why.
+    pub failed: Vec<(PathBuf, String)>,
 }
 
 /// Forwards the trait through shared pointers and references, so
@@ -353,6 +376,9 @@ macro_rules! forward_snapshotter {
             }
             fn can_rebase(&self) -> bool {
                 (**self).can_rebase()
+            }
+            async fn cleanup(&self, dry_run: bool) -> Result<Cleanup> {
+                (**self).cleanup(dry_run).await
             }
 }
     )*};

@@ -11,7 +11,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use ocidist_images::store::SharedDatabase;
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Info, Kind, Labels, Result};
@@ -135,7 +136,7 @@ fn validate_key(key: &str) -> Result<()> {
 
 /// The metadata database.
 pub(crate) struct MetaStore {
-    db: Database,
+    db: SharedDatabase,
 }
 
 type Table<'t> = redb::Table<'t, &'static str, &'static [u8]>;
@@ -434,6 +435,47 @@ impl MetaStore {
         Ok(record)
     }
 
+    /// Removes, in one transaction, every active snapshot for which
+    /// `doomed(record)` holds; returns their keys.
+    pub(crate) fn remove_active_where(
+        &self,
+        doomed: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<String>> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let mut removed = Vec::new();
+        {
+            let mut children = children_table(&txn)?;
+            let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
+            for entry in table.iter().map_err(db_error)? {
+                let (key, value) = entry.map_err(db_error)?;
+                let record = decode(key.value(), value.value())?;
+                if record.kind == Kind::Active && doomed(&record) {
+                    removed.push(key.value().to_string());
+                }
+            }
+            // An active snapshot is no one's parent; its own parent's list of
+            // children names it.
+            for key in &removed {
+                let record = table
+                    .remove(key.as_str())
+                    .map_err(db_error)?
+                    .map(|v| decode(key, v.value()))
+                    .transpose()?;
+                if let Some(parent) = record.and_then(|r| r.parent) {
+                    children
+                        .remove((parent.as_str(), key.as_str()))
+                        .map_err(db_error)?;
+                }
+            }
+        }
+        if removed.is_empty() {
+            txn.abort().map_err(db_error)?;
+        } else {
+            txn.commit().map_err(db_error)?;
+        }
+        Ok(removed)
+    }
+
     /// Replaces labels (all, or those `fieldpaths` name) of `info.name`.
     pub(crate) fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
         let txn = self.db.begin_write().map_err(db_error)?;
@@ -518,7 +560,7 @@ mod tests {
 
     /// Writes `key` (with `parent`) and moves `next_id` on, as a version
     /// that keeps no list of children does.
-    fn write_as_before(db: &Database, key: &str, id: u64, kind: Kind, parent: Option<&str>) {
+    fn write_as_before(db: &SharedDatabase, key: &str, id: u64, kind: Kind, parent: Option<&str>) {
         let txn = db.begin_write().unwrap();
         {
             let mut table = txn.open_table(SNAPSHOTS).unwrap();

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 
 use crate::base::{Base, one_request};
 use crate::{
-    APPLY_ONLY_LABEL, CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount,
-    PrepareRequest, Result, Snapshotter, Usage, tree,
+    APPLY_ONLY_LABEL, Cleanup, CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels,
+    Mount, PrepareRequest, Result, Snapshotter, Usage, tree,
 };
 
 /// Snapshots as plain directories under `<root>/snapshots/<id>`.
@@ -201,5 +201,9 @@ impl Snapshotter for NativeSnapshotter {
     async fn close(&self) -> Result<()> {
         self.base.close();
         Ok(())
+    }
+
+    async fn cleanup(&self, dry_run: bool) -> Result<Cleanup> {
+        self.base.cleanup(dry_run).await
     }
 }

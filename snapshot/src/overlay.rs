@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use crate::base::{Base, one_request};
 use crate::{
-    CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount, PrepareRequest,
-    Result, Snapshotter, Usage,
+    Cleanup, CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount,
+    PrepareRequest, Result, Snapshotter, Usage,
 };
 
 /// Snapshots as overlayfs layers under `<root>/snapshots/<id>/fs`.
@@ -270,6 +270,10 @@ impl Snapshotter for OverlaySnapshotter {
     async fn close(&self) -> Result<()> {
         self.base.close();
         Ok(())
+    }
+
+    async fn cleanup(&self, dry_run: bool) -> Result<Cleanup> {
+        self.base.cleanup(dry_run).await
     }
 
     fn can_rebase(&self) -> bool {

@@ -753,7 +753,8 @@ fn id_of(dir: &std::os::fd::OwnedFd) -> rustix::io::Result<(u64, u64)> {
 /// `..`. std's `remove_dir_all` recurses, a stack frame and a descriptor per
 /// level, and a layer's symlinks can build a tree 16,000 levels deep in
 /// 80 KB: that overflowed a thread's stack and aborted the process. Its
-/// symlinks are removed, never followed.
+/// symlinks are removed, never followed. Entries another process removes
+/// meanwhile (two sweeping one leftover) are passed over.
 fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut current = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
@@ -768,7 +769,12 @@ fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
             .last_mut()
             .expect("the trail holds the root until the end");
         if let Some(subdir) = top.subdirs.pop() {
-            current = rustix::fs::openat(&current, subdir.as_c_str(), flags, Mode::empty())?;
+            current = match rustix::fs::openat(&current, subdir.as_c_str(), flags, Mode::empty()) {
+                Ok(dir) => dir,
+                // Another process sweeping the same leftover got there first.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e),
+            };
             let subdirs = empty_but_subdirs(&current)?;
             trail.push(Emptying {
                 name: subdir,
@@ -800,7 +806,8 @@ fn remove_tree_iteratively(path: &Path) -> rustix::io::Result<()> {
                 });
                 continue;
             }
-            removed => removed?,
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e),
         }
         current = parent;
     }
@@ -820,15 +827,22 @@ fn empty_but_subdirs(dir: &std::os::fd::OwnedFd) -> rustix::io::Result<Vec<std::
         let is_dir = match entry.file_type() {
             rustix::fs::FileType::Directory => true,
             rustix::fs::FileType::Unknown => {
-                rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode & libc::S_IFMT
-                    == libc::S_IFDIR
+                match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => stat.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             _ => false,
         };
         if is_dir {
             subdirs.push(name.to_owned());
         } else {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+            match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+                // Removed by another process sweeping the same leftover.
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(subdirs)

@@ -939,6 +939,75 @@ async fn a_directory_that_will_not_go_does_not_fail_a_removal() {
     removed.unwrap();
     assert!(s.stat("c").await.unwrap_err().kind() == ErrorKind::NotFound);
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    // Once it can go, a clean-up takes it and says so (a dry run first).
+    let leftover = &leftovers[0];
+    let would = s.cleanup(true).await.unwrap();
+    assert_eq!(would.dirs.len(), 1, "{would:?}");
+    assert_eq!(&would.dirs[0].0, leftover);
+    assert!(would.dirs[0].1 > 0 && leftover.exists());
+    assert_eq!(s.cleanup(false).await.unwrap(), would);
+    assert!(!leftover.exists());
+    assert_eq!(s.cleanup(false).await.unwrap(), Default::default());
+}
+
+/// Leftovers of killed processes go by what their names and locks say, not
+/// by pids: a pid means nothing in another pid namespace (`dist` in a
+/// container is pid 2 there; the host's pid 2 never dies). A removal's
+/// directory goes once its remover's lock is gone (its record went before
+/// it); a staging copy too, past the moment between making it and locking
+/// it.
+#[tokio::test]
+async fn leftovers_go_by_their_locks_not_their_pids() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("native");
+    let s = NativeSnapshotter::open(&root).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let make = |name: String| {
+        let dir = root.join("snapshots").join(name);
+        std::fs::create_dir_all(dir.join("usr")).unwrap();
+        std::fs::write(dir.join("usr/file"), vec![7u8; 5000]).unwrap();
+        dir
+    };
+    let removal = make(format!("rm-2-{now}-1f-0"));
+    let abandoned = make(format!("new-2-{}-1f-1", now - 120));
+    let held = make(format!("new-2-{}-1f-2", now - 120));
+    let fresh = make(format!("new-2-{now}-1f-3"));
+    let being_removed = make(format!("rm-2-{now}-1f-4"));
+    let lock = |dir: &Path| {
+        let file = std::fs::File::open(dir).unwrap();
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        file
+    };
+    let locks = [lock(&held), lock(&being_removed)];
+    // Their paths, each found with the room it takes.
+    let paths = |dirs: &[(std::path::PathBuf, u64)]| {
+        assert!(dirs.iter().all(|(_, size)| *size >= 5000), "{dirs:?}");
+        let mut paths: Vec<_> = dirs.iter().map(|(path, _)| path.clone()).collect();
+        paths.sort();
+        paths
+    };
+
+    let would = s.cleanup(true).await.unwrap();
+    let expected = vec![abandoned.clone(), removal.clone()];
+    assert_eq!(paths(&would.dirs), expected);
+    assert!(
+        removal.exists() && abandoned.exists(),
+        "a dry run removes nothing"
+    );
+    let done = s.cleanup(false).await.unwrap();
+    assert_eq!(paths(&done.dirs), expected);
+    assert!(!removal.exists() && !abandoned.exists());
+    assert!(held.exists() && fresh.exists() && being_removed.exists());
+
+    // Their holders gone, the held ones go at the next open.
+    drop(locks);
+    drop(s);
+    let _s = NativeSnapshotter::open(&root).unwrap();
+    assert!(!held.exists() && !being_removed.exists());
+    assert!(fresh.exists(), "its maker may be about to lock it");
 }
 
 /// An overlay layer's upper directory is owned and moded as its parent's
