@@ -25,7 +25,7 @@ use ocidist_images::{
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::source::source_labels;
+use crate::source::{append_source_handler, source_labels};
 use crate::task::AbortOnDrop;
 use crate::{Fetcher, Reference, Resolver, Result};
 
@@ -444,11 +444,17 @@ where
 {
     let fetcher = resolver.fetcher(name).await?;
     let mut fetch = fetch_handler(store.clone(), fetcher);
-    if let Ok(reference) = name.parse::<Reference>() {
-        fetch = fetch.with_labels(source_labels(&reference));
-    }
+    let mut chain: Vec<Arc<dyn Handler>> = Vec::new();
     if let Some(events) = events {
         fetch = fetch.with_events(events);
+    }
+    match name.parse::<Reference>() {
+        Ok(reference) => {
+            fetch = fetch.with_labels(source_labels(&reference));
+            chain.push(Arc::new(fetch));
+            chain.push(Arc::new(append_source_handler(store.clone(), reference)));
+        }
+        Err(_) => chain.push(Arc::new(fetch)),
     }
     // Every manifest of an index is labelled, fetched or not, as containerd
     // labels them: labels of only the fetched one would be replaced by a
@@ -462,7 +468,8 @@ where
             set_children_labels(store.clone(), children_handler(store.clone())),
         ),
     );
-    let pipeline = handlers(vec![Arc::new(fetch), Arc::new(children)]);
+    chain.push(Arc::new(children));
+    let pipeline = handlers(chain);
     dispatch(&pipeline, limit, std::slice::from_ref(&target)).await?;
     Ok(())
 }

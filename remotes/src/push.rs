@@ -6,7 +6,7 @@ use oci_spec::image::Descriptor;
 use ocidist_content::{Manager, Provider};
 use ocidist_images::manifest;
 
-use crate::source::annotate_sources;
+use crate::source::{annotate_sources, append_source_label};
 use crate::{Resolver, Result};
 
 /// Every descriptor under (and including) `root` in push order: each one's
@@ -39,7 +39,9 @@ pub async fn push_order<P: Provider + ?Sized>(
 /// no tag moved, for `name@digest`, whose digest must be `target`'s). Content the
 /// registry has already is skipped; a blob whose distribution-source label
 /// (see [`source`](crate::source)) names another repository of the same
-/// registry is mounted from there rather than uploaded. Returns the
+/// registry is mounted from there rather than uploaded. Each blob the
+/// registry then has gets `reference`'s repository added to that label, so
+/// a later push can mount it from there (as Docker does). Returns the
 /// descriptors uploaded (not those the registry had or mounted).
 ///
 /// `target` must say it is a manifest or an index
@@ -101,14 +103,20 @@ where
         .filter(|d| !ocidist_images::media_types::is_non_distributable(d.media_type().as_ref()))
         .partition(is_manifest);
     let push_one = |desc: Descriptor| {
-        let pusher = &pusher;
+        let (pusher, parsed) = (&pusher, &parsed);
         async move {
             // The pusher finds mount sources in the annotations.
             let annotated = annotate_sources(store, &desc).await;
             let provider: &dyn Provider = &store;
             let mut wait = LOCKED_POLL;
             loop {
-                match pusher.push_from(&annotated, provider).await {
+                let pushed = pusher.push_from(&annotated, provider).await;
+                if pushed.is_ok() {
+                    // The registry has it now: a later push there mounts
+                    // it. Best effort: the push is done either way.
+                    let _ = append_source_label(store, desc.digest(), parsed).await;
+                }
+                match pushed {
                     Ok(true) => return Ok(Some(desc)),
                     Ok(false) => return Ok(None),
                     // Another push of this resolver has the blob in flight

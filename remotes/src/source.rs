@@ -5,9 +5,14 @@
 //! list of repository paths). A later push to the same registry reads the
 //! label, carried on the descriptor as an annotation, and asks the registry to
 //! *mount* the blob from that repository instead of uploading it again.
+//! Content already in the store learns each new source too (a fetch's
+//! [`append_source_handler`], a push's [`append_source_label`]), as
+//! containerd's `AppendDistributionSourceLabel` does.
 
+use async_trait::async_trait;
 use oci_spec::image::Descriptor;
-use ocidist_content::{Labels, Manager};
+use ocidist_content::{Digest, Labels, Manager};
+use ocidist_images::{Flow, Handler};
 
 use crate::Reference;
 
@@ -80,6 +85,59 @@ pub async fn annotate_sources<M: Manager + ?Sized>(store: &M, desc: &Descriptor)
     annotations.extend(sources);
     annotated.set_annotations(Some(annotations));
     annotated
+}
+
+/// Adds `reference`'s repository to the distribution-source label of
+/// `digest` in `store`, unless it is there already (then nothing is
+/// written). A blob the store does not have is left alone.
+pub async fn append_source_label<M: Manager + ?Sized>(
+    store: &M,
+    digest: &Digest,
+    reference: &Reference,
+) -> ocidist_content::Result<()> {
+    let mut info = match store.info(digest).await {
+        Ok(info) => info,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let key = source_label_key(reference.registry());
+    let current = info.labels.get(&key);
+    let value = append_source(current.map(String::as_str), reference.repository());
+    if current == Some(&value) {
+        return Ok(());
+    }
+    info.labels.insert(key.clone(), value);
+    store.update(info, &[&format!("labels.{key}")]).await?;
+    Ok(())
+}
+
+/// A handler that adds the repository of a fetch's reference to each
+/// descriptor's distribution-source label ([`append_source_label`]): a blob
+/// fetched before from elsewhere, and so not committed by this fetch, learns
+/// this source too. Chain it after the fetch handler; it returns no children.
+pub fn append_source_handler<M: Manager>(store: M, reference: Reference) -> AppendSource<M> {
+    AppendSource { store, reference }
+}
+
+/// See [`append_source_handler`].
+pub struct AppendSource<M> {
+    store: M,
+    reference: Reference,
+}
+
+#[async_trait]
+impl<M: Manager> Handler for AppendSource<M> {
+    async fn handle(&self, desc: &Descriptor) -> ocidist_images::Result<Flow> {
+        append_source_label(&self.store, desc.digest(), &self.reference)
+            .await
+            .map_err(|e| {
+                ocidist_images::Error::other(
+                    e.kind(),
+                    format!("label the source of {}: {e}", desc.digest()),
+                )
+            })?;
+        Ok(Flow::leaf())
+    }
 }
 
 #[cfg(test)]

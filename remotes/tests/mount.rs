@@ -84,6 +84,65 @@ async fn a_fetched_image_pushed_to_another_repository_is_mounted_not_uploaded() 
     }
 }
 
+/// Content the store has already learns each new source, as containerd's
+/// `AppendDistributionSourceLabel` makes it: fetched again from another
+/// registry, its blobs are mounted from there by a push to that registry,
+/// not uploaded; and a push adds its own repository.
+#[tokio::test]
+async fn blobs_already_in_the_store_learn_each_new_source() {
+    let (first, second) = (registry(), registry());
+    let proxy = FaultProxy::start(second.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let blobs = image(false, "linux/amd64", 300_000);
+    let manifest = &blobs[2];
+    let (first_host, second_host) = (first.host(), proxy.host());
+    for (host, repository) in [(&first_host, "team/app"), (&second_host, "mirror/app")] {
+        let pinned = format!("{host}/{repository}:v1@{}", manifest.desc.digest());
+        push_all(resolver.pusher(&pinned).await.unwrap().as_ref(), &blobs).await;
+    }
+    let (_dir, store, images) = stores();
+    let fetch = |reference: String| {
+        let (resolver, store, images) = (&resolver, &store, &images);
+        async move {
+            fetch_image(resolver, store, images, &reference, all(), 0, None, None)
+                .await
+                .unwrap()
+        }
+    };
+    fetch(format!("{first_host}/team/app:v1")).await;
+    let fetched = fetch(format!("{second_host}/mirror/app:v1")).await;
+    let sources = |host: &str| {
+        let (store, key) = (&store, source_label_key(host));
+        let digests = blobs.iter().map(|b| b.desc.digest().clone());
+        async move {
+            let mut found = Vec::new();
+            for digest in digests {
+                let labels = store.info(&digest).await.unwrap().labels;
+                found.push(labels.get(&key).cloned().unwrap_or_default());
+            }
+            found
+        }
+    };
+    assert_eq!(sources(&first_host).await, ["team/app"; 3]);
+    assert_eq!(sources(&second_host).await, ["mirror/app"; 3]);
+
+    let before = proxy.log().len();
+    let target = format!("{second_host}/other/app:v2");
+    push_image(&resolver, &store, &target, &fetched.target, 2)
+        .await
+        .unwrap();
+    let log = proxy.log()[before..].to_vec();
+    let posts = uploads(&log);
+    assert_eq!(posts.len(), 2, "{log:#?}");
+    assert!(
+        posts
+            .iter()
+            .all(|post| post.ends_with("&from=mirror%2Fapp")),
+        "{posts:#?}"
+    );
+    assert_eq!(sources(&second_host).await, ["mirror/app,other/app"; 3]);
+}
+
 #[tokio::test]
 async fn a_refused_mount_uploads_through_the_session_it_opened() {
     refused_mount(None).await;

@@ -296,7 +296,7 @@ impl Pusher for DockerPusher {
     /// the bytes are hashed in order as they are read for the upload, and a
     /// digest that comes out wrong stops it before the registry has the
     /// whole blob (the last piece of a single `PUT` is never sent, a chunked
-    /// session is let go of instead of closed), so nothing wrong is stored.
+    /// session is never closed), so nothing wrong is stored.
     async fn push_from(&self, desc: &Descriptor, provider: &dyn Provider) -> Result<bool> {
         let digester = Digester::new(desc.digest().algorithm())?;
         let mut upload = match self.open(desc).await {
@@ -534,8 +534,11 @@ impl Upload {
     /// Uploads the blob, again through a new session (at most
     /// [`UPLOAD_ATTEMPTS`] in all) when the request carrying its bytes fails
     /// in a way another might not ([`worth_another_attempt`]), sent again
-    /// from its start. Every failed attempt's
-    /// session is let go of (`DELETE`), whatever the failure. After one that
+    /// from its start. Every failed attempt's session is asked to be let go
+    /// of (`DELETE`), whatever the failure. The distribution registry refuses
+    /// that (404) once part of the failed request's bytes arrived, as its
+    /// session URL carries the offset it expects next: it keeps those bytes
+    /// until it purges stale uploads (a week, by default). After one that
     /// is worth another attempt, the registry is asked whether it has the
     /// blob after all (an answer lost on its way back), before each new
     /// attempt and before giving up. The first attempt uses the `session` a
@@ -652,7 +655,10 @@ impl Upload {
         if size > MONOLITHIC_MAX && size > chunk {
             // Large blobs go in chunks, each a request of its own, so a
             // proxy's body limit or a slow link never has to carry it all.
-            // A chunk that fails goes on from what the session says it has.
+            // A chunk that fails goes on from what the session says it has,
+            // where the registry can say: the distribution registry cannot
+            // once part of the chunk arrived (its session URL carries the
+            // offset it expected), and the attempt starts a new session.
             let mut offset = 0;
             let mut resumes = 0;
             while offset < size {
@@ -811,7 +817,8 @@ const SESSION_RESUMES: u32 = 3;
 /// source, so the size costs no memory; the distribution registry spends
 /// about 15 ms on each chunk besides its bytes (1 GiB pushed in 16 MiB
 /// chunks took 4.5-5.0 s here, in 64 MiB chunks 4.1-4.2 s, in one `PUT`
-/// 3.7-4.2 s), and a failed chunk goes on from what the session has.
+/// 3.7-4.2 s), and a failed chunk goes on from what the session has (where
+/// the registry can say; see `upload_blob`).
 const CHUNK: u64 = 64 << 20;
 /// The smallest a refused chunk is cut to (a quarter at a time: 16, 4, then 1 MiB), unless
 /// the registry asked for larger ones (`OCI-Chunk-Min-Length`).
