@@ -532,6 +532,37 @@ fn a_push_needs_no_temporary_directory() {
     assert!(pushed.trim_end().ends_with(&manifest_digest), "{pushed}");
 }
 
+/// A blob that went bad in the store after its commit is caught as it is
+/// sent: the push fails naming the store's copy as corrupt and the way out,
+/// and the registry gets neither the blob nor the manifest.
+#[test]
+fn a_blob_corrupted_in_the_store_fails_its_push_and_says_so() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let (manifest_digest, manifest) = build_image(&builder);
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let path = ok(dist(&builder, &["path", layer], b""));
+    let path = Path::new(path.trim());
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+
+    let reference = format!("{}/e2e/corrupt:1", registry.host());
+    let pushed = dist(&builder, &["push", &reference, &manifest_digest], b"");
+    let said = common::stderr(&pushed);
+    assert!(!pushed.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("the store's copy of {layer} is corrupt"))
+            && said.contains(&format!("dist delete {layer}")),
+        "{said}"
+    );
+    let fetched = dist(&dir.path().join("other"), &["fetch", &reference], b"");
+    assert!(!fetched.status.success(), "nothing was tagged");
+}
+
 /// As `ctr push --platform`: what a one-platform fetch of an index keeps can
 /// be pushed as that platform's manifest; without `--platform` the push
 /// fails, saying so, and a platform the index lacks is named in the error.

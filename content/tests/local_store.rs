@@ -985,6 +985,25 @@ async fn stray_files_beside_blobs_and_ingests_are_passed_over() {
     assert_eq!(refs, ["busy"]);
 }
 
+/// An ingest moved to the trash is gone: what a process killed while
+/// emptying it left goes at the next open, however young. A staging
+/// directory that young may be another process's, being made: kept.
+#[tokio::test]
+async fn a_killed_removals_trash_goes_at_the_next_open() {
+    let (dir, store) = store();
+    let ingest = dir.path().join("ingest");
+    let trash = ingest.join(".trash-4242-1");
+    let staging = ingest.join(".tmp-4242-2");
+    for leftover in [&trash, &staging] {
+        std::fs::create_dir(leftover).unwrap();
+        std::fs::write(leftover.join("data"), vec![1u8; 1 << 20]).unwrap();
+    }
+    drop(store);
+    let _store = LocalStore::open(dir.path()).unwrap();
+    assert!(!trash.exists(), "the trash is emptied");
+    assert!(staging.join("data").exists(), "a young staging dir stays");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -280,6 +280,19 @@ pub(crate) async fn push(
                         platform alone with --platform, or fetch --all-platforms first";
             return Failure::new(what.clone(), format!("{e}; {hint}"));
         }
+        if let ocidist::remotes::Error::Content(ocidist::content::Error::DigestMismatch {
+            expected,
+            ..
+        }) = &e
+        {
+            // Read from our own store, checked as it was sent: the copy here
+            // went bad after its commit (the registry completed nothing).
+            let hint = format!(
+                "the store's copy of {expected} is corrupt: remove it \
+                 (dist delete {expected}) and fetch the image again"
+            );
+            return Failure::new(what.clone(), format!("{e}; {hint}"));
+        }
         Failure::new(what.clone(), e)
     })?;
     for desc in &pushed {

@@ -214,8 +214,10 @@ impl LocalStore {
     }
 }
 
-/// Removes what crashed processes left in `dir`, an hour on: `.tmp-*` and
-/// `.trash-*` ingest directories, `.stage-*` label files.
+/// Removes what crashed processes left in `dir`: `.trash-*` ingest
+/// directories at once (an ingest is gone once renamed so, and removing one
+/// twice at once is harmless), and, an hour on, `.tmp-*` ingest directories
+/// and `.stage-*` label files (another process may be making one now).
 fn clear_staging_leftovers(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -229,11 +231,10 @@ fn clear_staging_leftovers(dir: &Path) {
             .ok()
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|age| age > STALE_STAGING);
-        // Another process may be making a staging dir, or emptying a trash dir, now.
-        let staging = [".trash-", ".tmp-", ".stage-"]
+        let staging = [".tmp-", ".stage-"]
             .iter()
             .any(|prefix| name.starts_with(prefix));
-        if staging && stale {
+        if (staging && stale) || name.starts_with(".trash-") {
             let path = entry.path();
             let _ = if path.is_dir() {
                 fs::remove_dir_all(&path)
