@@ -1245,6 +1245,17 @@ fn an_interrupted_pull_exits_at_once_and_resumes() {
         active.contains("layer-sha256:"),
         "the ingest stays: {active}"
     );
+    // Kept a day for a resume, unless a prune is told otherwise.
+    let would = |args: &[&str]| {
+        let prune = [&["prune", "--dry-run", "--grace", "0s"][..], args].concat();
+        ok(dist(&root, &prune, b""))
+    };
+    assert!(would(&[]).contains("and 0 ingests"));
+    let unresumed = would(&["--ingest-max-age", "0s"]);
+    assert!(
+        unresumed.contains("would remove ingest layer-sha256:"),
+        "{unresumed}"
+    );
     let out = ok(dist(&root, &["pull", &reference], b""));
     assert!(out.contains("resuming at"), "{out}");
     // The big layer is applied from its ingest while it downloads.

@@ -87,6 +87,11 @@ pub(crate) struct PruneArgs {
     /// that takes no lease may still need them (dist's own commands take one).
     #[arg(long, default_value = "15m", value_parser = crate::parse_duration)]
     grace: std::time::Duration,
+    /// Remove the ingests not written for this long (a killed fetch's, which
+    /// the next fetch of the image would resume); one a live writer holds
+    /// is never removed.
+    #[arg(long, default_value = "24h", value_parser = crate::parse_duration)]
+    ingest_max_age: std::time::Duration,
 }
 
 /// Platform and transport settings shared by the registry commands.
@@ -558,8 +563,8 @@ pub(crate) async fn prune(
     let opts = GcOptions {
         dry_run: args.dry_run,
         grace: args.grace,
+        ingest_max_age: Some(args.ingest_max_age),
         roots: held.content().clone(),
-        ..GcOptions::default()
     };
     let report = gc(&stores.content, &stores.images, &opts)
         .await
