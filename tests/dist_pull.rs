@@ -687,10 +687,11 @@ fn a_disk_that_fills_during_unpack_says_so_and_the_rerun_finishes() {
     copy_and_check_rootfs(&root, "overlay", &reference, &work.path().join("copy"));
 }
 
-/// A pull that must wait for a prune in another process (it holds the
-/// leases while it decides) says so, and goes on once the prune is done.
+/// A pull, or a second prune, that must wait for a prune in another process
+/// (it holds the leases while it decides) says so, and goes on once the
+/// prune is done.
 #[test]
-fn a_pull_waiting_for_a_prune_says_so() {
+fn a_pull_or_prune_waiting_for_a_prune_says_so() {
     let registry =
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
     let work = tempfile::tempdir().unwrap();
@@ -708,8 +709,18 @@ fn a_pull_waiting_for_a_prune_says_so() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut second_prune = Command::new(dist_binary())
+        .arg("--root")
+        .arg(&root)
+        .args(["prune", "--dry-run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let waiting = pull.try_wait().unwrap().is_none();
+    let waiting = [pull.try_wait(), second_prune.try_wait()]
+        .iter()
+        .all(|exited| matches!(exited, Ok(None)));
     drop(prune);
     let out = pull.wait_with_output().unwrap();
     let said = stderr(&out);
@@ -718,6 +729,10 @@ fn a_pull_waiting_for_a_prune_says_so() {
         said.contains("waiting for a prune in another process"),
         "{said}"
     );
+    let out = second_prune.wait_with_output().unwrap();
+    let said = stderr(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("waiting for another prune"), "{said}");
 }
 
 /// A read-only bind mount of `source` at `at`, the test's own.
@@ -731,17 +746,58 @@ fn read_only_view(source: &Path, at: &Path) -> OwnMount {
     view
 }
 
+/// A registry holding a small image, and a store at `work/store` that
+/// pulled it; the image's reference.
+fn pulled_small_image(work: &Path) -> (Registry, String, std::path::PathBuf) {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let reference = push_image(&registry.host(), work, 1000);
+    let root = work.join("store");
+    ok(dist(&root, &["pull", &reference], b""));
+    (registry, reference, root)
+}
+
+/// What killed processes left among the snapshots is a prune's to report:
+/// its dry run names it and removes nothing, the prune removes it and says
+/// so (other commands sweep it quietly when they open the snapshotter).
+#[test]
+fn a_prune_reports_the_leftovers_it_removes_and_its_dry_run_keeps_them() {
+    let work = tempfile::tempdir().unwrap();
+    let (_registry, _, root) = pulled_small_image(work.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // A removal killed in a container, where it was pid 2.
+    let leftover = root.join(format!("snapshots/overlay/snapshots/rm-2-{now}-1f-0"));
+    std::fs::create_dir_all(leftover.join("usr")).unwrap();
+    std::fs::write(leftover.join("usr/big"), vec![1u8; 100_000]).unwrap();
+
+    let would = ok(dist(&root, &["prune", "--dry-run"], b""));
+    let named = format!("overlay leftover {}", leftover.display());
+    assert!(
+        would.contains(&format!("would remove {named} (")),
+        "{would}"
+    );
+    assert!(leftover.exists(), "a dry run removes nothing");
+    let pruned = ok(dist(&root, &["prune"], b""));
+    assert!(pruned.contains(&format!("removed {named} (")), "{pruned}");
+    assert!(!leftover.exists());
+    ok(dist(&root, &["images", "check"], b""));
+}
+
 /// A store that cannot be written (a read-only mount; as well another
 /// user's) can still be read: its images listed and checked, a prune's dry
 /// run made, its blobs read. A change fails saying why, and changes nothing.
 #[test]
 fn a_read_only_store_can_be_read_and_says_why_it_cannot_be_changed() {
-    let registry =
-        Registry::start().expect("the registry must start (apt-get install docker-registry)");
     let work = tempfile::tempdir().unwrap();
-    let reference = push_image(&registry.host(), work.path(), 1000);
-    let root = work.path().join("store");
-    ok(dist(&root, &["pull", &reference], b""));
+    let (_registry, reference, root) = pulled_small_image(work.path());
+    // Made readable by its admin: the snapshotter's own dirs are 0700 no more.
+    for dir in ["snapshots/overlay", "snapshots/overlay/snapshots"] {
+        let readable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(root.join(dir), readable).unwrap();
+    }
     let view = read_only_view(&root, &work.path().join("read-only"));
     let read_only = view.0.clone();
 

@@ -488,7 +488,7 @@ pub(crate) async fn prune(
     // pull running meanwhile relies on is kept, however young or old.
     // hold() waits for the lock: off the async workers.
     let dry_run = args.dry_run;
-    let held = tokio::task::spawn_blocking({
+    let holding = tokio::task::spawn_blocking({
         let leases = leases.clone();
         move || {
             if dry_run {
@@ -497,6 +497,13 @@ pub(crate) async fn prune(
                 leases.hold()
             }
         }
+    });
+    // Another prune holds them while it decides and removes.
+    let held = output::saying_if_slow(holding, || {
+        format!(
+            "waiting for another prune (it holds {})",
+            leases.path().join(".lock").display()
+        )
     })
     .await
     .map_err(|e| Failure::new("prune: leases", e))?

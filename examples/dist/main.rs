@@ -306,21 +306,15 @@ async fn run(cli: Cli) -> CmdResult {
     // in another process for as long as the command runs.
     let lease = || async {
         let leases = Leases::open(root.join("leases")).map_err(|e| open("leases in", e.into()))?;
-        let acquired = leases.acquire();
-        tokio::pin!(acquired);
-        // A prune holds the leases while it decides and removes: said, so
-        // a wait behind a stopped one is not a silent hang.
-        let acquired = tokio::select! {
-            acquired = &mut acquired => acquired,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                eprintln!(
-                    "dist: waiting for a prune in another process (it holds {})",
-                    leases.path().join(".lock").display()
-                );
-                acquired.await
-            }
-        };
-        acquired.map_err(|e| open("a lease in", e.into()))
+        // A prune holds the leases while it decides and removes.
+        output::saying_if_slow(leases.acquire(), || {
+            format!(
+                "waiting for a prune in another process (it holds {})",
+                leases.path().join(".lock").display()
+            )
+        })
+        .await
+        .map_err(|e| open("a lease in", e.into()))
     };
     let remote = image::Remote {
         plain_http: cli.plain_http,
@@ -348,27 +342,36 @@ async fn run(cli: Cli) -> CmdResult {
         DurabilityArg::Synced => ocidist::snapshot::Durability::Synced,
         DurabilityArg::Writeback => ocidist::snapshot::Durability::Writeback,
     };
-    let snapshotter =
-        |kind| -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
+    // `clean_up`: whether opening sweeps what killed processes left, quietly
+    // (a prune does it itself, and reports it).
+    let open_snapshotter =
+        |kind, clean_up| -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
             let dir = root.join("snapshots");
+            let options = ocidist::snapshot::OpenOptions {
+                durability,
+                clean_up,
+            };
             let opened: Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, _> = match kind {
                 SnapshotterKind::Overlay => {
-                    ocidist::snapshot::overlay::OverlaySnapshotter::open_with(
+                    ocidist::snapshot::overlay::OverlaySnapshotter::open_with_options(
                         dir.join("overlay"),
-                        durability,
+                        options,
                     )
                     .map(|s| std::sync::Arc::new(s) as _)
                 }
-                SnapshotterKind::Native => ocidist::snapshot::native::NativeSnapshotter::open_with(
-                    dir.join("native"),
-                    durability,
-                )
-                .map(|s| std::sync::Arc::new(s) as _),
+                SnapshotterKind::Native => {
+                    ocidist::snapshot::native::NativeSnapshotter::open_with_options(
+                        dir.join("native"),
+                        options,
+                    )
+                    .map(|s| std::sync::Arc::new(s) as _)
+                }
             };
             let opened = opened.map_err(|e| open("snapshotter in", e.into()))?;
             *OPENED_SNAPSHOTTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened.clone());
             Ok(opened)
         };
+    let snapshotter = |kind| open_snapshotter(kind, true);
     match cli.command {
         Command::Ingest(args) => content::ingest(&content_store()?, args).await,
         Command::Active(args) => content::active(&content_store()?, args).await,
@@ -388,7 +391,7 @@ async fn run(cli: Cli) -> CmdResult {
                 ("native", SnapshotterKind::Native),
             ] {
                 if root.join("snapshots").join(name).exists() {
-                    snapshotters.push((name, snapshotter(kind)?));
+                    snapshotters.push((name, open_snapshotter(kind, false)?));
                 }
             }
             let leases =

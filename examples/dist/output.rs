@@ -169,3 +169,20 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// Awaits `work`, first saying `waiting()` on stderr if it takes over a
+/// second: a wait behind another process (a stopped prune) is then no
+/// silent hang.
+pub(crate) async fn saying_if_slow<T>(
+    work: impl std::future::Future<Output = T>,
+    waiting: impl FnOnce() -> String,
+) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => done,
+        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+            eprintln!("dist: {}", waiting());
+            work.await
+        }
+    }
+}

@@ -11,8 +11,8 @@ use ocidist_content::filters::Filters;
 
 use crate::metadata::{self, Commit, MetaStore, NewSnapshot, Record};
 use crate::{
-    Cleanup, CommitRequest, Durability, Error, Info, Kind, Labels, PrepareRequest, Result, Usage,
-    tree,
+    Cleanup, CommitRequest, Durability, Error, Info, Kind, Labels, OpenOptions, PrepareRequest,
+    Result, Usage, tree,
 };
 
 /// A snapshot's directory, made and filled in `staging`, waiting for its
@@ -52,7 +52,7 @@ pub(crate) struct Base {
 }
 
 impl Base {
-    pub(crate) fn open(root: &Path, durability: Durability) -> Result<Arc<Self>> {
+    pub(crate) fn open(root: &Path, options: OpenOptions) -> Result<Arc<Self>> {
         std::fs::create_dir_all(root.join("snapshots"))
             .map_err(|e| Error::io("mkdir", root.join("snapshots"), e))?;
         // Mounts name directories under the root, and the kernel takes them
@@ -73,21 +73,32 @@ impl Base {
             // can still be read.
             let mode = std::fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
             if mode.mode() & 0o7777 != 0o700 {
-                std::fs::set_permissions(dir, PermissionsExt::from_mode(0o700))
-                    .map_err(|e| Error::io("chmod", dir, e))?;
+                match std::fs::set_permissions(dir, PermissionsExt::from_mode(0o700)) {
+                    // Not ours to change (a read-only mount, another user's
+                    // store): read as it is; nothing is written there.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ReadOnlyFilesystem
+                                | std::io::ErrorKind::PermissionDenied
+                        ) => {}
+                    chmod => chmod.map_err(|e| Error::io("chmod", dir, e))?,
+                }
             }
         }
         let meta = MetaStore::open(&root.join("metadata.redb"))?;
         let base = Arc::new(Base {
             root: root.to_path_buf(),
             meta,
-            durability,
+            durability: options.durability,
             closed: AtomicBool::new(false),
             own_active: Mutex::new(HashMap::new()),
         });
-        // Best effort: a failure here costs space only (and a read-only
-        // store can still be read).
-        let _ = base.clean_up(false);
+        if options.clean_up {
+            // Best effort: a failure here costs space only (and a read-only
+            // store can still be read).
+            let _ = base.clean_up(false);
+        }
         Ok(base)
     }
 

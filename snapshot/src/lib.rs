@@ -143,6 +143,39 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// How a built-in snapshotter is opened
+/// ([`NativeSnapshotter::open_with_options`](native::NativeSnapshotter::open_with_options),
+/// [`OverlaySnapshotter::open_with_options`](overlay::OverlaySnapshotter::open_with_options)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// When its work reaches the disk.
+    pub durability: Durability,
+    /// Whether opening runs [`Snapshotter::cleanup`], quietly: on by default,
+    /// so that what killed processes left goes with no collector running.
+    /// A caller that reports the clean-up itself, such as a prune (whose
+    /// dry run must change nothing), opens without it.
+    pub clean_up: bool,
+}
+
+impl From<Durability> for OpenOptions {
+    /// `durability`, and the other options as by default.
+    fn from(durability: Durability) -> Self {
+        OpenOptions {
+            durability,
+            ..OpenOptions::default()
+        }
+    }
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            durability: Durability::Synced,
+            clean_up: true,
+        }
+    }
+}
+
 /// When a built-in snapshotter's work reaches the disk; chosen when it is
 /// opened (`open_with`).
 ///

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use crate::base::{Base, one_request};
 use crate::{
     APPLY_ONLY_LABEL, Cleanup, CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels,
-    Mount, PrepareRequest, Result, Snapshotter, Usage, tree,
+    Mount, OpenOptions, PrepareRequest, Result, Snapshotter, Usage, tree,
 };
 
 /// Snapshots as plain directories under `<root>/snapshots/<id>`.
@@ -56,8 +56,14 @@ impl NativeSnapshotter {
     /// # }
     /// ```
     pub fn open_with(root: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        Self::open_with_options(root, durability.into())
+    }
+
+    /// Opens (creating if needed) a snapshotter rooted at `root` as
+    /// `options` say.
+    pub fn open_with_options(root: impl AsRef<Path>, options: OpenOptions) -> Result<Self> {
         Ok(NativeSnapshotter {
-            base: Base::open(root.as_ref(), durability)?,
+            base: Base::open(root.as_ref(), options)?,
         })
     }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::base::{Base, one_request};
 use crate::{
-    Cleanup, CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount,
+    Cleanup, CommitOpts, CommitRequest, Durability, Error, Info, Kind, Labels, Mount, OpenOptions,
     PrepareRequest, Result, Snapshotter, Usage,
 };
 
@@ -66,18 +66,24 @@ impl OverlaySnapshotter {
     /// Opens (creating if needed) an overlay snapshotter rooted at `root`
     /// whose commits are as durable as `durability` says.
     pub fn open_with(root: impl AsRef<Path>, durability: Durability) -> Result<Self> {
-        let mut options = Vec::new();
+        Self::open_with_options(root, durability.into())
+    }
+
+    /// Opens (creating if needed) a snapshotter rooted at `root` as
+    /// `options` say.
+    pub fn open_with_options(root: impl AsRef<Path>, options: OpenOptions) -> Result<Self> {
+        let mut mount_options = Vec::new();
         // Without index=off, a layer mounted by two overlays at once (two
         // containers of one image) fails on kernels that default it on.
         if Path::new("/sys/module/overlay/parameters/index").exists() {
-            options.push("index=off".to_string());
+            mount_options.push("index=off".to_string());
         }
         if needs_userxattr() {
-            options.push("userxattr".to_string());
+            mount_options.push("userxattr".to_string());
         }
         Ok(OverlaySnapshotter {
-            base: Base::open(root.as_ref(), durability)?,
-            options: Arc::new(options),
+            base: Base::open(root.as_ref(), options)?,
+            options: Arc::new(mount_options),
         })
     }
 
