@@ -425,7 +425,10 @@ where
 /// The fetch of [`fetch_resolved`] without recording the image: a caller
 /// that has more to do before the name may point at `target` (an unpack,
 /// as `ocidist::pull` does) records it afterwards with
-/// [`record_image`].
+/// [`record_image`]. Every blob, fetched now or found in the store, gets
+/// `name`'s repository in its distribution-source label
+/// ([`source`](crate::source)), so a later push to that registry can mount
+/// it.
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch_content<R, S, M>(
     resolver: &R,

@@ -428,7 +428,13 @@ impl Base {
                     .filter(|(_, r)| r.kind == Kind::Active && gone(r));
                 dirless.map(|(key, _)| key.clone()).collect()
             } else {
-                self.meta.remove_active_where(gone)?
+                // Said, and the directories swept all the same.
+                self.meta.remove_active_where(gone).unwrap_or_else(|e| {
+                    found
+                        .failed
+                        .push((self.root.join("metadata.redb"), e.to_string()));
+                    Vec::new()
+                })
             };
         }
 
