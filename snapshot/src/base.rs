@@ -418,16 +418,16 @@ impl Base {
         };
         let records = self.meta.list()?;
         let known: HashSet<u64> = records.iter().map(|(_, r)| r.id).collect();
-        if records
+        let dirless: Vec<String> = records
             .iter()
-            .any(|(_, r)| r.kind == Kind::Active && gone(r))
-        {
+            .filter(|(_, r)| r.kind == Kind::Active && gone(r))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !dirless.is_empty() {
             found.records = if dry_run {
-                let dirless = records
-                    .iter()
-                    .filter(|(_, r)| r.kind == Kind::Active && gone(r));
-                dirless.map(|(key, _)| key.clone()).collect()
+                dirless
             } else {
+                // Checked again under the write lock.
                 // Said, and the directories swept all the same.
                 self.meta.remove_active_where(gone).unwrap_or_else(|e| {
                     found
@@ -536,7 +536,7 @@ fn is_abandoned_staging(
     rest: &str,
     modified: impl Fn() -> Option<SystemTime>,
 ) -> bool {
-    let made = name_time(rest).or_else(&modified);
+    let made = name_parts(rest).map(|(_, made)| made).or_else(&modified);
     let young = made
         .and_then(|t| t.elapsed().ok())
         .is_none_or(|age| age <= STAGING_LOCK_WINDOW);
@@ -570,10 +570,14 @@ fn is_held(path: &Path) -> Option<bool> {
     }
 }
 
-/// The time in a name [`tempfile_name`] made (after its prefix).
-fn name_time(rest: &str) -> Option<SystemTime> {
+/// The pid and the time in a name [`tempfile_name`] made (after its
+/// prefix); `None` for names of versions that had no time in them.
+fn name_parts(rest: &str) -> Option<(i32, SystemTime)> {
     match rest.split('-').collect::<Vec<_>>()[..] {
-        [_pid, secs, _, _] => Some(UNIX_EPOCH + Duration::from_secs(secs.parse().ok()?)),
+        [pid, secs, _, _] => Some((
+            pid.parse().ok()?,
+            UNIX_EPOCH + Duration::from_secs(secs.parse().ok()?),
+        )),
         _ => None,
     }
 }
@@ -588,11 +592,7 @@ fn made_by_a_dead_process_an_hour_ago(
     modified: impl FnOnce() -> Option<SystemTime>,
 ) -> bool {
     const AGE: Duration = Duration::from_secs(3600);
-    let parts: Vec<&str> = rest.split('-').collect();
-    if let [pid, secs, _, _] = parts[..]
-        && let (Ok(pid), Ok(secs)) = (pid.parse::<i32>(), secs.parse::<u64>())
-    {
-        let made = UNIX_EPOCH + Duration::from_secs(secs);
+    if let Some((pid, made)) = name_parts(rest) {
         let old = SystemTime::now()
             .duration_since(made)
             .is_ok_and(|age| age > AGE);

@@ -442,7 +442,8 @@ impl MetaStore {
         doomed: impl Fn(&Record) -> bool,
     ) -> Result<Vec<String>> {
         let txn = self.db.begin_write().map_err(db_error)?;
-        let mut removed = Vec::new();
+        // (key, parent) of each doomed snapshot.
+        let mut removed: Vec<(String, Option<String>)> = Vec::new();
         {
             let mut children = children_table(&txn)?;
             let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;
@@ -450,18 +451,14 @@ impl MetaStore {
                 let (key, value) = entry.map_err(db_error)?;
                 let record = decode(key.value(), value.value())?;
                 if record.kind == Kind::Active && doomed(&record) {
-                    removed.push(key.value().to_string());
+                    removed.push((key.value().to_string(), record.parent));
                 }
             }
             // An active snapshot is no one's parent; its own parent's list of
             // children names it.
-            for key in &removed {
-                let record = table
-                    .remove(key.as_str())
-                    .map_err(db_error)?
-                    .map(|v| decode(key, v.value()))
-                    .transpose()?;
-                if let Some(parent) = record.and_then(|r| r.parent) {
+            for (key, parent) in &removed {
+                table.remove(key.as_str()).map_err(db_error)?;
+                if let Some(parent) = parent {
                     children
                         .remove((parent.as_str(), key.as_str()))
                         .map_err(db_error)?;
@@ -473,7 +470,7 @@ impl MetaStore {
         } else {
             txn.commit().map_err(db_error)?;
         }
-        Ok(removed)
+        Ok(removed.into_iter().map(|(key, _)| key).collect())
     }
 
     /// Replaces labels (all, or those `fieldpaths` name) of `info.name`.
