@@ -42,7 +42,11 @@ pub enum Error {
         alert: String,
     },
     /// The registry answered with an unexpected status.
-    #[error("{method} {url}: {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    #[error(
+        "{method} {url}: {status}{}{}",
+        if body.is_empty() { String::new() } else { format!(": {body}") },
+        note.as_ref().map_or(String::new(), |note| format!(" ({note})"))
+    )]
     Status {
         /// The request method.
         method: String,
@@ -52,6 +56,10 @@ pub enum Error {
         status: reqwest::StatusCode,
         /// The start of the response body (registries explain errors there).
         body: String,
+        /// What the client knows that the answer does not say: for a 401,
+        /// whether credentials were sent ("refused with the credentials
+        /// for HOST", or "none were found for HOST").
+        note: Option<String>,
     },
     /// A CA or client certificate file that cannot be read or used.
     #[error("{}: {reason}", path.display())]
@@ -89,6 +97,26 @@ impl Error {
     /// often as it allowed, and asking again at once would count again.
     pub(crate) fn rate_limited(&self) -> bool {
         matches!(self, Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// This error, with `note` if it is a 401 that has none yet.
+    pub(crate) fn noted_if_unauthorized(self, note: impl FnOnce() -> String) -> Self {
+        match self {
+            Error::Status {
+                method,
+                url,
+                status,
+                body,
+                note: None,
+            } if status == reqwest::StatusCode::UNAUTHORIZED => Error::Status {
+                method,
+                url,
+                status,
+                body,
+                note: Some(note()),
+            },
+            other => other,
+        }
     }
 
     /// The kind of this error, for callers that branch on it.

@@ -76,6 +76,9 @@ async fn basic_auth_with_htpasswd() {
         .expect("anonymous push refused");
     assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
     assert!(err.to_string().contains("401"), "{err}");
+    let host = registry.host();
+    let none_found = format!("refused without credentials: none were found for {host}");
+    assert!(err.to_string().contains(&none_found), "{err}");
 
     // With the right password: push, resolve and fetch.
     let alice = resolver_for(&registry.host(), "alice", "s3cret");
@@ -88,11 +91,14 @@ async fn basic_auth_with_htpasswd() {
     let mallory = resolver_for(&registry.host(), "alice", "guess");
     let err = mallory.resolve(&format!("{repo}:1")).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
+    let refused = format!("refused with the credentials for {host}");
+    assert!(err.to_string().contains(&refused), "{err}");
 
     // Credentials for another host are never sent here.
     let elsewhere = resolver_for("other.example:5000", "alice", "s3cret");
     let err = elsewhere.resolve(&format!("{repo}:1")).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
+    assert!(err.to_string().contains(&none_found), "{err}");
 }
 
 /// A credential helper is a process and may take its time (a keychain
@@ -160,7 +166,7 @@ async fn bearer_tokens_from_a_token_service() {
 
     // Anonymous tokens grant pull only: a push is refused.
     let anonymous = DockerResolver::new();
-    assert_push_refused(&anonymous, &format!("{repo}:1"), &blobs[0]).await;
+    assert_push_refused(&anonymous, &format!("{repo}:1"), &blobs[0], false).await;
 
     // With credentials: push, then pull back, one token per scope.
     let bob = resolver_for(&registry.host(), "bob", "pa55");
@@ -192,6 +198,33 @@ async fn bearer_tokens_from_a_token_service() {
     // Anonymous pull works too, with its own token.
     let (_, desc) = anonymous.resolve(&format!("{repo}:1")).await.unwrap();
     assert_eq!(desc.digest(), blobs[2].desc.digest());
+}
+
+/// A token service that refuses a wrong password (as Docker Hub's does)
+/// fails the request with its 401, and the error says credentials were
+/// sent; the right ones still work.
+#[tokio::test]
+async fn a_token_service_refusing_the_credentials_says_so() {
+    let (_dir, tokens, registry) = token_registry();
+    tokens.refuse_wrong_credentials();
+    let host = registry.host();
+    let reference = format!("{host}/tokens/refused:1");
+    let blobs = image(false, "linux/amd64", 3000);
+    let bob = resolver_for(&host, "bob", "pa55");
+    push_all(bob.pusher(&reference).await.unwrap().as_ref(), &blobs).await;
+
+    let mallory = resolver_for(&host, "bob", "guess");
+    let err = mallory.resolve(&reference).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("/token: 401") && said.contains("incorrect username or password"),
+        "the token service's answer: {said}"
+    );
+    assert!(
+        said.contains(&format!("refused with the credentials for {host}")),
+        "{said}"
+    );
 }
 
 /// A mount needs pull on the source repository as well as push on the
@@ -356,12 +389,17 @@ async fn an_identity_token_is_exchanged_by_the_refresh_token_grant() {
 
     let wrong = resolver_for(&registry.host(), "", "not-the-token");
     let other = format!("{}/tokens/other:1", registry.host());
-    assert_push_refused(&wrong, &other, &blobs[0]).await;
+    assert_push_refused(&wrong, &other, &blobs[0], true).await;
 }
 
 /// Pushing `blob` to `reference` gets as far as the upload, which is refused
-/// (a pull-only token).
-async fn assert_push_refused(resolver: &DockerResolver, reference: &str, blob: &common::Blob) {
+/// (a pull-only token), and the error says whether it had credentials.
+async fn assert_push_refused(
+    resolver: &DockerResolver,
+    reference: &str,
+    blob: &common::Blob,
+    with_credentials: bool,
+) {
     let pusher = resolver.pusher(reference).await.unwrap();
     let mut w = pusher
         .push(&blob.desc)
@@ -373,6 +411,12 @@ async fn assert_push_refused(resolver: &DockerResolver, reference: &str, blob: &
         .await
         .unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
+    let host = reference.split('/').next().unwrap();
+    let note = match with_credentials {
+        true => format!("refused with the credentials for {host}"),
+        false => format!("refused without credentials: none were found for {host}"),
+    };
+    assert!(err.to_string().contains(&note), "{err}");
 }
 
 /// A 401 from where a redirect led (storage that wants credentials of its

@@ -263,6 +263,29 @@ fn token_lifetime(expires_in: Option<u64>) -> Duration {
     }
 }
 
+/// Whether a refused request had credentials to go with it, kept on the
+/// 401 response (its extensions) for the error made of it.
+#[derive(Debug, Clone)]
+pub(crate) struct CredentialsNote(String);
+
+impl CredentialsNote {
+    fn new(host: &str, found: bool) -> Self {
+        CredentialsNote(if found {
+            format!("refused with the credentials for {host}")
+        } else {
+            format!("refused without credentials: none were found for {host}")
+        })
+    }
+
+    /// The note `response` carries, if any.
+    pub(crate) fn of(response: &reqwest::Response) -> Option<String> {
+        response
+            .extensions()
+            .get::<Self>()
+            .map(|note| note.0.clone())
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct TokenResponse {
     token: Option<String>,
@@ -365,6 +388,14 @@ impl Authorizer {
         }
     }
 
+    /// What a 401 from `host` should say about credentials: whether there
+    /// were any to send. `None` if the lookup itself fails (that error is
+    /// the one the answer to a challenge reports).
+    pub(crate) async fn credentials_note(&self, host: &str) -> Option<CredentialsNote> {
+        let found = self.credential_for(host).await.ok()?.is_some();
+        Some(CredentialsNote::new(host, found))
+    }
+
     /// [`answer`](Self::answer) for challenges already parsed.
     async fn answer_parsed(
         &self,
@@ -397,7 +428,12 @@ impl Authorizer {
             (Some(bearer), _) => {
                 let (token, lifetime) = self
                     .token(clients, bearer, scope, credential.as_ref())
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        e.noted_if_unauthorized(|| {
+                            CredentialsNote::new(host, credential.is_some()).0
+                        })
+                    })?;
                 (format!("Bearer {token}"), lifetime)
             }
             (None, Some(credential)) => (basic(credential), MAX_TOKEN_LIFETIME),

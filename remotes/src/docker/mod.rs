@@ -882,6 +882,26 @@ impl Repository {
         scope: &str,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
+        let mut response = self.send_attempts(method, url, scope, build).await?;
+        // A refusal says whether credentials went with it: "no credentials
+        // found" and "wrong password" are otherwise the same 401.
+        if response.status() == StatusCode::UNAUTHORIZED
+            && same_origin(response.url().as_str(), &self.base)
+            && let Some(note) = self.authorizer.credentials_note(&self.host).await
+        {
+            response.extensions_mut().insert(note);
+        }
+        Ok(response)
+    }
+
+    /// [`send_scoped`](Self::send_scoped)'s attempts.
+    async fn send_attempts(
+        &self,
+        method: Method,
+        url: &str,
+        scope: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
         let scope = scope.to_string();
         let mut backoff = Duration::from_millis(100);
         let mut answered_challenge = false;
@@ -1027,6 +1047,7 @@ impl Repository {
         accept: &str,
     ) -> Error {
         let status = head.status();
+        let note = auth::CredentialsNote::of(&head);
         let mut body = error_body(head).await;
         if status == StatusCode::FORBIDDEN
             && let Ok(get) = self
@@ -1041,6 +1062,7 @@ impl Repository {
             url: url.to_string(),
             status,
             body,
+            note,
         }
     }
 
@@ -1229,11 +1251,13 @@ pub(crate) async fn check_status(
         let origin = answered_by.origin().ascii_serialization();
         format!("{url} (redirected to {origin})")
     };
+    let note = auth::CredentialsNote::of(&response);
     Err(Error::Status {
         method: method.to_string(),
         url,
         status,
         body: error_body(response).await,
+        note,
     })
 }
 

@@ -35,6 +35,9 @@ struct State {
     expires_in: AtomicI64,
     /// Answer OAuth2 POSTs with 404, as token services without OAuth2 do.
     refuse_oauth: AtomicBool,
+    /// Answer wrong credentials with 401, as Docker Hub's service does,
+    /// rather than grant them what anonymous clients get.
+    refuse_wrong_credentials: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -77,6 +80,7 @@ impl TokenServer {
             signed_lifetime: AtomicI64::new(EXPIRES_IN),
             expires_in: AtomicI64::new(EXPIRES_IN),
             refuse_oauth: AtomicBool::new(false),
+            refuse_wrong_credentials: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let serve_state = state.clone();
@@ -145,6 +149,14 @@ impl TokenServer {
     pub fn refuse_oauth(&self) {
         self.state.refuse_oauth.store(true, Ordering::SeqCst);
     }
+
+    /// Answers wrong credentials with 401 from now on, as Docker Hub's
+    /// token service does; before, they get what anonymous clients get.
+    pub fn refuse_wrong_credentials(&self) {
+        self.state
+            .refuse_wrong_credentials
+            .store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for TokenServer {
@@ -191,14 +203,14 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         .unwrap_or_default();
     // GET: parameters in the query, credentials by basic auth. POST: a form.
     let mut params = parse_form(&query);
-    let mut authenticated = header("authorization")
-        .and_then(|v| v.strip_prefix("Basic ").map(str::to_string))
-        .is_some_and(|b| {
-            b == base64(
-                format!("{}:{}", state.user, state.password).as_bytes(),
-                false,
-            )
-        });
+    let basic = header("authorization").and_then(|v| v.strip_prefix("Basic ").map(str::to_string));
+    let mut credentials_given = basic.is_some();
+    let mut authenticated = basic.is_some_and(|b| {
+        b == base64(
+            format!("{}:{}", state.user, state.password).as_bytes(),
+            false,
+        )
+    });
     let oauth = request_line.starts_with("POST");
     if oauth && state.refuse_oauth.load(Ordering::SeqCst) {
         let mut stream = stream;
@@ -221,6 +233,7 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        credentials_given = param("refresh_token").is_some() || param("password").is_some();
         authenticated = match param("grant_type") {
             Some("refresh_token") => {
                 identity.is_some() && param("refresh_token") == identity.as_deref()
@@ -232,6 +245,17 @@ fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
         };
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
+    if credentials_given && !authenticated && state.refuse_wrong_credentials.load(Ordering::SeqCst)
+    {
+        let mut stream = stream;
+        let body = r#"{"details":"incorrect username or password"}"#;
+        write!(
+            stream,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return stream.flush();
+    }
     // Read strictly, as each form is specified: the OAuth2 form has one
     // space-separated `scope` (RFC 6749; a second is ignored, as Go's
     // `FormValue` does), the GET form one `scope` parameter per scope (the
