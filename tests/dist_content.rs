@@ -38,6 +38,15 @@ fn ingest_resumes_verifies_and_the_store_is_managed_from_the_shell() {
     );
     // Quiet, the refs alone, for scripts.
     assert_eq!(stdout(&dist(root, &["-q", "active"], b"")), "r1\n");
+    // Broken again: said to bring the whole blob, not only what is left.
+    let out = dist(root, &ingest, &blob[..2_000_000]);
+    assert!(
+        stderr(&out).contains(
+            "got 2000000 (a resumed ingest reads the whole blob again: the first 1000000 bytes"
+        ),
+        "{}",
+        stderr(&out)
+    );
 
     // The full stream resumes and commits.
     let out = dist(root, &ingest, &blob);
@@ -84,6 +93,94 @@ fn usage_errors_exit_two() {
     // `dist list -q | xargs dist delete` on an empty store.
     let out = dist(dir.path(), &["delete"], b"");
     assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing done at once, or nothing to wait for, is no setting.
+    for zero in [
+        &["--timeout", "0s", "list"][..],
+        &["--ranges", "0", "list"],
+        &["--unpack-concurrency", "0", "list"],
+        &["fetch", "--concurrency", "0", "x"],
+        &["pull", "--concurrency", "0", "x"],
+        &["push", "--concurrency", "0", "x"],
+    ] {
+        let out = dist(dir.path(), zero, b"");
+        assert_eq!(out.status.code(), Some(2), "{zero:?}: {}", stderr(&out));
+    }
+}
+
+/// A command that reads a store says so when there is none where `--root`
+/// points (a typo, an unset variable) rather than answer from an empty one
+/// it made there.
+#[test]
+fn a_missing_store_is_said_and_not_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo");
+    for command in [&["list"][..], &["active"], &["images"], &["prune"]] {
+        let out = dist(&typo, command, b"");
+        assert_eq!(out.status.code(), Some(1), "{command:?}");
+        assert!(
+            stderr(&out).contains("no store there"),
+            "{command:?}: {}",
+            stderr(&out)
+        );
+        assert!(!typo.exists(), "{command:?} made the store");
+    }
+    // What adds content makes one.
+    let out = dist(&typo, &["ingest", "r"], b"new");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&dist(&typo, &["list", "-q"], b"")).trim(),
+        sha256_of(b"new").to_string()
+    );
+}
+
+/// A second ingest of a ref another process is writing waits for it, and
+/// says so after a second; once the first commits, the second has nothing
+/// to do.
+#[test]
+fn a_second_ingest_of_a_ref_waits_for_the_first_and_says_so() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = sha256_of(&blob).to_string();
+    let args = ["ingest", "shared", "--expected-digest", &digest];
+    let ingesting = || {
+        std::process::Command::new(common::dist_binary())
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = ingesting();
+    let mut stdin = first.stdin.take().unwrap();
+    stdin.write_all(&blob[..50_000]).unwrap();
+    stdin.flush().unwrap();
+    // Until the first holds the ref.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stdout(&dist(root, &["-q", "active"], b"")).contains("shared") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first ingest never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = ingesting();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stdin.write_all(&blob[50_000..]).unwrap();
+    drop(stdin);
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = second.wait_with_output().unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("waiting for another process's ingest of shared"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(stdout(&dist(root, &["list", "-q"], b"")).trim(), digest);
 }
 
 /// A broken Docker config is not ignored in silence (the user would only

@@ -154,7 +154,10 @@ fn push_fetch_list_check_and_prune_an_image() {
     ok(dist(&store, &["images", "rm", &reference], b""));
     let dry = ok(dist(&store, &["prune", "--dry-run"], b""));
     assert!(
-        dry.contains("would remove 0 blobs"),
+        dry.contains("would remove 0 blobs")
+            && dry.contains(
+                "0 blobs in use, 3 more kept only until they are older than --grace (15 minutes)"
+            ),
         "fresh blobs are in their grace period: {dry}"
     );
     let check = dist(&store, &["images", "check", &reference], b"");
@@ -174,7 +177,27 @@ fn push_fetch_list_check_and_prune_an_image() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(
         stderr.starts_with(&format!("dist: fetch {}/e2e/app:nope: ", registry.host()))
-            && stderr.contains("404"),
+            && stderr.contains("404")
+            && stderr.contains(&format!("({}/e2e/app:nope: not found)", registry.host())),
+        "{stderr}"
+    );
+    let unknown = sha256_of(b"no such object").to_string();
+    let missing = dist(
+        &store,
+        &[
+            "fetch-object",
+            &format!("{}/e2e/app", registry.host()),
+            &unknown,
+        ],
+        b"",
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "({}/e2e/app@{unknown}: no manifest nor blob of that digest)",
+            registry.host()
+        )),
         "{stderr}"
     );
     assert!(
@@ -563,6 +586,39 @@ fn a_blob_corrupted_in_the_store_fails_its_push_and_says_so() {
     assert!(!fetched.status.success(), "nothing was tagged");
 }
 
+/// Ingests an OCI index of `manifests` (digest, bytes and linux
+/// architecture of each; arm64 as v8) into the store at `builder`; returns
+/// its digest.
+fn ingest_index(builder: &Path, manifests: &[(&str, &str, &str)]) -> String {
+    let entries: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|(digest, bytes, architecture)| {
+            let mut platform = serde_json::json!({"os": "linux", "architecture": architecture});
+            if *architecture == "arm64" {
+                platform["variant"] = "v8".into();
+            }
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": bytes.len(),
+                "platform": platform,
+            })
+        })
+        .collect();
+    let index_bytes = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string();
+    let index = ingest(
+        builder,
+        "application/vnd.oci.image.index.v1+json",
+        index_bytes.as_bytes(),
+    );
+    index["digest"].as_str().unwrap().to_string()
+}
+
 /// As `ctr push --platform`: what a one-platform fetch of an index keeps can
 /// be pushed as that platform's manifest; without `--platform` the push
 /// fails, saying so, and a platform the index lacks is named in the error.
@@ -574,32 +630,15 @@ fn a_push_with_a_platform_sends_that_platforms_manifest_of_an_index() {
     let builder = dir.path().join("builder");
     let (arm64, arm64_bytes) = build_image_for(&builder, "arm64", Some("v8"));
     let (amd64, amd64_bytes) = build_image_for(&builder, "amd64", None);
-    let entry = |digest: &str, bytes: &str, architecture: &str| {
-        let mut platform = serde_json::json!({"os": "linux", "architecture": architecture});
-        if architecture == "arm64" {
-            platform["variant"] = "v8".into();
-        }
-        serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": bytes.len(),
-            "platform": platform,
-        })
-    };
-    let index_bytes = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [entry(&amd64, &amd64_bytes, "amd64"), entry(&arm64, &arm64_bytes, "arm64")],
-    })
-    .to_string();
-    let index = ingest(
+    let index = ingest_index(
         &builder,
-        "application/vnd.oci.image.index.v1+json",
-        index_bytes.as_bytes(),
+        &[
+            (&amd64, &amd64_bytes, "amd64"),
+            (&arm64, &arm64_bytes, "arm64"),
+        ],
     );
-    let index = index["digest"].as_str().unwrap();
     let both = format!("{}/e2e/multi:1", registry.host());
-    ok(dist(&builder, &["push", &both, index], b""));
+    ok(dist(&builder, &["push", &both, &index], b""));
 
     let store = dir.path().join("store");
     ok(dist(
@@ -648,4 +687,106 @@ fn a_push_with_a_platform_sends_that_platforms_manifest_of_an_index() {
         b"",
     ));
     assert!(pushed.trim_end().ends_with(&amd64), "{pushed}");
+}
+
+/// What a one-platform fetch of an index leaves is said as such: `images
+/// check` for another platform names that platform's manifest (not the
+/// index, which is there); a push of that platform says to fetch it; an
+/// export says which manifests it leaves out and counts each blob once
+/// (a layer two platforms share, too).
+#[test]
+fn a_one_platform_fetch_of_an_index_is_checked_pushed_and_exported_as_such() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let (arm64, arm64_bytes) = build_image_for(&builder, "arm64", Some("v8"));
+    // An amd64 manifest with a config of its own and arm64's layer.
+    let arm64_manifest: serde_json::Value = serde_json::from_str(&arm64_bytes).unwrap();
+    let config = ingest(
+        &builder,
+        "application/vnd.oci.image.config.v1+json",
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    );
+    let amd64_bytes = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": arm64_manifest["layers"],
+    })
+    .to_string();
+    let amd64 = ingest(
+        &builder,
+        "application/vnd.oci.image.manifest.v1+json",
+        amd64_bytes.as_bytes(),
+    )["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let index = ingest_index(
+        &builder,
+        &[
+            (&amd64, &amd64_bytes, "amd64"),
+            (&arm64, &arm64_bytes, "arm64"),
+        ],
+    );
+    let both = format!("{}/e2e/partial:1", registry.host());
+    ok(dist(&builder, &["push", &both, &index], b""));
+
+    // Every blob once: the index, two manifests, two configs, one layer.
+    let whole = dir.path().join("whole-layout");
+    let exported = ok(dist(
+        &builder,
+        &["export", &index, whole.to_str().unwrap()],
+        b"",
+    ));
+    assert!(exported.contains("(6 blobs)"), "{exported}");
+
+    let store = dir.path().join("store");
+    ok(dist(
+        &store,
+        &["--platform", "linux/arm64", "fetch", &both],
+        b"",
+    ));
+
+    let checked = dist(
+        &store,
+        &["--platform", "linux/amd64", "images", "check"],
+        b"",
+    );
+    assert_eq!(checked.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        said.contains(&format!("incomplete, missing {amd64}")),
+        "the amd64 manifest is what is missing: {said}"
+    );
+
+    let pushed = dist(
+        &store,
+        &[
+            "--platform",
+            "linux/amd64",
+            "push",
+            &format!("{}/e2e/amd64:1", registry.host()),
+            &both,
+        ],
+        b"",
+    );
+    assert_eq!(pushed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&pushed.stderr);
+    assert!(
+        stderr.contains("the store lacks the linux/amd64 manifest of this index"),
+        "{stderr}"
+    );
+
+    // The index, arm64's manifest, config and layer; amd64's manifest said.
+    let partial = dir.path().join("partial-layout");
+    let exported = dist(&store, &["export", &both, partial.to_str().unwrap()], b"");
+    let answer = ok(exported.clone());
+    assert!(answer.contains("(4 blobs)"), "{answer}");
+    let stderr = String::from_utf8_lossy(&exported.stderr);
+    assert!(
+        stderr.contains("the store lacks 1 of the index's manifests (linux/amd64)"),
+        "{stderr}"
+    );
 }

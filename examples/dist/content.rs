@@ -68,12 +68,19 @@ pub(crate) async fn ingest(store: &LocalStore, args: IngestArgs) -> CmdResult {
     let mut opts = WriterOpts::new(&args.reference);
     opts.size = args.expected_size;
     opts.digest = args.expected_digest.clone();
-    let mut writer = match open_writer(store, opts).await {
+    // Another process writing the same ref holds it until it is done.
+    let opened = crate::output::saying_if_slow(open_writer(store, opts), || {
+        format!("waiting for another process's ingest of {}", args.reference)
+    });
+    let mut writer = match opened.await {
         Ok(writer) => writer,
         // Another process already committed it: concurrent ingests are harmless.
         Err(e) if e.is_already_exists() => return Ok(()),
         Err(e) => return Err(Failure::new(what, e)),
     };
+    // What an earlier attempt left: skipped from stdin, which brings the
+    // whole blob again.
+    let resumed_at = writer.status().await.map_or(0, |status| status.offset);
     let mut stdin = tokio::io::stdin();
     let result = copy(
         writer.as_mut(),
@@ -86,6 +93,15 @@ pub(crate) async fn ingest(store: &LocalStore, args: IngestArgs) -> CmdResult {
     if let Err(e) = result {
         // Keep what arrived for the next attempt.
         let _ = writer.shutdown().await;
+        if let (ocidist::content::Error::ShortRead { .. }, 1..) = (&e, resumed_at) {
+            return Err(Failure::new(
+                what,
+                format!(
+                    "{e} (a resumed ingest reads the whole blob again: the first \
+                     {resumed_at} bytes, which the ingest had, were checked and skipped)"
+                ),
+            ));
+        }
         return Err(Failure::new(what, e));
     }
     Ok(())

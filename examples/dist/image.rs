@@ -41,7 +41,7 @@ pub(crate) struct FetchArgs {
     /// Blobs fetched at once. 16, as the oci-client crate: small blobs are
     /// bound by the registry's latency, not by bandwidth. (`pull` keeps 8:
     /// its unpack wants the CPU more than extra downloads do.)
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::parse_count)]
     concurrency: usize,
 }
 
@@ -53,7 +53,7 @@ pub(crate) struct PushArgs {
     /// manifest or index in the content store); default: `reference`.
     local: Option<String>,
     /// Blobs pushed at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::parse_count)]
     concurrency: usize,
 }
 
@@ -258,7 +258,18 @@ pub(crate) async fn push(
     if remote.platform_given && is_index {
         target = manifest::manifest(&stores.content, &target, &platforms::only(&remote.platform))
             .await
-            .map_err(|e| Failure::new(what.clone(), e))?
+            .map_err(|e| match &e {
+                // The index names that platform; the store lacks its manifest.
+                ocidist::images::Error::Content(c) if c.is_not_found() => Failure::new(
+                    what.clone(),
+                    format!(
+                        "{e}: the store lacks the {} manifest of this index: fetch it \
+                         with --platform {0}, or --all-platforms",
+                        remote.platform
+                    ),
+                ),
+                _ => Failure::new(what.clone(), e),
+            })?
             .descriptor;
     }
     // What it reads stays through a prune in another process (an image
@@ -582,12 +593,19 @@ pub(crate) async fn prune(
     for reference in &report.ingests {
         report!("{verb} ingest {reference}");
     }
+    let young = match report.young {
+        0 => String::new(),
+        n => format!(
+            ", {n} more kept only until they are older than --grace ({})",
+            output::span(args.grace)
+        ),
+    };
     report!(
-        "{verb} {} blobs ({}) and {} ingests; {} blobs in use",
+        "{verb} {} blobs ({}) and {} ingests; {} blobs in use{young}",
         report.blobs.len(),
         output::size(report.bytes()),
         report.ingests.len(),
-        report.reachable
+        report.reachable - report.young
     );
     drop(held);
     snapshots_pruned

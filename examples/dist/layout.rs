@@ -76,15 +76,30 @@ fn blob_file(dir: &Path, digest: &Digest) -> PathBuf {
         .join(digest.digest())
 }
 
+/// What [`reachable`] found.
+struct Reachable {
+    /// Each blob once (layers shared by platforms too).
+    blobs: Vec<Descriptor>,
+    /// The manifests (or indexes) an index names that the store lacks.
+    left_out: Vec<Descriptor>,
+}
+
 /// `desc` and everything it references that the store has; a manifest's own
 /// children must all be present, an index's missing platforms are left out.
 async fn reachable(
     stores: &Stores,
     root: &Descriptor,
-) -> Result<Vec<Descriptor>, Box<dyn std::error::Error + Send + Sync>> {
-    let mut out = Vec::new();
+) -> Result<Reachable, Box<dyn std::error::Error + Send + Sync>> {
+    let mut found = Reachable {
+        blobs: Vec::new(),
+        left_out: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
     let mut queue = vec![root.clone()];
     while let Some(desc) = queue.pop() {
+        if !seen.insert(desc.digest().clone()) {
+            continue;
+        }
         let kind = media_types::kind(desc.media_type().as_ref());
         if matches!(kind, Kind::Manifest | Kind::Index) {
             for child in manifest::children(&stores.content, &desc).await? {
@@ -94,14 +109,15 @@ async fn reachable(
                     && kind == Kind::Index
                     && matches!(child_kind, Kind::Manifest | Kind::Index)
                 {
+                    found.left_out.push(child);
                     continue;
                 }
                 queue.push(child);
             }
         }
-        out.push(desc);
+        found.blobs.push(desc);
     }
-    Ok(out)
+    Ok(found)
 }
 
 /// A new file of a unique name in `dir`, for staging what will be renamed
@@ -164,15 +180,19 @@ fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn export(stores: &Stores, lease: Lease, args: ExportArgs) -> CmdResult {
+/// Copies an image out of the store into a layout. `lease` keeps what it
+/// copies through a prune in another process; `None` on a read-only store,
+/// which no prune here can change (nor can a lease be written in it).
+pub(crate) async fn export(stores: &Stores, lease: Option<Lease>, args: ExportArgs) -> CmdResult {
     let what = format!("export {} {}", args.reference, args.dir.display());
     let fail = |e: Box<dyn std::error::Error + Send + Sync>| Failure::new(what.clone(), e);
     let target = local_target(stores, &args.reference).await.map_err(fail)?;
-    // What it copies stays through a prune in another process.
-    lease
-        .add_content(target.digest())
-        .await
-        .map_err(|e| fail(e.into()))?;
+    if let Some(lease) = &lease {
+        lease
+            .add_content(target.digest())
+            .await
+            .map_err(|e| fail(e.into()))?;
+    }
     // (ref name, whole name): `--name` as given; an image's tag and name; a
     // digest, nothing (its entry unnamed, as OCI allows).
     let (ref_name, image_name) = match &args.name {
@@ -190,7 +210,25 @@ pub(crate) async fn export(stores: &Stores, lease: Lease, args: ExportArgs) -> C
             )
         }
     };
-    let blobs = reachable(stores, &target).await.map_err(fail)?;
+    let Reachable { blobs, left_out } = reachable(stores, &target).await.map_err(fail)?;
+    if !left_out.is_empty() {
+        // As `ctr export` of one platform: the index stays whole, so the
+        // layout's digest is the image's; tools reading every platform
+        // (`skopeo copy --all`) will miss these.
+        let platforms: Vec<String> = left_out
+            .iter()
+            .map(|d| match manifest::descriptor_platform(d) {
+                Some(platform) => platform.to_string(),
+                None => d.digest().to_string(),
+            })
+            .collect();
+        eprintln!(
+            "dist: export: the store lacks {} of the index's manifests ({}): the layout \
+             holds the other platforms only (fetch --all-platforms first for all)",
+            left_out.len(),
+            platforms.join(", ")
+        );
+    }
     let copies: Vec<_> = blobs
         .iter()
         .map(|desc| {

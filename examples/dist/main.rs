@@ -34,7 +34,7 @@ use ocidist::images::{DbImageStore, Platform};
 
 /// containerd's distribution primitives: ingest, inspect and manage content.
 #[derive(Debug, Parser)]
-#[command(name = "dist", version)]
+#[command(name = "dist", version, next_help_heading = "Global options")]
 struct Cli {
     /// Store root. Default: $OCIDIST_ROOT, else /var/lib/ocidist as root, else
     /// $XDG_DATA_HOME/ocidist (~/.local/share/ocidist).
@@ -50,7 +50,7 @@ struct Cli {
     #[arg(long, short, global = true)]
     quiet: bool,
     /// Give up after this long (e.g. 30s, 5m, 1h).
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     timeout: Option<Duration>,
     /// Speak plain HTTP to every registry not given TLS settings of its own
     /// (certificates or `skip_verify = true` in --hosts-dir still make that
@@ -86,7 +86,7 @@ struct Cli {
     /// Fetch each blob of 64 MiB or more as N parallel 4 MiB ranged requests
     /// (1: one request per blob). Default: 4 for remote registries, 1 for
     /// loopback ones, where one stream is never the bottleneck.
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, value_name = "N", value_parser = parse_count)]
     ranges: Option<usize>,
     /// The platform to fetch and inspect: os/arch[/variant]. Default: this
     /// host's. `push` pushes only this platform's manifest of an index.
@@ -98,7 +98,7 @@ struct Cli {
     snapshotter: Option<SnapshotterKind>,
     /// How many layers `pull`, `unpack` and `rootfs` apply at once on the
     /// overlay snapshotter (each layer is its own directory there).
-    #[arg(long, global = true, value_name = "N", default_value_t = 3)]
+    #[arg(long, global = true, value_name = "N", default_value_t = 3, value_parser = parse_count)]
     unpack_concurrency: usize,
     /// Whether snapshot commits wait for the disk. `writeback` skips the
     /// flush, as containerd does: faster, most on native, but a power loss
@@ -175,6 +175,24 @@ enum Command {
 impl Command {
     /// Whether the command writes ingests, which an interrupted run leaves
     /// for the next to resume.
+    /// Whether the command only reads or changes a store that must
+    /// already exist: run on a mistyped `--root`, it says so rather than
+    /// answer from an empty store it made there.
+    fn needs_a_store(&self) -> bool {
+        matches!(
+            self,
+            Command::Active(_)
+                | Command::List(_)
+                | Command::Path(_)
+                | Command::Get(_)
+                | Command::Delete(_)
+                | Command::Push(_)
+                | Command::Images(_)
+                | Command::Prune(_)
+                | Command::Export(_)
+        )
+    }
+
     fn ingests(&self) -> bool {
         matches!(
             self,
@@ -217,6 +235,25 @@ fn parse_user(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A count of things done at once: 1 or more.
+pub(crate) fn parse_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => Ok(count),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    }
+}
+
+/// `--timeout`: a duration longer than nothing.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be longer than 0".to_string()),
+        limit => Ok(limit),
+    }
+}
+
+/// A duration: a number and its unit, `ms`, `s`, `m` or `h` (a number alone
+/// is seconds).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -288,6 +325,13 @@ where
 
 async fn run(cli: Cli) -> CmdResult {
     let root = cli.root.clone().unwrap_or_else(default_root);
+    if cli.command.needs_a_store() && !root.exists() {
+        return Err(Failure::new(
+            format!("open {}", root.display()),
+            "no store there (fetch, pull, ingest and import make one; --root or \
+             $OCIDIST_ROOT says where)",
+        ));
+    }
     let open = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
         Failure::new(format!("open {what} {}", root.display()), e)
     };
@@ -409,7 +453,13 @@ async fn run(cli: Cli) -> CmdResult {
             .await
         }
         Command::Apply(args) => rootfs::apply_cmd(args).await,
-        Command::Export(args) => layout::export(&stores()?, lease().await?, args).await,
+        Command::Export(args) => {
+            let lease = match read_only(&root) {
+                true => None,
+                false => Some(lease().await?),
+            };
+            layout::export(&stores()?, lease, args).await
+        }
         Command::Import(args) => layout::import(&stores()?, lease().await?, args).await,
         Command::Unpack(args) => {
             layout::unpack_cmd(&snapshotter(kind)?, lease().await?, &remote, args).await
@@ -425,6 +475,23 @@ async fn run(cli: Cli) -> CmdResult {
             .await
         }
     }
+}
+
+/// Whether `path` is on a read-only mount (a store bind-mounted read-only
+/// into a container, a read-only snapshot of a volume).
+fn read_only(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid C string and a buffer statvfs fills when it succeeds.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: filled, as it returned 0.
+    let stats = unsafe { stats.assume_init() };
+    stats.f_flag & libc::ST_RDONLY != 0
 }
 
 /// The snapshotter the command opened, for [`main`] to remove the

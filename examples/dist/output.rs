@@ -130,10 +130,16 @@ pub(crate) fn size(bytes: u64) -> String {
 
 /// `3 minutes`-style ages, from `then` to now.
 pub(crate) fn age(then: SystemTime) -> String {
-    let secs = SystemTime::now()
-        .duration_since(then)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
+    span(
+        SystemTime::now()
+            .duration_since(then)
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// `3 minutes`-style durations, in their largest whole unit.
+pub(crate) fn span(duration: Duration) -> String {
+    let secs = duration.as_secs();
     let (n, unit) = match secs {
         0..60 => (secs, "second"),
         60..3600 => (secs / 60, "minute"),

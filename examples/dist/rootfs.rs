@@ -22,7 +22,7 @@ pub(crate) struct PullArgs {
     /// The image: `[host[:port]/]path[:tag][@digest]`.
     reference: String,
     /// Blobs fetched at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::parse_count)]
     concurrency: usize,
     /// Fetch every platform of an index; only `--platform`'s is unpacked.
     #[arg(long)]

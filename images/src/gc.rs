@@ -69,6 +69,10 @@ pub struct GcReport {
     /// Blobs kept: referenced from an image or a root, or young (and what
     /// they reference).
     pub reachable: usize,
+    /// Of those, the ones kept only for their youth (or a young blob's
+    /// reference to them): no image or root needs them, and a collection
+    /// after the grace period removes them.
+    pub young: usize,
 }
 
 impl GcReport {
@@ -105,33 +109,30 @@ where
             Some((Digest::try_from(value.as_str()).ok()?, None))
         }));
     }
+    queue.extend(
+        infos
+            .values()
+            .filter(|i| i.labels.contains_key(GC_ROOT))
+            .map(|i| (i.digest.clone(), None)),
+    );
+    queue.extend(opts.roots.iter().map(|digest| (digest.clone(), None)));
+    // What images and roots need first, then what only youth keeps: the
+    // report tells them apart.
+    let mut marked = HashSet::new();
+    mark(content, &infos, queue, &mut marked).await?;
+    let in_use = marked.len();
     let now = SystemTime::now();
-    let young = |info: &Info| {
+    let young = infos.values().filter(|info| {
         now.duration_since(info.created_at.max(info.updated_at))
             .unwrap_or(Duration::ZERO)
             < opts.grace
-    };
-    for info in infos
-        .values()
-        .filter(|i| i.labels.contains_key(GC_ROOT) || young(i))
-    {
-        queue.push_back((info.digest.clone(), None));
-    }
-    queue.extend(opts.roots.iter().map(|digest| (digest.clone(), None)));
-
-    let mut marked = HashSet::new();
-    while let Some((digest, media_type)) = queue.pop_front() {
-        if !marked.insert(digest.clone()) {
-            continue;
-        }
-        let Some(info) = infos.get(&digest) else {
-            continue;
-        };
-        queue.extend(references(content, info, media_type).await?);
-    }
+    });
+    let queue = young.map(|info| (info.digest.clone(), None)).collect();
+    mark(content, &infos, queue, &mut marked).await?;
 
     let mut report = GcReport {
         reachable: marked.len(),
+        young: marked.len() - in_use,
         ..GcReport::default()
     };
     let mut unmarked: Vec<&Info> = infos
@@ -185,6 +186,28 @@ fn gc_ref_content_kind(key: &str) -> Option<&str> {
 
 /// The blobs `info` references: from its GC labels if it has any, otherwise
 /// by decoding it as a manifest or index (sniffing the type when unknown).
+/// Marks each blob in `queue` that the store has, and all it references,
+/// in `marked`.
+async fn mark<S: Provider + ?Sized>(
+    content: &S,
+    infos: &HashMap<Digest, Info>,
+    mut queue: VecDeque<(Digest, Option<String>)>,
+    marked: &mut HashSet<Digest>,
+) -> Result<()> {
+    while let Some((digest, media_type)) = queue.pop_front() {
+        // Only what the store has is counted (an index's manifests left
+        // out by a one-platform fetch are not).
+        let Some(info) = infos.get(&digest) else {
+            continue;
+        };
+        if !marked.insert(digest) {
+            continue;
+        }
+        queue.extend(references(content, info, media_type).await?);
+    }
+    Ok(())
+}
+
 async fn references<S: Provider + ?Sized>(
     content: &S,
     info: &Info,

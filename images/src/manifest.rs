@@ -198,9 +198,21 @@ pub async fn manifest<P: Provider + ?Sized>(
     image: &Descriptor,
     matcher: &dyn Matcher,
 ) -> Result<Manifest> {
+    resolve_manifest(provider, image, matcher, &mut None).await
+}
+
+/// [`manifest`], which leaves in `reading` the last document it read (or
+/// tried to): the one missing when it fails with not found.
+async fn resolve_manifest<P: Provider + ?Sized>(
+    provider: &P,
+    image: &Descriptor,
+    matcher: &dyn Matcher,
+    reading: &mut Option<Descriptor>,
+) -> Result<Manifest> {
     let mut desc = image.clone();
     // Indexes may nest; a bound keeps a hostile cycle from looping forever.
     for _ in 0..16 {
+        *reading = Some(desc.clone());
         match media_types::kind(desc.media_type().as_ref()) {
             Kind::Manifest => {
                 let body = read_document(provider, &desc).await?;
@@ -457,7 +469,9 @@ pub struct CheckReport {
     pub required: Vec<Descriptor>,
     /// Those of them that are in the store.
     pub present: Vec<Descriptor>,
-    /// Those that are not.
+    /// Those that are not; or, when the manifest cannot be resolved, the
+    /// document missing on the way there (the image's own, or the
+    /// platform's manifest that an index names).
     pub missing: Vec<Descriptor>,
 }
 
@@ -475,14 +489,17 @@ pub async fn check<P: Provider + ?Sized>(
     image: &Descriptor,
     matcher: &dyn Matcher,
 ) -> Result<CheckReport> {
-    let manifest = match manifest(provider, image, matcher).await {
+    let mut reading = None;
+    let manifest = match resolve_manifest(provider, image, matcher, &mut reading).await {
         Ok(manifest) => manifest,
+        // The document missing: the image's own, or the platform's
+        // manifest (or nested index) it chose.
         Err(Error::Content(e)) if e.is_not_found() => {
             return Ok(CheckReport {
                 manifest_present: false,
                 required: Vec::new(),
                 present: Vec::new(),
-                missing: vec![image.clone()],
+                missing: vec![reading.unwrap_or_else(|| image.clone())],
             });
         }
         Err(e) => return Err(e),

@@ -83,6 +83,7 @@ async fn unreferenced_blobs_go_and_referenced_ones_stay() {
         let report = gc(&store, &images, &now()).await.unwrap();
         assert_eq!(report.blobs, dry.blobs);
         assert_eq!(report.reachable, everything.len() - 1);
+        assert_eq!(report.young, 0);
 
         // Without its name, the lone image's blobs go; the multi-platform one stays whole.
         images.delete("lone:1").await.unwrap();
@@ -128,6 +129,8 @@ async fn gc_root_label_keeps_a_blob_and_the_grace_period_keeps_fresh_ones() {
         report.blobs.is_empty(),
         "nothing older than the grace period: {report:?}"
     );
+    // The pinned blob is in use; the fresh one is kept only for its youth.
+    assert_eq!((report.reachable, report.young), (2, 1), "{report:?}");
     let report = gc(&store, &images, &now()).await.unwrap();
     assert_eq!(report.blobs, vec![(fresh.digest().clone(), fresh.size())]);
     assert!(store.info(rooted.digest()).await.is_ok());

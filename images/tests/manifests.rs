@@ -207,7 +207,13 @@ async fn check_reports_missing_blobs() {
     assert_eq!(report.missing, vec![images[0].layers[1].clone()]);
     assert_eq!(report.present.len(), 2);
 
+    // The platform's manifest gone: it is what is missing, not the index.
     store.delete(images[0].manifest.digest()).await.unwrap();
     let report = check(&store, &idx, &host).await.unwrap();
     assert!(!report.manifest_present && !report.complete());
+    assert_eq!(report.missing, vec![images[0].manifest.clone()]);
+
+    store.delete(idx.digest()).await.unwrap();
+    let report = check(&store, &idx, &host).await.unwrap();
+    assert_eq!(report.missing, vec![idx.clone()]);
 }

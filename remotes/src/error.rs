@@ -101,6 +101,16 @@ impl Error {
 
     /// This error, with `note` if it is a 401 that has none yet.
     pub(crate) fn noted_if_unauthorized(self, note: impl FnOnce() -> String) -> Self {
+        self.noted_if(reqwest::StatusCode::UNAUTHORIZED, note)
+    }
+
+    /// This error, with `note` if it is an answer of `status` that has none
+    /// yet.
+    pub(crate) fn noted_if(
+        self,
+        answered: reqwest::StatusCode,
+        note: impl FnOnce() -> String,
+    ) -> Self {
         match self {
             Error::Status {
                 method,
@@ -108,7 +118,7 @@ impl Error {
                 status,
                 body,
                 note: None,
-            } if status == reqwest::StatusCode::UNAUTHORIZED => Error::Status {
+            } if status == answered => Error::Status {
                 method,
                 url,
                 status,

@@ -653,8 +653,19 @@ impl DockerResolver {
 }
 
 impl DockerResolver {
-    /// The descriptor of `object` (a tag or digest) in `repo`.
+    /// The descriptor of `object` (a tag or digest) in `repo`; a 404 says
+    /// which reference was not found, as containerd's "REF: not found".
     async fn resolve_in(&self, repo: &Repository, reference: &Reference) -> Result<Descriptor> {
+        self.resolve_at(repo, reference).await.map_err(|e| {
+            e.noted_if(StatusCode::NOT_FOUND, || match reference.digest() {
+                None => format!("{reference}: not found"),
+                Some(_) => format!("{reference}: no manifest nor blob of that digest"),
+            })
+        })
+    }
+
+    /// [`resolve_in`](Self::resolve_in)'s request and answer.
+    async fn resolve_at(&self, repo: &Repository, reference: &Reference) -> Result<Descriptor> {
         let object = reference.object();
         let manifest_url = format!("{}/manifests/{object}", repo.base);
         let head_manifest = async |repo: &Repository| {
