@@ -450,6 +450,24 @@ fn a_broken_header_is_quoted_without_its_control_characters() {
     assert!(message.contains(r"\u{1b}[31mRED"), "{message}");
 }
 
+/// An entry of a type layers do not carry (a volume label, a GNU dump
+/// directory) is named by its type flag, as tar writes it.
+#[test]
+fn an_unsupported_entry_type_is_named_by_its_flag() {
+    let root = tempfile::tempdir().unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::new(b'V'));
+    header.set_size(0);
+    builder.append_data(&mut header, "label", &b""[..]).unwrap();
+    let layer = builder.into_inner().unwrap();
+    assert_refused(
+        root.path(),
+        &layer,
+        r#"entry "label": unsupported tar entry type 'V' (86)"#,
+    );
+}
+
 /// A tar whose first member is an extension record (`kind`) holding
 /// `content` (`size` bytes), then a file: made as it is read, never held whole.
 fn extension_record_then_a_file(

@@ -867,9 +867,12 @@ impl Applier {
                 self.created.insert(written);
             }
             other => {
+                // By its type flag as tar writes it ('V', 'D', 'Z'...).
+                let flag = other.as_byte();
                 return Err(Error::Layer(format!(
-                    "entry {:?}: unsupported tar entry type {other:?}",
-                    rel.display()
+                    "entry {:?}: unsupported tar entry type {:?} ({flag})",
+                    rel.display(),
+                    char::from(flag)
                 )));
             }
         }
