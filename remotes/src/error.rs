@@ -58,7 +58,8 @@ pub enum Error {
         body: String,
         /// What the client knows that the answer does not say: for a 401,
         /// whether credentials were sent ("refused with the credentials
-        /// for HOST", or "none were found for HOST").
+        /// for HOST", or "none were found for HOST"); for a 404 at resolve,
+        /// the reference that was not found.
         note: Option<String>,
     },
     /// A CA or client certificate file that cannot be read or used.
