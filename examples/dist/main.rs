@@ -348,8 +348,9 @@ async fn run(cli: Cli) -> CmdResult {
     };
     // What a fetch, pull or unpack relies on stays through a `dist prune`
     // in another process for as long as the command runs.
-    let lease = || async {
-        let leases = Leases::open(root.join("leases")).map_err(|e| open("leases in", e.into()))?;
+    // `Err` with what failed: opening the leases, or taking one.
+    let try_lease = || async {
+        let leases = Leases::open(root.join("leases")).map_err(|e| ("leases in", e))?;
         // A prune holds the leases while it decides and removes.
         output::saying_if_slow(leases.acquire(), || {
             format!(
@@ -358,8 +359,9 @@ async fn run(cli: Cli) -> CmdResult {
             )
         })
         .await
-        .map_err(|e| open("a lease in", e.into()))
+        .map_err(|e| ("a lease in", e))
     };
+    let lease = || async { try_lease().await.map_err(|(what, e)| open(what, e.into())) };
     let remote = image::Remote {
         plain_http: cli.plain_http,
         hosts_dir: cli.hosts_dir.clone(),
@@ -454,9 +456,12 @@ async fn run(cli: Cli) -> CmdResult {
         }
         Command::Apply(args) => rootfs::apply_cmd(args).await,
         Command::Export(args) => {
-            let lease = match read_only(&root) {
-                true => None,
-                false => Some(lease().await?),
+            let lease = match try_lease().await {
+                Ok(lease) => Some(lease),
+                // A store that cannot be written (a read-only mount, another
+                // user's): no prune from here can change it either.
+                Err((_, e)) if cannot_be_written(&e) => None,
+                Err((what, e)) => return Err(open(what, e.into())),
             };
             layout::export(&stores()?, lease, args).await
         }
@@ -477,21 +482,17 @@ async fn run(cli: Cli) -> CmdResult {
     }
 }
 
-/// Whether `path` is on a read-only mount (a store bind-mounted read-only
-/// into a container, a read-only snapshot of a volume).
-fn read_only(path: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: a valid C string and a buffer statvfs fills when it succeeds.
-    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    // SAFETY: filled, as it returned 0.
-    let stats = unsafe { stats.assume_init() };
-    stats.f_flag & libc::ST_RDONLY != 0
+/// Whether `e` says the store cannot be written here (a read-only mount,
+/// another user's store), as the stores' own read-only fallbacks tell it.
+fn cannot_be_written(e: &ocidist::content::Error) -> bool {
+    matches!(
+        e,
+        ocidist::content::Error::Io { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            )
+    )
 }
 
 /// The snapshotter the command opened, for [`main`] to remove the
