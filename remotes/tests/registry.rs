@@ -583,10 +583,20 @@ async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
             "{err:?}"
         );
         assert!(!in_registry(b), "{}", b.desc.digest());
+        // The upload is let go of with one DELETE. The aborted request and
+        // the DELETE travel on different connections, so the proxy may log
+        // them in either order: compare the rest without it.
         let methods = methods_since(before);
-        assert!(methods.ends_with("DELETE"), "let go of: {methods}");
+        let sent: Vec<&str> = methods.split(' ').filter(|m| *m != "DELETE").collect();
+        assert_eq!(
+            methods.split(' ').count() - sent.len(),
+            1,
+            "let go of: {methods}"
+        );
         if b.desc.size() > 64 << 20 {
-            assert_eq!(methods, "HEAD POST PATCH PATCH DELETE");
+            assert_eq!(sent.join(" "), "HEAD POST PATCH PATCH", "{methods}");
+        } else {
+            assert!(sent.join(" ").starts_with("HEAD POST"), "{methods}");
         }
     }
     let short = Lender::new([(&small, small.bytes[1..].to_vec())]);
