@@ -1138,3 +1138,123 @@ fn copies_keep_a_sparse_files_holes() {
     ocidist_snapshot::copy_tree(lower.path(), copy.path()).unwrap();
     assert_sparse_copy(&copy.path().join("big"));
 }
+
+/// A one-byte file `f` after a PAX header of the records `records`.
+fn pax_file(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions(records.iter().copied()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A PAX owner or time that does not parse, or an owner no file can have,
+/// is refused with the entry's name: skipped, the header's value (root,
+/// say) would stand in for it; cut to 32 bits, 2³² would be root. The
+/// highest owner there is applies.
+#[test]
+fn pax_owners_and_times_that_name_none_are_refused() {
+    let refused: [(&str, &[u8], &str); 7] = [
+        (
+            "uid",
+            b"4294967296",
+            r#"entry "f": uid 4294967296 is no owner (0 to 4294967294)"#,
+        ),
+        (
+            "gid",
+            b"4294967295",
+            r#"entry "f": gid 4294967295 is no owner"#,
+        ),
+        ("uid", b"-1", r#"entry "f": PAX uid "-1" is no owner"#),
+        ("gid", b"x", r#"entry "f": PAX gid "x" is no owner"#),
+        (
+            "mtime",
+            b"99999999999999999999",
+            r#"PAX mtime "99999999999999999999" is no time"#,
+        ),
+        ("atime", b"1e9", r#"entry "f": PAX atime "1e9" is no time"#),
+        ("mtime", b"", r#"entry "f": PAX mtime "" is no time"#),
+    ];
+    for (key, value, says) in refused {
+        let root = tempfile::tempdir().unwrap();
+        assert_refused(root.path(), &pax_file(&[(key, value)]), says);
+        assert!(!root.path().join("f").exists(), "{key}={value:?}");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let layer = pax_file(&[("uid", b"4294967294"), ("gid", b"+7"), ("mtime", b"-1.5")]);
+    apply_tree(root.path(), &layer).unwrap();
+    let f = std::fs::symlink_metadata(root.path().join("f")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (4294967294, 7));
+    assert_eq!((f.mtime(), f.mtime_nsec()), (-2, 500_000_000));
+}
+
+/// A header's owner in base-256 past 32 bits is refused, not cut to root.
+#[test]
+fn a_header_owner_past_32_bits_is_refused() {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_path("big").unwrap();
+    // GNU's base-256 form: the high bit set, then the number, big-endian.
+    h.as_old_mut().uid = [0x80, 0, 0, 1, 0, 0, 0, 0];
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.push(b'x');
+    layer.resize(2048, 0);
+    let root = tempfile::tempdir().unwrap();
+    assert_refused(
+        root.path(),
+        &layer,
+        r#"entry "big": uid 4294967296 is no owner"#,
+    );
+}
+
+/// A NUL byte in a PAX name or link target is the layer's error, naming
+/// the entry, not the kernel's EINVAL naming the store.
+#[test]
+fn a_nul_in_a_name_or_link_target_is_the_layers_error() {
+    let root = tempfile::tempdir().unwrap();
+    let message = assert_refused(
+        root.path(),
+        &pax_file(&[("path", b"a\0b")]),
+        r#"entry "a\0b": a NUL byte in its name"#,
+    );
+    assert!(
+        !message.contains(&*root.path().to_string_lossy()),
+        "{message}"
+    );
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("linkpath", &b"t\0u"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "l", "ignored").unwrap();
+    assert_refused(
+        root.path(),
+        &b.into_inner().unwrap(),
+        r#"entry "l": a NUL byte in its link target"#,
+    );
+}
+
+/// A layer cut inside an entry's data says which entry and how far it got;
+/// one cut inside a header names the entry before it.
+#[test]
+fn a_layer_cut_short_names_the_entry_it_ends_in() {
+    let layer = tar_of(&[
+        Entry::File("a", &[7u8; 100_000], 0o644),
+        Entry::File("b", b"b", 0o644),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    assert_refused(
+        root.path(),
+        &layer[..50_000],
+        r#"entry "a": the layer ends 49488 bytes into its 100000 bytes of data"#,
+    );
+    let root = tempfile::tempdir().unwrap();
+    // Into the padding after a's data: the next header cannot be read.
+    assert_refused(root.path(), &layer[..512 + 100_010], r#"(after entry "a")"#);
+}

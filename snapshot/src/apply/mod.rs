@@ -356,6 +356,15 @@ fn write_entries(
     });
     {
         let mut entries = archive.entries().map_err(tar_error)?;
+        // The last entry's name: the parser's errors name none, and a layer
+        // cut short fails on the header after it.
+        let mut last: Option<PathBuf> = None;
+        let after = |last: &Option<PathBuf>, e: Error| match (e, last) {
+            (Error::Layer(message), Some(name)) => {
+                Error::Layer(format!("{message} (after entry {:?})", name.display()))
+            }
+            (e, _) => e,
+        };
         loop {
             // The parser reads headers and extension records on its own;
             // entry data is read below, outside the budget.
@@ -365,7 +374,10 @@ fn write_entries(
             let Some(entry) = next else {
                 break;
             };
-            let mut entry = entry.map_err(tar_error)?;
+            let mut entry = entry.map_err(|e| after(&last, tar_error(e)))?;
+            last = Some(PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
+                &entry.path_bytes()[..],
+            ) as &OsStr));
             // Lookups through symlinks may work in proportion to the bytes
             // read so far.
             applier
@@ -374,7 +386,7 @@ fn write_entries(
             applier.entry(&mut entry)?;
             // Data an entry's kind has no use for (a directory's, say).
             io::copy(&mut entry, &mut io::sink())
-                .map_err(|e| Error::Layer(format!("read: {e}")))?;
+                .map_err(|e| after(&last, Error::Layer(format!("read: {e}"))))?;
         }
     }
     applier.drop_needless_whiteouts()?;
@@ -497,9 +509,31 @@ fn parse_time(value: &str) -> Option<Timespec> {
     })
 }
 
-fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
+/// The highest owner a layer may give: `(uid_t)-1` means "no change" to
+/// `chown`, and a wider number would be cut to another owner.
+const MAX_OWNER_ID: u64 = u32::MAX as u64 - 1;
+
+/// An entry's owner `id` (`what`: uid or gid), refused past [`MAX_OWNER_ID`]
+/// rather than cut down to another (root, for 2³²).
+fn owner_id(id: u64, what: &str, rel: &Path) -> Result<u32> {
+    match u32::try_from(id) {
+        Ok(id) if u64::from(id) <= MAX_OWNER_ID => Ok(id),
+        _ => Err(Error::Layer(format!(
+            "entry {:?}: {what} {id} is no owner (0 to {MAX_OWNER_ID})",
+            rel.display()
+        ))),
+    }
+}
+
+/// Reads an entry's metadata (`rel`, its cleaned name, for errors). A PAX
+/// record that does not parse, or a number no file can have, is refused,
+/// as Go's archive/tar (containerd's) refuses the former: skipped, it would
+/// leave the header's value in its place.
+fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
     let header = entry.header();
-    let bad = |what: &str, e: io::Error| Error::Layer(format!("tar entry: bad {what}: {e}"));
+    let bad = |what: &str, e: io::Error| {
+        Error::Layer(format!("entry {:?}: bad {what}: {e}", rel.display()))
+    };
     // An empty numeric field is 0, as GNU tar and Go's archive/tar read it.
     let number = |value: io::Result<u64>, raw: &[u8], what: &str| match value {
         Ok(v) => Ok(v),
@@ -507,53 +541,65 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
         Err(e) => Err(bad(what, e)),
     };
     let old = header.as_old();
+    let seconds = number(header.mtime(), &old.mtime, "mtime")?;
     let mtime = Timespec {
-        tv_sec: number(header.mtime(), &old.mtime, "mtime")? as i64,
+        tv_sec: i64::try_from(seconds).map_err(|_| {
+            Error::Layer(format!(
+                "entry {:?}: mtime {seconds} is past any time a file can have",
+                rel.display()
+            ))
+        })?,
         tv_nsec: 0,
     };
     let mut meta = Meta {
         mode: number(header.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777,
-        uid: number(header.uid(), &old.uid, "uid")? as u32,
-        gid: number(header.gid(), &old.gid, "gid")? as u32,
+        uid: owner_id(number(header.uid(), &old.uid, "uid")?, "uid", rel)?,
+        gid: owner_id(number(header.gid(), &old.gid, "gid")?, "gid", rel)?,
         mtime,
         atime: mtime,
         xattrs: Vec::new(),
         dropped_xattrs: 0,
     };
+    let bad_record = |key: &str, value: &[u8], is: &str| {
+        Error::Layer(format!(
+            "entry {:?}: PAX {key} {:?} is {is}",
+            rel.display(),
+            String::from_utf8_lossy(value)
+        ))
+    };
+    let pax_time = |key: &str, value: &[u8]| {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(parse_time)
+            .ok_or_else(|| bad_record(key, value, "no time (seconds since 1970)"))
+    };
+    let pax_owner = |key: &str, value: &[u8]| {
+        let id = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| bad_record(key, value, "no owner (a number, 0 or more)"))?;
+        owner_id(id, key, rel)
+    };
     let mut atime = None;
-    if let Some(pax) = entry
-        .pax_extensions()
-        .map_err(|e| Error::Layer(format!("tar entry: bad PAX header: {e}")))?
-    {
+    if let Some(pax) = entry.pax_extensions().map_err(|e| bad("PAX header", e))? {
         for ext in pax {
-            let ext = ext.map_err(|e| Error::Layer(format!("tar entry: bad PAX record: {e}")))?;
+            let ext = ext.map_err(|e| bad("PAX record", e))?;
             let Ok(key) = ext.key() else { continue };
-            let value = ext.value().ok();
+            let value = ext.value_bytes();
             match key {
-                "mtime" => {
-                    if let Some(t) = value.and_then(parse_time) {
-                        meta.mtime = t;
-                    }
-                }
-                "atime" => atime = value.and_then(parse_time),
-                "uid" => {
-                    if let Some(v) = value.and_then(|v| v.parse().ok()) {
-                        meta.uid = v;
-                    }
-                }
-                "gid" => {
-                    if let Some(v) = value.and_then(|v| v.parse().ok()) {
-                        meta.gid = v;
-                    }
-                }
+                "mtime" => meta.mtime = pax_time(key, value)?,
+                "atime" => atime = Some(pax_time(key, value)?),
+                "uid" => meta.uid = pax_owner(key, value)?,
+                "gid" => meta.gid = pax_owner(key, value)?,
                 // PAX sparse files (GNU 0.0, 0.1, 1.0): their data is a map
                 // and packed pieces, under another name. Written as they
                 // stand they would build another tree than Go's reader
                 // (containerd's) builds from the same diff ID: refused.
                 _ if key.starts_with("GNU.sparse.") => {
                     return Err(Error::Unimplemented(format!(
-                        "tar entry: PAX sparse file ({key}); GNU's old sparse \
-                         format (tar --sparse --format=gnu) is applied"
+                        "entry {:?}: PAX sparse file ({key}); GNU's old sparse \
+                         format (tar --sparse --format=gnu) is applied",
+                        rel.display()
                     )));
                 }
                 _ => {
@@ -562,8 +608,9 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
                         // cause.
                         if name.is_empty() || name.len() > XATTR_NAME_MAX {
                             return Err(Error::Layer(format!(
-                                "tar entry: an xattr name of {} bytes (1 to \
+                                "entry {:?}: an xattr name of {} bytes (1 to \
                                  {XATTR_NAME_MAX} are allowed)",
+                                rel.display(),
                                 name.len()
                             )));
                         }
@@ -667,7 +714,21 @@ impl Applier {
             &entry.path_bytes()[..],
         ) as &OsStr);
         let rel = resolve::clean(&raw_name)?;
-        let meta = meta_of(entry)?;
+        // The kernel's own answer (EINVAL, naming the store) would not say
+        // it is the layer's; Go's archive/tar refuses such names too.
+        let link_name = entry.link_name_bytes();
+        for (what, name) in [
+            ("name", Some(entry.path_bytes())),
+            ("link target", link_name),
+        ] {
+            if name.is_some_and(|name| name.contains(&0)) {
+                return Err(Error::Layer(format!(
+                    "entry {:?}: a NUL byte in its {what}",
+                    raw_name.display()
+                )));
+            }
+        }
+        let meta = meta_of(entry, &rel)?;
         self.dropped_xattrs += meta.dropped_xattrs;
         if kind == tar::EntryType::GNUSparse {
             // Per layer, not per file: a thousand sparse headers of 64 GiB
@@ -742,7 +803,8 @@ impl Applier {
                 let mut file = create_new_file(dirfd, name, &path)?;
                 let sparse = kind == tar::EntryType::GNUSparse;
                 let size = entry.size();
-                copy_data(entry, &mut file, &mut self.buffer, sparse, size, &path)?;
+                let names = (path.as_path(), rel.as_path());
+                copy_data(entry, &mut file, &mut self.buffer, sparse, size, names)?;
                 self.set_file_meta(&file, &meta, &path)?;
                 self.created.insert(written);
             }
@@ -1288,26 +1350,42 @@ fn set_xattr_at(
     rustix::fs::lsetxattr(&path, key, value, XattrFlags::empty())
 }
 
-/// Copies an entry's data; for a sparse entry, runs of zeros become holes.
-/// A failed read is the layer's fault ([`Error::Layer`]); a failed write, the disk's.
+/// Copies an entry's data (`size` bytes; `path` where it goes, `rel` its
+/// name in the layer); for a sparse entry, runs of zeros become holes. A
+/// failed or short read is the layer's fault ([`Error::Layer`]); a failed
+/// write, the disk's.
 fn copy_data(
     src: &mut impl Read,
     dst: &mut std::fs::File,
     buffer: &mut [u8],
     sparse: bool,
     size: u64,
-    path: &Path,
+    (path, rel): (&Path, &Path),
 ) -> Result<()> {
     use std::io::Seek;
     let write_error = |e| Error::io("write", path, e);
     let mut holes = false;
+    let mut copied = 0u64;
     loop {
         let n = match src.read(buffer) {
+            Ok(0) if copied < size => {
+                // The parser gives a short entry at the end of its input.
+                return Err(Error::Layer(format!(
+                    "entry {:?}: the layer ends {copied} bytes into its {size} bytes of data",
+                    rel.display()
+                )));
+            }
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::Layer(format!("{}: read: {e}", path.display()))),
+            Err(e) => {
+                return Err(Error::Layer(format!(
+                    "entry {:?}: read: {e}",
+                    rel.display()
+                )));
+            }
         };
+        copied += n as u64;
         if sparse && buffer[..n].iter().all(|b| *b == 0) {
             dst.seek(io::SeekFrom::Current(n as i64))
                 .map_err(write_error)?;
