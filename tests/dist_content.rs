@@ -145,17 +145,16 @@ fn a_second_ingest_of_a_ref_waits_for_the_first_and_says_so() {
     let digest = sha256_of(&blob).to_string();
     let args = ["ingest", "shared", "--expected-digest", &digest];
     let ingesting = || {
-        std::process::Command::new(common::dist_binary())
-            .arg("--root")
-            .arg(root)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        common::Watched::spawn(
+            std::process::Command::new(common::dist_binary())
+                .arg("--root")
+                .arg(root)
+                .args(args)
+                .stdin(std::process::Stdio::piped()),
+        )
     };
     let mut first = ingesting();
-    let mut stdin = first.stdin.take().unwrap();
+    let mut stdin = first.child().stdin.take().unwrap();
     stdin.write_all(&blob[..50_000]).unwrap();
     stdin.flush().unwrap();
     // Until the first holds the ref.
@@ -167,19 +166,20 @@ fn a_second_ingest_of_a_ref_waits_for_the_first_and_says_so() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let second = ingesting();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut second = ingesting();
+    // The first is held until the second has said it waits (after a
+    // second), however slowly the second starts.
+    let said = second.wait_for(
+        "waiting for another process's ingest of shared",
+        std::time::Duration::from_secs(60),
+    );
     stdin.write_all(&blob[50_000..]).unwrap();
     drop(stdin);
-    let first = first.wait_with_output().unwrap();
-    assert!(first.status.success(), "{}", stderr(&first));
-    let second = second.wait_with_output().unwrap();
-    assert!(second.status.success(), "{}", stderr(&second));
-    assert!(
-        stderr(&second).contains("waiting for another process's ingest of shared"),
-        "{}",
-        stderr(&second)
-    );
+    let (status, first_said) = first.finish();
+    assert!(status.success(), "{first_said}");
+    let (status, second_said) = second.finish();
+    assert!(status.success(), "{second_said}");
+    assert!(said, "{second_said}");
     assert_eq!(stdout(&dist(root, &["list", "-q"], b"")).trim(), digest);
 }
 

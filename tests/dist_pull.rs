@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dist, dist_binary, gzip, ingest, ok, stderr};
+use common::{Watched, dist, dist_binary, gzip, ingest, ok, stderr};
 use ocidist::content::sha256_of;
 use ocidist::remotes::testkit::{Fault, FaultProxy, Registry};
 
@@ -703,38 +703,29 @@ fn a_pull_or_prune_waiting_for_a_prune_says_so() {
     // What a prune holds, stopped (SIGSTOP) or slow.
     let prune = std::fs::File::create(root.join("leases/.lock")).unwrap();
     prune.lock().unwrap();
-    let mut pull = Command::new(dist_binary())
-        .arg("--root")
-        .arg(&root)
-        .args(["pull", &reference])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut second_prune = Command::new(dist_binary())
-        .arg("--root")
-        .arg(&root)
-        .args(["prune", "--dry-run"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    let waiting = [pull.try_wait(), second_prune.try_wait()]
-        .iter()
-        .all(|exited| matches!(exited, Ok(None)));
+    let spawn = |args: &[&str]| {
+        Watched::spawn(
+            Command::new(dist_binary())
+                .arg("--root")
+                .arg(&root)
+                .args(args),
+        )
+    };
+    let mut pull = spawn(&["pull", &reference]);
+    let mut second_prune = spawn(&["prune", "--dry-run"]);
+    // Each says it waits after a second of it, however slowly it starts;
+    // the prune's lock is held until both have.
+    let within = Duration::from_secs(60);
+    let pull_said = pull.wait_for("waiting for a prune in another process", within);
+    let prune_said = second_prune.wait_for("waiting for another prune", within);
+    let waiting = pull.running() && second_prune.running();
     drop(prune);
-    let out = pull.wait_with_output().unwrap();
-    let said = stderr(&out);
-    assert!(waiting && out.status.success(), "{said}");
-    assert!(
-        said.contains("waiting for a prune in another process"),
-        "{said}"
-    );
-    let out = second_prune.wait_with_output().unwrap();
-    let said = stderr(&out);
-    assert!(out.status.success(), "{said}");
-    assert!(said.contains("waiting for another prune"), "{said}");
+    let (status, said) = pull.finish();
+    assert!(waiting && status.success(), "{said}");
+    assert!(pull_said, "{said}");
+    let (status, said) = second_prune.finish();
+    assert!(status.success(), "{said}");
+    assert!(prune_said, "{said}");
 }
 
 /// A read-only bind mount of `source` at `at`, the test's own.
@@ -934,13 +925,13 @@ fn dripping_proxy(registry: &Registry) -> FaultProxy {
     proxy
 }
 
-/// A registry holding an image with an 8 MiB layer, behind a proxy that
+/// A registry holding an image with a `big`-byte layer, behind a proxy that
 /// trickles blob bodies so a kill lands mid-layer; returns both (alive until
 /// dropped) and the image's reference through the proxy.
-fn dripping_registry(work: &std::path::Path) -> (Registry, FaultProxy, String) {
+fn dripping_registry(work: &std::path::Path, big: usize) -> (Registry, FaultProxy, String) {
     let registry =
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
-    push_image(&registry.host(), work, 8 << 20);
+    push_image(&registry.host(), work, big);
     let proxy = dripping_proxy(&registry);
     let reference = format!("{}/e2e/rootfs:1", proxy.host());
     (registry, proxy, reference)
@@ -949,7 +940,7 @@ fn dripping_registry(work: &std::path::Path) -> (Registry, FaultProxy, String) {
 #[test]
 fn a_pull_killed_mid_layer_resumes_on_rerun() {
     let work = tempfile::tempdir().unwrap();
-    let (_registry, _proxy, reference) = dripping_registry(work.path());
+    let (_registry, _proxy, reference) = dripping_registry(work.path(), 8 << 20);
     let root = work.path().join("store");
     let mut child = pull_mid_layer(&root, &[], &reference, Stdio::null());
     child.kill().unwrap();
@@ -976,7 +967,7 @@ fn a_pull_killed_mid_layer_resumes_on_rerun() {
 #[test]
 fn a_prune_during_a_pull_keeps_what_the_pull_relies_on() {
     let work = tempfile::tempdir().unwrap();
-    let (_registry, _proxy, reference) = dripping_registry(work.path());
+    let (_registry, _proxy, reference) = dripping_registry(work.path(), 8 << 20);
     let root = work.path().join("store");
     let pull = pull_mid_layer(
         &root,
@@ -1010,6 +1001,14 @@ fn a_prune_during_a_pull_keeps_what_the_pull_relies_on() {
     // A killed pull's lease dies with it: the next prune takes its leftovers.
     let other = work.path().join("other");
     let mut killed = pull_mid_layer(&other, &[], &reference, Stdio::null());
+    // And its unpack has begun: the base layer, still downloading, is the
+    // only one, so a snapshot there is an extraction.
+    let snapshots = other.join("snapshots/overlay/snapshots");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&snapshots).map_or(true, |mut d| d.next().is_none()) {
+        assert!(Instant::now() < deadline, "the pull never began unpacking");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     killed.kill().unwrap();
     killed.wait().unwrap();
     // A dry run says so and keeps the dead lease, for the real prune to
@@ -1289,7 +1288,9 @@ fn a_pull_dropped_midway_leaves_no_thread_waiting() {
 #[test]
 fn an_interrupted_pull_exits_at_once_and_resumes() {
     let work = tempfile::tempdir().unwrap();
-    let (_registry, _proxy, reference) = dripping_registry(work.path());
+    // 24 MiB: 7.7 s of dripping, of which two interrupted pulls on a loaded
+    // machine leave more than the timed-out one can fetch in its 2 s.
+    let (_registry, _proxy, reference) = dripping_registry(work.path(), 24 << 20);
     let root = work.path().join("store");
     for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
         let stopped = interrupt_pull(&root, &reference, signal);

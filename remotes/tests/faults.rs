@@ -791,7 +791,7 @@ async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
     let (_registry, proxy, pushed) = setup("faults/stall").await;
     let layer = &pushed[3];
     let blob_path = format!("/blobs/{}", layer.desc.digest());
-    let hold = Duration::from_secs(20);
+    let hold = Duration::from_secs(60);
     proxy.add(
         Some("GET"),
         &blob_path,
@@ -801,8 +801,9 @@ async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
             hold,
         },
     );
+    // Long enough that a loaded machine's pauses are not taken for a stall.
     let resolver = DockerResolver::new()
-        .timeouts(Duration::from_secs(5), Duration::from_millis(500))
+        .timeouts(Duration::from_secs(5), Duration::from_secs(3))
         .unwrap();
     let (_dir, store, images) = stores();
     let reference = format!("{}/faults/stall:1", proxy.host());
@@ -828,12 +829,12 @@ async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
 async fn a_fetch_dropped_mid_stream_releases_every_ingest_it_held() {
     let (_registry, proxy, pushed) = setup("faults/dropped").await;
     let (layer, config) = (&pushed[3], &pushed[4]);
-    // Both stream for seconds: 4 bytes of the config, 4 KiB of the layer,
-    // every 200 ms.
+    // Both stream for far longer than the release may take: 4 bytes of
+    // the config, 4 KiB of the layer, every second.
     for (blob, chunk) in [(config, 4), (layer, 4 << 10)] {
         let drip = Fault::Drip {
             chunk,
-            delay: Duration::from_millis(200),
+            delay: Duration::from_secs(1),
         };
         proxy.add(
             Some("GET"),
@@ -861,7 +862,7 @@ async fn a_fetch_dropped_mid_stream_releases_every_ingest_it_held() {
     }
     drop(fetch);
     for reference in &refs {
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(10);
         let writer = loop {
             match store.writer(WriterOpts::new(reference)).await {
                 Err(e) if e.kind() == ErrorKind::Unavailable && Instant::now() < deadline => {

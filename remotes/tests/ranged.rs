@@ -283,17 +283,18 @@ async fn ranges_waiting_their_turn_are_not_timed_out_by_a_slow_reader() {
     use futures::StreamExt;
     let big = layer(8 * CHUNK as usize, 8);
     let (_registry, proxy) = setup("ranged/slow-reader", std::slice::from_ref(&big)).await;
-    // The first range and the next three arrive over about 80 ms each; the
-    // later ones over about 320 ms (16 KiB every 20 ms), so a range is
-    // still mid-body when the reader stalls.
+    // The first range and the next three arrive over about 240 ms each; the
+    // later ones over about 960 ms (16 KiB every 60 ms), so a range is
+    // still mid-body when the reader stalls. (The idle timeout is a second:
+    // a loaded machine may pause a sender for a few hundred ms.)
     let drip = |chunk, ms| Fault::Drip {
         chunk,
         delay: std::time::Duration::from_millis(ms),
     };
     let digest = big.desc.digest().to_string();
-    proxy.add(Some("GET"), &digest, 4, drip(32 << 10, 10));
-    proxy.add(Some("GET"), &digest, 100, drip(16 << 10, 20));
-    let idle = std::time::Duration::from_millis(300);
+    proxy.add(Some("GET"), &digest, 4, drip(32 << 10, 30));
+    proxy.add(Some("GET"), &digest, 100, drip(16 << 10, 60));
+    let idle = std::time::Duration::from_secs(1);
     let resolver = DockerResolver::new()
         .timeouts(std::time::Duration::from_secs(5), idle)
         .unwrap()

@@ -547,14 +547,18 @@ async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
             .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
             .collect(),
     );
-    let in_registry = |b: &Blob| {
-        let path = format!("/v2/test/lent/blobs/{}", b.desc.digest());
+    let in_registry_at = |repo: &str, b: &Blob| {
+        let path = format!("/v2/{repo}/blobs/{}", b.desc.digest());
         ocidist_remotes::testkit::get_status(registry.addr(), &path).unwrap() == 200
     };
-    let methods_since = |before: usize| {
+    let in_registry = |b: &Blob| in_registry_at("test/lent", b);
+    // The requests on `repo`'s blobs since the log held `before` lines: an
+    // aborted request of another repository's push may be logged late.
+    let methods_since = |before: usize, repo: &str| {
+        let blobs = format!("/v2/{repo}/blobs/");
         proxy.log()[before..]
             .iter()
-            .filter(|l| l.contains("/blobs/"))
+            .filter(|l| l.contains(&blobs))
             .map(|l| l.split(' ').next().unwrap_or_default().to_string())
             .collect::<Vec<_>>()
             .join(" ")
@@ -572,7 +576,12 @@ async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
         (&small, last_flipped(&small)),
         (&large, last_flipped(&large)),
     ]);
-    for b in [&small, &large] {
+    // Each in a repository of its own: see `methods_since`.
+    for (b, repo) in [(&small, "test/lent-small"), (&large, "test/lent-large")] {
+        let pusher = resolver
+            .pusher(&format!("{}/{repo}:x", proxy.host()))
+            .await
+            .unwrap();
         let before = proxy.log().len();
         let err = pusher.push_from(&b.desc, &wrong).await.unwrap_err();
         assert!(
@@ -582,11 +591,11 @@ async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
             ),
             "{err:?}"
         );
-        assert!(!in_registry(b), "{}", b.desc.digest());
+        assert!(!in_registry_at(repo, b), "{}", b.desc.digest());
         // The upload is let go of with one DELETE. The aborted request and
         // the DELETE travel on different connections, so the proxy may log
         // them in either order: compare the rest without it.
-        let methods = methods_since(before);
+        let methods = methods_since(before, repo);
         let sent: Vec<&str> = methods.split(' ').filter(|m| *m != "DELETE").collect();
         assert_eq!(
             methods.split(' ').count() - sent.len(),
@@ -600,7 +609,13 @@ async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
         }
     }
     let short = Lender::new([(&small, small.bytes[1..].to_vec())]);
-    let err = pusher.push_from(&small.desc, &short).await.unwrap_err();
+    let err = resolver
+        .pusher(&format!("{}/test/lent-short:x", proxy.host()))
+        .await
+        .unwrap()
+        .push_from(&small.desc, &short)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -623,7 +638,10 @@ async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
         assert!(pusher.push_from(&b.desc, &right).await.unwrap());
         assert!(in_registry(b), "{}", b.desc.digest());
         if b.desc.size() > 64 << 20 {
-            assert_eq!(methods_since(before), "HEAD POST PATCH PATCH GET PATCH PUT");
+            assert_eq!(
+                methods_since(before, "test/lent"),
+                "HEAD POST PATCH PATCH GET PATCH PUT"
+            );
         }
         let fetcher = resolver
             .fetcher(&format!("{}/test/lent:x", registry.host()))

@@ -44,6 +44,79 @@ pub fn dist_with_env(root: &Path, env: &[(&str, &Path)], args: &[&str], stdin: &
     child.wait_with_output().expect("wait for dist")
 }
 
+/// A running `dist` whose stderr is read as it comes, so that a test can
+/// wait for what it says instead of sleeping for a time a loaded machine
+/// may overrun. Its stdout is discarded.
+pub struct Watched {
+    child: std::process::Child,
+    said: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Watched {
+    /// Starts `command` (its stdout and stderr are set here).
+    pub fn spawn(command: &mut Command) -> Watched {
+        use std::io::Read as _;
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run dist");
+        let mut stderr = child.stderr.take().unwrap();
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&said);
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Watched {
+            child,
+            said,
+            reader,
+        }
+    }
+
+    /// The child, to write to its stdin or signal it.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        &mut self.child
+    }
+
+    /// Waits until its stderr says `text`, for at most `within`; false if
+    /// it did not (or the process ended first).
+    pub fn wait_for(&mut self, text: &str, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.said.lock().unwrap().contains(text) {
+                return true;
+            }
+            let ended = matches!(self.child.try_wait(), Ok(Some(_)));
+            if ended || std::time::Instant::now() > deadline {
+                // What it said before it ended counts.
+                return self.said.lock().unwrap().contains(text);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for it to end: its exit status and all it said on stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().expect("wait for dist");
+        self.reader.join().expect("the stderr reader");
+        let said = std::mem::take(&mut *self.said.lock().unwrap());
+        (status, said)
+    }
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -587,7 +587,9 @@ mod tests {
             DockerConfig::parse(format!(r#"{{"credsStore": "{store}"}}"#).as_bytes())
                 .unwrap()
                 .helper_dir(dir.path())
-                .helper_timeout(Duration::from_millis(300))
+                // Time for a loaded machine to start the helper's shell
+                // and for it to write its child's pid (below).
+                .helper_timeout(Duration::from_secs(3))
         };
         let started = Instant::now();
         assert!(config("hung").get("registry.example").is_err());
