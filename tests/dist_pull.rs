@@ -910,8 +910,8 @@ fn apply_reads_a_layer_from_stdin_and_prints_its_diff_id() {
 }
 
 /// A proxy in front of `registry` that trickles every blob body (64 KiB
-/// every 20 ms), so a download lasts long enough to act on mid-layer.
-fn dripping_proxy(registry: &Registry) -> FaultProxy {
+/// every `delay`), so a download lasts long enough to act on mid-layer.
+fn dripping_proxy(registry: &Registry, delay: Duration) -> FaultProxy {
     let proxy = FaultProxy::start(registry.addr()).unwrap();
     proxy.add(
         Some("GET"),
@@ -919,7 +919,7 @@ fn dripping_proxy(registry: &Registry) -> FaultProxy {
         usize::MAX,
         Fault::Drip {
             chunk: 64 * 1024,
-            delay: Duration::from_millis(20),
+            delay,
         },
     );
     proxy
@@ -932,7 +932,7 @@ fn dripping_registry(work: &std::path::Path, big: usize) -> (Registry, FaultProx
     let registry =
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
     push_image(&registry.host(), work, big);
-    let proxy = dripping_proxy(&registry);
+    let proxy = dripping_proxy(&registry, Duration::from_millis(20));
     let reference = format!("{}/e2e/rootfs:1", proxy.host());
     (registry, proxy, reference)
 }
@@ -1092,7 +1092,8 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
     let mut bad = tar::Builder::new(Vec::new());
     file(&mut bad, "small", b"x", 0o644);
     let mut big = tar::Builder::new(Vec::new());
-    // Eight seconds of dripping: more than both pulls wait for the fetch.
+    // Fifteen seconds of dripping (below): far more than both pulls, failing
+    // at once, wait for the fetch, even on a loaded machine.
     file(&mut big, "big", &noise(24 << 20), 0o644);
     // Fetched one blob at a time, its download starts only after the big
     // one's: its unpack, waiting for bytes to exist, must hear of the failure.
@@ -1109,7 +1110,7 @@ fn a_bad_layer_fails_the_pull_without_waiting_for_the_rest() {
         sha256_of(&tars[2]).to_string(),
     ];
     push_layers(&registry.host(), work.path(), &tars, &diff_ids, "e2e/bad:1");
-    let proxy = dripping_proxy(&registry);
+    let proxy = dripping_proxy(&registry, Duration::from_millis(40));
     let root = work.path().join("store");
     for snapshotter in ["overlay", "native"] {
         let reference = format!("{}/e2e/bad:1", proxy.host());
