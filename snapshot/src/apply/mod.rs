@@ -411,7 +411,8 @@ fn write_entries(
     }
     if applier.dropped_xattrs > 0 {
         warnings.push(format!(
-            "{} overlayfs extended attributes (trusted.overlay.*, user.overlay.*) in the layer not applied",
+            "{} extended attributes in the layer not applied: trusted.* (the host administrator's) \
+             and overlayfs's own (user.overlay.*) are never set from a layer",
             applier.dropped_xattrs
         ));
     }
@@ -467,7 +468,8 @@ struct Meta {
     mtime: Timespec,
     atime: Timespec,
     xattrs: Xattrs,
-    /// overlayfs's own xattrs the entry carried, not applied.
+    /// Xattrs the entry carried that a layer never sets
+    /// ([`NEVER_FROM_A_LAYER`]), not applied.
     dropped_xattrs: u64,
 }
 
@@ -476,6 +478,12 @@ struct Meta {
 /// what the layers say; they are never applied. (An opaque directory is said
 /// with `.wh..wh..opq`.)
 const OVERLAY_PRIVATE: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+
+/// Xattr namespaces a layer's entries never set: `trusted.*`, the host
+/// administrator's (overlayfs's own among them; containerd refuses every
+/// one from an archive: "admin attributes from archive not supported"),
+/// and overlayfs's own in `user.*` (see [`OVERLAY_PRIVATE`]).
+const NEVER_FROM_A_LAYER: [&str; 2] = ["trusted.", "user.overlay."];
 
 /// A PAX time (`[-]seconds[.fraction]`): the sign applies to the fraction
 /// too, as Go's archive/tar reads it (`-1.5` is 1.5 s before the epoch).
@@ -614,7 +622,7 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
                                 name.len()
                             )));
                         }
-                        if OVERLAY_PRIVATE.iter().any(|p| name.starts_with(p)) {
+                        if NEVER_FROM_A_LAYER.iter().any(|p| name.starts_with(p)) {
                             meta.dropped_xattrs += 1;
                         } else {
                             meta.xattrs
