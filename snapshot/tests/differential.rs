@@ -376,6 +376,61 @@ fn a_lower_file_where_a_parent_is_needed_is_replaced_by_a_directory() {
     );
 }
 
+/// On overlay, a symlink the layer made that leads to a directory only a
+/// lower layer has was not followed: a whiteout through it did nothing, an
+/// entry through it refused the layer ("a symlink to no directory"), and a
+/// hardlink through it found no target. Native (and containerd's both
+/// appliers) write into the directory it leads to.
+#[test]
+fn a_symlink_the_layer_made_leads_into_a_lower_directory() {
+    let lower = vec![
+        Gen::Dir("a".into(), 0o750, 1000, Some(0)),
+        file("a/x"),
+        file("a/y"),
+        dir("b"),
+        dir("b/y"),
+    ];
+    let through = vec![
+        Gen::Symlink("s".into(), 1), // ../a, which stops at the root
+        Gen::Whiteout("s/x".into()),
+        file("s/n"),
+        Gen::Symlink("t".into(), 3), // /b/y
+        dir("t/new"),
+        Gen::Link("h".into(), "s/y".into()),
+    ];
+    assert_eq!(
+        agreed(&[lower.clone(), through], true),
+        [
+            "a dir 750 1000:1000 user.k=v0",
+            "a/n file:1 644 0:0",
+            "a/y file:1 644 0:0",
+            "b dir 755 0:0",
+            "b/y dir 755 0:0",
+            "b/y/new dir 755 0:0",
+            "h file:1 644 0:0",
+            "s symlink->../a 777 0:0",
+            "t symlink->/b/y 777 0:0",
+        ]
+    );
+    // An opaque whiteout through it hides the lower entries, not the
+    // layer's own written through it.
+    let opaque = vec![
+        Gen::Symlink("s".into(), 1),
+        file("s/n"),
+        Gen::Opaque("s".into()),
+    ];
+    assert_eq!(
+        agreed(&[lower, opaque], true),
+        [
+            "a dir 750 1000:1000 user.k=v0",
+            "a/n file:1 644 0:0",
+            "b dir 755 0:0",
+            "b/y dir 755 0:0",
+            "s symlink->../a 777 0:0",
+        ]
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 96,

@@ -858,19 +858,20 @@ impl Applier {
                         target_rel.display()
                     ))
                 };
+                let (target_parent, target_name) = split(&target_rel);
                 if overlay {
-                    match self
-                        .root
-                        .link_source(&target_rel, &self.options.opaque_xattr)?
-                    {
+                    // Through the symlinks this layer made, as the link
+                    // below is made; the target itself is not followed.
+                    let Some(source) = self.root.upper_path(&target_parent)? else {
+                        return Err(missing());
+                    };
+                    let source = source.join(target_name);
+                    match self.root.link_source(&source, &self.options.opaque_xattr)? {
                         resolve::LinkSource::Upper => {}
-                        resolve::LinkSource::Lower(dir) => {
-                            self.copy_up(dir.as_fd(), &target_rel)?
-                        }
+                        resolve::LinkSource::Lower(dir) => self.copy_up(dir.as_fd(), &source)?,
                         resolve::LinkSource::Missing => return Err(missing()),
                     }
                 }
-                let (target_parent, target_name) = split(&target_rel);
                 let target_dir = self
                     .root
                     .existing_dir(&target_parent)?
@@ -1228,13 +1229,14 @@ impl Applier {
             let privileged = self.options.privileged;
             // A whiteout under a file, or of a name no layer below has,
             // hides nothing.
-            let Some(dirfd) = self.root.whiteout_dir(parent)? else {
+            let Some((dirfd, resolved)) = self.root.whiteout_dir(parent)? else {
                 return Ok(());
             };
+            let made = resolved.join(name);
             let removed = resolve::remove_at(dirfd, name, &mut self.removed)
                 .map_err(io_err("remove", &target))?;
             make_whiteout(dirfd, name, &target, privileged)?;
-            self.whiteouts.push(parent.join(name));
+            self.whiteouts.push(made);
             removed
         } else if let Some(dirfd) = self.root.existing_dir(parent)? {
             resolve::remove_at(dirfd.as_fd(), name, &mut self.removed)

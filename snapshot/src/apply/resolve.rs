@@ -136,6 +136,8 @@ pub(crate) struct Root {
     work_allowed: u64,
     /// Set when a lookup failed for want of `work_allowed`.
     out_of_work: bool,
+    /// Set while [`Root::lower_dir_behind`] makes a symlink's target.
+    making_a_target: bool,
     privileged: bool,
     /// On an overlay upper directory, the xattr that marks a directory
     /// opaque; `None` on a whole tree.
@@ -232,6 +234,7 @@ impl Root {
             work: 0,
             work_allowed: WORK_FOR_ANY_LAYER,
             out_of_work: false,
+            making_a_target: false,
             privileged,
             opaque_xattr: opaque_xattr.map(str::to_string),
             pending_modes: Vec::new(),
@@ -339,6 +342,24 @@ impl Root {
         rel: &Path,
         cost: &mut Walked,
     ) -> rustix::io::Result<(OwnedFd, PathBuf)> {
+        match self.walk(start, rel, cost, false)? {
+            (Some(dir), path) => Ok((dir, path)),
+            // Only a walk past missing names ends without a directory.
+            (None, _) => Err(Errno::NOENT),
+        }
+    }
+
+    /// [`Root::resolve`]; with `past_missing`, a name missing on the way
+    /// does not end the walk: it and what follows are taken as written (a
+    /// name that is not there is no symlink; `..` goes back up them), and
+    /// no directory is returned if the path ends among them.
+    fn walk(
+        &mut self,
+        start: (OwnedFd, PathBuf),
+        rel: &Path,
+        cost: &mut Walked,
+        past_missing: bool,
+    ) -> rustix::io::Result<(Option<OwnedFd>, PathBuf)> {
         enum Step {
             Name(OsString),
             Up,
@@ -356,8 +377,13 @@ impl Root {
             .map(|name| Step::Name(name.to_os_string()))
             .collect();
         let (mut dir, mut path) = start;
+        // How many names at the end of `path` are missing (`dir` is the
+        // directory before them).
+        let mut missing = 0usize;
         while let Some(step) = todo.pop() {
             let name = match step {
+                // Where it led is not all there: nothing to remember.
+                Step::Led { .. } if missing > 0 => continue,
                 Step::Led {
                     link,
                     steps,
@@ -371,6 +397,13 @@ impl Root {
                         follows: cost.follows - follows,
                     };
                     self.links.insert(link, (path.clone(), walked));
+                    continue;
+                }
+                Step::Up if missing > 0 => {
+                    cost.add(Walked::STEP)?;
+                    self.charge(1)?;
+                    path.pop();
+                    missing -= 1;
                     continue;
                 }
                 Step::Up => {
@@ -390,7 +423,22 @@ impl Root {
             };
             cost.add(Walked::STEP)?;
             self.charge(1)?;
+            if missing > 0 {
+                path.push(&name);
+                missing += 1;
+                if path.as_os_str().len() >= MAX_RESOLVED_LEN {
+                    return Err(Errno::NAMETOOLONG);
+                }
+                continue;
+            }
             match open_child_dir(dir.as_fd(), &name) {
+                Err(Errno::NOENT) if past_missing => {
+                    path.push(&name);
+                    missing = 1;
+                    if path.as_os_str().len() >= MAX_RESOLVED_LEN {
+                        return Err(Errno::NAMETOOLONG);
+                    }
+                }
                 Ok(child) => {
                     dir = child;
                     path.push(&name);
@@ -436,7 +484,44 @@ impl Root {
                 Err(e) => return Err(e),
             }
         }
-        Ok((dir, path))
+        Ok(((missing == 0).then_some(dir), path))
+    }
+
+    /// The path `rel` names in the upper directory with every symlink on
+    /// the way followed, as [`Root::open_dir`] follows them; past a name
+    /// missing there, the rest as written. `None` when a name on the way is
+    /// no directory (or a symlink leads nowhere).
+    pub(crate) fn upper_path(&mut self, rel: &Path) -> Result<Option<PathBuf>> {
+        let root = rustix::io::dup(self.fd.as_fd()).map_err(|e| Error::io("dup", &self.path, e))?;
+        let start = (root, PathBuf::new());
+        match self.walk(start, rel, &mut Walked::default(), true) {
+            Ok((_, path)) => Ok(Some(path)),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+            Err(e) => Err(self.lookup_error(rel, e)),
+        }
+    }
+
+    /// On an overlay upper directory, where a symlink this layer made (at
+    /// `link`) leads to a directory only the lowers have: that directory,
+    /// made in the upper one as a parent is (see [`Root::dir`]), with its
+    /// path. A whole tree has everything in it: `None`, as when the
+    /// merged view has no directory there either.
+    fn lower_dir_behind(&mut self, link: &Path) -> Result<Option<(OwnedFd, PathBuf)>> {
+        if self.opaque_xattr.is_none() || self.making_a_target {
+            return Ok(None);
+        }
+        let Some(target) = self.upper_path(link)? else {
+            return Ok(None);
+        };
+        if !self.below(&target)?.is_some_and(|found| found.is_dir()) {
+            return Ok(None);
+        }
+        // Its names are all directories or missing: making it follows no
+        // symlink, so this does not recurse; the flag makes sure.
+        self.making_a_target = true;
+        let made = self.make_parents(&target);
+        self.making_a_target = false;
+        made.map(Some)
     }
 
     /// The directory `rel`, made (with its missing ancestors) if it does not
@@ -487,14 +572,18 @@ impl Root {
     /// The directory a whiteout under `rel` goes in, on an overlay upper
     /// directory: `None` when there is nothing to hide (`rel` is a non-directory
     /// here, or exists in no lower), else the directory, made if needed.
-    pub(crate) fn whiteout_dir(&mut self, rel: &Path) -> Result<Option<BorrowedFd<'_>>> {
+    /// With the directory's path with no symlink in it. A symlink on the
+    /// way is followed, into what the lowers show too.
+    pub(crate) fn whiteout_dir(&mut self, rel: &Path) -> Result<Option<(BorrowedFd<'_>, &Path)>> {
         match self.open_dir(rel) {
-            Ok(_) => self.dir(rel).map(Some),
+            Ok(_) => self.dir_resolved(rel).map(Some),
             Err(Errno::NOTDIR) => Ok(None),
             Err(Errno::NOENT) => {
-                let in_a_lower = self.below(rel)?.is_some_and(|found| found.is_dir());
-                if in_a_lower {
-                    self.dir(rel).map(Some)
+                let Some(target) = self.upper_path(rel)? else {
+                    return Ok(None);
+                };
+                if self.below(&target)?.is_some_and(|found| found.is_dir()) {
+                    self.dir_resolved(&target).map(Some)
                 } else {
                     Ok(None)
                 }
@@ -540,6 +629,7 @@ impl Root {
                 cost.add(Walked::STEP)
                     .map_err(|e| self.lookup_error(&prefix, e))?;
             }
+            let followed = matches!(opened, Err(Errno::LOOP));
             match opened {
                 Ok(fd) => current = fd,
                 Err(Errno::LOOP) => {
@@ -548,20 +638,27 @@ impl Root {
                     let start = rustix::io::dup(&current).map_err(|e| Error::io("dup", at(), e))?;
                     let walked =
                         self.resolve((start, resolved.clone()), Path::new(part), &mut cost);
-                    current = match walked {
-                        Ok((fd, path)) => {
-                            resolved = path;
-                            fd
-                        }
+                    let (fd, path) = match walked {
+                        Ok(found) => found,
                         Err(Errno::NOENT) | Err(Errno::NOTDIR) => {
-                            return Err(Error::InvalidArgument(format!(
-                                "layer entry under {}: {} is a symlink to no directory",
-                                abbreviated(rel),
-                                abbreviated(&prefix)
-                            )));
+                            // On overlay, the directory it leads to may be
+                            // in the lowers only: made here, as on a whole
+                            // tree the entry would be written into it.
+                            match self.lower_dir_behind(&prefix)? {
+                                Some(found) => found,
+                                None => {
+                                    return Err(Error::InvalidArgument(format!(
+                                        "layer entry under {}: {} is a symlink to no directory",
+                                        abbreviated(rel),
+                                        abbreviated(&prefix)
+                                    )));
+                                }
+                            }
                         }
                         Err(e) => return Err(self.lookup_error(&prefix, e)),
-                    }
+                    };
+                    current = fd;
+                    resolved = path;
                 }
                 Err(Errno::NOENT) => {
                     let found = match &below {
@@ -598,8 +695,13 @@ impl Root {
             }
             // After the upper directory changed: the walk sees what it made.
             // (Not into the last: nothing below it is looked at, and a lower
-            // directory of that name may not be readable to us.)
-            if let Some(walk) = below.as_mut().filter(|_| i + 1 < parts.len()) {
+            // directory of that name may not be readable to us.) Past a
+            // symlink, the walk goes on from where it led.
+            if i + 1 < parts.len() && followed {
+                below = self
+                    .merged_walk_at(&resolved)
+                    .map_err(|e| Error::io("look up", at(), e))?;
+            } else if let Some(walk) = below.as_mut().filter(|_| i + 1 < parts.len()) {
                 walk.descend(part)
                     .map_err(|e| Error::io("look up", at(), e))?;
             }
@@ -739,6 +841,20 @@ impl Root {
             .map(|(fd, upper)| Ok((Layered::Opened(rustix::io::dup(fd)?), upper)))
             .collect::<rustix::io::Result<_>>()?;
         Ok(Some(MergedWalk { dirs, opaque_xattr }))
+    }
+
+    /// [`Root::merged_walk_owned`], gone down `rel` (a path with no
+    /// symlink in it) as far as the merged view has directories.
+    fn merged_walk_at(&self, rel: &Path) -> rustix::io::Result<Option<MergedWalk<'static>>> {
+        let Some(mut walk) = self.merged_walk_owned()? else {
+            return Ok(None);
+        };
+        for part in rel {
+            if !walk.descend(part)? {
+                break;
+            }
+        }
+        Ok(Some(walk))
     }
 
     /// The upper directory's root, then the lowers' (if opened), each with
