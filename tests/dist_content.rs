@@ -133,6 +133,57 @@ fn a_missing_store_is_said_and_not_made() {
     );
 }
 
+/// An empty or relative directory in the environment never puts a store in
+/// whatever directory dist runs in: empty variables are unset, and a
+/// relative `XDG_DATA_HOME` or `HOME` is ignored (the XDG Base Directory
+/// rule); with nothing left, dist says to name the root.
+#[test]
+fn no_store_is_made_where_the_command_runs_by_accident() {
+    use std::os::unix::process::CommandExt;
+    let cwd = tempfile::tempdir().unwrap();
+    // Writable by the user below, so that a store made there would show.
+    std::fs::set_permissions(
+        cwd.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = std::process::Command::new(common::dist_binary());
+        command
+            .current_dir(cwd.path())
+            .env_remove("OCIDIST_ROOT")
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        // As a user (nobody), whose default store is under their home.
+        // SAFETY: setuid is async-signal-safe, and touches only this child.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.output().unwrap()
+    };
+    let cases: [&[(&str, &str)]; 2] = [
+        &[("OCIDIST_ROOT", ""), ("XDG_DATA_HOME", ""), ("HOME", "")],
+        &[("XDG_DATA_HOME", "data"), ("HOME", "home")],
+    ];
+    for env in cases {
+        let out = run(env, &["ingest", "r"]);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("neither $XDG_DATA_HOME nor $HOME is an absolute path"),
+            "{env:?}: {}",
+            stderr(&out)
+        );
+        let made: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+        assert!(made.is_empty(), "{env:?}: {made:?}");
+    }
+}
+
 /// A second ingest of a ref another process is writing waits for it, and
 /// says so after a second; once the first commits, the second has nothing
 /// to do.
@@ -201,6 +252,125 @@ fn a_broken_docker_config_is_reported() {
             && stderr.contains(&format!("{}", dir.path().join("config.json").display())),
         "{stderr}"
     );
+}
+
+/// A command stuck reading its configuration (here a Docker config that is
+/// a FIFO no one writes; a hung network mount does the same) still ends at
+/// `--timeout`, and at SIGINT, with their own messages: the command runs on
+/// a thread of its own, and the main one watches.
+#[test]
+fn a_command_blocked_reading_its_config_still_ends_at_the_timeout_or_a_signal() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = std::ffi::CString::new(
+        dir.path()
+            .join("config.json")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let fetch = |timeout: &[&str]| {
+        let mut command = std::process::Command::new(common::dist_binary());
+        command
+            .env("DOCKER_CONFIG", dir.path())
+            .args(["--root", dir.path().join("store").to_str().unwrap()])
+            .args(timeout)
+            .args(["fetch", "127.0.0.1:1/x:1"]);
+        common::Watched::spawn(&mut command)
+    };
+    let within = Duration::from_secs(30);
+    let (status, said) = fetch(&["--timeout", "1s"]).finish_within(within);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("--timeout: timed out after 1s"), "{said}");
+
+    let mut stuck = fetch(&[]);
+    // Until it waits in the FIFO: a writer may open it only then (and its
+    // read then waits for bytes that never come).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(dir.path().join("config.json"))
+        {
+            Ok(writer) => break writer,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never read its config: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert!(stuck.running());
+    // SAFETY: the pid is our own child's, not yet waited for.
+    assert_eq!(
+        unsafe { libc::kill(stuck.child().id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let (status, said) = stuck.finish_within(within);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGINT),
+        "{said}"
+    );
+    assert!(said.contains("interrupted by SIGINT"), "{said}");
+}
+
+/// dist raises its soft limit on open files to the hard one, as Go's
+/// runtime does for containerd and skopeo: an overlay pull of a hundred
+/// layers failed under a shell's `ulimit -n 100`.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_one() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(common::dist_binary());
+    command
+        .args(["--root", dir.path().to_str().unwrap(), "ingest", "waits"])
+        .stdin(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe, and touches only this child.
+    unsafe {
+        command.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = 64.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let mut ingest = common::Watched::spawn(&mut command);
+    let limits = format!("/proc/{}/limits", ingest.child().id());
+    let open_files = || {
+        std::fs::read_to_string(&limits)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(3)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    // Waiting on its stdin, it has long raised it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = open_files();
+    while seen.starts_with("64 ") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen = open_files();
+    }
+    let (soft, hard) = seen.split_once(' ').unwrap();
+    assert_eq!(soft, hard, "{seen}");
+    assert_ne!(soft, "64", "{seen}");
+    // Its stdin closed: an empty blob, ingested.
+    let (status, said) = ingest.finish();
+    assert!(status.success(), "{said}");
 }
 
 /// An empty `DOCKER_CONFIG` is unset, as for Docker: `~/.docker` is read,

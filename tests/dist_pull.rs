@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Watched, dist, dist_binary, gzip, ingest, ok, stderr};
+use common::{Watched, dist, dist_binary, gzip, ingest, ok, stderr, stdout};
 use ocidist::content::sha256_of;
 use ocidist::remotes::testkit::{Fault, FaultProxy, Registry};
 
@@ -687,6 +687,21 @@ fn a_disk_that_fills_during_unpack_says_so_and_the_rerun_finishes() {
     ok(dist(&root, &["pull", &reference], b""));
     ok(dist(&root, &["images", "check"], b""));
     copy_and_check_rootfs(&root, "overlay", &reference, &work.path().join("copy"));
+    // An export that fills its destination names it, not only the store's
+    // blob it was copying.
+    let small = SmallDisk::mount(&work.path().join("smaller"), "2m");
+    let layout = small.path().join("layout");
+    let full = dist(
+        &root,
+        &["export", &reference, layout.to_str().unwrap()],
+        b"",
+    );
+    let said = stderr(&full);
+    assert!(
+        said.contains("No space left on device")
+            && said.contains(&format!("to {}", layout.join("blobs/sha256").display())),
+        "{said}"
+    );
 }
 
 /// A pull, or a second prune, that must wait for a prune in another process
@@ -826,6 +841,33 @@ fn a_read_only_store_can_be_read_and_says_why_it_cannot_be_changed() {
     drop(view);
     let images = ok(dist(&root, &["images"], b""));
     assert!(images.contains(&reference), "{images}");
+}
+
+/// A store whose databases a killed pull left unclean (redb must repair
+/// them, which takes write access) can still be read where it cannot be
+/// written: each is repaired in a copy in memory, and the file is left for
+/// a writer to repair.
+#[test]
+fn a_store_a_killed_pull_left_can_be_read_where_it_cannot_be_written() {
+    let work = tempfile::tempdir().unwrap();
+    let (_registry, _proxy, reference) = dripping_registry(work.path(), 8 << 20);
+    let root = work.path().join("store");
+    let mut killed = pull_mid_layer(&root, &[], &reference, Stdio::null());
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let view = read_only_view(&root, &work.path().join("read-only"));
+    let images = dist(&view.0, &["images"], b"");
+    assert!(images.status.success(), "{}", stderr(&images));
+    let would = dist(&view.0, &["prune", "--dry-run"], b"");
+    assert!(would.status.success(), "{}", stderr(&would));
+    assert!(
+        stdout(&would).contains("would remove 1 expired leases"),
+        "{}",
+        stdout(&would)
+    );
+    drop(view);
+    ok(dist(&root, &["pull", &reference], b""));
+    ok(dist(&root, &["images", "check"], b""));
 }
 
 /// A store reached through a bind mount (a container's volume): its rootfs

@@ -160,9 +160,14 @@ fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
         let dir = dest.parent().expect("blob files have a parent");
         std::fs::create_dir_all(dir).map_err(at(dir))?;
         let mut staged = staged_in(dir).map_err(at(dir))?;
-        std::fs::File::open(source)
-            .and_then(|mut from| std::io::copy(&mut from, staged.as_file_mut()))
-            .map_err(at(source))?;
+        let mut from = std::fs::File::open(source).map_err(at(source))?;
+        // Either end may fail (a full destination, most often): both named.
+        std::io::copy(&mut from, staged.as_file_mut()).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("copy {} to {}: {e}", source.display(), dir.display()),
+            )
+        })?;
         // Read-only, as blobs in the store are.
         staged
             .as_file()

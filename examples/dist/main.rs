@@ -23,7 +23,7 @@ mod output;
 mod progress;
 mod rootfs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,7 +37,8 @@ use ocidist::images::{DbImageStore, Platform};
 #[command(name = "dist", version, next_help_heading = "Global options")]
 struct Cli {
     /// Store root. Default: $OCIDIST_ROOT, else /var/lib/ocidist as root, else
-    /// $XDG_DATA_HOME/ocidist (~/.local/share/ocidist).
+    /// $XDG_DATA_HOME/ocidist (~/.local/share/ocidist); empty or relative
+    /// XDG_DATA_HOME and HOME are ignored.
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
     /// Print debugging details on errors.
@@ -212,19 +213,35 @@ fn parse_platform(text: &str) -> Result<Platform, String> {
         .map_err(|e: ocidist::images::Error| e.to_string())
 }
 
-fn default_root() -> PathBuf {
-    if let Some(root) = std::env::var_os("OCIDIST_ROOT") {
-        return PathBuf::from(root);
+/// `--root`, else the default store root: $OCIDIST_ROOT, else
+/// /var/lib/ocidist for root, else under the user's data directory. An
+/// empty variable counts as unset, and a relative `XDG_DATA_HOME` or `HOME`
+/// is ignored, as the XDG Base Directory specification says: a store is
+/// never made in whatever directory the command runs in by accident.
+fn store_root(given: Option<&Path>) -> Result<PathBuf, Failure> {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let absolute = |name: &str| set(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(root) = given {
+        // Never empty: clap refuses `--root ""`.
+        return Ok(root.to_path_buf());
+    }
+    if let Some(root) = set("OCIDIST_ROOT") {
+        return Ok(PathBuf::from(root));
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/lib/ocidist");
+        return Ok(PathBuf::from("/var/lib/ocidist"));
     }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    data.join("ocidist")
+    absolute("XDG_DATA_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".local/share")))
+        .map(|data| data.join("ocidist"))
+        .ok_or_else(|| {
+            Failure::new(
+                "find the store",
+                "neither $XDG_DATA_HOME nor $HOME is an absolute path: say where with \
+                 --root or $OCIDIST_ROOT",
+            )
+        })
 }
 
 /// `--user`: `USER:PASSWORD`, split at the first colon (passwords may hold more).
@@ -324,7 +341,7 @@ where
 }
 
 async fn run(cli: Cli) -> CmdResult {
-    let root = cli.root.clone().unwrap_or_else(default_root);
+    let root = store_root(cli.root.as_deref())?;
     if cli.command.needs_a_store() && !root.exists() {
         return Err(Failure::new(
             format!("open {}", root.display()),
@@ -511,13 +528,22 @@ enum Stop {
     Interrupted(libc::c_int, &'static str),
 }
 
-/// Waits for SIGINT or SIGTERM; returns which came.
-async fn interrupted() -> (libc::c_int, &'static str) {
+/// SIGINT and SIGTERM, caught from here on (`None` if they cannot be);
+/// call within the runtime.
+fn catch_signals() -> Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    Some((
+        signal(SignalKind::interrupt()).ok()?,
+        signal(SignalKind::terminate()).ok()?,
+    ))
+}
+
+/// Waits for SIGINT or SIGTERM (as [`catch_signals`] caught them); returns
+/// which came.
+async fn interrupted(
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+) -> (libc::c_int, &'static str) {
+    let Some((mut interrupt, mut terminate)) = signals else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -543,8 +569,29 @@ fn keep_freed_memory() {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as Go programs
+/// (containerd, skopeo) do at start: an overlay pull holds a directory open
+/// for each layer it stages, and 1,024 (or a shell's lower `ulimit -n`) is
+/// a limit kept for old `select(2)` users, not for us.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            // Left as it was if refused: only a pull of very many layers needs more.
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    raise_open_file_limit();
     let cli = Cli::parse();
     let debug = cli.debug;
     output::set_quiet(cli.quiet);
@@ -560,25 +607,64 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Caught before the command starts: a signal at any moment of it is
+    // the command's to answer.
+    let signals = {
+        let _entered = runtime.enter();
+        catch_signals()
+    };
+    // The command runs on a thread of its own: should it block there (a
+    // credentials file that is a FIFO, a hung network mount), the main
+    // thread still sees the signal or the timeout.
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let (finish, mut finished) = tokio::sync::oneshot::channel();
+    let handle = runtime.handle().clone();
+    let spawned = std::thread::Builder::new()
+        .name("dist-command".into())
+        // The main thread's stack, which the command had before.
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let result = handle.block_on(async move {
+                tokio::select! {
+                    result = run(cli) => Some(result),
+                    _ = cancelled => None,
+                }
+            });
+            let _ = finish.send(result);
+        });
+    if let Err(e) = spawned {
+        eprintln!("dist: start the command's thread: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async move {
-        let work = async move {
+        let limit = async {
             match timeout {
-                Some(limit) => match tokio::time::timeout(limit, run(cli)).await {
-                    Ok(result) => result.map_err(Stop::Failed),
-                    Err(_) => Err(Stop::TimedOut(Failure::new(
-                        "--timeout",
-                        format!("timed out after {limit:?}"),
-                    ))),
-                },
-                None => run(cli).await.map_err(Stop::Failed),
+                Some(limit) => {
+                    tokio::time::sleep(limit).await;
+                    limit
+                }
+                None => std::future::pending().await,
             }
         };
-        // Dropping the command's future stops it between writes: what was
-        // written stays in the ingests, and the locks go with the process.
-        tokio::select! {
-            result = work => result,
-            (signal, name) = interrupted() => Err(Stop::Interrupted(signal, name)),
-        }
+        let stopped = tokio::select! {
+            done = &mut finished => return match done {
+                Ok(Some(result)) => result.map_err(Stop::Failed),
+                // Cancelled only below; a panic was printed already.
+                Ok(None) | Err(_) => Err(Stop::Failed(Failure::new("run", "the command panicked"))),
+            },
+            limit = limit => Stop::TimedOut(Failure::new(
+                "--timeout",
+                format!("timed out after {limit:?}"),
+            )),
+            (signal, name) = interrupted(signals) => Stop::Interrupted(signal, name),
+        };
+        // Dropping the command stops it between writes: what was written
+        // stays in the ingests, and the locks go with the process. Waited
+        // for (briefly: a blocked thread cannot be), so that what follows
+        // does not race its last writes.
+        drop(cancel);
+        let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
+        Err(stopped)
     });
     // Layers half applied when a signal or the timeout dropped the
     // command's unpack: an unpack removes them itself only when it fails.

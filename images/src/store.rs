@@ -264,13 +264,45 @@ pub fn open_shared_database(path: &Path) -> std::io::Result<SharedDatabase> {
                 std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
             ) =>
         {
-            let db = builder
-                .open_read_only(path)
-                .map_err(std::io::Error::other)?;
-            Ok(SharedDatabase::ReadOnly(db, e.kind()))
+            match builder.open_read_only(path) {
+                Ok(db) => Ok(SharedDatabase::ReadOnly(db, e.kind())),
+                // Left unclean (its writer was killed): a read-only open may
+                // not repair it.
+                Err(redb::DatabaseError::RepairAborted) => {
+                    Ok(SharedDatabase::Repaired(repaired_copy(path)?, e.kind()))
+                }
+                Err(e) => Err(std::io::Error::other(e)),
+            }
         }
         Err(e) => Err(std::io::Error::other(e)),
     }
+}
+
+/// The largest database [`repaired_copy`] reads into memory. An image or
+/// snapshot database of thousands of records takes a few MiB.
+const MAX_REPAIRED_COPY: u64 = 256 << 20;
+
+/// A database this process may not write, left unclean by a writer that
+/// was killed, repaired in a copy in memory, for reading: the file stays as
+/// it is, for the next process that may write it to repair. (containerd's
+/// bolt needs no repair; redb must replay what it cannot trust.)
+fn repaired_copy(path: &Path) -> std::io::Result<Database> {
+    use redb::StorageBackend;
+    let size = std::fs::metadata(path)?.len();
+    if size > MAX_REPAIRED_COPY {
+        return Err(std::io::Error::other(format!(
+            "it was not closed cleanly (a process was killed) and needs a repair, which \
+             takes write access: it is too large ({size} bytes) to repair a copy in memory"
+        )));
+    }
+    let bytes = std::fs::read(path)?;
+    let copy = redb::backends::InMemoryBackend::new();
+    copy.set_len(bytes.len() as u64)
+        .and_then(|()| copy.write(0, &bytes))
+        .map_err(|e| std::io::Error::other(format!("copy it into memory: {e:?}")))?;
+    Database::builder()
+        .create_with_backend(copy)
+        .map_err(|e| std::io::Error::other(format!("repair a copy in memory: {e}")))
 }
 
 /// A database [`open_shared_database`] opened: for reading and writing, or,
@@ -282,6 +314,9 @@ pub enum SharedDatabase {
     Writable(Database),
     /// Opened for reading only: writing the file failed so.
     ReadOnly(redb::ReadOnlyDatabase, std::io::ErrorKind),
+    /// Opened for reading only (writing the file failed so), from a copy in
+    /// memory repaired there: the file was left unclean by a killed writer.
+    Repaired(Database, std::io::ErrorKind),
 }
 
 impl SharedDatabase {
@@ -290,6 +325,7 @@ impl SharedDatabase {
         Ok(match self {
             SharedDatabase::Writable(db) => db.begin_read()?,
             SharedDatabase::ReadOnly(db, _) => db.begin_read()?,
+            SharedDatabase::Repaired(db, _) => db.begin_read()?,
         })
     }
 
@@ -298,10 +334,12 @@ impl SharedDatabase {
     pub fn begin_write(&self) -> std::result::Result<redb::WriteTransaction, redb::Error> {
         match self {
             SharedDatabase::Writable(db) => Ok(db.begin_write()?),
-            SharedDatabase::ReadOnly(_, why) => Err(redb::Error::Io(std::io::Error::new(
-                *why,
-                "the database was opened read-only (the store cannot be written)",
-            ))),
+            SharedDatabase::ReadOnly(_, why) | SharedDatabase::Repaired(_, why) => {
+                Err(redb::Error::Io(std::io::Error::new(
+                    *why,
+                    "the database was opened read-only (the store cannot be written)",
+                )))
+            }
         }
     }
 }

@@ -107,6 +107,24 @@ impl Watched {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// [`Watched::finish`], for at most `within`; past it the process is
+    /// killed and the test fails, saying what it said.
+    pub fn finish_within(
+        mut self,
+        within: std::time::Duration,
+    ) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + within;
+        while self.running() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let (_, said) = self.finish();
+                panic!("still running after {within:?}; it said: {said}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.finish()
+    }
+
     /// Waits for it to end: its exit status and all it said on stderr.
     pub fn finish(mut self) -> (std::process::ExitStatus, String) {
         drop(self.child.stdin.take());

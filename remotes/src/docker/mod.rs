@@ -550,7 +550,27 @@ impl DockerResolver {
             Scheme::Http | Scheme::Settle => format!("http://{host}"),
         };
         let mut endpoints = match &self.hosts_dir {
-            Some(dir) => hosts::endpoints(dir, reference.registry(), &upstream)?,
+            // On a blocking thread: the files may be on a hung network mount
+            // (or a FIFO), and the runtime's threads must stay free for the
+            // caller's timeouts and signals.
+            Some(dir) => {
+                let (dir, registry) = (dir.clone(), reference.registry().to_string());
+                let default = upstream.clone();
+                match tokio::task::spawn_blocking(move || {
+                    hosts::endpoints(&dir, &registry, &default)
+                })
+                .await
+                {
+                    Ok(endpoints) => endpoints?,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => {
+                        return Err(Error::Content(ocidist_content::Error::other(
+                            ocidist_content::ErrorKind::Unavailable,
+                            format!("read the hosts directory: {e}"),
+                        )));
+                    }
+                }
+            }
             None => vec![hosts::Endpoint::upstream(upstream.clone())],
         };
         // A loopback upstream, unless the hosts directory set how to reach
