@@ -866,6 +866,9 @@ impl Applier {
                         return Err(missing());
                     };
                     let source = source.join(target_name);
+                    if source != target_rel {
+                        self.root.charge_merged(&source)?;
+                    }
                     match self.root.link_source(&source, &self.options.opaque_xattr)? {
                         resolve::LinkSource::Upper => {}
                         resolve::LinkSource::Lower(dir) => self.copy_up(dir.as_fd(), &source)?,

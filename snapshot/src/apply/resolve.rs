@@ -501,6 +501,16 @@ impl Root {
         }
     }
 
+    /// Counts a look at `rel` in every layer of the merged view against
+    /// the layer's allowance, when it was reached through symlinks: a
+    /// short name may lead thousands of directories deep. (A name the
+    /// layer wrote out is paid for by its bytes.)
+    pub(crate) fn charge_merged(&mut self, rel: &Path) -> Result<()> {
+        let layers = 1 + self.lower_paths.len();
+        self.charge(rel.iter().count().max(1) * layers)
+            .map_err(|e| self.lookup_error(rel, e))
+    }
+
     /// On an overlay upper directory, where a symlink this layer made (at
     /// `link`) leads to a directory only the lowers have: that directory,
     /// made in the upper one as a parent is (see [`Root::dir`]), with its
@@ -513,6 +523,7 @@ impl Root {
         let Some(target) = self.upper_path(link)? else {
             return Ok(None);
         };
+        self.charge_merged(&target)?;
         if !self.below(&target)?.is_some_and(|found| found.is_dir()) {
             return Ok(None);
         }
@@ -582,6 +593,9 @@ impl Root {
                 let Some(target) = self.upper_path(rel)? else {
                     return Ok(None);
                 };
+                if target != rel {
+                    self.charge_merged(&target)?;
+                }
                 if self.below(&target)?.is_some_and(|found| found.is_dir()) {
                     self.dir_resolved(&target).map(Some)
                 } else {
@@ -697,7 +711,8 @@ impl Root {
             // (Not into the last: nothing below it is looked at, and a lower
             // directory of that name may not be readable to us.) Past a
             // symlink, the walk goes on from where it led.
-            if i + 1 < parts.len() && followed {
+            if i + 1 < parts.len() && followed && below.is_some() {
+                self.charge_merged(&resolved)?;
                 below = self
                     .merged_walk_at(&resolved)
                     .map_err(|e| Error::io("look up", at(), e))?;
