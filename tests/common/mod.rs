@@ -93,9 +93,9 @@ impl Watched {
             if self.said.lock().unwrap().contains(text) {
                 return true;
             }
-            let ended = matches!(self.child.try_wait(), Ok(Some(_)));
+            // Ended, and all it said read: what it said before it ended counts.
+            let ended = matches!(self.child.try_wait(), Ok(Some(_))) && self.reader.is_finished();
             if ended || std::time::Instant::now() > deadline {
-                // What it said before it ended counts.
                 return self.said.lock().unwrap().contains(text);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));

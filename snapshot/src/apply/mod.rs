@@ -356,14 +356,15 @@ fn write_entries(
     });
     {
         let mut entries = archive.entries().map_err(tar_error)?;
-        // The last entry's name: the parser's errors name none, and a layer
-        // cut short fails on the header after it.
-        let mut last: Option<PathBuf> = None;
-        let after = |last: &Option<PathBuf>, e: Error| match (e, last) {
-            (Error::Layer(message), Some(name)) => {
-                Error::Layer(format!("{message} (after entry {:?})", name.display()))
+        // The last entry's name (one buffer, reused): the parser's errors
+        // name none, and a layer cut short fails on the header after it.
+        let mut last: Vec<u8> = Vec::new();
+        let after = |last: &[u8], e: Error| match e {
+            Error::Layer(message) if !last.is_empty() => {
+                let name: &OsStr = std::os::unix::ffi::OsStrExt::from_bytes(last);
+                Error::Layer(format!("{message} (after entry {name:?})"))
             }
-            (e, _) => e,
+            e => e,
         };
         loop {
             // The parser reads headers and extension records on its own;
@@ -375,9 +376,8 @@ fn write_entries(
                 break;
             };
             let mut entry = entry.map_err(|e| after(&last, tar_error(e)))?;
-            last = Some(PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
-                &entry.path_bytes()[..],
-            ) as &OsStr));
+            last.clear();
+            last.extend_from_slice(&entry.path_bytes());
             // Lookups through symlinks may work in proportion to the bytes
             // read so far.
             applier
@@ -724,12 +724,12 @@ impl Applier {
         let rel = resolve::clean(&raw_name)?;
         // The kernel's own answer (EINVAL, naming the store) would not say
         // it is the layer's; Go's archive/tar refuses such names too.
-        let link_name = entry.link_name_bytes();
-        for (what, name) in [
-            ("name", Some(entry.path_bytes())),
-            ("link target", link_name),
+        let name = std::os::unix::ffi::OsStrExt::as_bytes(raw_name.as_os_str());
+        for (what, bytes) in [
+            ("name", Some(name.into())),
+            ("link target", entry.link_name_bytes()),
         ] {
-            if name.is_some_and(|name| name.contains(&0)) {
+            if bytes.is_some_and(|bytes| bytes.contains(&0)) {
                 return Err(Error::Layer(format!(
                     "entry {:?}: a NUL byte in its {what}",
                     raw_name.display()
