@@ -490,6 +490,9 @@ impl<S: IngestManager> IngestManager for LeasedStore<S> {
     async fn ingest_reader_at(&self, reference: &str) -> Result<Box<dyn ReaderAt>> {
         self.inner.ingest_reader_at(reference).await
     }
+    async fn is_being_written(&self, reference: &str) -> Result<bool> {
+        self.inner.is_being_written(reference).await
+    }
 }
 
 #[cfg(test)]

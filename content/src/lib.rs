@@ -404,6 +404,19 @@ pub trait IngestManager: Send + Sync {
             format!("ingest ref {reference:?}: this store cannot read ingests in progress"),
         ))
     }
+
+    /// Whether a writer holds the ingest `reference` now, in this process or
+    /// another, so that [`abort`](Self::abort) would answer
+    /// [`ErrorKind::Unavailable`]. A dry run of a collection asks, to report
+    /// what a real one would do. The answer may change as soon as it is
+    /// given. Missing: [`ErrorKind::NotFound`]; stores that cannot tell
+    /// return [`ErrorKind::Unimplemented`], the default.
+    async fn is_being_written(&self, reference: &str) -> Result<bool> {
+        Err(Error::other(
+            ErrorKind::Unimplemented,
+            format!("ingest ref {reference:?}: this store cannot tell whether it is being written"),
+        ))
+    }
 }
 
 /// Forwards the traits through references and shared pointers, so a store can
@@ -457,6 +470,9 @@ macro_rules! forward_store_traits {
             }
             async fn ingest_reader_at(&self, reference: &str) -> Result<Box<dyn ReaderAt>> {
                 (**self).ingest_reader_at(reference).await
+            }
+            async fn is_being_written(&self, reference: &str) -> Result<bool> {
+                (**self).is_being_written(reference).await
             }
         }
     )*};

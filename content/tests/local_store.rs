@@ -210,11 +210,27 @@ async fn second_process_gets_unavailable_while_first_holds_the_ref() {
         ErrorKind::Unavailable,
         "abort of a held ref: {err}"
     );
+    assert!(store.is_being_written("shared-ref").await.unwrap());
+    // Asking takes no lock that stays: the holder is undisturbed, and the
+    // answer does not change by being asked.
+    assert!(store.is_being_written("shared-ref").await.unwrap());
 
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
-    let w = store.writer(WriterOpts::new("shared-ref")).await;
-    assert!(w.is_ok(), "ref must be free once the other process exits");
+    assert!(!store.is_being_written("shared-ref").await.unwrap());
+    let mut w = store
+        .writer(WriterOpts::new("shared-ref"))
+        .await
+        .expect("ref must be free once the other process exits");
+    // Held in this process, by another writer's open file.
+    assert!(store.is_being_written("shared-ref").await.unwrap());
+    // A writer dropped unshut saves its state in the background, holding
+    // the ref until done; shut down, it lets go as it is dropped.
+    w.shutdown().await.unwrap();
+    drop(w);
+    assert!(!store.is_being_written("shared-ref").await.unwrap());
+    let err = store.is_being_written("no-such-ref").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1155,6 +1171,7 @@ async fn an_emptied_ingest_json_or_a_missing_lock_file_does_not_strand_the_ref()
     assert_eq!(store.status("r").await.unwrap().offset, 7);
 
     std::fs::remove_file(ingest_dir.join("lock")).unwrap();
+    assert!(!store.is_being_written("r").await.unwrap());
     let w = store
         .writer(WriterOpts::new("r"))
         .await

@@ -158,7 +158,17 @@ where
             if idle < max_age {
                 continue;
             }
-            if !opts.dry_run {
+            if opts.dry_run {
+                // What the real run would skip, said without taking it: a
+                // store that cannot tell lists every idle ingest.
+                match content.is_being_written(&status.reference).await {
+                    Ok(false) => {}
+                    Ok(true) => continue,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) if e.kind() == ocidist_content::ErrorKind::Unimplemented => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
                 match content.abort(&status.reference).await {
                     Ok(()) => {}
                     // Being written, or gone already: not ours to remove.

@@ -287,6 +287,14 @@ async fn stale_ingests_go_but_one_being_written_never_does() {
         ingest_max_age: Some(Duration::ZERO),
         ..now()
     };
+    // A dry run says what the real one will do, and removes nothing.
+    let dry = GcOptions {
+        dry_run: true,
+        ..opts.clone()
+    };
+    let report = gc(&store, &images, &dry).await.unwrap();
+    assert_eq!(report.ingests, vec!["stale".to_string()]);
+    assert_eq!(store.list_statuses(&[]).await.unwrap().len(), 2);
     let report = gc(&store, &images, &opts).await.unwrap();
     assert_eq!(report.ingests, vec!["stale".to_string()]);
     let left: Vec<String> = store

@@ -404,6 +404,33 @@ pub(crate) fn clear_emptied(ingest_root: &Path, older_than: Duration) {
     }
 }
 
+/// Whether a writer (another open file description, in this process or
+/// another) holds the lock of the ingest for `reference`. Taking the lock
+/// to find out releases it at once; flock needs no write access, so this
+/// answers on a read-only store too.
+pub(crate) fn is_locked(ingest_root: &Path, reference: &str) -> Result<bool> {
+    let dir = dir_for(ingest_root, reference);
+    let lock_path = dir.join(LOCK);
+    let lock = match File::open(&lock_path) {
+        Ok(file) => file,
+        // No lock file yet (see `open_locked`): no writer can hold it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && dir.join(META).exists() => {
+            return Ok(false);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::IngestNotFound {
+                reference: reference.to_string(),
+            });
+        }
+        Err(e) => return Err(Error::io("open", &lock_path, e)),
+    };
+    match lock.try_lock() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", &lock_path, e)),
+    }
+}
+
 /// Renames an ingest directory to a `.trash-*` name beside it, then deletes it.
 fn remove_dir(dir: &Path) -> Result<()> {
     let parent = dir.parent().expect("ingest dirs have a parent");

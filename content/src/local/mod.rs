@@ -492,6 +492,13 @@ impl IngestManager for LocalStore {
         Ok(Box::new(reader))
     }
 
+    async fn is_being_written(&self, reference: &str) -> Result<bool> {
+        validate_reference(reference)?;
+        let root = self.inner.ingest.clone();
+        let reference = reference.to_string();
+        fsutil::blocking(move || ingest::is_locked(&root, &reference)).await
+    }
+
     async fn status(&self, reference: &str) -> Result<Status> {
         let dir = self.ingest_dir(reference);
         let reference = reference.to_string();
