@@ -254,6 +254,22 @@ fn build_with_umoci(work: &Path) -> String {
     std::fs::write(rootfs.join("srv/data"), "dir became a file\n").unwrap();
     run("umoci", &["repack", "--image", &image, b]);
     std::fs::remove_dir_all(&bundle).unwrap();
+
+    // A layer of one file, as `umoci insert` writes it: Debian's umoci 0.4.7
+    // ends the tar right after the file's data, without padding or end
+    // blocks, which Go's tar reader (umoci's, containerd's) takes.
+    let inserted = work.join("inserted");
+    std::fs::write(&inserted, "inserted\n").unwrap();
+    run(
+        "umoci",
+        &[
+            "insert",
+            "--image",
+            &image,
+            inserted.to_str().unwrap(),
+            "/etc/inserted",
+        ],
+    );
     image
 }
 
@@ -286,6 +302,7 @@ fn an_image_built_by_umoci_unpacks_like_umoci_with_both_snapshotters() {
     );
     let expected = manifest(&reference_tree.join("rootfs"));
     assert!(expected.contains_key("usr/bin/ping") && !expected.contains_key("etc/issue.net"));
+    assert!(expected.contains_key("etc/inserted"));
 
     for snapshotter in ["overlay", "native"] {
         let root = work.path().join(format!("store-{snapshotter}"));

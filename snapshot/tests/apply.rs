@@ -1261,6 +1261,45 @@ fn a_layer_cut_short_names_the_entry_it_ends_in() {
         r#"entry "a": the layer ends 49488 bytes into its 100000 bytes of data"#,
     );
     let root = tempfile::tempdir().unwrap();
-    // Into the padding after a's data: the next header cannot be read.
-    assert_refused(root.path(), &layer[..512 + 100_010], r#"(after entry "a")"#);
+    // Into b's header, after a's data and padding (100,000 bytes padded to
+    // 196 blocks): the next header cannot be read.
+    assert_refused(
+        root.path(),
+        &layer[..512 + 196 * 512 + 100],
+        r#"(after entry "a")"#,
+    );
+}
+
+/// A tar that ends right after an entry's data, or inside its padding,
+/// without the end blocks, is read as Go's `archive/tar` reads it
+/// (containerd's, umoci's): a tar that ends there. Debian's umoci 0.4.7
+/// writes such layers. Its diff ID is the digest of the bytes given.
+#[test]
+fn a_tar_that_ends_in_the_padding_after_an_entry_ends_there() {
+    let layer = tar_of(&[
+        Entry::File("a", &[7u8; 1000], 0o644),
+        Entry::File("b", b"hi\n", 0o600),
+    ]);
+    // b's header at 2 blocks (a's header and its 1000 bytes in 2 more).
+    let b_data = 512 + 1024 + 512;
+    for cut in [b_data + 3, b_data + 4, b_data + 511] {
+        let given = &layer[..cut];
+        let root = tempfile::tempdir().unwrap();
+        let applied = apply_tree(root.path(), given).unwrap();
+        assert_eq!(applied.diff_id, sha256_of(given), "cut at {cut}");
+        assert_eq!(applied.entries, 2, "cut at {cut}");
+        assert_eq!(std::fs::read(root.path().join("b")).unwrap(), b"hi\n");
+        assert_eq!(std::fs::read(root.path().join("a")).unwrap(), [7u8; 1000]);
+        // The same, gzipped, as a registry serves it.
+        let root = tempfile::tempdir().unwrap();
+        let applied = apply_tree(root.path(), &gzip(given)).unwrap();
+        assert_eq!(applied.diff_id, sha256_of(given), "cut at {cut}, gzipped");
+    }
+    // One byte short of b's data is b cut short, not a tar that ends.
+    let root = tempfile::tempdir().unwrap();
+    assert_refused(
+        root.path(),
+        &layer[..b_data + 2],
+        r#"entry "b": the layer ends 2 bytes into its 3 bytes of data"#,
+    );
 }

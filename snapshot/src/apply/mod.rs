@@ -281,29 +281,48 @@ const XATTR_NAME_MAX: usize = 255;
 /// to seconds.
 const MAX_SPARSE_SIZE: u64 = 64 << 30;
 
-/// A reader that, while its budget is set, fails once the budget is spent.
+/// The tar stream as the parser reads it: while its budget is set, it fails
+/// once the budget is spent; and a stream that ends inside the padding after
+/// an entry's data reads as if the padding were there.
 struct Budgeted<R> {
     inner: R,
     budget: Rc<Cell<Option<u64>>>,
+    /// Bytes handed to the parser so far.
+    position: Rc<Cell<u64>>,
+    /// Where the padding after the last entry read whole ends. Go's
+    /// `archive/tar` (containerd's, umoci's) takes a stream that ends before
+    /// it as a tar without its end blocks, and some writers make such layers
+    /// (Debian's umoci 0.4.7 does); they end there as cleanly here.
+    padding_end: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Budgeted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(left) = self.budget.get() else {
-            return self.inner.read(buf);
+        let limit = match self.budget.get() {
+            None => buf.len(),
+            Some(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "headers and extension records of one entry over {} MiB",
+                        MAX_TAR_METADATA >> 20
+                    ),
+                ));
+            }
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
         };
-        if left == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "headers and extension records of one entry over {} MiB",
-                    MAX_TAR_METADATA >> 20
-                ),
-            ));
+        let mut n = self.inner.read(&mut buf[..limit])?;
+        let position = self.position.get();
+        if n == 0 && limit > 0 && position < self.padding_end.get() {
+            // Zeros the digests never see: they hash the stream upstream.
+            let missing = self.padding_end.get() - position;
+            n = limit.min(usize::try_from(missing).unwrap_or(usize::MAX));
+            buf[..n].fill(0);
         }
-        let limit = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..limit])?;
-        self.budget.set(Some(left - n as u64));
+        self.position.set(position + n as u64);
+        if let Some(left) = self.budget.get() {
+            self.budget.set(Some(left - n as u64));
+        }
         Ok(n)
     }
 }
@@ -350,9 +369,13 @@ fn write_entries(
         root_listed: false,
     };
     let budget = Rc::new(Cell::new(None));
+    let position = Rc::new(Cell::new(0));
+    let padding_end = Rc::new(Cell::new(0));
     let mut archive = tar::Archive::new(Budgeted {
         inner: tar,
         budget: budget.clone(),
+        position: position.clone(),
+        padding_end: padding_end.clone(),
     });
     {
         let mut entries = archive.entries().map_err(tar_error)?;
@@ -387,6 +410,8 @@ fn write_entries(
             // Data an entry's kind has no use for (a directory's, say).
             io::copy(&mut entry, &mut io::sink())
                 .map_err(|e| after(&last, Error::Layer(format!("read: {e}"))))?;
+            // Its data read whole: its padding ends at the next block.
+            padding_end.set(position.get().next_multiple_of(512));
         }
     }
     applier.drop_needless_whiteouts()?;
