@@ -795,8 +795,8 @@ fn a_prune_reports_the_leftovers_it_removes_and_its_dry_run_keeps_them() {
 }
 
 /// A store that cannot be written (a read-only mount; as well another
-/// user's) can still be read: its images listed, checked and exported, a
-/// prune's dry run made, its blobs read. A change fails saying why, and changes nothing.
+/// user's) can still be read: its images listed, checked, exported and
+/// copied out, a prune's dry run made, its blobs read. A change fails saying why, and changes nothing.
 #[test]
 fn a_read_only_store_can_be_read_and_says_why_it_cannot_be_changed() {
     let work = tempfile::tempdir().unwrap();
@@ -833,6 +833,29 @@ fn a_read_only_store_can_be_read_and_says_why_it_cannot_be_changed() {
         b"",
     ));
     assert!(exported.contains("(4 blobs)"), "{exported}");
+    // Copied out of the snapshots the pull made, with no lease either.
+    let copy = work.path().join("copy");
+    ok(dist(
+        &read_only,
+        &["rootfs", "--copy", &reference, copy.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(std::fs::read(copy.join("etc/issue")).unwrap(), b"v2\n");
+    assert_eq!(std::fs::read(copy.join("opt/blob")).unwrap().len(), 1000);
+    assert!(!copy.join("etc/obsolete").exists());
+    // A mount needs a snapshot of its own, which cannot be made there.
+    let mnt = work.path().join("mnt");
+    let refused = dist(
+        &read_only,
+        &["rootfs", &reference, mnt.to_str().unwrap()],
+        b"",
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("Read-only file system"),
+        "{}",
+        stderr(&refused)
+    );
 
     let refused = dist(&read_only, &["images", "rm", &reference], b"");
     assert!(!refused.status.success());
@@ -841,6 +864,32 @@ fn a_read_only_store_can_be_read_and_says_why_it_cannot_be_changed() {
     drop(view);
     let images = ok(dist(&root, &["images"], b""));
     assert!(images.contains(&reference), "{images}");
+
+    // An image fetched but never unpacked cannot be copied out: that needs
+    // snapshots made in the store.
+    let fetched = work.path().join("fetched");
+    ok(dist(&fetched, &["pull", &reference], b""));
+    ok(dist(&fetched, &["images", "rm", &reference], b""));
+    let pruned = ok(dist(&fetched, &["prune", "--grace", "0s"], b""));
+    assert!(pruned.contains("removed 2 overlay snapshots"), "{pruned}");
+    ok(dist(&fetched, &["fetch", &reference], b""));
+    let view = read_only_view(&fetched, &work.path().join("read-only-fetched"));
+    let refused = dist(
+        &view.0,
+        &[
+            "rootfs",
+            "--copy",
+            &reference,
+            copy.join("x").to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!refused.status.success());
+    let said = stderr(&refused);
+    assert!(
+        said.contains("only an image unpacked in it already"),
+        "{said}"
+    );
 }
 
 /// A store whose databases a killed pull left unclean (redb must repair

@@ -487,14 +487,14 @@ async fn run(cli: Cli) -> CmdResult {
             layout::unpack_cmd(&snapshotter(kind)?, lease().await?, &remote, args).await
         }
         Command::Rootfs(args) => {
-            rootfs::rootfs_cmd(
-                &stores()?,
-                lease().await?,
-                &remote,
-                &snapshotter(kind)?,
-                args,
-            )
-            .await
+            let lease = match try_lease().await {
+                Ok(lease) => Some(lease),
+                // A copy only reads a store that cannot be written, and no
+                // prune from here can change it.
+                Err((_, e)) if args.copy && cannot_be_written(&e) => None,
+                Err((what, e)) => return Err(open(what, e.into())),
+            };
+            rootfs::rootfs_cmd(&stores()?, lease, &remote, &snapshotter(kind)?, args).await
         }
     }
 }

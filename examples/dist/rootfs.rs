@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
+use ocidist::content::Provider;
 use ocidist::content::lease::{Lease, LeasedStore};
 use ocidist::images::platforms::{self, Matcher};
 use ocidist::pull::{PullOptions, pull};
@@ -50,7 +51,7 @@ pub(crate) struct RootfsArgs {
     dest: Option<PathBuf>,
     /// Make DEST a plain copy of the filesystem instead of a mounted snapshot.
     #[arg(long, conflicts_with = "unmount")]
-    copy: bool,
+    pub(crate) copy: bool,
     /// Unmount the rootfs at this directory and remove its snapshot.
     #[arg(long, value_name = "DEST")]
     unmount: Option<PathBuf>,
@@ -165,15 +166,28 @@ fn rootfs_key(dest: &std::path::Path) -> String {
     format!("rootfs:{}", dest.display())
 }
 
+/// Mounts or copies an image's filesystem. `lease` keeps what it unpacks
+/// through a prune in another process; `None` (a `--copy` from a store that
+/// cannot be written) reads the store as it is, so only an image unpacked
+/// there already can be copied out.
 pub(crate) async fn rootfs_cmd(
     stores: &Stores,
-    lease: Lease,
+    lease: Option<Lease>,
     remote: &Remote,
     snapshotter: &Arc<dyn Snapshotter>,
     args: RootfsArgs,
 ) -> CmdResult {
-    let content = LeasedStore::new(stores.content.clone(), lease.clone());
-    let snapshotter = &LeasedSnapshotter::new(snapshotter.clone(), lease);
+    let leased;
+    let (content, snapshotter): (&dyn Provider, &dyn Snapshotter) = match &lease {
+        Some(lease) => {
+            leased = (
+                LeasedStore::new(stores.content.clone(), lease.clone()),
+                LeasedSnapshotter::new(snapshotter.clone(), lease.clone()),
+            );
+            (&leased.0, &leased.1)
+        }
+        None => (&stores.content, &**snapshotter),
+    };
     if let Some(dest) = &args.unmount {
         let what = format!("rootfs --unmount {}", dest.display());
         let key = rootfs_key(dest);
@@ -247,13 +261,22 @@ pub(crate) async fn rootfs_cmd(
     let chain = match local_target(stores, &reference).await {
         Ok(target) => unpack(
             &target,
-            &content,
+            content,
             snapshotter,
             &platforms::only(&remote.platform),
             remote.unpack_options(),
         )
         .await
-        .map_err(|e| fail(e.into()))?
+        .map_err(|e| match lease {
+            Some(_) => fail(e.into()),
+            None => fail(
+                format!(
+                    "{e} (the store cannot be written here: only an image unpacked in it \
+                     already can be copied out)"
+                )
+                .into(),
+            ),
+        })?
         .to_string(),
         // The chain ID `unpack` printed: its committed snapshot, as it is.
         Err(e) => match committed_snapshot(snapshotter, &reference).await {
