@@ -90,9 +90,12 @@ fn usage_errors_exit_two() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("out of range"), "{}", stderr(&out));
-    // `dist list -q | xargs dist delete` on an empty store.
-    let out = dist(dir.path(), &["delete"], b"");
-    assert!(out.status.success(), "{}", stderr(&out));
+    // `dist list -q | xargs dist delete` on an empty store, and the same
+    // with images.
+    for nothing in [&["delete"][..], &["images", "rm"]] {
+        let out = dist(dir.path(), nothing, b"");
+        assert!(out.status.success(), "{nothing:?}: {}", stderr(&out));
+    }
     // Nothing done at once, or nothing to wait for, is no setting.
     for zero in [
         &["--timeout", "0s", "list"][..],
@@ -284,7 +287,10 @@ fn a_command_blocked_reading_its_config_still_ends_at_the_timeout_or_a_signal() 
     let within = Duration::from_secs(30);
     let (status, said) = fetch(&["--timeout", "1s"]).finish_within(within);
     assert_eq!(status.code(), Some(1), "{said}");
-    assert!(said.contains("--timeout: timed out after 1s"), "{said}");
+    assert!(
+        said.contains("dist: fetch: timed out after 1s (--timeout)"),
+        "{said}"
+    );
 
     let mut stuck = fetch(&[]);
     // Until it waits in the FIFO: a writer may open it only then (and its

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{dist, gzip, ingest, ok};
+use common::{dist, gzip, ingest, ok, stderr};
 use ocidist::content::sha256_of;
 
 fn tool(program: &str, args: &[&str]) -> String {
@@ -221,6 +221,16 @@ fn a_layout_written_by_skopeo_is_imported_and_unpacks() {
         }
     };
     unread(None, "it has no oci-layout file");
+    for command in ["unpack", "import"] {
+        let typo = work.path().join("emtpy");
+        let out = dist(&direct, &[command, typo.to_str().unwrap()], b"");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("emtpy is not an OCI image layout: no such directory"),
+            "{said}"
+        );
+    }
     unread(
         Some(r#"{"imageLayoutVersion":"2.0.0"}"#),
         r#"image layout version "2.0.0", where this program reads "1.0.0""#,
@@ -404,6 +414,13 @@ fn a_layout_with_some_platforms_imports_and_whole_names_survive_the_round_trip()
         names,
         ["docker.io/library/a:latest", "docker.io/library/b:latest"]
     );
+    // With --prefix, the prefix goes before the ref name (the tag), never
+    // before a whole name (which would make no name at all).
+    let prefixed = work.path().join("prefixed");
+    let args = ["import", "--prefix", "mirror/app:", saved.to_str().unwrap()];
+    ok(dist(&prefixed, &args, b""));
+    let names = ok(dist(&prefixed, &["-q", "images"], b""));
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["mirror/app:latest"]);
 
     // Exported by name, both stay, each with its tag and whole name; a
     // digest's entry is unnamed.
@@ -776,4 +793,43 @@ fn an_import_of_a_layout_missing_a_layer_fails_naming_it() {
     std::fs::rename(&aside, &layer_file).unwrap();
     let imported = ok(dist(&root, &["import", layout.to_str().unwrap()], b""));
     assert!(imported.starts_with("app sha256:"), "{imported}");
+}
+
+/// An export of an image whose store lacks a layer fails naming it, before
+/// anything is written into the layout, and once the layer is back it
+/// exports.
+#[test]
+fn an_export_of_an_image_missing_a_layer_fails_naming_it_and_writes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let digest = build(&builder);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&dist(&builder, &["get", &digest], b"").stdout).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let bytes = dist(&builder, &["get", layer], b"").stdout;
+    ok(dist(&builder, &["delete", layer], b""));
+
+    let layout = work.path().join("layout");
+    let failed = dist(
+        &builder,
+        &["export", &digest, layout.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let said = stderr(&failed);
+    assert!(
+        said.contains(&format!(
+            "content {layer}: not found, and {digest} needs it"
+        )),
+        "{said}"
+    );
+    assert!(!layout.exists(), "nothing is written: {said}");
+
+    ok(dist(&builder, &["ingest", layer], &bytes));
+    ok(dist(
+        &builder,
+        &["export", &digest, layout.to_str().unwrap()],
+        b"",
+    ));
+    assert!(layout.join("index.json").exists());
 }

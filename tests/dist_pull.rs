@@ -235,7 +235,11 @@ fn pull_and_mount(snapshotter: &str) {
     assert_eq!(std::fs::read(mnt.join("etc/kept")).unwrap(), b"mine");
     let twice = try_rootfs(&[&reference, mnt.to_str().unwrap()]);
     assert!(
-        !twice.status.success() && stderr(&twice).contains("mounted at DEST already"),
+        !twice.status.success()
+            && stderr(&twice).contains(&format!(
+                "rootfs {reference} {}: a rootfs is mounted there already",
+                mnt.display()
+            )),
         "{}",
         stderr(&twice)
     );
@@ -1400,7 +1404,10 @@ fn an_interrupted_pull_exits_at_once_and_resumes() {
     // `--timeout` drops the command as a signal does: the same cleanup.
     let timed_out = dist(&root, &["--timeout", "2s", "pull", &reference], b"");
     let stderr = String::from_utf8_lossy(&timed_out.stderr);
-    assert!(stderr.contains("--timeout: timed out after 2s"), "{stderr}");
+    assert!(
+        stderr.contains("dist: pull: timed out after 2s (--timeout)"),
+        "{stderr}"
+    );
     let left = ok(dist(&root, &["prune", "--dry-run", "--grace", "0s"], b""));
     assert!(!left.contains("snapshot extract-"), "{left}");
     let active = ok(dist(&root, &["active"], b""));

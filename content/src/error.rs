@@ -39,8 +39,10 @@ pub enum ErrorKind {
 
 /// Errors from content stores and their helpers.
 ///
-/// Every message names the thing it is about (ref, digest or path) and, for
-/// mismatches, the expected and actual values.
+/// Every message about the store's own things names the one it is about
+/// (ref, digest or path) and, for mismatches, gives the expected and actual
+/// values. The caller's source is the caller's to name: [`Error::Source`]
+/// and [`Error::ShortRead`] say only what went wrong reading it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -72,8 +72,8 @@ enum ImagesCommand {
     },
     /// Remove image names (the content stays until `dist prune`).
     Rm {
-        /// Image names.
-        #[arg(required = true)]
+        /// Image names; none is not an error, so that `dist -q images |
+        /// xargs dist images rm` is fine with no images.
         names: Vec<String>,
     },
 }

@@ -65,9 +65,12 @@ pub(crate) struct UnpackArgs {
 pub(crate) struct ImportArgs {
     /// The layout directory.
     dir: PathBuf,
-    /// Prefix for the image names (`PREFIX` + the layout's ref name).
-    #[arg(long, default_value = "")]
-    prefix: String,
+    /// Name the images `PREFIX` + the layout's ref name
+    /// (`org.opencontainers.image.ref.name`, such as `v1`). Without it, an
+    /// image is named by containerd's whole name where the layout has one
+    /// (`io.containerd.image.name`), else by its ref name.
+    #[arg(long)]
+    prefix: Option<String>,
 }
 
 fn blob_file(dir: &Path, digest: &Digest) -> PathBuf {
@@ -105,12 +108,19 @@ async fn reachable(
             for child in manifest::children(&stores.content, &desc).await? {
                 let child_kind = media_types::kind(child.media_type().as_ref());
                 let present = stores.content.info(child.digest()).await.is_ok();
-                if !present
-                    && kind == Kind::Index
-                    && matches!(child_kind, Kind::Manifest | Kind::Index)
-                {
-                    found.left_out.push(child);
-                    continue;
+                if !present {
+                    if kind == Kind::Index && matches!(child_kind, Kind::Manifest | Kind::Index) {
+                        found.left_out.push(child);
+                        continue;
+                    }
+                    // Said before anything is written into the layout.
+                    return Err(format!(
+                        "content {}: not found, and {} needs it (`images check` lists what \
+                         the image lacks; fetch it again)",
+                        child.digest(),
+                        desc.digest()
+                    )
+                    .into());
                 }
                 queue.push(child);
             }
@@ -409,7 +419,13 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
         walk(&labeller, std::slice::from_ref(&desc))
             .await
             .map_err(|e| fail(e.into()))?;
-        let Some(name) = entry_name(&entry) else {
+        let name = match &args.prefix {
+            Some(prefix) => entry["annotations"][REF_NAME]
+                .as_str()
+                .map(|tag| format!("{prefix}{tag}")),
+            None => entry_name(&entry).map(str::to_string),
+        };
+        let Some(name) = name else {
             report!("(unnamed) {}", desc.digest());
             continue;
         };
@@ -422,7 +438,6 @@ pub(crate) async fn import(stores: &Stores, lease: Lease, args: ImportArgs) -> C
             );
             continue;
         }
-        let name = format!("{}{name}", args.prefix);
         let image = Image::new(name.clone(), desc.clone());
         match stores.images.create(image.clone()).await {
             Ok(_) => {}
@@ -575,11 +590,12 @@ fn read_layout_index(
             .ok()
             .and_then(|v| v["imageLayoutVersion"].as_str().map(str::to_string)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "{} is not an OCI image layout: it has no oci-layout file",
-                dir.display()
-            )
-            .into());
+            let why = match dir.try_exists() {
+                Ok(true) => "it has no oci-layout file",
+                // A mistyped path is not a directory that lacks one.
+                _ => "no such directory",
+            };
+            return Err(format!("{} is not an OCI image layout: {why}", dir.display()).into());
         }
         Err(e) => return Err(e.into()),
     };

@@ -90,7 +90,8 @@ struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = parse_count)]
     ranges: Option<usize>,
     /// The platform to fetch and inspect: os/arch[/variant]. Default: this
-    /// host's. `push` pushes only this platform's manifest of an index.
+    /// host's. Given, `push` pushes only this platform's manifest of an
+    /// index; not given, the whole index.
     #[arg(long, global = true, value_parser = parse_platform)]
     platform: Option<Platform>,
     /// How images become filesystems. Default: overlay where it can mount
@@ -174,8 +175,6 @@ enum Command {
 }
 
 impl Command {
-    /// Whether the command writes ingests, which an interrupted run leaves
-    /// for the next to resume.
     /// Whether the command only reads or changes a store that must
     /// already exist: run on a mistyped `--root`, it says so rather than
     /// answer from an empty store it made there.
@@ -194,6 +193,8 @@ impl Command {
         )
     }
 
+    /// Whether the command writes ingests, which an interrupted run leaves
+    /// for the next to resume.
     fn ingests(&self) -> bool {
         matches!(
             self,
@@ -592,7 +593,11 @@ fn raise_open_file_limit() {
 fn main() -> ExitCode {
     keep_freed_memory();
     raise_open_file_limit();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // Named in what the main thread says of the command (a --timeout).
+    let command_name = matches.subcommand_name().unwrap_or("run").to_string();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let debug = cli.debug;
     output::set_quiet(cli.quiet);
     let timeout = cli.timeout;
@@ -653,8 +658,8 @@ fn main() -> ExitCode {
                 Ok(None) | Err(_) => Err(Stop::Failed(Failure::new("run", "the command panicked"))),
             },
             limit = limit => Stop::TimedOut(Failure::new(
-                "--timeout",
-                format!("timed out after {limit:?}"),
+                command_name,
+                format!("timed out after {limit:?} (--timeout)"),
             )),
             (signal, name) = interrupted(signals) => Stop::Interrupted(signal, name),
         };

@@ -125,7 +125,7 @@ async fn existing_rootfs(
         return Err(format!("rootfs snapshot {key} has no mounts").into());
     };
     if mount::mounted_at(dest, first)? != mount::MountedAt::Absent {
-        return Err("a rootfs is mounted at DEST already".into());
+        return Err("a rootfs is mounted there already".into());
     }
     if info.parent.as_deref() != Some(chain) {
         return Err(
