@@ -150,8 +150,11 @@ impl Handler for Chain {
 
 /// Runs `handler` depth first over `descs` and their children, one at a time.
 ///
-/// Fails with [`Error::InvalidDocument`] on a graph more than [`MAX_DEPTH`]
-/// levels deep.
+/// A descriptor is handled once for every path that reaches it, as
+/// containerd's `Walk` does; for a graph from a registry or a layout, wrap
+/// the handler in [`once_per_blob`](crate::wrappers::once_per_blob), or a
+/// small hostile graph makes the paths billions. Fails with
+/// [`Error::InvalidDocument`] on a graph more than [`MAX_DEPTH`] levels deep.
 pub async fn walk<H: Handler + ?Sized>(handler: &H, descs: &[Descriptor]) -> Result<()> {
     walk_boxed(handler, descs, 1).await
 }
@@ -181,7 +184,9 @@ fn walk_boxed<'a, H: Handler + ?Sized>(
 /// deep graph cannot deadlock. The first error cancels everything still
 /// running and is the error returned. Siblings share the caller's task: I/O
 /// overlaps; CPU-heavy handlers should use `spawn_blocking`, as the content
-/// store does for hashing and writing. Like [`walk`], it refuses a graph
+/// store does for hashing and writing. Like [`walk`], it handles a
+/// descriptor once per path to it (see there, and
+/// [`once_per_blob`](crate::wrappers::once_per_blob)), and refuses a graph
 /// more than [`MAX_DEPTH`] levels deep.
 pub async fn dispatch<H: Handler + ?Sized>(
     handler: &H,

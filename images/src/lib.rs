@@ -55,4 +55,6 @@ pub use manifest::{
 };
 pub use platforms::{Matcher, Platform};
 pub use store::{DbImageStore, Image, ImageStore};
-pub use wrappers::{children_handler, filter_platforms, limit_manifests, set_children_labels};
+pub use wrappers::{
+    children_handler, filter_platforms, limit_manifests, once_per_blob, set_children_labels,
+};

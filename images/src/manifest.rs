@@ -310,8 +310,15 @@ pub async fn platforms<P: Provider + ?Sized>(
     image: &Descriptor,
 ) -> Result<Vec<Platform>> {
     let mut out: Vec<Platform> = Vec::new();
+    let mut found: HashSet<Platform> = HashSet::new();
+    // Each document read once: an index may list another a thousand times,
+    // at each of several levels.
+    let mut read: HashSet<(Digest, String)> = HashSet::new();
     let mut stack = vec![image.clone()];
     while let Some(desc) = stack.pop() {
+        if !read.insert((desc.digest().clone(), desc.media_type().to_string())) {
+            continue;
+        }
         match media_types::kind(desc.media_type().as_ref()) {
             Kind::Index => {
                 let body = read_document(provider, &desc).await?;
@@ -320,7 +327,7 @@ pub async fn platforms<P: Provider + ?Sized>(
                     match descriptor_platform(&child) {
                         Some(p) if p.os == "unknown" || p.architecture == "unknown" => {}
                         Some(p) => {
-                            if !out.contains(&p) {
+                            if found.insert(p.clone()) {
                                 out.push(p);
                             }
                         }
@@ -343,7 +350,7 @@ pub async fn platforms<P: Provider + ?Sized>(
                     Err(e) => return Err(e),
                 };
                 if let Some(p) = platform
-                    && !out.contains(&p)
+                    && found.insert(p.clone())
                 {
                     out.push(p);
                 }

@@ -13,6 +13,8 @@
 //! another platform would replace the label of the first, and garbage
 //! collection would take that platform's blobs.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -200,5 +202,52 @@ impl<H: Handler, S: Manager> Handler for SetChildrenLabels<H, S> {
             self.manager.update(info, &fieldpaths).await?;
         }
         Ok(flow)
+    }
+}
+
+/// Handles each blob once; see [`once_per_blob`].
+#[derive(Debug)]
+pub struct OncePerBlob<H> {
+    inner: H,
+    handled: Mutex<HashSet<(String, String)>>,
+}
+
+/// A handler that hands `inner` each blob (digest and media type) only the
+/// first time it comes, and answers [`Flow::Skip`] when it comes again: a
+/// layer that two manifests share, or a document listed twice.
+///
+/// [`walk`](crate::walk) and [`dispatch`](crate::dispatch) visit a
+/// descriptor once for every path to it, as containerd's do, and paths can
+/// be astronomically many: an index listing one index a thousand times,
+/// which lists one manifest a thousand times, is a few hundred kilobytes
+/// and a million paths. Wrapped in this, a walk's work grows with the
+/// distinct blobs instead. Use it around any pipeline that walks a graph a
+/// registry or a layout supplied, unless the handler must see every path.
+/// One wrapper remembers for as long as it lives: make one per walk.
+pub fn once_per_blob<H: Handler>(inner: H) -> OncePerBlob<H> {
+    OncePerBlob {
+        inner,
+        handled: Mutex::new(HashSet::new()),
+    }
+}
+
+#[async_trait]
+impl<H: Handler> Handler for OncePerBlob<H> {
+    async fn handle(&self, desc: &Descriptor) -> Result<Flow> {
+        // The media type is part of the key: the same bytes described as
+        // a manifest have children that, described as a layer, they do not.
+        let key = (
+            desc.digest().to_string(),
+            desc.media_type().as_ref().to_string(),
+        );
+        let first = self
+            .handled
+            .lock()
+            .expect("the set is never left half-changed")
+            .insert(key);
+        if !first {
+            return Ok(Flow::Skip);
+        }
+        self.inner.handle(desc).await
     }
 }

@@ -14,7 +14,7 @@ use ocidist_content::{Manager, descriptor, sha256_of};
 use ocidist_images::platforms::{Platform, only};
 use ocidist_images::{
     Error, ErrorKind, Flow, Handler, MAX_DEPTH, children_handler, dispatch, filter_platforms,
-    handler_fn, handlers, limit_manifests, set_children_labels, walk,
+    handler_fn, handlers, limit_manifests, once_per_blob, set_children_labels, walk,
 };
 use proptest::prelude::*;
 
@@ -541,5 +541,60 @@ async fn documents_that_contradict_their_media_type_are_refused() {
             err.to_string().contains(&desc.digest().to_string()),
             "{err}"
         );
+    }
+}
+
+/// `once_per_blob` hands its inner handler each blob once, under `walk` and
+/// `dispatch`, however many paths lead to it (here 500³); the same digest
+/// described with another media type is another blob.
+#[tokio::test]
+async fn once_per_blob_handles_each_blob_once_however_many_paths_lead_to_it() {
+    let graph = Graph {
+        children: vec![vec![1; 500], vec![2; 500], vec![3; 500], Vec::new()],
+    };
+    for concurrent in [false, true] {
+        let calls = Mutex::new(BTreeMap::<(usize, String), usize>::new());
+        let inner = handler_fn(|desc: Descriptor| {
+            let key = (Graph::node(&desc), desc.media_type().to_string());
+            *calls.lock().unwrap().entry(key).or_default() += 1;
+            let mut flow = graph.flow(&desc);
+            // Node 2 also lists node 3 as a manifest.
+            if let Flow::Children(children) = &mut flow
+                && Graph::node(&desc) == 2
+                && desc.media_type() != &MediaType::ImageManifest
+            {
+                let mut as_manifest = Graph::desc(3);
+                as_manifest.set_media_type(MediaType::ImageManifest);
+                children.push(as_manifest);
+            }
+            async move { Ok(flow) }
+        });
+        let once = once_per_blob(inner);
+        let outer_calls = AtomicUsize::new(0);
+        let counted = handler_fn(|desc: Descriptor| {
+            outer_calls.fetch_add(1, Ordering::SeqCst);
+            let once = &once;
+            async move { once.handle(&desc).await }
+        });
+        if concurrent {
+            dispatch(&counted, Some(8), &[Graph::desc(0)])
+                .await
+                .unwrap();
+        } else {
+            walk(&counted, &[Graph::desc(0)]).await.unwrap();
+        }
+        let calls = calls.into_inner().unwrap();
+        let octet = Graph::desc(0).media_type().to_string();
+        let manifest = MediaType::ImageManifest.to_string();
+        let want = BTreeMap::from([
+            ((0, octet.clone()), 1),
+            ((1, octet.clone()), 1),
+            ((2, octet.clone()), 1),
+            ((3, octet), 1),
+            ((3, manifest), 1),
+        ]);
+        assert_eq!(calls, want, "concurrent: {concurrent}");
+        // The root, 500 of each level's children, and node 3 as a manifest.
+        assert_eq!(outer_calls.load(Ordering::SeqCst), 1 + 3 * 500 + 1);
     }
 }

@@ -20,7 +20,7 @@ use ocidist_images::media_types::{self, Kind};
 use ocidist_images::platforms::Matcher;
 use ocidist_images::{
     Flow, Handler, Image, ImageStore, children_handler, dispatch, filter_platforms, handlers,
-    limit_manifests, set_children_labels,
+    limit_manifests, once_per_blob, set_children_labels,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
@@ -472,7 +472,9 @@ where
         ),
     );
     chain.push(Arc::new(children));
-    let pipeline = handlers(chain);
+    // Each blob once, however many paths lead to it: a registry's graph
+    // may list one document a thousand times at each of several levels.
+    let pipeline = once_per_blob(handlers(chain));
     dispatch(&pipeline, limit, std::slice::from_ref(&target)).await?;
     Ok(())
 }
