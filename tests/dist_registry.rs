@@ -862,3 +862,33 @@ fn an_image_listing_one_document_a_thousand_times_at_each_level_is_handled_once_
     let checked = ok(dist(&store, &["--timeout", "60s", "images", "check"], b""));
     assert!(checked.contains("complete"), "{checked}");
 }
+
+/// What an index says of its platforms is printed as text: `images` shows
+/// a platform's control characters escaped, on one line.
+#[test]
+fn a_platform_with_control_characters_is_listed_escaped() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let (manifest, manifest_bytes) = build_image_for(&builder, "amd64", None);
+    let manifest = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest,
+        "size": manifest_bytes.len(),
+    });
+    let platform = serde_json::json!({"os": "linux\n\u{1b}[2J", "architecture": "amd64"});
+    let index = ingest_repeating_index(&builder, &manifest, Some(platform), 1);
+    let index = index["digest"].as_str().unwrap();
+    let reference = format!("{}/e2e/escapes:1", registry.host());
+    ok(dist(&builder, &["push", &reference, index], b""));
+    let store = dir.path().join("store");
+    ok(dist(&store, &["fetch", "--all-platforms", &reference], b""));
+    let images = ok(dist(&store, &["images"], b""));
+    assert_eq!(images.lines().count(), 2, "{images}");
+    assert!(
+        !images.chars().any(|c| c.is_control() && c != '\n'),
+        "{images:?}"
+    );
+    assert!(images.contains(r"linux\n\u{1b}[2j/amd64"), "{images}");
+}

@@ -149,8 +149,29 @@ pub(crate) fn span(duration: Duration) -> String {
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
-/// Left-aligned columns separated by two spaces, like `tabwriter`.
+/// `text` with its control characters escaped (`\n`, `\u{1b}`): what a
+/// registry or a layout wrote (a platform's `os`, a label) is printed as
+/// text, one line, never as a sequence that drives the terminal.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Left-aligned columns separated by two spaces, like `tabwriter`; cells
+/// are made [`printable`].
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| printable(cell)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

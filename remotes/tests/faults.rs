@@ -643,6 +643,35 @@ async fn a_refused_head_is_explained_by_the_body_of_a_refused_get() {
     }
 }
 
+/// What a registry says in an error body reaches the error with its
+/// control characters escaped, in a plain body or the specification's JSON:
+/// the error is shown on a terminal a hostile server must not drive.
+#[tokio::test]
+async fn an_error_body_cannot_send_escape_sequences_to_the_terminal() {
+    let (_registry, proxy, _) = setup("faults/escapes").await;
+    let resolver = DockerResolver::new();
+    let reference = format!("{}/faults/escapes:1", proxy.host());
+    for body in [
+        "\x1b]0;PWNED\x07\x1b[2J denied\r\nfor you".to_string(),
+        r#"{"errors":[{"code":"DENIED","message":"\u001b]0;PWNED\u0007\u001b[2J denied"}]}"#
+            .to_string(),
+    ] {
+        for method in ["HEAD", "GET"] {
+            let fault = Fault::Answer {
+                status: 403,
+                body: body.clone(),
+            };
+            proxy.add(Some(method), "/manifests/1", 1, fault);
+        }
+        let said = resolver.resolve(&reference).await.unwrap_err().to_string();
+        assert!(!said.chars().any(char::is_control), "{said:?}");
+        assert!(
+            said.contains(r"\u{1b}]0;PWNED\u{7}\u{1b}[2J denied"),
+            "{said}"
+        );
+    }
+}
+
 /// Registries that answer 200 or 204 where the specification says 201 or
 /// 202 (containerd accepts these too) still take a push, whole and right.
 #[tokio::test]

@@ -256,8 +256,8 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a token response's `expires_in` lets it be kept.
-fn token_lifetime(expires_in: Option<u64>) -> Duration {
-    match expires_in {
+fn token_lifetime(expires_in: Option<i64>) -> Duration {
+    match expires_in.and_then(|seconds| u64::try_from(seconds).ok()) {
         None | Some(0) => DEFAULT_TOKEN_LIFETIME,
         Some(seconds) => Duration::from_secs(seconds).min(MAX_TOKEN_LIFETIME),
     }
@@ -290,7 +290,9 @@ impl CredentialsNote {
 struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
-    expires_in: Option<u64>,
+    /// Signed, as Go's `int` (containerd's) takes it: a server saying -1
+    /// gets the default lifetime, not a failed request.
+    expires_in: Option<i64>,
 }
 
 impl Authorizer {
@@ -743,8 +745,10 @@ mod tests {
         assert_eq!(token_lifetime(Some(300)), Duration::from_secs(300));
         assert_eq!(token_lifetime(None), DEFAULT_TOKEN_LIFETIME);
         assert_eq!(token_lifetime(Some(0)), DEFAULT_TOKEN_LIFETIME);
-        assert_eq!(token_lifetime(Some(u64::MAX)), MAX_TOKEN_LIFETIME);
-        let _ = Instant::now() + token_lifetime(Some(u64::MAX));
+        assert_eq!(token_lifetime(Some(-1)), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(Some(i64::MIN)), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(Some(i64::MAX)), MAX_TOKEN_LIFETIME);
+        let _ = Instant::now() + token_lifetime(Some(i64::MAX));
     }
 
     /// A 401 without a challenge we can answer neither is answered nor

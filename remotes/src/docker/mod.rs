@@ -1294,7 +1294,8 @@ pub(crate) async fn check_status(
 
 /// The start of an error response's body, where registries explain: at
 /// most 300 characters, read from at most 4 KiB (an error body of any size
-/// is not waited for).
+/// is not waited for), control characters escaped: the error is shown on a
+/// terminal a hostile server must not drive.
 async fn error_body(mut response: reqwest::Response) -> String {
     const READ_AT_MOST: usize = 4096;
     let mut body = Vec::new();
@@ -1306,7 +1307,15 @@ async fn error_body(mut response: reqwest::Response) -> String {
     }
     body.truncate(READ_AT_MOST);
     let text = spec_errors(&body).unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    text.trim().chars().take(300).collect()
+    let mut said = String::new();
+    for c in text.trim().chars().take(300) {
+        if c.is_control() {
+            said.extend(c.escape_debug());
+        } else {
+            said.push(c);
+        }
+    }
+    said
 }
 
 /// The distribution specification's error body, `{"errors": [{"code",
