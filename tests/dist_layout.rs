@@ -797,7 +797,7 @@ fn an_import_of_a_layout_missing_a_layer_fails_naming_it() {
 
 /// An export of an image whose store lacks a layer fails naming it, before
 /// anything is written into the layout, and once the layer is back it
-/// exports.
+/// exports. A foreign layer, which no fetch stores, is left out instead.
 #[test]
 fn an_export_of_an_image_missing_a_layer_fails_naming_it_and_writes_nothing() {
     let work = tempfile::tempdir().unwrap();
@@ -832,4 +832,30 @@ fn an_export_of_an_image_missing_a_layer_fails_naming_it_and_writes_nothing() {
         b"",
     ));
     assert!(layout.join("index.json").exists());
+
+    // A foreign layer is not in the store (a fetch leaves it where its URLs
+    // say) and not in the layout either, as containerd exports it.
+    let mut with_foreign = manifest.clone();
+    with_foreign["layers"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": sha256_of(b"elsewhere").to_string(),
+            "size": 9,
+            "urls": ["https://example.com/layer"],
+        }),
+    );
+    let with_foreign = ingest(
+        &builder,
+        "application/vnd.oci.image.manifest.v1+json",
+        with_foreign.to_string().as_bytes(),
+    );
+    let with_foreign = with_foreign["digest"].as_str().unwrap();
+    let foreign_layout = work.path().join("foreign");
+    let exported = ok(dist(
+        &builder,
+        &["export", with_foreign, foreign_layout.to_str().unwrap()],
+        b"",
+    ));
+    assert!(exported.contains("(3 blobs)"), "{exported}");
 }

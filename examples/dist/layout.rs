@@ -113,6 +113,12 @@ async fn reachable(
                         found.left_out.push(child);
                         continue;
                     }
+                    // A foreign layer lives where its URLs say: a fetch
+                    // leaves it out, and so does a layout (as containerd's
+                    // export does).
+                    if media_types::is_non_distributable(child.media_type().as_ref()) {
+                        continue;
+                    }
                     // Said before anything is written into the layout.
                     return Err(format!(
                         "content {}: not found, and {} needs it (`images check` lists what \
