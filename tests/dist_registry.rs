@@ -791,6 +791,17 @@ fn a_one_platform_fetch_of_an_index_is_checked_pushed_and_exported_as_such() {
     );
 }
 
+/// Ingests a one-layer linux/amd64 image into the store at `builder`;
+/// returns its manifest's descriptor as JSON.
+fn amd64_manifest(builder: &Path) -> serde_json::Value {
+    let (digest, bytes) = build_image_for(builder, "amd64", None);
+    serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest,
+        "size": bytes.len(),
+    })
+}
+
 /// Ingests an index listing `child` (a manifest or index, with `platform`
 /// when given) `times` times; returns its descriptor.
 fn ingest_repeating_index(
@@ -827,12 +838,7 @@ fn an_image_listing_one_document_a_thousand_times_at_each_level_is_handled_once_
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
     let dir = tempfile::tempdir().unwrap();
     let builder = dir.path().join("builder");
-    let (manifest, manifest_bytes) = build_image_for(&builder, "amd64", None);
-    let manifest = serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest,
-        "size": manifest_bytes.len(),
-    });
+    let manifest = amd64_manifest(&builder);
     let platform = serde_json::json!({"os": "linux", "architecture": "amd64"});
     let lowest = ingest_repeating_index(&builder, &manifest, Some(platform), 1000);
     let middle = ingest_repeating_index(&builder, &lowest, None, 1000);
@@ -871,12 +877,7 @@ fn a_platform_with_control_characters_is_listed_escaped() {
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
     let dir = tempfile::tempdir().unwrap();
     let builder = dir.path().join("builder");
-    let (manifest, manifest_bytes) = build_image_for(&builder, "amd64", None);
-    let manifest = serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest,
-        "size": manifest_bytes.len(),
-    });
+    let manifest = amd64_manifest(&builder);
     let platform = serde_json::json!({"os": "linux\n\u{1b}[2J", "architecture": "amd64"});
     let index = ingest_repeating_index(&builder, &manifest, Some(platform), 1);
     let index = index["digest"].as_str().unwrap();

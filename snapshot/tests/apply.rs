@@ -1280,7 +1280,7 @@ fn a_tar_that_ends_in_the_padding_after_an_entry_ends_there() {
         Entry::File("a", &[7u8; 1000], 0o644),
         Entry::File("b", b"hi\n", 0o600),
     ]);
-    // b's header at 2 blocks (a's header and its 1000 bytes in 2 more).
+    // b's data follows a's header, a's 1000 bytes padded to 1024, and b's header.
     let b_data = 512 + 1024 + 512;
     for cut in [b_data + 3, b_data + 4, b_data + 511] {
         let given = &layer[..cut];
