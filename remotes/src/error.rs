@@ -80,6 +80,24 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// A response body brought fewer bytes in a window than the resolver's
+    /// low-speed limit asks: a registry that trickles is given up on like
+    /// one that went silent (resumable, but the attempt counts as one that
+    /// got nowhere).
+    #[error(
+        "{url}: {received} bytes in {:?}, under the low-speed limit of {} bytes per {:?}",
+        limit.window,
+        limit.min_bytes,
+        limit.window
+    )]
+    TooSlow {
+        /// The request's URL.
+        url: String,
+        /// Bytes that arrived in the window.
+        received: u64,
+        /// The limit.
+        limit: crate::docker::LowSpeedLimit,
+    },
     /// The registry's bytes or headers contradict what was asked for.
     #[error("{url}: {reason}")]
     Protocol {
@@ -98,6 +116,12 @@ impl Error {
     /// often as it allowed, and asking again at once would count again.
     pub(crate) fn rate_limited(&self) -> bool {
         matches!(self, Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// Whether a body came slower than the low-speed limit: resumable, but
+    /// never counted as progress, however many bytes it brought.
+    pub(crate) fn too_slow(&self) -> bool {
+        matches!(self, Error::TooSlow { .. })
     }
 
     /// This error, with `note` if it is a 401 that has none yet.
@@ -140,7 +164,9 @@ impl Error {
             Error::Connect { source, .. } if crate::docker::tls::certificate_rejected(source) => {
                 ErrorKind::FailedPrecondition
             }
-            Error::Connect { .. } | Error::Interrupted { .. } => ErrorKind::Unavailable,
+            Error::Connect { .. } | Error::Interrupted { .. } | Error::TooSlow { .. } => {
+                ErrorKind::Unavailable
+            }
             Error::TlsConfig { .. } => ErrorKind::InvalidArgument,
             // Asking again is refused again.
             Error::TlsAlert { .. } => ErrorKind::FailedPrecondition,

@@ -30,8 +30,9 @@ use crate::task::AbortOnDrop;
 use crate::{Fetcher, Reference, Resolver, Result};
 
 /// How many times in a row one blob's download is resumed after a broken
-/// stream that brought no bytes: the fourth such attempt ends the fetch. An
-/// attempt that brought bytes starts the count again.
+/// stream that brought no bytes (or came under the low-speed limit): the
+/// fourth such attempt ends the fetch. An attempt that brought bytes starts
+/// the count again.
 const RESUMES: usize = 3;
 
 /// What happened to one descriptor during a fetch, for progress displays.
@@ -205,7 +206,13 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
                     let now = writer.status().await?.offset;
                     // Only attempts that got nowhere count: a large blob on
                     // a flaky link may break many times and still finish.
-                    resumes = if now > offset { 0 } else { resumes + 1 };
+                    // A body under the low-speed limit got nowhere, however
+                    // many bytes it trickled.
+                    resumes = if now > offset && !e.too_slow() {
+                        0
+                    } else {
+                        resumes + 1
+                    };
                     if resumes > RESUMES {
                         return Err(e);
                     }

@@ -10,7 +10,7 @@ use common::{fetch_all, image, push_all, push_multi, registry, stores};
 use futures::StreamExt;
 use ocidist_content::{ErrorKind, IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, only};
-use ocidist_remotes::docker::{DockerResolver, fetch_object};
+use ocidist_remotes::docker::{DockerResolver, LowSpeedLimit, fetch_object};
 use ocidist_remotes::testkit::{Fault, FaultProxy};
 use ocidist_remotes::{Error, Resolver, fetch_image};
 use tokio::io::AsyncWriteExt;
@@ -849,6 +849,108 @@ async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
     let gets = gets_of(&proxy, &blob_path);
     assert_eq!(gets.len(), 2, "{gets:#?}");
     assert!(gets[1].contains("range=bytes=70000-"), "{gets:#?}");
+}
+
+/// A limit a test can reach in a second: 4 KiB a second.
+const LOW_SPEED: LowSpeedLimit = LowSpeedLimit {
+    min_bytes: 4 << 10,
+    window: Duration::from_secs(1),
+};
+
+/// Makes the proxy send `blob` 16 bytes at a time, 320 a second, the next
+/// `times` it is asked for; its path.
+fn trickle(proxy: &FaultProxy, blob: &common::Blob, times: usize) -> String {
+    let blob_path = format!("/blobs/{}", blob.desc.digest());
+    let drip = Fault::Drip {
+        chunk: 16,
+        delay: Duration::from_millis(50),
+    };
+    proxy.add(Some("GET"), &blob_path, times, drip);
+    blob_path
+}
+
+/// A registry that trickles a layer (a few bytes at a time, never idle long
+/// enough for the idle-read timeout) is given up on at the end of a window
+/// under the low-speed limit, and the download resumes from the bytes the
+/// trickle brought.
+#[tokio::test]
+async fn a_trickling_download_is_given_up_on_at_the_low_speed_limit_and_resumed() {
+    let (_registry, proxy, pushed) = setup("faults/trickle").await;
+    let layer = &pushed[3];
+    let blob_path = trickle(&proxy, layer, 1);
+    let resolver = DockerResolver::new().low_speed_limit(LOW_SPEED);
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/trickle:1", proxy.host());
+    fetch_arm64(&resolver, &store, &images, &reference)
+        .await
+        .expect("the trickle is given up on and the download resumed");
+    assert_whole(&store, layer).await;
+    let gets = gets_of(&proxy, &blob_path);
+    assert_eq!(gets.len(), 2, "{gets:#?}");
+    let resumed_at: u64 = gets[1]
+        .split("range=bytes=")
+        .nth(1)
+        .and_then(|r| r.split('-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("resumed with a range: {gets:#?}"));
+    assert!(
+        resumed_at > 0 && resumed_at < 4 << 10,
+        "resumed from the trickle's bytes: {gets:#?}"
+    );
+}
+
+/// A registry that trickles every time ends the fetch in a typed error
+/// after four windows, rather than keeping it for as long as it likes
+/// because each attempt brought a few bytes; nothing is committed.
+#[tokio::test]
+async fn a_registry_that_always_trickles_ends_the_fetch_after_four_attempts() {
+    let (_registry, proxy, pushed) = setup("faults/trickle-always").await;
+    let layer = &pushed[3];
+    let blob_path = trickle(&proxy, layer, usize::MAX);
+    let resolver = DockerResolver::new().low_speed_limit(LOW_SPEED);
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/trickle-always:1", proxy.host());
+    let err = fetch_arm64(&resolver, &store, &images, &reference)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string()
+            .contains("under the low-speed limit of 4096 bytes per 1s"),
+        "{err}"
+    );
+    assert_eq!(gets_of(&proxy, &blob_path).len(), 4, "{:#?}", proxy.log());
+    assert!(store.info(layer.desc.digest()).await.is_err());
+}
+
+/// A manifest trickled in answer to resolve's GET (a registry refusing HEAD)
+/// fails the resolve at the low-speed limit.
+#[tokio::test]
+async fn a_manifest_that_trickles_fails_the_resolve_at_the_low_speed_limit() {
+    let (_registry, proxy, _pushed) = setup("faults/trickle-manifest").await;
+    let refused = Fault::Status {
+        status: 405,
+        retry_after: None,
+    };
+    proxy.add(Some("HEAD"), "/manifests/", usize::MAX, refused);
+    let trickle = Fault::Drip {
+        chunk: 1,
+        delay: Duration::from_millis(50),
+    };
+    proxy.add(Some("GET"), "/manifests/", usize::MAX, trickle);
+    let reference = format!("{}/faults/trickle-manifest:1", proxy.host());
+    let started = Instant::now();
+    let err = DockerResolver::new()
+        .low_speed_limit(LOW_SPEED)
+        .resolve(&reference)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TooSlow { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A fetch dropped while its blobs stream (a timeout, a sibling's failure)

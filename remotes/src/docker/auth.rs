@@ -561,7 +561,8 @@ impl Authorizer {
         let (method, response) = response;
         let response =
             super::check_status(method, realm, response, &[reqwest::StatusCode::OK]).await?;
-        let body = super::read_limited(realm, response, 1 << 20).await?;
+        let body =
+            super::read_limited(realm, response, 1 << 20, super::LowSpeedLimit::default()).await?;
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
             url: realm.clone(),
             reason: format!("bad token response: {e}"),

@@ -15,6 +15,7 @@ use reqwest::{Method, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::pusher::is_manifest;
+use super::speed::{LowSpeedLimit, SpeedCheck};
 use super::{Repository, check_status};
 use crate::task::AbortOnDrop;
 use crate::{ByteStream, Error, Fetcher, Result};
@@ -330,7 +331,13 @@ fn check_content_range(
 async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
     let url = object_url(repo, desc);
     let response = get_range(repo, &url, desc, offset, None).await?;
-    Ok(whole_body(url, response, offset, desc.size()))
+    Ok(whole_body(
+        url,
+        response,
+        offset,
+        desc.size(),
+        repo.low_speed,
+    ))
 }
 
 /// The body of a response to a GET of a `size`-byte blob from `offset`: as
@@ -338,8 +345,14 @@ async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result
 /// if it sent everything. A body that ends cleanly before the blob does (a
 /// proxy's early end of a chunked body) fails as [`Error::Interrupted`], so
 /// it is resumed rather than found short at commit; one with more bytes than
-/// the blob fails too.
-fn whole_body(url: String, response: reqwest::Response, offset: u64, size: u64) -> ByteStream {
+/// the blob fails too, and so does one slower than `low_speed`.
+fn whole_body(
+    url: String,
+    response: reqwest::Response,
+    offset: u64,
+    size: u64,
+    low_speed: LowSpeedLimit,
+) -> ByteStream {
     let start = match response.status() {
         StatusCode::PARTIAL_CONTENT => offset,
         _ => 0,
@@ -350,6 +363,7 @@ fn whole_body(url: String, response: reqwest::Response, offset: u64, size: u64) 
         start,
         end: size,
         received: 0,
+        speed: SpeedCheck::new(low_speed),
     };
     Box::pin(Skip {
         inner: Box::pin(body),
@@ -357,19 +371,27 @@ fn whole_body(url: String, response: reqwest::Response, offset: u64, size: u64) 
     })
 }
 
-/// The pieces of one range's body, all `end - start` bytes of it.
+/// The pieces of one range's body, all `end - start` bytes of it, arriving
+/// no slower than `low_speed`.
 async fn range_body(
     url: &str,
     mut response: reqwest::Response,
-    start: u64,
-    end: u64,
+    (start, end): (u64, u64),
+    low_speed: LowSpeedLimit,
 ) -> Result<Vec<Bytes>> {
     let mut pieces = Vec::new();
     let mut received = 0u64;
-    while let Some(piece) = response.chunk().await.map_err(|source| Error::Connect {
-        url: url.to_string(),
-        source,
-    })? {
+    let mut speed = SpeedCheck::new(low_speed);
+    loop {
+        speed.asked(Instant::now());
+        let piece = response.chunk().await.map_err(|source| Error::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+        let Some(piece) = piece else {
+            break;
+        };
+        speed.arrived(piece.len() as u64, Instant::now(), url)?;
         received += piece.len() as u64;
         if received > end - start {
             return Err(Error::Protocol {
@@ -409,7 +431,7 @@ async fn fetch_ranged(
     let first_end = offset.saturating_add(chunk).min(size);
     let response = get_range(repo, &url, desc, offset, Some(first_end)).await?;
     if response.status() != StatusCode::PARTIAL_CONTENT {
-        return Ok(whole_body(url, response, offset, size));
+        return Ok(whole_body(url, response, offset, size, repo.low_speed));
     }
     let first = Exact {
         inner: Box::pin(response.bytes_stream()),
@@ -417,6 +439,7 @@ async fn fetch_ranged(
         start: offset,
         end: first_end,
         received: 0,
+        speed: SpeedCheck::new(repo.low_speed),
     };
     // Made as they are asked for: the size is the descriptor's word, and a
     // hostile one (2^62 bytes) must not become a list of 2^40 ranges.
@@ -450,7 +473,7 @@ async fn fetch_ranged(
                         reason: format!("range {start}-{} answered without a range", end - 1),
                     });
                 }
-                let body = range_body(&url, response, start, end).await;
+                let body = range_body(&url, response, (start, end), repo.low_speed).await;
                 if matches!(body, Err(Error::Interrupted { .. })) {
                     // Short ranges would cost a resume each.
                     ranged.refuse(&repo);
@@ -483,13 +506,15 @@ async fn fetch_ranged(
 }
 
 /// A body of bytes `start` to `end` (exclusive), passed on as it arrives,
-/// failing if it holds more or fewer bytes than that.
+/// failing if it holds more or fewer bytes than that, or if it comes slower
+/// than its low-speed limit.
 struct Exact {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     url: String,
     start: u64,
     end: u64,
     received: u64,
+    speed: SpeedCheck,
 }
 
 impl Exact {
@@ -512,15 +537,22 @@ impl Stream for Exact {
     type Item = Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.speed.asked(Instant::now());
         let polled = self.inner.as_mut().poll_next(cx);
         Poll::Ready(match ready!(polled) {
             Some(Ok(piece)) => {
                 self.received += piece.len() as u64;
-                if self.received > self.expected() {
+                let this = &mut *self;
+                if this.received > this.expected() {
                     Some(Err(Error::Protocol {
-                        url: self.url.clone(),
-                        reason: self.wrong_length("sent more than asked"),
+                        url: this.url.clone(),
+                        reason: this.wrong_length("sent more than asked"),
                     }))
+                } else if let Err(e) =
+                    this.speed
+                        .arrived(piece.len() as u64, Instant::now(), &this.url)
+                {
+                    Some(Err(e))
                 } else {
                     Some(Ok(piece))
                 }

@@ -22,6 +22,7 @@ pub mod config;
 mod fetcher;
 pub mod hosts;
 mod pusher;
+mod speed;
 pub(crate) mod tls;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use reqwest::{Method, StatusCode, header};
 
 pub use fetcher::{DockerFetcher, RangedFetch};
 pub use pusher::DockerPusher;
+pub use speed::LowSpeedLimit;
 
 use crate::{Error, Fetcher, Pusher, Reference, Resolver, Result};
 
@@ -217,6 +219,8 @@ pub struct DockerResolver {
     pushing: pusher::Pushing,
     /// Where pushed blobs are spooled (`None`: the system's temporary directory).
     spool_dir: Option<PathBuf>,
+    /// What every response body must bring while it is read.
+    low_speed: LowSpeedLimit,
 }
 
 /// How the upstream of a registry is spoken to when no hosts file says.
@@ -256,6 +260,7 @@ impl DockerResolver {
             resolved: fetcher::Resolved::default(),
             pushing: pusher::Pushing::default(),
             spool_dir: None,
+            low_speed: LowSpeedLimit::default(),
         }
     }
 
@@ -341,6 +346,15 @@ impl DockerResolver {
         self.defaults.idle_read_timeout = Some(idle_read);
         self.rebuild_client()?;
         Ok(self)
+    }
+
+    /// Gives up on a response body that brings fewer bytes than `limit`
+    /// asks in a window ([`LowSpeedLimit::default`]: 16 KiB a minute;
+    /// [`LowSpeedLimit::OFF`] for none): the idle-read timeout never ends a
+    /// registry that sends a byte every few seconds.
+    pub fn low_speed_limit(mut self, limit: LowSpeedLimit) -> Self {
+        self.low_speed = limit;
+        self
     }
 
     fn rebuild_client(&mut self) -> Result<()> {
@@ -507,7 +521,7 @@ impl DockerResolver {
         ) -> reqwest::Result<(StatusCode, reqwest::Url)> {
             let response = client.get(&url).timeout(SETTLE_TIMEOUT).send().await?;
             let answered = (response.status(), response.url().clone());
-            let _ = read_limited(&url, response, MAX_MANIFEST_SIZE).await;
+            let _ = read_limited(&url, response, MAX_MANIFEST_SIZE, LowSpeedLimit::OFF).await;
             Ok(answered)
         }
         let plain_answer = answer(
@@ -623,6 +637,7 @@ impl DockerResolver {
                 retry: false,
                 namespace: is_mirror(endpoint.host(), reference.registry())
                     .then(|| reference.registry().to_string()),
+                low_speed: self.low_speed,
             });
         }
         if let Some(last) = out.last_mut() {
@@ -864,6 +879,8 @@ pub(crate) struct Repository {
     /// On a mirror, the registry the request is for, sent as `?ns=` so a
     /// mirror of several registries knows which (containerd does the same).
     namespace: Option<String>,
+    /// What every response body must bring while it is read.
+    pub(crate) low_speed: LowSpeedLimit,
 }
 
 impl Repository {
@@ -1200,7 +1217,7 @@ impl Repository {
         let response = check_status(Method::GET, url, response, &[StatusCode::OK]).await?;
         let media_type =
             header_str(response.headers(), header::CONTENT_TYPE.as_str()).map(manifest_media_type);
-        let body = read_limited(url, response, MAX_MANIFEST_SIZE).await?;
+        let body = read_limited(url, response, MAX_MANIFEST_SIZE, self.low_speed).await?;
         let algorithm = expected.map_or(oci_spec::image::DigestAlgorithm::Sha256, |d| {
             d.algorithm().clone()
         });
@@ -1232,11 +1249,13 @@ impl Repository {
     }
 }
 
-/// Reads a body, refusing one over `limit` bytes (by header, then by count).
+/// Reads a body, refusing one over `limit` bytes (by header, then by count)
+/// or slower than `low_speed`.
 pub(crate) async fn read_limited(
     url: &str,
     response: reqwest::Response,
     limit: u64,
+    low_speed: LowSpeedLimit,
 ) -> Result<bytes::Bytes> {
     let too_large = || Error::Protocol {
         url: url.to_string(),
@@ -1247,7 +1266,12 @@ pub(crate) async fn read_limited(
     }
     let mut body = BytesMut::new();
     let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
+    let mut speed = speed::SpeedCheck::new(low_speed);
+    loop {
+        speed.asked(std::time::Instant::now());
+        let Some(chunk) = stream.next().await else {
+            break;
+        };
         let chunk = chunk.map_err(|source| Error::Connect {
             url: url.to_string(),
             source,
@@ -1255,6 +1279,7 @@ pub(crate) async fn read_limited(
         if body.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());
         }
+        speed.arrived(chunk.len() as u64, std::time::Instant::now(), url)?;
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())

@@ -1,0 +1,182 @@
+//! The low-speed limit: a response body that keeps sending, but too little
+//! to ever finish, is given up on like one that went silent.
+
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// The least a response body must bring while it is being waited on: at
+/// least `min_bytes` in every `window`. The idle-read timeout catches a
+/// registry that goes silent; this catches one that trickles (a byte every
+/// few seconds keeps a connection from ever being idle, and a 1 GiB layer
+/// from ever arriving). A body under the limit fails with
+/// [`Error::TooSlow`] ([`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)):
+/// the fetch handler resumes a blob from the bytes already written, but
+/// counts the attempt as one that got nowhere, so a registry that trickles
+/// every time ends the fetch after a few windows.
+///
+/// Only the time spent waiting on the network counts: while the reader does
+/// not ask for more (a store that is slow to write), the window is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LowSpeedLimit {
+    /// Bytes a body must bring in each window; 0 turns the limit off.
+    pub min_bytes: u64,
+    /// How long each window lasts.
+    pub window: Duration,
+}
+
+impl LowSpeedLimit {
+    /// No limit: only the idle-read timeout ends a slow body.
+    pub const OFF: LowSpeedLimit = LowSpeedLimit {
+        min_bytes: 0,
+        window: Duration::from_secs(60),
+    };
+
+    fn enabled(&self) -> bool {
+        self.min_bytes > 0 && !self.window.is_zero()
+    }
+}
+
+impl Default for LowSpeedLimit {
+    /// 16 KiB a minute (273 bytes a second): far under what any link that
+    /// can pull an image brings to each of its connections, far over a
+    /// registry that drips to keep a connection open.
+    fn default() -> Self {
+        LowSpeedLimit {
+            min_bytes: 16 << 10,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Holds one body to a [`LowSpeedLimit`]: told when the reader asks for
+/// bytes and when they arrive, it fails the body at the end of a window that
+/// brought too few.
+#[derive(Debug)]
+pub(crate) struct SpeedCheck {
+    limit: LowSpeedLimit,
+    /// When the current window started, moved on by the time the reader
+    /// kept bytes without asking for more; `None` before the first ask.
+    window_start: Option<Instant>,
+    /// Bytes that arrived in the current window.
+    received: u64,
+    /// When the last bytes were handed to the reader, until it asks again.
+    handed_on: Option<Instant>,
+}
+
+impl SpeedCheck {
+    pub(crate) fn new(limit: LowSpeedLimit) -> Self {
+        SpeedCheck {
+            limit,
+            window_start: None,
+            received: 0,
+            handed_on: None,
+        }
+    }
+
+    /// The reader asks for more bytes at `now`.
+    pub(crate) fn asked(&mut self, now: Instant) {
+        match (self.window_start, self.handed_on.take()) {
+            (None, _) => self.window_start = Some(now),
+            // The reader's own time is not the registry's slowness.
+            (Some(start), Some(handed_on)) => {
+                self.window_start = Some(start + now.saturating_duration_since(handed_on));
+            }
+            (Some(_), None) => {}
+        }
+    }
+
+    /// `bytes` arrived at `now` and are handed to the reader. An error for a
+    /// window that has ended with too few.
+    pub(crate) fn arrived(&mut self, bytes: u64, now: Instant, url: &str) -> Result<(), Error> {
+        self.handed_on = Some(now);
+        if !self.limit.enabled() {
+            return Ok(());
+        }
+        self.received = self.received.saturating_add(bytes);
+        let start = *self.window_start.get_or_insert(now);
+        if now.saturating_duration_since(start) < self.limit.window {
+            return Ok(());
+        }
+        if self.received < self.limit.min_bytes {
+            return Err(Error::TooSlow {
+                url: url.to_string(),
+                received: self.received,
+                limit: self.limit,
+            });
+        }
+        self.window_start = Some(now);
+        self.received = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: LowSpeedLimit = LowSpeedLimit {
+        min_bytes: 100,
+        window: Duration::from_secs(10),
+    };
+
+    fn at(t0: Instant, secs: u64) -> Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_window_that_brought_too_few_bytes_fails_when_it_ends() {
+        let t0 = Instant::now();
+        let mut check = SpeedCheck::new(LIMIT);
+        for s in 0..9 {
+            check.asked(at(t0, s));
+            check.arrived(9, at(t0, s + 1), "u").unwrap_or_else(|e| {
+                panic!("within the window: {e}");
+            });
+        }
+        check.asked(at(t0, 9));
+        match check.arrived(1, at(t0, 10), "u") {
+            Err(Error::TooSlow { received, .. }) => assert_eq!(received, 82),
+            other => panic!("expected TooSlow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn enough_bytes_start_a_new_window() {
+        let t0 = Instant::now();
+        let mut check = SpeedCheck::new(LIMIT);
+        check.asked(t0);
+        check.arrived(100, at(t0, 10), "u").unwrap();
+        // The new window starts empty: 99 bytes in it are too few.
+        check.asked(at(t0, 10));
+        check.arrived(99, at(t0, 20), "u").unwrap_err();
+    }
+
+    #[test]
+    fn time_the_reader_keeps_the_bytes_is_not_counted() {
+        let t0 = Instant::now();
+        let mut check = SpeedCheck::new(LIMIT);
+        // Each byte arrives at once, then the reader takes 30 s with it.
+        let mut now = t0;
+        for _ in 0..5 {
+            check.asked(now);
+            check.arrived(1, now, "u").unwrap();
+            now += Duration::from_secs(30);
+        }
+        // 5 bytes in 150 s, but none of it spent waiting on the network.
+        check.asked(now);
+        check.arrived(1, now + Duration::from_secs(9), "u").unwrap();
+        check.asked(now + Duration::from_secs(9));
+        check
+            .arrived(1, now + Duration::from_secs(10), "u")
+            .unwrap_err();
+    }
+
+    #[test]
+    fn the_limit_off_never_fails() {
+        let t0 = Instant::now();
+        let mut check = SpeedCheck::new(LowSpeedLimit::OFF);
+        check.asked(t0);
+        check.arrived(0, at(t0, 3600), "u").unwrap();
+    }
+}
