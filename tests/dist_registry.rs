@@ -75,6 +75,18 @@ fn push_fetch_list_check_and_prune_an_image() {
         pushed.contains("layer-sha256:") && pushed.trim_end().ends_with(manifest_digest),
         "{pushed}"
     );
+    // Each blob's upload said as it starts and ends, then the bytes sent.
+    let lines = |out: &str, state: &str| out.lines().filter(|l| l.contains(state)).count();
+    assert_eq!(
+        lines(&pushed, ": uploading |----------| 0 B/"),
+        3,
+        "{pushed}"
+    );
+    assert_eq!(lines(&pushed, ": pushed |++++++++++| "), 3, "{pushed}");
+    assert!(pushed.contains("elapsed: "), "{pushed}");
+    let again = ok(dist(&builder, &["push", &reference, manifest_digest], b""));
+    assert_eq!(lines(&again, ": exists"), 3, "{again}");
+    assert!(again.contains("total: 0 B"), "{again}");
 
     let store = dir.path().join("store");
     let fetched = ok(dist(&store, &["fetch", &reference], b""));

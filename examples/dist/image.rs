@@ -280,15 +280,18 @@ pub(crate) async fn push(
         .map_err(|e| Failure::new(what.clone(), e))?;
     // Blobs go from the store as they are: no copy, in /tmp or elsewhere.
     let resolver = remote.resolver()?;
-    let pushed = push_image(
+    let progress = Progress::start(None);
+    let result = push_image(
         &resolver,
         &stores.content,
         &args.reference,
         &target,
         args.concurrency,
+        Some(progress.push_events()),
     )
-    .await
-    .map_err(|e| {
+    .await;
+    progress.finish(result.is_ok()).await;
+    result.map_err(|e| {
         if is_index && !remote.platform_given && e.kind() == ocidist::content::ErrorKind::NotFound {
             // What a one-platform fetch of an index leaves: say the way out.
             let hint = "the store holds only part of this index (a fetch without \
@@ -311,13 +314,6 @@ pub(crate) async fn push(
         }
         Failure::new(what.clone(), e)
     })?;
-    for desc in &pushed {
-        report!(
-            "{}: pushed {}",
-            ocidist::remotes::ingest_ref(desc),
-            output::size(desc.size())
-        );
-    }
     report!("{} {}", args.reference, target.digest());
     Ok(())
 }

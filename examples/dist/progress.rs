@@ -1,5 +1,5 @@
-//! Progress of fetches and pulls, drawn from the events and ingest statuses
-//! the library supplies: live bars on a terminal (indicatif), plain lines
+//! Progress of fetches, pulls and pushes, drawn from the events and ingest
+//! statuses the library supplies: live bars on a terminal (indicatif), plain lines
 //! otherwise (one per state change, never an escape code), nothing when quiet.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ocidist::content::local::LocalStore;
 use ocidist::content::{Descriptor, IngestManager};
 use ocidist::pull::PullEvent;
-use ocidist::remotes::{FetchEvent, ingest_ref};
+use ocidist::remotes::{FetchEvent, PushEvent, ingest_ref};
 use ocidist::snapshot::UnpackEvent;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
@@ -22,11 +22,19 @@ const TICK: Duration = Duration::from_millis(100);
 /// Width of the `|+++---|` bar in plain lines.
 const BAR_WIDTH: u64 = 10;
 
+/// What the display shows: a pull's (or fetch's, or unpack's) events, or a
+/// push's.
+#[derive(Debug)]
+enum Shown {
+    Pull(PullEvent),
+    Push(PushEvent),
+}
+
 /// A running progress display; feed it through [`Progress::events`],
-/// [`Progress::fetch_events`] or [`Progress::unpack_events`], then
-/// [`Progress::finish`] it.
+/// [`Progress::fetch_events`], [`Progress::unpack_events`] or
+/// [`Progress::push_events`], then [`Progress::finish`] it.
 pub(crate) struct Progress {
-    events: UnboundedSender<PullEvent>,
+    events: UnboundedSender<Shown>,
     task: JoinHandle<u64>,
     started: Instant,
 }
@@ -54,21 +62,26 @@ impl Progress {
 
     /// The sender a pull reports to.
     pub(crate) fn events(&self) -> UnboundedSender<PullEvent> {
-        self.events.clone()
+        self.forwarder(Shown::Pull)
     }
 
     /// A sender for an unpack's events.
     pub(crate) fn unpack_events(&self) -> UnboundedSender<UnpackEvent> {
-        self.forwarder(PullEvent::Unpack)
+        self.forwarder(|e| Shown::Pull(PullEvent::Unpack(e)))
     }
 
     /// A sender for a plain fetch's events.
     pub(crate) fn fetch_events(&self) -> UnboundedSender<FetchEvent> {
-        self.forwarder(PullEvent::Fetch)
+        self.forwarder(|e| Shown::Pull(PullEvent::Fetch(e)))
+    }
+
+    /// A sender for a push's events.
+    pub(crate) fn push_events(&self) -> UnboundedSender<PushEvent> {
+        self.forwarder(Shown::Push)
     }
 
     /// A sender whose events reach the display wrapped by `wrap`.
-    fn forwarder<E: Send + 'static>(&self, wrap: fn(E) -> PullEvent) -> UnboundedSender<E> {
+    fn forwarder<E: Send + 'static>(&self, wrap: fn(E) -> Shown) -> UnboundedSender<E> {
         let (tx, mut rx) = unbounded_channel();
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -81,7 +94,8 @@ impl Progress {
 
     /// Waits for the display to draw the last event (every sender must be
     /// gone), then, if the work `succeeded`, prints the footer: `elapsed:
-    /// 1.6 s total: 51.2 MiB (32.0 MiB/s)` (a failure is said on stderr only).
+    /// 1.6 s total: 51.2 MiB (32.0 MiB/s)`, the bytes downloaded or uploaded
+    /// (a failure is said on stderr only).
     pub(crate) async fn finish(self, succeeded: bool) {
         drop(self.events);
         let total = self.task.await.unwrap_or(0);
@@ -97,23 +111,25 @@ impl Progress {
     }
 }
 
-/// The bytes a run downloaded: of a resumed blob, only what it lacked.
+/// The bytes a run moved: downloaded (of a resumed blob, only what it
+/// lacked) or uploaded.
 #[derive(Default)]
-struct Downloaded {
+struct Transferred {
     total: u64,
     resumed_at: std::collections::HashMap<ocidist::content::Digest, u64>,
 }
 
-impl Downloaded {
-    fn note(&mut self, event: &PullEvent) {
+impl Transferred {
+    fn note(&mut self, event: &Shown) {
         match event {
-            PullEvent::Fetch(FetchEvent::Started { desc, offset }) if *offset > 0 => {
+            Shown::Pull(PullEvent::Fetch(FetchEvent::Started { desc, offset })) if *offset > 0 => {
                 self.resumed_at.insert(desc.digest().clone(), *offset);
             }
-            PullEvent::Fetch(FetchEvent::Done(desc)) => {
+            Shown::Pull(PullEvent::Fetch(FetchEvent::Done(desc))) => {
                 let held = self.resumed_at.remove(desc.digest()).unwrap_or(0);
                 self.total += desc.size().saturating_sub(held);
             }
+            Shown::Push(PushEvent::Done(desc)) => self.total += desc.size(),
             _ => {}
         }
     }
@@ -126,18 +142,18 @@ enum Display {
 }
 
 impl Display {
-    /// Draws events until every sender is dropped; returns the bytes downloaded.
-    async fn run(mut self, mut rx: UnboundedReceiver<PullEvent>, store: Option<LocalStore>) -> u64 {
-        let mut downloaded = Downloaded::default();
+    /// Draws events until every sender is dropped; returns the bytes moved.
+    async fn run(mut self, mut rx: UnboundedReceiver<Shown>, store: Option<LocalStore>) -> u64 {
+        let mut transferred = Transferred::default();
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 event = rx.recv() => {
                     let Some(event) = event else { break };
-                    downloaded.note(&event);
+                    transferred.note(&event);
                     // What a layer's apply skipped, said once per layer (not
                     // under --quiet, which keeps to errors and answers).
-                    if let PullEvent::Unpack(UnpackEvent::Unpacked { layer, warnings, .. }) = &event
+                    if let Shown::Pull(PullEvent::Unpack(UnpackEvent::Unpacked { layer, warnings, .. })) = &event
                         && !matches!(self, Display::Quiet)
                     {
                         for warning in warnings {
@@ -177,7 +193,7 @@ impl Display {
                 bar.abandon();
             }
         }
-        downloaded.total
+        transferred.total
     }
 }
 
@@ -200,7 +216,11 @@ fn layer_ref(desc: &Descriptor) -> String {
 }
 
 /// One plain line per state change; the refs are whole, so they can be grepped.
-fn plain_line(event: &PullEvent) -> Option<String> {
+fn plain_line(event: &Shown) -> Option<String> {
+    let event = match event {
+        Shown::Pull(event) => event,
+        Shown::Push(event) => return plain_push_line(event),
+    };
     Some(match event {
         PullEvent::Resolved(desc) => format!("{}: resolved", ingest_ref(desc)),
         PullEvent::Fetch(FetchEvent::Started { desc, offset }) if *offset > 0 => format!(
@@ -232,6 +252,25 @@ fn plain_line(event: &PullEvent) -> Option<String> {
         PullEvent::Unpack(UnpackEvent::Exists { layer, .. }) => {
             format!("{}: already unpacked", layer_ref(layer))
         }
+        _ => return None,
+    })
+}
+
+/// [`plain_line`] for a push: uploads started and done, what the registry
+/// had; no line for the bytes on the way.
+fn plain_push_line(event: &PushEvent) -> Option<String> {
+    Some(match event {
+        PushEvent::Started(desc) => format!(
+            "{}: uploading {}",
+            ingest_ref(desc),
+            bar_text(0, desc.size())
+        ),
+        PushEvent::Done(desc) => format!(
+            "{}: pushed {}",
+            ingest_ref(desc),
+            bar_text(desc.size(), desc.size())
+        ),
+        PushEvent::Exists(desc) => format!("{}: exists", ingest_ref(desc)),
         _ => return None,
     })
 }
@@ -268,7 +307,11 @@ impl Live {
         })
     }
 
-    fn event(&mut self, event: &PullEvent) {
+    fn event(&mut self, event: &Shown) {
+        let event = match event {
+            Shown::Pull(event) => event,
+            Shown::Push(event) => return self.push_event(event),
+        };
         let (desc, reference, state, position) = match event {
             PullEvent::Resolved(desc) => (desc, ingest_ref(desc), "resolved", Some(0)),
             PullEvent::Fetch(FetchEvent::Started { desc, offset }) => {
@@ -295,8 +338,24 @@ impl Live {
             }
             _ => return,
         };
+        self.show(desc, reference, state, position);
+    }
+
+    fn push_event(&mut self, event: &PushEvent) {
+        let (desc, state, position) = match event {
+            PushEvent::Started(desc) => (desc, "uploading", 0),
+            PushEvent::Progress { desc, sent } => (desc, "uploading", *sent),
+            PushEvent::Done(desc) => (desc, "pushed", desc.size()),
+            PushEvent::Exists(desc) => (desc, "exists", desc.size()),
+            _ => return,
+        };
+        self.show(desc, ingest_ref(desc), state, Some(position));
+    }
+
+    /// Sets the bar of `reference` (sized by `desc`) to `state` at `position`.
+    fn show(&mut self, desc: &Descriptor, reference: String, state: &str, position: Option<u64>) {
         let bar = self.bar(reference, desc.size());
-        bar.set_message(state);
+        bar.set_message(state.to_string());
         if let Some(position) = position {
             bar.set_position(position);
         }
@@ -328,7 +387,7 @@ mod tests {
     fn a_resumed_blob_counts_only_what_it_lacked() {
         let blob =
             |n: u8, size| ocidist::content::descriptor(ocidist::content::sha256_of(&[n]), size);
-        let mut downloaded = Downloaded::default();
+        let mut downloaded = Transferred::default();
         for event in [
             FetchEvent::Started {
                 desc: blob(1, 1000),
@@ -341,7 +400,7 @@ mod tests {
             FetchEvent::Done(blob(2, 50)),
             FetchEvent::Done(blob(1, 1000)),
         ] {
-            downloaded.note(&PullEvent::Fetch(event));
+            downloaded.note(&Shown::Pull(PullEvent::Fetch(event)));
         }
         assert_eq!(downloaded.total, 400 + 50);
     }

@@ -82,7 +82,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use fetch::{
     FetchEvent, fetch_content, fetch_handler, fetch_image, fetch_resolved, ingest_ref, record_image,
 };
-pub use push::{push_image, push_order};
+pub use push::{PushEvent, push_image, push_order};
 pub use reference::Reference;
 /// The status type of [`Error::Status`], for matching on it.
 pub use reqwest::StatusCode;

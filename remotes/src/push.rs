@@ -1,13 +1,44 @@
 //! Pushing an image from a content store: children before parents, the
 //! root last, so a registry never holds a manifest whose content is missing.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::Descriptor;
-use ocidist_content::{Manager, Provider};
+use ocidist_content::{Manager, Provider, ReaderAt};
 use ocidist_images::manifest;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::source::{annotate_sources, append_source_label};
 use crate::{Resolver, Result};
+
+/// What happened to one blob or manifest during a push, for progress
+/// displays.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PushEvent {
+    /// The registry had it already, or mounted it from another repository.
+    Exists(Descriptor),
+    /// The registry lacks it: uploading started.
+    Started(Descriptor),
+    /// The upload has read `sent` bytes of it from the store (sent, or
+    /// about to be); said at least every [`PROGRESS_STEP`] bytes and at the
+    /// end. A part sent again after a failure is not counted twice.
+    Progress {
+        /// The content.
+        desc: Descriptor,
+        /// Bytes read for sending, from its start.
+        sent: u64,
+    },
+    /// Uploaded: the registry has it.
+    Done(Descriptor),
+}
+
+/// How many bytes an upload reads between two [`PushEvent::Progress`].
+pub const PROGRESS_STEP: u64 = 1 << 20;
 
 /// Every descriptor under (and including) `root` in push order: each one's
 /// children before it, each digest once.
@@ -42,7 +73,8 @@ pub async fn push_order<P: Provider + ?Sized>(
 /// registry is mounted from there rather than uploaded. Each blob the
 /// registry then has gets `reference`'s repository added to that label, so
 /// a later push can mount it from there (as Docker does). Returns the
-/// descriptors uploaded (not those the registry had or mounted).
+/// descriptors uploaded (not those the registry had or mounted). `events`,
+/// if given, hears what happens to each ([`PushEvent`]).
 ///
 /// `target` must say it is a manifest or an index
 /// ([`ErrorKind::InvalidArgument`](ocidist_content::ErrorKind::InvalidArgument)
@@ -54,6 +86,7 @@ pub async fn push_image<R, P>(
     reference: &str,
     target: &Descriptor,
     limit: usize,
+    events: Option<UnboundedSender<PushEvent>>,
 ) -> Result<Vec<Descriptor>>
 where
     R: Resolver + ?Sized,
@@ -102,12 +135,28 @@ where
         .into_iter()
         .filter(|d| !ocidist_images::media_types::is_non_distributable(d.media_type().as_ref()))
         .partition(is_manifest);
+    let emit = |event: PushEvent| {
+        if let Some(events) = &events {
+            let _ = events.send(event);
+        }
+    };
     let push_one = |desc: Descriptor| {
-        let (pusher, parsed) = (&pusher, &parsed);
+        let (pusher, parsed, events) = (&pusher, &parsed, &events);
         async move {
             // The pusher finds mount sources in the annotations.
             let annotated = annotate_sources(store, &desc).await;
-            let provider: &dyn Provider = &store;
+            let reporting;
+            let provider: &dyn Provider = match events {
+                Some(events) => {
+                    reporting = Reporting {
+                        inner: &store,
+                        events: events.clone(),
+                        started: AtomicBool::new(false),
+                    };
+                    &reporting
+                }
+                None => &store,
+            };
             let mut wait = LOCKED_POLL;
             loop {
                 let pushed = pusher.push_from(&annotated, provider).await;
@@ -117,8 +166,14 @@ where
                     let _ = append_source_label(store, desc.digest(), parsed).await;
                 }
                 match pushed {
-                    Ok(true) => return Ok(Some(desc)),
-                    Ok(false) => return Ok(None),
+                    Ok(true) => {
+                        emit(PushEvent::Done(desc.clone()));
+                        return Ok(Some(desc));
+                    }
+                    Ok(false) => {
+                        emit(PushEvent::Exists(desc));
+                        return Ok(None);
+                    }
                     // Another push of this resolver has the blob in flight
                     // (two images sharing a layer, pushed at once): its turn
                     // ends, then the registry has the blob, or this one goes.
@@ -144,6 +199,74 @@ where
         }
     }
     Ok(pushed)
+}
+
+/// A provider that tells `events` when the pusher asks it for a blob (the
+/// registry lacks it: the upload starts) and how far its reads have got.
+struct Reporting<'a> {
+    inner: &'a dyn Provider,
+    events: UnboundedSender<PushEvent>,
+    /// A blob sent again through a new session is started once.
+    started: AtomicBool,
+}
+
+#[async_trait]
+impl Provider for Reporting<'_> {
+    async fn reader_at(&self, desc: &Descriptor) -> ocidist_content::Result<Box<dyn ReaderAt>> {
+        let reader = self.inner.reader_at(desc).await?;
+        if !self.started.swap(true, Ordering::Relaxed) {
+            let _ = self.events.send(PushEvent::Started(desc.clone()));
+        }
+        Ok(Box::new(CountingReader {
+            inner: reader.into(),
+            events: self.events.clone(),
+            desc: desc.clone(),
+            furthest: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// A blob's reader that reports the furthest byte read, every
+/// [`PROGRESS_STEP`] bytes and at the end.
+struct CountingReader {
+    inner: std::sync::Arc<dyn ReaderAt>,
+    events: UnboundedSender<PushEvent>,
+    desc: Descriptor,
+    furthest: AtomicU64,
+    reported: AtomicU64,
+}
+
+#[async_trait]
+impl ReaderAt for CountingReader {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist_content::Result<usize> {
+        let n = self.inner.read_at(offset, buf).await?;
+        let end = offset.saturating_add(n as u64);
+        let furthest = self.furthest.fetch_max(end, Ordering::Relaxed).max(end);
+        let reported = self.reported.load(Ordering::Relaxed);
+        let due = furthest >= reported.saturating_add(PROGRESS_STEP)
+            || (furthest == self.desc.size() && reported < furthest);
+        if due
+            && self
+                .reported
+                .compare_exchange(reported, furthest, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _ = self.events.send(PushEvent::Progress {
+                desc: self.desc.clone(),
+                sent: furthest,
+            });
+        }
+        Ok(n)
+    }
+
+    fn into_async_read(self: Box<Self>) -> Pin<Box<dyn AsyncRead + Send>> {
+        Box::pin(ocidist_content::ReaderAtStream::new(self))
+    }
 }
 
 /// How long a push first waits for another push of the same blob to end;

@@ -9,7 +9,7 @@ use ocidist_content::{IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, all, only};
 use ocidist_images::{GcOptions, ImageStore, check, gc};
 use ocidist_remotes::docker::DockerResolver;
-use ocidist_remotes::{FetchEvent, Resolver, fetch_image, ingest_ref};
+use ocidist_remotes::{FetchEvent, PushEvent, Resolver, fetch_image, ingest_ref};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -453,7 +453,7 @@ async fn an_image_pushed_from_one_store_is_fetched_into_another_unchanged() {
     let index = &pushed[6].desc;
     // ...push it from A to another repository, children first...
     let other = format!("{}/test/copied:v1", registry.host());
-    let sent = ocidist_remotes::push_image(&resolver, &store_a, &other, index, 4)
+    let sent = ocidist_remotes::push_image(&resolver, &store_a, &other, index, 4, None)
         .await
         .unwrap();
     assert_eq!(
@@ -478,11 +478,90 @@ async fn an_image_pushed_from_one_store_is_fetched_into_another_unchanged() {
     }
     // Pushing again sends nothing.
     assert!(
-        ocidist_remotes::push_image(&resolver, &store_a, &other, index, 4)
+        ocidist_remotes::push_image(&resolver, &store_a, &other, index, 4, None)
             .await
             .unwrap()
             .is_empty()
     );
+}
+
+/// A push tells its events what happens to each blob: started, read for
+/// sending a step at a time up to its size, done; and on a second push,
+/// that the registry has every one of them.
+#[tokio::test]
+async fn a_push_reports_each_blob_started_sent_and_done_then_existing() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let (_dir, store, _images) = stores();
+    // A layer of three steps and a bit.
+    let blobs = common::image(false, "linux/amd64", (3 << 20) + 5);
+    for blob in &blobs {
+        ocidist_content::write_blob(
+            &store,
+            WriterOpts::new(blob.desc.digest().as_ref()).descriptor(&blob.desc),
+            &blob.bytes[..],
+            ocidist_content::Labels::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let target = &blobs[2].desc;
+    let reference = format!("{}/test/events:1", registry.host());
+    let push = async || {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        ocidist_remotes::push_image(&resolver, &store, &reference, target, 4, Some(tx))
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        while let Some(event) = rx.recv().await {
+            events.push(event);
+        }
+        events
+    };
+    let events = push().await;
+    for blob in &blobs {
+        let of_blob: Vec<&PushEvent> = events
+            .iter()
+            .filter(|e| match e {
+                PushEvent::Started(d) | PushEvent::Done(d) | PushEvent::Exists(d) => {
+                    d == &blob.desc
+                }
+                PushEvent::Progress { desc, .. } => desc == &blob.desc,
+                _ => false,
+            })
+            .collect();
+        let size = blob.desc.size();
+        assert!(
+            matches!(of_blob.first(), Some(PushEvent::Started(_)))
+                && matches!(of_blob.last(), Some(PushEvent::Done(_))),
+            "{of_blob:#?}"
+        );
+        let sent: Vec<u64> = of_blob
+            .iter()
+            .filter_map(|e| match e {
+                PushEvent::Progress { sent, .. } => Some(*sent),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            sent.is_sorted() && sent.last() == Some(&size),
+            "{sent:?} of {size}"
+        );
+        assert!(sent.windows(2).all(|w| w[0] < w[1]), "{sent:?}");
+        assert_eq!(of_blob.len(), sent.len() + 2, "{of_blob:#?}");
+        if size > 3 << 20 {
+            assert!(sent.len() >= 4, "a step at a time: {sent:?}");
+        }
+    }
+    // Again: the registry has every one.
+    let again = push().await;
+    assert_eq!(again.len(), blobs.len(), "{again:#?}");
+    for blob in &blobs {
+        assert!(
+            again.contains(&PushEvent::Exists(blob.desc.clone())),
+            "{again:#?}"
+        );
+    }
 }
 
 /// A push to `name@digest` puts every manifest by digest and moves no tag
@@ -497,7 +576,7 @@ async fn a_push_by_digest_moves_no_tag_and_must_name_the_image() {
 
     let other = format!("{}/test/pinned", registry.host());
     let wrong = format!("{other}@{}", pushed[0].desc.digest());
-    let err = ocidist_remotes::push_image(&resolver, &store, &wrong, index, 4)
+    let err = ocidist_remotes::push_image(&resolver, &store, &wrong, index, 4, None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -512,7 +591,7 @@ async fn a_push_by_digest_moves_no_tag_and_must_name_the_image() {
     assert!(nothing.is_err(), "nothing was pushed: {nothing:?}");
 
     let by_digest = format!("{other}@{}", index.digest());
-    let sent = ocidist_remotes::push_image(&resolver, &store, &by_digest, index, 4)
+    let sent = ocidist_remotes::push_image(&resolver, &store, &by_digest, index, 4, None)
         .await
         .unwrap();
     assert_eq!(sent.last().map(|d| d.digest()), Some(index.digest()));
@@ -539,8 +618,8 @@ async fn two_images_sharing_blobs_push_at_once_and_a_blob_is_not_an_image() {
     // Every blob is in both: one push waits for the other's upload of it.
     let (first, second) = (format!("{repo}:1"), format!("{repo}:2"));
     let (one, two) = tokio::join!(
-        ocidist_remotes::push_image(&resolver, &store, &first, index, 4),
-        ocidist_remotes::push_image(&resolver, &store, &second, index, 4),
+        ocidist_remotes::push_image(&resolver, &store, &first, index, 4, None),
+        ocidist_remotes::push_image(&resolver, &store, &second, index, 4, None),
     );
     one.unwrap();
     two.unwrap();
@@ -552,7 +631,7 @@ async fn two_images_sharing_blobs_push_at_once_and_a_blob_is_not_an_image() {
     // The index's bytes described as a plain blob would be uploaded and
     // named nowhere: refused before anything is sent.
     let plain = ocidist_content::descriptor(index.digest().clone(), index.size());
-    let err = ocidist_remotes::push_image(&resolver, &store, &format!("{repo}:3"), &plain, 4)
+    let err = ocidist_remotes::push_image(&resolver, &store, &format!("{repo}:3"), &plain, 4, None)
         .await
         .unwrap_err();
     assert_eq!(

@@ -51,7 +51,7 @@ async fn a_fetched_image_pushed_to_another_repository_is_mounted_not_uploaded() 
 
     let before = proxy.log().len();
     let target = format!("{host}/team/target:v2");
-    let pushed = push_image(&resolver, &store, &target, &fetched.target, 2)
+    let pushed = push_image(&resolver, &store, &target, &fetched.target, 2, None)
         .await
         .unwrap();
     let log = proxy.log()[before..].to_vec();
@@ -128,7 +128,7 @@ async fn blobs_already_in_the_store_learn_each_new_source() {
 
     let before = proxy.log().len();
     let target = format!("{second_host}/other/app:v2");
-    push_image(&resolver, &store, &target, &fetched.target, 2)
+    push_image(&resolver, &store, &target, &fetched.target, 2, None)
         .await
         .unwrap();
     let log = proxy.log()[before..].to_vec();
@@ -307,7 +307,7 @@ async fn non_distributable_layers_are_neither_pushed_nor_fetched() {
     }
     let resolver = DockerResolver::new();
     let target = format!("{}/team/windows:1", proxy.host());
-    let result = push_image(&resolver, &store, &target, &manifest.desc, 2).await;
+    let result = push_image(&resolver, &store, &target, &manifest.desc, 2, None).await;
     let log = proxy.log();
     let foreign_digest = foreign.digest().to_string().replace(':', "%3A");
     assert!(
