@@ -563,19 +563,35 @@ impl Authorizer {
             super::check_status(method, realm, response, &[reqwest::StatusCode::OK]).await?;
         let body =
             super::read_limited(realm, response, 1 << 20, super::LowSpeedLimit::default()).await?;
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
-            url: realm.clone(),
-            reason: format!("bad token response: {e}"),
-        })?;
-        let token = parsed
-            .token
-            .or(parsed.access_token)
-            .ok_or_else(|| Error::Protocol {
-                url: realm.clone(),
-                reason: "no token in the response".into(),
-            })?;
-        Ok((token, token_lifetime(parsed.expires_in)))
+        token_from(realm, &body)
     }
+}
+
+/// The token, and how long it lives, in a token service's answer `body`.
+fn token_from(realm: &str, body: &[u8]) -> Result<(String, Duration)> {
+    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|e| Error::Protocol {
+        url: realm.to_string(),
+        reason: format!("bad token response: {e}"),
+    })?;
+    let token = parsed
+        .token
+        .or(parsed.access_token)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| Error::Protocol {
+            url: realm.to_string(),
+            reason: "no token in the response".into(),
+        })?;
+    // Sent as it is, it would be refused by our own client and read as the
+    // registry's 401.
+    if HeaderValue::from_str(&token).is_err() {
+        return Err(Error::Protocol {
+            url: realm.to_string(),
+            reason: "the token holds characters a header cannot carry (control \
+                     characters, a line break)"
+                .into(),
+        });
+    }
+    Ok((token, token_lifetime(parsed.expires_in)))
 }
 
 /// Whether any of `challenges` is of a scheme we answer (bearer, basic).
@@ -629,6 +645,25 @@ fn merge_scopes(a: &str, b: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_token_is_taken_only_if_a_header_can_carry_it() {
+        let realm = "https://auth.example/token";
+        let (token, _) = super::token_from(realm, br#"{"access_token": "abc.def"}"#).unwrap();
+        assert_eq!(token, "abc.def");
+        for body in [
+            &br#"{"token": "abc\r\nX-Injected: 1"}"#[..],
+            br#"{"token": "abc\u0000"}"#,
+            br#"{"token": ""}"#,
+            br#"{"expires_in": 60}"#,
+        ] {
+            let err = super::token_from(realm, body).unwrap_err();
+            assert!(
+                matches!(err, crate::Error::Protocol { .. }) && err.to_string().starts_with(realm),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn scopes_merge_per_resource() {
         assert_eq!(
