@@ -317,6 +317,45 @@ async fn a_schema1_manifest_is_refused_by_name_at_resolve() {
     }
 }
 
+/// A manifest served with a type that is no manifest's (a static file
+/// server's `application/octet-stream`, an old registry's `text/plain`) is
+/// typed by what the document says, as Docker's client does, not recorded
+/// as an unknown blob with no children.
+#[tokio::test]
+async fn a_manifest_served_as_another_type_is_typed_by_its_own_word() {
+    let (_registry, proxy, pushed) = setup("faults/octet").await;
+    let index = &pushed[6].desc;
+    let reference = format!("{}/faults/octet:1", proxy.host());
+    let served_as = |content_type: &str, times| {
+        let retyped = Fault::SetHeader {
+            name: "Content-Type".into(),
+            value: content_type.into(),
+        };
+        proxy.add(None, "/manifests/", times, retyped);
+    };
+    for content_type in [
+        "application/octet-stream",
+        "text/plain; charset=utf-8",
+        "text/html",
+    ] {
+        // The HEAD, then the GET it leads to.
+        served_as(content_type, 2);
+        let (_, desc) = DockerResolver::new().resolve(&reference).await.unwrap();
+        assert_eq!(desc.media_type(), index.media_type(), "{content_type}");
+        assert_eq!((desc.digest(), desc.size()), (index.digest(), index.size()));
+    }
+    served_as("application/octet-stream", usize::MAX);
+    let (_dir, store, images) = stores();
+    let image = fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
+        .await
+        .unwrap();
+    assert_eq!(image.target.media_type(), index.media_type());
+    // The arm64 manifest, its config and its layer came with it.
+    for blob in &pushed[3..6] {
+        assert_whole(&store, blob).await;
+    }
+}
+
 /// A body that ends cleanly before the blob does (a `Content-Length` that
 /// says less, as from a proxy that cut it short) is resumed from where it
 /// ended, not found short at commit.

@@ -746,15 +746,20 @@ impl DockerResolver {
                 let size = header_str(headers, header::CONTENT_LENGTH.as_str())
                     .and_then(|s| s.parse().ok())
                     .filter(|&size: &u64| size > 0);
-                let media_type =
-                    header_str(headers, header::CONTENT_TYPE.as_str()).map(manifest_media_type);
+                // A type that is no manifest's (`application/octet-stream`
+                // from a static file server, `text/plain` from an old one)
+                // is found out from the document itself.
+                let media_type = header_str(headers, header::CONTENT_TYPE.as_str())
+                    .map(base_media_type)
+                    .filter(|t| is_manifest_type(t));
                 if let (Some(digest), Some(size), Some(media_type)) = (digest, size, media_type) {
                     let desc = Descriptor::new(MediaType::from(media_type.as_str()), size, digest);
                     // Refused before anything streams it into a store.
                     ocidist_images::manifest::refuse_oversized(&desc)?;
                     return Ok(desc);
                 }
-                // Headers missing: fetch the manifest and hash it ourselves.
+                // Headers missing or unsure: fetch the manifest, hash it and
+                // read its type ourselves.
                 repo.get_manifest(&manifest_url, None, &self.resolved).await
             }
             // A digest reference: the bytes are hashed, never the header believed.
@@ -1215,8 +1220,8 @@ impl Repository {
             })
             .await?;
         let response = check_status(Method::GET, url, response, &[StatusCode::OK]).await?;
-        let media_type =
-            header_str(response.headers(), header::CONTENT_TYPE.as_str()).map(manifest_media_type);
+        let header_type =
+            header_str(response.headers(), header::CONTENT_TYPE.as_str()).map(str::to_string);
         let body = read_limited(url, response, MAX_MANIFEST_SIZE, self.low_speed).await?;
         let algorithm = expected.map_or(oci_spec::image::DigestAlgorithm::Sha256, |d| {
             d.algorithm().clone()
@@ -1224,6 +1229,14 @@ impl Repository {
         let mut digester = Digester::new(&algorithm)?;
         digester.update(&body);
         let actual = digester.digest();
+        // The header's type if it is a manifest's or an index's; else what
+        // the document says it is; else the header's, as containerd reads it.
+        let media_type = header_type
+            .as_deref()
+            .map(base_media_type)
+            .filter(|t| is_manifest_type(t))
+            .or_else(|| sniff_media_type(&body))
+            .or_else(|| header_type.as_deref().map(manifest_media_type));
         refuse_schema1(media_type.as_deref(), expected.unwrap_or(&actual))?;
         if let Some(expected) = expected
             && *expected != actual
@@ -1233,12 +1246,10 @@ impl Repository {
                 reason: format!("digest mismatch: expected {expected}, got {actual}"),
             });
         }
-        let media_type = media_type
-            .or_else(|| sniff_media_type(&body))
-            .ok_or_else(|| Error::Protocol {
-                url: url.to_string(),
-                reason: "no media type in the response or the document".into(),
-            })?;
+        let media_type = media_type.ok_or_else(|| Error::Protocol {
+            url: url.to_string(),
+            reason: "no media type in the response or the document".into(),
+        })?;
         let desc = Descriptor::new(
             MediaType::from(media_type.as_str()),
             body.len() as u64,
@@ -1423,14 +1434,25 @@ fn same_origin(a: &str, b: &str) -> bool {
 }
 
 /// The media type of a manifest response's `Content-Type`, parameters
-/// dropped. `text/plain` is read as a schema 1 manifest, as containerd reads
-/// it: registries that serve only schema 1 have been seen to say that.
+/// dropped, for a document that does not say what it is. `text/plain` is
+/// read as a schema 1 manifest, as containerd reads it: registries that
+/// serve only schema 1 have been seen to say that.
 fn manifest_media_type(value: &str) -> String {
-    let base = value.split(';').next().unwrap_or_default().trim();
+    let base = base_media_type(value);
     if base.eq_ignore_ascii_case("text/plain") {
         return media_types::DOCKER_SCHEMA1_MANIFEST.to_string();
     }
-    base.to_string()
+    base
+}
+
+/// A `Content-Type` without its parameters (`; charset=utf-8`).
+fn base_media_type(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Refuses a Docker schema 1 manifest by its media type, before its bytes
@@ -1449,14 +1471,46 @@ fn refuse_schema1(media_type: Option<&str>, digest: &Digest) -> Result<()> {
     }
 }
 
-/// The `mediaType` a JSON document declares, if any.
+/// Whether `media_type` is a manifest's or an index's (schema 1's too,
+/// refused by name later).
+fn is_manifest_type(media_type: &str) -> bool {
+    matches!(
+        media_types::kind(media_type),
+        media_types::Kind::Manifest | media_types::Kind::Index | media_types::Kind::Schema1
+    )
+}
+
+/// What a manifest document is by its own word: the `mediaType` it
+/// declares, else its shape (an OCI index lists `manifests`, an OCI manifest
+/// has a `config`, `schemaVersion` 1 is Docker's schema 1), as Docker's
+/// client reads a document served with a type that is no manifest's.
 fn sniff_media_type(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {
         media_type: Option<String>,
+        schema_version: Option<i64>,
+        manifests: Option<serde::de::IgnoredAny>,
+        config: Option<serde::de::IgnoredAny>,
     }
-    serde_json::from_slice::<Probe>(body).ok()?.media_type
+    let probe = serde_json::from_slice::<Probe>(body).ok()?;
+    if let Some(declared) = probe.media_type {
+        return Some(declared);
+    }
+    let shape = match probe {
+        Probe {
+            schema_version: Some(1),
+            ..
+        } => media_types::DOCKER_SCHEMA1_MANIFEST,
+        Probe {
+            manifests: Some(_), ..
+        } => media_types::OCI_INDEX,
+        Probe {
+            config: Some(_), ..
+        } => media_types::OCI_MANIFEST,
+        _ => return None,
+    };
+    Some(shape.to_string())
 }
 
 /// The port of `host[:port]` (`[v6]:port`), if written.
@@ -1500,6 +1554,29 @@ fn is_loopback(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_document_is_typed_by_its_word_or_its_shape() {
+        let sniffed = |body: &str| super::sniff_media_type(body.as_bytes());
+        assert_eq!(
+            sniffed(r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{}}"#).as_deref(),
+            Some(media_types::DOCKER_MANIFEST)
+        );
+        assert_eq!(
+            sniffed(r#"{"schemaVersion":2,"config":{},"layers":[]}"#).as_deref(),
+            Some(media_types::OCI_MANIFEST)
+        );
+        assert_eq!(
+            sniffed(r#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
+            Some(media_types::OCI_INDEX)
+        );
+        assert_eq!(
+            sniffed(r#"{"schemaVersion":1,"fsLayers":[]}"#).as_deref(),
+            Some(media_types::DOCKER_SCHEMA1_MANIFEST)
+        );
+        assert_eq!(sniffed(r#"{"schemaVersion":2}"#), None);
+        assert_eq!(sniffed("<html>captive portal</html>"), None);
+    }
+
     #[test]
     fn the_specifications_error_bodies_are_said_plainly() {
         let body = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied","detail":[{"Type":"repository"}]},{"code":"UNAUTHORIZED","message":""}]}"#;
