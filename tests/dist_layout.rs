@@ -710,6 +710,58 @@ fn an_export_never_writes_through_a_name_planted_in_the_layout() {
     assert_eq!(entries(&layout), [(Some("app".into()), None, digest)]);
 }
 
+/// What a killed export left staged in a layout (a partial layer) is swept
+/// by the next export; a staged file an export still writes (it holds its
+/// lock), a fresh one, and a symlink under the same prefix are left alone.
+#[test]
+fn an_export_sweeps_what_a_killed_export_left_and_nothing_else() {
+    let work = tempfile::tempdir().unwrap();
+    let (digest, layout) = exported_app(work.path());
+    let blobs = layout.join("blobs/sha256");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    let staged = |dir: &Path, name: &str, age: std::time::SystemTime| {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut &file, b"half a layer").unwrap();
+        file.set_modified(age).unwrap();
+        (path, file)
+    };
+    let (abandoned, _) = staged(&blobs, ".ocidist-tmp-killed", old);
+    let (abandoned_index, _) = staged(&layout, ".ocidist-tmp-index", old);
+    let (live, live_file) = staged(&blobs, ".ocidist-tmp-live", old);
+    live_file.lock().unwrap();
+    let (fresh, _) = staged(&blobs, ".ocidist-tmp-fresh", std::time::SystemTime::now());
+    let (foreign, _) = staged(&blobs, ".tmp-another-tool", old);
+    let precious = work.path().join("precious");
+    std::fs::write(&precious, "precious\n").unwrap();
+    let planted = blobs.join(".ocidist-tmp-planted");
+    std::os::unix::fs::symlink(&precious, &planted).unwrap();
+    let builder = work.path().join("builder");
+    ok(dist(
+        &builder,
+        &[
+            "-q",
+            "export",
+            &digest,
+            layout.to_str().unwrap(),
+            "--name",
+            "again",
+        ],
+        b"",
+    ));
+    assert!(!abandoned.exists() && !abandoned_index.exists());
+    for kept in [&live, &fresh, &foreign] {
+        assert!(kept.exists(), "{}", kept.display());
+    }
+    assert!(std::fs::symlink_metadata(&planted).unwrap().is_symlink());
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious\n");
+    // The layout is whole, and skopeo reads it.
+    tool(
+        "skopeo",
+        &["inspect", &format!("oci:{}:again", layout.display())],
+    );
+}
+
 /// Exports into one layout at once each keep their name: the index is read
 /// and rewritten by one export at a time.
 #[test]
