@@ -159,6 +159,39 @@ fn check_tree(root: &Path) {
     assert_eq!(tool.mode() & 0o7777, 0o4755);
 }
 
+/// A copy goes into a staging directory beside DEST, renamed to DEST when
+/// whole: a killed one leaves no DEST, only that directory, which the next
+/// copy to DEST sweeps (not one another copy holds), leaving none of its own.
+fn copies_sweep_what_a_killed_copy_left(
+    root: &Path,
+    snapshotter: &str,
+    reference: &str,
+    dir: &Path,
+) {
+    let dest = dir.join("again");
+    let killed = dir.join(".again.ocidist-partial-killed");
+    std::fs::create_dir_all(killed.join("etc")).unwrap();
+    std::fs::write(killed.join("etc/issue"), b"half").unwrap();
+    let live = dir.join(".again.ocidist-partial-live");
+    std::fs::create_dir(&live).unwrap();
+    let live_lock = std::fs::File::open(&live).unwrap();
+    live_lock.lock().unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    for staged in [&killed, &live] {
+        std::fs::File::open(staged)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    copy_and_check_rootfs(root, snapshotter, reference, &dest);
+    let staged: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".again."))
+        .collect();
+    assert_eq!(staged, [".again.ocidist-partial-live"]);
+}
+
 fn pull_and_mount(snapshotter: &str) {
     let registry =
         Registry::start().expect("the registry must start (apt-get install docker-registry)");
@@ -291,6 +324,12 @@ fn pull_and_mount(snapshotter: &str) {
     );
     let private = std::fs::metadata(work.path().join("private")).unwrap();
     assert_eq!(private.mode() & 0o777, 0o700);
+    copies_sweep_what_a_killed_copy_left(
+        &root,
+        snapshotter,
+        &reference,
+        &work.path().join("private"),
+    );
 
     // prune keeps the layers of recorded images, and removes them once the
     // image is forgotten.

@@ -139,55 +139,18 @@ async fn reachable(
 /// How the files an export stages in a layout are named.
 const STAGED_PREFIX: &str = ".ocidist-tmp-";
 
-/// A staged file younger than this is never swept: its writer may not hold
-/// its lock yet (the instant between making it and locking it).
-const STAGED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// A new file of a unique name in `dir`, for staging what will be renamed
 /// into place: made with `O_EXCL`, so a name planted there (a symlink out of
 /// the layout, another export's file) is never written through. Its flock
 /// is held until it is renamed into place (or the process ends), so a
-/// later export tells a live one from one a killed export left.
+/// later export tells a live one from one a killed export left
+/// ([`sweep_unheld`](crate::staging::sweep_unheld)).
 fn staged_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let staged = tempfile::Builder::new()
         .prefix(STAGED_PREFIX)
         .tempfile_in(dir)?;
     staged.as_file().lock()?;
     Ok(staged)
-}
-
-/// Removes the staged files of killed exports from `dir`: ours by name,
-/// older than [`STAGED_GRACE`], and locked by nobody. A killed export would
-/// otherwise leave up to a whole layer there for good.
-fn sweep_abandoned(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let ours = entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(STAGED_PREFIX);
-        // The entry's own metadata: a symlink planted under our prefix is
-        // not followed, and not removed.
-        let abandoned_file = || {
-            entry.metadata().is_ok_and(|m| {
-                m.is_file()
-                    && m.modified()
-                        .ok()
-                        .and_then(|at| at.elapsed().ok())
-                        .is_some_and(|age| age > STAGED_GRACE)
-            })
-        };
-        if !ours || !abandoned_file() {
-            continue;
-        }
-        let path = entry.path();
-        let unlocked = std::fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
-        if unlocked {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
 }
 
 /// Writes `bytes` as `path`: staged, fsynced, renamed, the directory fsynced.
@@ -220,7 +183,7 @@ fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
     for (source, dest) in copies {
         let dir = dest.parent().expect("blob files have a parent");
         if swept.insert(dir.to_path_buf()) {
-            sweep_abandoned(dir);
+            crate::staging::sweep_unheld(dir, STAGED_PREFIX);
         }
         if dest.exists() {
             continue;
@@ -333,7 +296,7 @@ pub(crate) async fn export(stores: &Stores, lease: Option<Lease>, args: ExportAr
         let path = path.display().to_string();
         move |e: std::io::Error| fail(format!("{path}: {e}").into())
     };
-    sweep_abandoned(&args.dir);
+    crate::staging::sweep_unheld(&args.dir, STAGED_PREFIX);
     let layout_file = args.dir.join("oci-layout");
     write_atomically(
         &layout_file,

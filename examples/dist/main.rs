@@ -22,6 +22,7 @@ mod layout;
 mod output;
 mod progress;
 mod rootfs;
+mod staging;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

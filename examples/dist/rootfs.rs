@@ -170,6 +170,46 @@ fn rootfs_key(dest: &std::path::Path) -> String {
 /// through a prune in another process; `None` (a `--copy` from a store that
 /// cannot be written) reads the store as it is, so only an image unpacked
 /// there already can be copied out.
+/// The directory `path` is in (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Makes `dest` (which does not exist) by `copy`, whole or not at all: into
+/// a staging directory beside it, renamed to `dest` when complete. A killed
+/// copy leaves a staging directory and no `dest`; the next copy to `dest`
+/// removes it (each holds its directory's flock while it copies, so a live
+/// one is left alone).
+fn copy_into_place(
+    dest: &Path,
+    copy: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let parent = parent_of(dest);
+    let name = dest
+        .file_name()
+        .ok_or("DEST names no directory of its own")?
+        .to_string_lossy();
+    let prefix = format!(".{name}.ocidist-partial-");
+    crate::staging::sweep_unheld(parent, &prefix);
+    // Mode 0700, as DEST's parents made here: until the copy sets it, the
+    // root's mode is not the image's.
+    let staging = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempdir_in(parent)?;
+    let lock = std::fs::File::open(staging.path())?;
+    lock.lock()?;
+    copy(staging.path())?;
+    let staged = staging.keep();
+    if let Err(e) = std::fs::rename(&staged, dest) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(format!("rename the finished copy to {}: {e}", dest.display()).into());
+    }
+    std::fs::File::open(parent)?.sync_all()?;
+    Ok(())
+}
+
 pub(crate) async fn rootfs_cmd(
     stores: &Stores,
     lease: Option<Lease>,
@@ -255,7 +295,9 @@ pub(crate) async fn rootfs_cmd(
     // is there.
     if args.copy && std::fs::read_dir(&dest).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(fail(
-            "DEST is not empty (a copy goes into a new or empty directory)".into(),
+            "DEST is not empty (a copy goes into a new or empty directory; one killed \
+             midway into a directory that was there leaves it part-filled: empty it)"
+                .into(),
         ));
     }
     let chain = match local_target(stores, &reference).await {
@@ -288,9 +330,15 @@ pub(crate) async fn rootfs_cmd(
     // setuid binaries and device nodes are no one else's to reach
     // (CVE-2021-41091). DEST's own mode becomes the image root's (copied, or
     // shown by the mount); parents the caller made are left as they are.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(&dest)
-        .map_err(|e| fail(e.into()))?;
+    let private_dirs = || {
+        let mut builder = std::fs::DirBuilder::new();
+        std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
+        builder
+    };
+    // A copy to a new DEST is staged beside it: see `copy_into_place`.
+    let staged = args.copy && !dest.exists();
+    let made = if staged { parent_of(&dest) } else { &dest };
+    private_dirs().create(made).map_err(|e| fail(e.into()))?;
     if args.copy {
         let mounts = snapshotter
             .mounts(&chain)
@@ -300,13 +348,20 @@ pub(crate) async fn rootfs_cmd(
         // read through is made where only the copy sees it, and goes with
         // the copy, even with a killed process.
         let into = dest.clone();
-        tokio::task::spawn_blocking(move || match &mounts[..] {
-            [m] if m.kind == "bind" => copy_tree(&m.source, &into),
-            _ => mount::with_temp_mount(&mounts, |root| copy_tree(root, &into))?,
+        tokio::task::spawn_blocking(move || {
+            let copy = |to: &Path| match &mounts[..] {
+                [m] if m.kind == "bind" => copy_tree(&m.source, to),
+                _ => mount::with_temp_mount(&mounts, |root| copy_tree(root, to))?,
+            };
+            if staged {
+                copy_into_place(&into, |to| copy(to).map_err(Into::into))
+            } else {
+                copy(&into).map_err(Into::into)
+            }
         })
         .await
         .map_err(|e| fail(e.into()))?
-        .map_err(|e| fail(e.into()))?;
+        .map_err(fail)?;
     } else {
         let key = rootfs_key(&dest);
         let (mounts, made) = match snapshotter
