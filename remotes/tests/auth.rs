@@ -394,6 +394,102 @@ async fn an_identity_token_is_exchanged_by_the_refresh_token_grant() {
     assert_push_refused(&wrong, &other, &blobs[0], true).await;
 }
 
+/// The registry with a token service whose realm is a proxy that answers
+/// the first POST (the OAuth2 form, credentials and all) with a 307 to a
+/// second proxy, another origin in front of the same service.
+fn token_registry_redirecting_the_form() -> (
+    tempfile::TempDir,
+    TokenServer,
+    FaultProxy,
+    FaultProxy,
+    Registry,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start("bob", "pa55").unwrap();
+    let realm = FaultProxy::start(tokens.addr()).unwrap();
+    let elsewhere = FaultProxy::start(tokens.addr()).unwrap();
+    let config = tokens
+        .registry_config(dir.path())
+        .unwrap()
+        .replace(&tokens.addr().to_string(), &realm.host());
+    let registry = Registry::start_binary(&find_binary().unwrap(), &config).unwrap();
+    let to_elsewhere = Fault::Redirect(format!("http://{}/token", elsewhere.host()));
+    realm.add(Some("POST"), "/token", 1, to_elsewhere);
+    (dir, tokens, realm, elsewhere, registry)
+}
+
+/// A 307 or 308 repeats the request, body and all: the OAuth2 form holding
+/// the password is not sent where one points. The password goes by GET to
+/// the realm the registry named, and the push works.
+#[tokio::test]
+async fn a_token_form_is_not_sent_where_a_redirect_points() {
+    let (_dir, _tokens, realm, elsewhere, registry) = token_registry_redirecting_the_form();
+    let bob = resolver_for(&registry.host(), "bob", "pa55");
+    let reference = format!("{}/tokens/redirected:1", registry.host());
+    let blobs = image(false, "linux/amd64", 3000);
+    push_all(bob.pusher(&reference).await.unwrap().as_ref(), &blobs).await;
+
+    assert!(elsewhere.log().is_empty(), "{:#?}", elsewhere.log());
+    let asked = realm.log();
+    assert!(asked[0].starts_with("POST /token"), "{asked:#?}");
+    assert!(
+        asked[1].starts_with("GET /token?") && asked[1].ends_with("authorization=Basic"),
+        "{asked:#?}"
+    );
+}
+
+/// A token GET redirected to another origin by a 307 is followed, as the
+/// client follows other redirects, but without the credentials: the token
+/// got there is an anonymous one, which the registry refuses.
+#[tokio::test]
+async fn a_token_get_redirected_elsewhere_is_followed_without_credentials() {
+    let (_dir, tokens, realm, elsewhere, registry) = token_registry_redirecting_the_form();
+    let bob = resolver_for(&registry.host(), "bob", "pa55");
+    let reference = format!("{}/tokens/get:1", registry.host());
+    let blobs = image(false, "linux/amd64", 3000);
+    push_all(bob.pusher(&reference).await.unwrap().as_ref(), &blobs).await;
+
+    tokens.refuse_oauth();
+    let to_elsewhere = Fault::Redirect(format!("http://{}/token?hop=1", elsewhere.host()));
+    realm.add(Some("GET"), "/token", 1, to_elsewhere);
+    let bob = resolver_for(&registry.host(), "bob", "pa55");
+    let err = bob.resolve(&reference).await.unwrap_err();
+    assert!(err.to_string().contains(": 401"), "{err}");
+    let asked = realm.log();
+    assert!(
+        asked
+            .iter()
+            .any(|l| l.starts_with("GET /token?") && l.ends_with("authorization=Basic")),
+        "{asked:#?}"
+    );
+    let followed = elsewhere.log();
+    assert_eq!(followed.len(), 1, "{followed:#?}");
+    assert!(
+        followed[0].starts_with("GET /token?hop=1") && !followed[0].contains("authorization"),
+        "{followed:#?}"
+    );
+}
+
+/// An identity token is good only for the OAuth2 form: redirected to
+/// another origin, the form is not sent there, and the error says where
+/// the service pointed.
+#[tokio::test]
+async fn an_identity_token_form_redirected_elsewhere_is_an_error() {
+    let (_dir, tokens, _realm, elsewhere, registry) = token_registry_redirecting_the_form();
+    tokens.set_identity_token("id-token-for-bob");
+    let with_token = resolver_for(&registry.host(), "", "id-token-for-bob");
+    let reference = format!("{}/tokens/redirected:1", registry.host());
+    let blobs = image(false, "linux/amd64", 3000);
+    let pusher = with_token.pusher(&reference).await.unwrap();
+    let err = pusher.push(&blobs[0].desc).await.err().expect("refused");
+    let said = format!(
+        "redirected the identity token's form to http://{}/token",
+        elsewhere.host()
+    );
+    assert!(err.to_string().contains(&said), "{err}");
+    assert!(elsewhere.log().is_empty(), "{:#?}", elsewhere.log());
+}
+
 /// Pushing `blob` to `reference` gets as far as the upload, which is refused
 /// (a pull-only token), and the error says whether it had credentials.
 async fn assert_push_refused(

@@ -7,6 +7,9 @@
 //! drops `Authorization` only on a redirect to another host than the hop
 //! before, so the client's redirect policy hands every hop to another
 //! origin back, and the resolver follows it itself, without credentials.
+//! A token service's 307 or 308 to another origin would have the client
+//! send the OAuth2 form (the password) there again: it is not followed,
+//! and the password goes to the realm by GET instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -526,6 +529,19 @@ impl Authorizer {
                     url: realm.clone(),
                     source,
                 })?;
+            // The client hands back a redirect that would send this form
+            // to another origin (`tls::redirect_policy`): it goes nowhere
+            // but the realm the registry named.
+            if post.status().is_redirection() && identity_token.is_some() {
+                return Err(Error::Protocol {
+                    url: realm.clone(),
+                    reason: format!(
+                        "the token service redirected the identity token's form to {}, \
+                         which is not sent anywhere but the realm",
+                        location_of(&post)
+                    ),
+                });
+            }
             // Token servers without OAuth2 answer 404 or 405: use GET instead
             // (with a password; an identity token is good for nothing else).
             if post.status().is_success() || identity_token.is_some() {
@@ -551,10 +567,28 @@ impl Authorizer {
                 if let Some(credential) = credential {
                     get = get.header(header::AUTHORIZATION, basic(credential));
                 }
-                let response = get.send().await.map_err(|source| Error::Connect {
+                let connect = |source| Error::Connect {
                     url: realm.clone(),
                     source,
-                })?;
+                };
+                let mut response = get.send().await.map_err(connect)?;
+                // A redirect the client handed back is followed here, as
+                // the client follows others: without the credentials.
+                for _ in 0..super::tls::MAX_REDIRECTS {
+                    if !response.status().is_redirection() {
+                        break;
+                    }
+                    let Some(location) = response
+                        .headers()
+                        .get(header::LOCATION)
+                        .and_then(|l| l.to_str().ok())
+                        .and_then(|l| response.url().join(l).ok())
+                    else {
+                        break;
+                    };
+                    let get = client.get(location).timeout(TOKEN_REQUEST_TIMEOUT);
+                    response = get.send().await.map_err(connect)?;
+                }
                 (reqwest::Method::GET, response)
             }
         };
@@ -565,6 +599,17 @@ impl Authorizer {
             super::read_limited(realm, response, 1 << 20, super::LowSpeedLimit::default()).await?;
         token_from(realm, &body)
     }
+}
+
+/// Where a redirect `response` points, for an error.
+fn location_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(header::LOCATION)
+        // Visible ASCII only: nothing a terminal would act on.
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or("a location that is not plain text")
+        .to_string()
 }
 
 /// The token, and how long it lives, in a token service's answer `body`.

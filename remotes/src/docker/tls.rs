@@ -166,6 +166,9 @@ pub(super) const MAX_REDIRECTS: usize = 10;
 /// the one before it: a chain that left the registry for a storage host
 /// and then moved within that host would carry the registry's credentials
 /// there (and a presigned URL refuses a second authorization anyway).
+/// A 307 or 308 to another origin is handed back too: the client would
+/// send the request's body there again, and a token request's body is a
+/// form holding the password.
 fn redirect_policy() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let origin = |u: &reqwest::Url| {
@@ -179,7 +182,14 @@ fn redirect_policy() -> reqwest::redirect::Policy {
         if previous.len() > MAX_REDIRECTS {
             return attempt.error("too many redirects");
         }
+        let repeats_body = matches!(
+            attempt.status(),
+            reqwest::StatusCode::TEMPORARY_REDIRECT | reqwest::StatusCode::PERMANENT_REDIRECT
+        );
         match (previous.first(), previous.last()) {
+            (Some(_), Some(last)) if repeats_body && origin(attempt.url()) != origin(last) => {
+                attempt.stop()
+            }
             (Some(first), Some(last))
                 if origin(last) != origin(first) && origin(attempt.url()) == origin(last) =>
             {

@@ -114,6 +114,11 @@ impl TokenServer {
         ))
     }
 
+    /// Where it listens (the realm's host is this address).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// How many tokens were asked for.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
