@@ -691,6 +691,29 @@ async fn a_layer_type_that_says_manifest_is_still_a_blob() {
     assert_eq!(found.size(), layer.desc.size());
 }
 
+/// A descriptor's type goes into `Accept` only if it may be a media type:
+/// one of 2 MiB (which the registry refuses with 431) or with a line break
+/// (which no header can carry) is left out, and the blob is fetched.
+#[tokio::test]
+async fn a_type_no_media_type_could_be_is_not_sent_in_accept() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let reference = format!("{}/test/hostile-type:v1", registry.host());
+    let layer = blob("application/octet-stream", b"a layer".to_vec());
+    let pusher = resolver.pusher(&reference).await.unwrap();
+    push_all(pusher.as_ref(), std::slice::from_ref(&layer)).await;
+    let fetcher = resolver.fetcher(&reference).await.unwrap();
+    let huge = format!("application/{}", "x".repeat(2 << 20));
+    for hostile in [huge.as_str(), "application/x\r\nX-Injected: 1"] {
+        let desc = oci_spec::image::Descriptor::new(
+            oci_spec::image::MediaType::Other(hostile.to_string()),
+            layer.desc.size(),
+            layer.desc.digest().clone(),
+        );
+        assert_eq!(fetch_all(fetcher.as_ref(), &desc, 0).await, layer.bytes);
+    }
+}
+
 /// A manifest larger than registries accept is refused before anything is
 /// sent, never uploaded cut short.
 #[tokio::test]

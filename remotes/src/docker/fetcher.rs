@@ -237,6 +237,18 @@ fn object_url(repo: &Repository, desc: &Descriptor) -> String {
     format!("{}/{kind}/{}", repo.base, desc.digest())
 }
 
+/// Whether `media_type` may be a media type: `type/subtype` and optional
+/// parameters, at most 255 bytes (RFC 6838 allows 127 for each name), and
+/// nothing but visible ASCII and spaces, no comma (it would split the
+/// `Accept` list).
+fn is_plausible_media_type(media_type: &str) -> bool {
+    media_type.len() <= 255
+        && media_type.contains('/')
+        && media_type
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b',')
+}
+
 /// GETs `url` from byte `start` (to `end`, exclusive, if given); the response
 /// is 206 with a `Content-Range` from `start`, or 200 with everything.
 async fn get_range(
@@ -251,7 +263,14 @@ async fn get_range(
     // by `Accept` must not refuse for a type it did not expect (a
     // `mediatype:` hint). The distribution registry serves digests whatever
     // `Accept` says.
-    let accept = format!("{}, */*", desc.media_type());
+    // A type no media type could be (a hostile manifest's 200 KB string,
+    // or one with a comma or a control character) is left out: it would
+    // only get the request refused (431) or not sent at all.
+    let accept = if is_plausible_media_type(&desc.media_type().to_string()) {
+        format!("{}, */*", desc.media_type())
+    } else {
+        "*/*".to_string()
+    };
     let range = match end {
         Some(end) => Some(format!("bytes={start}-{}", end - 1)),
         None if start > 0 => Some(format!("bytes={start}-")),
@@ -689,6 +708,27 @@ mod tests {
         let digest = ocidist_content::sha256_of(&bytes);
         let desc = Descriptor::new(MediaType::ImageManifest, bytes.len() as u64, digest);
         (desc, bytes)
+    }
+
+    #[test]
+    fn only_what_may_be_a_media_type_is_plausible() {
+        for good in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(is_plausible_media_type(good), "{good}");
+        }
+        let long = format!("application/{}", "x".repeat(244));
+        for bad in [
+            "",
+            "json",
+            "a/b, */*",
+            "a/b\r\nX: 1",
+            "a/\u{e9}",
+            long.as_str(),
+        ] {
+            assert!(!is_plausible_media_type(bad), "{bad}");
+        }
     }
 
     #[test]
