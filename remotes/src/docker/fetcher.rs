@@ -266,7 +266,7 @@ async fn get_range(
     // A type no media type could be (a hostile manifest's 200 KB string,
     // or one with a comma or a control character) is left out: it would
     // only get the request refused (431) or not sent at all.
-    let accept = if is_plausible_media_type(&desc.media_type().to_string()) {
+    let accept = if is_plausible_media_type(desc.media_type().as_ref()) {
         format!("{}, */*", desc.media_type())
     } else {
         "*/*".to_string()
