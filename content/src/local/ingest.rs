@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use oci_spec::image::{Digest, DigestAlgorithm};
 use serde::{Deserialize, Serialize};
@@ -369,10 +369,12 @@ impl Locked {
 }
 
 /// Removes the ingest directories that a commit emptied (it moved `data`
-/// into `blobs/`) and died before removing, once `older_than` has passed
-/// since. They hold no bytes and no listing shows them, so nothing else
-/// would. Each is removed under its lock; a directory a writer holds stays.
-pub(crate) fn clear_emptied(ingest_root: &Path, older_than: Duration) {
+/// into `blobs/`) and died before removing. They hold no bytes and no
+/// listing shows them, so nothing else would. Only a commit makes one (a
+/// new ingest is staged with its data file and renamed into place), and it
+/// holds the lock until the directory is gone: one whose lock is free is a
+/// dead commit's, whatever its age. A directory a writer holds stays.
+pub(crate) fn clear_emptied(ingest_root: &Path) {
     let Ok(entries) = fs::read_dir(ingest_root) else {
         return;
     };
@@ -382,15 +384,7 @@ pub(crate) fn clear_emptied(ingest_root: &Path, older_than: Duration) {
             && entry.file_type().is_ok_and(|t| t.is_dir())
             && fs::symlink_metadata(dir.join(DATA))
                 .is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
-        let old = || {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|at| at.elapsed().ok())
-                .is_some_and(|age| age > older_than)
-        };
-        if !emptied || !old() {
+        if !emptied {
             continue;
         }
         let Ok(lock) = File::open(dir.join(LOCK)) else {

@@ -65,9 +65,9 @@ struct Paths {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the store at `root`, and clears staging
-    /// leftovers of crashed processes (an hour old): staged ingests and
-    /// labels, and ingests a commit emptied but did not remove.
+    /// Opens (creating if needed) the store at `root`, and clears leftovers
+    /// of crashed processes: staged ingests and labels an hour old, and
+    /// ingests a commit emptied but did not remove (no writer holds them).
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         let paths = Paths {
@@ -81,7 +81,7 @@ impl LocalStore {
             fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         }
         clear_staging_leftovers(&paths.ingest);
-        ingest::clear_emptied(&paths.ingest, STALE_STAGING);
+        ingest::clear_emptied(&paths.ingest);
         // Labels staged by a commit that crashed before installing them.
         if let Ok(algorithms) = fs::read_dir(&label_root) {
             for dir in algorithms.flatten().filter(|e| e.path().is_dir()) {
