@@ -259,24 +259,43 @@ fn pull_and_mount(snapshotter: &str) {
 
     // Unmounted by hand (or a `rootfs` killed before it mounted), then
     // mounted again at the same directory: the same snapshot, its writes
-    // kept. Mounted there still: refused.
+    // kept. Mounted there still (a `rootfs` killed after it mounted, run
+    // again): done already, and nothing mounted twice.
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     std::fs::write(mnt.join("etc/kept"), b"mine").unwrap();
     // SAFETY: a valid C string; the mount is this test's own.
     assert_eq!(unsafe { libc::umount2(c_mnt.as_ptr(), 0) }, 0);
     rootfs(&[&reference, mnt.to_str().unwrap()]);
     assert_eq!(std::fs::read(mnt.join("etc/kept")).unwrap(), b"mine");
+    let mounts_at = |dir: &Path| {
+        let dir = dir.canonicalize().unwrap();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+            .count()
+    };
+    let before = mounts_at(&mnt);
     let twice = try_rootfs(&[&reference, mnt.to_str().unwrap()]);
     assert!(
-        !twice.status.success()
+        twice.status.success()
             && stderr(&twice).contains(&format!(
-                "rootfs {reference} {}: a rootfs is mounted there already",
+                "rootfs {reference} {}: mounted there already",
                 mnt.display()
             )),
         "{}",
         stderr(&twice)
     );
+    assert_eq!(mounts_at(&mnt), before, "not mounted twice");
     rootfs(&["--unmount", mnt.to_str().unwrap()]);
+    // Unmounted already (a `--unmount` killed after it was done, run
+    // again): nothing to do, and said so.
+    let again = try_rootfs(&["--unmount", mnt.to_str().unwrap()]);
+    assert!(
+        again.status.success() && stderr(&again).contains("nothing to unmount"),
+        "{}",
+        stderr(&again)
+    );
 
     // Covered by another filesystem mounted over it: refused, and both stay
     // until that one is taken off.

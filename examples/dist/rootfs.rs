@@ -111,30 +111,41 @@ pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
 
 /// The mounts of the rootfs snapshot `key` that DEST already has, to mount
 /// again: one a `rootfs` killed before it mounted left, or one unmounted by
-/// hand or by a reboot, whose writes are kept. Refused when it is mounted
-/// there still, or is of another image than `chain`.
+/// hand or by a reboot, whose writes are kept. `None` when it is mounted
+/// there already (a `rootfs` killed after it mounted: what was asked is
+/// done). Refused when it is of another image than `chain`, or covered by
+/// another filesystem mounted over it.
 async fn existing_rootfs(
     snapshotter: &dyn Snapshotter,
     key: &str,
     chain: &str,
     dest: &Path,
-) -> Result<Vec<mount::Mount>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Option<Vec<mount::Mount>>, Box<dyn std::error::Error + Send + Sync>> {
     let info = snapshotter.stat(key).await?;
     let mounts = snapshotter.mounts(key).await?;
     let Some(first) = mounts.first() else {
         return Err(format!("rootfs snapshot {key} has no mounts").into());
     };
-    if mount::mounted_at(dest, first)? != mount::MountedAt::Absent {
-        return Err("a rootfs is mounted there already".into());
-    }
+    let at = mount::mounted_at(dest, first)?;
     if info.parent.as_deref() != Some(chain) {
-        return Err(
-            "DEST has the rootfs of another image, not mounted: `dist rootfs --unmount DEST` \
+        let mounted = if at == mount::MountedAt::Absent {
+            "not mounted"
+        } else {
+            "mounted"
+        };
+        return Err(format!(
+            "DEST has the rootfs of another image, {mounted}: `dist rootfs --unmount DEST` \
              removes it (and what was written into it)"
-                .into(),
-        );
+        )
+        .into());
     }
-    Ok(mounts)
+    match at {
+        mount::MountedAt::Absent => Ok(Some(mounts)),
+        mount::MountedAt::Top => Ok(None),
+        mount::MountedAt::Covered => {
+            Err("the rootfs is mounted there, under another filesystem mounted over it".into())
+        }
+    }
 }
 
 /// `reference` itself, when it is the key of a committed snapshot (what
@@ -235,7 +246,18 @@ pub(crate) async fn rootfs_cmd(
         // filesystem this store never mounted.
         let mounts = match snapshotter.mounts(&key).await {
             Ok(mounts) => mounts,
+            // Nothing of ours, and nothing at all mounted there: what was
+            // asked holds already (a `--unmount` killed after it was done,
+            // run again). Something mounted there is another's: refused.
             Err(e) if e.is_not_found() => {
+                let mounted = mount::is_mount_point(dest).map_err(|e| Failure::new(&what, e))?;
+                if !mounted {
+                    eprintln!(
+                        "dist: {what}: nothing to unmount: no rootfs of this store is there, \
+                         and nothing is mounted there"
+                    );
+                    return Ok(());
+                }
                 return Err(Failure::new(
                     what,
                     format!(
@@ -369,12 +391,19 @@ pub(crate) async fn rootfs_cmd(
             .await
         {
             Ok(mounts) => (mounts, true),
-            Err(e) if e.is_already_exists() => (
-                existing_rootfs(snapshotter, &key, &chain, &dest)
+            Err(e) if e.is_already_exists() => {
+                match existing_rootfs(snapshotter, &key, &chain, &dest)
                     .await
-                    .map_err(fail)?,
-                false,
-            ),
+                    .map_err(fail)?
+                {
+                    Some(mounts) => (mounts, false),
+                    None => {
+                        eprintln!("dist: {what}: mounted there already");
+                        report!("{}", dest.display());
+                        return Ok(());
+                    }
+                }
+            }
             Err(e) => return Err(fail(e.into())),
         };
         if let Err(e) = mount::mount_all(&mounts, &dest) {

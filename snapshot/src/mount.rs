@@ -346,6 +346,22 @@ pub fn unmount_unless_busy(target: &Path, count: usize) -> Result<()> {
     Ok(())
 }
 
+/// Whether any filesystem is mounted at `target` (as
+/// `/proc/self/mountinfo` shows it); `false` when `target` does not exist.
+pub fn is_mount_point(target: &Path) -> Result<bool> {
+    let target = match std::fs::canonicalize(target) {
+        Ok(target) => target,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", target, e)),
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    Ok(mountinfo
+        .lines()
+        .filter_map(MountInfo::parse)
+        .any(|m| m.mount_point == target))
+}
+
 /// Where `mount` (the last of the mounts a snapshot gave, as [`mount_all`]
 /// made them) is among the mounts at a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
