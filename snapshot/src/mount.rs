@@ -237,7 +237,9 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
 /// that runs `work`; the namespace receives the host's mounts but sends none
 /// back. Nobody else sees the mount, and it goes with the thread even when
 /// the process is killed midway, where an ordinary temporary mount would be
-/// left behind. Where no namespace may be made (a seccomp profile that
+/// left behind; only the empty directory is left then, and the next call
+/// with the same parent removes it (each call holds its directory's flock,
+/// so a live one's stays). Where no namespace may be made (a seccomp profile that
 /// forbids `unshare`), the mount is made where everyone sees it and
 /// unmounted when `work` returns.
 ///
@@ -264,7 +266,7 @@ pub fn with_temp_mount_in<T: Send>(
     mounts: &[Mount],
     work: impl FnOnce(&Path) -> T + Send,
 ) -> Result<T> {
-    let dir = temp_mount_dir(parent)?;
+    let (dir, _held) = temp_mount_dir(parent)?;
     let outcome = std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new().spawn_scoped(scope, || {
             // SAFETY: unsharing only this thread's mount namespace (and so
@@ -294,22 +296,68 @@ pub fn with_temp_mount_in<T: Send>(
     outcome
 }
 
-/// A new empty directory in `parent`, for this process alone, to mount at.
-fn temp_mount_dir(parent: &Path) -> Result<PathBuf> {
+/// The name of every temporary mount directory starts so.
+const TEMP_MOUNT_PREFIX: &str = "ocidist-mount-";
+
+/// A new empty directory in `parent`, for this process alone, to mount at,
+/// and its flock, held until it is removed. The empty directories killed
+/// processes left in `parent` are removed first.
+fn temp_mount_dir(parent: &Path) -> Result<(PathBuf, std::fs::File)> {
     use std::os::unix::fs::DirBuilderExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    sweep_temp_mount_dirs(parent);
     loop {
         let dir = parent.join(format!(
-            "ocidist-mount-{}-{}",
+            "{TEMP_MOUNT_PREFIX}{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => {
+                let held = std::fs::File::open(&dir)
+                    .and_then(|f| f.lock().map(|()| f))
+                    .map_err(|e| Error::io("lock", &dir, e))?;
+                return Ok((dir, held));
+            }
             // Left by an earlier process of the same id.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(Error::io("create", &dir, e)),
+        }
+    }
+}
+
+/// Removes the temporary mount directories in `parent` that killed
+/// processes left: empty, over 10 seconds old (a live one may not hold its
+/// lock yet in the instant after it is made), and with nobody holding
+/// their flock. A removal must never take a live one: removing a directory
+/// another mount namespace has a mount on takes that mount away too.
+fn sweep_temp_mount_dirs(parent: &Path) {
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TEMP_MOUNT_PREFIX)
+        {
+            continue;
+        }
+        // Not followed: a symlink is no directory of ours.
+        let old_dir = entry.metadata().is_ok_and(|meta| {
+            meta.is_dir()
+                && meta
+                    .modified()
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age > GRACE)
+        });
+        let path = entry.path();
+        if old_dir && std::fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok()) {
+            // Only an empty one goes (and only one of ours: /tmp is sticky).
+            let _ = std::fs::remove_dir(&path);
         }
     }
 }

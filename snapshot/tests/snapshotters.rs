@@ -667,6 +667,60 @@ fn a_temp_mount_is_seen_only_by_its_work_and_goes_with_it() {
     assert!(!listed("/proc/self/mountinfo", &root));
 }
 
+/// What a killed process left (an empty mount directory nobody holds) is
+/// removed by the next temporary mount in the same directory; a directory
+/// held, fresh, not empty, or not named so stays.
+#[test]
+fn a_temp_mount_sweeps_the_empty_directories_killed_ones_left() {
+    let source = tempfile::tempdir().unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = |name: &str| parent.path().join(name);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for name in [
+        "ocidist-mount-1-0",
+        "ocidist-mount-2-0",
+        "ocidist-mount-3-0",
+        "ocidist-mount-4-0",
+        "other-1-0",
+    ] {
+        std::fs::create_dir(dir(name)).unwrap();
+    }
+    std::fs::write(dir("ocidist-mount-4-0/file"), b"not empty").unwrap();
+    for name in [
+        "ocidist-mount-1-0",
+        "ocidist-mount-2-0",
+        "ocidist-mount-4-0",
+        "other-1-0",
+    ] {
+        std::fs::File::open(dir(name))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let held = std::fs::File::open(dir("ocidist-mount-2-0")).unwrap();
+    held.lock().unwrap();
+    mount::with_temp_mount_in(
+        parent.path(),
+        &[mount::Mount::bind(source.path(), true)],
+        |_| (),
+    )
+    .unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(parent.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "ocidist-mount-2-0",
+            "ocidist-mount-3-0",
+            "ocidist-mount-4-0",
+            "other-1-0"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn two_hundred_overlay_layers_mount_whole() {
     const LAYERS: usize = 200;
