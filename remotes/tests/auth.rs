@@ -409,9 +409,8 @@ fn token_registry_redirecting_the_form() -> (
     let realm = FaultProxy::start(tokens.addr()).unwrap();
     let elsewhere = FaultProxy::start(tokens.addr()).unwrap();
     let config = tokens
-        .registry_config(dir.path())
-        .unwrap()
-        .replace(&tokens.addr().to_string(), &realm.host());
+        .registry_config_with_realm(dir.path(), &realm.host())
+        .unwrap();
     let registry = Registry::start_binary(&find_binary().unwrap(), &config).unwrap();
     let to_elsewhere = Fault::Redirect(format!("http://{}/token", elsewhere.host()));
     realm.add(Some("POST"), "/token", 1, to_elsewhere);

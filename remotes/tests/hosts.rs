@@ -274,6 +274,73 @@ async fn configured_headers_follow_redirects_but_configured_credentials_do_not()
     }
 }
 
+/// The configured headers go to the endpoint's token service too, as
+/// containerd (2.1 on) sends them (a gateway's API key), but not those that
+/// hold credentials: the token service is another origin. A configured
+/// `Authorization` is replaced by the token at the registry, not sent
+/// beside it (the push would be refused).
+#[tokio::test]
+async fn configured_headers_go_to_the_token_service_but_configured_credentials_do_not() {
+    use ocidist_remotes::testkit::{FaultProxy, Registry, TokenServer, find_binary};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start("bob", "pa55").unwrap();
+    let realm = FaultProxy::start(tokens.addr()).unwrap();
+    let config = tokens
+        .registry_config_with_realm(dir.path(), &realm.host())
+        .unwrap();
+    let registry = Registry::start_binary(&find_binary().unwrap(), &config).unwrap();
+    let hosts = hosts_dir_with(
+        &registry.host(),
+        &format!(
+            "server = \"http://{}\"\n[header]\n  x-api-key = \"k1\"\n  \
+             cookie = \"session=configured\"\n  authorization = \"Bearer configured\"\n",
+            registry.host()
+        ),
+    );
+    let credential = ocidist_remotes::docker::auth::Credential {
+        username: "bob".into(),
+        secret: "pa55".into(),
+    };
+    let credentials = ocidist_remotes::docker::auth::StaticCredentials(
+        std::collections::HashMap::from([(registry.host(), credential)]),
+    );
+    let credentials = std::sync::Arc::new(credentials);
+    let with_password = || {
+        DockerResolver::new()
+            .hosts_dir(hosts.path())
+            .credentials(credentials.clone())
+    };
+    let reference = format!("{}/lib/app:1", registry.host());
+    let blobs = image(false, "linux/amd64", 2000);
+    let pusher = with_password().pusher(&reference).await.unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+
+    // Without the OAuth2 form: the password by GET.
+    tokens.refuse_oauth();
+    with_password().resolve(&reference).await.unwrap();
+    let anonymous = DockerResolver::new().hosts_dir(hosts.path());
+    // Whatever the token is good for: what matters is how it was asked.
+    let _ = anonymous.resolve(&reference).await;
+    let heads = realm.heads();
+    let by = |method: &str, with_basic: bool| {
+        heads.iter().find(|head| {
+            head[0].starts_with(method)
+                && header_in(head, "authorization").is_some_and(|a| a.starts_with("Basic"))
+                    == with_basic
+        })
+    };
+    // The OAuth2 form, a GET with the password, and an anonymous GET.
+    for head in [by("POST", false), by("GET", true), by("GET", false)] {
+        let head = head.unwrap_or_else(|| panic!("{heads:#?}"));
+        assert_eq!(
+            header_in(head, "x-api-key").as_deref(),
+            Some("k1"),
+            "{head:#?}"
+        );
+        assert!(head.iter().all(|l| !l.contains("configured")), "{head:#?}");
+    }
+}
+
 /// Resolves `reference` to the image of `blobs` and fetches its layer.
 async fn resolve_and_fetch_a_layer(
     resolver: &DockerResolver,

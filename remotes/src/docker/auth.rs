@@ -202,6 +202,8 @@ pub(crate) struct TokenClients {
     /// loopback, when the registry's own does not check them only because
     /// the registry is a loopback one.
     pub(crate) elsewhere: Option<reqwest::Client>,
+    /// The endpoint's configured headers, sent to its token service too.
+    pub(crate) headers: super::ConfiguredHeaders,
 }
 
 impl TokenClients {
@@ -518,8 +520,9 @@ impl Authorizer {
                 .map(|(k, v)| format!("{k}={}", urlencode(v)))
                 .collect::<Vec<_>>()
                 .join("&");
-            let post = client
-                .post(realm)
+            let post = clients
+                .headers
+                .apply(realm, client.post(realm), false)
                 .timeout(TOKEN_REQUEST_TIMEOUT)
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(body)
@@ -563,7 +566,10 @@ impl Authorizer {
                     url.push(if realm.contains('?') { '&' } else { '?' });
                     url.push_str(&query.join("&"));
                 }
-                let mut get = client.get(url).timeout(TOKEN_REQUEST_TIMEOUT);
+                let mut get = clients
+                    .headers
+                    .apply(&url, client.get(&url), credential.is_some())
+                    .timeout(TOKEN_REQUEST_TIMEOUT);
                 if let Some(credential) = credential {
                     get = get.header(header::AUTHORIZATION, basic(credential));
                 }
@@ -586,7 +592,10 @@ impl Authorizer {
                     else {
                         break;
                     };
-                    let get = client.get(location).timeout(TOKEN_REQUEST_TIMEOUT);
+                    let get = clients
+                        .headers
+                        .apply(location.as_str(), client.get(location.clone()), false)
+                        .timeout(TOKEN_REQUEST_TIMEOUT);
                     response = get.send().await.map_err(connect)?;
                 }
                 (reqwest::Method::GET, response)
@@ -738,6 +747,10 @@ mod tests {
         let clients = TokenClients {
             registry: reqwest::Client::new(),
             elsewhere: Some(reqwest::Client::new()),
+            headers: crate::docker::ConfiguredHeaders {
+                headers: Vec::new(),
+                base: "http://127.0.0.1:5000/v2/r".into(),
+            },
         };
         let is_registry = |realm| std::ptr::eq(clients.for_realm(realm), &clients.registry);
         assert!(is_registry("https://127.0.0.1:5001/token"));
@@ -840,6 +853,10 @@ mod tests {
         let clients = TokenClients {
             registry: reqwest::Client::new(),
             elsewhere: None,
+            headers: crate::docker::ConfiguredHeaders {
+                headers: Vec::new(),
+                base: "https://registry.example/v2/r".into(),
+            },
         };
         let good = r#"Bearer realm="https://auth.example/token",service="r""#;
         authorizer

@@ -296,9 +296,11 @@ impl ClientField {
                     key: None,
                 }),
                 OneOrMany::Many(pair) => match <[String; 2]>::try_from(pair) {
+                    // An empty key: the key is in the certificate's file,
+                    // as containerd reads `["client.pem", ""]`.
                     Ok([cert, key]) => Ok(ClientCert {
                         cert: base.join(cert),
-                        key: Some(base.join(key)),
+                        key: (!key.is_empty()).then(|| base.join(key)),
                     }),
                     Err(pair) => Err(format!("client: {pair:?} is not a [certificate, key] pair")),
                 },
@@ -695,7 +697,8 @@ server = "registry.example.com/v2"
         assert_eq!(eps[0].api_root(), "https://proxy.example.com/api");
     }
 
-    /// containerd's three forms of `client`, and `dial_timeout` as a Go duration.
+    /// containerd's three forms of `client` (a pair's empty key: the key is
+    /// in the certificate's file), and `dial_timeout` as a Go duration.
     #[test]
     fn client_certificates_and_dial_timeouts() {
         let text = r#"
@@ -707,7 +710,7 @@ dial_timeout = "1m30s"
   dial_timeout = "250ms"
 
 [host."https://b"]
-  client = [["b.cert", "b.key"]]
+  client = [["b.cert", "b.key"], ["b.pem", ""]]
 "#;
         let eps = parse(text, Path::new("/h"), "https://up").unwrap();
         let cert = |c: &str, k: Option<&str>| ClientCert {
@@ -719,7 +722,11 @@ dial_timeout = "1m30s"
             [cert("/abs/one.pem", None), cert("/h/two.pem", None)]
         );
         assert_eq!(eps[0].dial_timeout, Some(Duration::from_millis(250)));
-        assert_eq!(eps[1].client_certs, [cert("/h/b.cert", Some("/h/b.key"))]);
+        // An empty key: in the certificate's file.
+        assert_eq!(
+            eps[1].client_certs,
+            [cert("/h/b.cert", Some("/h/b.key")), cert("/h/b.pem", None)]
+        );
         assert_eq!(eps[1].dial_timeout, None);
         assert!(eps[1].has_connection_settings());
         assert_eq!(eps[2].url, "https://up");

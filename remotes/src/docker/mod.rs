@@ -627,13 +627,20 @@ impl DockerResolver {
                     // a token service on another machine are not sent over
                     // TLS left unchecked only because the registry is local.
                     elsewhere: unchecked.then(|| self.client.http.clone()),
+                    headers: ConfiguredHeaders {
+                        headers: endpoint.headers.clone(),
+                        base: endpoint.api_root(),
+                    },
                 },
                 client,
                 base: format!("{}/{}", endpoint.api_root(), reference.repository()),
                 host: endpoint.host().to_string(),
                 repository: reference.repository().to_string(),
                 authorizer: self.authorizer.clone(),
-                headers: endpoint.headers.clone(),
+                headers: ConfiguredHeaders {
+                    headers: endpoint.headers.clone(),
+                    base: endpoint.api_root(),
+                },
                 retry: false,
                 namespace: is_mirror(endpoint.host(), reference.registry())
                     .then(|| reference.registry().to_string()),
@@ -876,7 +883,7 @@ pub(crate) struct Repository {
     repository: String,
     authorizer: auth::Authorizer,
     /// Sent with every request (from hosts.toml).
-    headers: Vec<(String, String)>,
+    headers: ConfiguredHeaders,
     /// Retry busy answers and broken connections here: only on the last
     /// endpoint, as containerd does; a mirror that fails is passed over at
     /// once, not retried with backoff on every request.
@@ -962,11 +969,12 @@ impl Repository {
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
             let target = self.with_namespace(url);
-            let mut request = self.with_headers(
+            let sent = self.authorization_for(url, &scope).await?;
+            let mut request = self.headers.apply(
                 &target,
                 build(self.client.http.request(method.clone(), &target)),
+                sent.is_some(),
             );
-            let sent = self.authorization_for(url, &scope).await?;
             if let Some(authorization) = &sent {
                 request = request.header(header::AUTHORIZATION, authorization);
             }
@@ -1057,7 +1065,11 @@ impl Repository {
                 break;
             };
             let request = build(self.client.http.request(method.clone(), location.clone()));
-            response = self.with_headers(location.as_str(), request).send().await?;
+            response = self
+                .headers
+                .apply(location.as_str(), request, false)
+                .send()
+                .await?;
         }
         Ok(response)
     }
@@ -1142,23 +1154,6 @@ impl Repository {
             .unwrap_or(None))
     }
 
-    /// Adds the endpoint's configured headers to a request for `url`; those
-    /// that hold credentials only when `url` is on the endpoint's origin (an
-    /// upload's `Location` or a redirect may lead elsewhere).
-    fn with_headers(
-        &self,
-        url: &str,
-        mut request: reqwest::RequestBuilder,
-    ) -> reqwest::RequestBuilder {
-        let elsewhere = !same_origin(url, &self.base);
-        for (name, value) in &self.headers {
-            if !(elsewhere && is_sensitive_header(name)) {
-                request = request.header(name.as_str(), value.as_str());
-            }
-        }
-        request
-    }
-
     /// `url`, with `?ns=<registry>` when it goes to this endpoint and the
     /// endpoint is a mirror.
     fn with_namespace(&self, url: &str) -> String {
@@ -1194,9 +1189,13 @@ impl Repository {
     ) -> Result<reqwest::Response> {
         let scope = self.scope(&method);
         let target = self.with_namespace(url);
-        let mut request =
-            self.with_headers(&target, build(self.client.http.request(method, &target)));
-        if let Some(authorization) = self.authorization_for(url, &scope).await? {
+        let sent = self.authorization_for(url, &scope).await?;
+        let mut request = self.headers.apply(
+            &target,
+            build(self.client.http.request(method, &target)),
+            sent.is_some(),
+        );
+        if let Some(authorization) = sent {
             request = request.header(header::AUTHORIZATION, authorization);
         }
         match request.send().await {
@@ -1403,6 +1402,41 @@ fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str>
 /// (`registry-1.docker.io` is `docker.io` itself), as containerd decides.
 fn is_mirror(host: &str, registry: &str) -> bool {
     host != registry && !(registry == "docker.io" && host == "registry-1.docker.io")
+}
+
+/// An endpoint's configured headers (`hosts.toml`'s `[header]`), sent with
+/// every request for it, and to its token service, as containerd (2.1 on)
+/// sends them: a gateway that wants an API key wants it there as well.
+#[derive(Debug, Clone)]
+pub(crate) struct ConfiguredHeaders {
+    pub(crate) headers: Vec<(String, String)>,
+    /// The endpoint's URL: only its origin gets the headers that hold
+    /// credentials.
+    pub(crate) base: String,
+}
+
+impl ConfiguredHeaders {
+    /// `request` to `url` with the configured headers, but those that hold
+    /// credentials if `url` is of another origin than the endpoint's (an
+    /// upload's `Location`, a redirect, a token service), and a configured
+    /// `Authorization` if the request is `authorized` by one of its own
+    /// (which replaces it, as in containerd).
+    pub(crate) fn apply(
+        &self,
+        url: &str,
+        mut request: reqwest::RequestBuilder,
+        authorized: bool,
+    ) -> reqwest::RequestBuilder {
+        let elsewhere = !same_origin(url, &self.base);
+        for (name, value) in &self.headers {
+            let replaced = authorized && name.eq_ignore_ascii_case("authorization");
+            let withheld = elsewhere && is_sensitive_header(name);
+            if !(replaced || withheld) {
+                request = request.header(name.as_str(), value.as_str());
+            }
+        }
+        request
+    }
 }
 
 /// Whether a header holds credentials, so never goes to another origin:

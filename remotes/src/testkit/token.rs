@@ -105,11 +105,17 @@ impl TokenServer {
     /// The registry configuration section that trusts this service; the
     /// certificate bundle is written into `dir`.
     pub fn registry_config(&self, dir: &Path) -> io::Result<String> {
+        self.registry_config_with_realm(dir, &self.addr.to_string())
+    }
+
+    /// [`registry_config`](Self::registry_config) with the realm at
+    /// `realm_host` (`host:port`): a proxy in front of this service, to
+    /// see or bend what clients send it.
+    pub fn registry_config_with_realm(&self, dir: &Path, realm_host: &str) -> io::Result<String> {
         let bundle = dir.join("token-ca.pem");
         std::fs::write(&bundle, &self.cert_pem)?;
         Ok(format!(
-            "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-            self.addr,
+            "auth:\n  token:\n    realm: http://{realm_host}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
             bundle.display()
         ))
     }
