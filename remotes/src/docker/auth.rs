@@ -581,15 +581,7 @@ impl Authorizer {
                 // A redirect the client handed back is followed here, as
                 // the client follows others: without the credentials.
                 for _ in 0..super::tls::MAX_REDIRECTS {
-                    if !response.status().is_redirection() {
-                        break;
-                    }
-                    let Some(location) = response
-                        .headers()
-                        .get(header::LOCATION)
-                        .and_then(|l| l.to_str().ok())
-                        .and_then(|l| response.url().join(l).ok())
-                    else {
+                    let Some(location) = super::redirect_target(&response) else {
                         break;
                     };
                     let get = clients

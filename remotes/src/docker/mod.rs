@@ -1053,15 +1053,7 @@ impl Repository {
         // and moves within the next, credentials or not: followed here,
         // within the client's own budget of hops.
         for _ in 0..tls::MAX_REDIRECTS {
-            if !response.status().is_redirection() {
-                break;
-            }
-            let location = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| response.url().join(l).ok());
-            let Some(location) = location else {
+            let Some(location) = redirect_target(&response) else {
                 break;
             };
             let request = build(self.client.http.request(method.clone(), location.clone()));
@@ -1402,6 +1394,16 @@ fn header_str<'a>(headers: &'a header::HeaderMap, name: &str) -> Option<&'a str>
 /// (`registry-1.docker.io` is `docker.io` itself), as containerd decides.
 fn is_mirror(host: &str, registry: &str) -> bool {
     host != registry && !(registry == "docker.io" && host == "registry-1.docker.io")
+}
+
+/// Where a redirect `response` leads (its `Location`, resolved against its
+/// URL); `None` for any other answer, or a location that is not a URL.
+fn redirect_target(response: &reqwest::Response) -> Option<reqwest::Url> {
+    if !response.status().is_redirection() {
+        return None;
+    }
+    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+    response.url().join(location).ok()
 }
 
 /// An endpoint's configured headers (`hosts.toml`'s `[header]`), sent with
