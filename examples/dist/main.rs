@@ -54,12 +54,13 @@ struct Cli {
     /// Give up after this long (e.g. 30s, 5m, 1h).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     timeout: Option<Duration>,
-    /// Speak plain HTTP to every registry not given TLS settings of its own
-    /// (certificates or `skip_verify = true` in --hosts-dir still make that
-    /// one HTTPS). Without it, a loopback registry gets HTTPS with its
-    /// certificate unchecked, or plain HTTP on port 80 or on another port
-    /// where it speaks that, as with containerd; TLS flags or certificates in
-    /// --hosts-dir make it HTTPS as they say.
+    /// Speak plain HTTP to registries. One given TLS settings (TLS flags, or
+    /// certificates or `skip_verify` in --hosts-dir) on a port other than 80
+    /// still gets HTTPS if it speaks that, as with containerd. Without it, a
+    /// loopback registry gets HTTPS with its certificate unchecked, or plain
+    /// HTTP on port 80 or on another port where it speaks that, as with
+    /// containerd; TLS flags make it HTTPS as they say, and certificates in
+    /// --hosts-dir HTTPS if it speaks that.
     #[arg(long, global = true)]
     plain_http: bool,
     /// Registry credentials, USER:PASSWORD, for every registry the command

@@ -191,6 +191,57 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
         }
     }
 
+    // The resolver's TLS settings count as a host's own (`ctr -k` or
+    // `--tlscacert`): a written `http://` server that speaks TLS gets HTTPS.
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir(hosts.path().join(tls.host())).unwrap();
+    let hosts_toml = format!("server = \"http://{}\"\n", tls.host());
+    std::fs::write(hosts.path().join(tls.host()).join("hosts.toml"), hosts_toml).unwrap();
+    let trusting = DockerResolver::new()
+        .hosts_dir(hosts.path())
+        .tls(std::slice::from_ref(&certs.ca), false)
+        .unwrap();
+    let (_, desc) = trusting
+        .resolve(&format!("{}/settled/app:1", tls.host()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+
+    // Certificates in a `certs.d` directory for an upstream taken as plain
+    // HTTP (settled, or asked for everywhere) get HTTPS, checked, where the
+    // registry speaks TLS, and leave one that speaks plain HTTP in plain
+    // HTTP (a stale CA), as containerd falls back.
+    let stranger = tempfile::tempdir().unwrap();
+    let strangers = TestCertificates::write(stranger.path()).unwrap();
+    for plain_http in [PlainHttp::Loopback, PlainHttp::Always] {
+        let resolve_trusting = |registry: String, ca: std::path::PathBuf| async move {
+            let certs_d = tempfile::tempdir().unwrap();
+            std::fs::create_dir(certs_d.path().join(&registry)).unwrap();
+            std::fs::copy(ca, certs_d.path().join(&registry).join("ca.crt")).unwrap();
+            DockerResolver::new()
+                .plain_http(plain_http)
+                .hosts_dir(certs_d.path())
+                .resolve(&format!("{registry}/settled/app:1"))
+                .await
+        };
+        let handshakes = proxy.tls_handshakes();
+        for (registry, ca) in [(tls.host(), &certs.ca), (proxy.host(), &strangers.ca)] {
+            let (_, desc) = resolve_trusting(registry.clone(), ca.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{plain_http:?} {registry}: {e:?}"));
+            assert_eq!(desc.digest(), blobs[2].desc.digest());
+        }
+        assert_eq!(
+            proxy.tls_handshakes(),
+            handshakes,
+            "plain HTTP is asked first"
+        );
+        let err = resolve_trusting(tls.host(), strangers.ca.clone())
+            .await
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+    }
+
     // Told how in hosts.toml: a `server` is used as written, and
     // `skip_verify = false` alone keeps the certificate checked; both
     // refuse a certificate from a CA nobody trusts.
@@ -326,6 +377,17 @@ async fn client_certificates_from_every_place_users_keep_them() {
     let foreign_only = hosts_toml(r#"[["foreign.pem", "foreign.key"]]"#, "");
     let err = foreign_only.resolve(&reference).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+
+    // A host's certificates come after the resolver's, as containerd adds
+    // them to its defaults: the resolver's is presented where the host's
+    // alone is refused.
+    let (_, desc) = foreign_only
+        .client_certificate(&certs.client_cert, Some(&certs.client_key))
+        .unwrap()
+        .resolve(&reference)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
 
     // A key that is no PEM is a configuration error naming the file.
     let broken_key = dir.path().join("broken.key");

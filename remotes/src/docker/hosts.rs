@@ -23,15 +23,15 @@
 //! certificate whose key is the `*.key` file of the same name (or inside the
 //! `.cert` file when there is none).
 //!
-//! Certificates or `skip_verify = true` for an upstream that names no
-//! `server` (a `certs.d` directory, or a `hosts.toml` without `server`) make
-//! it HTTPS where it would otherwise be plain HTTP (plain HTTP asked for
-//! everywhere) or settled by asking (a loopback registry with a port): such
-//! settings say the registry speaks TLS, and certificates are then checked
-//! as they say. containerd tries HTTPS first there and falls back to HTTP;
-//! we do not fall back. A host's `skip_verify` wins over the resolver's,
-//! either way; `skip_verify = false` alone asks a loopback registry's
-//! certificate to be checked if it speaks TLS.
+//! TLS settings (certificates, `skip_verify` either way) for an `http://`
+//! host on a port other than 80, written or the upstream taken as plain HTTP
+//! (a loopback registry with a port, or plain HTTP asked for everywhere),
+//! say it may speak TLS: as containerd tries HTTPS first there and falls
+//! back to plain HTTP, the resolver uses HTTPS if the registry speaks it and
+//! plain HTTP otherwise. Certificates
+//! are checked as the settings say. A host's `skip_verify` wins over the
+//! resolver's, either way; `skip_verify = false` alone asks a loopback
+//! registry's certificate to be checked if it speaks TLS.
 //!
 //! `client` is a file holding a certificate and its key, a list of such
 //! files, or a list of `[certificate, key]` pairs. A registry that asks for
@@ -45,6 +45,8 @@
 //! Mirrors are tried in order, then the upstream. As in containerd, a host
 //! without `capabilities` may do everything, pushes included (list them for a
 //! mirror that must only serve pulls), capability names are read in any case,
+//! an upstream that names no `server` may do everything at `/v2` whatever the
+//! top level's `capabilities` and `override_path` say,
 //! and a host written without a scheme is `https://`. An endpoint's URL may
 //! carry a path prefix (`https://mirror/prefix` serves `/prefix/v2/...`), end
 //! in `/v2` itself, or set `override_path = true` when it already ends where
@@ -156,28 +158,14 @@ impl Endpoint {
         }
     }
 
-    /// An upstream taken by default as plain HTTP (a loopback registry with
-    /// a port, to be settled, or [`PlainHttp::Always`](super::PlainHttp::Always)) but given certificates
-    /// or `skip_verify = true` speaks HTTPS: such settings say the registry
-    /// speaks TLS. (containerd tries HTTPS first and falls back to HTTP; we
-    /// take the settings at their word.)
-    fn speak_tls_if_configured(&mut self) {
-        let tls = !self.ca_files.is_empty()
-            || !self.client_certs.is_empty()
-            || self.skip_verify == Some(true);
-        if let Some(rest) = self.url.strip_prefix("http://")
-            && tls
-        {
-            self.url = format!("https://{rest}");
-        }
-    }
-
-    /// True for an `http://` URL written with TLS settings (CA files, a
-    /// client certificate, `skip_verify` either way) on a port other than 80:
-    /// containerd tries HTTPS there first, then plain HTTP.
-    pub fn wants_tls_over_http(&self) -> bool {
+    /// True for an `http://` URL on a port other than 80 with TLS settings
+    /// (CA files, a client certificate, `skip_verify` either way), its own
+    /// or the resolver's (`resolver_tls`): containerd tries HTTPS there
+    /// first, then plain HTTP.
+    pub fn wants_tls_over_http(&self, resolver_tls: bool) -> bool {
         // `skip_verify` written either way says TLS, as containerd reads it.
-        let tls = !self.ca_files.is_empty()
+        let tls = resolver_tls
+            || !self.ca_files.is_empty()
             || !self.client_certs.is_empty()
             || self.skip_verify.is_some();
         let port_80 = self
@@ -443,7 +431,6 @@ fn cert_files(dir: &Path, default_upstream: &str) -> Result<Vec<Endpoint>> {
             _ => {}
         }
     }
-    upstream.speak_tls_if_configured();
     Ok(vec![upstream])
 }
 
@@ -469,8 +456,13 @@ pub fn parse(
     let server = file.server.unwrap_or_else(|| default_upstream.to_string());
     let mut upstream = file.settings.endpoint(&server, base)?;
     if !written {
+        // The registry itself, reached as the resolver reaches it: as in
+        // containerd, which fills in such an upstream with every capability
+        // and the `/v2` path, whatever the file's top level says of them
+        // (its certificates, headers and timeouts still count).
+        upstream.capabilities = Capabilities::ALL;
+        upstream.override_path = false;
         upstream.default_upstream = true;
-        upstream.speak_tls_if_configured();
     }
     out.push(upstream);
     Ok(out)
@@ -747,30 +739,61 @@ dial_timeout = "1m30s"
         assert_eq!(eps[0].dial_timeout, None);
     }
 
-    /// An upstream taken as plain HTTP by default turns HTTPS when the file
-    /// gives it certificates or `skip_verify`; a written `server` stays as
-    /// written.
+    /// An upstream taken as plain HTTP by default, given certificates or
+    /// `skip_verify`, is left for the resolver to settle (HTTPS if the
+    /// registry speaks it), as a written `http://` host with them is; on
+    /// port 80 such settings say nothing.
     #[test]
-    fn certificates_for_a_default_upstream_mean_https() {
+    fn certificates_for_an_http_upstream_ask_for_tls_if_it_speaks_it() {
         let base = Path::new("/h");
-        let eps = parse("ca = \"ca.pem\"\n", base, "http://localhost:5000").unwrap();
-        assert_eq!(eps[0].url, "https://localhost:5000");
-        let eps = parse("skip_verify = true\n", base, "http://localhost:5000").unwrap();
-        assert_eq!(eps[0].url, "https://localhost:5000");
-        let eps = parse("skip_verify = false\n", base, "http://localhost:5000").unwrap();
-        assert_eq!(eps[0].url, "http://localhost:5000");
-        assert!(eps[0].default_upstream, "no server written");
+        for text in [
+            "ca = \"ca.pem\"\n",
+            "skip_verify = true\n",
+            "skip_verify = false\n",
+        ] {
+            let eps = parse(text, base, "http://localhost:5000").unwrap();
+            assert_eq!(eps[0].url, "http://localhost:5000", "{text}");
+            assert!(eps[0].default_upstream, "no server written");
+            assert!(eps[0].wants_tls_over_http(false), "{text}");
+            let eps = parse(text, base, "http://localhost:80").unwrap();
+            assert!(!eps[0].wants_tls_over_http(false), "{text} on port 80");
+        }
         let eps = parse(
             "server = \"http://localhost:5000\"\nca = \"ca.pem\"\n",
             base,
             "http://localhost:5000",
         )
         .unwrap();
-        assert_eq!(eps[0].url, "http://localhost:5000");
+        assert!(eps[0].wants_tls_over_http(false));
         assert!(
             !eps[0].default_upstream,
             "a server written is used as written"
         );
+        let plain = parse("", base, "http://localhost:5000").unwrap();
+        assert!(!plain[0].wants_tls_over_http(false));
+        assert!(
+            plain[0].wants_tls_over_http(true),
+            "the resolver's TLS settings count too"
+        );
+    }
+
+    /// containerd fills in an upstream that names no `server` with every
+    /// capability at `/v2`: a top level's `capabilities` and `override_path`
+    /// hold only for a `server` written.
+    #[test]
+    fn an_upstream_without_a_server_may_do_everything_at_v2() {
+        let base = Path::new("/h");
+        let text = "capabilities = [\"pull\"]\noverride_path = true\n";
+        let eps = parse(text, base, "https://r").unwrap();
+        assert_eq!(eps[0].capabilities, Capabilities::ALL);
+        assert_eq!(eps[0].api_root(), "https://r/v2");
+        let written = format!("server = \"https://r/api\"\n{text}");
+        let eps = parse(&written, base, "https://r").unwrap();
+        assert_eq!(
+            eps[0].capabilities,
+            Capabilities::parse(&["pull".into()]).unwrap()
+        );
+        assert_eq!(eps[0].api_root(), "https://r/api");
     }
 
     #[test]
@@ -810,9 +833,10 @@ dial_timeout = "1m30s"
         .unwrap();
         let eps = endpoints(hosts.path(), "reg.example:5000", "http://reg.example:5000").unwrap();
         assert_eq!(eps.len(), 1);
-        assert_eq!(
-            eps[0].url, "https://reg.example:5000",
-            "certificates mean TLS"
+        assert_eq!(eps[0].url, "http://reg.example:5000");
+        assert!(
+            eps[0].wants_tls_over_http(false),
+            "certificates ask for TLS if it speaks it"
         );
         assert_eq!(eps[0].ca_files, [dir.join("a.crt"), dir.join("b.crt")]);
         assert_eq!(

@@ -7,11 +7,12 @@
 //! once per resolver and registry: plain HTTP if it speaks that, else HTTPS,
 //! unchecked. Its token service, if not on a loopback host too, is still
 //! checked. TLS settings (CA files, a client certificate, `skip_verify`)
-//! given for the resolver or for the registry in the hosts directory make
-//! it HTTPS, checked as they say; a scheme written in `hosts.toml` is used
-//! as written, except an `http://` host written with TLS settings on a port
-//! other than 80, which is settled as a loopback one is (containerd's
-//! "bypass TLS verification" configuration). Elsewhere, HTTPS (rustls, the system's roots plus any CA
+//! given for the resolver make it HTTPS, checked as they say; given for it
+//! in the hosts directory, they have it settled so, and checked as they
+//! say if it speaks TLS. A scheme written in `hosts.toml` is used
+//! as written, except an `http://` host on a port other than 80 given TLS
+//! settings (its own or the resolver's), which is settled as a loopback one
+//! is (containerd's "bypass TLS verification" configuration). Elsewhere, HTTPS (rustls, the system's roots plus any CA
 //! files given).
 //!
 //! Authentication is in [`auth`] and [`config`]; containerd's `hosts.toml`
@@ -324,7 +325,8 @@ impl DockerResolver {
 
     /// Presents the client certificate `cert` (PEM, with its key inside, or
     /// the key in the PEM file `key`) to registries that ask for one (mutual
-    /// TLS), unless an endpoint in `hosts.toml` names its own.
+    /// TLS). An endpoint in `hosts.toml` that names its own offers them
+    /// after this one; the registry gets the first its CAs accept.
     pub fn client_certificate(mut self, cert: &Path, key: Option<&Path>) -> Result<Self> {
         self.defaults.client_certs = vec![hosts::ClientCert {
             cert: cert.to_path_buf(),
@@ -395,19 +397,16 @@ impl DockerResolver {
     }
 
     /// The settings for `endpoint`, when it has any of its own: its CA files
-    /// beside the resolver's, its client certificates or else the
-    /// resolver's, its `skip_verify` and dial timeout where it sets them.
+    /// and client certificates after the resolver's (as containerd adds a
+    /// host's to its defaults), its `skip_verify` and dial timeout where it
+    /// sets them.
     fn connection_for(&self, endpoint: &hosts::Endpoint) -> Option<Connection> {
         if !endpoint.has_connection_settings() {
             return None;
         }
         Some(Connection {
             ca_files: [&self.defaults.ca_files[..], &endpoint.ca_files[..]].concat(),
-            client_certs: if endpoint.client_certs.is_empty() {
-                self.defaults.client_certs.clone()
-            } else {
-                endpoint.client_certs.clone()
-            },
+            client_certs: [&self.defaults.client_certs[..], &endpoint.client_certs[..]].concat(),
             skip_verify: endpoint.skip_verify.unwrap_or(self.defaults.skip_verify),
             dial_timeout: endpoint.dial_timeout.or(self.defaults.dial_timeout),
             idle_read_timeout: self.defaults.idle_read_timeout,
@@ -447,8 +446,8 @@ impl DockerResolver {
         Ok(upstream.skip_verify == Some(true))
     }
 
-    /// Makes `endpoint` (an `http://` URL written in a hosts file with TLS
-    /// settings) HTTPS if the registry there speaks TLS, asked once per URL
+    /// Makes `endpoint` (an `http://` URL given TLS settings, its own or the
+    /// resolver's) HTTPS if the registry there speaks TLS, asked once per URL
     /// and resolver, as containerd tries HTTPS first for such a host and
     /// falls back to plain HTTP. Its certificate is checked as written.
     async fn settle_written(&self, endpoint: &mut hosts::Endpoint) -> Result<()> {
@@ -588,24 +587,27 @@ impl DockerResolver {
             None => vec![hosts::Endpoint::upstream(upstream.clone())],
         };
         // A loopback upstream, unless the hosts directory set how to reach
-        // it (certificates made it HTTPS, checked; `skip_verify = false`
-        // asks for the certificate to be checked).
+        // it (certificates are settled below as for a written `http://`
+        // host, and checked; `skip_verify = false` asks for the certificate
+        // to be checked).
         let mut unchecked_upstream = false;
+        let mut settled_upstream = false;
         if let Some(last) = endpoints.last_mut()
             && last.default_upstream
             && last.url == upstream
             && can(&last.capabilities)
+            && last.ca_files.is_empty()
+            && last.client_certs.is_empty()
         {
             match scheme {
-                Scheme::HttpsUnchecked
-                    if last.skip_verify.is_none()
-                        && last.ca_files.is_empty()
-                        && last.client_certs.is_empty() =>
-                {
+                Scheme::HttpsUnchecked if last.skip_verify.is_none() => {
                     last.skip_verify = Some(true);
                     unchecked_upstream = true;
                 }
-                Scheme::Settle => unchecked_upstream = self.settle_loopback(last).await?,
+                Scheme::Settle => {
+                    unchecked_upstream = self.settle_loopback(last).await?;
+                    settled_upstream = true;
+                }
                 _ => {}
             }
         }
@@ -615,7 +617,8 @@ impl DockerResolver {
             if !can(&endpoint.capabilities) {
                 continue;
             }
-            if endpoint.wants_tls_over_http() {
+            let settled = settled_upstream && i + 1 == count;
+            if !settled && endpoint.wants_tls_over_http(self.defaults.has_tls()) {
                 self.settle_written(&mut endpoint).await?;
             }
             let client = self.client_for(&endpoint)?;
@@ -1736,8 +1739,8 @@ mod tests {
     }
 
     /// An endpoint's settings merge with the resolver's as containerd's
-    /// host settings do with its defaults: CA files add up, the endpoint's
-    /// client certificate and `skip_verify` win where given.
+    /// host settings do with its defaults: CA files and client certificates
+    /// add up, the endpoint's `skip_verify` wins where given.
     #[test]
     fn endpoint_settings_merge_with_the_resolver_settings() {
         let mut resolver = DockerResolver::new();
@@ -1775,7 +1778,11 @@ mod tests {
         endpoint.skip_verify = Some(false);
         endpoint.dial_timeout = Some(Duration::from_secs(3));
         let merged = resolver.connection_for(&endpoint).unwrap();
-        assert_eq!(merged.client_certs, [own]);
+        assert_eq!(
+            merged.client_certs,
+            [resolver.defaults.client_certs[0].clone(), own],
+            "the host's client certificates come after the resolver's"
+        );
         assert!(!merged.skip_verify, "the host's skip_verify = false wins");
         assert_eq!(merged.dial_timeout, Some(Duration::from_secs(3)));
     }
