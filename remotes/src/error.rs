@@ -106,22 +106,62 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Every host tried for the registry failed (mirrors, then the
+    /// upstream): the last one's error, whose kind this is, and the others'
+    /// after it, so that a mirror passed over is not passed over in silence.
+    #[error("{last}; tried before it: {}", list(earlier))]
+    HostsFailed {
+        /// The last host's error: the upstream's, where it can do what was
+        /// asked.
+        last: Box<Error>,
+        /// The errors of the hosts tried before it, in order.
+        earlier: Vec<Error>,
+    },
+}
+
+/// `errors` as one line, separated by semicolons.
+fn list(errors: &[Error]) -> String {
+    let texts: Vec<String> = errors.iter().map(Error::to_string).collect();
+    texts.join("; ")
 }
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The error of hosts tried in turn that all failed: the one error, or
+    /// [`Error::HostsFailed`] when there were several; `None` for none.
+    pub(crate) fn of_hosts(mut errors: Vec<Error>) -> Option<Error> {
+        let last = errors.pop()?;
+        Some(if errors.is_empty() {
+            last
+        } else {
+            Error::HostsFailed {
+                last: Box::new(last),
+                earlier: errors,
+            }
+        })
+    }
+
+    /// The error that stands for this one: the last host's, for
+    /// [`Error::HostsFailed`].
+    fn deciding(&self) -> &Error {
+        match self {
+            Error::HostsFailed { last, .. } => last.deciding(),
+            other => other,
+        }
+    }
+
     /// Whether the registry answered 429 Too Many Requests: it was asked as
     /// often as it allowed, and asking again at once would count again.
     pub(crate) fn rate_limited(&self) -> bool {
-        matches!(self, Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+        matches!(self.deciding(), Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
     }
 
     /// Whether a body came slower than the low-speed limit: resumable, but
     /// never counted as progress, however many bytes it brought.
     pub(crate) fn too_slow(&self) -> bool {
-        matches!(self, Error::TooSlow { .. })
+        matches!(self.deciding(), Error::TooSlow { .. })
     }
 
     /// This error, with `note` if it is a 401 that has none yet.
@@ -179,6 +219,7 @@ impl Error {
                 _ => ErrorKind::Internal,
             },
             Error::Protocol { .. } => ErrorKind::FailedPrecondition,
+            Error::HostsFailed { last, .. } => last.kind(),
         }
     }
 }

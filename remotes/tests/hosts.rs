@@ -139,6 +139,52 @@ async fn a_failing_mirror_is_asked_once_per_request() {
     );
 }
 
+/// When every host fails, each one's error is reported, the last host's
+/// first: it decides the kind (here the upstream is down, which is worth
+/// trying again, whatever a mirror without the image said), and a mirror
+/// passed over is named rather than passed over in silence.
+#[tokio::test]
+async fn every_host_that_failed_is_reported_and_the_last_decides_the_kind() {
+    let empty = registry();
+    let mirror = ocidist_remotes::testkit::FaultProxy::start(empty.addr()).unwrap();
+    let upstream = dead_address().to_string();
+    let hosts = hosts_dir_with(
+        &upstream,
+        &format!(
+            "server = \"http://{upstream}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror = mirror.host(),
+        ),
+    );
+    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let reference = format!("{upstream}/lib/app:1");
+    let err = resolver.resolve(&reference).await.unwrap_err();
+    assert_eq!(err.kind(), ocidist_content::ErrorKind::Unavailable, "{err}");
+    let said = err.to_string();
+    let (last, earlier) = said.split_once("tried before it").expect(&said);
+    assert!(
+        last.contains(&upstream) && last.contains("cannot connect"),
+        "{said}"
+    );
+    assert!(
+        earlier.contains(&mirror.host()) && earlier.contains("404"),
+        "{said}"
+    );
+
+    // A blob, the same way.
+    let blob = &image(false, "linux/amd64", 100)[0].desc;
+    let fetcher = resolver.fetcher(&reference).await.unwrap();
+    let err = match fetcher.fetch(blob, 0).await {
+        Ok(_) => panic!("no host has the blob"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ocidist_content::ErrorKind::Unavailable, "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("cannot connect") && said.contains("404") && said.contains(&mirror.host()),
+        "{said}"
+    );
+}
+
 /// The value of header `name` in a request head, if sent.
 fn header_in(head: &[String], name: &str) -> Option<String> {
     head.iter()

@@ -200,7 +200,7 @@ impl Fetcher for DockerFetcher {
                 (!rest.is_empty()).then_some(Ok(rest)),
             )));
         }
-        let mut last = None;
+        let mut errors = Vec::new();
         let ranged_for = |repo: &Repository| self.ranged.serves(repo);
         let slot = if is_manifest(desc) || !self.repos.iter().any(ranged_for) {
             None
@@ -218,10 +218,10 @@ impl Fetcher for DockerFetcher {
             };
             match fetched {
                 Ok(stream) => return Ok(stream),
-                Err(e) => last = Some(e),
+                Err(e) => errors.push(e),
             }
         }
-        Err(last.unwrap_or_else(|| Error::Protocol {
+        Err(Error::of_hosts(errors).unwrap_or_else(|| Error::Protocol {
             url: desc.digest().to_string(),
             reason: "no host to fetch from".into(),
         }))

@@ -670,7 +670,8 @@ impl DockerResolver {
         Ok(repo)
     }
 
-    /// Resolves at each endpoint that can, in order; the last error if none can.
+    /// Resolves at each endpoint that can, in order; every endpoint's error
+    /// if none can (the last one's kind).
     /// A tag needs the `resolve` capability; a digest only `pull`, as in
     /// containerd: its bytes are checked, so any mirror may serve it (an
     /// air-gapped pull-only mirror is the usual case).
@@ -680,7 +681,7 @@ impl DockerResolver {
         } else {
             |c| c.resolve
         };
-        let mut last = None;
+        let mut errors = Vec::new();
         for repo in self.repositories(reference, can).await? {
             match self.resolve_in(&repo, reference).await {
                 Ok(desc) => {
@@ -690,10 +691,10 @@ impl DockerResolver {
                 // What the image is, not where it was asked: no other
                 // endpoint's answer would explain it better.
                 Err(e @ Error::Images(ocidist_images::Error::Schema1 { .. })) => return Err(e),
-                Err(e) => last = Some(e),
+                Err(e) => errors.push(e),
             }
         }
-        Err(last.expect("repositories() is never empty"))
+        Err(Error::of_hosts(errors).expect("repositories() is never empty"))
     }
 }
 
