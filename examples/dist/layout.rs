@@ -113,9 +113,10 @@ async fn reachable(
                         found.left_out.push(child);
                         continue;
                     }
-                    // A foreign layer lives where its URLs say: a fetch
-                    // leaves it out, and so does a layout (as containerd's
-                    // export does).
+                    // A foreign layer lives where its URLs say: one that
+                    // is not here (a store from before fetches got them)
+                    // is left out of the layout, as containerd's export
+                    // leaves out what it skips.
                     if media_types::is_non_distributable(child.media_type().as_ref()) {
                         continue;
                     }

@@ -31,7 +31,7 @@ pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json"
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Docker layer, uncompressed (rare).
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-/// Docker foreign layer (Windows base layers), fetched from its URLs if at all.
+/// Docker foreign layer (Windows base layers), fetched from its URLs first.
 pub const DOCKER_LAYER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 /// Docker layer, zstd.
 pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
@@ -106,8 +106,9 @@ pub fn kind(media_type: &str) -> Kind {
     }
 }
 
-/// True for layers that are not to be pushed or fetched from the registry
-/// itself (non-distributable and foreign layers).
+/// True for layers that are not to be pushed to a registry
+/// (non-distributable and foreign layers): they are fetched from their
+/// `urls` if they have any.
 pub fn is_non_distributable(media_type: &str) -> bool {
     media_type.contains(".nondistributable.") || media_type.contains(".foreign.")
 }

@@ -336,10 +336,6 @@ impl Drop for Streaming<'_> {
 #[async_trait]
 impl<S: Ingester + IngestManager, F: Fetcher> Handler for FetchHandler<S, F> {
     async fn handle(&self, desc: &Descriptor) -> ocidist_images::Result<Flow> {
-        if media_types::is_non_distributable(desc.media_type().as_ref()) {
-            // Foreign layers are not the registry's to serve.
-            return Ok(Flow::leaf());
-        }
         let fetched = self.fetch(desc).await.map_err(|e| {
             let what = ingest_ref(desc)
                 .split('-')

@@ -266,10 +266,11 @@ async fn a_refused_mounts_session_no_upload_used_is_let_go_of() {
 }
 
 /// A non-distributable (foreign) layer is not pushed, as `ctr push` skips
-/// it by default: it is not in the store, and its `urls` say where it lives.
-/// Nor is it fetched: the image pulls without it, as containerd's does.
+/// it by default: its `urls` say where it lives. A fetch gets it from there
+/// first, as containerd's fetcher does, with no credentials; a layer whose
+/// URL is dead and that the registry lacks fails with both reasons.
 #[tokio::test]
-async fn non_distributable_layers_are_neither_pushed_nor_fetched() {
+async fn non_distributable_layers_are_not_pushed_and_are_fetched_from_their_urls() {
     // The registry takes manifests naming foreign layers by URL only when
     // told which URLs it trusts.
     let registry = ocidist_remotes::testkit::Registry::start_binary(
@@ -278,23 +279,39 @@ async fn non_distributable_layers_are_neither_pushed_nor_fetched() {
     )
     .unwrap();
     let proxy = FaultProxy::start(registry.addr()).unwrap();
-    let (_dir, store, _images) = stores();
+    // Where the foreign layer lives: another registry's blob URL.
+    let home_registry = common::registry();
+    let home = FaultProxy::start(home_registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
     let blobs = image(true, "windows/amd64", 4000);
     let (layer, config) = (&blobs[0], &blobs[1]);
-    let mut foreign = common::blob(
+    let foreign_blob = common::blob(
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
         b"a Windows base layer, served elsewhere".to_vec(),
-    )
-    .desc;
-    foreign.set_urls(Some(vec!["https://example.invalid/base.tar.gz".into()]));
-    let manifest_type = "application/vnd.docker.distribution.manifest.v2+json";
-    let manifest = common::blob(
-        manifest_type,
-        serde_json::json!({"schemaVersion": 2, "mediaType": manifest_type,
-            "config": config.desc, "layers": [foreign, layer.desc]})
-        .to_string()
-        .into_bytes(),
     );
+    let home_pusher = resolver
+        .pusher(&format!("{}/base/windows:1", home.host()))
+        .await
+        .unwrap();
+    push_all(home_pusher.as_ref(), std::slice::from_ref(&foreign_blob)).await;
+    let mut foreign = foreign_blob.desc.clone();
+    foreign.set_urls(Some(vec![format!(
+        "http://{}/v2/base/windows/blobs/{}",
+        home.host(),
+        foreign.digest()
+    )]));
+    let manifest_type = "application/vnd.docker.distribution.manifest.v2+json";
+    let manifest_with = |foreign: &oci_spec::image::Descriptor| {
+        common::blob(
+            manifest_type,
+            serde_json::json!({"schemaVersion": 2, "mediaType": manifest_type,
+                "config": config.desc, "layers": [foreign, layer.desc]})
+            .to_string()
+            .into_bytes(),
+        )
+    };
+    let manifest = manifest_with(&foreign);
+    let (_dir, store, _images) = stores();
     for blob in [layer, config, &manifest] {
         ocidist_content::write_blob(
             &store,
@@ -305,7 +322,6 @@ async fn non_distributable_layers_are_neither_pushed_nor_fetched() {
         .await
         .unwrap();
     }
-    let resolver = DockerResolver::new();
     let target = format!("{}/team/windows:1", proxy.host());
     let result = push_image(&resolver, &store, &target, &manifest.desc, 2, None).await;
     let log = proxy.log();
@@ -318,24 +334,52 @@ async fn non_distributable_layers_are_neither_pushed_nor_fetched() {
     let pushed = result.expect("the rest is pushed");
     assert!(pushed.iter().all(|d| d.digest() != foreign.digest()));
 
-    let before = log.len();
+    let before = (proxy.log().len(), home.log().len());
     let (_dir, fetched, images) = stores();
     fetch_image(&resolver, &fetched, &images, &target, all(), 0, None, None)
         .await
-        .expect("fetched without the foreign layer");
-    for blob in [layer, config, &manifest] {
+        .expect("fetched, the foreign layer from its URL");
+    for blob in [layer, config, &manifest, &foreign_blob] {
         assert!(fetched.info(blob.desc.digest()).await.is_ok());
     }
-    assert!(
-        fetched
-            .info(foreign.digest())
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
-    let log = proxy.log()[before..].to_vec();
+    let log = proxy.log()[before.0..].to_vec();
     assert!(
         log.iter().all(|l| !l.contains(foreign.digest().as_ref())),
-        "{log:#?}"
+        "the registry is not asked for it: {log:#?}"
+    );
+    let home_log = home.log()[before.1..].to_vec();
+    assert_eq!(
+        home_log,
+        [format!("GET /v2/base/windows/blobs/{}", foreign.digest())],
+        "one GET where its URL points"
+    );
+
+    // A URL nobody answers at, and a registry without the blob.
+    let mut lost = common::blob(
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        b"a layer nobody has".to_vec(),
+    )
+    .desc;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Only HTTP(S) URLs are tried, as containerd tries them.
+    lost.set_urls(Some(vec![
+        "ftp://example.invalid/lost.tar.gz".into(),
+        format!("http://{dead}/lost.tar.gz"),
+    ]));
+    let fetcher = resolver.fetcher(&target).await.unwrap();
+    let err = match fetcher.fetch(&lost, 0).await {
+        Ok(_) => panic!("nobody has the layer"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ocidist_content::ErrorKind::NotFound, "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains(&format!("http://{dead}/lost.tar.gz"))
+            && said.contains("404")
+            && !said.contains("ftp:"),
+        "{said}"
     );
 }

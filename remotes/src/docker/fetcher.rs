@@ -168,21 +168,42 @@ impl Resolved {
     }
 }
 
-/// A [`Fetcher`] for one repository, trying its endpoints (mirrors, then the
+/// A [`Fetcher`] for one repository, trying a descriptor's `urls` first
+/// (a foreign layer's home), then its endpoints (mirrors, then the
 /// upstream) in order.
 #[derive(Debug, Clone)]
 pub struct DockerFetcher {
     repos: Vec<Repository>,
     ranged: Ranged,
     resolved: Resolved,
+    urls: UrlSource,
 }
 
+/// How a descriptor's `urls` are fetched: with the resolver's own client,
+/// no credentials and no configured headers (they are the registry's, and a
+/// URL in a manifest may point anywhere), as containerd asks there.
+#[derive(Debug, Clone)]
+pub(crate) struct UrlSource {
+    pub(crate) client: reqwest::Client,
+    pub(crate) low_speed: LowSpeedLimit,
+}
+
+/// How many of a descriptor's `urls` are tried: a manifest may list
+/// thousands, each a request before the registry is asked.
+const MAX_URLS_TRIED: usize = 8;
+
 impl DockerFetcher {
-    pub(crate) fn new(repos: Vec<Repository>, ranged: Ranged, resolved: Resolved) -> Self {
+    pub(crate) fn new(
+        repos: Vec<Repository>,
+        ranged: Ranged,
+        resolved: Resolved,
+        urls: UrlSource,
+    ) -> Self {
         DockerFetcher {
             repos,
             ranged,
             resolved,
+            urls,
         }
     }
 }
@@ -201,6 +222,16 @@ impl Fetcher for DockerFetcher {
             )));
         }
         let mut errors = Vec::new();
+        for url in desc.urls().iter().flatten().take(MAX_URLS_TRIED) {
+            // As containerd: only HTTP(S), anything else passed over.
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                continue;
+            }
+            match fetch_url(&self.urls, url, desc, offset).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => errors.push(e),
+            }
+        }
         let ranged_for = |repo: &Repository| self.ranged.serves(repo);
         let slot = if is_manifest(desc) || !self.repos.iter().any(ranged_for) {
             None
@@ -285,6 +316,19 @@ async fn get_range(
             }
         })
         .await?;
+    blob_answer(url, response, start, end, desc.size()).await
+}
+
+/// `response` to a GET of bytes `start` to `end` (exclusive; to the end if
+/// `None`) of a `size`-byte blob at `url`, if it is 200, or 206 with a
+/// `Content-Range` that fits ([`check_content_range`]).
+async fn blob_answer(
+    url: &str,
+    response: reqwest::Response,
+    start: u64,
+    end: Option<u64>,
+    size: u64,
+) -> Result<reqwest::Response> {
     let response = check_status(
         Method::GET,
         url,
@@ -298,7 +342,7 @@ async fn get_range(
             .get(header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if let Err(reason) = check_content_range(content_range, start, end, desc.size()) {
+        if let Err(reason) = check_content_range(content_range, start, end, size) {
             return Err(Error::Protocol {
                 url: url.to_string(),
                 reason,
@@ -345,6 +389,50 @@ fn check_content_range(
         )),
         Some(_) => Ok(()),
     }
+}
+
+/// GETs `desc` from `url`, one of its `urls`, from `offset`; redirects
+/// the client hands back (a 307 or 308 to another origin) are followed
+/// here, within the client's budget of hops.
+async fn fetch_url(
+    source: &UrlSource,
+    url: &str,
+    desc: &Descriptor,
+    offset: u64,
+) -> Result<ByteStream> {
+    let get = |to: reqwest::Url| {
+        let request = source.client.get(to).header(header::ACCEPT, "*/*");
+        let request = if offset > 0 {
+            request.header(header::RANGE, format!("bytes={offset}-"))
+        } else {
+            request
+        };
+        async move {
+            request.send().await.map_err(|source| Error::Connect {
+                url: url.to_string(),
+                source,
+            })
+        }
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| Error::Protocol {
+        url: url.to_string(),
+        reason: format!("not a URL: {e}"),
+    })?;
+    let mut response = get(parsed).await?;
+    for _ in 0..super::tls::MAX_REDIRECTS {
+        match super::redirect_target(&response) {
+            Some(location) => response = get(location).await?,
+            None => break,
+        }
+    }
+    let response = blob_answer(url, response, offset, None, desc.size()).await?;
+    Ok(whole_body(
+        url.to_string(),
+        response,
+        offset,
+        desc.size(),
+        source.low_speed,
+    ))
 }
 
 async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result<ByteStream> {

@@ -396,6 +396,14 @@ impl DockerResolver {
         Ok(client)
     }
 
+    /// Where fetchers get a descriptor's `urls` from.
+    fn url_source(&self) -> fetcher::UrlSource {
+        fetcher::UrlSource {
+            client: self.client.http.clone(),
+            low_speed: self.low_speed,
+        }
+    }
+
     /// The settings for `endpoint`, when it has any of its own: its CA files
     /// and client certificates after the resolver's (as containerd adds a
     /// host's to its defaults), its `skip_verify` and dial timeout where it
@@ -819,6 +827,7 @@ impl Resolver for DockerResolver {
             self.repositories(&parsed, |c| c.pull).await?,
             self.ranged.clone(),
             self.resolved.clone(),
+            self.url_source(),
         )))
     }
 
@@ -868,6 +877,7 @@ pub async fn fetch_object(
         resolver.repositories(&reference, |c| c.pull).await?,
         resolver.ranged.clone(),
         resolver.resolved.clone(),
+        resolver.url_source(),
     );
     // Handed on as it arrives, with no store to check it at commit: the
     // stream checks itself, and a tag's digest (the registry's word) is
@@ -1402,7 +1412,7 @@ fn is_mirror(host: &str, registry: &str) -> bool {
 
 /// Where a redirect `response` leads (its `Location`, resolved against its
 /// URL); `None` for any other answer, or a location that is not a URL.
-fn redirect_target(response: &reqwest::Response) -> Option<reqwest::Url> {
+pub(crate) fn redirect_target(response: &reqwest::Response) -> Option<reqwest::Url> {
     if !response.status().is_redirection() {
         return None;
     }
