@@ -1197,6 +1197,33 @@ fn pax_owners_and_times_that_name_none_are_refused() {
     assert_eq!((f.mtime(), f.mtime_nsec()), (-2, 500_000_000));
 }
 
+/// A time before 1970 in a GNU header (base-256, signed), as `tar -cf`
+/// writes a file dated 1965, is that time.
+#[test]
+fn a_gnu_time_before_1970_is_applied() {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_path("old").unwrap();
+    let mut mtime = [0xff; 12];
+    mtime[8..].copy_from_slice(&(-144_720_000i32).to_be_bytes());
+    h.as_old_mut().mtime = mtime;
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.push(b'x');
+    layer.resize(2048, 0);
+    let root = tempfile::tempdir().unwrap();
+    apply_layer_sync(
+        &ApplyTarget::Tree(root.path().to_path_buf()),
+        &layer[..],
+        Some(Compression::None),
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    let old = std::fs::symlink_metadata(root.path().join("old")).unwrap();
+    assert_eq!(old.mtime(), -144_720_000);
+}
+
 /// A header's owner in base-256 past 32 bits is refused, not cut to root.
 #[test]
 fn a_header_owner_past_32_bits_is_refused() {

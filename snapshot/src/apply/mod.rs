@@ -558,6 +558,30 @@ fn owner_id(id: u64, what: &str, rel: &Path) -> Result<u32> {
     }
 }
 
+/// A numeric field in GNU's base-256 form (its first byte's high bit set),
+/// read as Go's archive/tar reads it: the next bit is the sign, and the
+/// number is big-endian two's complement. `None` past 64 bits.
+fn signed_base256(field: &[u8]) -> Option<i64> {
+    let sign_fill = if field.first()? & 0x40 != 0 { 0xff } else { 0 };
+    let mut magnitude: u64 = 0;
+    for (i, byte) in field.iter().enumerate() {
+        let mut byte = byte ^ sign_fill;
+        if i == 0 {
+            byte &= 0x7f;
+        }
+        if magnitude >> 56 != 0 {
+            return None;
+        }
+        magnitude = magnitude << 8 | u64::from(byte);
+    }
+    let magnitude = i64::try_from(magnitude).ok()?;
+    Some(if sign_fill == 0xff {
+        !magnitude
+    } else {
+        magnitude
+    })
+}
+
 /// Reads an entry's metadata (`rel`, its cleaned name, for errors). A PAX
 /// record that does not parse, or a number no file can have, is refused,
 /// as Go's archive/tar (containerd's) refuses the former: skipped, it would
@@ -574,16 +598,20 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
         Err(e) => Err(bad(what, e)),
     };
     let old = header.as_old();
-    let seconds = number(header.mtime(), &old.mtime, "mtime")?;
-    let mtime = Timespec {
-        tv_sec: i64::try_from(seconds).map_err(|_| {
-            Error::Layer(format!(
-                "entry {:?}: mtime {seconds} is past any time a file can have",
-                rel.display()
-            ))
-        })?,
-        tv_nsec: 0,
+    let past_any_time = |seconds: &dyn std::fmt::Display| {
+        Error::Layer(format!(
+            "entry {:?}: mtime {seconds} is past any time a file can have",
+            rel.display()
+        ))
     };
+    // GNU tar writes a time before 1970 in base-256, which is signed.
+    let tv_sec = if old.mtime[0] & 0x80 != 0 {
+        signed_base256(&old.mtime).ok_or_else(|| past_any_time(&"in base-256"))?
+    } else {
+        let seconds = number(header.mtime(), &old.mtime, "mtime")?;
+        i64::try_from(seconds).map_err(|_| past_any_time(&seconds))?
+    };
+    let mtime = Timespec { tv_sec, tv_nsec: 0 };
     let mut meta = Meta {
         mode: number(header.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777,
         uid: owner_id(number(header.uid(), &old.uid, "uid")?, "uid", rel)?,
@@ -1455,7 +1483,28 @@ fn tar_error(e: std::io::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_time;
+    use super::{parse_time, signed_base256};
+
+    #[test]
+    fn base256_numbers_are_signed() {
+        let field = |bytes: &[u8]| {
+            let mut field = [0u8; 12];
+            field[12 - bytes.len()..].copy_from_slice(bytes);
+            field
+        };
+        let mut positive = field(&[0x01, 0x00]);
+        positive[0] = 0x80;
+        assert_eq!(signed_base256(&positive), Some(256));
+        // -144720000 (1965), as GNU tar writes it.
+        let mut negative = [0xff; 12];
+        negative[8..].copy_from_slice(&(-144_720_000i32).to_be_bytes());
+        assert_eq!(signed_base256(&negative), Some(-144_720_000));
+        assert_eq!(signed_base256(&[0xff; 12]), Some(-1));
+        let mut huge = [0u8; 12];
+        huge[0] = 0x80;
+        huge[3] = 1;
+        assert_eq!(signed_base256(&huge), None, "past 64 bits");
+    }
 
     #[test]
     fn pax_times_carry_their_sign_into_the_fraction() {
