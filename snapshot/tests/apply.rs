@@ -1224,6 +1224,38 @@ fn a_gnu_time_before_1970_is_applied() {
     assert_eq!(old.mtime(), -144_720_000);
 }
 
+/// A legacy entry of type NUL whose name ends in a slash is a directory,
+/// with its own mode, as Go's archive/tar and GNU tar read it; without the
+/// slash it is a file.
+#[test]
+fn a_legacy_entry_named_with_a_slash_is_a_directory() {
+    let mut layer = Vec::new();
+    for (name, mode) in [("d/", 0o750), ("d/f", 0o640)] {
+        let mut h = tar::Header::new_old();
+        h.set_path(name).unwrap();
+        h.set_size(0);
+        h.set_mode(mode);
+        h.as_old_mut().linkflag = [0];
+        h.set_cksum();
+        layer.extend_from_slice(h.as_bytes());
+    }
+    layer.resize(layer.len() + 1024, 0);
+    let root = tempfile::tempdir().unwrap();
+    apply_layer_sync(
+        &ApplyTarget::Tree(root.path().to_path_buf()),
+        &layer[..],
+        Some(Compression::None),
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    let d = std::fs::symlink_metadata(root.path().join("d")).unwrap();
+    assert!(d.is_dir());
+    assert_eq!(d.mode() & 0o7777, 0o750);
+    let f = std::fs::symlink_metadata(root.path().join("d/f")).unwrap();
+    assert!(f.is_file());
+    assert_eq!(f.mode() & 0o7777, 0o640);
+}
+
 /// A header's owner in base-256 past 32 bits is refused, not cut to root.
 #[test]
 fn a_header_owner_past_32_bits_is_refused() {

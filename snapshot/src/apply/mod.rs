@@ -789,6 +789,13 @@ impl Applier {
                 )));
             }
         }
+        // A legacy (V7) entry, of type NUL, is a directory if its name ends
+        // in a slash, as Go's archive/tar (containerd's) and GNU tar read it.
+        let kind = if entry.header().as_old().linkflag[0] == 0 && name.ends_with(b"/") {
+            tar::EntryType::Directory
+        } else {
+            kind
+        };
         let meta = meta_of(entry, &rel)?;
         self.dropped_xattrs += meta.dropped_xattrs;
         if kind == tar::EntryType::GNUSparse {
