@@ -61,7 +61,7 @@ impl Mount {
                 other => data.push(other.to_string()),
             }
         }
-        let mount_error = |e: rustix::io::Errno| Error::io("mount", target, e);
+        let mount_error = |e: rustix::io::Errno| self.mount_error(target, e);
         if self.kind == "bind" || flags.contains(MountFlags::BIND) {
             rustix::mount::mount(&self.source, target, "", flags | MountFlags::BIND, None)
                 .map_err(mount_error)?;
@@ -117,10 +117,31 @@ impl Mount {
                 flags,
                 Some(data.as_c_str()),
             )
-            .map_err(|e| Error::io("mount", &target, e))
+            .map_err(|e| self.mount_error(&target, e))
         })
     }
+
+    /// The error of a failed mount at `target`: the kernel's, which for an
+    /// overlay of more lower layers than overlayfs stacks says only
+    /// `EINVAL`, so the count is named then.
+    fn mount_error(&self, target: &Path, errno: rustix::io::Errno) -> Error {
+        let lowers = self
+            .option("lowerdir")
+            .map_or(0, |dirs| dirs.split(':').count());
+        if self.kind == "overlay" && errno == rustix::io::Errno::INVAL && lowers > OVERLAY_MAX_STACK
+        {
+            return Error::InvalidArgument(format!(
+                "overlay mount at {}: {lowers} lower layers, and overlayfs stacks at most \
+                 {OVERLAY_MAX_STACK} (the kernel said: {errno})",
+                target.display()
+            ));
+        }
+        Error::io("mount", target, errno)
+    }
 }
+
+/// The most lower layers overlayfs stacks (the kernel's `OVL_MAX_STACK`).
+const OVERLAY_MAX_STACK: usize = 500;
 
 /// The most data `mount(2)` reads: one page (4 KiB on every Linux
 /// architecture at least), its terminating NUL included.

@@ -768,6 +768,33 @@ async fn two_hundred_overlay_layers_mount_whole() {
     }
 }
 
+/// More lower layers than overlayfs stacks: the kernel says only EINVAL,
+/// and the error names the count and the limit.
+#[test]
+fn an_overlay_of_more_layers_than_the_kernel_stacks_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let lowers: Vec<String> = (0..501)
+        .map(|i| {
+            let lower = dir.path().join(i.to_string());
+            std::fs::create_dir(&lower).unwrap();
+            lower.display().to_string()
+        })
+        .collect();
+    let overlay = mount::Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: vec!["ro".into(), format!("lowerdir={}", lowers.join(":"))],
+    };
+    let target = tempfile::tempdir().unwrap();
+    let err = mount::mount_all(&[overlay], target.path()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(
+        err.to_string()
+            .contains("501 lower layers, and overlayfs stacks at most 500"),
+        "{err}"
+    );
+}
+
 fn prepare_request(key: &str, parent: Option<&str>) -> PrepareRequest {
     PrepareRequest {
         key: key.into(),
