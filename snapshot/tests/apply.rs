@@ -1224,6 +1224,19 @@ fn a_gnu_time_before_1970_is_applied() {
     assert_eq!(old.mtime(), -144_720_000);
 }
 
+/// Bytes after a compressed stream's end are refused as what they are,
+/// past the archive's end, and not blamed on the last entry (whose data the
+/// decompressing thread held back with the error).
+#[test]
+fn bytes_after_the_compressed_stream_are_refused_past_the_archive() {
+    let big = vec![7u8; 600 << 10];
+    let mut layer = gzip(&tar_of(&[Entry::File("big", &big, 0o644)]));
+    layer.extend_from_slice(b"GARBAGE");
+    let root = tempfile::tempdir().unwrap();
+    let message = assert_refused(root.path(), &layer, "read past the tar archive's end");
+    assert!(!message.contains("big"), "{message}");
+}
+
 /// A legacy entry of type NUL whose name ends in a slash is a directory,
 /// with its own mode, as Go's archive/tar and GNU tar read it; without the
 /// slash it is a file.

@@ -217,19 +217,19 @@ fn produce_chunks(
         chunk.truncate(filled);
         hasher.update(&chunk);
         count += filled as u64;
-        let end = filled == 0 || result.is_err();
-        let message = match result {
-            Ok(()) if filled == 0 => None,
-            Ok(()) => Some(Ok(chunk)),
-            Err(e) => Some(Err(e)),
-        };
-        if let Some(message) = message
-            && chunks.send(message).is_err()
-        {
+        // What came before an error goes first: the tar reader then fails
+        // where the stream did (past the archive's end, for bytes trailing
+        // a compressed stream), not on an entry whose data was held back.
+        if filled > 0 && chunks.send(Ok(chunk)).is_err() {
             break;
         }
-        if end {
-            break;
+        match result {
+            Ok(()) if filled > 0 => {}
+            Ok(()) => break,
+            Err(e) => {
+                let _ = chunks.send(Err(e));
+                break;
+            }
         }
     }
     (hasher.digest(), count)
@@ -420,7 +420,8 @@ fn write_entries(
     // The tar may end with padding the entry reader never asked for; the
     // diff ID covers every byte.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| Error::Layer(format!("read: {e}")))?;
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(|e| Error::Layer(format!("read past the tar archive's end: {e}")))?;
     let mut warnings = Vec::new();
     if applier.skipped_devices > 0 {
         warnings.push(format!(
