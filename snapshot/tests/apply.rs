@@ -1213,13 +1213,7 @@ fn a_gnu_time_before_1970_is_applied() {
     layer.push(b'x');
     layer.resize(2048, 0);
     let root = tempfile::tempdir().unwrap();
-    apply_layer_sync(
-        &ApplyTarget::Tree(root.path().to_path_buf()),
-        &layer[..],
-        Some(Compression::None),
-        &ApplyOptions::default(),
-    )
-    .unwrap();
+    apply_tree(root.path(), &layer).unwrap();
     let old = std::fs::symlink_metadata(root.path().join("old")).unwrap();
     assert_eq!(old.mtime(), -144_720_000);
 }
@@ -1254,13 +1248,7 @@ fn a_legacy_entry_named_with_a_slash_is_a_directory() {
     }
     layer.resize(layer.len() + 1024, 0);
     let root = tempfile::tempdir().unwrap();
-    apply_layer_sync(
-        &ApplyTarget::Tree(root.path().to_path_buf()),
-        &layer[..],
-        Some(Compression::None),
-        &ApplyOptions::default(),
-    )
-    .unwrap();
+    apply_tree(root.path(), &layer).unwrap();
     let d = std::fs::symlink_metadata(root.path().join("d")).unwrap();
     assert!(d.is_dir());
     assert_eq!(d.mode() & 0o7777, 0o750);
