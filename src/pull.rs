@@ -48,7 +48,9 @@ pub struct Pulled {
     /// The image record, as stored.
     pub image: Image,
     /// The chain ID of the top layer: the snapshot to build a rootfs on.
-    pub chain_id: Digest,
+    /// `None` for an image with no layers, whose root filesystem is empty:
+    /// a snapshot prepared with no parent.
+    pub chain_id: Option<Digest>,
 }
 
 /// Errors from a pull: the fetch's or the unpack's.
@@ -165,10 +167,11 @@ impl<M> PullOptions<M> {
 /// let pulled = pull(&resolver, &store, &images, &snapshotter, "redis:latest", options).await?;
 /// // A container's root filesystem: an active snapshot on the top layer.
 /// let key = "my-container";
+/// let parent = pulled.chain_id.as_ref().map(|chain_id| chain_id.to_string());
 /// let mounts = ocidist::snapshot::Snapshotter::prepare(
 ///     &snapshotter,
 ///     key,
-///     Some(&pulled.chain_id.to_string()),
+///     parent.as_deref(),
 ///     Default::default(),
 /// )
 /// .await?;

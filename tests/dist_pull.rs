@@ -507,6 +507,45 @@ fn pull_unpacks_and_rootfs_mounts_with_native() {
     pull_and_mount("native");
 }
 
+/// An image with no layers (`FROM scratch` and a label) pulls, is named,
+/// and gives an empty root filesystem, copied or mounted, as `ctr` pulls it.
+#[test]
+fn an_image_with_no_layers_pulls_to_an_empty_root_filesystem() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_layers(&registry.host(), work.path(), &[], &[], "e2e/scratch:1");
+    for snapshotter in ["overlay", "native"] {
+        let root = work.path().join(format!("store-{snapshotter}"));
+        let with = |args: &[&str]| {
+            let mut all = vec!["--snapshotter", snapshotter];
+            all.extend_from_slice(args);
+            ok(dist(&root, &all, b""))
+        };
+        let out = with(&["pull", &reference]);
+        assert!(
+            out.contains("unpacked: no layers (an empty root filesystem)"),
+            "{out}"
+        );
+        assert!(with(&["images"]).contains("e2e/scratch:1"));
+
+        let copy = work.path().join(format!("copy-{snapshotter}"));
+        with(&["rootfs", "--copy", &reference, copy.to_str().unwrap()]);
+        assert_eq!(std::fs::read_dir(&copy).unwrap().count(), 0);
+        let mode = std::fs::metadata(&copy).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o755, "{mode:o}");
+
+        // Mounted, it is writable; unmounted, what was written goes.
+        let mnt = work.path().join(format!("mnt-{snapshotter}"));
+        with(&["rootfs", &reference, mnt.to_str().unwrap()]);
+        std::fs::write(mnt.join("written"), b"mine").unwrap();
+        let again = with(&["rootfs", &reference, mnt.to_str().unwrap()]);
+        assert!(again.contains(mnt.to_str().unwrap()), "{again}");
+        with(&["rootfs", "--unmount", mnt.to_str().unwrap()]);
+        assert!(!mnt.join("written").exists(), "unmounted");
+    }
+}
+
 #[test]
 fn pull_all_platforms_fetches_every_platform_and_unpacks_the_hosts() {
     let registry =

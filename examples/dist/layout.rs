@@ -788,8 +788,11 @@ pub(crate) async fn unpack_cmd(
     )
     .await;
     progress.finish(chain_id.is_ok()).await;
-    let chain_id = chain_id.map_err(|e| fail(e.into()))?;
     // The answer, even with --quiet, as `apply` prints its diff ID.
-    crate::output::outln!("{chain_id}");
+    match chain_id.map_err(|e| fail(e.into()))? {
+        Some(chain_id) => crate::output::outln!("{chain_id}"),
+        // No snapshot to name, and so nothing on stdout.
+        None => eprintln!("dist: {what}: the image has no layers: its root filesystem is empty"),
+    }
     Ok(())
 }

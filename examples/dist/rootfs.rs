@@ -1,5 +1,6 @@
 //! Commands that make filesystems: pull (fetch + unpack), apply, rootfs.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -87,7 +88,10 @@ pub(crate) async fn pull_cmd(
     progress.finish(result.is_ok()).await;
     let pulled = result.map_err(|e| Failure::new(what, e))?;
     report!("{} {}", pulled.image.name, pulled.image.target.digest());
-    report!("unpacked: {}", pulled.chain_id);
+    match &pulled.chain_id {
+        Some(chain_id) => report!("unpacked: {chain_id}"),
+        None => report!("unpacked: no layers (an empty root filesystem)"),
+    }
     Ok(())
 }
 
@@ -118,7 +122,7 @@ pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
 async fn existing_rootfs(
     snapshotter: &dyn Snapshotter,
     key: &str,
-    chain: &str,
+    chain: Option<&str>,
     dest: &Path,
 ) -> Result<Option<Vec<mount::Mount>>, Box<dyn std::error::Error + Send + Sync>> {
     let info = snapshotter.stat(key).await?;
@@ -127,7 +131,7 @@ async fn existing_rootfs(
         return Err(format!("rootfs snapshot {key} has no mounts").into());
     };
     let at = mount::mounted_at(dest, first)?;
-    if info.parent.as_deref() != Some(chain) {
+    if info.parent.as_deref() != chain {
         let mounted = if at == mount::MountedAt::Absent {
             "not mounted"
         } else {
@@ -208,6 +212,7 @@ fn copy_into_place(
     // root's mode is not the image's.
     let staging = tempfile::Builder::new()
         .prefix(&prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(parent)?;
     let lock = std::fs::File::open(staging.path())?;
     lock.lock()?;
@@ -341,10 +346,10 @@ pub(crate) async fn rootfs_cmd(
                 .into(),
             ),
         })?
-        .to_string(),
+        .map(|chain_id| chain_id.to_string()),
         // The chain ID `unpack` printed: its committed snapshot, as it is.
         Err(e) => match committed_snapshot(snapshotter, &reference).await {
-            Some(chain) => chain,
+            Some(chain) => Some(chain),
             None => return Err(fail(e)),
         },
     };
@@ -362,16 +367,23 @@ pub(crate) async fn rootfs_cmd(
     let made = if staged { parent_of(&dest) } else { &dest };
     private_dirs().create(made).map_err(|e| fail(e.into()))?;
     if args.copy {
-        let mounts = snapshotter
-            .mounts(&chain)
-            .await
-            .map_err(|e| fail(e.into()))?;
+        // An image with no layers copies out as an empty tree.
+        let mounts = match &chain {
+            Some(chain) => snapshotter
+                .mounts(chain)
+                .await
+                .map_err(|e| fail(e.into()))?,
+            None => Vec::new(),
+        };
         // Off the runtime, so a Ctrl-C is seen while it copies. A mount to
         // read through is made where only the copy sees it, and goes with
         // the copy, even with a killed process.
         let into = dest.clone();
         tokio::task::spawn_blocking(move || {
             let copy = |to: &Path| match &mounts[..] {
+                // The mode containerd gives a snapshot made with no parent.
+                [] => std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| ocidist::snapshot::Error::io("chmod", to, e)),
                 [m] if m.kind == "bind" => copy_tree(&m.source, to),
                 _ => mount::with_temp_mount(&mounts, |root| copy_tree(root, to))?,
             };
@@ -387,12 +399,12 @@ pub(crate) async fn rootfs_cmd(
     } else {
         let key = rootfs_key(&dest);
         let (mounts, made) = match snapshotter
-            .prepare(&key, Some(chain.as_str()), Labels::new())
+            .prepare(&key, chain.as_deref(), Labels::new())
             .await
         {
             Ok(mounts) => (mounts, true),
             Err(e) if e.is_already_exists() => {
-                match existing_rootfs(snapshotter, &key, &chain, &dest)
+                match existing_rootfs(snapshotter, &key, chain.as_deref(), &dest)
                     .await
                     .map_err(fail)?
                 {

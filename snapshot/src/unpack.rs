@@ -116,6 +116,9 @@ impl Default for UnpackOptions {
 /// Unpacks the image `image` (a manifest, or an index resolved with
 /// `matcher`) from `provider` into `snapshotter`; returns the chain ID of
 /// the top layer, the snapshot to `prepare` or `view` a root filesystem on.
+/// An image with no layers (a `FROM scratch` build with nothing added)
+/// returns `None`: its root filesystem is empty, a snapshot prepared with
+/// no parent, as containerd unpacks it.
 ///
 /// Layers whose snapshot exists are skipped, so a rerun after a crash resumes.
 /// Each layer is applied into an active snapshot with a unique key (prepared
@@ -138,7 +141,7 @@ pub async fn unpack<P, S>(
     snapshotter: &S,
     matcher: &dyn Matcher,
     options: UnpackOptions,
-) -> Result<Digest>
+) -> Result<Option<Digest>>
 where
     P: Provider + ?Sized,
     S: Snapshotter + ?Sized,
@@ -152,12 +155,6 @@ where
             image.digest(),
             layers.len(),
             diff_ids.len()
-        )));
-    }
-    if layers.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "image {}: no layers",
-            image.digest()
         )));
     }
     if layers.len() > MAX_LAYERS {
@@ -214,7 +211,7 @@ where
         )
         .await?
     {
-        return Ok(chain_ids[chain_ids.len() - 1].clone());
+        return Ok(chain_ids.last().cloned());
     }
     for i in first_missing..layers.len() {
         let started = Instant::now();
@@ -239,7 +236,7 @@ where
             warnings,
         });
     }
-    Ok(chain_ids[chain_ids.len() - 1].clone())
+    Ok(chain_ids.last().cloned())
 }
 
 /// An image's layers with their diff IDs and chain IDs, index for index.

@@ -164,7 +164,8 @@ async fn rootfs<S: Snapshotter>(
     };
     let top = unpack(image, store, snapshotter, &matcher, options)
         .await
-        .map_err(|e| format!("{:?}: {e}", e.kind()))?;
+        .map_err(|e| format!("{:?}: {e}", e.kind()))?
+        .expect("an image with layers has a top chain ID");
     let mounts = snapshotter
         .view("view", Some(top.as_ref()), Labels::new())
         .await

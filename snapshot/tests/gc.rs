@@ -116,7 +116,8 @@ async fn an_unpacked_image_keeps_all_its_layers() {
     let matcher = ocidist_images::platforms::only(&"linux/amd64".parse().unwrap());
     let top = unpack(&image, &store, &s, &matcher, UnpackOptions::default())
         .await
-        .unwrap();
+        .unwrap()
+        .expect("an image with layers has a top chain ID");
     committed(&s, "unrelated", None).await;
 
     let chains = image_chain_ids(&store, &image).await.unwrap();

@@ -147,6 +147,43 @@ fn inode(path: std::path::PathBuf) -> u64 {
 /// `APPLY_ONLY_LABEL` hint); applying the next layer replaces entries and
 /// never changes the layer below. A container's snapshot, prepared without
 /// the hint, gets copies.
+/// A `FROM scratch` image with nothing added has no layers: it unpacks to
+/// no snapshot at all, and its root filesystem is one prepared with no
+/// parent, empty (as containerd unpacks it).
+#[tokio::test]
+async fn an_image_with_no_layers_unpacks_to_an_empty_root_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let image = store_image(&store, &[]).await;
+    let snapshotters: [Arc<dyn Snapshotter>; 2] = [
+        Arc::new(NativeSnapshotter::open(dir.path().join("native")).unwrap()),
+        Arc::new(OverlaySnapshotter::open(dir.path().join("overlay")).unwrap()),
+    ];
+    for snapshotter in snapshotters {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let options = UnpackOptions {
+            events: Some(tx),
+            ..Default::default()
+        };
+        let top = unpack(&image, &store, &*snapshotter, &matcher(), options)
+            .await
+            .unwrap();
+        assert_eq!(top, None);
+        assert!(rx.try_recv().is_err(), "no layer, no event");
+        assert!(snapshotter.walk(&[]).await.unwrap().is_empty());
+
+        let mounts = snapshotter
+            .prepare("rootfs", None, Labels::new())
+            .await
+            .unwrap();
+        let target = tempfile::tempdir().unwrap();
+        mount::mount_all(&mounts, target.path()).unwrap();
+        let entries = std::fs::read_dir(target.path()).unwrap().count();
+        mount::unmount(target.path()).unwrap();
+        assert_eq!(entries, 0);
+    }
+}
+
 #[tokio::test]
 async fn native_unpack_shares_unchanged_files_and_never_changes_the_layer_below() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,7 +419,10 @@ async fn an_unpack_that_loses_a_commit_race_keeps_its_layer_until_the_layers_abo
             unpack(&image, &store, &snapshotter, &platform, options()),
             unpack(&image, &store, &snapshotter, &platform, options()),
         );
-        let (a, b) = (a.unwrap(), b.unwrap());
+        let (a, b) = (
+            a.unwrap().expect("an image with layers has a top chain ID"),
+            b.unwrap().expect("an image with layers has a top chain ID"),
+        );
         assert_eq!(a, b);
         let committed = snapshotter.walk(&["kind==committed"]).await.unwrap();
         assert_eq!(committed.len(), tars.len(), "round {round}");
@@ -467,7 +507,8 @@ async fn overlay_parallel_unpack_builds_what_native_builds() {
         UnpackOptions::default(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .expect("an image with layers has a top chain ID");
     let expected = rootfs_of(&native, top.as_ref()).await;
     assert_eq!(expected["opt"], "dir 750 0:0");
     assert_eq!(expected["var/lib"], "dir 711 0:0");
@@ -488,7 +529,8 @@ async fn overlay_parallel_unpack_builds_what_native_builds() {
         };
         let overlay_top = unpack(&image, &store, &overlay, &matcher(), options)
             .await
-            .unwrap();
+            .unwrap()
+            .expect("an image with layers has a top chain ID");
         assert_eq!(overlay_top, top);
         assert_eq!(
             rootfs_of(&overlay, top.as_ref()).await,
@@ -627,6 +669,7 @@ async fn unpack_default<S: Snapshotter>(
         UnpackOptions::default(),
     )
     .await
+    .map(|top| top.expect("an image with layers has a top chain ID"))
 }
 
 fn chain_of(tars: &[Vec<u8>]) -> Vec<ocidist_content::Digest> {
