@@ -299,14 +299,49 @@ fn a_parent_the_layer_whited_out_is_made_again_empty() {
 }
 
 /// A whiteout in an upper directory no lower has is listed by overlayfs
-/// (it filters them only where it merges), and cannot be looked up.
+/// (it filters them only where it merges), and cannot be looked up: one
+/// that hides nothing below leaves no trace.
 #[test]
-fn a_whiteout_of_the_layers_own_entry_leaves_no_trace() {
+fn a_whiteout_of_a_name_no_layer_has_leaves_no_trace() {
     let stack = [
         vec![dir("a")],
-        vec![file("b/a/a"), Gen::Whiteout("b/a".into())],
+        vec![file("b/x"), Gen::Whiteout("b/a".into())],
     ];
-    assert_eq!(agreed(&stack, true), ["a dir 755 0:0", "b dir 755 0:0"]);
+    assert_eq!(
+        agreed(&stack, true),
+        ["a dir 755 0:0", "b dir 755 0:0", "b/x file:1 644 0:0"]
+    );
+}
+
+/// Whiteouts hide only what the layers below have (the OCI spec, and
+/// umoci); each snapshotter deleted the layer's own entries of that name.
+/// A directory of the layer's own still hides the lower one's entries.
+#[test]
+fn a_whiteout_keeps_what_its_own_layer_wrote_of_that_name() {
+    let stack = [
+        vec![dir("a"), file("a/x"), file("x"), dir("b"), file("b/x")],
+        vec![
+            dir("a"),
+            file("a/y"),
+            Gen::Whiteout("a".into()),
+            Gen::File("x".into(), 1, 0o600, 0, None),
+            Gen::Whiteout("x".into()),
+            file("b/a/x"),
+            Gen::Whiteout("b/a".into()),
+        ],
+    ];
+    assert_eq!(
+        agreed(&stack, true),
+        [
+            "a dir 755 0:0",
+            "a/y file:1 644 0:0",
+            "b dir 755 0:0",
+            "b/a dir 755 0:0",
+            "b/a/x file:1 644 0:0",
+            "b/x file:1 644 0:0",
+            "x file:22 600 0:0",
+        ]
+    );
 }
 
 /// The copy made to hardlink a lower file counted as the layer's own, so a

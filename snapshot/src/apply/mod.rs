@@ -1254,12 +1254,7 @@ impl Applier {
             // directory the rest came from below (a file copied up to be
             // hardlinked) or hid what is below (a whiteout): the opaque mark
             // hides those now.
-            let keep = |path: &Path| {
-                created
-                    .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
-                    .next()
-                    .is_some_and(|p| p.starts_with(path))
-            };
+            let keep = |path: &Path| wrote_at_or_under(created, path);
             resolve::clear_dir(dir.as_fd(), &resolved, &keep, &mut self.removed)
                 .map_err(io_err("remove", &path))?;
             self.root.invalidate();
@@ -1288,6 +1283,22 @@ impl Applier {
                     .display()
             )));
         }
+        // Whiteouts hide only what the layers below have (the OCI spec):
+        // what this layer wrote of that name stays. A directory it wrote
+        // still hides the lower one's entries, as an opaque whiteout does.
+        if let Some(resolved) = self.root.existing_dir_path(parent)?
+            && wrote_at_or_under(&self.created, &resolved.join(name))
+        {
+            let is_dir = match self.root.existing_dir(parent)? {
+                Some(dirfd) => rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                None => false,
+            };
+            if is_dir {
+                return self.whiteout(&parent.join(name), b".wh..opq");
+            }
+            return Ok(());
+        }
         let target = path.join(name);
         let removed = if self.overlay {
             let privileged = self.options.privileged;
@@ -1314,6 +1325,15 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// Whether this layer wrote `path` or anything under it (a path's
+/// descendants sort right after it).
+fn wrote_at_or_under(created: &BTreeSet<PathBuf>, path: &Path) -> bool {
+    created
+        .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
+        .next()
+        .is_some_and(|p| p.starts_with(path))
 }
 
 impl Applier {
