@@ -45,6 +45,30 @@ pub mod platforms;
 pub mod store;
 pub mod wrappers;
 
+/// The attribute [`Handler`] and [`ImageStore`] are declared and implemented
+/// with, re-exported so a handler of your own needs no dependency of its
+/// own for it.
+///
+/// ```
+/// use ocidist_content::{Descriptor, descriptor, sha256_of};
+/// use ocidist_images::{Flow, Handler, async_trait, walk};
+///
+/// /// Stops the walk at blobs over a size.
+/// struct NoBigger(u64);
+///
+/// #[async_trait]
+/// impl Handler for NoBigger {
+///     async fn handle(&self, desc: &Descriptor) -> ocidist_images::Result<Flow> {
+///         Ok(if desc.size() > self.0 { Flow::Skip } else { Flow::leaf() })
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ocidist_images::Result<()> {
+/// walk(&NoBigger(1 << 30), &[descriptor(sha256_of(b"x"), 1)]).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub use async_trait::async_trait;
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport, gc};
 pub use handler::{

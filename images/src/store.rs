@@ -217,6 +217,11 @@ fn db_error(e: impl Into<redb::Error>) -> Error {
 /// magic number still zeros, or empty) is replaced the same way; a file
 /// with any other contents is left for redb to judge. The snapshotters keep
 /// their metadata through this too.
+///
+/// Hidden from the documentation: it is here for `ocidist-snapshot`, and
+/// its redb types are not part of this crate's promised API (a redb
+/// release may change them).
+#[doc(hidden)]
 pub fn open_shared_database(path: &Path) -> std::io::Result<SharedDatabase> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -309,6 +314,9 @@ fn repaired_copy(path: &Path) -> std::io::Result<Database> {
 /// where this process may not write the file, for reading only (and why).
 /// Reading a store needs no write access: listing the images of a store on
 /// a read-only mount works, and only a change fails.
+///
+/// Hidden from the documentation, as [`open_shared_database`] is.
+#[doc(hidden)]
 pub enum SharedDatabase {
     /// Opened for reading and writing.
     Writable(Database),
@@ -360,7 +368,9 @@ fn half_made(path: &Path) -> std::io::Result<bool> {
 
 impl DbImageStore {
     /// Opens (creating if needed) the database at `path`, shared with any other
-    /// process that opens it the same way ([`open_shared_database`]).
+    /// process that opens it the same way (redb's multi-writer mode). A
+    /// database this process may not write is opened for reading: listing
+    /// works, a change fails.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let db = open_shared_database(path)

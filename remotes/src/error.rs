@@ -19,9 +19,11 @@ pub enum Error {
     /// From the content store.
     #[error(transparent)]
     Content(#[from] ocidist_content::Error),
-    /// From image handling (manifests, handlers, the image store).
+    /// From image handling (manifests, handlers, the image store). An
+    /// error of this crate that a handler returned through `walk` or
+    /// `dispatch` comes back as itself, not as this (see the `From` impl).
     #[error(transparent)]
-    Images(#[from] ocidist_images::Error),
+    Images(ocidist_images::Error),
     /// The registry could not be reached, or the connection broke.
     #[error("{url}: {}", connect_cause(source))]
     Connect {
@@ -117,6 +119,43 @@ pub enum Error {
         /// The errors of the hosts tried before it, in order.
         earlier: Vec<Error>,
     },
+    /// Fetching one blob of an image failed: which blob, and its fetch's
+    /// error, whose kind this is (match it for a 429, a digest mismatch,
+    /// a registry too slow).
+    #[error("{what} {digest}: {source}")]
+    Blob {
+        /// What the blob is to the image, as its ingest ref says:
+        /// `manifest`, `index`, `config`, `layer` or `unknown`.
+        what: String,
+        /// The blob's digest.
+        digest: ocidist_content::Digest,
+        /// Why its fetch failed.
+        source: Box<Error>,
+    },
+    /// An error from a caller's resolver, fetcher or pusher, with the kind
+    /// callers should see.
+    #[error("{source}")]
+    Other {
+        /// How callers should treat it.
+        kind: ErrorKind,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl From<ocidist_images::Error> for Error {
+    /// An error of this crate that a handler passed through `walk` or
+    /// `dispatch` (as [`ocidist_images::Error::Other`]) comes back typed,
+    /// so callers of a fetch can match what the registry did.
+    fn from(e: ocidist_images::Error) -> Self {
+        match e {
+            ocidist_images::Error::Other { kind, source } => match source.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(source) => Error::Images(ocidist_images::Error::other(kind, source)),
+            },
+            other => Error::Images(other),
+        }
+    }
 }
 
 /// `errors` as one line, separated by semicolons.
@@ -148,6 +187,7 @@ impl Error {
     fn deciding(&self) -> &Error {
         match self {
             Error::HostsFailed { last, .. } => last.deciding(),
+            Error::Blob { source, .. } => source.deciding(),
             other => other,
         }
     }
@@ -220,6 +260,26 @@ impl Error {
             },
             Error::Protocol { .. } => ErrorKind::FailedPrecondition,
             Error::HostsFailed { last, .. } => last.kind(),
+            Error::Blob { source, .. } => source.kind(),
+            Error::Other { kind, .. } => *kind,
+        }
+    }
+
+    /// Wraps a caller's error (a fetcher of its own, say) with the kind
+    /// callers should see.
+    ///
+    /// ```
+    /// use ocidist_remotes::{Error, ErrorKind};
+    /// let e = Error::other(ErrorKind::Unauthenticated, "the vault sealed the registry's token");
+    /// assert_eq!(e.kind(), ErrorKind::Unauthenticated);
+    /// ```
+    pub fn other(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Other {
+            kind,
+            source: source.into(),
         }
     }
 }

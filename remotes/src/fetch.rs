@@ -342,7 +342,12 @@ impl<S: Ingester + IngestManager, F: Fetcher> Handler for FetchHandler<S, F> {
                 .next()
                 .unwrap_or("blob")
                 .to_string();
-            ocidist_images::Error::other(e.kind(), format!("{what} {}: {e}", desc.digest()))
+            let failed = crate::Error::Blob {
+                what,
+                digest: desc.digest().clone(),
+                source: Box::new(e),
+            };
+            ocidist_images::Error::other(failed.kind(), failed)
         })?;
         self.emit(if fetched {
             FetchEvent::Done(desc.clone())

@@ -62,7 +62,6 @@
 
 use std::pin::Pin;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use oci_spec::image::Descriptor;
@@ -78,6 +77,10 @@ mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+/// The attribute [`Resolver`], [`Fetcher`] and [`Pusher`] are declared and
+/// implemented with, re-exported so a remote of your own needs no
+/// dependency of its own for it.
+pub use async_trait::async_trait;
 pub use error::{Error, ErrorKind, Result};
 pub use fetch::{
     FetchEvent, fetch_content, fetch_handler, fetch_image, fetch_resolved, ingest_ref, record_image,

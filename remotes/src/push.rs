@@ -117,15 +117,14 @@ where
     // A blob would be uploaded and no name set: a descriptor made without
     // the manifest's media type, most likely.
     if !is_manifest(target) {
-        return Err(ocidist_images::Error::other(
+        return Err(crate::Error::other(
             ocidist_content::ErrorKind::InvalidArgument,
             format!(
                 "{} is pushed as an image, but its media type {} is not a manifest's or an index's",
                 target.digest(),
                 target.media_type()
             ),
-        )
-        .into());
+        ));
     }
     let pusher = resolver.pusher(&pinned).await?;
     let order = push_order(store, target).await?;

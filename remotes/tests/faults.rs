@@ -12,7 +12,7 @@ use ocidist_content::{ErrorKind, IngestManager, Ingester, Manager, WriterOpts};
 use ocidist_images::platforms::{Platform, only};
 use ocidist_remotes::docker::{DockerResolver, LowSpeedLimit, fetch_object};
 use ocidist_remotes::testkit::{Fault, FaultProxy};
-use ocidist_remotes::{Error, Resolver, fetch_image};
+use ocidist_remotes::{Error, Resolver, StatusCode, fetch_image};
 use tokio::io::AsyncWriteExt;
 
 fn arm64() -> Platform {
@@ -133,6 +133,21 @@ async fn a_rate_limit_longer_than_a_retry_waits_is_not_asked_again() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("429"), "{err}");
+    // Typed through the handlers, for a caller to match.
+    match &err {
+        Error::Blob {
+            what,
+            digest,
+            source,
+        } => {
+            assert_eq!((what.as_str(), digest), ("layer", layer.desc.digest()));
+            assert!(
+                matches!(**source, Error::Status { status, .. } if status == StatusCode::TOO_MANY_REQUESTS),
+                "{source:?}"
+            );
+        }
+        other => panic!("the blob's own error: {other:?}"),
+    }
     assert_eq!(gets_of(&proxy, &blob_path).len(), 1);
     assert!(store.info(layer.desc.digest()).await.is_err());
 }
@@ -456,6 +471,14 @@ async fn a_flipped_byte_is_a_digest_mismatch_and_nothing_is_committed() {
     assert!(
         message.contains("digest mismatch") && message.contains(&layer.desc.digest().to_string()),
         "{message}"
+    );
+    assert!(
+        matches!(
+            &err,
+            Error::Blob { source, .. }
+                if matches!(**source, Error::Content(ocidist_content::Error::DigestMismatch { .. }))
+        ),
+        "{err:?}"
     );
     assert!(
         store

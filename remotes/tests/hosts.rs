@@ -254,6 +254,46 @@ async fn mirrors_are_asked_in_order_each_with_its_own_headers() {
     }
 }
 
+/// Every request names the program: `ocidist/VERSION`, or what the caller
+/// chose, from the resolver's own client and from the client of an
+/// endpoint with connection settings of its own.
+#[tokio::test]
+async fn every_request_carries_the_user_agent_the_caller_chose() {
+    use ocidist_remotes::testkit::FaultProxy;
+    let (registry, blobs) = mirror_with_image().await;
+    let agents_of = async |resolver: &dyn Fn(&str) -> DockerResolver| {
+        let proxy = FaultProxy::start(registry.addr()).unwrap();
+        let reference = format!("{}/lib/app:1", proxy.host());
+        resolve_and_fetch_a_layer(&resolver(&proxy.host()), &reference, &blobs).await;
+        let heads = proxy.heads();
+        assert!(heads.len() >= 2, "{heads:#?}");
+        let agents: std::collections::BTreeSet<Option<String>> =
+            heads.iter().map(|h| header_in(h, "user-agent")).collect();
+        agents.into_iter().collect::<Vec<_>>()
+    };
+    let ours = ocidist_remotes::docker::DEFAULT_USER_AGENT;
+    assert!(ours.starts_with("ocidist/"));
+    assert_eq!(
+        agents_of(&|_| DockerResolver::new()).await,
+        [Some(ours.to_string())]
+    );
+    let chosen = Some("my-runtime/1.2".to_string());
+    let named = |_: &str| DockerResolver::new().user_agent("my-runtime/1.2").unwrap();
+    assert_eq!(agents_of(&named).await, std::slice::from_ref(&chosen));
+    let hosts = tempfile::tempdir().unwrap();
+    let with_own_client = |host: &str| {
+        let dir = hosts.path().join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = format!("server = \"http://{host}\"\ndial_timeout = \"5s\"\n");
+        std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+        DockerResolver::new()
+            .hosts_dir(hosts.path())
+            .user_agent("my-runtime/1.2")
+            .unwrap()
+    };
+    assert_eq!(agents_of(&with_own_client).await, [chosen]);
+}
+
 /// A redirect chain that leaves the registry (for a storage host, then a
 /// CDN, each moving within itself) takes the endpoint's configured headers
 /// to every hop, as Go's client (so containerd) sends them, but never a

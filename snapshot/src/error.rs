@@ -72,6 +72,15 @@ pub enum Error {
     /// An error from reading an image (manifest, config).
     #[error(transparent)]
     Images(Box<ocidist_images::Error>),
+    /// An error from a caller's snapshotter or provider, with the kind
+    /// callers should see.
+    #[error("{source}")]
+    Other {
+        /// How callers should treat it.
+        kind: ErrorKind,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl From<ocidist_content::Error> for Error {
@@ -107,6 +116,26 @@ impl Error {
             Error::Metadata(_) => ErrorKind::Io,
             Error::Content(e) => e.kind(),
             Error::Images(e) => e.kind(),
+            Error::Other { kind, .. } => *kind,
+        }
+    }
+
+    /// Wraps a caller's error (a snapshotter of its own, say) with the
+    /// kind callers should see.
+    ///
+    /// ```
+    /// use ocidist_snapshot::{Error, ErrorKind};
+    /// let e = Error::other(ErrorKind::Unavailable, "the btrfs pool is being balanced");
+    /// assert_eq!(e.kind(), ErrorKind::Unavailable);
+    /// assert_eq!(e.to_string(), "the btrfs pool is being balanced");
+    /// ```
+    pub fn other(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Other {
+            kind,
+            source: source.into(),
         }
     }
 

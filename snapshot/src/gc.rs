@@ -2,7 +2,8 @@
 //!
 //! A committed snapshot is kept when its name is in the caller's keep set
 //! (usually [`image_chain_ids`] of every image in the image store), when it
-//! is younger than the grace period (an unpack in another process may be
+//! carries the [`GC_ROOT`] label (`containerd.io/gc.root`, as containerd's
+//! collector reads it on snapshots and blobs alike), when it is younger than the grace period (an unpack in another process may be
 //! committing the layers above it, its image not yet named), or when a kept
 //! or active snapshot stands on it. Active snapshots are the caller's (a
 //! mounted rootfs, a container's writable layer) and are kept, except the
@@ -25,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use ocidist_content::{Descriptor, Digest, Provider};
+use ocidist_images::gc::GC_ROOT;
 use ocidist_images::manifest;
 use ocidist_images::platforms;
 
@@ -70,8 +72,8 @@ pub struct PruneReport {
 }
 
 /// Removes the snapshots of `snapshotter` that neither `keep` names (active
-/// or committed) nor anything kept stands on; see the [module docs](self)
-/// for the rules.
+/// or committed), nor the [`GC_ROOT`] label marks, nor anything kept stands
+/// on; see the [module docs](self) for the rules.
 ///
 /// ```
 /// use std::collections::HashSet;
@@ -114,6 +116,7 @@ pub async fn prune<S: Snapshotter + ?Sized>(
     let mut kept: HashSet<&str> = HashSet::new();
     for info in &all {
         let root = keep.contains(&info.name)
+            || info.labels.contains_key(GC_ROOT)
             || young(info)
             // Active snapshots are their owner's, but for an unpack's abandoned ones.
             || (info.kind != Kind::Committed && !info.name.starts_with(EXTRACT_KEY_PREFIX));

@@ -34,8 +34,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
-
 pub mod apply;
 mod base;
 mod error;
@@ -50,6 +48,10 @@ pub mod testsuite;
 mod tree;
 mod unpack;
 
+/// The attribute [`Snapshotter`] is declared and implemented with,
+/// re-exported so a snapshotter of your own needs no dependency of its own
+/// for it.
+pub use async_trait::async_trait;
 pub use error::{Error, ErrorKind, Result};
 pub use mount::Mount;
 pub use tree::copy_tree;
@@ -337,7 +339,12 @@ pub trait Snapshotter: Send + Sync {
     /// Releases resources; later calls may fail. Closing twice is harmless.
     async fn close(&self) -> Result<()>;
 
-    /// Whether [`CommitOpts::parent`] is supported.
+    /// Whether [`CommitOpts::parent`] is supported. A snapshotter that says
+    /// so stores each layer as an overlayfs upper directory: [`unpack`]
+    /// then applies a snapshot prepared with no parent, whose mounts are a
+    /// writable bind of that directory, as an overlay upper over the layers
+    /// below it (whiteouts as 0/0 character devices, opaque directories by
+    /// xattr), and commits it onto its parent.
     fn can_rebase(&self) -> bool {
         false
     }

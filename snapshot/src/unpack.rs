@@ -11,7 +11,7 @@ use ocidist_images::manifest;
 use ocidist_images::platforms::Matcher;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::apply::{ApplyOptions, LowersReady, apply_layer, apply_layer_over};
+use crate::apply::{ApplyOptions, LowersReady, apply_layer_over, apply_layer_to_mounts};
 use crate::base::tempfile_name;
 use crate::mount::ApplyTarget;
 use crate::{
@@ -247,7 +247,7 @@ struct Layers<'a> {
 }
 
 /// The labels of the active snapshots layers are applied into: nothing
-/// but the promise that only [`apply_layer`] writes them.
+/// but the promise that only [`apply_layer`](crate::apply::apply_layer) writes them.
 fn apply_only() -> Labels {
     Labels::from([(APPLY_ONLY_LABEL.to_string(), "true".to_string())])
 }
@@ -716,10 +716,9 @@ where
         }
     };
     let result: Result<Vec<String>> = async {
-        let target = ApplyTarget::from_mounts(&mounts)?;
         let reader = provider.reader(layer).await?;
-        let applied = apply_layer(
-            &target,
+        let applied = apply_layer_to_mounts(
+            &mounts,
             reader,
             Some(layer.media_type().as_ref()),
             options.apply.clone(),

@@ -102,6 +102,39 @@ async fn keeps_named_their_parents_and_active_snapshots() {
     assert_eq!(report.kept, 5);
 }
 
+/// A snapshot labelled `containerd.io/gc.root` is a root of its own, as
+/// containerd's collector has it: kept past the grace period with what it
+/// stands on, as a blob with the label is kept by the content collection.
+#[tokio::test]
+async fn a_snapshot_labelled_a_gc_root_is_kept_with_its_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = NativeSnapshotter::open(dir.path()).unwrap();
+    committed(&s, "base", None).await;
+    let root = Labels::from([(
+        ocidist_images::gc::GC_ROOT.to_string(),
+        "2026-11-24".to_string(),
+    )]);
+    s.prepare("pinned-key", Some("base"), Labels::new())
+        .await
+        .unwrap();
+    s.commit("pinned", "pinned-key", root).await.unwrap();
+    committed(&s, "loose", None).await;
+    let opts = PruneOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let report = prune(&s, &HashSet::new(), &opts).await.unwrap();
+    assert_eq!(names(&report), ["loose"]);
+    assert!(exists(&s, "pinned").await && exists(&s, "base").await);
+
+    // Without the label it goes like any other.
+    let mut info = s.stat("pinned").await.unwrap();
+    info.labels.clear();
+    s.update(info, &["labels"]).await.unwrap();
+    let report = prune(&s, &HashSet::new(), &opts).await.unwrap();
+    assert_eq!(names(&report), ["pinned", "base"]);
+}
+
 #[tokio::test]
 async fn an_unpacked_image_keeps_all_its_layers() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,8 @@ use ocidist_images::platforms::Platform;
 use ocidist_snapshot::native::NativeSnapshotter;
 use ocidist_snapshot::overlay::OverlaySnapshotter;
 use ocidist_snapshot::{
-    ErrorKind, Kind, Labels, Snapshotter, UnpackEvent, UnpackOptions, mount, unpack,
+    CommitOpts, ErrorKind, Info, Kind, Labels, Mount, Snapshotter, UnpackEvent, UnpackOptions,
+    Usage, mount, unpack,
 };
 
 fn layers() -> Vec<Vec<u8>> {
@@ -119,6 +120,90 @@ async fn unpacks_and_resumes<S: Snapshotter>(snapshotter: S) {
 async fn native_unpack_resumes_and_builds_the_rootfs() {
     let dir = tempfile::tempdir().unwrap();
     unpacks_and_resumes(NativeSnapshotter::open(dir.path()).unwrap()).await;
+}
+
+/// The native snapshotter with its bind mounts spelled as mounts only the
+/// kernel can read (type `none`, as a block device's or a FUSE
+/// filesystem's would be): unpack cannot write into their directory, and
+/// applies through a temporary mount of them instead.
+struct KernelMounted(NativeSnapshotter);
+
+fn kernel_only(mounts: Vec<Mount>) -> Vec<Mount> {
+    mounts
+        .into_iter()
+        .map(|m| Mount {
+            kind: "none".into(),
+            ..m
+        })
+        .collect()
+}
+
+#[ocidist_snapshot::async_trait]
+impl Snapshotter for KernelMounted {
+    async fn stat(&self, key: &str) -> ocidist_snapshot::Result<Info> {
+        self.0.stat(key).await
+    }
+    async fn update(&self, info: Info, fieldpaths: &[&str]) -> ocidist_snapshot::Result<Info> {
+        self.0.update(info, fieldpaths).await
+    }
+    async fn usage(&self, key: &str) -> ocidist_snapshot::Result<Usage> {
+        self.0.usage(key).await
+    }
+    async fn mounts(&self, key: &str) -> ocidist_snapshot::Result<Vec<Mount>> {
+        self.0.mounts(key).await.map(kernel_only)
+    }
+    async fn prepare(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> ocidist_snapshot::Result<Vec<Mount>> {
+        self.0.prepare(key, parent, labels).await.map(kernel_only)
+    }
+    async fn view(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: Labels,
+    ) -> ocidist_snapshot::Result<Vec<Mount>> {
+        self.0.view(key, parent, labels).await.map(kernel_only)
+    }
+    async fn commit_with(
+        &self,
+        name: &str,
+        key: &str,
+        opts: CommitOpts,
+    ) -> ocidist_snapshot::Result<()> {
+        self.0.commit_with(name, key, opts).await
+    }
+    async fn remove(&self, key: &str) -> ocidist_snapshot::Result<()> {
+        self.0.remove(key).await
+    }
+    async fn walk(&self, filters: &[&str]) -> ocidist_snapshot::Result<Vec<Info>> {
+        self.0.walk(filters).await
+    }
+    async fn close(&self) -> ocidist_snapshot::Result<()> {
+        self.0.close().await
+    }
+}
+
+/// A snapshotter whose mounts are not a directory unpack can write (a
+/// block device's, say) is applied to through a temporary mount, as
+/// containerd's applier does; it used to be refused.
+#[tokio::test]
+async fn mounts_only_the_kernel_reads_unpack_through_a_temporary_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshotter = KernelMounted(NativeSnapshotter::open(dir.path()).unwrap());
+    let mounts = snapshotter
+        .prepare("probe", None, Labels::new())
+        .await
+        .unwrap();
+    assert!(
+        mount::ApplyTarget::from_mounts(&mounts).is_err(),
+        "{mounts:?}"
+    );
+    snapshotter.remove("probe").await.unwrap();
+    unpacks_and_resumes(snapshotter).await;
 }
 
 #[tokio::test]

@@ -120,6 +120,10 @@ fn http_date_seconds(value: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
+/// The `User-Agent` requests carry unless
+/// [`DockerResolver::user_agent`] says otherwise.
+pub const DEFAULT_USER_AGENT: &str = concat!("ocidist/", env!("CARGO_PKG_VERSION"));
+
 /// By default, give up on a connection that is not established (TLS
 /// handshake included) in this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,6 +163,8 @@ struct Connection {
     dial_timeout: Option<Duration>,
     /// [`IDLE_READ_TIMEOUT`] when `None`.
     idle_read_timeout: Option<Duration>,
+    /// [`DEFAULT_USER_AGENT`] when `None`.
+    user_agent: Option<String>,
 }
 
 impl Connection {
@@ -359,6 +365,30 @@ impl DockerResolver {
         self
     }
 
+    /// Names the program to registries: the `User-Agent` of every request
+    /// ([`DEFAULT_USER_AGENT`] by default), as a runtime built on containerd
+    /// sets its own. A value that cannot be a header is
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+    ///
+    /// ```
+    /// use ocidist_remotes::docker::DockerResolver;
+    /// let resolver = DockerResolver::new().user_agent("my-runtime/1.2")?;
+    /// assert!(DockerResolver::new().user_agent("two\nlines").is_err());
+    /// # Ok::<(), ocidist_remotes::Error>(())
+    /// ```
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Result<Self> {
+        let user_agent = user_agent.into();
+        if let Err(e) = reqwest::header::HeaderValue::from_str(&user_agent) {
+            return Err(Error::other(
+                crate::ErrorKind::InvalidArgument,
+                format!("user agent {user_agent:?}: {e}"),
+            ));
+        }
+        self.defaults.user_agent = Some(user_agent);
+        self.rebuild_client()?;
+        Ok(self)
+    }
+
     fn rebuild_client(&mut self) -> Result<()> {
         self.client = self.defaults.client()?;
         self.clients = Arc::default();
@@ -418,6 +448,7 @@ impl DockerResolver {
             skip_verify: endpoint.skip_verify.unwrap_or(self.defaults.skip_verify),
             dial_timeout: endpoint.dial_timeout.or(self.defaults.dial_timeout),
             idle_read_timeout: self.defaults.idle_read_timeout,
+            user_agent: self.defaults.user_agent.clone(),
         })
     }
 
@@ -1764,6 +1795,7 @@ mod tests {
             skip_verify: true,
             dial_timeout: None,
             idle_read_timeout: None,
+            user_agent: None,
         };
         let mut endpoint = hosts::Endpoint::upstream("https://r".into());
         assert_eq!(

@@ -212,7 +212,11 @@ impl Connection {
     pub(super) fn client(&self) -> Result<HttpClient> {
         let tls = Arc::new(self.tls_config()?);
         let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("ocidist/", env!("CARGO_PKG_VERSION")))
+            .user_agent(
+                self.user_agent
+                    .as_deref()
+                    .unwrap_or(super::DEFAULT_USER_AGENT),
+            )
             .redirect(redirect_policy())
             .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
         // Zero is no limit (reqwest's zero would time out every attempt).

@@ -110,6 +110,35 @@ where
     apply_layer_over(target, reader, media_type, options, None).await
 }
 
+/// [`apply_layer`] into a writable snapshot's mounts, whatever they are,
+/// as containerd's applier takes them: a writable bind mount or an overlay
+/// with an upper directory is written directly
+/// ([`ApplyTarget::from_mounts`]); anything else (a block device, a
+/// filesystem of a snapshotter's own) through a private temporary mount of
+/// it ([`with_temp_mount`](crate::mount::with_temp_mount)), as a whole tree
+/// where whiteouts delete.
+pub async fn apply_layer_to_mounts<R>(
+    mounts: &[crate::Mount],
+    reader: R,
+    media_type: Option<&str>,
+    options: ApplyOptions,
+) -> Result<Applied>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    if let Ok(target) = ApplyTarget::from_mounts(mounts) {
+        return apply_layer(&target, reader, media_type, options).await;
+    }
+    let mounts = mounts.to_vec();
+    apply_blocking(reader, media_type, move |reader, compression| {
+        crate::mount::with_temp_mount(&mounts, |root| {
+            let target = ApplyTarget::Tree(root.to_path_buf());
+            apply(&target, reader, compression, &options, None)
+        })?
+    })
+    .await
+}
+
 /// [`apply_layer`] onto lowers that may still be being written: the first
 /// look at them (a parent the layer does not list, a whiteout in a directory
 /// only they have) waits for `lowers_ready`.
@@ -123,10 +152,28 @@ pub(crate) async fn apply_layer_over<R>(
 where
     R: tokio::io::AsyncRead + Send + Unpin + 'static,
 {
-    let reader = tokio_util::io::SyncIoBridge::new(reader);
     let target = target.clone();
+    apply_blocking(reader, media_type, move |reader, compression| {
+        apply(&target, reader, compression, &options, lowers_ready)
+    })
+    .await
+}
+
+/// Runs `apply_with` on a blocking thread, with `reader` made blocking and
+/// the compression `media_type` names.
+async fn apply_blocking<R>(
+    reader: R,
+    media_type: Option<&str>,
+    apply_with: impl FnOnce(tokio_util::io::SyncIoBridge<R>, Option<Compression>) -> Result<Applied>
+    + Send
+    + 'static,
+) -> Result<Applied>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    let reader = tokio_util::io::SyncIoBridge::new(reader);
     let compression = media_type.and_then(Compression::from_media_type);
-    tokio::task::spawn_blocking(move || apply(&target, reader, compression, &options, lowers_ready))
+    tokio::task::spawn_blocking(move || apply_with(reader, compression))
         .await
         .map_err(|e| Error::Layer(format!("apply task: {e}")))?
 }
