@@ -42,12 +42,12 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::SystemTime;
 
-/// The OCI types this API speaks (descriptors, manifests, platforms), at the
-/// version it was built with, for callers that build images.
 /// The attribute this crate's traits are declared and implemented with,
 /// re-exported so that a store of your own needs no dependency of its own
 /// for it: `#[ocidist_content::async_trait]`.
 pub use async_trait::async_trait;
+/// The OCI types this API speaks (descriptors, manifests, platforms), at the
+/// version it was built with, for callers that build images.
 pub use oci_spec;
 pub use oci_spec::image::{Descriptor, Digest, DigestAlgorithm, MediaType};
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -3,8 +3,9 @@
 //! A committed snapshot is kept when its name is in the caller's keep set
 //! (usually [`image_chain_ids`] of every image in the image store), when it
 //! carries the [`GC_ROOT`] label (`containerd.io/gc.root`, as containerd's
-//! collector reads it on snapshots and blobs alike), when it is younger than the grace period (an unpack in another process may be
-//! committing the layers above it, its image not yet named), or when a kept
+//! collector reads it on snapshots and blobs alike), when it is younger than
+//! the grace period (an unpack in another process may be committing the
+//! layers above it, its image not yet named), or when a kept
 //! or active snapshot stands on it. Active snapshots are the caller's (a
 //! mounted rootfs, a container's writable layer) and are kept, except the
 //! temporary ones [`unpack`](crate::unpack()) prepares: those older than the
