@@ -28,11 +28,15 @@ use crate::content::{
 };
 use crate::images::platforms::{self, Matcher};
 use crate::images::{Image, ImageStore};
-use crate::remotes::{FetchEvent, Resolver, fetch_content, ingest_ref, record_image};
+use crate::remotes::{
+    FetchEvent, FetchOptions, HandlerWrapper, Resolver, fetch_content_with, ingest_ref,
+    record_image,
+};
 use crate::snapshot::{Snapshotter, UnpackEvent, UnpackOptions, unpack};
 
 /// Progress of a [`pull`], as data.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum PullEvent {
     /// The image resolved to this descriptor.
     Resolved(Descriptor),
@@ -73,6 +77,8 @@ impl PullError {
             PullError::Unpack(e) => e.kind(),
         }
     }
+
+    crate::content::kind_predicates!();
 }
 
 /// Options for [`pull`]: [`PullOptions::new`], then the setters.
@@ -91,6 +97,11 @@ pub struct PullOptions<M> {
     pub unpack: UnpackOptions,
     /// Where to report progress.
     pub events: Option<UnboundedSender<PullEvent>>,
+    /// Wraps the fetch's handler, as containerd's `WithImageHandlerWrapper`
+    /// (see [`HandlerWrapper`]). The unpack reads what the fetch stored: a
+    /// wrapper that skips a layer the unpack needs fails the pull with
+    /// [`NotFound`](crate::content::ErrorKind::NotFound) once the fetch ends.
+    pub handler_wrapper: Option<HandlerWrapper>,
 }
 
 impl<M> PullOptions<M> {
@@ -103,6 +114,7 @@ impl<M> PullOptions<M> {
             limit: None,
             unpack: UnpackOptions::default(),
             events: None,
+            handler_wrapper: None,
         }
     }
 
@@ -127,6 +139,12 @@ impl<M> PullOptions<M> {
     /// Reports progress to `events`.
     pub fn events(mut self, events: UnboundedSender<PullEvent>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// Runs the fetch's handler through `wrapper`.
+    pub fn handler_wrapper(mut self, wrapper: HandlerWrapper) -> Self {
+        self.handler_wrapper = Some(wrapper);
         self
     }
 }
@@ -226,23 +244,17 @@ where
             }
         }
     };
-    let (fetch_matcher, manifests_per_index): (Arc<dyn Matcher>, usize) = if options.all_platforms {
-        (Arc::new(platforms::all()), 0)
+    let mut fetch_options = if options.all_platforms {
+        FetchOptions::new(platforms::all()).manifests_per_index(0)
     } else {
-        (Arc::new(options.matcher.clone()), 1)
-    };
+        FetchOptions::new(options.matcher.clone())
+    }
+    .events(fetch_tx);
+    fetch_options.limit = options.limit;
+    fetch_options.wrapper = options.handler_wrapper.clone();
     let fetch = async {
-        let result = fetch_content(
-            resolver,
-            store,
-            &name,
-            target.clone(),
-            fetch_matcher,
-            manifests_per_index,
-            options.limit,
-            Some(fetch_tx),
-        )
-        .await;
+        let result =
+            fetch_content_with(resolver, store, &name, target.clone(), fetch_options).await;
         arrivals.finish();
         result
     };

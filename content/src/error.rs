@@ -5,6 +5,31 @@ use std::path::PathBuf;
 
 use oci_spec::image::Digest;
 
+/// `is_not_found`, `is_already_exists` and `is_unavailable`, answered from
+/// `kind()`, for the error types of this workspace (each crate's `Error`,
+/// `PullError`), so every one answers the same questions.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! kind_predicates {
+    () => {
+        /// True when `kind()` is `ErrorKind::NotFound`.
+        pub fn is_not_found(&self) -> bool {
+            self.kind() == $crate::ErrorKind::NotFound
+        }
+
+        /// True when `kind()` is `ErrorKind::AlreadyExists`.
+        pub fn is_already_exists(&self) -> bool {
+            self.kind() == $crate::ErrorKind::AlreadyExists
+        }
+
+        /// True when `kind()` is `ErrorKind::Unavailable` (worth trying
+        /// again later).
+        pub fn is_unavailable(&self) -> bool {
+            self.kind() == $crate::ErrorKind::Unavailable
+        }
+    };
+}
+
 /// The question a caller asks of an error: is it missing, present, locked, ...?
 ///
 /// The kinds follow containerd's `errdefs`, so code that ports containerd logic
@@ -170,20 +195,7 @@ impl Error {
         }
     }
 
-    /// True when [`kind`](Self::kind) is [`ErrorKind::NotFound`].
-    pub fn is_not_found(&self) -> bool {
-        self.kind() == ErrorKind::NotFound
-    }
-
-    /// True when [`kind`](Self::kind) is [`ErrorKind::AlreadyExists`].
-    pub fn is_already_exists(&self) -> bool {
-        self.kind() == ErrorKind::AlreadyExists
-    }
-
-    /// True when [`kind`](Self::kind) is [`ErrorKind::Unavailable`].
-    pub fn is_unavailable(&self) -> bool {
-        self.kind() == ErrorKind::Unavailable
-    }
+    crate::kind_predicates!();
 
     /// Wraps an error from another layer, keeping the kind callers should see.
     pub fn other(

@@ -293,10 +293,11 @@ pub(crate) async fn push(
     progress.finish(result.is_ok()).await;
     result.map_err(|e| {
         if is_index && !remote.platform_given && e.kind() == ocidist::content::ErrorKind::NotFound {
-            // What a one-platform fetch of an index leaves: say the way out.
-            let hint = "the store holds only part of this index (a fetch without \
-                        --all-platforms keeps one platform's manifest): push that \
-                        platform alone with --platform, or fetch --all-platforms first";
+            // What a one-platform fetch of an index leaves: say the way out
+            // in this program's terms.
+            let hint = "a fetch without --all-platforms keeps one platform's manifest: \
+                        push that platform alone with --platform, or fetch \
+                        --all-platforms first";
             return Failure::new(what.clone(), format!("{e}; {hint}"));
         }
         if let ocidist::remotes::Error::Content(ocidist::content::Error::DigestMismatch {

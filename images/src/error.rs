@@ -103,6 +103,8 @@ impl Error {
         }
     }
 
+    ocidist_content::kind_predicates!();
+
     /// Wraps a caller's error with the kind callers should see.
     pub fn other(
         kind: ErrorKind,

@@ -25,13 +25,13 @@ pub enum Error {
     #[error(transparent)]
     Images(ocidist_images::Error),
     /// The registry could not be reached, or the connection broke.
-    #[error("{url}: {}", connect_cause(source))]
+    #[error("{url}: {}", connect_cause(&source.0))]
     Connect {
         /// What was being requested.
         url: String,
         /// The cause.
         #[source]
-        source: reqwest::Error,
+        source: ConnectError,
     },
     /// The registry refused the client certificate, or the lack of one,
     /// with a fatal TLS alert (`CertificateRequired`, `BadCertificate`,
@@ -241,7 +241,9 @@ impl Error {
             Error::Content(e) => e.kind(),
             Error::Images(e) => e.kind(),
             // Asking again would be refused again, as for a TLS alert.
-            Error::Connect { source, .. } if crate::docker::tls::certificate_rejected(source) => {
+            Error::Connect { source, .. }
+                if crate::docker::tls::certificate_rejected(&source.0) =>
+            {
                 ErrorKind::FailedPrecondition
             }
             Error::Connect { .. } | Error::Interrupted { .. } | Error::TooSlow { .. } => {
@@ -265,6 +267,8 @@ impl Error {
         }
     }
 
+    ocidist_content::kind_predicates!();
+
     /// Wraps a caller's error (a fetcher of its own, say) with the kind
     /// callers should see.
     ///
@@ -281,6 +285,40 @@ impl Error {
             kind,
             source: source.into(),
         }
+    }
+}
+
+/// Why a request could not be sent or its answer read ([`Error::Connect`]):
+/// the HTTP client's error, kept behind this type so that the client's
+/// crate and version are not part of this crate's API. Its
+/// [`source`](std::error::Error::source) chain leads to the cause (an I/O
+/// error, a TLS error).
+#[derive(Debug)]
+pub struct ConnectError(pub(crate) reqwest::Error);
+
+impl ConnectError {
+    /// Whether the request timed out (connecting, or waiting for bytes).
+    pub fn is_timeout(&self) -> bool {
+        self.0.is_timeout()
+    }
+
+    /// Whether it failed while connecting (refused, unreachable, a name that
+    /// does not resolve, a TLS handshake that failed), before anything was
+    /// sent.
+    pub fn is_connect(&self) -> bool {
+        self.0.is_connect()
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 

@@ -436,7 +436,8 @@ where
 /// [`record_image`]. Every blob, fetched now or found in the store, gets
 /// `name`'s repository in its distribution-source label
 /// ([`source`](crate::source)), so a later push to that registry can mount
-/// it.
+/// it. [`fetch_content_with`] takes the same as [`FetchOptions`], and a
+/// [`HandlerWrapper`] besides.
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch_content<R, S, M>(
     resolver: &R,
@@ -453,6 +454,142 @@ where
     S: Provider + Ingester + Manager + IngestManager + Clone + 'static,
     M: Matcher + Clone + 'static,
 {
+    let mut options = FetchOptions::new(matcher).manifests_per_index(manifests_per_index);
+    options.limit = limit;
+    options.events = events;
+    fetch_content_with(resolver, store, name, target, options).await
+}
+
+/// Wraps the handler a fetch dispatches, as containerd's
+/// `WithImageHandlerWrapper`: the wrapper gets the fetch's own handler
+/// (fetch, label, find the children the platforms allow) and returns the
+/// one to run instead, which may call it or not, and change the children
+/// it returns. Each blob reaches the wrapped handler once.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ocidist_images::media_types::{self, Kind};
+/// use ocidist_images::{Flow, Handler, handler_fn};
+/// use ocidist_remotes::fetch::HandlerWrapper;
+///
+/// // Fetch manifests and configs, not layers (to read an image's
+/// // configuration without its filesystem).
+/// let without_layers = HandlerWrapper::new(|inner: Arc<dyn Handler>| {
+///     Arc::new(handler_fn(move |desc| {
+///         let inner = inner.clone();
+///         async move {
+///             if media_types::kind(desc.media_type().as_ref()) == Kind::Layer {
+///                 return Ok(Flow::leaf());
+///             }
+///             inner.handle(&desc).await
+///         }
+///     })) as Arc<dyn Handler>
+/// });
+/// # let _ = without_layers;
+/// ```
+#[derive(Clone)]
+pub struct HandlerWrapper(Arc<WrapFn>);
+
+/// What a [`HandlerWrapper`] runs.
+type WrapFn = dyn Fn(Arc<dyn Handler>) -> Arc<dyn Handler> + Send + Sync;
+
+impl HandlerWrapper {
+    /// A wrapper that runs `wrap` on the fetch's handler.
+    pub fn new(
+        wrap: impl Fn(Arc<dyn Handler>) -> Arc<dyn Handler> + Send + Sync + 'static,
+    ) -> Self {
+        HandlerWrapper(Arc::new(wrap))
+    }
+
+    /// The handler to run in place of `inner`.
+    pub fn wrap(&self, inner: Arc<dyn Handler>) -> Arc<dyn Handler> {
+        (self.0)(inner)
+    }
+}
+
+impl std::fmt::Debug for HandlerWrapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandlerWrapper(..)")
+    }
+}
+
+/// Options for [`fetch_content_with`]: [`FetchOptions::new`], then the
+/// setters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FetchOptions {
+    /// The platforms whose manifests are fetched.
+    pub matcher: Arc<dyn Matcher>,
+    /// How many of an index's manifests `matcher` accepts are fetched, the
+    /// best first; 0 for all. Default 1.
+    pub manifests_per_index: usize,
+    /// Blobs fetched at once (`None`: no limit).
+    pub limit: Option<usize>,
+    /// Where to report progress.
+    pub events: Option<UnboundedSender<FetchEvent>>,
+    /// Wraps the fetch's handler.
+    pub wrapper: Option<HandlerWrapper>,
+}
+
+impl FetchOptions {
+    /// Options that fetch `matcher`'s best manifest of each index, with no
+    /// limit on blobs at once, no events and no wrapper.
+    pub fn new(matcher: impl Matcher + 'static) -> Self {
+        FetchOptions {
+            matcher: Arc::new(matcher),
+            manifests_per_index: 1,
+            limit: None,
+            events: None,
+            wrapper: None,
+        }
+    }
+
+    /// Fetches the best `count` manifests `matcher` accepts of each index;
+    /// 0 for all of them.
+    pub fn manifests_per_index(mut self, count: usize) -> Self {
+        self.manifests_per_index = count;
+        self
+    }
+
+    /// Fetches at most `limit` blobs at once.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Reports progress to `events`.
+    pub fn events(mut self, events: UnboundedSender<FetchEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Runs the fetch's handler through `wrapper`.
+    pub fn wrapper(mut self, wrapper: HandlerWrapper) -> Self {
+        self.wrapper = Some(wrapper);
+        self
+    }
+}
+
+/// [`fetch_content`] with [`FetchOptions`]: the fetch's handler can be
+/// wrapped ([`HandlerWrapper`]).
+pub async fn fetch_content_with<R, S>(
+    resolver: &R,
+    store: &S,
+    name: &str,
+    target: Descriptor,
+    options: FetchOptions,
+) -> Result<()>
+where
+    R: Resolver + ?Sized,
+    S: Provider + Ingester + Manager + IngestManager + Clone + 'static,
+{
+    let FetchOptions {
+        matcher,
+        manifests_per_index,
+        limit,
+        events,
+        wrapper,
+    } = options;
     let fetcher = resolver.fetcher(name).await?;
     let mut fetch = fetch_handler(store.clone(), fetcher);
     let mut chain: Vec<Arc<dyn Handler>> = Vec::new();
@@ -480,9 +617,13 @@ where
         ),
     );
     chain.push(Arc::new(children));
+    let mut handler: Arc<dyn Handler> = Arc::new(handlers(chain));
+    if let Some(wrapper) = wrapper {
+        handler = wrapper.wrap(handler);
+    }
     // Each blob once, however many paths lead to it: a registry's graph
     // may list one document a thousand times at each of several levels.
-    let pipeline = once_per_blob(handlers(chain));
+    let pipeline = once_per_blob(handler);
     dispatch(&pipeline, limit, std::slice::from_ref(&target)).await?;
     Ok(())
 }

@@ -62,8 +62,6 @@
 
 use std::pin::Pin;
 
-use bytes::Bytes;
-use futures::Stream;
 use oci_spec::image::Descriptor;
 use ocidist_content::{Provider, Writer};
 
@@ -81,14 +79,22 @@ pub mod testkit;
 /// implemented with, re-exported so a remote of your own needs no
 /// dependency of its own for it.
 pub use async_trait::async_trait;
-pub use error::{Error, ErrorKind, Result};
+/// The chunk type of a [`ByteStream`], re-exported so a fetcher of your own
+/// needs no dependency of its own for it.
+pub use bytes::Bytes;
+pub use error::{ConnectError, Error, ErrorKind, Result};
 pub use fetch::{
-    FetchEvent, fetch_content, fetch_handler, fetch_image, fetch_resolved, ingest_ref, record_image,
+    FetchEvent, FetchOptions, HandlerWrapper, fetch_content, fetch_content_with, fetch_handler,
+    fetch_image, fetch_resolved, ingest_ref, record_image,
 };
 pub use push::{PushEvent, push_image, push_order};
 pub use reference::Reference;
 /// The status type of [`Error::Status`], for matching on it.
 pub use reqwest::StatusCode;
+
+/// The trait of a [`ByteStream`], re-exported for the same reason as
+/// [`Bytes`]; `futures::StreamExt` (or `TryStreamExt`) reads one.
+pub use futures::Stream;
 
 /// A stream of bytes from a registry.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;

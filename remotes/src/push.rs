@@ -37,6 +37,11 @@ pub enum PushEvent {
     Done(Descriptor),
 }
 
+/// Whether reading a manifest failed because the store lacks it.
+fn is_missing(e: &ocidist_images::Error) -> bool {
+    matches!(e, ocidist_images::Error::Content(c) if c.is_not_found())
+}
+
 /// How many bytes an upload reads between two [`PushEvent::Progress`].
 pub const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -57,7 +62,28 @@ pub async fn push_order<P: Provider + ?Sized>(
             order.push(desc);
             continue;
         }
-        let children = manifest::children(store, &desc).await?;
+        let children = match manifest::children(store, &desc).await {
+            // An index fetched for one platform lists manifests the store
+            // never got.
+            Err(e) if desc.digest() != root.digest() && is_missing(&e) => {
+                let platform = desc
+                    .platform()
+                    .as_ref()
+                    .map(|p| format!(" (platform {}/{})", p.os(), p.architecture()))
+                    .unwrap_or_default();
+                return Err(crate::Error::other(
+                    ocidist_content::ErrorKind::NotFound,
+                    format!(
+                        "the store lacks manifest {}{platform}, which index {} lists (was \
+                         it fetched for one platform?): push one platform's manifest alone, \
+                         or fetch every platform first",
+                        desc.digest(),
+                        root.digest()
+                    ),
+                ));
+            }
+            other => other?,
+        };
         stack.push((desc, true));
         stack.extend(children.into_iter().rev().map(|c| (c, false)));
     }
@@ -78,8 +104,29 @@ pub async fn push_order<P: Provider + ?Sized>(
 ///
 /// `target` must say it is a manifest or an index
 /// ([`ErrorKind::InvalidArgument`](ocidist_content::ErrorKind::InvalidArgument)
-/// otherwise). A blob another push through the same resolver is uploading
-/// (two images sharing layers, pushed at once) is waited for, not refused.
+/// otherwise). An index goes with every manifest it lists, so each must be
+/// in the store ([`ErrorKind::NotFound`](ocidist_content::ErrorKind::NotFound)
+/// names the first missing one). To push one platform of an index fetched
+/// for that platform alone, push its manifest, as `ctr push --platform`
+/// does:
+///
+/// ```no_run
+/// # async fn f(
+/// #     resolver: &ocidist_remotes::docker::DockerResolver,
+/// #     store: &ocidist_content::local::LocalStore,
+/// #     index: &ocidist_content::Descriptor,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use ocidist_images::{manifest, platforms};
+/// let platform: platforms::Platform = "linux/arm64".parse()?;
+/// let one = manifest::manifest(store, index, &platforms::only(&platform)).await?;
+/// ocidist_remotes::push_image(resolver, store, "registry.example/app:arm64", &one.descriptor, 4, None)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A blob another push through the same resolver is uploading (two images
+/// sharing layers, pushed at once) is waited for, not refused.
 pub async fn push_image<R, P>(
     resolver: &R,
     store: &P,

@@ -174,6 +174,31 @@ async fn a_docker_manifest_list_round_trips_through_the_fetch_pipeline() {
         assert!(!has(blob).await, "{}", blob.desc.media_type());
     }
 
+    // Pushed back, the list needs the manifest the store never got; its
+    // arm64 manifest goes alone.
+    let copy = format!("{}/test/docker-list-copy:arm64", registry.host());
+    let err = ocidist_remotes::push_image(&resolver, &store, &copy, &desc, 4, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!(
+            "the store lacks manifest {} (platform linux/amd64), which index {} lists",
+            pushed[2].desc.digest(),
+            desc.digest()
+        )),
+        "{message}"
+    );
+    let one = ocidist_images::manifest::manifest(&store, &desc, &only(&arm64))
+        .await
+        .unwrap();
+    ocidist_remotes::push_image(&resolver, &store, &copy, &one.descriptor, 4, None)
+        .await
+        .unwrap();
+    let (_, copied) = resolver.resolve(&copy).await.unwrap();
+    assert_eq!(copied.digest(), pushed[5].desc.digest());
+
     fetch_image(&resolver, &store, &images, &reference, all(), 0, None, None)
         .await
         .unwrap();

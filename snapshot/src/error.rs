@@ -139,15 +139,7 @@ impl Error {
         }
     }
 
-    /// True when [`kind`](Self::kind) is [`ErrorKind::NotFound`].
-    pub fn is_not_found(&self) -> bool {
-        self.kind() == ErrorKind::NotFound
-    }
-
-    /// True when [`kind`](Self::kind) is [`ErrorKind::AlreadyExists`].
-    pub fn is_already_exists(&self) -> bool {
-        self.kind() == ErrorKind::AlreadyExists
-    }
+    ocidist_content::kind_predicates!();
 
     /// An I/O error on `path` while doing `op`.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {

@@ -56,8 +56,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use mount::Mount;
 pub use tree::copy_tree;
 pub use unpack::{
-    EXTRACT_KEY_PREFIX, MAX_LAYERS, UNCOMPRESSED_LABEL, UnpackEvent, UnpackOptions,
-    remove_own_extractions, unpack,
+    EXTRACT_KEY_PREFIX, EXTRACTED_BY_LABEL, MAX_LAYERS, UNCOMPRESSED_LABEL, UnpackEvent,
+    UnpackOptions, remove_own_extractions, unpack,
 };
 
 /// Labels on a snapshot: free-form metadata, also used by garbage collection.

@@ -246,69 +246,117 @@ struct Layers<'a> {
     chain_ids: &'a [Digest],
 }
 
-/// The labels of the active snapshots layers are applied into: nothing
-/// but the promise that only [`apply_layer`](crate::apply::apply_layer) writes them.
+/// The labels of the active snapshots layers are applied into: the promise
+/// that only [`apply_layer`](crate::apply::apply_layer) writes them, and
+/// which process made them.
 fn apply_only() -> Labels {
-    Labels::from([(APPLY_ONLY_LABEL.to_string(), "true".to_string())])
+    Labels::from([
+        (APPLY_ONLY_LABEL.to_string(), "true".to_string()),
+        (EXTRACTED_BY_LABEL.to_string(), this_process().to_string()),
+    ])
 }
 
-/// Removes the active snapshots that unpacks of this process made and did
-/// not finish; returns how many went.
+/// The label on the active snapshots [`unpack`] applies layers into: which
+/// process made them (its ID, start and a random part, as one string), so
+/// [`remove_own_extractions`] finds this process's and no other's. Labels
+/// given at commit replace it, so committed layers do not carry it.
+pub const EXTRACTED_BY_LABEL: &str = "ocidist.io/unpack.process";
+
+/// Removes the active snapshots that unpacks of this process made and
+/// abandoned (their future was dropped); returns how many went.
 ///
 /// An unpack cleans up after itself when it fails, but not when its future
 /// is dropped: no async work runs on a drop. A program that stops unpacks
-/// that way (dist on SIGINT) calls this before it exits, as containerd's
-/// unpacker removes its extraction when its context is cancelled. The keys
-/// are those this process made (kept in memory, not told by the process
-/// ID in them, which another PID namespace may share). Run it only once the
-/// unpacks of this process have stopped.
+/// that way (a timeout, a client gone, dist on SIGINT) calls this
+/// afterwards, as containerd's unpacker removes its extraction when its
+/// context is cancelled. It may be called at any time, also while other
+/// unpacks of this process run on the same snapshotter: it finds this
+/// process's extractions by their [`EXTRACTED_BY_LABEL`] and leaves those of
+/// unpacks still running, and those of other processes (which
+/// [`gc::prune`](crate::gc::prune) removes once their process is gone).
+///
+/// An unpack dropped a moment ago may still be finishing a write on a
+/// blocking thread (it stops at its next read); a removal that fails for
+/// that is returned as the error, after the others were tried, and the
+/// next call finishes it.
 pub async fn remove_own_extractions<S: Snapshotter + ?Sized>(snapshotter: &S) -> Result<usize> {
-    let unfinished: Vec<String> = made_here().iter().cloned().collect();
+    let this_process = this_process();
+    let filter = format!("labels.\"{EXTRACTED_BY_LABEL}\"=={this_process},kind==active");
     let mut removed = 0;
-    for key in &unfinished {
-        match snapshotter.stat(key).await {
-            Ok(info) if info.kind == Kind::Active => {}
-            // Committed under its chain ID, removed, or never prepared.
-            _ => continue,
+    let mut first_error = None;
+    for info in snapshotter.walk(&[&filter]).await? {
+        // Checked again: a snapshotter of someone else's may filter loosely.
+        let ours = info.kind == Kind::Active
+            && info.labels.get(EXTRACTED_BY_LABEL).map(String::as_str) == Some(this_process);
+        if !ours || running().contains(&info.name) {
+            continue;
         }
-        match snapshotter.remove(key).await {
+        match snapshotter.remove(&info.name).await {
             Ok(()) => removed += 1,
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    forget(&unfinished);
-    Ok(removed)
+    first_error.map_or(Ok(removed), Err)
 }
 
-/// The extraction keys this process made whose unpack has not ended.
-fn made_here() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
-    static MADE_HERE: Mutex<std::collections::BTreeSet<String>> =
+/// This process, as [`EXTRACTED_BY_LABEL`] names it: the ID alone could be
+/// another process's in another PID namespace sharing the snapshotter.
+fn this_process() -> &'static str {
+    static THIS_PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    THIS_PROCESS.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("{}-{started}-{random:016x}", std::process::id())
+    })
+}
+
+/// The extraction keys of the unpacks of this process that are running.
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    static RUNNING: Mutex<std::collections::BTreeSet<String>> =
         Mutex::new(std::collections::BTreeSet::new());
-    MADE_HERE
+    RUNNING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Forgets `keys` once their unpack has ended (committed or removed them);
-/// a dropped unpack never gets here, and [`remove_own_extractions`] finds
-/// its keys.
-fn forget(keys: &[String]) {
-    let mut made = made_here();
-    for key in keys {
-        made.remove(key);
+/// An unpack's extraction keys, marked running from before they are
+/// prepared until the unpack ends, by returning or by being dropped.
+/// Made before the first `prepare` and dropped after the last `remove`, so
+/// [`remove_own_extractions`] never takes a snapshot an unpack still uses.
+struct Running(Vec<String>);
+
+impl Running {
+    fn new(keys: Vec<String>) -> Self {
+        running().extend(keys.iter().cloned());
+        Running(keys)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = running();
+        for key in &self.0 {
+            running.remove(key);
+        }
     }
 }
 
 fn extract_key(chain_id: &Digest) -> String {
-    let key = tempfile_name(
+    tempfile_name(
         std::path::Path::new(""),
         &format!("{EXTRACT_KEY_PREFIX}{chain_id}-"),
     )
     .to_string_lossy()
-    .into_owned();
-    made_here().insert(key.clone());
-    key
+    .into_owned()
 }
 
 /// Which of the layers being applied at once are done, so a layer can wait
@@ -452,6 +500,7 @@ where
 {
     let count = layers.descriptors.len() - first;
     let keys: Vec<String> = layers.chain_ids[first..].iter().map(extract_key).collect();
+    let _running = Running::new(keys.clone());
     // The first missing layer stands on its committed parent; the others are
     // prepared alone and get theirs at commit.
     let requests = keys
@@ -470,7 +519,6 @@ where
         for key in &removed {
             let _ = snapshotter.remove(key).await;
         }
-        forget(&removed);
     };
     let all_mounts = match snapshotter.prepare_all(requests).await {
         Ok(all) => all,
@@ -649,7 +697,6 @@ where
         lost.extend_from_slice(&keys[committed..]);
     }
     remove_all(lost).await;
-    forget(&keys);
     result.map(|()| true)
 }
 
@@ -704,10 +751,10 @@ where
     S: Snapshotter + ?Sized,
 {
     let key = extract_key(chain_id);
+    let _running = Running::new(vec![key.clone()]);
     let mounts = match snapshotter.prepare(&key, parent, apply_only()).await {
         Ok(mounts) => mounts,
         Err(e) => {
-            forget(std::slice::from_ref(&key));
             return if e.is_already_exists() {
                 Ok(Vec::new())
             } else {
@@ -732,7 +779,7 @@ where
         Ok(applied.warnings)
     }
     .await;
-    let ended = match result {
+    match result {
         Ok(warnings) => Ok(warnings),
         // Another unpack of the same image got there first: use its layer.
         Err(e) if e.is_already_exists() => {
@@ -743,7 +790,5 @@ where
             let _ = snapshotter.remove(&key).await;
             Err(e)
         }
-    };
-    forget(std::slice::from_ref(&key));
-    ended
+    }
 }

@@ -937,3 +937,154 @@ async fn an_image_of_too_many_layers_is_refused_at_once() {
     assert!(err.to_string().contains("more than the"), "{err}");
     assert!(snapshotter.walk(&[]).await.unwrap().is_empty());
 }
+
+/// A provider whose layer reads wait: forever for the blobs in `stalled`,
+/// until `open` says so for those in `held`. Each waiting read reports its
+/// digest on `reached` first.
+struct Gated {
+    store: LocalStore,
+    stalled: Vec<ocidist_content::Digest>,
+    held: Vec<ocidist_content::Digest>,
+    reached: tokio::sync::mpsc::UnboundedSender<ocidist_content::Digest>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[ocidist_content::async_trait]
+impl ocidist_content::Provider for Gated {
+    async fn reader_at(
+        &self,
+        desc: &ocidist_content::Descriptor,
+    ) -> ocidist_content::Result<Box<dyn ocidist_content::ReaderAt>> {
+        if self.stalled.contains(desc.digest()) {
+            let _ = self.reached.send(desc.digest().clone());
+            std::future::pending::<()>().await;
+        }
+        if self.held.contains(desc.digest()) {
+            let _ = self.reached.send(desc.digest().clone());
+            let mut open = self.open.clone();
+            open.wait_for(|open| *open).await.unwrap();
+        }
+        self.store.reader_at(desc).await
+    }
+}
+
+/// An unpack whose future is dropped leaves its extraction snapshots;
+/// `remove_own_extractions` removes them while another unpack on the same
+/// snapshotter runs, and leaves that one's, another process's and a
+/// container's alone.
+#[tokio::test]
+async fn the_extractions_of_a_dropped_unpack_go_and_a_running_ones_stay_native() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshotter = NativeSnapshotter::open(dir.path().join("snap")).unwrap();
+    dropped_unpacks_are_cleaned_up_beside_running_ones(dir.path(), snapshotter).await;
+}
+
+#[tokio::test]
+async fn the_extractions_of_a_dropped_unpack_go_and_a_running_ones_stay_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshotter = OverlaySnapshotter::open(dir.path().join("snap")).unwrap();
+    dropped_unpacks_are_cleaned_up_beside_running_ones(dir.path(), snapshotter).await;
+}
+
+async fn active_keys<S: Snapshotter>(snapshotter: &S) -> std::collections::BTreeSet<String> {
+    let active = snapshotter.walk(&["kind==active"]).await.unwrap();
+    active.into_iter().map(|info| info.name).collect()
+}
+
+async fn dropped_unpacks_are_cleaned_up_beside_running_ones<S: Snapshotter>(
+    dir: &std::path::Path,
+    snapshotter: S,
+) {
+    use ocidist_snapshot::{EXTRACT_KEY_PREFIX, EXTRACTED_BY_LABEL, remove_own_extractions};
+    let store = LocalStore::open(dir.join("content")).unwrap();
+    let dropped_tars = layers();
+    let running_tars = layers_that_look_below();
+    let dropped_image = store_image(&store, &dropped_tars).await;
+    let running_image = store_image(&store, &running_tars).await;
+    let (reached, mut reached_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (open, open_rx) = tokio::sync::watch::channel(false);
+    let provider = Gated {
+        stalled: image_layers(&store, &dropped_image)
+            .await
+            .iter()
+            .map(|l| l.digest().clone())
+            .collect(),
+        held: image_layers(&store, &running_image)
+            .await
+            .iter()
+            .map(|l| l.digest().clone())
+            .collect(),
+        store,
+        reached,
+        open: open_rx,
+    };
+    let platform = matcher();
+
+    // Dropped once it waits for a layer: its extraction snapshots exist.
+    let unpack_to_drop = unpack(
+        &dropped_image,
+        &provider,
+        &snapshotter,
+        &platform,
+        UnpackOptions::default(),
+    );
+    tokio::select! {
+        result = unpack_to_drop => panic!("a stalled unpack ended: {result:?}"),
+        _ = reached_rx.recv() => {}
+    }
+    let left_by_dropped = active_keys(&snapshotter).await;
+    assert!(
+        !left_by_dropped.is_empty(),
+        "the dropped unpack left nothing"
+    );
+
+    // Another process's extraction and a container's snapshot.
+    let foreign = format!("{EXTRACT_KEY_PREFIX}sha256:00-1-2-3-0");
+    let foreign_labels = Labels::from([(EXTRACTED_BY_LABEL.to_string(), "1-2-3".to_string())]);
+    snapshotter
+        .prepare(&foreign, None, foreign_labels)
+        .await
+        .unwrap();
+    snapshotter
+        .prepare("container", None, Labels::new())
+        .await
+        .unwrap();
+
+    let running = unpack(
+        &running_image,
+        &provider,
+        &snapshotter,
+        &platform,
+        UnpackOptions::default(),
+    );
+    let clean_up_while_it_runs = async {
+        // The dropped unpack's other layers may have reported first.
+        while !provider.held.contains(&reached_rx.recv().await.unwrap()) {}
+        let before = active_keys(&snapshotter).await;
+        let removed = remove_own_extractions(&snapshotter).await.unwrap();
+        assert_eq!(removed, left_by_dropped.len());
+        let after = active_keys(&snapshotter).await;
+        let expected: std::collections::BTreeSet<String> =
+            before.difference(&left_by_dropped).cloned().collect();
+        assert_eq!(after, expected);
+        assert!(after.contains(&foreign) && after.contains("container"));
+        assert!(
+            after.len() > 2,
+            "the running unpack's extraction stays: {after:?}"
+        );
+        open.send(true).unwrap();
+    };
+    let (top, ()) = tokio::join!(running, clean_up_while_it_runs);
+    let top = top.unwrap().unwrap();
+    assert_eq!(&top, chain_of(&running_tars).last().unwrap());
+    assert_eq!(
+        active_keys(&snapshotter).await,
+        [foreign.clone(), "container".to_string()].into()
+    );
+    // Committed layers do not carry the label.
+    for info in snapshotter.walk(&["kind==committed"]).await.unwrap() {
+        assert!(!info.labels.contains_key(EXTRACTED_BY_LABEL), "{info:?}");
+    }
+    // Nothing of ours is left to remove.
+    assert_eq!(remove_own_extractions(&snapshotter).await.unwrap(), 0);
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{self, HeaderValue};
 
-use crate::{Error, Result};
+use crate::{ConnectError, Error, Result};
 
 /// A user name and secret (password or identity token) for one registry host.
 #[derive(Clone, PartialEq, Eq)]
@@ -530,7 +530,7 @@ impl Authorizer {
                 .await
                 .map_err(|source| Error::Connect {
                     url: realm.clone(),
-                    source,
+                    source: ConnectError(source),
                 })?;
             // The client hands back a redirect that would send this form
             // to another origin (`tls::redirect_policy`): it goes nowhere
@@ -575,7 +575,7 @@ impl Authorizer {
                 }
                 let connect = |source| Error::Connect {
                     url: realm.clone(),
-                    source,
+                    source: ConnectError(source),
                 };
                 let mut response = get.send().await.map_err(connect)?;
                 // A redirect the client handed back is followed here, as

@@ -18,7 +18,7 @@ use super::pusher::is_manifest;
 use super::speed::{LowSpeedLimit, SpeedCheck};
 use super::{Repository, check_status};
 use crate::task::AbortOnDrop;
-use crate::{ByteStream, Error, Fetcher, Result};
+use crate::{ByteStream, ConnectError, Error, Fetcher, Result};
 
 /// How a large blob is fetched as parallel ranged requests, as containerd 2.1
 /// does: the blob is cut into `chunk_size` ranges, `parallel` of them are in
@@ -410,7 +410,7 @@ async fn fetch_url(
         async move {
             request.send().await.map_err(|source| Error::Connect {
                 url: url.to_string(),
-                source,
+                source: ConnectError(source),
             })
         }
     };
@@ -493,7 +493,7 @@ async fn range_body(
         speed.asked(Instant::now());
         let piece = response.chunk().await.map_err(|source| Error::Connect {
             url: url.to_string(),
-            source,
+            source: ConnectError(source),
         })?;
         let Some(piece) = piece else {
             break;
@@ -666,7 +666,7 @@ impl Stream for Exact {
             }
             Some(Err(source)) => Some(Err(Error::Connect {
                 url: self.url.clone(),
-                source,
+                source: ConnectError(source),
             })),
             None if self.received < self.expected() => {
                 // Reported once: a stream ends after its error.

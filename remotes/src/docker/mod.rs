@@ -45,7 +45,7 @@ pub use fetcher::{DockerFetcher, RangedFetch};
 pub use pusher::DockerPusher;
 pub use speed::LowSpeedLimit;
 
-use crate::{Error, Fetcher, Pusher, Reference, Resolver, Result};
+use crate::{ConnectError, Error, Fetcher, Pusher, Reference, Resolver, Result};
 
 /// What `resolve` accepts, most specific first: Docker and OCI manifests and indexes.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -1132,7 +1132,10 @@ impl Repository {
         let url = url.to_string();
         match alert {
             Some(alert) => Error::TlsAlert { url, alert },
-            None => Error::Connect { url, source },
+            None => Error::Connect {
+                url,
+                source: ConnectError(source),
+            },
         }
     }
 
@@ -1321,7 +1324,7 @@ pub(crate) async fn read_limited(
         };
         let chunk = chunk.map_err(|source| Error::Connect {
             url: url.to_string(),
-            source,
+            source: ConnectError(source),
         })?;
         if body.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());

@@ -23,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::{CONNECT_TIMEOUT, Connection, IDLE_READ_TIMEOUT, causes, hosts};
-use crate::error::{Error, NO_SYSTEM_ROOTS, Result};
+use crate::error::{ConnectError, Error, NO_SYSTEM_ROOTS, Result};
 
 /// How long a session opened to learn why the registry ended another may
 /// wait for the registry's alert (it comes right after the handshake).
@@ -230,7 +230,7 @@ impl Connection {
         }
         let http = builder.build().map_err(|source| Error::Connect {
             url: "TLS configuration".into(),
-            source,
+            source: ConnectError(source),
         })?;
         Ok(HttpClient { http, tls })
     }

@@ -1,0 +1,182 @@
+//! The library's `pull` against the real registry, with a handler wrapper:
+//! the wrapper sees every blob, and a wrapper that skips a layer the unpack
+//! needs fails the pull, naming nothing.
+
+use std::sync::{Arc, Mutex};
+
+use ocidist::content::local::LocalStore;
+use ocidist::content::{Descriptor, Labels, WriterOpts, sha256_of, write_blob};
+use ocidist::images::media_types::{self, Kind};
+use ocidist::images::platforms::{self, Platform};
+use ocidist::images::{DbImageStore, Flow, Handler, ImageStore, handler_fn};
+use ocidist::pull::{PullOptions, pull};
+use ocidist::remotes::docker::DockerResolver;
+use ocidist::remotes::testkit::Registry;
+use ocidist::remotes::{HandlerWrapper, push_image};
+use ocidist::snapshot::native::NativeSnapshotter;
+use ocidist::snapshot::{Snapshotter, UnpackOptions};
+
+/// A one-file layer tar.
+fn layer_tar(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    builder.append_data(&mut header, name, data).unwrap();
+    builder.into_inner().unwrap()
+}
+
+async fn put(store: &LocalStore, media_type: &str, bytes: &[u8]) -> Descriptor {
+    write_blob(
+        store,
+        WriterOpts::new(format!("test-{}", sha256_of(bytes))),
+        bytes,
+        Labels::new(),
+    )
+    .await
+    .unwrap();
+    serde_json::from_value(serde_json::json!({
+        "mediaType": media_type,
+        "digest": sha256_of(bytes).to_string(),
+        "size": bytes.len(),
+    }))
+    .unwrap()
+}
+
+/// Pushes a two-layer image for this machine's platform, built in a store of
+/// its own; returns its reference.
+async fn push_two_layers(registry: &Registry, work: &std::path::Path) -> String {
+    let builder = LocalStore::open(work.join("builder")).unwrap();
+    let tars = [layer_tar("etc/one", b"1"), layer_tar("etc/two", b"2")];
+    let mut layers = Vec::new();
+    for tar in &tars {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, tar).unwrap();
+        let gz = gz.finish().unwrap();
+        layers.push(put(&builder, "application/vnd.oci.image.layer.v1.tar+gzip", &gz).await);
+    }
+    let host = Platform::host();
+    let config = serde_json::json!({
+        "architecture": host.architecture,
+        "os": host.os,
+        "rootfs": {"type": "layers", "diff_ids": tars.iter().map(|t| sha256_of(t).to_string()).collect::<Vec<_>>()},
+    });
+    let config = put(
+        &builder,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    )
+    .await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": layers,
+    });
+    let manifest = put(
+        &builder,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    )
+    .await;
+    let reference = format!("{}/lib/pull:1", registry.host());
+    push_image(
+        &DockerResolver::new(),
+        &builder,
+        &reference,
+        &manifest,
+        4,
+        None,
+    )
+    .await
+    .unwrap();
+    reference
+}
+
+/// A content store, image store and native snapshotter under `root`.
+fn stores(root: &std::path::Path) -> (LocalStore, DbImageStore, NativeSnapshotter) {
+    (
+        LocalStore::open(root.join("content")).unwrap(),
+        DbImageStore::open(root.join("images.redb")).unwrap(),
+        NativeSnapshotter::open(root.join("snapshots")).unwrap(),
+    )
+}
+
+/// A wrapper that notes each descriptor it is called with, and passes on
+/// only those `pass` accepts (the others are not fetched).
+fn noting(seen: Arc<Mutex<Vec<Descriptor>>>, pass: fn(&Descriptor) -> bool) -> HandlerWrapper {
+    HandlerWrapper::new(move |inner: Arc<dyn Handler>| {
+        let seen = seen.clone();
+        Arc::new(handler_fn(move |desc: Descriptor| {
+            let (inner, seen) = (inner.clone(), seen.clone());
+            async move {
+                seen.lock().unwrap().push(desc.clone());
+                if !pass(&desc) {
+                    return Ok(Flow::leaf());
+                }
+                inner.handle(&desc).await
+            }
+        })) as Arc<dyn Handler>
+    })
+}
+
+#[tokio::test]
+async fn a_pull_runs_its_fetch_through_the_handler_wrapper() {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_two_layers(&registry, work.path()).await;
+    let resolver = DockerResolver::new();
+    let matcher = platforms::only(&Platform::host());
+
+    // Passing everything on: the pull is whole, and the wrapper saw the
+    // manifest, the config and both layers.
+    let (store, images, snapshotter) = stores(&work.path().join("whole"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let options = PullOptions::new(matcher.clone())
+        .unpack(UnpackOptions::default())
+        .handler_wrapper(noting(seen.clone(), |_| true));
+    let pulled = pull(
+        &resolver,
+        &store,
+        &images,
+        &snapshotter,
+        &reference,
+        options,
+    )
+    .await
+    .unwrap();
+    let mut kinds: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| format!("{:?}", media_types::kind(d.media_type().as_ref())))
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["Config", "Layer", "Layer", "Manifest"]);
+    let top = pulled.chain_id.unwrap();
+    assert!(snapshotter.stat(top.as_ref()).await.is_ok());
+
+    // Layers not passed on are not fetched: the unpack, which needs them,
+    // fails the pull with NotFound, and the name is not recorded.
+    let (store, images, snapshotter) = stores(&work.path().join("no-layers"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let options = PullOptions::new(matcher).handler_wrapper(noting(seen.clone(), |d| {
+        media_types::kind(d.media_type().as_ref()) != Kind::Layer
+    }));
+    let err = pull(
+        &resolver,
+        &store,
+        &images,
+        &snapshotter,
+        &reference,
+        options,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    assert!(images.list(&[]).await.unwrap().is_empty());
+    assert!(snapshotter.walk(&[]).await.unwrap().is_empty());
+}
