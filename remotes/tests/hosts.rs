@@ -294,6 +294,60 @@ async fn every_request_carries_the_user_agent_the_caller_chose() {
     assert_eq!(agents_of(&with_own_client).await, [chosen]);
 }
 
+/// Headers set on the resolver go with every request to every endpoint; an
+/// endpoint's own `[header]` of the same name replaces them there, and the
+/// others still go.
+#[tokio::test]
+async fn resolver_headers_go_everywhere_and_an_endpoints_own_replace_them() {
+    use ocidist_remotes::testkit::FaultProxy;
+    let (registry, blobs) = mirror_with_image().await;
+    let values_of = async |resolver: &dyn Fn(&str) -> DockerResolver, name: &str| {
+        let proxy = FaultProxy::start(registry.addr()).unwrap();
+        let reference = format!("{}/lib/app:1", proxy.host());
+        resolve_and_fetch_a_layer(&resolver(&proxy.host()), &reference, &blobs).await;
+        let heads = proxy.heads();
+        assert!(heads.len() >= 2, "{heads:#?}");
+        // The bare `GET /v2/` that asks a loopback registry whether it
+        // speaks TLS carries no configured headers (they may be credentials,
+        // and it goes in plain HTTP first).
+        let values: std::collections::BTreeSet<Vec<String>> = heads
+            .iter()
+            .filter(|head| head[0] != "GET /v2/ HTTP/1.1")
+            .map(|head| {
+                head.iter()
+                    .filter_map(|l| l.split_once(':'))
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+                    .collect()
+            })
+            .collect();
+        values.into_iter().collect::<Vec<_>>()
+    };
+    let resolver = |_: &str| {
+        DockerResolver::new()
+            .header("X-Api-Key", "k-1")
+            .unwrap()
+            .header("X-Tenant", "blue")
+            .unwrap()
+    };
+    assert_eq!(values_of(&resolver, "x-api-key").await, [vec!["k-1"]]);
+    assert_eq!(values_of(&resolver, "x-tenant").await, [vec!["blue"]]);
+    let hosts = tempfile::tempdir().unwrap();
+    let with_own = |host: &str| {
+        let dir = hosts.path().join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = format!("server = \"http://{host}\"\n[header]\n  x-api-key = \"k-own\"\n");
+        std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+        resolver(host).hosts_dir(hosts.path())
+    };
+    assert_eq!(values_of(&with_own, "x-api-key").await, [vec!["k-own"]]);
+    assert_eq!(values_of(&with_own, "x-tenant").await, [vec!["blue"]]);
+    let refused = DockerResolver::new()
+        .header("X-Key", "two\nlines")
+        .unwrap_err();
+    assert_eq!(refused.kind(), ocidist_content::ErrorKind::InvalidArgument);
+}
+
 /// A redirect chain that leaves the registry (for a storage host, then a
 /// CDN, each moving within itself) takes the endpoint's configured headers
 /// to every hop, as Go's client (so containerd) sends them, but never a

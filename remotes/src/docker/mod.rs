@@ -228,6 +228,9 @@ pub struct DockerResolver {
     spool_dir: Option<PathBuf>,
     /// What every response body must bring while it is read.
     low_speed: LowSpeedLimit,
+    /// Headers for every endpoint, before (and replaced by) an endpoint's
+    /// own `[header]` of the same name.
+    headers: Vec<(String, String)>,
 }
 
 /// How the upstream of a registry is spoken to when no hosts file says.
@@ -268,6 +271,7 @@ impl DockerResolver {
             pushing: pusher::Pushing::default(),
             spool_dir: None,
             low_speed: LowSpeedLimit::default(),
+            headers: Vec::new(),
         }
     }
 
@@ -387,6 +391,60 @@ impl DockerResolver {
         self.defaults.user_agent = Some(user_agent);
         self.rebuild_client()?;
         Ok(self)
+    }
+
+    /// Sends the header `name: value` with every request to every registry
+    /// and mirror, as containerd's `ResolverOptions.Headers` (an API key a
+    /// gateway in front of all of them wants, say), and to their token
+    /// services, but not with the bare `GET /v2/` that first asks a
+    /// loopback registry whether it speaks TLS (in plain HTTP). Call it
+    /// again to add more; an endpoint's own `[header]` of that name in
+    /// `hosts.toml` replaces it there. As those, a header that holds credentials
+    /// (`Authorization`, `Cookie`, ...) goes only to the endpoint's own
+    /// origin, never to a redirect's or an upload's elsewhere, and a
+    /// registry's own challenge replaces a configured `Authorization`. A
+    /// name or value that cannot be a header is
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+    ///
+    /// ```
+    /// use ocidist_remotes::docker::DockerResolver;
+    /// let resolver = DockerResolver::new().header("X-Api-Key", "k-123")?;
+    /// assert!(DockerResolver::new().header("bad name", "v").is_err());
+    /// # Ok::<(), ocidist_remotes::Error>(())
+    /// ```
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self> {
+        let (name, value) = (name.into(), value.into());
+        if let Err(e) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
+            return Err(Error::other(
+                crate::ErrorKind::InvalidArgument,
+                format!("header name {name:?}: {e}"),
+            ));
+        }
+        if let Err(e) = reqwest::header::HeaderValue::from_str(&value) {
+            return Err(Error::other(
+                crate::ErrorKind::InvalidArgument,
+                format!("header {name}: value {value:?}: {e}"),
+            ));
+        }
+        self.headers.push((name, value));
+        Ok(self)
+    }
+
+    /// The headers for `endpoint`: the resolver's, less those the
+    /// endpoint sets itself, then the endpoint's.
+    fn headers_for(&self, endpoint: &hosts::Endpoint) -> Vec<(String, String)> {
+        let own = |name: &str| {
+            endpoint
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        self.headers
+            .iter()
+            .filter(|(name, _)| !own(name))
+            .chain(&endpoint.headers)
+            .cloned()
+            .collect()
     }
 
     fn rebuild_client(&mut self) -> Result<()> {
@@ -661,6 +719,7 @@ impl DockerResolver {
                 self.settle_written(&mut endpoint).await?;
             }
             let client = self.client_for(&endpoint)?;
+            let headers = self.headers_for(&endpoint);
             let unchecked = unchecked_upstream && i + 1 == count;
             out.push(Repository {
                 tokens: auth::TokenClients {
@@ -670,7 +729,7 @@ impl DockerResolver {
                     // TLS left unchecked only because the registry is local.
                     elsewhere: unchecked.then(|| self.client.http.clone()),
                     headers: ConfiguredHeaders {
-                        headers: endpoint.headers.clone(),
+                        headers: headers.clone(),
                         base: endpoint.api_root(),
                     },
                 },
@@ -680,7 +739,7 @@ impl DockerResolver {
                 repository: reference.repository().to_string(),
                 authorizer: self.authorizer.clone(),
                 headers: ConfiguredHeaders {
-                    headers: endpoint.headers.clone(),
+                    headers,
                     base: endpoint.api_root(),
                 },
                 retry: false,
