@@ -15,9 +15,13 @@ use crate::{Error, Result};
 /// One mount: `mount -t KIND -o OPTIONS SOURCE TARGET`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
-    /// The filesystem type: `bind` or `overlay`.
+    /// The filesystem type: `bind` or `overlay` from this crate's
+    /// snapshotters; anything `mount(2)` takes from another's (`ext4`,
+    /// `btrfs`, `none` with `rbind`), which [`mount_all`] mounts and
+    /// [`unpack`](crate::unpack()) applies layers through.
     pub kind: String,
-    /// The source: a directory for `bind`, `overlay` for overlays.
+    /// The source: a directory for `bind`, `overlay` for overlays, a device
+    /// or directory for other kinds.
     pub source: PathBuf,
     /// Options, as `mount -o` takes them (`ro`, `rbind`, `lowerdir=…`).
     pub options: Vec<String>,
