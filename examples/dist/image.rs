@@ -292,7 +292,7 @@ pub(crate) async fn push(
     .await;
     progress.finish(result.is_ok()).await;
     result.map_err(|e| {
-        if is_index && !remote.platform_given && e.kind() == ocidist::content::ErrorKind::NotFound {
+        if matches!(e, ocidist::remotes::Error::MissingManifest { .. }) {
             // What a one-platform fetch of an index leaves: say the way out
             // in this program's terms.
             let hint = "a fetch without --all-platforms keeps one platform's manifest: \

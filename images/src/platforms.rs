@@ -238,6 +238,12 @@ impl<M: Matcher + ?Sized> Matcher for &M {
         (**self).rank(platform)
     }
 
+    // Forwarded, not left to the default: a matcher may accept platforms
+    // it does not rank.
+    fn matches(&self, platform: &Platform) -> bool {
+        (**self).matches(platform)
+    }
+
     fn describe(&self) -> String {
         (**self).describe()
     }
@@ -248,6 +254,10 @@ impl<M: Matcher + ?Sized> Matcher for std::sync::Arc<M> {
         (**self).rank(platform)
     }
 
+    fn matches(&self, platform: &Platform) -> bool {
+        (**self).matches(platform)
+    }
+
     fn describe(&self) -> String {
         (**self).describe()
     }
@@ -256,6 +266,10 @@ impl<M: Matcher + ?Sized> Matcher for std::sync::Arc<M> {
 impl<M: Matcher + ?Sized> Matcher for Box<M> {
     fn rank(&self, platform: &Platform) -> Option<usize> {
         (**self).rank(platform)
+    }
+
+    fn matches(&self, platform: &Platform) -> bool {
+        (**self).matches(platform)
     }
 
     fn describe(&self) -> String {
@@ -432,6 +446,33 @@ mod tests {
 
     fn p(s: &str) -> Platform {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// A matcher that accepts every platform but ranks none.
+    #[derive(Debug)]
+    struct AcceptsUnranked;
+
+    impl Matcher for AcceptsUnranked {
+        fn rank(&self, _: &Platform) -> Option<usize> {
+            None
+        }
+
+        fn matches(&self, _: &Platform) -> bool {
+            true
+        }
+    }
+
+    /// A matcher behind a reference, an `Arc` or a `Box` accepts what it
+    /// accepts itself, not only what it ranks.
+    #[test]
+    fn wrapped_matchers_keep_their_own_matches() {
+        let platform = p("linux/amd64");
+        let arc: std::sync::Arc<dyn Matcher> = std::sync::Arc::new(AcceptsUnranked);
+        let boxed: Box<dyn Matcher> = Box::new(AcceptsUnranked);
+        assert!(arc.matches(&platform));
+        assert!(boxed.matches(&platform));
+        let by_reference: &dyn Matcher = &AcceptsUnranked;
+        assert!(Matcher::matches(&by_reference, &platform));
     }
 
     /// Errors name platforms as people write them, not as Rust prints them.

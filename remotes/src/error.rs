@@ -132,6 +132,21 @@ pub enum Error {
         /// Why its fetch failed.
         source: Box<Error>,
     },
+    /// A push of an index found a manifest it lists missing from the store
+    /// (an index fetched for one platform keeps only that platform's).
+    #[error(
+        "the store lacks manifest {digest}{}, which index {listed_by} lists (was it fetched \
+         for one platform?): push one platform's manifest alone, or fetch every platform first",
+        platform.as_ref().map_or(String::new(), |p| format!(" (platform {p})"))
+    )]
+    MissingManifest {
+        /// The missing manifest.
+        digest: ocidist_content::Digest,
+        /// Its platform, as the index says (`linux/arm/v7`).
+        platform: Option<String>,
+        /// The index that lists it.
+        listed_by: ocidist_content::Digest,
+    },
     /// An error from a caller's resolver, fetcher or pusher, with the kind
     /// callers should see.
     #[error("{source}")]
@@ -263,6 +278,7 @@ impl Error {
             Error::Protocol { .. } => ErrorKind::FailedPrecondition,
             Error::HostsFailed { last, .. } => last.kind(),
             Error::Blob { source, .. } => source.kind(),
+            Error::MissingManifest { .. } => ErrorKind::NotFound,
             Error::Other { kind, .. } => *kind,
         }
     }

@@ -9,6 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::Descriptor;
 use ocidist_content::{Manager, Provider, ReaderAt};
 use ocidist_images::manifest;
+use ocidist_images::media_types::{self, Kind};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -52,9 +53,9 @@ pub async fn push_order<P: Provider + ?Sized>(
     root: &Descriptor,
 ) -> Result<Vec<Descriptor>> {
     let mut order: Vec<Descriptor> = Vec::new();
-    // (descriptor, children already expanded)
-    let mut stack = vec![(root.clone(), false)];
-    while let Some((desc, expanded)) = stack.pop() {
+    // (descriptor, children already expanded, the index that lists it)
+    let mut stack = vec![(root.clone(), false, None)];
+    while let Some((desc, expanded, listed_by)) = stack.pop() {
         if order.iter().any(|d| d.digest() == desc.digest()) {
             continue;
         }
@@ -65,27 +66,24 @@ pub async fn push_order<P: Provider + ?Sized>(
         let children = match manifest::children(store, &desc).await {
             // An index fetched for one platform lists manifests the store
             // never got.
-            Err(e) if desc.digest() != root.digest() && is_missing(&e) => {
-                let platform = desc
-                    .platform()
-                    .as_ref()
-                    .map(|p| format!(" (platform {}/{})", p.os(), p.architecture()))
-                    .unwrap_or_default();
-                return Err(crate::Error::other(
-                    ocidist_content::ErrorKind::NotFound,
-                    format!(
-                        "the store lacks manifest {}{platform}, which index {} lists (was \
-                         it fetched for one platform?): push one platform's manifest alone, \
-                         or fetch every platform first",
-                        desc.digest(),
-                        root.digest()
-                    ),
-                ));
+            Err(e) if listed_by.is_some() && is_missing(&e) => {
+                return Err(crate::Error::MissingManifest {
+                    platform: manifest::descriptor_platform(&desc).map(|p| p.to_string()),
+                    digest: desc.digest().clone(),
+                    listed_by: listed_by.expect("checked above"),
+                });
             }
             other => other?,
         };
-        stack.push((desc, true));
-        stack.extend(children.into_iter().rev().map(|c| (c, false)));
+        let index = (media_types::kind(desc.media_type().as_ref()) == Kind::Index)
+            .then(|| desc.digest().clone());
+        stack.push((desc, true, None));
+        stack.extend(
+            children
+                .into_iter()
+                .rev()
+                .map(|c| (c, false, index.clone())),
+        );
     }
     Ok(order)
 }

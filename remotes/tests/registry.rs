@@ -181,6 +181,11 @@ async fn a_docker_manifest_list_round_trips_through_the_fetch_pipeline() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        matches!(&err, ocidist_remotes::Error::MissingManifest { digest, listed_by, .. }
+            if digest == pushed[2].desc.digest() && listed_by == desc.digest()),
+        "{err:?}"
+    );
     let message = err.to_string();
     assert!(
         message.contains(&format!(

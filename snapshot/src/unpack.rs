@@ -15,8 +15,8 @@ use crate::apply::{ApplyOptions, LowersReady, apply_layer_over, apply_layer_to_m
 use crate::base::tempfile_name;
 use crate::mount::ApplyTarget;
 use crate::{
-    APPLY_ONLY_LABEL, CommitOpts, CommitRequest, Error, Kind, Labels, PrepareRequest, Result,
-    Snapshotter,
+    APPLY_ONLY_LABEL, CommitOpts, CommitRequest, Error, ErrorKind, Kind, Labels, PrepareRequest,
+    Result, Snapshotter,
 };
 
 /// Whether a layer of this media type is a tar, plain or compressed in a way
@@ -252,7 +252,7 @@ struct Layers<'a> {
 fn apply_only() -> Labels {
     Labels::from([
         (APPLY_ONLY_LABEL.to_string(), "true".to_string()),
-        (EXTRACTED_BY_LABEL.to_string(), this_process().to_string()),
+        (EXTRACTED_BY_LABEL.to_string(), this_process()),
     ])
 }
 
@@ -271,23 +271,40 @@ pub const EXTRACTED_BY_LABEL: &str = "ocidist.io/unpack.process";
 /// afterwards, as containerd's unpacker removes its extraction when its
 /// context is cancelled. It may be called at any time, also while other
 /// unpacks of this process run on the same snapshotter: it finds this
-/// process's extractions by their [`EXTRACTED_BY_LABEL`] and leaves those of
+/// process's extractions by their [`EXTRACTED_BY_LABEL`] (so the
+/// snapshotter must keep labels, as containerd's do) and leaves those of
 /// unpacks still running, and those of other processes (which
-/// [`gc::prune`](crate::gc::prune) removes once their process is gone).
+/// [`gc::prune`](crate::gc::prune) removes once their lease has expired or
+/// they are older than its grace period).
 ///
-/// An unpack dropped a moment ago may still be finishing a write on a
-/// blocking thread (it stops at its next read); a removal that fails for
-/// that is returned as the error, after the others were tried, and the
-/// next call finishes it.
+/// A dropped unpack's layer still being applied on a blocking thread stops
+/// at its next read; until that thread lets go, its snapshot counts as
+/// running and is left for a later call (or for `prune`). So is one whose
+/// `prepare` was still under way on a blocking thread when the walk ran.
+/// A removal that fails is returned as the error, after the others were
+/// tried.
 pub async fn remove_own_extractions<S: Snapshotter + ?Sized>(snapshotter: &S) -> Result<usize> {
     let this_process = this_process();
     let filter = format!("labels.\"{EXTRACTED_BY_LABEL}\"=={this_process},kind==active");
+    let candidates = match snapshotter.walk(&[&filter]).await {
+        // A snapshotter of someone else's that does not take this filter:
+        // every snapshot, checked below.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidArgument | ErrorKind::Unimplemented
+            ) =>
+        {
+            snapshotter.walk(&[]).await?
+        }
+        other => other?,
+    };
     let mut removed = 0;
     let mut first_error = None;
-    for info in snapshotter.walk(&[&filter]).await? {
+    for info in candidates {
         // Checked again: a snapshotter of someone else's may filter loosely.
-        let ours = info.kind == Kind::Active
-            && info.labels.get(EXTRACTED_BY_LABEL).map(String::as_str) == Some(this_process);
+        let ours =
+            info.kind == Kind::Active && info.labels.get(EXTRACTED_BY_LABEL) == Some(&this_process);
         if !ours || running().contains(&info.name) {
             continue;
         }
@@ -304,19 +321,30 @@ pub async fn remove_own_extractions<S: Snapshotter + ?Sized>(snapshotter: &S) ->
 
 /// This process, as [`EXTRACTED_BY_LABEL`] names it: the ID alone could be
 /// another process's in another PID namespace sharing the snapshotter.
-fn this_process() -> &'static str {
-    static THIS_PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    THIS_PROCESS.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        format!("{}-{started}-{random:016x}", std::process::id())
-    })
+/// Made again when the ID changes: a child forked without `exec` has the
+/// parent's memory, token included, but none of its unpacks.
+fn this_process() -> String {
+    static THIS_PROCESS: Mutex<Option<(u32, String)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut token = THIS_PROCESS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*token {
+        Some((made_by, token)) if *made_by == pid => token.clone(),
+        _ => {
+            use std::hash::{BuildHasher, Hasher};
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            let made = format!("{pid}-{started}-{random:016x}");
+            *token = Some((pid, made.clone()));
+            made
+        }
+    }
 }
 
 /// The extraction keys of the unpacks of this process that are running.
@@ -463,10 +491,15 @@ impl Drop for FailOnDrop {
     }
 }
 
-/// A layer's bytes, which stop (an error) once another layer has failed.
+/// A layer's bytes, which stop (an error) once another layer has failed or
+/// the unpack was dropped. It holds the unpack's extraction keys as
+/// running until the blocking thread applying the layer lets it go, so
+/// [`remove_own_extractions`] never removes a snapshot a thread still
+/// writes.
 struct StopWhenFailed<R> {
     inner: R,
     applied: Arc<AppliedSoFar>,
+    _running: Arc<Running>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StopWhenFailed<R> {
@@ -500,7 +533,7 @@ where
 {
     let count = layers.descriptors.len() - first;
     let keys: Vec<String> = layers.chain_ids[first..].iter().map(extract_key).collect();
-    let _running = Running::new(keys.clone());
+    let running = Arc::new(Running::new(keys.clone()));
     // The first missing layer stands on its committed parent; the others are
     // prepared alone and get theirs at commit.
     let requests = keys
@@ -564,6 +597,7 @@ where
     let _stop_on_drop = FailOnDrop(applied.clone());
     let apply_one = |j: usize| {
         let applied = applied.clone();
+        let running = running.clone();
         let target = &targets[j];
         async move {
             let i = first + j;
@@ -597,6 +631,7 @@ where
                 let reader = StopWhenFailed {
                     inner: reader,
                     applied: applied.clone(),
+                    _running: running,
                 };
                 let done = apply_layer_over(
                     target,
@@ -751,7 +786,11 @@ where
     S: Snapshotter + ?Sized,
 {
     let key = extract_key(chain_id);
-    let _running = Running::new(vec![key.clone()]);
+    let running = Arc::new(Running::new(vec![key.clone()]));
+    // Dropped before the end (the caller gave up), the layer still being
+    // applied on a blocking thread stops at its next read.
+    let applied = Arc::new(AppliedSoFar::default());
+    let _stop_on_drop = FailOnDrop(applied.clone());
     let mounts = match snapshotter.prepare(&key, parent, apply_only()).await {
         Ok(mounts) => mounts,
         Err(e) => {
@@ -763,7 +802,11 @@ where
         }
     };
     let result: Result<Vec<String>> = async {
-        let reader = provider.reader(layer).await?;
+        let reader = StopWhenFailed {
+            inner: provider.reader(layer).await?,
+            applied,
+            _running: running,
+        };
         let applied = apply_layer_to_mounts(
             &mounts,
             reader,

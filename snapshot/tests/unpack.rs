@@ -1088,3 +1088,112 @@ async fn dropped_unpacks_are_cleaned_up_beside_running_ones<S: Snapshotter>(
     // Nothing of ours is left to remove.
     assert_eq!(remove_own_extractions(&snapshotter).await.unwrap(), 0);
 }
+
+/// A blob whose reads stop short of `halt_at`, and from there on wait until
+/// `open` says so, reporting on `halted` first.
+struct Halting {
+    inner: Box<dyn ocidist_content::ReaderAt>,
+    halt_at: u64,
+    halted: tokio::sync::mpsc::UnboundedSender<()>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[ocidist_content::async_trait]
+impl ocidist_content::ReaderAt for Halting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist_content::Result<usize> {
+        if offset >= self.halt_at {
+            let _ = self.halted.send(());
+            let mut open = self.open.clone();
+            open.wait_for(|open| *open).await.unwrap();
+            return self.inner.read_at(offset, buf).await;
+        }
+        // Short, so the next read comes from `halt_at`.
+        let before_halt = buf.len().min((self.halt_at - offset) as usize);
+        self.inner.read_at(offset, &mut buf[..before_halt]).await
+    }
+
+    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+        Box::pin(ocidist_content::ReaderAtStream::new(self))
+    }
+}
+
+/// Every blob of `store`, its reads halting after the first byte.
+struct HaltingStore {
+    store: LocalStore,
+    halted: tokio::sync::mpsc::UnboundedSender<()>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[ocidist_content::async_trait]
+impl ocidist_content::Provider for HaltingStore {
+    async fn reader_at(
+        &self,
+        desc: &ocidist_content::Descriptor,
+    ) -> ocidist_content::Result<Box<dyn ocidist_content::ReaderAt>> {
+        let inner = self.store.reader_at(desc).await?;
+        if media_types_of_layers(desc) {
+            return Ok(Box::new(Halting {
+                inner,
+                halt_at: 1,
+                halted: self.halted.clone(),
+                open: self.open.clone(),
+            }));
+        }
+        Ok(inner)
+    }
+}
+
+fn media_types_of_layers(desc: &ocidist_content::Descriptor) -> bool {
+    desc.media_type().as_ref().contains(".layer.")
+}
+
+/// A layer a dropped unpack was applying on a blocking thread keeps its
+/// snapshot until that thread lets go: `remove_own_extractions` leaves it
+/// while the thread still reads, and removes it afterwards.
+#[tokio::test]
+async fn a_dropped_unpacks_layer_still_being_applied_is_left_until_its_thread_lets_go() {
+    use ocidist_snapshot::remove_own_extractions;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let snapshotter = NativeSnapshotter::open(dir.path().join("snap")).unwrap();
+    let image = store_image(&store, &layers()).await;
+    let (halted, mut halted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (open, open_rx) = tokio::sync::watch::channel(false);
+    let provider = HaltingStore {
+        store,
+        halted,
+        open: open_rx,
+    };
+    let platform = matcher();
+    let unpacking = unpack(
+        &image,
+        &provider,
+        &snapshotter,
+        &platform,
+        UnpackOptions::default(),
+    );
+    // Dropped while its blocking thread waits for the layer's next bytes.
+    tokio::select! {
+        result = unpacking => panic!("a halted unpack ended: {result:?}"),
+        _ = halted_rx.recv() => {}
+    }
+    assert_eq!(active_keys(&snapshotter).await.len(), 1);
+    assert_eq!(remove_own_extractions(&snapshotter).await.unwrap(), 0);
+    assert_eq!(active_keys(&snapshotter).await.len(), 1);
+
+    // Let go, the thread stops at its next read, and then the snapshot goes.
+    open.send(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut removed = 0;
+    while removed == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        removed = remove_own_extractions(&snapshotter).await.unwrap();
+    }
+    assert_eq!(removed, 1);
+    assert!(active_keys(&snapshotter).await.is_empty());
+    assert!(snapshotter.walk(&[]).await.unwrap().is_empty());
+}
