@@ -278,11 +278,11 @@ pub const EXTRACTED_BY_LABEL: &str = "ocidist.io/unpack.process";
 /// they are older than its grace period).
 ///
 /// A dropped unpack's layer still being applied on a blocking thread stops
-/// at its next read; until that thread lets go, its snapshot counts as
-/// running and is left for a later call (or for `prune`). So is one whose
-/// `prepare` was still under way on a blocking thread when the walk ran.
-/// A removal that fails is returned as the error, after the others were
-/// tried.
+/// at its next read, so the removal may race its last write (a directory
+/// left behind goes with the snapshotter's next clean-up). An extraction
+/// whose `prepare` was still under way on a blocking thread when the walk
+/// ran is left for a later call (or for `prune`). A removal that fails is
+/// returned as the error, after the others were tried.
 pub async fn remove_own_extractions<S: Snapshotter + ?Sized>(snapshotter: &S) -> Result<usize> {
     let this_process = this_process();
     let filter = format!("labels.\"{EXTRACTED_BY_LABEL}\"=={this_process},kind==active");
@@ -492,14 +492,10 @@ impl Drop for FailOnDrop {
 }
 
 /// A layer's bytes, which stop (an error) once another layer has failed or
-/// the unpack was dropped. It holds the unpack's extraction keys as
-/// running until the blocking thread applying the layer lets it go, so
-/// [`remove_own_extractions`] never removes a snapshot a thread still
-/// writes.
+/// the unpack was dropped.
 struct StopWhenFailed<R> {
     inner: R,
     applied: Arc<AppliedSoFar>,
-    _running: Arc<Running>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StopWhenFailed<R> {
@@ -533,7 +529,7 @@ where
 {
     let count = layers.descriptors.len() - first;
     let keys: Vec<String> = layers.chain_ids[first..].iter().map(extract_key).collect();
-    let running = Arc::new(Running::new(keys.clone()));
+    let _running = Running::new(keys.clone());
     // The first missing layer stands on its committed parent; the others are
     // prepared alone and get theirs at commit.
     let requests = keys
@@ -597,7 +593,6 @@ where
     let _stop_on_drop = FailOnDrop(applied.clone());
     let apply_one = |j: usize| {
         let applied = applied.clone();
-        let running = running.clone();
         let target = &targets[j];
         async move {
             let i = first + j;
@@ -631,7 +626,6 @@ where
                 let reader = StopWhenFailed {
                     inner: reader,
                     applied: applied.clone(),
-                    _running: running,
                 };
                 let done = apply_layer_over(
                     target,
@@ -786,7 +780,7 @@ where
     S: Snapshotter + ?Sized,
 {
     let key = extract_key(chain_id);
-    let running = Arc::new(Running::new(vec![key.clone()]));
+    let _running = Running::new(vec![key.clone()]);
     // Dropped before the end (the caller gave up), the layer still being
     // applied on a blocking thread stops at its next read.
     let applied = Arc::new(AppliedSoFar::default());
@@ -805,7 +799,6 @@ where
         let reader = StopWhenFailed {
             inner: provider.reader(layer).await?,
             applied,
-            _running: running,
         };
         let applied = apply_layer_to_mounts(
             &mounts,
