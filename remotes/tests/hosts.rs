@@ -57,7 +57,16 @@ async fn mirrors_first_then_the_upstream_and_pushes_to_the_upstream() {
     let reference = format!("{}/lib/app:1", upstream.host());
     resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
 
-    // Pushing goes to the upstream, the only host allowed to take pushes.
+    pushes_go_to_the_upstream_only(&resolver, &upstream, &mirror).await;
+}
+
+/// Pushes an image to `upstream`'s `lib/other:1` through `resolver`, whose
+/// mirror `mirror` may not take pushes: the blobs land at the upstream only.
+async fn pushes_go_to_the_upstream_only(
+    resolver: &DockerResolver,
+    upstream: &ocidist_remotes::testkit::Registry,
+    mirror: &ocidist_remotes::testkit::Registry,
+) {
     let other = image(false, "linux/s390x", 1000);
     let pusher = resolver
         .pusher(&format!("{}/lib/other:1", upstream.host()))
@@ -534,4 +543,93 @@ async fn a_schema1_manifest_on_a_mirror_is_the_error_reported() {
         "{err}"
     );
     assert!(err.to_string().contains("schema 1"), "{err}");
+}
+
+/// Endpoints given in code instead of a hosts directory, as containerd's
+/// `ResolverOptions.Hosts`: the function gets the registry and its upstream
+/// URL, and its endpoints are used as a hosts file's are (mirrors in order,
+/// a URL written without its trailing `/` or taken as written; pushes only
+/// where allowed); an error it returns is the resolve's.
+#[tokio::test]
+async fn mirrors_given_in_code_are_tried_first_as_a_hosts_file_writes_them() {
+    use ocidist_remotes::docker::hosts::{Capabilities, Endpoint};
+    use std::sync::{Arc, Mutex};
+    let (mirror, blobs) = mirror_with_image().await;
+    let watched = ocidist_remotes::testkit::FaultProxy::start(mirror.addr()).unwrap();
+    let upstream = registry();
+    let dead = dead_address();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let pull_only = Capabilities {
+        pull: true,
+        resolve: true,
+        push: false,
+    };
+    let (mirror_url, dead_url) = (
+        format!("http://{}/", watched.host()),
+        format!("http://{dead}"),
+    );
+    let seen = asked.clone();
+    let resolver = DockerResolver::new().registry_hosts(move |registry, upstream_url| {
+        seen.lock()
+            .unwrap()
+            .push((registry.to_string(), upstream_url.to_string()));
+        if registry.starts_with("refused.") {
+            return Err(ocidist_remotes::Error::other(
+                ocidist_content::ErrorKind::PermissionDenied,
+                "this runtime does not pull from there",
+            )
+            .into());
+        }
+        if registry.starts_with("unreadable.") {
+            return Err("the runtime's configuration has no entry for it".into());
+        }
+        Ok(vec![
+            Endpoint {
+                capabilities: pull_only,
+                ..Endpoint::new(dead_url.clone())
+            },
+            Endpoint {
+                capabilities: pull_only,
+                ..Endpoint::new(mirror_url.clone())
+            },
+            Endpoint::upstream(upstream_url.to_string()),
+        ])
+    });
+    let reference = format!("{}/lib/app:1", upstream.host());
+    resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
+    let log = watched.log();
+    assert_eq!(log.len(), 2, "a HEAD and a GET, at the mirror: {log:#?}");
+    assert!(log.iter().all(|l| l.contains(" /v2/lib/app/")), "{log:#?}");
+    let asked_for = asked.lock().unwrap().clone();
+    assert!(
+        asked_for.contains(&(upstream.host(), format!("http://{}", upstream.host()))),
+        "the registry and its upstream as the resolver reaches it: {asked_for:?}"
+    );
+
+    pushes_go_to_the_upstream_only(&resolver, &upstream, &mirror).await;
+
+    let err = resolver
+        .resolve("refused.example/lib/app:1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ocidist_content::ErrorKind::PermissionDenied,
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("does not pull from there"),
+        "{err}"
+    );
+    let err = resolver
+        .fetcher("unreadable.example/lib/app:1")
+        .await
+        .err()
+        .expect("no endpoints");
+    assert_eq!(
+        err.kind(),
+        ocidist_content::ErrorKind::InvalidArgument,
+        "{err}"
+    );
+    assert!(err.to_string().contains("has no entry for it"), "{err}");
 }

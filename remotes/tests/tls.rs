@@ -82,6 +82,50 @@ async fn https_needs_the_ca_and_works_with_it() {
     assert!(careless.resolve(&format!("{repo}:1")).await.is_ok());
 }
 
+/// A CA given in memory (a runtime's own configuration, a Kubernetes
+/// secret) is trusted as a CA file is, by the resolver's client and by an
+/// endpoint's own (one with settings of its own, here a dial timeout); a
+/// PEM with no certificate is refused up front, naming it.
+#[tokio::test]
+async fn a_ca_given_in_memory_is_trusted_as_a_file_is() {
+    use ocidist_remotes::docker::hosts::Endpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCertificates::write(dir.path()).unwrap();
+    let registry = Registry::start_tls(&certs.server_cert, &certs.server_key)
+        .expect("the registry must start with TLS (apt-get install docker-registry)");
+    let pem = std::fs::read(&certs.ca).unwrap();
+    let trusting = DockerResolver::new()
+        .plain_http(PlainHttp::Never)
+        .ca_pem(&pem)
+        .unwrap();
+    push_and_resolve(&trusting, &format!("{}/tls/mem", registry.host())).await;
+
+    let with_own_settings = trusting.registry_hosts(|_, upstream| {
+        Ok(vec![Endpoint {
+            dial_timeout: Some(std::time::Duration::from_secs(5)),
+            ..Endpoint::upstream(upstream.to_string())
+        }])
+    });
+    push_and_resolve(&with_own_settings, &format!("{}/tls/own", registry.host())).await;
+
+    // Without it, the same registry is refused.
+    let err = DockerResolver::new()
+        .plain_http(PlainHttp::Never)
+        .resolve(&format!("{}/tls/mem:1", registry.host()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+
+    let err = DockerResolver::new()
+        .ca_pem(&pem)
+        .unwrap()
+        .ca_pem(b"-----BEGIN NOTHING-----")
+        .unwrap_err();
+    assert!(matches!(err, Error::TlsConfig { .. }), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().starts_with("<CA PEM 2>"), "{err}");
+}
+
 /// A registry whose certificate is self-signed and a CA's too (`openssl req
 /// -x509`, as Docker's guide makes one) is trusted when that certificate is
 /// given as the CA, as Go and curl trust it; one for another name still is
@@ -416,6 +460,11 @@ async fn push_and_resolve_trusting(ca: &std::path::Path, repo: &str) {
         .plain_http(PlainHttp::Never)
         .tls(&[ca.to_path_buf()], false)
         .unwrap();
+    push_and_resolve(&trusting, repo).await;
+}
+
+/// Pushes an image to `repo:1` with `resolver` and resolves it back.
+async fn push_and_resolve(trusting: &DockerResolver, repo: &str) {
     let blobs = image(false, "linux/amd64", 1000);
     let pusher = trusting.pusher(&format!("{repo}:1")).await.unwrap();
     push_all(pusher.as_ref(), &blobs).await;

@@ -146,7 +146,19 @@ impl Endpoint {
     /// The resolver's default upstream, with default settings.
     pub fn upstream(url: String) -> Self {
         Endpoint {
-            url,
+            default_upstream: true,
+            ..Endpoint::new(url)
+        }
+    }
+
+    /// An endpoint at `url` as a hosts file writes it (a mirror, or a
+    /// `server`), with default settings: it may do everything, as a host
+    /// without `capabilities` in `hosts.toml`; set
+    /// [`capabilities`](Self::capabilities) for a mirror that only serves
+    /// pulls.
+    pub fn new(url: impl Into<String>) -> Self {
+        Endpoint {
+            url: url.into(),
             capabilities: Capabilities::ALL,
             ca_files: Vec::new(),
             client_certs: Vec::new(),
@@ -154,7 +166,7 @@ impl Endpoint {
             dial_timeout: None,
             headers: Vec::new(),
             override_path: false,
-            default_upstream: true,
+            default_upstream: false,
         }
     }
 
@@ -507,7 +519,7 @@ fn parse_go_duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// A host or server as written, with `https://` when it names no scheme
 /// (containerd's default) and no trailing slash.
-fn endpoint_url(written: &str) -> String {
+pub(crate) fn endpoint_url(written: &str) -> String {
     let url = written.trim_end_matches('/');
     if url.contains("://") {
         url.to_string()

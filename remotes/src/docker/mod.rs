@@ -156,6 +156,8 @@ pub enum PlainHttp {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct Connection {
     ca_files: Vec<PathBuf>,
+    /// CA certificates given in memory (PEM), trusted beside the files'.
+    ca_pems: Vec<Arc<[u8]>>,
     /// The one presented is chosen as Go chooses (see `tls.rs`).
     client_certs: Vec<hosts::ClientCert>,
     skip_verify: bool,
@@ -170,7 +172,10 @@ struct Connection {
 impl Connection {
     /// True when any TLS setting is given.
     fn has_tls(&self) -> bool {
-        !self.ca_files.is_empty() || !self.client_certs.is_empty() || self.skip_verify
+        !self.ca_files.is_empty()
+            || !self.ca_pems.is_empty()
+            || !self.client_certs.is_empty()
+            || self.skip_verify
     }
 
     /// The files the client is built from.
@@ -217,7 +222,7 @@ pub struct DockerResolver {
     /// so that one request settles it.
     loopback_tls: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>>,
     authorizer: auth::Authorizer,
-    hosts_dir: Option<PathBuf>,
+    hosts: Hosts,
     ranged: fetcher::Ranged,
     /// Manifests resolving had to GET, for the first fetch of each.
     resolved: fetcher::Resolved,
@@ -246,6 +251,75 @@ enum Scheme {
     Settle,
 }
 
+/// Where a registry's endpoints come from.
+#[derive(Clone)]
+enum Hosts {
+    /// The upstream alone.
+    Upstream,
+    /// containerd's hosts directory.
+    Dir(PathBuf),
+    /// The caller's function: registry and upstream URL to endpoints.
+    Code(Arc<RegistryHostsFn>),
+}
+
+/// What [`DockerResolver::registry_hosts`] takes.
+type RegistryHostsFn =
+    dyn Fn(&str, &str) -> std::result::Result<Vec<hosts::Endpoint>, BoxError> + Send + Sync;
+
+/// Any error, as [`DockerResolver::registry_hosts`]'s function returns it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl std::fmt::Debug for Hosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hosts::Upstream => f.write_str("Upstream"),
+            Hosts::Dir(dir) => f.debug_tuple("Dir").field(dir).finish(),
+            Hosts::Code(_) => f.write_str("Code(..)"),
+        }
+    }
+}
+
+impl Hosts {
+    /// The endpoints of `registry`, in the order to try them, ending with
+    /// the upstream (`upstream` unless configured otherwise).
+    async fn endpoints(&self, registry: &str, upstream: &str) -> Result<Vec<hosts::Endpoint>> {
+        let (registry, default) = (registry.to_string(), upstream.to_string());
+        // On a blocking thread: the files may be on a hung network mount
+        // (or a FIFO), the caller's function may read some, and the
+        // runtime's threads must stay free for the caller's timeouts and
+        // signals.
+        let read = match self {
+            Hosts::Upstream => return Ok(vec![hosts::Endpoint::upstream(default)]),
+            Hosts::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || hosts::endpoints(&dir, &registry, &default))
+            }
+            Hosts::Code(hosts) => {
+                let hosts = hosts.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut endpoints =
+                        hosts(&registry, &default).map_err(|e| match e.downcast::<Error>() {
+                            Ok(ours) => *ours,
+                            Err(other) => Error::other(crate::ErrorKind::InvalidArgument, other),
+                        })?;
+                    for endpoint in &mut endpoints {
+                        endpoint.url = hosts::endpoint_url(&endpoint.url);
+                    }
+                    Ok(endpoints)
+                })
+            }
+        };
+        match read.await {
+            Ok(endpoints) => endpoints,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Content(ocidist_content::Error::other(
+                ocidist_content::ErrorKind::Unavailable,
+                format!("read the registry's hosts: {e}"),
+            ))),
+        }
+    }
+}
+
 impl Default for DockerResolver {
     fn default() -> Self {
         Self::new()
@@ -265,7 +339,7 @@ impl DockerResolver {
             plain_http: PlainHttp::default(),
             loopback_tls: Arc::default(),
             authorizer: auth::Authorizer::new(Arc::new(auth::Anonymous)),
-            hosts_dir: None,
+            hosts: Hosts::Upstream,
             ranged: fetcher::Ranged::new(RangedFetch::default()),
             resolved: fetcher::Resolved::default(),
             pushing: pusher::Pushing::default(),
@@ -299,8 +373,55 @@ impl DockerResolver {
 
     /// Reads per-registry mirrors and settings from containerd's layout,
     /// `<dir>/<registry>/hosts.toml` (see [`hosts`]).
+    ///
+    /// It replaces the endpoints of an earlier
+    /// [`registry_hosts`](Self::registry_hosts).
     pub fn hosts_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.hosts_dir = Some(dir.into());
+        self.hosts = Hosts::Dir(dir.into());
+        self
+    }
+
+    /// Takes each registry's endpoints from `hosts` instead of a hosts
+    /// directory, as containerd's `ResolverOptions.Hosts`: a runtime that
+    /// keeps mirrors in its own configuration needs no `hosts.toml` on
+    /// disk. `hosts` is called with the registry (`docker.io`,
+    /// `localhost:5000`) and the URL of its upstream as the resolver would
+    /// reach it (`https://registry-1.docker.io`), and returns the
+    /// endpoints to try, in order, as a hosts file would give them (mirrors,
+    /// then the upstream: [`hosts::Endpoint::upstream`] of that URL keeps
+    /// the resolver's own choice of protocol for a loopback registry). It runs on a
+    /// blocking thread, once for every resolve, fetcher and pusher; an error
+    /// it returns is theirs: an [`Error`] as it is (its kind kept), any
+    /// other as [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument),
+    /// a configuration that cannot be used. [`hosts::parse`] reads the text of a `hosts.toml`
+    /// into endpoints. A URL without a scheme is `https://`, and a trailing
+    /// `/` is dropped, as in a hosts file.
+    ///
+    /// It replaces an earlier [`hosts_dir`](Self::hosts_dir).
+    ///
+    /// ```
+    /// use ocidist_remotes::docker::{DockerResolver, hosts};
+    /// // docker.io through a pull-through cache; other registries directly.
+    /// let resolver = DockerResolver::new().registry_hosts(|registry, upstream| {
+    ///     let upstream = hosts::Endpoint::upstream(upstream.to_string());
+    ///     if registry != "docker.io" {
+    ///         return Ok(vec![upstream]);
+    ///     }
+    ///     let mirror = hosts::Endpoint {
+    ///         capabilities: hosts::Capabilities { pull: true, resolve: true, push: false },
+    ///         ..hosts::Endpoint::new("https://cache.example.com")
+    ///     };
+    ///     Ok(vec![mirror, upstream])
+    /// });
+    /// ```
+    pub fn registry_hosts<F>(mut self, hosts: F) -> Self
+    where
+        F: Fn(&str, &str) -> std::result::Result<Vec<hosts::Endpoint>, BoxError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.hosts = Hosts::Code(Arc::new(hosts));
         self
     }
 
@@ -329,6 +450,28 @@ impl DockerResolver {
     pub fn tls(mut self, ca_files: &[PathBuf], skip_verify: bool) -> Result<Self> {
         self.defaults.ca_files = ca_files.to_vec();
         self.defaults.skip_verify = skip_verify;
+        self.rebuild_client()?;
+        Ok(self)
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more PEM certificates,
+    /// held in memory: from a runtime's own configuration or a Kubernetes
+    /// secret, with no file to write) beside the system's and those of
+    /// [`tls`](Self::tls)'s files, for every registry and mirror. Call it
+    /// again to add more. An endpoint in `hosts.toml` with CA files of its
+    /// own trusts these too.
+    ///
+    /// A `pem` with no certificate, or one that cannot be a CA, is an
+    /// [`Error::TlsConfig`] ([`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument))
+    /// whose path names it as `<CA PEM n>` (the n-th given, from 1).
+    ///
+    /// ```
+    /// use ocidist_remotes::docker::DockerResolver;
+    /// let err = DockerResolver::new().ca_pem("not a certificate").unwrap_err();
+    /// assert_eq!(err.to_string(), "<CA PEM 1>: no PEM certificate in the file");
+    /// ```
+    pub fn ca_pem(mut self, pem: impl AsRef<[u8]>) -> Result<Self> {
+        self.defaults.ca_pems.push(Arc::from(pem.as_ref()));
         self.rebuild_client()?;
         Ok(self)
     }
@@ -502,6 +645,7 @@ impl DockerResolver {
         }
         Some(Connection {
             ca_files: [&self.defaults.ca_files[..], &endpoint.ca_files[..]].concat(),
+            ca_pems: self.defaults.ca_pems.clone(),
             client_certs: [&self.defaults.client_certs[..], &endpoint.client_certs[..]].concat(),
             skip_verify: endpoint.skip_verify.unwrap_or(self.defaults.skip_verify),
             dial_timeout: endpoint.dial_timeout.or(self.defaults.dial_timeout),
@@ -659,30 +803,10 @@ impl DockerResolver {
             Scheme::Https | Scheme::HttpsUnchecked => format!("https://{host}"),
             Scheme::Http | Scheme::Settle => format!("http://{host}"),
         };
-        let mut endpoints = match &self.hosts_dir {
-            // On a blocking thread: the files may be on a hung network mount
-            // (or a FIFO), and the runtime's threads must stay free for the
-            // caller's timeouts and signals.
-            Some(dir) => {
-                let (dir, registry) = (dir.clone(), reference.registry().to_string());
-                let default = upstream.clone();
-                match tokio::task::spawn_blocking(move || {
-                    hosts::endpoints(&dir, &registry, &default)
-                })
-                .await
-                {
-                    Ok(endpoints) => endpoints?,
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(e) => {
-                        return Err(Error::Content(ocidist_content::Error::other(
-                            ocidist_content::ErrorKind::Unavailable,
-                            format!("read the hosts directory: {e}"),
-                        )));
-                    }
-                }
-            }
-            None => vec![hosts::Endpoint::upstream(upstream.clone())],
-        };
+        let mut endpoints = self
+            .hosts
+            .endpoints(reference.registry(), &upstream)
+            .await?;
         // A loopback upstream, unless the hosts directory set how to reach
         // it (certificates are settled below as for a written `http://`
         // host, and checked; `skip_verify = false` asks for the certificate
@@ -1850,6 +1974,7 @@ mod tests {
         let mut resolver = DockerResolver::new();
         resolver.defaults = Connection {
             ca_files: vec!["/r/ca.pem".into()],
+            ca_pems: Vec::new(),
             client_certs: vec![hosts::ClientCert {
                 cert: "/r/me.pem".into(),
                 key: None,

@@ -8,7 +8,7 @@
 //! that the connection closed. A session of our own, read once, names the
 //! alert.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -269,16 +269,26 @@ impl Connection {
         Ok(config)
     }
 
-    /// The certificates of the CA files, each checked to be usable as a
-    /// root (an error names the file).
+    /// The certificates of the CA files and PEMs, each checked to be
+    /// usable as a root (an error names the file, or the PEM as
+    /// `<CA PEM n>`).
     fn ca_certificates(&self) -> Result<Vec<CertificateDer<'static>>> {
+        let files = self
+            .ca_files
+            .iter()
+            .map(|path| read_tls_file(path).map(|pem| (path.clone(), pem)));
+        let given = self.ca_pems.iter().enumerate().map(|(n, pem)| {
+            let name = PathBuf::from(format!("<CA PEM {}>", n + 1));
+            Ok::<_, Error>((name, pem.to_vec()))
+        });
         let mut roots = Vec::new();
-        for path in &self.ca_files {
-            let certs = certificates_in(path, &read_tls_file(path)?)?;
+        for source in files.chain(given) {
+            let (name, pem) = source?;
+            let certs = certificates_in(&name, &pem)?;
             for cert in &certs {
                 RootCertStore::empty()
                     .add(cert.clone())
-                    .map_err(|e| tls_config_error(path, e))?;
+                    .map_err(|e| tls_config_error(&name, e))?;
             }
             roots.extend(certs);
         }

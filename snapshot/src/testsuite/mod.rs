@@ -1,11 +1,14 @@
 //! The conformance suite every snapshotter must pass (feature `testsuite`).
 //!
 //! These are containerd's 21 snapshotter cases (`core/snapshots/testsuite`),
-//! with its layers, keys and semantics, and four of ours
-//! ([`apply_only_prepare`], and the trait's own contract:
+//! with its layers, keys and semantics, and five of ours
+//! ([`apply_only_prepare`]; the trait's own contract:
 //! [`contract_errors`], [`mounts_are_what_prepare_gave`],
-//! [`usage_of_what_was_written`]), as plain `pub async fn`s that panic on failure. Each takes a fresh, empty snapshotter and an empty scratch
-//! directory for mount points and expected trees:
+//! [`usage_of_what_was_written`]; and [`unpack_image`], an image unpacked
+//! through [`unpack`](crate::unpack) and read back), as plain `pub async
+//! fn`s that panic on failure. Each takes a fresh, empty snapshotter and an
+//! empty scratch directory for mount points, expected trees and (for
+//! [`unpack_image`]) a content store:
 //!
 //! ```no_run
 //! # async fn example() {
@@ -44,6 +47,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{Error, ErrorKind, Info, Kind, Labels, Mount, Result, Snapshotter, mount};
 
+mod unpack;
+pub use unpack::unpack_image;
+
 /// Writes one `#[tokio::test]` per suite case, each with a fresh snapshotter
 /// from `$make` (an expression giving `(guard, snapshotter)`, where `guard`
 /// lives as long as the test: the snapshotter's root directory, say) and a
@@ -65,7 +71,7 @@ macro_rules! snapshotter_suite {
             deleted_files_in_child_snapshot, move_file_from_lower_layer, view_readonly,
             stat_in_walk, close_twice, root_permission, rename, mount_128_layers,
             apply_only_prepare, contract_errors, mounts_are_what_prepare_gave,
-            usage_of_what_was_written);
+            usage_of_what_was_written, unpack_image);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -345,6 +351,8 @@ enum Op {
     Chown(String, u32, u32),
     /// A hardlink: `Link(existing, new)`.
     Link(String, String),
+    /// A symlink: `Symlink(target, new)`.
+    Symlink(String, String),
 }
 
 fn create_file(name: &str, content: &[u8], mode: u32) -> Op {
@@ -422,6 +430,7 @@ fn apply_op(root: &Path, op: &Op) -> std::io::Result<bool> {
             std::os::unix::fs::chown(under(root, name), Some(*uid), Some(*gid))?;
         }
         Op::Link(existing, new) => std::fs::hard_link(under(root, existing), under(root, new))?,
+        Op::Symlink(target, new) => std::os::unix::fs::symlink(target, under(root, new))?,
     }
     Ok(true)
 }
