@@ -100,7 +100,9 @@ pub async fn open_writer<I: Ingester + ?Sized>(
 }
 
 /// A uniformly random duration in `[d/2, d]`, so waiters (and retrying
-/// clients) do not move in lockstep.
+/// clients) do not move in lockstep. Shared with the other ocidist crates;
+/// not part of the API.
+#[doc(hidden)]
 pub fn jitter(d: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let random = std::collections::hash_map::RandomState::new()

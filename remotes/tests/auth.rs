@@ -101,6 +101,45 @@ async fn basic_auth_with_htpasswd() {
     assert!(err.to_string().contains(&none_found), "{err}");
 }
 
+/// Credentials from a function of the host (a runtime's own secret
+/// store): it is asked for the registry's host, what it gives is used, and
+/// its error fails the request, saying why.
+#[tokio::test]
+async fn credentials_from_a_function_of_the_host() {
+    use ocidist_remotes::docker::auth::{CredentialsError, credentials_fn};
+    let (_dir, registry) = htpasswd_registry();
+    let repo = format!("{}/private/fn", registry.host());
+    let blobs = image(false, "linux/amd64", 3000);
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let resolver = DockerResolver::new().credentials(credentials_fn(move |host| {
+        seen.lock().unwrap().push(host.to_string());
+        Ok(Some(Credential {
+            username: "alice".into(),
+            secret: "s3cret".into(),
+        }))
+    }));
+    let pusher = resolver.pusher(&format!("{repo}:1")).await.unwrap();
+    push_all(pusher.as_ref(), &blobs).await;
+    let (_, desc) = resolver.resolve(&format!("{repo}:1")).await.unwrap();
+    assert_eq!(desc.digest(), blobs[2].desc.digest());
+    let asked = asked.lock().unwrap().clone();
+    assert!(!asked.is_empty(), "the function was asked");
+    assert!(
+        asked.iter().all(|h| *h == registry.host()),
+        "asked only for the registry's host: {asked:?}"
+    );
+
+    let failing = DockerResolver::new().credentials(credentials_fn(|_| {
+        Err(CredentialsError("the vault is sealed".into()))
+    }));
+    let err = failing
+        .resolve(&format!("{repo}:1"))
+        .await
+        .expect_err("no credentials, no access");
+    assert!(err.to_string().contains("the vault is sealed"), "{err}");
+}
+
 /// A credential helper is a process and may take its time (a keychain
 /// prompt, a cloud login): the runtime that asked goes on with its other
 /// work meanwhile, even a single-threaded one.

@@ -26,3 +26,32 @@ mod overlay {
 
     ocidist_snapshot::snapshotter_suite!(make_snapshotter());
 }
+
+/// A case run without root fails, saying what it needs, instead of failing
+/// later at a mount with EPERM or passing in silence. Checked on a thread
+/// whose effective uid alone is dropped (Linux keeps credentials per
+/// thread; the raw call changes only this one), which gets root back as it
+/// ends.
+#[test]
+fn the_suite_refuses_to_run_without_root_and_says_why() {
+    use rustix::process::{Uid, getuid};
+    ocidist_snapshot::testsuite::require_root();
+    assert!(getuid().is_root(), "this check itself runs as root");
+    let said = std::thread::spawn(|| {
+        let nobody = Uid::from_raw(65534);
+        rustix::thread::set_thread_res_uid(Uid::ROOT, nobody, Uid::ROOT).expect("drop euid");
+        let refused = std::panic::catch_unwind(ocidist_snapshot::testsuite::require_root);
+        rustix::thread::set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).expect("get root back");
+        let payload = refused.expect_err("refused without root");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        said.contains("needs root") && said.contains("uid 65534"),
+        "{said}"
+    );
+}

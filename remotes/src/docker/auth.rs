@@ -53,6 +53,49 @@ pub trait Credentials: Send + Sync + std::fmt::Debug {
     fn get(&self, host: &str) -> std::result::Result<Option<Credential>, CredentialsError>;
 }
 
+/// Credentials from a function of the host, for a runtime that keeps them
+/// in its own configuration or secret store. The function may block (the
+/// resolver calls it on a blocking thread), so an async secret store can be
+/// asked with `tokio::runtime::Handle::block_on` from inside it.
+///
+/// ```
+/// use ocidist_remotes::docker::DockerResolver;
+/// use ocidist_remotes::docker::auth::{Credential, credentials_fn};
+/// let resolver = DockerResolver::new().credentials(credentials_fn(|host| {
+///     Ok((host == "registry.example.com").then(|| Credential {
+///         username: "ci".into(),
+///         secret: std::env::var("REGISTRY_TOKEN").unwrap_or_default(),
+///     }))
+/// }));
+/// ```
+pub fn credentials_fn<F>(lookup: F) -> Arc<dyn Credentials>
+where
+    F: Fn(&str) -> std::result::Result<Option<Credential>, CredentialsError>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(FnCredentials(lookup))
+}
+
+/// What [`credentials_fn`] makes.
+struct FnCredentials<F>(F);
+
+impl<F> std::fmt::Debug for FnCredentials<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnCredentials(..)")
+    }
+}
+
+impl<F> Credentials for FnCredentials<F>
+where
+    F: Fn(&str) -> std::result::Result<Option<Credential>, CredentialsError> + Send + Sync,
+{
+    fn get(&self, host: &str) -> std::result::Result<Option<Credential>, CredentialsError> {
+        (self.0)(host)
+    }
+}
+
 /// No credentials: anonymous access only.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Anonymous;

@@ -174,7 +174,7 @@ impl Endpoint {
     /// (CA files, a client certificate, `skip_verify` either way), its own
     /// or the resolver's (`resolver_tls`): containerd tries HTTPS there
     /// first, then plain HTTP.
-    pub fn wants_tls_over_http(&self, resolver_tls: bool) -> bool {
+    pub(crate) fn wants_tls_over_http(&self, resolver_tls: bool) -> bool {
         // `skip_verify` written either way says TLS, as containerd reads it.
         let tls = resolver_tls
             || !self.ca_files.is_empty()
@@ -189,7 +189,7 @@ impl Endpoint {
 
     /// True when the endpoint asks for a connection of its own: CA files, a
     /// client certificate, no verification or a dial timeout.
-    pub fn has_connection_settings(&self) -> bool {
+    pub(crate) fn has_connection_settings(&self) -> bool {
         !self.ca_files.is_empty()
             || !self.client_certs.is_empty()
             || self.skip_verify.is_some()

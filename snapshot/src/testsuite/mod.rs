@@ -24,7 +24,7 @@
 //!
 //! The cases mount snapshots for real with [`mount::mount_all`] and do their
 //! file operations through the mount point, so they need root (chown to uid 1
-//! as well). Like containerd's suite they set the process umask to 0, so a
+//! as well): [`require_root`] fails a case run without it, saying so. Like containerd's suite they set the process umask to 0, so a
 //! snapshotter gets exactly the modes it asks for. Where containerd only asks
 //! for "an error", the cases check the kind containerd's metadata store
 //! returns: [`ErrorKind::AlreadyExists`] for a key in use,
@@ -77,6 +77,7 @@ macro_rules! snapshotter_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
+                $crate::testsuite::require_root();
                 let (_guard, snapshotter) = $make;
                 let work = $crate::testsuite::work_dir();
                 $crate::testsuite::$case(&snapshotter, work.path()).await;
@@ -86,6 +87,21 @@ macro_rules! snapshotter_suite {
             }
         )*
     };
+}
+
+/// Fails, naming what is missing, unless the process runs as root: the
+/// cases mount snapshots and chown files. A suite that cannot run is a
+/// failure, never a silent skip; [`snapshotter_suite!`](crate::snapshotter_suite)
+/// calls this first in every case.
+pub fn require_root() {
+    let euid = rustix::process::geteuid();
+    assert!(
+        euid.is_root(),
+        "the snapshotter suite needs root (it mounts snapshots and chowns files); \
+         this process runs as uid {}: run it as root (sudo -E cargo test) or in a \
+         container with CAP_SYS_ADMIN",
+        euid.as_raw()
+    );
 }
 
 /// A fresh scratch directory for one case: its mount points and expected
