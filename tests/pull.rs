@@ -1,8 +1,10 @@
 //! The library's `pull` against the real registry, with a handler wrapper:
 //! the wrapper sees every blob, and a wrapper that skips a layer the unpack
-//! needs fails the pull, naming nothing.
+//! needs fails the pull, naming nothing; and a pull dropped midway leaves no
+//! thread running.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ocidist::content::local::LocalStore;
 use ocidist::content::{Descriptor, Labels, WriterOpts, sha256_of, write_blob};
@@ -11,9 +13,10 @@ use ocidist::images::platforms::{self, Platform};
 use ocidist::images::{DbImageStore, Flow, Handler, ImageStore, handler_fn};
 use ocidist::pull::{PullOptions, pull};
 use ocidist::remotes::docker::DockerResolver;
-use ocidist::remotes::testkit::Registry;
+use ocidist::remotes::testkit::{Fault, FaultProxy, Registry};
 use ocidist::remotes::{HandlerWrapper, push_image};
 use ocidist::snapshot::native::NativeSnapshotter;
+use ocidist::snapshot::overlay::OverlaySnapshotter;
 use ocidist::snapshot::{Snapshotter, UnpackOptions};
 
 /// A one-file layer tar.
@@ -47,10 +50,20 @@ async fn put(store: &LocalStore, media_type: &str, bytes: &[u8]) -> Descriptor {
 /// Pushes a two-layer image for this machine's platform, built in a store of
 /// its own; returns its reference.
 async fn push_two_layers(registry: &Registry, work: &std::path::Path) -> String {
+    push_layers(
+        registry,
+        work,
+        &[layer_tar("etc/one", b"1"), layer_tar("etc/two", b"2")],
+    )
+    .await
+}
+
+/// Pushes an image of `tars` (gzipped) for this machine's platform, built in
+/// a store of its own; returns its reference.
+async fn push_layers(registry: &Registry, work: &std::path::Path, tars: &[Vec<u8>]) -> String {
     let builder = LocalStore::open(work.join("builder")).unwrap();
-    let tars = [layer_tar("etc/one", b"1"), layer_tar("etc/two", b"2")];
     let mut layers = Vec::new();
-    for tar in &tars {
+    for tar in tars {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, tar).unwrap();
         let gz = gz.finish().unwrap();
@@ -179,4 +192,82 @@ async fn a_pull_runs_its_fetch_through_the_handler_wrapper() {
     assert_eq!(seen.lock().unwrap().len(), 4);
     assert!(images.list(&[]).await.unwrap().is_empty());
     assert!(snapshotter.walk(&[]).await.unwrap().is_empty());
+}
+
+/// The threads of this process.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// A pull dropped while a layer downloads and unpacks (the caller gave up,
+/// as a daemon's client does) leaves no thread of its own running: the
+/// blocking threads applying the layer stop at their next read instead of
+/// waiting for bytes that will not come, and idle out. Checked with a
+/// runtime whose idle blocking threads end after 200 ms, against the
+/// process's threads before the pull, on both snapshotters.
+#[test]
+fn a_dropped_pull_leaves_no_thread_running() {
+    for overlay in [false, true] {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_keep_alive(Duration::from_millis(200))
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(dropped_mid_layer(overlay));
+    }
+}
+
+async fn dropped_mid_layer(overlay: bool) {
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    // 3 MiB that gzip cannot shrink, dripped at about 1.6 MB/s (2 s): the
+    // pull is dropped partway into the layer.
+    let (data, _) = ocidist::content::testsuite::create_content(3 << 20);
+    let tars = [layer_tar("big", &data), layer_tar("small", b"s")];
+    let reference = push_layers(&registry, work.path(), &tars).await;
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let drip = Fault::Drip {
+        chunk: 16 << 10,
+        delay: Duration::from_millis(10),
+    };
+    proxy.add(Some("GET"), "/blobs/", usize::MAX, drip);
+    let reference = reference.replace(&registry.host(), &proxy.host());
+    let root = work.path().join("store");
+    let store = LocalStore::open(root.join("content")).unwrap();
+    let images = DbImageStore::open(root.join("images.redb")).unwrap();
+    let snapshotter: Box<dyn Snapshotter> = if overlay {
+        Box::new(OverlaySnapshotter::open(root.join("overlay")).unwrap())
+    } else {
+        Box::new(NativeSnapshotter::open(root.join("native")).unwrap())
+    };
+    // The push's blocking threads idle out first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resolver = DockerResolver::new();
+    let before = threads();
+    let pulling = pull(
+        &resolver,
+        &store,
+        &images,
+        snapshotter.as_ref(),
+        &reference,
+        PullOptions::new(platforms::only(&Platform::host())),
+    );
+    let cut = tokio::time::timeout(Duration::from_millis(1200), pulling).await;
+    assert!(cut.is_err(), "the dripped pull is still running at 1.2 s");
+    let started = std::time::Instant::now();
+    while threads() > before {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "overlay {overlay}: {} threads 5 s after the drop, {before} before the pull",
+            threads()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let active = snapshotter.walk(&["kind==active"]).await.unwrap();
+    assert!(
+        !active.is_empty(),
+        "the layer was being applied: {active:?}"
+    );
 }
