@@ -583,6 +583,13 @@ async fn mirrors_given_in_code_are_tried_first_as_a_hosts_file_writes_them() {
         if registry.starts_with("unreadable.") {
             return Err("the runtime's configuration has no entry for it".into());
         }
+        if registry.starts_with("gone.") {
+            return Err(ocidist_content::Error::other(
+                ocidist_content::ErrorKind::NotFound,
+                "its configuration entry was deleted",
+            )
+            .into());
+        }
         Ok(vec![
             Endpoint {
                 capabilities: pull_only,
@@ -631,5 +638,17 @@ async fn mirrors_given_in_code_are_tried_first_as_a_hosts_file_writes_them() {
         ocidist_content::ErrorKind::InvalidArgument,
         "{err}"
     );
-    assert!(err.to_string().contains("has no entry for it"), "{err}");
+    assert!(
+        err.to_string().contains("the hosts of unreadable.example")
+            && err.to_string().contains("has no entry for it"),
+        "{err}"
+    );
+    let err = resolver
+        .resolve("gone.example/lib/app:1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_not_found(),
+        "the content error's kind is kept: {err}"
+    );
 }

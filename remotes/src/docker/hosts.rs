@@ -155,10 +155,11 @@ impl Endpoint {
     /// `server`), with default settings: it may do everything, as a host
     /// without `capabilities` in `hosts.toml`; set
     /// [`capabilities`](Self::capabilities) for a mirror that only serves
-    /// pulls.
+    /// pulls. The URL is read as a hosts file's: `https://` when it names
+    /// no scheme, a trailing `/` dropped.
     pub fn new(url: impl Into<String>) -> Self {
         Endpoint {
-            url: url.into(),
+            url: endpoint_url(&url.into()),
             capabilities: Capabilities::ALL,
             ca_files: Vec::new(),
             client_certs: Vec::new(),
@@ -895,6 +896,11 @@ dial_timeout = "1m30s"
         let dir = tempfile::tempdir().unwrap();
         let eps = endpoints(dir.path(), "ghcr.io", "https://ghcr.io").unwrap();
         assert_eq!(eps, vec![Endpoint::upstream("https://ghcr.io".into())]);
+        assert_eq!(
+            Endpoint::new("mirror.example:5000/prefix/").url,
+            "https://mirror.example:5000/prefix",
+            "read as a hosts file writes it"
+        );
         std::fs::create_dir_all(dir.path().join("ghcr.io")).unwrap();
         std::fs::write(dir.path().join("ghcr.io/hosts.toml"), "server = [").unwrap();
         let err = endpoints(dir.path(), "ghcr.io", "https://ghcr.io").unwrap_err();

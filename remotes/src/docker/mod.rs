@@ -297,11 +297,19 @@ impl Hosts {
             Hosts::Code(hosts) => {
                 let hosts = hosts.clone();
                 tokio::task::spawn_blocking(move || {
-                    let mut endpoints =
-                        hosts(&registry, &default).map_err(|e| match e.downcast::<Error>() {
-                            Ok(ours) => *ours,
-                            Err(other) => Error::other(crate::ErrorKind::InvalidArgument, other),
-                        })?;
+                    let mut endpoints = hosts(&registry, &default).map_err(|e| {
+                        let e = match e.downcast::<Error>() {
+                            Ok(ours) => return *ours,
+                            Err(other) => other,
+                        };
+                        match e.downcast::<ocidist_content::Error>() {
+                            Ok(content) => Error::Content(*content),
+                            Err(other) => Error::other(
+                                crate::ErrorKind::InvalidArgument,
+                                format!("the hosts of {registry}: {other}"),
+                            ),
+                        }
+                    })?;
                     for endpoint in &mut endpoints {
                         endpoint.url = hosts::endpoint_url(&endpoint.url);
                     }
@@ -388,12 +396,14 @@ impl DockerResolver {
     /// `localhost:5000`) and the URL of its upstream as the resolver would
     /// reach it (`https://registry-1.docker.io`), and returns the
     /// endpoints to try, in order, as a hosts file would give them (mirrors,
-    /// then the upstream: [`hosts::Endpoint::upstream`] of that URL keeps
-    /// the resolver's own choice of protocol for a loopback registry). It runs on a
+    /// then the upstream: [`hosts::Endpoint::upstream`] of that URL, last,
+    /// keeps the resolver's own choice of protocol for a loopback registry,
+    /// as a hosts file's upstream does). It runs on a
     /// blocking thread, once for every resolve, fetcher and pusher; an error
-    /// it returns is theirs: an [`Error`] as it is (its kind kept), any
-    /// other as [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument),
-    /// a configuration that cannot be used. [`hosts::parse`] reads the text of a `hosts.toml`
+    /// it returns is theirs: an [`Error`] or an [`ocidist_content::Error`]
+    /// as it is (its kind kept), any other as
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument), a
+    /// configuration that cannot be used, naming the registry. [`hosts::parse`] reads the text of a `hosts.toml`
     /// into endpoints. A URL without a scheme is `https://`, and a trailing
     /// `/` is dropped, as in a hosts file.
     ///
@@ -459,7 +469,9 @@ impl DockerResolver {
     /// secret, with no file to write) beside the system's and those of
     /// [`tls`](Self::tls)'s files, for every registry and mirror. Call it
     /// again to add more. An endpoint in `hosts.toml` with CA files of its
-    /// own trusts these too.
+    /// own trusts these too. As with [`tls`](Self::tls)'s files, a loopback
+    /// registry is then spoken to in HTTPS with its certificate checked,
+    /// not in plain HTTP (a `hosts.toml` entry can say otherwise for it).
     ///
     /// A `pem` with no certificate, or one that cannot be a CA, is an
     /// [`Error::TlsConfig`] ([`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument))
@@ -468,7 +480,7 @@ impl DockerResolver {
     /// ```
     /// use ocidist_remotes::docker::DockerResolver;
     /// let err = DockerResolver::new().ca_pem("not a certificate").unwrap_err();
-    /// assert_eq!(err.to_string(), "<CA PEM 1>: no PEM certificate in the file");
+    /// assert_eq!(err.to_string(), "<CA PEM 1>: no PEM certificate in it");
     /// ```
     pub fn ca_pem(mut self, pem: impl AsRef<[u8]>) -> Result<Self> {
         self.defaults.ca_pems.push(Arc::from(pem.as_ref()));
@@ -878,7 +890,7 @@ impl DockerResolver {
         if out.is_empty() {
             return Err(Error::Protocol {
                 url: reference.registry().to_string(),
-                reason: "no configured host can do this (check capabilities in hosts.toml)".into(),
+                reason: "no configured host can do this (check the capabilities of its hosts: hosts.toml, or those given in code)".into(),
             });
         }
         Ok(out)

@@ -430,7 +430,7 @@ fn certificates_in(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| tls_config_error(path, e))?;
     if certs.is_empty() {
-        return Err(tls_config_error(path, "no PEM certificate in the file"));
+        return Err(tls_config_error(path, "no PEM certificate in it"));
     }
     Ok(certs)
 }

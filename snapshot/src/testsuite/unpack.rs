@@ -8,8 +8,9 @@ use ocidist_images::manifest::chain_ids;
 use ocidist_images::platforms::{self, Platform};
 
 use super::{
-    Op, apply_ops, check_snapshot, chown_to, clear_umask, create_dir, create_file, hard_link,
-    remove_tree, scratch_dir, walk_ok,
+    Op, apply_ops, check_directory_equal, check_snapshot, chown_to, clear_umask, create_dir,
+    create_file, hard_link, prepare_mount, remove_mount_point, remove_ok, remove_tree, scratch_dir,
+    walk_ok,
 };
 use crate::{Kind, Snapshotter, UnpackEvent, UnpackOptions};
 
@@ -19,7 +20,7 @@ enum Entry<'a> {
     File(&'a str, &'a [u8], u32),
     Owned(&'a str, &'a [u8], u32, u64, u64),
     Symlink(&'a str, &'a str),
-    Hardlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str, u32, u64, u64),
 }
 
 fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
@@ -51,9 +52,13 @@ fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
                 header.set_mode(0o777);
                 (path, tar.append_link(&mut header, path, target))
             }
-            Entry::Hardlink(path, target) => {
+            // With the target's mode and owner, as tar writes a second
+            // name of one inode (containerd applies them to the inode).
+            Entry::Hardlink(path, target, mode, uid, gid) => {
                 header.set_entry_type(tar::EntryType::Link);
-                header.set_mode(0o644);
+                header.set_mode(mode);
+                header.set_uid(uid);
+                header.set_gid(gid);
                 (path, tar.append_link(&mut header, path, target))
             }
         };
@@ -127,8 +132,9 @@ async fn store_image(
 /// a view of the top is the image's root filesystem: whiteouts of a file and
 /// a directory, an opaque directory, a hardlink to a file of a lower layer,
 /// a symlink, owners, a sticky directory that a later layer writes into
-/// without listing it. An unpack again finds every layer and applies
-/// nothing.
+/// without listing it; so is a container's writable snapshot on it, whose
+/// writes leave the image as it was. An unpack again finds every layer and
+/// applies nothing.
 ///
 /// A snapshotter whose `prepare` gives mounts other than a writable bind or
 /// overlay mount is applied through a temporary mount; one that says it
@@ -159,7 +165,7 @@ pub async fn unpack_image<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path)
         Entry::File("tmp/scratch", b"s", 0o600),
         Entry::File("usr/share/doc/.wh..wh..opq", b"", 0o644),
         Entry::File("usr/share/doc/b", b"b", 0o644),
-        Entry::Hardlink("bin/tool-link", "bin/tool"),
+        Entry::Hardlink("bin/tool-link", "bin/tool", 0o751, 7, 8),
     ]);
     let top = tar_of(&[
         Entry::File(".wh.opt", b"", 0o644),
@@ -238,6 +244,19 @@ pub async fn unpack_image<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path)
     let flat = scratch_dir(work, "flat");
     apply_ops(&flat, &expected);
     check_snapshot(snapshotter, work, unpacked.as_ref(), &flat).await;
+    // A container's writable snapshot on the image shows the same tree,
+    // and what it writes stays its own.
+    let (container, mounted) =
+        prepare_mount(snapshotter, work, "container", Some(unpacked.as_ref())).await;
+    check_directory_equal(&flat, Path::new(&container));
+    apply_ops(
+        Path::new(&container),
+        &[create_file("/etc/issue", b"mine", 0o644)],
+    );
+    mounted.unmount();
+    check_snapshot(snapshotter, work, unpacked.as_ref(), &flat).await;
+    remove_ok(snapshotter, &container).await;
+    remove_mount_point(Path::new(&container));
     remove_tree(&flat);
 
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
