@@ -398,14 +398,15 @@ impl DockerResolver {
     /// endpoints to try, in order, as a hosts file would give them (mirrors,
     /// then the upstream: [`hosts::Endpoint::upstream`] of that URL, last,
     /// keeps the resolver's own choice of protocol for a loopback registry,
-    /// as a hosts file's upstream does). It runs on a
-    /// blocking thread, once for every resolve, fetcher and pusher; an error
-    /// it returns is theirs: an [`Error`] or an [`ocidist_content::Error`]
-    /// as it is (its kind kept), any other as
-    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument), a
-    /// configuration that cannot be used, naming the registry. [`hosts::parse`] reads the text of a `hosts.toml`
-    /// into endpoints. A URL without a scheme is `https://`, and a trailing
-    /// `/` is dropped, as in a hosts file.
+    /// as a hosts file's upstream does). A URL without a scheme is
+    /// `https://`, and a trailing `/` is dropped, as in a hosts file;
+    /// [`hosts::parse`] reads the text of a `hosts.toml` into endpoints.
+    ///
+    /// `hosts` runs on a blocking thread, once for every resolve, fetcher
+    /// and pusher. An error it returns is theirs: an [`Error`] or an
+    /// [`ocidist_content::Error`] as it is (its kind kept), any other as
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) (a
+    /// configuration that cannot be used), naming the registry.
     ///
     /// It replaces an earlier [`hosts_dir`](Self::hosts_dir).
     ///
