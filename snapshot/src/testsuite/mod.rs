@@ -466,6 +466,62 @@ fn apply_ops(root: &Path, ops: &[Op]) -> Vec<Op> {
 }
 
 // ---------------------------------------------------------------------------
+// Layers.
+
+/// One tar entry of a case's layer.
+enum Entry<'a> {
+    Dir(&'a str, u32),
+    File(&'a str, &'a [u8], u32),
+    Owned(&'a str, &'a [u8], u32, u64, u64),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str, u32, u64, u64),
+}
+
+fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(1_700_000_000);
+        header.set_size(0);
+        let (path, done) = match *entry {
+            Entry::Dir(path, mode) => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(mode);
+                (path, tar.append_data(&mut header, path, &[][..]))
+            }
+            Entry::File(path, data, mode) => {
+                header.set_mode(mode);
+                header.set_size(data.len() as u64);
+                (path, tar.append_data(&mut header, path, data))
+            }
+            Entry::Owned(path, data, mode, uid, gid) => {
+                header.set_mode(mode);
+                header.set_uid(uid);
+                header.set_gid(gid);
+                header.set_size(data.len() as u64);
+                (path, tar.append_data(&mut header, path, data))
+            }
+            Entry::Symlink(path, target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                (path, tar.append_link(&mut header, path, target))
+            }
+            // With the target's mode and owner, as tar writes a second
+            // name of one inode (containerd applies them to the inode).
+            Entry::Hardlink(path, target, mode, uid, gid) => {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_mode(mode);
+                header.set_uid(uid);
+                header.set_gid(gid);
+                (path, tar.append_link(&mut header, path, target))
+            }
+        };
+        done.unwrap_or_else(|e| panic!("tar entry {path}: {e}"));
+    }
+    tar.into_inner().expect("finish the tar")
+}
+
+// ---------------------------------------------------------------------------
 // fstest.CheckDirectoryEqual.
 
 /// What is compared of an entry besides mode and owner.
@@ -1504,33 +1560,14 @@ pub async fn apply_only_prepare<S: Snapshotter + ?Sized>(snapshotter: &S, work: 
         create_file("/opq/old", b"old", 0o644),
     ];
     // The layer, and what it does to a tree.
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut entry = |kind: tar::EntryType, path: &str, mode: u32, data: &[u8], link: &str| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_size(data.len() as u64);
-        header.set_mtime(1_700_000_000);
-        if link.is_empty() {
-            tar.append_data(&mut header, path, data)
-        } else {
-            tar.append_link(&mut header, path, link)
-        }
-        .unwrap_or_else(|e| panic!("tar entry {path}: {e}"));
-    };
-    entry(tar::EntryType::Regular, "etc/replaced", 0o600, b"new", "");
-    entry(tar::EntryType::Regular, "etc/.wh.gone", 0o644, b"", "");
-    entry(
-        tar::EntryType::Link,
-        "etc/late-link",
-        0o644,
-        b"",
-        "etc/single",
-    );
-    entry(tar::EntryType::Directory, "etc", 0o700, b"", "");
-    entry(tar::EntryType::Regular, "opq/.wh..wh..opq", 0o644, b"", "");
-    entry(tar::EntryType::Regular, "opq/new", 0o644, b"new", "");
-    let layer = tar.into_inner().expect("finish the tar");
+    let layer = tar_of(&[
+        Entry::File("etc/replaced", b"new", 0o600),
+        Entry::File("etc/.wh.gone", b"", 0o644),
+        Entry::Hardlink("etc/late-link", "etc/single", 0o644, 0, 0),
+        Entry::Dir("etc", 0o700),
+        Entry::File("opq/.wh..wh..opq", b"", 0o644),
+        Entry::File("opq/new", b"new", 0o644),
+    ]);
     let upper = [
         create_file("/etc/replaced", b"new", 0o600),
         remove_all("/etc/gone"),

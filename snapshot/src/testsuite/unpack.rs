@@ -8,64 +8,11 @@ use ocidist_images::manifest::chain_ids;
 use ocidist_images::platforms::{self, Platform};
 
 use super::{
-    Op, apply_ops, check_directory_equal, check_snapshot, chown_to, clear_umask, create_dir,
+    Entry, Op, apply_ops, check_directory_equal, check_snapshot, chown_to, clear_umask, create_dir,
     create_file, hard_link, prepare_mount, remove_mount_point, remove_ok, remove_tree, scratch_dir,
-    walk_ok,
+    tar_of, walk_ok,
 };
 use crate::{Kind, Snapshotter, UnpackEvent, UnpackOptions};
-
-/// One tar entry of the case's layers.
-enum Entry<'a> {
-    Dir(&'a str, u32),
-    File(&'a str, &'a [u8], u32),
-    Owned(&'a str, &'a [u8], u32, u64, u64),
-    Symlink(&'a str, &'a str),
-    Hardlink(&'a str, &'a str, u32, u64, u64),
-}
-
-fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for entry in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_mtime(1_700_000_000);
-        header.set_size(0);
-        let (path, done) = match *entry {
-            Entry::Dir(path, mode) => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(mode);
-                (path, tar.append_data(&mut header, path, &[][..]))
-            }
-            Entry::File(path, data, mode) => {
-                header.set_mode(mode);
-                header.set_size(data.len() as u64);
-                (path, tar.append_data(&mut header, path, data))
-            }
-            Entry::Owned(path, data, mode, uid, gid) => {
-                header.set_mode(mode);
-                header.set_uid(uid);
-                header.set_gid(gid);
-                header.set_size(data.len() as u64);
-                (path, tar.append_data(&mut header, path, data))
-            }
-            Entry::Symlink(path, target) => {
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_mode(0o777);
-                (path, tar.append_link(&mut header, path, target))
-            }
-            // With the target's mode and owner, as tar writes a second
-            // name of one inode (containerd applies them to the inode).
-            Entry::Hardlink(path, target, mode, uid, gid) => {
-                header.set_entry_type(tar::EntryType::Link);
-                header.set_mode(mode);
-                header.set_uid(uid);
-                header.set_gid(gid);
-                (path, tar.append_link(&mut header, path, target))
-            }
-        };
-        done.unwrap_or_else(|e| panic!("tar entry {path}: {e}"));
-    }
-    tar.into_inner().expect("finish the tar")
-}
 
 /// Writes `bytes` into `store`; its descriptor with `media_type`.
 async fn put(store: &LocalStore, media_type: &str, bytes: &[u8]) -> Descriptor {
