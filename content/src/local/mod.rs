@@ -47,6 +47,12 @@ use labels::LabelStore;
 const STALE_STAGING: Duration = Duration::from_secs(3600);
 
 /// A content store in a directory. Cheap to clone; clones share the root.
+///
+/// Its file work runs on tokio's blocking threads, except a
+/// [`ReaderAt::read_at`], which reads into the caller's buffer where it is:
+/// under `block_in_place` on a multi-thread runtime, and directly on the
+/// runtime's one thread on a current-thread runtime (so a store on a hung
+/// network mount stalls that runtime's timers).
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     inner: Arc<Paths>,

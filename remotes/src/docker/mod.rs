@@ -206,6 +206,35 @@ struct CachedClient {
     stamps: Vec<Option<(std::time::SystemTime, u64)>>,
 }
 
+/// The client kept in `clients` for `connection`, or a new one kept there
+/// when there is none or its files changed since.
+fn kept_client(
+    clients: &Mutex<HashMap<Connection, CachedClient>>,
+    connection: Connection,
+) -> Result<tls::HttpClient> {
+    let stamps = connection.file_stamps();
+    let cached = clients
+        .lock()
+        .expect("no panics while held")
+        .get(&connection)
+        .filter(|c| c.stamps == stamps)
+        .map(|c| c.client.clone());
+    if let Some(client) = cached {
+        return Ok(client);
+    }
+    // Built outside the lock: it reads files. Two racing builds both work.
+    let client = connection.client()?;
+    let entry = CachedClient {
+        client: client.clone(),
+        stamps,
+    };
+    clients
+        .lock()
+        .expect("no panics while held")
+        .insert(connection, entry);
+    Ok(client)
+}
+
 /// A [`Resolver`] for registries speaking the distribution API.
 #[derive(Debug, Clone)]
 pub struct DockerResolver {
@@ -317,14 +346,19 @@ impl Hosts {
                 })
             }
         };
-        match read.await {
-            Ok(endpoints) => endpoints,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(Error::Content(ocidist_content::Error::other(
-                ocidist_content::ErrorKind::Unavailable,
-                format!("read the registry's hosts: {e}"),
-            ))),
-        }
+        joined(read, "read the registry's hosts").await
+    }
+}
+
+/// The answer of a blocking task; a panic in it goes on in the caller.
+async fn joined<T>(task: tokio::task::JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    match task.await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::Content(ocidist_content::Error::other(
+            ocidist_content::ErrorKind::Unavailable,
+            format!("{what}: {e}"),
+        ))),
     }
 }
 
@@ -611,33 +645,19 @@ impl DockerResolver {
 
     /// The client for `endpoint`: the resolver's, or one with the endpoint's
     /// TLS and dial settings merged with the resolver's, built once (again
-    /// when one of its files changed).
-    fn client_for(&self, endpoint: &hosts::Endpoint) -> Result<tls::HttpClient> {
+    /// when one of its files changed). Files are looked at on a blocking
+    /// thread, as the hosts directory is read: one may be on a hung network
+    /// mount.
+    async fn client_for(&self, endpoint: &hosts::Endpoint) -> Result<tls::HttpClient> {
         let Some(connection) = self.connection_for(endpoint) else {
             return Ok(self.client.clone());
         };
-        let stamps = connection.file_stamps();
-        let cached = self
-            .clients
-            .lock()
-            .expect("no panics while held")
-            .get(&connection)
-            .filter(|c| c.stamps == stamps)
-            .map(|c| c.client.clone());
-        if let Some(client) = cached {
-            return Ok(client);
+        let clients = self.clients.clone();
+        if connection.files().next().is_none() {
+            return kept_client(&clients, connection);
         }
-        // Built outside the lock: it reads files. Two racing builds both work.
-        let client = connection.client()?;
-        let entry = CachedClient {
-            client: client.clone(),
-            stamps,
-        };
-        self.clients
-            .lock()
-            .expect("no panics while held")
-            .insert(connection, entry);
-        Ok(client)
+        let build = tokio::task::spawn_blocking(move || kept_client(&clients, connection));
+        joined(build, "build the registry's client").await
     }
 
     /// Where fetchers get a descriptor's `urls` from.
@@ -778,7 +798,7 @@ impl DockerResolver {
             Ok(answered)
         }
         let plain_answer = answer(
-            self.client_for(plain)?.http,
+            self.client_for(plain).await?.http,
             format!("{}/", plain.api_root()),
         )
         .await;
@@ -791,7 +811,7 @@ impl DockerResolver {
             Err(_) => false,
         };
         let tls_answer = answer(
-            self.client_for(over_tls)?.http,
+            self.client_for(over_tls).await?.http,
             format!("{}/", over_tls.api_root()),
         )
         .await;
@@ -855,7 +875,7 @@ impl DockerResolver {
             if !settled && endpoint.wants_tls_over_http(self.defaults.has_tls()) {
                 self.settle_written(&mut endpoint).await?;
             }
-            let client = self.client_for(&endpoint)?;
+            let client = self.client_for(&endpoint).await?;
             let headers = self.headers_for(&endpoint);
             let unchecked = unchecked_upstream && i + 1 == count;
             out.push(Repository {
@@ -2032,8 +2052,8 @@ mod tests {
 
     /// A client is built once per settings, and again when a file it was
     /// built from changes (a certificate rotated in place).
-    #[test]
-    fn endpoint_clients_are_kept_until_their_files_change() {
+    #[tokio::test]
+    async fn endpoint_clients_are_kept_until_their_files_change() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("trusted.pem");
         let certs = crate::testkit::TestCertificates::write(dir.path()).unwrap();
@@ -2041,14 +2061,14 @@ mod tests {
         let resolver = DockerResolver::new();
         let mut endpoint = hosts::Endpoint::upstream("https://r".into());
         endpoint.ca_files = vec![ca.clone()];
-        resolver.client_for(&endpoint).unwrap();
+        resolver.client_for(&endpoint).await.unwrap();
         let stamps = |r: &DockerResolver| {
             let clients = r.clients.lock().unwrap();
             assert_eq!(clients.len(), 1);
             clients.values().next().unwrap().stamps.clone()
         };
         let first = stamps(&resolver);
-        resolver.client_for(&endpoint).unwrap();
+        resolver.client_for(&endpoint).await.unwrap();
         assert_eq!(stamps(&resolver), first, "kept");
         // Another CA, longer, in the same file.
         let both = [
@@ -2057,7 +2077,37 @@ mod tests {
         ]
         .concat();
         std::fs::write(&ca, both).unwrap();
-        resolver.client_for(&endpoint).unwrap();
+        resolver.client_for(&endpoint).await.unwrap();
         assert_ne!(stamps(&resolver), first, "rebuilt");
+    }
+
+    /// A CA file that cannot be read yet (a FIFO nobody writes to, as a
+    /// file on a hung network mount) holds a blocking thread, not the
+    /// runtime's: its timers still fire.
+    #[tokio::test(flavor = "current_thread")]
+    async fn endpoint_files_are_read_off_the_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::testkit::TestCertificates::write(dir.path()).unwrap();
+        let fifo = dir.path().join("slow-ca.pem");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo (coreutils)");
+        // The file is written a second later, whoever is waiting for it.
+        let writer = {
+            let (fifo, ca) = (fifo.clone(), certs.ca.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(1));
+                std::fs::write(fifo, std::fs::read(ca).unwrap()).unwrap();
+            })
+        };
+        let resolver = DockerResolver::new();
+        let mut endpoint = hosts::Endpoint::upstream("https://r".into());
+        endpoint.ca_files = vec![fifo];
+        let building = resolver.client_for(&endpoint);
+        let waited = tokio::time::timeout(Duration::from_millis(200), building).await;
+        assert!(
+            waited.is_err(),
+            "the runtime's timer fired while the file was read"
+        );
+        writer.join().unwrap();
     }
 }
