@@ -27,15 +27,25 @@ fn build(root: &Path) -> String {
     h.set_mtime(1_700_000_000);
     b.append_data(&mut h, "etc/motd", &b"hello\n"[..]).unwrap();
     let tar = b.into_inner().unwrap();
-    let layer = ingest(
-        root,
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        &gzip(&tar),
-    );
+    build_of(root, &tar, true)
+}
+
+/// An image of the one layer `tar` (gzipped if `gzipped`) in the store at
+/// `root`; returns the manifest digest.
+fn build_of(root: &Path, tar: &[u8], gzipped: bool) -> String {
+    let layer = if gzipped {
+        ingest(
+            root,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            &gzip(tar),
+        )
+    } else {
+        ingest(root, "application/vnd.oci.image.layer.v1.tar", tar)
+    };
     let config = serde_json::json!({
         "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
         "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [sha256_of(&tar).to_string()]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_of(tar).to_string()]},
         "config": {},
     });
     let config = ingest(
@@ -57,6 +67,17 @@ fn build(root: &Path) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// The manifest `digest` in the store at `root`, and its first layer's digest.
+fn manifest_and_layer(root: &Path, digest: &str) -> (serde_json::Value, String) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&dist(root, &["get", digest], b"").stdout).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (manifest, layer)
 }
 
 #[test]
@@ -855,9 +876,8 @@ fn an_export_of_an_image_missing_a_layer_fails_naming_it_and_writes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let builder = work.path().join("builder");
     let digest = build(&builder);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&dist(&builder, &["get", &digest], b"").stdout).unwrap();
-    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let (manifest, layer) = manifest_and_layer(&builder, &digest);
+    let layer = layer.as_str();
     let bytes = dist(&builder, &["get", layer], b"").stdout;
     ok(dist(&builder, &["delete", layer], b""));
 
@@ -910,4 +930,87 @@ fn an_export_of_an_image_missing_a_layer_fails_naming_it_and_writes_nothing() {
         b"",
     ));
     assert!(exported.contains("(3 blobs)"), "{exported}");
+}
+
+/// A blob that went bad in the store after its commit fails the export,
+/// which names the store's copy as corrupt and the way out, and writes it
+/// nowhere in the layout (nor an `index.json` naming it): skopeo checks
+/// what it copies too.
+#[test]
+fn an_export_of_a_blob_corrupted_in_the_store_fails_and_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    let digest = build(&root);
+    let (_, layer) = manifest_and_layer(&root, &digest);
+    let layer = layer.as_str();
+    let path = ok(dist(&root, &["path", layer], b""));
+    let path = Path::new(path.trim());
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+
+    let layout = work.path().join("layout");
+    let failed = dist(&root, &["export", &digest, layout.to_str().unwrap()], b"");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let said = stderr(&failed);
+    assert!(
+        said.contains(&format!("the store's copy of {layer} is corrupt"))
+            && said.contains(&format!("dist delete {layer}")),
+        "{said}"
+    );
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let blobs = layout.join("blobs/sha256");
+    assert!(!blobs.join(hex).exists(), "not written under its name");
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "no staged copy left");
+    assert!(!layout.join("index.json").exists(), "{said}");
+}
+
+/// A `rootfs --copy` dropped by `--timeout` (as by a signal) while it
+/// copies leaves no DEST, though its copy ran on to the end: the command
+/// says it failed, so a retry must find nothing there. Its staging
+/// directory goes too.
+#[test]
+fn a_copy_dropped_while_it_copies_leaves_no_dest() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    // Many files: a copy long enough to be dropped in the middle.
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..2500 {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(4096);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        let data = [(i % 251) as u8; 4096];
+        b.append_data(&mut h, format!("d{}/f{i}", i % 25), &data[..])
+            .unwrap();
+    }
+    let digest = build_of(&root, &b.into_inner().unwrap(), false);
+    let copy = |dest: &str, extra: &[&str]| {
+        let dest = work.path().join(dest);
+        let mut args = extra.to_vec();
+        args.extend(["rootfs", "--copy", &digest, dest.to_str().unwrap()]);
+        let started = std::time::Instant::now();
+        (dist(&root, &args, b""), started.elapsed())
+    };
+    // Unpacked by the first; the second is a copy alone, timed.
+    ok(copy("first", &[]).0);
+    let (whole, took) = copy("second", &[]);
+    ok(whole);
+    let half = format!("{}ms", (took.as_millis() / 2).max(1));
+    let (dropped, _) = copy("third", &["--timeout", &half]);
+    assert_eq!(dropped.status.code(), Some(1), "{dropped:?}");
+    let said = stderr(&dropped);
+    assert!(said.contains("--timeout"), "{said}");
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.contains("third"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "copied in {took:?}: {said}");
 }

@@ -161,7 +161,10 @@ fn check_tree(root: &Path) {
 
 /// A copy goes into a staging directory beside DEST, renamed to DEST when
 /// whole: a killed one leaves no DEST, only that directory, which the next
-/// copy to DEST sweeps (not one another copy holds), leaving none of its own.
+/// copy to DEST sweeps at once, however recent (its name is given only once
+/// its flock is held), but not one another copy holds, leaving none of its
+/// own. A directory still under its making name (a copy killed before it
+/// renamed it) is swept only once it is old: its maker may be about to lock it.
 fn copies_sweep_what_a_killed_copy_left(
     root: &Path,
     snapshotter: &str,
@@ -176,20 +179,29 @@ fn copies_sweep_what_a_killed_copy_left(
     std::fs::create_dir(&live).unwrap();
     let live_lock = std::fs::File::open(&live).unwrap();
     live_lock.lock().unwrap();
+    let making_old = dir.join(".again.ocidist-making-old");
+    let making_new = dir.join(".again.ocidist-making-new");
+    for made in [&making_old, &making_new] {
+        std::fs::create_dir(made).unwrap();
+    }
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
-    for staged in [&killed, &live] {
+    for staged in [&live, &making_old] {
         std::fs::File::open(staged)
             .unwrap()
             .set_modified(old)
             .unwrap();
     }
     copy_and_check_rootfs(root, snapshotter, reference, &dest);
-    let staged: Vec<String> = std::fs::read_dir(dir)
+    let mut staged: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with(".again."))
         .collect();
-    assert_eq!(staged, [".again.ocidist-partial-live"]);
+    staged.sort();
+    assert_eq!(
+        staged,
+        [".again.ocidist-making-new", ".again.ocidist-partial-live"]
+    );
 }
 
 fn pull_and_mount(snapshotter: &str) {

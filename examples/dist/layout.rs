@@ -170,10 +170,22 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A blob to copy into a layout: the store's file, the layout's, and what
+/// its bytes must be.
+struct BlobCopy {
+    source: PathBuf,
+    dest: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
 /// Copies each blob file to its place in a layout, durably before the
 /// `index.json` that names them: staged, fsynced, renamed, the directories
-/// fsynced. A blob already there is kept.
-fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
+/// fsynced. A blob already there is kept. Each is hashed as it is copied, as
+/// skopeo does: a store file that went bad after its commit fails the
+/// export (`InvalidData`), and is never written into a layout under a
+/// digest it does not have.
+fn copy_blobs(copies: &[BlobCopy]) -> std::io::Result<()> {
     // Errors name the file they are about.
     let at = |path: &Path| {
         let path = path.display().to_string();
@@ -181,31 +193,48 @@ fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
     };
     let mut dirs = std::collections::BTreeSet::new();
     let mut swept = std::collections::BTreeSet::new();
-    for (source, dest) in copies {
-        let dir = dest.parent().expect("blob files have a parent");
+    let mut buf = vec![0; 1 << 20];
+    for copy in copies {
+        let dir = copy.dest.parent().expect("blob files have a parent");
         if swept.insert(dir.to_path_buf()) {
-            crate::staging::sweep_unheld(dir, STAGED_PREFIX);
+            crate::staging::sweep_unheld(dir, STAGED_PREFIX, crate::staging::GRACE);
         }
-        if dest.exists() {
+        if copy.dest.exists() {
             continue;
         }
         std::fs::create_dir_all(dir).map_err(at(dir))?;
         let mut staged = staged_in(dir).map_err(at(dir))?;
-        let mut from = std::fs::File::open(source).map_err(at(source))?;
+        let from = std::fs::File::open(&copy.source).map_err(at(&copy.source))?;
         // Either end may fail (a full destination, most often): both named.
-        std::io::copy(&mut from, staged.as_file_mut()).map_err(|e| {
+        let copied = copy_hashed(&from, staged.as_file_mut(), &copy.digest, &mut buf);
+        let (size, digest) = copied.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("copy {} to {}: {e}", source.display(), dir.display()),
+                format!("copy {} to {}: {e}", copy.source.display(), dir.display()),
             )
         })?;
+        if size != copy.size || digest != copy.digest {
+            let expected = &copy.digest;
+            let found = if size != copy.size {
+                format!("{size} bytes, not {}", copy.size)
+            } else {
+                format!("its bytes hash to {digest}")
+            };
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the store's copy of {expected} is corrupt ({found}): remove it \
+                     (dist delete {expected}) and fetch the image again"
+                ),
+            ));
+        }
         // Read-only, as blobs in the store are.
         staged
             .as_file()
             .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
             .and_then(|()| staged.as_file().sync_all())
-            .and_then(|()| staged.persist(dest).map(drop).map_err(|e| e.error))
-            .map_err(at(dest))?;
+            .and_then(|()| staged.persist(&copy.dest).map(drop).map_err(|e| e.error))
+            .map_err(at(&copy.dest))?;
         dirs.insert(dir.to_path_buf());
     }
     for dir in dirs {
@@ -214,6 +243,31 @@ fn copy_blobs(copies: &[(PathBuf, PathBuf)]) -> std::io::Result<()> {
             .map_err(at(&dir))?;
     }
     Ok(())
+}
+
+/// Copies `from` into `to` through `buf`, hashing with `like`'s algorithm:
+/// the bytes copied and their digest.
+fn copy_hashed(
+    mut from: &std::fs::File,
+    mut to: &std::fs::File,
+    like: &Digest,
+    buf: &mut [u8],
+) -> std::io::Result<(u64, Digest)> {
+    use std::io::{Read, Write};
+    let mut digester = ocidist::content::Digester::new(like.algorithm())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut size = 0;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok((size, digester.digest())),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        digester.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        size += n as u64;
+    }
 }
 
 /// Copies an image out of the store into a layout. `lease` keeps what it
@@ -267,11 +321,11 @@ pub(crate) async fn export(stores: &Stores, lease: Option<Lease>, args: ExportAr
     }
     let copies: Vec<_> = blobs
         .iter()
-        .map(|desc| {
-            (
-                stores.content.blob_path(desc.digest()),
-                blob_file(&args.dir, desc.digest()),
-            )
+        .map(|desc| BlobCopy {
+            source: stores.content.blob_path(desc.digest()),
+            dest: blob_file(&args.dir, desc.digest()),
+            digest: desc.digest().clone(),
+            size: desc.size(),
         })
         .collect();
     // Off the runtime, so a Ctrl-C is seen while gigabytes copy.
@@ -297,7 +351,7 @@ pub(crate) async fn export(stores: &Stores, lease: Option<Lease>, args: ExportAr
         let path = path.display().to_string();
         move |e: std::io::Error| fail(format!("{path}: {e}").into())
     };
-    crate::staging::sweep_unheld(&args.dir, STAGED_PREFIX);
+    crate::staging::sweep_unheld(&args.dir, STAGED_PREFIX, crate::staging::GRACE);
     let layout_file = args.dir.join("oci-layout");
     write_atomically(
         &layout_file,

@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use ocidist::content::Provider;
@@ -192,13 +193,26 @@ fn parent_of(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Set when dropped: the command a blocking copy works for was dropped (a
+/// signal, `--timeout`), so what it made must not appear.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Makes `dest` (which does not exist) by `copy`, whole or not at all: into
-/// a staging directory beside it, renamed to `dest` when complete. A killed
-/// copy leaves a staging directory and no `dest`; the next copy to `dest`
-/// removes it (each holds its directory's flock while it copies, so a live
-/// one is left alone).
+/// a staging directory beside it, renamed to `dest` when complete, unless
+/// `dropped` says by then that the command was interrupted (it exits
+/// saying so, and a retry must find no `dest`). A killed copy leaves a
+/// staging directory and no `dest`; the next copy to `dest` removes it
+/// (each holds its directory's flock while it copies, so a live one is left
+/// alone).
 fn copy_into_place(
     dest: &Path,
+    dropped: &AtomicBool,
     copy: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let parent = parent_of(dest);
@@ -207,17 +221,18 @@ fn copy_into_place(
         .ok_or("DEST names no directory of its own")?
         .to_string_lossy();
     let prefix = format!(".{name}.ocidist-partial-");
-    crate::staging::sweep_unheld(parent, &prefix);
+    let making_prefix = format!(".{name}.ocidist-making-");
+    crate::staging::sweep_unheld(parent, &prefix, std::time::Duration::ZERO);
+    crate::staging::sweep_unheld(parent, &making_prefix, crate::staging::GRACE);
     // Mode 0700, as DEST's parents made here: until the copy sets it, the
     // root's mode is not the image's.
-    let staging = tempfile::Builder::new()
-        .prefix(&prefix)
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir_in(parent)?;
-    let lock = std::fs::File::open(staging.path())?;
-    lock.lock()?;
+    let staging = crate::staging::locked_dir(parent, &prefix, &making_prefix)?;
     copy(staging.path())?;
-    let staged = staging.keep();
+    if dropped.load(Ordering::SeqCst) {
+        // Removed as `staging` drops.
+        return Err("interrupted: the finished copy is discarded".into());
+    }
+    let (staged, _lock) = staging.kept();
     if let Err(e) = std::fs::rename(&staged, dest) {
         let _ = std::fs::remove_dir_all(&staged);
         return Err(format!("rename the finished copy to {}: {e}", dest.display()).into());
@@ -379,6 +394,8 @@ pub(crate) async fn rootfs_cmd(
         // read through is made where only the copy sees it, and goes with
         // the copy, even with a killed process.
         let into = dest.clone();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let _tell_the_copy = SetOnDrop(dropped.clone());
         tokio::task::spawn_blocking(move || {
             let copy = |to: &Path| match &mounts[..] {
                 // The mode containerd gives a snapshot made with no parent.
@@ -388,7 +405,7 @@ pub(crate) async fn rootfs_cmd(
                 _ => mount::with_temp_mount(&mounts, |root| copy_tree(root, to))?,
             };
             if staged {
-                copy_into_place(&into, |to| copy(to).map_err(Into::into))
+                copy_into_place(&into, &dropped, |to| copy(to).map_err(Into::into))
             } else {
                 copy(&into).map_err(Into::into)
             }

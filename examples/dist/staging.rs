@@ -1,7 +1,7 @@
 //! What a killed command staged beside its destination: found by name,
 //! held by its writer's flock while alive, swept by the next run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A staged file or directory younger than this is never swept: its writer
@@ -9,10 +9,12 @@ use std::time::Duration;
 pub(crate) const GRACE: Duration = Duration::from_secs(10);
 
 /// Removes the entries of `dir` named `prefix*` (files, or directories and
-/// all they hold) that are older than [`GRACE`] and whose flock nobody
-/// holds: what killed runs left, never what a live one is writing. A
-/// symlink under the prefix is neither followed nor removed.
-pub(crate) fn sweep_unheld(dir: &Path, prefix: &str) {
+/// all they hold) that are older than `grace` and whose flock nobody holds:
+/// what killed runs left, never what a live one is writing. A symlink under
+/// the prefix is neither followed nor removed. [`GRACE`] for names their
+/// writers lock after making them; none for names given to entries already
+/// locked ([`locked_dir`]).
+pub(crate) fn sweep_unheld(dir: &Path, prefix: &str, grace: Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -28,7 +30,7 @@ pub(crate) fn sweep_unheld(dir: &Path, prefix: &str) {
             .modified()
             .ok()
             .and_then(|at| at.elapsed().ok())
-            .is_some_and(|age| age > GRACE);
+            .is_some_and(|age| age >= grace);
         if !old || !(meta.is_file() || meta.is_dir()) {
             continue;
         }
@@ -42,4 +44,74 @@ pub(crate) fn sweep_unheld(dir: &Path, prefix: &str) {
             std::fs::remove_file(&path)
         };
     }
+}
+
+/// A directory removed when this drops, unless [`kept`](Self::kept).
+pub(crate) struct StagedDir {
+    path: Option<PathBuf>,
+    /// Its flock, held as long as this lives.
+    lock: Option<std::fs::File>,
+}
+
+impl StagedDir {
+    pub(crate) fn path(&self) -> &Path {
+        self.path.as_deref().expect("set until kept")
+    }
+
+    /// Leaves the directory where it is, for the caller to rename while it
+    /// holds the flock returned with it.
+    pub(crate) fn kept(mut self) -> (PathBuf, std::fs::File) {
+        let path = self.path.take().expect("set until kept");
+        (path, self.lock.take().expect("set until kept"))
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// A new directory in `parent` (mode 0700) named `prefix` and a unique
+/// suffix, whose flock is held from before it had that name: made as
+/// `making_prefix*`, locked, then renamed. So any `prefix*` entry nobody
+/// holds is a killed run's, and the next run sweeps it at once (no grace);
+/// only a run killed in the instant between making and renaming leaves a
+/// `making_prefix*` directory, empty, for [`GRACE`]'s sweep.
+pub(crate) fn locked_dir(
+    parent: &Path,
+    prefix: &str,
+    making_prefix: &str,
+) -> std::io::Result<StagedDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let making = tempfile::Builder::new()
+        .prefix(making_prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)?;
+    let lock = std::fs::File::open(making.path())?;
+    lock.lock()?;
+    let suffix = making
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(making_prefix))
+        .expect("tempfile names it prefix and suffix")
+        .to_string();
+    let path = parent.join(format!("{prefix}{suffix}"));
+    // A name is never taken over (a rename replaces an empty directory).
+    if path.symlink_metadata().is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists", path.display()),
+        ));
+    }
+    std::fs::rename(making.path(), &path)?;
+    // Renamed: nothing is left under the old name for `making` to remove.
+    let _ = making.keep();
+    Ok(StagedDir {
+        path: Some(path),
+        lock: Some(lock),
+    })
 }
