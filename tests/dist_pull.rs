@@ -691,8 +691,7 @@ fn root_in_a_user_namespace_pulls_and_mounts_with_user_xattrs() {
         .expect("unshare runs (apt-get install util-linux)");
     let warned = stderr(&out);
     assert!(
-        warned.contains("dist: warning: layer-sha256:")
-            && warned.contains("1 device nodes skipped"),
+        warned.contains("dist: warning: layer-sha256:") && warned.contains("1 device node skipped"),
         "the skipped device is said: {warned}"
     );
     let said = ok(out);
@@ -1111,6 +1110,32 @@ fn apply_reads_a_layer_from_stdin_and_prints_its_diff_id() {
         String::from_utf8_lossy(&bad.stderr).starts_with("dist: apply "),
         "{bad:?}"
     );
+    // A warning (an xattr never set from a layer) is said, in the singular
+    // for one, but not under --quiet: it is no error.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.trusted.x", &b"v"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "noted", &b"x"[..]).unwrap();
+    let noted = b.into_inner().unwrap();
+    for quiet in [false, true] {
+        let mut args = if quiet { vec!["-q"] } else { Vec::new() };
+        args.extend(["apply", dir.to_str().unwrap()]);
+        let applied = dist(&work.path().join("s"), &args, &noted);
+        let warned = stderr(&applied);
+        assert_eq!(ok(applied).trim(), sha256_of(&noted).to_string());
+        if quiet {
+            assert_eq!(warned, "", "--quiet");
+        } else {
+            assert!(
+                warned.starts_with("dist: apply: 1 extended attribute in the layer not applied"),
+                "{warned}"
+            );
+        }
+    }
 }
 
 /// A proxy in front of `registry` that trickles every blob body (64 KiB

@@ -107,8 +107,11 @@ pub(crate) async fn apply_cmd(args: ApplyArgs) -> CmdResult {
     )
     .await
     .map_err(|e| Failure::new(what, e))?;
-    for warning in &applied.warnings {
-        eprintln!("dist: apply: {warning}");
+    // Warnings are not errors: --quiet leaves them out.
+    if !crate::output::quiet() {
+        for warning in &applied.warnings {
+            eprintln!("dist: apply: {warning}");
+        }
     }
     crate::output::outln!("{}", applied.diff_id);
     Ok(())

@@ -694,7 +694,7 @@ fn a_user_xattr_on_a_symlink_is_skipped_with_a_warning() {
         applied
             .warnings
             .iter()
-            .any(|w| w.starts_with("1 extended attributes skipped")),
+            .any(|w| w.starts_with("1 extended attribute skipped")),
         "{:?}",
         applied.warnings
     );

@@ -472,27 +472,40 @@ fn write_entries(
     let mut warnings = Vec::new();
     if applier.skipped_devices > 0 {
         warnings.push(format!(
-            "{} device nodes skipped: creating them needs root outside a user namespace",
-            applier.skipped_devices
+            "{} skipped: creating them needs root outside a user namespace",
+            counted(applier.skipped_devices, "device node", "device nodes")
         ));
     }
     if applier.skipped_xattrs.get() > 0 {
         warnings.push(format!(
-            "{} extended attributes skipped: the filesystem or the entry's kind does not take them",
-            applier.skipped_xattrs.get()
+            "{} skipped: the filesystem or the entry's kind does not take them",
+            counted(
+                applier.skipped_xattrs.get(),
+                "extended attribute",
+                "extended attributes"
+            )
         ));
     }
     if applier.dropped_xattrs > 0 {
         warnings.push(format!(
-            "{} extended attributes in the layer not applied: trusted.* (the host administrator's) \
+            "{} in the layer not applied: trusted.* (the host administrator's) \
              and overlayfs's own (user.overlay.*) are never set from a layer",
-            applier.dropped_xattrs
+            counted(
+                applier.dropped_xattrs,
+                "extended attribute",
+                "extended attributes"
+            )
         ));
     }
     if !options.privileged {
         warnings.push("owners not set: changing them needs root".into());
     }
     Ok((applier.entries, warnings))
+}
+
+/// `n` and the noun for that many.
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The NUL-separated xattr names `list` (a `*listxattr(2)`) gives: their
