@@ -934,8 +934,8 @@ fn an_export_of_an_image_missing_a_layer_fails_naming_it_and_writes_nothing() {
 
 /// A blob that went bad in the store after its commit fails the export,
 /// which names the store's copy as corrupt and the way out, and writes it
-/// nowhere in the layout (nor an `index.json` naming it): skopeo checks
-/// what it copies too.
+/// nowhere in the layout (nor an `index.json` naming it), as containerd's
+/// exporter checks what it copies.
 #[test]
 fn an_export_of_a_blob_corrupted_in_the_store_fails_and_says_so() {
     let work = tempfile::tempdir().unwrap();

@@ -182,7 +182,7 @@ struct BlobCopy {
 /// Copies each blob file to its place in a layout, durably before the
 /// `index.json` that names them: staged, fsynced, renamed, the directories
 /// fsynced. A blob already there is kept. Each is hashed as it is copied, as
-/// skopeo does: a store file that went bad after its commit fails the
+/// containerd's exporter does: a store file that went bad after its commit fails the
 /// export (`InvalidData`), and is never written into a layout under a
 /// digest it does not have.
 fn copy_blobs(copies: &[BlobCopy]) -> std::io::Result<()> {
