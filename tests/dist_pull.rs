@@ -343,7 +343,22 @@ fn pull_and_mount(snapshotter: &str) {
     rootfs(&["--unmount", mnt.to_str().unwrap()]);
     std::fs::create_dir(&mnt).unwrap();
     rootfs(&[&reference, mnt.to_str().unwrap()]);
-    rootfs(&["--unmount", mnt.to_str().unwrap()]);
+    // Without --snapshotter, --unmount finds the snapshotter that mounted
+    // it, and makes none the store never used.
+    let other = if snapshotter == "native" {
+        "overlay"
+    } else {
+        "native"
+    };
+    let other_dir = root.join("snapshots").join(other);
+    let had_other = other_dir.exists();
+    ok(dist(
+        &root,
+        &["rootfs", "--unmount", mnt.to_str().unwrap()],
+        b"",
+    ));
+    assert!(!mnt.join("etc/issue").exists(), "unmounted");
+    assert_eq!(other_dir.exists(), had_other, "{}", other_dir.display());
 
     // Made private, with the parent made for it: the image's setuid tool
     // is no other user's to run.

@@ -97,7 +97,8 @@ struct Cli {
     #[arg(long, global = true, value_parser = parse_platform)]
     platform: Option<Platform>,
     /// How images become filesystems. Default: overlay where it can mount
-    /// (root, a kernel with overlayfs), else native.
+    /// (root, a kernel with overlayfs), else native; for `rootfs --unmount`,
+    /// whichever of the store's snapshotters has the rootfs.
     #[arg(long, global = true, value_enum)]
     snapshotter: Option<SnapshotterKind>,
     /// How many layers `pull`, `unpack` and `rootfs` apply at once on the
@@ -130,6 +131,19 @@ enum SnapshotterKind {
     /// A full tree per layer (unchanged files hard-linked to the layer
     /// below when unpacking); works anywhere.
     Native,
+}
+
+impl SnapshotterKind {
+    /// Each kind, in the order `prune` visits them.
+    const ALL: [SnapshotterKind; 2] = [SnapshotterKind::Overlay, SnapshotterKind::Native];
+
+    /// Its directory under the store's `snapshots/`.
+    fn dir_name(self) -> &'static str {
+        match self {
+            SnapshotterKind::Overlay => "overlay",
+            SnapshotterKind::Native => "native",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,25 +426,19 @@ async fn run(cli: Cli) -> CmdResult {
     // (a prune does it itself, and reports it).
     let open_snapshotter =
         |kind, clean_up| -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
-            let dir = root.join("snapshots");
+            let dir = root.join("snapshots").join(SnapshotterKind::dir_name(kind));
             let options = ocidist::snapshot::OpenOptions {
                 durability,
                 clean_up,
             };
             let opened: Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, _> = match kind {
                 SnapshotterKind::Overlay => {
-                    ocidist::snapshot::overlay::OverlaySnapshotter::open_with_options(
-                        dir.join("overlay"),
-                        options,
-                    )
-                    .map(|s| std::sync::Arc::new(s) as _)
+                    ocidist::snapshot::overlay::OverlaySnapshotter::open_with_options(dir, options)
+                        .map(|s| std::sync::Arc::new(s) as _)
                 }
                 SnapshotterKind::Native => {
-                    ocidist::snapshot::native::NativeSnapshotter::open_with_options(
-                        dir.join("native"),
-                        options,
-                    )
-                    .map(|s| std::sync::Arc::new(s) as _)
+                    ocidist::snapshot::native::NativeSnapshotter::open_with_options(dir, options)
+                        .map(|s| std::sync::Arc::new(s) as _)
                 }
             };
             let opened = opened.map_err(|e| open("snapshotter in", e.into()))?;
@@ -452,12 +460,9 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Prune(args) => {
             // Every snapshotter that has been used, whichever --snapshotter says.
             let mut snapshotters = Vec::new();
-            for (name, kind) in [
-                ("overlay", SnapshotterKind::Overlay),
-                ("native", SnapshotterKind::Native),
-            ] {
-                if root.join("snapshots").join(name).exists() {
-                    snapshotters.push((name, open_snapshotter(kind, false)?));
+            for kind in SnapshotterKind::ALL {
+                if root.join("snapshots").join(kind.dir_name()).exists() {
+                    snapshotters.push((kind.dir_name(), open_snapshotter(kind, false)?));
                 }
             }
             let leases =
@@ -497,7 +502,39 @@ async fn run(cli: Cli) -> CmdResult {
                 Err((_, e)) if args.copy && cannot_be_written(&e) => None,
                 Err((what, e)) => return Err(open(what, e.into())),
             };
-            rootfs::rootfs_cmd(&stores()?, lease, &remote, &snapshotter(kind)?, args).await
+            let snapshotter = match (&args.unmount, cli.snapshotter) {
+                // Not named: whichever of the store's snapshotters has the
+                // rootfs, and none made that the store never used.
+                (Some(dest), None) => {
+                    let key = rootfs::rootfs_key(dest);
+                    let used: Vec<SnapshotterKind> = std::iter::once(kind)
+                        .chain(SnapshotterKind::ALL.into_iter().filter(|k| *k != kind))
+                        .filter(|k| root.join("snapshots").join(k.dir_name()).exists())
+                        .collect();
+                    let mut found = None;
+                    for candidate in used {
+                        let opened = snapshotter(candidate)?;
+                        let holds = opened.stat(&key).await.is_ok();
+                        if found.is_none() || holds {
+                            found = Some(opened);
+                        }
+                        if holds {
+                            break;
+                        }
+                    }
+                    match found {
+                        Some(opened) => {
+                            // The one used, for `main` to close.
+                            *OPENED_SNAPSHOTTER.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(opened.clone());
+                            opened
+                        }
+                        None => snapshotter(kind)?,
+                    }
+                }
+                _ => snapshotter(kind)?,
+            };
+            rootfs::rootfs_cmd(&stores()?, lease, &remote, &snapshotter, args).await
         }
     }
 }

@@ -56,7 +56,7 @@ pub(crate) struct RootfsArgs {
     pub(crate) copy: bool,
     /// Unmount the rootfs at this directory and remove its snapshot.
     #[arg(long, value_name = "DEST")]
-    unmount: Option<PathBuf>,
+    pub(crate) unmount: Option<PathBuf>,
 }
 
 pub(crate) async fn pull_cmd(
@@ -165,7 +165,7 @@ async fn committed_snapshot(snapshotter: &dyn Snapshotter, reference: &str) -> O
 }
 
 /// The snapshot key of the rootfs mounted at `dest`.
-fn rootfs_key(dest: &std::path::Path) -> String {
+pub(crate) fn rootfs_key(dest: &std::path::Path) -> String {
     // A DEST that is gone (a reboot took it) names the same key through its
     // parent, or at least as an absolute path.
     let dest = std::fs::canonicalize(dest)

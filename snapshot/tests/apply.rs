@@ -213,19 +213,23 @@ fn whiteouts_delete_on_a_tree_and_opaque_spares_the_same_layer() {
     assert!(!t.contains_key("opt/app/old1") && !t.contains_key("opt/app/old2"));
 }
 
-#[test]
-fn whiteouts_become_overlay_markers_on_an_upper_dir() {
+/// A lower directory holding `entries`, and an empty upper directory over
+/// it as an apply target.
+fn upper_over(entries: &[Entry<'_>]) -> (tempfile::TempDir, tempfile::TempDir, ApplyTarget) {
     let lower = tempfile::tempdir().unwrap();
-    apply_tree(
-        lower.path(),
-        &tar_of(&[Entry::Dir("srv", 0o750), Entry::File("srv/a", b"a", 0o644)]),
-    )
-    .unwrap();
+    apply_tree(lower.path(), &tar_of(entries)).unwrap();
     let upper = tempfile::tempdir().unwrap();
     let target = ApplyTarget::OverlayUpper {
         upper: upper.path().to_path_buf(),
         lowers: vec![lower.path().to_path_buf()],
     };
+    (lower, upper, target)
+}
+
+#[test]
+fn whiteouts_become_overlay_markers_on_an_upper_dir() {
+    let (_lower, upper, target) =
+        upper_over(&[Entry::Dir("srv", 0o750), Entry::File("srv/a", b"a", 0o644)]);
     let layer = tar_of(&[
         Entry::File("srv/.wh.a", b"", 0o644),
         Entry::File("srv/sub/file", b"f", 0o644),
@@ -255,6 +259,97 @@ fn whiteouts_become_overlay_markers_on_an_upper_dir() {
         std::fs::read(upper.path().join("srv/sub/file")).unwrap(),
         b"f"
     );
+}
+
+fn is_whiteout(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+}
+
+/// overlayfs takes any 0/0 character device in an upper directory for a
+/// whiteout: a layer's own hides the lower entry of its name, and one that
+/// hides nothing goes (in a directory no lower has, the mount would list
+/// it and fail to look it up). Other devices are devices.
+#[test]
+fn a_layers_own_0_0_character_device_is_a_whiteout_on_an_upper_dir() {
+    let (_lower, upper, target) =
+        upper_over(&[Entry::Dir("srv", 0o755), Entry::File("srv/a", b"a", 0o644)]);
+    let layer = tar_of(&[
+        Entry::Char("srv/a", 0, 0),
+        Entry::Char("new/zero", 0, 0),
+        Entry::Char("new/null", 1, 3),
+    ]);
+    let applied = apply_layer_sync(
+        &target,
+        Cursor::new(layer.clone()),
+        None,
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    assert!(is_whiteout(&upper.path().join("srv/a")));
+    assert!(
+        !upper.path().join("new/zero").exists() && !is_whiteout(&upper.path().join("new/zero")),
+        "a whiteout hiding nothing is gone"
+    );
+    let null = std::fs::symlink_metadata(upper.path().join("new/null")).unwrap();
+    assert!(null.file_type().is_char_device() && null.rdev() == rustix::fs::makedev(1, 3));
+    assert!(
+        applied
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("2 character devices 0/0 made whiteouts")),
+        "{:?}",
+        applied.warnings
+    );
+
+    // On a whole tree it is a device like any other.
+    let root = tempfile::tempdir().unwrap();
+    let applied = apply_tree(root.path(), &layer).unwrap();
+    assert!(is_whiteout(&root.path().join("new/zero")));
+    assert!(
+        applied.warnings.iter().all(|w| !w.contains("0/0")),
+        "{:?}",
+        applied.warnings
+    );
+}
+
+/// A hardlink to a directory is the layer's fault, said so, on a tree and
+/// on an upper directory, whether the directory is the layer's or a lower's.
+#[test]
+fn a_hardlink_to_a_directory_is_refused_as_such() {
+    let root = tempfile::tempdir().unwrap();
+    assert_refused(
+        root.path(),
+        &tar_of(&[Entry::Dir("d", 0o755), Entry::Link("l", "d")]),
+        "hardlink \"l\": target \"d\" is a directory",
+    );
+
+    for layer in [
+        tar_of(&[Entry::Dir("d", 0o755), Entry::Link("l", "d")]),
+        tar_of(&[Entry::Link("l", "below")]),
+    ] {
+        let (_lower, _upper, target) = upper_over(&[Entry::Dir("below", 0o755)]);
+        let err = apply_layer_sync(&target, Cursor::new(layer), None, &ApplyOptions::default())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+}
+
+/// `.wh..` and `.wh...` name no entry; the refusal says which name it was.
+#[test]
+fn whiteouts_of_dot_and_dot_dot_say_what_they_named() {
+    for (name, says) in [("etc/.wh..", "\".\""), ("etc/.wh...", "\"..\"")] {
+        let root = tempfile::tempdir().unwrap();
+        let message = assert_refused(
+            root.path(),
+            &tar_of(&[Entry::Dir("etc", 0o755), Entry::File(name, b"", 0o644)]),
+            "which is not an entry of its directory",
+        );
+        assert!(
+            message.contains(&format!("would delete {says}")),
+            "{message}"
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,9 @@
 //!   directory of everything lower layers put there. Applied to a
 //!   [`ApplyTarget::Tree`] they delete; applied to an
 //!   [`ApplyTarget::OverlayUpper`] they are recorded as overlayfs does (a 0/0
-//!   character device; the `overlay.opaque` xattr).
+//!   character device; the `overlay.opaque` xattr). There a layer's own 0/0
+//!   character device is a whiteout too, since overlayfs cannot tell them
+//!   apart (with a warning).
 //!
 //! Without root, device nodes and ownership are skipped with a warning.
 
@@ -409,6 +411,7 @@ fn write_entries(
         whiteouts: Vec::new(),
         buffer: vec![0u8; 256 * 1024],
         skipped_devices: 0,
+        whiteout_devices: 0,
         skipped_xattrs,
         dropped_xattrs: 0,
         entries: 0,
@@ -474,6 +477,17 @@ fn write_entries(
         warnings.push(format!(
             "{} skipped: creating them needs root outside a user namespace",
             counted(applier.skipped_devices, "device node", "device nodes")
+        ));
+    }
+    if applier.whiteout_devices > 0 {
+        warnings.push(format!(
+            "{} made whiteouts: overlayfs reads one as the deletion of its name \
+             from the layers below, and cannot hold it as a device",
+            counted(
+                applier.whiteout_devices,
+                "character device 0/0",
+                "character devices 0/0"
+            )
         ));
     }
     if applier.skipped_xattrs.get() > 0 {
@@ -776,6 +790,9 @@ struct Applier {
     whiteouts: Vec<PathBuf>,
     buffer: Vec<u8>,
     skipped_devices: u64,
+    /// The layer's own 0/0 character devices made whiteouts on an overlay
+    /// upper directory.
+    whiteout_devices: u64,
     /// Extended attributes the target refused in ways containerd tolerates
     /// (shared with `root`, which copies them onto the parents it makes).
     skipped_xattrs: Rc<Cell<u64>>,
@@ -979,6 +996,13 @@ impl Applier {
                         target_rel.display()
                     ))
                 };
+                let is_a_directory = || {
+                    Error::InvalidArgument(format!(
+                        "hardlink {:?}: target {:?} is a directory",
+                        rel.display(),
+                        target_rel.display()
+                    ))
+                };
                 let (target_parent, target_name) = split(&target_rel);
                 if overlay {
                     // Through the symlinks this layer made, as the link
@@ -994,6 +1018,7 @@ impl Applier {
                         resolve::LinkSource::Upper => {}
                         resolve::LinkSource::Lower(dir) => self.copy_up(dir.as_fd(), &source)?,
                         resolve::LinkSource::Missing => return Err(missing()),
+                        resolve::LinkSource::Directory => return Err(is_a_directory()),
                     }
                 }
                 let target_dir = self
@@ -1025,10 +1050,14 @@ impl Applier {
                     linked = link(&mut self.root)?;
                 }
                 linked.map_err(|e| {
-                    if e == rustix::io::Errno::NOENT {
-                        missing()
-                    } else {
-                        Error::io("link", &path, e)
+                    let is_dir = || {
+                        rustix::fs::statat(&target_dir, target_name, AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|st| (st.st_mode & libc::S_IFMT) == libc::S_IFDIR)
+                    };
+                    match e {
+                        rustix::io::Errno::NOENT => missing(),
+                        rustix::io::Errno::PERM if is_dir() => is_a_directory(),
+                        e => Error::io("link", &path, e),
                     }
                 })?;
                 self.created.insert(written);
@@ -1048,6 +1077,20 @@ impl Applier {
                         (ft, rustix::fs::makedev(major, minor))
                     }
                 };
+                if overlay && file_type == FileType::CharacterDevice && dev == 0 {
+                    // overlayfs takes a 0/0 character device in an upper
+                    // directory for a whiteout, whatever the layer meant:
+                    // it is made one, hiding what the lowers have of the
+                    // name, and goes at the end if they have nothing
+                    // (listed, it could not be looked up in the mount).
+                    make_whiteout(dirfd, name, &path, privileged)?;
+                    self.whiteouts.push(written);
+                    self.whiteout_devices += 1;
+                    if removed {
+                        self.root.invalidate();
+                    }
+                    return Ok(());
+                }
                 // Not in a user namespace either, whose root may not make
                 // devices: skipped, as containerd skips them there.
                 if file_type != FileType::Fifo
@@ -1337,11 +1380,16 @@ impl Applier {
         }
         let name: &OsStr = std::os::unix::ffi::OsStrExt::from_bytes(hidden);
         if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
-            return Err(Error::InvalidArgument(format!(
-                "whiteout {:?} names nothing to delete",
-                path.join(format!(".wh.{}", name.to_string_lossy()))
-                    .display()
-            )));
+            let whiteout = path.join(format!(".wh.{}", name.to_string_lossy()));
+            return Err(Error::InvalidArgument(if hidden.is_empty() {
+                format!("whiteout {:?} names nothing to delete", whiteout.display())
+            } else {
+                format!(
+                    "whiteout {:?} would delete {:?}, which is not an entry of its directory",
+                    whiteout.display(),
+                    name
+                )
+            }));
         }
         // Whiteouts hide only what the layers below have (the OCI spec):
         // what this layer wrote of that name stays. A directory it wrote

@@ -1061,6 +1061,8 @@ pub(crate) enum LinkSource {
     /// directory, or behind a non-directory (a symlink is not followed: a
     /// hardlink names an entry, not where a symlink leads).
     Missing,
+    /// A directory, which cannot be linked to.
+    Directory,
 }
 
 /// What one layer says about a path.
@@ -1069,6 +1071,8 @@ enum Look {
     Found(OwnedFd),
     /// It hides the entry from the layers below it.
     Hidden,
+    /// Its entry is a directory (which hides the layers' entries below).
+    Directory,
     /// It says nothing: ask the layer below.
     Absent,
 }
@@ -1087,9 +1091,10 @@ fn look(layer: BorrowedFd<'_>, rel: &Path, opaque_xattr: &str) -> rustix::io::Re
         let kind = st.st_mode & libc::S_IFMT;
         let whiteout = kind == libc::S_IFCHR && st.st_rdev == 0;
         if i + 1 == parts.len() {
-            // A directory cannot be linked to; neither can a whiteout.
-            return Ok(if whiteout || kind == libc::S_IFDIR {
+            return Ok(if whiteout {
                 Look::Hidden
+            } else if kind == libc::S_IFDIR {
+                Look::Directory
             } else {
                 Look::Found(dir)
             });
@@ -1118,6 +1123,7 @@ impl Root {
         match look(self.fd.as_fd(), rel, opaque_xattr).map_err(error)? {
             Look::Found(_) => return Ok(LinkSource::Upper),
             Look::Hidden => return Ok(LinkSource::Missing),
+            Look::Directory => return Ok(LinkSource::Directory),
             Look::Absent => {}
         }
         let path = self.path.join(rel);
@@ -1127,6 +1133,7 @@ impl Root {
             {
                 Look::Found(dir) => return Ok(LinkSource::Lower(dir)),
                 Look::Hidden => return Ok(LinkSource::Missing),
+                Look::Directory => return Ok(LinkSource::Directory),
                 Look::Absent => {}
             }
         }
