@@ -541,6 +541,13 @@ fn user_flag_authenticates_a_push() {
         Some(2),
         "no password: usage"
     );
+    let blank = push(Some("bob:"));
+    assert_eq!(blank.status.code(), Some(2), "an empty password: usage");
+    assert!(
+        common::stderr(&blank).contains("with a password (dist does not prompt for one)"),
+        "{}",
+        common::stderr(&blank)
+    );
     let pushed = ok(push(Some("bob:pa55")));
     assert!(pushed.trim_end().ends_with(&manifest_digest), "{pushed}");
     // Pulling needs no credentials here: anonymous tokens grant pull.
@@ -788,6 +795,21 @@ fn a_one_platform_fetch_of_an_index_is_checked_pushed_and_exported_as_such() {
     let stderr = String::from_utf8_lossy(&pushed.stderr);
     assert!(
         stderr.contains("the store lacks the linux/amd64 manifest of this index"),
+        "{stderr}"
+    );
+    // The whole index: the missing manifest named, the way out said once.
+    let pushed = dist(
+        &store,
+        &["push", &format!("{}/e2e/whole:1", registry.host()), &both],
+        b"",
+    );
+    assert_eq!(pushed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&pushed.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the store lacks manifest {amd64} (platform linux/amd64)"
+        )) && stderr.matches("push that platform alone").count() == 1
+            && !stderr.contains("push one platform's manifest alone"),
         "{stderr}"
     );
 

@@ -292,13 +292,25 @@ pub(crate) async fn push(
     .await;
     progress.finish(result.is_ok()).await;
     result.map_err(|e| {
-        if matches!(e, ocidist::remotes::Error::MissingManifest { .. }) {
-            // What a one-platform fetch of an index leaves: say the way out
-            // in this program's terms.
-            let hint = "a fetch without --all-platforms keeps one platform's manifest: \
-                        push that platform alone with --platform, or fetch \
-                        --all-platforms first";
-            return Failure::new(what.clone(), format!("{e}; {hint}"));
+        if let ocidist::remotes::Error::MissingManifest {
+            digest,
+            platform,
+            listed_by,
+        } = &e
+        {
+            // What a one-platform fetch of an index leaves: the way out said
+            // in this program's terms, instead of the library's.
+            let platform = platform
+                .as_ref()
+                .map_or(String::new(), |p| format!(" (platform {p})"));
+            return Failure::new(
+                what.clone(),
+                format!(
+                    "the store lacks manifest {digest}{platform}, which index {listed_by} \
+                     lists: a fetch without --all-platforms keeps one platform's manifest: \
+                     push that platform alone with --platform, or fetch --all-platforms first"
+                ),
+            );
         }
         if let ocidist::remotes::Error::Content(ocidist::content::Error::DigestMismatch {
             expected,

@@ -264,6 +264,9 @@ fn store_root(given: Option<&Path>) -> Result<PathBuf, Failure> {
 /// `--user`: `USER:PASSWORD`, split at the first colon (passwords may hold more).
 fn parse_user(text: &str) -> Result<(String, String), String> {
     match text.split_once(':') {
+        Some((_, "")) => Err(
+            "expected USER:PASSWORD, with a password (dist does not prompt for one)".to_string(),
+        ),
         Some((user, password)) if !user.is_empty() => Ok((user.to_string(), password.to_string())),
         _ => Err("expected USER:PASSWORD".to_string()),
     }

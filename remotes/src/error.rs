@@ -100,6 +100,26 @@ pub enum Error {
         /// The limit.
         limit: crate::docker::LowSpeedLimit,
     },
+    /// A response body failed (a reset, the idle-read timeout) having
+    /// brought less than the low-speed limit's rate over all the time it was
+    /// waited on: a registry that sends a little and then goes silent, every
+    /// time, is given up on like one that trickles (resumable, but the
+    /// attempt counts as one that got nowhere).
+    #[error(
+        "{received} bytes in {waited:.1?}, under the low-speed limit of {} bytes per {:?}, then: {source}",
+        limit.min_bytes,
+        limit.window
+    )]
+    Stalled {
+        /// Bytes the body brought.
+        received: u64,
+        /// How long it was waited on.
+        waited: std::time::Duration,
+        /// The limit.
+        limit: crate::docker::LowSpeedLimit,
+        /// How the body failed.
+        source: Box<Error>,
+    },
     /// The registry's bytes or headers contradict what was asked for.
     #[error("{url}: {reason}")]
     Protocol {
@@ -216,7 +236,10 @@ impl Error {
     /// Whether a body came slower than the low-speed limit: resumable, but
     /// never counted as progress, however many bytes it brought.
     pub(crate) fn too_slow(&self) -> bool {
-        matches!(self.deciding(), Error::TooSlow { .. })
+        matches!(
+            self.deciding(),
+            Error::TooSlow { .. } | Error::Stalled { .. }
+        )
     }
 
     /// This error, with `note` if it is a 401 that has none yet.
@@ -261,9 +284,10 @@ impl Error {
             {
                 ErrorKind::FailedPrecondition
             }
-            Error::Connect { .. } | Error::Interrupted { .. } | Error::TooSlow { .. } => {
-                ErrorKind::Unavailable
-            }
+            Error::Connect { .. }
+            | Error::Interrupted { .. }
+            | Error::TooSlow { .. }
+            | Error::Stalled { .. } => ErrorKind::Unavailable,
             Error::TlsConfig { .. } => ErrorKind::InvalidArgument,
             // Asking again is refused again.
             Error::TlsAlert { .. } => ErrorKind::FailedPrecondition,

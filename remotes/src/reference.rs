@@ -87,6 +87,14 @@ impl Reference {
 
     /// The same repository with `object` (a tag, or a digest) instead.
     pub fn with_object(&self, object: &str) -> Result<Reference> {
+        if object.contains(['@', '/']) {
+            // Else the error would quote a reference nobody wrote.
+            return Err(Error::InvalidReference {
+                input: object.to_string(),
+                reason: "an object is a tag or a digest, not both, and names no repository"
+                    .to_string(),
+            });
+        }
         let separator = if object.contains(':') { "@" } else { ":" };
         format!("{}{separator}{object}", self.name()).parse()
     }
@@ -341,6 +349,13 @@ mod tests {
             r.with_object("v2").unwrap().to_string(),
             "docker.io/library/app:v2"
         );
+        for both in [format!("v2@{DIGEST}"), "other/app".to_string()] {
+            let err = r.with_object(&both).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{both:?}")) && err.contains("a tag or a digest, not both"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -99,6 +99,14 @@ async fn basic_auth_with_htpasswd() {
     let err = elsewhere.resolve(&format!("{repo}:1")).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
     assert!(err.to_string().contains(&none_found), "{err}");
+
+    // An empty password is not sent, and the refusal says that is why.
+    let blank = resolver_for(&registry.host(), "alice", "");
+    let err = blank.resolve(&format!("{repo}:1")).await.unwrap_err();
+    let empty = format!(
+        "refused without credentials: those found for {host} have an empty password, which is not sent"
+    );
+    assert!(err.to_string().contains(&empty), "{err}");
 }
 
 /// Credentials from a function of the host (a runtime's own secret

@@ -123,6 +123,12 @@ async fn a_rate_limit_longer_than_a_retry_waits_is_not_asked_again() {
     let err = DockerResolver::new().resolve(&reference).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("429"), "{err}");
+    assert!(
+        err.to_string().contains(
+            "the registry asks to be asked again in 2m0s, longer than the 10s waited for"
+        ),
+        "{err}"
+    );
     assert_eq!(requests_to(&proxy, "/manifests/1"), 1);
 
     let layer = &pushed[3];
@@ -982,6 +988,50 @@ async fn a_registry_that_always_trickles_ends_the_fetch_after_four_attempts() {
         "{err}"
     );
     assert_eq!(gets_of(&proxy, &blob_path).len(), 4, "{:#?}", proxy.log());
+    assert!(store.info(layer.desc.digest()).await.is_err());
+}
+
+/// A registry that sends a little of a layer and then goes silent, every
+/// time, ends the fetch after four attempts in a typed error: each attempt
+/// brought bytes, but too few for the time it was waited on, so none counts
+/// as progress (else it could hold a fetch for size / bytes-per-attempt idle
+/// timeouts). Nothing is committed.
+#[tokio::test]
+async fn a_registry_that_sends_a_little_then_stalls_every_time_ends_the_fetch() {
+    let (_registry, proxy, pushed) = setup("faults/stall-always").await;
+    let layer = &pushed[3];
+    let blob_path = format!("/blobs/{}", layer.desc.digest());
+    let stall = Fault::Stall {
+        after: 1000,
+        hold: Duration::from_secs(30),
+    };
+    proxy.add(Some("GET"), &blob_path, usize::MAX, stall);
+    let resolver = DockerResolver::new()
+        .timeouts(Duration::from_secs(5), Duration::from_secs(2))
+        .unwrap()
+        .low_speed_limit(LOW_SPEED);
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/stall-always:1", proxy.host());
+    // Bounded: without the rule the fetch would go on for many minutes.
+    let fetched = tokio::time::timeout(
+        Duration::from_secs(60),
+        fetch_arm64(&resolver, &store, &images, &reference),
+    )
+    .await;
+    let gets = gets_of(&proxy, &blob_path);
+    let Ok(fetched) = fetched else {
+        panic!("still fetching after 60 s: {} GETs", gets.len());
+    };
+    let err = fetched.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string().contains("1000 bytes in")
+            && err
+                .to_string()
+                .contains("under the low-speed limit of 4096 bytes per 1s, then:"),
+        "{err}"
+    );
+    assert_eq!(gets.len(), 4, "{gets:#?}");
     assert!(store.info(layer.desc.digest()).await.is_err());
 }
 

@@ -311,17 +311,21 @@ fn token_lifetime(expires_in: Option<i64>) -> Duration {
     }
 }
 
-/// Whether a refused request had credentials to go with it, kept on the
-/// 401 response (its extensions) for the error made of it.
+/// What an error response does not say itself, kept on it (its extensions)
+/// for the error made of it: whether a refused request had credentials to
+/// go with it, why a registry's `Retry-After` was not waited for.
 #[derive(Debug, Clone)]
-pub(crate) struct CredentialsNote(String);
+pub(crate) struct ResponseNote(pub(crate) String);
 
-impl CredentialsNote {
-    fn new(host: &str, found: bool) -> Self {
-        CredentialsNote(if found {
-            format!("refused with the credentials for {host}")
-        } else {
-            format!("refused without credentials: none were found for {host}")
+impl ResponseNote {
+    fn new(host: &str, found: Option<&Credential>) -> Self {
+        ResponseNote(match found {
+            Some(c) if c.secret.is_empty() => format!(
+                "refused without credentials: those found for {host} have an empty password, \
+                 which is not sent"
+            ),
+            Some(_) => format!("refused with the credentials for {host}"),
+            None => format!("refused without credentials: none were found for {host}"),
         })
     }
 
@@ -420,12 +424,12 @@ impl Authorizer {
     /// The credential for `host`, looked up on a blocking thread: a
     /// credential helper is a process, and may take its time (a keychain
     /// prompt, a cloud login) without holding up the runtime.
-    async fn credential_for(&self, host: &str) -> Result<Option<Credential>> {
+    /// The credential the store has for `host`, whatever its secret.
+    async fn credential_found(&self, host: &str) -> Result<Option<Credential>> {
         let credentials = self.credentials.clone();
         let owned = host.to_string();
         match tokio::task::spawn_blocking(move || credentials.get(&owned)).await {
-            // An empty secret is no credential (containerd goes anonymous).
-            Ok(Ok(credential)) => Ok(credential.filter(|c| !c.secret.is_empty())),
+            Ok(Ok(credential)) => Ok(credential),
             Ok(Err(e)) => Err(Error::Content(ocidist_content::Error::other(
                 ocidist_content::ErrorKind::FailedPrecondition,
                 format!("credentials for {host}: {e}"),
@@ -441,9 +445,9 @@ impl Authorizer {
     /// What a 401 from `host` should say about credentials: whether there
     /// were any to send. `None` if the lookup itself fails (that error is
     /// the one the answer to a challenge reports).
-    pub(crate) async fn credentials_note(&self, host: &str) -> Option<CredentialsNote> {
-        let found = self.credential_for(host).await.ok()?.is_some();
-        Some(CredentialsNote::new(host, found))
+    pub(crate) async fn credentials_note(&self, host: &str) -> Option<ResponseNote> {
+        let found = self.credential_found(host).await.ok()?;
+        Some(ResponseNote::new(host, found.as_ref()))
     }
 
     /// [`answer`](Self::answer) for challenges already parsed.
@@ -473,16 +477,16 @@ impl Authorizer {
         {
             return Ok(Some(cached));
         }
-        let credential = self.credential_for(host).await?;
+        let found = self.credential_found(host).await?;
+        // An empty secret is no credential (containerd goes anonymous).
+        let credential = found.clone().filter(|c| !c.secret.is_empty());
         let (header, lifetime) = match (bearer, &credential) {
             (Some(bearer), _) => {
                 let (token, lifetime) = self
                     .token(clients, bearer, scope, credential.as_ref())
                     .await
                     .map_err(|e| {
-                        e.noted_if_unauthorized(|| {
-                            CredentialsNote::new(host, credential.is_some()).0
-                        })
+                        e.noted_if_unauthorized(|| ResponseNote::new(host, found.as_ref()).0)
                     })?;
                 (format!("Bearer {token}"), lifetime)
             }

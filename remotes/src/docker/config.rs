@@ -136,7 +136,10 @@ impl DockerConfig {
         self
     }
 
-    fn lookup_auths(&self, host: &str) -> Option<Credential> {
+    /// The file's `auths` entry for `host`. One whose `auth` is not the
+    /// base64 of `USER:PASSWORD` is an error, as Docker refuses such a file,
+    /// not a registry asked with no credentials.
+    fn lookup_auths(&self, host: &str) -> HelperResult {
         let keys = [
             host.to_string(),
             format!("https://{host}"),
@@ -155,12 +158,12 @@ impl DockerConfig {
             rest.split('/').next().unwrap_or(rest).to_string()
         };
         let auths = &self.config.auths;
-        let entry = keys
+        let found = keys
             .iter()
-            .find_map(|k| auths.get(k))
+            .find_map(|k| auths.get_key_value(k))
             .or_else(|| {
                 is_docker_hub(host)
-                    .then(|| auths.get(DOCKER_HUB_KEY))
+                    .then(|| auths.get_key_value(DOCKER_HUB_KEY))
                     .flatten()
             })
             .or_else(|| {
@@ -170,33 +173,42 @@ impl DockerConfig {
                     .collect();
                 // The same answer whatever the map's order.
                 others.sort_by(|a, b| a.0.cmp(b.0));
-                others.first().map(|(_, entry)| *entry)
-            })?
-            .as_ref()?;
+                others.first().map(|(key, entry)| (*key, *entry))
+            });
+        let Some((key, Some(entry))) = found else {
+            return Ok(None);
+        };
         // As Docker reads an entry: a non-empty identity token wins; else a
         // non-empty `auth` is decoded over `username` and `password` (which
         // `docker login` leaves stale beside it).
         let nonempty = |field: &Option<String>| field.clone().filter(|v| !v.is_empty());
         if let Some(token) = nonempty(&entry.identitytoken) {
-            return Some(Credential {
+            return Ok(Some(Credential {
                 username: String::new(),
                 secret: token,
-            });
+            }));
         }
         if let Some(auth) = nonempty(&entry.auth) {
-            let decoded = decode_base64(&auth)?;
-            let (username, secret) = String::from_utf8(decoded)
-                .ok()?
-                .split_once(':')
-                .map(|(u, p)| (u.to_string(), p.to_string()))?;
-            return Some(Credential { username, secret });
+            let decoded = decode_base64(&auth).and_then(|bytes| String::from_utf8(bytes).ok());
+            let Some((username, secret)) = decoded.as_deref().and_then(|d| d.split_once(':'))
+            else {
+                return Err(CredentialsError(format!(
+                    "config.json's auths entry {key:?}: its auth is not the base64 of USER:PASSWORD"
+                )));
+            };
+            return Ok(Some(Credential {
+                username: username.to_string(),
+                secret: secret.to_string(),
+            }));
         }
         let username = nonempty(&entry.username);
         let password = nonempty(&entry.password);
-        (username.is_some() || password.is_some()).then(|| Credential {
-            username: username.unwrap_or_default(),
-            secret: password.unwrap_or_default(),
-        })
+        Ok(
+            (username.is_some() || password.is_some()).then(|| Credential {
+                username: username.unwrap_or_default(),
+                secret: password.unwrap_or_default(),
+            }),
+        )
     }
 
     /// Runs `docker-credential-<helper> get` for `host`: on `PATH` (or in
@@ -408,15 +420,15 @@ impl Credentials for DockerConfig {
         if let Some(helper) = helper {
             return match named(helper.as_deref()) {
                 Some(helper) => self.run_helper(helper, host),
-                None => Ok(self.lookup_auths(host)),
+                None => self.lookup_auths(host),
             };
         }
-        if let Some(found) = self.lookup_auths(host) {
-            return Ok(Some(found));
-        }
+        // A store answers for every host, as Docker's does: the file's
+        // `auths` entries beside it (stale ones, often, from before the
+        // store) are not read, even when it has nothing for the host.
         match named(self.config.creds_store.as_deref()) {
             Some(store) => self.run_helper(store, host),
-            None => Ok(None),
+            None => self.lookup_auths(host),
         }
     }
 }
@@ -554,6 +566,48 @@ mod tests {
     }
 
     const ANSWER: &str = r#"read server; echo '{"ServerURL":"x","Username":"alice","Secret":"s"}'"#;
+
+    /// With a `credsStore`, the store answers for every host, as with
+    /// Docker: a stale `auths` entry beside it is not sent, even where the
+    /// store has nothing.
+    #[test]
+    fn a_creds_store_answers_over_the_files_auths_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        helper_script(
+            dir.path(),
+            "store",
+            r#"read server; case "$server" in r.example) echo '{"Username":"alice","Secret":"fresh"}' ;; *) echo 'credentials not found in native keychain'; exit 1 ;; esac"#,
+        );
+        // "alice:stale"
+        let config = DockerConfig::parse(
+            br#"{"credsStore": "store", "auths": {"r.example": {"auth": "YWxpY2U6c3RhbGU="},
+                 "other.example": {"auth": "YWxpY2U6c3RhbGU="}}}"#,
+        )
+        .unwrap()
+        .helper_dir(dir.path());
+        let c = config.get("r.example").unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.secret.as_str()), ("alice", "fresh"));
+        assert!(config.get("other.example").unwrap().is_none());
+    }
+
+    /// An `auth` that is not the base64 of `USER:PASSWORD` is an error
+    /// naming its entry, not a host with no credentials.
+    #[test]
+    fn an_auth_that_does_not_decode_is_an_error() {
+        // "alicesecret": no colon.
+        for auth in ["!!!notbase64", "YWxpY2VzZWNyZXQ="] {
+            let config = DockerConfig::parse(
+                format!(r#"{{"auths": {{"https://r.example": {{"auth": "{auth}"}}}}}}"#).as_bytes(),
+            )
+            .unwrap();
+            let err = config.get("r.example").unwrap_err().to_string();
+            assert!(
+                err.contains(r#"auths entry "https://r.example""#)
+                    && err.contains("not the base64 of USER:PASSWORD"),
+                "{auth}: {err}"
+            );
+        }
+    }
 
     /// A helper name is a name: one that is a path (`sub/evil`, `../x`) is
     /// not run, though the same script under a plain name is.

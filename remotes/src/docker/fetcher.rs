@@ -491,9 +491,12 @@ async fn range_body(
     let mut speed = SpeedCheck::new(low_speed);
     loop {
         speed.asked(Instant::now());
-        let piece = response.chunk().await.map_err(|source| Error::Connect {
-            url: url.to_string(),
-            source: ConnectError(source),
+        let piece = response.chunk().await.map_err(|source| {
+            let cause = Error::Connect {
+                url: url.to_string(),
+                source: ConnectError(source),
+            };
+            speed.failed(Instant::now(), cause)
         })?;
         let Some(piece) = piece else {
             break;
@@ -509,14 +512,15 @@ async fn range_body(
         pieces.push(piece);
     }
     if received != end - start {
-        return Err(Error::Interrupted {
+        let cause = Error::Interrupted {
             url: url.to_string(),
             reason: format!(
                 "range {start}-{} ended after {received} of {} bytes",
                 end - 1,
                 end - start
             ),
-        });
+        };
+        return Err(speed.failed(Instant::now(), cause));
     }
     Ok(pieces)
 }
@@ -581,7 +585,10 @@ async fn fetch_ranged(
                     });
                 }
                 let body = range_body(&url, response, (start, end), repo.low_speed).await;
-                if matches!(body, Err(Error::Interrupted { .. })) {
+                let short = |e: &Error| matches!(e, Error::Interrupted { .. });
+                if let Err(e) = &body
+                    && (short(e) || matches!(e, Error::Stalled { source, .. } if short(source)))
+                {
                     // Short ranges would cost a resume each.
                     ranged.refuse(&repo);
                 }
@@ -664,18 +671,21 @@ impl Stream for Exact {
                     Some(Ok(piece))
                 }
             }
-            Some(Err(source)) => Some(Err(Error::Connect {
-                url: self.url.clone(),
-                source: ConnectError(source),
-            })),
+            Some(Err(source)) => {
+                let cause = Error::Connect {
+                    url: self.url.clone(),
+                    source: ConnectError(source),
+                };
+                Some(Err(self.speed.failed(Instant::now(), cause)))
+            }
             None if self.received < self.expected() => {
                 // Reported once: a stream ends after its error.
-                let err = Error::Interrupted {
+                let cause = Error::Interrupted {
                     url: self.url.clone(),
                     reason: self.wrong_length("ended early"),
                 };
                 self.received = self.expected();
-                Some(Err(err))
+                Some(Err(self.speed.failed(Instant::now(), cause)))
             }
             None => None,
         })

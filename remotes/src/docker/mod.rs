@@ -66,6 +66,17 @@ fn retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// `d` to the second, as `27h46m40s`.
+fn humantime_secs(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is not used by registries).
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
@@ -1267,12 +1278,20 @@ impl Repository {
                 Ok(response) if last || !self.retry || !retryable(response.status()) => {
                     return Ok(response);
                 }
-                Ok(response) => {
+                Ok(mut response) => {
                     let wait = match retry_after(&response) {
                         // Asked to come back later than we wait: asking
                         // sooner would only be refused again (and count
                         // against a rate limit), so the answer stands.
-                        Some(asked) if asked > MAX_RETRY_WAIT => return Ok(response),
+                        Some(asked) if asked > MAX_RETRY_WAIT => {
+                            let note = format!(
+                                "the registry asks to be asked again in {}, longer than \
+                                 the {MAX_RETRY_WAIT:?} waited for between attempts",
+                                humantime_secs(asked)
+                            );
+                            response.extensions_mut().insert(auth::ResponseNote(note));
+                            return Ok(response);
+                        }
                         Some(asked) => asked,
                         None => jitter(backoff),
                     };
@@ -1368,7 +1387,7 @@ impl Repository {
         accept: &str,
     ) -> Error {
         let status = head.status();
-        let note = auth::CredentialsNote::of(&head);
+        let note = auth::ResponseNote::of(&head);
         let mut body = error_body(head).await;
         if status == StatusCode::FORBIDDEN
             && let Ok(get) = self
@@ -1573,7 +1592,7 @@ pub(crate) async fn check_status(
         let origin = answered_by.origin().ascii_serialization();
         format!("{url} (redirected to {origin})")
     };
-    let note = auth::CredentialsNote::of(&response);
+    let note = auth::ResponseNote::of(&response);
     Err(Error::Status {
         method: method.to_string(),
         url,
@@ -1610,8 +1629,10 @@ async fn error_body(mut response: reqwest::Response) -> String {
 }
 
 /// The distribution specification's error body, `{"errors": [{"code",
-/// "message", "detail"}]}`, as `CODE: message` lines joined by `; `; `None`
-/// for any other body, quoted as it is.
+/// "message", "detail"}]}`, as `CODE: message (detail)` lines joined by
+/// `; `, each said once; a detail only when it is a string (the digest a
+/// registry is missing, say; structured ones are long and say little);
+/// `None` for any other body, quoted as it is.
 fn spec_errors(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -1623,18 +1644,28 @@ fn spec_errors(body: &[u8]) -> Option<String> {
         code: String,
         #[serde(default)]
         message: String,
+        #[serde(default)]
+        detail: serde_json::Value,
     }
     let parsed: Body = serde_json::from_slice(body).ok()?;
-    let said: Vec<String> = parsed
-        .errors
-        .into_iter()
-        .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
+    let mut said: Vec<String> = Vec::new();
+    for e in parsed.errors {
+        let mut line = match (e.code.is_empty(), e.message.is_empty()) {
             (false, false) => format!("{}: {}", e.code, e.message),
             (false, true) => e.code,
             _ => e.message,
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
+        };
+        if let Some(detail) = e.detail.as_str().map(str::trim).filter(|d| !d.is_empty()) {
+            line = if line.is_empty() {
+                detail.to_string()
+            } else {
+                format!("{line} ({detail})")
+            };
+        }
+        if !line.is_empty() && !said.contains(&line) {
+            said.push(line);
+        }
+    }
     (!said.is_empty()).then(|| said.join("; "))
 }
 
@@ -1883,6 +1914,14 @@ mod tests {
         assert_eq!(
             spec_errors(body).as_deref(),
             Some("DENIED: requested access to the resource is denied; UNAUTHORIZED")
+        );
+        let body = br#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:a9af"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:c1dc"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:c1dc"}]}"#;
+        assert_eq!(
+            spec_errors(body).as_deref(),
+            Some(
+                "MANIFEST_BLOB_UNKNOWN: blob unknown to registry (sha256:a9af); \
+                 MANIFEST_BLOB_UNKNOWN: blob unknown to registry (sha256:c1dc)"
+            )
         );
         assert_eq!(spec_errors(b"<html>502</html>"), None);
         assert_eq!(spec_errors(br#"{"errors":[]}"#), None);

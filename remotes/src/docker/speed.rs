@@ -13,7 +13,11 @@ use crate::Error;
 /// [`Error::TooSlow`] ([`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)):
 /// the fetch handler resumes a blob from the bytes already written, but
 /// counts the attempt as one that got nowhere, so a registry that trickles
-/// every time ends the fetch after a few windows.
+/// every time ends the fetch after a few windows. A body that fails (the
+/// idle-read timeout, a reset) having brought fewer bytes than the limit's
+/// rate over all the time it was waited on counts the same
+/// ([`Error::Stalled`]): a registry that sends a little and then goes silent
+/// every time ends the fetch after a few idle-read timeouts.
 ///
 /// Only the time spent waiting on the network counts: while the reader does
 /// not ask for more (a store that is slow to write), the window is stopped.
@@ -51,10 +55,17 @@ impl Default for LowSpeedLimit {
 
 /// Holds one body to a [`LowSpeedLimit`]: told when the reader asks for
 /// bytes and when they arrive, it fails the body at the end of a window that
-/// brought too few.
+/// brought too few, and calls a failed body too slow if it brought too few
+/// over all its time.
 #[derive(Debug)]
 pub(crate) struct SpeedCheck {
     limit: LowSpeedLimit,
+    /// When the reader first asked.
+    first_ask: Option<Instant>,
+    /// The time the reader kept bytes without asking for more, in all.
+    held: Duration,
+    /// Bytes that arrived in all.
+    total: u64,
     /// When the current window started, moved on by the time the reader
     /// kept bytes without asking for more; `None` before the first ask.
     window_start: Option<Instant>,
@@ -68,6 +79,9 @@ impl SpeedCheck {
     pub(crate) fn new(limit: LowSpeedLimit) -> Self {
         SpeedCheck {
             limit,
+            first_ask: None,
+            held: Duration::ZERO,
+            total: 0,
             window_start: None,
             received: 0,
             handed_on: None,
@@ -76,13 +90,47 @@ impl SpeedCheck {
 
     /// The reader asks for more bytes at `now`.
     pub(crate) fn asked(&mut self, now: Instant) {
+        self.first_ask.get_or_insert(now);
         match (self.window_start, self.handed_on.take()) {
             (None, _) => self.window_start = Some(now),
             // The reader's own time is not the registry's slowness.
             (Some(start), Some(handed_on)) => {
-                self.window_start = Some(start + now.saturating_duration_since(handed_on));
+                let kept = now.saturating_duration_since(handed_on);
+                self.held += kept;
+                self.window_start = Some(start + kept);
             }
             (Some(_), None) => {}
+        }
+    }
+
+    /// The body failed at `now` with `cause` (a reset, the idle-read
+    /// timeout): the error to report. One that brought some bytes, but
+    /// fewer than the limit's rate over all the time it was waited on, is
+    /// [`Error::Stalled`]: a registry that sends a little and then goes
+    /// silent must not count as making progress each time, or it could keep
+    /// a fetch for (size / bytes per attempt) idle timeouts.
+    pub(crate) fn failed(&self, now: Instant, cause: Error) -> Error {
+        let Some(first_ask) = self.first_ask else {
+            return cause;
+        };
+        if !self.limit.enabled() || self.total == 0 {
+            // Nothing brought: no progress to mistake, and its own error
+            // says best what happened.
+            return cause;
+        }
+        let waited = now
+            .saturating_duration_since(first_ask)
+            .saturating_sub(self.held);
+        let owed = u128::from(self.limit.min_bytes) * waited.as_nanos()
+            / self.limit.window.as_nanos().max(1);
+        if u128::from(self.total) >= owed {
+            return cause;
+        }
+        Error::Stalled {
+            received: self.total,
+            waited,
+            limit: self.limit,
+            source: Box::new(cause),
         }
     }
 
@@ -90,6 +138,7 @@ impl SpeedCheck {
     /// window that has ended with too few.
     pub(crate) fn arrived(&mut self, bytes: u64, now: Instant, url: &str) -> Result<(), Error> {
         self.handed_on = Some(now);
+        self.total = self.total.saturating_add(bytes);
         if !self.limit.enabled() {
             return Ok(());
         }
@@ -170,6 +219,53 @@ mod tests {
         check
             .arrived(1, now + Duration::from_secs(10), "u")
             .unwrap_err();
+    }
+
+    #[test]
+    fn a_body_that_failed_after_too_few_bytes_for_its_time_is_stalled() {
+        let t0 = Instant::now();
+        let cause = || Error::Interrupted {
+            url: "u".into(),
+            reason: "idle".into(),
+        };
+        // 50 bytes, then silence until the idle timeout 20 s later: too few
+        // for its 21 s (210 owed), though no window ended with too few.
+        let mut check = SpeedCheck::new(LIMIT);
+        check.asked(t0);
+        check.arrived(50, at(t0, 1), "u").unwrap();
+        check.asked(at(t0, 1));
+        match check.failed(at(t0, 21), cause()) {
+            Error::Stalled {
+                received, waited, ..
+            } => assert_eq!((received, waited), (50, Duration::from_secs(21))),
+            other => panic!("expected Stalled, got {other:?}"),
+        }
+        // Enough for its time: the failure is its own.
+        let mut check = SpeedCheck::new(LIMIT);
+        check.asked(t0);
+        check.arrived(300, at(t0, 1), "u").unwrap();
+        check.asked(at(t0, 1));
+        assert!(matches!(
+            check.failed(at(t0, 21), cause()),
+            Error::Interrupted { .. }
+        ));
+        // Nothing brought: its own error too.
+        let mut check = SpeedCheck::new(LIMIT);
+        check.asked(t0);
+        assert!(matches!(
+            check.failed(at(t0, 60), cause()),
+            Error::Interrupted { .. }
+        ));
+        // The reader's own time is not counted: 50 bytes, kept 100 s by the
+        // reader, then 5 s of waiting (50 owed).
+        let mut check = SpeedCheck::new(LIMIT);
+        check.asked(t0);
+        check.arrived(50, t0, "u").unwrap();
+        check.asked(at(t0, 100));
+        assert!(matches!(
+            check.failed(at(t0, 105), cause()),
+            Error::Interrupted { .. }
+        ));
     }
 
     #[test]
