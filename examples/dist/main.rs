@@ -428,8 +428,10 @@ async fn run(cli: Cli) -> CmdResult {
     // `clean_up`: whether opening sweeps what killed processes left, quietly
     // (a prune does it itself, and reports it).
     let open_snapshotter =
-        |kind, clean_up| -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
-            let dir = root.join("snapshots").join(SnapshotterKind::dir_name(kind));
+        |kind: SnapshotterKind,
+         clean_up|
+         -> Result<std::sync::Arc<dyn ocidist::snapshot::Snapshotter>, Failure> {
+            let dir = root.join("snapshots").join(kind.dir_name());
             let options = ocidist::snapshot::OpenOptions {
                 durability,
                 clean_up,

@@ -421,10 +421,10 @@ impl Authorizer {
             .await
     }
 
-    /// The credential for `host`, looked up on a blocking thread: a
-    /// credential helper is a process, and may take its time (a keychain
-    /// prompt, a cloud login) without holding up the runtime.
-    /// The credential the store has for `host`, whatever its secret.
+    /// The credential the store has for `host`, whatever its secret,
+    /// looked up on a blocking thread: a credential helper is a process, and
+    /// may take its time (a keychain prompt, a cloud login) without holding
+    /// up the runtime.
     async fn credential_found(&self, host: &str) -> Result<Option<Credential>> {
         let credentials = self.credentials.clone();
         let owned = host.to_string();
