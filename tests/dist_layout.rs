@@ -1002,8 +1002,19 @@ fn a_copy_dropped_while_it_copies_leaves_no_dest() {
     ok(copy("first", &[]).0);
     let (whole, took) = copy("second", &[]);
     ok(whole);
-    let half = format!("{}ms", (took.as_millis() / 2).max(1));
-    let (dropped, _) = copy("third", &["--timeout", &half]);
+    // Dropped halfway through a copy as long as the second; one that ran
+    // faster (a warmer cache) and finished is removed, and dropped sooner.
+    let mut timeout = took / 2;
+    let dropped = loop {
+        let limit = format!("{}ms", timeout.as_millis().max(1));
+        let (out, _) = copy("third", &["--timeout", &limit]);
+        if out.status.success() && timeout.as_millis() > 1 {
+            std::fs::remove_dir_all(work.path().join("third")).unwrap();
+            timeout /= 2;
+            continue;
+        }
+        break out;
+    };
     assert_eq!(dropped.status.code(), Some(1), "{dropped:?}");
     let said = stderr(&dropped);
     assert!(said.contains("--timeout"), "{said}");
