@@ -574,6 +574,62 @@ fn a_push_needs_no_temporary_directory() {
     assert!(pushed.trim_end().ends_with(&manifest_digest), "{pushed}");
 }
 
+/// A mirror in `--hosts-dir` that fails (here one without the image) is
+/// passed over for the upstream, and the fetch says so on stderr, as
+/// containerd logs "trying next host"; `--quiet` keeps it to errors.
+#[test]
+fn a_mirror_passed_over_is_a_warning() {
+    let upstream =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let mirror =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let (manifest_digest, _) = build_image(&builder);
+    let reference = format!("{}/e2e/mirrored:1", upstream.host());
+    ok(dist(&builder, &["push", &reference, &manifest_digest], b""));
+    let hosts = dir.path().join("hosts");
+    std::fs::create_dir_all(hosts.join(upstream.host())).unwrap();
+    std::fs::write(
+        hosts.join(upstream.host()).join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            upstream.host(),
+            mirror.host()
+        ),
+    )
+    .unwrap();
+    let hosts = hosts.to_str().unwrap();
+
+    let fetched = dist(
+        &dir.path().join("store"),
+        &["--hosts-dir", hosts, "fetch", &reference],
+        b"",
+    );
+    let said = common::stderr(&fetched);
+    ok(fetched);
+    let warning = format!(
+        "dist: warning: {} failed, trying the next host: ",
+        mirror.host()
+    );
+    let warnings: Vec<&str> = said.lines().filter(|l| l.starts_with(&warning)).collect();
+    // Said once, for the first request the mirror failed: not again for
+    // each blob it lacks.
+    assert_eq!(warnings.len(), 1, "{said}");
+    assert!(
+        warnings[0].contains("/manifests/1: 404") && warnings[0].ends_with("(said once per host)"),
+        "{said}"
+    );
+
+    let quiet = dist(
+        &dir.path().join("quiet"),
+        &["--hosts-dir", hosts, "-q", "fetch", &reference],
+        b"",
+    );
+    assert_eq!(common::stderr(&quiet), "", "--quiet");
+    ok(quiet);
+}
+
 /// A blob that went bad in the store after its commit is caught as it is
 /// sent: the push fails naming the store's copy as corrupt and the way out,
 /// and the registry gets neither the blob nor the manifest.

@@ -162,9 +162,24 @@ impl Remote {
                 DockerConfig::default()
             })),
         };
+        let said_for = std::sync::Mutex::new(std::collections::HashSet::new());
         let mut resolver = DockerResolver::new()
             .plain_http(plain)
-            .credentials(credentials);
+            .credentials(credentials)
+            .on_host_skipped(move |skipped| {
+                // Once per host: a mirror without the image fails every
+                // blob's request as it failed the manifest's.
+                let first = said_for
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(skipped.host.to_string());
+                if first {
+                    crate::output::warn(format_args!(
+                        "{} failed, trying the next host: {} (said once per host)",
+                        skipped.host, skipped.error
+                    ));
+                }
+            });
         if let Some(parallel) = self.ranges {
             resolver = resolver.ranged_fetch(RangedFetch {
                 parallel,

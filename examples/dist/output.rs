@@ -17,6 +17,29 @@ pub(crate) fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
+/// The live progress bars being drawn, if any: a warning said meanwhile is
+/// printed between their frames rather than through them.
+static BARS: std::sync::Mutex<Option<indicatif::MultiProgress>> = std::sync::Mutex::new(None);
+
+/// Sets (or, with `None`, clears) the bars being drawn.
+pub(crate) fn drawing(bars: Option<indicatif::MultiProgress>) {
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = bars;
+}
+
+/// Prints `dist: warning: …` on stderr unless `--quiet` (which keeps to
+/// errors and answers), between frames of the bars being drawn.
+pub(crate) fn warn(text: std::fmt::Arguments<'_>) {
+    if quiet() {
+        return;
+    }
+    let line = format!("dist: warning: {text}");
+    let bars = BARS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match bars {
+        Some(bars) => bars.suspend(|| eprintln!("{line}")),
+        None => eprintln!("{line}"),
+    }
+}
+
 /// `println!` unless `--quiet`: for reports, not for a command's answer.
 macro_rules! report {
     ($($arg:tt)*) => {

@@ -151,17 +151,10 @@ impl Display {
                 event = rx.recv() => {
                     let Some(event) = event else { break };
                     transferred.note(&event);
-                    // What a layer's apply skipped, said once per layer (not
-                    // under --quiet, which keeps to errors and answers).
-                    if let Shown::Pull(PullEvent::Unpack(UnpackEvent::Unpacked { layer, warnings, .. })) = &event
-                        && !matches!(self, Display::Quiet)
-                    {
+                    // What a layer's apply skipped, said once per layer.
+                    if let Shown::Pull(PullEvent::Unpack(UnpackEvent::Unpacked { layer, warnings, .. })) = &event {
                         for warning in warnings {
-                            let line = format!("dist: warning: {}: {warning}", layer_ref(layer));
-                            match &self {
-                                Display::Live(live) => live.multi.suspend(|| eprintln!("{line}")),
-                                _ => eprintln!("{line}"),
-                            }
+                            crate::output::warn(format_args!("{}: {warning}", layer_ref(layer)));
                         }
                     }
                     match &mut self {
@@ -192,6 +185,7 @@ impl Display {
             for bar in live.bars.values() {
                 bar.abandon();
             }
+            crate::output::drawing(None);
         }
         transferred.total
     }
@@ -290,8 +284,10 @@ impl Live {
         )
         .expect("a valid template")
         .progress_chars("+-");
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        crate::output::drawing(Some(multi.clone()));
         Live {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            multi,
             bars: HashMap::new(),
             style,
         }

@@ -1,6 +1,7 @@
 //! The crate's error type; its kinds are the content crate's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 pub use ocidist_content::ErrorKind;
 
@@ -25,7 +26,7 @@ pub enum Error {
     #[error(transparent)]
     Images(ocidist_images::Error),
     /// The registry could not be reached, or the connection broke.
-    #[error("{url}: {}", connect_cause(&source.0))]
+    #[error("{url}: {}", connect_cause(source))]
     Connect {
         /// What was being requested.
         url: String,
@@ -280,7 +281,7 @@ impl Error {
             Error::Images(e) => e.kind(),
             // Asking again would be refused again, as for a TLS alert.
             Error::Connect { source, .. }
-                if crate::docker::tls::certificate_rejected(&source.0) =>
+                if crate::docker::tls::certificate_rejected(&source.error) =>
             {
                 ErrorKind::FailedPrecondition
             }
@@ -334,47 +335,96 @@ impl Error {
 /// [`source`](std::error::Error::source) chain leads to the cause (an I/O
 /// error, a TLS error).
 #[derive(Debug)]
-pub struct ConnectError(pub(crate) reqwest::Error);
+pub struct ConnectError {
+    pub(crate) error: reqwest::Error,
+    /// The limit that ran out, when the request timed out: the connect
+    /// timeout or the idle-read one.
+    limit: Option<Duration>,
+    /// How many times the request was sent, this one included.
+    attempts: u32,
+}
 
 impl ConnectError {
+    /// The error of one request, sent once, with no limit known.
+    pub(crate) fn new(error: reqwest::Error) -> Self {
+        ConnectError {
+            error,
+            limit: None,
+            attempts: 1,
+        }
+    }
+
+    /// The error of the last of `attempts` tries of a request whose client
+    /// gives up connecting after `connect` and waiting for bytes after
+    /// `idle_read` (`None`: no limit). The message names the limit that ran
+    /// out and the attempts, so that a wait of minutes is explained.
+    pub(crate) fn after(
+        mut self,
+        attempts: u32,
+        connect: Option<Duration>,
+        idle_read: Option<Duration>,
+    ) -> Self {
+        self.attempts = attempts;
+        if self.error.is_timeout() {
+            self.limit = if self.error.is_connect() {
+                connect
+            } else {
+                idle_read
+            };
+        }
+        self
+    }
+
     /// Whether the request timed out (connecting, or waiting for bytes).
     pub fn is_timeout(&self) -> bool {
-        self.0.is_timeout()
+        self.error.is_timeout()
     }
 
     /// Whether it failed while connecting (refused, unreachable, a name that
     /// does not resolve, a TLS handshake that failed), before anything was
     /// sent.
     pub fn is_connect(&self) -> bool {
-        self.0.is_connect()
+        self.error.is_connect()
+    }
+
+    /// How many times the request was sent before this error ended it.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 }
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.error.fmt(f)
     }
 }
 
 impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        self.error.source()
     }
 }
 
 /// What went wrong with a request, down to its root cause ("cannot connect:
 /// Connection refused (os error 111)"): reqwest's own message names only the
-/// URL, which the error says already.
-fn connect_cause(error: &reqwest::Error) -> String {
+/// URL, which the error says already. A timeout names the limit that ran
+/// out, and a request sent more than once says how many times.
+fn connect_cause(failed: &ConnectError) -> String {
     use std::error::Error as _;
-    let what = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else if error.is_body() || error.is_decode() {
-        "the response broke off"
-    } else {
-        "the request failed"
+    let error = &failed.error;
+    let what = match (error.is_timeout(), failed.limit) {
+        (true, Some(limit)) if error.is_connect() => {
+            format!("timed out: not connected in {limit:?}")
+        }
+        (true, Some(limit)) => format!("timed out: nothing received for {limit:?}"),
+        (true, None) => "timed out".to_string(),
+        _ if error.is_connect() => "cannot connect".to_string(),
+        _ if error.is_body() || error.is_decode() => "the response broke off".to_string(),
+        _ => "the request failed".to_string(),
+    };
+    let attempts = match failed.attempts {
+        0 | 1 => String::new(),
+        n => format!(" ({n} attempts)"),
     };
     let mut innermost = None;
     let mut cause = error.source();
@@ -397,9 +447,9 @@ fn connect_cause(error: &reqwest::Error) -> String {
             } else {
                 ""
             };
-            format!("{what}: {root}{hint}")
+            format!("{what}: {root}{hint}{attempts}")
         }
-        _ => what.to_string(),
+        _ => format!("{what}{attempts}"),
     }
 }
 

@@ -919,6 +919,37 @@ async fn a_stalled_download_times_out_and_resumes_from_its_offset() {
     assert!(gets[1].contains("range=bytes=70000-"), "{gets:#?}");
 }
 
+/// A registry that accepts the request and never answers is asked once
+/// more after the idle-read timeout, not until the attempts run out (five
+/// timeouts of 60 s by default would keep a caller five minutes), and the
+/// error names the limit that ran out and the attempts.
+#[tokio::test]
+async fn a_registry_that_never_answers_is_asked_twice_and_the_error_says_how_long() {
+    let (_registry, proxy, _pushed) = setup("faults/silent").await;
+    let silent = Fault::Silent {
+        hold: Duration::from_secs(20),
+    };
+    proxy.add(Some("HEAD"), "/manifests/", usize::MAX, silent);
+    let resolver = DockerResolver::new()
+        .timeouts(Duration::from_secs(5), Duration::from_secs(1))
+        .unwrap();
+    let reference = format!("{}/faults/silent:1", proxy.host());
+    let started = Instant::now();
+    let err = resolver.resolve(&reference).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("/manifests/1: timed out: nothing received for 1s (2 attempts)"),
+        "{err}"
+    );
+    assert_eq!(requests_to(&proxy, "/manifests/1"), 2, "{:#?}", proxy.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "given up on after two timeouts, not when the server closed: {:?}",
+        started.elapsed()
+    );
+}
+
 /// A limit a test can reach in a second: 4 KiB a second.
 const LOW_SPEED: LowSpeedLimit = LowSpeedLimit {
     min_bytes: 4 << 10,

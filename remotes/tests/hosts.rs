@@ -111,9 +111,10 @@ async fn a_pull_only_mirror_serves_digests_but_not_tags() {
 
 /// A failing mirror is passed over at once, not retried with backoff on
 /// every request (containerd retries only on the last endpoint); the
-/// upstream, last, still is.
+/// upstream, last, still is. Each time, the caller's hook hears of it, with
+/// the mirror's error, as containerd logs "trying next host".
 #[tokio::test]
-async fn a_failing_mirror_is_asked_once_per_request() {
+async fn a_failing_mirror_is_asked_once_per_request_and_the_hook_told() {
     let (upstream, blobs) = mirror_with_image().await;
     let busy = registry();
     let mirror = ocidist_remotes::testkit::FaultProxy::start(busy.addr()).unwrap();
@@ -134,12 +135,29 @@ async fn a_failing_mirror_is_asked_once_per_request() {
             mirror = mirror.host(),
         ),
     );
-    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let skipped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told = skipped.clone();
+    let resolver = DockerResolver::new()
+        .hosts_dir(hosts.path())
+        .on_host_skipped(move |s| {
+            let line = format!("{} {}", s.host, s.error);
+            told.lock().unwrap().push(line);
+        });
     let reference = format!("{}/lib/app:1", upstream.host());
     resolve_and_fetch_a_layer(&resolver, &reference, &blobs).await;
     // One HEAD of the manifest, one GET of the layer, each naming the
     // registry it is for, as containerd does for mirrors.
     assert_eq!(mirror.requests(), 2, "{:#?}", mirror.log());
+    let skipped = skipped.lock().unwrap().clone();
+    assert_eq!(skipped.len(), 2, "{skipped:#?}");
+    for (line, what) in skipped.iter().zip(["/manifests/1", "/blobs/sha256:"]) {
+        assert!(
+            line.starts_with(&format!("{} ", mirror.host()))
+                && line.contains(what)
+                && line.contains("503"),
+            "{skipped:#?}"
+        );
+    }
     let ns = format!("ns={}", upstream.host().replace(':', "%3A"));
     assert!(
         mirror.log().iter().all(|l| l.contains(&ns)),
@@ -164,7 +182,11 @@ async fn every_host_that_failed_is_reported_and_the_last_decides_the_kind() {
             mirror = mirror.host(),
         ),
     );
-    let resolver = DockerResolver::new().hosts_dir(hosts.path());
+    let skipped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told = skipped.clone();
+    let resolver = DockerResolver::new()
+        .hosts_dir(hosts.path())
+        .on_host_skipped(move |s| told.lock().unwrap().push(s.host.to_string()));
     let reference = format!("{upstream}/lib/app:1");
     let err = resolver.resolve(&reference).await.unwrap_err();
     assert_eq!(err.kind(), ocidist_content::ErrorKind::Unavailable, "{err}");
@@ -192,6 +214,9 @@ async fn every_host_that_failed_is_reported_and_the_last_decides_the_kind() {
         said.contains("cannot connect") && said.contains("404") && said.contains(&mirror.host()),
         "{said}"
     );
+    // The hook hears of the mirror passed over, not of the last host,
+    // whose error is the one returned.
+    assert_eq!(*skipped.lock().unwrap(), [mirror.host(), mirror.host()]);
 }
 
 /// The value of header `name` in a request head, if sent.

@@ -577,7 +577,7 @@ impl Authorizer {
                 .await
                 .map_err(|source| Error::Connect {
                     url: realm.clone(),
-                    source: ConnectError(source),
+                    source: ConnectError::new(source),
                 })?;
             // The client hands back a redirect that would send this form
             // to another origin (`tls::redirect_policy`): it goes nowhere
@@ -622,7 +622,7 @@ impl Authorizer {
                 }
                 let connect = |source| Error::Connect {
                     url: realm.clone(),
-                    source: ConnectError(source),
+                    source: ConnectError::new(source),
                 };
                 let mut response = get.send().await.map_err(connect)?;
                 // A redirect the client handed back is followed here, as

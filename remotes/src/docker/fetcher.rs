@@ -15,6 +15,7 @@ use reqwest::{Method, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::pusher::is_manifest;
+use super::skipped::SkipHook;
 use super::speed::{LowSpeedLimit, SpeedCheck};
 use super::{Repository, check_status};
 use crate::task::AbortOnDrop;
@@ -177,6 +178,7 @@ pub struct DockerFetcher {
     ranged: Ranged,
     resolved: Resolved,
     urls: UrlSource,
+    skipped: SkipHook,
 }
 
 /// How a descriptor's `urls` are fetched: with the resolver's own client,
@@ -198,12 +200,14 @@ impl DockerFetcher {
         ranged: Ranged,
         resolved: Resolved,
         urls: UrlSource,
+        skipped: SkipHook,
     ) -> Self {
         DockerFetcher {
             repos,
             ranged,
             resolved,
             urls,
+            skipped,
         }
     }
 }
@@ -229,7 +233,11 @@ impl Fetcher for DockerFetcher {
             }
             match fetch_url(&self.urls, url, desc, offset).await {
                 Ok(stream) => return Ok(stream),
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    // The registry's endpoints follow.
+                    self.skipped.skipped(url, &e);
+                    errors.push(e);
+                }
             }
         }
         let ranged_for = |repo: &Repository| self.ranged.serves(repo);
@@ -240,7 +248,7 @@ impl Fetcher for DockerFetcher {
                 .slot(desc.size().saturating_sub(offset))
                 .map(Arc::new)
         };
-        for repo in &self.repos {
+        for (i, repo) in self.repos.iter().enumerate() {
             let fetched = match &slot {
                 Some(slot) if ranged_for(repo) => {
                     fetch_ranged(repo, desc, offset, &self.ranged, slot).await
@@ -249,7 +257,12 @@ impl Fetcher for DockerFetcher {
             };
             match fetched {
                 Ok(stream) => return Ok(stream),
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    if i + 1 < self.repos.len() {
+                        self.skipped.skipped(&repo.host, &e);
+                    }
+                    errors.push(e);
+                }
             }
         }
         Err(Error::of_hosts(errors).unwrap_or_else(|| Error::Protocol {
@@ -410,7 +423,7 @@ async fn fetch_url(
         async move {
             request.send().await.map_err(|source| Error::Connect {
                 url: url.to_string(),
-                source: ConnectError(source),
+                source: ConnectError::new(source),
             })
         }
     };
@@ -494,7 +507,7 @@ async fn range_body(
         let piece = response.chunk().await.map_err(|source| {
             let cause = Error::Connect {
                 url: url.to_string(),
-                source: ConnectError(source),
+                source: ConnectError::new(source),
             };
             speed.failed(Instant::now(), cause)
         })?;
@@ -674,7 +687,7 @@ impl Stream for Exact {
             Some(Err(source)) => {
                 let cause = Error::Connect {
                     url: self.url.clone(),
-                    source: ConnectError(source),
+                    source: ConnectError::new(source),
                 };
                 Some(Err(self.speed.failed(Instant::now(), cause)))
             }

@@ -23,6 +23,7 @@ pub mod config;
 mod fetcher;
 pub mod hosts;
 mod pusher;
+mod skipped;
 mod speed;
 pub(crate) mod tls;
 
@@ -43,6 +44,7 @@ use reqwest::{Method, StatusCode, header};
 
 pub use fetcher::{DockerFetcher, RangedFetch};
 pub use pusher::DockerPusher;
+pub use skipped::HostSkipped;
 pub use speed::LowSpeedLimit;
 
 use crate::{ConnectError, Error, Fetcher, Pusher, Reference, Resolver, Result};
@@ -58,6 +60,10 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 
 /// How many times an idempotent request is tried.
 pub const ATTEMPTS: u32 = 5;
+
+/// Of those, how many may end in a timeout (connecting, or waiting for an
+/// answer) before the request is given up on.
+pub const MAX_TIMEOUTS: u32 = 2;
 
 /// The longest wait between attempts, whatever `Retry-After` asks.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
@@ -276,6 +282,8 @@ pub struct DockerResolver {
     /// Headers for every endpoint, before (and replaced by) an endpoint's
     /// own `[header]` of the same name.
     headers: Vec<(String, String)>,
+    /// Told of every host passed over for the next one.
+    skipped: skipped::SkipHook,
 }
 
 /// How the upstream of a registry is spoken to when no hosts file says.
@@ -399,6 +407,7 @@ impl DockerResolver {
             spool_dir: None,
             low_speed: LowSpeedLimit::default(),
             headers: Vec::new(),
+            skipped: skipped::SkipHook::default(),
         }
     }
 
@@ -567,6 +576,34 @@ impl DockerResolver {
     /// registry that sends a byte every few seconds.
     pub fn low_speed_limit(mut self, limit: LowSpeedLimit) -> Self {
         self.low_speed = limit;
+        self
+    }
+
+    /// Calls `hook` for every host passed over for the next one: a mirror
+    /// that failed (unreachable, a certificate it cannot verify, a 404 or a
+    /// 503) before the upstream is asked, a foreign layer's URL before the
+    /// registry is. A fallback that works is otherwise silent, as it should
+    /// be for the request; containerd logs each such host, and a program can
+    /// do the same from here (the hook runs on the request's task: keep it
+    /// short).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use ocidist_remotes::docker::DockerResolver;
+    ///
+    /// let said = Arc::new(Mutex::new(Vec::new()));
+    /// let log = said.clone();
+    /// let resolver = DockerResolver::new().on_host_skipped(move |skipped| {
+    ///     let line = format!("trying the next host after {}: {}", skipped.host, skipped.error);
+    ///     log.lock().unwrap().push(line);
+    /// });
+    /// # drop((resolver, said));
+    /// ```
+    pub fn on_host_skipped(
+        mut self,
+        hook: impl Fn(&HostSkipped<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.skipped = skipped::SkipHook::new(hook);
         self
     }
 
@@ -948,7 +985,9 @@ impl DockerResolver {
             |c| c.resolve
         };
         let mut errors = Vec::new();
-        for repo in self.repositories(reference, can).await? {
+        let repos = self.repositories(reference, can).await?;
+        let count = repos.len();
+        for (i, repo) in repos.into_iter().enumerate() {
             match self.resolve_in(&repo, reference).await {
                 Ok(desc) => {
                     refuse_schema1(Some(desc.media_type().as_ref()), desc.digest())?;
@@ -957,7 +996,12 @@ impl DockerResolver {
                 // What the image is, not where it was asked: no other
                 // endpoint's answer would explain it better.
                 Err(e @ Error::Images(ocidist_images::Error::Schema1 { .. })) => return Err(e),
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    if i + 1 < count {
+                        self.skipped.skipped(&repo.host, &e);
+                    }
+                    errors.push(e);
+                }
             }
         }
         Err(Error::of_hosts(errors).expect("repositories() is never empty"))
@@ -1086,6 +1130,7 @@ impl Resolver for DockerResolver {
             self.ranged.clone(),
             self.resolved.clone(),
             self.url_source(),
+            self.skipped.clone(),
         )))
     }
 
@@ -1136,6 +1181,7 @@ pub async fn fetch_object(
         resolver.ranged.clone(),
         resolver.resolved.clone(),
         resolver.url_source(),
+        resolver.skipped.clone(),
     );
     // Handed on as it arrives, with no store to check it at commit: the
     // stream checks itself, and a tag's digest (the registry's word) is
@@ -1192,7 +1238,9 @@ impl Repository {
     /// attempt), retrying what a busy or flaky registry answers (408, 429,
     /// 500, 502, 503, 504, broken connections) with jittered exponential
     /// backoff, honouring a `Retry-After` of up to 10 s, at most
-    /// [`ATTEMPTS`] times; on a mirror before the last endpoint, not at all
+    /// [`ATTEMPTS`] times ([`MAX_TIMEOUTS`] when the attempts time out:
+    /// connecting, or waiting for an answer); on a mirror before the last
+    /// endpoint, not at all
     /// (the caller moves on to the next). A TLS alert refusing the client
     /// certificate is not retried: it would be refused again.
     pub(crate) async fn send(
@@ -1238,6 +1286,7 @@ impl Repository {
         let mut backoff = Duration::from_millis(100);
         let mut answered_challenge = false;
         let mut may_probe = true;
+        let mut timeouts = 0;
         for attempt in 1..=ATTEMPTS {
             let last = attempt == ATTEMPTS;
             let target = self.with_namespace(url);
@@ -1300,11 +1349,18 @@ impl Repository {
                 }
                 Err(source) => {
                     let broken = source.is_connect() || source.is_timeout() || source.is_request();
-                    let error = self.request_error(url, source, &mut may_probe).await;
+                    // A server that let a whole timeout go by without a word
+                    // is asked once more, not until the attempts run out:
+                    // five idle-read timeouts would keep a caller waiting
+                    // for five minutes.
+                    timeouts += u32::from(source.is_timeout());
+                    let error = self
+                        .request_error(url, source, &mut may_probe, attempt)
+                        .await;
                     // A refused certificate or a TLS alert would be the
                     // same on every attempt.
                     let refused = error.kind() == crate::ErrorKind::FailedPrecondition;
-                    if last || !self.retry || !broken || refused {
+                    if last || !self.retry || !broken || refused || timeouts >= MAX_TIMEOUTS {
                         return Err(error);
                     }
                     tokio::time::sleep(jitter(backoff)).await;
@@ -1356,6 +1412,7 @@ impl Repository {
         url: &str,
         source: reqwest::Error,
         may_probe: &mut bool,
+        attempts: u32,
     ) -> Error {
         let mut alert = tls::fatal_alert(&source);
         if alert.is_none() && *may_probe && tls::closed_before_sending(&source) {
@@ -1369,7 +1426,11 @@ impl Repository {
             Some(alert) => Error::TlsAlert { url, alert },
             None => Error::Connect {
                 url,
-                source: ConnectError(source),
+                source: ConnectError::new(source).after(
+                    attempts,
+                    self.client.connect_timeout,
+                    self.client.idle_read_timeout,
+                ),
             },
         }
     }
@@ -1475,7 +1536,7 @@ impl Repository {
         }
         match request.send().await {
             Ok(response) => Ok(response),
-            Err(source) => Err(self.request_error(url, source, &mut true).await),
+            Err(source) => Err(self.request_error(url, source, &mut true, 1).await),
         }
     }
 
@@ -1559,7 +1620,7 @@ pub(crate) async fn read_limited(
         };
         let chunk = chunk.map_err(|source| Error::Connect {
             url: url.to_string(),
-            source: ConnectError(source),
+            source: ConnectError::new(source),
         })?;
         if body.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());

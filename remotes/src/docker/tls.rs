@@ -34,6 +34,10 @@ const ALERT_WAIT: Duration = Duration::from_secs(2);
 pub(crate) struct HttpClient {
     pub(crate) http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
+    /// The client's connect timeout (`None`: no limit), for errors to name.
+    pub(crate) connect_timeout: Option<Duration>,
+    /// The client's idle-read timeout (`None`: no limit).
+    pub(crate) idle_read_timeout: Option<Duration>,
 }
 
 impl HttpClient {
@@ -230,9 +234,15 @@ impl Connection {
         }
         let http = builder.build().map_err(|source| Error::Connect {
             url: "TLS configuration".into(),
-            source: ConnectError(source),
+            source: ConnectError::new(source),
         })?;
-        Ok(HttpClient { http, tls })
+        let limit = |d: Duration| (!d.is_zero()).then_some(d);
+        Ok(HttpClient {
+            http,
+            tls,
+            connect_timeout: limit(connect),
+            idle_read_timeout: limit(idle_read),
+        })
     }
 
     /// The TLS configuration: the system's CA certificates (read at the

@@ -70,6 +70,12 @@ pub enum Fault {
         /// How long the connection then stays silent.
         hold: Duration,
     },
+    /// Read the request and answer nothing for `hold`, the connection open
+    /// (a server that accepted and hung), then close it.
+    Silent {
+        /// How long nothing is answered.
+        hold: Duration,
+    },
     /// Forward without the request's `Range` header when it asks for bytes
     /// from this offset on, so the registry sends the whole blob with 200: a
     /// CDN that drops `Range` now and then. Requests for earlier bytes go
@@ -289,6 +295,10 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
     reader.read_exact(&mut body)?;
     let mut client = client;
     let fault = take_fault(shared, &method, &path);
+    if let Some(Fault::Silent { hold }) = fault {
+        std::thread::sleep(hold);
+        return client.shutdown(Shutdown::Both);
+    }
     if let Some(Fault::Status {
         status,
         retry_after,
