@@ -335,6 +335,80 @@ fn a_hardlink_to_a_directory_is_refused_as_such() {
     }
 }
 
+/// A hardlink entry's own mode and time go to the inode it joins, as
+/// containerd applies them (the group's last entry wins), on a tree and on
+/// an upper directory, where a lower's file is copied up first and the
+/// lower keeps its own.
+#[test]
+fn a_hardlinks_own_metadata_goes_to_the_inode_it_joins() {
+    let root = tempfile::tempdir().unwrap();
+    let layer = tar_of(&[
+        Entry::File("bin/tool", b"t", 0o755),
+        Entry::LinkAs("bin/alias", "bin/tool", 0o700, 1_600_000_000),
+    ]);
+    apply_tree(root.path(), &layer).unwrap();
+    let tool = std::fs::metadata(root.path().join("bin/tool")).unwrap();
+    let alias = std::fs::metadata(root.path().join("bin/alias")).unwrap();
+    assert_eq!(tool.ino(), alias.ino());
+    assert_eq!((tool.mode() & 0o7777, tool.mtime()), (0o700, 1_600_000_000));
+
+    let (lower, upper, target) = upper_over(&[Entry::File("bin/tool", b"t", 0o755)]);
+    let layer = tar_of(&[Entry::LinkAs("bin/alias", "bin/tool", 0o711, 1_600_000_000)]);
+    apply_layer_sync(&target, Cursor::new(layer), None, &ApplyOptions::default()).unwrap();
+    let copied = std::fs::metadata(upper.path().join("bin/tool")).unwrap();
+    let alias = std::fs::metadata(upper.path().join("bin/alias")).unwrap();
+    assert_eq!(copied.ino(), alias.ino());
+    assert_eq!(
+        (alias.mode() & 0o7777, alias.mtime()),
+        (0o711, 1_600_000_000)
+    );
+    let below = std::fs::metadata(lower.path().join("bin/tool")).unwrap();
+    assert_eq!(
+        (below.mode() & 0o7777, below.mtime()),
+        (0o755, 1_700_000_000)
+    );
+}
+
+/// On a tree, a hardlink entry whose metadata differs gives the inode a
+/// copy of its own first (it may be the snapshot below's), which walks the
+/// tree: past 64 such copies in one layer, the metadata is not applied and
+/// a warning says so, rather than walk the tree once per entry.
+#[test]
+fn hardlinks_metadata_copies_are_bounded_per_layer() {
+    let root = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..66).map(|i| format!("f{i:02}")).collect();
+    let files: Vec<Entry<'_>> = names.iter().map(|n| Entry::File(n, b"x", 0o644)).collect();
+    apply_tree(root.path(), &tar_of(&files)).unwrap();
+    let aliases: Vec<String> = names.iter().map(|n| format!("{n}-alias")).collect();
+    let links: Vec<Entry<'_>> = names
+        .iter()
+        .zip(&aliases)
+        .map(|(n, a)| Entry::LinkAs(a, n, 0o600, 1_700_000_000))
+        .collect();
+    let applied = apply_tree(root.path(), &tar_of(&links)).unwrap();
+    let modes: Vec<u32> = names
+        .iter()
+        .map(|n| std::fs::metadata(root.path().join(n)).unwrap().mode() & 0o7777)
+        .collect();
+    assert_eq!(
+        modes.iter().filter(|m| **m == 0o600).count(),
+        64,
+        "{modes:?}"
+    );
+    assert_eq!(
+        modes.iter().filter(|m| **m == 0o644).count(),
+        2,
+        "{modes:?}"
+    );
+    assert!(
+        applied.warnings.iter().any(|w| w.starts_with(
+            "2 hardlinks' own metadata not applied to the files they link to: over 64"
+        )),
+        "{:?}",
+        applied.warnings
+    );
+}
+
 /// `.wh..` and `.wh...` name no entry; the refusal says which name it was.
 #[test]
 fn whiteouts_of_dot_and_dot_dot_say_what_they_named() {

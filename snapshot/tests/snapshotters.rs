@@ -411,6 +411,13 @@ async fn a_layer_linking_to_a_full_shared_inode_gets_a_copy_of_its_own() {
     let s = NativeSnapshotter::open(fs.path().join("snapshots")).unwrap();
     let fill = mount::writable_dir(&s.prepare("fill", None, Labels::new()).await.unwrap()).unwrap();
     let mut names = link_group(&fill, NAMES);
+    // In whole seconds, as a tar header gives them.
+    std::fs::File::options()
+        .write(true)
+        .open(fill.join("bin/busybox"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+        .unwrap();
     s.commit("base", "fill", Labels::new()).await.unwrap();
     let base = s.path("base").await.unwrap();
     let apply_only = labels(&[(ocidist_snapshot::APPLY_ONLY_LABEL, "true")]);
@@ -422,7 +429,14 @@ async fn a_layer_linking_to_a_full_shared_inode_gets_a_copy_of_its_own() {
 
     let mtime = |path: &Path| std::fs::symlink_metadata(path).unwrap().modified().unwrap();
     let root_time = mtime(&shared);
-    let layer = common::tar_of(&[common::Entry::Link("bin/sh", "bin/busybox")]);
+    // As a tar writer gives a link: its inode's own mode and time.
+    let busybox = std::fs::symlink_metadata(base.join("bin/busybox")).unwrap();
+    let layer = common::tar_of(&[common::Entry::LinkAs(
+        "bin/sh",
+        "bin/busybox",
+        std::os::unix::fs::MetadataExt::mode(&busybox) & 0o7777,
+        std::os::unix::fs::MetadataExt::mtime(&busybox) as u64,
+    )]);
     apply_layer_sync(
         &mount::ApplyTarget::Tree(shared.clone()),
         std::io::Cursor::new(layer),

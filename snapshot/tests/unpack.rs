@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use common::{Entry, full_tree, store_image, tar_of, tree};
@@ -225,7 +226,7 @@ fn fingerprint(root: &std::path::Path) -> BTreeMap<String, String> {
 }
 
 fn inode(path: std::path::PathBuf) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path).unwrap())
+    std::fs::symlink_metadata(path).unwrap().ino()
 }
 
 /// A native unpack shares the files of the layer below by hard link (the
@@ -366,6 +367,43 @@ async fn native_unpack_shares_unchanged_files_and_never_changes_the_layer_below(
         "file:written in place 600 0:0",
         "the copy keeps its hardlink group"
     );
+}
+
+/// A hardlink entry whose own mode differs changes the inode it joins, as
+/// containerd does; in a native unpack that inode is shared with the layer
+/// below, so it gets a copy of its own first, every name of its group in
+/// the snapshot pointed at the copy, and the layer below is not changed.
+#[tokio::test]
+async fn a_hardlinks_own_metadata_never_reaches_the_native_layer_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let native = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+    let base = tar_of(&[
+        Entry::Dir("bin", 0o755),
+        Entry::File("bin/tool", b"t", 0o755),
+        Entry::Link("bin/tool-link", "bin/tool"),
+    ]);
+    let top = tar_of(&[Entry::LinkAs("bin/alias", "bin/tool", 0o700, 1_600_000_000)]);
+    let chain = chain_of(&[base.clone(), top.clone()]);
+    let base_image = store_image(&store, std::slice::from_ref(&base)).await;
+    unpack_default(&base_image, &store, &native).await.unwrap();
+    let below = native.path(chain[0].as_ref()).await.unwrap();
+    let before = fingerprint(&below);
+
+    let image = store_image(&store, &[base, top]).await;
+    unpack_default(&image, &store, &native).await.unwrap();
+    assert_eq!(fingerprint(&below), before, "the layer below changed");
+    let above = native.path(chain[1].as_ref()).await.unwrap();
+    let group: Vec<_> = ["bin/tool", "bin/tool-link", "bin/alias"]
+        .iter()
+        .map(|name| std::fs::symlink_metadata(above.join(name)).unwrap())
+        .collect();
+    assert_ne!(group[0].ino(), inode(below.join("bin/tool")));
+    for meta in &group {
+        assert_eq!(meta.ino(), group[0].ino(), "one group, one inode");
+        assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o700, 1_600_000_000));
+    }
+    assert_eq!(std::fs::read(above.join("bin/alias")).unwrap(), b"t");
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@
 //! Without root, device nodes and ownership are skipped with a warning.
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::ops::Bound;
@@ -417,6 +417,8 @@ fn write_entries(
         entries: 0,
         sparse_size: 0,
         root_listed: false,
+        own_link_inodes: HashSet::new(),
+        link_meta_skipped: 0,
     };
     let budget = Rc::new(Cell::new(None));
     let position = Rc::new(Cell::new(0));
@@ -508,6 +510,17 @@ fn write_entries(
                 applier.dropped_xattrs,
                 "extended attribute",
                 "extended attributes"
+            )
+        ));
+    }
+    if applier.link_meta_skipped > 0 {
+        warnings.push(format!(
+            "{} not applied to the files they link to: over {MAX_LINK_COPIES} \
+             files of one layer would need copies of their own",
+            counted(
+                applier.link_meta_skipped,
+                "hardlink's own metadata",
+                "hardlinks' own metadata"
             )
         ));
     }
@@ -803,7 +816,17 @@ struct Applier {
     sparse_size: u64,
     /// The layer listed the root directory (`./`), setting its owner and mode.
     root_listed: bool,
+    /// Inodes of a tree given copies of their own for a hardlink entry's
+    /// metadata (device, inode of the copy).
+    own_link_inodes: HashSet<(u64, u64)>,
+    /// Hardlink entries whose metadata was not applied: past
+    /// [`MAX_LINK_COPIES`].
+    link_meta_skipped: u64,
 }
+
+/// Inodes a layer's hardlink entries may have copied on a tree to change
+/// their metadata: each copy walks the whole tree for the inode's names.
+const MAX_LINK_COPIES: usize = 64;
 
 fn split(rel: &Path) -> (PathBuf, &OsStr) {
     let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -1060,6 +1083,7 @@ impl Applier {
                         e => Error::io("link", &path, e),
                     }
                 })?;
+                self.set_link_meta(&parent_at, name, &path, &meta)?;
                 self.created.insert(written);
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
@@ -1223,6 +1247,58 @@ impl Applier {
         }
         rustix::fs::utimensat(dirfd, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(io_err("utimes", path))
+    }
+
+    /// A hardlink entry's own metadata, applied to the inode it joined, as
+    /// containerd applies it (the group's last entry wins). Tar writers give
+    /// every name of a group its inode's metadata, so usually nothing
+    /// differs and nothing is done. Where something does, on a tree the
+    /// inode is first given a copy of its own, its names here pointed at it:
+    /// it may be the parent snapshot's too (see `tree::share_tree`). Those
+    /// copies are bounded per layer (each walks the tree); past the bound,
+    /// the metadata is not applied and a warning says so.
+    fn set_link_meta(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        path: &Path,
+        meta: &Meta,
+    ) -> Result<()> {
+        let dirfd = self.root.dir(parent)?;
+        let st = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io_err("stat", path))?;
+        // A symlink's mode is not its own to change (and chmod follows it).
+        let symlink = (st.st_mode & libc::S_IFMT) == libc::S_IFLNK;
+        let mode_differs = !symlink && (st.st_mode & 0o7777) != (meta.mode & 0o7777);
+        let owner_differs =
+            self.options.privileged && (st.st_uid, st.st_gid) != (meta.uid, meta.gid);
+        let mtime_differs =
+            (st.st_mtime, st.st_mtime_nsec as i64) != (meta.mtime.tv_sec, meta.mtime.tv_nsec);
+        let xattrs_differ = !meta.xattrs.is_empty() && {
+            let have = copy_up::xattrs(&copy_up::proc_path(dirfd, name))?;
+            meta.xattrs.iter().any(|wanted| !have.contains(wanted))
+        };
+        if !(mode_differs || owner_differs || mtime_differs || xattrs_differ) {
+            return Ok(());
+        }
+        if let Some(tree) = self.tree_root.clone()
+            && !self.own_link_inodes.contains(&(st.st_dev, st.st_ino))
+        {
+            if self.own_link_inodes.len() >= MAX_LINK_COPIES {
+                self.link_meta_skipped += 1;
+                return Ok(());
+            }
+            let dir = self
+                .root
+                .existing_dir_path(parent)?
+                .ok_or_else(|| Error::io("stat", path, rustix::io::Errno::NOENT))?;
+            crate::tree::unshare(&tree, &tree.join(dir).join(name))?;
+            let dirfd = self.root.dir(parent)?;
+            let copy = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(io_err("stat", path))?;
+            self.own_link_inodes.insert((copy.st_dev, copy.st_ino));
+        }
+        self.set_meta_at(parent, name, path, meta, !symlink)
     }
 
     /// Owner, mode and xattrs of a directory now; its times at the end.

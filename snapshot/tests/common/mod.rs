@@ -13,6 +13,8 @@ pub enum Entry<'a> {
     Owned(&'a str, &'a [u8], u32, u32, u32),
     Symlink(&'a str, &'a str),
     Link(&'a str, &'a str),
+    /// A hardlink whose own header gives this mode and modification time.
+    LinkAs(&'a str, &'a str, u32, u64),
     Char(&'a str, u32, u32),
     Fifo(&'a str),
     Xattr(&'a str, &'a [u8], &'a str, &'a [u8]),
@@ -69,6 +71,11 @@ fn append(b: &mut tar::Builder<Vec<u8>>, e: &Entry<'_>) {
             }
             Entry::Link(name, target) => {
                 let mut h = header(tar::EntryType::Link, 0o644, 0);
+                b.append_link(&mut h, name, target).unwrap();
+            }
+            Entry::LinkAs(name, target, mode, mtime) => {
+                let mut h = header(tar::EntryType::Link, *mode, 0);
+                h.set_mtime(*mtime);
                 b.append_link(&mut h, name, target).unwrap();
             }
             Entry::Char(name, major, minor) => {
