@@ -970,6 +970,54 @@ fn an_export_of_a_blob_corrupted_in_the_store_fails_and_says_so() {
     assert!(!layout.join("index.json").exists(), "{said}");
 }
 
+/// A layer of several chunks (the export hashes each on a second thread
+/// while it copies the next, through a few buffers that go round) is
+/// exported byte for byte; a byte changed in a late chunk still fails it.
+#[test]
+fn a_blob_of_many_chunks_is_exported_whole_and_checked_to_its_end() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    // 7.5 MiB that do not repeat, uncompressed: more chunks than buffers.
+    let mut data = Vec::with_capacity(15 << 19);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while data.len() < 15 << 19 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "big", &data[..]).unwrap();
+    let digest = build_of(&root, &b.into_inner().unwrap(), false);
+    let (_, layer) = manifest_and_layer(&root, &digest);
+    let stored = ok(dist(&root, &["path", &layer], b""));
+    let stored = Path::new(stored.trim());
+
+    let layout = work.path().join("layout");
+    ok(dist(&root, &["export", &digest, layout.to_str().unwrap()], b""));
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let exported = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+    assert!(exported == std::fs::read(stored).unwrap(), "byte for byte");
+
+    let mut bytes = std::fs::read(stored).unwrap();
+    let late = bytes.len() - 1000;
+    bytes[late] ^= 0xff;
+    std::fs::write(stored, bytes).unwrap();
+    let again = work.path().join("again");
+    let failed = dist(&root, &["export", &digest, again.to_str().unwrap()], b"");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(
+        stderr(&failed).contains(&format!("the store's copy of {layer} is corrupt")),
+        "{}",
+        stderr(&failed)
+    );
+}
+
 /// A `rootfs --copy` dropped by `--timeout` (as by a signal) while it
 /// copies leaves no DEST, though its copy ran on to the end: the command
 /// says it failed, so a retry must find nothing there. Its staging

@@ -193,7 +193,7 @@ fn copy_blobs(copies: &[BlobCopy]) -> std::io::Result<()> {
     };
     let mut dirs = std::collections::BTreeSet::new();
     let mut swept = std::collections::BTreeSet::new();
-    let mut buf = vec![0; 1 << 20];
+    let mut bufs = vec![vec![0; 1 << 20]; COPY_BUFFERS];
     for copy in copies {
         let dir = copy.dest.parent().expect("blob files have a parent");
         if swept.insert(dir.to_path_buf()) {
@@ -206,7 +206,7 @@ fn copy_blobs(copies: &[BlobCopy]) -> std::io::Result<()> {
         let mut staged = staged_in(dir).map_err(at(dir))?;
         let from = std::fs::File::open(&copy.source).map_err(at(&copy.source))?;
         // Either end may fail (a full destination, most often): both named.
-        let copied = copy_hashed(&from, staged.as_file_mut(), &copy.digest, &mut buf);
+        let copied = copy_hashed(&from, staged.as_file_mut(), &copy.digest, &mut bufs);
         let (size, digest) = copied.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -245,29 +245,82 @@ fn copy_blobs(copies: &[BlobCopy]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Copies `from` into `to` through `buf`, hashing with `like`'s algorithm:
-/// the bytes copied and their digest.
+/// Buffers a blob's copy goes through: one being read and written while
+/// the one before is hashed, and one spare so that neither side waits on
+/// the other's every chunk.
+const COPY_BUFFERS: usize = 3;
+
+/// Copies `from` into `to` through `bufs`, hashing with `like`'s algorithm:
+/// the bytes copied and their digest. Each chunk is hashed on a second
+/// thread after it is written, from the buffer it was written from (so what
+/// is hashed is what went out), while this thread reads and writes the
+/// next: SHA-256 is the larger cost, and it no longer waits on the copy.
 fn copy_hashed(
     mut from: &std::fs::File,
     mut to: &std::fs::File,
     like: &Digest,
-    buf: &mut [u8],
+    bufs: &mut Vec<Vec<u8>>,
 ) -> std::io::Result<(u64, Digest)> {
     use std::io::{Read, Write};
+    use std::sync::mpsc;
     let mut digester = ocidist::content::Digester::new(like.algorithm())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut size = 0;
-    loop {
-        let n = match from.read(buf) {
-            Ok(0) => return Ok((size, digester.digest())),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        digester.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
-        size += n as u64;
+    if bufs.is_empty() {
+        bufs.push(vec![0; 1 << 20]);
     }
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for buf in bufs.drain(..) {
+        free_tx.send(buf).expect("the receiver is here");
+    }
+    let (hash_tx, hash_rx) = mpsc::channel::<(Vec<u8>, usize)>();
+    let (copied, digester) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            for (buf, n) in hash_rx {
+                // Filled on the other core: fetched ahead as it is hashed.
+                digester.update_handed_over(&buf[..n]);
+                // Refused only once the copy has stopped taking buffers.
+                let _ = free_tx.send(buf);
+            }
+            digester
+        });
+        let copied = (|| {
+            let mut size = 0;
+            while let Ok(mut buf) = free_rx.recv() {
+                let n = loop {
+                    match from.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        read => break read,
+                    }
+                };
+                let n = match n {
+                    Ok(0) => {
+                        bufs.push(buf);
+                        return Ok(size);
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        bufs.push(buf);
+                        return Err(e);
+                    }
+                };
+                if let Err(e) = to.write_all(&buf[..n]) {
+                    bufs.push(buf);
+                    return Err(e);
+                }
+                size += n as u64;
+                hash_tx
+                    .send((buf, n))
+                    .expect("the hasher runs until told to stop");
+            }
+            // Only if the hasher panicked: it hands every buffer back.
+            Err(std::io::Error::other("the hashing thread stopped"))
+        })();
+        drop(hash_tx);
+        (copied, hasher.join())
+    });
+    bufs.extend(free_rx.try_iter());
+    let digester = digester.map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
+    Ok((copied?, digester.digest()))
 }
 
 /// Copies an image out of the store into a layout. `lease` keeps what it
