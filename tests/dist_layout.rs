@@ -999,7 +999,11 @@ fn a_blob_of_many_chunks_is_exported_whole_and_checked_to_its_end() {
     let stored = Path::new(stored.trim());
 
     let layout = work.path().join("layout");
-    ok(dist(&root, &["export", &digest, layout.to_str().unwrap()], b""));
+    ok(dist(
+        &root,
+        &["export", &digest, layout.to_str().unwrap()],
+        b"",
+    ));
     let hex = layer.strip_prefix("sha256:").unwrap();
     let exported = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
     assert!(exported == std::fs::read(stored).unwrap(), "byte for byte");
