@@ -167,8 +167,13 @@ impl Remote {
             .plain_http(plain)
             .credentials(credentials)
             .on_host_skipped(move |skipped| {
-                // Once per host: a mirror without the image fails every
-                // blob's request as it failed the manifest's.
+                // A mirror without the image is a partial mirror doing its
+                // job (containerd logs that 404 at debug level only).
+                if skipped.error.is_not_found() {
+                    return;
+                }
+                // Once per host: a mirror that is down fails every blob's
+                // request as it failed the manifest's.
                 let first = said_for
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -234,6 +234,17 @@ impl Error {
         matches!(self.deciding(), Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
     }
 
+    /// Whether the request timed out on as many attempts as may time out
+    /// ([`MAX_TIMEOUTS`](crate::docker::MAX_TIMEOUTS)): the registry let
+    /// each wait run out, and asking again at once would wait as long again.
+    pub(crate) fn timed_out_every_time(&self) -> bool {
+        matches!(
+            self.deciding(),
+            Error::Connect { source, .. }
+                if source.is_timeout() && source.attempts() >= crate::docker::MAX_TIMEOUTS
+        )
+    }
+
     /// Whether a body came slower than the low-speed limit: resumable, but
     /// never counted as progress, however many bytes it brought.
     pub(crate) fn too_slow(&self) -> bool {

@@ -201,8 +201,14 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
                 Ok(()) => break,
                 // A broken stream: go on from what the store has. Not a
                 // rate limit: the request was retried as long as the
-                // registry allowed, and asking at once would count again.
-                Err(e) if e.kind() == ErrorKind::Unavailable && !e.rate_limited() => {
+                // registry allowed, and asking at once would count again;
+                // nor a request whose every wait ran out (it was asked
+                // again already), which would only wait as long again.
+                Err(e)
+                    if e.kind() == ErrorKind::Unavailable
+                        && !e.rate_limited()
+                        && !e.timed_out_every_time() =>
+                {
                     let now = writer.status().await?.offset;
                     // Only attempts that got nowhere count: a large blob on
                     // a flaky link may break many times and still finish.

@@ -950,6 +950,36 @@ async fn a_registry_that_never_answers_is_asked_twice_and_the_error_says_how_lon
     );
 }
 
+/// A blob whose GET is never answered ends the fetch after the request's
+/// two timeouts: the fetch does not download it again (each time asked
+/// twice), as it resumes a stream that broke.
+#[tokio::test]
+async fn a_blob_never_answered_is_not_downloaded_again_after_its_timeouts() {
+    let (_registry, proxy, pushed) = setup("faults/silent-blob").await;
+    let layer = &pushed[3];
+    let blob_path = format!("/blobs/{}", layer.desc.digest());
+    let silent = Fault::Silent {
+        hold: Duration::from_secs(20),
+    };
+    proxy.add(Some("GET"), &blob_path, usize::MAX, silent);
+    let resolver = DockerResolver::new()
+        .timeouts(Duration::from_secs(5), Duration::from_secs(1))
+        .unwrap();
+    let (_dir, store, images) = stores();
+    let reference = format!("{}/faults/silent-blob:1", proxy.host());
+    let err = fetch_arm64(&resolver, &store, &images, &reference)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string()
+            .contains("timed out: nothing received for 1s (2 attempts)"),
+        "{err}"
+    );
+    assert_eq!(gets_of(&proxy, &blob_path).len(), 2, "{:#?}", proxy.log());
+    assert!(store.info(layer.desc.digest()).await.is_err());
+}
+
 /// A limit a test can reach in a second: 4 KiB a second.
 const LOW_SPEED: LowSpeedLimit = LowSpeedLimit {
     min_bytes: 4 << 10,

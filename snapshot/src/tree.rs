@@ -135,16 +135,36 @@ fn repoint(root: &Path, shared: (u64, u64), copy: &Path) -> Result<()> {
                 continue;
             }
             if before.is_none() {
-                before = Some(fs::symlink_metadata(&dir).map_err(|e| Error::io("stat", &dir, e))?);
+                let meta = fs::symlink_metadata(&dir).map_err(|e| Error::io("stat", &dir, e))?;
+                // Without root, a directory of the image's that is not
+                // writable (0555) is made so while its names are changed.
+                if meta.permissions().mode() & 0o200 == 0 {
+                    set_mode(&dir, meta.permissions().mode() | 0o200)?;
+                }
+                before = Some(meta);
             }
-            fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
-            fs::hard_link(copy, &path).map_err(|e| Error::io("link", &path, e))?;
+            let relinked = fs::remove_file(&path)
+                .map_err(|e| Error::io("remove", &path, e))
+                .and_then(|()| fs::hard_link(copy, &path).map_err(|e| Error::io("link", &path, e)));
+            if let Err(e) = relinked {
+                if let Some(before) = &before {
+                    let _ = set_mode(&dir, before.permissions().mode());
+                }
+                return Err(e);
+            }
         }
         if let Some(before) = before {
+            set_mode(&dir, before.permissions().mode())?;
             set_times(&dir, &before)?;
         }
     }
     Ok(())
+}
+
+/// Sets the mode of the directory `dir`.
+fn set_mode(dir: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| Error::io("chmod", dir, e))
 }
 
 /// Sets the access and modification times of `path` (not followed) to

@@ -407,6 +407,26 @@ fn hardlinks_metadata_copies_are_bounded_per_layer() {
         "{:?}",
         applied.warnings
     );
+
+    // Files the layer wrote itself are its own: changed in place, however
+    // many, with no copy and no warning.
+    let fresh = tempfile::tempdir().unwrap();
+    let both: Vec<Entry<'_>> = files.into_iter().chain(links).collect();
+    let applied = apply_tree(fresh.path(), &tar_of(&both)).unwrap();
+    for (n, a) in names.iter().zip(&aliases) {
+        let file = std::fs::metadata(fresh.path().join(n)).unwrap();
+        let alias = std::fs::metadata(fresh.path().join(a)).unwrap();
+        assert_eq!(
+            (file.ino(), file.mode() & 0o7777),
+            (alias.ino(), 0o600),
+            "{n}"
+        );
+    }
+    assert!(
+        applied.warnings.iter().all(|w| !w.contains("hardlink")),
+        "{:?}",
+        applied.warnings
+    );
 }
 
 /// `.wh..` and `.wh...` name no entry; the refusal says which name it was.

@@ -418,6 +418,7 @@ fn write_entries(
         sparse_size: 0,
         root_listed: false,
         own_link_inodes: HashSet::new(),
+        link_copies: 0,
         link_meta_skipped: 0,
     };
     let budget = Rc::new(Cell::new(None));
@@ -816,9 +817,12 @@ struct Applier {
     sparse_size: u64,
     /// The layer listed the root directory (`./`), setting its owner and mode.
     root_listed: bool,
-    /// Inodes of a tree given copies of their own for a hardlink entry's
-    /// metadata (device, inode of the copy).
+    /// Inodes of a tree that are this layer's own (device, inode): the
+    /// regular files it wrote, and copies it gave inodes shared with the
+    /// parent snapshot for a hardlink entry's metadata.
     own_link_inodes: HashSet<(u64, u64)>,
+    /// Inodes given copies of their own for hardlink entries' metadata.
+    link_copies: usize,
     /// Hardlink entries whose metadata was not applied: past
     /// [`MAX_LINK_COPIES`].
     link_meta_skipped: u64,
@@ -975,6 +979,12 @@ impl Applier {
                 let names = (path.as_path(), rel.as_path());
                 copy_data(entry, &mut file, &mut self.buffer, sparse, size, names)?;
                 self.set_file_meta(&file, &meta, &path)?;
+                if self.tree_root.is_some() {
+                    // This layer's own: a hardlink entry may change it in
+                    // place (`set_link_meta`).
+                    let st = rustix::fs::fstat(&file).map_err(io_err("stat", &path))?;
+                    self.own_link_inodes.insert((st.st_dev, st.st_ino));
+                }
                 self.created.insert(written);
             }
             tar::EntryType::Symlink => {
@@ -1284,7 +1294,7 @@ impl Applier {
         if let Some(tree) = self.tree_root.clone()
             && !self.own_link_inodes.contains(&(st.st_dev, st.st_ino))
         {
-            if self.own_link_inodes.len() >= MAX_LINK_COPIES {
+            if self.link_copies >= MAX_LINK_COPIES {
                 self.link_meta_skipped += 1;
                 return Ok(());
             }
@@ -1293,12 +1303,17 @@ impl Applier {
                 .existing_dir_path(parent)?
                 .ok_or_else(|| Error::io("stat", path, rustix::io::Errno::NOENT))?;
             crate::tree::unshare(&tree, &tree.join(dir).join(name))?;
+            self.link_copies += 1;
             let dirfd = self.root.dir(parent)?;
             let copy = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(io_err("stat", path))?;
             self.own_link_inodes.insert((copy.st_dev, copy.st_ino));
         }
-        self.set_meta_at(parent, name, path, meta, !symlink)
+        // The target's refusals were counted when it was written.
+        let skipped = self.skipped_xattrs.get();
+        let set = self.set_meta_at(parent, name, path, meta, !symlink);
+        self.skipped_xattrs.set(skipped);
+        set
     }
 
     /// Owner, mode and xattrs of a directory now; its times at the end.
