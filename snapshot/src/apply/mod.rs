@@ -1262,9 +1262,10 @@ impl Applier {
     /// A hardlink entry's own metadata, applied to the inode it joined, as
     /// containerd applies it (the group's last entry wins). Tar writers give
     /// every name of a group its inode's metadata, so usually nothing
-    /// differs and nothing is done. Where something does, on a tree the
-    /// inode is first given a copy of its own, its names here pointed at it:
-    /// it may be the parent snapshot's too (see `tree::share_tree`). Those
+    /// differs and nothing is done. Where something does, on a tree an
+    /// inode that is not this layer's own (a file it wrote) is first given a
+    /// copy, its names here pointed at it: it may be the parent snapshot's
+    /// too (see `tree::share_tree`). Those
     /// copies are bounded per layer (each walks the tree); past the bound,
     /// the metadata is not applied and a warning says so.
     fn set_link_meta(
