@@ -308,11 +308,12 @@ fn copy_hashed(
                     return Err(e);
                 }
                 size += n as u64;
-                hash_tx
-                    .send((buf, n))
-                    .expect("the hasher runs until told to stop");
+                if hash_tx.send((buf, n)).is_err() {
+                    break;
+                }
             }
-            // Only if the hasher panicked: it hands every buffer back.
+            // Only if the hasher panicked: it takes and hands back every
+            // buffer while it runs.
             Err(std::io::Error::other("the hashing thread stopped"))
         })();
         drop(hash_tx);

@@ -138,23 +138,26 @@ fn repoint(root: &Path, shared: (u64, u64), copy: &Path) -> Result<()> {
                 let meta = fs::symlink_metadata(&dir).map_err(|e| Error::io("stat", &dir, e))?;
                 // Without root, a directory of the image's that is not
                 // writable (0555) is made so while its names are changed.
-                if meta.permissions().mode() & 0o200 == 0 {
+                let read_only = meta.permissions().mode() & 0o200 == 0;
+                if read_only {
                     set_mode(&dir, meta.permissions().mode() | 0o200)?;
                 }
-                before = Some(meta);
+                before = Some((meta, read_only));
             }
             let relinked = fs::remove_file(&path)
                 .map_err(|e| Error::io("remove", &path, e))
                 .and_then(|()| fs::hard_link(copy, &path).map_err(|e| Error::io("link", &path, e)));
             if let Err(e) = relinked {
-                if let Some(before) = &before {
+                if let Some((before, true)) = &before {
                     let _ = set_mode(&dir, before.permissions().mode());
                 }
                 return Err(e);
             }
         }
-        if let Some(before) = before {
-            set_mode(&dir, before.permissions().mode())?;
+        if let Some((before, read_only)) = before {
+            if read_only {
+                set_mode(&dir, before.permissions().mode())?;
+            }
             set_times(&dir, &before)?;
         }
     }
