@@ -1056,7 +1056,8 @@ async fn a_registry_that_always_trickles_ends_the_fetch_after_four_attempts() {
 /// time, ends the fetch after four attempts in a typed error: each attempt
 /// brought bytes, but too few for the time it was waited on, so none counts
 /// as progress (else it could hold a fetch for size / bytes-per-attempt idle
-/// timeouts). Nothing is committed.
+/// timeouts), and the error names the idle-read limit that ran out. Nothing
+/// is committed.
 #[tokio::test]
 async fn a_registry_that_sends_a_little_then_stalls_every_time_ends_the_fetch() {
     let (_registry, proxy, pushed) = setup("faults/stall-always").await;
@@ -1089,7 +1090,10 @@ async fn a_registry_that_sends_a_little_then_stalls_every_time_ends_the_fetch() 
         err.to_string().contains("1000 bytes in")
             && err
                 .to_string()
-                .contains("under the low-speed limit of 4096 bytes per 1s, then:"),
+                .contains("under the low-speed limit of 4096 bytes per 1s, then:")
+            && err
+                .to_string()
+                .ends_with("timed out: nothing received for 2s"),
         "{err}"
     );
     assert_eq!(gets.len(), 4, "{gets:#?}");

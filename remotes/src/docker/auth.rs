@@ -643,8 +643,9 @@ impl Authorizer {
         let (method, response) = response;
         let response =
             super::check_status(method, realm, response, &[reqwest::StatusCode::OK]).await?;
-        let body =
-            super::read_limited(realm, response, 1 << 20, super::LowSpeedLimit::default()).await?;
+        // The request's whole-time limit, not an idle-read one, bounds it.
+        let speed = super::speed::SpeedCheck::new(super::LowSpeedLimit::default(), None);
+        let body = super::read_limited(realm, response, 1 << 20, speed).await?;
         token_from(realm, &body)
     }
 }

@@ -188,6 +188,8 @@ pub struct DockerFetcher {
 pub(crate) struct UrlSource {
     pub(crate) client: reqwest::Client,
     pub(crate) low_speed: LowSpeedLimit,
+    /// The client's idle-read timeout, for errors to name.
+    pub(crate) idle_read: Option<std::time::Duration>,
 }
 
 /// How many of a descriptor's `urls` are tried: a manifest may list
@@ -444,7 +446,7 @@ async fn fetch_url(
         response,
         offset,
         desc.size(),
-        source.low_speed,
+        SpeedCheck::new(source.low_speed, source.idle_read),
     ))
 }
 
@@ -456,7 +458,7 @@ async fn fetch_from(repo: &Repository, desc: &Descriptor, offset: u64) -> Result
         response,
         offset,
         desc.size(),
-        repo.low_speed,
+        repo.speed_check(),
     ))
 }
 
@@ -471,7 +473,7 @@ fn whole_body(
     response: reqwest::Response,
     offset: u64,
     size: u64,
-    low_speed: LowSpeedLimit,
+    speed: SpeedCheck,
 ) -> ByteStream {
     let start = match response.status() {
         StatusCode::PARTIAL_CONTENT => offset,
@@ -483,7 +485,7 @@ fn whole_body(
         start,
         end: size,
         received: 0,
-        speed: SpeedCheck::new(low_speed),
+        speed,
     };
     Box::pin(Skip {
         inner: Box::pin(body),
@@ -497,20 +499,16 @@ async fn range_body(
     url: &str,
     mut response: reqwest::Response,
     (start, end): (u64, u64),
-    low_speed: LowSpeedLimit,
+    mut speed: SpeedCheck,
 ) -> Result<Vec<Bytes>> {
     let mut pieces = Vec::new();
     let mut received = 0u64;
-    let mut speed = SpeedCheck::new(low_speed);
     loop {
         speed.asked(Instant::now());
-        let piece = response.chunk().await.map_err(|source| {
-            let cause = Error::Connect {
-                url: url.to_string(),
-                source: ConnectError::new(source),
-            };
-            speed.failed(Instant::now(), cause)
-        })?;
+        let piece = response
+            .chunk()
+            .await
+            .map_err(|source| speed.broke(Instant::now(), url, source))?;
         let Some(piece) = piece else {
             break;
         };
@@ -555,7 +553,7 @@ async fn fetch_ranged(
     let first_end = offset.saturating_add(chunk).min(size);
     let response = get_range(repo, &url, desc, offset, Some(first_end)).await?;
     if response.status() != StatusCode::PARTIAL_CONTENT {
-        return Ok(whole_body(url, response, offset, size, repo.low_speed));
+        return Ok(whole_body(url, response, offset, size, repo.speed_check()));
     }
     let first = Exact {
         inner: Box::pin(response.bytes_stream()),
@@ -563,7 +561,7 @@ async fn fetch_ranged(
         start: offset,
         end: first_end,
         received: 0,
-        speed: SpeedCheck::new(repo.low_speed),
+        speed: repo.speed_check(),
     };
     // Made as they are asked for: the size is the descriptor's word, and a
     // hostile one (2^62 bytes) must not become a list of 2^40 ranges.
@@ -597,7 +595,7 @@ async fn fetch_ranged(
                         reason: format!("range {start}-{} answered without a range", end - 1),
                     });
                 }
-                let body = range_body(&url, response, (start, end), repo.low_speed).await;
+                let body = range_body(&url, response, (start, end), repo.speed_check()).await;
                 let short = |e: &Error| matches!(e, Error::Interrupted { .. });
                 if let Err(e) = &body
                     && (short(e) || matches!(e, Error::Stalled { source, .. } if short(source)))
@@ -684,13 +682,7 @@ impl Stream for Exact {
                     Some(Ok(piece))
                 }
             }
-            Some(Err(source)) => {
-                let cause = Error::Connect {
-                    url: self.url.clone(),
-                    source: ConnectError::new(source),
-                };
-                Some(Err(self.speed.failed(Instant::now(), cause)))
-            }
+            Some(Err(source)) => Some(Err(self.speed.broke(Instant::now(), &self.url, source))),
             None if self.received < self.expected() => {
                 // Reported once: a stream ends after its error.
                 let cause = Error::Interrupted {

@@ -713,6 +713,7 @@ impl DockerResolver {
         fetcher::UrlSource {
             client: self.client.http.clone(),
             low_speed: self.low_speed,
+            idle_read: self.client.idle_read_timeout,
         }
     }
 
@@ -842,7 +843,8 @@ impl DockerResolver {
         ) -> reqwest::Result<(StatusCode, reqwest::Url)> {
             let response = client.get(&url).timeout(SETTLE_TIMEOUT).send().await?;
             let answered = (response.status(), response.url().clone());
-            let _ = read_limited(&url, response, MAX_MANIFEST_SIZE, LowSpeedLimit::OFF).await;
+            let unlimited = speed::SpeedCheck::new(LowSpeedLimit::OFF, None);
+            let _ = read_limited(&url, response, MAX_MANIFEST_SIZE, unlimited).await;
             Ok(answered)
         }
         let plain_answer = answer(
@@ -1223,6 +1225,12 @@ impl Repository {
         }
     }
 
+    /// What a response body from here is held to while it is read: the
+    /// low-speed limit, and the idle-read timeout its errors name.
+    pub(crate) fn speed_check(&self) -> speed::SpeedCheck {
+        speed::SpeedCheck::new(self.low_speed, self.client.idle_read_timeout)
+    }
+
     /// The endpoint's `host[:port]`.
     pub(crate) fn host(&self) -> &str {
         &self.host
@@ -1557,7 +1565,7 @@ impl Repository {
         let response = check_status(Method::GET, url, response, &[StatusCode::OK]).await?;
         let header_type =
             header_str(response.headers(), header::CONTENT_TYPE.as_str()).map(str::to_string);
-        let body = read_limited(url, response, MAX_MANIFEST_SIZE, self.low_speed).await?;
+        let body = read_limited(url, response, MAX_MANIFEST_SIZE, self.speed_check()).await?;
         let algorithm = expected.map_or(oci_spec::image::DigestAlgorithm::Sha256, |d| {
             d.algorithm().clone()
         });
@@ -1596,12 +1604,12 @@ impl Repository {
 }
 
 /// Reads a body, refusing one over `limit` bytes (by header, then by count)
-/// or slower than `low_speed`.
+/// or slower than `speed` allows.
 pub(crate) async fn read_limited(
     url: &str,
     response: reqwest::Response,
     limit: u64,
-    low_speed: LowSpeedLimit,
+    mut speed: speed::SpeedCheck,
 ) -> Result<bytes::Bytes> {
     let too_large = || Error::Protocol {
         url: url.to_string(),
@@ -1612,16 +1620,12 @@ pub(crate) async fn read_limited(
     }
     let mut body = BytesMut::new();
     let mut stream = response.bytes_stream();
-    let mut speed = speed::SpeedCheck::new(low_speed);
     loop {
         speed.asked(std::time::Instant::now());
         let Some(chunk) = stream.next().await else {
             break;
         };
-        let chunk = chunk.map_err(|source| Error::Connect {
-            url: url.to_string(),
-            source: ConnectError::new(source),
-        })?;
+        let chunk = chunk.map_err(|source| speed.broke(std::time::Instant::now(), url, source))?;
         if body.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());
         }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::Error;
+use crate::{ConnectError, Error};
 
 /// The least a response body must bring while it is being waited on: at
 /// least `min_bytes` in every `window`. The idle-read timeout catches a
@@ -60,6 +60,8 @@ impl Default for LowSpeedLimit {
 #[derive(Debug)]
 pub(crate) struct SpeedCheck {
     limit: LowSpeedLimit,
+    /// The client's idle-read timeout, for a body that broke on it to name.
+    idle_read: Option<Duration>,
     /// When the reader first asked.
     first_ask: Option<Instant>,
     /// The time the reader kept bytes without asking for more, in all.
@@ -76,9 +78,12 @@ pub(crate) struct SpeedCheck {
 }
 
 impl SpeedCheck {
-    pub(crate) fn new(limit: LowSpeedLimit) -> Self {
+    /// A check of one body read by a client whose idle-read timeout is
+    /// `idle_read` (`None`: none, or not known).
+    pub(crate) fn new(limit: LowSpeedLimit, idle_read: Option<Duration>) -> Self {
         SpeedCheck {
             limit,
+            idle_read,
             first_ask: None,
             held: Duration::ZERO,
             total: 0,
@@ -134,6 +139,17 @@ impl SpeedCheck {
         }
     }
 
+    /// The body of `url` broke at `now` with `source` (a reset, the
+    /// idle-read timeout): the error to report, as [`SpeedCheck::failed`]
+    /// makes it, naming the idle-read limit when that ran out.
+    pub(crate) fn broke(&self, now: Instant, url: &str, source: reqwest::Error) -> Error {
+        let cause = Error::Connect {
+            url: url.to_string(),
+            source: ConnectError::new(source).after(1, None, self.idle_read),
+        };
+        self.failed(now, cause)
+    }
+
     /// `bytes` arrived at `now` and are handed to the reader. An error for a
     /// window that has ended with too few.
     pub(crate) fn arrived(&mut self, bytes: u64, now: Instant, url: &str) -> Result<(), Error> {
@@ -176,7 +192,7 @@ mod tests {
     #[test]
     fn a_window_that_brought_too_few_bytes_fails_when_it_ends() {
         let t0 = Instant::now();
-        let mut check = SpeedCheck::new(LIMIT);
+        let mut check = SpeedCheck::new(LIMIT, None);
         for s in 0..9 {
             check.asked(at(t0, s));
             check.arrived(9, at(t0, s + 1), "u").unwrap_or_else(|e| {
@@ -193,7 +209,7 @@ mod tests {
     #[test]
     fn enough_bytes_start_a_new_window() {
         let t0 = Instant::now();
-        let mut check = SpeedCheck::new(LIMIT);
+        let mut check = SpeedCheck::new(LIMIT, None);
         check.asked(t0);
         check.arrived(100, at(t0, 10), "u").unwrap();
         // The new window starts empty: 99 bytes in it are too few.
@@ -204,7 +220,7 @@ mod tests {
     #[test]
     fn time_the_reader_keeps_the_bytes_is_not_counted() {
         let t0 = Instant::now();
-        let mut check = SpeedCheck::new(LIMIT);
+        let mut check = SpeedCheck::new(LIMIT, None);
         // Each byte arrives at once, then the reader takes 30 s with it.
         let mut now = t0;
         for _ in 0..5 {
@@ -230,7 +246,7 @@ mod tests {
         };
         // 50 bytes, then silence until the idle timeout 20 s later: too few
         // for its 21 s (210 owed), though no window ended with too few.
-        let mut check = SpeedCheck::new(LIMIT);
+        let mut check = SpeedCheck::new(LIMIT, None);
         check.asked(t0);
         check.arrived(50, at(t0, 1), "u").unwrap();
         check.asked(at(t0, 1));
@@ -241,7 +257,7 @@ mod tests {
             other => panic!("expected Stalled, got {other:?}"),
         }
         // Enough for its time: the failure is its own.
-        let mut check = SpeedCheck::new(LIMIT);
+        let mut check = SpeedCheck::new(LIMIT, None);
         check.asked(t0);
         check.arrived(300, at(t0, 1), "u").unwrap();
         check.asked(at(t0, 1));
@@ -250,7 +266,7 @@ mod tests {
             Error::Interrupted { .. }
         ));
         // Nothing brought: its own error too.
-        let mut check = SpeedCheck::new(LIMIT);
+        let mut check = SpeedCheck::new(LIMIT, None);
         check.asked(t0);
         assert!(matches!(
             check.failed(at(t0, 60), cause()),
@@ -258,7 +274,7 @@ mod tests {
         ));
         // The reader's own time is not counted: 50 bytes, kept 100 s by the
         // reader, then 5 s of waiting (50 owed).
-        let mut check = SpeedCheck::new(LIMIT);
+        let mut check = SpeedCheck::new(LIMIT, None);
         check.asked(t0);
         check.arrived(50, t0, "u").unwrap();
         check.asked(at(t0, 100));
@@ -271,7 +287,7 @@ mod tests {
     #[test]
     fn the_limit_off_never_fails() {
         let t0 = Instant::now();
-        let mut check = SpeedCheck::new(LowSpeedLimit::OFF);
+        let mut check = SpeedCheck::new(LowSpeedLimit::OFF, None);
         check.asked(t0);
         check.arrived(0, at(t0, 3600), "u").unwrap();
     }
