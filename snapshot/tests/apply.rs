@@ -1240,32 +1240,197 @@ fn a_whiteout_reached_through_a_later_symlink_is_not_dropped() {
     assert_eq!(t["x"], "symlink->y 777 0:0", "{t:?}");
 }
 
-/// A PAX sparse file (GNU 1.0: a map and packed data under another name)
-/// is refused: written as it stands it would be another file than Go's
-/// reader (containerd's) makes from the same diff ID. A PAX global header
-/// whose name has `..` names nothing, and is skipped as containerd does.
-#[test]
-fn pax_sparse_files_are_refused_and_global_header_names_ignored() {
-    let root = tempfile::tempdir().unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_pax_extensions([
+/// A PAX sparse entry of GNU's format 1.0, as GNU tar writes one: records
+/// for the real name and size (and `extra` ones), the header's name
+/// `GNUSparseFile.0/NAME`, its data the `map` (a count, then an offset and a
+/// length for each region, one number a line) padded to a block, then the
+/// regions' data packed.
+fn pax_sparse_1_0(
+    name: &str,
+    real_size: &str,
+    extra: &[(&str, &[u8])],
+    kind: tar::EntryType,
+    map: &str,
+    packed: &[u8],
+) -> Vec<u8> {
+    let mut records = vec![
         ("GNU.sparse.major", &b"1"[..]),
         ("GNU.sparse.minor", &b"0"[..]),
-        ("GNU.sparse.name", &b"sparse"[..]),
-        ("GNU.sparse.realsize", &b"1073741824"[..]),
-    ])
-    .unwrap();
+        ("GNU.sparse.name", name.as_bytes()),
+        ("GNU.sparse.realsize", real_size.as_bytes()),
+    ];
+    records.extend_from_slice(extra);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions(records).unwrap();
+    let mut data = map.as_bytes().to_vec();
+    data.resize(data.len().next_multiple_of(512), 0);
+    data.extend_from_slice(packed);
     let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_path("GNUSparseFile.0/sparse").unwrap();
-    h.set_size(3);
+    h.set_entry_type(kind);
+    h.set_path(format!("GNUSparseFile.0/{name}")).unwrap();
+    h.set_size(data.len() as u64);
     h.set_mode(0o644);
     h.set_cksum();
-    b.append(&h, &b"END"[..]).unwrap();
-    let err = apply_tree(root.path(), &b.into_inner().unwrap()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unimplemented, "{err}");
-    assert!(err.to_string().contains("GNU.sparse."), "{err}");
+    b.append(&h, &data[..]).unwrap();
+    b.into_inner().unwrap()
+}
 
+/// A PAX sparse file (GNU 1.0) is written under its real name, each region
+/// where the map puts it and holes between, as Go's reader (containerd's)
+/// reads it; an unknown version is a plain file, as Go leaves it.
+#[test]
+fn pax_sparse_files_are_written_with_their_holes() {
+    let root = tempfile::tempdir().unwrap();
+    let regular = tar::EntryType::Regular;
+    let layer = pax_sparse_1_0(
+        "sparse",
+        "1048576",
+        &[],
+        regular,
+        "2\n0\n3\n1048570\n3\n",
+        b"abcXYZ",
+    );
+    apply_tree(root.path(), &layer).unwrap();
+    let file = root.path().join("sparse");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len(), 1 << 20);
+    assert_eq!(&bytes[..3], b"abc");
+    assert_eq!(&bytes[1048570..1048573], b"XYZ");
+    let zeros = bytes.iter().filter(|b| **b == 0).count();
+    assert_eq!(zeros, (1 << 20) - 6);
+    let blocks = std::fs::metadata(&file).unwrap().blocks();
+    assert!(blocks * 512 < 256 << 10, "holes kept: {blocks} blocks");
+    assert!(!root.path().join("GNUSparseFile.0").exists());
+
+    let version_2 = [("GNU.sparse.major", &b"2"[..])];
+    let layer = pax_sparse_1_0("plain", "9", &version_2, regular, "1\n0\n3\n", b"abc");
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(root.path(), &layer).unwrap();
+    let plain = std::fs::read(root.path().join("GNUSparseFile.0/plain")).unwrap();
+    assert_eq!(plain.len(), 515, "the map and the data, as they stand");
+    assert!(!root.path().join("plain").exists());
+}
+
+/// A PAX sparse map that does not fit its file or its data is refused as
+/// the layer's fault before anything at its name is touched; one past the
+/// layer's bound of sparse files (64 GiB, holes included) is refused too,
+/// and so are sparse records on an entry that has no data.
+#[test]
+fn pax_sparse_maps_that_do_not_fit_are_refused_and_nothing_is_lost() {
+    let regular = tar::EntryType::Regular;
+    for (real_size, map, packed, says) in [
+        (
+            "12",
+            "1\n10\n5\n",
+            &b"12345"[..],
+            "ends past its size, 12 bytes",
+        ),
+        (
+            "12",
+            "1\n0\n3\n",
+            b"abcdef",
+            "places 3 bytes, its data holds 6",
+        ),
+        (
+            "12",
+            "1\n0\n9\n",
+            b"abc",
+            "places 9 bytes, its data holds 3",
+        ),
+        (
+            "12",
+            "2\n0\n4\n2\n2\n",
+            b"abcdef",
+            "starts before the one before it ends",
+        ),
+        ("12", "1000\n0\n1\n", b"a", "ends inside its map"),
+        ("1x", "1\n0\n1\n", b"a", "real size \"1x\" is no size"),
+        ("1099511627776", "1\n0\n1\n", b"a", "over the 64 GiB"),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("sparse"), b"before").unwrap();
+        let layer = pax_sparse_1_0("sparse", real_size, &[], regular, map, packed);
+        let err = apply_tree(root.path(), &layer).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains(says), "{map:?}: {err}");
+        let kept = std::fs::read(root.path().join("sparse")).unwrap();
+        assert_eq!(kept, b"before", "{map:?}");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let link = pax_sparse_1_0(
+        "link",
+        "3",
+        &[],
+        tar::EntryType::Symlink,
+        "1\n0\n3\n",
+        b"abc",
+    );
+    assert_refused(root.path(), &link, "PAX sparse records on a Symlink entry");
+}
+
+/// Sparse files GNU tar writes in each of its PAX formats (0.0, 0.1, 1.0)
+/// apply byte for byte, with their names, modes and holes.
+#[test]
+fn sparse_files_gnu_tar_writes_apply_byte_for_byte() {
+    let source = tempfile::tempdir().unwrap();
+    let dir = source.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let original = dir.join("f");
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(&original).unwrap();
+        file.set_len(3 << 20).unwrap();
+        file.write_all_at(&[7u8; 5000], 1 << 20).unwrap();
+        file.write_all_at(b"tail", (3 << 20) - 4).unwrap();
+    }
+    std::fs::set_permissions(
+        &original,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let expected = std::fs::read(&original).unwrap();
+    for version in ["0.0", "0.1", "1.0"] {
+        let out = std::process::Command::new("tar")
+            .args(["--sparse", "--format=posix", "--sparse-version", version])
+            .arg("-C")
+            .arg(source.path())
+            .args(["-cf", "-", "d/f"])
+            .output()
+            .unwrap_or_else(|e| panic!("GNU tar (Debian package `tar`) is needed: {e}"));
+        assert!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let layer = out.stdout;
+        assert!(
+            layer.windows(11).any(|w| w == b"GNU.sparse."),
+            "tar {version} wrote no sparse file"
+        );
+        let root = tempfile::tempdir().unwrap();
+        apply_tree(root.path(), &layer).unwrap_or_else(|e| panic!("{version}: {e}"));
+        let applied = root.path().join("d/f");
+        assert_eq!(std::fs::read(&applied).unwrap(), expected, "{version}");
+        let meta = std::fs::metadata(&applied).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o640, "{version}");
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "{version}: {} blocks",
+            meta.blocks()
+        );
+        let names: Vec<_> = std::fs::read_dir(root.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["f"], "{version}");
+    }
+}
+
+/// A PAX global header whose name has `..` names nothing, and is skipped
+/// as containerd does.
+#[test]
+fn global_header_names_are_ignored() {
+    let root = tempfile::tempdir().unwrap();
     let mut b = tar::Builder::new(Vec::new());
     let mut global = tar::Header::new_ustar();
     global.set_entry_type(tar::EntryType::XGlobalHeader);

@@ -15,6 +15,9 @@ enum E<'a> {
     Dir(&'a str),
     Symlink(&'a str, &'a str),
     Link(&'a str, &'a str),
+    /// A PAX sparse file (GNU 1.0) whose real name, in its records, is the
+    /// first: its header names `GNUSparseFile.0/sparse`.
+    Sparse(&'a str, &'a [u8]),
 }
 
 /// Raw headers, so names and link targets go in exactly as written.
@@ -22,8 +25,30 @@ fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         let mut h = tar::Header::new_ustar();
+        let sparse_data;
         let (name, link, data, kind): (&str, &str, &[u8], _) = match e {
             E::File(n, d) => (n, "", d, tar::EntryType::Regular),
+            E::Sparse(n, d) => {
+                // The data at 0, then a hole of 4 KiB.
+                let real_size = (d.len() + 4096).to_string();
+                b.append_pax_extensions([
+                    ("GNU.sparse.major", &b"1"[..]),
+                    ("GNU.sparse.minor", b"0"),
+                    ("GNU.sparse.name", n.as_bytes()),
+                    ("GNU.sparse.realsize", real_size.as_bytes()),
+                ])
+                .unwrap();
+                let mut map = format!("1\n0\n{}\n", d.len()).into_bytes();
+                map.resize(512, 0);
+                map.extend_from_slice(d);
+                sparse_data = map;
+                (
+                    "GNUSparseFile.0/sparse",
+                    "",
+                    &sparse_data[..],
+                    tar::EntryType::Regular,
+                )
+            }
             E::Dir(n) => (n, "", b"", tar::EntryType::Directory),
             E::Symlink(n, t) => (n, t, b"", tar::EntryType::Symlink),
             E::Link(n, t) => (n, t, b"", tar::EntryType::Link),
@@ -148,6 +173,33 @@ fn a_dangling_symlink_parent_is_refused_not_followed_out() {
     );
     assert!(!applied);
     assert!(!dir.path().join("root/etc").exists());
+}
+
+/// A sparse file's real name comes from its PAX records, not its header:
+/// it is resolved beneath the root like any other name. (`run` checks that
+/// nothing outside changed.)
+#[test]
+fn a_sparse_files_name_through_a_symlink_stays_in() {
+    let (dir, applied) = run(
+        |_, _| {},
+        &[
+            E::Dir("etc/"),
+            E::Symlink("localetc", "/etc"),
+            E::Sparse("localetc/passwd", b"pwned"),
+        ],
+    );
+    assert!(applied);
+    let written = std::fs::read(dir.path().join("root/etc/passwd")).unwrap();
+    assert_eq!((&written[..5], written.len()), (&b"pwned"[..], 5 + 4096));
+    // Through a symlink to the host's directory: its target, taken beneath
+    // the root, does not exist there, and the entry is refused.
+    let host_link = |tmp: &Path, root: &Path| {
+        std::os::unix::fs::symlink(tmp.join("etc"), root.join("hostetc")).unwrap()
+    };
+    let (_, applied) = run(host_link, &[E::Sparse("hostetc/passwd", b"pwned")]);
+    assert!(!applied);
+    let (_, applied) = run(|_, _| {}, &[E::Sparse("../etc/passwd", b"pwned")]);
+    assert!(!applied, "`..` in a name is refused");
 }
 
 #[test]
@@ -278,6 +330,7 @@ enum Hostile {
     Dir(String),
     Symlink(String, usize),
     Link(String, usize),
+    Sparse(String),
 }
 
 fn hostile_name() -> impl Strategy<Value = String> {
@@ -306,6 +359,7 @@ fn hostile_entry() -> impl Strategy<Value = Hostile> {
         hostile_name().prop_map(Hostile::Dir),
         (hostile_name(), 0..TARGETS.len()).prop_map(|(n, t)| Hostile::Symlink(n, t)),
         (hostile_name(), 0..TARGETS.len()).prop_map(|(n, t)| Hostile::Link(n, t)),
+        hostile_name().prop_map(Hostile::Sparse),
     ]
 }
 
@@ -341,6 +395,7 @@ proptest! {
                 Hostile::Dir(n) => E::Dir(n),
                 Hostile::Symlink(n, t) => E::Symlink(n, TARGETS[*t]),
                 Hostile::Link(n, t) => E::Link(n, TARGETS[*t]),
+                Hostile::Sparse(n) => E::Sparse(n, b"pwned"),
             })
             .collect();
         let target = if overlay {

@@ -5,8 +5,9 @@
 //! the path resolved beneath the target (see `resolve`): symlinks, hardlinks,
 //! whiteouts and `..` cannot reach outside it. What a layer can hold:
 //!
-//! - regular files (GNU sparse ones stay sparse; PAX sparse ones are refused), directories, symlinks,
-//!   hardlinks, character and block devices, fifos;
+//! - regular files (sparse ones stay sparse: GNU's old format, and PAX
+//!   sparse files of GNU's formats 0.0, 0.1 and 1.0), directories,
+//!   symlinks, hardlinks, character and block devices, fifos;
 //! - owners, modes with setuid/setgid/sticky (set after the owner, never on a
 //!   symlink), `SCHILY.xattr.*` extended attributes, modification times
 //!   (directories last, so their children do not change them);
@@ -39,6 +40,7 @@ use crate::{Error, Result};
 mod copy_up;
 mod decompress;
 mod resolve;
+mod sparse;
 
 pub(crate) use resolve::LowersReady;
 
@@ -324,10 +326,11 @@ const MAX_TAR_METADATA: u64 = 4 << 20;
 const XATTR_NAME_MAX: usize = 255;
 
 /// The most a layer's sparse files may add up to, holes included. The `tar`
-/// crate hands out a sparse file's holes as zeros to read (Go's
+/// crate hands out a GNU sparse file's holes as zeros to read (Go's
 /// `archive/tar` seeks over them), so a 10 KB layer declaring a 16 TiB file,
 /// or many of 64 GiB, would keep an unpack busy for hours; this bounds that
-/// to seconds.
+/// to seconds. PAX sparse files, whose holes are skipped, count too: one
+/// bound for all sparse files.
 const MAX_SPARSE_SIZE: u64 = 64 << 30;
 
 /// The tar stream as the parser reads it: while its budget is set, it fails
@@ -741,17 +744,6 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
                 "atime" => atime = Some(pax_time(key, value)?),
                 "uid" => meta.uid = pax_owner(key, value)?,
                 "gid" => meta.gid = pax_owner(key, value)?,
-                // PAX sparse files (GNU 0.0, 0.1, 1.0): their data is a map
-                // and packed pieces, under another name. Written as they
-                // stand they would build another tree than Go's reader
-                // (containerd's) builds from the same diff ID: refused.
-                _ if key.starts_with("GNU.sparse.") => {
-                    return Err(Error::Unimplemented(format!(
-                        "entry {:?}: PAX sparse file ({key}); GNU's old sparse \
-                         format (tar --sparse --format=gnu) is applied",
-                        rel.display()
-                    )));
-                }
                 _ => {
                     if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                         // The kernel's own answer (ERANGE) would name no
@@ -865,6 +857,21 @@ fn readable_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
 }
 
 impl Applier {
+    /// Counts a sparse file of `size` bytes, holes included, against the
+    /// layer's bound. Per layer, not per file: a thousand sparse headers of
+    /// 64 GiB each would take as long as one of 64 TiB.
+    fn count_sparse(&mut self, size: u64, rel: &Path) -> Result<()> {
+        self.sparse_size = self.sparse_size.saturating_add(size);
+        if self.sparse_size > MAX_SPARSE_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "sparse file {:?} of {size} bytes: over the {} GiB of sparse files this unpacker writes per layer",
+                rel.display(),
+                MAX_SPARSE_SIZE >> 30
+            )));
+        }
+        Ok(())
+    }
+
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         self.entries += 1;
         let kind = entry.header().entry_type();
@@ -876,9 +883,17 @@ impl Applier {
         ) {
             return Ok(());
         }
-        let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(
-            &entry.path_bytes()[..],
-        ) as &OsStr);
+        // A GNU sparse header has its own map, and Go reads no PAX one then.
+        let pax_sparse = match kind {
+            tar::EntryType::GNUSparse => None,
+            _ => pax_sparse_of(entry)?,
+        };
+        let raw_name = match pax_sparse.as_ref().and_then(|s| s.name.as_deref()) {
+            Some(name) => PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(name) as &OsStr),
+            None => PathBuf::from(
+                std::os::unix::ffi::OsStrExt::from_bytes(&entry.path_bytes()[..]) as &OsStr,
+            ),
+        };
         let rel = resolve::clean(&raw_name)?;
         // The kernel's own answer (EINVAL, naming the store) would not say
         // it is the layer's; Go's archive/tar refuses such names too.
@@ -903,19 +918,28 @@ impl Applier {
         };
         let meta = meta_of(entry, &rel)?;
         self.dropped_xattrs += meta.dropped_xattrs;
-        if kind == tar::EntryType::GNUSparse {
-            // Per layer, not per file: a thousand sparse headers of 64 GiB
-            // each would take as long as one of 64 TiB.
-            self.sparse_size = self.sparse_size.saturating_add(entry.size());
-            if self.sparse_size > MAX_SPARSE_SIZE {
-                return Err(Error::InvalidArgument(format!(
-                    "sparse file {:?} of {} bytes: over the {} GiB of sparse files this unpacker writes per layer",
-                    rel.display(),
-                    entry.size(),
-                    MAX_SPARSE_SIZE >> 30
+        // Read and checked before anything at the name is touched.
+        let sparse_layout = match pax_sparse {
+            Some(_) if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) => {
+                return Err(Error::Layer(format!(
+                    "entry {:?}: PAX sparse records on a {kind:?} entry",
+                    rel.display()
                 )));
             }
-        }
+            Some(pax_sparse) => {
+                let data_size = entry.size();
+                let layout = pax_sparse.layout(entry, data_size).map_err(|e| {
+                    Error::Layer(format!("PAX sparse file {:?}: {e}", rel.display()))
+                })?;
+                self.count_sparse(layout.size, &rel)?;
+                Some(layout)
+            }
+            None if kind == tar::EntryType::GNUSparse => {
+                self.count_sparse(entry.size(), &rel)?;
+                None
+            }
+            None => None,
+        };
         if rel.as_os_str().is_empty() {
             // The root directory itself: only its metadata.
             if kind.is_dir() {
@@ -974,10 +998,17 @@ impl Applier {
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let mut file = create_new_file(dirfd, name, &path)?;
-                let sparse = kind == tar::EntryType::GNUSparse;
-                let size = entry.size();
                 let names = (path.as_path(), rel.as_path());
-                copy_data(entry, &mut file, &mut self.buffer, sparse, size, names)?;
+                match &sparse_layout {
+                    Some(layout) => {
+                        copy_regions(entry, &mut file, &mut self.buffer, layout, names)?
+                    }
+                    None => {
+                        let sparse = kind == tar::EntryType::GNUSparse;
+                        let size = entry.size();
+                        copy_data(entry, &mut file, &mut self.buffer, sparse, size, names)?;
+                    }
+                }
                 self.set_file_meta(&file, &meta, &path)?;
                 if self.tree_root.is_some() {
                     // This layer's own: a hardlink entry may change it in
@@ -1642,6 +1673,50 @@ fn set_xattr_at(
     let mut path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     path.push(name);
     rustix::fs::lsetxattr(&path, key, value, XattrFlags::empty())
+}
+
+/// What `entry`'s PAX records say of a sparse file (`None`: it is not one).
+/// Records that do not parse are left to `meta_of` to refuse.
+fn pax_sparse_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<sparse::PaxSparse>> {
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Ok(Some(pax)) = entry.pax_extensions() {
+        for ext in pax {
+            let Ok(ext) = ext else { return Ok(None) };
+            if let Ok(key) = ext.key()
+                && key.starts_with("GNU.sparse.")
+            {
+                records.push((key.to_string(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let records = records.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+    sparse::PaxSparse::from_records(records).map_err(|e| {
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        Error::Layer(format!("PAX sparse file {name:?}: {e}"))
+    })
+}
+
+/// Writes a PAX sparse file's data regions, packed one after another in
+/// `src`, where `layout` places them: what lies between them is left holes.
+fn copy_regions(
+    src: &mut impl Read,
+    dst: &mut std::fs::File,
+    buffer: &mut [u8],
+    layout: &sparse::Layout,
+    names: (&Path, &Path),
+) -> Result<()> {
+    use std::io::Seek;
+    let write_error = |e| Error::io("write", names.0, e);
+    for region in &layout.regions {
+        dst.seek(io::SeekFrom::Start(region.offset))
+            .map_err(write_error)?;
+        let mut data = src.by_ref().take(region.length);
+        copy_data(&mut data, dst, buffer, false, region.length, names)?;
+    }
+    dst.set_len(layout.size).map_err(write_error)
 }
 
 /// Copies an entry's data (`size` bytes; `path` where it goes, `rel` its
