@@ -33,19 +33,34 @@ fn build(root: &Path) -> String {
 /// An image of the one layer `tar` (gzipped if `gzipped`) in the store at
 /// `root`; returns the manifest digest.
 fn build_of(root: &Path, tar: &[u8], gzipped: bool) -> String {
-    let layer = if gzipped {
-        ingest(
-            root,
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            &gzip(tar),
-        )
-    } else {
-        ingest(root, "application/vnd.oci.image.layer.v1.tar", tar)
-    };
+    build_layers(root, &[(tar, gzipped)])
+}
+
+/// An image of the layers `tars` (each gzipped if its flag says so) in the
+/// store at `root`; returns the manifest digest.
+fn build_layers(root: &Path, tars: &[(&[u8], bool)]) -> String {
+    let layers: Vec<_> = tars
+        .iter()
+        .map(|(tar, gzipped)| {
+            if *gzipped {
+                ingest(
+                    root,
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                    &gzip(tar),
+                )
+            } else {
+                ingest(root, "application/vnd.oci.image.layer.v1.tar", tar)
+            }
+        })
+        .collect();
+    let diff_ids: Vec<_> = tars
+        .iter()
+        .map(|(tar, _)| sha256_of(tar).to_string())
+        .collect();
     let config = serde_json::json!({
         "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
         "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [sha256_of(tar).to_string()]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "config": {},
     });
     let config = ingest(
@@ -57,7 +72,7 @@ fn build_of(root: &Path, tar: &[u8], gzipped: bool) -> String {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": config,
-        "layers": [layer],
+        "layers": layers,
     });
     ingest(
         root,
@@ -1020,6 +1035,102 @@ fn a_blob_of_many_chunks_is_exported_whole_and_checked_to_its_end() {
         "{}",
         stderr(&failed)
     );
+}
+
+/// An image of many layers (blobs are copied a few at a time), one of them
+/// twice, is exported blob for blob; with two of its layers corrupted in
+/// the store, the export fails naming one, leaves no staged copy, and
+/// writes no `index.json`.
+#[test]
+fn an_image_of_many_layers_is_exported_blob_for_blob_and_fails_whole() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    let tars: Vec<Vec<u8>> = (0..7u8)
+        .map(|i| {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(300_000);
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000);
+            let data = vec![i; 300_000];
+            b.append_data(&mut h, format!("layer{i}"), &data[..])
+                .unwrap();
+            b.into_inner().unwrap()
+        })
+        .collect();
+    let mut layers: Vec<(&[u8], bool)> = tars.iter().map(|t| (&t[..], false)).collect();
+    layers.push((&tars[2][..], false));
+    let digest = build_layers(&root, &layers);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&dist(&root, &["get", &digest], b"").stdout).unwrap();
+    let mut digests: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    digests.push(manifest["config"]["digest"].as_str().unwrap().to_string());
+    digests.push(digest.clone());
+
+    let layout = work.path().join("layout");
+    ok(dist(
+        &root,
+        &["export", &digest, layout.to_str().unwrap()],
+        b"",
+    ));
+    let stored = |digest: &str| {
+        let path = ok(dist(&root, &["path", digest], b""));
+        std::path::PathBuf::from(path.trim())
+    };
+    let blobs = layout.join("blobs/sha256");
+    for digest in &digests {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        let exported = std::fs::read(blobs.join(hex)).unwrap();
+        assert!(
+            exported == std::fs::read(stored(digest)).unwrap(),
+            "{digest}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        9,
+        "7 layers, config, manifest"
+    );
+
+    for layer in [&digests[1], &digests[5]] {
+        let path = stored(layer);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let again = work.path().join("again");
+    let failed = dist(&root, &["export", &digest, again.to_str().unwrap()], b"");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let said = stderr(&failed);
+    assert!(
+        [&digests[1], &digests[5]]
+            .iter()
+            .any(|l| said.contains(&format!("the store's copy of {l} is corrupt"))),
+        "{said}"
+    );
+    let blobs = again.join("blobs/sha256");
+    let names: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with('.')),
+        "no staged copy left: {names:?}"
+    );
+    for layer in [&digests[1], &digests[5]] {
+        let hex = layer.strip_prefix("sha256:").unwrap();
+        assert!(
+            !names.iter().any(|n| n == hex),
+            "{layer} not written under its name"
+        );
+    }
+    assert!(!again.join("index.json").exists(), "{said}");
 }
 
 /// A `rootfs --copy` dropped by `--timeout` (as by a signal) while it
