@@ -1302,6 +1302,14 @@ fn pax_sparse_files_are_written_with_their_holes() {
     assert!(blocks * 512 < 256 << 10, "holes kept: {blocks} blocks");
     assert!(!root.path().join("GNUSparseFile.0").exists());
 
+    // An empty name is none, as in Go: the header's name stands.
+    let unnamed = [("GNU.sparse.name", &b""[..])];
+    let layer = pax_sparse_1_0("sparse", "9", &unnamed, regular, "1\n0\n3\n", b"abc");
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(root.path(), &layer).unwrap();
+    let unnamed = std::fs::read(root.path().join("GNUSparseFile.0/sparse")).unwrap();
+    assert_eq!(unnamed, b"abc\0\0\0\0\0\0");
+
     let version_2 = [("GNU.sparse.major", &b"2"[..])];
     let layer = pax_sparse_1_0("plain", "9", &version_2, regular, "1\n0\n3\n", b"abc");
     let root = tempfile::tempdir().unwrap();
@@ -1366,6 +1374,59 @@ fn pax_sparse_maps_that_do_not_fit_are_refused_and_nothing_is_lost() {
         b"abc",
     );
     assert_refused(root.path(), &link, "PAX sparse records on a Symlink entry");
+}
+
+/// PAX records that frame or name an entry (`size`, `path`, `linkpath`)
+/// given twice with different values, a size that is none, or an empty
+/// name are refused: tar readers differ on them (the `tar` crate takes the
+/// first record, Go's reader the last), and one layer would be two trees.
+#[test]
+fn pax_records_readers_differ_on_are_refused() {
+    for (records, says) in [
+        (
+            &[("size", &b"0"[..]), ("size", b"512")][..],
+            "PAX size \"512\" is given twice",
+        ),
+        (
+            &[("path", &b"a"[..]), ("path", b"b")][..],
+            "PAX path \"b\" is given twice",
+        ),
+        (&[("size", &b"-1"[..])][..], "PAX size \"-1\" is not one"),
+        (&[("path", &b""[..])][..], "PAX path \"\" is not one"),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions(records.iter().copied()).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path("h").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+        let mut after = tar::Header::new_ustar();
+        after.set_entry_type(tar::EntryType::Regular);
+        after.set_path("after").unwrap();
+        after.set_size(3);
+        after.set_mode(0o644);
+        after.set_cksum();
+        b.append(&after, &b"abc"[..]).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        assert_refused(root.path(), &b.into_inner().unwrap(), says);
+    }
+    // The same record twice, alike, is one record.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("path", &b"same"[..]), ("path", b"same")])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_path("h").unwrap();
+    h.set_size(2);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &b"ok"[..]).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(root.path(), &b.into_inner().unwrap()).unwrap();
+    assert_eq!(std::fs::read(root.path().join("same")).unwrap(), b"ok");
 }
 
 /// Sparse files GNU tar writes in each of its PAX formats (0.0, 0.1, 1.0)

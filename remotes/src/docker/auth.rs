@@ -643,7 +643,9 @@ impl Authorizer {
         let (method, response) = response;
         let response =
             super::check_status(method, realm, response, &[reqwest::StatusCode::OK]).await?;
-        // The request's whole-time limit, not an idle-read one, bounds it.
+        // Both the request's whole-time limit and the client's idle-read
+        // one bound it, and a timeout cannot tell which ran out: neither is
+        // named.
         let speed = super::speed::SpeedCheck::new(super::LowSpeedLimit::default(), None);
         let body = super::read_limited(realm, response, 1 << 20, speed).await?;
         token_from(realm, &body)

@@ -734,12 +734,39 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
         owner_id(id, key, rel)
     };
     let mut atime = None;
+    let mut framing: Vec<(&str, Vec<u8>)> = Vec::new();
     if let Some(pax) = entry.pax_extensions().map_err(|e| bad("PAX header", e))? {
         for ext in pax {
             let ext = ext.map_err(|e| bad("PAX record", e))?;
             let Ok(key) = ext.key() else { continue };
             let value = ext.value_bytes();
             match key {
+                // What frames the entry and names it: the `tar` crate takes
+                // a key's first record and skips a size that does not parse,
+                // Go's reader the last and refuses it, so a layer relying on
+                // either would be two trees; an empty name is the header's
+                // to Go, the root to the crate.
+                "size" | "path" | "linkpath" => {
+                    if let Some((_, first)) = framing.iter().find(|(k, _)| *k == key) {
+                        if first != value {
+                            return Err(bad_record(
+                                key,
+                                value,
+                                "given twice, differing: tar readers take different ones",
+                            ));
+                        }
+                    } else {
+                        framing.push((key, value.to_vec()));
+                    }
+                    let valid = match key {
+                        "size" => std::str::from_utf8(value)
+                            .is_ok_and(|v| v.parse::<i64>().is_ok_and(|n| n >= 0)),
+                        _ => !value.is_empty(),
+                    };
+                    if !valid {
+                        return Err(bad_record(key, value, "not one tar readers agree on"));
+                    }
+                }
                 "mtime" => meta.mtime = pax_time(key, value)?,
                 "atime" => atime = Some(pax_time(key, value)?),
                 "uid" => meta.uid = pax_owner(key, value)?,
@@ -910,8 +937,11 @@ impl Applier {
             }
         }
         // A legacy (V7) entry, of type NUL, is a directory if its name ends
-        // in a slash, as Go's archive/tar (containerd's) and GNU tar read it.
-        let kind = if entry.header().as_old().linkflag[0] == 0 && name.ends_with(b"/") {
+        // in a slash, as Go's archive/tar (containerd's) and GNU tar read it:
+        // the name of its header or PAX records, before a sparse name.
+        let legacy_dir =
+            entry.header().as_old().linkflag[0] == 0 && entry.path_bytes().ends_with(b"/");
+        let kind = if legacy_dir {
             tar::EntryType::Directory
         } else {
             kind

@@ -9,10 +9,13 @@
 
 use std::io::{self, Read};
 
-/// The longest 1.0 map read from an entry's data, as long as the PAX records
-/// that carry the other versions' maps may be (`MAX_TAR_METADATA`): a
-/// hundred thousand regions or so.
-const MAX_MAP_BYTES: u64 = 4 << 20;
+/// The longest 1.0 map read from an entry's data: Go's limit (1 MiB), which
+/// GNU tar reaches at about 70,000 data regions.
+const MAX_MAP_BYTES: u64 = 1 << 20;
+
+/// The most regions a map may hold, as in Go (a 0.x map travels in PAX
+/// records, which may be longer here than Go allows).
+const MAX_REGIONS: u64 = 1 << 20;
 
 /// `length` bytes of data at `offset` in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,22 +81,29 @@ impl PaxSparse {
         // 0.0 repeats these two keys, one pair per region.
         let mut pairs: Vec<&[u8]> = Vec::new();
         for (key, value) in records {
+            // The last record of a key counts, and an empty one is none, as
+            // Go reads them.
+            let given = Some(value).filter(|v| !v.is_empty());
             match key {
-                "GNU.sparse.major" => major = Some(value),
-                "GNU.sparse.minor" => minor = Some(value),
-                "GNU.sparse.name" => name = Some(value),
-                "GNU.sparse.size" => size = Some(value),
-                "GNU.sparse.realsize" => real_size = Some(value),
+                "GNU.sparse.major" => major = given,
+                "GNU.sparse.minor" => minor = given,
+                "GNU.sparse.name" => name = given,
+                "GNU.sparse.size" => size = given,
+                "GNU.sparse.realsize" => real_size = given,
                 "GNU.sparse.numblocks" => blocks = Some(value),
-                "GNU.sparse.map" => map = Some(value),
+                "GNU.sparse.map" => map = given,
                 "GNU.sparse.offset" | "GNU.sparse.numbytes" => {
                     let expected = if pairs.len().is_multiple_of(2) {
                         "GNU.sparse.offset"
                     } else {
                         "GNU.sparse.numbytes"
                     };
-                    if key != expected || value.contains(&b',') {
+                    if key != expected {
                         return Err(format!("{key} where {expected} was due"));
+                    }
+                    if value.contains(&b',') {
+                        let value = String::from_utf8_lossy(value);
+                        return Err(format!("{key} {value:?} holds a comma"));
                     }
                     pairs.push(value);
                 }
@@ -102,8 +112,8 @@ impl PaxSparse {
         }
         let tokens: Vec<&[u8]> = match (pairs.is_empty(), map) {
             (false, _) => pairs,
-            (true, Some(map)) if !map.is_empty() => map.split(|b| *b == b',').collect(),
-            (true, _) => Vec::new(),
+            (true, Some(map)) => map.split(|b| *b == b',').collect(),
+            (true, None) => Vec::new(),
         };
         let version_1 = match (major, minor) {
             (Some(b"0"), Some(b"0" | b"1")) => false,
@@ -119,7 +129,11 @@ impl PaxSparse {
         let map = if version_1 {
             None
         } else {
-            let blocks = number("GNU.sparse.numblocks", blocks.unwrap_or_default())?;
+            let blocks = blocks.ok_or("its map has no GNU.sparse.numblocks")?;
+            let blocks = number("GNU.sparse.numblocks", blocks)?;
+            if blocks > MAX_REGIONS {
+                return Err(format!("its map of {blocks} regions is over {MAX_REGIONS}"));
+            }
             if blocks.checked_mul(2) != Some(tokens.len() as u64) {
                 return Err(format!(
                     "a map of {blocks} regions holds {} numbers",
@@ -210,6 +224,9 @@ fn read_map(data: &mut impl Read) -> Result<(Vec<Region>, u64), String> {
     read_lines(&mut text, 1)?;
     let count_end = text.iter().position(|b| *b == b'\n').unwrap_or(text.len());
     let count = number("its map's count", &text[..count_end])?;
+    if count > MAX_REGIONS {
+        return Err(format!("its map of {count} regions is over {MAX_REGIONS}"));
+    }
     let needed = count
         .checked_mul(2)
         .and_then(|n| n.checked_add(1))
@@ -273,9 +290,24 @@ mod tests {
             &[("GNU.sparse.major", "0"), ("GNU.sparse.map", "0,3")][..],
             &[("GNU.sparse.name", "x"), ("GNU.sparse.size", "9")][..],
             &[("GNU.sparse.map", "")][..],
+            &[("GNU.sparse.map", "0,1"), ("GNU.sparse.map", "")][..],
         ] {
             assert!(of(plain).unwrap().is_none(), "{plain:?}");
         }
+        // Empty records are none, as in Go: the version, the name, the size.
+        let empty = of(&[
+            ("GNU.sparse.major", ""),
+            ("GNU.sparse.minor", ""),
+            ("GNU.sparse.name", "real"),
+            ("GNU.sparse.name", ""),
+            ("GNU.sparse.size", ""),
+            ("GNU.sparse.numblocks", "1"),
+            ("GNU.sparse.map", "0,3"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((empty.name, empty.size), (None, None));
+        assert_eq!(empty.map, Some(vec![region(0, 3)]));
     }
 
     #[test]
@@ -353,6 +385,10 @@ mod tests {
         let mut huge = b"1000000000\n".to_vec();
         huge.extend(std::iter::repeat_n(b"1\n".repeat(256), 1 << 14).flatten());
         let err = read_map(&mut &huge[..]).unwrap_err();
-        assert!(err.contains("over 4 MiB"), "{err}");
+        assert!(err.contains("regions is over 1048576"), "{err}");
+        let mut long = b"600000\n".to_vec();
+        long.extend(std::iter::repeat_n(b"1\n".repeat(256), 1 << 12).flatten());
+        let err = read_map(&mut &long[..]).unwrap_err();
+        assert!(err.contains("over 1 MiB"), "{err}");
     }
 }
