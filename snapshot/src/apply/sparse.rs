@@ -54,9 +54,8 @@ fn number(what: &str, text: &[u8]) -> Result<u64, String> {
 }
 
 /// `tokens` as regions: an offset and a length each.
-fn regions<'a>(tokens: impl ExactSizeIterator<Item = &'a [u8]>) -> Result<Vec<Region>, String> {
+fn regions<'a>(mut tokens: impl ExactSizeIterator<Item = &'a [u8]>) -> Result<Vec<Region>, String> {
     let mut regions = Vec::with_capacity(tokens.len() / 2);
-    let mut tokens = tokens.into_iter();
     while let Some(offset) = tokens.next() {
         let length = tokens.next().ok_or("the map's last region has no length")?;
         regions.push(Region {
@@ -134,7 +133,7 @@ impl PaxSparse {
             if blocks > MAX_REGIONS {
                 return Err(format!("its map of {blocks} regions is over {MAX_REGIONS}"));
             }
-            if blocks.checked_mul(2) != Some(tokens.len() as u64) {
+            if blocks * 2 != tokens.len() as u64 {
                 return Err(format!(
                     "a map of {blocks} regions holds {} numbers",
                     tokens.len()
@@ -227,11 +226,8 @@ fn read_map(data: &mut impl Read) -> Result<(Vec<Region>, u64), String> {
     if count > MAX_REGIONS {
         return Err(format!("its map of {count} regions is over {MAX_REGIONS}"));
     }
-    let needed = count
-        .checked_mul(2)
-        .and_then(|n| n.checked_add(1))
-        .ok_or_else(|| format!("its map's count {count} is past any map"))?;
-    read_lines(&mut text, needed)?;
+    // The count line, then two lines a region.
+    read_lines(&mut text, 2 * count + 1)?;
     let map_bytes = text.len() as u64;
     let tokens: Vec<&[u8]> = text
         .split(|b| *b == b'\n')
