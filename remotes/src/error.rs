@@ -376,7 +376,10 @@ impl ConnectError {
         idle_read: Option<Duration>,
     ) -> Self {
         self.attempts = attempts;
-        if self.error.is_timeout() {
+        // The kernel's ETIMEDOUT (TCP keepalive, SYN retries) counts as a
+        // timeout too, but no limit of ours ran out: its own message says
+        // what did.
+        if self.error.is_timeout() && !kernel_timed_out(&self.error) {
             self.limit = if self.error.is_connect() {
                 connect
             } else {
@@ -444,7 +447,7 @@ fn connect_cause(failed: &ConnectError) -> String {
         cause = next.source();
     }
     match innermost {
-        Some(root) if !error.is_timeout() => {
+        Some(root) if !error.is_timeout() || kernel_timed_out(error) => {
             let root = root.to_string();
             // The one certificate error a missing `ca-certificates` explains.
             let hint = if root.contains("UnknownIssuer") && NO_SYSTEM_ROOTS.load(Ordering::Relaxed)
@@ -462,6 +465,24 @@ fn connect_cause(failed: &ConnectError) -> String {
         }
         _ => format!("{what}{attempts}"),
     }
+}
+
+/// Whether `error` is the kernel's `ETIMEDOUT` (a peer that stopped
+/// answering TCP keepalive probes, or a connect the kernel gave up on),
+/// rather than a timer of the client's.
+fn kernel_timed_out(error: &reqwest::Error) -> bool {
+    use std::error::Error as _;
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        if next
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ETIMEDOUT))
+        {
+            return true;
+        }
+        cause = next.source();
+    }
+    false
 }
 
 /// Set once a client, about to check a certificate, found that the machine

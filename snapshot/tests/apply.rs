@@ -1376,6 +1376,98 @@ fn pax_sparse_maps_that_do_not_fit_are_refused_and_nothing_is_lost() {
     assert_refused(root.path(), &link, "PAX sparse records on a Symlink entry");
 }
 
+/// Layers one after another as one layer: each without its end blocks, but
+/// the last.
+fn one_after_another(layers: &[Vec<u8>]) -> Vec<u8> {
+    let mut joined = Vec::new();
+    for layer in layers {
+        joined.truncate(joined.len().saturating_sub(1024));
+        joined.extend_from_slice(layer);
+    }
+    joined
+}
+
+/// A PAX sparse whiteout whose map does not add up to its data still whites
+/// out, as in containerd: Go finds the mismatch only as it reads the data,
+/// and a whiteout's is never read. Nor does its real size count toward the
+/// layer's bound of sparse files. A map out of order is refused even there,
+/// as Go refuses it with the header.
+#[test]
+fn a_pax_sparse_whiteout_whites_out_whatever_its_data_holds() {
+    let regular = tar::EntryType::Regular;
+    let root = tempfile::tempdir().unwrap();
+    for name in ["foo", "bar", "kept"] {
+        std::fs::write(root.path().join(name), b"before").unwrap();
+    }
+    let layer = one_after_another(&[
+        pax_sparse_1_0(".wh.foo", "12", &[], regular, "1\n0\n3\n", b"abcdef"),
+        pax_sparse_1_0(".wh.bar", "1099511627776", &[], regular, "1\n0\n1\n", b"a"),
+    ]);
+    apply_tree(root.path(), &layer).unwrap();
+    assert!(!root.path().join("foo").exists());
+    assert!(!root.path().join("bar").exists());
+    assert_eq!(std::fs::read(root.path().join("kept")).unwrap(), b"before");
+
+    let out_of_order = "2\n0\n4\n2\n2\n";
+    let layer = pax_sparse_1_0(".wh.kept", "12", &[], regular, out_of_order, b"abcdef");
+    assert_refused(root.path(), &layer, "starts before the one before it ends");
+    assert_eq!(std::fs::read(root.path().join("kept")).unwrap(), b"before");
+}
+
+/// 0.0 sparse records out of order are refused in any header, as Go's
+/// reader refuses them: before a GNU sparse ('S') entry too, whose map is
+/// its own and which they would not describe.
+#[test]
+fn sparse_records_out_of_order_are_refused_before_a_gnu_sparse_entry() {
+    let records_then_sparse = |records: &[(&str, &[u8])]| {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions(records.iter().copied()).unwrap();
+        one_after_another(&[b.into_inner().unwrap(), sparse_files(&[("holes", 4096)])])
+    };
+    let root = tempfile::tempdir().unwrap();
+    let layer = records_then_sparse(&[("GNU.sparse.numbytes", b"1")]);
+    assert_refused(
+        root.path(),
+        &layer,
+        "GNU.sparse.numbytes where GNU.sparse.offset was due",
+    );
+    assert!(!root.path().join("holes").exists());
+    // In order, they are ignored: the entry's own map places its data.
+    let in_order = [
+        ("GNU.sparse.offset", &b"0"[..]),
+        ("GNU.sparse.numbytes", b"9"),
+    ];
+    apply_tree(root.path(), &records_then_sparse(&in_order)).unwrap();
+    let holes = std::fs::read(root.path().join("holes")).unwrap();
+    assert_eq!((holes.len(), holes[4095]), (4096, b'z'));
+}
+
+/// A layer cut inside a PAX sparse file's data says how far into all of
+/// the entry's data (1.0's map included) it got; an error in the header
+/// after one names the file by its real name, not GNU tar's header name.
+#[test]
+fn a_layer_cut_in_or_after_a_pax_sparse_file_names_it_and_says_where() {
+    let regular = tar::EntryType::Regular;
+    let map = "2\n0\n3\n100\n3\n";
+    let layer = pax_sparse_1_0("real", "200", &[], regular, map, b"abcXYZ");
+    // The data (a 512-byte map, then 6 bytes) padded to 1,024, then the end.
+    let data_at = layer.len() - 2048;
+    let root = tempfile::tempdir().unwrap();
+    assert_refused(
+        root.path(),
+        &layer[..data_at + 512 + 4],
+        r#"entry "real": the layer ends 516 bytes into its 518 bytes of data"#,
+    );
+    let next = tar_of(&[Entry::File("next", b"n", 0o644)]);
+    let layer = one_after_another(&[layer, next]);
+    let root = tempfile::tempdir().unwrap();
+    assert_refused(
+        root.path(),
+        &layer[..data_at + 1024 + 100],
+        r#"(after entry "real")"#,
+    );
+}
+
 /// PAX records that frame or name an entry (`size`, `path`, `linkpath`)
 /// given twice with different values, a size that is none, or an empty
 /// name are refused: tar readers differ on them (the `tar` crate takes the
@@ -1670,6 +1762,48 @@ fn a_legacy_entry_named_with_a_slash_is_a_directory() {
     let f = std::fs::symlink_metadata(root.path().join("d/f")).unwrap();
     assert!(f.is_file());
     assert_eq!(f.mode() & 0o7777, 0o640);
+}
+
+/// The legacy directory rule is judged on the header's name, before a PAX
+/// sparse (0.1) name replaces it, as Go reads it: a sparse header named
+/// `d/` is a directory, and sparse records on one are refused; a sparse
+/// file named `d/` by its records is the file `d`.
+#[test]
+fn the_legacy_directory_rule_is_judged_on_the_headers_name_not_the_sparse_one() {
+    let legacy_sparse = |header_name: &str, sparse_name: &str| {
+        let mut b = tar::Builder::new(Vec::new());
+        let records = [
+            ("GNU.sparse.major", &b"0"[..]),
+            ("GNU.sparse.minor", b"1"),
+            ("GNU.sparse.name", sparse_name.as_bytes()),
+            ("GNU.sparse.size", b"10"),
+            ("GNU.sparse.numblocks", b"1"),
+            ("GNU.sparse.map", b"7,3"),
+        ];
+        b.append_pax_extensions(records).unwrap();
+        let mut h = tar::Header::new_old();
+        h.set_path(header_name).unwrap();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.as_old_mut().linkflag = [0];
+        h.set_cksum();
+        b.append(&h, &b"abc"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let layer = legacy_sparse("d/", "f");
+    assert_refused(
+        root.path(),
+        &layer,
+        "PAX sparse records on a Directory entry",
+    );
+    assert!(!root.path().join("f").exists());
+
+    let root = tempfile::tempdir().unwrap();
+    apply_tree(root.path(), &legacy_sparse("x", "d/")).unwrap();
+    let d = root.path().join("d");
+    assert!(std::fs::symlink_metadata(&d).unwrap().is_file());
+    assert_eq!(std::fs::read(&d).unwrap(), b"\0\0\0\0\0\0\0abc");
 }
 
 /// A header's owner in base-256 past 32 bits is refused, not cut to root.

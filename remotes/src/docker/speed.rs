@@ -189,6 +189,35 @@ mod tests {
         t0 + Duration::from_secs(secs)
     }
 
+    /// The error reqwest gives for a body that broke with `cause`.
+    async fn body_broken_by(cause: std::io::Error) -> reqwest::Error {
+        let chunks = futures::stream::once(async move { Err::<bytes::Bytes, _>(cause) });
+        let response = hyper::Response::new(reqwest::Body::wrap_stream(chunks));
+        reqwest::Response::from(response).bytes().await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_body_broken_by_the_idle_read_limit_names_it_and_one_the_kernel_timed_out_does_not() {
+        let check = SpeedCheck::new(LowSpeedLimit::OFF, Some(Duration::from_secs(300)));
+        // A timer ran out (the client's own is reqwest's, kind TimedOut).
+        let ours = body_broken_by(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle")).await;
+        let message = check.broke(Instant::now(), "u", ours).to_string();
+        assert_eq!(message, "u: timed out: nothing received for 300s");
+        // TCP keepalive gave up on a vanished peer, after a minute or so:
+        // not the 300 s the message would otherwise claim.
+        let kernel = body_broken_by(std::io::Error::from_raw_os_error(libc::ETIMEDOUT)).await;
+        assert!(
+            kernel.is_timeout(),
+            "reqwest counts it a timeout: {kernel:?}"
+        );
+        let message = check.broke(Instant::now(), "u", kernel).to_string();
+        assert!(
+            message.starts_with("u: timed out: ") && message.ends_with("(os error 110)"),
+            "{message}"
+        );
+        assert!(!message.contains("300s"), "{message}");
+    }
+
     #[test]
     fn a_window_that_brought_too_few_bytes_fails_when_it_ends() {
         let t0 = Instant::now();

@@ -462,7 +462,7 @@ fn write_entries(
             applier
                 .root
                 .allow_work_for(entry.raw_header_position() + 512);
-            applier.entry(&mut entry)?;
+            applier.entry(&mut entry, &mut last)?;
             // Data an entry's kind has no use for (a directory's, say).
             io::copy(&mut entry, &mut io::sink())
                 .map_err(|e| after(&last, Error::Layer(format!("read: {e}"))))?;
@@ -899,7 +899,9 @@ impl Applier {
         Ok(())
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+    /// Applies `entry`, named `last` by its header, which it renames to a
+    /// PAX sparse file's real name: the one errors after it should say.
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, last: &mut Vec<u8>) -> Result<()> {
         self.entries += 1;
         let kind = entry.header().entry_type();
         // Before the name is judged: a global header's name names nothing
@@ -910,17 +912,12 @@ impl Applier {
         ) {
             return Ok(());
         }
-        // A GNU sparse header has its own map, and Go reads no PAX one then.
-        let pax_sparse = match kind {
-            tar::EntryType::GNUSparse => None,
-            _ => pax_sparse_of(entry)?,
-        };
-        let raw_name = match pax_sparse.as_ref().and_then(|s| s.name.as_deref()) {
-            Some(name) => PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(name) as &OsStr),
-            None => PathBuf::from(
-                std::os::unix::ffi::OsStrExt::from_bytes(&entry.path_bytes()[..]) as &OsStr,
-            ),
-        };
+        let pax_sparse = pax_sparse_of(entry, kind == tar::EntryType::GNUSparse)?;
+        if let Some(name) = pax_sparse.as_ref().and_then(|s| s.name.as_deref()) {
+            last.clear();
+            last.extend_from_slice(name);
+        }
+        let raw_name = PathBuf::from(std::os::unix::ffi::OsStrExt::from_bytes(last) as &OsStr);
         let rel = resolve::clean(&raw_name)?;
         // The kernel's own answer (EINVAL, naming the store) would not say
         // it is the layer's; Go's archive/tar refuses such names too.
@@ -957,11 +954,19 @@ impl Applier {
                 )));
             }
             Some(pax_sparse) => {
+                // A whiteout's (or the root's) data is never read: Go finds
+                // no mismatch in it, and it writes nothing to count.
+                let written = !rel.as_os_str().is_empty()
+                    && !rel.file_name().is_some_and(|name| {
+                        std::os::unix::ffi::OsStrExt::as_bytes(name).starts_with(b".wh.")
+                    });
                 let data_size = entry.size();
-                let layout = pax_sparse.layout(entry, data_size).map_err(|e| {
+                let layout = pax_sparse.layout(entry, data_size, written).map_err(|e| {
                     Error::Layer(format!("PAX sparse file {:?}: {e}", rel.display()))
                 })?;
-                self.count_sparse(layout.size, &rel)?;
+                if written {
+                    self.count_sparse(layout.size, &rel)?;
+                }
                 Some(layout)
             }
             None if kind == tar::EntryType::GNUSparse => {
@@ -1036,7 +1041,16 @@ impl Applier {
                     None => {
                         let sparse = kind == tar::EntryType::GNUSparse;
                         let size = entry.size();
-                        copy_data(entry, &mut file, &mut self.buffer, sparse, size, names)?;
+                        let read = (0, size);
+                        copy_data(
+                            entry,
+                            &mut file,
+                            &mut self.buffer,
+                            sparse,
+                            size,
+                            read,
+                            names,
+                        )?;
                     }
                 }
                 self.set_file_meta(&file, &meta, &path)?;
@@ -1706,8 +1720,13 @@ fn set_xattr_at(
 }
 
 /// What `entry`'s PAX records say of a sparse file (`None`: it is not one).
-/// Records that do not parse are left to `meta_of` to refuse.
-fn pax_sparse_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<sparse::PaxSparse>> {
+/// A GNU sparse header (`gnu_sparse`) has its own map, and Go reads no PAX
+/// one then, but refuses 0.0 pairs out of order in any header. Records that
+/// do not parse are left to `meta_of` to refuse.
+fn pax_sparse_of<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    gnu_sparse: bool,
+) -> Result<Option<sparse::PaxSparse>> {
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
     if let Ok(Some(pax)) = entry.pax_extensions() {
         for ext in pax {
@@ -1723,7 +1742,12 @@ fn pax_sparse_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<sparse
         return Ok(None);
     }
     let records = records.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-    sparse::PaxSparse::from_records(records).map_err(|e| {
+    let read = if gnu_sparse {
+        sparse::check_pairs(records).map(|()| None)
+    } else {
+        sparse::PaxSparse::from_records(records)
+    };
+    read.map_err(|e| {
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         Error::Layer(format!("PAX sparse file {name:?}: {e}"))
     })
@@ -1740,18 +1764,24 @@ fn copy_regions(
 ) -> Result<()> {
     use std::io::Seek;
     let write_error = |e| Error::io("write", names.0, e);
+    let held: u64 = layout.regions.iter().map(|r| r.length).sum();
+    let total = layout.data_start + held;
+    let mut before = layout.data_start;
     for region in &layout.regions {
         dst.seek(io::SeekFrom::Start(region.offset))
             .map_err(write_error)?;
         let mut data = src.by_ref().take(region.length);
-        copy_data(&mut data, dst, buffer, false, region.length, names)?;
+        let read = (before, total);
+        copy_data(&mut data, dst, buffer, false, region.length, read, names)?;
+        before += region.length;
     }
     dst.set_len(layout.size).map_err(write_error)
 }
 
-/// Copies an entry's data (`size` bytes; `path` where it goes, `rel` its
-/// name in the layer); for a sparse entry, runs of zeros become holes. A
-/// failed or short read is the layer's fault ([`Error::Layer`]); a failed
+/// Copies `size` bytes of an entry's data (`read`: after how many of all
+/// how many, for the error if the layer ends; `path` where it goes, `rel`
+/// its name in the layer); for a sparse entry, runs of zeros become holes.
+/// A failed or short read is the layer's fault ([`Error::Layer`]); a failed
 /// write, the disk's.
 fn copy_data(
     src: &mut impl Read,
@@ -1759,6 +1789,7 @@ fn copy_data(
     buffer: &mut [u8],
     sparse: bool,
     size: u64,
+    (before, total): (u64, u64),
     (path, rel): (&Path, &Path),
 ) -> Result<()> {
     use std::io::Seek;
@@ -1770,8 +1801,9 @@ fn copy_data(
             Ok(0) if copied < size => {
                 // The parser gives a short entry at the end of its input.
                 return Err(Error::Layer(format!(
-                    "entry {:?}: the layer ends {copied} bytes into its {size} bytes of data",
-                    rel.display()
+                    "entry {:?}: the layer ends {} bytes into its {total} bytes of data",
+                    rel.display(),
+                    before + copied
                 )));
             }
             Ok(0) => break,

@@ -41,6 +41,8 @@ pub(super) struct PaxSparse {
 pub(super) struct Layout {
     pub(super) regions: Vec<Region>,
     pub(super) size: u64,
+    /// Where in the entry's data the regions' data starts: after 1.0's map.
+    pub(super) data_start: u64,
 }
 
 /// The number a record or map line holds: decimal, an optional sign, as Go's
@@ -66,6 +68,48 @@ fn regions<'a>(mut tokens: impl ExactSizeIterator<Item = &'a [u8]>) -> Result<Ve
     Ok(regions)
 }
 
+/// 0.0's map: `GNU.sparse.offset` and `GNU.sparse.numbytes` records, one
+/// pair a region, checked as Go's PAX parser checks them in every header
+/// it reads: an offset first, then a length, and no commas (Go joins them
+/// into one comma-separated map).
+#[derive(Default)]
+struct Pairs<'a>(Vec<&'a [u8]>);
+
+impl<'a> Pairs<'a> {
+    /// Takes the record `key` = `value` if it is one of the pairs'.
+    fn push(&mut self, key: &str, value: &'a [u8]) -> Result<(), String> {
+        if !matches!(key, "GNU.sparse.offset" | "GNU.sparse.numbytes") {
+            return Ok(());
+        }
+        let expected = if self.0.len().is_multiple_of(2) {
+            "GNU.sparse.offset"
+        } else {
+            "GNU.sparse.numbytes"
+        };
+        if key != expected {
+            return Err(format!("{key} where {expected} was due"));
+        }
+        if value.contains(&b',') {
+            let value = String::from_utf8_lossy(value);
+            return Err(format!("{key} {value:?} holds a comma"));
+        }
+        self.0.push(value);
+        Ok(())
+    }
+}
+
+/// Checks the 0.0 pairs among `records` of an entry whose map is not read
+/// from them (a GNU sparse header carries its own): Go refuses pairs out of
+/// order whatever the header is for.
+pub(super) fn check_pairs<'a>(
+    records: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<(), String> {
+    let mut pairs = Pairs::default();
+    records
+        .into_iter()
+        .try_for_each(|(key, value)| pairs.push(key, value))
+}
+
 impl PaxSparse {
     /// What `records` (an entry's PAX records, in order) say of a sparse
     /// file: `None` when it is not one. Versions 0.0, 0.1 and 1.0 are
@@ -77,8 +121,7 @@ impl PaxSparse {
         let (mut major, mut minor, mut name, mut size, mut real_size) =
             (None, None, None, None, None);
         let (mut blocks, mut map) = (None, None);
-        // 0.0 repeats these two keys, one pair per region.
-        let mut pairs: Vec<&[u8]> = Vec::new();
+        let mut pairs = Pairs::default();
         for (key, value) in records {
             // The last record of a key counts, and an empty one is none, as
             // Go reads them.
@@ -91,26 +134,11 @@ impl PaxSparse {
                 "GNU.sparse.realsize" => real_size = given,
                 "GNU.sparse.numblocks" => blocks = Some(value),
                 "GNU.sparse.map" => map = given,
-                "GNU.sparse.offset" | "GNU.sparse.numbytes" => {
-                    let expected = if pairs.len().is_multiple_of(2) {
-                        "GNU.sparse.offset"
-                    } else {
-                        "GNU.sparse.numbytes"
-                    };
-                    if key != expected {
-                        return Err(format!("{key} where {expected} was due"));
-                    }
-                    if value.contains(&b',') {
-                        let value = String::from_utf8_lossy(value);
-                        return Err(format!("{key} {value:?} holds a comma"));
-                    }
-                    pairs.push(value);
-                }
-                _ => {}
+                _ => pairs.push(key, value)?,
             }
         }
-        let tokens: Vec<&[u8]> = match (pairs.is_empty(), map) {
-            (false, _) => pairs,
+        let tokens: Vec<&[u8]> = match (pairs.0.is_empty(), map) {
+            (false, _) => pairs.0,
             (true, Some(map)) => map.split(|b| *b == b',').collect(),
             (true, None) => Vec::new(),
         };
@@ -150,16 +178,20 @@ impl PaxSparse {
 
     /// The file's layout, its map read from the start of `data` (the
     /// entry's, `data_size` bytes) for 1.0, and checked as Go checks it:
-    /// regions in order, not overlapping, within the real size; and their
+    /// regions in order, not overlapping, within the real size; and, when
+    /// the data is `written` (Go finds out only as it reads it), their
     /// lengths adding up to the data that is left, no more and no less.
-    pub(super) fn layout(self, data: &mut impl Read, data_size: u64) -> Result<Layout, String> {
-        let (regions, packed) = match self.map {
-            Some(regions) => (regions, data_size),
-            None => {
-                let (regions, map_bytes) = read_map(data)?;
-                (regions, data_size.saturating_sub(map_bytes))
-            }
+    pub(super) fn layout(
+        self,
+        data: &mut impl Read,
+        data_size: u64,
+        written: bool,
+    ) -> Result<Layout, String> {
+        let (regions, data_start) = match self.map {
+            Some(regions) => (regions, 0),
+            None => read_map(data)?,
         };
+        let packed = data_size.saturating_sub(data_start);
         let size = self.size.unwrap_or(data_size);
         let mut end = 0u64;
         let mut held = 0u64;
@@ -189,12 +221,16 @@ impl PaxSparse {
             end = region_end;
             held += region.length;
         }
-        if held != packed {
+        if written && held != packed {
             return Err(format!(
                 "its map places {held} bytes, its data holds {packed}"
             ));
         }
-        Ok(Layout { regions, size })
+        Ok(Layout {
+            regions,
+            size,
+            data_start,
+        })
     }
 }
 
@@ -340,19 +376,46 @@ mod tests {
 
     #[test]
     fn regions_are_in_order_within_the_size_and_hold_the_data() {
-        let layout = |map, size, data| sparse(map, size).layout(&mut io::empty(), data);
-        let ok = layout(vec![region(0, 2), region(2, 3), region(9, 1)], 10, 6).unwrap();
+        let layout =
+            |map, size, data, written| sparse(map, size).layout(&mut io::empty(), data, written);
+        let ok = layout(vec![region(0, 2), region(2, 3), region(9, 1)], 10, 6, true).unwrap();
         assert_eq!((ok.regions.len(), ok.size), (3, 10));
         for (map, data) in [
             (vec![region(5, 2), region(6, 1)], 3), // overlapping
             (vec![region(5, 1), region(0, 1)], 2), // out of order
             (vec![region(9, 2)], 2),               // past the size
             (vec![region(u64::MAX, 1)], 1),        // past any file
-            (vec![region(0, 2)], 3),               // data left over
-            (vec![region(0, 2)], 1),               // data missing
         ] {
-            assert!(layout(map.clone(), 10, data).is_err(), "{map:?} {data}");
+            for written in [true, false] {
+                let refused = layout(map.clone(), 10, data, written);
+                assert!(refused.is_err(), "{map:?} {data}");
+            }
         }
+        // Data that does not add up is found only where it is written.
+        for (map, data) in [
+            (vec![region(0, 2)], 3), // data left over
+            (vec![region(0, 2)], 1), // data missing
+        ] {
+            assert!(
+                layout(map.clone(), 10, data, true).is_err(),
+                "{map:?} {data}"
+            );
+            assert!(
+                layout(map.clone(), 10, data, false).is_ok(),
+                "{map:?} {data}"
+            );
+        }
+    }
+
+    #[test]
+    fn pairs_out_of_order_are_refused_whatever_the_header_is_for() {
+        let check = |pairs: &[(&str, &str)]| check_pairs(records(pairs));
+        check(&[("GNU.sparse.offset", "1"), ("GNU.sparse.numbytes", "2")]).unwrap();
+        check(&[("GNU.sparse.size", "1"), ("comment", "x")]).unwrap();
+        let err = check(&[("GNU.sparse.numbytes", "1")]).unwrap_err();
+        assert!(err.contains("where GNU.sparse.offset was due"), "{err}");
+        let err = check(&[("GNU.sparse.offset", "1,2")]).unwrap_err();
+        assert!(err.contains("holds a comma"), "{err}");
     }
 
     /// 1.0's map, padded to whole blocks, as GNU tar writes it.
