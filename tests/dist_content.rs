@@ -288,7 +288,7 @@ fn a_command_blocked_reading_its_config_still_ends_at_the_timeout_or_a_signal() 
     let (status, said) = fetch(&["--timeout", "1s"]).finish_within(within);
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(
-        said.contains("dist: fetch: timed out after 1s (--timeout)"),
+        said.contains("dist: fetch 127.0.0.1:1/x:1: timed out after 1s (--timeout)"),
         "{said}"
     );
 

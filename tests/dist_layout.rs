@@ -626,6 +626,7 @@ fn unpack_refuses_a_layout_whose_files_are_not_what_they_claim() {
     });
     let said = refused("a layer that is a symlink");
     assert!(said.contains("layout blob"), "{said}");
+    assert!(said.contains("/blobs/sha256/"), "its path named: {said}");
     restore(&layer, &saved);
 
     let index = layout.join("index.json");
@@ -633,12 +634,19 @@ fn unpack_refuses_a_layout_whose_files_are_not_what_they_claim() {
         std::os::unix::fs::symlink("/dev/zero", p).unwrap()
     });
     let said = refused("an index.json that is /dev/zero");
-    assert!(said.contains("is not a regular file"), "{said}");
+    assert!(said.contains("index.json: not a regular file"), "{said}");
     let imported = dist(&root, &["import", layout.to_str().unwrap()], b"");
     assert!(
-        String::from_utf8_lossy(&imported.stderr).contains("is not a regular file"),
+        String::from_utf8_lossy(&imported.stderr).contains("index.json: not a regular file"),
         "{imported:?}"
     );
+    restore(&index, &saved);
+
+    // JSON that is none is named by its file.
+    let saved = swap(&index, &|p| std::fs::write(p, b"{bad").unwrap());
+    let imported = dist(&root, &["import", layout.to_str().unwrap()], b"");
+    let said = String::from_utf8_lossy(&imported.stderr);
+    assert!(said.contains("index.json: key must be a string"), "{said}");
     restore(&index, &saved);
 
     ok(unpack());

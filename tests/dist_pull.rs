@@ -1554,7 +1554,9 @@ fn an_interrupted_pull_exits_at_once_and_resumes() {
     let timed_out = dist(&root, &["--timeout", "2s", "pull", &reference], b"");
     let stderr = String::from_utf8_lossy(&timed_out.stderr);
     assert!(
-        stderr.contains("dist: pull: timed out after 2s (--timeout)"),
+        stderr.contains(&format!(
+            "dist: pull {reference}: timed out after 2s (--timeout)"
+        )),
         "{stderr}"
     );
     let left = ok(dist(&root, &["prune", "--dry-run", "--grace", "0s"], b""));

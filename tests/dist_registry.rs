@@ -641,7 +641,8 @@ fn a_mirror_passed_over_is_a_warning() {
 
 /// A blob that went bad in the store after its commit is caught as it is
 /// sent: the push fails naming the store's copy as corrupt and the way out,
-/// and the registry gets neither the blob nor the manifest.
+/// and the registry gets neither the blob nor the manifest. One gone from
+/// the store is named, with the way to find what else is.
 #[test]
 fn a_blob_corrupted_in_the_store_fails_its_push_and_says_so() {
     let registry =
@@ -668,6 +669,19 @@ fn a_blob_corrupted_in_the_store_fails_its_push_and_says_so() {
     );
     let fetched = dist(&dir.path().join("other"), &["fetch", &reference], b"");
     assert!(!fetched.status.success(), "nothing was tagged");
+
+    // Gone from the store: said so, with where to look.
+    ok(dist(&builder, &["delete", layer], b""));
+    let pushed = dist(&builder, &["push", &reference, &manifest_digest], b"");
+    let said = common::stderr(&pushed);
+    assert!(!pushed.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{layer}: not found"))
+            && said.contains(&format!(
+                "`images check {manifest_digest}` lists what the image lacks"
+            )),
+        "{said}"
+    );
 }
 
 /// Ingests an OCI index of `manifests` (digest, bytes and linux
@@ -888,6 +902,30 @@ fn a_one_platform_fetch_of_an_index_is_checked_pushed_and_exported_as_such() {
         stderr.contains("the store lacks 1 of the index's manifests (linux/amd64)"),
         "{stderr}"
     );
+
+    // A rootfs of the platform not fetched: where to look said, and no
+    // DEST left behind.
+    let dest = dir.path().join("rootfs");
+    let made = dist(
+        &store,
+        &[
+            "--platform",
+            "linux/amd64",
+            "rootfs",
+            "--copy",
+            &both,
+            dest.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(made.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&made.stderr);
+    assert!(
+        stderr.contains(&format!("`images check {both}` lists what the store lacks"))
+            && stderr.contains("keeps only the --platform's manifest, linux/amd64"),
+        "{stderr}"
+    );
+    assert!(!dest.exists());
 }
 
 /// Ingests a one-layer linux/amd64 image into the store at `builder`;

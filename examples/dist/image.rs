@@ -332,6 +332,14 @@ pub(crate) async fn push(
                 ),
             );
         }
+        if let ocidist::remotes::Error::Content(c) = &e
+            && c.is_not_found()
+        {
+            return Failure::new(
+                what.clone(),
+                format!("{e} (`images check {local}` lists what the image lacks; fetch it again)"),
+            );
+        }
         if let ocidist::remotes::Error::Content(ocidist::content::Error::DigestMismatch {
             expected,
             ..

@@ -739,7 +739,7 @@ fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{} is not a regular file", path.display()),
+            "not a regular file",
         ));
     }
     Ok(file)
@@ -767,7 +767,7 @@ fn read_layout_index(
             };
             return Err(format!("{} is not an OCI image layout: {why}", dir.display()).into());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(format!("{}: {e}", marker.display()).into()),
     };
     match version.as_deref() {
         Some(LAYOUT_VERSION) => {}
@@ -782,9 +782,9 @@ fn read_layout_index(
             return Err(format!("{}: no imageLayoutVersion in it", marker.display()).into());
         }
     }
-    Ok(serde_json::from_slice(&read_layout_file(
-        &dir.join("index.json"),
-    )?)?)
+    let index = dir.join("index.json");
+    let bytes = read_layout_file(&index).map_err(|e| format!("{}: {e}", index.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", index.display()).into())
 }
 
 /// The largest `index.json` a layout may have: far more than a manifest
@@ -802,7 +802,7 @@ fn read_layout_file(path: &Path) -> std::io::Result<Vec<u8>> {
     if bytes.len() as u64 > MAX_INDEX_SIZE {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{} is larger than {MAX_INDEX_SIZE} bytes", path.display()),
+            format!("larger than {MAX_INDEX_SIZE} bytes"),
         ));
     }
     Ok(bytes)
@@ -824,7 +824,7 @@ fn check_layout_blob(path: &Path, desc: &Descriptor) -> ocidist::content::Result
                 digest: desc.digest().clone(),
             });
         }
-        Err(e) => return Err(refused(e.to_string())),
+        Err(e) => return Err(refused(format!("{}: {e}", path.display()))),
     };
     let size = file.metadata().map_err(|e| refused(e.to_string()))?.len();
     if size != desc.size() {

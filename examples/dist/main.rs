@@ -634,12 +634,33 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The command and its operands (`fetch REF`, `images rm NAME`), as the
+/// command's own errors name them.
+fn command_label(command: &clap::Command, matches: &clap::ArgMatches) -> String {
+    let Some((name, sub)) = matches.subcommand() else {
+        return "run".to_string();
+    };
+    let mut words = vec![name.to_string()];
+    if let Some(command) = command.find_subcommand(name) {
+        for arg in command.get_positionals() {
+            if let Ok(Some(values)) = sub.try_get_raw(arg.get_id().as_str()) {
+                words.extend(values.map(|v| v.to_string_lossy().into_owned()));
+            }
+        }
+        if sub.subcommand().is_some() {
+            words.push(command_label(command, sub));
+        }
+    }
+    words.join(" ")
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     raise_open_file_limit();
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let command = <Cli as clap::CommandFactory>::command();
+    let matches = command.clone().get_matches();
     // Named in what the main thread says of the command (a --timeout).
-    let command_name = matches.subcommand_name().unwrap_or("run").to_string();
+    let command_name = command_label(&command, &matches);
     let cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let debug = cli.debug;

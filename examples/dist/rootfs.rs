@@ -238,6 +238,15 @@ fn copy_into_place(
     let (staged, _lock) = staging.kept();
     if let Err(e) = std::fs::rename(&staged, dest) {
         let _ = std::fs::remove_dir_all(&staged);
+        // Made and filled meanwhile (another copy to the same DEST, that
+        // finished first): what is there stays, this copy goes.
+        if e.raw_os_error() == Some(libc::ENOTEMPTY) || e.raw_os_error() == Some(libc::EEXIST) {
+            return Err(
+                "DEST was made and filled by another while this copy ran; it is left as \
+                 it is, and this copy dropped"
+                    .into(),
+            );
+        }
         return Err(format!("rename the finished copy to {}: {e}", dest.display()).into());
     }
     std::fs::File::open(parent)?.sync_all()?;
@@ -355,6 +364,17 @@ pub(crate) async fn rootfs_cmd(
         )
         .await
         .map_err(|e| match lease {
+            // What a one-platform fetch of an index leaves, or content
+            // removed since: where to look said in this program's terms.
+            Some(_) if e.kind() == ocidist::snapshot::ErrorKind::NotFound => fail(
+                format!(
+                    "{e} (`images check {reference}` lists what the store lacks; a fetch \
+                     or pull of an index keeps only the --platform's manifest, {}, unless \
+                     --all-platforms)",
+                    remote.platform
+                )
+                .into(),
+            ),
             Some(_) => fail(e.into()),
             None => fail(
                 format!(
@@ -381,7 +401,8 @@ pub(crate) async fn rootfs_cmd(
         builder
     };
     // A copy to a new DEST is staged beside it: see `copy_into_place`.
-    let staged = args.copy && !dest.exists();
+    let dest_existed = dest.exists();
+    let staged = args.copy && !dest_existed;
     let made = if staged { parent_of(&dest) } else { &dest };
     private_dirs().create(made).map_err(|e| fail(e.into()))?;
     if args.copy {
@@ -439,9 +460,13 @@ pub(crate) async fn rootfs_cmd(
             Err(e) => return Err(fail(e.into())),
         };
         if let Err(e) = mount::mount_all(&mounts, &dest) {
-            // One made before (with what was written into it) stays.
+            // One made before (with what was written into it) stays; and
+            // so does DEST, unless this run made it (it is empty then).
             if made {
                 let _ = snapshotter.remove(&key).await;
+            }
+            if !dest_existed {
+                let _ = std::fs::remove_dir(&dest);
             }
             return Err(fail(e.into()));
         }

@@ -54,11 +54,35 @@ pub fn supported() -> bool {
     known && rustix::process::geteuid().is_root()
 }
 
+/// Refuses a root whose snapshots' paths overlay mount options cannot
+/// carry as they are: `:` separates lower directories there, `,` options,
+/// and `\` escapes; and the options are text. Such a root would unpack
+/// and then fail at every mount, saying only ENOENT. containerd's overlay
+/// snapshotter does not escape them either (it fails its mount check at
+/// start there).
+fn check_root_fits_options(root: &Path) -> Result<()> {
+    let refused = match root.to_str() {
+        None => "is not UTF-8, and overlay mount options name directories as text".to_string(),
+        Some(text) => match text.chars().find(|c| matches!(c, ':' | ',' | '\\')) {
+            None => return Ok(()),
+            Some(c) => format!("holds {c:?}, which overlay mount options give a meaning"),
+        },
+    };
+    Err(Error::InvalidArgument(format!(
+        "overlay snapshotter root {}: its path {refused}; choose another root (or the native \
+         snapshotter)",
+        root.display()
+    )))
+}
+
 impl OverlaySnapshotter {
     /// Opens (creating if needed) an overlay snapshotter rooted at `root`,
     /// with [`Durability::Synced`] commits. `root` is the snapshotter's own:
     /// it and its `snapshots/` are made private to their owner (0700), and
-    /// what a crash left there is removed.
+    /// what a crash left there is removed. A root whose path (symlinks
+    /// resolved) holds `:`, `,` or `\`, or is not UTF-8, is refused
+    /// ([`Error::InvalidArgument`]): overlay mount options could not name
+    /// its directories.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(root, Durability::Synced)
     }
@@ -72,6 +96,9 @@ impl OverlaySnapshotter {
     /// Opens (creating if needed) a snapshotter rooted at `root` as
     /// `options` say.
     pub fn open_with_options(root: impl AsRef<Path>, options: OpenOptions) -> Result<Self> {
+        let base = Base::open(root.as_ref(), options)?;
+        // The path the mounts will name, symlinks resolved.
+        check_root_fits_options(&base.root)?;
         let mut mount_options = Vec::new();
         // Without index=off, a layer mounted by two overlays at once (two
         // containers of one image) fails on kernels that default it on.
@@ -82,7 +109,7 @@ impl OverlaySnapshotter {
             mount_options.push("userxattr".to_string());
         }
         Ok(OverlaySnapshotter {
-            base: Base::open(root.as_ref(), options)?,
+            base,
             options: Arc::new(mount_options),
         })
     }

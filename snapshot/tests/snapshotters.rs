@@ -568,6 +568,32 @@ async fn a_root_reached_by_another_name_gives_the_same_mounts() {
     }
 }
 
+/// A root whose path overlay mount options cannot carry (`:` separates
+/// lower directories, `,` options, `\` escapes) is refused when the overlay
+/// snapshotter opens, naming the character, not at every mount later with
+/// a bare ENOENT; through a symlink too, since mounts name the resolved
+/// path. The native snapshotter, which mounts binds, takes such a root.
+#[tokio::test]
+async fn an_overlay_root_whose_path_mount_options_cannot_carry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for c in [':', ',', '\\'] {
+        let root = dir.path().join(format!("store{c}1"));
+        let err = match OverlaySnapshotter::open(&root) {
+            Ok(_) => panic!("{} opened", root.display()),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&format!("holds {c:?}")), "{message}");
+        let native = NativeSnapshotter::open(root.join("native")).unwrap();
+        native.prepare("a", None, Labels::new()).await.unwrap();
+    }
+    let link = dir.path().join("plain");
+    std::os::unix::fs::symlink(dir.path().join("store:1"), &link).unwrap();
+    assert!(OverlaySnapshotter::open(&link).is_err());
+    OverlaySnapshotter::open(dir.path().join("plain name")).unwrap();
+}
+
 /// A snapshot whose tree is 20,000 levels deep (a layer's symlinks can
 /// build one from 80 KB) is removed, files and symlinks at every level,
 /// without overflowing the removing thread's stack (the process aborted).
