@@ -197,6 +197,17 @@ impl<M> PullOptions<M> {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Cancellation
+///
+/// Dropping the future (a timeout, a client gone) stops the pull at its
+/// next await. Nothing half-written is committed, every ingest ref it held
+/// is released, and the ingests stay for the next pull to resume from. No
+/// image is recorded. The active snapshots its unpack was applying layers
+/// into stay too, since a drop runs no async work: call
+/// [`remove_own_extractions`](crate::snapshot::remove_own_extractions)
+/// afterwards (or let [`prune`](crate::snapshot::gc::prune) take them once
+/// their lease or grace period is over), as `dist` does on SIGINT.
 pub async fn pull<R, S, I, N, M>(
     resolver: &R,
     store: &S,

@@ -149,3 +149,66 @@ fn every_error_answers_the_same_kind_questions() {
         }
     }
 }
+
+/// Checked when this compiles: an error a user can box into
+/// `Box<dyn Error + Send + Sync>` and send across tasks.
+fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+
+#[test]
+fn every_error_can_cross_tasks_and_be_boxed() {
+    assert_error::<ocidist::content::Error>();
+    assert_error::<ocidist::images::Error>();
+    assert_error::<ocidist::remotes::Error>();
+    assert_error::<ocidist::snapshot::Error>();
+    assert_error::<ocidist::pull::PullError>();
+}
+
+/// A runtime keeps its parts behind `Arc<dyn …>` and hands them to code
+/// generic over the traits: the pointers are the traits too.
+#[tokio::test]
+async fn shared_image_stores_and_resolvers_are_image_stores_and_resolvers() {
+    use ocidist::images::{Image, ImageStore};
+    use ocidist::remotes::Resolver;
+    use std::sync::Arc;
+
+    async fn target_of<I: ImageStore>(images: I, name: &str) -> ocidist::content::Digest {
+        images.get(name).await.unwrap().target.digest().clone()
+    }
+    async fn resolve_with<R: Resolver>(resolver: R, reference: &str) -> ocidist::remotes::Error {
+        resolver.resolve(reference).await.unwrap_err()
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let images: Arc<dyn ImageStore> =
+        Arc::new(DbImageStore::open(dir.path().join("images.redb")).unwrap());
+    let mut target = descriptor(sha256_of(b"{}"), 2);
+    target.set_media_type(ocidist::content::oci_spec::image::MediaType::ImageManifest);
+    images
+        .create(Image::new("example.com/app:1", target.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        &target_of(&images, "example.com/app:1").await,
+        target.digest()
+    );
+    assert_eq!(
+        &target_of(images.clone(), "example.com/app:1").await,
+        target.digest()
+    );
+
+    let resolver: Arc<dyn Resolver> = Arc::new(DockerResolver::new());
+    let err = resolve_with(resolver.clone(), "Upper/Case").await;
+    assert_eq!(
+        err.kind(),
+        ocidist::content::ErrorKind::InvalidArgument,
+        "{err}"
+    );
+    assert!(err.to_string().contains("Upper/Case"), "{err}");
+    let boxed: Box<dyn Resolver> = Box::new(DockerResolver::new());
+    let err = resolve_with(&boxed, "Upper/Case").await;
+    assert_eq!(
+        err.kind(),
+        ocidist::content::ErrorKind::InvalidArgument,
+        "{err}"
+    );
+}

@@ -209,6 +209,14 @@ impl Digester {
     }
 
     /// The internal state, to restore later with [`Digester::restore`].
+    ///
+    /// Its bytes are the hash implementation's, not a format of ours: a
+    /// state saved by another version of this crate may fail to restore,
+    /// or differ from this version's for the same input. A store that keeps
+    /// one to resume an ingest treats that as no state, hashing the data
+    /// written so far again or starting over. (The local store hashes its
+    /// ingest's data again at a resume anyway, and starts the ingest over
+    /// when that does not give the state its checkpoint saved.)
     pub fn save(&self) -> Vec<u8> {
         match &self.state {
             State::Sha256(h) => h.serialize().to_vec(),

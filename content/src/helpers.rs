@@ -10,6 +10,8 @@ use crate::{
     Writer, WriterOpts,
 };
 
+pub use crate::local::labels::{update_labels, validate_labels};
+
 /// Size of the buffer [`copy`] reuses for every chunk.
 const COPY_BUFFER: usize = 1 << 20;
 

@@ -109,6 +109,34 @@ pub trait ImageStore: Send + Sync {
     async fn delete(&self, name: &str) -> Result<()>;
 }
 
+/// Forwards [`ImageStore`] through references and shared pointers, so an
+/// image store can be lent (`&images`) or shared (`Arc<images>`) wherever
+/// one is expected.
+macro_rules! forward_image_store {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: ImageStore + ?Sized> ImageStore for $ptr {
+            async fn get(&self, name: &str) -> Result<Image> {
+                (**self).get(name).await
+            }
+            async fn list(&self, filters: &[&str]) -> Result<Vec<Image>> {
+                (**self).list(filters).await
+            }
+            async fn create(&self, image: Image) -> Result<Image> {
+                (**self).create(image).await
+            }
+            async fn update(&self, image: Image, fieldpaths: &[&str]) -> Result<Image> {
+                (**self).update(image, fieldpaths).await
+            }
+            async fn delete(&self, name: &str) -> Result<()> {
+                (**self).delete(name).await
+            }
+        }
+    )*};
+}
+
+forward_image_store!(&T, std::sync::Arc<T>, Box<T>);
+
 /// Checks an image before it is stored: a name, and a target with a digest,
 /// a size and a media type.
 pub fn validate(image: &Image) -> Result<()> {

@@ -135,7 +135,9 @@ pub enum Error {
     #[error("{last}; tried before it: {}", list(earlier))]
     HostsFailed {
         /// The last host's error: the upstream's, where it can do what was
-        /// asked.
+        /// asked. Its [`source`](std::error::Error::source), for a walk of
+        /// the causes.
+        #[source]
         last: Box<Error>,
         /// The errors of the hosts tried before it, in order.
         earlier: Vec<Error>,
@@ -218,9 +220,12 @@ impl Error {
         })
     }
 
-    /// The error that stands for this one: the last host's, for
-    /// [`Error::HostsFailed`].
-    fn deciding(&self) -> &Error {
+    /// The error that stands for this one, whose kind it has: the last
+    /// host's through [`Error::HostsFailed`], the blob's fetch's through
+    /// [`Error::Blob`]; this one otherwise. Match it to tell a registry's
+    /// answer ([`Error::Status`]) from a connection that failed, however the
+    /// error came to the caller.
+    pub fn deciding(&self) -> &Error {
         match self {
             Error::HostsFailed { last, .. } => last.deciding(),
             Error::Blob { source, .. } => source.deciding(),
@@ -228,10 +233,20 @@ impl Error {
         }
     }
 
-    /// Whether the registry answered 429 Too Many Requests: it was asked as
-    /// often as it allowed, and asking again at once would count again.
-    pub(crate) fn rate_limited(&self) -> bool {
-        matches!(self.deciding(), Error::Status { status, .. } if *status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+    /// The HTTP status the registry answered with, if an answer is what
+    /// failed (see [`deciding`](Self::deciding)).
+    pub fn http_status(&self) -> Option<reqwest::StatusCode> {
+        match self.deciding() {
+            Error::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the registry answered 429 Too Many Requests (after the
+    /// retries it allowed): it was asked as often as it allowed, and asking
+    /// again at once would count again.
+    pub fn is_rate_limited(&self) -> bool {
+        self.http_status() == Some(reqwest::StatusCode::TOO_MANY_REQUESTS)
     }
 
     /// Whether the request timed out on as many attempts as may time out

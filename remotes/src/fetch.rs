@@ -206,7 +206,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
                 // again already), which would only wait as long again.
                 Err(e)
                     if e.kind() == ErrorKind::Unavailable
-                        && !e.rate_limited()
+                        && !e.is_rate_limited()
                         && !e.timed_out_every_time() =>
                 {
                     let now = writer.status().await?.offset;
@@ -234,14 +234,48 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             Ok(()) => Ok(true),
             Err(e) if e.is_already_exists() => Ok(false),
             Err(e) => {
-                if matches!(e, ocidist_content::Error::DigestMismatch { .. }) {
-                    // The bytes are wrong: resuming them could never succeed.
+                if e.kind() == ErrorKind::FailedPrecondition {
                     drop(writer);
-                    let _ = self.store.abort(&reference).await;
+                    self.discard_if_wrong(&reference, desc, &e).await;
                 }
                 Err(e.into())
             }
         }
+    }
+
+    /// Throws away the bytes the ingest `reference` holds when they are not
+    /// `desc`'s, after a commit refused them: resuming them could never
+    /// succeed, and every later fetch would fail the same way. The trait
+    /// promises only the kind of a mismatch, so unless the error says so
+    /// the store's own writer is asked what the whole bytes hash to (a
+    /// refusal may be something else: a writer closed under us, say), and
+    /// starts them over; the abort that follows only tidies up, and may find
+    /// the ref still held while that writer winds down.
+    async fn discard_if_wrong(
+        &self,
+        reference: &str,
+        desc: &Descriptor,
+        refused: &ocidist_content::Error,
+    ) {
+        if !matches!(refused, ocidist_content::Error::DigestMismatch { .. }) {
+            let opts = WriterOpts::new(reference).descriptor(desc);
+            let Ok(mut writer) = self.store.writer(opts).await else {
+                return;
+            };
+            let whole = writer
+                .status()
+                .await
+                .is_ok_and(|status| status.offset == desc.size());
+            let wrong = whole
+                && writer
+                    .digest()
+                    .await
+                    .is_ok_and(|digest| digest != *desc.digest());
+            if !wrong || writer.truncate(0).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.store.abort(reference).await;
     }
 
     /// Streams `desc` from `offset` into `writer`. Hands the writer back with
@@ -370,6 +404,14 @@ impl<S: Ingester + IngestManager, F: Fetcher> Handler for FetchHandler<S, F> {
 /// accepts (only the best `manifests_per_index` of each index; 0 for all),
 /// labels parents with their children for garbage collection, and labels
 /// each blob it commits with the repository it came from (see [`source`](crate::source)).
+///
+/// # Cancellation
+///
+/// Dropping the future stops every download at its next await: nothing
+/// half-written is committed, each ingest ref is released, and the
+/// ingests (named by [`ingest_ref`]) stay for the next fetch to resume
+/// from. No name is recorded: that is the last step. The same holds for
+/// [`fetch_resolved`], [`fetch_content`] and [`fetch_content_with`].
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch_image<R, S, I, M>(
     resolver: &R,

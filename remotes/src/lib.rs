@@ -123,20 +123,6 @@ pub trait Fetcher: Send + Sync {
     async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream>;
 }
 
-#[async_trait]
-impl<F: Fetcher + ?Sized> Fetcher for Box<F> {
-    async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
-        (**self).fetch(desc, offset).await
-    }
-}
-
-#[async_trait]
-impl<F: Fetcher + ?Sized> Fetcher for std::sync::Arc<F> {
-    async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
-        (**self).fetch(desc, offset).await
-    }
-}
-
 /// Writes blobs and manifests (see the [crate](crate) example).
 #[async_trait]
 pub trait Pusher: Send + Sync {
@@ -173,3 +159,42 @@ pub trait Pusher: Send + Sync {
         Ok(true)
     }
 }
+
+/// Forwards the traits through references and shared pointers, so a
+/// resolver, fetcher or pusher can be lent (`&r`) or shared (`Arc<r>`)
+/// wherever one is expected.
+macro_rules! forward_remote_traits {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Resolver + ?Sized> Resolver for $ptr {
+            async fn resolve(&self, reference: &str) -> Result<(String, Descriptor)> {
+                (**self).resolve(reference).await
+            }
+            async fn fetcher(&self, reference: &str) -> Result<Box<dyn Fetcher>> {
+                (**self).fetcher(reference).await
+            }
+            async fn pusher(&self, reference: &str) -> Result<Box<dyn Pusher>> {
+                (**self).pusher(reference).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Fetcher + ?Sized> Fetcher for $ptr {
+            async fn fetch(&self, desc: &Descriptor, offset: u64) -> Result<ByteStream> {
+                (**self).fetch(desc, offset).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Pusher + ?Sized> Pusher for $ptr {
+            async fn push(&self, desc: &Descriptor) -> Result<Box<dyn Writer>> {
+                (**self).push(desc).await
+            }
+            async fn push_from(&self, desc: &Descriptor, provider: &dyn Provider) -> Result<bool> {
+                (**self).push_from(desc, provider).await
+            }
+        }
+    )*};
+}
+
+forward_remote_traits!(&T, std::sync::Arc<T>, Box<T>);

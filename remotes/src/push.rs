@@ -125,6 +125,16 @@ pub async fn push_order<P: Provider + ?Sized>(
 ///
 /// A blob another push through the same resolver is uploading (two images
 /// sharing layers, pushed at once) is waited for, not refused.
+///
+/// # Cancellation
+///
+/// Dropping the future stops every upload at its next await. The store is
+/// only read, so nothing there changes. At the registry, an upload session
+/// opened but not yet sent to is deleted in the background (while a Tokio
+/// runtime is there to do it); one stopped midway keeps its bytes until the
+/// registry purges stale uploads (the distribution registry: a week). The
+/// tag is moved only by the last request, so a push stopped early leaves
+/// the tag where it was.
 pub async fn push_image<R, P>(
     resolver: &R,
     store: &P,

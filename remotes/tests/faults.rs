@@ -154,6 +154,9 @@ async fn a_rate_limit_longer_than_a_retry_waits_is_not_asked_again() {
         }
         other => panic!("the blob's own error: {other:?}"),
     }
+    // And told without matching the nesting.
+    assert!(err.is_rate_limited(), "{err:?}");
+    assert_eq!(err.http_status(), Some(StatusCode::TOO_MANY_REQUESTS));
     assert_eq!(gets_of(&proxy, &blob_path).len(), 1);
     assert!(store.info(layer.desc.digest()).await.is_err());
 }
@@ -510,6 +513,128 @@ async fn a_flipped_byte_is_a_digest_mismatch_and_nothing_is_committed() {
         .await
         .unwrap();
     assert!(store.info(layer.desc.digest()).await.is_ok());
+}
+
+/// A store that keeps its bytes in a local store but says a mismatch at
+/// commit only by its kind, as [`ocidist_content::Writer::commit`] promises
+/// and no more: a store of a user's own.
+#[derive(Clone)]
+struct KindOnlyStore(ocidist_content::local::LocalStore);
+
+/// [`KindOnlyStore`]'s writer.
+struct KindOnlyWriter(Box<dyn ocidist_content::Writer>);
+
+impl tokio::io::AsyncWrite for KindOnlyWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl ocidist_content::Writer for KindOnlyWriter {
+    async fn status(&mut self) -> ocidist_content::Result<ocidist_content::Status> {
+        self.0.status().await
+    }
+
+    async fn digest(&mut self) -> ocidist_content::Result<ocidist_content::Digest> {
+        self.0.digest().await
+    }
+
+    async fn commit(
+        &mut self,
+        size: Option<u64>,
+        expected: Option<&ocidist_content::Digest>,
+        labels: ocidist_content::Labels,
+    ) -> ocidist_content::Result<()> {
+        self.0.commit(size, expected, labels).await.map_err(|e| {
+            let kind = e.kind();
+            ocidist_content::Error::other(kind, e.to_string())
+        })
+    }
+
+    async fn truncate(&mut self, size: u64) -> ocidist_content::Result<()> {
+        self.0.truncate(size).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Ingester for KindOnlyStore {
+    async fn writer(
+        &self,
+        opts: WriterOpts,
+    ) -> ocidist_content::Result<Box<dyn ocidist_content::Writer>> {
+        Ok(Box::new(KindOnlyWriter(self.0.writer(opts).await?)))
+    }
+}
+
+#[async_trait::async_trait]
+impl IngestManager for KindOnlyStore {
+    async fn status(&self, reference: &str) -> ocidist_content::Result<ocidist_content::Status> {
+        self.0.status(reference).await
+    }
+
+    async fn list_statuses(
+        &self,
+        filters: &[&str],
+    ) -> ocidist_content::Result<Vec<ocidist_content::Status>> {
+        self.0.list_statuses(filters).await
+    }
+
+    async fn abort(&self, reference: &str) -> ocidist_content::Result<()> {
+        self.0.abort(reference).await
+    }
+}
+
+/// The fetch handler cannot rely on the local store's error variant: a
+/// store that says a digest mismatch only by its kind gets its wrong bytes
+/// thrown away all the same, so the next fetch downloads them again rather
+/// than failing on them for ever.
+#[tokio::test]
+async fn wrong_bytes_are_thrown_away_whatever_store_refused_them() {
+    let (_registry, proxy, pushed) = setup("faults/kind-only").await;
+    let layer = &pushed[3];
+    proxy.add(
+        Some("GET"),
+        &format!("/blobs/{}", layer.desc.digest()),
+        1,
+        Fault::FlipByte(12_345),
+    );
+    let (_dir, store, _images) = stores();
+    let reference = format!("{}/faults/kind-only:1", proxy.host());
+    let fetcher = DockerResolver::new().fetcher(&reference).await.unwrap();
+    let handler = ocidist_remotes::fetch_handler(KindOnlyStore(store.clone()), fetcher);
+    use ocidist_images::Handler;
+    let err = handler.handle(&layer.desc).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    // Gone, or started over if the store still held the ref when asked to
+    // abort it.
+    let kept = store
+        .status(&ocidist_remotes::ingest_ref(&layer.desc))
+        .await
+        .map_or(0, |status| status.offset);
+    assert_eq!(kept, 0, "the wrong bytes are not kept to resume from");
+    handler.handle(&layer.desc).await.unwrap();
+    assert_whole(&store, layer).await;
+    assert_eq!(gets_of(&proxy, layer.desc.digest().as_ref()).len(), 2);
 }
 
 #[tokio::test]

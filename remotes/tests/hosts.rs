@@ -200,6 +200,9 @@ async fn every_host_that_failed_is_reported_and_the_last_decides_the_kind() {
         earlier.contains(&mirror.host()) && earlier.contains("404"),
         "{said}"
     );
+    // A walk of the causes reaches the last host's error.
+    let cause = std::error::Error::source(&err).expect("the last host's error is the source");
+    assert_eq!(cause.to_string(), last.trim_end_matches("; "), "{said}");
 
     // A blob, the same way.
     let blob = &image(false, "linux/amd64", 100)[0].desc;

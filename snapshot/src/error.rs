@@ -49,7 +49,8 @@ pub enum Error {
     /// compression we do not know).
     #[error("unsupported: {0}")]
     Unimplemented(String),
-    /// A filesystem or system-call failure.
+    /// A filesystem or system-call failure, of kind [`ErrorKind::Io`]
+    /// whatever the cause (a missing file included).
     #[error("{op} {}: {source}", path.display())]
     Io {
         /// What was being done (`mkdir`, `mount`, ...).
@@ -109,11 +110,10 @@ impl Error {
             }
             Error::InvalidArgument(_) | Error::Layer(_) => ErrorKind::InvalidArgument,
             Error::Unimplemented(_) => ErrorKind::Unimplemented,
-            Error::Io { source, .. } => match source.kind() {
-                io::ErrorKind::NotFound => ErrorKind::NotFound,
-                _ => ErrorKind::Io,
-            },
-            Error::Metadata(_) => ErrorKind::Io,
+            // Even a missing file: NotFound says a snapshot (or content) is
+            // missing, which a caller may go and make; a path gone from
+            // under the store is no such thing (nor is it in containerd).
+            Error::Io { .. } | Error::Metadata(_) => ErrorKind::Io,
             Error::Content(e) => e.kind(),
             Error::Images(e) => e.kind(),
             Error::Other { kind, .. } => *kind,
@@ -164,5 +164,18 @@ impl Error {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_snapshot_is_not_found_not_a_missing_file() {
+        let gone = Error::io("open", "/store/snapshots/7/fs", io::ErrorKind::NotFound);
+        assert_eq!(gone.kind(), ErrorKind::Io);
+        let missing = Error::NotFound { key: "k".into() };
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
     }
 }

@@ -444,6 +444,18 @@ fn whiteouts_of_dot_and_dot_dot_say_what_they_named() {
             "{message}"
         );
     }
+    // Named as the layer wrote it, not by where the snapshot is.
+    let root = tempfile::tempdir().unwrap();
+    let message = assert_refused(
+        root.path(),
+        &tar_of(&[
+            Entry::Dir("etc", 0o755),
+            Entry::File("etc/.wh.", b"", 0o644),
+        ]),
+        "whiteout \"etc/.wh.\" names nothing to delete",
+    );
+    let host = root.path().to_string_lossy();
+    assert!(!message.contains(host.as_ref()), "{message}");
 }
 
 #[test]

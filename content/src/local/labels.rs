@@ -149,8 +149,11 @@ impl Drop for StagedLabels {
     }
 }
 
-/// Checks labels before they are stored.
-pub(crate) fn validate(labels: &Labels) -> Result<()> {
+/// Checks labels before they are stored, as containerd does: no empty key,
+/// and at most 4096 bytes of key and value together
+/// ([`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)).
+/// For a store of one's own, to refuse what the local store refuses.
+pub fn validate_labels(labels: &Labels) -> Result<()> {
     for (key, value) in labels {
         if key.is_empty() {
             return Err(Error::InvalidArgument("label key must not be empty".into()));
@@ -164,12 +167,23 @@ pub(crate) fn validate(labels: &Labels) -> Result<()> {
     Ok(())
 }
 
-/// Applies containerd's fieldpath rules for an update of `current` from `wanted`.
-pub(crate) fn apply_update(
-    current: &Labels,
-    wanted: &Labels,
-    fieldpaths: &[&str],
-) -> Result<Labels> {
+/// The labels a [`Manager::update`](crate::Manager::update) leaves, by
+/// containerd's fieldpath rules: no fieldpaths, or `labels`, replace them
+/// all with `wanted`; `labels.KEY` sets `KEY` to its value in `wanted`, or
+/// removes it where `wanted` lacks it; any other fieldpath is
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument). For a
+/// store of one's own, so it passes the conformance suite's label cases.
+///
+/// ```
+/// use ocidist_content::{Labels, helpers::update_labels};
+/// let current = Labels::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
+/// let wanted = Labels::from([("a".into(), "9".into())]);
+/// let next = update_labels(&current, &wanted, &["labels.a", "labels.b"])?;
+/// assert_eq!(next, Labels::from([("a".into(), "9".into())]));
+/// assert!(update_labels(&current, &wanted, &["size"]).is_err());
+/// # Ok::<(), ocidist_content::Error>(())
+/// ```
+pub fn update_labels(current: &Labels, wanted: &Labels, fieldpaths: &[&str]) -> Result<Labels> {
     if fieldpaths.is_empty() || fieldpaths.contains(&"labels") {
         return Ok(wanted.clone());
     }

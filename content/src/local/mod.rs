@@ -35,7 +35,7 @@ use crate::{
 mod direct;
 mod fsutil;
 mod ingest;
-mod labels;
+pub(crate) mod labels;
 mod pairing;
 mod writer;
 
@@ -438,14 +438,14 @@ impl Manager for LocalStore {
     }
 
     async fn update(&self, info: Info, fieldpaths: &[&str]) -> Result<Info> {
-        labels::validate(&info.labels)?;
+        labels::validate_labels(&info.labels)?;
         let store = self.clone();
         let fieldpaths: Vec<String> = fieldpaths.iter().map(|s| s.to_string()).collect();
         fsutil::blocking(move || {
             let _guard = store.labels.lock()?;
             let current = store.info_blocking(&info.digest)?;
             let paths: Vec<&str> = fieldpaths.iter().map(String::as_str).collect();
-            let next = labels::apply_update(&current.labels, &info.labels, &paths)?;
+            let next = labels::update_labels(&current.labels, &info.labels, &paths)?;
             store.labels.write(&info.digest, &next, SystemTime::now())?;
             store.info_blocking(&info.digest)
         })

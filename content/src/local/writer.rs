@@ -1169,7 +1169,7 @@ impl Writer for LocalWriter {
         expected: Option<&Digest>,
         labels: Labels,
     ) -> Result<()> {
-        labels::validate(&labels)?;
+        labels::validate_labels(&labels)?;
         std::future::poll_fn(|cx| self.poll_in_flight(cx)).await?;
         let sink = self.sink.take().ok_or_else(|| self.closed())?;
         self.big_chunks = None;

@@ -45,6 +45,12 @@ impl std::fmt::Debug for Credential {
 pub struct CredentialsError(pub String);
 
 /// Finds credentials for a registry host (`ghcr.io`, `localhost:5000`).
+///
+/// The host asked about is the one the request goes to, with its port if
+/// it has one: `registry-1.docker.io` for Docker Hub's names (`docker.io`,
+/// `redis`), and a mirror's own host when a mirror is asked. A source
+/// keyed by `docker.io` should answer for `registry-1.docker.io` too
+/// ([`DockerConfig`](super::config::DockerConfig) does).
 pub trait Credentials: Send + Sync + std::fmt::Debug {
     /// The credential for `host`, if any. It may block (run a helper, read
     /// a file): the resolver calls it on a blocking thread. An error fails
@@ -62,7 +68,9 @@ pub trait Credentials: Send + Sync + std::fmt::Debug {
 /// use ocidist_remotes::docker::DockerResolver;
 /// use ocidist_remotes::docker::auth::{Credential, credentials_fn};
 /// let resolver = DockerResolver::new().credentials(credentials_fn(|host| {
-///     Ok((host == "registry.example.com").then(|| Credential {
+///     // Docker Hub is asked for as the host its API is on.
+///     let ours = matches!(host, "registry.example.com" | "registry-1.docker.io");
+///     Ok(ours.then(|| Credential {
 ///         username: "ci".into(),
 ///         secret: std::env::var("REGISTRY_TOKEN").unwrap_or_default(),
 ///     }))

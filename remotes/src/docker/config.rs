@@ -115,10 +115,13 @@ impl DockerConfig {
         }
     }
 
-    /// Parses `config.json` content.
-    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+    /// Parses `config.json` content; content that is not such a file is
+    /// [`InvalidData`](std::io::ErrorKind::InvalidData), as from
+    /// [`load`](Self::load).
+    pub fn parse(bytes: &[u8]) -> std::io::Result<Self> {
         Ok(DockerConfig {
-            config: serde_json::from_slice(bytes)?,
+            config: serde_json::from_slice(bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             ..Self::default()
         })
     }

@@ -55,8 +55,9 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.oci.image.index.v1+json, */*;q=0.8";
 
-/// Manifests larger than this are refused without being read.
-pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Manifests larger than this are refused without being read: the same
+/// bound the image store's readers hold them to.
+pub use ocidist_images::manifest::MAX_MANIFEST_SIZE;
 
 /// How many times an idempotent request is tried.
 pub const ATTEMPTS: u32 = 5;

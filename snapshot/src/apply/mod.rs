@@ -1547,7 +1547,8 @@ impl Applier {
         }
         let name: &OsStr = std::os::unix::ffi::OsStrExt::from_bytes(hidden);
         if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
-            let whiteout = path.join(format!(".wh.{}", name.to_string_lossy()));
+            // Named as the layer wrote it, as other entries' errors are.
+            let whiteout = parent.join(format!(".wh.{}", name.to_string_lossy()));
             return Err(Error::InvalidArgument(if hidden.is_empty() {
                 format!("whiteout {:?} names nothing to delete", whiteout.display())
             } else {
