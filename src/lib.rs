@@ -12,6 +12,8 @@
 //!   registry.
 //! - [`snapshot`]: snapshotters (native, overlay), safe layer apply and unpack.
 //! - [`pull`]: fetch and unpack, overlapped: what `ctr pull` does.
+//! - [`gc`]: garbage collection of snapshots and content together, in the
+//!   order that keeps a pull running meanwhile safe.
 //!
 //! ```
 //! use ocidist::content::{local::LocalStore, sha256_of, write_blob, Labels, Manager, WriterOpts};
@@ -30,4 +32,5 @@ pub use ocidist_images as images;
 pub use ocidist_remotes as remotes;
 pub use ocidist_snapshot as snapshot;
 
+pub mod gc;
 pub mod pull;

@@ -1,20 +1,19 @@
 //! Commands on images and registries: fetch-object, fetch, push, images, prune.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use ocidist::content::lease::{Lease, LeasedStore, Leases};
 use ocidist::content::{Manager, descriptor, read_blob};
+use ocidist::gc::{CollectOptions, collect};
 use ocidist::images::platforms::{self, Matcher, Platform};
-use ocidist::images::{GcOptions, Image, ImageStore, check, gc, manifest, media_types, size};
+use ocidist::images::{Image, ImageStore, check, manifest, media_types, size};
 use ocidist::remotes::docker::auth::{Credential, Credentials, CredentialsError};
 use ocidist::remotes::docker::config::DockerConfig;
 use ocidist::remotes::docker::{DockerResolver, PlainHttp, RangedFetch, fetch_object};
 use ocidist::remotes::{fetch_image, push_image};
 use ocidist::snapshot::Snapshotter;
-use ocidist::snapshot::gc::{PruneOptions, image_chain_ids};
 use tokio::io::AsyncWriteExt;
 
 use crate::output::{self, report};
@@ -559,71 +558,53 @@ pub(crate) async fn prune(
     if held.expired() > 0 {
         report!("{verb} {} expired leases", held.expired());
     }
-    // Snapshots first: the layers of every image stay, whatever its platform.
-    // Their failure does not keep the blobs from going: on a full disk the
-    // snapshot database cannot record a removal, and the blobs are the room
-    // it needs.
-    let snapshots_pruned = async {
-        if snapshotters.is_empty() {
-            return Ok(());
+    // Snapshots first, then the blobs, which a failed snapshot prune does
+    // not keep from going (see `ocidist::gc`).
+    let options = CollectOptions::new()
+        .dry_run(args.dry_run)
+        .grace(args.grace)
+        .ingest_max_age(Some(args.ingest_max_age));
+    let named: Vec<(&str, &dyn Snapshotter)> = snapshotters
+        .iter()
+        .map(|(name, snapshotter)| (*name, snapshotter.as_ref()))
+        .collect();
+    let collected = collect(&stores.content, &stores.images, &held, &named, &options).await;
+    drop(held);
+    for (name, pruned) in &collected.snapshots {
+        for info in &pruned.removed {
+            report!("{verb} {name} snapshot {}", info.name);
         }
-        let images = stores
-            .images
-            .list(&[])
-            .await
-            .map_err(|e| Failure::new("prune", e))?;
-        let mut keep = HashSet::new();
-        for image in &images {
-            let chains = image_chain_ids(&stores.content, &image.target)
-                .await
-                .map_err(|e| Failure::new(format!("prune: image {}", image.name), e))?;
-            keep.extend(chains.iter().map(ToString::to_string));
+        report!(
+            "{verb} {} {name} snapshots; {} kept",
+            pruned.removed.len(),
+            pruned.kept
+        );
+        let cleanup = &pruned.cleanup;
+        for key in &cleanup.records {
+            report!("{verb} {name} record {key} (its directory was gone)");
         }
-        keep.extend(held.snapshots().iter().cloned());
-        let opts = PruneOptions {
-            dry_run: args.dry_run,
-            grace: args.grace,
-            abandoned: held.abandoned_snapshots().clone(),
-        };
-        for (name, snapshotter) in snapshotters {
-            let pruned = ocidist::snapshot::gc::prune(snapshotter.as_ref(), &keep, &opts)
-                .await
-                .map_err(|e| Failure::new(format!("prune {name} snapshots"), e))?;
-            for info in &pruned.removed {
-                report!("{verb} {name} snapshot {}", info.name);
-            }
+        for (path, size) in &cleanup.dirs {
             report!(
-                "{verb} {} {name} snapshots; {} kept",
-                pruned.removed.len(),
-                pruned.kept
+                "{verb} {name} leftover {} ({})",
+                path.display(),
+                output::size(*size)
             );
-            let cleanup = &pruned.cleanup;
-            for key in &cleanup.records {
-                report!("{verb} {name} record {key} (its directory was gone)");
-            }
-            for (path, size) in &cleanup.dirs {
-                report!(
-                    "{verb} {name} leftover {} ({})",
-                    path.display(),
-                    output::size(*size)
-                );
-            }
-            for (path, why) in &cleanup.failed {
-                report!("could not remove {name} leftover {}: {why}", path.display());
-            }
         }
-        Ok(())
+        for (path, why) in &cleanup.failed {
+            report!("could not remove {name} leftover {}: {why}", path.display());
+        }
     }
-    .await;
-    let opts = GcOptions {
-        dry_run: args.dry_run,
-        grace: args.grace,
-        ingest_max_age: Some(args.ingest_max_age),
-        roots: held.content().clone(),
+    let snapshots_pruned = match collected.snapshots_failed {
+        None => Ok(()),
+        Some((what, e)) => {
+            let what = match what.strip_prefix("snapshotter ") {
+                Some(name) => format!("prune {name} snapshots"),
+                None => format!("prune: {what}"),
+            };
+            Err(Failure::new(what, e))
+        }
     };
-    let report = gc(&stores.content, &stores.images, &opts)
-        .await
-        .map_err(|e| Failure::new("prune", e))?;
+    let report = collected.content.map_err(|e| Failure::new("prune", e))?;
     for (digest, size) in &report.blobs {
         report!("{verb} {digest} {}", output::size(*size));
     }
@@ -644,6 +625,5 @@ pub(crate) async fn prune(
         report.ingests.len(),
         report.reachable - report.young
     );
-    drop(held);
     snapshots_pruned
 }
