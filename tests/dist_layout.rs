@@ -993,6 +993,40 @@ fn an_export_of_a_blob_corrupted_in_the_store_fails_and_says_so() {
     assert!(!layout.join("index.json").exists(), "{said}");
 }
 
+/// `images check` finds a blob the store has at another size than the
+/// manifest gives (its file cut short behind the store's back), and says
+/// how to repair it.
+#[test]
+fn images_check_finds_a_blob_cut_short_in_the_store() {
+    let work = tempfile::tempdir().unwrap();
+    let builder = work.path().join("builder");
+    let digest = build(&builder);
+    let layout = work.path().join("layout");
+    let layout = layout.to_str().unwrap();
+    ok(dist(
+        &builder,
+        &["export", &digest, layout, "--name", "app"],
+        b"",
+    ));
+    let root = work.path().join("store");
+    ok(dist(&root, &["import", layout], b""));
+    let check = ok(dist(&root, &["images", "check", "app"], b""));
+    assert!(check.contains("app: complete"), "{check}");
+
+    let (_, layer) = manifest_and_layer(&root, &digest);
+    let path = ok(dist(&root, &["path", &layer], b""));
+    let path = Path::new(path.trim());
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    let check = dist(&root, &["images", "check", "app"], b"");
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        out.contains(&format!("app: incomplete, damaged {layer}")) && out.contains("dist delete"),
+        "{out}"
+    );
+}
+
 /// A layer of several chunks (the export hashes each on a second thread
 /// while it copies the next, through a few buffers that go round) is
 /// exported byte for byte; a byte changed in a late chunk still fails it.

@@ -503,12 +503,25 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
             output::outln!("{}: complete ({} blobs)", image.name, report.required.len());
         } else {
             incomplete += 1;
-            let missing: Vec<String> = report
-                .missing
-                .iter()
-                .map(|d| d.digest().to_string())
-                .collect();
-            output::outln!("{}: incomplete, missing {}", image.name, missing.join(" "));
+            let digests = |descs: &[ocidist::content::Descriptor]| {
+                descs
+                    .iter()
+                    .map(|d| d.digest().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let mut said = Vec::new();
+            if !report.missing.is_empty() {
+                said.push(format!("missing {}", digests(&report.missing)));
+            }
+            if !report.damaged.is_empty() {
+                said.push(format!(
+                    "damaged {} (the store's copy is not the size the manifest gives: \
+                     remove it with `dist delete` and fetch the image again)",
+                    digests(&report.damaged)
+                ));
+            }
+            output::outln!("{}: incomplete, {}", image.name, said.join("; "));
         }
     }
     match incomplete {

@@ -469,28 +469,35 @@ pub async fn size<P: Provider + ?Sized>(
 
 /// What [`check`] found.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct CheckReport {
     /// The manifest could be resolved (the index and manifest are present).
     pub manifest_present: bool,
     /// The blobs the image needs for the platform: config and layers.
     pub required: Vec<Descriptor>,
-    /// Those of them that are in the store.
+    /// Those of them that are in the store, whole.
     pub present: Vec<Descriptor>,
     /// Those that are not; or, when the manifest cannot be resolved, the
     /// document missing on the way there (the image's own, or the
     /// platform's manifest that an index names).
     pub missing: Vec<Descriptor>,
+    /// Those the store has at another size than the manifest gives: its
+    /// copy was cut short or grown since it was committed (a disk, a hand),
+    /// and will not read as the image's. Remove it and fetch it again.
+    pub damaged: Vec<Descriptor>,
 }
 
 impl CheckReport {
-    /// True when the manifest and every required blob are present.
+    /// True when the manifest and every required blob are present, whole.
     pub fn complete(&self) -> bool {
-        self.manifest_present && self.missing.is_empty()
+        self.manifest_present && self.missing.is_empty() && self.damaged.is_empty()
     }
 }
 
 /// Checks that `image` is complete in `provider` for `matcher`: resolvable to a
-/// manifest, with its config and every layer present.
+/// manifest, with its config and every layer present at the size the
+/// manifest gives (containerd's `Check` looks for presence only; digests
+/// are not read again here either).
 pub async fn check<P: Provider + ?Sized>(
     provider: &P,
     image: &Descriptor,
@@ -507,6 +514,7 @@ pub async fn check<P: Provider + ?Sized>(
                 required: Vec::new(),
                 present: Vec::new(),
                 missing: vec![reading.unwrap_or_else(|| image.clone())],
+                damaged: Vec::new(),
             });
         }
         Err(e) => return Err(e),
@@ -516,8 +524,12 @@ pub async fn check<P: Provider + ?Sized>(
         .collect();
     let mut present = Vec::new();
     let mut missing = Vec::new();
+    let mut damaged = Vec::new();
     for desc in &required {
         match provider.reader_at(desc).await {
+            // The size costs nothing to compare; the digest would cost a
+            // read of every byte.
+            Ok(reader) if reader.size() != desc.size() => damaged.push(desc.clone()),
             Ok(_) => present.push(desc.clone()),
             Err(e) if e.is_not_found() => missing.push(desc.clone()),
             Err(e) => return Err(e.into()),
@@ -528,5 +540,6 @@ pub async fn check<P: Provider + ?Sized>(
         required,
         present,
         missing,
+        damaged,
     })
 }

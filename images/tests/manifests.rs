@@ -217,3 +217,25 @@ async fn check_reports_missing_blobs() {
     let report = check(&store, &idx, &host).await.unwrap();
     assert_eq!(report.missing, vec![idx.clone()]);
 }
+
+/// A blob the store has at another size than the manifest gives (its file
+/// cut short behind the store's back) is not whole: reported damaged, not
+/// present.
+#[tokio::test]
+async fn check_reports_blobs_cut_short_behind_the_stores_back() {
+    let (dir, store) = store();
+    let (idx, images) = multi_platform(&store, Flavor::Oci).await;
+    let host = only(&platform("linux/amd64"));
+    let layer = &images[0].layers[0];
+    let file = dir
+        .path()
+        .join("blobs/sha256")
+        .join(layer.digest().digest());
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+    let report = check(&store, &idx, &host).await.unwrap();
+    assert!(!report.complete());
+    assert_eq!(report.damaged, vec![layer.clone()]);
+    assert!(report.missing.is_empty());
+    assert!(!report.present.contains(layer));
+}
