@@ -89,12 +89,40 @@ pub struct Collected {
     /// Each snapshotter's prune, in the order given, up to the first that
     /// failed.
     pub snapshots: Vec<(String, PruneReport)>,
-    /// Why the snapshots were not all pruned: what failed (`image NAME`,
-    /// whose layers could not be listed, or `snapshotter NAME`) and its
-    /// error. The content was collected all the same.
-    pub snapshots_failed: Option<(String, crate::snapshot::Error)>,
+    /// Why the snapshots were not all pruned. The content was collected
+    /// all the same.
+    pub snapshots_failed: Option<SnapshotsFailed>,
     /// The content's collection.
     pub content: Result<GcReport, crate::images::Error>,
+}
+
+/// Why [`collect`] pruned no more snapshots: which step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotsFailed {
+    /// The images could not be listed, so which layers to keep is unknown.
+    #[error("listing the images: {0}")]
+    Images(#[source] crate::snapshot::Error),
+    /// An image's layers could not be listed (its manifest or config does
+    /// not decode, say), so which layers to keep is unknown.
+    #[error("image {name}: {source}")]
+    Image {
+        /// The image's name.
+        name: String,
+        /// Why its layers could not be listed.
+        #[source]
+        source: crate::snapshot::Error,
+    },
+    /// A snapshotter's prune failed; those before it in the list were
+    /// pruned.
+    #[error("{snapshotter} snapshots: {source}")]
+    Snapshotter {
+        /// The snapshotter's name, as given.
+        snapshotter: String,
+        /// Its prune's error.
+        #[source]
+        source: crate::snapshot::Error,
+    },
 }
 
 /// Collects what nothing keeps: the snapshots of `snapshotters` (each
@@ -165,7 +193,7 @@ async fn prune_snapshots<S, I>(
     snapshotters: &[(&str, &dyn Snapshotter)],
     options: &CollectOptions,
     reports: &mut Vec<(String, PruneReport)>,
-) -> Result<(), (String, crate::snapshot::Error)>
+) -> Result<(), SnapshotsFailed>
 where
     S: Provider + ?Sized,
     I: ImageStore + ?Sized,
@@ -176,12 +204,15 @@ where
     let all = images
         .list(&[])
         .await
-        .map_err(|e| ("images".to_string(), e.into()))?;
+        .map_err(|e| SnapshotsFailed::Images(e.into()))?;
     let mut keep: HashSet<String> = held.snapshots().clone();
     for image in &all {
         let chains = image_chain_ids(content, &image.target)
             .await
-            .map_err(|e| (format!("image {}", image.name), e))?;
+            .map_err(|source| SnapshotsFailed::Image {
+                name: image.name.clone(),
+                source,
+            })?;
         keep.extend(chains.iter().map(ToString::to_string));
     }
     let prune_options = PruneOptions {
@@ -192,7 +223,10 @@ where
     for (name, snapshotter) in snapshotters {
         let report = prune(*snapshotter, &keep, &prune_options)
             .await
-            .map_err(|e| (format!("snapshotter {name}"), e))?;
+            .map_err(|source| SnapshotsFailed::Snapshotter {
+                snapshotter: name.to_string(),
+                source,
+            })?;
         reports.push((name.to_string(), report));
     }
     Ok(())

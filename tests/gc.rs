@@ -6,7 +6,7 @@ use std::time::Duration;
 use ocidist::content::lease::{Leases, Resource};
 use ocidist::content::local::LocalStore;
 use ocidist::content::{Digest, Labels, Manager, WriterOpts, sha256_of, write_blob};
-use ocidist::gc::{CollectOptions, collect};
+use ocidist::gc::{CollectOptions, Collected, SnapshotsFailed, collect};
 use ocidist::images::{DbImageStore, Image, ImageStore};
 use ocidist::snapshot::Snapshotter;
 use ocidist::snapshot::native::NativeSnapshotter;
@@ -60,6 +60,31 @@ fn past_grace() -> CollectOptions {
     CollectOptions::new().grace(Duration::ZERO)
 }
 
+/// Holds `r`'s leases (keeping the expired ones for a dry run, as a
+/// collector must) and collects with `options`.
+async fn collect_in(r: &Root, options: &CollectOptions) -> Collected {
+    let leases = r.leases.clone();
+    let dry_run = options.dry_run;
+    let held = tokio::task::spawn_blocking(move || {
+        if dry_run {
+            leases.hold_keeping_expired()
+        } else {
+            leases.hold()
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    collect(
+        &r.content,
+        &r.images,
+        &held,
+        &[("native", &r.native)],
+        options,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn what_a_live_lease_holds_stays_and_the_rest_goes() {
     let r = root();
@@ -74,22 +99,7 @@ async fn what_a_live_lease_holds_stays_and_the_rest_goes() {
         .await
         .unwrap();
 
-    let held = {
-        let leases = r.leases.clone();
-        tokio::task::spawn_blocking(move || leases.hold())
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let collected = collect(
-        &r.content,
-        &r.images,
-        &held,
-        &[("native", &r.native)],
-        &past_grace(),
-    )
-    .await;
-    drop(held);
+    let collected = collect_in(&r, &past_grace()).await;
     assert!(collected.snapshots_failed.is_none(), "{collected:?}");
     let (name, pruned) = &collected.snapshots[0];
     assert_eq!(name, "native");
@@ -122,25 +132,11 @@ async fn a_snapshot_half_that_fails_does_not_stop_the_content_half() {
     let orphan = blob(&r.content, b"nobody's").await;
     snapshot(&r.native, "unused").await;
 
-    let held = {
-        let leases = r.leases.clone();
-        tokio::task::spawn_blocking(move || leases.hold())
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let collected = collect(
-        &r.content,
-        &r.images,
-        &held,
-        &[("native", &r.native)],
-        &past_grace(),
-    )
-    .await;
-    let (what, error) = collected
-        .snapshots_failed
-        .expect("the layers cannot be listed");
-    assert_eq!(what, "image example.com/broken:1", "{error}");
+    let collected = collect_in(&r, &past_grace()).await;
+    match collected.snapshots_failed {
+        Some(SnapshotsFailed::Image { name, .. }) => assert_eq!(name, "example.com/broken:1"),
+        other => panic!("the image's layers cannot be listed: {other:?}"),
+    }
     assert!(collected.snapshots.is_empty());
     assert_eq!(names(&r.native).await, ["unused"]);
     let content = collected.content.unwrap();
@@ -160,21 +156,7 @@ async fn a_dry_run_reports_and_removes_nothing() {
     let r = root();
     let orphan = blob(&r.content, b"nobody's").await;
     snapshot(&r.native, "unused").await;
-    let held = {
-        let leases = r.leases.clone();
-        tokio::task::spawn_blocking(move || leases.hold_keeping_expired())
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let collected = collect(
-        &r.content,
-        &r.images,
-        &held,
-        &[("native", &r.native)],
-        &past_grace().dry_run(true),
-    )
-    .await;
+    let collected = collect_in(&r, &past_grace().dry_run(true)).await;
     assert_eq!(collected.snapshots[0].1.removed[0].name, "unused");
     assert_eq!(collected.content.unwrap().blobs[0].0, orphan);
     assert_eq!(names(&r.native).await, ["unused"]);

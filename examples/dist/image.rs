@@ -609,13 +609,7 @@ pub(crate) async fn prune(
     }
     let snapshots_pruned = match collected.snapshots_failed {
         None => Ok(()),
-        Some((what, e)) => {
-            let what = match what.strip_prefix("snapshotter ") {
-                Some(name) => format!("prune {name} snapshots"),
-                None => format!("prune: {what}"),
-            };
-            Err(Failure::new(what, e))
-        }
+        Some(failed) => Err(Failure::new("prune", failed)),
     };
     let report = collected.content.map_err(|e| Failure::new("prune", e))?;
     for (digest, size) in &report.blobs {
