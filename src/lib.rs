@@ -14,6 +14,11 @@
 //! - [`pull`]: fetch and unpack, overlapped: what `ctr pull` does.
 //! - [`gc`]: garbage collection of snapshots and content together, in the
 //!   order that keeps a pull running meanwhile safe.
+//! - [`layout`]: OCI image layouts: export an image into one, import one,
+//!   or unpack straight from one (what `ctr export`, `ctr import` and
+//!   `umoci unpack` do).
+//! - [`staging`]: files and directories staged beside their destination
+//!   under a flock, and swept once the process that staged them is gone.
 //!
 //! ```
 //! use ocidist::content::{local::LocalStore, sha256_of, write_blob, Labels, Manager, WriterOpts};
@@ -33,4 +38,6 @@ pub use ocidist_remotes as remotes;
 pub use ocidist_snapshot as snapshot;
 
 pub mod gc;
+pub mod layout;
 pub mod pull;
+pub mod staging;

@@ -10,22 +10,9 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::process::Command;
 
-use common::dist;
+use common::{dist, run_tool};
 use ocidist::remotes::testkit::Registry;
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed (apt-get install {program}): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     let p = CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -178,10 +165,10 @@ fn build_with_umoci(work: &Path) -> String {
     let bundle = work.join("bundle");
     let rootfs = bundle.join("rootfs");
     let b = bundle.to_str().unwrap();
-    run("umoci", &["init", "--layout", layout.to_str().unwrap()]);
-    run("umoci", &["new", "--image", &image]);
+    run_tool("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    run_tool("umoci", &["new", "--image", &image]);
 
-    run("umoci", &["unpack", "--image", &image, b]);
+    run_tool("umoci", &["unpack", "--image", &image, b]);
     for dir in [
         "etc/apt/conf.d",
         "usr/bin",
@@ -220,10 +207,10 @@ fn build_with_umoci(work: &Path) -> String {
     chmod(&rootfs.join("srv/data"), 0o700);
     std::os::unix::fs::symlink("/etc/issue", rootfs.join("etc/motd")).unwrap();
     std::os::unix::fs::symlink("../nowhere", rootfs.join("etc/dangling")).unwrap();
-    run("umoci", &["repack", "--image", &image, b]);
+    run_tool("umoci", &["repack", "--image", &image, b]);
     std::fs::remove_dir_all(&bundle).unwrap();
 
-    run("umoci", &["unpack", "--image", &image, b]);
+    run_tool("umoci", &["unpack", "--image", &image, b]);
     std::fs::remove_file(rootfs.join("etc/issue.net")).unwrap();
     std::fs::remove_file(rootfs.join("usr/bin/uncompress")).unwrap();
     std::fs::remove_dir_all(rootfs.join("usr/share/doc/bash")).unwrap();
@@ -246,13 +233,13 @@ fn build_with_umoci(work: &Path) -> String {
     chmod(&rootfs.join("etc/issue"), 0o600);
     std::fs::remove_file(rootfs.join("etc/motd")).unwrap();
     std::fs::write(rootfs.join("etc/motd"), "now a file\n").unwrap();
-    run("umoci", &["repack", "--image", &image, b]);
+    run_tool("umoci", &["repack", "--image", &image, b]);
     std::fs::remove_dir_all(&bundle).unwrap();
 
-    run("umoci", &["unpack", "--image", &image, b]);
+    run_tool("umoci", &["unpack", "--image", &image, b]);
     std::fs::remove_dir_all(rootfs.join("srv/data")).unwrap();
     std::fs::write(rootfs.join("srv/data"), "dir became a file\n").unwrap();
-    run("umoci", &["repack", "--image", &image, b]);
+    run_tool("umoci", &["repack", "--image", &image, b]);
     std::fs::remove_dir_all(&bundle).unwrap();
 
     // A layer of one file, as `umoci insert` writes it: Debian's umoci 0.4.7
@@ -260,7 +247,7 @@ fn build_with_umoci(work: &Path) -> String {
     // blocks, which Go's tar reader (umoci's, containerd's) takes.
     let inserted = work.join("inserted");
     std::fs::write(&inserted, "inserted\n").unwrap();
-    run(
+    run_tool(
         "umoci",
         &[
             "insert",
@@ -281,7 +268,7 @@ fn an_image_built_by_umoci_unpacks_like_umoci_with_both_snapshotters() {
     let image = build_with_umoci(work.path());
 
     let reference = format!("{}/interop/umoci:1", registry.host());
-    run(
+    run_tool(
         "skopeo",
         &[
             "copy",
@@ -291,7 +278,7 @@ fn an_image_built_by_umoci_unpacks_like_umoci_with_both_snapshotters() {
         ],
     );
     let reference_tree = work.path().join("reference");
-    run(
+    run_tool(
         "umoci",
         &[
             "unpack",

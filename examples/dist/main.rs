@@ -22,7 +22,6 @@ mod layout;
 mod output;
 mod progress;
 mod rootfs;
-mod staging;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

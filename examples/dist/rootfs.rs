@@ -225,11 +225,11 @@ fn copy_into_place(
         .to_string_lossy();
     let prefix = format!(".{name}.ocidist-partial-");
     let making_prefix = format!(".{name}.ocidist-making-");
-    crate::staging::sweep_unheld(parent, &prefix, std::time::Duration::ZERO);
-    crate::staging::sweep_unheld(parent, &making_prefix, crate::staging::GRACE);
+    ocidist::staging::sweep_unheld(parent, &prefix, std::time::Duration::ZERO);
+    ocidist::staging::sweep_unheld(parent, &making_prefix, ocidist::staging::GRACE);
     // Mode 0700, as DEST's parents made here: until the copy sets it, the
     // root's mode is not the image's.
-    let staging = crate::staging::locked_dir(parent, &prefix, &making_prefix)?;
+    let staging = ocidist::staging::locked_dir(parent, &prefix, &making_prefix)?;
     copy(staging.path())?;
     if dropped.load(Ordering::SeqCst) {
         // Removed as `staging` drops.

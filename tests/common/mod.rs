@@ -6,6 +6,21 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// Runs a real tool the test needs (`umoci`, `skopeo`): its stdout, or a
+/// panic naming the package to install, or what it said on failure.
+pub fn run_tool(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed (apt-get install {program}): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// The `dist` binary `cargo test` built beside this test.
 pub fn dist_binary() -> PathBuf {
     let deps = std::env::current_exe().expect("test binary path");

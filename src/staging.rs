@@ -1,12 +1,17 @@
-//! What a killed command staged beside its destination: found by name,
-//! held by its writer's flock while alive, swept by the next run.
+//! Files and directories staged beside their destination, so that a killed
+//! process leaves nothing half-written under the final name: each is found by
+//! its name's prefix, held by its writer's flock while the writer lives, and
+//! swept by the next run ([`sweep_unheld`]). [`crate::layout`]'s export
+//! stages its blobs and `index.json` this way; a runtime building a root
+//! filesystem beside its destination can stage its directory with
+//! [`locked_dir`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A staged file or directory younger than this is never swept: its writer
 /// may not hold its lock yet (the instant between making it and locking it).
-pub(crate) const GRACE: Duration = Duration::from_secs(10);
+pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Removes the entries of `dir` named `prefix*` (files, or directories and
 /// all they hold) that are older than `grace` and whose flock nobody holds:
@@ -14,7 +19,7 @@ pub(crate) const GRACE: Duration = Duration::from_secs(10);
 /// the prefix is neither followed nor removed. [`GRACE`] for names their
 /// writers lock after making them; none for names given to entries already
 /// locked ([`locked_dir`]).
-pub(crate) fn sweep_unheld(dir: &Path, prefix: &str, grace: Duration) {
+pub fn sweep_unheld(dir: &Path, prefix: &str, grace: Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -46,21 +51,36 @@ pub(crate) fn sweep_unheld(dir: &Path, prefix: &str, grace: Duration) {
     }
 }
 
+/// A new file of a unique name `prefix*` in `dir`, for staging what will be
+/// renamed into place (with [`tempfile::NamedTempFile::persist`]): made with
+/// `O_EXCL`, so a name planted there (a symlink out of `dir`, another
+/// writer's file) is never written through. Its flock is held until it is
+/// renamed into place or dropped (or the process ends), so
+/// [`sweep_unheld`] with [`GRACE`] tells a live writer's file from one a
+/// killed writer left.
+pub fn staged_file(dir: &Path, prefix: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    let staged = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;
+    staged.as_file().lock()?;
+    Ok(staged)
+}
+
 /// A directory removed when this drops, unless [`kept`](Self::kept).
-pub(crate) struct StagedDir {
+#[derive(Debug)]
+pub struct StagedDir {
     path: Option<PathBuf>,
     /// Its flock, held as long as this lives.
     lock: Option<std::fs::File>,
 }
 
 impl StagedDir {
-    pub(crate) fn path(&self) -> &Path {
+    /// Where the directory is.
+    pub fn path(&self) -> &Path {
         self.path.as_deref().expect("set until kept")
     }
 
     /// Leaves the directory where it is, for the caller to rename while it
     /// holds the flock returned with it.
-    pub(crate) fn kept(mut self) -> (PathBuf, std::fs::File) {
+    pub fn kept(mut self) -> (PathBuf, std::fs::File) {
         let path = self.path.take().expect("set until kept");
         (path, self.lock.take().expect("set until kept"))
     }
@@ -80,11 +100,7 @@ impl Drop for StagedDir {
 /// holds is a killed run's, and the next run sweeps it at once (no grace);
 /// only a run killed in the instant between making and renaming leaves a
 /// `making_prefix*` directory, empty, for [`GRACE`]'s sweep.
-pub(crate) fn locked_dir(
-    parent: &Path,
-    prefix: &str,
-    making_prefix: &str,
-) -> std::io::Result<StagedDir> {
+pub fn locked_dir(parent: &Path, prefix: &str, making_prefix: &str) -> std::io::Result<StagedDir> {
     use std::os::unix::fs::PermissionsExt;
     let making = tempfile::Builder::new()
         .prefix(making_prefix)
