@@ -67,6 +67,17 @@ pub enum PullError {
     /// Unpacking failed.
     #[error(transparent)]
     Unpack(#[from] crate::snapshot::Error),
+    /// The unpack failed on the bytes of a layer the store held, and that
+    /// layer is not what its digest says (found by [`corrupt_layer`] once
+    /// the unpack failed): the store's file went bad after its commit.
+    /// Remove that blob and pull again.
+    #[error("{corrupt} (the unpack failed on it: {unpack})")]
+    Corrupt {
+        /// The store's [`BlobCorrupt`](crate::content::Error::BlobCorrupt).
+        corrupt: crate::content::Error,
+        /// How the unpack failed.
+        unpack: crate::snapshot::Error,
+    },
 }
 
 impl PullError {
@@ -75,6 +86,7 @@ impl PullError {
         match self {
             PullError::Fetch(e) => e.kind(),
             PullError::Unpack(e) => e.kind(),
+            PullError::Corrupt { corrupt, .. } => corrupt.kind(),
         }
     }
 
@@ -347,7 +359,19 @@ where
         }
     };
     let (unpacked, (), ()) = tokio::join!(both, forward, forward_unpack);
-    let chain_id = unpacked?;
+    let chain_id = match unpacked {
+        // The fetch skips what the store has: a stored layer gone bad since
+        // its commit shows only now, as bytes that do not decode.
+        Err(PullError::Unpack(unpack)) => {
+            return Err(
+                match corrupt_layer(store, &target, &options.matcher, &unpack).await {
+                    Some(corrupt) => PullError::Corrupt { corrupt, unpack },
+                    None => PullError::Unpack(unpack),
+                },
+            );
+        }
+        unpacked => unpacked?,
+    };
     // Named only once fetched and unpacked, as containerd does: a failed
     // pull leaves an existing name where it pointed.
     let image = record_image(images, &name, target).await?;
@@ -365,6 +389,60 @@ fn may_read_better(failed: &crate::snapshot::Error) -> bool {
         failed,
         crate::snapshot::Error::Io { .. } | crate::snapshot::Error::Metadata(_)
     )
+}
+
+/// Whether an unpack failed on what a layer's bytes are (a gzip or tar
+/// that does not decode, a wrong diff ID), which a stored copy gone bad
+/// would explain.
+fn failed_on_bytes(failed: &crate::snapshot::Error) -> bool {
+    use crate::snapshot::Error;
+    matches!(
+        failed,
+        Error::Layer(_) | Error::DiffIdMismatch { .. } | Error::InvalidArgument(_)
+    )
+}
+
+/// Why an unpack of `target` from `store` failed with `failed`, when a
+/// stored layer gone bad since its commit explains it: the first of the
+/// layers `matcher` picks that `store` holds committed and whose bytes are
+/// not what its digest says
+/// ([`BlobCorrupt`](crate::content::Error::BlobCorrupt)).
+///
+/// `None` at once when `failed` is not a failure on a layer's bytes (a
+/// gzip or tar that does not decode, a wrong diff ID), and `None` when
+/// every held layer is sound (the layer itself is bad) or the manifest
+/// cannot be read. Otherwise each held layer is read whole again, so it is
+/// for after a failure. [`pull`] calls it, and reports
+/// [`PullError::Corrupt`]; a caller of
+/// [`unpack`] can too.
+pub async fn corrupt_layer<S>(
+    store: &S,
+    target: &Descriptor,
+    matcher: &dyn Matcher,
+    failed: &crate::snapshot::Error,
+) -> Option<crate::content::Error>
+where
+    S: Provider + Manager + ?Sized,
+{
+    if !failed_on_bytes(failed) {
+        return None;
+    }
+    let manifest = crate::images::manifest::manifest(store, target, matcher)
+        .await
+        .ok()?;
+    for layer in &manifest.layers {
+        // An ingest the fetch left is not the store's copy; only committed
+        // blobs are read.
+        if store.info(layer.digest()).await.is_err() {
+            continue;
+        }
+        if let Err(e @ crate::content::Error::BlobCorrupt { .. }) =
+            crate::content::verify_blob(store, layer).await
+        {
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// How long a pull whose unpack failed waits for the fetch to fail too, with

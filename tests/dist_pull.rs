@@ -537,6 +537,77 @@ fn pull_unpacks_and_rootfs_mounts_with_native() {
 /// An image with no layers (`FROM scratch` and a label) pulls, is named,
 /// and gives an empty root filesystem, copied or mounted, as `ctr` pulls it.
 #[test]
+fn a_stored_layer_gone_bad_is_named_by_pull_and_rootfs_with_the_way_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_image(&registry.host(), work.path(), 1 << 16);
+    let root = work.path().join("store");
+    ok(dist(&root, &["pull", &reference], b""));
+
+    // The base layer, found through the library in the store dist wrote.
+    let layer = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use ocidist::images::ImageStore;
+        let content = ocidist::content::local::LocalStore::open(root.join("content")).unwrap();
+        let images = ocidist::images::DbImageStore::open(root.join("images.redb")).unwrap();
+        let image = images.get(&reference).await.unwrap();
+        let matcher =
+            ocidist::images::platforms::only(&ocidist::images::platforms::Platform::host());
+        let manifest = ocidist::images::manifest::manifest(&content, &image.target, &matcher)
+            .await
+            .unwrap();
+        manifest.layers[0].clone()
+    });
+    let digest = layer.digest().to_string();
+    let path = root
+        .join("content/blobs/sha256")
+        .join(layer.digest().digest());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, vec![0; layer.size() as usize]).unwrap();
+
+    // The native snapshotter has none of it: both unpack again, from the
+    // store, and fail on its bytes.
+    let dest = work.path().join("copy");
+    let rootfs = dist(
+        &root,
+        &[
+            "--snapshotter",
+            "native",
+            "rootfs",
+            "--copy",
+            &reference,
+            dest.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(rootfs.status.code(), Some(1), "{rootfs:?}");
+    let said = stderr(&rootfs);
+    assert!(
+        said.contains(&format!("the store's copy of {digest} is corrupt"))
+            && said.contains(&format!("dist delete {digest}")),
+        "{said}"
+    );
+    let pulled = dist(&root, &["--snapshotter", "native", "pull", &reference], b"");
+    assert_eq!(pulled.status.code(), Some(1), "{pulled:?}");
+    let said = stderr(&pulled);
+    assert!(
+        said.contains(&format!("content {digest}: corrupt"))
+            && said.contains(&format!("remove it (dist delete {digest}) and pull again")),
+        "{said}"
+    );
+
+    // The way out, taken.
+    ok(dist(&root, &["delete", &digest], b""));
+    ok(dist(
+        &root,
+        &["--snapshotter", "native", "pull", &reference],
+        b"",
+    ));
+    copy_and_check_rootfs(&root, "native", &reference, &dest);
+}
+
+#[test]
 fn an_image_with_no_layers_pulls_to_an_empty_root_filesystem() {
     let registry =
         Registry::start().expect("the registry must start (apt-get install docker-registry)");

@@ -194,6 +194,89 @@ async fn a_pull_runs_its_fetch_through_the_handler_wrapper() {
     assert!(snapshotter.walk(&[]).await.unwrap().is_empty());
 }
 
+#[tokio::test]
+async fn a_stored_layer_gone_bad_is_named_when_the_unpack_fails_on_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_two_layers(&registry, work.path()).await;
+    let resolver = DockerResolver::new();
+    let matcher = platforms::only(&Platform::host());
+    let (store, images, snapshotter) = stores(work.path());
+    let pulled = pull(
+        &resolver,
+        &store,
+        &images,
+        &snapshotter,
+        &reference,
+        PullOptions::new(matcher.clone()),
+    )
+    .await
+    .unwrap();
+    let manifest = ocidist::images::manifest::manifest(&store, &pulled.image.target, &matcher)
+        .await
+        .unwrap();
+    let layer = manifest.layers[1].clone();
+
+    // The top layer's file overwritten in place, at its size: the fetch
+    // skips what the store has, so only the unpack (into a snapshotter that
+    // has none of it) reads it, and fails on bytes that do not decode.
+    let path = store.blob_path(layer.digest());
+    let original = std::fs::read(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, vec![0x1f; layer.size() as usize]).unwrap();
+    let fresh = NativeSnapshotter::open(work.path().join("fresh")).unwrap();
+    let err = pull(
+        &resolver,
+        &store,
+        &images,
+        &fresh,
+        &reference,
+        PullOptions::new(matcher.clone()),
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        ocidist::pull::PullError::Corrupt {
+            corrupt: ocidist::content::Error::BlobCorrupt { digest, found },
+            ..
+        } => {
+            assert_eq!(digest, layer.digest());
+            assert!(found.contains("hash to"), "{found}");
+        }
+        other => panic!("not the store's copy named: {other:?}"),
+    }
+    assert_eq!(err.kind(), ocidist::content::ErrorKind::FailedPrecondition);
+
+    // Put back, every held layer is sound: a layer bad in itself is the
+    // unpack's error alone.
+    let bad = ocidist::snapshot::Error::Layer("test".into());
+    assert!(
+        ocidist::pull::corrupt_layer(&store, &pulled.image.target, &matcher, &bad)
+            .await
+            .is_some()
+    );
+    std::fs::write(&path, &original).unwrap();
+    assert!(
+        ocidist::pull::corrupt_layer(&store, &pulled.image.target, &matcher, &bad)
+            .await
+            .is_none()
+    );
+    std::fs::write(&path, &original[..10]).unwrap();
+    // Nor is a failure on where it writes blamed on the bytes.
+    let full = ocidist::snapshot::Error::Io {
+        op: "write",
+        path: "x".into(),
+        source: std::io::Error::other("disk full"),
+    };
+    assert!(
+        ocidist::pull::corrupt_layer(&store, &pulled.image.target, &matcher, &full)
+            .await
+            .is_none()
+    );
+}
+
 /// The threads of this process.
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()

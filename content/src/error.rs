@@ -95,6 +95,17 @@ pub enum Error {
         /// The ref that is locked.
         reference: String,
     },
+    /// A committed blob whose bytes are not what its digest says: its file
+    /// went bad after the commit (a disk error, a hand edit, a copy cut
+    /// short), found by [`verify_blob`](crate::verify_blob). Remove it and
+    /// fetch it again.
+    #[error("content {digest}: corrupt: {found}")]
+    BlobCorrupt {
+        /// The blob.
+        digest: Digest,
+        /// What its bytes are instead (`N bytes, not M`, or what they hash to).
+        found: String,
+    },
     /// The committed size is not the expected one.
     #[error("ingest ref {reference:?}: size mismatch: expected {expected} bytes, got {actual}")]
     SizeMismatch {
@@ -186,6 +197,7 @@ impl Error {
             Error::Locked { .. } => ErrorKind::Unavailable,
             Error::SizeMismatch { .. }
             | Error::DigestMismatch { .. }
+            | Error::BlobCorrupt { .. }
             | Error::WritePastSize { .. }
             | Error::TooLarge { .. }
             | Error::Closed { .. } => ErrorKind::FailedPrecondition,

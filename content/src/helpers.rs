@@ -46,6 +46,53 @@ pub async fn read_blob<P: Provider + ?Sized>(
     Ok(out)
 }
 
+/// Reads blob `desc` whole from `provider` and checks that it is what `desc`
+/// says: its size, then its digest. A store verifies a blob once, at its
+/// commit; a file that went bad since (a disk error, a hand edit, a copy
+/// cut short) is found only by reading it again, which this does, in
+/// 1 MiB reads. [`Error::BlobCorrupt`] when it is not, and
+/// the provider's error when it cannot be read.
+///
+/// ```
+/// use ocidist_content::{local::LocalStore, verify_blob, write_blob, sha256_of, Descriptor, Labels, WriterOpts};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = LocalStore::open(dir.path())?;
+/// write_blob(&store, WriterOpts::new("hello"), &b"hello"[..], Labels::new()).await?;
+/// let desc = Descriptor::new("application/octet-stream".into(), 5, sha256_of(b"hello"));
+/// verify_blob(&store, &desc).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn verify_blob<P: Provider + ?Sized>(provider: &P, desc: &Descriptor) -> Result<()> {
+    let corrupt = |found: String| Error::BlobCorrupt {
+        digest: desc.digest().clone(),
+        found,
+    };
+    let reader = provider.reader_at(desc).await?;
+    let size = reader.size();
+    if size != desc.size() {
+        return Err(corrupt(format!("{size} bytes, not {}", desc.size())));
+    }
+    let mut digester = Digester::new(desc.digest().algorithm())?;
+    let mut buf = vec![0; COPY_BUFFER.min(size as usize)];
+    let mut read = 0;
+    while read < size {
+        let n = reader.read_at(read, &mut buf).await?;
+        if n == 0 {
+            return Err(corrupt(format!("{read} bytes, not {size}")));
+        }
+        digester.update(&buf[..n]);
+        read += n as u64;
+    }
+    let actual = digester.digest();
+    if &actual != desc.digest() {
+        return Err(corrupt(format!("its bytes hash to {actual}")));
+    }
+    Ok(())
+}
+
 /// Writes `source` into the store as the ingest `opts.reference` and commits it
 /// against the size and digest in `opts`.
 ///

@@ -65,7 +65,7 @@ pub mod testsuite;
 
 pub use digester::{Digester, digest_of, sha256_of};
 pub use error::{Error, ErrorKind, Result};
-pub use helpers::{CopySource, copy, open_writer, read_blob, write_blob};
+pub use helpers::{CopySource, copy, open_writer, read_blob, verify_blob, write_blob};
 pub use reader::ReaderAtStream;
 
 /// Labels on a blob: free-form key/value pairs, such as containerd's

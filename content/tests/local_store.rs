@@ -1491,3 +1491,56 @@ async fn a_resumed_ingest_that_hashes_wrong_starts_over() {
         attempt(good).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn verify_blob_reads_a_committed_blob_again_and_names_what_went_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let bytes = b"committed and verified once".to_vec();
+    let desc = ocidist_content::Descriptor::new(
+        "application/octet-stream".into(),
+        bytes.len() as u64,
+        ocidist_content::sha256_of(&bytes),
+    );
+    ocidist_content::write_blob(
+        &store,
+        ocidist_content::WriterOpts::new("v"),
+        &bytes[..],
+        ocidist_content::Labels::new(),
+    )
+    .await
+    .unwrap();
+    ocidist_content::verify_blob(&store, &desc).await.unwrap();
+
+    let path = store.blob_path(desc.digest());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = |e: ocidist_content::Error| {
+        assert_eq!(
+            e.kind(),
+            ocidist_content::ErrorKind::FailedPrecondition,
+            "{e}"
+        );
+        assert!(
+            matches!(&e, ocidist_content::Error::BlobCorrupt { digest, .. } if digest == desc.digest()),
+            "{e:?}"
+        );
+        e.to_string()
+    };
+    let mut flipped = bytes.clone();
+    flipped[3] ^= 1;
+    std::fs::write(&path, &flipped).unwrap();
+    let e = ocidist_content::verify_blob(&store, &desc)
+        .await
+        .unwrap_err();
+    assert!(said(e).contains("its bytes hash to"));
+    std::fs::write(&path, &bytes[..5]).unwrap();
+    let e = ocidist_content::verify_blob(&store, &desc)
+        .await
+        .unwrap_err();
+    assert!(said(e).contains(&format!("5 bytes, not {}", bytes.len())));
+    std::fs::remove_file(&path).unwrap();
+    let e = ocidist_content::verify_blob(&store, &desc)
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+}

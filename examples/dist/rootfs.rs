@@ -87,7 +87,16 @@ pub(crate) async fn pull_cmd(
     )
     .await;
     progress.finish(result.is_ok()).await;
-    let pulled = result.map_err(|e| Failure::new(what, e))?;
+    let pulled = result.map_err(|e| match &e {
+        ocidist::pull::PullError::Corrupt {
+            corrupt: ocidist::content::Error::BlobCorrupt { digest, .. },
+            ..
+        } => Failure::new(
+            what,
+            format!("{e}: remove it (dist delete {digest}) and pull again"),
+        ),
+        _ => Failure::new(what, e),
+    })?;
     report!("{} {}", pulled.image.name, pulled.image.target.digest());
     match &pulled.chain_id {
         Some(chain_id) => report!("unpacked: {chain_id}"),
@@ -355,36 +364,60 @@ pub(crate) async fn rootfs_cmd(
         ));
     }
     let chain = match local_target(stores, &reference).await {
-        Ok(target) => unpack(
-            &target,
-            content,
-            snapshotter,
-            &platforms::only(&remote.platform),
-            remote.unpack_options(),
-        )
-        .await
-        .map_err(|e| match lease {
-            // What a one-platform fetch of an index leaves, or content
-            // removed since: where to look said in this program's terms.
-            Some(_) if e.kind() == ocidist::snapshot::ErrorKind::NotFound => fail(
-                format!(
-                    "{e} (`images check {reference}` lists what the store lacks; a fetch \
-                     or pull of an index keeps only the --platform's manifest, {}, unless \
-                     --all-platforms)",
-                    remote.platform
-                )
-                .into(),
-            ),
-            Some(_) => fail(e.into()),
-            None => fail(
-                format!(
-                    "{e} (the store cannot be written here: only an image unpacked in it \
-                     already can be copied out)"
-                )
-                .into(),
-            ),
-        })?
-        .map(|chain_id| chain_id.to_string()),
+        Ok(target) => {
+            let matcher = platforms::only(&remote.platform);
+            let unpacked = unpack(
+                &target,
+                content,
+                snapshotter,
+                &matcher,
+                remote.unpack_options(),
+            );
+            match unpacked.await {
+                Ok(chain_id) => chain_id.map(|chain_id| chain_id.to_string()),
+                Err(e) => {
+                    // A stored layer gone bad since its commit fails as
+                    // bytes that do not decode: the store's copy named,
+                    // with the way out.
+                    let corrupt =
+                        ocidist::pull::corrupt_layer(&stores.content, &target, &matcher, &e);
+                    if let Some(ocidist::content::Error::BlobCorrupt { digest, found }) =
+                        corrupt.await
+                    {
+                        return Err(fail(
+                            format!(
+                                "the store's copy of {digest} is corrupt ({found}): remove it \
+                                 (dist delete {digest}) and fetch the image again; the unpack \
+                                 failed on it: {e}"
+                            )
+                            .into(),
+                        ));
+                    }
+                    return Err(match lease {
+                        // What a one-platform fetch of an index leaves, or
+                        // content removed since: where to look said in this
+                        // program's terms.
+                        Some(_) if e.kind() == ocidist::snapshot::ErrorKind::NotFound => fail(
+                            format!(
+                                "{e} (`images check {reference}` lists what the store lacks; a \
+                                 fetch or pull of an index keeps only the --platform's manifest, \
+                                 {}, unless --all-platforms)",
+                                remote.platform
+                            )
+                            .into(),
+                        ),
+                        Some(_) => fail(e.into()),
+                        None => fail(
+                            format!(
+                                "{e} (the store cannot be written here: only an image unpacked \
+                                 in it already can be copied out)"
+                            )
+                            .into(),
+                        ),
+                    });
+                }
+            }
+        }
         // The chain ID `unpack` printed: its committed snapshot, as it is.
         Err(e) => match committed_snapshot(snapshotter, &reference).await {
             Some(chain) => Some(chain),
