@@ -1,7 +1,9 @@
 //! OCI image layouts (the image spec's `image-layout.md`): a directory of
 //! `oci-layout`, `index.json` and `blobs/<alg>/<hex>`, as skopeo
-//! (`oci:DIR:NAME`), umoci, and containerd's `ctr export` / `ctr import`
-//! write and read them.
+//! (`oci:DIR:NAME`) and umoci write and read them, and as containerd's
+//! `ctr export` / `ctr import` write and read them inside a tar archive
+//! (a tar of a layout written here imports with `ctr images import`; the
+//! directory itself does not).
 //!
 //! - [`export`] copies an image out of a store into a layout, each blob
 //!   hashed as it is copied and made durable before the `index.json` that
@@ -69,7 +71,7 @@ use crate::images::media_types::{self, Kind};
 use crate::images::{
     Flow, Handler, Image, ImageStore, children_handler, set_children_labels, walk,
 };
-use crate::staging::{GRACE, staged_file, sweep_unheld};
+use crate::staging::{GRACE, staged_file, sweep_unheld_files};
 
 /// The layout version written into `oci-layout`, and the only one read.
 pub const LAYOUT_VERSION: &str = "1.0.0";
@@ -312,49 +314,81 @@ impl OciLayout {
     /// `index.json` (at most [`MAX_INDEX_SIZE`]).
     pub fn entries(&self) -> Result<Vec<Descriptor>> {
         let path = self.dir.join("index.json");
-        let index = read_index(&path)?;
-        let Some(manifests) = index.get("manifests") else {
-            return Ok(Vec::new());
-        };
-        serde_json::from_value(manifests.clone()).map_err(|e| Error::Index {
-            path,
-            reason: format!("its manifests: {e}"),
-        })
+        let manifests = self.raw_entries()?;
+        manifests
+            .into_iter()
+            .map(|entry| {
+                serde_json::from_value(entry).map_err(|e| Error::Index {
+                    path: path.clone(),
+                    reason: format!("an entry of its manifests: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// The entries of `index.json` as JSON: none for a missing or `null`
+    /// `manifests`, as Go's decoder (skopeo, umoci, containerd) reads it.
+    fn raw_entries(&self) -> Result<Vec<serde_json::Value>> {
+        let path = self.dir.join("index.json");
+        match read_index(&path)?
+            .get_mut("manifests")
+            .map(serde_json::Value::take)
+        {
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(serde_json::Value::Array(entries)) => Ok(entries),
+            Some(_) => Err(Error::Index {
+                path,
+                reason: "its manifests are not an array".to_string(),
+            }),
+        }
     }
 
     /// The entry named `name` (by [`entry_name`] or by its ref name alone,
     /// as `skopeo`'s `oci:DIR:NAME` names it), or with `None` the layout's
-    /// only entry.
+    /// only entry. Only the entry found must be a descriptor: another
+    /// entry this program cannot read does not hide it. Blocking, as
+    /// [`entries`](Self::entries).
     pub fn find(&self, name: Option<&str>) -> Result<Descriptor> {
-        let entries = self.entries()?;
-        let Some(name) = name else {
-            return match entries.len() {
-                0 => Err(Error::NoImages {
-                    index: self.dir.join("index.json"),
-                }),
-                1 => Ok(entries.into_iter().next().expect("one entry")),
-                count => Err(Error::SeveralImages { count }),
-            };
+        let entries = self.raw_entries()?;
+        let found = match name {
+            None => match entries.len() {
+                0 => {
+                    return Err(Error::NoImages {
+                        index: self.dir.join("index.json"),
+                    });
+                }
+                1 => entries.into_iter().next().expect("one entry"),
+                count => return Err(Error::SeveralImages { count }),
+            },
+            Some(name) => {
+                let named: Vec<serde_json::Value> = entries
+                    .into_iter()
+                    .filter(|e| {
+                        e["annotations"][REF_NAME_ANNOTATION].as_str() == Some(name)
+                            || json_entry_name(e) == Some(name)
+                    })
+                    .collect();
+                // Two images tagged alike (`latest`): the whole name says
+                // which.
+                let targets: HashSet<&str> =
+                    named.iter().filter_map(|e| e["digest"].as_str()).collect();
+                if targets.len() > 1 {
+                    return Err(Error::Ambiguous {
+                        name: name.to_string(),
+                        names: named
+                            .iter()
+                            .filter_map(|e| json_entry_name(e).map(str::to_string))
+                            .collect(),
+                    });
+                }
+                named.into_iter().next().ok_or_else(|| Error::NoSuchImage {
+                    name: name.to_string(),
+                })?
+            }
         };
-        let named: Vec<Descriptor> = entries
-            .into_iter()
-            .filter(|e| {
-                annotation(e, REF_NAME_ANNOTATION) == Some(name) || entry_name(e) == Some(name)
-            })
-            .collect();
-        // Two images tagged alike (`latest`): the whole name says which.
-        let targets: HashSet<&Digest> = named.iter().map(|e| e.digest()).collect();
-        if targets.len() > 1 {
-            return Err(Error::Ambiguous {
-                name: name.to_string(),
-                names: named
-                    .iter()
-                    .filter_map(|e| entry_name(e).map(str::to_string))
-                    .collect(),
-            });
-        }
-        named.into_iter().next().ok_or_else(|| Error::NoSuchImage {
-            name: name.to_string(),
+        serde_json::from_value(found).map_err(|e| Error::Index {
+            path: self.dir.join("index.json"),
+            reason: format!("the entry asked for: {e}"),
         })
     }
 }
@@ -521,7 +555,8 @@ pub struct Exported {
     /// Tools that read every platform (`skopeo copy --all`) will miss them.
     pub left_out: Vec<Descriptor>,
     /// The digests the entry's name named before this export replaced them
-    /// (one entry per name: a re-export under a name replaces its entry).
+    /// (one entry per name: a re-export under a name replaces its entry),
+    /// as `index.json` spelled them.
     pub replaced: Vec<String>,
 }
 
@@ -534,15 +569,28 @@ pub struct Exported {
 ///   under a digest it does not have. A blob the layout has already is kept.
 /// - Blobs are staged, fsynced and renamed into place, their directories
 ///   fsynced, before `index.json` is rewritten the same way: a crash leaves
-///   the layout as it was, or with the image whole.
+///   the entries as they were, or with the image's entry and every blob it
+///   needs. A blob file the layout already has is kept as it is, unread
+///   (a layout is the writer's own, as a store is).
 /// - A missing blob a manifest needs fails the export before anything is
 ///   written ([`Error::Missing`]); an index's missing platforms are left
 ///   out ([`Exported::left_out`]), as are foreign layers the store lacks.
+/// - A directory whose `oci-layout` names another version is refused
+///   ([`Error::Version`]), as [`OciLayout::open`] refuses it.
 /// - Two exports into one layout at once each keep their entry: `index.json`
 ///   is rewritten under a flock on the layout directory.
 ///
 /// A `dist prune` (or [`crate::gc::collect`]) running meanwhile may remove
 /// what is being copied: hold a lease on `target` first.
+///
+/// The copy runs on threads of its own, not the runtime's blocking pool
+/// (which the store's reads may need: a full pool would wait on itself).
+///
+/// # Cancellation
+///
+/// Dropping the future stops the copy before its next 1 MiB chunk; the file
+/// it was staging is removed, and `index.json` is not touched. Blobs
+/// already renamed into place stay, unnamed, for the next export to keep.
 pub async fn export<S>(
     store: &S,
     target: &Descriptor,
@@ -552,14 +600,27 @@ pub async fn export<S>(
 where
     S: Provider + Manager + Clone + 'static,
 {
+    check_layout_version(dir)?;
     let Reachable { blobs, left_out } = reachable(store, target).await?;
     let count = blobs.len();
     let (store_copy, dir_copy) = (store.clone(), dir.to_path_buf());
     let runtime = tokio::runtime::Handle::current();
-    // Off the runtime, so other tasks (a Ctrl-C) go on while gigabytes copy.
-    tokio::task::spawn_blocking(move || copy_blobs(&runtime, &store_copy, &dir_copy, &blobs))
-        .await
-        .map_err(|e| crate::content::Error::other(ErrorKind::Internal, e))??;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // A thread of its own, off the runtime, so other tasks (a Ctrl-C) go on
+    // while gigabytes copy; not the blocking pool, which the store's reads
+    // use.
+    std::thread::Builder::new()
+        .name("ocidist-export".into())
+        .spawn(move || {
+            let copied = copy_blobs(&runtime, &store_copy, &dir_copy, &blobs, &stop);
+            let _ = done_tx.send(copied);
+        })
+        .map_err(Error::io(dir))?;
+    done_rx.await.map_err(|_| {
+        crate::content::Error::other(ErrorKind::Internal, "the export's copy thread panicked")
+    })??;
     let (dir, target, options) = (dir.to_path_buf(), target.clone(), options.clone());
     let replaced = tokio::task::spawn_blocking(move || add_entry(&dir, &target, &options))
         .await
@@ -569,6 +630,24 @@ where
         left_out,
         replaced,
     })
+}
+
+/// Stops an export's copy when the export is dropped.
+struct StopOnDrop(std::sync::Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Refuses a directory whose `oci-layout` names a version other than
+/// [`LAYOUT_VERSION`]; a directory without one is made a layout.
+fn check_layout_version(dir: &Path) -> Result<()> {
+    match OciLayout::open(dir) {
+        Ok(_) | Err(Error::NoSuchDirectory { .. } | Error::NotALayout { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// What [`reachable`] found.
@@ -636,6 +715,7 @@ fn copy_blobs<S: Provider>(
     store: &S,
     dir: &Path,
     blobs: &[Descriptor],
+    stop: &AtomicBool,
 ) -> Result<()> {
     let mut swept = BTreeSet::new();
     let mut dests = BTreeSet::new();
@@ -647,12 +727,12 @@ fn copy_blobs<S: Provider>(
             .expect("blob files have a parent")
             .to_path_buf();
         if swept.insert(blob_dir.clone()) {
-            sweep_unheld(&blob_dir, STAGED_PREFIX, GRACE);
+            sweep_unheld_files(&blob_dir, STAGED_PREFIX, GRACE);
         }
         if dest.exists() || !dests.insert(dest.clone()) {
             continue;
         }
-        std::fs::create_dir_all(&blob_dir).map_err(Error::io(&blob_dir))?;
+        make_dirs_durably(&blob_dir)?;
         todo.push((desc, dest));
     }
     let next = AtomicUsize::new(0);
@@ -663,7 +743,7 @@ fn copy_blobs<S: Provider>(
             let Some((desc, dest)) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 break;
             };
-            if let Err(e) = copy_blob(runtime, store, desc, dest, &mut bufs) {
+            if let Err(e) = copy_blob(runtime, store, desc, dest, &mut bufs, stop) {
                 failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
@@ -689,6 +769,30 @@ fn copy_blobs<S: Provider>(
     Ok(())
 }
 
+/// Makes `dir` and its missing parents, each made one's entry fsynced in
+/// its parent, so a blob renamed into it later survives a crash.
+fn make_dirs_durably(dir: &Path) -> Result<()> {
+    // The empty parent of a relative path is the working directory.
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        make_dirs_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::io(dir)(e)),
+    }
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(parent))
+}
+
 /// Copies one blob from the store into its staged file, checks it, and
 /// renames it into place (its directory fsynced later, with the others).
 fn copy_blob<S: Provider>(
@@ -697,6 +801,7 @@ fn copy_blob<S: Provider>(
     desc: &Descriptor,
     dest: &Path,
     bufs: &mut Vec<Vec<u8>>,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let dir = dest.parent().expect("blob files have a parent");
     let digest = desc.digest();
@@ -720,6 +825,12 @@ fn copy_blob<S: Provider>(
     let mut staged = staged_file(dir, STAGED_PREFIX).map_err(Error::io(dir))?;
     let mut offset = 0;
     let read = |buf: &mut [u8]| {
+        if stop.load(Ordering::Relaxed) {
+            return Err(crate::content::Error::other(
+                ErrorKind::Unavailable,
+                "the export was dropped",
+            ));
+        }
         let n = runtime.block_on(reader.read_at(offset, buf))?;
         offset += n as u64;
         Ok(n)
@@ -841,7 +952,7 @@ fn add_entry(dir: &Path, target: &Descriptor, options: &ExportOptions) -> Result
     // On the directory itself: no file is added to the layout.
     let dir_file = std::fs::File::open(dir).map_err(Error::io(dir))?;
     dir_file.lock().map_err(Error::io(dir))?;
-    sweep_unheld(dir, STAGED_PREFIX, GRACE);
+    sweep_unheld_files(dir, STAGED_PREFIX, GRACE);
     let layout_file = dir.join("oci-layout");
     write_atomically(
         &layout_file,
@@ -966,7 +1077,12 @@ pub struct ImportedImage {
 ///   layer it lacks fails the import ([`ErrorKind::NotFound`]), foreign
 ///   layers excepted.
 /// - Each named entry is created in `images`, or updated there to the
-///   layout's target.
+///   layout's target, once every entry has been walked: an import that
+///   fails on a blob or a document names nothing (its blobs stay in the
+///   store, unnamed, for a collection to take).
+///
+/// It reads `index.json` and lists `blobs/` on the calling thread (small
+/// and few); the blobs themselves are read off it.
 ///
 /// To keep what is imported from a prune running meanwhile, pass a leased
 /// store ([`crate::content::lease::LeasedStore`]).
@@ -977,7 +1093,7 @@ pub async fn import<S, I>(
     options: &ImportOptions,
 ) -> Result<Imported>
 where
-    S: Provider + Ingester + Manager + Clone + 'static,
+    S: Provider + Ingester + Manager + Clone,
     I: ImageStore + ?Sized,
 {
     let entries = layout.entries()?;
@@ -987,14 +1103,19 @@ where
     // layout of a few KB can list one index a thousand times, each listing
     // one manifest a thousand times.
     let walked = Mutex::new(HashSet::new());
-    for desc in entries {
+    // Every entry walked before any is named: an import that fails names
+    // nothing.
+    for desc in &entries {
         let labeller = PresentManifests {
             inner: set_children_labels(store.clone(), children_handler(store.clone())),
             store: store.clone(),
+            layout: layout.dir(),
             top: desc.digest().clone(),
             walked: &walked,
         };
-        walk(&labeller, std::slice::from_ref(&desc)).await?;
+        walk(&labeller, std::slice::from_ref(desc)).await?;
+    }
+    for desc in entries {
         let name = match &options.prefix {
             Some(prefix) => {
                 annotation(&desc, REF_NAME_ANNOTATION).map(|tag| format!("{prefix}{tag}"))
@@ -1105,11 +1226,25 @@ fn blob_digest(name: &str) -> std::result::Result<Digest, String> {
 struct PresentManifests<'w, H, S> {
     inner: H,
     store: S,
+    /// The layout's directory, to say why a blob was not imported.
+    layout: &'w Path,
     /// The image's own index, which must keep some manifest.
     top: Digest,
     /// The documents walked already, by this walk or an earlier one, and
     /// whether as an image's own index.
     walked: &'w Mutex<HashSet<(Digest, bool)>>,
+}
+
+impl<H: Handler, S: Manager> PresentManifests<'_, H, S> {
+    /// Why `digest` is not in the store after the blobs were imported: its
+    /// file is missing, or is not a regular file (skipped).
+    fn why_missing(&self, digest: &Digest) -> &'static str {
+        match blob_file(self.layout, digest).symlink_metadata() {
+            Ok(meta) if !meta.is_file() => "its file there is not a regular file",
+            Ok(_) => "its file there could not be imported",
+            Err(_) => "it has no file there",
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -1138,9 +1273,10 @@ impl<H: Handler, S: Manager> Handler for PresentManifests<'_, H, S> {
                     return Err(crate::images::Error::other(
                         ErrorKind::NotFound,
                         format!(
-                            "blob {} ({media_type}) of image {} is not in the layout",
+                            "blob {} ({media_type}) of image {} is not in the layout: {}",
                             desc.digest(),
-                            self.top
+                            self.top,
+                            self.why_missing(desc.digest())
                         ),
                     ));
                 }

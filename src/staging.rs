@@ -20,6 +20,17 @@ pub const GRACE: Duration = Duration::from_secs(10);
 /// writers lock after making them; none for names given to entries already
 /// locked ([`locked_dir`]).
 pub fn sweep_unheld(dir: &Path, prefix: &str, grace: Duration) {
+    sweep(dir, prefix, grace, true);
+}
+
+/// [`sweep_unheld`] of files alone: for names only [`staged_file`] makes,
+/// where a directory of that name is none of the stager's (a user's, in a
+/// directory others write too) and is left alone.
+pub fn sweep_unheld_files(dir: &Path, prefix: &str, grace: Duration) {
+    sweep(dir, prefix, grace, false);
+}
+
+fn sweep(dir: &Path, prefix: &str, grace: Duration, dirs_too: bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -36,7 +47,7 @@ pub fn sweep_unheld(dir: &Path, prefix: &str, grace: Duration) {
             .ok()
             .and_then(|at| at.elapsed().ok())
             .is_some_and(|age| age >= grace);
-        if !old || !(meta.is_file() || meta.is_dir()) {
+        if !old || !(meta.is_file() || (dirs_too && meta.is_dir())) {
             continue;
         }
         let path = entry.path();
@@ -56,7 +67,7 @@ pub fn sweep_unheld(dir: &Path, prefix: &str, grace: Duration) {
 /// `O_EXCL`, so a name planted there (a symlink out of `dir`, another
 /// writer's file) is never written through. Its flock is held until it is
 /// renamed into place or dropped (or the process ends), so
-/// [`sweep_unheld`] with [`GRACE`] tells a live writer's file from one a
+/// [`sweep_unheld_files`] with [`GRACE`] tells a live writer's file from one a
 /// killed writer left.
 pub fn staged_file(dir: &Path, prefix: &str) -> std::io::Result<tempfile::NamedTempFile> {
     let staged = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;

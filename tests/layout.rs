@@ -350,6 +350,9 @@ async fn malformed_layouts_and_unknown_names_are_typed_errors() {
         opened.find(None).unwrap_err(),
         Error::NoImages { .. }
     ));
+    // `null`, as Go writes an empty list: none.
+    index(serde_json::Value::Null);
+    assert!(opened.entries().unwrap().is_empty());
 
     let entry = |digest: &Digest, tag: &str, name: &str| {
         serde_json::json!({
@@ -373,6 +376,14 @@ async fn malformed_layouts_and_unknown_names_are_typed_errors() {
         opened.find(Some("b.example/two:latest")).unwrap().digest(),
         &two
     );
+    // An entry this program cannot read hides none of the others from
+    // `find`; `entries` says it.
+    index(serde_json::json!([
+        entry(&one, "latest", "a.example/one:latest"),
+        {"digest": 5},
+    ]));
+    assert_eq!(opened.find(Some("latest")).unwrap().digest(), &one);
+    assert!(matches!(opened.entries().unwrap_err(), Error::Index { .. }));
     let e = opened.find(Some("nope")).unwrap_err();
     assert!(
         matches!(e, Error::NoSuchImage { .. }) && e.is_not_found(),
@@ -393,4 +404,238 @@ async fn malformed_layouts_and_unknown_names_are_typed_errors() {
     assert!(e.to_string().contains("hash to"), "{e}");
     std::fs::write(blobs.join(one.digest()), b"{}").unwrap();
     assert_eq!(read_all(&opened, &desc).await, b"{}");
+}
+
+/// A store whose blob reads each take `delay`: a remote store, or one on a
+/// slow disk. Exports from any store that is a `Provider` and `Manager`.
+#[derive(Clone)]
+struct SlowStore {
+    inner: LocalStore,
+    delay: std::time::Duration,
+}
+
+struct SlowReader {
+    inner: Box<dyn ocidist::content::ReaderAt>,
+    delay: std::time::Duration,
+}
+
+#[ocidist::content::async_trait]
+impl ocidist::content::ReaderAt for SlowReader {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist::content::Result<usize> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.read_at(offset, buf).await
+    }
+
+    fn into_async_read(self: Box<Self>) -> std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> {
+        Box::pin(ocidist::content::ReaderAtStream::new(self))
+    }
+}
+
+#[ocidist::content::async_trait]
+impl Provider for SlowStore {
+    async fn reader_at(
+        &self,
+        desc: &Descriptor,
+    ) -> ocidist::content::Result<Box<dyn ocidist::content::ReaderAt>> {
+        Ok(Box::new(SlowReader {
+            inner: self.inner.reader_at(desc).await?,
+            delay: self.delay,
+        }))
+    }
+}
+
+#[ocidist::content::async_trait]
+impl Manager for SlowStore {
+    async fn info(&self, digest: &Digest) -> ocidist::content::Result<ocidist::content::Info> {
+        self.inner.info(digest).await
+    }
+
+    async fn update(
+        &self,
+        info: ocidist::content::Info,
+        fieldpaths: &[&str],
+    ) -> ocidist::content::Result<ocidist::content::Info> {
+        self.inner.update(info, fieldpaths).await
+    }
+
+    async fn walk(
+        &self,
+        filters: &[&str],
+        f: &mut (dyn FnMut(ocidist::content::Info) -> ocidist::content::Result<()> + Send),
+    ) -> ocidist::content::Result<()> {
+        self.inner.walk(filters, f).await
+    }
+
+    async fn delete(&self, digest: &Digest) -> ocidist::content::Result<()> {
+        self.inner.delete(digest).await
+    }
+}
+
+/// An image whose one layer is `size` bytes of filler (an export does not
+/// decode layers): its manifest.
+async fn image_of_size(store: &LocalStore, size: usize) -> Descriptor {
+    let layer = put(store, LAYER, &vec![7; size]).await;
+    let config = put(store, CONFIG, br#"{"architecture":"amd64","os":"linux"}"#).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": [layer],
+    });
+    put(store, MANIFEST, &serde_json::to_vec(&manifest).unwrap()).await
+}
+
+#[test]
+fn exports_finish_with_a_blocking_pool_of_one_thread() {
+    let work = tempfile::tempdir().unwrap();
+    for multi_thread in [false, true] {
+        let mut builder = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        let runtime = builder
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let root = work.path().join(format!("multi-{multi_thread}"));
+        let exported = runtime.block_on(async {
+            let store = LocalStore::open(root.join("store")).unwrap();
+            let one = image_of_size(&store, 3 << 20).await;
+            let two = image(&store, "two\n", "arm64").await;
+            // The store's reads need the pool's one thread: a copy holding
+            // it would wait on itself for ever.
+            let (dir_one, dir_two, options) =
+                (root.join("one"), root.join("two"), ExportOptions::new());
+            let both = futures::future::join(
+                layout::export(&store, &one, &dir_one, &options),
+                layout::export(&store, &two, &dir_two, &options),
+            );
+            tokio::time::timeout(std::time::Duration::from_secs(60), both).await
+        });
+        // Before the verdict: a runtime dropped with a copy stuck in its
+        // pool would wait for it for ever.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        let (one, two) = exported.expect("the exports finish");
+        assert_eq!(one.unwrap().blobs, 3);
+        assert_eq!(two.unwrap().blobs, 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_export_stops_its_copy_and_leaves_no_staged_file() {
+    let work = tempfile::tempdir().unwrap();
+    let local = LocalStore::open(work.path().join("store")).unwrap();
+    let manifest = image_of_size(&local, 64 << 20).await;
+    let store = SlowStore {
+        inner: local,
+        delay: std::time::Duration::from_millis(20),
+    };
+    let dir = work.path().join("layout");
+    let blobs = dir.join("blobs/sha256");
+    let staged = || {
+        std::fs::read_dir(&blobs).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".ocidist-tmp-"))
+        })
+    };
+    let options = ExportOptions::new();
+    let mut export = Box::pin(layout::export(&store, &manifest, &dir, &options));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Dropped once the layer's copy is under way (64 reads of 20 ms).
+    while !staged() {
+        tokio::select! {
+            done = &mut export => panic!("the export ended before it was dropped: {done:?}"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "no copy began");
+    }
+    drop(export);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while staged() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy went on after the export was dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!dir.join("index.json").exists());
+    let body: serde_json::Value =
+        serde_json::from_slice(&read_all(&store.inner, &manifest).await).unwrap();
+    let layer = body["layers"][0]["digest"].as_str().unwrap();
+    let layer = layer.strip_prefix("sha256:").unwrap();
+    assert!(!blobs.join(layer).exists(), "the layer was not finished");
+
+    // Exported again, from the slow store: the whole image.
+    let exported = layout::export(&store, &manifest, &dir, &ExportOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(exported.blobs, 3);
+    assert!(blobs.join(layer).is_file());
+}
+
+#[tokio::test]
+async fn an_import_that_fails_names_nothing_and_says_why_a_blob_is_missing() {
+    let work = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(work.path().join("store")).unwrap();
+    let first = image(&store, "first\n", "amd64").await;
+    let second = image(&store, "second\n", "amd64").await;
+    let dir = work.path().join("layout");
+    for (desc, name) in [(&first, "example.com/a:1"), (&second, "example.com/b:1")] {
+        layout::export(&store, desc, &dir, &ExportOptions::for_image(name))
+            .await
+            .unwrap();
+    }
+    // The second image's layer replaced by a directory of its name.
+    let body: serde_json::Value = serde_json::from_slice(&read_all(&store, &second).await).unwrap();
+    let layer: Descriptor = serde_json::from_value(body["layers"][0].clone()).unwrap();
+    let opened = OciLayout::open(&dir).unwrap();
+    let path = opened.blob_path(layer.digest());
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+
+    let other = LocalStore::open(work.path().join("other")).unwrap();
+    let images = DbImageStore::open(work.path().join("images.redb")).unwrap();
+    let e = layout::import(&other, &images, &opened, &ImportOptions::new())
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e:?}");
+    let said = e.to_string();
+    assert!(
+        said.contains(&layer.digest().to_string()) && said.contains("not a regular file"),
+        "{said}"
+    );
+    assert!(
+        images.list(&[]).await.unwrap().is_empty(),
+        "the first image is not named either"
+    );
+
+    // An export into a layout of another version is refused.
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.1.0"}"#).unwrap();
+    let e = layout::export(&store, &first, &dir, &ExportOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Version { .. }), "{e:?}");
+}
+
+#[test]
+fn staged_files_are_swept_and_directories_of_their_name_left_alone() {
+    use ocidist::staging::{sweep_unheld, sweep_unheld_files};
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join(".stage-mine");
+    std::fs::create_dir(&planted).unwrap();
+    let left = dir.path().join(".stage-left");
+    std::fs::write(&left, b"half").unwrap();
+    let held = ocidist::staging::staged_file(dir.path(), ".stage-").unwrap();
+
+    sweep_unheld_files(dir.path(), ".stage-", std::time::Duration::ZERO);
+    assert!(!left.exists(), "a file nobody holds is swept");
+    assert!(held.path().exists(), "a held one is not");
+    assert!(planted.is_dir(), "a directory is not the file sweep's");
+    sweep_unheld(dir.path(), ".stage-", std::time::Duration::ZERO);
+    assert!(!planted.exists(), "the full sweep takes directories too");
+    assert!(held.path().exists());
 }

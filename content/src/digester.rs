@@ -57,7 +57,7 @@ impl Digester {
             DigestAlgorithm::Sha512 => State::Sha512(sha2::Sha512::new()),
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unsupported digest algorithm {other:?}"
+                    "unsupported digest algorithm {other}"
                 )));
             }
         };
