@@ -16,6 +16,11 @@
 //!   [`Provider`] that checks each as umoci does, so that an image unpacks
 //!   straight from it (as `umoci unpack` does) without a copy in a store.
 //!
+//! Beside containerd's `core/images/archive`: [`export`] takes one image
+//! (call it once per image; each call adds its entry) with every platform
+//! the store holds, and [`import`] names the images itself, where
+//! containerd's `ImportIndex` leaves naming to its caller.
+//!
 //! An entry of `index.json` is named by containerd's whole image name
 //! ([`IMAGE_NAME_ANNOTATION`]) where it has one, else by its OCI ref name
 //! ([`REF_NAME_ANNOTATION`], which containerd and skopeo give the tag alone).
@@ -317,10 +322,11 @@ impl OciLayout {
         let manifests = self.raw_entries()?;
         manifests
             .into_iter()
-            .map(|entry| {
+            .enumerate()
+            .map(|(n, entry)| {
                 serde_json::from_value(entry).map_err(|e| Error::Index {
                     path: path.clone(),
-                    reason: format!("an entry of its manifests: {e}"),
+                    reason: format!("manifests[{n}]: {e}"),
                 })
             })
             .collect()
