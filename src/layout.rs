@@ -1087,8 +1087,8 @@ pub struct ImportedImage {
 ///   fails on a blob or a document names nothing (its blobs stay in the
 ///   store, unnamed, for a collection to take).
 ///
-/// It reads `index.json` and lists `blobs/` on the calling thread (small
-/// and few); the blobs themselves are read off it.
+/// `index.json` is read and `blobs/` listed on the blocking pool, before
+/// any blob is written.
 ///
 /// To keep what is imported from a prune running meanwhile, pass a leased
 /// store ([`crate::content::lease::LeasedStore`]).
@@ -1102,9 +1102,18 @@ where
     S: Provider + Ingester + Manager + Clone,
     I: ImageStore + ?Sized,
 {
-    let entries = layout.entries()?;
-    let mut imported = Imported::default();
-    import_blobs(store, layout, &mut imported.skipped).await?;
+    // `index.json` (up to 64 MiB) and the listing of `blobs/`, off the
+    // runtime's threads.
+    let read = layout.clone();
+    let (entries, (blobs, skipped)) =
+        tokio::task::spawn_blocking(move || Ok::<_, Error>((read.entries()?, list_blobs(&read)?)))
+            .await
+            .map_err(|e| crate::content::Error::other(ErrorKind::Internal, e))??;
+    let mut imported = Imported {
+        skipped,
+        ..Imported::default()
+    };
+    import_blobs(store, &blobs).await?;
     // Each document is walked once, however often indexes list it: a
     // layout of a few KB can list one index a thousand times, each listing
     // one manifest a thousand times.
@@ -1154,13 +1163,13 @@ where
     Ok(imported)
 }
 
-/// Writes every blob file of `layout` into `store`, verified against the
-/// digest its name claims; what is not a blob goes in `skipped`.
-async fn import_blobs<S: Ingester>(
-    store: &S,
-    layout: &OciLayout,
-    skipped: &mut Vec<(PathBuf, String)>,
-) -> Result<()> {
+/// The blob files of `layout` (`blobs/<alg>/<hex>`), each with the digest
+/// its name claims; and what is there but is not a blob, with why.
+type Listing = (Vec<(PathBuf, Digest)>, Vec<(PathBuf, String)>);
+
+/// Lists the blob files of `layout` (blocking).
+fn list_blobs(layout: &OciLayout) -> Result<Listing> {
+    let (mut blobs, mut skipped) = (Vec::new(), Vec::new());
     let blobs_dir = layout.dir().join("blobs");
     let listed = |dir: &Path| std::fs::read_dir(dir).map_err(Error::io(dir));
     for algorithm in listed(&blobs_dir)? {
@@ -1182,40 +1191,42 @@ async fn import_blobs<S: Ingester>(
                 algorithm.file_name().to_string_lossy(),
                 blob.file_name().to_string_lossy()
             );
-            let digest = match blob_digest(&name) {
-                Ok(digest) if blob.file_type().map_err(Error::io(&path))?.is_file() => digest,
-                Ok(_) => {
-                    skipped.push((path, "not a file".to_string()));
-                    continue;
+            match blob_digest(&name) {
+                Ok(digest) if blob.file_type().map_err(Error::io(&path))?.is_file() => {
+                    blobs.push((path, digest));
                 }
-                Err(why) => {
-                    skipped.push((path, why));
-                    continue;
-                }
-            };
-            let mut file = tokio::fs::File::open(&path)
-                .await
-                .map_err(Error::io(&path))?;
-            let size = file.metadata().await.map_err(Error::io(&path))?.len();
-            let opts = WriterOpts::new(format!("import-{digest}"))
-                .size(size)
-                .digest(digest.clone());
-            let mut writer = match open_writer(store, opts).await {
-                Ok(writer) => writer,
-                Err(e) if e.is_already_exists() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            // Seekable: what an earlier import of a wrong file left is read
-            // again from the file as it is now.
-            copy(
-                writer.as_mut(),
-                CopySource::Seekable(&mut file),
-                Some(size),
-                Some(&digest),
-                Labels::new(),
-            )
-            .await?;
+                Ok(_) => skipped.push((path, "not a file".to_string())),
+                Err(why) => skipped.push((path, why)),
+            }
         }
+    }
+    Ok((blobs, skipped))
+}
+
+/// Writes each of `blobs` into `store`, verified against its digest; one
+/// the store has is not read.
+async fn import_blobs<S: Ingester>(store: &S, blobs: &[(PathBuf, Digest)]) -> Result<()> {
+    for (path, digest) in blobs {
+        let mut file = tokio::fs::File::open(path).await.map_err(Error::io(path))?;
+        let size = file.metadata().await.map_err(Error::io(path))?.len();
+        let opts = WriterOpts::new(format!("import-{digest}"))
+            .size(size)
+            .digest(digest.clone());
+        let mut writer = match open_writer(store, opts).await {
+            Ok(writer) => writer,
+            Err(e) if e.is_already_exists() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // Seekable: what an earlier import of a wrong file left is read
+        // again from the file as it is now.
+        copy(
+            writer.as_mut(),
+            CopySource::Seekable(&mut file),
+            Some(size),
+            Some(digest),
+            Labels::new(),
+        )
+        .await?;
     }
     Ok(())
 }
