@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::content::lease::{Lease, LeasedStore};
 use crate::content::{
     Descriptor, Digest, ErrorKind, IngestManager, Ingester, Manager, Provider, ReaderAt,
     ReaderAtStream,
@@ -32,6 +33,7 @@ use crate::remotes::{
     FetchEvent, FetchOptions, HandlerWrapper, Resolver, fetch_content_with, ingest_ref,
     record_image,
 };
+use crate::snapshot::lease::LeasedSnapshotter;
 use crate::snapshot::{Snapshotter, UnpackEvent, UnpackOptions, unpack};
 
 /// Progress of a [`pull`], as data.
@@ -114,6 +116,10 @@ pub struct PullOptions<M> {
     /// wrapper that skips a layer the unpack needs fails the pull with
     /// [`NotFound`](crate::content::ErrorKind::NotFound) once the fetch ends.
     pub handler_wrapper: Option<HandlerWrapper>,
+    /// Records every blob and snapshot the pull writes or relies on in this
+    /// lease, so a collection in this or another process keeps them (see
+    /// [`pull`]'s "Keeping a pull from collection").
+    pub lease: Option<Lease>,
 }
 
 impl<M> PullOptions<M> {
@@ -127,6 +133,7 @@ impl<M> PullOptions<M> {
             unpack: UnpackOptions::default(),
             events: None,
             handler_wrapper: None,
+            lease: None,
         }
     }
 
@@ -159,6 +166,14 @@ impl<M> PullOptions<M> {
         self.handler_wrapper = Some(wrapper);
         self
     }
+
+    /// Records what the pull writes or relies on in `lease`, as containerd's
+    /// client pulls under a lease: the store and the snapshotter are reached
+    /// through [`LeasedStore`] and [`LeasedSnapshotter`].
+    pub fn lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
 }
 
 /// Fetches `reference` into `store` and unpacks it into `snapshotter`, the
@@ -170,6 +185,7 @@ impl<M> PullOptions<M> {
 ///
 /// ```no_run
 /// use std::sync::Arc;
+/// use ocidist::content::lease::Leases;
 /// use ocidist::content::local::LocalStore;
 /// use ocidist::images::{platforms, DbImageStore};
 /// use ocidist::pull::{pull, PullEvent, PullOptions};
@@ -181,6 +197,7 @@ impl<M> PullOptions<M> {
 /// let store = LocalStore::open(root.join("content"))?;
 /// let images = DbImageStore::open(root.join("images.redb"))?;
 /// let snapshotter = OverlaySnapshotter::open(root.join("snapshots"))?;
+/// let leases = Leases::open(root.join("leases"))?;
 /// let resolver = DockerResolver::new().credentials(Arc::new(DockerConfig::load_default()?));
 ///
 /// let (events, mut progress) = tokio::sync::mpsc::unbounded_channel();
@@ -193,7 +210,8 @@ impl<M> PullOptions<M> {
 /// });
 /// let options = PullOptions::new(platforms::only(&platforms::Platform::host()))
 ///     .limit(8)
-///     .events(events);
+///     .events(events)
+///     .lease(leases.acquire().await?);
 /// let pulled = pull(&resolver, &store, &images, &snapshotter, "redis:latest", options).await?;
 /// // A container's root filesystem: an active snapshot on the top layer.
 /// let key = "my-container";
@@ -220,7 +238,45 @@ impl<M> PullOptions<M> {
 /// [`remove_own_extractions`](crate::snapshot::remove_own_extractions)
 /// afterwards (or let [`prune`](crate::snapshot::gc::prune) take them once
 /// their lease or grace period is over), as `dist` does on SIGINT.
+///
+/// # Keeping a pull from collection
+///
+/// Until the image is named, a collection in another process sees the
+/// pull's blobs and snapshots as unreferenced. Its grace period covers what
+/// the pull writes, not the old blobs and layers the pull finds present and
+/// reuses. Pull under a lease ([`PullOptions::lease`], taken with
+/// [`Leases::acquire`](crate::content::lease::Leases::acquire)) and collect
+/// while holding the leases
+/// ([`Leases::hold`](crate::content::lease::Leases::hold)), as `dist pull`
+/// and `dist prune` do. Drop the lease when the pull returns: the named
+/// image then keeps what it needs.
 pub async fn pull<R, S, I, N, M>(
+    resolver: &R,
+    store: &S,
+    images: &I,
+    snapshotter: &N,
+    reference: &str,
+    mut options: PullOptions<M>,
+) -> Result<Pulled, PullError>
+where
+    R: Resolver + ?Sized,
+    S: Provider + Ingester + Manager + IngestManager + Clone + 'static,
+    I: ImageStore + ?Sized,
+    N: Snapshotter + ?Sized,
+    M: Matcher + Clone + 'static,
+{
+    match options.lease.take() {
+        Some(lease) => {
+            let store = LeasedStore::new(store.clone(), lease.clone());
+            let snapshotter = LeasedSnapshotter::new(snapshotter, lease);
+            pull_through(resolver, &store, images, &snapshotter, reference, options).await
+        }
+        None => pull_through(resolver, store, images, snapshotter, reference, options).await,
+    }
+}
+
+/// [`pull`] through `store` and `snapshotter` as they are.
+async fn pull_through<R, S, I, N, M>(
     resolver: &R,
     store: &S,
     images: &I,

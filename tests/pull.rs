@@ -354,3 +354,80 @@ async fn dropped_mid_layer(overlay: bool) {
         "the layer was being applied: {active:?}"
     );
 }
+
+/// A pull under a lease keeps from a collection what it relies on until the
+/// lease ends: blobs and layers it found present, however old, as well as
+/// what it wrote. The collection runs with no grace period, as one in
+/// another process may while the pull has not named its image yet.
+#[tokio::test]
+async fn a_pull_under_a_lease_keeps_what_it_reused_from_a_collection() {
+    use ocidist::content::Manager;
+    use ocidist::content::lease::Leases;
+    use ocidist::gc::{CollectOptions, collect};
+
+    let registry =
+        Registry::start().expect("the registry must start (apt-get install docker-registry)");
+    let work = tempfile::tempdir().unwrap();
+    let reference = push_two_layers(&registry, work.path()).await;
+    let resolver = DockerResolver::new();
+    let matcher = platforms::only(&Platform::host());
+    let (store, images, snapshotter) = stores(work.path());
+    let leases = Leases::open(work.path().join("leases")).unwrap();
+    let collect_now = || async {
+        let leases = leases.clone();
+        let held = tokio::task::spawn_blocking(move || leases.hold())
+            .await
+            .unwrap()
+            .unwrap();
+        let options = CollectOptions::new().grace(Duration::ZERO);
+        let collected = collect(
+            &store,
+            &images,
+            &held,
+            &[("native", &snapshotter)],
+            &options,
+        )
+        .await;
+        let removed_snapshots = collected.snapshots[0].1.removed.len();
+        (collected.content.unwrap().blobs.len(), removed_snapshots)
+    };
+
+    // A first pull, its image then removed: all it left is unreferenced.
+    let first = pull(
+        &resolver,
+        &store,
+        &images,
+        &snapshotter,
+        &reference,
+        PullOptions::new(matcher.clone()),
+    )
+    .await
+    .unwrap();
+    images.delete(&first.image.name).await.unwrap();
+
+    // The same image under a lease finds every blob and layer present; a
+    // collection before its name is recorded (here: after it is removed
+    // again) takes none of them.
+    let lease = leases.acquire().await.unwrap();
+    let second = pull(
+        &resolver,
+        &store,
+        &images,
+        &snapshotter,
+        &reference,
+        PullOptions::new(matcher.clone()).lease(lease.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.chain_id, first.chain_id);
+    images.delete(&second.image.name).await.unwrap();
+    assert_eq!(collect_now().await, (0, 0));
+    assert!(store.info(second.image.target.digest()).await.is_ok());
+    let top = second.chain_id.clone().unwrap();
+    assert!(snapshotter.stat(top.as_ref()).await.is_ok());
+
+    // Once the lease ends, the manifest, the config, both layers and both
+    // snapshots go.
+    drop(lease);
+    assert_eq!(collect_now().await, (4, 2));
+}

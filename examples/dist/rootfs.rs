@@ -66,8 +66,6 @@ pub(crate) async fn pull_cmd(
     snapshotter: &Arc<dyn Snapshotter>,
     args: PullArgs,
 ) -> CmdResult {
-    let content = LeasedStore::new(stores.content.clone(), lease.clone());
-    let snapshotter = LeasedSnapshotter::new(snapshotter.clone(), lease);
     let what = format!("pull {}", args.reference);
     let resolver = remote.resolver()?;
     let progress = Progress::start(Some(&stores.content));
@@ -76,12 +74,13 @@ pub(crate) async fn pull_cmd(
         .all_platforms(args.all_platforms)
         .limit(args.concurrency)
         .unpack(remote.unpack_options())
-        .events(progress.events());
+        .events(progress.events())
+        .lease(lease);
     let result = pull(
         &resolver,
-        &content,
+        &stores.content,
         &stores.images,
-        &snapshotter,
+        snapshotter,
         &args.reference,
         options,
     )

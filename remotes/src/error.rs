@@ -170,6 +170,19 @@ pub enum Error {
         /// The index that lists it.
         listed_by: ocidist_content::Digest,
     },
+    /// The credentials for a host could not be looked up (a credential
+    /// helper that failed, a secret store that refused), so the request
+    /// that needed them was not made: Docker fails such a pull rather than
+    /// going on anonymously. Of kind
+    /// [`FailedPrecondition`](ErrorKind::FailedPrecondition).
+    #[error("credentials for {host}: {source}")]
+    Credentials {
+        /// The host whose credentials were asked for.
+        host: String,
+        /// Why the lookup failed.
+        #[source]
+        source: crate::docker::auth::CredentialsError,
+    },
     /// An error from a caller's resolver, fetcher or pusher, with the kind
     /// callers should see.
     #[error("{source}")]
@@ -326,7 +339,7 @@ impl Error {
                 408 | 429 | 500..=599 => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
-            Error::Protocol { .. } => ErrorKind::FailedPrecondition,
+            Error::Protocol { .. } | Error::Credentials { .. } => ErrorKind::FailedPrecondition,
             Error::HostsFailed { last, .. } => last.kind(),
             Error::Blob { source, .. } => source.kind(),
             Error::MissingManifest { .. } => ErrorKind::NotFound,

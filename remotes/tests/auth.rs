@@ -139,13 +139,33 @@ async fn credentials_from_a_function_of_the_host() {
     );
 
     let failing = DockerResolver::new().credentials(credentials_fn(|_| {
-        Err(CredentialsError("the vault is sealed".into()))
+        Err(CredentialsError::with_source(
+            "read the vault",
+            std::io::Error::other("the vault is sealed"),
+        ))
     }));
     let err = failing
         .resolve(&format!("{repo}:1"))
         .await
         .expect_err("no credentials, no access");
-    assert!(err.to_string().contains("the vault is sealed"), "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "credentials for {}: read the vault: the vault is sealed",
+            registry.host()
+        )),
+        "{err}"
+    );
+    // Typed, and the store's own error is there to downcast.
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    let ocidist_remotes::Error::Credentials { host, source } = err.deciding() else {
+        panic!("not a credentials error: {err:?}");
+    };
+    assert_eq!(host, &registry.host());
+    let cause = std::error::Error::source(source).and_then(|c| c.downcast_ref::<std::io::Error>());
+    assert_eq!(
+        cause.map(|c| c.to_string()).as_deref(),
+        Some("the vault is sealed")
+    );
 }
 
 /// A credential helper is a process and may take its time (a keychain

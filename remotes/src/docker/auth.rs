@@ -38,11 +38,67 @@ impl std::fmt::Debug for Credential {
 }
 
 /// Why credentials for a host could not be looked up: a credential helper
-/// that is missing, failed or did not answer. A lookup that finds nothing
-/// is `Ok(None)`, not this.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CredentialsError(pub String);
+/// that is missing, failed or did not answer, a secret store that refused.
+/// A lookup that finds nothing is `Ok(None)`, not this. A request that
+/// needed the credential fails with
+/// [`crate::Error::Credentials`], this as its source.
+///
+/// ```
+/// use ocidist_remotes::docker::auth::CredentialsError;
+/// let sealed = std::io::Error::other("the vault is sealed");
+/// let e = CredentialsError::with_source("read the vault", sealed);
+/// assert_eq!(e.to_string(), "read the vault: the vault is sealed");
+/// assert!(std::error::Error::source(&e).is_some());
+/// ```
+#[derive(Debug)]
+pub struct CredentialsError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl CredentialsError {
+    /// A failure that `message` says all of.
+    pub fn new(message: impl Into<String>) -> Self {
+        CredentialsError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure of a store of the caller's, kept as the cause (for a walk
+    /// of the causes, or a downcast); `message` says what was being done.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        CredentialsError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// What was being done, or what went wrong when there is no cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for CredentialsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for CredentialsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Finds credentials for a registry host (`ghcr.io`, `localhost:5000`).
 ///
@@ -438,15 +494,16 @@ impl Authorizer {
         let owned = host.to_string();
         match tokio::task::spawn_blocking(move || credentials.get(&owned)).await {
             Ok(Ok(credential)) => Ok(credential),
-            Ok(Err(e)) => Err(Error::Content(ocidist_content::Error::other(
-                ocidist_content::ErrorKind::FailedPrecondition,
-                format!("credentials for {host}: {e}"),
-            ))),
+            Ok(Err(source)) => Err(Error::Credentials {
+                host: host.to_string(),
+                source,
+            }),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(Error::Content(ocidist_content::Error::other(
+            // The runtime is shutting down.
+            Err(e) => Err(Error::other(
                 ocidist_content::ErrorKind::Unavailable,
                 format!("credentials for {host}: {e}"),
-            ))),
+            )),
         }
     }
 

@@ -195,7 +195,7 @@ impl DockerConfig {
             let decoded = decode_base64(&auth).and_then(|bytes| String::from_utf8(bytes).ok());
             let Some((username, secret)) = decoded.as_deref().and_then(|d| d.split_once(':'))
             else {
-                return Err(CredentialsError(format!(
+                return Err(CredentialsError::new(format!(
                     "config.json's auths entry {key:?}: its auth is not the base64 of USER:PASSWORD"
                 )));
             };
@@ -223,12 +223,12 @@ impl DockerConfig {
     /// Docker.
     fn run_helper(&self, helper: &str, host: &str) -> HelperResult {
         let fail = |why: String| {
-            Err(CredentialsError(format!(
+            Err(CredentialsError::new(format!(
                 "docker-credential-{helper}: {why}"
             )))
         };
         if helper.is_empty() || helper.contains(['/', '\\', '\0']) {
-            return Err(CredentialsError(format!(
+            return Err(CredentialsError::new(format!(
                 "credential helper {helper:?} is not a name: not run"
             )));
         }
