@@ -111,7 +111,8 @@ pub struct Status {
 /// A predeclared digest that is already in the store makes [`Ingester::writer`]
 /// fail with [`ErrorKind::AlreadyExists`] before any byte is sent; a predeclared
 /// size bounds the writes and both are checked at commit when the commit call
-/// does not give its own.
+/// does not give its own. They go with this open only: a writer that resumes
+/// an ingest declares again, or commits with no expectation but its own call's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriterOpts {
     /// The ingest ref: any non-empty string; the same ref resumes the same ingest.
@@ -292,7 +293,8 @@ pub trait Writer: AsyncWrite + Send + Unpin {
 
     /// Verifies and commits the data as a blob.
     ///
-    /// `size` and `expected` default to the values predeclared at open. On a
+    /// `size` and `expected` default to the values this writer's open
+    /// predeclared (not an earlier open's of the same ref). On a
     /// size or digest mismatch the error is [`ErrorKind::FailedPrecondition`]
     /// and the ingest keeps its data; if the digest is already in the store the
     /// error is [`ErrorKind::AlreadyExists`] and the ingest is removed. Either

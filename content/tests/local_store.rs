@@ -685,6 +685,48 @@ async fn a_ref_reopened_for_other_content_starts_over() {
     assert_eq!(blob, new);
 }
 
+/// What an open declared goes with that open, as in containerd: a writer
+/// that resumes the ref declaring nothing keeps the bytes, and commits what
+/// it writes under its own digest, bound by no earlier size or digest (h76:
+/// a re-run of `dist ingest` without `--expected-digest` failed against the
+/// digest a killed run had given).
+#[tokio::test]
+async fn a_resume_that_declares_nothing_is_bound_by_no_earlier_declaration() {
+    let (_dir, store) = store();
+    let (old, old_digest) = create_content(3000);
+    let (new, new_digest) = fixed_content(2000, 7);
+    // The second time, a digest whose content never comes, as a mistyped
+    // `--expected-digest`.
+    let never = sha256_of(b"never written");
+    for (declared, rest, digest) in [
+        (&old_digest, &old[1000..], &old_digest),
+        (&never, &new[..], &new_digest),
+    ] {
+        let declared = WriterOpts::new("r").size(3000).digest(declared.clone());
+        let mut w = store.writer(declared).await.unwrap();
+        w.write_all(&old[..1000]).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+
+        let mut w = store.writer(WriterOpts::new("r")).await.unwrap();
+        let status = w.status().await.unwrap();
+        assert_eq!(
+            (status.offset, status.total, status.expected),
+            (1000, None, None)
+        );
+        if digest == &new_digest {
+            w.truncate(0).await.unwrap();
+        }
+        w.write_all(rest).await.unwrap();
+        w.commit(None, None, Labels::new()).await.unwrap();
+        assert!(store.info(digest).await.is_ok(), "{digest}");
+    }
+    let blob = read_blob(&store, &descriptor(new_digest, 2000), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(blob, new);
+}
+
 #[tokio::test]
 async fn wrong_digest_never_lands_and_keeps_the_ingest() {
     let (dir, store) = store();

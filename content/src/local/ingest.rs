@@ -244,10 +244,13 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Meta> {
 }
 
 impl Locked {
-    /// Records a newly predeclared size or digest (a resume may bring them).
-    /// One that contradicts the recorded one means the ref now names other
-    /// content, to which the bytes written so far do not belong: the ingest
-    /// starts over, empty, as containerd's does.
+    /// Records the size and digest this open declares, in place of an
+    /// earlier open's: what was declared goes with each open, as in
+    /// containerd, so a re-run that declares nothing commits what it writes
+    /// under its own digest rather than fail against a digest given to a run
+    /// long gone. A declaration that contradicts the recorded one means the
+    /// ref now names other content, to which the bytes written so far do
+    /// not belong: the ingest starts over, empty, as containerd's does.
     fn update_declared(&mut self, opts: &WriterOpts) -> Result<()> {
         let mut meta = self.meta.clone();
         let other_size = matches!((meta.total, opts.size), (Some(was), Some(now)) if was != now);
@@ -257,12 +260,8 @@ impl Locked {
             self.empty_data()?;
             meta.started_at_ns = to_nanos(SystemTime::now());
         }
-        if opts.size.is_some() {
-            meta.total = opts.size;
-        }
-        if opts.digest.is_some() {
-            meta.expected = opts.digest.clone();
-        }
+        meta.total = opts.size;
+        meta.expected = opts.digest.clone();
         if meta != self.meta {
             write_meta(&self.dir, &meta)?;
             self.meta = meta;
