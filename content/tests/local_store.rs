@@ -973,6 +973,13 @@ async fn walk_filters_over_a_hundred_sha256_and_sha512_blobs() {
         count(&["labels.parity==1", "labels.containerd.io/gc.root"]).await,
         60
     );
+    // containerd's regular expressions and its reading of an absent field
+    // as empty: `!=""` is "set and not empty".
+    assert_eq!(count(&["digest~=^sha512:"]).await, 50);
+    assert_eq!(count(&["digest~=/^sha(256|384):/"]).await, 50);
+    assert_eq!(count(&["labels.\"containerd.io/gc.root\"!=\"\""]).await, 10);
+    assert_eq!(count(&["labels.nope!=\"\""]).await, 0);
+    assert_eq!(count(&["labels.nope~=^$"]).await, 100);
     let one = format!("digest=={}", sha512_digests[3]);
     let mut seen = Vec::new();
     store
@@ -984,7 +991,7 @@ async fn walk_filters_over_a_hundred_sha256_and_sha512_blobs() {
         .unwrap();
     assert_eq!(seen, vec![sha512_digests[3].clone()]);
     let err = store
-        .walk(&["labels.a~=x"], &mut |_| Ok(()))
+        .walk(&["labels.a~=(x"], &mut |_| Ok(()))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);

@@ -160,11 +160,18 @@ async fn list_filters_on_name_target_and_labels() {
         names(store.list(&["name==a:1", "labels.group==y"]).await.unwrap()),
         ["a:1", "b:1"]
     );
-    assert_eq!(store.list(&["name=="]).await.unwrap().len(), 0);
+    assert_eq!(store.list(&["name==\"\""]).await.unwrap().len(), 0);
     assert_eq!(
-        store.list(&["name~=a"]).await.unwrap_err().kind(),
-        ErrorKind::InvalidArgument
+        names(store.list(&["name~=^[ac]:"]).await.unwrap()),
+        ["a:1", "c:1"]
     );
+    for bad in ["name==", "name~=(a", "name==a b"] {
+        assert_eq!(
+            store.list(&[bad]).await.unwrap_err().kind(),
+            ErrorKind::InvalidArgument,
+            "{bad}"
+        );
+    }
 }
 
 #[tokio::test]
