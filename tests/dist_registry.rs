@@ -858,6 +858,17 @@ fn a_one_platform_fetch_of_an_index_is_checked_pushed_and_exported_as_such() {
         said.contains(&format!("incomplete, missing {amd64}")),
         "the amd64 manifest is what is missing: {said}"
     );
+    let checked = dist(
+        &store,
+        &["--platform", "linux/s390x", "images", "check"],
+        b"",
+    );
+    assert_eq!(checked.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        said.contains("incomplete, the index lists no manifest for linux/s390x"),
+        "{said}"
+    );
 
     let pushed = dist(
         &store,

@@ -490,8 +490,8 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
     for image in images {
         let report = match check(&stores.content, &image.target, &matcher).await {
             Ok(report) => report,
-            // Nothing for this platform (or a document gone): said, and the
-            // check goes on to the next image.
+            // A document that cannot be read for want of another: said,
+            // and the check goes on to the next image.
             Err(e) if e.kind() == ocidist::content::ErrorKind::NotFound => {
                 output::outln!("{}: incomplete, {e}", image.name);
                 incomplete += 1;
@@ -511,6 +511,9 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
                     .join(" ")
             };
             let mut said = Vec::new();
+            if let Some(platform) = &report.no_manifest_for {
+                said.push(format!("the index lists no manifest for {platform}"));
+            }
             if !report.missing.is_empty() {
                 said.push(format!("missing {}", digests(&report.missing)));
             }

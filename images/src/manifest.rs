@@ -485,6 +485,11 @@ pub struct CheckReport {
     /// copy was cut short or grown since it was committed (a disk, a hand),
     /// and will not read as the image's. Remove it and fetch it again.
     pub damaged: Vec<Descriptor>,
+    /// The platform asked for, when the image's index lists no manifest
+    /// for it: the image is not available for it (containerd's `Check`
+    /// says so as "not available", not as an error), and nothing is
+    /// required or missing.
+    pub no_manifest_for: Option<String>,
 }
 
 impl CheckReport {
@@ -515,6 +520,17 @@ pub async fn check<P: Provider + ?Sized>(
                 present: Vec::new(),
                 missing: vec![reading.unwrap_or_else(|| image.clone())],
                 damaged: Vec::new(),
+                no_manifest_for: None,
+            });
+        }
+        Err(Error::NoMatchingManifest { platform, .. }) => {
+            return Ok(CheckReport {
+                manifest_present: false,
+                required: Vec::new(),
+                present: Vec::new(),
+                missing: Vec::new(),
+                damaged: Vec::new(),
+                no_manifest_for: Some(platform),
             });
         }
         Err(e) => return Err(e),
@@ -541,5 +557,6 @@ pub async fn check<P: Provider + ?Sized>(
         present,
         missing,
         damaged,
+        no_manifest_for: None,
     })
 }

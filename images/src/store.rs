@@ -169,6 +169,20 @@ pub fn validate(image: &Image) -> Result<()> {
     Ok(())
 }
 
+/// `image` without the labels and target annotations whose value is empty,
+/// as containerd stores them: an empty value removes its key (an update of
+/// `labels.KEY` to `""` is how a label is removed).
+fn without_empty_values(mut image: Image) -> Image {
+    image.labels.retain(|_, value| !value.is_empty());
+    if let Some(mut annotations) = image.target.annotations().clone() {
+        annotations.retain(|_, value| !value.is_empty());
+        image
+            .target
+            .set_annotations((!annotations.is_empty()).then_some(annotations));
+    }
+    image
+}
+
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 
 /// containerd's limit on one label (key plus value).
@@ -507,6 +521,7 @@ impl ImageStore for DbImageStore {
     }
 
     async fn create(&self, image: Image) -> Result<Image> {
+        let image = without_empty_values(image);
         validate(&image)?;
         self.blocking(move |db| {
             let name = image.name.clone();
@@ -582,6 +597,7 @@ impl ImageStore for DbImageStore {
                         },
                     }
                 }
+                let mut next = without_empty_values(next);
                 validate(&next)?;
                 next.updated_at = SystemTime::now();
                 Ok(Some(next))

@@ -940,6 +940,18 @@ async fn images_create_update_delete() {
                 ),
             )),
         },
+        // Not in containerd's table: its store drops empty values
+        // (boltutil's writeMap), which is how a key is removed.
+        Case {
+            name: "RemoveByEmptyValue",
+            input_labels: labels(&[("foo", "")]),
+            input_target: target(10, blab, "x", &[("foo", "")]),
+            fieldpaths: &["labels.foo", "annotations.foo"],
+            want: Ok((
+                labels(&[("baz", "boo")]),
+                target(10, blab, "RemoveByEmptyValue-10", &[("baz", "boo")]),
+            )),
+        },
         Case {
             name: "EmptySize",
             input_labels: base_labels.clone(),
@@ -980,6 +992,14 @@ async fn images_create_update_delete() {
         }
         store.delete(case.name).await.unwrap();
     }
+    // Empty values are not stored at creation either.
+    let mut blank = Image::new("blank", target(10, blab, "blank", &[("a", "")]));
+    blank.labels = labels(&[("x", ""), ("y", "1")]);
+    let created = store.create(blank).await.unwrap();
+    assert_eq!(created.labels, labels(&[("y", "1")]));
+    assert_eq!(created.target.annotations(), &None);
+    assert_eq!(store.get("blank").await.unwrap(), created);
+    assert!(store.list(&["labels.x"]).await.unwrap().is_empty());
     // Creating without a size, without a media type, or without a name fails.
     for (what, image) in [
         (

@@ -200,6 +200,16 @@ async fn check_reports_missing_blobs() {
     let report = check(&store, &idx, &host).await.unwrap();
     assert!(report.complete());
     assert_eq!(report.required.len(), 3);
+    assert_eq!(report.no_manifest_for, None);
+
+    // A platform the index does not list: not available, as containerd's
+    // Check says, rather than an error.
+    let report = check(&store, &idx, &only(&platform("linux/s390x")))
+        .await
+        .unwrap();
+    assert!(!report.manifest_present && !report.complete());
+    assert!(report.required.is_empty() && report.missing.is_empty());
+    assert_eq!(report.no_manifest_for.as_deref(), Some("linux/s390x"));
 
     store.delete(images[0].layers[1].digest()).await.unwrap();
     let report = check(&store, &idx, &host).await.unwrap();
