@@ -137,6 +137,22 @@ impl Base {
         kind: Kind,
         fill: impl Fn(&Base, &PrepareRequest, &Path) -> Result<()>,
     ) -> Result<Vec<(Record, Vec<u64>)>> {
+        // Refused before any filling (a native copy of a whole parent):
+        // a key in use, or twice in the batch, is AlreadyExists whatever
+        // the parent, as containerd checks the key first. The transaction
+        // checks again.
+        let mut requests = requests;
+        let mut keys = std::collections::HashSet::new();
+        for request in &mut requests {
+            // An empty parent is none, as in containerd (Go's "" for none).
+            request.parent.take_if(|p| p.is_empty());
+            crate::metadata::validate_key(&request.key)?;
+            if !keys.insert(request.key.clone()) || self.meta.exists(&request.key)? {
+                return Err(Error::AlreadyExists {
+                    key: request.key.clone(),
+                });
+            }
+        }
         let mut staged: Vec<Staged> = Vec::with_capacity(requests.len());
         for request in requests {
             let filled =
@@ -234,6 +250,13 @@ impl Base {
         self.check_open()?;
         let mut usages = Vec::with_capacity(requests.len());
         for request in &requests {
+            // A name in use first, as containerd checks it (and the
+            // transaction again): whatever the key, and before a measure.
+            if self.meta.exists(&request.name)? {
+                return Err(Error::AlreadyExists {
+                    key: request.name.clone(),
+                });
+            }
             let (record, _) = self.meta.get(&request.key)?;
             usages.push(if record.kind == Kind::Active {
                 tree::usage(&self.dir(record.id).join(own))?
@@ -354,9 +377,12 @@ impl Base {
         let key = key.to_string();
         self.run(move |base| {
             let (record, _) = base.meta.get(&key)?;
-            let (size, inodes) = match record.usage {
-                Some(u) => u,
-                None => tree::usage(&base.dir(record.id).join(own))?,
+            let (size, inodes) = match (record.usage, record.kind) {
+                (Some(u), _) => u,
+                // A view writes nothing of its own: zero, as containerd
+                // stores for it.
+                (None, crate::Kind::View) => (0, 0),
+                (None, _) => tree::usage(&base.dir(record.id).join(own))?,
             };
             Ok(Usage { size, inodes })
         })

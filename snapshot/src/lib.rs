@@ -236,11 +236,18 @@ pub struct CommitRequest {
 /// Contract, shared by every implementation (and checked by
 /// the `testsuite` module when the `testsuite` feature is on):
 /// - keys of active, view and committed snapshots share one namespace; a
-///   duplicate is [`ErrorKind::AlreadyExists`];
+///   duplicate is [`ErrorKind::AlreadyExists`], whatever else is wrong
+///   (containerd checks the key first);
 /// - a parent must exist and be committed, else [`ErrorKind::NotFound`] or
+///   [`ErrorKind::InvalidArgument`] (containerd's kinds); an empty parent is
+///   none;
+/// - only an active snapshot can be committed ([`ErrorKind::FailedPrecondition`]),
+///   and its labels are replaced by the commit's, not inherited;
+/// - removing a snapshot that has children, views included, is
 ///   [`ErrorKind::FailedPrecondition`];
-/// - only an active snapshot can be committed;
-/// - removing a snapshot that has children is [`ErrorKind::FailedPrecondition`].
+/// - a label's key and value together are at most 4096 bytes, else
+///   [`ErrorKind::InvalidArgument`];
+/// - a view's usage is zero.
 ///
 /// ```
 /// use ocidist_snapshot::{Labels, Snapshotter, overlay::OverlaySnapshotter};

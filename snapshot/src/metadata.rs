@@ -127,11 +127,34 @@ fn encode(record: &Record) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
 }
 
-fn validate_key(key: &str) -> Result<()> {
+pub(crate) fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("empty snapshot key".into()));
     }
     Ok(())
+}
+
+/// containerd's limit on one label (key plus value).
+const MAX_LABEL_BYTES: usize = 4096;
+
+/// Refuses a label over containerd's limit, as its metadata store does.
+fn validate_labels(key: &str, labels: &Labels) -> Result<()> {
+    match labels
+        .iter()
+        .find(|(name, value)| name.len() + value.len() > MAX_LABEL_BYTES)
+    {
+        Some((name, _)) => Err(Error::InvalidArgument(format!(
+            "snapshot {key:?}: label {:?}: key and value exceed {MAX_LABEL_BYTES} bytes",
+            name.chars().take(64).collect::<String>()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A parent that is active or a view, refused as containerd's metadata
+/// store refuses it: an invalid argument.
+fn not_committed(parent: &str) -> Error {
+    Error::InvalidArgument(format!("snapshot {parent:?}: parent is not committed"))
 }
 
 /// The metadata database.
@@ -213,6 +236,13 @@ fn commit_in(
         parent,
         usage,
     } = commit;
+    // An empty parent is none, as in containerd (Go's "" for none).
+    let parent = parent.filter(|p| !p.is_empty());
+    // The name first, as containerd makes its bucket first: a name in use
+    // is AlreadyExists whatever the key.
+    if lookup(table, name)?.is_some() {
+        return Err(Error::AlreadyExists { key: name.into() });
+    }
     let Some(mut record) = lookup(table, key)? else {
         return Err(Error::NotFound { key: key.into() });
     };
@@ -225,16 +255,13 @@ fn commit_in(
             ),
         ));
     }
-    if lookup(table, name)?.is_some() {
-        return Err(Error::AlreadyExists { key: name.into() });
-    }
     if let Some(p) = parent {
         match &record.parent {
             Some(existing) if existing != p => {
-                return Err(Error::precondition(
-                    key,
-                    format!("parent {existing:?} was set at prepare; cannot commit onto {p:?}"),
-                ));
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {key:?}: parent {existing:?} was set at prepare; \
+                     cannot commit onto {p:?}"
+                )));
             }
             Some(_) => {}
             None => {
@@ -242,7 +269,7 @@ fn commit_in(
                     return Err(Error::NotFound { key: p.into() });
                 };
                 if rec.kind != Kind::Committed {
-                    return Err(Error::precondition(p, "parent is not committed"));
+                    return Err(not_committed(p));
                 }
                 record.parent = Some(p.to_string());
             }
@@ -279,6 +306,15 @@ impl MetaStore {
     }
 
     /// The record of `key` and the ids of its parents, nearest first.
+    /// Whether a snapshot (of any kind) has `key`.
+    pub(crate) fn exists(&self, key: &str) -> Result<bool> {
+        match self.read_record(key, |_, _| Ok(())) {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound { key: missing }) if missing == key => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) fn get(&self, key: &str) -> Result<(Record, Vec<u64>)> {
         self.read_record(key, |table, record| {
             let parents = parent_ids(table, record.parent.as_deref())?;
@@ -314,7 +350,7 @@ impl MetaStore {
     pub(crate) fn committed_parent(&self, parent: &str) -> Result<Vec<u64>> {
         let (record, mut ids) = self.get(parent)?;
         if record.kind != Kind::Committed {
-            return Err(Error::precondition(parent, "parent is not committed"));
+            return Err(not_committed(parent));
         }
         ids.insert(0, record.id);
         Ok(ids)
@@ -331,6 +367,7 @@ impl MetaStore {
     ) -> Result<Vec<(Record, Vec<u64>)>> {
         for new in &all {
             validate_key(new.key)?;
+            validate_labels(new.key, &new.labels)?;
         }
         let txn = self.db.begin_write().map_err(db_error)?;
         let mut created = Vec::with_capacity(all.len());
@@ -352,7 +389,7 @@ impl MetaStore {
                             return Err(Error::NotFound { key: p.into() });
                         };
                         if rec.kind != Kind::Committed {
-                            return Err(Error::precondition(p, "parent is not committed"));
+                            return Err(not_committed(p));
                         }
                         parent_ids(&table, Some(p))?
                     }
@@ -396,6 +433,7 @@ impl MetaStore {
     pub(crate) fn commit_all(&self, all: Vec<Commit<'_>>) -> Result<Vec<Record>> {
         for commit in &all {
             validate_key(commit.name)?;
+            validate_labels(commit.name, &commit.labels)?;
         }
         let txn = self.db.begin_write().map_err(db_error)?;
         let mut committed = Vec::with_capacity(all.len());
@@ -475,6 +513,8 @@ impl MetaStore {
 
     /// Replaces labels (all, or those `fieldpaths` name) of `info.name`.
     pub(crate) fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
+        validate_key(&info.name)?;
+        validate_labels(&info.name, &info.labels)?;
         let txn = self.db.begin_write().map_err(db_error)?;
         let out = {
             let mut table = txn.open_table(SNAPSHOTS).map_err(db_error)?;

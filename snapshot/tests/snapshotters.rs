@@ -30,7 +30,7 @@ async fn rules<S: Snapshotter>(s: &S) {
     let err = s.prepare("b", Some("a"), Labels::new()).await.unwrap_err();
     assert_eq!(
         err.kind(),
-        ErrorKind::FailedPrecondition,
+        ErrorKind::InvalidArgument,
         "an active parent: {err}"
     );
     let err = s
@@ -493,7 +493,8 @@ async fn a_parent_at_commit_only_when_none_was_set_at_prepare() {
         .commit_with("c2", "c", onto_base.clone())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    // containerd's kind: "cannot change parent on commit".
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 
     let native_dir = tempfile::tempdir().unwrap();
     let n = NativeSnapshotter::open(native_dir.path()).unwrap();

@@ -29,7 +29,8 @@
 //! for "an error", the cases check the kind containerd's metadata store
 //! returns: [`ErrorKind::AlreadyExists`] for a key in use,
 //! [`ErrorKind::NotFound`] for a missing key, [`ErrorKind::FailedPrecondition`]
-//! for removing a parent.
+//! for removing a parent, [`ErrorKind::InvalidArgument`] for a parent that is
+//! not committed.
 //!
 //! Trees are compared the way containerd's `fstest.CheckDirectoryEqual` does:
 //! every entry below the root (not the root itself) by path, full mode (type
@@ -1605,13 +1606,17 @@ pub async fn apply_only_prepare<S: Snapshotter + ?Sized>(snapshotter: &S, work: 
     remove_tree(&flat);
 }
 
-/// The [`Snapshotter`] contract's errors, each of the kind the trait names:
-/// a key in use (of any kind) is `AlreadyExists`; a parent that is missing
-/// `NotFound`, one that is not committed `FailedPrecondition`; committing
+/// The [`Snapshotter`] contract's errors, each of the kind the trait names
+/// (containerd's metadata store's): a key in use (of any kind) is
+/// `AlreadyExists`, whatever its parent; a parent that is missing
+/// `NotFound`, one that is active or a view `InvalidArgument`; committing
 /// anything but an active snapshot `FailedPrecondition`, onto a name in use
-/// `AlreadyExists`; a missing key `NotFound` for every call that names one;
-/// an unknown field path `InvalidArgument`. Nothing a refused call names is
-/// left behind.
+/// `AlreadyExists` (whatever the key); a missing key `NotFound` for every
+/// call that names one; an unknown field path, an empty name or a label
+/// over 4096 bytes `InvalidArgument`; removing a parent a view stands on
+/// `FailedPrecondition`. Also: an empty parent is none, a commit replaces
+/// the labels, a view's usage is zero. Nothing a refused call names is left
+/// behind.
 pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
     let s = snapshotter;
     let active = key(work, "active");
@@ -1627,8 +1632,19 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     let refused = key(work, "refused");
     expect_error(
         s.prepare(&refused, Some(&active), Labels::new()).await,
-        ErrorKind::FailedPrecondition,
+        ErrorKind::InvalidArgument,
         "prepare on a parent that is not committed",
+    );
+    expect_error(
+        s.prepare(&active, Some(&missing), Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "prepare of an active key on a missing parent",
+    );
+    let oversized = Labels::from([("big".to_string(), "x".repeat(4094))]);
+    expect_error(
+        s.prepare(&refused, None, oversized.clone()).await,
+        ErrorKind::InvalidArgument,
+        "prepare with a label over 4096 bytes",
     );
     expect_error(
         s.prepare(&refused, Some(&missing), Labels::new()).await,
@@ -1669,6 +1685,41 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
         ErrorKind::FailedPrecondition,
         "commit of a view",
     );
+    expect_error(
+        s.prepare(&refused, Some(&view), Labels::new()).await,
+        ErrorKind::InvalidArgument,
+        "prepare on a view",
+    );
+    let usage = s
+        .usage(&view)
+        .await
+        .unwrap_or_else(|e| panic!("usage {view:?}: {e}"));
+    assert_eq!((usage.size, usage.inodes), (0, 0), "a view's usage");
+    expect_error(
+        s.remove(&committed).await,
+        ErrorKind::FailedPrecondition,
+        "remove of a committed snapshot a view stands on",
+    );
+    expect_error(
+        s.commit(&committed, &missing, Labels::new()).await,
+        ErrorKind::AlreadyExists,
+        "commit of a missing key onto a name in use",
+    );
+
+    // A commit's labels replace the active snapshot's; an empty parent is
+    // none.
+    let labelled = key(work, "labelled");
+    let prepared = Labels::from([("x".to_string(), "1".to_string())]);
+    s.prepare(&labelled, Some(""), prepared)
+        .await
+        .unwrap_or_else(|e| panic!("prepare {labelled:?} on \"\": {e}"));
+    let relabelled = key(work, "relabelled");
+    commit_ok(s, &relabelled, &labelled, Labels::new()).await;
+    let info = stat_ok(s, &relabelled).await;
+    assert_eq!((info.parent, info.labels), (None, Labels::new()));
+    s.remove(&relabelled)
+        .await
+        .unwrap_or_else(|e| panic!("remove {relabelled:?}: {e}"));
     let other = key(work, "other");
     s.prepare(&other, None, Labels::new())
         .await
@@ -1713,9 +1764,33 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     );
     let info = stat_ok(s, &committed).await;
     expect_error(
-        s.update(info, &["parent"]).await,
+        s.update(info.clone(), &["parent"]).await,
         ErrorKind::InvalidArgument,
         "update of a field that is not labels",
+    );
+    expect_error(
+        s.update(
+            Info {
+                labels: oversized,
+                ..info.clone()
+            },
+            &[],
+        )
+        .await,
+        ErrorKind::InvalidArgument,
+        "update with a label over 4096 bytes",
+    );
+    expect_error(
+        s.update(
+            Info {
+                name: String::new(),
+                ..info
+            },
+            &[],
+        )
+        .await,
+        ErrorKind::InvalidArgument,
+        "update of an empty name",
     );
 
     for key in [&view, &other, &committed] {
