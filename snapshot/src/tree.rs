@@ -645,10 +645,21 @@ fn copy_fd_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, to: &Path) -> Result
         let mut value = vec![0u8; size];
         let n = rustix::fs::fgetxattr(src, name, &mut value[..])
             .map_err(|e| Error::io("getxattr", to, e))?;
-        rustix::fs::fsetxattr(dst, name, &value[..n], rustix::fs::XattrFlags::empty())
-            .map_err(|e| Error::io("setxattr", to, e))?;
+        match rustix::fs::fsetxattr(dst, name, &value[..n], rustix::fs::XattrFlags::empty()) {
+            Err(e) if !xattr_refused(e) => return Err(Error::io("setxattr", to, e)),
+            _ => {}
+        }
     }
     Ok(())
+}
+
+/// Whether a refused `setxattr` leaves the copy without that attribute and
+/// goes on, as containerd's native snapshotter does (moby/buildkit#1189):
+/// `security.*` under SELinux, `trusted.*` without `CAP_SYS_ADMIN`, a
+/// filesystem without the namespace. A failure of the disk is not such.
+fn xattr_refused(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    matches!(e, Errno::PERM | Errno::ACCESS | Errno::OPNOTSUPP)
 }
 
 /// Owner, then mode (chown clears setuid), xattrs, then times; never follows
@@ -697,8 +708,10 @@ fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
         let mut value = vec![0u8; size];
         let n = rustix::fs::lgetxattr(from, name, &mut value[..])
             .map_err(|e| Error::io("getxattr", from, e))?;
-        rustix::fs::lsetxattr(to, name, &value[..n], rustix::fs::XattrFlags::empty())
-            .map_err(|e| Error::io("setxattr", to, e))?;
+        match rustix::fs::lsetxattr(to, name, &value[..n], rustix::fs::XattrFlags::empty()) {
+            Err(e) if !xattr_refused(e) => return Err(Error::io("setxattr", to, e)),
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -1179,3 +1179,97 @@ async fn a_native_view_is_its_parent_read_only() {
     s.remove("v").await.unwrap();
     assert!(base.join("big").exists(), "the parent stays whole");
 }
+
+/// Drops `CAP_SYS_ADMIN` from this thread's effective set; threads it
+/// starts inherit that.
+fn drop_sys_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget and capset of this thread with a version 3 header and
+    // the two data slots that version takes.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !(1 << CAP_SYS_ADMIN);
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+/// A native prepare copies a parent whose file has an xattr the copy may
+/// not set (`security.*` without `CAP_SYS_ADMIN`, as under SELinux, which
+/// containerd's native snapshotter was changed for): the copy goes on
+/// without that one, keeping the others. (`trusted.*` would not do: a
+/// thread without the capability does not even list it.)
+#[test]
+fn a_native_copy_goes_on_without_an_xattr_it_may_not_set() {
+    use rustix::fs::{XattrFlags, getxattr, setxattr};
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test sets security.* xattrs: run it as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        let native = NativeSnapshotter::open(&root).unwrap();
+        let mounts = native.prepare("base", None, Labels::new()).await.unwrap();
+        let file = Path::new(&mounts[0].source).join("f");
+        std::fs::write(&file, b"data").unwrap();
+        setxattr(&file, "security.ocidist-test", b"1", XattrFlags::empty()).unwrap();
+        setxattr(&file, "user.kept", b"2", XattrFlags::empty()).unwrap();
+        native.commit("layer", "base", Labels::new()).await.unwrap();
+    });
+
+    let copied = std::thread::spawn(move || {
+        drop_sys_admin();
+        let probe = root.join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        assert_eq!(
+            setxattr(&probe, "security.ocidist-test", b"1", XattrFlags::empty()),
+            Err(rustix::io::Errno::PERM),
+            "the thread may no longer set security.* xattrs"
+        );
+        runtime().block_on(async {
+            let native = NativeSnapshotter::open(&root).unwrap();
+            native.prepare("child", Some("layer"), Labels::new()).await
+        })
+    })
+    .join()
+    .unwrap()
+    .expect("the copy goes on without the xattr");
+    let file = Path::new(&copied[0].source).join("f");
+    assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    let mut value = [0u8; 8];
+    assert_eq!(
+        getxattr(&file, "security.ocidist-test", &mut value),
+        Err(rustix::io::Errno::NODATA)
+    );
+    let n = getxattr(&file, "user.kept", &mut value).unwrap();
+    assert_eq!(&value[..n], b"2");
+}
