@@ -242,7 +242,8 @@ impl<P: Provider + ?Sized> ProviderExt for P {}
 pub trait Ingester: Send + Sync {
     /// Opens (or resumes) the ingest `opts.reference`. A resume that
     /// predeclares another size or digest than the ingest has may start it
-    /// over (the local store does, as containerd's does), and so may one
+    /// over (the local store does; containerd's rebuilds the ingest only for
+    /// another size, and keeps the data), and so may one
     /// that finds the data changed since it was written (the local store
     /// does): check [`Writer::status`] for the offset to write from.
     ///

@@ -250,7 +250,9 @@ impl Locked {
     /// under its own digest rather than fail against a digest given to a run
     /// long gone. A declaration that contradicts the recorded one means the
     /// ref now names other content, to which the bytes written so far do
-    /// not belong: the ingest starts over, empty, as containerd's does.
+    /// not belong: the ingest starts over, empty (containerd's starts over
+    /// only for another size, and keeps the bytes; ours never resumes bytes
+    /// sent for other content).
     fn update_declared(&mut self, opts: &WriterOpts) -> Result<()> {
         let mut meta = self.meta.clone();
         let other_size = matches!((meta.total, opts.size), (Some(was), Some(now)) if was != now);
