@@ -245,8 +245,9 @@ pub struct CommitRequest {
 ///   and its labels are replaced by the commit's, not inherited;
 /// - removing a snapshot that has children, views included, is
 ///   [`ErrorKind::FailedPrecondition`];
-/// - a label's key and value together are at most 4096 bytes, else
-///   [`ErrorKind::InvalidArgument`];
+/// - a label's key and value together are at most 4096 bytes, and its key
+///   is not empty, else [`ErrorKind::InvalidArgument`] (the content
+///   store's rule);
 /// - a view's usage is zero.
 ///
 /// ```

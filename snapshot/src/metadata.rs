@@ -134,21 +134,15 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// containerd's limit on one label (key plus value).
-const MAX_LABEL_BYTES: usize = 4096;
-
-/// Refuses a label over containerd's limit, as its metadata store does.
+/// Refuses labels the content store refuses (over containerd's 4096 bytes
+/// of key and value, an empty key), naming the snapshot.
 fn validate_labels(key: &str, labels: &Labels) -> Result<()> {
-    match labels
-        .iter()
-        .find(|(name, value)| name.len() + value.len() > MAX_LABEL_BYTES)
-    {
-        Some((name, _)) => Err(Error::InvalidArgument(format!(
-            "snapshot {key:?}: label {:?}: key and value exceed {MAX_LABEL_BYTES} bytes",
-            name.chars().take(64).collect::<String>()
-        ))),
-        None => Ok(()),
-    }
+    ocidist_content::helpers::validate_labels(labels).map_err(|e| match e {
+        ocidist_content::Error::InvalidArgument(why) => {
+            Error::InvalidArgument(format!("snapshot {key:?}: {why}"))
+        }
+        other => other.into(),
+    })
 }
 
 /// A parent that is active or a view, refused as containerd's metadata
@@ -305,7 +299,6 @@ impl MetaStore {
         self.read_record(key, |_, record| Ok(record))
     }
 
-    /// The record of `key` and the ids of its parents, nearest first.
     /// Whether a snapshot (of any kind) has `key`.
     pub(crate) fn exists(&self, key: &str) -> Result<bool> {
         match self.read_record(key, |_, _| Ok(())) {
@@ -315,6 +308,7 @@ impl MetaStore {
         }
     }
 
+    /// The record of `key` and the ids of its parents, nearest first.
     pub(crate) fn get(&self, key: &str) -> Result<(Record, Vec<u64>)> {
         self.read_record(key, |table, record| {
             let parents = parent_ids(table, record.parent.as_deref())?;
