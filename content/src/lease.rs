@@ -59,7 +59,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use crate::{
-    Descriptor, Digest, Error, ErrorKind, Info, IngestManager, Ingester, Manager, Provider,
+    Descriptor, Digest, Error, ErrorKind, Info, IngestManager, Ingester, Labels, Manager, Provider,
     ReaderAt, Result, Status, Writer, WriterOpts,
 };
 
@@ -408,12 +408,11 @@ impl Drop for LeaseInner {
 }
 
 /// A content store that records in a [`Lease`] every blob opened through it
-/// (for writing with a declared digest, for reading, or by [`Manager::info`]),
-/// before the store is asked: a fetch that finds a blob present, or commits
-/// a new one, keeps it for as long as the lease lives.
-///
-/// Blobs written without a declared digest are not recorded; the
-/// collectors' grace period covers them.
+/// (for writing with a declared digest, for reading, or by [`Manager::info`])
+/// before the store is asked, and every blob committed through it before the
+/// commit (as containerd leases the digest a commit lands under): a fetch
+/// that finds a blob present, or commits a new one, keeps it for as long as
+/// the lease lives.
 #[derive(Debug, Clone)]
 pub struct LeasedStore<S> {
     inner: S,
@@ -451,7 +450,75 @@ impl<S: Ingester> Ingester for LeasedStore<S> {
         if let Some(digest) = &opts.digest {
             self.lease.add_content(digest).await?;
         }
-        self.inner.writer(opts).await
+        let inner = self.inner.writer(opts).await?;
+        Ok(Box::new(LeasedWriter {
+            inner,
+            lease: self.lease.clone(),
+        }))
+    }
+}
+
+/// A writer of a [`LeasedStore`]: records the digest a commit lands under
+/// in the lease before committing, so a blob written without a declared
+/// digest is kept too.
+struct LeasedWriter {
+    inner: Box<dyn Writer>,
+    lease: Lease,
+}
+
+impl tokio::io::AsyncWrite for LeasedWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Writer for LeasedWriter {
+    async fn status(&mut self) -> Result<Status> {
+        self.inner.status().await
+    }
+
+    async fn digest(&mut self) -> Result<Digest> {
+        self.inner.digest().await
+    }
+
+    async fn commit(
+        &mut self,
+        size: Option<u64>,
+        expected: Option<&Digest>,
+        labels: Labels,
+    ) -> Result<()> {
+        // The digest it will land under: the one asked for, else what was
+        // written (a declared digest was leased at open already, and a
+        // commit that differs from it fails).
+        let landing = match expected {
+            Some(digest) => digest.clone(),
+            None => self.inner.digest().await?,
+        };
+        self.lease.add_content(&landing).await?;
+        self.inner.commit(size, expected, labels).await
+    }
+
+    async fn truncate(&mut self, size: u64) -> Result<()> {
+        self.inner.truncate(size).await
     }
 }
 
@@ -602,6 +669,31 @@ mod tests {
         assert_eq!((held.live(), held.expired()), (0, 1));
         assert!(held.content().is_empty());
         assert!(!path.exists(), "the dead lease is removed");
+    }
+
+    /// containerd leases the digest a commit lands under, declared or not.
+    #[tokio::test]
+    async fn a_commit_through_a_leased_store_leases_what_it_committed() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::open(dir.path().join("leases")).unwrap();
+        let store = crate::local::LocalStore::open(dir.path().join("content")).unwrap();
+        let lease = leases.acquire().await.unwrap();
+        let leased = LeasedStore::new(store, lease.clone());
+
+        let mut w = leased.writer(WriterOpts::new("undeclared")).await.unwrap();
+        w.write_all(b"undeclared").await.unwrap();
+        w.commit(None, None, Labels::new()).await.unwrap();
+        let sha512 = crate::digest_of(&oci_spec::image::DigestAlgorithm::Sha512, b"other").unwrap();
+        let mut w = leased.writer(WriterOpts::new("sha512")).await.unwrap();
+        w.write_all(b"other").await.unwrap();
+        w.commit(None, Some(&sha512), Labels::new()).await.unwrap();
+
+        let held = leases.hold().unwrap();
+        assert_eq!(
+            held.content(),
+            &HashSet::from([crate::sha256_of(b"undeclared"), sha512])
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,9 +145,29 @@ impl WriterOpts {
         self
     }
 
-    /// Predeclares the size and digest of `desc`.
+    /// Predeclares the digest of `desc`, and its size unless that is 0 for
+    /// a blob that is not empty: containerd reads a size of 0 as unknown,
+    /// so code that passes a descriptor with only a digest still writes.
+    ///
+    /// ```
+    /// use ocidist_content::{descriptor, sha256_of, WriterOpts};
+    /// let known = WriterOpts::new("r").descriptor(&descriptor(sha256_of(b"abc"), 3));
+    /// assert_eq!(known.size, Some(3));
+    /// let digest_only = WriterOpts::new("r").descriptor(&descriptor(sha256_of(b"abc"), 0));
+    /// assert_eq!(digest_only.size, None);
+    /// let empty = WriterOpts::new("r").descriptor(&descriptor(sha256_of(b""), 0));
+    /// assert_eq!(empty.size, Some(0));
+    /// ```
     pub fn descriptor(self, desc: &Descriptor) -> Self {
-        self.size(desc.size()).digest(desc.digest().clone())
+        let digest = desc.digest();
+        let size_known = desc.size() != 0
+            || digest_of(digest.algorithm(), b"").is_ok_and(|empty| empty == *digest);
+        let opts = self.digest(digest.clone());
+        if size_known {
+            opts.size(desc.size())
+        } else {
+            opts
+        }
     }
 }
 

@@ -65,6 +65,17 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// The image points at another target than the one a compare-and-delete
+    /// expected ([`ErrorKind::NotFound`], as containerd's `DeleteTarget`).
+    #[error("image {name:?} has target {current}, not {expected}")]
+    ImageTargetMoved {
+        /// The name.
+        name: String,
+        /// What it points at (boxed, as the next: keeps the error small).
+        current: Box<Digest>,
+        /// What the caller expected.
+        expected: Box<Digest>,
+    },
     /// An image with this name exists already.
     #[error("image {name:?}: already exists")]
     ImageExists {
@@ -97,7 +108,9 @@ impl Error {
             Error::InvalidDocument { .. }
             | Error::InvalidPlatform { .. }
             | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
-            Error::NoMatchingManifest { .. } | Error::ImageNotFound { .. } => ErrorKind::NotFound,
+            Error::NoMatchingManifest { .. }
+            | Error::ImageNotFound { .. }
+            | Error::ImageTargetMoved { .. } => ErrorKind::NotFound,
             Error::ImageExists { .. } => ErrorKind::AlreadyExists,
             Error::Other { kind, .. } => *kind,
         }

@@ -43,6 +43,8 @@ pub mod manifest;
 pub mod media_types;
 pub mod platforms;
 pub mod store;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 pub mod wrappers;
 
 /// The attribute [`Handler`] and [`ImageStore`] are declared and implemented

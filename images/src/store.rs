@@ -107,6 +107,13 @@ pub trait ImageStore: Send + Sync {
 
     /// Deletes an image. Missing: [`ErrorKind::NotFound`].
     async fn delete(&self, name: &str) -> Result<()>;
+
+    /// Deletes the image `name` only if it still points at `target`, in one
+    /// step (containerd's `images.DeleteTarget`). An image that points
+    /// elsewhere is [`ErrorKind::NotFound`] and stays, so a remover that read
+    /// the image earlier never deletes a name a concurrent pull has since
+    /// moved.
+    async fn delete_if_target(&self, name: &str, target: &Digest) -> Result<()>;
 }
 
 /// Forwards [`ImageStore`] through references and shared pointers, so an
@@ -131,6 +138,9 @@ macro_rules! forward_image_store {
             async fn delete(&self, name: &str) -> Result<()> {
                 (**self).delete(name).await
             }
+            async fn delete_if_target(&self, name: &str, target: &Digest) -> Result<()> {
+                (**self).delete_if_target(name, target).await
+            }
         }
     )*};
 }
@@ -149,13 +159,8 @@ pub fn validate(image: &Image) -> Result<()> {
     if image.name.trim().is_empty() {
         return invalid("the name must not be empty");
     }
-    for (key, value) in &image.labels {
-        if key.len() + value.len() > MAX_LABEL_BYTES {
-            return invalid(&format!(
-                "label {:?}: key and value exceed {MAX_LABEL_BYTES} bytes",
-                key.chars().take(64).collect::<String>()
-            ));
-        }
+    if let Err(e) = ocidist_content::helpers::validate_labels(&image.labels) {
+        return invalid(&e.to_string());
     }
     if Digest::try_from(image.target.digest().to_string()).is_err() {
         return invalid("the target digest is invalid");
@@ -184,9 +189,6 @@ fn without_empty_values(mut image: Image) -> Image {
 }
 
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
-
-/// containerd's limit on one label (key plus value).
-const MAX_LABEL_BYTES: usize = 4096;
 
 /// What is stored per name.
 #[derive(Serialize, Deserialize)]
@@ -621,6 +623,26 @@ impl ImageStore for DbImageStore {
                 return Err(not_found(&name));
             }
             txn.commit().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn delete_if_target(&self, name: &str, target: &Digest) -> Result<()> {
+        let name = name.to_string();
+        let expected = target.clone();
+        self.blocking(move |db| {
+            Self::write(db, &name, |current| {
+                let current = current.ok_or_else(|| not_found(&name))?;
+                if *current.target.digest() != expected {
+                    return Err(Error::ImageTargetMoved {
+                        name: name.clone(),
+                        current: Box::new(current.target.digest().clone()),
+                        expected: Box::new(expected),
+                    });
+                }
+                Ok(None)
+            })
+            .map(drop)
         })
         .await
     }

@@ -1,4 +1,4 @@
-//! The image store: containerd's create/update/delete/list cases, validation,
+//! The image store: the public conformance suite, validation,
 //! persistence, and two processes sharing one database.
 
 use std::process::Command;
@@ -25,6 +25,12 @@ fn db() -> (tempfile::TempDir, DbImageStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = DbImageStore::open(dir.path().join("images.redb")).unwrap();
     (dir, store)
+}
+
+/// The public conformance suite (containerd's image-store tables and more).
+mod suite {
+    use super::db;
+    ocidist_images::image_store_suite!(db());
 }
 
 #[tokio::test]

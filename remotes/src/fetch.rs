@@ -178,7 +178,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
         // wait here, woken as it ends, and then find it committed (or take
         // over what it left). Across processes the store's lock does this.
         let _flight = join_flight(&reference).await;
-        let opts = WriterOpts::new(&reference).descriptor(desc);
+        let opts = declared(&reference, desc);
         let mut writer = match self.open_ingest(opts, desc).await {
             Ok(writer) => writer,
             Err(e) if e.is_already_exists() => return Ok(false),
@@ -258,7 +258,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
         refused: &ocidist_content::Error,
     ) {
         if !matches!(refused, ocidist_content::Error::DigestMismatch { .. }) {
-            let opts = WriterOpts::new(reference).descriptor(desc);
+            let opts = declared(reference, desc);
             let Ok(mut writer) = self.store.writer(opts).await else {
                 return;
             };
@@ -690,4 +690,13 @@ where
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writer options declaring `desc` exactly: a descriptor a manifest gave
+/// binds its size, 0 included (where [`WriterOpts::descriptor`] would read 0
+/// as unknown, as containerd's writers do).
+fn declared(reference: &str, desc: &Descriptor) -> WriterOpts {
+    WriterOpts::new(reference)
+        .size(desc.size())
+        .digest(desc.digest().clone())
 }

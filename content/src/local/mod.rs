@@ -196,6 +196,8 @@ impl LocalStore {
                 }
             }
         }
+        // In digest order, as containerd's stores walk (and `ls` lists).
+        found.sort_unstable_by(|a, b| a.digest.as_ref().cmp(b.digest.as_ref()));
         Ok(found)
     }
 

@@ -1,8 +1,10 @@
 //! The conformance suite every content store must pass (feature `testsuite`).
 //!
 //! These are containerd's twelve content-store cases, with its sizes and
-//! semantics, and three on what the traits promise beyond them ([`delete`],
-//! [`abort`], [`walk`]), as plain `pub async fn`s that panic on failure. Give
+//! semantics; two from its local store's tests ([`algorithms`],
+//! [`resume_over_bad_bytes`]); and five on what the traits promise beyond
+//! them ([`delete`], [`abort`], [`walk`], [`drop_then_reopen`], [`errors`],
+//! [`label_limits`]), as plain `pub async fn`s that panic on failure. Give
 //! each a fresh, empty store:
 //!
 //! ```no_run
@@ -45,7 +47,8 @@ macro_rules! content_store_suite {
         $crate::content_store_suite!(@cases $make;
             writer, update_status, commit_exists, resume, resume_truncate, resume_discard,
             resume_copy, resume_copy_seeker, resume_copy_reader_at, small_blob, labels,
-            commit_error_state, delete, abort, walk);
+            commit_error_state, delete, abort, walk, algorithms, resume_over_bad_bytes,
+            drop_then_reopen, errors, label_limits);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(
@@ -169,7 +172,8 @@ fn assert_kind<T>(result: Result<T>, kind: ErrorKind, what: &str) {
 }
 
 /// Writer: five writers (no descriptor, size only, digest only, both, and a
-/// 32 MiB blob fed through a 32-byte buffer) commit and read back.
+/// 32 MiB blob fed through a 32-byte buffer), all opened before any is
+/// written, commit and read back.
 pub async fn writer<S: Store + ?Sized>(store: &S) {
     let cases: Vec<(usize, bool, bool, usize)> = vec![
         (256, false, false, 256),
@@ -178,6 +182,7 @@ pub async fn writer<S: Store + ?Sized>(store: &S) {
         (256, true, true, 256),
         (32 << 20, true, true, 32),
     ];
+    let mut open_writers = Vec::new();
     for (i, (size, declare_size, declare_digest, chunk)) in cases.into_iter().enumerate() {
         let (content, digest) = create_content(size);
         let mut opts = WriterOpts::new(format!("c{}", i + 1));
@@ -187,10 +192,19 @@ pub async fn writer<S: Store + ?Sized>(store: &S) {
         if declare_digest {
             opts = opts.digest(digest.clone());
         }
-        let mut w = open(store, opts).await;
-        for piece in content.chunks(chunk) {
+        open_writers.push((open(store, opts).await, content, digest, chunk));
+    }
+    assert_eq!(
+        store.list_statuses(&[]).await.expect("list").len(),
+        5,
+        "five open ingests"
+    );
+    for (w, content, _, chunk) in &mut open_writers {
+        for piece in content.chunks(*chunk) {
             w.write_all(piece).await.expect("write");
         }
+    }
+    for (mut w, content, digest, _) in open_writers {
         let labels = gc_root_labels();
         let pre = SystemTime::now();
         w.commit(None, None, labels.clone()).await.expect("commit");
@@ -198,7 +212,7 @@ pub async fn writer<S: Store + ?Sized>(store: &S) {
         assert_eq!(w.digest().await.expect("digest after commit"), digest);
         let info = Info {
             digest: digest.clone(),
-            size: size as u64,
+            size: content.len() as u64,
             created_at: pre,
             updated_at: pre,
             labels,
@@ -503,6 +517,15 @@ pub async fn small_blob<S: Store + ?Sized>(store: &S) {
     let mut read = Vec::new();
     section.read_to_end(&mut read).await.expect("read section");
     assert_eq!(sha256_of(&read), digest);
+    // A descriptor with the digest alone (size 0, as containerd's case
+    // passes it) still opens the whole blob: the store knows its size.
+    let reader = store
+        .reader_at(&descriptor(digest.clone(), 0))
+        .await
+        .expect("reader by digest alone");
+    assert_eq!(reader.size(), 6);
+    let n = reader.read_at(0, &mut buf).await.expect("read_at");
+    assert_eq!(&buf[..n], blob);
 }
 
 /// Labels: committed labels, then a replace-all update, then a fieldpath update,
@@ -662,11 +685,17 @@ pub async fn commit_error_state<S: Store + ?Sized>(store: &S) {
     );
     drop(w);
 
+    // The ingest left by that failure truncates and closes cleanly, held
+    // or reopened.
     let mut w = open(store, WriterOpts::new(reference)).await;
     check_ref_not_available(store, reference).await;
+    w.truncate(0).await.expect("truncate");
+    assert_eq!(w.status().await.expect("status").offset, 0);
     w.shutdown().await.expect("close");
     drop(w);
     let mut w = open(store, WriterOpts::new(reference)).await;
+    assert_eq!(w.status().await.expect("status").offset, 0);
+    w.truncate(0).await.expect("truncate again");
     w.shutdown().await.expect("close");
 }
 
@@ -808,4 +837,229 @@ pub async fn walk<S: Store + ?Sized>(store: &S) {
         .collect();
     group_a.sort();
     assert_eq!(walked(&["labels.group==a"]).await, group_a);
+}
+
+/// containerd's `TestContentWriter`: a writer may take another algorithm's
+/// digest at commit (here sha512) and the blob lands under it; a ref held
+/// by an idle writer is Unavailable; an idle ingest is listed at offset 0.
+pub async fn algorithms<S: Store + ?Sized>(store: &S) {
+    let mut held = open(store, WriterOpts::new("idle")).await;
+    check_ref_not_available(store, "idle").await;
+    let listed = store.list_statuses(&[""]).await.expect("list statuses");
+    let idle = listed
+        .iter()
+        .find(|s| s.reference == "idle")
+        .unwrap_or_else(|| panic!("the idle ingest is listed: {listed:?}"));
+    assert_eq!(idle.offset, 0);
+
+    let (content, _) = create_content(4096);
+    let sha512 =
+        crate::digest_of(&oci_spec::image::DigestAlgorithm::Sha512, &content).expect("sha512");
+    let mut w = open(store, WriterOpts::new("sha512")).await;
+    w.write_all(&content).await.expect("write");
+    w.commit(Some(content.len() as u64), Some(&sha512), Labels::new())
+        .await
+        .expect("commit under sha512");
+    let info = store.info(&sha512).await.expect("info of the sha512 blob");
+    assert_eq!(info.size, content.len() as u64);
+    check_content(store, &sha512, &content).await;
+    held.shutdown().await.expect("close");
+}
+
+/// containerd's `TestWriterTruncateRecoversFromIncompleteWrite`: an ingest
+/// holding wrong bytes is reopened, truncated to 0, written right, and
+/// commits; the wrong bytes are never committed.
+pub async fn resume_over_bad_bytes<S: Store + ?Sized>(store: &S) {
+    let (content, digest) = create_content(4096);
+    let opts = WriterOpts::new("bad-bytes").size(content.len() as u64);
+    let mut w = open(store, opts.clone()).await;
+    w.write_all(b"12345678").await.expect("write wrong bytes");
+    w.shutdown().await.expect("close");
+    drop(w);
+
+    let mut w = open(store, opts).await;
+    assert_eq!(w.status().await.expect("status").offset, 8);
+    w.truncate(0).await.expect("truncate");
+    w.write_all(&content).await.expect("write");
+    w.commit(Some(content.len() as u64), Some(&digest), Labels::new())
+        .await
+        .expect("commit");
+    check_content(store, &digest, &content).await;
+    assert_kind(
+        store.info(&sha256_of(b"12345678")).await,
+        ErrorKind::NotFound,
+        "the wrong bytes as a blob",
+    );
+}
+
+/// A writer dropped without `shutdown` keeps what it was given: the ref
+/// opens again (through [`open_writer`](crate::open_writer), which waits for
+/// a store that lets go in the background) at the offset written.
+pub async fn drop_then_reopen<S: Store + ?Sized>(store: &S) {
+    let (content, digest) = create_content(1 << 20);
+    let (first, rest) = content.split_at(content.len() / 2);
+    let opts = WriterOpts::new("dropped").size(content.len() as u64);
+    let mut w = open(store, opts.clone()).await;
+    w.write_all(first).await.expect("write");
+    drop(w);
+
+    let mut w = crate::open_writer(store, opts)
+        .await
+        .expect("reopen a dropped writer's ref");
+    assert_eq!(
+        w.status().await.expect("status").offset,
+        first.len() as u64,
+        "the bytes written before the drop are kept"
+    );
+    w.write_all(rest).await.expect("write");
+    w.commit(None, Some(&digest), Labels::new())
+        .await
+        .expect("commit");
+    check_content(store, &digest, &content).await;
+}
+
+/// The error kind of each refusal the traits define.
+pub async fn errors<S: Store + ?Sized>(store: &S) {
+    let (content, digest) = create_content(512);
+    let missing = sha256_of(b"never written");
+    write_blob(
+        store,
+        WriterOpts::new("e1").digest(digest.clone()),
+        &content[..],
+        Labels::new(),
+    )
+    .await
+    .expect("write blob");
+    let info = store.info(&digest).await.expect("info");
+
+    let missing_info = Info {
+        digest: missing.clone(),
+        ..info.clone()
+    };
+    assert_kind(
+        store.update(missing_info, &[]).await,
+        ErrorKind::NotFound,
+        "update of a missing blob",
+    );
+    assert_kind(
+        store.update(info.clone(), &["size"]).await,
+        ErrorKind::InvalidArgument,
+        "update of a field that is not a label",
+    );
+    assert_kind(
+        store.writer(WriterOpts::new("")).await,
+        ErrorKind::InvalidArgument,
+        "a writer without a ref",
+    );
+    assert_kind(
+        store
+            .writer(WriterOpts::new("e2").digest(digest.clone()))
+            .await,
+        ErrorKind::AlreadyExists,
+        "a writer for a blob that exists",
+    );
+    assert_kind(
+        store.status("nope").await,
+        ErrorKind::NotFound,
+        "status of no ingest",
+    );
+    assert_kind(
+        store.info(&missing).await,
+        ErrorKind::NotFound,
+        "info of a missing blob",
+    );
+
+    let (other, other_digest) = create_content(64);
+    let mut w = open(store, WriterOpts::new("e3")).await;
+    w.write_all(&other).await.expect("write");
+    w.commit(None, None, Labels::new()).await.expect("commit");
+    assert_kind(
+        w.commit(None, None, Labels::new()).await,
+        ErrorKind::FailedPrecondition,
+        "a second commit",
+    );
+    drop(w);
+
+    let mut walked = Vec::new();
+    let by_digest = format!("digest=={digest}");
+    store
+        .walk(&[by_digest.as_str()], &mut |info| {
+            walked.push(info.digest);
+            Ok(())
+        })
+        .await
+        .expect("walk by digest");
+    assert_eq!(walked, vec![digest.clone()], "not {other_digest}");
+    assert_kind(
+        store.walk(&["name=x"], &mut |_| Ok(())).await,
+        ErrorKind::InvalidArgument,
+        "a walk filter that does not parse",
+    );
+
+    let a = open(store, WriterOpts::new("a")).await;
+    let b = open(store, WriterOpts::new("b")).await;
+    let listed = store.list_statuses(&["ref==a"]).await.expect("list");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| s.reference.as_str())
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert_kind(
+        store.list_statuses(&["ref=a"]).await,
+        ErrorKind::InvalidArgument,
+        "a status filter that does not parse",
+    );
+    for mut w in [a, b] {
+        w.shutdown().await.expect("close");
+    }
+}
+
+/// A label's key and value together may take 4096 bytes and no more, at
+/// commit and on update; a refused update leaves the labels as they were.
+pub async fn label_limits<S: Store + ?Sized>(store: &S) {
+    let at_limit = Labels::from([("key".to_string(), "v".repeat(4096 - 3))]);
+    let over_limit = Labels::from([("key".to_string(), "v".repeat(4097 - 3))]);
+
+    let (content, digest) = create_content(128);
+    let mut w = open(store, WriterOpts::new("l1")).await;
+    w.write_all(&content).await.expect("write");
+    assert_kind(
+        w.commit(None, Some(&digest), over_limit.clone()).await,
+        ErrorKind::InvalidArgument,
+        "commit with a label over the limit",
+    );
+    drop(w);
+    assert_kind(
+        store.info(&digest).await,
+        ErrorKind::NotFound,
+        "a blob refused for its labels",
+    );
+
+    let mut w = crate::open_writer(store, WriterOpts::new("l1"))
+        .await
+        .expect("reopen");
+    w.commit(None, Some(&digest), at_limit.clone())
+        .await
+        .expect("commit with a label at the limit");
+    let info = store.info(&digest).await.expect("info");
+    assert_eq!(info.labels, at_limit);
+
+    for fieldpaths in [&[][..], &["labels"], &["labels.key"]] {
+        let wanted = Info {
+            labels: over_limit.clone(),
+            ..info.clone()
+        };
+        assert_kind(
+            store.update(wanted, fieldpaths).await,
+            ErrorKind::InvalidArgument,
+            &format!("update {fieldpaths:?} over the limit"),
+        );
+        assert_eq!(
+            store.info(&digest).await.expect("info").labels,
+            at_limit,
+            "{fieldpaths:?}: labels unchanged"
+        );
+    }
 }
