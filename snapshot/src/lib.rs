@@ -280,7 +280,11 @@ pub trait Snapshotter: Send + Sync {
     /// Disk used by `key` itself.
     async fn usage(&self, key: &str) -> Result<Usage>;
 
-    /// How to mount `key` (active or view).
+    /// How to mount `key`: what `prepare` or `view` gave for an active
+    /// snapshot or a view. A committed snapshot's mounts are those a view of
+    /// it would get, read-only, so a reader need not make one; containerd
+    /// refuses a committed key (FailedPrecondition), and the conformance
+    /// suite does not require either.
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
 
     /// A new writable snapshot `key` on top of the committed `parent`.

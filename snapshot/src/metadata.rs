@@ -263,7 +263,12 @@ fn commit_in(
                     return Err(Error::NotFound { key: p.into() });
                 };
                 if rec.kind != Kind::Committed {
-                    return Err(not_committed(p));
+                    // FailedPrecondition here, as containerd's CommitActive
+                    // (a prepare on such a parent is InvalidArgument).
+                    return Err(Error::precondition(
+                        p,
+                        "cannot commit onto it: it is not committed",
+                    ));
                 }
                 record.parent = Some(p.to_string());
             }

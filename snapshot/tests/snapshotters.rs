@@ -58,8 +58,12 @@ async fn rules<S: Snapshotter>(s: &S) {
     s.prepare("child", Some("base"), Labels::new())
         .await
         .unwrap();
-    s.view("look", Some("base"), Labels::new()).await.unwrap();
+    let viewed = s.view("look", Some("base"), Labels::new()).await.unwrap();
     assert_eq!(s.stat("look").await.unwrap().kind, Kind::View);
+    // Ours, not containerd's (which refuses): a committed snapshot mounts
+    // as a view of it would, read-only.
+    assert_eq!(s.mounts("base").await.unwrap(), viewed);
+    assert!(viewed.iter().all(|m| m.is_readonly()), "{viewed:?}");
     let err = s.commit("x", "look", Labels::new()).await.unwrap_err();
     assert_eq!(
         err.kind(),

@@ -1,7 +1,8 @@
 //! The conformance suite every snapshotter must pass (feature `testsuite`).
 //!
 //! These are containerd's 21 snapshotter cases (`core/snapshots/testsuite`),
-//! with its layers, keys and semantics, and five of ours
+//! with its layers, keys and semantics, its overlay snapshotter's
+//! [`rebase`] table (`TestOverlayCommit`), and five of ours
 //! ([`apply_only_prepare`]; the trait's own contract:
 //! [`contract_errors`], [`mounts_are_what_prepare_gave`],
 //! [`usage_of_what_was_written`]; and [`unpack_image`], an image unpacked
@@ -71,7 +72,7 @@ macro_rules! snapshotter_suite {
             directory_permission_on_commit, remove_intermediate_snapshot,
             deleted_files_in_child_snapshot, move_file_from_lower_layer, view_readonly,
             stat_in_walk, close_twice, root_permission, rename, mount_128_layers,
-            apply_only_prepare, contract_errors, mounts_are_what_prepare_gave,
+            apply_only_prepare, contract_errors, mounts_are_what_prepare_gave, rebase,
             usage_of_what_was_written, unpack_image);
     };
     (@cases $make:expr; $($case:ident),*) => {
@@ -697,6 +698,12 @@ async fn create_snapshot<S: Snapshotter + ?Sized>(
     let done = apply_ops(&dir, ops);
     mounted.unmount();
     remove_mount_point(&dir);
+    // Only an overlay may refuse a directory rename (containerd skips the
+    // case for overlayfs and fuse-overlayfs alone).
+    assert!(
+        done.len() == ops.len() || mounts.iter().any(|m| m.kind.contains("overlay")),
+        "a rename was refused with EXDEV through {mounts:?}: only an overlay mount may refuse it"
+    );
     commit_ok(snapshotter, &name, &prepare, gc_labels()).await;
     (name, done)
 }
@@ -1465,8 +1472,8 @@ pub async fn root_permission<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
 /// a lower file renamed show as renamed, with no trace of the old names. The
 /// rename of a lower directory is attempted too; overlayfs without
 /// `redirect_dir` refuses it with EXDEV, which counts as containerd's skip
-/// for overlay snapshotters (the directory then keeps its old name);
-/// otherwise it must show as renamed.
+/// for overlay snapshotters (the directory then keeps its old name); through
+/// any other mount it must show as renamed.
 pub async fn rename<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
     clear_umask();
     let l1 = [
@@ -1834,6 +1841,101 @@ pub async fn mounts_are_what_prepare_gave<S: Snapshotter + ?Sized>(snapshotter: 
         viewed.iter().any(Mount::is_readonly),
         "a view mounts read-only: {viewed:?}"
     );
+}
+
+/// Rebase (containerd's `TestOverlayCommit`), for a snapshotter that
+/// [`can_rebase`](Snapshotter::can_rebase): a snapshot prepared with no
+/// parent commits onto one (and a view of it shows both), or onto none; one
+/// prepared on a parent commits onto that parent or with none given; another
+/// parent is [`ErrorKind::InvalidArgument`], an active one
+/// [`ErrorKind::FailedPrecondition`], a missing one [`ErrorKind::NotFound`].
+/// A snapshotter that cannot rebase refuses any parent at commit with
+/// [`ErrorKind::Unimplemented`], and commits without one.
+pub async fn rebase<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
+    clear_umask();
+    let s = snapshotter;
+    let base_layer = [create_file("/foo", b"hi", 0o660)];
+    let (base, _) = create_snapshot(s, None, work, &base_layer).await;
+    let active_parent = key(work, "active-parent");
+    prepare_ok(s, &active_parent, None, Labels::new()).await;
+    let commit_onto = |name: String, key: String, parent: &str| {
+        let opts = crate::CommitOpts {
+            labels: Labels::new(),
+            parent: (!parent.is_empty()).then(|| parent.to_string()),
+        };
+        async move { s.commit_with(&name, &key, opts).await }
+    };
+
+    if !s.can_rebase() {
+        let key = key(work, "no-rebase");
+        prepare_ok(s, &key, None, Labels::new()).await;
+        expect_error(
+            commit_onto(key.clone() + "-c", key.clone(), &base).await,
+            ErrorKind::Unimplemented,
+            "a parent at commit, without rebase",
+        );
+        commit_onto(key.clone() + "-c", key, "")
+            .await
+            .unwrap_or_else(|e| panic!("commit with no parent: {e}"));
+        return;
+    }
+
+    let cases: [(&str, &str, Option<ErrorKind>); 7] = [
+        ("", "", None),
+        ("", &base, None),
+        (&base, &base, None),
+        (&base, "", None),
+        (&base, "new", Some(ErrorKind::InvalidArgument)),
+        ("", &active_parent, Some(ErrorKind::FailedPrecondition)),
+        ("", "missing", Some(ErrorKind::NotFound)),
+    ];
+    for (i, (old_parent, new_parent, want)) in cases.into_iter().enumerate() {
+        let key = key(work, &format!("test-{i}"));
+        let name = format!("rebased-{i}-{}", unique());
+        let old = (!old_parent.is_empty()).then_some(old_parent);
+        prepare_ok(s, &key, old, Labels::new()).await;
+        let what = format!("prepared on {old_parent:?}, committed onto {new_parent:?}");
+        let result = commit_onto(name.clone(), key.clone(), new_parent).await;
+        match want {
+            Some(kind) => {
+                expect_error(result, kind, &what);
+                let still = stat_ok(s, &key).await;
+                assert_eq!(still.kind, Kind::Active, "{what}: the key stays active");
+            }
+            None => {
+                result.unwrap_or_else(|e| panic!("{what}: {e}"));
+                let want_parent = [new_parent, old_parent].into_iter().find(|p| !p.is_empty());
+                assert_eq!(
+                    stat_ok(s, &name).await.parent.as_deref(),
+                    want_parent,
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    // What a rebased snapshot shows: its parent's files and its own.
+    let own = [create_file("/bar", b"there", 0o644)];
+    let (unparented, done) = {
+        let name = format!("own-{}", unique());
+        let prepare = key(work, &format!("{name}-prepare"));
+        let mounts = prepare_ok(s, &prepare, None, gc_labels()).await;
+        let dir = scratch_dir(work, "prepare");
+        let mounted = Mounted::new(&mounts, &dir);
+        let done = apply_ops(&dir, &own);
+        mounted.unmount();
+        remove_mount_point(&dir);
+        (prepare, done)
+    };
+    let rebased = format!("rebased-{}", unique());
+    commit_onto(rebased.clone(), unparented, &base)
+        .await
+        .unwrap_or_else(|e| panic!("rebase onto {base:?}: {e}"));
+    let flat = scratch_dir(work, "flat");
+    apply_ops(&flat, &base_layer);
+    apply_ops(&flat, &done);
+    check_snapshot(s, work, &rebased, &flat).await;
+    remove_tree(&flat);
 }
 
 /// `usage` of an active snapshot counts what was written into it: a file's
