@@ -277,6 +277,11 @@ pub trait Ingester: Send + Sync {
 ///
 /// Write with [`tokio::io::AsyncWriteExt`]. Dropping the writer, or `shutdown()`,
 /// without a commit keeps the ingest for a later resume and releases the ref.
+/// `shutdown().await` releases it before it returns; a writer that is only
+/// dropped may release it in the background (the local store's saves its
+/// last buffer first), so code ported from Go, whose `Close` is synchronous,
+/// should shut down before it reopens the ref, or reopen with
+/// [`open_writer`], which waits for a ref in use.
 ///
 /// ```
 /// use ocidist_content::{local::LocalStore, sha256_of, ErrorKind, Ingester, Labels, WriterOpts};
@@ -407,6 +412,10 @@ pub trait Manager: Send + Sync {
 #[async_trait]
 pub trait IngestManager: Send + Sync {
     /// The status of the ingest `reference`. Missing: [`ErrorKind::NotFound`].
+    ///
+    /// Its offset counts the bytes the ingest holds; a writer open in
+    /// another task may hold more in its buffer (the local store's, up to
+    /// 4 MiB), which [`Writer::status`] counts.
     async fn status(&self, reference: &str) -> Result<Status>;
 
     /// The statuses of the ingests matching any of `filters` (all if empty);
