@@ -159,8 +159,10 @@ pub fn validate(image: &Image) -> Result<()> {
     if image.name.trim().is_empty() {
         return invalid("the name must not be empty");
     }
-    if let Err(e) = ocidist_content::helpers::validate_labels(&image.labels) {
-        return invalid(&e.to_string());
+    match ocidist_content::helpers::validate_labels(&image.labels) {
+        Ok(()) => {}
+        Err(ocidist_content::Error::InvalidArgument(why)) => return invalid(&why),
+        Err(e) => return invalid(&e.to_string()),
     }
     if Digest::try_from(image.target.digest().to_string()).is_err() {
         return invalid("the target digest is invalid");
