@@ -101,11 +101,11 @@ pub struct Collected {
 #[non_exhaustive]
 pub enum SnapshotsFailed {
     /// The images could not be listed, so which layers to keep is unknown.
-    #[error("listing the images: {0}")]
+    #[error("listing the images")]
     Images(#[source] crate::snapshot::Error),
     /// An image's layers could not be listed (its manifest or config does
     /// not decode, say), so which layers to keep is unknown.
-    #[error("image {name}: {source}")]
+    #[error("image {name}")]
     Image {
         /// The image's name.
         name: String,
@@ -115,7 +115,7 @@ pub enum SnapshotsFailed {
     },
     /// A snapshotter's prune failed; those before it in the list were
     /// pruned.
-    #[error("{snapshotter} snapshots: {source}")]
+    #[error("{snapshotter} snapshots")]
     Snapshotter {
         /// The snapshotter's name, as given.
         snapshotter: String,

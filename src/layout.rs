@@ -69,7 +69,7 @@ use std::sync::{Mutex, PoisonError, mpsc};
 use crate::content::local::LocalReaderAt;
 use crate::content::{
     CopySource, Descriptor, Digest, Digester, ErrorKind, Ingester, Labels, Manager, Provider,
-    ReaderAt, WriterOpts, copy, open_writer,
+    ReaderAt, Report, WriterOpts, copy, open_writer,
 };
 use crate::images::manifest::{self, MAX_MANIFEST_SIZE};
 use crate::images::media_types::{self, Kind};
@@ -148,7 +148,7 @@ pub enum Error {
         reason: String,
     },
     /// A filesystem operation on the layout failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The path it was done to.
         path: PathBuf,
@@ -156,7 +156,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A blob could not be copied from the store into the layout.
-    #[error("copy {digest} to {}: {source}", dir.display())]
+    #[error("copy {digest} to {}", dir.display())]
     Copy {
         /// The blob.
         digest: Digest,
@@ -487,8 +487,8 @@ fn check_layout_blob(path: &Path, desc: &Descriptor) -> crate::content::Result<(
         )));
     }
     if size <= MAX_MANIFEST_SIZE {
-        let mut digester =
-            Digester::new(desc.digest().algorithm()).map_err(|e| refused(e.to_string()))?;
+        let mut digester = Digester::new(desc.digest().algorithm())
+            .map_err(|e| refused(Report::new(&e).to_string()))?;
         let mut bytes = Vec::new();
         (&file)
             .take(size)

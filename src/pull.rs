@@ -73,7 +73,10 @@ pub enum PullError {
     /// layer is not what its digest says (found by [`corrupt_layer`] once
     /// the unpack failed): the store's file went bad after its commit.
     /// Remove that blob and pull again.
-    #[error("{corrupt} (the unpack failed on it: {unpack})")]
+    #[error(
+        "{corrupt} (the unpack failed on it: {})",
+        crate::content::Report::new(unpack)
+    )]
     Corrupt {
         /// The store's [`BlobCorrupt`](crate::content::Error::BlobCorrupt).
         corrupt: crate::content::Error,

@@ -212,3 +212,48 @@ async fn shared_image_stores_and_resolvers_are_image_stores_and_resolvers() {
         "{err}"
     );
 }
+
+/// `error` and its causes, outermost first: what `anyhow` prints, one line
+/// each.
+fn chain_of(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    std::iter::successors(Some(error), |e| e.source())
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Rust's rule for error chains, which `anyhow` and `tracing` rely on: a
+/// cause is either in an error's message or its `source()`, never both.
+/// The `Report` of an error says each cause once.
+#[tokio::test]
+async fn each_cause_is_said_once_and_a_report_says_them_all() {
+    use ocidist::content::Report;
+    use ocidist::remotes::Resolver;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let content = LocalStore::open(file.join("content")).unwrap_err();
+    let Err(snapshot) = NativeSnapshotter::open(file.join("snapshots")) else {
+        panic!("a snapshotter under a file");
+    };
+    // Nothing listens on port 1.
+    let remotes = DockerResolver::new()
+        .resolve("127.0.0.1:1/none:1")
+        .await
+        .unwrap_err();
+    let errors: [(&(dyn std::error::Error + 'static), &str); 3] = [
+        (&content, "Not a directory"),
+        (&snapshot, "Not a directory"),
+        (&remotes, "Connection refused"),
+    ];
+    for (error, root) in errors {
+        let chain = chain_of(error);
+        for pair in chain.windows(2) {
+            assert!(!pair[0].contains(&pair[1]), "said twice: {chain:#?}");
+        }
+        assert!(chain.len() > 1, "the cause is a source: {chain:#?}");
+        let report = Report::new(error).to_string();
+        assert_eq!(report.matches(root).count(), 1, "{report}");
+        assert_eq!(report, chain.join(": "));
+    }
+}

@@ -338,7 +338,8 @@ async fn malformed_layouts_and_unknown_names_are_typed_errors() {
     assert!(matches!(opened.entries().unwrap_err(), Error::Io { .. }));
     std::os::unix::fs::symlink("/dev/zero", dir.join("index.json")).unwrap();
     let e = opened.entries().unwrap_err();
-    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let said = ocidist::content::Report::new(&e).to_string();
+    assert!(said.contains("not a regular file"), "{said}");
     std::fs::remove_file(dir.join("index.json")).unwrap();
 
     let index = |entries: serde_json::Value| {

@@ -162,7 +162,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A filesystem operation failed.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         /// What was being done (`open`, `rename`, ...).
         op: &'static str,
@@ -173,16 +173,75 @@ pub enum Error {
         source: io::Error,
     },
     /// Reading a caller's source stream failed.
-    #[error("read source: {0}")]
+    #[error("read source")]
     Source(#[source] io::Error),
     /// An error from another layer (a remote pusher, a user's store) with its kind.
-    #[error("{source}")]
+    ///
+    /// Its message is the wrapped error's with that error's causes: it adds
+    /// only the kind, so the wrapped error is not repeated as a cause. Match
+    /// the variant to downcast it.
+    #[error("{}", Report::new(&**error))]
     Other {
         /// How callers should treat it.
         kind: ErrorKind,
-        /// The cause.
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// The wrapped error.
+        error: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+}
+
+/// An error and its causes on one line, separated by `": "`, as a person
+/// reads it: `open /var/lib/x: No such file or directory (os error 2)`.
+///
+/// The errors of this workspace say what failed and leave the cause to
+/// [`source`](std::error::Error::source), as Rust's error guidelines ask,
+/// so that `anyhow`'s and `tracing`'s chains print each cause once; `{e}`
+/// alone is therefore only the outermost step. Print an error for people
+/// through this. A cause whose text already ends what was written (an
+/// error of another library that puts its cause in its own message too)
+/// is not written again.
+///
+/// ```
+/// use ocidist_content::{Error, Report};
+/// let e = Error::io(
+///     "open",
+///     "/no/such/file",
+///     std::io::Error::from(std::io::ErrorKind::NotFound),
+/// );
+/// assert_eq!(e.to_string(), "open /no/such/file");
+/// assert_eq!(Report::new(&e).to_string(), "open /no/such/file: entity not found");
+/// ```
+#[derive(Clone, Copy)]
+pub struct Report<'a> {
+    error: &'a (dyn std::error::Error + 'static),
+}
+
+impl<'a> Report<'a> {
+    /// The report of `error` and its causes.
+    pub fn new(error: &'a (dyn std::error::Error + 'static)) -> Self {
+        Report { error }
+    }
+}
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut written = self.error.to_string();
+        let mut cause = self.error.source();
+        while let Some(next) = cause {
+            let text = next.to_string();
+            if !text.is_empty() && !written.ends_with(&text) {
+                written.push_str(": ");
+                written.push_str(&text);
+            }
+            cause = next.source();
+        }
+        f.write_str(&written)
+    }
+}
+
+impl std::fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// `Result` with this crate's [`Error`].
@@ -212,11 +271,11 @@ impl Error {
     /// Wraps an error from another layer, keeping the kind callers should see.
     pub fn other(
         kind: ErrorKind,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         Error::Other {
             kind,
-            source: source.into(),
+            error: error.into(),
         }
     }
 
@@ -274,6 +333,61 @@ mod tests {
     fn plain_io_error_becomes_source_error() {
         let back = Error::from_io(io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
         assert_eq!(back.kind(), ErrorKind::Io);
-        assert!(back.to_string().contains("eof"));
+        assert_eq!(back.to_string(), "read source");
+        assert_eq!(Report::new(&back).to_string(), "read source: eof");
+    }
+
+    /// Rust's rule for error chains: a cause is in the message or in
+    /// `source()`, never both, so a chain printer prints it once.
+    #[test]
+    fn every_cause_is_printed_once() {
+        let io = || io::Error::new(io::ErrorKind::PermissionDenied, "no way in");
+        let errors = [
+            (Error::io("open", "/x", io()), "open /x: no way in"),
+            (Error::Source(io()), "read source: no way in"),
+            (
+                Error::other(ErrorKind::Unavailable, "the store is busy"),
+                "the store is busy",
+            ),
+            (
+                Error::other(ErrorKind::Io, Error::io("open", "/x", io())),
+                "open /x: no way in",
+            ),
+            (
+                Error::from_io(io::Error::from(Error::io("open", "/x", io()))),
+                "open /x: no way in",
+            ),
+        ];
+        for (e, report) in &errors {
+            let mut texts = vec![e.to_string()];
+            let mut cause = std::error::Error::source(e);
+            while let Some(next) = cause {
+                texts.push(next.to_string());
+                cause = next.source();
+            }
+            for pair in texts.windows(2) {
+                assert!(!pair[0].contains(&pair[1]), "{texts:?}");
+            }
+            assert_eq!(texts.join(": "), *report);
+            assert_eq!(Report::new(e).to_string(), *report);
+        }
+    }
+
+    #[test]
+    fn a_report_skips_a_cause_its_error_already_printed() {
+        #[derive(Debug)]
+        struct Embeds(io::Error);
+        impl std::fmt::Display for Embeds {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "fetch: {}", self.0)
+            }
+        }
+        impl std::error::Error for Embeds {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Error::other(ErrorKind::Io, Embeds(io::Error::other("reset")));
+        assert_eq!(Report::new(&e).to_string(), "fetch: reset");
     }
 }

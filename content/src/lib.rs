@@ -64,7 +64,7 @@ mod sha256_pair;
 pub mod testsuite;
 
 pub use digester::{Digester, digest_of, sha256_of};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Report, Result};
 pub use helpers::{CopySource, copy, open_writer, read_blob, verify_blob, write_blob};
 pub use reader::ReaderAtStream;
 

@@ -145,7 +145,7 @@ async fn child_process_entry() {
             let mut accepted = 0;
             for piece in content.chunks(64 << 10) {
                 if let Err(e) = w.write_all(piece).await {
-                    failure = Some(e.to_string());
+                    failure = Some(ocidist_content::Report::new(&e).to_string());
                     break;
                 }
                 accepted += piece.len();

@@ -97,8 +97,9 @@ pub(crate) async fn ingest(store: &LocalStore, args: IngestArgs) -> CmdResult {
             return Err(Failure::new(
                 what,
                 format!(
-                    "{e} (a resumed ingest reads the whole blob again: the first \
-                     {resumed_at} bytes, which the ingest had, were checked and skipped)"
+                    "{} (a resumed ingest reads the whole blob again: the first \
+                     {resumed_at} bytes, which the ingest had, were checked and skipped)",
+                    ocidist::content::Report::new(&e)
                 ),
             ));
         }

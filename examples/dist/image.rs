@@ -157,7 +157,10 @@ impl Remote {
             // uses. A broken one is said, as Docker says it, and the pull goes
             // on anonymously rather than fail where no credentials are needed.
             None => Arc::new(DockerConfig::load_default().unwrap_or_else(|e| {
-                eprintln!("dist: warning: Docker credentials not loaded: {e}");
+                eprintln!(
+                    "dist: warning: Docker credentials not loaded: {}",
+                    ocidist::content::Report::new(&e)
+                );
                 DockerConfig::default()
             })),
         };
@@ -282,8 +285,9 @@ pub(crate) async fn push(
                 ocidist::images::Error::Content(c) if c.is_not_found() => Failure::new(
                     what.clone(),
                     format!(
-                        "{e}: the store lacks the {} manifest of this index: fetch it \
-                         with --platform {0}, or --all-platforms",
+                        "{}: the store lacks the {} manifest of this index: fetch it \
+                         with --platform {1}, or --all-platforms",
+                        ocidist::content::Report::new(&e),
                         remote.platform
                     ),
                 ),
@@ -336,7 +340,10 @@ pub(crate) async fn push(
         {
             return Failure::new(
                 what.clone(),
-                format!("{e} (`images check {local}` lists what the image lacks; fetch it again)"),
+                format!(
+                    "{} (`images check {local}` lists what the image lacks; fetch it again)",
+                    ocidist::content::Report::new(&e)
+                ),
             );
         }
         if let ocidist::remotes::Error::Content(ocidist::content::Error::DigestMismatch {
@@ -350,7 +357,10 @@ pub(crate) async fn push(
                 "the store's copy of {expected} is corrupt: remove it \
                  (dist delete {expected}) and fetch the image again"
             );
-            return Failure::new(what.clone(), format!("{e}; {hint}"));
+            return Failure::new(
+                what.clone(),
+                format!("{}; {hint}", ocidist::content::Report::new(&e)),
+            );
         }
         Failure::new(what.clone(), e)
     })?;
@@ -479,7 +489,7 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
                 Ok(image) => found.push(image),
                 // A name that is not there is not a complete image.
                 Err(e) => {
-                    output::outln!("{name}: {e}");
+                    output::outln!("{name}: {}", ocidist::content::Report::new(&*e));
                     incomplete += 1;
                 }
             }
@@ -493,7 +503,11 @@ async fn check_images(stores: &Stores, remote: &Remote, names: Vec<String>) -> C
             // A document that cannot be read for want of another: said,
             // and the check goes on to the next image.
             Err(e) if e.kind() == ocidist::content::ErrorKind::NotFound => {
-                output::outln!("{}: incomplete, {e}", image.name);
+                output::outln!(
+                    "{}: incomplete, {}",
+                    image.name,
+                    ocidist::content::Report::new(&e)
+                );
                 incomplete += 1;
                 continue;
             }

@@ -54,14 +54,15 @@ pub(crate) struct ImportArgs {
 /// A layout error, with what to do about it where that is this program's
 /// to say.
 fn with_remedy(e: layout::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    let report = ocidist::content::Report::new(&e);
     match &e {
         layout::Error::Corrupt { digest, .. } => {
-            format!("{e}: remove it (dist delete {digest}) and fetch the image again").into()
+            format!("{report}: remove it (dist delete {digest}) and fetch the image again").into()
         }
         layout::Error::Missing { .. } => {
-            format!("{e} (`images check` lists what the image lacks; fetch it again)").into()
+            format!("{report} (`images check` lists what the image lacks; fetch it again)").into()
         }
-        layout::Error::SeveralImages { .. } => format!("{e}, as DIR:NAME").into(),
+        layout::Error::SeveralImages { .. } => format!("{report}, as DIR:NAME").into(),
         _ => e.into(),
     }
 }

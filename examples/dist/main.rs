@@ -338,14 +338,18 @@ async fn remove_each<T, E>(
 ) -> CmdResult
 where
     T: std::fmt::Display,
-    E: std::fmt::Display,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut failed = 0;
     for item in items {
         match remove(item).await {
             Ok(removed) => output::report!("{removed}"),
             Err(e) => {
-                eprintln!("dist: {what} {item}: {e}");
+                let e = e.into();
+                eprintln!(
+                    "dist: {what} {item}: {}",
+                    ocidist::content::Report::new(&*e)
+                );
                 failed += 1;
             }
         }
@@ -752,7 +756,10 @@ fn main() -> ExitCode {
             .await
         });
         if let Ok(Err(e)) = removed {
-            eprintln!("dist: remove unfinished extractions: {e}");
+            eprintln!(
+                "dist: remove unfinished extractions: {}",
+                ocidist::content::Report::new(&e)
+            );
         }
     }
     // Blocking writes still running must not hold the exit up for long.
@@ -773,7 +780,11 @@ fn main() -> ExitCode {
             ExitCode::from(128 + signal as u8)
         }
         Err(Stop::Failed(failure) | Stop::TimedOut(failure)) => {
-            eprintln!("dist: {}: {}", failure.what, failure.cause);
+            eprintln!(
+                "dist: {}: {}",
+                failure.what,
+                ocidist::content::Report::new(&*failure.cause)
+            );
             if debug {
                 eprintln!("{:?}", failure.cause);
             }

@@ -92,7 +92,10 @@ pub(crate) async fn pull_cmd(
             ..
         } => Failure::new(
             what,
-            format!("{e}: remove it (dist delete {digest}) and pull again"),
+            format!(
+                "{}: remove it (dist delete {digest}) and pull again",
+                ocidist::content::Report::new(&e)
+            ),
         ),
         _ => Failure::new(what, e),
     })?;
@@ -301,7 +304,8 @@ pub(crate) async fn rootfs_cmd(
                 return Err(Failure::new(
                     what,
                     format!(
-                        "no rootfs of this store is mounted there (another --root or --snapshotter?): {e}"
+                        "no rootfs of this store is mounted there (another --root or --snapshotter?): {}",
+                        ocidist::content::Report::new(&e)
                     ),
                 ));
             }
@@ -322,14 +326,13 @@ pub(crate) async fn rootfs_cmd(
                     {
                         mount::MountedAt::Absent
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(ocidist::content::Report::new(&e).to_string()),
                 },
                 None => mount::MountedAt::Absent,
             };
             match at {
-                mount::MountedAt::Top => {
-                    mount::unmount_unless_busy(&unmounting, mounts.len()).map_err(|e| e.to_string())
-                }
+                mount::MountedAt::Top => mount::unmount_unless_busy(&unmounting, mounts.len())
+                    .map_err(|e| ocidist::content::Report::new(&e).to_string()),
                 // Its files must stay while it is mounted, even out of sight.
                 mount::MountedAt::Covered => Err(format!(
                     "another filesystem is mounted over the rootfs at {}: unmount it first",
@@ -387,7 +390,8 @@ pub(crate) async fn rootfs_cmd(
                             format!(
                                 "the store's copy of {digest} is corrupt ({found}): remove it \
                                  (dist delete {digest}) and fetch the image again; the unpack \
-                                 failed on it: {e}"
+                                 failed on it: {}",
+                                ocidist::content::Report::new(&e)
                             )
                             .into(),
                         ));
@@ -398,9 +402,10 @@ pub(crate) async fn rootfs_cmd(
                         // program's terms.
                         Some(_) if e.kind() == ocidist::snapshot::ErrorKind::NotFound => fail(
                             format!(
-                                "{e} (`images check {reference}` lists what the store lacks; a \
+                                "{} (`images check {reference}` lists what the store lacks; a \
                                  fetch or pull of an index keeps only the --platform's manifest, \
                                  {}, unless --all-platforms)",
+                                ocidist::content::Report::new(&e),
                                 remote.platform
                             )
                             .into(),
@@ -408,8 +413,9 @@ pub(crate) async fn rootfs_cmd(
                         Some(_) => fail(e.into()),
                         None => fail(
                             format!(
-                                "{e} (the store cannot be written here: only an image unpacked \
-                                 in it already can be copied out)"
+                                "{} (the store cannot be written here: only an image unpacked \
+                                 in it already can be copied out)",
+                                ocidist::content::Report::new(&e)
                             )
                             .into(),
                         ),

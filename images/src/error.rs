@@ -86,12 +86,16 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// An error from a caller's handler, with the kind to report.
-    #[error("{source}")]
+    ///
+    /// Its message is the wrapped error's with that error's causes (see
+    /// [`ocidist_content::Report`]): it adds only the kind. Match the
+    /// variant to downcast it.
+    #[error("{}", ocidist_content::Report::new(&**error))]
     Other {
         /// How callers should treat it.
         kind: ErrorKind,
-        /// The cause.
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// The wrapped error.
+        error: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
 
@@ -121,11 +125,11 @@ impl Error {
     /// Wraps a caller's error with the kind callers should see.
     pub fn other(
         kind: ErrorKind,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         Error::Other {
             kind,
-            source: source.into(),
+            error: error.into(),
         }
     }
 }

@@ -358,7 +358,7 @@ pub async fn create_update_delete(store: &impl ImageStore) {
                 assert_eq!(store.get(case.name).await.unwrap(), updated);
             }
             (Err(e), Err(kind)) => {
-                assert_eq!(e.kind(), kind, "{}: {e}", case.name);
+                assert_eq!(e.kind(), kind, "{}: {e:?}", case.name);
                 // A refused update changes nothing.
                 assert_eq!(
                     store.get(case.name).await.unwrap(),
@@ -410,7 +410,7 @@ pub async fn delete_if_target(store: &impl ImageStore) {
         .delete_if_target("moved", old.digest())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     assert_eq!(store.get("moved").await.unwrap().target, new, "it stays");
 
     store.delete_if_target("moved", new.digest()).await.unwrap();
@@ -420,7 +420,7 @@ pub async fn delete_if_target(store: &impl ImageStore) {
         .delete_if_target("moved", new.digest())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
 }
 
 /// An empty label or annotation value is not stored (containerd's
@@ -464,7 +464,7 @@ pub async fn label_limits(store: &impl ImageStore) {
     let mut image = Image::new("limits", target(10, BLAB, "limits", &[]));
     image.labels = labels(&[("key", &over_limit)]);
     let err = store.create(image.clone()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err:?}");
     assert_eq!(
         store.get("limits").await.unwrap_err().kind(),
         ErrorKind::NotFound
@@ -480,7 +480,7 @@ pub async fn label_limits(store: &impl ImageStore) {
         assert_eq!(
             err.kind(),
             ErrorKind::InvalidArgument,
-            "{fieldpaths:?}: {err}"
+            "{fieldpaths:?}: {err:?}"
         );
         assert_eq!(
             store.get("limits").await.unwrap(),
@@ -528,7 +528,7 @@ pub async fn filters(store: &impl ImageStore) {
     }
     for bad in ["name==", "name~=(", "labels.", "name=x"] {
         let err = store.list(&[bad]).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err:?}");
     }
 }
 
@@ -557,7 +557,7 @@ pub async fn errors(store: &impl ImageStore) {
         assert_eq!(
             err.kind(),
             ErrorKind::InvalidArgument,
-            "{fieldpaths:?}: {err}"
+            "{fieldpaths:?}: {err:?}"
         );
     }
     let mut no_key = image.clone();

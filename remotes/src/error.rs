@@ -26,7 +26,7 @@ pub enum Error {
     #[error(transparent)]
     Images(ocidist_images::Error),
     /// The registry could not be reached, or the connection broke.
-    #[error("{url}: {}", connect_cause(source))]
+    #[error("{url}: {}", connect_summary(source))]
     Connect {
         /// What was being requested.
         url: String,
@@ -107,7 +107,7 @@ pub enum Error {
     /// time, is given up on like one that trickles (resumable, but the
     /// attempt counts as one that got nowhere).
     #[error(
-        "{received} bytes in {waited:.1?}, under the low-speed limit of {} bytes per {:?}, then: {source}",
+        "{received} bytes in {waited:.1?}, under the low-speed limit of {} bytes per {:?}, then",
         limit.min_bytes,
         limit.window
     )]
@@ -130,9 +130,10 @@ pub enum Error {
         reason: String,
     },
     /// Every host tried for the registry failed (mirrors, then the
-    /// upstream): the last one's error, whose kind this is, and the others'
-    /// after it, so that a mirror passed over is not passed over in silence.
-    #[error("{last}; tried before it: {}", list(earlier))]
+    /// upstream): the others' errors in its message, so that a mirror passed
+    /// over is not passed over in silence, and the last one's, whose kind
+    /// this is, as its cause.
+    #[error("{} hosts failed: {}; then the last", earlier.len() + 1, list(earlier))]
     HostsFailed {
         /// The last host's error: the upstream's, where it can do what was
         /// asked. Its [`source`](std::error::Error::source), for a walk of
@@ -145,7 +146,7 @@ pub enum Error {
     /// Fetching one blob of an image failed: which blob, and its fetch's
     /// error, whose kind this is (match it for a 429, a digest mismatch,
     /// a registry too slow).
-    #[error("{what} {digest}: {source}")]
+    #[error("{what} {digest}")]
     Blob {
         /// What the blob is to the image, as its ingest ref says:
         /// `manifest`, `index`, `config`, `layer` or `unknown`.
@@ -175,7 +176,7 @@ pub enum Error {
     /// that needed them was not made: Docker fails such a pull rather than
     /// going on anonymously. Of kind
     /// [`FailedPrecondition`](ErrorKind::FailedPrecondition).
-    #[error("credentials for {host}: {source}")]
+    #[error("credentials for {host}")]
     Credentials {
         /// The host whose credentials were asked for.
         host: String,
@@ -185,12 +186,16 @@ pub enum Error {
     },
     /// An error from a caller's resolver, fetcher or pusher, with the kind
     /// callers should see.
-    #[error("{source}")]
+    ///
+    /// Its message is the wrapped error's with that error's causes (see
+    /// [`ocidist_content::Report`]): it adds only the kind. Match the
+    /// variant to downcast it.
+    #[error("{}", ocidist_content::Report::new(&**error))]
     Other {
         /// How callers should treat it.
         kind: ErrorKind,
-        /// The cause.
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// The wrapped error.
+        error: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
 
@@ -200,18 +205,21 @@ impl From<ocidist_images::Error> for Error {
     /// so callers of a fetch can match what the registry did.
     fn from(e: ocidist_images::Error) -> Self {
         match e {
-            ocidist_images::Error::Other { kind, source } => match source.downcast::<Error>() {
+            ocidist_images::Error::Other { kind, error } => match error.downcast::<Error>() {
                 Ok(ours) => *ours,
-                Err(source) => Error::Images(ocidist_images::Error::other(kind, source)),
+                Err(error) => Error::Images(ocidist_images::Error::other(kind, error)),
             },
             other => Error::Images(other),
         }
     }
 }
 
-/// `errors` as one line, separated by semicolons.
+/// `errors`, each with its causes, as one line separated by semicolons.
 fn list(errors: &[Error]) -> String {
-    let texts: Vec<String> = errors.iter().map(Error::to_string).collect();
+    let texts: Vec<String> = errors
+        .iter()
+        .map(|e| ocidist_content::Report::new(e).to_string())
+        .collect();
     texts.join("; ")
 }
 
@@ -359,20 +367,22 @@ impl Error {
     /// ```
     pub fn other(
         kind: ErrorKind,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         Error::Other {
             kind,
-            source: source.into(),
+            error: error.into(),
         }
     }
 }
 
 /// Why a request could not be sent or its answer read ([`Error::Connect`]):
 /// the HTTP client's error, kept behind this type so that the client's
-/// crate and version are not part of this crate's API. Its
-/// [`source`](std::error::Error::source) chain leads to the cause (an I/O
-/// error, a TLS error).
+/// crate and version are not part of this crate's API. Its message is the
+/// root cause (an I/O error, a TLS error, with a hint where one helps) or
+/// the limit of ours that ran out, and the number of attempts when more
+/// than one: the client's own steps in between say nothing the URL does
+/// not, so it has no [`source`](std::error::Error::source) of its own.
 #[derive(Debug)]
 pub struct ConnectError {
     pub(crate) error: reqwest::Error,
@@ -436,62 +446,64 @@ impl ConnectError {
 }
 
 impl std::fmt::Display for ConnectError {
+    /// The cause, then how many times the request was sent when more than
+    /// once: "nothing received for 30s (2 attempts)".
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.error.fmt(f)
+        f.write_str(&self.cause())?;
+        match self.attempts {
+            0 | 1 => Ok(()),
+            n => write!(f, " ({n} attempts)"),
+        }
     }
 }
 
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
+impl ConnectError {
+    /// The limit of ours that ran out, or the root cause with a hint.
+    fn cause(&self) -> String {
+        let error = &self.error;
+        // The kernel's ETIMEDOUT says so in its own words.
+        if error.is_timeout() && !kernel_timed_out(error) {
+            match self.limit {
+                Some(limit) if error.is_connect() => {
+                    return format!("not connected in {limit:?}");
+                }
+                Some(limit) => return format!("nothing received for {limit:?}"),
+                None => {}
+            }
+        }
+        let mut root: &(dyn std::error::Error + 'static) = error;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        let root = root.to_string();
+        // The one certificate error a missing `ca-certificates` explains.
+        let hint = if root.contains("UnknownIssuer") && NO_SYSTEM_ROOTS.load(Ordering::Relaxed) {
+            " (this machine has no CA certificates of its own: install \
+             ca-certificates, or trust the registry's CA explicitly)"
+        } else if root.contains("InvalidContentType") {
+            // What rustls makes of an HTTP answer to its hello.
+            " (the server seems to speak plain HTTP, not HTTPS: use plain \
+             HTTP for it, as `server = \"http://…\"` in its hosts.toml)"
+        } else {
+            ""
+        };
+        format!("{root}{hint}")
     }
 }
 
-/// What went wrong with a request, down to its root cause ("cannot connect:
-/// Connection refused (os error 111)"): reqwest's own message names only the
-/// URL, which the error says already. A timeout names the limit that ran
-/// out, and a request sent more than once says how many times.
-fn connect_cause(failed: &ConnectError) -> String {
-    use std::error::Error as _;
+impl std::error::Error for ConnectError {}
+
+/// What went wrong with a request ("cannot connect", "timed out"), whose
+/// cause is the [`ConnectError`]'s message (the root cause, or the limit
+/// that ran out): reqwest's own message names only the URL, which the error
+/// says already.
+fn connect_summary(failed: &ConnectError) -> &'static str {
     let error = &failed.error;
-    let what = match (error.is_timeout(), failed.limit) {
-        (true, Some(limit)) if error.is_connect() => {
-            format!("timed out: not connected in {limit:?}")
-        }
-        (true, Some(limit)) => format!("timed out: nothing received for {limit:?}"),
-        (true, None) => "timed out".to_string(),
-        _ if error.is_connect() => "cannot connect".to_string(),
-        _ if error.is_body() || error.is_decode() => "the response broke off".to_string(),
-        _ => "the request failed".to_string(),
-    };
-    let attempts = match failed.attempts {
-        0 | 1 => String::new(),
-        n => format!(" ({n} attempts)"),
-    };
-    let mut innermost = None;
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        innermost = Some(next);
-        cause = next.source();
-    }
-    match innermost {
-        Some(root) if !error.is_timeout() || kernel_timed_out(error) => {
-            let root = root.to_string();
-            // The one certificate error a missing `ca-certificates` explains.
-            let hint = if root.contains("UnknownIssuer") && NO_SYSTEM_ROOTS.load(Ordering::Relaxed)
-            {
-                " (this machine has no CA certificates of its own: install \
-                 ca-certificates, or trust the registry's CA explicitly)"
-            } else if root.contains("InvalidContentType") {
-                // What rustls makes of an HTTP answer to its hello.
-                " (the server seems to speak plain HTTP, not HTTPS: use plain \
-                 HTTP for it, as `server = \"http://…\"` in its hosts.toml)"
-            } else {
-                ""
-            };
-            format!("{what}: {root}{hint}{attempts}")
-        }
-        _ => format!("{what}{attempts}"),
+    match () {
+        _ if error.is_timeout() => "timed out",
+        _ if error.is_connect() => "cannot connect",
+        _ if error.is_body() || error.is_decode() => "the response broke off",
+        _ => "the request failed",
     }
 }
 

@@ -133,7 +133,11 @@ impl<M: Manager> Handler for AppendSource<M> {
             .map_err(|e| {
                 ocidist_images::Error::other(
                     e.kind(),
-                    format!("label the source of {}: {e}", desc.digest()),
+                    format!(
+                        "label the source of {}: {}",
+                        desc.digest(),
+                        ocidist_content::Report::new(&e)
+                    ),
                 )
             })?;
         Ok(Flow::leaf())

@@ -149,10 +149,12 @@ async fn credentials_from_a_function_of_the_host() {
         .await
         .expect_err("no credentials, no access");
     assert!(
-        err.to_string().contains(&format!(
-            "credentials for {}: read the vault: the vault is sealed",
-            registry.host()
-        )),
+        ocidist_content::Report::new(&err)
+            .to_string()
+            .contains(&format!(
+                "credentials for {}: read the vault: the vault is sealed",
+                registry.host()
+            )),
         "{err}"
     );
     // Typed, and the store's own error is there to downcast.

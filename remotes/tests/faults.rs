@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{fetch_all, image, push_all, push_multi, registry, stores};
 use futures::StreamExt;
-use ocidist_content::{ErrorKind, IngestManager, Ingester, Manager, WriterOpts};
+use ocidist_content::{ErrorKind, IngestManager, Ingester, Manager, Report, WriterOpts};
 use ocidist_images::platforms::{Platform, only};
 use ocidist_remotes::docker::{DockerResolver, LowSpeedLimit, fetch_object};
 use ocidist_remotes::testkit::{Fault, FaultProxy};
@@ -122,9 +122,9 @@ async fn a_rate_limit_longer_than_a_retry_waits_is_not_asked_again() {
     let reference = format!("{}/faults/429-long:1", proxy.host());
     let err = DockerResolver::new().resolve(&reference).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    assert!(err.to_string().contains("429"), "{err}");
+    assert!(Report::new(&err).to_string().contains("429"), "{err}");
     assert!(
-        err.to_string().contains(
+        Report::new(&err).to_string().contains(
             "the registry asks to be asked again in 2m0s, longer than the 10s waited for"
         ),
         "{err}"
@@ -138,7 +138,7 @@ async fn a_rate_limit_longer_than_a_retry_waits_is_not_asked_again() {
     let err = fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("429"), "{err}");
+    assert!(Report::new(&err).to_string().contains("429"), "{err}");
     // Typed through the handlers, for a caller to match.
     match &err {
         Error::Blob {
@@ -181,7 +181,7 @@ async fn a_manifest_said_to_be_too_large_is_refused_at_resolve() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
-    assert!(err.to_string().contains(&claimed), "{err}");
+    assert!(Report::new(&err).to_string().contains(&claimed), "{err}");
     assert_eq!(requests_to(&proxy, "/manifests/1"), 1, "{:#?}", proxy.log());
 }
 
@@ -203,7 +203,7 @@ async fn a_storm_of_503_ends_in_a_typed_error_in_bounded_time() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    assert!(err.to_string().contains("503"), "{err}");
+    assert!(Report::new(&err).to_string().contains("503"), "{err}");
     assert_eq!(
         requests_to(&proxy, "/manifests/"),
         ocidist_remotes::docker::ATTEMPTS as usize
@@ -285,7 +285,7 @@ async fn a_digest_reference_is_held_to_its_bytes_not_to_the_headers() {
     let err = fetch_arm64(&DockerResolver::new(), &store, &images, &reference)
         .await
         .unwrap_err();
-    let message = err.to_string();
+    let message = Report::new(&err).to_string();
     assert!(
         message.contains("digest mismatch") && message.contains(&index.desc.digest().to_string()),
         "{message}"
@@ -335,7 +335,7 @@ async fn a_schema1_manifest_is_refused_by_name_at_resolve() {
             "{content_type}: {err}"
         );
         assert!(
-            err.to_string().contains("schema 1"),
+            Report::new(&err).to_string().contains("schema 1"),
             "{content_type}: {err}"
         );
     }
@@ -425,7 +425,7 @@ async fn fetch_object_ends_in_a_digest_mismatch_when_a_byte_is_wrong() {
         let (last, before) = passed.split_last().unwrap();
         let err = last.as_ref().unwrap_err();
         assert!(
-            err.to_string().contains("digest mismatch"),
+            Report::new(err).to_string().contains("digest mismatch"),
             "{object}: {err}"
         );
         assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{object}: {err}");
@@ -476,7 +476,7 @@ async fn a_flipped_byte_is_a_digest_mismatch_and_nothing_is_committed() {
     let err = fetch_arm64(&resolver, &store, &images, &reference)
         .await
         .unwrap_err();
-    let message = err.to_string();
+    let message = Report::new(&err).to_string();
     assert!(
         message.contains("digest mismatch") && message.contains(&layer.desc.digest().to_string()),
         "{message}"
@@ -624,7 +624,10 @@ async fn wrong_bytes_are_thrown_away_whatever_store_refused_them() {
     use ocidist_images::Handler;
     let err = handler.handle(&layer.desc).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
-    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert!(
+        Report::new(&err).to_string().contains("digest mismatch"),
+        "{err}"
+    );
     // Gone, or started over if the store still held the ref when asked to
     // abort it.
     let kept = store
@@ -673,7 +676,8 @@ async fn an_unreachable_registry_is_unavailable_and_says_why() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(
-        err.to_string()
+        Report::new(&err)
+            .to_string()
             .contains("cannot connect: Connection refused"),
         "{err}"
     );
@@ -772,7 +776,7 @@ async fn a_digest_is_looked_for_among_blobs_only_when_no_manifest_has_it() {
         .resolve(&format!("{}/faults/403@{}", proxy.host(), index.digest()))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("403"), "{err}");
+    assert!(Report::new(&err).to_string().contains("403"), "{err}");
     assert!(
         proxy.log().iter().all(|l| !l.contains("/blobs/")),
         "{:#?}",
@@ -812,7 +816,7 @@ async fn a_refused_head_is_explained_by_the_body_of_a_refused_get() {
         }
     }
     let explained = |err: &Error| {
-        let said = err.to_string();
+        let said = Report::new(err).to_string();
         assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{said}");
         assert!(
             said.starts_with("HEAD ") && said.contains("403") && said.contains("key vault"),
@@ -951,7 +955,7 @@ async fn a_failed_upload_is_sent_again_through_a_new_session() {
     proxy.add(Some("PUT"), "/blobs/uploads/", 3, unavailable);
     let (err, log) = failed_push().await;
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    assert!(err.to_string().contains("503"), "{err}");
+    assert!(Report::new(&err).to_string().contains("503"), "{err}");
     assert_eq!(posts(&log), 3, "{log:#?}");
     assert_eq!(proxy.faults_applied(), 4);
     // Each failed session let go of; the registry asked once more at the end.
@@ -967,7 +971,7 @@ async fn a_failed_upload_is_sent_again_through_a_new_session() {
     };
     proxy.add(Some("PUT"), "/blobs/uploads/", 1, refused);
     let (err, log) = failed_push().await;
-    assert!(err.to_string().contains("400"), "{err}");
+    assert!(Report::new(&err).to_string().contains("400"), "{err}");
     assert_eq!((posts(&log), deletes(&log)), (1, 1), "{log:#?}");
     // The session's own URL: the closing PUT's without its `digest`.
     let put = log[log.len() - 2].split(' ').nth(1).unwrap();
@@ -1063,7 +1067,8 @@ async fn a_registry_that_never_answers_is_asked_twice_and_the_error_says_how_lon
     let err = resolver.resolve(&reference).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(
-        err.to_string()
+        Report::new(&err)
+            .to_string()
             .ends_with("/manifests/1: timed out: nothing received for 1s (2 attempts)"),
         "{err}"
     );
@@ -1097,7 +1102,8 @@ async fn a_blob_never_answered_is_not_downloaded_again_after_its_timeouts() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(
-        err.to_string()
+        Report::new(&err)
+            .to_string()
             .contains("timed out: nothing received for 1s (2 attempts)"),
         "{err}"
     );
@@ -1169,7 +1175,8 @@ async fn a_registry_that_always_trickles_ends_the_fetch_after_four_attempts() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(
-        err.to_string()
+        Report::new(&err)
+            .to_string()
             .contains("under the low-speed limit of 4096 bytes per 1s"),
         "{err}"
     );
@@ -1212,11 +1219,11 @@ async fn a_registry_that_sends_a_little_then_stalls_every_time_ends_the_fetch() 
     let err = fetched.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(
-        err.to_string().contains("1000 bytes in")
-            && err
+        Report::new(&err).to_string().contains("1000 bytes in")
+            && Report::new(&err)
                 .to_string()
                 .contains("under the low-speed limit of 4096 bytes per 1s, then:")
-            && err
+            && Report::new(&err)
                 .to_string()
                 .ends_with("timed out: nothing received for 2s"),
         "{err}"

@@ -375,7 +375,7 @@ async fn non_distributable_layers_are_not_pushed_and_are_fetched_from_their_urls
         Err(e) => e,
     };
     assert_eq!(err.kind(), ocidist_content::ErrorKind::NotFound, "{err}");
-    let said = err.to_string();
+    let said = ocidist_content::Report::new(&err).to_string();
     assert!(
         said.contains(&format!("http://{dead}/lost.tar.gz"))
             && said.contains("404")

@@ -308,10 +308,8 @@ async fn loopback_registries_are_spoken_to_in_the_protocol_they_speak() {
     // Told HTTPS for a registry that speaks plain HTTP: the error says so.
     let hosts_toml = format!("server = \"https://{}\"\n", plain.host());
     let err = refused_with_hosts_toml(&plain.host(), &hosts_toml).await;
-    assert!(
-        err.to_string().contains("seems to speak plain HTTP"),
-        "{err}"
-    );
+    let said = ocidist_content::Report::new(&err).to_string();
+    assert!(said.contains("seems to speak plain HTTP"), "{said}");
 
     // A registry that wants a client certificate answers plain HTTP with a
     // 400 and refuses the handshake: it speaks TLS, and the error says what

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ocidist_content::Report;
 use ocidist_content::filters::Filters;
 
 use crate::metadata::{self, Commit, MetaStore, NewSnapshot, Record};
@@ -315,7 +316,7 @@ impl Base {
                     return match own.get(&key).copied() {
                         Some(id) if !e.is_not_found() => {
                             drop(own);
-                            make_room(id, std::io::Error::other(e.to_string()))
+                            make_room(id, std::io::Error::other(Report::new(&e).to_string()))
                         }
                         _ => Err(e),
                     };
@@ -458,7 +459,7 @@ impl Base {
                 self.meta.remove_active_where(gone).unwrap_or_else(|e| {
                     found
                         .failed
-                        .push((self.root.join("metadata.redb"), e.to_string()));
+                        .push((self.root.join("metadata.redb"), Report::new(&e).to_string()));
                     Vec::new()
                 })
             };
@@ -505,7 +506,7 @@ impl Base {
             }
             match tree::remove_tree(&from) {
                 Ok(()) => found.dirs.push((path, size)),
-                Err(e) => found.failed.push((path, e.to_string())),
+                Err(e) => found.failed.push((path, Report::new(&e).to_string())),
             }
         }
         Ok(found)

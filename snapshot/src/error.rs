@@ -51,7 +51,7 @@ pub enum Error {
     Unimplemented(String),
     /// A filesystem or system-call failure, of kind [`ErrorKind::Io`]
     /// whatever the cause (a missing file included).
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         /// What was being done (`mkdir`, `mount`, ...).
         op: &'static str,
@@ -75,12 +75,16 @@ pub enum Error {
     Images(Box<ocidist_images::Error>),
     /// An error from a caller's snapshotter or provider, with the kind
     /// callers should see.
-    #[error("{source}")]
+    ///
+    /// Its message is the wrapped error's with that error's causes (see
+    /// [`ocidist_content::Report`]): it adds only the kind. Match the
+    /// variant to downcast it.
+    #[error("{}", ocidist_content::Report::new(&**error))]
     Other {
         /// How callers should treat it.
         kind: ErrorKind,
-        /// The cause.
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// The wrapped error.
+        error: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
 
@@ -131,11 +135,11 @@ impl Error {
     /// ```
     pub fn other(
         kind: ErrorKind,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         Error::Other {
             kind,
-            source: source.into(),
+            error: error.into(),
         }
     }
 

@@ -294,8 +294,13 @@ fn commit_in(
 
 impl MetaStore {
     pub(crate) fn open(path: &Path) -> Result<Self> {
-        let db = ocidist_images::store::open_shared_database(path)
-            .map_err(|e| Error::Metadata(format!("open {}: {e}", path.display())))?;
+        let db = ocidist_images::store::open_shared_database(path).map_err(|e| {
+            Error::Metadata(format!(
+                "open {}: {}",
+                path.display(),
+                ocidist_content::Report::new(&e)
+            ))
+        })?;
         Ok(MetaStore { db })
     }
 

@@ -819,7 +819,8 @@ fn a_whiteout_of_a_tree_too_deep_is_refused_and_an_ordinary_one_removed() {
         &tar_of(&[Entry::File(".wh.abyss", b"", 0o644)]),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("too long"), "{err}");
+    let said = ocidist_content::Report::new(&err).to_string();
+    assert!(said.contains("too long"), "{said}");
 }
 
 /// A directory listed twice (tars merged by a build tool) takes the last

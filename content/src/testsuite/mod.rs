@@ -154,20 +154,20 @@ async fn open<S: Store + ?Sized>(store: &S, opts: WriterOpts) -> Box<dyn Writer>
     store
         .writer(opts)
         .await
-        .unwrap_or_else(|e| panic!("open writer {reference:?}: {e}"))
+        .unwrap_or_else(|e| panic!("open writer {reference:?}: {e:?}"))
 }
 
 async fn check_ref_not_available<S: Store + ?Sized>(store: &S, reference: &str) {
     match store.writer(WriterOpts::new(reference)).await {
         Ok(_) => panic!("writer opened for {reference:?}, expected it to be in use"),
-        Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e:?}"),
     }
 }
 
 fn assert_kind<T>(result: Result<T>, kind: ErrorKind, what: &str) {
     match result {
         Ok(_) => panic!("{what}: succeeded, expected {kind:?}"),
-        Err(e) => assert_eq!(e.kind(), kind, "{what}: {e}"),
+        Err(e) => assert_eq!(e.kind(), kind, "{what}: {e:?}"),
     }
 }
 
@@ -452,7 +452,7 @@ async fn check_resume<S: Store + ?Sized>(store: &S, how: Resume) {
             let pre = SystemTime::now();
             resume_with(w.as_mut(), how, &b, limit, &d)
                 .await
-                .unwrap_or_else(|e| panic!("{how:?} {reference}: {e}"));
+                .unwrap_or_else(|e| panic!("{how:?} {reference}: {e:?}"));
             let post = SystemTime::now();
             drop(w);
             let info = Info {

@@ -47,8 +47,9 @@ impl std::fmt::Debug for Credential {
 /// use ocidist_remotes::docker::auth::CredentialsError;
 /// let sealed = std::io::Error::other("the vault is sealed");
 /// let e = CredentialsError::with_source("read the vault", sealed);
-/// assert_eq!(e.to_string(), "read the vault: the vault is sealed");
-/// assert!(std::error::Error::source(&e).is_some());
+/// assert_eq!(e.to_string(), "read the vault");
+/// let report = ocidist_content::Report::new(&e).to_string();
+/// assert_eq!(report, "read the vault: the vault is sealed");
 /// ```
 #[derive(Debug)]
 pub struct CredentialsError {
@@ -85,10 +86,7 @@ impl CredentialsError {
 
 impl std::fmt::Display for CredentialsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
+        f.write_str(&self.message)
     }
 }
 

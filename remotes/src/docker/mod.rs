@@ -355,7 +355,10 @@ impl Hosts {
                             Ok(content) => Error::Content(*content),
                             Err(other) => Error::other(
                                 crate::ErrorKind::InvalidArgument,
-                                format!("the hosts of {registry}: {other}"),
+                                format!(
+                                    "the hosts of {registry}: {}",
+                                    ocidist_content::Report::new(&*other)
+                                ),
                             ),
                         }
                     })?;

@@ -179,6 +179,7 @@ impl SpeedCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ocidist_content::Report;
 
     const LIMIT: LowSpeedLimit = LowSpeedLimit {
         min_bytes: 100,
@@ -201,7 +202,7 @@ mod tests {
         let check = SpeedCheck::new(LowSpeedLimit::OFF, Some(Duration::from_secs(300)));
         // A timer ran out (the client's own is reqwest's, kind TimedOut).
         let ours = body_broken_by(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle")).await;
-        let message = check.broke(Instant::now(), "u", ours).to_string();
+        let message = Report::new(&check.broke(Instant::now(), "u", ours)).to_string();
         assert_eq!(message, "u: timed out: nothing received for 300s");
         // TCP keepalive gave up on a vanished peer, after a minute or so:
         // not the 300 s the message would otherwise claim.
@@ -210,7 +211,7 @@ mod tests {
             kernel.is_timeout(),
             "reqwest counts it a timeout: {kernel:?}"
         );
-        let message = check.broke(Instant::now(), "u", kernel).to_string();
+        let message = Report::new(&check.broke(Instant::now(), "u", kernel)).to_string();
         assert!(
             message.starts_with("u: timed out: ") && message.ends_with("(os error 110)"),
             "{message}"

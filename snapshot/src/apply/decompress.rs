@@ -75,7 +75,10 @@ pub(crate) fn decompressed<'a>(
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::Layer(format!("read: {e}"))),
+            Err(e) => {
+                let e = ocidist_content::Report::new(&e);
+                return Err(Error::Layer(format!("read: {e}")));
+            }
         }
     }
     let compression = match (len, expected) {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc;
 
-use ocidist_content::Digester;
+use ocidist_content::{Digester, Report};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 
 use crate::mount::ApplyTarget;
@@ -465,7 +465,7 @@ fn write_entries(
             applier.entry(&mut entry, &mut last)?;
             // Data an entry's kind has no use for (a directory's, say).
             io::copy(&mut entry, &mut io::sink())
-                .map_err(|e| after(&last, Error::Layer(format!("read: {e}"))))?;
+                .map_err(|e| after(&last, Error::Layer(format!("read: {}", Report::new(&e)))))?;
             // Its data read whole: its padding ends at the next block.
             padding_end.set(position.get().next_multiple_of(512));
         }
@@ -476,8 +476,10 @@ fn write_entries(
     // The tar may end with padding the entry reader never asked for; the
     // diff ID covers every byte.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink())
-        .map_err(|e| Error::Layer(format!("read past the tar archive's end: {e}")))?;
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| {
+        let e = Report::new(&e);
+        Error::Layer(format!("read past the tar archive's end: {e}"))
+    })?;
     let mut warnings = Vec::new();
     if applier.skipped_devices > 0 {
         warnings.push(format!(
@@ -681,7 +683,11 @@ fn signed_base256(field: &[u8]) -> Option<i64> {
 fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
     let header = entry.header();
     let bad = |what: &str, e: io::Error| {
-        Error::Layer(format!("entry {:?}: bad {what}: {e}", rel.display()))
+        Error::Layer(format!(
+            "entry {:?}: bad {what}: {}",
+            rel.display(),
+            Report::new(&e)
+        ))
     };
     // An empty numeric field is 0, as GNU tar and Go's archive/tar read it.
     let number = |value: io::Result<u64>, raw: &[u8], what: &str| match value {
@@ -1812,8 +1818,9 @@ fn copy_data(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(Error::Layer(format!(
-                    "entry {:?}: read: {e}",
-                    rel.display()
+                    "entry {:?}: read: {}",
+                    rel.display(),
+                    Report::new(&e)
                 )));
             }
         };
@@ -1837,7 +1844,7 @@ fn copy_data(
 /// hostile layer cannot drive the terminal that shows it.
 fn tar_error(e: std::io::Error) -> Error {
     let mut message = String::from("tar: ");
-    for c in e.to_string().chars() {
+    for c in Report::new(&e).to_string().chars() {
         if c.is_control() {
             message.extend(c.escape_debug());
         } else {

@@ -249,7 +249,7 @@ fn read_map(data: &mut impl Read) -> Result<(Vec<Region>, u64), String> {
             }
             data.read_exact(&mut block).map_err(|e| match e.kind() {
                 io::ErrorKind::UnexpectedEof => "its data ends inside its map".to_string(),
-                _ => format!("read: {e}"),
+                _ => format!("read: {}", ocidist_content::Report::new(&e)),
             })?;
             lines += block.iter().filter(|b| **b == b'\n').count() as u64;
             text.extend_from_slice(&block);

@@ -184,7 +184,7 @@ fn expect_error<T>(result: Result<T>, kind: ErrorKind, what: &str) -> Error {
     match result {
         Ok(_) => panic!("{what}: succeeded, expected a {kind:?} error"),
         Err(e) => {
-            assert_eq!(e.kind(), kind, "{what}: wrong kind of error: {e}");
+            assert_eq!(e.kind(), kind, "{what}: wrong kind of error: {e:?}");
             e
         }
     }
@@ -199,7 +199,7 @@ async fn prepare_ok<S: Snapshotter + ?Sized>(
     snapshotter
         .prepare(key, parent, labels)
         .await
-        .unwrap_or_else(|e| panic!("prepare {key:?} on parent {parent:?}: {e}"))
+        .unwrap_or_else(|e| panic!("prepare {key:?} on parent {parent:?}: {e:?}"))
 }
 
 async fn view_ok<S: Snapshotter + ?Sized>(
@@ -211,7 +211,7 @@ async fn view_ok<S: Snapshotter + ?Sized>(
     snapshotter
         .view(key, parent, labels)
         .await
-        .unwrap_or_else(|e| panic!("view {key:?} of parent {parent:?}: {e}"))
+        .unwrap_or_else(|e| panic!("view {key:?} of parent {parent:?}: {e:?}"))
 }
 
 async fn commit_ok<S: Snapshotter + ?Sized>(
@@ -223,28 +223,28 @@ async fn commit_ok<S: Snapshotter + ?Sized>(
     snapshotter
         .commit(name, key, labels)
         .await
-        .unwrap_or_else(|e| panic!("commit {key:?} as {name:?}: {e}"));
+        .unwrap_or_else(|e| panic!("commit {key:?} as {name:?}: {e:?}"));
 }
 
 async fn stat_ok<S: Snapshotter + ?Sized>(snapshotter: &S, key: &str) -> Info {
     snapshotter
         .stat(key)
         .await
-        .unwrap_or_else(|e| panic!("stat {key:?}: {e}"))
+        .unwrap_or_else(|e| panic!("stat {key:?}: {e:?}"))
 }
 
 async fn remove_ok<S: Snapshotter + ?Sized>(snapshotter: &S, key: &str) {
     snapshotter
         .remove(key)
         .await
-        .unwrap_or_else(|e| panic!("remove {key:?}: {e}"));
+        .unwrap_or_else(|e| panic!("remove {key:?}: {e:?}"));
 }
 
 async fn walk_ok<S: Snapshotter + ?Sized>(snapshotter: &S, filters: &[&str]) -> Vec<Info> {
     snapshotter
         .walk(filters)
         .await
-        .unwrap_or_else(|e| panic!("walk with filters {filters:?}: {e}"))
+        .unwrap_or_else(|e| panic!("walk with filters {filters:?}: {e:?}"))
 }
 
 async fn update_ok<S: Snapshotter + ?Sized>(
@@ -256,7 +256,7 @@ async fn update_ok<S: Snapshotter + ?Sized>(
     snapshotter
         .update(info, fieldpaths)
         .await
-        .unwrap_or_else(|e| panic!("update {name:?} with fieldpaths {fieldpaths:?}: {e}"))
+        .unwrap_or_else(|e| panic!("update {name:?} with fieldpaths {fieldpaths:?}: {e:?}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -271,26 +271,26 @@ fn key(work: &Path, name: &str) -> String {
 /// [`key`], with the directory made (to mount the snapshot there).
 fn key_dir(work: &Path, name: &str) -> String {
     let dir = work.join(name);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e:?}", dir.display()));
     dir.to_string_lossy().into_owned()
 }
 
 /// A new, empty, uniquely named directory under `work`.
 fn scratch_dir(work: &Path, prefix: &str) -> PathBuf {
     let dir = work.join(format!("{prefix}-{}", unique()));
-    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e:?}", dir.display()));
     dir
 }
 
 /// Removes a directory that a mount point was; it must be empty by now.
 fn remove_mount_point(dir: &Path) {
     std::fs::remove_dir(dir)
-        .unwrap_or_else(|e| panic!("remove mount point {}: {e}", dir.display()));
+        .unwrap_or_else(|e| panic!("remove mount point {}: {e:?}", dir.display()));
 }
 
 /// Removes a tree the suite built itself (never a mount point).
 fn remove_tree(dir: &Path) {
-    std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+    std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e:?}", dir.display()));
 }
 
 /// Snapshot mounts at a directory; unmounted when dropped, so a failing
@@ -310,7 +310,7 @@ impl Mounted {
         if let Err(e) = mount::mount_all(mounts, target) {
             // Some of the mounts may be in place.
             let _ = mount::unmount(target);
-            panic!("mount {mounts:?} at {}: {e}", target.display());
+            panic!("mount {mounts:?} at {}: {e:?}", target.display());
         }
         Mounted {
             target: target.to_path_buf(),
@@ -321,7 +321,7 @@ impl Mounted {
     fn unmount(mut self) {
         self.active = false;
         mount::unmount(&self.target)
-            .unwrap_or_else(|e| panic!("unmount {}: {e}", self.target.display()));
+            .unwrap_or_else(|e| panic!("unmount {}: {e:?}", self.target.display()));
     }
 }
 
@@ -461,7 +461,7 @@ fn apply_ops(root: &Path, ops: &[Op]) -> Vec<Op> {
         match apply_op(root, op) {
             Ok(true) => done.push(op.clone()),
             Ok(false) => {}
-            Err(e) => panic!("apply {op:?} under {}: {e}", root.display()),
+            Err(e) => panic!("apply {op:?} under {}: {e:?}", root.display()),
         }
     }
     done
@@ -518,7 +518,7 @@ fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
                 (path, tar.append_link(&mut header, path, target))
             }
         };
-        done.unwrap_or_else(|e| panic!("tar entry {path}: {e}"));
+        done.unwrap_or_else(|e| panic!("tar entry {path}: {e:?}"));
     }
     tar.into_inner().expect("finish the tar")
 }
@@ -587,12 +587,12 @@ fn walk_tree(
     files: &mut Vec<(String, (u64, u64))>,
 ) {
     let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read dir {}: {e}", dir.display()));
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read dir {}: {e:?}", dir.display()));
     for entry in entries {
-        let entry = entry.unwrap_or_else(|e| panic!("read dir {}: {e}", dir.display()));
+        let entry = entry.unwrap_or_else(|e| panic!("read dir {}: {e:?}", dir.display()));
         let path = entry.path();
         let meta = std::fs::symlink_metadata(&path)
-            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("stat {}: {e:?}", path.display()));
         let relative = path
             .strip_prefix(root)
             .expect("walked paths lie under the root");
@@ -602,7 +602,7 @@ fn walk_tree(
             Content::Dir
         } else if file_type.is_file() {
             let data =
-                std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+                std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e:?}", path.display()));
             files.push((name.clone(), (meta.dev(), meta.ino())));
             Content::File {
                 size: meta.len(),
@@ -611,7 +611,7 @@ fn walk_tree(
             }
         } else if file_type.is_symlink() {
             let target = std::fs::read_link(&path)
-                .unwrap_or_else(|e| panic!("readlink {}: {e}", path.display()));
+                .unwrap_or_else(|e| panic!("readlink {}: {e:?}", path.display()));
             Content::Symlink(target)
         } else if file_type.is_block_device() || file_type.is_char_device() {
             Content::Device(meta.rdev())
@@ -850,7 +850,7 @@ pub async fn basic<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
     );
     assert!(
         err.to_string().contains("remove"),
-        "the error removing a parent should say \"remove\": {err}"
+        "the error removing a parent should say \"remove\": {err:?}"
     );
     remove_ok(snapshotter, &committed_next).await;
     remove_ok(snapshotter, &committed).await;
@@ -1426,8 +1426,8 @@ pub async fn stat_in_walk<S: Snapshotter + ?Sized>(snapshotter: &S, _work: &Path
             continue;
         }
         let (si2, walked) = tokio::join!(snapshotter.stat(&si.name), snapshotter.walk(&[]));
-        let si2 = si2.unwrap_or_else(|e| panic!("stat {:?} during a walk: {e}", si.name));
-        walked.unwrap_or_else(|e| panic!("walk during a stat of {:?}: {e}", si.name));
+        let si2 = si2.unwrap_or_else(|e| panic!("stat {:?} during a walk: {e:?}", si.name));
+        walked.unwrap_or_else(|e| panic!("walk during a stat of {:?}: {e:?}", si.name));
         assert_eq!(si, si2, "walk and stat disagree on {:?}", si.name);
         seen.push(si.name);
     }
@@ -1458,7 +1458,7 @@ pub async fn root_permission<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     clear_umask();
     let (preparing, mounted) = prepare_mount(snapshotter, work, "preparing", None).await;
     let mode = std::fs::metadata(Path::new(&preparing))
-        .unwrap_or_else(|e| panic!("stat {preparing}: {e}"))
+        .unwrap_or_else(|e| panic!("stat {preparing}: {e:?}"))
         .mode()
         & 0o777;
     mounted.unmount();
@@ -1519,7 +1519,7 @@ fn layer_of_128(i: usize) -> Vec<Op> {
 pub async fn mount_128_layers<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
     clear_umask();
     let flat = work.join("flat");
-    std::fs::create_dir(&flat).unwrap_or_else(|e| panic!("mkdir {}: {e}", flat.display()));
+    std::fs::create_dir(&flat).unwrap_or_else(|e| panic!("mkdir {}: {e:?}", flat.display()));
     let mut parent: Option<String> = None;
     for i in 0..128 {
         let ops = layer_of_128(i);
@@ -1599,7 +1599,7 @@ pub async fn apply_only_prepare<S: Snapshotter + ?Sized>(snapshotter: &S, work: 
         crate::apply::ApplyOptions::default(),
     )
     .await
-    .unwrap_or_else(|e| panic!("apply the layer through {}: {e}", dir.display()));
+    .unwrap_or_else(|e| panic!("apply the layer through {}: {e:?}", dir.display()));
     mounted.unmount();
     remove_mount_point(&dir);
     let name = format!("applied-{}", unique());
@@ -1630,7 +1630,7 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     let missing = key(work, "missing");
     s.prepare(&active, None, Labels::new())
         .await
-        .unwrap_or_else(|e| panic!("prepare {active:?}: {e}"));
+        .unwrap_or_else(|e| panic!("prepare {active:?}: {e:?}"));
     expect_error(
         s.prepare(&active, None, Labels::new()).await,
         ErrorKind::AlreadyExists,
@@ -1685,7 +1685,7 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     let view = key(work, "view");
     s.view(&view, Some(&committed), Labels::new())
         .await
-        .unwrap_or_else(|e| panic!("view {view:?}: {e}"));
+        .unwrap_or_else(|e| panic!("view {view:?}: {e:?}"));
     expect_error(
         s.commit(&key(work, "from-view"), &view, Labels::new())
             .await,
@@ -1700,7 +1700,7 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     let usage = s
         .usage(&view)
         .await
-        .unwrap_or_else(|e| panic!("usage {view:?}: {e}"));
+        .unwrap_or_else(|e| panic!("usage {view:?}: {e:?}"));
     assert_eq!((usage.size, usage.inodes), (0, 0), "a view's usage");
     expect_error(
         s.remove(&committed).await,
@@ -1719,18 +1719,18 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     let prepared = Labels::from([("x".to_string(), "1".to_string())]);
     s.prepare(&labelled, Some(""), prepared)
         .await
-        .unwrap_or_else(|e| panic!("prepare {labelled:?} on \"\": {e}"));
+        .unwrap_or_else(|e| panic!("prepare {labelled:?} on \"\": {e:?}"));
     let relabelled = key(work, "relabelled");
     commit_ok(s, &relabelled, &labelled, Labels::new()).await;
     let info = stat_ok(s, &relabelled).await;
     assert_eq!((info.parent, info.labels), (None, Labels::new()));
     s.remove(&relabelled)
         .await
-        .unwrap_or_else(|e| panic!("remove {relabelled:?}: {e}"));
+        .unwrap_or_else(|e| panic!("remove {relabelled:?}: {e:?}"));
     let other = key(work, "other");
     s.prepare(&other, None, Labels::new())
         .await
-        .unwrap_or_else(|e| panic!("prepare {other:?}: {e}"));
+        .unwrap_or_else(|e| panic!("prepare {other:?}: {e:?}"));
     expect_error(
         s.commit(&committed, &other, Labels::new()).await,
         ErrorKind::AlreadyExists,
@@ -1803,9 +1803,9 @@ pub async fn contract_errors<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Pa
     for key in [&view, &other, &committed] {
         s.remove(key)
             .await
-            .unwrap_or_else(|e| panic!("remove {key:?}: {e}"));
+            .unwrap_or_else(|e| panic!("remove {key:?}: {e:?}"));
     }
-    let left = s.walk(&[]).await.unwrap_or_else(|e| panic!("walk: {e}"));
+    let left = s.walk(&[]).await.unwrap_or_else(|e| panic!("walk: {e:?}"));
     assert!(left.is_empty(), "nothing left: {left:?}");
 }
 
@@ -1816,24 +1816,24 @@ pub async fn mounts_are_what_prepare_gave<S: Snapshotter + ?Sized>(snapshotter: 
     let (base, parent) = (key(work, "base"), key(work, "layer"));
     s.prepare(&base, None, Labels::new())
         .await
-        .unwrap_or_else(|e| panic!("prepare {base:?}: {e}"));
+        .unwrap_or_else(|e| panic!("prepare {base:?}: {e:?}"));
     commit_ok(s, &parent, &base, Labels::new()).await;
     let active = key(work, "active");
     let view = key(work, "view");
     let prepared = s
         .prepare(&active, Some(&parent), Labels::new())
         .await
-        .unwrap_or_else(|e| panic!("prepare {active:?}: {e}"));
+        .unwrap_or_else(|e| panic!("prepare {active:?}: {e:?}"));
     let viewed = s
         .view(&view, Some(&parent), Labels::new())
         .await
-        .unwrap_or_else(|e| panic!("view {view:?}: {e}"));
+        .unwrap_or_else(|e| panic!("view {view:?}: {e:?}"));
     for (key, gave) in [(&active, &prepared), (&view, &viewed)] {
         for _ in 0..2 {
             let again = s
                 .mounts(key)
                 .await
-                .unwrap_or_else(|e| panic!("mounts {key:?}: {e}"));
+                .unwrap_or_else(|e| panic!("mounts {key:?}: {e:?}"));
             assert_eq!(&again, gave, "mounts of {key:?}");
         }
     }
@@ -1876,7 +1876,7 @@ pub async fn rebase<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
         );
         commit_onto(key.clone() + "-c", key, "")
             .await
-            .unwrap_or_else(|e| panic!("commit with no parent: {e}"));
+            .unwrap_or_else(|e| panic!("commit with no parent: {e:?}"));
         return;
     }
 
@@ -1903,7 +1903,7 @@ pub async fn rebase<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
                 assert_eq!(still.kind, Kind::Active, "{what}: the key stays active");
             }
             None => {
-                result.unwrap_or_else(|e| panic!("{what}: {e}"));
+                result.unwrap_or_else(|e| panic!("{what}: {e:?}"));
                 let want_parent = [new_parent, old_parent].into_iter().find(|p| !p.is_empty());
                 assert_eq!(
                     stat_ok(s, &name).await.parent.as_deref(),
@@ -1930,7 +1930,7 @@ pub async fn rebase<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path) {
     let rebased = format!("rebased-{}", unique());
     commit_onto(rebased.clone(), unparented, &base)
         .await
-        .unwrap_or_else(|e| panic!("rebase onto {base:?}: {e}"));
+        .unwrap_or_else(|e| panic!("rebase onto {base:?}: {e:?}"));
     let flat = scratch_dir(work, "flat");
     apply_ops(&flat, &base_layer);
     apply_ops(&flat, &done);
@@ -1946,19 +1946,20 @@ pub async fn usage_of_what_was_written<S: Snapshotter + ?Sized>(snapshotter: &S,
     let before = s
         .usage(&active)
         .await
-        .unwrap_or_else(|e| panic!("usage {active:?}: {e}"));
+        .unwrap_or_else(|e| panic!("usage {active:?}: {e:?}"));
     // The key is the directory it is mounted at.
     let root = Path::new(&active);
     let data = vec![7u8; 1 << 20];
-    std::fs::write(root.join("one"), &data).unwrap_or_else(|e| panic!("write: {e}"));
-    std::fs::hard_link(root.join("one"), root.join("two")).unwrap_or_else(|e| panic!("link: {e}"));
-    let file = std::fs::File::open(root.join("one")).unwrap_or_else(|e| panic!("open: {e}"));
-    file.sync_all().unwrap_or_else(|e| panic!("fsync: {e}"));
+    std::fs::write(root.join("one"), &data).unwrap_or_else(|e| panic!("write: {e:?}"));
+    std::fs::hard_link(root.join("one"), root.join("two"))
+        .unwrap_or_else(|e| panic!("link: {e:?}"));
+    let file = std::fs::File::open(root.join("one")).unwrap_or_else(|e| panic!("open: {e:?}"));
+    file.sync_all().unwrap_or_else(|e| panic!("fsync: {e:?}"));
     mounted.unmount();
     let after = s
         .usage(&active)
         .await
-        .unwrap_or_else(|e| panic!("usage {active:?}: {e}"));
+        .unwrap_or_else(|e| panic!("usage {active:?}: {e:?}"));
     assert_eq!(after.inodes, before.inodes + 1, "one inode, linked twice");
     let grew = after.size - before.size;
     assert!(

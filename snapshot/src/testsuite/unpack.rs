@@ -24,7 +24,7 @@ async fn put(store: &LocalStore, media_type: &str, bytes: &[u8]) -> Descriptor {
     };
     ocidist_content::write_blob(store, opts, bytes, Default::default())
         .await
-        .unwrap_or_else(|e| panic!("store the suite's {media_type}: {e}"));
+        .unwrap_or_else(|e| panic!("store the suite's {media_type}: {e:?}"));
     serde_json::from_value(serde_json::json!({
         "mediaType": media_type,
         "digest": digest.to_string(),
@@ -173,14 +173,14 @@ pub async fn unpack_image<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path)
         UnpackOptions::default(),
     )
     .await
-    .unwrap_or_else(|e| panic!("unpack the suite's image: {e}"))
+    .unwrap_or_else(|e| panic!("unpack the suite's image: {e:?}"))
     .expect("an image with layers has a top chain ID");
     assert_eq!(&unpacked, chain.last().expect("three chain IDs"));
     for (i, chain_id) in chain.iter().enumerate() {
         let info = snapshotter
             .stat(chain_id.as_ref())
             .await
-            .unwrap_or_else(|e| panic!("stat layer {i}'s snapshot {chain_id}: {e}"));
+            .unwrap_or_else(|e| panic!("stat layer {i}'s snapshot {chain_id}: {e:?}"));
         assert_eq!(info.kind, Kind::Committed, "layer {i}: {info:?}");
         let below = i.checked_sub(1).map(|b| chain[b].to_string());
         assert_eq!(info.parent, below, "layer {i}'s parent: {info:?}");
@@ -213,7 +213,7 @@ pub async fn unpack_image<S: Snapshotter + ?Sized>(snapshotter: &S, work: &Path)
     };
     let again = crate::unpack(&image, &store, snapshotter, &matcher, options)
         .await
-        .unwrap_or_else(|e| panic!("unpack the suite's image again: {e}"));
+        .unwrap_or_else(|e| panic!("unpack the suite's image again: {e:?}"));
     assert_eq!(again.as_ref(), Some(&unpacked));
     let mut found = 0;
     while let Ok(event) = received.try_recv() {
