@@ -95,7 +95,18 @@ impl Platform {
     }
 
     /// The platform of this process, normalised (`linux/amd64`, `linux/arm64/v8`, ...).
+    ///
+    /// On 32-bit ARM Linux the variant is the CPU's, read from
+    /// `/proc/cpuinfo` as containerd reads it (`linux/arm/v6` on a Raspberry
+    /// Pi Zero, whose kernel says architecture 7 but whose model name says
+    /// ARMv6), so that such a host does not pick a `v7` image it cannot run.
+    /// Where the file does not say (an emulator), the variant is `v7`.
     pub fn host() -> Self {
+        let variant = if std::env::consts::ARCH == "arm" {
+            host_arm_variant()
+        } else {
+            None
+        };
         let arch = match std::env::consts::ARCH {
             "x86" => "386",
             "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
@@ -104,7 +115,7 @@ impl Platform {
             "loongarch64" => "loong64",
             other => other,
         };
-        Platform::new(std::env::consts::OS, arch, None)
+        Platform::new(std::env::consts::OS, arch, variant)
     }
 
     /// The platform of an OCI descriptor or config.
@@ -213,6 +224,47 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, Option<String>) {
         other => (other, (!variant.is_empty()).then(|| variant.clone())),
     };
     (arch.to_string(), variant)
+}
+
+/// The variant of this 32-bit ARM host's CPU, read once (see
+/// [`Platform::host`]).
+fn host_arm_variant() -> Option<&'static str> {
+    static VARIANT: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *VARIANT.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|cpuinfo| arm_variant_of_cpuinfo(&cpuinfo))
+    })
+}
+
+/// The ARM variant a Linux `/proc/cpuinfo` says, as containerd's
+/// `getCPUVariant` maps it: the first `CPU architecture` line, except that
+/// an ARMv6 Raspberry Pi, whose kernel says 7, is told by its model name.
+/// `None` when the file does not say or says something unknown.
+fn arm_variant_of_cpuinfo(cpuinfo: &str) -> Option<&'static str> {
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_ascii_lowercase())
+        })
+    };
+    let architecture = field("CPU architecture")?;
+    if architecture == "7"
+        && field("model name").is_some_and(|model| model.starts_with("armv6-compatible"))
+    {
+        return Some("v6");
+    }
+    match architecture.as_str() {
+        "8" | "aarch64" => Some("v8"),
+        "7" | "7m" | "?(12)" | "?(13)" | "?(14)" | "?(15)" | "?(16)" | "?(17)" => Some("v7"),
+        "6" | "6tej" => Some("v6"),
+        "5" | "5t" | "5te" | "5tej" => Some("v5"),
+        "4" | "4t" => Some("v4"),
+        "3" => Some("v3"),
+        _ => None,
+    }
 }
 
 /// Decides which platforms a caller accepts and which it prefers.
@@ -556,6 +608,37 @@ mod tests {
             let err = bad.parse::<Platform>().unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
         }
+    }
+
+    /// `/proc/cpuinfo` of a Raspberry Pi Zero W (ARMv6, whose kernel says
+    /// architecture 7), a Pi 2 (ARMv7), a 32-bit ARMv8 board, and an x86 one.
+    #[test]
+    fn an_arm_hosts_variant_is_read_from_its_cpuinfo() {
+        let pi_zero = "processor\t: 0\nmodel name\t: ARMv6-compatible processor rev 7 (v6l)\n\
+                       BogoMIPS\t: 697.95\nFeatures\t: half thumb fastmult vfp edsp java tls\n\
+                       CPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\n\
+                       CPU part\t: 0xb76\nCPU revision\t: 7\n\nHardware\t: BCM2835\n";
+        assert_eq!(arm_variant_of_cpuinfo(pi_zero), Some("v6"));
+        let pi_2 = "processor\t: 0\nmodel name\t: ARMv7 Processor rev 5 (v7l)\n\
+                    CPU architecture: 7\nCPU part\t: 0xc07\n";
+        assert_eq!(arm_variant_of_cpuinfo(pi_2), Some("v7"));
+        let armv8 = "processor\t: 0\nmodel name\t: ARMv8 Processor rev 4 (v8l)\n\
+                     CPU architecture: 8\n";
+        assert_eq!(arm_variant_of_cpuinfo(armv8), Some("v8"));
+        let arm926 = "Processor\t: ARM926EJ-S rev 5 (v5l)\nCPU architecture: 5TEJ\n";
+        assert_eq!(arm_variant_of_cpuinfo(arm926), Some("v5"));
+        let x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\n";
+        assert_eq!(arm_variant_of_cpuinfo(x86), None);
+        assert_eq!(arm_variant_of_cpuinfo("CPU architecture: 99\n"), None);
+        // What each becomes as a platform, and what it then accepts.
+        let pi_zero = Platform::new("linux", "arm", arm_variant_of_cpuinfo(pi_zero));
+        assert_eq!(pi_zero.to_string(), "linux/arm/v6");
+        assert!(!only(&pi_zero).matches(&p("linux/arm/v7")));
+        assert!(only(&pi_zero).matches(&p("linux/arm/v5")));
+        assert_eq!(
+            Platform::new("linux", "arm", None).to_string(),
+            "linux/arm/v7"
+        );
     }
 
     #[test]
