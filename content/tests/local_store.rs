@@ -1593,3 +1593,36 @@ async fn verify_blob_reads_a_committed_blob_again_and_names_what_went_bad() {
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
 }
+
+/// containerd's `ReadBlob`: a descriptor's embedded data answers when it is
+/// what the descriptor says; data that is not (another blob's, or not
+/// base64) is ignored and the store is asked.
+#[tokio::test]
+async fn read_blob_answers_from_embedded_data_only_when_it_checks_out() {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let blob = b"{\"architecture\":\"amd64\"}";
+    let mut desc = descriptor(sha256_of(blob), blob.len() as u64);
+
+    desc.set_data(Some(encode(blob)));
+    assert_eq!(read_blob(&store, &desc, 1 << 20).await.unwrap(), blob);
+    let err = read_blob(&store, &desc, 4).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+
+    // Same size, other bytes; then not base64: the store is asked, and
+    // it lacks the blob.
+    let other = b"{\"architecture\":\"arm64\"}";
+    for data in [encode(other), "not base64!".to_string()] {
+        desc.set_data(Some(data));
+        let err = read_blob(&store, &desc, 1 << 20).await.unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+    // Once the store has it, the store answers.
+    let opts = WriterOpts::new("embedded").descriptor(&desc);
+    write_blob(&store, opts, blob.as_slice(), Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(read_blob(&store, &desc, 1 << 20).await.unwrap(), blob);
+}
