@@ -234,7 +234,7 @@ impl std::fmt::Display for Report<'_> {
             }
             cause = next.source();
         }
-        f.write_str(&written)
+        f.pad(&written)
     }
 }
 

@@ -183,7 +183,8 @@ impl Remote {
                 if first {
                     crate::output::warn(format_args!(
                         "{} failed, trying the next host: {} (said once per host)",
-                        skipped.host, skipped.error
+                        skipped.host,
+                        ocidist::content::Report::new(skipped.error)
                     ));
                 }
             });

@@ -107,7 +107,7 @@ pub enum Error {
     /// time, is given up on like one that trickles (resumable, but the
     /// attempt counts as one that got nowhere).
     #[error(
-        "{received} bytes in {waited:.1?}, under the low-speed limit of {} bytes per {:?}, then",
+        "{received} bytes in {waited:.1?}, under the low-speed limit of {} bytes per {:?}, before the body failed",
         limit.min_bytes,
         limit.window
     )]
@@ -133,7 +133,7 @@ pub enum Error {
     /// upstream): the others' errors in its message, so that a mirror passed
     /// over is not passed over in silence, and the last one's, whose kind
     /// this is, as its cause.
-    #[error("{} hosts failed: {}; then the last", earlier.len() + 1, list(earlier))]
+    #[error("{} hosts failed: {}; the last one too", earlier.len() + 1, list(earlier))]
     HostsFailed {
         /// The last host's error: the upstream's, where it can do what was
         /// asked. Its [`source`](std::error::Error::source), for a walk of

@@ -1220,9 +1220,9 @@ async fn a_registry_that_sends_a_little_then_stalls_every_time_ends_the_fetch() 
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(
         Report::new(&err).to_string().contains("1000 bytes in")
-            && Report::new(&err)
-                .to_string()
-                .contains("under the low-speed limit of 4096 bytes per 1s, then:")
+            && Report::new(&err).to_string().contains(
+                "under the low-speed limit of 4096 bytes per 1s, before the body failed:"
+            )
             && Report::new(&err)
                 .to_string()
                 .ends_with("timed out: nothing received for 2s"),

@@ -191,7 +191,7 @@ async fn every_host_that_failed_is_reported_and_the_last_decides_the_kind() {
     let err = resolver.resolve(&reference).await.unwrap_err();
     assert_eq!(err.kind(), ocidist_content::ErrorKind::Unavailable, "{err}");
     let said = ocidist_content::Report::new(&err).to_string();
-    let (earlier, last) = said.split_once("; then the last: ").expect(&said);
+    let (earlier, last) = said.split_once("; the last one too: ").expect(&said);
     assert!(
         earlier.starts_with("2 hosts failed: ")
             && earlier.contains(&mirror.host())

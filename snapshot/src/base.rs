@@ -391,7 +391,10 @@ impl Base {
     }
 
     pub(crate) async fn walk(self: &Arc<Self>, filters: &[&str]) -> Result<Vec<Info>> {
-        let filters = Filters::parse(filters).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let filters = Filters::parse(filters).map_err(|e| match e {
+            ocidist_content::Error::InvalidArgument(why) => Error::InvalidArgument(why),
+            other => Error::InvalidArgument(Report::new(&other).to_string()),
+        })?;
         self.run(move |base| {
             Ok(base
                 .meta

@@ -1277,3 +1277,19 @@ fn a_native_copy_goes_on_without_an_xattr_it_may_not_set() {
     let n = getxattr(&file, "user.kept", &mut value).unwrap();
     assert_eq!(&value[..n], b"2");
 }
+
+/// A filter that does not parse is InvalidArgument, said once.
+#[tokio::test]
+async fn a_bad_walk_filter_says_invalid_argument_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = NativeSnapshotter::open(dir.path()).unwrap();
+    let Err(err) = s.walk(&["labels.=="]).await else {
+        panic!("a filter without a key must not parse");
+    };
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(
+        err.to_string().matches("invalid argument").count(),
+        1,
+        "{err}"
+    );
+}

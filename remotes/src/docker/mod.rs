@@ -598,7 +598,9 @@ impl DockerResolver {
     /// let said = Arc::new(Mutex::new(Vec::new()));
     /// let log = said.clone();
     /// let resolver = DockerResolver::new().on_host_skipped(move |skipped| {
-    ///     let line = format!("trying the next host after {}: {}", skipped.host, skipped.error);
+    ///     // The error with its causes ("cannot connect: Connection refused").
+    ///     let error = ocidist_content::Report::new(skipped.error);
+    ///     let line = format!("trying the next host after {}: {error}", skipped.host);
     ///     log.lock().unwrap().push(line);
     /// });
     /// # drop((resolver, said));

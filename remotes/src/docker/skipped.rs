@@ -11,7 +11,9 @@ use crate::Error;
 /// host"); this crate logs nothing, and hands them to the hook given to
 /// [`DockerResolver::on_host_skipped`](super::DockerResolver::on_host_skipped).
 /// The request may still succeed at the next host; if every host fails, the
-/// error returned lists them all ([`Error::HostsFailed`]).
+/// error returned ([`Error::HostsFailed`]) says the others in its message
+/// and has the last as its source: its
+/// [`Report`](ocidist_content::Report) lists them all.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct HostSkipped<'a> {
