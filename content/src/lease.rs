@@ -14,7 +14,8 @@
 //!   owner for as long as the lease lives, listing one [`Resource`] per line.
 //!   When the owner drops it, or dies, the lock goes and the lease is dead.
 //! - The owner records a resource *before* it creates it or relies on it
-//!   being there ([`Lease::add`]), under a shared lock on the directory.
+//!   being there ([`Lease::add`]), under a shared lock on the directory, and
+//!   lets it go once it is gone ([`Lease::remove`]) with a line of its own.
 //! - A collector takes the directory's exclusive lock ([`Leases::hold`]) for
 //!   the whole of its mark and sweep, reading every live lease and removing
 //!   the dead ones. An add therefore either came before the hold (and the
@@ -113,6 +114,53 @@ impl Resource {
             _ => None,
         }
     }
+}
+
+/// One line of a lease file: a resource taken, or let go again.
+#[derive(Debug, PartialEq, Eq)]
+enum Record {
+    Take(Resource),
+    Let(Resource),
+}
+
+/// The prefix of a line that lets a resource go. A version that does not
+/// know it skips the line, and keeps the resource: the safe side.
+const LET_GO: &str = "drop ";
+
+impl Record {
+    /// The line letting `resource` go: the prefix, the length of the
+    /// resource's own line, and that line. The length tells a torn write
+    /// (which would otherwise let go of whatever its first bytes name, such
+    /// as key `ab` for `abc`).
+    fn let_go_line(resource: &Resource) -> String {
+        let line = resource.line();
+        let len = line.len() - 1;
+        format!("{LET_GO}{len} {line}")
+    }
+
+    /// Parses a line (without its newline); `None` for anything else.
+    fn parse(line: &str) -> Option<Record> {
+        let Some(rest) = line.strip_prefix(LET_GO) else {
+            return Resource::parse(line).map(Record::Take);
+        };
+        let (len, resource) = rest.split_once(' ')?;
+        if len.parse::<usize>().ok()? != resource.len() {
+            return None;
+        }
+        Resource::parse(resource).map(Record::Let)
+    }
+}
+
+/// What a lease file holds, its lines replayed in order.
+fn replay<'a>(lines: impl Iterator<Item = &'a str>) -> HashSet<Resource> {
+    let mut held = HashSet::new();
+    for record in lines.filter_map(Record::parse) {
+        match record {
+            Record::Take(resource) => held.insert(resource),
+            Record::Let(resource) => held.remove(&resource),
+        };
+    }
+    held
 }
 
 /// A directory of leases: where owners take them and collectors read them.
@@ -221,12 +269,10 @@ impl Leases {
                     let mut text = String::new();
                     if file.read_to_string(&mut text).is_ok() {
                         held.abandoned
-                            .extend(text.lines().filter_map(Resource::parse).filter_map(
-                                |r| match r {
-                                    Resource::Snapshot(key) => Some(key),
-                                    Resource::Content(_) => None,
-                                },
-                            ));
+                            .extend(replay(text.lines()).into_iter().filter_map(|r| match r {
+                                Resource::Snapshot(key) => Some(key),
+                                Resource::Content(_) => None,
+                            }));
                     }
                     if !remove_expired {
                         held.expired += 1;
@@ -248,18 +294,17 @@ impl Leases {
             held.live += 1;
             // Every add completed before we took the lock, so every line is
             // whole; a line without its newline would be a torn write.
-            for line in text.split_inclusive('\n') {
-                let Some(line) = line.strip_suffix('\n') else {
-                    continue;
-                };
-                match Resource::parse(line) {
-                    Some(Resource::Content(digest)) => {
+            let lines = text
+                .split_inclusive('\n')
+                .filter_map(|line| line.strip_suffix('\n'));
+            for resource in replay(lines) {
+                match resource {
+                    Resource::Content(digest) => {
                         held.content.insert(digest);
                     }
-                    Some(Resource::Snapshot(key)) => {
+                    Resource::Snapshot(key) => {
                         held.snapshots.insert(key);
                     }
-                    None => {}
                 }
             }
         }
@@ -376,14 +421,42 @@ impl Lease {
             return Ok(());
         }
         let _shared = self.inner.leases.lock_shared().await?;
-        // One write of a whole line, appended: concurrent adds do not mix.
-        // It opens with a newline too: a line a failed write left torn (a
-        // full disk) then ends there instead of swallowing this one.
-        (&self.inner.file)
-            .write_all(format!("\n{}", resource.line()).as_bytes())
-            .map_err(|e| Error::io("write", &self.inner.path, e))?;
-        self.recorded().insert(resource);
+        let mut recorded = self.recorded();
+        if !recorded.contains(&resource) {
+            self.append(&resource.line())?;
+            recorded.insert(resource);
+        }
         Ok(())
+    }
+
+    /// Lets `resource` go once it is gone or no longer relied on (a blob
+    /// deleted, a snapshot removed, an active snapshot committed under its
+    /// name), as containerd takes such a resource out of the lease: a
+    /// resource made later under the same name is not kept by this lease
+    /// unless it is added again. Nothing happens if the lease does not hold
+    /// it. Waits while a collector holds the leases.
+    pub async fn remove(&self, resource: &Resource) -> Result<()> {
+        if !self.recorded().contains(resource) {
+            return Ok(());
+        }
+        let _shared = self.inner.leases.lock_shared().await?;
+        let mut recorded = self.recorded();
+        if recorded.contains(resource) {
+            self.append(&Record::let_go_line(resource))?;
+            recorded.remove(resource);
+        }
+        Ok(())
+    }
+
+    /// Appends `line` (ending in a newline) to the lease file, under the
+    /// directory's shared lock and the record's mutex.
+    fn append(&self, line: &str) -> Result<()> {
+        // One write of a whole line, appended: concurrent writes do not
+        // mix. It opens with a newline too: a line a failed write left
+        // torn (a full disk) then ends there instead of swallowing this one.
+        (&self.inner.file)
+            .write_all(format!("\n{line}").as_bytes())
+            .map_err(|e| Error::io("write", &self.inner.path, e))
     }
 
     /// Records a blob; see [`add`](Self::add).
@@ -412,7 +485,7 @@ impl Drop for LeaseInner {
 /// before the store is asked, and every blob committed through it before the
 /// commit (as containerd leases the digest a commit lands under): a fetch
 /// that finds a blob present, or commits a new one, keeps it for as long as
-/// the lease lives.
+/// the lease lives. A blob deleted through it is let go.
 #[derive(Debug, Clone)]
 pub struct LeasedStore<S> {
     inner: S,
@@ -538,8 +611,11 @@ impl<S: Manager> Manager for LeasedStore<S> {
     ) -> Result<()> {
         self.inner.walk(filters, f).await
     }
+    /// Deletes the blob, then lets it go from the lease, as containerd's
+    /// delete does.
     async fn delete(&self, digest: &Digest) -> Result<()> {
-        self.inner.delete(digest).await
+        self.inner.delete(digest).await?;
+        self.lease.remove(&Resource::Content(digest.clone())).await
     }
 }
 
@@ -582,6 +658,32 @@ mod tests {
         }
         assert_eq!(Resource::parse("volume x"), None);
         assert_eq!(Resource::parse("snapshot bad\\q"), None);
+    }
+
+    #[test]
+    fn a_lease_file_is_replayed_in_order() {
+        let snapshot = |key: &str| Resource::Snapshot(key.into());
+        let text = [
+            "snapshot a",
+            "snapshot ab",
+            "snapshot b",
+            &Record::let_go_line(&snapshot("a")),
+            &Record::let_go_line(&snapshot("b")),
+            "snapshot b",
+            &Record::let_go_line(&snapshot("never-taken")),
+            "drop 8 volume x",
+            // A torn write of "drop 12 snapshot abc" does not let "ab" go.
+            "drop 12 snapshot ab",
+        ]
+        .join("\n");
+        assert_eq!(
+            replay(text.lines()),
+            HashSet::from([snapshot("ab"), snapshot("b")])
+        );
+        assert_eq!(
+            Record::let_go_line(&snapshot("abc")),
+            "drop 12 snapshot abc\n"
+        );
     }
 
     fn digest(n: u8) -> Digest {
@@ -693,6 +795,42 @@ mod tests {
         assert_eq!(
             held.content(),
             &HashSet::from([crate::sha256_of(b"undeclared"), sha512])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blob_deleted_through_a_leased_store_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Leases::open(dir.path().join("leases")).unwrap();
+        let store = crate::local::LocalStore::open(dir.path().join("content")).unwrap();
+        let lease = leases.acquire().await.unwrap();
+        let leased = LeasedStore::new(store.clone(), lease.clone());
+        let (kept, deleted) = (crate::sha256_of(b"kept"), crate::sha256_of(b"deleted"));
+        for (data, digest) in [(&b"kept"[..], &kept), (&b"deleted"[..], &deleted)] {
+            let opts = WriterOpts::new("blob").digest(digest.clone());
+            crate::write_blob(&leased, opts, data, Labels::new())
+                .await
+                .unwrap();
+        }
+        // A delete that fails lets nothing go.
+        let missing = crate::sha256_of(b"missing");
+        lease.add_content(&missing).await.unwrap();
+        let refused = leased.delete(&missing).await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::NotFound);
+
+        leased.delete(&deleted).await.unwrap();
+        assert_eq!(
+            leases.hold().unwrap().content(),
+            &HashSet::from([kept.clone(), missing.clone()])
+        );
+        // Written again through the lease, it is kept again.
+        let opts = WriterOpts::new("again").digest(deleted.clone());
+        crate::write_blob(&leased, opts, &b"deleted"[..], Labels::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            leases.hold().unwrap().content(),
+            &HashSet::from([kept, missing, deleted])
         );
     }
 

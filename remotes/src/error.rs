@@ -386,9 +386,8 @@ impl Error {
 #[derive(Debug)]
 pub struct ConnectError {
     pub(crate) error: reqwest::Error,
-    /// The limit that ran out, when the request timed out: the connect
-    /// timeout or the idle-read one.
-    limit: Option<Duration>,
+    /// The limit of ours that ran out, when the request timed out.
+    limit: Option<Limit>,
     /// How many times the request was sent, this one included.
     attempts: u32,
 }
@@ -419,9 +418,25 @@ impl ConnectError {
         // what did.
         if self.error.is_timeout() && !kernel_timed_out(&self.error) {
             self.limit = if self.error.is_connect() {
-                connect
+                connect.map(Limit::Connect)
             } else {
-                idle_read
+                idle_read.map(Limit::IdleRead)
+            };
+        }
+        self
+    }
+
+    /// The error of a request sent once with a limit on its whole time,
+    /// `whole`, by a client that gives up connecting after `connect`: a
+    /// timeout while connecting is the client's (the whole-time limit's
+    /// error does not say it was connecting), any other is `whole`'s, which
+    /// is shorter than the client's idle-read limit wherever this is used.
+    pub(crate) fn within(mut self, whole: Duration, connect: Option<Duration>) -> Self {
+        if self.error.is_timeout() && !kernel_timed_out(&self.error) {
+            self.limit = if self.error.is_connect() {
+                connect.map(Limit::Connect)
+            } else {
+                Some(Limit::Whole(whole))
             };
         }
         self
@@ -442,6 +457,24 @@ impl ConnectError {
     /// How many times the request was sent before this error ended it.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The deepest I/O error under this one, if there is one: the
+    /// operating system's for a connection refused, reset or unreachable
+    /// (its [`kind`](std::io::Error::kind) and
+    /// [`raw_os_error`](std::io::Error::raw_os_error)), for a retry policy
+    /// of one's own. The message says it already, so it is not this error's
+    /// [`source`](std::error::Error::source).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        let mut found = None;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&self.error);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                found = Some(io);
+            }
+            cause = error.source();
+        }
+        found
     }
 }
 
@@ -464,10 +497,9 @@ impl ConnectError {
         // The kernel's ETIMEDOUT says so in its own words.
         if error.is_timeout() && !kernel_timed_out(error) {
             match self.limit {
-                Some(limit) if error.is_connect() => {
-                    return format!("not connected in {limit:?}");
-                }
-                Some(limit) => return format!("nothing received for {limit:?}"),
+                Some(Limit::Connect(limit)) => return format!("not connected in {limit:?}"),
+                Some(Limit::IdleRead(limit)) => return format!("nothing received for {limit:?}"),
+                Some(Limit::Whole(limit)) => return format!("no whole answer in {limit:?}"),
                 None => {}
             }
         }
@@ -492,6 +524,17 @@ impl ConnectError {
 }
 
 impl std::error::Error for ConnectError {}
+
+/// A limit of ours on a request, named by its error when it runs out.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// The client's connect timeout.
+    Connect(Duration),
+    /// The client's idle-read timeout.
+    IdleRead(Duration),
+    /// The request's limit on its whole time.
+    Whole(Duration),
+}
 
 /// What went wrong with a request ("cannot connect", "timed out"), whose
 /// cause is the [`ConnectError`]'s message (the root cause, or the limit
@@ -530,3 +573,52 @@ fn kernel_timed_out(error: &reqwest::Error) -> bool {
 /// says why. It is process-wide because the system's certificates are the
 /// machine's.
 pub(crate) static NO_SYSTEM_ROOTS: AtomicBool = AtomicBool::new(false);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ocidist_content::Report;
+
+    #[tokio::test]
+    async fn a_whole_time_limit_that_ran_out_is_named_once() {
+        // Connections wait in the backlog, accepted by the kernel and
+        // answered by no one.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", silent.local_addr().unwrap());
+        let limit = Duration::from_millis(200);
+        let error = reqwest::Client::new()
+            .get(&url)
+            .timeout(limit)
+            .send()
+            .await
+            .unwrap_err();
+        let failed = Error::Connect {
+            url: url.clone(),
+            source: ConnectError::new(error).within(limit, Some(Duration::from_secs(30))),
+        };
+        assert_eq!(
+            Report::new(&failed).to_string(),
+            format!("{url}: timed out: no whole answer in 200ms")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_os_error_under_a_refused_connection_can_be_reached() {
+        let port = {
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            closed.local_addr().unwrap().port()
+        };
+        let error = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/v2/"))
+            .send()
+            .await
+            .unwrap_err();
+        let failed = ConnectError::new(error);
+        let io = failed
+            .io_error()
+            .expect("an I/O error under a refused connection");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(io.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert!(failed.to_string().contains(&io.to_string()), "{failed}");
+    }
+}

@@ -40,7 +40,10 @@ use crate::{
 
 /// Wraps a snapshotter, recording each snapshot it is asked about, prepares,
 /// views, mounts or commits (and each parent named) in a lease, before the
-/// snapshotter is asked.
+/// snapshotter is asked. As containerd does, a snapshot removed through it,
+/// and an active one committed through it (its key is gone), are let go
+/// once the snapshotter has done so: a snapshot made later under the same
+/// key is not kept by this lease.
 #[derive(Debug, Clone)]
 pub struct LeasedSnapshotter<S> {
     inner: S,
@@ -65,6 +68,13 @@ impl<S> LeasedSnapshotter<S> {
 
     async fn record(&self, key: &str) -> Result<()> {
         Ok(self.lease.add(Resource::Snapshot(key.to_string())).await?)
+    }
+
+    async fn let_go(&self, key: &str) -> Result<()> {
+        Ok(self
+            .lease
+            .remove(&Resource::Snapshot(key.to_string()))
+            .await?)
     }
 
     async fn record_with_parent(&self, key: &str, parent: Option<&str>) -> Result<()> {
@@ -103,7 +113,8 @@ impl<S: Snapshotter> Snapshotter for LeasedSnapshotter<S> {
     async fn commit_with(&self, name: &str, key: &str, opts: CommitOpts) -> Result<()> {
         self.record_with_parent(name, opts.parent.as_deref())
             .await?;
-        self.inner.commit_with(name, key, opts).await
+        self.inner.commit_with(name, key, opts).await?;
+        self.let_go(key).await
     }
     async fn prepare_all(&self, requests: Vec<PrepareRequest>) -> Result<Vec<Vec<Mount>>> {
         for request in &requests {
@@ -117,10 +128,16 @@ impl<S: Snapshotter> Snapshotter for LeasedSnapshotter<S> {
             self.record_with_parent(&request.name, request.opts.parent.as_deref())
                 .await?;
         }
-        self.inner.commit_all(requests).await
+        let keys: Vec<String> = requests.iter().map(|r| r.key.clone()).collect();
+        self.inner.commit_all(requests).await?;
+        for key in &keys {
+            self.let_go(key).await?;
+        }
+        Ok(())
     }
     async fn remove(&self, key: &str) -> Result<()> {
-        self.inner.remove(key).await
+        self.inner.remove(key).await?;
+        self.let_go(key).await
     }
     async fn walk(&self, filters: &[&str]) -> Result<Vec<Info>> {
         self.inner.walk(filters).await

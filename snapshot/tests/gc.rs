@@ -195,3 +195,56 @@ async fn an_abandoned_extraction_goes_at_once() {
     assert_eq!(names(&report), [abandoned.as_str()]);
     assert!(exists(&s, &running).await && exists(&s, "layer").await);
 }
+
+#[tokio::test]
+async fn a_leased_snapshotter_lets_go_what_it_removed_or_committed() {
+    use ocidist_content::lease::Leases;
+    use ocidist_snapshot::lease::LeasedSnapshotter;
+    use ocidist_snapshot::{CommitOpts, CommitRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let leases = Leases::open(dir.path().join("leases")).unwrap();
+    let s = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+    let leased = LeasedSnapshotter::new(&s, leases.acquire().await.unwrap());
+    let held = || leases.hold().unwrap().snapshots().clone();
+    let set = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<HashSet<_>>();
+
+    leased.prepare("a-key", None, Labels::new()).await.unwrap();
+    leased.commit("a", "a-key", Labels::new()).await.unwrap();
+    leased
+        .prepare("b-key", Some("a"), Labels::new())
+        .await
+        .unwrap();
+    leased
+        .prepare("c-key", Some("a"), Labels::new())
+        .await
+        .unwrap();
+    leased.view("view", Some("a"), Labels::new()).await.unwrap();
+    leased
+        .prepare("scratch", None, Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(held(), set(&["a", "b-key", "c-key", "view", "scratch"]));
+
+    let commit = |name: &str, key: &str| CommitRequest {
+        name: name.into(),
+        key: key.into(),
+        opts: CommitOpts::default(),
+    };
+    leased
+        .commit_all(vec![commit("b", "b-key"), commit("c", "c-key")])
+        .await
+        .unwrap();
+    leased.remove("scratch").await.unwrap();
+    // A removal refused (a has children) lets nothing go.
+    let refused = leased.remove("a").await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        ocidist_snapshot::ErrorKind::FailedPrecondition
+    );
+    assert_eq!(held(), set(&["a", "b", "c", "view"]));
+
+    // A key let go and made again outside the lease is not kept by it.
+    s.prepare("scratch", None, Labels::new()).await.unwrap();
+    assert!(!held().contains("scratch"));
+}

@@ -309,6 +309,8 @@ pub(crate) struct TokenClients {
     pub(crate) elsewhere: Option<reqwest::Client>,
     /// The endpoint's configured headers, sent to its token service too.
     pub(crate) headers: super::ConfiguredHeaders,
+    /// The clients' connect timeout (`None`: no limit), for errors to name.
+    pub(crate) connect_timeout: Option<Duration>,
 }
 
 impl TokenClients {
@@ -640,7 +642,8 @@ impl Authorizer {
                 .await
                 .map_err(|source| Error::Connect {
                     url: realm.clone(),
-                    source: ConnectError::new(source),
+                    source: ConnectError::new(source)
+                        .within(TOKEN_REQUEST_TIMEOUT, clients.connect_timeout),
                 })?;
             // The client hands back a redirect that would send this form
             // to another origin (`tls::redirect_policy`): it goes nowhere
@@ -685,7 +688,8 @@ impl Authorizer {
                 }
                 let connect = |source| Error::Connect {
                     url: realm.clone(),
-                    source: ConnectError::new(source),
+                    source: ConnectError::new(source)
+                        .within(TOKEN_REQUEST_TIMEOUT, clients.connect_timeout),
                 };
                 let mut response = get.send().await.map_err(connect)?;
                 // A redirect the client handed back is followed here, as
@@ -856,6 +860,7 @@ mod tests {
                 headers: Vec::new(),
                 base: "http://127.0.0.1:5000/v2/r".into(),
             },
+            connect_timeout: None,
         };
         let is_registry = |realm| std::ptr::eq(clients.for_realm(realm), &clients.registry);
         assert!(is_registry("https://127.0.0.1:5001/token"));
@@ -962,6 +967,7 @@ mod tests {
                 headers: Vec::new(),
                 base: "https://registry.example/v2/r".into(),
             },
+            connect_timeout: None,
         };
         let good = r#"Bearer realm="https://auth.example/token",service="r""#;
         authorizer

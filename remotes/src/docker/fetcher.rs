@@ -188,6 +188,8 @@ pub struct DockerFetcher {
 pub(crate) struct UrlSource {
     pub(crate) client: reqwest::Client,
     pub(crate) low_speed: LowSpeedLimit,
+    /// The client's connect timeout, for errors to name.
+    pub(crate) connect: Option<std::time::Duration>,
     /// The client's idle-read timeout, for errors to name.
     pub(crate) idle_read: Option<std::time::Duration>,
 }
@@ -415,6 +417,7 @@ async fn fetch_url(
     desc: &Descriptor,
     offset: u64,
 ) -> Result<ByteStream> {
+    let (connect, idle_read) = (source.connect, source.idle_read);
     let get = |to: reqwest::Url| {
         let request = source.client.get(to).header(header::ACCEPT, "*/*");
         let request = if offset > 0 {
@@ -425,7 +428,7 @@ async fn fetch_url(
         async move {
             request.send().await.map_err(|source| Error::Connect {
                 url: url.to_string(),
-                source: ConnectError::new(source),
+                source: ConnectError::new(source).after(1, connect, idle_read),
             })
         }
     };

@@ -719,6 +719,7 @@ impl DockerResolver {
         fetcher::UrlSource {
             client: self.client.http.clone(),
             low_speed: self.low_speed,
+            connect: self.client.connect_timeout,
             idle_read: self.client.idle_read_timeout,
         }
     }
@@ -945,6 +946,7 @@ impl DockerResolver {
                         headers: headers.clone(),
                         base: endpoint.api_root(),
                     },
+                    connect_timeout: client.connect_timeout,
                 },
                 client,
                 base: format!("{}/{}", endpoint.api_root(), reference.repository()),
