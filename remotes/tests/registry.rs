@@ -506,6 +506,8 @@ async fn a_large_blob_is_pushed_in_chunks_going_on_after_a_failed_one_and_fetche
 struct Lender {
     blobs: std::collections::HashMap<ocidist_content::Digest, Vec<u8>>,
     opened: std::sync::atomic::AtomicUsize,
+    /// Reads from this offset on fail, as a disk's would (EIO).
+    fails_from: Option<u64>,
 }
 
 impl Lender {
@@ -517,6 +519,7 @@ impl Lender {
                 .map(|(b, bytes)| (b.desc.digest().clone(), bytes))
                 .collect(),
             opened: Default::default(),
+            fails_from: None,
         }
     }
 }
@@ -530,11 +533,11 @@ impl ocidist_content::Provider for Lender {
         self.opened
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let bytes = self.blobs.get(desc.digest()).expect("a lent blob").clone();
-        Ok(Box::new(Lent(bytes)))
+        Ok(Box::new(Lent(bytes, self.fails_from)))
     }
 }
 
-struct Lent(Vec<u8>);
+struct Lent(Vec<u8>, Option<u64>);
 
 #[async_trait::async_trait]
 impl ocidist_content::ReaderAt for Lent {
@@ -543,6 +546,10 @@ impl ocidist_content::ReaderAt for Lent {
     }
 
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> ocidist_content::Result<usize> {
+        if self.1.is_some_and(|from| offset + buf.len() as u64 > from) {
+            let eio = std::io::Error::from_raw_os_error(libc::EIO);
+            return Err(ocidist_content::Error::io("read", "/lent/blob", eio));
+        }
         let rest = self.0.get(offset as usize..).unwrap_or_default();
         let n = rest.len().min(buf.len());
         buf[..n].copy_from_slice(&rest[..n]);
@@ -638,6 +645,31 @@ async fn a_push_from_a_provider_keeps_no_copy_and_never_lands_wrong_bytes() {
             assert!(sent.join(" ").starts_with("HEAD POST"), "{methods}");
         }
     }
+    // A store that cannot be read partway: its error, not the request's.
+    let failing = Lender {
+        fails_from: Some(2048),
+        ..Lender::new([(&small, small.bytes.clone())])
+    };
+    let err = resolver
+        .pusher(&format!("{}/test/lent-failing:x", proxy.host()))
+        .await
+        .unwrap()
+        .push_from(&small.desc, &failing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ocidist_remotes::Error::Content(ocidist_content::Error::Io { op: "read", .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        ocidist_content::Report::new(&err).to_string(),
+        "read /lent/blob: Input/output error (os error 5)"
+    );
+    assert!(!in_registry_at("test/lent-failing", &small));
+
     let short = Lender::new([(&small, small.bytes[1..].to_vec())]);
     let err = resolver
         .pusher(&format!("{}/test/lent-short:x", proxy.host()))

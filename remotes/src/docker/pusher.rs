@@ -422,12 +422,19 @@ impl Source {
     /// body, read [`PIECE`] at a time as the request goes, so memory holds a
     /// piece or two whatever the length. The piece that ends the blob is
     /// held back, and the body fails, if the bytes are not the blob's.
-    fn body(&self, offset: u64, len: u64, size: u64) -> reqwest::Body {
+    ///
+    /// Why the body failed (the store could not be read, or the bytes are
+    /// not the blob's) is kept in the returned [`BodyFailure`], since the
+    /// HTTP client's error says only that the request failed.
+    fn body(&self, offset: u64, len: u64, size: u64) -> (reqwest::Body, BodyFailure) {
         let end = offset + len;
+        let failure = BodyFailure::default();
         let pieces = futures::stream::unfold(offset, {
             let source = self.clone();
+            let failure = failure.clone();
             move |offset| {
                 let source = source.clone();
+                let failure = failure.clone();
                 async move {
                     if offset >= end {
                         return None;
@@ -443,12 +450,15 @@ impl Source {
                     match piece {
                         Ok(piece) => Some((Ok(piece), offset + len)),
                         // The stream ends after its error.
-                        Err(e) => Some((Err(e), end)),
+                        Err(e) => {
+                            failure.keep(e);
+                            Some((Err(BodyFailed), end))
+                        }
                     }
                 }
             }
         });
-        reqwest::Body::wrap_stream(pieces)
+        (reqwest::Body::wrap_stream(pieces), failure)
     }
 
     /// The mismatch, once every byte has been read, if the bytes are not
@@ -665,7 +675,7 @@ impl Upload {
                 let len = chunk.min(size - offset);
                 let url_text = url.to_string();
                 let sent = async {
-                    let chunk = source.body(offset, len, size);
+                    let (chunk, failure) = source.body(offset, len, size);
                     let response = self
                         .repo
                         .send_once(Method::PATCH, &url_text, |r| {
@@ -678,7 +688,7 @@ impl Upload {
                                 .body(chunk)
                         })
                         .await
-                        .map_err(|e| source.mismatch(size).map_or(e, Error::from))?;
+                        .map_err(|e| failure.or(e))?;
                     let response =
                         check_status(Method::PATCH, &url_text, response, CONTINUE).await?;
                     upload_location(&url_text, &response)
@@ -731,7 +741,7 @@ impl Upload {
                 .map_err(|e| failed(e, &url))?;
             return Ok(());
         }
-        let body = source.body(0, size, size);
+        let (body, failure) = source.body(0, size, size);
         let url_text = closing_url(&url, self.desc.digest());
         let response = self
             .repo
@@ -741,15 +751,49 @@ impl Upload {
                     .body(body)
             })
             .await
-            // A body cut short by wrong bytes fails as a broken request:
-            // said as what it is, and not tried again.
-            .map_err(|e| failed(source.mismatch(size).map_or(e, Error::from), &url))?;
+            // A body cut short by wrong bytes, or by a store that could not
+            // be read, fails as a broken request: said as what it is, and
+            // not tried again.
+            .map_err(|e| failed(failure.or(e), &url))?;
         check_status(Method::PUT, &url_text, response, DONE)
             .await
             .map_err(|e| failed(e, &url))?;
         Ok(())
     }
 }
+
+/// Why a request body of [`Source::body`] failed, kept for the request's
+/// error to be replaced by it.
+#[derive(Clone, Default)]
+struct BodyFailure(Arc<Mutex<Option<Error>>>);
+
+impl BodyFailure {
+    fn keep(&self, error: Error) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+
+    /// The body's own failure if it failed, else `request`'s error.
+    fn or(&self, request: Error) -> Error {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or(request)
+    }
+}
+
+/// What the HTTP client is told when a body fails; the failure itself is
+/// in the body's [`BodyFailure`].
+#[derive(Debug)]
+struct BodyFailed;
+
+impl std::fmt::Display for BodyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the body could not be read")
+    }
+}
+
+impl std::error::Error for BodyFailed {}
 
 /// How one attempt at uploading a blob failed.
 struct FailedUpload {
