@@ -89,7 +89,11 @@ pub async fn annotate_sources<M: Manager + ?Sized>(store: &M, desc: &Descriptor)
 
 /// Adds `reference`'s repository to the distribution-source label of
 /// `digest` in `store`, unless it is there already (then nothing is
-/// written). A blob the store does not have is left alone.
+/// written). A blob the store does not have is left alone, and so is one
+/// whose label would grow past what a label may hold (4096 bytes of key and
+/// value): a layer shared by many repositories of one registry keeps the
+/// sources it has, and a fetch or push goes on, as containerd skips such an
+/// append.
 pub async fn append_source_label<M: Manager + ?Sized>(
     store: &M,
     digest: &Digest,
@@ -106,7 +110,11 @@ pub async fn append_source_label<M: Manager + ?Sized>(
     if current == Some(&value) {
         return Ok(());
     }
-    info.labels.insert(key.clone(), value);
+    let label = Labels::from([(key.clone(), value)]);
+    if ocidist_content::helpers::validate_labels(&label).is_err() {
+        return Ok(());
+    }
+    info.labels.extend(label);
     store.update(info, &[&format!("labels.{key}")]).await?;
     Ok(())
 }

@@ -383,3 +383,72 @@ async fn non_distributable_layers_are_not_pushed_and_are_fetched_from_their_urls
         "{said}"
     );
 }
+
+/// A blob whose source label is as long as a label may be (a base layer
+/// shared by many repositories of one registry) keeps the sources it has: a
+/// fetch from yet another repository succeeds, as containerd's skips the
+/// append, instead of failing on the label's size.
+#[tokio::test]
+async fn a_full_source_label_is_left_as_it_is_and_the_fetch_goes_on() {
+    let registry = registry();
+    let resolver = DockerResolver::new();
+    let host = registry.host();
+    let blobs = image(false, "linux/amd64", 3_000);
+    let manifest = &blobs[2];
+    let pinned = format!("{host}/team/app-1:v1@{}", manifest.desc.digest());
+    push_all(resolver.pusher(&pinned).await.unwrap().as_ref(), &blobs).await;
+    let pinned = format!("{host}/team/app-2:v1@{}", manifest.desc.digest());
+    push_all(resolver.pusher(&pinned).await.unwrap().as_ref(), &blobs).await;
+
+    let (_dir, store, images) = stores();
+    let key = source_label_key(&host);
+    fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &format!("{host}/team/app-1:v1"),
+        all(),
+        0,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    // Filled to the limit with the sources of other repositories.
+    let layer = blobs[0].desc.digest();
+    let mut full = "team/app-1".to_string();
+    for n in 0.. {
+        let next = format!("{full},team/other-{n}");
+        if key.len() + next.len() > 4096 {
+            break;
+        }
+        full = next;
+    }
+    let mut info = store.info(layer).await.unwrap();
+    info.labels.insert(key.clone(), full.clone());
+    store
+        .update(info, &[&format!("labels.{key}")])
+        .await
+        .unwrap();
+
+    fetch_image(
+        &resolver,
+        &store,
+        &images,
+        &format!("{host}/team/app-2:v1"),
+        all(),
+        0,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let labels = store.info(layer).await.unwrap().labels;
+    assert_eq!(labels.get(&key), Some(&full));
+    // The other blobs, with room, learned the new source.
+    let config = store.info(blobs[1].desc.digest()).await.unwrap().labels;
+    assert_eq!(
+        config.get(&key).map(String::as_str),
+        Some("team/app-1,team/app-2")
+    );
+}
