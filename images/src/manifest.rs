@@ -394,15 +394,35 @@ pub async fn config<P: Provider + ?Sized>(
 }
 
 /// The diff IDs (digests of the uncompressed layers) from the image config.
+///
+/// Read as containerd's unpacker reads them, leniently: a config without
+/// `rootfs`, or whose `diff_ids` is `null` (what Go writes for an empty
+/// list), has none, and nothing else in it is looked at, so an image whose
+/// config is not a full image config (a WASM module's names no `rootfs`)
+/// is not an error. [`config`] reads the whole of it, strictly.
 pub async fn diff_ids<P: Provider + ?Sized>(
     provider: &P,
     image: &Descriptor,
     matcher: &dyn Matcher,
 ) -> Result<Vec<Digest>> {
-    let config = config(provider, image, matcher).await?;
+    #[derive(Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Option<Vec<String>>,
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        rootfs: Option<RootFs>,
+    }
+    let manifest = manifest(provider, image, matcher).await?;
+    let body = read_document(provider, &manifest.config).await?;
+    let config: Config =
+        serde_json::from_slice(&body).map_err(|e| invalid(&manifest.config, e.to_string()))?;
     config
-        .rootfs()
-        .diff_ids()
+        .rootfs
+        .and_then(|rootfs| rootfs.diff_ids)
+        .unwrap_or_default()
         .iter()
         .map(|d| parse_digest(d))
         .collect()

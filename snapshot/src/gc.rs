@@ -176,15 +176,26 @@ pub async fn prune<S: Snapshotter + ?Sized>(
 
 /// The chain IDs of every layer of every platform of `image` whose manifest
 /// and config are in `provider`: the snapshots an unpack of it makes.
-/// Platforms not fetched are skipped.
+/// Platforms not fetched are skipped, and so are documents that do not
+/// parse as what they claim to be (an artifact whose config is not an image
+/// config): nothing was unpacked from them, and one such image must not stop
+/// a collection of the whole store. Other errors (the store cannot be read)
+/// are returned, since the snapshots to keep are then unknown.
 pub async fn image_chain_ids<P: Provider + ?Sized>(
     provider: &P,
     image: &Descriptor,
 ) -> Result<Vec<Digest>> {
     let mut out = Vec::new();
+    // Not fetched, or not an image: nothing can have been unpacked.
+    let nothing_unpacked = |e: &ocidist_images::Error| {
+        matches!(
+            e.kind(),
+            ocidist_content::ErrorKind::NotFound | ocidist_content::ErrorKind::InvalidArgument
+        )
+    };
     let offered = match manifest::platforms(provider, image).await {
         Ok(offered) => offered,
-        Err(e) if e.kind() == ocidist_content::ErrorKind::NotFound => return Ok(out),
+        Err(e) if nothing_unpacked(&e) => return Ok(out),
         Err(e) => return Err(e.into()),
     };
     for platform in offered {
@@ -196,7 +207,7 @@ pub async fn image_chain_ids<P: Provider + ?Sized>(
                     }
                 }
             }
-            Err(e) if e.kind() == ocidist_content::ErrorKind::NotFound => {}
+            Err(e) if nothing_unpacked(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }

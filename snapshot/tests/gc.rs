@@ -248,3 +248,79 @@ async fn a_leased_snapshotter_lets_go_what_it_removed_or_committed() {
     s.prepare("scratch", None, Labels::new()).await.unwrap();
     assert!(!held().contains("scratch"));
 }
+
+/// Images that are not images (a WASM module whose config names no rootfs,
+/// an artifact whose config is not JSON) and a layer-less image whose
+/// config says `"diff_ids": null` (Go's empty list) have no chain IDs, and
+/// are no error: one of them must not stop a collection of the whole store.
+#[tokio::test]
+async fn images_with_no_rootfs_to_unpack_have_no_chain_ids() {
+    use common::put;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let s = NativeSnapshotter::open(dir.path().join("snapshots")).unwrap();
+    let image = |config: (&'static str, Vec<u8>), layer: Option<(&'static str, Vec<u8>)>| {
+        let store = &store;
+        async move {
+            let config = put(store, config.0, &config.1).await;
+            let mut layers = Vec::new();
+            if let Some((media_type, bytes)) = layer {
+                layers.push(put(store, media_type, &bytes).await);
+            }
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config,
+                "layers": layers,
+            });
+            let desc = put(
+                store,
+                "application/vnd.oci.image.manifest.v1+json",
+                &serde_json::to_vec(&manifest).unwrap(),
+            )
+            .await;
+            serde_json::from_value::<ocidist_content::Descriptor>(desc).unwrap()
+        }
+    };
+    let wasm = image(
+        (
+            "application/vnd.wasm.config.v0+json",
+            br#"{"architecture":"wasm","os":"wasip1","layerDigests":[]}"#.to_vec(),
+        ),
+        Some((
+            "application/vnd.wasm.content.layer.v1+wasm",
+            b"\0asm".to_vec(),
+        )),
+    )
+    .await;
+    let opaque = image(
+        (
+            "application/vnd.example.config",
+            b"\x00\x01 not json".to_vec(),
+        ),
+        Some(("application/vnd.example.blob", b"data".to_vec())),
+    )
+    .await;
+    let layerless = image(
+        (
+            "application/vnd.oci.image.config.v1+json",
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":null}}"#
+                .to_vec(),
+        ),
+        None,
+    )
+    .await;
+    for image in [&wasm, &opaque, &layerless] {
+        assert_eq!(
+            image_chain_ids(&store, image).await.unwrap(),
+            [],
+            "{}",
+            image.digest()
+        );
+    }
+    let matcher = ocidist_images::platforms::only(&"linux/amd64".parse().unwrap());
+    let top = unpack(&layerless, &store, &s, &matcher, UnpackOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(top, None);
+}
