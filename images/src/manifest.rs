@@ -258,6 +258,13 @@ async fn choose<P: Provider + ?Sized>(
     candidates: Vec<Descriptor>,
     matcher: &dyn Matcher,
 ) -> Result<Option<Descriptor>> {
+    // An entry that declares a matching platform ranks ahead of every one
+    // that declares none, so their configs need not be read: inside a pull,
+    // reading them would wait for a fetch that never takes them.
+    let declared = candidates.iter().filter(|c| c.platform().is_some());
+    if let Some(best) = best_match(declared.cloned().collect(), matcher) {
+        return Ok(Some(best));
+    }
     let mut kept = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         let undeclared_manifest = candidate.platform().is_none()

@@ -249,3 +249,59 @@ async fn check_reports_blobs_cut_short_behind_the_stores_back() {
     assert!(report.missing.is_empty());
     assert!(!report.present.contains(layer));
 }
+
+/// A provider that must not be asked for one document.
+struct Refusing<'a> {
+    store: &'a ocidist_content::local::LocalStore,
+    refused: ocidist_content::Digest,
+}
+
+#[async_trait::async_trait]
+impl ocidist_content::Provider for Refusing<'_> {
+    async fn reader_at(
+        &self,
+        desc: &ocidist_content::Descriptor,
+    ) -> ocidist_content::Result<Box<dyn ocidist_content::ReaderAt>> {
+        if desc.digest() == &self.refused {
+            return Err(ocidist_content::Error::other(
+                ocidist_content::ErrorKind::Unavailable,
+                format!("{} must not be read", self.refused),
+            ));
+        }
+        self.store.reader_at(desc).await
+    }
+}
+
+/// An entry declaring a matching platform wins without the configs of the
+/// entries that declare none being read (inside a pull, such a read waits
+/// for a fetch that never takes them); with no declared match, they are.
+#[tokio::test]
+async fn a_declared_match_is_chosen_without_reading_undeclared_entries() {
+    let (_dir, store) = store();
+    let amd64 = image(&store, Flavor::Oci, "linux/amd64", 1).await;
+    let arm64 = image(&store, Flavor::Oci, "linux/arm64/v8", 1).await;
+    let mut undeclared = arm64.manifest.clone();
+    undeclared.set_platform(None);
+    let idx = index(
+        &store,
+        Flavor::Oci,
+        &[undeclared.clone(), amd64.manifest.clone()],
+    )
+    .await;
+    let refusing = Refusing {
+        store: &store,
+        refused: undeclared.digest().clone(),
+    };
+    let chosen = manifest(&refusing, &idx, &only(&platform("linux/amd64")))
+        .await
+        .unwrap();
+    assert_eq!(chosen.descriptor.digest(), amd64.manifest.digest());
+    let err = manifest(&refusing, &idx, &only(&platform("linux/arm64")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let chosen = manifest(&store, &idx, &only(&platform("linux/arm64")))
+        .await
+        .unwrap();
+    assert_eq!(chosen.descriptor.digest(), undeclared.digest());
+}
