@@ -8,6 +8,7 @@ use futures::StreamExt;
 
 use ocidist_content::{Descriptor, Digest, Provider, ProviderExt};
 use ocidist_images::manifest;
+use ocidist_images::media_types;
 use ocidist_images::platforms::Matcher;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -148,7 +149,16 @@ where
 {
     let manifest = manifest::manifest(provider, image, matcher).await?;
     let diff_ids = manifest::diff_ids(provider, image, matcher).await?;
-    let layers = &manifest.layers;
+    // Only layers are counted against the diff IDs, as containerd's
+    // unpacker counts them: another blob listed among them (an SBOM, say)
+    // is no part of the filesystem.
+    let layers: Vec<Descriptor> = manifest
+        .layers
+        .iter()
+        .filter(|l| media_types::kind(l.media_type().as_ref()) == media_types::Kind::Layer)
+        .cloned()
+        .collect();
+    let layers = &layers;
     if layers.len() != diff_ids.len() {
         return Err(Error::InvalidArgument(format!(
             "image {}: {} layers but {} diff IDs in its config",

@@ -1126,3 +1126,60 @@ async fn dropped_unpacks_are_cleaned_up_beside_running_ones<S: Snapshotter>(
     // Nothing of ours is left to remove.
     assert_eq!(remove_own_extractions(&snapshotter).await.unwrap(), 0);
 }
+
+/// A blob listed among a manifest's layers that is no layer (an SBOM) is
+/// not counted against the config's diff IDs, nor applied, as containerd's
+/// unpacker counts only layers.
+#[tokio::test]
+async fn a_non_layer_blob_among_the_layers_is_passed_over() {
+    use common::{gzip, put};
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("content")).unwrap();
+    let s = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+    let tar = tar_of(&[Entry::File("hello", b"world", 0o644)]);
+    let layer = put(
+        &store,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &gzip(&tar),
+    )
+    .await;
+    let sbom = put(
+        &store,
+        "application/spdx+json",
+        br#"{"spdxVersion":"SPDX-2.3"}"#,
+    )
+    .await;
+    let diff_id = ocidist_content::sha256_of(&tar);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+    });
+    let config = put(
+        &store,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    )
+    .await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [layer, sbom],
+    });
+    let image: ocidist_content::Descriptor = serde_json::from_value(
+        put(
+            &store,
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.to_string().as_bytes(),
+        )
+        .await,
+    )
+    .unwrap();
+
+    let top = unpack(&image, &store, &s, &matcher(), UnpackOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(top, Some(diff_id.clone()));
+    let path = s.path(diff_id.as_ref()).await.unwrap();
+    assert!(tree(&path).contains_key("hello"), "{:?}", tree(&path));
+}
