@@ -677,18 +677,33 @@ where
 }
 
 /// Points the image `name` at `target` in `images`, creating the record or
-/// moving an existing one.
+/// moving an existing one (its labels kept). A record removed between the
+/// two (an `images rm` racing the pull) is created again, as containerd's
+/// client loops back to create.
 pub async fn record_image<I>(images: &I, name: &str, target: Descriptor) -> Result<Image>
 where
     I: ImageStore + ?Sized,
 {
     let image = Image::new(name.to_string(), target);
-    match images.create(image.clone()).await {
-        Ok(created) => Ok(created),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            Ok(images.update(image, &["target"]).await?)
+    // Each turn is lost only to another process's create or remove of the
+    // same name; a few are plenty.
+    let mut turns = 0;
+    loop {
+        turns += 1;
+        let error = match images.create(image.clone()).await {
+            Ok(created) => return Ok(created),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                match images.update(image.clone(), &["target"]).await {
+                    Ok(updated) => return Ok(updated),
+                    Err(e) if e.kind() == ErrorKind::NotFound => e,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if turns == 8 {
+            return Err(error.into());
         }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -640,3 +640,77 @@ async fn two_images_sharing_blobs_push_at_once_and_a_blob_is_not_an_image() {
         "{err}"
     );
 }
+
+/// An image store in which the name is removed (as by another process's
+/// `images rm`) just before each of the next `races` updates.
+struct Racing {
+    inner: ocidist_images::DbImageStore,
+    races: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ImageStore for Racing {
+    async fn get(&self, name: &str) -> ocidist_images::Result<ocidist_images::Image> {
+        self.inner.get(name).await
+    }
+    async fn list(&self, filters: &[&str]) -> ocidist_images::Result<Vec<ocidist_images::Image>> {
+        self.inner.list(filters).await
+    }
+    async fn create(
+        &self,
+        image: ocidist_images::Image,
+    ) -> ocidist_images::Result<ocidist_images::Image> {
+        self.inner.create(image).await
+    }
+    async fn update(
+        &self,
+        image: ocidist_images::Image,
+        fieldpaths: &[&str],
+    ) -> ocidist_images::Result<ocidist_images::Image> {
+        use std::sync::atomic::Ordering;
+        let raced = self
+            .races
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if raced.is_ok() {
+            self.inner.delete(&image.name).await?;
+        }
+        self.inner.update(image, fieldpaths).await
+    }
+    async fn delete(&self, name: &str) -> ocidist_images::Result<()> {
+        self.inner.delete(name).await
+    }
+    async fn delete_if_target(
+        &self,
+        name: &str,
+        target: &ocidist_content::Digest,
+    ) -> ocidist_images::Result<()> {
+        self.inner.delete_if_target(name, target).await
+    }
+}
+
+/// A name removed between the create that found it and the update that
+/// moves it is created again, as containerd's client loops back to create.
+#[tokio::test]
+async fn an_image_removed_while_its_name_is_recorded_is_created_again() {
+    use ocidist_remotes::record_image;
+    let (_dir, _store, images) = stores();
+    let racing = Racing {
+        inner: images,
+        races: 1.into(),
+    };
+    let target = |bytes: &[u8]| {
+        ocidist_content::Descriptor::new(
+            "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes.len() as u64,
+            ocidist_content::sha256_of(bytes),
+        )
+    };
+    let (old, new) = (target(b"old"), target(b"new"));
+    racing
+        .create(ocidist_images::Image::new("r", old))
+        .await
+        .unwrap();
+    let recorded = record_image(&racing, "r", new.clone()).await.unwrap();
+    assert_eq!(recorded.target.digest(), new.digest());
+    assert_eq!(racing.get("r").await.unwrap().target.digest(), new.digest());
+}
