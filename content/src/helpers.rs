@@ -76,9 +76,11 @@ pub async fn read_blob<P: Provider + ?Sized>(
     Ok(out)
 }
 
-/// The blob `desc` embeds, if it embeds one that is what it says: valid
-/// base64 whose bytes have its size and digest.
-fn embedded_data(desc: &Descriptor) -> Option<Vec<u8>> {
+/// The blob `desc` embeds in its `data` field, if it embeds one that is what
+/// it says: valid base64 whose bytes have its size and digest. `None` for
+/// anything else, which is then to be read or fetched as if there were no
+/// data, as containerd does.
+pub fn embedded_data(desc: &Descriptor) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let encoded = desc.data().as_deref()?;
     let data = base64::engine::general_purpose::STANDARD

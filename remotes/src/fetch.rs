@@ -193,6 +193,19 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             desc: desc.clone(),
             offset,
         });
+        // Bytes the descriptor carries (an artifact's empty config, `e30=`)
+        // are committed as they are, with no request, as containerd does:
+        // a registry need not serve them.
+        if let Some(data) = ocidist_content::helpers::embedded_data(desc) {
+            if offset > 0 {
+                writer.truncate(0).await?;
+            }
+            writer
+                .write_all(&data)
+                .await
+                .map_err(ocidist_content::Error::from_io)?;
+            return self.commit(writer, &reference, desc).await;
+        }
         let mut resumes = 0;
         loop {
             let (returned, downloaded) = self.download(writer, desc, offset).await?;
@@ -227,6 +240,17 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
                 Err(e) => return Err(e),
             }
         }
+        self.commit(writer, &reference, desc).await
+    }
+
+    /// Commits what `writer` (ingest `reference`) holds as `desc`;
+    /// `Ok(false)` if another writer committed it first.
+    async fn commit(
+        &self,
+        mut writer: Box<dyn ocidist_content::Writer>,
+        reference: &str,
+        desc: &Descriptor,
+    ) -> Result<bool> {
         match writer
             .commit(Some(desc.size()), Some(desc.digest()), self.labels.clone())
             .await
@@ -236,7 +260,7 @@ impl<S: Ingester + IngestManager, F: Fetcher> FetchHandler<S, F> {
             Err(e) => {
                 if e.kind() == ErrorKind::FailedPrecondition {
                     drop(writer);
-                    self.discard_if_wrong(&reference, desc, &e).await;
+                    self.discard_if_wrong(reference, desc, &e).await;
                 }
                 Err(e.into())
             }

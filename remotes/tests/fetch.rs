@@ -714,3 +714,64 @@ async fn an_image_removed_while_its_name_is_recorded_is_created_again() {
     assert_eq!(recorded.target.digest(), new.digest());
     assert_eq!(racing.get("r").await.unwrap().target.digest(), new.digest());
 }
+
+/// Bytes a descriptor embeds (an artifact's empty config, `e30=`) are
+/// committed from the descriptor, with no request, as containerd does: a
+/// registry that will not serve them does not fail the fetch.
+#[tokio::test]
+async fn embedded_data_is_committed_without_a_request() {
+    use common::{blob, image, push_all};
+    use ocidist_remotes::testkit::{Fault, FaultProxy};
+    let registry = registry();
+    let proxy = FaultProxy::start(registry.addr()).unwrap();
+    let resolver = DockerResolver::new();
+    let layer = image(false, "linux/amd64", 2_000).remove(0);
+    let mut config = blob("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    config.desc.set_data(Some("e30=".to_string()));
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = blob(
+        manifest_type,
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "artifactType": "application/vnd.example.thing",
+            "config": config.desc,
+            "layers": [layer.desc],
+        })
+        .to_string()
+        .into_bytes(),
+    );
+    let reference = format!("{}/test/embedded:v1", proxy.host());
+    let pinned = format!("{reference}@{}", manifest.desc.digest());
+    let blobs = [layer, config, manifest];
+    push_all(resolver.pusher(&pinned).await.unwrap().as_ref(), &blobs).await;
+
+    let config_path = format!("/blobs/{}", blobs[1].desc.digest());
+    proxy.add(
+        None,
+        &config_path,
+        100,
+        Fault::Status {
+            status: 404,
+            retry_after: None,
+        },
+    );
+    let before = proxy.log().len();
+    let (_dir, store, images) = stores();
+    fetch_image(&resolver, &store, &images, &reference, all(), 0, None, None)
+        .await
+        .unwrap();
+    for b in &blobs {
+        // Without its data, or the bytes would come from the descriptor.
+        let mut stored = b.desc.clone();
+        stored.set_data(None);
+        assert_eq!(
+            ocidist_content::read_blob(&store, &stored, 1 << 20)
+                .await
+                .unwrap(),
+            b.bytes
+        );
+    }
+    let log = proxy.log()[before..].to_vec();
+    assert!(!log.iter().any(|l| l.contains(&config_path)), "{log:#?}");
+}
