@@ -116,14 +116,20 @@ async fn what_a_live_lease_holds_stays_and_the_rest_goes() {
     drop(lease);
 }
 
-/// An image whose manifest does not decode: its layers cannot be listed, so
-/// no snapshot is pruned (which to keep is unknown), and the blobs are
-/// collected all the same.
+/// An image whose manifest went bad on disk (its bytes are no longer the
+/// ones its digest names, and do not decode): its layers cannot be listed,
+/// so no snapshot is pruned (which to keep is unknown), and the blobs are
+/// collected all the same. (A manifest that is intact and yet no manifest
+/// was never unpacked, and is passed over.)
 #[tokio::test]
 async fn a_snapshot_half_that_fails_does_not_stop_the_content_half() {
+    use std::os::unix::fs::PermissionsExt;
     let r = root();
-    let garbage = blob(&r.content, b"not a manifest").await;
-    let mut target = ocidist::content::descriptor(garbage.clone(), 14);
+    let garbage = blob(&r.content, br#"{"schemaVersion":2}"#).await;
+    let path = r.content.blob_path(&garbage);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, b"gone bad on a disk!").unwrap();
+    let mut target = ocidist::content::descriptor(garbage.clone(), 19);
     target.set_media_type(ocidist::content::MediaType::ImageManifest);
     r.images
         .create(Image::new("example.com/broken:1", target))

@@ -431,12 +431,11 @@ pub async fn diff_ids<P: Provider + ?Sized>(
         .and_then(|rootfs| rootfs.diff_ids)
         .unwrap_or_default()
         .iter()
-        .map(|d| parse_digest(d))
+        .map(|d| {
+            Digest::try_from(d.as_str())
+                .map_err(|e| invalid(&manifest.config, format!("bad diff ID {d:?}: {e}")))
+        })
         .collect()
-}
-
-fn parse_digest(text: &str) -> Result<Digest> {
-    Digest::try_from(text).map_err(|e| Error::InvalidArgument(format!("bad digest {text:?}: {e}")))
 }
 
 /// Chain IDs of a stack of diff IDs: the first is the first diff ID; each next

@@ -177,25 +177,19 @@ pub async fn prune<S: Snapshotter + ?Sized>(
 /// The chain IDs of every layer of every platform of `image` whose manifest
 /// and config are in `provider`: the snapshots an unpack of it makes.
 /// Platforms not fetched are skipped, and so are documents that do not
-/// parse as what they claim to be (an artifact whose config is not an image
-/// config): nothing was unpacked from them, and one such image must not stop
-/// a collection of the whole store. Other errors (the store cannot be read)
-/// are returned, since the snapshots to keep are then unknown.
+/// parse as what they claim to be although their bytes are the ones their
+/// digest names (an artifact whose config is not an image config): nothing
+/// was unpacked from them, and one such image must not stop a collection of
+/// the whole store. Other errors (the store cannot be read, a document gone
+/// bad on disk) are returned, since the snapshots to keep are then unknown.
 pub async fn image_chain_ids<P: Provider + ?Sized>(
     provider: &P,
     image: &Descriptor,
 ) -> Result<Vec<Digest>> {
     let mut out = Vec::new();
-    // Not fetched, or not an image: nothing can have been unpacked.
-    let nothing_unpacked = |e: &ocidist_images::Error| {
-        matches!(
-            e.kind(),
-            ocidist_content::ErrorKind::NotFound | ocidist_content::ErrorKind::InvalidArgument
-        )
-    };
     let offered = match manifest::platforms(provider, image).await {
         Ok(offered) => offered,
-        Err(e) if nothing_unpacked(&e) => return Ok(out),
+        Err(e) if nothing_unpacked(provider, &e).await => return Ok(out),
         Err(e) => return Err(e.into()),
     };
     for platform in offered {
@@ -207,9 +201,31 @@ pub async fn image_chain_ids<P: Provider + ?Sized>(
                     }
                 }
             }
-            Err(e) if nothing_unpacked(&e) => {}
+            Err(e) if nothing_unpacked(provider, &e).await => {}
             Err(e) => return Err(e.into()),
         }
     }
     Ok(out)
+}
+
+/// Whether `error`, met reading an image's documents, means nothing can
+/// have been unpacked from them: a document not fetched, or one that is
+/// intact (its bytes hash to its digest) and yet not the document it claims
+/// to be, which an unpack would have refused too.
+async fn nothing_unpacked<P: Provider + ?Sized>(
+    provider: &P,
+    error: &ocidist_images::Error,
+) -> bool {
+    match error {
+        e if e.kind() == ocidist_content::ErrorKind::NotFound => true,
+        ocidist_images::Error::InvalidDocument { digest, .. } => {
+            let desc = ocidist_content::descriptor(digest.clone(), 0);
+            match ocidist_content::read_blob(provider, &desc, manifest::MAX_MANIFEST_SIZE).await {
+                Ok(bytes) => ocidist_content::digest_of(digest.algorithm(), &bytes)
+                    .is_ok_and(|actual| actual == *digest),
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
 }
