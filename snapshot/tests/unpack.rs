@@ -442,9 +442,11 @@ async fn wrong_diff_id_commits_nothing<S: Snapshotter>(snapshotter: S) {
     );
 }
 
-/// A layer that is not a tar the applier reads (encrypted, an artifact's
-/// blob) is refused before anything is applied, as containerd's applier
-/// finds no stream processor for it; Docker's and OCI's tar types, plain or
+/// A layer that is not a tar the applier reads (encrypted, erofs) is
+/// refused before anything is applied, as containerd's applier finds no
+/// stream processor for it; a blob that is no layer at all (a WASM module)
+/// is not counted as one, so the config's diff IDs outnumber the layers, as
+/// in containerd's unpacker; Docker's and OCI's tar types, plain or
 /// compressed, all unpack.
 #[tokio::test]
 async fn layers_that_are_not_tars_are_refused_and_docker_and_oci_ones_unpack() {
@@ -452,9 +454,18 @@ async fn layers_that_are_not_tars_are_refused_and_docker_and_oci_ones_unpack() {
     let store = LocalStore::open(dir.path().join("content")).unwrap();
     let snapshotter = NativeSnapshotter::open(dir.path().join("snap")).unwrap();
     let image = store_image(&store, &layers()).await;
+    let wasm = with_manifest_edited(&store, &image, |m| {
+        m["layers"][1]["mediaType"] = "application/vnd.wasm.content.layer.v1+wasm".into();
+    })
+    .await;
+    let err = unpack_default(&wasm, &store, &snapshotter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("1 layers but 2 diff IDs"), "{err}");
+    assert!(snapshotter.walk(&[]).await.unwrap().is_empty(), "{err}");
     for refused in [
         "application/vnd.oci.image.layer.v1.tar+encrypted",
-        "application/vnd.wasm.content.layer.v1+wasm",
         "application/vnd.erofs.layer.v1",
     ] {
         let edited = with_manifest_edited(&store, &image, |m| {
