@@ -267,19 +267,7 @@ async fn images_with_no_rootfs_to_unpack_have_no_chain_ids() {
             if let Some((media_type, bytes)) = layer {
                 layers.push(put(store, media_type, &bytes).await);
             }
-            let manifest = serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": config,
-                "layers": layers,
-            });
-            let desc = put(
-                store,
-                "application/vnd.oci.image.manifest.v1+json",
-                &serde_json::to_vec(&manifest).unwrap(),
-            )
-            .await;
-            serde_json::from_value::<ocidist_content::Descriptor>(desc).unwrap()
+            common::put_manifest(store, config, layers).await
         }
     };
     let wasm = image(

@@ -960,19 +960,7 @@ async fn an_image_of_too_many_layers_is_refused_at_once() {
         config.to_string().as_bytes(),
     )
     .await;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": vec![layer; count],
-    });
-    let manifest = common::put(
-        &store,
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.to_string().as_bytes(),
-    )
-    .await;
-    let image: ocidist_content::Descriptor = serde_json::from_value(manifest).unwrap();
+    let image = common::put_manifest(&store, config, vec![layer; count]).await;
     let err = unpack(
         &image,
         &store,
@@ -1171,21 +1159,7 @@ async fn a_non_layer_blob_among_the_layers_is_passed_over() {
         config.to_string().as_bytes(),
     )
     .await;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": [layer, sbom],
-    });
-    let image: ocidist_content::Descriptor = serde_json::from_value(
-        put(
-            &store,
-            "application/vnd.oci.image.manifest.v1+json",
-            manifest.to_string().as_bytes(),
-        )
-        .await,
-    )
-    .unwrap();
+    let image = common::put_manifest(&store, config, vec![layer, sbom]).await;
 
     let top = unpack(&image, &store, &s, &matcher(), UnpackOptions::default())
         .await

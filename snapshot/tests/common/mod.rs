@@ -198,8 +198,6 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
     }
 }
 
-/// Writes an OCI image of the given uncompressed layer tars (gzipped) into
-/// `store`; returns the manifest's descriptor.
 /// Writes `bytes` into `store`; returns its descriptor as JSON.
 #[allow(dead_code)] // Not every test crate that shares this module uses it.
 pub async fn put(
@@ -220,6 +218,31 @@ pub async fn put(
     serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": bytes.len()})
 }
 
+/// Writes an OCI image manifest of `config` and `layers` (descriptors
+/// [`put`] returned) into `store`; returns its descriptor.
+#[allow(dead_code)] // Not every test crate that shares this module uses it.
+pub async fn put_manifest(
+    store: &ocidist_content::local::LocalStore,
+    config: serde_json::Value,
+    layers: Vec<serde_json::Value>,
+) -> ocidist_content::Descriptor {
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": layers,
+    });
+    let desc = put(
+        store,
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    )
+    .await;
+    serde_json::from_value(desc).unwrap()
+}
+
+/// Writes an OCI image of the given uncompressed layer tars (gzipped) into
+/// `store`; returns the manifest's descriptor.
 pub async fn store_image(
     store: &ocidist_content::local::LocalStore,
     tars: &[Vec<u8>],
@@ -249,18 +272,5 @@ pub async fn store_image(
         &serde_json::to_vec(&config).unwrap(),
     )
     .await;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": layers,
-    });
-    let manifest = serde_json::to_vec(&manifest).unwrap();
-    let desc = put(
-        store,
-        "application/vnd.oci.image.manifest.v1+json",
-        &manifest,
-    )
-    .await;
-    serde_json::from_value(desc).unwrap()
+    put_manifest(store, config, layers).await
 }
